@@ -1,0 +1,5 @@
+//! Network policy model, compiler and classifier (Kubernetes NetworkPolicy semantics); no I/O.
+//!
+//! Nothing lives here yet: the issue that builds this crate has not been taken.
+
+#![forbid(unsafe_code)]

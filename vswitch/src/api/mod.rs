@@ -1,0 +1,1 @@
+//! The HTTP+JSON control API on a Unix socket (being written).

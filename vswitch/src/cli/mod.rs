@@ -1,0 +1,1 @@
+//! `vswitchctl` (being written).

@@ -1,0 +1,15 @@
+//! The control plane: resources, validation, IPAM, persistence, and the controller that turns
+//! desired state into ports and engine snapshots.
+//!
+//! Handlers never touch worker state: the controller compiles resources into a
+//! [`Snapshot`](crate::engine::Snapshot) and publishes it.
+
+pub mod controller;
+pub mod error;
+
+pub use controller::{AppliedResource, Controller};
+pub use error::ApiError;
+
+/// The resources every new node starts with when no `--config` is given: Network `default`
+/// and Subnet `default` (172.30.0.0/16, gateway 172.30.0.1, MTU 1500).
+pub const EMBEDDED_DEFAULT_CONFIG: &str = include_str!("default.yaml");

@@ -1,0 +1,1 @@
+//! The packet stages, one file each, with their drop reasons (being written).

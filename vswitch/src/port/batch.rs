@@ -1,0 +1,132 @@
+//! Per-worker receive buffers, preallocated once, reused for every batch.
+//!
+//! Each buffer holds one frame: `HEADROOM` free bytes (so later stages can prepend outer
+//! headers such as VXLAN without copying), then the 10-byte `virtio_net_hdr`, then the
+//! Ethernet frame. Buffers are large enough for a 64 KiB GSO super-frame.
+
+use crate::wire::VNET_HDR_LEN;
+
+/// Free bytes kept before every frame for encapsulation (Ethernet + IPv6 + UDP + VXLAN = 70).
+pub const HEADROOM: usize = 128;
+
+/// The largest frame a port may hand us: a 64 KiB GSO packet plus its Ethernet header and
+/// virtio header (the kernel caps GSO packets at 64 KiB unless BIG TCP is enabled, which we
+/// do not negotiate).
+pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 14 + 65_536;
+
+/// A batch of received frames, backed by buffers allocated once per worker.
+#[derive(Debug)]
+pub struct RxBatch {
+    bufs: Vec<Box<[u8]>>,
+    lens: Vec<usize>,
+    count: usize,
+}
+
+impl RxBatch {
+    /// Allocates `capacity` buffers of `HEADROOM + MAX_FRAME_LEN` bytes each.
+    pub fn new(capacity: usize) -> RxBatch {
+        RxBatch {
+            bufs: (0..capacity)
+                .map(|_| vec![0u8; HEADROOM + MAX_FRAME_LEN].into_boxed_slice())
+                .collect(),
+            lens: vec![0; capacity],
+            count: 0,
+        }
+    }
+
+    /// How many frames the batch can hold.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// How many frames are in the batch.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// True when no further frame fits.
+    pub fn is_full(&self) -> bool {
+        self.count == self.bufs.len()
+    }
+
+    /// Empties the batch; the buffers stay allocated.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// The writable region (after the headroom) of the next free buffer, or `None` when the
+    /// batch is full. Write a frame (virtio header + Ethernet) there, then call [`commit`].
+    ///
+    /// [`commit`]: RxBatch::commit
+    pub fn next_slot(&mut self) -> Option<&mut [u8]> {
+        let buf = self.bufs.get_mut(self.count)?;
+        Some(&mut buf[HEADROOM..])
+    }
+
+    /// Records that `len` bytes were written into the slot returned by [`next_slot`].
+    ///
+    /// # Panics
+    /// When the batch is full or `len` exceeds the slot: both are bugs in the caller.
+    ///
+    /// [`next_slot`]: RxBatch::next_slot
+    pub fn commit(&mut self, len: usize) {
+        assert!(self.count < self.bufs.len() && len <= MAX_FRAME_LEN);
+        self.lens[self.count] = len;
+        self.count += 1;
+    }
+
+    /// Frame `i` (virtio header + Ethernet frame).
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        assert!(i < self.count);
+        &self.bufs[i][HEADROOM..HEADROOM + self.lens[i]]
+    }
+
+    /// Frame `i`, writable.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
+        assert!(i < self.count);
+        let len = self.lens[i];
+        &mut self.bufs[i][HEADROOM..HEADROOM + len]
+    }
+
+    /// The whole buffer of frame `i` with the frame's start offset and length, for stages
+    /// that grow the frame into the headroom or shrink it.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn buffer_mut(&mut self, i: usize) -> (&mut [u8], usize, usize) {
+        assert!(i < self.count);
+        (&mut self.bufs[i], HEADROOM, self.lens[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_and_read_back() {
+        let mut batch = RxBatch::new(2);
+        assert!(batch.is_empty());
+        batch.next_slot().unwrap()[..3].copy_from_slice(&[1, 2, 3]);
+        batch.commit(3);
+        batch.next_slot().unwrap()[..1].copy_from_slice(&[9]);
+        batch.commit(1);
+        assert!(batch.is_full());
+        assert!(batch.next_slot().is_none());
+        assert_eq!(batch.frame(0), &[1, 2, 3]);
+        assert_eq!(batch.frame(1), &[9]);
+        batch.clear();
+        assert_eq!(batch.len(), 0);
+    }
+}

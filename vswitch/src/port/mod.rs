@@ -1,0 +1,250 @@
+//! Ports: interfaces the switch attaches to containers.
+//!
+//! A port is opened by [`attach`] (create the device, move it into the container's namespace,
+//! configure it) or [`reopen`] (after a daemon restart, find the device the container still
+//! has). It yields a [`PortIo`]: one [`PortQueue`] per worker, each used by exactly one worker,
+//! so the per-queue `Mutex` is never contended (it is taken once per batch).
+//!
+//! Every frame crossing a queue is a 10-byte `virtio_net_hdr` followed by the Ethernet frame.
+
+pub mod batch;
+pub mod tap;
+pub mod veth;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use ipnet::Ipv4Net;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::sys::af_packet::PacketSocket;
+use crate::sys::netns::NetnsRef;
+use crate::sys::tap::TapQueue;
+pub use batch::RxBatch;
+
+/// Identifies a port inside one daemon run. Small and dense (ids are reused after detach) so
+/// that per-port state can live in flat arrays indexed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortId(pub u32);
+
+/// The most ports one daemon serves; per-worker counter arrays are sized by it.
+pub const MAX_PORTS: usize = 4096;
+
+/// How a container is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// A TAP device from /dev/net/tun, moved into the container; we hold its queues.
+    #[default]
+    Tap,
+    /// A veth pair: one end in the container, the host end read with AF_PACKET.
+    Veth,
+}
+
+/// Everything needed to create, re-open or remove a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// The NetworkInterface resource name (unique per daemon).
+    pub name: String,
+    /// The container's namespace.
+    pub netns: NetnsRef,
+    /// Interface name inside the container (`eth0`).
+    pub ifname: String,
+    /// TAP or veth.
+    pub kind: PortKind,
+    /// MAC address of the container's interface.
+    pub mac: [u8; 6],
+    /// MTU of the container's interface.
+    pub mtu: u16,
+    /// Addresses to configure on the container's interface, with their prefix length.
+    pub addresses: Vec<Ipv4Net>,
+    /// Default route installed in the container, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Number of queues to open: one per worker.
+    pub queues: usize,
+}
+
+/// Kernel features a port's queues were opened with (logged at start, shown by `describe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Frames carry a `virtio_net_hdr` (TAP IFF_VNET_HDR, AF_PACKET PACKET_VNET_HDR).
+    pub vnet_hdr: bool,
+    /// The port accepts frames with a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+    pub tx_partial_csum: bool,
+    /// The port accepts TCP GSO super-frames (TSO4/TSO6) on transmit.
+    pub tx_gso: bool,
+    /// `TUN_F_*` bits given to TUNSETOFFLOAD (TAP only): what the container may send us.
+    pub tun_offload_flags: u32,
+}
+
+/// One queue of a port: owned by one worker.
+#[derive(Debug)]
+pub enum PortQueue {
+    /// A TAP queue (one fd of an IFF_MULTI_QUEUE device).
+    Tap(TapQueue),
+    /// An AF_PACKET socket bound to the veth host end (a PACKET_FANOUT member).
+    Packet(PacketSocket),
+}
+
+impl PortQueue {
+    /// The fd to register with epoll (readable when frames wait).
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            PortQueue::Tap(q) => q.raw_fd(),
+            PortQueue::Packet(s) => s.raw_fd(),
+        }
+    }
+
+    /// Moves waiting frames into `batch` until it is full or the queue is empty; returns how
+    /// many were added. Never blocks.
+    ///
+    /// # Errors
+    /// The kernel's error, other than "nothing to read".
+    pub fn recv_batch(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        match self {
+            PortQueue::Tap(q) => q.recv_batch(batch),
+            PortQueue::Packet(s) => s.recv_batch(batch),
+        }
+    }
+
+    /// Sends one frame (`virtio_net_hdr` + Ethernet). Never blocks: a full queue is an error
+    /// (`WouldBlock`) that the caller counts as a drop.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match self {
+            PortQueue::Tap(q) => q.send(frame),
+            PortQueue::Packet(s) => s.send(frame),
+        }
+    }
+
+    /// Pushes out frames queued by [`send`](PortQueue::send) (for queues that batch
+    /// transmissions); a no-op where sends are immediate.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PortQueue::Tap(_) => Ok(()),
+            PortQueue::Packet(s) => s.flush(),
+        }
+    }
+}
+
+/// The opened device behind a port.
+#[derive(Debug)]
+pub struct PortIo {
+    /// TAP or veth.
+    pub kind: PortKind,
+    /// One queue per worker, index = worker index.
+    pub queues: Vec<Mutex<PortQueue>>,
+    /// What the queues were opened with.
+    pub capabilities: Capabilities,
+    /// Name of the device in the daemon's namespace (the veth host end), if any.
+    pub host_ifname: Option<String>,
+}
+
+/// Why a port could not be attached, re-opened or removed. Each message names the interface
+/// and says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The target namespace does not exist or cannot be entered.
+    #[error(
+        "network namespace {netns} not found or not enterable ({source}); create it first (ip netns add NAME) or check the path/pid"
+    )]
+    Netns {
+        /// The namespace as given.
+        netns: String,
+        /// The kernel's error.
+        source: io::Error,
+    },
+    /// An interface of that name already exists in the container.
+    #[error("interface {ifname} already exists in netns {netns}; choose another --ifname")]
+    IfnameTaken {
+        /// The interface name.
+        ifname: String,
+        /// The namespace.
+        netns: String,
+    },
+    /// The device is gone (re-open after restart found nothing).
+    #[error("interface {ifname} no longer exists in netns {netns}")]
+    Gone {
+        /// The interface name.
+        ifname: String,
+        /// The namespace.
+        netns: String,
+    },
+    /// A system call failed.
+    #[error("{what} for interface {name}: {source}")]
+    Sys {
+        /// The operation that failed, e.g. "TUNSETIFF".
+        what: String,
+        /// The NetworkInterface name.
+        name: String,
+        /// The kernel's error.
+        source: io::Error,
+    },
+}
+
+/// The name of a port's device in the daemon's namespace (`vs` + 8 hex digits of a hash of
+/// the resource name): stable across restarts, within IFNAMSIZ, unlikely to collide.
+pub fn host_ifname(name: &str) -> String {
+    // FNV-1a: stable across releases, unlike std's DefaultHasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("vs{hash:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_stable_and_short() {
+        assert_eq!(host_ifname("c1"), host_ifname("c1"));
+        assert_ne!(host_ifname("c1"), host_ifname("c2"));
+        assert!(host_ifname("a-very-long-interface-name-indeed").len() <= 15);
+    }
+}
+
+/// Creates the device for `req`, moves it into the container's namespace, configures it
+/// (name, MAC, MTU, addresses, default route, up) and opens one queue per worker.
+///
+/// # Errors
+/// [`PortError`] naming the interface and what to check; nothing is left behind on error.
+pub fn attach(req: &AttachRequest) -> Result<PortIo, PortError> {
+    match req.kind {
+        PortKind::Tap => tap::attach(req),
+        PortKind::Veth => veth::attach(req),
+    }
+}
+
+/// Re-opens the queues of a port that survived a daemon restart (persistent TAP inside the
+/// container, or veth host end), without touching the container's configuration.
+///
+/// # Errors
+/// [`PortError::Gone`] when the device or namespace no longer exists.
+pub fn reopen(req: &AttachRequest) -> Result<PortIo, PortError> {
+    match req.kind {
+        PortKind::Tap => tap::reopen(req),
+        PortKind::Veth => veth::reopen(req),
+    }
+}
+
+/// Removes the port's device (the TAP, or the veth pair). `io`, when given, is closed first.
+/// A device that is already gone is not an error.
+///
+/// # Errors
+/// [`PortError`] when the device exists but cannot be removed.
+pub fn detach(req: &AttachRequest, io: Option<PortIo>) -> Result<(), PortError> {
+    match req.kind {
+        PortKind::Tap => tap::detach(req, io),
+        PortKind::Veth => veth::detach(req, io),
+    }
+}

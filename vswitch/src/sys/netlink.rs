@@ -1,0 +1,1 @@
+//! Netlink: links, addresses, routes (being written).
