@@ -201,17 +201,6 @@ pub fn host_ifname(name: &str) -> String {
     format!("vs{hash:08x}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_ifname_is_stable_and_short() {
-        assert_eq!(host_ifname("c1"), host_ifname("c1"));
-        assert_ne!(host_ifname("c1"), host_ifname("c2"));
-        assert!(host_ifname("a-very-long-interface-name-indeed").len() <= 15);
-    }
-}
 
 /// Creates the device for `req`, moves it into the container's namespace, configures it
 /// (name, MAC, MTU, addresses, default route, up) and opens one queue per worker.
@@ -246,5 +235,17 @@ pub fn detach(req: &AttachRequest, io: Option<PortIo>) -> Result<(), PortError> 
     match req.kind {
         PortKind::Tap => tap::detach(req, io),
         PortKind::Veth => veth::detach(req, io),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_stable_and_short() {
+        assert_eq!(host_ifname("c1"), host_ifname("c1"));
+        assert_ne!(host_ifname("c1"), host_ifname("c2"));
+        assert!(host_ifname("a-very-long-interface-name-indeed").len() <= 15);
     }
 }

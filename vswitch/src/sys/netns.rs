@@ -1,9 +1,24 @@
 //! Network namespaces: naming them (`NAME` under /run/netns, a path, or `pid:N`) and running
 //! code inside one.
+//!
+//! A thread's network namespace decides which devices it sees and where the sockets it creates
+//! live (a netlink socket, an AF_PACKET socket or a `/dev/net/tun` fd is bound to the namespace
+//! of the thread that created it). [`run_in`] therefore runs code on a fresh thread that has
+//! `setns()`'d into the target: the caller's thread never changes namespace, and whatever the
+//! closure opens is opened inside the target.
+//!
+//! Whatever a closure opens belongs to (and keeps alive) the target namespace, including
+//! process-wide resources created lazily on first use: tokio's signal socket pair is one,
+//! which is why `netlink::run_in` builds a runtime in the caller's namespace first.
 
 use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use nix::sched::CloneFlags;
 
 /// A reference to a network namespace, as a user writes it in `spec.netns` or on the CLI.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +40,62 @@ impl NetnsRef {
             NetnsRef::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
         }
     }
+}
+
+/// Opens the file that names `ns` (read-only, close-on-exec). The fd can be given to netlink
+/// (`IFLA_NET_NS_FD`) or to [`run_in_fd`].
+///
+/// # Errors
+/// The kernel's error when the file does not exist or cannot be opened. Whether the file really
+/// is a network namespace is only known when it is used.
+pub fn open(ns: &NetnsRef) -> io::Result<OwnedFd> {
+    // std opens files with O_CLOEXEC.
+    File::open(ns.path()).map(OwnedFd::from)
+}
+
+/// Runs `f` on a new thread that has entered the network namespace `ns`, and returns its
+/// result. The calling thread's namespace is untouched.
+///
+/// # Errors
+/// An error when the namespace file cannot be opened or entered (missing, not a network
+/// namespace, no permission); errors of `f` itself are part of `T`.
+pub fn run_in<T, F>(ns: &NetnsRef, f: F) -> io::Result<T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    let fd = open(ns)?;
+    run_in_fd(&fd, f)
+}
+
+/// Like [`run_in`], with the namespace already opened (see [`open`]).
+///
+/// # Errors
+/// An error when `setns()` refuses `fd` (not a network namespace, no permission).
+///
+/// # Panics
+/// Re-raises a panic of `f` on the calling thread.
+pub fn run_in_fd<T, F>(fd: &OwnedFd, f: F) -> io::Result<T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    let fd = fd.as_fd();
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("vs-netns".into())
+            .spawn_scoped(scope, move || {
+                // setns(CLONE_NEWNET) changes only this thread's namespace; the thread ends
+                // when `f` returns, so no other code ever runs in the target namespace by
+                // accident.
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                Ok(f())
+            })?;
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Why a namespace reference could not be parsed.
@@ -88,5 +159,40 @@ mod tests {
         assert!("a/b".parse::<NetnsRef>().is_err());
         assert!("".parse::<NetnsRef>().is_err());
         assert_eq!(NetnsRef::Pid(7).to_string(), "pid:7");
+    }
+
+    #[test]
+    fn path_forms() {
+        assert_eq!(
+            NetnsRef::Name("c1".into()).path(),
+            PathBuf::from("/run/netns/c1")
+        );
+        assert_eq!(NetnsRef::Pid(42).path(), PathBuf::from("/proc/42/ns/net"));
+        assert_eq!(
+            NetnsRef::Path("/var/run/netns/x".into()).path(),
+            PathBuf::from("/var/run/netns/x")
+        );
+    }
+
+    #[test]
+    fn missing_namespace_is_an_error() {
+        let ns = NetnsRef::Name("vst-unit-no-such-namespace".into());
+        let err = run_in(&ns, || ()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_file_that_is_no_namespace_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let ns = NetnsRef::Path(file.path().to_path_buf());
+        assert!(run_in(&ns, || ()).is_err());
+    }
+
+    #[test]
+    fn runs_in_own_namespace() {
+        // Entering even our own namespace needs CAP_SYS_ADMIN.
+        let got = run_in(&NetnsRef::Pid(std::process::id()), || 7)
+            .expect("setns into our own namespace (the tests must run as root)");
+        assert_eq!(got, 7);
     }
 }
