@@ -1,15 +1,41 @@
-//! The engine: worker threads, the published snapshot, learned MACs and counters (being
-//! written).
+//! The engine: worker threads, the published snapshot, learned MACs and counters.
+//!
+//! [`Engine::start`] spawns `workers` threads (`vswitch-w0`, ...). The control plane compiles
+//! the configuration into a [`Snapshot`] and [`publish`](Engine::publish)es it: one atomic
+//! pointer swap plus a wake-up of each worker. Workers re-sync their queues when they see a
+//! new generation; [`Engine::wait_synced`] tells when all of them have (and so have released
+//! every port that left the snapshot).
+//!
+//! Shared mutable state is the [`fdb::Fdb`] (sharded, read-mostly) and the per-worker
+//! [`counters::WorkerCounters`] (one writer each). The API reads them through
+//! [`Engine::stats`] and [`Engine::fdb`].
 
+pub mod clock;
+pub mod counters;
+pub mod fdb;
+mod ratelimit;
 pub mod snapshot;
+mod worker;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use parking_lot::Mutex;
 use serde::Serialize;
+use tracing::{error, info};
 
+use crate::pipeline::DropCause;
 use crate::port::PortId;
+use clock::{Clock, MonotonicClock};
+use counters::{Event, PortTotals, WorkerCounters};
 pub use snapshot::{PortEntry, Snapshot, SubnetEntry, SubnetId};
+pub use worker::BATCH_SIZE;
+use worker::{Shared, Worker};
 
 /// How the engine is started.
 #[derive(Debug, Clone)]
@@ -33,6 +59,8 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames dropped, by stable reason key (`port_security.src_mac`, ...).
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// Failed reads of the port's queues (the kernel's errors, not frames).
+    pub rx_errors: u64,
 }
 
 /// Counters of the whole switch.
@@ -65,19 +93,64 @@ pub struct FdbRow {
 #[derive(Debug)]
 pub struct Engine {
     workers: usize,
-    current: Arc<arc_swap::ArcSwap<Snapshot>>,
+    shared: Arc<Shared>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
 impl Engine {
     /// Starts the workers with an empty snapshot.
     ///
     /// # Errors
-    /// When a worker thread or its epoll cannot be created.
+    /// When a worker thread or its epoll cannot be created, or `workers` is 0.
     pub fn start(config: EngineConfig) -> io::Result<Engine> {
-        Ok(Engine {
-            workers: config.workers,
+        Engine::start_with_clock(config, Arc::new(MonotonicClock::new()))
+    }
+
+    /// [`start`](Engine::start) with the given clock (tests drive MAC ageing with a
+    /// [`clock::FakeClock`]).
+    ///
+    /// # Errors
+    /// As [`start`](Engine::start).
+    pub fn start_with_clock(config: EngineConfig, clock: Arc<dyn Clock>) -> io::Result<Engine> {
+        if config.workers == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the engine needs at least one worker (--workers 1 or more)",
+            ));
+        }
+        let wakers = (0..config.workers)
+            .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC))
+            .collect::<Result<Box<[EventFd]>, _>>()?;
+        let shared = Arc::new(Shared {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
-        })
+            fdb: fdb::Fdb::new(),
+            counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
+            synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
+            stop: AtomicBool::new(false),
+            wakers,
+            clock,
+        });
+        let engine = Engine {
+            workers: config.workers,
+            shared: Arc::clone(&shared),
+            handles: Mutex::new(Vec::with_capacity(config.workers)),
+        };
+        for index in 0..config.workers {
+            // On error, `engine` is dropped here, which stops the workers already started.
+            let worker = Worker::new(index, Arc::clone(&shared))?;
+            let handle = std::thread::Builder::new()
+                .name(format!("vswitch-w{index}"))
+                .spawn(move || worker.run())?;
+            engine.handles.lock().push(handle);
+        }
+        info!(workers = config.workers, "engine started");
+        Ok(engine)
     }
 
     /// Number of workers (ports open this many queues).
@@ -85,30 +158,500 @@ impl Engine {
         self.workers
     }
 
-    /// Publishes a new configuration; workers pick it up at their next batch.
+    /// Publishes a new configuration; workers pick it up at their next batch (they are woken
+    /// at once). Calls must not race each other (the controller serialises them).
     pub fn publish(&self, mut snapshot: Snapshot) {
-        snapshot.generation = self.current.load().generation + 1;
-        self.current.store(Arc::new(snapshot));
+        snapshot.generation = self.shared.current.load().generation + 1;
+        self.shared.current.store(Arc::new(snapshot));
+        self.shared.wake_all();
     }
 
     /// The snapshot workers currently use.
     pub fn current(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+        self.shared.current.load_full()
+    }
+
+    /// Waits until every worker has re-synced to `generation` or later (or stopped), so that
+    /// none holds a port absent from that snapshot any more (its `Arc<PortIo>` is released);
+    /// returns false on timeout.
+    pub fn wait_synced(&self, generation: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self
+                .shared
+                .synced
+                .iter()
+                .all(|synced| synced.load(Ordering::Acquire) >= generation);
+            if all {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Forgets everything about a port id before it is (re)used: counters and learned MACs.
-    pub fn reset_port(&self, _id: PortId) {}
-
-    /// Counters, summed over workers.
-    pub fn stats(&self) -> StatsReport {
-        StatsReport::default()
+    pub fn reset_port(&self, id: PortId) {
+        for counters in self.shared.counters.iter() {
+            counters.reset_port(id);
+        }
+        self.shared.fdb.forget_port(id);
     }
 
-    /// Learned MACs.
+    /// Counters, summed over workers, for the ports of the current snapshot (by name).
+    pub fn stats(&self) -> StatsReport {
+        let snapshot = self.current();
+        let mut all_drops = [0u64; DropCause::COUNT];
+        let mut ports = Vec::with_capacity(snapshot.ports().len());
+        for port in snapshot.ports() {
+            let mut totals = PortTotals::default();
+            for counters in self.shared.counters.iter() {
+                totals.add(&counters.totals(port.id));
+            }
+            for (sum, value) in all_drops.iter_mut().zip(totals.drops.iter()) {
+                *sum += value;
+            }
+            ports.push(PortStats {
+                name: port.name.clone(),
+                rx_packets: totals.rx_packets,
+                rx_bytes: totals.rx_bytes,
+                tx_packets: totals.tx_packets,
+                tx_bytes: totals.tx_bytes,
+                drops: DropCause::all()
+                    .filter(|cause| totals.drop_count(*cause) > 0)
+                    .map(|cause| (cause.key().to_string(), totals.drop_count(cause)))
+                    .collect(),
+                rx_errors: totals.rx_errors,
+            });
+        }
+        ports.sort_by(|a, b| a.name.cmp(&b.name));
+        StatsReport {
+            workers: self.workers,
+            ports,
+            drops: DropCause::all()
+                .map(|cause| (cause.key().to_string(), all_drops[cause.index()]))
+                .collect(),
+            events: Event::ALL
+                .iter()
+                .map(|&event| {
+                    let sum = self.shared.counters.iter().map(|c| c.event(event)).sum();
+                    (event.key().to_string(), sum)
+                })
+                .collect(),
+        }
+    }
+
+    /// Every drop reason and event key with its one-line description (for `vswitchctl stats`
+    /// help and the docs).
+    pub fn counter_descriptions() -> BTreeMap<&'static str, &'static str> {
+        DropCause::all()
+            .map(|cause| (cause.key(), cause.description()))
+            .chain(Event::ALL.iter().map(|e| (e.key(), e.description())))
+            .collect()
+    }
+
+    /// Learned MACs that have not aged out, with subnet and port names from the current
+    /// snapshot, sorted by subnet and MAC.
     pub fn fdb(&self) -> Vec<FdbRow> {
-        Vec::new()
+        let snapshot = self.current();
+        let now = self.shared.clock.now_ms();
+        let mut rows: Vec<FdbRow> = self
+            .shared
+            .fdb
+            .entries(&snapshot, now)
+            .into_iter()
+            .filter_map(|entry| {
+                let subnet = snapshot.subnet(entry.subnet)?;
+                let port = snapshot.port(entry.port)?;
+                Some(FdbRow {
+                    subnet: subnet.name.clone(),
+                    mac: format_mac(entry.mac),
+                    port: port.name.clone(),
+                    age_seconds: entry.age_ms / 1_000,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.subnet, &a.mac).cmp(&(&b.subnet, &b.mac)));
+        rows
+    }
+
+    /// Stops the workers and waits for them (also done on drop). Idempotent.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_all();
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock());
+        for handle in handles {
+            let name = handle.thread().name().unwrap_or("worker").to_string();
+            if handle.join().is_err() {
+                error!(thread = %name, "worker thread panicked");
+            }
+        }
     }
 
     /// Stops the workers and waits for them.
-    pub fn shutdown(&mut self) {}
+    pub fn shutdown(&mut self) {
+        self.stop();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn learned(&self) -> &fdb::Fdb {
+        &self.shared.fdb
+    }
+
+    #[cfg(test)]
+    pub(crate) fn worker_counters(&self, worker: usize) -> &WorkerCounters {
+        &self.shared.counters[worker]
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::clock::FakeClock;
+    use crate::pipeline::fixtures::{MAC_A, MAC_B, snapshot};
+    use crate::pipeline::{parse, port_security};
+
+    fn engine(workers: usize, clock: Arc<FakeClock>) -> Engine {
+        Engine::start_with_clock(EngineConfig { workers }, clock).expect("engine starts")
+    }
+
+    #[test]
+    fn zero_workers_is_refused() {
+        let error = Engine::start(EngineConfig { workers: 0 }).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn starts_publishes_syncs_and_stops() {
+        let mut engine = engine(2, Arc::new(FakeClock::new(0)));
+        assert_eq!(engine.workers(), 2);
+        assert_eq!(engine.current().generation, 0);
+        engine.publish(snapshot());
+        let generation = engine.current().generation;
+        assert_eq!(generation, 1);
+        assert!(engine.wait_synced(generation, Duration::from_secs(10)));
+        engine.publish(Snapshot::default());
+        assert!(engine.wait_synced(2, Duration::from_secs(10)));
+        assert!(
+            !engine.wait_synced(3, Duration::from_millis(20)),
+            "not yet published"
+        );
+        engine.shutdown();
+        engine.stop();
+        assert!(
+            engine.wait_synced(u64::MAX, Duration::ZERO),
+            "stopped workers hold nothing"
+        );
+    }
+
+    #[test]
+    fn worker_threads_are_named() {
+        let engine = engine(1, Arc::new(FakeClock::new(0)));
+        let names: Vec<String> = engine
+            .handles
+            .lock()
+            .iter()
+            .map(|h| h.thread().name().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(names, vec!["vswitch-w0".to_string()]);
+    }
+
+    #[test]
+    fn stats_are_keyed_by_port_name_and_summed() {
+        let engine = engine(2, Arc::new(FakeClock::new(0)));
+        engine.publish(snapshot());
+        let runt = DropCause::Parse(parse::DropReason::Runt);
+        let spoof = DropCause::PortSecurity(port_security::DropReason::SrcMac);
+        engine.worker_counters(0).add_rx(PortId(1), 2, 120);
+        engine.worker_counters(1).add_rx(PortId(1), 3, 180);
+        engine.worker_counters(1).add_tx(PortId(2), 1, 60);
+        engine.worker_counters(0).add_drop(PortId(1), runt, 1);
+        engine.worker_counters(1).add_drop(PortId(2), spoof, 4);
+        engine
+            .worker_counters(0)
+            .add_event(Event::MacLimitReached, 1);
+        let stats = engine.stats();
+        assert_eq!(stats.workers, 2);
+        let names: Vec<&str> = stats.ports.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["port1", "port2", "port3", "port4", "port5"]);
+        let port1 = &stats.ports[0];
+        assert_eq!((port1.rx_packets, port1.rx_bytes), (5, 300));
+        assert_eq!(port1.drops.get("parse.runt"), Some(&1));
+        assert_eq!(port1.drops.len(), 1, "only non-zero reasons per port");
+        assert_eq!(stats.ports[1].tx_packets, 1);
+        assert_eq!(stats.drops.get("parse.runt"), Some(&1));
+        assert_eq!(stats.drops.get("port_security.src_mac"), Some(&4));
+        assert_eq!(
+            stats.drops.len(),
+            DropCause::COUNT,
+            "every key, zeros included"
+        );
+        assert_eq!(stats.events.get("l2.mac_limit_reached"), Some(&1));
+        engine.reset_port(PortId(1));
+        let stats = engine.stats();
+        assert_eq!(stats.ports[0].rx_packets, 0);
+        assert!(stats.ports[0].drops.is_empty());
+        assert_eq!(stats.ports[1].drops.get("port_security.src_mac"), Some(&4));
+    }
+
+    #[test]
+    fn fdb_lists_names_and_ages_and_forgets_reset_ports() {
+        let clock = Arc::new(FakeClock::new(10_000));
+        let engine = engine(1, Arc::clone(&clock));
+        engine.publish(snapshot());
+        let current = engine.current();
+        let blue = current.subnet(SubnetId(1)).unwrap();
+        engine
+            .learned()
+            .learn(blue, MAC_A, PortId(1), clock.now_ms());
+        clock.advance(Duration::from_millis(2_500));
+        engine
+            .learned()
+            .learn(blue, MAC_B, PortId(2), clock.now_ms());
+        let rows = engine.fdb();
+        let view: Vec<(&str, &str, &str, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.subnet.as_str(),
+                    r.mac.as_str(),
+                    r.port.as_str(),
+                    r.age_seconds,
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                ("blue", "02:00:00:00:00:0a", "port1", 2),
+                ("blue", "02:00:00:00:00:0b", "port2", 0),
+            ]
+        );
+        engine.reset_port(PortId(1));
+        assert_eq!(engine.fdb().len(), 1);
+        clock.advance(Duration::from_secs(300));
+        assert!(engine.fdb().is_empty(), "aged out");
+    }
+
+    #[test]
+    fn descriptions_cover_every_key() {
+        let descriptions = Engine::counter_descriptions();
+        assert_eq!(descriptions.len(), DropCause::COUNT + Event::COUNT);
+        assert!(descriptions.contains_key("l2.mac_limit_reached"));
+        assert!(descriptions.contains_key("tx.queue_full"));
+    }
+
+    #[test]
+    fn engine_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Engine>();
+    }
+
+    /// Real devices: two multi-queue TAPs, each moved into its own namespace, switched by a
+    /// two-worker engine, without the control plane. Needs root, /dev/net/tun, iproute2, ping
+    /// and iperf3 (CI runs as root; without them the test fails and says what is missing).
+    #[test]
+    fn datapath_switches_between_two_taps() {
+        use std::process::Command;
+
+        use crate::port::{Capabilities, PortIo, PortKind, PortQueue};
+        use crate::sys::tap::TapQueue;
+
+        /// `TUN_F_CSUM` (include/uapi/linux/if_tun.h).
+        const TUN_F_CSUM: u32 = 0x01;
+
+        fn run(args: &[&str]) -> Result<String, String> {
+            let output = Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .map_err(|e| format!("{}: {e} (is it installed?)", args[0]))?;
+            if output.status.success() {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            } else {
+                Err(format!(
+                    "{:?} failed: {}",
+                    args,
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        }
+
+        struct Netns(String);
+        impl Drop for Netns {
+            fn drop(&mut self) {
+                let _ = run(&["ip", "netns", "del", &self.0]);
+            }
+        }
+
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "datapath_switches_between_two_taps needs root (CAP_NET_ADMIN) to create TAPs and namespaces"
+        );
+        assert!(
+            std::path::Path::new("/dev/net/tun").exists(),
+            "datapath_switches_between_two_taps needs /dev/net/tun"
+        );
+        let tag = std::process::id() % 100_000;
+        let workers = 2;
+        let mut namespaces = Vec::new();
+        let mut ports = Vec::new();
+        for (id, side, mac, ip) in [
+            (1u32, 'a', [0x02, 0, 0, 0xdd, 0, 1], "10.213.0.1"),
+            (2u32, 'b', [0x02, 0, 0, 0xdd, 0, 2], "10.213.0.2"),
+        ] {
+            let ifname = format!("vdp{tag}{side}");
+            let netns = Netns(format!("vswdp{tag}{side}"));
+            run(&["ip", "netns", "add", &netns.0]).unwrap();
+            namespaces.push(netns);
+            let netns = &namespaces.last().unwrap().0;
+            // Side a lets its kernel hand us partial checksums (TUN_F_CSUM, no TSO); side b
+            // says it cannot take them, so the switch must complete them on the way to b.
+            let offload = if side == 'a' { TUN_F_CSUM } else { 0 };
+            let queues = (0..workers)
+                .map(|_| {
+                    let queue = TapQueue::open(&ifname)?;
+                    queue.set_offload(offload, &ifname)?;
+                    Ok(Mutex::new(PortQueue::Tap(queue)))
+                })
+                .collect::<Result<Vec<_>, crate::sys::tap::TapError>>()
+                .unwrap();
+            run(&["ip", "link", "set", &ifname, "netns", netns]).unwrap();
+            let mac_text = format_mac(mac);
+            let address = format!("{ip}/24");
+            run(&[
+                "ip", "-n", netns, "link", "set", &ifname, "address", &mac_text,
+            ])
+            .unwrap();
+            run(&["ip", "-n", netns, "addr", "add", &address, "dev", &ifname]).unwrap();
+            run(&["ip", "-n", netns, "link", "set", &ifname, "up"]).unwrap();
+            ports.push(PortEntry {
+                id: PortId(id),
+                name: format!("dp-{side}"),
+                subnet: SubnetId(7),
+                mac,
+                ips: vec![ip.parse().unwrap()],
+                mtu: 1500,
+                io: Arc::new(PortIo {
+                    kind: PortKind::Tap,
+                    queues,
+                    capabilities: Capabilities {
+                        vnet_hdr: true,
+                        tx_partial_csum: side == 'a',
+                        tx_gso: false,
+                        tun_offload_flags: 0,
+                    },
+                    host_ifname: None,
+                }),
+            });
+        }
+        let subnet = SubnetEntry {
+            id: SubnetId(7),
+            name: "dp".to_string(),
+            network: "default".to_string(),
+            ports: vec![PortId(1), PortId(2)],
+            mac_ageing: snapshot::DEFAULT_MAC_AGEING,
+            mac_limit: snapshot::DEFAULT_MAC_LIMIT,
+        };
+        let engine = Engine::start(EngineConfig { workers }).unwrap();
+        engine.publish(Snapshot::new(ports, vec![subnet]));
+        assert!(engine.wait_synced(1, Duration::from_secs(5)));
+        let ns_a = namespaces[0].0.clone();
+        let ping = |source: Option<&str>| {
+            let mut args = vec!["ip", "netns", "exec", &ns_a, "ping", "-c", "3", "-i", "0.2"];
+            args.extend(["-W", "2"]);
+            if let Some(source) = source {
+                args.extend(["-I", source]);
+            }
+            args.push("10.213.0.2");
+            run(&args)
+        };
+        ping(None).expect("ping through the switch");
+        let stats = engine.stats();
+        let (a, b) = (&stats.ports[0], &stats.ports[1]);
+        assert!(a.rx_packets >= 4 && b.tx_packets >= 4, "{stats:?}");
+        assert!(b.rx_packets >= 4 && a.tx_packets >= 4, "{stats:?}");
+        let learned: Vec<String> = engine.fdb().into_iter().map(|row| row.port).collect();
+        assert_eq!(learned, vec!["dp-a".to_string(), "dp-b".to_string()]);
+
+        // TCP from a: its checksums arrive partial and are completed for b, whose kernel
+        // verifies them (a bad checksum would stall the transfer).
+        let ns_b = namespaces[1].0.clone();
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns_b, "iperf3", "-s", "-1", "-p", "5299"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3 is installed");
+        std::thread::sleep(Duration::from_millis(500));
+        let client = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns_a,
+            "iperf3",
+            "-c",
+            "10.213.0.2",
+            "-p",
+            "5299",
+            "-n",
+            "2M",
+        ]);
+        let _ = server.kill();
+        let _ = server.wait();
+        client.expect("TCP through the switch with completed checksums");
+        let stats = engine.stats();
+        assert!(
+            stats.events["tx.checksum_completed"] > 0,
+            "partial checksums were completed: {stats:?}"
+        );
+
+        // A spoofed source address is dropped and counted.
+        run(&[
+            "ip",
+            "-n",
+            &ns_a,
+            "addr",
+            "add",
+            "10.213.0.9/24",
+            "dev",
+            &format!("vdp{tag}a"),
+        ])
+        .unwrap();
+        assert!(
+            ping(Some("10.213.0.9")).is_err(),
+            "spoofed source must not pass"
+        );
+        let stats = engine.stats();
+        assert!(
+            stats.ports[0]
+                .drops
+                .get("port_security.ipv4_src")
+                .copied()
+                .unwrap_or(0)
+                >= 1
+                || stats.ports[0]
+                    .drops
+                    .get("port_security.arp_spa")
+                    .copied()
+                    .unwrap_or(0)
+                    >= 1,
+            "{stats:?}"
+        );
+        drop(engine);
+    }
+
+    #[test]
+    fn mac_format() {
+        assert_eq!(
+            format_mac([0x02, 0, 0xab, 0xcd, 0xef, 0x01]),
+            "02:00:ab:cd:ef:01"
+        );
+    }
 }

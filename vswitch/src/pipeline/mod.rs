@@ -1,1 +1,509 @@
-//! The packet stages, one file each, with their drop reasons (being written).
+//! The packet stages, one file each, with their drop reasons beside them (VPP style).
+//!
+//! A frame received on a port (a `virtio_net_hdr` followed by the Ethernet frame) goes through
+//! [`parse`] -> [`port_security`] -> [`l2`], which yields a [`Verdict`]: forward to one port,
+//! flood to the subnet, or drop with a [`DropCause`] (a stage and its reason). On the way out,
+//! [`tx`] adapts the frame to what the egress port can take (completing partial checksums).
+//!
+//! [`process`] runs the ingress stages for one frame; it is a pure function of the snapshot,
+//! the FDB, the clock value and the bytes, so every stage is unit-tested on static fixtures.
+//! It never panics on packet content: every malformed frame ends in a counted drop.
+//! The worker ([`crate::engine`]) counts every drop through one path, keyed by
+//! [`DropCause::key`] (`parse.runt`, `port_security.src_mac`, ...), which is stable: counters,
+//! the API and tests use these strings.
+
+/// Declares a `Copy` enum whose variants each carry a stable key and a one-line description,
+/// with `ALL`, `COUNT`, `key()`, `description()` and a dense `index()` for counter arrays.
+macro_rules! keyed_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $variant:ident = $key:literal : $desc:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $( #[doc = $desc] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in counter order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Number of values.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The stable key (`stage.reason`) used by counters and the API.
+            pub const fn key(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $key, )+
+                }
+            }
+
+            /// One line saying what happened.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $desc, )+
+                }
+            }
+
+            /// Dense index (`0..COUNT`), for counter arrays.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.key())
+            }
+        }
+    };
+}
+pub(crate) use keyed_enum;
+
+pub mod l2;
+pub mod parse;
+pub mod port_security;
+pub mod tx;
+
+use core::fmt;
+
+use crate::engine::fdb::{Fdb, Learn};
+use crate::engine::snapshot::{PortEntry, Snapshot};
+use crate::port::PortId;
+
+/// The stages a frame can be dropped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// [`parse`]: the virtio header and the L2/L3 headers are well-formed.
+    Parse,
+    /// [`port_security`]: the port sends only from its own addresses.
+    PortSecurity,
+    /// [`l2`]: MAC learning and forwarding.
+    L2,
+    /// [`tx`]: the egress port takes the frame.
+    Tx,
+}
+
+impl Stage {
+    /// The stage's name, the prefix of its drop keys.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::PortSecurity => "port_security",
+            Stage::L2 => "l2",
+            Stage::Tx => "tx",
+        }
+    }
+}
+
+/// Why a frame was dropped: the stage and that stage's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropCause {
+    /// Dropped by [`parse`].
+    Parse(parse::DropReason),
+    /// Dropped by [`port_security`].
+    PortSecurity(port_security::DropReason),
+    /// Dropped by [`l2`].
+    L2(l2::DropReason),
+    /// Dropped by [`tx`] (or by the egress queue).
+    Tx(tx::DropReason),
+}
+
+const PARSE_BASE: usize = 0;
+const PORT_SECURITY_BASE: usize = PARSE_BASE + parse::DropReason::COUNT;
+const L2_BASE: usize = PORT_SECURITY_BASE + port_security::DropReason::COUNT;
+const TX_BASE: usize = L2_BASE + l2::DropReason::COUNT;
+
+impl DropCause {
+    /// Number of distinct causes (the length of a per-port drop counter array).
+    pub const COUNT: usize = TX_BASE + tx::DropReason::COUNT;
+
+    /// The stage that dropped the frame.
+    pub const fn stage(self) -> Stage {
+        match self {
+            DropCause::Parse(_) => Stage::Parse,
+            DropCause::PortSecurity(_) => Stage::PortSecurity,
+            DropCause::L2(_) => Stage::L2,
+            DropCause::Tx(_) => Stage::Tx,
+        }
+    }
+
+    /// The stable key, e.g. `parse.runt`.
+    pub const fn key(self) -> &'static str {
+        match self {
+            DropCause::Parse(reason) => reason.key(),
+            DropCause::PortSecurity(reason) => reason.key(),
+            DropCause::L2(reason) => reason.key(),
+            DropCause::Tx(reason) => reason.key(),
+        }
+    }
+
+    /// One line saying why the frame was dropped.
+    pub const fn description(self) -> &'static str {
+        match self {
+            DropCause::Parse(reason) => reason.description(),
+            DropCause::PortSecurity(reason) => reason.description(),
+            DropCause::L2(reason) => reason.description(),
+            DropCause::Tx(reason) => reason.description(),
+        }
+    }
+
+    /// Dense index (`0..COUNT`) into per-port drop counters.
+    pub const fn index(self) -> usize {
+        match self {
+            DropCause::Parse(reason) => PARSE_BASE + reason.index(),
+            DropCause::PortSecurity(reason) => PORT_SECURITY_BASE + reason.index(),
+            DropCause::L2(reason) => L2_BASE + reason.index(),
+            DropCause::Tx(reason) => TX_BASE + reason.index(),
+        }
+    }
+
+    /// Every cause, in index order.
+    pub fn all() -> impl Iterator<Item = DropCause> {
+        let parse = parse::DropReason::ALL.iter().map(|&r| DropCause::Parse(r));
+        let port_security = port_security::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::PortSecurity(r));
+        let l2 = l2::DropReason::ALL.iter().map(|&r| DropCause::L2(r));
+        let tx = tx::DropReason::ALL.iter().map(|&r| DropCause::Tx(r));
+        parse.chain(port_security).chain(l2).chain(tx)
+    }
+}
+
+impl fmt::Display for DropCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+impl From<parse::DropReason> for DropCause {
+    fn from(reason: parse::DropReason) -> DropCause {
+        DropCause::Parse(reason)
+    }
+}
+
+impl From<port_security::DropReason> for DropCause {
+    fn from(reason: port_security::DropReason) -> DropCause {
+        DropCause::PortSecurity(reason)
+    }
+}
+
+impl From<l2::DropReason> for DropCause {
+    fn from(reason: l2::DropReason) -> DropCause {
+        DropCause::L2(reason)
+    }
+}
+
+impl From<tx::DropReason> for DropCause {
+    fn from(reason: tx::DropReason) -> DropCause {
+        DropCause::Tx(reason)
+    }
+}
+
+/// What to do with one received frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send to this port (never the ingress port).
+    Forward(PortId),
+    /// Send to every port of the ingress port's subnet except the ingress port.
+    Flood,
+    /// Drop, counted under this cause on the ingress port.
+    Drop(DropCause),
+}
+
+/// The result of the ingress stages for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Where the frame goes.
+    pub verdict: Verdict,
+    /// What learning the source MAC did (`None` when the frame was dropped before L2, or its
+    /// source cannot be learned).
+    pub learn: Option<Learn>,
+}
+
+impl Outcome {
+    /// A drop before learning.
+    pub fn dropped(cause: impl Into<DropCause>) -> Outcome {
+        Outcome {
+            verdict: Verdict::Drop(cause.into()),
+            learn: None,
+        }
+    }
+}
+
+/// What the ingress stages read besides the frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The configuration the worker loaded for this batch.
+    pub snapshot: &'a Snapshot,
+    /// Learned MACs, shared by all workers.
+    pub fdb: &'a Fdb,
+    /// The engine's clock, milliseconds (monotonic).
+    pub now_ms: u64,
+}
+
+/// Runs parse, port security and L2 for one frame received on `ingress`.
+/// `frame` is the `virtio_net_hdr` followed by the Ethernet frame.
+///
+/// The frame is not modified; learning the source MAC is the only side effect.
+pub fn process(ctx: &Context<'_>, ingress: &PortEntry, frame: &[u8]) -> Outcome {
+    let parsed = match parse::parse(frame) {
+        Ok(parsed) => parsed,
+        Err(reason) => return Outcome::dropped(reason),
+    };
+    if let Err(reason) = port_security::check(ingress, &parsed) {
+        return Outcome::dropped(reason);
+    }
+    l2::switch(ctx, ingress, &parsed)
+}
+
+/// Fixtures shared by the stage tests: frames as a container sends them, and a snapshot with
+/// two subnets.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    use crate::engine::snapshot::{
+        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, PortEntry, Snapshot, SubnetEntry, SubnetId,
+    };
+    use crate::port::{Capabilities, PortId, PortIo, PortKind};
+    use crate::wire::VNET_HDR_LEN;
+
+    /// MAC of port 1 (subnet 1, 172.30.0.2).
+    pub const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
+    /// MAC of port 2 (subnet 1, 172.30.0.3).
+    pub const MAC_B: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0b];
+    /// MAC of port 3 (subnet 1, 172.30.0.4).
+    pub const MAC_C: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0c];
+    /// MAC of port 4 (subnet 2, 10.9.0.2).
+    pub const MAC_D: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0d];
+    /// MAC of port 5 (subnet 2, 10.9.0.3).
+    pub const MAC_E: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0e];
+    /// The broadcast MAC.
+    pub const BROADCAST: [u8; 6] = [0xff; 6];
+
+    /// Address of port 1.
+    pub const IP_A: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+    /// Address of port 2.
+    pub const IP_B: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+    /// Address of port 4.
+    pub const IP_D: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+
+    /// An ARP request from port 1 (02:00:00:00:00:0a, 172.30.0.2) for 172.30.0.3, broadcast,
+    /// with a plain virtio_net_hdr, padded to the 60-byte Ethernet minimum.
+    pub static ARP_REQUEST: [u8; 70] = [
+        // virtio_net_hdr
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+        // Ethernet: dst ff:ff:ff:ff:ff:ff, src 02:00:00:00:00:0a, ARP
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x08, 0x06,
+        // ARP: Ethernet, IPv4, hlen 6, plen 4, request
+        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, //
+        // sender 02:00:00:00:00:0a 172.30.0.2
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x0a, 172, 30, 0, 2, //
+        // target 00:00:00:00:00:00 172.30.0.3
+        0, 0, 0, 0, 0, 0, 172, 30, 0, 3, //
+        // padding
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    /// An ICMP echo request 172.30.0.2 -> 172.30.0.3 from port 1 to port 2's MAC, with correct
+    /// IPv4 and ICMP checksums.
+    pub static ICMP_ECHO: [u8; 10 + 14 + 20 + 12] = [
+        // virtio_net_hdr
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+        // Ethernet: dst 02:00:00:00:00:0b, src 02:00:00:00:00:0a, IPv4
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x0b, 0x02, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x08, 0x00,
+        // IPv4: v4 ihl 5, tos 0, total 32, id 1, DF, ttl 64, ICMP, checksum, src, dst
+        0x45, 0x00, 0x00, 0x20, 0x00, 0x01, 0x40, 0x00, 0x40, 0x01, 0xe2, 0x9a, 172, 30, 0, 2, 172,
+        30, 0, 3, //
+        // ICMP echo request, checksum, id 1, seq 1, payload "ping"
+        0x08, 0x00, 0x19, 0x2d, 0x00, 0x01, 0x00, 0x01, b'p', b'i', b'n', b'g',
+    ];
+
+    /// A DHCPDISCOVER-shaped frame: 0.0.0.0:68 -> 255.255.255.255:67 from port 1, broadcast
+    /// (the UDP payload is cut short: only the headers matter to the switch).
+    pub static DHCP_DISCOVER: [u8; 10 + 14 + 20 + 8 + 4] = [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x08, 0x00,
+        // IPv4: total 32, UDP, 0.0.0.0 -> 255.255.255.255
+        0x45, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x40, 0x11, 0x7a, 0xce, 0, 0, 0, 0, 255,
+        255, 255, 255, //
+        // UDP 68 -> 67, length 12, no checksum
+        0x00, 0x44, 0x00, 0x43, 0x00, 0x0c, 0x00, 0x00, //
+        0x01, 0x01, 0x06, 0x00,
+    ];
+
+    /// An IPv6 frame (ICMPv6 echo fd00::a -> fd00::b) from port 1 to port 2's MAC.
+    pub static IPV6_ECHO: [u8; 10 + 14 + 40 + 8] = [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x0b, 0x02, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x86, 0xdd,
+        // IPv6: version 6, payload 8, next header 58, hop limit 64
+        0x60, 0x00, 0x00, 0x00, 0x00, 0x08, 58, 64, //
+        0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a, //
+        0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b, //
+        0x80, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01,
+    ];
+
+    /// Returns `frame` with the Ethernet source replaced.
+    pub fn with_src_mac(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
+        let mut bytes = frame.to_vec();
+        bytes[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&mac);
+        bytes
+    }
+
+    /// Returns `frame` with the Ethernet destination replaced.
+    pub fn with_dst_mac(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
+        let mut bytes = frame.to_vec();
+        bytes[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac);
+        bytes
+    }
+
+    /// Returns `frame` with byte `at` of the Ethernet frame (after the virtio header) set.
+    pub fn with_byte(frame: &[u8], at: usize, value: u8) -> Vec<u8> {
+        let mut bytes = frame.to_vec();
+        bytes[VNET_HDR_LEN + at] = value;
+        bytes
+    }
+
+    fn port(id: u32, subnet: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> PortEntry {
+        PortEntry {
+            id: PortId(id),
+            name: format!("port{id}"),
+            subnet: SubnetId(subnet),
+            mac,
+            ips: ips.to_vec(),
+            mtu: 1500,
+            io: Arc::new(PortIo {
+                kind: PortKind::Tap,
+                queues: Vec::new(),
+                capabilities: Capabilities::default(),
+                host_ifname: None,
+            }),
+        }
+    }
+
+    /// Subnet 1 (`blue`: ports 1, 2, 3) and subnet 2 (`red`: ports 4, 5), with `mac_limit`
+    /// learned MACs per subnet.
+    pub fn snapshot_with_limit(mac_limit: usize) -> Snapshot {
+        let ports = vec![
+            port(1, 1, MAC_A, &[IP_A]),
+            port(2, 1, MAC_B, &[IP_B]),
+            port(3, 1, MAC_C, &[Ipv4Addr::new(172, 30, 0, 4)]),
+            port(4, 2, MAC_D, &[IP_D]),
+            port(5, 2, MAC_E, &[Ipv4Addr::new(10, 9, 0, 3)]),
+        ];
+        let subnet = |id: u32, name: &str, ports: &[u32]| SubnetEntry {
+            id: SubnetId(id),
+            name: name.to_string(),
+            network: "default".to_string(),
+            ports: ports.iter().map(|&p| PortId(p)).collect(),
+            mac_ageing: DEFAULT_MAC_AGEING,
+            mac_limit,
+        };
+        Snapshot::new(
+            ports,
+            vec![subnet(1, "blue", &[1, 2, 3]), subnet(2, "red", &[4, 5])],
+        )
+    }
+
+    /// [`snapshot_with_limit`] with the default limit.
+    pub fn snapshot() -> Snapshot {
+        snapshot_with_limit(DEFAULT_MAC_LIMIT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn cause_indexes_are_dense_and_keys_unique() {
+        let causes: Vec<DropCause> = DropCause::all().collect();
+        assert_eq!(causes.len(), DropCause::COUNT);
+        for (index, cause) in causes.iter().enumerate() {
+            assert_eq!(cause.index(), index, "{cause}");
+            assert!(
+                cause
+                    .key()
+                    .starts_with(&format!("{}.", cause.stage().name())),
+                "{} must start with its stage name",
+                cause.key()
+            );
+            assert!(!cause.description().is_empty());
+        }
+        let mut keys: Vec<&str> = causes.iter().map(|c| c.key()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), DropCause::COUNT, "keys are unique");
+    }
+
+    #[test]
+    fn process_arp_request_floods_and_learns() {
+        let snapshot = snapshot();
+        let fdb = Fdb::new();
+        let ctx = Context {
+            snapshot: &snapshot,
+            fdb: &fdb,
+            now_ms: 1_000,
+        };
+        let ingress = snapshot.port(PortId(1)).unwrap();
+        let outcome = process(&ctx, ingress, &ARP_REQUEST);
+        assert_eq!(outcome.verdict, Verdict::Flood);
+        assert_eq!(outcome.learn, Some(Learn::Learned));
+        let blue = snapshot.subnet(ingress.subnet).unwrap();
+        assert_eq!(fdb.lookup(blue, MAC_A, 1_000), Some(PortId(1)));
+    }
+
+    #[test]
+    fn process_reply_goes_unicast_after_learning() {
+        let snapshot = snapshot();
+        let fdb = Fdb::new();
+        let ctx = Context {
+            snapshot: &snapshot,
+            fdb: &fdb,
+            now_ms: 5,
+        };
+        let port1 = snapshot.port(PortId(1)).unwrap();
+        let port2 = snapshot.port(PortId(2)).unwrap();
+        // Port 2 has not spoken yet: port 1's echo to its MAC is unknown unicast.
+        assert_eq!(process(&ctx, port1, &ICMP_ECHO).verdict, Verdict::Flood);
+        // Port 2 answers (source B, destination A, source IP B).
+        let mut reply = with_src_mac(&with_dst_mac(&ICMP_ECHO, MAC_A), MAC_B);
+        reply[10 + 14 + 12..10 + 14 + 16].copy_from_slice(&IP_B.octets());
+        reply[10 + 14 + 16..10 + 14 + 20].copy_from_slice(&IP_A.octets());
+        assert_eq!(
+            process(&ctx, port2, &reply).verdict,
+            Verdict::Forward(PortId(1))
+        );
+        assert_eq!(
+            process(&ctx, port1, &ICMP_ECHO).verdict,
+            Verdict::Forward(PortId(2))
+        );
+    }
+
+    #[test]
+    fn process_drops_in_stage_order() {
+        let snapshot = snapshot();
+        let fdb = Fdb::new();
+        let ctx = Context {
+            snapshot: &snapshot,
+            fdb: &fdb,
+            now_ms: 0,
+        };
+        let port1 = snapshot.port(PortId(1)).unwrap();
+        assert_eq!(
+            process(&ctx, port1, &ICMP_ECHO[..20]).verdict,
+            Verdict::Drop(DropCause::Parse(parse::DropReason::Runt))
+        );
+        assert_eq!(
+            process(&ctx, port1, &with_src_mac(&ICMP_ECHO, MAC_B)).verdict,
+            Verdict::Drop(DropCause::PortSecurity(port_security::DropReason::SrcMac))
+        );
+        // A dropped frame teaches nothing.
+        assert_eq!(fdb.len(), 0);
+    }
+}

@@ -13,7 +13,7 @@ pub mod veth;
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
@@ -86,6 +86,15 @@ pub enum PortQueue {
     Tap(TapQueue),
     /// An AF_PACKET socket bound to the veth host end (a PACKET_FANOUT member).
     Packet(PacketSocket),
+}
+
+impl AsFd for PortQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            PortQueue::Tap(q) => q.as_fd(),
+            PortQueue::Packet(s) => s.as_fd(),
+        }
+    }
 }
 
 impl PortQueue {

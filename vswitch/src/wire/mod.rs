@@ -1,8 +1,15 @@
 //! Typed views over the packet formats we own, in the shape of `smoltcp::wire`.
 //!
 //! Standard protocols (Ethernet, ARP, IPv4, IPv6, UDP, TCP, ICMP) are parsed with
-//! `smoltcp::wire`; only formats smoltcp does not know live here.
+//! `smoltcp::wire`; only formats smoltcp does not know live here, plus the checksum helpers the
+//! datapath needs (completing partial checksums left by the kernel).
 
+pub mod checksum;
 pub mod vnet_hdr;
 
+pub use checksum::ChecksumError;
 pub use vnet_hdr::HEADER_LEN as VNET_HDR_LEN;
+pub use vnet_hdr::{
+    Checksum as VnetChecksum, Error as VnetError, Gso as VnetGso, GsoKind as VnetGsoKind,
+    Packet as VnetPacket, Repr as VnetRepr,
+};

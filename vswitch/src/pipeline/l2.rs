@@ -1,0 +1,269 @@
+//! Stage `l2`: MAC learning and forwarding within the ingress port's subnet.
+//!
+//! 1. Learn the source: `(subnet, source MAC) -> ingress port` in the shared [`Fdb`].
+//! 2. Destination: a group address (broadcast, multicast) floods; a MAC learned on another
+//!    port of the same subnet is forwarded there; a MAC learned on the ingress port itself is
+//!    dropped (`l2.hairpin`, as a bridge never sends a frame back where it came from); anything
+//!    else (unknown unicast) floods.
+//!
+//! Flooding reaches the ports of the ingress port's subnet only, except the ingress port, so
+//! two subnets never see each other's broadcasts. A flood with nobody to reach is a drop
+//! (`l2.no_destination`).
+//!
+//! [`Fdb`]: crate::engine::fdb::Fdb
+
+use super::parse::Parsed;
+use super::{Context, Outcome, Verdict};
+use crate::engine::fdb::{Learn, is_group};
+use crate::engine::snapshot::PortEntry;
+
+keyed_enum! {
+    /// Why `l2` dropped a frame.
+    pub enum DropReason {
+        Hairpin = "l2.hairpin":
+            "destination MAC was learned on the ingress port itself",
+        NoSubnet = "l2.no_subnet":
+            "the ingress port's subnet is not in the configuration",
+        NoDestination = "l2.no_destination":
+            "broadcast or unknown destination, but the subnet has no other port",
+    }
+}
+
+/// Learns the source of a frame that passed port security and decides where it goes.
+pub fn switch(ctx: &Context<'_>, ingress: &PortEntry, parsed: &Parsed) -> Outcome {
+    let Some(subnet) = ctx.snapshot.subnet(ingress.subnet) else {
+        return Outcome::dropped(DropReason::NoSubnet);
+    };
+    let learn = ctx
+        .fdb
+        .learn(subnet, parsed.src_mac, ingress.id, ctx.now_ms);
+    let learn = (learn != Learn::NotUnicast).then_some(learn);
+    let flood = || {
+        if subnet.ports.iter().any(|&port| port != ingress.id) {
+            Verdict::Flood
+        } else {
+            Verdict::Drop(DropReason::NoDestination.into())
+        }
+    };
+    let verdict = if is_group(parsed.dst_mac) {
+        flood()
+    } else {
+        match ctx.fdb.lookup(subnet, parsed.dst_mac, ctx.now_ms) {
+            Some(port) if port == ingress.id => Verdict::Drop(DropReason::Hairpin.into()),
+            // The FDB is keyed by subnet, but the port may have left or moved since it was
+            // learned: only a port of this subnet in this snapshot is a destination.
+            Some(port)
+                if ctx
+                    .snapshot
+                    .port(port)
+                    .is_some_and(|entry| entry.subnet == subnet.id) =>
+            {
+                Verdict::Forward(port)
+            }
+            _ => flood(),
+        }
+    };
+    Outcome { verdict, learn }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::clock::millis;
+    use crate::engine::fdb::Fdb;
+    use crate::engine::snapshot::{Snapshot, SubnetId};
+    use crate::pipeline::fixtures::*;
+    use crate::pipeline::parse::parse;
+    use crate::pipeline::{DropCause, process};
+    use crate::port::PortId;
+
+    struct Bench {
+        snapshot: Snapshot,
+        fdb: Fdb,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            Bench {
+                snapshot: snapshot(),
+                fdb: Fdb::new(),
+            }
+        }
+
+        fn send(&self, port: u32, frame: &[u8], now_ms: u64) -> Outcome {
+            let ctx = Context {
+                snapshot: &self.snapshot,
+                fdb: &self.fdb,
+                now_ms,
+            };
+            process(&ctx, self.snapshot.port(PortId(port)).unwrap(), frame)
+        }
+
+        /// A frame from `port` (its own MAC and IP, so port security passes) to `dst`.
+        fn frame_from(&self, port: u32, dst: [u8; 6]) -> Vec<u8> {
+            let entry = self.snapshot.port(PortId(port)).unwrap();
+            let mut frame = with_dst_mac(&with_src_mac(&ICMP_ECHO, entry.mac), dst);
+            frame[10 + 14 + 12..10 + 14 + 16].copy_from_slice(&entry.ips[0].octets());
+            frame
+        }
+    }
+
+    #[test]
+    fn broadcast_floods() {
+        let bench = Bench::new();
+        let outcome = bench.send(1, &ARP_REQUEST, 0);
+        assert_eq!(outcome.verdict, Verdict::Flood);
+        assert_eq!(outcome.learn, Some(Learn::Learned));
+    }
+
+    #[test]
+    fn multicast_floods() {
+        let bench = Bench::new();
+        bench.send(2, &bench.frame_from(2, MAC_A), 0);
+        let frame = bench.frame_from(1, [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb]);
+        assert_eq!(bench.send(1, &frame, 0).verdict, Verdict::Flood);
+    }
+
+    #[test]
+    fn unknown_unicast_floods_then_known_goes_unicast() {
+        let bench = Bench::new();
+        assert_eq!(
+            bench.send(1, &bench.frame_from(1, MAC_B), 0).verdict,
+            Verdict::Flood
+        );
+        bench.send(2, &bench.frame_from(2, MAC_A), 0);
+        assert_eq!(
+            bench.send(1, &bench.frame_from(1, MAC_B), 0).verdict,
+            Verdict::Forward(PortId(2))
+        );
+    }
+
+    #[test]
+    fn hairpin() {
+        let bench = Bench::new();
+        // Port 1 sends to its own MAC: learned on the ingress port by this very frame.
+        let outcome = bench.send(1, &bench.frame_from(1, MAC_A), 0);
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Drop(DropCause::L2(DropReason::Hairpin))
+        );
+        assert_eq!(outcome.learn, Some(Learn::Learned));
+    }
+
+    #[test]
+    fn subnets_are_isolated() {
+        let bench = Bench::new();
+        // Port 4 (red) announces its MAC; port 1 (blue) sends to it: blue has not learned it,
+        // so it floods — within blue.
+        bench.send(4, &bench.frame_from(4, [0xff; 6]), 0);
+        assert_eq!(
+            bench.send(1, &bench.frame_from(1, MAC_D), 0).verdict,
+            Verdict::Flood
+        );
+        let blue = bench.snapshot.subnet(SubnetId(1)).unwrap();
+        assert_eq!(bench.fdb.lookup(blue, MAC_D, 0), None);
+        let red = bench.snapshot.subnet(SubnetId(2)).unwrap();
+        assert_eq!(bench.fdb.lookup(red, MAC_A, 0), None);
+        assert_eq!(bench.fdb.lookup(red, MAC_D, 0), Some(PortId(4)));
+    }
+
+    #[test]
+    fn learned_port_in_another_subnet_is_not_a_destination() {
+        // A stale entry (blue, MAC_D) -> port 4 must not leak a blue frame into red.
+        let bench = Bench::new();
+        let blue = bench.snapshot.subnet(SubnetId(1)).unwrap();
+        bench.fdb.learn(blue, MAC_D, PortId(4), 0);
+        assert_eq!(
+            bench.send(1, &bench.frame_from(1, MAC_D), 0).verdict,
+            Verdict::Flood
+        );
+    }
+
+    #[test]
+    fn aged_destination_floods_again() {
+        let bench = Bench::new();
+        bench.send(2, &bench.frame_from(2, MAC_A), 0);
+        let ageing = millis(Duration::from_secs(300));
+        assert_eq!(
+            bench
+                .send(1, &bench.frame_from(1, MAC_B), ageing - 1)
+                .verdict,
+            Verdict::Forward(PortId(2))
+        );
+        assert_eq!(
+            bench.send(1, &bench.frame_from(1, MAC_B), ageing).verdict,
+            Verdict::Flood
+        );
+    }
+
+    #[test]
+    fn moved_mac_follows() {
+        let bench = Bench::new();
+        let blue = bench.snapshot.subnet(SubnetId(1)).unwrap();
+        bench.fdb.learn(blue, MAC_A, PortId(3), 0);
+        let outcome = bench.send(1, &ARP_REQUEST, 1);
+        assert_eq!(outcome.learn, Some(Learn::Moved { from: PortId(3) }));
+        assert_eq!(bench.fdb.lookup(blue, MAC_A, 1), Some(PortId(1)));
+    }
+
+    #[test]
+    fn limit_reached_is_reported_and_unknown_floods() {
+        let bench = Bench {
+            snapshot: snapshot_with_limit(1),
+            fdb: Fdb::new(),
+        };
+        assert_eq!(
+            bench.send(2, &bench.frame_from(2, MAC_C), 0).learn,
+            Some(Learn::Learned)
+        );
+        let outcome = bench.send(1, &bench.frame_from(1, MAC_C), 0);
+        assert_eq!(outcome.learn, Some(Learn::LimitReached));
+        assert_eq!(outcome.verdict, Verdict::Flood);
+        // Port 2 sends to port 1, never learned: it floods.
+        assert_eq!(
+            bench.send(2, &bench.frame_from(2, MAC_A), 0).verdict,
+            Verdict::Flood
+        );
+    }
+
+    #[test]
+    fn lonely_port_has_no_destination() {
+        let mut snapshot = snapshot();
+        let ports: Vec<_> = snapshot.ports().to_vec();
+        let mut subnets: Vec<_> = snapshot.subnets().to_vec();
+        subnets[0].ports = vec![PortId(1)];
+        snapshot = Snapshot::new(ports, subnets);
+        let bench = Bench {
+            snapshot,
+            fdb: Fdb::new(),
+        };
+        assert_eq!(
+            bench.send(1, &ARP_REQUEST, 0).verdict,
+            Verdict::Drop(DropCause::L2(DropReason::NoDestination))
+        );
+    }
+
+    #[test]
+    fn missing_subnet() {
+        let snapshot = snapshot();
+        let ports: Vec<_> = snapshot.ports().to_vec();
+        let bench = Bench {
+            snapshot: Snapshot::new(ports, Vec::new()),
+            fdb: Fdb::new(),
+        };
+        let parsed = parse(&ARP_REQUEST).unwrap();
+        let ctx = Context {
+            snapshot: &bench.snapshot,
+            fdb: &bench.fdb,
+            now_ms: 0,
+        };
+        let outcome = switch(&ctx, bench.snapshot.port(PortId(1)).unwrap(), &parsed);
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Drop(DropCause::L2(DropReason::NoSubnet))
+        );
+        assert!(bench.fdb.is_empty());
+    }
+}

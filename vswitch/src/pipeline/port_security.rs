@@ -1,0 +1,135 @@
+//! Stage `port_security`: a port may send only from its own addresses.
+//!
+//! - The Ethernet source must be the port's MAC.
+//! - ARP: the sender hardware address must be the port's MAC, and the sender IP one of the
+//!   port's addresses or 0.0.0.0 (an ARP probe, RFC 5227 section 2.1.1).
+//! - IPv4: the source must be one of the port's addresses; 0.0.0.0 is allowed only for a DHCP
+//!   client (UDP 68 -> 67, RFC 2131 section 4.1).
+//! - IPv6 and other ethertypes are checked at L2 only (the IPv6 source check comes with dual
+//!   stack).
+
+use std::net::Ipv4Addr;
+
+use super::parse::{L3, Parsed};
+use crate::engine::snapshot::PortEntry;
+
+keyed_enum! {
+    /// Why `port_security` dropped a frame.
+    pub enum DropReason {
+        SrcMac = "port_security.src_mac":
+            "Ethernet source MAC is not the port's MAC",
+        ArpSenderMac = "port_security.arp_sha":
+            "ARP sender hardware address is not the port's MAC",
+        ArpSenderIp = "port_security.arp_spa":
+            "ARP sender IP is neither one of the port's addresses nor 0.0.0.0",
+        Ipv4Src = "port_security.ipv4_src":
+            "IPv4 source is not one of the port's addresses (0.0.0.0 is allowed only for DHCP)",
+    }
+}
+
+/// Checks a parsed frame received on `port` against the port's addresses.
+///
+/// # Errors
+/// The first rule the frame breaks.
+pub fn check(port: &PortEntry, parsed: &Parsed) -> Result<(), DropReason> {
+    if parsed.src_mac != port.mac {
+        return Err(DropReason::SrcMac);
+    }
+    match parsed.l3 {
+        L3::Arp {
+            sender_mac,
+            sender_ip,
+            ..
+        } => {
+            if sender_mac != port.mac {
+                return Err(DropReason::ArpSenderMac);
+            }
+            if !sender_ip.is_unspecified() && !port.ips.contains(&sender_ip) {
+                return Err(DropReason::ArpSenderIp);
+            }
+        }
+        L3::Ipv4 {
+            src, dhcp_client, ..
+        } => {
+            let allowed = port.ips.contains(&src) || (src == Ipv4Addr::UNSPECIFIED && dhcp_client);
+            if !allowed {
+                return Err(DropReason::Ipv4Src);
+            }
+        }
+        L3::Ipv6 | L3::Other => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::fixtures::*;
+    use crate::pipeline::parse::parse;
+    use crate::port::PortId;
+    use crate::wire::VNET_HDR_LEN;
+
+    const ARP_SHA: usize = 14 + 8;
+    const ARP_SPA: usize = 14 + 14;
+    const IPV4_SRC: usize = 14 + 12;
+
+    fn check_frame(port: u32, frame: &[u8]) -> Result<(), DropReason> {
+        let snapshot = snapshot();
+        let parsed = parse(frame).expect("fixture parses");
+        check(snapshot.port(PortId(port)).unwrap(), &parsed)
+    }
+
+    fn with_bytes(frame: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+        let mut out = frame.to_vec();
+        out[VNET_HDR_LEN + at..VNET_HDR_LEN + at + bytes.len()].copy_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn own_frames_pass() {
+        assert_eq!(check_frame(1, &ARP_REQUEST), Ok(()));
+        assert_eq!(check_frame(1, &ICMP_ECHO), Ok(()));
+        assert_eq!(check_frame(1, &DHCP_DISCOVER), Ok(()));
+        assert_eq!(check_frame(1, &IPV6_ECHO), Ok(()));
+    }
+
+    #[test]
+    fn spoofed_mac() {
+        assert_eq!(
+            check_frame(1, &with_src_mac(&ICMP_ECHO, MAC_B)),
+            Err(DropReason::SrcMac)
+        );
+        // Another port's frame, unchanged, is spoofed from port 2's point of view.
+        assert_eq!(check_frame(2, &ARP_REQUEST), Err(DropReason::SrcMac));
+        // IPv6 and other ethertypes are still held to the MAC.
+        assert_eq!(check_frame(2, &IPV6_ECHO), Err(DropReason::SrcMac));
+    }
+
+    #[test]
+    fn spoofed_arp_sender_mac() {
+        let frame = with_bytes(&ARP_REQUEST, ARP_SHA, &MAC_B);
+        assert_eq!(check_frame(1, &frame), Err(DropReason::ArpSenderMac));
+    }
+
+    #[test]
+    fn spoofed_arp_sender_ip() {
+        // Claims port 2's address (ARP cache poisoning).
+        let frame = with_bytes(&ARP_REQUEST, ARP_SPA, &IP_B.octets());
+        assert_eq!(check_frame(1, &frame), Err(DropReason::ArpSenderIp));
+        // An ARP probe from 0.0.0.0 is allowed (RFC 5227).
+        let probe = with_bytes(&ARP_REQUEST, ARP_SPA, &[0, 0, 0, 0]);
+        assert_eq!(check_frame(1, &probe), Ok(()));
+    }
+
+    #[test]
+    fn spoofed_ipv4_source() {
+        let frame = with_bytes(&ICMP_ECHO, IPV4_SRC, &IP_D.octets());
+        assert_eq!(check_frame(1, &frame), Err(DropReason::Ipv4Src));
+        // 0.0.0.0 outside DHCP is not allowed.
+        let frame = with_bytes(&ICMP_ECHO, IPV4_SRC, &[0, 0, 0, 0]);
+        assert_eq!(check_frame(1, &frame), Err(DropReason::Ipv4Src));
+        // DHCP from a wrong, non-zero source is not allowed either.
+        let frame = with_bytes(&DHCP_DISCOVER, IPV4_SRC, &IP_B.octets());
+        assert_eq!(check_frame(1, &frame), Err(DropReason::Ipv4Src));
+    }
+}
