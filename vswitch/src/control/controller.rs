@@ -1,11 +1,40 @@
-//! The controller (being written).
+//! The controller: owns the desired state (persisted in the [`Store`]), the opened ports and
+//! the engine, and turns one into the other.
+//!
+//! Invariants:
+//! - One internal lock serialises every change; a change is validated whole
+//!   ([`validate::plan`]) before anything happens, and either completes (devices created,
+//!   state persisted, snapshot published) or is rolled back so that the running state is as
+//!   before.
+//! - Port I/O handles (`Arc<PortIo>`) live only here and in published snapshots, never in the
+//!   store. A port's [`PortId`] is dense and reused after delete; `Engine::reset_port` runs
+//!   before an id is (re)used and after its port is gone.
+//! - A NetworkInterface whose device cannot be re-opened after a restart stays, with state
+//!   `lost` and a message, out of the snapshot, until the user deletes it.
+//! - Lock order: the state lock, then the engine lock.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use serde_json::Value;
 
 use super::ApiError;
-use crate::engine::Engine;
+use super::ipam::Pool;
+use super::resource::{
+    Document, InterfaceState, Kind, NetworkInterface, Origin, Resource, parse_documents, parse_one,
+};
+use super::store::{State, Store};
+use super::validate::{self, Mode, Plan};
+use crate::engine::{Engine, PortEntry, Snapshot, SubnetEntry, SubnetId};
+use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
+
+/// How long a removed port's queues may stay in use by workers (finishing a batch on an
+/// older snapshot) before the controller stops waiting to close them itself.
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
 /// What `apply` did to one document.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -22,7 +51,64 @@ pub struct AppliedResource {
 /// serialised by an internal lock; call them from a blocking context.
 #[derive(Debug)]
 pub struct Controller {
-    engine: Engine,
+    inner: Mutex<Inner>,
+    engine: RwLock<Engine>,
+}
+
+/// Everything the lock protects.
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    /// The persisted state, as last saved.
+    state: State,
+    /// Opened ports by NetworkInterface name (only interfaces that are `up`).
+    ports: BTreeMap<String, AttachedPort>,
+    port_ids: IdPool,
+    subnet_ids: BTreeMap<String, SubnetId>,
+    subnet_id_pool: IdPool,
+}
+
+#[derive(Debug)]
+struct AttachedPort {
+    id: PortId,
+    io: Arc<PortIo>,
+}
+
+/// Dense ids: the lowest freed id first, else the next unused one, up to a limit.
+#[derive(Debug)]
+struct IdPool {
+    next: u32,
+    free: BTreeSet<u32>,
+    limit: u32,
+}
+
+impl IdPool {
+    fn new(limit: u32) -> IdPool {
+        IdPool {
+            next: 0,
+            free: BTreeSet::new(),
+            limit,
+        }
+    }
+
+    fn allocate(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop_first() {
+            return Some(id);
+        }
+        if self.next >= self.limit {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+
+    fn available(&self) -> u64 {
+        u64::from(self.limit - self.next) + u64::try_from(self.free.len()).unwrap_or(u64::MAX)
+    }
 }
 
 impl Controller {
@@ -31,13 +117,78 @@ impl Controller {
     ///
     /// # Errors
     /// When the state directory cannot be created or its files cannot be read.
-    pub fn open(_state_dir: &Path, engine: Engine) -> Result<Controller, ApiError> {
-        Ok(Controller { engine })
+    pub fn open(state_dir: &Path, engine: Engine) -> Result<Controller, ApiError> {
+        let (store, loaded) = Store::open(state_dir)?;
+        let fresh = loaded.is_none();
+        let state = loaded.unwrap_or_default();
+        let mut inner = Inner {
+            store,
+            state,
+            ports: BTreeMap::new(),
+            port_ids: IdPool::new(u32::try_from(MAX_PORTS).unwrap_or(u32::MAX)),
+            subnet_ids: BTreeMap::new(),
+            subnet_id_pool: IdPool::new(u32::MAX),
+        };
+        let workers = engine.workers();
+        let mut status_changed = false;
+        let names: Vec<String> = inner.state.network_interfaces.keys().cloned().collect();
+        for name in names {
+            let reopened = attach_request(&inner.state, &name, workers)
+                .and_then(|req| port::reopen(&req).map_err(|err| err.to_string()))
+                .and_then(|io| match inner.port_ids.allocate() {
+                    Some(id) => Ok((PortId(id), io)),
+                    None => Err(format!("more than {MAX_PORTS} ports")),
+                });
+            let Some(nic) = inner.state.network_interfaces.get_mut(&name) else {
+                continue;
+            };
+            let before = nic.status.clone();
+            match reopened {
+                Ok((id, io)) => {
+                    engine.reset_port(id);
+                    nic.status.state = InterfaceState::Up;
+                    nic.status.message = None;
+                    nic.status.host_ifname.clone_from(&io.host_ifname);
+                    tracing::info!(interface = %name, port = id.0, "re-opened port");
+                    inner.ports.insert(
+                        name.clone(),
+                        AttachedPort {
+                            id,
+                            io: Arc::new(io),
+                        },
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        interface = %name,
+                        "cannot re-open port after restart: {err}; marked lost (delete the NetworkInterface to clean up)"
+                    );
+                    nic.status.state = InterfaceState::Lost;
+                    nic.status.message = Some(format!(
+                        "cannot re-open after restart: {err}; delete the NetworkInterface and create it again"
+                    ));
+                }
+            }
+            status_changed |= nic.status != before;
+        }
+        if status_changed || fresh {
+            inner.store.save(&inner.state)?;
+        }
+        let controller = Controller {
+            inner: Mutex::new(inner),
+            engine: RwLock::new(engine),
+        };
+        {
+            let mut inner = controller.inner.lock();
+            let engine = controller.engine.read();
+            publish(&engine, &mut inner);
+        }
+        Ok(controller)
     }
 
-    /// True when the state directory held no resources (first boot).
+    /// True when the state directory held no resources (first boot), or all were deleted.
     pub fn is_empty(&self) -> bool {
-        true
+        self.inner.lock().state.is_empty()
     }
 
     /// Applies one or more YAML or JSON documents (`---`-separated, or a JSON array). All are
@@ -45,26 +196,50 @@ impl Controller {
     ///
     /// # Errors
     /// [`ApiError`] naming the document, kind/name and field.
-    pub fn apply(&self, _text: &str) -> Result<Vec<AppliedResource>, ApiError> {
-        Ok(Vec::new())
+    pub fn apply(&self, text: &str) -> Result<Vec<AppliedResource>, ApiError> {
+        let docs = parse_documents(text)?;
+        let mut inner = self.inner.lock();
+        let plan = validate::plan(&inner.state, docs, Mode::Apply)?;
+        let applied = plan.applied.clone();
+        self.execute(&mut inner, plan)?;
+        Ok(applied)
     }
 
     /// Creates one resource of `kind` from a JSON body; refuses a name that exists (409).
     ///
     /// # Errors
     /// [`ApiError`].
-    pub fn create(&self, _kind: &str, _body: &str) -> Result<serde_json::Value, ApiError> {
-        Err(ApiError::Internal {
-            message: "not ready".into(),
-        })
+    pub fn create(&self, kind: &str, body: &str) -> Result<serde_json::Value, ApiError> {
+        let kind = Kind::parse(kind)?;
+        let resource = parse_one(kind, body)?;
+        let name = resource.name().to_string();
+        let doc = Document {
+            origin: Origin::resource(kind, &name),
+            resource,
+        };
+        let mut inner = self.inner.lock();
+        let plan = validate::plan(&inner.state, vec![doc], Mode::Create)?;
+        self.execute(&mut inner, plan)?;
+        resource_json(&inner.state, kind, &name)
     }
 
     /// Lists resources of `kind` (any case, singular or plural).
     ///
     /// # Errors
     /// [`ApiError::Invalid`] for an unknown kind.
-    pub fn list(&self, _kind: &str) -> Result<Vec<serde_json::Value>, ApiError> {
-        Ok(Vec::new())
+    pub fn list(&self, kind: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+        let kind = Kind::parse(kind)?;
+        let inner = self.inner.lock();
+        let state = &inner.state;
+        let names: Vec<&String> = match kind {
+            Kind::Network => state.networks.keys().collect(),
+            Kind::Subnet => state.subnets.keys().collect(),
+            Kind::NetworkInterface => state.network_interfaces.keys().collect(),
+        };
+        names
+            .into_iter()
+            .map(|name| resource_json(state, kind, name))
+            .collect()
     }
 
     /// One resource.
@@ -72,10 +247,9 @@ impl Controller {
     /// # Errors
     /// [`ApiError::NotFound`].
     pub fn get(&self, kind: &str, name: &str) -> Result<serde_json::Value, ApiError> {
-        Err(ApiError::NotFound {
-            kind: kind.into(),
-            name: name.into(),
-        })
+        let kind = Kind::parse(kind)?;
+        let inner = self.inner.lock();
+        resource_json(&inner.state, kind, name)
     }
 
     /// Deletes one resource (for a NetworkInterface: removes the device, releases its IPs).
@@ -83,22 +257,1109 @@ impl Controller {
     /// # Errors
     /// [`ApiError::NotFound`], or [`ApiError::Conflict`] when others depend on it.
     pub fn delete(&self, kind: &str, name: &str) -> Result<(), ApiError> {
-        Err(ApiError::NotFound {
-            kind: kind.into(),
-            name: name.into(),
-        })
+        let kind = Kind::parse(kind)?;
+        let mut inner = self.inner.lock();
+        validate::check_delete(&inner.state, kind, name)?;
+        let mut next = inner.state.clone();
+        match kind {
+            Kind::Network => {
+                next.networks.remove(name);
+                inner.store.save(&next)?;
+                inner.state = next;
+            }
+            Kind::Subnet => {
+                next.subnets.remove(name);
+                next.ipam.remove(name);
+                inner.store.save(&next)?;
+                inner.state = next;
+                let engine = self.engine.read();
+                publish(&engine, &mut inner);
+            }
+            Kind::NetworkInterface => {
+                let engine = self.engine.read();
+                self.delete_interface(&engine, &mut inner, name, next)?;
+            }
+        }
+        tracing::info!(kind = %kind, name, "deleted");
+        Ok(())
     }
 
     /// Learned MACs.
     pub fn fdb(&self) -> serde_json::Value {
-        serde_json::to_value(self.engine.fdb()).unwrap_or_default()
+        serde_json::to_value(self.engine.read().fdb()).unwrap_or_default()
     }
 
     /// Counters.
     pub fn stats(&self) -> serde_json::Value {
-        serde_json::to_value(self.engine.stats()).unwrap_or_default()
+        serde_json::to_value(self.engine.read().stats()).unwrap_or_default()
     }
 
     /// Stops the engine. Ports are left in place so a restarted daemon re-opens them.
-    pub fn shutdown(&self) {}
+    pub fn shutdown(&self) {
+        self.engine.write().shutdown();
+    }
+
+    /// Carries out a validated plan: re-creates and creates devices, persists, publishes.
+    /// On failure, undoes the device work so that the running state is as before.
+    fn execute(&self, inner: &mut Inner, mut plan: Plan) -> Result<(), ApiError> {
+        if !plan.changed {
+            return Ok(());
+        }
+        let engine = self.engine.read();
+        let workers = engine.workers();
+        let origin_of = |name: &str| {
+            plan.origins
+                .get(&(Kind::NetworkInterface, name.to_string()))
+                .cloned()
+                .unwrap_or_else(|| Origin::resource(Kind::NetworkInterface, name))
+        };
+
+        // Pre-flight, before touching any device: the namespaces exist, ids are left.
+        let mut requests = Vec::new();
+        for name in plan.recreate.iter().chain(&plan.attach) {
+            let origin = origin_of(name);
+            let req = attach_request(&plan.next, name, workers)
+                .map_err(|err| origin.internal(format!("cannot build the port request: {err}")))?;
+            let path = req.netns.path();
+            if !path.exists() {
+                return Err(origin.invalid(
+                    "spec.netns",
+                    format!(
+                        "network namespace {} does not exist ({} not found); create it first (ip netns add NAME) or check the path/pid",
+                        req.netns,
+                        path.display()
+                    ),
+                ));
+            }
+            requests.push((name.clone(), req));
+        }
+        // New interfaces, and re-created ones that were lost, need a port id.
+        let needed = plan.attach.len()
+            + plan
+                .recreate
+                .iter()
+                .filter(|name| !inner.ports.contains_key(*name))
+                .count();
+        let needed = u64::try_from(needed).unwrap_or(u64::MAX);
+        if needed > inner.port_ids.available() {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "cannot attach {needed} more interfaces: this daemon serves at most {MAX_PORTS} ports; delete unused NetworkInterfaces first"
+                ),
+                field: None,
+            });
+        }
+
+        // Take down the devices to re-create (their old configuration is in inner.state).
+        let mut undo = Undo::default();
+        if !plan.recreate.is_empty() {
+            let taken: Vec<(String, Option<AttachedPort>)> = plan
+                .recreate
+                .iter()
+                .map(|name| (name.clone(), inner.ports.remove(name)))
+                .collect();
+            publish(&engine, inner);
+            for (name, port) in taken {
+                let old_req = detach_request(&inner.state, &name, workers);
+                let id = port.as_ref().map(|p| p.id);
+                let io = port.and_then(|p| retire(p.io));
+                match port::detach(&old_req, io) {
+                    Ok(()) => {}
+                    // A lost device may already be gone with its namespace.
+                    Err(PortError::Gone { .. } | PortError::Netns { .. }) if id.is_none() => {}
+                    Err(err) => {
+                        let err = origin_of(&name)
+                            .internal(format!("cannot remove the device to re-create it: {err}"));
+                        undo.removed.push((name, old_req, id));
+                        self.rollback(&engine, inner, undo, Vec::new());
+                        return Err(err);
+                    }
+                }
+                undo.removed.push((name, old_req, id));
+            }
+        }
+
+        // Create the devices.
+        let mut created: Vec<(String, AttachRequest, PortIo)> = Vec::new();
+        for (name, req) in requests {
+            match port::attach(&req) {
+                Ok(io) => {
+                    tracing::info!(interface = %name, netns = %req.netns, ifname = %req.ifname, "attached port");
+                    created.push((name, req, io));
+                }
+                Err(err) => {
+                    let err = port_error(&origin_of(&name), err);
+                    self.rollback(&engine, inner, undo, created);
+                    return Err(err);
+                }
+            }
+        }
+        for (name, _, io) in &created {
+            if let Some(nic) = plan.next.network_interfaces.get_mut(name) {
+                nic.status.state = InterfaceState::Up;
+                nic.status.message = None;
+                nic.status.host_ifname.clone_from(&io.host_ifname);
+            }
+        }
+
+        if let Err(err) = inner.store.save(&plan.next) {
+            self.rollback(&engine, inner, undo, created);
+            return Err(err.into());
+        }
+
+        // Commit.
+        inner.state = plan.next;
+        let old_ids: BTreeMap<String, PortId> = undo
+            .removed
+            .into_iter()
+            .filter_map(|(name, _, id)| Some((name, id?)))
+            .collect();
+        for (name, _, io) in created {
+            let id = match old_ids.get(&name) {
+                Some(id) => Some(*id),
+                None => inner.port_ids.allocate().map(PortId),
+            };
+            // The pre-flight check reserved room for every new port.
+            let Some(id) = id else {
+                tracing::error!(interface = %name, "no port id left; port not published");
+                continue;
+            };
+            engine.reset_port(id);
+            inner.ports.insert(
+                name,
+                AttachedPort {
+                    id,
+                    io: Arc::new(io),
+                },
+            );
+        }
+        publish(&engine, inner);
+        Ok(())
+    }
+
+    /// Undoes the device work of a failed `execute`: removes the devices it created and
+    /// re-creates the ones it removed, then publishes the current state. A device that cannot
+    /// be restored leaves its interface `lost`, with a message.
+    fn rollback(
+        &self,
+        engine: &Engine,
+        inner: &mut Inner,
+        undo: Undo,
+        created: Vec<(String, AttachRequest, PortIo)>,
+    ) {
+        for (name, req, io) in created.into_iter().rev() {
+            if let Err(err) = port::detach(&req, Some(io)) {
+                tracing::warn!(interface = %name, "rollback: cannot remove the device created by the failed change: {err}");
+            }
+        }
+        let mut lost = false;
+        for (name, req, id) in undo.removed {
+            // A device that was lost before the change stays lost.
+            let Some(id) = id else {
+                continue;
+            };
+            match port::attach(&req) {
+                Ok(io) => {
+                    engine.reset_port(id);
+                    inner.ports.insert(
+                        name,
+                        AttachedPort {
+                            id,
+                            io: Arc::new(io),
+                        },
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(interface = %name, "rollback: cannot restore the device: {err}; marked lost");
+                    engine.reset_port(id);
+                    inner.port_ids.release(id.0);
+                    if let Some(nic) = inner.state.network_interfaces.get_mut(&name) {
+                        nic.status.state = InterfaceState::Lost;
+                        nic.status.message = Some(format!(
+                            "a failed change removed the device and restoring it failed: {err}; delete the NetworkInterface and create it again"
+                        ));
+                        lost = true;
+                    }
+                }
+            }
+        }
+        if lost {
+            if let Err(err) = inner.store.save(&inner.state) {
+                tracing::error!("cannot save the state after a rollback: {err}");
+            }
+        }
+        publish(engine, inner);
+    }
+
+    fn delete_interface(
+        &self,
+        engine: &Engine,
+        inner: &mut Inner,
+        name: &str,
+        mut next: State,
+    ) -> Result<(), ApiError> {
+        let workers = engine.workers();
+        let req = detach_request(&inner.state, name, workers);
+        let port = inner.ports.remove(name);
+        let id = port.as_ref().map(|p| p.id);
+        if port.is_some() {
+            publish(engine, inner);
+        }
+        let io = port.and_then(|p| retire(p.io));
+        let result = port::detach(&req, io);
+        if let Some(id) = id {
+            engine.reset_port(id);
+            inner.port_ids.release(id.0);
+        }
+        let origin = Origin::resource(Kind::NetworkInterface, name);
+        match result {
+            Ok(()) => {}
+            // Gone with its namespace, or already: nothing left to remove.
+            Err(PortError::Gone { .. } | PortError::Netns { .. }) => {}
+            Err(err) => {
+                let message = format!("cannot remove the device: {err}; retry the delete");
+                mark_lost(inner, name, &message);
+                return Err(origin.internal(message));
+            }
+        }
+        next.network_interfaces.remove(name);
+        if let Err(err) = inner.store.save(&next) {
+            let message = format!(
+                "the device was removed but the state could not be saved ({err}); retry the delete"
+            );
+            mark_lost(inner, name, &message);
+            return Err(origin.internal(message));
+        }
+        inner.state = next;
+        Ok(())
+    }
+}
+
+/// Device work to undo if a change fails: devices removed for re-creation, with the request
+/// that re-creates their old configuration and their port id (None when they were lost).
+#[derive(Debug, Default)]
+struct Undo {
+    removed: Vec<(String, AttachRequest, Option<PortId>)>,
+}
+
+/// Marks an interface lost in memory (best effort persisted).
+fn mark_lost(inner: &mut Inner, name: &str, message: &str) {
+    if let Some(nic) = inner.state.network_interfaces.get_mut(name) {
+        nic.status.state = InterfaceState::Lost;
+        nic.status.message = Some(message.to_string());
+    }
+    if let Err(err) = inner.store.save(&inner.state) {
+        tracing::error!(interface = %name, "cannot save the state: {err}");
+    }
+}
+
+/// The request that creates or re-opens `name`'s device as `state` describes it.
+fn attach_request(state: &State, name: &str, workers: usize) -> Result<AttachRequest, String> {
+    let nic = state
+        .network_interfaces
+        .get(name)
+        .ok_or_else(|| format!("NetworkInterface {name:?} does not exist"))?;
+    let subnet = state
+        .subnets
+        .get(&nic.spec.subnet)
+        .ok_or_else(|| format!("its Subnet {:?} does not exist", nic.spec.subnet))?;
+    let mac = nic
+        .status
+        .mac
+        .ok_or_else(|| "it has no MAC address in its status".to_string())?;
+    Ok(AttachRequest {
+        name: name.to_string(),
+        netns: nic.spec.netns.clone(),
+        ifname: nic.spec.ifname.clone(),
+        kind: nic.spec.kind,
+        mac: mac.0,
+        mtu: nic.effective_mtu(&subnet.spec),
+        addresses: nic.status.ips.clone(),
+        gateway: Some(subnet.spec.gateway),
+        queues: workers,
+    })
+}
+
+/// A request good enough to remove `name`'s device even when its state is incomplete
+/// (removal needs only the name, namespace, ifname and kind).
+fn detach_request(state: &State, name: &str, workers: usize) -> AttachRequest {
+    if let Ok(req) = attach_request(state, name, workers) {
+        return req;
+    }
+    let nic: Option<&NetworkInterface> = state.network_interfaces.get(name);
+    AttachRequest {
+        name: name.to_string(),
+        netns: nic.map_or_else(
+            || crate::sys::netns::NetnsRef::Name(name.to_string()),
+            |n| n.spec.netns.clone(),
+        ),
+        ifname: nic.map_or_else(|| "eth0".to_string(), |n| n.spec.ifname.clone()),
+        kind: nic.map(|n| n.spec.kind).unwrap_or_default(),
+        mac: nic.and_then(|n| n.status.mac).unwrap_or_default().0,
+        mtu: nic
+            .and_then(|n| n.spec.mtu)
+            .unwrap_or(super::resource::DEFAULT_MTU),
+        addresses: nic.map(|n| n.status.ips.clone()).unwrap_or_default(),
+        gateway: None,
+        queues: workers,
+    }
+}
+
+/// Maps a port error to the API: a missing namespace is the user's (400), a taken ifname a
+/// conflict (409), anything else the system's (500).
+fn port_error(origin: &Origin, err: PortError) -> ApiError {
+    match err {
+        PortError::Netns { .. } => origin.invalid("spec.netns", err),
+        PortError::IfnameTaken { .. } => origin.conflict("spec.ifname", err),
+        PortError::Gone { .. } | PortError::Sys { .. } => {
+            origin.internal(format!("cannot attach: {err}"))
+        }
+    }
+}
+
+/// Takes back sole ownership of a port's I/O once workers have moved on to a snapshot
+/// without it, so `port::detach` can close its queues first. Gives up after
+/// [`RETIRE_WAIT`]: the queues then close when the last worker drops them.
+fn retire(io: Arc<PortIo>) -> Option<PortIo> {
+    let deadline = Instant::now() + RETIRE_WAIT;
+    let mut io = io;
+    loop {
+        match Arc::try_unwrap(io) {
+            Ok(io) => return Some(io),
+            Err(shared) => {
+                if Instant::now() >= deadline {
+                    tracing::debug!("port queues still in use by the engine; closing them later");
+                    return None;
+                }
+                io = shared;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Assigns ids to new Subnets and frees those of deleted ones, then compiles and publishes
+/// the snapshot.
+fn publish(engine: &Engine, inner: &mut Inner) {
+    let gone: Vec<String> = inner
+        .subnet_ids
+        .keys()
+        .filter(|name| !inner.state.subnets.contains_key(*name))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(id) = inner.subnet_ids.remove(&name) {
+            inner.subnet_id_pool.release(id.0);
+        }
+    }
+    let names: Vec<String> = inner.state.subnets.keys().cloned().collect();
+    for name in names {
+        if !inner.subnet_ids.contains_key(&name) {
+            if let Some(id) = inner.subnet_id_pool.allocate() {
+                inner.subnet_ids.insert(name, SubnetId(id));
+            }
+        }
+    }
+    engine.publish(compile(inner));
+}
+
+/// The snapshot of the current state: every Subnet, and every opened port.
+fn compile(inner: &Inner) -> Snapshot {
+    let state = &inner.state;
+    let mut ports = Vec::with_capacity(inner.ports.len());
+    let mut floods: BTreeMap<&str, Vec<PortId>> = BTreeMap::new();
+    for (name, port) in &inner.ports {
+        let Some(nic) = state.network_interfaces.get(name) else {
+            continue;
+        };
+        let (Some(subnet), Some(subnet_id), Some(mac)) = (
+            state.subnets.get(&nic.spec.subnet),
+            inner.subnet_ids.get(&nic.spec.subnet),
+            nic.status.mac,
+        ) else {
+            continue;
+        };
+        if nic.status.state != InterfaceState::Up {
+            continue;
+        }
+        ports.push(PortEntry {
+            id: port.id,
+            name: name.clone(),
+            subnet: *subnet_id,
+            mac: mac.0,
+            ips: nic.status.ips.iter().map(|ip| ip.addr()).collect(),
+            mtu: nic.effective_mtu(&subnet.spec),
+            io: Arc::clone(&port.io),
+        });
+        floods
+            .entry(nic.spec.subnet.as_str())
+            .or_default()
+            .push(port.id);
+    }
+    let subnets = state
+        .subnets
+        .iter()
+        .filter_map(|(name, subnet)| {
+            let id = *inner.subnet_ids.get(name)?;
+            let mut flood = floods.remove(name.as_str()).unwrap_or_default();
+            flood.sort();
+            Some(SubnetEntry {
+                id,
+                name: name.clone(),
+                network: subnet.spec.network.clone(),
+                ports: flood,
+                mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),
+                mac_limit: subnet.spec.mac_table_limit,
+            })
+        })
+        .collect();
+    Snapshot::new(ports, subnets)
+}
+
+/// A resource as `get` returns it, with the computed status of Networks and Subnets.
+fn resource_json(state: &State, kind: Kind, name: &str) -> Result<Value, ApiError> {
+    let not_found = || ApiError::NotFound {
+        kind: kind.as_str().into(),
+        name: name.into(),
+    };
+    let resource = match kind {
+        Kind::Network => {
+            let mut network = state.networks.get(name).ok_or_else(not_found)?.clone();
+            network.status.subnets = state
+                .subnets
+                .values()
+                .filter(|s| s.spec.network == name)
+                .map(|s| s.metadata.name.clone())
+                .collect();
+            Resource::Network(network)
+        }
+        Kind::Subnet => {
+            let mut subnet = state.subnets.get(name).ok_or_else(not_found)?.clone();
+            let leases = validate::leases(state).remove(name).unwrap_or_default();
+            let pool = Pool::new(&subnet.spec);
+            subnet.status.allocated = u64::try_from(leases.held().count()).unwrap_or(u64::MAX);
+            subnet.status.available = pool.available(leases.held());
+            Resource::Subnet(subnet)
+        }
+        Kind::NetworkInterface => Resource::NetworkInterface(
+            state
+                .network_interfaces
+                .get(name)
+                .ok_or_else(not_found)?
+                .clone(),
+        ),
+    };
+    resource.to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::EMBEDDED_DEFAULT_CONFIG;
+    use crate::control::resource::parse_documents;
+    use crate::engine::EngineConfig;
+
+    /// A namespace name that does not exist on any machine running these tests.
+    const NO_NETNS: &str = "vsctl-test-no-such-netns";
+
+    fn engine() -> Engine {
+        Engine::start(EngineConfig { workers: 1 }).expect("engine starts")
+    }
+
+    fn open(dir: &Path) -> Controller {
+        Controller::open(dir, engine()).expect("controller opens")
+    }
+
+    fn nic(name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: NetworkInterface\nmetadata: {{name: {name}}}\nspec: {{netns: {NO_NETNS}{extra}}}\n"
+        )
+    }
+
+    fn names(list: &[Value]) -> Vec<&str> {
+        list.iter()
+            .map(|v| v["metadata"]["name"].as_str().unwrap_or("?"))
+            .collect()
+    }
+
+    /// Writes a state holding the embedded default plus interfaces `specs` (as planned,
+    /// never attached), as a daemon that attached them and was killed would leave it.
+    fn seed(dir: &Path, interfaces: &str) {
+        let (store, _) = Store::open(dir).unwrap();
+        let state = validate::plan(
+            &State::default(),
+            parse_documents(EMBEDDED_DEFAULT_CONFIG).unwrap(),
+            Mode::Apply,
+        )
+        .unwrap()
+        .next;
+        let mut state = validate::plan(&state, parse_documents(interfaces).unwrap(), Mode::Apply)
+            .unwrap()
+            .next;
+        for nic in state.network_interfaces.values_mut() {
+            nic.status.state = InterfaceState::Up;
+        }
+        store.save(&state).unwrap();
+    }
+
+    #[test]
+    fn applies_the_embedded_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        assert!(controller.is_empty());
+        let applied = controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        let want = |kind: &str, action: &str| AppliedResource {
+            kind: kind.into(),
+            name: "default".into(),
+            action: action.into(),
+        };
+        assert_eq!(
+            applied,
+            [want("Network", "created"), want("Subnet", "created")]
+        );
+        assert!(!controller.is_empty());
+        let again = controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        assert_eq!(
+            again,
+            [want("Network", "unchanged"), want("Subnet", "unchanged")]
+        );
+
+        let subnet = controller.get("subnets", "default").unwrap();
+        assert_eq!(subnet["apiVersion"], "vswitch/v1alpha1");
+        assert_eq!(subnet["kind"], "Subnet");
+        assert_eq!(subnet["spec"]["cidr"], "172.30.0.0/16");
+        assert_eq!(subnet["spec"]["gateway"], "172.30.0.1");
+        assert_eq!(subnet["spec"]["mtu"], 1500);
+        assert_eq!(subnet["spec"]["macAgeingSeconds"], 300);
+        assert_eq!(subnet["spec"]["macTableLimit"], 8192);
+        assert_eq!(subnet["status"]["allocated"], 0);
+        assert_eq!(subnet["status"]["available"], 65533);
+        let network = controller.get("Network", "default").unwrap();
+        assert_eq!(network["status"]["subnets"], serde_json::json!(["default"]));
+        assert_eq!(names(&controller.list("NETWORKS").unwrap()), ["default"]);
+        assert!(controller.list("networkinterfaces").unwrap().is_empty());
+
+        // The engine sees the subnet.
+        let snapshot = controller.engine.read().current();
+        assert_eq!(snapshot.subnets().len(), 1);
+        let entry = &snapshot.subnets()[0];
+        assert_eq!(entry.name, "default");
+        assert_eq!(entry.network, "default");
+        assert_eq!(entry.mac_ageing, Duration::from_secs(300));
+        assert_eq!(entry.mac_limit, 8192);
+        assert!(entry.ports.is_empty());
+    }
+
+    #[test]
+    fn a_bad_document_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        let before = std::fs::read(dir.path().join("state.json")).unwrap();
+        let generation = controller.engine.read().current().generation;
+        let text = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.0.0.0/33, gateway: 10.0.0.1}
+";
+        let err = controller.apply(text).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(
+            err.to_string().starts_with(
+                "document 2 (Subnet \"web\"): spec.cidr: invalid CIDR \"10.0.0.0/33\""
+            )
+        );
+        assert_eq!(names(&controller.list("network").unwrap()), ["default"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            before
+        );
+        assert_eq!(controller.engine.read().current().generation, generation);
+
+        for bad in [
+            "kind: Network\nmetadata: {name: x}\n: : :\n",
+            "apiVersion: vswitch/v1alpha1\nkind: Router\nmetadata: {name: x}\n",
+            "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: x}\nspec: {peers: []}\n",
+        ] {
+            assert_eq!(controller.apply(bad).unwrap_err().status(), 400, "{bad}");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn restart_restores_from_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let controller = open(dir.path());
+            controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+            controller
+                .create(
+                    "network",
+                    r#"{"metadata":{"name":"blue","labels":{"team":"a"}}}"#,
+                )
+                .unwrap();
+            controller.shutdown();
+        }
+        let controller = open(dir.path());
+        assert!(!controller.is_empty());
+        assert_eq!(
+            names(&controller.list("networks").unwrap()),
+            ["blue", "default"]
+        );
+        assert_eq!(
+            controller.get("network", "blue").unwrap()["metadata"]["labels"]["team"],
+            "a"
+        );
+        assert_eq!(controller.engine.read().current().subnets().len(), 1);
+    }
+
+    #[test]
+    fn create_refuses_a_taken_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        let body =
+            r#"{"apiVersion":"vswitch/v1alpha1","kind":"Network","metadata":{"name":"blue"}}"#;
+        let created = controller.create("Networks", body).unwrap();
+        assert_eq!(created["metadata"]["name"], "blue");
+        assert_eq!(created["status"]["subnets"], serde_json::json!([]));
+        let err = controller.create("network", body).unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            err.to_string(),
+            "Network \"blue\": metadata.name: Network \"blue\" already exists; choose another \
+             name or delete the existing one first"
+        );
+        assert_eq!(err.field(), Some("metadata.name"));
+        let err = controller.create("subnet", body).unwrap_err();
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn unknown_kinds_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        let err = controller.list("routers").unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(
+            err.to_string()
+                .contains("valid kinds: Network, Subnet, NetworkInterface")
+        );
+        let err = controller.get("nic", "c1").unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert_eq!(err.to_string(), "NetworkInterface \"c1\" not found");
+        assert_eq!(controller.delete("subnet", "x").unwrap_err().status(), 404);
+    }
+
+    #[test]
+    fn delete_respects_dependants() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        let err = controller.delete("networks", "default").unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            err.to_string(),
+            "Network \"default\" still has Subnets: default; delete them first"
+        );
+        controller.delete("subnets", "default").unwrap();
+        assert!(controller.engine.read().current().subnets().is_empty());
+        controller.delete("networks", "default").unwrap();
+        assert!(controller.is_empty());
+        drop(controller);
+        assert!(open(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn missing_namespace_is_refused_before_any_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        let text = format!("{EMBEDDED_DEFAULT_CONFIG}---\n{}", nic("c1", ""));
+        let err = controller.apply(&text).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "document 3 (NetworkInterface \"c1\"): spec.netns: network namespace {NO_NETNS} \
+                 does not exist (/run/netns/{NO_NETNS} not found); create it first (ip netns add \
+                 NAME) or check the path/pid"
+            )
+        );
+        assert_eq!(err.field(), Some("documents[2].spec.netns"));
+        assert!(controller.is_empty());
+        let body = format!(r#"{{"metadata":{{"name":"c1"}},"spec":{{"netns":"{NO_NETNS}"}}}}"#);
+        controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        let err = controller.create("nic", &body).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(controller.list("nic").unwrap().is_empty());
+    }
+
+    #[test]
+    fn lost_interfaces_stay_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let interfaces = format!(
+            "{}---\n{}",
+            nic("c1", ""),
+            nic("c2", ", ifname: eth1, ips: [172.30.9.9]")
+        );
+        seed(dir.path(), &interfaces);
+        let controller = open(dir.path());
+        let list = controller.list("networkinterfaces").unwrap();
+        assert_eq!(names(&list), ["c1", "c2"]);
+        for nic in &list {
+            assert_eq!(nic["status"]["state"], "lost", "{nic}");
+            let message = nic["status"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("cannot re-open after restart: "),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            list[0]["status"]["ips"],
+            serde_json::json!(["172.30.0.2/16"])
+        );
+        // Lost ports are not in the snapshot.
+        let snapshot = controller.engine.read().current();
+        assert!(snapshot.ports().is_empty());
+        assert!(snapshot.subnets()[0].ports.is_empty());
+        // Their addresses stay leased.
+        let subnet = controller.get("subnet", "default").unwrap();
+        assert_eq!(subnet["status"]["allocated"], 2);
+        let err = controller.create(
+            "nic",
+            &format!(r#"{{"metadata":{{"name":"c3"}},"spec":{{"netns":"{NO_NETNS}","ifname":"eth2","ips":["172.30.9.9"]}}}}"#),
+        );
+        let err = err.unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string()
+                .contains("already used by NetworkInterface \"c2\""),
+            "{err}"
+        );
+        // The lost state was persisted.
+        drop(controller);
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains("\"lost\""));
+        // Deleting a lost interface removes it and frees its address.
+        let controller = open(dir.path());
+        let err = controller.delete("subnet", "default").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Subnet \"default\" still has NetworkInterfaces: c1, c2; delete them first"
+        );
+        controller.delete("networkinterface", "c2").unwrap();
+        controller.delete("NIC", "c1").unwrap();
+        assert!(controller.list("nics").unwrap().is_empty());
+        let subnet = controller.get("subnet", "default").unwrap();
+        assert_eq!(subnet["status"]["allocated"], 0);
+        // The cursor survives: the next allocation continues after c1's address.
+        drop(controller);
+        let (_store, state) = Store::open(dir.path()).unwrap();
+        let state = state.unwrap();
+        assert_eq!(
+            state.ipam["default"].last_allocated,
+            Some(std::net::Ipv4Addr::new(172, 30, 0, 2))
+        );
+    }
+
+    #[test]
+    fn a_second_controller_on_one_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path());
+        let err = Controller::open(dir.path(), engine()).unwrap_err();
+        assert_eq!(err.status(), 500);
+        assert!(
+            err.to_string().contains("in use by another vswitchd"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_state_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), "not json").unwrap();
+        let err = Controller::open(dir.path(), engine()).unwrap_err();
+        assert!(err.to_string().contains("state.json is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn id_pool_is_dense_and_reuses_the_lowest() {
+        let mut pool = IdPool::new(3);
+        assert_eq!(pool.available(), 3);
+        assert_eq!(
+            (pool.allocate(), pool.allocate(), pool.allocate()),
+            (Some(0), Some(1), Some(2))
+        );
+        assert_eq!(pool.allocate(), None);
+        pool.release(2);
+        pool.release(0);
+        assert_eq!(pool.available(), 2);
+        assert_eq!(pool.allocate(), Some(0));
+        assert_eq!(pool.allocate(), Some(2));
+        assert_eq!(pool.allocate(), None);
+    }
+
+    #[test]
+    fn subnet_ids_are_reused_after_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        let text = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: n}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: a}
+spec: {network: n, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: b}
+spec: {network: n, cidr: 10.2.0.0/24, gateway: 10.2.0.1, macTableLimit: 16}
+";
+        controller.apply(text).unwrap();
+        let ids = |c: &Controller| -> Vec<(String, u32)> {
+            c.engine
+                .read()
+                .current()
+                .subnets()
+                .iter()
+                .map(|s| (s.name.clone(), s.id.0))
+                .collect()
+        };
+        assert_eq!(
+            ids(&controller),
+            [("a".to_string(), 0), ("b".to_string(), 1)]
+        );
+        controller.delete("subnet", "a").unwrap();
+        let c = text.replace("name: a}", "name: c}");
+        controller.apply(&c).unwrap();
+        assert_eq!(
+            ids(&controller),
+            [("b".to_string(), 1), ("c".to_string(), 0)]
+        );
+        let snapshot = controller.engine.read().current();
+        assert_eq!(snapshot.subnet(SubnetId(1)).map(|s| s.mac_limit), Some(16));
+    }
+
+    /// With real devices: needs root and iproute2; fails (never skips) without them.
+    mod devices {
+        use std::process::{Command, Output};
+
+        use super::*;
+
+        fn run(program: &str, args: &[&str]) -> Output {
+            Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|err| panic!("cannot run {program} (install iproute2): {err}"))
+        }
+
+        fn require_root() {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "this test creates network namespaces and devices: run it as root"
+            );
+        }
+
+        /// A namespace of our own (`vsctl-PID-TAG`), deleted on drop with its devices.
+        struct Netns(String);
+
+        impl Netns {
+            fn new(tag: &str) -> Netns {
+                let name = format!("vsctl-{}-{tag}", std::process::id());
+                let _ = run("ip", &["netns", "del", &name]);
+                let out = run("ip", &["netns", "add", &name]);
+                assert!(out.status.success(), "ip netns add {name}: {out:?}");
+                Netns(name)
+            }
+
+            fn ip(&self, args: &[&str]) -> String {
+                let mut all = vec!["-n", self.0.as_str()];
+                all.extend_from_slice(args);
+                let out = run("ip", &all);
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+
+            fn has_link(&self, ifname: &str) -> bool {
+                run("ip", &["-n", &self.0, "link", "show", ifname])
+                    .status
+                    .success()
+            }
+        }
+
+        impl Drop for Netns {
+            fn drop(&mut self) {
+                let _ = run("ip", &["netns", "del", &self.0]);
+            }
+        }
+
+        fn subnet(third: u8) -> String {
+            format!(
+                "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: n}}\n---\n\
+                 apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: default}}\n\
+                 spec: {{network: n, cidr: 172.29.{third}.0/24, gateway: 172.29.{third}.1, mtu: 1400}}\n"
+            )
+        }
+
+        fn interface(name: &str, ns: &Netns, extra: &str) -> String {
+            format!(
+                "---\napiVersion: vswitch/v1alpha1\nkind: NetworkInterface\nmetadata: {{name: {name}}}\n\
+                 spec: {{netns: {}{extra}}}\n",
+                ns.0
+            )
+        }
+
+        fn status(controller: &Controller, name: &str) -> Value {
+            controller.get("nic", name).unwrap()["status"].clone()
+        }
+
+        #[test]
+        fn attach_restart_change_rollback_delete() {
+            require_root();
+            let pid = std::process::id();
+            let (a_name, b_name, c_name, d_name) = (
+                format!("t{pid}a"),
+                format!("t{pid}b"),
+                format!("t{pid}c"),
+                format!("t{pid}d"),
+            );
+            let (a, b, c, d) = (
+                Netns::new("a"),
+                Netns::new("b"),
+                Netns::new("c"),
+                Netns::new("d"),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let engine = || Engine::start(EngineConfig { workers: 2 }).unwrap();
+            let controller = Controller::open(dir.path(), engine()).unwrap();
+            let text = format!(
+                "{}{}{}",
+                subnet(7),
+                interface(&a_name, &a, ""),
+                interface(&b_name, &b, ", kind: veth, ifname: net1, labels: {x: y}")
+                    .replace(", labels: {x: y}}", "}")
+            );
+            let applied = controller.apply(&text).unwrap();
+            assert_eq!(applied.len(), 4);
+            let sa = status(&controller, &a_name);
+            let sb = status(&controller, &b_name);
+            assert_eq!(sa["state"], "up", "{sa}");
+            assert_eq!(sb["state"], "up", "{sb}");
+            assert_eq!(sa["ips"], serde_json::json!(["172.29.7.2/24"]));
+            assert_eq!(sb["ips"], serde_json::json!(["172.29.7.3/24"]));
+            assert_eq!(sb["hostIfname"], port::host_ifname(&b_name));
+            let mac = sa["mac"].as_str().unwrap().to_string();
+            let addr = a.ip(&["addr", "show", "eth0"]);
+            assert!(
+                addr.contains("172.29.7.2/24") && addr.contains(&mac),
+                "{addr}"
+            );
+            assert!(addr.contains("mtu 1400"), "{addr}");
+            assert!(a.ip(&["route"]).contains("default via 172.29.7.1"));
+            assert!(b.has_link("net1"));
+            let snapshot = controller.engine.read().current();
+            assert_eq!(snapshot.ports().len(), 2);
+            assert_eq!(snapshot.subnets()[0].ports.len(), 2);
+
+            // A failing attach rolls back the whole batch: c is not left attached.
+            let out = run(
+                "ip",
+                &[
+                    "-n", &d.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+                ],
+            );
+            assert!(out.status.success(), "{out:?}");
+            let text = format!(
+                "{}{}",
+                interface(&c_name, &c, ""),
+                interface(&d_name, &d, "")
+            );
+            let err = controller
+                .apply(text.trim_start_matches("---\n"))
+                .unwrap_err();
+            assert_eq!(err.status(), 409, "{err}");
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "document 2 (NetworkInterface \"{d_name}\"): spec.ifname: "
+                )),
+                "{err}"
+            );
+            assert!(
+                !c.has_link("eth0"),
+                "the rolled-back device is still in {}",
+                c.0
+            );
+            assert_eq!(controller.list("nic").unwrap().len(), 2);
+            // Its address was not consumed.
+            controller.apply(&interface(&c_name, &c, "")).unwrap();
+            assert_eq!(
+                status(&controller, &c_name)["ips"],
+                serde_json::json!(["172.29.7.4/24"])
+            );
+
+            // New addresses re-create the device.
+            let applied = controller
+                .apply(&interface(&a_name, &a, ", ips: [172.29.7.50]"))
+                .unwrap();
+            assert_eq!(applied[0].action, "configured");
+            let addr = a.ip(&["addr", "show", "eth0"]);
+            assert!(
+                addr.contains("172.29.7.50/24") && !addr.contains("172.29.7.2/"),
+                "{addr}"
+            );
+            assert_eq!(status(&controller, &a_name)["mac"], mac.as_str());
+
+            // A failed batch restores a device it re-created, with its old configuration.
+            let text = format!(
+                "{}{}",
+                interface(&a_name, &a, ", ips: [172.29.7.60]"),
+                interface(&d_name, &d, "")
+            );
+            let err = controller
+                .apply(text.trim_start_matches("---\n"))
+                .unwrap_err();
+            assert_eq!(err.status(), 409, "{err}");
+            let addr = a.ip(&["addr", "show", "eth0"]);
+            assert!(
+                addr.contains("172.29.7.50/24") && !addr.contains("172.29.7.60"),
+                "{addr}"
+            );
+            assert_eq!(status(&controller, &a_name)["state"], "up");
+            assert_eq!(
+                status(&controller, &a_name)["ips"],
+                serde_json::json!(["172.29.7.50/24"])
+            );
+            assert_eq!(controller.engine.read().current().ports().len(), 3);
+
+            // Restart: the ports are re-opened, not re-created.
+            controller.shutdown();
+            drop(controller);
+            drop(c);
+            let controller = Controller::open(dir.path(), engine()).unwrap();
+            assert_eq!(status(&controller, &a_name)["state"], "up");
+            assert_eq!(status(&controller, &b_name)["state"], "up");
+            let lost = status(&controller, &c_name);
+            assert_eq!(lost["state"], "lost", "{lost}");
+            assert_eq!(controller.engine.read().current().ports().len(), 2);
+
+            // Delete removes the devices.
+            for name in [&a_name, &b_name, &c_name] {
+                controller.delete("networkinterfaces", name).unwrap();
+            }
+            assert!(!a.has_link("eth0"));
+            assert!(!b.has_link("net1"));
+            assert!(controller.list("nic").unwrap().is_empty());
+            assert!(controller.engine.read().current().ports().is_empty());
+            controller.shutdown();
+        }
+    }
 }

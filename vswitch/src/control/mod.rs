@@ -6,6 +6,10 @@
 
 pub mod controller;
 pub mod error;
+pub mod ipam;
+pub mod resource;
+pub mod store;
+pub mod validate;
 
 pub use controller::{AppliedResource, Controller};
 pub use error::ApiError;

@@ -1,0 +1,456 @@
+//! Persistence of the desired state and allocations in `--state-dir`.
+//!
+//! Everything lives in one JSON file, `state.json`: the resources with their status (which
+//! carries each interface's MAC and IPAM leases) and the IPAM cursor of each Subnet. It is
+//! replaced atomically: written to `state.json.tmp`, fsynced, renamed over `state.json`, and
+//! the directory fsynced, so a crash leaves either the old or the new file, never a mix.
+//!
+//! A `lock` file in the directory is held with `flock` while the store is open, so two
+//! daemons never share one state directory. A file that does not parse is an error that names
+//! it and says what to do; it is never silently replaced.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use super::resource::{Network, NetworkInterface, Subnet};
+
+/// Version of the state file format this code writes and reads.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Name of the state file inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Name of the lock file inside the state directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// IPAM state of one Subnet that is not derivable from the interfaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubnetIpamState {
+    /// The last address handed out automatically (host-local's `lastReservedIP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<Ipv4Addr>,
+}
+
+/// Everything persisted: resources by name, with status, and IPAM cursors by Subnet name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct State {
+    /// [`STATE_FORMAT`].
+    pub format: u32,
+    /// Networks by name.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Subnets by name.
+    #[serde(default)]
+    pub subnets: BTreeMap<String, Subnet>,
+    /// NetworkInterfaces by name.
+    #[serde(default)]
+    pub network_interfaces: BTreeMap<String, NetworkInterface>,
+    /// IPAM cursors by Subnet name.
+    #[serde(default)]
+    pub ipam: BTreeMap<String, SubnetIpamState>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            format: STATE_FORMAT,
+            networks: BTreeMap::new(),
+            subnets: BTreeMap::new(),
+            network_interfaces: BTreeMap::new(),
+            ipam: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// True when no resource exists.
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty() && self.subnets.is_empty() && self.network_interfaces.is_empty()
+    }
+}
+
+/// Why the state directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory or a file in it could not be created, read or written.
+    #[error(
+        "{what} {path}: {source}; check that the state directory is writable by vswitchd (--state-dir)"
+    )]
+    Io {
+        /// What was being done (`cannot write`).
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error(
+        "state directory {dir} is in use by another vswitchd (lock held on {lock}); stop it or start this one with another --state-dir"
+    )]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The state file does not parse.
+    #[error(
+        "state file {path} is corrupt: {detail}; restore it from a backup, or move it aside to start with no resources (containers attached before will need attaching again)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        detail: String,
+    },
+    /// The state file was written by a newer vswitchd.
+    #[error(
+        "state file {path} has format {found}, newer than this vswitchd understands ({STATE_FORMAT}); run a vswitchd at least as new as the one that wrote it"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+    },
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        ApiError::Internal {
+            message: err.to_string(),
+        }
+    }
+}
+
+/// The open state directory. Holds its lock until dropped.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0700) the state directory, takes its lock and loads
+    /// the state file. Returns `None` as the state when there is no state file yet.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the directory cannot be created or locked, or the file cannot be
+    /// read or parsed.
+    pub fn open(dir: &Path) -> Result<(Store, Option<State>), StoreError> {
+        let io_err = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { what, path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("cannot create state directory", dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("cannot open", &lock_path))?;
+        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            Err((_, errno)) => {
+                return Err(StoreError::Io {
+                    what: "cannot lock",
+                    path: lock_path,
+                    source: io::Error::from(errno),
+                });
+            }
+        };
+        let store = Store {
+            dir: dir.to_path_buf(),
+            path: dir.join(STATE_FILE),
+            _lock: lock,
+        };
+        // A temp file left by a crash mid-write is incomplete by definition.
+        let tmp = store.tmp_path();
+        match fs::remove_file(&tmp) {
+            Ok(()) => {
+                tracing::warn!(path = %tmp.display(), "removed an incomplete state file left by a crash")
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("cannot remove", &tmp)(err)),
+        }
+        let state = store.load()?;
+        Ok((store, state))
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.dir.join(format!("{STATE_FILE}.tmp"))
+    }
+
+    fn load(&self) -> Result<Option<State>, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "not UTF-8 text".into(),
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: "cannot read",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        // Check the format first, so a newer file is reported as such, not as corrupt.
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|err| corrupt(err.to_string()))?;
+        let format = value.get("format").and_then(serde_json::Value::as_u64);
+        match format.map(u32::try_from) {
+            Some(Ok(STATE_FORMAT)) => {}
+            Some(Ok(found)) if found > STATE_FORMAT => {
+                return Err(StoreError::TooNew {
+                    path: self.path.clone(),
+                    found,
+                });
+            }
+            _ => {
+                return Err(corrupt(format!(
+                    "missing or unknown \"format\" (expected {STATE_FORMAT})"
+                )));
+            }
+        }
+        let state: State =
+            serde_path_to_error::deserialize(value).map_err(|err| corrupt(err.to_string()))?;
+        check_keys(&state.networks, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.subnets, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.network_interfaces, |r| &r.metadata.name).map_err(&corrupt)?;
+        Ok(Some(state))
+    }
+
+    /// Replaces the state file with `state`: write to a temp file, fsync, rename, fsync the
+    /// directory.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`]; the previous file is then still in place.
+    pub fn save(&self, state: &State) -> Result<(), StoreError> {
+        let tmp = self.tmp_path();
+        let write = || -> io::Result<()> {
+            let mut text = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+            text.push(b'\n');
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&text)?;
+            file.sync_all()
+        };
+        if let Err(source) = write() {
+            // Best effort: the temp file is garbage now; open() removes it otherwise.
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                what: "cannot write",
+                path: tmp,
+                source,
+            });
+        }
+        fs::rename(&tmp, &self.path).map_err(|source| StoreError::Io {
+            what: "cannot rename the new state over",
+            path: self.path.clone(),
+            source,
+        })?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StoreError::Io {
+                what: "cannot sync",
+                path: self.dir.clone(),
+                source,
+            })
+    }
+}
+
+fn check_keys<T>(map: &BTreeMap<String, T>, name: impl Fn(&T) -> &String) -> Result<(), String> {
+    for (key, value) in map {
+        if name(value) != key {
+            return Err(format!(
+                "resource stored under {key:?} is named {:?}",
+                name(value)
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::resource::{Resource, parse_documents};
+
+    fn sample() -> State {
+        let text = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
+---
+apiVersion: vswitch/v1alpha1
+kind: NetworkInterface
+metadata: {name: c1, labels: {app: x}}
+spec: {subnet: web, netns: c1}
+status: {ips: [10.1.0.2/24], mac: '02:00:00:00:00:01', state: up}
+";
+        let mut state = State::default();
+        for doc in parse_documents(text).unwrap() {
+            match doc.resource {
+                Resource::Network(r) => drop(state.networks.insert(r.metadata.name.clone(), r)),
+                Resource::Subnet(r) => drop(state.subnets.insert(r.metadata.name.clone(), r)),
+                Resource::NetworkInterface(r) => {
+                    drop(state.network_interfaces.insert(r.metadata.name.clone(), r))
+                }
+            }
+        }
+        state.ipam.insert(
+            "web".into(),
+            SubnetIpamState {
+                last_allocated: Some(Ipv4Addr::new(10, 1, 0, 2)),
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let (store, loaded) = Store::open(&state_dir).unwrap();
+        assert_eq!(loaded, None);
+        let state = sample();
+        store.save(&state).unwrap();
+        assert!(!state_dir.join("state.json.tmp").exists());
+        drop(store);
+        let (_store, loaded) = Store::open(&state_dir).unwrap();
+        assert_eq!(loaded, Some(state));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&state_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let mode = fs::metadata(state_dir.join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(STATE_FILE),
+            "{\"format\": 1, \"networks\": ",
+        )
+        .unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        let path = dir.path().join(STATE_FILE);
+        assert!(
+            err.starts_with(&format!("state file {} is corrupt: ", path.display())),
+            "{err}"
+        );
+        assert!(err.contains("line 1"), "{err}");
+        assert!(err.contains("move it aside"), "{err}");
+        // The file is left as it was.
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"format\": 1, \"networks\": "
+        );
+    }
+
+    #[test]
+    fn invalid_content_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["subnets"]["web"]["spec"]["cidr"] = "10.1.0.0/99".into();
+        fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("subnets.web.spec.cidr: invalid CIDR"), "{err}");
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["networks"]["red"] = value["networks"]["blue"].clone();
+        fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("stored under \"red\" is named \"blue\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE_FILE), "{\"format\": 7}").unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("has format 7, newer"), "{err}");
+    }
+
+    #[test]
+    fn leftover_temp_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("state.json.tmp"), "{\"form").unwrap();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, None);
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another vswitchd"), "{err}");
+        drop(store);
+        assert!(Store::open(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn unwritable_directory_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, "").unwrap();
+        let err = Store::open(&file.join("state")).unwrap_err().to_string();
+        assert!(err.starts_with("cannot create state directory"), "{err}");
+        assert!(err.contains("--state-dir"), "{err}");
+    }
+}

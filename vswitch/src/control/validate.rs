@@ -1,0 +1,1206 @@
+//! Whole-batch validation and planning: given the current [`State`] and parsed documents,
+//! compute the next state (with MACs and IPAM leases filled in) and the port work to do, or
+//! refuse the whole batch. Pure: no I/O, so every refusal is testable without devices.
+//!
+//! Every document is checked against the current state *plus the batch*: a Subnet may name a
+//! Network defined later in the same input, and two new interfaces may not take one address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::ApiError;
+use super::controller::AppliedResource;
+use super::ipam::{IpamError, Leases, Pool};
+use super::resource::{
+    Document, InterfaceState, Kind, MAX_MAC_AGEING_SECONDS, MAX_MAC_TABLE_LIMIT, MacAddr,
+    NetworkInterface, Origin, Resource, Subnet,
+};
+use super::store::{State, SubnetIpamState};
+
+/// How names that already exist are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create or update (`vswitchctl apply`).
+    Apply,
+    /// Create only: an existing name is a conflict (`vswitchctl attach`, `POST`).
+    Create,
+}
+
+/// What applying a batch means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The state once the batch is applied. New and re-created interfaces have state
+    /// `pending`; the controller sets `up` once their device exists.
+    pub next: State,
+    /// One entry per document, in input order.
+    pub applied: Vec<AppliedResource>,
+    /// NetworkInterfaces whose device must be created.
+    pub attach: Vec<String>,
+    /// NetworkInterfaces whose device must be removed and created again (their MAC,
+    /// addresses or MTU changed).
+    pub recreate: Vec<String>,
+    /// False when every document was unchanged.
+    pub changed: bool,
+    /// Where each resource of the batch came from, for error messages.
+    pub origins: BTreeMap<(Kind, String), Origin>,
+}
+
+/// Validates `docs` against `current` and plans the change.
+///
+/// # Errors
+/// [`ApiError::Invalid`] or [`ApiError::Conflict`] for the first document that is wrong, in
+/// input order, naming the document, kind/name and field. `current` is never modified.
+pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, ApiError> {
+    check_duplicates(&docs)?;
+    let mut next = current.clone();
+    let mut applied = Vec::with_capacity(docs.len());
+    let mut origins: BTreeMap<(Kind, String), Origin> = BTreeMap::new();
+    let mut changed_nics = Vec::new();
+    let mut created_nics = Vec::new();
+
+    // Overlay the batch on the current state, with immutability checks against `current`.
+    for doc in docs {
+        let origin = doc.origin;
+        let kind = doc.resource.kind();
+        let name = doc.resource.name().to_string();
+        let action = match doc.resource {
+            Resource::Network(mut network) => {
+                network.status = Default::default();
+                let old = current.networks.get(&name);
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&network.metadata, &network.spec),
+                );
+                next.networks.insert(name.clone(), network);
+                action
+            }
+            Resource::Subnet(mut subnet) => {
+                subnet.status = Default::default();
+                let old = current.subnets.get(&name);
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&subnet.metadata, &subnet.spec),
+                );
+                next.subnets.insert(name.clone(), subnet);
+                action
+            }
+            Resource::NetworkInterface(mut nic) => {
+                let old = current.network_interfaces.get(&name);
+                nic.status = old.map(|o| o.status.clone()).unwrap_or_default();
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&nic.metadata, &nic.spec),
+                );
+                match action {
+                    Action::Created => created_nics.push(name.clone()),
+                    Action::Configured => changed_nics.push(name.clone()),
+                    Action::Unchanged => {}
+                }
+                next.network_interfaces.insert(name.clone(), nic);
+                action
+            }
+        };
+        applied.push(AppliedResource {
+            kind: kind.as_str().to_string(),
+            name: name.clone(),
+            action: action.as_str().to_string(),
+        });
+        origins.insert((kind, name), origin);
+    }
+
+    // Semantic checks in input order.
+    let mut ordered: Vec<(&(Kind, String), &Origin)> = origins.iter().collect();
+    ordered.sort_by_key(|(_, origin)| origin.document);
+    for ((kind, name), origin) in &ordered {
+        let exists = match kind {
+            Kind::Network => current.networks.contains_key(name),
+            Kind::Subnet => current.subnets.contains_key(name),
+            Kind::NetworkInterface => current.network_interfaces.contains_key(name),
+        };
+        if exists && mode == Mode::Create {
+            return Err(origin.conflict(
+                "metadata.name",
+                format!(
+                    "{kind} {name:?} already exists; choose another name or delete the existing one first"
+                ),
+            ));
+        }
+        match kind {
+            Kind::Network => {}
+            Kind::Subnet => {
+                let old = current.subnets.get(name);
+                if let Some(subnet) = next.subnets.get(name) {
+                    if let Some(old) = old {
+                        check_subnet_immutables(origin, old, subnet)?;
+                    }
+                    check_subnet(origin, old, &next, subnet)?;
+                }
+            }
+            Kind::NetworkInterface => {
+                if let Some(nic) = next.network_interfaces.get(name) {
+                    if let Some(old) = current.network_interfaces.get(name) {
+                        check_interface_immutables(origin, old, nic)?;
+                    }
+                    check_interface(origin, &next, nic)?;
+                }
+            }
+        }
+    }
+
+    let origin_of = |name: &String| {
+        origins
+            .get(&(Kind::NetworkInterface, name.clone()))
+            .cloned()
+            .unwrap_or_else(|| Origin::resource(Kind::NetworkInterface, name))
+    };
+    let in_input_order = |names: &mut Vec<String>| {
+        names.sort_by_key(|name| origin_of(name).document);
+    };
+    in_input_order(&mut created_nics);
+    in_input_order(&mut changed_nics);
+
+    // Addresses and MACs of new and changed interfaces.
+    let old_effective: BTreeMap<String, Effective> = changed_nics
+        .iter()
+        .filter_map(|name| {
+            Some((
+                name.clone(),
+                effective(current, current.network_interfaces.get(name)?)?,
+            ))
+        })
+        .collect();
+    assign_addresses(&mut next, current, &created_nics, &changed_nics, &origin_of)?;
+    assign_macs(&mut next, &created_nics, &changed_nics, &origin_of)?;
+
+    let mut recreate = Vec::new();
+    for name in &changed_nics {
+        let Some(nic) = next.network_interfaces.get(name) else {
+            continue;
+        };
+        if effective(&next, nic).as_ref() != old_effective.get(name) {
+            recreate.push(name.clone());
+            if let Some(nic) = next.network_interfaces.get_mut(name) {
+                nic.status.state = InterfaceState::Pending;
+                nic.status.message = None;
+            }
+        }
+    }
+    for name in &created_nics {
+        if let Some(nic) = next.network_interfaces.get_mut(name) {
+            nic.status.state = InterfaceState::Pending;
+            nic.status.message = None;
+            nic.status.host_ifname = None;
+        }
+    }
+
+    let changed = applied
+        .iter()
+        .any(|a| a.action != Action::Unchanged.as_str());
+    Ok(Plan {
+        next,
+        applied,
+        attach: created_nics,
+        recreate,
+        changed,
+        origins,
+    })
+}
+
+/// Checks that `kind`/`name` may be deleted from `current`.
+///
+/// # Errors
+/// [`ApiError::NotFound`], or [`ApiError::Conflict`] naming the resources that depend on it.
+pub fn check_delete(current: &State, kind: Kind, name: &str) -> Result<(), ApiError> {
+    let not_found = || ApiError::NotFound {
+        kind: kind.as_str().into(),
+        name: name.into(),
+    };
+    let dependants: Vec<&str> = match kind {
+        Kind::Network => {
+            if !current.networks.contains_key(name) {
+                return Err(not_found());
+            }
+            current
+                .subnets
+                .values()
+                .filter(|s| s.spec.network == name)
+                .map(|s| s.metadata.name.as_str())
+                .collect()
+        }
+        Kind::Subnet => {
+            if !current.subnets.contains_key(name) {
+                return Err(not_found());
+            }
+            current
+                .network_interfaces
+                .values()
+                .filter(|n| n.spec.subnet == name)
+                .map(|n| n.metadata.name.as_str())
+                .collect()
+        }
+        Kind::NetworkInterface => {
+            if !current.network_interfaces.contains_key(name) {
+                return Err(not_found());
+            }
+            Vec::new()
+        }
+    };
+    if dependants.is_empty() {
+        return Ok(());
+    }
+    let what = match kind {
+        Kind::Network => "Subnets",
+        _ => "NetworkInterfaces",
+    };
+    Err(ApiError::Conflict {
+        message: format!(
+            "{kind} {name:?} still has {what}: {}; delete them first",
+            dependants.join(", ")
+        ),
+        field: None,
+    })
+}
+
+/// The leases of every Subnet, rebuilt from the interfaces' status, with the persisted
+/// cursors. Addresses of interfaces whose subnet is missing are ignored.
+pub fn leases(state: &State) -> BTreeMap<String, Leases> {
+    let mut all: BTreeMap<String, Leases> = state
+        .subnets
+        .keys()
+        .map(|name| {
+            let last = state.ipam.get(name).and_then(|i| i.last_allocated);
+            (name.clone(), Leases::new(last))
+        })
+        .collect();
+    for nic in state.network_interfaces.values() {
+        if let Some(leases) = all.get_mut(&nic.spec.subnet) {
+            for ip in &nic.status.ips {
+                leases.insert(ip.addr(), &nic.metadata.name);
+            }
+        }
+    }
+    all
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+        }
+    }
+}
+
+fn action<M: PartialEq, S: PartialEq>(old: Option<(&M, &S)>, new: (&M, &S)) -> Action {
+    match old {
+        None => Action::Created,
+        Some(old) if old == new => Action::Unchanged,
+        Some(_) => Action::Configured,
+    }
+}
+
+/// What the device of an interface is configured with; a change means re-creating it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Effective {
+    mac: Option<MacAddr>,
+    ips: Vec<Ipv4Net>,
+    mtu: u16,
+}
+
+fn effective(state: &State, nic: &NetworkInterface) -> Option<Effective> {
+    let subnet = state.subnets.get(&nic.spec.subnet)?;
+    Some(Effective {
+        mac: nic.status.mac,
+        ips: nic.status.ips.clone(),
+        mtu: nic.effective_mtu(&subnet.spec),
+    })
+}
+
+fn check_duplicates(docs: &[Document]) -> Result<(), ApiError> {
+    let mut seen: BTreeMap<(Kind, &str), usize> = BTreeMap::new();
+    for (position, doc) in docs.iter().enumerate() {
+        let key = (doc.resource.kind(), doc.resource.name());
+        if let Some(first) = seen.insert(key, position) {
+            let first = docs[first].origin.document.map_or(first, |d| d) + 1;
+            return Err(doc.origin.invalid(
+                "metadata.name",
+                format!(
+                    "{} {:?} is also defined in document {first}; define each resource once per input",
+                    key.0, key.1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn recreate_hint(kind: Kind) -> String {
+    format!("delete the {kind} and create it again")
+}
+
+fn check_subnet_immutables(origin: &Origin, old: &Subnet, new: &Subnet) -> Result<(), ApiError> {
+    let name = &old.metadata.name;
+    let hint = recreate_hint(Kind::Subnet);
+    if old.spec.network != new.spec.network {
+        return Err(origin.invalid(
+            "spec.network",
+            format!(
+                "Subnet {name:?} belongs to Network {:?}; network cannot change: {hint}",
+                old.spec.network
+            ),
+        ));
+    }
+    if old.spec.cidr != new.spec.cidr {
+        return Err(origin.invalid(
+            "spec.cidr",
+            format!(
+                "Subnet {name:?} has cidr {}; cidr cannot change: {hint}",
+                old.spec.cidr
+            ),
+        ));
+    }
+    if old.spec.gateway != new.spec.gateway {
+        return Err(origin.invalid(
+            "spec.gateway",
+            format!(
+                "Subnet {name:?} has gateway {}; gateway cannot change: {hint}",
+                old.spec.gateway
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_interface_immutables(
+    origin: &Origin,
+    old: &NetworkInterface,
+    new: &NetworkInterface,
+) -> Result<(), ApiError> {
+    let name = &old.metadata.name;
+    let hint = recreate_hint(Kind::NetworkInterface);
+    let (o, n) = (&old.spec, &new.spec);
+    let refuse = |field: &str, was: String| {
+        Err(origin.invalid(
+            &format!("spec.{field}"),
+            format!("NetworkInterface {name:?} has {field} {was}; {field} cannot change: {hint}"),
+        ))
+    };
+    if o.subnet != n.subnet {
+        return refuse("subnet", format!("{:?}", o.subnet));
+    }
+    if o.netns != n.netns {
+        return refuse("netns", o.netns.to_string());
+    }
+    if o.ifname != n.ifname {
+        return refuse("ifname", o.ifname.clone());
+    }
+    if o.kind != n.kind {
+        return refuse("kind", format!("{:?}", o.kind).to_lowercase());
+    }
+    Ok(())
+}
+
+fn check_subnet(
+    origin: &Origin,
+    old: Option<&Subnet>,
+    next: &State,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
+    let spec = &subnet.spec;
+    let name = &subnet.metadata.name;
+    let cidr = spec.cidr;
+    if !next.networks.contains_key(&spec.network) {
+        return Err(origin.invalid(
+            "spec.network",
+            format!(
+                "Network {:?} does not exist; create it first (it may be in the same input)",
+                spec.network
+            ),
+        ));
+    }
+    let host = |field: &str, what: &str, addr: Ipv4Addr| -> Result<(), ApiError> {
+        if !cidr.contains(&addr) {
+            Err(origin.invalid(
+                field,
+                format!("{what} {addr} is outside {cidr}; use a host address inside the subnet"),
+            ))
+        } else if addr == cidr.network() || addr == cidr.broadcast() {
+            let which = if addr == cidr.network() {
+                "network"
+            } else {
+                "broadcast"
+            };
+            Err(origin.invalid(
+                field,
+                format!(
+                    "{what} {addr} is the {which} address of {cidr}; use a host address ({}..={})",
+                    Ipv4Addr::from(u32::from(cidr.network()) + 1),
+                    Ipv4Addr::from(u32::from(cidr.broadcast()) - 1)
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    host("spec.gateway", "gateway", spec.gateway)?;
+    if let Some(start) = spec.range_start {
+        host("spec.rangeStart", "rangeStart", start)?;
+    }
+    if let Some(end) = spec.range_end {
+        host("spec.rangeEnd", "rangeEnd", end)?;
+    }
+    if let (Some(start), Some(end)) = (spec.range_start, spec.range_end) {
+        if start > end {
+            return Err(origin.invalid(
+                "spec.rangeEnd",
+                format!("rangeEnd {end} is before rangeStart {start}; rangeStart must not be after rangeEnd"),
+            ));
+        }
+    }
+    for (index, addr) in spec.reserved.iter().enumerate() {
+        if !cidr.contains(addr) {
+            return Err(origin.invalid(
+                &format!("spec.reserved[{index}]"),
+                format!(
+                    "reserved address {addr} is outside {cidr}; list addresses inside the subnet"
+                ),
+            ));
+        }
+    }
+    if !(1..=MAX_MAC_AGEING_SECONDS).contains(&spec.mac_ageing_seconds) {
+        return Err(origin.invalid(
+            "spec.macAgeingSeconds",
+            format!(
+                "invalid macAgeingSeconds {}: must be 1..={MAX_MAC_AGEING_SECONDS} (default 300)",
+                spec.mac_ageing_seconds
+            ),
+        ));
+    }
+    if !(1..=MAX_MAC_TABLE_LIMIT).contains(&spec.mac_table_limit) {
+        return Err(origin.invalid(
+            "spec.macTableLimit",
+            format!(
+                "invalid macTableLimit {}: must be 1..={MAX_MAC_TABLE_LIMIT} (default 8192)",
+                spec.mac_table_limit
+            ),
+        ));
+    }
+    for other in next.subnets.values() {
+        let other_cidr = other.spec.cidr;
+        if other.metadata.name != *name
+            && other.spec.network == spec.network
+            && (cidr.contains(&other_cidr.network()) || other_cidr.contains(&cidr.network()))
+        {
+            return Err(origin.invalid(
+                "spec.cidr",
+                format!(
+                    "{cidr} overlaps Subnet {:?} ({other_cidr}) of Network {:?}; the Subnets of one Network must not overlap",
+                    other.metadata.name, spec.network
+                ),
+            ));
+        }
+    }
+    // The MTU of interfaces that inherit it is fixed while they exist.
+    if let Some(old) = old.map(|o| o.spec.mtu) {
+        let inheriting: Vec<&str> = next
+            .network_interfaces
+            .values()
+            .filter(|n| n.spec.subnet == *name && n.spec.mtu.is_none())
+            .map(|n| n.metadata.name.as_str())
+            .collect();
+        if old != spec.mtu && !inheriting.is_empty() {
+            return Err(origin.invalid(
+                "spec.mtu",
+                format!(
+                    "Subnet {name:?} has mtu {old}, used by NetworkInterfaces {}; the mtu cannot change while they use it: delete them first, or give each its own spec.mtu",
+                    inheriting.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Result<(), ApiError> {
+    let spec = &nic.spec;
+    let name = &nic.metadata.name;
+    let Some(subnet) = next.subnets.get(&spec.subnet) else {
+        return Err(origin.invalid(
+            "spec.subnet",
+            format!(
+                "Subnet {:?} does not exist; name an existing Subnet (default) or create it first",
+                spec.subnet
+            ),
+        ));
+    };
+    for other in next.network_interfaces.values() {
+        if other.metadata.name == *name {
+            continue;
+        }
+        if other.spec.netns == spec.netns && other.spec.ifname == spec.ifname {
+            return Err(origin.conflict(
+                "spec.ifname",
+                format!(
+                    "interface {} in netns {} is already NetworkInterface {:?}; choose another ifname",
+                    spec.ifname, spec.netns, other.metadata.name
+                ),
+            ));
+        }
+        let other_mac = other.spec.mac.or(other.status.mac);
+        if other.spec.subnet == spec.subnet && spec.mac.is_some() && spec.mac == other_mac {
+            let mac = spec.mac.map(|m| m.to_string()).unwrap_or_default();
+            return Err(origin.conflict(
+                "spec.mac",
+                format!(
+                    "MAC {mac} is already used by NetworkInterface {:?} in Subnet {:?}; choose another or leave mac empty to generate one",
+                    other.metadata.name, spec.subnet
+                ),
+            ));
+        }
+    }
+    let pool = Pool::new(&subnet.spec);
+    let prefix = subnet.spec.cidr.prefix_len();
+    let mut seen = BTreeSet::new();
+    for (index, request) in spec.ips.iter().enumerate() {
+        let field = format!("spec.ips[{index}]");
+        if let Some(len) = request.prefix_len.filter(|len| *len != prefix) {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "{request} has prefix /{len} but Subnet {:?} is {}; write {}/{prefix} or {}",
+                    spec.subnet, subnet.spec.cidr, request.addr, request.addr
+                ),
+            ));
+        }
+        if !seen.insert(request.addr) {
+            return Err(origin.invalid(&field, format!("{} is listed twice", request.addr)));
+        }
+        if let Err(err) = pool.check_host(request.addr) {
+            return Err(origin.invalid(&field, err));
+        }
+    }
+    Ok(())
+}
+
+/// Gives new and changed interfaces their addresses: static ones first (so automatic
+/// allocation never takes an address the batch asks for), then allocated ones.
+fn assign_addresses(
+    next: &mut State,
+    current: &State,
+    created: &[String],
+    changed: &[String],
+    origin_of: &dyn Fn(&String) -> Origin,
+) -> Result<(), ApiError> {
+    let mut all = leases(next);
+    let mut statics: Vec<&String> = Vec::new();
+    let mut dynamic: Vec<&String> = Vec::new();
+    for name in created.iter().chain(changed) {
+        let Some(nic) = next.network_interfaces.get(name) else {
+            continue;
+        };
+        let old = current.network_interfaces.get(name);
+        let keep = nic.spec.ips.is_empty()
+            && old.is_some_and(|o| o.spec.ips.is_empty() && !o.status.ips.is_empty());
+        if keep {
+            continue;
+        }
+        if let Some(leases) = all.get_mut(&nic.spec.subnet) {
+            leases.release(name);
+        }
+        if nic.spec.ips.is_empty() {
+            dynamic.push(name);
+        } else {
+            statics.push(name);
+        }
+    }
+    // Every name below comes from `next` and its subnet exists (checked before).
+    for name in statics {
+        let Some(nic) = next.network_interfaces.get_mut(name) else {
+            continue;
+        };
+        let (Some(subnet), Some(leases)) = (
+            next.subnets.get(&nic.spec.subnet),
+            all.get_mut(&nic.spec.subnet),
+        ) else {
+            continue;
+        };
+        let pool = Pool::new(&subnet.spec);
+        let mut ips = Vec::new();
+        for (index, request) in nic.spec.ips.iter().enumerate() {
+            leases
+                .lease_static(&pool, request.addr, name)
+                .map_err(|err| ipam_error(&origin_of(name), &format!("spec.ips[{index}]"), err))?;
+            ips.push(with_prefix(request.addr, &subnet.spec.cidr));
+        }
+        nic.status.ips = ips;
+    }
+    for name in dynamic {
+        let Some(nic) = next.network_interfaces.get_mut(name) else {
+            continue;
+        };
+        let (Some(subnet), Some(leases)) = (
+            next.subnets.get(&nic.spec.subnet),
+            all.get_mut(&nic.spec.subnet),
+        ) else {
+            continue;
+        };
+        let pool = Pool::new(&subnet.spec);
+        let addr = leases
+            .allocate(&pool, name)
+            .map_err(|err| ipam_error(&origin_of(name), "spec.ips", err))?;
+        nic.status.ips = vec![with_prefix(addr, &subnet.spec.cidr)];
+    }
+    for (subnet, leases) in all {
+        match leases.last {
+            Some(last) => {
+                next.ipam.insert(
+                    subnet,
+                    SubnetIpamState {
+                        last_allocated: Some(last),
+                    },
+                );
+            }
+            None => {
+                next.ipam.remove(&subnet);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn with_prefix(addr: Ipv4Addr, cidr: &Ipv4Net) -> Ipv4Net {
+    // The prefix comes from a valid Ipv4Net, so it is <= 32 and `new` cannot fail.
+    Ipv4Net::new(addr, cidr.prefix_len()).unwrap_or(*cidr)
+}
+
+fn ipam_error(origin: &Origin, field: &str, err: IpamError) -> ApiError {
+    match err {
+        IpamError::InUse { .. } | IpamError::Exhausted { .. } => origin.conflict(field, err),
+        _ => origin.invalid(field, err),
+    }
+}
+
+/// Gives new interfaces their MAC (the spec's, else a generated one) and changed ones the
+/// spec's when set (else they keep theirs).
+fn assign_macs(
+    next: &mut State,
+    created: &[String],
+    changed: &[String],
+    origin_of: &dyn Fn(&String) -> Origin,
+) -> Result<(), ApiError> {
+    for name in created.iter().chain(changed) {
+        let Some(nic) = next.network_interfaces.get(name) else {
+            continue;
+        };
+        let subnet = nic.spec.subnet.clone();
+        let mac = match (nic.spec.mac, nic.status.mac) {
+            (Some(mac), _) => mac,
+            (None, Some(mac)) if !created.contains(name) => mac,
+            (None, _) => {
+                let used: BTreeSet<MacAddr> = next
+                    .network_interfaces
+                    .values()
+                    .filter(|n| n.spec.subnet == subnet && n.metadata.name != *name)
+                    .filter_map(|n| n.spec.mac.or(n.status.mac))
+                    .collect();
+                let mut attempt = 0u32;
+                loop {
+                    let mac = MacAddr::random(&format!("{name}/{attempt}"));
+                    if !used.contains(&mac) {
+                        break mac;
+                    }
+                    attempt += 1;
+                    if attempt > 64 {
+                        return Err(origin_of(name).conflict(
+                            "spec.mac",
+                            "could not generate a MAC address unused in the subnet; set spec.mac",
+                        ));
+                    }
+                }
+            }
+        };
+        if let Some(nic) = next.network_interfaces.get_mut(name) {
+            nic.status.mac = Some(mac);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::resource::parse_documents;
+
+    const BASE: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
+";
+
+    fn nic(name: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: NetworkInterface\nmetadata: {{name: {name}}}\nspec: {{subnet: web, netns: {name}{extra}}}\n"
+        )
+    }
+
+    fn try_plan(current: &State, text: &str) -> Result<Plan, ApiError> {
+        plan(current, parse_documents(text)?, Mode::Apply)
+    }
+
+    fn apply(current: &State, text: &str) -> State {
+        try_plan(current, text).unwrap().next
+    }
+
+    fn refusal(current: &State, text: &str) -> ApiError {
+        try_plan(current, text).unwrap_err()
+    }
+
+    fn base() -> State {
+        apply(&State::default(), BASE)
+    }
+
+    fn ips(state: &State, name: &str) -> Vec<String> {
+        state.network_interfaces[name]
+            .status
+            .ips
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn actions_and_changed() {
+        let plan = try_plan(&State::default(), BASE).unwrap();
+        assert!(plan.changed);
+        let actions: Vec<_> = plan.applied.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(actions, ["created", "created"]);
+        let again = try_plan(&plan.next, BASE).unwrap();
+        assert!(!again.changed);
+        assert!(again.applied.iter().all(|a| a.action == "unchanged"));
+        let relabel = BASE.replace("{name: web}", "{name: web, labels: {a: b}}");
+        let plan = try_plan(&again.next, &relabel).unwrap();
+        assert_eq!(plan.applied[1].action, "configured");
+        assert!(plan.changed);
+    }
+
+    #[test]
+    fn subnet_may_name_a_network_later_in_the_batch() {
+        let docs: Vec<&str> = BASE.split("---\n").collect();
+        let reversed = format!("{}---\n{}", docs[1], docs[0]);
+        assert_eq!(apply(&State::default(), &reversed).subnets.len(), 1);
+        let err = refusal(&State::default(), docs[1]);
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"web\"): spec.network: Network \"blue\" does not exist; create \
+             it first (it may be in the same input)"
+        );
+        assert_eq!(err.field(), Some("documents[0].spec.network"));
+    }
+
+    #[test]
+    fn subnet_address_checks() {
+        let cases = [
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.2.0.1",
+                "spec.gateway: gateway 10.2.0.1 is outside 10.1.0.0/24",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.0",
+                "spec.gateway: gateway 10.1.0.0 is the network address of 10.1.0.0/24; use a host address (10.1.0.1..=10.1.0.254)",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.255",
+                "is the broadcast address",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, rangeStart: 10.1.0.50, rangeEnd: 10.1.0.40",
+                "spec.rangeEnd: rangeEnd 10.1.0.40 is before rangeStart 10.1.0.50",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, rangeStart: 10.1.1.5",
+                "spec.rangeStart: rangeStart 10.1.1.5 is outside",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, rangeEnd: 10.1.0.255",
+                "spec.rangeEnd: rangeEnd 10.1.0.255 is the broadcast address",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, reserved: [10.1.0.9, 10.9.0.9]",
+                "spec.reserved[1]: reserved address 10.9.0.9 is outside 10.1.0.0/24",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, macAgeingSeconds: 0",
+                "spec.macAgeingSeconds: invalid macAgeingSeconds 0: must be 1..=604800",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, macTableLimit: 0",
+                "spec.macTableLimit: invalid macTableLimit 0",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = BASE.replace(from, to);
+            let msg = refusal(&State::default(), &text).to_string();
+            assert!(msg.starts_with("document 2 (Subnet \"web\"): "), "{msg}");
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn subnets_of_one_network_must_not_overlap() {
+        let other = "---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: db}\nspec: {network: NET, cidr: 10.1.0.128/25, gateway: 10.1.0.129}\n";
+        let err = refusal(&base(), &other.replace("NET", "blue"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"db\"): spec.cidr: 10.1.0.128/25 overlaps Subnet \"web\" \
+             (10.1.0.0/24) of Network \"blue\"; the Subnets of one Network must not overlap"
+        );
+        // Another Network is another address space.
+        let red = "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: red}\n";
+        let text = format!("{red}{}", other.replace("NET", "red"));
+        assert_eq!(apply(&base(), &text).subnets.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_in_one_input() {
+        let text = format!("{BASE}---\n{}", BASE.split("---\n").nth(1).unwrap());
+        let err = refusal(&State::default(), &text);
+        assert_eq!(
+            err.to_string(),
+            "document 3 (Subnet \"web\"): metadata.name: Subnet \"web\" is also defined in \
+             document 2; define each resource once per input"
+        );
+    }
+
+    #[test]
+    fn create_refuses_an_existing_name() {
+        let docs = parse_documents(BASE).unwrap();
+        let err = plan(&base(), docs, Mode::Create).unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string().contains("Network \"blue\" already exists"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn allocates_in_order_and_keeps_the_cursor() {
+        let text = format!("{}{}{}", nic("a", ""), nic("b", ""), nic("c", ""));
+        let state = apply(&base(), &text);
+        assert_eq!(ips(&state, "a"), ["10.1.0.2/24"]);
+        assert_eq!(ips(&state, "b"), ["10.1.0.3/24"]);
+        assert_eq!(ips(&state, "c"), ["10.1.0.4/24"]);
+        assert_eq!(
+            state.ipam["web"].last_allocated,
+            Some(Ipv4Addr::new(10, 1, 0, 4))
+        );
+        for name in ["a", "b", "c"] {
+            let status = &state.network_interfaces[name].status;
+            assert_eq!(status.state, InterfaceState::Pending);
+            let mac = status.mac.unwrap();
+            assert_eq!(mac.0[0] & 3, 2, "{mac}");
+        }
+        // Deleting b and adding d continues after c (host-local), not at b's address.
+        let mut current = state.clone();
+        current.network_interfaces.remove("b");
+        let state = apply(&current, &nic("d", ""));
+        assert_eq!(ips(&state, "d"), ["10.1.0.5/24"]);
+    }
+
+    #[test]
+    fn reapplying_keeps_allocations_and_mac() {
+        let first = apply(&base(), &nic("a", ""));
+        let plan = try_plan(&first, &nic("a", "")).unwrap();
+        assert!(!plan.changed);
+        assert_eq!(plan.next, first);
+    }
+
+    #[test]
+    fn static_addresses_are_checked() {
+        let cases = [
+            (
+                ", ips: [10.2.0.5]",
+                400,
+                "spec.ips[0]: address 10.2.0.5 is outside subnet 10.1.0.0/24",
+            ),
+            (
+                ", ips: [10.1.0.1]",
+                400,
+                "spec.ips[0]: address 10.1.0.1 is the gateway of 10.1.0.0/24",
+            ),
+            (", ips: [10.1.0.0]", 400, "is the network address"),
+            (", ips: [10.1.0.255/24]", 400, "is the broadcast address"),
+            (
+                ", ips: [10.1.0.9/16]",
+                400,
+                "spec.ips[0]: 10.1.0.9/16 has prefix /16 but Subnet \"web\" is 10.1.0.0/24; write 10.1.0.9/24 or 10.1.0.9",
+            ),
+            (
+                ", ips: [10.1.0.9, 10.1.0.9/24]",
+                400,
+                "spec.ips[1]: 10.1.0.9 is listed twice",
+            ),
+            (
+                ", ips: [10.1.0.2]",
+                409,
+                "spec.ips[0]: address 10.1.0.2 is already used by NetworkInterface \"a\"",
+            ),
+        ];
+        let current = apply(&base(), &nic("a", ""));
+        for (extra, status, want) in cases {
+            let err = refusal(&current, &nic("b", extra));
+            assert_eq!(err.status(), status, "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("document 1 (NetworkInterface \"b\"): "),
+                "{msg}"
+            );
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+        let state = apply(&current, &nic("b", ", ips: [10.1.0.9/24, 10.1.0.10]"));
+        assert_eq!(ips(&state, "b"), ["10.1.0.9/24", "10.1.0.10/24"]);
+        // A static address does not move the cursor.
+        assert_eq!(
+            state.ipam["web"].last_allocated,
+            Some(Ipv4Addr::new(10, 1, 0, 2))
+        );
+    }
+
+    #[test]
+    fn one_batch_cannot_take_an_address_twice() {
+        let text = format!(
+            "{}{}",
+            nic("a", ", ips: [10.1.0.7]"),
+            nic("b", ", ips: [10.1.0.7]")
+        );
+        let err = refusal(&base(), &text);
+        assert_eq!(err.status(), 409);
+        assert!(err.to_string().starts_with("document 2 (NetworkInterface \"b\"): spec.ips[0]: address 10.1.0.7 is already used by NetworkInterface \"a\""), "{err}");
+    }
+
+    #[test]
+    fn allocation_avoids_statics_of_the_same_batch() {
+        let text = format!("{}{}", nic("a", ""), nic("b", ", ips: [10.1.0.2]"));
+        let state = apply(&base(), &text);
+        assert_eq!(ips(&state, "a"), ["10.1.0.3/24"]);
+        assert_eq!(ips(&state, "b"), ["10.1.0.2/24"]);
+    }
+
+    #[test]
+    fn exhausted_range_is_a_conflict() {
+        let small = BASE.replace(
+            "gateway: 10.1.0.1",
+            "gateway: 10.1.0.1, rangeStart: 10.1.0.2, rangeEnd: 10.1.0.3",
+        );
+        let current = apply(&State::default(), &small);
+        let current = apply(&current, &format!("{}{}", nic("a", ""), nic("b", "")));
+        let err = refusal(&current, &nic("c", ""));
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string()
+                .contains("spec.ips: no free address left in 10.1.0.2..=10.1.0.3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn interface_references_and_collisions() {
+        let current = apply(&base(), &nic("a", ", mac: '02:00:00:00:00:0a'"));
+        let err = refusal(&current, &nic("b", "").replace("subnet: web", "subnet: db"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (NetworkInterface \"b\"): spec.subnet: Subnet \"db\" does not exist; \
+             name an existing Subnet (default) or create it first"
+        );
+        let err = refusal(&current, &nic("b", "").replace("netns: b", "netns: a"));
+        assert_eq!(err.status(), 409);
+        assert!(err.to_string().contains("spec.ifname: interface eth0 in netns a is already NetworkInterface \"a\"; choose another ifname"), "{err}");
+        let ok = nic("b", ", ifname: eth1").replace("netns: b", "netns: a");
+        assert_eq!(apply(&current, &ok).network_interfaces.len(), 2);
+        let err = refusal(&current, &nic("b", ", mac: '02:00:00:00:00:0a'"));
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string().contains(
+                "spec.mac: MAC 02:00:00:00:00:0a is already used by NetworkInterface \"a\""
+            ),
+            "{err}"
+        );
+        // A generated MAC counts too.
+        let generated = apply(&base(), &nic("a", ""));
+        let mac = generated.network_interfaces["a"].status.mac.unwrap();
+        let err = refusal(&generated, &nic("b", &format!(", mac: '{mac}'")));
+        assert_eq!(err.status(), 409);
+    }
+
+    #[test]
+    fn immutable_fields_need_delete_and_create() {
+        let current = apply(&base(), &nic("a", ""));
+        let cases = [
+            (
+                nic("a", "").replace("netns: a", "netns: b"),
+                "spec.netns: NetworkInterface \"a\" has netns a; netns cannot change: delete the NetworkInterface and create it again",
+            ),
+            (
+                nic("a", ", ifname: eth1"),
+                "spec.ifname: NetworkInterface \"a\" has ifname eth0; ifname cannot change",
+            ),
+            (
+                nic("a", ", kind: veth"),
+                "spec.kind: NetworkInterface \"a\" has kind tap; kind cannot change",
+            ),
+        ];
+        for (text, want) in cases {
+            let msg = refusal(&current, &text).to_string();
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+        let moved = BASE.replace(
+            "cidr: 10.1.0.0/24, gateway: 10.1.0.1",
+            "cidr: 10.2.0.0/24, gateway: 10.2.0.1",
+        );
+        let msg = refusal(&current, &moved).to_string();
+        assert!(msg.contains("spec.cidr: Subnet \"web\" has cidr 10.1.0.0/24; cidr cannot change: delete the Subnet and create it again"), "{msg}");
+    }
+
+    #[test]
+    fn subnet_mtu_is_fixed_while_interfaces_inherit_it() {
+        let current = apply(&base(), &nic("a", ""));
+        let bigger = BASE.replace("gateway: 10.1.0.1", "gateway: 10.1.0.1, mtu: 9000");
+        let msg = refusal(&current, &bigger).to_string();
+        assert!(
+            msg.contains("spec.mtu: Subnet \"web\" has mtu 1500, used by NetworkInterfaces a;"),
+            "{msg}"
+        );
+        // Fine once the interface has its own MTU, or with no interfaces.
+        let text = format!("{bigger}{}", nic("a", ", mtu: 1500"));
+        assert!(try_plan(&current, &text).is_ok());
+        assert_eq!(apply(&base(), &bigger).subnets["web"].spec.mtu, 9000);
+    }
+
+    #[test]
+    fn changes_that_need_a_new_device() {
+        let mut current = apply(&base(), &nic("a", ""));
+        current
+            .network_interfaces
+            .get_mut("a")
+            .unwrap()
+            .status
+            .state = InterfaceState::Up;
+        // Labels only: no device work.
+        let labelled = nic("a", "").replace("{name: a}", "{name: a, labels: {x: y}}");
+        let plan = try_plan(&current, &labelled).unwrap();
+        assert_eq!(plan.applied[0].action, "configured");
+        assert!(plan.recreate.is_empty() && plan.attach.is_empty());
+        assert_eq!(
+            plan.next.network_interfaces["a"].status.state,
+            InterfaceState::Up
+        );
+        // New addresses, MAC or MTU: re-create.
+        for extra in [
+            ", ips: [10.1.0.50]",
+            ", mac: '02:00:00:00:00:99'",
+            ", mtu: 9000",
+        ] {
+            let plan = try_plan(&current, &nic("a", extra)).unwrap();
+            assert_eq!(plan.recreate, ["a"], "{extra}");
+            assert_eq!(
+                plan.next.network_interfaces["a"].status.state,
+                InterfaceState::Pending
+            );
+        }
+        let plan = try_plan(&current, &nic("a", ", ips: [10.1.0.50]")).unwrap();
+        assert_eq!(ips(&plan.next, "a"), ["10.1.0.50/24"]);
+        // A MAC equal to the generated one is no change of the device.
+        let mac = current.network_interfaces["a"].status.mac.unwrap();
+        let plan = try_plan(&current, &nic("a", &format!(", mac: '{mac}'"))).unwrap();
+        assert!(plan.recreate.is_empty());
+    }
+
+    #[test]
+    fn lost_interfaces_can_be_relabelled() {
+        let mut current = apply(&base(), &nic("a", ""));
+        current
+            .network_interfaces
+            .get_mut("a")
+            .unwrap()
+            .status
+            .state = InterfaceState::Lost;
+        let labelled = nic("a", "").replace("{name: a}", "{name: a, labels: {x: y}}");
+        let plan = try_plan(&current, &labelled).unwrap();
+        assert!(plan.recreate.is_empty());
+        assert_eq!(
+            plan.next.network_interfaces["a"].status.state,
+            InterfaceState::Lost
+        );
+    }
+
+    #[test]
+    fn the_first_wrong_document_is_reported() {
+        let current = apply(&base(), &nic("a", ""));
+        let text = format!(
+            "{}{}",
+            nic("b", ", ips: [10.9.9.9]"),
+            nic("a", "").replace("netns: a", "netns: z")
+        );
+        let msg = refusal(&current, &text).to_string();
+        assert!(
+            msg.starts_with("document 1 (NetworkInterface \"b\")"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn delete_checks_dependants() {
+        let current = apply(&base(), &format!("{}{}", nic("a", ""), nic("b", "")));
+        let err = check_delete(&current, Kind::Network, "blue").unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            err.to_string(),
+            "Network \"blue\" still has Subnets: web; delete them first"
+        );
+        let err = check_delete(&current, Kind::Subnet, "web").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Subnet \"web\" still has NetworkInterfaces: a, b; delete them first"
+        );
+        assert!(check_delete(&current, Kind::NetworkInterface, "a").is_ok());
+        let err = check_delete(&current, Kind::Subnet, "nope").unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert_eq!(err.to_string(), "Subnet \"nope\" not found");
+    }
+
+    #[test]
+    fn leases_are_rebuilt_from_status() {
+        let state = apply(
+            &base(),
+            &format!("{}{}", nic("a", ""), nic("b", ", ips: [10.1.0.77]")),
+        );
+        let leases = leases(&state);
+        let web = &leases["web"];
+        assert_eq!(web.owner(Ipv4Addr::new(10, 1, 0, 2)), Some("a"));
+        assert_eq!(web.owner(Ipv4Addr::new(10, 1, 0, 77)), Some("b"));
+        assert_eq!(web.last, Some(Ipv4Addr::new(10, 1, 0, 2)));
+    }
+}
