@@ -1,1 +1,162 @@
-fn main() {}
+//! `vswitchd`: the vswitch daemon. One per node; attaches containers, switches their traffic,
+//! and serves the control API on a Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing::{error, info};
+
+use vswitch::control::{Controller, EMBEDDED_DEFAULT_CONFIG};
+use vswitch::engine::{Engine, EngineConfig};
+
+/// CAP_NET_ADMIN (include/uapi/linux/capability.h): create TAP devices, configure links.
+const CAP_NET_ADMIN: u32 = 12;
+/// CAP_SYS_ADMIN: setns() into a container's network namespace.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The vswitch daemon: a userspace virtual switch for container hosts.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The control socket (HTTP+JSON); created with mode 0600.
+    #[arg(long, default_value = "/run/vswitch/vswitchd.sock")]
+    socket: PathBuf,
+    /// Where resources and allocations are persisted; a restart restores them.
+    #[arg(long, default_value = "/var/lib/vswitch")]
+    state_dir: PathBuf,
+    /// A resource file (YAML or JSON) applied at every boot. Without it, a first boot applies
+    /// the embedded default: Network `default`, Subnet `default` 172.30.0.0/16.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Worker threads; default one per core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter such as `vswitch=debug`).
+    #[arg(long, default_value = "info", env = "VSWITCH_LOG")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(message) = check_privileges() {
+        eprintln!("vswitchd: {message}");
+        return ExitCode::from(2);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            eprintln!("vswitchd: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let workers = match args.workers {
+        Some(0) => return Err("--workers must be at least 1".into()),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    // Claim the socket first: a second daemon on the same socket stops here, before it
+    // touches ports or state.
+    let listener = vswitch::api::ApiListener::bind(&args.socket).map_err(|e| e.to_string())?;
+    let engine = Engine::start(EngineConfig { workers })
+        .map_err(|e| format!("cannot start the {workers} worker threads: {e}"))?;
+    let controller = Controller::open(&args.state_dir, engine).map_err(|e| {
+        format!(
+            "cannot restore state from {}: {e}",
+            args.state_dir.display()
+        )
+    })?;
+    let controller = Arc::new(controller);
+    apply_boot_config(&controller, args.config.as_deref())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vswitch-api")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+    info!(
+        socket = %args.socket.display(),
+        state_dir = %args.state_dir.display(),
+        workers,
+        "vswitchd running"
+    );
+    let served = runtime.block_on(listener.serve(Arc::clone(&controller), shutdown_signal()));
+    controller.shutdown();
+    info!("vswitchd stopped");
+    served.map_err(|e| e.to_string())
+}
+
+/// `--config` is applied at every boot (the file is the node's declared state); without it,
+/// the embedded default is applied only on a first boot, so a user may delete or change it.
+fn apply_boot_config(controller: &Controller, config: Option<&Path>) -> Result<(), String> {
+    let (text, source) = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+            (text, path.display().to_string())
+        }
+        None if controller.is_empty() => (
+            EMBEDDED_DEFAULT_CONFIG.to_string(),
+            "the embedded default config".to_string(),
+        ),
+        None => return Ok(()),
+    };
+    let applied = controller
+        .apply(&text)
+        .map_err(|e| format!("{source}: {e}"))?;
+    for resource in applied {
+        info!(kind = %resource.kind, name = %resource.name, action = %resource.action, "boot config");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop vswitchd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, stopping"),
+        _ = int.recv() => info!("SIGINT received, stopping"),
+    }
+}
+
+/// vswitchd creates TAP devices and veth pairs (CAP_NET_ADMIN) and enters containers'
+/// namespaces (CAP_SYS_ADMIN); say so up front rather than fail on the first attach.
+fn check_privileges() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status to check privileges: {e}"))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
+        Ok(())
+    } else {
+        Err(
+            "vswitchd must run as root (or with CAP_NET_ADMIN and CAP_SYS_ADMIN): it creates \
+             TAP devices and veth pairs and enters containers' network namespaces. \
+             Try: sudo vswitchd"
+                .into(),
+        )
+    }
+}

@@ -1,1 +1,537 @@
-//! `vswitchctl` (being written).
+//! `vswitchctl`: the command-line client of the control API.
+//!
+//! [`args`] holds the command table (clap derive), [`client`] the HTTP/1.1 client over the
+//! Unix socket, [`attach`] the NetworkInterface builder, [`output`] the tables and dumps, and
+//! [`error`] the messages and exit codes (0 ok, 1 refused, 2 usage, 3 unreachable). This
+//! module runs one command: it never prints except through the writers it is given, so the
+//! whole flow is testable.
+
+pub mod args;
+pub mod attach;
+pub mod client;
+pub mod error;
+pub mod output;
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use hyper::Method;
+use serde_json::Value;
+
+use args::{
+    ApplyArgs, AttachArgs, Cli, Command, DeleteArgs, DescribeArgs, DetachArgs, GetArgs, OutputArgs,
+    OutputFormat,
+};
+use client::{Body, Client, HttpResponse, encode_segment};
+use error::{ApiFailure, CliError};
+use output::TableContext;
+
+/// The collection path of NetworkInterfaces.
+const INTERFACES: &str = "networkinterfaces";
+
+/// Parses the command line, runs the command, prints errors, and returns the exit code.
+pub fn main() -> ExitCode {
+    // Exits with clap's codes: 2 on a usage error, 0 for --help and --version.
+    let cli = Cli::parse();
+    let mut stdout = io::stdout().lock();
+    let mut stderr = io::stderr().lock();
+    let mut stdin = io::stdin().lock();
+    match run(&cli, &mut stdout, &mut stderr, &mut stdin) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `vswitchctl get ... | head`: the reader left; that is not a failure.
+        Err(CliError::Output(error)) if error.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let _ = stderr.write_all(error.render().as_bytes());
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// Runs one parsed command: results go to `out`, notes (such as "no resources") to `err`,
+/// and `apply -f -` reads `stdin`.
+///
+/// # Errors
+/// [`CliError`]; its [`exit_code`](CliError::exit_code) is the process's.
+pub fn run(
+    cli: &Cli,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    stdin: &mut dyn Read,
+) -> Result<(), CliError> {
+    let api = Api {
+        client: Client::new(&cli.socket, Duration::from_secs(cli.timeout))?,
+    };
+    match &cli.command {
+        Command::Apply(args) => apply(&api, args, out, stdin),
+        Command::Get(args) => get(&api, args, out, err),
+        Command::Describe(args) => describe(&api, args, out),
+        Command::Delete(args) => delete(&api, args, out),
+        Command::Attach(args) => attach(&api, args, out),
+        Command::Detach(args) => detach(&api, args, out),
+        Command::Fdb(args) => fdb(&api, args, out, err),
+        Command::Stats(args) => stats(&api, args, out),
+        Command::Version => version(&api, out),
+    }
+}
+
+/// The client plus the API's conventions: 2xx is success, anything else is a refusal with
+/// the `{"error": ...}` body.
+struct Api {
+    client: Client,
+}
+
+impl Api {
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body<'_>>,
+    ) -> Result<HttpResponse, CliError> {
+        let response = self.client.request(method, path, body)?;
+        if response.is_success() {
+            Ok(response)
+        } else {
+            Err(CliError::Api {
+                failure: ApiFailure::from_response(response.status, &response.body),
+                hint: None,
+            })
+        }
+    }
+
+    fn json(&self, method: Method, path: &str, body: Option<Body<'_>>) -> Result<Value, CliError> {
+        let response = self.call(method, path, body)?;
+        serde_json::from_slice(&response.body)
+            .map_err(|error| CliError::BadResponse(format!("{path} did not answer JSON: {error}")))
+    }
+
+    fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.json(Method::GET, path, None)
+    }
+}
+
+fn write(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
+    out.write_all(text.as_bytes()).map_err(CliError::Output)
+}
+
+/// A kind as typed by the user, for messages: lower case and singular.
+fn display_kind(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    if let Some(stem) = lower.strip_suffix("ies") {
+        format!("{stem}y")
+    } else if lower.ends_with('s') && !lower.ends_with("ss") {
+        lower[..lower.len() - 1].to_owned()
+    } else {
+        lower
+    }
+}
+
+fn not_found_hint(error: CliError, kind: &str) -> CliError {
+    match error.status() {
+        Some(404) => error.with_hint(format!(
+            "try: vswitchctl get {kind}   (lists the existing ones)"
+        )),
+        _ => error,
+    }
+}
+
+/// A next step for a refused `attach`, chosen by the field the API named.
+fn attach_hint(error: CliError, name: &str) -> CliError {
+    let field = match &error {
+        CliError::Api { failure, .. } => failure.field.clone().unwrap_or_default(),
+        _ => return error,
+    };
+    if field.ends_with("metadata.name") {
+        error.with_hint(format!(
+            "try: --name NAME to choose another name, or vswitchctl detach {name} first"
+        ))
+    } else if field.ends_with("spec.ifname") {
+        error.with_hint("try: --ifname NAME to add another interface to the namespace")
+    } else if field.contains("spec.ips") {
+        error.with_hint("try: --ip auto to let IPAM choose a free address")
+    } else if field.ends_with("spec.subnet") {
+        error.with_hint("try: vswitchctl get subnets   (lists the existing ones)")
+    } else if error.status() == Some(409) {
+        error.with_hint("try: vswitchctl get networkinterfaces   (what is attached)")
+    } else {
+        error
+    }
+}
+
+fn apply(
+    api: &Api,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+    stdin: &mut dyn Read,
+) -> Result<(), CliError> {
+    let input_error = |source| CliError::Input {
+        path: args.file.clone(),
+        source,
+    };
+    let text = if args.file == Path::new("-") {
+        let mut text = String::new();
+        stdin.read_to_string(&mut text).map_err(input_error)?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file).map_err(input_error)?
+    };
+    let trimmed = text.trim_start();
+    let content_type = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        "application/json"
+    } else {
+        "application/yaml"
+    };
+    let applied = api
+        .json(
+            Method::POST,
+            "/v1/apply",
+            Some(Body {
+                content_type,
+                bytes: text.as_bytes(),
+            }),
+        )
+        .map_err(|error| match error.status() {
+            Some(400 | 409) => {
+                error.with_hint("nothing was changed; fix the document and apply again")
+            }
+            _ => error,
+        })?;
+    let Some(items) = applied.as_array() else {
+        return Err(CliError::BadResponse(format!(
+            "/v1/apply answered {applied} instead of a list"
+        )));
+    };
+    let mut text = String::new();
+    for item in items {
+        let kind = item.get("kind").and_then(Value::as_str).unwrap_or("?");
+        let name = item.get("name").and_then(Value::as_str).unwrap_or("?");
+        let action = item.get("action").and_then(Value::as_str).unwrap_or("?");
+        text.push_str(&format!("{}/{name} {action}\n", kind.to_ascii_lowercase()));
+    }
+    write(out, &text)
+}
+
+fn print_value(out: &mut dyn Write, value: &Value, format: OutputFormat) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => write(out, &output::to_json(value)),
+        OutputFormat::Yaml => {
+            let text = output::to_yaml(value)
+                .map_err(|error| CliError::BadResponse(format!("cannot print as YAML: {error}")))?;
+            write(out, &text)
+        }
+        OutputFormat::Table | OutputFormat::Wide => Ok(()),
+    }
+}
+
+fn get(
+    api: &Api,
+    args: &GetArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let kind = encode_segment(&args.kind);
+    let (value, items) = match &args.name {
+        Some(name) => {
+            let path = format!("/v1/{kind}/{}", encode_segment(name));
+            let value = api
+                .get(&path)
+                .map_err(|error| not_found_hint(error, &args.kind))?;
+            let items = vec![value.clone()];
+            (value, items)
+        }
+        None => {
+            let value = api.get(&format!("/v1/{kind}"))?;
+            let Some(items) = value.as_array().cloned() else {
+                return Err(CliError::BadResponse(format!(
+                    "/v1/{kind} answered {value} instead of a list"
+                )));
+            };
+            (value, items)
+        }
+    };
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    if items.is_empty() {
+        return err
+            .write_all(format!("no {} found\n", display_kind(&args.kind)).as_bytes())
+            .map_err(CliError::Output);
+    }
+    let is_network = items
+        .first()
+        .and_then(|item| item.get("kind"))
+        .and_then(Value::as_str)
+        .is_some_and(|kind| kind.eq_ignore_ascii_case("network"));
+    let lists_subnets = items
+        .iter()
+        .all(|item| item.pointer("/status/subnets").is_some());
+    let context = if is_network && !lists_subnets {
+        // Only for the SUBNETS column, when the Networks' status does not list them; without
+        // it the column shows `-`.
+        api.get("/v1/subnets")
+            .ok()
+            .and_then(|subnets| subnets.as_array().map(|s| TableContext::from_subnets(s)))
+            .unwrap_or_default()
+    } else {
+        TableContext::default()
+    };
+    let wide = args.output == OutputFormat::Wide;
+    write(
+        out,
+        &output::resource_table(&items, wide, &context).render(),
+    )
+}
+
+fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = format!(
+        "/v1/{}/{}",
+        encode_segment(&args.kind),
+        encode_segment(&args.name)
+    );
+    let resource = api
+        .get(&path)
+        .map_err(|error| not_found_hint(error, &args.kind))?;
+    let mut text = output::describe(&resource);
+    let is_interface = resource
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| kind.eq_ignore_ascii_case("networkinterface"));
+    if is_interface {
+        // The port's counters, when the daemon has them; describe works without them.
+        if let Ok(stats) = api.get("/v1/stats") {
+            let port = stats
+                .get("ports")
+                .and_then(Value::as_array)
+                .and_then(|ports| {
+                    ports
+                        .iter()
+                        .find(|port| port.get("name").and_then(Value::as_str) == Some(&args.name))
+                });
+            if let Some(port) = port {
+                let mut counters = port.clone();
+                if let Some(map) = counters.as_object_mut() {
+                    map.remove("name");
+                }
+                text.push_str(&output::describe_section("Counters", &counters));
+            }
+        }
+    }
+    write(out, &text)
+}
+
+fn delete(api: &Api, args: &DeleteArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = format!(
+        "/v1/{}/{}",
+        encode_segment(&args.kind),
+        encode_segment(&args.name)
+    );
+    api.call(Method::DELETE, &path, None)
+        .map_err(|error| not_found_hint(error, &args.kind))?;
+    write(
+        out,
+        &format!("{}/{} deleted\n", display_kind(&args.kind), args.name),
+    )
+}
+
+fn attach(api: &Api, args: &AttachArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let resource = attach::build_interface(args).map_err(CliError::Usage)?;
+    let body = resource.to_string();
+    let created = api
+        .json(
+            Method::POST,
+            &format!("/v1/{INTERFACES}"),
+            Some(Body {
+                content_type: "application/json",
+                bytes: body.as_bytes(),
+            }),
+        )
+        .map_err(|error| {
+            let name = resource
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("NAME");
+            attach_hint(error, name)
+        })?;
+    let field = |pointers: &[&str]| {
+        pointers
+            .iter()
+            .find_map(|pointer| {
+                created
+                    .pointer(pointer)
+                    .filter(|v| output::cell(Some(v)) != "-")
+            })
+            .map_or_else(|| "-".to_owned(), |value| output::cell(Some(value)))
+    };
+    let name = field(&["/metadata/name"]);
+    let mac = field(&["/status/mac", "/spec/mac"]);
+    let ips = field(&["/status/ips", "/spec/ips"]);
+    write(
+        out,
+        &format!("networkinterface/{name} attached: mac {mac}, ips {ips}\n"),
+    )
+}
+
+fn detach(api: &Api, args: &DetachArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = format!("/v1/{INTERFACES}/{}", encode_segment(&args.name));
+    api.call(Method::DELETE, &path, None)
+        .map_err(|error| not_found_hint(error, INTERFACES))?;
+    write(out, &format!("networkinterface/{} detached\n", args.name))
+}
+
+fn fdb(
+    api: &Api,
+    args: &OutputArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let value = api.get("/v1/fdb")?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    let table = output::fdb_table(&value);
+    if table.is_empty() {
+        return err
+            .write_all(b"no learned MAC addresses\n")
+            .map_err(CliError::Output);
+    }
+    write(out, &table.render())
+}
+
+fn stats(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let value = api.get("/v1/stats")?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    write(
+        out,
+        &output::stats_report(&value, args.output == OutputFormat::Wide),
+    )
+}
+
+fn version(api: &Api, out: &mut dyn Write) -> Result<(), CliError> {
+    write(out, &format!("vswitchctl {}\n", env!("CARGO_PKG_VERSION")))?;
+    let value = api.get("/v1/version")?;
+    write(
+        out,
+        &format!(
+            "vswitchd {} (API {})\n",
+            output::cell(value.get("version")),
+            output::cell(value.get("apiVersion"))
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_for_messages() {
+        assert_eq!(display_kind("NetworkInterfaces"), "networkinterface");
+        assert_eq!(display_kind("subnet"), "subnet");
+        assert_eq!(display_kind("Networks"), "network");
+        assert_eq!(display_kind("networkpolicies"), "networkpolicy");
+        assert_eq!(display_kind("address"), "address");
+    }
+
+    fn refusal(status: u16, field: Option<&str>) -> CliError {
+        CliError::Api {
+            failure: ApiFailure {
+                status,
+                message: "refused".into(),
+                field: field.map(str::to_owned),
+            },
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn attach_hints_follow_the_field() {
+        let cases = [
+            (
+                409,
+                Some("metadata.name"),
+                Some("try: --name NAME to choose another name, or vswitchctl detach c1 first"),
+            ),
+            (
+                409,
+                Some("spec.ifname"),
+                Some("try: --ifname NAME to add another interface to the namespace"),
+            ),
+            (
+                409,
+                Some("spec.ips[0]"),
+                Some("try: --ip auto to let IPAM choose a free address"),
+            ),
+            (
+                409,
+                Some("spec.ips"),
+                Some("try: --ip auto to let IPAM choose a free address"),
+            ),
+            (
+                400,
+                Some("spec.subnet"),
+                Some("try: vswitchctl get subnets   (lists the existing ones)"),
+            ),
+            (
+                409,
+                None,
+                Some("try: vswitchctl get networkinterfaces   (what is attached)"),
+            ),
+            (400, Some("spec.netns"), None),
+        ];
+        for (status, field, expected) in cases {
+            let rendered = attach_hint(refusal(status, field), "c1").render();
+            match expected {
+                Some(hint) => assert!(
+                    rendered.ends_with(&format!("\n  {hint}\n")),
+                    "{field:?}: {rendered}"
+                ),
+                None => assert_eq!(rendered.lines().count(), 1, "{field:?}: {rendered}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unreachable_daemon_is_exit_3() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("none.sock");
+        let cli = Cli::try_parse_from([
+            "vswitchctl",
+            "--socket",
+            socket.to_str().expect("utf-8 path"),
+            "get",
+            "subnets",
+        ])
+        .expect("parse");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let error = run(&cli, &mut out, &mut err, &mut io::empty()).expect_err("no daemon");
+        assert_eq!(error.exit_code(), error::EXIT_UNREACHABLE);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unreadable_file_is_exit_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cli = Cli::try_parse_from([
+            "vswitchctl",
+            "--socket",
+            dir.path().join("none.sock").to_str().expect("utf-8 path"),
+            "apply",
+            "-f",
+            dir.path()
+                .join("missing.yaml")
+                .to_str()
+                .expect("utf-8 path"),
+        ])
+        .expect("parse");
+        let error = run(&cli, &mut Vec::new(), &mut Vec::new(), &mut io::empty())
+            .expect_err("missing file");
+        assert!(matches!(error, CliError::Input { .. }), "{error:?}");
+        assert_eq!(error.exit_code(), error::EXIT_REFUSED);
+    }
+}

@@ -1,0 +1,544 @@
+//! The command table of `vswitchctl` (clap derive) and the parsers of its argument values.
+//!
+//! Everything that can be checked without the daemon is checked here, so a malformed value is
+//! a usage error (exit 2) that names the option and says what is valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+
+use crate::api::DEFAULT_SOCKET_PATH;
+
+/// Text shown after `--help`: the exit codes, documented once.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  the request failed: vswitchd refused it (the message says why), or the input file could not be read
+  2  usage error: bad command line or argument value
+  3  cannot reach vswitchd: no socket, connection refused, permission denied or no answer";
+
+/// `vswitchctl`: controls a running vswitchd through its control socket.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vswitchctl",
+    version,
+    about = "Control vswitchd, the userspace virtual switch, through its control socket.",
+    after_help = EXIT_CODES_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The control socket of vswitchd.
+    #[arg(
+        long,
+        global = true,
+        env = "VSWITCH_SOCKET",
+        default_value = DEFAULT_SOCKET_PATH,
+        value_name = "PATH"
+    )]
+    pub socket: PathBuf,
+
+    /// Give up when vswitchd has not answered within this many seconds.
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from a YAML or JSON file (several documents allowed). All
+    /// documents are validated first; if one is wrong, nothing changes.
+    Apply(ApplyArgs),
+    /// List resources of a kind, or show one. KIND is any case, singular or plural
+    /// (network, subnet, networkinterface).
+    Get(GetArgs),
+    /// Show every field of one resource, for people.
+    Describe(DescribeArgs),
+    /// Delete one resource.
+    Delete(DeleteArgs),
+    /// Attach a network namespace: create a NetworkInterface (TAP or veth) in it, with an
+    /// address from the subnet's IPAM unless --ip gives one.
+    Attach(AttachArgs),
+    /// Detach an interface: delete the NetworkInterface NAME, its device and its addresses.
+    Detach(DetachArgs),
+    /// Show the learned MAC addresses: subnet, MAC, port, age.
+    Fdb(OutputArgs),
+    /// Show counters: per-port packets and bytes, drops by reason, events (non-zero ones;
+    /// -o wide shows all).
+    Stats(OutputArgs),
+    /// Show the versions of vswitchctl and of the running vswitchd.
+    Version,
+}
+
+/// `apply -f FILE|-`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The resource file (YAML or JSON); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// How to print resources or reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table (the default).
+    Table,
+    /// A table with more columns.
+    Wide,
+    /// JSON, as the API returns it.
+    Json,
+    /// YAML; a list is printed as several documents, ready for `apply -f`.
+    Yaml,
+}
+
+/// `get KIND [NAME] [-o FORMAT]`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Resource kind, e.g. networkinterfaces, subnet, Network.
+    pub kind: String,
+    /// Resource name; without it, all resources of the kind are listed.
+    pub name: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `describe KIND NAME`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Resource kind.
+    pub kind: String,
+    /// Resource name.
+    pub name: String,
+}
+
+/// `delete KIND NAME`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Resource kind.
+    pub kind: String,
+    /// Resource name.
+    pub name: String,
+}
+
+/// `detach NAME`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// NetworkInterface name (see `vswitchctl get networkinterfaces`).
+    pub name: String,
+}
+
+/// `fdb` and `stats`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// The interface type `attach` creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PortKind {
+    /// A TAP device moved into the namespace.
+    Tap,
+    /// A veth pair with one end in the namespace.
+    Veth,
+}
+
+impl PortKind {
+    /// The value of `spec.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Veth => "veth",
+        }
+    }
+}
+
+/// `attach NETNS [options]`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The namespace: a name under /run/netns, a path (e.g. /proc/1234/ns/net), or pid:N.
+    #[arg(value_parser = parse_netns)]
+    pub netns: Netns,
+    /// The Subnet to attach to [default: default].
+    #[arg(long, value_name = "SUBNET")]
+    pub subnet: Option<String>,
+    /// The address: `auto` (allocated by IPAM), or A.B.C.D/N (A.B.C.D alone takes the
+    /// subnet's prefix length).
+    #[arg(long, value_name = "auto|A.B.C.D/N", value_parser = parse_ip, default_value = "auto")]
+    pub ip: IpRequest,
+    /// The interface type.
+    #[arg(long, value_enum, default_value_t = PortKind::Tap)]
+    pub kind: PortKind,
+    /// The interface name inside the namespace.
+    #[arg(long, value_parser = parse_ifname, default_value = "eth0")]
+    pub ifname: String,
+    /// The NetworkInterface name [default: the namespace name (pid-N for pid:N, the last
+    /// path component for a path), plus -IFNAME unless IFNAME is eth0].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The MAC address, aa:bb:cc:dd:ee:ff [default: chosen by vswitchd].
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    pub mac: Option<String>,
+    /// The MTU [default: the subnet's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(68..))]
+    pub mtu: Option<u16>,
+    /// A label, KEY=VALUE; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<Label>,
+}
+
+/// Where `attach` puts the interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    /// A name under /run/netns (`ip netns add NAME`).
+    Named(String),
+    /// An absolute path to a namespace file.
+    Path(PathBuf),
+    /// The network namespace of a process.
+    Pid(u32),
+}
+
+impl fmt::Display for Netns {
+    /// The value of `spec.netns`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netns::Named(name) => f.write_str(name),
+            Netns::Path(path) => write!(f, "{}", path.display()),
+            Netns::Pid(pid) => write!(f, "pid:{pid}"),
+        }
+    }
+}
+
+/// Parses NETNS: `pid:N`, a path (anything with a `/`; made absolute against the current
+/// directory, since vswitchd does not share it), or a name.
+///
+/// # Errors
+/// A message saying which form was expected.
+pub fn parse_netns(text: &str) -> Result<Netns, String> {
+    if let Some(pid) = text.strip_prefix("pid:") {
+        return match pid.parse::<u32>() {
+            Ok(pid) if pid > 0 => Ok(Netns::Pid(pid)),
+            _ => Err(format!(
+                "{pid:?} is not a process id; expected pid:N with N a positive integer"
+            )),
+        };
+    }
+    if text.contains('/') {
+        let path = std::path::absolute(text)
+            .map_err(|error| format!("cannot make {text:?} an absolute path: {error}"))?;
+        return Ok(Netns::Path(path));
+    }
+    if text.is_empty() || text == "." || text == ".." {
+        return Err("expected a namespace name under /run/netns, a path, or pid:N".to_owned());
+    }
+    Ok(Netns::Named(text.to_owned()))
+}
+
+/// What `--ip` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpRequest {
+    /// Allocate from the subnet's range.
+    Auto,
+    /// This address; the prefix length, when given, must be the subnet's.
+    Static(Ipv4Addr, Option<u8>),
+}
+
+impl fmt::Display for IpRequest {
+    /// `auto`, `A.B.C.D` or `A.B.C.D/N`: the value of a `spec.ips` item.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpRequest::Auto => f.write_str("auto"),
+            IpRequest::Static(addr, None) => write!(f, "{addr}"),
+            IpRequest::Static(addr, Some(len)) => write!(f, "{addr}/{len}"),
+        }
+    }
+}
+
+/// Parses `--ip`: `auto`, `A.B.C.D/N` or `A.B.C.D` (the subnet's prefix length).
+///
+/// # Errors
+/// A message with an example of a valid value.
+pub fn parse_ip(text: &str) -> Result<IpRequest, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(IpRequest::Auto);
+    }
+    let bad = || {
+        format!("{text:?} is not an IPv4 address; expected auto or A.B.C.D/N, e.g. 172.30.0.10/16")
+    };
+    let (addr, prefix_len) = match text.split_once('/') {
+        Some((addr, _)) => {
+            let net: Ipv4Net = text.parse().map_err(|_| bad())?;
+            (addr, Some(net.prefix_len()))
+        }
+        None => (text, None),
+    };
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    Ok(IpRequest::Static(addr, prefix_len))
+}
+
+/// Linux limit on interface names (`IFNAMSIZ` = 16 including the NUL, `include/uapi/linux/if.h`).
+const IFNAME_MAX_BYTES: usize = 15;
+
+/// Parses `--ifname` with the kernel's rules (`dev_valid_name` in `net/core/dev.c`): 1 to 15
+/// bytes, not `.` or `..`, no `/`, `:` or whitespace.
+///
+/// # Errors
+/// A message naming the rule broken.
+pub fn parse_ifname(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > IFNAME_MAX_BYTES {
+        return Err(format!(
+            "{text:?} must be 1 to {IFNAME_MAX_BYTES} bytes long (Linux IFNAMSIZ)"
+        ));
+    }
+    if text == "." || text == ".." {
+        return Err(format!("{text:?} is not a valid interface name"));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Err(format!(
+            "{text:?} contains {bad:?}; interface names cannot contain '/', ':' or whitespace"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Parses `--mac`: six hexadecimal octets separated by `:`; returned in lower case.
+///
+/// # Errors
+/// A message with an example.
+pub fn parse_mac(text: &str) -> Result<String, String> {
+    let octets: Vec<&str> = text.split(':').collect();
+    let valid = octets.len() == 6
+        && octets
+            .iter()
+            .all(|octet| octet.len() == 2 && octet.chars().all(|c| c.is_ascii_hexdigit()));
+    if !valid {
+        return Err(format!(
+            "{text:?} is not a MAC address; expected six hex octets, e.g. 02:00:ac:1e:00:05"
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// One `--label KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// The key (not empty).
+    pub key: String,
+    /// The value (may be empty).
+    pub value: String,
+}
+
+/// Parses `--label KEY=VALUE`: the key is not empty and has no whitespace; the value may be
+/// empty.
+///
+/// # Errors
+/// A message with an example.
+pub fn parse_label(text: &str) -> Result<Label, String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!(
+            "{text:?} has no '='; expected KEY=VALUE, e.g. app=web"
+        ));
+    };
+    if key.is_empty() {
+        return Err(format!(
+            "{text:?} has an empty key; expected KEY=VALUE, e.g. app=web"
+        ));
+    }
+    if key.chars().any(char::is_whitespace) || value.chars().any(char::is_whitespace) {
+        return Err(format!("{text:?} contains whitespace; labels cannot"));
+    }
+    Ok(Label {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// The labels as a map.
+///
+/// # Errors
+/// A message naming a key given twice.
+pub fn labels_map(labels: &[Label]) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for label in labels {
+        if map.insert(label.key.clone(), label.value.clone()).is_some() {
+            return Err(format!(
+                "label {:?} is given more than once; give each key once",
+                label.key
+            ));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_table_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn netns_forms() {
+        assert_eq!(parse_netns("c1"), Ok(Netns::Named("c1".into())));
+        assert_eq!(parse_netns("pid:42"), Ok(Netns::Pid(42)));
+        assert_eq!(
+            parse_netns("/run/netns/c1"),
+            Ok(Netns::Path("/run/netns/c1".into()))
+        );
+        let relative = parse_netns("ns/c1").expect("relative path");
+        let Netns::Path(path) = relative else {
+            panic!("expected a path, got {relative:?}");
+        };
+        assert!(path.is_absolute() && path.ends_with("ns/c1"), "{path:?}");
+        for bad in ["pid:", "pid:x", "pid:0", "pid:-3", "", ".."] {
+            assert!(parse_netns(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(Netns::Pid(7).to_string(), "pid:7");
+    }
+
+    #[test]
+    fn ip_values() {
+        assert_eq!(parse_ip("auto"), Ok(IpRequest::Auto));
+        assert_eq!(parse_ip("AUTO"), Ok(IpRequest::Auto));
+        assert_eq!(
+            parse_ip("172.30.0.10/16"),
+            Ok(IpRequest::Static(Ipv4Addr::new(172, 30, 0, 10), Some(16)))
+        );
+        assert_eq!(
+            parse_ip("172.30.0.10"),
+            Ok(IpRequest::Static(Ipv4Addr::new(172, 30, 0, 10), None))
+        );
+        assert_eq!(
+            parse_ip("172.30.0.10/16").map(|ip| ip.to_string()),
+            Ok("172.30.0.10/16".to_owned())
+        );
+        for bad in [
+            "172.30.0.10/33",
+            "172.30.0.10/",
+            "300.1.1.1/8",
+            "fe80::1/64",
+            "x/8",
+            "10.0.0",
+            "",
+        ] {
+            let error = parse_ip(bad).expect_err(bad);
+            assert!(error.contains("A.B.C.D/N"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn ifname_rules() {
+        assert_eq!(parse_ifname("eth1"), Ok("eth1".into()));
+        assert!(
+            parse_ifname("abcdefghijklmno").is_ok(),
+            "15 bytes is the limit"
+        );
+        for bad in ["", "abcdefghijklmnop", ".", "..", "a/b", "a b", "eth0:1"] {
+            assert!(parse_ifname(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn mac_values() {
+        assert_eq!(
+            parse_mac("02:AB:cd:00:00:01"),
+            Ok("02:ab:cd:00:00:01".into())
+        );
+        for bad in [
+            "02:ab:cd:00:00",
+            "02:ab:cd:00:00:01:02",
+            "02-ab-cd-00-00-01",
+            "0g:00:00:00:00:00",
+            "2:0:0:0:0:1",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(
+            parse_label("app=web"),
+            Ok(Label {
+                key: "app".into(),
+                value: "web".into()
+            })
+        );
+        assert_eq!(
+            parse_label("a=b=c"),
+            Ok(Label {
+                key: "a".into(),
+                value: "b=c".into()
+            })
+        );
+        assert_eq!(parse_label("empty=").map(|l| l.value), Ok(String::new()));
+        for bad in ["app", "=web", "a b=c", "a=b c"] {
+            assert!(parse_label(bad).is_err(), "{bad:?} must be refused");
+        }
+        let twice = [
+            parse_label("a=1").expect("label"),
+            parse_label("a=2").expect("label"),
+        ];
+        assert!(labels_map(&twice).expect_err("duplicate").contains("\"a\""));
+    }
+
+    #[test]
+    fn attach_command_line() {
+        let cli = Cli::try_parse_from([
+            "vswitchctl",
+            "--socket",
+            "/tmp/x.sock",
+            "attach",
+            "pid:12",
+            "--kind",
+            "veth",
+            "--ip",
+            "10.0.0.5/24",
+            "--label",
+            "a=1",
+            "--label",
+            "b=2",
+        ])
+        .expect("parse");
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        let Command::Attach(args) = cli.command else {
+            panic!("expected attach");
+        };
+        assert_eq!(args.netns, Netns::Pid(12));
+        assert_eq!(args.kind, PortKind::Veth);
+        assert_eq!(args.ifname, "eth0");
+        assert_eq!(args.labels.len(), 2);
+        assert!(matches!(args.ip, IpRequest::Static(_, Some(24))));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for argv in [
+            &["vswitchctl", "attach", "c1", "--ip", "10.0.0.5/40"][..],
+            &["vswitchctl", "attach", "c1", "--label", "nokey"][..],
+            &["vswitchctl", "attach", "c1", "--kind", "macvlan"][..],
+            &["vswitchctl", "attach", "c1", "--mtu", "20"][..],
+            &["vswitchctl", "get", "subnets", "-o", "xml"][..],
+            &["vswitchctl", "apply"][..],
+        ] {
+            let error = Cli::try_parse_from(argv).expect_err(&argv.join(" "));
+            assert_eq!(error.exit_code(), 2, "{}: {error}", argv.join(" "));
+        }
+    }
+}

@@ -1,0 +1,773 @@
+//! Formatting API answers for people: tables, `describe` text, and JSON/YAML dumps.
+//!
+//! Everything here is a pure function from JSON values to text, tolerant of missing fields
+//! (printed as `-`), so a newer daemon with more fields never breaks an older CLI.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Printed for a missing or empty value.
+const NONE: &str = "-";
+
+/// Spaces between table columns.
+const COLUMN_GAP: usize = 3;
+
+/// A text table: a header row and data rows, left-aligned columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// An empty table with these column headers.
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are printed empty, extra cells are dropped.
+    pub fn push(&mut self, mut row: Vec<String>) {
+        row.resize(self.headers.len(), String::new());
+        self.rows.push(row);
+    }
+
+    /// Number of data rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True without data rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table as text: columns padded to their widest cell, no trailing spaces, a newline
+    /// after each row.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut text = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (index, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                line.push_str(cell);
+                if index + 1 < row.len() {
+                    let pad = width - cell.chars().count() + COLUMN_GAP;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// A scalar as text: strings bare, numbers and booleans as JSON, arrays joined with `,`,
+/// null or missing or empty as `-`.
+pub fn cell(value: Option<&Value>) -> String {
+    joined(value, ",")
+}
+
+/// Like [`cell`], with list items joined by `separator`.
+fn joined(value: Option<&Value>, separator: &str) -> String {
+    match value {
+        None | Some(Value::Null) => NONE.to_owned(),
+        Some(Value::String(text)) if text.is_empty() => NONE.to_owned(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(items)) if items.is_empty() => NONE.to_owned(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| cell(Some(item)))
+            .collect::<Vec<_>>()
+            .join(separator),
+        Some(Value::Object(map)) if map.is_empty() => NONE.to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The first present, non-empty value among JSON pointers (e.g. status before spec).
+fn first<'a>(resource: &'a Value, pointers: &[&str]) -> Option<&'a Value> {
+    pointers.iter().find_map(|pointer| {
+        resource
+            .pointer(pointer)
+            .filter(|value| cell(Some(value)) != NONE)
+    })
+}
+
+fn at(resource: &Value, pointers: &[&str]) -> String {
+    cell(first(resource, pointers))
+}
+
+/// `metadata.labels` as `k=v,k=v` (sorted by key), or `-`.
+pub fn labels(resource: &Value) -> String {
+    match resource
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+    {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => NONE.to_owned(),
+    }
+}
+
+/// The kind of a resource, lower case, for choosing a table.
+fn kind_of(resource: &Value) -> String {
+    resource
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// Context some tables need beyond the listed resources.
+#[derive(Debug, Default, Clone)]
+pub struct TableContext {
+    /// Subnet names per Network (for the SUBNETS column of networks), if known.
+    pub subnets_by_network: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl TableContext {
+    /// Groups Subnet resources by `spec.network`.
+    pub fn from_subnets(subnets: &[Value]) -> TableContext {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for subnet in subnets {
+            if let (Some(network), Some(name)) = (
+                subnet.pointer("/spec/network").and_then(Value::as_str),
+                subnet.pointer("/metadata/name").and_then(Value::as_str),
+            ) {
+                map.entry(network.to_owned())
+                    .or_default()
+                    .push(name.to_owned());
+            }
+        }
+        TableContext {
+            subnets_by_network: Some(map),
+        }
+    }
+}
+
+/// The table for resources of one kind, chosen by their `kind` field. `wide` adds columns.
+pub fn resource_table(resources: &[Value], wide: bool, context: &TableContext) -> Table {
+    let kind = resources.first().map(kind_of).unwrap_or_default();
+    let name = |r: &Value| at(r, &["/metadata/name"]);
+    match kind.as_str() {
+        "networkinterface" => {
+            let mut headers = vec!["NAME", "NETNS", "KIND", "IFNAME", "MAC", "IPS", "STATE"];
+            if wide {
+                headers.extend(["SUBNET", "MTU", "LABELS", "MESSAGE"]);
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/netns"]),
+                    at(r, &["/spec/kind"]),
+                    at(r, &["/spec/ifname"]),
+                    at(r, &["/status/mac", "/spec/mac"]),
+                    at(r, &["/status/ips", "/spec/ips"]),
+                    at(r, &["/status/state"]),
+                ];
+                if wide {
+                    row.extend([
+                        at(r, &["/spec/subnet"]),
+                        at(r, &["/status/mtu", "/spec/mtu"]),
+                        labels(r),
+                        at(r, &["/status/message"]),
+                    ]);
+                }
+                table.push(row);
+            }
+            table
+        }
+        "subnet" => {
+            let mut headers = vec!["NAME", "NETWORK", "CIDR", "GATEWAY", "MTU"];
+            if wide {
+                headers.extend(["RANGE", "RESERVED", "LABELS"]);
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/network"]),
+                    at(r, &["/spec/cidr"]),
+                    at(r, &["/spec/gateway"]),
+                    at(r, &["/spec/mtu"]),
+                ];
+                if wide {
+                    let start = at(r, &["/spec/rangeStart"]);
+                    let end = at(r, &["/spec/rangeEnd"]);
+                    let range = if start == NONE && end == NONE {
+                        NONE.to_owned()
+                    } else {
+                        format!("{start}..{end}")
+                    };
+                    row.extend([range, at(r, &["/spec/reserved"]), labels(r)]);
+                }
+                table.push(row);
+            }
+            table
+        }
+        "network" => {
+            let mut table = Table::new(&["NAME", "SUBNETS", "LABELS"]);
+            for r in resources {
+                let subnets = match (&context.subnets_by_network, first(r, &["/status/subnets"])) {
+                    (_, Some(listed)) => cell(Some(listed)),
+                    (Some(map), None) => map
+                        .get(&name(r))
+                        .map_or_else(|| NONE.to_owned(), |names| names.join(",")),
+                    (None, None) => NONE.to_owned(),
+                };
+                table.push(vec![name(r), subnets, labels(r)]);
+            }
+            table
+        }
+        _ => {
+            let mut table = Table::new(&["NAME", "KIND", "LABELS"]);
+            for r in resources {
+                table.push(vec![name(r), at(r, &["/kind"]), labels(r)]);
+            }
+            table
+        }
+    }
+}
+
+/// Seconds as a short age: `42s`, `4m10s`, `2h5m`, `3d4h`.
+pub fn format_age(seconds: u64) -> String {
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+    match seconds {
+        s if s < MINUTE => format!("{s}s"),
+        s if s < HOUR => format!("{}m{}s", s / MINUTE, s % MINUTE),
+        s if s < DAY => format!("{}h{}m", s / HOUR, (s % HOUR) / MINUTE),
+        s => format!("{}d{}h", s / DAY, (s % DAY) / HOUR),
+    }
+}
+
+/// The rows of an answer that is a list, or an object holding the list under `key`.
+fn rows<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    match value {
+        Value::Array(items) => items,
+        Value::Object(map) => map
+            .get(key)
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice),
+        _ => &[],
+    }
+}
+
+/// The `fdb` table: SUBNET MAC PORT AGE.
+pub fn fdb_table(fdb: &Value) -> Table {
+    let mut table = Table::new(&["SUBNET", "MAC", "PORT", "AGE"]);
+    for row in rows(fdb, "entries") {
+        let age = row
+            .get("age_seconds")
+            .or_else(|| row.get("ageSeconds"))
+            .and_then(Value::as_u64)
+            .map_or_else(|| NONE.to_owned(), format_age);
+        table.push(vec![
+            at(row, &["/subnet"]),
+            at(row, &["/mac"]),
+            at(row, &["/port"]),
+            age,
+        ]);
+    }
+    table
+}
+
+fn counter(value: &Value, keys: &[&str]) -> u64 {
+    keys.iter()
+        .find_map(|key| value.get(*key).and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// Sum of a `{reason: count}` object.
+fn total(counts: Option<&Value>) -> u64 {
+    counts
+        .and_then(Value::as_object)
+        .map_or(0, |map| map.values().filter_map(Value::as_u64).sum())
+}
+
+fn counts_table(header: &str, counts: Option<&Value>, show_zero: bool) -> Table {
+    let mut table = Table::new(&[header, "COUNT"]);
+    if let Some(map) = counts.and_then(Value::as_object) {
+        for (key, count) in map {
+            if show_zero || count.as_u64() != Some(0) {
+                table.push(vec![key.clone(), cell(Some(count))]);
+            }
+        }
+    }
+    table
+}
+
+/// The `stats` report: the per-port table, then drops by reason, then events. Reasons and
+/// events that are zero are left out unless `show_zero`.
+pub fn stats_report(stats: &Value, show_zero: bool) -> String {
+    let mut text = String::new();
+    let mut ports = Table::new(&[
+        "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "DROPS",
+    ]);
+    for port in rows(stats, "ports") {
+        ports.push(vec![
+            at(port, &["/name"]),
+            counter(port, &["rx_packets", "rxPackets"]).to_string(),
+            counter(port, &["rx_bytes", "rxBytes"]).to_string(),
+            counter(port, &["tx_packets", "txPackets"]).to_string(),
+            counter(port, &["tx_bytes", "txBytes"]).to_string(),
+            total(port.get("drops")).to_string(),
+        ]);
+    }
+    if let Some(workers) = stats.get("workers").and_then(Value::as_u64) {
+        let _ = writeln!(text, "workers: {workers}\n");
+    }
+    if ports.is_empty() {
+        text.push_str("no ports\n");
+    } else {
+        text.push_str(&ports.render());
+    }
+    text.push_str("\ndrops by reason:\n");
+    let drops = counts_table("REASON", stats.get("drops"), show_zero);
+    if drops.is_empty() {
+        text.push_str("no drops\n");
+    } else {
+        text.push_str(&drops.render());
+    }
+    text.push_str("\nevents:\n");
+    let events = counts_table("EVENT", stats.get("events"), show_zero);
+    if events.is_empty() {
+        text.push_str("no events\n");
+    } else {
+        text.push_str(&events.render());
+    }
+    text
+}
+
+/// `describe`: every field of a resource, for people. Name, kind, API version and labels
+/// first, then other metadata, then spec, status and any other section.
+pub fn describe(resource: &Value) -> String {
+    let mut text = String::new();
+    let metadata = resource.get("metadata");
+    let mut head: Vec<(String, String)> = vec![
+        ("Name".into(), at(resource, &["/metadata/name"])),
+        ("Kind".into(), at(resource, &["/kind"])),
+        ("API version".into(), at(resource, &["/apiVersion"])),
+    ];
+    if let Some(Value::Object(meta)) = metadata {
+        for (key, value) in meta {
+            if key != "name" && key != "labels" && !value.is_object() && !value.is_array() {
+                head.push((key.clone(), cell(Some(value))));
+            }
+        }
+    }
+    let label_lines: Vec<String> = match resource.pointer("/metadata/labels") {
+        Some(Value::Object(map)) if !map.is_empty() => map
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+            .collect(),
+        _ => vec!["<none>".into()],
+    };
+    head.push(("Labels".into(), label_lines.join("\n")));
+    // `Key:` plus two spaces.
+    let width = head.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 3;
+    for (key, value) in &head {
+        let mut lines = value.lines();
+        let first_line = lines.next().unwrap_or_default();
+        let _ = writeln!(text, "{:<width$}{first_line}", format!("{key}:"));
+        for line in lines {
+            let _ = writeln!(text, "{:width$}{line}", "");
+        }
+    }
+    if let Some(Value::Object(meta)) = metadata {
+        for (key, value) in meta {
+            if key != "labels" && (value.is_object() || value.is_array()) {
+                section(&mut text, key, value);
+            }
+        }
+    }
+    for key in ["spec", "status"] {
+        section(
+            &mut text,
+            &title(key),
+            resource.get(key).unwrap_or(&Value::Null),
+        );
+    }
+    if let Value::Object(map) = resource {
+        for (key, value) in map {
+            if !matches!(
+                key.as_str(),
+                "apiVersion" | "kind" | "metadata" | "spec" | "status"
+            ) {
+                section(&mut text, &title(key), value);
+            }
+        }
+    }
+    text
+}
+
+/// One `describe` section: `Key:` then the value's fields indented below it.
+pub fn describe_section(key: &str, value: &Value) -> String {
+    let mut text = String::new();
+    section(&mut text, key, value);
+    text
+}
+
+fn title(key: &str) -> String {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
+/// `Key:` then the value's fields indented below it, or `Key:  <none>`.
+fn section(text: &mut String, key: &str, value: &Value) {
+    if is_empty(value) {
+        let _ = writeln!(text, "{key}:  <none>");
+        return;
+    }
+    let _ = writeln!(text, "{key}:");
+    nested(text, value, 2);
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+fn is_scalar_like(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items
+            .iter()
+            .all(|item| !item.is_object() && !item.is_array()),
+        _ => true,
+    }
+}
+
+fn nested(text: &mut String, value: &Value, indent: usize) {
+    match value {
+        Value::Object(map) => {
+            let width = map
+                .iter()
+                .filter(|(_, v)| is_scalar_like(v))
+                .map(|(key, _)| key.len() + 1)
+                .max()
+                .unwrap_or(0)
+                + 2;
+            for (key, item) in map {
+                if is_scalar_like(item) {
+                    let shown = if is_empty(item) {
+                        "<none>".to_owned()
+                    } else {
+                        joined(Some(item), ", ")
+                    };
+                    let _ = writeln!(text, "{:indent$}{:<width$}{shown}", "", format!("{key}:"));
+                } else {
+                    let _ = writeln!(text, "{:indent$}{key}:", "");
+                    nested(text, item, indent + 2);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                if is_scalar_like(item) {
+                    let _ = writeln!(text, "{:indent$}- {}", "", cell(Some(item)));
+                } else {
+                    let _ = writeln!(text, "{:indent$}-", "");
+                    nested(text, item, indent + 2);
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(text, "{:indent$}{}", "", cell(Some(other)));
+        }
+    }
+}
+
+/// Pretty JSON with a final newline.
+pub fn to_json(value: &Value) -> String {
+    // Serialising a `Value` to a string cannot fail: keys are strings and there is no I/O.
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// YAML; a list of resources becomes several `---`-separated documents, so the output can be
+/// fed back to `vswitchctl apply -f -`.
+///
+/// # Errors
+/// The serialiser's message (not expected for values that came from JSON).
+pub fn to_yaml(value: &Value) -> Result<String, String> {
+    let documents: Vec<&Value> = match value {
+        Value::Array(items) if !items.is_empty() => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut text = String::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        if index > 0 {
+            text.push_str("---\n");
+        }
+        text.push_str(&serde_norway::to_string(document).map_err(|error| error.to_string())?);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn interface(name: &str, state: Option<&str>) -> Value {
+        let mut r = json!({
+            "apiVersion": "vswitch/v1alpha1",
+            "kind": "NetworkInterface",
+            "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"subnet": "default", "netns": name, "ifname": "eth0", "kind": "tap"},
+        });
+        if let Some(state) = state {
+            r["status"] =
+                json!({"ips": ["172.30.0.2/16"], "mac": "02:00:ac:1e:00:02", "state": state});
+        }
+        r
+    }
+
+    #[test]
+    fn table_aligns_columns_without_trailing_spaces() {
+        let mut table = Table::new(&["A", "LONGER"]);
+        table.push(vec!["wide-cell".into(), "x".into()]);
+        table.push(vec!["b".into()]);
+        assert_eq!(table.render(), "A           LONGER\nwide-cell   x\nb\n");
+    }
+
+    #[test]
+    fn interface_table() {
+        let table = resource_table(
+            &[interface("c1", Some("up")), interface("c2-long", None)],
+            false,
+            &TableContext::default(),
+        );
+        assert_eq!(
+            table.render(),
+            "\
+NAME      NETNS     KIND   IFNAME   MAC                 IPS             STATE
+c1        c1        tap    eth0     02:00:ac:1e:00:02   172.30.0.2/16   up
+c2-long   c2-long   tap    eth0     -                   -               -
+"
+        );
+        let wide = resource_table(
+            &[interface("c1", Some("up"))],
+            true,
+            &TableContext::default(),
+        );
+        assert!(
+            wide.render()
+                .starts_with("NAME   NETNS   KIND   IFNAME   MAC   "),
+            "{}",
+            wide.render()
+        );
+        assert!(
+            wide.render().contains("default   -     app=web   -\n"),
+            "{}",
+            wide.render()
+        );
+    }
+
+    #[test]
+    fn interface_table_prefers_status_over_spec() {
+        let mut r = interface("c1", Some("up"));
+        r["spec"]["ips"] = json!(["10.0.0.9/24"]);
+        r["status"]["ips"] = json!(["10.0.0.9/24", "10.0.0.10/24"]);
+        let text = resource_table(&[r], false, &TableContext::default()).render();
+        assert!(text.contains(" 10.0.0.9/24,10.0.0.10/24 "), "{text}");
+    }
+
+    #[test]
+    fn subnet_and_network_tables() {
+        let subnets = vec![
+            json!({"kind": "Subnet", "metadata": {"name": "default"},
+                   "spec": {"network": "default", "cidr": "172.30.0.0/16", "gateway": "172.30.0.1", "mtu": 1500}}),
+            json!({"kind": "Subnet", "metadata": {"name": "b"},
+                   "spec": {"network": "default", "cidr": "10.9.0.0/24", "gateway": "10.9.0.1", "mtu": 9000,
+                            "rangeStart": "10.9.0.10", "rangeEnd": "10.9.0.20", "reserved": ["10.9.0.15"]}}),
+        ];
+        assert_eq!(
+            resource_table(&subnets, false, &TableContext::default()).render(),
+            "\
+NAME      NETWORK   CIDR            GATEWAY      MTU
+default   default   172.30.0.0/16   172.30.0.1   1500
+b         default   10.9.0.0/24     10.9.0.1     9000
+"
+        );
+        let wide = resource_table(&subnets, true, &TableContext::default()).render();
+        assert!(wide.contains("10.9.0.10..10.9.0.20   10.9.0.15"), "{wide}");
+        let networks = vec![
+            json!({"kind": "Network", "metadata": {"name": "default"}, "spec": {}}),
+            json!({"kind": "Network", "metadata": {"name": "empty", "labels": {"a": "1", "b": "2"}}}),
+        ];
+        assert_eq!(
+            resource_table(&networks, false, &TableContext::from_subnets(&subnets)).render(),
+            "\
+NAME      SUBNETS     LABELS
+default   default,b   -
+empty     -           a=1,b=2
+"
+        );
+    }
+
+    #[test]
+    fn unknown_kind_gets_a_generic_table() {
+        let text = resource_table(
+            &[json!({"kind": "Overlay", "metadata": {"name": "o"}})],
+            false,
+            &TableContext::default(),
+        )
+        .render();
+        assert_eq!(text, "NAME   KIND      LABELS\no      Overlay   -\n");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(format_age(0), "0s");
+        assert_eq!(format_age(59), "59s");
+        assert_eq!(format_age(250), "4m10s");
+        assert_eq!(format_age(7500), "2h5m");
+        assert_eq!(format_age(3 * 86400 + 4 * 3600), "3d4h");
+    }
+
+    #[test]
+    fn fdb_table_from_rows() {
+        let fdb = json!([
+            {"subnet": "default", "mac": "02:00:ac:1e:00:02", "port": "c1", "age_seconds": 3},
+            {"subnet": "default", "mac": "02:00:ac:1e:00:03", "port": "c2", "age_seconds": 125},
+        ]);
+        assert_eq!(
+            fdb_table(&fdb).render(),
+            "\
+SUBNET    MAC                 PORT   AGE
+default   02:00:ac:1e:00:02   c1     3s
+default   02:00:ac:1e:00:03   c2     2m5s
+"
+        );
+        assert_eq!(fdb_table(&json!({"entries": fdb})).len(), 2);
+    }
+
+    #[test]
+    fn stats_report_sections() {
+        let stats = json!({
+            "workers": 2,
+            "ports": [
+                {"name": "c1", "rx_packets": 10, "rx_bytes": 980, "tx_packets": 8, "tx_bytes": 784,
+                 "drops": {"port_security.src_mac": 2, "parse.runt": 1}},
+            ],
+            "drops": {"port_security.src_mac": 2, "parse.runt": 1, "tx.error": 0},
+            "events": {"l2.mac_aged": 0},
+        });
+        assert_eq!(
+            stats_report(&stats, false),
+            "\
+workers: 2
+
+PORT   RX-PKTS   RX-BYTES   TX-PKTS   TX-BYTES   DROPS
+c1     10        980        8         784        3
+
+drops by reason:
+REASON                  COUNT
+parse.runt              1
+port_security.src_mac   2
+
+events:
+no events
+"
+        );
+        let all = stats_report(&stats, true);
+        assert!(all.contains("\ntx.error                0\n"), "{all}");
+        assert!(all.contains("\nl2.mac_aged   0\n"), "{all}");
+        let empty = stats_report(&json!({}), false);
+        assert!(
+            empty.contains("no ports\n") && empty.contains("no drops\n"),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn describe_shows_every_field() {
+        let mut r = interface("c1", Some("up"));
+        r["metadata"]["labels"] = json!({"app": "web", "tier": "front"});
+        r["status"]["message"] = json!("");
+        let text = describe(&r);
+        assert_eq!(
+            text,
+            "\
+Name:         c1
+Kind:         NetworkInterface
+API version:  vswitch/v1alpha1
+Labels:       app=web
+              tier=front
+Spec:
+  ifname:  eth0
+  kind:    tap
+  netns:   c1
+  subnet:  default
+Status:
+  ips:      172.30.0.2/16
+  mac:      02:00:ac:1e:00:02
+  message:  -
+  state:    up
+"
+        );
+        let bare = describe(&json!({"kind": "Network", "metadata": {"name": "n"}, "spec": {}}));
+        assert!(
+            bare.contains("Labels:       <none>\nSpec:  <none>\nStatus:  <none>\n"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn describe_nests_objects_and_lists() {
+        let r = json!({"kind": "Network", "metadata": {"name": "n"},
+                       "spec": {"peerings": [{"network": "b"}], "reserved": ["10.0.0.2", "10.0.0.3"]},
+                       "status": {"peerings": {"b": "Pending"}}});
+        let text = describe(&r);
+        assert!(
+            text.contains(
+                "Spec:\n  peerings:\n    -\n      network:  b\n  reserved:  10.0.0.2, 10.0.0.3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Status:\n  peerings:\n    b:  Pending\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn yaml_lists_become_documents() {
+        let list = json!([
+            {"kind": "Network", "metadata": {"name": "a"}},
+            {"kind": "Network", "metadata": {"name": "b"}},
+        ]);
+        let text = to_yaml(&list).expect("yaml");
+        assert_eq!(
+            text,
+            "kind: Network\nmetadata:\n  name: a\n---\nkind: Network\nmetadata:\n  name: b\n"
+        );
+        assert_eq!(to_yaml(&json!([])).expect("yaml"), "[]\n");
+        assert_eq!(to_json(&json!({"a": 1})), "{\n  \"a\": 1\n}\n");
+    }
+}

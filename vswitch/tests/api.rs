@@ -1,0 +1,717 @@
+//! The control API end to end: `api::serve` on a temporary socket, with a real `Controller`
+//! and `Engine`, driven over HTTP and through the real `vswitchctl` binary.
+//!
+//! Each test starts its own server in its own temporary directory, with resource names that
+//! no other test uses, so the tests run in parallel. The server is stopped in `Drop`. Tests
+//! that touch namespaces need root and fail (never pass) without it.
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use hyper::Method;
+    use serde_json::{Value, json};
+    use tokio::sync::oneshot;
+    use vswitch::api::{self, ApiListener, ApiServeError};
+    use vswitch::cli::client::{Body, Client, HttpResponse};
+    use vswitch::control::Controller;
+    use vswitch::engine::{Engine, EngineConfig};
+
+    /// A running API server on a temporary socket, stopped on drop.
+    struct Server {
+        socket: PathBuf,
+        stop: Option<oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<Result<(), ApiServeError>>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        fn start() -> Server {
+            let dir = tempfile::Builder::new()
+                .prefix("vsapi")
+                .tempdir()
+                .expect("tempdir");
+            let socket = dir.path().join("run/vs.sock");
+            let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine starts");
+            let controller =
+                Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
+            // Bound here, so the socket answers as soon as `start` returns.
+            let listener = ApiListener::bind(&socket).expect("bind the control socket");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let result = runtime.block_on(listener.serve(Arc::clone(&controller), async {
+                    let _ = stopped.await;
+                }));
+                controller.shutdown();
+                result
+            });
+            Server {
+                socket,
+                stop: Some(stop),
+                thread: Some(thread),
+                _dir: dir,
+            }
+        }
+
+        fn client(&self) -> Client {
+            Client::new(&self.socket, Duration::from_secs(30)).expect("client")
+        }
+
+        fn request(&self, method: Method, path: &str, body: Option<&str>) -> HttpResponse {
+            let body = body.map(|text| Body {
+                content_type: "application/yaml",
+                bytes: text.as_bytes(),
+            });
+            self.client()
+                .request(method.clone(), path, body)
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        }
+
+        /// A request whose answer must have `status`; returns the JSON body (null if empty).
+        fn expect(&self, method: Method, path: &str, body: Option<&str>, status: u16) -> Value {
+            let response = self.request(method.clone(), path, body);
+            let text = String::from_utf8_lossy(&response.body).into_owned();
+            assert_eq!(
+                response.status, status,
+                "{method} {path}: expected {status}, got {} with body:\n{text}",
+                response.status
+            );
+            if text.is_empty() {
+                return Value::Null;
+            }
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}):\n{text}"))
+        }
+
+        fn ctl(&self, args: &[&str]) -> Output {
+            self.ctl_with_stdin(args, "")
+        }
+
+        fn ctl_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args)
+                .env_remove("VSWITCH_SOCKET")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run vswitchctl");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(stdin.as_bytes())
+                .expect("write stdin");
+            child.wait_with_output().expect("vswitchctl output")
+        }
+
+        /// Runs vswitchctl; it must exit with `code`. Returns (stdout, stderr).
+        fn ctl_code(&self, args: &[&str], code: i32) -> (String, String) {
+            check_code(args, self.ctl(args), code)
+        }
+    }
+
+    fn check_code(args: &[&str], output: Output, code: i32) -> (String, String) {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "vswitchctl {}: expected exit {code}, got {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" "),
+            output.status
+        );
+        (stdout, stderr)
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                match thread.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) if !std::thread::panicking() => {
+                        panic!("the server stopped with an error: {error}")
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) if !std::thread::panicking() => panic!("the server thread panicked"),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// A unique resource-name prefix for this test process and call.
+    fn unique(tag: &str) -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "apit{}{}{tag}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A Network and a Subnet (10.77.N.0/24) as YAML.
+    fn network_and_subnet(network: &str, subnet: &str, cidr: &str, gateway: &str) -> String {
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: {network}\nspec: {{}}\n\
+             ---\n\
+             apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: {subnet}\n  labels:\n    team: api\n\
+             spec:\n  network: {network}\n  cidr: {cidr}\n  gateway: {gateway}\n  mtu: 1400\n"
+        )
+    }
+
+    /// Sends raw bytes and returns the raw answer: everything until the server closes the
+    /// connection, or what arrived within 5 s.
+    fn raw_http(socket: &Path, request: impl AsRef<[u8]>) -> String {
+        let mut stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream.write_all(request.as_ref()).expect("write");
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    fn error_of(value: &Value) -> (&str, &Value) {
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not the error shape: {value}"));
+        assert!(
+            value["error"].get("field").is_some(),
+            "the error shape always has `field`: {value}"
+        );
+        (message, &value["error"]["field"])
+    }
+
+    #[test]
+    fn socket_is_private_and_removed_on_shutdown() {
+        let server = Server::start();
+        let meta = std::fs::symlink_metadata(&server.socket).expect("socket exists");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "the control socket must be mode 0600"
+        );
+        let version = server.expect(Method::GET, "/v1/version", None, 200);
+        assert_eq!(version["apiVersion"], "vswitch/v1alpha1");
+        assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+
+        // A second daemon on the same path is refused and the first keeps its socket.
+        let error = ApiListener::bind(&server.socket).expect_err("second bind");
+        assert!(
+            error.to_string().contains(&format!(
+                "another vswitchd is listening on {:?}",
+                server.socket
+            )),
+            "{error}"
+        );
+        server.expect(Method::GET, "/v1/version", None, 200);
+
+        let socket = server.socket.clone();
+        drop(server);
+        assert!(!socket.exists(), "the socket file is removed on shutdown");
+    }
+
+    #[test]
+    fn serve_creates_the_directory_and_replaces_a_stale_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("a/b/vs.sock");
+        std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+        drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+        let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine");
+        let controller =
+            Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let path = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(api::serve(&path, controller, async {
+                let _ = stopped.await;
+            }))
+        });
+        // The stale file is replaced by a live socket.
+        let client = Client::new(&socket, Duration::from_secs(5)).expect("client");
+        let mut answered = false;
+        for _ in 0..100 {
+            if let Ok(response) = client.request(Method::GET, "/v1/version", None) {
+                assert_eq!(response.status, 200);
+                answered = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(answered, "serve() never answered on {socket:?}");
+        let _ = stop.send(());
+        thread
+            .join()
+            .expect("server thread")
+            .expect("serve returns Ok");
+        assert!(!socket.exists(), "the socket file is removed on shutdown");
+    }
+
+    #[test]
+    fn apply_list_get_over_http() {
+        let server = Server::start();
+        let network = unique("n");
+        let subnet = unique("s");
+        let yaml = network_and_subnet(&network, &subnet, "10.77.1.0/24", "10.77.1.1");
+
+        let applied = server.expect(Method::POST, "/v1/apply", Some(&yaml), 200);
+        assert_eq!(
+            applied,
+            json!([
+                {"kind": "Network", "name": network, "action": "created"},
+                {"kind": "Subnet", "name": subnet, "action": "created"},
+            ])
+        );
+        let again = server.expect(Method::POST, "/v1/apply", Some(&yaml), 200);
+        assert_eq!(again[1]["action"], "unchanged", "{again}");
+
+        let subnets = server.expect(Method::GET, "/v1/subnets", None, 200);
+        let listed = subnets
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|s| s["metadata"]["name"] == subnet.as_str())
+            .unwrap_or_else(|| panic!("{subnet} not listed in {subnets}"));
+        assert_eq!(listed["spec"]["cidr"], "10.77.1.0/24");
+
+        // Kind in any case, singular or plural.
+        for kind in ["subnet", "Subnet", "SUBNETS"] {
+            let one = server.expect(Method::GET, &format!("/v1/{kind}/{subnet}"), None, 200);
+            assert_eq!(one["apiVersion"], "vswitch/v1alpha1");
+            assert_eq!(one["kind"], "Subnet");
+            assert_eq!(one["metadata"]["name"], subnet.as_str());
+            assert_eq!(one["metadata"]["labels"]["team"], "api");
+            assert_eq!(one["spec"]["network"], network.as_str());
+            assert_eq!(one["spec"]["gateway"], "10.77.1.1");
+            assert_eq!(one["spec"]["mtu"], 1400);
+        }
+        let missing = server.expect(Method::GET, "/v1/subnets/nope", None, 404);
+        let (message, field) = error_of(&missing);
+        assert!(message.contains("nope"), "{message}");
+        assert_eq!(field, &Value::Null);
+    }
+
+    #[test]
+    fn an_invalid_document_is_400_with_the_field_and_changes_nothing() {
+        let server = Server::start();
+        let network = unique("n");
+        let subnet = unique("s");
+        let yaml = network_and_subnet(&network, &subnet, "10.77.2.0/33", "10.77.2.1");
+        let refused = server.expect(Method::POST, "/v1/apply", Some(&yaml), 400);
+        let (message, field) = error_of(&refused);
+        assert!(message.contains("10.77.2.0/33"), "{message}");
+        assert_eq!(field, "documents[1].spec.cidr", "{refused}");
+        // The valid Network in the same request was not applied.
+        server.expect(Method::GET, &format!("/v1/networks/{network}"), None, 404);
+
+        let refused = server.expect(Method::POST, "/v1/apply", Some("kind: [Subnet\n"), 400);
+        error_of(&refused);
+        let refused = server.expect(Method::POST, "/v1/apply", Some("  \n"), 400);
+        let (message, _) = error_of(&refused);
+        assert!(message.contains("empty"), "{message}");
+        let refused = server.expect(Method::GET, "/v1/routers", None, 400);
+        let (message, _) = error_of(&refused);
+        assert!(message.contains("routers"), "{message}");
+    }
+
+    #[test]
+    fn create_conflict_and_delete() {
+        let server = Server::start();
+        let name = unique("c");
+        let body = json!({
+            "apiVersion": "vswitch/v1alpha1",
+            "kind": "Network",
+            "metadata": {"name": name},
+            "spec": {},
+        })
+        .to_string();
+        let created = server.expect(Method::POST, "/v1/networks", Some(&body), 201);
+        assert_eq!(created["metadata"]["name"], name.as_str());
+        assert_eq!(created["kind"], "Network");
+        let conflict = server.expect(Method::POST, "/v1/networks", Some(&body), 409);
+        let (message, _) = error_of(&conflict);
+        assert!(message.contains(&name), "{message}");
+
+        let not_json = server.expect(Method::POST, "/v1/networks", Some("{\"kind\": "), 400);
+        let (message, field) = error_of(&not_json);
+        assert!(message.contains("not valid JSON"), "{message}");
+        assert_eq!(field, &Value::Null);
+
+        // Location names the new resource.
+        let other = unique("c");
+        let body = json!({"apiVersion": "vswitch/v1alpha1", "kind": "Network",
+                          "metadata": {"name": other}, "spec": {}})
+        .to_string();
+        let answer = raw_http(
+            &server.socket,
+            format!(
+                "POST /v1/networks HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("\r\nlocation: /v1/networks/{other}\r\n")),
+            "{answer}"
+        );
+
+        server.expect(Method::DELETE, &format!("/v1/networks/{name}"), None, 204);
+        server.expect(Method::GET, &format!("/v1/networks/{name}"), None, 404);
+        let gone = server.expect(Method::DELETE, &format!("/v1/networks/{name}"), None, 404);
+        error_of(&gone);
+    }
+
+    #[test]
+    fn http_errors_have_the_error_shape() {
+        let server = Server::start();
+        for path in ["/v2/subnets", "/v1/a/b/c", "/", "/v1/subnets/x/"] {
+            let answer = server.expect(Method::GET, path, None, 404);
+            let (message, field) = error_of(&answer);
+            assert!(message.contains("no endpoint"), "{path}: {message}");
+            assert_eq!(field, &Value::Null);
+        }
+        let answer = raw_http(
+            &server.socket,
+            "PUT /v1/version HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("\r\nallow: get"),
+            "405 lists the allowed methods: {answer}"
+        );
+        let body = answer.split("\r\n\r\n").nth(1).expect("body");
+        let value: Value = serde_json::from_str(body).expect("JSON body");
+        let (message, _) = error_of(&value);
+        assert!(message.contains("PUT"), "{message}");
+        server.expect(Method::DELETE, "/v1/apply", None, 405);
+
+        // One byte over the limit.
+        let mut request = format!(
+            "POST /v1/apply HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            api::MAX_BODY_BYTES + 1
+        )
+        .into_bytes();
+        request.resize(request.len() + api::MAX_BODY_BYTES + 1, b'#');
+        let answer = raw_http(&server.socket, request);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).expect("body");
+        error_of(&serde_json::from_str(body).expect("JSON body"));
+        let answer = raw_http(
+            &server.socket,
+            b"POST /v1/apply HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n\xff\xfe",
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "non-UTF-8 body: {answer}"
+        );
+    }
+
+    #[test]
+    fn fdb_and_stats_answer_json() {
+        let server = Server::start();
+        let fdb = server.expect(Method::GET, "/v1/fdb", None, 200);
+        assert!(fdb.is_array(), "fdb is a list: {fdb}");
+        let stats = server.expect(Method::GET, "/v1/stats", None, 200);
+        assert!(stats["ports"].is_array(), "stats has ports: {stats}");
+        assert!(stats["drops"].is_object(), "stats has drops: {stats}");
+    }
+
+    #[test]
+    fn vswitchctl_apply_get_describe_delete() {
+        let server = Server::start();
+        let network = unique("n");
+        let subnet = unique("s");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("net.yaml");
+        std::fs::write(
+            &file,
+            network_and_subnet(&network, &subnet, "10.77.3.0/24", "10.77.3.1"),
+        )
+        .expect("write");
+        let file = file.to_str().expect("utf-8 path");
+
+        let (out, _) = server.ctl_code(&["apply", "-f", file], 0);
+        assert_eq!(
+            out,
+            format!("network/{network} created\nsubnet/{subnet} created\n")
+        );
+        let (out, _) = server.ctl_code(&["apply", "-f", file], 0);
+        assert!(out.contains(&format!("subnet/{subnet} unchanged")), "{out}");
+
+        let (out, _) = server.ctl_code(&["get", "subnets"], 0);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        assert_eq!(header, ["NAME", "NETWORK", "CIDR", "GATEWAY", "MTU"]);
+        let row = lines
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|row| row[0] == subnet)
+            .unwrap_or_else(|| panic!("{subnet} not in:\n{out}"));
+        assert_eq!(
+            row,
+            [
+                subnet.as_str(),
+                network.as_str(),
+                "10.77.3.0/24",
+                "10.77.3.1",
+                "1400"
+            ]
+        );
+
+        let (out, _) = server.ctl_code(&["get", "networks"], 0);
+        let row = out
+            .lines()
+            .find(|line| line.starts_with(&format!("{network} ")))
+            .unwrap_or_else(|| panic!("{network} not in:\n{out}"));
+        assert!(row.contains(&subnet), "SUBNETS column: {row}");
+
+        let (out, _) = server.ctl_code(&["get", "Subnet", &subnet, "-o", "json"], 0);
+        let value: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(value["spec"]["cidr"], "10.77.3.0/24");
+        let (out, _) = server.ctl_code(&["get", "subnets", "-o", "json"], 0);
+        let value: Value = serde_json::from_str(&out).expect("JSON");
+        assert!(value.is_array(), "{value}");
+
+        // YAML output of a list is re-appliable as it is.
+        let (out, _) = server.ctl_code(&["get", "subnet", &subnet, "-o", "yaml"], 0);
+        assert!(out.contains("cidr: 10.77.3.0/24"), "{out}");
+        let (out, _) = server.ctl_code(&["get", "networks", "-o", "yaml"], 0);
+        let (applied, _) = check_code(
+            &["apply", "-f", "-"],
+            server.ctl_with_stdin(&["apply", "-f", "-"], &out),
+            0,
+        );
+        assert!(
+            applied.contains(&format!("network/{network} unchanged")),
+            "{applied}"
+        );
+
+        let (out, _) = server.ctl_code(&["describe", "subnet", &subnet], 0);
+        for expected in [
+            "Name:".to_owned(),
+            format!("{subnet}\n"),
+            "Kind:         Subnet\n".to_owned(),
+            "Labels:       team=api\n".to_owned(),
+            "Spec:\n".to_owned(),
+            "10.77.3.0/24\n".to_owned(),
+        ] {
+            assert!(
+                out.contains(&expected),
+                "describe lacks {expected:?}:\n{out}"
+            );
+        }
+
+        let (out, _) = server.ctl_code(&["delete", "subnet", &subnet], 0);
+        assert_eq!(out, format!("subnet/{subnet} deleted\n"));
+        let (out, _) = server.ctl_code(&["delete", "networks", &network], 0);
+        assert_eq!(out, format!("network/{network} deleted\n"));
+        let (_, err) = server.ctl_code(&["get", "subnet", &subnet], 1);
+        assert!(err.starts_with("vswitchctl: "), "{err}");
+        assert!(err.contains(&subnet), "{err}");
+        assert!(err.contains("try: vswitchctl get subnet"), "{err}");
+    }
+
+    #[test]
+    fn vswitchctl_errors_and_exit_codes() {
+        let server = Server::start();
+        let network = unique("n");
+        let subnet = unique("s");
+
+        // Refused by the API: exit 1, the message, the field.
+        let bad = network_and_subnet(&network, &subnet, "10.77.4.0/33", "10.77.4.1");
+        let (out, err) = check_code(
+            &["apply", "-f", "-"],
+            server.ctl_with_stdin(&["apply", "-f", "-"], &bad),
+            1,
+        );
+        assert!(out.is_empty(), "{out}");
+        assert!(err.starts_with("vswitchctl: "), "{err}");
+        assert!(err.contains("10.77.4.0/33"), "{err}");
+        assert!(err.contains("  (field: documents[1].spec.cidr)"), "{err}");
+        let (_, err) = server.ctl_code(&["get", "routers"], 1);
+        assert!(err.contains("routers"), "{err}");
+        let (_, err) = server.ctl_code(&["detach", "nope"], 1);
+        assert!(err.contains("nope"), "{err}");
+
+        // Input file missing: exit 1.
+        let (_, err) = server.ctl_code(&["apply", "-f", "/nonexistent/x.yaml"], 1);
+        assert!(err.contains("/nonexistent/x.yaml"), "{err}");
+
+        // Usage errors: exit 2, before any request.
+        for args in [
+            &["attach", "c1", "--ip", "10.0.0.5/40"][..],
+            &["attach", "c1", "--ip", "ten"][..],
+            &["attach", "c1", "--label", "novalue"][..],
+            &["attach", "pid:x"][..],
+            &["attach", "c1", "--label", "a=1", "--label", "a=2"][..],
+            &["get"][..],
+            &["frobnicate"][..],
+        ] {
+            let (_, err) = server.ctl_code(args, 2);
+            assert!(!err.is_empty(), "{args:?} prints why");
+        }
+
+        // Unreachable daemon: exit 3 with a hint.
+        let output = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+            .args(["--socket", "/nonexistent/vs.sock", "get", "subnets"])
+            .output()
+            .expect("vswitchctl");
+        let (_, err) = check_code(&["get", "subnets"], output, 3);
+        assert!(
+            err.starts_with("vswitchctl: cannot connect to vswitchd"),
+            "{err}"
+        );
+        assert!(err.contains("is vswitchd running?"), "{err}");
+
+        // VSWITCH_SOCKET names the socket.
+        let output = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+            .args(["version"])
+            .env("VSWITCH_SOCKET", &server.socket)
+            .output()
+            .expect("vswitchctl");
+        let (out, _) = check_code(&["version"], output, 0);
+        assert!(out.contains("(API vswitch/v1alpha1)"), "{out}");
+
+        // --help documents the exit codes.
+        let (out, _) = server.ctl_code(&["--help"], 0);
+        assert!(
+            out.contains("Exit codes:") && out.contains("3  cannot reach vswitchd"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn vswitchctl_fdb_and_stats() {
+        let server = Server::start();
+        let (out, err) = server.ctl_code(&["fdb"], 0);
+        assert!(
+            out.starts_with("SUBNET") || err.contains("no learned MAC addresses"),
+            "stdout:\n{out}\nstderr:\n{err}"
+        );
+        let (out, _) = server.ctl_code(&["stats"], 0);
+        assert!(out.contains("drops by reason:"), "{out}");
+        let (out, _) = server.ctl_code(&["stats", "-o", "json"], 0);
+        let value: Value = serde_json::from_str(&out).expect("JSON");
+        assert!(value["ports"].is_array(), "{value}");
+    }
+
+    /// A namespace with a unique name, deleted on drop.
+    struct TestNetns(String);
+
+    impl TestNetns {
+        fn new() -> TestNetns {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "this test needs root to create network namespaces"
+            );
+            let name = unique("ns");
+            let status = Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .expect("`ip` is needed (iproute2)");
+            assert!(status.success(), "ip netns add {name} failed");
+            TestNetns(name)
+        }
+    }
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    #[test]
+    fn vswitchctl_attach_and_detach() {
+        let server = Server::start();
+        let netns = TestNetns::new();
+        let subnet = unique("s");
+        let yaml = network_and_subnet(&unique("n"), &subnet, "10.77.5.0/24", "10.77.5.1");
+        server.expect(Method::POST, "/v1/apply", Some(&yaml), 200);
+
+        let (out, _) = server.ctl_code(
+            &[
+                "attach",
+                &netns.0,
+                "--subnet",
+                &subnet,
+                "--ip",
+                "10.77.5.9/24",
+                "--label",
+                "app=web",
+            ],
+            0,
+        );
+        assert!(
+            out.starts_with(&format!("networkinterface/{} attached: mac ", netns.0))
+                && out.contains(", ips 10.77.5.9/24"),
+            "{out}"
+        );
+        let (out, _) = server.ctl_code(&["get", "networkinterfaces"], 0);
+        let header: Vec<&str> = out
+            .lines()
+            .next()
+            .expect("header")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            ["NAME", "NETNS", "KIND", "IFNAME", "MAC", "IPS", "STATE"]
+        );
+        let row: Vec<&str> = out
+            .lines()
+            .find(|line| line.starts_with(&format!("{} ", netns.0)))
+            .unwrap_or_else(|| panic!("{} not in:\n{out}", netns.0))
+            .split_whitespace()
+            .collect();
+        assert_eq!(row[1..4], [netns.0.as_str(), "tap", "eth0"], "{out}");
+        assert_eq!(row[5], "10.77.5.9/24", "{out}");
+
+        let (_, err) = server.ctl_code(&["attach", &netns.0, "--subnet", &subnet], 1);
+        assert!(err.contains(&netns.0), "{err}");
+        assert!(err.contains("(field: metadata.name)"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "try: --name NAME to choose another name, or vswitchctl detach {} first",
+                netns.0
+            )),
+            "{err}"
+        );
+
+        let (out, _) = server.ctl_code(&["detach", &netns.0], 0);
+        assert_eq!(out, format!("networkinterface/{} detached\n", netns.0));
+        server.ctl_code(&["get", "networkinterface", &netns.0], 1);
+    }
+}
