@@ -1,0 +1,437 @@
+//! Shared pieces of the integration tests: namespaces, a real `vswitchd`, `vswitchctl`.
+//!
+//! Every test builds its own topology with a unique name prefix and tears it down in `Drop`,
+//! so tests can run in parallel and leave nothing behind even when they fail. A test that
+//! cannot run (not root, a tool missing) fails and says what is missing; it never passes.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name that no other test (or test process) uses: `vst<pid><n><tag>`, short enough for
+/// interface names derived from it.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("vt{}{}{}", std::process::id() % 100_000, n, tag)
+}
+
+/// Fails the test unless it runs as root with the given tools on PATH.
+pub fn require(tools: &[&str]) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (it creates namespaces and TAP devices): run sudo ./scripts/test.sh"
+    );
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing: load the tun module"
+    );
+    for tool in tools.iter().chain(["ip"].iter()) {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "this test needs `{tool}`, which is not installed: run ./scripts/test.sh, which installs it"
+        );
+    }
+}
+
+/// Runs a command and returns its output; panics with the full output when it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "`{program} {}` failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs a command, returning its output whatever the exit status.
+pub fn run_any(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name.
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `cmd` inside the namespace; returns the output whatever the status.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut args = vec!["netns", "exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        run_any("ip", &args)
+    }
+
+    /// Runs `cmd` inside the namespace; panics with its output when it fails.
+    pub fn exec_ok(&self, cmd: &[&str]) -> String {
+        let mut args = vec!["netns", "exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        String::from_utf8_lossy(&run("ip", &args).stdout).into_owned()
+    }
+
+    /// Starts `cmd` inside the namespace in the background.
+    pub fn spawn(&self, cmd: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", self.name.as_str()])
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?} in {}: {e}", self.name))
+    }
+
+    /// Pings `addr` until one reply arrives or `within` passes; returns whether it did.
+    pub fn ping_until(&self, addr: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self
+                .exec(&["ping", "-c", "1", "-W", "1", addr])
+                .status
+                .success()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `ping -c count` must get every reply.
+    pub fn ping_ok(&self, addr: &str, count: u32) -> String {
+        let count = count.to_string();
+        let out = self.exec(&["ping", "-c", &count, "-i", "0.2", "-W", "2", addr]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains(&format!("{count} received")),
+            "ping from {} to {addr} failed:\n{text}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A running `vswitchd` with its own socket and state directory, killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    workers: usize,
+}
+
+impl Daemon {
+    /// Starts a daemon (embedded default config) in a fresh temporary directory.
+    pub fn start(workers: usize) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("vstest")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("vs.sock");
+        let state_dir = dir.path().join("state");
+        let log = dir.path().join("vswitchd.log");
+        let mut daemon = Daemon {
+            socket,
+            state_dir,
+            child: None,
+            log,
+            _dir: Some(dir),
+            workers,
+        };
+        daemon.spawn(&[]);
+        daemon
+    }
+
+    /// Starts a daemon with extra arguments (e.g. `--config FILE`).
+    pub fn start_with(workers: usize, extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::start_stopped(workers);
+        daemon.spawn(extra);
+        daemon
+    }
+
+    /// A daemon whose directory exists but which is not running yet.
+    pub fn start_stopped(workers: usize) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("vstest")
+            .tempdir()
+            .expect("tempdir");
+        Daemon {
+            socket: dir.path().join("vs.sock"),
+            state_dir: dir.path().join("state"),
+            log: dir.path().join("vswitchd.log"),
+            child: None,
+            _dir: Some(dir),
+            workers,
+        }
+    }
+
+    /// Starts the process (again) with the same socket and state directory, and waits until
+    /// it answers on its socket.
+    pub fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--workers")
+            .arg(self.workers.to_string())
+            .arg("--log-level")
+            .arg("debug")
+            .args(extra)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start vswitchd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ctl(&["get", "networks"]).status.success() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("vswitchd exited at start ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vswitchd did not answer on {} within 20 s:\n{}",
+                self.socket.display(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `kill -9` the daemon (the state directory and the containers' ports stay).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `vswitchctl --socket S args...`, whatever its status.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("cannot run vswitchctl")
+    }
+
+    /// Runs vswitchctl and panics (with the daemon log) when it fails; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "vswitchctl {} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log (tail):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log_text(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs vswitchctl, expects it to fail, and returns its stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            !out.status.success(),
+            "vswitchctl {} should have failed but succeeded:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `vswitchctl ... -o json` parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["-o", "json"]);
+        let text = self.ctl_ok(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bad JSON from vswitchctl ({e}):\n{text}"))
+    }
+
+    /// Attaches `ns` and returns its first IPv4 address (without prefix).
+    pub fn attach(&self, ns: &Netns, extra: &[&str]) -> String {
+        let mut args = vec!["attach", ns.name.as_str()];
+        args.extend_from_slice(extra);
+        self.ctl_ok(&args);
+        let name = extra
+            .iter()
+            .position(|a| *a == "--name")
+            .map(|i| extra[i + 1].to_string())
+            .unwrap_or_else(|| ns.name.clone());
+        self.interface_ip(&name)
+    }
+
+    /// The first IPv4 address of a NetworkInterface (from its status), without prefix.
+    pub fn interface_ip(&self, name: &str) -> String {
+        let nic = self.ctl_json(&["get", "networkinterface", name]);
+        let ip = nic["status"]["ips"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("interface {name} has no status.ips: {nic}"));
+        ip.split('/').next().unwrap_or(ip).to_string()
+    }
+
+    /// The `stats` report as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        self.ctl_json(&["stats"])
+    }
+
+    /// A drop counter of a port (0 when absent).
+    pub fn port_drop(&self, port: &str, reason: &str) -> u64 {
+        let stats = self.stats();
+        stats["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == port)
+            .and_then(|p| p["drops"][reason].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// A counter field of a port (`rx_packets`, ...), 0 when absent.
+    pub fn port_counter(&self, port: &str, field: &str) -> u64 {
+        let stats = self.stats();
+        stats["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == port)
+            .and_then(|p| p[field].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- vswitchd log (tail) ----\n{}",
+                tail(&self.log_text(), 60)
+            );
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs an iperf3 TCP test from `client` to `server_ip` (server in `server`), returns Gbit/s.
+pub fn iperf3_tcp(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> f64 {
+    let port = (5201 + COUNTER.fetch_add(1, Ordering::Relaxed) % 1000).to_string();
+    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-p", &port]);
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = seconds.to_string();
+    let out = client.exec(&["iperf3", "-c", server_ip, "-p", &port, "-t", &secs, "-J"]);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 from {} to {server_ip} failed:\n{text}\n{}",
+        client.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).expect("iperf3 -J output");
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 sum_received");
+    let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(bytes > 0.0, "iperf3 moved no data: {text}");
+    bps / 1e9
+}
+
+/// Sends raw Ethernet frames (hex strings) out of `ifname` in `ns` with an AF_PACKET socket.
+pub fn send_raw_frames(ns: &Netns, ifname: &str, frames_hex: &[&str]) {
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('{ifname}',0))\nfor h in sys.argv[1:]:\n    s.send(bytes.fromhex(h))\n"
+    );
+    let mut cmd = vec!["python3", "-c", script.as_str()];
+    cmd.extend_from_slice(frames_hex);
+    let out = ns.exec(&cmd);
+    assert!(
+        out.status.success(),
+        "sending raw frames failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
