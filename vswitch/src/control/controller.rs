@@ -29,7 +29,7 @@ use super::resource::{
 };
 use super::store::{State, Store};
 use super::validate::{self, Mode, Plan};
-use crate::engine::{Engine, PortEntry, Snapshot, SubnetEntry, SubnetId};
+use crate::engine::{Engine, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId};
 use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
 
 /// How long a removed port's queues may stay in use by workers (finishing a batch on an
@@ -689,6 +689,7 @@ fn compile(inner: &Inner) -> Snapshot {
             mac: mac.0,
             ips: nic.status.ips.iter().map(|ip| ip.addr()).collect(),
             mtu: nic.effective_mtu(&subnet.spec),
+            allowed_sources: Vec::new(),
             io: Arc::clone(&port.io),
         });
         floods
@@ -696,17 +697,29 @@ fn compile(inner: &Inner) -> Snapshot {
             .or_default()
             .push(port.id);
     }
+    let network_ids: BTreeMap<&str, NetworkId> = state
+        .networks
+        .keys()
+        .enumerate()
+        .filter_map(|(index, name)| Some((name.as_str(), NetworkId(u32::try_from(index).ok()?))))
+        .collect();
     let subnets = state
         .subnets
         .iter()
         .filter_map(|(name, subnet)| {
             let id = *inner.subnet_ids.get(name)?;
+            let network_id = *network_ids.get(subnet.spec.network.as_str())?;
             let mut flood = floods.remove(name.as_str()).unwrap_or_default();
             flood.sort();
             Some(SubnetEntry {
                 id,
                 name: name.clone(),
                 network: subnet.spec.network.clone(),
+                network_id,
+                cidr: subnet.spec.cidr,
+                gateway: subnet.spec.gateway,
+                gateway_mac: gateway_mac(name),
+                mtu: subnet.spec.mtu,
                 ports: flood,
                 mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),
                 mac_limit: subnet.spec.mac_table_limit,
@@ -714,6 +727,19 @@ fn compile(inner: &Inner) -> Snapshot {
         })
         .collect();
     Snapshot::new(ports, subnets)
+}
+
+/// The gateway MAC of a subnet: locally administered, unicast, derived from the subnet's
+/// name so that it survives restarts.
+fn gateway_mac(subnet: &str) -> [u8; 6] {
+    // FNV-1a, stable across releases.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in subnet.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
 }
 
 /// A resource as `get` returns it, with the computed status of Networks and Subnets.

@@ -33,7 +33,10 @@ use crate::pipeline::DropCause;
 use crate::port::PortId;
 use clock::{Clock, MonotonicClock};
 use counters::{Event, PortTotals, WorkerCounters};
-pub use snapshot::{PortEntry, Snapshot, SubnetEntry, SubnetId};
+pub use snapshot::{
+    NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot, SubnetEntry,
+    SubnetId,
+};
 pub use worker::BATCH_SIZE;
 use worker::{Shared, Worker};
 
@@ -539,6 +542,7 @@ mod tests {
                 mac,
                 ips: vec![ip.parse().unwrap()],
                 mtu: 1500,
+                allowed_sources: Vec::new(),
                 io: Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,
@@ -556,6 +560,11 @@ mod tests {
             id: SubnetId(7),
             name: "dp".to_string(),
             network: "default".to_string(),
+            network_id: snapshot::NetworkId(0),
+            cidr: "10.199.0.0/24".parse().unwrap(),
+            gateway: "10.199.0.1".parse().unwrap(),
+            gateway_mac: [0x02, 0, 0, 0, 0xdd, 0x01],
+            mtu: 1500,
             ports: vec![PortId(1), PortId(2)],
             mac_ageing: snapshot::DEFAULT_MAC_AGEING,
             mac_limit: snapshot::DEFAULT_MAC_LIMIT,

@@ -5,11 +5,18 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
+use prefix_trie::PrefixMap;
+
 use crate::port::{PortId, PortIo};
 
 /// Identifies a Subnet (an L2 segment) inside one daemon run; learned MACs are keyed by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetId(pub u32);
+
+/// Identifies a Network (an isolated L3 domain, a VRF) inside one daemon run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetworkId(pub u32);
 
 /// Default MAC ageing: 300 s, as the Linux bridge (`ageing_time`) and Open vSwitch.
 pub const DEFAULT_MAC_AGEING: Duration = Duration::from_secs(300);
@@ -32,6 +39,9 @@ pub struct PortEntry {
     pub ips: Vec<Ipv4Addr>,
     /// The port's MTU (L3 payload).
     pub mtu: u16,
+    /// Further IPv4 sources the port may send from: the destinations of Routes whose next
+    /// hop is one of the port's addresses (the port is a router for them).
+    pub allowed_sources: Vec<Ipv4Net>,
     /// The opened device.
     pub io: Arc<PortIo>,
 }
@@ -45,6 +55,16 @@ pub struct SubnetEntry {
     pub name: String,
     /// The Network it belongs to.
     pub network: String,
+    /// The Network's id.
+    pub network_id: NetworkId,
+    /// The subnet's prefix.
+    pub cidr: Ipv4Net,
+    /// The gateway address, owned by the switch (it answers ARP and ICMP echo for it).
+    pub gateway: Ipv4Addr,
+    /// The gateway's MAC: stable across restarts (derived from the node and the subnet).
+    pub gateway_mac: [u8; 6],
+    /// The segment's MTU (L3 payload): packets routed into it must fit.
+    pub mtu: u16,
     /// Ports in the segment: the flood list for broadcast and unknown unicast.
     pub ports: Vec<PortId>,
     /// How long a learned MAC lives without traffic.
@@ -52,6 +72,80 @@ pub struct SubnetEntry {
     /// At most this many learned MACs; beyond it nothing new is learned (and unknown
     /// destinations flood).
     pub mac_limit: usize,
+}
+
+/// Where a route sends a packet once it leaves through its egress subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    /// The destination is on the egress subnet itself (a connected route).
+    Direct,
+    /// Through a router at this address on the egress subnet.
+    Via(Ipv4Addr),
+}
+
+/// Why a route exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteOrigin {
+    /// A Subnet of the Network itself.
+    Connected,
+    /// A `Route` resource (its name).
+    Static(String),
+    /// A Subnet of a peered Network (the peer's name), present while the peering is Ready.
+    Peering(String),
+}
+
+/// One entry of a Network's routing table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Destination prefix.
+    pub prefix: Ipv4Net,
+    /// The subnet the packet leaves through (possibly of a peered Network).
+    pub subnet: SubnetId,
+    /// Direct, or via a router on that subnet.
+    pub next_hop: NextHop,
+    /// Why the route exists.
+    pub origin: RouteOrigin,
+}
+
+/// A Network (VRF) as the datapath sees it: its routing table.
+#[derive(Debug, Clone)]
+pub struct NetworkEntry {
+    /// Dense id.
+    pub id: NetworkId,
+    /// Network resource name.
+    pub name: String,
+    routes: PrefixMap<Ipv4Net, RouteEntry>,
+}
+
+impl NetworkEntry {
+    /// Builds a Network's table. When two routes share a prefix the first one wins (the
+    /// controller orders connected routes before peerings before static routes).
+    pub fn new(id: NetworkId, name: String, routes: Vec<RouteEntry>) -> NetworkEntry {
+        let mut table = PrefixMap::new();
+        for route in routes {
+            let prefix = route.prefix.trunc();
+            if table.get(&prefix).is_none() {
+                table.insert(prefix, route);
+            }
+        }
+        NetworkEntry {
+            id,
+            name,
+            routes: table,
+        }
+    }
+
+    /// Longest-prefix match for `destination`.
+    #[inline]
+    pub fn lookup(&self, destination: Ipv4Addr) -> Option<&RouteEntry> {
+        let host = Ipv4Net::from(destination);
+        self.routes.get_lpm(&host).map(|(_, route)| route)
+    }
+
+    /// Every route, shortest prefixes first.
+    pub fn routes(&self) -> impl Iterator<Item = &RouteEntry> {
+        self.routes.iter().map(|(_, route)| route)
+    }
 }
 
 /// An immutable, compiled configuration.
@@ -65,6 +159,9 @@ pub struct Snapshot {
     port_slots: Vec<Option<usize>>,
     /// SubnetId -> index into `subnets`.
     subnet_slots: Vec<Option<usize>>,
+    networks: Vec<NetworkEntry>,
+    /// NetworkId -> index into `networks`.
+    network_slots: Vec<Option<usize>>,
 }
 
 impl Snapshot {
@@ -97,7 +194,40 @@ impl Snapshot {
             subnets,
             port_slots,
             subnet_slots,
+            networks: Vec::new(),
+            network_slots: Vec::new(),
         }
+    }
+
+    /// Adds the Networks (routing tables).
+    ///
+    /// # Panics
+    /// When two Networks share an id.
+    pub fn with_networks(mut self, networks: Vec<NetworkEntry>) -> Snapshot {
+        let mut slots = Vec::new();
+        for (index, network) in networks.iter().enumerate() {
+            let slot = network.id.0 as usize;
+            if slots.len() <= slot {
+                slots.resize(slot + 1, None);
+            }
+            assert!(slots[slot].is_none(), "duplicate network id {slot}");
+            slots[slot] = Some(index);
+        }
+        self.networks = networks;
+        self.network_slots = slots;
+        self
+    }
+
+    /// The Network with this id, if it exists in this snapshot.
+    #[inline]
+    pub fn network(&self, id: NetworkId) -> Option<&NetworkEntry> {
+        let index = (*self.network_slots.get(id.0 as usize)?)?;
+        self.networks.get(index)
+    }
+
+    /// All Networks.
+    pub fn networks(&self) -> &[NetworkEntry] {
+        &self.networks
     }
 
     /// The port with this id, if it exists in this snapshot.
@@ -122,5 +252,37 @@ impl Snapshot {
     /// All subnets.
     pub fn subnets(&self) -> &[SubnetEntry] {
         &self.subnets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, subnet: u32, origin: RouteOrigin) -> RouteEntry {
+        RouteEntry {
+            prefix: prefix.parse().expect("prefix"),
+            subnet: SubnetId(subnet),
+            next_hop: NextHop::Direct,
+            origin,
+        }
+    }
+
+    #[test]
+    fn lookup_is_longest_prefix_and_first_route_wins() {
+        let network = NetworkEntry::new(
+            NetworkId(0),
+            "n".into(),
+            vec![
+                route("10.0.0.0/8", 1, RouteOrigin::Static("wide".into())),
+                route("10.1.0.0/16", 2, RouteOrigin::Connected),
+                route("10.1.0.0/16", 3, RouteOrigin::Static("shadowed".into())),
+            ],
+        );
+        let hit = |ip: &str| network.lookup(ip.parse().expect("ip")).map(|r| r.subnet.0);
+        assert_eq!(hit("10.1.2.3"), Some(2));
+        assert_eq!(hit("10.2.0.1"), Some(1));
+        assert_eq!(hit("11.0.0.1"), None);
+        assert_eq!(network.routes().count(), 2);
     }
 }

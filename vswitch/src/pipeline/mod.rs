@@ -267,7 +267,8 @@ pub(crate) mod fixtures {
     use std::sync::Arc;
 
     use crate::engine::snapshot::{
-        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, PortEntry, Snapshot, SubnetEntry, SubnetId,
+        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry,
+        SubnetId,
     };
     use crate::port::{Capabilities, PortId, PortIo, PortKind};
     use crate::wire::VNET_HDR_LEN;
@@ -376,6 +377,7 @@ pub(crate) mod fixtures {
             mac,
             ips: ips.to_vec(),
             mtu: 1500,
+            allowed_sources: Vec::new(),
             io: Arc::new(PortIo {
                 kind: PortKind::Tap,
                 queues: Vec::new(),
@@ -395,17 +397,32 @@ pub(crate) mod fixtures {
             port(4, 2, MAC_D, &[IP_D]),
             port(5, 2, MAC_E, &[Ipv4Addr::new(10, 9, 0, 3)]),
         ];
-        let subnet = |id: u32, name: &str, ports: &[u32]| SubnetEntry {
-            id: SubnetId(id),
-            name: name.to_string(),
-            network: "default".to_string(),
-            ports: ports.iter().map(|&p| PortId(p)).collect(),
-            mac_ageing: DEFAULT_MAC_AGEING,
-            mac_limit,
-        };
+        let subnet =
+            |id: u32, name: &str, cidr: &str, gateway: Ipv4Addr, ports: &[u32]| SubnetEntry {
+                id: SubnetId(id),
+                name: name.to_string(),
+                network: "default".to_string(),
+                network_id: NetworkId(0),
+                cidr: cidr.parse().expect("cidr"),
+                gateway,
+                gateway_mac: [0x02, 0, 0, 0, 0xee, u8::try_from(id).expect("small id")],
+                mtu: 1500,
+                ports: ports.iter().map(|&p| PortId(p)).collect(),
+                mac_ageing: DEFAULT_MAC_AGEING,
+                mac_limit,
+            };
         Snapshot::new(
             ports,
-            vec![subnet(1, "blue", &[1, 2, 3]), subnet(2, "red", &[4, 5])],
+            vec![
+                subnet(
+                    1,
+                    "blue",
+                    "172.30.0.0/16",
+                    Ipv4Addr::new(172, 30, 0, 1),
+                    &[1, 2, 3],
+                ),
+                subnet(2, "red", "10.9.0.0/24", Ipv4Addr::new(10, 9, 0, 1), &[4, 5]),
+            ],
         )
     }
 
