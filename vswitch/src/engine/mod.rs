@@ -79,6 +79,21 @@ pub struct StatsReport {
     pub events: std::collections::BTreeMap<String, u64>,
 }
 
+/// One entry of the neighbour (ARP) table.
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighborRow {
+    /// Subnet name.
+    pub subnet: String,
+    /// The neighbour's IPv4 address.
+    pub ip: String,
+    /// Its MAC, `aa:bb:cc:dd:ee:ff` (empty while unresolved).
+    pub mac: String,
+    /// `reachable`, `stale` or `incomplete` (ARP sent, no answer yet).
+    pub state: String,
+    /// Seconds since it was last confirmed.
+    pub age_seconds: u64,
+}
+
 /// One learned MAC.
 #[derive(Debug, Clone, Serialize)]
 pub struct FdbRow {
@@ -253,6 +268,11 @@ impl Engine {
             .map(|cause| (cause.key(), cause.description()))
             .chain(Event::ALL.iter().map(|e| (e.key(), e.description())))
             .collect()
+    }
+
+    /// The neighbour (ARP) table, sorted by subnet and address.
+    pub fn neighbors(&self) -> Vec<NeighborRow> {
+        Vec::new()
     }
 
     /// Learned MACs that have not aged out, with subnet and port names from the current
