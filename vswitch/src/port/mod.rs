@@ -210,7 +210,6 @@ pub fn host_ifname(name: &str) -> String {
     format!("vs{hash:08x}")
 }
 
-
 /// Creates the device for `req`, moves it into the container's namespace, configures it
 /// (name, MAC, MTU, addresses, default route, up) and opens one queue per worker.
 ///
