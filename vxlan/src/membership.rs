@@ -1,0 +1,1627 @@
+//! Hub-and-spoke overlay membership (the KohakuRiver model): the hub's runner-ID pool, the
+//! address plan derived from an ID, and the checks a registration must pass.
+//!
+//! **Runner IDs** are 1..=255 ([`RunnerId`]), at most the pool's capacity (255 by default,
+//! fewer if the address plan has fewer runner subnets). [`RunnerPool::register`]:
+//! - gives a name it already knows the same ID again (a reconnect; after a hub restart too,
+//!   once the pool is restored from its serialised form);
+//! - gives a new name the lowest free ID;
+//! - when every ID is taken, reclaims the ID of the runner unseen for longest (least recently
+//!   used; ties go to the lower ID) and reports who was evicted
+//!   ([`RegistrationOutcome::Reclaimed`]).
+//!
+//! Heartbeats call [`RunnerPool::touch`]; [`RunnerPool::mark_offline`] marks runners unseen for
+//! a timeout offline. Online/offline is not persisted: a restored pool starts with every runner
+//! offline until it registers or sends a heartbeat.
+//!
+//! **Time** is a `u64` of milliseconds passed in. The pool is persisted and restored across
+//! restarts, so its times must come from a clock that survives them: wall-clock milliseconds
+//! since the UNIX epoch, not the engine's monotonic clock. Only their order matters (for LRU)
+//! and their differences (for the offline timeout); a clock that steps back is tolerated.
+//!
+//! **The address plan** ([`AddressPlan`]) maps runner N to its VNI (`vniBase + N`), its subnet
+//! (the N-th `/runnerPrefixLen` of the overlay range: 10.N.0.0/16 by default), its gateway
+//! (10.N.0.1, owned by the runner's switch), the hub's address in that subnet (10.N.0.254), and
+//! the hub's overlay-wide address (10.0.0.1/8). It is configurable and validated as a whole.
+//!
+//! **Registration** ([`validate_registration`], [`RunnerPool::admit`]) refuses a runner whose
+//! vniBase, UDP port or MTU differ from the hub's, naming the setting and both values
+//! (`mtu differs: hub 1450, runner 1400`), and a loopback or unspecified address, with a
+//! message saying to use the address the other nodes reach.
+
+use core::fmt;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU8;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::header::{UDP_PORT, Vni};
+
+/// Errors of this module: refused registrations, bad plans, bad persisted state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// The runner's overlay settings differ from the hub's (each mismatch listed).
+    #[error("{}", join_mismatches(.0))]
+    SettingsDiffer(Vec<SettingMismatch>),
+    /// The runner's reachable address cannot be used by other nodes.
+    #[error(
+        "localAddress {address} is {kind}: set localAddress to the underlay address the \
+         other nodes reach"
+    )]
+    UnusableAddress {
+        /// The address given.
+        address: IpAddr,
+        /// What it is ("a loopback address", "the unspecified address", ...).
+        kind: &'static str,
+    },
+    /// A runner name that cannot be used.
+    #[error("runner name {name:?} is invalid: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is valid.
+        reason: &'static str,
+    },
+    /// A heartbeat or lookup for a name the pool does not hold (never registered, removed,
+    /// or evicted because its ID was reclaimed).
+    #[error("no runner named {name:?} is registered with the hub: register again")]
+    UnknownRunner {
+        /// The name given.
+        name: String,
+    },
+    /// A runner ID outside 1..=255.
+    #[error("runner ID {id} is out of range: runner IDs are 1 to 255")]
+    InvalidRunnerId {
+        /// The ID given.
+        id: u8,
+    },
+    /// An address plan field is invalid.
+    #[error("address plan: {field} {value}: {reason}")]
+    InvalidPlan {
+        /// The field (as in the resource: `overlay`, `runnerPrefixLen`, ...).
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong, and what would be valid.
+        reason: String,
+    },
+    /// A runner ID beyond what the address plan has subnets for.
+    #[error("runner ID {id} has no subnet: the address plan has room for runners 1 to {max}")]
+    RunnerOutsidePlan {
+        /// The ID.
+        id: RunnerId,
+        /// The highest ID the plan serves.
+        max: u8,
+    },
+    /// Shrinking the pool below an ID that is in use.
+    #[error(
+        "the runner pool cannot shrink to {capacity} IDs: runner {name:?} holds ID {id}; \
+         remove it first"
+    )]
+    CapacityBelowAssigned {
+        /// The capacity asked for.
+        capacity: u8,
+        /// The ID in use beyond it.
+        id: RunnerId,
+        /// The runner holding it.
+        name: String,
+    },
+    /// The persisted pool is inconsistent (hand-edited or corrupt).
+    #[error("runner pool state is invalid: {0}")]
+    CorruptState(String),
+}
+
+fn join_mismatches(mismatches: &[SettingMismatch]) -> String {
+    let parts: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+/// A runner ID: 1..=255. Runner N gets VNI `vniBase + N` and the N-th subnet of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct RunnerId(NonZeroU8);
+
+impl RunnerId {
+    /// The lowest ID, 1.
+    pub const MIN: RunnerId = RunnerId(NonZeroU8::MIN);
+    /// The highest ID, 255.
+    pub const MAX: RunnerId = RunnerId(NonZeroU8::MAX);
+
+    /// The ID `value`, or `None` for 0.
+    pub const fn new(value: u8) -> Option<RunnerId> {
+        match NonZeroU8::new(value) {
+            Some(value) => Some(RunnerId(value)),
+            None => None,
+        }
+    }
+
+    /// The ID as a number.
+    pub const fn get(self) -> u8 {
+        self.0.get()
+    }
+}
+
+impl TryFrom<u8> for RunnerId {
+    type Error = MembershipError;
+
+    fn try_from(value: u8) -> Result<RunnerId, MembershipError> {
+        RunnerId::new(value).ok_or(MembershipError::InvalidRunnerId { id: value })
+    }
+}
+
+impl From<RunnerId> for u8 {
+    fn from(id: RunnerId) -> u8 {
+        id.get()
+    }
+}
+
+impl fmt::Display for RunnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+/// Whether the hub currently hears from a runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunnerState {
+    /// Registered or sent a heartbeat within the timeout.
+    Online,
+    /// Unseen for the timeout, or not seen since the hub restarted.
+    Offline,
+}
+
+impl fmt::Display for RunnerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunnerState::Online => "Online",
+            RunnerState::Offline => "Offline",
+        })
+    }
+}
+
+/// A runner the hub knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Runner {
+    /// Its ID.
+    pub id: RunnerId,
+    /// Its name (unique in the pool).
+    pub name: String,
+    /// Its reachable underlay address (its VTEP).
+    pub address: IpAddr,
+    /// When it was first given this ID (milliseconds, the pool's clock).
+    pub registered_ms: u64,
+    /// When it last registered or sent a heartbeat.
+    pub last_seen_ms: u64,
+    /// Online or offline.
+    pub state: RunnerState,
+}
+
+/// A runner whose ID was reclaimed for a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictedRunner {
+    /// The ID it held (now the new runner's).
+    pub id: RunnerId,
+    /// Its name.
+    pub name: String,
+    /// Its address (the hub should forget FDB entries and flood targets for it).
+    pub address: IpAddr,
+    /// When it was last seen.
+    pub last_seen_ms: u64,
+    /// Whether it was still marked online (only if it was the least recently seen anyway).
+    pub was_online: bool,
+}
+
+/// How a registration got its ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationOutcome {
+    /// A new name got the lowest free ID.
+    Assigned,
+    /// A known name got its ID back.
+    Reconnected {
+        /// Its address before, if the runner now registers from another one.
+        previous_address: Option<IpAddr>,
+    },
+    /// The pool was full: the least recently seen runner's ID was reclaimed.
+    Reclaimed {
+        /// Who lost the ID.
+        evicted: EvictedRunner,
+    },
+}
+
+/// The result of [`RunnerPool::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The runner's ID.
+    pub id: RunnerId,
+    /// How it got it.
+    pub outcome: RegistrationOutcome,
+}
+
+/// The result of [`RunnerPool::admit`]: the registration and the runner's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The ID and how it was given.
+    pub registration: Registration,
+    /// What the hub sends back to the runner.
+    pub plan: RunnerPlan,
+}
+
+/// The hub's runner-ID pool. Serialises to (and restores from) a versioned, validated form
+/// for the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerPool {
+    capacity: NonZeroU8,
+    runners: BTreeMap<RunnerId, Runner>,
+    by_name: HashMap<String, RunnerId>,
+}
+
+impl Default for RunnerPool {
+    fn default() -> RunnerPool {
+        RunnerPool::new(NonZeroU8::MAX)
+    }
+}
+
+impl RunnerPool {
+    /// An empty pool handing out IDs 1..=`capacity` (use [`AddressPlan::max_runners`]).
+    pub fn new(capacity: NonZeroU8) -> RunnerPool {
+        RunnerPool {
+            capacity,
+            runners: BTreeMap::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// The highest ID the pool hands out.
+    pub fn capacity(&self) -> NonZeroU8 {
+        self.capacity
+    }
+
+    /// Changes the capacity (after the address plan changed).
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::CapacityBelowAssigned`] if a runner holds an ID above `capacity`;
+    /// the pool is unchanged then.
+    pub fn set_capacity(&mut self, capacity: NonZeroU8) -> Result<(), MembershipError> {
+        if let Some((&id, runner)) = self
+            .runners
+            .iter()
+            .find(|(id, _)| id.get() > capacity.get())
+        {
+            return Err(MembershipError::CapacityBelowAssigned {
+                capacity: capacity.get(),
+                id,
+                name: runner.name.clone(),
+            });
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Number of runners holding an ID.
+    pub fn len(&self) -> usize {
+        self.runners.len()
+    }
+
+    /// True when no runner holds an ID.
+    pub fn is_empty(&self) -> bool {
+        self.runners.is_empty()
+    }
+
+    /// True when every ID is taken: the next new name reclaims one.
+    pub fn is_full(&self) -> bool {
+        self.runners.len() >= usize::from(self.capacity.get())
+    }
+
+    /// The runner called `name`.
+    pub fn get(&self, name: &str) -> Option<&Runner> {
+        self.by_name.get(name).and_then(|id| self.runners.get(id))
+    }
+
+    /// The runner holding `id`.
+    pub fn get_by_id(&self, id: RunnerId) -> Option<&Runner> {
+        self.runners.get(&id)
+    }
+
+    /// Every runner, by ID.
+    pub fn runners(&self) -> impl Iterator<Item = &Runner> {
+        self.runners.values()
+    }
+
+    fn lowest_free_id(&self) -> Option<RunnerId> {
+        (1..=self.capacity.get())
+            .filter_map(RunnerId::new)
+            .find(|id| !self.runners.contains_key(id))
+    }
+
+    /// Registers `name` at `address` (see the module docs for which ID it gets) and marks it
+    /// online, seen at `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::InvalidName`] or [`MembershipError::UnusableAddress`]; the pool is
+    /// unchanged then.
+    pub fn register(
+        &mut self,
+        name: &str,
+        address: IpAddr,
+        now_ms: u64,
+    ) -> Result<Registration, MembershipError> {
+        validate_runner_name(name)?;
+        validate_local_address(address)?;
+        let address = address.to_canonical();
+
+        if let Some(&id) = self.by_name.get(name) {
+            if let Some(runner) = self.runners.get_mut(&id) {
+                let previous_address = (runner.address != address).then_some(runner.address);
+                runner.address = address;
+                runner.last_seen_ms = now_ms;
+                runner.state = RunnerState::Online;
+                return Ok(Registration {
+                    id,
+                    outcome: RegistrationOutcome::Reconnected { previous_address },
+                });
+            }
+        }
+
+        let (id, outcome) = match self.lowest_free_id() {
+            Some(id) => (id, RegistrationOutcome::Assigned),
+            None => {
+                let evicted = self.evict_least_recently_seen().ok_or_else(|| {
+                    MembershipError::CorruptState("a full pool has no runner to evict".into())
+                })?;
+                (evicted.id, RegistrationOutcome::Reclaimed { evicted })
+            }
+        };
+        self.runners.insert(
+            id,
+            Runner {
+                id,
+                name: name.to_owned(),
+                address,
+                registered_ms: now_ms,
+                last_seen_ms: now_ms,
+                state: RunnerState::Online,
+            },
+        );
+        self.by_name.insert(name.to_owned(), id);
+        Ok(Registration { id, outcome })
+    }
+
+    fn evict_least_recently_seen(&mut self) -> Option<EvictedRunner> {
+        let id = self
+            .runners
+            .values()
+            .min_by_key(|runner| (runner.last_seen_ms, runner.id))
+            .map(|runner| runner.id)?;
+        let runner = self.runners.remove(&id)?;
+        self.by_name.remove(&runner.name);
+        Some(EvictedRunner {
+            id,
+            name: runner.name,
+            address: runner.address,
+            last_seen_ms: runner.last_seen_ms,
+            was_online: runner.state == RunnerState::Online,
+        })
+    }
+
+    /// Validates a registration against the hub's settings and plan, then registers it and
+    /// computes its plan. Nothing changes unless everything is valid.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`validate_registration`] and [`AddressPlan::max_runners`], and
+    /// [`MembershipError::InvalidPlan`] if the pool hands out IDs the plan has no subnet for.
+    pub fn admit(
+        &mut self,
+        hub: &OverlaySettings,
+        plan: &AddressPlan,
+        request: &RegistrationRequest,
+        now_ms: u64,
+    ) -> Result<Admission, MembershipError> {
+        validate_registration(hub, request)?;
+        let max = plan.max_runners(hub.vni_base)?;
+        if self.capacity > max {
+            return Err(MembershipError::InvalidPlan {
+                field: "runnerPrefixLen",
+                value: plan.runner_prefix_len.to_string(),
+                reason: format!(
+                    "the plan has subnets for {max} runners but the runner pool hands out \
+                     IDs up to {}",
+                    self.capacity
+                ),
+            });
+        }
+        let registration = self.register(&request.name, request.local_address, now_ms)?;
+        let plan = plan.runner(registration.id, hub.vni_base)?;
+        Ok(Admission { registration, plan })
+    }
+
+    /// Records a heartbeat from `name` at `now_ms` and marks it online; returns its ID.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::UnknownRunner`] if the name holds no ID (it must register again).
+    pub fn touch(&mut self, name: &str, now_ms: u64) -> Result<RunnerId, MembershipError> {
+        let runner = self
+            .by_name
+            .get(name)
+            .and_then(|id| self.runners.get_mut(id))
+            .ok_or_else(|| MembershipError::UnknownRunner {
+                name: name.to_owned(),
+            })?;
+        runner.last_seen_ms = now_ms;
+        runner.state = RunnerState::Online;
+        Ok(runner.id)
+    }
+
+    /// Marks offline every online runner unseen for `timeout_ms` or more at `now_ms`; returns
+    /// their IDs. Offline runners keep their IDs.
+    pub fn mark_offline(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<RunnerId> {
+        let mut marked = Vec::new();
+        for runner in self.runners.values_mut() {
+            if runner.state == RunnerState::Online
+                && now_ms.saturating_sub(runner.last_seen_ms) >= timeout_ms
+            {
+                runner.state = RunnerState::Offline;
+                marked.push(runner.id);
+            }
+        }
+        marked
+    }
+
+    /// Removes `name` from the pool (an administrator deregistering it), freeing its ID.
+    pub fn remove(&mut self, name: &str) -> Option<Runner> {
+        let id = self.by_name.remove(name)?;
+        self.runners.remove(&id)
+    }
+}
+
+/// Version of the persisted pool format.
+const PERSISTED_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PersistedPool {
+    version: u32,
+    capacity: u8,
+    runners: Vec<PersistedRunner>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PersistedRunner {
+    id: u8,
+    name: String,
+    address: IpAddr,
+    registered_ms: u64,
+    last_seen_ms: u64,
+}
+
+impl TryFrom<PersistedPool> for RunnerPool {
+    type Error = MembershipError;
+
+    fn try_from(persisted: PersistedPool) -> Result<RunnerPool, MembershipError> {
+        if persisted.version != PERSISTED_VERSION {
+            return Err(MembershipError::CorruptState(format!(
+                "version {} is not supported (this build reads version {PERSISTED_VERSION})",
+                persisted.version
+            )));
+        }
+        let capacity = NonZeroU8::new(persisted.capacity)
+            .ok_or_else(|| MembershipError::CorruptState("capacity is 0".into()))?;
+        let mut pool = RunnerPool::new(capacity);
+        for runner in persisted.runners {
+            let id = RunnerId::try_from(runner.id)
+                .map_err(|error| MembershipError::CorruptState(error.to_string()))?;
+            if id.get() > capacity.get() {
+                return Err(MembershipError::CorruptState(format!(
+                    "runner {:?} holds ID {id}, above the capacity {capacity}",
+                    runner.name
+                )));
+            }
+            validate_runner_name(&runner.name)
+                .map_err(|error| MembershipError::CorruptState(error.to_string()))?;
+            if let Some(other) = pool.runners.get(&id) {
+                return Err(MembershipError::CorruptState(format!(
+                    "ID {id} is held by both {:?} and {:?}",
+                    other.name, runner.name
+                )));
+            }
+            if pool.by_name.contains_key(&runner.name) {
+                return Err(MembershipError::CorruptState(format!(
+                    "runner {:?} appears twice",
+                    runner.name
+                )));
+            }
+            pool.by_name.insert(runner.name.clone(), id);
+            pool.runners.insert(
+                id,
+                Runner {
+                    id,
+                    name: runner.name,
+                    address: runner.address,
+                    registered_ms: runner.registered_ms,
+                    last_seen_ms: runner.last_seen_ms,
+                    // Nobody is known to be online after a restart.
+                    state: RunnerState::Offline,
+                },
+            );
+        }
+        Ok(pool)
+    }
+}
+
+impl Serialize for RunnerPool {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PersistedPool {
+            version: PERSISTED_VERSION,
+            capacity: self.capacity.get(),
+            runners: self
+                .runners
+                .values()
+                .map(|runner| PersistedRunner {
+                    id: runner.id.get(),
+                    name: runner.name.clone(),
+                    address: runner.address,
+                    registered_ms: runner.registered_ms,
+                    last_seen_ms: runner.last_seen_ms,
+                })
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunnerPool {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RunnerPool, D::Error> {
+        let persisted = PersistedPool::deserialize(deserializer)?;
+        RunnerPool::try_from(persisted).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks a runner name: 1 to 253 bytes of ASCII letters, digits, `-`, `_` and `.` (a
+/// hostname fits).
+///
+/// # Errors
+///
+/// [`MembershipError::InvalidName`] saying what is valid.
+pub fn validate_runner_name(name: &str) -> Result<(), MembershipError> {
+    let reason = if name.is_empty() {
+        "it is empty; use the runner's hostname"
+    } else if name.len() > 253 {
+        "it is longer than 253 bytes"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        "use only ASCII letters, digits, '-', '_' and '.'"
+    } else {
+        return Ok(());
+    };
+    Err(MembershipError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Checks that an address can be a VTEP that other nodes reach: not loopback, unspecified,
+/// multicast or broadcast (IPv4-mapped IPv6 addresses are judged as IPv4). Used for a runner's
+/// registration and for a node's own `localAddress`.
+///
+/// # Errors
+///
+/// [`MembershipError::UnusableAddress`], whose message says to use the address the other
+/// nodes reach.
+pub fn validate_local_address(address: IpAddr) -> Result<(), MembershipError> {
+    let canonical = address.to_canonical();
+    let kind = if canonical.is_loopback() {
+        "a loopback address"
+    } else if canonical.is_unspecified() {
+        "the unspecified address"
+    } else if canonical.is_multicast() {
+        "a multicast address"
+    } else if canonical == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        "the broadcast address"
+    } else {
+        return Ok(());
+    };
+    Err(MembershipError::UnusableAddress { address, kind })
+}
+
+/// The overlay settings that must be equal on the hub and every runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OverlaySettings {
+    /// Base VNI: runner N uses `vniBase + N`. Default 100.
+    pub vni_base: u32,
+    /// VXLAN UDP port. Default 4789.
+    pub port: u16,
+    /// Overlay MTU. Default 1450 (1500 minus 50 bytes of VXLAN over IPv4).
+    pub mtu: u16,
+}
+
+impl Default for OverlaySettings {
+    fn default() -> OverlaySettings {
+        OverlaySettings {
+            vni_base: 100,
+            port: UDP_PORT,
+            mtu: 1450,
+        }
+    }
+}
+
+/// A setting that must match between hub and runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Setting {
+    /// `vniBase`.
+    VniBase,
+    /// `port`.
+    Port,
+    /// `mtu`.
+    Mtu,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Setting::VniBase => "vniBase",
+            Setting::Port => "port",
+            Setting::Mtu => "mtu",
+        })
+    }
+}
+
+/// One setting that differs: `mtu differs: hub 1450, runner 1400`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SettingMismatch {
+    /// Which setting.
+    pub setting: Setting,
+    /// The hub's value.
+    pub hub: u32,
+    /// The runner's value.
+    pub runner: u32,
+}
+
+impl fmt::Display for SettingMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} differs: hub {}, runner {}",
+            self.setting, self.hub, self.runner
+        )
+    }
+}
+
+impl OverlaySettings {
+    /// Compares a runner's settings with these (the hub's).
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::SettingsDiffer`] listing every mismatch, in the order vniBase, port,
+    /// mtu.
+    pub fn compare(&self, runner: &OverlaySettings) -> Result<(), MembershipError> {
+        let mismatches: Vec<SettingMismatch> = [
+            (Setting::VniBase, self.vni_base, runner.vni_base),
+            (Setting::Port, u32::from(self.port), u32::from(runner.port)),
+            (Setting::Mtu, u32::from(self.mtu), u32::from(runner.mtu)),
+        ]
+        .into_iter()
+        .filter(|(_, hub, runner)| hub != runner)
+        .map(|(setting, hub, runner)| SettingMismatch {
+            setting,
+            hub,
+            runner,
+        })
+        .collect();
+        if mismatches.is_empty() {
+            Ok(())
+        } else {
+            Err(MembershipError::SettingsDiffer(mismatches))
+        }
+    }
+}
+
+/// What a runner sends to register.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrationRequest {
+    /// The runner's name (its hostname, usually).
+    pub name: String,
+    /// The runner's reachable underlay address.
+    pub local_address: IpAddr,
+    /// The runner's vniBase.
+    pub vni_base: u32,
+    /// The runner's VXLAN UDP port.
+    pub port: u16,
+    /// The runner's overlay MTU.
+    pub mtu: u16,
+}
+
+impl RegistrationRequest {
+    /// The settings part of the request.
+    pub fn settings(&self) -> OverlaySettings {
+        OverlaySettings {
+            vni_base: self.vni_base,
+            port: self.port,
+            mtu: self.mtu,
+        }
+    }
+}
+
+/// Checks a registration: the name, the address, then the settings against the hub's.
+///
+/// # Errors
+///
+/// [`MembershipError::InvalidName`], [`MembershipError::UnusableAddress`] or
+/// [`MembershipError::SettingsDiffer`], the first that applies in that order.
+pub fn validate_registration(
+    hub: &OverlaySettings,
+    request: &RegistrationRequest,
+) -> Result<(), MembershipError> {
+    validate_runner_name(&request.name)?;
+    validate_local_address(request.local_address)?;
+    hub.compare(&request.settings())
+}
+
+/// How runner IDs map to addresses. The defaults are KohakuRiver's: runner N gets
+/// 10.N.0.0/16 with gateway 10.N.0.1 and the hub at 10.N.0.254; the hub is also 10.0.0.1/8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AddressPlan {
+    /// The overlay's whole IPv4 range; runner subnets are carved from it. Default 10.0.0.0/8.
+    pub overlay: Ipv4Net,
+    /// The prefix length of each runner's subnet. Default 16.
+    pub runner_prefix_len: u8,
+    /// The runner gateway's host number in its subnet. Default 1 (10.N.0.1).
+    pub gateway_host: u32,
+    /// The hub's host number in each runner subnet. Default 254 (10.N.0.254).
+    pub hub_host: u32,
+    /// The hub's overlay-wide address (with the overlay's prefix). Default 10.0.0.1.
+    pub hub_address: Ipv4Addr,
+}
+
+impl Default for AddressPlan {
+    fn default() -> AddressPlan {
+        AddressPlan {
+            // new_assert panics only for a prefix above 32.
+            overlay: Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 8),
+            runner_prefix_len: 16,
+            gateway_host: 1,
+            hub_host: 254,
+            hub_address: Ipv4Addr::new(10, 0, 0, 1),
+        }
+    }
+}
+
+/// What runner N is given: sent back by the hub on registration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunnerPlan {
+    /// The runner's ID.
+    pub runner_id: RunnerId,
+    /// Its VNI: `vniBase + N`.
+    pub vni: Vni,
+    /// Its subnet: 10.N.0.0/16 by default.
+    pub subnet: Ipv4Net,
+    /// Its gateway, owned by the runner's switch: 10.N.0.1 by default.
+    pub gateway: Ipv4Addr,
+    /// The hub's address inside the runner's subnet: 10.N.0.254 by default.
+    pub hub_address: Ipv4Addr,
+    /// The hub's overlay-wide address, reachable from every container: 10.0.0.1/8.
+    pub hub_overlay_address: Ipv4Net,
+    /// First address of the subnet's IPAM range (the first host).
+    pub range_start: Ipv4Addr,
+    /// Last address of the subnet's IPAM range (the last host).
+    pub range_end: Ipv4Addr,
+    /// Addresses inside the range that IPAM must not hand out: the gateway and the hub.
+    pub reserved: Vec<Ipv4Addr>,
+}
+
+impl AddressPlan {
+    fn invalid(field: &'static str, value: impl fmt::Display, reason: String) -> MembershipError {
+        MembershipError::InvalidPlan {
+            field,
+            value: value.to_string(),
+            reason,
+        }
+    }
+
+    /// Validates the plan for an overlay whose VNI base is `vni_base` and returns how many
+    /// runners it serves: one per runner subnet, leaving out the first (it holds the hub's
+    /// overlay address), and at most 255. A /16 per runner from a /8 gives 255; from a /12,
+    /// 15.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::InvalidPlan`] naming the field, its value and what is valid.
+    pub fn max_runners(&self, vni_base: u32) -> Result<NonZeroU8, MembershipError> {
+        let overlay = self.overlay;
+        if overlay.addr() != overlay.network() {
+            return Err(AddressPlan::invalid(
+                "overlay",
+                overlay,
+                format!("host bits are set; did you mean {}?", overlay.trunc()),
+            ));
+        }
+        let prefix = self.runner_prefix_len;
+        if prefix <= overlay.prefix_len() || prefix > 30 {
+            return Err(AddressPlan::invalid(
+                "runnerPrefixLen",
+                prefix,
+                format!(
+                    "must be longer than the overlay's /{} and at most 30",
+                    overlay.prefix_len()
+                ),
+            ));
+        }
+        let subnet_bits = u32::from(prefix - overlay.prefix_len());
+        // subnet_bits is 1..=30, so this neither overflows nor is below 1.
+        let subnets = 1u64 << subnet_bits;
+        let max = u8::try_from((subnets - 1).min(255)).unwrap_or(u8::MAX);
+        let max = NonZeroU8::new(max).ok_or_else(|| {
+            AddressPlan::invalid("runnerPrefixLen", prefix, "leaves no runner subnet".into())
+        })?;
+
+        let host_count = 1u64 << (32 - u32::from(prefix));
+        for (field, host) in [
+            ("gatewayHost", self.gateway_host),
+            ("hubHost", self.hub_host),
+        ] {
+            if host == 0 || u64::from(host) >= host_count - 1 {
+                return Err(AddressPlan::invalid(
+                    field,
+                    host,
+                    format!(
+                        "must be a host of a /{prefix} subnet: 1 to {}",
+                        host_count - 2
+                    ),
+                ));
+            }
+        }
+        if self.gateway_host == self.hub_host {
+            return Err(AddressPlan::invalid(
+                "hubHost",
+                self.hub_host,
+                "must differ from gatewayHost: the gateway and the hub need an address each".into(),
+            ));
+        }
+
+        let hub = self.hub_address;
+        if !overlay.contains(&hub) || hub == overlay.network() || hub == overlay.broadcast() {
+            return Err(AddressPlan::invalid(
+                "hubAddress",
+                hub,
+                format!("must be a host address inside the overlay {overlay}"),
+            ));
+        }
+        let hub_index = (hub.to_bits() - overlay.network().to_bits()) >> (32 - u32::from(prefix));
+        if (1..=u32::from(max.get())).contains(&hub_index) {
+            return Err(AddressPlan::invalid(
+                "hubAddress",
+                hub,
+                format!(
+                    "lies in runner {hub_index}'s subnet; use an address in {}, which no \
+                     runner gets",
+                    // prefix was checked to be at most 30 above: new_assert cannot fire.
+                    Ipv4Net::new_assert(overlay.network(), prefix)
+                ),
+            ));
+        }
+
+        if u64::from(vni_base) + u64::from(max.get()) > u64::from(Vni::MAX.get()) {
+            return Err(AddressPlan::invalid(
+                "vniBase",
+                vni_base,
+                format!(
+                    "vniBase + {max} must fit in 24 bits: at most {}",
+                    Vni::MAX.get() - u32::from(max.get())
+                ),
+            ));
+        }
+        Ok(max)
+    }
+
+    /// Validates the plan (see [`AddressPlan::max_runners`]).
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::InvalidPlan`].
+    pub fn validate(&self, vni_base: u32) -> Result<(), MembershipError> {
+        self.max_runners(vni_base).map(|_| ())
+    }
+
+    /// The hub's overlay-wide interface address: `hubAddress` with the overlay's prefix
+    /// (10.0.0.1/8 by default).
+    pub fn hub_interface(&self) -> Ipv4Net {
+        // An Ipv4Net's prefix is at most 32, so new_assert cannot fire.
+        Ipv4Net::new_assert(self.hub_address, self.overlay.prefix_len())
+    }
+
+    /// The subnet of runner `id`, the `id`-th `/runnerPrefixLen` of the overlay.
+    fn subnet(&self, id: RunnerId) -> Ipv4Net {
+        let shift = 32 - u32::from(self.runner_prefix_len);
+        let network = self.overlay.network().to_bits() + (u32::from(id.get()) << shift);
+        // Called only after max_runners checked runner_prefix_len <= 30: cannot fire.
+        Ipv4Net::new_assert(Ipv4Addr::from_bits(network), self.runner_prefix_len)
+    }
+
+    /// What runner `id` gets, for an overlay whose VNI base is `vni_base`.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::InvalidPlan`] for an invalid plan, and
+    /// [`MembershipError::RunnerOutsidePlan`] if the plan has no subnet for `id`.
+    pub fn runner(&self, id: RunnerId, vni_base: u32) -> Result<RunnerPlan, MembershipError> {
+        let max = self.max_runners(vni_base)?;
+        if id.get() > max.get() {
+            return Err(MembershipError::RunnerOutsidePlan { id, max: max.get() });
+        }
+        let subnet = self.subnet(id);
+        let network = subnet.network().to_bits();
+        let gateway = Ipv4Addr::from_bits(network + self.gateway_host);
+        let hub_address = Ipv4Addr::from_bits(network + self.hub_host);
+        // max_runners bounded vni_base + max to 24 bits.
+        let vni = Vni::try_from(vni_base + u32::from(id.get()))
+            .map_err(|error| AddressPlan::invalid("vniBase", vni_base, error.to_string()))?;
+        Ok(RunnerPlan {
+            runner_id: id,
+            vni,
+            subnet,
+            gateway,
+            hub_address,
+            hub_overlay_address: self.hub_interface(),
+            range_start: Ipv4Addr::from_bits(network + 1),
+            range_end: Ipv4Addr::from_bits(subnet.broadcast().to_bits() - 1),
+            reserved: vec![gateway, hub_address],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(value: u8) -> RunnerId {
+        RunnerId::new(value).expect("non-zero")
+    }
+
+    fn addr(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 168, 50, last))
+    }
+
+    fn capacity(value: u8) -> NonZeroU8 {
+        NonZeroU8::new(value).expect("non-zero")
+    }
+
+    #[test]
+    fn first_free_id_and_same_id_on_reconnect() {
+        let mut pool = RunnerPool::default();
+        let a = pool.register("runner-a", addr(11), 1_000).expect("valid");
+        assert_eq!(
+            a,
+            Registration {
+                id: id(1),
+                outcome: RegistrationOutcome::Assigned
+            }
+        );
+        let b = pool.register("runner-b", addr(12), 2_000).expect("valid");
+        assert_eq!(b.id, id(2));
+        let again = pool.register("runner-a", addr(11), 3_000).expect("valid");
+        assert_eq!(
+            again,
+            Registration {
+                id: id(1),
+                outcome: RegistrationOutcome::Reconnected {
+                    previous_address: None
+                }
+            }
+        );
+        let moved = pool.register("runner-a", addr(21), 4_000).expect("valid");
+        assert_eq!(
+            moved.outcome,
+            RegistrationOutcome::Reconnected {
+                previous_address: Some(addr(11))
+            }
+        );
+        assert_eq!(pool.get("runner-a").map(|r| r.address), Some(addr(21)));
+        // A freed ID is the lowest free one again.
+        assert!(pool.remove("runner-a").is_some());
+        let c = pool.register("runner-c", addr(13), 5_000).expect("valid");
+        assert_eq!(c.id, id(1));
+        assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn full_pool_reclaims_least_recently_seen() {
+        let mut pool = RunnerPool::default();
+        for n in 1..=255u8 {
+            let name = format!("runner-{n}");
+            let registration = pool.register(&name, addr(n), u64::from(n)).expect("valid");
+            assert_eq!(registration.id, id(n));
+        }
+        assert!(pool.is_full());
+        // runner-1 was seen last at 1 ms, but a heartbeat makes runner-2 the oldest.
+        pool.touch("runner-1", 1_000).expect("known");
+        pool.mark_offline(1_000, 500);
+        let registration = pool.register("newcomer", addr(200), 2_000).expect("valid");
+        assert_eq!(registration.id, id(2));
+        assert_eq!(
+            registration.outcome,
+            RegistrationOutcome::Reclaimed {
+                evicted: EvictedRunner {
+                    id: id(2),
+                    name: "runner-2".into(),
+                    address: addr(2),
+                    last_seen_ms: 2,
+                    was_online: false,
+                }
+            }
+        );
+        assert!(pool.get("runner-2").is_none());
+        assert_eq!(
+            pool.get_by_id(id(2)).map(|r| r.name.as_str()),
+            Some("newcomer")
+        );
+        assert_eq!(
+            pool.touch("runner-2", 2_001),
+            Err(MembershipError::UnknownRunner {
+                name: "runner-2".into()
+            })
+        );
+        assert_eq!(pool.len(), 255);
+        // The evicted runner comes back: it takes the next least recently seen ID (3).
+        let back = pool.register("runner-2", addr(2), 3_000).expect("valid");
+        assert_eq!(back.id, id(3));
+    }
+
+    #[test]
+    fn lru_ties_go_to_the_lower_id() {
+        let mut pool = RunnerPool::new(capacity(3));
+        for name in ["a", "b", "c"] {
+            pool.register(name, addr(1), 10).expect("valid");
+        }
+        let registration = pool.register("d", addr(4), 20).expect("valid");
+        assert_eq!(registration.id, id(1));
+        let RegistrationOutcome::Reclaimed { evicted } = registration.outcome else {
+            panic!("expected a reclaim, got {:?}", registration.outcome);
+        };
+        assert_eq!(evicted.name, "a");
+        assert!(evicted.was_online, "never marked offline");
+    }
+
+    #[test]
+    fn heartbeats_and_offline() {
+        let mut pool = RunnerPool::default();
+        pool.register("a", addr(1), 0).expect("valid");
+        pool.register("b", addr(2), 0).expect("valid");
+        assert_eq!(pool.touch("a", 25_000), Ok(id(1)));
+        assert_eq!(pool.mark_offline(29_999, 30_000), Vec::<RunnerId>::new());
+        assert_eq!(pool.mark_offline(30_000, 30_000), vec![id(2)]);
+        assert_eq!(
+            pool.mark_offline(40_000, 30_000),
+            Vec::<RunnerId>::new(),
+            "only once"
+        );
+        assert_eq!(pool.get("b").map(|r| r.state), Some(RunnerState::Offline));
+        assert_eq!(pool.get("a").map(|r| r.state), Some(RunnerState::Online));
+        assert_eq!(
+            pool.get("b").map(|r| r.id),
+            Some(id(2)),
+            "offline keeps the ID"
+        );
+        assert_eq!(pool.touch("b", 41_000), Ok(id(2)));
+        assert_eq!(pool.get("b").map(|r| r.state), Some(RunnerState::Online));
+        assert_eq!(pool.mark_offline(60_000, 30_000), vec![id(1)]);
+        // A clock that stepped back does not mark anyone offline.
+        assert_eq!(pool.mark_offline(10, 30_000), Vec::<RunnerId>::new());
+    }
+
+    #[test]
+    fn persisted_pool_survives_a_restart() {
+        let mut pool = RunnerPool::default();
+        pool.register("a", addr(1), 100).expect("valid");
+        pool.register("b", addr(2), 200).expect("valid");
+        pool.remove("a");
+        pool.register("c", addr(3), 300).expect("valid");
+        let json = serde_json::to_string(&pool).expect("serialise");
+        assert_eq!(
+            json,
+            r#"{"version":1,"capacity":255,"runners":[{"id":1,"name":"c","address":"192.168.50.3","registeredMs":300,"lastSeenMs":300},{"id":2,"name":"b","address":"192.168.50.2","registeredMs":200,"lastSeenMs":200}]}"#
+        );
+        let mut restored: RunnerPool = serde_json::from_str(&json).expect("restore");
+        assert!(restored.runners().all(|r| r.state == RunnerState::Offline));
+        let again = restored.register("b", addr(2), 400).expect("valid");
+        assert_eq!(again.id, id(2));
+        assert_eq!(
+            restored.register("d", addr(4), 500).expect("valid").id,
+            id(3)
+        );
+    }
+
+    #[test]
+    fn corrupt_persisted_state_is_refused() {
+        let cases = [
+            (
+                r#"{"version":2,"capacity":255,"runners":[]}"#,
+                "version 2 is not supported",
+            ),
+            (
+                r#"{"version":1,"capacity":0,"runners":[]}"#,
+                "capacity is 0",
+            ),
+            (
+                r#"{"version":1,"capacity":5,"runners":[{"id":6,"name":"a","address":"192.0.2.1","registeredMs":0,"lastSeenMs":0}]}"#,
+                "above the capacity",
+            ),
+            (
+                r#"{"version":1,"capacity":5,"runners":[{"id":0,"name":"a","address":"192.0.2.1","registeredMs":0,"lastSeenMs":0}]}"#,
+                "runner ID 0 is out of range",
+            ),
+            (
+                r#"{"version":1,"capacity":5,"runners":[{"id":1,"name":"a","address":"192.0.2.1","registeredMs":0,"lastSeenMs":0},{"id":1,"name":"b","address":"192.0.2.2","registeredMs":0,"lastSeenMs":0}]}"#,
+                "ID 1 is held by both",
+            ),
+            (
+                r#"{"version":1,"capacity":5,"runners":[{"id":1,"name":"a","address":"192.0.2.1","registeredMs":0,"lastSeenMs":0},{"id":2,"name":"a","address":"192.0.2.2","registeredMs":0,"lastSeenMs":0}]}"#,
+                "appears twice",
+            ),
+            (
+                r#"{"version":1,"capacity":5,"runners":[],"extra":1}"#,
+                "unknown field",
+            ),
+        ];
+        for (json, expected) in cases {
+            let error = serde_json::from_str::<RunnerPool>(json)
+                .expect_err(json)
+                .to_string();
+            assert!(error.contains(expected), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn capacity_changes() {
+        let mut pool = RunnerPool::default();
+        pool.register("a", addr(1), 0).expect("valid");
+        pool.register("b", addr(2), 0).expect("valid");
+        assert_eq!(
+            pool.set_capacity(capacity(1)),
+            Err(MembershipError::CapacityBelowAssigned {
+                capacity: 1,
+                id: id(2),
+                name: "b".into()
+            })
+        );
+        assert_eq!(pool.capacity(), capacity(255));
+        pool.set_capacity(capacity(2)).expect("both IDs fit");
+        assert!(pool.is_full());
+    }
+
+    #[test]
+    fn names_and_addresses_are_validated() {
+        let mut pool = RunnerPool::default();
+        for bad in ["", "has space", "ünïcode", &"x".repeat(254)] {
+            assert!(
+                matches!(
+                    pool.register(bad, addr(1), 0),
+                    Err(MembershipError::InvalidName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let loopback = pool.register("a", IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        assert_eq!(
+            loopback.expect_err("refused").to_string(),
+            "localAddress 127.0.0.1 is a loopback address: set localAddress to the underlay \
+             address the other nodes reach"
+        );
+        for (bad, kind) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("::", "the unspecified address"),
+            ("::1", "a loopback address"),
+            ("::ffff:127.0.0.1", "a loopback address"),
+            ("224.0.0.1", "a multicast address"),
+            ("255.255.255.255", "the broadcast address"),
+        ] {
+            let address: IpAddr = bad.parse().expect("address");
+            assert_eq!(
+                validate_local_address(address),
+                Err(MembershipError::UnusableAddress { address, kind }),
+                "{bad}"
+            );
+        }
+        assert!(validate_local_address("2001:db8::5".parse().expect("address")).is_ok());
+        assert!(pool.is_empty(), "refused registrations change nothing");
+    }
+
+    fn request(mtu: u16) -> RegistrationRequest {
+        RegistrationRequest {
+            name: "runner-a".into(),
+            local_address: addr(11),
+            vni_base: 100,
+            port: 4789,
+            mtu,
+        }
+    }
+
+    #[test]
+    fn settings_mismatch_names_the_setting_and_both_values() {
+        let hub = OverlaySettings::default();
+        let error = validate_registration(&hub, &request(1400)).expect_err("refused");
+        assert_eq!(error.to_string(), "mtu differs: hub 1450, runner 1400");
+        let all_wrong = RegistrationRequest {
+            vni_base: 200,
+            port: 8472,
+            ..request(9000)
+        };
+        let error = validate_registration(&hub, &all_wrong).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "vniBase differs: hub 100, runner 200; port differs: hub 4789, runner 8472; \
+             mtu differs: hub 1450, runner 9000"
+        );
+        assert!(validate_registration(&hub, &request(1450)).is_ok());
+    }
+
+    #[test]
+    fn registration_request_wire_form() {
+        let json = r#"{"name":"runner-a","localAddress":"192.168.50.11","vniBase":100,"port":4789,"mtu":1450}"#;
+        let parsed: RegistrationRequest = serde_json::from_str(json).expect("parse");
+        assert_eq!(parsed, request(1450));
+        assert!(
+            serde_json::from_str::<RegistrationRequest>(
+                r#"{"name":"a","localAddress":"192.0.2.1","vniBase":1,"port":1,"mtu":1,"x":1}"#
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
+    fn admit_validates_then_registers() {
+        let hub = OverlaySettings::default();
+        let plan = AddressPlan::default();
+        let mut pool = RunnerPool::default();
+        let error = pool
+            .admit(&hub, &plan, &request(1400), 0)
+            .expect_err("mtu differs");
+        assert_eq!(error.to_string(), "mtu differs: hub 1450, runner 1400");
+        assert!(pool.is_empty(), "nothing registered on error");
+        let admission = pool.admit(&hub, &plan, &request(1450), 0).expect("valid");
+        assert_eq!(admission.registration.id, id(1));
+        assert_eq!(admission.plan.vni.get(), 101);
+        assert_eq!(admission.plan.subnet.to_string(), "10.1.0.0/16");
+
+        // A pool handing out more IDs than the plan has subnets is refused before registering.
+        let small_plan = AddressPlan {
+            overlay: "10.0.0.0/12".parse().expect("net"),
+            ..AddressPlan::default()
+        };
+        let other = RegistrationRequest {
+            name: "runner-b".into(),
+            ..request(1450)
+        };
+        let error = pool
+            .admit(&hub, &small_plan, &other, 0)
+            .expect_err("pool too big");
+        assert!(
+            error.to_string().contains("subnets for 15 runners"),
+            "{error}"
+        );
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn default_plan_is_kohakuriver() {
+        let plan = AddressPlan::default();
+        assert_eq!(plan.max_runners(100), Ok(capacity(255)));
+        assert_eq!(plan.hub_interface().to_string(), "10.0.0.1/8");
+        let runner = plan.runner(id(7), 100).expect("in plan");
+        assert_eq!(
+            runner,
+            RunnerPlan {
+                runner_id: id(7),
+                vni: Vni::new(107).expect("fits"),
+                subnet: "10.7.0.0/16".parse().expect("net"),
+                gateway: Ipv4Addr::new(10, 7, 0, 1),
+                hub_address: Ipv4Addr::new(10, 7, 0, 254),
+                hub_overlay_address: "10.0.0.1/8".parse().expect("net"),
+                range_start: Ipv4Addr::new(10, 7, 0, 1),
+                range_end: Ipv4Addr::new(10, 7, 255, 254),
+                reserved: vec![Ipv4Addr::new(10, 7, 0, 1), Ipv4Addr::new(10, 7, 0, 254)],
+            }
+        );
+        let last = plan.runner(id(255), 100).expect("in plan");
+        assert_eq!(last.subnet.to_string(), "10.255.0.0/16");
+        assert_eq!(last.vni.get(), 355);
+        let json = serde_json::to_value(&runner).expect("serialise");
+        assert_eq!(json["subnet"], "10.7.0.0/16");
+        assert_eq!(json["hubOverlayAddress"], "10.0.0.1/8");
+        assert_eq!(json["runnerId"], 7);
+    }
+
+    #[test]
+    fn custom_plan() {
+        // 172.16.0.0/12 with a /20 per runner: 255 runners (of 255 possible subnets).
+        let plan = AddressPlan {
+            overlay: "172.16.0.0/12".parse().expect("net"),
+            runner_prefix_len: 20,
+            gateway_host: 1,
+            hub_host: 4094,
+            hub_address: Ipv4Addr::new(172, 16, 0, 1),
+        };
+        assert_eq!(plan.max_runners(5000), Ok(capacity(255)));
+        let runner = plan.runner(id(3), 5000).expect("in plan");
+        assert_eq!(runner.subnet.to_string(), "172.16.48.0/20");
+        assert_eq!(runner.gateway, Ipv4Addr::new(172, 16, 48, 1));
+        assert_eq!(runner.hub_address, Ipv4Addr::new(172, 16, 63, 254));
+        assert_eq!(runner.vni.get(), 5003);
+        assert_eq!(runner.hub_overlay_address.to_string(), "172.16.0.1/12");
+
+        // A /16 per runner from a /12: only 15 runners.
+        let small = AddressPlan {
+            overlay: "10.16.0.0/12".parse().expect("net"),
+            hub_address: Ipv4Addr::new(10, 16, 0, 1),
+            ..AddressPlan::default()
+        };
+        assert_eq!(small.max_runners(100), Ok(capacity(15)));
+        assert_eq!(
+            small.runner(id(16), 100),
+            Err(MembershipError::RunnerOutsidePlan {
+                id: id(16),
+                max: 15
+            })
+        );
+        assert_eq!(
+            small
+                .runner(id(15), 100)
+                .expect("in plan")
+                .subnet
+                .to_string(),
+            "10.31.0.0/16"
+        );
+    }
+
+    #[test]
+    fn plan_validation_errors() {
+        let base = AddressPlan::default();
+        let cases: [(AddressPlan, u32, &str); 9] = [
+            (
+                AddressPlan {
+                    overlay: "10.1.0.0/8".parse().expect("net"),
+                    ..base
+                },
+                100,
+                "address plan: overlay 10.1.0.0/8: host bits are set; did you mean 10.0.0.0/8?",
+            ),
+            (
+                AddressPlan {
+                    runner_prefix_len: 8,
+                    ..base
+                },
+                100,
+                "address plan: runnerPrefixLen 8: must be longer than the overlay's /8 and at most 30",
+            ),
+            (
+                AddressPlan {
+                    runner_prefix_len: 31,
+                    ..base
+                },
+                100,
+                "address plan: runnerPrefixLen 31: must be longer than the overlay's /8 and at most 30",
+            ),
+            (
+                AddressPlan {
+                    gateway_host: 0,
+                    ..base
+                },
+                100,
+                "address plan: gatewayHost 0: must be a host of a /16 subnet: 1 to 65534",
+            ),
+            (
+                AddressPlan {
+                    hub_host: 65535,
+                    ..base
+                },
+                100,
+                "address plan: hubHost 65535: must be a host of a /16 subnet: 1 to 65534",
+            ),
+            (
+                AddressPlan {
+                    hub_host: 1,
+                    ..base
+                },
+                100,
+                "address plan: hubHost 1: must differ from gatewayHost: the gateway and the hub need an address each",
+            ),
+            (
+                AddressPlan {
+                    hub_address: Ipv4Addr::new(192, 168, 0, 1),
+                    ..base
+                },
+                100,
+                "address plan: hubAddress 192.168.0.1: must be a host address inside the overlay 10.0.0.0/8",
+            ),
+            (
+                AddressPlan {
+                    hub_address: Ipv4Addr::new(10, 3, 0, 1),
+                    ..base
+                },
+                100,
+                "address plan: hubAddress 10.3.0.1: lies in runner 3's subnet; use an address in 10.0.0.0/16, which no runner gets",
+            ),
+            (
+                base,
+                16_777_000,
+                "address plan: vniBase 16777000: vniBase + 255 must fit in 24 bits: at most 16776960",
+            ),
+        ];
+        for (plan, vni_base, expected) in cases {
+            let error = plan.validate(vni_base).expect_err(expected);
+            assert_eq!(error.to_string(), expected);
+            assert!(plan.runner(id(1), vni_base).is_err());
+        }
+        assert!(base.validate(16_776_960).is_ok());
+        let parsed: AddressPlan = serde_json::from_str(r#"{"runnerPrefixLen":20}"#).expect("ok");
+        assert_eq!(parsed.overlay, base.overlay, "unset fields take defaults");
+        assert!(serde_json::from_str::<AddressPlan>(r#"{"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn runner_id_bounds() {
+        assert_eq!(RunnerId::new(0), None);
+        assert_eq!(RunnerId::MIN.get(), 1);
+        assert_eq!(RunnerId::MAX.get(), 255);
+        assert_eq!(
+            RunnerId::try_from(0),
+            Err(MembershipError::InvalidRunnerId { id: 0 })
+        );
+        assert!(serde_json::from_str::<RunnerId>("0").is_err());
+        assert_eq!(serde_json::from_str::<RunnerId>("9").expect("ok"), id(9));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register(usize),
+        Touch(usize),
+        Advance(u64),
+        MarkOffline(u64),
+        Remove(usize),
+        Restart,
+    }
+
+    fn op(names: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..names).prop_map(Op::Register),
+            3 => (0..names).prop_map(Op::Touch),
+            3 => (0u64..5_000).prop_map(Op::Advance),
+            1 => (0u64..10_000).prop_map(Op::MarkOffline),
+            1 => (0..names).prop_map(Op::Remove),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// Runs `ops` against a pool and a simple model of it: name -> (ID, last seen). With
+    /// `prefill`, names 0..cap first register one millisecond apart, so the pool starts full.
+    fn check_against_model(cap: u8, prefill: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut pool = RunnerPool::new(capacity(cap));
+        let mut model: HashMap<String, (RunnerId, u64)> = HashMap::new();
+        let mut now = 1_000u64;
+        let name = |index: usize| format!("runner-{index}");
+        let prefill_ops: Vec<Op> = if prefill {
+            (0..usize::from(cap))
+                .flat_map(|index| [Op::Register(index), Op::Advance(1)])
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for op in prefill_ops.iter().chain(ops) {
+            match op {
+                Op::Register(index) => {
+                    let name = name(*index);
+                    let registration = pool.register(&name, addr(1), now).expect("valid");
+                    if let Some(&(known, _)) = model.get(&name) {
+                        prop_assert_eq!(registration.id, known, "same name, same ID");
+                        let reconnected = matches!(
+                            registration.outcome,
+                            RegistrationOutcome::Reconnected { .. }
+                        );
+                        prop_assert!(reconnected);
+                    } else if model.len() < usize::from(cap) {
+                        let lowest = (1..=cap)
+                            .filter_map(RunnerId::new)
+                            .find(|id| model.values().all(|(held, _)| held != id))
+                            .expect("a free ID exists");
+                        prop_assert_eq!(registration.id, lowest, "lowest free ID");
+                        prop_assert_eq!(&registration.outcome, &RegistrationOutcome::Assigned);
+                    } else {
+                        let (lru_name, &(lru_id, lru_seen)) = model
+                            .iter()
+                            .min_by_key(|(_, (id, seen))| (*seen, *id))
+                            .expect("full model is not empty");
+                        let RegistrationOutcome::Reclaimed { evicted } = &registration.outcome
+                        else {
+                            return Err(TestCaseError::fail("a full pool must reclaim"));
+                        };
+                        prop_assert_eq!(&evicted.name, lru_name);
+                        prop_assert_eq!(evicted.id, lru_id);
+                        prop_assert_eq!(evicted.last_seen_ms, lru_seen);
+                        prop_assert_eq!(registration.id, lru_id);
+                        let lru_name = lru_name.clone();
+                        model.remove(&lru_name);
+                    }
+                    model.insert(name, (registration.id, now));
+                }
+                Op::Touch(index) => {
+                    let name = name(*index);
+                    match (pool.touch(&name, now), model.get_mut(&name)) {
+                        (Ok(id), Some((known, seen))) => {
+                            prop_assert_eq!(id, *known);
+                            *seen = now;
+                        }
+                        (Err(MembershipError::UnknownRunner { .. }), None) => {}
+                        (result, entry) => {
+                            return Err(TestCaseError::fail(format!(
+                                "touch {name}: pool {result:?}, model {entry:?}"
+                            )));
+                        }
+                    }
+                }
+                Op::Advance(ms) => now += ms,
+                Op::MarkOffline(timeout) => {
+                    for id in pool.mark_offline(now, *timeout) {
+                        let runner = pool.get_by_id(id).expect("marked runners exist");
+                        prop_assert!(now - runner.last_seen_ms >= *timeout);
+                    }
+                }
+                Op::Remove(index) => {
+                    let name = name(*index);
+                    prop_assert_eq!(pool.remove(&name).is_some(), model.remove(&name).is_some());
+                }
+                Op::Restart => {
+                    let json = serde_json::to_string(&pool).expect("serialise");
+                    pool = serde_json::from_str(&json).expect("restore");
+                }
+            }
+            // Invariants: the pool and the model agree; IDs are unique and in range.
+            prop_assert_eq!(pool.len(), model.len());
+            prop_assert!(pool.len() <= usize::from(cap));
+            let mut seen_ids = std::collections::HashSet::new();
+            for runner in pool.runners() {
+                prop_assert!(runner.id.get() <= cap);
+                prop_assert!(seen_ids.insert(runner.id), "ID {} twice", runner.id);
+                prop_assert_eq!(model.get(&runner.name).map(|(id, _)| *id), Some(runner.id));
+                prop_assert_eq!(pool.get(&runner.name).map(|r| r.id), Some(runner.id));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn ids_stay_unique_and_stable(
+            cap in 1u8..=6,
+            prefill in any::<bool>(),
+            ops in proptest::collection::vec(op(10), 1..120),
+        ) {
+            check_against_model(cap, prefill, &ops)?;
+        }
+    }
+
+    proptest! {
+        // Each case runs up to 855 operations on a full pool of 255 (with restarts that
+        // serialise it): fewer cases keep the suite quick.
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn ids_stay_unique_and_stable_at_full_size(
+            ops in proptest::collection::vec(op(300), 100..600),
+        ) {
+            check_against_model(255, true, &ops)?;
+        }
+    }
+}
