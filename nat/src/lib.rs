@@ -1,5 +1,90 @@
 //! Connection tracking and NAT on packet bytes; no I/O.
 //!
-//! Nothing lives here yet: the issue that builds this crate has not been taken.
+//! Everything here works on plain values and on IPv4 packet bytes (starting at the IP
+//! header): no sockets, no threads, no clock. Time comes in as a monotonic `u64` of
+//! milliseconds (`now_ms`), the same clock the vswitch engine uses for its FDB.
+//!
+//! # Pieces
+//! - [`parse`]: packet bytes -> [`PacketInfo`] (5-tuple, TCP flags, echo or ICMP error).
+//! - [`Conntrack`]: the connection table, keyed by [`Zone`] (the Network) + [`Tuple`]; both
+//!   the original and the reply key find a connection. TCP state machine ([`TcpProgress`]),
+//!   UDP unreplied/replied, ICMP echo by identifier; idle timeouts from [`Timeouts`]; a table
+//!   limit with eviction of unassured entries; an incremental [`Conntrack::sweep`]. Each
+//!   entry carries [`Attachments`] for the policy and load-balancer stages.
+//! - [`NatRules`]: the compiled NATGateway / PortForward / VirtualIP configuration, and
+//!   [`NatRules::plan`], the NAT decision for a flow's first packet (masquerade, 1:1, DNAT,
+//!   hairpinning).
+//! - Port blocks ([`Gateway`]): endpoint-independent masquerade mappings with port
+//!   preservation, each interface confined to its own block(s) of `portsPerNetworkInterface`
+//!   ports; exhaustion is an error value ([`NatError`]), never a wait.
+//! - [`translate()`]: rewrites addresses, ports and echo identifiers in place with RFC 1624
+//!   incremental checksums, ICMP errors with their quoted packet included, for complete or
+//!   partial (offloaded) checksums ([`ChecksumMode`]).
+//!
+//! # Sharing between workers
+//! One [`Conntrack`] is shared by all workers (behind an `Arc`), sharded 64 ways with a
+//! read-write lock per shard, as DESIGN.md asks ("mutable shared state lives in sharded
+//! tables; hits are read-only, updates are rare"). Per-worker tables would need flow
+//! steering that puts both directions of a flow on the same worker, and we cannot have it: a
+//! masqueraded flow's packets leave through a TAP queue chosen by the container's kernel and
+//! come back through the uplink's AF_PACKET fanout, which hashes the *translated* tuple. So:
+//! - a hit (any packet after the first, either direction) takes one shard's read lock and
+//!   updates only atomics inside its entry (state by compare-and-swap, the idle timer only
+//!   when the millisecond changed);
+//! - a flow's first packet, a removal and an eviction take the write locks of at most two
+//!   shards, in index order; masquerade port allocation has its own mutex, taken only then;
+//! - the per-worker flow cache of DESIGN.md can keep a flow's [`Tracked::target`] and skip
+//!   even the read lock, revalidating with a periodic lookup (to refresh the idle timer and
+//!   follow TCP state) and on snapshot change.
+//!
+//! # Eviction and refusal
+//! When the table holds `max_entries` (default 1,000,000), a new flow looks at most
+//! [`conntrack::EVICT_SCAN`] slots in each of two non-empty shards for an unassured, expired, or TCP
+//! `TIME_WAIT`/`CLOSE` entry and evicts it; if none is found the flow is refused with
+//! [`CreateError::TableFull`] and counted. Assured connections are never evicted.
+//!
+//! # How the vswitch datapath uses it
+//! In the L3 stage, after port security and routing input, once per packet (DESIGN.md:
+//! "conntrack is looked up once per packet and shared by stateful policy, LB affinity and
+//! NAT"), on the IPv4 packet (after the Ethernet header):
+//! 1. `parse(ip_bytes)`; on error count `error.key()` and drop (or bypass conntrack for
+//!    untracked protocols, if the policy allows).
+//! 2. `zone` = the ingress port's Network id, or [`Zone::EXTERNAL`] for the uplink.
+//! 3. `conntrack.lookup(zone, &info, now_ms)`. On a miss (and not an ICMP error):
+//!    `rules.plan(&key, ingress_interface, |k| route(k))` with the snapshot's [`NatRules`],
+//!    then `conntrack.create(zone, &info, &plan, attachments, now_ms)`; count and drop on
+//!    [`PlanError`] / [`CreateError`]. An ICMP error that misses is dropped.
+//! 4. If `tracked.target` is `Some`, `translate(ip_bytes, &target, mode)` with
+//!    [`ChecksumMode::Partial`] when the frame's virtio header has `NEEDS_CSUM`, else `Full`.
+//! 5. Continue routing in `tracked.egress_zone` with the translated destination.
+//! 6. Call `conntrack.sweep(now_ms, budget)` once per batch or from a timer (e.g. budget 256).
+//!
+//! The uplink answers ARP for [`NatRules::owns`] addresses and hands their packets to the
+//! same path with zone [`Zone::EXTERNAL`]. Fragments are refused by [`parse`]: reassemble
+//! first or count them.
 
 #![forbid(unsafe_code)]
+
+pub mod checksum;
+pub mod config;
+pub mod conntrack;
+pub mod packet;
+pub mod ports;
+pub mod rules;
+pub mod tcp;
+pub mod translate;
+pub mod tuple;
+mod wire;
+
+pub use config::{ConntrackConfig, Timeouts};
+pub use conntrack::{
+    Attachments, ConnInfo, ConnState, Conntrack, ConntrackStats, CreateError, SweepReport, Tracked,
+};
+pub use packet::{EchoKind, PacketInfo, PacketKind, ParseError, parse};
+pub use ports::{Gateway, InterfaceId, InterfaceUsage, NatError};
+pub use rules::{
+    Dnat, Egress, NatPlan, NatRules, PlanError, PortForward, RulesError, Snat, VirtualIp,
+};
+pub use tcp::{TcpFlags, TcpProgress, TcpState};
+pub use translate::{ChecksumMode, TranslateError, translate};
+pub use tuple::{Direction, Endpoint, FlowKey, Protocol, Tuple, Zone};
