@@ -628,6 +628,315 @@ mod tests {
         assert!(value["ports"].is_array(), "{value}");
     }
 
+    /// Two Networks that peer with each other (each with one Subnet), and a Route in the
+    /// first, as YAML. Names are `{tag}a`/`{tag}b` (Networks), `{tag}sa`/`{tag}sb` (Subnets)
+    /// and `{tag}r` (the Route).
+    fn peered_networks(tag: &str, b_peers_back: bool) -> String {
+        let back = if b_peers_back {
+            format!("[{{name: back, network: {tag}a}}]")
+        } else {
+            "[]".to_string()
+        };
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: {tag}a}}\n\
+             spec: {{peerings: [{{name: to-b, network: {tag}b}}]}}\n\
+             ---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: {tag}b}}\n\
+             spec: {{peerings: {back}}}\n\
+             ---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: {tag}sa}}\n\
+             spec: {{network: {tag}a, cidr: 10.78.1.0/24, gateway: 10.78.1.1}}\n\
+             ---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: {tag}sb}}\n\
+             spec: {{network: {tag}b, cidr: 10.78.2.0/24, gateway: 10.78.2.1, gatewayMac: '02:00:00:00:78:02'}}\n\
+             ---\napiVersion: vswitch/v1alpha1\nkind: Route\nmetadata: {{name: {tag}r}}\n\
+             spec: {{network: {tag}a, destination: 192.168.78.0/24, nextHop: 10.78.1.254}}\n"
+        )
+    }
+
+    #[test]
+    fn routes_peerings_routing_table_and_neighbors_over_http() {
+        let server = Server::start();
+        let t = unique("p");
+        let (a, b, sa, sb, r) = (
+            format!("{t}a"),
+            format!("{t}b"),
+            format!("{t}sa"),
+            format!("{t}sb"),
+            format!("{t}r"),
+        );
+        // One side only: Pending, no peering routes.
+        let applied = server.expect(
+            Method::POST,
+            "/v1/apply",
+            Some(&peered_networks(&t, false)),
+            200,
+        );
+        assert_eq!(
+            applied[4],
+            json!({"kind": "Route", "name": r, "action": "created"})
+        );
+        let network = server.expect(Method::GET, &format!("/v1/networks/{a}"), None, 200);
+        assert_eq!(
+            network["spec"]["peerings"],
+            json!([{"name": "to-b", "network": b}])
+        );
+        assert_eq!(
+            network["status"]["peerings"][0]["state"], "Pending",
+            "{network}"
+        );
+        let table = server.expect(
+            Method::GET,
+            &format!("/v1/routing-table?network={a}"),
+            None,
+            200,
+        );
+        assert_eq!(
+            table,
+            json!([
+                {"network": a, "destination": "10.78.1.0/24", "nextHop": null, "subnet": sa, "origin": "connected"},
+                {"network": a, "destination": "192.168.78.0/24", "nextHop": "10.78.1.254", "subnet": sa, "origin": format!("static:{r}")},
+            ])
+        );
+
+        // Both sides: Ready, and each table routes to the other's Subnet.
+        server.expect(
+            Method::POST,
+            "/v1/apply",
+            Some(&peered_networks(&t, true)),
+            200,
+        );
+        let network = server.expect(Method::GET, &format!("/v1/network/{b}"), None, 200);
+        assert_eq!(
+            network["status"]["peerings"],
+            json!([{"name": "back", "network": a, "state": "Ready"}])
+        );
+        let table = server.expect(Method::GET, "/v1/routing-table", None, 200);
+        let rows: Vec<(String, String, String)> = table
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|row| {
+                (
+                    row["network"].as_str().unwrap_or("?").to_string(),
+                    row["destination"].as_str().unwrap_or("?").to_string(),
+                    row["origin"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .filter(|row| row.0 == a || row.0 == b)
+            .collect();
+        let row = |n: &str, d: &str, o: &str| (n.to_string(), d.to_string(), o.to_string());
+        assert_eq!(
+            rows,
+            [
+                row(&a, "10.78.1.0/24", "connected"),
+                row(&a, "10.78.2.0/24", &format!("peering:{b}")),
+                row(&a, "192.168.78.0/24", &format!("static:{r}")),
+                row(&b, "10.78.1.0/24", &format!("peering:{a}")),
+                row(&b, "10.78.2.0/24", "connected"),
+            ]
+        );
+
+        // `routes` is the Route resource kind; its status names the egress Subnet.
+        let routes = server.expect(Method::GET, "/v1/routes", None, 200);
+        assert_eq!(routes.as_array().map(Vec::len), Some(1), "{routes}");
+        assert_eq!(routes[0]["kind"], "Route");
+        assert_eq!(routes[0]["status"], json!({"subnet": sa, "state": "Ready"}));
+        let subnet = server.expect(Method::GET, &format!("/v1/subnets/{sb}"), None, 200);
+        assert_eq!(subnet["status"]["gatewayMac"], "02:00:00:00:78:02");
+        let subnet = server.expect(Method::GET, &format!("/v1/subnets/{sa}"), None, 200);
+        let mac = subnet["status"]["gatewayMac"]
+            .as_str()
+            .expect("a derived MAC");
+        assert_eq!(mac.len(), 17, "{mac}");
+
+        // Refusals: nothing changes.
+        let overlapping = format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: {t}sc}}\n\
+             spec: {{network: {t}b, cidr: 10.78.1.128/25, gateway: 10.78.1.129}}\n"
+        );
+        let refused = server.expect(Method::POST, "/v1/apply", Some(&overlapping), 400);
+        let (message, field) = error_of(&refused);
+        for word in ["10.78.1.128/25", "10.78.1.0/24", a.as_str(), b.as_str()] {
+            assert!(message.contains(word), "{word:?} not in {message}");
+        }
+        assert_eq!(field, "documents[0].spec.cidr");
+        server.expect(Method::GET, &format!("/v1/subnets/{t}sc"), None, 404);
+        let bad_route = format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Route\nmetadata: {{name: {t}bad}}\n\
+             spec: {{network: {a}, destination: 10.0.0.0/8, nextHop: 10.78.1.1}}\n"
+        );
+        let refused = server.expect(Method::POST, "/v1/apply", Some(&bad_route), 400);
+        let (message, field) = error_of(&refused);
+        assert!(message.contains("is the gateway"), "{message}");
+        assert!(message.contains(&format!("{sa} 10.78.1.0/24")), "{message}");
+        assert_eq!(field, "documents[0].spec.nextHop");
+
+        // The computed table is not a kind; the query is checked.
+        let missing = server.expect(Method::GET, "/v1/routing-table?network=nope", None, 404);
+        let (message, _) = error_of(&missing);
+        assert_eq!(message, "Network \"nope\" not found");
+        let bad = server.expect(Method::GET, "/v1/routing-table?net=x", None, 400);
+        let (message, _) = error_of(&bad);
+        assert!(message.contains("network=NAME"), "{message}");
+        server.expect(Method::POST, "/v1/routing-table", Some("{}"), 405);
+
+        let neighbors = server.expect(Method::GET, "/v1/neighbors", None, 200);
+        assert!(neighbors.is_array(), "{neighbors}");
+
+        // Removing one side: Pending again, the peering routes are gone.
+        server.expect(
+            Method::POST,
+            "/v1/apply",
+            Some(&peered_networks(&t, false)),
+            200,
+        );
+        let table = server.expect(
+            Method::GET,
+            &format!("/v1/routing-table?network={b}"),
+            None,
+            200,
+        );
+        assert_eq!(table.as_array().map(Vec::len), Some(1), "{table}");
+        // Routes are deleted like any resource.
+        server.expect(Method::DELETE, &format!("/v1/routes/{r}"), None, 204);
+        server.expect(Method::GET, &format!("/v1/routes/{r}"), None, 404);
+    }
+
+    #[test]
+    fn vswitchctl_routes_neighbors_and_tables() {
+        let server = Server::start();
+        let t = unique("q");
+        let (a, b, sa, r) = (
+            format!("{t}a"),
+            format!("{t}b"),
+            format!("{t}sa"),
+            format!("{t}r"),
+        );
+        server.expect(
+            Method::POST,
+            "/v1/apply",
+            Some(&peered_networks(&t, true)),
+            200,
+        );
+
+        let (out, _) = server.ctl_code(&["get", "routes"], 0);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["NAME", "NETWORK", "DESTINATION", "NEXTHOP", "STATE"]
+        );
+        let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                r.as_str(),
+                a.as_str(),
+                "192.168.78.0/24",
+                "10.78.1.254",
+                "Ready"
+            ]
+        );
+
+        let (out, _) = server.ctl_code(&["get", "networks"], 0);
+        let header: Vec<&str> = out
+            .lines()
+            .next()
+            .expect("header")
+            .split_whitespace()
+            .collect();
+        assert_eq!(header, ["NAME", "SUBNETS", "PEERINGS"]);
+        let row: Vec<&str> = out
+            .lines()
+            .find(|line| line.starts_with(&format!("{a} ")))
+            .unwrap_or_else(|| panic!("{a} not in:\n{out}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(row, [a.as_str(), sa.as_str(), &format!("{b}:Ready")]);
+
+        let (out, _) = server.ctl_code(&["routes", "--network", &a], 0);
+        let table: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            table,
+            [
+                vec!["NETWORK", "DESTINATION", "NEXTHOP", "SUBNET", "ORIGIN"],
+                vec![
+                    a.as_str(),
+                    "10.78.1.0/24",
+                    "direct",
+                    sa.as_str(),
+                    "connected"
+                ],
+                vec![
+                    a.as_str(),
+                    "10.78.2.0/24",
+                    "direct",
+                    &format!("{t}sb"),
+                    &format!("peering:{b}")
+                ],
+                vec![
+                    a.as_str(),
+                    "192.168.78.0/24",
+                    "10.78.1.254",
+                    sa.as_str(),
+                    &format!("static:{r}")
+                ],
+            ]
+        );
+        let (out, _) = server.ctl_code(&["routes"], 0);
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{b} "))),
+            "{out}"
+        );
+        let (out, _) = server.ctl_code(&["routes", "-n", &b, "-o", "json"], 0);
+        let value: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(value.as_array().map(Vec::len), Some(2), "{value}");
+        let (out, _) = server.ctl_code(&["routes", "-n", &b, "-o", "yaml"], 0);
+        assert!(out.contains(&format!("origin: peering:{a}")), "{out}");
+        let (_, err) = server.ctl_code(&["routes", "--network", "nope"], 1);
+        assert!(
+            err.starts_with("vswitchctl: Network \"nope\" not found"),
+            "{err}"
+        );
+        assert!(err.contains("try: vswitchctl get networks"), "{err}");
+
+        let (out, err) = server.ctl_code(&["neighbors"], 0);
+        assert!(
+            out.starts_with("SUBNET   IP") || (out.is_empty() && err == "no neighbors\n"),
+            "stdout:\n{out}\nstderr:\n{err}"
+        );
+        let (out, _) = server.ctl_code(&["neighbors", "-o", "json"], 0);
+        let value: Value = serde_json::from_str(&out).expect("JSON");
+        assert!(value.is_array(), "{value}");
+
+        let (out, _) = server.ctl_code(&["describe", "network", &a], 0);
+        assert!(
+            out.contains(&format!(
+                "Peerings:\n  NAME   NETWORK{}STATE",
+                " ".repeat(b.len() - 4)
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!("  to-b   {b}   Ready")), "{out}");
+        assert!(
+            out.contains("Routes:\n  DESTINATION       NEXTHOP"),
+            "{out}"
+        );
+        assert!(out.contains(&format!("static:{r}")), "{out}");
+
+        // YAML of routes is re-appliable.
+        let (out, _) = server.ctl_code(&["get", "routes", "-o", "yaml"], 0);
+        let (applied, _) = check_code(
+            &["apply", "-f", "-"],
+            server.ctl_with_stdin(&["apply", "-f", "-"], &out),
+            0,
+        );
+        assert_eq!(applied, format!("route/{r} unchanged\n"));
+        let (out, _) = server.ctl_code(&["delete", "route", &r], 0);
+        assert_eq!(out, format!("route/{r} deleted\n"));
+    }
+
     /// A namespace with a unique name, deleted on drop.
     struct TestNetns(String);
 

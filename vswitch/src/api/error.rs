@@ -6,7 +6,7 @@
 //! `{"error": {"message": "...", "field": "spec.cidr" | null}}`.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, StringRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -81,6 +81,18 @@ impl From<PathRejection> for ErrorResponse {
             StatusCode::BAD_REQUEST
         };
         ErrorResponse::new(status, format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ErrorResponse {
+    fn from(rejection: QueryRejection) -> ErrorResponse {
+        ErrorResponse::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid query: {}; the only parameter is network=NAME",
+                rejection.body_text()
+            ),
+        )
     }
 }
 

@@ -8,6 +8,8 @@
 //! | POST | `/v1/apply` | 200 `[{"kind", "name", "action"}]` (body: YAML or JSON documents) |
 //! | GET | `/v1/fdb` | 200 learned MACs |
 //! | GET | `/v1/stats` | 200 counters |
+//! | GET | `/v1/routing-table[?network=N]` | 200 the computed routing tables |
+//! | GET | `/v1/neighbors` | 200 the neighbour (ARP) table |
 //! | GET | `/v1/{kind}` | 200 array of resources |
 //! | POST | `/v1/{kind}` | 201 the created resource (body: one JSON resource) |
 //! | GET | `/v1/{kind}/{name}` | 200 the resource |
@@ -59,6 +61,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/apply", post(resources::apply))
         .route("/v1/fdb", get(node::fdb))
         .route("/v1/stats", get(node::stats))
+        .route("/v1/routing-table", get(node::routing_table))
+        .route("/v1/neighbors", get(node::neighbors))
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
             "/v1/{kind}/{name}",
@@ -77,7 +81,7 @@ async fn not_found(method: Method, uri: Uri) -> ErrorResponse {
         StatusCode::NOT_FOUND,
         format!(
             "no endpoint {method} {}; the API serves /v1/version, /v1/apply, /v1/fdb, \
-             /v1/stats, /v1/{{kind}} and /v1/{{kind}}/{{name}}",
+             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/{{kind}} and /v1/{{kind}}/{{name}}",
             uri.path()
         ),
     )

@@ -1,14 +1,25 @@
-//! Handlers for the node itself rather than a resource: version, learned MACs, counters.
+//! Handlers for the node itself rather than a resource: version, learned MACs, counters, the
+//! computed routing tables and the neighbour table.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ErrorResponse;
 use super::resources::blocking;
-use crate::control::Controller;
+use crate::control::{Controller, RoutingTableRow};
+
+/// The query of `GET /v1/routing-table`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoutingTableQuery {
+    /// Only this Network's table.
+    network: Option<String>,
+}
 
 /// `GET /v1/version`: the daemon's version and the resource API version.
 pub(super) async fn version() -> Json<Value> {
@@ -30,4 +41,27 @@ pub(super) async fn stats(
     State(controller): State<Arc<Controller>>,
 ) -> Result<Json<Value>, ErrorResponse> {
     Ok(Json(blocking(&controller, |c| Ok(c.stats())).await?))
+}
+
+/// `GET /v1/routing-table[?network=N]`: the routing tables the workers use (connected,
+/// peering and static routes), of one Network or all. Not `/v1/routes`: that lists the
+/// Route resources.
+pub(super) async fn routing_table(
+    State(controller): State<Arc<Controller>>,
+    query: Result<Query<RoutingTableQuery>, QueryRejection>,
+) -> Result<Json<Value>, ErrorResponse> {
+    let Query(query) = query?;
+    let rows: Vec<RoutingTableRow> = blocking(&controller, move |c| {
+        c.routing_table(query.network.as_deref())
+    })
+    .await?;
+    // Through `Value`, so keys come out sorted like every other answer.
+    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
+}
+
+/// `GET /v1/neighbors`: the neighbour (ARP) table: subnet, address, MAC, state, age.
+pub(super) async fn neighbors(
+    State(controller): State<Arc<Controller>>,
+) -> Result<Json<Value>, ErrorResponse> {
+    Ok(Json(blocking(&controller, |c| Ok(c.neighbors())).await?))
 }

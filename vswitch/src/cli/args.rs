@@ -58,7 +58,7 @@ pub enum Command {
     /// documents are validated first; if one is wrong, nothing changes.
     Apply(ApplyArgs),
     /// List resources of a kind, or show one. KIND is any case, singular or plural
-    /// (network, subnet, networkinterface).
+    /// (network, subnet, networkinterface, route).
     Get(GetArgs),
     /// Show every field of one resource, for people.
     Describe(DescribeArgs),
@@ -74,6 +74,11 @@ pub enum Command {
     /// Show counters: per-port packets and bytes, drops by reason, events (non-zero ones;
     /// -o wide shows all).
     Stats(OutputArgs),
+    /// Show the routing tables the switch uses: connected, peering and static routes of each
+    /// Network (`get routes` lists the Route resources instead).
+    Routes(RoutesArgs),
+    /// Show the neighbour (ARP) table: subnet, address, MAC, state, age.
+    Neighbors(OutputArgs),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
 }
@@ -136,9 +141,20 @@ pub struct DetachArgs {
     pub name: String,
 }
 
-/// `fdb` and `stats`.
+/// `fdb`, `stats` and `neighbors`.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `routes [--network N] [-o FORMAT]`.
+#[derive(Debug, Args)]
+pub struct RoutesArgs {
+    /// Only this Network's table.
+    #[arg(long, short = 'n', value_name = "NETWORK")]
+    pub network: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -528,6 +544,28 @@ mod tests {
     }
 
     #[test]
+    fn routes_and_neighbors_command_lines() {
+        let cli = Cli::try_parse_from(["vswitchctl", "routes", "--network", "blue", "-o", "json"])
+            .expect("parse");
+        let Command::Routes(args) = cli.command else {
+            panic!("expected routes");
+        };
+        assert_eq!(args.network.as_deref(), Some("blue"));
+        assert_eq!(args.output, OutputFormat::Json);
+        let cli = Cli::try_parse_from(["vswitchctl", "routes"]).expect("parse");
+        let Command::Routes(args) = cli.command else {
+            panic!("expected routes");
+        };
+        assert_eq!(args.network, None);
+        assert_eq!(args.output, OutputFormat::Table);
+        let cli = Cli::try_parse_from(["vswitchctl", "neighbors", "-o", "yaml"]).expect("parse");
+        let Command::Neighbors(args) = cli.command else {
+            panic!("expected neighbors");
+        };
+        assert_eq!(args.output, OutputFormat::Yaml);
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for argv in [
             &["vswitchctl", "attach", "c1", "--ip", "10.0.0.5/40"][..],
@@ -535,6 +573,8 @@ mod tests {
             &["vswitchctl", "attach", "c1", "--kind", "macvlan"][..],
             &["vswitchctl", "attach", "c1", "--mtu", "20"][..],
             &["vswitchctl", "get", "subnets", "-o", "xml"][..],
+            &["vswitchctl", "routes", "--network"][..],
+            &["vswitchctl", "neighbors", "-o", "csv"][..],
             &["vswitchctl", "apply"][..],
         ] {
             let error = Cli::try_parse_from(argv).expect_err(&argv.join(" "));

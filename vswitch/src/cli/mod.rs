@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use args::{
     ApplyArgs, AttachArgs, Cli, Command, DeleteArgs, DescribeArgs, DetachArgs, GetArgs, OutputArgs,
-    OutputFormat,
+    OutputFormat, RoutesArgs,
 };
 use client::{Body, Client, HttpResponse, encode_segment};
 use error::{ApiFailure, CliError};
@@ -75,6 +75,8 @@ pub fn run(
         Command::Detach(args) => detach(&api, args, out),
         Command::Fdb(args) => fdb(&api, args, out, err),
         Command::Stats(args) => stats(&api, args, out),
+        Command::Routes(args) => routes(&api, args, out, err),
+        Command::Neighbors(args) => neighbors(&api, args, out, err),
         Command::Version => version(&api, out),
     }
 }
@@ -296,11 +298,21 @@ fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), C
         .get(&path)
         .map_err(|error| not_found_hint(error, &args.kind))?;
     let mut text = output::describe(&resource);
-    let is_interface = resource
+    let kind = resource
         .get("kind")
         .and_then(Value::as_str)
-        .is_some_and(|kind| kind.eq_ignore_ascii_case("networkinterface"));
-    if is_interface {
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if kind == "network" {
+        // The Network's computed table, when the daemon serves it; describe works without.
+        let path = format!("/v1/routing-table?network={}", encode_segment(&args.name));
+        if let Ok(rows) = api.get(&path) {
+            let mut table = output::routing_table(&rows);
+            table.drop_column("NETWORK");
+            text.push_str(&output::table_section("Routes", &table));
+        }
+    }
+    if kind == "networkinterface" {
         // The port's counters, when the daemon has them; describe works without them.
         if let Ok(stats) = api.get("/v1/stats") {
             let port = stats
@@ -397,6 +409,47 @@ fn fdb(
         return err
             .write_all(b"no learned MAC addresses\n")
             .map_err(CliError::Output);
+    }
+    write(out, &table.render())
+}
+
+fn routes(
+    api: &Api,
+    args: &RoutesArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let path = match &args.network {
+        Some(network) => format!("/v1/routing-table?network={}", encode_segment(network)),
+        None => "/v1/routing-table".to_owned(),
+    };
+    let value = api.get(&path).map_err(|error| match error.status() {
+        Some(404) => error.with_hint("try: vswitchctl get networks   (lists the existing ones)"),
+        _ => error,
+    })?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    let table = output::routing_table(&value);
+    if table.is_empty() {
+        return err.write_all(b"no routes\n").map_err(CliError::Output);
+    }
+    write(out, &table.render())
+}
+
+fn neighbors(
+    api: &Api,
+    args: &OutputArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let value = api.get("/v1/neighbors")?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    let table = output::neighbors_table(&value);
+    if table.is_empty() {
+        return err.write_all(b"no neighbors\n").map_err(CliError::Output);
     }
     write(out, &table.render())
 }

@@ -36,6 +36,16 @@ impl Table {
         self.rows.push(row);
     }
 
+    /// Removes the column with this header, if there is one.
+    pub fn drop_column(&mut self, header: &str) {
+        if let Some(index) = self.headers.iter().position(|h| h == header) {
+            self.headers.remove(index);
+            for row in &mut self.rows {
+                row.remove(index);
+            }
+        }
+    }
+
     /// Number of data rows.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -123,6 +133,28 @@ pub fn labels(resource: &Value) -> String {
     }
 }
 
+/// A Network's peerings as `NETWORK:STATE,...` (the peer Networks with the state from the
+/// status; from the spec without state when there is no status), or `-`.
+pub fn peerings(network: &Value) -> String {
+    let listed = |pointer: &str| {
+        network
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .filter(|items| !items.is_empty())
+    };
+    let text: Vec<String> = if let Some(items) = listed("/status/peerings") {
+        items
+            .iter()
+            .map(|p| format!("{}:{}", at(p, &["/network"]), at(p, &["/state"])))
+            .collect()
+    } else if let Some(items) = listed("/spec/peerings") {
+        items.iter().map(|p| at(p, &["/network"])).collect()
+    } else {
+        return NONE.to_owned();
+    };
+    text.join(",")
+}
+
 /// The kind of a resource, lower case, for choosing a table.
 fn kind_of(resource: &Value) -> String {
     resource
@@ -195,7 +227,7 @@ pub fn resource_table(resources: &[Value], wide: bool, context: &TableContext) -
         "subnet" => {
             let mut headers = vec!["NAME", "NETWORK", "CIDR", "GATEWAY", "MTU"];
             if wide {
-                headers.extend(["RANGE", "RESERVED", "LABELS"]);
+                headers.extend(["RANGE", "RESERVED", "GATEWAY-MAC", "LABELS"]);
             }
             let mut table = Table::new(&headers);
             for r in resources {
@@ -214,14 +246,23 @@ pub fn resource_table(resources: &[Value], wide: bool, context: &TableContext) -
                     } else {
                         format!("{start}..{end}")
                     };
-                    row.extend([range, at(r, &["/spec/reserved"]), labels(r)]);
+                    row.extend([
+                        range,
+                        at(r, &["/spec/reserved"]),
+                        at(r, &["/status/gatewayMac", "/spec/gatewayMac"]),
+                        labels(r),
+                    ]);
                 }
                 table.push(row);
             }
             table
         }
         "network" => {
-            let mut table = Table::new(&["NAME", "SUBNETS", "LABELS"]);
+            let mut headers = vec!["NAME", "SUBNETS", "PEERINGS"];
+            if wide {
+                headers.push("LABELS");
+            }
+            let mut table = Table::new(&headers);
             for r in resources {
                 let subnets = match (&context.subnets_by_network, first(r, &["/status/subnets"])) {
                     (_, Some(listed)) => cell(Some(listed)),
@@ -230,7 +271,36 @@ pub fn resource_table(resources: &[Value], wide: bool, context: &TableContext) -
                         .map_or_else(|| NONE.to_owned(), |names| names.join(",")),
                     (None, None) => NONE.to_owned(),
                 };
-                table.push(vec![name(r), subnets, labels(r)]);
+                let mut row = vec![name(r), subnets, peerings(r)];
+                if wide {
+                    row.push(labels(r));
+                }
+                table.push(row);
+            }
+            table
+        }
+        "route" => {
+            let mut headers = vec!["NAME", "NETWORK", "DESTINATION", "NEXTHOP", "STATE"];
+            if wide {
+                headers.extend(["SUBNET", "LABELS", "MESSAGE"]);
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/network"]),
+                    at(r, &["/spec/destination"]),
+                    at(r, &["/spec/nextHop"]),
+                    at(r, &["/status/state"]),
+                ];
+                if wide {
+                    row.extend([
+                        at(r, &["/status/subnet"]),
+                        labels(r),
+                        at(r, &["/status/message"]),
+                    ]);
+                }
+                table.push(row);
             }
             table
         }
@@ -267,6 +337,76 @@ fn rows<'a>(value: &'a Value, key: &str) -> &'a [Value] {
             .map_or(&[], Vec::as_slice),
         _ => &[],
     }
+}
+
+/// The computed routing tables: NETWORK DESTINATION NEXTHOP SUBNET ORIGIN; NEXTHOP is
+/// `direct` when the destination is on the egress Subnet.
+pub fn routing_table(rows_value: &Value) -> Table {
+    let mut table = Table::new(&["NETWORK", "DESTINATION", "NEXTHOP", "SUBNET", "ORIGIN"]);
+    for row in rows(rows_value, "routes") {
+        let next_hop = match first(row, &["/nextHop"]) {
+            Some(value) => cell(Some(value)),
+            None => "direct".to_owned(),
+        };
+        table.push(vec![
+            at(row, &["/network"]),
+            at(row, &["/destination"]),
+            next_hop,
+            at(row, &["/subnet"]),
+            at(row, &["/origin"]),
+        ]);
+    }
+    table
+}
+
+/// The neighbour table: SUBNET IP MAC STATE AGE.
+pub fn neighbors_table(neighbors: &Value) -> Table {
+    let mut table = Table::new(&["SUBNET", "IP", "MAC", "STATE", "AGE"]);
+    for row in rows(neighbors, "neighbors") {
+        let age = row
+            .get("age_seconds")
+            .or_else(|| row.get("ageSeconds"))
+            .and_then(Value::as_u64)
+            .map_or_else(|| NONE.to_owned(), format_age);
+        table.push(vec![
+            at(row, &["/subnet"]),
+            at(row, &["/ip"]),
+            at(row, &["/mac"]),
+            at(row, &["/state"]),
+            age,
+        ]);
+    }
+    table
+}
+
+/// A table as a `describe` section: `Key:` then the table indented by two, or `Key:  <none>`.
+pub fn table_section(key: &str, table: &Table) -> String {
+    if table.is_empty() {
+        return format!("{key}:  <none>\n");
+    }
+    let mut text = format!("{key}:\n");
+    for line in table.render().lines() {
+        let _ = writeln!(text, "  {line}");
+    }
+    text
+}
+
+/// The `Peerings:` section of a Network's `describe`: NAME NETWORK STATE MESSAGE.
+fn peerings_section(network: &Value) -> String {
+    let mut table = Table::new(&["NAME", "NETWORK", "STATE", "MESSAGE"]);
+    let items = network
+        .pointer("/status/peerings")
+        .or_else(|| network.pointer("/spec/peerings"))
+        .and_then(Value::as_array);
+    for peering in items.into_iter().flatten() {
+        table.push(vec![
+            at(peering, &["/name"]),
+            at(peering, &["/network"]),
+            at(peering, &["/state"]),
+            at(peering, &["/message"]),
+        ]);
+    }
+    table_section("Peerings", &table)
 }
 
 /// The `fdb` table: SUBNET MAC PORT AGE.
@@ -356,8 +496,23 @@ pub fn stats_report(stats: &Value, show_zero: bool) -> String {
 }
 
 /// `describe`: every field of a resource, for people. Name, kind, API version and labels
-/// first, then other metadata, then spec, status and any other section.
+/// first, then other metadata, then spec, status and any other section. A Network's
+/// peerings, with their state, follow as a table.
 pub fn describe(resource: &Value) -> String {
+    if kind_of(resource) == "network" {
+        // Peerings get a table of their own, after the generic sections.
+        let mut shown = resource.clone();
+        if let Some(Value::Object(status)) = shown.get_mut("status") {
+            status.remove("peerings");
+        }
+        let mut text = describe_fields(&shown);
+        text.push_str(&peerings_section(resource));
+        return text;
+    }
+    describe_fields(resource)
+}
+
+fn describe_fields(resource: &Value) -> String {
     let mut text = String::new();
     let metadata = resource.get("metadata");
     let mut head: Vec<(String, String)> = vec![
@@ -623,10 +778,125 @@ b         default   10.9.0.0/24     10.9.0.1     9000
         assert_eq!(
             resource_table(&networks, false, &TableContext::from_subnets(&subnets)).render(),
             "\
-NAME      SUBNETS     LABELS
+NAME      SUBNETS     PEERINGS
 default   default,b   -
-empty     -           a=1,b=2
+empty     -           -
 "
+        );
+        let wide = resource_table(&networks, true, &TableContext::from_subnets(&subnets));
+        assert!(wide.render().contains("   a=1,b=2\n"), "{}", wide.render());
+    }
+
+    fn peered_network() -> Value {
+        json!({"kind": "Network", "metadata": {"name": "blue"},
+               "spec": {"peerings": [{"name": "to-red", "network": "red"},
+                                     {"name": "to-green", "network": "green"}]},
+               "status": {"subnets": ["web", "db"],
+                          "peerings": [{"name": "to-red", "network": "red", "state": "Ready"},
+                                       {"name": "to-green", "network": "green", "state": "Pending",
+                                        "message": "Network \"green\" does not exist yet"}]}})
+    }
+
+    #[test]
+    fn network_table_shows_peerings_with_state() {
+        assert_eq!(
+            resource_table(&[peered_network()], false, &TableContext::default()).render(),
+            "\
+NAME   SUBNETS   PEERINGS
+blue   web,db    red:Ready,green:Pending
+"
+        );
+        // Without a status (an older daemon), the spec's peer Networks.
+        let mut bare = peered_network();
+        bare.as_object_mut().unwrap().remove("status");
+        assert_eq!(peerings(&bare), "red,green");
+    }
+
+    #[test]
+    fn route_table() {
+        let routes = vec![
+            json!({"kind": "Route", "metadata": {"name": "lab", "labels": {"a": "b"}},
+                   "spec": {"network": "blue", "destination": "192.168.50.0/24", "nextHop": "10.1.1.254"},
+                   "status": {"subnet": "edge", "state": "Ready"}}),
+            json!({"kind": "Route", "metadata": {"name": "old"},
+                   "spec": {"network": "blue", "destination": "10.2.0.0/24", "nextHop": "10.1.0.9"},
+                   "status": {"subnet": "web", "state": "Shadowed", "message": "peering wins"}}),
+        ];
+        assert_eq!(
+            resource_table(&routes, false, &TableContext::default()).render(),
+            "\
+NAME   NETWORK   DESTINATION       NEXTHOP      STATE
+lab    blue      192.168.50.0/24   10.1.1.254   Ready
+old    blue      10.2.0.0/24       10.1.0.9     Shadowed
+"
+        );
+        let wide = resource_table(&routes, true, &TableContext::default()).render();
+        assert!(wide.contains("   SUBNET   LABELS   MESSAGE\n"), "{wide}");
+        assert!(
+            wide.contains("   Shadowed   web      -        peering wins\n"),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn routing_and_neighbor_tables() {
+        let rows = json!([
+            {"network": "blue", "destination": "10.1.0.0/24", "nextHop": null, "subnet": "web", "origin": "connected"},
+            {"network": "blue", "destination": "10.2.0.0/24", "subnet": "db", "origin": "peering:red"},
+            {"network": "blue", "destination": "0.0.0.0/0", "nextHop": "10.1.0.254", "subnet": "web", "origin": "static:default"},
+        ]);
+        assert_eq!(
+            routing_table(&rows).render(),
+            "\
+NETWORK   DESTINATION   NEXTHOP      SUBNET   ORIGIN
+blue      10.1.0.0/24   direct       web      connected
+blue      10.2.0.0/24   direct       db       peering:red
+blue      0.0.0.0/0     10.1.0.254   web      static:default
+"
+        );
+        let neighbors = json!([
+            {"subnet": "web", "ip": "10.1.0.5", "mac": "02:00:00:00:00:05", "state": "reachable", "age_seconds": 12},
+            {"subnet": "web", "ip": "10.1.0.254", "mac": "", "state": "incomplete", "age_seconds": 0},
+        ]);
+        assert_eq!(
+            neighbors_table(&neighbors).render(),
+            "\
+SUBNET   IP           MAC                 STATE        AGE
+web      10.1.0.5     02:00:00:00:00:05   reachable    12s
+web      10.1.0.254   -                   incomplete   0s
+"
+        );
+        assert!(neighbors_table(&json!([])).is_empty());
+        assert_eq!(
+            table_section("Routes", &routing_table(&json!([]))),
+            "Routes:  <none>\n"
+        );
+    }
+
+    #[test]
+    fn describe_network_lists_peerings_with_state() {
+        let text = describe(&peered_network());
+        assert!(
+            text.ends_with(
+                "\
+Status:
+  subnets:  web, db
+Peerings:
+  NAME       NETWORK   STATE     MESSAGE
+  to-red     red       Ready     -
+  to-green   green     Pending   Network \"green\" does not exist yet
+"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Spec:\n  peerings:\n    -\n      name:     to-red\n"),
+            "{text}"
+        );
+        let bare = describe(&json!({"kind": "Network", "metadata": {"name": "n"}, "spec": {}}));
+        assert!(
+            bare.ends_with("Status:  <none>\nPeerings:  <none>\n"),
+            "{bare}"
         );
     }
 
@@ -731,7 +1001,7 @@ Status:
   state:    up
 "
         );
-        let bare = describe(&json!({"kind": "Network", "metadata": {"name": "n"}, "spec": {}}));
+        let bare = describe(&json!({"kind": "Subnet", "metadata": {"name": "n"}, "spec": {}}));
         assert!(
             bare.contains("Labels:       <none>\nSpec:  <none>\nStatus:  <none>\n"),
             "{bare}"
@@ -740,7 +1010,7 @@ Status:
 
     #[test]
     fn describe_nests_objects_and_lists() {
-        let r = json!({"kind": "Network", "metadata": {"name": "n"},
+        let r = json!({"kind": "Overlay", "metadata": {"name": "n"},
                        "spec": {"peerings": [{"network": "b"}], "reserved": ["10.0.0.2", "10.0.0.3"]},
                        "status": {"peerings": {"b": "Pending"}}});
         let text = describe(&r);

@@ -11,13 +11,19 @@
 //!   before an id is (re)used and after its port is gone.
 //! - A NetworkInterface whose device cannot be re-opened after a restart stays, with state
 //!   `lost` and a message, out of the snapshot, until the user deletes it.
+//! - Subnet and Network ids are dense and stable within a run: a name keeps its id while it
+//!   exists; a freed id is reused by the next new name.
+//! - The node id is generated on first boot and persisted before anything else; gateway MACs
+//!   derive from it ([`routing::gateway_mac`]).
 //! - Lock order: the state lock, then the engine lock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde_json::Value;
@@ -27,9 +33,13 @@ use super::ipam::Pool;
 use super::resource::{
     Document, InterfaceState, Kind, NetworkInterface, Origin, Resource, parse_documents, parse_one,
 };
-use super::store::{State, Store};
+use super::routing;
+use super::store::{NodeId, State, Store};
 use super::validate::{self, Mode, Plan};
-use crate::engine::{Engine, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId};
+use crate::engine::{
+    Engine, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot,
+    SubnetEntry, SubnetId,
+};
 use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
 
 /// How long a removed port's queues may stay in use by workers (finishing a batch on an
@@ -45,6 +55,23 @@ pub struct AppliedResource {
     pub name: String,
     /// `created`, `configured` or `unchanged`.
     pub action: String,
+}
+
+/// One row of a Network's computed routing table (`GET /v1/routing-table`), as the workers
+/// use it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingTableRow {
+    /// The Network whose table this is.
+    pub network: String,
+    /// Destination prefix.
+    pub destination: Ipv4Net,
+    /// The router's address, or `null` when the destination is on the egress Subnet.
+    pub next_hop: Option<Ipv4Addr>,
+    /// The egress Subnet (of a peered Network for a peering route).
+    pub subnet: String,
+    /// `connected`, `static:ROUTE` or `peering:NETWORK`.
+    pub origin: String,
 }
 
 /// Owns desired state, allocations, ports and the engine. All methods are blocking and
@@ -66,6 +93,8 @@ struct Inner {
     port_ids: IdPool,
     subnet_ids: BTreeMap<String, SubnetId>,
     subnet_id_pool: IdPool,
+    network_ids: BTreeMap<String, NetworkId>,
+    network_id_pool: IdPool,
 }
 
 #[derive(Debug)]
@@ -120,7 +149,13 @@ impl Controller {
     pub fn open(state_dir: &Path, engine: Engine) -> Result<Controller, ApiError> {
         let (store, loaded) = Store::open(state_dir)?;
         let fresh = loaded.is_none();
-        let state = loaded.unwrap_or_default();
+        let mut state = loaded.unwrap_or_default();
+        let new_node = state.node_id.is_none();
+        if new_node {
+            let id = NodeId::generate();
+            tracing::info!(node_id = %id, "generated this node's id (gateway MACs derive from it)");
+            state.node_id = Some(id);
+        }
         let mut inner = Inner {
             store,
             state,
@@ -128,6 +163,8 @@ impl Controller {
             port_ids: IdPool::new(u32::try_from(MAX_PORTS).unwrap_or(u32::MAX)),
             subnet_ids: BTreeMap::new(),
             subnet_id_pool: IdPool::new(u32::MAX),
+            network_ids: BTreeMap::new(),
+            network_id_pool: IdPool::new(u32::MAX),
         };
         let workers = engine.workers();
         let mut status_changed = false;
@@ -171,7 +208,7 @@ impl Controller {
             }
             status_changed |= nic.status != before;
         }
-        if status_changed || fresh {
+        if status_changed || fresh || new_node {
             inner.store.save(&inner.state)?;
         }
         let controller = Controller {
@@ -235,6 +272,7 @@ impl Controller {
             Kind::Network => state.networks.keys().collect(),
             Kind::Subnet => state.subnets.keys().collect(),
             Kind::NetworkInterface => state.network_interfaces.keys().collect(),
+            Kind::Route => state.routes.keys().collect(),
         };
         names
             .into_iter()
@@ -262,16 +300,19 @@ impl Controller {
         validate::check_delete(&inner.state, kind, name)?;
         let mut next = inner.state.clone();
         match kind {
-            Kind::Network => {
-                next.networks.remove(name);
+            Kind::Network | Kind::Subnet | Kind::Route => {
+                match kind {
+                    Kind::Network => drop(next.networks.remove(name)),
+                    Kind::Subnet => {
+                        next.subnets.remove(name);
+                        next.ipam.remove(name);
+                    }
+                    _ => drop(next.routes.remove(name)),
+                }
                 inner.store.save(&next)?;
                 inner.state = next;
-            }
-            Kind::Subnet => {
-                next.subnets.remove(name);
-                next.ipam.remove(name);
-                inner.store.save(&next)?;
-                inner.state = next;
+                // Peers' tables (a Network), connected routes (a Subnet), static routes and
+                // routed sources (a Route) change.
                 let engine = self.engine.read();
                 publish(&engine, &mut inner);
             }
@@ -282,6 +323,64 @@ impl Controller {
         }
         tracing::info!(kind = %kind, name, "deleted");
         Ok(())
+    }
+
+    /// The routing tables the workers use, of one Network or of all, sorted by Network and
+    /// destination.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn routing_table(&self, network: Option<&str>) -> Result<Vec<RoutingTableRow>, ApiError> {
+        if let Some(name) = network {
+            if !self.inner.lock().state.networks.contains_key(name) {
+                return Err(ApiError::NotFound {
+                    kind: Kind::Network.as_str().into(),
+                    name: name.into(),
+                });
+            }
+        }
+        let snapshot = self.engine.read().current();
+        let mut rows = Vec::new();
+        for entry in snapshot.networks() {
+            if network.is_some_and(|name| name != entry.name) {
+                continue;
+            }
+            for route in entry.routes() {
+                let Some(subnet) = snapshot.subnet(route.subnet) else {
+                    continue;
+                };
+                rows.push(RoutingTableRow {
+                    network: entry.name.clone(),
+                    destination: route.prefix,
+                    next_hop: match route.next_hop {
+                        NextHop::Direct => None,
+                        NextHop::Via(addr) => Some(addr),
+                    },
+                    subnet: subnet.name.clone(),
+                    origin: match &route.origin {
+                        RouteOrigin::Connected => "connected".into(),
+                        RouteOrigin::Static(name) => format!("static:{name}"),
+                        RouteOrigin::Peering(peer) => format!("peering:{peer}"),
+                    },
+                });
+            }
+        }
+        rows.sort_by(|a, b| {
+            let key = |r: &RoutingTableRow| {
+                (
+                    r.network.clone(),
+                    r.destination.network(),
+                    r.destination.prefix_len(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        Ok(rows)
+    }
+
+    /// The neighbour (ARP) table.
+    pub fn neighbors(&self) -> serde_json::Value {
+        serde_json::to_value(self.engine.read().neighbors()).unwrap_or_default()
     }
 
     /// Learned MACs.
@@ -660,6 +759,25 @@ fn publish(engine: &Engine, inner: &mut Inner) {
             }
         }
     }
+    let gone: Vec<String> = inner
+        .network_ids
+        .keys()
+        .filter(|name| !inner.state.networks.contains_key(*name))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(id) = inner.network_ids.remove(&name) {
+            inner.network_id_pool.release(id.0);
+        }
+    }
+    let names: Vec<String> = inner.state.networks.keys().cloned().collect();
+    for name in names {
+        if !inner.network_ids.contains_key(&name) {
+            if let Some(id) = inner.network_id_pool.allocate() {
+                inner.network_ids.insert(name, NetworkId(id));
+            }
+        }
+    }
     engine.publish(compile(inner));
 }
 
@@ -682,14 +800,19 @@ fn compile(inner: &Inner) -> Snapshot {
         if nic.status.state != InterfaceState::Up {
             continue;
         }
+        let ips: Vec<Ipv4Addr> = nic.status.ips.iter().map(|ip| ip.addr()).collect();
+        let allowed_sources = ips
+            .iter()
+            .flat_map(|ip| routing::routed_sources(state, &nic.spec.subnet, *ip))
+            .collect();
         ports.push(PortEntry {
             id: port.id,
             name: name.clone(),
             subnet: *subnet_id,
             mac: mac.0,
-            ips: nic.status.ips.iter().map(|ip| ip.addr()).collect(),
+            ips,
             mtu: nic.effective_mtu(&subnet.spec),
-            allowed_sources: Vec::new(),
+            allowed_sources,
             io: Arc::clone(&port.io),
         });
         floods
@@ -697,12 +820,7 @@ fn compile(inner: &Inner) -> Snapshot {
             .or_default()
             .push(port.id);
     }
-    let network_ids: BTreeMap<&str, NetworkId> = state
-        .networks
-        .keys()
-        .enumerate()
-        .filter_map(|(index, name)| Some((name.as_str(), NetworkId(u32::try_from(index).ok()?))))
-        .collect();
+    let network_ids = &inner.network_ids;
     let subnets = state
         .subnets
         .iter()
@@ -718,7 +836,7 @@ fn compile(inner: &Inner) -> Snapshot {
                 network_id,
                 cidr: subnet.spec.cidr,
                 gateway: subnet.spec.gateway,
-                gateway_mac: gateway_mac(name),
+                gateway_mac: routing::gateway_mac(state, subnet).0,
                 mtu: subnet.spec.mtu,
                 ports: flood,
                 mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),
@@ -726,20 +844,26 @@ fn compile(inner: &Inner) -> Snapshot {
             })
         })
         .collect();
-    Snapshot::new(ports, subnets)
-}
-
-/// The gateway MAC of a subnet: locally administered, unicast, derived from the subnet's
-/// name so that it survives restarts.
-fn gateway_mac(subnet: &str) -> [u8; 6] {
-    // FNV-1a, stable across releases.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in subnet.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = hash.to_be_bytes();
-    [0x02, b[3], b[4], b[5], b[6], b[7]]
+    let networks = state
+        .networks
+        .keys()
+        .filter_map(|name| {
+            let id = *network_ids.get(name)?;
+            let routes = routing::table(state, name)
+                .into_iter()
+                .filter_map(|route| {
+                    Some(RouteEntry {
+                        prefix: route.prefix,
+                        subnet: *inner.subnet_ids.get(&route.subnet)?,
+                        next_hop: route.next_hop,
+                        origin: route.origin,
+                    })
+                })
+                .collect();
+            Some(NetworkEntry::new(id, name.clone(), routes))
+        })
+        .collect();
+    Snapshot::new(ports, subnets).with_networks(networks)
 }
 
 /// A resource as `get` returns it, with the computed status of Networks and Subnets.
@@ -751,12 +875,11 @@ fn resource_json(state: &State, kind: Kind, name: &str) -> Result<Value, ApiErro
     let resource = match kind {
         Kind::Network => {
             let mut network = state.networks.get(name).ok_or_else(not_found)?.clone();
-            network.status.subnets = state
-                .subnets
-                .values()
-                .filter(|s| s.spec.network == name)
+            network.status.subnets = routing::subnets_of(state, name)
+                .into_iter()
                 .map(|s| s.metadata.name.clone())
                 .collect();
+            network.status.peerings = routing::peering_status(state, &network);
             Resource::Network(network)
         }
         Kind::Subnet => {
@@ -765,6 +888,7 @@ fn resource_json(state: &State, kind: Kind, name: &str) -> Result<Value, ApiErro
             let pool = Pool::new(&subnet.spec);
             subnet.status.allocated = u64::try_from(leases.held().count()).unwrap_or(u64::MAX);
             subnet.status.available = pool.available(leases.held());
+            subnet.status.gateway_mac = Some(routing::gateway_mac(state, &subnet));
             Resource::Subnet(subnet)
         }
         Kind::NetworkInterface => Resource::NetworkInterface(
@@ -774,6 +898,11 @@ fn resource_json(state: &State, kind: Kind, name: &str) -> Result<Value, ApiErro
                 .ok_or_else(not_found)?
                 .clone(),
         ),
+        Kind::Route => {
+            let mut route = state.routes.get(name).ok_or_else(not_found)?.clone();
+            route.status = routing::route_status(state, &route);
+            Resource::Route(route)
+        }
     };
     resource.to_json()
 }
@@ -1174,6 +1303,377 @@ spec: {network: n, cidr: 10.2.0.0/24, gateway: 10.2.0.1, macTableLimit: 16}
         );
         let snapshot = controller.engine.read().current();
         assert_eq!(snapshot.subnet(SubnetId(1)).map(|s| s.mac_limit), Some(16));
+    }
+
+    /// Two peered Networks (`blue`: web 10.1.0.0/24 and edge 10.1.1.0/24; `red`: db
+    /// 10.2.0.0/24), a Route `lab` from blue to 192.168.50.0/24 via 10.1.1.254, and two
+    /// interfaces: `router` (10.1.1.254 on edge, the next hop) and `c1` (10.1.0.5 on web).
+    const PEERED: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+spec: {peerings: [{name: to-red, network: red}]}
+---
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: red}
+spec: {peerings: [{name: to-blue, network: blue}]}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: edge}
+spec: {network: blue, cidr: 10.1.1.0/24, gateway: 10.1.1.1, gatewayMac: '02:00:00:00:01:01'}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: db}
+spec: {network: red, cidr: 10.2.0.0/24, gateway: 10.2.0.1}
+---
+apiVersion: vswitch/v1alpha1
+kind: Route
+metadata: {name: lab}
+spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
+";
+
+    /// Writes a state holding `text` (as planned; interfaces never attached).
+    fn seed_state(dir: &Path, text: &str) {
+        let (store, _) = Store::open(dir).unwrap();
+        let state = validate::plan(
+            &State::default(),
+            parse_documents(text).unwrap(),
+            Mode::Apply,
+        )
+        .unwrap()
+        .next;
+        store.save(&state).unwrap();
+    }
+
+    /// Marks interface `name` up with a port that has no queues (workers skip it), and
+    /// publishes: enough to see what compile() makes of it.
+    fn fake_port(controller: &Controller, name: &str) -> PortId {
+        let mut inner = controller.inner.lock();
+        let id = PortId(inner.port_ids.allocate().expect("a port id"));
+        let nic = inner.state.network_interfaces.get_mut(name).expect("nic");
+        nic.status.state = InterfaceState::Up;
+        let io = PortIo {
+            kind: crate::port::PortKind::Tap,
+            queues: Vec::new(),
+            capabilities: Default::default(),
+            host_ifname: None,
+        };
+        inner.ports.insert(
+            name.to_string(),
+            AttachedPort {
+                id,
+                io: Arc::new(io),
+            },
+        );
+        let engine = controller.engine.read();
+        publish(&engine, &mut inner);
+        id
+    }
+
+    fn peered_with_ports(dir: &Path) -> Controller {
+        let interfaces = format!(
+            "---\n{}---\n{}",
+            nic("router", ", subnet: edge, ips: [10.1.1.254]"),
+            nic("c1", ", subnet: web, ifname: eth1, ips: [10.1.0.5]")
+        );
+        seed_state(dir, &format!("{PEERED}{interfaces}"));
+        let controller = open(dir);
+        fake_port(&controller, "router");
+        fake_port(&controller, "c1");
+        controller
+    }
+
+    fn table_rows(controller: &Controller, network: Option<&str>) -> Vec<String> {
+        controller
+            .routing_table(network)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let via = r.next_hop.map_or("direct".to_string(), |a| a.to_string());
+                format!(
+                    "{} {} {via} {} {}",
+                    r.network, r.destination, r.subnet, r.origin
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compile_builds_connected_peering_and_static_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = peered_with_ports(dir.path());
+        let snapshot = controller.engine.read().current();
+        let ids: BTreeMap<&str, SubnetId> = snapshot
+            .subnets()
+            .iter()
+            .map(|s| (s.name.as_str(), s.id))
+            .collect();
+        let blue = snapshot
+            .networks()
+            .iter()
+            .find(|n| n.name == "blue")
+            .expect("blue in the snapshot");
+        let routes: Vec<RouteEntry> = blue.routes().cloned().collect();
+        let entry =
+            |prefix: &str, subnet: &str, next_hop: NextHop, origin: RouteOrigin| RouteEntry {
+                prefix: prefix.parse().unwrap(),
+                subnet: ids[subnet],
+                next_hop,
+                origin,
+            };
+        assert_eq!(routes.len(), 4, "{routes:?}");
+        for want in [
+            entry(
+                "10.1.0.0/24",
+                "web",
+                NextHop::Direct,
+                RouteOrigin::Connected,
+            ),
+            entry(
+                "10.1.1.0/24",
+                "edge",
+                NextHop::Direct,
+                RouteOrigin::Connected,
+            ),
+            entry(
+                "10.2.0.0/24",
+                "db",
+                NextHop::Direct,
+                RouteOrigin::Peering("red".into()),
+            ),
+            entry(
+                "192.168.50.0/24",
+                "edge",
+                NextHop::Via(Ipv4Addr::new(10, 1, 1, 254)),
+                RouteOrigin::Static("lab".into()),
+            ),
+        ] {
+            assert!(routes.contains(&want), "{want:?} not in {routes:?}");
+        }
+        let hit = blue.lookup(Ipv4Addr::new(192, 168, 50, 7)).unwrap();
+        assert_eq!(hit.origin, RouteOrigin::Static("lab".into()));
+        // Every subnet's network_id is its Network's.
+        for subnet in snapshot.subnets() {
+            let network = snapshot.network(subnet.network_id).expect("network");
+            assert_eq!(network.name, subnet.network, "{}", subnet.name);
+        }
+        // The router may send from the Route's destination; c1 may not.
+        let port = |name: &str| {
+            snapshot
+                .ports()
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap_or_else(|| panic!("{name} not in the snapshot"))
+        };
+        assert_eq!(
+            port("router").allowed_sources,
+            ["192.168.50.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(port("c1").allowed_sources.is_empty());
+        // The configured gateway MAC, and a derived one for the others.
+        let edge = snapshot.subnet(ids["edge"]).unwrap();
+        assert_eq!(edge.gateway_mac, [2, 0, 0, 0, 1, 1]);
+        let web = snapshot.subnet(ids["web"]).unwrap();
+        let node = controller.inner.lock().state.node_id;
+        assert_eq!(web.gateway_mac, routing::derived_gateway_mac(node, "web").0);
+
+        // The API view: sorted by Network and destination, with names.
+        assert_eq!(
+            table_rows(&controller, None),
+            [
+                "blue 10.1.0.0/24 direct web connected",
+                "blue 10.1.1.0/24 direct edge connected",
+                "blue 10.2.0.0/24 direct db peering:red",
+                "blue 192.168.50.0/24 10.1.1.254 edge static:lab",
+                "red 10.1.0.0/24 direct web peering:blue",
+                "red 10.1.1.0/24 direct edge peering:blue",
+                "red 10.2.0.0/24 direct db connected",
+            ]
+        );
+        assert_eq!(table_rows(&controller, Some("red")).len(), 3);
+        let err = controller.routing_table(Some("green")).unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert_eq!(err.to_string(), "Network \"green\" not found");
+
+        // Removing one side: Pending, and the peering routes leave both tables.
+        controller
+            .apply("apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: red}\n")
+            .unwrap();
+        assert_eq!(
+            table_rows(&controller, Some("red")),
+            ["red 10.2.0.0/24 direct db connected"]
+        );
+        assert!(
+            !table_rows(&controller, Some("blue"))
+                .iter()
+                .any(|row| row.contains("peering:")),
+        );
+        let blue = controller.get("network", "blue").unwrap();
+        assert_eq!(blue["status"]["peerings"][0]["state"], "Pending");
+        // Deleting the Route: the router loses the routed source.
+        controller.delete("route", "lab").unwrap();
+        let snapshot = controller.engine.read().current();
+        let router = snapshot
+            .ports()
+            .iter()
+            .find(|p| p.name == "router")
+            .unwrap();
+        assert!(router.allowed_sources.is_empty());
+        controller.shutdown();
+    }
+
+    #[test]
+    fn status_of_networks_subnets_and_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        controller.apply(PEERED).unwrap();
+        let blue = controller.get("networks", "blue").unwrap();
+        assert_eq!(
+            blue["status"],
+            serde_json::json!({
+                "subnets": ["edge", "web"],
+                "peerings": [{"name": "to-red", "network": "red", "state": "Ready"}],
+            })
+        );
+        let route = controller.get("routes", "lab").unwrap();
+        assert_eq!(
+            route["status"],
+            serde_json::json!({"subnet": "edge", "state": "Ready"})
+        );
+        let edge = controller.get("subnet", "edge").unwrap();
+        assert_eq!(edge["status"]["gatewayMac"], "02:00:00:00:01:01");
+        assert_eq!(names(&controller.list("route").unwrap()), ["lab"]);
+        // Deleting a Network others peer with is allowed once it has no Subnets.
+        controller.delete("subnet", "db").unwrap();
+        controller.delete("network", "red").unwrap();
+        let blue = controller.get("network", "blue").unwrap();
+        assert_eq!(
+            blue["status"]["peerings"][0],
+            serde_json::json!({"name": "to-red", "network": "red", "state": "Pending",
+                               "message": "Network \"red\" does not exist yet"})
+        );
+        assert_eq!(
+            controller.engine.read().current().networks().len(),
+            1,
+            "red left the snapshot"
+        );
+        controller.shutdown();
+    }
+
+    #[test]
+    fn network_ids_are_dense_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        let networks = |names: &[&str]| -> String {
+            names
+                .iter()
+                .map(|n| format!("---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: {n}}}\n"))
+                .collect()
+        };
+        controller.apply(&networks(&["b", "c", "d"])).unwrap();
+        let ids = |c: &Controller| -> Vec<(String, u32)> {
+            let mut ids: Vec<(String, u32)> = c
+                .engine
+                .read()
+                .current()
+                .networks()
+                .iter()
+                .map(|n| (n.name.clone(), n.id.0))
+                .collect();
+            ids.sort();
+            ids
+        };
+        let owned = |list: &[(&str, u32)]| -> Vec<(String, u32)> {
+            list.iter().map(|(n, id)| (n.to_string(), *id)).collect()
+        };
+        assert_eq!(ids(&controller), owned(&[("b", 0), ("c", 1), ("d", 2)]));
+        // A new name sorting first does not renumber the others.
+        controller.apply(&networks(&["a"])).unwrap();
+        assert_eq!(
+            ids(&controller),
+            owned(&[("a", 3), ("b", 0), ("c", 1), ("d", 2)])
+        );
+        // A freed id is reused.
+        controller.delete("network", "c").unwrap();
+        controller.apply(&networks(&["e"])).unwrap();
+        assert_eq!(
+            ids(&controller),
+            owned(&[("a", 3), ("b", 0), ("d", 2), ("e", 1)])
+        );
+        controller.shutdown();
+    }
+
+    #[test]
+    fn node_id_and_gateway_macs_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        controller.apply(PEERED).unwrap();
+        let macs = |c: &Controller| -> Vec<(String, String)> {
+            c.list("subnets")
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["metadata"]["name"].as_str().unwrap().to_string(),
+                        s["status"]["gatewayMac"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let before = macs(&controller);
+        let node = controller.inner.lock().state.node_id.expect("a node id");
+        let table = table_rows(&controller, None);
+        controller.shutdown();
+        drop(controller);
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains(&format!("\"nodeId\": \"{node}\"")), "{text}");
+
+        let controller = open(dir.path());
+        assert_eq!(controller.inner.lock().state.node_id, Some(node));
+        assert_eq!(macs(&controller), before);
+        // The Route and the peerings were restored too.
+        assert_eq!(table_rows(&controller, None), table);
+        let snapshot = controller.engine.read().current();
+        let default = snapshot
+            .subnets()
+            .iter()
+            .find(|s| s.name == "default")
+            .unwrap();
+        let shown = &before.iter().find(|(n, _)| n == "default").unwrap().1;
+        assert_eq!(crate::engine::format_mac(default.gateway_mac), *shown);
+        controller.shutdown();
+
+        // Another node (state directory) derives other MACs for the same names.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = open(other_dir.path());
+        other.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        let theirs = macs(&other);
+        let mine = before.iter().find(|(n, _)| n == "default").unwrap();
+        assert_ne!(theirs[0].1, mine.1);
+        other.shutdown();
+    }
+
+    #[test]
+    fn a_state_without_a_node_id_gets_one_once() {
+        let dir = tempfile::tempdir().unwrap();
+        seed_state(dir.path(), EMBEDDED_DEFAULT_CONFIG);
+        let (_, state) = Store::open(dir.path()).unwrap();
+        assert_eq!(state.unwrap().node_id, None);
+        let controller = open(dir.path());
+        let node = controller.inner.lock().state.node_id;
+        assert!(node.is_some());
+        drop(controller);
+        let (_, state) = Store::open(dir.path()).unwrap();
+        assert_eq!(state.unwrap().node_id, node);
     }
 
     /// With real devices: needs root and iproute2; fails (never skips) without them.

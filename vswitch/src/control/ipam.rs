@@ -283,6 +283,7 @@ mod tests {
             reserved: Vec::new(),
             mac_ageing_seconds: 300,
             mac_table_limit: 8192,
+            gateway_mac: None,
         }
     }
 

@@ -8,10 +8,11 @@ pub mod controller;
 pub mod error;
 pub mod ipam;
 pub mod resource;
+pub mod routing;
 pub mod store;
 pub mod validate;
 
-pub use controller::{AppliedResource, Controller};
+pub use controller::{AppliedResource, Controller, RoutingTableRow};
 pub use error::ApiError;
 
 /// The resources every new node starts with when no `--config` is given: Network `default`

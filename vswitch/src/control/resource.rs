@@ -59,11 +59,18 @@ pub enum Kind {
     Subnet,
     /// A port: an interface in a container's namespace.
     NetworkInterface,
+    /// A static route in a Network's table, through a router on one of its Subnets.
+    Route,
 }
 
 impl Kind {
     /// Every kind, in dependency order (a kind depends only on kinds before it).
-    pub const ALL: [Kind; 3] = [Kind::Network, Kind::Subnet, Kind::NetworkInterface];
+    pub const ALL: [Kind; 4] = [
+        Kind::Network,
+        Kind::Subnet,
+        Kind::NetworkInterface,
+        Kind::Route,
+    ];
 
     /// The canonical name (`NetworkInterface`).
     pub fn as_str(self) -> &'static str {
@@ -71,6 +78,7 @@ impl Kind {
             Kind::Network => "Network",
             Kind::Subnet => "Subnet",
             Kind::NetworkInterface => "NetworkInterface",
+            Kind::Route => "Route",
         }
     }
 
@@ -80,6 +88,7 @@ impl Kind {
             Kind::Network => "networks",
             Kind::Subnet => "subnets",
             Kind::NetworkInterface => "networkinterfaces",
+            Kind::Route => "routes",
         }
     }
 
@@ -95,6 +104,7 @@ impl Kind {
             "network" | "net" => Ok(Kind::Network),
             "subnet" => Ok(Kind::Subnet),
             "networkinterface" | "nic" | "interface" | "netif" => Ok(Kind::NetworkInterface),
+            "route" => Ok(Kind::Route),
             _ => Err(UnknownKind(text.to_string())),
         }
     }
@@ -117,7 +127,7 @@ impl FromStr for Kind {
 /// A kind name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown kind {0:?}; valid kinds: Network, Subnet, NetworkInterface (any case, singular or plural; nic for NetworkInterface)"
+    "unknown kind {0:?}; valid kinds: Network, Subnet, NetworkInterface, Route (any case, singular or plural; nic for NetworkInterface)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -371,10 +381,61 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Spec of a Network: empty for now (peerings come later).
+/// One side of a peering between two Networks. Traffic flows only when both Networks list
+/// each other (mutual acceptance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peering {
+    /// The peering's name, unique within this Network's peerings.
+    #[serde(deserialize_with = "de_name")]
+    pub name: String,
+    /// The peer Network (it may not exist yet: the peering is then `Pending`).
+    #[serde(deserialize_with = "de_name")]
+    pub network: String,
+}
+
+/// Spec of a Network.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkSpec {}
+pub struct NetworkSpec {
+    /// Networks this one accepts traffic from and routes to, once they list it too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peerings: Vec<Peering>,
+}
+
+/// Whether a peering carries traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum PeeringState {
+    /// Only this side lists the peering (or the peer Network does not exist): no routes.
+    #[default]
+    Pending,
+    /// Both Networks list each other: each has routes to the other's Subnets.
+    Ready,
+}
+
+impl fmt::Display for PeeringState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeeringState::Pending => "Pending",
+            PeeringState::Ready => "Ready",
+        })
+    }
+}
+
+/// Status of one peering (computed when read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeeringStatus {
+    /// The peering's name.
+    pub name: String,
+    /// The peer Network.
+    pub network: String,
+    /// `Pending` or `Ready`.
+    pub state: PeeringState,
+    /// Why it is `Pending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
 
 /// Status of a Network (computed when read).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -383,6 +444,9 @@ pub struct NetworkStatus {
     /// Names of the Subnets of this Network.
     #[serde(default)]
     pub subnets: Vec<String>,
+    /// Each peering of the spec, with its state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peerings: Vec<PeeringStatus>,
 }
 
 /// An isolated L3 domain.
@@ -446,6 +510,14 @@ pub struct SubnetSpec {
     /// Most learned MACs in this subnet (1..=1048576).
     #[serde(default = "default_mac_limit")]
     pub mac_table_limit: usize,
+    /// The gateway's MAC (unicast); when absent, derived from this node's id and the
+    /// Subnet's name, so it is stable across restarts.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_unicast_mac",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_mac: Option<MacAddr>,
 }
 
 /// Status of a Subnet (computed when read).
@@ -458,6 +530,9 @@ pub struct SubnetStatus {
     /// Addresses IPAM can still hand out.
     #[serde(default)]
     pub available: u64,
+    /// The MAC the gateway answers ARP with (the spec's, or the derived one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_mac: Option<MacAddr>,
 }
 
 /// An L2 segment of a Network.
@@ -580,6 +655,76 @@ impl NetworkInterface {
     }
 }
 
+/// Spec of a Route: traffic of `network` toward `destination` goes to the router at
+/// `nextHop`, on the Subnet that contains it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// The Network whose table gets the route.
+    #[serde(deserialize_with = "de_name")]
+    pub network: String,
+    /// The destination prefix, canonical (host bits zero); `0.0.0.0/0` is a default route.
+    #[serde(deserialize_with = "de_route_cidr")]
+    pub destination: Ipv4Net,
+    /// The router: a host address inside one of the Network's Subnets, not its gateway.
+    #[serde(deserialize_with = "de_ipv4")]
+    pub next_hop: Ipv4Addr,
+}
+
+/// Whether a Route is in its Network's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum RouteState {
+    /// Not compiled (see `message`).
+    #[default]
+    Pending,
+    /// In the table: traffic to the destination goes to the next hop.
+    Ready,
+    /// Another route with the same prefix takes precedence (a peering's); see `message`.
+    Shadowed,
+}
+
+impl fmt::Display for RouteState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RouteState::Pending => "Pending",
+            RouteState::Ready => "Ready",
+            RouteState::Shadowed => "Shadowed",
+        })
+    }
+}
+
+/// Status of a Route (computed when read).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteStatus {
+    /// The egress Subnet: the one that contains the next hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// `Ready`, `Shadowed` or `Pending`.
+    #[serde(default)]
+    pub state: RouteState,
+    /// Why the state is not `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `Route`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: RouteSpec,
+    /// Observed state (ignored on input).
+    #[serde(default)]
+    pub status: RouteStatus,
+}
+
 /// A typed resource of any kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
@@ -589,6 +734,8 @@ pub enum Resource {
     Subnet(Subnet),
     /// A NetworkInterface.
     NetworkInterface(NetworkInterface),
+    /// A Route.
+    Route(Route),
 }
 
 impl Resource {
@@ -598,6 +745,7 @@ impl Resource {
             Resource::Network(_) => Kind::Network,
             Resource::Subnet(_) => Kind::Subnet,
             Resource::NetworkInterface(_) => Kind::NetworkInterface,
+            Resource::Route(_) => Kind::Route,
         }
     }
 
@@ -607,6 +755,7 @@ impl Resource {
             Resource::Network(r) => &r.metadata,
             Resource::Subnet(r) => &r.metadata,
             Resource::NetworkInterface(r) => &r.metadata,
+            Resource::Route(r) => &r.metadata,
         }
     }
 
@@ -624,6 +773,7 @@ impl Resource {
             Resource::Network(r) => serde_json::to_value(r),
             Resource::Subnet(r) => serde_json::to_value(r),
             Resource::NetworkInterface(r) => serde_json::to_value(r),
+            Resource::Route(r) => serde_json::to_value(r),
         };
         value.map_err(|err| ApiError::Internal {
             message: format!("cannot serialise {} {:?}: {err}", self.kind(), self.name()),
@@ -760,7 +910,7 @@ fn parse_value(
             return Err(origin.invalid(
                 "kind",
                 format!(
-                    "expected a string (Network, Subnet or NetworkInterface), found {}",
+                    "expected a string (Network, Subnet, NetworkInterface or Route), found {}",
                     json_type(other)
                 ),
             ));
@@ -770,7 +920,7 @@ fn parse_value(
             None => {
                 return Err(origin.invalid(
                     "kind",
-                    "missing; write kind: Network, Subnet or NetworkInterface",
+                    "missing; write kind: Network, Subnet, NetworkInterface or Route",
                 ));
             }
         },
@@ -828,6 +978,7 @@ fn parse_value(
         Kind::Network => Resource::Network(typed(&origin, value)?),
         Kind::Subnet => Resource::Subnet(typed(&origin, value)?),
         Kind::NetworkInterface => Resource::NetworkInterface(typed(&origin, value)?),
+        Kind::Route => Resource::Route(typed(&origin, value)?),
     };
     Ok(Document { origin, resource })
 }
@@ -913,6 +1064,25 @@ pub fn check_mtu(mtu: u64) -> Result<u16, String> {
 /// # Errors
 /// A message naming the value, what is wrong and the valid form.
 pub fn parse_subnet_cidr(text: &str) -> Result<Ipv4Net, String> {
+    let net = parse_cidr(text)?;
+    if net.prefix_len() > 30 {
+        return Err(format!(
+            "invalid CIDR {text:?}: too small: a subnet needs room for its gateway and at least one interface; use /30 or shorter"
+        ));
+    }
+    Ok(net)
+}
+
+/// Parses a route destination: `A.B.C.D/N`, canonical (host bits zero), /0 to /32.
+///
+/// # Errors
+/// A message naming the value, what is wrong and the valid form.
+pub fn parse_route_cidr(text: &str) -> Result<Ipv4Net, String> {
+    parse_cidr(text)
+}
+
+/// `A.B.C.D/N`, N in 0..=32, host bits zero.
+fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     let bad = |why: &str| format!("invalid CIDR {text:?}: {why}");
     let Some((addr, len)) = text.split_once('/') else {
         return Err(bad(
@@ -935,11 +1105,6 @@ pub fn parse_subnet_cidr(text: &str) -> Result<Ipv4Net, String> {
             "host bits are set; the network is {}/{len}",
             net.network()
         )));
-    }
-    if len > 30 {
-        return Err(bad(
-            "too small: a subnet needs room for its gateway and at least one interface; use /30 or shorter",
-        ));
     }
     Ok(net)
 }
@@ -995,6 +1160,11 @@ fn de_labels<'de, D: Deserializer<'de>>(
 fn de_subnet_cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_subnet_cidr(&text).map_err(D::Error::custom)
+}
+
+fn de_route_cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_route_cidr(&text).map_err(D::Error::custom)
 }
 
 /// An IPv4 address whose parse error names the value.
@@ -1121,6 +1291,10 @@ spec:
         for text in ["Subnet", "subnets", "SUBNET"] {
             assert_eq!(Kind::parse(text), Ok(Kind::Subnet), "{text}");
         }
+        for text in ["Route", "routes", "ROUTES"] {
+            assert_eq!(Kind::parse(text), Ok(Kind::Route), "{text}");
+        }
+        assert!(Kind::parse("routers").is_err());
         for text in [
             "NetworkInterface",
             "networkinterfaces",
@@ -1138,6 +1312,119 @@ spec:
             assert_eq!(Kind::parse(kind.plural()), Ok(kind));
             assert_eq!(Kind::parse(kind.as_str()), Ok(kind));
         }
+    }
+
+    #[test]
+    fn routes_and_peerings_parse() {
+        let text = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+spec:
+  peerings:
+  - {name: to-red, network: red}
+---
+apiVersion: vswitch/v1alpha1
+kind: routes
+metadata: {name: lab}
+spec: {network: blue, destination: 0.0.0.0/0, nextHop: 10.1.0.254}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, gatewayMac: 02-00-00-00-00-AA}
+";
+        let docs = parse_documents(text).unwrap();
+        let Resource::Network(network) = &docs[0].resource else {
+            panic!("not a network");
+        };
+        assert_eq!(
+            network.spec.peerings,
+            [Peering {
+                name: "to-red".into(),
+                network: "red".into()
+            }]
+        );
+        let Resource::Route(route) = &docs[1].resource else {
+            panic!("not a route");
+        };
+        assert_eq!(route.kind, "Route");
+        assert_eq!(route.spec.destination.to_string(), "0.0.0.0/0");
+        assert_eq!(route.spec.next_hop, Ipv4Addr::new(10, 1, 0, 254));
+        let Resource::Subnet(subnet) = &docs[2].resource else {
+            panic!("not a subnet");
+        };
+        assert_eq!(
+            subnet.spec.gateway_mac.map(|m| m.to_string()).as_deref(),
+            Some("02:00:00:00:00:aa")
+        );
+        for doc in &docs {
+            let json = doc.resource.to_json().unwrap().to_string();
+            assert_eq!(parse_documents(&json).unwrap()[0].resource, doc.resource);
+        }
+        let json = docs[1].resource.to_json().unwrap();
+        assert_eq!(
+            json["spec"],
+            serde_json::json!({"network": "blue", "destination": "0.0.0.0/0", "nextHop": "10.1.0.254"})
+        );
+        assert_eq!(json["status"], serde_json::json!({"state": "Pending"}));
+        // A Network without peerings serialises its spec as before: `{}`.
+        let plain =
+            parse_documents("apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: a}\n")
+                .unwrap();
+        assert_eq!(
+            plain[0].resource.to_json().unwrap()["spec"],
+            serde_json::json!({})
+        );
+
+        let bad = [
+            (
+                "destination: 0.0.0.0/0",
+                "destination: 10.0.0.0/33",
+                "document 2 (Route \"lab\"): spec.destination: invalid CIDR \"10.0.0.0/33\"",
+            ),
+            (
+                "destination: 0.0.0.0/0",
+                "destination: 10.0.0.1/8",
+                "spec.destination: invalid CIDR \"10.0.0.1/8\": host bits are set; the network is 10.0.0.0/8",
+            ),
+            (
+                "nextHop: 10.1.0.254",
+                "nextHop: 10.1.0.254/24",
+                "spec.nextHop: invalid IPv4 address \"10.1.0.254/24\"",
+            ),
+            (
+                "nextHop: 10.1.0.254}",
+                "nextHop: 10.1.0.254, via: x}",
+                "spec.via: unknown field `via`",
+            ),
+            (
+                "{name: to-red, network: red}",
+                "{name: to-red}",
+                "spec.peerings[0]: missing field `network`",
+            ),
+            (
+                "{name: to-red, network: red}",
+                "{name: to-red, network: Red}",
+                "spec.peerings[0].network: invalid name \"Red\"",
+            ),
+            (
+                "gatewayMac: 02-00-00-00-00-AA",
+                "gatewayMac: 00:00:00:00:00:00",
+                "spec.gatewayMac: MAC address 00:00:00:00:00:00 is not a unicast address",
+            ),
+        ];
+        for (from, to, want) in bad {
+            assert!(text.contains(from), "fixture lacks {from:?}");
+            let msg = message(&parse_documents(&text.replacen(from, to, 1)).unwrap_err());
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+        let msg =
+            message(&parse_documents(&text.replace("destination: 0.0.0.0/0, ", "")).unwrap_err());
+        assert!(
+            msg.contains("(Route \"lab\"): spec: missing field `destination`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1230,7 +1517,7 @@ spec:
         assert_eq!(
             message(&err),
             "document 1 (\"r\"): kind: unknown kind \"Router\"; valid kinds: Network, Subnet, \
-             NetworkInterface (any case, singular or plural; nic for NetworkInterface)"
+             NetworkInterface, Route (any case, singular or plural; nic for NetworkInterface)"
         );
         assert_eq!(err.field(), Some("documents[0].kind"));
     }

@@ -1,7 +1,8 @@
 //! Persistence of the desired state and allocations in `--state-dir`.
 //!
-//! Everything lives in one JSON file, `state.json`: the resources with their status (which
-//! carries each interface's MAC and IPAM leases) and the IPAM cursor of each Subnet. It is
+//! Everything lives in one JSON file, `state.json`: this node's id (generated on first boot;
+//! gateway MACs derive from it), the resources with their status (which carries each
+//! interface's MAC and IPAM leases) and the IPAM cursor of each Subnet. It is
 //! replaced atomically: written to `state.json.tmp`, fsynced, renamed over `state.json`, and
 //! the directory fsynced, so a crash leaves either the old or the new file, never a mix.
 //!
@@ -10,20 +11,103 @@
 //! it and says what to do; it is never silently replaced.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ApiError;
-use super::resource::{Network, NetworkInterface, Subnet};
+use super::resource::{Network, NetworkInterface, Route, Subnet};
 
-/// Version of the state file format this code writes and reads.
-pub const STATE_FORMAT: u32 = 1;
+/// Version of the state file format this code writes. Format 1 (no node id, no Routes) is
+/// still read; the next save writes it as format 2.
+pub const STATE_FORMAT: u32 = 2;
+
+/// The oldest state file format this code reads.
+pub const OLDEST_STATE_FORMAT: u32 = 1;
+
+/// This node's identity: 128 random bits, generated on first boot and kept in the state file.
+/// Gateway MACs are derived from it, so they survive restarts and differ between nodes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub [u8; 16]);
+
+impl NodeId {
+    /// A new random id, from the kernel's random source (`/dev/urandom`); should that be
+    /// unreadable, from std's per-process random hash keys mixed with the clock and the pid.
+    pub fn generate() -> NodeId {
+        let mut bytes = [0u8; 16];
+        let from_kernel = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        if let Err(err) = from_kernel {
+            tracing::warn!("cannot read /dev/urandom ({err}); deriving the node id from the clock");
+            use std::hash::{BuildHasher, Hasher};
+            for (index, chunk) in bytes.chunks_mut(8).enumerate() {
+                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+                hasher.write_usize(index);
+                hasher.write_u32(std::process::id());
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                hasher.write_u128(nanos);
+                chunk.copy_from_slice(&hasher.finish().to_be_bytes());
+            }
+        }
+        NodeId(bytes)
+    }
+}
+
+impl fmt::Display for NodeId {
+    /// 32 lowercase hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid node id {s:?}: expected 32 hex digits");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            let pair = s.get(2 * index..2 * index + 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(NodeId(bytes))
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(D::Error::custom)
+    }
+}
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -40,12 +124,16 @@ pub struct SubnetIpamState {
     pub last_allocated: Option<Ipv4Addr>,
 }
 
-/// Everything persisted: resources by name, with status, and IPAM cursors by Subnet name.
+/// Everything persisted: the node id, resources by name, with status, and IPAM cursors by
+/// Subnet name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct State {
     /// [`STATE_FORMAT`].
     pub format: u32,
+    /// This node's id; the controller generates it on first boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
     /// Networks by name.
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
@@ -55,6 +143,9 @@ pub struct State {
     /// NetworkInterfaces by name.
     #[serde(default)]
     pub network_interfaces: BTreeMap<String, NetworkInterface>,
+    /// Routes by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, Route>,
     /// IPAM cursors by Subnet name.
     #[serde(default)]
     pub ipam: BTreeMap<String, SubnetIpamState>,
@@ -64,18 +155,23 @@ impl Default for State {
     fn default() -> State {
         State {
             format: STATE_FORMAT,
+            node_id: None,
             networks: BTreeMap::new(),
             subnets: BTreeMap::new(),
             network_interfaces: BTreeMap::new(),
+            routes: BTreeMap::new(),
             ipam: BTreeMap::new(),
         }
     }
 }
 
 impl State {
-    /// True when no resource exists.
+    /// True when no resource exists (the node id does not count).
     pub fn is_empty(&self) -> bool {
-        self.networks.is_empty() && self.subnets.is_empty() && self.network_interfaces.is_empty()
+        self.networks.is_empty()
+            && self.subnets.is_empty()
+            && self.network_interfaces.is_empty()
+            && self.routes.is_empty()
     }
 }
 
@@ -237,7 +333,7 @@ impl Store {
             serde_json::from_str(&text).map_err(|err| corrupt(err.to_string()))?;
         let format = value.get("format").and_then(serde_json::Value::as_u64);
         match format.map(u32::try_from) {
-            Some(Ok(STATE_FORMAT)) => {}
+            Some(Ok(OLDEST_STATE_FORMAT..=STATE_FORMAT)) => {}
             Some(Ok(found)) if found > STATE_FORMAT => {
                 return Err(StoreError::TooNew {
                     path: self.path.clone(),
@@ -246,15 +342,18 @@ impl Store {
             }
             _ => {
                 return Err(corrupt(format!(
-                    "missing or unknown \"format\" (expected {STATE_FORMAT})"
+                    "missing or unknown \"format\" (expected {OLDEST_STATE_FORMAT}..={STATE_FORMAT})"
                 )));
             }
         }
-        let state: State =
+        let mut state: State =
             serde_path_to_error::deserialize(value).map_err(|err| corrupt(err.to_string()))?;
         check_keys(&state.networks, |r| &r.metadata.name).map_err(&corrupt)?;
         check_keys(&state.subnets, |r| &r.metadata.name).map_err(&corrupt)?;
         check_keys(&state.network_interfaces, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.routes, |r| &r.metadata.name).map_err(&corrupt)?;
+        // An older format holds a subset of this one; it is written back as this one.
+        state.format = STATE_FORMAT;
         Ok(Some(state))
     }
 
@@ -334,8 +433,16 @@ kind: NetworkInterface
 metadata: {name: c1, labels: {app: x}}
 spec: {subnet: web, netns: c1}
 status: {ips: [10.1.0.2/24], mac: '02:00:00:00:00:01', state: up}
+---
+apiVersion: vswitch/v1alpha1
+kind: Route
+metadata: {name: lab}
+spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.0.2}
 ";
-        let mut state = State::default();
+        let mut state = State {
+            node_id: Some(NodeId([7; 16])),
+            ..State::default()
+        };
         for doc in parse_documents(text).unwrap() {
             match doc.resource {
                 Resource::Network(r) => drop(state.networks.insert(r.metadata.name.clone(), r)),
@@ -343,6 +450,7 @@ status: {ips: [10.1.0.2/24], mac: '02:00:00:00:00:01', state: up}
                 Resource::NetworkInterface(r) => {
                     drop(state.network_interfaces.insert(r.metadata.name.clone(), r))
                 }
+                Resource::Route(r) => drop(state.routes.insert(r.metadata.name.clone(), r)),
             }
         }
         state.ipam.insert(
@@ -415,6 +523,51 @@ status: {ips: [10.1.0.2/24], mac: '02:00:00:00:00:01', state: up}
             err.contains("stored under \"red\" is named \"blue\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn format_1_is_read_and_written_back_as_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(sample()).unwrap();
+        let object = value.as_object_mut().unwrap();
+        object.insert("format".into(), 1.into());
+        object.remove("nodeId");
+        object.remove("routes");
+        fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded.format, STATE_FORMAT);
+        assert_eq!(loaded.node_id, None);
+        assert!(loaded.routes.is_empty());
+        assert_eq!(loaded.subnets, sample().subnets);
+        store.save(&loaded).unwrap();
+        let text = fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains("\"format\": 2"), "{text}");
+    }
+
+    #[test]
+    fn node_ids_are_random_hex() {
+        let a = NodeId::generate();
+        let b = NodeId::generate();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<NodeId>(), Ok(a));
+        assert_eq!(
+            NodeId([0xab; 16]).to_string(),
+            "abababababababababababababababab"
+        );
+        for bad in ["", "ab", &"g".repeat(32), &"é".repeat(16), &"a".repeat(33)] {
+            let err = bad.parse::<NodeId>().unwrap_err();
+            assert!(err.contains("expected 32 hex digits"), "{bad}: {err}");
+        }
+        // A bad id in the file names the field.
+        let dir = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["nodeId"] = "xyz".into();
+        fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("nodeId: invalid node id \"xyz\""), "{err}");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //!
 //! Every document is checked against the current state *plus the batch*: a Subnet may name a
 //! Network defined later in the same input, and two new interfaces may not take one address.
+//! Checks that span resources (peered Networks must not overlap, a Route must not shadow a
+//! connected prefix) refuse only what the batch would newly break, and blame the first
+//! document, in input order, that breaks it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -14,9 +17,10 @@ use super::ApiError;
 use super::controller::AppliedResource;
 use super::ipam::{IpamError, Leases, Pool};
 use super::resource::{
-    Document, InterfaceState, Kind, MAX_MAC_AGEING_SECONDS, MAX_MAC_TABLE_LIMIT, MacAddr,
-    NetworkInterface, Origin, Resource, Subnet,
+    Document, InterfaceState, Kind, MAX_MAC_AGEING_SECONDS, MAX_MAC_TABLE_LIMIT, MacAddr, Network,
+    NetworkInterface, Origin, Resource, Route, Subnet,
 };
+use super::routing;
 use super::store::{State, SubnetIpamState};
 
 /// How names that already exist are treated.
@@ -101,6 +105,16 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
                 next.network_interfaces.insert(name.clone(), nic);
                 action
             }
+            Resource::Route(mut route) => {
+                route.status = Default::default();
+                let old = current.routes.get(&name);
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&route.metadata, &route.spec),
+                );
+                next.routes.insert(name.clone(), route);
+                action
+            }
         };
         applied.push(AppliedResource {
             kind: kind.as_str().to_string(),
@@ -118,6 +132,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
             Kind::Network => current.networks.contains_key(name),
             Kind::Subnet => current.subnets.contains_key(name),
             Kind::NetworkInterface => current.network_interfaces.contains_key(name),
+            Kind::Route => current.routes.contains_key(name),
         };
         if exists && mode == Mode::Create {
             return Err(origin.conflict(
@@ -128,7 +143,11 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
             ));
         }
         match kind {
-            Kind::Network => {}
+            Kind::Network => {
+                if let Some(network) = next.networks.get(name) {
+                    check_network(origin, current, &next, network)?;
+                }
+            }
             Kind::Subnet => {
                 let old = current.subnets.get(name);
                 if let Some(subnet) = next.subnets.get(name) {
@@ -136,6 +155,14 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
                         check_subnet_immutables(origin, old, subnet)?;
                     }
                     check_subnet(origin, old, &next, subnet)?;
+                    if old.is_none() {
+                        check_new_subnet_neighbours(origin, &next, subnet)?;
+                    }
+                }
+            }
+            Kind::Route => {
+                if let Some(route) = next.routes.get(name) {
+                    check_route(origin, &next, route)?;
                 }
             }
             Kind::NetworkInterface => {
@@ -217,50 +244,81 @@ pub fn check_delete(current: &State, kind: Kind, name: &str) -> Result<(), ApiEr
         kind: kind.as_str().into(),
         name: name.into(),
     };
-    let dependants: Vec<&str> = match kind {
+    let conflict = |what: &str, dependants: Vec<&str>| -> Result<(), ApiError> {
+        if dependants.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::Conflict {
+            message: format!(
+                "{kind} {name:?} still has {what}: {}; delete them first",
+                dependants.join(", ")
+            ),
+            field: None,
+        })
+    };
+    match kind {
         Kind::Network => {
             if !current.networks.contains_key(name) {
                 return Err(not_found());
             }
-            current
-                .subnets
-                .values()
-                .filter(|s| s.spec.network == name)
-                .map(|s| s.metadata.name.as_str())
-                .collect()
+            // Networks that peer with this one are not dependants: their peerings go Pending.
+            conflict(
+                "Subnets",
+                routing::subnets_of(current, name)
+                    .into_iter()
+                    .map(|s| s.metadata.name.as_str())
+                    .collect(),
+            )?;
+            conflict(
+                "Routes",
+                current
+                    .routes
+                    .values()
+                    .filter(|r| r.spec.network == name)
+                    .map(|r| r.metadata.name.as_str())
+                    .collect(),
+            )
         }
         Kind::Subnet => {
-            if !current.subnets.contains_key(name) {
+            let Some(subnet) = current.subnets.get(name) else {
                 return Err(not_found());
-            }
-            current
-                .network_interfaces
-                .values()
-                .filter(|n| n.spec.subnet == name)
-                .map(|n| n.metadata.name.as_str())
-                .collect()
+            };
+            conflict(
+                "NetworkInterfaces",
+                current
+                    .network_interfaces
+                    .values()
+                    .filter(|n| n.spec.subnet == name)
+                    .map(|n| n.metadata.name.as_str())
+                    .collect(),
+            )?;
+            // Routes whose next hop is on this Subnet would lose their egress.
+            conflict(
+                "Routes through it",
+                current
+                    .routes
+                    .values()
+                    .filter(|r| {
+                        r.spec.network == subnet.spec.network
+                            && subnet.spec.cidr.contains(&r.spec.next_hop)
+                    })
+                    .map(|r| r.metadata.name.as_str())
+                    .collect(),
+            )
         }
         Kind::NetworkInterface => {
             if !current.network_interfaces.contains_key(name) {
                 return Err(not_found());
             }
-            Vec::new()
+            Ok(())
         }
-    };
-    if dependants.is_empty() {
-        return Ok(());
+        Kind::Route => {
+            if !current.routes.contains_key(name) {
+                return Err(not_found());
+            }
+            Ok(())
+        }
     }
-    let what = match kind {
-        Kind::Network => "Subnets",
-        _ => "NetworkInterfaces",
-    };
-    Err(ApiError::Conflict {
-        message: format!(
-            "{kind} {name:?} still has {what}: {}; delete them first",
-            dependants.join(", ")
-        ),
-        field: None,
-    })
 }
 
 /// The leases of every Subnet, rebuilt from the interfaces' status, with the persisted
@@ -495,6 +553,21 @@ fn check_subnet(
             ),
         ));
     }
+    if let Some(mac) = spec.gateway_mac {
+        let user = next
+            .network_interfaces
+            .values()
+            .find(|n| n.spec.subnet == *name && n.spec.mac.or(n.status.mac) == Some(mac));
+        if let Some(user) = user {
+            return Err(origin.conflict(
+                "spec.gatewayMac",
+                format!(
+                    "MAC {mac} is used by NetworkInterface {:?} in Subnet {name:?}; choose another gatewayMac, or leave it out to derive one",
+                    user.metadata.name
+                ),
+            ));
+        }
+    }
     for other in next.subnets.values() {
         let other_cidr = other.spec.cidr;
         if other.metadata.name != *name
@@ -527,6 +600,179 @@ fn check_subnet(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A Network's peerings: not itself, each name and peer once, and no peering this batch makes
+/// `Ready` between Networks whose Subnets overlap.
+fn check_network(
+    origin: &Origin,
+    current: &State,
+    next: &State,
+    network: &Network,
+) -> Result<(), ApiError> {
+    let name = &network.metadata.name;
+    let peerings = &network.spec.peerings;
+    let ready_before = routing::ready_peers(current, name);
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut peers: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, peering) in peerings.iter().enumerate() {
+        let field = format!("spec.peerings[{index}]");
+        let peer = &peering.network;
+        if peer == name {
+            return Err(origin.invalid(
+                &format!("{field}.network"),
+                format!("Network {name:?} cannot peer with itself; name another Network"),
+            ));
+        }
+        if let Some(first) = names.insert(peering.name.as_str(), index) {
+            return Err(origin.invalid(
+                &format!("{field}.name"),
+                format!(
+                    "peering name {:?} is also used by spec.peerings[{first}]; give each peering its own name",
+                    peering.name
+                ),
+            ));
+        }
+        if let Some(first) = peers.insert(peer.as_str(), index) {
+            return Err(origin.invalid(
+                &format!("{field}.network"),
+                format!(
+                    "Network {peer:?} is already listed by spec.peerings[{first}] ({:?}); list each peer Network once",
+                    peerings[first].name
+                ),
+            ));
+        }
+        let newly_ready =
+            routing::is_ready(next, name, peering) && !ready_before.contains(&peer.as_str());
+        if !newly_ready {
+            continue;
+        }
+        if let Some((mine, theirs)) = routing::first_overlap(next, name, peer) {
+            return Err(origin.invalid(
+                &format!("{field}.network"),
+                format!(
+                    "cannot peer Network {name:?} with Network {peer:?}: Subnet {:?} ({}) of Network {name:?} overlaps Subnet {:?} ({}) of Network {peer:?}; peered Networks must not have overlapping CIDRs: renumber one of the Subnets, or remove the peering",
+                    mine.metadata.name, mine.spec.cidr, theirs.metadata.name, theirs.spec.cidr
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new Subnet must not overlap a Subnet of a Network its own is `Ready`-peered with, and
+/// must not take the destination of a Route of its Network (its connected route would hide
+/// the Route).
+fn check_new_subnet_neighbours(
+    origin: &Origin,
+    next: &State,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
+    let network = &subnet.spec.network;
+    let cidr = subnet.spec.cidr;
+    for peer in routing::ready_peers(next, network) {
+        let other = routing::subnets_of(next, peer)
+            .into_iter()
+            .find(|o| routing::overlaps(o.spec.cidr, cidr));
+        if let Some(other) = other {
+            return Err(origin.invalid(
+                "spec.cidr",
+                format!(
+                    "{cidr} of Network {network:?} overlaps Subnet {:?} ({}) of Network {peer:?}, which is peered with Network {network:?} (Ready); peered Networks must not have overlapping CIDRs: choose a CIDR outside the peer's Subnets, or remove the peering",
+                    other.metadata.name, other.spec.cidr
+                ),
+            ));
+        }
+    }
+    let route = next
+        .routes
+        .values()
+        .find(|r| r.spec.network == *network && r.spec.destination == cidr);
+    if let Some(route) = route {
+        return Err(origin.invalid(
+            "spec.cidr",
+            format!(
+                "{cidr} is the destination of Route {:?} of Network {network:?}; this Subnet's connected route would hide it: delete the Route first, or choose another CIDR",
+                route.metadata.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A Route: its Network exists, its next hop is a router's address in one of the Network's
+/// Subnets, and its destination is neither a connected prefix nor another Route's.
+fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiError> {
+    let spec = &route.spec;
+    let network = &spec.network;
+    let destination = spec.destination;
+    let hop = spec.next_hop;
+    if !next.networks.contains_key(network) {
+        return Err(origin.invalid(
+            "spec.network",
+            format!(
+                "Network {network:?} does not exist; create it first (it may be in the same input)"
+            ),
+        ));
+    }
+    let subnets = routing::describe_subnets(next, network);
+    let Some(subnet) = routing::subnets_of(next, network)
+        .into_iter()
+        .find(|s| s.spec.cidr.contains(&hop))
+    else {
+        return Err(origin.invalid(
+            "spec.nextHop",
+            format!(
+                "nextHop {hop} is not inside any Subnet of Network {network:?} (Subnets: {subnets}); write the address of a router in one of them"
+            ),
+        ));
+    };
+    let cidr = subnet.spec.cidr;
+    let reserved = if hop == subnet.spec.gateway {
+        Some("the gateway (the switch itself)")
+    } else if hop == cidr.network() {
+        Some("the network address")
+    } else if hop == cidr.broadcast() {
+        Some("the broadcast address")
+    } else {
+        None
+    };
+    if let Some(what) = reserved {
+        return Err(origin.invalid(
+            "spec.nextHop",
+            format!(
+                "nextHop {hop} is {what} of Subnet {:?} ({cidr}); write the address of a router in a Subnet of Network {network:?} (Subnets: {subnets}), not a gateway, network or broadcast address",
+                subnet.metadata.name
+            ),
+        ));
+    }
+    if let Some(connected) = routing::subnets_of(next, network)
+        .into_iter()
+        .find(|s| s.spec.cidr == destination)
+    {
+        return Err(origin.invalid(
+            "spec.destination",
+            format!(
+                "{destination} is the CIDR of Subnet {:?} of Network {network:?}: its connected route takes precedence, so this Route would never be used; route a more specific prefix, or another one",
+                connected.metadata.name
+            ),
+        ));
+    }
+    let twin = next.routes.values().find(|other| {
+        other.metadata.name != route.metadata.name
+            && other.spec.network == *network
+            && other.spec.destination == destination
+    });
+    if let Some(twin) = twin {
+        return Err(origin.conflict(
+            "spec.destination",
+            format!(
+                "Route {:?} of Network {network:?} already has destination {destination}; a Network has one route per destination: change that Route instead",
+                twin.metadata.name
+            ),
+        ));
     }
     Ok(())
 }
@@ -564,6 +810,17 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
                 format!(
                     "MAC {mac} is already used by NetworkInterface {:?} in Subnet {:?}; choose another or leave mac empty to generate one",
                     other.metadata.name, spec.subnet
+                ),
+            ));
+        }
+    }
+    if let Some(mac) = spec.mac {
+        if mac == routing::gateway_mac(next, subnet) {
+            return Err(origin.conflict(
+                "spec.mac",
+                format!(
+                    "MAC {mac} is the gateway MAC of Subnet {:?}; choose another or leave mac empty to generate one",
+                    spec.subnet
                 ),
             ));
         }
@@ -707,12 +964,15 @@ fn assign_macs(
             (Some(mac), _) => mac,
             (None, Some(mac)) if !created.contains(name) => mac,
             (None, _) => {
-                let used: BTreeSet<MacAddr> = next
+                let mut used: BTreeSet<MacAddr> = next
                     .network_interfaces
                     .values()
                     .filter(|n| n.spec.subnet == subnet && n.metadata.name != *name)
                     .filter_map(|n| n.spec.mac.or(n.status.mac))
                     .collect();
+                if let Some(subnet) = next.subnets.get(&subnet) {
+                    used.insert(routing::gateway_mac(next, subnet));
+                }
                 let mut attempt = 0u32;
                 loop {
                     let mac = MacAddr::random(&format!("{name}/{attempt}"));
@@ -1189,6 +1449,369 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
         let err = check_delete(&current, Kind::Subnet, "nope").unwrap_err();
         assert_eq!(err.status(), 404);
         assert_eq!(err.to_string(), "Subnet \"nope\" not found");
+    }
+
+    fn network(name: &str, peerings: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec: {{peerings: [{peerings}]}}\n"
+        )
+    }
+
+    fn subnet(name: &str, network: &str, cidr: &str, gateway: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: {name}}}\nspec: {{network: {network}, cidr: {cidr}, gateway: {gateway}}}\n"
+        )
+    }
+
+    fn route(name: &str, network: &str, destination: &str, next_hop: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: Route\nmetadata: {{name: {name}}}\nspec: {{network: {network}, destination: {destination}, nextHop: {next_hop}}}\n"
+        )
+    }
+
+    /// Network blue (web 10.1.0.0/24) plus Network red with `red_cidr`, neither peered.
+    fn blue_and_red(red_cidr: &str, red_gateway: &str) -> State {
+        apply(
+            &base(),
+            &format!(
+                "{}{}",
+                network("red", ""),
+                subnet("r1", "red", red_cidr, red_gateway)
+            ),
+        )
+    }
+
+    #[test]
+    fn peering_shape_is_checked() {
+        let cases = [
+            (
+                "{name: me, network: blue}",
+                "spec.peerings[0].network: Network \"blue\" cannot peer with itself; name another Network",
+            ),
+            (
+                "{name: p, network: red}, {name: p, network: green}",
+                "spec.peerings[1].name: peering name \"p\" is also used by spec.peerings[0]; give each peering its own name",
+            ),
+            (
+                "{name: p, network: red}, {name: q, network: red}",
+                "spec.peerings[1].network: Network \"red\" is already listed by spec.peerings[0] (\"p\"); list each peer Network once",
+            ),
+        ];
+        for (peerings, want) in cases {
+            let err = refusal(&base(), &network("blue", peerings));
+            let msg = err.to_string();
+            assert!(msg.starts_with("document 1 (Network \"blue\"): "), "{msg}");
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+            assert_eq!(err.status(), 400);
+        }
+        // A peer that does not exist yet is fine (Pending).
+        let state = apply(&base(), &network("blue", "{name: p, network: later}"));
+        assert_eq!(state.networks["blue"].spec.peerings[0].network, "later");
+    }
+
+    #[test]
+    fn peering_overlapping_networks_is_refused_naming_both_cidrs() {
+        let current = blue_and_red("10.1.0.0/16", "10.1.9.1");
+        // One side alone is Pending: no overlap check yet.
+        let one = apply(&current, &network("blue", "{name: to-red, network: red}"));
+        // The other side would make it Ready.
+        let err = refusal(&one, &network("red", "{name: to-blue, network: blue}"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Network \"red\"): spec.peerings[0].network: cannot peer Network \"red\" \
+             with Network \"blue\": Subnet \"r1\" (10.1.0.0/16) of Network \"red\" overlaps Subnet \
+             \"web\" (10.1.0.0/24) of Network \"blue\"; peered Networks must not have overlapping \
+             CIDRs: renumber one of the Subnets, or remove the peering"
+        );
+        assert_eq!(err.field(), Some("documents[0].spec.peerings[0].network"));
+        // Both sides in one batch: the first document is blamed.
+        let both = format!(
+            "{}{}",
+            network("blue", "{name: to-red, network: red}"),
+            network("red", "{name: to-blue, network: blue}")
+        );
+        let msg = refusal(&current, &both).to_string();
+        assert!(
+            msg.starts_with("document 1 (Network \"blue\"): spec.peerings[0].network: cannot peer Network \"blue\" with Network \"red\": Subnet \"web\" (10.1.0.0/24) of Network \"blue\" overlaps Subnet \"r1\" (10.1.0.0/16)"),
+            "{msg}"
+        );
+        // Without overlap, both become Ready.
+        let fine = blue_and_red("10.2.0.0/24", "10.2.0.1");
+        let state = apply(&fine, &both);
+        assert_eq!(routing::ready_peers(&state, "blue"), ["red"]);
+    }
+
+    #[test]
+    fn a_new_subnet_may_not_overlap_a_ready_peer() {
+        let current = blue_and_red("10.2.0.0/24", "10.2.0.1");
+        let peered = apply(
+            &current,
+            &format!(
+                "{}{}",
+                network("blue", "{name: to-red, network: red}"),
+                network("red", "{name: to-blue, network: blue}")
+            ),
+        );
+        let err = refusal(&peered, &subnet("r2", "red", "10.1.0.128/25", "10.1.0.129"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"r2\"): spec.cidr: 10.1.0.128/25 of Network \"red\" overlaps \
+             Subnet \"web\" (10.1.0.0/24) of Network \"blue\", which is peered with Network \"red\" \
+             (Ready); peered Networks must not have overlapping CIDRs: choose a CIDR outside the \
+             peer's Subnets, or remove the peering"
+        );
+        // The unchanged Networks earlier in the input are not blamed for the new Subnet.
+        let text = format!(
+            "{}{}",
+            network("red", "{name: to-blue, network: blue}"),
+            subnet("r2", "red", "10.1.0.128/25", "10.1.0.129")
+        );
+        assert!(
+            refusal(&peered, &text)
+                .to_string()
+                .starts_with("document 2 (Subnet \"r2\")")
+        );
+        // Pending peerings do not constrain addresses: remove one side, and it fits.
+        let pending = apply(&peered, &network("red", ""));
+        let state = apply(
+            &pending,
+            &subnet("r2", "red", "10.1.0.128/25", "10.1.0.129"),
+        );
+        assert_eq!(state.subnets.len(), 3);
+        // ...but then the peering cannot become Ready again.
+        let err = refusal(&state, &network("red", "{name: to-blue, network: blue}"));
+        assert!(err.to_string().contains("(10.1.0.128/25)"), "{err}");
+    }
+
+    #[test]
+    fn a_peered_network_may_be_deleted() {
+        let current = blue_and_red("10.2.0.0/24", "10.2.0.1");
+        let peered = apply(
+            &current,
+            &format!(
+                "{}{}",
+                network("blue", "{name: to-red, network: red}"),
+                network("red", "{name: to-blue, network: blue}")
+            ),
+        );
+        let mut without_subnet = peered.clone();
+        without_subnet.subnets.remove("r1");
+        assert!(check_delete(&without_subnet, Kind::Network, "red").is_ok());
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let current = apply(&base(), &subnet("db", "blue", "10.1.1.0/24", "10.1.1.1"));
+        let cases = [
+            (
+                route("r", "green", "10.9.0.0/16", "10.1.0.9"),
+                "spec.network: Network \"green\" does not exist; create it first",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "10.7.0.9"),
+                "spec.nextHop: nextHop 10.7.0.9 is not inside any Subnet of Network \"blue\" \
+                 (Subnets: db 10.1.1.0/24, web 10.1.0.0/24); write the address of a router in one of them",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "10.1.0.1"),
+                "spec.nextHop: nextHop 10.1.0.1 is the gateway (the switch itself) of Subnet \"web\" \
+                 (10.1.0.0/24); write the address of a router in a Subnet of Network \"blue\" \
+                 (Subnets: db 10.1.1.0/24, web 10.1.0.0/24), not a gateway, network or broadcast address",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "10.1.1.0"),
+                "nextHop 10.1.1.0 is the network address of Subnet \"db\"",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "10.1.1.255"),
+                "nextHop 10.1.1.255 is the broadcast address of Subnet \"db\"",
+            ),
+            (
+                route("r", "blue", "10.1.1.0/24", "10.1.0.9"),
+                "spec.destination: 10.1.1.0/24 is the CIDR of Subnet \"db\" of Network \"blue\": \
+                 its connected route takes precedence, so this Route would never be used",
+            ),
+            (
+                route("r", "blue", "10.9.0.1/16", "10.1.0.9"),
+                "spec.destination: invalid CIDR \"10.9.0.1/16\": host bits are set; the network is 10.9.0.0/16",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "ten"),
+                "spec.nextHop: invalid IPv4 address \"ten\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = refusal(&current, &text);
+            let msg = err.to_string();
+            assert!(msg.starts_with("document 1 (Route \"r\"): "), "{msg}");
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+            assert_eq!(err.status(), 400, "{msg}");
+        }
+        // More specific than a connected prefix, a default route, a /32: fine.
+        let text = format!(
+            "{}{}{}",
+            route("half", "blue", "10.1.1.128/25", "10.1.0.9"),
+            route("default", "blue", "0.0.0.0/0", "10.1.0.9"),
+            route("host", "blue", "192.168.1.1/32", "10.1.1.9"),
+        );
+        let state = apply(&current, &text);
+        assert_eq!(state.routes.len(), 3);
+        // One route per destination.
+        let err = refusal(&state, &route("again", "blue", "0.0.0.0/0", "10.1.1.7"));
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Route \"again\"): spec.destination: Route \"default\" of Network \"blue\" \
+             already has destination 0.0.0.0/0; a Network has one route per destination: change \
+             that Route instead"
+        );
+        // Changing a Route in place is fine.
+        let state = apply(&state, &route("default", "blue", "0.0.0.0/0", "10.1.1.7"));
+        assert_eq!(
+            state.routes["default"].spec.next_hop,
+            Ipv4Addr::new(10, 1, 1, 7)
+        );
+        // A Route may come before its Network and Subnet in one input.
+        let text = format!(
+            "{}{}{}",
+            route("r", "green", "0.0.0.0/0", "10.8.0.9"),
+            network("green", ""),
+            subnet("g", "green", "10.8.0.0/24", "10.8.0.1")
+        );
+        assert_eq!(apply(&State::default(), &text).routes.len(), 1);
+    }
+
+    #[test]
+    fn a_new_subnet_may_not_take_a_routes_destination() {
+        let current = apply(&base(), &route("lab", "blue", "10.5.0.0/24", "10.1.0.9"));
+        let err = refusal(&current, &subnet("lab", "blue", "10.5.0.0/24", "10.5.0.1"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"lab\"): spec.cidr: 10.5.0.0/24 is the destination of Route \
+             \"lab\" of Network \"blue\"; this Subnet's connected route would hide it: delete the \
+             Route first, or choose another CIDR"
+        );
+        // A wider Subnet is fine: the Route is more specific.
+        assert_eq!(
+            apply(&current, &subnet("lab", "blue", "10.5.0.0/16", "10.5.0.1"))
+                .subnets
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn delete_checks_routes() {
+        let current = apply(&base(), &route("lab", "blue", "10.5.0.0/24", "10.1.0.9"));
+        let err = check_delete(&current, Kind::Subnet, "web").unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            err.to_string(),
+            "Subnet \"web\" still has Routes through it: lab; delete them first"
+        );
+        let mut no_subnets = current.clone();
+        no_subnets.subnets.clear();
+        let err = check_delete(&no_subnets, Kind::Network, "blue").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Network \"blue\" still has Routes: lab; delete them first"
+        );
+        assert!(check_delete(&current, Kind::Route, "lab").is_ok());
+        let err = check_delete(&current, Kind::Route, "nope").unwrap_err();
+        assert_eq!(err.to_string(), "Route \"nope\" not found");
+    }
+
+    #[test]
+    fn gateway_mac_override_and_collisions() {
+        let with_mac = BASE.replace(
+            "gateway: 10.1.0.1}",
+            "gateway: 10.1.0.1, gatewayMac: '02:00:00:00:00:01'}",
+        );
+        let state = apply(&State::default(), &with_mac);
+        let web = &state.subnets["web"];
+        assert_eq!(
+            routing::gateway_mac(&state, web).to_string(),
+            "02:00:00:00:00:01"
+        );
+        // Multicast is refused when parsed.
+        let msg = refusal(
+            &State::default(),
+            &with_mac.replace("02:00:00:00:00:01", "01:00:5e:00:00:01"),
+        )
+        .to_string();
+        assert!(
+            msg.contains("spec.gatewayMac: MAC address 01:00:5e:00:00:01 is not a unicast address"),
+            "{msg}"
+        );
+        // An interface may not take the gateway's MAC...
+        let err = refusal(&state, &nic("a", ", mac: '02:00:00:00:00:01'"));
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string()
+                .contains("spec.mac: MAC 02:00:00:00:00:01 is the gateway MAC of Subnet \"web\""),
+            "{err}"
+        );
+        // ...nor the gateway an interface's.
+        let state = apply(&base(), &nic("a", ", mac: '02:00:00:00:00:0a'"));
+        let err = refusal(&state, &with_mac.replace(":01'", ":0a'"));
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string().contains(
+                "spec.gatewayMac: MAC 02:00:00:00:00:0a is used by NetworkInterface \"a\" in Subnet \"web\""
+            ),
+            "{err}"
+        );
+    }
+
+    /// Every sample in `fixtures/resources/`: `bad-*.yaml` are refused whole, the others
+    /// apply to an empty state.
+    #[test]
+    fn fixture_resource_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/resources");
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let result =
+                parse_documents(&text).and_then(|docs| plan(&State::default(), docs, Mode::Apply));
+            if file.starts_with("bad-") {
+                let err = result.expect_err(&file).to_string();
+                let want: &[&str] = match file.as_str() {
+                    "bad-peering-overlap.yaml" => {
+                        &["10.40.0.0/24", "10.40.0.0/16", "green", "yellow"]
+                    }
+                    "bad-route-next-hop.yaml" => &["spec.nextHop", "is the gateway"],
+                    _ => &[],
+                };
+                for word in want {
+                    assert!(err.contains(word), "{file}: {word:?} not in {err}");
+                }
+            } else {
+                let plan = result.unwrap_or_else(|err| panic!("{file}: {err}"));
+                if file == "peered-networks.yaml" {
+                    let state = plan.next;
+                    assert_eq!(routing::ready_peers(&state, "blue"), ["red"]);
+                    assert_eq!(
+                        routing::routed_sources(&state, "blue-edge", Ipv4Addr::new(10, 20, 9, 254)),
+                        ["192.168.50.0/24".parse::<Ipv4Net>().unwrap()]
+                    );
+                }
+            }
+            seen.push(file);
+        }
+        seen.sort();
+        for expected in [
+            "bad-peering-overlap.yaml",
+            "bad-route-next-hop.yaml",
+            "peered-networks.yaml",
+            "two-subnets.yaml",
+        ] {
+            assert!(
+                seen.iter().any(|f| f == expected),
+                "{expected} missing from {seen:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,556 @@
+//! Peerings, routing tables and gateway MACs: pure functions of the desired [`State`], shared
+//! by validation, the computed status of Networks and Routes, and the compiled snapshot, so
+//! that what `get` shows and what the workers use cannot differ.
+//!
+//! Invariants of a state that passed [`validate`](super::validate):
+//! - A peering is `Ready` exactly when both Networks exist and each lists the other; a Network
+//!   never lists itself.
+//! - The Subnets of two Networks with a `Ready` peering do not overlap, so a peering route
+//!   never hides a connected one.
+//! - A Route's next hop is a host address, other than the gateway, of a Subnet of its
+//!   Network; no Route has the prefix of a connected route of its Network, and no two Routes
+//!   of a Network share a destination.
+//!
+//! A Network's table lists connected routes first, then peering routes, then static routes;
+//! when two share a prefix, the first wins (as [`NetworkEntry::new`] does).
+//!
+//! [`NetworkEntry::new`]: crate::engine::NetworkEntry::new
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::resource::{
+    MacAddr, Network, Peering, PeeringState, PeeringStatus, Route, RouteState, RouteStatus, Subnet,
+};
+use super::store::{NodeId, State};
+use crate::engine::{NextHop, RouteOrigin};
+
+/// One entry of a Network's table, with names rather than ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRoute {
+    /// Destination prefix.
+    pub prefix: Ipv4Net,
+    /// The egress Subnet's name (a Subnet of a peered Network for a peering route).
+    pub subnet: String,
+    /// Direct, or via a router on the egress Subnet.
+    pub next_hop: NextHop,
+    /// Why the route exists.
+    pub origin: RouteOrigin,
+}
+
+/// True when the two prefixes share an address.
+pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The Subnets of `network`, by name.
+pub fn subnets_of<'a>(state: &'a State, network: &str) -> Vec<&'a Subnet> {
+    state
+        .subnets
+        .values()
+        .filter(|subnet| subnet.spec.network == network)
+        .collect()
+}
+
+/// `web 10.1.0.0/24, db 10.2.0.0/24`, or `none` when `network` has no Subnets: for messages
+/// that must say which addresses would be valid.
+pub fn describe_subnets(state: &State, network: &str) -> String {
+    let listed: Vec<String> = subnets_of(state, network)
+        .into_iter()
+        .map(|s| format!("{} {}", s.metadata.name, s.spec.cidr))
+        .collect();
+    if listed.is_empty() {
+        "none".into()
+    } else {
+        listed.join(", ")
+    }
+}
+
+/// Whether `peering` of Network `network` is `Ready`: the peer exists and lists `network`.
+pub fn is_ready(state: &State, network: &str, peering: &Peering) -> bool {
+    peering.network != network
+        && state.networks.get(&peering.network).is_some_and(|peer| {
+            peer.spec
+                .peerings
+                .iter()
+                .any(|back| back.network == network)
+        })
+}
+
+/// The state of each peering of `network`, in spec order, with the reason when `Pending`.
+pub fn peering_status(state: &State, network: &Network) -> Vec<PeeringStatus> {
+    let name = &network.metadata.name;
+    network
+        .spec
+        .peerings
+        .iter()
+        .map(|peering| {
+            let (state_now, message) = if is_ready(state, name, peering) {
+                (PeeringState::Ready, None)
+            } else if state.networks.contains_key(&peering.network) {
+                (
+                    PeeringState::Pending,
+                    Some(format!(
+                        "Network {:?} does not list a peering with {name:?}; add one to its spec.peerings",
+                        peering.network
+                    )),
+                )
+            } else {
+                (
+                    PeeringState::Pending,
+                    Some(format!("Network {:?} does not exist yet", peering.network)),
+                )
+            };
+            PeeringStatus {
+                name: peering.name.clone(),
+                network: peering.network.clone(),
+                state: state_now,
+                message,
+            }
+        })
+        .collect()
+}
+
+/// The Networks `network` has a `Ready` peering with, in the order of its spec, each once.
+pub fn ready_peers<'a>(state: &'a State, network: &str) -> Vec<&'a str> {
+    let Some(own) = state.networks.get(network) else {
+        return Vec::new();
+    };
+    let mut seen = BTreeSet::new();
+    own.spec
+        .peerings
+        .iter()
+        .filter(|peering| is_ready(state, network, peering))
+        .map(|peering| peering.network.as_str())
+        .filter(|peer| seen.insert(*peer))
+        .collect()
+}
+
+/// The first pair of overlapping Subnets of `a` and `b` (a's first), if any.
+pub fn first_overlap<'a>(
+    state: &'a State,
+    a: &'a str,
+    b: &'a str,
+) -> Option<(&'a Subnet, &'a Subnet)> {
+    subnets_of(state, a).into_iter().find_map(|mine| {
+        subnets_of(state, b)
+            .into_iter()
+            .find(|theirs| overlaps(mine.spec.cidr, theirs.spec.cidr))
+            .map(|theirs| (mine, theirs))
+    })
+}
+
+/// The Subnet of `network` whose host addresses include `next_hop` (not its network or
+/// broadcast address), if any.
+pub fn egress_subnet<'a>(
+    state: &'a State,
+    network: &str,
+    next_hop: Ipv4Addr,
+) -> Option<&'a Subnet> {
+    subnets_of(state, network).into_iter().find(|subnet| {
+        let cidr = subnet.spec.cidr;
+        cidr.contains(&next_hop) && next_hop != cidr.network() && next_hop != cidr.broadcast()
+    })
+}
+
+/// The routing table of `network`: connected routes (by CIDR), then the Subnets of `Ready`
+/// peers (peers in spec order, their Subnets by CIDR), then Routes (by name). A prefix
+/// appears once: the first route with it wins. Routes whose next hop is in no Subnet are
+/// left out.
+pub fn table(state: &State, network: &str) -> Vec<TableRoute> {
+    let mut routes = Vec::new();
+    let by_cidr = |network: &str| {
+        let mut subnets = subnets_of(state, network);
+        subnets.sort_by_key(|s| (s.spec.cidr.network(), s.spec.cidr.prefix_len()));
+        subnets
+    };
+    for subnet in by_cidr(network) {
+        routes.push(TableRoute {
+            prefix: subnet.spec.cidr,
+            subnet: subnet.metadata.name.clone(),
+            next_hop: NextHop::Direct,
+            origin: RouteOrigin::Connected,
+        });
+    }
+    for peer in ready_peers(state, network) {
+        for subnet in by_cidr(peer) {
+            routes.push(TableRoute {
+                prefix: subnet.spec.cidr,
+                subnet: subnet.metadata.name.clone(),
+                next_hop: NextHop::Direct,
+                origin: RouteOrigin::Peering(peer.to_string()),
+            });
+        }
+    }
+    for route in state.routes.values() {
+        if route.spec.network != network {
+            continue;
+        }
+        if let Some(egress) = egress_subnet(state, network, route.spec.next_hop) {
+            routes.push(TableRoute {
+                prefix: route.spec.destination,
+                subnet: egress.metadata.name.clone(),
+                next_hop: NextHop::Via(route.spec.next_hop),
+                origin: RouteOrigin::Static(route.metadata.name.clone()),
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    routes.retain(|route| seen.insert(route.prefix.trunc()));
+    routes
+}
+
+/// The computed status of a Route: its egress Subnet, and whether its Network's table uses it.
+pub fn route_status(state: &State, route: &Route) -> RouteStatus {
+    let spec = &route.spec;
+    let Some(egress) = egress_subnet(state, &spec.network, spec.next_hop) else {
+        return RouteStatus {
+            subnet: None,
+            state: RouteState::Pending,
+            message: Some(format!(
+                "nextHop {} is in no Subnet of Network {:?} (Subnets: {})",
+                spec.next_hop,
+                spec.network,
+                describe_subnets(state, &spec.network)
+            )),
+        };
+    };
+    let subnet = Some(egress.metadata.name.clone());
+    let winner = table(state, &spec.network)
+        .into_iter()
+        .find(|entry| entry.prefix.trunc() == spec.destination.trunc());
+    let message = match winner.map(|entry| (entry.origin, entry.subnet)) {
+        Some((RouteOrigin::Static(name), _)) if name == route.metadata.name => {
+            return RouteStatus {
+                subnet,
+                state: RouteState::Ready,
+                message: None,
+            };
+        }
+        Some((RouteOrigin::Connected, by)) => {
+            format!("the connected route of Subnet {by:?} has the same prefix and takes precedence")
+        }
+        Some((RouteOrigin::Peering(peer), by)) => format!(
+            "the peering route to Subnet {by:?} of Network {peer:?} has the same prefix and takes precedence; delete this Route or the peering"
+        ),
+        Some((RouteOrigin::Static(other), _)) => {
+            format!("Route {other:?} has the same destination and takes precedence")
+        }
+        None => "not in the table of its Network".to_string(),
+    };
+    RouteStatus {
+        subnet,
+        state: RouteState::Shadowed,
+        message: Some(message),
+    }
+}
+
+/// The destinations of `Ready` Routes whose next hop is `addr` on Subnet `subnet`: traffic
+/// from them may enter through the interface that owns `addr` (it routes for them).
+pub fn routed_sources(state: &State, subnet: &str, addr: Ipv4Addr) -> Vec<Ipv4Net> {
+    let Some(network) = state.subnets.get(subnet).map(|s| s.spec.network.as_str()) else {
+        return Vec::new();
+    };
+    table(state, network)
+        .into_iter()
+        .filter(|entry| {
+            entry.subnet == subnet
+                && entry.next_hop == NextHop::Via(addr)
+                && matches!(entry.origin, RouteOrigin::Static(_))
+        })
+        .map(|entry| entry.prefix)
+        .collect()
+}
+
+/// The gateway MAC derived from this node's id and the Subnet's name: locally administered
+/// and unicast (first octet `x2`, `x6`, `xa` or `xe`). The same node and name always give the
+/// same MAC, so containers' ARP caches stay valid across restarts; two nodes give different
+/// ones. The formula is part of the contract: changing it changes every gateway's MAC on
+/// upgrade.
+pub fn derived_gateway_mac(node: Option<NodeId>, subnet: &str) -> MacAddr {
+    // FNV-1a over the node id, a separator and the name, then the SplitMix64 finaliser so
+    // that every output bit depends on every input bit.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let node = node.map(|n| n.0).unwrap_or_default();
+    for byte in node.iter().chain(&[0xff]).chain(subnet.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    let b = hash.to_be_bytes();
+    MacAddr([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// The MAC the gateway of `subnet` uses: `spec.gatewayMac`, else the derived one.
+pub fn gateway_mac(state: &State, subnet: &Subnet) -> MacAddr {
+    subnet
+        .spec
+        .gateway_mac
+        .unwrap_or_else(|| derived_gateway_mac(state.node_id, &subnet.metadata.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::resource::parse_documents;
+    use crate::control::validate::{Mode, plan};
+
+    fn network(name: &str, peers: &[(&str, &str)]) -> String {
+        let peerings: Vec<String> = peers
+            .iter()
+            .map(|(peering, peer)| format!("{{name: {peering}, network: {peer}}}"))
+            .collect();
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec: {{peerings: [{}]}}\n",
+            peerings.join(", ")
+        )
+    }
+
+    fn subnet(name: &str, network: &str, cidr: &str, gateway: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: {name}}}\nspec: {{network: {network}, cidr: {cidr}, gateway: {gateway}}}\n"
+        )
+    }
+
+    fn route(name: &str, network: &str, destination: &str, next_hop: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: Route\nmetadata: {{name: {name}}}\nspec: {{network: {network}, destination: {destination}, nextHop: {next_hop}}}\n"
+        )
+    }
+
+    fn apply(current: &State, text: &str) -> State {
+        plan(current, parse_documents(text).unwrap(), Mode::Apply)
+            .unwrap()
+            .next
+    }
+
+    fn two_networks(a_peers: &[(&str, &str)], b_peers: &[(&str, &str)]) -> State {
+        let text = format!(
+            "{}{}{}{}{}",
+            network("a", a_peers),
+            network("b", b_peers),
+            subnet("a1", "a", "10.1.0.0/24", "10.1.0.1"),
+            subnet("a2", "a", "10.1.1.0/24", "10.1.1.1"),
+            subnet("b1", "b", "10.2.0.0/24", "10.2.0.1"),
+        );
+        apply(&State::default(), &text)
+    }
+
+    fn states(state: &State, network: &str) -> Vec<(String, PeeringState)> {
+        peering_status(state, &state.networks[network])
+            .into_iter()
+            .map(|p| (p.network, p.state))
+            .collect()
+    }
+
+    fn rows(state: &State, network: &str) -> Vec<String> {
+        table(state, network)
+            .into_iter()
+            .map(|r| {
+                let via = match r.next_hop {
+                    NextHop::Direct => "direct".to_string(),
+                    NextHop::Via(addr) => addr.to_string(),
+                };
+                let origin = match r.origin {
+                    RouteOrigin::Connected => "connected".to_string(),
+                    RouteOrigin::Static(name) => format!("static:{name}"),
+                    RouteOrigin::Peering(peer) => format!("peering:{peer}"),
+                };
+                format!("{} {via} {} {origin}", r.prefix, r.subnet)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peering_is_ready_only_when_mutual() {
+        let one_sided = two_networks(&[("to-b", "b")], &[]);
+        assert_eq!(
+            states(&one_sided, "a"),
+            [("b".to_string(), PeeringState::Pending)]
+        );
+        let status = &peering_status(&one_sided, &one_sided.networks["a"])[0];
+        assert_eq!(
+            status.message.as_deref(),
+            Some("Network \"b\" does not list a peering with \"a\"; add one to its spec.peerings")
+        );
+        assert!(ready_peers(&one_sided, "a").is_empty());
+        assert_eq!(
+            rows(&one_sided, "a"),
+            [
+                "10.1.0.0/24 direct a1 connected",
+                "10.1.1.0/24 direct a2 connected"
+            ]
+        );
+
+        let mutual = two_networks(&[("to-b", "b")], &[("to-a", "a")]);
+        assert_eq!(
+            states(&mutual, "a"),
+            [("b".to_string(), PeeringState::Ready)]
+        );
+        assert_eq!(
+            states(&mutual, "b"),
+            [("a".to_string(), PeeringState::Ready)]
+        );
+        assert_eq!(
+            rows(&mutual, "a"),
+            [
+                "10.1.0.0/24 direct a1 connected",
+                "10.1.1.0/24 direct a2 connected",
+                "10.2.0.0/24 direct b1 peering:b",
+            ]
+        );
+        assert_eq!(
+            rows(&mutual, "b"),
+            [
+                "10.2.0.0/24 direct b1 connected",
+                "10.1.0.0/24 direct a1 peering:a",
+                "10.1.1.0/24 direct a2 peering:a",
+            ]
+        );
+
+        // Removing one side: Pending again, and the routes are gone on both sides.
+        let removed = apply(&mutual, &network("b", &[]));
+        assert_eq!(
+            states(&removed, "a"),
+            [("b".to_string(), PeeringState::Pending)]
+        );
+        assert_eq!(rows(&removed, "b"), ["10.2.0.0/24 direct b1 connected"]);
+        assert_eq!(rows(&removed, "a").len(), 2);
+    }
+
+    #[test]
+    fn peer_that_does_not_exist_is_pending() {
+        let state = apply(&State::default(), &network("a", &[("later", "zz")]));
+        let status = peering_status(&state, &state.networks["a"]);
+        assert_eq!(status[0].state, PeeringState::Pending);
+        assert_eq!(
+            status[0].message.as_deref(),
+            Some("Network \"zz\" does not exist yet")
+        );
+        // Once it exists and lists a, both are Ready.
+        let state = apply(&state, &network("zz", &[("back", "a")]));
+        assert_eq!(states(&state, "a"), [("zz".into(), PeeringState::Ready)]);
+    }
+
+    #[test]
+    fn static_routes_come_last_and_egress_is_the_next_hops_subnet() {
+        let state = two_networks(&[("to-b", "b")], &[("to-a", "a")]);
+        let text = format!(
+            "{}{}{}",
+            route("lab", "a", "192.168.50.0/24", "10.1.1.254"),
+            route("default", "a", "0.0.0.0/0", "10.1.0.254"),
+            route("narrow", "a", "10.2.0.128/25", "10.1.0.253"),
+        );
+        let state = apply(&state, &text);
+        assert_eq!(
+            rows(&state, "a"),
+            [
+                "10.1.0.0/24 direct a1 connected",
+                "10.1.1.0/24 direct a2 connected",
+                "10.2.0.0/24 direct b1 peering:b",
+                "0.0.0.0/0 10.1.0.254 a1 static:default",
+                "192.168.50.0/24 10.1.1.254 a2 static:lab",
+                "10.2.0.128/25 10.1.0.253 a1 static:narrow",
+            ]
+        );
+        let status = route_status(&state, &state.routes["lab"]);
+        assert_eq!(status.subnet.as_deref(), Some("a2"));
+        assert_eq!(status.state, RouteState::Ready);
+        assert_eq!(status.message, None);
+        assert_eq!(
+            routed_sources(&state, "a1", "10.1.0.254".parse().unwrap()),
+            ["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(
+            routed_sources(&state, "a2", "10.1.1.254".parse().unwrap()),
+            ["192.168.50.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(routed_sources(&state, "a2", "10.1.0.254".parse().unwrap()).is_empty());
+        assert!(routed_sources(&state, "nope", "10.1.0.254".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn a_route_hidden_by_a_later_peering_is_shadowed() {
+        let state = two_networks(&[("to-b", "b")], &[]);
+        let state = apply(&state, &route("to-b1", "a", "10.2.0.0/24", "10.1.0.9"));
+        assert_eq!(
+            route_status(&state, &state.routes["to-b1"]).state,
+            RouteState::Ready
+        );
+        let state = apply(&state, &network("b", &[("to-a", "a")]));
+        let status = route_status(&state, &state.routes["to-b1"]);
+        assert_eq!(status.state, RouteState::Shadowed);
+        assert_eq!(status.subnet.as_deref(), Some("a1"));
+        assert!(
+            status
+                .message
+                .as_deref()
+                .unwrap()
+                .starts_with("the peering route to Subnet \"b1\" of Network \"b\""),
+            "{status:?}"
+        );
+        assert!(routed_sources(&state, "a1", "10.1.0.9".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn gateway_macs_are_stable_local_unicast_and_per_node() {
+        let node = Some(NodeId([1; 16]));
+        let mac = derived_gateway_mac(node, "web");
+        assert_eq!(mac, derived_gateway_mac(node, "web"));
+        assert_ne!(mac, derived_gateway_mac(node, "db"));
+        assert_ne!(mac, derived_gateway_mac(Some(NodeId([2; 16])), "web"));
+        for index in 0..256u32 {
+            let mac = derived_gateway_mac(node, &format!("s{index}"));
+            assert_eq!(mac.0[0] & 0x03, 0x02, "{mac}");
+        }
+        // Pinned: the formula is part of the contract (MACs must not change on upgrade).
+        assert_eq!(
+            derived_gateway_mac(Some(NodeId([0; 16])), "default").to_string(),
+            "92:d7:6d:82:43:2f"
+        );
+        assert_eq!(mac.to_string(), "ce:72:a9:cf:e4:48");
+        assert_eq!(
+            derived_gateway_mac(None, "default"),
+            derived_gateway_mac(Some(NodeId([0; 16])), "default")
+        );
+        let state = apply(
+            &State::default(),
+            &format!(
+                "{}{}",
+                network("a", &[]),
+                subnet("a1", "a", "10.1.0.0/24", "10.1.0.1")
+            ),
+        );
+        assert_eq!(
+            gateway_mac(&state, &state.subnets["a1"]),
+            derived_gateway_mac(None, "a1")
+        );
+        let mut fixed = state.subnets["a1"].clone();
+        fixed.spec.gateway_mac = Some(MacAddr([2, 0, 0, 0, 0, 0x42]));
+        assert_eq!(gateway_mac(&state, &fixed).to_string(), "02:00:00:00:00:42");
+    }
+
+    #[test]
+    fn subnet_lists_for_messages() {
+        let state = two_networks(&[], &[]);
+        assert_eq!(
+            describe_subnets(&state, "a"),
+            "a1 10.1.0.0/24, a2 10.1.1.0/24"
+        );
+        assert_eq!(describe_subnets(&state, "nope"), "none");
+        assert!(overlaps(
+            "10.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/24".parse().unwrap()
+        ));
+        assert!(!overlaps(
+            "10.1.0.0/24".parse().unwrap(),
+            "10.1.1.0/24".parse().unwrap()
+        ));
+    }
+}
