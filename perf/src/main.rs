@@ -1,1 +1,545 @@
-fn main() {}
+//! perf: measures vswitchd against the Linux kernel in the same run.
+//!
+//! Each scenario builds its own namespaces (see `topo`), runs the same traffic over the
+//! kernel's equivalent and over vswitchd (tap and veth ports, 1 and 2 workers), optionally
+//! over Open vSwitch's userspace datapath, and reports medians, spreads and ratios to the
+//! kernel. Results go to the terminal (progress on stderr, tables on stdout), to a JSON file,
+//! and to `perf/results/<date>-<host>/` (README.SETUP, raw.csv, summary.txt, results.json).
+//!
+//! The hidden subcommands (`udp-send`, `udp-recv`, `ping`, `pong`, `sysctl`) are this same
+//! binary re-executed inside a namespace with `ip netns exec`.
+
+mod report;
+mod scenarios;
+mod tools;
+mod topo;
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use report::{JsonReport, Outcome, RunInfo, VariantResult};
+use scenarios::{Context, Scenario, Settings};
+use tools::cmd::{self, Interrupted};
+use tools::vswitchd::{Binaries, PortKind};
+
+/// Measure vswitchd against the Linux kernel (bridge, routing, vxlan, nftables) in the
+/// same run, in network namespaces it creates and removes.
+///
+/// Needs root, `ip` (iproute2) and `iperf3`. Sends traffic only between the namespaces it
+/// creates. Progress goes to stderr, the tables to stdout, and the full results to
+/// perf/results/<date>-<host>/.
+#[derive(Debug, Parser)]
+#[command(name = "perf", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    helper: Option<Helper>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Scenarios to run, comma-separated [default: all; with --quick: l2].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Finish in under two minutes: l2 only (unless --scenario), 3 runs of 1 s.
+    #[arg(long)]
+    quick: bool,
+    /// Measured runs per variant, after one warmup [default: 5; with --quick: 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: Option<u32>,
+    /// Seconds of each measurement (TCP, UDP, latency) [default: 3; with --quick: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60))]
+    seconds: Option<u32>,
+    /// Measure the kernel only (no vswitchd needed).
+    #[arg(long)]
+    kernel_only: bool,
+    /// Add Open vSwitch's userspace datapath (datapath_type=netdev) to l2, if installed.
+    #[arg(long)]
+    with_ovs: bool,
+    /// vswitchd worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: Vec<u32>,
+    /// Port kinds to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tap,veth")]
+    kinds: Vec<PortKind>,
+    /// The vswitchd binary [default: next to perf, then PATH].
+    #[arg(long, value_name = "PATH")]
+    vswitchd: Option<PathBuf>,
+    /// The vswitchctl binary [default: next to perf, then PATH].
+    #[arg(long, value_name = "PATH")]
+    vswitchctl: Option<PathBuf>,
+    /// Where result directories go [default: perf/results of the source tree].
+    #[arg(long, value_name = "DIR")]
+    results_dir: Option<PathBuf>,
+    /// Also write the JSON results to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Do not write a results directory (the JSON goes only to --json, if given).
+    #[arg(long)]
+    no_results_dir: bool,
+}
+
+/// Helpers run inside namespaces by the harness itself.
+#[derive(Debug, Subcommand)]
+enum Helper {
+    /// UDP packet-rate sender.
+    #[command(name = "udp-send", hide = true)]
+    UdpSend {
+        #[arg(long)]
+        dst: SocketAddrV4,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = tools::udp::PAYLOAD_64B_FRAME)]
+        payload: usize,
+    },
+    /// UDP packet-rate receiver.
+    #[command(name = "udp-recv", hide = true)]
+    UdpRecv {
+        #[arg(long)]
+        bind: SocketAddrV4,
+        #[arg(long)]
+        max_seconds: f64,
+    },
+    /// Latency client.
+    #[command(hide = true)]
+    Ping {
+        #[arg(long)]
+        dst: SocketAddrV4,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = tools::udp::PAYLOAD_64B_FRAME)]
+        payload: usize,
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        #[arg(long)]
+        until_reply: bool,
+    },
+    /// Latency echo server.
+    #[command(hide = true)]
+    Pong {
+        #[arg(long)]
+        bind: SocketAddrV4,
+        #[arg(long)]
+        max_seconds: f64,
+    },
+    /// Write a sysctl in the current namespace.
+    #[command(hide = true)]
+    Sysctl { key: String, value: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.helper {
+        Some(helper) => run_helper(helper).map(|()| ExitCode::SUCCESS),
+        None => run(&cli.run),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!(
+                "perf: interrupted; the namespaces it created are removed, no results written"
+            );
+            ExitCode::from(130)
+        }
+        Err(err) => {
+            eprintln!("perf: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_helper(helper: Helper) -> Result<()> {
+    match helper {
+        Helper::UdpSend {
+            dst,
+            seconds,
+            payload,
+        } => tools::udp::send_main(dst, seconds, payload),
+        Helper::UdpRecv { bind, max_seconds } => tools::udp::recv_main(bind, max_seconds),
+        Helper::Ping {
+            dst,
+            seconds,
+            payload,
+            timeout_ms,
+            until_reply,
+        } => tools::latency::ping_main(tools::latency::PingOptions {
+            dst,
+            seconds,
+            payload,
+            timeout: Duration::from_millis(timeout_ms),
+            until_reply,
+        }),
+        Helper::Pong { bind, max_seconds } => tools::latency::pong_main(bind, max_seconds),
+        Helper::Sysctl { key, value } => topo::sysctl_main(&key, &value),
+    }
+}
+
+/// The settings after applying --quick, --runs and --seconds.
+fn settings(args: &RunArgs) -> Settings {
+    let mut settings = if args.quick {
+        Settings::QUICK
+    } else {
+        Settings::FULL
+    };
+    if let Some(runs) = args.runs {
+        settings.runs = runs;
+    }
+    if let Some(seconds) = args.seconds {
+        settings.tcp_seconds = seconds;
+        settings.udp_seconds = f64::from(seconds);
+        settings.rtt_seconds = f64::from(seconds);
+    }
+    settings
+}
+
+/// The scenarios to run.
+fn selected_scenarios(args: &RunArgs) -> Vec<Scenario> {
+    if !args.scenario.is_empty() {
+        let mut list = Vec::new();
+        for scenario in &args.scenario {
+            if !list.contains(scenario) {
+                list.push(*scenario);
+            }
+        }
+        list
+    } else if args.quick {
+        vec![Scenario::L2]
+    } else {
+        Scenario::ALL.to_vec()
+    }
+}
+
+/// Refuses to start without root or without the tools every scenario needs.
+fn preflight() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "must run as root: it creates network namespaces, veth pairs, bridges and TAP \
+             devices (try: sudo {})",
+            std::env::args().collect::<Vec<_>>().join(" ")
+        );
+    }
+    let missing: Vec<&str> = [("ip", "iproute2"), ("iperf3", "iperf3")]
+        .into_iter()
+        .filter(|(program, _)| cmd::which(program).is_none())
+        .map(|(_, package)| package)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing tools: {} (install with: apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn locate_binaries(args: &RunArgs) -> Result<Binaries> {
+    Ok(Binaries {
+        vswitchd: tools::vswitchd::locate("vswitchd", args.vswitchd.as_deref())?,
+        vswitchctl: tools::vswitchd::locate("vswitchctl", args.vswitchctl.as_deref())?,
+    })
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    preflight()?;
+    cmd::install_interrupt_handler()?;
+    for stale in topo::sweep_stale() {
+        eprintln!("perf: removed {stale}, left by an earlier run that did not finish");
+    }
+    let binaries = if args.kernel_only {
+        None
+    } else {
+        Some(locate_binaries(args)?)
+    };
+    let ovs = if args.with_ovs {
+        match tools::ovs::tools() {
+            Ok(tools) => Some(tools),
+            Err(err) => {
+                eprintln!("perf: --with-ovs: {err:#}; the Open vSwitch column is left out");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let settings = settings(args);
+    let scenarios = selected_scenarios(args);
+    let variants = scenarios::variants(args.kernel_only, &args.kinds, &args.workers, ovs.is_some());
+    let context = Context { binaries, ovs };
+    let info = run_info(args, &settings, &context, started_at);
+    eprintln!(
+        "perf: {} scenario(s) x {} variant(s), {} runs each",
+        scenarios.len(),
+        variants.len(),
+        settings.runs
+    );
+
+    let mut results: Vec<VariantResult> = Vec::new();
+    for scenario in &scenarios {
+        for variant in &variants {
+            results.push(scenarios::run_variant(
+                *scenario, *variant, &context, &settings,
+            )?);
+        }
+        let done: Vec<VariantResult> = results
+            .iter()
+            .filter(|r| r.scenario == scenario.key())
+            .cloned()
+            .collect();
+        for summary in report::summarize(&done, describe) {
+            println!("{}", report::render_scenario(&summary));
+        }
+    }
+
+    let summaries = report::summarize(&results, describe);
+    let json = serde_json::to_string_pretty(&JsonReport {
+        harness: format!("perf {}", env!("CARGO_PKG_VERSION")),
+        run: &info,
+        scenarios: &summaries,
+        method: report::METHOD,
+    })?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("perf: JSON written to {}", path.display());
+    }
+    if !args.no_results_dir {
+        let base = args
+            .results_dir
+            .clone()
+            .unwrap_or_else(default_results_base);
+        let date = &info.started_utc[..10];
+        let dir = report::create_results_dir(&base, date, &info.host)?;
+        report::write_results_dir(
+            &dir,
+            &report::render_setup(&info, &cmd::command_log()),
+            &report::render_csv(&results),
+            &report::render_summary(&info, &summaries),
+            &json,
+        )?;
+        eprintln!("perf: results in {}", dir.display());
+    }
+    eprintln!("perf: finished in {:.0} s", started.elapsed().as_secs_f64());
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .count();
+    if failed > 0 {
+        eprintln!("perf: {failed} variant(s) failed; see the tables");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(key: &str) -> String {
+    Scenario::from_key(key).map_or_else(String::new, |s| s.description().to_owned())
+}
+
+/// `perf/results` of the source tree when it exists (a cargo build), else `./perf-results`.
+fn default_results_base() -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if source.is_dir() {
+        source.join("results")
+    } else {
+        PathBuf::from("perf-results")
+    }
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn first_line_of(program: &str, args: &[&str]) -> String {
+    cmd::output_within(cmd::command(program, args), Duration::from_secs(5))
+        .ok()
+        .and_then(|out| {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("{program}: unknown version"))
+}
+
+fn run_info(args: &RunArgs, settings: &Settings, context: &Context, started_at: u64) -> RunInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(
+            || "unknown CPU".to_owned(),
+            |(_, model)| model.trim().to_owned(),
+        );
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with("MemTotal:"))
+        .map_or_else(
+            || "unknown memory".to_owned(),
+            |line| {
+                line.split_whitespace()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
+    let mut tools = vec![
+        first_line_of("iperf3", &["--version"]),
+        first_line_of("ip", &["-V"]),
+    ];
+    if let Some(binaries) = &context.binaries {
+        tools.push(format!("vswitchd: {}", binaries.vswitchd.display()));
+        tools.push(format!("vswitchctl: {}", binaries.vswitchctl.display()));
+    }
+    let source = env!("CARGO_MANIFEST_DIR");
+    if Path::new(source).is_dir() {
+        let rev = first_line_of("git", &["-C", source, "rev-parse", "--short", "HEAD"]);
+        tools.push(format!(
+            "source revision: {rev} (uncommitted changes not shown)"
+        ));
+    }
+    let mut described = settings.describe();
+    described.push(format!(
+        "variants: kernel{}{}",
+        if args.kernel_only {
+            String::new()
+        } else {
+            format!(
+                ", vswitch kinds {:?} x workers {:?}",
+                args.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                args.workers
+            )
+        },
+        if context.ovs.is_some() {
+            ", ovs-netdev (l2)"
+        } else {
+            ""
+        }
+    ));
+    RunInfo {
+        started_utc: report::utc_timestamp(started_at),
+        host: read_trimmed("/proc/sys/kernel/hostname"),
+        kernel: format!(
+            "{} {} {} {}",
+            read_trimmed("/proc/sys/kernel/ostype"),
+            read_trimmed("/proc/sys/kernel/osrelease"),
+            read_trimmed("/proc/sys/kernel/version"),
+            std::env::consts::ARCH
+        ),
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        memory,
+        command: cmd::display(&{
+            let mut args = std::env::args();
+            let mut command =
+                std::process::Command::new(args.next().unwrap_or_else(|| "perf".into()));
+            command.args(args);
+            command
+        }),
+        tools,
+        settings: described,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("perf").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn quick_defaults_to_l2_and_short_runs() {
+        let cli = parse(&["--quick", "--kernel-only"]);
+        assert!(cli.helper.is_none());
+        assert_eq!(selected_scenarios(&cli.run), [Scenario::L2]);
+        assert_eq!(settings(&cli.run), Settings::QUICK);
+    }
+
+    #[test]
+    fn full_defaults_to_every_scenario() {
+        let cli = parse(&[]);
+        assert_eq!(selected_scenarios(&cli.run), Scenario::ALL);
+        assert_eq!(settings(&cli.run).runs, 5);
+        assert_eq!(cli.run.workers, [1, 2]);
+        assert_eq!(cli.run.kinds, [PortKind::Tap, PortKind::Veth]);
+    }
+
+    #[test]
+    fn overrides_and_lists() {
+        let cli = parse(&[
+            "--scenario",
+            "l2,nat,l2",
+            "--runs",
+            "7",
+            "--seconds",
+            "2",
+            "--workers",
+            "1,4",
+            "--kinds",
+            "veth",
+        ]);
+        assert_eq!(selected_scenarios(&cli.run), [Scenario::L2, Scenario::Nat]);
+        let settings = settings(&cli.run);
+        assert_eq!((settings.runs, settings.tcp_seconds), (7, 2));
+        assert_eq!(settings.udp_seconds, 2.0);
+        assert_eq!(cli.run.workers, [1, 4]);
+        assert_eq!(cli.run.kinds, [PortKind::Veth]);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let parse_err = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("perf").chain(args.iter().copied())).is_err()
+        };
+        assert!(parse_err(&["--runs", "0"]));
+        assert!(parse_err(&["--scenario", "bogus"]));
+        assert!(parse_err(&["--workers", "0"]));
+        assert!(parse_err(&["--kinds", "macvlan"]));
+    }
+
+    #[test]
+    fn helpers_parse() {
+        let cli = parse(&["udp-send", "--dst", "10.0.0.2:9000", "--seconds", "1.5"]);
+        assert!(matches!(
+            cli.helper,
+            Some(Helper::UdpSend { payload: 18, .. })
+        ));
+        let cli = parse(&[
+            "ping",
+            "--dst",
+            "10.0.0.2:9001",
+            "--seconds",
+            "1",
+            "--until-reply",
+        ]);
+        assert!(matches!(
+            cli.helper,
+            Some(Helper::Ping {
+                until_reply: true,
+                timeout_ms: 500,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,557 @@
+//! Scenarios (topologies) and the measurement loop every variant of every scenario goes
+//! through.
+//!
+//! A scenario's `prepare` builds one variant's namespaces and switch and says which
+//! namespace sends, which receives and at what address; [`run_variant`] then checks
+//! connectivity, warms up and measures N runs. Everything the variant built is owned by
+//! [`Prepared`] and torn down when it is dropped, whatever happened.
+
+pub mod l2;
+pub mod nat;
+pub mod routed;
+pub mod vxlan;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value};
+use crate::tools::cmd::{self, Interrupted};
+use crate::tools::cpu::SwitchCpu;
+use crate::tools::ovs::{Ovs, OvsTools};
+use crate::tools::vswitchd::{Binaries, Daemon, PortKind, Refused};
+use crate::tools::{iperf, latency, udp};
+use crate::topo::Topology;
+
+/// Durations and counts of one invocation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Measured runs per variant.
+    pub runs: u32,
+    /// Seconds of each TCP measurement (iperf3 takes whole seconds).
+    pub tcp_seconds: u32,
+    /// Seconds of each UDP packet-rate measurement.
+    pub udp_seconds: f64,
+    /// Seconds of each latency measurement.
+    pub rtt_seconds: f64,
+    /// Seconds of the TCP warmup (UDP warms up for half a second).
+    pub warmup_seconds: u32,
+}
+
+impl Settings {
+    /// The settings of a full run: 5 runs of 3 s each.
+    pub const FULL: Settings = Settings {
+        runs: 5,
+        tcp_seconds: 3,
+        udp_seconds: 3.0,
+        rtt_seconds: 3.0,
+        warmup_seconds: 2,
+    };
+
+    /// The settings of `--quick`: 3 runs of 1 s each.
+    pub const QUICK: Settings = Settings {
+        runs: 3,
+        tcp_seconds: 1,
+        udp_seconds: 1.0,
+        rtt_seconds: 1.0,
+        warmup_seconds: 1,
+    };
+
+    /// One line per setting, for README.SETUP.
+    pub fn describe(&self) -> Vec<String> {
+        vec![
+            format!("runs per variant: {} (after one warmup)", self.runs),
+            format!(
+                "TCP: iperf3 -t {} with -P 1 and -P 4, port {}",
+                self.tcp_seconds,
+                iperf::PORT
+            ),
+            format!(
+                "UDP 64B: {} s per run, {}-byte payload, port {}",
+                self.udp_seconds,
+                udp::PAYLOAD_64B_FRAME,
+                udp::PORT
+            ),
+            format!(
+                "RTT: {} s per run, port {}",
+                self.rtt_seconds,
+                latency::PORT
+            ),
+            format!("warmup: TCP {} s, UDP 0.5 s", self.warmup_seconds),
+        ]
+    }
+}
+
+/// What carries the traffic in one column of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The Linux kernel's own equivalent (bridge, routing, vxlan, nftables).
+    Kernel,
+    /// vswitchd with containers attached through `kind` ports and `workers` workers.
+    Vswitch {
+        /// Port kind used for every container.
+        kind: PortKind,
+        /// `vswitchd --workers`.
+        workers: u32,
+    },
+    /// Open vSwitch, userspace datapath.
+    Ovs,
+}
+
+impl Variant {
+    /// The column label: `kernel`, `vswitch-tap-w1`, `ovs-netdev`.
+    pub fn label(&self) -> String {
+        match self {
+            Variant::Kernel => crate::report::BASELINE.to_owned(),
+            Variant::Vswitch { kind, workers } => format!("vswitch-{}-w{workers}", kind.as_str()),
+            Variant::Ovs => "ovs-netdev".to_owned(),
+        }
+    }
+}
+
+/// The topologies the harness knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Scenario {
+    /// Two containers on one node, one L2 segment.
+    L2,
+    /// Two containers in two subnets, routed through the gateway.
+    Routed,
+    /// Two containers on two nodes, across a VXLAN tunnel.
+    Vxlan,
+    /// A container reaching an outside server through masquerade.
+    Nat,
+}
+
+impl Scenario {
+    /// Every scenario, in run order.
+    pub const ALL: [Scenario; 4] = [
+        Scenario::L2,
+        Scenario::Routed,
+        Scenario::Vxlan,
+        Scenario::Nat,
+    ];
+
+    /// Stable key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Scenario::L2 => "l2",
+            Scenario::Routed => "routed",
+            Scenario::Vxlan => "vxlan",
+            Scenario::Nat => "nat",
+        }
+    }
+
+    /// Looks a key up.
+    pub fn from_key(key: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.key() == key)
+    }
+
+    /// One line on the topology and its kernel equivalent.
+    pub fn description(self) -> &'static str {
+        match self {
+            Scenario::L2 => "two containers on one node, c1 -> c2 (kernel: Linux bridge + veth)",
+            Scenario::Routed => {
+                "two subnets through the gateway, c1 -> c2 (kernel: router namespace, ip_forward)"
+            }
+            Scenario::Vxlan => {
+                "containers on two nodes across VXLAN, MTU 1450 inside (kernel: bridge + vxlan)"
+            }
+            Scenario::Nat => {
+                "container to an outside server through masquerade (kernel: nftables masquerade)"
+            }
+        }
+    }
+
+    /// Builds `variant` of this scenario.
+    ///
+    /// # Errors
+    /// See [`PrepareError`].
+    pub fn prepare(self, variant: Variant, context: &Context) -> Result<Prepared, PrepareError> {
+        match self {
+            Scenario::L2 => l2::prepare(variant, context),
+            Scenario::Routed => routed::prepare(variant, context),
+            Scenario::Vxlan => vxlan::prepare(variant, context),
+            Scenario::Nat => nat::prepare(variant, context),
+        }
+    }
+}
+
+/// What `prepare` needs beyond the variant.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// vswitchd and vswitchctl, when vswitch variants are wanted.
+    pub binaries: Option<Binaries>,
+    /// Open vSwitch, when `--with-ovs` found it.
+    pub ovs: Option<OvsTools>,
+}
+
+impl Context {
+    /// The binaries, or a failure saying they were not located.
+    ///
+    /// # Errors
+    /// Not located (the harness checks this before any scenario runs).
+    pub fn binaries(&self) -> Result<&Binaries, PrepareError> {
+        self.binaries
+            .as_ref()
+            .ok_or_else(|| PrepareError::Fail(anyhow::anyhow!("vswitchd was not located")))
+    }
+
+    /// The Open vSwitch tools, or a skip.
+    ///
+    /// # Errors
+    /// Not found.
+    pub fn ovs(&self) -> Result<&OvsTools, PrepareError> {
+        self.ovs
+            .as_ref()
+            .ok_or_else(|| PrepareError::Skip("Open vSwitch not available".into()))
+    }
+}
+
+/// A built variant: who talks to whom, and everything to tear down.
+///
+/// Fields drop in declaration order: the switches stop before their namespaces go.
+#[derive(Debug)]
+pub struct Prepared {
+    /// vswitchd instances (one per node).
+    pub daemons: Vec<Daemon>,
+    /// Open vSwitch, for its variant.
+    #[expect(dead_code, reason = "held only to be stopped on drop")]
+    pub ovs: Option<Ovs>,
+    /// The namespaces.
+    #[expect(dead_code, reason = "held only to be torn down on drop")]
+    pub topology: Topology,
+    /// Where the traffic sources run.
+    pub client_ns: String,
+    /// Where the sinks run.
+    pub server_ns: String,
+    /// The sinks' address.
+    pub server_ip: Ipv4Addr,
+    /// Where the switch's CPU time is read.
+    pub cpu: SwitchCpu,
+    /// If the client cannot reach the server, the vswitchd lacks the feature (a skip)
+    /// rather than being broken (a failure).
+    pub unreachable_is_unsupported: bool,
+}
+
+/// Why a variant could not be built.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// Expected: a missing tool or a feature this vswitchd does not have yet.
+    Skip(String),
+    /// Broken.
+    Fail(anyhow::Error),
+}
+
+impl From<anyhow::Error> for PrepareError {
+    fn from(err: anyhow::Error) -> PrepareError {
+        PrepareError::Fail(err)
+    }
+}
+
+/// Turns a refusal by the daemon into "not supported by this vswitchd yet" (for scenarios
+/// whose features come in later issues); other errors stay failures.
+pub fn refusal_is_unsupported(err: anyhow::Error) -> PrepareError {
+    match err.downcast_ref::<Refused>() {
+        Some(refused) => {
+            PrepareError::Skip(format!("not supported by this vswitchd yet ({refused})"))
+        }
+        None => PrepareError::Fail(err),
+    }
+}
+
+/// The variants to run for one scenario, in order: the kernel first (the baseline), then
+/// vswitchd per kind and worker count, then Open vSwitch.
+pub fn variants(
+    kernel_only: bool,
+    kinds: &[PortKind],
+    workers: &[u32],
+    with_ovs: bool,
+) -> Vec<Variant> {
+    let mut list = vec![Variant::Kernel];
+    if !kernel_only {
+        for &kind in kinds {
+            for &workers in workers {
+                list.push(Variant::Vswitch { kind, workers });
+            }
+        }
+    }
+    if with_ovs {
+        list.push(Variant::Ovs);
+    }
+    list
+}
+
+fn progress(scenario: Scenario, variant: &Variant, message: &str) {
+    eprintln!("perf: [{} {}] {message}", scenario.key(), variant.label());
+}
+
+/// Builds, measures and tears down one variant.
+///
+/// # Errors
+/// Only [`Interrupted`]: every other problem is recorded in the result's outcome.
+pub fn run_variant(
+    scenario: Scenario,
+    variant: Variant,
+    context: &Context,
+    settings: &Settings,
+) -> Result<VariantResult> {
+    let mut result = VariantResult {
+        scenario: scenario.key().to_owned(),
+        variant: variant.label(),
+        outcome: Outcome::Measured,
+        samples: Vec::new(),
+    };
+    progress(scenario, &variant, "building topology");
+    let prepared = match scenario.prepare(variant, context) {
+        Ok(prepared) => prepared,
+        Err(PrepareError::Skip(reason)) => {
+            progress(scenario, &variant, &format!("skipped: {reason}"));
+            result.outcome = Outcome::Skipped(reason);
+            return Ok(result);
+        }
+        Err(PrepareError::Fail(err)) => return failed(scenario, &variant, result, err),
+    };
+    match measure(scenario, &variant, &prepared, settings, &mut result.samples) {
+        Ok(()) => {}
+        Err(PrepareError::Skip(reason)) => {
+            progress(scenario, &variant, &format!("skipped: {reason}"));
+            result.outcome = Outcome::Skipped(reason);
+        }
+        Err(PrepareError::Fail(err)) => {
+            let logs: Vec<String> = prepared
+                .daemons
+                .iter()
+                .map(|daemon| daemon.log_tail(10))
+                .filter(|tail| !tail.is_empty())
+                .collect();
+            drop(prepared);
+            let err = if logs.is_empty() {
+                err
+            } else {
+                anyhow::anyhow!("{err:#}\nvswitchd log ends with:\n{}", logs.join("\n--\n"))
+            };
+            return failed(scenario, &variant, result, err);
+        }
+    }
+    drop(prepared);
+    Ok(result)
+}
+
+fn failed(
+    scenario: Scenario,
+    variant: &Variant,
+    mut result: VariantResult,
+    err: anyhow::Error,
+) -> Result<VariantResult> {
+    if err.is::<Interrupted>() || cmd::interrupted() {
+        return Err(Interrupted.into());
+    }
+    let reason = format!("{err:#}");
+    progress(scenario, variant, &format!("FAILED: {reason}"));
+    result.outcome = Outcome::Failed(reason);
+    Ok(result)
+}
+
+fn measure(
+    scenario: Scenario,
+    variant: &Variant,
+    prepared: &Prepared,
+    settings: &Settings,
+    samples: &mut Vec<Sample>,
+) -> Result<(), PrepareError> {
+    let (server, client, ip) = (&prepared.server_ns, &prepared.client_ns, prepared.server_ip);
+    let reach = latency::run_ping(server, client, ip, 5.0, true)?;
+    if reach.received == 0 {
+        let what = format!("{client} cannot reach {ip} (UDP ping-pong, 5 s)");
+        return Err(if prepared.unreachable_is_unsupported {
+            PrepareError::Skip(format!("not supported by this vswitchd yet: {what}"))
+        } else {
+            PrepareError::Fail(anyhow::anyhow!("no connectivity: {what}"))
+        });
+    }
+    progress(
+        scenario,
+        variant,
+        &format!("reachable ({} us); warming up", reach.p50_ns / 1000),
+    );
+    iperf::run_tcp(server, client, ip, 1, settings.warmup_seconds.max(1))?;
+    udp::run_pps(server, client, ip, 0.5, udp::PAYLOAD_64B_FRAME)?;
+    let key = scenario.key();
+    let label = variant.label();
+    for run in 1..=settings.runs {
+        cmd::check_interrupted()?;
+        let sample = |metric, value, check| Sample {
+            scenario: key.to_owned(),
+            variant: label.clone(),
+            metric,
+            run,
+            value,
+            check,
+        };
+        let mark = prepared.cpu.mark()?;
+        let tcp1 = iperf::run_tcp(server, client, ip, 1, settings.tcp_seconds)?;
+        let spent = prepared.cpu.since(mark)?;
+        let bytes = Check {
+            unit: "bytes",
+            sent: tcp1.bytes_sent,
+            delivered: tcp1.bytes_received,
+        };
+        samples.push(sample(Metric::TcpGbps1, tcp1.gbits_per_second, bytes));
+        if let Some((machine, switch)) = spent.per_gb(tcp1.bytes_received) {
+            samples.push(sample(Metric::CpuMachineSecondsPerGb, machine, bytes));
+            samples.push(sample(Metric::CpuSwitchSecondsPerGb, switch, bytes));
+        }
+        let tcp4 = iperf::run_tcp(server, client, ip, 4, settings.tcp_seconds)?;
+        let bytes4 = Check {
+            unit: "bytes",
+            sent: tcp4.bytes_sent,
+            delivered: tcp4.bytes_received,
+        };
+        samples.push(sample(Metric::TcpGbps4, tcp4.gbits_per_second, bytes4));
+        let pps = udp::run_pps(
+            server,
+            client,
+            ip,
+            settings.udp_seconds,
+            udp::PAYLOAD_64B_FRAME,
+        )?;
+        let packets = Check {
+            unit: "packets",
+            sent: pps.sent,
+            delivered: pps.received,
+        };
+        samples.push(sample(Metric::UdpPps, pps.packets_per_second, packets));
+        samples.push(sample(Metric::UdpLossPercent, pps.loss_percent, packets));
+        let rtt = latency::run_ping(server, client, ip, settings.rtt_seconds, false)?;
+        let replies = Check {
+            unit: "replies",
+            sent: rtt.sent,
+            delivered: rtt.received,
+        };
+        let micros = |nanos: u64| nanos as f64 / 1000.0;
+        samples.push(sample(Metric::RttP50Us, micros(rtt.p50_ns), replies));
+        samples.push(sample(Metric::RttP99Us, micros(rtt.p99_ns), replies));
+        samples.push(sample(Metric::RttP999Us, micros(rtt.p999_ns), replies));
+        progress(
+            scenario,
+            variant,
+            &format!(
+                "run {run}/{}: TCP {} / {} Gbit/s (1/4 streams, {} retransmits), UDP {} pkt/s \
+                 ({:.1}% loss, {} in socket), RTT p50 {} us p99 {} us, CPU {} s/GB",
+                settings.runs,
+                format_value(tcp1.gbits_per_second),
+                format_value(tcp4.gbits_per_second),
+                tcp1.retransmits + tcp4.retransmits,
+                format_value(pps.packets_per_second),
+                pps.loss_percent,
+                pps.rcvbuf_errors,
+                format_value(micros(rtt.p50_ns)),
+                format_value(micros(rtt.p99_ns)),
+                spent
+                    .per_gb(tcp1.bytes_received)
+                    .map_or_else(|| "-".to_owned(), |(machine, _)| format_value(machine)),
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A short pause so a freshly attached port finishes coming up (addresses, routes) before
+/// the connectivity check starts counting.
+///
+/// # Errors
+/// Interrupted.
+pub fn settle() -> Result<()> {
+    cmd::sleep(Duration::from_millis(200))
+}
+
+/// Starts vswitchd in `node` and attaches `containers` (netns, name) with `kind`, in the
+/// embedded default subnet; returns the daemon and each container's address.
+///
+/// # Errors
+/// The daemon does not start, or refuses an attach ([`Refused`]).
+pub fn vswitch_with_containers(
+    topology: &Topology,
+    context: &Context,
+    node: &str,
+    workers: u32,
+    kind: PortKind,
+    containers: &[(&str, &str)],
+) -> Result<(Daemon, Vec<Ipv4Addr>), PrepareError> {
+    let binaries = context.binaries()?;
+    let daemon = Daemon::start(binaries, node, workers, &topology.scratch("vswitchd")?)?;
+    let mut addresses = Vec::new();
+    for (netns, name) in containers {
+        daemon.attach(netns, name, kind, None, None)?;
+    }
+    for (netns, name) in containers {
+        addresses.push(daemon.interface_ip(name, netns)?);
+    }
+    settle()?;
+    Ok((daemon, addresses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_labels() {
+        assert_eq!(Variant::Kernel.label(), "kernel");
+        let tap = Variant::Vswitch {
+            kind: PortKind::Tap,
+            workers: 2,
+        };
+        assert_eq!(tap.label(), "vswitch-tap-w2");
+        assert_eq!(Variant::Ovs.label(), "ovs-netdev");
+    }
+
+    #[test]
+    fn variant_order_kernel_first() {
+        let list = variants(false, &[PortKind::Tap, PortKind::Veth], &[1, 2], true);
+        let labels: Vec<String> = list.iter().map(Variant::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "kernel",
+                "vswitch-tap-w1",
+                "vswitch-tap-w2",
+                "vswitch-veth-w1",
+                "vswitch-veth-w2",
+                "ovs-netdev"
+            ]
+        );
+        assert_eq!(
+            variants(true, &[PortKind::Tap], &[1], false),
+            [Variant::Kernel]
+        );
+    }
+
+    #[test]
+    fn scenario_keys_round_trip() {
+        for scenario in Scenario::ALL {
+            assert_eq!(Scenario::from_key(scenario.key()), Some(scenario));
+        }
+        assert_eq!(Scenario::from_key("bogus"), None);
+    }
+
+    #[test]
+    fn refusals_become_skips() {
+        let refused: anyhow::Error = Refused("unknown kind Overlay".into()).into();
+        match refusal_is_unsupported(refused) {
+            PrepareError::Skip(reason) => {
+                assert!(
+                    reason.contains("not supported by this vswitchd yet"),
+                    "{reason}"
+                );
+                assert!(reason.contains("unknown kind Overlay"), "{reason}");
+            }
+            PrepareError::Fail(err) => panic!("expected a skip, got {err}"),
+        }
+        assert!(matches!(
+            refusal_is_unsupported(anyhow::anyhow!("disk full")),
+            PrepareError::Fail(_)
+        ));
+    }
+}

@@ -1,0 +1,118 @@
+//! `nat`: a container reaches a server outside its network through masquerade.
+//!
+//! ```text
+//!  c1 10.81.0.2/24 ── (in0) gateway (o0 10.82.0.1/24) ── outside 10.82.0.2/24
+//!   kernel:  the gateway namespace forwards (ip_forward=1) and masquerades what leaves
+//!            through o0 (nftables, `oifname "o0" masquerade`); the outside namespace has
+//!            no route back to 10.81.0.0/24, so only translated traffic gets answers
+//!   vswitch: vswitchd in the gateway's place, o0 as its uplink, a NATGateway for the
+//!            default Network with 10.82.0.1 as NAT address; c1 attached from the default
+//!            subnet
+//! ```
+//! nft is needed for the kernel side: when it is missing, that variant is skipped with
+//! the package to install (the harness installs nothing itself). A vswitchd that refuses
+//! the NATGateway is reported as "not supported by this vswitchd yet".
+
+use std::net::Ipv4Addr;
+
+use super::{Context, PrepareError, Prepared, Variant, refusal_is_unsupported, settle};
+use crate::tools::cmd;
+use crate::tools::cpu::SwitchCpu;
+use crate::tools::vswitchd::Daemon;
+use crate::topo::Topology;
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 82, 0, 2);
+
+/// The kernel variant's masquerade, loaded with `nft -f` inside the gateway namespace.
+const RULESET: &str = "\
+table ip vsperf_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname \"o0\" masquerade
+    }
+}
+";
+
+/// The vswitch variant's NAT configuration (DESIGN.md: NATGateway, masquerade for a
+/// Network, NAT IPs).
+const NAT_GATEWAY: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: NATGateway
+metadata:
+  name: perf
+spec:
+  network: default
+  uplink: o0
+  natIPs:
+  - 10.82.0.1/24
+";
+
+/// Builds one variant of `nat`.
+///
+/// # Errors
+/// A setup step fails, nft is missing (skip), vswitchd refuses the configuration (skip),
+/// or OVS is asked for (skip: the OVS column covers `l2` only).
+pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareError> {
+    if variant == Variant::Ovs {
+        return Err(PrepareError::Skip(
+            "the Open vSwitch column covers l2 only".into(),
+        ));
+    }
+    if variant == Variant::Kernel && cmd::which("nft").is_none() {
+        return Err(PrepareError::Skip(
+            "nft not found: the kernel masquerade needs nftables (apt-get install nftables)".into(),
+        ));
+    }
+    let mut topology = Topology::new();
+    let gateway = topology.namespace("gw")?;
+    let c1 = topology.namespace("c1")?;
+    let outside = topology.namespace("out")?;
+    topology.veth(&gateway, "o0", &outside, "eth0")?;
+    topology.address(&outside, "eth0", "10.82.0.2/24")?;
+    match variant {
+        Variant::Vswitch { kind, workers } => {
+            let binaries = context.binaries()?;
+            let daemon =
+                Daemon::start(binaries, &gateway, workers, &topology.scratch("vswitchd")?)?;
+            daemon
+                .apply("natgateway", NAT_GATEWAY)
+                .map_err(refusal_is_unsupported)?;
+            daemon
+                .attach(&c1, "c1", kind, None, None)
+                .map_err(refusal_is_unsupported)?;
+            settle()?;
+            let cpu = SwitchCpu::Processes(vec![daemon.pid()]);
+            Ok(Prepared {
+                daemons: vec![daemon],
+                ovs: None,
+                topology,
+                client_ns: c1,
+                server_ns: outside,
+                server_ip: SERVER_IP,
+                cpu,
+                unreachable_is_unsupported: true,
+            })
+        }
+        _ => {
+            topology.veth(&gateway, "in0", &c1, "eth0")?;
+            topology.address(&gateway, "in0", "10.81.0.1/24")?;
+            topology.address(&gateway, "o0", "10.82.0.1/24")?;
+            topology.sysctl(&gateway, "net.ipv4.ip_forward", "1")?;
+            topology.address(&c1, "eth0", "10.81.0.2/24")?;
+            topology.ip(&c1, &["route", "add", "default", "via", "10.81.0.1"])?;
+            let rules = topology.scratch("nft")?.join("masquerade.nft");
+            std::fs::write(&rules, RULESET).map_err(anyhow::Error::from)?;
+            topology.exec(&gateway, "nft", &["-f", &rules.to_string_lossy()])?;
+            Ok(Prepared {
+                daemons: Vec::new(),
+                ovs: None,
+                topology,
+                client_ns: c1,
+                server_ns: outside,
+                server_ip: SERVER_IP,
+                cpu: SwitchCpu::Kernel,
+                unreachable_is_unsupported: false,
+            })
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The measuring tools the scenarios drive, and the plumbing they share.
+//!
+//! `cmd` runs every external command (bounded in time, logged for README.SETUP);
+//! `iperf` drives iperf3 for TCP throughput; `udp` is our own 64-byte packet-rate sender
+//! and counting receiver; `latency` our own UDP ping-pong; `cpu` reads /proc for CPU
+//! accounting; `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
+//! Open vSwitch's userspace datapath for the optional third column.
+
+pub mod cmd;
+pub mod cpu;
+pub mod iperf;
+pub mod latency;
+pub mod ovs;
+pub mod udp;
+pub mod vswitchd;

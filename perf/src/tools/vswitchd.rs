@@ -1,0 +1,367 @@
+//! Driving vswitchd and vswitchctl through their public CLI (issue 2's contract):
+//! `vswitchd --socket S --state-dir D --workers N`, `vswitchctl --socket S attach NETNS
+//! --kind K --name N`, `vswitchctl --socket S apply -f FILE`,
+//! `vswitchctl --socket S get networkinterfaces -o json`.
+//!
+//! The daemon runs inside the scenario's node namespace (`ip netns exec`, which execs, so the
+//! child's pid is vswitchd's: its `/proc/<pid>/stat` gives the switch's CPU time). It is
+//! stopped with SIGTERM, then SIGKILL, when the [`Daemon`] is dropped.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use super::cmd;
+
+/// Where vswitchd and vswitchctl are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    /// The daemon.
+    pub vswitchd: PathBuf,
+    /// The CLI.
+    pub vswitchctl: PathBuf,
+}
+
+/// Finds a binary: the explicit path if given, else next to the perf binary (cargo puts all
+/// of a workspace's binaries in `target/<profile>/`), else in `PATH`.
+///
+/// # Errors
+/// None of these has an executable of that name; the message says how to build one.
+pub fn locate(name: &str, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        if cmd::is_executable(path) {
+            return Ok(path.to_path_buf());
+        }
+        bail!("{} is not an executable file", path.display());
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)));
+    if let Some(sibling) = sibling.filter(|path| cmd::is_executable(path)) {
+        return Ok(sibling);
+    }
+    cmd::which(name).ok_or_else(|| {
+        anyhow!(
+            "{name} not found next to perf nor in PATH; build it with \
+             `cargo build --release -p vswitch` or pass --{name} PATH (or use --kernel-only)"
+        )
+    })
+}
+
+/// The kind of port `attach` creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum PortKind {
+    /// A TAP device moved into the container.
+    Tap,
+    /// A veth pair whose host end vswitchd reads with AF_PACKET.
+    Veth,
+}
+
+impl PortKind {
+    /// The `--kind` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Veth => "veth",
+        }
+    }
+}
+
+/// A refusal from the daemon (vswitchctl exited non-zero): its message, verbatim.
+#[derive(Debug, Clone)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A running vswitchd in a scratch directory.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    binaries: Binaries,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts vswitchd with `workers` workers inside namespace `netns`, with its socket and
+    /// state under `dir` (created here, removed on drop), and waits for the socket.
+    ///
+    /// # Errors
+    /// The daemon cannot start, exits, or does not open its socket within 15 s; the message
+    /// includes the end of its log.
+    pub fn start(binaries: &Binaries, netns: &str, workers: u32, dir: &Path) -> Result<Daemon> {
+        std::fs::create_dir_all(dir.join("state"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let socket = dir.join("vs.sock");
+        let log_path = dir.join("vswitchd.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = std::process::Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(&binaries.vswitchd)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--workers")
+            .arg(workers.to_string());
+        cmd::log_command(&command);
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binaries.vswitchd.display()))?;
+        let mut daemon = Daemon {
+            child,
+            binaries: binaries.clone(),
+            dir: dir.to_path_buf(),
+            socket,
+        };
+        daemon.wait_for_socket(Duration::from_secs(15))?;
+        Ok(daemon)
+    }
+
+    fn wait_for_socket(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            cmd::check_interrupted()?;
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "vswitchd exited ({status}) before opening {}; {}",
+                    self.socket.display(),
+                    self.log_note()
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "vswitchd did not open {} within {limit:?}; {}",
+                    self.socket.display(),
+                    self.log_note()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `lines` lines of the daemon's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// "its log ends with: ..." or "its log is empty", for error messages.
+    fn log_note(&self) -> String {
+        let tail = self.log_tail(20);
+        if tail.trim().is_empty() {
+            "its log is empty".to_owned()
+        } else {
+            format!("its log ends with:\n{tail}")
+        }
+    }
+
+    /// The daemon's pid (for CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs `vswitchctl --socket S ARGS...`, returning stdout.
+    ///
+    /// # Errors
+    /// [`Refused`] with the daemon's message when vswitchctl exits non-zero; other errors when
+    /// it cannot run or times out.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let mut command = std::process::Command::new(&self.binaries.vswitchctl);
+        command.arg("--socket").arg(&self.socket).args(args);
+        let output = cmd::output_within(command, Duration::from_secs(20))?;
+        if !output.status.success() {
+            let mut message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            if message.is_empty() {
+                message = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            }
+            let message = message
+                .strip_prefix("vswitchctl: ")
+                .unwrap_or(&message)
+                .trim();
+            let verb = args.first().copied().unwrap_or("vswitchctl");
+            return Err(Refused(format!("`{verb}` refused: {message}")).into());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Applies a resource document (YAML) through `vswitchctl apply -f`.
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`].
+    pub fn apply(&self, name: &str, yaml: &str) -> Result<()> {
+        let path = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml)?;
+        self.ctl(&["apply", "-f", &path.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Attaches namespace `netns` as interface `name`, optionally in `subnet` with `ip`.
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`].
+    pub fn attach(
+        &self,
+        netns: &str,
+        name: &str,
+        kind: PortKind,
+        subnet: Option<&str>,
+        ip: Option<&str>,
+    ) -> Result<()> {
+        let mut args = vec!["attach", netns, "--kind", kind.as_str(), "--name", name];
+        if let Some(subnet) = subnet {
+            args.extend(["--subnet", subnet]);
+        }
+        if let Some(ip) = ip {
+            args.extend(["--ip", ip]);
+        }
+        self.ctl(&args)?;
+        Ok(())
+    }
+
+    /// The first IPv4 address of interface `name` (from `status.ips`).
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`], or the interface or its address is missing from the JSON.
+    pub fn interface_ip(&self, name: &str, netns: &str) -> Result<Ipv4Addr> {
+        let json = self.ctl(&["get", "networkinterfaces", "-o", "json"])?;
+        interface_ip(&json, name, netns)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = i32::try_from(self.child.id())
+                .ok()
+                .map(nix::unistd::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cmd::kill_and_reap(&mut self.child);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Finds interface `name` (or, failing that, the one in `netns`) in the JSON of
+/// `vswitchctl get networkinterfaces -o json` and returns its first IPv4 address.
+///
+/// Accepts a JSON array of resources, an object with `items`, or a single resource.
+/// Addresses may carry a prefix length (`172.30.0.2/16`).
+///
+/// # Errors
+/// No such interface, or it has no IPv4 address in `status.ips`.
+pub fn interface_ip(json: &str, name: &str, netns: &str) -> Result<Ipv4Addr> {
+    let value: Value = serde_json::from_str(json).context("vswitchctl get -o json: not JSON")?;
+    let items: Vec<&Value> = match &value {
+        Value::Array(items) => items.iter().collect(),
+        Value::Object(map) => match map.get("items") {
+            Some(Value::Array(items)) => items.iter().collect(),
+            _ => vec![&value],
+        },
+        _ => Vec::new(),
+    };
+    let by_name =
+        |item: &&&Value| item.pointer("/metadata/name").and_then(Value::as_str) == Some(name);
+    let by_netns = |item: &&&Value| {
+        item.pointer("/spec/netns")
+            .and_then(Value::as_str)
+            .is_some_and(|spec| spec == netns || spec.ends_with(&format!("/{netns}")))
+    };
+    let item = items
+        .iter()
+        .find(by_name)
+        .or_else(|| items.iter().find(by_netns))
+        .ok_or_else(|| anyhow!("vswitchctl lists no interface {name:?} (netns {netns})"))?;
+    item.pointer("/status/ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|ip| ip.split('/').next().and_then(|addr| addr.parse().ok()))
+        .ok_or_else(|| anyhow!("interface {name:?} has no IPv4 address in status.ips"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static LIST: &str = r#"[
+      {"apiVersion": "vswitch/v1alpha1", "kind": "NetworkInterface",
+       "metadata": {"name": "c1", "labels": {}},
+       "spec": {"subnet": "default", "netns": "vsperf-1-1-c1", "kind": "tap"},
+       "status": {"ips": ["172.30.0.2/16"], "mac": "02:00:00:00:00:01", "state": "Up"}},
+      {"apiVersion": "vswitch/v1alpha1", "kind": "NetworkInterface",
+       "metadata": {"name": "other"},
+       "spec": {"netns": "/run/netns/vsperf-1-1-c2"},
+       "status": {"ips": ["fd00::2/64", "172.30.0.3"]}}
+    ]"#;
+
+    #[test]
+    fn finds_by_name_and_strips_prefix() {
+        let ip = interface_ip(LIST, "c1", "vsperf-1-1-c1").unwrap();
+        assert_eq!(ip, Ipv4Addr::new(172, 30, 0, 2));
+    }
+
+    #[test]
+    fn falls_back_to_netns_and_skips_ipv6() {
+        let ip = interface_ip(LIST, "c2", "vsperf-1-1-c2").unwrap();
+        assert_eq!(ip, Ipv4Addr::new(172, 30, 0, 3));
+    }
+
+    #[test]
+    fn accepts_items_and_single_objects() {
+        let items = format!(r#"{{"items": {LIST}}}"#);
+        assert_eq!(
+            interface_ip(&items, "c1", "x").unwrap(),
+            Ipv4Addr::new(172, 30, 0, 2)
+        );
+        let single = r#"{"metadata": {"name": "c1"}, "status": {"ips": ["10.1.2.3/24"]}}"#;
+        assert_eq!(
+            interface_ip(single, "c1", "x").unwrap(),
+            Ipv4Addr::new(10, 1, 2, 3)
+        );
+    }
+
+    #[test]
+    fn missing_interface_or_address_is_an_error() {
+        assert!(interface_ip(LIST, "c9", "nowhere").is_err());
+        let no_ips = r#"[{"metadata": {"name": "c1"}, "status": {"ips": []}}]"#;
+        assert!(interface_ip(no_ips, "c1", "x").is_err());
+        assert!(interface_ip("garbage", "c1", "x").is_err());
+    }
+
+    #[test]
+    fn explicit_path_must_be_executable() {
+        let err = locate("vswitchd", Some(Path::new("/nonexistent/vswitchd"))).unwrap_err();
+        assert!(format!("{err}").contains("not an executable"), "{err}");
+        assert_eq!(
+            locate("sh", Some(Path::new("/bin/sh"))).unwrap(),
+            Path::new("/bin/sh")
+        );
+    }
+}
