@@ -148,8 +148,41 @@ impl NetworkEntry {
     }
 }
 
+/// The node's uplink: a host interface the switch reads and writes with AF_PACKET, where it
+/// owns the NAT and virtual-IP addresses (it answers ARP for them with its own MAC) and
+/// reaches the outside through `gateway`. Frames for the host's own addresses are never taken:
+/// the switch only accepts frames sent to its own MAC (and broadcast ARP for its addresses).
+#[derive(Debug, Clone)]
+pub struct UplinkEntry {
+    /// Port id of the uplink (counters, epoll token); never used by a NetworkInterface.
+    pub id: PortId,
+    /// Uplink resource name.
+    pub name: String,
+    /// The host interface.
+    pub ifname: String,
+    /// The switch's own MAC on the uplink (not the interface's: the host keeps its own).
+    pub mac: [u8; 6],
+    /// Addresses the switch owns on the uplink (NAT IPs, virtual IPs, forwarded addresses).
+    pub addresses: Vec<Ipv4Net>,
+    /// Next hop toward the outside; resolved by ARP.
+    pub gateway: Ipv4Addr,
+    /// MTU of the uplink.
+    pub mtu: u16,
+    /// A segment id reserved for the uplink, so neighbour (ARP) state for the outside can be
+    /// kept in the same tables as the subnets'. No SubnetEntry has it.
+    pub segment: SubnetId,
+    /// The opened device (AF_PACKET queues, one per worker).
+    pub io: Arc<PortIo>,
+}
+
+/// Connection tracking shared by every snapshot of a daemon run (the same `Arc`), with the
+/// defaults until the controller configures it.
+fn default_conntrack() -> Arc<nat::Conntrack> {
+    Arc::new(nat::Conntrack::new(nat::ConntrackConfig::default()))
+}
+
 /// An immutable, compiled configuration.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     /// Bumped by every publish; caches built from an older snapshot are invalid.
     pub generation: u64,
@@ -162,6 +195,21 @@ pub struct Snapshot {
     networks: Vec<NetworkEntry>,
     /// NetworkId -> index into `networks`.
     network_slots: Vec<Option<usize>>,
+    /// The uplink, when one is configured.
+    pub uplink: Option<UplinkEntry>,
+    /// NAT rules (NATGateways, PortForwards, VirtualIPs) compiled by the controller. Zones
+    /// are Network ids (`nat::Zone(network_id.0)`), interfaces are port ids
+    /// (`nat::InterfaceId(port_id.0)`).
+    pub nat: Arc<nat::NatRules>,
+    /// Connection tracking: mutable shared state, the same table in every snapshot of a run
+    /// (the controller carries it over), so conntrack survives reconfiguration.
+    pub conntrack: Arc<nat::Conntrack>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot::new(Vec::new(), Vec::new())
+    }
 }
 
 impl Snapshot {
@@ -196,7 +244,28 @@ impl Snapshot {
             subnet_slots,
             networks: Vec::new(),
             network_slots: Vec::new(),
+            uplink: None,
+            nat: Arc::new(nat::NatRules::new()),
+            conntrack: default_conntrack(),
         }
+    }
+
+    /// Sets the uplink.
+    pub fn with_uplink(mut self, uplink: Option<UplinkEntry>) -> Snapshot {
+        self.uplink = uplink;
+        self
+    }
+
+    /// Sets the NAT rules and the connection-tracking table (carry the same table over
+    /// from the previous snapshot).
+    pub fn with_nat(
+        mut self,
+        rules: Arc<nat::NatRules>,
+        conntrack: Arc<nat::Conntrack>,
+    ) -> Snapshot {
+        self.nat = rules;
+        self.conntrack = conntrack;
+        self
     }
 
     /// Adds the Networks (routing tables).
