@@ -1,5 +1,7 @@
-//! Per-worker counters: for each port id (< [`MAX_PORTS`]) rx/tx packets and bytes, rx errors
-//! and drops by [`DropCause`]; plus switch-wide [`Event`]s.
+//! Per-worker counters: for each port id (< [`MAX_PORTS`]) rx/tx packets and bytes, frames the
+//! switch itself sent to the port (ARP, ICMP: `tx_generated_*`, kept apart from the frames it
+//! switched or routed there), rx errors and drops by [`DropCause`]; plus switch-wide
+//! [`Event`]s. Stages tally events in an [`EventTally`] that the worker adds once per batch.
 //!
 //! Each worker owns one [`WorkerCounters`] and is its only writer: an update is a relaxed
 //! load and a relaxed store (no read-modify-write, no lock prefix, no contention). The API
@@ -30,6 +32,80 @@ keyed_enum! {
             "pushing out a port's queued frames failed",
         ChecksumCompleted = "tx.checksum_completed":
             "a partial checksum was completed for a port that cannot take one",
+        Routed = "l3.routed":
+            "a packet was routed (TTL decremented, MACs rewritten)",
+        Fragmented = "l3.fragmented":
+            "a routed packet was fragmented to fit the egress subnet's MTU",
+        GsoResized = "l3.gso_resized":
+            "a TCP GSO frame without DF got a smaller segment size to fit the egress MTU",
+        IcmpSent = "l3.icmp_sent":
+            "an ICMP error was sent (time exceeded, unreachable, fragmentation needed)",
+        IcmpRateLimited = "l3.icmp_rate_limited":
+            "an ICMP error was not sent: over the per-worker rate limit",
+        EchoReplied = "l3.echo_replied":
+            "an ICMP echo request to a gateway address was answered",
+        ArpReplied = "l3.arp_replied":
+            "an ARP request for a gateway address was answered",
+        ArpRequestsSent = "l3.arp_requests_sent":
+            "an ARP request was sent to resolve (or re-confirm) a next hop",
+        GratuitousArpSent = "l3.gratuitous_arp_sent":
+            "a gratuitous ARP announced the subnet gateway to a newly attached port",
+        NeighborLearned = "l3.neighbor_learned":
+            "a neighbour's MAC was learned or changed",
+        NeighborAged = "l3.neighbor_aged":
+            "neighbour entries removed by the sweep (aged, failed, or their subnet left)",
+        Held = "l3.held":
+            "a packet was held while ARP resolves its next hop",
+        HeldReleased = "l3.held_released":
+            "a held packet was sent once its next hop answered",
+    }
+}
+
+/// Events counted by the stages of one worker during a batch, added to its
+/// [`WorkerCounters`] at the end of the batch.
+#[derive(Debug, Clone)]
+pub struct EventTally {
+    counts: [u64; Event::COUNT],
+    any: bool,
+}
+
+impl Default for EventTally {
+    fn default() -> EventTally {
+        EventTally::new()
+    }
+}
+
+impl EventTally {
+    /// All zero.
+    pub const fn new() -> EventTally {
+        EventTally {
+            counts: [0; Event::COUNT],
+            any: false,
+        }
+    }
+
+    /// Counts one `event`.
+    #[inline]
+    pub fn add(&mut self, event: Event) {
+        self.counts[event.index()] += 1;
+        self.any = true;
+    }
+
+    /// The count of `event` so far.
+    pub fn get(&self, event: Event) -> u64 {
+        self.counts[event.index()]
+    }
+
+    /// Adds the tallies to `counters` and zeroes them.
+    pub fn flush(&mut self, counters: &WorkerCounters) {
+        if !std::mem::take(&mut self.any) {
+            return;
+        }
+        for (index, count) in self.counts.iter_mut().enumerate() {
+            if *count > 0 {
+                counters.add_event(Event::ALL[index], std::mem::take(count));
+            }
+        }
     }
 }
 
@@ -48,6 +124,8 @@ struct PortCounters {
     rx_errors: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    tx_generated_packets: AtomicU64,
+    tx_generated_bytes: AtomicU64,
     drops: [AtomicU64; DropCause::COUNT],
 }
 
@@ -59,6 +137,8 @@ impl PortCounters {
             rx_errors: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            tx_generated_packets: AtomicU64::new(0),
+            tx_generated_bytes: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -73,10 +153,14 @@ pub struct PortTotals {
     pub rx_bytes: u64,
     /// Failed reads of the port's queues.
     pub rx_errors: u64,
-    /// Frames sent.
+    /// Frames sent (switched or routed to the port).
     pub tx_packets: u64,
-    /// Bytes sent.
+    /// Bytes sent (switched or routed to the port).
     pub tx_bytes: u64,
+    /// Frames the switch itself originated toward the port (ARP, ICMP), not in `tx_packets`.
+    pub tx_generated_packets: u64,
+    /// Bytes of those frames.
+    pub tx_generated_bytes: u64,
     /// Drops, indexed by [`DropCause::index`].
     pub drops: [u64; DropCause::COUNT],
 }
@@ -89,6 +173,8 @@ impl Default for PortTotals {
             rx_errors: 0,
             tx_packets: 0,
             tx_bytes: 0,
+            tx_generated_packets: 0,
+            tx_generated_bytes: 0,
             drops: [0; DropCause::COUNT],
         }
     }
@@ -102,6 +188,8 @@ impl PortTotals {
         self.rx_errors += other.rx_errors;
         self.tx_packets += other.tx_packets;
         self.tx_bytes += other.tx_bytes;
+        self.tx_generated_packets += other.tx_generated_packets;
+        self.tx_generated_bytes += other.tx_generated_bytes;
         for (sum, value) in self.drops.iter_mut().zip(other.drops.iter()) {
             *sum += value;
         }
@@ -166,6 +254,15 @@ impl WorkerCounters {
         }
     }
 
+    /// Counts `packets` frames of `bytes` bytes the switch itself sent to `port`.
+    #[inline]
+    pub fn add_tx_generated(&self, port: PortId, packets: u64, bytes: u64) {
+        if let Some(counters) = self.port(port) {
+            bump(&counters.tx_generated_packets, packets);
+            bump(&counters.tx_generated_bytes, bytes);
+        }
+    }
+
     /// Counts a failed read of `port`'s queue.
     #[inline]
     pub fn add_rx_error(&self, port: PortId) {
@@ -204,6 +301,8 @@ impl WorkerCounters {
             rx_errors: counters.rx_errors.load(Ordering::Relaxed),
             tx_packets: counters.tx_packets.load(Ordering::Relaxed),
             tx_bytes: counters.tx_bytes.load(Ordering::Relaxed),
+            tx_generated_packets: counters.tx_generated_packets.load(Ordering::Relaxed),
+            tx_generated_bytes: counters.tx_generated_bytes.load(Ordering::Relaxed),
             drops: std::array::from_fn(|i| counters.drops[i].load(Ordering::Relaxed)),
         }
     }
@@ -217,6 +316,8 @@ impl WorkerCounters {
                 &counters.rx_errors,
                 &counters.tx_packets,
                 &counters.tx_bytes,
+                &counters.tx_generated_packets,
+                &counters.tx_generated_bytes,
             ]
             .into_iter()
             .chain(counters.drops.iter())
@@ -239,6 +340,7 @@ mod tests {
         counters.add_rx(port, 3, 300);
         counters.add_rx(port, 1, 60);
         counters.add_tx(port, 2, 120);
+        counters.add_tx_generated(port, 1, 42);
         counters.add_rx_error(port);
         let runt = DropCause::Parse(parse::DropReason::Runt);
         counters.add_drop(port, runt, 2);
@@ -246,6 +348,10 @@ mod tests {
         let totals = counters.totals(port);
         assert_eq!((totals.rx_packets, totals.rx_bytes), (4, 360));
         assert_eq!((totals.tx_packets, totals.tx_bytes), (2, 120));
+        assert_eq!(
+            (totals.tx_generated_packets, totals.tx_generated_bytes),
+            (1, 42)
+        );
         assert_eq!(totals.rx_errors, 1);
         assert_eq!(totals.drop_count(runt), 2);
         assert_eq!(totals.drop_count(DropCause::L2(l2::DropReason::Hairpin)), 0);
@@ -281,6 +387,21 @@ mod tests {
         sum.add(&one);
         sum.add(&one);
         assert_eq!((sum.rx_packets, sum.drops[0]), (10, 2));
+    }
+
+    #[test]
+    fn tally_flushes_once_and_resets() {
+        let counters = WorkerCounters::new();
+        let mut tally = EventTally::new();
+        tally.add(Event::Routed);
+        tally.add(Event::Routed);
+        tally.add(Event::IcmpSent);
+        assert_eq!(tally.get(Event::Routed), 2);
+        tally.flush(&counters);
+        tally.flush(&counters);
+        assert_eq!(counters.event(Event::Routed), 2);
+        assert_eq!(counters.event(Event::IcmpSent), 1);
+        assert_eq!(tally.get(Event::Routed), 0);
     }
 
     #[test]

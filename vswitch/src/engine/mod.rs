@@ -6,14 +6,16 @@
 //! new generation; [`Engine::wait_synced`] tells when all of them have (and so have released
 //! every port that left the snapshot).
 //!
-//! Shared mutable state is the [`fdb::Fdb`] (sharded, read-mostly) and the per-worker
-//! [`counters::WorkerCounters`] (one writer each). The API reads them through
-//! [`Engine::stats`] and [`Engine::fdb`].
+//! Shared mutable state is the [`fdb::Fdb`] and the [`neigh::Neighbors`] table (sharded,
+//! read-mostly) and the per-worker [`counters::WorkerCounters`] (one writer each). The API
+//! reads them through [`Engine::stats`], [`Engine::fdb`] and [`Engine::neighbors`].
 
 pub mod clock;
 pub mod counters;
 pub mod fdb;
-mod ratelimit;
+pub mod held;
+pub mod neigh;
+pub mod ratelimit;
 pub mod snapshot;
 mod worker;
 
@@ -56,10 +58,14 @@ pub struct PortStats {
     pub rx_packets: u64,
     /// Bytes received from the container.
     pub rx_bytes: u64,
-    /// Frames sent to the container.
+    /// Frames switched or routed to the container.
     pub tx_packets: u64,
-    /// Bytes sent to the container.
+    /// Bytes switched or routed to the container.
     pub tx_bytes: u64,
+    /// Frames the switch itself sent to the container (ARP, ICMP), not in `tx_packets`.
+    pub tx_generated_packets: u64,
+    /// Bytes of those frames.
+    pub tx_generated_bytes: u64,
     /// Frames dropped, by stable reason key (`port_security.src_mac`, ...).
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Failed reads of the port's queues (the kernel's errors, not frames).
@@ -148,6 +154,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
             fdb: fdb::Fdb::new(),
+            neighbors: neigh::Neighbors::new(),
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
             stop: AtomicBool::new(false),
@@ -237,6 +244,8 @@ impl Engine {
                 rx_bytes: totals.rx_bytes,
                 tx_packets: totals.tx_packets,
                 tx_bytes: totals.tx_bytes,
+                tx_generated_packets: totals.tx_generated_packets,
+                tx_generated_bytes: totals.tx_generated_bytes,
                 drops: DropCause::all()
                     .filter(|cause| totals.drop_count(*cause) > 0)
                     .map(|cause| (cause.key().to_string(), totals.drop_count(cause)))
@@ -270,9 +279,41 @@ impl Engine {
             .collect()
     }
 
-    /// The neighbour (ARP) table, sorted by subnet and address.
+    /// The neighbour (ARP) table, with subnet names from the current snapshot (the uplink's
+    /// name for its segment), sorted by subnet and address.
     pub fn neighbors(&self) -> Vec<NeighborRow> {
-        Vec::new()
+        let snapshot = self.current();
+        let now = self.shared.clock.now_ms();
+        let mut entries: Vec<(String, neigh::NeighborEntry)> = self
+            .shared
+            .neighbors
+            .entries(now)
+            .into_iter()
+            .filter_map(|entry| {
+                let name = match snapshot.subnet(entry.subnet) {
+                    Some(subnet) => subnet.name.clone(),
+                    // Neighbours on the uplink are listed under the uplink's name.
+                    None => snapshot
+                        .uplink
+                        .as_ref()
+                        .filter(|uplink| uplink.segment == entry.subnet)?
+                        .name
+                        .clone(),
+                };
+                Some((name, entry))
+            })
+            .collect();
+        entries.sort_by(|(a_name, a), (b_name, b)| (a_name, a.ip).cmp(&(b_name, b.ip)));
+        entries
+            .into_iter()
+            .map(|(subnet, entry)| NeighborRow {
+                subnet,
+                ip: entry.ip.to_string(),
+                mac: entry.mac.map(format_mac).unwrap_or_default(),
+                state: entry.state.as_str().to_string(),
+                age_seconds: entry.age_ms / 1_000,
+            })
+            .collect()
     }
 
     /// Learned MACs that have not aged out, with subnet and port names from the current
@@ -321,6 +362,11 @@ impl Engine {
     #[cfg(test)]
     pub(crate) fn learned(&self) -> &fdb::Fdb {
         &self.shared.fdb
+    }
+
+    #[cfg(test)]
+    pub(crate) fn neighbor_table(&self) -> &neigh::Neighbors {
+        &self.shared.neighbors
     }
 
     #[cfg(test)]
@@ -478,6 +524,33 @@ mod tests {
         assert_send_sync::<Engine>();
     }
 
+    /// Runs a command; its stdout, or an error naming it with its stderr.
+    fn run(args: &[&str]) -> Result<String, String> {
+        let output = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .map_err(|e| format!("{}: {e} (is it installed?)", args[0]))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{:?} failed: {}{}",
+                args,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// A network namespace, deleted on drop.
+    struct Netns(String);
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = run(&["ip", "netns", "del", &self.0]);
+        }
+    }
+
     /// Real devices: two multi-queue TAPs, each moved into its own namespace, switched by a
     /// two-worker engine, without the control plane. Needs root, /dev/net/tun, iproute2, ping
     /// and iperf3 (CI runs as root; without them the test fails and says what is missing).
@@ -490,29 +563,6 @@ mod tests {
 
         /// `TUN_F_CSUM` (include/uapi/linux/if_tun.h).
         const TUN_F_CSUM: u32 = 0x01;
-
-        fn run(args: &[&str]) -> Result<String, String> {
-            let output = Command::new(args[0])
-                .args(&args[1..])
-                .output()
-                .map_err(|e| format!("{}: {e} (is it installed?)", args[0]))?;
-            if output.status.success() {
-                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-            } else {
-                Err(format!(
-                    "{:?} failed: {}",
-                    args,
-                    String::from_utf8_lossy(&output.stderr)
-                ))
-            }
-        }
-
-        struct Netns(String);
-        impl Drop for Netns {
-            fn drop(&mut self) {
-                let _ = run(&["ip", "netns", "del", &self.0]);
-            }
-        }
 
         assert!(
             nix::unistd::geteuid().is_root(),
@@ -673,6 +723,226 @@ mod tests {
                     >= 1,
             "{stats:?}"
         );
+        drop(engine);
+    }
+
+    #[test]
+    fn neighbors_lists_subnet_names_states_and_ages() {
+        let clock = Arc::new(FakeClock::new(1_000));
+        let engine = engine(1, Arc::clone(&clock));
+        engine.publish(snapshot());
+        let table = engine.neighbor_table();
+        let blue = SubnetId(1);
+        table.confirm(blue, "172.30.0.3".parse().unwrap(), MAC_B, 1_000, true);
+        table.confirm(blue, "172.30.0.2".parse().unwrap(), MAC_A, 1_000, true);
+        table.resolve(SubnetId(2), "10.9.0.7".parse().unwrap(), 1_000);
+        // A subnet that is not in the snapshot is not listed.
+        table.confirm(
+            SubnetId(42),
+            "10.0.0.1".parse().unwrap(),
+            MAC_A,
+            1_000,
+            true,
+        );
+        clock.advance(Duration::from_secs(31));
+        let rows: Vec<(String, String, String, String, u64)> = engine
+            .neighbors()
+            .into_iter()
+            .map(|r| (r.subnet, r.ip, r.mac, r.state, r.age_seconds))
+            .collect();
+        let row = |subnet: &str, ip: &str, mac: &str, state: &str, age| {
+            (subnet.into(), ip.into(), mac.into(), state.into(), age)
+        };
+        assert_eq!(
+            rows,
+            vec![
+                row("blue", "172.30.0.2", "02:00:00:00:00:0a", "stale", 31),
+                row("blue", "172.30.0.3", "02:00:00:00:00:0b", "stale", 31),
+                row("red", "10.9.0.7", "", "incomplete", 31),
+            ]
+        );
+    }
+
+    /// Real devices: two TAPs in two subnets of one Network, routed by a two-worker engine
+    /// without the control plane: the gateway answers ping, traffic is routed both ways (the
+    /// switch resolves the next hop with ARP while holding the first packet), TTL 1 gets
+    /// "time exceeded" from the gateway, DF over the smaller MTU gets "fragmentation needed"
+    /// with it, larger pings without DF are fragmented, and TCP with TSO crosses. Needs root,
+    /// /dev/net/tun, iproute2, ping and iperf3 (without them the test fails and says so).
+    #[test]
+    fn datapath_routes_between_two_subnets() {
+        use crate::port::{Capabilities, PortIo, PortKind, PortQueue};
+        use crate::sys::tap::TapQueue;
+        use snapshot::{NetworkEntry, NextHop, RouteEntry, RouteOrigin};
+
+        /// `TUN_F_CSUM | TUN_F_TSO4` (include/uapi/linux/if_tun.h).
+        const TUN_F_CSUM_TSO4: u32 = 0x01 | 0x02;
+
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "datapath_routes_between_two_subnets needs root (CAP_NET_ADMIN) to create TAPs and namespaces"
+        );
+        assert!(
+            std::path::Path::new("/dev/net/tun").exists(),
+            "datapath_routes_between_two_subnets needs /dev/net/tun"
+        );
+        let tag = std::process::id() % 100_000;
+        let workers = 2;
+        let mut namespaces = Vec::new();
+        let mut ports = Vec::new();
+        let mut subnets = Vec::new();
+        let mut routes = Vec::new();
+        for (id, side, mtu) in [(1u32, 'a', 1500u16), (2u32, 'b', 1400u16)] {
+            let byte = u8::try_from(id).unwrap();
+            let mac = [0x02, 0, 0, 0xdd, 0x10, byte];
+            let ifname = format!("vrt{tag}{side}");
+            let netns = Netns(format!("vswrt{tag}{side}"));
+            run(&["ip", "netns", "add", &netns.0]).unwrap();
+            namespaces.push(netns);
+            let netns = &namespaces.last().unwrap().0;
+            let queues = (0..workers)
+                .map(|_| {
+                    let queue = TapQueue::open(&ifname)?;
+                    queue.set_offload(TUN_F_CSUM_TSO4, &ifname)?;
+                    Ok(Mutex::new(PortQueue::Tap(queue)))
+                })
+                .collect::<Result<Vec<_>, crate::sys::tap::TapError>>()
+                .unwrap();
+            run(&["ip", "link", "set", &ifname, "netns", netns]).unwrap();
+            let ip = format!("10.214.{id}.2");
+            let gateway = format!("10.214.{id}.1");
+            let mtu_text = mtu.to_string();
+            for args in [
+                vec!["link", "set", &ifname, "address", &format_mac(mac)],
+                vec!["link", "set", &ifname, "mtu", &mtu_text],
+                vec!["addr", "add", &format!("{ip}/24"), "dev", &ifname],
+                vec!["link", "set", &ifname, "up"],
+                vec!["route", "add", "default", "via", &gateway],
+            ] {
+                let mut command = vec!["ip", "-n", netns.as_str()];
+                command.extend(args.iter().copied());
+                run(&command).unwrap();
+            }
+            ports.push(PortEntry {
+                id: PortId(id),
+                name: format!("rt-{side}"),
+                subnet: SubnetId(id),
+                mac,
+                ips: vec![ip.parse().unwrap()],
+                mtu,
+                allowed_sources: Vec::new(),
+                io: Arc::new(PortIo {
+                    kind: PortKind::Tap,
+                    queues,
+                    capabilities: Capabilities {
+                        vnet_hdr: true,
+                        tx_partial_csum: true,
+                        tx_gso: true,
+                        tun_offload_flags: TUN_F_CSUM_TSO4,
+                    },
+                    host_ifname: None,
+                }),
+            });
+            let cidr = format!("10.214.{id}.0/24");
+            subnets.push(SubnetEntry {
+                id: SubnetId(id),
+                name: format!("rt-{side}"),
+                network: "rt".to_string(),
+                network_id: snapshot::NetworkId(0),
+                cidr: cidr.parse().unwrap(),
+                gateway: gateway.parse().unwrap(),
+                gateway_mac: [0x02, 0, 0, 0xdd, 0xee, byte],
+                mtu,
+                ports: vec![PortId(id)],
+                mac_ageing: snapshot::DEFAULT_MAC_AGEING,
+                mac_limit: snapshot::DEFAULT_MAC_LIMIT,
+            });
+            routes.push(RouteEntry {
+                prefix: cidr.parse().unwrap(),
+                subnet: SubnetId(id),
+                next_hop: NextHop::Direct,
+                origin: RouteOrigin::Connected,
+            });
+        }
+        let network = NetworkEntry::new(snapshot::NetworkId(0), "rt".into(), routes);
+        let engine = Engine::start(EngineConfig { workers }).unwrap();
+        engine.publish(Snapshot::new(ports, subnets).with_networks(vec![network]));
+        assert!(engine.wait_synced(1, Duration::from_secs(5)));
+        let (ns_a, ns_b) = (namespaces[0].0.clone(), namespaces[1].0.clone());
+        let ping = |netns: &str, extra: &[&str], to: &str| {
+            let mut args = vec!["ip", "netns", "exec", netns, "ping", "-c", "2", "-i", "0.2"];
+            args.extend(["-W", "2"]);
+            args.extend(extra);
+            args.push(to);
+            run(&args)
+        };
+
+        ping(&ns_a, &[], "10.214.1.1").expect("the gateway answers ping");
+        ping(&ns_a, &[], "10.214.2.2").expect("routed a -> b");
+        ping(&ns_b, &[], "10.214.1.2").expect("routed b -> a");
+        let neighbors: Vec<(String, String, String)> = engine
+            .neighbors()
+            .into_iter()
+            .map(|r| (r.subnet, r.ip, r.state))
+            .collect();
+        assert!(
+            neighbors.contains(&("rt-b".into(), "10.214.2.2".into(), "reachable".into()))
+                && neighbors.contains(&("rt-a".into(), "10.214.1.2".into(), "reachable".into())),
+            "{neighbors:?}"
+        );
+
+        let expired = ping(&ns_a, &["-t", "1"], "10.214.2.2").expect_err("TTL 1 cannot cross");
+        assert!(
+            expired.contains("From 10.214.1.1") && expired.contains("Time to live exceeded"),
+            "{expired}"
+        );
+        // Before PMTU discovery teaches a the smaller MTU: its 1500-byte fragments are
+        // fragmented again by the switch.
+        ping(&ns_a, &["-M", "dont", "-s", "3000"], "10.214.2.2")
+            .expect("large pings without DF are fragmented");
+        let too_big = ping(&ns_a, &["-M", "do", "-s", "1400"], "10.214.2.2")
+            .expect_err("DF over a 1400 MTU cannot cross");
+        assert!(
+            too_big.contains("mtu = 1400") || too_big.contains("mtu=1400"),
+            "{too_big}"
+        );
+
+        let mut server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns_b, "iperf3", "-s", "-1", "-p", "5298"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3 is installed");
+        std::thread::sleep(Duration::from_millis(500));
+        let client = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns_a,
+            "iperf3",
+            "-c",
+            "10.214.2.2",
+            "-p",
+            "5298",
+            "-n",
+            "4M",
+        ]);
+        let _ = server.kill();
+        let _ = server.wait();
+        client.expect("TCP with TSO routed a -> b");
+
+        let stats = engine.stats();
+        for (key, at_least) in [
+            ("l3.routed", 8),
+            ("l3.echo_replied", 2),
+            ("l3.fragmented", 1),
+            ("l3.icmp_sent", 2),
+            ("l3.gratuitous_arp_sent", 2),
+        ] {
+            assert!(stats.events[key] >= at_least, "{key}: {stats:?}");
+        }
+        assert!(stats.drops["l3.ttl_expired"] >= 1, "{stats:?}");
+        assert!(stats.drops["l3.mtu_exceeded"] >= 1, "{stats:?}");
+        assert!(stats.ports[0].tx_generated_packets >= 4, "{stats:?}");
         drop(engine);
     }
 

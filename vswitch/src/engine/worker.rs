@@ -9,13 +9,22 @@
 //!    registrations: ports that left are deregistered (and the worker's `Arc<PortIo>` of them
 //!    dropped only then, so an fd is never closed while registered), new ports registered;
 //! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames, run the pipeline
-//!    on each, then transmit grouped by destination: each destination queue is locked once per
-//!    batch, and frames keep their order;
-//! 4. worker 0 sweeps aged MACs once a second.
+//!    on each (it may rewrite a frame in place, and emit frames of its own into the worker's
+//!    generated-frames arena: ARP and ICMP answers, fragments), then transmit the batch and
+//!    the generated frames grouped by destination: each destination queue is locked once per
+//!    batch, and frames keep their order (a frame generated while processing frame `i` leaves
+//!    right after `i`);
+//! 4. when packets wait for ARP, or new ports for their gratuitous ARP (worker 0 announces
+//!    the gateway to each port that appears), [`l3::service_held`] releases, retransmits or
+//!    times them out, and the result is transmitted the same way; the epoll timeout is then
+//!    short ([`HELD_POLL_MS`]). A worker whose ARP answer resolved a neighbour wakes the
+//!    others, which may hold packets for it;
+//! 5. worker 0 sweeps aged MACs and neighbours once a second.
 //!
-//! Nothing here allocates per packet (the batch, the verdicts and the transmit plan are
-//! allocated once), and no packet content can make it panic: every failure is a counted drop.
-//! Per-packet conditions are logged at most once per [`LOG_INTERVAL_MS`] per kind.
+//! Nothing here allocates per packet (the batch, the verdicts, the generated frames, the held
+//! packets and the transmit plan are allocated once), and no packet content can make it
+//! panic: every failure is a counted drop. Per-packet conditions are logged at most once per
+//! [`LOG_INTERVAL_MS`] per kind.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,11 +40,13 @@ use tracing::{debug, error, warn};
 use super::clock::Clock;
 use super::counters::{Event, WorkerCounters};
 use super::fdb::{Fdb, Learn};
+use super::neigh::Neighbors;
 use super::ratelimit::LogLimiter;
-use super::snapshot::{PortEntry, Snapshot};
+use super::snapshot::{PortEntry, Snapshot, SubnetId};
+use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
-use crate::pipeline::{self, Context, DropCause, Verdict};
-use crate::port::{MAX_PORTS, PortId, PortIo, RxBatch};
+use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
+use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch};
 
 /// Frames received from one queue per batch.
 pub const BATCH_SIZE: usize = 64;
@@ -44,8 +55,13 @@ pub const BATCH_SIZE: usize = 64;
 /// were lost, and how late worker 0 runs the ageing sweep.
 const WAIT_TIMEOUT_MS: u16 = 500;
 
-/// How often worker 0 removes aged MACs.
+/// How often worker 0 removes aged MACs and neighbours.
 const SWEEP_INTERVAL_MS: u64 = 1_000;
+
+/// The `epoll_wait` timeout (ms) while packets wait for ARP or ports for their gratuitous
+/// ARP: retransmissions and timeouts are due on the second, and an answer another worker
+/// received wakes this one anyway.
+const HELD_POLL_MS: u16 = 10;
 
 /// At most one log line per kind of per-packet problem in this interval (ms).
 pub const LOG_INTERVAL_MS: u64 = 10_000;
@@ -63,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) current: Arc<ArcSwap<Snapshot>>,
     /// Learned MACs.
     pub(crate) fdb: Fdb,
+    /// The neighbour (ARP) table.
+    pub(crate) neighbors: Neighbors,
     /// One set of counters per worker, written only by that worker.
     pub(crate) counters: Box<[WorkerCounters]>,
     /// The snapshot generation each worker has re-synced to (`u64::MAX` once it stopped).
@@ -83,36 +101,57 @@ impl Shared {
             let _ = waker.write(1);
         }
     }
-}
 
-/// A destination of one batch: a port, and whether it is in the flood set (the ingress
-/// port's subnet minus the ingress port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Destination {
-    pub(crate) port: PortId,
-    pub(crate) flood: bool,
-}
-
-impl Destination {
-    /// True when the frame with `verdict` goes to this destination.
-    #[inline]
-    pub(crate) fn wants(self, verdict: Verdict) -> bool {
-        match verdict {
-            Verdict::Forward(port) => port == self.port,
-            Verdict::Flood => self.flood,
-            Verdict::Drop(_) => false,
+    /// Wakes every worker but `index` (which is awake).
+    fn wake_others(&self, index: usize) {
+        for (other, waker) in self.wakers.iter().enumerate() {
+            if other != index {
+                let _ = waker.write(1);
+            }
         }
     }
 }
 
-/// The distinct destinations of a batch, each once, built without allocating.
+/// The port a batch was received on, as the transmit plan needs it (`None` for frames the
+/// worker sends outside a batch: released held packets, gratuitous ARP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ingress {
+    pub(crate) port: PortId,
+    pub(crate) subnet: SubnetId,
+}
+
+/// A destination of one batch: a port, and its subnet (for flood verdicts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Destination {
+    pub(crate) port: PortId,
+    pub(crate) subnet: Option<SubnetId>,
+}
+
+impl Destination {
+    /// True when a frame with `verdict`, in a batch from `ingress`, goes to this destination.
+    #[inline]
+    pub(crate) fn wants(self, verdict: Verdict, ingress: Option<Ingress>) -> bool {
+        match verdict {
+            Verdict::Forward(port) => port == self.port,
+            Verdict::Flood => ingress.is_some_and(|ingress| {
+                self.subnet == Some(ingress.subnet) && self.port != ingress.port
+            }),
+            Verdict::FloodSubnet { subnet, except } => {
+                self.subnet == Some(subnet) && Some(self.port) != except
+            }
+            Verdict::Consumed | Verdict::Drop(_) => false,
+        }
+    }
+}
+
+/// The distinct destinations of a batch, each once, built without allocating in steady state.
 #[derive(Debug)]
 pub(crate) struct TxPlan {
     destinations: Vec<Destination>,
-    /// Per port id: the epoch in which it was last added...
+    /// The subnets flooded in this batch, each with the port it leaves out.
+    floods: Vec<(SubnetId, Option<PortId>)>,
+    /// Per port id: the epoch (batch) in which it was last added.
     stamp: Vec<u64>,
-    /// ... and its index in `destinations` then.
-    slot: Vec<usize>,
     epoch: u64,
 }
 
@@ -120,52 +159,68 @@ impl TxPlan {
     pub(crate) fn new() -> TxPlan {
         TxPlan {
             destinations: Vec::with_capacity(MAX_PORTS),
+            floods: Vec::with_capacity(64),
             stamp: vec![0; MAX_PORTS],
-            slot: vec![0; MAX_PORTS],
             epoch: 0,
         }
     }
 
-    /// Collects the destinations of `verdicts` for frames from `ingress`, whose flood set is
-    /// `flood_ports` without `ingress`.
-    pub(crate) fn build(&mut self, verdicts: &[Verdict], ingress: PortId, flood_ports: &[PortId]) {
+    /// Collects the destinations of `verdicts` (the batch's and the generated frames') for a
+    /// batch from `ingress`.
+    pub(crate) fn build(
+        &mut self,
+        snapshot: &Snapshot,
+        ingress: Option<Ingress>,
+        verdicts: impl Iterator<Item = Verdict>,
+    ) {
         self.epoch += 1;
         self.destinations.clear();
-        let mut flood = false;
+        self.floods.clear();
         for verdict in verdicts {
-            match *verdict {
-                Verdict::Forward(port) => self.add(port, false),
-                Verdict::Flood => flood = true,
-                Verdict::Drop(_) => {}
+            let flood = match verdict {
+                Verdict::Forward(port) => {
+                    self.add(snapshot, port);
+                    continue;
+                }
+                Verdict::Flood => match ingress {
+                    Some(ingress) => (ingress.subnet, Some(ingress.port)),
+                    None => continue,
+                },
+                Verdict::FloodSubnet { subnet, except } => (subnet, except),
+                Verdict::Consumed | Verdict::Drop(_) => continue,
+            };
+            if !self.floods.contains(&flood) {
+                self.floods.push(flood);
             }
         }
-        if flood {
-            for &port in flood_ports {
-                if port != ingress {
-                    self.add(port, true);
+        for f in 0..self.floods.len() {
+            let (subnet, except) = self.floods[f];
+            let Some(entry) = snapshot.subnet(subnet) else {
+                continue;
+            };
+            for &port in &entry.ports {
+                if Some(port) != except {
+                    self.add(snapshot, port);
                 }
             }
         }
     }
 
-    fn add(&mut self, port: PortId, flood: bool) {
+    fn add(&mut self, snapshot: &Snapshot, port: PortId) {
         let index = usize::try_from(port.0).ok().filter(|&i| i < MAX_PORTS);
         let existing = match index {
-            Some(i) if self.stamp[i] == self.epoch => Some(self.slot[i]),
-            Some(_) => None,
+            Some(i) => self.stamp[i] == self.epoch,
             // Ids beyond MAX_PORTS (a controller bug) still work, by a linear search.
-            None => self.destinations.iter().position(|d| d.port == port),
+            None => self.destinations.iter().any(|d| d.port == port),
         };
-        match existing {
-            Some(at) => self.destinations[at].flood |= flood,
-            None => {
-                if let Some(i) = index {
-                    self.stamp[i] = self.epoch;
-                    self.slot[i] = self.destinations.len();
-                }
-                self.destinations.push(Destination { port, flood });
-            }
+        if existing {
+            return;
         }
+        if let Some(i) = index {
+            self.stamp[i] = self.epoch;
+        }
+        let subnet = snapshot.port(port).map(|entry| entry.subnet);
+        self.destinations.push(Destination { port, subnet });
     }
 
     pub(crate) fn destinations(&self) -> &[Destination] {
@@ -237,6 +292,10 @@ pub(crate) struct Worker {
     batch: RxBatch,
     verdicts: Vec<Verdict>,
     plan: TxPlan,
+    /// Generated frames, held packets, ICMP limiter, event tallies.
+    local: Local,
+    /// Ports that appeared and still need their gratuitous ARP (worker 0 only).
+    garp_pending: Vec<PortId>,
     logs: Logs,
     next_sweep_ms: u64,
 }
@@ -261,6 +320,8 @@ impl Worker {
             batch: RxBatch::new(BATCH_SIZE),
             verdicts: Vec::with_capacity(BATCH_SIZE),
             plan: TxPlan::new(),
+            local: Local::new(index),
+            garp_pending: Vec::with_capacity(MAX_PORTS),
             logs: Logs {
                 tx_error: LogLimiter::new(LOG_INTERVAL_MS),
                 flush_error: LogLimiter::new(LOG_INTERVAL_MS),
@@ -278,10 +339,12 @@ impl Worker {
         self.resync(&snapshot);
         drop(snapshot);
         while !self.shared.stop.load(Ordering::Acquire) {
-            let ready = match self
-                .epoll
-                .wait(&mut events, EpollTimeout::from(WAIT_TIMEOUT_MS))
-            {
+            let timeout = if self.local.held.is_empty() && self.garp_pending.is_empty() {
+                WAIT_TIMEOUT_MS
+            } else {
+                HELD_POLL_MS
+            };
+            let ready = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
                 Ok(ready) => ready,
                 Err(Errno::EINTR) => 0,
                 Err(errno) => {
@@ -312,11 +375,20 @@ impl Worker {
                     }
                 }
             }
+            if !self.local.held.is_empty() || !self.garp_pending.is_empty() {
+                self.maintain(&snapshot, now);
+            }
             if self.index == 0 && now >= self.next_sweep_ms {
                 let aged = self.shared.fdb.sweep(&snapshot, now);
                 if aged > 0 {
                     self.counters().add_event(Event::MacAged, count(aged));
                     debug!(aged, "removed aged MACs");
+                }
+                let neighbors = self.shared.neighbors.sweep(&snapshot, now);
+                if neighbors > 0 {
+                    self.counters()
+                        .add_event(Event::NeighborAged, count(neighbors));
+                    debug!(neighbors, "removed aged or failed neighbours");
                 }
                 self.next_sweep_ms = now.saturating_add(SWEEP_INTERVAL_MS);
             }
@@ -381,6 +453,10 @@ impl Worker {
                     polled: true,
                 },
             );
+            // A port that appeared (or was re-attached) learns its gateway's MAC at once.
+            if self.index == 0 && !self.garp_pending.contains(&port.id) {
+                self.garp_pending.push(port.id);
+            }
         }
         self.generation = Some(snapshot.generation);
         self.shared.synced[self.index].store(snapshot.generation, Ordering::Release);
@@ -442,19 +518,24 @@ impl Worker {
         if frames == 0 {
             return;
         }
-        let counters = &self.shared.counters[self.index];
+        let shared = &self.shared;
+        let counters = &shared.counters[self.index];
         let ctx = Context {
             snapshot,
-            fdb: &self.shared.fdb,
+            fdb: &shared.fdb,
+            neighbors: &shared.neighbors,
             now_ms: now,
         };
         self.verdicts.clear();
+        self.local.out.generated.clear();
         let mut rx_bytes = 0u64;
         let (mut learned, mut moved, mut limited) = (0u64, 0u64, 0u64);
         for i in 0..frames {
-            let frame = self.batch.frame(i);
+            // Frames generated while processing frame i leave right after it.
+            self.local.out.generated.set_position(i + 1);
+            let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
-            let outcome = pipeline::process(&ctx, ingress, frame);
+            let outcome = pipeline::process(&ctx, ingress, frame, &mut self.local);
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
                 Some(Learn::Moved { .. }) => moved += 1,
@@ -476,74 +557,220 @@ impl Worker {
                 counters.add_event(event, n);
             }
         }
-        self.transmit(snapshot, ingress, now);
+        let from = Ingress {
+            port: ingress.id,
+            subnet: ingress.subnet,
+        };
+        self.transmit(snapshot, Some(from), now);
+        self.finish_batch();
     }
 
-    /// Sends the batch's frames to their destinations, one lock per destination queue.
-    fn transmit(&mut self, snapshot: &Snapshot, ingress: &PortEntry, now: u64) {
-        let flood_ports = snapshot
-            .subnet(ingress.subnet)
-            .map_or(&[][..], |subnet| &subnet.ports[..]);
-        self.plan.build(&self.verdicts, ingress.id, flood_ports);
-        let counters = &self.shared.counters[self.index];
-        for d in 0..self.plan.destinations().len() {
-            let destination = self.plan.destinations()[d];
+    /// Outside a batch: gratuitous ARP for new ports (worker 0), and the held packets
+    /// (released, retransmitted for, or timed out); what that generates is sent at once.
+    fn maintain(&mut self, snapshot: &Snapshot, now: u64) {
+        self.batch.clear();
+        self.verdicts.clear();
+        self.local.out.generated.clear();
+        while let Some(&port) = self.garp_pending.last() {
+            let subnet = snapshot
+                .port(port)
+                .and_then(|entry| snapshot.subnet(entry.subnet));
+            if let Some(subnet) = subnet {
+                if !arp::announce(&mut self.local.out, subnet, port) {
+                    // Full: the rest go with the next round.
+                    break;
+                }
+            }
+            self.garp_pending.pop();
+        }
+        if !self.local.held.is_empty() {
+            let shared = &self.shared;
+            let counters = &shared.counters[self.index];
+            let ctx = Context {
+                snapshot,
+                fdb: &shared.fdb,
+                neighbors: &shared.neighbors,
+                now_ms: now,
+            };
+            l3::service_held(&ctx, &mut self.local, |port, cause| {
+                count_drop(counters, port, cause, 1);
+            });
+        }
+        if !self.local.out.generated.is_empty() {
+            self.transmit(snapshot, None, now);
+        }
+        self.finish_batch();
+    }
+
+    /// Adds the batch's event tallies to the counters, and wakes the other workers when an
+    /// ARP answer resolved a neighbour they may hold packets for.
+    fn finish_batch(&mut self) {
+        self.local
+            .out
+            .events
+            .flush(&self.shared.counters[self.index]);
+        if std::mem::take(&mut self.local.out.neighbor_resolved) {
+            self.shared.wake_others(self.index);
+        }
+    }
+
+    /// Sends the batch's frames (`self.verdicts`, one per frame of `self.batch`) and the
+    /// generated frames to their destinations, one lock per destination queue, in order.
+    fn transmit(&mut self, snapshot: &Snapshot, ingress: Option<Ingress>, now: u64) {
+        let Worker {
+            index,
+            shared,
+            batch,
+            verdicts,
+            plan,
+            local,
+            logs,
+            ..
+        } = self;
+        let generated = &mut local.out.generated;
+        plan.build(
+            snapshot,
+            ingress,
+            verdicts
+                .iter()
+                .copied()
+                .chain(generated.metas().iter().map(|meta| meta.verdict)),
+        );
+        let counters = &shared.counters[*index];
+        let frames = verdicts.len();
+        for destination in plan.destinations() {
+            let wants = |verdict: Verdict| destination.wants(verdict, ingress);
             let egress = snapshot.port(destination.port);
             let Some((port, queue)) =
-                egress.and_then(|port| port.io.queues.get(self.index).map(|queue| (port, queue)))
+                egress.and_then(|port| port.io.queues.get(*index).map(|queue| (port, queue)))
             else {
-                // Counted on the egress port when it exists, else on the ingress port.
-                let on = egress.map_or(ingress.id, |port| port.id);
-                let frames = self
-                    .verdicts
-                    .iter()
-                    .filter(|v| destination.wants(**v))
-                    .count();
-                count_drop(counters, on, tx::DropReason::NoQueue.into(), count(frames));
+                // Counted on the egress port when it exists, else on the ingress port (for
+                // frames outside a batch: on the egress port id, if it is still counted).
+                let on = egress
+                    .map(|port| port.id)
+                    .or(ingress.map(|ingress| ingress.port))
+                    .unwrap_or(destination.port);
+                let wanted = verdicts.iter().filter(|v| wants(**v)).count()
+                    + generated
+                        .metas()
+                        .iter()
+                        .filter(|m| wants(m.verdict))
+                        .count();
+                count_drop(counters, on, tx::DropReason::NoQueue.into(), count(wanted));
                 continue;
             };
-            let capabilities = port.io.capabilities;
-            let (mut packets, mut bytes, mut completed) = (0u64, 0u64, 0u64);
-            let mut queue = queue.lock();
-            for (i, verdict) in self.verdicts.iter().enumerate() {
-                if !destination.wants(*verdict) {
-                    continue;
-                }
-                let frame = self.batch.frame_mut(i);
-                match tx::prepare(frame, &capabilities) {
-                    Ok(Prepared::Unchanged) => {}
-                    Ok(Prepared::ChecksumCompleted) => completed += 1,
-                    Err(reason) => {
-                        count_drop(counters, port.id, reason.into(), 1);
-                        continue;
+            let mut guard = queue.lock();
+            let mut sender = Sender {
+                port,
+                capabilities: port.io.capabilities,
+                queue: &mut guard,
+                counters,
+                log: &mut logs.tx_error,
+                worker: *index,
+                now,
+                tally: TxTally::default(),
+            };
+            // Merge by position: the generated frames that go before batch frame i, then i;
+            // those positioned past the batch (outside a batch: all of them) at the end.
+            let mut g = 0;
+            for position in 0..=frames {
+                while let Some(meta) = generated.meta(g).copied() {
+                    if meta.after > position && position < frames {
+                        break;
                     }
-                }
-                match queue.send(frame) {
-                    Ok(()) => {
-                        packets += 1;
-                        bytes += tx::wire_len(frame);
-                    }
-                    Err(error) if is_queue_full(&error) => {
-                        count_drop(counters, port.id, tx::DropReason::QueueFull.into(), 1);
-                    }
-                    Err(error) => {
-                        count_drop(counters, port.id, tx::DropReason::Error.into(), 1);
-                        if let Some(suppressed) = self.logs.tx_error.check(now) {
-                            warn!(worker = self.index, port = %port.name, %error, suppressed, "sending to a port queue failed");
+                    if wants(meta.verdict) {
+                        if let Some(frame) = generated.frame_mut(g) {
+                            sender.send(frame, meta.origin);
                         }
                     }
+                    g += 1;
+                }
+                if let Some(&verdict) = verdicts.get(position) {
+                    if wants(verdict) {
+                        sender.send(batch.frame_mut(position), Origin::Routed);
+                    }
                 }
             }
-            if let Err(error) = queue.flush() {
+            let tally = sender.tally;
+            let flushed = sender.queue.flush();
+            drop(guard);
+            if let Err(error) = flushed {
                 counters.add_event(Event::FlushError, 1);
-                if let Some(suppressed) = self.logs.flush_error.check(now) {
-                    warn!(worker = self.index, port = %port.name, %error, suppressed, "flushing a port queue failed");
+                if let Some(suppressed) = logs.flush_error.check(now) {
+                    warn!(worker = *index, port = %port.name, %error, suppressed, "flushing a port queue failed");
                 }
             }
-            drop(queue);
-            counters.add_tx(port.id, packets, bytes);
-            if completed > 0 {
-                counters.add_event(Event::ChecksumCompleted, completed);
+            counters.add_tx(port.id, tally.packets, tally.bytes);
+            if tally.generated_packets > 0 {
+                counters.add_tx_generated(port.id, tally.generated_packets, tally.generated_bytes);
+            }
+            if tally.completed > 0 {
+                counters.add_event(Event::ChecksumCompleted, tally.completed);
+            }
+        }
+    }
+}
+
+/// What was sent to one destination.
+#[derive(Debug, Default, Clone, Copy)]
+struct TxTally {
+    packets: u64,
+    bytes: u64,
+    generated_packets: u64,
+    generated_bytes: u64,
+    completed: u64,
+}
+
+/// Sends frames to one destination queue (locked once for the batch) and counts them.
+struct Sender<'a> {
+    port: &'a PortEntry,
+    capabilities: Capabilities,
+    queue: &'a mut PortQueue,
+    counters: &'a WorkerCounters,
+    log: &'a mut LogLimiter,
+    worker: usize,
+    now: u64,
+    tally: TxTally,
+}
+
+impl Sender<'_> {
+    /// Adapts `frame` to the port and sends it; every failure is a counted drop.
+    fn send(&mut self, frame: &mut [u8], origin: Origin) {
+        match tx::prepare(frame, &self.capabilities) {
+            Ok(Prepared::Unchanged) => {}
+            Ok(Prepared::ChecksumCompleted) => self.tally.completed += 1,
+            Err(reason) => {
+                count_drop(self.counters, self.port.id, reason.into(), 1);
+                return;
+            }
+        }
+        match self.queue.send(frame) {
+            Ok(()) => {
+                let bytes = tx::wire_len(frame);
+                match origin {
+                    Origin::Routed => {
+                        self.tally.packets += 1;
+                        self.tally.bytes += bytes;
+                    }
+                    Origin::Switch => {
+                        self.tally.generated_packets += 1;
+                        self.tally.generated_bytes += bytes;
+                    }
+                }
+            }
+            Err(error) if is_queue_full(&error) => {
+                count_drop(
+                    self.counters,
+                    self.port.id,
+                    tx::DropReason::QueueFull.into(),
+                    1,
+                );
+            }
+            Err(error) => {
+                count_drop(self.counters, self.port.id, tx::DropReason::Error.into(), 1);
+                if let Some(suppressed) = self.log.check(self.now) {
+                    warn!(worker = self.worker, port = %self.port.name, %error, suppressed, "sending to a port queue failed");
+                }
             }
         }
     }
@@ -552,17 +779,22 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::snapshot::SubnetId;
+    use crate::pipeline::fixtures::snapshot;
     use crate::pipeline::l2;
 
-    fn ids(plan: &TxPlan) -> Vec<(u32, bool)> {
-        plan.destinations()
-            .iter()
-            .map(|d| (d.port.0, d.flood))
-            .collect()
+    fn ids(plan: &TxPlan) -> Vec<u32> {
+        plan.destinations().iter().map(|d| d.port.0).collect()
     }
+
+    const FROM_ONE: Option<Ingress> = Some(Ingress {
+        port: PortId(1),
+        subnet: SubnetId(1),
+    });
 
     #[test]
     fn plan_lists_each_destination_once() {
+        let snapshot = snapshot();
         let mut plan = TxPlan::new();
         let hairpin = Verdict::Drop(DropCause::L2(l2::DropReason::Hairpin));
         let verdicts = [
@@ -570,55 +802,85 @@ mod tests {
             Verdict::Forward(PortId(3)),
             hairpin,
             Verdict::Forward(PortId(2)),
+            Verdict::Consumed,
         ];
-        plan.build(&verdicts, PortId(1), &[PortId(1), PortId(2), PortId(3)]);
-        assert_eq!(ids(&plan), vec![(2, false), (3, false)]);
-        // Port 2 gets frames 0 and 3, in order; nobody gets the dropped frame.
+        plan.build(&snapshot, FROM_ONE, verdicts.iter().copied());
+        assert_eq!(ids(&plan), vec![2, 3]);
+        // Port 2 gets frames 0 and 3, in order; nobody gets the dropped or consumed frame.
         let to_two = plan.destinations()[0];
         let frames: Vec<usize> = (0..verdicts.len())
-            .filter(|&i| to_two.wants(verdicts[i]))
+            .filter(|&i| to_two.wants(verdicts[i], FROM_ONE))
             .collect();
         assert_eq!(frames, vec![0, 3]);
     }
 
     #[test]
     fn plan_floods_to_the_subnet_except_ingress() {
+        let snapshot = snapshot();
         let mut plan = TxPlan::new();
         let verdicts = [Verdict::Forward(PortId(3)), Verdict::Flood];
-        plan.build(&verdicts, PortId(1), &[PortId(1), PortId(2), PortId(3)]);
-        assert_eq!(ids(&plan), vec![(3, true), (2, true)]);
+        plan.build(&snapshot, FROM_ONE, verdicts.iter().copied());
+        assert_eq!(ids(&plan), vec![3, 2]);
         // Port 3 gets both frames, port 2 only the flooded one.
         let to_three = plan.destinations()[0];
         let to_two = plan.destinations()[1];
-        assert!(to_three.wants(verdicts[0]) && to_three.wants(verdicts[1]));
-        assert!(!to_two.wants(verdicts[0]) && to_two.wants(verdicts[1]));
+        assert!(to_three.wants(verdicts[0], FROM_ONE) && to_three.wants(verdicts[1], FROM_ONE));
+        assert!(!to_two.wants(verdicts[0], FROM_ONE) && to_two.wants(verdicts[1], FROM_ONE));
+    }
+
+    #[test]
+    fn plan_floods_other_subnets_for_routed_and_generated_frames() {
+        let snapshot = snapshot();
+        let mut plan = TxPlan::new();
+        // A routed frame flooded into red (ports 4, 5) except port 4, an ARP request flooded
+        // into red without exception, and an answer back to the ingress port.
+        let routed = Verdict::FloodSubnet {
+            subnet: SubnetId(2),
+            except: Some(PortId(4)),
+        };
+        let request = Verdict::FloodSubnet {
+            subnet: SubnetId(2),
+            except: None,
+        };
+        let answer = Verdict::Forward(PortId(1));
+        plan.build(&snapshot, FROM_ONE, [routed, request, answer].into_iter());
+        assert_eq!(ids(&plan), vec![1, 5, 4]);
+        let [one, five, four] = [0, 1, 2].map(|i| plan.destinations()[i]);
+        assert!(one.wants(answer, FROM_ONE) && !one.wants(routed, FROM_ONE));
+        assert!(!four.wants(routed, FROM_ONE) && four.wants(request, FROM_ONE));
+        assert!(five.wants(routed, FROM_ONE) && five.wants(request, FROM_ONE));
+        // Outside a batch, an L2 flood has no subnet to go to.
+        assert!(!five.wants(Verdict::Flood, None));
     }
 
     #[test]
     fn plan_resets_between_batches() {
+        let snapshot = snapshot();
         let mut plan = TxPlan::new();
-        plan.build(&[Verdict::Flood], PortId(1), &[PortId(1), PortId(2)]);
-        assert_eq!(ids(&plan), vec![(2, true)]);
+        plan.build(&snapshot, FROM_ONE, [Verdict::Flood].into_iter());
+        assert_eq!(ids(&plan), vec![2, 3]);
         plan.build(
-            &[Verdict::Forward(PortId(2))],
-            PortId(1),
-            &[PortId(1), PortId(2)],
+            &snapshot,
+            FROM_ONE,
+            [Verdict::Forward(PortId(2))].into_iter(),
         );
-        assert_eq!(ids(&plan), vec![(2, false)], "the flood flag does not leak");
-        plan.build(&[], PortId(1), &[PortId(2)]);
+        assert_eq!(ids(&plan), vec![2], "the flood does not leak");
+        plan.build(&snapshot, FROM_ONE, [].into_iter());
         assert!(plan.destinations().is_empty());
     }
 
     #[test]
     fn plan_handles_ids_beyond_max_ports() {
+        let snapshot = snapshot();
         let mut plan = TxPlan::new();
         let far = PortId(u32::try_from(MAX_PORTS).unwrap() + 5);
         plan.build(
-            &[Verdict::Forward(far), Verdict::Forward(far), Verdict::Flood],
-            PortId(1),
-            &[far],
+            &snapshot,
+            FROM_ONE,
+            [Verdict::Forward(far), Verdict::Forward(far)].into_iter(),
         );
-        assert_eq!(ids(&plan), vec![(far.0, true)]);
+        assert_eq!(ids(&plan), vec![far.0]);
+        assert!(plan.destinations()[0].wants(Verdict::Forward(far), FROM_ONE));
     }
 
     #[test]

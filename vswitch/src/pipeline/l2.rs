@@ -10,12 +10,16 @@
 //! two subnets never see each other's broadcasts. A flood with nobody to reach is a drop
 //! (`l2.no_destination`).
 //!
+//! Frames the router sends into a subnet (routed frames, the switch's own ARP and ICMP) get
+//! the same decision in that subnet through [`destination`].
+//!
 //! [`Fdb`]: crate::engine::fdb::Fdb
 
 use super::parse::Parsed;
 use super::{Context, Outcome, Verdict};
 use crate::engine::fdb::{Learn, is_group};
-use crate::engine::snapshot::PortEntry;
+use crate::engine::snapshot::{PortEntry, SubnetEntry};
+use crate::port::PortId;
 
 keyed_enum! {
     /// Why `l2` dropped a frame.
@@ -34,36 +38,83 @@ pub fn switch(ctx: &Context<'_>, ingress: &PortEntry, parsed: &Parsed) -> Outcom
     let Some(subnet) = ctx.snapshot.subnet(ingress.subnet) else {
         return Outcome::dropped(DropReason::NoSubnet);
     };
+    let learn = learn(ctx, ingress, subnet, parsed);
+    Outcome {
+        verdict: forward(ctx, ingress, subnet, parsed),
+        learn,
+    }
+}
+
+/// Learns `(subnet, source MAC) -> ingress port`; `None` for group sources (never learned).
+pub fn learn(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &Parsed,
+) -> Option<Learn> {
     let learn = ctx
         .fdb
         .learn(subnet, parsed.src_mac, ingress.id, ctx.now_ms);
-    let learn = (learn != Learn::NotUnicast).then_some(learn);
+    (learn != Learn::NotUnicast).then_some(learn)
+}
+
+/// Where a frame from `ingress` goes inside its own `subnet` (the ingress port's).
+pub fn forward(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &Parsed,
+) -> Verdict {
     let flood = || {
         if subnet.ports.iter().any(|&port| port != ingress.id) {
             Verdict::Flood
         } else {
-            Verdict::Drop(DropReason::NoDestination.into())
+            Verdict::drop(DropReason::NoDestination)
         }
     };
-    let verdict = if is_group(parsed.dst_mac) {
-        flood()
+    if is_group(parsed.dst_mac) {
+        return flood();
+    }
+    match learned_port(ctx, subnet, parsed.dst_mac) {
+        Some(port) if port == ingress.id => Verdict::drop(DropReason::Hairpin),
+        Some(port) => Verdict::Forward(port),
+        None => flood(),
+    }
+}
+
+/// The port `mac` was learned on in `subnet`, if that port is (still) in `subnet`: the FDB
+/// is keyed by subnet, but the port may have left or moved since it was learned.
+fn learned_port(ctx: &Context<'_>, subnet: &SubnetEntry, mac: [u8; 6]) -> Option<PortId> {
+    ctx.fdb.lookup(subnet, mac, ctx.now_ms).filter(|&port| {
+        ctx.snapshot
+            .port(port)
+            .is_some_and(|entry| entry.subnet == subnet.id)
+    })
+}
+
+/// Where a frame the switch sends into `subnet` to `dst_mac` goes: a routed frame (after its
+/// MACs were rewritten) or the switch's own frame. A learned port — even the port a routed
+/// frame came from, as a router may send a packet back out of the interface it arrived on —
+/// else every port of the subnet except `except`; a drop when nobody is left.
+pub fn destination(
+    ctx: &Context<'_>,
+    subnet: &SubnetEntry,
+    dst_mac: [u8; 6],
+    except: Option<PortId>,
+) -> Verdict {
+    if !is_group(dst_mac) {
+        if let Some(port) = learned_port(ctx, subnet, dst_mac) {
+            return Verdict::Forward(port);
+        }
+    }
+    if subnet.ports.iter().any(|&port| Some(port) != except) {
+        Verdict::FloodSubnet {
+            subnet: subnet.id,
+            except,
+        }
     } else {
-        match ctx.fdb.lookup(subnet, parsed.dst_mac, ctx.now_ms) {
-            Some(port) if port == ingress.id => Verdict::Drop(DropReason::Hairpin.into()),
-            // The FDB is keyed by subnet, but the port may have left or moved since it was
-            // learned: only a port of this subnet in this snapshot is a destination.
-            Some(port)
-                if ctx
-                    .snapshot
-                    .port(port)
-                    .is_some_and(|entry| entry.subnet == subnet.id) =>
-            {
-                Verdict::Forward(port)
-            }
-            _ => flood(),
-        }
-    };
-    Outcome { verdict, learn }
+        Verdict::drop(DropReason::NoDestination)
+    }
 }
 
 #[cfg(test)]
@@ -72,43 +123,10 @@ mod tests {
 
     use super::*;
     use crate::engine::clock::millis;
-    use crate::engine::fdb::Fdb;
     use crate::engine::snapshot::{Snapshot, SubnetId};
+    use crate::pipeline::DropCause;
     use crate::pipeline::fixtures::*;
     use crate::pipeline::parse::parse;
-    use crate::pipeline::{DropCause, process};
-    use crate::port::PortId;
-
-    struct Bench {
-        snapshot: Snapshot,
-        fdb: Fdb,
-    }
-
-    impl Bench {
-        fn new() -> Bench {
-            Bench {
-                snapshot: snapshot(),
-                fdb: Fdb::new(),
-            }
-        }
-
-        fn send(&self, port: u32, frame: &[u8], now_ms: u64) -> Outcome {
-            let ctx = Context {
-                snapshot: &self.snapshot,
-                fdb: &self.fdb,
-                now_ms,
-            };
-            process(&ctx, self.snapshot.port(PortId(port)).unwrap(), frame)
-        }
-
-        /// A frame from `port` (its own MAC and IP, so port security passes) to `dst`.
-        fn frame_from(&self, port: u32, dst: [u8; 6]) -> Vec<u8> {
-            let entry = self.snapshot.port(PortId(port)).unwrap();
-            let mut frame = with_dst_mac(&with_src_mac(&ICMP_ECHO, entry.mac), dst);
-            frame[10 + 14 + 12..10 + 14 + 16].copy_from_slice(&entry.ips[0].octets());
-            frame
-        }
-    }
 
     #[test]
     fn broadcast_floods() {
@@ -210,10 +228,7 @@ mod tests {
 
     #[test]
     fn limit_reached_is_reported_and_unknown_floods() {
-        let bench = Bench {
-            snapshot: snapshot_with_limit(1),
-            fdb: Fdb::new(),
-        };
+        let bench = Bench::with(snapshot_with_limit(1));
         assert_eq!(
             bench.send(2, &bench.frame_from(2, MAC_C), 0).learn,
             Some(Learn::Learned)
@@ -235,10 +250,7 @@ mod tests {
         let mut subnets: Vec<_> = snapshot.subnets().to_vec();
         subnets[0].ports = vec![PortId(1)];
         snapshot = Snapshot::new(ports, subnets);
-        let bench = Bench {
-            snapshot,
-            fdb: Fdb::new(),
-        };
+        let bench = Bench::with(snapshot);
         assert_eq!(
             bench.send(1, &ARP_REQUEST, 0).verdict,
             Verdict::Drop(DropCause::L2(DropReason::NoDestination))
@@ -249,16 +261,9 @@ mod tests {
     fn missing_subnet() {
         let snapshot = snapshot();
         let ports: Vec<_> = snapshot.ports().to_vec();
-        let bench = Bench {
-            snapshot: Snapshot::new(ports, Vec::new()),
-            fdb: Fdb::new(),
-        };
+        let bench = Bench::with(Snapshot::new(ports, Vec::new()));
         let parsed = parse(&ARP_REQUEST).unwrap();
-        let ctx = Context {
-            snapshot: &bench.snapshot,
-            fdb: &bench.fdb,
-            now_ms: 0,
-        };
+        let ctx = bench.ctx(0);
         let outcome = switch(&ctx, bench.snapshot.port(PortId(1)).unwrap(), &parsed);
         assert_eq!(
             outcome.verdict,

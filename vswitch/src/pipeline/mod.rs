@@ -1,13 +1,26 @@
 //! The packet stages, one file each, with their drop reasons beside them (VPP style).
 //!
 //! A frame received on a port (a `virtio_net_hdr` followed by the Ethernet frame) goes through
-//! [`parse`] -> [`port_security`] -> [`l2`], which yields a [`Verdict`]: forward to one port,
-//! flood to the subnet, or drop with a [`DropCause`] (a stage and its reason). On the way out,
-//! [`tx`] adapts the frame to what the egress port can take (completing partial checksums).
+//! [`parse`] -> [`port_security`] -> [`l2`] (learning), then one of:
+//! - [`arp`]: ARP for the subnet's gateway is answered (or, a reply, consumed) by the switch;
+//!   ARP from a port refreshes the neighbour table;
+//! - [`l3`]: IPv4 addressed to the subnet's gateway MAC is routed: to the switch itself
+//!   ([`icmp`] echo replies), or by longest-prefix match in the port's Network, with TTL,
+//!   MTU, fragmentation, ICMP errors and neighbour resolution; the rewritten frame then goes
+//!   to the [`l2`] decision in the egress subnet;
+//! - [`l2`] forwarding in the ingress subnet.
 //!
-//! [`process`] runs the ingress stages for one frame; it is a pure function of the snapshot,
-//! the FDB, the clock value and the bytes, so every stage is unit-tested on static fixtures.
-//! It never panics on packet content: every malformed frame ends in a counted drop.
+//! The result is a [`Verdict`]: forward to one port, flood a subnet, consumed by the switch,
+//! or drop with a [`DropCause`] (a stage and its reason). Frames the switch emits itself
+//! (ARP and ICMP answers, fragments, held packets released later) go into the worker's
+//! [`generated::Generated`] arena, each with its own verdict. On the way out, [`tx`] adapts
+//! every frame to what the egress port can take (completing partial checksums).
+//!
+//! [`process`] runs the ingress stages for one frame; it is a function of the snapshot, the
+//! shared tables (FDB, neighbours), the clock value, the bytes and the worker's [`Local`]
+//! state, so every stage is unit-tested on static fixtures. It rewrites the frame in place
+//! when routing it. It never panics on packet content: every malformed frame ends in a
+//! counted drop.
 //! The worker ([`crate::engine`]) counts every drop through one path, keyed by
 //! [`DropCause::key`] (`parse.runt`, `port_security.src_mac`, ...), which is stable: counters,
 //! the API and tests use these strings.
@@ -62,16 +75,26 @@ macro_rules! keyed_enum {
 }
 pub(crate) use keyed_enum;
 
+pub mod arp;
+pub mod generated;
+pub mod icmp;
 pub mod l2;
+pub mod l3;
 pub mod parse;
 pub mod port_security;
 pub mod tx;
 
 use core::fmt;
 
+use crate::engine::counters::EventTally;
 use crate::engine::fdb::{Fdb, Learn};
-use crate::engine::snapshot::{PortEntry, Snapshot};
+use crate::engine::held::HeldQueue;
+use crate::engine::neigh::Neighbors;
+use crate::engine::ratelimit::TokenBucket;
+use crate::engine::snapshot::{PortEntry, Snapshot, SubnetId};
 use crate::port::PortId;
+use generated::Generated;
+use parse::L3;
 
 /// The stages a frame can be dropped in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +105,8 @@ pub enum Stage {
     PortSecurity,
     /// [`l2`]: MAC learning and forwarding.
     L2,
+    /// [`l3`] (with [`arp`] and [`icmp`]): the switch as the subnets' router.
+    L3,
     /// [`tx`]: the egress port takes the frame.
     Tx,
 }
@@ -93,6 +118,7 @@ impl Stage {
             Stage::Parse => "parse",
             Stage::PortSecurity => "port_security",
             Stage::L2 => "l2",
+            Stage::L3 => "l3",
             Stage::Tx => "tx",
         }
     }
@@ -107,6 +133,8 @@ pub enum DropCause {
     PortSecurity(port_security::DropReason),
     /// Dropped by [`l2`].
     L2(l2::DropReason),
+    /// Dropped by [`l3`], [`arp`] or [`icmp`].
+    L3(l3::DropReason),
     /// Dropped by [`tx`] (or by the egress queue).
     Tx(tx::DropReason),
 }
@@ -114,7 +142,8 @@ pub enum DropCause {
 const PARSE_BASE: usize = 0;
 const PORT_SECURITY_BASE: usize = PARSE_BASE + parse::DropReason::COUNT;
 const L2_BASE: usize = PORT_SECURITY_BASE + port_security::DropReason::COUNT;
-const TX_BASE: usize = L2_BASE + l2::DropReason::COUNT;
+const L3_BASE: usize = L2_BASE + l2::DropReason::COUNT;
+const TX_BASE: usize = L3_BASE + l3::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
@@ -126,6 +155,7 @@ impl DropCause {
             DropCause::Parse(_) => Stage::Parse,
             DropCause::PortSecurity(_) => Stage::PortSecurity,
             DropCause::L2(_) => Stage::L2,
+            DropCause::L3(_) => Stage::L3,
             DropCause::Tx(_) => Stage::Tx,
         }
     }
@@ -136,6 +166,7 @@ impl DropCause {
             DropCause::Parse(reason) => reason.key(),
             DropCause::PortSecurity(reason) => reason.key(),
             DropCause::L2(reason) => reason.key(),
+            DropCause::L3(reason) => reason.key(),
             DropCause::Tx(reason) => reason.key(),
         }
     }
@@ -146,6 +177,7 @@ impl DropCause {
             DropCause::Parse(reason) => reason.description(),
             DropCause::PortSecurity(reason) => reason.description(),
             DropCause::L2(reason) => reason.description(),
+            DropCause::L3(reason) => reason.description(),
             DropCause::Tx(reason) => reason.description(),
         }
     }
@@ -156,6 +188,7 @@ impl DropCause {
             DropCause::Parse(reason) => PARSE_BASE + reason.index(),
             DropCause::PortSecurity(reason) => PORT_SECURITY_BASE + reason.index(),
             DropCause::L2(reason) => L2_BASE + reason.index(),
+            DropCause::L3(reason) => L3_BASE + reason.index(),
             DropCause::Tx(reason) => TX_BASE + reason.index(),
         }
     }
@@ -167,8 +200,9 @@ impl DropCause {
             .iter()
             .map(|&r| DropCause::PortSecurity(r));
         let l2 = l2::DropReason::ALL.iter().map(|&r| DropCause::L2(r));
+        let l3 = l3::DropReason::ALL.iter().map(|&r| DropCause::L3(r));
         let tx = tx::DropReason::ALL.iter().map(|&r| DropCause::Tx(r));
-        parse.chain(port_security).chain(l2).chain(tx)
+        parse.chain(port_security).chain(l2).chain(l3).chain(tx)
     }
 }
 
@@ -196,21 +230,46 @@ impl From<l2::DropReason> for DropCause {
     }
 }
 
+impl From<l3::DropReason> for DropCause {
+    fn from(reason: l3::DropReason) -> DropCause {
+        DropCause::L3(reason)
+    }
+}
+
 impl From<tx::DropReason> for DropCause {
     fn from(reason: tx::DropReason) -> DropCause {
         DropCause::Tx(reason)
     }
 }
 
-/// What to do with one received frame.
+/// What to do with one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send to this port (never the ingress port).
+    /// Send to this port. For switched frames never the ingress port; a routed frame or the
+    /// switch's own answer may go back where it came from.
     Forward(PortId),
-    /// Send to every port of the ingress port's subnet except the ingress port.
+    /// Send to every port of the ingress port's subnet except the ingress port (L2 flood).
     Flood,
+    /// Send to every port of `subnet` except `except`: a routed frame whose next hop's MAC
+    /// has not been learned on a port, or an ARP request the switch broadcasts.
+    FloodSubnet {
+        /// The subnet whose ports receive it.
+        subnet: SubnetId,
+        /// A port left out (the ingress port of a routed frame).
+        except: Option<PortId>,
+    },
+    /// Taken by the switch: answered (ARP, echo), held for ARP, or replaced by its fragments.
+    /// Not a drop; what the switch sent instead is in [`Local::out`].
+    Consumed,
     /// Drop, counted under this cause on the ingress port.
     Drop(DropCause),
+}
+
+impl Verdict {
+    /// The verdict of a drop for `reason`.
+    pub fn drop(reason: impl Into<DropCause>) -> Verdict {
+        Verdict::Drop(reason.into())
+    }
 }
 
 /// The result of the ingress stages for one frame.
@@ -233,22 +292,86 @@ impl Outcome {
     }
 }
 
-/// What the ingress stages read besides the frame.
+/// What the stages read besides the frame.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     /// The configuration the worker loaded for this batch.
     pub snapshot: &'a Snapshot,
     /// Learned MACs, shared by all workers.
     pub fdb: &'a Fdb,
+    /// The neighbour (ARP) table, shared by all workers.
+    pub neighbors: &'a Neighbors,
     /// The engine's clock, milliseconds (monotonic).
     pub now_ms: u64,
 }
 
-/// Runs parse, port security and L2 for one frame received on `ingress`.
-/// `frame` is the `virtio_net_hdr` followed by the Ethernet frame.
-///
-/// The frame is not modified; learning the source MAC is the only side effect.
-pub fn process(ctx: &Context<'_>, ingress: &PortEntry, frame: &[u8]) -> Outcome {
+/// ICMP errors a worker may send at once (RFC 1812 4.3.2.8 asks for a limit; Linux's
+/// `icmp_msgs_burst` is 50).
+pub const ICMP_BURST: u64 = 50;
+
+/// ICMP errors a worker may send per second, on average.
+pub const ICMP_PER_SECOND: u64 = 100;
+
+/// What the stages of one worker write besides the frame they process.
+#[derive(Debug)]
+pub struct Output {
+    /// Frames the switch emits, sent with the batch.
+    pub generated: Generated,
+    /// Limits the ICMP errors this worker sends.
+    pub icmp_limiter: TokenBucket,
+    /// Events, added to the worker's counters per batch.
+    pub events: EventTally,
+    /// Set when an ARP answer resolved a neighbour other workers may hold packets for.
+    pub neighbor_resolved: bool,
+    /// The IP identification of the next packet the switch originates.
+    ident: u16,
+}
+
+impl Output {
+    /// The identification for the next packet the switch originates.
+    pub fn next_ident(&mut self) -> u16 {
+        self.ident = self.ident.wrapping_add(1);
+        self.ident
+    }
+}
+
+/// One worker's mutable L3 state, allocated once: its [`Output`] and its held packets.
+#[derive(Debug)]
+pub struct Local {
+    /// What the stages emit.
+    pub out: Output,
+    /// Packets waiting for ARP.
+    pub held: HeldQueue,
+}
+
+impl Local {
+    /// The state of worker `worker` (its index seeds the IP identifications, so workers do
+    /// not start on the same numbers).
+    pub fn new(worker: usize) -> Local {
+        let seed = u16::try_from(worker % 16).unwrap_or(0) << 12;
+        Local {
+            out: Output {
+                generated: Generated::new(),
+                icmp_limiter: TokenBucket::new(ICMP_BURST, ICMP_PER_SECOND),
+                events: EventTally::new(),
+                neighbor_resolved: false,
+                ident: seed,
+            },
+            held: HeldQueue::new(),
+        }
+    }
+}
+
+/// Runs the ingress stages for one frame received on `ingress`: parse, port security,
+/// learning, then ARP for the gateway, routing (frames to the gateway MAC) or switching.
+/// `frame` is the `virtio_net_hdr` followed by the Ethernet frame; routing rewrites it in
+/// place. Frames the switch sends in answer go to `local.out.generated`.
+pub fn process(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    frame: &mut [u8],
+    local: &mut Local,
+) -> Outcome {
     let parsed = match parse::parse(frame) {
         Ok(parsed) => parsed,
         Err(reason) => return Outcome::dropped(reason),
@@ -256,7 +379,19 @@ pub fn process(ctx: &Context<'_>, ingress: &PortEntry, frame: &[u8]) -> Outcome 
     if let Err(reason) = port_security::check(ingress, &parsed) {
         return Outcome::dropped(reason);
     }
-    l2::switch(ctx, ingress, &parsed)
+    let Some(subnet) = ctx.snapshot.subnet(ingress.subnet) else {
+        return Outcome::dropped(l2::DropReason::NoSubnet);
+    };
+    let learn = l2::learn(ctx, ingress, subnet, &parsed);
+    let verdict = if let L3::Arp { .. } = parsed.l3 {
+        arp::handle(ctx, ingress, subnet, &parsed, &mut local.out)
+            .unwrap_or_else(|| l2::forward(ctx, ingress, subnet, &parsed))
+    } else if parsed.dst_mac == subnet.gateway_mac {
+        l3::route(ctx, ingress, subnet, &parsed, frame, local)
+    } else {
+        l2::forward(ctx, ingress, subnet, &parsed)
+    };
+    Outcome { verdict, learn }
 }
 
 /// Fixtures shared by the stage tests: frames as a container sends them, and a snapshot with
@@ -266,9 +401,17 @@ pub(crate) mod fixtures {
     use std::net::Ipv4Addr;
     use std::sync::Arc;
 
+    use std::cell::RefCell;
+
+    use smoltcp::wire::{IpProtocol, Ipv4Packet};
+
+    use super::generated::Origin;
+    use super::{Context, Local, Outcome, Verdict, process};
+    use crate::engine::fdb::Fdb;
+    use crate::engine::neigh::Neighbors;
     use crate::engine::snapshot::{
-        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry,
-        SubnetId,
+        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkEntry, NetworkId, NextHop, PortEntry,
+        RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId,
     };
     use crate::port::{Capabilities, PortId, PortIo, PortKind};
     use crate::wire::VNET_HDR_LEN;
@@ -430,6 +573,151 @@ pub(crate) mod fixtures {
     pub fn snapshot() -> Snapshot {
         snapshot_with_limit(DEFAULT_MAC_LIMIT)
     }
+
+    /// Gateway MAC of subnet 1 (`blue`, gateway 172.30.0.1).
+    pub const GW_BLUE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xee, 1];
+    /// Gateway MAC of subnet 2 (`red`, gateway 10.9.0.1).
+    pub const GW_RED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xee, 2];
+    /// Gateway of subnet 1.
+    pub const GW_BLUE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+    /// Gateway of subnet 2.
+    pub const GW_RED: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+
+    /// A connected route.
+    pub fn connected(prefix: &str, subnet: u32) -> RouteEntry {
+        RouteEntry {
+            prefix: prefix.parse().expect("prefix"),
+            subnet: SubnetId(subnet),
+            next_hop: NextHop::Direct,
+            origin: RouteOrigin::Connected,
+        }
+    }
+
+    /// [`snapshot`] with Network 0 routing between `blue` and `red` (connected routes), plus
+    /// `extra` routes.
+    pub fn routed_snapshot_with(extra: Vec<RouteEntry>) -> Snapshot {
+        let base = snapshot();
+        let mut routes = vec![connected("172.30.0.0/16", 1), connected("10.9.0.0/24", 2)];
+        routes.extend(extra);
+        Snapshot::new(base.ports().to_vec(), base.subnets().to_vec()).with_networks(vec![
+            NetworkEntry::new(NetworkId(0), "default".into(), routes),
+        ])
+    }
+
+    /// [`routed_snapshot_with`] no extra route.
+    pub fn routed_snapshot() -> Snapshot {
+        routed_snapshot_with(Vec::new())
+    }
+
+    /// An IPv4 frame (plain virtio header) with `payload` after a 20-byte header; the header
+    /// checksum is filled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ipv4_frame(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+        protocol: IpProtocol,
+        dont_frag: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut frame = vec![0u8; VNET_HDR_LEN + 14 + 20 + payload.len()];
+        frame[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst_mac);
+        frame[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&src_mac);
+        frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x00]);
+        frame[VNET_HDR_LEN + 34..].copy_from_slice(payload);
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[VNET_HDR_LEN + 14..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(u16::try_from(20 + payload.len()).expect("small"));
+        ip.set_ident(0x4242);
+        ip.set_dont_frag(dont_frag);
+        ip.set_hop_limit(ttl);
+        ip.set_next_header(protocol);
+        ip.set_src_addr(src);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        frame
+    }
+
+    /// The stages with their shared tables and one worker's state, for tests.
+    pub struct Bench {
+        /// The configuration.
+        pub snapshot: Snapshot,
+        /// Learned MACs.
+        pub fdb: Fdb,
+        /// Neighbours.
+        pub neighbors: Neighbors,
+        /// The worker's state.
+        pub local: RefCell<Local>,
+    }
+
+    impl Bench {
+        /// A bench over [`snapshot`].
+        pub fn new() -> Bench {
+            Bench::with(snapshot())
+        }
+
+        /// A bench over `snapshot`.
+        pub fn with(snapshot: Snapshot) -> Bench {
+            Bench {
+                snapshot,
+                fdb: Fdb::new(),
+                neighbors: Neighbors::new(),
+                local: RefCell::new(Local::new(0)),
+            }
+        }
+
+        /// The context at `now_ms`.
+        pub fn ctx(&self, now_ms: u64) -> Context<'_> {
+            Context {
+                snapshot: &self.snapshot,
+                fdb: &self.fdb,
+                neighbors: &self.neighbors,
+                now_ms,
+            }
+        }
+
+        /// Runs the stages on a copy of `frame` from port `port` at `now_ms` (the frames
+        /// generated before are forgotten first); returns the outcome and the frame as the
+        /// stages left it.
+        pub fn run(&self, port: u32, frame: &[u8], now_ms: u64) -> (Outcome, Vec<u8>) {
+            let mut bytes = frame.to_vec();
+            let mut local = self.local.borrow_mut();
+            local.out.generated.clear();
+            let ingress = self.snapshot.port(PortId(port)).expect("fixture port");
+            let outcome = process(&self.ctx(now_ms), ingress, &mut bytes, &mut local);
+            (outcome, bytes)
+        }
+
+        /// [`run`](Bench::run), the outcome only.
+        pub fn send(&self, port: u32, frame: &[u8], now_ms: u64) -> Outcome {
+            self.run(port, frame, now_ms).0
+        }
+
+        /// The frames generated since the last run: verdict, origin and bytes (virtio
+        /// header included).
+        pub fn generated(&self) -> Vec<(Verdict, Origin, Vec<u8>)> {
+            let local = self.local.borrow();
+            let generated = &local.out.generated;
+            (0..generated.len())
+                .map(|i| {
+                    let meta = generated.meta(i).expect("in range");
+                    let bytes = generated.frame(i).expect("in range").to_vec();
+                    (meta.verdict, meta.origin, bytes)
+                })
+                .collect()
+        }
+
+        /// A frame from `port` (its own MAC and IP, so port security passes) to `dst`.
+        pub fn frame_from(&self, port: u32, dst: [u8; 6]) -> Vec<u8> {
+            let entry = self.snapshot.port(PortId(port)).expect("fixture port");
+            let mut frame = with_dst_mac(&with_src_mac(&ICMP_ECHO, entry.mac), dst);
+            frame[10 + 14 + 12..10 + 14 + 16].copy_from_slice(&entry.ips[0].octets());
+            frame
+        }
+    }
 }
 
 #[cfg(test)]
@@ -460,67 +748,49 @@ mod tests {
 
     #[test]
     fn process_arp_request_floods_and_learns() {
-        let snapshot = snapshot();
-        let fdb = Fdb::new();
-        let ctx = Context {
-            snapshot: &snapshot,
-            fdb: &fdb,
-            now_ms: 1_000,
-        };
-        let ingress = snapshot.port(PortId(1)).unwrap();
-        let outcome = process(&ctx, ingress, &ARP_REQUEST);
+        let bench = Bench::new();
+        let outcome = bench.send(1, &ARP_REQUEST, 1_000);
         assert_eq!(outcome.verdict, Verdict::Flood);
         assert_eq!(outcome.learn, Some(Learn::Learned));
-        let blue = snapshot.subnet(ingress.subnet).unwrap();
-        assert_eq!(fdb.lookup(blue, MAC_A, 1_000), Some(PortId(1)));
+        let blue = bench.snapshot.subnet(SubnetId(1)).unwrap();
+        assert_eq!(bench.fdb.lookup(blue, MAC_A, 1_000), Some(PortId(1)));
+        assert!(
+            bench.generated().is_empty(),
+            "not for the gateway: no answer"
+        );
     }
 
     #[test]
     fn process_reply_goes_unicast_after_learning() {
-        let snapshot = snapshot();
-        let fdb = Fdb::new();
-        let ctx = Context {
-            snapshot: &snapshot,
-            fdb: &fdb,
-            now_ms: 5,
-        };
-        let port1 = snapshot.port(PortId(1)).unwrap();
-        let port2 = snapshot.port(PortId(2)).unwrap();
+        let bench = Bench::new();
         // Port 2 has not spoken yet: port 1's echo to its MAC is unknown unicast.
-        assert_eq!(process(&ctx, port1, &ICMP_ECHO).verdict, Verdict::Flood);
+        assert_eq!(bench.send(1, &ICMP_ECHO, 5).verdict, Verdict::Flood);
         // Port 2 answers (source B, destination A, source IP B).
         let mut reply = with_src_mac(&with_dst_mac(&ICMP_ECHO, MAC_A), MAC_B);
         reply[10 + 14 + 12..10 + 14 + 16].copy_from_slice(&IP_B.octets());
         reply[10 + 14 + 16..10 + 14 + 20].copy_from_slice(&IP_A.octets());
         assert_eq!(
-            process(&ctx, port2, &reply).verdict,
+            bench.send(2, &reply, 5).verdict,
             Verdict::Forward(PortId(1))
         );
         assert_eq!(
-            process(&ctx, port1, &ICMP_ECHO).verdict,
+            bench.send(1, &ICMP_ECHO, 5).verdict,
             Verdict::Forward(PortId(2))
         );
     }
 
     #[test]
     fn process_drops_in_stage_order() {
-        let snapshot = snapshot();
-        let fdb = Fdb::new();
-        let ctx = Context {
-            snapshot: &snapshot,
-            fdb: &fdb,
-            now_ms: 0,
-        };
-        let port1 = snapshot.port(PortId(1)).unwrap();
+        let bench = Bench::new();
         assert_eq!(
-            process(&ctx, port1, &ICMP_ECHO[..20]).verdict,
+            bench.send(1, &ICMP_ECHO[..20], 0).verdict,
             Verdict::Drop(DropCause::Parse(parse::DropReason::Runt))
         );
         assert_eq!(
-            process(&ctx, port1, &with_src_mac(&ICMP_ECHO, MAC_B)).verdict,
+            bench.send(1, &with_src_mac(&ICMP_ECHO, MAC_B), 0).verdict,
             Verdict::Drop(DropCause::PortSecurity(port_security::DropReason::SrcMac))
         );
         // A dropped frame teaches nothing.
-        assert_eq!(fdb.len(), 0);
+        assert_eq!(bench.fdb.len(), 0);
     }
 }

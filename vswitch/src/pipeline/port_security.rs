@@ -3,8 +3,10 @@
 //! - The Ethernet source must be the port's MAC.
 //! - ARP: the sender hardware address must be the port's MAC, and the sender IP one of the
 //!   port's addresses or 0.0.0.0 (an ARP probe, RFC 5227 section 2.1.1).
-//! - IPv4: the source must be one of the port's addresses; 0.0.0.0 is allowed only for a DHCP
-//!   client (UDP 68 -> 67, RFC 2131 section 4.1).
+//! - IPv4: the source must be one of the port's addresses, or inside one of its
+//!   `allowed_sources` prefixes (the port is a router for them: a Route's next hop);
+//!   0.0.0.0 is allowed only for a DHCP client (UDP 68 -> 67, RFC 2131 section 4.1).
+//!   ARP always comes from the port's own addresses, router or not.
 //! - IPv6 and other ethertypes are checked at L2 only (the IPv6 source check comes with dual
 //!   stack).
 
@@ -23,7 +25,7 @@ keyed_enum! {
         ArpSenderIp = "port_security.arp_spa":
             "ARP sender IP is neither one of the port's addresses nor 0.0.0.0",
         Ipv4Src = "port_security.ipv4_src":
-            "IPv4 source is not one of the port's addresses (0.0.0.0 is allowed only for DHCP)",
+            "IPv4 source is neither one of the port's addresses nor in its allowed source prefixes (0.0.0.0 only for DHCP)",
     }
 }
 
@@ -51,7 +53,9 @@ pub fn check(port: &PortEntry, parsed: &Parsed) -> Result<(), DropReason> {
         L3::Ipv4 {
             src, dhcp_client, ..
         } => {
-            let allowed = port.ips.contains(&src) || (src == Ipv4Addr::UNSPECIFIED && dhcp_client);
+            let allowed = port.ips.contains(&src)
+                || (src == Ipv4Addr::UNSPECIFIED && dhcp_client)
+                || port.allowed_sources.iter().any(|net| net.contains(&src));
             if !allowed {
                 return Err(DropReason::Ipv4Src);
             }
@@ -130,6 +134,30 @@ mod tests {
         assert_eq!(check_frame(1, &frame), Err(DropReason::Ipv4Src));
         // DHCP from a wrong, non-zero source is not allowed either.
         let frame = with_bytes(&DHCP_DISCOVER, IPV4_SRC, &IP_B.octets());
+        assert_eq!(check_frame(1, &frame), Err(DropReason::Ipv4Src));
+    }
+
+    #[test]
+    fn router_port_may_send_from_its_allowed_sources() {
+        let snapshot = snapshot();
+        let mut router = snapshot.port(PortId(1)).unwrap().clone();
+        router.allowed_sources = vec!["192.168.50.0/24".parse().unwrap()];
+        let check_from = |source: [u8; 4]| {
+            let frame = with_bytes(&ICMP_ECHO, IPV4_SRC, &source);
+            check(&router, &parse(&frame).unwrap())
+        };
+        assert_eq!(check_from([192, 168, 50, 7]), Ok(()));
+        assert_eq!(check_from([192, 168, 50, 255]), Ok(()));
+        assert_eq!(check_from([192, 168, 51, 7]), Err(DropReason::Ipv4Src));
+        assert_eq!(check_from(IP_A.octets()), Ok(()), "its own address still");
+        // ARP stays tied to the port's own addresses.
+        let arp = with_bytes(&ARP_REQUEST, ARP_SPA, &[192, 168, 50, 7]);
+        assert_eq!(
+            check(&router, &parse(&arp).unwrap()),
+            Err(DropReason::ArpSenderIp)
+        );
+        // Other ports do not inherit it.
+        let frame = with_bytes(&ICMP_ECHO, IPV4_SRC, &[192, 168, 50, 7]);
         assert_eq!(check_frame(1, &frame), Err(DropReason::Ipv4Src));
     }
 }

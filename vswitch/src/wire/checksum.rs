@@ -7,6 +7,9 @@
 //! complement, and store the result at `csum_start + csum_offset`. A computed 0 is stored as
 //! `0xffff` (the kernel's `CSUM_MANGLED_0`): for UDP, 0 would mean "no checksum" (RFC 768), and
 //! for TCP both values are the same number in ones' complement.
+//!
+//! [`update`] changes a checksum after one 16-bit word of the covered data changed, without
+//! summing the data again (RFC 1624): a router uses it for the TTL it decrements.
 
 use core::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -54,6 +57,15 @@ pub fn combine(sums: &[u16]) -> u16 {
 #[inline]
 pub fn checksum(data: &[u8]) -> u16 {
     !sum(data)
+}
+
+/// The checksum after one 16-bit word of the data it covers changed from `old` to `new`,
+/// computed from the old checksum alone (RFC 1624 section 3, equation 3:
+/// `HC' = ~(~HC + ~m + m')`). Unlike equation 2 of RFC 1141, it never turns a correct
+/// checksum into `0xffff` (-0) where a full recompute gives `0x0000`.
+#[inline]
+pub fn update(checksum: u16, old: u16, new: u16) -> u16 {
+    !combine(&[!checksum, !old, new])
 }
 
 /// The sum of the IPv4 pseudo-header (RFC 768, RFC 793): source, destination, zero, protocol,
@@ -180,6 +192,16 @@ mod tests {
         assert_eq!(combine(&[]), 0);
     }
 
+    /// The example of RFC 1624 section 4: m = 0x5555 becomes 0x3285 while the other words
+    /// sum to 0xcd7a; equation 3 gives 0x0000, as a full recompute does.
+    #[test]
+    fn rfc1624_example() {
+        let before = !combine(&[0xcd7a, 0x5555]);
+        assert_eq!(before, 0xdd2f);
+        assert_eq!(update(before, 0x5555, 0x3285), 0x0000);
+        assert_eq!(update(before, 0x5555, 0x3285), !combine(&[0xcd7a, 0x3285]));
+    }
+
     #[test]
     fn complete_rejects_out_of_frame() {
         let mut frame = [0u8; 20];
@@ -283,6 +305,23 @@ mod tests {
             };
             let normalise = |value: u16| if value == 0 { 0xffff } else { value };
             prop_assert_eq!(normalise(stored), normalise(expected));
+        }
+
+        #[test]
+        fn update_matches_full_recompute(
+            mut words in proptest::collection::vec(any::<u16>(), 1..40),
+            at in any::<proptest::sample::Index>(),
+            new in any::<u16>(),
+        ) {
+            let bytes = |words: &[u16]| words.iter().flat_map(|w| w.to_be_bytes()).collect::<Vec<u8>>();
+            let before = checksum(&bytes(&words));
+            let at = at.index(words.len());
+            let old = words[at];
+            words[at] = new;
+            // All-zero data sums to +0, which a full recompute complements to 0xffff and the
+            // update to 0x0000 (the same number); real headers are never all zero.
+            prop_assume!(words.iter().any(|&w| w != 0));
+            prop_assert_eq!(update(before, old, new), checksum(&bytes(&words)));
         }
 
         #[test]
