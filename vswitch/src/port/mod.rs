@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod tap;
+pub mod uplink;
 pub mod veth;
 
 use std::io;

@@ -17,7 +17,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
@@ -56,6 +58,23 @@ pub struct LinkSummary {
     pub kind: Option<String>,
     /// The MTU.
     pub mtu: Option<u32>,
+}
+
+/// What [`Netlink::interface`] reports about a host interface (for the uplink).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceSummary {
+    /// The interface index.
+    pub index: u32,
+    /// The MTU.
+    pub mtu: Option<u32>,
+    /// Its own hardware address, when it is 6 bytes long.
+    pub mac: Option<[u8; 6]>,
+    /// The link type is Ethernet (`ARPHRD_ETHER`): frames carry a 14-byte Ethernet header.
+    pub ethernet: bool,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Carrier present (`IFF_LOWER_UP`).
+    pub lower_up: bool,
 }
 
 /// How the container's end of a port is configured once it is inside the container's
@@ -185,20 +204,8 @@ impl Netlink {
     /// # Errors
     /// The kernel's error other than "no such device".
     pub fn link(&self, name: &str) -> Result<Option<LinkSummary>, NetlinkError> {
-        let request = self.handle.link().get().match_name(name.to_string());
-        let answer = self
-            .runtime
-            .block_on(async { request.execute().try_next().await });
-        let message = match answer {
-            Ok(Some(message)) => message,
-            Ok(None) => return Ok(None),
-            Err(error) => {
-                let error = to_io(error);
-                if error.raw_os_error() == Some(libc::ENODEV) {
-                    return Ok(None);
-                }
-                return Err(NetlinkError::new(format!("RTM_GETLINK {name}"), error));
-            }
+        let Some(message) = self.get_link(name)? else {
+            return Ok(None);
         };
         let mut summary = LinkSummary {
             index: message.header.index,
@@ -214,6 +221,51 @@ impl Netlink {
                     });
                 }
                 LinkAttribute::Mtu(mtu) => summary.mtu = Some(*mtu),
+                _ => {}
+            }
+        }
+        Ok(Some(summary))
+    }
+
+    /// The `RTM_NEWLINK` answer for the interface called `name`, or `None` when there is none.
+    fn get_link(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
+        let request = self.handle.link().get().match_name(name.to_string());
+        let answer = self
+            .runtime
+            .block_on(async { request.execute().try_next().await });
+        match answer {
+            Ok(message) => Ok(message),
+            Err(error) => {
+                let error = to_io(error);
+                if error.raw_os_error() == Some(libc::ENODEV) {
+                    return Ok(None);
+                }
+                Err(NetlinkError::new(format!("RTM_GETLINK {name}"), error))
+            }
+        }
+    }
+
+    /// State, MTU and address of the interface called `name`, or `None` when there is none.
+    ///
+    /// # Errors
+    /// The kernel's error other than "no such device".
+    pub fn interface(&self, name: &str) -> Result<Option<InterfaceSummary>, NetlinkError> {
+        let Some(message) = self.get_link(name)? else {
+            return Ok(None);
+        };
+        let flags = message.header.flags;
+        let mut summary = InterfaceSummary {
+            index: message.header.index,
+            mtu: None,
+            mac: None,
+            ethernet: message.header.link_layer_type == LinkLayerType::Ether,
+            up: flags.contains(LinkFlags::Up),
+            lower_up: flags.contains(LinkFlags::LowerUp),
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::Mtu(mtu) => summary.mtu = Some(*mtu),
+                LinkAttribute::Address(bytes) => summary.mac = <[u8; 6]>::try_from(&bytes[..]).ok(),
                 _ => {}
             }
         }
@@ -459,6 +511,24 @@ mod tests {
         .expect("netlink in our own namespace");
         let lo = lo.expect("every namespace has lo");
         assert_eq!(lo.index, 1);
+        assert_eq!(missing, None);
+    }
+
+    #[test]
+    fn loopback_interface_summary() {
+        let (lo, missing) = run(|netlink| -> Result<_, NetlinkError> {
+            Ok((
+                netlink.interface("lo")?,
+                netlink.interface("vst-nl-missing")?,
+            ))
+        })
+        .expect("netlink in our own namespace");
+        let lo = lo.expect("every namespace has lo");
+        assert_eq!(lo.index, 1);
+        // Loopback has a 6-byte all-zero address but is not Ethernet (ARPHRD_LOOPBACK).
+        assert_eq!(lo.mac, Some([0; 6]));
+        assert!(!lo.ethernet);
+        assert!(lo.mtu.is_some());
         assert_eq!(missing, None);
     }
 }
