@@ -1023,4 +1023,408 @@ mod tests {
         assert_eq!(out, format!("networkinterface/{} detached\n", netns.0));
         server.ctl_code(&["get", "networkinterface", &netns.0], 1);
     }
+
+    /// A veth pair in vswitchd's (this process's) namespace with unique names, both ends up;
+    /// deleted on drop. The first end serves as an uplink.
+    struct TestVeth(String, String);
+
+    impl TestVeth {
+        fn new() -> TestVeth {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "this test needs root to create a veth pair for the uplink"
+            );
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let tag = format!(
+                "vsu{}{}",
+                std::process::id() % 100_000,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let (a, b) = (format!("{tag}a"), format!("{tag}b"));
+            let run = |args: &[&str]| {
+                let status = Command::new("ip")
+                    .args(args)
+                    .status()
+                    .expect("`ip` is needed (iproute2)");
+                assert!(status.success(), "ip {} failed", args.join(" "));
+            };
+            run(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+            let veth = TestVeth(a, b);
+            run(&["link", "set", &veth.0, "up"]);
+            run(&["link", "set", &veth.1, "up"]);
+            veth
+        }
+
+        /// `ip -d link show` of the uplink end.
+        fn details(&self) -> String {
+            let out = Command::new("ip")
+                .args(["-d", "link", "show", &self.0])
+                .output()
+                .expect("ip");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    }
+
+    impl Drop for TestVeth {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+
+    fn resource(kind: &str, name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: vswitch/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec: {spec}\n"
+        )
+    }
+
+    /// Issue 5's control plane end to end: an Uplink on a real interface, NATGateway,
+    /// PortForward and VirtualIP over HTTP and through vswitchctl, the conntrack and NAT
+    /// views, refusals, and deletes that close the uplink.
+    #[test]
+    fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
+        let server = Server::start();
+        let veth = TestVeth::new();
+        let netns = TestNetns::new();
+        let (network, subnet, nic) = (unique("n"), unique("s"), unique("c"));
+        let base = format!(
+            "{}{}",
+            network_and_subnet(&network, &subnet, "10.77.9.0/24", "10.77.9.1"),
+            resource(
+                "NetworkInterface",
+                &nic,
+                &format!("{{subnet: {subnet}, netns: {}, ips: [10.77.9.5]}}", netns.0)
+            )
+        );
+        server.expect(Method::POST, "/v1/apply", Some(&base), 200);
+
+        // An interface that does not exist is refused; nothing changes.
+        let uplink = |ifname: &str| {
+            resource(
+                "Uplink",
+                "wan",
+                &format!(
+                    "{{interface: {ifname}, addresses: [192.0.2.10/24, 192.0.2.11, 192.0.2.12], gateway: 192.0.2.1}}"
+                ),
+            )
+        };
+        let missing = format!("{}x", veth.1);
+        let body = server.expect(Method::POST, "/v1/apply", Some(&uplink(&missing)), 400);
+        let (message, field) = error_of(&body);
+        assert_eq!(field, "documents[0].spec.interface");
+        assert!(
+            message.contains(&format!(
+                "interface {missing} does not exist in vswitchd's network namespace"
+            )),
+            "{message}"
+        );
+        assert_eq!(
+            server.expect(Method::GET, "/v1/uplinks", None, 200),
+            json!([])
+        );
+        // Neither may it overlap a Subnet.
+        let overlapping = uplink(&veth.0).replace("192.0.2.10/24", "10.77.9.200/24");
+        let body = server.expect(Method::POST, "/v1/apply", Some(&overlapping), 400);
+        assert!(
+            error_of(&body)
+                .0
+                .contains(&format!("overlaps Subnet \"{subnet}\"")),
+            "{body}"
+        );
+
+        // The real one: opened, with a derived MAC and the interface's MTU.
+        let applied = server.expect(Method::POST, "/v1/apply", Some(&uplink(&veth.0)), 200);
+        assert_eq!(
+            applied,
+            json!([{"kind": "Uplink", "name": "wan", "action": "created"}])
+        );
+        let wan = server.expect(Method::GET, "/v1/uplink/wan", None, 200);
+        assert_eq!(wan["status"]["state"], "up", "{wan}");
+        assert_eq!(wan["status"]["mtu"], 1500, "{wan}");
+        let mac = wan["status"]["mac"].as_str().expect("a MAC").to_string();
+        assert!(!veth.details().contains(&mac), "the host keeps its own MAC");
+        assert_eq!(
+            wan["spec"]["addresses"],
+            json!(["192.0.2.10/24", "192.0.2.11", "192.0.2.12"])
+        );
+
+        let nat = format!(
+            "{}{}{}{}",
+            resource(
+                "NATGateway",
+                "gw",
+                &format!("{{network: {network}, ips: [192.0.2.10]}}")
+            ),
+            resource(
+                "PortForward",
+                "web",
+                &format!(
+                    "{{ip: 192.0.2.10, protocol: tcp, port: 8080, target: {{interface: {nic}, port: 80}}}}"
+                )
+            ),
+            resource("VirtualIP", "pub", "{type: Public}"),
+            resource(
+                "NetworkInterface",
+                &nic,
+                &format!(
+                    "{{subnet: {subnet}, netns: {}, ips: [10.77.9.5], virtualIP: pub}}",
+                    netns.0
+                )
+            ),
+        );
+        let applied = server.expect(Method::POST, "/v1/apply", Some(&nat), 200);
+        let actions: Vec<&str> = applied
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|a| a["action"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(actions, ["created", "created", "created", "configured"]);
+        let gw = server.expect(Method::GET, "/v1/natgw/gw", None, 200);
+        assert_eq!(gw["spec"]["portsPerNetworkInterface"], 2048);
+        assert_eq!(
+            gw["status"],
+            json!({"ips": ["192.0.2.10"], "portsInUse": []})
+        );
+        let web = server.expect(Method::GET, "/v1/portforwards/web", None, 200);
+        assert_eq!(
+            web["status"],
+            json!({"state": "Ready", "destination": "10.77.9.5:80"})
+        );
+        let vip = server.expect(Method::GET, "/v1/VirtualIPs/pub", None, 200);
+        assert_eq!(vip["status"], json!({"ip": "192.0.2.11", "interface": nic}));
+
+        // Refusals name the document, field and what is valid.
+        let body = server.expect(
+            Method::POST,
+            "/v1/apply",
+            Some(&resource(
+                "VirtualIP",
+                "dup",
+                "{type: Public, ip: 192.0.2.10}",
+            )),
+            409,
+        );
+        let (message, field) = error_of(&body);
+        assert_eq!(field, "documents[0].spec.ip");
+        assert!(
+            message.contains("192.0.2.10 is already used by NATGateway \"gw\""),
+            "{message}"
+        );
+        let body = server.expect(
+            Method::POST,
+            "/v1/apply",
+            Some(&resource(
+                "PortForward",
+                "bad",
+                &format!("{{ip: 203.0.113.1, protocol: udp, port: 53, target: {{interface: {nic}, port: 53}}}}"),
+            )),
+            400,
+        );
+        assert!(
+            error_of(&body)
+                .0
+                .contains("203.0.113.1 is not an address of Uplink \"wan\""),
+            "{body}"
+        );
+
+        // Conntrack: empty, counted, filtered, flushed.
+        assert_eq!(
+            server.expect(Method::GET, "/v1/conntrack", None, 200),
+            json!([])
+        );
+        assert_eq!(
+            server.expect(Method::GET, "/v1/conntrack?count=true", None, 200),
+            json!({"count": 0})
+        );
+        assert_eq!(
+            server.expect(
+                Method::GET,
+                &format!("/v1/conntrack?network={network}&count=true"),
+                None,
+                200
+            ),
+            json!({"count": 0})
+        );
+        assert_eq!(
+            server.expect(Method::DELETE, "/v1/conntrack", None, 200),
+            json!({"flushed": 0})
+        );
+        let body = server.expect(Method::GET, "/v1/conntrack?network=nope", None, 404);
+        assert_eq!(error_of(&body).0, "Network \"nope\" not found");
+        server.expect(Method::DELETE, "/v1/conntrack?network=nope", None, 404);
+        let body = server.expect(Method::GET, "/v1/conntrack?zone=1", None, 400);
+        assert!(error_of(&body).0.starts_with("invalid query: "), "{body}");
+        server.expect(Method::DELETE, "/v1/conntrack?count=true", None, 400);
+        server.expect(Method::POST, "/v1/conntrack", Some("x"), 405);
+
+        // The NAT summary.
+        let report = server.expect(Method::GET, "/v1/nat", None, 200);
+        assert_eq!(report["uplink"]["name"], "wan");
+        assert_eq!(report["uplink"]["interface"], veth.0.as_str());
+        assert_eq!(report["uplink"]["mac"], mac.as_str());
+        assert_eq!(
+            report["addresses"],
+            json!([
+                {"ip": "192.0.2.10", "usedBy": ["NATGateway/gw", "PortForward/web"]},
+                {"ip": "192.0.2.11", "usedBy": ["VirtualIP/pub"]},
+                {"ip": "192.0.2.12", "usedBy": []},
+            ])
+        );
+        assert_eq!(report["portsInUse"], json!([]));
+        assert_eq!(report["conntrack"]["entries"], 0);
+        assert_eq!(report["conntrack"]["maxEntries"], 1_000_000);
+        let drops = report["drops"].as_object().expect("drops");
+        assert!(
+            drops
+                .keys()
+                .all(|k| k.starts_with("nat.") || k.starts_with("conntrack.")),
+            "{report}"
+        );
+
+        // vswitchctl: tables, describe, conntrack and nat.
+        let header = |out: &str| -> Vec<String> {
+            out.lines()
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let (out, _) = server.ctl_code(&["get", "uplinks"], 0);
+        assert_eq!(
+            header(&out),
+            ["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "STATE"]
+        );
+        assert!(
+            out.contains(&format!(
+                "wan    {}   192.0.2.10/24,192.0.2.11,192.0.2.12   192.0.2.1   {mac}   up\n",
+                veth.0
+            )),
+            "{out}"
+        );
+        let (out, _) = server.ctl_code(&["get", "natgw"], 0);
+        assert_eq!(
+            out,
+            format!(
+                "NAME   NETWORK{pad}   IPS          PORTS/INTERFACE   PORTS-IN-USE\ngw     {network}   192.0.2.10   2048              0\n",
+                pad = " ".repeat(network.len() - "NETWORK".len())
+            )
+        );
+        let (out, _) = server.ctl_code(&["get", "pf"], 0);
+        assert_eq!(
+            header(&out),
+            ["NAME", "IP", "PROTOCOL", "PORT", "TARGET", "STATE"]
+        );
+        assert!(
+            out.lines()
+                .nth(1)
+                .unwrap_or_default()
+                .split_whitespace()
+                .eq([
+                    "web",
+                    "192.0.2.10",
+                    "tcp",
+                    "8080",
+                    &format!("{nic}:80"),
+                    "Ready"
+                ]),
+            "{out}"
+        );
+        let (out, _) = server.ctl_code(&["get", "vips"], 0);
+        assert!(
+            out.lines()
+                .nth(1)
+                .unwrap_or_default()
+                .split_whitespace()
+                .eq(["pub", "Public", "192.0.2.11", nic.as_str()]),
+            "{out}"
+        );
+        let (out, _) = server.ctl_code(&["describe", "NATGateway", "gw"], 0);
+        assert!(
+            out.starts_with("Name:         gw\nKind:         NATGateway\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("Ports in use:  <none>\n"), "{out}");
+        let (out, _) = server.ctl_code(&["get", "uplink", "wan", "-o", "yaml"], 0);
+        // The YAML applies again, unchanged.
+        let (applied, _) = check_code(
+            &["apply", "-f", "-"],
+            server.ctl_with_stdin(&["apply", "-f", "-"], &out),
+            0,
+        );
+        assert_eq!(applied, "uplink/wan unchanged\n");
+
+        let (out, err) = server.ctl_code(&["conntrack"], 0);
+        assert_eq!(
+            (out.as_str(), err.as_str()),
+            ("", "no tracked connections\n")
+        );
+        let (out, _) = server.ctl_code(&["conntrack", "--network", &network, "--count"], 0);
+        assert_eq!(out, "0\n");
+        let (out, _) = server.ctl_code(&["conntrack", "--count", "-o", "json"], 0);
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).ok(),
+            Some(json!({"count": 0}))
+        );
+        let (out, _) = server.ctl_code(&["conntrack", "-o", "json"], 0);
+        assert_eq!(out, "[]\n");
+        let (out, _) = server.ctl_code(&["conntrack", "--flush"], 0);
+        assert_eq!(out, "flushed 0 connections\n");
+        let (_, err) = server.ctl_code(&["conntrack", "--network", "nope"], 1);
+        assert!(
+            err.starts_with("vswitchctl: Network \"nope\" not found")
+                && err.contains("try: vswitchctl get networks"),
+            "{err}"
+        );
+        server.ctl_code(&["conntrack", "--count", "--flush"], 2);
+        let (out, _) = server.ctl_code(&["nat"], 0);
+        assert!(
+            out.starts_with(&format!(
+                "uplink: wan (interface {}, mac {mac}, gateway 192.0.2.1): up\n\nADDRESS      USED-BY\n192.0.2.10   NATGateway/gw,PortForward/web\n192.0.2.11   VirtualIP/pub\n192.0.2.12   -\n\nports in use:\nno ports in use\n\nconntrack: 0 entries (limit 1000000), ",
+                veth.0
+            )),
+            "{out}"
+        );
+        let (out, _) = server.ctl_code(&["nat", "-o", "json"], 0);
+        let parsed: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(parsed, server.expect(Method::GET, "/v1/nat", None, 200));
+
+        // Deletes: dependants first; deleting the Uplink closes it and leaves the interface.
+        let (_, err) = server.ctl_code(&["delete", "uplink", "wan"], 1);
+        assert!(
+            err.contains("Uplink \"wan\" still has NATGateways: gw; delete them first"),
+            "{err}"
+        );
+        let (_, err) = server.ctl_code(&["delete", "vip", "pub"], 1);
+        assert!(
+            err.contains(&format!("NetworkInterfaces using it: {nic}")),
+            "{err}"
+        );
+        server.ctl_code(&["delete", "pf", "web"], 0);
+        server.ctl_code(&["delete", "natgw", "gw"], 0);
+        server.ctl_code(&["delete", "networkinterface", &nic], 0);
+        let (out, _) = server.ctl_code(&["delete", "virtualip", "pub"], 0);
+        assert_eq!(out, "virtualip/pub deleted\n");
+        let (out, _) = server.ctl_code(&["delete", "uplinks", "wan"], 0);
+        assert_eq!(out, "uplink/wan deleted\n");
+        assert_eq!(
+            server.expect(Method::GET, "/v1/uplinks", None, 200),
+            json!([])
+        );
+        assert!(veth.details().contains(&veth.0), "the host interface stays");
+        // The sockets are closed: the interface leaves promiscuous mode if it entered it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !veth.details().contains("promiscuity 0 ") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the uplink's sockets were not closed:\n{}",
+                veth.details()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let report = server.expect(Method::GET, "/v1/nat", None, 200);
+        assert_eq!(report["uplink"], Value::Null);
+        assert_eq!(report["addresses"], json!([]));
+    }
 }

@@ -89,7 +89,8 @@ impl From<QueryRejection> for ErrorResponse {
         ErrorResponse::new(
             StatusCode::BAD_REQUEST,
             format!(
-                "invalid query: {}; the only parameter is network=NAME",
+                "invalid query: {}; /v1/routing-table takes network=NAME, GET /v1/conntrack \
+                 network=NAME and count=true, DELETE /v1/conntrack network=NAME",
                 rejection.body_text()
             ),
         )

@@ -10,6 +10,9 @@
 //! | GET | `/v1/stats` | 200 counters |
 //! | GET | `/v1/routing-table[?network=N]` | 200 the computed routing tables |
 //! | GET | `/v1/neighbors` | 200 the neighbour (ARP) table |
+//! | GET | `/v1/conntrack[?network=N][&count=true]` | 200 connections, or `{"count"}` |
+//! | DELETE | `/v1/conntrack[?network=N]` | 200 `{"flushed"}` |
+//! | GET | `/v1/nat` | 200 uplink addresses, ports in use, counters, drops |
 //! | GET | `/v1/{kind}` | 200 array of resources |
 //! | POST | `/v1/{kind}` | 201 the created resource (body: one JSON resource) |
 //! | GET | `/v1/{kind}/{name}` | 200 the resource |
@@ -24,6 +27,7 @@
 //! - Request bodies are limited to [`MAX_BODY_BYTES`].
 
 mod error;
+mod nat;
 mod node;
 mod resources;
 mod socket;
@@ -63,6 +67,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/stats", get(node::stats))
         .route("/v1/routing-table", get(node::routing_table))
         .route("/v1/neighbors", get(node::neighbors))
+        .route("/v1/conntrack", get(nat::list).delete(nat::flush))
+        .route("/v1/nat", get(nat::summary))
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
             "/v1/{kind}/{name}",
@@ -81,7 +87,8 @@ async fn not_found(method: Method, uri: Uri) -> ErrorResponse {
         StatusCode::NOT_FOUND,
         format!(
             "no endpoint {method} {}; the API serves /v1/version, /v1/apply, /v1/fdb, \
-             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/{{kind}} and /v1/{{kind}}/{{name}}",
+             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/conntrack, /v1/nat, /v1/{{kind}} \
+             and /v1/{{kind}}/{{name}}",
             uri.path()
         ),
     )

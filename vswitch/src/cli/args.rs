@@ -58,7 +58,8 @@ pub enum Command {
     /// documents are validated first; if one is wrong, nothing changes.
     Apply(ApplyArgs),
     /// List resources of a kind, or show one. KIND is any case, singular or plural
-    /// (network, subnet, networkinterface, route).
+    /// (network, subnet, networkinterface, route, uplink, natgateway, portforward,
+    /// virtualip; nic, natgw, pf and vip for short).
     Get(GetArgs),
     /// Show every field of one resource, for people.
     Describe(DescribeArgs),
@@ -79,6 +80,12 @@ pub enum Command {
     Routes(RoutesArgs),
     /// Show the neighbour (ARP) table: subnet, address, MAC, state, age.
     Neighbors(OutputArgs),
+    /// Show the connection-tracking table (protocol, original and reply tuples, state, time
+    /// left and age, zone), count its entries, or flush it.
+    Conntrack(ConntrackArgs),
+    /// Show NAT: the Uplink's addresses and who uses them, masquerade ports in use per
+    /// interface, conntrack counters, drops by reason (non-zero ones; -o wide shows all).
+    Nat(OutputArgs),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
 }
@@ -155,6 +162,24 @@ pub struct RoutesArgs {
     /// Only this Network's table.
     #[arg(long, short = 'n', value_name = "NETWORK")]
     pub network: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `conntrack [--network N] [--count | --flush] [-o FORMAT]`.
+#[derive(Debug, Args)]
+pub struct ConntrackArgs {
+    /// Only connections with a side in this Network.
+    #[arg(long, short = 'n', value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// Print how many connections there are instead of listing them.
+    #[arg(long, conflicts_with = "flush")]
+    pub count: bool,
+    /// Remove the connections (and their masquerade mappings); flows that go on are tracked
+    /// again from their next packet.
+    #[arg(long)]
+    pub flush: bool,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -566,6 +591,36 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_and_nat_command_lines() {
+        let cli = Cli::try_parse_from([
+            "vswitchctl",
+            "conntrack",
+            "--network",
+            "blue",
+            "--count",
+            "-o",
+            "json",
+        ])
+        .expect("parse");
+        let Command::Conntrack(args) = cli.command else {
+            panic!("expected conntrack");
+        };
+        assert_eq!(args.network.as_deref(), Some("blue"));
+        assert!(args.count && !args.flush);
+        assert_eq!(args.output, OutputFormat::Json);
+        let cli = Cli::try_parse_from(["vswitchctl", "conntrack", "--flush"]).expect("parse");
+        let Command::Conntrack(args) = cli.command else {
+            panic!("expected conntrack");
+        };
+        assert!(args.flush && !args.count && args.network.is_none());
+        let cli = Cli::try_parse_from(["vswitchctl", "nat", "-o", "wide"]).expect("parse");
+        let Command::Nat(args) = cli.command else {
+            panic!("expected nat");
+        };
+        assert_eq!(args.output, OutputFormat::Wide);
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for argv in [
             &["vswitchctl", "attach", "c1", "--ip", "10.0.0.5/40"][..],
@@ -575,6 +630,9 @@ mod tests {
             &["vswitchctl", "get", "subnets", "-o", "xml"][..],
             &["vswitchctl", "routes", "--network"][..],
             &["vswitchctl", "neighbors", "-o", "csv"][..],
+            &["vswitchctl", "conntrack", "--count", "--flush"][..],
+            &["vswitchctl", "conntrack", "--network"][..],
+            &["vswitchctl", "nat", "--network", "x"][..],
             &["vswitchctl", "apply"][..],
         ] {
             let error = Cli::try_parse_from(argv).expect_err(&argv.join(" "));

@@ -22,8 +22,8 @@ use hyper::Method;
 use serde_json::Value;
 
 use args::{
-    ApplyArgs, AttachArgs, Cli, Command, DeleteArgs, DescribeArgs, DetachArgs, GetArgs, OutputArgs,
-    OutputFormat, RoutesArgs,
+    ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
+    GetArgs, OutputArgs, OutputFormat, RoutesArgs,
 };
 use client::{Body, Client, HttpResponse, encode_segment};
 use error::{ApiFailure, CliError};
@@ -77,6 +77,8 @@ pub fn run(
         Command::Stats(args) => stats(&api, args, out),
         Command::Routes(args) => routes(&api, args, out, err),
         Command::Neighbors(args) => neighbors(&api, args, out, err),
+        Command::Conntrack(args) => conntrack(&api, args, out, err),
+        Command::Nat(args) => nat(&api, args, out),
         Command::Version => version(&api, out),
     }
 }
@@ -423,10 +425,7 @@ fn routes(
         Some(network) => format!("/v1/routing-table?network={}", encode_segment(network)),
         None => "/v1/routing-table".to_owned(),
     };
-    let value = api.get(&path).map_err(|error| match error.status() {
-        Some(404) => error.with_hint("try: vswitchctl get networks   (lists the existing ones)"),
-        _ => error,
-    })?;
+    let value = api.get(&path).map_err(network_hint)?;
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
@@ -452,6 +451,74 @@ fn neighbors(
         return err.write_all(b"no neighbors\n").map_err(CliError::Output);
     }
     write(out, &table.render())
+}
+
+/// A hint for an unknown `--network`.
+fn network_hint(error: CliError) -> CliError {
+    match error.status() {
+        Some(404) => error.with_hint("try: vswitchctl get networks   (lists the existing ones)"),
+        _ => error,
+    }
+}
+
+fn conntrack(
+    api: &Api,
+    args: &ConntrackArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut query = Vec::new();
+    if let Some(network) = &args.network {
+        query.push(format!("network={}", encode_segment(network)));
+    }
+    if args.count {
+        query.push("count=true".to_owned());
+    }
+    let path = if query.is_empty() {
+        "/v1/conntrack".to_owned()
+    } else {
+        format!("/v1/conntrack?{}", query.join("&"))
+    };
+    if args.flush {
+        let value = api
+            .json(Method::DELETE, &path, None)
+            .map_err(network_hint)?;
+        if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+            return print_value(out, &value, args.output);
+        }
+        let flushed = value.get("flushed").and_then(Value::as_u64).unwrap_or(0);
+        let noun = if flushed == 1 {
+            "connection"
+        } else {
+            "connections"
+        };
+        return write(out, &format!("flushed {flushed} {noun}\n"));
+    }
+    let value = api.get(&path).map_err(network_hint)?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    if args.count {
+        return write(out, &format!("{}\n", output::cell(value.get("count"))));
+    }
+    let table = output::conntrack_table(&value, args.output == OutputFormat::Wide);
+    if table.is_empty() {
+        return err
+            .write_all(b"no tracked connections\n")
+            .map_err(CliError::Output);
+    }
+    write(out, &table.render())
+}
+
+fn nat(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let value = api.get("/v1/nat")?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    write(
+        out,
+        &output::nat_report(&value, args.output == OutputFormat::Wide),
+    )
 }
 
 fn stats(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError> {

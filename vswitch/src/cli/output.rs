@@ -304,6 +304,114 @@ pub fn resource_table(resources: &[Value], wide: bool, context: &TableContext) -
             }
             table
         }
+        "uplink" => {
+            let mut headers = vec!["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "STATE"];
+            if wide {
+                headers.extend(["MTU", "LABELS", "MESSAGE"]);
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/interface"]),
+                    at(r, &["/spec/addresses"]),
+                    at(r, &["/spec/gateway"]),
+                    at(r, &["/status/mac", "/spec/mac"]),
+                    at(r, &["/status/state"]),
+                ];
+                if wide {
+                    row.extend([
+                        at(r, &["/status/mtu"]),
+                        labels(r),
+                        at(r, &["/status/message"]),
+                    ]);
+                }
+                table.push(row);
+            }
+            table
+        }
+        "natgateway" => {
+            let mut headers = vec!["NAME", "NETWORK", "IPS", "PORTS/INTERFACE", "PORTS-IN-USE"];
+            if wide {
+                headers.extend(["INTERFACES", "LABELS"]);
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let usage = r
+                    .pointer("/status/portsInUse")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], Vec::as_slice);
+                let in_use: u64 = usage
+                    .iter()
+                    .map(|u| counter(u, &["tcp"]) + counter(u, &["udp"]) + counter(u, &["icmp"]))
+                    .sum();
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/network"]),
+                    at(r, &["/status/ips", "/spec/ips"]),
+                    at(r, &["/spec/portsPerNetworkInterface"]),
+                    in_use.to_string(),
+                ];
+                if wide {
+                    let interfaces: Vec<String> =
+                        usage.iter().map(|u| at(u, &["/interface"])).collect();
+                    row.extend([cell(Some(&Value::from(interfaces))), labels(r)]);
+                }
+                table.push(row);
+            }
+            table
+        }
+        "portforward" => {
+            let mut headers = vec!["NAME", "IP", "PROTOCOL", "PORT", "TARGET", "STATE"];
+            if wide {
+                headers.extend(["DESTINATION", "LABELS", "MESSAGE"]);
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let target = format!(
+                    "{}:{}",
+                    at(r, &["/spec/target/interface"]),
+                    at(r, &["/spec/target/port"])
+                );
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/ip"]),
+                    at(r, &["/spec/protocol"]),
+                    at(r, &["/spec/port"]),
+                    target,
+                    at(r, &["/status/state"]),
+                ];
+                if wide {
+                    row.extend([
+                        at(r, &["/status/destination"]),
+                        labels(r),
+                        at(r, &["/status/message"]),
+                    ]);
+                }
+                table.push(row);
+            }
+            table
+        }
+        "virtualip" => {
+            let mut headers = vec!["NAME", "TYPE", "IP", "INTERFACE"];
+            if wide {
+                headers.push("LABELS");
+            }
+            let mut table = Table::new(&headers);
+            for r in resources {
+                let mut row = vec![
+                    name(r),
+                    at(r, &["/spec/type"]),
+                    at(r, &["/status/ip", "/spec/ip"]),
+                    at(r, &["/status/interface"]),
+                ];
+                if wide {
+                    row.push(labels(r));
+                }
+                table.push(row);
+            }
+            table
+        }
         _ => {
             let mut table = Table::new(&["NAME", "KIND", "LABELS"]);
             for r in resources {
@@ -377,6 +485,170 @@ pub fn neighbors_table(neighbors: &Value) -> Table {
         ]);
     }
     table
+}
+
+/// An endpoint of a conntrack key: `A.B.C.D:P`, or for ICMP echo the address alone (the
+/// identifier is shown once per side by [`conntrack_side`]).
+fn endpoint(address: &str, port: &str, icmp: bool) -> String {
+    if icmp {
+        address.to_owned()
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+/// One side of a connection: `SRC:P -> DST:P` (ICMP: `SRC -> DST id N`).
+fn conntrack_side(key: Option<&Value>, icmp: bool) -> String {
+    let Some(key) = key else {
+        return NONE.to_owned();
+    };
+    let text = format!(
+        "{} -> {}",
+        endpoint(&at(key, &["/src"]), &at(key, &["/srcPort"]), icmp),
+        endpoint(&at(key, &["/dst"]), &at(key, &["/dstPort"]), icmp)
+    );
+    if icmp {
+        // The echo identifier is the non-zero one of the two "ports".
+        let id = counter(key, &["srcPort"]).max(counter(key, &["dstPort"]));
+        format!("{text} id {id}")
+    } else {
+        text
+    }
+}
+
+/// The conntrack table: PROTO ORIGINAL REPLY STATE TIMEOUT/AGE ZONE (wide: ASSURED). ZONE is
+/// the original side's Network, and `NETWORK->external` (or `->OTHER`) when replies arrive
+/// in another zone.
+pub fn conntrack_table(entries: &Value, wide: bool) -> Table {
+    let mut headers = vec!["PROTO", "ORIGINAL", "REPLY", "STATE", "TIMEOUT/AGE", "ZONE"];
+    if wide {
+        headers.push("ASSURED");
+    }
+    let mut table = Table::new(&headers);
+    for entry in rows(entries, "entries") {
+        let protocol = at(entry, &["/protocol"]);
+        let icmp = protocol == "icmp";
+        let seconds = |key: &str| {
+            entry
+                .get(key)
+                .and_then(Value::as_u64)
+                .map_or_else(|| NONE.to_owned(), format_age)
+        };
+        let zone = at(entry, &["/original/zone"]);
+        let reply_zone = at(entry, &["/reply/zone"]);
+        let zone = if zone == reply_zone {
+            zone
+        } else {
+            format!("{zone}->{reply_zone}")
+        };
+        let mut row = vec![
+            protocol,
+            conntrack_side(entry.get("original"), icmp),
+            conntrack_side(entry.get("reply"), icmp),
+            at(entry, &["/state"]),
+            format!("{}/{}", seconds("timeoutSeconds"), seconds("ageSeconds")),
+            zone,
+        ];
+        if wide {
+            row.push(at(entry, &["/assured"]));
+        }
+        table.push(row);
+    }
+    table
+}
+
+/// The masquerade ports table: NATGATEWAY NETWORK INTERFACE NAT-IP BLOCKS TCP UDP ICMP
+/// (rows of `GET /v1/nat`), or INTERFACE NAT-IP BLOCKS TCP UDP ICMP (a NATGateway's
+/// `status.portsInUse`).
+fn ports_table(rows_value: &[Value], with_gateway: bool) -> Table {
+    let mut headers = Vec::new();
+    if with_gateway {
+        headers.extend(["NATGATEWAY", "NETWORK"]);
+    }
+    headers.extend(["INTERFACE", "NAT-IP", "BLOCKS", "TCP", "UDP", "ICMP"]);
+    let mut table = Table::new(&headers);
+    for row in rows_value {
+        let mut cells = Vec::new();
+        if with_gateway {
+            cells.extend([at(row, &["/natGateway"]), at(row, &["/network"])]);
+        }
+        cells.extend([
+            at(row, &["/interface"]),
+            at(row, &["/ip"]),
+            at(row, &["/blocks"]),
+            counter(row, &["tcp"]).to_string(),
+            counter(row, &["udp"]).to_string(),
+            counter(row, &["icmp"]).to_string(),
+        ]);
+        table.push(cells);
+    }
+    table
+}
+
+/// The `nat` report: the Uplink, its addresses and their users, masquerade ports in use per
+/// interface, conntrack counters, drops by reason (non-zero ones unless `show_zero`).
+pub fn nat_report(report: &Value, show_zero: bool) -> String {
+    let mut text = String::new();
+    match report.get("uplink").filter(|u| !u.is_null()) {
+        Some(uplink) => {
+            let _ = writeln!(
+                text,
+                "uplink: {} (interface {}, mac {}, gateway {}): {}",
+                at(uplink, &["/name"]),
+                at(uplink, &["/interface"]),
+                at(uplink, &["/mac"]),
+                at(uplink, &["/gateway"]),
+                at(uplink, &["/state"])
+            );
+        }
+        None => text.push_str("uplink: none (vswitchctl apply an Uplink first)\n"),
+    }
+    let mut addresses = Table::new(&["ADDRESS", "USED-BY"]);
+    for row in rows(report, "addresses") {
+        addresses.push(vec![at(row, &["/ip"]), at(row, &["/usedBy"])]);
+    }
+    if !addresses.is_empty() {
+        text.push('\n');
+        text.push_str(&addresses.render());
+    }
+    text.push_str("\nports in use:\n");
+    let ports = ports_table(rows(report, "portsInUse"), true);
+    if ports.is_empty() {
+        text.push_str("no ports in use\n");
+    } else {
+        text.push_str(&ports.render());
+    }
+    let conntrack = report.get("conntrack").unwrap_or(&Value::Null);
+    let _ = writeln!(
+        text,
+        "\nconntrack: {} entries (limit {}), {} created, {} expired, {} evicted, {} refused \
+         (table full), {} clashes, {} NAT mappings",
+        counter(conntrack, &["entries"]),
+        counter(conntrack, &["maxEntries"]),
+        counter(conntrack, &["created"]),
+        counter(conntrack, &["expired"]),
+        counter(conntrack, &["evicted"]),
+        counter(conntrack, &["refusedFull"]),
+        counter(conntrack, &["clashes"]),
+        counter(conntrack, &["natMappings"]),
+    );
+    text.push_str("\ndrops by reason:\n");
+    let drops = counts_table("REASON", report.get("drops"), show_zero);
+    if drops.is_empty() {
+        text.push_str("no drops\n");
+    } else {
+        text.push_str(&drops.render());
+    }
+    text
+}
+
+/// The `Ports in use:` section of a NATGateway's `describe`.
+fn ports_in_use_section(gateway: &Value) -> String {
+    let rows_value = gateway
+        .pointer("/status/portsInUse")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    table_section("Ports in use", &ports_table(rows_value, false))
 }
 
 /// A table as a `describe` section: `Key:` then the table indented by two, or `Key:  <none>`.
@@ -497,8 +769,18 @@ pub fn stats_report(stats: &Value, show_zero: bool) -> String {
 
 /// `describe`: every field of a resource, for people. Name, kind, API version and labels
 /// first, then other metadata, then spec, status and any other section. A Network's
-/// peerings, with their state, follow as a table.
+/// peerings, with their state, and a NATGateway's ports in use follow as tables.
 pub fn describe(resource: &Value) -> String {
+    if kind_of(resource) == "natgateway" {
+        // Ports in use get a table of their own, after the generic sections.
+        let mut shown = resource.clone();
+        if let Some(Value::Object(status)) = shown.get_mut("status") {
+            status.remove("portsInUse");
+        }
+        let mut text = describe_fields(&shown);
+        text.push_str(&ports_in_use_section(resource));
+        return text;
+    }
     if kind_of(resource) == "network" {
         // Peerings get a table of their own, after the generic sections.
         let mut shown = resource.clone();
@@ -898,6 +1180,170 @@ Peerings:
             bare.ends_with("Status:  <none>\nPeerings:  <none>\n"),
             "{bare}"
         );
+    }
+
+    #[test]
+    fn nat_resource_tables() {
+        let uplinks = vec![json!({"kind": "Uplink", "metadata": {"name": "wan"},
+            "spec": {"interface": "eth1", "addresses": ["198.51.100.10/24", "198.51.100.11"],
+                     "gateway": "198.51.100.1"},
+            "status": {"mac": "02:00:00:00:00:09", "mtu": 1500, "state": "up"}})];
+        assert_eq!(
+            resource_table(&uplinks, false, &TableContext::default()).render(),
+            "\
+NAME   INTERFACE   ADDRESSES                        GATEWAY        MAC                 STATE
+wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:00:09   up
+"
+        );
+        let wide = resource_table(&uplinks, true, &TableContext::default()).render();
+        assert!(wide.contains("   MTU    LABELS   MESSAGE\n"), "{wide}");
+        assert!(wide.contains("   up      1500   -        -\n"), "{wide}");
+        let gateways = vec![json!({"kind": "NATGateway", "metadata": {"name": "gw"},
+            "spec": {"network": "blue", "ips": ["198.51.100.10"], "portsPerNetworkInterface": 2048},
+            "status": {"ips": ["198.51.100.10"], "portsInUse": [
+                {"interface": "c1", "ip": "198.51.100.10", "blocks": ["1024-3071"], "tcp": 2, "udp": 1, "icmp": 0},
+                {"interface": "c2", "ip": "198.51.100.10", "blocks": ["3072-5119"], "tcp": 0, "udp": 0, "icmp": 4}]}})];
+        assert_eq!(
+            resource_table(&gateways, false, &TableContext::default()).render(),
+            "\
+NAME   NETWORK   IPS             PORTS/INTERFACE   PORTS-IN-USE
+gw     blue      198.51.100.10   2048              7
+"
+        );
+        let wide = resource_table(&gateways, true, &TableContext::default()).render();
+        assert!(
+            wide.contains("   7              c1,c2        -\n"),
+            "{wide}"
+        );
+        let forwards = vec![json!({"kind": "PortForward", "metadata": {"name": "web"},
+            "spec": {"ip": "198.51.100.10", "protocol": "tcp", "port": 8080,
+                     "target": {"interface": "c1", "port": 80}},
+            "status": {"state": "Pending", "destination": "10.1.0.5:80",
+                       "message": "Uplink \"wan\" is lost"}})];
+        assert_eq!(
+            resource_table(&forwards, false, &TableContext::default()).render(),
+            "\
+NAME   IP              PROTOCOL   PORT   TARGET   STATE
+web    198.51.100.10   tcp        8080   c1:80    Pending
+"
+        );
+        let wide = resource_table(&forwards, true, &TableContext::default()).render();
+        assert!(
+            wide.contains("Pending   10.1.0.5:80   -        Uplink \"wan\" is lost\n"),
+            "{wide}"
+        );
+        let vips = vec![
+            json!({"kind": "VirtualIP", "metadata": {"name": "v"}, "spec": {"type": "Public"},
+                   "status": {"ip": "198.51.100.11", "interface": "c2"}}),
+            json!({"kind": "VirtualIP", "metadata": {"name": "w"},
+                   "spec": {"type": "Public", "ip": "198.51.100.12"}}),
+        ];
+        assert_eq!(
+            resource_table(&vips, false, &TableContext::default()).render(),
+            "\
+NAME   TYPE     IP              INTERFACE
+v      Public   198.51.100.11   c2
+w      Public   198.51.100.12   -
+"
+        );
+    }
+
+    #[test]
+    fn describe_nat_gateway_lists_ports_in_use() {
+        let gateway = json!({"kind": "NATGateway", "metadata": {"name": "gw"},
+            "spec": {"network": "blue", "ips": ["198.51.100.10"], "portsPerNetworkInterface": 2048},
+            "status": {"ips": ["198.51.100.10"], "portsInUse": [
+                {"interface": "c1", "ip": "198.51.100.10", "blocks": ["1024-3071"], "tcp": 2, "udp": 1, "icmp": 0}]}});
+        let text = describe(&gateway);
+        assert!(
+            text.ends_with(
+                "\
+Status:
+  ips:  198.51.100.10
+Ports in use:
+  INTERFACE   NAT-IP          BLOCKS      TCP   UDP   ICMP
+  c1          198.51.100.10   1024-3071   2     1     0
+"
+            ),
+            "{text}"
+        );
+        let idle = json!({"kind": "NATGateway", "metadata": {"name": "gw"},
+            "spec": {"network": "blue"}, "status": {"ips": [], "portsInUse": []}});
+        assert!(describe(&idle).ends_with("Ports in use:  <none>\n"));
+    }
+
+    #[test]
+    fn conntrack_rows() {
+        let entries = json!([
+            {"protocol": "tcp", "state": "ESTABLISHED", "assured": true, "ageSeconds": 12, "timeoutSeconds": 7428,
+             "original": {"zone": "blue", "src": "10.1.0.5", "srcPort": 40000, "dst": "203.0.113.9", "dstPort": 443},
+             "reply": {"zone": "external", "src": "203.0.113.9", "srcPort": 443, "dst": "198.51.100.10", "dstPort": 40000}},
+            {"protocol": "icmp", "state": "REPLIED", "assured": true, "ageSeconds": 3, "timeoutSeconds": 57,
+             "original": {"zone": "red", "src": "10.2.0.5", "srcPort": 7, "dst": "10.2.0.9", "dstPort": 0},
+             "reply": {"zone": "red", "src": "10.2.0.9", "srcPort": 0, "dst": "10.2.0.5", "dstPort": 7}},
+        ]);
+        assert_eq!(
+            conntrack_table(&entries, false).render(),
+            "\
+PROTO   ORIGINAL                            REPLY                                    STATE         TIMEOUT/AGE   ZONE
+tcp     10.1.0.5:40000 -> 203.0.113.9:443   203.0.113.9:443 -> 198.51.100.10:40000   ESTABLISHED   2h3m/12s      blue->external
+icmp    10.2.0.5 -> 10.2.0.9 id 7           10.2.0.9 -> 10.2.0.5 id 7                REPLIED       57s/3s        red
+"
+        );
+        let wide = conntrack_table(&entries, true).render();
+        assert!(
+            wide.lines()
+                .next()
+                .unwrap()
+                .ends_with("ZONE             ASSURED"),
+            "{wide}"
+        );
+        assert!(conntrack_table(&json!([]), false).is_empty());
+    }
+
+    #[test]
+    fn nat_report_sections() {
+        let report = json!({
+            "uplink": {"name": "wan", "interface": "eth1", "mac": "02:00:00:00:00:09",
+                       "gateway": "198.51.100.1", "state": "up"},
+            "addresses": [{"ip": "198.51.100.10", "usedBy": ["NATGateway/gw", "PortForward/web"]},
+                          {"ip": "198.51.100.11", "usedBy": []}],
+            "portsInUse": [{"natGateway": "gw", "network": "blue", "interface": "c1", "ip": "198.51.100.10",
+                            "blocks": ["1024-3071"], "tcp": 2, "udp": 0, "icmp": 1}],
+            "conntrack": {"entries": 3, "maxEntries": 1000000, "created": 10, "expired": 7,
+                          "evicted": 0, "refusedFull": 0, "clashes": 0, "natMappings": 3},
+            "drops": {"nat.unsolicited": 4, "nat.pool_exhausted": 0},
+        });
+        assert_eq!(
+            nat_report(&report, false),
+            "\
+uplink: wan (interface eth1, mac 02:00:00:00:00:09, gateway 198.51.100.1): up
+
+ADDRESS         USED-BY
+198.51.100.10   NATGateway/gw,PortForward/web
+198.51.100.11   -
+
+ports in use:
+NATGATEWAY   NETWORK   INTERFACE   NAT-IP          BLOCKS      TCP   UDP   ICMP
+gw           blue      c1          198.51.100.10   1024-3071   2     0     1
+
+conntrack: 3 entries (limit 1000000), 10 created, 7 expired, 0 evicted, 0 refused (table full), 0 clashes, 3 NAT mappings
+
+drops by reason:
+REASON            COUNT
+nat.unsolicited   4
+"
+        );
+        assert!(nat_report(&report, true).contains("\nnat.pool_exhausted   0\n"));
+        let empty = nat_report(
+            &json!({"uplink": null, "addresses": [], "portsInUse": []}),
+            false,
+        );
+        assert!(
+            empty.starts_with("uplink: none (vswitchctl apply an Uplink first)\n\nports in use:\nno ports in use\n"),
+            "{empty}"
+        );
+        assert!(empty.ends_with("drops by reason:\nno drops\n"), "{empty}");
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //!   exists; a freed id is reused by the next new name.
 //! - The node id is generated on first boot and persisted before anything else; gateway MACs
 //!   derive from it ([`routing::gateway_mac`]).
+//! - At most one Uplink. Its device is opened with one queue per worker, gets a [`PortId`]
+//!   from the same pool as interfaces (so its counters live in the same arrays) and a
+//!   [`SubnetId`] for its neighbour entries; both are released when it is closed. An Uplink
+//!   whose device cannot be opened after a restart stays, `lost`, out of the snapshot.
+//! - The NAT rules are compiled from the desired state at every publish; the conntrack table
+//!   is the engine's, carried from one snapshot to the next, so connections survive any
+//!   change of configuration. Deleting a NetworkInterface removes its connections, deleting
+//!   a Network flushes its zone: their ids are reused, their connections must not be.
 //! - Lock order: the state lock, then the engine lock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,12 +38,15 @@ use serde_json::Value;
 
 use super::ApiError;
 use super::ipam::Pool;
+use super::nat_rules;
 use super::resource::{
     Document, InterfaceState, Kind, NetworkInterface, Origin, Resource, parse_documents, parse_one,
 };
 use super::routing;
 use super::store::{NodeId, State, Store};
-use super::validate::{self, Mode, Plan};
+use super::validate::{self, Mode, Plan, UplinkWork};
+use crate::engine::clock::{Clock, MonotonicClock};
+use crate::engine::snapshot::UplinkEntry;
 use crate::engine::{
     Engine, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot,
     SubnetEntry, SubnetId,
@@ -74,12 +85,201 @@ pub struct RoutingTableRow {
     pub origin: String,
 }
 
+/// What the uplink's device reported when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkDevice {
+    /// The interface's MTU.
+    pub mtu: u16,
+    /// The interface's own MAC (the host's; the switch must use another).
+    pub host_mac: [u8; 6],
+}
+
+/// Opens an uplink device: interface name, the switch's MAC, queues (one per worker).
+pub type UplinkOpen = fn(&str, [u8; 6], usize) -> Result<(PortIo, UplinkDevice), PortError>;
+
+/// The uplink's I/O as the controller uses it: the real device functions in the daemon,
+/// stand-ins in tests that need no interface.
+#[derive(Debug, Clone, Copy)]
+pub struct UplinkOps {
+    /// Whether a host interface of that name exists in the daemon's namespace.
+    pub exists: fn(&str) -> bool,
+    /// Opens the interface (AF_PACKET, one queue per worker) for the switch's MAC.
+    pub open: UplinkOpen,
+    /// Closes what `open` opened.
+    pub close: fn(PortIo),
+}
+
+impl UplinkOps {
+    /// The real device functions ([`crate::port::uplink::open`] and
+    /// [`crate::port::uplink::close`]).
+    pub fn device() -> UplinkOps {
+        UplinkOps {
+            exists: interface_exists,
+            open: open_uplink_device,
+            close: close_uplink_device,
+        }
+    }
+}
+
+/// True when the daemon's namespace has an interface `ifname`.
+fn interface_exists(ifname: &str) -> bool {
+    nix::net::if_::if_nametoindex(ifname).is_ok()
+}
+
+fn open_uplink_device(
+    ifname: &str,
+    mac: [u8; 6],
+    queues: usize,
+) -> Result<(PortIo, UplinkDevice), PortError> {
+    let (io, info) = port::uplink::open(ifname, mac, queues)?;
+    if !info.filtered {
+        tracing::warn!(uplink = %ifname, "the kernel refused the uplink's receive filter: every frame on the interface reaches the switch");
+    }
+    Ok((
+        io,
+        UplinkDevice {
+            mtu: info.mtu,
+            host_mac: info.host_mac,
+        },
+    ))
+}
+
+fn close_uplink_device(io: PortIo) {
+    port::uplink::close(io);
+}
+
+/// One connection of the conntrack table, as `GET /v1/conntrack` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackRow {
+    /// `tcp`, `udp` or `icmp`.
+    pub protocol: String,
+    /// The first packet's key.
+    pub original: ConntrackKey,
+    /// What replies look like where they arrive (after NAT).
+    pub reply: ConntrackKey,
+    /// TCP state as Linux names it (`ESTABLISHED`), or `UNREPLIED`/`REPLIED`.
+    pub state: String,
+    /// Seen both ways (TCP: handshake completed); never evicted.
+    pub assured: bool,
+    /// Seconds since the connection was created.
+    pub age_seconds: u64,
+    /// Seconds until it expires without traffic.
+    pub timeout_seconds: u64,
+}
+
+/// One side of a connection: zone (Network name, or `external` for the uplink side) and
+/// tuple. For ICMP echo the identifier stands in for a port (`srcPort` of a request,
+/// `dstPort` of a reply; the other is 0).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackKey {
+    /// The Network the packet is seen in, or `external`.
+    pub zone: String,
+    /// Source address.
+    pub src: String,
+    /// Source port (or echo identifier).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst: String,
+    /// Destination port (or echo identifier).
+    pub dst_port: u16,
+}
+
+/// The NAT view of the node (`GET /v1/nat`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatReport {
+    /// The Uplink, if one exists.
+    pub uplink: Option<NatUplink>,
+    /// Every Uplink address and the resources that use it.
+    pub addresses: Vec<NatAddress>,
+    /// Masquerade ports in use per NetworkInterface.
+    pub ports_in_use: Vec<NatPortsInUse>,
+    /// Conntrack table counters.
+    pub conntrack: ConntrackCounters,
+    /// Datapath drops of the NAT and conntrack stages by reason (`nat.*`, `conntrack.*`).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The Uplink as `GET /v1/nat` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatUplink {
+    /// Resource name.
+    pub name: String,
+    /// Host interface.
+    pub interface: String,
+    /// The switch's MAC on it.
+    pub mac: Option<String>,
+    /// Next hop.
+    pub gateway: Ipv4Addr,
+    /// `up`, `pending` or `lost`.
+    pub state: String,
+}
+
+/// One Uplink address and its users (`NATGateway/gw`, `PortForward/web`, `VirtualIP/v`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatAddress {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Who uses it; empty when free.
+    pub used_by: Vec<String>,
+}
+
+/// Masquerade ports one NetworkInterface holds.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatPortsInUse {
+    /// The NATGateway.
+    pub nat_gateway: String,
+    /// Its Network.
+    pub network: String,
+    /// The NetworkInterface.
+    pub interface: String,
+    /// The NAT address its blocks are on.
+    pub ip: Ipv4Addr,
+    /// Its port blocks, `first-last`.
+    pub blocks: Vec<String>,
+    /// TCP mappings.
+    pub tcp: u32,
+    /// UDP mappings.
+    pub udp: u32,
+    /// ICMP echo identifiers.
+    pub icmp: u32,
+}
+
+/// Table-wide conntrack counters.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackCounters {
+    /// Connections in the table (live or expired, not yet swept).
+    pub entries: usize,
+    /// The table limit.
+    pub max_entries: usize,
+    /// Connections created.
+    pub created: u64,
+    /// Connections removed because they expired.
+    pub expired: u64,
+    /// Connections evicted to make room.
+    pub evicted: u64,
+    /// New flows refused because the table was full.
+    pub refused_full: u64,
+    /// New flows refused because their reply tuple was taken.
+    pub clashes: u64,
+    /// Live masquerade mappings.
+    pub nat_mappings: usize,
+}
+
 /// Owns desired state, allocations, ports and the engine. All methods are blocking and
 /// serialised by an internal lock; call them from a blocking context.
 #[derive(Debug)]
 pub struct Controller {
     inner: Mutex<Inner>,
     engine: RwLock<Engine>,
+    /// The datapath's clock (conntrack ages and timeouts are read with it).
+    clock: Arc<dyn Clock>,
 }
 
 /// Everything the lock protects.
@@ -95,12 +295,26 @@ struct Inner {
     subnet_id_pool: IdPool,
     network_ids: BTreeMap<String, NetworkId>,
     network_id_pool: IdPool,
+    /// The Uplink's device, while it is open.
+    uplink: Option<OpenUplink>,
+    uplink_ops: UplinkOps,
 }
 
 #[derive(Debug)]
 struct AttachedPort {
     id: PortId,
     io: Arc<PortIo>,
+}
+
+/// The Uplink's opened device and the ids it holds.
+#[derive(Debug)]
+struct OpenUplink {
+    /// Uplink resource name.
+    name: String,
+    id: PortId,
+    segment: SubnetId,
+    io: Arc<PortIo>,
+    mtu: u16,
 }
 
 /// Dense ids: the lowest freed id first, else the next unused one, up to a limit.
@@ -142,11 +356,42 @@ impl IdPool {
 
 impl Controller {
     /// Opens (creating if needed) the state directory, restores persisted resources and
-    /// allocations, and re-opens the ports that still exist.
+    /// allocations, and re-opens the ports and the Uplink that still exist.
+    ///
+    /// Conntrack ages are read with a clock started here; give the engine's clock with
+    /// [`open_with_clock`](Controller::open_with_clock) so they match the datapath's exactly.
     ///
     /// # Errors
     /// When the state directory cannot be created or its files cannot be read.
     pub fn open(state_dir: &Path, engine: Engine) -> Result<Controller, ApiError> {
+        Controller::open_with_clock(state_dir, engine, Arc::new(MonotonicClock::new()))
+    }
+
+    /// [`open`](Controller::open) with the clock the engine was started with
+    /// ([`Engine::start_with_clock`]), so conntrack ages and timeouts are read on the
+    /// datapath's time.
+    ///
+    /// # Errors
+    /// As [`open`](Controller::open).
+    pub fn open_with_clock(
+        state_dir: &Path,
+        engine: Engine,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Controller, ApiError> {
+        Controller::open_with(state_dir, engine, clock, UplinkOps::device())
+    }
+
+    /// [`open_with_clock`](Controller::open_with_clock) with the given uplink I/O (tests use
+    /// stand-ins that need no interface).
+    ///
+    /// # Errors
+    /// As [`open`](Controller::open).
+    pub fn open_with(
+        state_dir: &Path,
+        engine: Engine,
+        clock: Arc<dyn Clock>,
+        uplink_ops: UplinkOps,
+    ) -> Result<Controller, ApiError> {
         let (store, loaded) = Store::open(state_dir)?;
         let fresh = loaded.is_none();
         let mut state = loaded.unwrap_or_default();
@@ -165,6 +410,8 @@ impl Controller {
             subnet_id_pool: IdPool::new(u32::MAX),
             network_ids: BTreeMap::new(),
             network_id_pool: IdPool::new(u32::MAX),
+            uplink: None,
+            uplink_ops,
         };
         let workers = engine.workers();
         let mut status_changed = false;
@@ -208,12 +455,51 @@ impl Controller {
             }
             status_changed |= nic.status != before;
         }
+        if let Some(name) = inner.state.uplinks.keys().next().cloned() {
+            let before = inner.state.uplinks.get(&name).map(|u| u.status.clone());
+            let origin = Origin::resource(Kind::Uplink, &name);
+            match open_uplink(&inner, &inner.state, &name, workers, &origin) {
+                Ok((io, device)) => {
+                    let mac = inner
+                        .state
+                        .uplinks
+                        .get(&name)
+                        .map(|u| nat_rules::uplink_mac(&inner.state, u));
+                    if let Err(err) = install_uplink(&engine, &mut inner, &name, io, device) {
+                        tracing::warn!(uplink = %name, "cannot re-open the uplink after restart: {err}; marked lost");
+                        mark_uplink(
+                            &mut inner.state,
+                            &name,
+                            InterfaceState::Lost,
+                            Some(err.to_string()),
+                        );
+                    } else if let Some(uplink) = inner.state.uplinks.get_mut(&name) {
+                        tracing::info!(uplink = %name, interface = %uplink.spec.interface, "re-opened the uplink");
+                        uplink.status.state = InterfaceState::Up;
+                        uplink.status.message = None;
+                        uplink.status.mac = mac;
+                        uplink.status.mtu = Some(device.mtu);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(uplink = %name, "cannot re-open the uplink after restart: {err}; marked lost (fix the interface and apply the Uplink again, or delete it)");
+                    mark_uplink(
+                        &mut inner.state,
+                        &name,
+                        InterfaceState::Lost,
+                        Some(format!("cannot re-open after restart: {err}")),
+                    );
+                }
+            }
+            status_changed |= inner.state.uplinks.get(&name).map(|u| u.status.clone()) != before;
+        }
         if status_changed || fresh || new_node {
             inner.store.save(&inner.state)?;
         }
         let controller = Controller {
             inner: Mutex::new(inner),
             engine: RwLock::new(engine),
+            clock,
         };
         {
             let mut inner = controller.inner.lock();
@@ -257,7 +543,8 @@ impl Controller {
         let mut inner = self.inner.lock();
         let plan = validate::plan(&inner.state, vec![doc], Mode::Create)?;
         self.execute(&mut inner, plan)?;
-        resource_json(&inner.state, kind, &name)
+        let live = self.live(&inner, kind);
+        resource_json(&inner.state, kind, &name, &live)
     }
 
     /// Lists resources of `kind` (any case, singular or plural).
@@ -273,10 +560,15 @@ impl Controller {
             Kind::Subnet => state.subnets.keys().collect(),
             Kind::NetworkInterface => state.network_interfaces.keys().collect(),
             Kind::Route => state.routes.keys().collect(),
+            Kind::Uplink => state.uplinks.keys().collect(),
+            Kind::NatGateway => state.nat_gateways.keys().collect(),
+            Kind::PortForward => state.port_forwards.keys().collect(),
+            Kind::VirtualIp => state.virtual_ips.keys().collect(),
         };
+        let live = self.live(&inner, kind);
         names
             .into_iter()
-            .map(|name| resource_json(state, kind, name))
+            .map(|name| resource_json(state, kind, name, &live))
             .collect()
     }
 
@@ -287,7 +579,20 @@ impl Controller {
     pub fn get(&self, kind: &str, name: &str) -> Result<serde_json::Value, ApiError> {
         let kind = Kind::parse(kind)?;
         let inner = self.inner.lock();
-        resource_json(&inner.state, kind, name)
+        let live = self.live(&inner, kind);
+        resource_json(&inner.state, kind, name, &live)
+    }
+
+    /// What the status of `kind` needs from the running datapath: masquerade port usage for
+    /// NATGateways (nothing for other kinds).
+    fn live(&self, inner: &Inner, kind: Kind) -> Live {
+        if kind != Kind::NatGateway {
+            return Live::default();
+        }
+        Live {
+            usage: self.engine.read().current().conntrack.nat_usage(),
+            port_names: port_names(inner),
+        }
     }
 
     /// Deletes one resource (for a NetworkInterface: removes the device, releases its IPs).
@@ -299,26 +604,62 @@ impl Controller {
         let mut inner = self.inner.lock();
         validate::check_delete(&inner.state, kind, name)?;
         let mut next = inner.state.clone();
+        // Network and port ids are reused: connections (and masquerade port blocks) of what
+        // is deleted must not be inherited by the next user of its id.
+        let forget = match kind {
+            Kind::Network => inner
+                .network_ids
+                .get(name)
+                .map(|id| (nat::Zone(id.0), None)),
+            Kind::NetworkInterface => {
+                interface_zone(&inner, name).map(|(zone, ips)| (zone, Some(ips)))
+            }
+            _ => None,
+        };
         match kind {
-            Kind::Network | Kind::Subnet | Kind::Route => {
+            Kind::NetworkInterface => {
+                let engine = self.engine.read();
+                self.delete_interface(&engine, &mut inner, name, next)?;
+            }
+            Kind::Uplink => {
+                let engine = self.engine.read();
+                self.delete_uplink(&engine, &mut inner, name, next)?;
+            }
+            Kind::Network
+            | Kind::Subnet
+            | Kind::Route
+            | Kind::NatGateway
+            | Kind::PortForward
+            | Kind::VirtualIp => {
                 match kind {
                     Kind::Network => drop(next.networks.remove(name)),
                     Kind::Subnet => {
                         next.subnets.remove(name);
                         next.ipam.remove(name);
                     }
-                    _ => drop(next.routes.remove(name)),
+                    Kind::Route => drop(next.routes.remove(name)),
+                    Kind::NatGateway => drop(next.nat_gateways.remove(name)),
+                    Kind::PortForward => drop(next.port_forwards.remove(name)),
+                    _ => drop(next.virtual_ips.remove(name)),
                 }
                 inner.store.save(&next)?;
                 inner.state = next;
                 // Peers' tables (a Network), connected routes (a Subnet), static routes and
-                // routed sources (a Route) change.
+                // routed sources (a Route), NAT rules (the NAT kinds) change.
                 let engine = self.engine.read();
                 publish(&engine, &mut inner);
             }
-            Kind::NetworkInterface => {
-                let engine = self.engine.read();
-                self.delete_interface(&engine, &mut inner, name, next)?;
+        }
+        if let Some((zone, addresses)) = forget {
+            let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+            let removed = match addresses {
+                None => conntrack.flush(Some(zone)),
+                Some(addresses) => {
+                    forget_connections(&conntrack, zone, &addresses, self.clock.now_ms())
+                }
+            };
+            if removed > 0 {
+                tracing::info!(kind = %kind, name, removed, "removed its tracked connections");
             }
         }
         tracing::info!(kind = %kind, name, "deleted");
@@ -393,30 +734,176 @@ impl Controller {
         serde_json::to_value(self.engine.read().stats()).unwrap_or_default()
     }
 
+    /// The conntrack zone of Network `network` (its id), or every zone for `None`.
+    fn zone(&self, network: Option<&str>) -> Result<Option<nat::Zone>, ApiError> {
+        let Some(name) = network else {
+            return Ok(None);
+        };
+        let inner = self.inner.lock();
+        match inner.network_ids.get(name) {
+            Some(id) => Ok(Some(nat::Zone(id.0))),
+            None => Err(ApiError::NotFound {
+                kind: Kind::Network.as_str().into(),
+                name: name.into(),
+            }),
+        }
+    }
+
+    /// The live connections (of one Network's zone, either side, or all), sorted by zone,
+    /// protocol and addresses.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn conntrack(&self, network: Option<&str>) -> Result<Vec<ConntrackRow>, ApiError> {
+        let zone = self.zone(network)?;
+        let names = {
+            let inner = self.inner.lock();
+            zone_names(&inner)
+        };
+        let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+        let now = self.clock.now_ms();
+        let mut entries = conntrack.entries(zone, now);
+        entries.sort_by_key(|e| {
+            let t = e.original.tuple;
+            (
+                e.original.zone,
+                t.protocol,
+                t.src,
+                t.src_port,
+                t.dst,
+                t.dst_port,
+            )
+        });
+        Ok(entries
+            .iter()
+            .map(|entry| ConntrackRow {
+                protocol: entry.original.tuple.protocol.name().to_string(),
+                original: conntrack_key(&entry.original, &names),
+                reply: conntrack_key(&entry.reply, &names),
+                state: entry.state.name().to_string(),
+                assured: entry.assured,
+                age_seconds: entry.age_ms / 1_000,
+                timeout_seconds: entry.expires_in_ms.div_ceil(1_000),
+            })
+            .collect())
+    }
+
+    /// How many live connections there are (of one Network's zone, or all).
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn conntrack_count(&self, network: Option<&str>) -> Result<usize, ApiError> {
+        let zone = self.zone(network)?;
+        let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+        Ok(conntrack.count(zone, self.clock.now_ms()))
+    }
+
+    /// Removes every connection (of one Network's zone, either side, or all) and their
+    /// masquerade mappings; returns how many were removed. Flows that go on are tracked
+    /// again from their next packet (TCP mid-stream pickup).
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn flush_conntrack(&self, network: Option<&str>) -> Result<usize, ApiError> {
+        let zone = self.zone(network)?;
+        let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+        let flushed = conntrack.flush(zone);
+        tracing::info!(
+            network = network.unwrap_or("*"),
+            flushed,
+            "conntrack flushed"
+        );
+        Ok(flushed)
+    }
+
+    /// The NAT view: the Uplink, its addresses and their users, masquerade ports in use per
+    /// interface, conntrack counters, and the datapath's NAT and conntrack drops by reason.
+    pub fn nat(&self) -> NatReport {
+        let inner = self.inner.lock();
+        let engine = self.engine.read();
+        let snapshot = engine.current();
+        let conntrack = &snapshot.conntrack;
+        let state = &inner.state;
+        let uplink = nat_rules::uplink(state).map(|uplink| NatUplink {
+            name: uplink.metadata.name.clone(),
+            interface: uplink.spec.interface.clone(),
+            mac: uplink.status.mac.map(|m| m.to_string()),
+            gateway: uplink.spec.gateway,
+            state: uplink.status.state.to_string(),
+        });
+        let addresses = nat_rules::address_uses(state)
+            .into_iter()
+            .map(|(ip, used_by)| NatAddress { ip, used_by })
+            .collect();
+        let usage = conntrack.nat_usage();
+        let names = port_names(&inner);
+        let mut ports_in_use = Vec::new();
+        for gateway in state.nat_gateways.values() {
+            for row in nat_rules::ports_in_use(gateway, &usage, &names) {
+                ports_in_use.push(NatPortsInUse {
+                    nat_gateway: gateway.metadata.name.clone(),
+                    network: gateway.spec.network.clone(),
+                    interface: row.interface,
+                    ip: row.ip,
+                    blocks: row.blocks,
+                    tcp: row.tcp,
+                    udp: row.udp,
+                    icmp: row.icmp,
+                });
+            }
+        }
+        let stats = conntrack.stats();
+        let counters = ConntrackCounters {
+            entries: stats.entries,
+            max_entries: conntrack.config().max_entries,
+            created: stats.created,
+            expired: stats.expired,
+            evicted: stats.evicted,
+            refused_full: stats.refused_full,
+            clashes: stats.clashes,
+            nat_mappings: stats.nat_mappings,
+        };
+        let drops = engine
+            .stats()
+            .drops
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("nat.") || key.starts_with("conntrack."))
+            .collect();
+        NatReport {
+            uplink,
+            addresses,
+            ports_in_use,
+            conntrack: counters,
+            drops,
+        }
+    }
+
     /// Stops the engine. Ports are left in place so a restarted daemon re-opens them.
     pub fn shutdown(&self) {
         self.engine.write().shutdown();
     }
 
-    /// Carries out a validated plan: re-creates and creates devices, persists, publishes.
-    /// On failure, undoes the device work so that the running state is as before.
+    /// Carries out a validated plan: re-creates and creates devices, opens the Uplink,
+    /// persists, publishes. On failure, undoes the device work so that the running state is
+    /// as before.
     fn execute(&self, inner: &mut Inner, mut plan: Plan) -> Result<(), ApiError> {
         if !plan.changed {
             return Ok(());
         }
         let engine = self.engine.read();
         let workers = engine.workers();
-        let origin_of = |name: &str| {
+        let origin_of = |kind: Kind, name: &str| {
             plan.origins
-                .get(&(Kind::NetworkInterface, name.to_string()))
+                .get(&(kind, name.to_string()))
                 .cloned()
-                .unwrap_or_else(|| Origin::resource(Kind::NetworkInterface, name))
+                .unwrap_or_else(|| Origin::resource(kind, name))
         };
 
-        // Pre-flight, before touching any device: the namespaces exist, ids are left.
+        // Pre-flight, before touching any device: the namespaces and the uplink's interface
+        // exist, ids are left.
         let mut requests = Vec::new();
         for name in plan.recreate.iter().chain(&plan.attach) {
-            let origin = origin_of(name);
+            let origin = origin_of(Kind::NetworkInterface, name);
             let req = attach_request(&plan.next, name, workers)
                 .map_err(|err| origin.internal(format!("cannot build the port request: {err}")))?;
             let path = req.netns.path();
@@ -432,18 +919,26 @@ impl Controller {
             }
             requests.push((name.clone(), req));
         }
-        // New interfaces, and re-created ones that were lost, need a port id.
+        let uplink_name = plan.uplink.as_ref().map(|work| match work {
+            UplinkWork::Open(name) | UplinkWork::Reopen(name) => name.clone(),
+        });
+        if let Some(name) = &uplink_name {
+            check_uplink_interface(inner, &plan.next, name, &origin_of(Kind::Uplink, name))?;
+        }
+        // New interfaces, re-created ones that were lost, and an uplink that is not open
+        // need a port id.
         let needed = plan.attach.len()
             + plan
                 .recreate
                 .iter()
                 .filter(|name| !inner.ports.contains_key(*name))
-                .count();
+                .count()
+            + usize::from(uplink_name.is_some() && inner.uplink.is_none());
         let needed = u64::try_from(needed).unwrap_or(u64::MAX);
         if needed > inner.port_ids.available() {
             return Err(ApiError::Conflict {
                 message: format!(
-                    "cannot attach {needed} more interfaces: this daemon serves at most {MAX_PORTS} ports; delete unused NetworkInterfaces first"
+                    "cannot open {needed} more ports: this daemon serves at most {MAX_PORTS} ports (the Uplink counts as one); delete unused NetworkInterfaces first"
                 ),
                 field: None,
             });
@@ -467,7 +962,7 @@ impl Controller {
                     // A lost device may already be gone with its namespace.
                     Err(PortError::Gone { .. } | PortError::Netns { .. }) if id.is_none() => {}
                     Err(err) => {
-                        let err = origin_of(&name)
+                        let err = origin_of(Kind::NetworkInterface, &name)
                             .internal(format!("cannot remove the device to re-create it: {err}"));
                         undo.removed.push((name, old_req, id));
                         self.rollback(&engine, inner, undo, Vec::new());
@@ -487,7 +982,7 @@ impl Controller {
                     created.push((name, req, io));
                 }
                 Err(err) => {
-                    let err = port_error(&origin_of(&name), err);
+                    let err = port_error(&origin_of(Kind::NetworkInterface, &name), err);
                     self.rollback(&engine, inner, undo, created);
                     return Err(err);
                 }
@@ -501,7 +996,46 @@ impl Controller {
             }
         }
 
+        // Open the Uplink (closing the old device first when it is re-opened).
+        let mut opened = None;
+        if let Some(name) = &uplink_name {
+            if inner.uplink.is_some() {
+                close_uplink(&engine, inner);
+                undo.uplink_closed = true;
+            }
+            match open_uplink(
+                inner,
+                &plan.next,
+                name,
+                workers,
+                &origin_of(Kind::Uplink, name),
+            ) {
+                Ok((io, device)) => {
+                    let mac = plan
+                        .next
+                        .uplinks
+                        .get(name)
+                        .map(|u| nat_rules::uplink_mac(&plan.next, u));
+                    if let Some(uplink) = plan.next.uplinks.get_mut(name) {
+                        tracing::info!(uplink = %name, interface = %uplink.spec.interface, mtu = device.mtu, "opened the uplink");
+                        uplink.status.state = InterfaceState::Up;
+                        uplink.status.message = None;
+                        uplink.status.mac = mac;
+                        uplink.status.mtu = Some(device.mtu);
+                    }
+                    opened = Some((name.clone(), io, device));
+                }
+                Err(err) => {
+                    self.rollback(&engine, inner, undo, created);
+                    return Err(err);
+                }
+            }
+        }
+
         if let Err(err) = inner.store.save(&plan.next) {
+            if let Some((_, io, _)) = opened {
+                (inner.uplink_ops.close)(io);
+            }
             self.rollback(&engine, inner, undo, created);
             return Err(err.into());
         }
@@ -532,13 +1066,29 @@ impl Controller {
                 },
             );
         }
+        if let Some((name, io, device)) = opened {
+            if let Err(err) = install_uplink(&engine, inner, &name, io, device) {
+                // The pre-flight check reserved room for it.
+                tracing::error!(uplink = %name, "uplink not published: {err}");
+                mark_uplink(
+                    &mut inner.state,
+                    &name,
+                    InterfaceState::Lost,
+                    Some(err.to_string()),
+                );
+                if let Err(err) = inner.store.save(&inner.state) {
+                    tracing::error!("cannot save the state: {err}");
+                }
+            }
+        }
         publish(&engine, inner);
         Ok(())
     }
 
     /// Undoes the device work of a failed `execute`: removes the devices it created and
-    /// re-creates the ones it removed, then publishes the current state. A device that cannot
-    /// be restored leaves its interface `lost`, with a message.
+    /// re-creates the ones it removed, re-opens an Uplink it closed, then publishes the
+    /// current state. A device that cannot be restored leaves its resource `lost`, with a
+    /// message.
     fn rollback(
         &self,
         engine: &Engine,
@@ -582,12 +1132,53 @@ impl Controller {
                 }
             }
         }
+        if undo.uplink_closed {
+            if let Some(name) = inner.state.uplinks.keys().next().cloned() {
+                let origin = Origin::resource(Kind::Uplink, &name);
+                let restored = open_uplink(inner, &inner.state, &name, engine.workers(), &origin)
+                    .and_then(|(io, device)| install_uplink(engine, inner, &name, io, device));
+                if let Err(err) = restored {
+                    tracing::error!(uplink = %name, "rollback: cannot re-open the uplink: {err}; marked lost");
+                    mark_uplink(
+                        &mut inner.state,
+                        &name,
+                        InterfaceState::Lost,
+                        Some(format!(
+                            "a failed change closed the device and re-opening it failed: {err}; apply the Uplink again"
+                        )),
+                    );
+                    lost = true;
+                }
+            }
+        }
         if lost {
             if let Err(err) = inner.store.save(&inner.state) {
                 tracing::error!("cannot save the state after a rollback: {err}");
             }
         }
         publish(engine, inner);
+    }
+
+    /// Closes the Uplink's device and forgets the Uplink.
+    fn delete_uplink(
+        &self,
+        engine: &Engine,
+        inner: &mut Inner,
+        name: &str,
+        mut next: State,
+    ) -> Result<(), ApiError> {
+        next.uplinks.remove(name);
+        if let Err(err) = inner.store.save(&next) {
+            return Err(Origin::resource(Kind::Uplink, name).internal(format!(
+                "cannot save the state ({err}); the uplink was left open: retry the delete"
+            )));
+        }
+        inner.state = next;
+        if inner.uplink.is_some() {
+            close_uplink(engine, inner);
+        }
+        publish(engine, inner);
+        Ok(())
     }
 
     fn delete_interface(
@@ -635,10 +1226,143 @@ impl Controller {
 }
 
 /// Device work to undo if a change fails: devices removed for re-creation, with the request
-/// that re-creates their old configuration and their port id (None when they were lost).
+/// that re-creates their old configuration and their port id (None when they were lost),
+/// and whether the Uplink was closed.
 #[derive(Debug, Default)]
 struct Undo {
     removed: Vec<(String, AttachRequest, Option<PortId>)>,
+    /// The Uplink's device was closed to be re-opened.
+    uplink_closed: bool,
+}
+
+/// Sets the Uplink's state and message in `state`.
+fn mark_uplink(state: &mut State, name: &str, to: InterfaceState, message: Option<String>) {
+    if let Some(uplink) = state.uplinks.get_mut(name) {
+        uplink.status.state = to;
+        uplink.status.message = message;
+    }
+}
+
+/// Checks that the Uplink's interface exists in the daemon's namespace.
+fn check_uplink_interface(
+    inner: &Inner,
+    state: &State,
+    name: &str,
+    origin: &Origin,
+) -> Result<(), ApiError> {
+    let Some(uplink) = state.uplinks.get(name) else {
+        return Err(origin.internal(format!("Uplink {name:?} does not exist")));
+    };
+    let ifname = &uplink.spec.interface;
+    if !(inner.uplink_ops.exists)(ifname) {
+        return Err(origin.invalid(
+            "spec.interface",
+            format!(
+                "interface {ifname} does not exist in vswitchd's network namespace; name an existing host interface (ip link show)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the device of Uplink `name` as `state` describes it, with one queue per worker.
+///
+/// # Errors
+/// 400 when the interface does not exist or its own MAC is the one the switch would use; 500
+/// when the system refuses.
+fn open_uplink(
+    inner: &Inner,
+    state: &State,
+    name: &str,
+    workers: usize,
+    origin: &Origin,
+) -> Result<(PortIo, UplinkDevice), ApiError> {
+    check_uplink_interface(inner, state, name, origin)?;
+    let Some(uplink) = state.uplinks.get(name) else {
+        return Err(origin.internal(format!("Uplink {name:?} does not exist")));
+    };
+    let ifname = &uplink.spec.interface;
+    let mac = nat_rules::uplink_mac(state, uplink);
+    let (io, device) = (inner.uplink_ops.open)(ifname, mac.0, workers)
+        .map_err(|err| uplink_error(origin, ifname, err))?;
+    if device.host_mac == mac.0 {
+        (inner.uplink_ops.close)(io);
+        return Err(origin.invalid(
+            "spec.mac",
+            format!(
+                "MAC {mac} is {ifname}'s own MAC; the switch needs a MAC of its own on the link or it would take the host's traffic: choose another, or leave mac out to derive one"
+            ),
+        ));
+    }
+    Ok((io, device))
+}
+
+/// Maps an uplink device error to the API: what the user can fix (no such interface, not
+/// Ethernet, down, the MAC is the interface's own) is a 400 on `spec.interface`; anything
+/// else the system's (500).
+fn uplink_error(origin: &Origin, ifname: &str, err: PortError) -> ApiError {
+    let user = match &err {
+        PortError::Gone { .. } | PortError::IfnameTaken { .. } => true,
+        PortError::Sys { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::ENODEV | libc::ENXIO | libc::ENETDOWN | libc::EINVAL)
+        ),
+        PortError::Netns { .. } => false,
+    };
+    if user {
+        origin.invalid("spec.interface", err)
+    } else {
+        origin.internal(format!("cannot open interface {ifname}: {err}"))
+    }
+}
+
+/// Gives an opened Uplink device its port id and segment id and keeps it (published by the
+/// next [`publish`]).
+///
+/// # Errors
+/// [`ApiError::Conflict`] when no port id is left (the device is closed).
+fn install_uplink(
+    engine: &Engine,
+    inner: &mut Inner,
+    name: &str,
+    io: PortIo,
+    device: UplinkDevice,
+) -> Result<(), ApiError> {
+    let (Some(id), Some(segment)) = (inner.port_ids.allocate(), inner.subnet_id_pool.allocate())
+    else {
+        (inner.uplink_ops.close)(io);
+        return Err(ApiError::Conflict {
+            message: format!(
+                "cannot open the uplink: this daemon serves at most {MAX_PORTS} ports; delete unused NetworkInterfaces first"
+            ),
+            field: None,
+        });
+    };
+    engine.reset_port(PortId(id));
+    inner.uplink = Some(OpenUplink {
+        name: name.to_string(),
+        id: PortId(id),
+        segment: SubnetId(segment),
+        io: Arc::new(io),
+        mtu: device.mtu,
+    });
+    Ok(())
+}
+
+/// Closes the Uplink's device: publishes a snapshot without it, waits for the workers to let
+/// go of its queues, closes them, and frees its ids.
+fn close_uplink(engine: &Engine, inner: &mut Inner) {
+    let Some(open) = inner.uplink.take() else {
+        return;
+    };
+    publish(engine, inner);
+    if let Some(io) = retire(open.io) {
+        (inner.uplink_ops.close)(io);
+    }
+    engine.reset_port(open.id);
+    inner.port_ids.release(open.id.0);
+    inner.subnet_id_pool.release(open.segment.0);
+    tracing::info!(uplink = %open.name, "closed the uplink");
 }
 
 /// Marks an interface lost in memory (best effort persisted).
@@ -778,7 +1502,10 @@ fn publish(engine: &Engine, inner: &mut Inner) {
             }
         }
     }
-    engine.publish(compile(inner));
+    let rules = nat_rules::compile(&inner.state, &inner.network_ids);
+    // The same table in every snapshot of the run: connections survive reconfiguration.
+    let conntrack = Arc::clone(&engine.current().conntrack);
+    engine.publish(compile(inner).with_nat(Arc::new(rules), conntrack));
 }
 
 /// The snapshot of the current state: every Subnet, and every opened port.
@@ -863,11 +1590,104 @@ fn compile(inner: &Inner) -> Snapshot {
             Some(NetworkEntry::new(id, name.clone(), routes))
         })
         .collect();
-    Snapshot::new(ports, subnets).with_networks(networks)
+    let uplink = inner.uplink.as_ref().and_then(|open| {
+        let uplink = state.uplinks.get(&open.name)?;
+        Some(UplinkEntry {
+            id: open.id,
+            name: open.name.clone(),
+            ifname: uplink.spec.interface.clone(),
+            mac: nat_rules::uplink_mac(state, uplink).0,
+            addresses: uplink.spec.addresses.iter().map(|a| a.0).collect(),
+            gateway: uplink.spec.gateway,
+            mtu: open.mtu,
+            segment: open.segment,
+            io: Arc::clone(&open.io),
+        })
+    });
+    Snapshot::new(ports, subnets)
+        .with_networks(networks)
+        .with_uplink(uplink)
 }
 
-/// A resource as `get` returns it, with the computed status of Networks and Subnets.
-fn resource_json(state: &State, kind: Kind, name: &str) -> Result<Value, ApiError> {
+/// The conntrack zone (its Network's id) and the addresses of NetworkInterface `name`.
+fn interface_zone(inner: &Inner, name: &str) -> Option<(nat::Zone, Vec<Ipv4Addr>)> {
+    let nic = inner.state.network_interfaces.get(name)?;
+    let subnet = inner.state.subnets.get(&nic.spec.subnet)?;
+    let id = inner.network_ids.get(&subnet.spec.network)?;
+    let ips = nic.status.ips.iter().map(|ip| ip.addr()).collect();
+    Some((nat::Zone(id.0), ips))
+}
+
+/// Removes the connections of zone `zone` from or to `addresses` (the original source, or
+/// the reply's source for connections forwarded to them); returns how many.
+fn forget_connections(
+    conntrack: &nat::Conntrack,
+    zone: nat::Zone,
+    addresses: &[Ipv4Addr],
+    now_ms: u64,
+) -> usize {
+    let ours = |key: &nat::FlowKey| {
+        key.zone == zone
+            && matches!(key.tuple.src, std::net::IpAddr::V4(src) if addresses.contains(&src))
+    };
+    conntrack
+        .entries(Some(zone), now_ms)
+        .iter()
+        .filter(|entry| ours(&entry.original) || ours(&entry.reply))
+        .filter(|entry| conntrack.remove(&entry.original))
+        .count()
+}
+
+/// NetworkInterface names by port id (the interface ids of masquerade port blocks).
+fn port_names(inner: &Inner) -> BTreeMap<u32, String> {
+    inner
+        .ports
+        .iter()
+        .map(|(name, port)| (port.id.0, name.clone()))
+        .collect()
+}
+
+/// Network names by conntrack zone.
+fn zone_names(inner: &Inner) -> BTreeMap<u32, String> {
+    inner
+        .network_ids
+        .iter()
+        .map(|(name, id)| (id.0, name.clone()))
+        .collect()
+}
+
+/// A conntrack key for the API, with the zone named.
+fn conntrack_key(key: &nat::FlowKey, names: &BTreeMap<u32, String>) -> ConntrackKey {
+    let zone = if key.zone == nat::Zone::EXTERNAL {
+        "external".to_string()
+    } else {
+        names
+            .get(&key.zone.0)
+            .cloned()
+            .unwrap_or_else(|| format!("zone {}", key.zone.0))
+    };
+    let t = key.tuple;
+    ConntrackKey {
+        zone,
+        src: t.src.to_string(),
+        src_port: t.src_port,
+        dst: t.dst.to_string(),
+        dst_port: t.dst_port,
+    }
+}
+
+/// What a resource's status needs from the running datapath.
+#[derive(Debug, Default)]
+struct Live {
+    /// Masquerade ports in use (NATGateways).
+    usage: Vec<nat::InterfaceUsage>,
+    /// NetworkInterface names by port id.
+    port_names: BTreeMap<u32, String>,
+}
+
+/// A resource as `get` returns it, with the computed status of Networks, Subnets, Routes,
+/// NATGateways, PortForwards and VirtualIPs.
+fn resource_json(state: &State, kind: Kind, name: &str, live: &Live) -> Result<Value, ApiError> {
     let not_found = || ApiError::NotFound {
         kind: kind.as_str().into(),
         name: name.into(),
@@ -902,6 +1722,26 @@ fn resource_json(state: &State, kind: Kind, name: &str) -> Result<Value, ApiErro
             let mut route = state.routes.get(name).ok_or_else(not_found)?.clone();
             route.status = routing::route_status(state, &route);
             Resource::Route(route)
+        }
+        Kind::Uplink => Resource::Uplink(state.uplinks.get(name).ok_or_else(not_found)?.clone()),
+        Kind::NatGateway => {
+            let mut gateway = state.nat_gateways.get(name).ok_or_else(not_found)?.clone();
+            gateway.status.ips = gateway.spec.ips.clone();
+            gateway.status.ports_in_use =
+                nat_rules::ports_in_use(&gateway, &live.usage, &live.port_names);
+            Resource::NatGateway(gateway)
+        }
+        Kind::PortForward => {
+            let mut forward = state.port_forwards.get(name).ok_or_else(not_found)?.clone();
+            forward.status = nat_rules::port_forward_status(state, &forward);
+            Resource::PortForward(forward)
+        }
+        Kind::VirtualIp => {
+            let mut vip = state.virtual_ips.get(name).ok_or_else(not_found)?.clone();
+            vip.status.ip = nat_rules::virtual_ip_address(&vip);
+            vip.status.interface =
+                nat_rules::virtual_ip_user(state, name).map(|nic| nic.metadata.name.clone());
+            Resource::VirtualIp(vip)
         }
     };
     resource.to_json()
@@ -1674,6 +2514,611 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
         drop(controller);
         let (_, state) = Store::open(dir.path()).unwrap();
         assert_eq!(state.unwrap().node_id, node);
+    }
+
+    /// Uplink interfaces the stand-in I/O has closed (each test uses its own names).
+    static CLOSED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Uplink I/O stand-ins: interfaces named `fake*` exist; opening one gives a port without
+    /// queues (workers skip it) and MTU 1400. `fakesame` reports the switch's MAC as its
+    /// own; `fakedown` is down.
+    fn fake_ops() -> UplinkOps {
+        fn exists(ifname: &str) -> bool {
+            ifname.starts_with("fake")
+        }
+        fn open(
+            ifname: &str,
+            mac: [u8; 6],
+            _queues: usize,
+        ) -> Result<(PortIo, UplinkDevice), PortError> {
+            if ifname == "fakedown" {
+                return Err(PortError::Sys {
+                    what: "uplink interface is down; bring it up".into(),
+                    name: ifname.into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENETDOWN),
+                });
+            }
+            let host_mac = if ifname == "fakesame" {
+                mac
+            } else {
+                [0x52, 0x54, 0, 0, 0, 1]
+            };
+            let io = PortIo {
+                kind: crate::port::PortKind::Veth,
+                queues: Vec::new(),
+                capabilities: Default::default(),
+                host_ifname: Some(ifname.to_string()),
+            };
+            Ok((
+                io,
+                UplinkDevice {
+                    mtu: 1400,
+                    host_mac,
+                },
+            ))
+        }
+        fn close(io: PortIo) {
+            CLOSED
+                .lock()
+                .push(io.host_ifname.clone().unwrap_or_default());
+        }
+        UplinkOps {
+            exists,
+            open,
+            close,
+        }
+    }
+
+    fn open_fake(dir: &Path, clock: Arc<crate::engine::clock::FakeClock>) -> Controller {
+        Controller::open_with(dir, engine(), clock, fake_ops()).expect("controller opens")
+    }
+
+    fn closed(ifname: &str) -> bool {
+        CLOSED.lock().iter().any(|name| name == ifname)
+    }
+
+    /// Network blue (Subnet web 10.1.0.0/24) and red (Subnet db 10.2.0.0/24), interfaces c1
+    /// and c2 on web and d1 on db.
+    const NAT_BASE: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+---
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: red}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: db}
+spec: {network: red, cidr: 10.2.0.0/24, gateway: 10.2.0.1}
+---
+apiVersion: vswitch/v1alpha1
+kind: NetworkInterface
+metadata: {name: c1}
+spec: {subnet: web, netns: vsctl-test-no-such-netns, ips: [10.1.0.5]}
+---
+apiVersion: vswitch/v1alpha1
+kind: NetworkInterface
+metadata: {name: c2}
+spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.6]}
+---
+apiVersion: vswitch/v1alpha1
+kind: NetworkInterface
+metadata: {name: d1}
+spec: {subnet: db, netns: vsctl-test-no-such-netns, ifname: eth2, ips: [10.2.0.5]}
+";
+
+    fn uplink_doc(ifname: &str) -> String {
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {{name: wan}}\n\
+             spec: {{interface: {ifname}, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.12], gateway: 198.51.100.1}}\n"
+        )
+    }
+
+    const NAT_RESOURCES: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: NATGateway
+metadata: {name: gw}
+spec: {network: blue, ips: [198.51.100.10], portsPerNetworkInterface: 1024}
+---
+apiVersion: vswitch/v1alpha1
+kind: PortForward
+metadata: {name: web}
+spec: {ip: 198.51.100.10, protocol: tcp, port: 8080, target: {interface: c1, port: 80}}
+---
+apiVersion: vswitch/v1alpha1
+kind: VirtualIP
+metadata: {name: v}
+spec: {type: Public}
+---
+apiVersion: vswitch/v1alpha1
+kind: NetworkInterface
+metadata: {name: c2}
+spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.6], virtualIP: v}
+";
+
+    /// A controller on the stand-in uplink `ifname` with NAT_BASE (interfaces up, without
+    /// queues), the Uplink and NAT_RESOURCES applied; returns the port ids of c1 and d1.
+    fn nat_controller(
+        dir: &Path,
+        clock: Arc<crate::engine::clock::FakeClock>,
+        ifname: &str,
+    ) -> (Controller, PortId, PortId) {
+        seed_state(dir, NAT_BASE);
+        let controller = open_fake(dir, clock);
+        let c1 = fake_port(&controller, "c1");
+        fake_port(&controller, "c2");
+        let d1 = fake_port(&controller, "d1");
+        controller.apply(&uplink_doc(ifname)).expect("uplink");
+        controller.apply(NAT_RESOURCES).expect("NAT resources");
+        (controller, c1, d1)
+    }
+
+    fn addr(text: &str) -> Ipv4Addr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn uplink_and_nat_rules_are_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::engine::clock::FakeClock::new(0));
+        seed_state(dir.path(), NAT_BASE);
+        let controller = open_fake(dir.path(), clock);
+        fake_port(&controller, "c1");
+        fake_port(&controller, "c2");
+        let before = controller.engine.read().current();
+        assert!(before.uplink.is_none());
+        let applied = controller.apply(&uplink_doc("fakepub")).unwrap();
+        assert_eq!(applied[0].action, "created");
+        controller.apply(NAT_RESOURCES).unwrap();
+
+        let snapshot = controller.engine.read().current();
+        // One conntrack table for the whole run.
+        assert!(Arc::ptr_eq(&before.conntrack, &snapshot.conntrack));
+        let uplink = snapshot.uplink.as_ref().expect("the uplink is published");
+        assert_eq!(uplink.name, "wan");
+        assert_eq!(uplink.ifname, "fakepub");
+        assert_eq!(uplink.mtu, 1400);
+        assert_eq!(uplink.gateway, addr("198.51.100.1"));
+        assert_eq!(
+            uplink.addresses,
+            [
+                "198.51.100.10/24".parse::<Ipv4Net>().unwrap(),
+                "198.51.100.11/32".parse().unwrap(),
+                "198.51.100.12/32".parse().unwrap(),
+            ]
+        );
+        let node = controller.inner.lock().state.node_id;
+        assert_eq!(uplink.mac, nat_rules::derived_uplink_mac(node, "wan").0);
+        // Its ids are its own: no port or subnet shares them.
+        assert!(snapshot.ports().iter().all(|p| p.id != uplink.id));
+        assert!(snapshot.subnets().iter().all(|s| s.id != uplink.segment));
+        assert!(snapshot.port(uplink.id).is_none());
+        // The NAT rules, by Network id.
+        let blue = snapshot
+            .networks()
+            .iter()
+            .find(|n| n.name == "blue")
+            .map(|n| nat::Zone(n.id.0))
+            .expect("blue");
+        let rules = &snapshot.nat;
+        assert!(rules.owns(addr("198.51.100.10")) && rules.owns(addr("198.51.100.11")));
+        assert!(!rules.owns(addr("198.51.100.12")));
+        let gateway = rules.gateway(blue).expect("blue's gateway");
+        assert_eq!(gateway.ports_per_interface, 1024);
+        assert_eq!(
+            rules.virtual_ip_of(blue, addr("10.1.0.6")),
+            Some(addr("198.51.100.11"))
+        );
+
+        // Status.
+        let wan = controller.get("uplink", "wan").unwrap();
+        assert_eq!(wan["status"]["state"], "up", "{wan}");
+        assert_eq!(wan["status"]["mtu"], 1400);
+        assert_eq!(
+            wan["status"]["mac"],
+            crate::engine::format_mac(uplink.mac).as_str()
+        );
+        let web = controller.get("pf", "web").unwrap();
+        assert_eq!(
+            web["status"],
+            serde_json::json!({"state": "Ready", "destination": "10.1.0.5:80"})
+        );
+        let v = controller.get("vip", "v").unwrap();
+        assert_eq!(
+            v["status"],
+            serde_json::json!({"ip": "198.51.100.11", "interface": "c2"})
+        );
+        let gw = controller.get("natgw", "gw").unwrap();
+        assert_eq!(
+            gw["status"],
+            serde_json::json!({"ips": ["198.51.100.10"], "portsInUse": []})
+        );
+        assert_eq!(names(&controller.list("natgateways").unwrap()), ["gw"]);
+
+        // Deleting: dependants first; the uplink's device is closed and its ids freed.
+        let err = controller.delete("uplink", "wan").unwrap_err();
+        assert_eq!(err.status(), 409, "{err}");
+        assert_eq!(
+            controller.delete("vip", "v").unwrap_err().to_string(),
+            "VirtualIP \"v\" still has NetworkInterfaces using it: c2; delete them first"
+        );
+        let c2 = NAT_RESOURCES.split("---\n").last().unwrap();
+        controller.apply(&c2.replace(", virtualIP: v", "")).unwrap();
+        for (kind, name) in [("vip", "v"), ("pf", "web"), ("natgw", "gw")] {
+            controller.delete(kind, name).unwrap();
+        }
+        assert!(!closed("fakepub"));
+        let uplink_id = uplink.id;
+        // Holding a snapshot holds the uplink's queues: the controller would then leave the
+        // closing to the last holder.
+        drop(snapshot);
+        controller.delete("uplinks", "wan").unwrap();
+        assert!(closed("fakepub"));
+        let snapshot = controller.engine.read().current();
+        assert!(snapshot.uplink.is_none());
+        assert!(!snapshot.nat.owns(addr("198.51.100.10")));
+        assert_eq!(
+            controller.inner.lock().port_ids.allocate(),
+            Some(uplink_id.0),
+            "the uplink's port id is free again"
+        );
+        controller.shutdown();
+    }
+
+    #[test]
+    fn virtual_ip_allocation_and_the_uplink_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::engine::clock::FakeClock::new(0));
+        let vip = |name: &str| {
+            format!(
+                "apiVersion: vswitch/v1alpha1\nkind: VirtualIP\nmetadata: {{name: {name}}}\nspec: {{type: Public}}\n"
+            )
+        };
+        {
+            let controller = open_fake(dir.path(), Arc::clone(&clock));
+            controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+            controller.apply(&uplink_doc("fakerestart")).unwrap();
+            controller.apply(&vip("first")).unwrap();
+            controller.apply(&vip("second")).unwrap();
+            controller.delete("vip", "first").unwrap();
+            let second = controller.get("vip", "second").unwrap();
+            assert_eq!(second["status"]["ip"], "198.51.100.11");
+            controller.shutdown();
+        }
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains("\"virtualIPs\""), "{text}");
+        assert!(text.contains("\"format\": 3"), "{text}");
+
+        let controller = open_fake(dir.path(), Arc::clone(&clock));
+        let wan = controller.get("uplink", "wan").unwrap();
+        assert_eq!(wan["status"]["state"], "up", "re-opened: {wan}");
+        assert!(controller.engine.read().current().uplink.is_some());
+        // The allocation is kept; a new VirtualIP takes the first free address.
+        assert_eq!(
+            controller.get("vip", "second").unwrap()["status"]["ip"],
+            "198.51.100.11"
+        );
+        controller.apply(&vip("third")).unwrap();
+        assert_eq!(
+            controller.get("vip", "third").unwrap()["status"]["ip"],
+            "198.51.100.10"
+        );
+        controller.shutdown();
+        drop(controller);
+
+        // The interface is gone at the next start: the Uplink stays, lost, out of the
+        // snapshot, and its VirtualIPs keep their addresses.
+        let gone = UplinkOps {
+            exists: |_| false,
+            ..fake_ops()
+        };
+        let controller = Controller::open_with(dir.path(), engine(), clock.clone(), gone).unwrap();
+        let wan = controller.get("uplink", "wan").unwrap();
+        assert_eq!(wan["status"]["state"], "lost", "{wan}");
+        let message = wan["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("cannot re-open after restart: Uplink \"wan\": spec.interface: interface fakerestart does not exist in vswitchd's network namespace"),
+            "{message}"
+        );
+        assert!(controller.engine.read().current().uplink.is_none());
+        assert_eq!(
+            controller.get("vip", "third").unwrap()["status"]["ip"],
+            "198.51.100.10"
+        );
+        // Applying it again retries, and is refused while the interface is missing.
+        let err = controller.apply(&uplink_doc("fakerestart")).unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        assert_eq!(err.field(), Some("documents[0].spec.interface"));
+        controller.shutdown();
+        drop(controller);
+        // Back: re-opened at start.
+        let controller = open_fake(dir.path(), clock);
+        assert_eq!(
+            controller.get("uplink", "wan").unwrap()["status"]["state"],
+            "up"
+        );
+        controller.shutdown();
+    }
+
+    #[test]
+    fn uplink_refusals_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open_fake(
+            dir.path(),
+            Arc::new(crate::engine::clock::FakeClock::new(0)),
+        );
+        controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
+        let before = std::fs::read(dir.path().join("state.json")).unwrap();
+        let cases = [
+            (
+                "eth77",
+                "documents[0].spec.interface",
+                "document 1 (Uplink \"wan\"): spec.interface: interface eth77 does not exist in vswitchd's network namespace; name an existing host interface (ip link show)",
+            ),
+            (
+                "fakedown",
+                "documents[0].spec.interface",
+                "document 1 (Uplink \"wan\"): spec.interface: uplink interface is down; bring it up for interface fakedown",
+            ),
+            (
+                "fakesame",
+                "documents[0].spec.mac",
+                "is fakesame's own MAC; the switch needs a MAC of its own on the link",
+            ),
+        ];
+        for (ifname, field, want) in cases {
+            let err = controller.apply(&uplink_doc(ifname)).unwrap_err();
+            assert_eq!(err.status(), 400, "{err}");
+            assert_eq!(err.field(), Some(field), "{err}");
+            assert!(err.to_string().contains(want), "{want:?} not in {err}");
+            assert!(controller.list("uplinks").unwrap().is_empty());
+            assert_eq!(
+                std::fs::read(dir.path().join("state.json")).unwrap(),
+                before
+            );
+            assert!(controller.engine.read().current().uplink.is_none());
+        }
+        assert!(closed("fakesame"), "the refused device was closed");
+        // A failing re-open restores the old device.
+        controller.apply(&uplink_doc("fakeold")).unwrap();
+        let err = controller.apply(&uplink_doc("fakedown")).unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        assert!(closed("fakeold"));
+        let wan = controller.get("uplink", "wan").unwrap();
+        assert_eq!(wan["spec"]["interface"], "fakeold");
+        assert_eq!(wan["status"]["state"], "up");
+        let uplink = controller.engine.read().current().uplink.clone().unwrap();
+        assert_eq!(uplink.ifname, "fakeold");
+        controller.shutdown();
+    }
+
+    #[test]
+    fn conntrack_views_filter_count_and_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::engine::clock::FakeClock::new(5_000));
+        let (controller, c1, _d1) = nat_controller(dir.path(), Arc::clone(&clock), "fakect");
+        let snapshot = controller.engine.read().current();
+        let zone = |name: &str| {
+            snapshot
+                .networks()
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| nat::Zone(n.id.0))
+                .expect("a network")
+        };
+        let (blue, red) = (zone("blue"), zone("red"));
+        let endpoint =
+            |text: &str, port: u16| nat::Endpoint::new(std::net::IpAddr::V4(addr(text)), port);
+        // c1 -> outside over UDP, masqueraded; d1 -> d1's neighbour over TCP, untranslated.
+        let udp = nat::PacketInfo {
+            tuple: nat::Tuple::new(
+                nat::Protocol::Udp,
+                endpoint("10.1.0.5", 5353),
+                endpoint("203.0.113.9", 53),
+            ),
+            kind: nat::PacketKind::Udp,
+        };
+        let plan = snapshot
+            .nat
+            .plan(
+                &nat::FlowKey::new(blue, udp.tuple),
+                nat::InterfaceId(c1.0),
+                |_| nat::Egress::External,
+            )
+            .expect("masquerade");
+        let conntrack = &snapshot.conntrack;
+        conntrack
+            .create(blue, &udp, &plan, nat::Attachments::default(), 5_000)
+            .expect("created");
+        let tcp = nat::PacketInfo {
+            tuple: nat::Tuple::new(
+                nat::Protocol::Tcp,
+                endpoint("10.2.0.5", 40000),
+                endpoint("10.2.0.9", 80),
+            ),
+            kind: nat::PacketKind::Tcp(nat::TcpFlags::SYN),
+        };
+        conntrack
+            .create(
+                red,
+                &tcp,
+                &nat::NatPlan::none(red),
+                nat::Attachments::default(),
+                5_000,
+            )
+            .expect("created");
+        clock.advance(Duration::from_secs(3));
+
+        let rows = controller.conntrack(None).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let udp_row = rows.iter().find(|r| r.protocol == "udp").expect("udp");
+        assert_eq!(
+            udp_row.original,
+            ConntrackKey {
+                zone: "blue".into(),
+                src: "10.1.0.5".into(),
+                src_port: 5353,
+                dst: "203.0.113.9".into(),
+                dst_port: 53,
+            }
+        );
+        // Replies come from outside to the NAT address, the port preserved.
+        assert_eq!(
+            udp_row.reply,
+            ConntrackKey {
+                zone: "external".into(),
+                src: "203.0.113.9".into(),
+                src_port: 53,
+                dst: "198.51.100.10".into(),
+                dst_port: 5353,
+            }
+        );
+        assert_eq!(udp_row.state, "UNREPLIED");
+        assert_eq!((udp_row.age_seconds, udp_row.timeout_seconds), (3, 27));
+        let tcp_row = rows.iter().find(|r| r.protocol == "tcp").expect("tcp");
+        assert_eq!(tcp_row.state, "SYN_SENT");
+        assert_eq!(
+            (tcp_row.original.zone.as_str(), tcp_row.reply.zone.as_str()),
+            ("red", "red")
+        );
+
+        assert_eq!(controller.conntrack(Some("blue")).unwrap().len(), 1);
+        assert_eq!(controller.conntrack_count(None).unwrap(), 2);
+        assert_eq!(controller.conntrack_count(Some("red")).unwrap(), 1);
+        let err = controller.conntrack(Some("green")).unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert_eq!(err.to_string(), "Network \"green\" not found");
+        assert_eq!(
+            controller
+                .flush_conntrack(Some("green"))
+                .unwrap_err()
+                .status(),
+            404
+        );
+
+        // Ports in use, by interface name.
+        let gw = controller.get("natgateway", "gw").unwrap();
+        assert_eq!(
+            gw["status"]["portsInUse"],
+            serde_json::json!([{"interface": "c1", "ip": "198.51.100.10",
+                                "blocks": ["5120-6143"], "tcp": 0, "udp": 1, "icmp": 0}])
+        );
+        let report = controller.nat();
+        assert_eq!(report.ports_in_use.len(), 1);
+        assert_eq!(report.ports_in_use[0].nat_gateway, "gw");
+        assert_eq!(report.ports_in_use[0].network, "blue");
+        assert_eq!(report.ports_in_use[0].interface, "c1");
+        assert_eq!(report.conntrack.created, 2);
+        assert_eq!(report.conntrack.entries, 2);
+        assert_eq!(report.conntrack.nat_mappings, 1);
+        assert_eq!(report.conntrack.max_entries, 1_000_000);
+        assert_eq!(
+            report
+                .uplink
+                .as_ref()
+                .map(|u| (u.interface.as_str(), u.state.as_str())),
+            Some(("fakect", "up"))
+        );
+        assert_eq!(
+            report.addresses,
+            [
+                NatAddress {
+                    ip: addr("198.51.100.10"),
+                    used_by: vec!["NATGateway/gw".into(), "PortForward/web".into()],
+                },
+                NatAddress {
+                    ip: addr("198.51.100.11"),
+                    used_by: vec!["VirtualIP/v".into()],
+                },
+                NatAddress {
+                    ip: addr("198.51.100.12"),
+                    used_by: vec![],
+                },
+            ]
+        );
+        assert!(
+            report
+                .drops
+                .keys()
+                .all(|k| k.starts_with("nat.") || k.starts_with("conntrack."))
+        );
+
+        // An unreplied UDP flow is gone after 30 s; the TCP one (4 min) is not.
+        clock.advance(Duration::from_secs(28));
+        assert_eq!(controller.conntrack_count(None).unwrap(), 1);
+        assert_eq!(controller.conntrack(None).unwrap()[0].protocol, "tcp");
+        // Flushing one Network, then all; the mapping is released.
+        assert_eq!(controller.flush_conntrack(Some("red")).unwrap(), 1);
+        assert_eq!(controller.flush_conntrack(None).unwrap(), 1);
+        assert_eq!(controller.conntrack_count(None).unwrap(), 0);
+        assert!(controller.nat().ports_in_use.is_empty());
+        // The table survives reconfiguration.
+        let again = Arc::clone(&controller.engine.read().current().conntrack);
+        controller.delete("pf", "web").unwrap();
+        assert!(Arc::ptr_eq(
+            &again,
+            &controller.engine.read().current().conntrack
+        ));
+        // Deleting an interface removes its connections (ids are reused), not others'.
+        for tuple in [
+            udp.tuple,
+            nat::Tuple::new(
+                nat::Protocol::Udp,
+                endpoint("10.1.0.6", 5353),
+                endpoint("203.0.113.9", 53),
+            ),
+        ] {
+            let info = nat::PacketInfo {
+                tuple,
+                kind: nat::PacketKind::Udp,
+            };
+            again
+                .create(
+                    blue,
+                    &info,
+                    &nat::NatPlan::none(blue),
+                    nat::Attachments::default(),
+                    clock.now_ms(),
+                )
+                .expect("created");
+        }
+        assert_eq!(controller.conntrack_count(Some("blue")).unwrap(), 2);
+        controller.delete("nic", "c1").unwrap();
+        let left = controller.conntrack(None).unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].original.src, "10.1.0.6");
+        // Deleting a Network flushes its zone.
+        let stray = nat::PacketInfo {
+            tuple: nat::Tuple::new(
+                nat::Protocol::Udp,
+                endpoint("10.1.0.77", 9),
+                endpoint("203.0.113.9", 9),
+            ),
+            kind: nat::PacketKind::Udp,
+        };
+        again
+            .create(
+                blue,
+                &stray,
+                &nat::NatPlan::none(blue),
+                nat::Attachments::default(),
+                clock.now_ms(),
+            )
+            .expect("created");
+        controller.delete("nic", "c2").unwrap();
+        assert_eq!(controller.conntrack_count(None).unwrap(), 1);
+        controller.delete("subnet", "web").unwrap();
+        controller.delete("natgw", "gw").unwrap();
+        controller.delete("network", "blue").unwrap();
+        assert_eq!(again.count(None, clock.now_ms()), 0);
+        controller.shutdown();
     }
 
     /// With real devices: needs root and iproute2; fails (never skips) without them.

@@ -7,12 +7,16 @@
 pub mod controller;
 pub mod error;
 pub mod ipam;
+pub mod nat_rules;
 pub mod resource;
 pub mod routing;
 pub mod store;
 pub mod validate;
 
-pub use controller::{AppliedResource, Controller, RoutingTableRow};
+pub use controller::{
+    AppliedResource, ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress,
+    NatPortsInUse, NatReport, NatUplink, RoutingTableRow, UplinkDevice, UplinkOps,
+};
 pub use error::ApiError;
 
 /// The resources every new node starts with when no `--config` is given: Network `default`

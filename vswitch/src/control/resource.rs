@@ -61,15 +61,28 @@ pub enum Kind {
     NetworkInterface,
     /// A static route in a Network's table, through a router on one of its Subnets.
     Route,
+    /// The node's way out: a host interface where the switch owns NAT and virtual-IP
+    /// addresses (at most one per node).
+    Uplink,
+    /// Masquerade for a Network's traffic to the outside, through the Uplink.
+    NatGateway,
+    /// An uplink address and port forwarded to a NetworkInterface's port.
+    PortForward,
+    /// A public uplink address mapped 1:1 to the NetworkInterface that references it.
+    VirtualIp,
 }
 
 impl Kind {
     /// Every kind, in dependency order (a kind depends only on kinds before it).
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Network,
         Kind::Subnet,
+        Kind::Uplink,
+        Kind::VirtualIp,
         Kind::NetworkInterface,
         Kind::Route,
+        Kind::NatGateway,
+        Kind::PortForward,
     ];
 
     /// The canonical name (`NetworkInterface`).
@@ -79,6 +92,10 @@ impl Kind {
             Kind::Subnet => "Subnet",
             Kind::NetworkInterface => "NetworkInterface",
             Kind::Route => "Route",
+            Kind::Uplink => "Uplink",
+            Kind::NatGateway => "NATGateway",
+            Kind::PortForward => "PortForward",
+            Kind::VirtualIp => "VirtualIP",
         }
     }
 
@@ -89,11 +106,16 @@ impl Kind {
             Kind::Subnet => "subnets",
             Kind::NetworkInterface => "networkinterfaces",
             Kind::Route => "routes",
+            Kind::Uplink => "uplinks",
+            Kind::NatGateway => "natgateways",
+            Kind::PortForward => "portforwards",
+            Kind::VirtualIp => "virtualips",
         }
     }
 
     /// Parses a kind as a user writes it: any case, singular or plural, and the short forms
-    /// `net`, `nic`, `interface` (`Subnets`, `networkinterface`, `NICs`).
+    /// `net`, `nic`, `interface`, `natgw`, `pf`, `vip` (`Subnets`, `networkinterface`,
+    /// `NICs`, `natgws`, `VIPs`).
     ///
     /// # Errors
     /// [`UnknownKind`], whose message lists the valid kinds.
@@ -105,6 +127,10 @@ impl Kind {
             "subnet" => Ok(Kind::Subnet),
             "networkinterface" | "nic" | "interface" | "netif" => Ok(Kind::NetworkInterface),
             "route" => Ok(Kind::Route),
+            "uplink" => Ok(Kind::Uplink),
+            "natgateway" | "natgw" => Ok(Kind::NatGateway),
+            "portforward" | "pf" => Ok(Kind::PortForward),
+            "virtualip" | "vip" => Ok(Kind::VirtualIp),
             _ => Err(UnknownKind(text.to_string())),
         }
     }
@@ -127,7 +153,7 @@ impl FromStr for Kind {
 /// A kind name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown kind {0:?}; valid kinds: Network, Subnet, NetworkInterface, Route (any case, singular or plural; nic for NetworkInterface)"
+    "unknown kind {0:?}; valid kinds: Network, Subnet, NetworkInterface, Route, Uplink, NATGateway, PortForward, VirtualIP (any case, singular or plural; nic for NetworkInterface, natgw, pf, vip)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -585,9 +611,18 @@ pub struct NetworkInterfaceSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub mtu: Option<u16>,
+    /// The VirtualIP (by name) the interface is reachable on from outside, and whose address
+    /// its traffic to the outside leaves with. One interface per VirtualIP.
+    #[serde(
+        rename = "virtualIP",
+        default,
+        deserialize_with = "de_opt_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtual_ip: Option<String>,
 }
 
-/// Lifecycle of a NetworkInterface's device.
+/// Lifecycle of a device: a NetworkInterface's, or the Uplink's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InterfaceState {
@@ -725,6 +760,421 @@ pub struct Route {
     pub status: RouteStatus,
 }
 
+/// Default `portsPerNetworkInterface` of a NATGateway.
+pub const DEFAULT_PORTS_PER_INTERFACE: u16 = nat::ports::DEFAULT_PORTS_PER_INTERFACE;
+
+/// Smallest `portsPerNetworkInterface`: one bitmap word per protocol; smaller blocks would
+/// let a busy container run out of ports at once.
+pub const MIN_PORTS_PER_INTERFACE: u16 = 64;
+
+/// Largest `portsPerNetworkInterface`: every port a NAT address hands out (1024-65535), so
+/// one interface holds the whole address.
+pub const MAX_PORTS_PER_INTERFACE: u16 = {
+    let range = nat::ports::DEFAULT_PORT_RANGE;
+    *range.end() - *range.start() + 1
+};
+
+/// One address the switch owns on the Uplink: `A.B.C.D/N` (the address with the prefix of
+/// the link it is on, as `ip addr add` takes it) or `A.B.C.D` (the address alone, `/32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UplinkAddress(pub Ipv4Net);
+
+impl UplinkAddress {
+    /// The address the switch owns.
+    pub fn addr(self) -> Ipv4Addr {
+        self.0.addr()
+    }
+
+    /// The on-link prefix (host bits cleared).
+    pub fn prefix(self) -> Ipv4Net {
+        self.0.trunc()
+    }
+}
+
+impl fmt::Display for UplinkAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == 32 {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// An uplink address that does not parse or cannot be owned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid uplink address {text:?}: {why}")]
+pub struct UplinkAddressError {
+    /// The text as written.
+    pub text: String,
+    /// What is wrong, and what would be valid.
+    pub why: String,
+}
+
+impl FromStr for UplinkAddress {
+    type Err = UplinkAddressError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| UplinkAddressError {
+            text: s.to_string(),
+            why: why.to_string(),
+        };
+        let form = "write A.B.C.D/N (the address with its link's prefix, e.g. 198.51.100.10/24) or A.B.C.D";
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => {
+                let len = len
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|len| *len <= 32)
+                    .ok_or_else(|| err(&format!("the prefix length must be 0..=32; {form}")))?;
+                (addr, len)
+            }
+            None => (s, 32),
+        };
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| err(&format!("{addr:?} is not an IPv4 address; {form}")))?;
+        let net = Ipv4Net::new(addr, len)
+            .map_err(|_| err(&format!("the prefix length must be 0..=32; {form}")))?;
+        if addr.is_unspecified()
+            || addr.is_loopback()
+            || addr.is_multicast()
+            || addr.is_broadcast()
+            || addr.octets()[0] >= 240
+        {
+            return Err(err(
+                "not a unicast host address (0.0.0.0/8, loopback, multicast and reserved \
+                 addresses cannot be owned); use an address of the uplink's network",
+            ));
+        }
+        if len <= 30 && (addr == net.network() || addr == net.broadcast()) {
+            let which = if addr == net.network() {
+                "network"
+            } else {
+                "broadcast"
+            };
+            return Err(err(&format!(
+                "{addr} is the {which} address of {}; the switch owns one address per entry: \
+                 write a host address with its link's prefix (e.g. {}/{len}), or list single \
+                 addresses",
+                net.trunc(),
+                Ipv4Addr::from(u32::from(net.network()) + 1)
+            )));
+        }
+        Ok(UplinkAddress(net))
+    }
+}
+
+impl Serialize for UplinkAddress {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UplinkAddress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Spec of the Uplink: the host interface the switch reads and writes with AF_PACKET, the
+/// addresses it owns there, and the next hop toward the outside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UplinkSpec {
+    /// A host interface in vswitchd's namespace (e.g. `eth1`); not one of the switch's ports.
+    #[serde(deserialize_with = "de_ifname")]
+    pub interface: String,
+    /// The addresses the switch owns on the link (NAT addresses, virtual IPs, forwarded
+    /// addresses come from them). Never the host's own addresses.
+    #[serde(deserialize_with = "de_uplink_addresses")]
+    pub addresses: Vec<UplinkAddress>,
+    /// The next hop toward the outside, inside the prefix of one of `addresses`.
+    #[serde(deserialize_with = "de_ipv4")]
+    pub gateway: Ipv4Addr,
+    /// The switch's own MAC on the link (unicast, not the interface's); when absent, derived
+    /// from this node's id and the Uplink's name, so it is stable across restarts.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_unicast_mac",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac: Option<MacAddr>,
+}
+
+impl UplinkSpec {
+    /// True when `addr` is one of the addresses the switch owns here.
+    pub fn owns(&self, addr: Ipv4Addr) -> bool {
+        self.addresses.iter().any(|a| a.addr() == addr)
+    }
+}
+
+/// Status of the Uplink: the device as opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UplinkStatus {
+    /// The MAC the switch uses on the link (the spec's, or the derived one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// The interface's MTU, read when it was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// `pending`, `up` or `lost`.
+    #[serde(default)]
+    pub state: InterfaceState,
+    /// Why the state is what it is, when not `up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The node's uplink (at most one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Uplink {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `Uplink`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: UplinkSpec,
+    /// Observed state (ignored on input).
+    #[serde(default)]
+    pub status: UplinkStatus,
+}
+
+/// Spec of a NATGateway: masquerade for one Network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatGatewaySpec {
+    /// The Network whose traffic to the outside is masqueraded.
+    #[serde(deserialize_with = "de_name")]
+    pub network: String,
+    /// NAT addresses: addresses of the Uplink, not used by another NATGateway or a
+    /// VirtualIP.
+    #[serde(deserialize_with = "de_ipv4_list")]
+    pub ips: Vec<Ipv4Addr>,
+    /// Ports in each interface's block on a NAT address
+    /// ([`MIN_PORTS_PER_INTERFACE`]..=[`MAX_PORTS_PER_INTERFACE`], default 2048).
+    #[serde(
+        default = "default_ports_per_interface",
+        deserialize_with = "de_ports_per_interface"
+    )]
+    pub ports_per_network_interface: u16,
+}
+
+/// Masquerade ports one NetworkInterface holds (computed when read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortsInUse {
+    /// The NetworkInterface.
+    pub interface: String,
+    /// Its NAT address.
+    pub ip: Ipv4Addr,
+    /// Its port blocks, `first-last`.
+    pub blocks: Vec<String>,
+    /// TCP mappings.
+    pub tcp: u32,
+    /// UDP mappings.
+    pub udp: u32,
+    /// ICMP echo identifiers.
+    pub icmp: u32,
+}
+
+/// Status of a NATGateway (computed when read).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatGatewayStatus {
+    /// The NAT addresses in use.
+    #[serde(default)]
+    pub ips: Vec<Ipv4Addr>,
+    /// Ports in use per NetworkInterface.
+    #[serde(default)]
+    pub ports_in_use: Vec<PortsInUse>,
+}
+
+/// Masquerade for a Network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatGateway {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `NATGateway`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: NatGatewaySpec,
+    /// Observed state (ignored on input).
+    #[serde(default)]
+    pub status: NatGatewayStatus,
+}
+
+/// A forwarded protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl ForwardProtocol {
+    /// The conntrack protocol.
+    pub fn to_nat(self) -> nat::Protocol {
+        match self {
+            ForwardProtocol::Tcp => nat::Protocol::Tcp,
+            ForwardProtocol::Udp => nat::Protocol::Udp,
+        }
+    }
+}
+
+impl fmt::Display for ForwardProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForwardProtocol::Tcp => "tcp",
+            ForwardProtocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where a PortForward goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortForwardTarget {
+    /// The NetworkInterface (its first address).
+    #[serde(deserialize_with = "de_name")]
+    pub interface: String,
+    /// The port on it (1..=65535).
+    #[serde(deserialize_with = "de_port")]
+    pub port: u16,
+}
+
+/// Spec of a PortForward: connections from outside to `ip:port` reach the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortForwardSpec {
+    /// An address of the Uplink (it may also be a NATGateway's: the port is then never used
+    /// for masquerade).
+    #[serde(deserialize_with = "de_ipv4")]
+    pub ip: Ipv4Addr,
+    /// `tcp` or `udp`.
+    pub protocol: ForwardProtocol,
+    /// The port on `ip` (1..=65535).
+    #[serde(deserialize_with = "de_port")]
+    pub port: u16,
+    /// The NetworkInterface and port it reaches.
+    pub target: PortForwardTarget,
+}
+
+/// Whether a PortForward carries traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ForwardState {
+    /// Not in effect (see `message`).
+    #[default]
+    Pending,
+    /// In effect: the Uplink and the target interface are up.
+    Ready,
+}
+
+impl fmt::Display for ForwardState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForwardState::Pending => "Pending",
+            ForwardState::Ready => "Ready",
+        })
+    }
+}
+
+/// Status of a PortForward (computed when read).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortForwardStatus {
+    /// `Ready` or `Pending`.
+    #[serde(default)]
+    pub state: ForwardState,
+    /// The target's address and port, `A.B.C.D:P`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Why the state is `Pending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An uplink address and port forwarded to a container's port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortForward {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `PortForward`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: PortForwardSpec,
+    /// Observed state (ignored on input).
+    #[serde(default)]
+    pub status: PortForwardStatus,
+}
+
+/// The type of a VirtualIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum VirtualIpType {
+    /// An address of the Uplink, reachable from outside.
+    #[default]
+    Public,
+}
+
+/// Spec of a VirtualIP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualIpSpec {
+    /// `Public`.
+    #[serde(rename = "type")]
+    pub ip_type: VirtualIpType,
+    /// The address: one of the Uplink's, not used by a NATGateway, PortForward or another
+    /// VirtualIP. When absent, one such address is allocated (and kept).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_ipv4",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Status of a VirtualIP.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualIpStatus {
+    /// The address (the spec's, or the allocated one; persisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The NetworkInterface that references it (computed when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+/// A public address mapped 1:1 to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualIp {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `VirtualIP`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: VirtualIpSpec,
+    /// Observed state (ignored on input).
+    #[serde(default)]
+    pub status: VirtualIpStatus,
+}
+
 /// A typed resource of any kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
@@ -736,6 +1186,14 @@ pub enum Resource {
     NetworkInterface(NetworkInterface),
     /// A Route.
     Route(Route),
+    /// The Uplink.
+    Uplink(Uplink),
+    /// A NATGateway.
+    NatGateway(NatGateway),
+    /// A PortForward.
+    PortForward(PortForward),
+    /// A VirtualIP.
+    VirtualIp(VirtualIp),
 }
 
 impl Resource {
@@ -746,6 +1204,10 @@ impl Resource {
             Resource::Subnet(_) => Kind::Subnet,
             Resource::NetworkInterface(_) => Kind::NetworkInterface,
             Resource::Route(_) => Kind::Route,
+            Resource::Uplink(_) => Kind::Uplink,
+            Resource::NatGateway(_) => Kind::NatGateway,
+            Resource::PortForward(_) => Kind::PortForward,
+            Resource::VirtualIp(_) => Kind::VirtualIp,
         }
     }
 
@@ -756,6 +1218,10 @@ impl Resource {
             Resource::Subnet(r) => &r.metadata,
             Resource::NetworkInterface(r) => &r.metadata,
             Resource::Route(r) => &r.metadata,
+            Resource::Uplink(r) => &r.metadata,
+            Resource::NatGateway(r) => &r.metadata,
+            Resource::PortForward(r) => &r.metadata,
+            Resource::VirtualIp(r) => &r.metadata,
         }
     }
 
@@ -774,6 +1240,10 @@ impl Resource {
             Resource::Subnet(r) => serde_json::to_value(r),
             Resource::NetworkInterface(r) => serde_json::to_value(r),
             Resource::Route(r) => serde_json::to_value(r),
+            Resource::Uplink(r) => serde_json::to_value(r),
+            Resource::NatGateway(r) => serde_json::to_value(r),
+            Resource::PortForward(r) => serde_json::to_value(r),
+            Resource::VirtualIp(r) => serde_json::to_value(r),
         };
         value.map_err(|err| ApiError::Internal {
             message: format!("cannot serialise {} {:?}: {err}", self.kind(), self.name()),
@@ -910,7 +1380,7 @@ fn parse_value(
             return Err(origin.invalid(
                 "kind",
                 format!(
-                    "expected a string (Network, Subnet, NetworkInterface or Route), found {}",
+                    "expected a string (Network, Subnet, NetworkInterface, Route, Uplink, NATGateway, PortForward or VirtualIP), found {}",
                     json_type(other)
                 ),
             ));
@@ -920,7 +1390,7 @@ fn parse_value(
             None => {
                 return Err(origin.invalid(
                     "kind",
-                    "missing; write kind: Network, Subnet, NetworkInterface or Route",
+                    "missing; write kind: Network, Subnet, NetworkInterface, Route, Uplink, NATGateway, PortForward or VirtualIP",
                 ));
             }
         },
@@ -979,6 +1449,10 @@ fn parse_value(
         Kind::Subnet => Resource::Subnet(typed(&origin, value)?),
         Kind::NetworkInterface => Resource::NetworkInterface(typed(&origin, value)?),
         Kind::Route => Resource::Route(typed(&origin, value)?),
+        Kind::Uplink => Resource::Uplink(typed(&origin, value)?),
+        Kind::NatGateway => Resource::NatGateway(typed(&origin, value)?),
+        Kind::PortForward => Resource::PortForward(typed(&origin, value)?),
+        Kind::VirtualIp => Resource::VirtualIp(typed(&origin, value)?),
     };
     Ok(Document { origin, resource })
 }
@@ -1133,6 +1607,54 @@ fn de_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Erro
     let name = String::deserialize(deserializer)?;
     check_name(&name).map_err(D::Error::custom)?;
     Ok(name)
+}
+
+fn de_opt_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let Some(name) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    check_name(&name).map_err(D::Error::custom)?;
+    Ok(Some(name))
+}
+
+fn default_ports_per_interface() -> u16 {
+    DEFAULT_PORTS_PER_INTERFACE
+}
+
+fn de_ports_per_interface<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    u16::try_from(value)
+        .ok()
+        .filter(|v| (MIN_PORTS_PER_INTERFACE..=MAX_PORTS_PER_INTERFACE).contains(v))
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid portsPerNetworkInterface {value}: must be \
+                 {MIN_PORTS_PER_INTERFACE}..={MAX_PORTS_PER_INTERFACE} (the ports 1024-65535 of \
+                 a NAT address are cut into blocks of this size; default \
+                 {DEFAULT_PORTS_PER_INTERFACE})"
+            ))
+        })
+}
+
+fn de_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    u16::try_from(value)
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| D::Error::custom(format!("invalid port {value}: must be 1..=65535")))
+}
+
+fn de_uplink_addresses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<UplinkAddress>, D::Error> {
+    let addresses = Vec::<UplinkAddress>::deserialize(deserializer)?;
+    if addresses.is_empty() {
+        return Err(D::Error::custom(
+            "no address; list at least one address the switch owns on the uplink, e.g. \
+             [198.51.100.10/24]",
+        ));
+    }
+    Ok(addresses)
 }
 
 fn de_labels<'de, D: Deserializer<'de>>(
@@ -1427,6 +1949,299 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, gatewayMac: 02-00-00
         );
     }
 
+    const NAT: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: uplinks
+metadata: {name: wan}
+spec:
+  interface: eth1
+  addresses: [198.51.100.10/24, 198.51.100.11]
+  gateway: 198.51.100.1
+  mac: 02:00:00:00:aa:01
+---
+apiVersion: vswitch/v1alpha1
+kind: natgw
+metadata: {name: gw}
+spec: {network: blue, ips: [198.51.100.10]}
+---
+apiVersion: vswitch/v1alpha1
+kind: PF
+metadata: {name: web}
+spec: {ip: 198.51.100.10, protocol: tcp, port: 8080, target: {interface: c1, port: 80}}
+---
+apiVersion: vswitch/v1alpha1
+kind: VIPs
+metadata: {name: v}
+spec: {type: Public, ip: 198.51.100.11}
+---
+apiVersion: vswitch/v1alpha1
+kind: NetworkInterface
+metadata: {name: c1}
+spec: {netns: c1, virtualIP: v}
+";
+
+    #[test]
+    fn nat_kinds_parse() {
+        for (text, kind) in [
+            ("Uplink", Kind::Uplink),
+            ("uplinks", Kind::Uplink),
+            ("NATGateway", Kind::NatGateway),
+            ("natgateways", Kind::NatGateway),
+            ("natgw", Kind::NatGateway),
+            ("NATGWs", Kind::NatGateway),
+            ("PortForward", Kind::PortForward),
+            ("portforwards", Kind::PortForward),
+            ("pf", Kind::PortForward),
+            ("PFs", Kind::PortForward),
+            ("VirtualIP", Kind::VirtualIp),
+            ("virtualips", Kind::VirtualIp),
+            ("vip", Kind::VirtualIp),
+            ("VIPS", Kind::VirtualIp),
+        ] {
+            assert_eq!(Kind::parse(text), Ok(kind), "{text}");
+        }
+        assert_eq!(Kind::NatGateway.as_str(), "NATGateway");
+        assert_eq!(Kind::VirtualIp.as_str(), "VirtualIP");
+
+        let docs = parse_documents(NAT).unwrap();
+        let Resource::Uplink(uplink) = &docs[0].resource else {
+            panic!("not an uplink: {:?}", docs[0]);
+        };
+        assert_eq!(uplink.kind, "Uplink");
+        assert_eq!(uplink.spec.interface, "eth1");
+        let addresses: Vec<String> = uplink
+            .spec
+            .addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(addresses, ["198.51.100.10/24", "198.51.100.11"]);
+        assert_eq!(uplink.spec.addresses[1].0.prefix_len(), 32);
+        assert_eq!(
+            uplink.spec.addresses[0].prefix(),
+            "198.51.100.0/24".parse::<Ipv4Net>().unwrap()
+        );
+        assert!(uplink.spec.owns(Ipv4Addr::new(198, 51, 100, 11)));
+        assert!(!uplink.spec.owns(Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(uplink.spec.mac, Some(MacAddr([2, 0, 0, 0, 0xaa, 1])));
+        let Resource::NatGateway(gateway) = &docs[1].resource else {
+            panic!("not a NAT gateway: {:?}", docs[1]);
+        };
+        assert_eq!(gateway.kind, "NATGateway");
+        assert_eq!(gateway.spec.ports_per_network_interface, 2048);
+        let Resource::PortForward(forward) = &docs[2].resource else {
+            panic!("not a port forward: {:?}", docs[2]);
+        };
+        assert_eq!(forward.spec.protocol, ForwardProtocol::Tcp);
+        assert_eq!((forward.spec.port, forward.spec.target.port), (8080, 80));
+        let Resource::VirtualIp(vip) = &docs[3].resource else {
+            panic!("not a virtual IP: {:?}", docs[3]);
+        };
+        assert_eq!(vip.kind, "VirtualIP");
+        assert_eq!(vip.spec.ip, Some(Ipv4Addr::new(198, 51, 100, 11)));
+        let Resource::NetworkInterface(nic) = &docs[4].resource else {
+            panic!("not an interface: {:?}", docs[4]);
+        };
+        assert_eq!(nic.spec.virtual_ip.as_deref(), Some("v"));
+        // JSON round trip, with the names the API shows.
+        for doc in &docs {
+            let json = doc.resource.to_json().unwrap();
+            assert_eq!(
+                parse_documents(&json.to_string()).unwrap()[0].resource,
+                doc.resource
+            );
+        }
+        assert_eq!(
+            docs[0].resource.to_json().unwrap()["spec"]["addresses"],
+            serde_json::json!(["198.51.100.10/24", "198.51.100.11"])
+        );
+        assert_eq!(
+            docs[3].resource.to_json().unwrap()["spec"]["type"],
+            "Public"
+        );
+        assert_eq!(
+            docs[4].resource.to_json().unwrap()["spec"]["virtualIP"],
+            "v"
+        );
+        let bare = parse_documents(&NAT.replace(", ip: 198.51.100.11}", "}")).unwrap();
+        let Resource::VirtualIp(vip) = &bare[3].resource else {
+            panic!("not a virtual IP");
+        };
+        assert_eq!(vip.spec.ip, None);
+    }
+
+    #[test]
+    fn nat_field_errors() {
+        let cases = [
+            (
+                "198.51.100.10/24,",
+                "198.51.100.10/33,",
+                "document 1 (Uplink \"wan\"): spec.addresses[0]: invalid uplink address \
+                 \"198.51.100.10/33\": the prefix length must be 0..=32",
+            ),
+            (
+                "198.51.100.10/24,",
+                "x/24,",
+                "spec.addresses[0]: invalid uplink address \"x/24\": \"x\" is not an IPv4 address",
+            ),
+            (
+                "198.51.100.10/24,",
+                "198.51.100.0/24,",
+                "spec.addresses[0]: invalid uplink address \"198.51.100.0/24\": 198.51.100.0 is the \
+                 network address of 198.51.100.0/24",
+            ),
+            (
+                "198.51.100.10/24,",
+                "198.51.100.255/24,",
+                "is the broadcast address of 198.51.100.0/24",
+            ),
+            (
+                "198.51.100.11]",
+                "0.0.0.0]",
+                "spec.addresses[1]: invalid uplink address \"0.0.0.0\": not a unicast host address",
+            ),
+            (
+                "198.51.100.11]",
+                "127.0.0.1]",
+                "\"127.0.0.1\": not a unicast host address",
+            ),
+            (
+                "198.51.100.11]",
+                "224.0.0.5]",
+                "\"224.0.0.5\": not a unicast host address",
+            ),
+            (
+                "198.51.100.11]",
+                "240.0.0.5]",
+                "\"240.0.0.5\": not a unicast host address",
+            ),
+            (
+                "198.51.100.11]",
+                "255.255.255.255]",
+                "\"255.255.255.255\": not a unicast host address",
+            ),
+            (
+                "[198.51.100.10/24, 198.51.100.11]",
+                "[]",
+                "spec.addresses: no address; list at least one address",
+            ),
+            (
+                "interface: eth1",
+                "interface: a/b",
+                "spec.interface: invalid interface name \"a/b\"",
+            ),
+            (
+                "gateway: 198.51.100.1",
+                "gateway: 198.51.100.1/24",
+                "spec.gateway: invalid IPv4 address \"198.51.100.1/24\"",
+            ),
+            (
+                "mac: 02:00:00:00:aa:01",
+                "mac: 01:00:5e:00:00:01",
+                "spec.mac: MAC address 01:00:5e:00:00:01 is not a unicast address",
+            ),
+            (
+                "mac: 02:00:00:00:aa:01",
+                "mac: 02:00:00:00:aa:01\n  vlan: 3",
+                "spec.vlan: unknown field `vlan`",
+            ),
+            (
+                "ips: [198.51.100.10]}",
+                "ips: [198.51.100.10], portsPerNetworkInterface: 63}",
+                "document 2 (NATGateway \"gw\"): spec.portsPerNetworkInterface: invalid \
+                 portsPerNetworkInterface 63: must be 64..=64512",
+            ),
+            (
+                "ips: [198.51.100.10]}",
+                "ips: [198.51.100.10], portsPerNetworkInterface: 65536}",
+                "invalid portsPerNetworkInterface 65536: must be 64..=64512",
+            ),
+            (
+                "ips: [198.51.100.10]}",
+                "ips: [198.51.100.10, nat]}",
+                "spec.ips[1]: invalid IPv4 address \"nat\"",
+            ),
+            (
+                "{network: blue, ips",
+                "{network: Blue, ips",
+                "spec.network: invalid name \"Blue\"",
+            ),
+            (
+                "ips: [198.51.100.10]}",
+                "}",
+                "(NATGateway \"gw\"): spec: missing field `ips`",
+            ),
+            (
+                "protocol: tcp",
+                "protocol: sctp",
+                "document 3 (PortForward \"web\"): spec.protocol: unknown variant `sctp`, expected \
+                 `tcp` or `udp`",
+            ),
+            (
+                "port: 8080",
+                "port: 0",
+                "spec.port: invalid port 0: must be 1..=65535",
+            ),
+            (
+                "port: 8080",
+                "port: 65536",
+                "spec.port: invalid port 65536: must be 1..=65535",
+            ),
+            (
+                "port: 80}}",
+                "port: 0}}",
+                "spec.target.port: invalid port 0: must be 1..=65535",
+            ),
+            (
+                "{interface: c1, port: 80}",
+                "{port: 80}",
+                "spec.target: missing field `interface`",
+            ),
+            (
+                "{interface: c1, port: 80}",
+                "{interface: c1, port: 80, ip: 10.0.0.1}",
+                "spec.target.ip: unknown field `ip`",
+            ),
+            (
+                "ip: 198.51.100.10, protocol",
+                "ip: 198.51.100.10/32, protocol",
+                "spec.ip: invalid IPv4 address \"198.51.100.10/32\"",
+            ),
+            (
+                "type: Public",
+                "type: Private",
+                "document 4 (VirtualIP \"v\"): spec.type: unknown variant `Private`, expected \
+                 `Public`",
+            ),
+            (
+                "{type: Public, ip",
+                "{ip",
+                "(VirtualIP \"v\"): spec: missing field `type`",
+            ),
+            (
+                "ip: 198.51.100.11}",
+                "ip: eleven}",
+                "spec.ip: invalid IPv4 address \"eleven\"",
+            ),
+            (
+                "virtualIP: v",
+                "virtualIP: V_1",
+                "document 5 (NetworkInterface \"c1\"): spec.virtualIP: invalid name \"V_1\"",
+            ),
+            (
+                "virtualIP: v",
+                "virtualIp: v",
+                "spec.virtualIp: unknown field `virtualIp`",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(NAT.contains(from), "fixture lacks {from:?}");
+            let msg = message(&parse_documents(&NAT.replacen(from, to, 1)).unwrap_err());
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+        assert_eq!(MAX_PORTS_PER_INTERFACE, 64512);
+    }
+
     #[test]
     fn parses_yaml_documents() {
         let docs = parse_documents(GOOD).unwrap();
@@ -1517,7 +2332,8 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, gatewayMac: 02-00-00
         assert_eq!(
             message(&err),
             "document 1 (\"r\"): kind: unknown kind \"Router\"; valid kinds: Network, Subnet, \
-             NetworkInterface, Route (any case, singular or plural; nic for NetworkInterface)"
+             NetworkInterface, Route, Uplink, NATGateway, PortForward, VirtualIP (any case, \
+             singular or plural; nic for NetworkInterface, natgw, pf, vip)"
         );
         assert_eq!(err.field(), Some("documents[0].kind"));
     }

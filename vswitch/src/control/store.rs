@@ -23,11 +23,14 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ApiError;
-use super::resource::{Network, NetworkInterface, Route, Subnet};
+use super::resource::{
+    NatGateway, Network, NetworkInterface, PortForward, Route, Subnet, Uplink, VirtualIp,
+};
 
-/// Version of the state file format this code writes. Format 1 (no node id, no Routes) is
-/// still read; the next save writes it as format 2.
-pub const STATE_FORMAT: u32 = 2;
+/// Version of the state file format this code writes. Formats 1 (no node id, no Routes) and
+/// 2 (no Uplink, NATGateways, PortForwards, VirtualIPs) are still read; the next save writes
+/// them as format 3. An older vswitchd refuses format 3 as too new rather than as corrupt.
+pub const STATE_FORMAT: u32 = 3;
 
 /// The oldest state file format this code reads.
 pub const OLDEST_STATE_FORMAT: u32 = 1;
@@ -146,6 +149,18 @@ pub struct State {
     /// Routes by name.
     #[serde(default)]
     pub routes: BTreeMap<String, Route>,
+    /// The Uplink, by name (at most one), with its status (MAC, MTU, state).
+    #[serde(default)]
+    pub uplinks: BTreeMap<String, Uplink>,
+    /// NATGateways by name.
+    #[serde(default, rename = "natGateways")]
+    pub nat_gateways: BTreeMap<String, NatGateway>,
+    /// PortForwards by name.
+    #[serde(default)]
+    pub port_forwards: BTreeMap<String, PortForward>,
+    /// VirtualIPs by name, with their address (`status.ip`, allocated or given).
+    #[serde(default, rename = "virtualIPs")]
+    pub virtual_ips: BTreeMap<String, VirtualIp>,
     /// IPAM cursors by Subnet name.
     #[serde(default)]
     pub ipam: BTreeMap<String, SubnetIpamState>,
@@ -160,6 +175,10 @@ impl Default for State {
             subnets: BTreeMap::new(),
             network_interfaces: BTreeMap::new(),
             routes: BTreeMap::new(),
+            uplinks: BTreeMap::new(),
+            nat_gateways: BTreeMap::new(),
+            port_forwards: BTreeMap::new(),
+            virtual_ips: BTreeMap::new(),
             ipam: BTreeMap::new(),
         }
     }
@@ -172,6 +191,10 @@ impl State {
             && self.subnets.is_empty()
             && self.network_interfaces.is_empty()
             && self.routes.is_empty()
+            && self.uplinks.is_empty()
+            && self.nat_gateways.is_empty()
+            && self.port_forwards.is_empty()
+            && self.virtual_ips.is_empty()
     }
 }
 
@@ -352,6 +375,16 @@ impl Store {
         check_keys(&state.subnets, |r| &r.metadata.name).map_err(&corrupt)?;
         check_keys(&state.network_interfaces, |r| &r.metadata.name).map_err(&corrupt)?;
         check_keys(&state.routes, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.uplinks, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.nat_gateways, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.port_forwards, |r| &r.metadata.name).map_err(&corrupt)?;
+        check_keys(&state.virtual_ips, |r| &r.metadata.name).map_err(&corrupt)?;
+        if state.uplinks.len() > 1 {
+            return Err(corrupt(format!(
+                "{} Uplinks are stored; a node has at most one",
+                state.uplinks.len()
+            )));
+        }
         // An older format holds a subset of this one; it is written back as this one.
         state.format = STATE_FORMAT;
         Ok(Some(state))
@@ -451,6 +484,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.0.2}
                     drop(state.network_interfaces.insert(r.metadata.name.clone(), r))
                 }
                 Resource::Route(r) => drop(state.routes.insert(r.metadata.name.clone(), r)),
+                other => panic!("sample holds no {}", other.kind()),
             }
         }
         state.ipam.insert(
@@ -482,6 +516,70 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.0.2}
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn nat_resources_round_trip_and_one_uplink_at_most() {
+        let text = "\
+apiVersion: vswitch/v1alpha1
+kind: Uplink
+metadata: {name: wan}
+spec: {interface: eth1, addresses: [198.51.100.10/24], gateway: 198.51.100.1}
+status: {mac: '02:00:00:00:00:09', mtu: 1500, state: up}
+---
+apiVersion: vswitch/v1alpha1
+kind: NATGateway
+metadata: {name: gw}
+spec: {network: blue, ips: [198.51.100.10]}
+---
+apiVersion: vswitch/v1alpha1
+kind: PortForward
+metadata: {name: web}
+spec: {ip: 198.51.100.10, protocol: udp, port: 53, target: {interface: c1, port: 53}}
+---
+apiVersion: vswitch/v1alpha1
+kind: VirtualIP
+metadata: {name: v}
+spec: {type: Public}
+status: {ip: 198.51.100.10}
+";
+        let mut state = sample();
+        for doc in parse_documents(text).unwrap() {
+            match doc.resource {
+                Resource::Uplink(r) => drop(state.uplinks.insert(r.metadata.name.clone(), r)),
+                Resource::NatGateway(r) => {
+                    drop(state.nat_gateways.insert(r.metadata.name.clone(), r))
+                }
+                Resource::PortForward(r) => {
+                    drop(state.port_forwards.insert(r.metadata.name.clone(), r))
+                }
+                Resource::VirtualIp(r) => {
+                    drop(state.virtual_ips.insert(r.metadata.name.clone(), r))
+                }
+                other => panic!("unexpected {}", other.kind()),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store.save(&state).unwrap();
+        drop(store);
+        let (reopened, loaded) = Store::open(dir.path()).unwrap();
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(
+            loaded.virtual_ips["v"].status.ip,
+            Some(Ipv4Addr::new(198, 51, 100, 10))
+        );
+        drop(reopened);
+        let mut value = serde_json::to_value(&state).unwrap();
+        value["uplinks"]["wan2"] = value["uplinks"]["wan"].clone();
+        value["uplinks"]["wan2"]["metadata"]["name"] = "wan2".into();
+        fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("2 Uplinks are stored; a node has at most one"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -542,7 +640,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.0.2}
         assert_eq!(loaded.subnets, sample().subnets);
         store.save(&loaded).unwrap();
         let text = fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-        assert!(text.contains("\"format\": 2"), "{text}");
+        assert!(text.contains("\"format\": 3"), "{text}");
     }
 
     #[test]

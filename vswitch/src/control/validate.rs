@@ -16,6 +16,7 @@ use ipnet::Ipv4Net;
 use super::ApiError;
 use super::controller::AppliedResource;
 use super::ipam::{IpamError, Leases, Pool};
+use super::nat_rules::{self, Batch};
 use super::resource::{
     Document, InterfaceState, Kind, MAX_MAC_AGEING_SECONDS, MAX_MAC_TABLE_LIMIT, MacAddr, Network,
     NetworkInterface, Origin, Resource, Route, Subnet,
@@ -32,6 +33,15 @@ pub enum Mode {
     Create,
 }
 
+/// What the Uplink's device needs after a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkWork {
+    /// Open it: the Uplink (by name) is new.
+    Open(String),
+    /// Close and open it again: its interface or MAC changed, or it is not up (a retry).
+    Reopen(String),
+}
+
 /// What applying a batch means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -45,6 +55,8 @@ pub struct Plan {
     /// NetworkInterfaces whose device must be removed and created again (their MAC,
     /// addresses or MTU changed).
     pub recreate: Vec<String>,
+    /// What the Uplink's device needs, if anything.
+    pub uplink: Option<UplinkWork>,
     /// False when every document was unchanged.
     pub changed: bool,
     /// Where each resource of the batch came from, for error messages.
@@ -63,6 +75,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     let mut origins: BTreeMap<(Kind, String), Origin> = BTreeMap::new();
     let mut changed_nics = Vec::new();
     let mut created_nics = Vec::new();
+    let mut virtual_ips = Vec::new();
 
     // Overlay the batch on the current state, with immutability checks against `current`.
     for doc in docs {
@@ -115,6 +128,52 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
                 next.routes.insert(name.clone(), route);
                 action
             }
+            Resource::Uplink(mut uplink) => {
+                // The device's state (MAC, MTU, up or lost) is the controller's.
+                let old = current.uplinks.get(&name);
+                uplink.status = old.map(|o| o.status.clone()).unwrap_or_default();
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&uplink.metadata, &uplink.spec),
+                );
+                next.uplinks.insert(name.clone(), uplink);
+                action
+            }
+            Resource::NatGateway(mut gateway) => {
+                gateway.status = Default::default();
+                let old = current.nat_gateways.get(&name);
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&gateway.metadata, &gateway.spec),
+                );
+                next.nat_gateways.insert(name.clone(), gateway);
+                action
+            }
+            Resource::PortForward(mut forward) => {
+                forward.status = Default::default();
+                let old = current.port_forwards.get(&name);
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&forward.metadata, &forward.spec),
+                );
+                next.port_forwards.insert(name.clone(), forward);
+                action
+            }
+            Resource::VirtualIp(mut vip) => {
+                // Keep the allocated address; the user is computed when read.
+                let old = current.virtual_ips.get(&name);
+                vip.status.ip = old.and_then(|o| o.status.ip);
+                vip.status.interface = None;
+                let action = action(
+                    old.map(|o| (&o.metadata, &o.spec)),
+                    (&vip.metadata, &vip.spec),
+                );
+                if action != Action::Unchanged {
+                    virtual_ips.push(name.clone());
+                }
+                next.virtual_ips.insert(name.clone(), vip);
+                action
+            }
         };
         applied.push(AppliedResource {
             kind: kind.as_str().to_string(),
@@ -125,16 +184,11 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     }
 
     // Semantic checks in input order.
+    let batch = Batch::new(&origins);
     let mut ordered: Vec<(&(Kind, String), &Origin)> = origins.iter().collect();
     ordered.sort_by_key(|(_, origin)| origin.document);
     for ((kind, name), origin) in &ordered {
-        let exists = match kind {
-            Kind::Network => current.networks.contains_key(name),
-            Kind::Subnet => current.subnets.contains_key(name),
-            Kind::NetworkInterface => current.network_interfaces.contains_key(name),
-            Kind::Route => current.routes.contains_key(name),
-        };
-        if exists && mode == Mode::Create {
+        if exists(current, *kind, name) && mode == Mode::Create {
             return Err(origin.conflict(
                 "metadata.name",
                 format!(
@@ -157,6 +211,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
                     check_subnet(origin, old, &next, subnet)?;
                     if old.is_none() {
                         check_new_subnet_neighbours(origin, &next, subnet)?;
+                        nat_rules::check_subnet_against_uplink(origin, &next, subnet)?;
                     }
                 }
             }
@@ -171,6 +226,27 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
                         check_interface_immutables(origin, old, nic)?;
                     }
                     check_interface(origin, &next, nic)?;
+                    nat_rules::check_interface_virtual_ip(origin, &next, batch, nic)?;
+                }
+            }
+            Kind::Uplink => {
+                if let Some(uplink) = next.uplinks.get(name) {
+                    nat_rules::check_uplink(origin, &next, batch, uplink)?;
+                }
+            }
+            Kind::NatGateway => {
+                if let Some(gateway) = next.nat_gateways.get(name) {
+                    nat_rules::check_nat_gateway(origin, &next, batch, gateway)?;
+                }
+            }
+            Kind::PortForward => {
+                if let Some(forward) = next.port_forwards.get(name) {
+                    nat_rules::check_port_forward(origin, &next, batch, forward)?;
+                }
+            }
+            Kind::VirtualIp => {
+                if let Some(vip) = next.virtual_ips.get(name) {
+                    nat_rules::check_virtual_ip(origin, &next, batch, vip)?;
                 }
             }
         }
@@ -187,6 +263,14 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     };
     in_input_order(&mut created_nics);
     in_input_order(&mut changed_nics);
+    let vip_origin = |name: &String| {
+        origins
+            .get(&(Kind::VirtualIp, name.clone()))
+            .cloned()
+            .unwrap_or_else(|| Origin::resource(Kind::VirtualIp, name))
+    };
+    virtual_ips.sort_by_key(|name| vip_origin(name).document);
+    nat_rules::assign_virtual_ips(&mut next, &virtual_ips, &vip_origin)?;
 
     // Addresses and MACs of new and changed interfaces.
     let old_effective: BTreeMap<String, Effective> = changed_nics
@@ -222,17 +306,58 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
         }
     }
 
-    let changed = applied
-        .iter()
-        .any(|a| a.action != Action::Unchanged.as_str());
+    let uplink = uplink_work(current, &mut next, &applied);
+    if let Some(UplinkWork::Reopen(name)) = &uplink {
+        // A retry of a lost Uplink re-configures its device even when the spec is the same.
+        for entry in &mut applied {
+            if entry.kind == Kind::Uplink.as_str() && entry.name == *name {
+                entry.action = Action::Configured.as_str().to_string();
+            }
+        }
+    }
+    let changed = uplink.is_some()
+        || applied
+            .iter()
+            .any(|a| a.action != Action::Unchanged.as_str());
     Ok(Plan {
         next,
         applied,
         attach: created_nics,
         recreate,
+        uplink,
         changed,
         origins,
     })
+}
+
+/// What the Uplink's device needs: opening when new; re-opening when its interface or MAC
+/// changed, or when it is not up (applying it again retries). Marks it `pending` then.
+fn uplink_work(
+    current: &State,
+    next: &mut State,
+    applied: &[AppliedResource],
+) -> Option<UplinkWork> {
+    let kind = Kind::Uplink.as_str();
+    let applied = applied.iter().find(|a| a.kind == kind)?;
+    let name = applied.name.clone();
+    let new = next.uplinks.get(&name)?;
+    let work = match current.uplinks.get(&name) {
+        None => UplinkWork::Open(name.clone()),
+        Some(old) => {
+            let moved = old.spec.interface != new.spec.interface
+                || nat_rules::uplink_mac(current, old) != nat_rules::uplink_mac(next, new);
+            let retry = old.status.state != InterfaceState::Up;
+            if !moved && !retry {
+                return None;
+            }
+            UplinkWork::Reopen(name.clone())
+        }
+    };
+    if let Some(uplink) = next.uplinks.get_mut(&name) {
+        uplink.status.state = InterfaceState::Pending;
+        uplink.status.message = None;
+    }
+    Some(work)
 }
 
 /// Checks that `kind`/`name` may be deleted from `current`.
@@ -256,6 +381,12 @@ pub fn check_delete(current: &State, kind: Kind, name: &str) -> Result<(), ApiEr
             field: None,
         })
     };
+    if !exists(current, kind, name) {
+        return Err(not_found());
+    }
+    for (what, dependants) in nat_rules::delete_dependants(current, kind, name) {
+        conflict(what, dependants.iter().map(String::as_str).collect())?;
+    }
     match kind {
         Kind::Network => {
             if !current.networks.contains_key(name) {
@@ -318,6 +449,22 @@ pub fn check_delete(current: &State, kind: Kind, name: &str) -> Result<(), ApiEr
             }
             Ok(())
         }
+        // Their dependants were checked above.
+        Kind::Uplink | Kind::NatGateway | Kind::PortForward | Kind::VirtualIp => Ok(()),
+    }
+}
+
+/// True when `state` holds a resource `kind`/`name`.
+pub fn exists(state: &State, kind: Kind, name: &str) -> bool {
+    match kind {
+        Kind::Network => state.networks.contains_key(name),
+        Kind::Subnet => state.subnets.contains_key(name),
+        Kind::NetworkInterface => state.network_interfaces.contains_key(name),
+        Kind::Route => state.routes.contains_key(name),
+        Kind::Uplink => state.uplinks.contains_key(name),
+        Kind::NatGateway => state.nat_gateways.contains_key(name),
+        Kind::PortForward => state.port_forwards.contains_key(name),
+        Kind::VirtualIp => state.virtual_ips.contains_key(name),
     }
 }
 
@@ -1782,6 +1929,14 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
                         &["10.40.0.0/24", "10.40.0.0/16", "green", "yellow"]
                     }
                     "bad-route-next-hop.yaml" => &["spec.nextHop", "is the gateway"],
+                    "bad-nat-address.yaml" => &[
+                        "document 3 (NATGateway \"apps-out\"): spec.ips[0]",
+                        "203.0.113.7 is not an address of Uplink \"wan\"",
+                    ],
+                    "bad-vip-shared.yaml" => &[
+                        "document 6 (NetworkInterface \"b\"): spec.virtualIP",
+                        "already used by NetworkInterface \"a\"",
+                    ],
                     _ => &[],
                 };
                 for word in want {
@@ -1789,6 +1944,24 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
                 }
             } else {
                 let plan = result.unwrap_or_else(|err| panic!("{file}: {err}"));
+                if file == "uplink-nat.yaml" {
+                    let state = &plan.next;
+                    assert_eq!(
+                        state.virtual_ips["db-public"].status.ip,
+                        Some(Ipv4Addr::new(198, 51, 100, 11))
+                    );
+                    assert_eq!(plan.uplink, Some(UplinkWork::Open("wan".into())));
+                    let ids = [("apps".to_string(), crate::engine::NetworkId(0))]
+                        .into_iter()
+                        .collect();
+                    let rules = nat_rules::compile(state, &ids);
+                    assert!(rules.gateway(nat::Zone(0)).is_some());
+                    let db = state.network_interfaces["db-1"].status.ips[0].addr();
+                    assert_eq!(
+                        rules.virtual_ip_of(nat::Zone(0), db),
+                        Some(Ipv4Addr::new(198, 51, 100, 11))
+                    );
+                }
                 if file == "peered-networks.yaml" {
                     let state = plan.next;
                     assert_eq!(routing::ready_peers(&state, "blue"), ["red"]);
@@ -1804,8 +1977,11 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
         for expected in [
             "bad-peering-overlap.yaml",
             "bad-route-next-hop.yaml",
+            "bad-nat-address.yaml",
+            "bad-vip-shared.yaml",
             "peered-networks.yaml",
             "two-subnets.yaml",
+            "uplink-nat.yaml",
         ] {
             assert!(
                 seen.iter().any(|f| f == expected),
