@@ -9,6 +9,7 @@ use clap::Parser;
 use tracing::{error, info};
 
 use vswitch::control::{Controller, EMBEDDED_DEFAULT_CONFIG};
+use vswitch::engine::clock::{Clock, MonotonicClock};
 use vswitch::engine::{Engine, EngineConfig};
 
 /// CAP_NET_ADMIN (include/uapi/linux/capability.h): create TAP devices, configure links.
@@ -69,9 +70,12 @@ fn run(args: Args) -> Result<(), String> {
     // Claim the socket first: a second daemon on the same socket stops here, before it
     // touches ports or state.
     let listener = vswitch::api::ApiListener::bind(&args.socket).map_err(|e| e.to_string())?;
-    let engine = Engine::start(EngineConfig { workers })
+    // One clock for the datapath and the control plane, so the ages and timeouts the API
+    // reports (conntrack, neighbours, learned MACs) are the ones the workers enforce.
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+    let engine = Engine::start_with_clock(EngineConfig { workers }, Arc::clone(&clock))
         .map_err(|e| format!("cannot start the {workers} worker threads: {e}"))?;
-    let controller = Controller::open(&args.state_dir, engine).map_err(|e| {
+    let controller = Controller::open_with_clock(&args.state_dir, engine, clock).map_err(|e| {
         format!(
             "cannot restore state from {}: {e}",
             args.state_dir.display()
