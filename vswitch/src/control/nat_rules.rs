@@ -706,6 +706,24 @@ fn zone_and_address(
     Some((nat::Zone(id.0), addr))
 }
 
+/// Ports per block when `portsPerNetworkInterface` is a multiple of it.
+const PORT_BLOCK: u16 = 256;
+
+/// Splits an interface's port budget into blocks: `(ports per block, blocks)`.
+///
+/// The budget is what bounds one container; the blocks are how it is claimed. Small blocks let
+/// the allocator keep a flow's source port (RFC 4787 port preservation) in whichever block
+/// that port falls, instead of only inside the one block the interface's first flow claimed
+/// (a ping's ICMP identifier would otherwise decide which ports can ever be preserved). A
+/// budget that is not a multiple of 256 stays one block.
+fn port_blocks(ports_per_interface: u16) -> (u16, u16) {
+    if ports_per_interface >= PORT_BLOCK && ports_per_interface % PORT_BLOCK == 0 {
+        (PORT_BLOCK, ports_per_interface / PORT_BLOCK)
+    } else {
+        (ports_per_interface, 1)
+    }
+}
+
 /// The NAT rules of `state`: a masquerade gateway per NATGateway (zone = its Network's id),
 /// every PortForward whose target has an address, and every VirtualIP referenced by an
 /// interface. A rule `nat` refuses (validation prevents it) is logged and left out.
@@ -716,7 +734,9 @@ pub fn compile(state: &State, network_ids: &BTreeMap<String, NetworkId>) -> nat:
             continue;
         };
         let mut compiled = nat::Gateway::new(gateway.spec.ips.clone());
-        compiled.ports_per_interface = gateway.spec.ports_per_network_interface;
+        let (block, blocks) = port_blocks(gateway.spec.ports_per_network_interface);
+        compiled.ports_per_interface = block;
+        compiled.blocks_per_interface = blocks;
         if let Err(err) = rules.add_gateway(nat::Zone(id.0), compiled) {
             tracing::warn!(natgateway = %gateway.metadata.name, "NAT gateway left out: {err}");
         }
@@ -846,6 +866,15 @@ pub fn ports_in_use(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn port_budget_is_split_into_256_port_blocks_when_it_can_be() {
+        assert_eq!(super::port_blocks(2048), (256, 8));
+        assert_eq!(super::port_blocks(256), (256, 1));
+        assert_eq!(super::port_blocks(64), (64, 1));
+        assert_eq!(super::port_blocks(1000), (1000, 1));
+        assert_eq!(super::port_blocks(64512), (256, 252));
+    }
+
     use super::*;
     use crate::control::resource::parse_documents;
     use crate::control::validate::{self, Mode, Plan, UplinkWork};
@@ -1565,8 +1594,10 @@ spec: {interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.
         assert!(!rules.owns(ip("198.51.100.1")));
         let gw = rules.gateway(blue).expect("blue's gateway");
         assert_eq!(gw.ips, [ip("198.51.100.10")]);
-        assert_eq!(gw.ports_per_interface, 2048);
-        assert_eq!(rules.gateway(red).map(|g| g.ports_per_interface), Some(512));
+        let budget = |g: &nat::Gateway| g.ports_per_interface * g.blocks_per_interface;
+        assert_eq!(budget(gw), 2048);
+        assert_eq!((gw.ports_per_interface, gw.blocks_per_interface), (256, 8));
+        assert_eq!(rules.gateway(red).map(budget), Some(512));
         let c1 = state.network_interfaces["c1"].status.ips[0].addr();
         let c2 = state.network_interfaces["c2"].status.ips[0].addr();
         assert_eq!(rules.virtual_ip_of(blue, c2), Some(ip("198.51.100.11")));

@@ -43,9 +43,9 @@ keyed_enum! {
         IcmpRateLimited = "l3.icmp_rate_limited":
             "an ICMP error was not sent: over the per-worker rate limit",
         EchoReplied = "l3.echo_replied":
-            "an ICMP echo request to a gateway address was answered",
+            "an ICMP echo request to a gateway address (or an uplink address) was answered",
         ArpReplied = "l3.arp_replied":
-            "an ARP request for a gateway address was answered",
+            "an ARP request for a gateway address (or an uplink address) was answered",
         ArpRequestsSent = "l3.arp_requests_sent":
             "an ARP request was sent to resolve (or re-confirm) a next hop",
         GratuitousArpSent = "l3.gratuitous_arp_sent":
@@ -58,6 +58,10 @@ keyed_enum! {
             "a packet was held while ARP resolves its next hop",
         HeldReleased = "l3.held_released":
             "a held packet was sent once its next hop answered",
+        NatTranslated = "nat.translated":
+            "a packet's addresses, ports or echo identifier were rewritten by NAT",
+        NatConnectionCreated = "nat.connections_created":
+            "a connection crossing NAT (masquerade, port forward, virtual IP, hairpin) was created in conntrack",
     }
 }
 

@@ -47,7 +47,7 @@ pub enum HoldError {
 /// What is known about a held packet besides its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
-    /// The egress subnet.
+    /// The egress subnet (or the uplink's segment).
     pub subnet: SubnetId,
     /// The next hop being resolved on it.
     pub next_hop: Ipv4Addr,
@@ -57,6 +57,9 @@ pub struct Held {
     pub sender_mac: [u8; 6],
     /// When the packet is given up.
     pub deadline_ms: u64,
+    /// NAT rewrote the packet: an ICMP error quoting it would not be recognised by its
+    /// sender, so none is sent when it times out.
+    pub translated: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -223,6 +226,7 @@ mod tests {
             ingress: PortId(1),
             sender_mac: [2, 0, 0, 0, 0, 1],
             deadline_ms: 3_000,
+            translated: false,
         }
     }
 

@@ -49,10 +49,10 @@ pub struct EngineConfig {
     pub workers: usize,
 }
 
-/// Counters of one port, summed over workers.
+/// Counters of one port (or of the uplink), summed over workers.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct PortStats {
-    /// NetworkInterface name.
+    /// NetworkInterface name (or Uplink name).
     pub name: String,
     /// Frames received from the container.
     pub rx_packets: u64,
@@ -225,21 +225,32 @@ impl Engine {
         self.shared.fdb.forget_port(id);
     }
 
-    /// Counters, summed over workers, for the ports of the current snapshot (by name).
+    /// Counters, summed over workers, for the ports of the current snapshot (by name) and its
+    /// uplink (under the Uplink's name).
     pub fn stats(&self) -> StatsReport {
         let snapshot = self.current();
         let mut all_drops = [0u64; DropCause::COUNT];
-        let mut ports = Vec::with_capacity(snapshot.ports().len());
-        for port in snapshot.ports() {
+        let mut ports = Vec::with_capacity(snapshot.ports().len() + 1);
+        let devices = snapshot
+            .ports()
+            .iter()
+            .map(|port| (port.id, &port.name))
+            .chain(
+                snapshot
+                    .uplink
+                    .iter()
+                    .map(|uplink| (uplink.id, &uplink.name)),
+            );
+        for (id, name) in devices {
             let mut totals = PortTotals::default();
             for counters in self.shared.counters.iter() {
-                totals.add(&counters.totals(port.id));
+                totals.add(&counters.totals(id));
             }
             for (sum, value) in all_drops.iter_mut().zip(totals.drops.iter()) {
                 *sum += value;
             }
             ports.push(PortStats {
-                name: port.name.clone(),
+                name: name.clone(),
                 rx_packets: totals.rx_packets,
                 rx_bytes: totals.rx_bytes,
                 tx_packets: totals.tx_packets,
@@ -469,6 +480,47 @@ mod tests {
         assert_eq!(stats.ports[0].rx_packets, 0);
         assert!(stats.ports[0].drops.is_empty());
         assert_eq!(stats.ports[1].drops.get("port_security.src_mac"), Some(&4));
+    }
+
+    #[test]
+    fn the_uplink_has_stats_under_its_name_and_nat_drops_add_up() {
+        use crate::pipeline::fixtures::{UPLINK, uplink_snapshot};
+        use crate::pipeline::{nat, uplink};
+        let engine = engine(1, Arc::new(FakeClock::new(0)));
+        engine.publish(uplink_snapshot());
+        let counters = engine.worker_counters(0);
+        counters.add_rx(UPLINK, 3, 180);
+        counters.add_drop(UPLINK, DropCause::Uplink(uplink::DropReason::NotOurs), 2);
+        counters.add_drop(UPLINK, DropCause::Nat(nat::DropReason::Unsolicited), 1);
+        counters.add_drop(
+            PortId(1),
+            DropCause::Conntrack(nat::ConntrackReason::TableFull),
+            5,
+        );
+        counters.add_event(Event::NatTranslated, 7);
+        let stats = engine.stats();
+        let up = stats
+            .ports
+            .iter()
+            .find(|port| port.name == "up")
+            .expect("the uplink is listed by its name");
+        assert_eq!((up.rx_packets, up.rx_bytes), (3, 180));
+        assert_eq!(up.drops.get("uplink.not_ours"), Some(&2));
+        assert_eq!(stats.drops.get("nat.unsolicited"), Some(&1));
+        assert_eq!(stats.drops.get("conntrack.table_full"), Some(&5));
+        assert_eq!(stats.events.get("nat.translated"), Some(&7));
+        assert_eq!(stats.events.get("nat.connections_created"), Some(&0));
+        let descriptions = Engine::counter_descriptions();
+        for key in [
+            "uplink.not_ours",
+            "uplink.not_owned",
+            "nat.fragment",
+            "nat.no_gateway_mac",
+            "nat.interface_ports_exhausted",
+            "conntrack.not_a_start",
+        ] {
+            assert!(descriptions.contains_key(key), "{key}");
+        }
     }
 
     #[test]

@@ -19,7 +19,12 @@
 //!    times them out, and the result is transmitted the same way; the epoll timeout is then
 //!    short ([`HELD_POLL_MS`]). A worker whose ARP answer resolved a neighbour wakes the
 //!    others, which may hold packets for it;
-//! 5. worker 0 sweeps aged MACs and neighbours once a second.
+//! 5. worker 0 sweeps aged MACs and neighbours once a second; every worker frees expired
+//!    connections from conntrack, a bounded number of slots at a time.
+//!
+//! The uplink (when the snapshot has one) is served like a port: worker `i` polls its queue
+//! `i`, runs [`pipeline::process_uplink`] on what it reads, and sends frames routed to the
+//! outside on it.
 //!
 //! Nothing here allocates per packet (the batch, the verdicts, the generated frames, the held
 //! packets and the transmit plan are allocated once), and no packet content can make it
@@ -42,7 +47,7 @@ use super::counters::{Event, WorkerCounters};
 use super::fdb::{Fdb, Learn};
 use super::neigh::Neighbors;
 use super::ratelimit::LogLimiter;
-use super::snapshot::{PortEntry, Snapshot, SubnetId};
+use super::snapshot::{PortEntry, Snapshot, SubnetId, UplinkEntry};
 use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
@@ -65,6 +70,11 @@ const HELD_POLL_MS: u16 = 10;
 
 /// At most one log line per kind of per-packet problem in this interval (ms).
 pub const LOG_INTERVAL_MS: u64 = 10_000;
+
+/// Conntrack slots a worker visits per sweep (see `nat::Conntrack::sweep`): at most one sweep
+/// a millisecond, so a worker reclaims up to 256,000 slots a second while busy, and at
+/// least two sweeps a second while idle (the epoll timeout).
+const CONNTRACK_SWEEP_BUDGET: usize = 256;
 
 /// Epoll events handled per wait.
 const MAX_EVENTS: usize = 256;
@@ -228,6 +238,61 @@ impl TxPlan {
     }
 }
 
+/// A device the worker reads and writes: a NetworkInterface's port, or the uplink.
+#[derive(Debug, Clone, Copy)]
+enum Device<'a> {
+    Port(&'a PortEntry),
+    Uplink(&'a UplinkEntry),
+}
+
+impl<'a> Device<'a> {
+    /// The port or uplink with id `id` in `snapshot`.
+    fn find(snapshot: &'a Snapshot, id: PortId) -> Option<Device<'a>> {
+        if let Some(port) = snapshot.port(id) {
+            return Some(Device::Port(port));
+        }
+        snapshot
+            .uplink
+            .as_ref()
+            .filter(|uplink| uplink.id == id)
+            .map(Device::Uplink)
+    }
+
+    fn id(self) -> PortId {
+        match self {
+            Device::Port(port) => port.id,
+            Device::Uplink(uplink) => uplink.id,
+        }
+    }
+
+    fn name(self) -> &'a str {
+        match self {
+            Device::Port(port) => &port.name,
+            Device::Uplink(uplink) => &uplink.name,
+        }
+    }
+
+    fn io(self) -> &'a Arc<PortIo> {
+        match self {
+            Device::Port(port) => &port.io,
+            Device::Uplink(uplink) => &uplink.io,
+        }
+    }
+
+    /// The segment frames from it are flooded in (the uplink's is never flooded).
+    fn segment(self) -> SubnetId {
+        match self {
+            Device::Port(port) => port.subnet,
+            Device::Uplink(uplink) => uplink.segment,
+        }
+    }
+}
+
+/// The device (port or uplink) with id `id` in `snapshot`.
+fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
+    Device::find(snapshot, id).map(Device::io)
+}
+
 /// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
 /// from its epoll set.
 #[derive(Debug)]
@@ -279,6 +344,7 @@ struct Logs {
     tx_error: LogLimiter,
     flush_error: LogLimiter,
     epoll_error: LogLimiter,
+    nat_exhausted: LogLimiter,
 }
 
 /// One worker thread's state.
@@ -298,6 +364,7 @@ pub(crate) struct Worker {
     garp_pending: Vec<PortId>,
     logs: Logs,
     next_sweep_ms: u64,
+    last_conntrack_sweep_ms: u64,
 }
 
 impl Worker {
@@ -326,8 +393,10 @@ impl Worker {
                 tx_error: LogLimiter::new(LOG_INTERVAL_MS),
                 flush_error: LogLimiter::new(LOG_INTERVAL_MS),
                 epoll_error: LogLimiter::new(LOG_INTERVAL_MS),
+                nat_exhausted: LogLimiter::new(LOG_INTERVAL_MS),
             },
             next_sweep_ms: 0,
+            last_conntrack_sweep_ms: 0,
         })
     }
 
@@ -378,6 +447,12 @@ impl Worker {
             if !self.local.held.is_empty() || !self.garp_pending.is_empty() {
                 self.maintain(&snapshot, now);
             }
+            // Expired connections are freed a little at a time, at most once a millisecond
+            // per worker (concurrent sweeps give way to each other).
+            if now != self.last_conntrack_sweep_ms && !snapshot.conntrack.is_empty() {
+                snapshot.conntrack.sweep(now, CONNTRACK_SWEEP_BUDGET);
+                self.last_conntrack_sweep_ms = now;
+            }
             if self.index == 0 && now >= self.next_sweep_ms {
                 let aged = self.shared.fdb.sweep(&snapshot, now);
                 if aged > 0 {
@@ -407,15 +482,13 @@ impl Worker {
         let _ = self.shared.wakers[self.index].read();
     }
 
-    /// Makes the epoll set match the ports of `snapshot`.
+    /// Makes the epoll set match the ports (and the uplink) of `snapshot`.
     fn resync(&mut self, snapshot: &Snapshot) {
         let stale: Vec<PortId> = self
             .registered
             .iter()
             .filter(|(id, registration)| {
-                !snapshot
-                    .port(**id)
-                    .is_some_and(|port| Arc::ptr_eq(&port.io, &registration.io))
+                !link_io(snapshot, **id).is_some_and(|io| Arc::ptr_eq(io, &registration.io))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -429,33 +502,41 @@ impl Worker {
                 // `registration.io` is dropped here, after the fd left the epoll set.
             }
         }
-        for port in snapshot.ports() {
-            if self.registered.contains_key(&port.id) {
+        let ports = snapshot
+            .ports()
+            .iter()
+            .map(|port| (port.id, port.name.as_str(), &port.io, true));
+        let uplink = snapshot
+            .uplink
+            .iter()
+            .map(|uplink| (uplink.id, uplink.name.as_str(), &uplink.io, false));
+        for (id, name, io, announce) in ports.chain(uplink) {
+            if self.registered.contains_key(&id) {
                 continue;
             }
-            if port.io.queues.get(self.index).is_none() {
+            if io.queues.get(self.index).is_none() {
                 warn!(
                     worker = self.index,
-                    port = %port.name,
-                    queues = port.io.queues.len(),
+                    port = %name,
+                    queues = io.queues.len(),
                     "port has no queue for this worker; this worker does not serve it"
                 );
                 continue;
             };
-            if let Err(errno) = epoll_add(&self.epoll, &port.io, self.index, u64::from(port.id.0)) {
-                warn!(worker = self.index, port = %port.name, error = %errno, "adding a queue to epoll failed");
+            if let Err(errno) = epoll_add(&self.epoll, io, self.index, u64::from(id.0)) {
+                warn!(worker = self.index, port = %name, error = %errno, "adding a queue to epoll failed");
                 continue;
             }
             self.registered.insert(
-                port.id,
+                id,
                 Registration {
-                    io: Arc::clone(&port.io),
+                    io: Arc::clone(io),
                     polled: true,
                 },
             );
             // A port that appeared (or was re-attached) learns its gateway's MAC at once.
-            if self.index == 0 && !self.garp_pending.contains(&port.id) {
-                self.garp_pending.push(port.id);
+            if announce && self.index == 0 && !self.garp_pending.contains(&id) {
+                self.garp_pending.push(id);
             }
         }
         self.generation = Some(snapshot.generation);
@@ -486,13 +567,18 @@ impl Worker {
         }
     }
 
-    /// Receives one batch from `id`'s queue, runs the pipeline and transmits.
+    /// Receives one batch from `id`'s queue (a port's or the uplink's), runs the pipeline and
+    /// transmits.
     fn service(&mut self, snapshot: &Snapshot, id: PortId, now: u64) {
-        let Some(ingress) = snapshot.port(id) else {
-            // An event from a port that left before this iteration's re-sync.
-            return;
+        let ingress = match snapshot.port(id) {
+            Some(port) => Device::Port(port),
+            None => match snapshot.uplink.as_ref().filter(|uplink| uplink.id == id) {
+                Some(uplink) => Device::Uplink(uplink),
+                // An event from a port that left before this iteration's re-sync.
+                None => return,
+            },
         };
-        let Some(queue) = ingress.io.queues.get(self.index) else {
+        let Some(queue) = ingress.io().queues.get(self.index) else {
             return;
         };
         self.batch.clear();
@@ -507,7 +593,7 @@ impl Worker {
                 counters.add_event(Event::RxError, 1);
                 warn!(
                     worker = self.index,
-                    port = %ingress.name,
+                    port = %ingress.name(),
                     %error,
                     "reading a port queue failed; the queue is no longer polled until the port is re-attached"
                 );
@@ -535,7 +621,12 @@ impl Worker {
             self.local.out.generated.set_position(i + 1);
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
-            let outcome = pipeline::process(&ctx, ingress, frame, &mut self.local);
+            let outcome = match ingress {
+                Device::Port(port) => pipeline::process(&ctx, port, frame, &mut self.local),
+                Device::Uplink(uplink) => {
+                    pipeline::process_uplink(&ctx, uplink, frame, &mut self.local)
+                }
+            };
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
                 Some(Learn::Moved { .. }) => moved += 1,
@@ -558,11 +649,11 @@ impl Worker {
             }
         }
         let from = Ingress {
-            port: ingress.id,
-            subnet: ingress.subnet,
+            port: id,
+            subnet: ingress.segment(),
         };
         self.transmit(snapshot, Some(from), now);
-        self.finish_batch();
+        self.finish_batch(now);
     }
 
     /// Outside a batch: gratuitous ARP for new ports (worker 0), and the held packets
@@ -599,18 +690,28 @@ impl Worker {
         if !self.local.out.generated.is_empty() {
             self.transmit(snapshot, None, now);
         }
-        self.finish_batch();
+        self.finish_batch(now);
     }
 
-    /// Adds the batch's event tallies to the counters, and wakes the other workers when an
-    /// ARP answer resolved a neighbour they may hold packets for.
-    fn finish_batch(&mut self) {
+    /// Adds the batch's event tallies to the counters, wakes the other workers when an ARP
+    /// answer resolved a neighbour they may hold packets for, and warns (rate-limited) when
+    /// NAT ran out of ports.
+    fn finish_batch(&mut self, now: u64) {
         self.local
             .out
             .events
             .flush(&self.shared.counters[self.index]);
         if std::mem::take(&mut self.local.out.neighbor_resolved) {
             self.shared.wake_others(self.index);
+        }
+        if std::mem::take(&mut self.local.out.nat_exhausted) {
+            if let Some(suppressed) = self.logs.nat_exhausted.check(now) {
+                warn!(
+                    worker = self.index,
+                    suppressed,
+                    "NAT ports exhausted: new connections are dropped (nat.pool_exhausted, nat.interface_ports_exhausted); add NAT addresses or raise portsPerNetworkInterface"
+                );
+            }
         }
     }
 
@@ -640,14 +741,14 @@ impl Worker {
         let frames = verdicts.len();
         for destination in plan.destinations() {
             let wants = |verdict: Verdict| destination.wants(verdict, ingress);
-            let egress = snapshot.port(destination.port);
+            let egress = Device::find(snapshot, destination.port);
             let Some((port, queue)) =
-                egress.and_then(|port| port.io.queues.get(*index).map(|queue| (port, queue)))
+                egress.and_then(|port| port.io().queues.get(*index).map(|queue| (port, queue)))
             else {
                 // Counted on the egress port when it exists, else on the ingress port (for
                 // frames outside a batch: on the egress port id, if it is still counted).
                 let on = egress
-                    .map(|port| port.id)
+                    .map(|port| port.id())
                     .or(ingress.map(|ingress| ingress.port))
                     .unwrap_or(destination.port);
                 let wanted = verdicts.iter().filter(|v| wants(**v)).count()
@@ -661,8 +762,9 @@ impl Worker {
             };
             let mut guard = queue.lock();
             let mut sender = Sender {
-                port,
-                capabilities: port.io.capabilities,
+                port: port.id(),
+                name: port.name(),
+                capabilities: port.io().capabilities,
                 queue: &mut guard,
                 counters,
                 log: &mut logs.tx_error,
@@ -697,12 +799,16 @@ impl Worker {
             if let Err(error) = flushed {
                 counters.add_event(Event::FlushError, 1);
                 if let Some(suppressed) = logs.flush_error.check(now) {
-                    warn!(worker = *index, port = %port.name, %error, suppressed, "flushing a port queue failed");
+                    warn!(worker = *index, port = %port.name(), %error, suppressed, "flushing a port queue failed");
                 }
             }
-            counters.add_tx(port.id, tally.packets, tally.bytes);
+            counters.add_tx(port.id(), tally.packets, tally.bytes);
             if tally.generated_packets > 0 {
-                counters.add_tx_generated(port.id, tally.generated_packets, tally.generated_bytes);
+                counters.add_tx_generated(
+                    port.id(),
+                    tally.generated_packets,
+                    tally.generated_bytes,
+                );
             }
             if tally.completed > 0 {
                 counters.add_event(Event::ChecksumCompleted, tally.completed);
@@ -723,7 +829,8 @@ struct TxTally {
 
 /// Sends frames to one destination queue (locked once for the batch) and counts them.
 struct Sender<'a> {
-    port: &'a PortEntry,
+    port: PortId,
+    name: &'a str,
     capabilities: Capabilities,
     queue: &'a mut PortQueue,
     counters: &'a WorkerCounters,
@@ -740,7 +847,7 @@ impl Sender<'_> {
             Ok(Prepared::Unchanged) => {}
             Ok(Prepared::ChecksumCompleted) => self.tally.completed += 1,
             Err(reason) => {
-                count_drop(self.counters, self.port.id, reason.into(), 1);
+                count_drop(self.counters, self.port, reason.into(), 1);
                 return;
             }
         }
@@ -761,15 +868,15 @@ impl Sender<'_> {
             Err(error) if is_queue_full(&error) => {
                 count_drop(
                     self.counters,
-                    self.port.id,
+                    self.port,
                     tx::DropReason::QueueFull.into(),
                     1,
                 );
             }
             Err(error) => {
-                count_drop(self.counters, self.port.id, tx::DropReason::Error.into(), 1);
+                count_drop(self.counters, self.port, tx::DropReason::Error.into(), 1);
                 if let Some(suppressed) = self.log.check(self.now) {
-                    warn!(worker = self.worker, port = %self.port.name, %error, suppressed, "sending to a port queue failed");
+                    warn!(worker = self.worker, port = %self.name, %error, suppressed, "sending to a port queue failed");
                 }
             }
         }

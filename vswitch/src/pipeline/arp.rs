@@ -12,9 +12,14 @@
 //! - ARP unicast to the gateway MAC about another address is dropped
 //!   (`l3.arp_misdirected`); other ARP is switched at L2 as before.
 //!
+//! On the uplink ([`on_uplink`]) the switch answers ARP for the addresses it owns there and
+//! for nothing else (the host answers for its own), and learns its neighbours there (the
+//! gateway) under the uplink's segment.
+//!
 //! It also builds the switch's own ARP: requests to resolve a next hop (broadcast into the
-//! egress subnet, or unicast to re-confirm a stale neighbour) and gratuitous ARP announcing a
-//! gateway to a port that attached (RFC 5227 section 3, an "ARP Announcement").
+//! egress subnet or out of the uplink, or unicast to re-confirm a stale neighbour) and
+//! gratuitous ARP announcing a gateway to a port that attached (RFC 5227 section 3, an "ARP
+//! Announcement").
 
 use std::net::Ipv4Addr;
 
@@ -24,12 +29,12 @@ use smoltcp::wire::{
 };
 
 use super::generated::Origin;
-use super::l3::DropReason;
+use super::l3::{DropReason, Link};
 use super::parse::{L3, Parsed};
-use super::{Context, Output, Verdict, l2};
+use super::{Context, Output, Verdict, l2, uplink};
 use crate::engine::counters::Event;
 use crate::engine::neigh::Confirmation;
-use crate::engine::snapshot::{PortEntry, SubnetEntry};
+use crate::engine::snapshot::{PortEntry, SubnetEntry, UplinkEntry};
 use crate::port::PortId;
 
 /// The broadcast MAC.
@@ -93,40 +98,112 @@ pub fn handle(
     None
 }
 
-/// Sends an ARP request for `target` from `subnet`'s gateway: broadcast into the subnet, or
-/// unicast to `unicast` (re-confirming a stale neighbour, RFC 1122 2.3.2.1). Returns false
-/// when nothing was sent (the worker's buffer is full, or the subnet has no port).
+/// Sends an ARP request for `target` on `link`: from a subnet's gateway, broadcast into the
+/// subnet or unicast to `unicast` (re-confirming a stale neighbour, RFC 1122 2.3.2.1); on the
+/// uplink from the switch's MAC and its address on `target`'s link
+/// ([`uplink::source_for`]). Returns false when nothing was sent (the worker's buffer is
+/// full, or the subnet has no port).
 pub fn request(
     ctx: &Context<'_>,
     out: &mut Output,
-    subnet: &SubnetEntry,
+    link: Link<'_>,
     target: Ipv4Addr,
     unicast: Option<[u8; 6]>,
 ) -> bool {
-    let (dst_mac, verdict) = match unicast {
-        Some(mac) => (mac, l2::destination(ctx, subnet, mac, None)),
-        None => (
-            BROADCAST,
-            Verdict::FloodSubnet {
-                subnet: subnet.id,
-                except: None,
-            },
+    let (dst_mac, verdict, source_mac, source_ip) = match link {
+        Link::Subnet(subnet) => {
+            let (dst_mac, verdict) = match unicast {
+                Some(mac) => (mac, l2::destination(ctx, subnet, mac, None)),
+                None => (
+                    BROADCAST,
+                    Verdict::FloodSubnet {
+                        subnet: subnet.id,
+                        except: None,
+                    },
+                ),
+            };
+            (dst_mac, verdict, subnet.gateway_mac, subnet.gateway)
+        }
+        Link::Uplink(uplink) => (
+            unicast.unwrap_or(BROADCAST),
+            Verdict::Forward(uplink.id),
+            uplink.mac,
+            uplink::source_for(uplink, target),
         ),
     };
     let request = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
-        source_hardware_addr: EthernetAddress(subnet.gateway_mac),
-        source_protocol_addr: subnet.gateway,
+        source_hardware_addr: EthernetAddress(source_mac),
+        source_protocol_addr: source_ip,
         target_hardware_addr: EthernetAddress([0; 6]),
         target_protocol_addr: target,
     };
     // A subnet without ports has nobody to ask.
-    let sent = !matches!(verdict, Verdict::Drop(_))
-        && emit(out, verdict, dst_mac, subnet.gateway_mac, &request);
+    let sent =
+        !matches!(verdict, Verdict::Drop(_)) && emit(out, verdict, dst_mac, source_mac, &request);
     if sent {
         out.events.add(Event::ArpRequestsSent);
     }
     sent
+}
+
+/// Handles an ARP packet received on the uplink (already sent to the switch's uplink MAC or
+/// broadcast): a request for one of the switch's addresses there is answered from the
+/// switch's MAC, to the asker only; the sender of ARP about those addresses (requests and the
+/// answers to the switch's own requests, the gateway's among them) is learned under the
+/// uplink's segment, and anyone else's ARP only refreshes an entry that exists. ARP about
+/// other addresses is the host's business (`uplink.not_owned`): never answered, so the switch
+/// cannot take the host's traffic.
+pub fn on_uplink(
+    ctx: &Context<'_>,
+    uplink: &UplinkEntry,
+    parsed: &Parsed,
+    out: &mut Output,
+) -> Verdict {
+    let L3::Arp {
+        operation,
+        sender_mac,
+        sender_ip,
+        target_ip,
+    } = parsed.l3
+    else {
+        return Verdict::drop(uplink::DropReason::Unsupported);
+    };
+    let ours = uplink::owns(uplink, target_ip);
+    // Nobody else may claim our addresses in our neighbour table.
+    if !sender_ip.is_unspecified() && !uplink::owns(uplink, sender_ip) {
+        let confirmation =
+            ctx.neighbors
+                .confirm(uplink.segment, sender_ip, sender_mac, ctx.now_ms, ours);
+        match confirmation {
+            Confirmation::Created | Confirmation::Changed => {
+                out.events.add(Event::NeighborLearned);
+            }
+            Confirmation::Resolved => {
+                out.events.add(Event::NeighborLearned);
+                out.neighbor_resolved = true;
+            }
+            Confirmation::Refreshed | Confirmation::Ignored => {}
+        }
+    }
+    if !ours {
+        return Verdict::drop(uplink::DropReason::NotOwned);
+    }
+    if operation == ArpOperation::Request {
+        let reply = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(uplink.mac),
+            source_protocol_addr: target_ip,
+            target_hardware_addr: EthernetAddress(sender_mac),
+            target_protocol_addr: sender_ip,
+        };
+        let to = Verdict::Forward(uplink.id);
+        if !emit(out, to, parsed.src_mac, uplink.mac, &reply) {
+            return Verdict::drop(DropReason::NoBuffer);
+        }
+        out.events.add(Event::ArpReplied);
+    }
+    Verdict::Consumed
 }
 
 /// Sends `port` a gratuitous ARP announcing `subnet`'s gateway (gateway address -> gateway
@@ -301,11 +378,23 @@ mod tests {
         let blue = bench.snapshot.subnet(SubnetId(1)).unwrap();
         let mut local = bench.local.borrow_mut();
         let ctx = bench.ctx(0);
-        assert!(request(&ctx, &mut local.out, blue, IP_B, None));
+        assert!(request(
+            &ctx,
+            &mut local.out,
+            Link::Subnet(blue),
+            IP_B,
+            None
+        ));
         assert!(announce(&mut local.out, blue, PortId(3)));
         // Unicast to a MAC learned on port 2.
         bench.fdb.learn(blue, MAC_B, PortId(2), 0);
-        assert!(request(&ctx, &mut local.out, blue, IP_B, Some(MAC_B)));
+        assert!(request(
+            &ctx,
+            &mut local.out,
+            Link::Subnet(blue),
+            IP_B,
+            Some(MAC_B)
+        ));
         drop(local);
         let generated = bench.generated();
         assert_eq!(

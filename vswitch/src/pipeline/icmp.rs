@@ -10,10 +10,15 @@
 //!   never about ICMP errors, non-first fragments, broadcast or multicast, or sources that
 //!   are not a single host (nor the subnet's broadcast address); sourced from the gateway of
 //!   the sender's subnet; sent back to the port the packet came from; limited by the worker's
-//!   token bucket (over the limit: event `l3.icmp_rate_limited`).
+//!   token bucket (over the limit: event `l3.icmp_rate_limited`). A packet that came in on
+//!   the uplink gets its errors from the uplink address it was sent to, back out of the
+//!   uplink ([`ErrorPath::uplink`]).
+//! - **Echo requests to an uplink address** that is not a virtual IP are answered the same
+//!   way ([`echo_reply`]), from that address.
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use smoltcp::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
     Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
@@ -25,10 +30,51 @@ use super::parse::Parsed;
 use super::{Output, Verdict};
 use crate::engine::counters::Event;
 use crate::engine::fdb::is_group;
-use crate::engine::snapshot::{PortEntry, SubnetEntry};
+use crate::engine::snapshot::{PortEntry, SubnetEntry, UplinkEntry};
 use crate::port::PortId;
 use crate::wire::icmp_error::{self, DEFAULT_TTL, Kind, Repr};
 use crate::wire::ipv4::OwnHeader;
+
+/// Where the ICMP errors about a packet go, and which of the switch's addresses sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorPath {
+    /// The port (or uplink) the packet came from: errors go back there.
+    pub to: PortId,
+    /// The MAC the packet came from: the errors' destination MAC.
+    pub sender_mac: [u8; 6],
+    /// The switch's address the errors come from.
+    pub source: Ipv4Addr,
+    /// The switch's MAC on that link.
+    pub source_mac: [u8; 6],
+    /// The sender's subnet, when it is one (its broadcast address is not a host and gets no
+    /// error).
+    pub cidr: Option<Ipv4Net>,
+}
+
+impl ErrorPath {
+    /// Errors about a packet from port `to` of `subnet`: from the subnet's gateway.
+    pub fn subnet(to: PortId, sender_mac: [u8; 6], subnet: &SubnetEntry) -> ErrorPath {
+        ErrorPath {
+            to,
+            sender_mac,
+            source: subnet.gateway,
+            source_mac: subnet.gateway_mac,
+            cidr: Some(subnet.cidr),
+        }
+    }
+
+    /// Errors about a packet received on the uplink for `address` (one of the switch's
+    /// addresses there): from that address, back to the neighbour that sent it.
+    pub fn uplink(uplink: &UplinkEntry, sender_mac: [u8; 6], address: Ipv4Addr) -> ErrorPath {
+        ErrorPath {
+            to: uplink.id,
+            sender_mac,
+            source: address,
+            source_mac: uplink.mac,
+            cidr: None,
+        }
+    }
+}
 
 /// Handles an IPv4 packet from `ingress` (in `subnet`) addressed to `address`, one of the
 /// switch's gateway addresses. `frame` is the whole received frame.
@@ -63,7 +109,14 @@ pub fn to_gateway(
         Verdict::drop(DropReason::ToGateway)
     };
     match ip.next_header() {
-        IpProtocol::Icmp if !fragment => echo_reply(ingress, subnet, parsed, &ip, address, out),
+        IpProtocol::Icmp if !fragment => echo_reply(
+            out,
+            ingress.id,
+            parsed.src_mac,
+            subnet.gateway_mac,
+            &ip,
+            address,
+        ),
         // A fragmented echo request would need reassembly: not served.
         IpProtocol::Icmp | IpProtocol::Tcp => Verdict::drop(DropReason::ToGateway),
         IpProtocol::Udp => unreachable(Kind::PortUnreachable, out),
@@ -71,14 +124,16 @@ pub fn to_gateway(
     }
 }
 
-/// Answers an echo request (other ICMP to a gateway is dropped).
-fn echo_reply(
-    ingress: &PortEntry,
-    subnet: &SubnetEntry,
-    parsed: &Parsed,
+/// Answers an echo request `ip` sent to the switch's `address`: the reply goes to port `to`,
+/// from `src_mac` to `dst_mac` (other ICMP is dropped as `l3.to_gateway`, a bad checksum as
+/// `l3.bad_checksum`).
+pub fn echo_reply(
+    out: &mut Output,
+    to: PortId,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
     ip: &Ipv4Packet<&[u8]>,
     address: Ipv4Addr,
-    out: &mut Output,
 ) -> Verdict {
     let message = ip.payload();
     let Ok(request) = Icmpv4Packet::new_checked(message) else {
@@ -102,12 +157,12 @@ fn echo_reply(
     let len = ETHERNET_HEADER_LEN + header.buffer_len();
     let Some(buf) = out
         .generated
-        .push_ethernet(len, Verdict::Forward(ingress.id), Origin::Switch)
+        .push_ethernet(len, Verdict::Forward(to), Origin::Switch)
     else {
         return Verdict::drop(DropReason::NoBuffer);
     };
     let (ethernet, packet) = buf.split_at_mut(ETHERNET_HEADER_LEN);
-    emit_ethernet(ethernet, parsed.src_mac, subnet.gateway_mac);
+    emit_ethernet(ethernet, dst_mac, src_mac);
     if !header.emit(packet) {
         out.generated.pop();
         return Verdict::drop(DropReason::NoBuffer);
@@ -145,15 +200,28 @@ pub fn send_error(
     sender_mac: [u8; 6],
     original: &[u8],
 ) -> bool {
-    if !icmp_error::may_send_error(original, is_group(sender_mac)) {
+    let path = ErrorPath::subnet(to, sender_mac, subnet);
+    send_error_via(out, now_ms, kind, &path, original)
+}
+
+/// [`send_error`] along any [`ErrorPath`] (a subnet's, or the uplink's).
+pub fn send_error_via(
+    out: &mut Output,
+    now_ms: u64,
+    kind: Kind,
+    path: &ErrorPath,
+    original: &[u8],
+) -> bool {
+    if !icmp_error::may_send_error(original, is_group(path.sender_mac)) {
         return false;
     }
     let Ok(ip) = Ipv4Packet::new_checked(original) else {
         return false;
     };
     // The subnet-directed broadcast is not a single host either (RFC 1812 4.3.2.7).
-    let directed_broadcast =
-        subnet.cidr.prefix_len() < 31 && ip.src_addr() == subnet.cidr.broadcast();
+    let directed_broadcast = path
+        .cidr
+        .is_some_and(|cidr| cidr.prefix_len() < 31 && ip.src_addr() == cidr.broadcast());
     if directed_broadcast {
         return false;
     }
@@ -162,18 +230,18 @@ pub fn send_error(
         return false;
     }
     let ident = out.next_ident();
-    let Some(repr) = Repr::about(kind, subnet.gateway, ident, original) else {
+    let Some(repr) = Repr::about(kind, path.source, ident, original) else {
         return false;
     };
     let len = ETHERNET_HEADER_LEN + Repr::buffer_len(original.len());
     let Some(buf) = out
         .generated
-        .push_ethernet(len, Verdict::Forward(to), Origin::Switch)
+        .push_ethernet(len, Verdict::Forward(path.to), Origin::Switch)
     else {
         return false;
     };
     let (ethernet, packet) = buf.split_at_mut(ETHERNET_HEADER_LEN);
-    emit_ethernet(ethernet, sender_mac, subnet.gateway_mac);
+    emit_ethernet(ethernet, path.sender_mac, path.source_mac);
     if repr.emit(original, packet).is_none() {
         out.generated.pop();
         return false;

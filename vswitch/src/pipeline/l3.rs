@@ -10,7 +10,10 @@
 //! 3. broadcast, multicast, loopback and unspecified destinations are not routed, nor, once
 //!    the route is known, the egress subnet's broadcast address (RFC 1812 5.3.5, 5.3.7)
 //!    (`l3.bad_destination`);
-//! 4. no route: ICMP net unreachable (type 3 code 0), `l3.no_route`;
+//! 4. no route: with an uplink, the packet goes to [`nat`](super::nat) (conntrack and
+//!    masquerade, then forwarding out of the uplink by the steps below, with the uplink as
+//!    the egress link and its gateway as the next hop); without one, or when NAT has no
+//!    address for the Network, ICMP net unreachable (type 3 code 0), `l3.no_route`;
 //! 5. TTL <= 1: ICMP time exceeded (type 11 code 0) from the ingress gateway, so traceroute
 //!    shows it, `l3.ttl_expired`;
 //! 6. MTU of the egress subnet: a packet larger than it with DF set gets ICMP fragmentation
@@ -28,8 +31,13 @@
 //!    [`service_held`], which releases the packet once answered or drops it with
 //!    `l3.arp_timeout` and ICMP host unreachable);
 //! 9. the destination MAC becomes the next hop's, and the [`l2`] decision in the egress
-//!    subnet picks the port (learned, else flood). A packet that needs fragmenting has its
-//!    partial checksum completed, then each fragment is sent as a generated frame.
+//!    subnet picks the port (learned, else flood); on the uplink, its queue. A packet that
+//!    needs fragmenting has its partial checksum completed, then each fragment is sent as a
+//!    generated frame.
+//!
+//! Steps 5 to 9 are [`forward`], shared with [`nat`](super::nat): a NATed packet is checked
+//! (TTL, MTU: errors quote it as its sender sent it), then translated, then rewritten and
+//! fragmented (NAT refuses fragments, so it translates first).
 //!
 //! Routed traffic from a port's own address confirms that sender as a neighbour (port
 //! security makes the address and MAC trustworthy), so replies need no ARP.
@@ -44,18 +52,21 @@ use smoltcp::wire::{
 };
 
 use super::generated::Origin;
+use super::icmp::ErrorPath;
 use super::parse::{L3, Parsed};
 use super::{Context, DropCause, Local, Output, Verdict, arp, icmp, l2, tx};
 use crate::engine::counters::Event;
 use crate::engine::held::{HOLD_MS, Held, HeldQueue, HoldError};
 use crate::engine::neigh::{Confirmation, Resolution, Solicit};
-use crate::engine::snapshot::{NextHop, PortEntry, SubnetEntry};
+use crate::engine::snapshot::{
+    NetworkId, NextHop, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
+};
 use crate::port::PortId;
 use crate::wire::checksum::complete_partial_checksum;
 use crate::wire::icmp_error::Kind;
 use crate::wire::ipv4::{FragmentError, Fragmenter, decrement_ttl};
 use crate::wire::vnet_hdr::flags;
-use crate::wire::{VNET_HDR_LEN, VnetGsoKind, VnetPacket};
+use crate::wire::{VNET_HDR_LEN, VnetChecksum, VnetGsoKind, VnetPacket};
 
 keyed_enum! {
     /// Why `l3` (or `arp`, `icmp`) dropped a frame.
@@ -67,7 +78,7 @@ keyed_enum! {
         BadDestination = "l3.bad_destination":
             "routed packet to a broadcast, multicast, loopback, unspecified or subnet-broadcast address",
         NoRoute = "l3.no_route":
-            "no route to the destination in the ingress port's Network (ICMP net unreachable sent)",
+            "no route to the destination in the ingress port's Network (or in a NATed flow's egress Network), and no NAT to the outside for it (ICMP net unreachable sent)",
         TtlExpired = "l3.ttl_expired":
             "TTL 1 or 0 on a packet to be routed (ICMP time exceeded sent)",
         MtuExceeded = "l3.mtu_exceeded":
@@ -102,7 +113,7 @@ pub fn ip_bounds(frame: &[u8]) -> Option<(usize, usize)> {
 
 /// Destinations never routed: limited broadcast, multicast, loopback, unspecified, 0/8 and
 /// class E (RFC 1812 5.3.7 "martian" addresses).
-fn is_martian(destination: Ipv4Addr) -> bool {
+pub fn is_martian(destination: Ipv4Addr) -> bool {
     let first = destination.octets()[0];
     first == 0 || first == 127 || first >= 224
 }
@@ -117,6 +128,97 @@ fn gso_headers(ip: &Ipv4Packet<&[u8]>, kind: VnetGsoKind) -> usize {
     usize::from(ip.header_len()) + l4
 }
 
+/// The L2 segment a routed packet leaves on.
+#[derive(Debug, Clone, Copy)]
+pub enum Link<'a> {
+    /// A subnet: the [`l2`] decision there picks the port.
+    Subnet(&'a SubnetEntry),
+    /// The uplink, toward the outside.
+    Uplink(&'a UplinkEntry),
+}
+
+impl Link<'_> {
+    /// The segment id its neighbours (and held packets) are kept under.
+    pub fn segment(self) -> SubnetId {
+        match self {
+            Link::Subnet(subnet) => subnet.id,
+            Link::Uplink(uplink) => uplink.segment,
+        }
+    }
+
+    /// Its MTU: packets routed onto it must fit.
+    pub fn mtu(self) -> u16 {
+        match self {
+            Link::Subnet(subnet) => subnet.mtu,
+            Link::Uplink(uplink) => uplink.mtu,
+        }
+    }
+
+    /// The switch's MAC on it: the source of routed frames.
+    pub fn mac(self) -> [u8; 6] {
+        match self {
+            Link::Subnet(subnet) => subnet.gateway_mac,
+            Link::Uplink(uplink) => uplink.mac,
+        }
+    }
+
+    /// The link with segment id `segment` in `snapshot`: a subnet, or the uplink's segment.
+    pub fn find(snapshot: &Snapshot, segment: SubnetId) -> Option<Link<'_>> {
+        if let Some(subnet) = snapshot.subnet(segment) {
+            return Some(Link::Subnet(subnet));
+        }
+        snapshot
+            .uplink
+            .as_ref()
+            .filter(|uplink| uplink.segment == segment)
+            .map(Link::Uplink)
+    }
+}
+
+/// The longest-prefix match for `destination` in `network`: the egress subnet and the next
+/// hop on it. `None` when there is no route, the route leads nowhere in this snapshot, or
+/// through the switch itself (which would loop).
+pub fn lookup(
+    snapshot: &Snapshot,
+    network: NetworkId,
+    destination: Ipv4Addr,
+) -> Option<(&RouteEntry, &SubnetEntry, Ipv4Addr)> {
+    let route = snapshot.network(network)?.lookup(destination)?;
+    let egress = snapshot.subnet(route.subnet)?;
+    let next_hop = match route.next_hop {
+        NextHop::Direct => destination,
+        NextHop::Via(address) => address,
+    };
+    Some((route, egress, next_hop))
+}
+
+/// Records that the sender of a routed packet from `ingress` is a neighbour on `subnet` (port
+/// security made its address and MAC trustworthy), so replies need no ARP.
+pub fn confirm_sender(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &Parsed,
+    out: &mut Output,
+) {
+    let L3::Ipv4 { src, .. } = parsed.l3 else {
+        return;
+    };
+    if !ingress.ips.contains(&src) {
+        return;
+    }
+    let confirmation = ctx
+        .neighbors
+        .confirm(subnet.id, src, parsed.src_mac, ctx.now_ms, true);
+    if matches!(
+        confirmation,
+        Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
+    ) {
+        out.events.add(Event::NeighborLearned);
+        out.neighbor_resolved |= confirmation == Confirmation::Resolved;
+    }
+}
+
 /// Routes an IPv4 frame from `ingress` (in `subnet`) that was sent to the gateway MAC (see
 /// the module docs). The frame is rewritten in place; the verdict says where it goes, or
 /// whether it was consumed (held, fragmented, answered) or dropped.
@@ -128,7 +230,7 @@ pub fn route(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Verdict {
-    let L3::Ipv4 { src, dst, .. } = parsed.l3 else {
+    let L3::Ipv4 { dst, .. } = parsed.l3 else {
         return Verdict::drop(DropReason::NotIpv4);
     };
     let now = ctx.now_ms;
@@ -156,12 +258,19 @@ pub fn route(
     if is_martian(dst) {
         return Verdict::drop(DropReason::BadDestination);
     }
-    let original = &frame[start..end];
-    let error = |kind: Kind, out: &mut Output| {
-        icmp::send_error(out, now, kind, subnet, ingress.id, parsed.src_mac, original);
-    };
+    let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
     let (Some(route), Some(egress)) = (route, egress) else {
-        error(Kind::NetUnreachable, &mut local.out);
+        // Outside every Network's routes: the uplink, through NAT, when there is one.
+        if ctx.snapshot.uplink.is_some() {
+            return super::nat::outbound(ctx, ingress, subnet, parsed, frame, local);
+        }
+        icmp::send_error_via(
+            &mut local.out,
+            now,
+            Kind::NetUnreachable,
+            &errors,
+            &frame[start..end],
+        );
         return Verdict::drop(DropReason::NoRoute);
     };
     if egress.cidr.prefix_len() < 31 && dst == egress.cidr.broadcast() {
@@ -173,16 +282,68 @@ pub fn route(
     };
     if next_hop == egress.gateway {
         // A route through the switch itself would loop.
-        error(Kind::NetUnreachable, &mut local.out);
+        icmp::send_error_via(
+            &mut local.out,
+            now,
+            Kind::NetUnreachable,
+            &errors,
+            &frame[start..end],
+        );
         return Verdict::drop(DropReason::NoRoute);
     }
+    let hop = Hop {
+        link: Link::Subnet(egress),
+        next_hop,
+    };
+    forward(ctx, &errors, hop, parsed, frame, local, None, |ctx, out| {
+        confirm_sender(ctx, ingress, subnet, parsed, out);
+    })
+}
+
+/// Where a routed packet goes next: a link and the neighbour on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The egress link.
+    pub link: Link<'a>,
+    /// The neighbour the frame is addressed to (the destination itself when on-link).
+    pub next_hop: Ipv4Addr,
+}
+
+/// Forwards an IPv4 frame whose route is decided (steps 5 to 9 of the module docs): TTL and
+/// MTU checks against `hop`'s link (ICMP errors about the packet as received go along
+/// `errors`), then `accepted` (the packet will be forwarded: confirm its sender), then the
+/// rewrite: the NAT `translation` if any (to its target tuple, before fragmenting: NAT
+/// refuses fragments), TTL, MACs, neighbour resolution (hold while unresolved), delivery.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    ctx: &Context<'_>,
+    errors: &ErrorPath,
+    hop: Hop<'_>,
+    parsed: &Parsed,
+    frame: &mut [u8],
+    local: &mut Local,
+    translation: Option<&::nat::Tuple>,
+    accepted: impl FnOnce(&Context<'_>, &mut Output),
+) -> Verdict {
+    let now = ctx.now_ms;
+    let Some((start, end)) = ip_bounds(frame) else {
+        return Verdict::drop(DropReason::NotIpv4);
+    };
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[start..end]) else {
+        return Verdict::drop(DropReason::NotIpv4);
+    };
+    let original = &frame[start..end];
+    let error = |kind: Kind, out: &mut Output| {
+        icmp::send_error_via(out, now, kind, errors, original);
+    };
     if ip.hop_limit() <= 1 {
         error(Kind::TtlExceeded, &mut local.out);
         return Verdict::drop(DropReason::TtlExpired);
     }
-    let mtu = usize::from(egress.mtu);
+    let link = hop.link;
+    let mtu = usize::from(link.mtu());
     let too_big = Kind::FragmentationNeeded {
-        next_hop_mtu: egress.mtu,
+        next_hop_mtu: link.mtu(),
     };
     let mut gso_size = None;
     match parsed.vnet.gso {
@@ -208,45 +369,46 @@ pub fn route(
             }
         }
     }
-    if ingress.ips.contains(&src) {
-        let confirmation = ctx
-            .neighbors
-            .confirm(subnet.id, src, parsed.src_mac, now, true);
-        if matches!(
-            confirmation,
-            Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
-        ) {
-            local.out.events.add(Event::NeighborLearned);
-            local.out.neighbor_resolved |= confirmation == Confirmation::Resolved;
-        }
-    }
+    accepted(ctx, &mut local.out);
 
     // Rewrite: from here on the frame is the routed one.
+    if let Some(target) = translation {
+        let mode = match parsed.vnet.checksum {
+            VnetChecksum::Partial { .. } => ::nat::ChecksumMode::Partial,
+            VnetChecksum::None | VnetChecksum::Validated => ::nat::ChecksumMode::Full,
+        };
+        if let Err(error) = ::nat::translate(&mut frame[start..end], target, mode) {
+            return Verdict::Drop(super::nat::translate_cause(error));
+        }
+        local.out.events.add(Event::NatTranslated);
+    }
     if let Some(size) = gso_size {
         VnetPacket::new_unchecked(&mut frame[..]).set_gso_size(size);
         local.out.events.add(Event::GsoResized);
     }
     decrement_ttl(&mut Ipv4Packet::new_unchecked(&mut frame[start..end]));
     let mut ethernet = EthernetFrame::new_unchecked(&mut frame[VNET_HDR_LEN..]);
-    ethernet.set_src_addr(EthernetAddress(egress.gateway_mac));
-    match ctx.neighbors.resolve(egress.id, next_hop, now) {
+    ethernet.set_src_addr(EthernetAddress(link.mac()));
+    let next_hop = hop.next_hop;
+    match ctx.neighbors.resolve(link.segment(), next_hop, now) {
         Resolution::Known { mac, probe } => {
             if probe {
-                arp::request(ctx, &mut local.out, egress, next_hop, Some(mac));
+                arp::request(ctx, &mut local.out, link, next_hop, Some(mac));
             }
             ethernet.set_dst_addr(EthernetAddress(mac));
-            deliver(ctx, ingress.id, egress, frame, &mut local.out)
+            deliver(ctx, errors.to, link, frame, &mut local.out)
         }
         Resolution::Unresolved { solicit } => {
             if solicit {
-                arp::request(ctx, &mut local.out, egress, next_hop, None);
+                arp::request(ctx, &mut local.out, link, next_hop, None);
             }
             let held = Held {
-                subnet: egress.id,
+                subnet: link.segment(),
                 next_hop,
-                ingress: ingress.id,
-                sender_mac: parsed.src_mac,
+                ingress: errors.to,
+                sender_mac: errors.sender_mac,
                 deadline_ms: now.saturating_add(HOLD_MS),
+                translated: translation.is_some(),
             };
             match local.held.hold(held, frame) {
                 Ok(()) => {
@@ -263,21 +425,24 @@ pub fn route(
     }
 }
 
-/// Sends a routed frame (TTL decremented, both MACs rewritten) into `egress`: the [`l2`]
-/// decision, and fragmentation when it is larger than the egress MTU (DF is clear then:
-/// [`route`] checked). The verdict is for the frame itself; fragments go to
-/// `out.generated` and the frame is [`Verdict::Consumed`].
+/// Sends a routed frame (TTL decremented, both MACs rewritten) onto `link`: in a subnet the
+/// [`l2`] decision, on the uplink its queue; and fragmentation when it is larger than the
+/// link's MTU (DF is clear then: [`forward`] checked). The verdict is for the frame itself;
+/// fragments go to `out.generated` and the frame is [`Verdict::Consumed`].
 pub fn deliver(
     ctx: &Context<'_>,
     ingress: PortId,
-    egress: &SubnetEntry,
+    link: Link<'_>,
     frame: &mut [u8],
     out: &mut Output,
 ) -> Verdict {
     let Ok(ethernet) = EthernetFrame::new_checked(&frame[VNET_HDR_LEN..]) else {
         return Verdict::drop(DropReason::NotIpv4);
     };
-    let verdict = l2::destination(ctx, egress, ethernet.dst_addr().0, Some(ingress));
+    let verdict = match link {
+        Link::Subnet(egress) => l2::destination(ctx, egress, ethernet.dst_addr().0, Some(ingress)),
+        Link::Uplink(uplink) => Verdict::Forward(uplink.id),
+    };
     if let Verdict::Drop(_) = verdict {
         return verdict;
     }
@@ -287,7 +452,7 @@ pub fn deliver(
     let Ok(vnet) = VnetPacket::new_checked(&frame[..]) else {
         return Verdict::drop(DropReason::NotIpv4);
     };
-    let mtu = usize::from(egress.mtu);
+    let mtu = usize::from(link.mtu());
     if vnet.is_gso() || end - start <= mtu {
         out.events.add(Event::Routed);
         return verdict;
@@ -346,9 +511,10 @@ pub fn deliver(
 /// Works through a worker's held packets (call it when [`HeldQueue`] is not empty, at least
 /// every few tens of milliseconds, and after an ARP answer): packets whose next hop is now
 /// known are sent (into `local.out.generated`), those past their deadline are dropped with
-/// `l3.arp_timeout` (counted through `on_drop` on their ingress port) and get ICMP host
-/// unreachable, and ARP requests are retransmitted when due. A packet that does not fit the
-/// generated frames any more stays held for the next call.
+/// `l3.arp_timeout` (`nat.no_gateway_mac` on the uplink; counted through `on_drop` on their
+/// ingress port) and get ICMP host unreachable (unless NAT rewrote them: the sender would not
+/// recognise the quote), and ARP requests are retransmitted when due. A packet that does not
+/// fit the generated frames any more stays held for the next call.
 pub fn service_held(
     ctx: &Context<'_>,
     local: &mut Local,
@@ -396,7 +562,7 @@ fn service_one(
     let Some((packet, frame)) = held.get(index) else {
         return Serviced::Kept;
     };
-    let Some(egress) = ctx.snapshot.subnet(packet.subnet) else {
+    let Some(link) = Link::find(ctx.snapshot, packet.subnet) else {
         return Serviced::Done(Some(DropReason::NoRoute.into()));
     };
     if let Some(mac) = ctx.neighbors.lookup(packet.subnet, packet.next_hop) {
@@ -405,7 +571,7 @@ fn service_one(
             return Serviced::Full;
         }
         EthernetFrame::new_unchecked(&mut frame[VNET_HDR_LEN..]).set_dst_addr(EthernetAddress(mac));
-        return match deliver(ctx, packet.ingress, egress, frame, out) {
+        return match deliver(ctx, packet.ingress, link, frame, out) {
             Verdict::Drop(DropCause::L3(DropReason::NoBuffer)) => Serviced::Full,
             Verdict::Drop(cause) => Serviced::Done(Some(cause)),
             Verdict::Consumed => {
@@ -426,7 +592,7 @@ fn service_one(
         let sender_subnet = ctx
             .snapshot
             .port(packet.ingress)
-            .filter(|port| port.mac == packet.sender_mac)
+            .filter(|port| port.mac == packet.sender_mac && !packet.translated)
             .and_then(|port| ctx.snapshot.subnet(port.subnet));
         if let (Some(subnet), Some((start, end))) = (sender_subnet, ip_bounds(frame)) {
             icmp::send_error(
@@ -439,10 +605,14 @@ fn service_one(
                 &frame[start..end],
             );
         }
-        return Serviced::Done(Some(DropReason::ArpTimeout.into()));
+        let cause = match link {
+            Link::Subnet(_) => DropCause::from(DropReason::ArpTimeout),
+            Link::Uplink(_) => DropCause::from(super::nat::DropReason::NoGatewayMac),
+        };
+        return Serviced::Done(Some(cause));
     }
     if ctx.neighbors.solicit(packet.subnet, packet.next_hop, now) == Solicit::Send {
-        arp::request(ctx, out, egress, packet.next_hop, None);
+        arp::request(ctx, out, link, packet.next_hop, None);
     }
     Serviced::Kept
 }

@@ -10,6 +10,14 @@
 //!   to the [`l2`] decision in the egress subnet;
 //! - [`l2`] forwarding in the ingress subnet.
 //!
+//! When the Network has no route for a destination and the node has an uplink, [`l3`] hands
+//! the packet to [`nat`]: conntrack, the NAT decision, translation, then forwarding in the
+//! flow's egress zone (out of the uplink, or back into a Network for hairpinning).
+//!
+//! A frame received on the uplink goes through [`process_uplink`] instead: [`parse`] ->
+//! [`uplink`] (only frames to the switch's uplink MAC or broadcast; ARP for the addresses the
+//! switch owns there; IPv4 to those addresses) -> [`nat`] -> forwarding into a Network.
+//!
 //! The result is a [`Verdict`]: forward to one port, flood a subnet, consumed by the switch,
 //! or drop with a [`DropCause`] (a stage and its reason). Frames the switch emits itself
 //! (ARP and ICMP answers, fragments, held packets released later) go into the worker's
@@ -80,9 +88,11 @@ pub mod generated;
 pub mod icmp;
 pub mod l2;
 pub mod l3;
+pub mod nat;
 pub mod parse;
 pub mod port_security;
 pub mod tx;
+pub mod uplink;
 
 use core::fmt;
 
@@ -91,7 +101,7 @@ use crate::engine::fdb::{Fdb, Learn};
 use crate::engine::held::HeldQueue;
 use crate::engine::neigh::Neighbors;
 use crate::engine::ratelimit::TokenBucket;
-use crate::engine::snapshot::{PortEntry, Snapshot, SubnetId};
+use crate::engine::snapshot::{PortEntry, Snapshot, SubnetId, UplinkEntry};
 use crate::port::PortId;
 use generated::Generated;
 use parse::L3;
@@ -107,6 +117,12 @@ pub enum Stage {
     L2,
     /// [`l3`] (with [`arp`] and [`icmp`]): the switch as the subnets' router.
     L3,
+    /// [`uplink`]: frames received on the uplink.
+    Uplink,
+    /// [`nat`]: NAT decisions and translation.
+    Nat,
+    /// [`nat`]'s connection tracking.
+    Conntrack,
     /// [`tx`]: the egress port takes the frame.
     Tx,
 }
@@ -119,6 +135,9 @@ impl Stage {
             Stage::PortSecurity => "port_security",
             Stage::L2 => "l2",
             Stage::L3 => "l3",
+            Stage::Uplink => "uplink",
+            Stage::Nat => "nat",
+            Stage::Conntrack => "conntrack",
             Stage::Tx => "tx",
         }
     }
@@ -135,6 +154,12 @@ pub enum DropCause {
     L2(l2::DropReason),
     /// Dropped by [`l3`], [`arp`] or [`icmp`].
     L3(l3::DropReason),
+    /// Dropped by [`uplink`].
+    Uplink(uplink::DropReason),
+    /// Dropped by [`nat`].
+    Nat(nat::DropReason),
+    /// Dropped by [`nat`]'s connection tracking.
+    Conntrack(nat::ConntrackReason),
     /// Dropped by [`tx`] (or by the egress queue).
     Tx(tx::DropReason),
 }
@@ -143,7 +168,10 @@ const PARSE_BASE: usize = 0;
 const PORT_SECURITY_BASE: usize = PARSE_BASE + parse::DropReason::COUNT;
 const L2_BASE: usize = PORT_SECURITY_BASE + port_security::DropReason::COUNT;
 const L3_BASE: usize = L2_BASE + l2::DropReason::COUNT;
-const TX_BASE: usize = L3_BASE + l3::DropReason::COUNT;
+const UPLINK_BASE: usize = L3_BASE + l3::DropReason::COUNT;
+const NAT_BASE: usize = UPLINK_BASE + uplink::DropReason::COUNT;
+const CONNTRACK_BASE: usize = NAT_BASE + nat::DropReason::COUNT;
+const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
@@ -156,6 +184,9 @@ impl DropCause {
             DropCause::PortSecurity(_) => Stage::PortSecurity,
             DropCause::L2(_) => Stage::L2,
             DropCause::L3(_) => Stage::L3,
+            DropCause::Uplink(_) => Stage::Uplink,
+            DropCause::Nat(_) => Stage::Nat,
+            DropCause::Conntrack(_) => Stage::Conntrack,
             DropCause::Tx(_) => Stage::Tx,
         }
     }
@@ -167,6 +198,9 @@ impl DropCause {
             DropCause::PortSecurity(reason) => reason.key(),
             DropCause::L2(reason) => reason.key(),
             DropCause::L3(reason) => reason.key(),
+            DropCause::Uplink(reason) => reason.key(),
+            DropCause::Nat(reason) => reason.key(),
+            DropCause::Conntrack(reason) => reason.key(),
             DropCause::Tx(reason) => reason.key(),
         }
     }
@@ -178,6 +212,9 @@ impl DropCause {
             DropCause::PortSecurity(reason) => reason.description(),
             DropCause::L2(reason) => reason.description(),
             DropCause::L3(reason) => reason.description(),
+            DropCause::Uplink(reason) => reason.description(),
+            DropCause::Nat(reason) => reason.description(),
+            DropCause::Conntrack(reason) => reason.description(),
             DropCause::Tx(reason) => reason.description(),
         }
     }
@@ -189,6 +226,9 @@ impl DropCause {
             DropCause::PortSecurity(reason) => PORT_SECURITY_BASE + reason.index(),
             DropCause::L2(reason) => L2_BASE + reason.index(),
             DropCause::L3(reason) => L3_BASE + reason.index(),
+            DropCause::Uplink(reason) => UPLINK_BASE + reason.index(),
+            DropCause::Nat(reason) => NAT_BASE + reason.index(),
+            DropCause::Conntrack(reason) => CONNTRACK_BASE + reason.index(),
             DropCause::Tx(reason) => TX_BASE + reason.index(),
         }
     }
@@ -201,8 +241,22 @@ impl DropCause {
             .map(|&r| DropCause::PortSecurity(r));
         let l2 = l2::DropReason::ALL.iter().map(|&r| DropCause::L2(r));
         let l3 = l3::DropReason::ALL.iter().map(|&r| DropCause::L3(r));
+        let uplink = uplink::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::Uplink(r));
+        let nat = nat::DropReason::ALL.iter().map(|&r| DropCause::Nat(r));
+        let conntrack = nat::ConntrackReason::ALL
+            .iter()
+            .map(|&r| DropCause::Conntrack(r));
         let tx = tx::DropReason::ALL.iter().map(|&r| DropCause::Tx(r));
-        parse.chain(port_security).chain(l2).chain(l3).chain(tx)
+        parse
+            .chain(port_security)
+            .chain(l2)
+            .chain(l3)
+            .chain(uplink)
+            .chain(nat)
+            .chain(conntrack)
+            .chain(tx)
     }
 }
 
@@ -233,6 +287,24 @@ impl From<l2::DropReason> for DropCause {
 impl From<l3::DropReason> for DropCause {
     fn from(reason: l3::DropReason) -> DropCause {
         DropCause::L3(reason)
+    }
+}
+
+impl From<uplink::DropReason> for DropCause {
+    fn from(reason: uplink::DropReason) -> DropCause {
+        DropCause::Uplink(reason)
+    }
+}
+
+impl From<nat::DropReason> for DropCause {
+    fn from(reason: nat::DropReason) -> DropCause {
+        DropCause::Nat(reason)
+    }
+}
+
+impl From<nat::ConntrackReason> for DropCause {
+    fn from(reason: nat::ConntrackReason) -> DropCause {
+        DropCause::Conntrack(reason)
     }
 }
 
@@ -323,6 +395,9 @@ pub struct Output {
     pub events: EventTally,
     /// Set when an ARP answer resolved a neighbour other workers may hold packets for.
     pub neighbor_resolved: bool,
+    /// Set when a new NAT connection was refused for want of ports (the worker logs it,
+    /// rate-limited).
+    pub nat_exhausted: bool,
     /// The IP identification of the next packet the switch originates.
     ident: u16,
 }
@@ -355,6 +430,7 @@ impl Local {
                 icmp_limiter: TokenBucket::new(ICMP_BURST, ICMP_PER_SECOND),
                 events: EventTally::new(),
                 neighbor_resolved: false,
+                nat_exhausted: false,
                 ident: seed,
             },
             held: HeldQueue::new(),
@@ -394,6 +470,21 @@ pub fn process(
     Outcome { verdict, learn }
 }
 
+/// Runs the stages for one frame received on the uplink (see [`uplink`]): nothing is
+/// learned there; frames for the switch's addresses are answered or NATed and routed into a
+/// Network. `frame` is the `virtio_net_hdr` followed by the Ethernet frame.
+pub fn process_uplink(
+    ctx: &Context<'_>,
+    uplink: &UplinkEntry,
+    frame: &mut [u8],
+    local: &mut Local,
+) -> Outcome {
+    Outcome {
+        verdict: uplink::receive(ctx, uplink, frame, local),
+        learn: None,
+    }
+}
+
 /// Fixtures shared by the stage tests: frames as a container sends them, and a snapshot with
 /// two subnets.
 #[cfg(test)]
@@ -406,12 +497,12 @@ pub(crate) mod fixtures {
     use smoltcp::wire::{IpProtocol, Ipv4Packet};
 
     use super::generated::Origin;
-    use super::{Context, Local, Outcome, Verdict, process};
+    use super::{Context, Local, Outcome, Verdict, process, process_uplink};
     use crate::engine::fdb::Fdb;
     use crate::engine::neigh::Neighbors;
     use crate::engine::snapshot::{
         DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkEntry, NetworkId, NextHop, PortEntry,
-        RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId,
+        RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
     };
     use crate::port::{Capabilities, PortId, PortIo, PortKind};
     use crate::wire::VNET_HDR_LEN;
@@ -609,6 +700,93 @@ pub(crate) mod fixtures {
         routed_snapshot_with(Vec::new())
     }
 
+    /// Port id of the uplink in [`uplink_snapshot`].
+    pub const UPLINK: PortId = PortId(9);
+    /// The uplink's segment in [`uplink_snapshot`].
+    pub const UPLINK_SEGMENT: SubnetId = SubnetId(99);
+    /// The switch's MAC on the uplink.
+    pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x99, 0x01];
+    /// The uplink's gateway's MAC.
+    pub const OUTSIDE_GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x77, 0x01];
+    /// The uplink's gateway.
+    pub const OUTSIDE_GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    /// The NAT address (NATGateway of Network 0, and PortForward tcp/8080 -> port 2:80).
+    pub const NAT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    /// The virtual IP of port 4 (10.9.0.2).
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+    /// An uplink address nothing uses.
+    pub const SPARE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+    /// A server beyond the uplink's gateway.
+    pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+    /// The uplink of [`uplink_snapshot`]: 203.0.113.10/24, .20/24, .30/24, gateway .1.
+    pub fn uplink_entry() -> UplinkEntry {
+        UplinkEntry {
+            id: UPLINK,
+            name: "up".into(),
+            ifname: "eth9".into(),
+            mac: UPLINK_MAC,
+            addresses: ["203.0.113.10/24", "203.0.113.20/24", "203.0.113.30/24"]
+                .iter()
+                .map(|a| a.parse().expect("address"))
+                .collect(),
+            gateway: OUTSIDE_GW,
+            mtu: 1500,
+            segment: UPLINK_SEGMENT,
+            io: Arc::new(PortIo {
+                kind: PortKind::Veth,
+                queues: Vec::new(),
+                capabilities: Capabilities {
+                    vnet_hdr: true,
+                    tx_partial_csum: true,
+                    tx_gso: true,
+                    tun_offload_flags: 0,
+                },
+                host_ifname: Some("eth9".into()),
+            }),
+        }
+    }
+
+    /// NAT for Network 0: NATGateway 203.0.113.10, PortForward tcp 203.0.113.10:8080 ->
+    /// 172.30.0.3:80 (port 2), VirtualIP 203.0.113.20 -> 10.9.0.2 (port 4).
+    pub fn nat_rules() -> nat::NatRules {
+        let zone = nat::Zone(0);
+        let mut rules = nat::NatRules::new();
+        rules
+            .add_gateway(zone, nat::Gateway::new(vec![NAT_IP]))
+            .expect("gateway");
+        rules
+            .add_port_forward(nat::PortForward {
+                address: NAT_IP,
+                protocol: nat::Protocol::Tcp,
+                port: 8080,
+                zone,
+                target: nat::Endpoint::new(IP_B.into(), 80),
+            })
+            .expect("forward");
+        rules
+            .add_virtual_ip(nat::VirtualIp {
+                public: VIP,
+                zone,
+                private: IP_D,
+            })
+            .expect("vip");
+        rules
+    }
+
+    /// [`routed_snapshot`] with [`uplink_entry`], `rules` and a fresh conntrack table.
+    pub fn uplink_snapshot_with(rules: nat::NatRules) -> Snapshot {
+        let conntrack = Arc::new(nat::Conntrack::new(nat::ConntrackConfig::default()));
+        routed_snapshot()
+            .with_uplink(Some(uplink_entry()))
+            .with_nat(Arc::new(rules), conntrack)
+    }
+
+    /// [`uplink_snapshot_with`] [`nat_rules`].
+    pub fn uplink_snapshot() -> Snapshot {
+        uplink_snapshot_with(nat_rules())
+    }
+
     /// An IPv4 frame (plain virtio header) with `payload` after a 20-byte header; the header
     /// checksum is filled.
     #[allow(clippy::too_many_arguments)]
@@ -688,6 +866,16 @@ pub(crate) mod fixtures {
             local.out.generated.clear();
             let ingress = self.snapshot.port(PortId(port)).expect("fixture port");
             let outcome = process(&self.ctx(now_ms), ingress, &mut bytes, &mut local);
+            (outcome, bytes)
+        }
+
+        /// [`run`](Bench::run) for a frame received on the snapshot's uplink.
+        pub fn run_uplink(&self, frame: &[u8], now_ms: u64) -> (Outcome, Vec<u8>) {
+            let mut bytes = frame.to_vec();
+            let mut local = self.local.borrow_mut();
+            local.out.generated.clear();
+            let uplink = self.snapshot.uplink.as_ref().expect("fixture uplink");
+            let outcome = process_uplink(&self.ctx(now_ms), uplink, &mut bytes, &mut local);
             (outcome, bytes)
         }
 
