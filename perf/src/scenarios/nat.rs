@@ -33,18 +33,26 @@ table ip vsperf_nat {
 }
 ";
 
-/// The vswitch variant's NAT configuration (DESIGN.md: NATGateway, masquerade for a
-/// Network, NAT IPs).
+/// The vswitch variant's NAT configuration: o0 as the Uplink, where the switch owns
+/// 10.82.0.1 (the outside server is its on-link next hop), and a NATGateway masquerading the
+/// default Network behind that address.
 const NAT_GATEWAY: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: Uplink
+metadata:
+  name: perf
+spec:
+  interface: o0
+  addresses: [10.82.0.1/24]
+  gateway: 10.82.0.2
+---
 apiVersion: vswitch/v1alpha1
 kind: NATGateway
 metadata:
   name: perf
 spec:
   network: default
-  uplink: o0
-  natIPs:
-  - 10.82.0.1/24
+  ips: [10.82.0.1]
 ";
 
 /// Builds one variant of `nat`.

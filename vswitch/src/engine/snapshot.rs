@@ -354,4 +354,36 @@ mod tests {
         assert_eq!(hit("11.0.0.1"), None);
         assert_eq!(network.routes().count(), 2);
     }
+
+    proptest::proptest! {
+        /// The trie answers what a linear scan for the longest matching prefix answers.
+        #[test]
+        fn lookup_matches_a_linear_scan(
+            prefixes in proptest::collection::vec((proptest::prelude::any::<u32>(), 0u8..=32), 1..40),
+            probes in proptest::collection::vec(proptest::prelude::any::<u32>(), 1..60),
+        ) {
+            let routes: Vec<RouteEntry> = prefixes
+                .iter()
+                .enumerate()
+                .map(|(i, (addr, len))| RouteEntry {
+                    prefix: Ipv4Net::new(Ipv4Addr::from(*addr), *len).expect("len <= 32").trunc(),
+                    subnet: SubnetId(u32::try_from(i).expect("small")),
+                    next_hop: NextHop::Direct,
+                    origin: RouteOrigin::Connected,
+                })
+                .collect();
+            let network = NetworkEntry::new(NetworkId(0), "n".into(), routes.clone());
+            for probe in probes.iter().map(|p| Ipv4Addr::from(*p)) {
+                // First route wins among equal prefixes, as NetworkEntry::new documents.
+                let expected = routes
+                    .iter()
+                    .filter(|r| r.prefix.contains(&probe))
+                    .fold(None::<&RouteEntry>, |best, r| match best {
+                        Some(b) if b.prefix.prefix_len() >= r.prefix.prefix_len() => Some(b),
+                        _ => Some(r),
+                    });
+                proptest::prop_assert_eq!(network.lookup(probe).map(|r| r.subnet), expected.map(|r| r.subnet));
+            }
+        }
+    }
 }
