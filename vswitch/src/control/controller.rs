@@ -1461,51 +1461,53 @@ fn retire(io: Arc<PortIo>) -> Option<PortIo> {
     }
 }
 
-/// Assigns ids to new Subnets and frees those of deleted ones, then compiles and publishes
-/// the snapshot.
+/// Assigns ids to new Subnets and Networks and frees those of deleted ones, then compiles
+/// and publishes the snapshot.
 fn publish(engine: &Engine, inner: &mut Inner) {
-    let gone: Vec<String> = inner
-        .subnet_ids
-        .keys()
-        .filter(|name| !inner.state.subnets.contains_key(*name))
-        .cloned()
-        .collect();
-    for name in gone {
-        if let Some(id) = inner.subnet_ids.remove(&name) {
-            inner.subnet_id_pool.release(id.0);
-        }
-    }
-    let names: Vec<String> = inner.state.subnets.keys().cloned().collect();
-    for name in names {
-        if !inner.subnet_ids.contains_key(&name) {
-            if let Some(id) = inner.subnet_id_pool.allocate() {
-                inner.subnet_ids.insert(name, SubnetId(id));
-            }
-        }
-    }
-    let gone: Vec<String> = inner
-        .network_ids
-        .keys()
-        .filter(|name| !inner.state.networks.contains_key(*name))
-        .cloned()
-        .collect();
-    for name in gone {
-        if let Some(id) = inner.network_ids.remove(&name) {
-            inner.network_id_pool.release(id.0);
-        }
-    }
-    let names: Vec<String> = inner.state.networks.keys().cloned().collect();
-    for name in names {
-        if !inner.network_ids.contains_key(&name) {
-            if let Some(id) = inner.network_id_pool.allocate() {
-                inner.network_ids.insert(name, NetworkId(id));
-            }
-        }
-    }
+    sync_ids(
+        &mut inner.subnet_ids,
+        &mut inner.subnet_id_pool,
+        inner.state.subnets.keys(),
+        SubnetId,
+        |id| id.0,
+    );
+    sync_ids(
+        &mut inner.network_ids,
+        &mut inner.network_id_pool,
+        inner.state.networks.keys(),
+        NetworkId,
+        |id| id.0,
+    );
     let rules = nat_rules::compile(&inner.state, &inner.network_ids);
     // The same table in every snapshot of the run: connections survive reconfiguration.
     let conntrack = Arc::clone(&engine.current().conntrack);
     engine.publish(compile(inner).with_nat(Arc::new(rules), conntrack));
+}
+
+/// Makes `ids` hold exactly the names in `names`: ids of names that are gone go back to
+/// `pool`, new names get one from it (dense ids, reused after deletes).
+fn sync_ids<'a, Id: Copy>(
+    ids: &mut BTreeMap<String, Id>,
+    pool: &mut IdPool,
+    names: impl Iterator<Item = &'a String> + Clone,
+    make: fn(u32) -> Id,
+    raw: fn(Id) -> u32,
+) {
+    let wanted: std::collections::BTreeSet<&String> = names.collect();
+    ids.retain(|name, id| {
+        let keep = wanted.contains(name);
+        if !keep {
+            pool.release(raw(*id));
+        }
+        keep
+    });
+    for name in wanted {
+        if !ids.contains_key(name) {
+            if let Some(id) = pool.allocate() {
+                ids.insert(name.clone(), make(id));
+            }
+        }
+    }
 }
 
 /// The snapshot of the current state: every Subnet, and every opened port.
