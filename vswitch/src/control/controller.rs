@@ -1779,20 +1779,19 @@ mod tests {
             .collect()
     }
 
+    /// `base` with the documents of `text` applied, as validation plans it.
+    fn planned(base: &State, text: &str) -> State {
+        validate::plan(base, parse_documents(text).unwrap(), Mode::Apply)
+            .unwrap()
+            .next
+    }
+
     /// Writes a state holding the embedded default plus interfaces `specs` (as planned,
     /// never attached), as a daemon that attached them and was killed would leave it.
     fn seed(dir: &Path, interfaces: &str) {
         let (store, _) = Store::open(dir).unwrap();
-        let state = validate::plan(
-            &State::default(),
-            parse_documents(EMBEDDED_DEFAULT_CONFIG).unwrap(),
-            Mode::Apply,
-        )
-        .unwrap()
-        .next;
-        let mut state = validate::plan(&state, parse_documents(interfaces).unwrap(), Mode::Apply)
-            .unwrap()
-            .next;
+        let defaults = planned(&State::default(), EMBEDDED_DEFAULT_CONFIG);
+        let mut state = planned(&defaults, interfaces);
         for nic in state.network_interfaces.values_mut() {
             nic.status.state = InterfaceState::Up;
         }
@@ -2185,14 +2184,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
     /// Writes a state holding `text` (as planned; interfaces never attached).
     fn seed_state(dir: &Path, text: &str) {
         let (store, _) = Store::open(dir).unwrap();
-        let state = validate::plan(
-            &State::default(),
-            parse_documents(text).unwrap(),
-            Mode::Apply,
-        )
-        .unwrap()
-        .next;
-        store.save(&state).unwrap();
+        store.save(&planned(&State::default(), text)).unwrap();
     }
 
     /// Marks interface `name` up with a port that has no queues (workers skip it), and
