@@ -4,6 +4,8 @@
 //! headers such as VXLAN without copying), then the 10-byte `virtio_net_hdr`, then the
 //! Ethernet frame. Buffers are large enough for a 64 KiB GSO super-frame.
 
+use std::net::SocketAddrV4;
+
 use crate::wire::VNET_HDR_LEN;
 
 /// Free bytes kept before every frame for encapsulation (Ethernet + IPv6 + UDP + VXLAN = 70).
@@ -19,6 +21,9 @@ pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 14 + 65_536;
 pub struct RxBatch {
     bufs: Vec<Box<[u8]>>,
     lens: Vec<usize>,
+    /// The sender of each frame, for queues that receive datagrams (the VTEP's UDP socket):
+    /// the remote VTEP. Unspecified (`0.0.0.0:0`) for frames from ports.
+    peers: Vec<SocketAddrV4>,
     count: usize,
 }
 
@@ -30,6 +35,7 @@ impl RxBatch {
                 .map(|_| vec![0u8; HEADROOM + MAX_FRAME_LEN].into_boxed_slice())
                 .collect(),
             lens: vec![0; capacity],
+            peers: vec![SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0); capacity],
             count: 0,
         }
     }
@@ -77,7 +83,36 @@ impl RxBatch {
     pub fn commit(&mut self, len: usize) {
         assert!(self.count < self.bufs.len() && len <= MAX_FRAME_LEN);
         self.lens[self.count] = len;
+        self.peers[self.count] = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
         self.count += 1;
+    }
+
+    /// Like [`commit`](RxBatch::commit), for a frame received from `peer` (a datagram).
+    ///
+    /// # Panics
+    /// As [`commit`](RxBatch::commit).
+    pub fn commit_from(&mut self, len: usize, peer: SocketAddrV4) {
+        self.commit(len);
+        self.peers[self.count - 1] = peer;
+    }
+
+    /// The writable regions (after the headroom) of every free buffer, in order: the first
+    /// is the one [`next_slot`](RxBatch::next_slot) returns. For queues that receive several
+    /// frames in one system call (`recvmmsg`); commit them in the same order.
+    pub fn free_slots(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        self.bufs[self.count..]
+            .iter_mut()
+            .map(|buf| &mut buf[HEADROOM..])
+    }
+
+    /// The sender of frame `i` (see [`commit_from`](RxBatch::commit_from)); unspecified for
+    /// frames from ports.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn peer(&self, i: usize) -> SocketAddrV4 {
+        assert!(i < self.count);
+        self.peers[i]
     }
 
     /// Frame `i` (virtio header + Ethernet frame).

@@ -6,3 +6,4 @@ pub mod af_packet;
 pub mod netlink;
 pub mod netns;
 pub mod tap;
+pub mod udp;
