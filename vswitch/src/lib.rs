@@ -11,7 +11,10 @@
 //! - [`control`]: resources, validation, IPAM, persistence and the controller that turns
 //!   resources into ports and snapshots.
 //! - [`api`] and [`cli`]: the HTTP+JSON control socket and `vswitchctl`.
+//! - [`agent`]: the overlay agent: the hub's registration API on TCP, a runner's
+//!   registration and heartbeats.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod control;

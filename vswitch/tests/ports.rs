@@ -141,6 +141,7 @@ fn request(ns: &Netns, kind: PortKind) -> AttachRequest {
         mtu: 1400,
         addresses: vec![Ipv4Net::new(Ipv4Addr::new(172, 30, octet, 2), 24).unwrap()],
         gateway: Some(ns.gateway()),
+        routes: Vec::new(),
         queues: 2,
     }
 }
@@ -237,6 +238,7 @@ fn queue_fd(queue: &PortQueue) -> BorrowedFd<'_> {
     match queue {
         PortQueue::Tap(q) => q.as_fd(),
         PortQueue::Packet(s) => s.as_fd(),
+        PortQueue::Vxlan(q) => q.as_fd(),
     }
 }
 
@@ -412,6 +414,7 @@ fn attach_ping_reopen_detach(kind: PortKind) {
             let details = ns.ip_ok(&["-d", "link", "show", "dev", "eth0"]);
             assert!(details.contains("veth"), "a veth:\n{details}");
         }
+        PortKind::Vxlan => panic!("the VTEP is not attached as an interface"),
     }
     assert_configured(&ns, &req);
     assert_traffic(&ns, &io, &format!("{kind:?} attach"), 5);
@@ -526,6 +529,7 @@ mod tests {
                 mtu: 1500,
                 addresses: vec![],
                 gateway: None,
+                routes: Vec::new(),
                 queues: 2,
             };
             match port::attach(&req) {
@@ -785,7 +789,7 @@ mod tests {
             .iter()
             .map(|q| match &*q.lock() {
                 PortQueue::Packet(s) => s.truncated_frames(),
-                PortQueue::Tap(_) => 0,
+                PortQueue::Tap(_) | PortQueue::Vxlan(_) => 0,
             })
             .sum();
         eprintln!("veth frames dropped as truncated: {truncated}");

@@ -13,6 +13,7 @@
 //! | GET | `/v1/conntrack[?network=N][&count=true]` | 200 connections, or `{"count"}` |
 //! | DELETE | `/v1/conntrack[?network=N]` | 200 `{"flushed"}` |
 //! | GET | `/v1/nat` | 200 uplink addresses, ports in use, counters, drops |
+//! | GET | `/v1/overlay` | 200 the overlay: runners (hub), ID and plan (runner), peers (mesh) |
 //! | GET | `/v1/{kind}` | 200 array of resources |
 //! | POST | `/v1/{kind}` | 201 the created resource (body: one JSON resource) |
 //! | GET | `/v1/{kind}/{name}` | 200 the resource |
@@ -27,8 +28,10 @@
 //! - Request bodies are limited to [`MAX_BODY_BYTES`].
 
 mod error;
+pub mod hub;
 mod nat;
 mod node;
+mod overlay;
 mod resources;
 mod socket;
 
@@ -69,6 +72,9 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/neighbors", get(node::neighbors))
         .route("/v1/conntrack", get(nat::list).delete(nat::flush))
         .route("/v1/nat", get(nat::summary))
+        // A static segment wins over `/v1/{kind}`: the Overlay resources themselves are at
+        // `/v1/overlays`.
+        .route("/v1/overlay", get(overlay::view))
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
             "/v1/{kind}/{name}",
@@ -87,8 +93,8 @@ async fn not_found(method: Method, uri: Uri) -> ErrorResponse {
         StatusCode::NOT_FOUND,
         format!(
             "no endpoint {method} {}; the API serves /v1/version, /v1/apply, /v1/fdb, \
-             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/conntrack, /v1/nat, /v1/{{kind}} \
-             and /v1/{{kind}}/{{name}}",
+             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/conntrack, /v1/nat, /v1/overlay, \
+             /v1/{{kind}} and /v1/{{kind}}/{{name}}",
             uri.path()
         ),
     )

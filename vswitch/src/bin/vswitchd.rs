@@ -1,5 +1,6 @@
 //! `vswitchd`: the vswitch daemon. One per node; attaches containers, switches their traffic,
-//! and serves the control API on a Unix socket.
+//! and serves the control API on a Unix socket (on an overlay hub, also the runners'
+//! registration API on TCP).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -96,7 +97,17 @@ fn run(args: Args) -> Result<(), String> {
         workers,
         "vswitchd running"
     );
-    let served = runtime.block_on(listener.serve(Arc::clone(&controller), shutdown_signal()));
+    let served = runtime.block_on(async {
+        // The overlay agent (the hub's registration API, a runner's registration and
+        // heartbeats) starts once the controller is open and the control socket is bound, and
+        // stops before the controller does.
+        let agent = vswitch::agent::spawn(Arc::clone(&controller));
+        let served = listener
+            .serve(Arc::clone(&controller), shutdown_signal())
+            .await;
+        agent.shutdown().await;
+        served
+    });
     controller.shutdown();
     info!("vswitchd stopped");
     served.map_err(|e| e.to_string())

@@ -86,6 +86,10 @@ pub enum Command {
     /// Show NAT: the Uplink's addresses and who uses them, masquerade ports in use per
     /// interface, conntrack counters, drops by reason (non-zero ones; -o wide shows all).
     Nat(OutputArgs),
+    /// Show the VXLAN overlay: on a hub one row per runner (ID, name, address, VNI, subnet,
+    /// last seen, state); on a runner its ID, subnet, VNI, gateway, hub and state; on a mesh
+    /// node its peers.
+    Overlay(OutputArgs),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
 }
@@ -148,7 +152,7 @@ pub struct DetachArgs {
     pub name: String,
 }
 
-/// `fdb`, `stats` and `neighbors`.
+/// `fdb`, `stats`, `neighbors`, `nat` and `overlay`.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output format.

@@ -79,6 +79,7 @@ pub fn run(
         Command::Neighbors(args) => neighbors(&api, args, out, err),
         Command::Conntrack(args) => conntrack(&api, args, out, err),
         Command::Nat(args) => nat(&api, args, out),
+        Command::Overlay(args) => overlay(&api, args, out, err),
         Command::Version => version(&api, out),
     }
 }
@@ -131,6 +132,16 @@ fn display_kind(kind: &str) -> String {
         lower[..lower.len() - 1].to_owned()
     } else {
         lower
+    }
+}
+
+/// The path segment that lists a kind: the kind as typed, encoded, except `overlay`, whose
+/// singular path is the overlay view (`GET /v1/overlay`), not the list of Overlays.
+fn list_segment(kind: &str) -> String {
+    if kind.eq_ignore_ascii_case("overlay") {
+        "overlays".to_owned()
+    } else {
+        encode_segment(kind)
     }
 }
 
@@ -248,6 +259,7 @@ fn get(
             (value, items)
         }
         None => {
+            let kind = list_segment(&args.kind);
             let value = api.get(&format!("/v1/{kind}"))?;
             let Some(items) = value.as_array().cloned() else {
                 return Err(CliError::BadResponse(format!(
@@ -521,6 +533,35 @@ fn nat(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError
     )
 }
 
+/// A hint for a node without an Overlay.
+fn overlay_hint(error: CliError) -> CliError {
+    match error.status() {
+        Some(404) => error.with_hint(
+            "try: vswitchctl apply -f FILE with an Overlay (role hub, runner or mesh) to join \
+             an overlay",
+        ),
+        _ => error,
+    }
+}
+
+fn overlay(
+    api: &Api,
+    args: &OutputArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let value = api.get("/v1/overlay").map_err(overlay_hint)?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    match output::overlay_report(&value) {
+        output::OverlayReport::Text(text) => write(out, &text),
+        output::OverlayReport::NoRunners(note) => err
+            .write_all(format!("{note}\n").as_bytes())
+            .map_err(CliError::Output),
+    }
+}
+
 fn stats(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let value = api.get("/v1/stats")?;
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
@@ -556,6 +597,15 @@ mod tests {
         assert_eq!(display_kind("Networks"), "network");
         assert_eq!(display_kind("networkpolicies"), "networkpolicy");
         assert_eq!(display_kind("address"), "address");
+    }
+
+    #[test]
+    fn overlay_lists_at_the_plural_path() {
+        assert_eq!(list_segment("overlay"), "overlays");
+        assert_eq!(list_segment("Overlay"), "overlays");
+        assert_eq!(list_segment("overlays"), "overlays");
+        assert_eq!(list_segment("subnet"), "subnet");
+        assert_eq!(list_segment("a/b"), "a%2Fb");
     }
 
     fn refusal(status: u16, field: Option<&str>) -> CliError {

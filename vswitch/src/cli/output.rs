@@ -965,6 +965,124 @@ pub fn to_yaml(value: &Value) -> Result<String, String> {
     Ok(text)
 }
 
+/// What `vswitchctl overlay` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayReport {
+    /// The text for standard output.
+    Text(String),
+    /// A hub without runners: a note for standard error (nothing on standard output).
+    NoRunners(String),
+}
+
+/// `KEY   value` lines, keys padded to the widest (for one-object reports).
+pub fn key_values(pairs: &[(&str, String)]) -> String {
+    let width = pairs
+        .iter()
+        .map(|(key, _)| key.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut text = String::new();
+    for (key, value) in pairs {
+        let pad = width - key.chars().count() + COLUMN_GAP;
+        let _ = writeln!(text, "{key}{}{value}", " ".repeat(pad));
+    }
+    text
+}
+
+/// Seconds since a runner was last heard from, as `3s ago` (`-` when unknown).
+fn last_seen(row: &Value) -> String {
+    row.get("lastSeenSecondsAgo")
+        .and_then(Value::as_u64)
+        .map_or_else(|| NONE.to_owned(), |s| format!("{} ago", format_age(s)))
+}
+
+/// Where a runner's hub is: `ADDRESS:PORT` from `{"address", "apiPort"}`, or the value as is.
+fn hub_endpoint(hub: Option<&Value>) -> String {
+    match hub {
+        Some(Value::Object(map)) => {
+            let address = cell(map.get("address"));
+            match map.get("apiPort").filter(|port| !port.is_null()) {
+                Some(port) => format!("{address}:{}", cell(Some(port))),
+                None => address,
+            }
+        }
+        other => cell(other),
+    }
+}
+
+/// The hub's runners: ID NAME ADDRESS VNI SUBNET LAST-SEEN STATE.
+pub fn overlay_runners_table(view: &Value) -> Table {
+    let mut table = Table::new(&[
+        "ID",
+        "NAME",
+        "ADDRESS",
+        "VNI",
+        "SUBNET",
+        "LAST-SEEN",
+        "STATE",
+    ]);
+    for row in rows(view, "runners") {
+        table.push(vec![
+            at(row, &["/id"]),
+            at(row, &["/name"]),
+            at(row, &["/address"]),
+            at(row, &["/vni"]),
+            at(row, &["/subnet"]),
+            last_seen(row),
+            at(row, &["/state"]),
+        ]);
+    }
+    table
+}
+
+/// The `overlay` report of `GET /v1/overlay`: on a hub one row per runner; on a runner its
+/// ID, subnet, VNI, gateway, hub, state and message; on a mesh node its address, peers and
+/// state.
+pub fn overlay_report(view: &Value) -> OverlayReport {
+    let role = view.get("role").and_then(Value::as_str).unwrap_or_default();
+    match role {
+        "hub" => {
+            let table = overlay_runners_table(view);
+            if table.is_empty() {
+                OverlayReport::NoRunners("no runners have registered with this hub yet".to_owned())
+            } else {
+                OverlayReport::Text(table.render())
+            }
+        }
+        "runner" => OverlayReport::Text(key_values(&[
+            ("ID", at(view, &["/id"])),
+            ("SUBNET", at(view, &["/subnet"])),
+            ("VNI", at(view, &["/vni"])),
+            ("GATEWAY", at(view, &["/gateway"])),
+            ("HUB", hub_endpoint(view.get("hub"))),
+            ("STATE", at(view, &["/state"])),
+            ("MESSAGE", at(view, &["/message"])),
+        ])),
+        "mesh" => OverlayReport::Text(key_values(&[
+            ("ROLE", "mesh".to_owned()),
+            ("NAME", at(view, &["/name"])),
+            ("LOCAL-ADDRESS", at(view, &["/localAddress"])),
+            ("PEERS", at(view, &["/peers"])),
+            ("STATE", at(view, &["/state"])),
+            ("MESSAGE", at(view, &["/message"])),
+        ])),
+        // A role this CLI does not know (a newer daemon): every top-level field.
+        _ => {
+            let pairs: Vec<(String, String)> = view
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| (key.to_ascii_uppercase(), cell(Some(value))))
+                .collect();
+            let borrowed: Vec<(&str, String)> = pairs
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.clone()))
+                .collect();
+            OverlayReport::Text(key_values(&borrowed))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1485,5 +1603,98 @@ Status:
         );
         assert_eq!(to_yaml(&json!([])).expect("yaml"), "[]\n");
         assert_eq!(to_json(&json!({"a": 1})), "{\n  \"a\": 1\n}\n");
+    }
+
+    #[test]
+    fn overlay_hub_table() {
+        let view = json!({
+            "role": "hub", "name": "hub", "localAddress": "192.168.50.1",
+            "runners": [
+                {"id": 1, "name": "runner-a", "address": "192.168.50.2", "vni": 101,
+                 "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "Online"},
+                {"id": 12, "name": "b", "address": "192.168.50.3", "vni": 112,
+                 "subnet": "10.12.0.0/16", "lastSeenSecondsAgo": 250, "state": "Offline"},
+                {"id": 13, "name": "c", "address": "192.168.50.4", "vni": 113,
+                 "subnet": "10.13.0.0/16", "lastSeenSecondsAgo": null, "state": "Offline"},
+            ],
+        });
+        assert_eq!(
+            overlay_report(&view),
+            OverlayReport::Text(
+                "\
+ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
+1    runner-a   192.168.50.2   101   10.1.0.0/16    3s ago      Online
+12   b          192.168.50.3   112   10.12.0.0/16   4m10s ago   Offline
+13   c          192.168.50.4   113   10.13.0.0/16   -           Offline
+"
+                .to_owned()
+            )
+        );
+        let empty = json!({"role": "hub", "name": "hub1", "runners": []});
+        assert_eq!(
+            overlay_report(&empty),
+            OverlayReport::NoRunners("no runners have registered with this hub yet".into())
+        );
+    }
+
+    #[test]
+    fn overlay_runner_lines() {
+        let view = json!({
+            "role": "runner", "name": "runner-a", "id": 3, "vni": 103,
+            "subnet": "10.3.0.0/16", "gateway": "10.3.0.1",
+            "hub": {"address": "192.168.50.1", "apiPort": 4799},
+            "state": "hubUnreachable",
+            "message": "cannot reach the hub at 192.168.50.1:4799: Connection refused; retrying in 4s",
+        });
+        assert_eq!(
+            overlay_report(&view),
+            OverlayReport::Text(
+                "\
+ID        3
+SUBNET    10.3.0.0/16
+VNI       103
+GATEWAY   10.3.0.1
+HUB       192.168.50.1:4799
+STATE     hubUnreachable
+MESSAGE   cannot reach the hub at 192.168.50.1:4799: Connection refused; retrying in 4s
+"
+                .to_owned()
+            )
+        );
+        // Not registered yet; the hub given as a plain string.
+        let fresh = json!({"role": "runner", "name": "r", "id": null, "hub": "192.168.50.1",
+                           "state": "registering"});
+        let OverlayReport::Text(text) = overlay_report(&fresh) else {
+            panic!("a runner prints lines");
+        };
+        assert!(text.starts_with("ID        -\n"), "{text}");
+        assert!(text.contains("\nHUB       192.168.50.1\n"), "{text}");
+        assert!(text.ends_with("\nMESSAGE   -\n"), "{text}");
+    }
+
+    #[test]
+    fn overlay_mesh_and_unknown_roles() {
+        let view = json!({"role": "mesh", "name": "n1", "localAddress": "192.168.50.1",
+                          "peers": ["192.168.50.2", "192.168.50.3"], "state": "up",
+                          "message": null});
+        assert_eq!(
+            overlay_report(&view),
+            OverlayReport::Text(
+                "\
+ROLE            mesh
+NAME            n1
+LOCAL-ADDRESS   192.168.50.1
+PEERS           192.168.50.2,192.168.50.3
+STATE           up
+MESSAGE         -
+"
+                .to_owned()
+            )
+        );
+        let other = json!({"role": "relay", "name": "x"});
+        assert_eq!(
+            overlay_report(&other),
+            OverlayReport::Text("NAME   x\nROLE   relay\n".to_owned())
+        );
     }
 }

@@ -284,6 +284,8 @@ mod tests {
             mac_ageing_seconds: 300,
             mac_table_limit: 8192,
             gateway_mac: None,
+            vni: None,
+            remote_vteps: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod error;
 pub mod ipam;
 pub mod nat_rules;
+pub mod overlay;
 pub mod resource;
 pub mod routing;
 pub mod store;
@@ -15,7 +16,8 @@ pub mod validate;
 
 pub use controller::{
     AppliedResource, ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress,
-    NatPortsInUse, NatReport, NatUplink, RoutingTableRow, UplinkDevice, UplinkOps,
+    NatPortsInUse, NatReport, NatUplink, OverlayAgentConfig, RoutingTableRow, UplinkDevice,
+    UplinkOps,
 };
 pub use error::ApiError;
 

@@ -690,7 +690,9 @@ pub fn delete_dependants(
                     .collect(),
             ),
         )],
-        Kind::Subnet | Kind::Route | Kind::NatGateway | Kind::PortForward => Vec::new(),
+        Kind::Subnet | Kind::Route | Kind::NatGateway | Kind::PortForward | Kind::Overlay => {
+            Vec::new()
+        }
     }
 }
 

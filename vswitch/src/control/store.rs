@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ApiError;
 use super::resource::{
-    NatGateway, Network, NetworkInterface, PortForward, Route, Subnet, Uplink, VirtualIp,
+    NatGateway, Network, NetworkInterface, Overlay, PortForward, Route, Subnet, Uplink, VirtualIp,
 };
 
 /// Version of the state file format this code writes. Formats 1 (no node id, no Routes) and
@@ -164,6 +164,12 @@ pub struct State {
     /// IPAM cursors by Subnet name.
     #[serde(default)]
     pub ipam: BTreeMap<String, SubnetIpamState>,
+    /// The Overlay, by name (at most one), with its status (a runner's plan).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overlays: BTreeMap<String, Overlay>,
+    /// Hub: the runner-ID pool (IDs survive restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_pool: Option<vxlan::RunnerPool>,
 }
 
 impl Default for State {
@@ -180,6 +186,8 @@ impl Default for State {
             port_forwards: BTreeMap::new(),
             virtual_ips: BTreeMap::new(),
             ipam: BTreeMap::new(),
+            overlays: BTreeMap::new(),
+            runner_pool: None,
         }
     }
 }
@@ -195,6 +203,7 @@ impl State {
             && self.nat_gateways.is_empty()
             && self.port_forwards.is_empty()
             && self.virtual_ips.is_empty()
+            && self.overlays.is_empty()
     }
 }
 

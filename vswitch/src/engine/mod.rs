@@ -37,7 +37,7 @@ use clock::{Clock, MonotonicClock};
 use counters::{Event, PortTotals, WorkerCounters};
 pub use snapshot::{
     NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot, SubnetEntry,
-    SubnetId,
+    SubnetId, Tunnel, VtepEntry,
 };
 pub use worker::BATCH_SIZE;
 use worker::{Shared, Worker};
@@ -155,6 +155,7 @@ impl Engine {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
             fdb: fdb::Fdb::new(),
             neighbors: neigh::Neighbors::new(),
+            remote_fdb: parking_lot::RwLock::new(vxlan::VxlanFdb::new(Default::default())),
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
             stop: AtomicBool::new(false),
@@ -665,6 +666,8 @@ mod tests {
                 ips: vec![ip.parse().unwrap()],
                 mtu: 1500,
                 allowed_sources: Vec::new(),
+                proxy_arp: false,
+                tunnel: None,
                 io: Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,
@@ -883,6 +886,8 @@ mod tests {
                 ips: vec![ip.parse().unwrap()],
                 mtu,
                 allowed_sources: Vec::new(),
+                proxy_arp: false,
+                tunnel: None,
                 io: Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,

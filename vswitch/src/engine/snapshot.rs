@@ -42,8 +42,40 @@ pub struct PortEntry {
     /// Further IPv4 sources the port may send from: the destinations of Routes whose next
     /// hop is one of the port's addresses (the port is a router for them).
     pub allowed_sources: Vec<Ipv4Net>,
-    /// The opened device.
+    /// The opened device (for a tunnel: the VTEP's, whose queues the tunnel sends through).
     pub io: Arc<PortIo>,
+    /// Answer ARP for any address but the port's own with the gateway's MAC (the hub's host
+    /// port, whose stack treats the whole overlay as on-link).
+    pub proxy_arp: bool,
+    /// Set when the port is a subnet's tunnel over the overlay rather than a device: frames
+    /// forwarded to it are encapsulated with the VNI and sent to the remote VTEP(s).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// A subnet's tunnel: the virtual port through which a stretched subnet reaches the other
+/// nodes. Remote MACs are learned on it like on any port; the VTEP behind each one is in the
+/// engine's remote FDB.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// The subnet's VNI.
+    pub vni: vxlan::Vni,
+    /// The remote VTEPs that get broadcast and unknown unicast (head-end replication).
+    pub remotes: Vec<Ipv4Addr>,
+}
+
+/// The node's VXLAN tunnel endpoint, served by the workers like a port.
+#[derive(Debug, Clone)]
+pub struct VtepEntry {
+    /// Port id of the VTEP (counters, epoll token); never a NetworkInterface's.
+    pub id: PortId,
+    /// The local address and UDP port.
+    pub local: std::net::SocketAddrV4,
+    /// How outer headers are built.
+    pub encap: vxlan::VxlanEncapConfig,
+    /// The opened sockets (one queue per worker).
+    pub io: Arc<PortIo>,
+    /// VNI -> the tunnel port of the subnet with that VNI.
+    pub tunnels: std::collections::HashMap<u32, PortId>,
 }
 
 /// A subnet (L2 segment) as the datapath sees it.
@@ -197,6 +229,8 @@ pub struct Snapshot {
     network_slots: Vec<Option<usize>>,
     /// The uplink, when one is configured.
     pub uplink: Option<UplinkEntry>,
+    /// The VTEP, when an Overlay is configured.
+    pub vtep: Option<VtepEntry>,
     /// NAT rules (NATGateways, PortForwards, VirtualIPs) compiled by the controller. Zones
     /// are Network ids (`nat::Zone(network_id.0)`), interfaces are port ids
     /// (`nat::InterfaceId(port_id.0)`).
@@ -245,6 +279,7 @@ impl Snapshot {
             networks: Vec::new(),
             network_slots: Vec::new(),
             uplink: None,
+            vtep: None,
             nat: Arc::new(nat::NatRules::new()),
             conntrack: default_conntrack(),
         }
@@ -253,6 +288,12 @@ impl Snapshot {
     /// Sets the uplink.
     pub fn with_uplink(mut self, uplink: Option<UplinkEntry>) -> Snapshot {
         self.uplink = uplink;
+        self
+    }
+
+    /// Sets the VTEP.
+    pub fn with_vtep(mut self, vtep: Option<VtepEntry>) -> Snapshot {
+        self.vtep = vtep;
         self
     }
 

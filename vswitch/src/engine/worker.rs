@@ -47,11 +47,13 @@ use super::counters::{Event, WorkerCounters};
 use super::fdb::{Fdb, Learn};
 use super::neigh::Neighbors;
 use super::ratelimit::LogLimiter;
-use super::snapshot::{PortEntry, Snapshot, SubnetId, UplinkEntry};
+use super::snapshot::{PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry};
 use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
 use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch};
+use crate::wire::VNET_HDR_LEN;
+use crate::wire::gso::Segmenter;
 
 /// Frames received from one queue per batch.
 pub const BATCH_SIZE: usize = 64;
@@ -91,6 +93,9 @@ pub(crate) struct Shared {
     pub(crate) fdb: Fdb,
     /// The neighbour (ARP) table.
     pub(crate) neighbors: Neighbors,
+    /// Remote MACs behind the overlay: (VNI, MAC) -> remote VTEP, learned from decapsulated
+    /// frames. Hits take the read lock and refresh in place; only new or moved MACs write.
+    pub(crate) remote_fdb: parking_lot::RwLock<vxlan::VxlanFdb>,
     /// One set of counters per worker, written only by that worker.
     pub(crate) counters: Box<[WorkerCounters]>,
     /// The snapshot generation each worker has re-synced to (`u64::MAX` once it stopped).
@@ -238,11 +243,13 @@ impl TxPlan {
     }
 }
 
-/// A device the worker reads and writes: a NetworkInterface's port, or the uplink.
+/// A device the worker reads and writes: a NetworkInterface's port (or a subnet's tunnel,
+/// which writes through the VTEP), the uplink, or the VTEP.
 #[derive(Debug, Clone, Copy)]
 enum Device<'a> {
     Port(&'a PortEntry),
     Uplink(&'a UplinkEntry),
+    Vtep(&'a VtepEntry),
 }
 
 impl<'a> Device<'a> {
@@ -250,6 +257,9 @@ impl<'a> Device<'a> {
     fn find(snapshot: &'a Snapshot, id: PortId) -> Option<Device<'a>> {
         if let Some(port) = snapshot.port(id) {
             return Some(Device::Port(port));
+        }
+        if let Some(vtep) = snapshot.vtep.as_ref().filter(|vtep| vtep.id == id) {
+            return Some(Device::Vtep(vtep));
         }
         snapshot
             .uplink
@@ -262,6 +272,7 @@ impl<'a> Device<'a> {
         match self {
             Device::Port(port) => port.id,
             Device::Uplink(uplink) => uplink.id,
+            Device::Vtep(vtep) => vtep.id,
         }
     }
 
@@ -269,6 +280,7 @@ impl<'a> Device<'a> {
         match self {
             Device::Port(port) => &port.name,
             Device::Uplink(uplink) => &uplink.name,
+            Device::Vtep(_) => "vxlan",
         }
     }
 
@@ -276,6 +288,7 @@ impl<'a> Device<'a> {
         match self {
             Device::Port(port) => &port.io,
             Device::Uplink(uplink) => &uplink.io,
+            Device::Vtep(vtep) => &vtep.io,
         }
     }
 
@@ -284,6 +297,8 @@ impl<'a> Device<'a> {
         match self {
             Device::Port(port) => port.subnet,
             Device::Uplink(uplink) => uplink.segment,
+            // Frames from the overlay are flooded by their tunnel's subnet (FloodSubnet).
+            Device::Vtep(_) => SubnetId(u32::MAX),
         }
     }
 }
@@ -291,6 +306,35 @@ impl<'a> Device<'a> {
 /// The device (port or uplink) with id `id` in `snapshot`.
 fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
     Device::find(snapshot, id).map(Device::io)
+}
+
+/// Learns the inner source MAC of a frame decapsulated on `tunnel` behind the VTEP that
+/// sent it: a read lock and an in-place refresh when known, the write lock only when new or
+/// moved.
+fn learn_remote(
+    shared: &Shared,
+    tunnel: &PortEntry,
+    frame: &[u8],
+    peer: std::net::SocketAddrV4,
+    now: u64,
+) {
+    let Some(vni) = tunnel.tunnel.as_ref().map(|t| t.vni) else {
+        return;
+    };
+    let Some(src) = frame
+        .get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12)
+        .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
+    else {
+        return;
+    };
+    if !vxlan::fdb::is_valid_unicast(src) {
+        return;
+    }
+    let remote = std::net::IpAddr::V4(*peer.ip());
+    if shared.remote_fdb.read().refresh(vni, src, remote, now) {
+        return;
+    }
+    shared.remote_fdb.write().learn(vni, src, remote, now);
 }
 
 /// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
@@ -365,6 +409,8 @@ pub(crate) struct Worker {
     logs: Logs,
     next_sweep_ms: u64,
     last_conntrack_sweep_ms: u64,
+    /// Splits GSO super-frames before they enter the overlay.
+    segmenter: Segmenter,
 }
 
 impl Worker {
@@ -397,6 +443,7 @@ impl Worker {
             },
             next_sweep_ms: 0,
             last_conntrack_sweep_ms: 0,
+            segmenter: Segmenter::new(),
         })
     }
 
@@ -459,6 +506,10 @@ impl Worker {
                     self.counters().add_event(Event::MacAged, count(aged));
                     debug!(aged, "removed aged MACs");
                 }
+                let remote = self.shared.remote_fdb.write().sweep(now);
+                if remote > 0 {
+                    debug!(remote, "removed aged remote (overlay) MACs");
+                }
                 let neighbors = self.shared.neighbors.sweep(&snapshot, now);
                 if neighbors > 0 {
                     self.counters()
@@ -502,15 +553,21 @@ impl Worker {
                 // `registration.io` is dropped here, after the fd left the epoll set.
             }
         }
+        // Tunnels have no queue of their own: they send through the VTEP's.
         let ports = snapshot
             .ports()
             .iter()
+            .filter(|port| port.tunnel.is_none())
             .map(|port| (port.id, port.name.as_str(), &port.io, true));
         let uplink = snapshot
             .uplink
             .iter()
             .map(|uplink| (uplink.id, uplink.name.as_str(), &uplink.io, false));
-        for (id, name, io, announce) in ports.chain(uplink) {
+        let vtep = snapshot
+            .vtep
+            .iter()
+            .map(|vtep| (vtep.id, "vxlan", &vtep.io, false));
+        for (id, name, io, announce) in ports.chain(uplink).chain(vtep) {
             if self.registered.contains_key(&id) {
                 continue;
             }
@@ -570,13 +627,9 @@ impl Worker {
     /// Receives one batch from `id`'s queue (a port's or the uplink's), runs the pipeline and
     /// transmits.
     fn service(&mut self, snapshot: &Snapshot, id: PortId, now: u64) {
-        let ingress = match snapshot.port(id) {
-            Some(port) => Device::Port(port),
-            None => match snapshot.uplink.as_ref().filter(|uplink| uplink.id == id) {
-                Some(uplink) => Device::Uplink(uplink),
-                // An event from a port that left before this iteration's re-sync.
-                None => return,
-            },
+        let Some(ingress) = Device::find(snapshot, id) else {
+            // An event from a port that left before this iteration's re-sync.
+            return;
         };
         let Some(queue) = ingress.io().queues.get(self.index) else {
             return;
@@ -616,9 +669,11 @@ impl Worker {
         self.local.out.generated.clear();
         let mut rx_bytes = 0u64;
         let (mut learned, mut moved, mut limited) = (0u64, 0u64, 0u64);
+        let mut completed = 0u64;
         for i in 0..frames {
             // Frames generated while processing frame i leave right after it.
             self.local.out.generated.set_position(i + 1);
+            let peer = self.batch.peer(i);
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
             let outcome = match ingress {
@@ -626,6 +681,16 @@ impl Worker {
                 Device::Uplink(uplink) => {
                     pipeline::process_uplink(&ctx, uplink, frame, &mut self.local)
                 }
+                Device::Vtep(vtep) => match pipeline::vxlan::decap(snapshot, vtep, frame) {
+                    Ok(tunnel) => {
+                        learn_remote(shared, tunnel, frame, peer, now);
+                        if pipeline::vxlan::complete_inner_checksum(frame) {
+                            completed += 1;
+                        }
+                        pipeline::process_tunnel(&ctx, tunnel, frame, &mut self.local)
+                    }
+                    Err(reason) => pipeline::Outcome::dropped(reason),
+                },
             };
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
@@ -643,6 +708,7 @@ impl Worker {
             (Event::MacLearned, learned),
             (Event::MacMoved, moved),
             (Event::MacLimitReached, limited),
+            (Event::ChecksumCompleted, completed),
         ] {
             if n > 0 {
                 counters.add_event(event, n);
@@ -726,6 +792,7 @@ impl Worker {
             plan,
             local,
             logs,
+            segmenter,
             ..
         } = self;
         let generated = &mut local.out.generated;
@@ -760,6 +827,15 @@ impl Worker {
                 count_drop(counters, on, tx::DropReason::NoQueue.into(), count(wanted));
                 continue;
             };
+            let tunnel = match (port, &snapshot.vtep) {
+                (Device::Port(entry), Some(vtep)) => entry.tunnel.as_ref().map(|tunnel| TunnelTx {
+                    tunnel,
+                    encap: &vtep.encap,
+                    mtu: entry.mtu,
+                    remote_fdb: &shared.remote_fdb,
+                }),
+                _ => None,
+            };
             let mut guard = queue.lock();
             let mut sender = Sender {
                 port: port.id(),
@@ -771,6 +847,8 @@ impl Worker {
                 worker: *index,
                 now,
                 tally: TxTally::default(),
+                tunnel,
+                segmenter,
             };
             // Merge by position: the generated frames that go before batch frame i, then i;
             // those positioned past the batch (outside a batch: all of them) at the end.
@@ -827,6 +905,16 @@ struct TxTally {
     completed: u64,
 }
 
+/// What sending into a subnet's tunnel needs.
+#[derive(Clone, Copy)]
+struct TunnelTx<'a> {
+    tunnel: &'a Tunnel,
+    encap: &'a vxlan::VxlanEncapConfig,
+    /// The subnet's MTU (L3).
+    mtu: u16,
+    remote_fdb: &'a parking_lot::RwLock<vxlan::VxlanFdb>,
+}
+
 /// Sends frames to one destination queue (locked once for the batch) and counts them.
 struct Sender<'a> {
     port: PortId,
@@ -838,11 +926,139 @@ struct Sender<'a> {
     worker: usize,
     now: u64,
     tally: TxTally,
+    /// Set when the destination is a subnet's tunnel (the queue is the VTEP's).
+    tunnel: Option<TunnelTx<'a>>,
+    segmenter: &'a mut Segmenter,
 }
 
 impl Sender<'_> {
+    /// Encapsulates `frame` for the tunnel's remote VTEP(s): the one its destination MAC was
+    /// learned behind, else all of them (head-end replication); GSO frames are segmented
+    /// first. Every failure is a counted drop.
+    fn send_tunnel(&mut self, frame: &mut [u8], origin: Origin, tx: TunnelTx<'_>) {
+        let drop = |sender: &Sender<'_>, reason: pipeline::vxlan::DropReason| {
+            count_drop(sender.counters, sender.port, reason.into(), 1);
+        };
+        let Some(dst) = frame
+            .get(VNET_HDR_LEN..VNET_HDR_LEN + 6)
+            .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
+        else {
+            count_drop(
+                self.counters,
+                self.port,
+                tx::DropReason::Truncated.into(),
+                1,
+            );
+            return;
+        };
+        let vni = tx.tunnel.vni;
+        let learned = if dst[0] & 1 == 0 {
+            tx.remote_fdb
+                .read()
+                .lookup(vni, dst, self.now)
+                .and_then(|vtep| match vtep.ip {
+                    std::net::IpAddr::V4(ip) => Some(ip),
+                    std::net::IpAddr::V6(_) => None,
+                })
+        } else {
+            None
+        };
+        let single;
+        let targets: &[std::net::Ipv4Addr] = match learned {
+            Some(ip) => {
+                single = [ip];
+                &single
+            }
+            None => &tx.tunnel.remotes,
+        };
+        if targets.is_empty() {
+            drop(self, pipeline::vxlan::DropReason::NoRemote);
+            return;
+        }
+        let is_gso = crate::wire::VnetPacket::new_checked(&*frame).is_ok_and(|p| p.is_gso());
+        let Sender {
+            queue,
+            segmenter,
+            tally,
+            counters,
+            port,
+            ..
+        } = self;
+        let PortQueue::Vxlan(vtep) = &mut **queue else {
+            count_drop(counters, *port, tx::DropReason::NoQueue.into(), 1);
+            return;
+        };
+        let mut failed = 0u64;
+        let mut send = |inner: &[u8]| {
+            for &remote in targets {
+                match vtep.send_encap(inner, vni, remote, tx.encap) {
+                    Ok(()) => {
+                        let bytes = u64::try_from(inner.len()).unwrap_or(u64::MAX);
+                        match origin {
+                            Origin::Routed => {
+                                tally.packets += 1;
+                                tally.bytes += bytes;
+                            }
+                            Origin::Switch => {
+                                tally.generated_packets += 1;
+                                tally.generated_bytes += bytes;
+                            }
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+        };
+        if is_gso {
+            if segmenter
+                .segment(frame, |segment| send(&segment[VNET_HDR_LEN..]))
+                .is_err()
+            {
+                count_drop(
+                    counters,
+                    *port,
+                    pipeline::vxlan::DropReason::Segment.into(),
+                    1,
+                );
+            }
+        } else {
+            let capabilities = Capabilities::default();
+            match tx::prepare(frame, &capabilities) {
+                Ok(Prepared::Unchanged) => {}
+                Ok(Prepared::ChecksumCompleted) => tally.completed += 1,
+                Err(reason) => {
+                    count_drop(counters, *port, reason.into(), 1);
+                    return;
+                }
+            }
+            let inner = &frame[VNET_HDR_LEN..];
+            if pipeline::vxlan::exceeds_mtu(inner, tx.mtu) {
+                count_drop(
+                    counters,
+                    *port,
+                    pipeline::vxlan::DropReason::TooBig.into(),
+                    1,
+                );
+                return;
+            }
+            send(inner);
+        }
+        if failed > 0 {
+            count_drop(
+                counters,
+                *port,
+                pipeline::vxlan::DropReason::Encap.into(),
+                failed,
+            );
+        }
+    }
+
     /// Adapts `frame` to the port and sends it; every failure is a counted drop.
     fn send(&mut self, frame: &mut [u8], origin: Origin) {
+        if let Some(tunnel) = self.tunnel {
+            self.send_tunnel(frame, origin, tunnel);
+            return;
+        }
         match tx::prepare(frame, &self.capabilities) {
             Ok(Prepared::Unchanged) => {}
             Ok(Prepared::ChecksumCompleted) => self.tally.completed += 1,

@@ -93,6 +93,7 @@ pub mod parse;
 pub mod port_security;
 pub mod tx;
 pub mod uplink;
+pub mod vxlan;
 
 use core::fmt;
 
@@ -125,6 +126,8 @@ pub enum Stage {
     Conntrack,
     /// [`tx`]: the egress port takes the frame.
     Tx,
+    /// [`vxlan`]: frames in and out of the overlay.
+    Vxlan,
 }
 
 impl Stage {
@@ -139,6 +142,7 @@ impl Stage {
             Stage::Nat => "nat",
             Stage::Conntrack => "conntrack",
             Stage::Tx => "tx",
+            Stage::Vxlan => "vxlan",
         }
     }
 }
@@ -162,6 +166,8 @@ pub enum DropCause {
     Conntrack(nat::ConntrackReason),
     /// Dropped by [`tx`] (or by the egress queue).
     Tx(tx::DropReason),
+    /// Dropped by [`vxlan`].
+    Vxlan(vxlan::DropReason),
 }
 
 const PARSE_BASE: usize = 0;
@@ -172,10 +178,11 @@ const UPLINK_BASE: usize = L3_BASE + l3::DropReason::COUNT;
 const NAT_BASE: usize = UPLINK_BASE + uplink::DropReason::COUNT;
 const CONNTRACK_BASE: usize = NAT_BASE + nat::DropReason::COUNT;
 const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
+const VXLAN_BASE: usize = TX_BASE + tx::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
-    pub const COUNT: usize = TX_BASE + tx::DropReason::COUNT;
+    pub const COUNT: usize = VXLAN_BASE + vxlan::DropReason::COUNT;
 
     /// The stage that dropped the frame.
     pub const fn stage(self) -> Stage {
@@ -188,6 +195,7 @@ impl DropCause {
             DropCause::Nat(_) => Stage::Nat,
             DropCause::Conntrack(_) => Stage::Conntrack,
             DropCause::Tx(_) => Stage::Tx,
+            DropCause::Vxlan(_) => Stage::Vxlan,
         }
     }
 
@@ -202,6 +210,7 @@ impl DropCause {
             DropCause::Nat(reason) => reason.key(),
             DropCause::Conntrack(reason) => reason.key(),
             DropCause::Tx(reason) => reason.key(),
+            DropCause::Vxlan(reason) => reason.key(),
         }
     }
 
@@ -216,6 +225,7 @@ impl DropCause {
             DropCause::Nat(reason) => reason.description(),
             DropCause::Conntrack(reason) => reason.description(),
             DropCause::Tx(reason) => reason.description(),
+            DropCause::Vxlan(reason) => reason.description(),
         }
     }
 
@@ -230,6 +240,7 @@ impl DropCause {
             DropCause::Nat(reason) => NAT_BASE + reason.index(),
             DropCause::Conntrack(reason) => CONNTRACK_BASE + reason.index(),
             DropCause::Tx(reason) => TX_BASE + reason.index(),
+            DropCause::Vxlan(reason) => VXLAN_BASE + reason.index(),
         }
     }
 
@@ -249,6 +260,7 @@ impl DropCause {
             .iter()
             .map(|&r| DropCause::Conntrack(r));
         let tx = tx::DropReason::ALL.iter().map(|&r| DropCause::Tx(r));
+        let vxlan = vxlan::DropReason::ALL.iter().map(|&r| DropCause::Vxlan(r));
         parse
             .chain(port_security)
             .chain(l2)
@@ -257,6 +269,7 @@ impl DropCause {
             .chain(nat)
             .chain(conntrack)
             .chain(tx)
+            .chain(vxlan)
     }
 }
 
@@ -311,6 +324,12 @@ impl From<nat::ConntrackReason> for DropCause {
 impl From<tx::DropReason> for DropCause {
     fn from(reason: tx::DropReason) -> DropCause {
         DropCause::Tx(reason)
+    }
+}
+
+impl From<vxlan::DropReason> for DropCause {
+    fn from(reason: vxlan::DropReason) -> DropCause {
+        DropCause::Vxlan(reason)
     }
 }
 
@@ -448,12 +467,44 @@ pub fn process(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Outcome {
+    process_with(ctx, ingress, frame, local, true)
+}
+
+/// Runs the ingress stages for one frame decapsulated from the overlay (see [`vxlan`]), as
+/// if received on the subnet's tunnel port `tunnel`: as [`process`], without port security
+/// (the remote side has its own). A flood verdict floods the subnet's local ports only.
+pub fn process_tunnel(
+    ctx: &Context<'_>,
+    tunnel: &PortEntry,
+    frame: &mut [u8],
+    local: &mut Local,
+) -> Outcome {
+    let mut outcome = process_with(ctx, tunnel, frame, local, false);
+    if outcome.verdict == Verdict::Flood {
+        // Split horizon: what came from the overlay never goes back into it.
+        outcome.verdict = Verdict::FloodSubnet {
+            subnet: tunnel.subnet,
+            except: Some(tunnel.id),
+        };
+    }
+    outcome
+}
+
+fn process_with(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    frame: &mut [u8],
+    local: &mut Local,
+    port_security: bool,
+) -> Outcome {
     let parsed = match parse::parse(frame) {
         Ok(parsed) => parsed,
         Err(reason) => return Outcome::dropped(reason),
     };
-    if let Err(reason) = port_security::check(ingress, &parsed) {
-        return Outcome::dropped(reason);
+    if port_security {
+        if let Err(reason) = port_security::check(ingress, &parsed) {
+            return Outcome::dropped(reason);
+        }
     }
     let Some(subnet) = ctx.snapshot.subnet(ingress.subnet) else {
         return Outcome::dropped(l2::DropReason::NoSubnet);
@@ -612,6 +663,8 @@ pub(crate) mod fixtures {
             ips: ips.to_vec(),
             mtu: 1500,
             allowed_sources: Vec::new(),
+            proxy_arp: false,
+            tunnel: None,
             io: Arc::new(PortIo {
                 kind: PortKind::Tap,
                 queues: Vec::new(),
@@ -663,6 +716,20 @@ pub(crate) mod fixtures {
     /// [`snapshot_with_limit`] with the default limit.
     pub fn snapshot() -> Snapshot {
         snapshot_with_limit(DEFAULT_MAC_LIMIT)
+    }
+
+    /// [`snapshot`] with `extra` ports added to their subnets' flood lists.
+    pub fn snapshot_with_ports(extra: Vec<PortEntry>) -> Snapshot {
+        let base = snapshot();
+        let mut subnets = base.subnets().to_vec();
+        for port in &extra {
+            if let Some(subnet) = subnets.iter_mut().find(|s| s.id == port.subnet) {
+                subnet.ports.push(port.id);
+            }
+        }
+        let mut ports = base.ports().to_vec();
+        ports.extend(extra);
+        Snapshot::new(ports, subnets)
     }
 
     /// Gateway MAC of subnet 1 (`blue`, gateway 172.30.0.1).

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod tap;
 pub mod uplink;
 pub mod veth;
+pub mod vxlan;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -20,6 +21,7 @@ use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+pub use self::vxlan::VtepQueue;
 use crate::sys::af_packet::PacketSocket;
 use crate::sys::netns::NetnsRef;
 use crate::sys::tap::TapQueue;
@@ -42,6 +44,9 @@ pub enum PortKind {
     Tap,
     /// A veth pair: one end in the container, the host end read with AF_PACKET.
     Veth,
+    /// The node's VTEP (UDP sockets); never a NetworkInterface's kind.
+    #[serde(skip_deserializing)]
+    Vxlan,
 }
 
 /// Everything needed to create, re-open or remove a port.
@@ -63,6 +68,8 @@ pub struct AttachRequest {
     pub addresses: Vec<Ipv4Net>,
     /// Default route installed in the container, if any.
     pub gateway: Option<Ipv4Addr>,
+    /// Further routes installed in the container: destination via gateway.
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// Number of queues to open: one per worker.
     pub queues: usize,
 }
@@ -87,6 +94,8 @@ pub enum PortQueue {
     Tap(TapQueue),
     /// An AF_PACKET socket bound to the veth host end (a PACKET_FANOUT member).
     Packet(PacketSocket),
+    /// A queue of the VTEP: its own UDP socket and raw send socket.
+    Vxlan(VtepQueue),
 }
 
 impl AsFd for PortQueue {
@@ -94,6 +103,7 @@ impl AsFd for PortQueue {
         match self {
             PortQueue::Tap(q) => q.as_fd(),
             PortQueue::Packet(s) => s.as_fd(),
+            PortQueue::Vxlan(q) => q.as_fd(),
         }
     }
 }
@@ -104,6 +114,7 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.raw_fd(),
             PortQueue::Packet(s) => s.raw_fd(),
+            PortQueue::Vxlan(q) => q.raw_fd(),
         }
     }
 
@@ -116,6 +127,7 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.recv_batch(batch),
             PortQueue::Packet(s) => s.recv_batch(batch),
+            PortQueue::Vxlan(q) => q.recv_batch(batch),
         }
     }
 
@@ -128,6 +140,11 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.send(frame),
             PortQueue::Packet(s) => s.send(frame),
+            // Frames reach the VTEP through `send_encap`, which knows the VNI and remote.
+            PortQueue::Vxlan(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frames to the VTEP need a VNI and a remote VTEP (send_encap)",
+            )),
         }
     }
 
@@ -140,6 +157,7 @@ impl PortQueue {
         match self {
             PortQueue::Tap(_) => Ok(()),
             PortQueue::Packet(s) => s.flush(),
+            PortQueue::Vxlan(q) => q.flush(),
         }
     }
 }
@@ -220,6 +238,7 @@ pub fn attach(req: &AttachRequest) -> Result<PortIo, PortError> {
     match req.kind {
         PortKind::Tap => tap::attach(req),
         PortKind::Veth => veth::attach(req),
+        PortKind::Vxlan => Err(not_an_interface(req)),
     }
 }
 
@@ -232,6 +251,7 @@ pub fn reopen(req: &AttachRequest) -> Result<PortIo, PortError> {
     match req.kind {
         PortKind::Tap => tap::reopen(req),
         PortKind::Veth => veth::reopen(req),
+        PortKind::Vxlan => Err(not_an_interface(req)),
     }
 }
 
@@ -244,6 +264,19 @@ pub fn detach(req: &AttachRequest, io: Option<PortIo>) -> Result<(), PortError> 
     match req.kind {
         PortKind::Tap => tap::detach(req, io),
         PortKind::Veth => veth::detach(req, io),
+        PortKind::Vxlan => Err(not_an_interface(req)),
+    }
+}
+
+/// The error for a NetworkInterface of kind `vxlan` (validation refuses it before this).
+fn not_an_interface(req: &AttachRequest) -> PortError {
+    PortError::Sys {
+        what: "attach".into(),
+        name: req.name.clone(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "kind vxlan is the node's VTEP, not an interface kind; use tap or veth",
+        ),
     }
 }
 

@@ -88,6 +88,7 @@ pub(super) fn configure_in_container(
         mtu: req.mtu,
         addresses: &req.addresses,
         gateway: req.gateway,
+        routes: &req.routes,
     };
     netlink::run_in(ns, |nl| nl.configure_container_link(temporary, &config))
         .map_err(|e| netns_error(req, e))?

@@ -91,6 +91,8 @@ pub struct ContainerLinkConfig<'a> {
     pub addresses: &'a [Ipv4Net],
     /// The default route's gateway, if any.
     pub gateway: Option<Ipv4Addr>,
+    /// Further routes: destination via gateway.
+    pub routes: &'a [(Ipv4Net, Ipv4Addr)],
 }
 
 /// Why [`Netlink::configure_container_link`] failed.
@@ -408,6 +410,30 @@ impl Netlink {
         })
     }
 
+    /// Adds the IPv4 route to `destination` via `gateway` out of interface `index`.
+    ///
+    /// # Errors
+    /// The kernel's error (`EEXIST` when the route exists).
+    pub fn add_route(
+        &self,
+        index: u32,
+        destination: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        let request = self.handle.route().add(message);
+        self.runtime.block_on(request.execute()).map_err(|e| {
+            NetlinkError::new(
+                format!("RTM_NEWROUTE {destination} via {gateway} dev {index}"),
+                to_io(e),
+            )
+        })
+    }
+
     /// Deletes interface `index` (for a veth, the pair). A link that is already gone is not
     /// an error.
     ///
@@ -467,6 +493,9 @@ impl Netlink {
         }
         if let Some(gateway) = config.gateway {
             self.add_default_route(index, gateway)?;
+        }
+        for (destination, gateway) in config.routes {
+            self.add_route(index, *destination, *gateway)?;
         }
         Ok(index)
     }

@@ -159,6 +159,8 @@ pub struct Daemon {
     log: PathBuf,
     _dir: Option<tempfile::TempDir>,
     workers: usize,
+    /// The network namespace the daemon runs in (a "node"), if not the test's own.
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -178,8 +180,18 @@ impl Daemon {
             log,
             _dir: Some(dir),
             workers,
+            netns: None,
         };
         daemon.spawn(&[]);
+        daemon
+    }
+
+    /// Starts a daemon inside network namespace `netns` (a node of a multi-node topology),
+    /// with extra arguments.
+    pub fn start_in(netns: &str, workers: usize, extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::start_stopped(workers);
+        daemon.netns = Some(netns.to_string());
+        daemon.spawn(extra);
         daemon
     }
 
@@ -203,6 +215,7 @@ impl Daemon {
             child: None,
             _dir: Some(dir),
             workers,
+            netns: None,
         }
     }
 
@@ -214,7 +227,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", netns])
+                    .arg(env!("CARGO_BIN_EXE_vswitchd"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vswitchd")),
+        };
+        let child = command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")

@@ -1,0 +1,412 @@
+//! A runner's client of the hub's registration API ([`crate::api::hub`]): one HTTP/1.1
+//! connection per request (hyper's client connection over a tokio `TcpStream`), a bearer
+//! token, a deadline on the whole exchange, and a bounded answer.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, header};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::hub::{
+    HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, MAX_HUB_BODY_BYTES, REGISTER_PATH,
+};
+
+/// How long one exchange with the hub (connect, request, whole answer) may take.
+pub const HUB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest error text from the hub that is repeated in a status message.
+const MAX_QUOTED_CHARS: usize = 300;
+
+/// Why a call to the hub failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubCallError {
+    /// No answer: connecting failed, the connection broke, or the deadline passed.
+    Unreachable(String),
+    /// The hub answered with an error status; `message` is its error message.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The hub's message (from its `{"error": {"message"}}` body).
+        message: String,
+    },
+    /// The hub answered 2xx with a body this runner does not understand.
+    BadAnswer(String),
+    /// The request could not be built (e.g. a token that cannot go in an HTTP header).
+    Request(String),
+}
+
+impl fmt::Display for HubCallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubCallError::Unreachable(error) => f.write_str(error),
+            HubCallError::Status { status, message } => write!(f, "HTTP {status}: {message}"),
+            HubCallError::BadAnswer(error) => write!(f, "unexpected answer: {error}"),
+            HubCallError::Request(error) => write!(f, "cannot build the request: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for HubCallError {}
+
+/// Talks to one hub.
+#[derive(Clone)]
+pub struct HubClient {
+    address: SocketAddrV4,
+    token: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for HubClient {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClient")
+            .field("address", &self.address)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubClient {
+    /// A client of the hub API at `address:port`, authenticating with `token`; each
+    /// exchange must complete within [`HUB_TIMEOUT`].
+    pub fn new(address: Ipv4Addr, port: u16, token: &str) -> HubClient {
+        HubClient {
+            address: SocketAddrV4::new(address, port),
+            token: token.to_owned(),
+            timeout: HUB_TIMEOUT,
+        }
+    }
+
+    /// The same client with another deadline per exchange.
+    pub fn with_timeout(mut self, timeout: Duration) -> HubClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The hub API's address.
+    pub fn address(&self) -> SocketAddrV4 {
+        self.address
+    }
+
+    /// Registers with the hub: `POST /v1/overlay/register`.
+    ///
+    /// # Errors
+    /// [`HubCallError`]: unreachable, refused (a 4xx with the hub's message, e.g. a
+    /// mismatched MTU), or an answer that is not a plan.
+    pub async fn register(
+        &self,
+        request: &vxlan::RegistrationRequest,
+    ) -> Result<vxlan::RunnerPlan, HubCallError> {
+        self.post(REGISTER_PATH, request).await
+    }
+
+    /// Sends a heartbeat: `POST /v1/overlay/heartbeat`; answers the ID the hub holds for
+    /// `name`.
+    ///
+    /// # Errors
+    /// [`HubCallError`]; a [`HubCallError::Status`] 404 means the hub does not know `name`
+    /// (register again).
+    pub async fn heartbeat(&self, name: &str) -> Result<vxlan::RunnerId, HubCallError> {
+        let request = HeartbeatRequest {
+            name: name.to_owned(),
+        };
+        let answer: HeartbeatResponse = self.post(HEARTBEAT_PATH, &request).await?;
+        Ok(answer.id)
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, HubCallError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|error| HubCallError::Request(format!("cannot encode the body: {error}")))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, self.address.to_string())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|error| {
+                // Never quote the header values: one of them is the token.
+                HubCallError::Request(format!(
+                    "{error} (is the token printable ASCII without line breaks?)"
+                ))
+            })?;
+        let (status, bytes) = match tokio::time::timeout(self.timeout, self.exchange(request)).await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(HubCallError::Unreachable(format!(
+                    "no answer within {} s",
+                    self.timeout.as_secs_f64()
+                )));
+            }
+        };
+        if !(200..300).contains(&status) {
+            return Err(HubCallError::Status {
+                status,
+                message: error_message(status, &bytes),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|error| {
+            HubCallError::BadAnswer(format!(
+                "{path} answered {}: {error}",
+                quote(&String::from_utf8_lossy(&bytes))
+            ))
+        })
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), HubCallError> {
+        let broken = |error: hyper::Error| HubCallError::Unreachable(error.to_string());
+        let stream = tokio::net::TcpStream::connect(SocketAddr::V4(self.address))
+            .await
+            .map_err(|error| HubCallError::Unreachable(error.to_string()))?;
+        // Heartbeats are small and latency matters more than batching.
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(broken)?;
+        // The connection future does the I/O; aborted once the answer is read. Its error, if
+        // any, also surfaces through `send_request` or the body.
+        let driver = tokio::spawn(connection);
+        let result = async {
+            let response = sender.send_request(request).await.map_err(broken)?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_HUB_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|error| {
+                    HubCallError::Unreachable(format!("cannot read the answer: {error}"))
+                })?
+                .to_bytes();
+            Ok((status, body))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}
+
+/// The hub's error message from its `{"error": {"message"}}` body, or the status and the
+/// start of the body when it has another shape.
+fn error_message(status: u16, body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if let Some(message) = parsed
+        .as_ref()
+        .and_then(|value| value.pointer("/error/message"))
+        .and_then(serde_json::Value::as_str)
+    {
+        return quote(message);
+    }
+    let reason = hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("error");
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        reason.to_owned()
+    } else {
+        format!("{reason}: {}", quote(text))
+    }
+}
+
+/// `text` cut to [`MAX_QUOTED_CHARS`] characters, so a hostile or broken hub cannot flood
+/// the status and the log.
+fn quote(text: &str) -> String {
+    if text.chars().count() <= MAX_QUOTED_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+    cut.push_str("...");
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn error_messages_come_from_the_hub_body() {
+        assert_eq!(
+            error_message(
+                400,
+                br#"{"error": {"message": "mtu differs: hub 1450, runner 1400", "field": null}}"#
+            ),
+            "mtu differs: hub 1450, runner 1400"
+        );
+        assert_eq!(error_message(502, b""), "Bad Gateway");
+        assert_eq!(error_message(418, b"  teapot\n"), "I'm a teapot: teapot");
+        let long = "x".repeat(1000);
+        let quoted = error_message(400, long.as_bytes());
+        assert!(quoted.ends_with("..."), "{quoted}");
+        assert!(quoted.len() < 400, "{}", quoted.len());
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let client = HubClient::new(Ipv4Addr::new(192, 168, 50, 1), 4799, "s3cret-token");
+        let text = format!("{client:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("192.168.50.1:4799"), "{text}");
+    }
+
+    /// A one-shot TCP server on loopback answering `answer`; returns the request it read.
+    fn serve_once(answer: Vec<u8>) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local address").port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buffer).expect("read");
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|line| {
+                            line.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .map_or(0, |value| value.trim().parse::<usize>().expect("length"));
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            stream.write_all(&answer).expect("write");
+            request
+        });
+        (port, server)
+    }
+
+    /// An HTTP/1.1 answer with a JSON body and its Content-Length.
+    fn answer(status_line: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn heartbeat_sends_the_token_and_reads_the_id() {
+        let (port, server) = serve_once(answer("200 OK", r#"{"id":7}"#));
+        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let id = runtime()
+            .block_on(client.heartbeat("runner-a"))
+            .expect("heartbeat answered");
+        assert_eq!(id.get(), 7);
+        let request = String::from_utf8(server.join().expect("server")).expect("utf-8");
+        assert!(
+            request.starts_with("POST /v1/overlay/heartbeat HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let lower = request.to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer tok\r\n"), "{request}");
+        assert!(
+            lower.contains("content-type: application/json\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with("\r\n\r\n{\"name\":\"runner-a\"}"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_carries_the_hub_message() {
+        let (port, server) = serve_once(answer(
+            "400 Bad Request",
+            r#"{"error":{"message":"mtu differs: hub 1450, runner 1400","field":null}}"#,
+        ));
+        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let request = vxlan::RegistrationRequest {
+            name: "runner-a".into(),
+            local_address: Ipv4Addr::new(192, 168, 50, 2).into(),
+            vni_base: 100,
+            port: 4789,
+            mtu: 1400,
+        };
+        let error = runtime()
+            .block_on(client.register(&request))
+            .expect_err("refused");
+        server.join().expect("server");
+        assert_eq!(
+            error,
+            HubCallError::Status {
+                status: 400,
+                message: "mtu differs: hub 1450, runner 1400".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_the_answer_is_a_bad_answer() {
+        let (port, server) = serve_once(answer("200 OK", r#"{"id":"x"}"#));
+        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let error = runtime()
+            .block_on(client.heartbeat("a"))
+            .expect_err("bad answer");
+        server.join().expect("server");
+        assert!(matches!(error, HubCallError::BadAnswer(_)), "{error:?}");
+    }
+
+    #[test]
+    fn a_closed_port_is_unreachable() {
+        // Bind then drop: the port is (almost certainly) closed right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind loopback")
+            .local_addr()
+            .expect("local address")
+            .port();
+        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let error = runtime()
+            .block_on(client.heartbeat("a"))
+            .expect_err("nothing listens");
+        let HubCallError::Unreachable(text) = &error else {
+            panic!("expected unreachable, got {error:?}");
+        };
+        assert!(text.contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn a_silent_hub_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local address").port();
+        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok")
+            .with_timeout(Duration::from_millis(200));
+        // The kernel completes the handshake (backlog) but nobody ever answers.
+        let error = runtime()
+            .block_on(client.heartbeat("a"))
+            .expect_err("no answer");
+        drop(listener);
+        assert_eq!(
+            error,
+            HubCallError::Unreachable("no answer within 0.2 s".into())
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! The runner's agent: registers with the hub, applies the plan it answers, then sends
+//! heartbeats; retries with backoff while the hub is away or refuses, and says why in the
+//! Overlay's status.
+//!
+//! ```text
+//!            +----------------------------------------------+
+//!            v                                              |
+//!   register --200--> runner_joined --ok--> heartbeat every N s --200--> (again)
+//!      |                   |                     |  404 / other ID: register now
+//!      | error             | error               |  error: status, backoff, register
+//!      v                   v                     v
+//!   status hubUnreachable / failed "...; retrying in Ns", wait (1 s doubling to 30 s)
+//! ```
+//!
+//! While the hub is away the runner keeps its last plan (the controller persisted it) and
+//! keeps attaching containers; registering again gives the same name the same ID.
+//! Each state change is logged once, not each retry.
+
+use std::net::{IpAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backoff::Backoff;
+use super::client::{HubCallError, HubClient};
+use super::controller_call;
+use crate::control::resource::OverlayState;
+use crate::control::{ApiError, Controller, OverlayAgentConfig};
+
+/// Shortest interval between heartbeats, whatever the Overlay says.
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What a runner needs to register and stay registered.
+#[derive(Debug, Clone)]
+pub(super) struct RunnerSettings {
+    /// The registration it sends.
+    pub request: vxlan::RegistrationRequest,
+    /// The hub's API.
+    pub client: HubClient,
+    /// Interval between heartbeats.
+    pub heartbeat: Duration,
+}
+
+impl RunnerSettings {
+    /// The runner's settings from the agent configuration; `None` without a hub.
+    pub fn from_config(config: &OverlayAgentConfig) -> Option<RunnerSettings> {
+        let hub = config.hub.as_ref()?;
+        Some(RunnerSettings {
+            request: vxlan::RegistrationRequest {
+                name: config.name.clone(),
+                local_address: IpAddr::V4(config.local_address),
+                vni_base: config.vni_base,
+                port: config.port,
+                mtu: config.mtu,
+            },
+            client: HubClient::new(hub.address, hub.api_port, &hub.token),
+            heartbeat: config.heartbeat.max(MIN_HEARTBEAT),
+        })
+    }
+}
+
+/// What went wrong in one attempt, for the status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// Registration or heartbeat got no answer, or one that could not be used.
+    Call {
+        /// The hub API's address.
+        hub: SocketAddrV4,
+        /// What the call did (`registration`, `heartbeat`).
+        call: &'static str,
+        /// Why it failed.
+        error: HubCallError,
+    },
+    /// The hub's plan could not be applied on this node.
+    Plan {
+        /// The ID the hub gave.
+        id: vxlan::RunnerId,
+        /// The subnet the hub gave.
+        subnet: ipnet::Ipv4Net,
+        /// Why the controller refused it.
+        error: ApiError,
+    },
+}
+
+impl Trouble {
+    /// The Overlay state it puts the runner in.
+    pub fn state(&self) -> OverlayState {
+        match self {
+            Trouble::Call { .. } => OverlayState::HubUnreachable,
+            Trouble::Plan { .. } => OverlayState::Failed,
+        }
+    }
+
+    /// Why, without the retry delay: what the log says once per change.
+    pub fn reason(&self) -> String {
+        match self {
+            Trouble::Call { hub, error, .. } if matches!(error, HubCallError::Unreachable(_)) => {
+                format!("cannot reach the hub at {hub}: {error}")
+            }
+            Trouble::Call {
+                call,
+                error: HubCallError::Status { status, message },
+                ..
+            } if (400..500).contains(status) => format!("the hub refused {call}: {message}"),
+            Trouble::Call {
+                call,
+                error: HubCallError::Status { status, message },
+                ..
+            } => format!("the hub failed to handle the {call} (HTTP {status}): {message}"),
+            Trouble::Call {
+                hub, call, error, ..
+            } => format!("{call} with the hub at {hub} failed: {error}"),
+            Trouble::Plan { id, subnet, error } => {
+                format!("cannot apply the hub's plan (runner {id}, subnet {subnet}): {error}")
+            }
+        }
+    }
+
+    /// The status message: the reason and when the next attempt is.
+    pub fn message(&self, retry_in: Duration) -> String {
+        format!("{}; retrying in {}s", self.reason(), retry_in.as_secs())
+    }
+}
+
+/// Reports the runner's state to the controller, and logs each change once.
+struct Reporter {
+    controller: Arc<Controller>,
+    /// What was logged last, so a retry with the same outcome is not logged again.
+    last_logged: Option<String>,
+}
+
+impl Reporter {
+    async fn status(&self, state: OverlayState, message: Option<String>) {
+        controller_call(&self.controller, move |c| c.runner_status(state, message)).await;
+    }
+
+    fn log_once(&mut self, key: String) -> bool {
+        if self.last_logged.as_deref() == Some(key.as_str()) {
+            return false;
+        }
+        self.last_logged = Some(key);
+        true
+    }
+
+    async fn registering(&mut self, hub: SocketAddrV4) {
+        if self.log_once("registering".into()) {
+            tracing::info!(%hub, "registering with the hub");
+        }
+        self.status(OverlayState::Registering, None).await;
+    }
+
+    async fn registered(&mut self, plan: &vxlan::RunnerPlan) {
+        if self.log_once(format!("registered {}", plan.runner_id)) {
+            tracing::info!(
+                id = %plan.runner_id,
+                subnet = %plan.subnet,
+                vni = %plan.vni,
+                gateway = %plan.gateway,
+                "registered with the hub"
+            );
+        }
+        self.status(OverlayState::Registered, None).await;
+    }
+
+    async fn trouble(&mut self, trouble: &Trouble, retry_in: Duration) {
+        let reason = trouble.reason();
+        if self.log_once(reason.clone()) {
+            tracing::warn!("{reason}; retrying with backoff (1 s doubling to 30 s)");
+        }
+        self.status(trouble.state(), Some(trouble.message(retry_in)))
+            .await;
+    }
+}
+
+/// Runs the runner agent; never returns (the supervisor aborts or drops it to stop it).
+pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
+    let hub = settings.client.address();
+    let mut reporter = Reporter {
+        controller: Arc::clone(&controller),
+        last_logged: None,
+    };
+    let mut backoff = Backoff::new();
+    reporter.registering(hub).await;
+    loop {
+        let plan = match settings.client.register(&settings.request).await {
+            Ok(plan) => plan,
+            Err(error) => {
+                let trouble = Trouble::Call {
+                    hub,
+                    call: "registration",
+                    error,
+                };
+                wait_after(&mut reporter, &mut backoff, &trouble).await;
+                continue;
+            }
+        };
+        let joined = {
+            let plan = plan.clone();
+            controller_call(&controller, move |c| c.runner_joined(&plan)).await
+        };
+        match joined {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                let trouble = Trouble::Plan {
+                    id: plan.runner_id,
+                    subnet: plan.subnet,
+                    error,
+                };
+                wait_after(&mut reporter, &mut backoff, &trouble).await;
+                continue;
+            }
+            // The controller call panicked (logged by `controller_call`): try again later.
+            None => {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        }
+        backoff.reset();
+        reporter.registered(&plan).await;
+        heartbeats(&settings, &plan, &mut reporter, &mut backoff).await;
+    }
+}
+
+/// Sends heartbeats until the runner must register again (the hub forgot it, gave its name
+/// another ID, or could not be reached: after the backoff wait).
+async fn heartbeats(
+    settings: &RunnerSettings,
+    plan: &vxlan::RunnerPlan,
+    reporter: &mut Reporter,
+    backoff: &mut Backoff,
+) {
+    let hub = settings.client.address();
+    loop {
+        tokio::time::sleep(settings.heartbeat).await;
+        match settings.client.heartbeat(&settings.request.name).await {
+            Ok(id) if id == plan.runner_id => reporter.registered(plan).await,
+            Ok(id) => {
+                tracing::info!(
+                    %id,
+                    registered_as = %plan.runner_id,
+                    "the hub holds another ID for this runner; registering again"
+                );
+                return;
+            }
+            Err(HubCallError::Status { status: 404, .. }) => {
+                tracing::info!(%hub, "the hub no longer knows this runner; registering again");
+                return;
+            }
+            Err(error) => {
+                let trouble = Trouble::Call {
+                    hub,
+                    call: "heartbeat",
+                    error,
+                };
+                wait_after(reporter, backoff, &trouble).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reports `trouble` with the next backoff delay, then waits that long.
+async fn wait_after(reporter: &mut Reporter, backoff: &mut Backoff, trouble: &Trouble) {
+    let delay = backoff.next_delay();
+    reporter.trouble(trouble, delay).await;
+    tokio::time::sleep(delay).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn hub() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 1), 4799)
+    }
+
+    fn call(call: &'static str, error: HubCallError) -> Trouble {
+        Trouble::Call {
+            hub: hub(),
+            call,
+            error,
+        }
+    }
+
+    #[test]
+    fn unreachable_message() {
+        let trouble = call(
+            "registration",
+            HubCallError::Unreachable("Connection refused (os error 111)".into()),
+        );
+        assert_eq!(trouble.state(), OverlayState::HubUnreachable);
+        assert_eq!(
+            trouble.message(Duration::from_secs(4)),
+            "cannot reach the hub at 192.168.50.1:4799: Connection refused (os error 111); \
+             retrying in 4s"
+        );
+    }
+
+    #[test]
+    fn refusal_message_quotes_the_hub() {
+        let trouble = call(
+            "registration",
+            HubCallError::Status {
+                status: 400,
+                message: "mtu differs: hub 1450, runner 1400".into(),
+            },
+        );
+        assert_eq!(trouble.state(), OverlayState::HubUnreachable);
+        assert_eq!(
+            trouble.message(Duration::from_secs(30)),
+            "the hub refused registration: mtu differs: hub 1450, runner 1400; retrying in 30s"
+        );
+        let server_error = call(
+            "heartbeat",
+            HubCallError::Status {
+                status: 500,
+                message: "cannot save state".into(),
+            },
+        );
+        assert_eq!(
+            server_error.reason(),
+            "the hub failed to handle the heartbeat (HTTP 500): cannot save state"
+        );
+        let bad = call("registration", HubCallError::BadAnswer("not a plan".into()));
+        assert_eq!(
+            bad.reason(),
+            "registration with the hub at 192.168.50.1:4799 failed: unexpected answer: not a plan"
+        );
+    }
+
+    #[test]
+    fn plan_failure_is_failed() {
+        let trouble = Trouble::Plan {
+            id: vxlan::RunnerId::new(3).expect("non-zero"),
+            subnet: "10.3.0.0/16".parse().expect("cidr"),
+            error: ApiError::Conflict {
+                message: "Subnet \"overlay\" exists".into(),
+                field: None,
+            },
+        };
+        assert_eq!(trouble.state(), OverlayState::Failed);
+        assert_eq!(
+            trouble.message(Duration::from_secs(1)),
+            "cannot apply the hub's plan (runner 3, subnet 10.3.0.0/16): Subnet \"overlay\" \
+             exists; retrying in 1s"
+        );
+    }
+
+    #[test]
+    fn settings_come_from_the_config() {
+        let mut config = OverlayAgentConfig {
+            generation: 1,
+            name: "runner-a".into(),
+            role: crate::control::resource::OverlayRole::Runner,
+            local_address: Ipv4Addr::new(192, 168, 50, 2),
+            port: 4789,
+            vni_base: 100,
+            mtu: 1450,
+            hub: Some(crate::control::resource::HubRef {
+                address: Ipv4Addr::new(192, 168, 50, 1),
+                api_port: 4799,
+                token: "t".into(),
+            }),
+            api_port: 4799,
+            token: None,
+            heartbeat: Duration::ZERO,
+            runner_timeout: Duration::from_secs(20),
+        };
+        let settings = RunnerSettings::from_config(&config).expect("has a hub");
+        assert_eq!(settings.client.address(), hub());
+        assert_eq!(settings.heartbeat, MIN_HEARTBEAT);
+        assert_eq!(
+            settings.request,
+            vxlan::RegistrationRequest {
+                name: "runner-a".into(),
+                local_address: IpAddr::V4(Ipv4Addr::new(192, 168, 50, 2)),
+                vni_base: 100,
+                port: 4789,
+                mtu: 1450,
+            }
+        );
+        config.hub = None;
+        assert!(RunnerSettings::from_config(&config).is_none());
+    }
+}

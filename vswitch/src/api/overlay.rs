@@ -1,0 +1,20 @@
+//! The overlay view of the node (`GET /v1/overlay`): on a hub the runners it knows, on a
+//! runner its ID, plan and registration state, on a mesh node its peers. The Overlay
+//! resource itself is read and written at `/v1/overlays`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::Value;
+
+use super::error::ErrorResponse;
+use super::resources::blocking;
+use crate::control::Controller;
+
+/// `GET /v1/overlay`: the overlay as `vswitchctl overlay` shows it; 404 without an Overlay.
+pub(super) async fn view(
+    State(controller): State<Arc<Controller>>,
+) -> Result<Json<Value>, ErrorResponse> {
+    Ok(Json(blocking(&controller, |c| c.overlay_view()).await?))
+}

@@ -1,0 +1,749 @@
+//! The Overlay resource's rules, with no I/O: validation, the encapsulation settings, and
+//! the resources the switch generates for it.
+//!
+//! A hub and a runner get their addressing from the overlay rather than from the user, so
+//! the switch writes it as ordinary resources, labelled [`OWNER_LABEL`] `Overlay/<name>`, that
+//! go through the same validation, IPAM and routing as the user's (and that users may read
+//! but not change or delete):
+//! - runner N (once the hub answered): Network `overlay`, Subnet `overlay` (10.N.0.0/16,
+//!   gateway 10.N.0.1, VNI base+N, remote VTEP = the hub), Route `overlay-hub` (the hub's
+//!   overlay-wide prefix, 10.0.0.0/8, via the hub's address in the subnet, 10.N.0.254);
+//! - the hub: Network `overlay`; per runner, Subnet `overlay-rN` (10.N.0.0/16, the hub owns
+//!   10.N.0.254, remote VTEP = the runner); Subnet `overlay-host` (the plan's first /16,
+//!   which no runner gets) and the host NetworkInterface `overlay-host`: a TAP named
+//!   [`HOST_IFNAME`] in vswitchd's own namespace with the hub address (10.0.0.1) and a route
+//!   to the whole overlay through the switch, so the hub node's processes are reachable from
+//!   every container;
+//! - mesh: nothing; the user's Subnets with a `vni` are stretched over `peers`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use vxlan::encap::SourcePortRange;
+use vxlan::{RunnerPlan, VxlanEncapConfig};
+
+use super::ApiError;
+use super::resource::{
+    HubRef, IpRequest, Metadata, Network, NetworkInterface, NetworkInterfaceSpec, NetworkSpec,
+    OWNER_LABEL, Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetSpec,
+};
+use super::store::State;
+use crate::api::API_VERSION;
+use crate::port::PortKind;
+use crate::sys::netns::NetnsRef;
+
+/// The Network the switch generates for a hub or runner.
+pub const NETWORK: &str = "overlay";
+/// A runner's generated Subnet.
+pub const RUNNER_SUBNET: &str = "overlay";
+/// A runner's generated Route to the hub's overlay-wide prefix.
+pub const HUB_ROUTE: &str = "overlay-hub";
+/// The hub's generated Subnet and NetworkInterface for its own stack.
+pub const HOST: &str = "overlay-host";
+/// The name of the hub's host TAP in vswitchd's namespace.
+pub const HOST_IFNAME: &str = "vsoverlay0";
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The hub's generated Subnet for runner `id`.
+pub fn runner_subnet_name(id: u8) -> String {
+    format!("overlay-r{id}")
+}
+
+/// True when `metadata` marks a resource the switch generated.
+pub fn is_owned(metadata: &Metadata) -> bool {
+    metadata.labels.contains_key(OWNER_LABEL)
+}
+
+/// The MTU of Subnet `subnet`: a stretched one (with a VNI) is capped at the Overlay's MTU,
+/// so that what is routed into it fits the underlay once encapsulated.
+pub fn subnet_mtu(state: &State, subnet: &Subnet) -> u16 {
+    match (subnet.spec.vni, state.overlays.values().next()) {
+        (Some(_), Some(overlay)) => subnet.spec.mtu.min(overlay.spec.mtu),
+        _ => subnet.spec.mtu,
+    }
+}
+
+/// The MTU an interface gets: its own, else its Subnet's, capped at the Overlay's MTU on a
+/// stretched Subnet ("attached interfaces on overlay subnets get the overlay MTU").
+pub fn interface_mtu(state: &State, nic: &NetworkInterface, subnet: &Subnet) -> u16 {
+    let mtu = nic.effective_mtu(&subnet.spec);
+    match (subnet.spec.vni, state.overlays.values().next()) {
+        (Some(_), Some(overlay)) => mtu.min(overlay.spec.mtu),
+        _ => mtu,
+    }
+}
+
+/// Parses `MIN-MAX` (the `sourcePorts` field).
+///
+/// # Errors
+/// A message saying what to write.
+pub fn source_ports(text: &str) -> Result<SourcePortRange, String> {
+    let parsed = text.split_once('-').and_then(|(min, max)| {
+        Some((
+            min.trim().parse::<u16>().ok()?,
+            max.trim().parse::<u16>().ok()?,
+        ))
+    });
+    let Some((min, max)) = parsed else {
+        return Err(format!(
+            "{text:?} is not a port range; write MIN-MAX, e.g. 32768-60999"
+        ));
+    };
+    SourcePortRange::new(min, max).map_err(|err| err.to_string())
+}
+
+/// The encapsulation settings of the Overlay (validated: the range parses).
+pub fn encap_config(overlay: &Overlay) -> VxlanEncapConfig {
+    VxlanEncapConfig {
+        udp_checksum_ipv4: overlay.spec.udp_checksum,
+        source_ports: source_ports(&overlay.spec.source_ports).unwrap_or_default(),
+        ..VxlanEncapConfig::default()
+    }
+}
+
+/// The settings every node of the overlay must share.
+pub fn settings(overlay: &Overlay) -> vxlan::OverlaySettings {
+    vxlan::OverlaySettings {
+        vni_base: overlay.spec.vni_base,
+        port: overlay.spec.port,
+        mtu: overlay.spec.mtu,
+    }
+}
+
+/// Checks an address other nodes must reach: not loopback, unspecified, multicast or
+/// broadcast.
+fn check_reachable(origin: &Origin, field: &str, address: Ipv4Addr) -> Result<(), ApiError> {
+    let why = if address.is_loopback() {
+        Some("is a loopback address")
+    } else if address.is_unspecified() {
+        Some("is unspecified")
+    } else if address.is_multicast() || address.is_broadcast() {
+        Some("is not a unicast address")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(origin.invalid(
+            field,
+            format!(
+                "{address} {why}: the other nodes cannot reach it; use the address the other nodes reach this node at (its address on the underlay network)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks the Overlay `overlay` against the state it would be part of.
+///
+/// # Errors
+/// [`ApiError`] naming the field and what to write.
+pub fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(), ApiError> {
+    let spec = &overlay.spec;
+    if let Some(other) = next.overlays.keys().find(|n| **n != overlay.metadata.name) {
+        return Err(origin.conflict(
+            "metadata.name",
+            format!(
+                "this node already has Overlay {other:?}; a node has one Overlay (delete it first, or apply with its name)"
+            ),
+        ));
+    }
+    vxlan::membership::validate_runner_name(&overlay.metadata.name)
+        .map_err(|err| origin.invalid("metadata.name", err))?;
+    check_reachable(origin, "spec.localAddress", spec.local_address)?;
+    if spec.port == 0 {
+        return Err(origin.invalid("spec.port", "must be 1..=65535 (VXLAN's is 4789)"));
+    }
+    if spec.vni_base == 0 || spec.vni_base.saturating_add(255) > MAX_VNI {
+        return Err(origin.invalid(
+            "spec.vniBase",
+            format!(
+                "{} leaves no room for runner VNIs: it must be 1..={} (runner N gets vniBase + N, up to {MAX_VNI})",
+                spec.vni_base,
+                MAX_VNI - 255
+            ),
+        ));
+    }
+    if !(576..=9000).contains(&spec.mtu) {
+        return Err(origin.invalid(
+            "spec.mtu",
+            format!(
+                "{} is out of range: use 576..=9000 (the underlay MTU minus 50: 1450 for a 1500-byte underlay, 8950 for jumbo frames)",
+                spec.mtu
+            ),
+        ));
+    }
+    source_ports(&spec.source_ports).map_err(|err| origin.invalid("spec.sourcePorts", err))?;
+    if spec.heartbeat_seconds == 0 || spec.runner_timeout_seconds == 0 {
+        let field = if spec.heartbeat_seconds == 0 {
+            "spec.heartbeatSeconds"
+        } else {
+            "spec.runnerTimeoutSeconds"
+        };
+        return Err(origin.invalid(field, "must be at least 1"));
+    }
+    let only = |field: &str, present: bool, role: &str| -> Result<(), ApiError> {
+        if present {
+            Err(origin.invalid(
+                field,
+                format!(
+                    "applies to role {role} only; remove it for role {}",
+                    spec.role
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    only(
+        "spec.peers",
+        !spec.peers.is_empty() && spec.role != OverlayRole::Mesh,
+        "mesh",
+    )?;
+    only(
+        "spec.hub",
+        spec.hub.is_some() && spec.role != OverlayRole::Runner,
+        "runner",
+    )?;
+    only(
+        "spec.token",
+        spec.token.is_some() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
+    only(
+        "spec.runners",
+        !spec.runners.is_empty() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
+    match spec.role {
+        OverlayRole::Mesh => {
+            for (i, peer) in spec.peers.iter().enumerate() {
+                let field = format!("spec.peers[{i}]");
+                check_reachable(origin, &field, *peer)?;
+                if *peer == spec.local_address {
+                    return Err(origin.invalid(&field, "is this node's own localAddress"));
+                }
+            }
+        }
+        OverlayRole::Runner => {
+            let Some(HubRef { address, token, .. }) = &spec.hub else {
+                return Err(origin.invalid(
+                    "spec.hub",
+                    "role runner needs the hub: hub: {address: HUB-ADDRESS, apiPort: 4799, token: TOKEN}",
+                ));
+            };
+            check_reachable(origin, "spec.hub.address", *address)?;
+            if token.is_empty() {
+                return Err(origin.invalid("spec.hub.token", "must not be empty"));
+            }
+        }
+        OverlayRole::Hub => {
+            if spec.token.as_deref().is_none_or(str::is_empty) {
+                return Err(origin.invalid(
+                    "spec.token",
+                    "role hub needs a token that runners must present (token: SOME-SECRET)",
+                ));
+            }
+            spec.address_plan
+                .validate(spec.vni_base)
+                .map_err(|err| origin.invalid("spec.addressPlan", err))?;
+            let mut names = std::collections::BTreeSet::new();
+            for (i, runner) in spec.runners.iter().enumerate() {
+                let field = format!("spec.runners[{i}]");
+                vxlan::membership::validate_runner_name(&runner.name)
+                    .map_err(|err| origin.invalid(&format!("{field}.name"), err))?;
+                check_reachable(origin, &format!("{field}.address"), runner.address)?;
+                if !names.insert(runner.name.as_str()) {
+                    return Err(origin.invalid(
+                        &format!("{field}.name"),
+                        format!("{:?} is listed twice", runner.name),
+                    ));
+                }
+            }
+        }
+    }
+    // The names the switch generates must be free for it.
+    for (kind, name, taken) in generated_names(next) {
+        if taken {
+            return Err(origin.conflict(
+                "spec.role",
+                format!(
+                    "the Overlay needs the name {name:?} for its {kind}, but a {kind} of that name exists that the Overlay did not create; rename or delete it"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The names a hub or runner generates that exist without the owner label.
+fn generated_names(state: &State) -> Vec<(&'static str, &'static str, bool)> {
+    let foreign = |metadata: Option<&Metadata>| metadata.is_some_and(|m| !is_owned(m));
+    let Some(overlay) = state.overlays.values().next() else {
+        return Vec::new();
+    };
+    match overlay.spec.role {
+        OverlayRole::Mesh => Vec::new(),
+        OverlayRole::Runner => vec![
+            (
+                "Network",
+                NETWORK,
+                foreign(state.networks.get(NETWORK).map(|r| &r.metadata)),
+            ),
+            (
+                "Subnet",
+                RUNNER_SUBNET,
+                foreign(state.subnets.get(RUNNER_SUBNET).map(|r| &r.metadata)),
+            ),
+            (
+                "Route",
+                HUB_ROUTE,
+                foreign(state.routes.get(HUB_ROUTE).map(|r| &r.metadata)),
+            ),
+        ],
+        OverlayRole::Hub => vec![
+            (
+                "Network",
+                NETWORK,
+                foreign(state.networks.get(NETWORK).map(|r| &r.metadata)),
+            ),
+            (
+                "Subnet",
+                HOST,
+                foreign(state.subnets.get(HOST).map(|r| &r.metadata)),
+            ),
+            (
+                "NetworkInterface",
+                HOST,
+                foreign(state.network_interfaces.get(HOST).map(|r| &r.metadata)),
+            ),
+        ],
+    }
+}
+
+/// Checks a Subnet's overlay fields.
+///
+/// # Errors
+/// [`ApiError`] naming the field.
+pub fn check_subnet(
+    origin: &Origin,
+    next: &State,
+    name: &str,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
+    let Some(vni) = subnet.spec.vni else {
+        if !subnet.spec.remote_vteps.is_empty() {
+            return Err(origin.invalid(
+                "spec.remoteVteps",
+                "only a Subnet with a vni has remote VTEPs; add vni: N or remove remoteVteps",
+            ));
+        }
+        return Ok(());
+    };
+    if vni == 0 || vni > MAX_VNI {
+        return Err(origin.invalid(
+            "spec.vni",
+            format!("{vni} is out of range: a VNI is 1..={MAX_VNI}"),
+        ));
+    }
+    if let Some((other, _)) = next
+        .subnets
+        .iter()
+        .find(|(other, s)| other.as_str() != name && s.spec.vni == Some(vni))
+    {
+        return Err(origin.conflict(
+            "spec.vni",
+            format!(
+                "VNI {vni} is already Subnet {other:?}'s; each stretched Subnet has its own VNI"
+            ),
+        ));
+    }
+    for (i, vtep) in subnet.spec.remote_vteps.iter().enumerate() {
+        check_reachable(origin, &format!("spec.remoteVteps[{i}]"), *vtep)?;
+    }
+    Ok(())
+}
+
+fn metadata(name: &str, owner: &str) -> Metadata {
+    Metadata {
+        name: name.to_string(),
+        labels: BTreeMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
+    }
+}
+
+fn network(owner: &str) -> Resource {
+    Resource::Network(Network {
+        api_version: API_VERSION.into(),
+        kind: "Network".into(),
+        metadata: metadata(NETWORK, owner),
+        spec: NetworkSpec::default(),
+        status: Default::default(),
+    })
+}
+
+/// A generated Subnet of Network [`NETWORK`].
+#[allow(clippy::too_many_arguments)]
+fn subnet(
+    name: &str,
+    owner: &str,
+    cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+    mtu: u16,
+    vni: Option<u32>,
+    remote_vteps: Vec<Ipv4Addr>,
+    reserved: Vec<Ipv4Addr>,
+) -> Resource {
+    Resource::Subnet(Subnet {
+        api_version: API_VERSION.into(),
+        kind: "Subnet".into(),
+        metadata: metadata(name, owner),
+        spec: SubnetSpec {
+            network: NETWORK.into(),
+            cidr,
+            gateway,
+            mtu,
+            range_start: None,
+            range_end: None,
+            reserved,
+            mac_ageing_seconds: super::resource::DEFAULT_MAC_AGEING_SECONDS,
+            mac_table_limit: super::resource::DEFAULT_MAC_TABLE_LIMIT,
+            gateway_mac: None,
+            vni,
+            remote_vteps,
+        },
+        status: Default::default(),
+    })
+}
+
+/// The Subnet, Network and Route a runner generates from the hub's `plan`.
+fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: Ipv4Addr) -> Vec<Resource> {
+    let owner = overlay.owner_label();
+    vec![
+        network(&owner),
+        subnet(
+            RUNNER_SUBNET,
+            &owner,
+            plan.subnet,
+            plan.gateway,
+            overlay.spec.mtu,
+            Some(u32::from(plan.vni)),
+            vec![hub],
+            vec![plan.hub_address],
+        ),
+        Resource::Route(Route {
+            api_version: API_VERSION.into(),
+            kind: "Route".into(),
+            metadata: metadata(HUB_ROUTE, &owner),
+            spec: RouteSpec {
+                network: NETWORK.into(),
+                destination: plan.hub_overlay_address.trunc(),
+                next_hop: plan.hub_address,
+            },
+            status: Default::default(),
+        }),
+    ]
+}
+
+/// The hub's Network, host Subnet and host NetworkInterface, and a Subnet per runner in
+/// `pool`.
+fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Resource> {
+    let owner = overlay.owner_label();
+    let spec = &overlay.spec;
+    let plan = &spec.address_plan;
+    let host_cidr = Ipv4Net::new(plan.overlay.network(), plan.runner_prefix_len)
+        .unwrap_or(plan.overlay)
+        .trunc();
+    let host_gateway = nth_host(host_cidr, plan.hub_host).unwrap_or(plan.hub_address);
+    let mut resources = vec![
+        network(&owner),
+        subnet(
+            HOST,
+            &owner,
+            host_cidr,
+            host_gateway,
+            spec.mtu,
+            None,
+            Vec::new(),
+            Vec::new(),
+        ),
+        Resource::NetworkInterface(NetworkInterface {
+            api_version: API_VERSION.into(),
+            kind: "NetworkInterface".into(),
+            metadata: metadata(HOST, &owner),
+            spec: NetworkInterfaceSpec {
+                subnet: HOST.into(),
+                netns: NetnsRef::Path(PathBuf::from("/proc/self/ns/net")),
+                ifname: HOST_IFNAME.into(),
+                kind: PortKind::Tap,
+                mac: None,
+                ips: vec![IpRequest {
+                    addr: plan.hub_address,
+                    prefix_len: None,
+                }],
+                mtu: None,
+                virtual_ip: None,
+                default_route: false,
+                routes: vec![plan.overlay],
+            },
+            status: Default::default(),
+        }),
+    ];
+    for runner in pool.into_iter().flat_map(vxlan::RunnerPool::runners) {
+        let std::net::IpAddr::V4(address) = runner.address else {
+            continue;
+        };
+        let Ok(runner_plan) = plan.runner(runner.id, spec.vni_base) else {
+            continue;
+        };
+        resources.push(subnet(
+            &runner_subnet_name(u8::from(runner.id)),
+            &owner,
+            runner_plan.subnet,
+            runner_plan.hub_address,
+            spec.mtu,
+            Some(u32::from(runner_plan.vni)),
+            vec![address],
+            vec![runner_plan.gateway],
+        ));
+    }
+    resources
+}
+
+/// Host number `n` of `cidr` (0 is the network address).
+fn nth_host(cidr: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
+    let base = u32::from(cidr.network());
+    let address = Ipv4Addr::from(base.checked_add(n)?);
+    cidr.contains(&address).then_some(address)
+}
+
+/// The resources the Overlay in `state` wants generated (empty without one, for a mesh,
+/// and for a runner the hub has not answered yet).
+pub fn owned_resources(state: &State) -> Vec<Resource> {
+    let Some(overlay) = state.overlays.values().next() else {
+        return Vec::new();
+    };
+    match overlay.spec.role {
+        OverlayRole::Mesh => Vec::new(),
+        OverlayRole::Runner => match (&overlay.status.plan, &overlay.spec.hub) {
+            (Some(plan), Some(hub)) => runner_resources(overlay, plan, hub.address),
+            _ => Vec::new(),
+        },
+        OverlayRole::Hub => hub_resources(overlay, state.runner_pool.as_ref()),
+    }
+}
+
+/// The generated resources in `state` owned by Overlay `owner_label` that `wanted` no longer
+/// lists, as (kind, name), in deletion order (interfaces, routes, subnets, networks).
+pub fn stale_owned(state: &State, wanted: &[Resource]) -> Vec<(super::resource::Kind, String)> {
+    use super::resource::Kind;
+    let keep = |kind: Kind, name: &str| wanted.iter().any(|r| r.kind() == kind && r.name() == name);
+    let mut stale = Vec::new();
+    let mut add = |kind: Kind, name: &String, metadata: &Metadata| {
+        if is_owned(metadata) && !keep(kind, name) {
+            stale.push((kind, name.clone()));
+        }
+    };
+    for (name, r) in &state.network_interfaces {
+        add(Kind::NetworkInterface, name, &r.metadata);
+    }
+    for (name, r) in &state.routes {
+        add(Kind::Route, name, &r.metadata);
+    }
+    for (name, r) in &state.subnets {
+        add(Kind::Subnet, name, &r.metadata);
+    }
+    for (name, r) in &state.networks {
+        add(Kind::Network, name, &r.metadata);
+    }
+    stale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::resource::{OverlaySpec, OverlayStatus};
+
+    fn overlay(role: OverlayRole) -> Overlay {
+        let yaml = match role {
+            OverlayRole::Mesh => "role: mesh\nlocalAddress: 192.168.50.1\npeers: [192.168.50.2]\n",
+            OverlayRole::Hub => "role: hub\nlocalAddress: 192.168.50.1\ntoken: s3cret\n",
+            OverlayRole::Runner => {
+                "role: runner\nlocalAddress: 192.168.50.2\nhub: {address: 192.168.50.1, token: s3cret}\n"
+            }
+        };
+        let spec: OverlaySpec = serde_norway::from_str(yaml).expect("spec parses");
+        Overlay {
+            api_version: API_VERSION.into(),
+            kind: "Overlay".into(),
+            metadata: Metadata {
+                name: "node-a".into(),
+                labels: BTreeMap::new(),
+            },
+            spec,
+            status: OverlayStatus::default(),
+        }
+    }
+
+    fn state_with(overlay: Overlay) -> State {
+        let mut state = State::default();
+        state
+            .overlays
+            .insert(overlay.metadata.name.clone(), overlay);
+        state
+    }
+
+    fn check(overlay: &Overlay) -> Result<(), ApiError> {
+        let state = state_with(overlay.clone());
+        check_overlay(
+            &Origin::resource(super::super::resource::Kind::Overlay, "node-a"),
+            &state,
+            overlay,
+        )
+    }
+
+    #[test]
+    fn defaults_follow_the_issue() {
+        let o = overlay(OverlayRole::Hub);
+        assert_eq!(
+            (o.spec.port, o.spec.vni_base, o.spec.mtu),
+            (4789, 100, 1450)
+        );
+        assert_eq!(
+            source_ports(&o.spec.source_ports),
+            Ok(SourcePortRange::DEFAULT)
+        );
+        assert!(!encap_config(&o).udp_checksum_ipv4);
+        check(&o).expect("valid hub");
+        check(&overlay(OverlayRole::Runner)).expect("valid runner");
+        check(&overlay(OverlayRole::Mesh)).expect("valid mesh");
+    }
+
+    #[test]
+    fn loopback_and_unspecified_addresses_are_refused_with_advice() {
+        for bad in ["127.0.0.1", "0.0.0.0"] {
+            let mut o = overlay(OverlayRole::Hub);
+            o.spec.local_address = bad.parse().unwrap();
+            let err = check(&o).expect_err(bad).to_string();
+            assert!(
+                err.contains("spec.localAddress") || err.contains(bad),
+                "{err}"
+            );
+            assert!(err.contains("address the other nodes reach"), "{err}");
+        }
+    }
+
+    #[test]
+    fn role_fields_are_checked() {
+        let mut runner = overlay(OverlayRole::Runner);
+        runner.spec.hub = None;
+        assert!(
+            check(&runner)
+                .unwrap_err()
+                .to_string()
+                .contains("needs the hub")
+        );
+        let mut hub = overlay(OverlayRole::Hub);
+        hub.spec.token = None;
+        assert!(check(&hub).unwrap_err().to_string().contains("token"));
+        let mut mesh = overlay(OverlayRole::Mesh);
+        mesh.spec.token = Some("x".into());
+        assert!(
+            check(&mesh)
+                .unwrap_err()
+                .to_string()
+                .contains("role hub only")
+        );
+        let mut mtu = overlay(OverlayRole::Mesh);
+        mtu.spec.mtu = 100;
+        assert!(check(&mtu).unwrap_err().to_string().contains("8950"));
+        let mut ports = overlay(OverlayRole::Mesh);
+        ports.spec.source_ports = "9-3".into();
+        assert!(check(&ports).is_err());
+    }
+
+    #[test]
+    fn a_runner_generates_its_subnet_and_route_from_the_plan() {
+        let mut o = overlay(OverlayRole::Runner);
+        assert!(
+            owned_resources(&state_with(o.clone())).is_empty(),
+            "no plan yet"
+        );
+        let plan = vxlan::AddressPlan::default()
+            .runner(vxlan::RunnerId::try_from(3).unwrap(), 100)
+            .unwrap();
+        o.status.plan = Some(plan);
+        let resources = owned_resources(&state_with(o));
+        let Resource::Subnet(subnet) = &resources[1] else {
+            panic!("{resources:?}")
+        };
+        assert_eq!(subnet.spec.cidr.to_string(), "10.3.0.0/16");
+        assert_eq!(subnet.spec.gateway.to_string(), "10.3.0.1");
+        assert_eq!(subnet.spec.vni, Some(103));
+        assert_eq!(
+            subnet.spec.remote_vteps,
+            vec![Ipv4Addr::new(192, 168, 50, 1)]
+        );
+        assert_eq!(subnet.spec.reserved, vec![Ipv4Addr::new(10, 3, 0, 254)]);
+        let Resource::Route(route) = &resources[2] else {
+            panic!("{resources:?}")
+        };
+        assert_eq!(route.spec.destination.to_string(), "10.0.0.0/8");
+        assert_eq!(route.spec.next_hop.to_string(), "10.3.0.254");
+    }
+
+    #[test]
+    fn a_hub_generates_its_host_port_and_a_subnet_per_runner() {
+        let o = overlay(OverlayRole::Hub);
+        let mut state = state_with(o);
+        let mut pool = vxlan::RunnerPool::default();
+        pool.register("r1", "192.168.50.2".parse().unwrap(), 1)
+            .unwrap();
+        state.runner_pool = Some(pool);
+        let resources = owned_resources(&state);
+        let names: Vec<&str> = resources.iter().map(Resource::name).collect();
+        assert_eq!(
+            names,
+            ["overlay", "overlay-host", "overlay-host", "overlay-r1"]
+        );
+        let Resource::Subnet(host) = &resources[1] else {
+            panic!()
+        };
+        assert_eq!(host.spec.cidr.to_string(), "10.0.0.0/16");
+        let Resource::NetworkInterface(nic) = &resources[2] else {
+            panic!()
+        };
+        assert_eq!(nic.spec.ips[0].addr.to_string(), "10.0.0.1");
+        assert!(!nic.spec.default_route);
+        assert_eq!(nic.spec.routes[0].to_string(), "10.0.0.0/8");
+        let Resource::Subnet(r1) = &resources[3] else {
+            panic!()
+        };
+        assert_eq!(r1.spec.gateway.to_string(), "10.1.0.254");
+        assert_eq!(r1.spec.vni, Some(101));
+    }
+
+    #[test]
+    fn subnet_vnis_are_checked() {
+        let mut state = State::default();
+        let doc: Subnet = serde_norway::from_str(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: a}\nspec: {network: n, cidr: 10.9.0.0/24, gateway: 10.9.0.1, vni: 42}\n",
+        )
+        .unwrap();
+        let origin = Origin::resource(super::super::resource::Kind::Subnet, "b");
+        check_subnet(&origin, &state, "a", &doc).expect("valid");
+        state.subnets.insert("a".into(), doc.clone());
+        let err = check_subnet(&origin, &state, "b", &doc)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VNI 42 is already Subnet \"a\""), "{err}");
+        let mut zero = doc.clone();
+        zero.spec.vni = Some(0);
+        assert!(check_subnet(&origin, &state, "a", &zero).is_err());
+        let mut orphan = doc;
+        orphan.spec.vni = None;
+        orphan.spec.remote_vteps = vec![Ipv4Addr::new(192, 168, 1, 1)];
+        assert!(check_subnet(&origin, &state, "a", &orphan).is_err());
+    }
+}

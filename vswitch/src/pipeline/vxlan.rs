@@ -1,0 +1,295 @@
+//! Stage `vxlan`: frames in and out of the overlay.
+//!
+//! In: a datagram received by the VTEP is `[RX_PAD][VXLAN header][inner Ethernet]` (see
+//! [`crate::port::vxlan`]). [`decap`] validates it in the Linux kernel's order (length, I
+//! flag, VNI, inner Ethernet header, reserved bits: `vxlan_rcv` drops frames with reserved
+//! bits set or an unknown VNI, and so do we), finds the tunnel port of the Subnet with that
+//! VNI, and turns the buffer into `[virtio_net_hdr][inner Ethernet]` in place. The worker
+//! then learns the inner source MAC behind the sending VTEP (the remote FDB) and runs the
+//! frame through [`super::process_tunnel`] as if it came from the tunnel port: learning,
+//! ARP for the gateway, routing, switching. Nothing is copied.
+//!
+//! Out: a frame forwarded to a tunnel port goes to the VTEP learned for its destination MAC,
+//! or, for broadcast and unknown unicast, to every remote VTEP of the subnet (head-end
+//! replication). Frames received from the overlay are never sent back into it (they are
+//! flooded to the subnet's local ports only: split horizon). A GSO super-frame is segmented
+//! in software first; partial checksums are completed; a frame that exceeds the overlay MTU
+//! is dropped and counted (`vxlan.too_big`).
+
+use vxlan::VxlanDecapError;
+
+use crate::engine::snapshot::{PortEntry, Snapshot, VtepEntry};
+use crate::port::vxlan::RX_PAD;
+use crate::wire::VNET_HDR_LEN;
+
+keyed_enum! {
+    /// Why `vxlan` dropped a frame (received from, or sent into, the overlay).
+    pub enum DropReason {
+        Truncated = "vxlan.truncated":
+            "datagram on the VXLAN port shorter than a VXLAN header",
+        BadFlags = "vxlan.bad_flags":
+            "VXLAN header without the I flag (the VNI is not valid)",
+        ReservedBits = "vxlan.reserved_bits":
+            "VXLAN header with reserved bits set (Linux drops these too)",
+        UnknownVni = "vxlan.unknown_vni":
+            "VXLAN packet for a VNI that no stretched Subnet of this node has",
+        InnerTruncated = "vxlan.inner_truncated":
+            "VXLAN packet whose inner frame is shorter than an Ethernet header",
+        TooBig = "vxlan.too_big":
+            "frame larger than the overlay MTU allows once encapsulated",
+        NoRemote = "vxlan.no_remote":
+            "frame for the overlay, but the subnet has no remote VTEP to send it to",
+        Encap = "vxlan.encap":
+            "frame that could not be encapsulated (too short, or too long for a datagram)",
+        Segment = "vxlan.segment":
+            "GSO super-frame that could not be segmented before encapsulation",
+    }
+}
+
+impl From<VxlanDecapError> for DropReason {
+    fn from(error: VxlanDecapError) -> DropReason {
+        match error {
+            VxlanDecapError::Truncated => DropReason::Truncated,
+            VxlanDecapError::BadFlags => DropReason::BadFlags,
+            VxlanDecapError::ReservedBitsSet => DropReason::ReservedBits,
+            VxlanDecapError::UnknownVni => DropReason::UnknownVni,
+            VxlanDecapError::InnerFrameTruncated => DropReason::InnerTruncated,
+        }
+    }
+}
+
+/// Validates the datagram in `frame` (`[RX_PAD][VXLAN][inner]`), finds its tunnel port and
+/// rewrites the buffer to `[virtio_net_hdr][inner Ethernet]`. Never panics.
+///
+/// # Errors
+/// The reason the datagram is dropped; the buffer is unchanged then.
+pub fn decap<'a>(
+    snapshot: &'a Snapshot,
+    vtep: &VtepEntry,
+    frame: &mut [u8],
+) -> Result<&'a PortEntry, DropReason> {
+    let payload = frame.get(RX_PAD..).ok_or(DropReason::Truncated)?;
+    let (port, _) =
+        vxlan::encap::decapsulate_with(payload, |vni| vtep.tunnels.get(&u32::from(vni)).copied())?;
+    let tunnel = snapshot.port(port).ok_or(DropReason::UnknownVni)?;
+    // The 2 pad bytes and the 8 header bytes become a virtio header with no flags: the
+    // inner frame's checksums are whatever the sender put on the wire.
+    frame[..VNET_HDR_LEN].fill(0);
+    Ok(tunnel)
+}
+
+/// Completes the inner TCP or UDP checksum of a decapsulated IPv4 frame (`[virtio_net_hdr]
+/// [Ethernet]`) when the sender left it partial: a Linux peer whose VXLAN device sits on a
+/// veth (or any device with checksum offload that never computes it) puts the packet on the
+/// wire with the pseudo-header sum in the checksum field, and the receiving container would
+/// drop it. A complete checksum is recognised in O(1) (its field differs from the
+/// pseudo-header sum) and left alone; only a field that holds exactly the pseudo-header sum
+/// and does not verify is completed. Returns true when it completed one. Never panics.
+pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
+    use crate::wire::checksum;
+    let Some(eth) = frame.get_mut(VNET_HDR_LEN..) else {
+        return false;
+    };
+    if eth.len() < ETHERNET_HEADER_LEN + 20 || eth[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let ip = &eth[ETHERNET_HEADER_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() || fragment {
+        return false;
+    }
+    let offset = match ip[9] {
+        6 => 16,
+        17 => 6,
+        _ => return false,
+    };
+    let l4_len = total - ihl;
+    if l4_len < offset + 2 {
+        return false;
+    }
+    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let Ok(length) = u16::try_from(l4_len) else {
+        return false;
+    };
+    let pseudo = checksum::pseudo_header_ipv4(src, dst, ip[9], length);
+    let start = ETHERNET_HEADER_LEN + ihl;
+    let field = u16::from_be_bytes([eth[start + offset], eth[start + offset + 1]]);
+    if field != pseudo || field == 0 && ip[9] == 17 {
+        return false;
+    }
+    let l4 = &eth[start..start + l4_len];
+    if checksum::combine(&[pseudo, checksum::sum(l4)]) == 0xffff {
+        // It verifies after all (1 in 65536).
+        return false;
+    }
+    // `complete_partial_checksum` sums from `start` to the end of its slice: give it the
+    // IP packet's end, not the frame's (which may carry Ethernet padding).
+    checksum::complete_partial_checksum(&mut eth[..start + l4_len], start, offset).is_ok()
+}
+
+/// True when the Ethernet frame `inner` (no virtio header) exceeds `mtu` at L3.
+pub fn exceeds_mtu(inner: &[u8], mtu: u16) -> bool {
+    inner.len().saturating_sub(ETHERNET_HEADER_LEN) > usize::from(mtu)
+}
+
+const ETHERNET_HEADER_LEN: usize = 14;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::snapshot::{SubnetId, Tunnel};
+    use crate::pipeline::fixtures::{ARP_REQUEST, snapshot_with_ports};
+    use crate::port::{Capabilities, PortId, PortIo, PortKind};
+
+    fn vtep_and_snapshot() -> (VtepEntry, Snapshot) {
+        let io = Arc::new(PortIo {
+            kind: PortKind::Vxlan,
+            queues: Vec::new(),
+            capabilities: Capabilities::default(),
+            host_ifname: None,
+        });
+        let tunnel = PortEntry {
+            id: PortId(9),
+            name: "vxlan/blue".into(),
+            subnet: SubnetId(1),
+            mac: [0; 6],
+            ips: Vec::new(),
+            mtu: 1450,
+            allowed_sources: Vec::new(),
+            io: Arc::clone(&io),
+            proxy_arp: false,
+            tunnel: Some(Tunnel {
+                vni: vxlan::Vni::new(42).unwrap(),
+                remotes: vec!["192.168.50.2".parse().unwrap()],
+            }),
+        };
+        let snapshot = snapshot_with_ports(vec![tunnel]);
+        let vtep = VtepEntry {
+            id: PortId(8),
+            local: "192.168.50.1:4789".parse().unwrap(),
+            encap: vxlan::VxlanEncapConfig::default(),
+            io,
+            tunnels: HashMap::from([(42, PortId(9))]),
+        };
+        (vtep, snapshot)
+    }
+
+    /// `[pad][VXLAN flags, reserved, vni, reserved][inner]` with the inner ARP request.
+    fn datagram(flags: u8, vni: u32, reserved_last: u8) -> Vec<u8> {
+        let mut bytes = vec![0u8; RX_PAD];
+        bytes.extend_from_slice(&[flags, 0, 0, 0]);
+        bytes.extend_from_slice(&vni.to_be_bytes()[1..]);
+        bytes.push(reserved_last);
+        bytes.extend_from_slice(&ARP_REQUEST[VNET_HDR_LEN..]);
+        bytes
+    }
+
+    #[test]
+    fn a_valid_datagram_becomes_a_frame_in_place() {
+        let (vtep, snapshot) = vtep_and_snapshot();
+        let mut frame = datagram(0x08, 42, 0);
+        let tunnel = decap(&snapshot, &vtep, &mut frame).expect("valid");
+        assert_eq!(tunnel.id, PortId(9));
+        assert_eq!(&frame[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&frame[VNET_HDR_LEN..], &ARP_REQUEST[VNET_HDR_LEN..]);
+    }
+
+    #[test]
+    fn malformed_datagrams_are_refused_with_their_reason() {
+        let (vtep, snapshot) = vtep_and_snapshot();
+        let cases: [(Vec<u8>, DropReason); 5] = [
+            (
+                datagram(0x08, 42, 0)[..RX_PAD + 5].to_vec(),
+                DropReason::Truncated,
+            ),
+            (datagram(0x00, 42, 0), DropReason::BadFlags),
+            (datagram(0x08, 43, 0), DropReason::UnknownVni),
+            (datagram(0x08, 42, 1), DropReason::ReservedBits),
+            (datagram(0x0c, 42, 0), DropReason::ReservedBits),
+        ];
+        for (mut frame, want) in cases {
+            let before = frame.clone();
+            assert_eq!(decap(&snapshot, &vtep, &mut frame).map(|p| p.id), Err(want));
+            assert_eq!(frame, before, "unchanged on {want}");
+        }
+        let mut short_inner = datagram(0x08, 42, 0)[..RX_PAD + 8 + 10].to_vec();
+        assert_eq!(
+            decap(&snapshot, &vtep, &mut short_inner).map(|p| p.id),
+            Err(DropReason::InnerTruncated)
+        );
+        assert_eq!(
+            decap(&snapshot, &vtep, &mut []).map(|p| p.id),
+            Err(DropReason::Truncated)
+        );
+    }
+
+    /// vnet + Ethernet + IPv4 10.0.0.1 -> 10.0.0.2 + UDP 1000 -> 2000 "hello!" with the UDP
+    /// checksum field as given.
+    fn udp_frame(field: Option<u16>) -> Vec<u8> {
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let ip = [
+            0x45, 0, 0, 34, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0, 14, 0, 0]);
+        frame.extend_from_slice(b"hello!");
+        let pseudo = crate::wire::checksum::pseudo_header_ipv4(
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            17,
+            14,
+        );
+        let full = !crate::wire::checksum::combine(&[
+            pseudo,
+            crate::wire::checksum::sum(&frame[VNET_HDR_LEN + 34..]),
+        ]);
+        let value = field.unwrap_or(pseudo);
+        let value = if field == Some(u16::MAX) { full } else { value };
+        frame[VNET_HDR_LEN + 34 + 6..VNET_HDR_LEN + 34 + 8].copy_from_slice(&value.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn partial_inner_checksums_are_completed_and_complete_ones_left() {
+        let complete = udp_frame(Some(u16::MAX));
+        let mut partial = udp_frame(None);
+        assert!(complete_inner_checksum(&mut partial), "completed");
+        assert_eq!(partial, complete);
+        let mut again = complete.clone();
+        assert!(!complete_inner_checksum(&mut again));
+        assert_eq!(again, complete);
+        let mut zero = udp_frame(Some(0));
+        assert!(
+            !complete_inner_checksum(&mut zero),
+            "UDP without checksum stays so"
+        );
+        let mut corrupt = udp_frame(Some(0x1234));
+        assert!(
+            !complete_inner_checksum(&mut corrupt),
+            "a wrong checksum is not repaired"
+        );
+    }
+
+    #[test]
+    fn mtu_is_measured_at_l3() {
+        assert!(!exceeds_mtu(&[0; 14 + 1450], 1450));
+        assert!(exceeds_mtu(&[0; 14 + 1451], 1450));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decap_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let (vtep, snapshot) = vtep_and_snapshot();
+            let mut frame = bytes;
+            let _ = decap(&snapshot, &vtep, &mut frame);
+            let _ = complete_inner_checksum(&mut frame);
+        }
+    }
+}
