@@ -5,9 +5,10 @@
 //!   kernel:  in each node, bridge br0 with the container's veth and vxlan0
 //!            (VNI 42, UDP 4789, unicast remote = the other node); containers
 //!            10.80.0.2/24 and 10.80.0.3/24, MTU 1450 (1500 minus the 50-byte VXLAN overhead)
-//!   vswitch: one vswitchd per node, each given an Overlay (mesh, the other node as static
-//!            peer); c1 attached on node1, c2 on node2 with a static address so the two
-//!            daemons' IPAM cannot hand out the same one
+//!   vswitch: one vswitchd per node, each given an Overlay (mesh, the other node as its
+//!            peer) and Subnet `perf` (10.80.0.0/24, VNI 42) stretched over it; c1 attached
+//!            on node1 as 10.80.0.2, c2 on node2 as 10.80.0.3 (static addresses, so the two
+//!            daemons' IPAM cannot hand out the same one)
 //! ```
 //! A vswitchd that refuses the Overlay or does not carry traffic across is reported as
 //! "not supported by this vswitchd yet"; the kernel side is measured regardless.
@@ -22,13 +23,16 @@ use crate::topo::Topology;
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 3);
 const UNDERLAY: [&str; 2] = ["10.79.0.1", "10.79.0.2"];
 
-/// The Overlay resource for the node whose underlay address is `local` (DESIGN.md's fields:
-/// local address, UDP port, VNI base, MTU, role, static peers).
+/// The Overlay (mesh, the other node as its peer) for the node whose underlay address is
+/// `local`, and the Subnet stretched over it with the kernel side's VNI and MTU.
 fn overlay(local: &str, peer: &str) -> String {
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: perf\nspec:\n  \
-         role: mesh\n  local: {local}\n  port: 4789\n  vniBase: 42\n  mtu: 1500\n  \
-         peers:\n  - {peer}\n"
+         role: mesh\n  localAddress: {local}\n  port: 4789\n  mtu: 1450\n  \
+         peers:\n  - {peer}\n---\n\
+         apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: perf\nspec: {{}}\n---\n\
+         apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: perf\nspec:\n  \
+         network: perf\n  cidr: 10.80.0.0/24\n  gateway: 10.80.0.1\n  vni: 42\n"
     )
 }
 
@@ -63,10 +67,10 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 daemons.push(daemon);
             }
             daemons[0]
-                .attach(&containers[0], "c1", kind, None, None)
+                .attach(&containers[0], "c1", kind, Some("perf"), Some("10.80.0.2"))
                 .map_err(refusal_is_unsupported)?;
             daemons[1]
-                .attach(&containers[1], "c2", kind, None, Some("172.30.255.2/16"))
+                .attach(&containers[1], "c2", kind, Some("perf"), Some("10.80.0.3"))
                 .map_err(refusal_is_unsupported)?;
             let server_ip = daemons[1].interface_ip("c2", &containers[1])?;
             settle()?;
@@ -142,7 +146,8 @@ mod tests {
             doc.starts_with("apiVersion: vswitch/v1alpha1\nkind: Overlay\n"),
             "{doc}"
         );
-        assert!(doc.contains("  local: 10.79.0.1\n"), "{doc}");
+        assert!(doc.contains("  localAddress: 10.79.0.1\n"), "{doc}");
         assert!(doc.contains("  - 10.79.0.2\n"), "{doc}");
+        assert!(doc.contains("  vni: 42\n"), "{doc}");
     }
 }

@@ -683,7 +683,7 @@ fn peerings_section(network: &Value) -> String {
 
 /// The `fdb` table: SUBNET MAC PORT AGE.
 pub fn fdb_table(fdb: &Value) -> Table {
-    let mut table = Table::new(&["SUBNET", "MAC", "PORT", "AGE"]);
+    let mut table = Table::new(&["SUBNET", "MAC", "PORT", "VTEP", "AGE"]);
     for row in rows(fdb, "entries") {
         let age = row
             .get("age_seconds")
@@ -694,6 +694,7 @@ pub fn fdb_table(fdb: &Value) -> Table {
             at(row, &["/subnet"]),
             at(row, &["/mac"]),
             at(row, &["/port"]),
+            at(row, &["/vtep"]),
             age,
         ]);
     }
@@ -1488,14 +1489,14 @@ nat.unsolicited   4
     fn fdb_table_from_rows() {
         let fdb = json!([
             {"subnet": "default", "mac": "02:00:ac:1e:00:02", "port": "c1", "age_seconds": 3},
-            {"subnet": "default", "mac": "02:00:ac:1e:00:03", "port": "c2", "age_seconds": 125},
+            {"subnet": "default", "mac": "02:00:ac:1e:00:03", "port": "vxlan/default", "age_seconds": 125, "vtep": "192.168.50.2"},
         ]);
         assert_eq!(
             fdb_table(&fdb).render(),
             "\
-SUBNET    MAC                 PORT   AGE
-default   02:00:ac:1e:00:02   c1     3s
-default   02:00:ac:1e:00:03   c2     2m5s
+SUBNET    MAC                 PORT            VTEP           AGE
+default   02:00:ac:1e:00:02   c1              -              3s
+default   02:00:ac:1e:00:03   vxlan/default   192.168.50.2   2m5s
 "
         );
         assert_eq!(fdb_table(&json!({"entries": fdb})).len(), 2);

@@ -111,6 +111,9 @@ pub struct FdbRow {
     pub port: String,
     /// Seconds since a frame from it was last seen.
     pub age_seconds: u64,
+    /// For a MAC learned on a subnet's tunnel: the remote VTEP it is behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<String>,
 }
 
 /// The running datapath.
@@ -242,7 +245,9 @@ impl Engine {
                     .iter()
                     .map(|uplink| (uplink.id, &uplink.name)),
             );
-        for (id, name) in devices {
+        let vtep_name = String::from("vxlan");
+        let vtep = snapshot.vtep.iter().map(|vtep| (vtep.id, &vtep_name));
+        for (id, name) in devices.chain(vtep) {
             let mut totals = PortTotals::default();
             for counters in self.shared.counters.iter() {
                 totals.add(&counters.totals(id));
@@ -341,11 +346,20 @@ impl Engine {
             .filter_map(|entry| {
                 let subnet = snapshot.subnet(entry.subnet)?;
                 let port = snapshot.port(entry.port)?;
+                let vtep = port.tunnel.as_ref().and_then(|tunnel| {
+                    let remote = self
+                        .shared
+                        .remote_fdb
+                        .read()
+                        .lookup(tunnel.vni, entry.mac, now)?;
+                    Some(remote.ip.to_string())
+                });
                 Some(FdbRow {
                     subnet: subnet.name.clone(),
                     mac: format_mac(entry.mac),
                     port: port.name.clone(),
                     age_seconds: entry.age_ms / 1_000,
+                    vtep,
                 })
             })
             .collect();

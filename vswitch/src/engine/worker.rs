@@ -684,7 +684,9 @@ impl Worker {
                 Device::Vtep(vtep) => match pipeline::vxlan::decap(snapshot, vtep, frame) {
                     Ok(tunnel) => {
                         learn_remote(shared, tunnel, frame, peer, now);
-                        if pipeline::vxlan::complete_inner_checksum(frame) {
+                        if !pipeline::vxlan::adopt_super_frame(frame, tunnel.mtu)
+                            && pipeline::vxlan::complete_inner_checksum(frame)
+                        {
                             completed += 1;
                         }
                         pipeline::process_tunnel(&ctx, tunnel, frame, &mut self.local)

@@ -102,7 +102,7 @@ use crate::engine::fdb::{Fdb, Learn};
 use crate::engine::held::HeldQueue;
 use crate::engine::neigh::Neighbors;
 use crate::engine::ratelimit::TokenBucket;
-use crate::engine::snapshot::{PortEntry, Snapshot, SubnetId, UplinkEntry};
+use crate::engine::snapshot::{PortEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry};
 use crate::port::PortId;
 use generated::Generated;
 use parse::L3;
@@ -516,9 +516,58 @@ fn process_with(
     } else if parsed.dst_mac == subnet.gateway_mac {
         l3::route(ctx, ingress, subnet, &parsed, frame, local)
     } else {
-        l2::forward(ctx, ingress, subnet, &parsed)
+        let verdict = l2::forward(ctx, ingress, subnet, &parsed);
+        fit_tunnel(ctx, ingress, subnet, &parsed, frame, local, verdict)
     };
     Outcome { verdict, learn }
+}
+
+/// A frame switched into a subnet's tunnel must fit the overlay MTU once encapsulated: one
+/// that does not is dropped (`vxlan.too_big`), and when it is IPv4 with DF its sender gets
+/// "fragmentation needed" with the overlay MTU from the subnet's gateway, as Linux does for
+/// a bridged VXLAN device (`skb_tunnel_check_pmtu`). GSO frames are cut to size later.
+fn fit_tunnel(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &parse::Parsed,
+    frame: &[u8],
+    local: &mut Local,
+    verdict: Verdict,
+) -> Verdict {
+    let Verdict::Forward(to) = verdict else {
+        return verdict;
+    };
+    let Some(egress) = ctx.snapshot.port(to).filter(|port| port.tunnel.is_some()) else {
+        return verdict;
+    };
+    if parsed.vnet.gso.is_some()
+        || !vxlan::exceeds_mtu(
+            frame.get(crate::wire::VNET_HDR_LEN..).unwrap_or(&[]),
+            egress.mtu,
+        )
+    {
+        return verdict;
+    }
+    if let (L3::Ipv4 { .. }, Some((start, end))) = (&parsed.l3, l3::ip_bounds(frame)) {
+        let dont_fragment = frame.get(start + 6).is_some_and(|flags| flags & 0x40 != 0);
+        if dont_fragment {
+            if let Some(original) = frame.get(start..end) {
+                icmp::send_error(
+                    &mut local.out,
+                    ctx.now_ms,
+                    crate::wire::IcmpErrorKind::FragmentationNeeded {
+                        next_hop_mtu: egress.mtu,
+                    },
+                    subnet,
+                    ingress.id,
+                    parsed.src_mac,
+                    original,
+                );
+            }
+        }
+    }
+    Verdict::drop(vxlan::DropReason::TooBig)
 }
 
 /// Runs the stages for one frame received on the uplink (see [`uplink`]): nothing is

@@ -130,6 +130,66 @@ pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
     checksum::complete_partial_checksum(&mut eth[..start + l4_len], start, offset).is_ok()
 }
 
+/// Turns a decapsulated IPv4 TCP frame larger than the tunnel's `mtu` back into the GSO
+/// super-frame it is. A Linux peer whose VXLAN device sends over a veth (or any device with
+/// UDP-tunnel segmentation offload that never segments) puts whole TCP bursts on the
+/// "wire" as one datagram, and the kernel hands them to our UDP socket unsegmented. Over a
+/// real wire they would have been segments of at most `mtu`, so the switch cuts them to that
+/// size: the virtio header says TCPv4 GSO with the MSS that fits `mtu` and a partial
+/// checksum, and every later stage treats the frame as the super-frame a TAP would hand
+/// over (routing measures it by segment, the TAP takes it whole, the VTEP segments it).
+/// Returns true when it did. Never panics.
+pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
+    use crate::wire::VnetPacket;
+    use crate::wire::checksum;
+    use crate::wire::vnet_hdr::{flags, gso};
+    let Some(eth) = frame.get(VNET_HDR_LEN..) else {
+        return false;
+    };
+    if !exceeds_mtu(eth, mtu) || eth.len() < ETHERNET_HEADER_LEN + 40 || eth[12..14] != [0x08, 0x00]
+    {
+        return false;
+    }
+    let ip = &eth[ETHERNET_HEADER_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if ip[0] >> 4 != 4 || ip[9] != 6 || ihl < 20 || fragment || total > ip.len() {
+        return false;
+    }
+    let Some(tcp) = ip.get(ihl..total) else {
+        return false;
+    };
+    let thl = usize::from(tcp.get(12).map_or(0, |b| b >> 4)) * 4;
+    if thl < 20 || tcp.len() < thl {
+        return false;
+    }
+    let (Ok(mss), Ok(l4_len), Ok(start), Ok(headers)) = (
+        u16::try_from(usize::from(mtu).saturating_sub(ihl + thl)),
+        u16::try_from(total - ihl),
+        u16::try_from(ETHERNET_HEADER_LEN + ihl),
+        u16::try_from(ETHERNET_HEADER_LEN + ihl + thl),
+    ) else {
+        return false;
+    };
+    if mss == 0 {
+        return false;
+    }
+    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let pseudo = checksum::pseudo_header_ipv4(src, dst, 6, l4_len);
+    let field = VNET_HDR_LEN + usize::from(start) + 16;
+    frame[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+    let mut vnet = VnetPacket::new_unchecked(&mut frame[..]);
+    vnet.set_flags(flags::NEEDS_CSUM);
+    vnet.set_gso_type(gso::TCPV4);
+    vnet.set_hdr_len(headers);
+    vnet.set_gso_size(mss);
+    vnet.set_csum_start(start);
+    vnet.set_csum_offset(16);
+    true
+}
+
 /// True when the Ethernet frame `inner` (no virtio header) exceeds `mtu` at L3.
 pub fn exceeds_mtu(inner: &[u8], mtu: u16) -> bool {
     inner.len().saturating_sub(ETHERNET_HEADER_LEN) > usize::from(mtu)
@@ -277,6 +337,99 @@ mod tests {
         );
     }
 
+    /// An IPv4 packet of `total` bytes from port 1 (blue, 172.30.0.2) to `dst_mac`, with DF
+    /// as given and a valid header checksum.
+    fn big_frame(
+        bench: &crate::pipeline::fixtures::Bench,
+        dst_mac: [u8; 6],
+        total: u16,
+        df: bool,
+    ) -> Vec<u8> {
+        let mut frame = bench.frame_from(1, dst_mac);
+        let ip = VNET_HDR_LEN + 14;
+        frame.truncate(ip + 20);
+        frame.resize(ip + usize::from(total), 0xab);
+        frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+        frame[ip + 6] = if df { 0x40 } else { 0 };
+        frame[ip + 9] = 17;
+        frame[ip + 10..ip + 12].fill(0);
+        let sum = crate::wire::checksum::checksum(&frame[ip..ip + 20]);
+        frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn a_frame_too_big_for_the_tunnel_gets_fragmentation_needed() {
+        use crate::pipeline::fixtures::{Bench, ICMP_ECHO, with_src_mac};
+        use crate::pipeline::{Verdict, process_tunnel};
+        let (_, snapshot) = vtep_and_snapshot();
+        let bench = Bench::with(snapshot);
+        let remote_mac = [0x02, 0xaa, 0, 0, 0, 1];
+        // The remote MAC is learned on the tunnel.
+        let tunnel = bench.snapshot.port(PortId(9)).unwrap().clone();
+        let mut from_remote = with_src_mac(&ICMP_ECHO, remote_mac);
+        {
+            let mut local = bench.local.borrow_mut();
+            let _ = process_tunnel(&bench.ctx(0), &tunnel, &mut from_remote, &mut local);
+        }
+        // 1450 bytes fit; 1451 with DF get an ICMP error, 1451 without DF a drop only.
+        let fits = big_frame(&bench, remote_mac, 1450, true);
+        assert_eq!(bench.send(1, &fits, 1).verdict, Verdict::Forward(PortId(9)));
+        let too_big = big_frame(&bench, remote_mac, 1451, true);
+        assert_eq!(
+            bench.send(1, &too_big, 2).verdict,
+            Verdict::drop(DropReason::TooBig)
+        );
+        let generated = bench.generated();
+        assert_eq!(generated.len(), 1, "one ICMP error");
+        let (verdict, _, icmp) = &generated[0];
+        assert_eq!(*verdict, Verdict::Forward(PortId(1)));
+        let at = VNET_HDR_LEN + 14 + 20;
+        assert_eq!((icmp[at], icmp[at + 1]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[at + 6], icmp[at + 7]]), 1450);
+        let no_df = big_frame(&bench, remote_mac, 1451, false);
+        assert_eq!(
+            bench.send(1, &no_df, 3).verdict,
+            Verdict::drop(DropReason::TooBig)
+        );
+        assert!(bench.generated().is_empty());
+    }
+
+    #[test]
+    fn an_oversize_tcp_frame_from_the_overlay_becomes_a_gso_frame() {
+        // 10.0.0.1 -> 10.0.0.2 TCP, 20-byte header, 4000 bytes of payload, checksum left
+        // as a kernel would on a veth (the pseudo-header sum), through a 1450-byte tunnel.
+        let payload = 4000usize;
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let total = u16::try_from(20 + 20 + payload).unwrap();
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        let mut tcp = vec![0u8; 20];
+        tcp[12] = 0x50;
+        tcp[13] = 0x18;
+        frame.extend_from_slice(&tcp);
+        frame.extend(std::iter::repeat_n(0x5a, payload));
+        assert!(adopt_super_frame(&mut frame, 1450));
+        let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
+        assert!(vnet.is_gso() && vnet.needs_csum());
+        assert_eq!(vnet.gso_size(), 1450 - 40);
+        assert_eq!((vnet.csum_start(), vnet.csum_offset()), (34, 16));
+        // The segmenter cuts it into valid segments that fit the tunnel.
+        let mut segments = Vec::new();
+        crate::wire::gso::Segmenter::new()
+            .segment(&frame, |segment| segments.push(segment.len()))
+            .expect("segments");
+        assert_eq!(segments.len(), 4000usize.div_ceil(1410));
+        assert!(segments.iter().all(|len| len - VNET_HDR_LEN - 14 <= 1450));
+        // A frame that fits, or that is not TCP, is left alone.
+        let mut small = udp_frame(Some(u16::MAX));
+        assert!(!adopt_super_frame(&mut small, 1450));
+    }
+
     #[test]
     fn mtu_is_measured_at_l3() {
         assert!(!exceeds_mtu(&[0; 14 + 1450], 1450));
@@ -290,6 +443,7 @@ mod tests {
             let mut frame = bytes;
             let _ = decap(&snapshot, &vtep, &mut frame);
             let _ = complete_inner_checksum(&mut frame);
+            let _ = adopt_super_frame(&mut frame, 68);
         }
     }
 }

@@ -1,0 +1,1034 @@
+#![allow(clippy::tests_outside_test_module)]
+//! End-to-end VXLAN overlay: node namespaces joined by an underlay bridge, `vswitchd` running
+//! inside each node (hub, runners, mesh nodes), and nodes built only from Linux kernel pieces
+//! (a `vxlan` device and a bridge) as peers.
+//!
+//! Topology of every test: a namespace holding a Linux bridge (the underlay "switch"), and
+//! one namespace per node joined to it by a veth pair whose node end is `eth0` with an
+//! address like 192.168.50.N/24. Containers are namespaces attached by the node's daemon (or,
+//! on a kernel node, joined to its bridge by a veth pair).
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Netns, iperf3_tcp, require, run, tail, unique};
+use serde_json::Value;
+
+/// The bearer token of the hubs in these tests.
+const TOKEN: &str = "s3cret-overlay-token";
+
+/// The VXLAN drop reasons a malformed datagram can hit on receive.
+const RX_REASONS: [&str; 5] = [
+    "vxlan.truncated",
+    "vxlan.bad_flags",
+    "vxlan.reserved_bits",
+    "vxlan.unknown_vni",
+    "vxlan.inner_truncated",
+];
+
+/// An underlay: a bridge in its own namespace and node namespaces joined to it by veth.
+struct Underlay {
+    /// Holds the bridge `br0` and the bridge ends of the veth pairs.
+    _switch: Netns,
+    /// The nodes, in the order added; each has `eth0` on the underlay.
+    nodes: Vec<Netns>,
+}
+
+impl Underlay {
+    /// A bridge namespace and one node namespace per address (`A.B.C.D/N`).
+    fn new(addresses: &[&str]) -> Underlay {
+        let switch = Netns::new("ul");
+        switch.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        switch.exec_ok(&["ip", "link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        for address in addresses {
+            let node = Netns::new("nd");
+            let bridge_end = unique("ub");
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &bridge_end,
+                    "netns",
+                    &switch.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &node.name,
+                ],
+            );
+            switch.exec_ok(&["ip", "link", "set", &bridge_end, "master", "br0", "up"]);
+            node.exec_ok(&["ip", "addr", "add", address, "dev", "eth0"]);
+            node.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+            nodes.push(node);
+        }
+        // Every node reaches every other one before a test starts.
+        for node in &nodes[1..] {
+            let first = addresses[0].split('/').next().unwrap_or(addresses[0]);
+            assert!(
+                node.ping_until(first, Duration::from_secs(5)),
+                "the underlay does not work: {} cannot ping {first}",
+                node.name
+            );
+        }
+        Underlay {
+            _switch: switch,
+            nodes,
+        }
+    }
+
+    fn node(&self, index: usize) -> &Netns {
+        &self.nodes[index]
+    }
+}
+
+/// Applies `yaml` with `vswitchctl apply -f`; panics (with the daemon log) when refused.
+fn apply(daemon: &Daemon, yaml: &str) -> String {
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), yaml).expect("write");
+    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")])
+}
+
+/// Applies `yaml`, expects a refusal; returns the exit code and stdout+stderr.
+fn apply_refused(daemon: &Daemon, yaml: &str) -> (Option<i32>, String) {
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), yaml).expect("write");
+    let out = daemon.ctl(&["apply", "-f", file.path().to_str().expect("utf8")]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "apply should have been refused but succeeded:\n{text}\ndaemon log (tail):\n{}",
+        tail(&daemon.log_text(), 30)
+    );
+    (out.status.code(), text)
+}
+
+fn hub_overlay(name: &str, address: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: {name}\nspec:\n  role: hub\n  localAddress: {address}\n  token: {TOKEN}\n{extra}"
+    )
+}
+
+fn runner_overlay(name: &str, address: &str, hub: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: {name}\nspec:\n  role: runner\n  localAddress: {address}\n  hub:\n    address: {hub}\n    token: {TOKEN}\n  heartbeatSeconds: 1\n{extra}"
+    )
+}
+
+fn mesh_overlay(name: &str, address: &str, peers: &[&str]) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: {name}\nspec:\n  role: mesh\n  localAddress: {address}\n  peers: [{}]\n",
+        peers.join(", ")
+    )
+}
+
+/// `vswitchctl overlay -o json`, or None while it fails (e.g. no Overlay yet).
+fn overlay_view(daemon: &Daemon) -> Option<Value> {
+    let out = daemon.ctl(&["overlay", "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls `vswitchctl overlay -o json` until `done` holds; panics with the last view and the
+/// daemon log after `within`.
+fn wait_overlay(
+    daemon: &Daemon,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        if let Some(view) = overlay_view(daemon) {
+            if done(&view) {
+                return view;
+            }
+            last = Some(view);
+        }
+        if Instant::now() >= deadline {
+            let last_text = match &last {
+                Some(view) => serde_json::to_string_pretty(view).unwrap_or_default(),
+                None => String::from_utf8_lossy(&daemon.ctl(&["overlay", "-o", "json"]).stderr)
+                    .into_owned(),
+            };
+            panic!(
+                "timed out after {within:?} waiting for: {what}\nlast `vswitchctl overlay -o json`:\n{last_text}\ndaemon log (tail):\n{}",
+                tail(&daemon.log_text(), 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until a runner's overlay state is `registered` and its Subnet `overlay` exists.
+fn wait_registered(daemon: &Daemon, name: &str) -> Value {
+    let view = wait_overlay(
+        daemon,
+        &format!("runner {name} to be registered"),
+        Duration::from_secs(20),
+        |v| v["state"] == "registered",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.ctl(&["get", "subnet", "overlay"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "runner {name} is registered ({view}) but has no Subnet `overlay` after 5 s:\n{}",
+            tail(&daemon.log_text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    view
+}
+
+/// The hub's row for runner `name` in `vswitchctl overlay -o json`.
+fn runner_row<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
+    view["runners"]
+        .as_array()?
+        .iter()
+        .find(|row| row["name"] == name)
+}
+
+fn is_online(row: &Value) -> bool {
+    row["state"]
+        .as_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("online"))
+}
+
+/// The labels of a resource must say it was generated for Overlay `owner`.
+fn assert_owned(resource: &Value, owner: &str) {
+    assert_eq!(
+        resource["metadata"]["labels"]["vswitch/owner"],
+        format!("Overlay/{owner}"),
+        "generated resource must carry the label vswitch/owner: Overlay/{owner}:\n{resource}"
+    );
+}
+
+/// The MTU of `eth0` in `ns` must be `mtu`.
+fn assert_mtu(ns: &Netns, mtu: u32) {
+    let link = ns.exec_ok(&["ip", "link", "show", "eth0"]);
+    assert!(
+        link.contains(&format!("mtu {mtu} ")),
+        "eth0 in {} must have the overlay MTU {mtu}:\n{link}",
+        ns.name
+    );
+}
+
+/// A node built only from Linux kernel pieces: `vx0` (a kernel VXLAN device, no learning),
+/// bridge `br0`, and a container namespace joined to the bridge by a veth pair, with `ip`
+/// on its `eth0` (MTU 1450). Unknown unicast and broadcast go to `remote`.
+fn kernel_vxlan_node(
+    node: &Netns,
+    vni: u32,
+    local: &str,
+    remote: &str,
+    container: &Netns,
+    ip: &str,
+) {
+    let vni = vni.to_string();
+    node.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "mtu",
+        "1450",
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "dstport",
+        "4789",
+        "local",
+        local,
+        "nolearning",
+    ]);
+    node.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    node.exec_ok(&["ip", "link", "set", "vx0", "master", "br0"]);
+    node.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "vb0",
+        "mtu",
+        "1450",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &container.name,
+    ]);
+    node.exec_ok(&["ip", "link", "set", "vb0", "master", "br0"]);
+    for link in ["vx0", "vb0", "br0"] {
+        node.exec_ok(&["ip", "link", "set", link, "up"]);
+    }
+    node.exec_ok(&[
+        "bridge",
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vx0",
+        "dst",
+        remote,
+    ]);
+    container.exec_ok(&["ip", "link", "set", "eth0", "mtu", "1450"]);
+    container.exec_ok(&["ip", "addr", "add", ip, "dev", "eth0"]);
+    container.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+}
+
+/// A mesh node A (vswitchd, 192.168.51.1) with Subnet `m` (10.77.0.0/24, VNI 77) and one
+/// container, and a kernel-only node B (192.168.51.2) with a container at 10.77.0.20 on the
+/// same VNI.
+struct MeshWithKernelPeer {
+    // Fields drop in this order: the daemon and containers before the nodes.
+    daemon: Daemon,
+    /// The container on A.
+    ca: Netns,
+    /// Its address.
+    ca_ip: String,
+    /// The container on the kernel node B (10.77.0.20).
+    cb: Netns,
+    underlay: Underlay,
+}
+
+impl MeshWithKernelPeer {
+    fn new() -> MeshWithKernelPeer {
+        let underlay = Underlay::new(&["192.168.51.1/24", "192.168.51.2/24"]);
+        let daemon = Daemon::start_in(&underlay.node(0).name, 2, &[]);
+        apply(
+            &daemon,
+            &format!(
+                "{}---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: m\nspec:\n  peerings: []\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: m\nspec:\n  network: m\n  cidr: 10.77.0.0/24\n  gateway: 10.77.0.1\n  vni: 77\n",
+                mesh_overlay("node-a", "192.168.51.1", &["192.168.51.2"])
+            ),
+        );
+        wait_overlay(
+            &daemon,
+            "the mesh VTEP to be up",
+            Duration::from_secs(10),
+            |v| v["state"] == "up",
+        );
+        let ca = Netns::new("ca");
+        let ca_ip = daemon.attach(&ca, &["--subnet", "m"]);
+        assert!(ca_ip.starts_with("10.77.0."), "{ca_ip}");
+        let cb = Netns::new("cb");
+        kernel_vxlan_node(
+            underlay.node(1),
+            77,
+            "192.168.51.2",
+            "192.168.51.1",
+            &cb,
+            "10.77.0.20/24",
+        );
+        MeshWithKernelPeer {
+            underlay,
+            daemon,
+            ca,
+            ca_ip,
+            cb,
+        }
+    }
+}
+
+/// One outer packet captured on the underlay.
+#[derive(Debug)]
+struct OuterPacket {
+    src: [u8; 4],
+    ttl: u8,
+    src_port: u16,
+    dst_port: u16,
+    udp_checksum: u16,
+    /// The 8-byte VXLAN header.
+    vxlan: [u8; 8],
+}
+
+/// The Ethernet frames of a pcap file (either byte order, µs or ns timestamps).
+fn pcap_frames(data: &[u8]) -> Vec<&[u8]> {
+    assert!(data.len() >= 24, "pcap too short: {} bytes", data.len());
+    let magic = [data[0], data[1], data[2], data[3]];
+    let little = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        other => panic!("not a pcap file (magic {other:02x?})"),
+    };
+    let read32 = |at: usize| {
+        let bytes = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+        if little {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        }
+    };
+    assert_eq!(read32(20), 1, "pcap link type must be Ethernet");
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= data.len() {
+        let len = usize::try_from(read32(at + 8)).expect("length");
+        at += 16;
+        if at + len > data.len() {
+            break;
+        }
+        frames.push(&data[at..at + len]);
+        at += len;
+    }
+    frames
+}
+
+/// The outer IPv4/UDP/VXLAN headers of a captured frame (None if it is not VXLAN over IPv4).
+fn outer_packet(frame: &[u8]) -> Option<OuterPacket> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != 17 || ip.len() < ihl + 16 {
+        return None;
+    }
+    let udp = &ip[ihl..];
+    let mut vxlan = [0u8; 8];
+    vxlan.copy_from_slice(&udp[8..16]);
+    Some(OuterPacket {
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        ttl: ip[8],
+        src_port: u16::from_be_bytes([udp[0], udp[1]]),
+        dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+        udp_checksum: u16::from_be_bytes([udp[6], udp[7]]),
+        vxlan,
+    })
+}
+
+/// Starts `tcpdump -w -` (pcap on stdout) in `ns` on `ifname` for `count` packets.
+fn start_capture(ns: &Netns, ifname: &str, count: u32, filter: &str) -> Child {
+    let count = count.to_string();
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "tcpdump", "-i", ifname, "-nn", "-U",
+        ])
+        .args(["-c", &count, "-w", "-", filter])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tcpdump in {}: {e}", ns.name));
+    // tcpdump says "listening on ..." once the capture runs; give it that time.
+    std::thread::sleep(Duration::from_millis(1500));
+    child
+}
+
+/// Waits (up to `within`) for the capture to end, interrupting it otherwise; returns the pcap
+/// bytes and tcpdump's stderr.
+fn finish_capture(mut child: Child, within: Duration) -> (Vec<u8>, String) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Ok(None) = child.try_wait() {
+        // SIGINT: tcpdump flushes what it captured and exits.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+    }
+    let mut pcap = Vec::new();
+    let mut errors = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut pcap);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut errors);
+    }
+    let _ = child.wait();
+    (pcap, errors)
+}
+
+/// Sends each hex datagram from `from_ip` (an ephemeral port) to `to_ip:4789` in `ns`.
+fn send_udp(ns: &Netns, from_ip: &str, to_ip: &str, datagrams: &[String]) {
+    let script = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],0))\nfor h in sys.argv[3:]:\n    s.sendto(bytes.fromhex(h),(sys.argv[2],4789))\n";
+    let mut cmd = vec!["python3", "-c", script, from_ip, to_ip];
+    cmd.extend(datagrams.iter().map(String::as_str));
+    let out = ns.exec(&cmd);
+    assert!(
+        out.status.success(),
+        "sending UDP datagrams from {} failed: {}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The drop counters of port `vxlan` for `reasons`, with the stats they came from.
+fn vxlan_drops(daemon: &Daemon, reasons: &[&str]) -> (Vec<u64>, Value) {
+    let stats = daemon.stats();
+    let port = stats["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "vxlan")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let counts = reasons
+        .iter()
+        .map(|reason| port["drops"][reason].as_u64().unwrap_or(0))
+        .collect();
+    (counts, stats)
+}
+
+/// Prints the non-zero drop reasons of a daemon, global and per port (diagnostics only).
+fn print_drops(daemon: &Daemon, label: &str) {
+    let stats = daemon.stats();
+    let nonzero = |drops: &Value| -> Vec<String> {
+        drops
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, count)| count.as_u64().unwrap_or(0) > 0)
+            .map(|(reason, count)| format!("{reason}={count}"))
+            .collect()
+    };
+    eprintln!("{label}: drops {:?}", nonzero(&stats["drops"]));
+    for port in stats["ports"].as_array().into_iter().flatten() {
+        eprintln!(
+            "{label}:   port {} rx {} tx {} drops {:?}",
+            port["name"],
+            port["rx_packets"],
+            port["tx_packets"],
+            nonzero(&port["drops"])
+        );
+    }
+}
+
+/// The names of the ports in a stats report.
+fn port_names(stats: &Value) -> Vec<String> {
+    stats["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Hub and two runners over an underlay bridge, two containers per runner: same-runner,
+/// cross-runner and container-to-hub (10.0.0.1) traffic; IDs, VNIs and generated resources;
+/// a `kill -9` of the hub keeps the runners' IDs and traffic resumes.
+#[test]
+fn hub_and_two_runners() {
+    require(&["ping", "iperf3"]);
+    let underlay = Underlay::new(&["192.168.50.1/24", "192.168.50.2/24", "192.168.50.3/24"]);
+    let (hub_ns, r1_ns, r2_ns) = (underlay.node(0), underlay.node(1), underlay.node(2));
+    let mut hub = Daemon::start_in(&hub_ns.name, 2, &[]);
+    let r1 = Daemon::start_in(&r1_ns.name, 2, &[]);
+    let r2 = Daemon::start_in(&r2_ns.name, 2, &[]);
+
+    apply(&hub, &hub_overlay("hub", "192.168.50.1", ""));
+    wait_overlay(&hub, "the hub to be up", Duration::from_secs(10), |v| {
+        v["state"] == "up"
+    });
+    // One runner after the other, so that IDs are given in a known order.
+    apply(
+        &r1,
+        &runner_overlay("runner-1", "192.168.50.2", "192.168.50.1", ""),
+    );
+    let v1 = wait_registered(&r1, "runner-1");
+    apply(
+        &r2,
+        &runner_overlay("runner-2", "192.168.50.3", "192.168.50.1", ""),
+    );
+    let v2 = wait_registered(&r2, "runner-2");
+
+    // The runners' own view of their plan.
+    assert_eq!(v1["id"], 1, "runner-1 is the first runner: {v1}");
+    assert_eq!(v1["vni"], 101, "{v1}");
+    assert_eq!(v1["subnet"], "10.1.0.0/16", "{v1}");
+    assert_eq!(v1["gateway"], "10.1.0.1", "{v1}");
+    assert_eq!(v2["id"], 2, "runner-2 is the second runner: {v2}");
+    assert_eq!(v2["vni"], 102, "{v2}");
+    assert_eq!(v2["subnet"], "10.2.0.0/16", "{v2}");
+
+    // The hub lists both.
+    let hv = wait_overlay(
+        &hub,
+        "the hub to list runner-1 and runner-2 online",
+        Duration::from_secs(10),
+        |v| {
+            runner_row(v, "runner-1").is_some_and(is_online)
+                && runner_row(v, "runner-2").is_some_and(is_online)
+        },
+    );
+    for (name, id, vni, subnet, address) in [
+        ("runner-1", 1, 101, "10.1.0.0/16", "192.168.50.2"),
+        ("runner-2", 2, 102, "10.2.0.0/16", "192.168.50.3"),
+    ] {
+        let row = runner_row(&hv, name).expect("listed");
+        assert_eq!(row["id"], id, "{row}");
+        assert_eq!(row["vni"], vni, "{row}");
+        assert_eq!(row["subnet"], subnet, "{row}");
+        assert_eq!(row["address"], address, "{row}");
+        assert!(
+            row["lastSeenSecondsAgo"].as_u64().is_some(),
+            "lastSeenSecondsAgo: {row}"
+        );
+    }
+
+    // Generated resources, on the runner ...
+    let subnet = r1.ctl_json(&["get", "subnet", "overlay"]);
+    assert_owned(&subnet, "runner-1");
+    assert_eq!(subnet["spec"]["network"], "overlay", "{subnet}");
+    assert_eq!(subnet["spec"]["cidr"], "10.1.0.0/16", "{subnet}");
+    assert_eq!(subnet["spec"]["gateway"], "10.1.0.1", "{subnet}");
+    assert_eq!(subnet["spec"]["vni"], 101, "{subnet}");
+    assert_eq!(subnet["spec"]["mtu"], 1450, "{subnet}");
+    assert_owned(&r1.ctl_json(&["get", "network", "overlay"]), "runner-1");
+    let route = r1.ctl_json(&["get", "route", "overlay-hub"]);
+    assert_owned(&route, "runner-1");
+    assert_eq!(route["spec"]["destination"], "10.0.0.0/8", "{route}");
+    assert_eq!(route["spec"]["nextHop"], "10.1.0.254", "{route}");
+    // ... and on the hub.
+    assert_owned(&hub.ctl_json(&["get", "network", "overlay"]), "hub");
+    for name in ["overlay-r1", "overlay-r2", "overlay-host"] {
+        let subnet = hub.ctl_json(&["get", "subnet", name]);
+        assert_owned(&subnet, "hub");
+    }
+    let host_nic = hub.ctl_json(&["get", "networkinterface", "overlay-host"]);
+    assert_owned(&host_nic, "hub");
+    let tap = hub_ns.exec_ok(&["ip", "addr", "show", "dev", "vsoverlay0"]);
+    assert!(
+        tap.contains("10.0.0.1/16"),
+        "the hub's host TAP vsoverlay0 must have 10.0.0.1/16:\n{tap}"
+    );
+    let routes = hub_ns.exec_ok(&["ip", "route", "show", "10.0.0.0/8"]);
+    assert!(
+        routes.contains("10.0.0.0/8"),
+        "the hub node needs a route 10.0.0.0/8 via the switch:\n{routes}"
+    );
+
+    // Two containers on each runner.
+    let c11 = Netns::new("c11");
+    let c12 = Netns::new("c12");
+    let c21 = Netns::new("c21");
+    let c22 = Netns::new("c22");
+    let ip11 = r1.attach(&c11, &["--subnet", "overlay"]);
+    let ip12 = r1.attach(&c12, &["--subnet", "overlay", "--kind", "veth"]);
+    let ip21 = r2.attach(&c21, &["--subnet", "overlay"]);
+    let ip22 = r2.attach(&c22, &["--subnet", "overlay"]);
+    for ip in [&ip11, &ip12] {
+        assert!(
+            ip.starts_with("10.1."),
+            "runner-1 containers are in 10.1/16: {ip}"
+        );
+    }
+    for ip in [&ip21, &ip22] {
+        assert!(
+            ip.starts_with("10.2."),
+            "runner-2 containers are in 10.2/16: {ip}"
+        );
+    }
+    for c in [&c11, &c12, &c21, &c22] {
+        assert_mtu(c, 1450);
+    }
+
+    // Same runner.
+    c11.ping_ok(&ip12, 3);
+    c22.ping_ok(&ip21, 3);
+    // Container to its gateway and to the hub node's own stack.
+    c11.ping_ok("10.1.0.1", 1);
+    assert!(
+        c11.ping_until("10.0.0.1", Duration::from_secs(10)),
+        "a runner-1 container cannot reach the hub node at 10.0.0.1\nrunner log:\n{}\nhub log:\n{}",
+        tail(&r1.log_text(), 30),
+        tail(&hub.log_text(), 30)
+    );
+    c11.ping_ok("10.0.0.1", 3);
+    c21.ping_ok("10.0.0.1", 3);
+    // Across runners, through the hub.
+    assert!(
+        c11.ping_until(&ip21, Duration::from_secs(10)),
+        "runner-1 container {ip11} cannot reach runner-2 container {ip21}\nrunner-1 log:\n{}\nhub log:\n{}\nrunner-2 log:\n{}",
+        tail(&r1.log_text(), 30),
+        tail(&hub.log_text(), 30),
+        tail(&r2.log_text(), 30)
+    );
+    c11.ping_ok(&ip21, 3);
+    c22.ping_ok(&ip12, 3);
+
+    let cross = iperf3_tcp(&c21, &c11, &ip21, 2);
+    let to_hub = iperf3_tcp(hub_ns, &c12, "10.0.0.1", 2);
+    let same = iperf3_tcp(&c12, &c11, &ip12, 2);
+    eprintln!(
+        "overlay iperf3 Gbit/s: cross-runner {cross:.2}, container->hub {to_hub:.2}, same runner {same:.2}"
+    );
+    print_drops(&hub, "hub");
+    print_drops(&r1, "runner-1");
+
+    // Restart the hub with kill -9 while runner-1 is cut off the underlay, so that runner-2
+    // talks to the restarted hub first: only a persisted pool gives runner-2 its ID 2 (and not
+    // the first free one, 1).
+    r1_ns.exec_ok(&["ip", "link", "set", "eth0", "down"]);
+    hub.kill9();
+    hub.spawn(&[]);
+    let hv = wait_overlay(
+        &hub,
+        "the restarted hub to list runner-2 online again",
+        Duration::from_secs(20),
+        |v| runner_row(v, "runner-2").is_some_and(is_online),
+    );
+    assert_eq!(
+        runner_row(&hv, "runner-2").expect("listed")["id"],
+        2,
+        "runner-2 keeps ID 2 after a hub restart: {hv}"
+    );
+    let v2 = wait_registered(&r2, "runner-2");
+    assert_eq!(v2["id"], 2, "{v2}");
+
+    r1_ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    let hv = wait_overlay(
+        &hub,
+        "the restarted hub to list runner-1 online again",
+        Duration::from_secs(30),
+        |v| runner_row(v, "runner-1").is_some_and(is_online),
+    );
+    assert_eq!(
+        runner_row(&hv, "runner-1").expect("listed")["id"],
+        1,
+        "runner-1 keeps ID 1 after a hub restart: {hv}"
+    );
+    let v1 = wait_overlay(
+        &r1,
+        "runner-1 to be registered again",
+        Duration::from_secs(30),
+        |v| v["state"] == "registered",
+    );
+    assert_eq!(
+        v1["id"], 1,
+        "runner-1 keeps ID 1 after re-registration: {v1}"
+    );
+    assert_eq!(v1["vni"], 101, "{v1}");
+
+    assert!(
+        c11.ping_until(&ip21, Duration::from_secs(20)),
+        "cross-runner traffic did not resume within 20 s of the hub's restart\nhub log:\n{}\nrunner-1 log:\n{}",
+        tail(&hub.log_text(), 40),
+        tail(&r1.log_text(), 30)
+    );
+    c11.ping_ok(&ip21, 3);
+    c22.ping_ok(&ip11, 3);
+    c12.ping_ok("10.0.0.1", 3);
+}
+
+/// A runner whose MTU differs from the hub's is refused; its status names the setting and
+/// both values, and it keeps attaching containers to its local default Subnet.
+#[test]
+fn mismatched_mtu_is_refused() {
+    require(&["ping"]);
+    let underlay = Underlay::new(&["192.168.50.1/24", "192.168.50.4/24"]);
+    let hub = Daemon::start_in(&underlay.node(0).name, 2, &[]);
+    let runner = Daemon::start_in(&underlay.node(1).name, 2, &[]);
+    apply(&hub, &hub_overlay("hub", "192.168.50.1", ""));
+    wait_overlay(&hub, "the hub to be up", Duration::from_secs(10), |v| {
+        v["state"] == "up"
+    });
+    apply(
+        &runner,
+        &runner_overlay("runner-3", "192.168.50.4", "192.168.50.1", "  mtu: 1400\n"),
+    );
+    let view = wait_overlay(
+        &runner,
+        "runner-3 (mtu 1400) to be refused by the hub (mtu 1450) with state hubUnreachable",
+        Duration::from_secs(20),
+        |v| {
+            v["state"] == "hubUnreachable"
+                && v["message"].as_str().is_some_and(|m| m.contains("mtu"))
+        },
+    );
+    let message = view["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("1450") && message.contains("1400"),
+        "the refusal must name both MTUs (hub 1450, runner 1400): {message:?}"
+    );
+    assert!(view["id"].is_null(), "a refused runner has no ID: {view}");
+
+    let hv = overlay_view(&hub).expect("hub overlay view");
+    assert!(
+        runner_row(&hv, "runner-3").is_none(),
+        "the hub must not list a refused runner: {hv}"
+    );
+
+    // Still attaching containers to the local default Subnet.
+    let c = Netns::new("cm");
+    let ip = runner.attach(&c, &[]);
+    assert!(ip.starts_with("172.30."), "{ip}");
+    c.ping_ok("172.30.0.1", 1);
+}
+
+/// A vswitchd mesh node and a node built only from kernel pieces share VNI 77: ping both ways,
+/// iperf3, and the VXLAN headers vswitchd sends are what RFC 7348 and Linux expect.
+#[test]
+fn kernel_vxlan_interop_mesh() {
+    require(&["ping", "iperf3", "tcpdump", "bridge"]);
+    let mesh = MeshWithKernelPeer::new();
+    let (ca, cb, daemon) = (&mesh.ca, &mesh.cb, &mesh.daemon);
+    assert_mtu(ca, 1450);
+
+    assert!(
+        ca.ping_until("10.77.0.20", Duration::from_secs(10)),
+        "the vswitchd container cannot reach the kernel node's container 10.77.0.20\ndaemon log:\n{}",
+        tail(&daemon.log_text(), 40)
+    );
+    ca.ping_ok("10.77.0.20", 3);
+    cb.ping_ok(&mesh.ca_ip, 3);
+    // The switch's gateway is on the stretched segment too.
+    cb.ping_ok("10.77.0.1", 2);
+
+    let there = iperf3_tcp(cb, ca, "10.77.0.20", 2);
+    let back = iperf3_tcp(ca, cb, &mesh.ca_ip, 2);
+    eprintln!(
+        "mesh <-> kernel VXLAN iperf3 Gbit/s: vswitchd->kernel {there:.2}, kernel->vswitchd {back:.2}"
+    );
+    print_drops(daemon, "node-a");
+
+    // What vswitchd sends, as seen on the kernel node's underlay interface.
+    let node_b = mesh.underlay.node(1);
+    let capture = start_capture(
+        node_b,
+        "eth0",
+        5,
+        "src host 192.168.51.1 and udp dst port 4789",
+    );
+    let out = ca.exec(&["ping", "-c", "8", "-i", "0.2", "-W", "1", "10.77.0.20"]);
+    assert!(out.status.success(), "ping during the capture failed");
+    let (pcap, errors) = finish_capture(capture, Duration::from_secs(5));
+    let frames = pcap_frames(&pcap);
+    let packets: Vec<OuterPacket> = frames.iter().filter_map(|f| outer_packet(f)).collect();
+    assert!(
+        packets.len() >= 5,
+        "expected 5 VXLAN packets from 192.168.51.1, captured {} ({errors})",
+        packets.len()
+    );
+    for p in &packets {
+        assert_eq!(p.src, [192, 168, 51, 1], "{p:?}");
+        assert_eq!(p.dst_port, 4789, "{p:?}");
+        assert_eq!(p.vxlan[0], 0x08, "flags must be exactly the I flag: {p:?}");
+        assert_eq!(
+            [p.vxlan[1], p.vxlan[2], p.vxlan[3], p.vxlan[7]],
+            [0, 0, 0, 0],
+            "reserved bytes must be zero: {p:?}"
+        );
+        let vni = u32::from_be_bytes([0, p.vxlan[4], p.vxlan[5], p.vxlan[6]]);
+        assert_eq!(vni, 77, "{p:?}");
+        assert!(
+            (32768..=60999).contains(&p.src_port),
+            "outer UDP source port must be in 32768-60999: {p:?}"
+        );
+        assert_eq!(p.ttl, 64, "outer TTL 64: {p:?}");
+        assert_eq!(
+            p.udp_checksum, 0,
+            "outer UDP checksum is off by default: {p:?}"
+        );
+    }
+    eprintln!(
+        "captured source ports: {:?}",
+        packets.iter().map(|p| p.src_port).collect::<Vec<_>>()
+    );
+}
+
+/// A kernel-only node configured on the hub as a static runner gets ID 1 (VNI 101,
+/// 10.1.0.0/16) and exchanges traffic with the hub node's stack at 10.0.0.1.
+#[test]
+fn kernel_node_as_static_runner() {
+    require(&["ping", "iperf3", "bridge"]);
+    let underlay = Underlay::new(&["192.168.52.1/24", "192.168.52.2/24"]);
+    let hub_ns = underlay.node(0);
+    let hub = Daemon::start_in(&hub_ns.name, 2, &[]);
+    apply(
+        &hub,
+        &hub_overlay(
+            "hub",
+            "192.168.52.1",
+            "  runners:\n  - name: kern1\n    address: 192.168.52.2\n",
+        ),
+    );
+    let hv = wait_overlay(
+        &hub,
+        "the hub to be up and list kern1",
+        Duration::from_secs(10),
+        |v| v["state"] == "up" && runner_row(v, "kern1").is_some(),
+    );
+    let row = runner_row(&hv, "kern1").expect("listed");
+    assert_eq!(row["id"], 1, "{row}");
+    assert_eq!(row["vni"], 101, "{row}");
+    assert_eq!(row["subnet"], "10.1.0.0/16", "{row}");
+    assert_eq!(row["address"], "192.168.52.2", "{row}");
+
+    let kc = Netns::new("kc");
+    kernel_vxlan_node(
+        underlay.node(1),
+        101,
+        "192.168.52.2",
+        "192.168.52.1",
+        &kc,
+        "10.1.0.10/16",
+    );
+    kc.exec_ok(&["ip", "route", "add", "10.0.0.0/8", "via", "10.1.0.254"]);
+
+    assert!(
+        kc.ping_until("10.0.0.1", Duration::from_secs(10)),
+        "the kernel node's container cannot reach the hub node at 10.0.0.1\nhub log:\n{}",
+        tail(&hub.log_text(), 40)
+    );
+    kc.ping_ok("10.0.0.1", 3);
+    hub_ns.ping_ok("10.1.0.10", 3);
+    let gbps = iperf3_tcp(hub_ns, &kc, "10.0.0.1", 2);
+    eprintln!("kernel static runner -> hub iperf3: {gbps:.2} Gbit/s");
+    print_drops(&hub, "hub");
+    // Every sender here keeps to the overlay MTU (the container's eth0 is 1450), so nothing
+    // that arrives over the overlay may be too big. (Over a veth underlay the kernel node
+    // sends TCP super-packets as one VXLAN datagram each, which a userspace VTEP receives
+    // whole; they carry segments of at most 1450 bytes.)
+    let too_big = hub.port_drop("vxlan", "l3.mtu_exceeded");
+    assert_eq!(
+        too_big, 0,
+        "the hub dropped {too_big} packets from the kernel runner as l3.mtu_exceeded, though \
+         the kernel runner's container sends at most 1450-byte packets (iperf3: {gbps:.3} Gbit/s)"
+    );
+}
+
+/// Malformed VXLAN datagrams are dropped, each counted under its reason on port `vxlan`; the
+/// daemon lives on and the overlay still carries traffic.
+#[test]
+fn malformed_vxlan_is_counted_and_dropped() {
+    require(&["ping", "python3", "bridge"]);
+    let mesh = MeshWithKernelPeer::new();
+    let daemon = &mesh.daemon;
+    assert!(
+        mesh.ca.ping_until("10.77.0.20", Duration::from_secs(10)),
+        "the overlay does not work before the test\ndaemon log:\n{}",
+        tail(&daemon.log_text(), 40)
+    );
+
+    // A 60-byte inner frame to a MAC nobody has, from a locally administered one.
+    let inner = format!(
+        "02000000aa01020000007701{}",
+        "88b5".to_owned() + &"00".repeat(46)
+    );
+    assert_eq!(inner.len(), 120);
+    let header = |flags: &str, vni: u32, last: &str| format!("{flags}000000{:06x}{last}", vni);
+    let sets: [(&str, Vec<String>); 5] = [
+        (
+            "vxlan.truncated",
+            vec!["08".into(), "08000000".into(), "08000000000000".into()],
+        ),
+        (
+            "vxlan.bad_flags",
+            vec![
+                format!("{}{inner}", header("00", 77, "00")),
+                format!("{}{inner}", header("00", 77, "00")),
+            ],
+        ),
+        (
+            "vxlan.reserved_bits",
+            vec![
+                // The I flag and another flag bit.
+                format!("{}{inner}", header("0c", 77, "00")),
+                // The I flag, and the last (reserved) byte set.
+                format!("{}{inner}", header("08", 77, "01")),
+            ],
+        ),
+        (
+            "vxlan.unknown_vni",
+            vec![
+                format!("{}{inner}", header("08", 999, "00")),
+                format!("{}{inner}", header("08", 999, "00")),
+            ],
+        ),
+        (
+            "vxlan.inner_truncated",
+            vec![
+                format!("{}ffffffffffff", header("08", 77, "00")),
+                format!("{}ffffffffffff", header("08", 77, "00")),
+            ],
+        ),
+    ];
+    let (before, _) = vxlan_drops(daemon, &RX_REASONS);
+    let node_b = mesh.underlay.node(1);
+    for (_, datagrams) in &sets {
+        send_udp(node_b, "192.168.51.2", "192.168.51.1", datagrams);
+    }
+    let expected: Vec<u64> = sets
+        .iter()
+        .zip(&before)
+        .map(|((_, d), b)| b + u64::try_from(d.len()).expect("count"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut after, mut stats) = vxlan_drops(daemon, &RX_REASONS);
+    while after != expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        (after, stats) = vxlan_drops(daemon, &RX_REASONS);
+    }
+    for (((reason, datagrams), b), a) in sets.iter().zip(&before).zip(&after) {
+        assert_eq!(
+            a - b,
+            u64::try_from(datagrams.len()).expect("count"),
+            "port `vxlan` counter {reason}: sent {} such datagrams, counted {} (ports: {:?})\nstats: {}\ndaemon log (tail):\n{}",
+            datagrams.len(),
+            a.saturating_sub(*b),
+            port_names(&stats),
+            serde_json::to_string_pretty(&stats).unwrap_or_default(),
+            tail(&daemon.log_text(), 30)
+        );
+    }
+
+    // Alive and still forwarding.
+    daemon.ctl_ok(&["get", "networks"]);
+    mesh.ca.ping_ok("10.77.0.20", 3);
+    mesh.cb.ping_ok(&mesh.ca_ip, 2);
+}
+
+/// An Overlay whose localAddress is loopback or unspecified is refused with advice, and
+/// nothing is created.
+#[test]
+fn loopback_local_address_is_refused() {
+    require(&[]);
+    let node = Netns::new("lo");
+    let daemon = Daemon::start_in(&node.name, 1, &[]);
+    // Both addresses are tried before asserting, so a failure reports both.
+    let mut wrong = Vec::new();
+    for address in ["127.0.0.1", "0.0.0.0"] {
+        let (code, text) =
+            apply_refused(&daemon, &mesh_overlay("node", address, &["192.168.53.2"]));
+        if code == Some(0)
+            || !text.contains("localAddress")
+            || !text.contains("address the other nodes reach")
+        {
+            wrong.push(format!("localAddress {address} (exit {code:?}):\n{text}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the refusal must exit non-zero, name localAddress and contain \"address the other nodes reach\":\n{}",
+        wrong.join("\n")
+    );
+    let overlays = daemon.ctl_json(&["get", "overlays"]);
+    assert_eq!(
+        overlays.as_array().map(Vec::len),
+        Some(0),
+        "no Overlay may exist after refusals: {overlays}"
+    );
+}
