@@ -2016,6 +2016,9 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
                         "document 6 (NetworkInterface \"b\"): spec.virtualIP",
                         "already used by NetworkInterface \"a\"",
                     ],
+                    "bad-overlay-loopback.yaml" => {
+                        &["spec.localAddress", "the address the other nodes reach"]
+                    }
                     _ => &[],
                 };
                 for word in want {
