@@ -397,17 +397,7 @@ impl Netlink {
     /// The kernel's error (`EEXIST` when a default route exists, `ENETUNREACH` when the
     /// gateway is not on a connected subnet).
     pub fn add_default_route(&self, index: u32, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
-        let message = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        let request = self.handle.route().add(message);
-        self.runtime.block_on(request.execute()).map_err(|e| {
-            NetlinkError::new(
-                format!("RTM_NEWROUTE default via {gateway} dev {index}"),
-                to_io(e),
-            )
-        })
+        self.add_route(index, Ipv4Net::default(), gateway)
     }
 
     /// Adds the IPv4 route to `destination` via `gateway` out of interface `index`.
