@@ -22,4 +22,6 @@ pub mod engine;
 pub mod pipeline;
 pub mod port;
 pub mod sys;
+#[cfg(test)]
+mod testing;
 pub mod wire;
