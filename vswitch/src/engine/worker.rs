@@ -1012,16 +1012,34 @@ impl Sender<'_> {
             }
         };
         if is_gso {
-            if segmenter
-                .segment(frame, |segment| send(&segment[VNET_HDR_LEN..]))
-                .is_err()
-            {
-                count_drop(
-                    counters,
-                    *port,
-                    pipeline::vxlan::DropReason::Segment.into(),
-                    1,
-                );
+            // One UDP_SEGMENT send per remote: the super-frame crosses the stack as one
+            // packet per 64 KB instead of one per segment.
+            for &remote in targets {
+                match vtep.send_encap_gso(frame, segmenter, vni, remote, tx.encap) {
+                    Ok(sent) => {
+                        let packets = u64::try_from(sent.segments).unwrap_or(u64::MAX);
+                        match origin {
+                            Origin::Routed => {
+                                tally.packets += packets;
+                                tally.bytes += sent.bytes;
+                            }
+                            Origin::Switch => {
+                                tally.generated_packets += packets;
+                                tally.generated_bytes += sent.bytes;
+                            }
+                        }
+                        failed += u64::try_from(sent.failed).unwrap_or(u64::MAX);
+                    }
+                    Err(_) => {
+                        count_drop(
+                            counters,
+                            *port,
+                            pipeline::vxlan::DropReason::Segment.into(),
+                            1,
+                        );
+                        return;
+                    }
+                }
             }
         } else {
             let capabilities = Capabilities::default();

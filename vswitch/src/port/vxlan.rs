@@ -2,15 +2,29 @@
 //!
 //! CONTRACT (lead): [`open`] returns a [`PortIo`] of kind [`PortKind::Vxlan`] with one
 //! [`VtepQueue`] per worker. Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the
-//! local address and port, read with `recvmmsg`. Transmit: outer IPv4/UDP/VXLAN headers built
-//! by the `vxlan` crate, sent with `sendmmsg` on a raw `IPPROTO_RAW` socket, so the UDP source
-//! port can be hashed from the inner flow (a UDP socket would always send from 4789).
+//! local address and port, read with `recvmmsg`, with `UDP_GRO` where the kernel has it.
+//! Transmit: single frames get outer IPv4/UDP/VXLAN headers built by the `vxlan` crate and
+//! go out with `sendmmsg` on a raw `IPPROTO_RAW` socket, so the UDP source port can be hashed
+//! from the inner flow (a UDP socket would always send from 4789); GSO super-frames are
+//! segmented and sent with `UDP_SEGMENT` from a UDP socket bound to that hashed port.
 //!
 //! # Receive
-//! Datagrams are received straight into the batch's free slots at offset [`RX_PAD`] (no
-//! copy); the [`RX_PAD`] bytes in front are zeroed. A datagram longer than a slot
-//! (impossible with [`RxBatch`]'s 64 KiB slots, kept for safety) is dropped and counted in
+//! Datagrams are received straight into the batch's free slots at offset [`RX_PAD`]; the
+//! [`RX_PAD`] bytes in front are zeroed. A datagram longer than a slot (impossible with
+//! [`RxBatch`]'s 64 KiB slots, kept for safety) is dropped and counted in
 //! [`VtepQueue::truncated`].
+//!
+//! With `UDP_GRO` on, one received buffer may hold several datagrams of one flow (the kernel
+//! coalesces them, or a sender's `UDP_SEGMENT` super-datagram reaches us whole), all of the
+//! size its `UDP_GRO` control message gives but the last. Each is split into its datagrams,
+//! every one committed to its own slot as `[RX_PAD][datagram]` with the buffer's peer, in
+//! order: the first stays where it was received (or moves down), the others are copied to the
+//! slots after it. The queue asks `recvmmsg` for only as many buffers as are expected to fit
+//! once split (from the most datagrams per buffer seen in the previous call), and stops
+//! receiving when the rest of the batch would likely not hold the next buffer. What does not
+//! fit anyway is kept in a per-queue stash (room for one `recvmmsg` worth of buffers,
+//! allocated once; its pages are only touched when used) and handed over, in order, at the
+//! start of the next [`VtepQueue::recv_batch`], before anything new is received.
 //!
 //! # Transmit
 //! [`VtepQueue::send_encap`] copies the inner frame into the next slot of a ring of
@@ -21,21 +35,58 @@
 //! its outer IPv4 identifications from its own starting point, so that fragments of packets
 //! from different queues (DF is clear by default) are unlikely to share an ID.
 //!
+//! [`VtepQueue::send_encap_gso`] takes a GSO super-frame (`virtio_net_hdr` + Ethernet) as a
+//! TAP hands it over, segments it with [`Segmenter`] (the only software segmentation on the
+//! way) and lays the segments out as consecutive `[VXLAN header][inner segment]` datagrams in
+//! one buffer; one `sendmsg` with a `UDP_SEGMENT` control message (segment size = 8 + the
+//! inner segment length) sends them all, so the kernel (and the veth or NIC behind it) carries
+//! them as one GSO packet as far as it can. The outer UDP source port is still the inner
+//! flow's hash ([`::vxlan::encap::source_port`]): the queue keeps up to
+//! [`SOURCE_PORT_SOCKETS`] send-only UDP sockets, one per source port in use, bound to
+//! `localAddress:port`, opened on demand and closed least recently used first. They are opened
+//! in the network namespace the VTEP was opened in, whichever thread asks (a thread elsewhere
+//! has one made for it by a short-lived thread that enters that namespace).
+//!
+//! Those sockets are bound without `SO_REUSEPORT` or `SO_REUSEADDR`, so they never join
+//! another socket's group: when a port is taken (by a local application using it as an
+//! ephemeral port, or by another queue of this VTEP whose flow hashed to the same port), the
+//! bind fails and the super-frames of that port take the raw path, packet by packet, until the
+//! entry is evicted. While bound, a socket holds its port, so local applications cannot get
+//! it as an ephemeral port (at most [`SOURCE_PORT_SOCKETS`] ports per queue). They are
+//! send-only: a BPF filter that accepts nothing is attached and the receive buffer is the
+//! kernel's minimum, so datagrams sent to those ports are dropped by the kernel and nothing
+//! is ever read from them.
+//!
+//! Differences from the raw path, all forced by the kernel: the outer UDP checksum is
+//! always computed (`UDP_SEGMENT` is refused on a socket with `SO_NO_CHECK`, whatever
+//! [`VxlanEncapConfig::udp_checksum_ipv4`] says; RFC 7348 allows a correct non-zero checksum
+//! and every receiver accepts it; veth and most NICs compute it in hardware), and the
+//! kernel numbers the outer IPv4 identifications. TTL and DF follow the configuration. When
+//! the kernel refuses `UDP_SEGMENT` (not supported at open, or `EIO`/`ENOPROTOOPT`, or an
+//! `EINVAL` for segments that the raw path then sends fine), the queue falls back to the raw
+//! path for good and says so once in the log.
+//!
 //! Only an IPv4 underlay is supported: the local address is an IPv4 address.
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 
-use ::vxlan::encap::{EncapParams, Underlay, encapsulate};
-use ::vxlan::{Vni, VxlanEncapConfig};
+use ::vxlan::encap::{EncapParams, Underlay, encapsulate, source_port};
+use ::vxlan::{VXLAN_HEADER_LEN, Vni, VxlanEncapConfig, VxlanPacket, VxlanRepr};
 use smoltcp::wire::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
 
 use super::{Capabilities, PortIo, PortKind, PortQueue, RxBatch};
 use crate::port::batch::MAX_FRAME_LEN;
-use crate::sys::udp::{RawIpv4Socket, Receiver, Sender, SocketError, UdpSocket};
+use crate::sys::udp::{
+    RawIpv4Socket, ReadySet, Receiver, SendOptions, Sender, SocketError, UdpSocket,
+};
+use crate::wire::VNET_HDR_LEN;
+use crate::wire::gso::{GsoError, Segmenter};
 
 /// Bytes in front of the VXLAN header in a received frame: the frame handed to the pipeline
 /// is `[PAD][VXLAN header][inner Ethernet]`, so that once the 8-byte VXLAN header is
@@ -53,8 +104,23 @@ pub const MAX_INNER_LEN: usize = 9216;
 /// Packets queued for one `sendmmsg`.
 pub const TX_SLOTS: usize = 64;
 
+/// The most UDP payload one `UDP_SEGMENT` send carries: an IPv4 packet's 65535 bytes minus
+/// the IPv4 and UDP headers (`udp_sendmsg` refuses more with `EMSGSIZE`). A super-frame whose
+/// segments need more goes out in several sends.
+pub const MAX_GSO_PAYLOAD: usize = 65_535 - IPV4_HEADER_LEN - UDP_HEADER_LEN;
+
+/// The most datagrams one `UDP_SEGMENT` send carries: the kernel's `UDP_MAX_SEGMENTS` (64 on
+/// older kernels, 128 on recent ones; the smaller works everywhere).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Send-only UDP sockets a queue keeps open, one per outer source port in use.
+pub const SOURCE_PORT_SOCKETS: usize = 64;
+
 /// Datagrams received by one `recvmmsg`.
 const RX_BURST: usize = 64;
+
+/// The longest datagram (or GRO buffer) a receive slot holds: the slot after [`RX_PAD`].
+const RX_DATAGRAM_MAX: usize = MAX_FRAME_LEN - RX_PAD;
 
 const TX_SLOT_LEN: usize = OUTER_LEN + MAX_INNER_LEN;
 
@@ -64,10 +130,350 @@ const RCVBUF_BYTES: u32 = 4 << 20;
 /// Send buffer of the raw socket: a full ring of jumbo packets several times over.
 const SNDBUF_BYTES: u32 = 4 << 20;
 
+/// Send buffer of each source-port socket: several 64 KiB `UDP_SEGMENT` sends.
+const GSO_SNDBUF_BYTES: u32 = 1 << 20;
+
+/// What [`VtepQueue::send_encap_gso`] did with a super-frame's segments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GsoSent {
+    /// Segments handed to the kernel (or queued on the raw path for the next
+    /// [`flush`](VtepQueue::flush), whose failures it counts as usual).
+    pub segments: usize,
+    /// Bytes of the inner frames (Ethernet, no virtio header) of those segments.
+    pub bytes: u64,
+    /// Segments dropped: refused by the kernel or not encapsulable. They are counted in
+    /// [`VtepQueue::send_errors`] as well.
+    pub failed: usize,
+}
+
+/// A send-only socket for one outer source port, or the memory that binding the port failed.
+#[derive(Debug)]
+struct PortSocket {
+    port: u16,
+    /// `None`: the port could not be bound (taken): its packets take the raw path.
+    socket: Option<UdpSocket>,
+    last_used: u64,
+}
+
+/// The source-port sockets of one queue (at most [`SOURCE_PORT_SOCKETS`], least recently
+/// used evicted first), all opened with the same [`SendOptions`].
+#[derive(Debug)]
+struct PortSockets {
+    entries: Vec<PortSocket>,
+    clock: u64,
+    options: Option<SendOptions>,
+    bind_failures: u64,
+    /// The network namespace the VTEP was opened in (and its identity): sockets are created
+    /// there even when the calling thread is elsewhere.
+    home: Option<(OwnedFd, NamespaceId)>,
+}
+
+/// A network namespace's identity: the device and inode of its `ns/net` file.
+type NamespaceId = (u64, u64);
+
+/// The calling thread's network namespace, when procfs tells.
+fn current_namespace() -> Option<NamespaceId> {
+    let metadata = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+/// Opens the calling thread's network namespace (see [`PortSockets::home`]).
+fn open_current_namespace() -> Option<(OwnedFd, NamespaceId)> {
+    let file = std::fs::File::open("/proc/thread-self/ns/net").ok()?;
+    let metadata = file.metadata().ok()?;
+    Some((OwnedFd::from(file), (metadata.dev(), metadata.ino())))
+}
+
+impl PortSockets {
+    fn new(home: Option<(OwnedFd, NamespaceId)>) -> PortSockets {
+        PortSockets {
+            entries: Vec::with_capacity(SOURCE_PORT_SOCKETS),
+            clock: 0,
+            options: None,
+            bind_failures: 0,
+            home,
+        }
+    }
+
+    /// Opens a send-only socket on `address` in the VTEP's namespace: directly when the
+    /// calling thread is there (always, in vswitchd: the workers live in the daemon's
+    /// namespace), else from a short-lived thread that enters it.
+    fn bind(&self, address: SocketAddrV4, options: SendOptions) -> io::Result<UdpSocket> {
+        let bind = || {
+            UdpSocket::bind_sender(address, options)
+                .map_err(|error| io::Error::new(error.source.kind(), error))
+        };
+        match &self.home {
+            Some((fd, id)) if current_namespace() != Some(*id) => {
+                crate::sys::netns::run_in_fd(fd, bind).and_then(|socket| socket)
+            }
+            _ => bind(),
+        }
+    }
+
+    /// The entry for `local:port`, opening its socket on a miss. When `options` differ from
+    /// the ones the open sockets have (the overlay's settings changed), they are all closed
+    /// first.
+    fn lookup(&mut self, local: Ipv4Addr, port: u16, options: SendOptions) -> usize {
+        if self.options != Some(options) {
+            self.entries.clear();
+            self.options = Some(options);
+        }
+        self.clock += 1;
+        if let Some(index) = self.entries.iter().position(|entry| entry.port == port) {
+            if let Some(entry) = self.entries.get_mut(index) {
+                entry.last_used = self.clock;
+            }
+            return index;
+        }
+        let address = SocketAddrV4::new(local, port);
+        let socket = match self.bind(address, options) {
+            Ok(socket) => Some(socket),
+            Err(error) => {
+                self.bind_failures += 1;
+                tracing::debug!(%address, %error, "no UDP_SEGMENT socket for this source port; its packets take the raw path");
+                None
+            }
+        };
+        let entry = PortSocket {
+            port,
+            socket,
+            last_used: self.clock,
+        };
+        if self.entries.len() < SOURCE_PORT_SOCKETS {
+            // Within the capacity reserved in `new`: no allocation.
+            self.entries.push(entry);
+            return self.entries.len() - 1;
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map_or(0, |(index, _)| index);
+        if let Some(slot) = self.entries.get_mut(oldest) {
+            *slot = entry;
+        }
+        oldest
+    }
+
+    fn socket(&self, index: usize) -> Option<&UdpSocket> {
+        self.entries.get(index)?.socket.as_ref()
+    }
+}
+
+/// How the segments of one super-frame leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// `UDP_SEGMENT` on the source-port socket at this index of [`PortSockets`].
+    Socket(usize),
+    /// One by one on the raw socket ([`VtepQueue::send_encap`]).
+    Raw,
+}
+
+/// The datagrams of one `UDP_SEGMENT` send being laid out in the queue's GSO buffer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Chunk {
+    /// Datagrams laid out.
+    count: usize,
+    /// Bytes used in the buffer.
+    used: usize,
+    /// Inner length of the first segment: every datagram but the last has this length.
+    segment_len: usize,
+    /// A shorter segment was laid out: it must be the last.
+    closed: bool,
+}
+
+/// One received buffer: `len` bytes at `start` (in the stash; unused for the batch), holding
+/// datagrams of `segment` bytes (the last may be shorter).
+#[derive(Clone, Copy, Debug)]
+struct Coalesced {
+    start: usize,
+    len: usize,
+    segment: usize,
+    peer: SocketAddrV4,
+}
+
+impl Coalesced {
+    const EMPTY: Coalesced = Coalesced {
+        start: 0,
+        len: 0,
+        segment: 0,
+        peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    };
+
+    /// How many datagrams it holds (an empty datagram is one).
+    fn count(&self) -> usize {
+        datagram_count(self.len, self.segment)
+    }
+
+    /// Where datagram `index` lies, relative to the buffer's start.
+    fn datagram(&self, index: usize) -> Range<usize> {
+        datagram_range(self.len, self.segment, index)
+    }
+}
+
+/// How many datagrams a received buffer of `len` bytes holds when each is `segment` bytes
+/// (the last may be shorter); `segment` 0 (no `UDP_GRO` message) means one datagram.
+fn datagram_count(len: usize, segment: usize) -> usize {
+    if segment == 0 || len <= segment {
+        1
+    } else {
+        len.div_ceil(segment)
+    }
+}
+
+/// Where datagram `index` lies in a buffer of `len` bytes of `segment`-byte datagrams.
+fn datagram_range(len: usize, segment: usize, index: usize) -> Range<usize> {
+    if segment == 0 || len <= segment {
+        return 0..len;
+    }
+    let start = (index * segment).min(len);
+    start..(start + segment).min(len)
+}
+
+/// Received buffers that did not fit in the batch, kept for the next call.
+struct RxStash {
+    /// Room for [`RX_BURST`] buffers of [`RX_DATAGRAM_MAX`] bytes (what one `recvmmsg` can
+    /// return), allocated zeroed once: pages are only touched when used.
+    bytes: Box<[u8]>,
+    buffers: Box<[Coalesced]>,
+    /// Buffers stashed.
+    count: usize,
+    /// Bytes of `bytes` used.
+    used: usize,
+    /// The first buffer not yet handed over completely, and its next datagram.
+    next: usize,
+    next_datagram: usize,
+}
+
+impl fmt::Debug for RxStash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RxStash")
+            .field("count", &self.count)
+            .field("used", &self.used)
+            .field("next", &self.next)
+            .field("next_datagram", &self.next_datagram)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RxStash {
+    fn new() -> RxStash {
+        RxStash {
+            bytes: vec![0u8; RX_BURST * RX_DATAGRAM_MAX].into_boxed_slice(),
+            buffers: vec![Coalesced::EMPTY; RX_BURST].into_boxed_slice(),
+            count: 0,
+            used: 0,
+            next: 0,
+            next_datagram: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next >= self.count
+    }
+
+    /// Datagrams not yet handed over.
+    fn pending(&self) -> usize {
+        let mut pending = 0;
+        for (index, buffer) in self
+            .buffers
+            .iter()
+            .enumerate()
+            .take(self.count)
+            .skip(self.next)
+        {
+            pending += buffer.count();
+            if index == self.next {
+                pending -= self.next_datagram.min(buffer.count());
+            }
+        }
+        pending
+    }
+
+    /// Keeps `data` (datagrams of `segment` bytes from `peer`); false when there is no room
+    /// (cannot happen: the stash is filled only when empty, from one `recvmmsg`).
+    fn push(&mut self, data: &[u8], segment: usize, peer: SocketAddrV4) -> bool {
+        let start = self.used;
+        let (Some(slot), Some(target)) = (
+            self.buffers.get_mut(self.count),
+            self.bytes.get_mut(start..start + data.len()),
+        ) else {
+            return false;
+        };
+        target.copy_from_slice(data);
+        *slot = Coalesced {
+            start,
+            len: data.len(),
+            segment,
+            peer,
+        };
+        self.count += 1;
+        self.used += data.len();
+        true
+    }
+
+    /// Hands stashed datagrams over to `batch`, in order, until it is full or the stash
+    /// empty; returns how many.
+    fn drain(&mut self, batch: &mut RxBatch) -> usize {
+        let mut added = 0;
+        while !self.is_empty() {
+            let Some(buffer) = self.buffers.get(self.next).copied() else {
+                break;
+            };
+            while self.next_datagram < buffer.count() {
+                let Some(slot) = batch.next_slot() else {
+                    return added;
+                };
+                let range = buffer.datagram(self.next_datagram);
+                let len = range.len();
+                let source = self
+                    .bytes
+                    .get(buffer.start + range.start..buffer.start + range.end);
+                if let (Some(source), Some(target)) = (source, slot.get_mut(RX_PAD..RX_PAD + len)) {
+                    target.copy_from_slice(source);
+                    slot[..RX_PAD].fill(0);
+                    batch.commit_from(RX_PAD + len, buffer.peer);
+                    added += 1;
+                }
+                self.next_datagram += 1;
+            }
+            self.next += 1;
+            self.next_datagram = 0;
+        }
+        self.count = 0;
+        self.used = 0;
+        self.next = 0;
+        added
+    }
+}
+
+impl fmt::Debug for GsoState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GsoState")
+            .field("sockets", &self.sockets)
+            .field("sends", &self.sends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for GroState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroState")
+            .field("stash", &self.stash)
+            .field("expected", &self.expected)
+            .field("coalesced", &self.coalesced)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One worker's queue of the VTEP.
 pub struct VtepQueue {
     local: SocketAddrV4,
     socket: UdpSocket,
+    /// What the worker polls: the socket, or the doorbell while the stash holds datagrams.
+    ready: ReadySet,
     raw: RawIpv4Socket,
     receiver: Receiver,
     sender: Sender,
@@ -81,6 +487,32 @@ pub struct VtepQueue {
     ipv4_ident: u16,
     truncated: u64,
     send_errors: u64,
+    /// `UDP_SEGMENT` usable (probed at open; cleared for good if the kernel refuses it).
+    udp_segment: bool,
+    /// `UDP_GRO` on the receiving socket.
+    udp_gro: bool,
+    gso: Box<GsoState>,
+    gro: Box<GroState>,
+}
+
+/// Transmit state for `UDP_SEGMENT` sends.
+struct GsoState {
+    /// [`MAX_GSO_PAYLOAD`] bytes: the datagrams of one `UDP_SEGMENT` send.
+    buffer: Box<[u8]>,
+    sockets: PortSockets,
+    /// `sendmsg` calls made with `UDP_SEGMENT`.
+    sends: u64,
+}
+
+/// Receive state for splitting `UDP_GRO` buffers.
+struct GroState {
+    /// The buffers of the last `recvmmsg` (source slot, layout), described for splitting.
+    buffers: Box<[(usize, Coalesced)]>,
+    stash: RxStash,
+    /// Most datagrams per received buffer in the previous `recvmmsg` (at least 1).
+    expected: usize,
+    /// Received buffers that held more than one datagram.
+    coalesced: u64,
 }
 
 impl fmt::Debug for VtepQueue {
@@ -92,13 +524,63 @@ impl fmt::Debug for VtepQueue {
             .field("tx_queued", &self.tx_queued)
             .field("truncated", &self.truncated)
             .field("send_errors", &self.send_errors)
+            .field("udp_segment", &self.udp_segment)
+            .field("udp_gro", &self.udp_gro)
+            .field("gso", &self.gso)
+            .field("gro", &self.gro)
             .finish_non_exhaustive()
     }
 }
 
 impl AsFd for VtepQueue {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
+        self.ready.as_fd()
+    }
+}
+
+/// The options of the source-port sockets for `config`.
+fn send_options(config: &VxlanEncapConfig) -> SendOptions {
+    SendOptions {
+        ttl: config.ttl,
+        dont_fragment: config.dont_fragment,
+        send_buffer: Some(GSO_SNDBUF_BYTES),
+    }
+}
+
+/// Copies `len` bytes at `RX_PAD + offset` of free slot `from` to `RX_PAD` of free slot
+/// `to` (`from != to`) and zeroes the target's [`RX_PAD`] bytes. False when the slots or
+/// ranges are not there (cannot happen for ranges of a received buffer).
+fn copy_between(batch: &mut RxBatch, from: usize, offset: usize, len: usize, to: usize) -> bool {
+    let mut slots = batch.free_slots();
+    let (source, target) = if from < to {
+        let source = slots.nth(from);
+        (source, slots.nth(to - from - 1))
+    } else {
+        let target = slots.nth(to);
+        (slots.nth(from - to - 1), target)
+    };
+    let (Some(source), Some(target)) = (source, target) else {
+        return false;
+    };
+    let (Some(source), Some(target)) = (
+        source.get(RX_PAD + offset..RX_PAD + offset + len),
+        target.get_mut(..RX_PAD + len),
+    ) else {
+        return false;
+    };
+    target[RX_PAD..].copy_from_slice(source);
+    target[..RX_PAD].fill(0);
+    true
+}
+
+/// Zeroes the [`RX_PAD`] bytes of free slot `index`.
+fn zero_pad(batch: &mut RxBatch, index: usize) {
+    if let Some(pad) = batch
+        .free_slots()
+        .nth(index)
+        .and_then(|slot| slot.get_mut(..RX_PAD))
+    {
+        pad.fill(0);
     }
 }
 
@@ -111,9 +593,26 @@ impl VtepQueue {
             .map_err(|error| describe(local, error))?;
         let raw =
             RawIpv4Socket::open(Some(SNDBUF_BYTES)).map_err(|error| describe(local, error))?;
+        let ready = ReadySet::new(&socket).map_err(|error| describe(local, error))?;
+        // Optional offloads: without them the queue works packet by packet.
+        let udp_gro = match socket.enable_gro() {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%local, %error, "UDP_GRO refused: datagrams arrive one by one");
+                false
+            }
+        };
+        let udp_segment = match socket.set_segment_size(0) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%local, %error, "UDP_SEGMENT refused: segments go out one by one");
+                false
+            }
+        };
         Ok(VtepQueue {
             local,
             socket,
+            ready,
             raw,
             receiver: Receiver::new(RX_BURST),
             sender: Sender::new(TX_SLOTS),
@@ -124,6 +623,19 @@ impl VtepQueue {
             ipv4_ident: ident_start,
             truncated: 0,
             send_errors: 0,
+            udp_segment,
+            udp_gro,
+            gso: Box::new(GsoState {
+                buffer: vec![0u8; MAX_GSO_PAYLOAD].into_boxed_slice(),
+                sockets: PortSockets::new(open_current_namespace()),
+                sends: 0,
+            }),
+            gro: Box::new(GroState {
+                buffers: vec![(0, Coalesced::EMPTY); RX_BURST].into_boxed_slice(),
+                stash: RxStash::new(),
+                expected: 1,
+                coalesced: 0,
+            }),
         })
     }
 
@@ -143,26 +655,77 @@ impl VtepQueue {
         self.send_errors
     }
 
-    /// The receiving socket's fd (registered with epoll; readable when datagrams wait).
+    /// Whether super-frames go out with `UDP_SEGMENT` (false when the kernel lacks it or
+    /// refused it once).
+    pub fn udp_segment(&self) -> bool {
+        self.udp_segment
+    }
+
+    /// Whether the receiving socket has `UDP_GRO` on.
+    pub fn udp_gro(&self) -> bool {
+        self.udp_gro
+    }
+
+    /// `sendmsg` calls made with `UDP_SEGMENT` (each carries several datagrams).
+    pub fn gso_sends(&self) -> u64 {
+        self.gso.sends
+    }
+
+    /// Received buffers that held several datagrams (coalesced by `UDP_GRO`, or a sender's
+    /// `UDP_SEGMENT` send that reached us whole).
+    pub fn gro_coalesced(&self) -> u64 {
+        self.gro.coalesced
+    }
+
+    /// Source ports whose send-only socket could not be bound (taken by someone else): their
+    /// packets took the raw path.
+    pub fn port_bind_failures(&self) -> u64 {
+        self.gso.sockets.bind_failures
+    }
+
+    /// The fd to register with epoll: readable when datagrams wait in the socket or in the
+    /// queue's stash (an epoll set of the receiving socket and a doorbell; see
+    /// [`ReadySet`]).
     pub fn raw_fd(&self) -> RawFd {
-        self.socket.raw_fd()
+        self.ready.raw_fd()
+    }
+
+    /// Datagrams received but not yet handed over (they come first in the next
+    /// [`recv_batch`](VtepQueue::recv_batch)); the queue's fd stays readable meanwhile.
+    pub fn pending(&self) -> usize {
+        self.gro.stash.pending()
     }
 
     /// Receives waiting datagrams (`recvmmsg`, up to the batch's free slots) without
     /// blocking. Each one is committed with [`RxBatch::commit_from`] (the sender's address)
     /// as `[RX_PAD zero bytes][UDP payload]`, i.e. written at offset [`RX_PAD`] of the slot
-    /// and committed with length `RX_PAD + payload length`. Datagrams are not validated here
-    /// (the pipeline's VXLAN stage does it and counts every drop).
+    /// and committed with length `RX_PAD + payload length`. A `UDP_GRO` buffer is split into
+    /// its datagrams, one per slot; datagrams that do not fit are kept, in order, for the
+    /// next call (see the module docs). Datagrams are not validated here (the pipeline's
+    /// VXLAN stage does it and counts every drop).
+    ///
+    /// Datagrams still waiting in the queue's stash are handed over first; the socket is
+    /// read only once the stash is empty. While the stash holds datagrams the queue's fd
+    /// stays readable (its doorbell rings), so a worker that polls the fd comes back for
+    /// them even when nothing new arrives.
     ///
     /// # Errors
     /// The kernel's error, other than "nothing to read" (then `Ok(0)`).
     pub fn recv_batch(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
-        let mut added = 0;
-        while !batch.is_full() {
+        let mut added = self.gro.stash.drain(batch);
+        while !batch.is_full() && self.gro.stash.is_empty() {
+            let free = batch.capacity() - batch.len();
+            let expected = self.gro.expected.max(1);
+            if added > 0 && free < expected {
+                // The next buffer would likely not fit: leave it in the socket.
+                break;
+            }
+            let want = (free / expected).clamp(1, self.receiver.capacity());
             let received = match self.receiver.recv(
                 &self.socket,
                 batch
                     .free_slots()
+                    .take(want)
                     .map(|slot| slot.get_mut(RX_PAD..).unwrap_or_default()),
             ) {
                 Ok(received) => received,
@@ -170,32 +733,136 @@ impl VtepQueue {
                 Err(_) if added > 0 => break,
                 Err(error) => return Err(error),
             };
-            // Datagram `i` sits in the `i`-th free slot as of the call; `kept` of them have
-            // been committed since, so it is now the `(i - kept)`-th free slot.
-            let mut kept = 0;
-            for i in 0..received {
-                let Some(datagram) = self.receiver.datagram(i) else {
-                    break;
-                };
-                if datagram.truncated || RX_PAD + datagram.len > MAX_FRAME_LEN {
-                    self.truncated += 1;
-                    continue;
-                }
-                if !place(batch, i - kept, datagram.len) {
-                    break;
-                }
-                let peer = datagram
-                    .peer
-                    .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-                batch.commit_from(RX_PAD + datagram.len, peer);
-                kept += 1;
+            if received == 0 {
+                break;
             }
-            added += kept;
-            if received < self.receiver.capacity() {
+            added += self.spread(batch, received);
+            if received < want {
                 break;
             }
         }
+        // An eventfd write or read of 1 cannot fail (no overflow, the fd is ours): the
+        // error, if any, is the kernel's to report next call.
+        let _ = if self.gro.stash.is_empty() {
+            self.ready.silence()
+        } else {
+            self.ready.ring()
+        };
         Ok(added)
+    }
+
+    /// Splits the `received` buffers of the last `recvmmsg` (in the first free slots of
+    /// `batch`) into datagrams, one per slot, commits those that fit and stashes the rest;
+    /// returns how many were committed.
+    fn spread(&mut self, batch: &mut RxBatch, received: usize) -> usize {
+        // 1. Describe the buffers (source slot and layout); drop truncated ones.
+        let mut kept = 0;
+        let mut most = 1;
+        for i in 0..received {
+            let Some(datagram) = self.receiver.datagram(i) else {
+                break;
+            };
+            if datagram.truncated || RX_PAD + datagram.len > MAX_FRAME_LEN {
+                self.truncated += 1;
+                continue;
+            }
+            let buffer = Coalesced {
+                start: 0,
+                len: datagram.len,
+                segment: datagram.segment_size.map_or(0, usize::from),
+                peer: datagram
+                    .peer
+                    .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            };
+            most = most.max(buffer.count());
+            if buffer.count() > 1 {
+                self.gro.coalesced += 1;
+            }
+            if let Some(entry) = self.gro.buffers.get_mut(kept) {
+                *entry = (i, buffer);
+                kept += 1;
+            }
+        }
+        self.gro.expected = most;
+        // 2. Close the gaps left by dropped buffers: buffer `k` moves down to slot `k`
+        // (in order, so no buffer is overwritten before it moved).
+        for k in 0..kept {
+            let Some(&(source, buffer)) = self.gro.buffers.get(k) else {
+                break;
+            };
+            if source != k {
+                copy_between(batch, source, 0, buffer.len, k);
+                if let Some(entry) = self.gro.buffers.get_mut(k) {
+                    entry.0 = k;
+                }
+            }
+        }
+        // 3. Which datagrams fit: buffers before `full` entirely, buffer `full` (if any) its
+        // first `partial` datagrams.
+        let free = batch.capacity() - batch.len();
+        let mut placed = 0;
+        let mut full = kept;
+        let mut partial = 0;
+        for (k, (_, buffer)) in self.gro.buffers.iter().take(kept).enumerate() {
+            let count = buffer.count();
+            if placed + count > free {
+                full = k;
+                partial = free - placed;
+                break;
+            }
+            placed += count;
+        }
+        // 4. Stash what does not fit, before anything is overwritten.
+        for (k, (_, buffer)) in self.gro.buffers.iter().enumerate().take(kept).skip(full) {
+            let skip = if k == full { partial } else { 0 };
+            let from = buffer.datagram(skip).start;
+            let Some(data) = batch
+                .free_slots()
+                .nth(k)
+                .and_then(|slot| slot.get(RX_PAD + from..RX_PAD + buffer.len))
+            else {
+                continue;
+            };
+            // The rest of a split buffer is still datagrams of `segment` bytes.
+            if !self.gro.stash.push(data, buffer.segment, buffer.peer) {
+                self.truncated += 1;
+            }
+        }
+        // 5. Spread the datagrams that fit, last buffer first: buffer `k` (in slot `k`) goes
+        // to slots `first[k]..first[k] + n` with `first[k] >= k`, so every target slot is
+        // either free already or the buffer's own slot (its first datagram, which stays).
+        let fitting = if partial > 0 { full + 1 } else { full };
+        let mut end = placed + partial;
+        for k in (0..fitting).rev() {
+            let Some(&(_, buffer)) = self.gro.buffers.get(k) else {
+                continue;
+            };
+            let count = if k == full { partial } else { buffer.count() };
+            let first = end - count;
+            for j in (1..count).rev() {
+                let range = buffer.datagram(j);
+                copy_between(batch, k, range.start, range.len(), first + j);
+            }
+            if first == k {
+                zero_pad(batch, k);
+            } else {
+                copy_between(batch, k, 0, buffer.datagram(0).len(), first);
+            }
+            end = first;
+        }
+        // 6. Commit them in order.
+        let mut committed = 0;
+        for k in 0..fitting {
+            let Some(&(_, buffer)) = self.gro.buffers.get(k) else {
+                continue;
+            };
+            let count = if k == full { partial } else { buffer.count() };
+            for j in 0..count {
+                batch.commit_from(RX_PAD + buffer.datagram(j).len(), buffer.peer);
+                committed += 1;
+            }
+        }
+        committed
     }
 
     /// Encapsulates `inner` (an Ethernet frame, without virtio header, checksums complete,
@@ -255,6 +922,236 @@ impl VtepQueue {
         Ok(())
     }
 
+    /// Segments `frame` (a `virtio_net_hdr` + Ethernet GSO super-frame, as a TAP or
+    /// AF_PACKET socket hands it over) with `segmenter`, encapsulates every segment for VNI
+    /// `vni` toward `remote` (the VTEP's UDP port) and sends them with `UDP_SEGMENT`: one
+    /// `sendmsg` per [`MAX_GSO_PAYLOAD`] bytes or [`MAX_GSO_SEGMENTS`] datagrams, from the
+    /// UDP source port hashed from the inner flow ([`::vxlan::encap::source_port`] of the
+    /// first segment, the same port [`send_encap`](VtepQueue::send_encap) uses for the
+    /// flow's other packets). Packets queued by [`send_encap`](VtepQueue::send_encap) are
+    /// flushed first, so the order of a flow's packets is kept.
+    ///
+    /// When `UDP_SEGMENT` is unusable (kernel without it, refused once) or the source port
+    /// is taken, the segments are queued on the raw path instead, as
+    /// [`send_encap`](VtepQueue::send_encap) would. The segments are complete frames (every
+    /// checksum computed), so the frame needs no other preparation; the outer UDP checksum
+    /// of a `UDP_SEGMENT` send is computed (see the module docs).
+    ///
+    /// Returns what became of the segments; those the kernel refused are also counted in
+    /// [`send_errors`](VtepQueue::send_errors).
+    ///
+    /// # Errors
+    /// The [`GsoError`] saying why `frame` cannot be segmented; then nothing was sent (the
+    /// queued packets were flushed all the same).
+    pub fn send_encap_gso(
+        &mut self,
+        frame: &[u8],
+        segmenter: &mut Segmenter,
+        vni: Vni,
+        remote: Ipv4Addr,
+        config: &VxlanEncapConfig,
+    ) -> Result<GsoSent, GsoError> {
+        if self.tx_queued > 0 {
+            // Refused packets are counted in `send_errors`; this frame goes out regardless.
+            let _ = self.flush();
+        }
+        let options = send_options(config);
+        let mut route = None;
+        let mut chunk = Chunk::default();
+        let mut sent = GsoSent::default();
+        segmenter.segment(frame, |segment| {
+            let inner = segment.get(VNET_HDR_LEN..).unwrap_or_default();
+            let route = *route.get_or_insert_with(|| self.route(inner, config, options));
+            match route {
+                Route::Socket(index) => {
+                    self.push_segment(inner, index, vni, remote, config, &mut chunk, &mut sent);
+                }
+                Route::Raw => self.send_raw(inner, vni, remote, config, &mut sent),
+            }
+        })?;
+        if let Some(Route::Socket(index)) = route {
+            self.send_chunk(&mut chunk, index, vni, remote, config, &mut sent);
+        }
+        Ok(sent)
+    }
+
+    /// How the segments of a super-frame whose first segment is `inner` leave.
+    fn route(&mut self, inner: &[u8], config: &VxlanEncapConfig, options: SendOptions) -> Route {
+        if !self.udp_segment {
+            return Route::Raw;
+        }
+        let port = source_port(inner, config);
+        let index = self.gso.sockets.lookup(*self.local.ip(), port, options);
+        match self.gso.sockets.socket(index) {
+            Some(_) => Route::Socket(index),
+            None => Route::Raw,
+        }
+    }
+
+    /// Queues one segment on the raw path and tallies it.
+    fn send_raw(
+        &mut self,
+        inner: &[u8],
+        vni: Vni,
+        remote: Ipv4Addr,
+        config: &VxlanEncapConfig,
+        sent: &mut GsoSent,
+    ) {
+        match self.send_encap(inner, vni, remote, config) {
+            Ok(()) => {
+                sent.segments += 1;
+                sent.bytes += u64::try_from(inner.len()).unwrap_or(u64::MAX);
+            }
+            Err(_) => {
+                self.send_errors += 1;
+                sent.failed += 1;
+            }
+        }
+    }
+
+    /// Lays `inner` out as the next datagram of `chunk` (`[VXLAN header][inner]`), sending
+    /// the chunk first when `inner` cannot join it.
+    #[allow(clippy::too_many_arguments)]
+    fn push_segment(
+        &mut self,
+        inner: &[u8],
+        socket: usize,
+        vni: Vni,
+        remote: Ipv4Addr,
+        config: &VxlanEncapConfig,
+        chunk: &mut Chunk,
+        sent: &mut GsoSent,
+    ) {
+        let len = inner.len();
+        let block = VXLAN_HEADER_LEN + len;
+        if block > MAX_GSO_PAYLOAD {
+            // Cannot be one datagram of a send: out on its own (the raw path refuses it
+            // and counts it, as it refuses any inner frame over MAX_INNER_LEN).
+            self.send_chunk(chunk, socket, vni, remote, config, sent);
+            self.send_raw(inner, vni, remote, config, sent);
+            return;
+        }
+        if chunk.count > 0
+            && (chunk.closed
+                || len > chunk.segment_len
+                || chunk.used + block > MAX_GSO_PAYLOAD
+                || chunk.count >= MAX_GSO_SEGMENTS)
+        {
+            self.send_chunk(chunk, socket, vni, remote, config, sent);
+        }
+        if chunk.count == 0 {
+            chunk.segment_len = len;
+        } else if len < chunk.segment_len {
+            chunk.closed = true;
+        }
+        let Some(target) = self.gso.buffer.get_mut(chunk.used..chunk.used + block) else {
+            // Cannot happen: `used + block <= MAX_GSO_PAYLOAD`, the buffer's length.
+            self.send_errors += 1;
+            sent.failed += 1;
+            return;
+        };
+        let (header, payload) = target.split_at_mut(VXLAN_HEADER_LEN);
+        VxlanRepr { vni }.emit(&mut VxlanPacket::new_unchecked(header));
+        payload.copy_from_slice(inner);
+        chunk.used += block;
+        chunk.count += 1;
+    }
+
+    /// Sends the datagrams laid out in `chunk` from the source-port socket at `socket` (one
+    /// `sendmsg`, with `UDP_SEGMENT` when there are several) and empties the chunk.
+    fn send_chunk(
+        &mut self,
+        chunk: &mut Chunk,
+        socket: usize,
+        vni: Vni,
+        remote: Ipv4Addr,
+        config: &VxlanEncapConfig,
+        sent: &mut GsoSent,
+    ) {
+        let taken = std::mem::take(chunk);
+        if taken.count == 0 {
+            return;
+        }
+        let count_u64 = u64::try_from(taken.count).unwrap_or(u64::MAX);
+        let inner_bytes = taken.used - taken.count * VXLAN_HEADER_LEN;
+        // At most MAX_GSO_PAYLOAD (< 65536) bytes: the conversion cannot fail.
+        let segment_size = (taken.count > 1)
+            .then(|| u16::try_from(VXLAN_HEADER_LEN + taken.segment_len).ok())
+            .flatten();
+        let to = SocketAddrV4::new(remote, self.local.port());
+        let result = match (
+            self.gso.sockets.socket(socket),
+            self.gso.buffer.get(..taken.used),
+        ) {
+            (Some(udp), Some(payload)) => udp.send_to(payload, to, segment_size),
+            _ => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        let error = match result {
+            Ok(_) => {
+                sent.segments += taken.count;
+                sent.bytes += u64::try_from(inner_bytes).unwrap_or(u64::MAX);
+                if segment_size.is_some() {
+                    self.gso.sends += 1;
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        let errno = error.raw_os_error();
+        if segment_size.is_some()
+            && matches!(errno, Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT))
+        {
+            // The kernel may refuse the offload itself (EIO: a route that cannot take UDP
+            // GSO; ENOPROTOOPT: no UDP GSO), or these segments (EINVAL: larger than the
+            // route's MTU, but also UDP GSO refused by the device). Send them the raw way,
+            // now: if they go out, the offload was the problem.
+            let errors_before = self.send_errors;
+            // Counts its own refusals in `failed` and `send_errors`.
+            self.resend_raw(&taken, vni, remote, config, sent);
+            let errors_queued = self.send_errors;
+            let flushed = self.flush();
+            let refused = usize::try_from(self.send_errors - errors_queued).unwrap_or(usize::MAX);
+            sent.segments = sent.segments.saturating_sub(refused);
+            sent.failed += refused;
+            let clean = self.send_errors == errors_before && flushed.is_ok();
+            if errno != Some(libc::EINVAL) || clean {
+                self.udp_segment = false;
+                tracing::warn!(local = %self.local, %error, "the kernel refuses UDP_SEGMENT on the VTEP's sockets; segments go out one by one from now on");
+            }
+            return;
+        }
+        // Queue or device full (EAGAIN, ENOBUFS), no route, ...: these segments are lost.
+        self.send_errors += count_u64;
+        sent.failed += taken.count;
+    }
+
+    /// Queues the datagrams of `chunk` (laid out in the GSO buffer) on the raw path.
+    fn resend_raw(
+        &mut self,
+        chunk: &Chunk,
+        vni: Vni,
+        remote: Ipv4Addr,
+        config: &VxlanEncapConfig,
+        sent: &mut GsoSent,
+    ) {
+        // Taken out for the loop, so that `send_encap` can borrow the queue; a boxed empty
+        // slice takes no allocation.
+        let buffer = std::mem::take(&mut self.gso.buffer);
+        let block = VXLAN_HEADER_LEN + chunk.segment_len;
+        for index in 0..chunk.count {
+            let start = index * block + VXLAN_HEADER_LEN;
+            let end = (start + chunk.segment_len).min(chunk.used);
+            match buffer.get(start..end) {
+                Some(inner) => self.send_raw(inner, vni, remote, config, sent),
+                None => {
+                    self.send_errors += 1;
+                    sent.failed += 1;
+                }
+            }
+        }
+        self.gso.buffer = buffer;
+    }
+
     /// Sends every queued packet (`sendmmsg`). Packets the kernel refuses are dropped and
     /// counted in [`VtepQueue::send_errors`].
     ///
@@ -310,36 +1207,6 @@ impl VtepQueue {
             Some(error) if !sent_any => Err(error),
             _ => Ok(()),
         }
-    }
-}
-
-/// Moves a datagram of `len` bytes that was received into free slot `from` (counted from the
-/// first free slot) into the first free slot, and zeroes that slot's [`RX_PAD`] bytes, so it
-/// can be committed. Returns false when the slots are not there (cannot happen: the
-/// datagram was received into them).
-fn place(batch: &mut RxBatch, from: usize, len: usize) -> bool {
-    let mut slots = batch.free_slots();
-    let Some(target) = slots.next() else {
-        return false;
-    };
-    if from > 0 {
-        let Some(source) = slots.nth(from - 1) else {
-            return false;
-        };
-        let (Some(from), Some(to)) = (
-            source.get(RX_PAD..RX_PAD + len),
-            target.get_mut(RX_PAD..RX_PAD + len),
-        ) else {
-            return false;
-        };
-        to.copy_from_slice(from);
-    }
-    match target.get_mut(..RX_PAD) {
-        Some(pad) => {
-            pad.fill(0);
-            true
-        }
-        None => false,
     }
 }
 
@@ -436,9 +1303,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use ::vxlan::encap::decapsulate;
-    use smoltcp::wire::{Ipv4Packet, UdpPacket};
+    use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
 
     use super::*;
+    use crate::wire::checksum::pseudo_header_ipv4;
+    use crate::wire::vnet_hdr;
 
     fn loopback_vtep(queues: usize) -> PortIo {
         open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues)
@@ -654,5 +1523,458 @@ mod tests {
         assert_eq!(ip.ident(), first_ident.wrapping_add(1));
         // Not flushed: nothing leaves toward the documentation address.
         q.tx_queued = 0;
+    }
+
+    #[test]
+    fn datagram_count_and_ranges() {
+        // No UDP_GRO message: one datagram, whatever its length (an empty one too).
+        assert_eq!(datagram_count(1500, 0), 1);
+        assert_eq!(datagram_count(0, 0), 1);
+        assert_eq!(datagram_range(1500, 0, 0), 0..1500);
+        // A buffer no longer than its segment size is one datagram.
+        assert_eq!(datagram_count(1000, 1000), 1);
+        assert_eq!(datagram_count(999, 1000), 1);
+        // Several: all of the segment size but the last.
+        assert_eq!(datagram_count(2500, 1000), 3);
+        assert_eq!(datagram_range(2500, 1000, 0), 0..1000);
+        assert_eq!(datagram_range(2500, 1000, 1), 1000..2000);
+        assert_eq!(datagram_range(2500, 1000, 2), 2000..2500);
+        assert_eq!(datagram_count(3000, 1000), 3);
+        assert_eq!(datagram_range(3000, 1000, 2), 2000..3000);
+        // Out of range: empty, never a panic.
+        assert_eq!(datagram_range(2500, 1000, 9), 2500..2500);
+    }
+
+    /// Sends `datagrams` (all of `size` bytes but the last) from `socket` to `to` in one
+    /// `UDP_SEGMENT` send; datagram `i` is filled with `tag + i`.
+    fn send_coalesced(socket: &UdpSocket, to: SocketAddrV4, sizes: &[usize], tag: u8) {
+        let mut payload = Vec::new();
+        for (index, &size) in sizes.iter().enumerate() {
+            payload.extend(std::iter::repeat_n(
+                tag.wrapping_add(u8::try_from(index).unwrap()),
+                size,
+            ));
+        }
+        let segment = sizes.first().copied().unwrap_or(0);
+        let segment = (sizes.len() > 1).then(|| u16::try_from(segment).unwrap());
+        assert_eq!(
+            socket.send_to(&payload, to, segment).unwrap(),
+            payload.len()
+        );
+    }
+
+    fn loopback_sender() -> UdpSocket {
+        let options = SendOptions {
+            ttl: 64,
+            dont_fragment: false,
+            send_buffer: None,
+        };
+        UdpSocket::bind_sender(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), options)
+            .expect("send-only socket on loopback")
+    }
+
+    /// Checks that frame `index` of `batch` is `[RX_PAD zeros][len bytes of fill]`.
+    fn check_frame(batch: &RxBatch, index: usize, len: usize, fill: u8, peer: SocketAddrV4) {
+        let frame = batch.frame(index);
+        assert_eq!(frame.len(), RX_PAD + len, "frame {index}");
+        assert_eq!(&frame[..RX_PAD], &[0; RX_PAD], "frame {index}");
+        assert!(
+            frame[RX_PAD..].iter().all(|&byte| byte == fill),
+            "frame {index} should be filled with {fill}"
+        );
+        assert_eq!(batch.peer(index), peer, "frame {index}");
+    }
+
+    fn readable(queue: &VtepQueue) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() > 0
+    }
+
+    #[test]
+    fn gro_buffers_are_split_one_datagram_per_slot() {
+        let io = loopback_vtep(1);
+        let mut q = queue(&io, 0);
+        assert!(q.udp_gro(), "UDP_GRO on this kernel");
+        let local = q.local();
+        let sender = loopback_sender();
+        let peer = sender.local_addr().unwrap();
+        // A super-datagram of 10 (the last shorter), a single datagram, one of 5.
+        send_coalesced(
+            &sender,
+            local,
+            &[100; 9].iter().copied().chain([50]).collect::<Vec<_>>(),
+            1,
+        );
+        send_coalesced(&sender, local, &[77], 20);
+        send_coalesced(&sender, local, &[200; 5], 30);
+        let mut batch = RxBatch::new(64);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while batch.len() < 16 && Instant::now() < deadline {
+            q.recv_batch(&mut batch).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(batch.len(), 16);
+        for i in 0..9 {
+            check_frame(&batch, i, 100, 1 + u8::try_from(i).unwrap(), peer);
+        }
+        check_frame(&batch, 9, 50, 10, peer);
+        check_frame(&batch, 10, 77, 20, peer);
+        for i in 0..5 {
+            check_frame(&batch, 11 + i, 200, 30 + u8::try_from(i).unwrap(), peer);
+        }
+        assert!(
+            q.gro_coalesced() >= 2,
+            "the kernel handed over coalesced buffers"
+        );
+        assert_eq!(q.pending(), 0);
+        assert_eq!(q.truncated(), 0);
+    }
+
+    #[test]
+    fn datagrams_that_do_not_fit_wait_for_the_next_call_and_keep_the_fd_readable() {
+        let io = loopback_vtep(1);
+        let mut q = queue(&io, 0);
+        let local = q.local();
+        let sender = loopback_sender();
+        let peer = sender.local_addr().unwrap();
+        send_coalesced(&sender, local, &[64; 10], 0);
+        send_coalesced(&sender, local, &[32; 3], 100);
+        send_coalesced(&sender, local, &[16], 200);
+        // Both are waiting before the first read, so one recvmmsg takes them all.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut sizes = Vec::new();
+        let mut batch = RxBatch::new(4);
+        let mut received = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received.len() < 14 && Instant::now() < deadline {
+            batch.clear();
+            let added = q.recv_batch(&mut batch).unwrap();
+            assert_eq!(added, batch.len());
+            sizes.push(added);
+            for i in 0..batch.len() {
+                assert_eq!(batch.peer(i), peer);
+                received.push(batch.frame(i).to_vec());
+            }
+            // The fd is readable exactly while datagrams wait in the socket or the stash.
+            if q.pending() > 0 {
+                assert!(
+                    readable(&q),
+                    "the doorbell rings while {} wait",
+                    q.pending()
+                );
+            }
+        }
+        assert_eq!(received.len(), 14, "calls handed over {sizes:?}");
+        assert_eq!(q.pending(), 0);
+        assert!(!readable(&q), "nothing left: the fd is quiet");
+        let mut expected: Vec<Vec<u8>> = (0..10u8)
+            .map(|i| [vec![0; RX_PAD], vec![i; 64]].concat())
+            .collect();
+        expected.extend((0..3u8).map(|i| [vec![0; RX_PAD], vec![100 + i; 32]].concat()));
+        expected.push([vec![0; RX_PAD], vec![200; 16]].concat());
+        assert_eq!(received, expected, "every datagram, in order");
+        assert!(sizes.iter().all(|&size| size <= 4));
+    }
+
+    /// A TCP over IPv4 GSO super-frame as a TAP hands it over: virtio_net_hdr with
+    /// NEEDS_CSUM and TCPV4, the TCP checksum field holding the pseudo-header sum.
+    pub(crate) fn tcp_super_frame(payload_len: usize, mss: u16, seq: u32) -> Vec<u8> {
+        let src = Ipv4Addr::new(10, 0, 0, 1);
+        let dst = Ipv4Addr::new(10, 0, 0, 2);
+        let tcp_len = 20 + payload_len;
+        let mut frame = vec![0u8; vnet_hdr::HEADER_LEN];
+        frame[0] = vnet_hdr::flags::NEEDS_CSUM;
+        frame[1] = vnet_hdr::gso::TCPV4;
+        frame[2..4].copy_from_slice(&54u16.to_le_bytes());
+        frame[4..6].copy_from_slice(&mss.to_le_bytes());
+        frame[6..8].copy_from_slice(&34u16.to_le_bytes());
+        frame[8..10].copy_from_slice(&16u16.to_le_bytes());
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&u16::try_from(20 + tcp_len).unwrap().to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[6] = 0x40; // DF, as Linux sends TCP
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+        let mut packet = Ipv4Packet::new_unchecked(&mut ip[..]);
+        packet.fill_checksum();
+        frame.extend_from_slice(&ip);
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+        tcp[12] = 0x50;
+        tcp[13] = 0x18; // ACK | PSH
+        tcp[14..16].copy_from_slice(&512u16.to_be_bytes());
+        let partial = pseudo_header_ipv4(src, dst, 6, u16::try_from(tcp_len).unwrap());
+        tcp[16..18].copy_from_slice(&partial.to_be_bytes());
+        frame.extend_from_slice(&tcp);
+        frame.extend((0..payload_len).map(|i| u8::try_from(i % 251).unwrap()));
+        frame
+    }
+
+    /// Checks that `frames` (received by a VTEP: `[RX_PAD][VXLAN][inner]`) carry the
+    /// segments of [`tcp_super_frame`]`(payload_len, mss, seq)` in order, checksums valid.
+    fn check_tcp_segments(frames: &[Vec<u8>], vni: Vni, payload_len: usize, mss: usize, seq: u32) {
+        let mut next_seq = seq;
+        let mut payload = Vec::new();
+        for (index, frame) in frames.iter().enumerate() {
+            let decap = decapsulate(&frame[RX_PAD..]).expect("valid VXLAN");
+            assert_eq!(decap.vni, vni);
+            let inner = &frame[RX_PAD..][decap.inner];
+            let eth = EthernetFrame::new_checked(inner).unwrap();
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert!(ip.verify_checksum(), "segment {index}: IPv4 checksum");
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(
+                tcp.verify_checksum(
+                    &IpAddress::Ipv4(ip.src_addr()),
+                    &IpAddress::Ipv4(ip.dst_addr())
+                ),
+                "segment {index}: TCP checksum"
+            );
+            assert_eq!(
+                tcp.seq_number().0.cast_unsigned(),
+                next_seq,
+                "segment {index}: sequence"
+            );
+            assert!(tcp.payload().len() <= mss);
+            next_seq = next_seq.wrapping_add(u32::try_from(tcp.payload().len()).unwrap());
+            payload.extend_from_slice(tcp.payload());
+        }
+        let expected: Vec<u8> = (0..payload_len)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        assert_eq!(payload, expected, "the payload, whole and in order");
+    }
+
+    /// Receives on queue 0 of `io` until `want` frames arrived or 5 s passed.
+    fn receive_frames(io: &PortIo, want: usize) -> Vec<(Vec<u8>, SocketAddrV4)> {
+        let mut frames = Vec::new();
+        let mut batch = RxBatch::new(64);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while frames.len() < want && Instant::now() < deadline {
+            batch.clear();
+            queue(io, 0).recv_batch(&mut batch).unwrap();
+            frames.extend((0..batch.len()).map(|i| (batch.frame(i).to_vec(), batch.peer(i))));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        frames
+    }
+
+    #[test]
+    fn gso_send_over_loopback_with_udp_segment() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(4242).unwrap();
+        let (payload_len, mss) = (20_000, 1398);
+        let frame = tcp_super_frame(payload_len, mss, 1000);
+        let mut segmenter = Segmenter::new();
+        let expected_port = {
+            let mut first = None;
+            segmenter
+                .segment(&frame, |segment| {
+                    first.get_or_insert_with(|| segment[VNET_HDR_LEN..].to_vec());
+                })
+                .unwrap();
+            source_port(&first.unwrap(), &config)
+        };
+        // A packet queued on the raw path first: it must leave before the super-frame.
+        let single = inner_frame(7);
+        let sent = {
+            let mut q = queue(&io, 0);
+            assert!(q.udp_segment(), "UDP_SEGMENT on this kernel");
+            q.send_encap(&single, vni, Ipv4Addr::LOCALHOST, &config)
+                .unwrap();
+            q.send_encap_gso(&frame, &mut segmenter, vni, Ipv4Addr::LOCALHOST, &config)
+                .unwrap()
+        };
+        let count = payload_len.div_ceil(usize::from(mss));
+        assert_eq!(sent.segments, count);
+        assert_eq!(sent.failed, 0);
+        assert_eq!(sent.bytes, u64::try_from(payload_len + count * 54).unwrap());
+        let frames = receive_frames(&io, count + 1);
+        assert_eq!(frames.len(), count + 1);
+        let decap = decapsulate(&frames[0].0[RX_PAD..]).unwrap();
+        assert_eq!(
+            &frames[0].0[RX_PAD..][decap.inner],
+            &single[..],
+            "the queued packet first"
+        );
+        for (_, peer) in &frames[1..] {
+            assert_eq!(*peer, SocketAddrV4::new(Ipv4Addr::LOCALHOST, expected_port));
+        }
+        let segments: Vec<Vec<u8>> = frames[1..].iter().map(|(f, _)| f.clone()).collect();
+        check_tcp_segments(&segments, vni, payload_len, usize::from(mss), 1000);
+        let q = queue(&io, 0);
+        assert_eq!(q.gso_sends(), 1, "one sendmsg for the whole super-frame");
+        assert_eq!(q.send_errors(), 0);
+        assert!(q.gro_coalesced() >= 1, "received whole over loopback");
+    }
+
+    #[test]
+    fn large_super_frames_take_several_sends() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(9).unwrap();
+        // 64 KB of payload in 1448-byte segments: 46 datagrams of 1510 bytes > 65507.
+        let (payload_len, mss) = (65_000, 1448);
+        let frame = tcp_super_frame(payload_len, mss, 7);
+        let sent = queue(&io, 0)
+            .send_encap_gso(
+                &frame,
+                &mut Segmenter::new(),
+                vni,
+                Ipv4Addr::LOCALHOST,
+                &config,
+            )
+            .unwrap();
+        let count = payload_len.div_ceil(usize::from(mss));
+        assert_eq!((sent.segments, sent.failed), (count, 0));
+        let frames: Vec<Vec<u8>> = receive_frames(&io, count)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        check_tcp_segments(&frames, vni, payload_len, usize::from(mss), 7);
+        assert_eq!(queue(&io, 0).gso_sends(), 2);
+        // Tiny segments: the 64-datagram limit splits the sends.
+        let frame = tcp_super_frame(100 * 20, 20, 1);
+        let sent = queue(&io, 0)
+            .send_encap_gso(
+                &frame,
+                &mut Segmenter::new(),
+                vni,
+                Ipv4Addr::LOCALHOST,
+                &config,
+            )
+            .unwrap();
+        assert_eq!((sent.segments, sent.failed), (100, 0));
+        let frames: Vec<Vec<u8>> = receive_frames(&io, 100)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        check_tcp_segments(&frames, vni, 2000, 20, 1);
+        assert_eq!(queue(&io, 0).gso_sends(), 4);
+    }
+
+    #[test]
+    fn a_taken_source_port_falls_back_to_the_raw_path() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(5).unwrap();
+        let frame = tcp_super_frame(5000, 1000, 0);
+        let mut segmenter = Segmenter::new();
+        let mut first = None;
+        segmenter
+            .segment(&frame, |segment| {
+                first.get_or_insert_with(|| segment[VNET_HDR_LEN..].to_vec());
+            })
+            .unwrap();
+        let port = source_port(&first.unwrap(), &config);
+        // Someone else holds the port (this test, or whoever had it already).
+        let _holder = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).ok();
+        let sent = {
+            let mut q = queue(&io, 0);
+            let sent = q
+                .send_encap_gso(&frame, &mut segmenter, vni, Ipv4Addr::LOCALHOST, &config)
+                .unwrap();
+            q.flush().unwrap();
+            sent
+        };
+        assert_eq!((sent.segments, sent.failed), (5, 0));
+        let frames = receive_frames(&io, 5);
+        for (_, peer) in &frames {
+            assert_eq!(peer.port(), port, "still the flow's source port (raw path)");
+        }
+        let frames: Vec<Vec<u8>> = frames.into_iter().map(|(f, _)| f).collect();
+        check_tcp_segments(&frames, vni, 5000, 1000, 0);
+        let q = queue(&io, 0);
+        assert_eq!(q.gso_sends(), 0);
+        assert_eq!(q.port_bind_failures(), 1);
+        assert!(q.udp_segment(), "a taken port does not disable UDP_SEGMENT");
+    }
+
+    #[test]
+    fn frames_that_cannot_be_segmented_are_refused() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(5).unwrap();
+        let mut q = queue(&io, 0);
+        let mut not_gso = tcp_super_frame(3000, 1000, 0);
+        not_gso[1] = vnet_hdr::gso::NONE;
+        let error = q
+            .send_encap_gso(
+                &not_gso,
+                &mut Segmenter::new(),
+                vni,
+                Ipv4Addr::LOCALHOST,
+                &config,
+            )
+            .unwrap_err();
+        assert_eq!(error, GsoError::NotGso);
+        let frame = tcp_super_frame(3000, 1000, 0);
+        let error = q
+            .send_encap_gso(
+                &frame[..40],
+                &mut Segmenter::new(),
+                vni,
+                Ipv4Addr::LOCALHOST,
+                &config,
+            )
+            .unwrap_err();
+        assert_eq!(error, GsoError::Truncated);
+        assert_eq!(q.gso_sends(), 0);
+        assert_eq!(q.send_errors(), 0);
+    }
+
+    #[test]
+    fn source_port_sockets_are_bounded_and_evicted_least_recently_used() {
+        let mut sockets = PortSockets::new(open_current_namespace());
+        let options = send_options(&VxlanEncapConfig::default());
+        let base = 40_000;
+        for offset in 0..SOURCE_PORT_SOCKETS {
+            let port = base + u16::try_from(offset).unwrap();
+            // A port someone else holds is remembered as taken: an entry all the same.
+            sockets.lookup(Ipv4Addr::LOCALHOST, port, options);
+        }
+        // Touch the first port: the second becomes the least recently used.
+        let first = sockets.lookup(Ipv4Addr::LOCALHOST, base, options);
+        assert_eq!(sockets.entries.len(), SOURCE_PORT_SOCKETS);
+        let index = sockets.lookup(Ipv4Addr::LOCALHOST, base + 1000, options);
+        assert_eq!(sockets.entries.len(), SOURCE_PORT_SOCKETS, "bounded");
+        assert_eq!(sockets.entries[index].port, base + 1000);
+        assert!(sockets.entries.iter().any(|entry| entry.port == base));
+        assert!(
+            !sockets.entries.iter().any(|entry| entry.port == base + 1),
+            "LRU evicted"
+        );
+        assert_eq!(sockets.entries[first].port, base);
+        // New options close them all.
+        let other = SendOptions { ttl: 5, ..options };
+        sockets.lookup(Ipv4Addr::LOCALHOST, base, other);
+        assert_eq!(sockets.entries.len(), 1);
+    }
+
+    #[test]
+    fn send_only_sockets_receive_nothing() {
+        let sender = loopback_sender();
+        let address = sender.local_addr().unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"should be dropped", address).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut receiver = Receiver::new(1);
+        let mut slot = [0u8; 64];
+        assert_eq!(
+            receiver
+                .recv(&sender, std::iter::once(&mut slot[..]))
+                .unwrap(),
+            0,
+            "the filter drops everything sent to a send-only socket"
+        );
     }
 }

@@ -1,18 +1,29 @@
-//! The VTEP's sockets: a UDP socket per worker that receives VXLAN datagrams, and a raw IPv4
-//! socket per worker that sends packets whose IP header we built ourselves.
+//! The VTEP's sockets: a UDP socket per worker that receives VXLAN datagrams, UDP sockets
+//! that send them with `UDP_SEGMENT`, and a raw IPv4 socket per worker that sends packets
+//! whose IP header we built ourselves.
 //!
 //! - [`UdpSocket::bind`]: `SOCK_DGRAM`, non-blocking, close-on-exec, `SO_REUSEPORT` (every
 //!   worker binds the same address and port and the kernel hashes flows across the group)
 //!   and a large receive buffer (`SO_RCVBUFFORCE`, falling back to `SO_RCVBUF`).
+//!   [`UdpSocket::enable_gro`] turns on `UDP_GRO`: the kernel then hands over several
+//!   datagrams of one flow in one buffer, all of the size reported in a `UDP_GRO` control
+//!   message but the last (see [`Datagram::segment_size`]).
+//! - [`UdpSocket::bind_sender`]: a send-only UDP socket bound to one source address and port
+//!   (never `SO_REUSEPORT`/`SO_REUSEADDR`: it must not join anyone's group), with the outer
+//!   TTL and DF wanted. It receives nothing: a classic BPF filter that accepts no packet is
+//!   attached and its receive buffer is the kernel's minimum (a UDP socket ignores
+//!   `shutdown(SHUT_RD)`: datagrams would still queue). [`UdpSocket::send_to`] sends many
+//!   datagrams in one `sendmsg` with a `UDP_SEGMENT` control message (udp(7)): the payload
+//!   is cut into datagrams of the given size, the last may be shorter.
 //! - [`RawIpv4Socket::open`]: `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)`. For `IPPROTO_RAW` the
 //!   kernel implies `IP_HDRINCL` (raw(7)): we hand it the whole IPv4 packet, so the outer UDP
 //!   source port can be hashed from the inner flow (a UDP socket would always send from its
 //!   bound port). The kernel fills in the IPv4 checksum (and the identification when zero),
 //!   routes by the destination address and resolves the next hop; it does not fragment:
 //!   a packet larger than the route's MTU fails with `EMSGSIZE`.
-//! - [`Receiver`] and [`Sender`]: `recvmmsg`/`sendmmsg` with their `mmsghdr`, `iovec` and
-//!   `sockaddr_in` arrays allocated once; only the pointers are rebuilt per call, so the hot
-//!   path allocates nothing.
+//! - [`Receiver`] and [`Sender`]: `recvmmsg`/`sendmmsg` with their `mmsghdr`, `iovec`,
+//!   `sockaddr_in` and control-message arrays allocated once; only the pointers are rebuilt
+//!   per call, so the hot path allocates nothing.
 
 use std::fmt;
 use std::io;
@@ -184,15 +195,290 @@ impl UdpSocket {
         from_sockaddr(&address, len).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
     }
 
+    /// Opens a send-only UDP socket bound to `local` (no `SO_REUSEPORT`, no `SO_REUSEADDR`:
+    /// the bind fails with `EADDRINUSE` when anyone holds the port) with the outer TTL and
+    /// DF of `options`. The socket receives nothing: a BPF filter that accepts no packet is
+    /// attached before the bind and the receive buffer is the kernel's minimum.
+    ///
+    /// The outer UDP checksum is always computed: the kernel refuses `UDP_SEGMENT` on a
+    /// socket with `SO_NO_CHECK` (`udp_send_skb` returns `EINVAL`).
+    ///
+    /// # Errors
+    /// [`SocketError`] naming the step; `bind` fails with `EADDRINUSE` when the port is taken
+    /// and `EADDRNOTAVAIL` when `local` is not an address of this namespace.
+    pub fn bind_sender(
+        local: SocketAddrV4,
+        options: SendOptions,
+    ) -> Result<UdpSocket, SocketError> {
+        let fd = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP).map_err(fail("socket"))?;
+        attach_drop_all_filter(&fd).map_err(fail("SO_ATTACH_FILTER"))?;
+        // The kernel raises a tiny value to its minimum (SOCK_MIN_RCVBUF).
+        let one: libc::c_int = 1;
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &one).map_err(fail("SO_RCVBUF"))?;
+        if let Some(bytes) = options.send_buffer {
+            set_buffer(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes)
+                .map_err(fail("SO_SNDBUF"))?;
+        }
+        let ttl = libc::c_int::from(options.ttl);
+        set_option(&fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl).map_err(fail("IP_TTL"))?;
+        // DO: DF set, never fragment locally. DONT: DF clear, the kernel fragments a datagram
+        // larger than the route's MTU (as it does for the raw socket's packets with DF clear
+        // in transit); either way a UDP_SEGMENT datagram larger than the MTU is refused.
+        let discover = if options.dont_fragment {
+            libc::IP_PMTUDISC_DO
+        } else {
+            libc::IP_PMTUDISC_DONT
+        };
+        set_option(&fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &discover)
+            .map_err(fail("IP_MTU_DISCOVER"))?;
+        let address = to_sockaddr(local);
+        // SAFETY: `address` is a live `sockaddr_in` of `sockaddr_len()` bytes that bind()
+        // only reads.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&address).cast(),
+                sockaddr_len(),
+            )
+        };
+        if rc < 0 {
+            return Err(fail("bind")(io::Error::last_os_error()));
+        }
+        Ok(UdpSocket { fd })
+    }
+
+    /// Turns on `UDP_GRO`: the kernel may then hand over several datagrams of one flow in
+    /// one receive (see [`Datagram::segment_size`]).
+    ///
+    /// # Errors
+    /// `ENOPROTOOPT` on kernels without UDP GRO (before 5.0).
+    pub fn enable_gro(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        set_option(&self.fd, libc::SOL_UDP, libc::UDP_GRO, &one)
+    }
+
+    /// Sets the socket's default `UDP_SEGMENT` size (0: none). Setting 0 is the probe for
+    /// `UDP_SEGMENT` support: it changes nothing where it is supported.
+    ///
+    /// # Errors
+    /// `ENOPROTOOPT` on kernels without UDP GSO (before 4.18).
+    pub fn set_segment_size(&self, size: u16) -> io::Result<()> {
+        let size = libc::c_int::from(size);
+        set_option(&self.fd, libc::SOL_UDP, libc::UDP_SEGMENT, &size)
+    }
+
+    /// Sends `payload` to `to` in one `sendmsg` without blocking. With `segment_size`, a
+    /// `UDP_SEGMENT` control message makes the kernel cut it into datagrams of that many
+    /// bytes (the last may be shorter; at most 64 of them on older kernels, 128 since 6.9,
+    /// and `payload` at most 65507 bytes); without, `payload` is one datagram. Returns the
+    /// bytes sent (all of `payload`).
+    ///
+    /// # Errors
+    /// The kernel's error: `EAGAIN`/`ENOBUFS` when the socket or the device queue is full,
+    /// `EMSGSIZE` for a payload over 65507 bytes, `EINVAL` when a segment does not fit the
+    /// route's MTU, there are too many segments or the kernel refuses the offload, `EIO`
+    /// when the route cannot take UDP GSO (an IPsec route), `ENETUNREACH`, ...
+    pub fn send_to(
+        &self,
+        payload: &[u8],
+        to: SocketAddrV4,
+        segment_size: Option<u16>,
+    ) -> io::Result<usize> {
+        let mut address = to_sockaddr(to);
+        let mut iovec = libc::iovec {
+            // sendmsg only reads through `iov_base`; the field is `*mut` for both calls.
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        let mut control = SegmentControl::new(segment_size.unwrap_or(0));
+        let mut message = empty_msghdr();
+        message.msg_name = std::ptr::from_mut(&mut address).cast();
+        message.msg_namelen = sockaddr_len();
+        message.msg_iov = &mut iovec;
+        message.msg_iovlen = 1;
+        if segment_size.is_some() {
+            message.msg_control = std::ptr::from_mut(&mut control).cast();
+            message.msg_controllen = size_of::<SegmentControl>();
+        }
+        loop {
+            // SAFETY: `message` points to one live iovec (`payload`, a live buffer of
+            // `iov_len` bytes the kernel only reads), to `address` (a live sockaddr_in of
+            // `msg_namelen` bytes) and, when set, to `control` (a live, initialised control
+            // message of `msg_controllen` bytes); all outlive the call.
+            let rc = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &message, libc::MSG_DONTWAIT) };
+            if let Ok(sent) = usize::try_from(rc) {
+                return Ok(sent);
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+
     /// The socket's fd.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 }
 
+/// How a send-only socket ([`UdpSocket::bind_sender`]) builds the outer IPv4 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Outer TTL (`IP_TTL`).
+    pub ttl: u8,
+    /// Set DF (`IP_PMTUDISC_DO`); clear it otherwise (`IP_PMTUDISC_DONT`).
+    pub dont_fragment: bool,
+    /// `SO_SNDBUF` wanted (forced past `net.core.wmem_max` where allowed).
+    pub send_buffer: Option<u32>,
+}
+
+/// `SO_ATTACH_FILTER` (include/uapi/asm-generic/socket.h; the same value on x86, arm,
+/// mips, sparc and powerpc); the `libc` crate does not define it for Linux.
+const SO_ATTACH_FILTER: libc::c_int = 26;
+
+/// `BPF_RET | BPF_K` (include/uapi/linux/bpf_common.h): return the constant `k`, the number
+/// of bytes of the packet to keep; 0 drops it.
+const BPF_RET_K: u16 = 0x06;
+
+/// Attaches a classic BPF program that accepts no packet: nothing ever queues on the socket.
+fn attach_drop_all_filter(fd: &OwnedFd) -> io::Result<()> {
+    let mut program = [libc::sock_filter {
+        code: BPF_RET_K,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let filter = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    // The kernel copies the program during the call (sk_attach_filter), so `program` need
+    // only live until set_option returns.
+    set_option(fd, libc::SOL_SOCKET, SO_ATTACH_FILTER, &filter)
+}
+
+/// A `UDP_SEGMENT` control message (udp(7)): a `cmsghdr` and the `u16` segment size, padded
+/// to `CMSG_SPACE(2)` bytes, laid out as `CMSG_DATA` expects (the data right after the
+/// header, whose size is already a multiple of the `cmsghdr` alignment).
+#[repr(C)]
+struct SegmentControl {
+    header: libc::cmsghdr,
+    segment_size: u16,
+    padding: [u8; 6],
+}
+
+impl SegmentControl {
+    fn new(segment_size: u16) -> SegmentControl {
+        // SAFETY: `cmsghdr` is a plain C struct of integers (and, on some libcs, private
+        // padding) for which all-zero bytes are a valid value.
+        let mut header: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        // CMSG_LEN(2): the header and the two data bytes, without the trailing padding.
+        header.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
+        header.cmsg_level = libc::SOL_UDP;
+        header.cmsg_type = libc::UDP_SEGMENT;
+        SegmentControl {
+            header,
+            segment_size,
+            padding: [0; 6],
+        }
+    }
+}
+
+/// An empty `msghdr`.
+fn empty_msghdr() -> libc::msghdr {
+    // SAFETY: `msghdr` is a plain C struct of integers and pointers (and, on some libcs,
+    // private padding) for which all-zero bytes are a valid value (null pointers, zero
+    // lengths).
+    unsafe { std::mem::zeroed() }
+}
+
 impl AsFd for UdpSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// What a queue registers with the worker's epoll: its own epoll set holding the receiving
+/// socket and a doorbell (an eventfd). The set is readable while the socket is, or while the
+/// doorbell rings: a queue that keeps received datagrams for its next call (more than one
+/// batch arrived in one `UDP_GRO` buffer) rings it so that the worker comes back even when
+/// the socket has nothing new, and silences it once it has handed everything over. Both are
+/// level-triggered, as the worker's own epoll.
+#[derive(Debug)]
+pub struct ReadySet {
+    epoll: nix::sys::epoll::Epoll,
+    doorbell: nix::sys::eventfd::EventFd,
+    ringing: bool,
+}
+
+impl ReadySet {
+    /// A set watching `socket` for input, with a silent doorbell.
+    ///
+    /// # Errors
+    /// [`SocketError`] naming the step (`epoll_create1`, `eventfd`, `epoll_ctl`).
+    pub fn new(socket: &UdpSocket) -> Result<ReadySet, SocketError> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|e| fail("epoll_create1")(e.into()))?;
+        let doorbell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| fail("eventfd")(e.into()))?;
+        epoll
+            .add(socket, EpollEvent::new(EpollFlags::EPOLLIN, 0))
+            .map_err(|e| fail("epoll_ctl")(e.into()))?;
+        epoll
+            .add(&doorbell, EpollEvent::new(EpollFlags::EPOLLIN, 1))
+            .map_err(|e| fail("epoll_ctl")(e.into()))?;
+        Ok(ReadySet {
+            epoll,
+            doorbell,
+            ringing: false,
+        })
+    }
+
+    /// Makes the set readable until [`silence`](ReadySet::silence) (no system call when it
+    /// already rings).
+    ///
+    /// # Errors
+    /// The kernel's error writing the eventfd.
+    pub fn ring(&mut self) -> io::Result<()> {
+        if !self.ringing {
+            self.doorbell.write(1)?;
+            self.ringing = true;
+        }
+        Ok(())
+    }
+
+    /// Stops the doorbell (no system call when it is silent).
+    ///
+    /// # Errors
+    /// The kernel's error reading the eventfd.
+    pub fn silence(&mut self) -> io::Result<()> {
+        if self.ringing {
+            match self.doorbell.read() {
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+            self.ringing = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the doorbell rings.
+    pub fn ringing(&self) -> bool {
+        self.ringing
+    }
+
+    /// The set's fd (an epoll fd).
+    pub fn raw_fd(&self) -> RawFd {
+        self.epoll.0.as_raw_fd()
+    }
+}
+
+impl AsFd for ReadySet {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epoll.0.as_fd()
     }
 }
 
@@ -249,20 +535,74 @@ pub struct Datagram {
     pub truncated: bool,
     /// The sender, when the kernel reported an IPv4 address.
     pub peer: Option<SocketAddrV4>,
+    /// With `UDP_GRO` ([`UdpSocket::enable_gro`]): the size of each datagram the kernel
+    /// coalesced into this buffer (all but the last, which may be shorter), from its
+    /// `UDP_GRO` control message. `None` when the buffer holds one datagram as sent.
+    pub segment_size: Option<u16>,
 }
 
-/// `recvmmsg` with preallocated message arrays.
+/// Control-message room per received datagram: one `UDP_GRO` message (`CMSG_SPACE(4)`, 24
+/// bytes on 64-bit Linux) with room to spare; 8-byte aligned as `cmsghdr` requires.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct ControlBuffer([u8; 64]);
+
+/// The `UDP_GRO` segment size in the control messages of `message` (whose `msg_control`
+/// and `msg_controllen` describe a buffer the kernel filled), if any.
+fn gro_segment_size(message: &libc::msghdr) -> Option<u16> {
+    if message.msg_control.is_null() {
+        return None;
+    }
+    // SAFETY: `message.msg_control` points to a live control buffer of at least
+    // `msg_controllen` bytes (the kernel shrinks the length to what it wrote) that nothing
+    // writes during this function; CMSG_FIRSTHDR and CMSG_NXTHDR only return headers that
+    // lie wholly within `msg_controllen` bytes (or null).
+    let mut header = unsafe { libc::CMSG_FIRSTHDR(message) };
+    while !header.is_null() {
+        // SAFETY: `header` is non-null and lies within the control buffer (above); it may
+        // be unaligned only if the kernel wrote an unaligned message, so it is read as such.
+        let cmsg = unsafe { header.read_unaligned() };
+        // `cmsg_len` is a `size_t` on glibc (a `socklen_t` on musl).
+        #[allow(clippy::useless_conversion)]
+        let data_len = usize::try_from(cmsg.cmsg_len)
+            .unwrap_or(0)
+            .saturating_sub(size_of::<libc::cmsghdr>());
+        if cmsg.cmsg_level == libc::SOL_UDP
+            && cmsg.cmsg_type == libc::UDP_GRO
+            && data_len >= size_of::<libc::c_int>()
+        {
+            // SAFETY: the message holds at least a c_int of data (checked above) at
+            // CMSG_DATA, inside the control buffer; read unaligned, as the kernel's
+            // put_cmsg writes it byte by byte.
+            let size = unsafe {
+                libc::CMSG_DATA(header)
+                    .cast::<libc::c_int>()
+                    .read_unaligned()
+            };
+            return u16::try_from(size).ok().filter(|&size| size > 0);
+        }
+        // SAFETY: as for CMSG_FIRSTHDR: the result is null or a header within the buffer.
+        header = unsafe { libc::CMSG_NXTHDR(message, header) };
+    }
+    None
+}
+
+/// `recvmmsg` with preallocated message arrays (and room for each datagram's control
+/// messages, where `UDP_GRO` reports its segment size).
 pub struct Receiver {
     headers: Box<[libc::mmsghdr]>,
     iovecs: Box<[libc::iovec]>,
     addresses: Box<[libc::sockaddr_in]>,
+    controls: Box<[ControlBuffer]>,
 }
 
 // SAFETY: the raw pointers inside `headers` and `iovecs` are written and read only within
-// one call of `Receiver::recv`, where they point into `iovecs`, `addresses` (owned by the
-// same `Receiver`, which that call borrows mutably) and the slots borrowed for that call.
-// Between calls they are stale and never dereferenced, so moving the `Receiver` to another
-// thread cannot let two threads use the memory they point to.
+// one call of `Receiver::recv`, where they point into `iovecs`, `addresses`, `controls`
+// (owned by the same `Receiver`, which that call borrows mutably) and the slots borrowed for
+// that call. Between calls only the control pointers are followed, by `Receiver::datagram`,
+// which borrows the `Receiver` (and so `controls`); the others are stale and never
+// dereferenced, so moving the `Receiver` to another thread cannot let two threads use the
+// memory they point to.
 unsafe impl Send for Receiver {}
 
 impl fmt::Debug for Receiver {
@@ -281,6 +621,7 @@ impl Receiver {
             headers: (0..capacity).map(|_| empty_header()).collect(),
             iovecs: (0..capacity).map(|_| empty_iovec()).collect(),
             addresses: vec![unspecified; capacity].into_boxed_slice(),
+            controls: vec![ControlBuffer([0; 64]); capacity].into_boxed_slice(),
         }
     }
 
@@ -315,13 +656,14 @@ impl Receiver {
         // so no later borrow invalidates them before the call.
         let iovecs = self.iovecs.as_mut_ptr();
         let addresses = self.addresses.as_mut_ptr();
+        let controls = self.controls.as_mut_ptr();
         for (i, header) in self.headers.iter_mut().take(count).enumerate() {
             header.msg_hdr.msg_name = addresses.wrapping_add(i).cast();
             header.msg_hdr.msg_namelen = sockaddr_len();
             header.msg_hdr.msg_iov = iovecs.wrapping_add(i);
             header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_control = controls.wrapping_add(i).cast();
+            header.msg_hdr.msg_controllen = size_of::<ControlBuffer>();
             header.msg_hdr.msg_flags = 0;
             header.msg_len = 0;
         }
@@ -329,9 +671,11 @@ impl Receiver {
         loop {
             // SAFETY: `headers[..count]` are live mmsghdrs; each points to one live iovec of
             // `iovecs` (a slot: a live, writable buffer of `iov_len` bytes, borrowed mutably
-            // for this call through `slots`) and to one live sockaddr_in of `addresses` with
-            // `msg_namelen` its size. The kernel writes at most those lengths, and the
-            // message count and lengths into the headers. No timeout pointer is passed.
+            // for this call through `slots`), to one live sockaddr_in of `addresses` with
+            // `msg_namelen` its size and to one live buffer of `controls` of
+            // `msg_controllen` bytes. The kernel writes at most those lengths, and the
+            // message count, lengths and flags into the headers. No timeout pointer is
+            // passed.
             let rc = unsafe {
                 libc::recvmmsg(
                     socket.raw_fd(),
@@ -360,10 +704,20 @@ impl Receiver {
         let address = self.addresses.get(i)?;
         let slot_len = self.iovecs.get(i)?.iov_len;
         let len = usize::try_from(header.msg_len).unwrap_or(usize::MAX);
+        // A copy pointing at the same control buffer, now borrowed shared through `self`.
+        let mut message = empty_msghdr();
+        if let Some(control) = self.controls.get(i) {
+            message.msg_control = std::ptr::from_ref(control).cast_mut().cast();
+            message.msg_controllen = header
+                .msg_hdr
+                .msg_controllen
+                .min(size_of::<ControlBuffer>());
+        }
         Some(Datagram {
             len: len.min(slot_len),
             truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > slot_len,
             peer: from_sockaddr(address, header.msg_hdr.msg_namelen),
+            segment_size: gro_segment_size(&message),
         })
     }
 }
@@ -541,16 +895,148 @@ mod tests {
                 Datagram {
                     len: 3,
                     truncated: false,
-                    peer: Some(peer)
+                    peer: Some(peer),
+                    segment_size: None,
                 },
                 Datagram {
                     len: 16,
                     truncated: true,
-                    peer: Some(peer)
+                    peer: Some(peer),
+                    segment_size: None,
                 },
             ]
         );
         assert_eq!(&slots[0][..3], &[1, 2, 3]);
         assert_eq!(slots[1], [7; 16]);
+    }
+
+    #[test]
+    fn segment_control_has_the_kernel_layout() {
+        // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
+        let (space, len) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_LEN(2)) };
+        assert_eq!(size_of::<SegmentControl>(), usize::try_from(space).unwrap());
+        let control = SegmentControl::new(1458);
+        assert_eq!(control.header.cmsg_len, usize::try_from(len).unwrap());
+        assert_eq!(control.header.cmsg_level, libc::SOL_UDP);
+        assert_eq!(control.header.cmsg_type, libc::UDP_SEGMENT);
+        let mut message = empty_msghdr();
+        message.msg_control = std::ptr::from_ref(&control).cast_mut().cast();
+        message.msg_controllen = size_of::<SegmentControl>();
+        // SAFETY: `message` describes `control`, live for the whole block; CMSG_DATA of its
+        // first header points at `segment_size`.
+        let data = unsafe {
+            let first = libc::CMSG_FIRSTHDR(&message);
+            assert_eq!(first.cast_const(), std::ptr::from_ref(&control.header));
+            libc::CMSG_DATA(first).cast::<u16>().read_unaligned()
+        };
+        assert_eq!(data, 1458);
+    }
+
+    /// A control buffer holding one message of `level`/`kind` with the c_int `value`.
+    fn control_with(level: libc::c_int, kind: libc::c_int, value: libc::c_int) -> ControlBuffer {
+        let mut buffer = ControlBuffer([0; 64]);
+        let header_len = size_of::<libc::cmsghdr>();
+        let cmsg_len = header_len + size_of::<libc::c_int>();
+        buffer.0[..size_of::<usize>()].copy_from_slice(&cmsg_len.to_ne_bytes());
+        buffer.0[8..12].copy_from_slice(&level.to_ne_bytes());
+        buffer.0[12..16].copy_from_slice(&kind.to_ne_bytes());
+        buffer.0[header_len..header_len + 4].copy_from_slice(&value.to_ne_bytes());
+        buffer
+    }
+
+    #[test]
+    fn gro_segment_size_is_read_from_the_udp_gro_message() {
+        let parse = |buffer: &ControlBuffer, len: usize| {
+            let mut message = empty_msghdr();
+            message.msg_control = std::ptr::from_ref(buffer).cast_mut().cast();
+            message.msg_controllen = len;
+            gro_segment_size(&message)
+        };
+        let gro = control_with(libc::SOL_UDP, libc::UDP_GRO, 1450);
+        assert_eq!(parse(&gro, 24), Some(1450));
+        // No message, or a length too short for one.
+        assert_eq!(parse(&gro, 0), None);
+        assert_eq!(parse(&gro, 8), None);
+        // Another message, a zero or out-of-range size.
+        assert_eq!(
+            parse(&control_with(libc::SOL_IP, libc::IP_TTL, 64), 24),
+            None
+        );
+        assert_eq!(
+            parse(&control_with(libc::SOL_UDP, libc::UDP_GRO, 0), 24),
+            None
+        );
+        assert_eq!(
+            parse(&control_with(libc::SOL_UDP, libc::UDP_GRO, 70_000), 24),
+            None
+        );
+        assert_eq!(gro_segment_size(&empty_msghdr()), None, "no control buffer");
+    }
+
+    #[test]
+    fn udp_segment_and_gro_between_two_sockets() {
+        let receiver_socket =
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true, None).unwrap();
+        receiver_socket
+            .enable_gro()
+            .expect("UDP_GRO on this kernel");
+        let to = receiver_socket.local_addr().unwrap();
+        let options = SendOptions {
+            ttl: 9,
+            dont_fragment: true,
+            send_buffer: Some(1 << 20),
+        };
+        let sender = UdpSocket::bind_sender(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), options)
+            .expect("send-only socket");
+        sender
+            .set_segment_size(0)
+            .expect("UDP_SEGMENT on this kernel");
+        let from = sender.local_addr().unwrap();
+        // The port is ours alone: a second bind without SO_REUSEPORT fails.
+        let error = UdpSocket::bind_sender(from, options).unwrap_err();
+        assert_eq!(
+            error.source.raw_os_error(),
+            Some(libc::EADDRINUSE),
+            "{error}"
+        );
+        let payload: Vec<u8> = (0..2500u32)
+            .map(|i| u8::try_from(i % 256).unwrap())
+            .collect();
+        assert_eq!(sender.send_to(&payload, to, Some(1000)).unwrap(), 2500);
+        assert_eq!(sender.send_to(&payload[..300], to, None).unwrap(), 300);
+        let mut receiver = Receiver::new(4);
+        let mut slots = vec![[0u8; 4096]; 4];
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let received = receiver
+                .recv(
+                    &receiver_socket,
+                    slots[seen.len()..].iter_mut().map(|s| &mut s[..]),
+                )
+                .unwrap();
+            seen.extend((0..received).map(|i| receiver.datagram(i).unwrap()));
+            if seen.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            seen,
+            [
+                Datagram {
+                    len: 2500,
+                    truncated: false,
+                    peer: Some(from),
+                    segment_size: Some(1000),
+                },
+                Datagram {
+                    len: 300,
+                    truncated: false,
+                    peer: Some(from),
+                    segment_size: None,
+                },
+            ]
+        );
+        assert_eq!(&slots[0][..2500], &payload[..]);
     }
 }
