@@ -6,6 +6,7 @@
 //! IPv4 work of a router (TTL, fragmentation) and ICMP error messages.
 
 pub mod checksum;
+pub mod gro;
 pub mod gso;
 pub mod icmp_error;
 pub mod ipv4;
