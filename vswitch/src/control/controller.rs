@@ -544,8 +544,13 @@ impl Controller {
         };
         {
             let mut inner = controller.inner.lock();
-            let engine = controller.engine.read();
-            publish(&engine, &mut inner);
+            {
+                let engine = controller.engine.read();
+                publish(&engine, &mut inner);
+            }
+            // A change the overlay could not make before (e.g. its host TAP's name was
+            // taken) is retried at every start.
+            controller.sync_generated_logged(&mut inner);
         }
         Ok(controller)
     }
@@ -2029,6 +2034,50 @@ impl Controller {
     fn sync_generated(&self, inner: &mut Inner) -> Result<(), ApiError> {
         register_static_runners(inner)?;
         let wanted = overlay::owned_resources(&inner.state);
+        // A generated Subnet whose CIDR changes (a runner given another ID) cannot be changed
+        // in place: it is removed, with the generated Routes through it, and created again.
+        let renumbered: Vec<String> = wanted
+            .iter()
+            .filter_map(|resource| match resource {
+                Resource::Subnet(subnet) => inner
+                    .state
+                    .subnets
+                    .get(&subnet.metadata.name)
+                    .filter(|old| old.spec.cidr != subnet.spec.cidr)
+                    .map(|_| subnet.metadata.name.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(nic) = inner
+            .state
+            .network_interfaces
+            .values()
+            .find(|nic| renumbered.contains(&nic.spec.subnet))
+        {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "the overlay moved Subnet {:?} to a new CIDR, but NetworkInterface {:?} is still on it; detach the interfaces on it and they can attach again to the new subnet",
+                    nic.spec.subnet, nic.metadata.name
+                ),
+                field: None,
+            });
+        }
+        if !renumbered.is_empty() {
+            let routes: Vec<String> = inner
+                .state
+                .routes
+                .values()
+                .filter(|route| overlay::is_owned(&route.metadata))
+                .map(|route| route.metadata.name.clone())
+                .collect();
+            for name in routes {
+                self.delete_locked(inner, Kind::Route, &name)?;
+            }
+            for name in renumbered {
+                tracing::info!(subnet = %name, "the overlay renumbered a generated subnet");
+                self.delete_locked(inner, Kind::Subnet, &name)?;
+            }
+        }
         for (kind, name) in overlay::stale_owned(&inner.state, &wanted) {
             tracing::info!(kind = %kind, name, "removing a resource the overlay no longer needs");
             self.delete_locked(inner, kind, &name)?;
@@ -2036,6 +2085,7 @@ impl Controller {
         if wanted.is_empty() {
             return Ok(());
         }
+        remove_stale_host_tap(&inner.state, &wanted);
         let docs = wanted
             .into_iter()
             .map(|resource| Document {
@@ -2065,10 +2115,11 @@ impl Controller {
                 message: format!("registration of runner {:?} refused: {err}", request.name),
                 field: None,
             })?;
-        let changed = match &admission.registration.outcome {
-            vxlan::membership::RegistrationOutcome::Assigned => true,
+        // MACs learned behind an address that no longer holds this ID are stale.
+        let stale_vtep = match &admission.registration.outcome {
+            vxlan::membership::RegistrationOutcome::Assigned => None,
             vxlan::membership::RegistrationOutcome::Reconnected { previous_address } => {
-                previous_address.is_some()
+                *previous_address
             }
             vxlan::membership::RegistrationOutcome::Reclaimed { evicted } => {
                 tracing::warn!(
@@ -2076,9 +2127,18 @@ impl Controller {
                     evicted = %evicted.name,
                     "all runner IDs are taken: reclaimed the ID of the runner unseen for longest"
                 );
-                true
+                Some(evicted.address)
             }
         };
+        if let Some(address) = stale_vtep {
+            let forgotten = self.engine.read().forget_remote_vtep(address);
+            tracing::debug!(%address, forgotten, "forgot remote MACs behind a runner's old address");
+        }
+        let changed = stale_vtep.is_some()
+            || matches!(
+                admission.registration.outcome,
+                vxlan::membership::RegistrationOutcome::Assigned
+            );
         tracing::info!(
             runner = %request.name,
             id = %admission.registration.id,
@@ -2213,6 +2273,30 @@ fn sync_tunnel_ids(engine: &Engine, inner: &mut Inner) {
             }
             None => tracing::error!(subnet = %name, "no port id left for the subnet's tunnel"),
         }
+    }
+}
+
+/// The hub's host TAP name belongs to the switch: a device of that name left by a run whose
+/// state is gone (its interface is not in the state) would stop the hub from creating its
+/// own, so it is removed first.
+fn remove_stale_host_tap(state: &State, wanted: &[Resource]) {
+    let needed = wanted.iter().any(|resource| {
+        resource.kind() == Kind::NetworkInterface && resource.name() == overlay::HOST
+    });
+    if !needed || state.network_interfaces.contains_key(overlay::HOST) {
+        return;
+    }
+    let removed = crate::sys::netlink::run(|nl| nl.delete_by_name(overlay::HOST_IFNAME));
+    match removed {
+        Ok(true) => tracing::warn!(
+            ifname = overlay::HOST_IFNAME,
+            "removed a stale host TAP left by an earlier run whose state is gone"
+        ),
+        Ok(false) => {}
+        Err(err) => tracing::warn!(
+            ifname = overlay::HOST_IFNAME,
+            "cannot remove a stale host TAP: {err}"
+        ),
     }
 }
 

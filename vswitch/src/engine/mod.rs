@@ -221,6 +221,12 @@ impl Engine {
         }
     }
 
+    /// Forgets the remote MACs learned behind the VTEP at `ip` (a runner that moved or lost
+    /// its ID); returns how many. Frames to them are flooded until they are learned again.
+    pub fn forget_remote_vtep(&self, ip: std::net::IpAddr) -> usize {
+        self.shared.remote_fdb.write().forget_vtep(ip)
+    }
+
     /// Forgets everything about a port id before it is (re)used: counters and learned MACs.
     pub fn reset_port(&self, id: PortId) {
         for counters in self.shared.counters.iter() {
