@@ -923,6 +923,22 @@ struct TxTally {
     completed: u64,
 }
 
+impl TxTally {
+    /// Counts `packets` sent of `bytes`, as routed frames or as the switch's own.
+    fn add(&mut self, origin: Origin, packets: u64, bytes: u64) {
+        match origin {
+            Origin::Routed => {
+                self.packets += packets;
+                self.bytes += bytes;
+            }
+            Origin::Switch => {
+                self.generated_packets += packets;
+                self.generated_bytes += bytes;
+            }
+        }
+    }
+}
+
 /// What sending into a subnet's tunnel needs.
 #[derive(Clone, Copy)]
 struct TunnelTx<'a> {
@@ -1043,16 +1059,7 @@ impl Sender<'_> {
                 match vtep.send_encap(inner, vni, remote, tx.encap) {
                     Ok(()) => {
                         let bytes = u64::try_from(inner.len()).unwrap_or(u64::MAX);
-                        match origin {
-                            Origin::Routed => {
-                                tally.packets += 1;
-                                tally.bytes += bytes;
-                            }
-                            Origin::Switch => {
-                                tally.generated_packets += 1;
-                                tally.generated_bytes += bytes;
-                            }
-                        }
+                        tally.add(origin, 1, bytes);
                     }
                     Err(_) => failed += 1,
                 }
@@ -1065,16 +1072,7 @@ impl Sender<'_> {
                 match vtep.send_encap_gso(frame, segmenter, vni, remote, tx.encap) {
                     Ok(sent) => {
                         let packets = u64::try_from(sent.segments).unwrap_or(u64::MAX);
-                        match origin {
-                            Origin::Routed => {
-                                tally.packets += packets;
-                                tally.bytes += sent.bytes;
-                            }
-                            Origin::Switch => {
-                                tally.generated_packets += packets;
-                                tally.generated_bytes += sent.bytes;
-                            }
-                        }
+                        tally.add(origin, packets, sent.bytes);
                         failed += u64::try_from(sent.failed).unwrap_or(u64::MAX);
                     }
                     Err(_) => {
@@ -1090,14 +1088,13 @@ impl Sender<'_> {
             }
         } else {
             let capabilities = Capabilities::default();
-            match tx::prepare(frame, &capabilities) {
-                Ok(Prepared::Unchanged) => {}
-                Ok(Prepared::ChecksumCompleted) => tally.completed += 1,
+            let completed = match tx::prepare(frame, &capabilities) {
+                Ok(prepared) => prepared == Prepared::ChecksumCompleted,
                 Err(reason) => {
                     count_drop(counters, *port, reason.into(), 1);
                     return;
                 }
-            }
+            };
             let inner = &frame[VNET_HDR_LEN..];
             if pipeline::vxlan::exceeds_mtu(inner, tx.mtu) {
                 count_drop(
@@ -1106,9 +1103,12 @@ impl Sender<'_> {
                     pipeline::vxlan::DropReason::TooBig.into(),
                     1,
                 );
-                return;
+            } else {
+                send(inner);
             }
-            send(inner);
+            if completed {
+                tally.completed += 1;
+            }
         }
         if failed > 0 {
             count_drop(
@@ -1155,13 +1155,11 @@ impl Sender<'_> {
                 gro.push(frame, &mut |frame| {
                     write(frame);
                 });
-                tally.packets += 1;
-                tally.bytes += bytes;
+                tally.add(origin, 1, bytes);
             }
             (Origin::Routed, None) => {
                 if write(frame) {
-                    tally.packets += 1;
-                    tally.bytes += bytes;
+                    tally.add(origin, 1, bytes);
                 }
             }
             (Origin::Switch, gro) => {
@@ -1172,8 +1170,7 @@ impl Sender<'_> {
                     });
                 }
                 if write(frame) {
-                    tally.generated_packets += 1;
-                    tally.generated_bytes += bytes;
+                    tally.add(origin, 1, bytes);
                 }
             }
         }
