@@ -38,7 +38,7 @@ mod tests {
                 .tempdir()
                 .expect("tempdir");
             let socket = dir.path().join("run/vs.sock");
-            let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine starts");
+            let engine = Engine::start(EngineConfig::new(1)).expect("engine starts");
             let controller =
                 Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
             // Bound here, so the socket answers as soon as `start` returns.
@@ -244,7 +244,7 @@ mod tests {
         let socket = dir.path().join("a/b/vs.sock");
         std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
         drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
-        let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine");
+        let engine = Engine::start(EngineConfig::new(1)).expect("engine");
         let controller =
             Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
         let (stop, stopped) = oneshot::channel::<()>();

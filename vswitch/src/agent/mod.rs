@@ -239,7 +239,7 @@ mod tests {
                 .prefix("vsagent")
                 .tempdir()
                 .expect("tempdir");
-            let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine starts");
+            let engine = Engine::start(EngineConfig::new(1)).expect("engine starts");
             let controller =
                 Controller::open(&dir.path().join("state"), engine).expect("controller opens");
             controller
@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn without_an_overlay_nothing_runs_and_shutdown_is_prompt() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine starts");
+        let engine = Engine::start(EngineConfig::new(1)).expect("engine starts");
         let controller =
             Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -346,7 +346,7 @@ mod tests {
                 .prefix("vshub")
                 .tempdir()
                 .expect("tempdir");
-            let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine starts");
+            let engine = Engine::start(EngineConfig::new(1)).expect("engine starts");
             let controller =
                 Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn an_empty_token_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::start(EngineConfig { workers: 1 }).expect("engine starts");
+        let engine = Engine::start(EngineConfig::new(1)).expect("engine starts");
         let controller =
             Arc::new(Controller::open(&dir.path().join("state"), engine).expect("controller"));
         let error = hub_router(Arc::clone(&controller), "").expect_err("empty token");

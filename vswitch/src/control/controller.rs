@@ -2535,7 +2535,7 @@ mod tests {
     const NO_NETNS: &str = "vsctl-test-no-such-netns";
 
     fn engine() -> Engine {
-        Engine::start(EngineConfig { workers: 1 }).expect("engine starts")
+        Engine::start(EngineConfig::new(1)).expect("engine starts")
     }
 
     fn open(dir: &Path) -> Controller {
@@ -3982,7 +3982,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
                 Netns::new("d"),
             );
             let dir = tempfile::tempdir().unwrap();
-            let engine = || Engine::start(EngineConfig { workers: 2 }).unwrap();
+            let engine = || Engine::start(EngineConfig::new(2)).unwrap();
             let controller = Controller::open(dir.path(), engine()).unwrap();
             let text = format!(
                 "{}{}{}",

@@ -47,6 +47,29 @@ use worker::{Shared, Worker};
 pub struct EngineConfig {
     /// Number of worker threads (each port has one queue per worker).
     pub workers: usize,
+    /// Adaptive busy-polling: how long a worker keeps polling its queues without sleeping
+    /// after it last found work. Zero makes every idle worker sleep in `epoll_wait` at once.
+    ///
+    /// A sleeping worker costs the sender a wake-up per batch and the packet the scheduler's
+    /// latency; polling trades that for CPU time, and only while traffic flows (an idle worker
+    /// sleeps `busy_poll` after its last packet). On a host whose cores are all taken by
+    /// containers, a smaller value leaves them more.
+    pub busy_poll: Duration,
+}
+
+impl EngineConfig {
+    /// The default busy-poll window: long enough to bridge the gaps of a TCP stream (the
+    /// sender's next write after an ACK), short enough that a trickle of traffic does not keep
+    /// a core busy.
+    pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+
+    /// `workers` workers with the default busy-poll window.
+    pub fn new(workers: usize) -> EngineConfig {
+        EngineConfig {
+            workers,
+            busy_poll: EngineConfig::DEFAULT_BUSY_POLL,
+        }
+    }
 }
 
 /// Counters of one port (or of the uplink), summed over workers.
@@ -161,6 +184,7 @@ impl Engine {
             remote_fdb: parking_lot::RwLock::new(vxlan::VxlanFdb::new(Default::default())),
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
+            busy_poll: config.busy_poll,
             stop: AtomicBool::new(false),
             wakers,
             clock,
@@ -178,7 +202,11 @@ impl Engine {
                 .spawn(move || worker.run())?;
             engine.handles.lock().push(handle);
         }
-        info!(workers = config.workers, "engine started");
+        info!(
+            workers = config.workers,
+            busy_poll_us = config.busy_poll.as_micros(),
+            "engine started"
+        );
         Ok(engine)
     }
 
@@ -421,12 +449,12 @@ mod tests {
     use crate::pipeline::{parse, port_security};
 
     fn engine(workers: usize, clock: Arc<FakeClock>) -> Engine {
-        Engine::start_with_clock(EngineConfig { workers }, clock).expect("engine starts")
+        Engine::start_with_clock(EngineConfig::new(workers), clock).expect("engine starts")
     }
 
     #[test]
     fn zero_workers_is_refused() {
-        let error = Engine::start(EngineConfig { workers: 0 }).unwrap_err();
+        let error = Engine::start(EngineConfig::new(0)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -714,7 +742,7 @@ mod tests {
             mac_ageing: snapshot::DEFAULT_MAC_AGEING,
             mac_limit: snapshot::DEFAULT_MAC_LIMIT,
         };
-        let engine = Engine::start(EngineConfig { workers }).unwrap();
+        let engine = Engine::start(EngineConfig::new(workers)).unwrap();
         engine.publish(Snapshot::new(ports, vec![subnet]));
         assert!(engine.wait_synced(1, Duration::from_secs(5)));
         let ns_a = namespaces[0].0.clone();
@@ -842,7 +870,8 @@ mod tests {
     /// without the control plane: the gateway answers ping, traffic is routed both ways (the
     /// switch resolves the next hop with ARP while holding the first packet), TTL 1 gets
     /// "time exceeded" from the gateway, DF over the smaller MTU gets "fragmentation needed"
-    /// with it, larger pings without DF are fragmented, and TCP with TSO crosses. Needs root,
+    /// with it, larger pings without DF are fragmented, and TCP with TSO crosses. Workers do
+    /// not busy-poll here. Needs root,
     /// /dev/net/tun, iproute2, ping and iperf3 (without them the test fails and says so).
     #[test]
     fn datapath_routes_between_two_subnets() {
@@ -942,7 +971,13 @@ mod tests {
             });
         }
         let network = NetworkEntry::new(snapshot::NetworkId(0), "rt".into(), routes);
-        let engine = Engine::start(EngineConfig { workers }).unwrap();
+        // Busy-polling off: this test covers workers that sleep in `epoll_wait` between
+        // batches (the switching test above runs with the default window).
+        let engine = Engine::start(EngineConfig {
+            workers,
+            busy_poll: Duration::ZERO,
+        })
+        .unwrap();
         engine.publish(Snapshot::new(ports, subnets).with_networks(vec![network]));
         assert!(engine.wait_synced(1, Duration::from_secs(5)));
         let (ns_a, ns_b) = (namespaces[0].0.clone(), namespaces[1].0.clone());
