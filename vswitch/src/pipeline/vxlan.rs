@@ -7,7 +7,9 @@
 //! VNI, and turns the buffer into `[virtio_net_hdr][inner Ethernet]` in place. The worker
 //! then learns the inner source MAC behind the sending VTEP (the remote FDB) and runs the
 //! frame through [`super::process_tunnel`] as if it came from the tunnel port: learning,
-//! ARP for the gateway, routing, switching. Nothing is copied.
+//! ARP for the gateway, routing, switching. Nothing is copied. A datagram that the VTEP
+//! merged in place from a run of TCP segments (its pad holds the run's MSS) becomes the GSO
+//! super-frame it is, as a TAP would have handed it over.
 //!
 //! Out: a frame forwarded to a tunnel port goes to the VTEP learned for its destination MAC,
 //! or, for broadcast and unknown unicast, to every remote VTEP of the subnet (head-end
@@ -72,9 +74,15 @@ pub fn decap<'a>(
     let (port, _) =
         vxlan::encap::decapsulate_with(payload, |vni| vtep.tunnels.get(&u32::from(vni)).copied())?;
     let tunnel = snapshot.port(port).ok_or(DropReason::UnknownVni)?;
+    // A datagram the VTEP merged from a run of TCP segments carries the run's MSS in its pad.
+    let merged_mss = u16::from_be_bytes([frame[0], frame[1]]);
     // The 2 pad bytes and the 8 header bytes become a virtio header with no flags: the
-    // inner frame's checksums are whatever the sender put on the wire.
+    // inner frame's checksums are whatever the sender put on the wire; or, for a merged
+    // datagram, the header of the GSO super-frame it now is.
     frame[..VNET_HDR_LEN].fill(0);
+    if merged_mss != 0 {
+        crate::wire::gro::write_super_frame_vnet_header(frame, merged_mss);
+    }
     Ok(tunnel)
 }
 
@@ -86,7 +94,12 @@ pub fn decap<'a>(
 /// pseudo-header sum) and left alone; only a field that holds exactly the pseudo-header sum
 /// and does not verify is completed. Returns true when it completed one. Never panics.
 pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
+    use crate::wire::VnetPacket;
     use crate::wire::checksum;
+    if VnetPacket::new_checked(&*frame).is_ok_and(|vnet| vnet.needs_csum()) {
+        // A super-frame the VTEP merged: its partial checksum is meant to stay partial.
+        return false;
+    }
     let Some(eth) = frame.get_mut(VNET_HDR_LEN..) else {
         return false;
     };
@@ -143,6 +156,10 @@ pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     use crate::wire::VnetPacket;
     use crate::wire::checksum;
     use crate::wire::vnet_hdr::{flags, gso};
+    if VnetPacket::new_checked(&*frame).is_ok_and(|vnet| vnet.is_gso()) {
+        // Already a super-frame (the VTEP merged it from segments of their own size).
+        return false;
+    }
     let Some(eth) = frame.get(VNET_HDR_LEN..) else {
         return false;
     };
@@ -428,6 +445,44 @@ mod tests {
         // A frame that fits, or that is not TCP, is left alone.
         let mut small = udp_frame(Some(u16::MAX));
         assert!(!adopt_super_frame(&mut small, 1450));
+    }
+
+    #[test]
+    fn a_datagram_merged_by_the_vtep_becomes_a_super_frame() {
+        // What the VTEP leaves after merging a run with MSS 1398: the MSS in the pad, the
+        // VXLAN header, then the merged TCP packet (12-byte options, checksum partial).
+        let (vtep, snapshot) = vtep_and_snapshot();
+        let mut frame = datagram(0x08, 42, 0);
+        frame.truncate(VNET_HDR_LEN);
+        frame[..RX_PAD].copy_from_slice(&1398u16.to_be_bytes());
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let payload = 5 * 1398;
+        let total = u16::try_from(20 + 32 + payload).unwrap();
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        let mut tcp = vec![0u8; 32];
+        tcp[12] = 0x80;
+        tcp[13] = 0x10;
+        frame.extend_from_slice(&tcp);
+        frame.extend(std::iter::repeat_n(0x5a, payload));
+        decap(&snapshot, &vtep, &mut frame).expect("valid");
+        let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
+        assert!(vnet.is_gso() && vnet.needs_csum());
+        assert_eq!(vnet.gso_size(), 1398, "the run's own MSS, not the tunnel's");
+        assert_eq!(vnet.hdr_len(), 14 + 20 + 32);
+        assert_eq!((vnet.csum_start(), vnet.csum_offset()), (34, 16));
+        // Neither the super-frame adoption nor checksum completion touch it again.
+        let before = frame.clone();
+        assert!(!adopt_super_frame(&mut frame, 1450));
+        assert!(!complete_inner_checksum(&mut frame));
+        assert_eq!(frame, before);
+        // An unmerged datagram (zero pad) gets the all-zero header.
+        let mut plain = datagram(0x08, 42, 0);
+        decap(&snapshot, &vtep, &mut plain).expect("valid");
+        assert_eq!(&plain[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
     }
 
     #[test]

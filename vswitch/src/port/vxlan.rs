@@ -16,7 +16,14 @@
 //!
 //! With `UDP_GRO` on, one received buffer may hold several datagrams of one flow (the kernel
 //! coalesces them, or a sender's `UDP_SEGMENT` super-datagram reaches us whole), all of the
-//! size its `UDP_GRO` control message gives but the last. Each is split into its datagrams,
+//! size its `UDP_GRO` control message gives but the last. When its leading datagrams carry
+//! the same VXLAN header and consecutive TCP segments of one flow (the rules of
+//! [`crate::wire::gro`], checksums verified), they are first merged in place into one
+//! datagram whose inner frame is the super-frame: each payload moves once toward the front,
+//! and the run's MSS goes in the datagram's [`RX_PAD`] bytes for
+//! [`decap`](crate::pipeline::vxlan::decap). A bulk TCP flow then costs one slot, one pass of
+//! the pipeline and one TAP write per buffer instead of one per segment, and nothing is
+//! copied between slots. What is left of the buffer is split into its datagrams,
 //! every one committed to its own slot as `[RX_PAD][datagram]` with the buffer's peer, in
 //! order: the first stays where it was received (or moves down), the others are copied to the
 //! slots after it. The queue asks `recvmmsg` for only as many buffers as are expected to fit
@@ -86,12 +93,18 @@ use crate::sys::udp::{
     RawIpv4Socket, ReadySet, Receiver, SendOptions, Sender, SocketError, UdpSocket,
 };
 use crate::wire::VNET_HDR_LEN;
+use crate::wire::gro;
 use crate::wire::gso::{GsoError, Segmenter};
 
 /// Bytes in front of the VXLAN header in a received frame: the frame handed to the pipeline
 /// is `[PAD][VXLAN header][inner Ethernet]`, so that once the 8-byte VXLAN header is
 /// validated, the pipeline overwrites `frame[..VNET_HDR_LEN]` with a virtio header and the
 /// frame becomes `[virtio_net_hdr][inner Ethernet]` in place (10 = 2 + 8).
+///
+/// The pad is zero, except in a datagram that the queue merged in place from the TCP
+/// segments of one `UDP_GRO` buffer (see the module docs): there it holds the run's MSS,
+/// big-endian, which [`crate::pipeline::vxlan::decap`] turns into the super-frame's virtio
+/// header. The pad is outside the datagram: no peer can set it.
 pub const RX_PAD: usize = crate::wire::VNET_HDR_LEN - ::vxlan::VXLAN_HEADER_LEN;
 
 /// Outer headers the VTEP writes in front of an inner frame: IPv4 + UDP + VXLAN = 36 bytes.
@@ -285,13 +298,18 @@ struct Chunk {
 }
 
 /// One received buffer: `len` bytes at `start` (in the stash; unused for the batch), holding
-/// datagrams of `segment` bytes (the last may be shorter).
+/// datagrams of `segment` bytes (the last may be shorter). When its first `merged` datagrams
+/// were merged in place into one ([`gro::merge_in_place`]), that one is `merged_len` bytes
+/// long and carries `mss` in its pad; the others are where they were received.
 #[derive(Clone, Copy, Debug)]
 struct Coalesced {
     start: usize,
     len: usize,
     segment: usize,
     peer: SocketAddrV4,
+    merged: usize,
+    merged_len: usize,
+    mss: u16,
 }
 
 impl Coalesced {
@@ -300,16 +318,57 @@ impl Coalesced {
         len: 0,
         segment: 0,
         peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        merged: 0,
+        merged_len: 0,
+        mss: 0,
     };
 
-    /// How many datagrams it holds (an empty datagram is one).
+    /// A buffer as received: nothing merged.
+    fn received(len: usize, segment: usize, peer: SocketAddrV4) -> Coalesced {
+        Coalesced {
+            len,
+            segment,
+            peer,
+            ..Coalesced::EMPTY
+        }
+    }
+
+    /// How many datagrams it holds (an empty datagram is one; merged ones count as one).
     fn count(&self) -> usize {
-        datagram_count(self.len, self.segment)
+        datagram_count(self.len, self.segment) - self.merged.saturating_sub(1)
     }
 
     /// Where datagram `index` lies, relative to the buffer's start.
     fn datagram(&self, index: usize) -> Range<usize> {
-        datagram_range(self.len, self.segment, index)
+        if self.merged < 2 {
+            datagram_range(self.len, self.segment, index)
+        } else if index == 0 {
+            0..self.merged_len
+        } else {
+            datagram_range(self.len, self.segment, index + self.merged - 1)
+        }
+    }
+
+    /// The [`RX_PAD`] bytes of datagram `index`.
+    fn pad(&self, index: usize) -> [u8; RX_PAD] {
+        if index == 0 && self.merged >= 2 {
+            self.mss.to_be_bytes()
+        } else {
+            [0; RX_PAD]
+        }
+    }
+
+    /// The datagrams from `index` on, as a buffer of their own (for the stash).
+    fn rest(&self, index: usize) -> Coalesced {
+        if index == 0 {
+            *self
+        } else {
+            Coalesced::received(
+                self.len - self.datagram(index).start,
+                self.segment,
+                self.peer,
+            )
+        }
     }
 }
 
@@ -394,7 +453,7 @@ impl RxStash {
 
     /// Keeps `data` (datagrams of `segment` bytes from `peer`); false when there is no room
     /// (cannot happen: the stash is filled only when empty, from one `recvmmsg`).
-    fn push(&mut self, data: &[u8], segment: usize, peer: SocketAddrV4) -> bool {
+    fn push(&mut self, data: &[u8], layout: Coalesced) -> bool {
         let start = self.used;
         let (Some(slot), Some(target)) = (
             self.buffers.get_mut(self.count),
@@ -406,8 +465,7 @@ impl RxStash {
         *slot = Coalesced {
             start,
             len: data.len(),
-            segment,
-            peer,
+            ..layout
         };
         self.count += 1;
         self.used += data.len();
@@ -433,7 +491,7 @@ impl RxStash {
                     .get(buffer.start + range.start..buffer.start + range.end);
                 if let (Some(source), Some(target)) = (source, slot.get_mut(RX_PAD..RX_PAD + len)) {
                     target.copy_from_slice(source);
-                    slot[..RX_PAD].fill(0);
+                    slot[..RX_PAD].copy_from_slice(&buffer.pad(self.next_datagram));
                     batch.commit_from(RX_PAD + len, buffer.peer);
                     added += 1;
                 }
@@ -464,6 +522,7 @@ impl fmt::Debug for GroState {
             .field("stash", &self.stash)
             .field("expected", &self.expected)
             .field("coalesced", &self.coalesced)
+            .field("merged", &self.merged)
             .finish_non_exhaustive()
     }
 }
@@ -513,6 +572,8 @@ struct GroState {
     expected: usize,
     /// Received buffers that held more than one datagram.
     coalesced: u64,
+    /// Received buffers whose leading datagrams were merged in place into one.
+    merged: u64,
 }
 
 impl fmt::Debug for VtepQueue {
@@ -548,9 +609,16 @@ fn send_options(config: &VxlanEncapConfig) -> SendOptions {
 }
 
 /// Copies `len` bytes at `RX_PAD + offset` of free slot `from` to `RX_PAD` of free slot
-/// `to` (`from != to`) and zeroes the target's [`RX_PAD`] bytes. False when the slots or
-/// ranges are not there (cannot happen for ranges of a received buffer).
-fn copy_between(batch: &mut RxBatch, from: usize, offset: usize, len: usize, to: usize) -> bool {
+/// `to` (`from != to`) and writes `pad` in the target's [`RX_PAD`] bytes. False when the
+/// slots or ranges are not there (cannot happen for ranges of a received buffer).
+fn copy_between(
+    batch: &mut RxBatch,
+    from: usize,
+    offset: usize,
+    len: usize,
+    to: usize,
+    pad: [u8; RX_PAD],
+) -> bool {
     let mut slots = batch.free_slots();
     let (source, target) = if from < to {
         let source = slots.nth(from);
@@ -569,18 +637,41 @@ fn copy_between(batch: &mut RxBatch, from: usize, offset: usize, len: usize, to:
         return false;
     };
     target[RX_PAD..].copy_from_slice(source);
-    target[..RX_PAD].fill(0);
+    target[..RX_PAD].copy_from_slice(&pad);
     true
 }
 
-/// Zeroes the [`RX_PAD`] bytes of free slot `index`.
-fn zero_pad(batch: &mut RxBatch, index: usize) {
-    if let Some(pad) = batch
+/// Writes `pad` in the [`RX_PAD`] bytes of free slot `index`.
+fn write_pad(batch: &mut RxBatch, index: usize, pad: [u8; RX_PAD]) {
+    if let Some(target) = batch
         .free_slots()
         .nth(index)
         .and_then(|slot| slot.get_mut(..RX_PAD))
     {
-        pad.fill(0);
+        target.copy_from_slice(&pad);
+    }
+}
+
+/// Merges in place the leading run of TCP segments of the received buffer in free slot
+/// `index` ([`gro::merge_in_place`]: the VXLAN headers must be equal too) and records it in
+/// `buffer`. The datagrams after the run stay where they are.
+fn merge_buffer(batch: &mut RxBatch, index: usize, buffer: &mut Coalesced) {
+    let count = buffer.count();
+    let Some(slot) = batch.free_slots().nth(index) else {
+        return;
+    };
+    // Datagram `j` is at `RX_PAD + range.start`: its view (virtio-header-sized prefix, then
+    // the inner Ethernet frame) starts RX_PAD bytes earlier, where the VXLAN header fills
+    // the prefix but its first RX_PAD bytes.
+    let (len, segment) = (buffer.len, buffer.segment);
+    let view = |j: usize| {
+        let range = datagram_range(len, segment, j);
+        range.start..RX_PAD + range.end
+    };
+    if let Some(merged) = gro::merge_in_place(slot, count, view, RX_PAD..VNET_HDR_LEN) {
+        buffer.merged = merged.segments;
+        buffer.merged_len = merged.len - RX_PAD;
+        buffer.mss = merged.mss;
     }
 }
 
@@ -635,6 +726,7 @@ impl VtepQueue {
                 stash: RxStash::new(),
                 expected: 1,
                 coalesced: 0,
+                merged: 0,
             }),
         })
     }
@@ -675,6 +767,11 @@ impl VtepQueue {
     /// `UDP_SEGMENT` send that reached us whole).
     pub fn gro_coalesced(&self) -> u64 {
         self.gro.coalesced
+    }
+
+    /// Received buffers whose leading TCP segments were merged in place into one super-frame.
+    pub fn gro_merged(&self) -> u64 {
+        self.gro.merged
     }
 
     /// Source ports whose send-only socket could not be bound (taken by someone else): their
@@ -766,18 +863,21 @@ impl VtepQueue {
                 self.truncated += 1;
                 continue;
             }
-            let buffer = Coalesced {
-                start: 0,
-                len: datagram.len,
-                segment: datagram.segment_size.map_or(0, usize::from),
-                peer: datagram
+            let mut buffer = Coalesced::received(
+                datagram.len,
+                datagram.segment_size.map_or(0, usize::from),
+                datagram
                     .peer
                     .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            };
-            most = most.max(buffer.count());
+            );
             if buffer.count() > 1 {
                 self.gro.coalesced += 1;
+                merge_buffer(batch, i, &mut buffer);
+                if buffer.merged >= 2 {
+                    self.gro.merged += 1;
+                }
             }
+            most = most.max(buffer.count());
             if let Some(entry) = self.gro.buffers.get_mut(kept) {
                 *entry = (i, buffer);
                 kept += 1;
@@ -791,7 +891,7 @@ impl VtepQueue {
                 break;
             };
             if source != k {
-                copy_between(batch, source, 0, buffer.len, k);
+                copy_between(batch, source, 0, buffer.len, k, [0; RX_PAD]);
                 if let Some(entry) = self.gro.buffers.get_mut(k) {
                     entry.0 = k;
                 }
@@ -824,7 +924,7 @@ impl VtepQueue {
                 continue;
             };
             // The rest of a split buffer is still datagrams of `segment` bytes.
-            if !self.gro.stash.push(data, buffer.segment, buffer.peer) {
+            if !self.gro.stash.push(data, buffer.rest(skip)) {
                 self.truncated += 1;
             }
         }
@@ -841,12 +941,12 @@ impl VtepQueue {
             let first = end - count;
             for j in (1..count).rev() {
                 let range = buffer.datagram(j);
-                copy_between(batch, k, range.start, range.len(), first + j);
+                copy_between(batch, k, range.start, range.len(), first + j, buffer.pad(j));
             }
             if first == k {
-                zero_pad(batch, k);
+                write_pad(batch, k, buffer.pad(0));
             } else {
-                copy_between(batch, k, 0, buffer.datagram(0).len(), first);
+                copy_between(batch, k, 0, buffer.datagram(0).len(), first, buffer.pad(0));
             }
             end = first;
         }
@@ -1718,16 +1818,40 @@ mod tests {
         frame
     }
 
+    /// The MSS a VTEP left in the pad of a datagram it merged in place (0: not merged).
+    fn merged_mss(frame: &[u8]) -> u16 {
+        u16::from_be_bytes([frame[0], frame[1]])
+    }
+
+    /// How many wire segments a received frame stands for (merged ones stand for several).
+    fn segments_in(frame: &[u8]) -> usize {
+        let mss = usize::from(merged_mss(frame));
+        if mss == 0 {
+            return 1;
+        }
+        let inner = &frame[VNET_HDR_LEN..];
+        let ip = Ipv4Packet::new_checked(&inner[14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        tcp.payload().len().div_ceil(mss)
+    }
+
     /// Checks that `frames` (received by a VTEP: `[RX_PAD][VXLAN][inner]`) carry the
     /// segments of [`tcp_super_frame`]`(payload_len, mss, seq)` in order, checksums valid.
+    /// A datagram merged in place from several segments must say `mss` in its pad and carry
+    /// a partial TCP checksum (completed here before it is verified).
     fn check_tcp_segments(frames: &[Vec<u8>], vni: Vni, payload_len: usize, mss: usize, seq: u32) {
         let mut next_seq = seq;
         let mut payload = Vec::new();
         for (index, frame) in frames.iter().enumerate() {
             let decap = decapsulate(&frame[RX_PAD..]).expect("valid VXLAN");
             assert_eq!(decap.vni, vni);
-            let inner = &frame[RX_PAD..][decap.inner];
-            let eth = EthernetFrame::new_checked(inner).unwrap();
+            let mut inner = frame[RX_PAD..][decap.inner].to_vec();
+            let merged = merged_mss(frame);
+            if merged != 0 {
+                assert_eq!(usize::from(merged), mss, "segment {index}: the run's MSS");
+                crate::wire::checksum::complete_partial_checksum(&mut inner, 34, 16).unwrap();
+            }
+            let eth = EthernetFrame::new_checked(&inner[..]).unwrap();
             let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
             assert!(ip.verify_checksum(), "segment {index}: IPv4 checksum");
             let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
@@ -1743,7 +1867,7 @@ mod tests {
                 next_seq,
                 "segment {index}: sequence"
             );
-            assert!(tcp.payload().len() <= mss);
+            assert!(merged != 0 || tcp.payload().len() <= mss);
             next_seq = next_seq.wrapping_add(u32::try_from(tcp.payload().len()).unwrap());
             payload.extend_from_slice(tcp.payload());
         }
@@ -1753,14 +1877,19 @@ mod tests {
         assert_eq!(payload, expected, "the payload, whole and in order");
     }
 
-    /// Receives on queue 0 of `io` until `want` frames arrived or 5 s passed.
+    /// Receives on queue 0 of `io` until frames standing for `want` wire segments arrived
+    /// or 5 s passed.
     fn receive_frames(io: &PortIo, want: usize) -> Vec<(Vec<u8>, SocketAddrV4)> {
         let mut frames = Vec::new();
+        let mut segments = 0;
         let mut batch = RxBatch::new(64);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while frames.len() < want && Instant::now() < deadline {
+        while segments < want && Instant::now() < deadline {
             batch.clear();
             queue(io, 0).recv_batch(&mut batch).unwrap();
+            segments += (0..batch.len())
+                .map(|i| segments_in(batch.frame(i)))
+                .sum::<usize>();
             frames.extend((0..batch.len()).map(|i| (batch.frame(i).to_vec(), batch.peer(i))));
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -1799,7 +1928,8 @@ mod tests {
         assert_eq!(sent.failed, 0);
         assert_eq!(sent.bytes, u64::try_from(payload_len + count * 54).unwrap());
         let frames = receive_frames(&io, count + 1);
-        assert_eq!(frames.len(), count + 1);
+        let segments: usize = frames.iter().map(|(f, _)| segments_in(f)).sum();
+        assert_eq!(segments, count + 1);
         let decap = decapsulate(&frames[0].0[RX_PAD..]).unwrap();
         assert_eq!(
             &frames[0].0[RX_PAD..][decap.inner],
@@ -1815,6 +1945,7 @@ mod tests {
         assert_eq!(q.gso_sends(), 1, "one sendmsg for the whole super-frame");
         assert_eq!(q.send_errors(), 0);
         assert!(q.gro_coalesced() >= 1, "received whole over loopback");
+        assert!(q.gro_merged() >= 1, "and its TCP segments merged in place");
     }
 
     #[test]

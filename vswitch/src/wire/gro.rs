@@ -147,6 +147,12 @@ impl Segment {
         if vnet.gso_type() != vnet_hdr::gso::NONE || vnet.needs_csum() {
             return None;
         }
+        Segment::parse_headers(frame)
+    }
+
+    /// [`parse`](Segment::parse) without looking at the first [`ETH`] bytes: the Ethernet
+    /// frame starts at [`ETH`], whatever precedes it.
+    fn parse_headers(frame: &[u8]) -> Option<Segment> {
         let eth = frame.get(ETH..IP)?;
         if eth[ETHERNET_HEADER_LEN - 2..] != ETHERTYPE_IPV4 {
             return None;
@@ -236,7 +242,15 @@ pub struct Coalescer {
     scratch: Box<[u8]>,
     /// Bytes of the pending run in `scratch`; 0 when there is none.
     len: usize,
-    /// Segments in the pending run.
+    /// The pending run's state.
+    run: Run,
+}
+
+/// The state of a run of segments being merged, wherever its bytes are (the coalescer's
+/// scratch buffer, or a receive buffer merged in place).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// Segments in the run.
     segments: usize,
     /// IP total length of the merged packet.
     ip_len: u16,
@@ -260,9 +274,9 @@ impl fmt::Debug for Coalescer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalescer")
             .field("pending_len", &self.len)
-            .field("segments", &self.segments)
-            .field("mss", &self.mss)
-            .field("closed", &self.closed)
+            .field("segments", &self.run.segments)
+            .field("mss", &self.run.mss)
+            .field("closed", &self.run.closed)
             .finish_non_exhaustive()
     }
 }
@@ -279,15 +293,14 @@ impl Coalescer {
         Coalescer {
             scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
             len: 0,
-            segments: 0,
-            ip_len: 0,
-            mss: 0,
-            header_len: 0,
-            next_seq: 0,
-            last_ident: 0,
-            ident_mode: IdentMode::Unknown,
-            psh: false,
-            closed: false,
+            run: Run::start(&Segment {
+                end: TCP + TCP_HEADER_LEN + 1,
+                payload: TCP + TCP_HEADER_LEN,
+                ip_len: 0,
+                seq: 0,
+                ident: 0,
+                psh: false,
+            }),
         }
     }
 
@@ -307,7 +320,10 @@ impl Coalescer {
     pub fn push(&mut self, frame: &[u8], emit: &mut impl FnMut(&[u8])) {
         let segment = Segment::parse(frame);
         if let Some(segment) = segment
-            && self.continues(frame, &segment)
+            && self.len != 0
+            && self
+                .run
+                .continues(&self.scratch[..self.len], frame, &segment)
         {
             self.absorb(frame, &segment);
             return;
@@ -326,40 +342,61 @@ impl Coalescer {
         if self.len == 0 {
             return;
         }
-        if self.segments >= 2 {
-            self.finish_super_frame();
+        if self.run.segments >= 2 {
+            self.run.finish_headers(&mut self.scratch[..]);
+            self.run.write_vnet_header(&mut self.scratch[..]);
         }
         emit(&self.scratch[..self.len]);
         self.len = 0;
-        self.segments = 0;
     }
 
     /// Starts a run with `frame`, copied whole (a run of one leaves unchanged).
     fn start(&mut self, frame: &[u8], segment: &Segment) {
         self.scratch[..frame.len()].copy_from_slice(frame);
         self.len = frame.len();
-        self.segments = 1;
-        self.ip_len = segment.ip_len;
-        self.mss = segment.payload_len();
-        self.header_len = segment.payload - TCP;
-        self.next_seq = segment.seq.wrapping_add(payload_len_u32(segment));
-        self.last_ident = segment.ident;
-        self.ident_mode = IdentMode::Unknown;
-        self.psh = segment.psh;
-        self.closed = segment.psh;
+        self.run = Run::start(segment);
     }
 
-    /// True when the coalescable `segment` (parsed from `frame`) may join the pending run.
-    fn continues(&self, frame: &[u8], segment: &Segment) -> bool {
-        if self.len == 0 || self.closed {
+    /// Appends the payload of `segment` (parsed from `frame`, accepted by `continues`).
+    fn absorb(&mut self, frame: &[u8], segment: &Segment) {
+        if self.run.segments == 1 {
+            // Drop the first segment's Ethernet padding.
+            self.len = IP + usize::from(self.run.ip_len);
+        }
+        let payload = &frame[segment.payload..segment.end];
+        self.scratch[self.len..self.len + payload.len()].copy_from_slice(payload);
+        self.len += payload.len();
+        self.run.absorb(segment);
+    }
+}
+
+impl Run {
+    /// A run of the one segment `segment`.
+    fn start(segment: &Segment) -> Run {
+        Run {
+            segments: 1,
+            ip_len: segment.ip_len,
+            mss: segment.payload_len(),
+            header_len: segment.payload - TCP,
+            next_seq: segment.seq.wrapping_add(payload_len_u32(segment)),
+            last_ident: segment.ident,
+            ident_mode: IdentMode::Unknown,
+            psh: segment.psh,
+            closed: segment.psh,
+        }
+    }
+
+    /// True when the coalescable `segment` (parsed from `frame`) may join the run, whose
+    /// first frame's headers (as received) are at the start of `run`.
+    fn continues(&self, run: &[u8], frame: &[u8], segment: &Segment) -> bool {
+        if self.closed {
             return false;
         }
         let header_len = segment.payload - TCP;
-        if header_len != self.header_len {
+        if header_len != self.header_len || run.len() < TCP + header_len {
             // Also keeps the run's TCP header as long as this one's for the comparisons.
             return false;
         }
-        let run = &self.scratch[..self.len];
         let payload_len = segment.payload_len();
         let (ip, run_ip) = (&frame[IP..TCP], &run[IP..TCP]);
         let (tcp, run_tcp) = (&frame[TCP..segment.payload], &run[TCP..TCP + header_len]);
@@ -396,34 +433,33 @@ impl Coalescer {
         }
     }
 
-    /// Appends the payload of `segment` (parsed from `frame`, accepted by `continues`).
-    fn absorb(&mut self, frame: &[u8], segment: &Segment) {
+    /// Adds `segment` (accepted by `continues`) to the run's state; its payload is the
+    /// caller's to move.
+    fn absorb(&mut self, segment: &Segment) {
         if self.segments == 1 {
-            // Drop the first segment's Ethernet padding.
-            self.len = IP + usize::from(self.ip_len);
             self.ident_mode = if segment.ident == self.last_ident {
                 IdentMode::Fixed
             } else {
                 IdentMode::Incrementing
             };
         }
-        let payload = &frame[segment.payload..segment.end];
-        self.scratch[self.len..self.len + payload.len()].copy_from_slice(payload);
-        self.len += payload.len();
+        let payload_len = segment.payload_len();
         // `continues` checked that the sum fits; the saturation never fires.
-        let grown = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+        let grown = u16::try_from(payload_len).unwrap_or(u16::MAX);
         self.ip_len = self.ip_len.saturating_add(grown);
         self.segments += 1;
         self.next_seq = segment.seq.wrapping_add(payload_len_u32(segment));
         self.last_ident = segment.ident;
         self.psh = segment.psh;
-        self.closed = segment.psh || payload.len() < self.mss;
+        self.closed = segment.psh || payload_len < self.mss;
     }
 
-    /// Rewrites the pending run (2+ segments) into a GSO super-frame.
-    fn finish_super_frame(&mut self) {
-        let header_len = self.header_len;
-        let ip = &mut self.scratch[IP..TCP];
+    /// Rewrites the headers of the run's first frame, at the start of `frame`, for the merged
+    /// packet (2+ segments): IP total length and header checksum, PSH if the last segment had
+    /// it, and the pseudo-header sum in the TCP checksum field. The `virtio_net_hdr` is
+    /// [`write_vnet_header`](Run::write_vnet_header)'s.
+    fn finish_headers(&self, frame: &mut [u8]) {
+        let ip = &mut frame[IP..TCP];
         ip[ip_field::LENGTH].copy_from_slice(&self.ip_len.to_be_bytes());
         ip[ip_field::CHECKSUM].copy_from_slice(&[0, 0]);
         let ip_checksum = checksum::checksum(ip);
@@ -434,22 +470,128 @@ impl Coalescer {
             PROTOCOL_TCP,
             self.ip_len - u16::try_from(IPV4_HEADER_LEN).unwrap_or(0),
         );
-        let tcp = &mut self.scratch[TCP..];
+        let tcp = &mut frame[TCP..];
         if self.psh {
             tcp[tcp_field::FLAGS] |= tcp_flags::PSH;
         }
         tcp[tcp_field::CHECKSUM].copy_from_slice(&pseudo.to_be_bytes());
-
-        // Header lengths are at most 14 + 20 + 60 and the MSS below 65535: no saturation fires.
-        let to_u16 = |value: usize| u16::try_from(value).unwrap_or(u16::MAX);
-        let mut vnet = vnet_hdr::Packet::new_unchecked(&mut self.scratch[..VNET_HEADER_LEN]);
-        vnet.set_flags(vnet_hdr::flags::NEEDS_CSUM);
-        vnet.set_gso_type(vnet_hdr::gso::TCPV4);
-        vnet.set_hdr_len(to_u16(TCP - ETH + header_len));
-        vnet.set_gso_size(to_u16(self.mss));
-        vnet.set_csum_start(to_u16(TCP - ETH));
-        vnet.set_csum_offset(TCP_CHECKSUM_OFFSET);
     }
+
+    /// Writes the super-frame's `virtio_net_hdr` at the start of `frame`.
+    fn write_vnet_header(&self, frame: &mut [u8]) {
+        write_super_frame_header(frame, self.header_len, self.mss);
+    }
+}
+
+/// Writes, at the start of `frame`, the `virtio_net_hdr` of a TCP over IPv4 super-frame (IHL
+/// 5) with `tcp_header_len` bytes of TCP header and segments of `mss` bytes: `NEEDS_CSUM`,
+/// TCPV4, `hdr_len`, `gso_size`, `csum_start` and `csum_offset` (see the module docs).
+fn write_super_frame_header(frame: &mut [u8], tcp_header_len: usize, mss: usize) {
+    // Header lengths are at most 14 + 20 + 60 and the MSS below 65535: no saturation fires.
+    let to_u16 = |value: usize| u16::try_from(value).unwrap_or(u16::MAX);
+    let mut vnet = vnet_hdr::Packet::new_unchecked(&mut frame[..VNET_HEADER_LEN]);
+    vnet.set_flags(vnet_hdr::flags::NEEDS_CSUM);
+    vnet.set_gso_type(vnet_hdr::gso::TCPV4);
+    vnet.set_hdr_len(to_u16(TCP - ETH + tcp_header_len));
+    vnet.set_gso_size(to_u16(mss));
+    vnet.set_csum_start(to_u16(TCP - ETH));
+    vnet.set_csum_offset(TCP_CHECKSUM_OFFSET);
+}
+
+/// What [`merge_in_place`] merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// How many frames, from the first, are now one (2 or more).
+    pub segments: usize,
+    /// The merged frame's length, prefix included.
+    pub len: usize,
+    /// The run's MSS (the first segment's payload): the super-frame's `gso_size`.
+    pub mss: u16,
+}
+
+/// Merges, in place, the leading run of `count` frames laid out back to back in `buf` (the
+/// segments of one `UDP_GRO` buffer) into one super-frame, by the same rules as
+/// [`Coalescer`] (see the module docs), without copying anything but the payloads, each moved
+/// once toward the front. Returns `None` when fewer than two frames merge; `buf` is then
+/// unchanged.
+///
+/// `frame(j)` is the range of frame `j` in `buf`: a [`VNET_HEADER_LEN`]-byte prefix, then
+/// the Ethernet frame. The ranges increase; a prefix may reach back into the previous
+/// frame's last bytes, because only the prefix bytes in `same` are read: those must be equal
+/// in every merged frame (an encapsulation header, such as VXLAN's: what the merged frame
+/// keeps of it is the first frame's). No `virtio_net_hdr` is read or written: the caller
+/// writes the super-frame's with [`write_super_frame_vnet_header`] once the prefix is free.
+///
+/// On success the first frame is the super-frame's headers (rewritten as the module docs
+/// say, the prefix untouched) followed by every merged payload, `Merged::len` bytes from
+/// its start; frames from `Merged::segments` on are where they were, intact, except for the
+/// prefix bytes outside `same` of the first of them. Never panics.
+pub fn merge_in_place(
+    buf: &mut [u8],
+    count: usize,
+    frame: impl Fn(usize) -> core::ops::Range<usize>,
+    same: core::ops::Range<usize>,
+) -> Option<Merged> {
+    if count < 2 || same.start > same.end || same.end > ETH {
+        return None;
+    }
+    let first = frame(0);
+    let head = Segment::parse_headers(buf.get(first.clone())?)?;
+    let mut run = Run::start(&head);
+    if run.closed {
+        return None;
+    }
+    let headers = first.start..first.start + head.payload;
+    let mut write = first.start + head.end;
+    for j in 1..count {
+        let range = frame(j);
+        // The first byte of frame `j` that is read must not have been overwritten.
+        let first_read = if same.is_empty() { ETH } else { same.start };
+        if range.start + first_read < write || range.end > buf.len() || range.end < range.start {
+            break;
+        }
+        let view = &buf[range.clone()];
+        let run_view = &buf[headers.clone()];
+        let Some(segment) = Segment::parse_headers(view) else {
+            break;
+        };
+        if view.get(same.clone()) != run_view.get(same.clone())
+            || !run.continues(run_view, view, &segment)
+        {
+            break;
+        }
+        let payload = range.start + segment.payload..range.start + segment.end;
+        buf.copy_within(payload.clone(), write);
+        write += payload.len();
+        run.absorb(&segment);
+        if run.closed {
+            break;
+        }
+    }
+    if run.segments < 2 {
+        return None;
+    }
+    run.finish_headers(&mut buf[first.start..]);
+    Some(Merged {
+        segments: run.segments,
+        len: write - first.start,
+        mss: u16::try_from(run.mss).unwrap_or(u16::MAX),
+    })
+}
+
+/// Writes, at the start of `frame` (a `virtio_net_hdr`, then an Ethernet frame), the
+/// `virtio_net_hdr` of the super-frame [`merge_in_place`] made there, segments of `mss`
+/// bytes. False, and nothing written, when the frame does not hold a TCP over IPv4 header.
+pub fn write_super_frame_vnet_header(frame: &mut [u8], mss: u16) -> bool {
+    let Some(&data_off) = frame.get(TCP + tcp_field::DATA_OFF) else {
+        return false;
+    };
+    let header_len = usize::from(data_off >> 4) * 4;
+    if header_len < TCP_HEADER_LEN || frame.len() < TCP + header_len {
+        return false;
+    }
+    write_super_frame_header(frame, header_len, usize::from(mss));
+    true
 }
 
 /// The payload length of a segment, for sequence arithmetic (below 65536).
@@ -1046,6 +1188,106 @@ mod tests {
             .collect()
     }
 
+    /// Lays `frames` (each a zero `virtio_net_hdr` and an Ethernet frame) out as a `UDP_GRO`
+    /// buffer of VXLAN datagrams: 2 bytes of pad, then per frame an 8-byte header from
+    /// `header(j)` and the Ethernet frame. Returns the buffer and each frame's view range (its
+    /// 10-byte prefix starts 2 bytes before its header).
+    fn gro_buffer(
+        frames: &[Vec<u8>],
+        header: impl Fn(usize) -> [u8; 8],
+    ) -> (Vec<u8>, Vec<core::ops::Range<usize>>) {
+        let mut buf = vec![0u8; 2];
+        let mut views = Vec::new();
+        for (j, frame) in frames.iter().enumerate() {
+            let start = buf.len() - 2;
+            buf.extend_from_slice(&header(j));
+            buf.extend_from_slice(&frame[VNET_HEADER_LEN..]);
+            views.push(start..buf.len());
+        }
+        (buf, views)
+    }
+
+    const VXLAN_42: [u8; 8] = [0x08, 0, 0, 0, 0, 0, 42, 0];
+
+    /// Merges the buffer laid out from `frames` and checks it against the coalescer.
+    fn check_in_place(frames: &[Vec<u8>]) -> Option<Merged> {
+        let (mut buf, views) = gro_buffer(frames, |_| VXLAN_42);
+        let before = buf.clone();
+        let merged = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10);
+        let out = run(&mut Coalescer::new(), frames);
+        let Some(merged) = merged else {
+            assert_eq!(buf, before, "nothing merged, nothing changed");
+            if let Some(first) = out.first() {
+                assert!(!vnet_hdr::Packet::new_checked(&first[..]).unwrap().is_gso());
+            }
+            return None;
+        };
+        assert!(merged.segments >= 2);
+        // The super-frame: the coalescer's first frame, byte for byte, once the virtio header
+        // is written where the pad and the VXLAN header were.
+        let start = views[0].start;
+        let mut super_frame = buf[start..start + merged.len].to_vec();
+        assert_eq!(super_frame[2..10], VXLAN_42, "the VXLAN header stays");
+        assert!(write_super_frame_vnet_header(&mut super_frame, merged.mss));
+        assert_eq!(super_frame, out[0], "same super-frame as the coalescer");
+        let parts: Vec<Vec<u8>> = frames[..merged.segments].to_vec();
+        check_super_frame(&super_frame, &parts);
+        // The frames after the run are intact (but for the 2 bytes before their header).
+        for view in &views[merged.segments..] {
+            assert_eq!(
+                buf[view.start + 2..view.end],
+                before[view.start + 2..view.end]
+            );
+        }
+        Some(merged)
+    }
+
+    #[test]
+    fn in_place_merge_matches_the_coalescer() {
+        let frames = build_all(&stream(44, 1398));
+        let merged = check_in_place(&frames).unwrap();
+        assert_eq!(merged.segments, 44);
+        assert_eq!(merged.mss, 1398);
+        // A run that ends early (a different flow): the rest stays for the caller.
+        let mut specs = stream(6, 1000);
+        specs[4].ports = (1, 2);
+        let merged = check_in_place(&build_all(&specs)).unwrap();
+        assert_eq!(merged.segments, 4);
+        // PSH ends the run after its segment; a short segment too.
+        let mut specs = stream(5, 1000);
+        specs[2].flags |= PSH;
+        assert_eq!(check_in_place(&build_all(&specs)).unwrap().segments, 3);
+        let mut specs = stream(5, 1000);
+        specs[1].payload.truncate(10);
+        assert_eq!(check_in_place(&build_all(&specs)).unwrap().segments, 2);
+        // Nothing to merge: one frame, a first frame that cannot start a run.
+        assert_eq!(check_in_place(&build_all(&stream(1, 100))), None);
+        let mut specs = stream(3, 100);
+        specs[0].flags |= PSH;
+        assert_eq!(check_in_place(&build_all(&specs)), None);
+    }
+
+    #[test]
+    fn in_place_merge_needs_equal_encapsulation_headers() {
+        let frames = build_all(&stream(5, 500));
+        let (mut buf, views) = gro_buffer(&frames, |j| {
+            let mut header = VXLAN_42;
+            header[6] = if j < 3 { 42 } else { 43 };
+            header
+        });
+        let merged = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10).unwrap();
+        assert_eq!(merged.segments, 3, "the fourth datagram has another VNI");
+        // Bad checksums are never merged.
+        let mut frames = build_all(&stream(3, 500));
+        let last = frames[1].len() - 1;
+        frames[1][last] ^= 0xff;
+        let (mut buf, views) = gro_buffer(&frames, |_| VXLAN_42);
+        assert_eq!(
+            merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10),
+            None
+        );
+    }
+
     proptest! {
         #[test]
         fn random_frames_round_trip(ops in proptest::collection::vec(arbitrary_op(), 0..60)) {
@@ -1065,6 +1307,32 @@ mod tests {
             }
             let frames: Vec<Vec<u8>> = frames.iter().map(|f| normalise(f)).collect();
             prop_assert_eq!(expanded, frames);
+        }
+
+        #[test]
+        fn random_frames_merge_in_place_like_the_coalescer(
+            ops in proptest::collection::vec(arbitrary_op(), 0..60),
+        ) {
+            // The in-place merge reads no virtio header: give the coalescer none either.
+            let frames: Vec<Vec<u8>> = frames_of(&ops)
+                .into_iter()
+                .filter(|f| f.len() >= ETH)
+                .map(|mut f| { f[..VNET_HEADER_LEN].fill(0); f })
+                .collect();
+            check_in_place(&frames);
+        }
+
+        #[test]
+        fn arbitrary_buffers_never_panic_in_place(
+            buf in proptest::collection::vec(any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..700, 0..10),
+        ) {
+            let mut buf = buf;
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let views: Vec<core::ops::Range<usize>> =
+                cuts.windows(2).map(|w| w[0]..w[1]).collect();
+            let _ = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10);
         }
 
         #[test]
