@@ -1,7 +1,8 @@
 //! perf: measures vswitchd against the Linux kernel in the same run.
 //!
 //! Each scenario builds its own namespaces (see `topo`), runs the same traffic over the
-//! kernel's equivalent and over vswitchd (tap and veth ports, 1 and 2 workers), optionally
+//! kernel's equivalent and over vswitchd (tap and veth ports, 1 and 2 workers, workers that
+//! sleep when idle and workers that busy-poll for 200 µs after work), optionally
 //! over Open vSwitch's userspace datapath, and reports medians, spreads and ratios to the
 //! kernel. Results go to the terminal (progress on stderr, tables on stdout), to a JSON file,
 //! and to `perf/results/<date>-<host>/` (README.SETUP, raw.csv, summary.txt, results.json).
@@ -66,6 +67,12 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: Vec<u32>,
+    /// vswitchd busy-poll windows to measure (`--busy-poll-us`), comma-separated: 0 has the
+    /// workers sleep whenever they are idle, N keeps them polling for N µs after work
+    /// (measured with the fewest workers only).
+    #[arg(long, value_delimiter = ',', default_value = "0,200",
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    busy_poll_us: Vec<u32>,
     /// Port kinds to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tap,veth")]
     kinds: Vec<PortKind>,
@@ -276,7 +283,13 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let settings = settings(args);
     let scenarios = selected_scenarios(args);
-    let variants = scenarios::variants(args.kernel_only, &args.kinds, &args.workers, ovs.is_some());
+    let variants = scenarios::variants(
+        args.kernel_only,
+        &args.kinds,
+        &args.workers,
+        &args.busy_poll_us,
+        ovs.is_some(),
+    );
     let context = Context { binaries, ovs };
     let info = run_info(args, &settings, &context, started_at);
     eprintln!(
@@ -424,9 +437,10 @@ fn run_info(args: &RunArgs, settings: &Settings, context: &Context, started_at: 
             String::new()
         } else {
             format!(
-                ", vswitch kinds {:?} x workers {:?}",
+                ", vswitch kinds {:?} x workers {:?} x busy-poll µs {:?}",
                 args.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                args.workers
+                args.workers,
+                args.busy_poll_us
             )
         },
         if context.ovs.is_some() {

@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use super::{Context, PrepareError, Prepared, Variant, vswitch_with_containers};
 use crate::tools::cpu::SwitchCpu;
 use crate::tools::ovs::Ovs;
+use crate::tools::vswitchd::DaemonSettings;
 use crate::topo::Topology;
 
 /// c2's address in the kernel and OVS variants.
@@ -65,12 +66,19 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
             })
         }
-        Variant::Vswitch { kind, workers } => {
+        Variant::Vswitch {
+            kind,
+            workers,
+            busy_poll_us,
+        } => {
             let (daemon, addresses) = vswitch_with_containers(
                 &topology,
                 context,
                 &node,
-                workers,
+                DaemonSettings {
+                    workers,
+                    busy_poll_us,
+                },
                 kind,
                 &[(&c1, "c1"), (&c2, "c2")],
             )?;

@@ -20,7 +20,7 @@ use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value}
 use crate::tools::cmd::{self, Interrupted};
 use crate::tools::cpu::SwitchCpu;
 use crate::tools::ovs::{Ovs, OvsTools};
-use crate::tools::vswitchd::{Binaries, Daemon, PortKind, Refused};
+use crate::tools::vswitchd::{Binaries, Daemon, DaemonSettings, PortKind, Refused};
 use crate::tools::{iperf, latency, udp};
 use crate::topo::Topology;
 
@@ -94,17 +94,29 @@ pub enum Variant {
         kind: PortKind,
         /// `vswitchd --workers`.
         workers: u32,
+        /// `vswitchd --busy-poll-us` (0: workers sleep when idle).
+        busy_poll_us: u32,
     },
     /// Open vSwitch, userspace datapath.
     Ovs,
 }
 
 impl Variant {
-    /// The column label: `kernel`, `vswitch-tap-w1`, `ovs-netdev`.
+    /// The column label: `kernel`, `vswitch-tap-w1`, `vswitch-tap-w1-poll200` (busy-polling
+    /// for 200 µs), `ovs-netdev`.
     pub fn label(&self) -> String {
         match self {
             Variant::Kernel => crate::report::BASELINE.to_owned(),
-            Variant::Vswitch { kind, workers } => format!("vswitch-{}-w{workers}", kind.as_str()),
+            Variant::Vswitch {
+                kind,
+                workers,
+                busy_poll_us: 0,
+            } => format!("vswitch-{}-w{workers}", kind.as_str()),
+            Variant::Vswitch {
+                kind,
+                workers,
+                busy_poll_us,
+            } => format!("vswitch-{}-w{workers}-poll{busy_poll_us}", kind.as_str()),
             Variant::Ovs => "ovs-netdev".to_owned(),
         }
     }
@@ -266,13 +278,25 @@ pub fn variants(
     kernel_only: bool,
     kinds: &[PortKind],
     workers: &[u32],
+    busy_polls: &[u32],
     with_ovs: bool,
 ) -> Vec<Variant> {
     let mut list = vec![Variant::Kernel];
     if !kernel_only {
+        // Polling windows are measured with the fewest workers only: N polling workers hold
+        // N cores, which on a small machine leaves the endpoints nothing.
+        let fewest = workers.iter().copied().min();
         for &kind in kinds {
             for &workers in workers {
-                list.push(Variant::Vswitch { kind, workers });
+                for &busy_poll_us in busy_polls {
+                    if busy_poll_us == 0 || Some(workers) == fewest {
+                        list.push(Variant::Vswitch {
+                            kind,
+                            workers,
+                            busy_poll_us,
+                        });
+                    }
+                }
             }
         }
     }
@@ -475,12 +499,12 @@ pub fn vswitch_with_containers(
     topology: &Topology,
     context: &Context,
     node: &str,
-    workers: u32,
+    settings: DaemonSettings,
     kind: PortKind,
     containers: &[(&str, &str)],
 ) -> Result<(Daemon, Vec<Ipv4Addr>), PrepareError> {
     let binaries = context.binaries()?;
-    let daemon = Daemon::start(binaries, node, workers, &topology.scratch("vswitchd")?)?;
+    let daemon = Daemon::start(binaries, node, settings, &topology.scratch("vswitchd")?)?;
     let mut addresses = Vec::new();
     for (netns, name) in containers {
         daemon.attach(netns, name, kind, None, None)?;
@@ -502,28 +526,44 @@ mod tests {
         let tap = Variant::Vswitch {
             kind: PortKind::Tap,
             workers: 2,
+            busy_poll_us: 0,
         };
         assert_eq!(tap.label(), "vswitch-tap-w2");
+        let polling = Variant::Vswitch {
+            kind: PortKind::Veth,
+            workers: 1,
+            busy_poll_us: 200,
+        };
+        assert_eq!(polling.label(), "vswitch-veth-w1-poll200");
         assert_eq!(Variant::Ovs.label(), "ovs-netdev");
     }
 
     #[test]
     fn variant_order_kernel_first() {
-        let list = variants(false, &[PortKind::Tap, PortKind::Veth], &[1, 2], true);
+        let list = variants(
+            false,
+            &[PortKind::Tap, PortKind::Veth],
+            &[2, 1],
+            &[0, 200],
+            true,
+        );
         let labels: Vec<String> = list.iter().map(Variant::label).collect();
         assert_eq!(
             labels,
             [
                 "kernel",
-                "vswitch-tap-w1",
                 "vswitch-tap-w2",
-                "vswitch-veth-w1",
+                "vswitch-tap-w1",
+                "vswitch-tap-w1-poll200",
                 "vswitch-veth-w2",
+                "vswitch-veth-w1",
+                "vswitch-veth-w1-poll200",
                 "ovs-netdev"
-            ]
+            ],
+            "polling only with the fewest workers"
         );
         assert_eq!(
-            variants(true, &[PortKind::Tap], &[1], false),
+            variants(true, &[PortKind::Tap], &[1], &[0], false),
             [Variant::Kernel]
         );
     }

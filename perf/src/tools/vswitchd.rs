@@ -92,14 +92,28 @@ pub struct Daemon {
     socket: PathBuf,
 }
 
+/// The vswitchd options a variant sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// `--workers`.
+    pub workers: u32,
+    /// `--busy-poll-us`.
+    pub busy_poll_us: u32,
+}
+
 impl Daemon {
-    /// Starts vswitchd with `workers` workers inside namespace `netns`, with its socket and
-    /// state under `dir` (created here, removed on drop), and waits for the socket.
+    /// Starts vswitchd with `settings` inside namespace `netns`, with its socket and state
+    /// under `dir` (created here, removed on drop), and waits for the socket.
     ///
     /// # Errors
     /// The daemon cannot start, exits, or does not open its socket within 15 s; the message
     /// includes the end of its log.
-    pub fn start(binaries: &Binaries, netns: &str, workers: u32, dir: &Path) -> Result<Daemon> {
+    pub fn start(
+        binaries: &Binaries,
+        netns: &str,
+        settings: DaemonSettings,
+        dir: &Path,
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(dir.join("state"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let socket = dir.join("vs.sock");
@@ -114,7 +128,9 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--workers")
-            .arg(workers.to_string());
+            .arg(settings.workers.to_string())
+            .arg("--busy-poll-us")
+            .arg(settings.busy_poll_us.to_string());
         cmd::log_command(&command);
         command
             .stdin(Stdio::null())

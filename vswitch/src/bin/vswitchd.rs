@@ -36,10 +36,15 @@ struct Args {
     /// Worker threads; default one per core.
     #[arg(long)]
     workers: Option<usize>,
-    /// Microseconds a worker keeps polling without sleeping after it last found work (0: sleep
-    /// at once). Polling saves a wake-up per batch and lowers latency while traffic flows, at
-    /// the cost of CPU time; an idle switch sleeps either way.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = default_busy_poll_us())]
+    /// Microseconds a worker keeps polling without sleeping after it last found work (0, the
+    /// default: sleep at once). Polling saves a wake-up per batch and lowers latency while
+    /// traffic flows, at the cost of CPU time; it pays when workers have cores to themselves.
+    #[arg(
+        long,
+        value_name = "MICROSECONDS",
+        default_value_t = default_busy_poll_us(),
+        env = "VSWITCH_BUSY_POLL_US"
+    )]
     busy_poll_us: u64,
     /// Log level: error, warn, info, debug, trace (or a tracing filter such as `vswitch=debug`).
     #[arg(long, default_value = "info", env = "VSWITCH_LOG")]

@@ -48,20 +48,21 @@ pub struct EngineConfig {
     /// Number of worker threads (each port has one queue per worker).
     pub workers: usize,
     /// Adaptive busy-polling: how long a worker keeps polling its queues without sleeping
-    /// after it last found work. Zero makes every idle worker sleep in `epoll_wait` at once.
+    /// after it last found work. Zero (the default) makes every idle worker sleep in
+    /// `epoll_wait` at once.
     ///
     /// A sleeping worker costs the sender a wake-up per batch and the packet the scheduler's
-    /// latency; polling trades that for CPU time, and only while traffic flows (an idle worker
-    /// sleeps `busy_poll` after its last packet). On a host whose cores are all taken by
-    /// containers, a smaller value leaves them more.
+    /// latency; polling trades that for CPU time while traffic flows (an idle worker sleeps
+    /// `busy_poll` after its last packet). It pays when the worker has a core to itself, and
+    /// costs when the host's cores are oversubscribed: the polling worker then takes CPU time
+    /// from the containers whose packets it waits for (see the README's performance section).
     pub busy_poll: Duration,
 }
 
 impl EngineConfig {
-    /// The default busy-poll window: long enough to bridge the gaps of a TCP stream (the
-    /// sender's next write after an ACK), short enough that a trickle of traffic does not keep
-    /// a core busy.
-    pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+    /// The default busy-poll window: none. Polling burns a core for as long as traffic
+    /// trickles in, which a container host should opt into, not find.
+    pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
 
     /// `workers` workers with the default busy-poll window.
     pub fn new(workers: usize) -> EngineConfig {
@@ -742,7 +743,12 @@ mod tests {
             mac_ageing: snapshot::DEFAULT_MAC_AGEING,
             mac_limit: snapshot::DEFAULT_MAC_LIMIT,
         };
-        let engine = Engine::start(EngineConfig::new(workers)).unwrap();
+        // Workers busy-poll here (the routing test below has them sleep between batches).
+        let engine = Engine::start(EngineConfig {
+            workers,
+            busy_poll: Duration::from_micros(200),
+        })
+        .unwrap();
         engine.publish(Snapshot::new(ports, vec![subnet]));
         assert!(engine.wait_synced(1, Duration::from_secs(5)));
         let ns_a = namespaces[0].0.clone();
@@ -870,8 +876,7 @@ mod tests {
     /// without the control plane: the gateway answers ping, traffic is routed both ways (the
     /// switch resolves the next hop with ARP while holding the first packet), TTL 1 gets
     /// "time exceeded" from the gateway, DF over the smaller MTU gets "fragmentation needed"
-    /// with it, larger pings without DF are fragmented, and TCP with TSO crosses. Workers do
-    /// not busy-poll here. Needs root,
+    /// with it, larger pings without DF are fragmented, and TCP with TSO crosses. Needs root,
     /// /dev/net/tun, iproute2, ping and iperf3 (without them the test fails and says so).
     #[test]
     fn datapath_routes_between_two_subnets() {
@@ -971,13 +976,7 @@ mod tests {
             });
         }
         let network = NetworkEntry::new(snapshot::NetworkId(0), "rt".into(), routes);
-        // Busy-polling off: this test covers workers that sleep in `epoll_wait` between
-        // batches (the switching test above runs with the default window).
-        let engine = Engine::start(EngineConfig {
-            workers,
-            busy_poll: Duration::ZERO,
-        })
-        .unwrap();
+        let engine = Engine::start(EngineConfig::new(workers)).unwrap();
         engine.publish(Snapshot::new(ports, subnets).with_networks(vec![network]));
         assert!(engine.wait_synced(1, Duration::from_secs(5)));
         let (ns_a, ns_b) = (namespaces[0].0.clone(), namespaces[1].0.clone());
