@@ -412,24 +412,30 @@ mod tests {
         assert!(bench.generated().is_empty());
     }
 
-    #[test]
-    fn an_oversize_tcp_frame_from_the_overlay_becomes_a_gso_frame() {
-        // 10.0.0.1 -> 10.0.0.2 TCP, 20-byte header, 4000 bytes of payload, checksum left
-        // as a kernel would on a veth (the pseudo-header sum), through a 1450-byte tunnel.
-        let payload = 4000usize;
-        let mut frame = vec![0u8; VNET_HDR_LEN];
+    /// Appends an Ethernet frame 02:..:01 -> 02:..:02 carrying TCP over IPv4 10.0.0.1 ->
+    /// 10.0.0.2 (DF): a `tcp_header_len`-byte header with `flags`, checksum field zero, and
+    /// `payload` bytes of 0x5a.
+    fn push_tcp_packet(frame: &mut Vec<u8>, tcp_header_len: usize, flags: u8, payload: usize) {
         frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
-        let total = u16::try_from(20 + 20 + payload).unwrap();
+        let total = u16::try_from(20 + tcp_header_len + payload).unwrap();
         let mut ip = vec![
             0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
         ];
         ip[2..4].copy_from_slice(&total.to_be_bytes());
         frame.extend_from_slice(&ip);
-        let mut tcp = vec![0u8; 20];
-        tcp[12] = 0x50;
-        tcp[13] = 0x18;
+        let mut tcp = vec![0u8; tcp_header_len];
+        tcp[12] = u8::try_from(tcp_header_len / 4).unwrap() << 4;
+        tcp[13] = flags;
         frame.extend_from_slice(&tcp);
         frame.extend(std::iter::repeat_n(0x5a, payload));
+    }
+
+    #[test]
+    fn an_oversize_tcp_frame_from_the_overlay_becomes_a_gso_frame() {
+        // 10.0.0.1 -> 10.0.0.2 TCP, 20-byte header, 4000 bytes of payload, checksum left
+        // as a kernel would on a veth (the pseudo-header sum), through a 1450-byte tunnel.
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        push_tcp_packet(&mut frame, 20, 0x18, 4000);
         assert!(adopt_super_frame(&mut frame, 1450));
         let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
         assert!(vnet.is_gso() && vnet.needs_csum());
@@ -455,19 +461,7 @@ mod tests {
         let mut frame = datagram(0x08, 42, 0);
         frame.truncate(VNET_HDR_LEN);
         frame[..RX_PAD].copy_from_slice(&1398u16.to_be_bytes());
-        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
-        let payload = 5 * 1398;
-        let total = u16::try_from(20 + 32 + payload).unwrap();
-        let mut ip = vec![
-            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-        ];
-        ip[2..4].copy_from_slice(&total.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        let mut tcp = vec![0u8; 32];
-        tcp[12] = 0x80;
-        tcp[13] = 0x10;
-        frame.extend_from_slice(&tcp);
-        frame.extend(std::iter::repeat_n(0x5a, payload));
+        push_tcp_packet(&mut frame, 32, 0x10, 5 * 1398);
         decap(&snapshot, &vtep, &mut frame).expect("valid");
         let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
         assert!(vnet.is_gso() && vnet.needs_csum());
