@@ -163,20 +163,25 @@ impl fmt::Display for RunnerId {
     }
 }
 
-/// Whether the hub currently hears from a runner.
+/// Whether the hub currently hears from a runner. Written `online` / `offline`, like the
+/// other states of the API (`up`, `lost`, `hubUnreachable`); the capitalised forms of
+/// earlier versions are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunnerState {
     /// Registered or sent a heartbeat within the timeout.
+    #[serde(alias = "Online")]
     Online,
     /// Unseen for the timeout, or not seen since the hub restarted.
+    #[serde(alias = "Offline")]
     Offline,
 }
 
 impl fmt::Display for RunnerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RunnerState::Online => "Online",
-            RunnerState::Offline => "Offline",
+            RunnerState::Online => "online",
+            RunnerState::Offline => "offline",
         })
     }
 }
@@ -996,6 +1001,21 @@ mod tests {
 
     fn capacity(value: u8) -> NonZeroU8 {
         NonZeroU8::new(value).expect("non-zero")
+    }
+
+    #[test]
+    fn runner_states_are_written_lowercase_and_read_in_either_case() {
+        assert_eq!(
+            serde_json::to_string(&RunnerState::Online).unwrap(),
+            "\"online\""
+        );
+        assert_eq!(RunnerState::Offline.to_string(), "offline");
+        for (text, state) in [
+            ("\"offline\"", RunnerState::Offline),
+            ("\"Online\"", RunnerState::Online),
+        ] {
+            assert_eq!(serde_json::from_str::<RunnerState>(text).unwrap(), state);
+        }
     }
 
     #[test]

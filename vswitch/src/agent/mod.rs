@@ -348,7 +348,7 @@ mod tests {
             assert_eq!(view["subnet"], "10.1.0.0/16", "{view:#}");
             assert_eq!(view["gateway"], "10.1.0.1", "{view:#}");
             let view = wait_for(&hub, "hub lists the runner", Duration::from_secs(5), |v| {
-                v["runners"][0]["state"] == "Online"
+                v["runners"][0]["state"] == "online"
             })
             .await;
             assert_eq!(view["runners"][0]["name"], "runner-a", "{view:#}");

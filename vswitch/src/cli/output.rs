@@ -1612,7 +1612,7 @@ Status:
             "role": "hub", "name": "hub", "localAddress": "192.168.50.1",
             "runners": [
                 {"id": 1, "name": "runner-a", "address": "192.168.50.2", "vni": 101,
-                 "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "Online"},
+                 "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "online"},
                 {"id": 12, "name": "b", "address": "192.168.50.3", "vni": 112,
                  "subnet": "10.12.0.0/16", "lastSeenSecondsAgo": 250, "state": "Offline"},
                 {"id": 13, "name": "c", "address": "192.168.50.4", "vni": 113,
@@ -1624,7 +1624,7 @@ Status:
             OverlayReport::Text(
                 "\
 ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
-1    runner-a   192.168.50.2   101   10.1.0.0/16    3s ago      Online
+1    runner-a   192.168.50.2   101   10.1.0.0/16    3s ago      online
 12   b          192.168.50.3   112   10.12.0.0/16   4m10s ago   Offline
 13   c          192.168.50.4   113   10.13.0.0/16   -           Offline
 "
