@@ -496,6 +496,7 @@ mod tests {
         assert_eq!(selected_scenarios(&cli.run), Scenario::ALL);
         assert_eq!(settings(&cli.run).runs, 5);
         assert_eq!(cli.run.workers, [1, 2]);
+        assert_eq!(cli.run.busy_poll_us, [0, 200]);
         assert_eq!(cli.run.kinds, [PortKind::Tap, PortKind::Veth]);
     }
 
@@ -512,6 +513,8 @@ mod tests {
             "1,4",
             "--kinds",
             "veth",
+            "--busy-poll-us",
+            "0,50,1000",
         ]);
         assert_eq!(selected_scenarios(&cli.run), [Scenario::L2, Scenario::Nat]);
         let settings = settings(&cli.run);
@@ -519,6 +522,7 @@ mod tests {
         assert_eq!(settings.udp_seconds, 2.0);
         assert_eq!(cli.run.workers, [1, 4]);
         assert_eq!(cli.run.kinds, [PortKind::Veth]);
+        assert_eq!(cli.run.busy_poll_us, [0, 50, 1000]);
     }
 
     #[test]
@@ -530,6 +534,7 @@ mod tests {
         assert!(parse_err(&["--scenario", "bogus"]));
         assert!(parse_err(&["--workers", "0"]));
         assert!(parse_err(&["--kinds", "macvlan"]));
+        assert!(parse_err(&["--busy-poll-us", "1000000"]));
     }
 
     #[test]
