@@ -22,6 +22,8 @@
 //!   connection on which no byte moves for [`HUB_IDLE_TIMEOUT`] outside a handler is closed,
 //!   and at most [`HUB_MAX_CONNECTIONS`] connections are served at once: further ones wait
 //!   in the kernel's accept queue, costing the daemon no file descriptor, until one ends.
+//!   One peer address gets at most [`HUB_MAX_CONNECTIONS_PER_ADDRESS`] of them; a connection
+//!   beyond that is closed as soon as it is accepted.
 
 use std::future::Future;
 use std::io;
@@ -87,6 +89,12 @@ pub const HUB_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// daemon no descriptor) until one ends, which the timeouts above guarantee happens soon.
 pub const HUB_MAX_CONNECTIONS: usize = 256;
 
+/// Most connections served at once from one peer address; a further one is closed as soon
+/// as it is accepted. 16: a runner makes one request at a time on a connection of its own,
+/// so even a few runners behind one NAT address stay far below it, while one address can no
+/// longer take every one of the [`HUB_MAX_CONNECTIONS`] slots and lock the others out.
+pub const HUB_MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+
 /// Path of the registration endpoint.
 pub const REGISTER_PATH: &str = "/v1/overlay/register";
 
@@ -128,6 +136,8 @@ struct HubLimits {
     idle: Duration,
     /// See [`HUB_MAX_CONNECTIONS`]; at least 1.
     max_connections: usize,
+    /// See [`HUB_MAX_CONNECTIONS_PER_ADDRESS`]; at least 1.
+    max_per_address: usize,
 }
 
 impl HubLimits {
@@ -136,7 +146,48 @@ impl HubLimits {
         body_read: HUB_BODY_READ_TIMEOUT,
         idle: HUB_IDLE_TIMEOUT,
         max_connections: HUB_MAX_CONNECTIONS,
+        max_per_address: HUB_MAX_CONNECTIONS_PER_ADDRESS,
     };
+}
+
+/// Connections being served per peer address; a [`PeerSlot`] holds one and gives it back
+/// when dropped (when its connection task ends, however it ends).
+#[derive(Debug, Default)]
+struct PeerCounts(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`PeerCounts`].
+#[derive(Debug)]
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    address: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    /// Takes a slot for `address`, or `None` when it already has `limit` connections.
+    fn take(self: &Arc<Self>, address: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
+        let mut counts = self.0.lock();
+        let count = counts.entry(address).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            counts: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock();
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// The routes of the hub API, bound to a controller and a token. Request bodies must arrive
@@ -221,6 +272,8 @@ async fn serve_hub_with(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read);
     let max_connections = limits.max_connections.max(1);
+    let max_per_address = limits.max_per_address.max(1);
+    let peers = Arc::new(PeerCounts::default());
     let (closing, closing_seen) = watch::channel(false);
     // Dropping this (when the returned future is dropped) aborts every connection.
     let mut connections = JoinSet::new();
@@ -239,14 +292,23 @@ async fn serve_hub_with(
             accepted = listener.accept(), if connections.len() < max_connections => {
                 match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(serve_connection(
+                        let Some(slot) = peers.take(peer.ip(), max_per_address) else {
+                            tracing::debug!(%peer, "hub API: too many connections from this address; closed");
+                            drop(stream);
+                            continue;
+                        };
+                        let served = serve_connection(
                             stream,
                             peer,
                             router.clone(),
                             builder.clone(),
                             limits.idle,
                             closing_seen.clone(),
-                        ));
+                        );
+                        connections.spawn(async move {
+                            served.await;
+                            drop(slot);
+                        });
                     }
                     Err(error) if is_connection_error(&error) => {
                         tracing::debug!(%error, "hub API: a connection failed while accepted");
@@ -958,6 +1020,7 @@ mod tests {
             body_read,
             idle,
             max_connections: HUB_MAX_CONNECTIONS,
+            max_per_address: HUB_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 
@@ -967,6 +1030,7 @@ mod tests {
         assert_eq!(HubLimits::DEFAULT.body_read, Duration::from_secs(10));
         assert_eq!(HubLimits::DEFAULT.idle, Duration::from_secs(30));
         assert_eq!(HubLimits::DEFAULT.max_connections, 256);
+        assert_eq!(HubLimits::DEFAULT.max_per_address, 16);
         // A silent connection is closed by the header timeout, the tighter one.
         assert!(HUB_IDLE_TIMEOUT > HUB_HEADER_READ_TIMEOUT);
     }
@@ -1084,6 +1148,7 @@ mod tests {
     fn connections_beyond_the_cap_wait_for_a_free_slot() {
         let hub = Hub::start_with(HubLimits {
             max_connections: 2,
+            max_per_address: 3,
             ..limits(LONG, LONG, LONG)
         });
         let mut held = [hub.connect(), hub.connect()];
@@ -1111,6 +1176,28 @@ mod tests {
         );
         drop(second);
         assert_served(&hub);
+    }
+
+    #[test]
+    fn one_address_cannot_hold_more_than_its_share() {
+        let hub = Hub::start_with(HubLimits {
+            max_per_address: 2,
+            ..limits(LONG, LONG, LONG)
+        });
+        let mut held = [hub.connect(), hub.connect()];
+        // The listen queue is first in, first out: the third is accepted after both.
+        let mut third = hub.connect();
+        let closed = read_until_closed(&mut third, BOUND);
+        assert!(closed.is_empty(), "{:?}", String::from_utf8_lossy(&closed));
+        for stream in &mut held {
+            assert!(open_and_silent(stream), "a held connection was closed");
+        }
+        // One given back: the address is served again.
+        let [first, second] = held;
+        drop(first);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_served(&hub);
+        drop(second);
     }
 
     #[test]
