@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use report::{JsonReport, Outcome, RunInfo, VariantResult};
 use scenarios::{Context, Scenario, Settings};
 use tools::cmd::{self, Interrupted};
-use tools::vswitchd::{Binaries, PortKind};
+use tools::vswitchd::{Binaries, PortKind, WorkerPlacement};
 
 /// Measure vswitchd against the Linux kernel (bridge, routing, vxlan, nftables) in the
 /// same run, in network namespaces it creates and removes.
@@ -73,6 +73,11 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "0,200",
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     busy_poll_us: Vec<u32>,
+    /// Worker placements to measure, comma-separated: `pinned` is vswitchd's default
+    /// (`--worker-cpus auto`), `floating` lets the scheduler move the workers
+    /// (`--worker-cpus none`; its labels end in `-float`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pinned")]
+    placements: Vec<WorkerPlacement>,
     /// Port kinds to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tap,veth")]
     kinds: Vec<PortKind>,
@@ -288,6 +293,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         &args.kinds,
         &args.workers,
         &args.busy_poll_us,
+        &args.placements,
         ovs.is_some(),
     );
     let context = Context { binaries, ovs };
@@ -437,10 +443,11 @@ fn run_info(args: &RunArgs, settings: &Settings, context: &Context, started_at: 
             String::new()
         } else {
             format!(
-                ", vswitch kinds {:?} x workers {:?} x busy-poll µs {:?}",
+                ", vswitch kinds {:?} x workers {:?} x busy-poll µs {:?} x placements {:?}",
                 args.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
                 args.workers,
-                args.busy_poll_us
+                args.busy_poll_us,
+                args.placements
             )
         },
         if context.ovs.is_some() {
@@ -497,6 +504,7 @@ mod tests {
         assert_eq!(settings(&cli.run).runs, 5);
         assert_eq!(cli.run.workers, [1, 2]);
         assert_eq!(cli.run.busy_poll_us, [0, 200]);
+        assert_eq!(cli.run.placements, [WorkerPlacement::Pinned]);
         assert_eq!(cli.run.kinds, [PortKind::Tap, PortKind::Veth]);
     }
 
@@ -515,6 +523,8 @@ mod tests {
             "veth",
             "--busy-poll-us",
             "0,50,1000",
+            "--placements",
+            "floating,pinned",
         ]);
         assert_eq!(selected_scenarios(&cli.run), [Scenario::L2, Scenario::Nat]);
         let settings = settings(&cli.run);
@@ -523,6 +533,10 @@ mod tests {
         assert_eq!(cli.run.workers, [1, 4]);
         assert_eq!(cli.run.kinds, [PortKind::Veth]);
         assert_eq!(cli.run.busy_poll_us, [0, 50, 1000]);
+        assert_eq!(
+            cli.run.placements,
+            [WorkerPlacement::Floating, WorkerPlacement::Pinned]
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Daemon lifecycle: restart after kill -9, clean stop, detach, refusing to run unprivileged.
+//! Daemon lifecycle: restart after kill -9, clean stop, detach, refusing to run unprivileged,
+//! worker placement.
 
 // Integration tests live at the top level of their file, as cargo expects.
 #![allow(clippy::tests_outside_test_module)]
@@ -116,5 +117,107 @@ fn refuses_to_run_unprivileged() {
     assert!(
         stderr.contains("CAP_NET_ADMIN") && stderr.contains("root"),
         "the message must say root or CAP_NET_ADMIN is needed: {stderr}"
+    );
+}
+
+/// The `Cpus_allowed_list` of a `/proc/.../status` file (`0-1`, `1`).
+fn cpus_allowed(status: &std::path::Path) -> String {
+    let status = std::fs::read_to_string(status).expect("status");
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in status");
+    line.trim().to_string()
+}
+
+/// The CPUs thread `comm` of process `pid` may run on, as `/proc` lists them.
+fn thread_cpus(pid: u32, comm: &str) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    for task in tasks {
+        let task = task.expect("task entry").path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if name.trim() != comm {
+            continue;
+        }
+        return cpus_allowed(&task.join("status"));
+    }
+    panic!("no thread named {comm} in process {pid}");
+}
+
+/// By default each worker is pinned to its own CPU, the highest first; `--worker-cpus none`
+/// leaves them to the scheduler, and a list pins them where it says.
+#[test]
+fn workers_are_pinned_by_default() {
+    require(&[]);
+    let allowed = cpus_allowed(std::path::Path::new("/proc/self/status"));
+    let cpus = vswitch::engine::affinity::allowed_cpus().expect("sched_getaffinity");
+    let highest = cpus.last().expect("a CPU").to_string();
+
+    let daemon = Daemon::start(2);
+    let pid = daemon.pid().expect("running");
+    assert_eq!(
+        thread_cpus(pid, "vswitch-w0"),
+        highest,
+        "worker 0: highest CPU"
+    );
+    let second = cpus.iter().rev().nth(1).unwrap_or(&cpus[0]).to_string();
+    assert_eq!(
+        thread_cpus(pid, "vswitch-w1"),
+        second,
+        "worker 1: next one down"
+    );
+    drop(daemon);
+
+    let floating = Daemon::start_with(1, &["--worker-cpus", "none"]);
+    let pid = floating.pid().expect("running");
+    assert_eq!(
+        thread_cpus(pid, "vswitch-w0"),
+        allowed,
+        "a floating worker keeps every CPU"
+    );
+    drop(floating);
+
+    let listed = Daemon::start_with(2, &["--worker-cpus", &cpus[0].to_string()]);
+    let pid = listed.pid().expect("running");
+    for worker in ["vswitch-w0", "vswitch-w1"] {
+        assert_eq!(thread_cpus(pid, worker), cpus[0].to_string(), "{worker}");
+    }
+}
+
+/// A CPU list that cannot be used stops the daemon at start, naming the option.
+#[test]
+fn bad_worker_cpus_are_refused() {
+    require(&["taskset"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let start = |prefix: &[&str], cpus: &str| {
+        let socket = dir.path().join("s.sock");
+        let state = dir.path().join("st");
+        let mut args: Vec<&str> = prefix.to_vec();
+        args.extend([
+            env!("CARGO_BIN_EXE_vswitchd"),
+            "--socket",
+            socket.to_str().expect("utf8"),
+            "--state-dir",
+            state.to_str().expect("utf8"),
+            "--worker-cpus",
+            cpus,
+        ]);
+        let out = run_any(args[0], &args[1..]);
+        assert!(
+            !out.status.success(),
+            "vswitchd must refuse --worker-cpus {cpus}"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = start(&["env"], "2-1");
+    assert!(
+        stderr.contains("--worker-cpus") && stderr.contains("low to high"),
+        "{stderr}"
+    );
+    // Only CPU 0 is allowed; CPU 1 is not, whatever the machine has.
+    let stderr = start(&["taskset", "-c", "0"], "1");
+    assert!(
+        stderr.contains("--worker-cpus: CPU 1 is not one this process may run on"),
+        "{stderr}"
     );
 }

@@ -16,7 +16,6 @@ use std::net::Ipv4Addr;
 use super::{Context, PrepareError, Prepared, Variant, vswitch_with_containers};
 use crate::tools::cpu::SwitchCpu;
 use crate::tools::ovs::Ovs;
-use crate::tools::vswitchd::DaemonSettings;
 use crate::topo::Topology;
 
 /// c2's address in the kernel and OVS variants.
@@ -66,19 +65,12 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
             })
         }
-        Variant::Vswitch {
-            kind,
-            workers,
-            busy_poll_us,
-        } => {
+        Variant::Vswitch { kind, settings } => {
             let (daemon, addresses) = vswitch_with_containers(
                 &topology,
                 context,
                 &node,
-                DaemonSettings {
-                    workers,
-                    busy_poll_us,
-                },
+                settings,
                 kind,
                 &[(&c1, "c1"), (&c2, "c2")],
             )?;

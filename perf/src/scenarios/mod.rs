@@ -20,7 +20,9 @@ use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value}
 use crate::tools::cmd::{self, Interrupted};
 use crate::tools::cpu::SwitchCpu;
 use crate::tools::ovs::{Ovs, OvsTools};
-use crate::tools::vswitchd::{Binaries, Daemon, DaemonSettings, PortKind, Refused};
+use crate::tools::vswitchd::{
+    Binaries, Daemon, DaemonSettings, PortKind, Refused, WorkerPlacement,
+};
 use crate::tools::{iperf, latency, udp};
 use crate::topo::Topology;
 
@@ -88,14 +90,12 @@ impl Settings {
 pub enum Variant {
     /// The Linux kernel's own equivalent (bridge, routing, vxlan, nftables).
     Kernel,
-    /// vswitchd with containers attached through `kind` ports and `workers` workers.
+    /// vswitchd with containers attached through `kind` ports, run with `settings`.
     Vswitch {
         /// Port kind used for every container.
         kind: PortKind,
-        /// `vswitchd --workers`.
-        workers: u32,
-        /// `vswitchd --busy-poll-us` (0: workers sleep when idle).
-        busy_poll_us: u32,
+        /// Workers, busy-poll window and worker placement.
+        settings: DaemonSettings,
     },
     /// Open vSwitch, userspace datapath.
     Ovs,
@@ -103,20 +103,20 @@ pub enum Variant {
 
 impl Variant {
     /// The column label: `kernel`, `vswitch-tap-w1`, `vswitch-tap-w1-poll200` (busy-polling
-    /// for 200 µs), `ovs-netdev`.
+    /// for 200 µs), `vswitch-tap-w1-float` (workers not pinned), `ovs-netdev`.
     pub fn label(&self) -> String {
         match self {
             Variant::Kernel => crate::report::BASELINE.to_owned(),
-            Variant::Vswitch {
-                kind,
-                workers,
-                busy_poll_us: 0,
-            } => format!("vswitch-{}-w{workers}", kind.as_str()),
-            Variant::Vswitch {
-                kind,
-                workers,
-                busy_poll_us,
-            } => format!("vswitch-{}-w{workers}-poll{busy_poll_us}", kind.as_str()),
+            Variant::Vswitch { kind, settings } => {
+                let mut label = format!("vswitch-{}-w{}", kind.as_str(), settings.workers);
+                if settings.busy_poll_us > 0 {
+                    label.push_str(&format!("-poll{}", settings.busy_poll_us));
+                }
+                if !settings.pinned {
+                    label.push_str("-float");
+                }
+                label
+            }
             Variant::Ovs => "ovs-netdev".to_owned(),
         }
     }
@@ -273,12 +273,13 @@ pub fn refusal_is_unsupported(err: anyhow::Error) -> PrepareError {
 }
 
 /// The variants to run for one scenario, in order: the kernel first (the baseline), then
-/// vswitchd per kind and worker count, then Open vSwitch.
+/// vswitchd per kind, worker count, busy-poll window and placement, then Open vSwitch.
 pub fn variants(
     kernel_only: bool,
     kinds: &[PortKind],
     workers: &[u32],
     busy_polls: &[u32],
+    placements: &[WorkerPlacement],
     with_ovs: bool,
 ) -> Vec<Variant> {
     let mut list = vec![Variant::Kernel];
@@ -289,12 +290,16 @@ pub fn variants(
         for &kind in kinds {
             for &workers in workers {
                 for &busy_poll_us in busy_polls {
-                    if busy_poll_us == 0 || Some(workers) == fewest {
-                        list.push(Variant::Vswitch {
-                            kind,
+                    if busy_poll_us != 0 && Some(workers) != fewest {
+                        continue;
+                    }
+                    for &placement in placements {
+                        let settings = DaemonSettings {
                             workers,
                             busy_poll_us,
-                        });
+                            pinned: placement == WorkerPlacement::Pinned,
+                        };
+                        list.push(Variant::Vswitch { kind, settings });
                     }
                 }
             }
@@ -523,18 +528,34 @@ mod tests {
     #[test]
     fn variant_labels() {
         assert_eq!(Variant::Kernel.label(), "kernel");
-        let tap = Variant::Vswitch {
-            kind: PortKind::Tap,
+        let settings = DaemonSettings {
             workers: 2,
             busy_poll_us: 0,
+            pinned: true,
+        };
+        let tap = Variant::Vswitch {
+            kind: PortKind::Tap,
+            settings,
         };
         assert_eq!(tap.label(), "vswitch-tap-w2");
         let polling = Variant::Vswitch {
             kind: PortKind::Veth,
-            workers: 1,
-            busy_poll_us: 200,
+            settings: DaemonSettings {
+                workers: 1,
+                busy_poll_us: 200,
+                ..settings
+            },
         };
         assert_eq!(polling.label(), "vswitch-veth-w1-poll200");
+        let floating = Variant::Vswitch {
+            kind: PortKind::Tap,
+            settings: DaemonSettings {
+                busy_poll_us: 50,
+                pinned: false,
+                ..settings
+            },
+        };
+        assert_eq!(floating.label(), "vswitch-tap-w2-poll50-float");
         assert_eq!(Variant::Ovs.label(), "ovs-netdev");
     }
 
@@ -545,6 +566,7 @@ mod tests {
             &[PortKind::Tap, PortKind::Veth],
             &[2, 1],
             &[0, 200],
+            &[WorkerPlacement::Pinned],
             true,
         );
         let labels: Vec<String> = list.iter().map(Variant::label).collect();
@@ -562,8 +584,14 @@ mod tests {
             ],
             "polling only with the fewest workers"
         );
+        let placements = [WorkerPlacement::Pinned, WorkerPlacement::Floating];
+        let labels: Vec<String> = variants(false, &[PortKind::Tap], &[1], &[0], &placements, false)
+            .iter()
+            .map(Variant::label)
+            .collect();
+        assert_eq!(labels, ["kernel", "vswitch-tap-w1", "vswitch-tap-w1-float"]);
         assert_eq!(
-            variants(true, &[PortKind::Tap], &[1], &[0], false),
+            variants(true, &[PortKind::Tap], &[1], &[0], &placements, false),
             [Variant::Kernel]
         );
     }

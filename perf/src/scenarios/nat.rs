@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use super::{Context, PrepareError, Prepared, Variant, refusal_is_unsupported, settle};
 use crate::tools::cmd;
 use crate::tools::cpu::SwitchCpu;
-use crate::tools::vswitchd::{Daemon, DaemonSettings};
+use crate::tools::vswitchd::Daemon;
 use crate::topo::Topology;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 82, 0, 2);
@@ -78,16 +78,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
     topology.veth(&gateway, "o0", &outside, "eth0")?;
     topology.address(&outside, "eth0", "10.82.0.2/24")?;
     match variant {
-        Variant::Vswitch {
-            kind,
-            workers,
-            busy_poll_us,
-        } => {
+        Variant::Vswitch { kind, settings } => {
             let binaries = context.binaries()?;
-            let settings = DaemonSettings {
-                workers,
-                busy_poll_us,
-            };
             let daemon =
                 Daemon::start(binaries, &gateway, settings, &topology.scratch("vswitchd")?)?;
             daemon

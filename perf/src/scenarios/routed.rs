@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use super::{Context, PrepareError, Prepared, Variant, refusal_is_unsupported, settle};
 use crate::tools::cpu::SwitchCpu;
-use crate::tools::vswitchd::{Daemon, DaemonSettings};
+use crate::tools::vswitchd::Daemon;
 use crate::topo::Topology;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 2, 2);
@@ -59,16 +59,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
     let c1 = topology.namespace("c1")?;
     let c2 = topology.namespace("c2")?;
     match variant {
-        Variant::Vswitch {
-            kind,
-            workers,
-            busy_poll_us,
-        } => {
+        Variant::Vswitch { kind, settings } => {
             let binaries = context.binaries()?;
-            let settings = DaemonSettings {
-                workers,
-                busy_poll_us,
-            };
             let daemon =
                 Daemon::start(binaries, &router, settings, &topology.scratch("vswitchd")?)?;
             daemon

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 
 use super::{Context, PrepareError, Prepared, Variant, refusal_is_unsupported, settle};
 use crate::tools::cpu::SwitchCpu;
-use crate::tools::vswitchd::{Daemon, DaemonSettings};
+use crate::tools::vswitchd::Daemon;
 use crate::topo::Topology;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 3);
@@ -55,16 +55,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
         topology.address(node, "u0", &format!("{address}/24"))?;
     }
     match variant {
-        Variant::Vswitch {
-            kind,
-            workers,
-            busy_poll_us,
-        } => {
+        Variant::Vswitch { kind, settings } => {
             let binaries = context.binaries()?;
-            let settings = DaemonSettings {
-                workers,
-                busy_poll_us,
-            };
             let mut daemons = Vec::new();
             for (index, node) in nodes.iter().enumerate() {
                 let dir = topology.scratch(&format!("vswitchd{}", index + 1))?;

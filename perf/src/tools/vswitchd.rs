@@ -99,6 +99,18 @@ pub struct DaemonSettings {
     pub workers: u32,
     /// `--busy-poll-us`.
     pub busy_poll_us: u32,
+    /// `--worker-cpus auto` (vswitchd's default) when true, `--worker-cpus none` when false.
+    pub pinned: bool,
+}
+
+/// Whether vswitchd's workers are pinned to CPUs (`--worker-cpus auto`, the daemon's default)
+/// or moved by the scheduler (`--worker-cpus none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerPlacement {
+    /// One CPU per worker, the highest first.
+    Pinned,
+    /// The scheduler places and moves the workers.
+    Floating,
 }
 
 impl Daemon {
@@ -130,7 +142,9 @@ impl Daemon {
             .arg("--workers")
             .arg(settings.workers.to_string())
             .arg("--busy-poll-us")
-            .arg(settings.busy_poll_us.to_string());
+            .arg(settings.busy_poll_us.to_string())
+            .arg("--worker-cpus")
+            .arg(if settings.pinned { "auto" } else { "none" });
         cmd::log_command(&command);
         command
             .stdin(Stdio::null())

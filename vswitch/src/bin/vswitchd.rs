@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use vswitch::control::{Controller, EMBEDDED_DEFAULT_CONFIG};
 use vswitch::engine::clock::{Clock, MonotonicClock};
-use vswitch::engine::{Engine, EngineConfig};
+use vswitch::engine::{Engine, EngineConfig, WorkerCpus};
 
 /// CAP_NET_ADMIN (include/uapi/linux/capability.h): create TAP devices, configure links.
 const CAP_NET_ADMIN: u32 = 12;
@@ -46,6 +46,17 @@ struct Args {
         env = "VSWITCH_BUSY_POLL_US"
     )]
     busy_poll_us: u64,
+    /// Where the workers run: `auto` pins worker i to the i-th highest CPU this process may
+    /// use; a list such as `1` or `2-5,7` pins worker i to its i-th entry (wrapping); `none`
+    /// lets the scheduler move them. A pinned worker keeps its cache, and the containers'
+    /// threads are placed around it instead of taking turns with it on one core.
+    #[arg(
+        long,
+        value_name = "auto|none|CPUS",
+        default_value = "auto",
+        env = "VSWITCH_WORKER_CPUS"
+    )]
+    worker_cpus: WorkerCpus,
     /// Log level: error, warn, info, debug, trace (or a tracing filter such as `vswitch=debug`).
     #[arg(long, default_value = "info", env = "VSWITCH_LOG")]
     log_level: String,
@@ -93,6 +104,7 @@ fn run(args: Args) -> Result<(), String> {
     let engine_config = EngineConfig {
         workers,
         busy_poll: Duration::from_micros(args.busy_poll_us),
+        cpus: args.worker_cpus.clone(),
     };
     let engine = Engine::start_with_clock(engine_config, Arc::clone(&clock))
         .map_err(|e| format!("cannot start the {workers} worker threads: {e}"))?;
@@ -116,6 +128,7 @@ fn run(args: Args) -> Result<(), String> {
         state_dir = %args.state_dir.display(),
         workers,
         busy_poll_us = args.busy_poll_us,
+        worker_cpus = %args.worker_cpus,
         "vswitchd running"
     );
     let served = runtime.block_on(async {

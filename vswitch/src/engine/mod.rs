@@ -10,6 +10,7 @@
 //! read-mostly) and the per-worker [`counters::WorkerCounters`] (one writer each). The API
 //! reads them through [`Engine::stats`], [`Engine::fdb`] and [`Engine::neighbors`].
 
+pub mod affinity;
 pub mod clock;
 pub mod counters;
 pub mod fdb;
@@ -29,10 +30,11 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::pipeline::DropCause;
 use crate::port::PortId;
+pub use affinity::WorkerCpus;
 use clock::{Clock, MonotonicClock};
 use counters::{Event, PortTotals, WorkerCounters};
 pub use snapshot::{
@@ -57,6 +59,9 @@ pub struct EngineConfig {
     /// costs when the host's cores are oversubscribed: the polling worker then takes CPU time
     /// from the containers whose packets it waits for (see the README's performance section).
     pub busy_poll: Duration,
+    /// Where the workers run: pinned one to a CPU, or moved by the scheduler
+    /// ([`WorkerCpus`]). `vswitchd` pins them by default; [`EngineConfig::new`] does not.
+    pub cpus: WorkerCpus,
 }
 
 impl EngineConfig {
@@ -64,11 +69,12 @@ impl EngineConfig {
     /// trickles in, which a container host should opt into, not find.
     pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
 
-    /// `workers` workers with the default busy-poll window.
+    /// `workers` floating workers with the default busy-poll window.
     pub fn new(workers: usize) -> EngineConfig {
         EngineConfig {
             workers,
             busy_poll: EngineConfig::DEFAULT_BUSY_POLL,
+            cpus: WorkerCpus::Floating,
         }
     }
 }
@@ -175,6 +181,12 @@ impl Engine {
                 "the engine needs at least one worker (--workers 1 or more)",
             ));
         }
+        let cpus = match config.cpus {
+            WorkerCpus::Floating => None,
+            ref pinned => pinned
+                .resolve(config.workers, &affinity::allowed_cpus()?)
+                .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))?,
+        };
         let wakers = (0..config.workers)
             .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC))
             .collect::<Result<Box<[EventFd]>, _>>()?;
@@ -198,14 +210,25 @@ impl Engine {
         for index in 0..config.workers {
             // On error, `engine` is dropped here, which stops the workers already started.
             let worker = Worker::new(index, Arc::clone(&shared))?;
+            let cpu = cpus.as_ref().map(|cpus| cpus[index]);
             let handle = std::thread::Builder::new()
                 .name(format!("vswitch-w{index}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        // The set was checked against the allowed CPUs just before; a cpuset
+                        // changed since then leaves this worker floating, which still works.
+                        if let Err(e) = affinity::pin_current_thread(cpu) {
+                            warn!(worker = index, cpu, error = %e, "cannot pin the worker; it floats");
+                        }
+                    }
+                    worker.run()
+                })?;
             engine.handles.lock().push(handle);
         }
         info!(
             workers = config.workers,
             busy_poll_us = config.busy_poll.as_micros(),
+            cpus = %cpus.as_deref().map_or_else(|| "floating".to_owned(), |cpus| format!("{cpus:?}")),
             "engine started"
         );
         Ok(engine)
@@ -743,10 +766,12 @@ mod tests {
             mac_ageing: snapshot::DEFAULT_MAC_AGEING,
             mac_limit: snapshot::DEFAULT_MAC_LIMIT,
         };
-        // Workers busy-poll here (the routing test below has them sleep between batches).
+        // Workers busy-poll and are pinned here (the routing test below has them float and
+        // sleep between batches).
         let engine = Engine::start(EngineConfig {
             workers,
             busy_poll: Duration::from_micros(200),
+            cpus: WorkerCpus::Auto,
         })
         .unwrap();
         engine.publish(Snapshot::new(ports, vec![subnet]));

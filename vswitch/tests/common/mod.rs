@@ -274,6 +274,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9` the daemon (the state directory and the containers' ports stay).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
