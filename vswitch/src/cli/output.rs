@@ -744,7 +744,17 @@ pub fn stats_report(stats: &Value, show_zero: bool) -> String {
         ]);
     }
     if let Some(workers) = stats.get("workers").and_then(Value::as_u64) {
-        let _ = writeln!(text, "workers: {workers}\n");
+        // `worker_cpus`: a CPU per worker, or null when they float (absent from daemons
+        // that predate pinning).
+        let placement = match stats.get("worker_cpus") {
+            Some(Value::Array(cpus)) => {
+                let cpus: Vec<String> = cpus.iter().map(Value::to_string).collect();
+                format!(", pinned to CPUs {}", cpus.join(","))
+            }
+            Some(Value::Null) => ", floating".to_string(),
+            _ => String::new(),
+        };
+        let _ = writeln!(text, "workers: {workers}{placement}\n");
     }
     if ports.is_empty() {
         text.push_str("no ports\n");
@@ -1506,6 +1516,7 @@ default   02:00:ac:1e:00:03   vxlan/default   192.168.50.2   2m5s
     fn stats_report_sections() {
         let stats = json!({
             "workers": 2,
+            "worker_cpus": [1, 0],
             "ports": [
                 {"name": "c1", "rx_packets": 10, "rx_bytes": 980, "tx_packets": 8, "tx_bytes": 784,
                  "drops": {"port_security.src_mac": 2, "parse.runt": 1}},
@@ -1516,7 +1527,7 @@ default   02:00:ac:1e:00:03   vxlan/default   192.168.50.2   2m5s
         assert_eq!(
             stats_report(&stats, false),
             "\
-workers: 2
+workers: 2, pinned to CPUs 1,0
 
 PORT   RX-PKTS   RX-BYTES   TX-PKTS   TX-BYTES   DROPS
 c1     10        980        8         784        3
@@ -1533,6 +1544,10 @@ no events
         let all = stats_report(&stats, true);
         assert!(all.contains("\ntx.error                0\n"), "{all}");
         assert!(all.contains("\nl2.mac_aged   0\n"), "{all}");
+        let floating = stats_report(&json!({"workers": 1, "worker_cpus": null}), false);
+        assert!(floating.starts_with("workers: 1, floating\n"), "{floating}");
+        let older = stats_report(&json!({"workers": 1}), false);
+        assert!(older.starts_with("workers: 1\n"), "{older}");
         let empty = stats_report(&json!({}), false);
         assert!(
             empty.contains("no ports\n") && empty.contains("no drops\n"),

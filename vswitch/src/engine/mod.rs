@@ -107,6 +107,9 @@ pub struct PortStats {
 pub struct StatsReport {
     /// Number of workers.
     pub workers: usize,
+    /// The CPU each worker is pinned to, by worker index; `None` when they float
+    /// ([`WorkerCpus`]).
+    pub worker_cpus: Option<Vec<usize>>,
     /// Per-port counters.
     pub ports: Vec<PortStats>,
     /// Drops by reason summed over all ports.
@@ -150,6 +153,8 @@ pub struct FdbRow {
 #[derive(Debug)]
 pub struct Engine {
     workers: usize,
+    /// The CPU each worker is pinned to (`None`: floating).
+    cpus: Option<Vec<usize>>,
     shared: Arc<Shared>,
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -204,6 +209,7 @@ impl Engine {
         });
         let engine = Engine {
             workers: config.workers,
+            cpus: cpus.clone(),
             shared: Arc::clone(&shared),
             handles: Mutex::new(Vec::with_capacity(config.workers)),
         };
@@ -331,6 +337,7 @@ impl Engine {
         ports.sort_by(|a, b| a.name.cmp(&b.name));
         StatsReport {
             workers: self.workers,
+            worker_cpus: self.cpus.clone(),
             ports,
             drops: DropCause::all()
                 .map(|cause| (cause.key().to_string(), all_drops[cause.index()]))
