@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use report::{JsonReport, Outcome, RunInfo, VariantResult};
 use scenarios::{Context, Scenario, Settings};
 use tools::cmd::{self, Interrupted};
+use tools::endpoints::EndpointCpus;
 use tools::vswitchd::{Binaries, PortKind, WorkerPlacement};
 
 /// Measure vswitchd against the Linux kernel (bridge, routing, vxlan, nftables) in the
@@ -78,6 +79,12 @@ struct RunArgs {
     /// (`--worker-cpus none`; its labels end in `-float`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pinned")]
     placements: Vec<WorkerPlacement>,
+    /// Pin the client tools (iperf3 -c, UDP sender, ping) to the lowest CPU and the server
+    /// tools to the highest, in every variant, the kernel's included (vswitchd's first
+    /// worker, pinned to the highest CPU, then shares the server's). Figures then depend
+    /// less on where the scheduler happens to put three busy threads on few cores.
+    #[arg(long)]
+    pin_endpoints: bool,
     /// Port kinds to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tap,veth")]
     kinds: Vec<PortKind>,
@@ -194,7 +201,7 @@ fn run_helper(helper: Helper) -> Result<()> {
 }
 
 /// The settings after applying --quick, --runs and --seconds.
-fn settings(args: &RunArgs) -> Settings {
+fn settings(args: &RunArgs) -> Result<Settings> {
     let mut settings = if args.quick {
         Settings::QUICK
     } else {
@@ -208,7 +215,10 @@ fn settings(args: &RunArgs) -> Settings {
         settings.udp_seconds = f64::from(seconds);
         settings.rtt_seconds = f64::from(seconds);
     }
-    settings
+    if args.pin_endpoints {
+        settings.endpoint_cpus = Some(EndpointCpus::spread()?);
+    }
+    Ok(settings)
 }
 
 /// The scenarios to run.
@@ -286,7 +296,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let settings = settings(args);
+    let settings = settings(args)?;
     let scenarios = selected_scenarios(args);
     let variants = scenarios::variants(
         args.kernel_only,
@@ -494,14 +504,16 @@ mod tests {
         let cli = parse(&["--quick", "--kernel-only"]);
         assert!(cli.helper.is_none());
         assert_eq!(selected_scenarios(&cli.run), [Scenario::L2]);
-        assert_eq!(settings(&cli.run), Settings::QUICK);
+        assert_eq!(settings(&cli.run).expect("settings"), Settings::QUICK);
     }
 
     #[test]
     fn full_defaults_to_every_scenario() {
         let cli = parse(&[]);
         assert_eq!(selected_scenarios(&cli.run), Scenario::ALL);
-        assert_eq!(settings(&cli.run).runs, 5);
+        let full = settings(&cli.run).expect("settings");
+        assert_eq!(full.runs, 5);
+        assert_eq!(full.endpoint_cpus, None, "endpoints float by default");
         assert_eq!(cli.run.workers, [1, 2]);
         assert_eq!(cli.run.busy_poll_us, [0, 200]);
         assert_eq!(cli.run.placements, [WorkerPlacement::Pinned]);
@@ -525,9 +537,13 @@ mod tests {
             "0,50,1000",
             "--placements",
             "floating,pinned",
+            "--pin-endpoints",
         ]);
         assert_eq!(selected_scenarios(&cli.run), [Scenario::L2, Scenario::Nat]);
-        let settings = settings(&cli.run);
+        assert!(cli.run.pin_endpoints);
+        let settings = settings(&cli.run).expect("settings (needs 2 CPUs for --pin-endpoints)");
+        let cpus = settings.endpoint_cpus.expect("--pin-endpoints");
+        assert!(cpus.client < cpus.server, "{cpus:?}");
         assert_eq!((settings.runs, settings.tcp_seconds), (7, 2));
         assert_eq!(settings.udp_seconds, 2.0);
         assert_eq!(cli.run.workers, [1, 4]);

@@ -19,6 +19,7 @@ use anyhow::Result;
 use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value};
 use crate::tools::cmd::{self, Interrupted};
 use crate::tools::cpu::SwitchCpu;
+use crate::tools::endpoints::{EndpointCpus, Endpoints};
 use crate::tools::ovs::{Ovs, OvsTools};
 use crate::tools::vswitchd::{
     Binaries, Daemon, DaemonSettings, PortKind, Refused, WorkerPlacement,
@@ -39,6 +40,9 @@ pub struct Settings {
     pub rtt_seconds: f64,
     /// Seconds of the TCP warmup (UDP warms up for half a second).
     pub warmup_seconds: u32,
+    /// The CPUs the client and server tools are pinned to (`--pin-endpoints`); `None` lets
+    /// the scheduler place them.
+    pub endpoint_cpus: Option<EndpointCpus>,
 }
 
 impl Settings {
@@ -49,6 +53,7 @@ impl Settings {
         udp_seconds: 3.0,
         rtt_seconds: 3.0,
         warmup_seconds: 2,
+        endpoint_cpus: None,
     };
 
     /// The settings of `--quick`: 3 runs of 1 s each.
@@ -58,6 +63,7 @@ impl Settings {
         udp_seconds: 1.0,
         rtt_seconds: 1.0,
         warmup_seconds: 1,
+        endpoint_cpus: None,
     };
 
     /// One line per setting, for README.SETUP.
@@ -81,6 +87,13 @@ impl Settings {
                 latency::PORT
             ),
             format!("warmup: TCP {} s, UDP 0.5 s", self.warmup_seconds),
+            match self.endpoint_cpus {
+                Some(cpus) => format!(
+                    "endpoints: client tools on CPU {}, server tools on CPU {} (taskset)",
+                    cpus.client, cpus.server
+                ),
+                None => "endpoints: placed by the scheduler".to_owned(),
+            },
         ]
     }
 }
@@ -389,8 +402,14 @@ fn measure(
     settings: &Settings,
     samples: &mut Vec<Sample>,
 ) -> Result<(), PrepareError> {
-    let (server, client, ip) = (&prepared.server_ns, &prepared.client_ns, prepared.server_ip);
-    let reach = latency::run_ping(server, client, ip, 5.0, true)?;
+    let endpoints = Endpoints {
+        server_ns: &prepared.server_ns,
+        client_ns: &prepared.client_ns,
+        server_ip: prepared.server_ip,
+        cpus: settings.endpoint_cpus,
+    };
+    let (client, ip) = (&prepared.client_ns, prepared.server_ip);
+    let reach = latency::run_ping(&endpoints, 5.0, true)?;
     if reach.received == 0 {
         let what = format!("{client} cannot reach {ip} (UDP ping-pong, 5 s)");
         return Err(if prepared.unreachable_is_unsupported {
@@ -404,8 +423,8 @@ fn measure(
         variant,
         &format!("reachable ({} us); warming up", reach.p50_ns / 1000),
     );
-    iperf::run_tcp(server, client, ip, 1, settings.warmup_seconds.max(1))?;
-    udp::run_pps(server, client, ip, 0.5, udp::PAYLOAD_64B_FRAME)?;
+    iperf::run_tcp(&endpoints, 1, settings.warmup_seconds.max(1))?;
+    udp::run_pps(&endpoints, 0.5, udp::PAYLOAD_64B_FRAME)?;
     let key = scenario.key();
     let label = variant.label();
     for run in 1..=settings.runs {
@@ -419,7 +438,7 @@ fn measure(
             check,
         };
         let mark = prepared.cpu.mark()?;
-        let tcp1 = iperf::run_tcp(server, client, ip, 1, settings.tcp_seconds)?;
+        let tcp1 = iperf::run_tcp(&endpoints, 1, settings.tcp_seconds)?;
         let spent = prepared.cpu.since(mark)?;
         let bytes = Check {
             unit: "bytes",
@@ -431,20 +450,14 @@ fn measure(
             samples.push(sample(Metric::CpuMachineSecondsPerGb, machine, bytes));
             samples.push(sample(Metric::CpuSwitchSecondsPerGb, switch, bytes));
         }
-        let tcp4 = iperf::run_tcp(server, client, ip, 4, settings.tcp_seconds)?;
+        let tcp4 = iperf::run_tcp(&endpoints, 4, settings.tcp_seconds)?;
         let bytes4 = Check {
             unit: "bytes",
             sent: tcp4.bytes_sent,
             delivered: tcp4.bytes_received,
         };
         samples.push(sample(Metric::TcpGbps4, tcp4.gbits_per_second, bytes4));
-        let pps = udp::run_pps(
-            server,
-            client,
-            ip,
-            settings.udp_seconds,
-            udp::PAYLOAD_64B_FRAME,
-        )?;
+        let pps = udp::run_pps(&endpoints, settings.udp_seconds, udp::PAYLOAD_64B_FRAME)?;
         let packets = Check {
             unit: "packets",
             sent: pps.sent,
@@ -452,7 +465,7 @@ fn measure(
         };
         samples.push(sample(Metric::UdpPps, pps.packets_per_second, packets));
         samples.push(sample(Metric::UdpLossPercent, pps.loss_percent, packets));
-        let rtt = latency::run_ping(server, client, ip, settings.rtt_seconds, false)?;
+        let rtt = latency::run_ping(&endpoints, settings.rtt_seconds, false)?;
         let replies = Check {
             unit: "replies",
             sent: rtt.sent,

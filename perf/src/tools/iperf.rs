@@ -4,7 +4,6 @@
 //! The figure is the receiver's rate (`end.sum_received.bits_per_second`); the equivalence
 //! check is the bytes the client sent against the bytes the server received.
 
-use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 use super::cmd::{self, Background};
+use super::endpoints::Endpoints;
 
 /// The TCP port iperf3 listens on inside the server namespace.
 pub const PORT: u16 = 5201;
@@ -102,34 +102,20 @@ fn wait_listening(server: &mut Background, limit: Duration) -> Result<()> {
     }
 }
 
-/// Runs one iperf3 TCP test from `client_ns` to `server_ip` in `server_ns`.
+/// Runs one iperf3 TCP test from the client's namespace to the server's address.
 ///
 /// # Errors
 /// iperf3 fails, times out, or prints no usable JSON.
-pub fn run_tcp(
-    server_ns: &str,
-    client_ns: &str,
-    server_ip: Ipv4Addr,
-    streams: u32,
-    seconds: u32,
-) -> Result<TcpResult> {
-    let ip = server_ip.to_string();
+pub fn run_tcp(endpoints: &Endpoints<'_>, streams: u32, seconds: u32) -> Result<TcpResult> {
+    let ip = endpoints.server_ip.to_string();
+    let client_ns = endpoints.client_ns;
     let port = PORT.to_string();
-    let server_cmd = cmd::command(
-        "ip",
-        &[
-            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", &ip, "-p", &port,
-        ],
-    );
+    let server_cmd = endpoints.server_command("iperf3", &["-s", "-1", "-B", &ip, "-p", &port]);
     let mut server = Background::spawn(server_cmd, Stdio::null())?;
     wait_listening(&mut server, Duration::from_secs(5))?;
-    let client = cmd::command(
-        "ip",
+    let client = endpoints.client_command(
+        "iperf3",
         &[
-            "netns",
-            "exec",
-            client_ns,
-            "iperf3",
             "-c",
             &ip,
             "-p",

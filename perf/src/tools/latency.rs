@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::cmd::{self, Background};
+use super::endpoints::Endpoints;
 use super::udp::{PAYLOAD_64B_FRAME, last_json_line};
 
 /// The UDP port the pong helper binds inside the server namespace.
@@ -158,60 +159,42 @@ pub fn ping_main(options: PingOptions) -> Result<()> {
     Ok(())
 }
 
-/// Runs the ping helper in `client_ns` against a pong helper in `server_ns`.
+/// Runs the ping helper in the client's namespace against a pong helper at the server's
+/// address, port [`PORT`].
 ///
 /// With `until_reply`, returns as soon as one reply came back (connectivity check).
 ///
 /// # Errors
 /// A helper fails or times out.
-pub fn run_ping(
-    server_ns: &str,
-    client_ns: &str,
-    server_ip: Ipv4Addr,
-    seconds: f64,
-    until_reply: bool,
-) -> Result<PingReport> {
+pub fn run_ping(endpoints: &Endpoints<'_>, seconds: f64, until_reply: bool) -> Result<PingReport> {
     let exe = std::env::current_exe().context("locating the perf binary")?;
     let exe = exe.to_string_lossy();
-    let target = SocketAddrV4::new(server_ip, PORT).to_string();
+    let target = SocketAddrV4::new(endpoints.server_ip, PORT).to_string();
     let max = format!("{:.1}", seconds + 20.0);
-    let pong_cmd = cmd::command(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            server_ns,
-            &exe,
-            "pong",
-            "--bind",
-            &target,
-            "--max-seconds",
-            &max,
-        ],
-    );
+    let pong_cmd =
+        endpoints.server_command(&exe, &["pong", "--bind", &target, "--max-seconds", &max]);
     let mut pong = Background::spawn(pong_cmd, Stdio::inherit())?;
     let ready = pong.next_line(Duration::from_secs(5))?;
     if ready != "ready" {
         bail!("pong helper said {ready:?} instead of ready");
     }
+    let seconds_arg = format!("{seconds:.3}");
+    let payload = PAYLOAD_64B_FRAME.to_string();
     let mut args = vec![
-        "netns".to_owned(),
-        "exec".to_owned(),
-        client_ns.to_owned(),
-        exe.into_owned(),
-        "ping".to_owned(),
-        "--dst".to_owned(),
-        target,
-        "--seconds".to_owned(),
-        format!("{seconds:.3}"),
-        "--payload".to_owned(),
-        PAYLOAD_64B_FRAME.to_string(),
+        "ping",
+        "--dst",
+        &target,
+        "--seconds",
+        &seconds_arg,
+        "--payload",
+        &payload,
     ];
     if until_reply {
-        args.push("--until-reply".to_owned());
+        args.push("--until-reply");
     }
+    let ping_cmd = endpoints.client_command(&exe, &args);
     let limit = Duration::from_secs_f64(seconds + 10.0);
-    let report: PingReport = last_json_line(&cmd::run(cmd::command("ip", &args), limit)?)?;
+    let report: PingReport = last_json_line(&cmd::run(ping_cmd, limit)?)?;
     pong.send_line("stop")?;
     pong.wait(Duration::from_secs(5))?;
     Ok(report)

@@ -8,6 +8,7 @@
 
 pub mod cmd;
 pub mod cpu;
+pub mod endpoints;
 pub mod iperf;
 pub mod latency;
 pub mod ovs;

@@ -23,6 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::cmd::{self, Background};
+use super::endpoints::Endpoints;
 
 /// The UDP port the receiver binds inside the server namespace.
 pub const PORT: u16 = 9000;
@@ -276,47 +277,28 @@ pub fn recv_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
     Ok(())
 }
 
-/// Runs one packet-rate measurement from `client_ns` to `server_ip:PORT` in `server_ns`.
+/// Runs one packet-rate measurement from the client's namespace to the server's address,
+/// port [`PORT`].
 ///
 /// # Errors
 /// A helper fails, times out, or prints no report.
-pub fn run_pps(
-    server_ns: &str,
-    client_ns: &str,
-    server_ip: Ipv4Addr,
-    seconds: f64,
-    payload: usize,
-) -> Result<UdpResult> {
+pub fn run_pps(endpoints: &Endpoints<'_>, seconds: f64, payload: usize) -> Result<UdpResult> {
     let exe = std::env::current_exe().context("locating the perf binary")?;
     let exe = exe.to_string_lossy();
-    let target = SocketAddrV4::new(server_ip, PORT).to_string();
+    let target = SocketAddrV4::new(endpoints.server_ip, PORT).to_string();
     let max = format!("{:.1}", seconds + 20.0);
-    let receiver_cmd = cmd::command(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            server_ns,
-            &exe,
-            "udp-recv",
-            "--bind",
-            &target,
-            "--max-seconds",
-            &max,
-        ],
+    let receiver_cmd = endpoints.server_command(
+        &exe,
+        &["udp-recv", "--bind", &target, "--max-seconds", &max],
     );
     let mut receiver = Background::spawn(receiver_cmd, Stdio::inherit())?;
     let ready = receiver.next_line(Duration::from_secs(5))?;
     if ready != "ready" {
         bail!("udp receiver said {ready:?} instead of ready");
     }
-    let sender_cmd = cmd::command(
-        "ip",
+    let sender_cmd = endpoints.client_command(
+        &exe,
         &[
-            "netns",
-            "exec",
-            client_ns,
-            &exe,
             "udp-send",
             "--dst",
             &target,
