@@ -21,13 +21,13 @@ use clap::Parser;
 use hyper::Method;
 use serde_json::Value;
 
+use crate::control::kinds::Kind;
 use args::{
     ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
     GetArgs, OutputArgs, OutputFormat, RoutesArgs,
 };
 use client::{Body, Client, HttpResponse, encode_segment};
 use error::{ApiFailure, CliError};
-use output::TableContext;
 
 /// The collection path of NetworkInterfaces.
 const INTERFACES: &str = "networkinterfaces";
@@ -277,29 +277,15 @@ fn get(
             .write_all(format!("no {} found\n", display_kind(&args.kind)).as_bytes())
             .map_err(CliError::Output);
     }
-    let is_network = items
+    let kind = items
         .first()
         .and_then(|item| item.get("kind"))
         .and_then(Value::as_str)
-        .is_some_and(|kind| kind.eq_ignore_ascii_case("network"));
-    let lists_subnets = items
-        .iter()
-        .all(|item| item.pointer("/status/subnets").is_some());
-    let context = if is_network && !lists_subnets {
-        // Only for the SUBNETS column, when the Networks' status does not list them; without
-        // it the column shows `-`.
-        api.get("/v1/subnets")
-            .ok()
-            .and_then(|subnets| subnets.as_array().map(|s| TableContext::from_subnets(s)))
-            .unwrap_or_default()
-    } else {
-        TableContext::default()
-    };
+        .map_or_else(|| Kind::parse(&args.kind), Kind::parse)
+        .map_err(|error| CliError::BadResponse(error.to_string()))?;
     let wide = args.output == OutputFormat::Wide;
-    write(
-        out,
-        &output::resource_table(&items, wide, &context).render(),
-    )
+    let table = output::resource_table(kind, &items, wide).map_err(CliError::BadResponse)?;
+    write(out, &table.render())
 }
 
 fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -311,7 +297,7 @@ fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), C
     let resource = api
         .get(&path)
         .map_err(|error| not_found_hint(error, &args.kind))?;
-    let mut text = output::describe(&resource);
+    let mut text = output::describe(&resource).map_err(CliError::BadResponse)?;
     let kind = resource
         .get("kind")
         .and_then(Value::as_str)

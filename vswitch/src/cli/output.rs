@@ -3,10 +3,11 @@
 //! Everything here is a pure function from JSON values to text, tolerant of missing fields
 //! (printed as `-`), so a newer daemon with more fields never breaks an older CLI.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::Value;
+
+use crate::control::kinds::{self, Kind, Listing};
 
 /// Printed for a missing or empty value.
 const NONE: &str = "-";
@@ -133,293 +134,22 @@ pub fn labels(resource: &Value) -> String {
     }
 }
 
-/// A Network's peerings as `NETWORK:STATE,...` (the peer Networks with the state from the
-/// status; from the spec without state when there is no status), or `-`.
-pub fn peerings(network: &Value) -> String {
-    let listed = |pointer: &str| {
-        network
-            .pointer(pointer)
-            .and_then(Value::as_array)
-            .filter(|items| !items.is_empty())
-    };
-    let text: Vec<String> = if let Some(items) = listed("/status/peerings") {
-        items
-            .iter()
-            .map(|p| format!("{}:{}", at(p, &["/network"]), at(p, &["/state"])))
-            .collect()
-    } else if let Some(items) = listed("/spec/peerings") {
-        items.iter().map(|p| at(p, &["/network"])).collect()
-    } else {
-        return NONE.to_owned();
-    };
-    text.join(",")
-}
-
-/// The kind of a resource, lower case, for choosing a table.
-fn kind_of(resource: &Value) -> String {
-    resource
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-}
-
-/// Context some tables need beyond the listed resources.
-#[derive(Debug, Default, Clone)]
-pub struct TableContext {
-    /// Subnet names per Network (for the SUBNETS column of networks), if known.
-    pub subnets_by_network: Option<BTreeMap<String, Vec<String>>>,
-}
-
-impl TableContext {
-    /// Groups Subnet resources by `spec.network`.
-    pub fn from_subnets(subnets: &[Value]) -> TableContext {
-        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for subnet in subnets {
-            if let (Some(network), Some(name)) = (
-                subnet.pointer("/spec/network").and_then(Value::as_str),
-                subnet.pointer("/metadata/name").and_then(Value::as_str),
-            ) {
-                map.entry(network.to_owned())
-                    .or_default()
-                    .push(name.to_owned());
-            }
-        }
-        TableContext {
-            subnets_by_network: Some(map),
-        }
+/// A kind's table ([`Listing`]) as text.
+pub fn listing_table(listing: &Listing) -> Table {
+    let mut table = Table::new(&listing.headers);
+    for row in &listing.rows {
+        table.push(row.clone());
     }
+    table
 }
 
-/// The table for resources of one kind, chosen by their `kind` field. `wide` adds columns.
-pub fn resource_table(resources: &[Value], wide: bool, context: &TableContext) -> Table {
-    let kind = resources.first().map(kind_of).unwrap_or_default();
-    let name = |r: &Value| at(r, &["/metadata/name"]);
-    match kind.as_str() {
-        "networkinterface" => {
-            let mut headers = vec!["NAME", "NETNS", "KIND", "IFNAME", "MAC", "IPS", "STATE"];
-            if wide {
-                headers.extend(["SUBNET", "MTU", "LABELS", "MESSAGE"]);
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/netns"]),
-                    at(r, &["/spec/kind"]),
-                    at(r, &["/spec/ifname"]),
-                    at(r, &["/status/mac", "/spec/mac"]),
-                    at(r, &["/status/ips", "/spec/ips"]),
-                    at(r, &["/status/state"]),
-                ];
-                if wide {
-                    row.extend([
-                        at(r, &["/spec/subnet"]),
-                        at(r, &["/status/mtu", "/spec/mtu"]),
-                        labels(r),
-                        at(r, &["/status/message"]),
-                    ]);
-                }
-                table.push(row);
-            }
-            table
-        }
-        "subnet" => {
-            let mut headers = vec!["NAME", "NETWORK", "CIDR", "GATEWAY", "MTU"];
-            if wide {
-                headers.extend(["RANGE", "RESERVED", "GATEWAY-MAC", "LABELS"]);
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/network"]),
-                    at(r, &["/spec/cidr"]),
-                    at(r, &["/spec/gateway"]),
-                    at(r, &["/spec/mtu"]),
-                ];
-                if wide {
-                    let start = at(r, &["/spec/rangeStart"]);
-                    let end = at(r, &["/spec/rangeEnd"]);
-                    let range = if start == NONE && end == NONE {
-                        NONE.to_owned()
-                    } else {
-                        format!("{start}..{end}")
-                    };
-                    row.extend([
-                        range,
-                        at(r, &["/spec/reserved"]),
-                        at(r, &["/status/gatewayMac", "/spec/gatewayMac"]),
-                        labels(r),
-                    ]);
-                }
-                table.push(row);
-            }
-            table
-        }
-        "network" => {
-            let mut headers = vec!["NAME", "SUBNETS", "PEERINGS"];
-            if wide {
-                headers.push("LABELS");
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let subnets = match (&context.subnets_by_network, first(r, &["/status/subnets"])) {
-                    (_, Some(listed)) => cell(Some(listed)),
-                    (Some(map), None) => map
-                        .get(&name(r))
-                        .map_or_else(|| NONE.to_owned(), |names| names.join(",")),
-                    (None, None) => NONE.to_owned(),
-                };
-                let mut row = vec![name(r), subnets, peerings(r)];
-                if wide {
-                    row.push(labels(r));
-                }
-                table.push(row);
-            }
-            table
-        }
-        "route" => {
-            let mut headers = vec!["NAME", "NETWORK", "DESTINATION", "NEXTHOP", "STATE"];
-            if wide {
-                headers.extend(["SUBNET", "LABELS", "MESSAGE"]);
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/network"]),
-                    at(r, &["/spec/destination"]),
-                    at(r, &["/spec/nextHop"]),
-                    at(r, &["/status/state"]),
-                ];
-                if wide {
-                    row.extend([
-                        at(r, &["/status/subnet"]),
-                        labels(r),
-                        at(r, &["/status/message"]),
-                    ]);
-                }
-                table.push(row);
-            }
-            table
-        }
-        "uplink" => {
-            let mut headers = vec!["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "STATE"];
-            if wide {
-                headers.extend(["MTU", "LABELS", "MESSAGE"]);
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/interface"]),
-                    at(r, &["/spec/addresses"]),
-                    at(r, &["/spec/gateway"]),
-                    at(r, &["/status/mac", "/spec/mac"]),
-                    at(r, &["/status/state"]),
-                ];
-                if wide {
-                    row.extend([
-                        at(r, &["/status/mtu"]),
-                        labels(r),
-                        at(r, &["/status/message"]),
-                    ]);
-                }
-                table.push(row);
-            }
-            table
-        }
-        "natgateway" => {
-            let mut headers = vec!["NAME", "NETWORK", "IPS", "PORTS/INTERFACE", "PORTS-IN-USE"];
-            if wide {
-                headers.extend(["INTERFACES", "LABELS"]);
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let usage = r
-                    .pointer("/status/portsInUse")
-                    .and_then(Value::as_array)
-                    .map_or(&[][..], Vec::as_slice);
-                let in_use: u64 = usage
-                    .iter()
-                    .map(|u| counter(u, &["tcp"]) + counter(u, &["udp"]) + counter(u, &["icmp"]))
-                    .sum();
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/network"]),
-                    at(r, &["/status/ips", "/spec/ips"]),
-                    at(r, &["/spec/portsPerNetworkInterface"]),
-                    in_use.to_string(),
-                ];
-                if wide {
-                    let interfaces: Vec<String> =
-                        usage.iter().map(|u| at(u, &["/interface"])).collect();
-                    row.extend([cell(Some(&Value::from(interfaces))), labels(r)]);
-                }
-                table.push(row);
-            }
-            table
-        }
-        "portforward" => {
-            let mut headers = vec!["NAME", "IP", "PROTOCOL", "PORT", "TARGET", "STATE"];
-            if wide {
-                headers.extend(["DESTINATION", "LABELS", "MESSAGE"]);
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let target = format!(
-                    "{}:{}",
-                    at(r, &["/spec/target/interface"]),
-                    at(r, &["/spec/target/port"])
-                );
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/ip"]),
-                    at(r, &["/spec/protocol"]),
-                    at(r, &["/spec/port"]),
-                    target,
-                    at(r, &["/status/state"]),
-                ];
-                if wide {
-                    row.extend([
-                        at(r, &["/status/destination"]),
-                        labels(r),
-                        at(r, &["/status/message"]),
-                    ]);
-                }
-                table.push(row);
-            }
-            table
-        }
-        "virtualip" => {
-            let mut headers = vec!["NAME", "TYPE", "IP", "INTERFACE"];
-            if wide {
-                headers.push("LABELS");
-            }
-            let mut table = Table::new(&headers);
-            for r in resources {
-                let mut row = vec![
-                    name(r),
-                    at(r, &["/spec/type"]),
-                    at(r, &["/status/ip", "/spec/ip"]),
-                    at(r, &["/status/interface"]),
-                ];
-                if wide {
-                    row.push(labels(r));
-                }
-                table.push(row);
-            }
-            table
-        }
-        _ => {
-            let mut table = Table::new(&["NAME", "KIND", "LABELS"]);
-            for r in resources {
-                table.push(vec![name(r), at(r, &["/kind"]), labels(r)]);
-            }
-            table
-        }
-    }
+/// The table for resources of one kind (as the API returns them): each is read as its
+/// kind's type, and the kind's module says the columns. `wide` adds columns.
+///
+/// # Errors
+/// A message when a resource does not parse as its kind (a daemon of another version).
+pub fn resource_table(kind: Kind, resources: &[Value], wide: bool) -> Result<Table, String> {
+    Ok(listing_table(&kinds::listing(kind, resources, wide)?))
 }
 
 /// Seconds as a short age: `42s`, `4m10s`, `2h5m`, `3d4h`.
@@ -642,15 +372,6 @@ pub fn nat_report(report: &Value, show_zero: bool) -> String {
     text
 }
 
-/// The `Ports in use:` section of a NATGateway's `describe`.
-fn ports_in_use_section(gateway: &Value) -> String {
-    let rows_value = gateway
-        .pointer("/status/portsInUse")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    table_section("Ports in use", &ports_table(rows_value, false))
-}
-
 /// A table as a `describe` section: `Key:` then the table indented by two, or `Key:  <none>`.
 pub fn table_section(key: &str, table: &Table) -> String {
     if table.is_empty() {
@@ -661,24 +382,6 @@ pub fn table_section(key: &str, table: &Table) -> String {
         let _ = writeln!(text, "  {line}");
     }
     text
-}
-
-/// The `Peerings:` section of a Network's `describe`: NAME NETWORK STATE MESSAGE.
-fn peerings_section(network: &Value) -> String {
-    let mut table = Table::new(&["NAME", "NETWORK", "STATE", "MESSAGE"]);
-    let items = network
-        .pointer("/status/peerings")
-        .or_else(|| network.pointer("/spec/peerings"))
-        .and_then(Value::as_array);
-    for peering in items.into_iter().flatten() {
-        table.push(vec![
-            at(peering, &["/name"]),
-            at(peering, &["/network"]),
-            at(peering, &["/state"]),
-            at(peering, &["/message"]),
-        ]);
-    }
-    table_section("Peerings", &table)
 }
 
 /// The `fdb` table: SUBNET MAC PORT AGE.
@@ -779,30 +482,31 @@ pub fn stats_report(stats: &Value, show_zero: bool) -> String {
 }
 
 /// `describe`: every field of a resource, for people. Name, kind, API version and labels
-/// first, then other metadata, then spec, status and any other section. A Network's
-/// peerings, with their state, and a NATGateway's ports in use follow as tables.
-pub fn describe(resource: &Value) -> String {
-    if kind_of(resource) == "natgateway" {
-        // Ports in use get a table of their own, after the generic sections.
-        let mut shown = resource.clone();
-        if let Some(Value::Object(status)) = shown.get_mut("status") {
-            status.remove("portsInUse");
+/// first, then other metadata, then spec, status and any other section; then the tables
+/// its kind shows (a Network's peerings with their state, a NATGateway's ports in use).
+///
+/// # Errors
+/// A message when the resource does not parse as its kind (a daemon of another version).
+pub fn describe(resource: &Value) -> Result<String, String> {
+    let kind = resource
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(|kind| Kind::parse(kind).ok());
+    let tables = match kind {
+        Some(kind) => kinds::describe_tables(kind, resource)?,
+        None => Vec::new(),
+    };
+    let mut shown = resource.clone();
+    if let Some(Value::Object(status)) = shown.get_mut("status") {
+        for table in &tables {
+            status.remove(table.replaces);
         }
-        let mut text = describe_fields(&shown);
-        text.push_str(&ports_in_use_section(resource));
-        return text;
     }
-    if kind_of(resource) == "network" {
-        // Peerings get a table of their own, after the generic sections.
-        let mut shown = resource.clone();
-        if let Some(Value::Object(status)) = shown.get_mut("status") {
-            status.remove("peerings");
-        }
-        let mut text = describe_fields(&shown);
-        text.push_str(&peerings_section(resource));
-        return text;
+    let mut text = describe_fields(&shown);
+    for table in &tables {
+        text.push_str(&table_section(table.title, &listing_table(&table.listing)));
     }
-    describe_fields(resource)
+    Ok(text)
 }
 
 fn describe_fields(resource: &Value) -> String {
@@ -1099,6 +803,40 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Tables were chosen from JSON with optional fields; the typed tables need
+    /// `apiVersion`, which these fixtures leave out.
+    #[derive(Default)]
+    struct TableContext;
+
+    impl TableContext {
+        fn from_subnets(_: &[Value]) -> TableContext {
+            TableContext
+        }
+    }
+
+    /// `describe` of a fixture: typed when it is a whole resource, else the generic view
+    /// (fixtures of unknown kinds or without a spec).
+    fn describe(resource: &Value) -> String {
+        let mut typed = resource.clone();
+        if typed.get("apiVersion").is_none() {
+            typed["apiVersion"] = json!("vswitch/v1alpha1");
+        }
+        super::describe(&typed).unwrap_or_else(|_| describe_fields(resource))
+    }
+
+    fn resource_table(items: &[Value], wide: bool, _: &TableContext) -> Table {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|item| {
+                let mut item = item.clone();
+                item["apiVersion"] = json!("vswitch/v1alpha1");
+                item
+            })
+            .collect();
+        let kind = Kind::parse(items[0]["kind"].as_str().unwrap()).unwrap();
+        super::resource_table(kind, &items, wide).unwrap()
+    }
+
     fn interface(name: &str, state: Option<&str>) -> Value {
         let mut r = json!({
             "apiVersion": "vswitch/v1alpha1",
@@ -1183,7 +921,8 @@ b         default   10.9.0.0/24     10.9.0.1     9000
         let wide = resource_table(&subnets, true, &TableContext::default()).render();
         assert!(wide.contains("10.9.0.10..10.9.0.20   10.9.0.15"), "{wide}");
         let networks = vec![
-            json!({"kind": "Network", "metadata": {"name": "default"}, "spec": {}}),
+            json!({"kind": "Network", "metadata": {"name": "default"}, "spec": {},
+                   "status": {"subnets": ["default", "b"]}}),
             json!({"kind": "Network", "metadata": {"name": "empty", "labels": {"a": "1", "b": "2"}}}),
         ];
         assert_eq!(
@@ -1220,7 +959,8 @@ blue   web,db    red:Ready,green:Pending
         // Without a status (an older daemon), the spec's peer Networks.
         let mut bare = peered_network();
         bare.as_object_mut().unwrap().remove("status");
-        assert_eq!(peerings(&bare), "red,green");
+        let text = resource_table(&[bare], false, &TableContext).render();
+        assert!(text.contains("   red,green\n"), "{text}");
     }
 
     #[test]

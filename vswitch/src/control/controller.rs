@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ApiError;
-use super::ipam::Pool;
+use super::kinds::StatusView;
 use super::nat_rules;
 use super::overlay;
 use super::resource::{
@@ -603,21 +603,11 @@ impl Controller {
         let kind = Kind::parse(kind)?;
         let inner = self.inner.lock();
         let state = &inner.state;
-        let names: Vec<&String> = match kind {
-            Kind::Network => state.networks.keys().collect(),
-            Kind::Subnet => state.subnets.keys().collect(),
-            Kind::NetworkInterface => state.network_interfaces.keys().collect(),
-            Kind::Route => state.routes.keys().collect(),
-            Kind::Uplink => state.uplinks.keys().collect(),
-            Kind::NatGateway => state.nat_gateways.keys().collect(),
-            Kind::PortForward => state.port_forwards.keys().collect(),
-            Kind::VirtualIp => state.virtual_ips.keys().collect(),
-            Kind::Overlay => state.overlays.keys().collect(),
-        };
+        let names = state.names(kind);
         let live = self.live(&inner, kind);
         names
             .into_iter()
-            .map(|name| resource_json(state, kind, name, &live))
+            .map(|name| resource_json(state, kind, &name, &live))
             .collect()
     }
 
@@ -639,7 +629,7 @@ impl Controller {
             return Live::default();
         }
         Live {
-            usage: self.engine.read().current().conntrack.nat_usage(),
+            nat_usage: self.engine.read().current().conntrack.nat_usage(),
             port_names: port_names(inner),
         }
     }
@@ -707,16 +697,9 @@ impl Controller {
             | Kind::NatGateway
             | Kind::PortForward
             | Kind::VirtualIp => {
-                match kind {
-                    Kind::Network => drop(next.networks.remove(name)),
-                    Kind::Subnet => {
-                        next.subnets.remove(name);
-                        next.ipam.remove(name);
-                    }
-                    Kind::Route => drop(next.routes.remove(name)),
-                    Kind::NatGateway => drop(next.nat_gateways.remove(name)),
-                    Kind::PortForward => drop(next.port_forwards.remove(name)),
-                    _ => drop(next.virtual_ips.remove(name)),
+                next.remove(kind, name);
+                if kind == Kind::Subnet {
+                    next.ipam.remove(name);
                 }
                 inner.store.save(&next)?;
                 inner.state = next;
@@ -1848,75 +1831,18 @@ fn conntrack_key(key: &nat::FlowKey, names: &BTreeMap<u32, String>) -> Conntrack
 }
 
 /// What a resource's status needs from the running datapath.
-#[derive(Debug, Default)]
-struct Live {
-    /// Masquerade ports in use (NATGateways).
-    usage: Vec<nat::InterfaceUsage>,
-    /// NetworkInterface names by port id.
-    port_names: BTreeMap<u32, String>,
-}
+type Live = StatusView;
 
 /// A resource as `get` returns it, with the computed status of Networks, Subnets, Routes,
 /// NATGateways, PortForwards and VirtualIPs.
 fn resource_json(state: &State, kind: Kind, name: &str, live: &Live) -> Result<Value, ApiError> {
-    let not_found = || ApiError::NotFound {
-        kind: kind.as_str().into(),
-        name: name.into(),
-    };
-    let resource = match kind {
-        Kind::Network => {
-            let mut network = state.networks.get(name).ok_or_else(not_found)?.clone();
-            network.status.subnets = routing::subnets_of(state, name)
-                .into_iter()
-                .map(|s| s.metadata.name.clone())
-                .collect();
-            network.status.peerings = routing::peering_status(state, &network);
-            Resource::Network(network)
-        }
-        Kind::Subnet => {
-            let mut subnet = state.subnets.get(name).ok_or_else(not_found)?.clone();
-            let leases = validate::leases(state).remove(name).unwrap_or_default();
-            let pool = Pool::new(&subnet.spec);
-            subnet.status.allocated = u64::try_from(leases.held().count()).unwrap_or(u64::MAX);
-            subnet.status.available = pool.available(leases.held());
-            subnet.status.gateway_mac = Some(routing::gateway_mac(state, &subnet));
-            Resource::Subnet(subnet)
-        }
-        Kind::NetworkInterface => Resource::NetworkInterface(
-            state
-                .network_interfaces
-                .get(name)
-                .ok_or_else(not_found)?
-                .clone(),
-        ),
-        Kind::Route => {
-            let mut route = state.routes.get(name).ok_or_else(not_found)?.clone();
-            route.status = routing::route_status(state, &route);
-            Resource::Route(route)
-        }
-        Kind::Uplink => Resource::Uplink(state.uplinks.get(name).ok_or_else(not_found)?.clone()),
-        Kind::NatGateway => {
-            let mut gateway = state.nat_gateways.get(name).ok_or_else(not_found)?.clone();
-            gateway.status.ips = gateway.spec.ips.clone();
-            gateway.status.ports_in_use =
-                nat_rules::ports_in_use(&gateway, &live.usage, &live.port_names);
-            Resource::NatGateway(gateway)
-        }
-        Kind::PortForward => {
-            let mut forward = state.port_forwards.get(name).ok_or_else(not_found)?.clone();
-            forward.status = nat_rules::port_forward_status(state, &forward);
-            Resource::PortForward(forward)
-        }
-        Kind::VirtualIp => {
-            let mut vip = state.virtual_ips.get(name).ok_or_else(not_found)?.clone();
-            vip.status.ip = nat_rules::virtual_ip_address(&vip);
-            vip.status.interface =
-                nat_rules::virtual_ip_user(state, name).map(|nic| nic.metadata.name.clone());
-            Resource::VirtualIp(vip)
-        }
-        Kind::Overlay => Resource::Overlay(state.overlays.get(name).ok_or_else(not_found)?.clone()),
-    };
-    resource.to_json()
+    state
+        .observed(kind, name, live)
+        .ok_or_else(|| ApiError::NotFound {
+            kind: kind.as_str().into(),
+            name: name.into(),
+        })?
+        .to_json()
 }
 
 /// What the overlay agent (the hub's registration API, or a runner's registration loop)

@@ -30,6 +30,10 @@ pub enum ApiError {
         /// Path of the offending field, if one.
         field: Option<String>,
     },
+    /// Several problems in one request (each an `Invalid` or a `Conflict`), all reported
+    /// at once, as Kubernetes aggregates validation errors. Nothing was changed.
+    #[error("{}", aggregate_message(.0))]
+    Aggregate(Vec<ApiError>),
     /// The request was valid but the system refused it (500), e.g. a netlink call failed.
     /// The running state was rolled back.
     #[error("{message}")]
@@ -37,6 +41,16 @@ pub enum ApiError {
         /// What failed.
         message: String,
     },
+}
+
+/// `N problems (nothing was changed):` then one line per problem.
+fn aggregate_message(errors: &[ApiError]) -> String {
+    let mut text = format!("{} problems (nothing was changed):", errors.len());
+    for error in errors {
+        text.push_str("\n- ");
+        text.push_str(&error.to_string());
+    }
+    text
 }
 
 impl ApiError {
@@ -48,9 +62,42 @@ impl ApiError {
         }
     }
 
+    /// `None` for no errors, the error itself for one, else an [`ApiError::Aggregate`] of
+    /// them all (nested aggregates flattened).
+    pub fn aggregate(errors: Vec<ApiError>) -> Option<ApiError> {
+        let mut flat = Vec::with_capacity(errors.len());
+        for error in errors {
+            match error {
+                ApiError::Aggregate(inner) => flat.extend(inner),
+                other => flat.push(other),
+            }
+        }
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(ApiError::Aggregate(flat)),
+        }
+    }
+
+    /// The errors this one stands for: itself, or each of an aggregate.
+    pub fn causes(&self) -> &[ApiError] {
+        match self {
+            ApiError::Aggregate(errors) => errors,
+            other => std::slice::from_ref(other),
+        }
+    }
+
     /// The HTTP status code for this error.
     pub fn status(&self) -> u16 {
         match self {
+            // 400 when any problem is in the request itself, else the first one's status.
+            ApiError::Aggregate(errors) => {
+                if errors.iter().any(|e| e.status() == 400) {
+                    400
+                } else {
+                    errors.first().map_or(400, ApiError::status)
+                }
+            }
             ApiError::Invalid { .. } => 400,
             ApiError::NotFound { .. } => 404,
             ApiError::Conflict { .. } => 409,
@@ -62,17 +109,24 @@ impl ApiError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ApiError::Invalid { field, .. } | ApiError::Conflict { field, .. } => field.as_deref(),
+            ApiError::Aggregate(errors) => errors.first().and_then(ApiError::field),
             ApiError::NotFound { .. } | ApiError::Internal { .. } => None,
         }
     }
 
     /// The JSON body: `{"error": {"message": ..., "field": ...}}`.
+    /// With several problems, `causes` lists each: `[{"message": ..., "field": ...}]`.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": {
-                "message": self.to_string(),
-                "field": self.field(),
-            }
-        })
+        let mut error = serde_json::json!({
+            "message": self.to_string(),
+            "field": self.field(),
+        });
+        if let ApiError::Aggregate(errors) = self {
+            error["causes"] = errors
+                .iter()
+                .map(|e| serde_json::json!({"message": e.to_string(), "field": e.field()}))
+                .collect();
+        }
+        serde_json::json!({ "error": error })
     }
 }

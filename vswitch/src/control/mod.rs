@@ -7,7 +7,9 @@
 pub mod controller;
 pub mod error;
 pub mod ipam;
+pub mod kinds;
 pub mod nat_rules;
+pub mod node;
 pub mod overlay;
 pub mod resource;
 pub mod routing;

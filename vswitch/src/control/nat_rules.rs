@@ -644,58 +644,6 @@ pub fn assign_virtual_ips(
     Ok(())
 }
 
-/// The resources that keep `kind`/`name` from being deleted, as `(what, names)`.
-pub fn delete_dependants(
-    state: &State,
-    kind: Kind,
-    name: &str,
-) -> Vec<(&'static str, Vec<String>)> {
-    let names = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<String>>();
-    match kind {
-        Kind::Network => vec![(
-            "NATGateways",
-            names(
-                state
-                    .nat_gateways
-                    .values()
-                    .filter(|g| g.spec.network == name)
-                    .map(|g| &g.metadata.name)
-                    .collect(),
-            ),
-        )],
-        Kind::NetworkInterface => vec![(
-            "PortForwards to it",
-            names(
-                state
-                    .port_forwards
-                    .values()
-                    .filter(|f| f.spec.target.interface == name)
-                    .map(|f| &f.metadata.name)
-                    .collect(),
-            ),
-        )],
-        Kind::Uplink => vec![
-            ("NATGateways", names(state.nat_gateways.keys().collect())),
-            ("PortForwards", names(state.port_forwards.keys().collect())),
-            ("VirtualIPs", names(state.virtual_ips.keys().collect())),
-        ],
-        Kind::VirtualIp => vec![(
-            "NetworkInterfaces using it",
-            names(
-                state
-                    .network_interfaces
-                    .values()
-                    .filter(|n| n.spec.virtual_ip.as_deref() == Some(name))
-                    .map(|n| &n.metadata.name)
-                    .collect(),
-            ),
-        )],
-        Kind::Subnet | Kind::Route | Kind::NatGateway | Kind::PortForward | Kind::Overlay => {
-            Vec::new()
-        }
-    }
-}
-
 /// The Network id (conntrack zone) and first address of a NetworkInterface.
 fn zone_and_address(
     state: &State,

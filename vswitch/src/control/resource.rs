@@ -23,7 +23,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::ApiError;
-use crate::port::PortKind;
+pub use super::kinds::nat_gateway::*;
+pub use super::kinds::network::*;
+pub use super::kinds::network_interface::*;
+pub use super::kinds::overlay::*;
+pub use super::kinds::port_forward::*;
+pub use super::kinds::route::*;
+pub use super::kinds::subnet::*;
+pub use super::kinds::uplink::*;
+pub use super::kinds::virtual_ip::*;
+pub use super::kinds::{Kind, KindVisitor, Resource, ResourceKind, UnknownKind};
 use crate::sys::netns::NetnsRef;
 
 /// The only `apiVersion` this daemon serves.
@@ -49,125 +58,6 @@ pub const MAX_MAC_AGEING_SECONDS: u64 = 7 * 24 * 3600;
 
 /// Longest interface name: IFNAMSIZ (16) minus the terminating NUL.
 pub const MAX_IFNAME_LEN: usize = 15;
-
-/// A resource kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// An isolated L3 domain.
-    Network,
-    /// An L2 segment of a Network, with its IPAM range.
-    Subnet,
-    /// A port: an interface in a container's namespace.
-    NetworkInterface,
-    /// A static route in a Network's table, through a router on one of its Subnets.
-    Route,
-    /// The node's way out: a host interface where the switch owns NAT and virtual-IP
-    /// addresses (at most one per node).
-    Uplink,
-    /// Masquerade for a Network's traffic to the outside, through the Uplink.
-    NatGateway,
-    /// An uplink address and port forwarded to a NetworkInterface's port.
-    PortForward,
-    /// A public uplink address mapped 1:1 to the NetworkInterface that references it.
-    VirtualIp,
-    /// The node's VXLAN overlay (at most one): mesh, hub or runner.
-    Overlay,
-}
-
-impl Kind {
-    /// Every kind, in dependency order (a kind depends only on kinds before it).
-    pub const ALL: [Kind; 9] = [
-        Kind::Overlay,
-        Kind::Network,
-        Kind::Subnet,
-        Kind::Uplink,
-        Kind::VirtualIp,
-        Kind::NetworkInterface,
-        Kind::Route,
-        Kind::NatGateway,
-        Kind::PortForward,
-    ];
-
-    /// The canonical name (`NetworkInterface`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Network => "Network",
-            Kind::Subnet => "Subnet",
-            Kind::NetworkInterface => "NetworkInterface",
-            Kind::Route => "Route",
-            Kind::Uplink => "Uplink",
-            Kind::NatGateway => "NATGateway",
-            Kind::PortForward => "PortForward",
-            Kind::VirtualIp => "VirtualIP",
-            Kind::Overlay => "Overlay",
-        }
-    }
-
-    /// The lowercase plural used in API paths (`networkinterfaces`).
-    pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Network => "networks",
-            Kind::Subnet => "subnets",
-            Kind::NetworkInterface => "networkinterfaces",
-            Kind::Route => "routes",
-            Kind::Uplink => "uplinks",
-            Kind::NatGateway => "natgateways",
-            Kind::PortForward => "portforwards",
-            Kind::VirtualIp => "virtualips",
-            Kind::Overlay => "overlays",
-        }
-    }
-
-    /// Parses a kind as a user writes it: any case, singular or plural, and the short forms
-    /// `net`, `nic`, `interface`, `natgw`, `pf`, `vip` (`Subnets`, `networkinterface`,
-    /// `NICs`, `natgws`, `VIPs`).
-    ///
-    /// # Errors
-    /// [`UnknownKind`], whose message lists the valid kinds.
-    pub fn parse(text: &str) -> Result<Kind, UnknownKind> {
-        let lower = text.trim().to_ascii_lowercase();
-        let singular = lower.strip_suffix('s').unwrap_or(&lower);
-        match singular {
-            "network" | "net" => Ok(Kind::Network),
-            "subnet" => Ok(Kind::Subnet),
-            "networkinterface" | "nic" | "interface" | "netif" => Ok(Kind::NetworkInterface),
-            "route" => Ok(Kind::Route),
-            "uplink" => Ok(Kind::Uplink),
-            "natgateway" | "natgw" => Ok(Kind::NatGateway),
-            "portforward" | "pf" => Ok(Kind::PortForward),
-            "virtualip" | "vip" => Ok(Kind::VirtualIp),
-            "overlay" => Ok(Kind::Overlay),
-            _ => Err(UnknownKind(text.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = UnknownKind;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::parse(s)
-    }
-}
-
-/// A kind name that is not one of ours.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown kind {0:?}; valid kinds: Network, Subnet, NetworkInterface, Route, Uplink, NATGateway, PortForward, VirtualIP (any case, singular or plural; nic for NetworkInterface, natgw, pf, vip)"
-)]
-pub struct UnknownKind(pub String);
-
-impl From<UnknownKind> for ApiError {
-    fn from(err: UnknownKind) -> ApiError {
-        ApiError::invalid("kind", err.to_string())
-    }
-}
 
 /// Where a resource came from, so that an error can name it: the document (0-based) in an
 /// `apply`, the kind and the name when they are known.
@@ -413,1118 +303,9 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-/// One side of a peering between two Networks. Traffic flows only when both Networks list
-/// each other (mutual acceptance).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Peering {
-    /// The peering's name, unique within this Network's peerings.
-    #[serde(deserialize_with = "de_name")]
-    pub name: String,
-    /// The peer Network (it may not exist yet: the peering is then `Pending`).
-    #[serde(deserialize_with = "de_name")]
-    pub network: String,
-}
-
-/// Spec of a Network.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkSpec {
-    /// Networks this one accepts traffic from and routes to, once they list it too.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub peerings: Vec<Peering>,
-}
-
-/// Whether a peering carries traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum PeeringState {
-    /// Only this side lists the peering (or the peer Network does not exist): no routes.
-    #[default]
-    Pending,
-    /// Both Networks list each other: each has routes to the other's Subnets.
-    Ready,
-}
-
-impl fmt::Display for PeeringState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PeeringState::Pending => "Pending",
-            PeeringState::Ready => "Ready",
-        })
-    }
-}
-
-/// Status of one peering (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PeeringStatus {
-    /// The peering's name.
-    pub name: String,
-    /// The peer Network.
-    pub network: String,
-    /// `Pending` or `Ready`.
-    pub state: PeeringState,
-    /// Why it is `Pending`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// Status of a Network (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkStatus {
-    /// Names of the Subnets of this Network.
-    #[serde(default)]
-    pub subnets: Vec<String>,
-    /// Each peering of the spec, with its state.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub peerings: Vec<PeeringStatus>,
-}
-
-/// An isolated L3 domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Network {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `Network`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    #[serde(default)]
-    pub spec: NetworkSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: NetworkStatus,
-}
-
-/// Spec of a Subnet: an L2 segment with its addressing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SubnetSpec {
-    /// The Network it belongs to.
-    #[serde(deserialize_with = "de_name")]
-    pub network: String,
-    /// The subnet, canonical (host bits zero), /30 or shorter.
-    #[serde(deserialize_with = "de_subnet_cidr")]
-    pub cidr: Ipv4Net,
-    /// The switch's address in the subnet; the interfaces' default route.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub gateway: Ipv4Addr,
-    /// MTU given to interfaces that do not set their own (68..=65535).
-    #[serde(default = "default_mtu", deserialize_with = "de_mtu")]
-    pub mtu: u16,
-    /// First address IPAM may hand out (default: the first host address).
-    #[serde(
-        default,
-        deserialize_with = "de_opt_ipv4",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub range_start: Option<Ipv4Addr>,
-    /// Last address IPAM may hand out (default: the last host address).
-    #[serde(
-        default,
-        deserialize_with = "de_opt_ipv4",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub range_end: Option<Ipv4Addr>,
-    /// Addresses IPAM never hands out (static assignment may still use them).
-    #[serde(
-        default,
-        deserialize_with = "de_ipv4_list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub reserved: Vec<Ipv4Addr>,
-    /// How long a learned MAC lives without traffic (1..=604800 s).
-    #[serde(default = "default_mac_ageing")]
-    pub mac_ageing_seconds: u64,
-    /// Most learned MACs in this subnet (1..=1048576).
-    #[serde(default = "default_mac_limit")]
-    pub mac_table_limit: usize,
-    /// The gateway's MAC (unicast); when absent, derived from this node's id and the
-    /// Subnet's name, so it is stable across restarts.
-    #[serde(
-        default,
-        deserialize_with = "de_opt_unicast_mac",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub gateway_mac: Option<MacAddr>,
-    /// The VXLAN network identifier that stretches this subnet over the overlay
-    /// (1..=16777215); frames for MACs not on this node are tunnelled to the remote VTEPs.
-    /// Needs an Overlay on the node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vni: Option<u32>,
-    /// The remote VTEPs that receive this subnet's broadcast and unknown unicast (head-end
-    /// replication). Default: the Overlay's `peers`. Only with `vni`.
-    #[serde(
-        default,
-        deserialize_with = "de_ipv4_list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub remote_vteps: Vec<Ipv4Addr>,
-}
-
-/// Status of a Subnet (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SubnetStatus {
-    /// Addresses held by interfaces.
-    #[serde(default)]
-    pub allocated: u64,
-    /// Addresses IPAM can still hand out.
-    #[serde(default)]
-    pub available: u64,
-    /// The MAC the gateway answers ARP with (the spec's, or the derived one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway_mac: Option<MacAddr>,
-}
-
-/// An L2 segment of a Network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Subnet {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `Subnet`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: SubnetSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: SubnetStatus,
-}
-
-/// Spec of a NetworkInterface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkInterfaceSpec {
-    /// The Subnet it joins (default `default`).
-    #[serde(default = "default_subnet", deserialize_with = "de_name")]
-    pub subnet: String,
-    /// The container's namespace: a name under /run/netns, a path, or `pid:N`.
-    #[serde(deserialize_with = "de_netns", serialize_with = "ser_display")]
-    pub netns: NetnsRef,
-    /// Interface name inside the container (default `eth0`).
-    #[serde(default = "default_ifname", deserialize_with = "de_ifname")]
-    pub ifname: String,
-    /// `tap` (default) or `veth`.
-    #[serde(default)]
-    pub kind: PortKind,
-    /// MAC address; generated (random, locally administered) when absent.
-    #[serde(
-        default,
-        deserialize_with = "de_opt_unicast_mac",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mac: Option<MacAddr>,
-    /// Static addresses; empty means one address from IPAM.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<IpRequest>,
-    /// MTU (68..=65535); the subnet's when absent.
-    #[serde(
-        default,
-        deserialize_with = "de_opt_mtu",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mtu: Option<u16>,
-    /// The VirtualIP (by name) the interface is reachable on from outside, and whose address
-    /// its traffic to the outside leaves with. One interface per VirtualIP.
-    #[serde(
-        rename = "virtualIP",
-        default,
-        deserialize_with = "de_opt_name",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub virtual_ip: Option<String>,
-    /// Install a default route via the Subnet's gateway in the namespace (default true).
-    #[serde(default = "default_true", skip_serializing_if = "is_true")]
-    pub default_route: bool,
-    /// Further routes installed in the namespace via the Subnet's gateway.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Ipv4Net>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn is_true(value: &bool) -> bool {
-    *value
-}
-
-/// Lifecycle of a device: a NetworkInterface's, or the Uplink's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InterfaceState {
-    /// Not attached yet.
-    #[default]
-    Pending,
-    /// The device exists and its queues are open.
-    Up,
-    /// The device or its namespace is gone (see `message`); delete the resource to clean up.
-    Lost,
-}
-
-impl fmt::Display for InterfaceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            InterfaceState::Pending => "pending",
-            InterfaceState::Up => "up",
-            InterfaceState::Lost => "lost",
-        })
-    }
-}
-
-/// Status of a NetworkInterface: what was allocated and how the device is.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkInterfaceStatus {
-    /// Addresses with the subnet's prefix length (static or leased from IPAM).
-    #[serde(default)]
-    pub ips: Vec<Ipv4Net>,
-    /// The MAC in use (given or generated).
-    #[serde(default)]
-    pub mac: Option<MacAddr>,
-    /// `pending`, `up` or `lost`.
-    #[serde(default)]
-    pub state: InterfaceState,
-    /// Why the state is what it is, when not `up`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// The device's name in the daemon's namespace (veth host end), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_ifname: Option<String>,
-}
-
-/// A port: an interface in a container's namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NetworkInterface {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `NetworkInterface`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: NetworkInterfaceSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: NetworkInterfaceStatus,
-}
-
-impl NetworkInterface {
-    /// The MTU the interface gets: its own, else its subnet's.
-    pub fn effective_mtu(&self, subnet: &SubnetSpec) -> u16 {
-        self.spec.mtu.unwrap_or(subnet.mtu)
-    }
-}
-
-/// Spec of a Route: traffic of `network` toward `destination` goes to the router at
-/// `nextHop`, on the Subnet that contains it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteSpec {
-    /// The Network whose table gets the route.
-    #[serde(deserialize_with = "de_name")]
-    pub network: String,
-    /// The destination prefix, canonical (host bits zero); `0.0.0.0/0` is a default route.
-    #[serde(deserialize_with = "de_route_cidr")]
-    pub destination: Ipv4Net,
-    /// The router: a host address inside one of the Network's Subnets, not its gateway.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub next_hop: Ipv4Addr,
-}
-
-/// Whether a Route is in its Network's table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum RouteState {
-    /// Not compiled (see `message`).
-    #[default]
-    Pending,
-    /// In the table: traffic to the destination goes to the next hop.
-    Ready,
-    /// Another route with the same prefix takes precedence (a peering's); see `message`.
-    Shadowed,
-}
-
-impl fmt::Display for RouteState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RouteState::Pending => "Pending",
-            RouteState::Ready => "Ready",
-            RouteState::Shadowed => "Shadowed",
-        })
-    }
-}
-
-/// Status of a Route (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteStatus {
-    /// The egress Subnet: the one that contains the next hop.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet: Option<String>,
-    /// `Ready`, `Shadowed` or `Pending`.
-    #[serde(default)]
-    pub state: RouteState,
-    /// Why the state is not `Ready`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// A static route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Route {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `Route`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: RouteSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: RouteStatus,
-}
-
-/// Default `portsPerNetworkInterface` of a NATGateway.
-pub const DEFAULT_PORTS_PER_INTERFACE: u16 = nat::ports::DEFAULT_PORTS_PER_INTERFACE;
-
-/// Smallest `portsPerNetworkInterface`: one bitmap word per protocol; smaller blocks would
-/// let a busy container run out of ports at once.
-pub const MIN_PORTS_PER_INTERFACE: u16 = 64;
-
-/// Largest `portsPerNetworkInterface`: every port a NAT address hands out (1024-65535), so
-/// one interface holds the whole address.
-pub const MAX_PORTS_PER_INTERFACE: u16 = {
-    let range = nat::ports::DEFAULT_PORT_RANGE;
-    *range.end() - *range.start() + 1
-};
-
-/// One address the switch owns on the Uplink: `A.B.C.D/N` (the address with the prefix of
-/// the link it is on, as `ip addr add` takes it) or `A.B.C.D` (the address alone, `/32`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UplinkAddress(pub Ipv4Net);
-
-impl UplinkAddress {
-    /// The address the switch owns.
-    pub fn addr(self) -> Ipv4Addr {
-        self.0.addr()
-    }
-
-    /// The on-link prefix (host bits cleared).
-    pub fn prefix(self) -> Ipv4Net {
-        self.0.trunc()
-    }
-}
-
-impl fmt::Display for UplinkAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.prefix_len() == 32 {
-            write!(f, "{}", self.0.addr())
-        } else {
-            write!(f, "{}", self.0)
-        }
-    }
-}
-
-/// An uplink address that does not parse or cannot be owned.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid uplink address {text:?}: {why}")]
-pub struct UplinkAddressError {
-    /// The text as written.
-    pub text: String,
-    /// What is wrong, and what would be valid.
-    pub why: String,
-}
-
-impl FromStr for UplinkAddress {
-    type Err = UplinkAddressError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why: &str| UplinkAddressError {
-            text: s.to_string(),
-            why: why.to_string(),
-        };
-        let form = "write A.B.C.D/N (the address with its link's prefix, e.g. 198.51.100.10/24) or A.B.C.D";
-        let (addr, len) = match s.split_once('/') {
-            Some((addr, len)) => {
-                let len = len
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|len| *len <= 32)
-                    .ok_or_else(|| err(&format!("the prefix length must be 0..=32; {form}")))?;
-                (addr, len)
-            }
-            None => (s, 32),
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| err(&format!("{addr:?} is not an IPv4 address; {form}")))?;
-        let net = Ipv4Net::new(addr, len)
-            .map_err(|_| err(&format!("the prefix length must be 0..=32; {form}")))?;
-        if addr.is_unspecified()
-            || addr.is_loopback()
-            || addr.is_multicast()
-            || addr.is_broadcast()
-            || addr.octets()[0] >= 240
-        {
-            return Err(err(
-                "not a unicast host address (0.0.0.0/8, loopback, multicast and reserved \
-                 addresses cannot be owned); use an address of the uplink's network",
-            ));
-        }
-        if len <= 30 && (addr == net.network() || addr == net.broadcast()) {
-            let which = if addr == net.network() {
-                "network"
-            } else {
-                "broadcast"
-            };
-            return Err(err(&format!(
-                "{addr} is the {which} address of {}; the switch owns one address per entry: \
-                 write a host address with its link's prefix (e.g. {}/{len}), or list single \
-                 addresses",
-                net.trunc(),
-                Ipv4Addr::from(u32::from(net.network()) + 1)
-            )));
-        }
-        Ok(UplinkAddress(net))
-    }
-}
-
-impl Serialize for UplinkAddress {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for UplinkAddress {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(D::Error::custom)
-    }
-}
-
-/// Spec of the Uplink: the host interface the switch reads and writes with AF_PACKET, the
-/// addresses it owns there, and the next hop toward the outside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UplinkSpec {
-    /// A host interface in vswitchd's namespace (e.g. `eth1`); not one of the switch's ports.
-    #[serde(deserialize_with = "de_ifname")]
-    pub interface: String,
-    /// The addresses the switch owns on the link (NAT addresses, virtual IPs, forwarded
-    /// addresses come from them). Never the host's own addresses.
-    #[serde(deserialize_with = "de_uplink_addresses")]
-    pub addresses: Vec<UplinkAddress>,
-    /// The next hop toward the outside, inside the prefix of one of `addresses`.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub gateway: Ipv4Addr,
-    /// The switch's own MAC on the link (unicast, not the interface's); when absent, derived
-    /// from this node's id and the Uplink's name, so it is stable across restarts.
-    #[serde(
-        default,
-        deserialize_with = "de_opt_unicast_mac",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mac: Option<MacAddr>,
-}
-
-impl UplinkSpec {
-    /// True when `addr` is one of the addresses the switch owns here.
-    pub fn owns(&self, addr: Ipv4Addr) -> bool {
-        self.addresses.iter().any(|a| a.addr() == addr)
-    }
-}
-
-/// Status of the Uplink: the device as opened.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UplinkStatus {
-    /// The MAC the switch uses on the link (the spec's, or the derived one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<MacAddr>,
-    /// The interface's MTU, read when it was opened.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u16>,
-    /// `pending`, `up` or `lost`.
-    #[serde(default)]
-    pub state: InterfaceState,
-    /// Why the state is what it is, when not `up`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// The node's uplink (at most one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Uplink {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `Uplink`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: UplinkSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: UplinkStatus,
-}
-
-/// Spec of a NATGateway: masquerade for one Network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NatGatewaySpec {
-    /// The Network whose traffic to the outside is masqueraded.
-    #[serde(deserialize_with = "de_name")]
-    pub network: String,
-    /// NAT addresses: addresses of the Uplink, not used by another NATGateway or a
-    /// VirtualIP.
-    #[serde(deserialize_with = "de_ipv4_list")]
-    pub ips: Vec<Ipv4Addr>,
-    /// Ports in each interface's block on a NAT address
-    /// ([`MIN_PORTS_PER_INTERFACE`]..=[`MAX_PORTS_PER_INTERFACE`], default 2048).
-    #[serde(
-        default = "default_ports_per_interface",
-        deserialize_with = "de_ports_per_interface"
-    )]
-    pub ports_per_network_interface: u16,
-}
-
-/// Masquerade ports one NetworkInterface holds (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortsInUse {
-    /// The NetworkInterface.
-    pub interface: String,
-    /// Its NAT address.
-    pub ip: Ipv4Addr,
-    /// Its port blocks, `first-last`.
-    pub blocks: Vec<String>,
-    /// TCP mappings.
-    pub tcp: u32,
-    /// UDP mappings.
-    pub udp: u32,
-    /// ICMP echo identifiers.
-    pub icmp: u32,
-}
-
-/// Status of a NATGateway (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NatGatewayStatus {
-    /// The NAT addresses in use.
-    #[serde(default)]
-    pub ips: Vec<Ipv4Addr>,
-    /// Ports in use per NetworkInterface.
-    #[serde(default)]
-    pub ports_in_use: Vec<PortsInUse>,
-}
-
-/// Masquerade for a Network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NatGateway {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `NATGateway`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: NatGatewaySpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: NatGatewayStatus,
-}
-
-/// A forwarded protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ForwardProtocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl ForwardProtocol {
-    /// The conntrack protocol.
-    pub fn to_nat(self) -> nat::Protocol {
-        match self {
-            ForwardProtocol::Tcp => nat::Protocol::Tcp,
-            ForwardProtocol::Udp => nat::Protocol::Udp,
-        }
-    }
-}
-
-impl fmt::Display for ForwardProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ForwardProtocol::Tcp => "tcp",
-            ForwardProtocol::Udp => "udp",
-        })
-    }
-}
-
-/// Where a PortForward goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortForwardTarget {
-    /// The NetworkInterface (its first address).
-    #[serde(deserialize_with = "de_name")]
-    pub interface: String,
-    /// The port on it (1..=65535).
-    #[serde(deserialize_with = "de_port")]
-    pub port: u16,
-}
-
-/// Spec of a PortForward: connections from outside to `ip:port` reach the target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortForwardSpec {
-    /// An address of the Uplink (it may also be a NATGateway's: the port is then never used
-    /// for masquerade).
-    #[serde(deserialize_with = "de_ipv4")]
-    pub ip: Ipv4Addr,
-    /// `tcp` or `udp`.
-    pub protocol: ForwardProtocol,
-    /// The port on `ip` (1..=65535).
-    #[serde(deserialize_with = "de_port")]
-    pub port: u16,
-    /// The NetworkInterface and port it reaches.
-    pub target: PortForwardTarget,
-}
-
-/// Whether a PortForward carries traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum ForwardState {
-    /// Not in effect (see `message`).
-    #[default]
-    Pending,
-    /// In effect: the Uplink and the target interface are up.
-    Ready,
-}
-
-impl fmt::Display for ForwardState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ForwardState::Pending => "Pending",
-            ForwardState::Ready => "Ready",
-        })
-    }
-}
-
-/// Status of a PortForward (computed when read).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortForwardStatus {
-    /// `Ready` or `Pending`.
-    #[serde(default)]
-    pub state: ForwardState,
-    /// The target's address and port, `A.B.C.D:P`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    /// Why the state is `Pending`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// An uplink address and port forwarded to a container's port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortForward {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `PortForward`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: PortForwardSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: PortForwardStatus,
-}
-
-/// The type of a VirtualIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum VirtualIpType {
-    /// An address of the Uplink, reachable from outside.
-    #[default]
-    Public,
-}
-
-/// Spec of a VirtualIP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VirtualIpSpec {
-    /// `Public`.
-    #[serde(rename = "type")]
-    pub ip_type: VirtualIpType,
-    /// The address: one of the Uplink's, not used by a NATGateway, PortForward or another
-    /// VirtualIP. When absent, one such address is allocated (and kept).
-    #[serde(
-        default,
-        deserialize_with = "de_opt_ipv4",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ip: Option<Ipv4Addr>,
-}
-
-/// Status of a VirtualIP.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VirtualIpStatus {
-    /// The address (the spec's, or the allocated one; persisted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
-    /// The NetworkInterface that references it (computed when read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
-}
-
-/// A public address mapped 1:1 to a container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VirtualIp {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `VirtualIP`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: VirtualIpSpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: VirtualIpStatus,
-}
-
-/// What a node is in the VXLAN overlay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OverlayRole {
-    /// Every node a peer: Subnets with a `vni` are stretched over all `peers`.
-    Mesh,
-    /// The hub of a hub-and-spoke overlay: gives runners their IDs and routes between them.
-    Hub,
-    /// A runner of a hub-and-spoke overlay: registers with the hub and gets its subnet.
-    Runner,
-}
-
-impl fmt::Display for OverlayRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OverlayRole::Mesh => "mesh",
-            OverlayRole::Hub => "hub",
-            OverlayRole::Runner => "runner",
-        })
-    }
-}
-
-/// Default VXLAN UDP port (IANA).
-pub const DEFAULT_OVERLAY_PORT: u16 = 4789;
-/// Default VNI base: runner N gets VNI base + N.
-pub const DEFAULT_VNI_BASE: u32 = 100;
-/// Default overlay MTU: a 1500-byte underlay minus the 50 bytes of VXLAN over IPv4.
-pub const DEFAULT_OVERLAY_MTU: u16 = 1450;
-/// Default TCP port of the hub's registration API.
-pub const DEFAULT_HUB_API_PORT: u16 = 4799;
-/// Default interval between a runner's heartbeats.
-pub const DEFAULT_HEARTBEAT_SECONDS: u64 = 5;
-/// Default time after which the hub marks a silent runner offline.
-pub const DEFAULT_RUNNER_TIMEOUT_SECONDS: u64 = 20;
-
-fn default_overlay_port() -> u16 {
-    DEFAULT_OVERLAY_PORT
-}
-fn default_vni_base() -> u32 {
-    DEFAULT_VNI_BASE
-}
-fn default_overlay_mtu() -> u16 {
-    DEFAULT_OVERLAY_MTU
-}
-fn default_hub_api_port() -> u16 {
-    DEFAULT_HUB_API_PORT
-}
-fn default_heartbeat_seconds() -> u64 {
-    DEFAULT_HEARTBEAT_SECONDS
-}
-fn default_runner_timeout_seconds() -> u64 {
-    DEFAULT_RUNNER_TIMEOUT_SECONDS
-}
-fn default_source_ports() -> String {
-    "32768-60999".into()
-}
-fn is_false(value: &bool) -> bool {
-    !*value
-}
-
-/// Where a runner finds its hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HubRef {
-    /// The hub's reachable underlay address (its `localAddress`).
-    #[serde(deserialize_with = "de_ipv4")]
-    pub address: Ipv4Addr,
-    /// The hub's registration API port (TCP).
-    #[serde(default = "default_hub_api_port")]
-    pub api_port: u16,
-    /// The bearer token the hub expects.
-    pub token: String,
-}
-
-/// A runner the hub serves without registration (e.g. a node built from kernel VXLAN pieces).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StaticRunner {
-    /// Its name in the runner pool.
-    pub name: String,
-    /// Its VTEP address.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub address: Ipv4Addr,
-}
-
-/// Spec of the Overlay: this node's VTEP and its place in the overlay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OverlaySpec {
-    /// `mesh`, `hub` or `runner`.
-    pub role: OverlayRole,
-    /// The address the other nodes reach this one at (the VTEP's, and the hub API's); an
-    /// address of an interface in vswitchd's namespace, never loopback or 0.0.0.0.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub local_address: Ipv4Addr,
-    /// The VXLAN UDP port (must match on every node).
-    #[serde(default = "default_overlay_port")]
-    pub port: u16,
-    /// Runner N gets VNI `vniBase + N` (must match on every node).
-    #[serde(default = "default_vni_base")]
-    pub vni_base: u32,
-    /// The MTU of interfaces on overlay subnets (must match on every node): the underlay's
-    /// MTU minus 50.
-    #[serde(default = "default_overlay_mtu")]
-    pub mtu: u16,
-    /// Fill in the outer UDP checksum (default off, as RFC 7348 allows over IPv4).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub udp_checksum: bool,
-    /// The outer UDP source ports, hashed from the inner flow: `MIN-MAX`.
-    #[serde(default = "default_source_ports")]
-    pub source_ports: String,
-    /// Mesh: the other nodes' VTEP addresses.
-    #[serde(
-        default,
-        deserialize_with = "de_ipv4_list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub peers: Vec<Ipv4Addr>,
-    /// Runner: the hub to register with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hub: Option<HubRef>,
-    /// Hub: the TCP port of the registration API (on `localAddress`).
-    #[serde(default = "default_hub_api_port")]
-    pub api_port: u16,
-    /// Hub: the bearer token runners must present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    /// Hub: how runner subnets are carved (default 10.0.0.0/8 in /16s, gateway .0.1, hub
-    /// .0.254, hub address 10.0.0.1).
-    #[serde(default)]
-    pub address_plan: vxlan::AddressPlan,
-    /// Hub: runners served without registration.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub runners: Vec<StaticRunner>,
-    /// Runner: seconds between heartbeats.
-    #[serde(default = "default_heartbeat_seconds")]
-    pub heartbeat_seconds: u64,
-    /// Hub: seconds of silence after which a runner is marked offline.
-    #[serde(default = "default_runner_timeout_seconds")]
-    pub runner_timeout_seconds: u64,
-}
-
-/// Where the Overlay is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum OverlayState {
-    /// Not set up yet.
-    #[default]
-    Pending,
-    /// Mesh or hub: the VTEP is open.
-    Up,
-    /// Runner: registering with the hub.
-    Registering,
-    /// Runner: registered, heartbeats answered.
-    Registered,
-    /// Runner: the hub cannot be reached or refused us; retrying.
-    HubUnreachable,
-    /// The VTEP could not be opened.
-    Failed,
-}
-
-impl fmt::Display for OverlayState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OverlayState::Pending => "pending",
-            OverlayState::Up => "up",
-            OverlayState::Registering => "registering",
-            OverlayState::Registered => "registered",
-            OverlayState::HubUnreachable => "hubUnreachable",
-            OverlayState::Failed => "failed",
-        })
-    }
-}
-
-/// Status of the Overlay.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OverlayStatus {
-    /// Where it is.
-    #[serde(default)]
-    pub state: OverlayState,
-    /// Why, when not up or registered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Runner: the plan the hub gave (persisted: the runner keeps its subnet across restarts
-    /// while the hub is away).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<vxlan::RunnerPlan>,
-    /// Runner: when the hub last answered (seconds since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_contact: Option<u64>,
-}
-
-/// The node's VXLAN overlay (at most one per node; its name is the node's name in the
-/// overlay: the runner name it registers with).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Overlay {
-    /// Always [`API_VERSION`].
-    pub api_version: String,
-    /// Always `Overlay`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// Desired state.
-    pub spec: OverlaySpec,
-    /// Observed state (ignored on input).
-    #[serde(default)]
-    pub status: OverlayStatus,
-}
-
-/// What tokens are shown as when a resource is read back.
-pub const REDACTED: &str = "<redacted>";
-
-impl Overlay {
-    /// A copy with the tokens replaced by [`REDACTED`], for output.
-    pub fn redacted(&self) -> Overlay {
-        let mut copy = self.clone();
-        if copy.spec.token.is_some() {
-            copy.spec.token = Some(REDACTED.into());
-        }
-        if let Some(hub) = &mut copy.spec.hub {
-            hub.token = REDACTED.into();
-        }
-        copy
-    }
-
-    /// The label that marks resources this Overlay generated (`vswitch/owner`).
-    pub fn owner_label(&self) -> String {
-        format!("Overlay/{}", self.metadata.name)
-    }
-}
-
 /// The label key on resources generated by the switch itself (the Overlay's Network,
 /// Subnets, Route and host interface); users cannot change or delete them.
 pub const OWNER_LABEL: &str = "vswitch/owner";
-
-/// A typed resource of any kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resource {
-    /// A Network.
-    Network(Network),
-    /// A Subnet.
-    Subnet(Subnet),
-    /// A NetworkInterface.
-    NetworkInterface(NetworkInterface),
-    /// A Route.
-    Route(Route),
-    /// The Uplink.
-    Uplink(Uplink),
-    /// A NATGateway.
-    NatGateway(NatGateway),
-    /// A PortForward.
-    PortForward(PortForward),
-    /// A VirtualIP.
-    VirtualIp(VirtualIp),
-    /// The Overlay.
-    Overlay(Overlay),
-}
-
-impl Resource {
-    /// Its kind.
-    pub fn kind(&self) -> Kind {
-        match self {
-            Resource::Network(_) => Kind::Network,
-            Resource::Subnet(_) => Kind::Subnet,
-            Resource::NetworkInterface(_) => Kind::NetworkInterface,
-            Resource::Route(_) => Kind::Route,
-            Resource::Uplink(_) => Kind::Uplink,
-            Resource::NatGateway(_) => Kind::NatGateway,
-            Resource::PortForward(_) => Kind::PortForward,
-            Resource::VirtualIp(_) => Kind::VirtualIp,
-            Resource::Overlay(_) => Kind::Overlay,
-        }
-    }
-
-    /// Its metadata.
-    pub fn metadata(&self) -> &Metadata {
-        match self {
-            Resource::Network(r) => &r.metadata,
-            Resource::Subnet(r) => &r.metadata,
-            Resource::NetworkInterface(r) => &r.metadata,
-            Resource::Route(r) => &r.metadata,
-            Resource::Uplink(r) => &r.metadata,
-            Resource::NatGateway(r) => &r.metadata,
-            Resource::PortForward(r) => &r.metadata,
-            Resource::VirtualIp(r) => &r.metadata,
-            Resource::Overlay(r) => &r.metadata,
-        }
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.metadata().name
-    }
-
-    /// The resource as JSON (what `get` returns).
-    ///
-    /// # Errors
-    /// [`ApiError::Internal`] if serialisation fails (it does not for these types).
-    pub fn to_json(&self) -> Result<Value, ApiError> {
-        let value = match self {
-            Resource::Network(r) => serde_json::to_value(r),
-            Resource::Subnet(r) => serde_json::to_value(r),
-            Resource::NetworkInterface(r) => serde_json::to_value(r),
-            Resource::Route(r) => serde_json::to_value(r),
-            Resource::Uplink(r) => serde_json::to_value(r),
-            Resource::NatGateway(r) => serde_json::to_value(r),
-            Resource::PortForward(r) => serde_json::to_value(r),
-            Resource::VirtualIp(r) => serde_json::to_value(r),
-            Resource::Overlay(r) => serde_json::to_value(r.redacted()),
-        };
-        value.map_err(|err| ApiError::Internal {
-            message: format!("cannot serialise {} {:?}: {err}", self.kind(), self.name()),
-        })
-    }
-}
 
 /// One parsed document of an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1552,11 +333,19 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ApiError> {
             field: None,
         });
     }
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| parse_value(Some(index), None, value))
-        .collect()
+    // Every malformed document is reported, not only the first.
+    let mut documents = Vec::with_capacity(values.len());
+    let mut errors = Vec::new();
+    for (index, value) in values.into_iter().enumerate() {
+        match parse_value(Some(index), None, value) {
+            Ok(document) => documents.push(document),
+            Err(error) => errors.push(error),
+        }
+    }
+    match ApiError::aggregate(errors) {
+        None => Ok(documents),
+        Some(error) => Err(error),
+    }
 }
 
 /// Parses the body of a create request: exactly one resource, whose kind must be `kind`
@@ -1655,7 +444,8 @@ fn parse_value(
             return Err(origin.invalid(
                 "kind",
                 format!(
-                    "expected a string (Network, Subnet, NetworkInterface, Route, Uplink, NATGateway, PortForward, VirtualIP or Overlay), found {}",
+                    "expected a string ({}), found {}",
+                    Kind::names().join(", "),
                     json_type(other)
                 ),
             ));
@@ -1665,7 +455,7 @@ fn parse_value(
             None => {
                 return Err(origin.invalid(
                     "kind",
-                    "missing; write kind: Network, Subnet, NetworkInterface, Route, Uplink, NATGateway, PortForward, VirtualIP or Overlay",
+                    format!("missing; write kind: {}", Kind::names().join(", ")),
                 ));
             }
         },
@@ -1719,17 +509,14 @@ fn parse_value(
         }
     }
 
-    let resource = match kind {
-        Kind::Network => Resource::Network(typed(&origin, value)?),
-        Kind::Subnet => Resource::Subnet(typed(&origin, value)?),
-        Kind::NetworkInterface => Resource::NetworkInterface(typed(&origin, value)?),
-        Kind::Route => Resource::Route(typed(&origin, value)?),
-        Kind::Uplink => Resource::Uplink(typed(&origin, value)?),
-        Kind::NatGateway => Resource::NatGateway(typed(&origin, value)?),
-        Kind::PortForward => Resource::PortForward(typed(&origin, value)?),
-        Kind::VirtualIp => Resource::VirtualIp(typed(&origin, value)?),
-        Kind::Overlay => Resource::Overlay(typed(&origin, value)?),
-    };
+    struct Typed<'a>(&'a Origin, Value);
+    impl KindVisitor for Typed<'_> {
+        type Output = Result<Resource, ApiError>;
+        fn visit<K: ResourceKind>(self) -> Self::Output {
+            Ok(typed::<K>(self.0, self.1)?.into_resource())
+        }
+    }
+    let resource = kind.visit(Typed(&origin, value))?;
     Ok(Document { origin, resource })
 }
 
@@ -1859,33 +646,35 @@ fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     Ok(net)
 }
 
-fn default_mtu() -> u16 {
+pub(crate) fn default_mtu() -> u16 {
     DEFAULT_MTU
 }
 
-fn default_mac_ageing() -> u64 {
+pub(crate) fn default_mac_ageing() -> u64 {
     DEFAULT_MAC_AGEING_SECONDS
 }
 
-fn default_mac_limit() -> usize {
+pub(crate) fn default_mac_limit() -> usize {
     DEFAULT_MAC_TABLE_LIMIT
 }
 
-fn default_subnet() -> String {
+pub(crate) fn default_subnet() -> String {
     "default".into()
 }
 
-fn default_ifname() -> String {
+pub(crate) fn default_ifname() -> String {
     "eth0".into()
 }
 
-fn de_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(crate) fn de_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let name = String::deserialize(deserializer)?;
     check_name(&name).map_err(D::Error::custom)?;
     Ok(name)
 }
 
-fn de_opt_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn de_opt_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     let Some(name) = Option::<String>::deserialize(deserializer)? else {
         return Ok(None);
     };
@@ -1893,11 +682,13 @@ fn de_opt_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
     Ok(Some(name))
 }
 
-fn default_ports_per_interface() -> u16 {
+pub(crate) fn default_ports_per_interface() -> u16 {
     DEFAULT_PORTS_PER_INTERFACE
 }
 
-fn de_ports_per_interface<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+pub(crate) fn de_ports_per_interface<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u16, D::Error> {
     let value = u64::deserialize(deserializer)?;
     u16::try_from(value)
         .ok()
@@ -1912,7 +703,7 @@ fn de_ports_per_interface<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
         })
 }
 
-fn de_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+pub(crate) fn de_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
     let value = u64::deserialize(deserializer)?;
     u16::try_from(value)
         .ok()
@@ -1920,7 +711,7 @@ fn de_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> 
         .ok_or_else(|| D::Error::custom(format!("invalid port {value}: must be 1..=65535")))
 }
 
-fn de_uplink_addresses<'de, D: Deserializer<'de>>(
+pub(crate) fn de_uplink_addresses<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<UplinkAddress>, D::Error> {
     let addresses = Vec::<UplinkAddress>::deserialize(deserializer)?;
@@ -1933,7 +724,7 @@ fn de_uplink_addresses<'de, D: Deserializer<'de>>(
     Ok(addresses)
 }
 
-fn de_labels<'de, D: Deserializer<'de>>(
+pub(crate) fn de_labels<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     let labels = BTreeMap::<String, String>::deserialize(deserializer)?;
@@ -1955,12 +746,16 @@ fn de_labels<'de, D: Deserializer<'de>>(
     Ok(labels)
 }
 
-fn de_subnet_cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
+pub(crate) fn de_subnet_cidr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Ipv4Net, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_subnet_cidr(&text).map_err(D::Error::custom)
 }
 
-fn de_route_cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
+pub(crate) fn de_route_cidr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Ipv4Net, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_route_cidr(&text).map_err(D::Error::custom)
 }
@@ -1979,45 +774,51 @@ impl<'de> Deserialize<'de> for Ipv4Text {
     }
 }
 
-fn de_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
+pub(crate) fn de_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
     Ok(Ipv4Text::deserialize(deserializer)?.0)
 }
 
-fn de_opt_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv4Addr>, D::Error> {
+pub(crate) fn de_opt_ipv4<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Ipv4Addr>, D::Error> {
     Ok(Option::<Ipv4Text>::deserialize(deserializer)?.map(|a| a.0))
 }
 
-fn de_ipv4_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Ipv4Addr>, D::Error> {
+pub(crate) fn de_ipv4_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Ipv4Addr>, D::Error> {
     Ok(Vec::<Ipv4Text>::deserialize(deserializer)?
         .into_iter()
         .map(|a| a.0)
         .collect())
 }
 
-fn de_mtu<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+pub(crate) fn de_mtu<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
     check_mtu(u64::deserialize(deserializer)?).map_err(D::Error::custom)
 }
 
-fn de_opt_mtu<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+pub(crate) fn de_opt_mtu<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u16>, D::Error> {
     match Option::<u64>::deserialize(deserializer)? {
         Some(mtu) => check_mtu(mtu).map(Some).map_err(D::Error::custom),
         None => Ok(None),
     }
 }
 
-fn de_ifname<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(crate) fn de_ifname<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let ifname = String::deserialize(deserializer)?;
     check_ifname(&ifname).map_err(D::Error::custom)?;
     Ok(ifname)
 }
 
-fn de_netns<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetnsRef, D::Error> {
+pub(crate) fn de_netns<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetnsRef, D::Error> {
     String::deserialize(deserializer)?
         .parse()
         .map_err(D::Error::custom)
 }
 
-fn de_opt_unicast_mac<'de, D: Deserializer<'de>>(
+pub(crate) fn de_opt_unicast_mac<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<MacAddr>, D::Error> {
     let Some(mac) = Option::<MacAddr>::deserialize(deserializer)? else {
@@ -2032,7 +833,7 @@ fn de_opt_unicast_mac<'de, D: Deserializer<'de>>(
     Ok(Some(mac))
 }
 
-fn ser_display<T: fmt::Display, S: Serializer>(
+pub(crate) fn ser_display<T: fmt::Display, S: Serializer>(
     value: &T,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -2042,6 +843,7 @@ fn ser_display<T: fmt::Display, S: Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::PortKind;
 
     const GOOD: &str = "\
 apiVersion: vswitch/v1alpha1

@@ -11,201 +11,23 @@
 //! it and says what to do; it is never silently replaced.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ApiError;
-use super::resource::{
-    NatGateway, Network, NetworkInterface, Overlay, PortForward, Route, Subnet, Uplink, VirtualIp,
-};
 
-/// Version of the state file format this code writes. Formats 1 (no node id, no Routes) and
-/// 2 (no Uplink, NATGateways, PortForwards, VirtualIPs) are still read; the next save writes
-/// them as format 3. An older vswitchd refuses format 3 as too new rather than as corrupt.
-pub const STATE_FORMAT: u32 = 3;
-
-/// The oldest state file format this code reads.
-pub const OLDEST_STATE_FORMAT: u32 = 1;
-
-/// This node's identity: 128 random bits, generated on first boot and kept in the state file.
-/// Gateway MACs are derived from it, so they survive restarts and differ between nodes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub [u8; 16]);
-
-impl NodeId {
-    /// A new random id, from the kernel's random source (`/dev/urandom`); should that be
-    /// unreadable, from std's per-process random hash keys mixed with the clock and the pid.
-    pub fn generate() -> NodeId {
-        let mut bytes = [0u8; 16];
-        let from_kernel = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-        if let Err(err) = from_kernel {
-            tracing::warn!("cannot read /dev/urandom ({err}); deriving the node id from the clock");
-            use std::hash::{BuildHasher, Hasher};
-            for (index, chunk) in bytes.chunks_mut(8).enumerate() {
-                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-                hasher.write_usize(index);
-                hasher.write_u32(std::process::id());
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default();
-                hasher.write_u128(nanos);
-                chunk.copy_from_slice(&hasher.finish().to_be_bytes());
-            }
-        }
-        NodeId(bytes)
-    }
-}
-
-impl fmt::Display for NodeId {
-    /// 32 lowercase hex digits.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({self})")
-    }
-}
-
-impl std::str::FromStr for NodeId {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("invalid node id {s:?}: expected 32 hex digits");
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut bytes = [0u8; 16];
-        for (index, byte) in bytes.iter_mut().enumerate() {
-            let pair = s.get(2 * index..2 * index + 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-        }
-        Ok(NodeId(bytes))
-    }
-}
-
-impl Serialize for NodeId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(D::Error::custom)
-    }
-}
+pub use super::kinds::{OLDEST_STATE_FORMAT, STATE_FORMAT, State, SubnetIpamState};
+pub use super::node::NodeId;
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
 
 /// Name of the lock file inside the state directory.
 pub const LOCK_FILE: &str = "lock";
-
-/// IPAM state of one Subnet that is not derivable from the interfaces.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SubnetIpamState {
-    /// The last address handed out automatically (host-local's `lastReservedIP`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_allocated: Option<Ipv4Addr>,
-}
-
-/// Everything persisted: the node id, resources by name, with status, and IPAM cursors by
-/// Subnet name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct State {
-    /// [`STATE_FORMAT`].
-    pub format: u32,
-    /// This node's id; the controller generates it on first boot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<NodeId>,
-    /// Networks by name.
-    #[serde(default)]
-    pub networks: BTreeMap<String, Network>,
-    /// Subnets by name.
-    #[serde(default)]
-    pub subnets: BTreeMap<String, Subnet>,
-    /// NetworkInterfaces by name.
-    #[serde(default)]
-    pub network_interfaces: BTreeMap<String, NetworkInterface>,
-    /// Routes by name.
-    #[serde(default)]
-    pub routes: BTreeMap<String, Route>,
-    /// The Uplink, by name (at most one), with its status (MAC, MTU, state).
-    #[serde(default)]
-    pub uplinks: BTreeMap<String, Uplink>,
-    /// NATGateways by name.
-    #[serde(default, rename = "natGateways")]
-    pub nat_gateways: BTreeMap<String, NatGateway>,
-    /// PortForwards by name.
-    #[serde(default)]
-    pub port_forwards: BTreeMap<String, PortForward>,
-    /// VirtualIPs by name, with their address (`status.ip`, allocated or given).
-    #[serde(default, rename = "virtualIPs")]
-    pub virtual_ips: BTreeMap<String, VirtualIp>,
-    /// IPAM cursors by Subnet name.
-    #[serde(default)]
-    pub ipam: BTreeMap<String, SubnetIpamState>,
-    /// The Overlay, by name (at most one), with its status (a runner's plan).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub overlays: BTreeMap<String, Overlay>,
-    /// Hub: the runner-ID pool (IDs survive restarts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runner_pool: Option<vxlan::RunnerPool>,
-}
-
-impl Default for State {
-    fn default() -> State {
-        State {
-            format: STATE_FORMAT,
-            node_id: None,
-            networks: BTreeMap::new(),
-            subnets: BTreeMap::new(),
-            network_interfaces: BTreeMap::new(),
-            routes: BTreeMap::new(),
-            uplinks: BTreeMap::new(),
-            nat_gateways: BTreeMap::new(),
-            port_forwards: BTreeMap::new(),
-            virtual_ips: BTreeMap::new(),
-            ipam: BTreeMap::new(),
-            overlays: BTreeMap::new(),
-            runner_pool: None,
-        }
-    }
-}
-
-impl State {
-    /// True when no resource exists (the node id does not count).
-    pub fn is_empty(&self) -> bool {
-        self.networks.is_empty()
-            && self.subnets.is_empty()
-            && self.network_interfaces.is_empty()
-            && self.routes.is_empty()
-            && self.uplinks.is_empty()
-            && self.nat_gateways.is_empty()
-            && self.port_forwards.is_empty()
-            && self.virtual_ips.is_empty()
-            && self.overlays.is_empty()
-    }
-}
 
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -458,6 +280,7 @@ fn check_keys<T>(map: &BTreeMap<String, T>, name: impl Fn(&T) -> &String) -> Res
 mod tests {
     use super::*;
     use crate::control::resource::{Resource, parse_documents};
+    use std::net::Ipv4Addr;
 
     fn sample() -> State {
         let text = "\

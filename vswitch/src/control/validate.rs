@@ -16,12 +16,13 @@ use ipnet::Ipv4Net;
 use super::ApiError;
 use super::controller::AppliedResource;
 use super::ipam::{IpamError, Leases, Pool};
+use super::kinds::{CheckContext, Errors, KindVisitor, ResourceVisitor};
 use super::nat_rules::{self, Batch};
 use super::overlay;
 use super::resource::OWNER_LABEL;
 use super::resource::{
     Document, InterfaceState, Kind, MAX_MAC_AGEING_SECONDS, MAX_MAC_TABLE_LIMIT, MacAddr, Network,
-    NetworkInterface, Origin, Resource, Route, Subnet,
+    NetworkInterface, Origin, ResourceKind, Route, Subnet,
 };
 use super::routing;
 use super::store::{State, SubnetIpamState};
@@ -82,115 +83,23 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     let mut created_nics = Vec::new();
     let mut virtual_ips = Vec::new();
 
-    // Overlay the batch on the current state, with immutability checks against `current`.
+    // Overlay the batch on the current state; each kind keeps the status it owns.
     for doc in docs {
         let origin = doc.origin;
         let kind = doc.resource.kind();
         let name = doc.resource.name().to_string();
-        let action = match doc.resource {
-            Resource::Network(mut network) => {
-                network.status = Default::default();
-                let old = current.networks.get(&name);
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&network.metadata, &network.spec),
-                );
-                next.networks.insert(name.clone(), network);
-                action
+        let action = doc.resource.visit(Stage {
+            current,
+            next: &mut next,
+        });
+        match (kind, action) {
+            (Kind::NetworkInterface, Action::Created) => created_nics.push(name.clone()),
+            (Kind::NetworkInterface, Action::Configured) => changed_nics.push(name.clone()),
+            (Kind::VirtualIp, Action::Created | Action::Configured) => {
+                virtual_ips.push(name.clone());
             }
-            Resource::Subnet(mut subnet) => {
-                subnet.status = Default::default();
-                let old = current.subnets.get(&name);
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&subnet.metadata, &subnet.spec),
-                );
-                next.subnets.insert(name.clone(), subnet);
-                action
-            }
-            Resource::NetworkInterface(mut nic) => {
-                let old = current.network_interfaces.get(&name);
-                nic.status = old.map(|o| o.status.clone()).unwrap_or_default();
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&nic.metadata, &nic.spec),
-                );
-                match action {
-                    Action::Created => created_nics.push(name.clone()),
-                    Action::Configured => changed_nics.push(name.clone()),
-                    Action::Unchanged => {}
-                }
-                next.network_interfaces.insert(name.clone(), nic);
-                action
-            }
-            Resource::Route(mut route) => {
-                route.status = Default::default();
-                let old = current.routes.get(&name);
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&route.metadata, &route.spec),
-                );
-                next.routes.insert(name.clone(), route);
-                action
-            }
-            Resource::Uplink(mut uplink) => {
-                // The device's state (MAC, MTU, up or lost) is the controller's.
-                let old = current.uplinks.get(&name);
-                uplink.status = old.map(|o| o.status.clone()).unwrap_or_default();
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&uplink.metadata, &uplink.spec),
-                );
-                next.uplinks.insert(name.clone(), uplink);
-                action
-            }
-            Resource::NatGateway(mut gateway) => {
-                gateway.status = Default::default();
-                let old = current.nat_gateways.get(&name);
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&gateway.metadata, &gateway.spec),
-                );
-                next.nat_gateways.insert(name.clone(), gateway);
-                action
-            }
-            Resource::PortForward(mut forward) => {
-                forward.status = Default::default();
-                let old = current.port_forwards.get(&name);
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&forward.metadata, &forward.spec),
-                );
-                next.port_forwards.insert(name.clone(), forward);
-                action
-            }
-            Resource::Overlay(mut overlay) => {
-                // The status (a runner's plan, registration state) is the controller's.
-                let old = current.overlays.get(&name);
-                overlay.status = old.map(|o| o.status.clone()).unwrap_or_default();
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&overlay.metadata, &overlay.spec),
-                );
-                next.overlays.insert(name.clone(), overlay);
-                action
-            }
-            Resource::VirtualIp(mut vip) => {
-                // Keep the allocated address; the user is computed when read.
-                let old = current.virtual_ips.get(&name);
-                vip.status.ip = old.and_then(|o| o.status.ip);
-                vip.status.interface = None;
-                let action = action(
-                    old.map(|o| (&o.metadata, &o.spec)),
-                    (&vip.metadata, &vip.spec),
-                );
-                if action != Action::Unchanged {
-                    virtual_ips.push(name.clone());
-                }
-                next.virtual_ips.insert(name.clone(), vip);
-                action
-            }
-        };
+            _ => {}
+        }
         applied.push(AppliedResource {
             kind: kind.as_str().to_string(),
             name: name.clone(),
@@ -199,87 +108,36 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
         origins.insert((kind, name), origin);
     }
 
-    // Semantic checks in input order.
+    // Semantic checks in input order; every problem of every document is collected.
     let batch = Batch::new(&origins);
     let mut ordered: Vec<(&(Kind, String), &Origin)> = origins.iter().collect();
     ordered.sort_by_key(|(_, origin)| origin.document);
+    let mut errors = Errors::new();
     for ((kind, name), origin) in &ordered {
         if mode != Mode::Generated {
-            check_not_generated(origin, current, &next, *kind, name)?;
+            errors.check(check_not_generated(origin, current, &next, *kind, name));
         }
-        if exists(current, *kind, name) && mode == Mode::Create {
-            return Err(origin.conflict(
+        if current.contains(*kind, name) && mode == Mode::Create {
+            errors.push(origin.conflict(
                 "metadata.name",
                 format!(
                     "{kind} {name:?} already exists; choose another name or delete the existing one first"
                 ),
             ));
         }
-        match kind {
-            Kind::Network => {
-                if let Some(network) = next.networks.get(name) {
-                    check_network(origin, current, &next, network)?;
-                }
-            }
-            Kind::Subnet => {
-                let old = current.subnets.get(name);
-                if let Some(subnet) = next.subnets.get(name) {
-                    if let Some(old) = old {
-                        check_subnet_immutables(origin, old, subnet)?;
-                    }
-                    check_subnet(origin, old, &next, subnet)?;
-                    if old.is_none() {
-                        check_new_subnet_neighbours(origin, &next, subnet)?;
-                        nat_rules::check_subnet_against_uplink(origin, &next, subnet)?;
-                    }
-                }
-            }
-            Kind::Route => {
-                if let Some(route) = next.routes.get(name) {
-                    check_route(origin, &next, route)?;
-                }
-            }
-            Kind::NetworkInterface => {
-                if let Some(nic) = next.network_interfaces.get(name) {
-                    if let Some(old) = current.network_interfaces.get(name) {
-                        check_interface_immutables(origin, old, nic)?;
-                    }
-                    check_interface(origin, &next, nic)?;
-                    nat_rules::check_interface_virtual_ip(origin, &next, batch, nic)?;
-                }
-            }
-            Kind::Uplink => {
-                if let Some(uplink) = next.uplinks.get(name) {
-                    nat_rules::check_uplink(origin, &next, batch, uplink)?;
-                }
-            }
-            Kind::NatGateway => {
-                if let Some(gateway) = next.nat_gateways.get(name) {
-                    nat_rules::check_nat_gateway(origin, &next, batch, gateway)?;
-                }
-            }
-            Kind::PortForward => {
-                if let Some(forward) = next.port_forwards.get(name) {
-                    nat_rules::check_port_forward(origin, &next, batch, forward)?;
-                }
-            }
-            Kind::VirtualIp => {
-                if let Some(vip) = next.virtual_ips.get(name) {
-                    nat_rules::check_virtual_ip(origin, &next, batch, vip)?;
-                }
-            }
-            Kind::Overlay => {
-                if let Some(overlay) = next.overlays.get(name) {
-                    overlay::check_overlay(origin, &next, overlay)?;
-                }
-            }
-        }
-        if *kind == Kind::Subnet {
-            if let Some(subnet) = next.subnets.get(name) {
-                overlay::check_subnet(origin, &next, name, subnet)?;
-            }
-        }
+        let cx = CheckContext {
+            current,
+            next: &next,
+            batch,
+            origin,
+        };
+        kind.visit(Check {
+            cx: &cx,
+            name,
+            errors: &mut errors,
+        });
     }
+    errors.into_result()?;
 
     let origin_of = |name: &String| {
         origins
@@ -394,95 +252,24 @@ fn uplink_work(
 /// # Errors
 /// [`ApiError::NotFound`], or [`ApiError::Conflict`] naming the resources that depend on it.
 pub fn check_delete(current: &State, kind: Kind, name: &str) -> Result<(), ApiError> {
-    let not_found = || ApiError::NotFound {
-        kind: kind.as_str().into(),
-        name: name.into(),
-    };
-    let conflict = |what: &str, dependants: Vec<&str>| -> Result<(), ApiError> {
-        if dependants.is_empty() {
-            return Ok(());
-        }
-        Err(ApiError::Conflict {
-            message: format!(
-                "{kind} {name:?} still has {what}: {}; delete them first",
-                dependants.join(", ")
-            ),
-            field: None,
-        })
-    };
-    if !exists(current, kind, name) {
-        return Err(not_found());
+    if !current.contains(kind, name) {
+        return Err(ApiError::NotFound {
+            kind: kind.as_str().into(),
+            name: name.into(),
+        });
     }
-    for (what, dependants) in nat_rules::delete_dependants(current, kind, name) {
-        conflict(what, dependants.iter().map(String::as_str).collect())?;
-    }
-    match kind {
-        Kind::Network => {
-            if !current.networks.contains_key(name) {
-                return Err(not_found());
-            }
-            // Networks that peer with this one are not dependants: their peerings go Pending.
-            conflict(
-                "Subnets",
-                routing::subnets_of(current, name)
-                    .into_iter()
-                    .map(|s| s.metadata.name.as_str())
-                    .collect(),
-            )?;
-            conflict(
-                "Routes",
-                current
-                    .routes
-                    .values()
-                    .filter(|r| r.spec.network == name)
-                    .map(|r| r.metadata.name.as_str())
-                    .collect(),
-            )
-        }
-        Kind::Subnet => {
-            let Some(subnet) = current.subnets.get(name) else {
-                return Err(not_found());
-            };
-            conflict(
-                "NetworkInterfaces",
-                current
-                    .network_interfaces
-                    .values()
-                    .filter(|n| n.spec.subnet == name)
-                    .map(|n| n.metadata.name.as_str())
-                    .collect(),
-            )?;
-            // Routes whose next hop is on this Subnet would lose their egress.
-            conflict(
-                "Routes through it",
-                current
-                    .routes
-                    .values()
-                    .filter(|r| {
-                        r.spec.network == subnet.spec.network
-                            && subnet.spec.cidr.contains(&r.spec.next_hop)
-                    })
-                    .map(|r| r.metadata.name.as_str())
-                    .collect(),
-            )
-        }
-        Kind::NetworkInterface => {
-            if !current.network_interfaces.contains_key(name) {
-                return Err(not_found());
-            }
-            Ok(())
-        }
-        Kind::Route => {
-            if !current.routes.contains_key(name) {
-                return Err(not_found());
-            }
-            Ok(())
-        }
-        // Their dependants were checked above; the Overlay's generated resources go with it.
-        Kind::Uplink | Kind::NatGateway | Kind::PortForward | Kind::VirtualIp | Kind::Overlay => {
-            Ok(())
+    for (what, dependants) in current.dependants(kind, name) {
+        if !dependants.is_empty() {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "{kind} {name:?} still has {what}: {}; delete them first",
+                    dependants.join(", ")
+                ),
+                field: None,
+            });
         }
     }
+    Ok(())
 }
 
 /// Refuses a user's document for a resource the switch generated (or one that claims to be).
@@ -493,16 +280,7 @@ fn check_not_generated(
     kind: Kind,
     name: &str,
 ) -> Result<(), ApiError> {
-    let owner = |state: &State| -> Option<String> {
-        let metadata = match kind {
-            Kind::Network => state.networks.get(name).map(|r| &r.metadata),
-            Kind::Subnet => state.subnets.get(name).map(|r| &r.metadata),
-            Kind::NetworkInterface => state.network_interfaces.get(name).map(|r| &r.metadata),
-            Kind::Route => state.routes.get(name).map(|r| &r.metadata),
-            _ => None,
-        }?;
-        metadata.labels.get(OWNER_LABEL).cloned()
-    };
+    let owner = |state: &State| generated_by(state, kind, name);
     if let Some(owner) = owner(current) {
         return Err(origin.conflict(
             "metadata.name",
@@ -522,28 +300,51 @@ fn check_not_generated(
 
 /// The generated resource's owner label, if `kind`/`name` is one.
 pub fn generated_by(state: &State, kind: Kind, name: &str) -> Option<String> {
-    let metadata = match kind {
-        Kind::Network => state.networks.get(name).map(|r| &r.metadata),
-        Kind::Subnet => state.subnets.get(name).map(|r| &r.metadata),
-        Kind::NetworkInterface => state.network_interfaces.get(name).map(|r| &r.metadata),
-        Kind::Route => state.routes.get(name).map(|r| &r.metadata),
-        _ => None,
-    }?;
-    metadata.labels.get(OWNER_LABEL).cloned()
+    state.metadata(kind, name)?.labels.get(OWNER_LABEL).cloned()
 }
 
 /// True when `state` holds a resource `kind`/`name`.
 pub fn exists(state: &State, kind: Kind, name: &str) -> bool {
-    match kind {
-        Kind::Network => state.networks.contains_key(name),
-        Kind::Subnet => state.subnets.contains_key(name),
-        Kind::NetworkInterface => state.network_interfaces.contains_key(name),
-        Kind::Route => state.routes.contains_key(name),
-        Kind::Uplink => state.uplinks.contains_key(name),
-        Kind::NatGateway => state.nat_gateways.contains_key(name),
-        Kind::PortForward => state.port_forwards.contains_key(name),
-        Kind::VirtualIp => state.virtual_ips.contains_key(name),
-        Kind::Overlay => state.overlays.contains_key(name),
+    state.contains(kind, name)
+}
+
+/// Puts one document's resource into the next state, with the status its kind keeps, and
+/// says what applying it does.
+struct Stage<'a> {
+    current: &'a State,
+    next: &'a mut State,
+}
+
+impl ResourceVisitor for Stage<'_> {
+    type Output = Action;
+
+    fn visit<K: ResourceKind>(self, mut resource: K) -> Action {
+        let name = resource.metadata().name.clone();
+        let old = K::table(self.current).get(&name);
+        resource.carry_status(old);
+        let action = action(
+            old.map(|o| (o.metadata(), o.spec())),
+            (resource.metadata(), resource.spec()),
+        );
+        K::table_mut(self.next).insert(name, resource);
+        action
+    }
+}
+
+/// Runs one resource's kind checks.
+struct Check<'a, 'b> {
+    cx: &'a CheckContext<'b>,
+    name: &'a str,
+    errors: &'a mut Errors,
+}
+
+impl KindVisitor for Check<'_, '_> {
+    type Output = ();
+
+    fn visit<K: ResourceKind>(self) {
+        if let Some(resource) = K::table(self.cx.next).get(self.name) {
+            resource.check(self.cx, self.errors);
+        }
     }
 }
 
@@ -632,7 +433,11 @@ fn recreate_hint(kind: Kind) -> String {
     format!("delete the {kind} and create it again")
 }
 
-fn check_subnet_immutables(origin: &Origin, old: &Subnet, new: &Subnet) -> Result<(), ApiError> {
+pub(crate) fn check_subnet_immutables(
+    origin: &Origin,
+    old: &Subnet,
+    new: &Subnet,
+) -> Result<(), ApiError> {
     let name = &old.metadata.name;
     let hint = recreate_hint(Kind::Subnet);
     if old.spec.network != new.spec.network {
@@ -665,7 +470,7 @@ fn check_subnet_immutables(origin: &Origin, old: &Subnet, new: &Subnet) -> Resul
     Ok(())
 }
 
-fn check_interface_immutables(
+pub(crate) fn check_interface_immutables(
     origin: &Origin,
     old: &NetworkInterface,
     new: &NetworkInterface,
@@ -694,7 +499,7 @@ fn check_interface_immutables(
     Ok(())
 }
 
-fn check_subnet(
+pub(crate) fn check_subnet(
     origin: &Origin,
     old: Option<&Subnet>,
     next: &State,
@@ -832,7 +637,7 @@ fn check_subnet(
 
 /// A Network's peerings: not itself, each name and peer once, and no peering this batch makes
 /// `Ready` between Networks whose Subnets overlap.
-fn check_network(
+pub(crate) fn check_network(
     origin: &Origin,
     current: &State,
     next: &State,
@@ -891,7 +696,7 @@ fn check_network(
 /// A new Subnet must not overlap a Subnet of a Network its own is `Ready`-peered with, and
 /// must not take the destination of a Route of its Network (its connected route would hide
 /// the Route).
-fn check_new_subnet_neighbours(
+pub(crate) fn check_new_subnet_neighbours(
     origin: &Origin,
     next: &State,
     subnet: &Subnet,
@@ -930,7 +735,7 @@ fn check_new_subnet_neighbours(
 
 /// A Route: its Network exists, its next hop is a router's address in one of the Network's
 /// Subnets, and its destination is neither a connected prefix nor another Route's.
-fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiError> {
+pub(crate) fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiError> {
     let spec = &route.spec;
     let network = &spec.network;
     let destination = spec.destination;
@@ -1003,7 +808,11 @@ fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiEr
     Ok(())
 }
 
-fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Result<(), ApiError> {
+pub(crate) fn check_interface(
+    origin: &Origin,
+    next: &State,
+    nic: &NetworkInterface,
+) -> Result<(), ApiError> {
     let spec = &nic.spec;
     let name = &nic.metadata.name;
     let Some(subnet) = next.subnets.get(&spec.subnet) else {

@@ -1,0 +1,315 @@
+//! `Overlay`: the node's VXLAN overlay (at most one): mesh, hub or runner.
+
+#[allow(unused_imports)]
+use super::prelude::*;
+
+/// What a node is in the VXLAN overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayRole {
+    /// Every node a peer: Subnets with a `vni` are stretched over all `peers`.
+    Mesh,
+    /// The hub of a hub-and-spoke overlay: gives runners their IDs and routes between them.
+    Hub,
+    /// A runner of a hub-and-spoke overlay: registers with the hub and gets its subnet.
+    Runner,
+}
+
+impl fmt::Display for OverlayRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverlayRole::Mesh => "mesh",
+            OverlayRole::Hub => "hub",
+            OverlayRole::Runner => "runner",
+        })
+    }
+}
+
+/// Default VXLAN UDP port (IANA).
+pub const DEFAULT_OVERLAY_PORT: u16 = 4789;
+/// Default VNI base: runner N gets VNI base + N.
+pub const DEFAULT_VNI_BASE: u32 = 100;
+/// Default overlay MTU: a 1500-byte underlay minus the 50 bytes of VXLAN over IPv4.
+pub const DEFAULT_OVERLAY_MTU: u16 = 1450;
+/// Default TCP port of the hub's registration API.
+pub const DEFAULT_HUB_API_PORT: u16 = 4799;
+/// Default interval between a runner's heartbeats.
+pub const DEFAULT_HEARTBEAT_SECONDS: u64 = 5;
+/// Default time after which the hub marks a silent runner offline.
+pub const DEFAULT_RUNNER_TIMEOUT_SECONDS: u64 = 20;
+
+fn default_overlay_port() -> u16 {
+    DEFAULT_OVERLAY_PORT
+}
+fn default_vni_base() -> u32 {
+    DEFAULT_VNI_BASE
+}
+fn default_overlay_mtu() -> u16 {
+    DEFAULT_OVERLAY_MTU
+}
+fn default_hub_api_port() -> u16 {
+    DEFAULT_HUB_API_PORT
+}
+fn default_heartbeat_seconds() -> u64 {
+    DEFAULT_HEARTBEAT_SECONDS
+}
+fn default_runner_timeout_seconds() -> u64 {
+    DEFAULT_RUNNER_TIMEOUT_SECONDS
+}
+fn default_source_ports() -> String {
+    "32768-60999".into()
+}
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Where a runner finds its hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubRef {
+    /// The hub's reachable underlay address (its `localAddress`).
+    #[serde(deserialize_with = "de_ipv4")]
+    pub address: Ipv4Addr,
+    /// The hub's registration API port (TCP).
+    #[serde(default = "default_hub_api_port")]
+    pub api_port: u16,
+    /// The bearer token the hub expects.
+    pub token: String,
+}
+
+/// A runner the hub serves without registration (e.g. a node built from kernel VXLAN pieces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticRunner {
+    /// Its name in the runner pool.
+    pub name: String,
+    /// Its VTEP address.
+    #[serde(deserialize_with = "de_ipv4")]
+    pub address: Ipv4Addr,
+}
+
+/// Spec of the Overlay: this node's VTEP and its place in the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverlaySpec {
+    /// `mesh`, `hub` or `runner`.
+    pub role: OverlayRole,
+    /// The address the other nodes reach this one at (the VTEP's, and the hub API's); an
+    /// address of an interface in vswitchd's namespace, never loopback or 0.0.0.0.
+    #[serde(deserialize_with = "de_ipv4")]
+    pub local_address: Ipv4Addr,
+    /// The VXLAN UDP port (must match on every node).
+    #[serde(default = "default_overlay_port")]
+    pub port: u16,
+    /// Runner N gets VNI `vniBase + N` (must match on every node).
+    #[serde(default = "default_vni_base")]
+    pub vni_base: u32,
+    /// The MTU of interfaces on overlay subnets (must match on every node): the underlay's
+    /// MTU minus 50.
+    #[serde(default = "default_overlay_mtu")]
+    pub mtu: u16,
+    /// Fill in the outer UDP checksum (default off, as RFC 7348 allows over IPv4).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub udp_checksum: bool,
+    /// The outer UDP source ports, hashed from the inner flow: `MIN-MAX`.
+    #[serde(default = "default_source_ports")]
+    pub source_ports: String,
+    /// Mesh: the other nodes' VTEP addresses.
+    #[serde(
+        default,
+        deserialize_with = "de_ipv4_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub peers: Vec<Ipv4Addr>,
+    /// Runner: the hub to register with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubRef>,
+    /// Hub: the TCP port of the registration API (on `localAddress`).
+    #[serde(default = "default_hub_api_port")]
+    pub api_port: u16,
+    /// Hub: the bearer token runners must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Hub: how runner subnets are carved (default 10.0.0.0/8 in /16s, gateway .0.1, hub
+    /// .0.254, hub address 10.0.0.1).
+    #[serde(default)]
+    pub address_plan: vxlan::AddressPlan,
+    /// Hub: runners served without registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runners: Vec<StaticRunner>,
+    /// Runner: seconds between heartbeats.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
+    /// Hub: seconds of silence after which a runner is marked offline.
+    #[serde(default = "default_runner_timeout_seconds")]
+    pub runner_timeout_seconds: u64,
+}
+
+/// Where the Overlay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OverlayState {
+    /// Not set up yet.
+    #[default]
+    Pending,
+    /// Mesh or hub: the VTEP is open.
+    Up,
+    /// Runner: registering with the hub.
+    Registering,
+    /// Runner: registered, heartbeats answered.
+    Registered,
+    /// Runner: the hub cannot be reached or refused us; retrying.
+    HubUnreachable,
+    /// The VTEP could not be opened.
+    Failed,
+}
+
+impl fmt::Display for OverlayState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverlayState::Pending => "pending",
+            OverlayState::Up => "up",
+            OverlayState::Registering => "registering",
+            OverlayState::Registered => "registered",
+            OverlayState::HubUnreachable => "hubUnreachable",
+            OverlayState::Failed => "failed",
+        })
+    }
+}
+
+/// Status of the Overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverlayStatus {
+    /// Where it is.
+    #[serde(default)]
+    pub state: OverlayState,
+    /// Why, when not up or registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Runner: the plan the hub gave (persisted: the runner keeps its subnet across restarts
+    /// while the hub is away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<vxlan::RunnerPlan>,
+    /// Runner: when the hub last answered (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<u64>,
+}
+
+/// The node's VXLAN overlay (at most one per node; its name is the node's name in the
+/// overlay: the runner name it registers with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Overlay {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `Overlay`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: OverlaySpec,
+    /// Observed state (ignored on input).
+    #[serde(default)]
+    pub status: OverlayStatus,
+}
+
+/// What tokens are shown as when a resource is read back.
+pub const REDACTED: &str = "<redacted>";
+
+impl Overlay {
+    /// A copy with the tokens replaced by [`REDACTED`], for output.
+    pub fn redacted(&self) -> Overlay {
+        let mut copy = self.clone();
+        if copy.spec.token.is_some() {
+            copy.spec.token = Some(REDACTED.into());
+        }
+        if let Some(hub) = &mut copy.spec.hub {
+            hub.token = REDACTED.into();
+        }
+        copy
+    }
+
+    /// The label that marks resources this Overlay generated (`vswitch/owner`).
+    pub fn owner_label(&self) -> String {
+        format!("Overlay/{}", self.metadata.name)
+    }
+}
+
+impl ResourceKind for Overlay {
+    type Spec = OverlaySpec;
+    type Status = OverlayStatus;
+
+    const INFO: KindInfo = KindInfo {
+        name: "Overlay",
+        plural: "overlays",
+        aliases: &[],
+        summary: "the node's VXLAN overlay (at most one): a mesh member, the hub of a hub-and-spoke overlay, or a runner",
+        example: "\
+apiVersion: vswitch/v1alpha1
+kind: Overlay
+metadata:
+  name: hub
+spec:
+  role: hub
+  localAddress: 192.168.50.1
+  token: change-me
+",
+    };
+
+    fn spec(&self) -> &OverlaySpec {
+        &self.spec
+    }
+
+    fn status_mut(&mut self) -> &mut OverlayStatus {
+        &mut self.status
+    }
+
+    /// The status (a runner's plan, its registration state) is the controller's.
+    fn carry_status(&mut self, old: Option<&Self>) {
+        self.status = old.map(|o| o.status.clone()).unwrap_or_default();
+    }
+
+    fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
+        errors.check(overlay::check_overlay(cx.origin, cx.next, self));
+    }
+
+    fn shown(&self) -> Self {
+        self.redacted()
+    }
+
+    fn columns(wide: bool) -> Vec<&'static str> {
+        let mut columns = vec!["NAME", "ROLE", "LOCAL-ADDRESS", "PORT", "VNI-BASE", "STATE"];
+        if wide {
+            columns.extend(["MTU", "HUB", "SUBNET", "LABELS", "MESSAGE"]);
+        }
+        columns
+    }
+
+    fn row(&self, wide: bool) -> Vec<String> {
+        let (spec, status) = (&self.spec, &self.status);
+        let mut row = vec![
+            self.metadata.name.clone(),
+            spec.role.to_string(),
+            spec.local_address.to_string(),
+            spec.port.to_string(),
+            spec.vni_base.to_string(),
+            status.state.to_string(),
+        ];
+        if wide {
+            let hub = spec
+                .hub
+                .as_ref()
+                .map(|hub| format!("{}:{}", hub.address, hub.api_port));
+            let subnet = status.plan.as_ref().map(|plan| plan.subnet);
+            row.extend([
+                spec.mtu.to_string(),
+                cells(hub.iter()),
+                cells(subnet.iter()),
+                labels_cell(&self.metadata),
+                cell(status.message.as_deref().unwrap_or_default()),
+            ]);
+        }
+        row
+    }
+}
