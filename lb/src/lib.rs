@@ -1,5 +1,6 @@
 //! Maglev consistent hashing and backend sets for virtual IPs; no I/O.
 //!
-//! Nothing lives here yet: the issue that builds this crate has not been taken.
+//! Empty for now: the crate is a placeholder. It will hold the Maglev lookup tables and the
+//! backend sets of virtual IPs.
 
 #![forbid(unsafe_code)]

@@ -23,19 +23,20 @@
 //!
 //! # Sharing between workers
 //! One [`Conntrack`] is shared by all workers (behind an `Arc`), sharded 64 ways with a
-//! read-write lock per shard, as DESIGN.md asks ("mutable shared state lives in sharded
-//! tables; hits are read-only, updates are rare"). Per-worker tables would need flow
-//! steering that puts both directions of a flow on the same worker, and we cannot have it: a
-//! masqueraded flow's packets leave through a TAP queue chosen by the container's kernel and
-//! come back through the uplink's AF_PACKET fanout, which hashes the *translated* tuple. So:
+//! read-write lock per shard, like vswitch's other mutable shared tables (hits are
+//! read-only, updates are rare; see `docs/architecture.md`). Per-worker tables would need
+//! flow steering that puts both directions of a flow on the same worker, and we cannot have
+//! it: a masqueraded flow's packets leave through a TAP queue chosen by the container's
+//! kernel and come back through the uplink's AF_PACKET fanout, which hashes the
+//! *translated* tuple. So:
 //! - a hit (any packet after the first, either direction) takes one shard's read lock and
 //!   updates only atomics inside its entry (state by compare-and-swap, the idle timer only
 //!   when the millisecond changed);
 //! - a flow's first packet, a removal and an eviction take the write locks of at most two
 //!   shards, in index order; masquerade port allocation has its own mutex, taken only then;
-//! - the per-worker flow cache of DESIGN.md can keep a flow's [`Tracked::target`] and skip
-//!   even the read lock, revalidating with a periodic lookup (to refresh the idle timer and
-//!   follow TCP state) and on snapshot change.
+//! - a per-worker flow cache, which vswitch does not have, could keep a flow's
+//!   [`Tracked::target`] and skip even the read lock, revalidating with a periodic lookup
+//!   (to refresh the idle timer and follow TCP state) and on snapshot change.
 //!
 //! # Eviction and refusal
 //! When the table holds `max_entries` (default 1,000,000), a new flow looks at most
@@ -44,20 +45,22 @@
 //! [`CreateError::TableFull`] and counted. Assured connections are never evicted.
 //!
 //! # How the vswitch datapath uses it
-//! In the L3 stage, after port security and routing input, once per packet (DESIGN.md:
-//! "conntrack is looked up once per packet and shared by stateful policy, LB affinity and
-//! NAT"), on the IPv4 packet (after the Ethernet header):
-//! 1. `parse(ip_bytes)`; on error count `error.key()` and drop (or bypass conntrack for
-//!    untracked protocols, if the policy allows).
+//! vswitch's `nat` stage (`vswitch/src/pipeline/nat.rs`) uses it for the packets that cross
+//! the uplink: outbound, when the ingress port's Network has no route for the destination
+//! and the node has an uplink; inbound, for IPv4 to an address the switch owns on the
+//! uplink. Flows inside Networks do not touch conntrack. Once per such packet, on the IPv4
+//! packet (after the Ethernet header):
+//! 1. `parse(ip_bytes)`; on error count `error.key()` and drop.
 //! 2. `zone` = the ingress port's Network id, or [`Zone::EXTERNAL`] for the uplink.
 //! 3. `conntrack.lookup(zone, &info, now_ms)`. On a miss (and not an ICMP error):
 //!    `rules.plan(&key, ingress_interface, |k| route(k))` with the snapshot's [`NatRules`],
 //!    then `conntrack.create(zone, &info, &plan, attachments, now_ms)`; count and drop on
 //!    [`PlanError`] / [`CreateError`]. An ICMP error that misses is dropped.
-//! 4. If `tracked.target` is `Some`, `translate(ip_bytes, &target, mode)` with
-//!    [`ChecksumMode::Partial`] when the frame's virtio header has `NEEDS_CSUM`, else `Full`.
-//! 5. Continue routing in `tracked.egress_zone` with the translated destination.
-//! 6. Call `conntrack.sweep(now_ms, budget)` once per batch or from a timer (e.g. budget 256).
+//! 4. Route in `tracked.egress_zone` toward the translated destination, check TTL and MTU,
+//!    then, if `tracked.target` is `Some`, `translate(ip_bytes, &target, mode)` with
+//!    [`ChecksumMode::Partial`] when the frame's virtio header has `NEEDS_CSUM`, else
+//!    `Full`.
+//! 5. Each worker calls `conntrack.sweep(now_ms, 256)` at most once a millisecond.
 //!
 //! The uplink answers ARP for [`NatRules::owns`] addresses and hands their packets to the
 //! same path with zone [`Zone::EXTERNAL`]. Fragments are refused by [`parse`]: reassemble

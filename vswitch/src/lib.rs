@@ -1,16 +1,24 @@
 //! vswitch: a userspace virtual switch and router for container hosts.
 //!
-//! The crate is the glue of the workspace: it owns every piece of I/O. Layering, from the
-//! bottom up:
-//! - [`wire`]: typed zero-copy views over packet bytes for the codecs we own (`virtio_net_hdr`);
-//!   standard protocols come from `smoltcp::wire`.
-//! - [`sys`]: the only place that talks to the kernel (TAP, AF_PACKET, namespaces, netlink).
-//! - [`port`]: a port is an attached interface; it owns one queue per worker.
-//! - [`pipeline`]: the packet stages, one file each, with their drop reasons.
-//! - [`engine`]: worker threads, the configuration snapshot, learned MACs and counters.
+//! The crate is the glue of the workspace: it owns every piece of I/O (the `vxlan` and `nat`
+//! crates it builds on have none). Layering, from the bottom up (`docs/architecture.md` has
+//! the layering we are moving toward and the dependencies that still go against it):
+//! - [`wire`]: typed zero-copy views over the packet formats we own (`virtio_net_hdr`),
+//!   checksums, the IPv4 work of a router (TTL, fragmentation, ICMP errors), and GSO
+//!   segmentation and GRO coalescing in software; standard protocols come from
+//!   `smoltcp::wire`.
+//! - [`sys`]: the kernel interfaces the ports need (TAP, AF_PACKET, the VTEP's UDP and raw
+//!   sockets, namespaces, netlink), and the only `unsafe` code in the crate.
+//! - [`port`]: a port is an attached interface (a container's TAP or veth, the uplink, the
+//!   VTEP); it owns one queue per worker.
+//! - [`pipeline`] and [`engine`], which use each other: [`pipeline`] holds the packet stages,
+//!   one file each, with their drop reasons; [`engine`] holds the tables they read (the
+//!   configuration snapshot, learned MACs, neighbours, held packets, counters, the clock) and
+//!   the worker threads that run them.
 //! - [`control`]: resources, validation, IPAM, persistence and the controller that turns
 //!   resources into ports and snapshots.
-//! - [`api`] and [`cli`]: the HTTP+JSON control socket and `vswitchctl`.
+//! - [`api`] and [`cli`]: the HTTP+JSON control socket (and the handlers of the overlay
+//!   hub's registration API) and `vswitchctl`.
 //! - [`agent`]: the overlay agent: the hub's registration API on TCP, a runner's
 //!   registration and heartbeats.
 

@@ -1078,7 +1078,7 @@ mod tests {
         )
     }
 
-    /// Issue 5's control plane end to end: an Uplink on a real interface, NATGateway,
+    /// The NAT control plane end to end: an Uplink on a real interface, NATGateway,
     /// PortForward and VirtualIP over HTTP and through vswitchctl, the conntrack and NAT
     /// views, refusals, and deletes that close the uplink.
     #[test]

@@ -275,7 +275,7 @@ impl From<anyhow::Error> for PrepareError {
 }
 
 /// Turns a refusal by the daemon into "not supported by this vswitchd yet" (for scenarios
-/// whose features come in later issues); other errors stay failures.
+/// that need a feature this vswitchd does not have); other errors stay failures.
 pub fn refusal_is_unsupported(err: anyhow::Error) -> PrepareError {
     match err.downcast_ref::<Refused>() {
         Some(refused) => {

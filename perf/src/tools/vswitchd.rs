@@ -1,4 +1,4 @@
-//! Driving vswitchd and vswitchctl through their public CLI (issue 2's contract):
+//! Driving vswitchd and vswitchctl through their public CLI only, with these commands:
 //! `vswitchd --socket S --state-dir D --workers N`, `vswitchctl --socket S attach NETNS
 //! --kind K --name N`, `vswitchctl --socket S apply -f FILE`,
 //! `vswitchctl --socket S get networkinterfaces -o json`.

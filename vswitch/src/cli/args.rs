@@ -70,7 +70,7 @@ pub enum Command {
     Attach(AttachArgs),
     /// Detach an interface: delete the NetworkInterface NAME, its device and its addresses.
     Detach(DetachArgs),
-    /// Show the learned MAC addresses: subnet, MAC, port, age.
+    /// Show the learned MAC addresses: subnet, MAC, port, remote VTEP (overlay), age.
     Fdb(OutputArgs),
     /// Show counters: per-port packets and bytes, drops by reason, events (non-zero ones;
     /// -o wide shows all).

@@ -384,7 +384,8 @@ pub fn table_section(key: &str, table: &Table) -> String {
     text
 }
 
-/// The `fdb` table: SUBNET MAC PORT AGE.
+/// The `fdb` table: SUBNET MAC PORT VTEP AGE (VTEP: the remote VTEP of a MAC learned on a
+/// subnet's tunnel, `-` otherwise).
 pub fn fdb_table(fdb: &Value) -> Table {
     let mut table = Table::new(&["SUBNET", "MAC", "PORT", "VTEP", "AGE"]);
     for row in rows(fdb, "entries") {

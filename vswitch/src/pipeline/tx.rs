@@ -1,8 +1,12 @@
 //! Stage `tx`: adapts a frame to the egress port, and the drop reasons of sending.
 //!
 //! A frame keeps the `virtio_net_hdr` it was received with. Before it goes to a port:
-//! - a GSO super-frame to a port that cannot take GSO is dropped (`tx.gso_unsupported`):
-//!   software segmentation comes with VXLAN;
+//! - a GSO super-frame to a port that cannot take GSO is dropped (`tx.gso_unsupported`). No
+//!   port reaches this today: TAP, veth and uplink ports all take super-frames (the kernel
+//!   hands them whole to the container's stack, or segments them for a NIC that cannot), and
+//!   a super-frame to a subnet's tunnel never comes here: the worker cuts it into segments
+//!   first ([`crate::wire::gso::Segmenter`], in `VtepQueue::send_encap_gso`) and sends them
+//!   with `UDP_SEGMENT` or one by one. The check guards a port that would declare no GSO;
 //! - a frame with a partial checksum (`NEEDS_CSUM`) to a port that cannot take one gets its
 //!   checksum completed in place, and the flag cleared. The completed frame is valid for every
 //!   port, so when a flood reaches several ports the work is done once.
@@ -23,7 +27,7 @@ keyed_enum! {
         Error = "tx.error":
             "the kernel refused the frame on the egress queue",
         GsoUnsupported = "tx.gso_unsupported":
-            "GSO super-frame toward a port that cannot take GSO (software segmentation is not implemented yet)",
+            "GSO super-frame toward a port that cannot take GSO (only frames into the overlay are segmented in software)",
         Checksum = "tx.checksum":
             "the partial checksum could not be completed (it lies outside the frame)",
         Truncated = "tx.truncated":

@@ -1,8 +1,8 @@
 //! The VTEP: the node's VXLAN tunnel endpoint on `localAddress:port` (UDP 4789 by default).
 //!
-//! CONTRACT (lead): [`open`] returns a [`PortIo`] of kind [`PortKind::Vxlan`] with one
-//! [`VtepQueue`] per worker. Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the
-//! local address and port, read with `recvmmsg`, with `UDP_GRO` where the kernel has it.
+//! [`open`] returns a [`PortIo`] of kind [`PortKind::Vxlan`] with one [`VtepQueue`] per
+//! worker. Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the local address and
+//! port, read with `recvmmsg`, with `UDP_GRO` where the kernel has it.
 //! Transmit: single frames get outer IPv4/UDP/VXLAN headers built by the `vxlan` crate and
 //! go out with `sendmmsg` on a raw `IPPROTO_RAW` socket, so the UDP source port can be hashed
 //! from the inner flow (a UDP socket would always send from 4789); GSO super-frames are
