@@ -778,6 +778,96 @@ fn mismatched_mtu_is_refused() {
     c.ping_ok("172.30.0.1", 1);
 }
 
+/// Two runners configured with one name: the second is refused while the first is online
+/// (409 from the hub), its status names both addresses, and the hub keeps the first. Once
+/// the first is silent for the runner timeout, the second takes the name and its ID (a
+/// runner that moved).
+#[test]
+fn a_runner_name_online_elsewhere_is_refused() {
+    require(&["ping"]);
+    let underlay = Underlay::new(&["192.168.50.1/24", "192.168.50.5/24", "192.168.50.6/24"]);
+    let hub = Daemon::start_in(&underlay.node(0).name, 2, &[]);
+    let first = Daemon::start_in(&underlay.node(1).name, 2, &[]);
+    let second = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    // A short timeout, so that the move at the end is quick.
+    apply(
+        &hub,
+        &hub_overlay("hub", "192.168.50.1", "  runnerTimeoutSeconds: 3\n"),
+    );
+    wait_overlay(&hub, "the hub to be up", Duration::from_secs(10), |v| {
+        v["state"] == "up"
+    });
+    apply(
+        &first,
+        &runner_overlay("runner-x", "192.168.50.5", "192.168.50.1", ""),
+    );
+    let v1 = wait_registered(&first, "runner-x");
+    assert_eq!(v1["id"], 1, "{v1}");
+
+    apply(
+        &second,
+        &runner_overlay("runner-x", "192.168.50.6", "192.168.50.1", ""),
+    );
+    let view = wait_overlay(
+        &second,
+        "the second runner-x to be refused while the first is online",
+        Duration::from_secs(20),
+        |v| {
+            v["state"] == "hubUnreachable"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("is online from"))
+        },
+    );
+    let message = view["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "the hub refused registration: runner \"runner-x\" is online from 192.168.50.5; \
+             refusing the registration from 192.168.50.6 (stop the other runner, or wait until \
+             it is offline: 3 s without heartbeats); retrying in "
+        ),
+        "{message:?}"
+    );
+    assert!(view["id"].is_null(), "a refused runner has no ID: {view}");
+    // The hub keeps the first one, and the first stays registered.
+    let hv = overlay_view(&hub).expect("hub overlay view");
+    let row = runner_row(&hv, "runner-x").expect("listed");
+    assert_eq!(row["address"], "192.168.50.5", "{row}");
+    assert_eq!(row["id"], 1, "{row}");
+    assert!(is_online(row), "{row}");
+    assert_eq!(
+        overlay_view(&first).expect("runner view")["state"],
+        "registered"
+    );
+
+    // The first node leaves the underlay: once it is offline, the second takes the name and
+    // keeps its ID (its retries back off to at most 30 s).
+    underlay
+        .node(1)
+        .exec_ok(&["ip", "link", "set", "eth0", "down"]);
+    let v2 = wait_overlay(
+        &second,
+        "the second runner-x to be registered once the first is offline",
+        Duration::from_secs(45),
+        |v| v["state"] == "registered",
+    );
+    assert_eq!(v2["id"], 1, "the name keeps its ID: {v2}");
+    let hv = wait_overlay(
+        &hub,
+        "the hub to list runner-x online at its new address",
+        Duration::from_secs(10),
+        |v| {
+            runner_row(v, "runner-x")
+                .is_some_and(|row| is_online(row) && row["address"] == "192.168.50.6")
+        },
+    );
+    assert_eq!(
+        runner_row(&hv, "runner-x").expect("listed")["id"],
+        1,
+        "{hv}"
+    );
+}
+
 /// A vswitchd mesh node and a node built only from kernel pieces share VNI 77: ping both ways,
 /// iperf3, and the VXLAN headers vswitchd sends are what RFC 7348 and Linux expect.
 #[test]

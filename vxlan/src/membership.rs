@@ -28,6 +28,15 @@
 //! vniBase, UDP port or MTU differ from the hub's, naming the setting and both values
 //! (`mtu differs: hub 1450, runner 1400`), and a loopback or unspecified address, with a
 //! message saying to use the address the other nodes reach.
+//!
+//! **A name is one runner** ([`RunnerPool::check_takeover`]): [`RunnerPool::admit`] refuses a
+//! name the pool holds from another address while that runner is online (marked online and
+//! seen within the runner timeout), naming both addresses
+//! ([`MembershipError::NameOnlineElsewhere`]); two nodes configured with one name would
+//! otherwise take the ID from each other at every registration. The same address registering
+//! again (a restart) is a reconnect; once the old runner is offline, another address takes the
+//! name and keeps its ID (a runner that moved). [`RunnerPool::register`] does not check this:
+//! it is for the hub's own configuration (static runners), whose word is final.
 
 use core::fmt;
 use std::collections::{BTreeMap, HashMap};
@@ -63,6 +72,24 @@ pub enum MembershipError {
         name: String,
         /// What is valid.
         reason: &'static str,
+    },
+    /// A registration of a name the pool holds from another address while that runner is
+    /// online: two nodes share the name (or one moved before the other stopped).
+    #[error(
+        "runner {name:?} is online from {online_from}; refusing the registration from \
+         {refused_from} (stop the other runner, or wait until it is offline: {} without \
+         heartbeats)",
+        seconds(.timeout_ms)
+    )]
+    NameOnlineElsewhere {
+        /// The name.
+        name: String,
+        /// The address the online runner registered from.
+        online_from: IpAddr,
+        /// The address of the refused registration.
+        refused_from: IpAddr,
+        /// The runner timeout (milliseconds): silence after which the name is free to move.
+        timeout_ms: u64,
     },
     /// A heartbeat or lookup for a name the pool does not hold (never registered, removed,
     /// or evicted because its ID was reclaimed).
@@ -116,6 +143,17 @@ pub enum MembershipError {
 fn join_mismatches(mismatches: &[SettingMismatch]) -> String {
     let parts: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
     parts.join("; ")
+}
+
+/// Milliseconds as seconds for a message: `20 s`, `1.5 s`.
+fn seconds(ms: &u64) -> String {
+    let (whole, rest) = (ms / 1000, ms % 1000);
+    if rest == 0 {
+        format!("{whole} s")
+    } else {
+        let fraction = format!("{rest:03}");
+        format!("{whole}.{} s", fraction.trim_end_matches('0'))
+    }
 }
 
 /// A runner ID: 1..=255. Runner N gets VNI `vniBase + N` and the N-th subnet of the plan.
@@ -202,6 +240,16 @@ pub struct Runner {
     pub last_seen_ms: u64,
     /// Online or offline.
     pub state: RunnerState,
+}
+
+impl Runner {
+    /// Whether the runner is online at `now_ms` for a runner timeout of `timeout_ms`: marked
+    /// online and seen less than `timeout_ms` before (as [`RunnerPool::mark_offline`] would
+    /// judge it now, so a sweep that has not run yet changes nothing; a clock that stepped
+    /// back counts as just seen).
+    pub fn is_online_at(&self, now_ms: u64, timeout_ms: u64) -> bool {
+        self.state == RunnerState::Online && now_ms.saturating_sub(self.last_seen_ms) < timeout_ms
+    }
 }
 
 /// A runner whose ID was reclaimed for a new one.
@@ -343,7 +391,10 @@ impl RunnerPool {
     }
 
     /// Registers `name` at `address` (see the module docs for which ID it gets) and marks it
-    /// online, seen at `now_ms`.
+    /// online, seen at `now_ms`. A name held from another address moves to `address`
+    /// whether or not its runner is online: this is for the hub's own configuration (static
+    /// runners); a runner's registration goes through [`RunnerPool::admit`], which refuses
+    /// that while the other runner is online ([`RunnerPool::check_takeover`]).
     ///
     /// # Errors
     ///
@@ -413,19 +464,56 @@ impl RunnerPool {
         })
     }
 
-    /// Validates a registration against the hub's settings and plan, then registers it and
-    /// computes its plan. Nothing changes unless everything is valid.
+    /// Checks that `name` may be registered from `address` at `now_ms`, the hub's runner
+    /// timeout being `timeout_ms`: not while the pool holds it from another address and that
+    /// runner is online ([`Runner::is_online_at`]). The same address (a restart), an unknown
+    /// name, or a runner that is offline (one that moved) pass.
     ///
     /// # Errors
     ///
-    /// Those of [`validate_registration`] and [`AddressPlan::max_runners`], and
-    /// [`MembershipError::InvalidPlan`] if the pool hands out IDs the plan has no subnet for.
+    /// [`MembershipError::NameOnlineElsewhere`] naming both addresses.
+    pub fn check_takeover(
+        &self,
+        name: &str,
+        address: IpAddr,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Result<(), MembershipError> {
+        let address = address.to_canonical();
+        match self.get(name) {
+            Some(runner)
+                if runner.address.to_canonical() != address
+                    && runner.is_online_at(now_ms, timeout_ms) =>
+            {
+                Err(MembershipError::NameOnlineElsewhere {
+                    name: name.to_owned(),
+                    online_from: runner.address,
+                    refused_from: address,
+                    timeout_ms,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Validates a registration against the hub's settings and plan and against the runner
+    /// holding its name ([`RunnerPool::check_takeover`], with the hub's runner timeout
+    /// `timeout_ms`), then registers it and computes its plan. Nothing changes unless
+    /// everything is valid.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`validate_registration`] and [`AddressPlan::max_runners`],
+    /// [`MembershipError::InvalidPlan`] if the pool hands out IDs the plan has no subnet for,
+    /// and [`MembershipError::NameOnlineElsewhere`] if the name is online from another
+    /// address.
     pub fn admit(
         &mut self,
         hub: &OverlaySettings,
         plan: &AddressPlan,
         request: &RegistrationRequest,
         now_ms: u64,
+        timeout_ms: u64,
     ) -> Result<Admission, MembershipError> {
         validate_registration(hub, request)?;
         let max = plan.max_runners(hub.vni_base)?;
@@ -440,6 +528,7 @@ impl RunnerPool {
                 ),
             });
         }
+        self.check_takeover(&request.name, request.local_address, now_ms, timeout_ms)?;
         let registration = self.register(&request.name, request.local_address, now_ms)?;
         let plan = plan.runner(registration.id, hub.vni_base)?;
         Ok(Admission { registration, plan })
@@ -1003,6 +1092,14 @@ mod tests {
         NonZeroU8::new(value).expect("non-zero")
     }
 
+    /// The runner timeout of the takeover tests: the default 20 s.
+    const TIMEOUT: u64 = 20_000;
+
+    /// An address of TEST-NET-1 (RFC 5737), as in the issue's example.
+    fn test_net(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
     #[test]
     fn runner_states_are_written_lowercase_and_read_in_either_case() {
         assert_eq!(
@@ -1307,11 +1404,13 @@ mod tests {
         let plan = AddressPlan::default();
         let mut pool = RunnerPool::default();
         let error = pool
-            .admit(&hub, &plan, &request(1400), 0)
+            .admit(&hub, &plan, &request(1400), 0, TIMEOUT)
             .expect_err("mtu differs");
         assert_eq!(error.to_string(), "mtu differs: hub 1450, runner 1400");
         assert!(pool.is_empty(), "nothing registered on error");
-        let admission = pool.admit(&hub, &plan, &request(1450), 0).expect("valid");
+        let admission = pool
+            .admit(&hub, &plan, &request(1450), 0, TIMEOUT)
+            .expect("valid");
         assert_eq!(admission.registration.id, id(1));
         assert_eq!(admission.plan.vni.get(), 101);
         assert_eq!(admission.plan.subnet.to_string(), "10.1.0.0/16");
@@ -1326,13 +1425,169 @@ mod tests {
             ..request(1450)
         };
         let error = pool
-            .admit(&hub, &small_plan, &other, 0)
+            .admit(&hub, &small_plan, &other, 0, TIMEOUT)
             .expect_err("pool too big");
         assert!(
             error.to_string().contains("subnets for 15 runners"),
             "{error}"
         );
         assert_eq!(pool.len(), 1);
+    }
+
+    /// Admits `name` from `address` at `now` with the default settings and plan and a
+    /// runner timeout of [`TIMEOUT`].
+    fn admit_as(
+        pool: &mut RunnerPool,
+        name: &str,
+        address: IpAddr,
+        now: u64,
+    ) -> Result<Admission, MembershipError> {
+        let request = RegistrationRequest {
+            name: name.into(),
+            local_address: address,
+            ..request(1450)
+        };
+        pool.admit(
+            &OverlaySettings::default(),
+            &AddressPlan::default(),
+            &request,
+            now,
+            TIMEOUT,
+        )
+    }
+
+    #[test]
+    fn a_name_online_from_another_address_is_refused() {
+        let mut pool = RunnerPool::default();
+        let first = admit_as(&mut pool, "r1", test_net(10), 1_000).expect("first registration");
+        assert_eq!(first.registration.id, id(1));
+        pool.touch("r1", 10_000).expect("heartbeat");
+
+        // 19.999 s after the last heartbeat: still online.
+        let error = admit_as(&mut pool, "r1", test_net(11), 29_999)
+            .expect_err("r1 is online from another address");
+        assert_eq!(
+            error,
+            MembershipError::NameOnlineElsewhere {
+                name: "r1".into(),
+                online_from: test_net(10),
+                refused_from: test_net(11),
+                timeout_ms: TIMEOUT,
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "runner \"r1\" is online from 192.0.2.10; refusing the registration from \
+             192.0.2.11 (stop the other runner, or wait until it is offline: 20 s without \
+             heartbeats)"
+        );
+        // Nothing changed: the online runner keeps its name, ID, address and last-seen time.
+        let runner = pool.get("r1").expect("still held");
+        assert_eq!(
+            (runner.id, runner.address, runner.last_seen_ms, runner.state),
+            (id(1), test_net(10), 10_000, RunnerState::Online)
+        );
+        assert_eq!(pool.len(), 1);
+        assert_eq!(
+            pool.check_takeover("r1", test_net(11), 29_999, TIMEOUT),
+            Err(error)
+        );
+        // Another name from that address is a runner of its own.
+        let other = admit_as(&mut pool, "r2", test_net(11), 29_999).expect("another name");
+        assert_eq!(other.registration.id, id(2));
+    }
+
+    #[test]
+    fn the_same_address_registers_again_while_online() {
+        let mut pool = RunnerPool::default();
+        admit_as(&mut pool, "r1", test_net(10), 1_000).expect("first registration");
+        // A restart of the same runner: at once, and in the IPv4-mapped IPv6 form.
+        let mapped: IpAddr = "::ffff:192.0.2.10".parse().expect("address");
+        for (address, now) in [(test_net(10), 2_000), (mapped, 3_000)] {
+            let again = admit_as(&mut pool, "r1", address, now).expect("same address");
+            assert_eq!(
+                again.registration,
+                Registration {
+                    id: id(1),
+                    outcome: RegistrationOutcome::Reconnected {
+                        previous_address: None
+                    }
+                }
+            );
+            assert_eq!(pool.get("r1").map(|r| r.last_seen_ms), Some(now));
+        }
+    }
+
+    #[test]
+    fn a_name_moves_once_its_runner_is_offline() {
+        let mut pool = RunnerPool::default();
+        admit_as(&mut pool, "r0", test_net(9), 500).expect("r0");
+        admit_as(&mut pool, "r1", test_net(10), 1_000).expect("r1");
+
+        // Silent for the whole timeout: offline, even before a sweep marked it so.
+        assert_eq!(pool.get("r1").map(|r| r.state), Some(RunnerState::Online));
+        let moved =
+            admit_as(&mut pool, "r1", test_net(11), 21_000).expect("offline: the name moves");
+        assert_eq!(
+            moved.registration,
+            Registration {
+                id: id(2),
+                outcome: RegistrationOutcome::Reconnected {
+                    previous_address: Some(test_net(10))
+                }
+            },
+            "the ID is kept"
+        );
+        assert_eq!(moved.plan.subnet.to_string(), "10.2.0.0/16");
+        assert_eq!(pool.get("r1").map(|r| r.address), Some(test_net(11)));
+
+        // Now the runner at the old address is the newcomer, refused while the moved one is
+        // online.
+        let error = admit_as(&mut pool, "r1", test_net(10), 22_000)
+            .expect_err("the moved runner is online");
+        assert!(
+            matches!(
+                error,
+                MembershipError::NameOnlineElsewhere { online_from, refused_from, .. }
+                    if online_from == test_net(11) && refused_from == test_net(10)
+            ),
+            "{error:?}"
+        );
+
+        // Marked offline by a sweep: it moves back, keeping its ID.
+        assert_eq!(pool.mark_offline(50_000, TIMEOUT), vec![id(1), id(2)]);
+        let back =
+            admit_as(&mut pool, "r1", test_net(10), 50_000).expect("offline: the name moves");
+        assert_eq!(back.registration.id, id(2));
+
+        // After a hub restart nobody is online: the first to register takes the name.
+        let json = serde_json::to_string(&pool).expect("serialise");
+        let mut restored: RunnerPool = serde_json::from_str(&json).expect("restore");
+        let after_restart = admit_as(&mut restored, "r1", test_net(12), 50_100)
+            .expect("restored runners are offline");
+        assert_eq!(after_restart.registration.id, id(2));
+    }
+
+    #[test]
+    fn register_moves_a_name_whatever_its_state() {
+        // The hub's own configuration (static runners) is final: no takeover check.
+        let mut pool = RunnerPool::default();
+        pool.register("s1", test_net(10), 1_000).expect("valid");
+        let moved = pool.register("s1", test_net(11), 1_001).expect("valid");
+        assert_eq!(
+            moved.outcome,
+            RegistrationOutcome::Reconnected {
+                previous_address: Some(test_net(10))
+            }
+        );
+    }
+
+    #[test]
+    fn timeouts_are_written_in_seconds() {
+        assert_eq!(seconds(&20_000), "20 s");
+        assert_eq!(seconds(&1_500), "1.5 s");
+        assert_eq!(seconds(&250), "0.25 s");
+        assert_eq!(seconds(&0), "0 s");
     }
 
     #[test]

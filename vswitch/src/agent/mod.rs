@@ -357,6 +357,41 @@ mod tests {
             assert_eq!(view["state"], "up", "{view:#}");
             assert_eq!(view["message"], Value::Null, "{view:#}");
 
+            // Another node registering as runner-a while runner-a is online is refused with
+            // 409, naming both addresses; the hub keeps runner-a as it was.
+            let newcomer = vxlan::RegistrationRequest {
+                name: "runner-a".into(),
+                local_address: std::net::Ipv4Addr::new(192, 168, 77, 3).into(),
+                vni_base: 100,
+                port: 4789,
+                mtu: 1450,
+            };
+            let error = HubClient::new(std::net::Ipv4Addr::new(192, 168, 77, 1), 4799, TOKEN)
+                .register(&newcomer)
+                .await
+                .expect_err("runner-a is online from 192.168.77.2");
+            assert_eq!(
+                error,
+                HubCallError::Status {
+                    status: 409,
+                    message: "runner \"runner-a\" is online from 192.168.77.2; refusing the \
+                              registration from 192.168.77.3 (stop the other runner, or wait \
+                              until it is offline: 20 s without heartbeats)"
+                        .into(),
+                }
+            );
+            let view = wait_for(&hub, "hub keeps runner-a", Duration::from_secs(5), |v| {
+                v["runners"][0]["state"] == "online"
+            })
+            .await;
+            assert_eq!(view["runners"][0]["address"], "192.168.77.2", "{view:#}");
+            assert_eq!(view["runners"][0]["id"], 1, "{view:#}");
+            assert_eq!(
+                view["runners"].as_array().map(Vec::len),
+                Some(1),
+                "{view:#}"
+            );
+
             // A runner whose MTU differs is refused, and its status says why.
             let mismatched = Node::open(&runner_overlay("runner-b", "192.168.77.3", 1400, TOKEN));
             let mismatched_agent = spawn(Arc::clone(&mismatched.controller));

@@ -329,6 +329,29 @@ mod tests {
     }
 
     #[test]
+    fn a_name_online_elsewhere_is_reported_like_other_refusals() {
+        // The hub's 409 for a name online from another address: the status quotes it and the
+        // runner backs off like for any refusal, rather than retrying at once.
+        let trouble = call(
+            "registration",
+            HubCallError::Status {
+                status: 409,
+                message: "runner \"r1\" is online from 192.0.2.10; refusing the registration \
+                          from 192.0.2.11 (stop the other runner, or wait until it is offline: \
+                          20 s without heartbeats)"
+                    .into(),
+            },
+        );
+        assert_eq!(trouble.state(), OverlayState::HubUnreachable);
+        assert_eq!(
+            trouble.message(Duration::from_secs(8)),
+            "the hub refused registration: runner \"r1\" is online from 192.0.2.10; refusing \
+             the registration from 192.0.2.11 (stop the other runner, or wait until it is \
+             offline: 20 s without heartbeats); retrying in 8s"
+        );
+    }
+
+    #[test]
     fn plan_failure_is_failed() {
         let trouble = Trouble::Plan {
             id: vxlan::RunnerId::new(3).expect("non-zero"),

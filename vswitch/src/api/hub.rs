@@ -13,7 +13,9 @@
 //!   (the body is not read).
 //! - Errors have the control API's shape and status mapping ([`ErrorResponse`]): a refused
 //!   registration (mismatched MTU, say) is a 400 whose message names the setting and both
-//!   values; a heartbeat from an unknown runner is a 404 (the runner must register again).
+//!   values; a name the hub holds online from another `localAddress` is a 409 naming both
+//!   addresses and the runner timeout; a heartbeat from an unknown runner is a 404 (the
+//!   runner must register again).
 //! - Bodies are limited to [`MAX_HUB_BODY_BYTES`]; controller calls run on the blocking pool.
 //! - The port is reachable by anyone on the underlay, so no peer may hold server resources
 //!   for long without sending a complete, authorized request: the request head must arrive

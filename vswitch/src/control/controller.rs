@@ -1884,12 +1884,15 @@ impl Controller {
     }
 
     /// Hub: admits a runner's registration (same name, same ID; mismatched settings refused
-    /// with a message naming the setting and both values), persists the pool, sets up the
-    /// runner's subnet and returns its plan.
+    /// with a message naming the setting and both values; a name online from another
+    /// address, or a static runner's name from another address, refused naming both
+    /// addresses), persists the pool, sets up the runner's subnet and returns its plan.
     ///
     /// # Errors
     /// [`ApiError::Invalid`] for a bad or mismatched request, [`ApiError::Conflict`] when
-    /// this node is not a hub, [`ApiError::Internal`] when the state cannot be saved.
+    /// this node is not a hub or the name belongs to another runner (online from another
+    /// address, or in `spec.runners` with another address), [`ApiError::Internal`] when the
+    /// state cannot be saved.
     pub fn hub_register(
         &self,
         request: &vxlan::RegistrationRequest,
@@ -2029,22 +2032,54 @@ impl Controller {
         request: &vxlan::RegistrationRequest,
     ) -> Result<vxlan::RunnerPlan, ApiError> {
         let overlay = hub_overlay(&inner.state)?.clone();
+        // A static runner's name is the hub's configuration: it never moves by registration
+        // (whether or not the hub has marked it online yet).
+        if let Some(fixed) = overlay.spec.runners.iter().find(|r| r.name == request.name)
+            && request.local_address.to_canonical() != std::net::IpAddr::V4(fixed.address)
+        {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "runner {:?} is configured on the hub at {} (spec.runners); refusing the \
+                     registration from {} (register under another name, or change \
+                     spec.runners on the hub)",
+                    request.name, fixed.address, request.local_address
+                ),
+                field: None,
+            });
+        }
         let mut pool = inner.state.runner_pool.clone().unwrap_or_default();
+        let timeout_ms = overlay.spec.runner_timeout_seconds.saturating_mul(1000);
         let admission = pool
             .admit(
                 &overlay::settings(&overlay),
                 &overlay.spec.address_plan,
                 request,
                 wall_ms(),
+                timeout_ms,
             )
-            .map_err(|err| ApiError::Invalid {
-                message: format!("registration of runner {:?} refused: {err}", request.name),
-                field: None,
+            .map_err(|err| match err {
+                // Two nodes with one name: a conflict with the runner holding it.
+                vxlan::MembershipError::NameOnlineElsewhere { .. } => ApiError::Conflict {
+                    message: err.to_string(),
+                    field: None,
+                },
+                err => ApiError::Invalid {
+                    message: format!("registration of runner {:?} refused: {err}", request.name),
+                    field: None,
+                },
             })?;
         // MACs learned behind an address that no longer holds this ID are stale.
         let stale_vtep = match &admission.registration.outcome {
             vxlan::membership::RegistrationOutcome::Assigned => None,
             vxlan::membership::RegistrationOutcome::Reconnected { previous_address } => {
+                if let Some(previous) = previous_address {
+                    tracing::info!(
+                        runner = %request.name,
+                        from = %previous,
+                        to = %request.local_address,
+                        "runner moved: its old address was offline"
+                    );
+                }
                 *previous_address
             }
             vxlan::membership::RegistrationOutcome::Reclaimed { evicted } => {
