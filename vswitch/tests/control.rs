@@ -1,7 +1,7 @@
 //! Bad input through the real CLI and daemon: every refusal names the problem, exits non-zero
 //! and leaves the running state unchanged.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;

@@ -1,7 +1,7 @@
 //! End-to-end L2 switching: real namespaces attached through TAP and veth ports of a real
 //! vswitchd, exercised with ping, iperf3 and raw frames.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;

@@ -1,7 +1,7 @@
 //! End-to-end L3: the switch routes between subnets, owns their gateways, answers ARP and
 //! ICMP, enforces MTU, isolates Networks and connects them only through mutual peering.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;

@@ -1,7 +1,7 @@
 //! Daemon lifecycle: restart after kill -9, clean stop, detach, refusing to run unprivileged,
 //! worker placement.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;

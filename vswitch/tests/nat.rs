@@ -6,7 +6,7 @@
 //! uplink's gateway) and 203.0.113.2/24 (a second server). The switch owns 203.0.113.10 (NAT),
 //! 203.0.113.20 (a virtual IP). TEST-NET-3 addresses, inside namespaces only.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;

@@ -1,4 +1,3 @@
-#![allow(clippy::tests_outside_test_module)]
 //! End-to-end VXLAN overlay: node namespaces joined by an underlay bridge, `vswitchd` running
 //! inside each node (hub, runners, mesh nodes), and nodes built only from Linux kernel pieces
 //! (a `vxlan` device and a bridge) as peers.
@@ -7,6 +6,9 @@
 //! one namespace per node joined to it by a veth pair whose node end is `eth0` with an
 //! address like 192.168.50.N/24. Containers are namespaces attached by the node's daemon (or,
 //! on a kernel node, joined to its bridge by a veth pair).
+
+// Integration tests are test modules already.
+#![allow(clippy::tests_outside_test_module)]
 
 mod common;
 

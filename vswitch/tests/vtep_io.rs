@@ -1,4 +1,3 @@
-#![allow(clippy::tests_outside_test_module)]
 //! The VTEP's socket I/O (`port::vxlan`) between two namespaces joined by a veth pair: it
 //! receives what a kernel UDP socket sends, spreads flows over its queues, and talks VXLAN
 //! with a Linux kernel `vxlan` device (the kernel answers a ping we encapsulate, and the
@@ -6,6 +5,9 @@
 //! a TCP super-frame sent with `UDP_SEGMENT` reaches the kernel's vxlan device as segments
 //! (checked on the wire and in the device's counters), and `UDP_SEGMENT` sends of the kernel
 //! come out of `UDP_GRO` split into their datagrams, whole and in order.
+
+// Integration tests are test modules already.
+#![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
