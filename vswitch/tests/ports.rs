@@ -22,7 +22,6 @@ use ipnet::Ipv4Net;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use parking_lot::Mutex;
 use vswitch::port::{self, AttachRequest, PortError, PortIo, PortKind, PortQueue, RxBatch};
-use vswitch::sys::af_packet::{PacketSocket, RingLayout};
 use vswitch::sys::netns::NetnsRef;
 use vswitch::wire::VNET_HDR_LEN;
 
@@ -452,67 +451,6 @@ fn tap_attach_ping_reopen_detach() {
 #[test]
 fn veth_attach_ping_reopen_detach() {
     attach_ping_reopen_detach(PortKind::Veth);
-}
-
-/// Measures a ping across a veth port served from a TPACKET_V3 ring and from the V2 ring the
-/// port uses (printed; tests never assert on timing). Also checks that the virtio header is
-/// delivered with both rings.
-#[test]
-fn veth_ring_latency() {
-    require_environment();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = Netns::new();
-    let req = request(&ns, PortKind::Veth);
-    let _guard = PortGuard(req.clone());
-    let io = port::attach(&req).unwrap_or_else(|e| panic!("attach: {e}"));
-    let host = port::host_ifname(&req.name);
-    drop(io);
-    let index: u32 = std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut results = Vec::new();
-    for (label, layout) in [
-        (
-            "TPACKET_V3 (kernel default retire timeout)",
-            RingLayout::V3 {
-                block_size: 1 << 17,
-                block_count: 8,
-                retire_ms: 0,
-            },
-        ),
-        (
-            "TPACKET_V3 (1 ms retire timeout)",
-            RingLayout::V3 {
-                block_size: 1 << 17,
-                block_count: 8,
-                retire_ms: 1,
-            },
-        ),
-        ("TPACKET_V2", RingLayout::v2_for_mtu(1400)),
-    ] {
-        let sockets = PacketSocket::open_group(index, 2, layout).expect("sockets");
-        let queues: Vec<Mutex<PortQueue>> = sockets
-            .into_iter()
-            .map(|s| Mutex::new(PortQueue::Packet(s)))
-            .collect();
-        let _ = ns.ip(&["neigh", "flush", "dev", "eth0"]);
-        let io = PortIo {
-            kind: PortKind::Veth,
-            queues,
-            capabilities: Default::default(),
-            host_ifname: Some(host.clone()),
-        };
-        let rtt = assert_traffic(&ns, &io, label, 20);
-        results.push((label, rtt));
-    }
-    for (label, rtt) in &results {
-        eprintln!(
-            "veth ping RTT with {label}: min {:.3} avg {:.3} max {:.3} ms",
-            rtt.min, rtt.avg, rtt.max
-        );
-    }
 }
 
 #[test]
