@@ -3,7 +3,9 @@
 //!
 //! Each test starts its own server in its own temporary directory, with resource names that
 //! no other test uses, so the tests run in parallel. The server is stopped in `Drop`. Tests
-//! that touch namespaces need root and fail (never pass) without it.
+//! that touch namespaces need root: they are `#[ignore = "needs root: ..."]` (a plain
+//! `cargo test` skips them, `sudo ./scripts/test.sh` runs them) and fail, never pass, when run
+//! without it.
 
 // Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
@@ -964,6 +966,7 @@ impl Drop for TestNetns {
 }
 
 #[test]
+#[ignore = "needs root: creates a network namespace and a TAP port"]
 fn vswitchctl_attach_and_detach() {
     let server = Server::start();
     let netns = TestNetns::new();
@@ -1083,6 +1086,7 @@ fn resource(kind: &str, name: &str, spec: &str) -> String {
 /// PortForward and VirtualIP over HTTP and through vswitchctl, the conntrack and NAT
 /// views, refusals, and deletes that close the uplink.
 #[test]
+#[ignore = "needs root: creates a veth uplink, a namespace and AF_PACKET sockets"]
 fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
     let server = Server::start();
     let veth = TestVeth::new();

@@ -13,6 +13,7 @@ use common::{Daemon, Netns, iperf3_tcp, require, send_raw_frames};
 /// tap<->veth, tap<->tap and veth<->veth: ping and iperf3 both ways, with the containers'
 /// checksum and TSO offloads left on; the switch learns both MACs.
 #[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
 fn tap_and_veth_ping_and_iperf3() {
     require(&["ping", "iperf3", "ethtool"]);
     let daemon = Daemon::start(2);
@@ -89,6 +90,7 @@ fn tap_and_veth_ping_and_iperf3() {
 
 /// Broadcast and unknown unicast flood within their subnet only.
 #[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
 fn flooding_stays_inside_the_subnet() {
     require(&["ping"]);
     let daemon = Daemon::start(2);
@@ -126,6 +128,7 @@ fn flooding_stays_inside_the_subnet() {
 
 /// A port may send only from its own MAC and addresses.
 #[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
 fn port_security_drops_spoofed_frames() {
     require(&["ping"]);
     let daemon = Daemon::start(2);
@@ -189,6 +192,7 @@ fn port_security_drops_spoofed_frames() {
 
 /// Garbage from a container is counted and dropped; the workers keep forwarding.
 #[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
 fn garbage_frames_are_counted_and_dropped() {
     require(&["ping", "python3"]);
     let daemon = Daemon::start(2);

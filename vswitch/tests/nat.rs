@@ -127,6 +127,7 @@ fn python(ns: &Netns, script: &str, args: &[&str]) -> String {
 /// address; one internal socket keeps one mapping toward two servers, with its port kept; ICMP
 /// port unreachable comes back translated.
 #[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
 fn masquerade_to_the_outside() {
     require(&["ping", "iperf3", "python3"]);
     let mut outside = Outside::new();
@@ -207,6 +208,7 @@ fn masquerade_to_the_outside() {
 /// PortForward and VirtualIP from the outside in; a container reaches the node's own forwarded
 /// port (hairpinning).
 #[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
 fn port_forward_virtual_ip_and_hairpin() {
     require(&["ping", "python3"]);
     let outside = Outside::new();

@@ -5,7 +5,9 @@
 //! ARP and ICMP echo for the gateway address through the port's queues. Needs root (netns,
 //! TAP, AF_PACKET) and iproute2 + ping; without them the tests fail and say so.
 //!
-//! Run: `cargo test -p vswitch --test ports`.
+//! Every test needs root and is `#[ignore]`d for a plain `cargo test`; run them with
+//! `sudo ./scripts/test.sh --test ports` (or `cargo test -p vswitch --test ports --
+//! --include-ignored` as root).
 
 // Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
@@ -38,7 +40,7 @@ fn require_environment() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "tests/ports.rs needs root (network namespaces, TAP devices, AF_PACKET sockets): \
-         run `cargo test -p vswitch --test ports` as root"
+         run `sudo ./scripts/test.sh --test ports`"
     );
     assert!(
         Path::new("/dev/net/tun").exists(),
@@ -444,16 +446,19 @@ fn attach_ping_reopen_detach(kind: PortKind) {
 }
 
 #[test]
+#[ignore = "needs root: creates a namespace and a TAP port"]
 fn tap_attach_ping_reopen_detach() {
     attach_ping_reopen_detach(PortKind::Tap);
 }
 
 #[test]
+#[ignore = "needs root: creates a namespace, a veth port and AF_PACKET sockets"]
 fn veth_attach_ping_reopen_detach() {
     attach_ping_reopen_detach(PortKind::Veth);
 }
 
 #[test]
+#[ignore = "needs root: attaches TAP and veth ports"]
 fn missing_namespace_is_a_netns_error() {
     require_environment();
     for kind in [PortKind::Tap, PortKind::Veth] {
@@ -491,6 +496,7 @@ fn missing_namespace_is_a_netns_error() {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, veth pairs and TAP/veth ports"]
 fn taken_ifname_is_refused_and_leaves_nothing() {
     require_environment();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -526,6 +532,7 @@ fn taken_ifname_is_refused_and_leaves_nothing() {
 /// `recv_batch`/`send` (TAP: EBADFD; veth: ENETDOWN once, then ENXIO on send), so a
 /// worker can stop polling them; reopen says Gone and detach is fine.
 #[test]
+#[ignore = "needs root: creates and deletes namespaces with TAP and veth ports"]
 fn queues_report_a_vanished_namespace() {
     require_environment();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -629,6 +636,7 @@ fn forward(a: &[Mutex<PortQueue>], b: &[Mutex<PortQueue>], stop: &AtomicBool) ->
 /// the ring's copy path) and partial checksums cross in both directions, and the
 /// containers keep their offloads on.
 #[test]
+#[ignore = "needs root: creates namespaces with TAP and veth ports"]
 fn tcp_super_frames_cross_between_tap_and_veth() {
     require_environment();
     let iperf = Command::new("iperf3").arg("-v").output();

@@ -8,7 +8,9 @@
 //! removes them in `Drop`. Needs root (namespaces, AF_PACKET), iproute2, ping and python3
 //! (to send a UDP GSO datagram from outside); without them the tests fail and say so.
 //!
-//! Run: `cargo test --release -p vswitch --test uplink_port`.
+//! Every test needs root and is `#[ignore]`d for a plain `cargo test`; run them with
+//! `sudo ./scripts/test.sh --test uplink_port` (or `cargo test --release -p vswitch --test
+//! uplink_port -- --include-ignored` as root).
 
 // Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
@@ -32,7 +34,7 @@ fn require_environment() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "tests/uplink_port.rs needs root (network namespaces, veth, AF_PACKET sockets): run \
-         `cargo test -p vswitch --test uplink_port` as root"
+         `sudo ./scripts/test.sh --test uplink_port`"
     );
     for tool in [["ip", "-V"], ["ping", "-V"], ["python3", "--version"]] {
         let ok = Command::new(tool[0])
@@ -400,6 +402,7 @@ fn ping_outside(topology: &Topology, target: Ipv4Addr, count: u32) -> Output {
 }
 
 #[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
 fn open_reports_the_interface_and_close_undoes_the_membership() {
     require_environment();
     let topology = Topology::new();
@@ -452,6 +455,7 @@ fn open_reports_the_interface_and_close_undoes_the_membership() {
 }
 
 #[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
 fn open_refuses_a_down_interface_and_a_bad_mac() {
     require_environment();
     let topology = Topology::new();
@@ -483,6 +487,7 @@ fn open_refuses_a_down_interface_and_a_bad_mac() {
 }
 
 #[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
 fn arp_and_ping_for_the_switch_reach_it_and_host_traffic_does_not() {
     require_environment();
     let topology = Topology::new();
@@ -612,6 +617,7 @@ fn vnet(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, start: u16, offset
 }
 
 #[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
 fn offloads_cross_the_uplink_both_ways() {
     require_environment();
     let topology = Topology::new();

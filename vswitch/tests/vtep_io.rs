@@ -138,6 +138,7 @@ fn vxlan_datagram(vni: u32, tag: u8) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a veth pair and the VTEP's raw socket"]
 fn receives_kernel_udp_datagrams_on_every_queue() {
     let underlay = Underlay::new();
     let io = underlay.open_vtep(2);
@@ -206,6 +207,7 @@ fn receives_kernel_udp_datagrams_on_every_queue() {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a veth pair and the VTEP's raw socket"]
 fn open_errors_name_the_address_and_the_fix() {
     let underlay = Underlay::new();
     let _io = underlay.open_vtep(1);
@@ -383,6 +385,7 @@ fn witness_in_b(underlay: &Underlay) -> PacketSocket {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a kernel vxlan device, raw and AF_PACKET sockets"]
 fn interop_with_the_kernel_vxlan_device() {
     let underlay = Underlay::new();
     let b = &underlay.b.name;
@@ -577,6 +580,7 @@ fn capture_vxlan(
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a kernel vxlan device, raw and AF_PACKET sockets"]
 fn gso_super_frame_reaches_the_kernel_vxlan_peer_as_segments() {
     require(&["ethtool"]);
     let underlay = Underlay::new();
@@ -726,6 +730,7 @@ fn vxlan_run(datagrams: usize, size: usize, last: usize, tag: u8) -> Vec<Vec<u8>
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a veth pair and the VTEP's raw socket"]
 fn udp_gro_splits_what_a_kernel_udp_segment_sender_sends() {
     let underlay = Underlay::new();
     let io = underlay.open_vtep(1);

@@ -3,6 +3,8 @@
 //! Every test builds its own topology with a unique name prefix and tears it down in `Drop`,
 //! so tests can run in parallel and leave nothing behind even when they fail. A test that
 //! cannot run (not root, a tool missing) fails and says what is missing; it never passes.
+//! Tests that need root are `#[ignore = "needs root: ..."]`: a plain `cargo test` skips them,
+//! `sudo ./scripts/test.sh` runs them all (`--include-ignored`).
 
 #![allow(dead_code)]
 
