@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, Netns, iperf3_tcp, require, send_raw_frames};
+use common::{Daemon, Netns, iperf3_tcp, require, send_raw_frames, wait_until};
 
 /// tap<->veth, tap<->tap and veth<->veth: ping and iperf3 both ways, with the containers'
 /// checksum and TSO offloads left on; the switch learns both MACs.
@@ -113,11 +113,13 @@ fn flooding_stays_inside_the_subnet() {
     let before_c2 = daemon.port_counter(&c2.name, "tx_packets");
     // ARP requests for an absent host: broadcast, flooded to c2 only.
     let _ = c1.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "172.30.9.9"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let after_c2 = daemon.port_counter(&c2.name, "tx_packets");
-    assert!(
-        after_c2 >= before_c2 + 3,
-        "c2 should have received the flooded ARP requests ({before_c2} -> {after_c2})"
+    wait_until(
+        &format!("c2 to receive the 3 flooded ARP requests (tx_packets was {before_c2})"),
+        Duration::from_secs(5),
+        || {
+            let after_c2 = daemon.port_counter(&c2.name, "tx_packets");
+            (after_c2 >= before_c2 + 3).then_some(after_c2)
+        },
     );
     assert_eq!(
         daemon.port_counter(&c3.name, "tx_packets"),

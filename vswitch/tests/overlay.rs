@@ -12,11 +12,12 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Netns, iperf3_tcp, require, run, tail, unique};
+use common::{Daemon, Netns, iperf3_tcp, require, run, tail, unique, wait_until};
 use serde_json::Value;
 
 /// The bearer token of the hubs in these tests.
@@ -184,15 +185,18 @@ fn wait_registered(daemon: &Daemon, name: &str) -> Value {
         Duration::from_secs(20),
         |v| v["state"] == "registered",
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !daemon.ctl(&["get", "subnet", "overlay"]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "runner {name} is registered ({view}) but has no Subnet `overlay` after 5 s:\n{}",
-            tail(&daemon.log_text(), 40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // On a timeout the daemon's log tail is printed when `daemon` drops.
+    wait_until(
+        &format!("runner {name}, registered ({view}), to have its Subnet `overlay`"),
+        Duration::from_secs(5),
+        || {
+            daemon
+                .ctl(&["get", "subnet", "overlay"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
     view
 }
 
@@ -415,10 +419,17 @@ fn outer_packet(frame: &[u8]) -> Option<OuterPacket> {
     })
 }
 
-/// Starts `tcpdump -w -` (pcap on stdout) in `ns` on `ifname` for `count` packets.
-fn start_capture(ns: &Netns, ifname: &str, count: u32, filter: &str) -> Child {
+/// A running `tcpdump -w -`, and the thread that collects its stderr.
+struct Capture {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts `tcpdump -w -` (pcap on stdout) in `ns` on `ifname` for `count` packets, and returns
+/// once tcpdump says "listening on": from then on the capture runs.
+fn start_capture(ns: &Netns, ifname: &str, count: u32, filter: &str) -> Capture {
     let count = count.to_string();
-    let child = Command::new("ip")
+    let mut child = Command::new("ip")
         .args([
             "netns", "exec", &ns.name, "tcpdump", "-i", ifname, "-nn", "-U",
         ])
@@ -427,14 +438,36 @@ fn start_capture(ns: &Netns, ifname: &str, count: u32, filter: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start tcpdump in {}: {e}", ns.name));
-    // tcpdump says "listening on ..." once the capture runs; give it that time.
-    std::thread::sleep(Duration::from_millis(1500));
-    child
+    let pipe = child.stderr.take().expect("tcpdump's stderr is piped");
+    let (listening, started) = mpsc::channel();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("listening on") {
+                let _ = listening.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    if started.recv_timeout(Duration::from_secs(10)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let errors = stderr.join().unwrap_or_default();
+        panic!(
+            "tcpdump in {} did not say \"listening on\" {ifname} within 10 s:\n{errors}",
+            ns.name
+        );
+    }
+    Capture { child, stderr }
 }
 
 /// Waits (up to `within`) for the capture to end, interrupting it otherwise; returns the pcap
 /// bytes and tcpdump's stderr.
-fn finish_capture(mut child: Child, within: Duration) -> (Vec<u8>, String) {
+fn finish_capture(capture: Capture, within: Duration) -> (Vec<u8>, String) {
+    let Capture { mut child, stderr } = capture;
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -452,13 +485,10 @@ fn finish_capture(mut child: Child, within: Duration) -> (Vec<u8>, String) {
         }
     }
     let mut pcap = Vec::new();
-    let mut errors = String::new();
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_end(&mut pcap);
     }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut errors);
-    }
+    let errors = stderr.join().unwrap_or_default();
     let _ = child.wait();
     (pcap, errors)
 }

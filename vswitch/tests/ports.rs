@@ -12,6 +12,8 @@
 // Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -543,27 +545,24 @@ fn queues_report_a_vanished_namespace() {
         let io = port::attach(&req).unwrap_or_else(|e| panic!("attach {kind:?}: {e}"));
         run_ok("ip", &["netns", "del", &ns.name]);
         let mut batch = RxBatch::new(8);
-        let mut errors = Vec::new();
         // Namespace teardown is asynchronous: give it up to 10 s.
-        for _ in 0..200 {
-            for queue in &io.queues {
-                let mut queue = queue.lock();
-                batch.clear();
-                if let Err(e) = queue.recv_batch(&mut batch) {
-                    errors.push(format!("recv: {e}"));
+        let errors = common::wait_until(
+            &format!("{kind:?}: the queues to report the vanished namespace"),
+            std::time::Duration::from_secs(10),
+            || {
+                let mut errors = Vec::new();
+                for queue in &io.queues {
+                    let mut queue = queue.lock();
+                    batch.clear();
+                    if let Err(e) = queue.recv_batch(&mut batch) {
+                        errors.push(format!("recv: {e}"));
+                    }
+                    if let Err(e) = queue.send(&[0u8; 60]) {
+                        errors.push(format!("send: {e}"));
+                    }
                 }
-                if let Err(e) = queue.send(&[0u8; 60]) {
-                    errors.push(format!("send: {e}"));
-                }
-            }
-            if !errors.is_empty() {
-                break;
-            }
-            thread::sleep(std::time::Duration::from_millis(50));
-        }
-        assert!(
-            !errors.is_empty(),
-            "{kind:?}: the queues never reported the loss"
+                (!errors.is_empty()).then_some(errors)
+            },
         );
         eprintln!("{kind:?} after the namespace vanished: {errors:?}");
         match port::reopen(&req) {
@@ -683,7 +682,7 @@ fn tcp_super_frames_cross_between_tap_and_veth() {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("iperf3 server");
-            thread::sleep(std::time::Duration::from_millis(300));
+            common::wait_listening(&veth_ns.name, "tcp", ":5201", &mut server);
             let target = veth_address.to_string();
             let mut args = vec![
                 "iperf3",

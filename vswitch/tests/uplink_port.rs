@@ -266,10 +266,15 @@ fn answer(seen: &Seen, address: Ipv4Addr, mac: [u8; 6]) -> Option<Vec<u8>> {
     Some(reply)
 }
 
-/// Plays the switch until `stop`: reads every uplink queue (and, when given, an unfiltered
-/// witness socket on the same interface, recorded as queue `usize::MAX`), answers ARP and
-/// ping for `address` with `mac`, and sends the frames that arrive on `outgoing` through
-/// queue 0. Returns everything read and the number of refused sends.
+/// How long the switch side keeps reading, once told to stop, for the frames a test still
+/// waits for.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Plays the switch until `stop`, and then until `settled` holds for everything read (or
+/// [`SETTLE_LIMIT`] passed): reads every uplink queue (and, when given, an unfiltered witness
+/// socket on the same interface, recorded as queue `usize::MAX`), answers ARP and ping for
+/// `address` with `mac`, and sends the frames that arrive on `outgoing` through queue 0.
+/// Returns everything read and the number of refused sends.
 fn play_switch(
     io: &PortIo,
     witness: Option<&mut PacketSocket>,
@@ -277,10 +282,11 @@ fn play_switch(
     mac: [u8; 6],
     outgoing: &mpsc::Receiver<Vec<u8>>,
     stop: &AtomicBool,
+    settled: impl Fn(&[Seen]) -> bool,
 ) -> (Vec<Seen>, usize) {
     let mut guards: Vec<_> = io.queues.iter().map(|q| q.lock()).collect();
     let mut witness = witness;
-    let mut seen = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     let mut send_errors = 0;
     let mut batch = RxBatch::new(64);
     let send = |queue: &mut PortQueue, frame: &[u8], errors: &mut usize| {
@@ -289,7 +295,14 @@ fn play_switch(
         }
         queue.flush().expect("flush");
     };
-    while !stop.load(Ordering::SeqCst) {
+    let mut settle_by = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            let by = *settle_by.get_or_insert_with(|| Instant::now() + SETTLE_LIMIT);
+            if settled(&seen) || Instant::now() >= by {
+                break;
+            }
+        }
         {
             let mut fds: Vec<PollFd<'_>> = guards
                 .iter()
@@ -338,11 +351,15 @@ fn play_switch(
     (seen, send_errors)
 }
 
-/// Runs `body` while a switch thread serves the uplink; returns what the switch read.
+/// Runs `body` while a switch thread serves the uplink, then lets the switch read on until
+/// `settled` holds for what it read (the answers `body` caused have arrived; bounded by
+/// [`SETTLE_LIMIT`], after which the caller's assertions say what is missing); returns what
+/// the switch read.
 fn with_switch<T>(
     topology: &Topology,
     io: &PortIo,
     witness: Option<&mut PacketSocket>,
+    settled: impl Fn(&[Seen]) -> bool + Send,
     body: impl FnOnce(&mpsc::Sender<Vec<u8>>) -> T,
 ) -> (T, Vec<Seen>, usize) {
     let stop = AtomicBool::new(false);
@@ -357,11 +374,10 @@ fn with_switch<T>(
                 topology.switch_mac(),
                 &receiver,
                 stop,
+                settled,
             )
         });
         let result = body(&sender);
-        // Let the last replies arrive.
-        thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::SeqCst);
         let (seen, errors) = switch.join().expect("switch thread");
         (result, seen, errors)
@@ -496,8 +512,24 @@ fn arp_and_ping_for_the_switch_reach_it_and_host_traffic_does_not() {
     let foreign = [0x02, 0x00, 0x5e, 0x77, topology.octet, 0x04];
     let mut witness = PacketSocket::open(info.ifindex, RingLayout::v2_for_mtu(1500))
         .expect("unfiltered witness socket on the uplink");
+    // The last frame on the wire: the outside's echo reply to the host's final ping. Once
+    // the witness has it, everything before it has been read.
+    let (host_ip, outside_ip) = (topology.ip(1).octets(), topology.ip(2).octets());
+    let last_reply_read = move |seen: &[Seen]| {
+        seen.iter().any(|s| {
+            s.queue == usize::MAX
+                && s.ipv4().is_some_and(|ip| {
+                    let header_len = ip.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
+                    ip.get(9) == Some(&1)
+                        && ip.get(12..16) == Some(&outside_ip[..])
+                        && ip.get(16..20) == Some(&host_ip[..])
+                        && header_len >= 20
+                        && ip.get(header_len) == Some(&0)
+                })
+        })
+    };
     let ((to_switch, to_host, to_foreign), seen, send_errors) =
-        with_switch(&topology, &io, Some(&mut witness), |_| {
+        with_switch(&topology, &io, Some(&mut witness), last_reply_read, |_| {
             // ARP for the switch's address (broadcast), then pings to its MAC.
             let to_switch = ping_outside(&topology, topology.ip(3), 3);
             // The host's own address: the host answers, the switch must see none of it.
@@ -679,16 +711,41 @@ fn offloads_cross_the_uplink_both_ways() {
         topology.ip(3)
     );
 
-    let (python, seen, send_errors) = with_switch(&topology, &io, None, |outgoing| {
+    // What the switch waits for: RSTs up to the end of the TCP super-frame, the ICMP port
+    // unreachable for the UDP datagram, and the outside's UDP GSO datagram.
+    let resets = |seen: &[Seen]| -> Vec<u32> {
+        seen.iter()
+            .filter_map(|s| {
+                let ip = s.ipv4()?;
+                let tcp = &ip[usize::from(ip[0] & 0x0f) * 4..];
+                (ip[9] == 6 && tcp[13] & 0x04 != 0 && tcp[2..4] == 40000u16.to_be_bytes())
+                    .then(|| u32::from_be_bytes(tcp[8..12].try_into().unwrap()))
+            })
+            .collect()
+    };
+    let port_unreachable = |seen: &[Seen]| {
+        seen.iter().any(|s| {
+            s.ipv4().is_some_and(|ip| {
+                let icmp = &ip[usize::from(ip[0] & 0x0f) * 4..];
+                ip[9] == 1 && icmp[0] == 3 && icmp[1] == 3
+            })
+        })
+    };
+    let is_gso_datagram = |s: &Seen| {
+        s.ipv4()
+            .is_some_and(|ip| ip[9] == 17 && ip[22..24] == 9999u16.to_be_bytes())
+    };
+    let expected_end = sequence + u32::try_from(payload).unwrap();
+    let answered = move |seen: &[Seen]| {
+        resets(seen).iter().max() == Some(&expected_end)
+            && port_unreachable(seen)
+            && seen.iter().any(is_gso_datagram)
+    };
+
+    let (python, seen, send_errors) = with_switch(&topology, &io, None, answered, |outgoing| {
         outgoing.send(tcp_frame.clone()).unwrap();
         outgoing.send(udp_frame.clone()).unwrap();
-        let python = topology.exec_outside(&["python3", "-c", &script]);
-        // Wait for the answers (bounded).
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        python
+        topology.exec_outside(&["python3", "-c", &script])
     });
     let all = summary(&seen);
     assert_eq!(
@@ -697,16 +754,7 @@ fn offloads_cross_the_uplink_both_ways() {
     );
 
     // TCP: RSTs from the outside acknowledge every byte of the super-frame.
-    let resets: Vec<u32> = seen
-        .iter()
-        .filter_map(|s| {
-            let ip = s.ipv4()?;
-            let tcp = &ip[usize::from(ip[0] & 0x0f) * 4..];
-            (ip[9] == 6 && tcp[13] & 0x04 != 0 && tcp[2..4] == 40000u16.to_be_bytes())
-                .then(|| u32::from_be_bytes(tcp[8..12].try_into().unwrap()))
-        })
-        .collect();
-    let expected_end = sequence + u32::try_from(payload).unwrap();
+    let resets = resets(&seen);
     assert_eq!(
         resets.iter().max(),
         Some(&expected_end),
@@ -718,14 +766,8 @@ fn offloads_cross_the_uplink_both_ways() {
     );
 
     // UDP with a partial checksum: delivered (port unreachable comes back).
-    let unreachable = seen.iter().any(|s| {
-        s.ipv4().is_some_and(|ip| {
-            let icmp = &ip[usize::from(ip[0] & 0x0f) * 4..];
-            ip[9] == 1 && icmp[0] == 3 && icmp[1] == 3
-        })
-    });
     assert!(
-        unreachable,
+        port_unreachable(&seen),
         "no ICMP port unreachable for the partial-checksum datagram:\n{all}"
     );
 
@@ -737,10 +779,7 @@ fn offloads_cross_the_uplink_both_ways() {
     );
     let gso = seen
         .iter()
-        .find(|s| {
-            s.ipv4()
-                .is_some_and(|ip| ip[9] == 17 && ip[22..24] == 9999u16.to_be_bytes())
-        })
+        .find(|s| is_gso_datagram(*s))
         .unwrap_or_else(|| panic!("the UDP GSO datagram never reached the switch:\n{all}"));
     let header = &gso.frame[..VNET_HDR_LEN];
     assert_eq!(

@@ -620,6 +620,8 @@ fn gso_super_frame_reaches_the_kernel_vxlan_peer_as_segments() {
         .expect("send_encap_gso");
         assert_eq!((sent.segments, sent.failed), (count, 0), "{sent:?}");
         sends += 1;
+        // Paces the resends (each is a whole super-frame); the loop itself waits on vx0's
+        // counter, not on this sleep.
         std::thread::sleep(Duration::from_millis(200));
     }
     let received = vx0_counter(&underlay, "rx_packets") - rx_before;
