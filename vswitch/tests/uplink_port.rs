@@ -299,7 +299,7 @@ fn play_switch(
     loop {
         if stop.load(Ordering::SeqCst) {
             let by = *settle_by.get_or_insert_with(|| Instant::now() + SETTLE_LIMIT);
-            if settled(&seen) || Instant::now() >= by {
+            if settled(&seen[..]) || Instant::now() >= by {
                 break;
             }
         }
@@ -754,7 +754,7 @@ fn offloads_cross_the_uplink_both_ways() {
     );
 
     // TCP: RSTs from the outside acknowledge every byte of the super-frame.
-    let resets = resets(&seen);
+    let resets = resets(&seen[..]);
     assert_eq!(
         resets.iter().max(),
         Some(&expected_end),
@@ -767,7 +767,7 @@ fn offloads_cross_the_uplink_both_ways() {
 
     // UDP with a partial checksum: delivered (port unreachable comes back).
     assert!(
-        port_unreachable(&seen),
+        port_unreachable(&seen[..]),
         "no ICMP port unreachable for the partial-checksum datagram:\n{all}"
     );
 
