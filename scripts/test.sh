@@ -2,8 +2,19 @@
 # Runs every test of the workspace: unit tests, property tests, and the integration tests that
 # build real topologies (network namespaces, TAP, veth) around the real vswitchd.
 #
-# Needs root (namespaces, TAP devices). Installs the system tools the tests use when missing.
-# Usage: sudo ./scripts/test.sh [extra cargo test args, e.g. a test name filter]
+# Tests that need root are marked #[ignore = "needs root: ..."], so a plain, unprivileged
+# `cargo test` runs the others; this script runs them all (--include-ignored) and therefore
+# needs root: a root test that cannot run fails, it is never skipped. It first runs the pure
+# crates' tests (vxlan, nat, lb, policy) in a debug build, with overflow checks and debug
+# assertions on. Installs the system tools the tests use when missing.
+#
+# Usage: sudo ./scripts/test.sh [cargo test args] [-- test binary args]
+#   sudo ./scripts/test.sh                      # everything
+#   sudo ./scripts/test.sh --test l2            # one integration test file
+#   sudo ./scripts/test.sh tap_and_veth         # tests whose name contains a filter
+#   sudo ./scripts/test.sh -p vswitch -- --exact sys::udp::tests::empty_sends_do_nothing
+# Arguments before `--` go to cargo test, those after it to the test binaries (after
+# --include-ignored). With arguments, only the (filtered) release run is made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +47,32 @@ fi
 # Integration tests start several daemons with iperf3 at once; on a 2-core machine two test
 # threads per binary keep them from starving each other.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
-exec cargo test --workspace --release "$@"
+
+cargo_args=()
+test_args=()
+separator_seen=0
+for arg in "$@"; do
+    if [ "$separator_seen" -eq 0 ] && [ "$arg" = "--" ]; then
+        separator_seen=1
+    elif [ "$separator_seen" -eq 0 ]; then
+        cargo_args+=("$arg")
+    else
+        test_args+=("$arg")
+    fi
+done
+
+# The whole workspace, unless the arguments name packages (cargo ignores -p with --workspace).
+workspace=(--workspace)
+for arg in ${cargo_args[@]+"${cargo_args[@]}"}; do
+    case "$arg" in
+        -p | -p?* | --package | --package=*) workspace=() ;;
+    esac
+done
+
+if [ "$#" -eq 0 ]; then
+    # The pure crates (no I/O, no root) in the debug profile: overflow checks and
+    # debug_assert! are off in --release.
+    cargo test -p vxlan -p nat -p lb -p policy
+fi
+exec cargo test ${workspace[@]+"${workspace[@]}"} --release ${cargo_args[@]+"${cargo_args[@]}"} \
+    -- --include-ignored ${test_args[@]+"${test_args[@]}"}

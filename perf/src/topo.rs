@@ -279,10 +279,11 @@ mod tests {
 
     /// Needs root (it creates namespaces); fails, never passes, without it.
     #[test]
+    #[ignore = "needs root: creates network namespaces and veth pairs"]
     fn namespaces_are_removed_on_drop_and_on_panic() {
         assert!(
             nix::unistd::geteuid().is_root(),
-            "this test creates network namespaces: run `cargo test -p perf` as root"
+            "this test creates network namespaces: run `sudo ./scripts/test.sh -p perf`"
         );
         let exists = |name: &str| std::path::Path::new("/run/netns").join(name).exists();
         let (name, scratch) = {

@@ -1,7 +1,7 @@
 //! Bad input through the real CLI and daemon: every refusal names the problem, exits non-zero
 //! and leaves the running state unchanged.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;
@@ -53,6 +53,7 @@ const NET: &str =
     "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: blue\nspec: {}\n";
 
 #[test]
+#[ignore = "needs root: starts vswitchd"]
 fn bad_resource_files_are_refused_whole() {
     require(&[]);
     let daemon = Daemon::start(1);
@@ -108,6 +109,7 @@ fn bad_resource_files_are_refused_whole() {
 }
 
 #[test]
+#[ignore = "needs root: starts vswitchd and creates network namespaces"]
 fn bad_attach_requests_are_refused() {
     require(&[]);
     let daemon = Daemon::start(1);
@@ -166,6 +168,7 @@ fn bad_attach_requests_are_refused() {
 
 /// `--config FILE` applies a resource file at boot.
 #[test]
+#[ignore = "needs root: starts vswitchd"]
 fn config_file_is_applied_at_boot() {
     require(&[]);
     let file = tempfile::NamedTempFile::new().expect("tmp");

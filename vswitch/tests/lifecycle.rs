@@ -1,7 +1,7 @@
 //! Daemon lifecycle: restart after kill -9, clean stop, detach, refusing to run unprivileged,
 //! worker placement.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;
@@ -14,6 +14,7 @@ use common::{Daemon, Netns, require, run_any};
 /// kill -9, start again on the same state directory: the containers keep their interfaces and
 /// addresses, and traffic resumes without a new attach.
 #[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
 fn restart_after_kill9_resumes_traffic() {
     require(&["ping"]);
     let mut daemon = Daemon::start(2);
@@ -68,6 +69,7 @@ fn restart_after_kill9_resumes_traffic() {
 
 /// SIGTERM stops the daemon cleanly: exit status 0, socket removed, socket mode 0600 while up.
 #[test]
+#[ignore = "needs root: starts vswitchd"]
 fn sigterm_stops_cleanly_and_socket_is_private() {
     require(&[]);
     let mut daemon = Daemon::start(1);
@@ -91,6 +93,7 @@ fn sigterm_stops_cleanly_and_socket_is_private() {
 
 /// Without root or CAP_NET_ADMIN vswitchd refuses to start and says why.
 #[test]
+#[ignore = "needs root: drops to an unprivileged user with setpriv"]
 fn refuses_to_run_unprivileged() {
     require(&["setpriv"]);
     let dir = tempfile::tempdir().expect("tmp");
@@ -147,6 +150,7 @@ fn thread_cpus(pid: u32, comm: &str) -> String {
 /// By default each worker is pinned to its own CPU, the highest first; `--worker-cpus none`
 /// leaves them to the scheduler, and a list pins them where it says.
 #[test]
+#[ignore = "needs root: starts vswitchd"]
 fn workers_are_pinned_by_default() {
     require(&[]);
     let allowed = cpus_allowed(std::path::Path::new("/proc/self/status"));
@@ -186,6 +190,7 @@ fn workers_are_pinned_by_default() {
 
 /// A CPU list that cannot be used stops the daemon at start, naming the option.
 #[test]
+#[ignore = "needs root: starts vswitchd (it checks its privileges before --worker-cpus)"]
 fn bad_worker_cpus_are_refused() {
     require(&["taskset"]);
     let dir = tempfile::tempdir().expect("tmp");

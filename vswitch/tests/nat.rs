@@ -6,15 +6,14 @@
 //! uplink's gateway) and 203.0.113.2/24 (a second server). The switch owns 203.0.113.10 (NAT),
 //! 203.0.113.20 (a virtual IP). TEST-NET-3 addresses, inside namespaces only.
 
-// Integration tests live at the top level of their file, as cargo expects.
+// Integration tests are test modules already.
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use common::{Daemon, Netns, iperf3_tcp, require, run, unique};
+use common::{Daemon, Netns, iperf3_tcp, require, run, unique, wait_listening};
 
 /// A UDP server that answers each datagram with the sender's `ip:port`.
 const UDP_WHOAMI: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nwhile True:\n    d,a=s.recvfrom(2048)\n    s.sendto(('%s:%d'%a).encode(),a)\n";
@@ -62,9 +61,12 @@ impl Outside {
         }
     }
 
-    fn serve(&mut self, script: &str, ip: &str, port: u16) {
+    /// Starts a UDP server `script` on `ip:port` in the outside namespace and waits until its
+    /// socket is bound.
+    fn serve_udp(&mut self, script: &str, ip: &str, port: u16) {
+        let local = format!("{ip}:{port}");
         let port = port.to_string();
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -76,11 +78,11 @@ impl Outside {
                 &port,
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("python3 server");
+        wait_listening(&self.ns.name, "udp", &local, &mut child);
         self.servers.push(child);
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -127,11 +129,12 @@ fn python(ns: &Netns, script: &str, args: &[&str]) -> String {
 /// address; one internal socket keeps one mapping toward two servers, with its port kept; ICMP
 /// port unreachable comes back translated.
 #[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
 fn masquerade_to_the_outside() {
     require(&["ping", "iperf3", "python3"]);
     let mut outside = Outside::new();
-    outside.serve(UDP_WHOAMI, "203.0.113.1", 9000);
-    outside.serve(UDP_WHOAMI, "203.0.113.2", 9000);
+    outside.serve_udp(UDP_WHOAMI, "203.0.113.1", 9000);
+    outside.serve_udp(UDP_WHOAMI, "203.0.113.2", 9000);
     let daemon = Daemon::start(2);
     apply(&daemon, &uplink_and_gateway(&outside));
     let c1 = Netns::new("na");
@@ -207,6 +210,7 @@ fn masquerade_to_the_outside() {
 /// PortForward and VirtualIP from the outside in; a container reaches the node's own forwarded
 /// port (hairpinning).
 #[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
 fn port_forward_virtual_ip_and_hairpin() {
     require(&["ping", "python3"]);
     let outside = Outside::new();
@@ -236,7 +240,7 @@ fn port_forward_virtual_ip_and_hairpin() {
 
     // c1 serves on port 80; the outside reaches it on 203.0.113.10:8080.
     let mut server = c1.spawn(&["python3", "-c", TCP_WHOAMI, &ip1, "80"]);
-    std::thread::sleep(Duration::from_millis(400));
+    wait_listening(&c1.name, "tcp", &format!("{ip1}:80"), &mut server);
     let seen = python(&outside.ns, TCP_ASK, &["203.0.113.10", "8080"]);
     assert!(
         seen.starts_with("203.0.113.1:"),
@@ -255,7 +259,7 @@ fn port_forward_virtual_ip_and_hairpin() {
     // The virtual IP reaches c2, and c2's own traffic leaves with it.
     outside.ns.ping_ok("203.0.113.20", 3);
     let mut outside = outside;
-    outside.serve(UDP_WHOAMI, "203.0.113.1", 9001);
+    outside.serve_udp(UDP_WHOAMI, "203.0.113.1", 9001);
     let seen = python(&c2, UDP_ASK, &["41000", "203.0.113.1:9001"]);
     assert!(
         seen.starts_with("203.0.113.20:"),

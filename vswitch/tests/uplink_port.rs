@@ -8,7 +8,12 @@
 //! removes them in `Drop`. Needs root (namespaces, AF_PACKET), iproute2, ping and python3
 //! (to send a UDP GSO datagram from outside); without them the tests fail and say so.
 //!
-//! Run: `cargo test --release -p vswitch --test uplink_port`.
+//! Every test needs root and is `#[ignore]`d for a plain `cargo test`; run them with
+//! `sudo ./scripts/test.sh --test uplink_port` (or `cargo test --release -p vswitch --test
+//! uplink_port -- --include-ignored` as root).
+
+// Integration tests are test modules already.
+#![allow(clippy::tests_outside_test_module)]
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
@@ -29,7 +34,7 @@ fn require_environment() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "tests/uplink_port.rs needs root (network namespaces, veth, AF_PACKET sockets): run \
-         `cargo test -p vswitch --test uplink_port` as root"
+         `sudo ./scripts/test.sh --test uplink_port`"
     );
     for tool in [["ip", "-V"], ["ping", "-V"], ["python3", "--version"]] {
         let ok = Command::new(tool[0])
@@ -261,10 +266,15 @@ fn answer(seen: &Seen, address: Ipv4Addr, mac: [u8; 6]) -> Option<Vec<u8>> {
     Some(reply)
 }
 
-/// Plays the switch until `stop`: reads every uplink queue (and, when given, an unfiltered
-/// witness socket on the same interface, recorded as queue `usize::MAX`), answers ARP and
-/// ping for `address` with `mac`, and sends the frames that arrive on `outgoing` through
-/// queue 0. Returns everything read and the number of refused sends.
+/// How long the switch side keeps reading, once told to stop, for the frames a test still
+/// waits for.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Plays the switch until `stop`, and then until `settled` holds for everything read (or
+/// [`SETTLE_LIMIT`] passed): reads every uplink queue (and, when given, an unfiltered witness
+/// socket on the same interface, recorded as queue `usize::MAX`), answers ARP and ping for
+/// `address` with `mac`, and sends the frames that arrive on `outgoing` through queue 0.
+/// Returns everything read and the number of refused sends.
 fn play_switch(
     io: &PortIo,
     witness: Option<&mut PacketSocket>,
@@ -272,10 +282,11 @@ fn play_switch(
     mac: [u8; 6],
     outgoing: &mpsc::Receiver<Vec<u8>>,
     stop: &AtomicBool,
+    settled: impl Fn(&[Seen]) -> bool,
 ) -> (Vec<Seen>, usize) {
     let mut guards: Vec<_> = io.queues.iter().map(|q| q.lock()).collect();
     let mut witness = witness;
-    let mut seen = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     let mut send_errors = 0;
     let mut batch = RxBatch::new(64);
     let send = |queue: &mut PortQueue, frame: &[u8], errors: &mut usize| {
@@ -284,7 +295,14 @@ fn play_switch(
         }
         queue.flush().expect("flush");
     };
-    while !stop.load(Ordering::SeqCst) {
+    let mut settle_by = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            let by = *settle_by.get_or_insert_with(|| Instant::now() + SETTLE_LIMIT);
+            if settled(&seen[..]) || Instant::now() >= by {
+                break;
+            }
+        }
         {
             let mut fds: Vec<PollFd<'_>> = guards
                 .iter()
@@ -333,11 +351,15 @@ fn play_switch(
     (seen, send_errors)
 }
 
-/// Runs `body` while a switch thread serves the uplink; returns what the switch read.
+/// Runs `body` while a switch thread serves the uplink, then lets the switch read on until
+/// `settled` holds for what it read (the answers `body` caused have arrived; bounded by
+/// [`SETTLE_LIMIT`], after which the caller's assertions say what is missing); returns what
+/// the switch read.
 fn with_switch<T>(
     topology: &Topology,
     io: &PortIo,
     witness: Option<&mut PacketSocket>,
+    settled: impl Fn(&[Seen]) -> bool + Send,
     body: impl FnOnce(&mpsc::Sender<Vec<u8>>) -> T,
 ) -> (T, Vec<Seen>, usize) {
     let stop = AtomicBool::new(false);
@@ -352,11 +374,10 @@ fn with_switch<T>(
                 topology.switch_mac(),
                 &receiver,
                 stop,
+                settled,
             )
         });
         let result = body(&sender);
-        // Let the last replies arrive.
-        thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::SeqCst);
         let (seen, errors) = switch.join().expect("switch thread");
         (result, seen, errors)
@@ -396,376 +417,385 @@ fn ping_outside(topology: &Topology, target: Ipv4Addr, count: u32) -> Output {
     ])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
+fn open_reports_the_interface_and_close_undoes_the_membership() {
+    require_environment();
+    let topology = Topology::new();
+    let before = (
+        topology.sys("address"),
+        topology.sys("mtu"),
+        topology.sys("flags"),
+        run_ok("ip", &["-br", "addr", "show", &topology.uplink]),
+    );
+    assert_eq!(topology.promiscuity(), 0);
 
-    #[test]
-    fn open_reports_the_interface_and_close_undoes_the_membership() {
-        require_environment();
-        let topology = Topology::new();
-        let before = (
-            topology.sys("address"),
-            topology.sys("mtu"),
-            topology.sys("flags"),
-            run_ok("ip", &["-br", "addr", "show", &topology.uplink]),
-        );
-        assert_eq!(topology.promiscuity(), 0);
+    let (io, info) = topology.open(2);
+    assert_eq!(info.ifindex.to_string(), topology.sys("ifindex"));
+    assert_eq!(info.mtu.to_string(), before.1);
+    assert_eq!(mac_text(info.host_mac), before.0);
+    assert!(info.filtered, "the BPF filter must attach on this kernel");
+    assert_eq!(io.queues.len(), 2);
+    assert_eq!(io.host_ifname.as_deref(), Some(topology.uplink.as_str()));
+    let capabilities = io.capabilities;
+    assert!(capabilities.vnet_hdr && capabilities.tx_partial_csum && capabilities.tx_gso);
+    // veth has no unicast filter: the kernel turns the MAC membership into promiscuity.
+    assert!(
+        topology.promiscuity() >= 1,
+        "the membership must make the veth accept the switch's MAC"
+    );
+    let fdb = run_ok("bridge", &["fdb", "show", "dev", &topology.uplink]);
+    assert!(
+        fdb.contains(&mac_text(topology.switch_mac())),
+        "the switch's MAC must be in the interface's unicast list:\n{fdb}"
+    );
 
-        let (io, info) = topology.open(2);
-        assert_eq!(info.ifindex.to_string(), topology.sys("ifindex"));
-        assert_eq!(info.mtu.to_string(), before.1);
-        assert_eq!(mac_text(info.host_mac), before.0);
-        assert!(info.filtered, "the BPF filter must attach on this kernel");
-        assert_eq!(io.queues.len(), 2);
-        assert_eq!(io.host_ifname.as_deref(), Some(topology.uplink.as_str()));
-        let capabilities = io.capabilities;
-        assert!(capabilities.vnet_hdr && capabilities.tx_partial_csum && capabilities.tx_gso);
-        // veth has no unicast filter: the kernel turns the MAC membership into promiscuity.
+    uplink::close(io);
+    assert_eq!(
+        topology.promiscuity(),
+        0,
+        "closing must drop the membership"
+    );
+    let fdb = run_ok("bridge", &["fdb", "show", "dev", &topology.uplink]);
+    assert!(!fdb.contains(&mac_text(topology.switch_mac())), "{fdb}");
+    let after = (
+        topology.sys("address"),
+        topology.sys("mtu"),
+        topology.sys("flags"),
+        run_ok("ip", &["-br", "addr", "show", &topology.uplink]),
+    );
+    assert_eq!(
+        before, after,
+        "the interface's configuration must not change"
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
+fn open_refuses_a_down_interface_and_a_bad_mac() {
+    require_environment();
+    let topology = Topology::new();
+    run_ok("ip", &["link", "set", &topology.uplink, "down"]);
+    let error = uplink::open(&topology.uplink, topology.switch_mac(), 1)
+        .map(|_| ())
+        .expect_err("a down interface is refused")
+        .to_string();
+    assert!(
+        error.contains("is down") && error.contains(&format!("ip link set {} up", topology.uplink)),
+        "the error must say to bring it up: {error}"
+    );
+    let state = run_ok("ip", &["-br", "link", "show", &topology.uplink]);
+    assert!(
+        state.contains("DOWN"),
+        "open must not bring the interface up: {state}"
+    );
+    run_ok("ip", &["link", "set", &topology.uplink, "up"]);
+    let host_mac: Vec<u8> = topology
+        .sys("address")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let error = uplink::open(&topology.uplink, host_mac.try_into().unwrap(), 1)
+        .map(|_| ())
+        .expect_err("the host's own MAC is refused")
+        .to_string();
+    assert!(error.contains("interface's own"), "{error}");
+}
+
+#[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
+fn arp_and_ping_for_the_switch_reach_it_and_host_traffic_does_not() {
+    require_environment();
+    let topology = Topology::new();
+    let (io, info) = topology.open(2);
+    let ours = topology.switch_mac();
+    let foreign = [0x02, 0x00, 0x5e, 0x77, topology.octet, 0x04];
+    let mut witness = PacketSocket::open(info.ifindex, RingLayout::v2_for_mtu(1500))
+        .expect("unfiltered witness socket on the uplink");
+    // The last frame on the wire: the outside's echo reply to the host's final ping. Once
+    // the witness has it, everything before it has been read.
+    let (host_ip, outside_ip) = (topology.ip(1).octets(), topology.ip(2).octets());
+    let last_reply_read = move |seen: &[Seen]| {
+        seen.iter().any(|s| {
+            s.queue == usize::MAX
+                && s.ipv4().is_some_and(|ip| {
+                    let header_len = ip.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
+                    ip.get(9) == Some(&1)
+                        && ip.get(12..16) == Some(&outside_ip[..])
+                        && ip.get(16..20) == Some(&host_ip[..])
+                        && header_len >= 20
+                        && ip.get(header_len) == Some(&0)
+                })
+        })
+    };
+    let ((to_switch, to_host, to_foreign), seen, send_errors) =
+        with_switch(&topology, &io, Some(&mut witness), last_reply_read, |_| {
+            // ARP for the switch's address (broadcast), then pings to its MAC.
+            let to_switch = ping_outside(&topology, topology.ip(3), 3);
+            // The host's own address: the host answers, the switch must see none of it.
+            let to_host = ping_outside(&topology, topology.ip(1), 3);
+            // A third MAC on the wire (the veth is promiscuous now): not the switch's either.
+            topology.ip_outside(&[
+                "neigh",
+                "replace",
+                &topology.ip(4).to_string(),
+                "lladdr",
+                &mac_text(foreign),
+                "dev",
+                &topology.peer,
+                "nud",
+                "permanent",
+            ]);
+            let to_foreign = ping_outside(&topology, topology.ip(4), 2);
+            // The host talks first (outgoing ARP broadcast and ping): never read back.
+            run("ip", &["neigh", "flush", "dev", &topology.uplink]);
+            run_ok("ping", &["-c", "1", "-W", "2", &topology.ip(2).to_string()]);
+            (to_switch, to_host, to_foreign)
+        });
+    let all = summary(&seen);
+    let (switch, witnessed): (Vec<&Seen>, Vec<&Seen>) =
+        seen.iter().partition(|s| s.queue != usize::MAX);
+
+    assert!(
+        to_switch.status.success(),
+        "the switch answered ARP and ping through the uplink: {}\nframes:\n{all}",
+        text(&to_switch)
+    );
+    assert_eq!(send_errors, 0, "the kernel refused replies");
+    let neighbours = topology.ip_outside(&["neigh", "show", &topology.ip(3).to_string()]);
+    assert!(
+        neighbours.contains(&mac_text(ours)),
+        "the outside learned the switch's MAC from its ARP reply: {neighbours}"
+    );
+    let arp_requests = switch
+        .iter()
+        .filter(|s| s.arp() == Some((topology.ip(3), 1)))
+        .count();
+    assert!(
+        arp_requests >= 1,
+        "no ARP request reached the switch:\n{all}"
+    );
+    let pings = switch
+        .iter()
+        .filter(|s| s.destination() == ours && s.ipv4().is_some_and(|ip| ip[9] == 1))
+        .count();
+    assert!(pings >= 3, "{pings} pings reached the switch:\n{all}");
+
+    assert!(
+        to_host.status.success(),
+        "the host must still answer its own address: {}",
+        text(&to_host)
+    );
+    assert!(!to_foreign.status.success(), "nobody owns the third MAC");
+    // Without the filter these would have reached the switch: the witness saw them.
+    let host_mac = info.host_mac;
+    for (what, mac) in [("the host's", host_mac), ("a third", foreign)] {
         assert!(
-            topology.promiscuity() >= 1,
-            "the membership must make the veth accept the switch's MAC"
-        );
-        let fdb = run_ok("bridge", &["fdb", "show", "dev", &topology.uplink]);
-        assert!(
-            fdb.contains(&mac_text(topology.switch_mac())),
-            "the switch's MAC must be in the interface's unicast list:\n{fdb}"
-        );
-
-        uplink::close(io);
-        assert_eq!(
-            topology.promiscuity(),
-            0,
-            "closing must drop the membership"
-        );
-        let fdb = run_ok("bridge", &["fdb", "show", "dev", &topology.uplink]);
-        assert!(!fdb.contains(&mac_text(topology.switch_mac())), "{fdb}");
-        let after = (
-            topology.sys("address"),
-            topology.sys("mtu"),
-            topology.sys("flags"),
-            run_ok("ip", &["-br", "addr", "show", &topology.uplink]),
-        );
-        assert_eq!(
-            before, after,
-            "the interface's configuration must not change"
+            witnessed
+                .iter()
+                .any(|s| s.destination() == mac && s.ipv4().is_some()),
+            "the witness never saw pings for {what} MAC, so the test proves nothing:\n{all}"
         );
     }
-
-    #[test]
-    fn open_refuses_a_down_interface_and_a_bad_mac() {
-        require_environment();
-        let topology = Topology::new();
-        run_ok("ip", &["link", "set", &topology.uplink, "down"]);
-        let error = uplink::open(&topology.uplink, topology.switch_mac(), 1)
-            .map(|_| ())
-            .expect_err("a down interface is refused")
-            .to_string();
+    for frame in &switch {
+        let broadcast_arp = frame.destination() == [0xff; 6] && frame.ethertype() == 0x0806;
         assert!(
-            error.contains("is down")
-                && error.contains(&format!("ip link set {} up", topology.uplink)),
-            "the error must say to bring it up: {error}"
+            frame.destination() == ours || broadcast_arp,
+            "the filter let through a frame not for the switch: {}\nall frames:\n{all}",
+            summary(&[(*frame).clone()])
         );
-        let state = run_ok("ip", &["-br", "link", "show", &topology.uplink]);
-        assert!(
-            state.contains("DOWN"),
-            "open must not bring the interface up: {state}"
+        assert_ne!(
+            frame.source(),
+            host_mac,
+            "a frame the host sent was read back as received:\n{all}"
         );
-        run_ok("ip", &["link", "set", &topology.uplink, "up"]);
-        let host_mac: Vec<u8> = topology
-            .sys("address")
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect();
-        let error = uplink::open(&topology.uplink, host_mac.try_into().unwrap(), 1)
-            .map(|_| ())
-            .expect_err("the host's own MAC is refused")
-            .to_string();
-        assert!(error.contains("interface's own"), "{error}");
     }
+}
 
-    #[test]
-    fn arp_and_ping_for_the_switch_reach_it_and_host_traffic_does_not() {
-        require_environment();
-        let topology = Topology::new();
-        let (io, info) = topology.open(2);
-        let ours = topology.switch_mac();
-        let foreign = [0x02, 0x00, 0x5e, 0x77, topology.octet, 0x04];
-        let mut witness = PacketSocket::open(info.ifindex, RingLayout::v2_for_mtu(1500))
-            .expect("unfiltered witness socket on the uplink");
-        let ((to_switch, to_host, to_foreign), seen, send_errors) =
-            with_switch(&topology, &io, Some(&mut witness), |_| {
-                // ARP for the switch's address (broadcast), then pings to its MAC.
-                let to_switch = ping_outside(&topology, topology.ip(3), 3);
-                // The host's own address: the host answers, the switch must see none of it.
-                let to_host = ping_outside(&topology, topology.ip(1), 3);
-                // A third MAC on the wire (the veth is promiscuous now): not the switch's either.
-                topology.ip_outside(&[
-                    "neigh",
-                    "replace",
-                    &topology.ip(4).to_string(),
-                    "lladdr",
-                    &mac_text(foreign),
-                    "dev",
-                    &topology.peer,
-                    "nud",
-                    "permanent",
-                ]);
-                let to_foreign = ping_outside(&topology, topology.ip(4), 2);
-                // The host talks first (outgoing ARP broadcast and ping): never read back.
-                run("ip", &["neigh", "flush", "dev", &topology.uplink]);
-                run_ok("ping", &["-c", "1", "-W", "2", &topology.ip(2).to_string()]);
-                (to_switch, to_host, to_foreign)
-            });
-        let all = summary(&seen);
-        let (switch, witnessed): (Vec<&Seen>, Vec<&Seen>) =
-            seen.iter().partition(|s| s.queue != usize::MAX);
+/// An Ethernet + IPv4 header from the switch (198.19.x.3) to the outside (198.19.x.2).
+fn ipv4_frame(topology: &Topology, peer_mac: [u8; 6], protocol: u8, payload_len: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&peer_mac);
+    frame.extend_from_slice(&topology.switch_mac());
+    frame.extend_from_slice(&[0x08, 0x00]);
+    let total = u16::try_from(20 + payload_len).unwrap();
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, protocol, 0, 0]);
+    ip.extend_from_slice(&topology.ip(3).octets());
+    ip.extend_from_slice(&topology.ip(2).octets());
+    let sum = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame
+}
 
-        assert!(
-            to_switch.status.success(),
-            "the switch answered ARP and ping through the uplink: {}\nframes:\n{all}",
-            text(&to_switch)
-        );
-        assert_eq!(send_errors, 0, "the kernel refused replies");
-        let neighbours = topology.ip_outside(&["neigh", "show", &topology.ip(3).to_string()]);
-        assert!(
-            neighbours.contains(&mac_text(ours)),
-            "the outside learned the switch's MAC from its ARP reply: {neighbours}"
-        );
-        let arp_requests = switch
-            .iter()
-            .filter(|s| s.arp() == Some((topology.ip(3), 1)))
-            .count();
-        assert!(
-            arp_requests >= 1,
-            "no ARP request reached the switch:\n{all}"
-        );
-        let pings = switch
-            .iter()
-            .filter(|s| s.destination() == ours && s.ipv4().is_some_and(|ip| ip[9] == 1))
-            .count();
-        assert!(pings >= 3, "{pings} pings reached the switch:\n{all}");
+/// The pseudo-header sum (not complemented) that a partial checksum field holds.
+fn pseudo_header_seed(topology: &Topology, protocol: u8, length: usize) -> [u8; 2] {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&topology.ip(3).octets());
+    pseudo.extend_from_slice(&topology.ip(2).octets());
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&u16::try_from(length).unwrap().to_be_bytes());
+    (!checksum(&pseudo, 0)).to_be_bytes()
+}
 
-        assert!(
-            to_host.status.success(),
-            "the host must still answer its own address: {}",
-            text(&to_host)
-        );
-        assert!(!to_foreign.status.success(), "nobody owns the third MAC");
-        // Without the filter these would have reached the switch: the witness saw them.
-        let host_mac = info.host_mac;
-        for (what, mac) in [("the host's", host_mac), ("a third", foreign)] {
-            assert!(
-                witnessed
-                    .iter()
-                    .any(|s| s.destination() == mac && s.ipv4().is_some()),
-                "the witness never saw pings for {what} MAC, so the test proves nothing:\n{all}"
-            );
-        }
-        for frame in &switch {
-            let broadcast_arp = frame.destination() == [0xff; 6] && frame.ethertype() == 0x0806;
-            assert!(
-                frame.destination() == ours || broadcast_arp,
-                "the filter let through a frame not for the switch: {}\nall frames:\n{all}",
-                summary(&[(*frame).clone()])
-            );
-            assert_ne!(
-                frame.source(),
-                host_mac,
-                "a frame the host sent was read back as received:\n{all}"
-            );
-        }
+fn vnet(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, start: u16, offset: u16) -> Vec<u8> {
+    let mut header = vec![flags, gso_type];
+    for field in [hdr_len, gso_size, start, offset] {
+        header.extend_from_slice(&field.to_le_bytes());
     }
+    header
+}
 
-    /// An Ethernet + IPv4 header from the switch (198.19.x.3) to the outside (198.19.x.2).
-    fn ipv4_frame(
-        topology: &Topology,
-        peer_mac: [u8; 6],
-        protocol: u8,
-        payload_len: usize,
-    ) -> Vec<u8> {
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&peer_mac);
-        frame.extend_from_slice(&topology.switch_mac());
-        frame.extend_from_slice(&[0x08, 0x00]);
-        let total = u16::try_from(20 + payload_len).unwrap();
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&total.to_be_bytes());
-        ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, protocol, 0, 0]);
-        ip.extend_from_slice(&topology.ip(3).octets());
-        ip.extend_from_slice(&topology.ip(2).octets());
-        let sum = checksum(&ip, 0);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        frame
-    }
+#[test]
+#[ignore = "needs root: creates a namespace, a veth pair and AF_PACKET sockets"]
+fn offloads_cross_the_uplink_both_ways() {
+    require_environment();
+    let topology = Topology::new();
+    let (io, _info) = topology.open(1);
+    let peer_mac: [u8; 6] = topology
+        .ip_outside(&["-br", "link", "show", &topology.peer])
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    topology.ip_outside(&[
+        "neigh",
+        "replace",
+        &topology.ip(3).to_string(),
+        "lladdr",
+        &mac_text(topology.switch_mac()),
+        "dev",
+        &topology.peer,
+        "nud",
+        "permanent",
+    ]);
 
-    /// The pseudo-header sum (not complemented) that a partial checksum field holds.
-    fn pseudo_header_seed(topology: &Topology, protocol: u8, length: usize) -> [u8; 2] {
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&topology.ip(3).octets());
-        pseudo.extend_from_slice(&topology.ip(2).octets());
-        pseudo.extend_from_slice(&[0, protocol]);
-        pseudo.extend_from_slice(&u16::try_from(length).unwrap().to_be_bytes());
-        (!checksum(&pseudo, 0)).to_be_bytes()
-    }
+    // A TCP super-frame of 3000 bytes (gso_size 1000, partial checksum) to a closed port:
+    // the outside answers each segment it gets with a RST acknowledging up to its end.
+    let payload = 3000usize;
+    let sequence: u32 = 0x1000_0000;
+    let mut tcp_frame = vnet(1, 1, 54, 1000, 34, 16);
+    tcp_frame.extend_from_slice(&ipv4_frame(&topology, peer_mac, 6, 20 + payload));
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&40000u16.to_be_bytes());
+    tcp.extend_from_slice(&9u16.to_be_bytes());
+    tcp.extend_from_slice(&sequence.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, 0x08, 0xff, 0xff]); // 20 bytes, PSH
+    tcp.extend_from_slice(&pseudo_header_seed(&topology, 6, 20 + payload));
+    tcp.extend_from_slice(&[0, 0]);
+    tcp.extend((0..payload).map(|i| u8::try_from(i % 251).unwrap()));
+    tcp_frame.extend_from_slice(&tcp);
 
-    fn vnet(
-        flags: u8,
-        gso_type: u8,
-        hdr_len: u16,
-        gso_size: u16,
-        start: u16,
-        offset: u16,
-    ) -> Vec<u8> {
-        let mut header = vec![flags, gso_type];
-        for field in [hdr_len, gso_size, start, offset] {
-            header.extend_from_slice(&field.to_le_bytes());
-        }
-        header
-    }
+    // A UDP datagram with a partial checksum to a closed port: answered by ICMP port
+    // unreachable.
+    let mut udp_frame = vnet(1, 0, 0, 0, 34, 6);
+    udp_frame.extend_from_slice(&ipv4_frame(&topology, peer_mac, 17, 8 + 100));
+    udp_frame.extend_from_slice(&40001u16.to_be_bytes());
+    udp_frame.extend_from_slice(&9u16.to_be_bytes());
+    udp_frame.extend_from_slice(&108u16.to_be_bytes());
+    udp_frame.extend_from_slice(&pseudo_header_seed(&topology, 17, 108));
+    udp_frame.extend_from_slice(&[0x5a; 100]);
 
-    #[test]
-    fn offloads_cross_the_uplink_both_ways() {
-        require_environment();
-        let topology = Topology::new();
-        let (io, _info) = topology.open(1);
-        let peer_mac: [u8; 6] = topology
-            .ip_outside(&["-br", "link", "show", &topology.peer])
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap();
-        topology.ip_outside(&[
-            "neigh",
-            "replace",
-            &topology.ip(3).to_string(),
-            "lladdr",
-            &mac_text(topology.switch_mac()),
-            "dev",
-            &topology.peer,
-            "nud",
-            "permanent",
-        ]);
-
-        // A TCP super-frame of 3000 bytes (gso_size 1000, partial checksum) to a closed port:
-        // the outside answers each segment it gets with a RST acknowledging up to its end.
-        let payload = 3000usize;
-        let sequence: u32 = 0x1000_0000;
-        let mut tcp_frame = vnet(1, 1, 54, 1000, 34, 16);
-        tcp_frame.extend_from_slice(&ipv4_frame(&topology, peer_mac, 6, 20 + payload));
-        let mut tcp = Vec::new();
-        tcp.extend_from_slice(&40000u16.to_be_bytes());
-        tcp.extend_from_slice(&9u16.to_be_bytes());
-        tcp.extend_from_slice(&sequence.to_be_bytes());
-        tcp.extend_from_slice(&0u32.to_be_bytes());
-        tcp.extend_from_slice(&[0x50, 0x08, 0xff, 0xff]); // 20 bytes, PSH
-        tcp.extend_from_slice(&pseudo_header_seed(&topology, 6, 20 + payload));
-        tcp.extend_from_slice(&[0, 0]);
-        tcp.extend((0..payload).map(|i| u8::try_from(i % 251).unwrap()));
-        tcp_frame.extend_from_slice(&tcp);
-
-        // A UDP datagram with a partial checksum to a closed port: answered by ICMP port
-        // unreachable.
-        let mut udp_frame = vnet(1, 0, 0, 0, 34, 6);
-        udp_frame.extend_from_slice(&ipv4_frame(&topology, peer_mac, 17, 8 + 100));
-        udp_frame.extend_from_slice(&40001u16.to_be_bytes());
-        udp_frame.extend_from_slice(&9u16.to_be_bytes());
-        udp_frame.extend_from_slice(&108u16.to_be_bytes());
-        udp_frame.extend_from_slice(&pseudo_header_seed(&topology, 17, 108));
-        udp_frame.extend_from_slice(&[0x5a; 100]);
-
-        // From the outside, one UDP GSO send (UDP_SEGMENT = 103) of 3 x 1000 bytes to the switch.
-        let script = format!(
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+    // From the outside, one UDP GSO send (UDP_SEGMENT = 103) of 3 x 1000 bytes to the switch.
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          s.setsockopt(socket.SOL_UDP, 103, 1000)\n\
          s.sendto(bytes(3000), ('{}', 9999))\n",
-            topology.ip(3)
-        );
+        topology.ip(3)
+    );
 
-        let (python, seen, send_errors) = with_switch(&topology, &io, None, |outgoing| {
-            outgoing.send(tcp_frame.clone()).unwrap();
-            outgoing.send(udp_frame.clone()).unwrap();
-            let python = topology.exec_outside(&["python3", "-c", &script]);
-            // Wait for the answers (bounded).
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(50));
-            }
-            python
-        });
-        let all = summary(&seen);
-        assert_eq!(
-            send_errors, 0,
-            "the kernel refused a GSO or partial-checksum frame"
-        );
-
-        // TCP: RSTs from the outside acknowledge every byte of the super-frame.
-        let resets: Vec<u32> = seen
-            .iter()
+    // What the switch waits for: RSTs up to the end of the TCP super-frame, the ICMP port
+    // unreachable for the UDP datagram, and the outside's UDP GSO datagram.
+    let resets = |seen: &[Seen]| -> Vec<u32> {
+        seen.iter()
             .filter_map(|s| {
                 let ip = s.ipv4()?;
                 let tcp = &ip[usize::from(ip[0] & 0x0f) * 4..];
                 (ip[9] == 6 && tcp[13] & 0x04 != 0 && tcp[2..4] == 40000u16.to_be_bytes())
                     .then(|| u32::from_be_bytes(tcp[8..12].try_into().unwrap()))
             })
-            .collect();
-        let expected_end = sequence + u32::try_from(payload).unwrap();
-        assert_eq!(
-            resets.iter().max(),
-            Some(&expected_end),
-            "RSTs (acks {resets:x?}) must cover the whole super-frame:\n{all}"
-        );
-        eprintln!(
-            "TCP super-frame of {payload} bytes reached the outside as {} segment(s)",
-            resets.len()
-        );
-
-        // UDP with a partial checksum: delivered (port unreachable comes back).
-        let unreachable = seen.iter().any(|s| {
+            .collect()
+    };
+    let port_unreachable = |seen: &[Seen]| {
+        seen.iter().any(|s| {
             s.ipv4().is_some_and(|ip| {
                 let icmp = &ip[usize::from(ip[0] & 0x0f) * 4..];
                 ip[9] == 1 && icmp[0] == 3 && icmp[1] == 3
             })
-        });
-        assert!(
-            unreachable,
-            "no ICMP port unreachable for the partial-checksum datagram:\n{all}"
-        );
+        })
+    };
+    let is_gso_datagram = |s: &Seen| {
+        s.ipv4()
+            .is_some_and(|ip| ip[9] == 17 && ip[22..24] == 9999u16.to_be_bytes())
+    };
+    let expected_end = sequence + u32::try_from(payload).unwrap();
+    let answered = move |seen: &[Seen]| {
+        resets(seen).iter().max() == Some(&expected_end)
+            && port_unreachable(seen)
+            && seen.iter().any(is_gso_datagram)
+    };
 
-        // Receive: the outside's UDP GSO send arrives as one frame with its virtio header.
-        assert!(
-            python.status.success(),
-            "python3 UDP_SEGMENT send: {}",
-            text(&python)
-        );
-        let gso = seen
-            .iter()
-            .find(|s| {
-                s.ipv4()
-                    .is_some_and(|ip| ip[9] == 17 && ip[22..24] == 9999u16.to_be_bytes())
-            })
-            .unwrap_or_else(|| panic!("the UDP GSO datagram never reached the switch:\n{all}"));
-        let header = &gso.frame[..VNET_HDR_LEN];
-        assert_eq!(
-            gso.ethernet().len(),
-            14 + 20 + 8 + 3000,
-            "one whole super-frame; virtio header {header:?}"
-        );
-        assert_eq!(header[1], 5, "gso_type UDP_L4: {header:?}");
-        assert_eq!(
-            u16::from_le_bytes([header[4], header[5]]),
-            1000,
-            "gso_size: {header:?}"
-        );
-        assert_eq!(
-            header[0] & 1,
-            1,
-            "partial checksum (NEEDS_CSUM): {header:?}"
-        );
-    }
+    let (python, seen, send_errors) = with_switch(&topology, &io, None, answered, |outgoing| {
+        outgoing.send(tcp_frame.clone()).unwrap();
+        outgoing.send(udp_frame.clone()).unwrap();
+        topology.exec_outside(&["python3", "-c", &script])
+    });
+    let all = summary(&seen);
+    assert_eq!(
+        send_errors, 0,
+        "the kernel refused a GSO or partial-checksum frame"
+    );
+
+    // TCP: RSTs from the outside acknowledge every byte of the super-frame.
+    let resets = resets(&seen[..]);
+    assert_eq!(
+        resets.iter().max(),
+        Some(&expected_end),
+        "RSTs (acks {resets:x?}) must cover the whole super-frame:\n{all}"
+    );
+    eprintln!(
+        "TCP super-frame of {payload} bytes reached the outside as {} segment(s)",
+        resets.len()
+    );
+
+    // UDP with a partial checksum: delivered (port unreachable comes back).
+    assert!(
+        port_unreachable(&seen[..]),
+        "no ICMP port unreachable for the partial-checksum datagram:\n{all}"
+    );
+
+    // Receive: the outside's UDP GSO send arrives as one frame with its virtio header.
+    assert!(
+        python.status.success(),
+        "python3 UDP_SEGMENT send: {}",
+        text(&python)
+    );
+    let gso = seen
+        .iter()
+        .find(|s| is_gso_datagram(*s))
+        .unwrap_or_else(|| panic!("the UDP GSO datagram never reached the switch:\n{all}"));
+    let header = &gso.frame[..VNET_HDR_LEN];
+    assert_eq!(
+        gso.ethernet().len(),
+        14 + 20 + 8 + 3000,
+        "one whole super-frame; virtio header {header:?}"
+    );
+    assert_eq!(header[1], 5, "gso_type UDP_L4: {header:?}");
+    assert_eq!(
+        u16::from_le_bytes([header[4], header[5]]),
+        1000,
+        "gso_size: {header:?}"
+    );
+    assert_eq!(
+        header[0] & 1,
+        1,
+        "partial checksum (NEEDS_CSUM): {header:?}"
+    );
 }

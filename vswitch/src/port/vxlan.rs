@@ -1455,6 +1455,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn open_gives_one_queue_per_worker_on_one_port() {
         let io = loopback_vtep(3);
         assert_eq!(io.kind, PortKind::Vxlan);
@@ -1471,6 +1472,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn refuses_bad_addresses_and_busy_ports() {
         let error = open(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 123), 0), 1).unwrap_err();
         assert!(
@@ -1496,6 +1498,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn receives_datagrams_with_pad_and_peer() {
         let io = loopback_vtep(2);
         let local = queue(&io, 0).local();
@@ -1517,6 +1520,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn encap_round_trip_over_loopback() {
         let io = loopback_vtep(1);
         let local = queue(&io, 0).local();
@@ -1555,6 +1559,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn full_ring_flushes_itself() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();
@@ -1579,6 +1584,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn refuses_frames_that_cannot_be_encapsulated() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();
@@ -1593,6 +1599,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn outer_headers_are_ipv4_udp_vxlan() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();
@@ -1692,6 +1699,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn gro_buffers_are_split_one_datagram_per_slot() {
         let io = loopback_vtep(1);
         let mut q = queue(&io, 0);
@@ -1732,6 +1740,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn datagrams_that_do_not_fit_wait_for_the_next_call_and_keep_the_fd_readable() {
         let io = loopback_vtep(1);
         let mut q = queue(&io, 0);
@@ -1798,6 +1807,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn merged_buffers_keep_their_layout_through_the_stash() {
         let io = loopback_vtep(1);
         let mut q = queue(&io, 0);
@@ -1962,6 +1972,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn gso_send_over_loopback_with_udp_segment() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();
@@ -2014,6 +2025,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn large_super_frames_take_several_sends() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();
@@ -2059,6 +2071,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn a_taken_source_port_falls_back_to_the_raw_path() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();
@@ -2096,6 +2109,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn frames_that_cannot_be_segmented_are_refused() {
         let io = loopback_vtep(1);
         let config = VxlanEncapConfig::default();

@@ -568,6 +568,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens AF_PACKET sockets (CAP_NET_RAW)"]
     fn fanout_group_ignores_outgoing_frames_where_the_kernel_can() {
         let sockets = PacketSocket::open_group(1, 2, RingLayout::v2_for_mtu(1500))
             .expect("AF_PACKET sockets on lo (the tests must run as root)");
@@ -597,6 +598,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens AF_PACKET sockets (CAP_NET_RAW)"]
     fn open_on_loopback_and_fanout() {
         // Loopback (ifindex 1) exists in every namespace; needs CAP_NET_RAW.
         let sockets = PacketSocket::open_group(1, 2, RingLayout::v2_for_mtu(1500))

@@ -376,6 +376,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: opens /dev/net/tun (often mode 0600)"]
     fn features_include_what_we_need() {
         let features = features().expect("/dev/net/tun must exist for the TAP port");
         let needed = u32::try_from(libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE).unwrap();

@@ -3,6 +3,8 @@
 //! Every test builds its own topology with a unique name prefix and tears it down in `Drop`,
 //! so tests can run in parallel and leave nothing behind even when they fail. A test that
 //! cannot run (not root, a tool missing) fails and says what is missing; it never passes.
+//! Tests that need root are `#[ignore = "needs root: ..."]`: a plain `cargo test` skips them,
+//! `sudo ./scripts/test.sh` runs them all (`--include-ignored`).
 
 #![allow(dead_code)]
 
@@ -42,6 +44,62 @@ pub fn require(tools: &[&str]) {
             "this test needs `{tool}`, which is not installed: run ./scripts/test.sh, which installs it"
         );
     }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, and returns that value; panics naming
+/// `what` once `timeout` has passed without it. Use it instead of a fixed sleep: it waits for
+/// the condition itself, and only as long as the condition takes.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a `proto` (`"tcp"` or `"udp"`) socket in network namespace `netns` is bound to
+/// `local`: `"ADDRESS:PORT"`, or `":PORT"` for any address. Per `ss`; a TCP socket must be
+/// listening.
+pub fn is_listening(netns: &str, proto: &str, local: &str) -> bool {
+    let flags = if proto == "udp" { "-Hlun" } else { "-Hltn" };
+    let out = run_any("ip", &["netns", "exec", netns, "ss", flags]);
+    String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+        // State, Recv-Q, Send-Q, Local Address:Port, Peer Address:Port.
+        line.split_whitespace().nth(3).is_some_and(|bound| {
+            if local.starts_with(':') {
+                bound.ends_with(local)
+            } else {
+                bound == local
+            }
+        })
+    })
+}
+
+/// Waits (up to 10 s) until `server`, started in `netns`, listens on `proto` `local` (see
+/// [`is_listening`]); panics with the server's stderr if it exits first.
+pub fn wait_listening(netns: &str, proto: &str, local: &str, server: &mut Child) {
+    wait_until(
+        &format!("a {proto} listener on {local} in {netns}"),
+        Duration::from_secs(10),
+        || {
+            if let Ok(Some(status)) = server.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = server.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                panic!(
+                    "the server meant to listen on {proto} {local} in {netns} exited ({status}): {stderr}"
+                );
+            }
+            is_listening(netns, proto, local).then_some(())
+        },
+    );
 }
 
 /// Runs a command and returns its output; panics with the full output when it fails.
@@ -428,7 +486,7 @@ pub fn tail(text: &str, n: usize) -> String {
 pub fn iperf3_tcp(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> f64 {
     let port = (5201 + COUNTER.fetch_add(1, Ordering::Relaxed) % 1000).to_string();
     let mut srv = server.spawn(&["iperf3", "-s", "-1", "-p", &port]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&server.name, "tcp", &format!(":{port}"), &mut srv);
     let secs = seconds.to_string();
     let out = client.exec(&["iperf3", "-c", server_ip, "-p", &port, "-t", &secs, "-J"]);
     let _ = srv.kill();
