@@ -84,8 +84,8 @@ fn tap_and_veth_ping_and_iperf3() {
         stats.contains(&c1.name),
         "stats lists ports by name:\n{stats}"
     );
-    assert!(daemon.port_counter(&c1.name, "rx_packets") > 0);
-    assert!(daemon.port_counter(&c2.name, "tx_packets") > 0);
+    assert!(daemon.port_counter(&c1.name, "rxPackets") > 0);
+    assert!(daemon.port_counter(&c2.name, "txPackets") > 0);
 }
 
 /// Broadcast and unknown unicast flood within their subnet only.
@@ -110,19 +110,19 @@ fn flooding_stays_inside_the_subnet() {
         "subnet other's address expected, got {ip3}"
     );
 
-    let before_c2 = daemon.port_counter(&c2.name, "tx_packets");
+    let before_c2 = daemon.port_counter(&c2.name, "txPackets");
     // ARP requests for an absent host: broadcast, flooded to c2 only.
     let _ = c1.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "172.30.9.9"]);
     wait_until(
         &format!("c2 to receive the 3 flooded ARP requests (tx_packets was {before_c2})"),
         Duration::from_secs(5),
         || {
-            let after_c2 = daemon.port_counter(&c2.name, "tx_packets");
+            let after_c2 = daemon.port_counter(&c2.name, "txPackets");
             (after_c2 >= before_c2 + 3).then_some(after_c2)
         },
     );
     assert_eq!(
-        daemon.port_counter(&c3.name, "tx_packets"),
+        daemon.port_counter(&c3.name, "txPackets"),
         0,
         "nothing from subnet default may reach subnet other"
     );

@@ -541,8 +541,8 @@ fn print_drops(daemon: &Daemon, label: &str) {
         eprintln!(
             "{label}:   port {} rx {} tx {} drops {:?}",
             port["name"],
-            port["rx_packets"],
-            port["tx_packets"],
+            port["rxPackets"],
+            port["txPackets"],
             nonzero(&port["drops"])
         );
     }

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 
 use crate::api::DEFAULT_SOCKET_PATH;
+use crate::control::kinds::Kind;
 
 /// Text shown after `--help`: the exit codes, documented once.
 pub const EXIT_CODES_HELP: &str = "\
@@ -57,13 +58,15 @@ pub enum Command {
     /// Create or update resources from a YAML or JSON file (several documents allowed). All
     /// documents are validated first; if one is wrong, nothing changes.
     Apply(ApplyArgs),
-    /// List resources of a kind, or show one. KIND is any case, singular or plural
-    /// (network, subnet, networkinterface, route, uplink, natgateway, portforward,
-    /// virtualip; nic, natgw, pf and vip for short).
+    /// List resources of a kind, or show one. KIND is any case, singular or plural, or a
+    /// short form (the kinds are listed below).
+    #[command(after_help = Kind::help())]
     Get(GetArgs),
     /// Show every field of one resource, for people.
+    #[command(after_help = Kind::help())]
     Describe(DescribeArgs),
     /// Delete one resource.
+    #[command(after_help = Kind::help())]
     Delete(DeleteArgs),
     /// Attach a network namespace: create a NetworkInterface (TAP or veth) in it, with an
     /// address from the subnet's IPAM unless --ip gives one.

@@ -202,8 +202,7 @@ pub fn neighbors_table(neighbors: &Value) -> Table {
     let mut table = Table::new(&["SUBNET", "IP", "MAC", "STATE", "AGE"]);
     for row in rows(neighbors, "neighbors") {
         let age = row
-            .get("age_seconds")
-            .or_else(|| row.get("ageSeconds"))
+            .get("ageSeconds")
             .and_then(Value::as_u64)
             .map_or_else(|| NONE.to_owned(), format_age);
         table.push(vec![
@@ -390,8 +389,7 @@ pub fn fdb_table(fdb: &Value) -> Table {
     let mut table = Table::new(&["SUBNET", "MAC", "PORT", "VTEP", "AGE"]);
     for row in rows(fdb, "entries") {
         let age = row
-            .get("age_seconds")
-            .or_else(|| row.get("ageSeconds"))
+            .get("ageSeconds")
             .and_then(Value::as_u64)
             .map_or_else(|| NONE.to_owned(), format_age);
         table.push(vec![
@@ -440,17 +438,17 @@ pub fn stats_report(stats: &Value, show_zero: bool) -> String {
     for port in rows(stats, "ports") {
         ports.push(vec![
             at(port, &["/name"]),
-            counter(port, &["rx_packets", "rxPackets"]).to_string(),
-            counter(port, &["rx_bytes", "rxBytes"]).to_string(),
-            counter(port, &["tx_packets", "txPackets"]).to_string(),
-            counter(port, &["tx_bytes", "txBytes"]).to_string(),
+            counter(port, &["rxPackets"]).to_string(),
+            counter(port, &["rxBytes", "rxBytes"]).to_string(),
+            counter(port, &["txPackets"]).to_string(),
+            counter(port, &["txBytes", "txBytes"]).to_string(),
             total(port.get("drops")).to_string(),
         ]);
     }
     if let Some(workers) = stats.get("workers").and_then(Value::as_u64) {
         // `worker_cpus`: a CPU per worker, or null when they float (absent from daemons
         // that predate pinning).
-        let placement = match stats.get("worker_cpus") {
+        let placement = match stats.get("workerCpus") {
             Some(Value::Array(cpus)) => {
                 let cpus: Vec<String> = cpus.iter().map(Value::to_string).collect();
                 format!(", pinned to CPUs {}", cpus.join(","))
@@ -872,7 +870,7 @@ mod tests {
             "\
 NAME      NETNS     KIND   IFNAME   MAC                 IPS             STATE
 c1        c1        tap    eth0     02:00:ac:1e:00:02   172.30.0.2/16   up
-c2-long   c2-long   tap    eth0     -                   -               -
+c2-long   c2-long   tap    eth0     -                   -               pending
 "
         );
         let wide = resource_table(
@@ -1007,8 +1005,8 @@ blue      0.0.0.0/0     10.1.0.254   web      static:default
 "
         );
         let neighbors = json!([
-            {"subnet": "web", "ip": "10.1.0.5", "mac": "02:00:00:00:00:05", "state": "reachable", "age_seconds": 12},
-            {"subnet": "web", "ip": "10.1.0.254", "mac": "", "state": "incomplete", "age_seconds": 0},
+            {"subnet": "web", "ip": "10.1.0.5", "mac": "02:00:00:00:00:05", "state": "reachable", "ageSeconds": 12},
+            {"subnet": "web", "ip": "10.1.0.254", "mac": "", "state": "incomplete", "ageSeconds": 0},
         ]);
         assert_eq!(
             neighbors_table(&neighbors).render(),
@@ -1138,7 +1136,7 @@ Ports in use:
             "{text}"
         );
         let idle = json!({"kind": "NATGateway", "metadata": {"name": "gw"},
-            "spec": {"network": "blue"}, "status": {"ips": [], "portsInUse": []}});
+            "spec": {"network": "blue", "ips": ["198.51.100.10"]}, "status": {"ips": [], "portsInUse": []}});
         assert!(describe(&idle).ends_with("Ports in use:  <none>\n"));
     }
 
@@ -1217,14 +1215,34 @@ nat.unsolicited   4
     }
 
     #[test]
-    fn unknown_kind_gets_a_generic_table() {
-        let text = resource_table(
-            &[json!({"kind": "Overlay", "metadata": {"name": "o"}})],
-            false,
-            &TableContext::default(),
-        )
-        .render();
-        assert_eq!(text, "NAME   KIND      LABELS\no      Overlay   -\n");
+    fn overlay_table() {
+        let overlay = json!({"kind": "Overlay", "metadata": {"name": "hub"},
+            "spec": {"role": "hub", "localAddress": "192.168.50.1", "token": "<redacted>"},
+            "status": {"state": "up"}});
+        let text = resource_table(&[overlay.clone()], false, &TableContext).render();
+        assert_eq!(
+            text,
+            "\
+NAME   ROLE   LOCAL-ADDRESS   PORT   VNI-BASE   STATE
+hub    hub    192.168.50.1    4789   100        up
+"
+        );
+        let wide = resource_table(&[overlay], true, &TableContext).render();
+        assert!(
+            wide.contains("   1450   -     -        -        -\n"),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn a_resource_the_cli_cannot_read_is_an_error() {
+        let odd = json!({"apiVersion": "vswitch/v1alpha1", "kind": "Overlay",
+                         "metadata": {"name": "o"}, "spec": {"role": "bridge"}});
+        let err = super::resource_table(Kind::Overlay, &[odd], false).unwrap_err();
+        assert!(
+            err.starts_with("the daemon's Overlay \"o\" does not parse: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1239,8 +1257,8 @@ nat.unsolicited   4
     #[test]
     fn fdb_table_from_rows() {
         let fdb = json!([
-            {"subnet": "default", "mac": "02:00:ac:1e:00:02", "port": "c1", "age_seconds": 3},
-            {"subnet": "default", "mac": "02:00:ac:1e:00:03", "port": "vxlan/default", "age_seconds": 125, "vtep": "192.168.50.2"},
+            {"subnet": "default", "mac": "02:00:ac:1e:00:02", "port": "c1", "ageSeconds": 3},
+            {"subnet": "default", "mac": "02:00:ac:1e:00:03", "port": "vxlan/default", "ageSeconds": 125, "vtep": "192.168.50.2"},
         ]);
         assert_eq!(
             fdb_table(&fdb).render(),
@@ -1257,9 +1275,9 @@ default   02:00:ac:1e:00:03   vxlan/default   192.168.50.2   2m5s
     fn stats_report_sections() {
         let stats = json!({
             "workers": 2,
-            "worker_cpus": [1, 0],
+            "workerCpus": [1, 0],
             "ports": [
-                {"name": "c1", "rx_packets": 10, "rx_bytes": 980, "tx_packets": 8, "tx_bytes": 784,
+                {"name": "c1", "rxPackets": 10, "rxBytes": 980, "txPackets": 8, "txBytes": 784,
                  "drops": {"port_security.src_mac": 2, "parse.runt": 1}},
             ],
             "drops": {"port_security.src_mac": 2, "parse.runt": 1, "tx.error": 0},
@@ -1285,7 +1303,7 @@ no events
         let all = stats_report(&stats, true);
         assert!(all.contains("\ntx.error                0\n"), "{all}");
         assert!(all.contains("\nl2.mac_aged   0\n"), "{all}");
-        let floating = stats_report(&json!({"workers": 1, "worker_cpus": null}), false);
+        let floating = stats_report(&json!({"workers": 1, "workerCpus": null}), false);
         assert!(floating.starts_with("workers: 1, floating\n"), "{floating}");
         let older = stats_report(&json!({"workers": 1}), false);
         assert!(older.starts_with("workers: 1\n"), "{older}");

@@ -31,6 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -279,9 +280,52 @@ pub struct ConntrackCounters {
 #[derive(Debug)]
 pub struct Controller {
     inner: Mutex<Inner>,
+    /// What reads (`get`, `list`) see: published whenever a write changed it, so that reads
+    /// never wait behind a write (which may hold the lock across netlink work).
+    published: ArcSwap<Published>,
     engine: RwLock<Engine>,
     /// The datapath's clock (conntrack ages and timeouts are read with it).
     clock: Arc<dyn Clock>,
+}
+
+/// The state as last changed, and what a resource's status needs besides it.
+#[derive(Debug, Default, PartialEq)]
+struct Published {
+    state: State,
+    /// NetworkInterface names by port id.
+    port_names: BTreeMap<u32, String>,
+}
+
+/// The state lock, held: on release, publishes the state for readers if it changed.
+struct Locked<'a> {
+    guard: parking_lot::MutexGuard<'a, Inner>,
+    published: &'a ArcSwap<Published>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let current = self.published.load();
+        let port_names = port_names(&self.guard);
+        if current.state != self.guard.state || current.port_names != port_names {
+            self.published.store(Arc::new(Published {
+                state: self.guard.state.clone(),
+                port_names,
+            }));
+        }
+    }
 }
 
 /// Everything the lock protects.
@@ -538,12 +582,16 @@ impl Controller {
             inner.store.save(&inner.state)?;
         }
         let controller = Controller {
+            published: ArcSwap::from_pointee(Published {
+                state: inner.state.clone(),
+                port_names: port_names(&inner),
+            }),
             inner: Mutex::new(inner),
             engine: RwLock::new(engine),
             clock,
         };
         {
-            let mut inner = controller.inner.lock();
+            let mut inner = controller.lock();
             {
                 let engine = controller.engine.read();
                 publish(&engine, &mut inner);
@@ -555,9 +603,17 @@ impl Controller {
         Ok(controller)
     }
 
+    /// Takes the state lock; readers see the state as of the last release.
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.inner.lock(),
+            published: &self.published,
+        }
+    }
+
     /// True when the state directory held no resources (first boot), or all were deleted.
     pub fn is_empty(&self) -> bool {
-        self.inner.lock().state.is_empty()
+        self.published.load().state.is_empty()
     }
 
     /// Applies one or more YAML or JSON documents (`---`-separated, or a JSON array). All are
@@ -567,7 +623,7 @@ impl Controller {
     /// [`ApiError`] naming the document, kind/name and field.
     pub fn apply(&self, text: &str) -> Result<Vec<AppliedResource>, ApiError> {
         let docs = parse_documents(text)?;
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         let plan = validate::plan(&inner.state, docs, Mode::Apply)?;
         let applied = plan.applied.clone();
         self.execute(&mut inner, plan)?;
@@ -587,12 +643,12 @@ impl Controller {
             origin: Origin::resource(kind, &name),
             resource,
         };
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         let plan = validate::plan(&inner.state, vec![doc], Mode::Create)?;
         self.execute(&mut inner, plan)?;
         self.sync_generated_logged(&mut inner);
-        let live = self.live(&inner, kind);
-        resource_json(&inner.state, kind, &name, &live)
+        drop(inner);
+        self.get(kind.as_str(), &name)
     }
 
     /// Lists resources of `kind` (any case, singular or plural).
@@ -601,13 +657,13 @@ impl Controller {
     /// [`ApiError::Invalid`] for an unknown kind.
     pub fn list(&self, kind: &str) -> Result<Vec<serde_json::Value>, ApiError> {
         let kind = Kind::parse(kind)?;
-        let inner = self.inner.lock();
-        let state = &inner.state;
-        let names = state.names(kind);
-        let live = self.live(&inner, kind);
-        names
+        let published = self.published.load();
+        let live = self.live(&published, kind);
+        published
+            .state
+            .names(kind)
             .into_iter()
-            .map(|name| resource_json(state, kind, &name, &live))
+            .map(|name| resource_json(&published.state, kind, &name, &live))
             .collect()
     }
 
@@ -617,20 +673,20 @@ impl Controller {
     /// [`ApiError::NotFound`].
     pub fn get(&self, kind: &str, name: &str) -> Result<serde_json::Value, ApiError> {
         let kind = Kind::parse(kind)?;
-        let inner = self.inner.lock();
-        let live = self.live(&inner, kind);
-        resource_json(&inner.state, kind, name, &live)
+        let published = self.published.load();
+        let live = self.live(&published, kind);
+        resource_json(&published.state, kind, name, &live)
     }
 
     /// What the status of `kind` needs from the running datapath: masquerade port usage for
     /// NATGateways (nothing for other kinds).
-    fn live(&self, inner: &Inner, kind: Kind) -> Live {
+    fn live(&self, published: &Published, kind: Kind) -> Live {
         if kind != Kind::NatGateway {
             return Live::default();
         }
         Live {
             nat_usage: self.engine.read().current().conntrack.nat_usage(),
-            port_names: port_names(inner),
+            port_names: published.port_names.clone(),
         }
     }
 
@@ -640,7 +696,7 @@ impl Controller {
     /// [`ApiError::NotFound`], or [`ApiError::Conflict`] when others depend on it.
     pub fn delete(&self, kind: &str, name: &str) -> Result<(), ApiError> {
         let kind = Kind::parse(kind)?;
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         if let Some(owner) = validate::generated_by(&inner.state, kind, name) {
             return Err(ApiError::Conflict {
                 message: format!(
@@ -732,7 +788,7 @@ impl Controller {
     /// [`ApiError::NotFound`] when `network` names no Network.
     pub fn routing_table(&self, network: Option<&str>) -> Result<Vec<RoutingTableRow>, ApiError> {
         if let Some(name) = network {
-            if !self.inner.lock().state.networks.contains_key(name) {
+            if !self.lock().state.networks.contains_key(name) {
                 return Err(ApiError::NotFound {
                     kind: Kind::Network.as_str().into(),
                     name: name.into(),
@@ -798,7 +854,7 @@ impl Controller {
         let Some(name) = network else {
             return Ok(None);
         };
-        let inner = self.inner.lock();
+        let inner = self.lock();
         match inner.network_ids.get(name) {
             Some(id) => Ok(Some(nat::Zone(id.0))),
             None => Err(ApiError::NotFound {
@@ -816,7 +872,7 @@ impl Controller {
     pub fn conntrack(&self, network: Option<&str>) -> Result<Vec<ConntrackRow>, ApiError> {
         let zone = self.zone(network)?;
         let names = {
-            let inner = self.inner.lock();
+            let inner = self.lock();
             zone_names(&inner)
         };
         let conntrack = Arc::clone(&self.engine.read().current().conntrack);
@@ -878,7 +934,7 @@ impl Controller {
     /// The NAT view: the Uplink, its addresses and their users, masquerade ports in use per
     /// interface, conntrack counters, and the datapath's NAT and conntrack drops by reason.
     pub fn nat(&self) -> NatReport {
-        let inner = self.inner.lock();
+        let inner = self.lock();
         let engine = self.engine.read();
         let snapshot = engine.current();
         let conntrack = &snapshot.conntrack;
@@ -1879,7 +1935,7 @@ pub struct OverlayAgentConfig {
 impl Controller {
     /// The overlay agent's configuration, or `None` without an Overlay.
     pub fn overlay_agent_config(&self) -> Option<OverlayAgentConfig> {
-        let inner = self.inner.lock();
+        let inner = self.lock();
         overlay_agent_config(&inner)
     }
 
@@ -1897,7 +1953,7 @@ impl Controller {
         &self,
         request: &vxlan::RegistrationRequest,
     ) -> Result<vxlan::RunnerPlan, ApiError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         self.hub_register_locked(&mut inner, request)
     }
 
@@ -1907,13 +1963,13 @@ impl Controller {
     /// [`ApiError::NotFound`] when the name holds no ID (the runner must register again),
     /// [`ApiError::Conflict`] when this node is not a hub.
     pub fn hub_heartbeat(&self, name: &str) -> Result<vxlan::RunnerId, ApiError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         hub_heartbeat(&mut inner, name, wall_ms())
     }
 
     /// Hub: marks offline the runners silent for longer than the Overlay's timeout.
     pub fn hub_sweep(&self) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         hub_sweep(&mut inner, wall_ms());
     }
 
@@ -1923,14 +1979,14 @@ impl Controller {
     /// # Errors
     /// [`ApiError`] when the plan cannot be applied (e.g. a name it needs is taken).
     pub fn runner_joined(&self, plan: &vxlan::RunnerPlan) -> Result<(), ApiError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         self.runner_joined_locked(&mut inner, plan)
     }
 
     /// Runner: records where registration stands (`registering`, `hubUnreachable` with why
     /// and when the next attempt is, `registered` after a heartbeat was answered).
     pub fn runner_status(&self, state: OverlayState, message: Option<String>) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         runner_status(&mut inner, state, message);
     }
 
@@ -1940,7 +1996,7 @@ impl Controller {
     /// # Errors
     /// [`ApiError::NotFound`] without an Overlay.
     pub fn overlay_view(&self) -> Result<Value, ApiError> {
-        let inner = self.inner.lock();
+        let inner = self.lock();
         overlay_view(&inner, wall_ms())
     }
 }
@@ -2682,7 +2738,7 @@ spec: {network: blue, cidr: 10.0.0.0/33, gateway: 10.0.0.1}
         assert_eq!(err.status(), 400);
         assert!(
             err.to_string()
-                .contains("valid kinds: Network, Subnet, NetworkInterface")
+                .contains("valid kinds: Overlay, Network, Subnet")
         );
         let err = controller.get("nic", "c1").unwrap_err();
         assert_eq!(err.status(), 404);
@@ -2926,7 +2982,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
     /// Marks interface `name` up with a port that has no queues (workers skip it), and
     /// publishes: enough to see what compile() makes of it.
     fn fake_port(controller: &Controller, name: &str) -> PortId {
-        let mut inner = controller.inner.lock();
+        let mut inner = controller.lock();
         let id = PortId(inner.port_ids.allocate().expect("a port id"));
         let nic = inner.state.network_interfaces.get_mut(name).expect("nic");
         nic.status.state = InterfaceState::Up;
@@ -3052,7 +3108,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
         let edge = snapshot.subnet(ids["edge"]).unwrap();
         assert_eq!(edge.gateway_mac, [2, 0, 0, 0, 1, 1]);
         let web = snapshot.subnet(ids["web"]).unwrap();
-        let node = controller.inner.lock().state.node_id;
+        let node = controller.lock().state.node_id;
         assert_eq!(web.gateway_mac, routing::derived_gateway_mac(node, "web").0);
 
         // The API view: sorted by Network and destination, with names.
@@ -3200,7 +3256,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
                 .collect()
         };
         let before = macs(&controller);
-        let node = controller.inner.lock().state.node_id.expect("a node id");
+        let node = controller.lock().state.node_id.expect("a node id");
         let table = table_rows(&controller, None);
         controller.shutdown();
         drop(controller);
@@ -3208,7 +3264,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
         assert!(text.contains(&format!("\"nodeId\": \"{node}\"")), "{text}");
 
         let controller = open(dir.path());
-        assert_eq!(controller.inner.lock().state.node_id, Some(node));
+        assert_eq!(controller.lock().state.node_id, Some(node));
         assert_eq!(macs(&controller), before);
         // The Route and the peerings were restored too.
         assert_eq!(table_rows(&controller, None), table);
@@ -3239,7 +3295,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
         let (_, state) = Store::open(dir.path()).unwrap();
         assert_eq!(state.unwrap().node_id, None);
         let controller = open(dir.path());
-        let node = controller.inner.lock().state.node_id;
+        let node = controller.lock().state.node_id;
         assert!(node.is_some());
         drop(controller);
         let (_, state) = Store::open(dir.path()).unwrap();
@@ -3424,7 +3480,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
                 "198.51.100.12/32".parse().unwrap(),
             ]
         );
-        let node = controller.inner.lock().state.node_id;
+        let node = controller.lock().state.node_id;
         assert_eq!(uplink.mac, nat_rules::derived_uplink_mac(node, "wan").0);
         // Its ids are its own: no port or subnet shares them.
         assert!(snapshot.ports().iter().all(|p| p.id != uplink.id));
@@ -3498,7 +3554,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
         assert!(snapshot.uplink.is_none());
         assert!(!snapshot.nat.owns(addr("198.51.100.10")));
         assert_eq!(
-            controller.inner.lock().port_ids.allocate(),
+            controller.lock().port_ids.allocate(),
             Some(uplink_id.0),
             "the uplink's port id is free again"
         );

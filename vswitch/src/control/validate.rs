@@ -1452,18 +1452,25 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
     }
 
     #[test]
-    fn the_first_wrong_document_is_reported() {
+    fn every_wrong_document_is_reported() {
         let current = apply(&base(), &nic("a", ""));
         let text = format!(
             "{}{}",
             nic("b", ", ips: [10.9.9.9]"),
             nic("a", "").replace("netns: a", "netns: z")
         );
-        let msg = refusal(&current, &text).to_string();
+        let err = refusal(&current, &text);
+        let causes: Vec<String> = err.causes().iter().map(ToString::to_string).collect();
+        assert_eq!(causes.len(), 2, "{err}");
         assert!(
-            msg.starts_with("document 1 (NetworkInterface \"b\")"),
-            "{msg}"
+            causes[0].starts_with("document 1 (NetworkInterface \"b\"): spec.ips[0]"),
+            "{err}"
         );
+        assert!(
+            causes[1].starts_with("document 2 (NetworkInterface \"a\"): spec.netns"),
+            "{err}"
+        );
+        assert_eq!(err.field(), Some("documents[0].spec.ips[0]"));
     }
 
     #[test]
@@ -1559,13 +1566,13 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
              CIDRs: renumber one of the Subnets, or remove the peering"
         );
         assert_eq!(err.field(), Some("documents[0].spec.peerings[0].network"));
-        // Both sides in one batch: the first document is blamed.
+        // Both sides in one batch: each document is blamed, the first first.
         let both = format!(
             "{}{}",
             network("blue", "{name: to-red, network: red}"),
             network("red", "{name: to-blue, network: blue}")
         );
-        let msg = refusal(&current, &both).to_string();
+        let msg = refusal(&current, &both).causes()[0].to_string();
         assert!(
             msg.starts_with("document 1 (Network \"blue\"): spec.peerings[0].network: cannot peer Network \"blue\" with Network \"red\": Subnet \"web\" (10.1.0.0/24) of Network \"blue\" overlaps Subnet \"r1\" (10.1.0.0/16)"),
             "{msg}"

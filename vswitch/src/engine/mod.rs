@@ -81,6 +81,7 @@ impl EngineConfig {
 
 /// Counters of one port (or of the uplink), summed over workers.
 #[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct PortStats {
     /// NetworkInterface name (or Uplink name).
     pub name: String,
@@ -104,6 +105,7 @@ pub struct PortStats {
 
 /// Counters of the whole switch.
 #[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct StatsReport {
     /// Number of workers.
     pub workers: usize,
@@ -120,6 +122,7 @@ pub struct StatsReport {
 
 /// One entry of the neighbour (ARP) table.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NeighborRow {
     /// Subnet name.
     pub subnet: String,
@@ -135,6 +138,7 @@ pub struct NeighborRow {
 
 /// One learned MAC.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FdbRow {
     /// Subnet name.
     pub subnet: String,

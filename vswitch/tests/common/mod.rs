@@ -451,7 +451,7 @@ impl Daemon {
             .unwrap_or(0)
     }
 
-    /// A counter field of a port (`rx_packets`, ...), 0 when absent.
+    /// A counter field of a port (`rxPackets`, ...), 0 when absent.
     pub fn port_counter(&self, port: &str, field: &str) -> u64 {
         let stats = self.stats();
         stats["ports"]

@@ -202,6 +202,12 @@ pub trait ResourceKind: Stored {
     /// The spec.
     fn spec(&self) -> &Self::Spec;
 
+    /// Defaults that depend on other fields of the document (serde defaults cover the
+    /// rest), set on the document's JSON before it is typed: what an omitted field means.
+    fn apply_defaults(document: &mut serde_json::Map<String, Value>) {
+        let _ = document;
+    }
+
     /// The status.
     fn status_mut(&mut self) -> &mut Self::Status;
 
@@ -480,6 +486,21 @@ impl Kind {
         parts.join(", ")
     }
 
+    /// The kinds for `--help`: name, short forms and what each is, one per line.
+    pub fn help() -> String {
+        let mut text = String::from("Kinds (any case, singular or plural):\n");
+        for kind in Kind::ALL {
+            let info = kind.info();
+            let aliases = if info.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", info.aliases.join(", "))
+            };
+            text.push_str(&format!("  {}{aliases}: {}\n", info.name, info.summary));
+        }
+        text
+    }
+
     /// Parses a kind as a user writes it: any case, singular or plural, or a short form
     /// (`Subnets`, `networkinterface`, `NICs`, `natgws`, `VIPs`).
     ///
@@ -736,6 +757,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_subnet_without_gateway_gets_the_first_usable_address() {
+        let docs = crate::control::resource::parse_documents(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: a}\nspec: {network: n, cidr: 10.1.0.0/24}\n",
+        )
+        .expect("parses");
+        let Resource::Subnet(subnet) = &docs[0].resource else {
+            panic!("{docs:?}");
+        };
+        assert_eq!(subnet.spec.gateway, std::net::Ipv4Addr::new(10, 1, 0, 1));
+        // A bad CIDR is still reported as such, not as a missing gateway.
+        let err = crate::control::resource::parse_documents(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: a}\nspec: {network: n, cidr: 10.1.0.0/33}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("documents[0].spec.cidr"), "{err}");
+    }
+
+    #[test]
+    fn every_wrong_document_is_reported_at_once() {
+        let err = crate::control::resource::parse_documents(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: a}\nspec: {network: n, cidr: 10.1.0.0/33}\n---\n\
+             apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: b}\nspec: {colour: blue}\n",
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.causes().iter().filter_map(ApiError::field).collect();
+        assert_eq!(fields.len(), 2, "{err}");
+        assert_eq!(fields[0], "documents[0].spec.cidr", "{err}");
+        assert!(fields[1].starts_with("documents[1].spec"), "{err}");
+        assert_eq!(err.status(), 400);
+        assert!(err.to_string().starts_with("2 problems"), "{err}");
+        assert_eq!(
+            err.to_json()["error"]["causes"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]

@@ -129,6 +129,25 @@ spec:
         &self.spec
     }
 
+    /// Without `gateway`, the first usable address of the CIDR, as Docker and CNI's
+    /// host-local give it.
+    fn apply_defaults(document: &mut serde_json::Map<String, serde_json::Value>) {
+        let Some(serde_json::Value::Object(spec)) = document.get_mut("spec") else {
+            return;
+        };
+        if spec.contains_key("gateway") {
+            return;
+        }
+        let first = spec
+            .get("cidr")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|cidr| parse_subnet_cidr(cidr).ok())
+            .and_then(|cidr| cidr.hosts().next());
+        if let Some(first) = first {
+            spec.insert("gateway".into(), first.to_string().into());
+        }
+    }
+
     fn status_mut(&mut self) -> &mut SubnetStatus {
         &mut self.status
     }
