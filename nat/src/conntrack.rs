@@ -357,7 +357,11 @@ impl TimeoutsMs {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<FlowKey, Arc<Conn>>,
+    /// Keyed by foldhash rather than std's SipHash: every tracked packet looks its key up
+    /// here. Its `RandomState` is seeded per process and per map, so colliding keys cannot be
+    /// precomputed; foldhash is only "minimally DoS-resistant" (it does not claim to resist an
+    /// attacker who recovers the seed by timing the table).
+    map: HashMap<FlowKey, Arc<Conn>, foldhash::fast::RandomState>,
     slots: Vec<Option<Arc<Conn>>>,
     free: Vec<u32>,
 }

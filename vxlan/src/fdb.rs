@@ -227,7 +227,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Fdb {
     config: FdbConfig,
-    entries: HashMap<(Vni, Mac), Entry>,
+    /// Keyed by foldhash rather than std's SipHash (looked up for every frame sent into or
+    /// learned from the overlay), seeded per process and per map; foldhash is only
+    /// "minimally DoS-resistant" (no claim against an attacker who recovers the seed).
+    entries: HashMap<(Vni, Mac), Entry, foldhash::fast::RandomState>,
     /// Learned entries per VNI (live or not yet swept), for the limit.
     learned: HashMap<Vni, usize>,
     flood: HashMap<Vni, Vec<Vtep>>,
