@@ -8,7 +8,8 @@
 //!    last wait that found work, the timeout is zero: the worker keeps polling instead of
 //!    sleeping, so a busy port does not pay a wake-up (an IPI and a context switch on both
 //!    sides) for every batch, and its latency does not include the scheduler's;
-//! 2. load the snapshot (one atomic load); when its generation changed, re-sync the epoll
+//! 2. load the snapshot (an arc-swap guard: no reference count is bumped, and it is dropped
+//!    before the next wait); when its generation changed, re-sync the epoll
 //!    registrations: ports that left are deregistered (and the worker's `Arc<PortIo>` of them
 //!    dropped only then, so an fd is never closed while registered), new ports registered;
 //! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames, run the pipeline
@@ -502,7 +503,12 @@ impl Worker {
                 // for the first sleeping wait, at most `busy_poll` from now).
                 continue;
             }
-            let snapshot = self.shared.current.load_full();
+            // A guard, not an owned `Arc`: no reference-count write on the shared snapshot
+            // per iteration. It lives for this iteration only (one batch per ready queue and
+            // the maintenance after them) and is dropped before the next `epoll_wait`, as
+            // arc-swap wants guards short-lived (each thread has few cheap debt slots; a
+            // publish meanwhile turns the guard into an owned reference, paid by the writer).
+            let snapshot = self.shared.current.load();
             if self.generation != Some(snapshot.generation) {
                 self.resync(&snapshot);
             }
