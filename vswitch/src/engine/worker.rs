@@ -100,8 +100,9 @@ pub(crate) struct Shared {
     /// The neighbour (ARP) table.
     pub(crate) neighbors: Neighbors,
     /// Remote MACs behind the overlay: (VNI, MAC) -> remote VTEP, learned from decapsulated
-    /// frames. Hits take the read lock and refresh in place; only new or moved MACs write.
-    pub(crate) remote_fdb: parking_lot::RwLock<vxlan::VxlanFdb>,
+    /// frames. Sharded by (VNI, MAC) like [`Fdb`]: hits take one shard's read lock and refresh
+    /// in place; only new or moved MACs take a shard's write lock.
+    pub(crate) remote_fdb: vxlan::VxlanSharedFdb,
     /// One set of counters per worker, written only by that worker.
     pub(crate) counters: Box<[WorkerCounters]>,
     /// The snapshot generation each worker has re-synced to (`u64::MAX` once it stopped).
@@ -318,8 +319,8 @@ fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
 }
 
 /// Learns the inner source MAC of a frame decapsulated on `tunnel` behind the VTEP that
-/// sent it: a read lock and an in-place refresh when known, the write lock only when new or
-/// moved.
+/// sent it: a shard's read lock and an in-place refresh when known, the shard's write lock
+/// only when new or moved.
 fn learn_remote(
     shared: &Shared,
     tunnel: &PortEntry,
@@ -340,10 +341,10 @@ fn learn_remote(
         return;
     }
     let remote = std::net::IpAddr::V4(*peer.ip());
-    if shared.remote_fdb.read().refresh(vni, src, remote, now) {
+    if shared.remote_fdb.refresh(vni, src, remote, now) {
         return;
     }
-    shared.remote_fdb.write().learn(vni, src, remote, now);
+    shared.remote_fdb.learn(vni, src, remote, now);
 }
 
 /// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
@@ -538,7 +539,7 @@ impl Worker {
                     self.counters().add_event(Event::MacAged, count(aged));
                     debug!(aged, "removed aged MACs");
                 }
-                let remote = self.shared.remote_fdb.write().sweep(now);
+                let remote = self.shared.remote_fdb.sweep(now);
                 if remote > 0 {
                     debug!(remote, "removed aged remote (overlay) MACs");
                 }
@@ -974,7 +975,7 @@ struct TunnelTx<'a> {
     encap: &'a vxlan::VxlanEncapConfig,
     /// The subnet's MTU (L3).
     mtu: u16,
-    remote_fdb: &'a parking_lot::RwLock<vxlan::VxlanFdb>,
+    remote_fdb: &'a vxlan::VxlanSharedFdb,
 }
 
 /// Sends frames to one destination queue (locked once for the batch) and counts them.
@@ -1047,7 +1048,6 @@ impl Sender<'_> {
         let vni = tx.tunnel.vni;
         let learned = if dst[0] & 1 == 0 {
             tx.remote_fdb
-                .read()
                 .lookup(vni, dst, self.now)
                 .and_then(|vtep| match vtep.ip {
                     std::net::IpAddr::V4(ip) => Some(ip),
