@@ -6,12 +6,16 @@
 //! reply key lives in whichever shard that key hashes to, pointing at the same `Arc`. The
 //! shards are cache-line aligned so two workers on two shards never share a lock's line.
 //!
-//! # Hits are read-only
+//! # Hits take no write lock
 //! [`Conntrack::lookup`] takes one shard's read lock. Everything a packet can change lives in
 //! atomics inside the entry: the status word (TCP state, replied, assured, dead) moves by
 //! compare-and-swap, `last_seen` only when the millisecond changed, and the attachments are
 //! plain atomic loads. So the steady state of any flow, in either direction, takes no write
-//! lock and writes no shared line except its own entry's.
+//! lock. It does write two shared lines, though: its entry's (a status change, or `last_seen`
+//! once per millisecond) and its shard's lock word: a `parking_lot` read lock is an atomic
+//! add on the lock word to enter and a subtract to leave, so every hit writes that line, and
+//! workers whose flows hash to the same shard bounce it between their cores (the padding
+//! above only keeps *different* shards off each other's lines).
 //!
 //! # Updates are rare and bounded
 //! [`Conntrack::create`] (a flow's first packet) and removals take the write locks of the (at
@@ -353,7 +357,11 @@ impl TimeoutsMs {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<FlowKey, Arc<Conn>>,
+    /// Keyed by foldhash rather than std's SipHash: every tracked packet looks its key up
+    /// here. Its `RandomState` is seeded per process and per map, so colliding keys cannot be
+    /// precomputed; foldhash is only "minimally DoS-resistant" (it does not claim to resist an
+    /// attacker who recovers the seed by timing the table).
+    map: HashMap<FlowKey, Arc<Conn>, foldhash::fast::RandomState>,
     slots: Vec<Option<Arc<Conn>>>,
     free: Vec<u32>,
 }

@@ -29,9 +29,10 @@
 //! it: a masqueraded flow's packets leave through a TAP queue chosen by the container's
 //! kernel and come back through the uplink's AF_PACKET fanout, which hashes the
 //! *translated* tuple. So:
-//! - a hit (any packet after the first, either direction) takes one shard's read lock and
-//!   updates only atomics inside its entry (state by compare-and-swap, the idle timer only
-//!   when the millisecond changed);
+//! - a hit (any packet after the first, either direction) takes one shard's read lock (an
+//!   atomic write to the shard's lock word on entry and exit, see [`conntrack`]) and
+//!   otherwise updates only atomics inside its entry (state by compare-and-swap, the idle
+//!   timer only when the millisecond changed);
 //! - a flow's first packet, a removal and an eviction take the write locks of at most two
 //!   shards, in index order; masquerade port allocation has its own mutex, taken only then;
 //! - a per-worker flow cache, which vswitch does not have, could keep a flow's

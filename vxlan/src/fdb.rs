@@ -28,11 +28,21 @@
 //! clock. **Sharing:** lookups and [`Fdb::refresh`] take `&self` (the last-seen time is an
 //! atomic), so workers can share the table behind a read lock and take the write lock only for
 //! [`Fdb::learn`] when `refresh` returns `false` (a new or moved MAC: rare).
+//!
+//! **Shared between workers:** [`SharedFdb`] is the MAC table alone (no flood lists), split
+//! into [`SHARDS`] shards by a hash of (VNI, MAC), each behind its own read-write lock, like
+//! the switch's local MAC table: every method takes `&self`, a lookup or refresh read-locks one
+//! shard, a new or moved MAC write-locks one shard, and workers whose frames hash to different
+//! shards never touch the same lock. Its entries follow the same rules as [`Fdb`]'s (the code
+//! is shared); the per-VNI limit counts across all shards.
 
 use core::fmt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
 
 use crate::header::{UDP_PORT, Vni};
 
@@ -215,6 +225,12 @@ pub fn format_mac(mac: &Mac) -> String {
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
+/// The entries of a table (or of one shard), keyed by foldhash rather than std's SipHash: they
+/// are looked up for every frame sent into or learned from the overlay.
+/// `foldhash::fast::RandomState` is seeded per process and per map; foldhash is only
+/// "minimally DoS-resistant" (no claim against an attacker who recovers the seed).
+type Table = HashMap<(Vni, Mac), Entry, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct Entry {
     vtep: Vtep,
@@ -223,11 +239,113 @@ struct Entry {
     last_seen: AtomicU64,
 }
 
+/// The rules of the module docs for one entry, shared by [`Fdb`] and [`SharedFdb`] so both
+/// tables answer alike.
+impl Entry {
+    /// A new learned entry, last seen at `now_ms`.
+    fn learned(vtep: Vtep, now_ms: u64) -> Entry {
+        Entry {
+            vtep,
+            kind: EntryKind::Learned,
+            last_seen: AtomicU64::new(now_ms),
+        }
+    }
+
+    /// A static entry (never aged).
+    fn pinned(vtep: Vtep) -> Entry {
+        Entry {
+            vtep,
+            kind: EntryKind::Static,
+            last_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether lookups use the entry at `now_ms`: static, or learned less than `ageing_ms`
+    /// ago.
+    #[inline]
+    fn alive(&self, ageing_ms: u64, now_ms: u64) -> bool {
+        match self.kind {
+            EntryKind::Static => true,
+            EntryKind::Learned => {
+                now_ms.saturating_sub(self.last_seen.load(Ordering::Relaxed)) < ageing_ms
+            }
+        }
+    }
+
+    /// [`Fdb::refresh`] of this entry: true (and the age reset) when it is static or a live
+    /// learned entry, and points at `remote`.
+    #[inline]
+    fn refresh(&self, ageing_ms: u64, remote: IpAddr, now_ms: u64) -> bool {
+        if self.vtep.ip != remote.to_canonical() {
+            return false;
+        }
+        match self.kind {
+            EntryKind::Static => true,
+            EntryKind::Learned if self.alive(ageing_ms, now_ms) => {
+                // Store only when the value changes, so a busy MAC does not dirty the cache
+                // line on every frame.
+                if self.last_seen.load(Ordering::Relaxed) != now_ms {
+                    self.last_seen.store(now_ms, Ordering::Relaxed);
+                }
+                true
+            }
+            EntryKind::Learned => false,
+        }
+    }
+
+    /// [`Fdb::learn`] for a MAC that already has this entry, with `vtep` the (valid) VTEP the
+    /// frame came from: updates the entry and says what learning did. A static entry is
+    /// never changed.
+    fn relearn(&mut self, vtep: Vtep, ageing_ms: u64, now_ms: u64) -> Learn {
+        let alive = now_ms.saturating_sub(*self.last_seen.get_mut()) < ageing_ms;
+        let outcome = match self.kind {
+            EntryKind::Static if self.vtep.ip == vtep.ip => return Learn::StaticMatch,
+            EntryKind::Static => return Learn::StaticConflict { pinned: self.vtep },
+            EntryKind::Learned if !alive => Learn::Learned,
+            EntryKind::Learned if self.vtep.ip == vtep.ip => Learn::Refreshed,
+            EntryKind::Learned => Learn::Moved { from: self.vtep },
+        };
+        *self.last_seen.get_mut() = now_ms;
+        self.vtep = vtep;
+        outcome
+    }
+
+    /// The entry as [`Fdb::entries`] lists it.
+    fn row(&self, vni: Vni, mac: Mac, now_ms: u64) -> FdbEntry {
+        FdbEntry {
+            vni,
+            mac,
+            vtep: self.vtep,
+            kind: self.kind,
+            age_ms: match self.kind {
+                EntryKind::Static => None,
+                EntryKind::Learned => {
+                    Some(now_ms.saturating_sub(self.last_seen.load(Ordering::Relaxed)))
+                }
+            },
+        }
+    }
+}
+
+/// The VTEP a frame of `mac` from `remote` teaches, or `None` when it teaches nothing (a group
+/// or all-zero MAC, an unusable address).
+fn learnable(config: &FdbConfig, mac: Mac, remote: IpAddr) -> Option<Vtep> {
+    let vtep = Vtep::new(remote.to_canonical(), config.learned_port);
+    (is_valid_unicast(mac) && vtep.validate().is_ok()).then_some(vtep)
+}
+
+/// True when a learning outcome changes what lookups answer: an expired entry came back or a
+/// MAC moved (the generation is bumped then).
+fn changes_lookups(outcome: Learn) -> bool {
+    matches!(outcome, Learn::Learned | Learn::Moved { .. })
+}
+
 /// The remote FDB of one VTEP: learned and static entries per VNI, and flood lists.
 #[derive(Debug, Default)]
 pub struct Fdb {
     config: FdbConfig,
-    entries: HashMap<(Vni, Mac), Entry>,
+    /// Keyed by foldhash (see [`Table`]).
+    entries: Table,
     /// Learned entries per VNI (live or not yet swept), for the limit.
     learned: HashMap<Vni, usize>,
     flood: HashMap<Vni, Vec<Vtep>>,
@@ -256,13 +374,7 @@ impl Fdb {
     }
 
     fn alive(&self, entry: &Entry, now_ms: u64) -> bool {
-        match entry.kind {
-            EntryKind::Static => true,
-            EntryKind::Learned => {
-                now_ms.saturating_sub(entry.last_seen.load(Ordering::Relaxed))
-                    < self.config.ageing_ms
-            }
-        }
+        entry.alive(self.config.ageing_ms, now_ms)
     }
 
     /// The VTEP behind `mac` in `vni`, if a static or live learned entry says so.
@@ -287,51 +399,21 @@ impl Fdb {
     /// `remote` (a live learned entry, or a static one), resets its age and returns `true`.
     /// Otherwise returns `false` and changes nothing; then call [`Fdb::learn`].
     pub fn refresh(&self, vni: Vni, mac: Mac, remote: IpAddr, now_ms: u64) -> bool {
-        let Some(entry) = self.entries.get(&(vni, mac)) else {
-            return false;
-        };
-        if entry.vtep.ip != remote.to_canonical() {
-            return false;
-        }
-        match entry.kind {
-            EntryKind::Static => true,
-            EntryKind::Learned if self.alive(entry, now_ms) => {
-                // Store only when the value changes, so a busy MAC does not dirty the cache
-                // line on every frame.
-                if entry.last_seen.load(Ordering::Relaxed) != now_ms {
-                    entry.last_seen.store(now_ms, Ordering::Relaxed);
-                }
-                true
-            }
-            EntryKind::Learned => false,
-        }
+        self.entries
+            .get(&(vni, mac))
+            .is_some_and(|entry| entry.refresh(self.config.ageing_ms, remote, now_ms))
     }
 
     /// Learns that inner source `mac` of `vni` sits behind the VTEP at `remote` (the outer
     /// source address of the frame); see the module docs for the rules.
     pub fn learn(&mut self, vni: Vni, mac: Mac, remote: IpAddr, now_ms: u64) -> Learn {
-        let remote = remote.to_canonical();
-        let vtep = Vtep::new(remote, self.config.learned_port);
-        if !is_valid_unicast(mac) || vtep.validate().is_err() {
+        let Some(vtep) = learnable(&self.config, mac, remote) else {
             return Learn::InvalidSource;
-        }
+        };
         let ageing_ms = self.config.ageing_ms;
         if let Some(entry) = self.entries.get_mut(&(vni, mac)) {
-            let last_seen = *entry.last_seen.get_mut();
-            let alive = now_ms.saturating_sub(last_seen) < ageing_ms;
-            let outcome = match entry.kind {
-                EntryKind::Static if entry.vtep.ip == remote => return Learn::StaticMatch,
-                EntryKind::Static => {
-                    return Learn::StaticConflict { pinned: entry.vtep };
-                }
-                EntryKind::Learned if !alive => Learn::Learned,
-                EntryKind::Learned if entry.vtep.ip == remote => Learn::Refreshed,
-                EntryKind::Learned => Learn::Moved { from: entry.vtep },
-            };
-            *entry.last_seen.get_mut() = now_ms;
-            entry.vtep = vtep;
-            if outcome != Learn::Refreshed {
-                // An expired entry came back or a MAC moved: lookups answer differently.
+            let outcome = entry.relearn(vtep, ageing_ms, now_ms);
+            if changes_lookups(outcome) {
                 self.generation += 1;
             }
             return outcome;
@@ -341,14 +423,8 @@ impl Fdb {
             return Learn::LimitReached;
         }
         *count += 1;
-        self.entries.insert(
-            (vni, mac),
-            Entry {
-                vtep,
-                kind: EntryKind::Learned,
-                last_seen: AtomicU64::new(now_ms),
-            },
-        );
+        self.entries
+            .insert((vni, mac), Entry::learned(vtep, now_ms));
         self.generation += 1;
         Learn::Learned
     }
@@ -366,14 +442,7 @@ impl Fdb {
         }
         vtep.validate()?;
         let vtep = Vtep::new(vtep.ip.to_canonical(), vtep.port);
-        let previous = self.entries.insert(
-            (vni, mac),
-            Entry {
-                vtep,
-                kind: EntryKind::Static,
-                last_seen: AtomicU64::new(0),
-            },
-        );
+        let previous = self.entries.insert((vni, mac), Entry::pinned(vtep));
         if let Some(Entry {
             kind: EntryKind::Learned,
             ..
@@ -526,27 +595,303 @@ impl Fdb {
             .entries
             .iter()
             .filter(|(_, entry)| self.alive(entry, now_ms))
-            .map(|(&(vni, mac), entry)| FdbEntry {
-                vni,
-                mac,
-                vtep: entry.vtep,
-                kind: entry.kind,
-                age_ms: match entry.kind {
-                    EntryKind::Static => None,
-                    EntryKind::Learned => {
-                        Some(now_ms.saturating_sub(entry.last_seen.load(Ordering::Relaxed)))
-                    }
-                },
-            })
+            .map(|(&(vni, mac), entry)| entry.row(vni, mac, now_ms))
             .collect();
         list.sort_by_key(|entry| (entry.vni, entry.mac));
         list
     }
 }
 
+/// Number of shards of a [`SharedFdb`]; a power of two (as the switch's local MAC table).
+pub const SHARDS: usize = 64;
+
+/// The shard of `(vni, mac)`: Fibonacci hashing of the MAC and VNI (as the switch's local MAC
+/// table), whose top bits mix every input bit.
+#[inline]
+fn shard_index(vni: Vni, mac: Mac) -> usize {
+    let mut bytes = [0u8; 8];
+    bytes[..6].copy_from_slice(&mac);
+    let word = u64::from_le_bytes(bytes) ^ u64::from(vni.get()).rotate_left(48);
+    let mixed = word.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // SHARDS is 64, so the shift leaves 6 bits, which always fit a usize.
+    usize::try_from(mixed >> (64 - SHARDS.trailing_zeros())).unwrap_or(0) % SHARDS
+}
+
+/// One shard of a [`SharedFdb`], on a cache line of its own so that workers reading two
+/// shards never write the same lock line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Shard {
+    /// Keyed by foldhash (see [`Table`]).
+    table: RwLock<Table>,
+}
+
+/// The remote MAC table of one VTEP shared by the workers: learned and static entries per VNI
+/// (no flood lists), sharded (see the module docs). Every method takes `&self`.
+#[derive(Debug)]
+pub struct SharedFdb {
+    config: FdbConfig,
+    shards: Box<[Shard]>,
+    /// Learned entries per VNI (live or not yet swept), for the limit. Read-locked to find a
+    /// VNI's counter; write-locked only the first time a VNI learns anything. Taken while a
+    /// shard's lock is held, never the other way round.
+    learned: RwLock<HashMap<Vni, Arc<AtomicUsize>>>,
+    /// See [`SharedFdb::generation`].
+    generation: AtomicU64,
+}
+
+impl Default for SharedFdb {
+    fn default() -> SharedFdb {
+        SharedFdb::new(FdbConfig::default())
+    }
+}
+
+impl SharedFdb {
+    /// An empty table.
+    pub fn new(config: FdbConfig) -> SharedFdb {
+        SharedFdb {
+            config,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            learned: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The table's tunables.
+    pub fn config(&self) -> &FdbConfig {
+        &self.config
+    }
+
+    /// Bumped whenever an entry is added, changed or removed, as [`Fdb::generation`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    #[inline]
+    fn shard(&self, vni: Vni, mac: Mac) -> &RwLock<Table> {
+        &self.shards[shard_index(vni, mac)].table
+    }
+
+    /// The VTEP behind `mac` in `vni`, if a static or live learned entry says so (one shard's
+    /// read lock).
+    #[inline]
+    pub fn lookup(&self, vni: Vni, mac: Mac, now_ms: u64) -> Option<Vtep> {
+        let table = self.shard(vni, mac).read();
+        table
+            .get(&(vni, mac))
+            .filter(|entry| entry.alive(self.config.ageing_ms, now_ms))
+            .map(|entry| entry.vtep)
+    }
+
+    /// As [`Fdb::refresh`], under one shard's read lock: true when `mac` is known behind
+    /// `remote` (its age is reset); otherwise nothing changes, and [`SharedFdb::learn`] is next.
+    #[inline]
+    pub fn refresh(&self, vni: Vni, mac: Mac, remote: IpAddr, now_ms: u64) -> bool {
+        let table = self.shard(vni, mac).read();
+        table
+            .get(&(vni, mac))
+            .is_some_and(|entry| entry.refresh(self.config.ageing_ms, remote, now_ms))
+    }
+
+    /// As [`Fdb::learn`], under one shard's write lock.
+    pub fn learn(&self, vni: Vni, mac: Mac, remote: IpAddr, now_ms: u64) -> Learn {
+        let Some(vtep) = learnable(&self.config, mac, remote) else {
+            return Learn::InvalidSource;
+        };
+        let mut table = self.shard(vni, mac).write();
+        if let Some(entry) = table.get_mut(&(vni, mac)) {
+            let outcome = entry.relearn(vtep, self.config.ageing_ms, now_ms);
+            drop(table);
+            if changes_lookups(outcome) {
+                self.bump();
+            }
+            return outcome;
+        }
+        let counter = self.counter(vni);
+        if counter.fetch_add(1, Ordering::AcqRel) >= self.config.max_learned_per_vni {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return Learn::LimitReached;
+        }
+        table.insert((vni, mac), Entry::learned(vtep, now_ms));
+        drop(table);
+        self.bump();
+        Learn::Learned
+    }
+
+    /// `vni`'s learned-entry counter, created on first use.
+    fn counter(&self, vni: Vni) -> Arc<AtomicUsize> {
+        if let Some(counter) = self.learned.read().get(&vni) {
+            return Arc::clone(counter);
+        }
+        Arc::clone(self.learned.write().entry(vni).or_default())
+    }
+
+    /// Takes `removed` learned entries of `vni` off its count.
+    fn uncount_learned(&self, vni: Vni, removed: usize) {
+        if removed == 0 {
+            return;
+        }
+        if let Some(counter) = self.learned.read().get(&vni) {
+            // Never below zero, as `Fdb` (the closure always returns `Some`).
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                Some(count.saturating_sub(removed))
+            });
+        }
+    }
+
+    /// As [`Fdb::add_static`].
+    ///
+    /// # Errors
+    ///
+    /// [`FdbError::NotUnicast`] for a group or all-zero MAC, [`FdbError::UnusableVtep`] for a
+    /// VTEP frames cannot be sent to. The table is unchanged then.
+    pub fn add_static(&self, vni: Vni, mac: Mac, vtep: Vtep) -> Result<Option<Vtep>, FdbError> {
+        if !is_valid_unicast(mac) {
+            return Err(FdbError::NotUnicast { mac });
+        }
+        vtep.validate()?;
+        let vtep = Vtep::new(vtep.ip.to_canonical(), vtep.port);
+        let mut table = self.shard(vni, mac).write();
+        let previous = table.insert((vni, mac), Entry::pinned(vtep));
+        if previous
+            .as_ref()
+            .is_some_and(|entry| entry.kind == EntryKind::Learned)
+        {
+            self.uncount_learned(vni, 1);
+        }
+        drop(table);
+        self.bump();
+        Ok(previous.map(|entry| entry.vtep))
+    }
+
+    /// As [`Fdb::remove_static`].
+    pub fn remove_static(&self, vni: Vni, mac: Mac) -> bool {
+        let key = (vni, mac);
+        let mut table = self.shard(vni, mac).write();
+        let pinned = table
+            .get(&key)
+            .is_some_and(|entry| entry.kind == EntryKind::Static);
+        if !pinned {
+            return false;
+        }
+        table.remove(&key);
+        drop(table);
+        self.bump();
+        true
+    }
+
+    /// Number of learned entries of `vni`, live or not yet swept (what the limit counts).
+    pub fn learned_count(&self, vni: Vni) -> usize {
+        self.learned
+            .read()
+            .get(&vni)
+            .map_or(0, |counter| counter.load(Ordering::Acquire))
+    }
+
+    /// Removes expired learned entries; returns how many. Only the shards holding some are
+    /// write-locked.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        let ageing_ms = self.config.ageing_ms;
+        self.remove_learned_where(|_, entry| {
+            now_ms.saturating_sub(entry.last_seen.load(Ordering::Relaxed)) >= ageing_ms
+        })
+    }
+
+    /// As [`Fdb::forget_vtep`]: removes every learned entry pointing at the VTEP at `ip`;
+    /// returns how many. Static entries are left alone.
+    pub fn forget_vtep(&self, ip: IpAddr) -> usize {
+        let ip = ip.to_canonical();
+        self.remove_learned_where(|_, entry| entry.vtep.ip == ip)
+    }
+
+    /// Removes every entry of `vni`, of both kinds.
+    pub fn remove_vni(&self, vni: Vni) {
+        let mut removed_learned = 0;
+        for shard in self.shards.iter() {
+            shard.table.write().retain(|&(entry_vni, _), entry| {
+                let keep = entry_vni != vni;
+                if !keep && entry.kind == EntryKind::Learned {
+                    removed_learned += 1;
+                }
+                keep
+            });
+        }
+        self.uncount_learned(vni, removed_learned);
+        self.bump();
+    }
+
+    /// Removes the learned entries `doomed` selects: a read-locked pass finds whether a shard
+    /// has any, and only those shards are write-locked.
+    fn remove_learned_where(&self, doomed: impl Fn(Vni, &Entry) -> bool) -> usize {
+        let mut removed_per_vni: HashMap<Vni, usize> = HashMap::new();
+        for shard in self.shards.iter() {
+            if !shard
+                .table
+                .read()
+                .iter()
+                .any(|(&(vni, _), entry)| entry.kind == EntryKind::Learned && doomed(vni, entry))
+            {
+                continue;
+            }
+            shard.table.write().retain(|&(vni, _), entry| {
+                let remove = entry.kind == EntryKind::Learned && doomed(vni, entry);
+                if remove {
+                    *removed_per_vni.entry(vni).or_default() += 1;
+                }
+                !remove
+            });
+        }
+        let mut total = 0;
+        for (vni, removed) in removed_per_vni {
+            self.uncount_learned(vni, removed);
+            total += removed;
+        }
+        if total > 0 {
+            self.bump();
+        }
+        total
+    }
+
+    /// Every static and live learned entry, sorted by VNI then MAC (for the API and CLI;
+    /// allocates).
+    pub fn entries(&self, now_ms: u64) -> Vec<FdbEntry> {
+        let mut list = Vec::new();
+        for shard in self.shards.iter() {
+            list.extend(
+                shard
+                    .table
+                    .read()
+                    .iter()
+                    .filter(|(_, entry)| entry.alive(self.config.ageing_ms, now_ms))
+                    .map(|(&(vni, mac), entry)| entry.row(vni, mac, now_ms)),
+            );
+        }
+        list.sort_by_key(|entry| (entry.vni, entry.mac));
+        list
+    }
+
+    /// Number of entries stored, static and learned (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.table.read().len())
+            .sum()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::cell::Cell;
     use std::net::Ipv4Addr;
 
@@ -971,5 +1316,289 @@ mod tests {
         assert_eq!(vtep(2).to_string(), "192.168.50.2:4789");
         let v6 = Vtep::new("fd00::2".parse().expect("address"), 4789);
         assert_eq!(v6.to_string(), "[fd00::2]:4789");
+    }
+
+    fn shared() -> SharedFdb {
+        SharedFdb::new(FdbConfig {
+            ageing_ms: 10_000,
+            max_learned_per_vni: 3,
+            learned_port: 4789,
+        })
+    }
+
+    #[test]
+    fn shared_learn_lookup_refresh_and_age() {
+        let clock = FakeClock::new();
+        let fdb = shared();
+        assert_eq!(fdb.lookup(VNI_A, MAC_1, clock.now()), None);
+        assert!(!fdb.refresh(VNI_A, MAC_1, ip(2), clock.now()));
+        assert_eq!(fdb.learn(VNI_A, MAC_1, ip(2), clock.now()), Learn::Learned);
+        assert_eq!(fdb.lookup(VNI_A, MAC_1, clock.now()), Some(vtep(2)));
+        assert_eq!(
+            fdb.lookup(VNI_B, MAC_1, clock.now()),
+            None,
+            "VNIs are separate"
+        );
+        clock.advance(9_000);
+        assert!(fdb.refresh(VNI_A, MAC_1, ip(2), clock.now()));
+        assert!(
+            !fdb.refresh(VNI_A, MAC_1, ip(3), clock.now()),
+            "another VTEP"
+        );
+        clock.advance(9_999);
+        assert_eq!(
+            fdb.lookup(VNI_A, MAC_1, clock.now()),
+            Some(vtep(2)),
+            "refresh reset age"
+        );
+        clock.advance(1);
+        assert_eq!(
+            fdb.lookup(VNI_A, MAC_1, clock.now()),
+            None,
+            "gone at the age"
+        );
+        assert_eq!(fdb.learned_count(VNI_A), 1, "not swept yet");
+        let generation = fdb.generation();
+        assert_eq!(fdb.sweep(clock.now()), 1);
+        assert!(fdb.generation() > generation);
+        assert_eq!(fdb.learned_count(VNI_A), 0);
+        assert!(fdb.is_empty());
+        assert_eq!(fdb.sweep(clock.now()), 0);
+    }
+
+    #[test]
+    fn shared_limit_counts_across_shards() {
+        // Four MACs in four different shards.
+        let mut picked: Vec<Mac> = Vec::new();
+        let mut shards: Vec<usize> = Vec::new();
+        for n in 1..=255u8 {
+            let mac = [0x02, 0, 0, 0, 1, n];
+            let shard = shard_index(VNI_A, mac);
+            if !shards.contains(&shard) {
+                shards.push(shard);
+                picked.push(mac);
+            }
+            if picked.len() == 4 {
+                break;
+            }
+        }
+        assert_eq!(picked.len(), 4);
+        let fdb = shared();
+        for &mac in &picked[..3] {
+            assert_eq!(fdb.learn(VNI_A, mac, ip(2), 0), Learn::Learned);
+        }
+        assert_eq!(fdb.learn(VNI_A, picked[3], ip(2), 0), Learn::LimitReached);
+        assert_eq!(fdb.lookup(VNI_A, picked[3], 0), None);
+        assert_eq!(fdb.learned_count(VNI_A), 3);
+        assert_eq!(
+            fdb.learn(VNI_B, picked[3], ip(2), 0),
+            Learn::Learned,
+            "other VNI"
+        );
+        // Known MACs still move at the limit.
+        assert_eq!(
+            fdb.learn(VNI_A, picked[0], ip(3), 0),
+            Learn::Moved { from: vtep(2) }
+        );
+        // A static entry replacing a learned one frees its slot.
+        assert_eq!(fdb.add_static(VNI_A, picked[1], vtep(7)), Ok(Some(vtep(2))));
+        assert_eq!(fdb.learned_count(VNI_A), 2);
+        assert_eq!(fdb.learn(VNI_A, picked[3], ip(2), 0), Learn::Learned);
+        // picked[2] and picked[3] of VNI_A, picked[3] of VNI_B.
+        assert_eq!(fdb.forget_vtep(ip(2)), 3);
+        assert_eq!(fdb.learned_count(VNI_A), 1);
+        assert_eq!(fdb.learned_count(VNI_B), 0);
+        assert_eq!(
+            fdb.lookup(VNI_A, picked[1], 0),
+            Some(vtep(7)),
+            "static kept"
+        );
+        assert_eq!(fdb.len(), 2);
+    }
+
+    #[test]
+    fn shared_static_entries_and_listing() {
+        let fdb = shared();
+        assert_eq!(fdb.add_static(VNI_A, MAC_1, vtep(5)), Ok(None));
+        assert_eq!(
+            fdb.learn(VNI_A, MAC_1, ip(6), 0),
+            Learn::StaticConflict { pinned: vtep(5) }
+        );
+        assert_eq!(fdb.learn(VNI_A, MAC_1, ip(5), 0), Learn::StaticMatch);
+        assert!(fdb.refresh(VNI_A, MAC_1, ip(5), 0));
+        assert_eq!(
+            fdb.lookup(VNI_A, MAC_1, 1_000_000),
+            Some(vtep(5)),
+            "never aged"
+        );
+        assert_eq!(fdb.sweep(1_000_000), 0);
+        assert_eq!(
+            fdb.add_static(VNI_A, [0xff; 6], vtep(5)),
+            Err(FdbError::NotUnicast { mac: [0xff; 6] })
+        );
+        assert!(!fdb.remove_static(VNI_B, MAC_1));
+        assert_eq!(fdb.learn(VNI_A, MAC_2, ip(2), 100), Learn::Learned);
+        assert!(
+            !fdb.remove_static(VNI_A, MAC_2),
+            "learned entries are not static"
+        );
+        assert_eq!(
+            fdb.entries(350),
+            vec![
+                FdbEntry {
+                    vni: VNI_A,
+                    mac: MAC_1,
+                    vtep: vtep(5),
+                    kind: EntryKind::Static,
+                    age_ms: None
+                },
+                FdbEntry {
+                    vni: VNI_A,
+                    mac: MAC_2,
+                    vtep: vtep(2),
+                    kind: EntryKind::Learned,
+                    age_ms: Some(250)
+                },
+            ]
+        );
+        assert!(fdb.remove_static(VNI_A, MAC_1));
+        assert_eq!(fdb.lookup(VNI_A, MAC_1, 0), None);
+        fdb.remove_vni(VNI_A);
+        assert!(fdb.is_empty());
+        assert_eq!(fdb.learned_count(VNI_A), 0);
+    }
+
+    #[test]
+    fn shared_concurrent_learning_respects_the_limit() {
+        let fdb = SharedFdb::new(FdbConfig {
+            max_learned_per_vni: 500,
+            ..FdbConfig::default()
+        });
+        std::thread::scope(|scope| {
+            for t in 0..4u8 {
+                let fdb = &fdb;
+                scope.spawn(move || {
+                    for n in 0..=255u8 {
+                        fdb.learn(VNI_A, [0x02, 0, 0, 0, t, n], ip(2), 0);
+                    }
+                });
+            }
+        });
+        assert_eq!(fdb.len(), 500);
+        assert_eq!(fdb.learned_count(VNI_A), 500);
+    }
+
+    #[test]
+    fn shared_shards_spread() {
+        let mut used = [false; SHARDS];
+        for n in 0..1024u16 {
+            let [high, low] = n.to_be_bytes();
+            used[shard_index(VNI_A, [0x02, 0x42, 0, 0, high, low])] = true;
+        }
+        assert!(used.iter().filter(|&&u| u).count() > SHARDS / 2);
+    }
+
+    /// One operation of the equivalence property below.
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Learn(bool, u8, u8),
+        Refresh(bool, u8, u8),
+        Static(bool, u8, u8),
+        RemoveStatic(bool, u8),
+        Sweep,
+        Forget(u8),
+        RemoveVni(bool),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<bool>(), 0u8..6, 1u8..4).prop_map(|(v, m, i)| Op::Learn(v, m, i)),
+            2 => (any::<bool>(), 0u8..6, 1u8..4).prop_map(|(v, m, i)| Op::Refresh(v, m, i)),
+            1 => (any::<bool>(), 0u8..6, 1u8..4).prop_map(|(v, m, i)| Op::Static(v, m, i)),
+            1 => (any::<bool>(), 0u8..6).prop_map(|(v, m)| Op::RemoveStatic(v, m)),
+            1 => Just(Op::Sweep),
+            1 => (1u8..4).prop_map(Op::Forget),
+            1 => any::<bool>().prop_map(Op::RemoveVni),
+            2 => (0u64..6_000).prop_map(Op::Advance),
+        ]
+    }
+
+    fn op_vni(a: bool) -> Vni {
+        if a { VNI_A } else { VNI_B }
+    }
+
+    /// MAC 0 is the broadcast address (never learned nor pinned).
+    fn op_mac(n: u8) -> Mac {
+        if n == 0 {
+            [0xff; 6]
+        } else {
+            [0x02, 0, 0, 0, 0, n]
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn shared_fdb_answers_as_fdb(ops in proptest::collection::vec(op(), 0..80)) {
+            let config = FdbConfig {
+                ageing_ms: 10_000,
+                max_learned_per_vni: 3,
+                learned_port: 4789,
+            };
+            let mut single = Fdb::new(config);
+            let shared = SharedFdb::new(config);
+            let mut now = 1_000u64;
+            for op in ops {
+                match op {
+                    Op::Learn(v, m, i) => {
+                        let (vni, mac, remote) = (op_vni(v), op_mac(m), ip(i));
+                        prop_assert_eq!(
+                            single.learn(vni, mac, remote, now),
+                            shared.learn(vni, mac, remote, now)
+                        );
+                    }
+                    Op::Refresh(v, m, i) => {
+                        let (vni, mac, remote) = (op_vni(v), op_mac(m), ip(i));
+                        prop_assert_eq!(
+                            single.refresh(vni, mac, remote, now),
+                            shared.refresh(vni, mac, remote, now)
+                        );
+                    }
+                    Op::Static(v, m, i) => {
+                        let (vni, mac) = (op_vni(v), op_mac(m));
+                        prop_assert_eq!(
+                            single.add_static(vni, mac, vtep(i)),
+                            shared.add_static(vni, mac, vtep(i))
+                        );
+                    }
+                    Op::RemoveStatic(v, m) => {
+                        let (vni, mac) = (op_vni(v), op_mac(m));
+                        prop_assert_eq!(single.remove_static(vni, mac), shared.remove_static(vni, mac));
+                    }
+                    Op::Sweep => {
+                        prop_assert_eq!(single.sweep(now), shared.sweep(now));
+                    }
+                    Op::Forget(i) => {
+                        prop_assert_eq!(single.forget_vtep(ip(i)), shared.forget_vtep(ip(i)));
+                    }
+                    Op::RemoveVni(v) => {
+                        single.remove_vni(op_vni(v));
+                        shared.remove_vni(op_vni(v));
+                    }
+                    Op::Advance(ms) => now += ms,
+                }
+                prop_assert_eq!(single.entries(now), shared.entries(now));
+                prop_assert_eq!(single.generation(), shared.generation());
+                for vni in [VNI_A, VNI_B] {
+                    prop_assert_eq!(single.learned_count(vni), shared.learned_count(vni));
+                    for n in 0..6 {
+                        prop_assert_eq!(
+                            single.lookup(vni, op_mac(n), now),
+                            shared.lookup(vni, op_mac(n), now)
+                        );
+                    }
+                }
+            }
+        }
     }
 }

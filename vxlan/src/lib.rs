@@ -3,13 +3,16 @@
 //!
 //! Nothing here opens a socket, starts a thread or reads a clock: packets are byte slices,
 //! time is a `u64` of milliseconds passed in by the caller, and every table is a plain value
-//! the caller owns (and locks, if it shares it). So each part is tested, and fuzzable, alone.
+//! the caller owns (and locks, if it shares it), except [`fdb::SharedFdb`], the remote MAC
+//! table sharded behind its own locks for workers that share it. So each part is tested, and
+//! fuzzable, alone.
 //!
 //! - [`header`]: the 8-byte VXLAN header as a smoltcp-style view, validated as Linux does.
 //! - [`encap`]: outer Ethernet/IP/UDP/VXLAN headers written into headroom; the UDP source
 //!   port hashed from the inner flow; decap validation with per-reason drop keys.
 //! - [`fdb`]: inner MAC -> remote VTEP per VNI, learned with ageing and a limit, static
-//!   entries, and the flood list for head-end replication.
+//!   entries, and the flood list for head-end replication; [`fdb::SharedFdb`] is the same MAC
+//!   table sharded for concurrent workers.
 //! - [`membership`]: the hub's runner-ID pool (1..=255, stable per name, LRU reclaim),
 //!   heartbeats, the configurable address plan, and registration checks.
 
@@ -25,7 +28,7 @@ pub use encap::{
     EncapConfig as VxlanEncapConfig, EncapError as VxlanEncapError,
     EncapParams as VxlanEncapParams,
 };
-pub use fdb::{Fdb as VxlanFdb, FdbEntry as VxlanFdbEntry, Vtep};
+pub use fdb::{Fdb as VxlanFdb, FdbEntry as VxlanFdbEntry, SharedFdb as VxlanSharedFdb, Vtep};
 pub use header::{
     Error as VxlanHeaderError, HEADER_LEN as VXLAN_HEADER_LEN, Packet as VxlanPacket,
     Repr as VxlanRepr, UDP_PORT as VXLAN_UDP_PORT, Vni,

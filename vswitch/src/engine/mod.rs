@@ -6,9 +6,10 @@
 //! new generation; [`Engine::wait_synced`] tells when all of them have (and so have released
 //! every port that left the snapshot).
 //!
-//! Shared mutable state is the [`fdb::Fdb`] and the [`neigh::Neighbors`] table (sharded,
-//! read-mostly) and the per-worker [`counters::WorkerCounters`] (one writer each). The API
-//! reads them through [`Engine::stats`], [`Engine::fdb`] and [`Engine::neighbors`].
+//! Shared mutable state is the [`fdb::Fdb`], the [`neigh::Neighbors`] table and the remote
+//! (overlay) MAC table, `vxlan::VxlanSharedFdb` (all sharded, read-mostly), and the per-worker
+//! [`counters::WorkerCounters`] (one writer each). The API reads them through
+//! [`Engine::stats`], [`Engine::fdb`] and [`Engine::neighbors`].
 
 pub mod affinity;
 pub mod clock;
@@ -203,7 +204,7 @@ impl Engine {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
             fdb: fdb::Fdb::new(),
             neighbors: neigh::Neighbors::new(),
-            remote_fdb: parking_lot::RwLock::new(vxlan::VxlanFdb::new(Default::default())),
+            remote_fdb: vxlan::VxlanSharedFdb::new(Default::default()),
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
             busy_poll: config.busy_poll,
@@ -286,7 +287,7 @@ impl Engine {
     /// Forgets the remote MACs learned behind the VTEP at `ip` (a runner that moved or lost
     /// its ID); returns how many. Frames to them are flooded until they are learned again.
     pub fn forget_remote_vtep(&self, ip: std::net::IpAddr) -> usize {
-        self.shared.remote_fdb.write().forget_vtep(ip)
+        self.shared.remote_fdb.forget_vtep(ip)
     }
 
     /// Forgets everything about a port id before it is (re)used: counters and learned MACs.
@@ -416,11 +417,7 @@ impl Engine {
                 let subnet = snapshot.subnet(entry.subnet)?;
                 let port = snapshot.port(entry.port)?;
                 let vtep = port.tunnel.as_ref().and_then(|tunnel| {
-                    let remote = self
-                        .shared
-                        .remote_fdb
-                        .read()
-                        .lookup(tunnel.vni, entry.mac, now)?;
+                    let remote = self.shared.remote_fdb.lookup(tunnel.vni, entry.mac, now)?;
                     Some(remote.ip.to_string())
                 });
                 Some(FdbRow {

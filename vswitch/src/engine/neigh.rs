@@ -293,7 +293,9 @@ impl Entry {
     }
 }
 
-type Shard = RwLock<HashMap<Key, Entry>>;
+/// One shard, keyed by foldhash (seeded per process and per map) rather than std's SipHash:
+/// resolving a next hop is on every routed packet's path. See `fdb::Shard` for the choice.
+type Shard = RwLock<HashMap<Key, Entry, foldhash::fast::RandomState>>;
 
 /// The neighbour table shared by all workers.
 #[derive(Debug)]
@@ -326,7 +328,9 @@ impl Neighbors {
     /// An empty table holding at most `limit` entries.
     pub fn with_limit(limit: usize) -> Neighbors {
         Neighbors {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
             len: AtomicUsize::new(0),
             limit,
         }

@@ -8,7 +8,8 @@
 //!    last wait that found work, the timeout is zero: the worker keeps polling instead of
 //!    sleeping, so a busy port does not pay a wake-up (an IPI and a context switch on both
 //!    sides) for every batch, and its latency does not include the scheduler's;
-//! 2. load the snapshot (one atomic load); when its generation changed, re-sync the epoll
+//! 2. load the snapshot (an arc-swap guard: no reference count is bumped, and it is dropped
+//!    before the next wait); when its generation changed, re-sync the epoll
 //!    registrations: ports that left are deregistered (and the worker's `Arc<PortIo>` of them
 //!    dropped only then, so an fd is never closed while registered), new ports registered;
 //! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames, run the pipeline
@@ -16,7 +17,10 @@
 //!    generated-frames arena: ARP and ICMP answers, fragments), then transmit the batch and
 //!    the generated frames grouped by destination: each destination queue is locked once per
 //!    batch, and frames keep their order (a frame generated while processing frame `i` leaves
-//!    right after `i`);
+//!    right after `i`). An AF_PACKET queue (veth, uplink) copies the destination's frames
+//!    and sends them with one `sendmmsg` when the destination is done; a frame the kernel
+//!    refuses then is counted exactly as a failed send would have been (a drop, not a
+//!    transmitted frame);
 //! 4. when packets wait for ARP, or new ports for their gratuitous ARP (worker 0 announces
 //!    the gateway to each port that appears), [`l3::service_held`] releases, retransmits or
 //!    times them out, and the result is transmitted the same way; the epoll timeout is then
@@ -55,7 +59,8 @@ use super::snapshot::{PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEn
 use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
-use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch};
+use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
+use crate::sys::af_packet::TX_FRAMES;
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
@@ -99,8 +104,9 @@ pub(crate) struct Shared {
     /// The neighbour (ARP) table.
     pub(crate) neighbors: Neighbors,
     /// Remote MACs behind the overlay: (VNI, MAC) -> remote VTEP, learned from decapsulated
-    /// frames. Hits take the read lock and refresh in place; only new or moved MACs write.
-    pub(crate) remote_fdb: parking_lot::RwLock<vxlan::VxlanFdb>,
+    /// frames. Sharded by (VNI, MAC) like [`Fdb`]: hits take one shard's read lock and refresh
+    /// in place; only new or moved MACs take a shard's write lock.
+    pub(crate) remote_fdb: vxlan::VxlanSharedFdb,
     /// One set of counters per worker, written only by that worker.
     pub(crate) counters: Box<[WorkerCounters]>,
     /// The snapshot generation each worker has re-synced to (`u64::MAX` once it stopped).
@@ -317,8 +323,8 @@ fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
 }
 
 /// Learns the inner source MAC of a frame decapsulated on `tunnel` behind the VTEP that
-/// sent it: a read lock and an in-place refresh when known, the write lock only when new or
-/// moved.
+/// sent it: a shard's read lock and an in-place refresh when known, the shard's write lock
+/// only when new or moved.
 fn learn_remote(
     shared: &Shared,
     tunnel: &PortEntry,
@@ -339,10 +345,10 @@ fn learn_remote(
         return;
     }
     let remote = std::net::IpAddr::V4(*peer.ip());
-    if shared.remote_fdb.read().refresh(vni, src, remote, now) {
+    if shared.remote_fdb.refresh(vni, src, remote, now) {
         return;
     }
-    shared.remote_fdb.write().learn(vni, src, remote, now);
+    shared.remote_fdb.learn(vni, src, remote, now);
 }
 
 /// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
@@ -421,6 +427,9 @@ pub(crate) struct Worker {
     segmenter: Segmenter,
     /// Merges consecutive TCP segments of a flow toward a port that takes super-frames.
     coalescer: Coalescer,
+    /// What the tally counted for each frame the destination queue holds for its next flush
+    /// (see [`Counted`]), by position.
+    ledger: Box<[Counted]>,
 }
 
 impl Worker {
@@ -455,6 +464,7 @@ impl Worker {
             last_conntrack_sweep_ms: 0,
             segmenter: Segmenter::new(),
             coalescer: Coalescer::new(),
+            ledger: vec![None; TX_FRAMES].into_boxed_slice(),
         })
     }
 
@@ -502,7 +512,12 @@ impl Worker {
                 // for the first sleeping wait, at most `busy_poll` from now).
                 continue;
             }
-            let snapshot = self.shared.current.load_full();
+            // A guard, not an owned `Arc`: no reference-count write on the shared snapshot
+            // per iteration. It lives for this iteration only (one batch per ready queue and
+            // the maintenance after them) and is dropped before the next `epoll_wait`, as
+            // arc-swap wants guards short-lived (each thread has few cheap debt slots; a
+            // publish meanwhile turns the guard into an owned reference, paid by the writer).
+            let snapshot = self.shared.current.load();
             if self.generation != Some(snapshot.generation) {
                 self.resync(&snapshot);
             }
@@ -532,7 +547,7 @@ impl Worker {
                     self.counters().add_event(Event::MacAged, count(aged));
                     debug!(aged, "removed aged MACs");
                 }
-                let remote = self.shared.remote_fdb.write().sweep(now);
+                let remote = self.shared.remote_fdb.sweep(now);
                 if remote > 0 {
                     debug!(remote, "removed aged remote (overlay) MACs");
                 }
@@ -822,6 +837,7 @@ impl Worker {
             logs,
             segmenter,
             coalescer,
+            ledger,
             ..
         } = self;
         let generated = &mut local.out.generated;
@@ -876,15 +892,18 @@ impl Worker {
                 .then_some(&mut *coalescer);
             let mut guard = queue.lock();
             let mut sender = Sender {
-                port: port.id(),
-                name: port.name(),
                 capabilities: port.io().capabilities,
                 queue: &mut guard,
-                counters,
-                log: &mut logs.tx_error,
-                worker: *index,
-                now,
-                tally: TxTally::default(),
+                account: TxAccount {
+                    counters,
+                    port: port.id(),
+                    name: port.name(),
+                    log: &mut logs.tx_error,
+                    worker: *index,
+                    now,
+                    tally: TxTally::default(),
+                    ledger: &mut ledger[..],
+                },
                 tunnel,
                 segmenter,
                 gro,
@@ -911,8 +930,9 @@ impl Worker {
                 }
             }
             sender.finish();
-            let tally = sender.tally;
-            let flushed = sender.queue.flush();
+            // After the flush: frames the kernel refused there are taken off the tally.
+            let flushed = sender.flush();
+            let tally = sender.account.tally;
             drop(guard);
             if let Err(error) = flushed {
                 counters.add_event(Event::FlushError, 1);
@@ -959,6 +979,70 @@ impl TxTally {
             }
         }
     }
+
+    /// Takes back what [`add`](TxTally::add) counted for frames the kernel refused after all
+    /// (at a flush of a queue that batches).
+    fn remove(&mut self, origin: Origin, packets: u64, bytes: u64) {
+        match origin {
+            Origin::Routed => {
+                self.packets = self.packets.saturating_sub(packets);
+                self.bytes = self.bytes.saturating_sub(bytes);
+            }
+            Origin::Switch => {
+                self.generated_packets = self.generated_packets.saturating_sub(packets);
+                self.generated_bytes = self.generated_bytes.saturating_sub(bytes);
+            }
+        }
+    }
+}
+
+/// What the tally counted for a frame that a batching queue (AF_PACKET) holds for its next
+/// flush: `Some((origin, bytes))` for a frame counted as sent when queued, `None` for one
+/// counted when it was offered (segments merged into it) or not at all. If the kernel refuses
+/// the frame at the flush, that much is taken back and the frame is counted as a drop, so the
+/// counters are what they would be had the frame been sent on its own.
+type Counted = Option<(Origin, u64)>;
+
+/// Where the outcomes of one destination's frames are counted.
+struct TxAccount<'a> {
+    counters: &'a WorkerCounters,
+    port: PortId,
+    name: &'a str,
+    log: &'a mut LogLimiter,
+    worker: usize,
+    now: u64,
+    tally: TxTally,
+    /// By position in the destination queue, for the frames it holds (see [`Counted`]).
+    ledger: &'a mut [Counted],
+}
+
+impl TxAccount<'_> {
+    /// Counts a frame the kernel refused as a drop on the port: `QueueFull` when the queue was
+    /// full, else `Error` (and a log line, rate-limited).
+    fn refused(&mut self, error: &io::Error) {
+        if is_queue_full(error) {
+            count_drop(
+                self.counters,
+                self.port,
+                tx::DropReason::QueueFull.into(),
+                1,
+            );
+        } else {
+            count_drop(self.counters, self.port, tx::DropReason::Error.into(), 1);
+            if let Some(suppressed) = self.log.check(self.now) {
+                warn!(worker = self.worker, port = %self.name, %error, suppressed, "sending to a port queue failed");
+            }
+        }
+    }
+
+    /// The frame queued at `position`, refused by the kernel at a flush: what the tally
+    /// counted for it is taken back and it is counted as a drop.
+    fn refused_queued(&mut self, position: usize, error: &io::Error) {
+        if let Some((origin, bytes)) = self.ledger.get_mut(position).and_then(Option::take) {
+            self.tally.remove(origin, 1, bytes);
+        }
+        self.refused(error);
+    }
 }
 
 /// What sending into a subnet's tunnel needs.
@@ -968,20 +1052,15 @@ struct TunnelTx<'a> {
     encap: &'a vxlan::VxlanEncapConfig,
     /// The subnet's MTU (L3).
     mtu: u16,
-    remote_fdb: &'a parking_lot::RwLock<vxlan::VxlanFdb>,
+    remote_fdb: &'a vxlan::VxlanSharedFdb,
 }
 
 /// Sends frames to one destination queue (locked once for the batch) and counts them.
 struct Sender<'a> {
-    port: PortId,
-    name: &'a str,
     capabilities: Capabilities,
     queue: &'a mut PortQueue,
-    counters: &'a WorkerCounters,
-    log: &'a mut LogLimiter,
-    worker: usize,
-    now: u64,
-    tally: TxTally,
+    /// Where what happens to the frames is counted.
+    account: TxAccount<'a>,
     /// Set when the destination is a subnet's tunnel (the queue is the VTEP's).
     tunnel: Option<TunnelTx<'a>>,
     segmenter: &'a mut Segmenter,
@@ -989,32 +1068,26 @@ struct Sender<'a> {
     gro: Option<&'a mut Coalescer>,
 }
 
-/// Writes one frame to `queue`; a failure is counted as a drop on `port` (and logged,
-/// rate-limited). Returns whether it was sent.
-#[allow(clippy::too_many_arguments)]
-fn write_frame(
-    queue: &mut PortQueue,
-    counters: &WorkerCounters,
-    port: PortId,
-    name: &str,
-    log: &mut LogLimiter,
-    worker: usize,
-    now: u64,
-    frame: &[u8],
-) -> bool {
-    match queue.send(frame) {
-        Ok(()) => true,
-        Err(error) if is_queue_full(&error) => {
-            count_drop(counters, port, tx::DropReason::QueueFull.into(), 1);
-            false
-        }
-        Err(error) => {
-            count_drop(counters, port, tx::DropReason::Error.into(), 1);
-            if let Some(suppressed) = log.check(now) {
-                warn!(worker, port = %name, %error, suppressed, "sending to a port queue failed");
+/// Writes one frame to `queue` (sent at once, or queued for the flush at the end of the
+/// destination), adding `counted` to the tally; a failure is counted as a drop on the port
+/// (and logged, rate-limited) instead. A queued frame's `counted` goes into the ledger, so
+/// that a refusal at the flush is counted the same way.
+fn write_frame(queue: &mut PortQueue, account: &mut TxAccount<'_>, frame: &[u8], counted: Counted) {
+    let result = queue.enqueue(frame, &mut |position, error| {
+        account.refused_queued(position, error);
+    });
+    match result {
+        Ok(sent) => {
+            if let Some((origin, bytes)) = counted {
+                account.tally.add(origin, 1, bytes);
             }
-            false
+            if let Sent::Queued(position) = sent {
+                if let Some(slot) = account.ledger.get_mut(position) {
+                    *slot = counted;
+                }
+            }
         }
+        Err(error) => account.refused(&error),
     }
 }
 
@@ -1024,15 +1097,20 @@ impl Sender<'_> {
     /// first. Every failure is a counted drop.
     fn send_tunnel(&mut self, frame: &mut [u8], origin: Origin, tx: TunnelTx<'_>) {
         let drop = |sender: &Sender<'_>, reason: pipeline::vxlan::DropReason| {
-            count_drop(sender.counters, sender.port, reason.into(), 1);
+            count_drop(
+                sender.account.counters,
+                sender.account.port,
+                reason.into(),
+                1,
+            );
         };
         let Some(dst) = frame
             .get(VNET_HDR_LEN..VNET_HDR_LEN + 6)
             .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
         else {
             count_drop(
-                self.counters,
-                self.port,
+                self.account.counters,
+                self.account.port,
                 tx::DropReason::Truncated.into(),
                 1,
             );
@@ -1041,8 +1119,7 @@ impl Sender<'_> {
         let vni = tx.tunnel.vni;
         let learned = if dst[0] & 1 == 0 {
             tx.remote_fdb
-                .read()
-                .lookup(vni, dst, self.now)
+                .lookup(vni, dst, self.account.now)
                 .and_then(|vtep| match vtep.ip {
                     std::net::IpAddr::V4(ip) => Some(ip),
                     std::net::IpAddr::V6(_) => None,
@@ -1066,11 +1143,15 @@ impl Sender<'_> {
         let Sender {
             queue,
             segmenter,
+            account,
+            ..
+        } = self;
+        let TxAccount {
             tally,
             counters,
             port,
             ..
-        } = self;
+        } = account;
         let PortQueue::Vxlan(vtep) = &mut **queue else {
             count_drop(counters, *port, tx::DropReason::NoQueue.into(), 1);
             return;
@@ -1150,50 +1231,32 @@ impl Sender<'_> {
         }
         match tx::prepare(frame, &self.capabilities) {
             Ok(Prepared::Unchanged) => {}
-            Ok(Prepared::ChecksumCompleted) => self.tally.completed += 1,
+            Ok(Prepared::ChecksumCompleted) => self.account.tally.completed += 1,
             Err(reason) => {
-                count_drop(self.counters, self.port, reason.into(), 1);
+                count_drop(self.account.counters, self.account.port, reason.into(), 1);
                 return;
             }
         }
         let bytes = tx::wire_len(frame);
         let Sender {
             queue,
-            counters,
-            port,
-            name,
-            log,
-            worker,
-            now,
+            account,
             gro,
-            tally,
             ..
         } = self;
-        let mut write =
-            |frame: &[u8]| write_frame(queue, counters, *port, name, log, *worker, *now, frame);
         match (origin, gro) {
             (Origin::Routed, Some(gro)) => {
                 // Counted as sent when offered; a merged write that fails is one drop.
-                gro.push(frame, &mut |frame| {
-                    write(frame);
-                });
-                tally.add(origin, 1, bytes);
+                gro.push(frame, &mut |frame| write_frame(queue, account, frame, None));
+                account.tally.add(origin, 1, bytes);
             }
-            (Origin::Routed, None) => {
-                if write(frame) {
-                    tally.add(origin, 1, bytes);
-                }
-            }
+            (Origin::Routed, None) => write_frame(queue, account, frame, Some((origin, bytes))),
             (Origin::Switch, gro) => {
                 // The switch's own frames keep their place after what was offered before.
                 if let Some(gro) = gro {
-                    gro.flush(&mut |frame| {
-                        write(frame);
-                    });
+                    gro.flush(&mut |frame| write_frame(queue, account, frame, None));
                 }
-                if write(frame) {
-                    tally.add(origin, 1, bytes);
-                }
+                write_frame(queue, account, frame, Some((origin, bytes)));
             }
         }
     }
@@ -1202,20 +1265,22 @@ impl Sender<'_> {
     fn finish(&mut self) {
         let Sender {
             queue,
-            counters,
-            port,
-            name,
-            log,
-            worker,
-            now,
+            account,
             gro,
             ..
         } = self;
         if let Some(gro) = gro {
-            gro.flush(&mut |frame| {
-                write_frame(queue, counters, *port, name, log, *worker, *now, frame);
-            });
+            gro.flush(&mut |frame| write_frame(queue, account, frame, None));
         }
+    }
+
+    /// Hands what the destination queue holds to the kernel (after [`finish`]); each frame
+    /// it refuses is taken off the tally and counted as a drop.
+    ///
+    /// [`finish`]: Sender::finish
+    fn flush(&mut self) -> io::Result<()> {
+        let Sender { queue, account, .. } = self;
+        queue.flush_with(&mut |position, error| account.refused_queued(position, error))
     }
 }
 

@@ -87,6 +87,24 @@ pub struct Capabilities {
     pub tun_offload_flags: u32,
 }
 
+/// What [`PortQueue::enqueue`] did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Handed to the kernel already.
+    Now,
+    /// Copied into the queue for the next flush, at this position among the frames queued
+    /// since the last one: the position a flush reports the frame by if the kernel refuses it.
+    Queued(usize),
+}
+
+/// The error for frames given to the VTEP's queue without a VNI and remote VTEP.
+fn needs_encap() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "frames to the VTEP need a VNI and a remote VTEP (send_encap)",
+    )
+}
+
 /// One queue of a port: owned by one worker.
 #[derive(Debug)]
 pub enum PortQueue {
@@ -131,8 +149,8 @@ impl PortQueue {
         }
     }
 
-    /// Sends one frame (`virtio_net_hdr` + Ethernet). Never blocks: a full queue is an error
-    /// (`WouldBlock`) that the caller counts as a drop.
+    /// Sends one frame (`virtio_net_hdr` + Ethernet) at once. Never blocks: a full queue is
+    /// an error (`WouldBlock`) that the caller counts as a drop.
     ///
     /// # Errors
     /// The kernel's error.
@@ -141,22 +159,63 @@ impl PortQueue {
             PortQueue::Tap(q) => q.send(frame),
             PortQueue::Packet(s) => s.send(frame),
             // Frames reach the VTEP through `send_encap`, which knows the VNI and remote.
-            PortQueue::Vxlan(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "frames to the VTEP need a VNI and a remote VTEP (send_encap)",
-            )),
+            PortQueue::Vxlan(_) => Err(needs_encap()),
         }
     }
 
-    /// Pushes out frames queued by [`send`](PortQueue::send) (for queues that batch
-    /// transmissions); a no-op where sends are immediate.
+    /// Hands one frame (`virtio_net_hdr` + Ethernet) over for transmission, after the frames
+    /// given before it. A queue that batches (AF_PACKET: one `sendmmsg` per flush) copies it
+    /// for the next [`flush_with`](PortQueue::flush_with) and says where it waits
+    /// ([`Sent::Queued`]); a full one flushes first, reporting each frame the kernel refuses
+    /// to `failed` as `flush_with` does. The others send it at once ([`Sent::Now`]). Never
+    /// blocks.
     ///
     /// # Errors
-    /// The kernel's error.
+    /// The kernel's error for a frame sent at once (`WouldBlock` for a full queue, counted as a
+    /// drop by the caller); `InvalidInput` for the VTEP's queue, as [`send`](PortQueue::send).
+    pub fn enqueue(
+        &mut self,
+        frame: &[u8],
+        failed: &mut impl FnMut(usize, &io::Error),
+    ) -> io::Result<Sent> {
+        match self {
+            PortQueue::Tap(q) => q.send(frame).map(|()| Sent::Now),
+            PortQueue::Packet(s) => s.enqueue(frame, failed),
+            PortQueue::Vxlan(_) => Err(needs_encap()),
+        }
+    }
+
+    /// Pushes out frames queued by [`enqueue`](PortQueue::enqueue) (an AF_PACKET queue) or
+    /// the VTEP's `send_encap`; a no-op for a TAP queue. For a caller that does not need to
+    /// know which frames the kernel refused (see [`flush_with`](PortQueue::flush_with)).
+    ///
+    /// # Errors
+    /// The kernel's error, when not one queued frame could be sent.
     pub fn flush(&mut self) -> io::Result<()> {
         match self {
             PortQueue::Tap(_) => Ok(()),
             PortQueue::Packet(s) => s.flush(),
+            PortQueue::Vxlan(q) => q.flush(),
+        }
+    }
+
+    /// Pushes out the frames queued by [`enqueue`](PortQueue::enqueue) (one `sendmmsg` for an
+    /// AF_PACKET queue); each one the kernel refuses is reported to `failed` with the position
+    /// [`Sent::Queued`] gave and the kernel's error, so the caller counts it as it counts a
+    /// failed send. The VTEP's queue flushes as [`flush`](PortQueue::flush) (its refused
+    /// packets are counted in [`VtepQueue::send_errors`]); a TAP queue has nothing queued.
+    ///
+    /// # Errors
+    /// The VTEP's flush error; never for the other queues, whose refused frames all went to
+    /// `failed`.
+    pub fn flush_with(&mut self, failed: &mut impl FnMut(usize, &io::Error)) -> io::Result<()> {
+        match self {
+            PortQueue::Tap(_) => Ok(()),
+            PortQueue::Packet(s) => {
+                // Its error (no frame sent) repeats what `failed` heard for each frame.
+                let _ = s.flush_with(failed);
+                Ok(())
+            }
             PortQueue::Vxlan(q) => q.flush(),
         }
     }

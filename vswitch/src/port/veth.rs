@@ -14,7 +14,9 @@
 //! - [`detach`]: close the sockets and delete the host end (and with it the pair).
 //!
 //! The ring behind the sockets is a `TPACKET_V2` ring; see [`crate::sys::af_packet`] for why
-//! not `TPACKET_V3`.
+//! not `TPACKET_V3`. Transmission is batched: the worker queues a batch's frames for a port
+//! and sends them with one `sendmmsg` ([`PacketSocket::enqueue`],
+//! [`PacketSocket::flush_with`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 

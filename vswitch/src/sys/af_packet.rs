@@ -35,8 +35,21 @@
 //! header is delivered in the ring (right before the Ethernet header) with both layouts on
 //! 6.18, as with `recv()`; `tests/ports.rs` checks both paths.
 //!
-//! # Transmit path
-//! One `send(MSG_DONTWAIT)` per frame; [`PacketSocket::flush`] has nothing to do.
+//! # Transmit path: one `sendmmsg` per batch
+//! [`PacketSocket::enqueue`] copies each frame (virtio header + Ethernet, exactly as it will be
+//! sent) into the socket's transmit buffer, allocated once when the socket opens (room for
+//! [`TX_FRAMES`] frames in [`TX_BUFFER_BYTES`]; its pages are only touched when used), and
+//! [`PacketSocket::flush_with`] hands them all to the kernel in one `sendmmsg` (more only when
+//! the kernel takes part of them). The `mmsghdr` and `iovec` arrays are built on the stack in
+//! each flush from the stored frame lengths, so no pointer outlives the call. A full buffer is
+//! flushed before the next frame is copied, and a frame longer than [`TX_COPY_MAX`] (a TCP
+//! super-frame) is not copied at all: the queued frames are flushed and it is sent alone with
+//! one `send`, so frames always leave in the order given. Every frame the kernel refuses is
+//! reported by its position in the queue, so the caller counts it as a drop exactly as it
+//! counted a failed `send()`: `EAGAIN`/`ENOBUFS` (the socket or device queue is full) refuse
+//! that frame and the rest of the batch, which would fail alike; any other error refuses that
+//! frame only, and the rest are sent. [`PacketSocket::send`] still sends one frame at once
+//! (after flushing what is queued), for callers that do not batch.
 //!
 //! # Per-port choices
 //! [`PacketSocket::open`]/[`PacketSocket::open_group`] open the veth port's sockets.
@@ -57,13 +70,120 @@
 pub mod filter;
 mod ring;
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use ring::Ring;
 pub use ring::RingLayout;
 
-use crate::port::RxBatch;
+use crate::port::{RxBatch, Sent};
+
+/// The most frames a socket queues for one flush: the worker's batch size.
+pub const TX_FRAMES: usize = crate::engine::BATCH_SIZE;
+
+/// Bytes of each socket's transmit buffer: [`TX_FRAMES`] frames of a 1500-byte MTU fit with
+/// room to spare (jumbo frames fill it sooner and are flushed in smaller batches).
+pub const TX_BUFFER_BYTES: usize = 256 << 10;
+
+/// Frames longer than this are not copied into the transmit buffer: the queued frames are
+/// flushed and the frame is sent alone (one system call per super-frame of up to 64 KiB costs
+/// less than copying it). At most [`TX_BUFFER_BYTES`], so any shorter frame fits an empty
+/// buffer.
+pub const TX_COPY_MAX: usize = 16 << 10;
+
+/// Frames waiting for the next flush, copied back to back into one buffer allocated when the
+/// socket opens.
+struct TxQueue {
+    buffer: Box<[u8]>,
+    /// Where each queued frame ends in `buffer` (frame `i` starts where frame `i - 1` ends).
+    ends: Box<[usize]>,
+    /// Frames queued.
+    queued: usize,
+}
+
+impl fmt::Debug for TxQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxQueue")
+            .field("queued", &self.queued)
+            .field("bytes", &self.used())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TxQueue {
+    fn new() -> TxQueue {
+        TxQueue {
+            buffer: vec![0u8; TX_BUFFER_BYTES].into_boxed_slice(),
+            ends: vec![0; TX_FRAMES].into_boxed_slice(),
+            queued: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Bytes of `buffer` the queued frames take.
+    fn used(&self) -> usize {
+        match self.queued.checked_sub(1) {
+            Some(last) => self.ends.get(last).copied().unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Whether a frame of `len` bytes can still be queued.
+    fn fits(&self, len: usize) -> bool {
+        self.queued < self.ends.len() && self.used().saturating_add(len) <= self.buffer.len()
+    }
+
+    /// Copies `frame` in after the queued frames; returns its position, or `None` (nothing
+    /// queued) when it does not fit.
+    fn push(&mut self, frame: &[u8]) -> Option<usize> {
+        if !self.fits(frame.len()) {
+            return None;
+        }
+        let start = self.used();
+        let end = start + frame.len();
+        self.buffer.get_mut(start..end)?.copy_from_slice(frame);
+        let position = self.queued;
+        *self.ends.get_mut(position)? = end;
+        self.queued += 1;
+        Some(position)
+    }
+
+    /// Queued frame `position` (empty past the last).
+    fn frame(&self, position: usize) -> &[u8] {
+        if position >= self.queued {
+            return &[];
+        }
+        let start = match position.checked_sub(1) {
+            Some(previous) => self.ends.get(previous).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(position).copied().unwrap_or(start);
+        self.buffer.get(start..end).unwrap_or_default()
+    }
+
+    /// Forgets every queued frame (the buffer stays allocated).
+    fn clear(&mut self) {
+        self.queued = 0;
+    }
+}
+
+/// True for send errors that mean "the queue is full": `WouldBlock` (the socket's send
+/// buffer), `ENOBUFS` (the device or its qdisc).
+fn is_queue_full(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock || error.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// An empty `mmsghdr`.
+fn empty_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: `mmsghdr` is a plain C struct of integers and pointers (and, on some libcs,
+    // private padding) for which all-zero bytes are a valid value (null pointers, zero
+    // lengths).
+    unsafe { std::mem::zeroed() }
+}
 
 /// An AF_PACKET operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +204,10 @@ pub struct PacketSocket {
     ring: Ring,
     /// Whether the receive filter of [`SocketOptions::filter`] is attached.
     filtered: bool,
+    /// Frames queued by [`PacketSocket::enqueue`] for the next flush.
+    tx: TxQueue,
+    /// Queued frames the kernel refused at a flush (see [`PacketSocket::refused_frames`]).
+    refused: u64,
 }
 
 /// How [`PacketSocket::open_with`] opens a socket, beyond what every socket gets (see the
@@ -298,7 +422,13 @@ impl PacketSocket {
         if rc < 0 {
             return Err(fail("bind")(io::Error::last_os_error()));
         }
-        Ok(PacketSocket { fd, ring, filtered })
+        Ok(PacketSocket {
+            fd,
+            ring,
+            filtered,
+            tx: TxQueue::new(),
+            refused: 0,
+        })
     }
 
     /// Opens `count` sockets on `ifindex`; when there are several, they form one
@@ -509,12 +639,23 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// See [`crate::port::PortQueue::send`].
+    /// Sends `frame` at once (see [`crate::port::PortQueue::send`]). Frames queued by
+    /// [`enqueue`](PacketSocket::enqueue) are flushed first, so the order is kept; those the
+    /// kernel refuses then are counted in [`refused_frames`](PacketSocket::refused_frames).
     ///
     /// # Errors
     /// The kernel's error: `WouldBlock` or `ENOBUFS` when the interface cannot take more,
     /// `EINVAL` for a bad virtio header, `ENETDOWN` when the interface is down.
     pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if !self.tx.is_empty() {
+            // Refusals are counted in `self.refused`; this caller did not track positions.
+            let _ = self.flush_with(&mut |_, _| {});
+        }
+        self.send_now(frame)
+    }
+
+    /// One `send(MSG_DONTWAIT)` of `frame`.
+    fn send_now(&self, frame: &[u8]) -> io::Result<()> {
         loop {
             // SAFETY: `frame` is a live buffer of `frame.len()` bytes that send() only reads.
             let rc = unsafe {
@@ -535,12 +676,151 @@ impl PacketSocket {
         }
     }
 
-    /// See [`crate::port::PortQueue::flush`]: sends are immediate, nothing is queued.
+    /// Queues `frame` (virtio header + Ethernet) for the next
+    /// [`flush_with`](PacketSocket::flush_with): copies it into the transmit buffer and returns
+    /// its position among the frames queued since the last flush ([`Sent::Queued`]). When the
+    /// buffer cannot take it, the queued frames are flushed first, each one the kernel refuses
+    /// reported to `failed` as by `flush_with`. A frame longer than [`TX_COPY_MAX`] is not
+    /// copied: the queued frames are flushed, then it is sent at once ([`Sent::Now`]). Frames
+    /// leave in the order given either way, and none is dropped for want of room.
     ///
     /// # Errors
-    /// Never.
+    /// For a frame sent at once, the kernel's error (as [`send`](PacketSocket::send)).
+    pub fn enqueue(
+        &mut self,
+        frame: &[u8],
+        failed: &mut impl FnMut(usize, &io::Error),
+    ) -> io::Result<Sent> {
+        if frame.len() > TX_COPY_MAX {
+            // Every refused frame was reported to `failed`.
+            let _ = self.flush_with(failed);
+            return self.send_now(frame).map(|()| Sent::Now);
+        }
+        if !self.tx.fits(frame.len()) {
+            // As above.
+            let _ = self.flush_with(failed);
+        }
+        match self.tx.push(frame) {
+            Some(position) => Ok(Sent::Queued(position)),
+            // Cannot happen: an empty buffer takes any frame up to TX_COPY_MAX. Never lose it.
+            None => self.send_now(frame).map(|()| Sent::Now),
+        }
+    }
+
+    /// Sends every frame queued by [`enqueue`](PacketSocket::enqueue) with `sendmmsg` (again
+    /// for the rest when the kernel takes only part of them), then empties the queue. Each
+    /// frame the kernel refuses is reported to `failed` with its position (the one
+    /// [`Sent::Queued`] gave) and the error, and counted in
+    /// [`refused_frames`](PacketSocket::refused_frames): `WouldBlock` or `ENOBUFS` (the
+    /// socket or the device queue is full) refuses that frame and every one after it, which
+    /// would fail alike; another error (a bad virtio header, a frame too long) refuses that
+    /// frame only, and the rest are sent.
+    ///
+    /// # Errors
+    /// The first error, when not one queued frame could be sent (each was reported to
+    /// `failed` all the same).
+    pub fn flush_with(&mut self, failed: &mut impl FnMut(usize, &io::Error)) -> io::Result<()> {
+        let queued = self.tx.queued;
+        let mut next = 0;
+        let mut sent_any = false;
+        let mut first_error: Option<io::Error> = None;
+        while next < queued {
+            let (refused, error) = match self.send_queued(next, queued) {
+                Ok(sent) if sent > 0 => {
+                    next += sent;
+                    sent_any = true;
+                    continue;
+                }
+                // sendmmsg takes at least one message or fails; never spin.
+                Ok(_) => (queued - next, io::Error::from(io::ErrorKind::WriteZero)),
+                Err(error) if is_queue_full(&error) => (queued - next, error),
+                Err(error) => (1, error),
+            };
+            for position in next..next + refused {
+                failed(position, &error);
+            }
+            self.refused = self
+                .refused
+                .saturating_add(u64::try_from(refused).unwrap_or(u64::MAX));
+            next += refused;
+            first_error.get_or_insert(error);
+        }
+        self.tx.clear();
+        match first_error {
+            Some(error) if !sent_any => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// See [`crate::port::PortQueue::flush`]: [`flush_with`](PacketSocket::flush_with) for a
+    /// caller that does not track positions.
+    ///
+    /// # Errors
+    /// The first error, when not one queued frame could be sent.
     pub fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.flush_with(&mut |_, _| {})
+    }
+
+    /// Frames queued by [`enqueue`](PacketSocket::enqueue) that the kernel refused when they
+    /// were flushed, since the socket opened.
+    pub fn refused_frames(&self) -> u64 {
+        self.refused
+    }
+
+    /// One `sendmmsg` of queued frames `from..to` (at most [`TX_FRAMES`] of them); returns how
+    /// many the kernel took, in order.
+    fn send_queued(&self, from: usize, to: usize) -> io::Result<usize> {
+        let mut iovecs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; TX_FRAMES];
+        let mut count = 0;
+        for (iovec, position) in iovecs.iter_mut().zip(from..to) {
+            let frame = self.tx.frame(position);
+            // sendmmsg only reads through `iov_base`; the field is `*mut` for both calls.
+            *iovec = libc::iovec {
+                iov_base: frame.as_ptr().cast_mut().cast(),
+                iov_len: frame.len(),
+            };
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        // No address (the socket is bound to its interface) and no control data: only the
+        // iovec of each header is set. Built here, in the call that uses them.
+        let mut headers = [empty_mmsghdr(); TX_FRAMES];
+        // Taken once, after the last write through a reference to `iovecs`.
+        let base = iovecs.as_mut_ptr();
+        for (i, header) in headers.iter_mut().take(count).enumerate() {
+            header.msg_hdr.msg_iov = base.wrapping_add(i);
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        let vlen = libc::c_uint::try_from(count).unwrap_or(libc::c_uint::MAX);
+        loop {
+            // SAFETY: `headers[..count]` are live mmsghdrs on this stack frame with no name
+            // and no control buffer; each points to one live iovec of `iovecs` (also on this
+            // stack frame, `count <= TX_FRAMES` of them), which points to one queued frame:
+            // `iov_len` bytes inside `self.tx.buffer`, borrowed shared through `&self` for the
+            // whole call, which the kernel only reads. The kernel writes only the headers'
+            // `msg_len`, and `vlen` is at most the number of headers. Nothing here outlives
+            // the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    vlen,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if let Ok(sent) = usize::try_from(rc) {
+                return Ok(sent.min(count));
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
     }
 }
 
@@ -608,5 +888,118 @@ mod tests {
         let mut socket = sockets.into_iter().next().unwrap();
         // Nothing may be pending for a fresh socket on an idle lo, and it must not block.
         let _ = socket.recv_batch(&mut batch).unwrap();
+    }
+
+    #[test]
+    fn tx_queue_packs_frames_back_to_back() {
+        let mut queue = TxQueue::new();
+        assert!(queue.is_empty());
+        assert_eq!(queue.push(&[1, 2, 3]), Some(0));
+        assert_eq!(queue.push(&[4]), Some(1));
+        assert_eq!(queue.used(), 4);
+        assert_eq!(queue.frame(0), &[1, 2, 3]);
+        assert_eq!(queue.frame(1), &[4]);
+        assert!(queue.frame(2).is_empty(), "past the last frame");
+        for position in 2..TX_FRAMES {
+            assert_eq!(queue.push(&[0; 60]), Some(position));
+        }
+        assert!(!queue.fits(1), "every frame slot is taken");
+        assert_eq!(queue.push(&[9]), None);
+        assert_eq!(queue.frame(TX_FRAMES - 1), &[0; 60]);
+        queue.clear();
+        assert!(queue.is_empty());
+        assert_eq!(queue.used(), 0);
+        // Large frames run out of bytes before slots; any frame up to TX_COPY_MAX fits an
+        // empty buffer.
+        let big = vec![7u8; TX_COPY_MAX];
+        let mut pushed = 0;
+        while queue.push(&big).is_some() {
+            pushed += 1;
+        }
+        assert_eq!(pushed, TX_BUFFER_BYTES / TX_COPY_MAX);
+        assert!(pushed < TX_FRAMES);
+        assert_eq!(queue.frame(pushed - 1), &big[..]);
+        queue.clear();
+        assert_eq!(queue.push(&big), Some(0));
+    }
+
+    /// A frame of `len` bytes after the virtio header (all zero: no offload), of a local
+    /// experimental EtherType, carrying `marker` and `seq`.
+    fn test_frame(marker: u32, seq: u16, len: usize) -> Vec<u8> {
+        let mut frame = vec![0u8; crate::wire::VNET_HDR_LEN + len];
+        let ethernet = &mut frame[crate::wire::VNET_HDR_LEN..];
+        ethernet[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        ethernet[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+        ethernet[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        ethernet[14..18].copy_from_slice(&marker.to_be_bytes());
+        ethernet[18..20].copy_from_slice(&seq.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    #[ignore = "needs root: AF_PACKET on lo"]
+    fn queued_frames_leave_in_batches_and_all_arrive() {
+        let layout = RingLayout::v2_for_mtu(1500);
+        let mut sender = PacketSocket::open(1, layout).expect("AF_PACKET socket on lo");
+        let mut receiver = PacketSocket::open(1, layout).expect("AF_PACKET socket on lo");
+        // Tells our frames from anything else on lo.
+        let marker = std::process::id();
+        let count: u16 = 150;
+        // More than a queue holds (implicit flushes), and one frame too long to copy.
+        let big: u16 = 100;
+        let len = |seq: u16| if seq == big { TX_COPY_MAX + 1_000 } else { 60 };
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        for seq in 0..count {
+            let sent = sender
+                .enqueue(
+                    &test_frame(marker, seq, len(seq)),
+                    &mut |position, error| {
+                        refused.push((position, error.to_string()));
+                    },
+                )
+                .expect("enqueue");
+            if seq == big {
+                assert_eq!(sent, Sent::Now, "frame {seq}");
+            } else if usize::from(seq) < TX_FRAMES {
+                assert_eq!(sent, Sent::Queued(usize::from(seq)), "frame {seq}");
+            } else {
+                assert!(matches!(sent, Sent::Queued(_)), "frame {seq}: {sent:?}");
+            }
+        }
+        sender
+            .flush_with(&mut |position, error| refused.push((position, error.to_string())))
+            .expect("flush");
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(sender.refused_frames(), 0);
+        assert!(sender.tx.is_empty());
+
+        let mut batch = RxBatch::new(64);
+        let mut seen: Vec<(u16, usize)> = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.len() < usize::from(count) && std::time::Instant::now() < deadline {
+            batch.clear();
+            receiver.recv_batch(&mut batch).expect("recv_batch");
+            for i in 0..batch.len() {
+                let Some(ethernet) = batch.frame(i).get(crate::wire::VNET_HDR_LEN..) else {
+                    continue;
+                };
+                let ours = ethernet.len() >= 20
+                    && ethernet[12..14] == 0x88b5u16.to_be_bytes()
+                    && ethernet[14..18] == marker.to_be_bytes();
+                if ours {
+                    seen.push((
+                        u16::from_be_bytes([ethernet[18], ethernet[19]]),
+                        ethernet.len(),
+                    ));
+                }
+            }
+            if batch.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        // Loopback may deliver frames sent from two CPUs out of order: compare as sets.
+        seen.sort_unstable();
+        let expected: Vec<(u16, usize)> = (0..count).map(|seq| (seq, len(seq))).collect();
+        assert_eq!(seen, expected);
     }
 }
