@@ -779,7 +779,7 @@ fn offloads_cross_the_uplink_both_ways() {
     );
     let gso = seen
         .iter()
-        .find(|s| is_gso_datagram(*s))
+        .find(|s| is_gso_datagram(s))
         .unwrap_or_else(|| panic!("the UDP GSO datagram never reached the switch:\n{all}"));
     let header = &gso.frame[..VNET_HDR_LEN];
     assert_eq!(

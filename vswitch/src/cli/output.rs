@@ -802,17 +802,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Tables were chosen from JSON with optional fields; the typed tables need
-    /// `apiVersion`, which these fixtures leave out.
-    #[derive(Default)]
-    struct TableContext;
-
-    impl TableContext {
-        fn from_subnets(_: &[Value]) -> TableContext {
-            TableContext
-        }
-    }
-
     /// `describe` of a fixture: typed when it is a whole resource, else the generic view
     /// (fixtures of unknown kinds or without a spec).
     fn describe(resource: &Value) -> String {
@@ -823,7 +812,8 @@ mod tests {
         super::describe(&typed).unwrap_or_else(|_| describe_fields(resource))
     }
 
-    fn resource_table(items: &[Value], wide: bool, _: &TableContext) -> Table {
+    /// The typed table of fixtures that leave out `apiVersion`.
+    fn resource_table(items: &[Value], wide: bool) -> Table {
         let items: Vec<Value> = items
             .iter()
             .map(|item| {
@@ -863,7 +853,6 @@ mod tests {
         let table = resource_table(
             &[interface("c1", Some("up")), interface("c2-long", None)],
             false,
-            &TableContext::default(),
         );
         assert_eq!(
             table.render(),
@@ -873,11 +862,7 @@ c1        c1        tap    eth0     02:00:ac:1e:00:02   172.30.0.2/16   up
 c2-long   c2-long   tap    eth0     -                   -               pending
 "
         );
-        let wide = resource_table(
-            &[interface("c1", Some("up"))],
-            true,
-            &TableContext::default(),
-        );
+        let wide = resource_table(&[interface("c1", Some("up"))], true);
         assert!(
             wide.render()
                 .starts_with("NAME   NETNS   KIND   IFNAME   MAC   "),
@@ -896,7 +881,7 @@ c2-long   c2-long   tap    eth0     -                   -               pending
         let mut r = interface("c1", Some("up"));
         r["spec"]["ips"] = json!(["10.0.0.9/24"]);
         r["status"]["ips"] = json!(["10.0.0.9/24", "10.0.0.10/24"]);
-        let text = resource_table(&[r], false, &TableContext::default()).render();
+        let text = resource_table(&[r], false).render();
         assert!(text.contains(" 10.0.0.9/24,10.0.0.10/24 "), "{text}");
     }
 
@@ -910,14 +895,14 @@ c2-long   c2-long   tap    eth0     -                   -               pending
                             "rangeStart": "10.9.0.10", "rangeEnd": "10.9.0.20", "reserved": ["10.9.0.15"]}}),
         ];
         assert_eq!(
-            resource_table(&subnets, false, &TableContext::default()).render(),
+            resource_table(&subnets, false).render(),
             "\
 NAME      NETWORK   CIDR            GATEWAY      MTU
 default   default   172.30.0.0/16   172.30.0.1   1500
 b         default   10.9.0.0/24     10.9.0.1     9000
 "
         );
-        let wide = resource_table(&subnets, true, &TableContext::default()).render();
+        let wide = resource_table(&subnets, true).render();
         assert!(wide.contains("10.9.0.10..10.9.0.20   10.9.0.15"), "{wide}");
         let networks = vec![
             json!({"kind": "Network", "metadata": {"name": "default"}, "spec": {},
@@ -925,14 +910,14 @@ b         default   10.9.0.0/24     10.9.0.1     9000
             json!({"kind": "Network", "metadata": {"name": "empty", "labels": {"a": "1", "b": "2"}}}),
         ];
         assert_eq!(
-            resource_table(&networks, false, &TableContext::from_subnets(&subnets)).render(),
+            resource_table(&networks, false).render(),
             "\
 NAME      SUBNETS     PEERINGS
 default   default,b   -
 empty     -           -
 "
         );
-        let wide = resource_table(&networks, true, &TableContext::from_subnets(&subnets));
+        let wide = resource_table(&networks, true);
         assert!(wide.render().contains("   a=1,b=2\n"), "{}", wide.render());
     }
 
@@ -949,7 +934,7 @@ empty     -           -
     #[test]
     fn network_table_shows_peerings_with_state() {
         assert_eq!(
-            resource_table(&[peered_network()], false, &TableContext::default()).render(),
+            resource_table(&[peered_network()], false).render(),
             "\
 NAME   SUBNETS   PEERINGS
 blue   web,db    red:Ready,green:Pending
@@ -958,7 +943,7 @@ blue   web,db    red:Ready,green:Pending
         // Without a status (an older daemon), the spec's peer Networks.
         let mut bare = peered_network();
         bare.as_object_mut().unwrap().remove("status");
-        let text = resource_table(&[bare], false, &TableContext).render();
+        let text = resource_table(&[bare], false).render();
         assert!(text.contains("   red,green\n"), "{text}");
     }
 
@@ -973,14 +958,14 @@ blue   web,db    red:Ready,green:Pending
                    "status": {"subnet": "web", "state": "Shadowed", "message": "peering wins"}}),
         ];
         assert_eq!(
-            resource_table(&routes, false, &TableContext::default()).render(),
+            resource_table(&routes, false).render(),
             "\
 NAME   NETWORK   DESTINATION       NEXTHOP      STATE
 lab    blue      192.168.50.0/24   10.1.1.254   Ready
 old    blue      10.2.0.0/24       10.1.0.9     Shadowed
 "
         );
-        let wide = resource_table(&routes, true, &TableContext::default()).render();
+        let wide = resource_table(&routes, true).render();
         assert!(wide.contains("   SUBNET   LABELS   MESSAGE\n"), "{wide}");
         assert!(
             wide.contains("   Shadowed   web      -        peering wins\n"),
@@ -1057,13 +1042,13 @@ Peerings:
                      "gateway": "198.51.100.1"},
             "status": {"mac": "02:00:00:00:00:09", "mtu": 1500, "state": "up"}})];
         assert_eq!(
-            resource_table(&uplinks, false, &TableContext::default()).render(),
+            resource_table(&uplinks, false).render(),
             "\
 NAME   INTERFACE   ADDRESSES                        GATEWAY        MAC                 STATE
 wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:00:09   up
 "
         );
-        let wide = resource_table(&uplinks, true, &TableContext::default()).render();
+        let wide = resource_table(&uplinks, true).render();
         assert!(wide.contains("   MTU    LABELS   MESSAGE\n"), "{wide}");
         assert!(wide.contains("   up      1500   -        -\n"), "{wide}");
         let gateways = vec![json!({"kind": "NATGateway", "metadata": {"name": "gw"},
@@ -1072,13 +1057,13 @@ wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:0
                 {"interface": "c1", "ip": "198.51.100.10", "blocks": ["1024-3071"], "tcp": 2, "udp": 1, "icmp": 0},
                 {"interface": "c2", "ip": "198.51.100.10", "blocks": ["3072-5119"], "tcp": 0, "udp": 0, "icmp": 4}]}})];
         assert_eq!(
-            resource_table(&gateways, false, &TableContext::default()).render(),
+            resource_table(&gateways, false).render(),
             "\
 NAME   NETWORK   IPS             PORTS/INTERFACE   PORTS-IN-USE
 gw     blue      198.51.100.10   2048              7
 "
         );
-        let wide = resource_table(&gateways, true, &TableContext::default()).render();
+        let wide = resource_table(&gateways, true).render();
         assert!(
             wide.contains("   7              c1,c2        -\n"),
             "{wide}"
@@ -1089,13 +1074,13 @@ gw     blue      198.51.100.10   2048              7
             "status": {"state": "Pending", "destination": "10.1.0.5:80",
                        "message": "Uplink \"wan\" is lost"}})];
         assert_eq!(
-            resource_table(&forwards, false, &TableContext::default()).render(),
+            resource_table(&forwards, false).render(),
             "\
 NAME   IP              PROTOCOL   PORT   TARGET   STATE
 web    198.51.100.10   tcp        8080   c1:80    Pending
 "
         );
-        let wide = resource_table(&forwards, true, &TableContext::default()).render();
+        let wide = resource_table(&forwards, true).render();
         assert!(
             wide.contains("Pending   10.1.0.5:80   -        Uplink \"wan\" is lost\n"),
             "{wide}"
@@ -1107,7 +1092,7 @@ web    198.51.100.10   tcp        8080   c1:80    Pending
                    "spec": {"type": "Public", "ip": "198.51.100.12"}}),
         ];
         assert_eq!(
-            resource_table(&vips, false, &TableContext::default()).render(),
+            resource_table(&vips, false).render(),
             "\
 NAME   TYPE     IP              INTERFACE
 v      Public   198.51.100.11   c2
@@ -1219,7 +1204,7 @@ nat.unsolicited   4
         let overlay = json!({"kind": "Overlay", "metadata": {"name": "hub"},
             "spec": {"role": "hub", "localAddress": "192.168.50.1", "token": "<redacted>"},
             "status": {"state": "up"}});
-        let text = resource_table(&[overlay.clone()], false, &TableContext).render();
+        let text = resource_table(std::slice::from_ref(&overlay), false).render();
         assert_eq!(
             text,
             "\
@@ -1227,7 +1212,7 @@ NAME   ROLE   LOCAL-ADDRESS   PORT   VNI-BASE   STATE
 hub    hub    192.168.50.1    4789   100        up
 "
         );
-        let wide = resource_table(&[overlay], true, &TableContext).render();
+        let wide = resource_table(&[overlay], true).render();
         assert!(
             wide.contains("   1450   -     -        -        -\n"),
             "{wide}"
