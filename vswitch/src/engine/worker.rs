@@ -61,12 +61,10 @@ use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
 use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
 use crate::sys::af_packet::TX_FRAMES;
+pub use crate::sys::batch::BATCH_SIZE;
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
-
-/// Frames received from one queue per batch.
-pub const BATCH_SIZE: usize = 64;
 
 /// Longest `epoll_wait` (ms): bounds how late an idle worker sees the stop flag if a wake-up
 /// were lost, and how late worker 0 runs the ageing sweep.

@@ -88,7 +88,7 @@ use ::vxlan::{VXLAN_HEADER_LEN, Vni, VxlanEncapConfig, VxlanPacket, VxlanRepr};
 use smoltcp::wire::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
 
 use super::{Capabilities, PortIo, PortKind, PortQueue, RxBatch};
-use crate::port::batch::MAX_FRAME_LEN;
+use crate::sys::batch::MAX_FRAME_LEN;
 use crate::sys::udp::{
     RawIpv4Socket, ReadySet, Receiver, SendOptions, Sender, SocketError, UdpSocket,
 };
