@@ -15,13 +15,13 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use vswitch::engine::fdb::Fdb;
-use vswitch::engine::neigh::Neighbors;
-use vswitch::engine::snapshot::{
-    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId,
-};
 use vswitch::pipeline::{self, Context, Local, Verdict};
 use vswitch::port::{Capabilities, PortId, PortIo, PortKind};
+use vswitch::tables::fdb::Fdb;
+use vswitch::tables::neigh::Neighbors;
+use vswitch::tables::snapshot::{
+    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId,
+};
 use vswitch::wire::checksum;
 use vswitch::wire::gro::{self, Coalescer};
 use vswitch::wire::gso::Segmenter;

@@ -1,20 +1,24 @@
 //! vswitch: a userspace virtual switch and router for container hosts.
 //!
 //! The crate is the glue of the workspace: it owns every piece of I/O (the `vxlan` and `nat`
-//! crates it builds on have none). Layering, from the bottom up (`docs/architecture.md` has
-//! the layering we are moving toward and the dependencies that still go against it):
+//! crates it builds on have none). Layering, from the bottom up: each layer uses only the
+//! layers below it (`docs/architecture.md` has the map, and the dependencies that still go
+//! against it):
 //! - [`wire`]: typed zero-copy views over the packet formats we own (`virtio_net_hdr`),
 //!   checksums, the IPv4 work of a router (TTL, fragmentation, ICMP errors), and GSO
 //!   segmentation and GRO coalescing in software; standard protocols come from
 //!   `smoltcp::wire`.
 //! - [`sys`]: the kernel interfaces the ports need (TAP, AF_PACKET, the VTEP's UDP and raw
-//!   sockets, namespaces, netlink), and the only `unsafe` code in the crate.
+//!   sockets, namespaces, netlink) and the receive batch they read into; the only `unsafe`
+//!   code in the crate. It uses nothing above [`wire`].
 //! - [`port`]: a port is an attached interface (a container's TAP or veth, the uplink, the
 //!   VTEP); it owns one queue per worker.
-//! - [`pipeline`] and [`engine`], which use each other: [`pipeline`] holds the packet stages,
-//!   one file each, with their drop reasons; [`engine`] holds the tables they read (the
-//!   configuration snapshot, learned MACs, neighbours, held packets, counters, the clock) and
-//!   the worker threads that run them.
+//! - [`tables`]: what the packet stages read and write: the configuration snapshot, learned
+//!   MACs, neighbours, held packets, counter keys and event tallies, the clock, rate limits.
+//! - [`pipeline`]: the packet stages, one file each, with their drop reasons; functions of the
+//!   tables and the frame.
+//! - [`runtime`]: the [`Engine`](runtime::Engine) and its worker threads, which run the
+//!   pipeline over batches read from the ports, publish snapshots and sum the counters.
 //! - [`control`]: resources, validation, IPAM, persistence and the controller that turns
 //!   resources into ports and snapshots.
 //! - [`api`] and [`cli`]: the HTTP+JSON control socket (and the handlers of the overlay
@@ -26,10 +30,11 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod control;
-pub mod engine;
 pub mod pipeline;
 pub mod port;
+pub mod runtime;
 pub mod sys;
+pub mod tables;
 #[cfg(test)]
 mod testing;
 pub mod wire;

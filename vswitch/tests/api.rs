@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use vswitch::api::{self, ApiListener, ApiServeError};
 use vswitch::cli::client::{Body, Client, HttpResponse};
 use vswitch::control::Controller;
-use vswitch::engine::{Engine, EngineConfig};
+use vswitch::runtime::{Engine, EngineConfig};
 
 /// A running API server on a temporary socket, stopped on drop.
 struct Server {

@@ -154,7 +154,7 @@ fn thread_cpus(pid: u32, comm: &str) -> String {
 fn workers_are_pinned_by_default() {
     require(&[]);
     let allowed = cpus_allowed(std::path::Path::new("/proc/self/status"));
-    let cpus = vswitch::engine::affinity::allowed_cpus().expect("sched_getaffinity");
+    let cpus = vswitch::runtime::affinity::allowed_cpus().expect("sched_getaffinity");
     let highest = cpus.last().expect("a CPU").to_string();
 
     let daemon = Daemon::start(2);

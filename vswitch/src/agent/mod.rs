@@ -223,7 +223,7 @@ mod tests {
 
     use serde_json::Value;
 
-    use crate::engine::{Engine, EngineConfig};
+    use crate::runtime::{Engine, EngineConfig};
 
     const TOKEN: &str = "agent-test-token";
 

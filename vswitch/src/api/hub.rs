@@ -736,7 +736,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use crate::engine::{Engine, EngineConfig};
+    use crate::runtime::{Engine, EngineConfig};
 
     const TOKEN: &str = "hub-test-token";
 

@@ -11,8 +11,8 @@ use clap::Parser;
 use tracing::{error, info};
 
 use vswitch::control::{Controller, EMBEDDED_DEFAULT_CONFIG};
-use vswitch::engine::clock::{Clock, MonotonicClock};
-use vswitch::engine::{Engine, EngineConfig, WorkerCpus};
+use vswitch::runtime::{Engine, EngineConfig, WorkerCpus};
+use vswitch::tables::clock::{Clock, MonotonicClock};
 
 /// CAP_NET_ADMIN (include/uapi/linux/capability.h): create TAP devices, configure links.
 const CAP_NET_ADMIN: u32 = 12;

@@ -48,13 +48,13 @@ use super::resource::{
 use super::routing;
 use super::store::{NodeId, State, Store};
 use super::validate::{self, Mode, Plan, UplinkWork};
-use crate::engine::clock::{Clock, MonotonicClock};
-use crate::engine::snapshot::UplinkEntry;
-use crate::engine::{
-    Engine, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot,
-    SubnetEntry, SubnetId,
-};
 use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
+use crate::runtime::Engine;
+use crate::tables::clock::{Clock, MonotonicClock};
+use crate::tables::snapshot::{
+    NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot, SubnetEntry,
+    SubnetId, UplinkEntry,
+};
 
 /// How long a removed port's queues may stay in use by workers (finishing a batch on an
 /// older snapshot) before the controller stops waiting to close them itself.
@@ -1740,14 +1740,14 @@ fn compile(inner: &Inner) -> Snapshot {
                 allowed_sources: Vec::new(),
                 io: Arc::clone(&vtep.io),
                 proxy_arp: false,
-                tunnel: Some(crate::engine::Tunnel { vni, remotes }),
+                tunnel: Some(crate::tables::snapshot::Tunnel { vni, remotes }),
             });
             floods.entry(name.as_str()).or_default().push(*id);
             tunnels.insert(u32::from(vni), *id);
         }
     }
     let vtep = match (&inner.vtep, overlay) {
-        (Some(vtep), Some(overlay)) => Some(crate::engine::VtepEntry {
+        (Some(vtep), Some(overlay)) => Some(crate::tables::snapshot::VtepEntry {
             id: vtep.id,
             local: vtep.local,
             encap: overlay::encap_config(overlay),
@@ -2546,7 +2546,7 @@ mod tests {
     use super::*;
     use crate::control::EMBEDDED_DEFAULT_CONFIG;
     use crate::control::resource::parse_documents;
-    use crate::engine::EngineConfig;
+    use crate::runtime::EngineConfig;
 
     /// A namespace name that does not exist on any machine running these tests.
     const NO_NETNS: &str = "vsctl-test-no-such-netns";
@@ -3275,7 +3275,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
             .find(|s| s.name == "default")
             .unwrap();
         let shown = &before.iter().find(|(n, _)| n == "default").unwrap().1;
-        assert_eq!(crate::engine::format_mac(default.gateway_mac), *shown);
+        assert_eq!(crate::runtime::format_mac(default.gateway_mac), *shown);
         controller.shutdown();
 
         // Another node (state directory) derives other MACs for the same names.
@@ -3355,7 +3355,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.1.254}
         }
     }
 
-    fn open_fake(dir: &Path, clock: Arc<crate::engine::clock::FakeClock>) -> Controller {
+    fn open_fake(dir: &Path, clock: Arc<crate::tables::clock::FakeClock>) -> Controller {
         Controller::open_with(dir, engine(), clock, fake_ops()).expect("controller opens")
     }
 
@@ -3433,7 +3433,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
     /// queues), the Uplink and NAT_RESOURCES applied; returns the port ids of c1 and d1.
     fn nat_controller(
         dir: &Path,
-        clock: Arc<crate::engine::clock::FakeClock>,
+        clock: Arc<crate::tables::clock::FakeClock>,
         ifname: &str,
     ) -> (Controller, PortId, PortId) {
         seed_state(dir, NAT_BASE);
@@ -3453,7 +3453,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
     #[test]
     fn uplink_and_nat_rules_are_published() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(crate::engine::clock::FakeClock::new(0));
+        let clock = Arc::new(crate::tables::clock::FakeClock::new(0));
         seed_state(dir.path(), NAT_BASE);
         let controller = open_fake(dir.path(), clock);
         fake_port(&controller, "c1");
@@ -3512,7 +3512,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
         assert_eq!(wan["status"]["mtu"], 1400);
         assert_eq!(
             wan["status"]["mac"],
-            crate::engine::format_mac(uplink.mac).as_str()
+            crate::runtime::format_mac(uplink.mac).as_str()
         );
         let web = controller.get("pf", "web").unwrap();
         assert_eq!(
@@ -3564,7 +3564,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
     #[test]
     fn virtual_ip_allocation_and_the_uplink_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(crate::engine::clock::FakeClock::new(0));
+        let clock = Arc::new(crate::tables::clock::FakeClock::new(0));
         let vip = |name: &str| {
             format!(
                 "apiVersion: vswitch/v1alpha1\nkind: VirtualIP\nmetadata: {{name: {name}}}\nspec: {{type: Public}}\n"
@@ -3641,7 +3641,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
         let dir = tempfile::tempdir().unwrap();
         let controller = open_fake(
             dir.path(),
-            Arc::new(crate::engine::clock::FakeClock::new(0)),
+            Arc::new(crate::tables::clock::FakeClock::new(0)),
         );
         controller.apply(EMBEDDED_DEFAULT_CONFIG).unwrap();
         let before = std::fs::read(dir.path().join("state.json")).unwrap();
@@ -3691,7 +3691,7 @@ spec: {subnet: web, netns: vsctl-test-no-such-netns, ifname: eth1, ips: [10.1.0.
     #[test]
     fn conntrack_views_filter_count_and_flush() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(crate::engine::clock::FakeClock::new(5_000));
+        let clock = Arc::new(crate::tables::clock::FakeClock::new(5_000));
         let (controller, c1, _d1) = nat_controller(dir.path(), Arc::clone(&clock), "fakect");
         let snapshot = controller.engine.read().current();
         let zone = |name: &str| {

@@ -2,7 +2,7 @@
 //! desired state into ports and engine snapshots.
 //!
 //! Handlers never touch worker state: the controller compiles resources into a
-//! [`Snapshot`](crate::engine::Snapshot) and publishes it.
+//! [`Snapshot`](crate::tables::snapshot::Snapshot) and publishes it.
 
 pub mod controller;
 pub mod error;

@@ -30,8 +30,8 @@ use super::resource::{
 };
 use super::routing;
 use super::store::{NodeId, State};
-use crate::engine::NetworkId;
 use crate::port::{self, PortKind};
+use crate::tables::snapshot::NetworkId;
 
 /// Where the documents of the batch being planned came from: which resources are in it, and
 /// in which order.

@@ -14,7 +14,7 @@
 //! A Network's table lists connected routes first, then peering routes, then static routes;
 //! when two share a prefix, the first wins (as [`NetworkEntry::new`] does).
 //!
-//! [`NetworkEntry::new`]: crate::engine::NetworkEntry::new
+//! [`NetworkEntry::new`]: crate::tables::snapshot::NetworkEntry::new
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -25,7 +25,7 @@ use super::resource::{
     MacAddr, Network, Peering, PeeringState, PeeringStatus, Route, RouteState, RouteStatus, Subnet,
 };
 use super::store::{NodeId, State};
-use crate::engine::{NextHop, RouteOrigin};
+use crate::tables::snapshot::{NextHop, RouteOrigin};
 
 /// One entry of a Network's table, with names rather than ids.
 #[derive(Debug, Clone, PartialEq, Eq)]

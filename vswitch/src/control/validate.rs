@@ -1849,7 +1849,7 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
                         Some(Ipv4Addr::new(198, 51, 100, 11))
                     );
                     assert_eq!(plan.uplink, Some(UplinkWork::Open("wan".into())));
-                    let ids = [("apps".to_string(), crate::engine::NetworkId(0))]
+                    let ids = [("apps".to_string(), crate::tables::snapshot::NetworkId(0))]
                         .into_iter()
                         .collect();
                     let rules = nat_rules::compile(state, &ids);

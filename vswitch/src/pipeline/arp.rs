@@ -32,10 +32,10 @@ use super::generated::Origin;
 use super::l3::{DropReason, Link};
 use super::parse::{L3, Parsed};
 use super::{Context, Output, Verdict, l2, uplink};
-use crate::engine::counters::Event;
-use crate::engine::neigh::Confirmation;
-use crate::engine::snapshot::{PortEntry, SubnetEntry, UplinkEntry};
 use crate::port::PortId;
+use crate::tables::counters::Event;
+use crate::tables::neigh::Confirmation;
+use crate::tables::snapshot::{PortEntry, SubnetEntry, UplinkEntry};
 
 /// The broadcast MAC.
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -260,10 +260,10 @@ fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::neigh::NeighborState;
-    use crate::engine::snapshot::SubnetId;
     use crate::pipeline::DropCause;
     use crate::pipeline::fixtures::*;
+    use crate::tables::neigh::NeighborState;
+    use crate::tables::snapshot::SubnetId;
     use crate::wire::VNET_HDR_LEN;
 
     /// [`ARP_REQUEST`] asking for the blue gateway 172.30.0.1.
@@ -360,7 +360,7 @@ mod tests {
         assert!(bench.neighbors.is_empty());
         // ... unless it is already a neighbour, which it refreshes.
         bench.neighbors.confirm(SubnetId(1), IP_A, MAC_A, 0, true);
-        let later = crate::engine::neigh::REACHABLE_MS + 5;
+        let later = crate::tables::neigh::REACHABLE_MS + 5;
         assert_eq!(
             bench.neighbors.state(SubnetId(1), IP_A, later),
             Some(NeighborState::Stale)

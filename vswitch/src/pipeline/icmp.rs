@@ -28,10 +28,10 @@ use super::generated::Origin;
 use super::l3::{DropReason, ip_bounds};
 use super::parse::Parsed;
 use super::{Output, Verdict};
-use crate::engine::counters::Event;
-use crate::engine::fdb::is_group;
-use crate::engine::snapshot::{PortEntry, SubnetEntry, UplinkEntry};
 use crate::port::PortId;
+use crate::tables::counters::Event;
+use crate::tables::fdb::is_group;
+use crate::tables::snapshot::{PortEntry, SubnetEntry, UplinkEntry};
 use crate::wire::icmp_error::{self, DEFAULT_TTL, Kind, Repr};
 use crate::wire::ipv4::OwnHeader;
 
@@ -393,7 +393,7 @@ mod tests {
         let bench = Bench::with(routed_snapshot());
         let blue = bench
             .snapshot
-            .subnet(crate::engine::snapshot::SubnetId(1))
+            .subnet(crate::tables::snapshot::SubnetId(1))
             .unwrap();
         let original = &echo_to(IP_D)[VNET_HDR_LEN + 14..];
         let mut local = Local::new(0);
@@ -432,7 +432,7 @@ mod tests {
         let bench = Bench::with(routed_snapshot());
         let blue = bench
             .snapshot
-            .subnet(crate::engine::snapshot::SubnetId(1))
+            .subnet(crate::tables::snapshot::SubnetId(1))
             .unwrap();
         let mut local = Local::new(0);
         let mut send = |original: &[u8], sender_mac: [u8; 6]| {

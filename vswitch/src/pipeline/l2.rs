@@ -13,13 +13,14 @@
 //! Frames the router sends into a subnet (routed frames, the switch's own ARP and ICMP) get
 //! the same decision in that subnet through [`destination`].
 //!
-//! [`Fdb`]: crate::engine::fdb::Fdb
+//! [`Fdb`]: crate::tables::fdb::Fdb
 
 use super::parse::Parsed;
 use super::{Context, Outcome, Verdict};
-use crate::engine::fdb::{Learn, is_group};
-use crate::engine::snapshot::{PortEntry, SubnetEntry};
 use crate::port::PortId;
+use crate::tables::counters::keyed_enum;
+use crate::tables::fdb::{Learn, is_group};
+use crate::tables::snapshot::{PortEntry, SubnetEntry};
 
 keyed_enum! {
     /// Why `l2` dropped a frame.
@@ -122,11 +123,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::engine::clock::millis;
-    use crate::engine::snapshot::{Snapshot, SubnetId};
     use crate::pipeline::DropCause;
     use crate::pipeline::fixtures::*;
     use crate::pipeline::parse::parse;
+    use crate::tables::clock::millis;
+    use crate::tables::snapshot::{Snapshot, SubnetId};
 
     #[test]
     fn broadcast_floods() {

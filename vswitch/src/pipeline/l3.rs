@@ -42,7 +42,7 @@
 //! Routed traffic from a port's own address confirms that sender as a neighbour (port
 //! security makes the address and MAC trustworthy), so replies need no ARP.
 //!
-//! [`HeldQueue`]: crate::engine::held::HeldQueue
+//! [`HeldQueue`]: crate::tables::held::HeldQueue
 
 use std::net::Ipv4Addr;
 
@@ -55,13 +55,14 @@ use super::generated::Origin;
 use super::icmp::ErrorPath;
 use super::parse::{L3, Parsed};
 use super::{Context, DropCause, Local, Output, Verdict, arp, icmp, l2, tx};
-use crate::engine::counters::Event;
-use crate::engine::held::{HOLD_MS, Held, HeldQueue, HoldError};
-use crate::engine::neigh::{Confirmation, Resolution, Solicit};
-use crate::engine::snapshot::{
+use crate::port::PortId;
+use crate::tables::counters::Event;
+use crate::tables::counters::keyed_enum;
+use crate::tables::held::{HOLD_MS, Held, HeldQueue, HoldError};
+use crate::tables::neigh::{Confirmation, Resolution, Solicit};
+use crate::tables::snapshot::{
     NetworkId, NextHop, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
 };
-use crate::port::PortId;
 use crate::wire::checksum::complete_partial_checksum;
 use crate::wire::icmp_error::Kind;
 use crate::wire::ipv4::{FragmentError, Fragmenter, decrement_ttl};
@@ -624,13 +625,13 @@ mod tests {
     use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket};
 
     use super::*;
-    use crate::engine::neigh::{NeighborState, REACHABLE_MS};
-    use crate::engine::snapshot::{
-        NetworkEntry, NetworkId, RouteEntry, RouteOrigin, Snapshot, SubnetId,
-    };
     use crate::pipeline::fixtures::*;
     use crate::pipeline::generated::Origin;
     use crate::port::{Capabilities, PortId};
+    use crate::tables::neigh::{NeighborState, REACHABLE_MS};
+    use crate::tables::snapshot::{
+        NetworkEntry, NetworkId, RouteEntry, RouteOrigin, Snapshot, SubnetId,
+    };
     use crate::wire::checksum::{self, pseudo_header_ipv4};
     use crate::wire::vnet_hdr::gso;
 

@@ -46,9 +46,10 @@ use super::icmp::{self, ErrorPath};
 use super::l3::{self, Hop, Link, ip_bounds};
 use super::parse::{L3, Parsed};
 use super::{Context, DropCause, Local, Output, Verdict, uplink};
-use crate::engine::counters::Event;
-use crate::engine::snapshot::{NetworkId, PortEntry, SubnetEntry, UplinkEntry};
 use crate::port::PortId;
+use crate::tables::counters::Event;
+use crate::tables::counters::keyed_enum;
+use crate::tables::snapshot::{NetworkId, PortEntry, SubnetEntry, UplinkEntry};
 use crate::wire::icmp_error::Kind;
 
 keyed_enum! {
@@ -389,11 +390,11 @@ mod tests {
     use smoltcp::wire::{Icmpv4Packet, IpAddress, IpProtocol, TcpPacket, UdpPacket};
 
     use super::*;
-    use crate::engine::counters::Event;
-    use crate::engine::snapshot::SubnetId;
     use crate::pipeline::fixtures::*;
     use crate::pipeline::generated::Origin;
     use crate::pipeline::l3::service_held;
+    use crate::tables::counters::Event;
+    use crate::tables::snapshot::SubnetId;
     use crate::wire::VNET_HDR_LEN;
     use crate::wire::checksum::{complete_partial_checksum, pseudo_header_ipv4};
     use crate::wire::vnet_hdr::flags;

@@ -22,6 +22,7 @@ use smoltcp::wire::{
     UdpPacket,
 };
 
+use crate::tables::counters::keyed_enum;
 use crate::wire::{VnetError, VnetGsoKind, VnetPacket, VnetRepr};
 
 keyed_enum! {

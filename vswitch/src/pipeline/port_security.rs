@@ -13,7 +13,8 @@
 use std::net::Ipv4Addr;
 
 use super::parse::{L3, Parsed};
-use crate::engine::snapshot::PortEntry;
+use crate::tables::counters::keyed_enum;
+use crate::tables::snapshot::PortEntry;
 
 keyed_enum! {
     /// Why `port_security` dropped a frame.

@@ -15,6 +15,7 @@
 //! block, or the kernel is out of buffers) and `tx.error`.
 
 use crate::port::Capabilities;
+use crate::tables::counters::keyed_enum;
 use crate::wire::checksum::complete_partial_checksum;
 use crate::wire::vnet_hdr::flags;
 use crate::wire::{VNET_HDR_LEN, VnetPacket};

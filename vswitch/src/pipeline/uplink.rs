@@ -28,7 +28,8 @@ use smoltcp::wire::Ipv4Packet;
 use super::l3::{self, ip_bounds};
 use super::parse::{self, L3};
 use super::{Context, Local, Verdict, arp, nat};
-use crate::engine::snapshot::UplinkEntry;
+use crate::tables::counters::keyed_enum;
+use crate::tables::snapshot::UplinkEntry;
 
 keyed_enum! {
     /// Why `uplink` dropped a frame received on the uplink.

@@ -20,8 +20,9 @@
 
 use vxlan::VxlanDecapError;
 
-use crate::engine::snapshot::{PortEntry, Snapshot, VtepEntry};
 use crate::port::vxlan::RX_PAD;
+use crate::tables::counters::keyed_enum;
+use crate::tables::snapshot::{PortEntry, Snapshot, VtepEntry};
 use crate::wire::VNET_HDR_LEN;
 
 keyed_enum! {
@@ -220,9 +221,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::snapshot::{SubnetId, Tunnel};
     use crate::pipeline::fixtures::{ARP_REQUEST, snapshot_with_ports};
     use crate::port::{Capabilities, PortId, PortIo, PortKind};
+    use crate::tables::snapshot::{SubnetId, Tunnel};
 
     fn vtep_and_snapshot() -> (VtepEntry, Snapshot) {
         let io = Arc::new(PortIo {

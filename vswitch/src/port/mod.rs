@@ -7,7 +7,6 @@
 //!
 //! Every frame crossing a queue is a 10-byte `virtio_net_hdr` followed by the Ethernet frame.
 
-pub mod batch;
 pub mod tap;
 pub mod uplink;
 pub mod veth;
@@ -23,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::vxlan::VtepQueue;
 use crate::sys::af_packet::PacketSocket;
+pub use crate::sys::batch::{RxBatch, Sent};
 use crate::sys::netns::NetnsRef;
 use crate::sys::tap::TapQueue;
-pub use batch::RxBatch;
 
 /// Identifies a port inside one daemon run. Small and dense (ids are reused after detach) so
 /// that per-port state can live in flat arrays indexed by it.
@@ -85,16 +84,6 @@ pub struct Capabilities {
     pub tx_gso: bool,
     /// `TUN_F_*` bits given to TUNSETOFFLOAD (TAP only): what the container may send us.
     pub tun_offload_flags: u32,
-}
-
-/// What [`PortQueue::enqueue`] did with a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sent {
-    /// Handed to the kernel already.
-    Now,
-    /// Copied into the queue for the next flush, at this position among the frames queued
-    /// since the last one: the position a flush reports the frame by if the kernel refuses it.
-    Queued(usize),
 }
 
 /// The error for frames given to the VTEP's queue without a VNI and remote VTEP.

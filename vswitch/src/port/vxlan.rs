@@ -21,7 +21,7 @@
 //! [`crate::wire::gro`], checksums verified), they are first merged in place into one
 //! datagram whose inner frame is the super-frame: each payload moves once toward the front,
 //! and the run's MSS goes in the datagram's [`RX_PAD`] bytes for
-//! [`decap`](crate::pipeline::vxlan::decap). A bulk TCP flow then costs one slot, one pass of
+//! `pipeline::vxlan::decap`. A bulk TCP flow then costs one slot, one pass of
 //! the pipeline and one TAP write per buffer instead of one per segment, and nothing is
 //! copied between slots. What is left of the buffer is split into its datagrams,
 //! every one committed to its own slot as `[RX_PAD][datagram]` with the buffer's peer, in
@@ -88,7 +88,7 @@ use ::vxlan::{VXLAN_HEADER_LEN, Vni, VxlanEncapConfig, VxlanPacket, VxlanRepr};
 use smoltcp::wire::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
 
 use super::{Capabilities, PortIo, PortKind, PortQueue, RxBatch};
-use crate::port::batch::MAX_FRAME_LEN;
+use crate::sys::batch::MAX_FRAME_LEN;
 use crate::sys::udp::{
     RawIpv4Socket, ReadySet, Receiver, SendOptions, Sender, SocketError, UdpSocket,
 };
@@ -103,7 +103,7 @@ use crate::wire::gso::{GsoError, Segmenter};
 ///
 /// The pad is zero, except in a datagram that the queue merged in place from the TCP
 /// segments of one `UDP_GRO` buffer (see the module docs): there it holds the run's MSS,
-/// big-endian, which [`crate::pipeline::vxlan::decap`] turns into the super-frame's virtio
+/// big-endian, which `pipeline::vxlan::decap` turns into the super-frame's virtio
 /// header. The pad is outside the datagram: no peer can set it.
 pub const RX_PAD: usize = crate::wire::VNET_HDR_LEN - ::vxlan::VXLAN_HEADER_LEN;
 

@@ -77,10 +77,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use ring::Ring;
 pub use ring::RingLayout;
 
-use crate::port::{RxBatch, Sent};
+use crate::sys::batch::{BATCH_SIZE, RxBatch, Sent};
 
 /// The most frames a socket queues for one flush: the worker's batch size.
-pub const TX_FRAMES: usize = crate::engine::BATCH_SIZE;
+pub const TX_FRAMES: usize = BATCH_SIZE;
 
 /// Bytes of each socket's transmit buffer: [`TX_FRAMES`] frames of a 1500-byte MTU fit with
 /// room to spare (jumbo frames fill it sooner and are flushed in smaller batches).
@@ -570,9 +570,10 @@ impl PacketSocket {
         self.ring.truncated
     }
 
-    /// See [`crate::port::PortQueue::recv_batch`]. Reads the ring; frames flagged
-    /// `TP_STATUS_COPY` are read whole from the socket. When there is nothing to read, the
-    /// socket's pending error (if any) is returned, once.
+    /// Moves waiting frames into `batch` until it is full or nothing is left; returns how
+    /// many were added. Never blocks. Reads the ring; frames flagged `TP_STATUS_COPY` are
+    /// read whole from the socket. When there is nothing to read, the socket's pending error
+    /// (if any) is returned, once.
     ///
     /// # Errors
     /// `ENETDOWN` once after the interface disappeared (its namespace or the pair was
@@ -639,7 +640,7 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// Sends `frame` at once (see [`crate::port::PortQueue::send`]). Frames queued by
+    /// Sends `frame` (`virtio_net_hdr` + Ethernet) at once, never blocking. Frames queued by
     /// [`enqueue`](PacketSocket::enqueue) are flushed first, so the order is kept; those the
     /// kernel refuses then are counted in [`refused_frames`](PacketSocket::refused_frames).
     ///
@@ -752,7 +753,7 @@ impl PacketSocket {
         }
     }
 
-    /// See [`crate::port::PortQueue::flush`]: [`flush_with`](PacketSocket::flush_with) for a
+    /// Pushes out the queued frames: [`flush_with`](PacketSocket::flush_with) for a
     /// caller that does not track positions.
     ///
     /// # Errors

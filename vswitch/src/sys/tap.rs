@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::port::RxBatch;
+use crate::sys::batch::RxBatch;
 use crate::wire::VNET_HDR_LEN;
 
 /// The TUN/TAP clone device.
@@ -246,8 +246,9 @@ impl TapQueue {
         self.fd.as_raw_fd()
     }
 
-    /// See [`crate::port::PortQueue::recv_batch`]. One `read()` per frame: the tun driver
-    /// has no batched read.
+    /// Moves waiting frames into `batch` until it is full or the queue is empty; returns how
+    /// many were added. Never blocks. One `read()` per frame: the tun driver has no batched
+    /// read.
     ///
     /// # Errors
     /// The kernel's error (`EBADFD` once the device is gone), when no frame was read.
@@ -272,7 +273,7 @@ impl TapQueue {
         Ok(received)
     }
 
-    /// See [`crate::port::PortQueue::send`].
+    /// Sends one frame (`virtio_net_hdr` + Ethernet) at once. Never blocks.
     ///
     /// # Errors
     /// The kernel's error; a full queue is `WouldBlock`.

@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::port::RxBatch;
+use crate::sys::batch::RxBatch;
 use crate::wire::VNET_HDR_LEN;
 
 /// `enum tpacket_versions` (include/uapi/linux/if_packet.h).

@@ -50,23 +50,22 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::EventFd;
 use tracing::{debug, error, warn};
 
-use super::clock::Clock;
-use super::counters::{Event, WorkerCounters};
-use super::fdb::{Fdb, Learn};
-use super::neigh::Neighbors;
-use super::ratelimit::LogLimiter;
-use super::snapshot::{PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry};
+use super::counters::WorkerCounters;
 use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
 use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
 use crate::sys::af_packet::TX_FRAMES;
+use crate::sys::batch::BATCH_SIZE;
+use crate::tables::clock::Clock;
+use crate::tables::counters::Event;
+use crate::tables::fdb::{Fdb, Learn};
+use crate::tables::neigh::Neighbors;
+use crate::tables::ratelimit::LogLimiter;
+use crate::tables::snapshot::{PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
-
-/// Frames received from one queue per batch.
-pub const BATCH_SIZE: usize = 64;
 
 /// Longest `epoll_wait` (ms): bounds how late an idle worker sees the stop flag if a wake-up
 /// were lost, and how late worker 0 runs the ageing sweep.
@@ -806,10 +805,7 @@ impl Worker {
     /// answer resolved a neighbour they may hold packets for, and warns (rate-limited) when
     /// NAT ran out of ports.
     fn finish_batch(&mut self, now: u64) {
-        self.local
-            .out
-            .events
-            .flush(&self.shared.counters[self.index]);
+        self.shared.counters[self.index].add_events(&mut self.local.out.events);
         if std::mem::take(&mut self.local.out.neighbor_resolved) {
             self.shared.wake_others(self.index);
         }
@@ -1287,9 +1283,9 @@ impl Sender<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::snapshot::SubnetId;
     use crate::pipeline::fixtures::snapshot;
     use crate::pipeline::l2;
+    use crate::tables::snapshot::SubnetId;
 
     fn ids(plan: &TxPlan) -> Vec<u32> {
         plan.destinations().iter().map(|d| d.port.0).collect()

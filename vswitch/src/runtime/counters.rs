@@ -1,7 +1,8 @@
 //! Per-worker counters: for each port id (< [`MAX_PORTS`]) rx/tx packets and bytes, frames the
 //! switch itself sent to the port (ARP, ICMP: `tx_generated_*`, kept apart from the frames it
 //! switched or routed there), rx errors and drops by [`DropCause`]; plus switch-wide
-//! [`Event`]s. Stages tally events in an [`EventTally`] that the worker adds once per batch.
+//! [`Event`]s, which the stages tally in an [`EventTally`] that the worker adds once per batch
+//! ([`WorkerCounters::add_events`]).
 //!
 //! Each worker owns one [`WorkerCounters`] and is its only writer: an update is a relaxed
 //! load and a relaxed store (no read-modify-write, no lock prefix, no contention). The API
@@ -12,106 +13,9 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::pipeline::{DropCause, keyed_enum};
+use crate::pipeline::DropCause;
 use crate::port::{MAX_PORTS, PortId};
-
-keyed_enum! {
-    /// Things worth counting that are not drops.
-    pub enum Event {
-        MacLearned = "l2.mac_learned":
-            "a new MAC was learned",
-        MacMoved = "l2.mac_moved":
-            "a learned MAC appeared on another port",
-        MacLimitReached = "l2.mac_limit_reached":
-            "a MAC was not learned because its subnet's table is full",
-        MacAged = "l2.mac_aged":
-            "learned MACs removed by the ageing sweep",
-        RxError = "rx.error":
-            "reading a port's queue failed",
-        FlushError = "tx.flush_error":
-            "pushing out a port's queued frames failed",
-        ChecksumCompleted = "tx.checksum_completed":
-            "a partial checksum was completed for a port that cannot take one",
-        Routed = "l3.routed":
-            "a packet was routed (TTL decremented, MACs rewritten)",
-        Fragmented = "l3.fragmented":
-            "a routed packet was fragmented to fit the egress subnet's MTU",
-        GsoResized = "l3.gso_resized":
-            "a TCP GSO frame without DF got a smaller segment size to fit the egress MTU",
-        IcmpSent = "l3.icmp_sent":
-            "an ICMP error was sent (time exceeded, unreachable, fragmentation needed)",
-        IcmpRateLimited = "l3.icmp_rate_limited":
-            "an ICMP error was not sent: over the per-worker rate limit",
-        EchoReplied = "l3.echo_replied":
-            "an ICMP echo request to a gateway address (or an uplink address) was answered",
-        ArpReplied = "l3.arp_replied":
-            "an ARP request for a gateway address (or an uplink address) was answered",
-        ArpRequestsSent = "l3.arp_requests_sent":
-            "an ARP request was sent to resolve (or re-confirm) a next hop",
-        GratuitousArpSent = "l3.gratuitous_arp_sent":
-            "a gratuitous ARP announced the subnet gateway to a newly attached port",
-        NeighborLearned = "l3.neighbor_learned":
-            "a neighbour's MAC was learned or changed",
-        NeighborAged = "l3.neighbor_aged":
-            "neighbour entries removed by the sweep (aged, failed, or their subnet left)",
-        Held = "l3.held":
-            "a packet was held while ARP resolves its next hop",
-        HeldReleased = "l3.held_released":
-            "a held packet was sent once its next hop answered",
-        NatTranslated = "nat.translated":
-            "a packet's addresses, ports or echo identifier were rewritten by NAT",
-        NatConnectionCreated = "nat.connections_created":
-            "a connection crossing NAT (masquerade, port forward, virtual IP, hairpin) was created in conntrack",
-    }
-}
-
-/// Events counted by the stages of one worker during a batch, added to its
-/// [`WorkerCounters`] at the end of the batch.
-#[derive(Debug, Clone)]
-pub struct EventTally {
-    counts: [u64; Event::COUNT],
-    any: bool,
-}
-
-impl Default for EventTally {
-    fn default() -> EventTally {
-        EventTally::new()
-    }
-}
-
-impl EventTally {
-    /// All zero.
-    pub const fn new() -> EventTally {
-        EventTally {
-            counts: [0; Event::COUNT],
-            any: false,
-        }
-    }
-
-    /// Counts one `event`.
-    #[inline]
-    pub fn add(&mut self, event: Event) {
-        self.counts[event.index()] += 1;
-        self.any = true;
-    }
-
-    /// The count of `event` so far.
-    pub fn get(&self, event: Event) -> u64 {
-        self.counts[event.index()]
-    }
-
-    /// Adds the tallies to `counters` and zeroes them.
-    pub fn flush(&mut self, counters: &WorkerCounters) {
-        if !std::mem::take(&mut self.any) {
-            return;
-        }
-        for (index, count) in self.counts.iter_mut().enumerate() {
-            if *count > 0 {
-                counters.add_event(Event::ALL[index], std::mem::take(count));
-            }
-        }
-    }
-}
+use crate::tables::counters::{Event, EventTally};
 
 /// Add `n` to a counter this thread alone writes.
 #[inline]
@@ -289,6 +193,12 @@ impl WorkerCounters {
         bump(&self.events[event.index()], n);
     }
 
+    /// Adds the events of `tally` (one batch's) and zeroes it.
+    #[inline]
+    pub fn add_events(&self, tally: &mut EventTally) {
+        tally.drain(|event, n| self.add_event(event, n));
+    }
+
     /// The current value of `event`.
     pub fn event(&self, event: Event) -> u64 {
         self.events[event.index()].load(Ordering::Relaxed)
@@ -394,25 +304,16 @@ mod tests {
     }
 
     #[test]
-    fn tally_flushes_once_and_resets() {
+    fn a_tally_is_added_once() {
         let counters = WorkerCounters::new();
         let mut tally = EventTally::new();
         tally.add(Event::Routed);
         tally.add(Event::Routed);
         tally.add(Event::IcmpSent);
-        assert_eq!(tally.get(Event::Routed), 2);
-        tally.flush(&counters);
-        tally.flush(&counters);
+        counters.add_events(&mut tally);
+        counters.add_events(&mut tally);
         assert_eq!(counters.event(Event::Routed), 2);
         assert_eq!(counters.event(Event::IcmpSent), 1);
         assert_eq!(tally.get(Event::Routed), 0);
-    }
-
-    #[test]
-    fn event_keys_are_unique() {
-        let mut keys: Vec<&str> = Event::ALL.iter().map(|e| e.key()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), Event::COUNT);
     }
 }

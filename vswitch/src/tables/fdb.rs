@@ -336,8 +336,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::engine::clock::{Clock, FakeClock};
-    use crate::pipeline::fixtures::{MAC_A, MAC_B, snapshot, snapshot_with_limit};
+    use crate::tables::clock::{Clock, FakeClock};
+    use crate::tables::fixtures::{MAC_A, MAC_B, snapshot, snapshot_with_limit};
 
     const BLUE: SubnetId = SubnetId(1);
     const RED: SubnetId = SubnetId(2);

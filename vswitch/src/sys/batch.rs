@@ -1,8 +1,12 @@
-//! Per-worker receive buffers, preallocated once, reused for every batch.
+//! Frames in batches: the per-worker receive buffers, preallocated once and reused for every
+//! batch, and what queueing a frame for transmission did.
 //!
-//! Each buffer holds one frame: `HEADROOM` free bytes (so later stages can prepend outer
-//! headers such as VXLAN without copying), then the 10-byte `virtio_net_hdr`, then the
+//! Each receive buffer holds one frame: `HEADROOM` free bytes (so later stages can prepend
+//! outer headers such as VXLAN without copying), then the 10-byte `virtio_net_hdr`, then the
 //! Ethernet frame. Buffers are large enough for a 64 KiB GSO super-frame.
+//!
+//! These types live here, at the bottom with the kernel interfaces, because the TAP and
+//! AF_PACKET queues read straight into an [`RxBatch`]; `port` re-exports them.
 
 use std::net::SocketAddrV4;
 
@@ -15,6 +19,20 @@ pub const HEADROOM: usize = 128;
 /// virtio header (the kernel caps GSO packets at 64 KiB unless BIG TCP is enabled, which we
 /// do not negotiate).
 pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 14 + 65_536;
+
+/// Frames received from one queue per batch: the capacity of a worker's [`RxBatch`], and the
+/// frames an AF_PACKET socket queues for one `sendmmsg`.
+pub const BATCH_SIZE: usize = 64;
+
+/// What queueing a frame for transmission did with it (`PortQueue::enqueue` in `port`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Handed to the kernel already.
+    Now,
+    /// Copied into the queue for the next flush, at this position among the frames queued
+    /// since the last one: the position a flush reports the frame by if the kernel refuses it.
+    Queued(usize),
+}
 
 /// A batch of received frames, backed by buffers allocated once per worker.
 #[derive(Debug)]

@@ -1,24 +1,23 @@
-//! The engine: worker threads, the published snapshot, learned MACs and counters.
+//! The runtime: the [`Engine`] that starts the worker threads, publishes snapshots to them and
+//! sums their counters.
 //!
 //! [`Engine::start`] spawns `workers` threads (`vswitch-w0`, ...). The control plane compiles
 //! the configuration into a [`Snapshot`] and [`publish`](Engine::publish)es it: one atomic
 //! pointer swap plus a wake-up of each worker. Workers re-sync their queues when they see a
 //! new generation; [`Engine::wait_synced`] tells when all of them have (and so have released
-//! every port that left the snapshot).
+//! every port that left the snapshot). Each worker runs the [`pipeline`](crate::pipeline)
+//! over the batches it reads from its queues.
 //!
-//! Shared mutable state is the [`fdb::Fdb`], the [`neigh::Neighbors`] table and the remote
-//! (overlay) MAC table, `vxlan::VxlanSharedFdb` (all sharded, read-mostly), and the per-worker
+//! Shared mutable state is the [`Fdb`], the [`Neighbors`] table and the remote (overlay) MAC
+//! table, `vxlan::VxlanSharedFdb` (all sharded, read-mostly), and the per-worker
 //! [`counters::WorkerCounters`] (one writer each). The API reads them through
 //! [`Engine::stats`], [`Engine::fdb`] and [`Engine::neighbors`].
+//!
+//! The runtime is the top of the datapath: it uses the pipeline, the tables, the ports and
+//! `sys`; only the control plane uses it.
 
 pub mod affinity;
-pub mod clock;
 pub mod counters;
-pub mod fdb;
-pub mod held;
-pub mod neigh;
-pub mod ratelimit;
-pub mod snapshot;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -35,14 +34,13 @@ use tracing::{error, info, warn};
 
 use crate::pipeline::DropCause;
 use crate::port::PortId;
+use crate::tables::clock::{Clock, MonotonicClock};
+use crate::tables::counters::Event;
+use crate::tables::fdb::Fdb;
+use crate::tables::neigh::{NeighborEntry, Neighbors};
+use crate::tables::snapshot::Snapshot;
 pub use affinity::WorkerCpus;
-use clock::{Clock, MonotonicClock};
-use counters::{Event, PortTotals, WorkerCounters};
-pub use snapshot::{
-    NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin, Snapshot, SubnetEntry,
-    SubnetId, Tunnel, VtepEntry,
-};
-pub use worker::BATCH_SIZE;
+use counters::{PortTotals, WorkerCounters};
 use worker::{Shared, Worker};
 
 /// How the engine is started.
@@ -180,7 +178,7 @@ impl Engine {
     }
 
     /// [`start`](Engine::start) with the given clock (tests drive MAC ageing with a
-    /// [`clock::FakeClock`]).
+    /// [`FakeClock`](crate::tables::clock::FakeClock)).
     ///
     /// # Errors
     /// As [`start`](Engine::start).
@@ -202,8 +200,8 @@ impl Engine {
             .collect::<Result<Box<[EventFd]>, _>>()?;
         let shared = Arc::new(Shared {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
-            fdb: fdb::Fdb::new(),
-            neighbors: neigh::Neighbors::new(),
+            fdb: Fdb::new(),
+            neighbors: Neighbors::new(),
             remote_fdb: vxlan::VxlanSharedFdb::new(Default::default()),
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
@@ -371,7 +369,7 @@ impl Engine {
     pub fn neighbors(&self) -> Vec<NeighborRow> {
         let snapshot = self.current();
         let now = self.shared.clock.now_ms();
-        let mut entries: Vec<(String, neigh::NeighborEntry)> = self
+        let mut entries: Vec<(String, NeighborEntry)> = self
             .shared
             .neighbors
             .entries(now)
@@ -452,12 +450,12 @@ impl Engine {
     }
 
     #[cfg(test)]
-    pub(crate) fn learned(&self) -> &fdb::Fdb {
+    pub(crate) fn learned(&self) -> &Fdb {
         &self.shared.fdb
     }
 
     #[cfg(test)]
-    pub(crate) fn neighbor_table(&self) -> &neigh::Neighbors {
+    pub(crate) fn neighbor_table(&self) -> &Neighbors {
         &self.shared.neighbors
     }
 
@@ -476,9 +474,12 @@ impl Drop for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::clock::FakeClock;
     use crate::pipeline::fixtures::{MAC_A, MAC_B, snapshot};
     use crate::pipeline::{parse, port_security};
+    use crate::tables::clock::FakeClock;
+    use crate::tables::snapshot::{
+        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, SubnetEntry, SubnetId,
+    };
 
     fn engine(workers: usize, clock: Arc<FakeClock>) -> Engine {
         Engine::start_with_clock(EngineConfig::new(workers), clock).expect("engine starts")
@@ -766,14 +767,14 @@ mod tests {
             id: SubnetId(7),
             name: "dp".to_string(),
             network: "default".to_string(),
-            network_id: snapshot::NetworkId(0),
+            network_id: NetworkId(0),
             cidr: "10.199.0.0/24".parse().unwrap(),
             gateway: "10.199.0.1".parse().unwrap(),
             gateway_mac: [0x02, 0, 0, 0, 0xdd, 0x01],
             mtu: 1500,
             ports: vec![PortId(1), PortId(2)],
-            mac_ageing: snapshot::DEFAULT_MAC_AGEING,
-            mac_limit: snapshot::DEFAULT_MAC_LIMIT,
+            mac_ageing: DEFAULT_MAC_AGEING,
+            mac_limit: DEFAULT_MAC_LIMIT,
         };
         // Workers busy-poll and are pinned here (the routing test below has them float and
         // sleep between batches).
@@ -917,7 +918,7 @@ mod tests {
     fn datapath_routes_between_two_subnets() {
         use crate::port::{Capabilities, PortIo, PortKind, PortQueue};
         use crate::sys::tap::TapQueue;
-        use snapshot::{NetworkEntry, NextHop, RouteEntry, RouteOrigin};
+        use crate::tables::snapshot::{NetworkEntry, NextHop, RouteEntry, RouteOrigin};
 
         /// `TUN_F_CSUM | TUN_F_TSO4` (include/uapi/linux/if_tun.h).
         const TUN_F_CSUM_TSO4: u32 = 0x01 | 0x02;
@@ -994,14 +995,14 @@ mod tests {
                 id: SubnetId(id),
                 name: format!("rt-{side}"),
                 network: "rt".to_string(),
-                network_id: snapshot::NetworkId(0),
+                network_id: NetworkId(0),
                 cidr: cidr.parse().unwrap(),
                 gateway: gateway.parse().unwrap(),
                 gateway_mac: [0x02, 0, 0, 0xdd, 0xee, byte],
                 mtu,
                 ports: vec![PortId(id)],
-                mac_ageing: snapshot::DEFAULT_MAC_AGEING,
-                mac_limit: snapshot::DEFAULT_MAC_LIMIT,
+                mac_ageing: DEFAULT_MAC_AGEING,
+                mac_limit: DEFAULT_MAC_LIMIT,
             });
             routes.push(RouteEntry {
                 prefix: cidr.parse().unwrap(),
@@ -1010,7 +1011,7 @@ mod tests {
                 origin: RouteOrigin::Connected,
             });
         }
-        let network = NetworkEntry::new(snapshot::NetworkId(0), "rt".into(), routes);
+        let network = NetworkEntry::new(NetworkId(0), "rt".into(), routes);
         let engine = Engine::start(EngineConfig::new(workers)).unwrap();
         engine.publish(Snapshot::new(ports, subnets).with_networks(vec![network]));
         assert!(engine.wait_synced(1, Duration::from_secs(5)));

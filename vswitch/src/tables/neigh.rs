@@ -548,7 +548,7 @@ impl Neighbors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::fixtures::snapshot;
+    use crate::tables::fixtures::snapshot;
 
     const SUBNET: SubnetId = SubnetId(1);
     const HOST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
@@ -765,8 +765,8 @@ mod tests {
 
     #[test]
     fn the_uplink_segment_keeps_its_neighbours() {
-        use crate::engine::snapshot::UplinkEntry;
         use crate::port::{Capabilities, PortId, PortIo, PortKind};
+        use crate::tables::snapshot::UplinkEntry;
 
         let segment = SubnetId(9_999);
         let uplink = UplinkEntry {
