@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ApiError;
@@ -73,7 +73,7 @@ pub struct AppliedResource {
 
 /// One row of a Network's computed routing table (`GET /v1/routing-table`), as the workers
 /// use it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTableRow {
     /// The Network whose table this is.
@@ -152,7 +152,7 @@ fn close_uplink_device(io: PortIo) {
 }
 
 /// One connection of the conntrack table, as `GET /v1/conntrack` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackRow {
     /// `tcp`, `udp` or `icmp`.
@@ -174,7 +174,7 @@ pub struct ConntrackRow {
 /// One side of a connection: zone (Network name, or `external` for the uplink side) and
 /// tuple. For ICMP echo the identifier stands in for a port (`srcPort` of a request,
 /// `dstPort` of a reply; the other is 0).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackKey {
     /// The Network the packet is seen in, or `external`.
@@ -190,7 +190,7 @@ pub struct ConntrackKey {
 }
 
 /// The NAT view of the node (`GET /v1/nat`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatReport {
     /// The Uplink, if one exists.
@@ -206,7 +206,7 @@ pub struct NatReport {
 }
 
 /// The Uplink as `GET /v1/nat` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatUplink {
     /// Resource name.
@@ -222,7 +222,7 @@ pub struct NatUplink {
 }
 
 /// One Uplink address and its users (`NATGateway/gw`, `PortForward/web`, `VirtualIP/v`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatAddress {
     /// The address.
@@ -232,7 +232,7 @@ pub struct NatAddress {
 }
 
 /// Masquerade ports one NetworkInterface holds.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatPortsInUse {
     /// The NATGateway.
@@ -254,7 +254,7 @@ pub struct NatPortsInUse {
 }
 
 /// Table-wide conntrack counters.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackCounters {
     /// Connections in the table (live or expired, not yet swept).
