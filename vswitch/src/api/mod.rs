@@ -48,6 +48,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 pub use error::ErrorResponse;
+pub use overlay::{HubRunner, HubView, MeshView, OverlayView, RunnerView};
 pub use socket::{ApiServeError, MAX_SOCKET_PATH_BYTES};
 
 use crate::control::Controller;
