@@ -8,7 +8,7 @@ use super::{NONE, cell, joined, listing_table, table_section};
 use crate::control::kinds::{self, Kind};
 
 /// The first present, non-empty value among JSON pointers (e.g. status before spec).
-pub(super) fn first<'a>(resource: &'a Value, pointers: &[&str]) -> Option<&'a Value> {
+fn first<'a>(resource: &'a Value, pointers: &[&str]) -> Option<&'a Value> {
     pointers.iter().find_map(|pointer| {
         resource
             .pointer(pointer)
@@ -16,7 +16,7 @@ pub(super) fn first<'a>(resource: &'a Value, pointers: &[&str]) -> Option<&'a Va
     })
 }
 
-pub(super) fn at(resource: &Value, pointers: &[&str]) -> String {
+fn at(resource: &Value, pointers: &[&str]) -> String {
     cell(first(resource, pointers))
 }
 

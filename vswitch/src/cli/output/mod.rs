@@ -16,7 +16,7 @@ use serde_json::Value;
 pub use describe::{describe, describe_section, labels};
 pub use node::{
     OverlayReport, conntrack_table, fdb_table, nat_report, neighbors_table, overlay_report,
-    overlay_runners_table, routing_table, stats_report,
+    overlay_runners_table, parse_answer, port_counters, routing_table, stats_report,
 };
 pub use table::{Table, listing_table, resource_table, table_section};
 
