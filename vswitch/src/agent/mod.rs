@@ -300,6 +300,7 @@ mod tests {
                 .await
                 .expect("overlay_view ran")
                 .expect("the node has an Overlay");
+            let view = serde_json::to_value(view).expect("the view is JSON");
             if done(&view) {
                 return view;
             }

@@ -48,12 +48,13 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 pub use error::ErrorResponse;
+pub use overlay::{HubRunner, HubView, MeshView, OverlayView, RunnerView};
 pub use socket::{ApiServeError, MAX_SOCKET_PATH_BYTES};
 
 use crate::control::Controller;
 
-/// The `apiVersion` of every resource this API serves.
-pub const API_VERSION: &str = "vswitch/v1alpha1";
+/// The resources' `apiVersion` (defined with the resource model).
+pub use crate::control::resource::API_VERSION;
 
 /// Largest accepted request body: 4 MiB, far above any resource file a node needs.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;

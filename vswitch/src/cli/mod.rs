@@ -21,7 +21,10 @@ use clap::Parser;
 use hyper::Method;
 use serde_json::Value;
 
+use crate::api::OverlayView;
 use crate::control::kinds::Kind;
+use crate::control::{ConntrackRow, NatReport, RoutingTableRow};
+use crate::runtime::{FdbRow, NeighborRow, StatsReport};
 use args::{
     ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
     GetArgs, OutputArgs, OutputFormat, RoutesArgs,
@@ -307,6 +310,7 @@ fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), C
         // The Network's computed table, when the daemon serves it; describe works without.
         let path = format!("/v1/routing-table?network={}", encode_segment(&args.name));
         if let Ok(rows) = api.get(&path) {
+            let rows: Vec<RoutingTableRow> = output::parse_answer(&format!("GET {path}"), rows)?;
             let mut table = output::routing_table(&rows);
             table.drop_column("NETWORK");
             text.push_str(&output::table_section("Routes", &table));
@@ -315,20 +319,9 @@ fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), C
     if kind == "networkinterface" {
         // The port's counters, when the daemon has them; describe works without them.
         if let Ok(stats) = api.get("/v1/stats") {
-            let port = stats
-                .get("ports")
-                .and_then(Value::as_array)
-                .and_then(|ports| {
-                    ports
-                        .iter()
-                        .find(|port| port.get("name").and_then(Value::as_str) == Some(&args.name))
-                });
-            if let Some(port) = port {
-                let mut counters = port.clone();
-                if let Some(map) = counters.as_object_mut() {
-                    map.remove("name");
-                }
-                text.push_str(&output::describe_section("Counters", &counters));
+            let stats: StatsReport = output::parse_answer("GET /v1/stats", stats)?;
+            if let Some(port) = stats.ports.iter().find(|port| port.name == args.name) {
+                text.push_str(&output::port_counters(port));
             }
         }
     }
@@ -404,7 +397,8 @@ fn fdb(
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
-    let table = output::fdb_table(&value);
+    let rows: Vec<FdbRow> = output::parse_answer("GET /v1/fdb", value)?;
+    let table = output::fdb_table(&rows);
     if table.is_empty() {
         return err
             .write_all(b"no learned MAC addresses\n")
@@ -427,7 +421,8 @@ fn routes(
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
-    let table = output::routing_table(&value);
+    let rows: Vec<RoutingTableRow> = output::parse_answer(&format!("GET {path}"), value)?;
+    let table = output::routing_table(&rows);
     if table.is_empty() {
         return err.write_all(b"no routes\n").map_err(CliError::Output);
     }
@@ -444,7 +439,8 @@ fn neighbors(
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
-    let table = output::neighbors_table(&value);
+    let rows: Vec<NeighborRow> = output::parse_answer("GET /v1/neighbors", value)?;
+    let table = output::neighbors_table(&rows);
     if table.is_empty() {
         return err.write_all(b"no neighbors\n").map_err(CliError::Output);
     }
@@ -499,7 +495,8 @@ fn conntrack(
     if args.count {
         return write(out, &format!("{}\n", output::cell(value.get("count"))));
     }
-    let table = output::conntrack_table(&value, args.output == OutputFormat::Wide);
+    let entries: Vec<ConntrackRow> = output::parse_answer(&format!("GET {path}"), value)?;
+    let table = output::conntrack_table(&entries, args.output == OutputFormat::Wide);
     if table.is_empty() {
         return err
             .write_all(b"no tracked connections\n")
@@ -513,9 +510,10 @@ fn nat(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
+    let report: NatReport = output::parse_answer("GET /v1/nat", value)?;
     write(
         out,
-        &output::nat_report(&value, args.output == OutputFormat::Wide),
+        &output::nat_report(&report, args.output == OutputFormat::Wide),
     )
 }
 
@@ -540,7 +538,8 @@ fn overlay(
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
-    match output::overlay_report(&value) {
+    let view: OverlayView = output::parse_answer("GET /v1/overlay", value)?;
+    match output::overlay_report(&view) {
         output::OverlayReport::Text(text) => write(out, &text),
         output::OverlayReport::NoRunners(note) => err
             .write_all(format!("{note}\n").as_bytes())
@@ -553,9 +552,10 @@ fn stats(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliErr
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
     }
+    let stats: StatsReport = output::parse_answer("GET /v1/stats", value)?;
     write(
         out,
-        &output::stats_report(&value, args.output == OutputFormat::Wide),
+        &output::stats_report(&stats, args.output == OutputFormat::Wide),
     )
 }
 

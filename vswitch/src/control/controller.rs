@@ -26,7 +26,7 @@
 //! - Lock order: the state lock, then the engine lock.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,13 +34,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ApiError;
 use super::kinds::StatusView;
 use super::nat_rules;
 use super::overlay;
+use super::overlay::{HubRunner, HubView, MeshView, OverlayView, RunnerView};
 use super::resource::{
     Document, HubRef, InterfaceState, Kind, NetworkInterface, Origin, OverlayRole, OverlayState,
     Resource, parse_documents, parse_one,
@@ -73,7 +74,7 @@ pub struct AppliedResource {
 
 /// One row of a Network's computed routing table (`GET /v1/routing-table`), as the workers
 /// use it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTableRow {
     /// The Network whose table this is.
@@ -152,7 +153,7 @@ fn close_uplink_device(io: PortIo) {
 }
 
 /// One connection of the conntrack table, as `GET /v1/conntrack` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackRow {
     /// `tcp`, `udp` or `icmp`.
@@ -174,7 +175,7 @@ pub struct ConntrackRow {
 /// One side of a connection: zone (Network name, or `external` for the uplink side) and
 /// tuple. For ICMP echo the identifier stands in for a port (`srcPort` of a request,
 /// `dstPort` of a reply; the other is 0).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackKey {
     /// The Network the packet is seen in, or `external`.
@@ -190,7 +191,7 @@ pub struct ConntrackKey {
 }
 
 /// The NAT view of the node (`GET /v1/nat`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatReport {
     /// The Uplink, if one exists.
@@ -206,7 +207,7 @@ pub struct NatReport {
 }
 
 /// The Uplink as `GET /v1/nat` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatUplink {
     /// Resource name.
@@ -222,7 +223,7 @@ pub struct NatUplink {
 }
 
 /// One Uplink address and its users (`NATGateway/gw`, `PortForward/web`, `VirtualIP/v`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatAddress {
     /// The address.
@@ -232,7 +233,7 @@ pub struct NatAddress {
 }
 
 /// Masquerade ports one NetworkInterface holds.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatPortsInUse {
     /// The NATGateway.
@@ -254,7 +255,7 @@ pub struct NatPortsInUse {
 }
 
 /// Table-wide conntrack counters.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackCounters {
     /// Connections in the table (live or expired, not yet swept).
@@ -1995,7 +1996,7 @@ impl Controller {
     ///
     /// # Errors
     /// [`ApiError::NotFound`] without an Overlay.
-    pub fn overlay_view(&self) -> Result<Value, ApiError> {
+    pub fn overlay_view(&self) -> Result<OverlayView, ApiError> {
         let inner = self.lock();
         overlay_view(&inner, wall_ms())
     }
@@ -2465,7 +2466,7 @@ fn runner_status(inner: &mut Inner, state: OverlayState, message: Option<String>
     }
 }
 
-fn overlay_view(inner: &Inner, now_ms: u64) -> Result<Value, ApiError> {
+fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
     let Some(overlay) = inner.state.overlays.values().next() else {
         return Err(ApiError::NotFound {
             kind: "Overlay".into(),
@@ -2474,58 +2475,58 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<Value, ApiError> {
     };
     let spec = &overlay.spec;
     let view = match spec.role {
-        OverlayRole::Mesh => serde_json::json!({
-            "role": "mesh",
-            "name": overlay.metadata.name,
-            "localAddress": spec.local_address,
-            "peers": spec.peers,
-            "state": overlay.status.state.to_string(),
-            "message": overlay.status.message,
+        OverlayRole::Mesh => OverlayView::Mesh(MeshView {
+            name: overlay.metadata.name.clone(),
+            local_address: spec.local_address,
+            peers: spec.peers.clone(),
+            state: overlay.status.state,
+            message: overlay.status.message.clone(),
         }),
         OverlayRole::Hub => {
             let plan = &spec.address_plan;
-            let runners: Vec<Value> = inner
+            let runners = inner
                 .state
                 .runner_pool
                 .iter()
                 .flat_map(vxlan::RunnerPool::runners)
                 .map(|runner| {
                     let runner_plan = plan.runner(runner.id, spec.vni_base).ok();
-                    serde_json::json!({
-                        "id": u8::from(runner.id),
-                        "name": runner.name,
-                        "address": runner.address,
-                        "vni": runner_plan.as_ref().map(|p| u32::from(p.vni)),
-                        "subnet": runner_plan.as_ref().map(|p| p.subnet.to_string()),
-                        "lastSeenSecondsAgo": now_ms.saturating_sub(runner.last_seen_ms) / 1000,
-                        "state": runner.state.to_string(),
-                    })
+                    HubRunner {
+                        id: u8::from(runner.id),
+                        name: runner.name.clone(),
+                        address: runner.address,
+                        vni: runner_plan.as_ref().map(|p| u32::from(p.vni)),
+                        subnet: runner_plan.as_ref().map(|p| p.subnet),
+                        last_seen_seconds_ago: now_ms.saturating_sub(runner.last_seen_ms) / 1000,
+                        state: runner.state,
+                    }
                 })
                 .collect();
-            serde_json::json!({
-                "role": "hub",
-                "name": overlay.metadata.name,
-                "localAddress": spec.local_address,
-                "hubAddress": plan.hub_interface().to_string(),
-                "state": overlay.status.state.to_string(),
-                "message": overlay.status.message,
-                "runners": runners,
+            OverlayView::Hub(HubView {
+                name: overlay.metadata.name.clone(),
+                local_address: spec.local_address,
+                hub_address: plan.hub_interface(),
+                state: overlay.status.state,
+                message: overlay.status.message.clone(),
+                runners,
             })
         }
         OverlayRole::Runner => {
             let plan = overlay.status.plan.as_ref();
-            serde_json::json!({
-                "role": "runner",
-                "name": overlay.metadata.name,
-                "localAddress": spec.local_address,
-                "id": plan.map(|p| u8::from(p.runner_id)),
-                "vni": plan.map(|p| u32::from(p.vni)),
-                "subnet": plan.map(|p| p.subnet.to_string()),
-                "gateway": plan.map(|p| p.gateway.to_string()),
-                "hub": spec.hub.as_ref().map(|h| format!("{}:{}", h.address, h.api_port)),
-                "state": overlay.status.state.to_string(),
-                "message": overlay.status.message,
-                "lastContact": overlay.status.last_contact,
+            OverlayView::Runner(RunnerView {
+                name: overlay.metadata.name.clone(),
+                local_address: spec.local_address,
+                id: plan.map(|p| u8::from(p.runner_id)),
+                vni: plan.map(|p| u32::from(p.vni)),
+                subnet: plan.map(|p| p.subnet),
+                gateway: plan.map(|p| p.gateway),
+                hub: spec
+                    .hub
+                    .as_ref()
+                    .map(|h| SocketAddrV4::new(h.address, h.api_port)),
+                state: overlay.status.state,
+                message: overlay.status.message.clone(),
+                last_contact: overlay.status.last_contact,
             })
         }
     };

@@ -17,7 +17,7 @@
 //! - mesh: nothing; the user's Subnets with a `vni` are stretched over `peers`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -29,8 +29,12 @@ use super::resource::{
     HubRef, IpRequest, Metadata, Network, NetworkInterface, NetworkInterfaceSpec, NetworkSpec,
     OWNER_LABEL, Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetSpec,
 };
+use serde::{Deserialize, Serialize};
+use vxlan::membership::RunnerState;
+
+use super::resource::API_VERSION;
+use super::resource::OverlayState;
 use super::store::State;
-use crate::api::API_VERSION;
 use crate::port::PortKind;
 use crate::sys::netns::NetnsRef;
 
@@ -558,6 +562,99 @@ pub fn stale_owned(state: &State, wanted: &[Resource]) -> Vec<(super::resource::
         add(Kind::Network, name, &r.metadata);
     }
     stale
+}
+
+/// The answer of `GET /v1/overlay`, by the Overlay's role (`"role": "mesh"`, `"hub"` or
+/// `"runner"` beside the role's fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "camelCase")]
+pub enum OverlayView {
+    /// A mesh node: its peers.
+    Mesh(MeshView),
+    /// A hub: the runners it knows.
+    Hub(HubView),
+    /// A runner: its ID, plan and registration state.
+    Runner(RunnerView),
+}
+
+/// A mesh node's overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshView {
+    /// The Overlay's name.
+    pub name: String,
+    /// This node's VTEP address.
+    pub local_address: Ipv4Addr,
+    /// The other nodes' VTEP addresses.
+    pub peers: Vec<Ipv4Addr>,
+    /// The Overlay's state.
+    pub state: OverlayState,
+    /// Why, when not up.
+    pub message: Option<String>,
+}
+
+/// A hub's overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubView {
+    /// The Overlay's name.
+    pub name: String,
+    /// This node's VTEP (and registration API) address.
+    pub local_address: Ipv4Addr,
+    /// The hub's address in the overlay, with the overlay's prefix length.
+    pub hub_address: Ipv4Net,
+    /// The Overlay's state.
+    pub state: OverlayState,
+    /// Why, when not up.
+    pub message: Option<String>,
+    /// The runners of the pool, by ID.
+    pub runners: Vec<HubRunner>,
+}
+
+/// A runner as the hub knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubRunner {
+    /// Its runner ID.
+    pub id: u8,
+    /// Its name.
+    pub name: String,
+    /// Its VTEP address.
+    pub address: IpAddr,
+    /// Its VNI (`None` when the address plan has no room for its ID).
+    pub vni: Option<u32>,
+    /// Its subnet (`None` like `vni`).
+    pub subnet: Option<Ipv4Net>,
+    /// Seconds since it registered or sent a heartbeat.
+    pub last_seen_seconds_ago: u64,
+    /// Online or offline.
+    pub state: RunnerState,
+}
+
+/// A runner's overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerView {
+    /// The Overlay's name (the runner's name at the hub).
+    pub name: String,
+    /// This node's VTEP address.
+    pub local_address: Ipv4Addr,
+    /// The runner ID the hub gave (`None` until it registered).
+    pub id: Option<u8>,
+    /// Its VNI.
+    pub vni: Option<u32>,
+    /// Its subnet.
+    pub subnet: Option<Ipv4Net>,
+    /// The subnet's gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// The hub's registration API.
+    pub hub: Option<SocketAddrV4>,
+    /// The Overlay's state.
+    pub state: OverlayState,
+    /// Why, when not registered.
+    pub message: Option<String>,
+    /// When the hub last answered (seconds since the Unix epoch).
+    pub last_contact: Option<u64>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::pipeline::DropCause;
@@ -79,7 +79,7 @@ impl EngineConfig {
 }
 
 /// Counters of one port (or of the uplink), summed over workers.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PortStats {
     /// NetworkInterface name (or Uplink name).
@@ -103,7 +103,7 @@ pub struct PortStats {
 }
 
 /// Counters of the whole switch.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsReport {
     /// Number of workers.
@@ -120,7 +120,7 @@ pub struct StatsReport {
 }
 
 /// One entry of the neighbour (ARP) table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NeighborRow {
     /// Subnet name.
@@ -136,7 +136,7 @@ pub struct NeighborRow {
 }
 
 /// One learned MAC.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FdbRow {
     /// Subnet name.
