@@ -47,7 +47,7 @@ use super::resource::{
 };
 use super::routing;
 use super::store::{NodeId, State, Store};
-use super::validate::{self, Mode, Plan, UplinkWork};
+use super::validate::{self, AppliedResource, Mode, Plan, UplinkWork};
 use crate::engine::clock::{Clock, MonotonicClock};
 use crate::engine::snapshot::UplinkEntry;
 use crate::engine::{
@@ -59,17 +59,6 @@ use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
 /// How long a removed port's queues may stay in use by workers (finishing a batch on an
 /// older snapshot) before the controller stops waiting to close them itself.
 const RETIRE_WAIT: Duration = Duration::from_secs(1);
-
-/// What `apply` did to one document.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AppliedResource {
-    /// Canonical kind (`Subnet`).
-    pub kind: String,
-    /// Resource name.
-    pub name: String,
-    /// `created`, `configured` or `unchanged`.
-    pub action: String,
-}
 
 /// One row of a Network's computed routing table (`GET /v1/routing-table`), as the workers
 /// use it.

@@ -17,11 +17,11 @@ pub mod store;
 pub mod validate;
 
 pub use controller::{
-    AppliedResource, ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress,
-    NatPortsInUse, NatReport, NatUplink, OverlayAgentConfig, RoutingTableRow, UplinkDevice,
-    UplinkOps,
+    ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress, NatPortsInUse,
+    NatReport, NatUplink, OverlayAgentConfig, RoutingTableRow, UplinkDevice, UplinkOps,
 };
 pub use error::ApiError;
+pub use validate::AppliedResource;
 
 /// The resources every new node starts with when no `--config` is given: Network `default`
 /// and Subnet `default` (172.30.0.0/16, gateway 172.30.0.1, MTU 1500).

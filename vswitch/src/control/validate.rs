@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use serde::Serialize;
 
 use super::ApiError;
-use super::controller::AppliedResource;
 use super::ipam::{IpamError, Leases, Pool};
 use super::kinds::{CheckContext, Errors, KindVisitor, ResourceVisitor};
 use super::nat_rules::{self, Batch};
@@ -46,6 +46,17 @@ pub enum UplinkWork {
     Open(String),
     /// Close and open it again: its interface or MAC changed, or it is not up (a retry).
     Reopen(String),
+}
+
+/// What `apply` did to one document.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AppliedResource {
+    /// Canonical kind (`Subnet`).
+    pub kind: String,
+    /// Resource name.
+    pub name: String,
+    /// `created`, `configured` or `unchanged`.
+    pub action: String,
 }
 
 /// What applying a batch means.
