@@ -14,6 +14,8 @@ pub mod overlay;
 pub mod resource;
 pub mod routing;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 
 pub use controller::{
