@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Controller, Inner, Published};
@@ -20,7 +20,7 @@ use crate::engine::{NextHop, RouteOrigin};
 
 /// One row of a Network's computed routing table (`GET /v1/routing-table`), as the workers
 /// use it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTableRow {
     /// The Network whose table this is.
@@ -36,7 +36,7 @@ pub struct RoutingTableRow {
 }
 
 /// One connection of the conntrack table, as `GET /v1/conntrack` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackRow {
     /// `tcp`, `udp` or `icmp`.
@@ -58,7 +58,7 @@ pub struct ConntrackRow {
 /// One side of a connection: zone (Network name, or `external` for the uplink side) and
 /// tuple. For ICMP echo the identifier stands in for a port (`srcPort` of a request,
 /// `dstPort` of a reply; the other is 0).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackKey {
     /// The Network the packet is seen in, or `external`.
@@ -74,7 +74,7 @@ pub struct ConntrackKey {
 }
 
 /// The NAT view of the node (`GET /v1/nat`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatReport {
     /// The Uplink, if one exists.
@@ -90,7 +90,7 @@ pub struct NatReport {
 }
 
 /// The Uplink as `GET /v1/nat` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatUplink {
     /// Resource name.
@@ -106,7 +106,7 @@ pub struct NatUplink {
 }
 
 /// One Uplink address and its users (`NATGateway/gw`, `PortForward/web`, `VirtualIP/v`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatAddress {
     /// The address.
@@ -116,7 +116,7 @@ pub struct NatAddress {
 }
 
 /// Masquerade ports one NetworkInterface holds.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatPortsInUse {
     /// The NATGateway.
@@ -138,7 +138,7 @@ pub struct NatPortsInUse {
 }
 
 /// Table-wide conntrack counters.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackCounters {
     /// Connections in the table (live or expired, not yet swept).

@@ -825,3 +825,44 @@ mod devices {
         controller.shutdown();
     }
 }
+
+/// The reports read back typed, as the CLI reads them.
+#[test]
+fn reports_read_back_typed() {
+    fn round_trip<T>(value: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let json = serde_json::to_value(value).expect("serialises");
+        let back: T = serde_json::from_value(json).expect("reads back");
+        assert_eq!(&back, value);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::engine::clock::FakeClock::new(0));
+    let (controller, _c1, _d1) = nat_controller(dir.path(), clock, "fakeviews");
+    let report = controller.nat();
+    assert!(report.uplink.is_some(), "{report:?}");
+    round_trip(&report);
+    let table = controller.routing_table(None).unwrap();
+    assert!(!table.is_empty());
+    for row in &table {
+        round_trip(row);
+    }
+    let key = |zone: &str| ConntrackKey {
+        zone: zone.into(),
+        src: "10.1.0.5".into(),
+        src_port: 5353,
+        dst: "203.0.113.9".into(),
+        dst_port: 53,
+    };
+    round_trip(&ConntrackRow {
+        protocol: "udp".into(),
+        original: key("blue"),
+        reply: key("external"),
+        state: "UNREPLIED".into(),
+        assured: false,
+        age_seconds: 3,
+        timeout_seconds: 27,
+    });
+    controller.shutdown();
+}
