@@ -146,10 +146,7 @@ pub fn apply(current: &State, text: &str) -> State {
 
 /// The refusal of `text` on `current`; panics if it is accepted.
 pub fn refusal(current: &State, text: &str) -> ApiError {
-    match try_plan(current, text) {
-        Ok(_) => panic!("accepted: {text}"),
-        Err(err) => err,
-    }
+    try_plan(current, text).expect_err(text)
 }
 
 /// Checks the refusal of `text` on `current`: status, field and message (which must contain
