@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::resource::SubnetSpec;
+use super::store::State;
 
 /// Why an address cannot be given to an interface.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -265,6 +266,27 @@ impl Leases {
         }
         addrs
     }
+}
+
+/// The leases of every Subnet, rebuilt from the interfaces' status, with the persisted
+/// cursors. Addresses of interfaces whose subnet is missing are ignored.
+pub fn leases(state: &State) -> BTreeMap<String, Leases> {
+    let mut all: BTreeMap<String, Leases> = state
+        .subnets
+        .keys()
+        .map(|name| {
+            let last = state.ipam.get(name).and_then(|i| i.last_allocated);
+            (name.clone(), Leases::new(last))
+        })
+        .collect();
+    for nic in state.network_interfaces.values() {
+        if let Some(leases) = all.get_mut(&nic.spec.subnet) {
+            for ip in &nic.status.ips {
+                leases.insert(ip.addr(), &nic.metadata.name);
+            }
+        }
+    }
+    all
 }
 
 #[cfg(test)]

@@ -14,14 +14,16 @@ pub mod overlay;
 pub mod resource;
 pub mod routing;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 
 pub use controller::{
-    AppliedResource, ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress,
-    NatPortsInUse, NatReport, NatUplink, OverlayAgentConfig, RoutingTableRow, UplinkDevice,
-    UplinkOps,
+    ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress, NatPortsInUse,
+    NatReport, NatUplink, OverlayAgentConfig, RoutingTableRow, UplinkDevice, UplinkOps,
 };
 pub use error::ApiError;
+pub use validate::AppliedResource;
 
 /// The resources every new node starts with when no `--config` is given: Network `default`
 /// and Subnet `default` (172.30.0.0/16, gateway 172.30.0.1, MTU 1500).

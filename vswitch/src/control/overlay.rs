@@ -1,5 +1,6 @@
-//! The Overlay resource's rules, with no I/O: validation, the encapsulation settings, and
-//! the resources the switch generates for it.
+//! The Overlay resource's rules, with no I/O: the encapsulation settings, MTUs on stretched
+//! Subnets, the check of addresses other nodes must reach (used by the Overlay's and the
+//! Subnets' checks, in [`kinds`](super::kinds)), and the resources the switch generates for it.
 //!
 //! A hub and a runner get their addressing from the overlay rather than from the user, so
 //! the switch writes it as ordinary resources, labelled [`OWNER_LABEL`] `Overlay/<name>`, that
@@ -26,8 +27,8 @@ use vxlan::{RunnerPlan, VxlanEncapConfig};
 
 use super::ApiError;
 use super::resource::{
-    HubRef, IpRequest, Metadata, Network, NetworkInterface, NetworkInterfaceSpec, NetworkSpec,
-    OWNER_LABEL, Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetSpec,
+    IpRequest, Metadata, Network, NetworkInterface, NetworkInterfaceSpec, NetworkSpec, OWNER_LABEL,
+    Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetSpec,
 };
 use serde::{Deserialize, Serialize};
 use vxlan::membership::RunnerState;
@@ -119,7 +120,11 @@ pub fn settings(overlay: &Overlay) -> vxlan::OverlaySettings {
 
 /// Checks an address other nodes must reach: not loopback, unspecified, multicast or
 /// broadcast.
-fn check_reachable(origin: &Origin, field: &str, address: Ipv4Addr) -> Result<(), ApiError> {
+pub(crate) fn check_reachable(
+    origin: &Origin,
+    field: &str,
+    address: Ipv4Addr,
+) -> Result<(), ApiError> {
     let why = if address.is_loopback() {
         Some("is a loopback address")
     } else if address.is_unspecified() {
@@ -138,236 +143,6 @@ fn check_reachable(origin: &Origin, field: &str, address: Ipv4Addr) -> Result<()
         )),
         None => Ok(()),
     }
-}
-
-/// Checks the Overlay `overlay` against the state it would be part of.
-///
-/// # Errors
-/// [`ApiError`] naming the field and what to write.
-pub fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(), ApiError> {
-    let spec = &overlay.spec;
-    if let Some(other) = next.overlays.keys().find(|n| **n != overlay.metadata.name) {
-        return Err(origin.conflict(
-            "metadata.name",
-            format!(
-                "this node already has Overlay {other:?}; a node has one Overlay (delete it first, or apply with its name)"
-            ),
-        ));
-    }
-    vxlan::membership::validate_runner_name(&overlay.metadata.name)
-        .map_err(|err| origin.invalid("metadata.name", err))?;
-    check_reachable(origin, "spec.localAddress", spec.local_address)?;
-    if spec.port == 0 {
-        return Err(origin.invalid("spec.port", "must be 1..=65535 (VXLAN's is 4789)"));
-    }
-    if spec.vni_base == 0 || spec.vni_base.saturating_add(255) > MAX_VNI {
-        return Err(origin.invalid(
-            "spec.vniBase",
-            format!(
-                "{} leaves no room for runner VNIs: it must be 1..={} (runner N gets vniBase + N, up to {MAX_VNI})",
-                spec.vni_base,
-                MAX_VNI - 255
-            ),
-        ));
-    }
-    if !(576..=9000).contains(&spec.mtu) {
-        return Err(origin.invalid(
-            "spec.mtu",
-            format!(
-                "{} is out of range: use 576..=9000 (the underlay MTU minus 50: 1450 for a 1500-byte underlay, 8950 for jumbo frames)",
-                spec.mtu
-            ),
-        ));
-    }
-    source_ports(&spec.source_ports).map_err(|err| origin.invalid("spec.sourcePorts", err))?;
-    if spec.heartbeat_seconds == 0 || spec.runner_timeout_seconds == 0 {
-        let field = if spec.heartbeat_seconds == 0 {
-            "spec.heartbeatSeconds"
-        } else {
-            "spec.runnerTimeoutSeconds"
-        };
-        return Err(origin.invalid(field, "must be at least 1"));
-    }
-    let only = |field: &str, present: bool, role: &str| -> Result<(), ApiError> {
-        if present {
-            Err(origin.invalid(
-                field,
-                format!(
-                    "applies to role {role} only; remove it for role {}",
-                    spec.role
-                ),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    only(
-        "spec.peers",
-        !spec.peers.is_empty() && spec.role != OverlayRole::Mesh,
-        "mesh",
-    )?;
-    only(
-        "spec.hub",
-        spec.hub.is_some() && spec.role != OverlayRole::Runner,
-        "runner",
-    )?;
-    only(
-        "spec.token",
-        spec.token.is_some() && spec.role != OverlayRole::Hub,
-        "hub",
-    )?;
-    only(
-        "spec.runners",
-        !spec.runners.is_empty() && spec.role != OverlayRole::Hub,
-        "hub",
-    )?;
-    match spec.role {
-        OverlayRole::Mesh => {
-            for (i, peer) in spec.peers.iter().enumerate() {
-                let field = format!("spec.peers[{i}]");
-                check_reachable(origin, &field, *peer)?;
-                if *peer == spec.local_address {
-                    return Err(origin.invalid(&field, "is this node's own localAddress"));
-                }
-            }
-        }
-        OverlayRole::Runner => {
-            let Some(HubRef { address, token, .. }) = &spec.hub else {
-                return Err(origin.invalid(
-                    "spec.hub",
-                    "role runner needs the hub: hub: {address: HUB-ADDRESS, apiPort: 4799, token: TOKEN}",
-                ));
-            };
-            check_reachable(origin, "spec.hub.address", *address)?;
-            if token.is_empty() {
-                return Err(origin.invalid("spec.hub.token", "must not be empty"));
-            }
-        }
-        OverlayRole::Hub => {
-            if spec.token.as_deref().is_none_or(str::is_empty) {
-                return Err(origin.invalid(
-                    "spec.token",
-                    "role hub needs a token that runners must present (token: SOME-SECRET)",
-                ));
-            }
-            spec.address_plan
-                .validate(spec.vni_base)
-                .map_err(|err| origin.invalid("spec.addressPlan", err))?;
-            let mut names = std::collections::BTreeSet::new();
-            for (i, runner) in spec.runners.iter().enumerate() {
-                let field = format!("spec.runners[{i}]");
-                vxlan::membership::validate_runner_name(&runner.name)
-                    .map_err(|err| origin.invalid(&format!("{field}.name"), err))?;
-                check_reachable(origin, &format!("{field}.address"), runner.address)?;
-                if !names.insert(runner.name.as_str()) {
-                    return Err(origin.invalid(
-                        &format!("{field}.name"),
-                        format!("{:?} is listed twice", runner.name),
-                    ));
-                }
-            }
-        }
-    }
-    // The names the switch generates must be free for it.
-    for (kind, name, taken) in generated_names(next) {
-        if taken {
-            return Err(origin.conflict(
-                "spec.role",
-                format!(
-                    "the Overlay needs the name {name:?} for its {kind}, but a {kind} of that name exists that the Overlay did not create; rename or delete it"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The names a hub or runner generates that exist without the owner label.
-fn generated_names(state: &State) -> Vec<(&'static str, &'static str, bool)> {
-    let foreign = |metadata: Option<&Metadata>| metadata.is_some_and(|m| !is_owned(m));
-    let Some(overlay) = state.overlays.values().next() else {
-        return Vec::new();
-    };
-    match overlay.spec.role {
-        OverlayRole::Mesh => Vec::new(),
-        OverlayRole::Runner => vec![
-            (
-                "Network",
-                NETWORK,
-                foreign(state.networks.get(NETWORK).map(|r| &r.metadata)),
-            ),
-            (
-                "Subnet",
-                RUNNER_SUBNET,
-                foreign(state.subnets.get(RUNNER_SUBNET).map(|r| &r.metadata)),
-            ),
-            (
-                "Route",
-                HUB_ROUTE,
-                foreign(state.routes.get(HUB_ROUTE).map(|r| &r.metadata)),
-            ),
-        ],
-        OverlayRole::Hub => vec![
-            (
-                "Network",
-                NETWORK,
-                foreign(state.networks.get(NETWORK).map(|r| &r.metadata)),
-            ),
-            (
-                "Subnet",
-                HOST,
-                foreign(state.subnets.get(HOST).map(|r| &r.metadata)),
-            ),
-            (
-                "NetworkInterface",
-                HOST,
-                foreign(state.network_interfaces.get(HOST).map(|r| &r.metadata)),
-            ),
-        ],
-    }
-}
-
-/// Checks a Subnet's overlay fields.
-///
-/// # Errors
-/// [`ApiError`] naming the field.
-pub fn check_subnet(
-    origin: &Origin,
-    next: &State,
-    name: &str,
-    subnet: &Subnet,
-) -> Result<(), ApiError> {
-    let Some(vni) = subnet.spec.vni else {
-        if !subnet.spec.remote_vteps.is_empty() {
-            return Err(origin.invalid(
-                "spec.remoteVteps",
-                "only a Subnet with a vni has remote VTEPs; add vni: N or remove remoteVteps",
-            ));
-        }
-        return Ok(());
-    };
-    if vni == 0 || vni > MAX_VNI {
-        return Err(origin.invalid(
-            "spec.vni",
-            format!("{vni} is out of range: a VNI is 1..={MAX_VNI}"),
-        ));
-    }
-    if let Some((other, _)) = next
-        .subnets
-        .iter()
-        .find(|(other, s)| other.as_str() != name && s.spec.vni == Some(vni))
-    {
-        return Err(origin.conflict(
-            "spec.vni",
-            format!(
-                "VNI {vni} is already Subnet {other:?}'s; each stretched Subnet has its own VNI"
-            ),
-        ));
-    }
-    for (i, vtep) in subnet.spec.remote_vteps.iter().enumerate() {
-        check_reachable(origin, &format!("spec.remoteVteps[{i}]"), *vtep)?;
-    }
-    Ok(())
 }
 
 fn metadata(name: &str, owner: &str) -> Metadata {
@@ -660,109 +435,11 @@ pub struct RunnerView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::resource::{OverlaySpec, OverlayStatus};
-
-    fn overlay(role: OverlayRole) -> Overlay {
-        let yaml = match role {
-            OverlayRole::Mesh => "role: mesh\nlocalAddress: 192.168.50.1\npeers: [192.168.50.2]\n",
-            OverlayRole::Hub => "role: hub\nlocalAddress: 192.168.50.1\ntoken: s3cret\n",
-            OverlayRole::Runner => {
-                "role: runner\nlocalAddress: 192.168.50.2\nhub: {address: 192.168.50.1, token: s3cret}\n"
-            }
-        };
-        let spec: OverlaySpec = serde_norway::from_str(yaml).expect("spec parses");
-        Overlay {
-            api_version: API_VERSION.into(),
-            kind: "Overlay".into(),
-            metadata: Metadata {
-                name: "node-a".into(),
-                labels: BTreeMap::new(),
-            },
-            spec,
-            status: OverlayStatus::default(),
-        }
-    }
-
-    fn state_with(overlay: Overlay) -> State {
-        let mut state = State::default();
-        state
-            .overlays
-            .insert(overlay.metadata.name.clone(), overlay);
-        state
-    }
-
-    fn check(overlay: &Overlay) -> Result<(), ApiError> {
-        let state = state_with(overlay.clone());
-        check_overlay(
-            &Origin::resource(super::super::resource::Kind::Overlay, "node-a"),
-            &state,
-            overlay,
-        )
-    }
-
-    #[test]
-    fn defaults_follow_the_issue() {
-        let o = overlay(OverlayRole::Hub);
-        assert_eq!(
-            (o.spec.port, o.spec.vni_base, o.spec.mtu),
-            (4789, 100, 1450)
-        );
-        assert_eq!(
-            source_ports(&o.spec.source_ports),
-            Ok(SourcePortRange::DEFAULT)
-        );
-        assert!(!encap_config(&o).udp_checksum_ipv4);
-        check(&o).expect("valid hub");
-        check(&overlay(OverlayRole::Runner)).expect("valid runner");
-        check(&overlay(OverlayRole::Mesh)).expect("valid mesh");
-    }
-
-    #[test]
-    fn loopback_and_unspecified_addresses_are_refused_with_advice() {
-        for bad in ["127.0.0.1", "0.0.0.0"] {
-            let mut o = overlay(OverlayRole::Hub);
-            o.spec.local_address = bad.parse().unwrap();
-            let err = check(&o).expect_err(bad).to_string();
-            assert!(
-                err.contains("spec.localAddress") || err.contains(bad),
-                "{err}"
-            );
-            assert!(err.contains("address the other nodes reach"), "{err}");
-        }
-    }
-
-    #[test]
-    fn role_fields_are_checked() {
-        let mut runner = overlay(OverlayRole::Runner);
-        runner.spec.hub = None;
-        assert!(
-            check(&runner)
-                .unwrap_err()
-                .to_string()
-                .contains("needs the hub")
-        );
-        let mut hub = overlay(OverlayRole::Hub);
-        hub.spec.token = None;
-        assert!(check(&hub).unwrap_err().to_string().contains("token"));
-        let mut mesh = overlay(OverlayRole::Mesh);
-        mesh.spec.token = Some("x".into());
-        assert!(
-            check(&mesh)
-                .unwrap_err()
-                .to_string()
-                .contains("role hub only")
-        );
-        let mut mtu = overlay(OverlayRole::Mesh);
-        mtu.spec.mtu = 100;
-        assert!(check(&mtu).unwrap_err().to_string().contains("8950"));
-        let mut ports = overlay(OverlayRole::Mesh);
-        ports.spec.source_ports = "9-3".into();
-        assert!(check(&ports).is_err());
-    }
+    use crate::control::testing::{overlay_of, state_with};
 
     #[test]
     fn a_runner_generates_its_subnet_and_route_from_the_plan() {
-        let mut o = overlay(OverlayRole::Runner);
+        let mut o = overlay_of(OverlayRole::Runner);
         assert!(
             owned_resources(&state_with(o.clone())).is_empty(),
             "no plan yet"
@@ -792,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_hub_generates_its_host_port_and_a_subnet_per_runner() {
-        let o = overlay(OverlayRole::Hub);
+        let o = overlay_of(OverlayRole::Hub);
         let mut state = state_with(o);
         let mut pool = vxlan::RunnerPool::default();
         pool.register("r1", "192.168.50.2".parse().unwrap(), 1)
@@ -819,28 +496,5 @@ mod tests {
         };
         assert_eq!(r1.spec.gateway.to_string(), "10.1.0.254");
         assert_eq!(r1.spec.vni, Some(101));
-    }
-
-    #[test]
-    fn subnet_vnis_are_checked() {
-        let mut state = State::default();
-        let doc: Subnet = serde_norway::from_str(
-            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: a}\nspec: {network: n, cidr: 10.9.0.0/24, gateway: 10.9.0.1, vni: 42}\n",
-        )
-        .unwrap();
-        let origin = Origin::resource(super::super::resource::Kind::Subnet, "b");
-        check_subnet(&origin, &state, "a", &doc).expect("valid");
-        state.subnets.insert("a".into(), doc.clone());
-        let err = check_subnet(&origin, &state, "b", &doc)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("VNI 42 is already Subnet \"a\""), "{err}");
-        let mut zero = doc.clone();
-        zero.spec.vni = Some(0);
-        assert!(check_subnet(&origin, &state, "a", &zero).is_err());
-        let mut orphan = doc;
-        orphan.spec.vni = None;
-        orphan.spec.remote_vteps = vec![Ipv4Addr::new(192, 168, 1, 1)];
-        assert!(check_subnet(&origin, &state, "a", &orphan).is_err());
     }
 }

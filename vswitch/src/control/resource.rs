@@ -9,8 +9,9 @@
 //! document 2 (Subnet "web"): spec.cidr: invalid CIDR "10.0.0.0/33": the prefix length must be 0..=32
 //! ```
 //!
-//! Checks that need other resources (references, overlaps, addresses in use) live in
-//! [`validate`](super::validate).
+//! Checks that need other resources (references, overlaps, addresses in use) are each kind's
+//! [`ResourceKind::check`], in its module under [`kinds`](super::kinds), run over the whole
+//! batch by [`validate`](super::validate).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -31,6 +31,7 @@ use super::resource::{Metadata, Origin};
 
 /// What every kind's module imports.
 mod prelude {
+    pub(crate) use std::collections::{BTreeMap, BTreeSet};
     pub(crate) use std::fmt;
     pub(crate) use std::net::Ipv4Addr;
     pub(crate) use std::str::FromStr;
@@ -41,11 +42,12 @@ mod prelude {
 
     pub(crate) use super::network_interface::InterfaceState;
     pub(crate) use super::{
-        CheckContext, DescribeTable, Errors, KindInfo, Listing, ResourceKind, State, StatusView,
-        cell, cells, json_text, labels_cell,
+        Batch, CheckContext, DescribeTable, Errors, KindInfo, Listing, ResourceKind, State,
+        StatusView, cell, cells, json_text, labels_cell, recreate_hint,
     };
+    pub(crate) use crate::control::ApiError;
     pub(crate) use crate::control::resource::*;
-    pub(crate) use crate::control::{ipam, nat_rules, overlay, routing, validate};
+    pub(crate) use crate::control::{ipam, nat_rules, overlay, routing};
     pub(crate) use crate::port::PortKind;
     pub(crate) use crate::sys::netns::NetnsRef;
 }
@@ -174,9 +176,42 @@ pub struct CheckContext<'a> {
     /// The state with the whole batch applied (statuses carried, not yet computed).
     pub next: &'a State,
     /// The resources of the batch, with their origins.
-    pub batch: super::nat_rules::Batch<'a>,
+    pub batch: Batch<'a>,
     /// Where the checked resource came from (document, kind, name), for messages.
     pub origin: &'a Origin,
+}
+
+/// Where the documents of the batch being planned came from: which resources are in it, and
+/// in which order.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    origins: &'a BTreeMap<(Kind, String), Origin>,
+}
+
+impl<'a> Batch<'a> {
+    /// The batch of `origins` (every document of the input, by kind and name).
+    pub fn new(origins: &'a BTreeMap<(Kind, String), Origin>) -> Batch<'a> {
+        Batch { origins }
+    }
+
+    /// True when `kind`/`name` is existing state not in the batch, or a document before
+    /// `than` in the input: the resource `than` must give way to.
+    pub fn before(&self, kind: Kind, name: &str, than: &Origin) -> bool {
+        match self.origins.get(&(kind, name.to_string())) {
+            None => true,
+            Some(origin) => origin.document < than.document,
+        }
+    }
+
+    /// True when `kind`/`name` is in the batch.
+    pub fn contains(&self, kind: Kind, name: &str) -> bool {
+        self.origins.contains_key(&(kind, name.to_string()))
+    }
+}
+
+/// The advice for a field that cannot change: `delete the Subnet and create it again`.
+pub(crate) fn recreate_hint(kind: Kind) -> String {
+    format!("delete the {kind} and create it again")
 }
 
 /// What a kind's status, as read, may use besides the state: the running datapath's view.

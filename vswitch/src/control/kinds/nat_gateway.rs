@@ -114,9 +114,7 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(nat_rules::check_nat_gateway(
-            cx.origin, cx.next, cx.batch, self,
-        ));
+        errors.check(check_nat_gateway(cx.origin, cx.next, cx.batch, self));
     }
 
     fn observe(&mut self, _state: &State, view: &StatusView) {
@@ -185,5 +183,179 @@ pub fn ports_listing(usage: &[PortsInUse]) -> Listing {
                 ]
             })
             .collect(),
+    }
+}
+
+/// A NATGateway: its Network exists and has no other; its addresses are the Uplink's, each
+/// once, used by no other NATGateway and no VirtualIP.
+///
+/// # Errors
+/// [`ApiError`] on `origin`'s field.
+fn check_nat_gateway(
+    origin: &Origin,
+    next: &State,
+    batch: Batch<'_>,
+    gateway: &NatGateway,
+) -> Result<(), ApiError> {
+    let name = &gateway.metadata.name;
+    let spec = &gateway.spec;
+    if !next.networks.contains_key(&spec.network) {
+        return Err(origin.invalid(
+            "spec.network",
+            format!(
+                "Network {:?} does not exist; create it first (it may be in the same input)",
+                spec.network
+            ),
+        ));
+    }
+    let twin = next.nat_gateways.values().find(|other| {
+        other.metadata.name != *name
+            && other.spec.network == spec.network
+            && batch.before(Kind::NatGateway, &other.metadata.name, origin)
+    });
+    if let Some(twin) = twin {
+        return Err(origin.conflict(
+            "spec.network",
+            format!(
+                "Network {:?} already has NATGateway {:?}; a Network has one NATGateway: add the addresses to that one instead",
+                spec.network, twin.metadata.name
+            ),
+        ));
+    }
+    if spec.ips.is_empty() {
+        return Err(origin.invalid(
+            "spec.ips",
+            "no NAT address; list at least one address of the Uplink",
+        ));
+    }
+    nat_rules::owned_by_uplink(origin, next, "spec.ips", None)?;
+    let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for (index, ip) in spec.ips.iter().enumerate() {
+        let field = format!("spec.ips[{index}]");
+        if let Some(first) = seen.insert(*ip, index) {
+            return Err(origin.invalid(
+                &field,
+                format!("{ip} is also spec.ips[{first}]; list each address once"),
+            ));
+        }
+        nat_rules::owned_by_uplink(origin, next, &field, Some(*ip))?;
+        if let Some(user) = nat_rules::blocking_user(
+            next,
+            batch,
+            origin,
+            (Kind::NatGateway, name),
+            *ip,
+            &[Kind::NatGateway, Kind::VirtualIp],
+        ) {
+            return Err(origin.conflict(
+                &field,
+                format!(
+                    "{ip} is already used by {user}; a NAT address serves one NATGateway and is never a VirtualIP: choose another address of the Uplink"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{apply, forward, gateway, nat_base, refused, vip};
+
+    #[test]
+    fn nat_gateway_checks() {
+        let state = nat_base();
+        refused(
+            &state,
+            &gateway("gw", "green", "198.51.100.10"),
+            400,
+            "documents[0].spec.network",
+            &["Network \"green\" does not exist"],
+        );
+        refused(
+            &state,
+            &gateway("gw", "blue", ""),
+            400,
+            "documents[0].spec.ips",
+            &["no NAT address"],
+        );
+        refused(
+            &state,
+            &gateway("gw", "blue", "203.0.113.7"),
+            400,
+            "documents[0].spec.ips[0]",
+            &[
+                "203.0.113.7 is not an address of Uplink \"wan\"",
+                "198.51.100.10/24, 198.51.100.11, 198.51.100.12",
+            ],
+        );
+        refused(
+            &state,
+            &gateway("gw", "blue", "198.51.100.10, 198.51.100.10"),
+            400,
+            "documents[0].spec.ips[1]",
+            &["198.51.100.10 is also spec.ips[0]"],
+        );
+        let without_uplink = apply(
+            &State::default(),
+            "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: blue}\n",
+        );
+        refused(
+            &without_uplink,
+            &gateway("gw", "blue", "198.51.100.10"),
+            400,
+            "documents[0].spec.ips",
+            &["no Uplink exists; create the Uplink first"],
+        );
+        let with_gw = apply(&state, &gateway("gw", "blue", "198.51.100.10"));
+        assert_eq!(
+            with_gw.nat_gateways["gw"].spec.ports_per_network_interface,
+            2048
+        );
+        refused(
+            &with_gw,
+            &gateway("gw2", "blue", "198.51.100.11"),
+            409,
+            "documents[0].spec.network",
+            &["Network \"blue\" already has NATGateway \"gw\""],
+        );
+        refused(
+            &with_gw,
+            &gateway("gw2", "red", "198.51.100.10"),
+            409,
+            "documents[0].spec.ips[0]",
+            &["198.51.100.10 is already used by NATGateway \"gw\""],
+        );
+        // Two gateways of one batch: the later document is blamed.
+        refused(
+            &state,
+            &format!(
+                "{}{}",
+                gateway("a", "blue", "198.51.100.10"),
+                gateway("b", "red", "198.51.100.10")
+            ),
+            409,
+            "documents[1].spec.ips[0]",
+            &["document 2 (NATGateway \"b\")", "used by NATGateway \"a\""],
+        );
+        let with_vip = apply(&state, &vip("v", Some("198.51.100.11")));
+        refused(
+            &with_vip,
+            &gateway("gw", "blue", "198.51.100.11"),
+            409,
+            "documents[0].spec.ips[0]",
+            &["198.51.100.11 is already used by VirtualIP \"v\""],
+        );
+        // A gateway may change its own addresses, and share one with port forwards.
+        let state = apply(
+            &with_gw,
+            &format!(
+                "{}{}",
+                gateway("gw", "blue", "198.51.100.10, 198.51.100.12"),
+                forward("web", "198.51.100.10", "tcp", 8080, "c1")
+            ),
+        );
+        assert_eq!(state.nat_gateways["gw"].spec.ips.len(), 2);
     }
 }

@@ -119,9 +119,7 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(validate::check_network(
-            cx.origin, cx.current, cx.next, self,
-        ));
+        errors.check(check_peerings(cx.origin, cx.current, cx.next, self));
     }
 
     fn dependants(state: &State, name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -223,5 +221,146 @@ spec:
                 rows,
             },
         }]
+    }
+}
+
+/// A Network's peerings: not itself, each name and peer once, and no peering this batch makes
+/// `Ready` between Networks whose Subnets overlap.
+fn check_peerings(
+    origin: &Origin,
+    current: &State,
+    next: &State,
+    network: &Network,
+) -> Result<(), ApiError> {
+    let name = &network.metadata.name;
+    let peerings = &network.spec.peerings;
+    let ready_before = routing::ready_peers(current, name);
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut peers: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, peering) in peerings.iter().enumerate() {
+        let field = format!("spec.peerings[{index}]");
+        let peer = &peering.network;
+        if peer == name {
+            return Err(origin.invalid(
+                &format!("{field}.network"),
+                format!("Network {name:?} cannot peer with itself; name another Network"),
+            ));
+        }
+        if let Some(first) = names.insert(peering.name.as_str(), index) {
+            return Err(origin.invalid(
+                &format!("{field}.name"),
+                format!(
+                    "peering name {:?} is also used by spec.peerings[{first}]; give each peering its own name",
+                    peering.name
+                ),
+            ));
+        }
+        if let Some(first) = peers.insert(peer.as_str(), index) {
+            return Err(origin.invalid(
+                &format!("{field}.network"),
+                format!(
+                    "Network {peer:?} is already listed by spec.peerings[{first}] ({:?}); list each peer Network once",
+                    peerings[first].name
+                ),
+            ));
+        }
+        let newly_ready =
+            routing::is_ready(next, name, peering) && !ready_before.contains(&peer.as_str());
+        if !newly_ready {
+            continue;
+        }
+        if let Some((mine, theirs)) = routing::first_overlap(next, name, peer) {
+            return Err(origin.invalid(
+                &format!("{field}.network"),
+                format!(
+                    "cannot peer Network {name:?} with Network {peer:?}: Subnet {:?} ({}) of Network {name:?} overlaps Subnet {:?} ({}) of Network {peer:?}; peered Networks must not have overlapping CIDRs: renumber one of the Subnets, or remove the peering",
+                    mine.metadata.name, mine.spec.cidr, theirs.metadata.name, theirs.spec.cidr
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{apply, base, blue_and_red, network, refusal};
+    use crate::control::validate::check_delete;
+
+    #[test]
+    fn peering_shape_is_checked() {
+        let cases = [
+            (
+                "{name: me, network: blue}",
+                "spec.peerings[0].network: Network \"blue\" cannot peer with itself; name another Network",
+            ),
+            (
+                "{name: p, network: red}, {name: p, network: green}",
+                "spec.peerings[1].name: peering name \"p\" is also used by spec.peerings[0]; give each peering its own name",
+            ),
+            (
+                "{name: p, network: red}, {name: q, network: red}",
+                "spec.peerings[1].network: Network \"red\" is already listed by spec.peerings[0] (\"p\"); list each peer Network once",
+            ),
+        ];
+        for (peerings, want) in cases {
+            let err = refusal(&base(), &network("blue", peerings));
+            let msg = err.to_string();
+            assert!(msg.starts_with("document 1 (Network \"blue\"): "), "{msg}");
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+            assert_eq!(err.status(), 400);
+        }
+        // A peer that does not exist yet is fine (Pending).
+        let state = apply(&base(), &network("blue", "{name: p, network: later}"));
+        assert_eq!(state.networks["blue"].spec.peerings[0].network, "later");
+    }
+
+    #[test]
+    fn peering_overlapping_networks_is_refused_naming_both_cidrs() {
+        let current = blue_and_red("10.1.0.0/16", "10.1.9.1");
+        // One side alone is Pending: no overlap check yet.
+        let one = apply(&current, &network("blue", "{name: to-red, network: red}"));
+        // The other side would make it Ready.
+        let err = refusal(&one, &network("red", "{name: to-blue, network: blue}"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Network \"red\"): spec.peerings[0].network: cannot peer Network \"red\" \
+             with Network \"blue\": Subnet \"r1\" (10.1.0.0/16) of Network \"red\" overlaps Subnet \
+             \"web\" (10.1.0.0/24) of Network \"blue\"; peered Networks must not have overlapping \
+             CIDRs: renumber one of the Subnets, or remove the peering"
+        );
+        assert_eq!(err.field(), Some("documents[0].spec.peerings[0].network"));
+        // Both sides in one batch: each document is blamed, the first first.
+        let both = format!(
+            "{}{}",
+            network("blue", "{name: to-red, network: red}"),
+            network("red", "{name: to-blue, network: blue}")
+        );
+        let msg = refusal(&current, &both).causes()[0].to_string();
+        assert!(
+            msg.starts_with("document 1 (Network \"blue\"): spec.peerings[0].network: cannot peer Network \"blue\" with Network \"red\": Subnet \"web\" (10.1.0.0/24) of Network \"blue\" overlaps Subnet \"r1\" (10.1.0.0/16)"),
+            "{msg}"
+        );
+        // Without overlap, both become Ready.
+        let fine = blue_and_red("10.2.0.0/24", "10.2.0.1");
+        let state = apply(&fine, &both);
+        assert_eq!(routing::ready_peers(&state, "blue"), ["red"]);
+    }
+
+    #[test]
+    fn a_peered_network_may_be_deleted() {
+        let current = blue_and_red("10.2.0.0/24", "10.2.0.1");
+        let peered = apply(
+            &current,
+            &format!(
+                "{}{}",
+                network("blue", "{name: to-red, network: red}"),
+                network("red", "{name: to-blue, network: blue}")
+            ),
+        );
+        let mut without_subnet = peered.clone();
+        without_subnet.subnets.remove("r1");
+        assert!(check_delete(&without_subnet, Kind::Network, "red").is_ok());
     }
 }

@@ -168,12 +168,10 @@ spec:
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
         if let Some(old) = cx.current.network_interfaces.get(&self.metadata.name) {
-            errors.check(validate::check_interface_immutables(cx.origin, old, self));
+            errors.check(check_immutables(cx.origin, old, self));
         }
-        errors.check(validate::check_interface(cx.origin, cx.next, self));
-        errors.check(nat_rules::check_interface_virtual_ip(
-            cx.origin, cx.next, cx.batch, self,
-        ));
+        errors.check(check_interface(cx.origin, cx.next, self));
+        errors.check(check_virtual_ip(cx.origin, cx.next, cx.batch, self));
     }
 
     fn dependants(state: &State, name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -222,5 +220,285 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// What a NetworkInterface keeps for life: its Subnet, namespace, ifname and kind.
+fn check_immutables(
+    origin: &Origin,
+    old: &NetworkInterface,
+    new: &NetworkInterface,
+) -> Result<(), ApiError> {
+    let name = &old.metadata.name;
+    let hint = recreate_hint(Kind::NetworkInterface);
+    let (o, n) = (&old.spec, &new.spec);
+    let refuse = |field: &str, was: String| {
+        Err(origin.invalid(
+            &format!("spec.{field}"),
+            format!("NetworkInterface {name:?} has {field} {was}; {field} cannot change: {hint}"),
+        ))
+    };
+    if o.subnet != n.subnet {
+        return refuse("subnet", format!("{:?}", o.subnet));
+    }
+    if o.netns != n.netns {
+        return refuse("netns", o.netns.to_string());
+    }
+    if o.ifname != n.ifname {
+        return refuse("ifname", o.ifname.clone());
+    }
+    if o.kind != n.kind {
+        return refuse("kind", format!("{:?}", o.kind).to_lowercase());
+    }
+    Ok(())
+}
+
+/// A NetworkInterface against the state: its Subnet exists; its ifname in its namespace and
+/// its MAC in its Subnet are no other interface's; the MAC is not the gateway's; its static
+/// addresses have the Subnet's prefix, are listed once and are host addresses IPAM accepts.
+fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Result<(), ApiError> {
+    let spec = &nic.spec;
+    let name = &nic.metadata.name;
+    let Some(subnet) = next.subnets.get(&spec.subnet) else {
+        return Err(origin.invalid(
+            "spec.subnet",
+            format!(
+                "Subnet {:?} does not exist; name an existing Subnet (default) or create it first",
+                spec.subnet
+            ),
+        ));
+    };
+    for other in next.network_interfaces.values() {
+        if other.metadata.name == *name {
+            continue;
+        }
+        if other.spec.netns == spec.netns && other.spec.ifname == spec.ifname {
+            return Err(origin.conflict(
+                "spec.ifname",
+                format!(
+                    "interface {} in netns {} is already NetworkInterface {:?}; choose another ifname",
+                    spec.ifname, spec.netns, other.metadata.name
+                ),
+            ));
+        }
+        let other_mac = other.spec.mac.or(other.status.mac);
+        if other.spec.subnet == spec.subnet && spec.mac.is_some() && spec.mac == other_mac {
+            let mac = spec.mac.map(|m| m.to_string()).unwrap_or_default();
+            return Err(origin.conflict(
+                "spec.mac",
+                format!(
+                    "MAC {mac} is already used by NetworkInterface {:?} in Subnet {:?}; choose another or leave mac empty to generate one",
+                    other.metadata.name, spec.subnet
+                ),
+            ));
+        }
+    }
+    if let Some(mac) = spec.mac {
+        if mac == routing::gateway_mac(next, subnet) {
+            return Err(origin.conflict(
+                "spec.mac",
+                format!(
+                    "MAC {mac} is the gateway MAC of Subnet {:?}; choose another or leave mac empty to generate one",
+                    spec.subnet
+                ),
+            ));
+        }
+    }
+    let pool = ipam::Pool::new(&subnet.spec);
+    let prefix = subnet.spec.cidr.prefix_len();
+    let mut seen = BTreeSet::new();
+    for (index, request) in spec.ips.iter().enumerate() {
+        let field = format!("spec.ips[{index}]");
+        if let Some(len) = request.prefix_len.filter(|len| *len != prefix) {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "{request} has prefix /{len} but Subnet {:?} is {}; write {}/{prefix} or {}",
+                    spec.subnet, subnet.spec.cidr, request.addr, request.addr
+                ),
+            ));
+        }
+        if !seen.insert(request.addr) {
+            return Err(origin.invalid(&field, format!("{} is listed twice", request.addr)));
+        }
+        if let Err(err) = pool.check_host(request.addr) {
+            return Err(origin.invalid(&field, err));
+        }
+    }
+    Ok(())
+}
+
+/// A NetworkInterface's `virtualIP`: the VirtualIP exists and no other interface references
+/// it.
+///
+/// # Errors
+/// [`ApiError`] on `origin`'s `spec.virtualIP`.
+fn check_virtual_ip(
+    origin: &Origin,
+    next: &State,
+    batch: Batch<'_>,
+    nic: &NetworkInterface,
+) -> Result<(), ApiError> {
+    let Some(vip) = &nic.spec.virtual_ip else {
+        return Ok(());
+    };
+    if !next.virtual_ips.contains_key(vip) {
+        return Err(origin.invalid(
+            "spec.virtualIP",
+            format!(
+                "VirtualIP {vip:?} does not exist; create it first (it may be in the same input)"
+            ),
+        ));
+    }
+    let other = next.network_interfaces.values().find(|other| {
+        other.metadata.name != nic.metadata.name
+            && other.spec.virtual_ip.as_deref() == Some(vip.as_str())
+            && batch.before(Kind::NetworkInterface, &other.metadata.name, origin)
+    });
+    if let Some(other) = other {
+        return Err(origin.conflict(
+            "spec.virtualIP",
+            format!(
+                "VirtualIP {vip:?} is already used by NetworkInterface {:?}; a VirtualIP maps to one interface: create another VirtualIP",
+                other.metadata.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{
+        apply, base, doc, ips, nat_base, nic, refusal, refused, try_plan, vip,
+    };
+
+    #[test]
+    fn static_addresses_are_checked() {
+        let cases = [
+            (
+                ", ips: [10.2.0.5]",
+                400,
+                "spec.ips[0]: address 10.2.0.5 is outside subnet 10.1.0.0/24",
+            ),
+            (
+                ", ips: [10.1.0.1]",
+                400,
+                "spec.ips[0]: address 10.1.0.1 is the gateway of 10.1.0.0/24",
+            ),
+            (", ips: [10.1.0.0]", 400, "is the network address"),
+            (", ips: [10.1.0.255/24]", 400, "is the broadcast address"),
+            (
+                ", ips: [10.1.0.9/16]",
+                400,
+                "spec.ips[0]: 10.1.0.9/16 has prefix /16 but Subnet \"web\" is 10.1.0.0/24; write 10.1.0.9/24 or 10.1.0.9",
+            ),
+            (
+                ", ips: [10.1.0.9, 10.1.0.9/24]",
+                400,
+                "spec.ips[1]: 10.1.0.9 is listed twice",
+            ),
+            (
+                ", ips: [10.1.0.2]",
+                409,
+                "spec.ips[0]: address 10.1.0.2 is already used by NetworkInterface \"a\"",
+            ),
+        ];
+        let current = apply(&base(), &nic("a", ""));
+        for (extra, status, want) in cases {
+            let err = refusal(&current, &nic("b", extra));
+            assert_eq!(err.status(), status, "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("document 1 (NetworkInterface \"b\"): "),
+                "{msg}"
+            );
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+        let state = apply(&current, &nic("b", ", ips: [10.1.0.9/24, 10.1.0.10]"));
+        assert_eq!(ips(&state, "b"), ["10.1.0.9/24", "10.1.0.10/24"]);
+        // A static address does not move the cursor.
+        assert_eq!(
+            state.ipam["web"].last_allocated,
+            Some(Ipv4Addr::new(10, 1, 0, 2))
+        );
+    }
+
+    #[test]
+    fn interface_references_and_collisions() {
+        let current = apply(&base(), &nic("a", ", mac: '02:00:00:00:00:0a'"));
+        let err = refusal(&current, &nic("b", "").replace("subnet: web", "subnet: db"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (NetworkInterface \"b\"): spec.subnet: Subnet \"db\" does not exist; \
+             name an existing Subnet (default) or create it first"
+        );
+        let err = refusal(&current, &nic("b", "").replace("netns: b", "netns: a"));
+        assert_eq!(err.status(), 409);
+        assert!(err.to_string().contains("spec.ifname: interface eth0 in netns a is already NetworkInterface \"a\"; choose another ifname"), "{err}");
+        let ok = nic("b", ", ifname: eth1").replace("netns: b", "netns: a");
+        assert_eq!(apply(&current, &ok).network_interfaces.len(), 2);
+        let err = refusal(&current, &nic("b", ", mac: '02:00:00:00:00:0a'"));
+        assert_eq!(err.status(), 409);
+        assert!(
+            err.to_string().contains(
+                "spec.mac: MAC 02:00:00:00:00:0a is already used by NetworkInterface \"a\""
+            ),
+            "{err}"
+        );
+        // A generated MAC counts too.
+        let generated = apply(&base(), &nic("a", ""));
+        let mac = generated.network_interfaces["a"].status.mac.unwrap();
+        let err = refusal(&generated, &nic("b", &format!(", mac: '{mac}'")));
+        assert_eq!(err.status(), 409);
+    }
+
+    #[test]
+    fn interfaces_reference_one_virtual_ip_each() {
+        let state = apply(&nat_base(), &vip("v", None));
+        let with_vip = |name: &str, netns: &str, vip: &str| {
+            // c2 of BASE is a veth.
+            let kind = if name == "c2" { ", kind: veth" } else { "" };
+            doc(
+                "NetworkInterface",
+                name,
+                &format!("{{subnet: web, netns: {netns}{kind}, virtualIP: {vip}}}"),
+            )
+        };
+        refused(
+            &state,
+            &with_vip("c1", "c1", "nope"),
+            400,
+            "documents[0].spec.virtualIP",
+            &["VirtualIP \"nope\" does not exist"],
+        );
+        let state = apply(&state, &with_vip("c1", "c1", "v"));
+        refused(
+            &state,
+            &with_vip("c2", "c2", "v"),
+            409,
+            "documents[0].spec.virtualIP",
+            &["VirtualIP \"v\" is already used by NetworkInterface \"c1\""],
+        );
+        // In one batch the later interface is blamed.
+        refused(
+            &apply(&nat_base(), &vip("v", None)),
+            &format!("{}{}", with_vip("c1", "c1", "v"), with_vip("c2", "c2", "v")),
+            409,
+            "documents[1].spec.virtualIP",
+            &["already used by NetworkInterface \"c1\""],
+        );
+        // Adding a VirtualIP to an interface does not re-create its device.
+        let plan = try_plan(
+            &nat_base(),
+            &format!("{}{}", vip("v", None), with_vip("c1", "c1", "v")),
+        )
+        .expect("plans");
+        assert!(plan.recreate.is_empty() && plan.attach.is_empty());
+        assert_eq!(
+            nat_rules::virtual_ip_user(&plan.next, "v").map(|n| n.metadata.name.as_str()),
+            Some("c1")
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::prelude::*;
+use crate::control::overlay::MAX_VNI;
 
 /// What a node is in the VXLAN overlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -271,7 +272,7 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(overlay::check_overlay(cx.origin, cx.next, self));
+        errors.check(check_overlay(cx.origin, cx.next, self));
     }
 
     fn shown(&self) -> Self {
@@ -311,5 +312,274 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// Checks the Overlay `overlay` against the state it would be part of.
+///
+/// # Errors
+/// [`ApiError`] naming the field and what to write.
+fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(), ApiError> {
+    let spec = &overlay.spec;
+    if let Some(other) = next.overlays.keys().find(|n| **n != overlay.metadata.name) {
+        return Err(origin.conflict(
+            "metadata.name",
+            format!(
+                "this node already has Overlay {other:?}; a node has one Overlay (delete it first, or apply with its name)"
+            ),
+        ));
+    }
+    vxlan::membership::validate_runner_name(&overlay.metadata.name)
+        .map_err(|err| origin.invalid("metadata.name", err))?;
+    overlay::check_reachable(origin, "spec.localAddress", spec.local_address)?;
+    if spec.port == 0 {
+        return Err(origin.invalid("spec.port", "must be 1..=65535 (VXLAN's is 4789)"));
+    }
+    if spec.vni_base == 0 || spec.vni_base.saturating_add(255) > MAX_VNI {
+        return Err(origin.invalid(
+            "spec.vniBase",
+            format!(
+                "{} leaves no room for runner VNIs: it must be 1..={} (runner N gets vniBase + N, up to {MAX_VNI})",
+                spec.vni_base,
+                MAX_VNI - 255
+            ),
+        ));
+    }
+    if !(576..=9000).contains(&spec.mtu) {
+        return Err(origin.invalid(
+            "spec.mtu",
+            format!(
+                "{} is out of range: use 576..=9000 (the underlay MTU minus 50: 1450 for a 1500-byte underlay, 8950 for jumbo frames)",
+                spec.mtu
+            ),
+        ));
+    }
+    overlay::source_ports(&spec.source_ports)
+        .map_err(|err| origin.invalid("spec.sourcePorts", err))?;
+    if spec.heartbeat_seconds == 0 || spec.runner_timeout_seconds == 0 {
+        let field = if spec.heartbeat_seconds == 0 {
+            "spec.heartbeatSeconds"
+        } else {
+            "spec.runnerTimeoutSeconds"
+        };
+        return Err(origin.invalid(field, "must be at least 1"));
+    }
+    let only = |field: &str, present: bool, role: &str| -> Result<(), ApiError> {
+        if present {
+            Err(origin.invalid(
+                field,
+                format!(
+                    "applies to role {role} only; remove it for role {}",
+                    spec.role
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    only(
+        "spec.peers",
+        !spec.peers.is_empty() && spec.role != OverlayRole::Mesh,
+        "mesh",
+    )?;
+    only(
+        "spec.hub",
+        spec.hub.is_some() && spec.role != OverlayRole::Runner,
+        "runner",
+    )?;
+    only(
+        "spec.token",
+        spec.token.is_some() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
+    only(
+        "spec.runners",
+        !spec.runners.is_empty() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
+    match spec.role {
+        OverlayRole::Mesh => {
+            for (i, peer) in spec.peers.iter().enumerate() {
+                let field = format!("spec.peers[{i}]");
+                overlay::check_reachable(origin, &field, *peer)?;
+                if *peer == spec.local_address {
+                    return Err(origin.invalid(&field, "is this node's own localAddress"));
+                }
+            }
+        }
+        OverlayRole::Runner => {
+            let Some(HubRef { address, token, .. }) = &spec.hub else {
+                return Err(origin.invalid(
+                    "spec.hub",
+                    "role runner needs the hub: hub: {address: HUB-ADDRESS, apiPort: 4799, token: TOKEN}",
+                ));
+            };
+            overlay::check_reachable(origin, "spec.hub.address", *address)?;
+            if token.is_empty() {
+                return Err(origin.invalid("spec.hub.token", "must not be empty"));
+            }
+        }
+        OverlayRole::Hub => {
+            if spec.token.as_deref().is_none_or(str::is_empty) {
+                return Err(origin.invalid(
+                    "spec.token",
+                    "role hub needs a token that runners must present (token: SOME-SECRET)",
+                ));
+            }
+            spec.address_plan
+                .validate(spec.vni_base)
+                .map_err(|err| origin.invalid("spec.addressPlan", err))?;
+            let mut names = std::collections::BTreeSet::new();
+            for (i, runner) in spec.runners.iter().enumerate() {
+                let field = format!("spec.runners[{i}]");
+                vxlan::membership::validate_runner_name(&runner.name)
+                    .map_err(|err| origin.invalid(&format!("{field}.name"), err))?;
+                overlay::check_reachable(origin, &format!("{field}.address"), runner.address)?;
+                if !names.insert(runner.name.as_str()) {
+                    return Err(origin.invalid(
+                        &format!("{field}.name"),
+                        format!("{:?} is listed twice", runner.name),
+                    ));
+                }
+            }
+        }
+    }
+    // The names the switch generates must be free for it.
+    for (kind, name, taken) in generated_names(next) {
+        if taken {
+            return Err(origin.conflict(
+                "spec.role",
+                format!(
+                    "the Overlay needs the name {name:?} for its {kind}, but a {kind} of that name exists that the Overlay did not create; rename or delete it"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The names a hub or runner generates that exist without the owner label.
+fn generated_names(state: &State) -> Vec<(&'static str, &'static str, bool)> {
+    let foreign = |metadata: Option<&Metadata>| metadata.is_some_and(|m| !overlay::is_owned(m));
+    let Some(overlay) = state.overlays.values().next() else {
+        return Vec::new();
+    };
+    match overlay.spec.role {
+        OverlayRole::Mesh => Vec::new(),
+        OverlayRole::Runner => vec![
+            (
+                "Network",
+                overlay::NETWORK,
+                foreign(state.networks.get(overlay::NETWORK).map(|r| &r.metadata)),
+            ),
+            (
+                "Subnet",
+                overlay::RUNNER_SUBNET,
+                foreign(
+                    state
+                        .subnets
+                        .get(overlay::RUNNER_SUBNET)
+                        .map(|r| &r.metadata),
+                ),
+            ),
+            (
+                "Route",
+                overlay::HUB_ROUTE,
+                foreign(state.routes.get(overlay::HUB_ROUTE).map(|r| &r.metadata)),
+            ),
+        ],
+        OverlayRole::Hub => vec![
+            (
+                "Network",
+                overlay::NETWORK,
+                foreign(state.networks.get(overlay::NETWORK).map(|r| &r.metadata)),
+            ),
+            (
+                "Subnet",
+                overlay::HOST,
+                foreign(state.subnets.get(overlay::HOST).map(|r| &r.metadata)),
+            ),
+            (
+                "NetworkInterface",
+                overlay::HOST,
+                foreign(
+                    state
+                        .network_interfaces
+                        .get(overlay::HOST)
+                        .map(|r| &r.metadata),
+                ),
+            ),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{overlay_of, state_with};
+
+    fn check(overlay: &Overlay) -> Result<(), ApiError> {
+        let state = state_with(overlay.clone());
+        check_overlay(&Origin::resource(Kind::Overlay, "node-a"), &state, overlay)
+    }
+
+    #[test]
+    fn defaults_follow_the_issue() {
+        let o = overlay_of(OverlayRole::Hub);
+        assert_eq!(
+            (o.spec.port, o.spec.vni_base, o.spec.mtu),
+            (4789, 100, 1450)
+        );
+        assert_eq!(
+            overlay::source_ports(&o.spec.source_ports),
+            Ok(vxlan::encap::SourcePortRange::DEFAULT)
+        );
+        assert!(!overlay::encap_config(&o).udp_checksum_ipv4);
+        check(&o).expect("valid hub");
+        check(&overlay_of(OverlayRole::Runner)).expect("valid runner");
+        check(&overlay_of(OverlayRole::Mesh)).expect("valid mesh");
+    }
+
+    #[test]
+    fn loopback_and_unspecified_addresses_are_refused_with_advice() {
+        for bad in ["127.0.0.1", "0.0.0.0"] {
+            let mut o = overlay_of(OverlayRole::Hub);
+            o.spec.local_address = bad.parse().unwrap();
+            let err = check(&o).expect_err(bad).to_string();
+            assert!(
+                err.contains("spec.localAddress") || err.contains(bad),
+                "{err}"
+            );
+            assert!(err.contains("address the other nodes reach"), "{err}");
+        }
+    }
+
+    #[test]
+    fn role_fields_are_checked() {
+        let mut runner = overlay_of(OverlayRole::Runner);
+        runner.spec.hub = None;
+        assert!(
+            check(&runner)
+                .unwrap_err()
+                .to_string()
+                .contains("needs the hub")
+        );
+        let mut hub = overlay_of(OverlayRole::Hub);
+        hub.spec.token = None;
+        assert!(check(&hub).unwrap_err().to_string().contains("token"));
+        let mut mesh = overlay_of(OverlayRole::Mesh);
+        mesh.spec.token = Some("x".into());
+        assert!(
+            check(&mesh)
+                .unwrap_err()
+                .to_string()
+                .contains("role hub only")
+        );
+        let mut mtu = overlay_of(OverlayRole::Mesh);
+        mtu.spec.mtu = 100;
+        assert!(check(&mtu).unwrap_err().to_string().contains("8950"));
+        let mut ports = overlay_of(OverlayRole::Mesh);
+        ports.spec.source_ports = "9-3".into();
+        assert!(check(&ports).is_err());
     }
 }

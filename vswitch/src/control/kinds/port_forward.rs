@@ -145,9 +145,7 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(nat_rules::check_port_forward(
-            cx.origin, cx.next, cx.batch, self,
-        ));
+        errors.check(check_port_forward(cx.origin, cx.next, cx.batch, self));
     }
 
     fn observe(&mut self, state: &State, _view: &StatusView) {
@@ -180,5 +178,133 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// A PortForward: its address is the Uplink's and no VirtualIP's, `(ip, protocol, port)` is
+/// forwarded once, its target interface exists.
+///
+/// # Errors
+/// [`ApiError`] on `origin`'s field.
+fn check_port_forward(
+    origin: &Origin,
+    next: &State,
+    batch: Batch<'_>,
+    forward: &PortForward,
+) -> Result<(), ApiError> {
+    let name = &forward.metadata.name;
+    let spec = &forward.spec;
+    nat_rules::owned_by_uplink(origin, next, "spec.ip", Some(spec.ip))?;
+    if let Some(user) = nat_rules::blocking_user(
+        next,
+        batch,
+        origin,
+        (Kind::PortForward, name),
+        spec.ip,
+        &[Kind::VirtualIp],
+    ) {
+        return Err(origin.conflict(
+            "spec.ip",
+            format!(
+                "{} is the address of {user}, which takes every port of it; forward a port of another address of the Uplink",
+                spec.ip
+            ),
+        ));
+    }
+    let twin = next.port_forwards.values().find(|other| {
+        other.metadata.name != *name
+            && other.spec.ip == spec.ip
+            && other.spec.protocol == spec.protocol
+            && other.spec.port == spec.port
+            && batch.before(Kind::PortForward, &other.metadata.name, origin)
+    });
+    if let Some(twin) = twin {
+        return Err(origin.conflict(
+            "spec.port",
+            format!(
+                "{} {}:{} is already forwarded by PortForward {:?}; choose another port, or change that PortForward",
+                spec.protocol, spec.ip, spec.port, twin.metadata.name
+            ),
+        ));
+    }
+    if !next.network_interfaces.contains_key(&spec.target.interface) {
+        return Err(origin.invalid(
+            "spec.target.interface",
+            format!(
+                "NetworkInterface {:?} does not exist; name an existing one (vswitchctl get networkinterfaces) or create it first",
+                spec.target.interface
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{apply, doc, forward, nat_base, refused, vip};
+
+    #[test]
+    fn port_forward_checks() {
+        let state = apply(&nat_base(), &vip("v", Some("198.51.100.11")));
+        refused(
+            &state,
+            &forward("web", "203.0.113.7", "tcp", 8080, "c1"),
+            400,
+            "documents[0].spec.ip",
+            &["203.0.113.7 is not an address of Uplink \"wan\""],
+        );
+        refused(
+            &state,
+            &forward("web", "198.51.100.11", "tcp", 8080, "c1"),
+            409,
+            "documents[0].spec.ip",
+            &["198.51.100.11 is the address of VirtualIP \"v\""],
+        );
+        refused(
+            &state,
+            &forward("web", "198.51.100.10", "tcp", 8080, "nobody"),
+            400,
+            "documents[0].spec.target.interface",
+            &["NetworkInterface \"nobody\" does not exist"],
+        );
+        let state = apply(&state, &forward("web", "198.51.100.10", "tcp", 8080, "c1"));
+        refused(
+            &state,
+            &forward("web2", "198.51.100.10", "tcp", 8080, "c2"),
+            409,
+            "documents[0].spec.port",
+            &["tcp 198.51.100.10:8080 is already forwarded by PortForward \"web\""],
+        );
+        // Another protocol, port or address is fine; so is changing the forward itself.
+        let state = apply(
+            &state,
+            &format!(
+                "{}{}{}",
+                forward("dns", "198.51.100.10", "udp", 8080, "c2"),
+                forward("web2", "198.51.100.12", "tcp", 8080, "c2"),
+                forward("web", "198.51.100.10", "tcp", 8080, "d1"),
+            ),
+        );
+        assert_eq!(state.port_forwards.len(), 3);
+        let without_uplink = apply(
+            &State::default(),
+            &format!(
+                "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: n}}\n{}{}",
+                doc(
+                    "Subnet",
+                    "s",
+                    "{network: n, cidr: 10.9.0.0/24, gateway: 10.9.0.1}"
+                ),
+                doc("NetworkInterface", "c", "{subnet: s, netns: c}")
+            ),
+        );
+        refused(
+            &without_uplink,
+            &forward("web", "198.51.100.10", "tcp", 80, "c"),
+            400,
+            "documents[0].spec.ip",
+            &["no Uplink exists"],
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::prelude::*;
+use crate::control::overlay::MAX_VNI;
 
 /// Spec of a Subnet: an L2 segment with its addressing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,23 +156,14 @@ spec:
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
         let old = cx.current.subnets.get(&self.metadata.name);
         if let Some(old) = old {
-            errors.check(validate::check_subnet_immutables(cx.origin, old, self));
+            errors.check(check_immutables(cx.origin, old, self));
         }
-        errors.check(validate::check_subnet(cx.origin, old, cx.next, self));
+        errors.check(check_subnet(cx.origin, old, cx.next, self));
         if old.is_none() {
-            errors.check(validate::check_new_subnet_neighbours(
-                cx.origin, cx.next, self,
-            ));
-            errors.check(nat_rules::check_subnet_against_uplink(
-                cx.origin, cx.next, self,
-            ));
+            errors.check(check_new_neighbours(cx.origin, cx.next, self));
+            errors.check(check_against_uplink(cx.origin, cx.next, self));
         }
-        errors.check(overlay::check_subnet(
-            cx.origin,
-            cx.next,
-            &self.metadata.name,
-            self,
-        ));
+        errors.check(check_vni(cx.origin, cx.next, &self.metadata.name, self));
     }
 
     fn dependants(state: &State, name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -205,7 +197,7 @@ spec:
     }
 
     fn observe(&mut self, state: &State, _view: &StatusView) {
-        let leases = validate::leases(state)
+        let leases = ipam::leases(state)
             .remove(&self.metadata.name)
             .unwrap_or_default();
         let pool = ipam::Pool::new(&self.spec);
@@ -245,5 +237,490 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// What a Subnet keeps for life: its Network, CIDR and gateway.
+fn check_immutables(origin: &Origin, old: &Subnet, new: &Subnet) -> Result<(), ApiError> {
+    let name = &old.metadata.name;
+    let hint = recreate_hint(Kind::Subnet);
+    if old.spec.network != new.spec.network {
+        return Err(origin.invalid(
+            "spec.network",
+            format!(
+                "Subnet {name:?} belongs to Network {:?}; network cannot change: {hint}",
+                old.spec.network
+            ),
+        ));
+    }
+    if old.spec.cidr != new.spec.cidr {
+        return Err(origin.invalid(
+            "spec.cidr",
+            format!(
+                "Subnet {name:?} has cidr {}; cidr cannot change: {hint}",
+                old.spec.cidr
+            ),
+        ));
+    }
+    if old.spec.gateway != new.spec.gateway {
+        return Err(origin.invalid(
+            "spec.gateway",
+            format!(
+                "Subnet {name:?} has gateway {}; gateway cannot change: {hint}",
+                old.spec.gateway
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A Subnet against the state: its Network exists; gateway, range and reserved addresses are
+/// host addresses of the CIDR; MAC ageing and limit in range; `gatewayMac` no interface's; no
+/// overlap with another Subnet of its Network; an MTU that interfaces inherit stays.
+fn check_subnet(
+    origin: &Origin,
+    old: Option<&Subnet>,
+    next: &State,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
+    let spec = &subnet.spec;
+    let name = &subnet.metadata.name;
+    let cidr = spec.cidr;
+    if !next.networks.contains_key(&spec.network) {
+        return Err(origin.invalid(
+            "spec.network",
+            format!(
+                "Network {:?} does not exist; create it first (it may be in the same input)",
+                spec.network
+            ),
+        ));
+    }
+    let host = |field: &str, what: &str, addr: Ipv4Addr| -> Result<(), ApiError> {
+        if !cidr.contains(&addr) {
+            Err(origin.invalid(
+                field,
+                format!("{what} {addr} is outside {cidr}; use a host address inside the subnet"),
+            ))
+        } else if addr == cidr.network() || addr == cidr.broadcast() {
+            let which = if addr == cidr.network() {
+                "network"
+            } else {
+                "broadcast"
+            };
+            Err(origin.invalid(
+                field,
+                format!(
+                    "{what} {addr} is the {which} address of {cidr}; use a host address ({}..={})",
+                    Ipv4Addr::from(u32::from(cidr.network()) + 1),
+                    Ipv4Addr::from(u32::from(cidr.broadcast()) - 1)
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    host("spec.gateway", "gateway", spec.gateway)?;
+    if let Some(start) = spec.range_start {
+        host("spec.rangeStart", "rangeStart", start)?;
+    }
+    if let Some(end) = spec.range_end {
+        host("spec.rangeEnd", "rangeEnd", end)?;
+    }
+    if let (Some(start), Some(end)) = (spec.range_start, spec.range_end) {
+        if start > end {
+            return Err(origin.invalid(
+                "spec.rangeEnd",
+                format!("rangeEnd {end} is before rangeStart {start}; rangeStart must not be after rangeEnd"),
+            ));
+        }
+    }
+    for (index, addr) in spec.reserved.iter().enumerate() {
+        if !cidr.contains(addr) {
+            return Err(origin.invalid(
+                &format!("spec.reserved[{index}]"),
+                format!(
+                    "reserved address {addr} is outside {cidr}; list addresses inside the subnet"
+                ),
+            ));
+        }
+    }
+    if !(1..=MAX_MAC_AGEING_SECONDS).contains(&spec.mac_ageing_seconds) {
+        return Err(origin.invalid(
+            "spec.macAgeingSeconds",
+            format!(
+                "invalid macAgeingSeconds {}: must be 1..={MAX_MAC_AGEING_SECONDS} (default 300)",
+                spec.mac_ageing_seconds
+            ),
+        ));
+    }
+    if !(1..=MAX_MAC_TABLE_LIMIT).contains(&spec.mac_table_limit) {
+        return Err(origin.invalid(
+            "spec.macTableLimit",
+            format!(
+                "invalid macTableLimit {}: must be 1..={MAX_MAC_TABLE_LIMIT} (default 8192)",
+                spec.mac_table_limit
+            ),
+        ));
+    }
+    if let Some(mac) = spec.gateway_mac {
+        let user = next
+            .network_interfaces
+            .values()
+            .find(|n| n.spec.subnet == *name && n.spec.mac.or(n.status.mac) == Some(mac));
+        if let Some(user) = user {
+            return Err(origin.conflict(
+                "spec.gatewayMac",
+                format!(
+                    "MAC {mac} is used by NetworkInterface {:?} in Subnet {name:?}; choose another gatewayMac, or leave it out to derive one",
+                    user.metadata.name
+                ),
+            ));
+        }
+    }
+    for other in next.subnets.values() {
+        let other_cidr = other.spec.cidr;
+        if other.metadata.name != *name
+            && other.spec.network == spec.network
+            && (cidr.contains(&other_cidr.network()) || other_cidr.contains(&cidr.network()))
+        {
+            return Err(origin.invalid(
+                "spec.cidr",
+                format!(
+                    "{cidr} overlaps Subnet {:?} ({other_cidr}) of Network {:?}; the Subnets of one Network must not overlap",
+                    other.metadata.name, spec.network
+                ),
+            ));
+        }
+    }
+    // The MTU of interfaces that inherit it is fixed while they exist.
+    if let Some(old) = old.map(|o| o.spec.mtu) {
+        let inheriting: Vec<&str> = next
+            .network_interfaces
+            .values()
+            .filter(|n| n.spec.subnet == *name && n.spec.mtu.is_none())
+            .map(|n| n.metadata.name.as_str())
+            .collect();
+        if old != spec.mtu && !inheriting.is_empty() {
+            return Err(origin.invalid(
+                "spec.mtu",
+                format!(
+                    "Subnet {name:?} has mtu {old}, used by NetworkInterfaces {}; the mtu cannot change while they use it: delete them first, or give each its own spec.mtu",
+                    inheriting.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new Subnet must not overlap a Subnet of a Network its own is `Ready`-peered with, and
+/// must not take the destination of a Route of its Network (its connected route would hide
+/// the Route).
+fn check_new_neighbours(origin: &Origin, next: &State, subnet: &Subnet) -> Result<(), ApiError> {
+    let network = &subnet.spec.network;
+    let cidr = subnet.spec.cidr;
+    for peer in routing::ready_peers(next, network) {
+        let other = routing::subnets_of(next, peer)
+            .into_iter()
+            .find(|o| routing::overlaps(o.spec.cidr, cidr));
+        if let Some(other) = other {
+            return Err(origin.invalid(
+                "spec.cidr",
+                format!(
+                    "{cidr} of Network {network:?} overlaps Subnet {:?} ({}) of Network {peer:?}, which is peered with Network {network:?} (Ready); peered Networks must not have overlapping CIDRs: choose a CIDR outside the peer's Subnets, or remove the peering",
+                    other.metadata.name, other.spec.cidr
+                ),
+            ));
+        }
+    }
+    let route = next
+        .routes
+        .values()
+        .find(|r| r.spec.network == *network && r.spec.destination == cidr);
+    if let Some(route) = route {
+        return Err(origin.invalid(
+            "spec.cidr",
+            format!(
+                "{cidr} is the destination of Route {:?} of Network {network:?}; this Subnet's connected route would hide it: delete the Route first, or choose another CIDR",
+                route.metadata.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A new Subnet must not overlap the link of an Uplink address.
+///
+/// # Errors
+/// [`ApiError::Invalid`] on `spec.cidr`.
+fn check_against_uplink(origin: &Origin, next: &State, subnet: &Subnet) -> Result<(), ApiError> {
+    let Some(uplink) = nat_rules::uplink(next) else {
+        return Ok(());
+    };
+    let cidr = subnet.spec.cidr;
+    if let Some(address) = uplink
+        .spec
+        .addresses
+        .iter()
+        .find(|a| routing::overlaps(a.prefix(), cidr))
+    {
+        return Err(origin.invalid(
+            "spec.cidr",
+            format!(
+                "{cidr} overlaps the link {} of address {address} of Uplink {:?}; the uplink's link and the Subnets must not overlap: choose another CIDR",
+                address.prefix(),
+                uplink.metadata.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A Subnet's overlay fields: a VNI in range and no other Subnet's, remote VTEPs only
+/// with a VNI, each reachable.
+///
+/// # Errors
+/// [`ApiError`] naming the field.
+fn check_vni(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Result<(), ApiError> {
+    let Some(vni) = subnet.spec.vni else {
+        if !subnet.spec.remote_vteps.is_empty() {
+            return Err(origin.invalid(
+                "spec.remoteVteps",
+                "only a Subnet with a vni has remote VTEPs; add vni: N or remove remoteVteps",
+            ));
+        }
+        return Ok(());
+    };
+    if vni == 0 || vni > MAX_VNI {
+        return Err(origin.invalid(
+            "spec.vni",
+            format!("{vni} is out of range: a VNI is 1..={MAX_VNI}"),
+        ));
+    }
+    if let Some((other, _)) = next
+        .subnets
+        .iter()
+        .find(|(other, s)| other.as_str() != name && s.spec.vni == Some(vni))
+    {
+        return Err(origin.conflict(
+            "spec.vni",
+            format!(
+                "VNI {vni} is already Subnet {other:?}'s; each stretched Subnet has its own VNI"
+            ),
+        ));
+    }
+    for (i, vtep) in subnet.spec.remote_vteps.iter().enumerate() {
+        overlay::check_reachable(origin, &format!("spec.remoteVteps[{i}]"), *vtep)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{
+        BASE, apply, base, blue_and_red, doc, nat_base, network, nic, refusal, refused, route,
+        subnet, try_plan,
+    };
+
+    #[test]
+    fn subnet_may_name_a_network_later_in_the_batch() {
+        let docs: Vec<&str> = BASE.split("---\n").collect();
+        let reversed = format!("{}---\n{}", docs[1], docs[0]);
+        assert_eq!(apply(&State::default(), &reversed).subnets.len(), 1);
+        let err = refusal(&State::default(), docs[1]);
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"web\"): spec.network: Network \"blue\" does not exist; create \
+             it first (it may be in the same input)"
+        );
+        assert_eq!(err.field(), Some("documents[0].spec.network"));
+    }
+
+    #[test]
+    fn subnet_address_checks() {
+        let cases = [
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.2.0.1",
+                "spec.gateway: gateway 10.2.0.1 is outside 10.1.0.0/24",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.0",
+                "spec.gateway: gateway 10.1.0.0 is the network address of 10.1.0.0/24; use a host address (10.1.0.1..=10.1.0.254)",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.255",
+                "is the broadcast address",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, rangeStart: 10.1.0.50, rangeEnd: 10.1.0.40",
+                "spec.rangeEnd: rangeEnd 10.1.0.40 is before rangeStart 10.1.0.50",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, rangeStart: 10.1.1.5",
+                "spec.rangeStart: rangeStart 10.1.1.5 is outside",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, rangeEnd: 10.1.0.255",
+                "spec.rangeEnd: rangeEnd 10.1.0.255 is the broadcast address",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, reserved: [10.1.0.9, 10.9.0.9]",
+                "spec.reserved[1]: reserved address 10.9.0.9 is outside 10.1.0.0/24",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, macAgeingSeconds: 0",
+                "spec.macAgeingSeconds: invalid macAgeingSeconds 0: must be 1..=604800",
+            ),
+            (
+                "gateway: 10.1.0.1",
+                "gateway: 10.1.0.1, macTableLimit: 0",
+                "spec.macTableLimit: invalid macTableLimit 0",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = BASE.replace(from, to);
+            let msg = refusal(&State::default(), &text).to_string();
+            assert!(msg.starts_with("document 2 (Subnet \"web\"): "), "{msg}");
+            assert!(msg.contains(want), "want {want:?} in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn subnets_of_one_network_must_not_overlap() {
+        let other = "---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: db}\nspec: {network: NET, cidr: 10.1.0.128/25, gateway: 10.1.0.129}\n";
+        let err = refusal(&base(), &other.replace("NET", "blue"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"db\"): spec.cidr: 10.1.0.128/25 overlaps Subnet \"web\" \
+             (10.1.0.0/24) of Network \"blue\"; the Subnets of one Network must not overlap"
+        );
+        // Another Network is another address space.
+        let red = "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: red}\n";
+        let text = format!("{red}{}", other.replace("NET", "red"));
+        assert_eq!(apply(&base(), &text).subnets.len(), 2);
+    }
+
+    #[test]
+    fn subnet_mtu_is_fixed_while_interfaces_inherit_it() {
+        let current = apply(&base(), &nic("a", ""));
+        let bigger = BASE.replace("gateway: 10.1.0.1", "gateway: 10.1.0.1, mtu: 9000");
+        let msg = refusal(&current, &bigger).to_string();
+        assert!(
+            msg.contains("spec.mtu: Subnet \"web\" has mtu 1500, used by NetworkInterfaces a;"),
+            "{msg}"
+        );
+        // Fine once the interface has its own MTU, or with no interfaces.
+        let text = format!("{bigger}{}", nic("a", ", mtu: 1500"));
+        assert!(try_plan(&current, &text).is_ok());
+        assert_eq!(apply(&base(), &bigger).subnets["web"].spec.mtu, 9000);
+    }
+
+    #[test]
+    fn a_new_subnet_may_not_overlap_a_ready_peer() {
+        let current = blue_and_red("10.2.0.0/24", "10.2.0.1");
+        let peered = apply(
+            &current,
+            &format!(
+                "{}{}",
+                network("blue", "{name: to-red, network: red}"),
+                network("red", "{name: to-blue, network: blue}")
+            ),
+        );
+        let err = refusal(&peered, &subnet("r2", "red", "10.1.0.128/25", "10.1.0.129"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"r2\"): spec.cidr: 10.1.0.128/25 of Network \"red\" overlaps \
+             Subnet \"web\" (10.1.0.0/24) of Network \"blue\", which is peered with Network \"red\" \
+             (Ready); peered Networks must not have overlapping CIDRs: choose a CIDR outside the \
+             peer's Subnets, or remove the peering"
+        );
+        // The unchanged Networks earlier in the input are not blamed for the new Subnet.
+        let text = format!(
+            "{}{}",
+            network("red", "{name: to-blue, network: blue}"),
+            subnet("r2", "red", "10.1.0.128/25", "10.1.0.129")
+        );
+        assert!(
+            refusal(&peered, &text)
+                .to_string()
+                .starts_with("document 2 (Subnet \"r2\")")
+        );
+        // Pending peerings do not constrain addresses: remove one side, and it fits.
+        let pending = apply(&peered, &network("red", ""));
+        let state = apply(
+            &pending,
+            &subnet("r2", "red", "10.1.0.128/25", "10.1.0.129"),
+        );
+        assert_eq!(state.subnets.len(), 3);
+        // ...but then the peering cannot become Ready again.
+        let err = refusal(&state, &network("red", "{name: to-blue, network: blue}"));
+        assert!(err.to_string().contains("(10.1.0.128/25)"), "{err}");
+    }
+
+    #[test]
+    fn a_new_subnet_may_not_take_a_routes_destination() {
+        let current = apply(&base(), &route("lab", "blue", "10.5.0.0/24", "10.1.0.9"));
+        let err = refusal(&current, &subnet("lab", "blue", "10.5.0.0/24", "10.5.0.1"));
+        assert_eq!(
+            err.to_string(),
+            "document 1 (Subnet \"lab\"): spec.cidr: 10.5.0.0/24 is the destination of Route \
+             \"lab\" of Network \"blue\"; this Subnet's connected route would hide it: delete the \
+             Route first, or choose another CIDR"
+        );
+        // A wider Subnet is fine: the Route is more specific.
+        assert_eq!(
+            apply(&current, &subnet("lab", "blue", "10.5.0.0/16", "10.5.0.1"))
+                .subnets
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_new_subnet_may_not_overlap_the_uplinks_link() {
+        let state = nat_base();
+        refused(
+            &state,
+            &doc(
+                "Subnet",
+                "outside",
+                "{network: blue, cidr: 198.51.100.128/25, gateway: 198.51.100.129}",
+            ),
+            400,
+            "documents[0].spec.cidr",
+            &["overlaps the link 198.51.100.0/24 of address 198.51.100.10/24 of Uplink \"wan\""],
+        );
+    }
+
+    #[test]
+    fn subnet_vnis_are_checked() {
+        let mut state = State::default();
+        let doc: Subnet = serde_norway::from_str(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: a}\nspec: {network: n, cidr: 10.9.0.0/24, gateway: 10.9.0.1, vni: 42}\n",
+        )
+        .unwrap();
+        let origin = Origin::resource(Kind::Subnet, "b");
+        check_vni(&origin, &state, "a", &doc).expect("valid");
+        state.subnets.insert("a".into(), doc.clone());
+        let err = check_vni(&origin, &state, "b", &doc)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VNI 42 is already Subnet \"a\""), "{err}");
+        let mut zero = doc.clone();
+        zero.spec.vni = Some(0);
+        assert!(check_vni(&origin, &state, "a", &zero).is_err());
+        let mut orphan = doc;
+        orphan.spec.vni = None;
+        orphan.spec.remote_vteps = vec![Ipv4Addr::new(192, 168, 1, 1)];
+        assert!(check_vni(&origin, &state, "a", &orphan).is_err());
     }
 }

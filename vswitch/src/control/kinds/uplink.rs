@@ -210,7 +210,7 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(nat_rules::check_uplink(cx.origin, cx.next, cx.batch, self));
+        errors.check(check_uplink(cx.origin, cx.next, cx.batch, self));
     }
 
     fn dependants(state: &State, _name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -250,5 +250,282 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// The Uplink: one per node; interface not one of our ports nor loopback; addresses each
+/// once; gateway on the link and not an owned address; no overlap with a Subnet; no address
+/// removed while a resource outside the batch uses it.
+///
+/// # Errors
+/// [`ApiError`] on `origin`'s field.
+fn check_uplink(
+    origin: &Origin,
+    next: &State,
+    batch: Batch<'_>,
+    uplink: &Uplink,
+) -> Result<(), ApiError> {
+    let name = &uplink.metadata.name;
+    let spec = &uplink.spec;
+    if let Some(other) = next.uplinks.values().find(|u| u.metadata.name != *name) {
+        return Err(origin.conflict(
+            "metadata.name",
+            format!(
+                "Uplink {:?} already exists (interface {}); a node has one Uplink: change that one, or delete it first",
+                other.metadata.name, other.spec.interface
+            ),
+        ));
+    }
+    if spec.interface == "lo" {
+        return Err(origin.invalid(
+            "spec.interface",
+            "lo is the loopback interface; name the host interface that leads outside (e.g. eth1)",
+        ));
+    }
+    let ours = next.network_interfaces.values().find(|nic| {
+        nic.status.host_ifname.as_deref() == Some(spec.interface.as_str())
+            || (nic.spec.kind == PortKind::Veth
+                && crate::port::host_ifname(&nic.metadata.name) == spec.interface)
+    });
+    if let Some(nic) = ours {
+        return Err(origin.invalid(
+            "spec.interface",
+            format!(
+                "{} is the host end of NetworkInterface {:?}, a port of this switch; name a host interface that leads outside (e.g. eth1)",
+                spec.interface, nic.metadata.name
+            ),
+        ));
+    }
+    let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for (index, address) in spec.addresses.iter().enumerate() {
+        let field = format!("spec.addresses[{index}]");
+        if let Some(first) = seen.insert(address.addr(), index) {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "{} is also spec.addresses[{first}]; list each address once",
+                    address.addr()
+                ),
+            ));
+        }
+        for subnet in next.subnets.values() {
+            if routing::overlaps(subnet.spec.cidr, address.prefix()) {
+                return Err(origin.invalid(
+                    &field,
+                    format!(
+                        "{address} (link {}) overlaps Subnet {:?} ({}) of Network {:?}; the uplink's link and the Subnets must not overlap: use another address or prefix",
+                        address.prefix(),
+                        subnet.metadata.name,
+                        subnet.spec.cidr,
+                        subnet.spec.network
+                    ),
+                ));
+            }
+        }
+    }
+    let gateway = spec.gateway;
+    if spec.owns(gateway) {
+        return Err(origin.invalid(
+            "spec.gateway",
+            format!(
+                "gateway {gateway} is one of the uplink's own addresses; write the address of the next hop toward the outside (a router on the link)"
+            ),
+        ));
+    }
+    let on_link = spec.addresses.iter().find(|a| {
+        let prefix = a.prefix();
+        prefix.contains(&gateway)
+            && (prefix.prefix_len() >= 31
+                || (gateway != prefix.network() && gateway != prefix.broadcast()))
+    });
+    if on_link.is_none() {
+        return Err(origin.invalid(
+            "spec.gateway",
+            format!(
+                "gateway {gateway} is not a host address inside the prefix of any of the uplink's addresses ({}); write the next hop on the link, or give an address its link's prefix (e.g. 198.51.100.10/24)",
+                nat_rules::describe_addresses(uplink)
+            ),
+        ));
+    }
+    // Addresses in use by resources outside the batch must stay (those in the batch are
+    // checked against the new addresses by their own checks).
+    let outside: Vec<(Kind, String, Ipv4Addr)> = next
+        .nat_gateways
+        .values()
+        .filter(|g| !batch.contains(Kind::NatGateway, &g.metadata.name))
+        .flat_map(|g| {
+            g.spec
+                .ips
+                .iter()
+                .map(|ip| (Kind::NatGateway, g.metadata.name.clone(), *ip))
+        })
+        .chain(
+            next.port_forwards
+                .values()
+                .filter(|f| !batch.contains(Kind::PortForward, &f.metadata.name))
+                .map(|f| (Kind::PortForward, f.metadata.name.clone(), f.spec.ip)),
+        )
+        .chain(
+            next.virtual_ips
+                .values()
+                .filter(|v| !batch.contains(Kind::VirtualIp, &v.metadata.name))
+                .filter_map(|v| {
+                    Some((
+                        Kind::VirtualIp,
+                        v.metadata.name.clone(),
+                        nat_rules::virtual_ip_address(v)?,
+                    ))
+                }),
+        )
+        .collect();
+    if let Some((kind, user, ip)) = outside.into_iter().find(|(_, _, ip)| !spec.owns(*ip)) {
+        return Err(origin.conflict(
+            "spec.addresses",
+            format!(
+                "{ip} is used by {kind} {user:?} but is not among the new addresses ({}); keep it, or change or delete {kind} {user:?} first",
+                nat_rules::describe_addresses(uplink)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{apply, doc, forward, gateway, ip, nat_base, refused, vip};
+
+    #[test]
+    fn uplink_checks() {
+        let state = nat_base();
+        let other = doc(
+            "Uplink",
+            "wan2",
+            "{interface: eth8, addresses: [203.0.113.5/24], gateway: 203.0.113.1}",
+        );
+        refused(
+            &state,
+            &other,
+            409,
+            "documents[0].metadata.name",
+            &[
+                "Uplink \"wan\" already exists (interface eth9)",
+                "one Uplink",
+            ],
+        );
+        let uplink = |spec: &str| doc("Uplink", "wan", spec);
+        refused(
+            &state,
+            &uplink("{interface: lo, addresses: [198.51.100.10/24], gateway: 198.51.100.1}"),
+            400,
+            "documents[0].spec.interface",
+            &["lo is the loopback interface"],
+        );
+        let host_end = crate::port::host_ifname("c2");
+        refused(
+            &state,
+            &uplink(&format!(
+                "{{interface: {host_end}, addresses: [198.51.100.10/24], gateway: 198.51.100.1}}"
+            )),
+            400,
+            "documents[0].spec.interface",
+            &[&host_end, "host end of NetworkInterface \"c2\""],
+        );
+        refused(
+            &state,
+            &uplink(
+                "{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.10], gateway: 198.51.100.1}",
+            ),
+            400,
+            "documents[0].spec.addresses[1]",
+            &["198.51.100.10 is also spec.addresses[0]"],
+        );
+        refused(
+            &state,
+            &uplink("{interface: eth9, addresses: [10.1.9.9/16], gateway: 10.1.0.254}"),
+            400,
+            "documents[0].spec.addresses[0]",
+            &["10.1.9.9/16 (link 10.1.0.0/16) overlaps Subnet \"web\" (10.1.0.0/24)"],
+        );
+        refused(
+            &state,
+            &uplink("{interface: eth9, addresses: [198.51.100.10/24], gateway: 198.51.100.10}"),
+            400,
+            "documents[0].spec.gateway",
+            &["gateway 198.51.100.10 is one of the uplink's own addresses"],
+        );
+        for gateway in ["203.0.113.1", "198.51.100.0", "198.51.100.255"] {
+            refused(
+                &state,
+                &uplink(&format!(
+                    "{{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11], gateway: {gateway}}}"
+                )),
+                400,
+                "documents[0].spec.gateway",
+                &[
+                    &format!("gateway {gateway} is not a host address inside the prefix"),
+                    "198.51.100.10/24, 198.51.100.11",
+                ],
+            );
+        }
+        // A gateway on a /31 link is fine.
+        apply(
+            &State::default(),
+            &uplink("{interface: eth9, addresses: [192.0.2.0/31], gateway: 192.0.2.1}"),
+        );
+    }
+
+    #[test]
+    fn an_address_in_use_stays_on_the_uplink() {
+        let state = apply(
+            &nat_base(),
+            &format!(
+                "{}{}{}",
+                gateway("gw", "blue", "198.51.100.10"),
+                forward("web", "198.51.100.12", "tcp", 8080, "c1"),
+                vip("v", Some("198.51.100.11"))
+            ),
+        );
+        let narrower = |addresses: &str| {
+            doc(
+                "Uplink",
+                "wan",
+                &format!("{{interface: eth9, addresses: [{addresses}], gateway: 198.51.100.1}}"),
+            )
+        };
+        refused(
+            &state,
+            &narrower("198.51.100.11/24, 198.51.100.12"),
+            409,
+            "documents[0].spec.addresses",
+            &[
+                "198.51.100.10 is used by NATGateway \"gw\"",
+                "change or delete",
+            ],
+        );
+        refused(
+            &state,
+            &narrower("198.51.100.10/24, 198.51.100.12"),
+            409,
+            "documents[0].spec.addresses",
+            &["198.51.100.11 is used by VirtualIP \"v\""],
+        );
+        refused(
+            &state,
+            &narrower("198.51.100.10/24, 198.51.100.11"),
+            409,
+            "documents[0].spec.addresses",
+            &["198.51.100.12 is used by PortForward \"web\""],
+        );
+        // Moving the user in the same batch is fine.
+        let moved = apply(
+            &state,
+            &format!(
+                "{}{}",
+                narrower("198.51.100.11/24, 198.51.100.12, 198.51.100.13"),
+                gateway("gw", "blue", "198.51.100.13")
+            ),
+        );
+        assert_eq!(moved.nat_gateways["gw"].spec.ips, [ip("198.51.100.13")]);
     }
 }

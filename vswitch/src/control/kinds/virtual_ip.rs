@@ -91,9 +91,7 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(nat_rules::check_virtual_ip(
-            cx.origin, cx.next, cx.batch, self,
-        ));
+        errors.check(check_virtual_ip(cx.origin, cx.next, cx.batch, self));
     }
 
     fn dependants(state: &State, name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -133,5 +131,102 @@ spec:
             row.push(labels_cell(&self.metadata));
         }
         row
+    }
+}
+
+/// A VirtualIP: its address, when given, is the Uplink's and used by nothing else.
+///
+/// # Errors
+/// [`ApiError`] on `origin`'s field.
+fn check_virtual_ip(
+    origin: &Origin,
+    next: &State,
+    batch: Batch<'_>,
+    vip: &VirtualIp,
+) -> Result<(), ApiError> {
+    nat_rules::owned_by_uplink(origin, next, "spec.ip", vip.spec.ip)?;
+    if let Some(ip) = vip.spec.ip {
+        if let Some(user) = nat_rules::blocking_user(
+            next,
+            batch,
+            origin,
+            (Kind::VirtualIp, &vip.metadata.name),
+            ip,
+            &[Kind::NatGateway, Kind::PortForward, Kind::VirtualIp],
+        ) {
+            return Err(origin.conflict(
+                "spec.ip",
+                format!(
+                    "{ip} is already used by {user}; a VirtualIP's address serves nothing else: choose another address of the Uplink, or leave ip out to allocate one"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{apply, forward, gateway, nat_base, refused, vip};
+
+    #[test]
+    fn virtual_ip_checks() {
+        let state = apply(
+            &nat_base(),
+            &format!(
+                "{}{}",
+                gateway("gw", "blue", "198.51.100.10"),
+                forward("web", "198.51.100.12", "tcp", 8080, "c1")
+            ),
+        );
+        refused(
+            &state,
+            &vip("v", Some("203.0.113.7")),
+            400,
+            "documents[0].spec.ip",
+            &["203.0.113.7 is not an address of Uplink \"wan\""],
+        );
+        refused(
+            &state,
+            &vip("v", Some("198.51.100.10")),
+            409,
+            "documents[0].spec.ip",
+            &["198.51.100.10 is already used by NATGateway \"gw\""],
+        );
+        refused(
+            &state,
+            &vip("v", Some("198.51.100.12")),
+            409,
+            "documents[0].spec.ip",
+            &["198.51.100.12 is already used by PortForward \"web\""],
+        );
+        let state = apply(&state, &vip("v", Some("198.51.100.11")));
+        refused(
+            &state,
+            &vip("w", Some("198.51.100.11")),
+            409,
+            "documents[0].spec.ip",
+            &["198.51.100.11 is already used by VirtualIP \"v\""],
+        );
+        // Every address is taken now: an allocation fails, naming the Uplink.
+        refused(
+            &state,
+            &vip("w", None),
+            409,
+            "documents[0].spec.ip",
+            &["no free address left on Uplink \"wan\""],
+        );
+        let without_uplink = apply(
+            &State::default(),
+            "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: blue}\n",
+        );
+        refused(
+            &without_uplink,
+            &vip("v", None),
+            400,
+            "documents[0].spec.ip",
+            &["no Uplink exists"],
+        );
     }
 }

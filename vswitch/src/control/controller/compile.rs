@@ -1,0 +1,256 @@
+//! The engine's snapshot of the state: ids for new Subnets, Networks and tunnels, every
+//! Subnet, Network routing table, opened port, the Uplink, the VTEP and the NAT rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Inner;
+use super::ids::IdPool;
+use crate::control::resource::InterfaceState;
+use crate::control::{nat_rules, overlay, routing};
+use crate::port::PortId;
+use crate::runtime::Engine;
+use crate::tables::snapshot::UplinkEntry;
+use crate::tables::snapshot::{
+    NetworkEntry, NetworkId, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId,
+};
+
+/// Assigns ids to new Subnets and Networks and frees those of deleted ones, then compiles
+/// and publishes the snapshot.
+pub(super) fn publish(engine: &Engine, inner: &mut Inner) {
+    sync_ids(
+        &mut inner.subnet_ids,
+        &mut inner.subnet_id_pool,
+        inner.state.subnets.keys(),
+        SubnetId,
+        |id| id.0,
+    );
+    sync_ids(
+        &mut inner.network_ids,
+        &mut inner.network_id_pool,
+        inner.state.networks.keys(),
+        NetworkId,
+        |id| id.0,
+    );
+    sync_tunnel_ids(engine, inner);
+    let rules = nat_rules::compile(&inner.state, &inner.network_ids);
+    // The same table in every snapshot of the run: connections survive reconfiguration.
+    let conntrack = Arc::clone(&engine.current().conntrack);
+    engine.publish(compile(inner).with_nat(Arc::new(rules), conntrack));
+}
+
+/// Makes `ids` hold exactly the names in `names`: ids of names that are gone go back to
+/// `pool`, new names get one from it (dense ids, reused after deletes).
+fn sync_ids<'a, Id: Copy>(
+    ids: &mut BTreeMap<String, Id>,
+    pool: &mut IdPool,
+    names: impl Iterator<Item = &'a String> + Clone,
+    make: fn(u32) -> Id,
+    raw: fn(Id) -> u32,
+) {
+    let wanted: std::collections::BTreeSet<&String> = names.collect();
+    ids.retain(|name, id| {
+        let keep = wanted.contains(name);
+        if !keep {
+            pool.release(raw(*id));
+        }
+        keep
+    });
+    for name in wanted {
+        if !ids.contains_key(name) {
+            if let Some(id) = pool.allocate() {
+                ids.insert(name.clone(), make(id));
+            }
+        }
+    }
+}
+
+/// The snapshot of the current state: every Subnet, and every opened port.
+fn compile(inner: &Inner) -> Snapshot {
+    let state = &inner.state;
+    let mut ports = Vec::with_capacity(inner.ports.len());
+    let mut floods: BTreeMap<&str, Vec<PortId>> = BTreeMap::new();
+    for (name, port) in &inner.ports {
+        let Some(nic) = state.network_interfaces.get(name) else {
+            continue;
+        };
+        let (Some(subnet), Some(subnet_id), Some(mac)) = (
+            state.subnets.get(&nic.spec.subnet),
+            inner.subnet_ids.get(&nic.spec.subnet),
+            nic.status.mac,
+        ) else {
+            continue;
+        };
+        if nic.status.state != InterfaceState::Up {
+            continue;
+        }
+        let ips: Vec<Ipv4Addr> = nic.status.ips.iter().map(|ip| ip.addr()).collect();
+        let allowed_sources = ips
+            .iter()
+            .flat_map(|ip| routing::routed_sources(state, &nic.spec.subnet, *ip))
+            .collect();
+        ports.push(PortEntry {
+            id: port.id,
+            name: name.clone(),
+            subnet: *subnet_id,
+            mac: mac.0,
+            ips,
+            mtu: overlay::interface_mtu(state, nic, subnet),
+            allowed_sources,
+            io: Arc::clone(&port.io),
+            proxy_arp: false,
+            tunnel: None,
+        });
+        floods
+            .entry(nic.spec.subnet.as_str())
+            .or_default()
+            .push(port.id);
+    }
+    // Each stretched Subnet's tunnel: a port that sends through the VTEP.
+    let mut tunnels = std::collections::HashMap::new();
+    let overlay = state.overlays.values().next();
+    if let (Some(vtep), Some(overlay)) = (&inner.vtep, overlay) {
+        for (name, id) in &inner.tunnel_ids {
+            let (Some(subnet), Some(subnet_id)) =
+                (state.subnets.get(name), inner.subnet_ids.get(name))
+            else {
+                continue;
+            };
+            let Some(vni) = subnet.spec.vni.and_then(vxlan::Vni::new) else {
+                continue;
+            };
+            let remotes = if subnet.spec.remote_vteps.is_empty() {
+                overlay.spec.peers.clone()
+            } else {
+                subnet.spec.remote_vteps.clone()
+            };
+            ports.push(PortEntry {
+                id: *id,
+                name: format!("vxlan/{name}"),
+                subnet: *subnet_id,
+                mac: [0; 6],
+                ips: Vec::new(),
+                mtu: overlay::subnet_mtu(state, subnet),
+                allowed_sources: Vec::new(),
+                io: Arc::clone(&vtep.io),
+                proxy_arp: false,
+                tunnel: Some(crate::tables::snapshot::Tunnel { vni, remotes }),
+            });
+            floods.entry(name.as_str()).or_default().push(*id);
+            tunnels.insert(u32::from(vni), *id);
+        }
+    }
+    let vtep = match (&inner.vtep, overlay) {
+        (Some(vtep), Some(overlay)) => Some(crate::tables::snapshot::VtepEntry {
+            id: vtep.id,
+            local: vtep.local,
+            encap: overlay::encap_config(overlay),
+            io: Arc::clone(&vtep.io),
+            tunnels,
+        }),
+        _ => None,
+    };
+    let network_ids = &inner.network_ids;
+    let subnets = state
+        .subnets
+        .iter()
+        .filter_map(|(name, subnet)| {
+            let id = *inner.subnet_ids.get(name)?;
+            let network_id = *network_ids.get(subnet.spec.network.as_str())?;
+            let mut flood = floods.remove(name.as_str()).unwrap_or_default();
+            flood.sort();
+            Some(SubnetEntry {
+                id,
+                name: name.clone(),
+                network: subnet.spec.network.clone(),
+                network_id,
+                cidr: subnet.spec.cidr,
+                gateway: subnet.spec.gateway,
+                gateway_mac: routing::gateway_mac(state, subnet).0,
+                mtu: overlay::subnet_mtu(state, subnet),
+                ports: flood,
+                mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),
+                mac_limit: subnet.spec.mac_table_limit,
+            })
+        })
+        .collect();
+    let networks = state
+        .networks
+        .keys()
+        .filter_map(|name| {
+            let id = *network_ids.get(name)?;
+            let routes = routing::table(state, name)
+                .into_iter()
+                .filter_map(|route| {
+                    Some(RouteEntry {
+                        prefix: route.prefix,
+                        subnet: *inner.subnet_ids.get(&route.subnet)?,
+                        next_hop: route.next_hop,
+                        origin: route.origin,
+                    })
+                })
+                .collect();
+            Some(NetworkEntry::new(id, name.clone(), routes))
+        })
+        .collect();
+    let uplink = inner.uplink.as_ref().and_then(|open| {
+        let uplink = state.uplinks.get(&open.name)?;
+        Some(UplinkEntry {
+            id: open.id,
+            name: open.name.clone(),
+            ifname: uplink.spec.interface.clone(),
+            mac: nat_rules::uplink_mac(state, uplink).0,
+            addresses: uplink.spec.addresses.iter().map(|a| a.0).collect(),
+            gateway: uplink.spec.gateway,
+            mtu: open.mtu,
+            segment: open.segment,
+            io: Arc::clone(&open.io),
+        })
+    });
+    Snapshot::new(ports, subnets)
+        .with_networks(networks)
+        .with_uplink(uplink)
+        .with_vtep(vtep)
+}
+
+/// Gives every Subnet with a VNI a tunnel port id while the VTEP is open (ids of tunnels
+/// that went are freed; new ones start with clean counters).
+fn sync_tunnel_ids(engine: &Engine, inner: &mut Inner) {
+    let wanted: BTreeSet<String> = if inner.vtep.is_some() {
+        inner
+            .state
+            .subnets
+            .iter()
+            .filter(|(_, s)| s.spec.vni.is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let Inner {
+        tunnel_ids,
+        port_ids,
+        ..
+    } = inner;
+    tunnel_ids.retain(|name, id| {
+        let keep = wanted.contains(name);
+        if !keep {
+            port_ids.release(id.0);
+        }
+        keep
+    });
+    for name in wanted {
+        if tunnel_ids.contains_key(&name) {
+            continue;
+        }
+        match port_ids.allocate() {
+            Some(id) => {
+                engine.reset_port(PortId(id));
+                tunnel_ids.insert(name, PortId(id));
+            }
+            None => tracing::error!(subnet = %name, "no port id left for the subnet's tunnel"),
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! The controller: owns the desired state (persisted in the [`Store`]), the opened ports and
+//! the engine, and turns one into the other.
+//!
+//! Invariants:
+//! - One internal lock serialises every change; a change is validated whole
+//!   ([`validate::plan`]) before anything happens, and either completes (devices created,
+//!   state persisted, snapshot published) or is rolled back so that the running state is as
+//!   before.
+//! - Port I/O handles (`Arc<PortIo>`) live only here and in published snapshots, never in the
+//!   store. A port's [`PortId`] is dense and reused after delete; `Engine::reset_port` runs
+//!   before an id is (re)used and after its port is gone.
+//! - A NetworkInterface whose device cannot be re-opened after a restart stays, with state
+//!   `lost` and a message, out of the snapshot, until the user deletes it.
+//! - Subnet and Network ids are dense and stable within a run: a name keeps its id while it
+//!   exists; a freed id is reused by the next new name.
+//! - The node id is generated on first boot and persisted before anything else; gateway MACs
+//!   derive from it ([`routing::gateway_mac`]).
+//! - At most one Uplink. Its device is opened with one queue per worker, gets a [`PortId`]
+//!   from the same pool as interfaces (so its counters live in the same arrays) and a
+//!   [`SubnetId`] for its neighbour entries; both are released when it is closed. An Uplink
+//!   whose device cannot be opened after a restart stays, `lost`, out of the snapshot.
+//! - The NAT rules are compiled from the desired state at every publish; the conntrack table
+//!   is the engine's, carried from one snapshot to the next, so connections survive any
+//!   change of configuration. Deleting a NetworkInterface removes its connections, deleting
+//!   a Network flushes its zone: their ids are reused, their connections must not be.
+//! - Lock order: the state lock, then the engine lock.
+//!
+//! This module is the API (open, apply, create, list, get, delete), the state lock and the
+//! snapshot of the state that reads see. The rest is in submodules: `reconcile` carries out a
+//! plan on the devices (and undoes it on failure), `compile` turns the state into the
+//! engine's snapshot and publishes it, `views` are the read-only reports (routing table,
+//! conntrack, NAT) and their rows, `overlay` is the glue of the overlay agent (hub and
+//! runner) and of the resources it generates, `ids` the dense id pools.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
+
+use self::compile::publish;
+use self::ids::IdPool;
+use self::overlay::{check_overlay_delete, close_vtep, initial_overlay_state, install_vtep};
+use self::reconcile::{
+    attach_request, forget_connections, install_uplink, interface_zone, mark_uplink, open_uplink,
+};
+use self::views::{port_names, resource_json};
+use super::ApiError;
+use super::nat_rules;
+use super::resource::{Document, InterfaceState, Kind, Origin, parse_documents, parse_one};
+use super::store::{NodeId, State, Store};
+use super::validate::{self, AppliedResource, Mode};
+use crate::port::{self, MAX_PORTS, PortError, PortId, PortIo};
+use crate::runtime::Engine;
+use crate::tables::clock::{Clock, MonotonicClock};
+use crate::tables::snapshot::{NetworkId, SubnetId};
+
+mod compile;
+mod ids;
+mod overlay;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+mod views;
+
+pub use self::overlay::OverlayAgentConfig;
+pub use self::views::{
+    ConntrackCounters, ConntrackKey, ConntrackRow, NatAddress, NatPortsInUse, NatReport, NatUplink,
+    RoutingTableRow,
+};
+
+/// What the uplink's device reported when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkDevice {
+    /// The interface's MTU.
+    pub mtu: u16,
+    /// The interface's own MAC (the host's; the switch must use another).
+    pub host_mac: [u8; 6],
+}
+
+/// Opens an uplink device: interface name, the switch's MAC, queues (one per worker).
+pub type UplinkOpen = fn(&str, [u8; 6], usize) -> Result<(PortIo, UplinkDevice), PortError>;
+
+/// The uplink's I/O as the controller uses it: the real device functions in the daemon,
+/// stand-ins in tests that need no interface.
+#[derive(Debug, Clone, Copy)]
+pub struct UplinkOps {
+    /// Whether a host interface of that name exists in the daemon's namespace.
+    pub exists: fn(&str) -> bool,
+    /// Opens the interface (AF_PACKET, one queue per worker) for the switch's MAC.
+    pub open: UplinkOpen,
+    /// Closes what `open` opened.
+    pub close: fn(PortIo),
+}
+
+impl UplinkOps {
+    /// The real device functions ([`crate::port::uplink::open`] and
+    /// [`crate::port::uplink::close`]).
+    pub fn device() -> UplinkOps {
+        UplinkOps {
+            exists: interface_exists,
+            open: open_uplink_device,
+            close: close_uplink_device,
+        }
+    }
+}
+
+/// True when the daemon's namespace has an interface `ifname`.
+fn interface_exists(ifname: &str) -> bool {
+    nix::net::if_::if_nametoindex(ifname).is_ok()
+}
+
+fn open_uplink_device(
+    ifname: &str,
+    mac: [u8; 6],
+    queues: usize,
+) -> Result<(PortIo, UplinkDevice), PortError> {
+    let (io, info) = port::uplink::open(ifname, mac, queues)?;
+    if !info.filtered {
+        tracing::warn!(uplink = %ifname, "the kernel refused the uplink's receive filter: every frame on the interface reaches the switch");
+    }
+    Ok((
+        io,
+        UplinkDevice {
+            mtu: info.mtu,
+            host_mac: info.host_mac,
+        },
+    ))
+}
+
+fn close_uplink_device(io: PortIo) {
+    port::uplink::close(io);
+}
+
+/// Owns desired state, allocations, ports and the engine. All methods are blocking and
+/// serialised by an internal lock; call them from a blocking context.
+#[derive(Debug)]
+pub struct Controller {
+    inner: Mutex<Inner>,
+    /// What reads (`get`, `list`) see: published whenever a write changed it, so that reads
+    /// never wait behind a write (which may hold the lock across netlink work).
+    published: ArcSwap<Published>,
+    engine: RwLock<Engine>,
+    /// The datapath's clock (conntrack ages and timeouts are read with it).
+    clock: Arc<dyn Clock>,
+}
+
+/// The state as last changed, and what a resource's status needs besides it.
+#[derive(Debug, Default, PartialEq)]
+struct Published {
+    state: State,
+    /// NetworkInterface names by port id.
+    port_names: BTreeMap<u32, String>,
+}
+
+/// The state lock, held: on release, publishes the state for readers if it changed.
+struct Locked<'a> {
+    guard: parking_lot::MutexGuard<'a, Inner>,
+    published: &'a ArcSwap<Published>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let current = self.published.load();
+        let port_names = port_names(&self.guard);
+        if current.state != self.guard.state || current.port_names != port_names {
+            self.published.store(Arc::new(Published {
+                state: self.guard.state.clone(),
+                port_names,
+            }));
+        }
+    }
+}
+
+/// Everything the lock protects.
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    /// The persisted state, as last saved.
+    state: State,
+    /// Opened ports by NetworkInterface name (only interfaces that are `up`).
+    ports: BTreeMap<String, AttachedPort>,
+    port_ids: IdPool,
+    subnet_ids: BTreeMap<String, SubnetId>,
+    subnet_id_pool: IdPool,
+    network_ids: BTreeMap<String, NetworkId>,
+    network_id_pool: IdPool,
+    /// The Uplink's device, while it is open.
+    uplink: Option<OpenUplink>,
+    uplink_ops: UplinkOps,
+    /// The VTEP, while an Overlay is configured and its sockets are open.
+    vtep: Option<OpenVtep>,
+    /// Tunnel port ids by Subnet name: the Subnets with a VNI, while the VTEP is open.
+    tunnel_ids: BTreeMap<String, PortId>,
+}
+
+/// The VTEP's opened sockets and the port id they hold.
+#[derive(Debug)]
+struct OpenVtep {
+    local: std::net::SocketAddrV4,
+    id: PortId,
+    io: Arc<PortIo>,
+}
+
+#[derive(Debug)]
+struct AttachedPort {
+    id: PortId,
+    io: Arc<PortIo>,
+}
+
+/// The Uplink's opened device and the ids it holds.
+#[derive(Debug)]
+struct OpenUplink {
+    /// Uplink resource name.
+    name: String,
+    id: PortId,
+    segment: SubnetId,
+    io: Arc<PortIo>,
+    mtu: u16,
+}
+
+impl Controller {
+    /// Opens (creating if needed) the state directory, restores persisted resources and
+    /// allocations, and re-opens the ports and the Uplink that still exist.
+    ///
+    /// Conntrack ages are read with a clock started here; give the engine's clock with
+    /// [`open_with_clock`](Controller::open_with_clock) so they match the datapath's exactly.
+    ///
+    /// # Errors
+    /// When the state directory cannot be created or its files cannot be read.
+    pub fn open(state_dir: &Path, engine: Engine) -> Result<Controller, ApiError> {
+        Controller::open_with_clock(state_dir, engine, Arc::new(MonotonicClock::new()))
+    }
+
+    /// [`open`](Controller::open) with the clock the engine was started with
+    /// ([`Engine::start_with_clock`]), so conntrack ages and timeouts are read on the
+    /// datapath's time.
+    ///
+    /// # Errors
+    /// As [`open`](Controller::open).
+    pub fn open_with_clock(
+        state_dir: &Path,
+        engine: Engine,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Controller, ApiError> {
+        Controller::open_with(state_dir, engine, clock, UplinkOps::device())
+    }
+
+    /// [`open_with_clock`](Controller::open_with_clock) with the given uplink I/O (tests use
+    /// stand-ins that need no interface).
+    ///
+    /// # Errors
+    /// As [`open`](Controller::open).
+    pub fn open_with(
+        state_dir: &Path,
+        engine: Engine,
+        clock: Arc<dyn Clock>,
+        uplink_ops: UplinkOps,
+    ) -> Result<Controller, ApiError> {
+        let (store, loaded) = Store::open(state_dir)?;
+        let fresh = loaded.is_none();
+        let mut state = loaded.unwrap_or_default();
+        let new_node = state.node_id.is_none();
+        if new_node {
+            let id = NodeId::generate();
+            tracing::info!(node_id = %id, "generated this node's id (gateway MACs derive from it)");
+            state.node_id = Some(id);
+        }
+        let mut inner = Inner {
+            store,
+            state,
+            ports: BTreeMap::new(),
+            port_ids: IdPool::new(u32::try_from(MAX_PORTS).unwrap_or(u32::MAX)),
+            subnet_ids: BTreeMap::new(),
+            subnet_id_pool: IdPool::new(u32::MAX),
+            network_ids: BTreeMap::new(),
+            network_id_pool: IdPool::new(u32::MAX),
+            uplink: None,
+            uplink_ops,
+            vtep: None,
+            tunnel_ids: BTreeMap::new(),
+        };
+        let workers = engine.workers();
+        let mut status_changed = false;
+        let names: Vec<String> = inner.state.network_interfaces.keys().cloned().collect();
+        for name in names {
+            let reopened = attach_request(&inner.state, &name, workers)
+                .and_then(|req| port::reopen(&req).map_err(|err| err.to_string()))
+                .and_then(|io| match inner.port_ids.allocate() {
+                    Some(id) => Ok((PortId(id), io)),
+                    None => Err(format!("more than {MAX_PORTS} ports")),
+                });
+            let Some(nic) = inner.state.network_interfaces.get_mut(&name) else {
+                continue;
+            };
+            let before = nic.status.clone();
+            match reopened {
+                Ok((id, io)) => {
+                    engine.reset_port(id);
+                    nic.status.state = InterfaceState::Up;
+                    nic.status.message = None;
+                    nic.status.host_ifname.clone_from(&io.host_ifname);
+                    tracing::info!(interface = %name, port = id.0, "re-opened port");
+                    inner.ports.insert(
+                        name.clone(),
+                        AttachedPort {
+                            id,
+                            io: Arc::new(io),
+                        },
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        interface = %name,
+                        "cannot re-open port after restart: {err}; marked lost (delete the NetworkInterface to clean up)"
+                    );
+                    nic.status.state = InterfaceState::Lost;
+                    nic.status.message = Some(format!(
+                        "cannot re-open after restart: {err}; delete the NetworkInterface and create it again"
+                    ));
+                }
+            }
+            status_changed |= nic.status != before;
+        }
+        if let Some(name) = inner.state.uplinks.keys().next().cloned() {
+            let before = inner.state.uplinks.get(&name).map(|u| u.status.clone());
+            let origin = Origin::resource(Kind::Uplink, &name);
+            match open_uplink(&inner, &inner.state, &name, workers, &origin) {
+                Ok((io, device)) => {
+                    let mac = inner
+                        .state
+                        .uplinks
+                        .get(&name)
+                        .map(|u| nat_rules::uplink_mac(&inner.state, u));
+                    if let Err(err) = install_uplink(&engine, &mut inner, &name, io, device) {
+                        tracing::warn!(uplink = %name, "cannot re-open the uplink after restart: {err}; marked lost");
+                        mark_uplink(
+                            &mut inner.state,
+                            &name,
+                            InterfaceState::Lost,
+                            Some(err.to_string()),
+                        );
+                    } else if let Some(uplink) = inner.state.uplinks.get_mut(&name) {
+                        tracing::info!(uplink = %name, interface = %uplink.spec.interface, "re-opened the uplink");
+                        uplink.status.state = InterfaceState::Up;
+                        uplink.status.message = None;
+                        uplink.status.mac = mac;
+                        uplink.status.mtu = Some(device.mtu);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(uplink = %name, "cannot re-open the uplink after restart: {err}; marked lost (fix the interface and apply the Uplink again, or delete it)");
+                    mark_uplink(
+                        &mut inner.state,
+                        &name,
+                        InterfaceState::Lost,
+                        Some(format!("cannot re-open after restart: {err}")),
+                    );
+                }
+            }
+            status_changed |= inner.state.uplinks.get(&name).map(|u| u.status.clone()) != before;
+        }
+        if let Some(overlay) = inner.state.overlays.values().next().cloned() {
+            let local = std::net::SocketAddrV4::new(overlay.spec.local_address, overlay.spec.port);
+            let name = overlay.metadata.name.clone();
+            let opened = port::vxlan::open(local, workers);
+            let status = match opened {
+                Ok(io) => {
+                    install_vtep(&engine, &mut inner, local, io);
+                    tracing::info!(overlay = %name, %local, "re-opened the VTEP");
+                    (initial_overlay_state(&overlay), None)
+                }
+                Err(err) => {
+                    tracing::warn!(overlay = %name, %local, "cannot re-open the VTEP after restart: {err}; apply the Overlay again once fixed");
+                    (
+                        super::resource::OverlayState::Failed,
+                        Some(format!("cannot open the VTEP on {local}: {err}")),
+                    )
+                }
+            };
+            if let Some(overlay) = inner.state.overlays.get_mut(&name) {
+                let before = (overlay.status.state, overlay.status.message.clone());
+                overlay.status.state = status.0;
+                overlay.status.message = status.1;
+                status_changed |= before != (overlay.status.state, overlay.status.message.clone());
+            }
+        }
+        if status_changed || fresh || new_node {
+            inner.store.save(&inner.state)?;
+        }
+        let controller = Controller {
+            published: ArcSwap::from_pointee(Published {
+                state: inner.state.clone(),
+                port_names: port_names(&inner),
+            }),
+            inner: Mutex::new(inner),
+            engine: RwLock::new(engine),
+            clock,
+        };
+        {
+            let mut inner = controller.lock();
+            {
+                let engine = controller.engine.read();
+                publish(&engine, &mut inner);
+            }
+            // A change the overlay could not make before (e.g. its host TAP's name was
+            // taken) is retried at every start.
+            controller.sync_generated_logged(&mut inner);
+        }
+        Ok(controller)
+    }
+
+    /// Takes the state lock; readers see the state as of the last release.
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.inner.lock(),
+            published: &self.published,
+        }
+    }
+
+    /// True when the state directory held no resources (first boot), or all were deleted.
+    pub fn is_empty(&self) -> bool {
+        self.published.load().state.is_empty()
+    }
+
+    /// Applies one or more YAML or JSON documents (`---`-separated, or a JSON array). All are
+    /// validated before any is applied; if one is wrong nothing changes.
+    ///
+    /// # Errors
+    /// [`ApiError`] naming the document, kind/name and field.
+    pub fn apply(&self, text: &str) -> Result<Vec<AppliedResource>, ApiError> {
+        let docs = parse_documents(text)?;
+        let mut inner = self.lock();
+        let plan = validate::plan(&inner.state, docs, Mode::Apply)?;
+        let applied = plan.applied.clone();
+        self.execute(&mut inner, plan)?;
+        self.sync_generated_logged(&mut inner);
+        Ok(applied)
+    }
+
+    /// Creates one resource of `kind` from a JSON body; refuses a name that exists (409).
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub fn create(&self, kind: &str, body: &str) -> Result<serde_json::Value, ApiError> {
+        let kind = Kind::parse(kind)?;
+        let resource = parse_one(kind, body)?;
+        let name = resource.name().to_string();
+        let doc = Document {
+            origin: Origin::resource(kind, &name),
+            resource,
+        };
+        let mut inner = self.lock();
+        let plan = validate::plan(&inner.state, vec![doc], Mode::Create)?;
+        self.execute(&mut inner, plan)?;
+        self.sync_generated_logged(&mut inner);
+        drop(inner);
+        self.get(kind.as_str(), &name)
+    }
+
+    /// Lists resources of `kind` (any case, singular or plural).
+    ///
+    /// # Errors
+    /// [`ApiError::Invalid`] for an unknown kind.
+    pub fn list(&self, kind: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+        let kind = Kind::parse(kind)?;
+        let published = self.published.load();
+        let live = self.live(&published, kind);
+        published
+            .state
+            .names(kind)
+            .into_iter()
+            .map(|name| resource_json(&published.state, kind, &name, &live))
+            .collect()
+    }
+
+    /// One resource.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`].
+    pub fn get(&self, kind: &str, name: &str) -> Result<serde_json::Value, ApiError> {
+        let kind = Kind::parse(kind)?;
+        let published = self.published.load();
+        let live = self.live(&published, kind);
+        resource_json(&published.state, kind, name, &live)
+    }
+
+    /// Deletes one resource (for a NetworkInterface: removes the device, releases its IPs).
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`], or [`ApiError::Conflict`] when others depend on it.
+    pub fn delete(&self, kind: &str, name: &str) -> Result<(), ApiError> {
+        let kind = Kind::parse(kind)?;
+        let mut inner = self.lock();
+        if let Some(owner) = validate::generated_by(&inner.state, kind, name) {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "{kind} {name:?} is generated by {owner}; it goes when the {owner} is deleted or no longer needs it"
+                ),
+                field: None,
+            });
+        }
+        self.delete_locked(&mut inner, kind, name)?;
+        if kind == Kind::Overlay {
+            self.sync_generated_logged(&mut inner);
+        }
+        Ok(())
+    }
+
+    /// Deletes one resource under the state lock (generated ones too).
+    fn delete_locked(&self, inner: &mut Inner, kind: Kind, name: &str) -> Result<(), ApiError> {
+        validate::check_delete(&inner.state, kind, name)?;
+        if kind == Kind::Overlay {
+            check_overlay_delete(&inner.state)?;
+        }
+        let mut next = inner.state.clone();
+        // Network and port ids are reused: connections (and masquerade port blocks) of what
+        // is deleted must not be inherited by the next user of its id.
+        let forget = match kind {
+            Kind::Network => inner
+                .network_ids
+                .get(name)
+                .map(|id| (nat::Zone(id.0), None)),
+            Kind::NetworkInterface => {
+                interface_zone(inner, name).map(|(zone, ips)| (zone, Some(ips)))
+            }
+            _ => None,
+        };
+        match kind {
+            Kind::NetworkInterface => {
+                let engine = self.engine.read();
+                self.delete_interface(&engine, inner, name, next)?;
+            }
+            Kind::Uplink => {
+                let engine = self.engine.read();
+                self.delete_uplink(&engine, inner, name, next)?;
+            }
+            Kind::Overlay => {
+                next.overlays.remove(name);
+                inner.store.save(&next)?;
+                inner.state = next;
+                let engine = self.engine.read();
+                close_vtep(&engine, inner);
+            }
+            Kind::Network
+            | Kind::Subnet
+            | Kind::Route
+            | Kind::NatGateway
+            | Kind::PortForward
+            | Kind::VirtualIp => {
+                next.remove(kind, name);
+                if kind == Kind::Subnet {
+                    next.ipam.remove(name);
+                }
+                inner.store.save(&next)?;
+                inner.state = next;
+                // Peers' tables (a Network), connected routes (a Subnet), static routes and
+                // routed sources (a Route), NAT rules (the NAT kinds) change.
+                let engine = self.engine.read();
+                publish(&engine, inner);
+            }
+        }
+        if let Some((zone, addresses)) = forget {
+            let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+            let removed = match addresses {
+                None => conntrack.flush(Some(zone)),
+                Some(addresses) => {
+                    forget_connections(&conntrack, zone, &addresses, self.clock.now_ms())
+                }
+            };
+            if removed > 0 {
+                tracing::info!(kind = %kind, name, removed, "removed its tracked connections");
+            }
+        }
+        tracing::info!(kind = %kind, name, "deleted");
+        Ok(())
+    }
+
+    /// Stops the engine. Ports are left in place so a restarted daemon re-opens them.
+    pub fn shutdown(&self) {
+        self.engine.write().shutdown();
+    }
+}

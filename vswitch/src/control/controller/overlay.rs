@@ -1,0 +1,625 @@
+//! The overlay glue: what the overlay agent (the hub's registration API, a runner's
+//! registration loop) needs and calls, the VTEP, and keeping the resources the Overlay
+//! generates (see [`crate::control::overlay`]) in step with it.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::compile::publish;
+use super::reconcile::retire;
+use super::{Controller, Inner, OpenVtep};
+use crate::control::ApiError;
+use crate::control::overlay::{self, HubRunner, HubView, MeshView, OverlayView, RunnerView};
+use crate::control::resource::{
+    Document, HubRef, Kind, Origin, Overlay, OverlayRole, OverlayState, Resource,
+};
+use crate::control::store::State;
+use crate::control::validate::{self, Mode};
+use crate::port::{PortId, PortIo};
+use crate::runtime::Engine;
+
+/// What the overlay agent (the hub's registration API, or a runner's registration loop)
+/// needs to run; it changes when the Overlay is applied again ([`Self::generation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayAgentConfig {
+    /// Bumped whenever the Overlay's spec changes: an agent running with an older
+    /// generation restarts with the new configuration.
+    pub generation: u64,
+    /// The Overlay's name: the runner name a runner registers with.
+    pub name: String,
+    /// Mesh, hub or runner.
+    pub role: OverlayRole,
+    /// The node's reachable underlay address.
+    pub local_address: Ipv4Addr,
+    /// The VXLAN UDP port.
+    pub port: u16,
+    /// The VNI base.
+    pub vni_base: u32,
+    /// The overlay MTU.
+    pub mtu: u16,
+    /// Runner: the hub (address, API port, token).
+    pub hub: Option<HubRef>,
+    /// Hub: the registration API's TCP port (on `local_address`).
+    pub api_port: u16,
+    /// Hub: the bearer token runners must present.
+    pub token: Option<String>,
+    /// Runner: interval between heartbeats.
+    pub heartbeat: Duration,
+    /// Hub: silence after which a runner is marked offline.
+    pub runner_timeout: Duration,
+}
+
+impl Controller {
+    /// The overlay agent's configuration, or `None` without an Overlay.
+    pub fn overlay_agent_config(&self) -> Option<OverlayAgentConfig> {
+        let inner = self.lock();
+        overlay_agent_config(&inner)
+    }
+
+    /// Hub: admits a runner's registration (same name, same ID; mismatched settings refused
+    /// with a message naming the setting and both values; a name online from another
+    /// address, or a static runner's name from another address, refused naming both
+    /// addresses), persists the pool, sets up the runner's subnet and returns its plan.
+    ///
+    /// # Errors
+    /// [`ApiError::Invalid`] for a bad or mismatched request, [`ApiError::Conflict`] when
+    /// this node is not a hub or the name belongs to another runner (online from another
+    /// address, or in `spec.runners` with another address), [`ApiError::Internal`] when the
+    /// state cannot be saved.
+    pub fn hub_register(
+        &self,
+        request: &vxlan::RegistrationRequest,
+    ) -> Result<vxlan::RunnerPlan, ApiError> {
+        let mut inner = self.lock();
+        self.hub_register_locked(&mut inner, request)
+    }
+
+    /// Hub: records a heartbeat from runner `name`.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when the name holds no ID (the runner must register again),
+    /// [`ApiError::Conflict`] when this node is not a hub.
+    pub fn hub_heartbeat(&self, name: &str) -> Result<vxlan::RunnerId, ApiError> {
+        let mut inner = self.lock();
+        hub_heartbeat(&mut inner, name, wall_ms())
+    }
+
+    /// Hub: marks offline the runners silent for longer than the Overlay's timeout.
+    pub fn hub_sweep(&self) {
+        let mut inner = self.lock();
+        hub_sweep(&mut inner, wall_ms());
+    }
+
+    /// Runner: the hub admitted us with `plan`; sets up (or keeps) the overlay subnet,
+    /// persists the plan and marks the Overlay `registered`.
+    ///
+    /// # Errors
+    /// [`ApiError`] when the plan cannot be applied (e.g. a name it needs is taken).
+    pub fn runner_joined(&self, plan: &vxlan::RunnerPlan) -> Result<(), ApiError> {
+        let mut inner = self.lock();
+        self.runner_joined_locked(&mut inner, plan)
+    }
+
+    /// Runner: records where registration stands (`registering`, `hubUnreachable` with why
+    /// and when the next attempt is, `registered` after a heartbeat was answered).
+    pub fn runner_status(&self, state: OverlayState, message: Option<String>) {
+        let mut inner = self.lock();
+        runner_status(&mut inner, state, message);
+    }
+
+    /// The overlay as `vswitchctl overlay` shows it (`GET /v1/overlay`): on a hub one row
+    /// per runner, on a runner its ID, subnet, hub and state.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] without an Overlay.
+    pub fn overlay_view(&self) -> Result<OverlayView, ApiError> {
+        let inner = self.lock();
+        overlay_view(&inner, wall_ms())
+    }
+}
+
+impl Controller {
+    /// [`Self::sync_generated`], logging (not returning) a failure: the user's change is
+    /// already committed; the Overlay's status says what went wrong.
+    pub(super) fn sync_generated_logged(&self, inner: &mut Inner) {
+        if let Err(err) = self.sync_generated(inner) {
+            tracing::warn!("cannot update the overlay's generated resources: {err}");
+            if let Some(overlay) = inner.state.overlays.values_mut().next() {
+                overlay.status.message =
+                    Some(format!("cannot set up the overlay's resources: {err}"));
+            }
+        }
+    }
+
+    /// Makes the generated resources (see [`overlay`]) match the Overlay: creates or updates
+    /// the wanted ones, deletes the stale ones. A hub first registers its static runners.
+    fn sync_generated(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        register_static_runners(inner)?;
+        let wanted = overlay::owned_resources(&inner.state);
+        // A generated Subnet whose CIDR changes (a runner given another ID) cannot be changed
+        // in place: it is removed, with the generated Routes through it, and created again.
+        let renumbered: Vec<String> = wanted
+            .iter()
+            .filter_map(|resource| match resource {
+                Resource::Subnet(subnet) => inner
+                    .state
+                    .subnets
+                    .get(&subnet.metadata.name)
+                    .filter(|old| old.spec.cidr != subnet.spec.cidr)
+                    .map(|_| subnet.metadata.name.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(nic) = inner
+            .state
+            .network_interfaces
+            .values()
+            .find(|nic| renumbered.contains(&nic.spec.subnet))
+        {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "the overlay moved Subnet {:?} to a new CIDR, but NetworkInterface {:?} is still on it; detach the interfaces on it and they can attach again to the new subnet",
+                    nic.spec.subnet, nic.metadata.name
+                ),
+                field: None,
+            });
+        }
+        if !renumbered.is_empty() {
+            let routes: Vec<String> = inner
+                .state
+                .routes
+                .values()
+                .filter(|route| overlay::is_owned(&route.metadata))
+                .map(|route| route.metadata.name.clone())
+                .collect();
+            for name in routes {
+                self.delete_locked(inner, Kind::Route, &name)?;
+            }
+            for name in renumbered {
+                tracing::info!(subnet = %name, "the overlay renumbered a generated subnet");
+                self.delete_locked(inner, Kind::Subnet, &name)?;
+            }
+        }
+        for (kind, name) in overlay::stale_owned(&inner.state, &wanted) {
+            tracing::info!(kind = %kind, name, "removing a resource the overlay no longer needs");
+            self.delete_locked(inner, kind, &name)?;
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        remove_stale_host_tap(&inner.state, &wanted);
+        let docs = wanted
+            .into_iter()
+            .map(|resource| Document {
+                origin: Origin::resource(resource.kind(), resource.name()),
+                resource,
+            })
+            .collect();
+        let plan = validate::plan(&inner.state, docs, Mode::Generated)?;
+        self.execute(inner, plan)
+    }
+
+    fn hub_register_locked(
+        &self,
+        inner: &mut Inner,
+        request: &vxlan::RegistrationRequest,
+    ) -> Result<vxlan::RunnerPlan, ApiError> {
+        let overlay = hub_overlay(&inner.state)?.clone();
+        // A static runner's name is the hub's configuration: it never moves by registration
+        // (whether or not the hub has marked it online yet).
+        if let Some(fixed) = overlay.spec.runners.iter().find(|r| r.name == request.name)
+            && request.local_address.to_canonical() != std::net::IpAddr::V4(fixed.address)
+        {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "runner {:?} is configured on the hub at {} (spec.runners); refusing the \
+                     registration from {} (register under another name, or change \
+                     spec.runners on the hub)",
+                    request.name, fixed.address, request.local_address
+                ),
+                field: None,
+            });
+        }
+        let mut pool = inner.state.runner_pool.clone().unwrap_or_default();
+        let timeout_ms = overlay.spec.runner_timeout_seconds.saturating_mul(1000);
+        let admission = pool
+            .admit(
+                &overlay::settings(&overlay),
+                &overlay.spec.address_plan,
+                request,
+                wall_ms(),
+                timeout_ms,
+            )
+            .map_err(|err| match err {
+                // Two nodes with one name: a conflict with the runner holding it.
+                vxlan::MembershipError::NameOnlineElsewhere { .. } => ApiError::Conflict {
+                    message: err.to_string(),
+                    field: None,
+                },
+                err => ApiError::Invalid {
+                    message: format!("registration of runner {:?} refused: {err}", request.name),
+                    field: None,
+                },
+            })?;
+        // MACs learned behind an address that no longer holds this ID are stale.
+        let stale_vtep = match &admission.registration.outcome {
+            vxlan::membership::RegistrationOutcome::Assigned => None,
+            vxlan::membership::RegistrationOutcome::Reconnected { previous_address } => {
+                if let Some(previous) = previous_address {
+                    tracing::info!(
+                        runner = %request.name,
+                        from = %previous,
+                        to = %request.local_address,
+                        "runner moved: its old address was offline"
+                    );
+                }
+                *previous_address
+            }
+            vxlan::membership::RegistrationOutcome::Reclaimed { evicted } => {
+                tracing::warn!(
+                    id = %admission.registration.id,
+                    evicted = %evicted.name,
+                    "all runner IDs are taken: reclaimed the ID of the runner unseen for longest"
+                );
+                Some(evicted.address)
+            }
+        };
+        if let Some(address) = stale_vtep {
+            let forgotten = self.engine.read().forget_remote_vtep(address);
+            tracing::debug!(%address, forgotten, "forgot remote MACs behind a runner's old address");
+        }
+        let changed = stale_vtep.is_some()
+            || matches!(
+                admission.registration.outcome,
+                vxlan::membership::RegistrationOutcome::Assigned
+            );
+        tracing::info!(
+            runner = %request.name,
+            id = %admission.registration.id,
+            address = %request.local_address,
+            "runner registered"
+        );
+        let mut next = inner.state.clone();
+        next.runner_pool = Some(pool);
+        if changed {
+            inner.store.save(&next)?;
+            inner.state = next;
+            self.sync_generated(inner)?;
+        } else {
+            // A reconnect: only last-seen changed, which is not worth a disk write.
+            inner.state = next;
+        }
+        Ok(admission.plan)
+    }
+
+    fn runner_joined_locked(
+        &self,
+        inner: &mut Inner,
+        plan: &vxlan::RunnerPlan,
+    ) -> Result<(), ApiError> {
+        let Some(overlay) = inner
+            .state
+            .overlays
+            .values()
+            .next()
+            .filter(|o| o.spec.role == OverlayRole::Runner)
+        else {
+            return Err(ApiError::Conflict {
+                message: "this node is not an overlay runner".into(),
+                field: None,
+            });
+        };
+        let name = overlay.metadata.name.clone();
+        let same = overlay.status.plan.as_ref() == Some(plan);
+        let mut next = inner.state.clone();
+        if let Some(overlay) = next.overlays.get_mut(&name) {
+            overlay.status.plan = Some(plan.clone());
+            overlay.status.state = OverlayState::Registered;
+            overlay.status.message = None;
+            overlay.status.last_contact = Some(wall_ms() / 1000);
+        }
+        if !same {
+            tracing::info!(
+                id = %plan.runner_id,
+                subnet = %plan.subnet,
+                vni = %plan.vni,
+                "the hub admitted this runner"
+            );
+        }
+        inner.store.save(&next)?;
+        inner.state = next;
+        if !same {
+            self.sync_generated(inner)?;
+        }
+        Ok(())
+    }
+}
+
+/// The Overlay's state right after its VTEP opened: a runner registers, the others are up.
+pub(super) fn initial_overlay_state(overlay: &Overlay) -> OverlayState {
+    match overlay.spec.role {
+        OverlayRole::Runner => OverlayState::Registering,
+        OverlayRole::Mesh | OverlayRole::Hub => OverlayState::Up,
+    }
+}
+
+/// Gives the opened VTEP a port id and keeps it (published by the caller).
+pub(super) fn install_vtep(
+    engine: &Engine,
+    inner: &mut Inner,
+    local: std::net::SocketAddrV4,
+    io: PortIo,
+) {
+    let Some(id) = inner.port_ids.allocate().map(PortId) else {
+        tracing::error!("no port id left for the VTEP; the overlay carries no traffic");
+        return;
+    };
+    engine.reset_port(id);
+    tracing::info!(%local, port = id.0, "opened the VTEP");
+    inner.vtep = Some(OpenVtep {
+        local,
+        id,
+        io: Arc::new(io),
+    });
+}
+
+/// Closes the VTEP (after the workers let go of it) and frees its port id and the tunnels'.
+pub(super) fn close_vtep(engine: &Engine, inner: &mut Inner) {
+    let Some(vtep) = inner.vtep.take() else {
+        return;
+    };
+    publish(engine, inner);
+    inner.port_ids.release(vtep.id.0);
+    engine.reset_port(vtep.id);
+    drop(retire(vtep.io));
+    tracing::info!(local = %vtep.local, "closed the VTEP");
+}
+
+/// The hub's host TAP name belongs to the switch: a device of that name left by a run whose
+/// state is gone (its interface is not in the state) would stop the hub from creating its
+/// own, so it is removed first.
+fn remove_stale_host_tap(state: &State, wanted: &[Resource]) {
+    let needed = wanted.iter().any(|resource| {
+        resource.kind() == Kind::NetworkInterface && resource.name() == overlay::HOST
+    });
+    if !needed || state.network_interfaces.contains_key(overlay::HOST) {
+        return;
+    }
+    let removed = crate::sys::netlink::run(|nl| nl.delete_by_name(overlay::HOST_IFNAME));
+    match removed {
+        Ok(true) => tracing::warn!(
+            ifname = overlay::HOST_IFNAME,
+            "removed a stale host TAP left by an earlier run whose state is gone"
+        ),
+        Ok(false) => {}
+        Err(err) => tracing::warn!(
+            ifname = overlay::HOST_IFNAME,
+            "cannot remove a stale host TAP: {err}"
+        ),
+    }
+}
+
+/// The hub's Overlay, or a conflict.
+fn hub_overlay(state: &State) -> Result<&Overlay, ApiError> {
+    state
+        .overlays
+        .values()
+        .next()
+        .filter(|o| o.spec.role == OverlayRole::Hub)
+        .ok_or_else(|| ApiError::Conflict {
+            message: "this node is not an overlay hub (apply an Overlay with role: hub)".into(),
+            field: None,
+        })
+}
+
+/// A hub's static runners hold IDs like registered ones (registered once, kept online).
+fn register_static_runners(inner: &mut Inner) -> Result<(), ApiError> {
+    let Ok(overlay) = hub_overlay(&inner.state) else {
+        return Ok(());
+    };
+    let runners = overlay.spec.runners.clone();
+    if runners.is_empty() {
+        return Ok(());
+    }
+    let mut pool = inner.state.runner_pool.clone().unwrap_or_default();
+    let mut changed = false;
+    let now = wall_ms();
+    for runner in &runners {
+        let address = std::net::IpAddr::V4(runner.address);
+        if pool.get(&runner.name).map(|r| r.address) != Some(address) {
+            pool.register(&runner.name, address, now)
+                .map_err(|err| ApiError::invalid("spec.runners", err.to_string()))?;
+            changed = true;
+        }
+    }
+    if changed {
+        let mut next = inner.state.clone();
+        next.runner_pool = Some(pool);
+        inner.store.save(&next)?;
+        inner.state = next;
+    }
+    Ok(())
+}
+
+/// Refuses to delete the Overlay while users' interfaces sit on its generated subnets.
+pub(super) fn check_overlay_delete(state: &State) -> Result<(), ApiError> {
+    let users: Vec<&str> = state
+        .network_interfaces
+        .values()
+        .filter(|nic| !overlay::is_owned(&nic.metadata))
+        .filter(|nic| {
+            state
+                .subnets
+                .get(&nic.spec.subnet)
+                .is_some_and(|s| overlay::is_owned(&s.metadata))
+        })
+        .map(|nic| nic.metadata.name.as_str())
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        message: format!(
+            "the Overlay's subnets still have NetworkInterfaces: {}; delete them first",
+            users.join(", ")
+        ),
+        field: None,
+    })
+}
+
+fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
+    let overlay = inner.state.overlays.values().next()?;
+    let spec = &overlay.spec;
+    // The generation is a hash of the spec: any change restarts the agent.
+    let text = serde_json::to_string(spec).unwrap_or_default();
+    let mut generation: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in overlay.metadata.name.bytes().chain(text.bytes()) {
+        generation ^= u64::from(byte);
+        generation = generation.wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(OverlayAgentConfig {
+        generation,
+        name: overlay.metadata.name.clone(),
+        role: spec.role,
+        local_address: spec.local_address,
+        port: spec.port,
+        vni_base: spec.vni_base,
+        mtu: spec.mtu,
+        hub: spec.hub.clone(),
+        api_port: spec.api_port,
+        token: spec.token.clone(),
+        heartbeat: Duration::from_secs(spec.heartbeat_seconds),
+        runner_timeout: Duration::from_secs(spec.runner_timeout_seconds),
+    })
+}
+
+fn hub_heartbeat(inner: &mut Inner, name: &str, now_ms: u64) -> Result<vxlan::RunnerId, ApiError> {
+    hub_overlay(&inner.state)?;
+    let pool = inner.state.runner_pool.get_or_insert_with(Default::default);
+    pool.touch(name, now_ms).map_err(|_| ApiError::NotFound {
+        kind: "Runner".into(),
+        name: name.into(),
+    })
+}
+
+fn hub_sweep(inner: &mut Inner, now_ms: u64) {
+    let Ok(overlay) = hub_overlay(&inner.state) else {
+        return;
+    };
+    let timeout = overlay.spec.runner_timeout_seconds.saturating_mul(1000);
+    let statics: Vec<String> = overlay
+        .spec
+        .runners
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let Some(pool) = inner.state.runner_pool.as_mut() else {
+        return;
+    };
+    for name in &statics {
+        let _ = pool.touch(name, now_ms);
+    }
+    for id in pool.mark_offline(now_ms, timeout) {
+        tracing::warn!(runner = %id, "runner marked offline: no heartbeat within the timeout");
+    }
+}
+
+fn runner_status(inner: &mut Inner, state: OverlayState, message: Option<String>) {
+    let Some(overlay) = inner
+        .state
+        .overlays
+        .values_mut()
+        .next()
+        .filter(|o| o.spec.role == OverlayRole::Runner)
+    else {
+        return;
+    };
+    let persist = overlay.status.state != state;
+    overlay.status.state = state;
+    overlay.status.message = message;
+    if state == OverlayState::Registered {
+        overlay.status.last_contact = Some(wall_ms() / 1000);
+    }
+    if persist {
+        if let Err(err) = inner.store.save(&inner.state) {
+            tracing::warn!("cannot save the overlay's state: {err}");
+        }
+    }
+}
+
+fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
+    let Some(overlay) = inner.state.overlays.values().next() else {
+        return Err(ApiError::NotFound {
+            kind: "Overlay".into(),
+            name: "(this node's)".into(),
+        });
+    };
+    let spec = &overlay.spec;
+    let view = match spec.role {
+        OverlayRole::Mesh => OverlayView::Mesh(MeshView {
+            name: overlay.metadata.name.clone(),
+            local_address: spec.local_address,
+            peers: spec.peers.clone(),
+            state: overlay.status.state,
+            message: overlay.status.message.clone(),
+        }),
+        OverlayRole::Hub => {
+            let plan = &spec.address_plan;
+            let runners = inner
+                .state
+                .runner_pool
+                .iter()
+                .flat_map(vxlan::RunnerPool::runners)
+                .map(|runner| {
+                    let runner_plan = plan.runner(runner.id, spec.vni_base).ok();
+                    HubRunner {
+                        id: u8::from(runner.id),
+                        name: runner.name.clone(),
+                        address: runner.address,
+                        vni: runner_plan.as_ref().map(|p| u32::from(p.vni)),
+                        subnet: runner_plan.as_ref().map(|p| p.subnet),
+                        last_seen_seconds_ago: now_ms.saturating_sub(runner.last_seen_ms) / 1000,
+                        state: runner.state,
+                    }
+                })
+                .collect();
+            OverlayView::Hub(HubView {
+                name: overlay.metadata.name.clone(),
+                local_address: spec.local_address,
+                hub_address: plan.hub_interface(),
+                state: overlay.status.state,
+                message: overlay.status.message.clone(),
+                runners,
+            })
+        }
+        OverlayRole::Runner => {
+            let plan = overlay.status.plan.as_ref();
+            OverlayView::Runner(RunnerView {
+                name: overlay.metadata.name.clone(),
+                local_address: spec.local_address,
+                id: plan.map(|p| u8::from(p.runner_id)),
+                vni: plan.map(|p| u32::from(p.vni)),
+                subnet: plan.map(|p| p.subnet),
+                gateway: plan.map(|p| p.gateway),
+                hub: spec
+                    .hub
+                    .as_ref()
+                    .map(|h| SocketAddrV4::new(h.address, h.api_port)),
+                state: overlay.status.state,
+                message: overlay.status.message.clone(),
+                last_contact: overlay.status.last_contact,
+            })
+        }
+    };
+    Ok(view)
+}
+
+/// Milliseconds since the Unix epoch: the runner pool's clock (it must survive restarts,
+/// unlike the datapath's monotonic clock).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

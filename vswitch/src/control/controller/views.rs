@@ -1,0 +1,444 @@
+//! What the controller reports besides resources: the routing tables the workers use, the
+//! conntrack table and the NAT view (`GET /v1/routing-table`, `/v1/conntrack`, `/v1/nat`),
+//! their rows as the API serialises them, and resources as `get` returns them.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Controller, Inner, Published};
+use crate::control::ApiError;
+use crate::control::kinds::StatusView;
+use crate::control::nat_rules;
+use crate::control::resource::Kind;
+use crate::control::store::State;
+use crate::tables::snapshot::{NextHop, RouteOrigin};
+
+/// One row of a Network's computed routing table (`GET /v1/routing-table`), as the workers
+/// use it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingTableRow {
+    /// The Network whose table this is.
+    pub network: String,
+    /// Destination prefix.
+    pub destination: Ipv4Net,
+    /// The router's address, or `null` when the destination is on the egress Subnet.
+    pub next_hop: Option<Ipv4Addr>,
+    /// The egress Subnet (of a peered Network for a peering route).
+    pub subnet: String,
+    /// `connected`, `static:ROUTE` or `peering:NETWORK`.
+    pub origin: String,
+}
+
+/// One connection of the conntrack table, as `GET /v1/conntrack` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackRow {
+    /// `tcp`, `udp` or `icmp`.
+    pub protocol: String,
+    /// The first packet's key.
+    pub original: ConntrackKey,
+    /// What replies look like where they arrive (after NAT).
+    pub reply: ConntrackKey,
+    /// TCP state as Linux names it (`ESTABLISHED`), or `UNREPLIED`/`REPLIED`.
+    pub state: String,
+    /// Seen both ways (TCP: handshake completed); never evicted.
+    pub assured: bool,
+    /// Seconds since the connection was created.
+    pub age_seconds: u64,
+    /// Seconds until it expires without traffic.
+    pub timeout_seconds: u64,
+}
+
+/// One side of a connection: zone (Network name, or `external` for the uplink side) and
+/// tuple. For ICMP echo the identifier stands in for a port (`srcPort` of a request,
+/// `dstPort` of a reply; the other is 0).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackKey {
+    /// The Network the packet is seen in, or `external`.
+    pub zone: String,
+    /// Source address.
+    pub src: String,
+    /// Source port (or echo identifier).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst: String,
+    /// Destination port (or echo identifier).
+    pub dst_port: u16,
+}
+
+/// The NAT view of the node (`GET /v1/nat`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatReport {
+    /// The Uplink, if one exists.
+    pub uplink: Option<NatUplink>,
+    /// Every Uplink address and the resources that use it.
+    pub addresses: Vec<NatAddress>,
+    /// Masquerade ports in use per NetworkInterface.
+    pub ports_in_use: Vec<NatPortsInUse>,
+    /// Conntrack table counters.
+    pub conntrack: ConntrackCounters,
+    /// Datapath drops of the NAT and conntrack stages by reason (`nat.*`, `conntrack.*`).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The Uplink as `GET /v1/nat` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatUplink {
+    /// Resource name.
+    pub name: String,
+    /// Host interface.
+    pub interface: String,
+    /// The switch's MAC on it.
+    pub mac: Option<String>,
+    /// Next hop.
+    pub gateway: Ipv4Addr,
+    /// `up`, `pending` or `lost`.
+    pub state: String,
+}
+
+/// One Uplink address and its users (`NATGateway/gw`, `PortForward/web`, `VirtualIP/v`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatAddress {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Who uses it; empty when free.
+    pub used_by: Vec<String>,
+}
+
+/// Masquerade ports one NetworkInterface holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatPortsInUse {
+    /// The NATGateway.
+    pub nat_gateway: String,
+    /// Its Network.
+    pub network: String,
+    /// The NetworkInterface.
+    pub interface: String,
+    /// The NAT address its blocks are on.
+    pub ip: Ipv4Addr,
+    /// Its port blocks, `first-last`.
+    pub blocks: Vec<String>,
+    /// TCP mappings.
+    pub tcp: u32,
+    /// UDP mappings.
+    pub udp: u32,
+    /// ICMP echo identifiers.
+    pub icmp: u32,
+}
+
+/// Table-wide conntrack counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackCounters {
+    /// Connections in the table (live or expired, not yet swept).
+    pub entries: usize,
+    /// The table limit.
+    pub max_entries: usize,
+    /// Connections created.
+    pub created: u64,
+    /// Connections removed because they expired.
+    pub expired: u64,
+    /// Connections evicted to make room.
+    pub evicted: u64,
+    /// New flows refused because the table was full.
+    pub refused_full: u64,
+    /// New flows refused because their reply tuple was taken.
+    pub clashes: u64,
+    /// Live masquerade mappings.
+    pub nat_mappings: usize,
+}
+
+impl Controller {
+    /// What the status of `kind` needs from the running datapath: masquerade port usage for
+    /// NATGateways (nothing for other kinds).
+    pub(super) fn live(&self, published: &Published, kind: Kind) -> Live {
+        if kind != Kind::NatGateway {
+            return Live::default();
+        }
+        Live {
+            nat_usage: self.engine.read().current().conntrack.nat_usage(),
+            port_names: published.port_names.clone(),
+        }
+    }
+
+    /// The routing tables the workers use, of one Network or of all, sorted by Network and
+    /// destination.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn routing_table(&self, network: Option<&str>) -> Result<Vec<RoutingTableRow>, ApiError> {
+        if let Some(name) = network {
+            if !self.lock().state.networks.contains_key(name) {
+                return Err(ApiError::NotFound {
+                    kind: Kind::Network.as_str().into(),
+                    name: name.into(),
+                });
+            }
+        }
+        let snapshot = self.engine.read().current();
+        let mut rows = Vec::new();
+        for entry in snapshot.networks() {
+            if network.is_some_and(|name| name != entry.name) {
+                continue;
+            }
+            for route in entry.routes() {
+                let Some(subnet) = snapshot.subnet(route.subnet) else {
+                    continue;
+                };
+                rows.push(RoutingTableRow {
+                    network: entry.name.clone(),
+                    destination: route.prefix,
+                    next_hop: match route.next_hop {
+                        NextHop::Direct => None,
+                        NextHop::Via(addr) => Some(addr),
+                    },
+                    subnet: subnet.name.clone(),
+                    origin: match &route.origin {
+                        RouteOrigin::Connected => "connected".into(),
+                        RouteOrigin::Static(name) => format!("static:{name}"),
+                        RouteOrigin::Peering(peer) => format!("peering:{peer}"),
+                    },
+                });
+            }
+        }
+        rows.sort_by(|a, b| {
+            let key = |r: &RoutingTableRow| {
+                (
+                    r.network.clone(),
+                    r.destination.network(),
+                    r.destination.prefix_len(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        Ok(rows)
+    }
+
+    /// The neighbour (ARP) table.
+    pub fn neighbors(&self) -> serde_json::Value {
+        serde_json::to_value(self.engine.read().neighbors()).unwrap_or_default()
+    }
+
+    /// Learned MACs.
+    pub fn fdb(&self) -> serde_json::Value {
+        serde_json::to_value(self.engine.read().fdb()).unwrap_or_default()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(self.engine.read().stats()).unwrap_or_default()
+    }
+
+    /// The conntrack zone of Network `network` (its id), or every zone for `None`.
+    fn zone(&self, network: Option<&str>) -> Result<Option<nat::Zone>, ApiError> {
+        let Some(name) = network else {
+            return Ok(None);
+        };
+        let inner = self.lock();
+        match inner.network_ids.get(name) {
+            Some(id) => Ok(Some(nat::Zone(id.0))),
+            None => Err(ApiError::NotFound {
+                kind: Kind::Network.as_str().into(),
+                name: name.into(),
+            }),
+        }
+    }
+
+    /// The live connections (of one Network's zone, either side, or all), sorted by zone,
+    /// protocol and addresses.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn conntrack(&self, network: Option<&str>) -> Result<Vec<ConntrackRow>, ApiError> {
+        let zone = self.zone(network)?;
+        let names = {
+            let inner = self.lock();
+            zone_names(&inner)
+        };
+        let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+        let now = self.clock.now_ms();
+        let mut entries = conntrack.entries(zone, now);
+        entries.sort_by_key(|e| {
+            let t = e.original.tuple;
+            (
+                e.original.zone,
+                t.protocol,
+                t.src,
+                t.src_port,
+                t.dst,
+                t.dst_port,
+            )
+        });
+        Ok(entries
+            .iter()
+            .map(|entry| ConntrackRow {
+                protocol: entry.original.tuple.protocol.name().to_string(),
+                original: conntrack_key(&entry.original, &names),
+                reply: conntrack_key(&entry.reply, &names),
+                state: entry.state.name().to_string(),
+                assured: entry.assured,
+                age_seconds: entry.age_ms / 1_000,
+                timeout_seconds: entry.expires_in_ms.div_ceil(1_000),
+            })
+            .collect())
+    }
+
+    /// How many live connections there are (of one Network's zone, or all).
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn conntrack_count(&self, network: Option<&str>) -> Result<usize, ApiError> {
+        let zone = self.zone(network)?;
+        let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+        Ok(conntrack.count(zone, self.clock.now_ms()))
+    }
+
+    /// Removes every connection (of one Network's zone, either side, or all) and their
+    /// masquerade mappings; returns how many were removed. Flows that go on are tracked
+    /// again from their next packet (TCP mid-stream pickup).
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn flush_conntrack(&self, network: Option<&str>) -> Result<usize, ApiError> {
+        let zone = self.zone(network)?;
+        let conntrack = Arc::clone(&self.engine.read().current().conntrack);
+        let flushed = conntrack.flush(zone);
+        tracing::info!(
+            network = network.unwrap_or("*"),
+            flushed,
+            "conntrack flushed"
+        );
+        Ok(flushed)
+    }
+
+    /// The NAT view: the Uplink, its addresses and their users, masquerade ports in use per
+    /// interface, conntrack counters, and the datapath's NAT and conntrack drops by reason.
+    pub fn nat(&self) -> NatReport {
+        let inner = self.lock();
+        let engine = self.engine.read();
+        let snapshot = engine.current();
+        let conntrack = &snapshot.conntrack;
+        let state = &inner.state;
+        let uplink = nat_rules::uplink(state).map(|uplink| NatUplink {
+            name: uplink.metadata.name.clone(),
+            interface: uplink.spec.interface.clone(),
+            mac: uplink.status.mac.map(|m| m.to_string()),
+            gateway: uplink.spec.gateway,
+            state: uplink.status.state.to_string(),
+        });
+        let addresses = nat_rules::address_uses(state)
+            .into_iter()
+            .map(|(ip, used_by)| NatAddress { ip, used_by })
+            .collect();
+        let usage = conntrack.nat_usage();
+        let names = port_names(&inner);
+        let mut ports_in_use = Vec::new();
+        for gateway in state.nat_gateways.values() {
+            for row in nat_rules::ports_in_use(gateway, &usage, &names) {
+                ports_in_use.push(NatPortsInUse {
+                    nat_gateway: gateway.metadata.name.clone(),
+                    network: gateway.spec.network.clone(),
+                    interface: row.interface,
+                    ip: row.ip,
+                    blocks: row.blocks,
+                    tcp: row.tcp,
+                    udp: row.udp,
+                    icmp: row.icmp,
+                });
+            }
+        }
+        let stats = conntrack.stats();
+        let counters = ConntrackCounters {
+            entries: stats.entries,
+            max_entries: conntrack.config().max_entries,
+            created: stats.created,
+            expired: stats.expired,
+            evicted: stats.evicted,
+            refused_full: stats.refused_full,
+            clashes: stats.clashes,
+            nat_mappings: stats.nat_mappings,
+        };
+        let drops = engine
+            .stats()
+            .drops
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("nat.") || key.starts_with("conntrack."))
+            .collect();
+        NatReport {
+            uplink,
+            addresses,
+            ports_in_use,
+            conntrack: counters,
+            drops,
+        }
+    }
+}
+
+/// NetworkInterface names by port id (the interface ids of masquerade port blocks).
+pub(super) fn port_names(inner: &Inner) -> BTreeMap<u32, String> {
+    inner
+        .ports
+        .iter()
+        .map(|(name, port)| (port.id.0, name.clone()))
+        .collect()
+}
+
+/// Network names by conntrack zone.
+fn zone_names(inner: &Inner) -> BTreeMap<u32, String> {
+    inner
+        .network_ids
+        .iter()
+        .map(|(name, id)| (id.0, name.clone()))
+        .collect()
+}
+
+/// A conntrack key for the API, with the zone named.
+fn conntrack_key(key: &nat::FlowKey, names: &BTreeMap<u32, String>) -> ConntrackKey {
+    let zone = if key.zone == nat::Zone::EXTERNAL {
+        "external".to_string()
+    } else {
+        names
+            .get(&key.zone.0)
+            .cloned()
+            .unwrap_or_else(|| format!("zone {}", key.zone.0))
+    };
+    let t = key.tuple;
+    ConntrackKey {
+        zone,
+        src: t.src.to_string(),
+        src_port: t.src_port,
+        dst: t.dst.to_string(),
+        dst_port: t.dst_port,
+    }
+}
+
+/// What a resource's status needs from the running datapath.
+pub(super) type Live = StatusView;
+
+/// A resource as `get` returns it, with the computed status of Networks, Subnets, Routes,
+/// NATGateways, PortForwards and VirtualIPs.
+pub(super) fn resource_json(
+    state: &State,
+    kind: Kind,
+    name: &str,
+    live: &Live,
+) -> Result<Value, ApiError> {
+    state
+        .observed(kind, name, live)
+        .ok_or_else(|| ApiError::NotFound {
+            kind: kind.as_str().into(),
+            name: name.into(),
+        })?
+        .to_json()
+}
