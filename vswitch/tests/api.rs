@@ -1144,7 +1144,7 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
         json!([{"kind": "Uplink", "name": "wan", "action": "created"}])
     );
     let wan = server.expect(Method::GET, "/v1/uplink/wan", None, 200);
-    assert_eq!(wan["status"]["state"], "up", "{wan}");
+    assert_eq!(wan["status"]["state"], "Up", "{wan}");
     assert_eq!(wan["status"]["mtu"], 1500, "{wan}");
     let mac = wan["status"]["mac"].as_str().expect("a MAC").to_string();
     assert!(!veth.details().contains(&mac), "the host keeps its own MAC");
@@ -1303,7 +1303,7 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
     );
     assert!(
         out.contains(&format!(
-            "wan    {}   192.0.2.10/24,192.0.2.11,192.0.2.12   192.0.2.1   {mac}   up\n",
+            "wan    {}   192.0.2.10/24,192.0.2.11,192.0.2.12   192.0.2.1   {mac}   Up\n",
             veth.0
         )),
         "{out}"

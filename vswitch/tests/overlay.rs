@@ -183,7 +183,7 @@ fn wait_registered(daemon: &Daemon, name: &str) -> Value {
         daemon,
         &format!("runner {name} to be registered"),
         Duration::from_secs(20),
-        |v| v["state"] == "registered",
+        |v| v["state"] == "Registered",
     );
     // On a timeout the daemon's log tail is printed when `daemon` drops.
     wait_until(
@@ -328,7 +328,7 @@ impl MeshWithKernelPeer {
             &daemon,
             "the mesh VTEP to be up",
             Duration::from_secs(10),
-            |v| v["state"] == "up",
+            |v| v["state"] == "Up",
         );
         let ca = Netns::new("ca");
         let ca_ip = daemon.attach(&ca, &["--subnet", "m"]);
@@ -573,7 +573,7 @@ fn hub_and_two_runners() {
 
     apply(&hub, &hub_overlay("hub", "192.168.50.1", ""));
     wait_overlay(&hub, "the hub to be up", Duration::from_secs(10), |v| {
-        v["state"] == "up"
+        v["state"] == "Up"
     });
     // One runner after the other, so that IDs are given in a known order.
     apply(
@@ -747,7 +747,7 @@ fn hub_and_two_runners() {
         &r1,
         "runner-1 to be registered again",
         Duration::from_secs(30),
-        |v| v["state"] == "registered",
+        |v| v["state"] == "Registered",
     );
     assert_eq!(
         v1["id"], 1,
@@ -777,7 +777,7 @@ fn mismatched_mtu_is_refused() {
     let runner = Daemon::start_in(&underlay.node(1).name, 2, &[]);
     apply(&hub, &hub_overlay("hub", "192.168.50.1", ""));
     wait_overlay(&hub, "the hub to be up", Duration::from_secs(10), |v| {
-        v["state"] == "up"
+        v["state"] == "Up"
     });
     apply(
         &runner,
@@ -788,7 +788,7 @@ fn mismatched_mtu_is_refused() {
         "runner-3 (mtu 1400) to be refused by the hub (mtu 1450) with state hubUnreachable",
         Duration::from_secs(20),
         |v| {
-            v["state"] == "hubUnreachable"
+            v["state"] == "HubUnreachable"
                 && v["message"].as_str().is_some_and(|m| m.contains("mtu"))
         },
     );
@@ -829,7 +829,7 @@ fn a_runner_name_online_elsewhere_is_refused() {
         &hub_overlay("hub", "192.168.50.1", "  runnerTimeoutSeconds: 3\n"),
     );
     wait_overlay(&hub, "the hub to be up", Duration::from_secs(10), |v| {
-        v["state"] == "up"
+        v["state"] == "Up"
     });
     apply(
         &first,
@@ -847,7 +847,7 @@ fn a_runner_name_online_elsewhere_is_refused() {
         "the second runner-x to be refused while the first is online",
         Duration::from_secs(20),
         |v| {
-            v["state"] == "hubUnreachable"
+            v["state"] == "HubUnreachable"
                 && v["message"]
                     .as_str()
                     .is_some_and(|m| m.contains("is online from"))
@@ -871,7 +871,7 @@ fn a_runner_name_online_elsewhere_is_refused() {
     assert!(is_online(row), "{row}");
     assert_eq!(
         overlay_view(&first).expect("runner view")["state"],
-        "registered"
+        "Registered"
     );
 
     // The first node leaves the underlay: once it is offline, the second takes the name and
@@ -883,7 +883,7 @@ fn a_runner_name_online_elsewhere_is_refused() {
         &second,
         "the second runner-x to be registered once the first is offline",
         Duration::from_secs(45),
-        |v| v["state"] == "registered",
+        |v| v["state"] == "Registered",
     );
     assert_eq!(v2["id"], 1, "the name keeps its ID: {v2}");
     let hv = wait_overlay(
@@ -995,7 +995,7 @@ fn kernel_node_as_static_runner() {
         &hub,
         "the hub to be up and list kern1",
         Duration::from_secs(10),
-        |v| v["state"] == "up" && runner_row(v, "kern1").is_some(),
+        |v| v["state"] == "Up" && runner_row(v, "kern1").is_some(),
     );
     let row = runner_row(&hv, "kern1").expect("listed");
     assert_eq!(row["id"], 1, "{row}");

@@ -201,25 +201,24 @@ impl fmt::Display for RunnerId {
     }
 }
 
-/// Whether the hub currently hears from a runner. Written `online` / `offline`, like the
-/// other states of the API (`up`, `lost`, `hubUnreachable`); the capitalised forms of
-/// earlier versions are still read.
+/// Whether the hub currently hears from a runner. Written `Online` / `Offline`, in
+/// PascalCase like every status value of the API (`Up`, `Lost`, `HubUnreachable`, `Ready`);
+/// the lowercase forms of an earlier version are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum RunnerState {
     /// Registered or sent a heartbeat within the timeout.
-    #[serde(alias = "Online")]
+    #[serde(alias = "online")]
     Online,
     /// Unseen for the timeout, or not seen since the hub restarted.
-    #[serde(alias = "Offline")]
+    #[serde(alias = "offline")]
     Offline,
 }
 
 impl fmt::Display for RunnerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RunnerState::Online => "online",
-            RunnerState::Offline => "offline",
+            RunnerState::Online => "Online",
+            RunnerState::Offline => "Offline",
         })
     }
 }
@@ -1101,12 +1100,12 @@ mod tests {
     }
 
     #[test]
-    fn runner_states_are_written_lowercase_and_read_in_either_case() {
+    fn runner_states_are_written_pascal_case_and_read_in_either_case() {
         assert_eq!(
             serde_json::to_string(&RunnerState::Online).unwrap(),
-            "\"online\""
+            "\"Online\""
         );
-        assert_eq!(RunnerState::Offline.to_string(), "offline");
+        assert_eq!(RunnerState::Offline.to_string(), "Offline");
         for (text, state) in [
             ("\"offline\"", RunnerState::Offline),
             ("\"Online\"", RunnerState::Online),

@@ -341,7 +341,7 @@ mod tests {
             let runner_agent = spawn(Arc::clone(&runner.controller));
 
             let view = wait_for(&runner, "runner registered", Duration::from_secs(20), |v| {
-                v["state"] == "registered"
+                v["state"] == "Registered"
             })
             .await;
             assert_eq!(view["id"], 1, "{view:#}");
@@ -349,13 +349,13 @@ mod tests {
             assert_eq!(view["subnet"], "10.1.0.0/16", "{view:#}");
             assert_eq!(view["gateway"], "10.1.0.1", "{view:#}");
             let view = wait_for(&hub, "hub lists the runner", Duration::from_secs(5), |v| {
-                v["runners"][0]["state"] == "online"
+                v["runners"][0]["state"] == "Online"
             })
             .await;
             assert_eq!(view["runners"][0]["name"], "runner-a", "{view:#}");
             assert_eq!(view["runners"][0]["address"], "192.168.77.2", "{view:#}");
             assert_eq!(view["runners"][0]["id"], 1, "{view:#}");
-            assert_eq!(view["state"], "up", "{view:#}");
+            assert_eq!(view["state"], "Up", "{view:#}");
             assert_eq!(view["message"], Value::Null, "{view:#}");
 
             // Another node registering as runner-a while runner-a is online is refused with
@@ -382,7 +382,7 @@ mod tests {
                 }
             );
             let view = wait_for(&hub, "hub keeps runner-a", Duration::from_secs(5), |v| {
-                v["runners"][0]["state"] == "online"
+                v["runners"][0]["state"] == "Online"
             })
             .await;
             assert_eq!(view["runners"][0]["address"], "192.168.77.2", "{view:#}");
@@ -400,7 +400,7 @@ mod tests {
                 message(v).starts_with("the hub refused registration: ")
             })
             .await;
-            assert_eq!(view["state"], "hubUnreachable", "{view:#}");
+            assert_eq!(view["state"], "HubUnreachable", "{view:#}");
             for part in ["mtu", "1450", "1400", "; retrying in "] {
                 assert!(message(&view).contains(part), "{part}: {view:#}");
             }
@@ -419,13 +419,13 @@ mod tests {
                 |v| message(v).contains("the bearer token is wrong"),
             )
             .await;
-            assert_eq!(view["state"], "hubUnreachable", "{view:#}");
+            assert_eq!(view["state"], "HubUnreachable", "{view:#}");
             runner
                 .controller
                 .apply(&runner_overlay("runner-a", "192.168.77.2", 1450, TOKEN))
                 .expect("apply the right token");
             let view = wait_for(&runner, "registered again", Duration::from_secs(20), |v| {
-                v["state"] == "registered"
+                v["state"] == "Registered"
             })
             .await;
             assert_eq!(view["id"], 1, "the same name keeps its ID: {view:#}");
@@ -433,7 +433,7 @@ mod tests {
             // The hub goes away: the runner says so and retries...
             hub_agent.shutdown().await;
             let view = wait_for(&runner, "hub unreachable", Duration::from_secs(20), |v| {
-                v["state"] == "hubUnreachable"
+                v["state"] == "HubUnreachable"
             })
             .await;
             assert!(
@@ -447,7 +447,7 @@ mod tests {
                 &runner,
                 "back after the hub",
                 Duration::from_secs(40),
-                |v| v["state"] == "registered",
+                |v| v["state"] == "Registered",
             )
             .await;
             assert_eq!(view["id"], 1, "{view:#}");

@@ -586,13 +586,13 @@ mod tests {
         assert_eq!(pending.state, ForwardState::Pending);
         assert_eq!(
             pending.message.as_deref(),
-            Some("Uplink \"wan\" is pending")
+            Some("Uplink \"wan\" is Pending")
         );
         assert_eq!(pending.destination, Some(format!("{c1}:80")));
         state.uplinks.get_mut("wan").expect("wan").status.state = InterfaceState::Up;
         assert_eq!(
             status(&state).message.as_deref(),
-            Some("NetworkInterface \"c1\" is pending")
+            Some("NetworkInterface \"c1\" is Pending")
         );
         state
             .network_interfaces

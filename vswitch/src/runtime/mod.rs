@@ -900,9 +900,9 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                row("blue", "172.30.0.2", "02:00:00:00:00:0a", "stale", 31),
-                row("blue", "172.30.0.3", "02:00:00:00:00:0b", "stale", 31),
-                row("red", "10.9.0.7", "", "incomplete", 31),
+                row("blue", "172.30.0.2", "02:00:00:00:00:0a", "Stale", 31),
+                row("blue", "172.30.0.3", "02:00:00:00:00:0b", "Stale", 31),
+                row("red", "10.9.0.7", "", "Incomplete", 31),
             ]
         );
     }
@@ -1033,8 +1033,8 @@ mod tests {
             .map(|r| (r.subnet, r.ip, r.state))
             .collect();
         assert!(
-            neighbors.contains(&("rt-b".into(), "10.214.2.2".into(), "reachable".into()))
-                && neighbors.contains(&("rt-a".into(), "10.214.1.2".into(), "reachable".into())),
+            neighbors.contains(&("rt-b".into(), "10.214.2.2".into(), "Reachable".into()))
+                && neighbors.contains(&("rt-a".into(), "10.214.1.2".into(), "Reachable".into())),
             "{neighbors:?}"
         );
 

@@ -73,9 +73,9 @@ impl NeighborState {
     /// `incomplete`, `reachable` or `stale`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            NeighborState::Incomplete => "incomplete",
-            NeighborState::Reachable => "reachable",
-            NeighborState::Stale => "stale",
+            NeighborState::Incomplete => "Incomplete",
+            NeighborState::Reachable => "Reachable",
+            NeighborState::Stale => "Stale",
         }
     }
 }

@@ -275,7 +275,7 @@ Ports in use:
 
     #[test]
     fn describe_shows_every_field() {
-        let mut r = interface("c1", Some("up"));
+        let mut r = interface("c1", Some("Up"));
         r["metadata"]["labels"] = json!({"app": "web", "tier": "front"});
         r["status"]["message"] = json!("");
         let text = describe(&r);
@@ -296,7 +296,7 @@ Status:
   ips:      172.30.0.2/16
   mac:      02:00:ac:1e:00:02
   message:  -
-  state:    up
+  state:    Up
 "
         );
         let bare = describe(&json!({"kind": "Subnet", "metadata": {"name": "n"}, "spec": {}}));

@@ -418,15 +418,15 @@ blue      0.0.0.0/0     10.1.0.254   web      static:default
 "
         );
         let neighbors: Vec<NeighborRow> = typed(json!([
-            {"subnet": "web", "ip": "10.1.0.5", "mac": "02:00:00:00:00:05", "state": "reachable", "ageSeconds": 12},
-            {"subnet": "web", "ip": "10.1.0.254", "mac": "", "state": "incomplete", "ageSeconds": 0},
+            {"subnet": "web", "ip": "10.1.0.5", "mac": "02:00:00:00:00:05", "state": "Reachable", "ageSeconds": 12},
+            {"subnet": "web", "ip": "10.1.0.254", "mac": "", "state": "Incomplete", "ageSeconds": 0},
         ]));
         assert_eq!(
             neighbors_table(&neighbors).render(),
             "\
 SUBNET   IP           MAC                 STATE        AGE
-web      10.1.0.5     02:00:00:00:00:05   reachable    12s
-web      10.1.0.254   -                   incomplete   0s
+web      10.1.0.5     02:00:00:00:00:05   Reachable    12s
+web      10.1.0.254   -                   Incomplete   0s
 "
         );
         assert!(neighbors_table(&[]).is_empty());
@@ -470,7 +470,7 @@ icmp    10.2.0.5 -> 10.2.0.9 id 7           10.2.0.9 -> 10.2.0.5 id 7           
     fn nat_report_sections() {
         let report: NatReport = typed(json!({
             "uplink": {"name": "wan", "interface": "eth1", "mac": "02:00:00:00:00:09",
-                       "gateway": "198.51.100.1", "state": "up"},
+                       "gateway": "198.51.100.1", "state": "Up"},
             "addresses": [{"ip": "198.51.100.10", "usedBy": ["NATGateway/gw", "PortForward/web"]},
                           {"ip": "198.51.100.11", "usedBy": []}],
             "portsInUse": [{"natGateway": "gw", "network": "blue", "interface": "c1", "ip": "198.51.100.10",
@@ -482,7 +482,7 @@ icmp    10.2.0.5 -> 10.2.0.9 id 7           10.2.0.9 -> 10.2.0.5 id 7           
         assert_eq!(
             nat_report(&report, false),
             "\
-uplink: wan (interface eth1, mac 02:00:00:00:00:09, gateway 198.51.100.1): up
+uplink: wan (interface eth1, mac 02:00:00:00:00:09, gateway 198.51.100.1): Up
 
 ADDRESS         USED-BY
 198.51.100.10   NATGateway/gw,PortForward/web
@@ -515,14 +515,14 @@ nat.unsolicited   4
         // An uplink whose device was never opened has no MAC yet.
         let pending: NatReport = typed(json!({
             "uplink": {"name": "wan", "interface": "eth1", "mac": null,
-                       "gateway": "198.51.100.1", "state": "pending"},
+                       "gateway": "198.51.100.1", "state": "Pending"},
             "addresses": [], "portsInUse": [],
             "conntrack": {"entries": 0, "maxEntries": 1000000, "created": 0, "expired": 0,
                           "evicted": 0, "refusedFull": 0, "clashes": 0, "natMappings": 0},
             "drops": {},
         }));
         assert!(nat_report(&pending, false).starts_with(
-            "uplink: wan (interface eth1, mac -, gateway 198.51.100.1): pending\n\nports in use:\n"
+            "uplink: wan (interface eth1, mac -, gateway 198.51.100.1): Pending\n\nports in use:\n"
         ));
     }
 
@@ -646,14 +646,14 @@ Counters:
     fn overlay_hub_table() {
         let view: OverlayView = typed(json!({
             "role": "hub", "name": "hub", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
-            "state": "up", "message": null,
+            "state": "Up", "message": null,
             "runners": [
                 {"id": 1, "name": "runner-a", "address": "192.168.50.2", "vni": 101,
-                 "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "online"},
+                 "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "Online"},
                 {"id": 12, "name": "b", "address": "192.168.50.3", "vni": 112,
-                 "subnet": "10.12.0.0/16", "lastSeenSecondsAgo": 250, "state": "offline"},
+                 "subnet": "10.12.0.0/16", "lastSeenSecondsAgo": 250, "state": "Offline"},
                 {"id": 13, "name": "c", "address": "192.168.50.4", "vni": null,
-                 "subnet": null, "lastSeenSecondsAgo": 0, "state": "offline"},
+                 "subnet": null, "lastSeenSecondsAgo": 0, "state": "Offline"},
             ],
         }));
         assert_eq!(
@@ -661,16 +661,16 @@ Counters:
             OverlayReport::Text(
                 "\
 ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
-1    runner-a   192.168.50.2   101   10.1.0.0/16    3s ago      online
-12   b          192.168.50.3   112   10.12.0.0/16   4m10s ago   offline
-13   c          192.168.50.4   -     -              0s ago      offline
+1    runner-a   192.168.50.2   101   10.1.0.0/16    3s ago      Online
+12   b          192.168.50.3   112   10.12.0.0/16   4m10s ago   Offline
+13   c          192.168.50.4   -     -              0s ago      Offline
 "
                 .to_owned()
             )
         );
         let empty: OverlayView = typed(json!({
             "role": "hub", "name": "hub1", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
-            "state": "up", "message": null, "runners": [],
+            "state": "Up", "message": null, "runners": [],
         }));
         assert_eq!(
             overlay_report(&empty),
@@ -684,7 +684,7 @@ ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
             "role": "runner", "name": "runner-a", "localAddress": "192.168.50.2",
             "id": 3, "vni": 103, "subnet": "10.3.0.0/16", "gateway": "10.3.0.1",
             "hub": "192.168.50.1:4799",
-            "state": "hubUnreachable",
+            "state": "HubUnreachable",
             "message": "cannot reach the hub at 192.168.50.1:4799: Connection refused; retrying in 4s",
             "lastContact": 1_700_000_000,
         }));
@@ -697,7 +697,7 @@ SUBNET    10.3.0.0/16
 VNI       103
 GATEWAY   10.3.0.1
 HUB       192.168.50.1:4799
-STATE     hubUnreachable
+STATE     HubUnreachable
 MESSAGE   cannot reach the hub at 192.168.50.1:4799: Connection refused; retrying in 4s
 "
                 .to_owned()
@@ -707,7 +707,7 @@ MESSAGE   cannot reach the hub at 192.168.50.1:4799: Connection refused; retryin
         let fresh: OverlayView = typed(json!({
             "role": "runner", "name": "r", "localAddress": "192.168.50.2", "id": null,
             "vni": null, "subnet": null, "gateway": null, "hub": "192.168.50.1:4799",
-            "state": "registering", "message": null, "lastContact": null,
+            "state": "Registering", "message": null, "lastContact": null,
         }));
         let OverlayReport::Text(text) = overlay_report(&fresh) else {
             panic!("a runner prints lines");
@@ -721,7 +721,7 @@ MESSAGE   cannot reach the hub at 192.168.50.1:4799: Connection refused; retryin
     fn overlay_mesh_lines() {
         let view: OverlayView = typed(json!({
             "role": "mesh", "name": "n1", "localAddress": "192.168.50.1",
-            "peers": ["192.168.50.2", "192.168.50.3"], "state": "up", "message": null,
+            "peers": ["192.168.50.2", "192.168.50.3"], "state": "Up", "message": null,
         }));
         assert_eq!(
             overlay_report(&view),
@@ -731,7 +731,7 @@ ROLE            mesh
 NAME            n1
 LOCAL-ADDRESS   192.168.50.1
 PEERS           192.168.50.2,192.168.50.3
-STATE           up
+STATE           Up
 MESSAGE         -
 "
                 .to_owned()

@@ -136,18 +136,18 @@ mod tests {
     #[test]
     fn interface_table() {
         let table = resource_table(
-            &[interface("c1", Some("up")), interface("c2-long", None)],
+            &[interface("c1", Some("Up")), interface("c2-long", None)],
             false,
         );
         assert_eq!(
             table.render(),
             "\
 NAME      NETNS     KIND   IFNAME   MAC                 IPS             STATE
-c1        c1        tap    eth0     02:00:ac:1e:00:02   172.30.0.2/16   up
-c2-long   c2-long   tap    eth0     -                   -               pending
+c1        c1        tap    eth0     02:00:ac:1e:00:02   172.30.0.2/16   Up
+c2-long   c2-long   tap    eth0     -                   -               Pending
 "
         );
-        let wide = resource_table(&[interface("c1", Some("up"))], true);
+        let wide = resource_table(&[interface("c1", Some("Up"))], true);
         assert!(
             wide.render()
                 .starts_with("NAME   NETNS   KIND   IFNAME   MAC   "),
@@ -163,7 +163,7 @@ c2-long   c2-long   tap    eth0     -                   -               pending
 
     #[test]
     fn interface_table_prefers_status_over_spec() {
-        let mut r = interface("c1", Some("up"));
+        let mut r = interface("c1", Some("Up"));
         r["spec"]["ips"] = json!(["10.0.0.9/24"]);
         r["status"]["ips"] = json!(["10.0.0.9/24", "10.0.0.10/24"]);
         let text = resource_table(&[r], false).render();
@@ -253,17 +253,17 @@ old    blue      10.2.0.0/24       10.1.0.9     Shadowed
         let uplinks = vec![json!({"kind": "Uplink", "metadata": {"name": "wan"},
             "spec": {"interface": "eth1", "addresses": ["198.51.100.10/24", "198.51.100.11"],
                      "gateway": "198.51.100.1"},
-            "status": {"mac": "02:00:00:00:00:09", "mtu": 1500, "state": "up"}})];
+            "status": {"mac": "02:00:00:00:00:09", "mtu": 1500, "state": "Up"}})];
         assert_eq!(
             resource_table(&uplinks, false).render(),
             "\
 NAME   INTERFACE   ADDRESSES                        GATEWAY        MAC                 STATE
-wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:00:09   up
+wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:00:09   Up
 "
         );
         let wide = resource_table(&uplinks, true).render();
         assert!(wide.contains("   MTU    LABELS   MESSAGE\n"), "{wide}");
-        assert!(wide.contains("   up      1500   -        -\n"), "{wide}");
+        assert!(wide.contains("   Up      1500   -        -\n"), "{wide}");
         let gateways = vec![json!({"kind": "NATGateway", "metadata": {"name": "gw"},
             "spec": {"network": "blue", "ips": ["198.51.100.10"], "portsPerNetworkInterface": 2048},
             "status": {"ips": ["198.51.100.10"], "portsInUse": [
@@ -318,13 +318,13 @@ w      Public   198.51.100.12   -
     fn overlay_table() {
         let overlay = json!({"kind": "Overlay", "metadata": {"name": "hub"},
             "spec": {"role": "hub", "localAddress": "192.168.50.1", "token": "<redacted>"},
-            "status": {"state": "up"}});
+            "status": {"state": "Up"}});
         let text = resource_table(std::slice::from_ref(&overlay), false).render();
         assert_eq!(
             text,
             "\
 NAME   ROLE   LOCAL-ADDRESS   PORT   VNI-BASE   STATE
-hub    hub    192.168.50.1    4789   100        up
+hub    hub    192.168.50.1    4789   100        Up
 "
         );
         let wide = resource_table(&[overlay], true).render();

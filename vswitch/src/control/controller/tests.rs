@@ -269,7 +269,7 @@ fn lost_interfaces_stay_until_deleted() {
     let list = controller.list("networkinterfaces").unwrap();
     assert_eq!(names(&list), ["c1", "c2"]);
     for nic in &list {
-        assert_eq!(nic["status"]["state"], "lost", "{nic}");
+        assert_eq!(nic["status"]["state"], "Lost", "{nic}");
         let message = nic["status"]["message"].as_str().unwrap();
         assert!(
             message.starts_with("cannot re-open after restart: "),
@@ -301,7 +301,7 @@ fn lost_interfaces_stay_until_deleted() {
     // The lost state was persisted.
     drop(controller);
     let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
-    assert!(text.contains("\"lost\""));
+    assert!(text.contains("\"Lost\""));
     // Deleting a lost interface removes it and frees its address.
     let controller = open(dir.path());
     let err = controller.delete("subnet", "default").unwrap_err();

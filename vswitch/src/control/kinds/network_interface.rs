@@ -61,25 +61,29 @@ fn is_true(value: &bool) -> bool {
     *value
 }
 
-/// Lifecycle of a device: a NetworkInterface's, or the Uplink's.
+/// Lifecycle of a device: a NetworkInterface's, or the Uplink's. Status values are written
+/// in PascalCase, as Kubernetes writes phases; the lowercase forms of earlier versions (in
+/// state files) are still read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum InterfaceState {
     /// Not attached yet.
     #[default]
+    #[serde(alias = "pending")]
     Pending,
     /// The device exists and its queues are open.
+    #[serde(alias = "up")]
     Up,
     /// The device or its namespace is gone (see `message`); delete the resource to clean up.
+    #[serde(alias = "lost")]
     Lost,
 }
 
 impl fmt::Display for InterfaceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            InterfaceState::Pending => "pending",
-            InterfaceState::Up => "up",
-            InterfaceState::Lost => "lost",
+            InterfaceState::Pending => "Pending",
+            InterfaceState::Up => "Up",
+            InterfaceState::Lost => "Lost",
         })
     }
 }

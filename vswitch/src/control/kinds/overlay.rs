@@ -148,32 +148,37 @@ pub struct OverlaySpec {
 
 /// Where the Overlay is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub enum OverlayState {
     /// Not set up yet.
     #[default]
+    #[serde(alias = "pending")]
     Pending,
     /// Mesh or hub: the VTEP is open.
+    #[serde(alias = "up")]
     Up,
     /// Runner: registering with the hub.
+    #[serde(alias = "registering")]
     Registering,
     /// Runner: registered, heartbeats answered.
+    #[serde(alias = "registered")]
     Registered,
     /// Runner: the hub cannot be reached or refused us; retrying.
+    #[serde(alias = "hubUnreachable")]
     HubUnreachable,
     /// The VTEP could not be opened.
+    #[serde(alias = "failed")]
     Failed,
 }
 
 impl fmt::Display for OverlayState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            OverlayState::Pending => "pending",
-            OverlayState::Up => "up",
-            OverlayState::Registering => "registering",
-            OverlayState::Registered => "registered",
-            OverlayState::HubUnreachable => "hubUnreachable",
-            OverlayState::Failed => "failed",
+            OverlayState::Pending => "Pending",
+            OverlayState::Up => "Up",
+            OverlayState::Registering => "Registering",
+            OverlayState::Registered => "Registered",
+            OverlayState::HubUnreachable => "HubUnreachable",
+            OverlayState::Failed => "Failed",
         })
     }
 }

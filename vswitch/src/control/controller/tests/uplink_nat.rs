@@ -209,7 +209,7 @@ fn uplink_and_nat_rules_are_published() {
 
     // Status.
     let wan = controller.get("uplink", "wan").unwrap();
-    assert_eq!(wan["status"]["state"], "up", "{wan}");
+    assert_eq!(wan["status"]["state"], "Up", "{wan}");
     assert_eq!(wan["status"]["mtu"], 1400);
     assert_eq!(
         wan["status"]["mac"],
@@ -288,7 +288,7 @@ fn virtual_ip_allocation_and_the_uplink_survive_a_restart() {
 
     let controller = open_fake(dir.path(), Arc::clone(&clock));
     let wan = controller.get("uplink", "wan").unwrap();
-    assert_eq!(wan["status"]["state"], "up", "re-opened: {wan}");
+    assert_eq!(wan["status"]["state"], "Up", "re-opened: {wan}");
     assert!(controller.engine.read().current().uplink.is_some());
     // The allocation is kept; a new VirtualIP takes the first free address.
     assert_eq!(
@@ -311,7 +311,7 @@ fn virtual_ip_allocation_and_the_uplink_survive_a_restart() {
     };
     let controller = Controller::open_with(dir.path(), engine(), clock.clone(), gone).unwrap();
     let wan = controller.get("uplink", "wan").unwrap();
-    assert_eq!(wan["status"]["state"], "lost", "{wan}");
+    assert_eq!(wan["status"]["state"], "Lost", "{wan}");
     let message = wan["status"]["message"].as_str().unwrap();
     assert!(
         message.starts_with("cannot re-open after restart: Uplink \"wan\": spec.interface: interface fakerestart does not exist in vswitchd's network namespace"),
@@ -332,7 +332,7 @@ fn virtual_ip_allocation_and_the_uplink_survive_a_restart() {
     let controller = open_fake(dir.path(), clock);
     assert_eq!(
         controller.get("uplink", "wan").unwrap()["status"]["state"],
-        "up"
+        "Up"
     );
     controller.shutdown();
 }
@@ -383,7 +383,7 @@ fn uplink_refusals_change_nothing() {
     assert!(closed("fakeold"));
     let wan = controller.get("uplink", "wan").unwrap();
     assert_eq!(wan["spec"]["interface"], "fakeold");
-    assert_eq!(wan["status"]["state"], "up");
+    assert_eq!(wan["status"]["state"], "Up");
     let uplink = controller.engine.read().current().uplink.clone().unwrap();
     assert_eq!(uplink.ifname, "fakeold");
     controller.shutdown();
@@ -514,7 +514,7 @@ fn conntrack_views_filter_count_and_flush() {
             .uplink
             .as_ref()
             .map(|u| (u.interface.as_str(), u.state.as_str())),
-        Some(("fakect", "up"))
+        Some(("fakect", "Up"))
     );
     assert_eq!(
         report.addresses,
@@ -715,8 +715,8 @@ mod devices {
         assert_eq!(applied.len(), 4);
         let sa = status(&controller, &a_name);
         let sb = status(&controller, &b_name);
-        assert_eq!(sa["state"], "up", "{sa}");
-        assert_eq!(sb["state"], "up", "{sb}");
+        assert_eq!(sa["state"], "Up", "{sa}");
+        assert_eq!(sb["state"], "Up", "{sb}");
         assert_eq!(sa["ips"], serde_json::json!(["172.29.7.2/24"]));
         assert_eq!(sb["ips"], serde_json::json!(["172.29.7.3/24"]));
         assert_eq!(sb["hostIfname"], port::host_ifname(&b_name));
@@ -796,7 +796,7 @@ mod devices {
             addr.contains("172.29.7.50/24") && !addr.contains("172.29.7.60"),
             "{addr}"
         );
-        assert_eq!(status(&controller, &a_name)["state"], "up");
+        assert_eq!(status(&controller, &a_name)["state"], "Up");
         assert_eq!(
             status(&controller, &a_name)["ips"],
             serde_json::json!(["172.29.7.50/24"])
@@ -808,10 +808,10 @@ mod devices {
         drop(controller);
         drop(c);
         let controller = Controller::open(dir.path(), engine()).unwrap();
-        assert_eq!(status(&controller, &a_name)["state"], "up");
-        assert_eq!(status(&controller, &b_name)["state"], "up");
+        assert_eq!(status(&controller, &a_name)["state"], "Up");
+        assert_eq!(status(&controller, &b_name)["state"], "Up");
         let lost = status(&controller, &c_name);
-        assert_eq!(lost["state"], "lost", "{lost}");
+        assert_eq!(lost["state"], "Lost", "{lost}");
         assert_eq!(controller.engine.read().current().ports().len(), 2);
 
         // Delete removes the devices.
