@@ -49,7 +49,7 @@ pub(super) async fn list(
     let rows: Vec<ConntrackRow> =
         blocking(&controller, move |c| c.conntrack(query.network.as_deref())).await?;
     // Through `Value`, so keys come out sorted like every other answer.
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
+    Ok(Json(super::node::answer(&rows)?))
 }
 
 /// `DELETE /v1/conntrack[?network=N]`: removes the connections (and their masquerade
@@ -72,5 +72,5 @@ pub(super) async fn summary(
     State(controller): State<Arc<Controller>>,
 ) -> Result<Json<Value>, ErrorResponse> {
     let report: NatReport = blocking(&controller, |c| Ok(c.nat())).await?;
-    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+    Ok(Json(super::node::answer(&report)?))
 }

@@ -29,18 +29,30 @@ pub(super) async fn version() -> Json<Value> {
     }))
 }
 
+/// An answer as JSON, through `Value` so that keys come out sorted like every other answer;
+/// a value that cannot be serialised is a 500, never a silent `null`.
+pub(super) fn answer<T: serde::Serialize>(value: &T) -> Result<Value, ErrorResponse> {
+    serde_json::to_value(value).map_err(|err| {
+        ErrorResponse::from(crate::control::ApiError::Internal {
+            message: format!("cannot serialise the answer: {err}"),
+        })
+    })
+}
+
 /// `GET /v1/fdb`: learned MACs, per subnet.
 pub(super) async fn fdb(
     State(controller): State<Arc<Controller>>,
 ) -> Result<Json<Value>, ErrorResponse> {
-    Ok(Json(blocking(&controller, |c| Ok(c.fdb())).await?))
+    let rows = blocking(&controller, |c| Ok(c.fdb())).await?;
+    Ok(Json(answer(&rows)?))
 }
 
 /// `GET /v1/stats`: per-port counters, drops by reason, events.
 pub(super) async fn stats(
     State(controller): State<Arc<Controller>>,
 ) -> Result<Json<Value>, ErrorResponse> {
-    Ok(Json(blocking(&controller, |c| Ok(c.stats())).await?))
+    let stats = blocking(&controller, |c| Ok(c.stats())).await?;
+    Ok(Json(answer(&stats)?))
 }
 
 /// `GET /v1/routing-table[?network=N]`: the routing tables the workers use (connected,
@@ -55,13 +67,13 @@ pub(super) async fn routing_table(
         c.routing_table(query.network.as_deref())
     })
     .await?;
-    // Through `Value`, so keys come out sorted like every other answer.
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
+    Ok(Json(answer(&rows)?))
 }
 
 /// `GET /v1/neighbors`: the neighbour (ARP) table: subnet, address, MAC, state, age.
 pub(super) async fn neighbors(
     State(controller): State<Arc<Controller>>,
 ) -> Result<Json<Value>, ErrorResponse> {
-    Ok(Json(blocking(&controller, |c| Ok(c.neighbors())).await?))
+    let rows = blocking(&controller, |c| Ok(c.neighbors())).await?;
+    Ok(Json(answer(&rows)?))
 }

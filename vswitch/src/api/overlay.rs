@@ -23,5 +23,5 @@ pub(super) async fn view(
 ) -> Result<Json<Value>, ErrorResponse> {
     let view: OverlayView = blocking(&controller, |c| c.overlay_view()).await?;
     // Through `Value`, so keys come out sorted like every other answer.
-    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+    Ok(Json(super::node::answer(&view)?))
 }

@@ -226,18 +226,18 @@ impl Controller {
     }
 
     /// The neighbour (ARP) table.
-    pub fn neighbors(&self) -> serde_json::Value {
-        serde_json::to_value(self.engine.read().neighbors()).unwrap_or_default()
+    pub fn neighbors(&self) -> Vec<crate::runtime::NeighborRow> {
+        self.engine.read().neighbors()
     }
 
     /// Learned MACs.
-    pub fn fdb(&self) -> serde_json::Value {
-        serde_json::to_value(self.engine.read().fdb()).unwrap_or_default()
+    pub fn fdb(&self) -> Vec<crate::runtime::FdbRow> {
+        self.engine.read().fdb()
     }
 
     /// Counters.
-    pub fn stats(&self) -> serde_json::Value {
-        serde_json::to_value(self.engine.read().stats()).unwrap_or_default()
+    pub fn stats(&self) -> crate::runtime::StatsReport {
+        self.engine.read().stats()
     }
 
     /// The conntrack zone of Network `network` (its id), or every zone for `None`.
