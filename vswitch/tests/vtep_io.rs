@@ -1,4 +1,4 @@
-//! The VTEP's socket I/O (`port::vxlan`) between two namespaces joined by a veth pair: it
+//! The VTEP's socket I/O (`port::vtep`) between two namespaces joined by a veth pair: it
 //! receives what a kernel UDP socket sends, spreads flows over its queues, and talks VXLAN
 //! with a Linux kernel `vxlan` device (the kernel answers a ping we encapsulate, and the
 //! packet we sent is captured in the peer namespace to check its outer headers). The offloads:
@@ -20,7 +20,7 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
 };
-use vswitch::port::vxlan::{self as vtep, RX_PAD, VtepQueue};
+use vswitch::port::vtep::{self, RX_PAD, VtepQueue};
 use vswitch::port::{PortIo, PortKind, PortQueue, RxBatch};
 use vswitch::sys::af_packet::{PacketSocket, RingLayout};
 use vswitch::sys::netns::{self, NetnsRef};

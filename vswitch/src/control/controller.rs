@@ -556,7 +556,7 @@ impl Controller {
         if let Some(overlay) = inner.state.overlays.values().next().cloned() {
             let local = std::net::SocketAddrV4::new(overlay.spec.local_address, overlay.spec.port);
             let name = overlay.metadata.name.clone();
-            let opened = port::vxlan::open(local, workers);
+            let opened = port::vtep::open(local, workers);
             let status = match opened {
                 Ok(io) => {
                     install_vtep(&engine, &mut inner, local, io);
@@ -1051,7 +1051,7 @@ impl Controller {
         let mut new_vtep = None;
         if let Some((name, local)) = &vtep_wanted {
             if inner.vtep.as_ref().map(|v| v.local) != Some(*local) {
-                let io = port::vxlan::open(*local, workers).map_err(|err| {
+                let io = port::vtep::open(*local, workers).map_err(|err| {
                     origin_of(Kind::Overlay, name).invalid(
                         "spec.localAddress",
                         format!("cannot open the VTEP on {local}: {err}"),

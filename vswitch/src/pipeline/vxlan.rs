@@ -1,7 +1,7 @@
 //! Stage `vxlan`: frames in and out of the overlay.
 //!
 //! In: a datagram received by the VTEP is `[RX_PAD][VXLAN header][inner Ethernet]` (see
-//! [`crate::port::vxlan`]). [`decap`] validates it in the Linux kernel's order (length, I
+//! [`crate::port::vtep`]). [`decap`] validates it in the Linux kernel's order (length, I
 //! flag, VNI, inner Ethernet header, reserved bits: `vxlan_rcv` drops frames with reserved
 //! bits set or an unknown VNI, and so do we), finds the tunnel port of the Subnet with that
 //! VNI, and turns the buffer into `[virtio_net_hdr][inner Ethernet]` in place. The worker
@@ -20,7 +20,7 @@
 
 use vxlan::VxlanDecapError;
 
-use crate::port::vxlan::RX_PAD;
+use crate::port::vtep::RX_PAD;
 use crate::tables::counters::keyed_enum;
 use crate::tables::snapshot::{PortEntry, Snapshot, VtepEntry};
 use crate::wire::VNET_HDR_LEN;

@@ -10,7 +10,7 @@
 pub mod tap;
 pub mod uplink;
 pub mod veth;
-pub mod vxlan;
+pub mod vtep;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-pub use self::vxlan::VtepQueue;
+pub use self::vtep::VtepQueue;
 use crate::sys::af_packet::PacketSocket;
 pub use crate::sys::batch::{RxBatch, Sent};
 use crate::sys::netns::NetnsRef;
