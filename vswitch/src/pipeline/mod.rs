@@ -491,13 +491,13 @@ fn fit_tunnel(
     let Verdict::Forward(to) = verdict else {
         return verdict;
     };
-    let Some(egress) = ctx.snapshot.port(to).filter(|port| port.tunnel.is_some()) else {
+    let Some(tunnel) = ctx.snapshot.port(to).and_then(PortEntry::tunnel) else {
         return verdict;
     };
     if parsed.vnet.gso.is_some()
         || !vxlan::exceeds_mtu(
             frame.get(crate::wire::VNET_HDR_LEN..).unwrap_or(&[]),
-            egress.mtu,
+            tunnel.mtu,
         )
     {
         return verdict;
@@ -510,7 +510,7 @@ fn fit_tunnel(
                     &mut local.out,
                     ctx.now_ms,
                     crate::wire::IcmpErrorKind::FragmentationNeeded {
-                        next_hop_mtu: egress.mtu,
+                        next_hop_mtu: tunnel.mtu,
                     },
                     subnet,
                     ingress.id,

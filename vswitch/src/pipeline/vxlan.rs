@@ -223,7 +223,7 @@ mod tests {
     use super::*;
     use crate::pipeline::fixtures::{ARP_REQUEST, snapshot_with_ports};
     use crate::port::{Capabilities, PortId, PortIo, PortKind};
-    use crate::tables::snapshot::{SubnetId, Tunnel};
+    use crate::tables::snapshot::{Egress, SubnetId, Tunnel};
 
     fn vtep_and_snapshot() -> (VtepEntry, Snapshot) {
         let io = Arc::new(PortIo {
@@ -240,11 +240,11 @@ mod tests {
             ips: Vec::new(),
             mtu: 1450,
             allowed_sources: Vec::new(),
-            io: Arc::clone(&io),
             proxy_arp: false,
-            tunnel: Some(Tunnel {
+            egress: Egress::Tunnel(Tunnel {
                 vni: vxlan::Vni::new(42).unwrap(),
                 remotes: vec!["192.168.50.2".parse().unwrap()],
+                mtu: 1450,
             }),
         };
         let snapshot = snapshot_with_ports(vec![tunnel]);

@@ -414,7 +414,7 @@ impl Engine {
             .filter_map(|entry| {
                 let subnet = snapshot.subnet(entry.subnet)?;
                 let port = snapshot.port(entry.port)?;
-                let vtep = port.tunnel.as_ref().and_then(|tunnel| {
+                let vtep = port.tunnel().and_then(|tunnel| {
                     let remote = self.shared.remote_fdb.lookup(tunnel.vni, entry.mac, now)?;
                     Some(remote.ip.to_string())
                 });
@@ -478,7 +478,7 @@ mod tests {
     use crate::pipeline::{parse, port_security};
     use crate::tables::clock::FakeClock;
     use crate::tables::snapshot::{
-        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, SubnetEntry, SubnetId,
+        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkId, PortEntry, SubnetEntry, SubnetId,
     };
 
     fn engine(workers: usize, clock: Arc<FakeClock>) -> Engine {
@@ -749,8 +749,7 @@ mod tests {
                 mtu: 1500,
                 allowed_sources: Vec::new(),
                 proxy_arp: false,
-                tunnel: None,
-                io: Arc::new(PortIo {
+                egress: Egress::Queue(Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,
                     capabilities: Capabilities {
@@ -760,7 +759,7 @@ mod tests {
                         tun_offload_flags: 0,
                     },
                     host_ifname: None,
-                }),
+                })),
             });
         }
         let subnet = SubnetEntry {
@@ -977,8 +976,7 @@ mod tests {
                 mtu,
                 allowed_sources: Vec::new(),
                 proxy_arp: false,
-                tunnel: None,
-                io: Arc::new(PortIo {
+                egress: Egress::Queue(Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,
                     capabilities: Capabilities {
@@ -988,7 +986,7 @@ mod tests {
                         tun_offload_flags: TUN_F_CSUM_TSO4,
                     },
                     host_ifname: None,
-                }),
+                })),
             });
             let cidr = format!("10.214.{id}.0/24");
             subnets.push(SubnetEntry {

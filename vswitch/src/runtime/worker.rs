@@ -62,7 +62,9 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::LogLimiter;
-use crate::tables::snapshot::{PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry};
+use crate::tables::snapshot::{
+    Egress, PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry,
+};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
@@ -256,20 +258,21 @@ impl TxPlan {
     }
 }
 
-/// A device the worker reads and writes: a NetworkInterface's port (or a subnet's tunnel,
-/// which writes through the VTEP), the uplink, or the VTEP.
+/// A device the worker reads from: a NetworkInterface's port, the uplink, or the VTEP.
+/// (Where frames go is the snapshot's egress adjacency, [`Snapshot::adjacency`].)
 #[derive(Debug, Clone, Copy)]
 enum Device<'a> {
-    Port(&'a PortEntry),
+    Port(&'a PortEntry, &'a Arc<PortIo>),
     Uplink(&'a UplinkEntry),
     Vtep(&'a VtepEntry),
 }
 
 impl<'a> Device<'a> {
-    /// The port or uplink with id `id` in `snapshot`.
+    /// The port (with a device: not a subnet's tunnel), uplink or VTEP with id `id` in
+    /// `snapshot`.
     fn find(snapshot: &'a Snapshot, id: PortId) -> Option<Device<'a>> {
         if let Some(port) = snapshot.port(id) {
-            return Some(Device::Port(port));
+            return port.io().map(|io| Device::Port(port, io));
         }
         if let Some(vtep) = snapshot.vtep.as_ref().filter(|vtep| vtep.id == id) {
             return Some(Device::Vtep(vtep));
@@ -281,17 +284,9 @@ impl<'a> Device<'a> {
             .map(Device::Uplink)
     }
 
-    fn id(self) -> PortId {
-        match self {
-            Device::Port(port) => port.id,
-            Device::Uplink(uplink) => uplink.id,
-            Device::Vtep(vtep) => vtep.id,
-        }
-    }
-
     fn name(self) -> &'a str {
         match self {
-            Device::Port(port) => &port.name,
+            Device::Port(port, _) => &port.name,
             Device::Uplink(uplink) => &uplink.name,
             Device::Vtep(_) => "vxlan",
         }
@@ -299,7 +294,7 @@ impl<'a> Device<'a> {
 
     fn io(self) -> &'a Arc<PortIo> {
         match self {
-            Device::Port(port) => &port.io,
+            Device::Port(_, io) => io,
             Device::Uplink(uplink) => &uplink.io,
             Device::Vtep(vtep) => &vtep.io,
         }
@@ -308,7 +303,7 @@ impl<'a> Device<'a> {
     /// The segment frames from it are flooded in (the uplink's is never flooded).
     fn segment(self) -> SubnetId {
         match self {
-            Device::Port(port) => port.subnet,
+            Device::Port(port, _) => port.subnet,
             Device::Uplink(uplink) => uplink.segment,
             // Frames from the overlay are flooded by their tunnel's subnet (FloodSubnet).
             Device::Vtep(_) => SubnetId(u32::MAX),
@@ -316,7 +311,7 @@ impl<'a> Device<'a> {
     }
 }
 
-/// The device (port or uplink) with id `id` in `snapshot`.
+/// The device (port, uplink or VTEP) with id `id` in `snapshot`.
 fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
     Device::find(snapshot, id).map(Device::io)
 }
@@ -331,7 +326,7 @@ fn learn_remote(
     peer: std::net::SocketAddrV4,
     now: u64,
 ) {
-    let Some(vni) = tunnel.tunnel.as_ref().map(|t| t.vni) else {
+    let Some(vni) = tunnel.tunnel().map(|t| t.vni) else {
         return;
     };
     let Some(src) = frame
@@ -597,8 +592,7 @@ impl Worker {
         let ports = snapshot
             .ports()
             .iter()
-            .filter(|port| port.tunnel.is_none())
-            .map(|port| (port.id, port.name.as_str(), &port.io, true));
+            .filter_map(|port| port.io().map(|io| (port.id, port.name.as_str(), io, true)));
         let uplink = snapshot
             .uplink
             .iter()
@@ -717,7 +711,7 @@ impl Worker {
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
             let outcome = match ingress {
-                Device::Port(port) => pipeline::process(&ctx, port, frame, &mut self.local),
+                Device::Port(port, _) => pipeline::process(&ctx, port, frame, &mut self.local),
                 Device::Uplink(uplink) => {
                     pipeline::process_uplink(&ctx, uplink, frame, &mut self.local)
                 }
@@ -849,14 +843,30 @@ impl Worker {
         let frames = verdicts.len();
         for destination in plan.destinations() {
             let wants = |verdict: Verdict| destination.wants(verdict, ingress);
-            let egress = Device::find(snapshot, destination.port);
-            let Some((port, queue)) =
-                egress.and_then(|port| port.io().queues.get(*index).map(|queue| (port, queue)))
-            else {
+            // The egress adjacency: a device's queue, or the overlay through the VTEP's.
+            let adjacency = snapshot.adjacency(destination.port);
+            let target = adjacency.and_then(|adjacency| match adjacency.egress {
+                Egress::Queue(io) | Egress::Uplink(io) => io
+                    .queues
+                    .get(*index)
+                    .map(|queue| (adjacency, queue, io.capabilities, None)),
+                Egress::Tunnel(tunnel) => snapshot.vtep.as_ref().and_then(|vtep| {
+                    let tx = TunnelTx {
+                        tunnel,
+                        encap: &vtep.encap,
+                        remote_fdb: &shared.remote_fdb,
+                    };
+                    vtep.io
+                        .queues
+                        .get(*index)
+                        .map(|queue| (adjacency, queue, vtep.io.capabilities, Some(tx)))
+                }),
+            });
+            let Some((adjacency, queue, capabilities, tunnel)) = target else {
                 // Counted on the egress port when it exists, else on the ingress port (for
                 // frames outside a batch: on the egress port id, if it is still counted).
-                let on = egress
-                    .map(|port| port.id())
+                let on = adjacency
+                    .map(|adjacency| adjacency.id)
                     .or(ingress.map(|ingress| ingress.port))
                     .unwrap_or(destination.port);
                 let wanted = verdicts.iter().filter(|v| wants(**v)).count()
@@ -868,32 +878,17 @@ impl Worker {
                 count_drop(counters, on, tx::DropReason::NoQueue.into(), count(wanted));
                 continue;
             };
-            let tunnel = match (port, &snapshot.vtep) {
-                (Device::Port(entry), Some(vtep)) => entry.tunnel.as_ref().map(|tunnel| TunnelTx {
-                    tunnel,
-                    encap: &vtep.encap,
-                    mtu: entry.mtu,
-                    remote_fdb: &shared.remote_fdb,
-                }),
-                _ => None,
-            };
             // TCP segments (from the overlay, typically) are merged into super-frames for a
-            // port that takes them: one write and one pass of the container's TCP stack per
-            // 64 KB instead of per segment, as GRO does in the kernel.
-            let capabilities = port.io().capabilities;
-            let gro = (tunnel.is_none()
-                && capabilities.vnet_hdr
-                && capabilities.tx_gso
-                && capabilities.tx_partial_csum)
-                .then_some(&mut *coalescer);
+            // device that takes them (see `tx::coalesces`).
+            let gro = (tunnel.is_none() && tx::coalesces(&capabilities)).then_some(&mut *coalescer);
             let mut guard = queue.lock();
             let mut sender = Sender {
-                capabilities: port.io().capabilities,
+                capabilities,
                 queue: &mut guard,
                 account: TxAccount {
                     counters,
-                    port: port.id(),
-                    name: port.name(),
+                    port: adjacency.id,
+                    name: adjacency.name,
                     log: &mut logs.tx_error,
                     worker: *index,
                     now,
@@ -933,13 +928,13 @@ impl Worker {
             if let Err(error) = flushed {
                 counters.add_event(Event::FlushError, 1);
                 if let Some(suppressed) = logs.flush_error.check(now) {
-                    warn!(worker = *index, port = %port.name(), %error, suppressed, "flushing a port queue failed");
+                    warn!(worker = *index, port = %adjacency.name, %error, suppressed, "flushing a port queue failed");
                 }
             }
-            counters.add_tx(port.id(), tally.packets, tally.bytes);
+            counters.add_tx(adjacency.id, tally.packets, tally.bytes);
             if tally.generated_packets > 0 {
                 counters.add_tx_generated(
-                    port.id(),
+                    adjacency.id,
                     tally.generated_packets,
                     tally.generated_bytes,
                 );
@@ -1046,8 +1041,6 @@ impl TxAccount<'_> {
 struct TunnelTx<'a> {
     tunnel: &'a Tunnel,
     encap: &'a vxlan::VxlanEncapConfig,
-    /// The subnet's MTU (L3).
-    mtu: u16,
     remote_fdb: &'a vxlan::VxlanSharedFdb,
 }
 
@@ -1195,7 +1188,7 @@ impl Sender<'_> {
                 }
             };
             let inner = &frame[VNET_HDR_LEN..];
-            if pipeline::vxlan::exceeds_mtu(inner, tx.mtu) {
+            if pipeline::vxlan::exceeds_mtu(inner, tx.tunnel.mtu) {
                 count_drop(
                     counters,
                     *port,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::port::{Capabilities, PortId, PortIo, PortKind};
 use crate::tables::snapshot::{
-    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry,
-    RouteOrigin, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
+    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkEntry, NetworkId, NextHop, PortEntry,
+    RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
 };
 
 /// MAC of port 1 (subnet 1, 172.30.0.2).
@@ -41,13 +41,12 @@ fn port(id: u32, subnet: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> PortEntry {
         mtu: 1500,
         allowed_sources: Vec::new(),
         proxy_arp: false,
-        tunnel: None,
-        io: Arc::new(PortIo {
+        egress: Egress::Queue(Arc::new(PortIo {
             kind: PortKind::Tap,
             queues: Vec::new(),
             capabilities: Capabilities::default(),
             host_ifname: None,
-        }),
+        })),
     }
 }
 
