@@ -345,10 +345,12 @@ fn bench_pipeline(c: &mut Criterion) {
     // Port 2's MAC is known, as after its first frame.
     fdb.learn(&subnet, MAC_B, PortId(2), 0);
     let neighbors = Neighbors::new();
+    let remote_fdb = vxlan::VxlanSharedFdb::new(Default::default());
     let ctx = Context {
         snapshot: &snapshot,
         fdb: &fdb,
         neighbors: &neighbors,
+        remote_fdb: &remote_fdb,
         now_ms: 0,
     };
     let mut local = Local::new(0);

@@ -47,6 +47,7 @@ pub mod port_security;
 pub mod tx;
 pub mod uplink;
 pub mod vxlan;
+pub mod vxlan_input;
 
 use core::fmt;
 
@@ -79,6 +80,8 @@ pub enum Stage {
     Conntrack,
     /// [`tx`]: the egress port takes the frame.
     Tx,
+    /// [`vxlan_input`]: datagrams received from the overlay.
+    VxlanInput,
     /// [`vxlan`]: frames in and out of the overlay.
     Vxlan,
 }
@@ -95,7 +98,8 @@ impl Stage {
             Stage::Nat => "nat",
             Stage::Conntrack => "conntrack",
             Stage::Tx => "tx",
-            Stage::Vxlan => "vxlan",
+            // Both overlay stages keep the keys they had as one stage: `vxlan.*`.
+            Stage::VxlanInput | Stage::Vxlan => "vxlan",
         }
     }
 }
@@ -119,6 +123,8 @@ pub enum DropCause {
     Conntrack(nat::ConntrackReason),
     /// Dropped by [`tx`] (or by the egress queue).
     Tx(tx::DropReason),
+    /// Dropped by [`vxlan_input`].
+    VxlanInput(vxlan_input::DropReason),
     /// Dropped by [`vxlan`].
     Vxlan(vxlan::DropReason),
 }
@@ -131,7 +137,8 @@ const UPLINK_BASE: usize = L3_BASE + l3::DropReason::COUNT;
 const NAT_BASE: usize = UPLINK_BASE + uplink::DropReason::COUNT;
 const CONNTRACK_BASE: usize = NAT_BASE + nat::DropReason::COUNT;
 const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
-const VXLAN_BASE: usize = TX_BASE + tx::DropReason::COUNT;
+const VXLAN_INPUT_BASE: usize = TX_BASE + tx::DropReason::COUNT;
+const VXLAN_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
@@ -148,6 +155,7 @@ impl DropCause {
             DropCause::Nat(_) => Stage::Nat,
             DropCause::Conntrack(_) => Stage::Conntrack,
             DropCause::Tx(_) => Stage::Tx,
+            DropCause::VxlanInput(_) => Stage::VxlanInput,
             DropCause::Vxlan(_) => Stage::Vxlan,
         }
     }
@@ -163,6 +171,7 @@ impl DropCause {
             DropCause::Nat(reason) => reason.key(),
             DropCause::Conntrack(reason) => reason.key(),
             DropCause::Tx(reason) => reason.key(),
+            DropCause::VxlanInput(reason) => reason.key(),
             DropCause::Vxlan(reason) => reason.key(),
         }
     }
@@ -178,6 +187,7 @@ impl DropCause {
             DropCause::Nat(reason) => reason.description(),
             DropCause::Conntrack(reason) => reason.description(),
             DropCause::Tx(reason) => reason.description(),
+            DropCause::VxlanInput(reason) => reason.description(),
             DropCause::Vxlan(reason) => reason.description(),
         }
     }
@@ -193,6 +203,7 @@ impl DropCause {
             DropCause::Nat(reason) => NAT_BASE + reason.index(),
             DropCause::Conntrack(reason) => CONNTRACK_BASE + reason.index(),
             DropCause::Tx(reason) => TX_BASE + reason.index(),
+            DropCause::VxlanInput(reason) => VXLAN_INPUT_BASE + reason.index(),
             DropCause::Vxlan(reason) => VXLAN_BASE + reason.index(),
         }
     }
@@ -213,6 +224,9 @@ impl DropCause {
             .iter()
             .map(|&r| DropCause::Conntrack(r));
         let tx = tx::DropReason::ALL.iter().map(|&r| DropCause::Tx(r));
+        let vxlan_input = vxlan_input::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::VxlanInput(r));
         let vxlan = vxlan::DropReason::ALL.iter().map(|&r| DropCause::Vxlan(r));
         parse
             .chain(port_security)
@@ -222,6 +236,7 @@ impl DropCause {
             .chain(nat)
             .chain(conntrack)
             .chain(tx)
+            .chain(vxlan_input)
             .chain(vxlan)
     }
 }
@@ -277,6 +292,12 @@ impl From<nat::ConntrackReason> for DropCause {
 impl From<tx::DropReason> for DropCause {
     fn from(reason: tx::DropReason) -> DropCause {
         DropCause::Tx(reason)
+    }
+}
+
+impl From<vxlan_input::DropReason> for DropCause {
+    fn from(reason: vxlan_input::DropReason) -> DropCause {
+        DropCause::VxlanInput(reason)
     }
 }
 
@@ -345,6 +366,9 @@ pub struct Context<'a> {
     pub fdb: &'a Fdb,
     /// The neighbour (ARP) table, shared by all workers.
     pub neighbors: &'a Neighbors,
+    /// Remote MACs behind the overlay, (VNI, MAC) -> remote VTEP: learned by
+    /// [`vxlan_input`], read by `vxlan-encap`; shared by all workers.
+    pub remote_fdb: &'a ::vxlan::VxlanSharedFdb,
     /// The engine's clock, milliseconds (monotonic).
     pub now_ms: u64,
 }
@@ -672,6 +696,8 @@ pub(crate) mod fixtures {
         pub fdb: Fdb,
         /// Neighbours.
         pub neighbors: Neighbors,
+        /// Remote MACs behind the overlay.
+        pub remote_fdb: ::vxlan::VxlanSharedFdb,
         /// The worker's state.
         pub local: RefCell<Local>,
     }
@@ -688,6 +714,7 @@ pub(crate) mod fixtures {
                 snapshot,
                 fdb: Fdb::new(),
                 neighbors: Neighbors::new(),
+                remote_fdb: ::vxlan::VxlanSharedFdb::new(Default::default()),
                 local: RefCell::new(Local::new(0)),
             }
         }
@@ -698,6 +725,7 @@ pub(crate) mod fixtures {
                 snapshot: &self.snapshot,
                 fdb: &self.fdb,
                 neighbors: &self.neighbors,
+                remote_fdb: &self.remote_fdb,
                 now_ms,
             }
         }

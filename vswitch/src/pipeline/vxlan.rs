@@ -1,43 +1,17 @@
-//! Stage `vxlan`: frames in and out of the overlay.
+//! Stage `vxlan`: frames into the overlay.
 //!
-//! In: a datagram received by the VTEP is `[RX_PAD][VXLAN header][inner Ethernet]` (see
-//! [`crate::port::vtep`]). [`decap`] validates it in the Linux kernel's order (length, I
-//! flag, VNI, inner Ethernet header, reserved bits: `vxlan_rcv` drops frames with reserved
-//! bits set or an unknown VNI, and so do we), finds the tunnel port of the Subnet with that
-//! VNI, and turns the buffer into `[virtio_net_hdr][inner Ethernet]` in place. The worker
-//! then learns the inner source MAC behind the sending VTEP (the remote FDB) and runs the
-//! frame through [`super::process_tunnel`] as if it came from the tunnel port: learning,
-//! ARP for the gateway, routing, switching. Nothing is copied. A datagram that the VTEP
-//! merged in place from a run of TCP segments (its pad holds the run's MSS) becomes the GSO
-//! super-frame it is, as a TAP would have handed it over.
-//!
-//! Out: a frame forwarded to a tunnel port goes to the VTEP learned for its destination MAC,
+//! A frame forwarded to a tunnel port goes to the VTEP learned for its destination MAC,
 //! or, for broadcast and unknown unicast, to every remote VTEP of the subnet (head-end
 //! replication). Frames received from the overlay are never sent back into it (they are
 //! flooded to the subnet's local ports only: split horizon). A GSO super-frame is segmented
 //! in software first; partial checksums are completed; a frame that exceeds the overlay MTU
-//! is dropped and counted (`vxlan.too_big`).
+//! is dropped and counted (`vxlan.too_big`). Receiving from the overlay is [`super::vxlan_input`].
 
-use vxlan::VxlanDecapError;
-
-use crate::port::vtep::RX_PAD;
 use crate::tables::counters::keyed_enum;
-use crate::tables::snapshot::{PortEntry, Snapshot, VtepEntry};
-use crate::wire::VNET_HDR_LEN;
 
 keyed_enum! {
-    /// Why `vxlan` dropped a frame (received from, or sent into, the overlay).
+    /// Why `vxlan` dropped a frame sent into the overlay.
     pub enum DropReason {
-        Truncated = "vxlan.truncated":
-            "datagram on the VXLAN port shorter than a VXLAN header",
-        BadFlags = "vxlan.bad_flags":
-            "VXLAN header without the I flag (the VNI is not valid)",
-        ReservedBits = "vxlan.reserved_bits":
-            "VXLAN header with reserved bits set (Linux drops these too)",
-        UnknownVni = "vxlan.unknown_vni":
-            "VXLAN packet for a VNI that no stretched Subnet of this node has",
-        InnerTruncated = "vxlan.inner_truncated":
-            "VXLAN packet whose inner frame is shorter than an Ethernet header",
         TooBig = "vxlan.too_big":
             "frame larger than the overlay MTU allows once encapsulated",
         NoRemote = "vxlan.no_remote":
@@ -49,165 +23,6 @@ keyed_enum! {
     }
 }
 
-impl From<VxlanDecapError> for DropReason {
-    fn from(error: VxlanDecapError) -> DropReason {
-        match error {
-            VxlanDecapError::Truncated => DropReason::Truncated,
-            VxlanDecapError::BadFlags => DropReason::BadFlags,
-            VxlanDecapError::ReservedBitsSet => DropReason::ReservedBits,
-            VxlanDecapError::UnknownVni => DropReason::UnknownVni,
-            VxlanDecapError::InnerFrameTruncated => DropReason::InnerTruncated,
-        }
-    }
-}
-
-/// Validates the datagram in `frame` (`[RX_PAD][VXLAN][inner]`), finds its tunnel port and
-/// rewrites the buffer to `[virtio_net_hdr][inner Ethernet]`. Never panics.
-///
-/// # Errors
-/// The reason the datagram is dropped; the buffer is unchanged then.
-pub fn decap<'a>(
-    snapshot: &'a Snapshot,
-    vtep: &VtepEntry,
-    frame: &mut [u8],
-) -> Result<&'a PortEntry, DropReason> {
-    let payload = frame.get(RX_PAD..).ok_or(DropReason::Truncated)?;
-    let (port, _) =
-        vxlan::encap::decapsulate_with(payload, |vni| vtep.tunnels.get(&u32::from(vni)).copied())?;
-    let tunnel = snapshot.port(port).ok_or(DropReason::UnknownVni)?;
-    // A datagram the VTEP merged from a run of TCP segments carries the run's MSS in its pad.
-    let merged_mss = u16::from_be_bytes([frame[0], frame[1]]);
-    // The 2 pad bytes and the 8 header bytes become a virtio header with no flags: the
-    // inner frame's checksums are whatever the sender put on the wire; or, for a merged
-    // datagram, the header of the GSO super-frame it now is.
-    frame[..VNET_HDR_LEN].fill(0);
-    if merged_mss != 0 {
-        crate::wire::gro::write_super_frame_vnet_header(frame, merged_mss);
-    }
-    Ok(tunnel)
-}
-
-/// Completes the inner TCP or UDP checksum of a decapsulated IPv4 frame (`[virtio_net_hdr]
-/// [Ethernet]`) when the sender left it partial: a Linux peer whose VXLAN device sits on a
-/// veth (or any device with checksum offload that never computes it) puts the packet on the
-/// wire with the pseudo-header sum in the checksum field, and the receiving container would
-/// drop it. A complete checksum is recognised in O(1) (its field differs from the
-/// pseudo-header sum) and left alone; only a field that holds exactly the pseudo-header sum
-/// and does not verify is completed. Returns true when it completed one. Never panics.
-pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
-    use crate::wire::VnetPacket;
-    use crate::wire::checksum;
-    if VnetPacket::new_checked(&*frame).is_ok_and(|vnet| vnet.needs_csum()) {
-        // A super-frame the VTEP merged: its partial checksum is meant to stay partial.
-        return false;
-    }
-    let Some(eth) = frame.get_mut(VNET_HDR_LEN..) else {
-        return false;
-    };
-    if eth.len() < ETHERNET_HEADER_LEN + 20 || eth[12..14] != [0x08, 0x00] {
-        return false;
-    }
-    let ip = &eth[ETHERNET_HEADER_LEN..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() || fragment {
-        return false;
-    }
-    let offset = match ip[9] {
-        6 => 16,
-        17 => 6,
-        _ => return false,
-    };
-    let l4_len = total - ihl;
-    if l4_len < offset + 2 {
-        return false;
-    }
-    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let Ok(length) = u16::try_from(l4_len) else {
-        return false;
-    };
-    let pseudo = checksum::pseudo_header_ipv4(src, dst, ip[9], length);
-    let start = ETHERNET_HEADER_LEN + ihl;
-    let field = u16::from_be_bytes([eth[start + offset], eth[start + offset + 1]]);
-    if field != pseudo || field == 0 && ip[9] == 17 {
-        return false;
-    }
-    let l4 = &eth[start..start + l4_len];
-    if checksum::combine(&[pseudo, checksum::sum(l4)]) == 0xffff {
-        // It verifies after all (1 in 65536).
-        return false;
-    }
-    // `complete_partial_checksum` sums from `start` to the end of its slice: give it the
-    // IP packet's end, not the frame's (which may carry Ethernet padding).
-    checksum::complete_partial_checksum(&mut eth[..start + l4_len], start, offset).is_ok()
-}
-
-/// Turns a decapsulated IPv4 TCP frame larger than the tunnel's `mtu` back into the GSO
-/// super-frame it is. A Linux peer whose VXLAN device sends over a veth (or any device with
-/// UDP-tunnel segmentation offload that never segments) puts whole TCP bursts on the
-/// "wire" as one datagram, and the kernel hands them to our UDP socket unsegmented. Over a
-/// real wire they would have been segments of at most `mtu`, so the switch cuts them to that
-/// size: the virtio header says TCPv4 GSO with the MSS that fits `mtu` and a partial
-/// checksum, and every later stage treats the frame as the super-frame a TAP would hand
-/// over (routing measures it by segment, the TAP takes it whole, the VTEP segments it).
-/// Returns true when it did. Never panics.
-pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
-    use crate::wire::VnetPacket;
-    use crate::wire::checksum;
-    use crate::wire::vnet_hdr::{flags, gso};
-    if VnetPacket::new_checked(&*frame).is_ok_and(|vnet| vnet.is_gso()) {
-        // Already a super-frame (the VTEP merged it from segments of their own size).
-        return false;
-    }
-    let Some(eth) = frame.get(VNET_HDR_LEN..) else {
-        return false;
-    };
-    if !exceeds_mtu(eth, mtu) || eth.len() < ETHERNET_HEADER_LEN + 40 || eth[12..14] != [0x08, 0x00]
-    {
-        return false;
-    }
-    let ip = &eth[ETHERNET_HEADER_LEN..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    if ip[0] >> 4 != 4 || ip[9] != 6 || ihl < 20 || fragment || total > ip.len() {
-        return false;
-    }
-    let Some(tcp) = ip.get(ihl..total) else {
-        return false;
-    };
-    let thl = usize::from(tcp.get(12).map_or(0, |b| b >> 4)) * 4;
-    if thl < 20 || tcp.len() < thl {
-        return false;
-    }
-    let (Ok(mss), Ok(l4_len), Ok(start), Ok(headers)) = (
-        u16::try_from(usize::from(mtu).saturating_sub(ihl + thl)),
-        u16::try_from(total - ihl),
-        u16::try_from(ETHERNET_HEADER_LEN + ihl),
-        u16::try_from(ETHERNET_HEADER_LEN + ihl + thl),
-    ) else {
-        return false;
-    };
-    if mss == 0 {
-        return false;
-    }
-    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let pseudo = checksum::pseudo_header_ipv4(src, dst, 6, l4_len);
-    let field = VNET_HDR_LEN + usize::from(start) + 16;
-    frame[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
-    let mut vnet = VnetPacket::new_unchecked(&mut frame[..]);
-    vnet.set_flags(flags::NEEDS_CSUM);
-    vnet.set_gso_type(gso::TCPV4);
-    vnet.set_hdr_len(headers);
-    vnet.set_gso_size(mss);
-    vnet.set_csum_start(start);
-    vnet.set_csum_offset(16);
-    true
-}
-
 /// True when the Ethernet frame `inner` (no virtio header) exceeds `mtu` at L3.
 pub fn exceeds_mtu(inner: &[u8], mtu: u16) -> bool {
     inner.len().saturating_sub(ETHERNET_HEADER_LEN) > usize::from(mtu)
@@ -217,143 +32,10 @@ const ETHERNET_HEADER_LEN: usize = 14;
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
     use super::*;
-    use crate::pipeline::fixtures::{ARP_REQUEST, snapshot_with_ports};
-    use crate::port::{Capabilities, PortId, PortIo, PortKind};
-    use crate::tables::snapshot::{Egress, SubnetId, Tunnel};
-
-    fn vtep_and_snapshot() -> (VtepEntry, Snapshot) {
-        let io = Arc::new(PortIo {
-            kind: PortKind::Vxlan,
-            queues: Vec::new(),
-            capabilities: Capabilities::default(),
-            host_ifname: None,
-        });
-        let tunnel = PortEntry {
-            id: PortId(9),
-            name: "vxlan/blue".into(),
-            subnet: SubnetId(1),
-            mac: [0; 6],
-            ips: Vec::new(),
-            mtu: 1450,
-            allowed_sources: Vec::new(),
-            proxy_arp: false,
-            egress: Egress::Tunnel(Tunnel {
-                vni: vxlan::Vni::new(42).unwrap(),
-                remotes: vec!["192.168.50.2".parse().unwrap()],
-                mtu: 1450,
-            }),
-        };
-        let snapshot = snapshot_with_ports(vec![tunnel]);
-        let vtep = VtepEntry {
-            id: PortId(8),
-            local: "192.168.50.1:4789".parse().unwrap(),
-            encap: vxlan::VxlanEncapConfig::default(),
-            io,
-            tunnels: HashMap::from([(42, PortId(9))]),
-        };
-        (vtep, snapshot)
-    }
-
-    /// `[pad][VXLAN flags, reserved, vni, reserved][inner]` with the inner ARP request.
-    fn datagram(flags: u8, vni: u32, reserved_last: u8) -> Vec<u8> {
-        let mut bytes = vec![0u8; RX_PAD];
-        bytes.extend_from_slice(&[flags, 0, 0, 0]);
-        bytes.extend_from_slice(&vni.to_be_bytes()[1..]);
-        bytes.push(reserved_last);
-        bytes.extend_from_slice(&ARP_REQUEST[VNET_HDR_LEN..]);
-        bytes
-    }
-
-    #[test]
-    fn a_valid_datagram_becomes_a_frame_in_place() {
-        let (vtep, snapshot) = vtep_and_snapshot();
-        let mut frame = datagram(0x08, 42, 0);
-        let tunnel = decap(&snapshot, &vtep, &mut frame).expect("valid");
-        assert_eq!(tunnel.id, PortId(9));
-        assert_eq!(&frame[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
-        assert_eq!(&frame[VNET_HDR_LEN..], &ARP_REQUEST[VNET_HDR_LEN..]);
-    }
-
-    #[test]
-    fn malformed_datagrams_are_refused_with_their_reason() {
-        let (vtep, snapshot) = vtep_and_snapshot();
-        let cases: [(Vec<u8>, DropReason); 5] = [
-            (
-                datagram(0x08, 42, 0)[..RX_PAD + 5].to_vec(),
-                DropReason::Truncated,
-            ),
-            (datagram(0x00, 42, 0), DropReason::BadFlags),
-            (datagram(0x08, 43, 0), DropReason::UnknownVni),
-            (datagram(0x08, 42, 1), DropReason::ReservedBits),
-            (datagram(0x0c, 42, 0), DropReason::ReservedBits),
-        ];
-        for (mut frame, want) in cases {
-            let before = frame.clone();
-            assert_eq!(decap(&snapshot, &vtep, &mut frame).map(|p| p.id), Err(want));
-            assert_eq!(frame, before, "unchanged on {want}");
-        }
-        let mut short_inner = datagram(0x08, 42, 0)[..RX_PAD + 8 + 10].to_vec();
-        assert_eq!(
-            decap(&snapshot, &vtep, &mut short_inner).map(|p| p.id),
-            Err(DropReason::InnerTruncated)
-        );
-        assert_eq!(
-            decap(&snapshot, &vtep, &mut []).map(|p| p.id),
-            Err(DropReason::Truncated)
-        );
-    }
-
-    /// vnet + Ethernet + IPv4 10.0.0.1 -> 10.0.0.2 + UDP 1000 -> 2000 "hello!" with the UDP
-    /// checksum field as given.
-    fn udp_frame(field: Option<u16>) -> Vec<u8> {
-        let mut frame = vec![0u8; VNET_HDR_LEN];
-        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
-        let ip = [
-            0x45, 0, 0, 34, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-        ];
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0, 14, 0, 0]);
-        frame.extend_from_slice(b"hello!");
-        let pseudo = crate::wire::checksum::pseudo_header_ipv4(
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.2".parse().unwrap(),
-            17,
-            14,
-        );
-        let full = !crate::wire::checksum::combine(&[
-            pseudo,
-            crate::wire::checksum::sum(&frame[VNET_HDR_LEN + 34..]),
-        ]);
-        let value = field.unwrap_or(pseudo);
-        let value = if field == Some(u16::MAX) { full } else { value };
-        frame[VNET_HDR_LEN + 34 + 6..VNET_HDR_LEN + 34 + 8].copy_from_slice(&value.to_be_bytes());
-        frame
-    }
-
-    #[test]
-    fn partial_inner_checksums_are_completed_and_complete_ones_left() {
-        let complete = udp_frame(Some(u16::MAX));
-        let mut partial = udp_frame(None);
-        assert!(complete_inner_checksum(&mut partial), "completed");
-        assert_eq!(partial, complete);
-        let mut again = complete.clone();
-        assert!(!complete_inner_checksum(&mut again));
-        assert_eq!(again, complete);
-        let mut zero = udp_frame(Some(0));
-        assert!(
-            !complete_inner_checksum(&mut zero),
-            "UDP without checksum stays so"
-        );
-        let mut corrupt = udp_frame(Some(0x1234));
-        assert!(
-            !complete_inner_checksum(&mut corrupt),
-            "a wrong checksum is not repaired"
-        );
-    }
+    use crate::pipeline::fixtures::{TUNNEL, overlay_snapshot};
+    use crate::port::PortId;
+    use crate::wire::VNET_HDR_LEN;
 
     /// An IPv4 packet of `total` bytes from port 1 (blue, 172.30.0.2) to `dst_mac`, with DF
     /// as given and a valid header checksum.
@@ -380,11 +62,10 @@ mod tests {
     fn a_frame_too_big_for_the_tunnel_gets_fragmentation_needed() {
         use crate::pipeline::fixtures::{Bench, ICMP_ECHO, with_src_mac};
         use crate::pipeline::{Verdict, process_tunnel};
-        let (_, snapshot) = vtep_and_snapshot();
-        let bench = Bench::with(snapshot);
+        let bench = Bench::with(overlay_snapshot());
         let remote_mac = [0x02, 0xaa, 0, 0, 0, 1];
         // The remote MAC is learned on the tunnel.
-        let tunnel = bench.snapshot.port(PortId(9)).unwrap().clone();
+        let tunnel = bench.snapshot.port(TUNNEL).unwrap().clone();
         let mut from_remote = with_src_mac(&ICMP_ECHO, remote_mac);
         {
             let mut local = bench.local.borrow_mut();
@@ -392,7 +73,7 @@ mod tests {
         }
         // 1450 bytes fit; 1451 with DF get an ICMP error, 1451 without DF a drop only.
         let fits = big_frame(&bench, remote_mac, 1450, true);
-        assert_eq!(bench.send(1, &fits, 1).verdict, Verdict::Forward(PortId(9)));
+        assert_eq!(bench.send(1, &fits, 1).verdict, Verdict::Forward(TUNNEL));
         let too_big = big_frame(&bench, remote_mac, 1451, true);
         assert_eq!(
             bench.send(1, &too_big, 2).verdict,
@@ -413,87 +94,9 @@ mod tests {
         assert!(bench.generated().is_empty());
     }
 
-    /// Appends an Ethernet frame 02:..:01 -> 02:..:02 carrying TCP over IPv4 10.0.0.1 ->
-    /// 10.0.0.2 (DF): a `tcp_header_len`-byte header with `flags`, checksum field zero, and
-    /// `payload` bytes of 0x5a.
-    fn push_tcp_packet(frame: &mut Vec<u8>, tcp_header_len: usize, flags: u8, payload: usize) {
-        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
-        let total = u16::try_from(20 + tcp_header_len + payload).unwrap();
-        let mut ip = vec![
-            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-        ];
-        ip[2..4].copy_from_slice(&total.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        let mut tcp = vec![0u8; tcp_header_len];
-        tcp[12] = u8::try_from(tcp_header_len / 4).unwrap() << 4;
-        tcp[13] = flags;
-        frame.extend_from_slice(&tcp);
-        frame.extend(std::iter::repeat_n(0x5a, payload));
-    }
-
-    #[test]
-    fn an_oversize_tcp_frame_from_the_overlay_becomes_a_gso_frame() {
-        // 10.0.0.1 -> 10.0.0.2 TCP, 20-byte header, 4000 bytes of payload, checksum left
-        // as a kernel would on a veth (the pseudo-header sum), through a 1450-byte tunnel.
-        let mut frame = vec![0u8; VNET_HDR_LEN];
-        push_tcp_packet(&mut frame, 20, 0x18, 4000);
-        assert!(adopt_super_frame(&mut frame, 1450));
-        let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
-        assert!(vnet.is_gso() && vnet.needs_csum());
-        assert_eq!(vnet.gso_size(), 1450 - 40);
-        assert_eq!((vnet.csum_start(), vnet.csum_offset()), (34, 16));
-        // The segmenter cuts it into valid segments that fit the tunnel.
-        let mut segments = Vec::new();
-        crate::wire::gso::Segmenter::new()
-            .segment(&frame, |segment| segments.push(segment.len()))
-            .expect("segments");
-        assert_eq!(segments.len(), 4000usize.div_ceil(1410));
-        assert!(segments.iter().all(|len| len - VNET_HDR_LEN - 14 <= 1450));
-        // A frame that fits, or that is not TCP, is left alone.
-        let mut small = udp_frame(Some(u16::MAX));
-        assert!(!adopt_super_frame(&mut small, 1450));
-    }
-
-    #[test]
-    fn a_datagram_merged_by_the_vtep_becomes_a_super_frame() {
-        // What the VTEP leaves after merging a run with MSS 1398: the MSS in the pad, the
-        // VXLAN header, then the merged TCP packet (12-byte options, checksum partial).
-        let (vtep, snapshot) = vtep_and_snapshot();
-        let mut frame = datagram(0x08, 42, 0);
-        frame.truncate(VNET_HDR_LEN);
-        frame[..RX_PAD].copy_from_slice(&1398u16.to_be_bytes());
-        push_tcp_packet(&mut frame, 32, 0x10, 5 * 1398);
-        decap(&snapshot, &vtep, &mut frame).expect("valid");
-        let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
-        assert!(vnet.is_gso() && vnet.needs_csum());
-        assert_eq!(vnet.gso_size(), 1398, "the run's own MSS, not the tunnel's");
-        assert_eq!(vnet.hdr_len(), 14 + 20 + 32);
-        assert_eq!((vnet.csum_start(), vnet.csum_offset()), (34, 16));
-        // Neither the super-frame adoption nor checksum completion touch it again.
-        let before = frame.clone();
-        assert!(!adopt_super_frame(&mut frame, 1450));
-        assert!(!complete_inner_checksum(&mut frame));
-        assert_eq!(frame, before);
-        // An unmerged datagram (zero pad) gets the all-zero header.
-        let mut plain = datagram(0x08, 42, 0);
-        decap(&snapshot, &vtep, &mut plain).expect("valid");
-        assert_eq!(&plain[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
-    }
-
     #[test]
     fn mtu_is_measured_at_l3() {
         assert!(!exceeds_mtu(&[0; 14 + 1450], 1450));
         assert!(exceeds_mtu(&[0; 14 + 1451], 1450));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn decap_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let (vtep, snapshot) = vtep_and_snapshot();
-            let mut frame = bytes;
-            let _ = decap(&snapshot, &vtep, &mut frame);
-            let _ = complete_inner_checksum(&mut frame);
-            let _ = adopt_super_frame(&mut frame, 68);
-        }
     }
 }

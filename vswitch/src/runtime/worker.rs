@@ -53,7 +53,7 @@ use tracing::{debug, error, warn};
 use super::counters::WorkerCounters;
 use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
-use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
+use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, vxlan_input};
 use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
 use crate::sys::af_packet::TX_FRAMES;
 use crate::sys::batch::BATCH_SIZE;
@@ -314,35 +314,6 @@ impl<'a> Device<'a> {
 /// The device (port, uplink or VTEP) with id `id` in `snapshot`.
 fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
     Device::find(snapshot, id).map(Device::io)
-}
-
-/// Learns the inner source MAC of a frame decapsulated on `tunnel` behind the VTEP that
-/// sent it: a shard's read lock and an in-place refresh when known, the shard's write lock
-/// only when new or moved.
-fn learn_remote(
-    shared: &Shared,
-    tunnel: &PortEntry,
-    frame: &[u8],
-    peer: std::net::SocketAddrV4,
-    now: u64,
-) {
-    let Some(vni) = tunnel.tunnel().map(|t| t.vni) else {
-        return;
-    };
-    let Some(src) = frame
-        .get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12)
-        .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
-    else {
-        return;
-    };
-    if !vxlan::fdb::is_valid_unicast(src) {
-        return;
-    }
-    let remote = std::net::IpAddr::V4(*peer.ip());
-    if shared.remote_fdb.refresh(vni, src, remote, now) {
-        return;
-    }
-    shared.remote_fdb.learn(vni, src, remote, now);
 }
 
 /// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
@@ -697,13 +668,13 @@ impl Worker {
             snapshot,
             fdb: &shared.fdb,
             neighbors: &shared.neighbors,
+            remote_fdb: &shared.remote_fdb,
             now_ms: now,
         };
         self.verdicts.clear();
         self.local.out.generated.clear();
         let mut rx_bytes = 0u64;
         let (mut learned, mut moved, mut limited) = (0u64, 0u64, 0u64);
-        let mut completed = 0u64;
         for i in 0..frames {
             // Frames generated while processing frame i leave right after it.
             self.local.out.generated.set_position(i + 1);
@@ -715,18 +686,9 @@ impl Worker {
                 Device::Uplink(uplink) => {
                     pipeline::process_uplink(&ctx, uplink, frame, &mut self.local)
                 }
-                Device::Vtep(vtep) => match pipeline::vxlan::decap(snapshot, vtep, frame) {
-                    Ok(tunnel) => {
-                        learn_remote(shared, tunnel, frame, peer, now);
-                        if !pipeline::vxlan::adopt_super_frame(frame, tunnel.mtu)
-                            && pipeline::vxlan::complete_inner_checksum(frame)
-                        {
-                            completed += 1;
-                        }
-                        pipeline::process_tunnel(&ctx, tunnel, frame, &mut self.local)
-                    }
-                    Err(reason) => pipeline::Outcome::dropped(reason),
-                },
+                Device::Vtep(vtep) => {
+                    vxlan_input::receive(&ctx, vtep, frame, peer, &mut self.local)
+                }
             };
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
@@ -744,7 +706,6 @@ impl Worker {
             (Event::MacLearned, learned),
             (Event::MacMoved, moved),
             (Event::MacLimitReached, limited),
-            (Event::ChecksumCompleted, completed),
         ] {
             if n > 0 {
                 counters.add_event(event, n);
@@ -783,6 +744,7 @@ impl Worker {
                 snapshot,
                 fdb: &shared.fdb,
                 neighbors: &shared.neighbors,
+                remote_fdb: &shared.remote_fdb,
                 now_ms: now,
             };
             l3::service_held(&ctx, &mut self.local, |port, cause| {

@@ -41,7 +41,7 @@ use crate::sys::udp::{RawIpv4Socket, ReadySet, Receiver, Sender, SocketError, Ud
 ///
 /// The pad is zero, except in a datagram that the queue merged in place from the TCP
 /// segments of one `UDP_GRO` buffer (see the module docs): there it holds the run's MSS,
-/// big-endian, which `pipeline::vxlan::decap` turns into the super-frame's virtio
+/// big-endian, which `pipeline::vxlan_input::decap` turns into the super-frame's virtio
 /// header. The pad is outside the datagram: no peer can set it.
 pub const RX_PAD: usize = crate::wire::VNET_HDR_LEN - ::vxlan::VXLAN_HEADER_LEN;
 

@@ -13,7 +13,7 @@
 //! [`crate::wire::gro`], checksums verified), they are first merged in place into one
 //! datagram whose inner frame is the super-frame: each payload moves once toward the front,
 //! and the run's MSS goes in the datagram's [`RX_PAD`] bytes for
-//! `pipeline::vxlan::decap`. A bulk TCP flow then costs one slot, one pass of
+//! `pipeline::vxlan_input::decap`. A bulk TCP flow then costs one slot, one pass of
 //! the pipeline and one TAP write per buffer instead of one per segment, and nothing is
 //! copied between slots. What is left of the buffer is split into its datagrams,
 //! every one committed to its own slot as `[RX_PAD][datagram]` with the buffer's peer, in
