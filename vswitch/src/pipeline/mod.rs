@@ -46,7 +46,7 @@ pub mod parse;
 pub mod port_security;
 pub mod tx;
 pub mod uplink;
-pub mod vxlan;
+pub mod vxlan_encap;
 pub mod vxlan_input;
 
 use core::fmt;
@@ -82,8 +82,8 @@ pub enum Stage {
     Tx,
     /// [`vxlan_input`]: datagrams received from the overlay.
     VxlanInput,
-    /// [`vxlan`]: frames in and out of the overlay.
-    Vxlan,
+    /// [`vxlan_encap`]: frames sent into the overlay.
+    VxlanEncap,
 }
 
 impl Stage {
@@ -99,7 +99,7 @@ impl Stage {
             Stage::Conntrack => "conntrack",
             Stage::Tx => "tx",
             // Both overlay stages keep the keys they had as one stage: `vxlan.*`.
-            Stage::VxlanInput | Stage::Vxlan => "vxlan",
+            Stage::VxlanInput | Stage::VxlanEncap => "vxlan",
         }
     }
 }
@@ -125,8 +125,8 @@ pub enum DropCause {
     Tx(tx::DropReason),
     /// Dropped by [`vxlan_input`].
     VxlanInput(vxlan_input::DropReason),
-    /// Dropped by [`vxlan`].
-    Vxlan(vxlan::DropReason),
+    /// Dropped by [`vxlan_encap`].
+    VxlanEncap(vxlan_encap::DropReason),
 }
 
 const PARSE_BASE: usize = 0;
@@ -138,11 +138,11 @@ const NAT_BASE: usize = UPLINK_BASE + uplink::DropReason::COUNT;
 const CONNTRACK_BASE: usize = NAT_BASE + nat::DropReason::COUNT;
 const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
 const VXLAN_INPUT_BASE: usize = TX_BASE + tx::DropReason::COUNT;
-const VXLAN_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
+const VXLAN_ENCAP_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
-    pub const COUNT: usize = VXLAN_BASE + vxlan::DropReason::COUNT;
+    pub const COUNT: usize = VXLAN_ENCAP_BASE + vxlan_encap::DropReason::COUNT;
 
     /// The stage that dropped the frame.
     pub const fn stage(self) -> Stage {
@@ -156,7 +156,7 @@ impl DropCause {
             DropCause::Conntrack(_) => Stage::Conntrack,
             DropCause::Tx(_) => Stage::Tx,
             DropCause::VxlanInput(_) => Stage::VxlanInput,
-            DropCause::Vxlan(_) => Stage::Vxlan,
+            DropCause::VxlanEncap(_) => Stage::VxlanEncap,
         }
     }
 
@@ -172,7 +172,7 @@ impl DropCause {
             DropCause::Conntrack(reason) => reason.key(),
             DropCause::Tx(reason) => reason.key(),
             DropCause::VxlanInput(reason) => reason.key(),
-            DropCause::Vxlan(reason) => reason.key(),
+            DropCause::VxlanEncap(reason) => reason.key(),
         }
     }
 
@@ -188,7 +188,7 @@ impl DropCause {
             DropCause::Conntrack(reason) => reason.description(),
             DropCause::Tx(reason) => reason.description(),
             DropCause::VxlanInput(reason) => reason.description(),
-            DropCause::Vxlan(reason) => reason.description(),
+            DropCause::VxlanEncap(reason) => reason.description(),
         }
     }
 
@@ -204,7 +204,7 @@ impl DropCause {
             DropCause::Conntrack(reason) => CONNTRACK_BASE + reason.index(),
             DropCause::Tx(reason) => TX_BASE + reason.index(),
             DropCause::VxlanInput(reason) => VXLAN_INPUT_BASE + reason.index(),
-            DropCause::Vxlan(reason) => VXLAN_BASE + reason.index(),
+            DropCause::VxlanEncap(reason) => VXLAN_ENCAP_BASE + reason.index(),
         }
     }
 
@@ -227,7 +227,9 @@ impl DropCause {
         let vxlan_input = vxlan_input::DropReason::ALL
             .iter()
             .map(|&r| DropCause::VxlanInput(r));
-        let vxlan = vxlan::DropReason::ALL.iter().map(|&r| DropCause::Vxlan(r));
+        let vxlan_encap = vxlan_encap::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::VxlanEncap(r));
         parse
             .chain(port_security)
             .chain(l2)
@@ -237,7 +239,7 @@ impl DropCause {
             .chain(conntrack)
             .chain(tx)
             .chain(vxlan_input)
-            .chain(vxlan)
+            .chain(vxlan_encap)
     }
 }
 
@@ -301,9 +303,9 @@ impl From<vxlan_input::DropReason> for DropCause {
     }
 }
 
-impl From<vxlan::DropReason> for DropCause {
-    fn from(reason: vxlan::DropReason) -> DropCause {
-        DropCause::Vxlan(reason)
+impl From<vxlan_encap::DropReason> for DropCause {
+    fn from(reason: vxlan_encap::DropReason) -> DropCause {
+        DropCause::VxlanEncap(reason)
     }
 }
 
@@ -447,7 +449,7 @@ pub fn process(
     process_with(ctx, ingress, frame, local, true)
 }
 
-/// Runs the ingress stages for one frame decapsulated from the overlay (see [`vxlan`]), as
+/// Runs the ingress stages for one frame decapsulated from the overlay (see [`vxlan_input`]), as
 /// if received on the subnet's tunnel port `tunnel`: as [`process`], without port security
 /// (the remote side has its own). A flood verdict floods the subnet's local ports only.
 pub fn process_tunnel(
@@ -519,7 +521,7 @@ fn fit_tunnel(
         return verdict;
     };
     if parsed.vnet.gso.is_some()
-        || !vxlan::exceeds_mtu(
+        || !vxlan_encap::exceeds_mtu(
             frame.get(crate::wire::VNET_HDR_LEN..).unwrap_or(&[]),
             tunnel.mtu,
         )
@@ -544,7 +546,7 @@ fn fit_tunnel(
             }
         }
     }
-    Verdict::drop(vxlan::DropReason::TooBig)
+    Verdict::drop(vxlan_encap::DropReason::TooBig)
 }
 
 /// Runs the stages for one frame received on the uplink (see [`uplink`]): nothing is

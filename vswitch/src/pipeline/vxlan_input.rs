@@ -218,7 +218,7 @@ pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     let Some(eth) = frame.get(VNET_HDR_LEN..) else {
         return false;
     };
-    if !super::vxlan::exceeds_mtu(eth, mtu)
+    if !super::vxlan_encap::exceeds_mtu(eth, mtu)
         || eth.len() < ETHERNET_HEADER_LEN + 40
         || eth[12..14] != [0x08, 0x00]
     {

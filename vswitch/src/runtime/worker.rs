@@ -48,12 +48,16 @@ use arc_swap::ArcSwap;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
+use parking_lot::Mutex;
 use tracing::{debug, error, warn};
 
 use super::counters::WorkerCounters;
+use crate::pipeline::generated::Generated;
 use crate::pipeline::generated::Origin;
 use crate::pipeline::tx::{self, Prepared};
-use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, vxlan_input};
+use crate::pipeline::{
+    self, Context, DropCause, Local, Verdict, arp, l3, vxlan_encap, vxlan_input,
+};
 use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
 use crate::sys::af_packet::TX_FRAMES;
 use crate::sys::batch::BATCH_SIZE;
@@ -62,10 +66,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::LogLimiter;
-use crate::tables::snapshot::{
-    Egress, PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry,
-};
-use crate::wire::VNET_HDR_LEN;
+use crate::tables::snapshot::{Egress, PortEntry, Snapshot, SubnetId, UplinkEntry, VtepEntry};
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
 
@@ -802,29 +803,30 @@ impl Worker {
                 .chain(generated.metas().iter().map(|meta| meta.verdict)),
         );
         let counters = &shared.counters[*index];
-        let frames = verdicts.len();
         for destination in plan.destinations() {
             let wants = |verdict: Verdict| destination.wants(verdict, ingress);
-            // The egress adjacency: a device's queue, or the overlay through the VTEP's.
+            // The egress adjacency says where this worker writes: a device's queue, or (a
+            // tunnel) the VTEP's, through the vxlan-encap stage.
             let adjacency = snapshot.adjacency(destination.port);
-            let target = adjacency.and_then(|adjacency| match adjacency.egress {
-                Egress::Queue(io) | Egress::Uplink(io) => io
-                    .queues
-                    .get(*index)
-                    .map(|queue| (adjacency, queue, io.capabilities, None)),
-                Egress::Tunnel(tunnel) => snapshot.vtep.as_ref().and_then(|vtep| {
-                    let tx = TunnelTx {
-                        tunnel,
-                        encap: &vtep.encap,
-                        remote_fdb: &shared.remote_fdb,
-                    };
-                    vtep.io
-                        .queues
-                        .get(*index)
-                        .map(|queue| (adjacency, queue, vtep.io.capabilities, Some(tx)))
-                }),
+            let target = adjacency.and_then(|adjacency| {
+                let target = match adjacency.egress {
+                    Egress::Queue(io) | Egress::Uplink(io) => {
+                        Target::Queue(io.queues.get(*index)?, io.capabilities)
+                    }
+                    Egress::Tunnel(tunnel) => {
+                        let vtep = snapshot.vtep.as_ref()?;
+                        let tx = vxlan_encap::TunnelTx {
+                            tunnel,
+                            config: &vtep.encap,
+                            remote_fdb: &shared.remote_fdb,
+                            now_ms: now,
+                        };
+                        Target::Tunnel(vtep.io.queues.get(*index)?, tx)
+                    }
+                };
+                Some((adjacency, target))
             });
-            let Some((adjacency, queue, capabilities, tunnel)) = target else {
+            let Some((adjacency, target)) = target else {
                 // Counted on the egress port when it exists, else on the ingress port (for
                 // frames outside a batch: on the egress port id, if it is still counted).
                 let on = adjacency
@@ -840,53 +842,51 @@ impl Worker {
                 count_drop(counters, on, tx::DropReason::NoQueue.into(), count(wanted));
                 continue;
             };
-            // TCP segments (from the overlay, typically) are merged into super-frames for a
-            // device that takes them (see `tx::coalesces`).
-            let gro = (tunnel.is_none() && tx::coalesces(&capabilities)).then_some(&mut *coalescer);
-            let mut guard = queue.lock();
-            let mut sender = Sender {
-                capabilities,
-                queue: &mut guard,
-                account: TxAccount {
-                    counters,
-                    port: adjacency.id,
-                    name: adjacency.name,
-                    log: &mut logs.tx_error,
-                    worker: *index,
-                    now,
-                    tally: TxTally::default(),
-                    ledger: &mut ledger[..],
-                },
-                tunnel,
-                segmenter,
-                gro,
+            let mut account = TxAccount {
+                counters,
+                port: adjacency.id,
+                name: adjacency.name,
+                log: &mut logs.tx_error,
+                worker: *index,
+                now,
+                tally: TxTally::default(),
+                ledger: &mut ledger[..],
             };
-            // Merge by position: the generated frames that go before batch frame i, then i;
-            // those positioned past the batch (outside a batch: all of them) at the end.
-            let mut g = 0;
-            for position in 0..=frames {
-                while let Some(meta) = generated.meta(g).copied() {
-                    if meta.after > position && position < frames {
-                        break;
-                    }
-                    if wants(meta.verdict) {
-                        if let Some(frame) = generated.frame_mut(g) {
-                            sender.send(frame, meta.origin);
-                        }
-                    }
-                    g += 1;
+            let flushed = match target {
+                Target::Queue(queue, capabilities) => {
+                    // TCP segments (from the overlay, typically) are merged into super-frames
+                    // for a device that takes them.
+                    let gro = tx::coalesces(&capabilities).then_some(&mut *coalescer);
+                    let mut guard = queue.lock();
+                    let mut sender = Sender {
+                        capabilities,
+                        queue: &mut guard,
+                        account: &mut account,
+                        gro,
+                    };
+                    in_order(batch, verdicts, generated, wants, |frame, origin| {
+                        sender.send(frame, origin);
+                    });
+                    sender.finish();
+                    // After the flush: frames the kernel refused there are taken off the tally.
+                    sender.flush()
                 }
-                if let Some(&verdict) = verdicts.get(position) {
-                    if wants(verdict) {
-                        sender.send(batch.frame_mut(position), Origin::Routed);
+                Target::Tunnel(queue, tunnel) => {
+                    let mut guard = queue.lock();
+                    if let PortQueue::Vxlan(vtep) = &mut *guard {
+                        in_order(batch, verdicts, generated, wants, |frame, origin| {
+                            let sent = vxlan_encap::send(&tunnel, frame, segmenter, &mut *vtep);
+                            account.encapsulated(origin, &sent);
+                        });
+                        // Packets the kernel refuses here are counted by the VTEP
+                        // (`send_errors`), as they always were.
+                        vtep.flush()
+                    } else {
+                        Err(io::Error::other("the VTEP's queue is not a VTEP queue"))
                     }
                 }
-            }
-            sender.finish();
-            // After the flush: frames the kernel refused there are taken off the tally.
-            let flushed = sender.flush();
-            let tally = sender.account.tally;
-            drop(guard);
+            };
+            let tally = account.tally;
             if let Err(error) = flushed {
                 counters.add_event(Event::FlushError, 1);
                 if let Some(suppressed) = logs.flush_error.check(now) {
@@ -988,6 +988,26 @@ impl TxAccount<'_> {
         }
     }
 
+    /// Counts what `vxlan-encap` did with one frame of `origin`: the packets the VTEP took,
+    /// a completed checksum, the frame's drop and the packets the VTEP refused.
+    fn encapsulated(&mut self, origin: Origin, sent: &vxlan_encap::Sent) {
+        self.tally.add(origin, sent.packets, sent.bytes);
+        if sent.checksum_completed {
+            self.tally.completed += 1;
+        }
+        if let Some(cause) = sent.dropped {
+            count_drop(self.counters, self.port, cause, 1);
+        }
+        if sent.refused > 0 {
+            count_drop(
+                self.counters,
+                self.port,
+                vxlan_encap::DropReason::Encap.into(),
+                sent.refused,
+            );
+        }
+    }
+
     /// The frame queued at `position`, refused by the kernel at a flush: what the tally
     /// counted for it is taken back and it is counted as a drop.
     fn refused_queued(&mut self, position: usize, error: &io::Error) {
@@ -998,25 +1018,54 @@ impl TxAccount<'_> {
     }
 }
 
-/// What sending into a subnet's tunnel needs.
-#[derive(Clone, Copy)]
-struct TunnelTx<'a> {
-    tunnel: &'a Tunnel,
-    encap: &'a vxlan::VxlanEncapConfig,
-    remote_fdb: &'a vxlan::VxlanSharedFdb,
+/// Where one worker writes a destination's frames, from its egress adjacency.
+enum Target<'a> {
+    /// A device's queue, and what the device takes.
+    Queue(&'a Mutex<PortQueue>, Capabilities),
+    /// The VTEP's queue, for the `vxlan-encap` stage into this tunnel.
+    Tunnel(&'a Mutex<PortQueue>, vxlan_encap::TunnelTx<'a>),
 }
 
-/// Sends frames to one destination queue (locked once for the batch) and counts them.
-struct Sender<'a> {
+/// Hands `send` the frames that a destination `wants` (by verdict), in order: the generated
+/// frames positioned before batch frame `i`, then `i`; those positioned past the batch
+/// (outside a batch: all of them) at the end.
+fn in_order(
+    batch: &mut RxBatch,
+    verdicts: &[Verdict],
+    generated: &mut Generated,
+    wants: impl Fn(Verdict) -> bool,
+    mut send: impl FnMut(&mut [u8], Origin),
+) {
+    let frames = verdicts.len();
+    let mut g = 0;
+    for position in 0..=frames {
+        while let Some(meta) = generated.meta(g).copied() {
+            if meta.after > position && position < frames {
+                break;
+            }
+            if wants(meta.verdict) {
+                if let Some(frame) = generated.frame_mut(g) {
+                    send(frame, meta.origin);
+                }
+            }
+            g += 1;
+        }
+        if let Some(&verdict) = verdicts.get(position) {
+            if wants(verdict) {
+                send(batch.frame_mut(position), Origin::Routed);
+            }
+        }
+    }
+}
+
+/// Sends frames to one device queue (locked once for the batch) and counts them.
+struct Sender<'q, 'a> {
     capabilities: Capabilities,
-    queue: &'a mut PortQueue,
+    queue: &'q mut PortQueue,
     /// Where what happens to the frames is counted.
-    account: TxAccount<'a>,
-    /// Set when the destination is a subnet's tunnel (the queue is the VTEP's).
-    tunnel: Option<TunnelTx<'a>>,
-    segmenter: &'a mut Segmenter,
+    account: &'q mut TxAccount<'a>,
     /// Set when the destination takes TCP super-frames: routed frames go through it.
-    gro: Option<&'a mut Coalescer>,
+    gro: Option<&'q mut Coalescer>,
 }
 
 /// Writes one frame to `queue` (sent at once, or queued for the flush at the end of the
@@ -1042,144 +1091,9 @@ fn write_frame(queue: &mut PortQueue, account: &mut TxAccount<'_>, frame: &[u8],
     }
 }
 
-impl Sender<'_> {
-    /// Encapsulates `frame` for the tunnel's remote VTEP(s): the one its destination MAC was
-    /// learned behind, else all of them (head-end replication); GSO frames are segmented
-    /// first. Every failure is a counted drop.
-    fn send_tunnel(&mut self, frame: &mut [u8], origin: Origin, tx: TunnelTx<'_>) {
-        let drop = |sender: &Sender<'_>, reason: pipeline::vxlan::DropReason| {
-            count_drop(
-                sender.account.counters,
-                sender.account.port,
-                reason.into(),
-                1,
-            );
-        };
-        let Some(dst) = frame
-            .get(VNET_HDR_LEN..VNET_HDR_LEN + 6)
-            .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
-        else {
-            count_drop(
-                self.account.counters,
-                self.account.port,
-                tx::DropReason::Truncated.into(),
-                1,
-            );
-            return;
-        };
-        let vni = tx.tunnel.vni;
-        let learned = if dst[0] & 1 == 0 {
-            tx.remote_fdb
-                .lookup(vni, dst, self.account.now)
-                .and_then(|vtep| match vtep.ip {
-                    std::net::IpAddr::V4(ip) => Some(ip),
-                    std::net::IpAddr::V6(_) => None,
-                })
-        } else {
-            None
-        };
-        let single;
-        let targets: &[std::net::Ipv4Addr] = match learned {
-            Some(ip) => {
-                single = [ip];
-                &single
-            }
-            None => &tx.tunnel.remotes,
-        };
-        if targets.is_empty() {
-            drop(self, pipeline::vxlan::DropReason::NoRemote);
-            return;
-        }
-        let is_gso = crate::wire::VnetPacket::new_checked(&*frame).is_ok_and(|p| p.is_gso());
-        let Sender {
-            queue,
-            segmenter,
-            account,
-            ..
-        } = self;
-        let TxAccount {
-            tally,
-            counters,
-            port,
-            ..
-        } = account;
-        let PortQueue::Vxlan(vtep) = &mut **queue else {
-            count_drop(counters, *port, tx::DropReason::NoQueue.into(), 1);
-            return;
-        };
-        let mut failed = 0u64;
-        let mut send = |inner: &[u8]| {
-            for &remote in targets {
-                match vtep.send_encap(inner, vni, remote, tx.encap) {
-                    Ok(()) => {
-                        let bytes = u64::try_from(inner.len()).unwrap_or(u64::MAX);
-                        tally.add(origin, 1, bytes);
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
-        };
-        if is_gso {
-            // One UDP_SEGMENT send per remote: the super-frame crosses the stack as one
-            // packet per 64 KB instead of one per segment.
-            for &remote in targets {
-                match vtep.send_encap_gso(frame, segmenter, vni, remote, tx.encap) {
-                    Ok(sent) => {
-                        let packets = u64::try_from(sent.segments).unwrap_or(u64::MAX);
-                        tally.add(origin, packets, sent.bytes);
-                        failed += u64::try_from(sent.failed).unwrap_or(u64::MAX);
-                    }
-                    Err(_) => {
-                        count_drop(
-                            counters,
-                            *port,
-                            pipeline::vxlan::DropReason::Segment.into(),
-                            1,
-                        );
-                        return;
-                    }
-                }
-            }
-        } else {
-            let capabilities = Capabilities::default();
-            let completed = match tx::prepare(frame, &capabilities) {
-                Ok(prepared) => prepared == Prepared::ChecksumCompleted,
-                Err(reason) => {
-                    count_drop(counters, *port, reason.into(), 1);
-                    return;
-                }
-            };
-            let inner = &frame[VNET_HDR_LEN..];
-            if pipeline::vxlan::exceeds_mtu(inner, tx.tunnel.mtu) {
-                count_drop(
-                    counters,
-                    *port,
-                    pipeline::vxlan::DropReason::TooBig.into(),
-                    1,
-                );
-            } else {
-                send(inner);
-            }
-            if completed {
-                tally.completed += 1;
-            }
-        }
-        if failed > 0 {
-            count_drop(
-                counters,
-                *port,
-                pipeline::vxlan::DropReason::Encap.into(),
-                failed,
-            );
-        }
-    }
-
+impl Sender<'_, '_> {
     /// Adapts `frame` to the port and sends it; every failure is a counted drop.
     fn send(&mut self, frame: &mut [u8], origin: Origin) {
-        if let Some(tunnel) = self.tunnel {
-            self.send_tunnel(frame, origin, tunnel);
-            return;
-        }
         match tx::prepare(frame, &self.capabilities) {
             Ok(Prepared::Unchanged) => {}
             Ok(Prepared::ChecksumCompleted) => self.account.tally.completed += 1,
