@@ -350,12 +350,12 @@ struct Inner {
     tunnel_ids: BTreeMap<String, PortId>,
 }
 
-/// The VTEP's opened sockets and the port id they hold.
+/// The VTEP's opened sockets and the id its counters are kept under.
 #[derive(Debug)]
 struct OpenVtep {
     local: std::net::SocketAddrV4,
     id: PortId,
-    io: Arc<PortIo>,
+    io: Arc<port::Vtep>,
 }
 
 #[derive(Debug)]
@@ -1600,10 +1600,10 @@ fn port_error(origin: &Origin, err: PortError) -> ApiError {
     }
 }
 
-/// Takes back sole ownership of a port's I/O once workers have moved on to a snapshot
-/// without it, so `port::detach` can close its queues first. Gives up after
+/// Takes back sole ownership of a port's (or the VTEP's) I/O once workers have moved on to a
+/// snapshot without it, so `port::detach` can close its queues first. Gives up after
 /// [`RETIRE_WAIT`]: the queues then close when the last worker drops them.
-fn retire(io: Arc<PortIo>) -> Option<PortIo> {
+fn retire<T>(io: Arc<T>) -> Option<T> {
     let deadline = Instant::now() + RETIRE_WAIT;
     let mut io = io;
     loop {
@@ -2225,8 +2225,9 @@ fn initial_overlay_state(overlay: &super::resource::Overlay) -> OverlayState {
     }
 }
 
-/// Gives the opened VTEP a port id and keeps it (published by the caller).
-fn install_vtep(engine: &Engine, inner: &mut Inner, local: std::net::SocketAddrV4, io: PortIo) {
+/// Gives the opened VTEP an id for its counters (from the port ids) and keeps it (published
+/// by the caller).
+fn install_vtep(engine: &Engine, inner: &mut Inner, local: std::net::SocketAddrV4, io: port::Vtep) {
     let Some(id) = inner.port_ids.allocate().map(PortId) else {
         tracing::error!("no port id left for the VTEP; the overlay carries no traffic");
         return;

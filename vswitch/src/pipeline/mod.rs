@@ -18,17 +18,26 @@
 //! [`uplink`] (only frames to the switch's uplink MAC or broadcast; ARP for the addresses the
 //! switch owns there; IPv4 to those addresses) -> [`nat`] -> forwarding into a Network.
 //!
+//! A datagram received by the VTEP goes through [`vxlan_input`] (decapsulation in place,
+//! learning the inner source MAC behind the sending VTEP) and then, as if received on its
+//! subnet's tunnel port, through [`process_tunnel`]: the stages above without port security,
+//! and never flooded back into the overlay. [`input`] picks the first stage by where the
+//! frame came from.
+//!
 //! The result is a [`Verdict`]: forward to one port, flood a subnet, consumed by the switch,
 //! or drop with a [`DropCause`] (a stage and its reason). Frames the switch emits itself
 //! (ARP and ICMP answers, fragments, held packets released later) go into the worker's
-//! [`generated::Generated`] arena, each with its own verdict. On the way out, [`tx`] adapts
-//! every frame to what the egress port can take (completing partial checksums).
+//! [`generated::Generated`] arena, each with its own verdict. On the way out, the egress
+//! adjacency of each destination (`tables::snapshot::Egress`) picks the last stage: [`tx`]
+//! adapts a frame to what a device's queue can take (completing partial checksums), and
+//! [`vxlan_encap`] sends a frame for a stretched subnet's tunnel into the overlay (the
+//! learned remote VTEP, else head-end replication to all of them; super-frames segmented).
 //!
 //! [`process`] runs the ingress stages for one frame; it is a function of the snapshot, the
-//! shared tables (FDB, neighbours), the clock value, the bytes and the worker's [`Local`]
-//! state, so every stage is unit-tested on static fixtures. It rewrites the frame in place
-//! when routing it. It never panics on packet content: every malformed frame ends in a
-//! counted drop.
+//! shared tables (FDB, neighbours, remote MACs), the clock value, the bytes and the worker's
+//! [`Local`] state, so every stage is unit-tested on static fixtures. It rewrites the frame
+//! in place when routing it. It never panics on packet content: every malformed frame ends in
+//! a counted drop.
 //! The worker (in `runtime`) counts every drop through one path, keyed by
 //! [`DropCause::key`] (`parse.runt`, `port_security.src_mac`, ...), which is stable: counters,
 //! the API and tests use these strings.
@@ -50,6 +59,7 @@ pub mod vxlan_encap;
 pub mod vxlan_input;
 
 use core::fmt;
+use std::net::SocketAddrV4;
 
 use crate::port::PortId;
 use crate::tables::counters::EventTally;
@@ -57,7 +67,7 @@ use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::held::HeldQueue;
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::TokenBucket;
-use crate::tables::snapshot::{PortEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry};
+use crate::tables::snapshot::{Ingress, PortEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry};
 use generated::Generated;
 use parse::L3;
 
@@ -433,6 +443,25 @@ impl Local {
             },
             held: HeldQueue::new(),
         }
+    }
+}
+
+/// Runs the stages for one frame that `ingress` received (from `peer`, for the VTEP's
+/// datagrams; unspecified otherwise): the first stage is ingress's own, [`process`] for a
+/// port, [`process_uplink`] for the uplink, [`vxlan_input::receive`] for the VTEP. The frame
+/// is rewritten in place as those say.
+#[inline]
+pub fn input(
+    ctx: &Context<'_>,
+    ingress: Ingress<'_>,
+    frame: &mut [u8],
+    peer: SocketAddrV4,
+    local: &mut Local,
+) -> Outcome {
+    match ingress {
+        Ingress::Port(port, _) => process(ctx, port, frame, local),
+        Ingress::Uplink(uplink) => process_uplink(ctx, uplink, frame, local),
+        Ingress::Vtep(vtep) => vxlan_input::receive(ctx, vtep, frame, peer, local),
     }
 }
 

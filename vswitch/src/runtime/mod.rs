@@ -38,7 +38,7 @@ use crate::tables::clock::{Clock, MonotonicClock};
 use crate::tables::counters::Event;
 use crate::tables::fdb::Fdb;
 use crate::tables::neigh::{NeighborEntry, Neighbors};
-use crate::tables::snapshot::Snapshot;
+use crate::tables::snapshot::{Snapshot, VtepEntry};
 pub use affinity::WorkerCpus;
 use counters::{PortTotals, WorkerCounters};
 use worker::{Shared, Worker};
@@ -296,8 +296,8 @@ impl Engine {
         self.shared.fdb.forget_port(id);
     }
 
-    /// Counters, summed over workers, for the ports of the current snapshot (by name) and its
-    /// uplink (under the Uplink's name).
+    /// Counters, summed over workers, for the ports of the current snapshot (by name), its
+    /// uplink (under the Uplink's name) and its VTEP (under `vxlan`).
     pub fn stats(&self) -> StatsReport {
         let snapshot = self.current();
         let mut all_drops = [0u64; DropCause::COUNT];
@@ -312,7 +312,9 @@ impl Engine {
                     .iter()
                     .map(|uplink| (uplink.id, &uplink.name)),
             );
-        let vtep_name = String::from("vxlan");
+        // The VTEP is not a port, but its counters (datagrams received, drops of vxlan-input
+        // and of what followed) are listed like a port's, under its name.
+        let vtep_name = String::from(VtepEntry::NAME);
         let vtep = snapshot.vtep.iter().map(|vtep| (vtep.id, &vtep_name));
         for (id, name) in devices.chain(vtep) {
             let mut totals = PortTotals::default();

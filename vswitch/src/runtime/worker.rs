@@ -1,7 +1,11 @@
-//! A worker thread: run to completion over the queues it owns.
+//! A worker thread: the I/O scheduler that runs the pipeline to completion over the queues
+//! it owns. It polls, batches, runs the stages and transmits; what happens to a frame is the
+//! pipeline's ([`pipeline::input`] on the way in, the `tx` and `vxlan-encap` stages on the way
+//! out), and where a frame goes is the snapshot's egress adjacency.
 //!
-//! Worker `i` serves queue `i` of every port (`port.io.queues[i]`), so no queue is shared and
-//! each queue's `Mutex` is uncontended; it is taken once per batch. Each loop iteration:
+//! Worker `i` serves queue `i` of everything the snapshot has to poll
+//! ([`Snapshot::ingresses`]: the ports' devices, the uplink, the VTEP), so no queue is shared
+//! and each queue's `Mutex` is uncontended; it is taken once per batch. Each loop iteration:
 //! 1. `epoll_wait` on the worker's queues and its waker (an eventfd that `Engine::publish` and
 //!    `Engine::stop` signal), with a timeout so the stop flag and the ageing sweep are seen even
 //!    when idle. For [`EngineConfig::busy_poll`](super::EngineConfig::busy_poll) after the
@@ -10,33 +14,35 @@
 //!    sides) for every batch, and its latency does not include the scheduler's;
 //! 2. load the snapshot (an arc-swap guard: no reference count is bumped, and it is dropped
 //!    before the next wait); when its generation changed, re-sync the epoll
-//!    registrations: ports that left are deregistered (and the worker's `Arc<PortIo>` of them
-//!    dropped only then, so an fd is never closed while registered), new ports registered;
-//! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames, run the pipeline
-//!    on each (it may rewrite a frame in place, and emit frames of its own into the worker's
-//!    generated-frames arena: ARP and ICMP answers, fragments), then transmit the batch and
-//!    the generated frames grouped by destination: each destination queue is locked once per
-//!    batch, and frames keep their order (a frame generated while processing frame `i` leaves
-//!    right after `i`). An AF_PACKET queue (veth, uplink) copies the destination's frames
-//!    and sends them with one `sendmmsg` when the destination is done; a frame the kernel
-//!    refuses then is counted exactly as a failed send would have been (a drop, not a
+//!    registrations: queues that left are deregistered (and the worker's reference to them
+//!    dropped only then, so an fd is never closed while registered), new ones registered;
+//! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames and run
+//!    [`pipeline::input`] on each: a port's frames go through `parse` onward, the uplink's
+//!    through `uplink`, the VTEP's datagrams through `vxlan-input` (decapsulation, remote
+//!    learning) and then the tunnel's stages. A stage may rewrite a frame in place, and emit
+//!    frames of its own into the worker's generated-frames arena (ARP and ICMP answers,
+//!    fragments). Then transmit the batch and the generated frames grouped by destination:
+//!    each destination's egress adjacency ([`Snapshot::adjacency`]) says where they go, a
+//!    device's queue ([`tx::prepare`] for what it takes, GRO when it takes super-frames) or,
+//!    for a stretched subnet's tunnel, the VTEP's queue through the `vxlan-encap` stage
+//!    (VTEP choice, head-end replication, segmentation). Each destination queue is locked
+//!    once per batch and flushed once (an AF_PACKET queue sends its frames with one
+//!    `sendmmsg`, the VTEP its ring with one), and frames keep their order (a frame generated
+//!    while processing frame `i` leaves right after `i`). A frame the kernel refuses at an
+//!    AF_PACKET flush is counted exactly as a failed send would have been (a drop, not a
 //!    transmitted frame);
 //! 4. when packets wait for ARP, or new ports for their gratuitous ARP (worker 0 announces
 //!    the gateway to each port that appears), [`l3::service_held`] releases, retransmits or
 //!    times them out, and the result is transmitted the same way; the epoll timeout is then
 //!    short ([`HELD_POLL_MS`]). A worker whose ARP answer resolved a neighbour wakes the
 //!    others, which may hold packets for it;
-//! 5. worker 0 sweeps aged MACs and neighbours once a second; every worker frees expired
-//!    connections from conntrack, a bounded number of slots at a time.
-//!
-//! The uplink (when the snapshot has one) is served like a port: worker `i` polls its queue
-//! `i`, runs [`pipeline::process_uplink`] on what it reads, and sends frames routed to the
-//! outside on it.
+//! 5. worker 0 sweeps aged MACs, remote MACs and neighbours once a second; every worker frees
+//!    expired connections from conntrack, a bounded number of slots at a time.
 //!
 //! Nothing here allocates per packet (the batch, the verdicts, the generated frames, the held
-//! packets and the transmit plan are allocated once), and no packet content can make it
-//! panic: every failure is a counted drop. Per-packet conditions are logged at most once per
-//! [`LOG_INTERVAL_MS`] per kind.
+//! packets, the transmit plan and the segmenter are allocated once), and no packet content
+//! can make it panic: every failure is a counted drop. Per-packet conditions are logged at
+//! most once per [`LOG_INTERVAL_MS`] per kind.
 
 use std::collections::HashMap;
 use std::io;
@@ -52,13 +58,12 @@ use parking_lot::Mutex;
 use tracing::{debug, error, warn};
 
 use super::counters::WorkerCounters;
-use crate::pipeline::generated::Generated;
-use crate::pipeline::generated::Origin;
+use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
-use crate::pipeline::{
-    self, Context, DropCause, Local, Verdict, arp, l3, vxlan_encap, vxlan_input,
+use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, vxlan_encap};
+use crate::port::{
+    Capabilities, MAX_PORTS, PortId, PortQueue, RxBatch, RxHandle, RxQueues, Sent, VtepQueue,
 };
-use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
 use crate::sys::af_packet::TX_FRAMES;
 use crate::sys::batch::BATCH_SIZE;
 use crate::tables::clock::Clock;
@@ -66,7 +71,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::LogLimiter;
-use crate::tables::snapshot::{Egress, PortEntry, Snapshot, SubnetId, UplinkEntry, VtepEntry};
+use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId};
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
 
@@ -146,7 +151,7 @@ impl Shared {
 /// The port a batch was received on, as the transmit plan needs it (`None` for frames the
 /// worker sends outside a batch: released held packets, gratuitous ARP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ingress {
+pub(crate) struct Source {
     pub(crate) port: PortId,
     pub(crate) subnet: SubnetId,
 }
@@ -161,7 +166,7 @@ pub(crate) struct Destination {
 impl Destination {
     /// True when a frame with `verdict`, in a batch from `ingress`, goes to this destination.
     #[inline]
-    pub(crate) fn wants(self, verdict: Verdict, ingress: Option<Ingress>) -> bool {
+    pub(crate) fn wants(self, verdict: Verdict, ingress: Option<Source>) -> bool {
         match verdict {
             Verdict::Forward(port) => port == self.port,
             Verdict::Flood => ingress.is_some_and(|ingress| {
@@ -201,7 +206,7 @@ impl TxPlan {
     pub(crate) fn build(
         &mut self,
         snapshot: &Snapshot,
-        ingress: Option<Ingress>,
+        ingress: Option<Source>,
         verdicts: impl Iterator<Item = Verdict>,
     ) {
         self.epoch += 1;
@@ -259,90 +264,30 @@ impl TxPlan {
     }
 }
 
-/// A device the worker reads from: a NetworkInterface's port, the uplink, or the VTEP.
-/// (Where frames go is the snapshot's egress adjacency, [`Snapshot::adjacency`].)
-#[derive(Debug, Clone, Copy)]
-enum Device<'a> {
-    Port(&'a PortEntry, &'a Arc<PortIo>),
-    Uplink(&'a UplinkEntry),
-    Vtep(&'a VtepEntry),
-}
-
-impl<'a> Device<'a> {
-    /// The port (with a device: not a subnet's tunnel), uplink or VTEP with id `id` in
-    /// `snapshot`.
-    fn find(snapshot: &'a Snapshot, id: PortId) -> Option<Device<'a>> {
-        if let Some(port) = snapshot.port(id) {
-            return port.io().map(|io| Device::Port(port, io));
-        }
-        if let Some(vtep) = snapshot.vtep.as_ref().filter(|vtep| vtep.id == id) {
-            return Some(Device::Vtep(vtep));
-        }
-        snapshot
-            .uplink
-            .as_ref()
-            .filter(|uplink| uplink.id == id)
-            .map(Device::Uplink)
-    }
-
-    fn name(self) -> &'a str {
-        match self {
-            Device::Port(port, _) => &port.name,
-            Device::Uplink(uplink) => &uplink.name,
-            Device::Vtep(_) => "vxlan",
-        }
-    }
-
-    fn io(self) -> &'a Arc<PortIo> {
-        match self {
-            Device::Port(_, io) => io,
-            Device::Uplink(uplink) => &uplink.io,
-            Device::Vtep(vtep) => &vtep.io,
-        }
-    }
-
-    /// The segment frames from it are flooded in (the uplink's is never flooded).
-    fn segment(self) -> SubnetId {
-        match self {
-            Device::Port(port, _) => port.subnet,
-            Device::Uplink(uplink) => uplink.segment,
-            // Frames from the overlay are flooded by their tunnel's subnet (FloodSubnet).
-            Device::Vtep(_) => SubnetId(u32::MAX),
-        }
-    }
-}
-
-/// The device (port, uplink or VTEP) with id `id` in `snapshot`.
-fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
-    Device::find(snapshot, id).map(Device::io)
-}
-
-/// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
-/// from its epoll set.
+/// A registered queue: the worker keeps its queues open (a port's, the uplink's or the
+/// VTEP's) until the fd is removed from its epoll set.
 #[derive(Debug)]
 struct Registration {
-    io: Arc<PortIo>,
+    queues: RxHandle,
     /// False once the queue failed hard (its device is gone): it is out of the epoll set, or
     /// its level-triggered error would wake the worker forever. A new snapshot with a new
     /// `PortIo` for the port (re-attach) replaces the registration.
     polled: bool,
 }
 
-/// Adds worker `index`'s queue of `io` to `epoll`. The fd stays open while registered: the
-/// `Registration` holds the `PortIo`.
-fn epoll_add(epoll: &Epoll, io: &PortIo, index: usize, token: u64) -> nix::Result<()> {
-    let Some(queue) = io.queues.get(index) else {
-        return Err(nix::errno::Errno::ENOENT);
-    };
-    epoll.add(&*queue.lock(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+/// Adds worker `index`'s queue of `rx` to `epoll`. The fd stays open while registered: the
+/// `Registration` holds the queues.
+fn epoll_add(epoll: &Epoll, rx: RxQueues<'_>, index: usize, token: u64) -> nix::Result<()> {
+    rx.with_fd(index, |fd| {
+        epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+    })
+    .unwrap_or(Err(Errno::ENOENT))
 }
 
-/// Removes worker `index`'s queue of `io` from `epoll`.
-fn epoll_delete(epoll: &Epoll, io: &PortIo, index: usize) -> nix::Result<()> {
-    let Some(queue) = io.queues.get(index) else {
-        return Err(nix::errno::Errno::ENOENT);
-    };
-    epoll.delete(&*queue.lock())
+/// Removes worker `index`'s queue of `rx` from `epoll`.
+fn epoll_delete(epoll: &Epoll, rx: RxQueues<'_>, index: usize) -> nix::Result<()> {
+    rx.with_fd(index, |fd| epoll.delete(fd))
+        .unwrap_or(Err(Errno::ENOENT))
 }
 
 #[inline]
@@ -540,64 +485,58 @@ impl Worker {
         let _ = self.shared.wakers[self.index].read();
     }
 
-    /// Makes the epoll set match the ports (and the uplink) of `snapshot`.
+    /// Makes the epoll set match what `snapshot` has to poll: its ports' devices, the uplink
+    /// and the VTEP.
     fn resync(&mut self, snapshot: &Snapshot) {
         let stale: Vec<PortId> = self
             .registered
             .iter()
             .filter(|(id, registration)| {
-                !link_io(snapshot, **id).is_some_and(|io| Arc::ptr_eq(io, &registration.io))
+                !snapshot
+                    .ingress(**id)
+                    .is_some_and(|ingress| ingress.rx().is(&registration.queues))
             })
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
             if let Some(registration) = self.registered.remove(&id) {
                 if registration.polled {
-                    if let Err(errno) = epoll_delete(&self.epoll, &registration.io, self.index) {
+                    if let Err(errno) =
+                        epoll_delete(&self.epoll, registration.queues.queues(), self.index)
+                    {
                         warn!(worker = self.index, port = id.0, error = %errno, "removing a queue from epoll failed");
                     }
                 }
-                // `registration.io` is dropped here, after the fd left the epoll set.
+                // `registration.queues` is dropped here, after the fd left the epoll set.
             }
         }
-        // Tunnels have no queue of their own: they send through the VTEP's.
-        let ports = snapshot
-            .ports()
-            .iter()
-            .filter_map(|port| port.io().map(|io| (port.id, port.name.as_str(), io, true)));
-        let uplink = snapshot
-            .uplink
-            .iter()
-            .map(|uplink| (uplink.id, uplink.name.as_str(), &uplink.io, false));
-        let vtep = snapshot
-            .vtep
-            .iter()
-            .map(|vtep| (vtep.id, "vxlan", &vtep.io, false));
-        for (id, name, io, announce) in ports.chain(uplink).chain(vtep) {
+        for ingress in snapshot.ingresses() {
+            let (id, name, rx) = (ingress.id(), ingress.name(), ingress.rx());
             if self.registered.contains_key(&id) {
                 continue;
             }
-            if io.queues.get(self.index).is_none() {
+            if rx.count() <= self.index {
                 warn!(
                     worker = self.index,
                     port = %name,
-                    queues = io.queues.len(),
+                    queues = rx.count(),
                     "port has no queue for this worker; this worker does not serve it"
                 );
                 continue;
             };
-            if let Err(errno) = epoll_add(&self.epoll, io, self.index, u64::from(id.0)) {
+            if let Err(errno) = epoll_add(&self.epoll, rx, self.index, u64::from(id.0)) {
                 warn!(worker = self.index, port = %name, error = %errno, "adding a queue to epoll failed");
                 continue;
             }
             self.registered.insert(
                 id,
                 Registration {
-                    io: Arc::clone(io),
+                    queues: rx.hold(),
                     polled: true,
                 },
             );
             // A port that appeared (or was re-attached) learns its gateway's MAC at once.
+            let announce = matches!(ingress, Ingress::Port(..));
             if announce && self.index == 0 && !self.garp_pending.contains(&id) {
                 self.garp_pending.push(id);
             }
@@ -615,7 +554,7 @@ impl Worker {
     fn deregister_all(&mut self) {
         for (_, registration) in self.registered.drain() {
             if registration.polled {
-                let _ = epoll_delete(&self.epoll, &registration.io, self.index);
+                let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
             }
         }
     }
@@ -624,24 +563,23 @@ impl Worker {
     fn park(&mut self, id: PortId) {
         if let Some(registration) = self.registered.get_mut(&id) {
             if registration.polled {
-                let _ = epoll_delete(&self.epoll, &registration.io, self.index);
+                let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
                 registration.polled = false;
             }
         }
     }
 
-    /// Receives one batch from `id`'s queue (a port's or the uplink's), runs the pipeline and
-    /// transmits.
+    /// Receives one batch from `id`'s queue (a port's, the uplink's or the VTEP's), runs the
+    /// pipeline and transmits.
     fn service(&mut self, snapshot: &Snapshot, id: PortId, now: u64) {
-        let Some(ingress) = Device::find(snapshot, id) else {
+        let Some(ingress) = snapshot.ingress(id) else {
             // An event from a port that left before this iteration's re-sync.
             return;
         };
-        let Some(queue) = ingress.io().queues.get(self.index) else {
+        self.batch.clear();
+        let Some(received) = ingress.rx().recv_batch(self.index, &mut self.batch) else {
             return;
         };
-        self.batch.clear();
-        let received = queue.lock().recv_batch(&mut self.batch);
         if let Err(error) = received {
             let counters = &self.shared.counters[self.index];
             if !matches!(
@@ -682,15 +620,7 @@ impl Worker {
             let peer = self.batch.peer(i);
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
-            let outcome = match ingress {
-                Device::Port(port, _) => pipeline::process(&ctx, port, frame, &mut self.local),
-                Device::Uplink(uplink) => {
-                    pipeline::process_uplink(&ctx, uplink, frame, &mut self.local)
-                }
-                Device::Vtep(vtep) => {
-                    vxlan_input::receive(&ctx, vtep, frame, peer, &mut self.local)
-                }
-            };
+            let outcome = pipeline::input(&ctx, ingress, frame, peer, &mut self.local);
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
                 Some(Learn::Moved { .. }) => moved += 1,
@@ -712,7 +642,7 @@ impl Worker {
                 counters.add_event(event, n);
             }
         }
-        let from = Ingress {
+        let from = Source {
             port: id,
             subnet: ingress.segment(),
         };
@@ -779,7 +709,7 @@ impl Worker {
 
     /// Sends the batch's frames (`self.verdicts`, one per frame of `self.batch`) and the
     /// generated frames to their destinations, one lock per destination queue, in order.
-    fn transmit(&mut self, snapshot: &Snapshot, ingress: Option<Ingress>, now: u64) {
+    fn transmit(&mut self, snapshot: &Snapshot, ingress: Option<Source>, now: u64) {
         let Worker {
             index,
             shared,
@@ -872,18 +802,13 @@ impl Worker {
                     sender.flush()
                 }
                 Target::Tunnel(queue, tunnel) => {
-                    let mut guard = queue.lock();
-                    if let PortQueue::Vxlan(vtep) = &mut *guard {
-                        in_order(batch, verdicts, generated, wants, |frame, origin| {
-                            let sent = vxlan_encap::send(&tunnel, frame, segmenter, &mut *vtep);
-                            account.encapsulated(origin, &sent);
-                        });
-                        // Packets the kernel refuses here are counted by the VTEP
-                        // (`send_errors`), as they always were.
-                        vtep.flush()
-                    } else {
-                        Err(io::Error::other("the VTEP's queue is not a VTEP queue"))
-                    }
+                    let mut vtep = queue.lock();
+                    in_order(batch, verdicts, generated, wants, |frame, origin| {
+                        let sent = vxlan_encap::send(&tunnel, frame, segmenter, &mut *vtep);
+                        account.encapsulated(origin, &sent);
+                    });
+                    // Packets the kernel refuses here are counted by the VTEP (`send_errors`).
+                    vtep.flush()
                 }
             };
             let tally = account.tally;
@@ -1023,7 +948,7 @@ enum Target<'a> {
     /// A device's queue, and what the device takes.
     Queue(&'a Mutex<PortQueue>, Capabilities),
     /// The VTEP's queue, for the `vxlan-encap` stage into this tunnel.
-    Tunnel(&'a Mutex<PortQueue>, vxlan_encap::TunnelTx<'a>),
+    Tunnel(&'a Mutex<VtepQueue>, vxlan_encap::TunnelTx<'a>),
 }
 
 /// Hands `send` the frames that a destination `wants` (by verdict), in order: the generated
@@ -1160,7 +1085,7 @@ mod tests {
         plan.destinations().iter().map(|d| d.port.0).collect()
     }
 
-    const FROM_ONE: Option<Ingress> = Some(Ingress {
+    const FROM_ONE: Option<Source> = Some(Source {
         port: PortId(1),
         subnet: SubnetId(1),
     });

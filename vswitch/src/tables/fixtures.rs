@@ -264,11 +264,9 @@ pub fn overlay_snapshot() -> Snapshot {
         id: VTEP,
         local: "192.168.50.1:4789".parse().expect("address"),
         encap: vxlan::VxlanEncapConfig::default(),
-        io: Arc::new(PortIo {
-            kind: PortKind::Vxlan,
+        io: Arc::new(crate::port::Vtep {
+            local: "192.168.50.1:4789".parse().expect("address"),
             queues: Vec::new(),
-            capabilities: Capabilities::default(),
-            host_ifname: None,
         }),
         tunnels: std::collections::HashMap::from([(BLUE_VNI, TUNNEL)]),
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use prefix_trie::PrefixMap;
 
-use crate::port::{PortId, PortIo};
+use crate::port::{PortId, PortIo, RxQueues, Vtep};
 
 /// Identifies a Subnet (an L2 segment) inside one daemon run; learned MACs are keyed by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,19 +113,80 @@ pub struct Adjacency<'a> {
     pub egress: &'a Egress,
 }
 
-/// The node's VXLAN tunnel endpoint, served by the workers like a port.
+/// The node's VXLAN tunnel endpoint. Not a port: the workers poll its queues and run
+/// `vxlan-input` on what they read; frames reach it only through a tunnel port's egress
+/// ([`Egress::Tunnel`], the `vxlan-encap` stage).
 #[derive(Debug, Clone)]
 pub struct VtepEntry {
-    /// Port id of the VTEP (counters, epoll token); never a NetworkInterface's.
+    /// The id its counters are kept under (and its epoll token): taken from the port ids so
+    /// that it shares their counter arrays, but no port has it and nothing forwards to it.
     pub id: PortId,
     /// The local address and UDP port.
     pub local: std::net::SocketAddrV4,
     /// How outer headers are built.
     pub encap: vxlan::VxlanEncapConfig,
     /// The opened sockets (one queue per worker).
-    pub io: Arc<PortIo>,
+    pub io: Arc<Vtep>,
     /// VNI -> the tunnel port of the subnet with that VNI.
     pub tunnels: std::collections::HashMap<u32, PortId>,
+}
+
+impl VtepEntry {
+    /// The name its counters are reported under (`/v1/stats`, `vswitchctl stats`).
+    pub const NAME: &'static str = "vxlan";
+}
+
+/// Something the workers poll, as the snapshot lists it: a NetworkInterface's port (with
+/// its device), the uplink, or the VTEP. Each is read the same way ([`Ingress::rx`]); what
+/// runs on its frames first is the pipeline's choice (`pipeline::input`).
+#[derive(Debug, Clone, Copy)]
+pub enum Ingress<'a> {
+    /// A port and its device (a subnet's tunnel has none and is not polled).
+    Port(&'a PortEntry, &'a Arc<PortIo>),
+    /// The uplink.
+    Uplink(&'a UplinkEntry),
+    /// The VTEP.
+    Vtep(&'a VtepEntry),
+}
+
+impl<'a> Ingress<'a> {
+    /// The id its counters are kept under (and its epoll token).
+    pub fn id(self) -> PortId {
+        match self {
+            Ingress::Port(port, _) => port.id,
+            Ingress::Uplink(uplink) => uplink.id,
+            Ingress::Vtep(vtep) => vtep.id,
+        }
+    }
+
+    /// Its name, for log lines.
+    pub fn name(self) -> &'a str {
+        match self {
+            Ingress::Port(port, _) => &port.name,
+            Ingress::Uplink(uplink) => &uplink.name,
+            Ingress::Vtep(_) => VtepEntry::NAME,
+        }
+    }
+
+    /// The queues the workers read.
+    pub fn rx(self) -> RxQueues<'a> {
+        match self {
+            Ingress::Port(_, io) => RxQueues::Device(io),
+            Ingress::Uplink(uplink) => RxQueues::Device(&uplink.io),
+            Ingress::Vtep(vtep) => RxQueues::Vtep(&vtep.io),
+        }
+    }
+
+    /// The segment an L2 flood of its frames goes to (a port's subnet; the uplink's segment,
+    /// which is never flooded; none for the VTEP, whose frames flood their tunnel's subnet
+    /// explicitly).
+    pub fn segment(self) -> SubnetId {
+        match self {
+            Ingress::Port(port, _) => port.subnet,
+            Ingress::Uplink(uplink) => uplink.segment,
+            Ingress::Vtep(_) => SubnetId(u32::MAX),
+        }
+    }
 }
 
 /// A subnet (L2 segment) as the datapath sees it.
@@ -422,6 +483,32 @@ impl Snapshot {
             }),
             _ => None,
         }
+    }
+
+    /// What the workers poll under id `id`: a port with a device, the uplink or the VTEP.
+    #[inline]
+    pub fn ingress(&self, id: PortId) -> Option<Ingress<'_>> {
+        if let Some(port) = self.port(id) {
+            return port.io().map(|io| Ingress::Port(port, io));
+        }
+        if let Some(vtep) = self.vtep.as_ref().filter(|vtep| vtep.id == id) {
+            return Some(Ingress::Vtep(vtep));
+        }
+        self.uplink
+            .as_ref()
+            .filter(|uplink| uplink.id == id)
+            .map(Ingress::Uplink)
+    }
+
+    /// Everything the workers poll: the ports with a device, then the uplink and the VTEP.
+    pub fn ingresses(&self) -> impl Iterator<Item = Ingress<'_>> {
+        let ports = self
+            .ports
+            .iter()
+            .filter_map(|port| port.io().map(|io| Ingress::Port(port, io)));
+        ports
+            .chain(self.uplink.iter().map(Ingress::Uplink))
+            .chain(self.vtep.iter().map(Ingress::Vtep))
     }
 
     /// The subnet with this id, if it exists in this snapshot.

@@ -1,16 +1,17 @@
 //! The VTEP: the node's VXLAN tunnel endpoint on `localAddress:port` (UDP 4789 by default).
 //!
-//! [`open`] returns a [`PortIo`] of kind [`PortKind::Vxlan`] with one [`VtepQueue`] per
-//! worker. Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the local address and
+//! [`open`] returns a [`Vtep`] with one [`VtepQueue`] per worker. The VTEP is not a port:
+//! nothing attaches it, and frames reach it only through the `vxlan-encap` stage (a stretched
+//! subnet's tunnel port has it as its egress) and leave it through `vxlan-input`. Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the local address and
 //! port, read with `recvmmsg`, with `UDP_GRO` where the kernel has it.
 //! Transmit: single frames get outer IPv4/UDP/VXLAN headers built by the `vxlan` crate and
 //! go out with `sendmmsg` on a raw `IPPROTO_RAW` socket, so the UDP source port can be hashed
 //! from the inner flow (a UDP socket would always send from 4789); GSO super-frames are
 //! segmented and sent with `UDP_SEGMENT` from a UDP socket bound to that hashed port.
 //!
-//! The queue is split along its seams: [`rx`] (receive, `UDP_GRO` buffers split and merged
-//! in place, the stash), [`tx`] (encapsulation into the raw socket's ring, `sendmmsg`) and
-//! [`gso`] (super-frames segmented and sent with `UDP_SEGMENT` from per-source-port
+//! The queue is split along its seams: `rx.rs` (receive, `UDP_GRO` buffers split and merged
+//! in place, the stash), `tx.rs` (encapsulation into the raw socket's ring, `sendmmsg`) and
+//! `gso.rs` (super-frames segmented and sent with `UDP_SEGMENT` from per-source-port
 //! sockets).
 //!
 //! Only an IPv4 underlay is supported: the local address is an IPv4 address.
@@ -30,7 +31,8 @@ use smoltcp::wire::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
 pub use self::gso::GsoSent;
 use self::gso::{PortSockets, open_current_namespace};
 use self::rx::{Coalesced, RxStash};
-use super::{Capabilities, PortIo, PortKind, PortQueue};
+use parking_lot::Mutex;
+
 use crate::sys::batch::MAX_FRAME_LEN;
 use crate::sys::udp::{RawIpv4Socket, ReadySet, Receiver, Sender, SocketError, UdpSocket};
 
@@ -315,6 +317,16 @@ fn describe(local: SocketAddrV4, error: SocketError) -> io::Error {
     io::Error::new(error.source.kind(), message)
 }
 
+/// The opened VTEP: one queue per worker, each used by exactly one worker (its `Mutex` is
+/// taken once per batch, never contended).
+#[derive(Debug)]
+pub struct Vtep {
+    /// The address and UDP port every queue is bound to.
+    pub local: SocketAddrV4,
+    /// One queue per worker, index = worker index.
+    pub queues: Vec<Mutex<VtepQueue>>,
+}
+
 /// Opens the VTEP on `local:port` with `queues` queues (one per worker).
 ///
 /// Port 0 makes the kernel choose a free port (every queue then binds that port; see
@@ -323,7 +335,7 @@ fn describe(local: SocketAddrV4, error: SocketError) -> io::Error {
 /// # Errors
 /// An error that names the address and says what to check (address not configured on any
 /// interface of the daemon's namespace, port in use, no permission).
-pub fn open(local: SocketAddrV4, queues: usize) -> io::Result<PortIo> {
+pub fn open(local: SocketAddrV4, queues: usize) -> io::Result<Vtep> {
     let address = *local.ip();
     if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
         return Err(io::Error::new(
@@ -364,19 +376,12 @@ pub fn open(local: SocketAddrV4, queues: usize) -> io::Result<PortIo> {
         // Masked to 16 bits, so the conversion cannot fail.
         let ident = u16::try_from(seed.wrapping_add(offset) & 0xffff).unwrap_or(0);
         let queue = VtepQueue::open(local, ident)?;
-        io_queues.push(parking_lot::Mutex::new(PortQueue::Vxlan(queue)));
+        io_queues.push(Mutex::new(queue));
     }
     tracing::debug!(%local, queues, "VTEP open (recvmmsg on SO_REUSEPORT UDP sockets, sendmmsg on IPPROTO_RAW)");
-    Ok(PortIo {
-        kind: PortKind::Vxlan,
+    Ok(Vtep {
+        local,
         queues: io_queues,
-        capabilities: Capabilities {
-            vnet_hdr: true,
-            tx_partial_csum: false,
-            tx_gso: false,
-            tun_offload_flags: 0,
-        },
-        host_ifname: None,
     })
 }
 
@@ -397,20 +402,17 @@ pub(crate) mod testing {
     use crate::wire::checksum::pseudo_header_ipv4;
     use crate::wire::vnet_hdr;
 
-    pub(crate) fn loopback_vtep(queues: usize) -> PortIo {
+    pub(crate) fn loopback_vtep(queues: usize) -> Vtep {
         open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues)
             .expect("VTEP on loopback (the tests must run as root)")
     }
 
-    pub(crate) fn queue(io: &PortIo, index: usize) -> parking_lot::MappedMutexGuard<'_, VtepQueue> {
-        parking_lot::MutexGuard::map(io.queues[index].lock(), |q| match q {
-            PortQueue::Vxlan(q) => q,
-            other => panic!("not a VTEP queue: {other:?}"),
-        })
+    pub(crate) fn queue(io: &Vtep, index: usize) -> parking_lot::MutexGuard<'_, VtepQueue> {
+        io.queues[index].lock()
     }
 
     /// Receives on every queue of `io` until `want` frames arrived or 5 s passed.
-    pub(crate) fn receive(io: &PortIo, batch: &mut RxBatch, want: usize) {
+    pub(crate) fn receive(io: &Vtep, batch: &mut RxBatch, want: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while batch.len() < want && Instant::now() < deadline {
             for index in 0..io.queues.len() {
@@ -553,7 +555,7 @@ pub(crate) mod testing {
 
     /// Receives on queue 0 of `io` until frames standing for `want` wire segments arrived
     /// or 5 s passed.
-    pub(crate) fn receive_frames(io: &PortIo, want: usize) -> Vec<(Vec<u8>, SocketAddrV4)> {
+    pub(crate) fn receive_frames(io: &Vtep, want: usize) -> Vec<(Vec<u8>, SocketAddrV4)> {
         let mut frames = Vec::new();
         let mut segments = 0;
         let mut batch = RxBatch::new(64);
@@ -580,20 +582,19 @@ mod tests {
     fn queues_can_move_between_threads() {
         fn assert_send<T: Send>() {}
         assert_send::<VtepQueue>();
-        assert_send::<PortIo>();
+        assert_send::<Vtep>();
+        fn assert_sync<T: Sync>() {}
+        assert_sync::<Vtep>();
     }
 
     #[test]
     #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn open_gives_one_queue_per_worker_on_one_port() {
         let io = loopback_vtep(3);
-        assert_eq!(io.kind, PortKind::Vxlan);
         assert_eq!(io.queues.len(), 3);
-        assert!(io.capabilities.vnet_hdr);
-        assert!(!io.capabilities.tx_gso && !io.capabilities.tx_partial_csum);
-        assert_eq!(io.host_ifname, None);
         let port = queue(&io, 0).local().port();
         assert_ne!(port, 0);
+        assert_eq!(io.local, queue(&io, 0).local());
         for index in 1..3 {
             assert_eq!(queue(&io, index).local().port(), port);
             assert_ne!(queue(&io, index).raw_fd(), queue(&io, 0).raw_fd());
