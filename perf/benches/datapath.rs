@@ -20,7 +20,8 @@ use vswitch::port::{Capabilities, PortId, PortIo, PortKind};
 use vswitch::tables::fdb::Fdb;
 use vswitch::tables::neigh::Neighbors;
 use vswitch::tables::snapshot::{
-    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId,
+    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkId, PortEntry, Snapshot, SubnetEntry,
+    SubnetId,
 };
 use vswitch::wire::checksum;
 use vswitch::wire::gro::{self, Coalescer};
@@ -292,13 +293,12 @@ fn port(id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortEntry {
         mtu: 1500,
         allowed_sources: Vec::new(),
         proxy_arp: false,
-        tunnel: None,
-        io: Arc::new(PortIo {
+        egress: Egress::Queue(Arc::new(PortIo {
             kind: PortKind::Tap,
             queues: Vec::new(),
             capabilities: Capabilities::default(),
             host_ifname: None,
-        }),
+        })),
     }
 }
 
@@ -345,10 +345,12 @@ fn bench_pipeline(c: &mut Criterion) {
     // Port 2's MAC is known, as after its first frame.
     fdb.learn(&subnet, MAC_B, PortId(2), 0);
     let neighbors = Neighbors::new();
+    let remote_fdb = vxlan::VxlanSharedFdb::new(Default::default());
     let ctx = Context {
         snapshot: &snapshot,
         fdb: &fdb,
         neighbors: &neighbors,
+        remote_fdb: &remote_fdb,
         now_ms: 0,
     };
     let mut local = Local::new(0);

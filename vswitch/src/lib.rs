@@ -11,14 +11,16 @@
 //! - [`sys`]: the kernel interfaces the ports need (TAP, AF_PACKET, the VTEP's UDP and raw
 //!   sockets, namespaces, netlink) and the receive batch they read into; the only `unsafe`
 //!   code in the crate. It uses nothing above [`wire`].
-//! - [`port`]: a port is an attached interface (a container's TAP or veth, the uplink, the
-//!   VTEP); it owns one queue per worker.
+//! - [`port`]: the devices the workers read and write, each with one queue per worker: a
+//!   port is an attached interface (a container's TAP or veth); beside them the uplink and
+//!   the VTEP (`port::vtep`, not a port: frames reach it only through `vxlan-encap`).
 //! - [`tables`]: what the packet stages read and write: the configuration snapshot, learned
 //!   MACs, neighbours, held packets, counter keys and event tallies, the clock, rate limits.
-//! - [`pipeline`]: the packet stages, one file each, with their drop reasons; functions of the
-//!   tables and the frame.
-//! - [`runtime`]: the [`Engine`](runtime::Engine) and its worker threads, which run the
-//!   pipeline over batches read from the ports, publish snapshots and sum the counters.
+//! - [`pipeline`]: the packet stages, one file each, with their drop reasons (the overlay's
+//!   `vxlan_input` and `vxlan_encap` among them); functions of the tables and the frame.
+//! - [`runtime`]: the [`Engine`](runtime::Engine) and its worker threads, which poll the
+//!   queues, run the pipeline over the batches they read and transmit by each destination's
+//!   egress adjacency; the engine publishes snapshots and sums the counters.
 //! - [`control`]: resources, validation, IPAM, persistence and the controller that turns
 //!   resources into ports and snapshots.
 //! - [`api`] and [`cli`]: the HTTP+JSON control socket (and the handlers of the overlay

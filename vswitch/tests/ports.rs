@@ -244,7 +244,6 @@ fn queue_fd(queue: &PortQueue) -> BorrowedFd<'_> {
     match queue {
         PortQueue::Tap(q) => q.as_fd(),
         PortQueue::Packet(s) => s.as_fd(),
-        PortQueue::Vxlan(q) => q.as_fd(),
     }
 }
 
@@ -420,7 +419,6 @@ fn attach_ping_reopen_detach(kind: PortKind) {
             let details = ns.ip_ok(&["-d", "link", "show", "dev", "eth0"]);
             assert!(details.contains("veth"), "a veth:\n{details}");
         }
-        PortKind::Vxlan => panic!("the VTEP is not attached as an interface"),
     }
     assert_configured(&ns, &req);
     assert_traffic(&ns, &io, &format!("{kind:?} attach"), 5);
@@ -734,7 +732,7 @@ fn tcp_super_frames_cross_between_tap_and_veth() {
         .iter()
         .map(|q| match &*q.lock() {
             PortQueue::Packet(s) => s.truncated_frames(),
-            PortQueue::Tap(_) | PortQueue::Vxlan(_) => 0,
+            PortQueue::Tap(_) => 0,
         })
         .sum();
     eprintln!("veth frames dropped as truncated: {truncated}");

@@ -1,4 +1,4 @@
-//! The VTEP's socket I/O (`port::vxlan`) between two namespaces joined by a veth pair: it
+//! The VTEP's socket I/O (`port::vtep`) between two namespaces joined by a veth pair: it
 //! receives what a kernel UDP socket sends, spreads flows over its queues, and talks VXLAN
 //! with a Linux kernel `vxlan` device (the kernel answers a ping we encapsulate, and the
 //! packet we sent is captured in the peer namespace to check its outer headers). The offloads:
@@ -20,8 +20,8 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
 };
-use vswitch::port::vxlan::{self as vtep, RX_PAD, VtepQueue};
-use vswitch::port::{PortIo, PortKind, PortQueue, RxBatch};
+use vswitch::port::RxBatch;
+use vswitch::port::vtep::{self, RX_PAD, Vtep, VtepQueue};
 use vswitch::sys::af_packet::{PacketSocket, RingLayout};
 use vswitch::sys::netns::{self, NetnsRef};
 use vswitch::sys::udp::{SendOptions, UdpSocket as SendSocket};
@@ -85,28 +85,25 @@ impl Underlay {
     }
 
     /// The VTEP on 192.168.77.1:4789 in A.
-    fn open_vtep(&self, queues: usize) -> PortIo {
+    fn open_vtep(&self, queues: usize) -> Vtep {
         let local = SocketAddrV4::new(ADDRESS_A, VXLAN_PORT);
         let io = Underlay::inside(&self.a, || vtep::open(local, queues))
             .unwrap_or_else(|e| panic!("cannot open the VTEP on {local} in {}: {e}", self.a.name));
-        assert_eq!(io.kind, PortKind::Vxlan);
+        assert_eq!(io.local, local);
         assert_eq!(io.queues.len(), queues);
         io
     }
 }
 
 /// Runs `f` on queue `index` of the VTEP.
-fn with_queue<T>(io: &PortIo, index: usize, f: impl FnOnce(&mut VtepQueue) -> T) -> T {
-    match &mut *io.queues[index].lock() {
-        PortQueue::Vxlan(queue) => f(queue),
-        other => panic!("queue {index} is not a VTEP queue: {other:?}"),
-    }
+fn with_queue<T>(io: &Vtep, index: usize, f: impl FnOnce(&mut VtepQueue) -> T) -> T {
+    f(&mut io.queues[index].lock())
 }
 
 /// Reads every queue until `done` says so or `within` passes; returns, per queue, the frames
 /// and peers received.
 fn receive_until(
-    io: &PortIo,
+    io: &Vtep,
     within: Duration,
     mut done: impl FnMut(&[Vec<(Vec<u8>, SocketAddrV4)>]) -> bool,
 ) -> Vec<Vec<(Vec<u8>, SocketAddrV4)>> {

@@ -18,17 +18,26 @@
 //! [`uplink`] (only frames to the switch's uplink MAC or broadcast; ARP for the addresses the
 //! switch owns there; IPv4 to those addresses) -> [`nat`] -> forwarding into a Network.
 //!
+//! A datagram received by the VTEP goes through [`vxlan_input`] (decapsulation in place,
+//! learning the inner source MAC behind the sending VTEP) and then, as if received on its
+//! subnet's tunnel port, through [`process_tunnel`]: the stages above without port security,
+//! and never flooded back into the overlay. [`input`] picks the first stage by where the
+//! frame came from.
+//!
 //! The result is a [`Verdict`]: forward to one port, flood a subnet, consumed by the switch,
 //! or drop with a [`DropCause`] (a stage and its reason). Frames the switch emits itself
 //! (ARP and ICMP answers, fragments, held packets released later) go into the worker's
-//! [`generated::Generated`] arena, each with its own verdict. On the way out, [`tx`] adapts
-//! every frame to what the egress port can take (completing partial checksums).
+//! [`generated::Generated`] arena, each with its own verdict. On the way out, the egress
+//! adjacency of each destination (`tables::snapshot::Egress`) picks the last stage: [`tx`]
+//! adapts a frame to what a device's queue can take (completing partial checksums), and
+//! [`vxlan_encap`] sends a frame for a stretched subnet's tunnel into the overlay (the
+//! learned remote VTEP, else head-end replication to all of them; super-frames segmented).
 //!
 //! [`process`] runs the ingress stages for one frame; it is a function of the snapshot, the
-//! shared tables (FDB, neighbours), the clock value, the bytes and the worker's [`Local`]
-//! state, so every stage is unit-tested on static fixtures. It rewrites the frame in place
-//! when routing it. It never panics on packet content: every malformed frame ends in a
-//! counted drop.
+//! shared tables (FDB, neighbours, remote MACs), the clock value, the bytes and the worker's
+//! [`Local`] state, so every stage is unit-tested on static fixtures. It rewrites the frame
+//! in place when routing it. It never panics on packet content: every malformed frame ends in
+//! a counted drop.
 //! The worker (in `runtime`) counts every drop through one path, keyed by
 //! [`DropCause::key`] (`parse.runt`, `port_security.src_mac`, ...), which is stable: counters,
 //! the API and tests use these strings.
@@ -46,9 +55,11 @@ pub mod parse;
 pub mod port_security;
 pub mod tx;
 pub mod uplink;
-pub mod vxlan;
+pub mod vxlan_encap;
+pub mod vxlan_input;
 
 use core::fmt;
+use std::net::SocketAddrV4;
 
 use crate::port::PortId;
 use crate::tables::counters::EventTally;
@@ -56,7 +67,7 @@ use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::held::HeldQueue;
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::TokenBucket;
-use crate::tables::snapshot::{PortEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry};
+use crate::tables::snapshot::{Ingress, PortEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry};
 use generated::Generated;
 use parse::L3;
 
@@ -79,8 +90,10 @@ pub enum Stage {
     Conntrack,
     /// [`tx`]: the egress port takes the frame.
     Tx,
-    /// [`vxlan`]: frames in and out of the overlay.
-    Vxlan,
+    /// [`vxlan_input`]: datagrams received from the overlay.
+    VxlanInput,
+    /// [`vxlan_encap`]: frames sent into the overlay.
+    VxlanEncap,
 }
 
 impl Stage {
@@ -95,7 +108,8 @@ impl Stage {
             Stage::Nat => "nat",
             Stage::Conntrack => "conntrack",
             Stage::Tx => "tx",
-            Stage::Vxlan => "vxlan",
+            // Both overlay stages keep the keys they had as one stage: `vxlan.*`.
+            Stage::VxlanInput | Stage::VxlanEncap => "vxlan",
         }
     }
 }
@@ -119,8 +133,10 @@ pub enum DropCause {
     Conntrack(nat::ConntrackReason),
     /// Dropped by [`tx`] (or by the egress queue).
     Tx(tx::DropReason),
-    /// Dropped by [`vxlan`].
-    Vxlan(vxlan::DropReason),
+    /// Dropped by [`vxlan_input`].
+    VxlanInput(vxlan_input::DropReason),
+    /// Dropped by [`vxlan_encap`].
+    VxlanEncap(vxlan_encap::DropReason),
 }
 
 const PARSE_BASE: usize = 0;
@@ -131,11 +147,12 @@ const UPLINK_BASE: usize = L3_BASE + l3::DropReason::COUNT;
 const NAT_BASE: usize = UPLINK_BASE + uplink::DropReason::COUNT;
 const CONNTRACK_BASE: usize = NAT_BASE + nat::DropReason::COUNT;
 const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
-const VXLAN_BASE: usize = TX_BASE + tx::DropReason::COUNT;
+const VXLAN_INPUT_BASE: usize = TX_BASE + tx::DropReason::COUNT;
+const VXLAN_ENCAP_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
-    pub const COUNT: usize = VXLAN_BASE + vxlan::DropReason::COUNT;
+    pub const COUNT: usize = VXLAN_ENCAP_BASE + vxlan_encap::DropReason::COUNT;
 
     /// The stage that dropped the frame.
     pub const fn stage(self) -> Stage {
@@ -148,7 +165,8 @@ impl DropCause {
             DropCause::Nat(_) => Stage::Nat,
             DropCause::Conntrack(_) => Stage::Conntrack,
             DropCause::Tx(_) => Stage::Tx,
-            DropCause::Vxlan(_) => Stage::Vxlan,
+            DropCause::VxlanInput(_) => Stage::VxlanInput,
+            DropCause::VxlanEncap(_) => Stage::VxlanEncap,
         }
     }
 
@@ -163,7 +181,8 @@ impl DropCause {
             DropCause::Nat(reason) => reason.key(),
             DropCause::Conntrack(reason) => reason.key(),
             DropCause::Tx(reason) => reason.key(),
-            DropCause::Vxlan(reason) => reason.key(),
+            DropCause::VxlanInput(reason) => reason.key(),
+            DropCause::VxlanEncap(reason) => reason.key(),
         }
     }
 
@@ -178,7 +197,8 @@ impl DropCause {
             DropCause::Nat(reason) => reason.description(),
             DropCause::Conntrack(reason) => reason.description(),
             DropCause::Tx(reason) => reason.description(),
-            DropCause::Vxlan(reason) => reason.description(),
+            DropCause::VxlanInput(reason) => reason.description(),
+            DropCause::VxlanEncap(reason) => reason.description(),
         }
     }
 
@@ -193,7 +213,8 @@ impl DropCause {
             DropCause::Nat(reason) => NAT_BASE + reason.index(),
             DropCause::Conntrack(reason) => CONNTRACK_BASE + reason.index(),
             DropCause::Tx(reason) => TX_BASE + reason.index(),
-            DropCause::Vxlan(reason) => VXLAN_BASE + reason.index(),
+            DropCause::VxlanInput(reason) => VXLAN_INPUT_BASE + reason.index(),
+            DropCause::VxlanEncap(reason) => VXLAN_ENCAP_BASE + reason.index(),
         }
     }
 
@@ -213,7 +234,12 @@ impl DropCause {
             .iter()
             .map(|&r| DropCause::Conntrack(r));
         let tx = tx::DropReason::ALL.iter().map(|&r| DropCause::Tx(r));
-        let vxlan = vxlan::DropReason::ALL.iter().map(|&r| DropCause::Vxlan(r));
+        let vxlan_input = vxlan_input::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::VxlanInput(r));
+        let vxlan_encap = vxlan_encap::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::VxlanEncap(r));
         parse
             .chain(port_security)
             .chain(l2)
@@ -222,7 +248,8 @@ impl DropCause {
             .chain(nat)
             .chain(conntrack)
             .chain(tx)
-            .chain(vxlan)
+            .chain(vxlan_input)
+            .chain(vxlan_encap)
     }
 }
 
@@ -280,9 +307,15 @@ impl From<tx::DropReason> for DropCause {
     }
 }
 
-impl From<vxlan::DropReason> for DropCause {
-    fn from(reason: vxlan::DropReason) -> DropCause {
-        DropCause::Vxlan(reason)
+impl From<vxlan_input::DropReason> for DropCause {
+    fn from(reason: vxlan_input::DropReason) -> DropCause {
+        DropCause::VxlanInput(reason)
+    }
+}
+
+impl From<vxlan_encap::DropReason> for DropCause {
+    fn from(reason: vxlan_encap::DropReason) -> DropCause {
+        DropCause::VxlanEncap(reason)
     }
 }
 
@@ -345,6 +378,9 @@ pub struct Context<'a> {
     pub fdb: &'a Fdb,
     /// The neighbour (ARP) table, shared by all workers.
     pub neighbors: &'a Neighbors,
+    /// Remote MACs behind the overlay, (VNI, MAC) -> remote VTEP: learned by
+    /// [`vxlan_input`], read by `vxlan-encap`; shared by all workers.
+    pub remote_fdb: &'a ::vxlan::VxlanSharedFdb,
     /// The engine's clock, milliseconds (monotonic).
     pub now_ms: u64,
 }
@@ -410,6 +446,25 @@ impl Local {
     }
 }
 
+/// Runs the stages for one frame that `ingress` received (from `peer`, for the VTEP's
+/// datagrams; unspecified otherwise): the first stage is ingress's own, [`process`] for a
+/// port, [`process_uplink`] for the uplink, [`vxlan_input::receive`] for the VTEP. The frame
+/// is rewritten in place as those say.
+#[inline]
+pub fn input(
+    ctx: &Context<'_>,
+    ingress: Ingress<'_>,
+    frame: &mut [u8],
+    peer: SocketAddrV4,
+    local: &mut Local,
+) -> Outcome {
+    match ingress {
+        Ingress::Port(port, _) => process(ctx, port, frame, local),
+        Ingress::Uplink(uplink) => process_uplink(ctx, uplink, frame, local),
+        Ingress::Vtep(vtep) => vxlan_input::receive(ctx, vtep, frame, peer, local),
+    }
+}
+
 /// Runs the ingress stages for one frame received on `ingress`: parse, port security,
 /// learning, then ARP for the gateway, routing (frames to the gateway MAC) or switching.
 /// `frame` is the `virtio_net_hdr` followed by the Ethernet frame; routing rewrites it in
@@ -423,7 +478,7 @@ pub fn process(
     process_with(ctx, ingress, frame, local, true)
 }
 
-/// Runs the ingress stages for one frame decapsulated from the overlay (see [`vxlan`]), as
+/// Runs the ingress stages for one frame decapsulated from the overlay (see [`vxlan_input`]), as
 /// if received on the subnet's tunnel port `tunnel`: as [`process`], without port security
 /// (the remote side has its own). A flood verdict floods the subnet's local ports only.
 pub fn process_tunnel(
@@ -491,13 +546,13 @@ fn fit_tunnel(
     let Verdict::Forward(to) = verdict else {
         return verdict;
     };
-    let Some(egress) = ctx.snapshot.port(to).filter(|port| port.tunnel.is_some()) else {
+    let Some(tunnel) = ctx.snapshot.port(to).and_then(PortEntry::tunnel) else {
         return verdict;
     };
     if parsed.vnet.gso.is_some()
-        || !vxlan::exceeds_mtu(
+        || !vxlan_encap::exceeds_mtu(
             frame.get(crate::wire::VNET_HDR_LEN..).unwrap_or(&[]),
-            egress.mtu,
+            tunnel.mtu,
         )
     {
         return verdict;
@@ -510,7 +565,7 @@ fn fit_tunnel(
                     &mut local.out,
                     ctx.now_ms,
                     crate::wire::IcmpErrorKind::FragmentationNeeded {
-                        next_hop_mtu: egress.mtu,
+                        next_hop_mtu: tunnel.mtu,
                     },
                     subnet,
                     ingress.id,
@@ -520,7 +575,7 @@ fn fit_tunnel(
             }
         }
     }
-    Verdict::drop(vxlan::DropReason::TooBig)
+    Verdict::drop(vxlan_encap::DropReason::TooBig)
 }
 
 /// Runs the stages for one frame received on the uplink (see [`uplink`]): nothing is
@@ -672,6 +727,8 @@ pub(crate) mod fixtures {
         pub fdb: Fdb,
         /// Neighbours.
         pub neighbors: Neighbors,
+        /// Remote MACs behind the overlay.
+        pub remote_fdb: ::vxlan::VxlanSharedFdb,
         /// The worker's state.
         pub local: RefCell<Local>,
     }
@@ -688,6 +745,7 @@ pub(crate) mod fixtures {
                 snapshot,
                 fdb: Fdb::new(),
                 neighbors: Neighbors::new(),
+                remote_fdb: ::vxlan::VxlanSharedFdb::new(Default::default()),
                 local: RefCell::new(Local::new(0)),
             }
         }
@@ -698,6 +756,7 @@ pub(crate) mod fixtures {
                 snapshot: &self.snapshot,
                 fdb: &self.fdb,
                 neighbors: &self.neighbors,
+                remote_fdb: &self.remote_fdb,
                 now_ms,
             }
         }

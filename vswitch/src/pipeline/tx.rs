@@ -4,9 +4,10 @@
 //! - a GSO super-frame to a port that cannot take GSO is dropped (`tx.gso_unsupported`). No
 //!   port reaches this today: TAP, veth and uplink ports all take super-frames (the kernel
 //!   hands them whole to the container's stack, or segments them for a NIC that cannot), and
-//!   a super-frame to a subnet's tunnel never comes here: the worker cuts it into segments
-//!   first ([`crate::wire::gso::Segmenter`], in `VtepQueue::send_encap_gso`) and sends them
-//!   with `UDP_SEGMENT` or one by one. The check guards a port that would declare no GSO;
+//!   a super-frame to a subnet's tunnel never comes here: its egress is
+//!   [`vxlan_encap`](super::vxlan_encap), whose VTEP queue cuts it into segments
+//!   ([`crate::wire::gso::Segmenter`]) and sends them with `UDP_SEGMENT` or one by one. The
+//!   check guards a port that would declare no GSO;
 //! - a frame with a partial checksum (`NEEDS_CSUM`) to a port that cannot take one gets its
 //!   checksum completed in place, and the flag cleared. The completed frame is valid for every
 //!   port, so when a flood reaches several ports the work is done once.
@@ -70,6 +71,16 @@ pub fn prepare(frame: &mut [u8], capabilities: &Capabilities) -> Result<Prepared
     packet.set_csum_start(0);
     packet.set_csum_offset(0);
     Ok(Prepared::ChecksumCompleted)
+}
+
+/// Whether consecutive TCP segments of a flow are coalesced into a super-frame
+/// ([`crate::wire::gro`]) before they are written to a device with `capabilities`: it must
+/// take super-frames with their partial checksum. Then a bulk flow (from the overlay,
+/// typically) costs one write and one pass of the container's TCP stack per 64 KB instead
+/// of per segment, as GRO does in the kernel.
+#[inline]
+pub fn coalesces(capabilities: &Capabilities) -> bool {
+    capabilities.vnet_hdr && capabilities.tx_gso && capabilities.tx_partial_csum
 }
 
 /// Bytes counted for a frame: the Ethernet frame, without the `virtio_net_hdr`.

@@ -1,26 +1,34 @@
-//! Ports: interfaces the switch attaches to containers.
+//! Ports: interfaces the switch attaches to containers, and the other devices the workers
+//! read and write (the uplink, the VTEP).
 //!
 //! A port is opened by [`attach`] (create the device, move it into the container's namespace,
 //! configure it) or [`reopen`] (after a daemon restart, find the device the container still
 //! has). It yields a [`PortIo`]: one [`PortQueue`] per worker, each used by exactly one worker,
-//! so the per-queue `Mutex` is never contended (it is taken once per batch).
+//! so the per-queue `Mutex` is never contended (it is taken once per batch). The uplink
+//! ([`uplink`]) is a [`PortIo`] of AF_PACKET queues too.
 //!
-//! Every frame crossing a queue is a 10-byte `virtio_net_hdr` followed by the Ethernet frame.
+//! The VTEP ([`vtep`]) is not a port: it has its own queues ([`vtep::Vtep`]), which take
+//! frames only with a VNI and remote VTEPs (from the `vxlan-encap` stage). What the workers
+//! poll, devices and VTEP alike, they read through [`RxQueues`].
+//!
+//! Every frame crossing a device's queue is a 10-byte `virtio_net_hdr` followed by the
+//! Ethernet frame.
 
 pub mod tap;
 pub mod uplink;
 pub mod veth;
-pub mod vxlan;
+pub mod vtep;
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-pub use self::vxlan::VtepQueue;
+pub use self::vtep::{Vtep, VtepQueue};
 use crate::sys::af_packet::PacketSocket;
 pub use crate::sys::batch::{RxBatch, Sent};
 use crate::sys::netns::NetnsRef;
@@ -43,9 +51,6 @@ pub enum PortKind {
     Tap,
     /// A veth pair: one end in the container, the host end read with AF_PACKET.
     Veth,
-    /// The node's VTEP (UDP sockets); never a NetworkInterface's kind.
-    #[serde(skip_deserializing)]
-    Vxlan,
 }
 
 /// Everything needed to create, re-open or remove a port.
@@ -86,14 +91,6 @@ pub struct Capabilities {
     pub tun_offload_flags: u32,
 }
 
-/// The error for frames given to the VTEP's queue without a VNI and remote VTEP.
-fn needs_encap() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "frames to the VTEP need a VNI and a remote VTEP (send_encap)",
-    )
-}
-
 /// One queue of a port: owned by one worker.
 #[derive(Debug)]
 pub enum PortQueue {
@@ -101,8 +98,6 @@ pub enum PortQueue {
     Tap(TapQueue),
     /// An AF_PACKET socket bound to the veth host end (a PACKET_FANOUT member).
     Packet(PacketSocket),
-    /// A queue of the VTEP: its own UDP socket and raw send socket.
-    Vxlan(VtepQueue),
 }
 
 impl AsFd for PortQueue {
@@ -110,7 +105,6 @@ impl AsFd for PortQueue {
         match self {
             PortQueue::Tap(q) => q.as_fd(),
             PortQueue::Packet(s) => s.as_fd(),
-            PortQueue::Vxlan(q) => q.as_fd(),
         }
     }
 }
@@ -121,7 +115,6 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.raw_fd(),
             PortQueue::Packet(s) => s.raw_fd(),
-            PortQueue::Vxlan(q) => q.raw_fd(),
         }
     }
 
@@ -134,7 +127,6 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.recv_batch(batch),
             PortQueue::Packet(s) => s.recv_batch(batch),
-            PortQueue::Vxlan(q) => q.recv_batch(batch),
         }
     }
 
@@ -147,8 +139,6 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.send(frame),
             PortQueue::Packet(s) => s.send(frame),
-            // Frames reach the VTEP through `send_encap`, which knows the VNI and remote.
-            PortQueue::Vxlan(_) => Err(needs_encap()),
         }
     }
 
@@ -161,7 +151,7 @@ impl PortQueue {
     ///
     /// # Errors
     /// The kernel's error for a frame sent at once (`WouldBlock` for a full queue, counted as a
-    /// drop by the caller); `InvalidInput` for the VTEP's queue, as [`send`](PortQueue::send).
+    /// drop by the caller).
     pub fn enqueue(
         &mut self,
         frame: &[u8],
@@ -170,13 +160,12 @@ impl PortQueue {
         match self {
             PortQueue::Tap(q) => q.send(frame).map(|()| Sent::Now),
             PortQueue::Packet(s) => s.enqueue(frame, failed),
-            PortQueue::Vxlan(_) => Err(needs_encap()),
         }
     }
 
-    /// Pushes out frames queued by [`enqueue`](PortQueue::enqueue) (an AF_PACKET queue) or
-    /// the VTEP's `send_encap`; a no-op for a TAP queue. For a caller that does not need to
-    /// know which frames the kernel refused (see [`flush_with`](PortQueue::flush_with)).
+    /// Pushes out frames queued by [`enqueue`](PortQueue::enqueue) (an AF_PACKET queue); a
+    /// no-op for a TAP queue. For a caller that does not need to know which frames the kernel
+    /// refused (see [`flush_with`](PortQueue::flush_with)).
     ///
     /// # Errors
     /// The kernel's error, when not one queued frame could be sent.
@@ -184,19 +173,17 @@ impl PortQueue {
         match self {
             PortQueue::Tap(_) => Ok(()),
             PortQueue::Packet(s) => s.flush(),
-            PortQueue::Vxlan(q) => q.flush(),
         }
     }
 
     /// Pushes out the frames queued by [`enqueue`](PortQueue::enqueue) (one `sendmmsg` for an
     /// AF_PACKET queue); each one the kernel refuses is reported to `failed` with the position
     /// [`Sent::Queued`] gave and the kernel's error, so the caller counts it as it counts a
-    /// failed send. The VTEP's queue flushes as [`flush`](PortQueue::flush) (its refused
-    /// packets are counted in [`VtepQueue::send_errors`]); a TAP queue has nothing queued.
+    /// failed send. A TAP queue has nothing queued.
     ///
     /// # Errors
-    /// The VTEP's flush error; never for the other queues, whose refused frames all went to
-    /// `failed`.
+    /// None today: every refused frame goes to `failed`. (The `Result` keeps the caller's
+    /// flush-error path for a queue that cannot say which frames failed.)
     pub fn flush_with(&mut self, failed: &mut impl FnMut(usize, &io::Error)) -> io::Result<()> {
         match self {
             PortQueue::Tap(_) => Ok(()),
@@ -205,7 +192,6 @@ impl PortQueue {
                 let _ = s.flush_with(failed);
                 Ok(())
             }
-            PortQueue::Vxlan(q) => q.flush(),
         }
     }
 }
@@ -286,7 +272,6 @@ pub fn attach(req: &AttachRequest) -> Result<PortIo, PortError> {
     match req.kind {
         PortKind::Tap => tap::attach(req),
         PortKind::Veth => veth::attach(req),
-        PortKind::Vxlan => Err(not_an_interface(req)),
     }
 }
 
@@ -299,7 +284,6 @@ pub fn reopen(req: &AttachRequest) -> Result<PortIo, PortError> {
     match req.kind {
         PortKind::Tap => tap::reopen(req),
         PortKind::Veth => veth::reopen(req),
-        PortKind::Vxlan => Err(not_an_interface(req)),
     }
 }
 
@@ -312,19 +296,83 @@ pub fn detach(req: &AttachRequest, io: Option<PortIo>) -> Result<(), PortError> 
     match req.kind {
         PortKind::Tap => tap::detach(req, io),
         PortKind::Veth => veth::detach(req, io),
-        PortKind::Vxlan => Err(not_an_interface(req)),
     }
 }
 
-/// The error for a NetworkInterface of kind `vxlan` (validation refuses it before this).
-fn not_an_interface(req: &AttachRequest) -> PortError {
-    PortError::Sys {
-        what: "attach".into(),
-        name: req.name.clone(),
-        source: io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "kind vxlan is the node's VTEP, not an interface kind; use tap or veth",
-        ),
+/// The receive queues of something the workers poll, borrowed from the snapshot: a device's
+/// (a port's or the uplink's [`PortIo`]) or the VTEP's. Both are read the same way, into an
+/// [`RxBatch`]; where their frames go next is the pipeline's business.
+#[derive(Debug, Clone, Copy)]
+pub enum RxQueues<'a> {
+    /// A TAP's or an AF_PACKET socket's queues.
+    Device(&'a Arc<PortIo>),
+    /// The VTEP's UDP sockets.
+    Vtep(&'a Arc<Vtep>),
+}
+
+impl RxQueues<'_> {
+    /// How many queues there are (one per worker).
+    pub fn count(&self) -> usize {
+        match self {
+            RxQueues::Device(io) => io.queues.len(),
+            RxQueues::Vtep(vtep) => vtep.queues.len(),
+        }
+    }
+
+    /// Moves the frames waiting in worker `index`'s queue into `batch` (see
+    /// [`PortQueue::recv_batch`], [`VtepQueue::recv_batch`]); `None` when there is no such
+    /// queue. Never blocks.
+    pub fn recv_batch(&self, index: usize, batch: &mut RxBatch) -> Option<io::Result<usize>> {
+        match self {
+            RxQueues::Device(io) => Some(io.queues.get(index)?.lock().recv_batch(batch)),
+            RxQueues::Vtep(vtep) => Some(vtep.queues.get(index)?.lock().recv_batch(batch)),
+        }
+    }
+
+    /// Calls `f` with the fd of worker `index`'s queue, readable when frames wait (to add it
+    /// to an epoll set, or remove it); `None` when there is no such queue.
+    pub fn with_fd<R>(&self, index: usize, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+        match self {
+            RxQueues::Device(io) => Some(f(io.queues.get(index)?.lock().as_fd())),
+            RxQueues::Vtep(vtep) => Some(f(vtep.queues.get(index)?.lock().as_fd())),
+        }
+    }
+
+    /// Keeps the queues open (a reference) for as long as the handle lives.
+    pub fn hold(&self) -> RxHandle {
+        match self {
+            RxQueues::Device(io) => RxHandle::Device(Arc::clone(io)),
+            RxQueues::Vtep(vtep) => RxHandle::Vtep(Arc::clone(vtep)),
+        }
+    }
+
+    /// True when `handle` holds these very queues (not merely equal ones).
+    pub fn is(&self, handle: &RxHandle) -> bool {
+        match (self, handle) {
+            (RxQueues::Device(io), RxHandle::Device(held)) => Arc::ptr_eq(io, held),
+            (RxQueues::Vtep(vtep), RxHandle::Vtep(held)) => Arc::ptr_eq(vtep, held),
+            _ => false,
+        }
+    }
+}
+
+/// Receive queues kept open by whoever polls them (see [`RxQueues::hold`]): a worker holds
+/// one while the queue's fd is in its epoll set, so the fd is never closed while registered.
+#[derive(Debug, Clone)]
+pub enum RxHandle {
+    /// A device's queues.
+    Device(Arc<PortIo>),
+    /// The VTEP's queues.
+    Vtep(Arc<Vtep>),
+}
+
+impl RxHandle {
+    /// The queues held.
+    pub fn queues(&self) -> RxQueues<'_> {
+        match self {
+            RxHandle::Device(io) => RxQueues::Device(io),
+            RxHandle::Vtep(vtep) => RxQueues::Vtep(vtep),
+        }
     }
 }
 

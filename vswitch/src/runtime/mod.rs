@@ -38,7 +38,7 @@ use crate::tables::clock::{Clock, MonotonicClock};
 use crate::tables::counters::Event;
 use crate::tables::fdb::Fdb;
 use crate::tables::neigh::{NeighborEntry, Neighbors};
-use crate::tables::snapshot::Snapshot;
+use crate::tables::snapshot::{Snapshot, VtepEntry};
 pub use affinity::WorkerCpus;
 use counters::{PortTotals, WorkerCounters};
 use worker::{Shared, Worker};
@@ -296,8 +296,8 @@ impl Engine {
         self.shared.fdb.forget_port(id);
     }
 
-    /// Counters, summed over workers, for the ports of the current snapshot (by name) and its
-    /// uplink (under the Uplink's name).
+    /// Counters, summed over workers, for the ports of the current snapshot (by name), its
+    /// uplink (under the Uplink's name) and its VTEP (under `vxlan`).
     pub fn stats(&self) -> StatsReport {
         let snapshot = self.current();
         let mut all_drops = [0u64; DropCause::COUNT];
@@ -312,7 +312,9 @@ impl Engine {
                     .iter()
                     .map(|uplink| (uplink.id, &uplink.name)),
             );
-        let vtep_name = String::from("vxlan");
+        // The VTEP is not a port, but its counters (datagrams received, drops of vxlan-input
+        // and of what followed) are listed like a port's, under its name.
+        let vtep_name = String::from(VtepEntry::NAME);
         let vtep = snapshot.vtep.iter().map(|vtep| (vtep.id, &vtep_name));
         for (id, name) in devices.chain(vtep) {
             let mut totals = PortTotals::default();
@@ -414,7 +416,7 @@ impl Engine {
             .filter_map(|entry| {
                 let subnet = snapshot.subnet(entry.subnet)?;
                 let port = snapshot.port(entry.port)?;
-                let vtep = port.tunnel.as_ref().and_then(|tunnel| {
+                let vtep = port.tunnel().and_then(|tunnel| {
                     let remote = self.shared.remote_fdb.lookup(tunnel.vni, entry.mac, now)?;
                     Some(remote.ip.to_string())
                 });
@@ -478,7 +480,7 @@ mod tests {
     use crate::pipeline::{parse, port_security};
     use crate::tables::clock::FakeClock;
     use crate::tables::snapshot::{
-        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, SubnetEntry, SubnetId,
+        DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkId, PortEntry, SubnetEntry, SubnetId,
     };
 
     fn engine(workers: usize, clock: Arc<FakeClock>) -> Engine {
@@ -749,8 +751,7 @@ mod tests {
                 mtu: 1500,
                 allowed_sources: Vec::new(),
                 proxy_arp: false,
-                tunnel: None,
-                io: Arc::new(PortIo {
+                egress: Egress::Queue(Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,
                     capabilities: Capabilities {
@@ -760,7 +761,7 @@ mod tests {
                         tun_offload_flags: 0,
                     },
                     host_ifname: None,
-                }),
+                })),
             });
         }
         let subnet = SubnetEntry {
@@ -977,8 +978,7 @@ mod tests {
                 mtu,
                 allowed_sources: Vec::new(),
                 proxy_arp: false,
-                tunnel: None,
-                io: Arc::new(PortIo {
+                egress: Egress::Queue(Arc::new(PortIo {
                     kind: PortKind::Tap,
                     queues,
                     capabilities: Capabilities {
@@ -988,7 +988,7 @@ mod tests {
                         tun_offload_flags: TUN_F_CSUM_TSO4,
                     },
                     host_ifname: None,
-                }),
+                })),
             });
             let cidr = format!("10.214.{id}.0/24");
             subnets.push(SubnetEntry {

@@ -1,7 +1,11 @@
-//! A worker thread: run to completion over the queues it owns.
+//! A worker thread: the I/O scheduler that runs the pipeline to completion over the queues
+//! it owns. It polls, batches, runs the stages and transmits; what happens to a frame is the
+//! pipeline's ([`pipeline::input`] on the way in, the `tx` and `vxlan-encap` stages on the way
+//! out), and where a frame goes is the snapshot's egress adjacency.
 //!
-//! Worker `i` serves queue `i` of every port (`port.io.queues[i]`), so no queue is shared and
-//! each queue's `Mutex` is uncontended; it is taken once per batch. Each loop iteration:
+//! Worker `i` serves queue `i` of everything the snapshot has to poll
+//! ([`Snapshot::ingresses`]: the ports' devices, the uplink, the VTEP), so no queue is shared
+//! and each queue's `Mutex` is uncontended; it is taken once per batch. Each loop iteration:
 //! 1. `epoll_wait` on the worker's queues and its waker (an eventfd that `Engine::publish` and
 //!    `Engine::stop` signal), with a timeout so the stop flag and the ageing sweep are seen even
 //!    when idle. For [`EngineConfig::busy_poll`](super::EngineConfig::busy_poll) after the
@@ -10,33 +14,35 @@
 //!    sides) for every batch, and its latency does not include the scheduler's;
 //! 2. load the snapshot (an arc-swap guard: no reference count is bumped, and it is dropped
 //!    before the next wait); when its generation changed, re-sync the epoll
-//!    registrations: ports that left are deregistered (and the worker's `Arc<PortIo>` of them
-//!    dropped only then, so an fd is never closed while registered), new ports registered;
-//! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames, run the pipeline
-//!    on each (it may rewrite a frame in place, and emit frames of its own into the worker's
-//!    generated-frames arena: ARP and ICMP answers, fragments), then transmit the batch and
-//!    the generated frames grouped by destination: each destination queue is locked once per
-//!    batch, and frames keep their order (a frame generated while processing frame `i` leaves
-//!    right after `i`). An AF_PACKET queue (veth, uplink) copies the destination's frames
-//!    and sends them with one `sendmmsg` when the destination is done; a frame the kernel
-//!    refuses then is counted exactly as a failed send would have been (a drop, not a
+//!    registrations: queues that left are deregistered (and the worker's reference to them
+//!    dropped only then, so an fd is never closed while registered), new ones registered;
+//! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames and run
+//!    [`pipeline::input`] on each: a port's frames go through `parse` onward, the uplink's
+//!    through `uplink`, the VTEP's datagrams through `vxlan-input` (decapsulation, remote
+//!    learning) and then the tunnel's stages. A stage may rewrite a frame in place, and emit
+//!    frames of its own into the worker's generated-frames arena (ARP and ICMP answers,
+//!    fragments). Then transmit the batch and the generated frames grouped by destination:
+//!    each destination's egress adjacency ([`Snapshot::adjacency`]) says where they go, a
+//!    device's queue ([`tx::prepare`] for what it takes, GRO when it takes super-frames) or,
+//!    for a stretched subnet's tunnel, the VTEP's queue through the `vxlan-encap` stage
+//!    (VTEP choice, head-end replication, segmentation). Each destination queue is locked
+//!    once per batch and flushed once (an AF_PACKET queue sends its frames with one
+//!    `sendmmsg`, the VTEP its ring with one), and frames keep their order (a frame generated
+//!    while processing frame `i` leaves right after `i`). A frame the kernel refuses at an
+//!    AF_PACKET flush is counted exactly as a failed send would have been (a drop, not a
 //!    transmitted frame);
 //! 4. when packets wait for ARP, or new ports for their gratuitous ARP (worker 0 announces
 //!    the gateway to each port that appears), [`l3::service_held`] releases, retransmits or
 //!    times them out, and the result is transmitted the same way; the epoll timeout is then
 //!    short ([`HELD_POLL_MS`]). A worker whose ARP answer resolved a neighbour wakes the
 //!    others, which may hold packets for it;
-//! 5. worker 0 sweeps aged MACs and neighbours once a second; every worker frees expired
-//!    connections from conntrack, a bounded number of slots at a time.
-//!
-//! The uplink (when the snapshot has one) is served like a port: worker `i` polls its queue
-//! `i`, runs [`pipeline::process_uplink`] on what it reads, and sends frames routed to the
-//! outside on it.
+//! 5. worker 0 sweeps aged MACs, remote MACs and neighbours once a second; every worker frees
+//!    expired connections from conntrack, a bounded number of slots at a time.
 //!
 //! Nothing here allocates per packet (the batch, the verdicts, the generated frames, the held
-//! packets and the transmit plan are allocated once), and no packet content can make it
-//! panic: every failure is a counted drop. Per-packet conditions are logged at most once per
-//! [`LOG_INTERVAL_MS`] per kind.
+//! packets, the transmit plan and the segmenter are allocated once), and no packet content
+//! can make it panic: every failure is a counted drop. Per-packet conditions are logged at
+//! most once per [`LOG_INTERVAL_MS`] per kind.
 
 use std::collections::HashMap;
 use std::io;
@@ -48,13 +54,16 @@ use arc_swap::ArcSwap;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
+use parking_lot::Mutex;
 use tracing::{debug, error, warn};
 
 use super::counters::WorkerCounters;
-use crate::pipeline::generated::Origin;
+use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
-use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3};
-use crate::port::{Capabilities, MAX_PORTS, PortId, PortIo, PortQueue, RxBatch, Sent};
+use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, vxlan_encap};
+use crate::port::{
+    Capabilities, MAX_PORTS, PortId, PortQueue, RxBatch, RxHandle, RxQueues, Sent, VtepQueue,
+};
 use crate::sys::af_packet::TX_FRAMES;
 use crate::sys::batch::BATCH_SIZE;
 use crate::tables::clock::Clock;
@@ -62,8 +71,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::LogLimiter;
-use crate::tables::snapshot::{PortEntry, Snapshot, SubnetId, Tunnel, UplinkEntry, VtepEntry};
-use crate::wire::VNET_HDR_LEN;
+use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId};
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::Segmenter;
 
@@ -143,7 +151,7 @@ impl Shared {
 /// The port a batch was received on, as the transmit plan needs it (`None` for frames the
 /// worker sends outside a batch: released held packets, gratuitous ARP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ingress {
+pub(crate) struct Source {
     pub(crate) port: PortId,
     pub(crate) subnet: SubnetId,
 }
@@ -158,7 +166,7 @@ pub(crate) struct Destination {
 impl Destination {
     /// True when a frame with `verdict`, in a batch from `ingress`, goes to this destination.
     #[inline]
-    pub(crate) fn wants(self, verdict: Verdict, ingress: Option<Ingress>) -> bool {
+    pub(crate) fn wants(self, verdict: Verdict, ingress: Option<Source>) -> bool {
         match verdict {
             Verdict::Forward(port) => port == self.port,
             Verdict::Flood => ingress.is_some_and(|ingress| {
@@ -198,7 +206,7 @@ impl TxPlan {
     pub(crate) fn build(
         &mut self,
         snapshot: &Snapshot,
-        ingress: Option<Ingress>,
+        ingress: Option<Source>,
         verdicts: impl Iterator<Item = Verdict>,
     ) {
         self.epoch += 1;
@@ -256,126 +264,30 @@ impl TxPlan {
     }
 }
 
-/// A device the worker reads and writes: a NetworkInterface's port (or a subnet's tunnel,
-/// which writes through the VTEP), the uplink, or the VTEP.
-#[derive(Debug, Clone, Copy)]
-enum Device<'a> {
-    Port(&'a PortEntry),
-    Uplink(&'a UplinkEntry),
-    Vtep(&'a VtepEntry),
-}
-
-impl<'a> Device<'a> {
-    /// The port or uplink with id `id` in `snapshot`.
-    fn find(snapshot: &'a Snapshot, id: PortId) -> Option<Device<'a>> {
-        if let Some(port) = snapshot.port(id) {
-            return Some(Device::Port(port));
-        }
-        if let Some(vtep) = snapshot.vtep.as_ref().filter(|vtep| vtep.id == id) {
-            return Some(Device::Vtep(vtep));
-        }
-        snapshot
-            .uplink
-            .as_ref()
-            .filter(|uplink| uplink.id == id)
-            .map(Device::Uplink)
-    }
-
-    fn id(self) -> PortId {
-        match self {
-            Device::Port(port) => port.id,
-            Device::Uplink(uplink) => uplink.id,
-            Device::Vtep(vtep) => vtep.id,
-        }
-    }
-
-    fn name(self) -> &'a str {
-        match self {
-            Device::Port(port) => &port.name,
-            Device::Uplink(uplink) => &uplink.name,
-            Device::Vtep(_) => "vxlan",
-        }
-    }
-
-    fn io(self) -> &'a Arc<PortIo> {
-        match self {
-            Device::Port(port) => &port.io,
-            Device::Uplink(uplink) => &uplink.io,
-            Device::Vtep(vtep) => &vtep.io,
-        }
-    }
-
-    /// The segment frames from it are flooded in (the uplink's is never flooded).
-    fn segment(self) -> SubnetId {
-        match self {
-            Device::Port(port) => port.subnet,
-            Device::Uplink(uplink) => uplink.segment,
-            // Frames from the overlay are flooded by their tunnel's subnet (FloodSubnet).
-            Device::Vtep(_) => SubnetId(u32::MAX),
-        }
-    }
-}
-
-/// The device (port or uplink) with id `id` in `snapshot`.
-fn link_io(snapshot: &Snapshot, id: PortId) -> Option<&Arc<PortIo>> {
-    Device::find(snapshot, id).map(Device::io)
-}
-
-/// Learns the inner source MAC of a frame decapsulated on `tunnel` behind the VTEP that
-/// sent it: a shard's read lock and an in-place refresh when known, the shard's write lock
-/// only when new or moved.
-fn learn_remote(
-    shared: &Shared,
-    tunnel: &PortEntry,
-    frame: &[u8],
-    peer: std::net::SocketAddrV4,
-    now: u64,
-) {
-    let Some(vni) = tunnel.tunnel.as_ref().map(|t| t.vni) else {
-        return;
-    };
-    let Some(src) = frame
-        .get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12)
-        .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
-    else {
-        return;
-    };
-    if !vxlan::fdb::is_valid_unicast(src) {
-        return;
-    }
-    let remote = std::net::IpAddr::V4(*peer.ip());
-    if shared.remote_fdb.refresh(vni, src, remote, now) {
-        return;
-    }
-    shared.remote_fdb.learn(vni, src, remote, now);
-}
-
-/// A registered queue: the worker keeps the port's `PortIo` alive until the fd is removed
-/// from its epoll set.
+/// A registered queue: the worker keeps its queues open (a port's, the uplink's or the
+/// VTEP's) until the fd is removed from its epoll set.
 #[derive(Debug)]
 struct Registration {
-    io: Arc<PortIo>,
+    queues: RxHandle,
     /// False once the queue failed hard (its device is gone): it is out of the epoll set, or
     /// its level-triggered error would wake the worker forever. A new snapshot with a new
     /// `PortIo` for the port (re-attach) replaces the registration.
     polled: bool,
 }
 
-/// Adds worker `index`'s queue of `io` to `epoll`. The fd stays open while registered: the
-/// `Registration` holds the `PortIo`.
-fn epoll_add(epoll: &Epoll, io: &PortIo, index: usize, token: u64) -> nix::Result<()> {
-    let Some(queue) = io.queues.get(index) else {
-        return Err(nix::errno::Errno::ENOENT);
-    };
-    epoll.add(&*queue.lock(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+/// Adds worker `index`'s queue of `rx` to `epoll`. The fd stays open while registered: the
+/// `Registration` holds the queues.
+fn epoll_add(epoll: &Epoll, rx: RxQueues<'_>, index: usize, token: u64) -> nix::Result<()> {
+    rx.with_fd(index, |fd| {
+        epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+    })
+    .unwrap_or(Err(Errno::ENOENT))
 }
 
-/// Removes worker `index`'s queue of `io` from `epoll`.
-fn epoll_delete(epoll: &Epoll, io: &PortIo, index: usize) -> nix::Result<()> {
-    let Some(queue) = io.queues.get(index) else {
-        return Err(nix::errno::Errno::ENOENT);
-    };
-    epoll.delete(&*queue.lock())
+/// Removes worker `index`'s queue of `rx` from `epoll`.
+fn epoll_delete(epoll: &Epoll, rx: RxQueues<'_>, index: usize) -> nix::Result<()> {
+    rx.with_fd(index, |fd| epoll.delete(fd))
+        .unwrap_or(Err(Errno::ENOENT))
 }
 
 #[inline]
@@ -573,65 +485,58 @@ impl Worker {
         let _ = self.shared.wakers[self.index].read();
     }
 
-    /// Makes the epoll set match the ports (and the uplink) of `snapshot`.
+    /// Makes the epoll set match what `snapshot` has to poll: its ports' devices, the uplink
+    /// and the VTEP.
     fn resync(&mut self, snapshot: &Snapshot) {
         let stale: Vec<PortId> = self
             .registered
             .iter()
             .filter(|(id, registration)| {
-                !link_io(snapshot, **id).is_some_and(|io| Arc::ptr_eq(io, &registration.io))
+                !snapshot
+                    .ingress(**id)
+                    .is_some_and(|ingress| ingress.rx().is(&registration.queues))
             })
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
             if let Some(registration) = self.registered.remove(&id) {
                 if registration.polled {
-                    if let Err(errno) = epoll_delete(&self.epoll, &registration.io, self.index) {
+                    if let Err(errno) =
+                        epoll_delete(&self.epoll, registration.queues.queues(), self.index)
+                    {
                         warn!(worker = self.index, port = id.0, error = %errno, "removing a queue from epoll failed");
                     }
                 }
-                // `registration.io` is dropped here, after the fd left the epoll set.
+                // `registration.queues` is dropped here, after the fd left the epoll set.
             }
         }
-        // Tunnels have no queue of their own: they send through the VTEP's.
-        let ports = snapshot
-            .ports()
-            .iter()
-            .filter(|port| port.tunnel.is_none())
-            .map(|port| (port.id, port.name.as_str(), &port.io, true));
-        let uplink = snapshot
-            .uplink
-            .iter()
-            .map(|uplink| (uplink.id, uplink.name.as_str(), &uplink.io, false));
-        let vtep = snapshot
-            .vtep
-            .iter()
-            .map(|vtep| (vtep.id, "vxlan", &vtep.io, false));
-        for (id, name, io, announce) in ports.chain(uplink).chain(vtep) {
+        for ingress in snapshot.ingresses() {
+            let (id, name, rx) = (ingress.id(), ingress.name(), ingress.rx());
             if self.registered.contains_key(&id) {
                 continue;
             }
-            if io.queues.get(self.index).is_none() {
+            if rx.count() <= self.index {
                 warn!(
                     worker = self.index,
                     port = %name,
-                    queues = io.queues.len(),
+                    queues = rx.count(),
                     "port has no queue for this worker; this worker does not serve it"
                 );
                 continue;
             };
-            if let Err(errno) = epoll_add(&self.epoll, io, self.index, u64::from(id.0)) {
+            if let Err(errno) = epoll_add(&self.epoll, rx, self.index, u64::from(id.0)) {
                 warn!(worker = self.index, port = %name, error = %errno, "adding a queue to epoll failed");
                 continue;
             }
             self.registered.insert(
                 id,
                 Registration {
-                    io: Arc::clone(io),
+                    queues: rx.hold(),
                     polled: true,
                 },
             );
             // A port that appeared (or was re-attached) learns its gateway's MAC at once.
+            let announce = matches!(ingress, Ingress::Port(..));
             if announce && self.index == 0 && !self.garp_pending.contains(&id) {
                 self.garp_pending.push(id);
             }
@@ -649,7 +554,7 @@ impl Worker {
     fn deregister_all(&mut self) {
         for (_, registration) in self.registered.drain() {
             if registration.polled {
-                let _ = epoll_delete(&self.epoll, &registration.io, self.index);
+                let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
             }
         }
     }
@@ -658,24 +563,23 @@ impl Worker {
     fn park(&mut self, id: PortId) {
         if let Some(registration) = self.registered.get_mut(&id) {
             if registration.polled {
-                let _ = epoll_delete(&self.epoll, &registration.io, self.index);
+                let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
                 registration.polled = false;
             }
         }
     }
 
-    /// Receives one batch from `id`'s queue (a port's or the uplink's), runs the pipeline and
-    /// transmits.
+    /// Receives one batch from `id`'s queue (a port's, the uplink's or the VTEP's), runs the
+    /// pipeline and transmits.
     fn service(&mut self, snapshot: &Snapshot, id: PortId, now: u64) {
-        let Some(ingress) = Device::find(snapshot, id) else {
+        let Some(ingress) = snapshot.ingress(id) else {
             // An event from a port that left before this iteration's re-sync.
             return;
         };
-        let Some(queue) = ingress.io().queues.get(self.index) else {
+        self.batch.clear();
+        let Some(received) = ingress.rx().recv_batch(self.index, &mut self.batch) else {
             return;
         };
-        self.batch.clear();
-        let received = queue.lock().recv_batch(&mut self.batch);
         if let Err(error) = received {
             let counters = &self.shared.counters[self.index];
             if !matches!(
@@ -703,37 +607,20 @@ impl Worker {
             snapshot,
             fdb: &shared.fdb,
             neighbors: &shared.neighbors,
+            remote_fdb: &shared.remote_fdb,
             now_ms: now,
         };
         self.verdicts.clear();
         self.local.out.generated.clear();
         let mut rx_bytes = 0u64;
         let (mut learned, mut moved, mut limited) = (0u64, 0u64, 0u64);
-        let mut completed = 0u64;
         for i in 0..frames {
             // Frames generated while processing frame i leave right after it.
             self.local.out.generated.set_position(i + 1);
             let peer = self.batch.peer(i);
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
-            let outcome = match ingress {
-                Device::Port(port) => pipeline::process(&ctx, port, frame, &mut self.local),
-                Device::Uplink(uplink) => {
-                    pipeline::process_uplink(&ctx, uplink, frame, &mut self.local)
-                }
-                Device::Vtep(vtep) => match pipeline::vxlan::decap(snapshot, vtep, frame) {
-                    Ok(tunnel) => {
-                        learn_remote(shared, tunnel, frame, peer, now);
-                        if !pipeline::vxlan::adopt_super_frame(frame, tunnel.mtu)
-                            && pipeline::vxlan::complete_inner_checksum(frame)
-                        {
-                            completed += 1;
-                        }
-                        pipeline::process_tunnel(&ctx, tunnel, frame, &mut self.local)
-                    }
-                    Err(reason) => pipeline::Outcome::dropped(reason),
-                },
-            };
+            let outcome = pipeline::input(&ctx, ingress, frame, peer, &mut self.local);
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
                 Some(Learn::Moved { .. }) => moved += 1,
@@ -750,13 +637,12 @@ impl Worker {
             (Event::MacLearned, learned),
             (Event::MacMoved, moved),
             (Event::MacLimitReached, limited),
-            (Event::ChecksumCompleted, completed),
         ] {
             if n > 0 {
                 counters.add_event(event, n);
             }
         }
-        let from = Ingress {
+        let from = Source {
             port: id,
             subnet: ingress.segment(),
         };
@@ -789,6 +675,7 @@ impl Worker {
                 snapshot,
                 fdb: &shared.fdb,
                 neighbors: &shared.neighbors,
+                remote_fdb: &shared.remote_fdb,
                 now_ms: now,
             };
             l3::service_held(&ctx, &mut self.local, |port, cause| {
@@ -822,7 +709,7 @@ impl Worker {
 
     /// Sends the batch's frames (`self.verdicts`, one per frame of `self.batch`) and the
     /// generated frames to their destinations, one lock per destination queue, in order.
-    fn transmit(&mut self, snapshot: &Snapshot, ingress: Option<Ingress>, now: u64) {
+    fn transmit(&mut self, snapshot: &Snapshot, ingress: Option<Source>, now: u64) {
         let Worker {
             index,
             shared,
@@ -846,17 +733,34 @@ impl Worker {
                 .chain(generated.metas().iter().map(|meta| meta.verdict)),
         );
         let counters = &shared.counters[*index];
-        let frames = verdicts.len();
         for destination in plan.destinations() {
             let wants = |verdict: Verdict| destination.wants(verdict, ingress);
-            let egress = Device::find(snapshot, destination.port);
-            let Some((port, queue)) =
-                egress.and_then(|port| port.io().queues.get(*index).map(|queue| (port, queue)))
-            else {
+            // The egress adjacency says where this worker writes: a device's queue, or (a
+            // tunnel) the VTEP's, through the vxlan-encap stage.
+            let adjacency = snapshot.adjacency(destination.port);
+            let target = adjacency.and_then(|adjacency| {
+                let target = match adjacency.egress {
+                    Egress::Queue(io) | Egress::Uplink(io) => {
+                        Target::Queue(io.queues.get(*index)?, io.capabilities)
+                    }
+                    Egress::Tunnel(tunnel) => {
+                        let vtep = snapshot.vtep.as_ref()?;
+                        let tx = vxlan_encap::TunnelTx {
+                            tunnel,
+                            config: &vtep.encap,
+                            remote_fdb: &shared.remote_fdb,
+                            now_ms: now,
+                        };
+                        Target::Tunnel(vtep.io.queues.get(*index)?, tx)
+                    }
+                };
+                Some((adjacency, target))
+            });
+            let Some((adjacency, target)) = target else {
                 // Counted on the egress port when it exists, else on the ingress port (for
                 // frames outside a batch: on the egress port id, if it is still counted).
-                let on = egress
-                    .map(|port| port.id())
+                let on = adjacency
+                    .map(|adjacency| adjacency.id)
                     .or(ingress.map(|ingress| ingress.port))
                     .unwrap_or(destination.port);
                 let wanted = verdicts.iter().filter(|v| wants(**v)).count()
@@ -868,78 +772,56 @@ impl Worker {
                 count_drop(counters, on, tx::DropReason::NoQueue.into(), count(wanted));
                 continue;
             };
-            let tunnel = match (port, &snapshot.vtep) {
-                (Device::Port(entry), Some(vtep)) => entry.tunnel.as_ref().map(|tunnel| TunnelTx {
-                    tunnel,
-                    encap: &vtep.encap,
-                    mtu: entry.mtu,
-                    remote_fdb: &shared.remote_fdb,
-                }),
-                _ => None,
+            let mut account = TxAccount {
+                counters,
+                port: adjacency.id,
+                name: adjacency.name,
+                log: &mut logs.tx_error,
+                worker: *index,
+                now,
+                tally: TxTally::default(),
+                ledger: &mut ledger[..],
             };
-            // TCP segments (from the overlay, typically) are merged into super-frames for a
-            // port that takes them: one write and one pass of the container's TCP stack per
-            // 64 KB instead of per segment, as GRO does in the kernel.
-            let capabilities = port.io().capabilities;
-            let gro = (tunnel.is_none()
-                && capabilities.vnet_hdr
-                && capabilities.tx_gso
-                && capabilities.tx_partial_csum)
-                .then_some(&mut *coalescer);
-            let mut guard = queue.lock();
-            let mut sender = Sender {
-                capabilities: port.io().capabilities,
-                queue: &mut guard,
-                account: TxAccount {
-                    counters,
-                    port: port.id(),
-                    name: port.name(),
-                    log: &mut logs.tx_error,
-                    worker: *index,
-                    now,
-                    tally: TxTally::default(),
-                    ledger: &mut ledger[..],
-                },
-                tunnel,
-                segmenter,
-                gro,
+            let flushed = match target {
+                Target::Queue(queue, capabilities) => {
+                    // TCP segments (from the overlay, typically) are merged into super-frames
+                    // for a device that takes them.
+                    let gro = tx::coalesces(&capabilities).then_some(&mut *coalescer);
+                    let mut guard = queue.lock();
+                    let mut sender = Sender {
+                        capabilities,
+                        queue: &mut guard,
+                        account: &mut account,
+                        gro,
+                    };
+                    in_order(batch, verdicts, generated, wants, |frame, origin| {
+                        sender.send(frame, origin);
+                    });
+                    sender.finish();
+                    // After the flush: frames the kernel refused there are taken off the tally.
+                    sender.flush()
+                }
+                Target::Tunnel(queue, tunnel) => {
+                    let mut vtep = queue.lock();
+                    in_order(batch, verdicts, generated, wants, |frame, origin| {
+                        let sent = vxlan_encap::send(&tunnel, frame, segmenter, &mut *vtep);
+                        account.encapsulated(origin, &sent);
+                    });
+                    // Packets the kernel refuses here are counted by the VTEP (`send_errors`).
+                    vtep.flush()
+                }
             };
-            // Merge by position: the generated frames that go before batch frame i, then i;
-            // those positioned past the batch (outside a batch: all of them) at the end.
-            let mut g = 0;
-            for position in 0..=frames {
-                while let Some(meta) = generated.meta(g).copied() {
-                    if meta.after > position && position < frames {
-                        break;
-                    }
-                    if wants(meta.verdict) {
-                        if let Some(frame) = generated.frame_mut(g) {
-                            sender.send(frame, meta.origin);
-                        }
-                    }
-                    g += 1;
-                }
-                if let Some(&verdict) = verdicts.get(position) {
-                    if wants(verdict) {
-                        sender.send(batch.frame_mut(position), Origin::Routed);
-                    }
-                }
-            }
-            sender.finish();
-            // After the flush: frames the kernel refused there are taken off the tally.
-            let flushed = sender.flush();
-            let tally = sender.account.tally;
-            drop(guard);
+            let tally = account.tally;
             if let Err(error) = flushed {
                 counters.add_event(Event::FlushError, 1);
                 if let Some(suppressed) = logs.flush_error.check(now) {
-                    warn!(worker = *index, port = %port.name(), %error, suppressed, "flushing a port queue failed");
+                    warn!(worker = *index, port = %adjacency.name, %error, suppressed, "flushing a port queue failed");
                 }
             }
-            counters.add_tx(port.id(), tally.packets, tally.bytes);
+            counters.add_tx(adjacency.id, tally.packets, tally.bytes);
             if tally.generated_packets > 0 {
                 counters.add_tx_generated(
-                    port.id(),
+                    adjacency.id,
                     tally.generated_packets,
                     tally.generated_bytes,
                 );
@@ -1031,6 +913,26 @@ impl TxAccount<'_> {
         }
     }
 
+    /// Counts what `vxlan-encap` did with one frame of `origin`: the packets the VTEP took,
+    /// a completed checksum, the frame's drop and the packets the VTEP refused.
+    fn encapsulated(&mut self, origin: Origin, sent: &vxlan_encap::Sent) {
+        self.tally.add(origin, sent.packets, sent.bytes);
+        if sent.checksum_completed {
+            self.tally.completed += 1;
+        }
+        if let Some(cause) = sent.dropped {
+            count_drop(self.counters, self.port, cause, 1);
+        }
+        if sent.refused > 0 {
+            count_drop(
+                self.counters,
+                self.port,
+                vxlan_encap::DropReason::Encap.into(),
+                sent.refused,
+            );
+        }
+    }
+
     /// The frame queued at `position`, refused by the kernel at a flush: what the tally
     /// counted for it is taken back and it is counted as a drop.
     fn refused_queued(&mut self, position: usize, error: &io::Error) {
@@ -1041,27 +943,54 @@ impl TxAccount<'_> {
     }
 }
 
-/// What sending into a subnet's tunnel needs.
-#[derive(Clone, Copy)]
-struct TunnelTx<'a> {
-    tunnel: &'a Tunnel,
-    encap: &'a vxlan::VxlanEncapConfig,
-    /// The subnet's MTU (L3).
-    mtu: u16,
-    remote_fdb: &'a vxlan::VxlanSharedFdb,
+/// Where one worker writes a destination's frames, from its egress adjacency.
+enum Target<'a> {
+    /// A device's queue, and what the device takes.
+    Queue(&'a Mutex<PortQueue>, Capabilities),
+    /// The VTEP's queue, for the `vxlan-encap` stage into this tunnel.
+    Tunnel(&'a Mutex<VtepQueue>, vxlan_encap::TunnelTx<'a>),
 }
 
-/// Sends frames to one destination queue (locked once for the batch) and counts them.
-struct Sender<'a> {
+/// Hands `send` the frames that a destination `wants` (by verdict), in order: the generated
+/// frames positioned before batch frame `i`, then `i`; those positioned past the batch
+/// (outside a batch: all of them) at the end.
+fn in_order(
+    batch: &mut RxBatch,
+    verdicts: &[Verdict],
+    generated: &mut Generated,
+    wants: impl Fn(Verdict) -> bool,
+    mut send: impl FnMut(&mut [u8], Origin),
+) {
+    let frames = verdicts.len();
+    let mut g = 0;
+    for position in 0..=frames {
+        while let Some(meta) = generated.meta(g).copied() {
+            if meta.after > position && position < frames {
+                break;
+            }
+            if wants(meta.verdict) {
+                if let Some(frame) = generated.frame_mut(g) {
+                    send(frame, meta.origin);
+                }
+            }
+            g += 1;
+        }
+        if let Some(&verdict) = verdicts.get(position) {
+            if wants(verdict) {
+                send(batch.frame_mut(position), Origin::Routed);
+            }
+        }
+    }
+}
+
+/// Sends frames to one device queue (locked once for the batch) and counts them.
+struct Sender<'q, 'a> {
     capabilities: Capabilities,
-    queue: &'a mut PortQueue,
+    queue: &'q mut PortQueue,
     /// Where what happens to the frames is counted.
-    account: TxAccount<'a>,
-    /// Set when the destination is a subnet's tunnel (the queue is the VTEP's).
-    tunnel: Option<TunnelTx<'a>>,
-    segmenter: &'a mut Segmenter,
+    account: &'q mut TxAccount<'a>,
     /// Set when the destination takes TCP super-frames: routed frames go through it.
-    gro: Option<&'a mut Coalescer>,
+    gro: Option<&'q mut Coalescer>,
 }
 
 /// Writes one frame to `queue` (sent at once, or queued for the flush at the end of the
@@ -1087,144 +1016,9 @@ fn write_frame(queue: &mut PortQueue, account: &mut TxAccount<'_>, frame: &[u8],
     }
 }
 
-impl Sender<'_> {
-    /// Encapsulates `frame` for the tunnel's remote VTEP(s): the one its destination MAC was
-    /// learned behind, else all of them (head-end replication); GSO frames are segmented
-    /// first. Every failure is a counted drop.
-    fn send_tunnel(&mut self, frame: &mut [u8], origin: Origin, tx: TunnelTx<'_>) {
-        let drop = |sender: &Sender<'_>, reason: pipeline::vxlan::DropReason| {
-            count_drop(
-                sender.account.counters,
-                sender.account.port,
-                reason.into(),
-                1,
-            );
-        };
-        let Some(dst) = frame
-            .get(VNET_HDR_LEN..VNET_HDR_LEN + 6)
-            .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
-        else {
-            count_drop(
-                self.account.counters,
-                self.account.port,
-                tx::DropReason::Truncated.into(),
-                1,
-            );
-            return;
-        };
-        let vni = tx.tunnel.vni;
-        let learned = if dst[0] & 1 == 0 {
-            tx.remote_fdb
-                .lookup(vni, dst, self.account.now)
-                .and_then(|vtep| match vtep.ip {
-                    std::net::IpAddr::V4(ip) => Some(ip),
-                    std::net::IpAddr::V6(_) => None,
-                })
-        } else {
-            None
-        };
-        let single;
-        let targets: &[std::net::Ipv4Addr] = match learned {
-            Some(ip) => {
-                single = [ip];
-                &single
-            }
-            None => &tx.tunnel.remotes,
-        };
-        if targets.is_empty() {
-            drop(self, pipeline::vxlan::DropReason::NoRemote);
-            return;
-        }
-        let is_gso = crate::wire::VnetPacket::new_checked(&*frame).is_ok_and(|p| p.is_gso());
-        let Sender {
-            queue,
-            segmenter,
-            account,
-            ..
-        } = self;
-        let TxAccount {
-            tally,
-            counters,
-            port,
-            ..
-        } = account;
-        let PortQueue::Vxlan(vtep) = &mut **queue else {
-            count_drop(counters, *port, tx::DropReason::NoQueue.into(), 1);
-            return;
-        };
-        let mut failed = 0u64;
-        let mut send = |inner: &[u8]| {
-            for &remote in targets {
-                match vtep.send_encap(inner, vni, remote, tx.encap) {
-                    Ok(()) => {
-                        let bytes = u64::try_from(inner.len()).unwrap_or(u64::MAX);
-                        tally.add(origin, 1, bytes);
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
-        };
-        if is_gso {
-            // One UDP_SEGMENT send per remote: the super-frame crosses the stack as one
-            // packet per 64 KB instead of one per segment.
-            for &remote in targets {
-                match vtep.send_encap_gso(frame, segmenter, vni, remote, tx.encap) {
-                    Ok(sent) => {
-                        let packets = u64::try_from(sent.segments).unwrap_or(u64::MAX);
-                        tally.add(origin, packets, sent.bytes);
-                        failed += u64::try_from(sent.failed).unwrap_or(u64::MAX);
-                    }
-                    Err(_) => {
-                        count_drop(
-                            counters,
-                            *port,
-                            pipeline::vxlan::DropReason::Segment.into(),
-                            1,
-                        );
-                        return;
-                    }
-                }
-            }
-        } else {
-            let capabilities = Capabilities::default();
-            let completed = match tx::prepare(frame, &capabilities) {
-                Ok(prepared) => prepared == Prepared::ChecksumCompleted,
-                Err(reason) => {
-                    count_drop(counters, *port, reason.into(), 1);
-                    return;
-                }
-            };
-            let inner = &frame[VNET_HDR_LEN..];
-            if pipeline::vxlan::exceeds_mtu(inner, tx.mtu) {
-                count_drop(
-                    counters,
-                    *port,
-                    pipeline::vxlan::DropReason::TooBig.into(),
-                    1,
-                );
-            } else {
-                send(inner);
-            }
-            if completed {
-                tally.completed += 1;
-            }
-        }
-        if failed > 0 {
-            count_drop(
-                counters,
-                *port,
-                pipeline::vxlan::DropReason::Encap.into(),
-                failed,
-            );
-        }
-    }
-
+impl Sender<'_, '_> {
     /// Adapts `frame` to the port and sends it; every failure is a counted drop.
     fn send(&mut self, frame: &mut [u8], origin: Origin) {
-        if let Some(tunnel) = self.tunnel {
-            self.send_tunnel(frame, origin, tunnel);
-            return;
-        }
         match tx::prepare(frame, &self.capabilities) {
             Ok(Prepared::Unchanged) => {}
             Ok(Prepared::ChecksumCompleted) => self.account.tally.completed += 1,
@@ -1291,7 +1085,7 @@ mod tests {
         plan.destinations().iter().map(|d| d.port.0).collect()
     }
 
-    const FROM_ONE: Option<Ingress> = Some(Ingress {
+    const FROM_ONE: Option<Source> = Some(Source {
         port: PortId(1),
         subnet: SubnetId(1),
     });

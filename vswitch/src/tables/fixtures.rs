@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::port::{Capabilities, PortId, PortIo, PortKind};
 use crate::tables::snapshot::{
-    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry,
-    RouteOrigin, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
+    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkEntry, NetworkId, NextHop, PortEntry,
+    RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId, Tunnel, UplinkEntry, VtepEntry,
 };
 
 /// MAC of port 1 (subnet 1, 172.30.0.2).
@@ -41,13 +41,12 @@ fn port(id: u32, subnet: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> PortEntry {
         mtu: 1500,
         allowed_sources: Vec::new(),
         proxy_arp: false,
-        tunnel: None,
-        io: Arc::new(PortIo {
+        egress: Egress::Queue(Arc::new(PortIo {
             kind: PortKind::Tap,
             queues: Vec::new(),
             capabilities: Capabilities::default(),
             host_ifname: None,
-        }),
+        })),
     }
 }
 
@@ -228,4 +227,48 @@ pub fn uplink_snapshot_with(rules: nat::NatRules) -> Snapshot {
 /// [`uplink_snapshot_with`] [`nat_rules`].
 pub fn uplink_snapshot() -> Snapshot {
     uplink_snapshot_with(nat_rules())
+}
+
+/// The tunnel port of subnet 1 (`blue`) in [`overlay_snapshot`].
+pub const TUNNEL: PortId = PortId(20);
+/// The VTEP's id (its counters) in [`overlay_snapshot`].
+pub const VTEP: PortId = PortId(21);
+/// Subnet 1's VNI in [`overlay_snapshot`].
+pub const BLUE_VNI: u32 = 42;
+/// The remote VTEP of subnet 1 in [`overlay_snapshot`].
+pub const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+/// A second remote VTEP of subnet 1 in [`overlay_snapshot`].
+pub const OTHER_VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 3);
+
+/// [`snapshot`] with subnet 1 (`blue`) stretched over the overlay: its tunnel port
+/// [`TUNNEL`] (VNI [`BLUE_VNI`], overlay MTU 1450, remote VTEPs [`REMOTE_VTEP`] and
+/// [`OTHER_VTEP`]) and the VTEP [`VTEP`] on 192.168.50.1:4789, with no queues.
+pub fn overlay_snapshot() -> Snapshot {
+    let vni = vxlan::Vni::new(BLUE_VNI).expect("valid VNI");
+    let tunnel = PortEntry {
+        id: TUNNEL,
+        name: "vxlan/blue".into(),
+        subnet: SubnetId(1),
+        mac: [0; 6],
+        ips: Vec::new(),
+        mtu: 1450,
+        allowed_sources: Vec::new(),
+        proxy_arp: false,
+        egress: Egress::Tunnel(Tunnel {
+            vni,
+            remotes: vec![REMOTE_VTEP, OTHER_VTEP],
+            mtu: 1450,
+        }),
+    };
+    let vtep = VtepEntry {
+        id: VTEP,
+        local: "192.168.50.1:4789".parse().expect("address"),
+        encap: vxlan::VxlanEncapConfig::default(),
+        io: Arc::new(crate::port::Vtep {
+            local: "192.168.50.1:4789".parse().expect("address"),
+            queues: Vec::new(),
+        }),
+        tunnels: std::collections::HashMap::from([(BLUE_VNI, TUNNEL)]),
+    };
+    snapshot_with_ports(vec![tunnel]).with_vtep(Some(vtep))
 }

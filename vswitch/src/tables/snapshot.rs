@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use prefix_trie::PrefixMap;
 
-use crate::port::{PortId, PortIo};
+use crate::port::{PortId, PortIo, RxQueues, Vtep};
 
 /// Identifies a Subnet (an L2 segment) inside one daemon run; learned MACs are keyed by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,14 +42,50 @@ pub struct PortEntry {
     /// Further IPv4 sources the port may send from: the destinations of Routes whose next
     /// hop is one of the port's addresses (the port is a router for them).
     pub allowed_sources: Vec<Ipv4Net>,
-    /// The opened device (for a tunnel: the VTEP's, whose queues the tunnel sends through).
-    pub io: Arc<PortIo>,
     /// Answer ARP for any address but the port's own with the gateway's MAC (the hub's host
     /// port, whose stack treats the whole overlay as on-link).
     pub proxy_arp: bool,
-    /// Set when the port is a subnet's tunnel over the overlay rather than a device: frames
-    /// forwarded to it are encapsulated with the VNI and sent to the remote VTEP(s).
-    pub tunnel: Option<Tunnel>,
+    /// How frames forwarded to the port leave: its device's queues, or (a stretched
+    /// subnet's tunnel) the overlay.
+    pub egress: Egress,
+}
+
+impl PortEntry {
+    /// The opened device whose queues the port is read from and written to; `None` for a
+    /// subnet's tunnel, which has no device of its own.
+    #[inline]
+    pub fn io(&self) -> Option<&Arc<PortIo>> {
+        match &self.egress {
+            Egress::Queue(io) | Egress::Uplink(io) => Some(io),
+            Egress::Tunnel(_) => None,
+        }
+    }
+
+    /// The tunnel, when the port is a stretched subnet's tunnel over the overlay.
+    #[inline]
+    pub fn tunnel(&self) -> Option<&Tunnel> {
+        match &self.egress {
+            Egress::Tunnel(tunnel) => Some(tunnel),
+            Egress::Queue(_) | Egress::Uplink(_) => None,
+        }
+    }
+}
+
+/// The egress adjacency of a port id: how a frame forwarded to it leaves the switch. The
+/// controller compiles one into every [`PortEntry`] (and the snapshot makes one for the
+/// uplink); the worker's transmit looks it up once per destination and batch
+/// ([`Snapshot::adjacency`]) instead of asking what kind of port it is.
+#[derive(Debug, Clone)]
+pub enum Egress {
+    /// Written to a device's queue (a container's TAP, a veth's AF_PACKET socket), adapted
+    /// to what the device takes (`pipeline::tx`), TCP segments coalesced for a device that
+    /// takes super-frames.
+    Queue(Arc<PortIo>),
+    /// Encapsulated into the overlay by the `vxlan-encap` stage and sent from the VTEP's
+    /// queue: to the VTEP learned for the destination MAC, else to every remote VTEP.
+    Tunnel(Tunnel),
+    /// Written to the uplink's queue (AF_PACKET), as a device's.
+    Uplink(Arc<PortIo>),
 }
 
 /// A subnet's tunnel: the virtual port through which a stretched subnet reaches the other
@@ -61,21 +97,96 @@ pub struct Tunnel {
     pub vni: vxlan::Vni,
     /// The remote VTEPs that get broadcast and unknown unicast (head-end replication).
     pub remotes: Vec<Ipv4Addr>,
+    /// The overlay MTU (L3): an inner frame must fit it (GSO frames are cut to it).
+    pub mtu: u16,
 }
 
-/// The node's VXLAN tunnel endpoint, served by the workers like a port.
+/// A destination as the transmit path sees it: the port (or uplink) id its counters are
+/// kept under, its name for log lines, and its egress adjacency.
+#[derive(Debug, Clone, Copy)]
+pub struct Adjacency<'a> {
+    /// The port id (or the uplink's).
+    pub id: PortId,
+    /// The NetworkInterface's, tunnel's or Uplink's name.
+    pub name: &'a str,
+    /// How frames leave.
+    pub egress: &'a Egress,
+}
+
+/// The node's VXLAN tunnel endpoint. Not a port: the workers poll its queues and run
+/// `vxlan-input` on what they read; frames reach it only through a tunnel port's egress
+/// ([`Egress::Tunnel`], the `vxlan-encap` stage).
 #[derive(Debug, Clone)]
 pub struct VtepEntry {
-    /// Port id of the VTEP (counters, epoll token); never a NetworkInterface's.
+    /// The id its counters are kept under (and its epoll token): taken from the port ids so
+    /// that it shares their counter arrays, but no port has it and nothing forwards to it.
     pub id: PortId,
     /// The local address and UDP port.
     pub local: std::net::SocketAddrV4,
     /// How outer headers are built.
     pub encap: vxlan::VxlanEncapConfig,
     /// The opened sockets (one queue per worker).
-    pub io: Arc<PortIo>,
+    pub io: Arc<Vtep>,
     /// VNI -> the tunnel port of the subnet with that VNI.
     pub tunnels: std::collections::HashMap<u32, PortId>,
+}
+
+impl VtepEntry {
+    /// The name its counters are reported under (`/v1/stats`, `vswitchctl stats`).
+    pub const NAME: &'static str = "vxlan";
+}
+
+/// Something the workers poll, as the snapshot lists it: a NetworkInterface's port (with
+/// its device), the uplink, or the VTEP. Each is read the same way ([`Ingress::rx`]); what
+/// runs on its frames first is the pipeline's choice (`pipeline::input`).
+#[derive(Debug, Clone, Copy)]
+pub enum Ingress<'a> {
+    /// A port and its device (a subnet's tunnel has none and is not polled).
+    Port(&'a PortEntry, &'a Arc<PortIo>),
+    /// The uplink.
+    Uplink(&'a UplinkEntry),
+    /// The VTEP.
+    Vtep(&'a VtepEntry),
+}
+
+impl<'a> Ingress<'a> {
+    /// The id its counters are kept under (and its epoll token).
+    pub fn id(self) -> PortId {
+        match self {
+            Ingress::Port(port, _) => port.id,
+            Ingress::Uplink(uplink) => uplink.id,
+            Ingress::Vtep(vtep) => vtep.id,
+        }
+    }
+
+    /// Its name, for log lines.
+    pub fn name(self) -> &'a str {
+        match self {
+            Ingress::Port(port, _) => &port.name,
+            Ingress::Uplink(uplink) => &uplink.name,
+            Ingress::Vtep(_) => VtepEntry::NAME,
+        }
+    }
+
+    /// The queues the workers read.
+    pub fn rx(self) -> RxQueues<'a> {
+        match self {
+            Ingress::Port(_, io) => RxQueues::Device(io),
+            Ingress::Uplink(uplink) => RxQueues::Device(&uplink.io),
+            Ingress::Vtep(vtep) => RxQueues::Vtep(&vtep.io),
+        }
+    }
+
+    /// The segment an L2 flood of its frames goes to (a port's subnet; the uplink's segment,
+    /// which is never flooded; none for the VTEP, whose frames flood their tunnel's subnet
+    /// explicitly).
+    pub fn segment(self) -> SubnetId {
+        match self {
+            Ingress::Port(port, _) => port.subnet,
+            Ingress::Uplink(uplink) => uplink.segment,
+            Ingress::Vtep(_) => SubnetId(u32::MAX),
+        }
+    }
 }
 
 /// A subnet (L2 segment) as the datapath sees it.
@@ -231,6 +342,8 @@ pub struct Snapshot {
     pub uplink: Option<UplinkEntry>,
     /// The VTEP, when an Overlay is configured.
     pub vtep: Option<VtepEntry>,
+    /// The uplink's egress adjacency (set with [`with_uplink`](Snapshot::with_uplink)).
+    uplink_egress: Option<Egress>,
     /// NAT rules (NATGateways, PortForwards, VirtualIPs) compiled by the controller. Zones
     /// are Network ids (`nat::Zone(network_id.0)`), interfaces are port ids
     /// (`nat::InterfaceId(port_id.0)`).
@@ -280,6 +393,7 @@ impl Snapshot {
             network_slots: Vec::new(),
             uplink: None,
             vtep: None,
+            uplink_egress: None,
             nat: Arc::new(nat::NatRules::new()),
             conntrack: default_conntrack(),
         }
@@ -287,6 +401,9 @@ impl Snapshot {
 
     /// Sets the uplink.
     pub fn with_uplink(mut self, uplink: Option<UplinkEntry>) -> Snapshot {
+        self.uplink_egress = uplink
+            .as_ref()
+            .map(|uplink| Egress::Uplink(Arc::clone(&uplink.io)));
         self.uplink = uplink;
         self
     }
@@ -347,6 +464,53 @@ impl Snapshot {
         self.ports.get(index)
     }
 
+    /// The destination `id` (a port, or the uplink) with its egress adjacency, if it exists
+    /// in this snapshot.
+    #[inline]
+    pub fn adjacency(&self, id: PortId) -> Option<Adjacency<'_>> {
+        if let Some(port) = self.port(id) {
+            return Some(Adjacency {
+                id,
+                name: &port.name,
+                egress: &port.egress,
+            });
+        }
+        match (&self.uplink, &self.uplink_egress) {
+            (Some(uplink), Some(egress)) if uplink.id == id => Some(Adjacency {
+                id,
+                name: &uplink.name,
+                egress,
+            }),
+            _ => None,
+        }
+    }
+
+    /// What the workers poll under id `id`: a port with a device, the uplink or the VTEP.
+    #[inline]
+    pub fn ingress(&self, id: PortId) -> Option<Ingress<'_>> {
+        if let Some(port) = self.port(id) {
+            return port.io().map(|io| Ingress::Port(port, io));
+        }
+        if let Some(vtep) = self.vtep.as_ref().filter(|vtep| vtep.id == id) {
+            return Some(Ingress::Vtep(vtep));
+        }
+        self.uplink
+            .as_ref()
+            .filter(|uplink| uplink.id == id)
+            .map(Ingress::Uplink)
+    }
+
+    /// Everything the workers poll: the ports with a device, then the uplink and the VTEP.
+    pub fn ingresses(&self) -> impl Iterator<Item = Ingress<'_>> {
+        let ports = self
+            .ports
+            .iter()
+            .filter_map(|port| port.io().map(|io| Ingress::Port(port, io)));
+        ports
+            .chain(self.uplink.iter().map(Ingress::Uplink))
+            .chain(self.vtep.iter().map(Ingress::Vtep))
+    }
+
     /// The subnet with this id, if it exists in this snapshot.
     #[inline]
     pub fn subnet(&self, id: SubnetId) -> Option<&SubnetEntry> {
@@ -394,6 +558,42 @@ mod tests {
         assert_eq!(hit("10.2.0.1"), Some(1));
         assert_eq!(hit("11.0.0.1"), None);
         assert_eq!(network.routes().count(), 2);
+    }
+
+    #[test]
+    fn every_destination_has_one_adjacency() {
+        use crate::tables::fixtures::{UPLINK, snapshot_with_ports, uplink_snapshot};
+        let snapshot = uplink_snapshot();
+        let port = snapshot.adjacency(PortId(1)).expect("port 1");
+        assert_eq!((port.id, port.name), (PortId(1), "port1"));
+        assert!(matches!(port.egress, Egress::Queue(_)));
+        let uplink = snapshot.adjacency(UPLINK).expect("the uplink");
+        assert_eq!(uplink.name, "up");
+        assert!(matches!(uplink.egress, Egress::Uplink(_)));
+        assert!(snapshot.adjacency(PortId(77)).is_none());
+        // A tunnel's adjacency is the overlay: no device, no queue of its own.
+        let tunnel = PortEntry {
+            id: PortId(9),
+            name: "vxlan/blue".into(),
+            subnet: SubnetId(1),
+            mac: [0; 6],
+            ips: Vec::new(),
+            mtu: 1450,
+            allowed_sources: Vec::new(),
+            proxy_arp: false,
+            egress: Egress::Tunnel(Tunnel {
+                vni: vxlan::Vni::new(42).expect("vni"),
+                remotes: vec![Ipv4Addr::new(192, 0, 2, 2)],
+                mtu: 1450,
+            }),
+        };
+        let snapshot = snapshot_with_ports(vec![tunnel]);
+        let entry = snapshot.port(PortId(9)).expect("tunnel");
+        assert!(entry.io().is_none());
+        assert_eq!(entry.tunnel().map(|t| t.mtu), Some(1450));
+        let adjacency = snapshot.adjacency(PortId(9)).expect("tunnel");
+        assert!(matches!(adjacency.egress, Egress::Tunnel(t) if t.remotes.len() == 1));
+        assert!(snapshot.port(PortId(1)).and_then(PortEntry::io).is_some());
     }
 
     proptest::proptest! {

@@ -13,6 +13,7 @@ use crate::control::{nat_rules, overlay, routing};
 use crate::port::PortId;
 use crate::runtime::Engine;
 use crate::tables::snapshot::UplinkEntry;
+use crate::tables::snapshot::{Egress, Tunnel};
 use crate::tables::snapshot::{
     NetworkEntry, NetworkId, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId,
 };
@@ -99,9 +100,8 @@ fn compile(inner: &Inner) -> Snapshot {
             ips,
             mtu: overlay::interface_mtu(state, nic, subnet),
             allowed_sources,
-            io: Arc::clone(&port.io),
             proxy_arp: false,
-            tunnel: None,
+            egress: Egress::Queue(Arc::clone(&port.io)),
         });
         floods
             .entry(nic.spec.subnet.as_str())
@@ -111,7 +111,7 @@ fn compile(inner: &Inner) -> Snapshot {
     // Each stretched Subnet's tunnel: a port that sends through the VTEP.
     let mut tunnels = std::collections::HashMap::new();
     let overlay = state.overlays.values().next();
-    if let (Some(vtep), Some(overlay)) = (&inner.vtep, overlay) {
+    if let (Some(_), Some(overlay)) = (&inner.vtep, overlay) {
         for (name, id) in &inner.tunnel_ids {
             let (Some(subnet), Some(subnet_id)) =
                 (state.subnets.get(name), inner.subnet_ids.get(name))
@@ -126,17 +126,17 @@ fn compile(inner: &Inner) -> Snapshot {
             } else {
                 subnet.spec.remote_vteps.clone()
             };
+            let mtu = overlay::subnet_mtu(state, subnet);
             ports.push(PortEntry {
                 id: *id,
                 name: format!("vxlan/{name}"),
                 subnet: *subnet_id,
                 mac: [0; 6],
                 ips: Vec::new(),
-                mtu: overlay::subnet_mtu(state, subnet),
+                mtu,
                 allowed_sources: Vec::new(),
-                io: Arc::clone(&vtep.io),
                 proxy_arp: false,
-                tunnel: Some(crate::tables::snapshot::Tunnel { vni, remotes }),
+                egress: Egress::Tunnel(Tunnel { vni, remotes, mtu }),
             });
             floods.entry(name.as_str()).or_default().push(*id);
             tunnels.insert(u32::from(vni), *id);

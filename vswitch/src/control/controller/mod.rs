@@ -213,7 +213,7 @@ struct Inner {
 struct OpenVtep {
     local: std::net::SocketAddrV4,
     id: PortId,
-    io: Arc<PortIo>,
+    io: Arc<port::Vtep>,
 }
 
 #[derive(Debug)]
@@ -377,7 +377,7 @@ impl Controller {
         if let Some(overlay) = inner.state.overlays.values().next().cloned() {
             let local = std::net::SocketAddrV4::new(overlay.spec.local_address, overlay.spec.port);
             let name = overlay.metadata.name.clone();
-            let opened = port::vxlan::open(local, workers);
+            let opened = port::vtep::open(local, workers);
             let status = match opened {
                 Ok(io) => {
                     install_vtep(&engine, &mut inner, local, io);

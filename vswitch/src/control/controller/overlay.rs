@@ -16,7 +16,7 @@ use crate::control::resource::{
 };
 use crate::control::store::State;
 use crate::control::validate::{self, Mode};
-use crate::port::{PortId, PortIo};
+use crate::port::{self, PortId};
 use crate::runtime::Engine;
 
 /// What the overlay agent (the hub's registration API, or a runner's registration loop)
@@ -349,7 +349,7 @@ pub(super) fn install_vtep(
     engine: &Engine,
     inner: &mut Inner,
     local: std::net::SocketAddrV4,
-    io: PortIo,
+    io: port::Vtep,
 ) {
     let Some(id) = inner.port_ids.allocate().map(PortId) else {
         tracing::error!("no port id left for the VTEP; the overlay carries no traffic");

@@ -77,7 +77,7 @@ impl Controller {
         let mut new_vtep = None;
         if let Some((name, local)) = &vtep_wanted {
             if inner.vtep.as_ref().map(|v| v.local) != Some(*local) {
-                let io = port::vxlan::open(*local, workers).map_err(|err| {
+                let io = port::vtep::open(*local, workers).map_err(|err| {
                     origin_of(Kind::Overlay, name).invalid(
                         "spec.localAddress",
                         format!("cannot open the VTEP on {local}: {err}"),
@@ -638,7 +638,7 @@ fn port_error(origin: &Origin, err: PortError) -> ApiError {
 /// Takes back sole ownership of a port's I/O once workers have moved on to a snapshot
 /// without it, so `port::detach` can close its queues first. Gives up after
 /// [`RETIRE_WAIT`]: the queues then close when the last worker drops them.
-pub(super) fn retire(io: Arc<PortIo>) -> Option<PortIo> {
+pub(super) fn retire<T>(io: Arc<T>) -> Option<T> {
     let deadline = Instant::now() + RETIRE_WAIT;
     let mut io = io;
     loop {

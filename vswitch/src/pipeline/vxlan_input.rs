@@ -1,32 +1,42 @@
-//! Stage `vxlan`: frames in and out of the overlay.
+//! Stage `vxlan-input`: a datagram received by the VTEP becomes a frame of a stretched
+//! subnet.
 //!
-//! In: a datagram received by the VTEP is `[RX_PAD][VXLAN header][inner Ethernet]` (see
-//! [`crate::port::vxlan`]). [`decap`] validates it in the Linux kernel's order (length, I
-//! flag, VNI, inner Ethernet header, reserved bits: `vxlan_rcv` drops frames with reserved
-//! bits set or an unknown VNI, and so do we), finds the tunnel port of the Subnet with that
-//! VNI, and turns the buffer into `[virtio_net_hdr][inner Ethernet]` in place. The worker
-//! then learns the inner source MAC behind the sending VTEP (the remote FDB) and runs the
-//! frame through [`super::process_tunnel`] as if it came from the tunnel port: learning,
-//! ARP for the gateway, routing, switching. Nothing is copied. A datagram that the VTEP
-//! merged in place from a run of TCP segments (its pad holds the run's MSS) becomes the GSO
-//! super-frame it is, as a TAP would have handed it over.
+//! The VTEP's queue ([`crate::port::vtep`]) hands every datagram over as
+//! `[RX_PAD][VXLAN header][inner Ethernet]` with the address of the VTEP that sent it.
+//! [`receive`] runs, for each one:
+//! 1. [`decap`]: validation in the Linux kernel's order (length, I flag, VNI, inner Ethernet
+//!    header, reserved bits: `vxlan_rcv` drops frames with reserved bits set or an unknown
+//!    VNI, and so do we), the tunnel port of the Subnet with that VNI, and the buffer turned
+//!    into `[virtio_net_hdr][inner Ethernet]` in place. Nothing is copied. A datagram that the
+//!    VTEP merged in place from a run of TCP segments (its pad holds the run's MSS) becomes
+//!    the GSO super-frame it is, as a TAP would have handed it over;
+//! 2. remote learning ([`learn_remote`]): the inner source MAC is learned behind the sending
+//!    VTEP in the remote FDB, which `vxlan-encap` reads to send unicast to one VTEP;
+//! 3. [`adopt_super_frame`] (a TCP burst that a Linux peer on a veth sent unsegmented becomes
+//!    a super-frame cut to the tunnel's MTU), else [`complete_inner_checksum`] (a peer's
+//!    partial checksum is completed; counted as `tx.checksum_completed`);
+//! 4. the ingress stages as if the frame came from the tunnel port
+//!    ([`super::process_tunnel`]): learning, ARP for the gateway, routing, switching, without
+//!    port security (the remote side has its own), and never flooded back into the overlay
+//!    (split horizon).
 //!
-//! Out: a frame forwarded to a tunnel port goes to the VTEP learned for its destination MAC,
-//! or, for broadcast and unknown unicast, to every remote VTEP of the subnet (head-end
-//! replication). Frames received from the overlay are never sent back into it (they are
-//! flooded to the subnet's local ports only: split horizon). A GSO super-frame is segmented
-//! in software first; partial checksums are completed; a frame that exceeds the overlay MTU
-//! is dropped and counted (`vxlan.too_big`).
+//! A datagram that fails validation is dropped under one of this stage's reasons (counted on
+//! the VTEP, under the name `vxlan` in the stats). The stage is a function of the snapshot,
+//! the shared tables (the remote FDB among them), the frame, its peer and the worker's
+//! [`Local`] state; it does no I/O.
+
+use std::net::SocketAddrV4;
 
 use vxlan::VxlanDecapError;
 
-use crate::port::vxlan::RX_PAD;
-use crate::tables::counters::keyed_enum;
+use super::{Context, Local, Outcome};
+use crate::port::vtep::RX_PAD;
+use crate::tables::counters::{Event, keyed_enum};
 use crate::tables::snapshot::{PortEntry, Snapshot, VtepEntry};
 use crate::wire::VNET_HDR_LEN;
 
 keyed_enum! {
-    /// Why `vxlan` dropped a frame (received from, or sent into, the overlay).
+    /// Why `vxlan-input` dropped a datagram received by the VTEP.
     pub enum DropReason {
         Truncated = "vxlan.truncated":
             "datagram on the VXLAN port shorter than a VXLAN header",
@@ -38,14 +48,6 @@ keyed_enum! {
             "VXLAN packet for a VNI that no stretched Subnet of this node has",
         InnerTruncated = "vxlan.inner_truncated":
             "VXLAN packet whose inner frame is shorter than an Ethernet header",
-        TooBig = "vxlan.too_big":
-            "frame larger than the overlay MTU allows once encapsulated",
-        NoRemote = "vxlan.no_remote":
-            "frame for the overlay, but the subnet has no remote VTEP to send it to",
-        Encap = "vxlan.encap":
-            "frame that could not be encapsulated (too short, or too long for a datagram)",
-        Segment = "vxlan.segment":
-            "GSO super-frame that could not be segmented before encapsulation",
     }
 }
 
@@ -59,6 +61,28 @@ impl From<VxlanDecapError> for DropReason {
             VxlanDecapError::InnerFrameTruncated => DropReason::InnerTruncated,
         }
     }
+}
+
+/// Runs `vxlan-input` and then the ingress stages for one datagram `frame`
+/// (`[RX_PAD][VXLAN][inner]`) that the VTEP `vtep` received from `peer`. The frame is
+/// rewritten in place into `[virtio_net_hdr][inner Ethernet]` (and by routing, if routed);
+/// frames the switch sends in answer go to `local.out.generated`. Never panics.
+pub fn receive(
+    ctx: &Context<'_>,
+    vtep: &VtepEntry,
+    frame: &mut [u8],
+    peer: SocketAddrV4,
+    local: &mut Local,
+) -> Outcome {
+    let tunnel = match decap(ctx.snapshot, vtep, frame) {
+        Ok(tunnel) => tunnel,
+        Err(reason) => return Outcome::dropped(reason),
+    };
+    learn_remote(ctx.remote_fdb, tunnel, frame, peer, ctx.now_ms);
+    if !adopt_super_frame(frame, tunnel.mtu) && complete_inner_checksum(frame) {
+        local.out.events.add(Event::ChecksumCompleted);
+    }
+    super::process_tunnel(ctx, tunnel, frame, local)
 }
 
 /// Validates the datagram in `frame` (`[RX_PAD][VXLAN][inner]`), finds its tunnel port and
@@ -85,6 +109,36 @@ pub fn decap<'a>(
         crate::wire::gro::write_super_frame_vnet_header(frame, merged_mss);
     }
     Ok(tunnel)
+}
+
+/// Learns the inner source MAC of `frame` (`[virtio_net_hdr][inner Ethernet]`, decapsulated
+/// on `tunnel`) behind `peer`, the VTEP that sent it: a shard's read lock and an in-place
+/// refresh when known, the shard's write lock only when new or moved. Multicast, broadcast
+/// and all-zero sources are not learned.
+pub fn learn_remote(
+    remote_fdb: &vxlan::VxlanSharedFdb,
+    tunnel: &PortEntry,
+    frame: &[u8],
+    peer: SocketAddrV4,
+    now: u64,
+) {
+    let Some(vni) = tunnel.tunnel().map(|t| t.vni) else {
+        return;
+    };
+    let Some(src) = frame
+        .get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12)
+        .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
+    else {
+        return;
+    };
+    if !vxlan::fdb::is_valid_unicast(src) {
+        return;
+    }
+    let remote = std::net::IpAddr::V4(*peer.ip());
+    if remote_fdb.refresh(vni, src, remote, now) {
+        return;
+    }
+    remote_fdb.learn(vni, src, remote, now);
 }
 
 /// Completes the inner TCP or UDP checksum of a decapsulated IPv4 frame (`[virtio_net_hdr]
@@ -151,7 +205,7 @@ pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
 /// real wire they would have been segments of at most `mtu`, so the switch cuts them to that
 /// size: the virtio header says TCPv4 GSO with the MSS that fits `mtu` and a partial
 /// checksum, and every later stage treats the frame as the super-frame a TAP would hand
-/// over (routing measures it by segment, the TAP takes it whole, the VTEP segments it).
+/// over (routing measures it by segment, the TAP takes it whole, `vxlan-encap` segments it).
 /// Returns true when it did. Never panics.
 pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     use crate::wire::VnetPacket;
@@ -164,7 +218,9 @@ pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     let Some(eth) = frame.get(VNET_HDR_LEN..) else {
         return false;
     };
-    if !exceeds_mtu(eth, mtu) || eth.len() < ETHERNET_HEADER_LEN + 40 || eth[12..14] != [0x08, 0x00]
+    if !super::vxlan_encap::exceeds_mtu(eth, mtu)
+        || eth.len() < ETHERNET_HEADER_LEN + 40
+        || eth[12..14] != [0x08, 0x00]
     {
         return false;
     }
@@ -208,79 +264,50 @@ pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     true
 }
 
-/// True when the Ethernet frame `inner` (no virtio header) exceeds `mtu` at L3.
-pub fn exceeds_mtu(inner: &[u8], mtu: u16) -> bool {
-    inner.len().saturating_sub(ETHERNET_HEADER_LEN) > usize::from(mtu)
-}
-
 const ETHERNET_HEADER_LEN: usize = 14;
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
+    use std::net::SocketAddrV4;
 
     use super::*;
-    use crate::pipeline::fixtures::{ARP_REQUEST, snapshot_with_ports};
-    use crate::port::{Capabilities, PortId, PortIo, PortKind};
-    use crate::tables::snapshot::{SubnetId, Tunnel};
-
-    fn vtep_and_snapshot() -> (VtepEntry, Snapshot) {
-        let io = Arc::new(PortIo {
-            kind: PortKind::Vxlan,
-            queues: Vec::new(),
-            capabilities: Capabilities::default(),
-            host_ifname: None,
-        });
-        let tunnel = PortEntry {
-            id: PortId(9),
-            name: "vxlan/blue".into(),
-            subnet: SubnetId(1),
-            mac: [0; 6],
-            ips: Vec::new(),
-            mtu: 1450,
-            allowed_sources: Vec::new(),
-            io: Arc::clone(&io),
-            proxy_arp: false,
-            tunnel: Some(Tunnel {
-                vni: vxlan::Vni::new(42).unwrap(),
-                remotes: vec!["192.168.50.2".parse().unwrap()],
-            }),
-        };
-        let snapshot = snapshot_with_ports(vec![tunnel]);
-        let vtep = VtepEntry {
-            id: PortId(8),
-            local: "192.168.50.1:4789".parse().unwrap(),
-            encap: vxlan::VxlanEncapConfig::default(),
-            io,
-            tunnels: HashMap::from([(42, PortId(9))]),
-        };
-        (vtep, snapshot)
-    }
+    use crate::pipeline::fixtures::{
+        ARP_REQUEST, BLUE_VNI, Bench, REMOTE_VTEP, TUNNEL, overlay_snapshot, with_src_mac,
+    };
+    use crate::pipeline::{Outcome, Verdict};
+    use crate::tables::fdb::Learn;
+    use crate::tables::snapshot::SubnetId;
 
     /// `[pad][VXLAN flags, reserved, vni, reserved][inner]` with the inner ARP request.
     fn datagram(flags: u8, vni: u32, reserved_last: u8) -> Vec<u8> {
+        datagram_with(flags, vni, reserved_last, &ARP_REQUEST[VNET_HDR_LEN..])
+    }
+
+    /// `[pad][VXLAN flags, reserved, vni, reserved][inner]`.
+    fn datagram_with(flags: u8, vni: u32, reserved_last: u8, inner: &[u8]) -> Vec<u8> {
         let mut bytes = vec![0u8; RX_PAD];
         bytes.extend_from_slice(&[flags, 0, 0, 0]);
         bytes.extend_from_slice(&vni.to_be_bytes()[1..]);
         bytes.push(reserved_last);
-        bytes.extend_from_slice(&ARP_REQUEST[VNET_HDR_LEN..]);
+        bytes.extend_from_slice(inner);
         bytes
     }
 
     #[test]
     fn a_valid_datagram_becomes_a_frame_in_place() {
-        let (vtep, snapshot) = vtep_and_snapshot();
+        let snapshot = overlay_snapshot();
+        let vtep = snapshot.vtep.as_ref().expect("the VTEP");
         let mut frame = datagram(0x08, 42, 0);
-        let tunnel = decap(&snapshot, &vtep, &mut frame).expect("valid");
-        assert_eq!(tunnel.id, PortId(9));
+        let tunnel = decap(&snapshot, vtep, &mut frame).expect("valid");
+        assert_eq!(tunnel.id, TUNNEL);
         assert_eq!(&frame[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
         assert_eq!(&frame[VNET_HDR_LEN..], &ARP_REQUEST[VNET_HDR_LEN..]);
     }
 
     #[test]
     fn malformed_datagrams_are_refused_with_their_reason() {
-        let (vtep, snapshot) = vtep_and_snapshot();
+        let snapshot = overlay_snapshot();
+        let vtep = snapshot.vtep.as_ref().expect("the VTEP");
         let cases: [(Vec<u8>, DropReason); 5] = [
             (
                 datagram(0x08, 42, 0)[..RX_PAD + 5].to_vec(),
@@ -293,16 +320,16 @@ mod tests {
         ];
         for (mut frame, want) in cases {
             let before = frame.clone();
-            assert_eq!(decap(&snapshot, &vtep, &mut frame).map(|p| p.id), Err(want));
+            assert_eq!(decap(&snapshot, vtep, &mut frame).map(|p| p.id), Err(want));
             assert_eq!(frame, before, "unchanged on {want}");
         }
         let mut short_inner = datagram(0x08, 42, 0)[..RX_PAD + 8 + 10].to_vec();
         assert_eq!(
-            decap(&snapshot, &vtep, &mut short_inner).map(|p| p.id),
+            decap(&snapshot, vtep, &mut short_inner).map(|p| p.id),
             Err(DropReason::InnerTruncated)
         );
         assert_eq!(
-            decap(&snapshot, &vtep, &mut []).map(|p| p.id),
+            decap(&snapshot, vtep, &mut []).map(|p| p.id),
             Err(DropReason::Truncated)
         );
     }
@@ -355,64 +382,6 @@ mod tests {
         );
     }
 
-    /// An IPv4 packet of `total` bytes from port 1 (blue, 172.30.0.2) to `dst_mac`, with DF
-    /// as given and a valid header checksum.
-    fn big_frame(
-        bench: &crate::pipeline::fixtures::Bench,
-        dst_mac: [u8; 6],
-        total: u16,
-        df: bool,
-    ) -> Vec<u8> {
-        let mut frame = bench.frame_from(1, dst_mac);
-        let ip = VNET_HDR_LEN + 14;
-        frame.truncate(ip + 20);
-        frame.resize(ip + usize::from(total), 0xab);
-        frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
-        frame[ip + 6] = if df { 0x40 } else { 0 };
-        frame[ip + 9] = 17;
-        frame[ip + 10..ip + 12].fill(0);
-        let sum = crate::wire::checksum::checksum(&frame[ip..ip + 20]);
-        frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
-        frame
-    }
-
-    #[test]
-    fn a_frame_too_big_for_the_tunnel_gets_fragmentation_needed() {
-        use crate::pipeline::fixtures::{Bench, ICMP_ECHO, with_src_mac};
-        use crate::pipeline::{Verdict, process_tunnel};
-        let (_, snapshot) = vtep_and_snapshot();
-        let bench = Bench::with(snapshot);
-        let remote_mac = [0x02, 0xaa, 0, 0, 0, 1];
-        // The remote MAC is learned on the tunnel.
-        let tunnel = bench.snapshot.port(PortId(9)).unwrap().clone();
-        let mut from_remote = with_src_mac(&ICMP_ECHO, remote_mac);
-        {
-            let mut local = bench.local.borrow_mut();
-            let _ = process_tunnel(&bench.ctx(0), &tunnel, &mut from_remote, &mut local);
-        }
-        // 1450 bytes fit; 1451 with DF get an ICMP error, 1451 without DF a drop only.
-        let fits = big_frame(&bench, remote_mac, 1450, true);
-        assert_eq!(bench.send(1, &fits, 1).verdict, Verdict::Forward(PortId(9)));
-        let too_big = big_frame(&bench, remote_mac, 1451, true);
-        assert_eq!(
-            bench.send(1, &too_big, 2).verdict,
-            Verdict::drop(DropReason::TooBig)
-        );
-        let generated = bench.generated();
-        assert_eq!(generated.len(), 1, "one ICMP error");
-        let (verdict, _, icmp) = &generated[0];
-        assert_eq!(*verdict, Verdict::Forward(PortId(1)));
-        let at = VNET_HDR_LEN + 14 + 20;
-        assert_eq!((icmp[at], icmp[at + 1]), (3, 4), "fragmentation needed");
-        assert_eq!(u16::from_be_bytes([icmp[at + 6], icmp[at + 7]]), 1450);
-        let no_df = big_frame(&bench, remote_mac, 1451, false);
-        assert_eq!(
-            bench.send(1, &no_df, 3).verdict,
-            Verdict::drop(DropReason::TooBig)
-        );
-        assert!(bench.generated().is_empty());
-    }
-
     /// Appends an Ethernet frame 02:..:01 -> 02:..:02 carrying TCP over IPv4 10.0.0.1 ->
     /// 10.0.0.2 (DF): a `tcp_header_len`-byte header with `flags`, checksum field zero, and
     /// `payload` bytes of 0x5a.
@@ -458,12 +427,13 @@ mod tests {
     fn a_datagram_merged_by_the_vtep_becomes_a_super_frame() {
         // What the VTEP leaves after merging a run with MSS 1398: the MSS in the pad, the
         // VXLAN header, then the merged TCP packet (12-byte options, checksum partial).
-        let (vtep, snapshot) = vtep_and_snapshot();
+        let snapshot = overlay_snapshot();
+        let vtep = snapshot.vtep.as_ref().expect("the VTEP");
         let mut frame = datagram(0x08, 42, 0);
         frame.truncate(VNET_HDR_LEN);
         frame[..RX_PAD].copy_from_slice(&1398u16.to_be_bytes());
         push_tcp_packet(&mut frame, 32, 0x10, 5 * 1398);
-        decap(&snapshot, &vtep, &mut frame).expect("valid");
+        decap(&snapshot, vtep, &mut frame).expect("valid");
         let vnet = crate::wire::VnetPacket::new_checked(&frame[..]).unwrap();
         assert!(vnet.is_gso() && vnet.needs_csum());
         assert_eq!(vnet.gso_size(), 1398, "the run's own MSS, not the tunnel's");
@@ -476,22 +446,62 @@ mod tests {
         assert_eq!(frame, before);
         // An unmerged datagram (zero pad) gets the all-zero header.
         let mut plain = datagram(0x08, 42, 0);
-        decap(&snapshot, &vtep, &mut plain).expect("valid");
+        decap(&snapshot, vtep, &mut plain).expect("valid");
         assert_eq!(&plain[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
     }
 
     #[test]
-    fn mtu_is_measured_at_l3() {
-        assert!(!exceeds_mtu(&[0; 14 + 1450], 1450));
-        assert!(exceeds_mtu(&[0; 14 + 1451], 1450));
+    fn receive_learns_the_remote_mac_and_runs_the_tunnel_stages() {
+        let bench = Bench::with(overlay_snapshot());
+        let vtep = bench.snapshot.vtep.clone().expect("the VTEP");
+        let peer = SocketAddrV4::new(REMOTE_VTEP, 40_000);
+        let remote_mac = [0x02, 0xaa, 0, 0, 0, 1];
+        let arp = with_src_mac(&ARP_REQUEST, remote_mac);
+        let mut frame = datagram_with(0x08, BLUE_VNI, 0, &arp[VNET_HDR_LEN..]);
+        let mut local = bench.local.borrow_mut();
+        let outcome = receive(&bench.ctx(5), &vtep, &mut frame, peer, &mut local);
+        // Broadcast from the overlay floods the subnet's local ports, never the overlay.
+        assert_eq!(
+            outcome.verdict,
+            Verdict::FloodSubnet {
+                subnet: SubnetId(1),
+                except: Some(TUNNEL),
+            }
+        );
+        assert_eq!(outcome.learn, Some(Learn::Learned));
+        assert_eq!(&frame[..], &arp[..], "decapsulated in place");
+        let vni = vxlan::Vni::new(BLUE_VNI).expect("vni");
+        assert_eq!(
+            bench.remote_fdb.lookup(vni, remote_mac, 5).map(|v| v.ip),
+            Some(std::net::IpAddr::V4(REMOTE_VTEP)),
+            "learned behind the VTEP that sent it"
+        );
+        let blue = bench.snapshot.subnet(SubnetId(1)).expect("blue");
+        assert_eq!(bench.fdb.lookup(blue, remote_mac, 5), Some(TUNNEL));
+        // A datagram for a VNI nobody has: dropped under its reason, nothing learned.
+        let mut unknown = datagram_with(
+            0x08,
+            43,
+            0,
+            &with_src_mac(&arp, [2, 0xbb, 0, 0, 0, 2])[VNET_HDR_LEN..],
+        );
+        let outcome = receive(&bench.ctx(6), &vtep, &mut unknown, peer, &mut local);
+        assert_eq!(outcome, Outcome::dropped(DropReason::UnknownVni));
+        assert_eq!(bench.remote_fdb.lookup(vni, [2, 0xbb, 0, 0, 0, 2], 6), None);
+        // A peer's partial inner checksum is completed, and counted.
+        let mut partial = datagram_with(0x08, BLUE_VNI, 0, &udp_frame(None)[VNET_HDR_LEN..]);
+        let _ = receive(&bench.ctx(7), &vtep, &mut partial, peer, &mut local);
+        assert_eq!(&partial[..], &udp_frame(Some(u16::MAX))[..]);
+        assert_eq!(local.out.events.get(Event::ChecksumCompleted), 1);
     }
 
     proptest::proptest! {
         #[test]
         fn decap_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let (vtep, snapshot) = vtep_and_snapshot();
+            let snapshot = overlay_snapshot();
+            let vtep = snapshot.vtep.as_ref().expect("the VTEP");
             let mut frame = bytes;
-            let _ = decap(&snapshot, &vtep, &mut frame);
+            let _ = decap(&snapshot, vtep, &mut frame);
             let _ = complete_inner_checksum(&mut frame);
             let _ = adopt_super_frame(&mut frame, 68);
         }

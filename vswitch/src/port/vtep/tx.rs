@@ -1,0 +1,258 @@
+//! Transmit: encapsulation into the raw socket's ring of preallocated slots, and the
+//! `sendmmsg` that hands the ring to the kernel.
+//!
+//! [`VtepQueue::send_encap`] copies the inner frame into the next slot of a ring of
+//! [`TX_SLOTS`] preallocated slots, behind room for the outer IPv4, UDP and VXLAN headers
+//! ([`OUTER_LEN`] bytes), and writes those headers with [`::vxlan::encap::encapsulate`]
+//! (no outer Ethernet header: the kernel routes the packet and resolves the next hop).
+//! [`VtepQueue::flush`] hands the ring to the kernel in one `sendmmsg`. Each queue numbers
+//! its outer IPv4 identifications from its own starting point, so that fragments of packets
+//! from different queues (DF is clear by default) are unlikely to share an ID.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use ::vxlan::encap::{EncapParams, Underlay, encapsulate};
+use ::vxlan::{Vni, VxlanEncapConfig};
+
+use super::{MAX_INNER_LEN, OUTER_LEN, TX_SLOT_LEN, TX_SLOTS, VtepQueue};
+
+impl VtepQueue {
+    /// Encapsulates `inner` (an Ethernet frame, without virtio header, checksums complete,
+    /// not GSO) for VNI `vni` toward `remote` (its UDP port is the VTEP's port) and queues it
+    /// for the next [`flush`](VtepQueue::flush); a full queue is flushed first.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the frame cannot be encapsulated (too short or too long); the
+    /// kernel's error when a flush forced by a full queue fails.
+    pub fn send_encap(
+        &mut self,
+        inner: &[u8],
+        vni: Vni,
+        remote: Ipv4Addr,
+        config: &VxlanEncapConfig,
+    ) -> io::Result<()> {
+        if inner.len() > MAX_INNER_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "inner frame longer than the VTEP's 9216-byte limit",
+            ));
+        }
+        if self.tx_queued >= TX_SLOTS {
+            self.flush()?;
+        }
+        let index = self.tx_queued;
+        let Some(slot) = self
+            .tx_buffer
+            .get_mut(index * TX_SLOT_LEN..(index + 1) * TX_SLOT_LEN)
+        else {
+            // `tx_queued < TX_SLOTS` after the flush above, so the slot exists.
+            return Err(io::Error::other("VTEP transmit ring out of slots"));
+        };
+        let inner_range = OUTER_LEN..OUTER_LEN + inner.len();
+        slot[inner_range.clone()].copy_from_slice(inner);
+        let params = EncapParams {
+            vni,
+            underlay: Underlay::Ipv4 {
+                local: *self.local.ip(),
+                remote,
+            },
+            dst_port: self.local.port(),
+            ethernet: None,
+            ipv4_ident: self.ipv4_ident,
+        };
+        let frame = encapsulate(slot, inner_range, &params, config)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        self.ipv4_ident = self.ipv4_ident.wrapping_add(1);
+        if let (Some(frame_slot), Some(remote_slot)) = (
+            self.tx_frames.get_mut(index),
+            self.tx_remotes.get_mut(index),
+        ) {
+            *frame_slot = (frame.start, frame.end);
+            *remote_slot = remote;
+        }
+        self.tx_queued += 1;
+        Ok(())
+    }
+
+    /// Sends every queued packet (`sendmmsg`). Packets the kernel refuses are dropped and
+    /// counted in [`VtepQueue::send_errors`].
+    ///
+    /// # Errors
+    /// The first kernel error, when not one packet could be sent.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let queued = self.tx_queued.min(TX_SLOTS);
+        self.tx_queued = 0;
+        let mut next = 0;
+        let mut sent_any = false;
+        let mut first_error = None;
+        while next < queued {
+            let buffer = &self.tx_buffer;
+            let packets = (next..queued).map(|i| {
+                let (start, end) = self.tx_frames.get(i).copied().unwrap_or_default();
+                let base = i * TX_SLOT_LEN;
+                (
+                    buffer.get(base + start..base + end).unwrap_or_default(),
+                    self.tx_remotes
+                        .get(i)
+                        .copied()
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                )
+            });
+            match self.sender.send(&self.raw, packets) {
+                Ok(0) => {
+                    // Cannot happen (sendmmsg takes at least one or fails); never spin.
+                    self.send_errors += u64::try_from(queued - next).unwrap_or(u64::MAX);
+                    break;
+                }
+                Ok(sent) => {
+                    next += sent;
+                    sent_any = true;
+                }
+                Err(error)
+                    if error.kind() == io::ErrorKind::WouldBlock
+                        || error.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    // The socket or the device queue is full: the rest would fail alike.
+                    self.send_errors += u64::try_from(queued - next).unwrap_or(u64::MAX);
+                    first_error.get_or_insert(error);
+                    break;
+                }
+                Err(error) => {
+                    // This packet's own problem (no route, too big): skip it, send the rest.
+                    self.send_errors += 1;
+                    next += 1;
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if !sent_any => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ::vxlan::encap::decapsulate;
+    use smoltcp::wire::{Ipv4Packet, UdpPacket};
+
+    use super::super::RX_PAD;
+    use super::super::testing::*;
+    use super::*;
+    use crate::port::RxBatch;
+
+    #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
+    fn encap_round_trip_over_loopback() {
+        let io = loopback_vtep(1);
+        let local = queue(&io, 0).local();
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(4242).unwrap();
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| inner_frame(1000 + i)).collect();
+        {
+            let mut q = queue(&io, 0);
+            for frame in &frames {
+                q.send_encap(frame, vni, Ipv4Addr::LOCALHOST, &config)
+                    .unwrap();
+            }
+            q.flush().unwrap();
+            assert_eq!(q.send_errors(), 0);
+            // An empty flush is a no-op.
+            q.flush().unwrap();
+        }
+        let mut batch = RxBatch::new(8);
+        receive(&io, &mut batch, 3);
+        for (index, frame) in frames.iter().enumerate() {
+            let received = batch.frame(index);
+            assert_eq!(&received[..RX_PAD], &[0; RX_PAD]);
+            let decap = decapsulate(&received[RX_PAD..]).expect("valid VXLAN");
+            assert_eq!(decap.vni, vni);
+            assert_eq!(&received[RX_PAD..][decap.inner], &frame[..]);
+            let peer = batch.peer(index);
+            assert_eq!(*peer.ip(), Ipv4Addr::LOCALHOST);
+            assert_eq!(
+                peer.port(),
+                ::vxlan::encap::source_port(frame, &config),
+                "source port hashed from the inner flow"
+            );
+            assert!((32768..=60999).contains(&peer.port()));
+        }
+        assert_eq!(queue(&io, 0).local(), local);
+    }
+
+    #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
+    fn full_ring_flushes_itself() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(7).unwrap();
+        let frame = inner_frame(5);
+        let total = TX_SLOTS + 5;
+        {
+            let mut q = queue(&io, 0);
+            for _ in 0..total {
+                q.send_encap(&frame, vni, Ipv4Addr::LOCALHOST, &config)
+                    .unwrap();
+            }
+            q.flush().unwrap();
+        }
+        let mut batch = RxBatch::new(total);
+        receive(&io, &mut batch, total);
+        assert_eq!(queue(&io, 0).send_errors(), 0);
+        for index in 0..total {
+            let decap = decapsulate(&batch.frame(index)[RX_PAD..]).expect("valid VXLAN");
+            assert_eq!(decap.vni, vni);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
+    fn refuses_frames_that_cannot_be_encapsulated() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(7).unwrap();
+        let mut q = queue(&io, 0);
+        let short = q.send_encap(&[0; 10], vni, Ipv4Addr::LOCALHOST, &config);
+        assert_eq!(short.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        let long = vec![0u8; MAX_INNER_LEN + 1];
+        let long = q.send_encap(&long, vni, Ipv4Addr::LOCALHOST, &config);
+        assert_eq!(long.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(q.tx_queued, 0);
+    }
+
+    #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
+    fn outer_headers_are_ipv4_udp_vxlan() {
+        let io = loopback_vtep(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(99).unwrap();
+        let frame = inner_frame(4000);
+        let mut q = queue(&io, 0);
+        let first_ident = q.ipv4_ident;
+        q.send_encap(&frame, vni, Ipv4Addr::new(192, 0, 2, 9), &config)
+            .unwrap();
+        q.send_encap(&frame, vni, Ipv4Addr::new(192, 0, 2, 9), &config)
+            .unwrap();
+        let (start, end) = q.tx_frames[0];
+        let ip = Ipv4Packet::new_checked(&q.tx_buffer[start..end]).expect("IPv4");
+        assert_eq!(ip.src_addr(), Ipv4Addr::LOCALHOST);
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(192, 0, 2, 9));
+        assert_eq!(ip.ident(), first_ident);
+        assert!(ip.verify_checksum());
+        let udp = UdpPacket::new_checked(ip.payload()).expect("UDP");
+        assert_eq!(udp.dst_port(), q.local().port());
+        assert_eq!(
+            udp.checksum(),
+            0,
+            "zero outer UDP checksum over IPv4 by default"
+        );
+        let (start, end) = q.tx_frames[1];
+        let second = &q.tx_buffer[TX_SLOT_LEN + start..TX_SLOT_LEN + end];
+        let ip = Ipv4Packet::new_checked(second).expect("IPv4");
+        assert_eq!(ip.ident(), first_ident.wrapping_add(1));
+        // Not flushed: nothing leaves toward the documentation address.
+        q.tx_queued = 0;
+    }
+}
