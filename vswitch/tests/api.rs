@@ -1386,7 +1386,7 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
     let (out, _) = server.ctl_code(&["nat"], 0);
     assert!(
             out.starts_with(&format!(
-                "uplink: wan (interface {}, mac {mac}, gateway 192.0.2.1): up\n\nADDRESS      USED-BY\n192.0.2.10   NATGateway/gw,PortForward/web\n192.0.2.11   VirtualIP/pub\n192.0.2.12   -\n\nports in use:\nno ports in use\n\nconntrack: 0 entries (limit 1000000), ",
+                "uplink: wan (interface {}, mac {mac}, gateway 192.0.2.1): Up\n\nADDRESS      USED-BY\n192.0.2.10   NATGateway/gw,PortForward/web\n192.0.2.11   VirtualIP/pub\n192.0.2.12   -\n\nports in use:\nno ports in use\n\nconntrack: 0 entries (limit 1000000), ",
                 veth.0
             )),
             "{out}"
