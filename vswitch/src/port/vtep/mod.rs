@@ -402,9 +402,33 @@ pub(crate) mod testing {
     use crate::wire::checksum::pseudo_header_ipv4;
     use crate::wire::vnet_hdr;
 
-    pub(crate) fn loopback_vtep(queues: usize) -> Vtep {
-        open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues)
-            .expect("VTEP on loopback (the tests must run as root)")
+    /// Serialises the loopback VTEP tests: `open` learns a free port with a probe socket and
+    /// binds the queues' SO_REUSEPORT sockets right after; two tests opening at once may land
+    /// on one port, and their queues would then share a reuseport group and each other's
+    /// datagrams.
+    static LOOPBACK_VTEPS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+    /// A VTEP on 127.0.0.1, held alone for the test's duration.
+    pub(crate) struct TestVtep {
+        vtep: Vtep,
+        _alone: parking_lot::MutexGuard<'static, ()>,
+    }
+
+    impl std::ops::Deref for TestVtep {
+        type Target = Vtep;
+        fn deref(&self) -> &Vtep {
+            &self.vtep
+        }
+    }
+
+    pub(crate) fn loopback_vtep(queues: usize) -> TestVtep {
+        let alone = LOOPBACK_VTEPS.lock();
+        let vtep = open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues)
+            .expect("VTEP on loopback (the tests must run as root)");
+        TestVtep {
+            vtep,
+            _alone: alone,
+        }
     }
 
     pub(crate) fn queue(io: &Vtep, index: usize) -> parking_lot::MutexGuard<'_, VtepQueue> {
