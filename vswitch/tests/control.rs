@@ -201,3 +201,95 @@ fn config_file_is_applied_at_boot() {
     );
     bad.kill9();
 }
+
+/// Attaches and detaches running at the same time (their device work runs without the
+/// controller's lock): every interface comes up with an address of its own, configured in
+/// its namespace; reads answer throughout; the state file ends with exactly what exists;
+/// after the detaches nothing is left.
+#[test]
+#[ignore = "needs root: starts vswitchd and creates network namespaces"]
+fn concurrent_attaches_and_detaches() {
+    require(&[]);
+    let daemon = Daemon::start(1);
+    let namespaces: Vec<Netns> = (0..8).map(|i| Netns::new(&format!("cc{i}"))).collect();
+    std::thread::scope(|scope| {
+        let attaches: Vec<_> = namespaces
+            .iter()
+            .map(|ns| scope.spawn(|| daemon.ctl(&["attach", &ns.name])))
+            .collect();
+        // Reads keep answering while the attaches run.
+        for _ in 0..5 {
+            daemon.ctl_json(&["get", "networkinterfaces"]);
+        }
+        for attach in attaches {
+            let out = attach.join().expect("attach thread");
+            assert!(
+                out.status.success(),
+                "a concurrent attach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    let mut ips = std::collections::BTreeSet::new();
+    for ns in &namespaces {
+        let nic = daemon.ctl_json(&["get", "networkinterface", &ns.name]);
+        assert_eq!(nic["status"]["state"], "Up", "{nic}");
+        let ip = daemon.interface_ip(&ns.name);
+        let shown = ns.exec_ok(&["ip", "-4", "addr", "show", "eth0"]);
+        assert!(
+            shown.contains(&format!("{ip}/")),
+            "{} lacks {ip}: {shown}",
+            ns.name
+        );
+        assert!(ips.insert(ip.clone()), "address {ip} was given twice");
+    }
+    let saved = std::fs::read_to_string(daemon.state_dir.join("state.json")).expect("state");
+    for ns in &namespaces {
+        assert!(
+            saved.contains(&format!("\"{}\"", ns.name)),
+            "{} not saved",
+            ns.name
+        );
+    }
+    // Every container reaches the first one through the switch.
+    let first = daemon.interface_ip(&namespaces[0].name);
+    for ns in &namespaces[1..] {
+        assert!(
+            ns.ping_until(&first, std::time::Duration::from_secs(10)),
+            "{} cannot reach {first}",
+            ns.name
+        );
+    }
+
+    std::thread::scope(|scope| {
+        let detaches: Vec<_> = namespaces
+            .iter()
+            .map(|ns| scope.spawn(|| daemon.ctl(&["detach", &ns.name])))
+            .collect();
+        for detach in detaches {
+            let out = detach.join().expect("detach thread");
+            assert!(
+                out.status.success(),
+                "a concurrent detach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    let left = daemon.ctl_json(&["get", "networkinterfaces"]);
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+    for ns in &namespaces {
+        assert!(
+            !ns.exec(&["ip", "link", "show", "eth0"]).status.success(),
+            "{} still has its device",
+            ns.name
+        );
+    }
+    let saved = std::fs::read_to_string(daemon.state_dir.join("state.json")).expect("state");
+    for ns in &namespaces {
+        assert!(
+            !saved.contains(&format!("\"{}\"", ns.name)),
+            "{} still saved",
+            ns.name
+        );
+    }
+}

@@ -2,10 +2,16 @@
 //! the engine, and turns one into the other.
 //!
 //! Invariants:
-//! - One internal lock serialises every change; a change is validated whole
+//! - One internal lock (the state lock) guards the state; a change is validated whole
 //!   ([`validate::plan`]) before anything happens, and either completes (devices created,
 //!   state persisted, snapshot published) or is rolled back so that the running state is as
 //!   before.
+//! - No lock is held across device work (netlink, opening sockets) or while waiting for the
+//!   workers to let go of a port. A change with device work is put in the state first, its
+//!   resources marked in flight ([`InFlight`]); the lock is released for the device work and
+//!   taken again to finish or undo it. Meanwhile reads see the change's interfaces as
+//!   `Pending`, other changes proceed, and a change that touches a resource in flight (or
+//!   builds on one) waits until it is done. The state file holds only finished changes.
 //! - Port I/O handles (`Arc<PortIo>`) live only here and in published snapshots, never in the
 //!   store. A port's [`PortId`] is dense and reused after delete; `Engine::reset_port` runs
 //!   before an id is (re)used and after its port is gone.
@@ -23,7 +29,8 @@
 //!   is the engine's, carried from one snapshot to the next, so connections survive any
 //!   change of configuration. Deleting a NetworkInterface removes its connections, deleting
 //!   a Network flushes its zone: their ids are reused, their connections must not be.
-//! - Lock order: the state lock, then the engine lock.
+//! - Lock order: the state lock, then the engine lock; the engine lock is never held while
+//!   the state lock is released and taken again.
 //!
 //! This module is the API (open, apply, create, list, get, delete), the state lock and the
 //! snapshot of the state that reads see. The rest is in submodules: `reconcile` carries out a
@@ -37,20 +44,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use self::compile::publish;
 use self::ids::IdPool;
-use self::overlay::{check_overlay_delete, close_vtep, initial_overlay_state, install_vtep};
+use self::overlay::{check_overlay_delete, initial_overlay_state, install_vtep};
 use self::reconcile::{
     attach_request, forget_connections, install_uplink, interface_zone, mark_uplink, open_uplink,
 };
 use self::views::{port_names, resource_json};
 use super::ApiError;
 use super::nat_rules;
-use super::resource::{Document, InterfaceState, Kind, Origin, parse_documents, parse_one};
-use super::store::{NodeId, State, Store};
-use super::validate::{self, AppliedResource, Mode};
+use super::resource::{
+    Document, InterfaceState, Kind, Origin, Resource, parse_documents, parse_one,
+};
+use super::store::{NodeId, State, Store, StoreError, SubnetIpamState};
+use super::validate::{self, AppliedResource, Mode, Plan};
 use crate::port::{self, MAX_PORTS, PortError, PortId, PortIo};
 use crate::runtime::Engine;
 use crate::tables::clock::{Clock, MonotonicClock};
@@ -142,6 +151,8 @@ pub struct Controller {
     /// never wait behind a write (which may hold the lock across netlink work).
     published: ArcSwap<Published>,
     engine: RwLock<Engine>,
+    /// Signalled whenever a change in flight is done: changes that wait for it plan again.
+    settled: Condvar,
     /// The datapath's clock (conntrack ages and timeouts are read with it).
     clock: Arc<dyn Clock>,
 }
@@ -175,6 +186,13 @@ impl std::ops::DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        self.publish_reads();
+    }
+}
+
+impl Locked<'_> {
+    /// Makes the state as it is now what reads see (if it changed).
+    fn publish_reads(&mut self) {
         let current = self.published.load();
         let port_names = port_names(&self.guard);
         if current.state != self.guard.state || current.port_names != port_names {
@@ -183,6 +201,142 @@ impl Drop for Locked<'_> {
                 port_names,
             }));
         }
+    }
+
+    /// Runs `f` with the state lock released (reads see the state as it is now), then takes
+    /// the lock again. For device work: `f` must not take the engine lock for longer than a
+    /// call, nor the state lock.
+    fn unlocked<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        self.publish_reads();
+        parking_lot::MutexGuard::unlocked(&mut self.guard, f)
+    }
+
+    /// Releases the lock until a change in flight is done, then takes it again.
+    fn wait_settled(&mut self, settled: &Condvar) {
+        self.publish_reads();
+        settled.wait(&mut self.guard);
+    }
+}
+
+/// A change whose device work runs with the state lock released. Its resources are already
+/// in the state (new interfaces `Pending`), so reads show them and other changes plan around
+/// them; a change that touches one of them waits until it is done.
+#[derive(Debug)]
+struct InFlight {
+    token: u64,
+    /// Each resource of the change as it was before (`None`: it did not exist): restored if
+    /// the change fails, and what the state file holds until the change is done.
+    before: BTreeMap<(Kind, String), Option<Resource>>,
+    /// The IPAM cursors it moved, by Subnet: before and after. Restored if the change fails
+    /// and no later change moved them again, so a failed change consumes no address.
+    cursors: Vec<(String, Option<SubnetIpamState>, Option<SubnetIpamState>)>,
+    /// It opens or closes the Uplink's device.
+    uplink: bool,
+    /// It opens or closes the VTEP.
+    vtep: bool,
+}
+
+impl Inner {
+    /// Registers a change in flight; returns its token for [`Inner::land`].
+    fn take_off(
+        &mut self,
+        before: BTreeMap<(Kind, String), Option<Resource>>,
+        uplink: bool,
+        vtep: bool,
+    ) -> u64 {
+        self.flights += 1;
+        let token = self.flights;
+        self.in_flight.push(InFlight {
+            token,
+            before,
+            cursors: Vec::new(),
+            uplink,
+            vtep,
+        });
+        token
+    }
+
+    /// Ends a change in flight (done or undone); returns it.
+    fn land(&mut self, token: u64) -> Option<InFlight> {
+        let at = self.in_flight.iter().position(|f| f.token == token)?;
+        Some(self.in_flight.remove(at))
+    }
+
+    /// True when `kind`/`name` is part of a change in flight.
+    fn busy(&self, kind: Kind, name: &str) -> bool {
+        let key = (kind, name.to_string());
+        self.in_flight.iter().any(|f| {
+            f.before.contains_key(&key)
+                || (kind == Kind::Uplink && f.uplink)
+                || (kind == Kind::Overlay && f.vtep)
+        })
+    }
+
+    /// What a plan must wait for: a resource of it (or an interface it re-creates) in
+    /// flight, Uplink or VTEP work while another change has some, or a resource of it that
+    /// depends on one in flight (which may yet be undone).
+    fn blocker(&self, plan: &Plan) -> Option<String> {
+        for flight in &self.in_flight {
+            let mut touched = plan.origins.keys().cloned().chain(
+                plan.recreate
+                    .iter()
+                    .map(|n| (Kind::NetworkInterface, n.clone())),
+            );
+            if let Some((kind, name)) = touched.find(|key| flight.before.contains_key(key)) {
+                return Some(format!("{kind} {name:?} is being changed"));
+            }
+            if flight.uplink && plan.uplink.is_some() {
+                return Some("the Uplink's device is being changed".into());
+            }
+            if flight.vtep && plan.origins.keys().any(|(kind, _)| *kind == Kind::Overlay) {
+                return Some("the VTEP is being changed".into());
+            }
+            for (kind, name) in flight.before.keys() {
+                for (_, dependants) in plan.next.dependants(*kind, name) {
+                    if let Some((_, dependant)) = plan
+                        .origins
+                        .keys()
+                        .find(|(_, origin)| dependants.contains(origin))
+                    {
+                        return Some(format!(
+                            "{dependant:?} depends on {kind} {name:?}, which is being changed"
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Saves `state` without the changes still in flight (their resources as they were).
+    fn persist(&self, state: &State) -> Result<(), StoreError> {
+        self.persist_except(state, None)
+    }
+
+    /// [`Inner::persist`] with change `token`, about to land, kept.
+    fn persist_landing(&self, state: &State, token: u64) -> Result<(), StoreError> {
+        self.persist_except(state, Some(token))
+    }
+
+    fn persist_except(&self, state: &State, landing: Option<u64>) -> Result<(), StoreError> {
+        let flying = || self.in_flight.iter().filter(|f| Some(f.token) != landing);
+        if flying().next().is_none() {
+            return self.store.save(state);
+        }
+        let mut durable = state.clone();
+        for flight in flying() {
+            for ((kind, name), before) in &flight.before {
+                match before {
+                    Some(resource) => durable.put(resource.clone()),
+                    None => {
+                        durable.remove(*kind, name);
+                    }
+                }
+            }
+        }
+        let subnets: Vec<String> = durable.subnets.keys().cloned().collect();
+        durable.ipam.retain(|subnet, _| subnets.contains(subnet));
+        self.store.save(&durable)
     }
 }
 
@@ -206,6 +360,10 @@ struct Inner {
     vtep: Option<OpenVtep>,
     /// Tunnel port ids by Subnet name: the Subnets with a VNI, while the VTEP is open.
     tunnel_ids: BTreeMap<String, PortId>,
+    /// Changes whose device work is under way with the lock released.
+    in_flight: Vec<InFlight>,
+    /// Changes that took off so far (their tokens).
+    flights: u64,
 }
 
 /// The VTEP's opened sockets and the port id they hold.
@@ -293,6 +451,8 @@ impl Controller {
             uplink_ops,
             vtep: None,
             tunnel_ids: BTreeMap::new(),
+            in_flight: Vec::new(),
+            flights: 0,
         };
         let workers = engine.workers();
         let mut status_changed = false;
@@ -400,7 +560,7 @@ impl Controller {
             }
         }
         if status_changed || fresh || new_node {
-            inner.store.save(&inner.state)?;
+            inner.persist(&inner.state)?;
         }
         let controller = Controller {
             published: ArcSwap::from_pointee(Published {
@@ -409,6 +569,7 @@ impl Controller {
             }),
             inner: Mutex::new(inner),
             engine: RwLock::new(engine),
+            settled: Condvar::new(),
             clock,
         };
         {
@@ -432,6 +593,39 @@ impl Controller {
         }
     }
 
+    /// Plans with `make` once nothing in flight is in the plan's way: while something is,
+    /// waits for it to be done and plans again against the state as it is then.
+    fn plan_settled(
+        &self,
+        inner: &mut Locked<'_>,
+        make: impl Fn(&State) -> Result<Plan, ApiError>,
+    ) -> Result<Plan, ApiError> {
+        loop {
+            let plan = make(&inner.state)?;
+            match inner.blocker(&plan) {
+                None => return Ok(plan),
+                Some(why) => {
+                    tracing::debug!("change waits: {why}");
+                    inner.wait_settled(&self.settled);
+                }
+            }
+        }
+    }
+
+    /// Waits while `kind`/`name` is part of a change in flight.
+    fn wait_not_busy(&self, inner: &mut Locked<'_>, kind: Kind, name: &str) {
+        while inner.busy(kind, name) {
+            inner.wait_settled(&self.settled);
+        }
+    }
+
+    /// Ends change `token` and wakes the changes waiting for it.
+    fn land(&self, inner: &mut Inner, token: u64) -> Option<InFlight> {
+        let flight = inner.land(token);
+        self.settled.notify_all();
+        flight
+    }
+
     /// True when the state directory held no resources (first boot), or all were deleted.
     pub fn is_empty(&self) -> bool {
         self.published.load().state.is_empty()
@@ -445,7 +639,9 @@ impl Controller {
     pub fn apply(&self, text: &str) -> Result<Vec<AppliedResource>, ApiError> {
         let docs = parse_documents(text)?;
         let mut inner = self.lock();
-        let plan = validate::plan(&inner.state, docs, Mode::Apply)?;
+        let plan = self.plan_settled(&mut inner, |state| {
+            validate::plan(state, docs.clone(), Mode::Apply)
+        })?;
         let applied = plan.applied.clone();
         self.execute(&mut inner, plan)?;
         self.sync_generated_logged(&mut inner);
@@ -465,7 +661,9 @@ impl Controller {
             resource,
         };
         let mut inner = self.lock();
-        let plan = validate::plan(&inner.state, vec![doc], Mode::Create)?;
+        let plan = self.plan_settled(&mut inner, |state| {
+            validate::plan(state, vec![doc.clone()], Mode::Create)
+        })?;
         self.execute(&mut inner, plan)?;
         self.sync_generated_logged(&mut inner);
         drop(inner);
@@ -506,6 +704,7 @@ impl Controller {
     pub fn delete(&self, kind: &str, name: &str) -> Result<(), ApiError> {
         let kind = Kind::parse(kind)?;
         let mut inner = self.lock();
+        self.wait_not_busy(&mut inner, kind, name);
         if let Some(owner) = validate::generated_by(&inner.state, kind, name) {
             return Err(ApiError::Conflict {
                 message: format!(
@@ -522,7 +721,13 @@ impl Controller {
     }
 
     /// Deletes one resource under the state lock (generated ones too).
-    fn delete_locked(&self, inner: &mut Inner, kind: Kind, name: &str) -> Result<(), ApiError> {
+    fn delete_locked(
+        &self,
+        inner: &mut Locked<'_>,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        self.wait_not_busy(inner, kind, name);
         validate::check_delete(&inner.state, kind, name)?;
         if kind == Kind::Overlay {
             check_overlay_delete(&inner.state)?;
@@ -541,20 +746,13 @@ impl Controller {
             _ => None,
         };
         match kind {
-            Kind::NetworkInterface => {
-                let engine = self.engine.read();
-                self.delete_interface(&engine, inner, name, next)?;
-            }
-            Kind::Uplink => {
-                let engine = self.engine.read();
-                self.delete_uplink(&engine, inner, name, next)?;
-            }
+            Kind::NetworkInterface => self.delete_interface(inner, name)?,
+            Kind::Uplink => self.delete_uplink(inner, name)?,
             Kind::Overlay => {
                 next.overlays.remove(name);
-                inner.store.save(&next)?;
+                inner.persist(&next)?;
                 inner.state = next;
-                let engine = self.engine.read();
-                close_vtep(&engine, inner);
+                self.close_vtep(inner);
             }
             Kind::Network
             | Kind::Subnet
@@ -566,7 +764,7 @@ impl Controller {
                 if kind == Kind::Subnet {
                     next.ipam.remove(name);
                 }
-                inner.store.save(&next)?;
+                inner.persist(&next)?;
                 inner.state = next;
                 // Peers' tables (a Network), connected routes (a Subnet), static routes and
                 // routed sources (a Route), NAT rules (the NAT kinds) change.

@@ -2,13 +2,14 @@
 //! registration loop) needs and calls, the VTEP, and keeping the resources the Overlay
 //! generates (see [`crate::control::overlay`]) in step with it.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::compile::publish;
 use super::reconcile::retire;
-use super::{Controller, Inner, OpenVtep};
+use super::{Controller, Inner, Locked, OpenVtep};
 use crate::control::ApiError;
 use crate::control::overlay::{self, HubRunner, HubView, MeshView, OverlayView, RunnerView};
 use crate::control::resource::{
@@ -122,7 +123,7 @@ impl Controller {
 impl Controller {
     /// [`Self::sync_generated`], logging (not returning) a failure: the user's change is
     /// already committed; the Overlay's status says what went wrong.
-    pub(super) fn sync_generated_logged(&self, inner: &mut Inner) {
+    pub(super) fn sync_generated_logged(&self, inner: &mut Locked<'_>) {
         if let Err(err) = self.sync_generated(inner) {
             tracing::warn!("cannot update the overlay's generated resources: {err}");
             if let Some(overlay) = inner.state.overlays.values_mut().next() {
@@ -134,7 +135,7 @@ impl Controller {
 
     /// Makes the generated resources (see [`overlay`]) match the Overlay: creates or updates
     /// the wanted ones, deletes the stale ones. A hub first registers its static runners.
-    fn sync_generated(&self, inner: &mut Inner) -> Result<(), ApiError> {
+    fn sync_generated(&self, inner: &mut Locked<'_>) -> Result<(), ApiError> {
         register_static_runners(inner)?;
         let wanted = overlay::owned_resources(&inner.state);
         // A generated Subnet whose CIDR changes (a runner given another ID) cannot be changed
@@ -189,20 +190,22 @@ impl Controller {
             return Ok(());
         }
         remove_stale_host_tap(&inner.state, &wanted);
-        let docs = wanted
+        let docs: Vec<Document> = wanted
             .into_iter()
             .map(|resource| Document {
                 origin: Origin::resource(resource.kind(), resource.name()),
                 resource,
             })
             .collect();
-        let plan = validate::plan(&inner.state, docs, Mode::Generated)?;
+        let plan = self.plan_settled(inner, |state| {
+            validate::plan(state, docs.clone(), Mode::Generated)
+        })?;
         self.execute(inner, plan)
     }
 
     fn hub_register_locked(
         &self,
-        inner: &mut Inner,
+        inner: &mut Locked<'_>,
         request: &vxlan::RegistrationRequest,
     ) -> Result<vxlan::RunnerPlan, ApiError> {
         let overlay = hub_overlay(&inner.state)?.clone();
@@ -283,7 +286,7 @@ impl Controller {
         let mut next = inner.state.clone();
         next.runner_pool = Some(pool);
         if changed {
-            inner.store.save(&next)?;
+            inner.persist(&next)?;
             inner.state = next;
             self.sync_generated(inner)?;
         } else {
@@ -295,7 +298,7 @@ impl Controller {
 
     fn runner_joined_locked(
         &self,
-        inner: &mut Inner,
+        inner: &mut Locked<'_>,
         plan: &vxlan::RunnerPlan,
     ) -> Result<(), ApiError> {
         let Some(overlay) = inner
@@ -327,7 +330,7 @@ impl Controller {
                 "the hub admitted this runner"
             );
         }
-        inner.store.save(&next)?;
+        inner.persist(&next)?;
         inner.state = next;
         if !same {
             self.sync_generated(inner)?;
@@ -364,16 +367,28 @@ pub(super) fn install_vtep(
     });
 }
 
-/// Closes the VTEP (after the workers let go of it) and frees its port id and the tunnels'.
-pub(super) fn close_vtep(engine: &Engine, inner: &mut Inner) {
-    let Some(vtep) = inner.vtep.take() else {
-        return;
-    };
-    publish(engine, inner);
-    inner.port_ids.release(vtep.id.0);
-    engine.reset_port(vtep.id);
-    drop(retire(vtep.io));
-    tracing::info!(local = %vtep.local, "closed the VTEP");
+impl Controller {
+    /// Closes the VTEP: a snapshot without it, then (without the state lock) waits for the
+    /// workers to let go of it, then frees its port id and the tunnels'.
+    pub(super) fn close_vtep(&self, inner: &mut Locked<'_>) {
+        let Some(vtep) = inner.vtep.take() else {
+            return;
+        };
+        publish(&self.engine.read(), inner);
+        self.retire_vtep(inner, vtep);
+    }
+
+    /// Waits (without the state lock) for the workers to let go of a VTEP taken out of the
+    /// snapshot, closes it, and frees its port id.
+    pub(super) fn retire_vtep(&self, inner: &mut Locked<'_>, vtep: OpenVtep) {
+        let token = inner.take_off(BTreeMap::new(), false, true);
+        let OpenVtep { local, id, io } = vtep;
+        inner.unlocked(|| drop(retire(io)));
+        self.engine.read().reset_port(id);
+        inner.port_ids.release(id.0);
+        self.land(inner, token);
+        tracing::info!(%local, "closed the VTEP");
+    }
 }
 
 /// The hub's host TAP name belongs to the switch: a device of that name left by a run whose
@@ -436,7 +451,7 @@ fn register_static_runners(inner: &mut Inner) -> Result<(), ApiError> {
     if changed {
         let mut next = inner.state.clone();
         next.runner_pool = Some(pool);
-        inner.store.save(&next)?;
+        inner.persist(&next)?;
         inner.state = next;
     }
     Ok(())
@@ -542,7 +557,7 @@ fn runner_status(inner: &mut Inner, state: OverlayState, message: Option<String>
         overlay.status.last_contact = Some(wall_ms() / 1000);
     }
     if persist {
-        if let Err(err) = inner.store.save(&inner.state) {
+        if let Err(err) = inner.persist(&inner.state) {
             tracing::warn!("cannot save the overlay's state: {err}");
         }
     }

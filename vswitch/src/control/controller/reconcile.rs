@@ -1,17 +1,26 @@
 //! Carrying out a validated plan on the devices: re-creating and creating interfaces,
-//! opening the Uplink, persisting and publishing, and undoing the device work when a step
-//! fails; the device work of deletes.
+//! opening the Uplink and the VTEP, persisting and publishing, and undoing the device work
+//! when a step fails; the device work of deletes.
+//!
+//! A change with device work runs in three steps. Take-off, under the state lock: the
+//! change goes into the state (its interfaces `Pending`), its resources are marked in
+//! flight, and the snapshot drops the devices it removes. The device work, without the
+//! lock: removing, creating and opening devices ([`DeviceWork::run`]), undone there if a
+//! step fails. Landing, under the lock again: statuses, port ids, persist, publish; or,
+//! after a failure, the resources as they were before.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::compile::publish;
-use super::overlay::{close_vtep, initial_overlay_state, install_vtep};
-use super::{AttachedPort, Controller, Inner, OpenUplink, UplinkDevice};
+use super::overlay::{initial_overlay_state, install_vtep};
+use super::{AttachedPort, Controller, Inner, Locked, OpenUplink, UplinkDevice, UplinkOps};
 use crate::control::ApiError;
-use crate::control::resource::{InterfaceState, Kind, NetworkInterface, Origin, OverlayState};
+use crate::control::resource::{
+    InterfaceState, Kind, MacAddr, NetworkInterface, Origin, OverlayState,
+};
 use crate::control::store::State;
 use crate::control::validate::{Plan, UplinkWork};
 use crate::control::{nat_rules, overlay};
@@ -24,17 +33,18 @@ use crate::tables::snapshot::SubnetId;
 const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
 impl Controller {
-    /// Carries out a validated plan: re-creates and creates devices, opens the Uplink,
-    /// persists, publishes. On failure, undoes the device work so that the running state is
-    /// as before.
-    pub(super) fn execute(&self, inner: &mut Inner, mut plan: Plan) -> Result<(), ApiError> {
+    /// Carries out a validated plan: re-creates and creates devices, opens the Uplink and
+    /// the VTEP, persists, publishes. The device work runs without the state lock (see the
+    /// module's documentation). On failure, undoes the device work so that the running state
+    /// is as before.
+    pub(super) fn execute(&self, inner: &mut Locked<'_>, mut plan: Plan) -> Result<(), ApiError> {
         if !plan.changed {
             return Ok(());
         }
-        let engine = self.engine.read();
-        let workers = engine.workers();
+        let workers = self.engine.read().workers();
+        let origins = plan.origins.clone();
         let origin_of = |kind: Kind, name: &str| {
-            plan.origins
+            origins
                 .get(&(kind, name.to_string()))
                 .cloned()
                 .unwrap_or_else(|| Origin::resource(kind, name))
@@ -60,34 +70,30 @@ impl Controller {
             }
             requests.push((name.clone(), req));
         }
-        let uplink_name = plan.uplink.as_ref().map(|work| match work {
-            UplinkWork::Open(name) | UplinkWork::Reopen(name) => name.clone(),
-        });
-        if let Some(name) = &uplink_name {
-            check_uplink_interface(inner, &plan.next, name, &origin_of(Kind::Uplink, name))?;
-        }
-        // The VTEP: opened first (a wrong address refuses the whole change), swapped in at
-        // the commit.
-        let vtep_wanted = plan.next.overlays.values().next().map(|o| {
-            (
-                o.metadata.name.clone(),
-                std::net::SocketAddrV4::new(o.spec.local_address, o.spec.port),
-            )
-        });
-        let mut new_vtep = None;
-        if let Some((name, local)) = &vtep_wanted {
-            if inner.vtep.as_ref().map(|v| v.local) != Some(*local) {
-                let io = port::vtep::open(*local, workers).map_err(|err| {
-                    origin_of(Kind::Overlay, name).invalid(
-                        "spec.localAddress",
-                        format!("cannot open the VTEP on {local}: {err}"),
-                    )
-                })?;
-                new_vtep = Some((*local, io));
-            }
-        }
+        let uplink = match &plan.uplink {
+            Some(UplinkWork::Open(name) | UplinkWork::Reopen(name)) => Some(uplink_target(
+                inner.uplink_ops,
+                &plan.next,
+                name,
+                &origin_of(Kind::Uplink, name),
+            )?),
+            None => None,
+        };
+        // The VTEP: opened with the other devices, swapped in when the change lands.
+        let vtep = plan
+            .next
+            .overlays
+            .values()
+            .next()
+            .map(|o| {
+                (
+                    origin_of(Kind::Overlay, &o.metadata.name),
+                    SocketAddrV4::new(o.spec.local_address, o.spec.port),
+                )
+            })
+            .filter(|(_, local)| inner.vtep.as_ref().map(|v| v.local) != Some(*local));
         for overlay in plan.next.overlays.values_mut() {
-            if new_vtep.is_some()
+            if vtep.is_some()
                 || !matches!(
                     overlay.status.state,
                     OverlayState::Up
@@ -102,13 +108,12 @@ impl Controller {
         }
         // New interfaces, re-created ones that were lost, and an uplink that is not open
         // need a port id.
-        let needed = plan.attach.len()
-            + plan
-                .recreate
-                .iter()
-                .filter(|name| !inner.ports.contains_key(*name))
-                .count()
-            + usize::from(uplink_name.is_some() && inner.uplink.is_none());
+        let new_ports: Vec<&String> = requests
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| !inner.ports.contains_key(*name))
+            .collect();
+        let needed = new_ports.len() + usize::from(uplink.is_some() && inner.uplink.is_none());
         let needed = u64::try_from(needed).unwrap_or(u64::MAX);
         if needed > inner.port_ids.available() {
             return Err(ApiError::Conflict {
@@ -119,116 +124,136 @@ impl Controller {
             });
         }
 
-        // Take down the devices to re-create (their old configuration is in inner.state).
-        let mut undo = Undo::default();
-        if !plan.recreate.is_empty() {
-            let taken: Vec<(String, Option<AttachedPort>)> = plan
-                .recreate
-                .iter()
-                .map(|name| (name.clone(), inner.ports.remove(name)))
-                .collect();
-            publish(&engine, inner);
-            for (name, port) in taken {
-                let old_req = detach_request(&inner.state, &name, workers);
-                let id = port.as_ref().map(|p| p.id);
-                let io = port.and_then(|p| retire(p.io));
-                match port::detach(&old_req, io) {
-                    Ok(()) => {}
-                    // A lost device may already be gone with its namespace.
-                    Err(PortError::Gone { .. } | PortError::Netns { .. }) if id.is_none() => {}
-                    Err(err) => {
-                        let err = origin_of(Kind::NetworkInterface, &name)
-                            .internal(format!("cannot remove the device to re-create it: {err}"));
-                        undo.removed.push((name, old_req, id));
-                        self.rollback(&engine, inner, undo, Vec::new());
-                        return Err(err);
-                    }
-                }
-                undo.removed.push((name, old_req, id));
-            }
+        if requests.is_empty() && uplink.is_none() && vtep.is_none() {
+            inner.persist(&plan.next)?;
+            inner.state = plan.next;
+            publish(&self.engine.read(), inner);
+            return Ok(());
         }
 
-        // Create the devices.
-        let mut created: Vec<(String, AttachRequest, PortIo)> = Vec::new();
-        for (name, req) in requests {
-            match port::attach(&req) {
-                Ok(io) => {
-                    tracing::info!(interface = %name, netns = %req.netns, ifname = %req.ifname, "attached port");
-                    created.push((name, req, io));
-                }
-                Err(err) => {
-                    let err = port_error(&origin_of(Kind::NetworkInterface, &name), err);
-                    self.rollback(&engine, inner, undo, created);
-                    return Err(err);
-                }
+        // Take-off: ids for the new ports (re-created ones keep theirs), the removed ports
+        // and a re-opened Uplink out of the snapshot, the change into the state.
+        let mut ids: BTreeMap<String, PortId> = BTreeMap::new();
+        let mut allocated = Vec::new();
+        for name in new_ports {
+            // The pre-flight check, under the same lock, made sure there are enough.
+            if let Some(id) = inner.port_ids.allocate().map(PortId) {
+                ids.insert(name.clone(), id);
+                allocated.push(id);
             }
         }
-        for (name, _, io) in &created {
-            if let Some(nic) = plan.next.network_interfaces.get_mut(name) {
+        let mut removals = Vec::new();
+        for name in &plan.recreate {
+            let port = inner.ports.remove(name).map(|p| (p.id, p.io));
+            if let Some((id, _)) = &port {
+                ids.insert(name.clone(), *id);
+            }
+            removals.push(Removal {
+                name: name.clone(),
+                req: detach_request(&inner.state, name, workers),
+                port,
+            });
+        }
+        let old_uplink = if uplink.is_some() {
+            inner.uplink.take().map(|open| {
+                let target = uplink_target(
+                    inner.uplink_ops,
+                    &inner.state,
+                    &open.name,
+                    &Origin::resource(Kind::Uplink, &open.name),
+                )
+                .ok();
+                let closed = ClosedUplink {
+                    name: open.name,
+                    id: open.id,
+                    segment: open.segment,
+                };
+                (closed, open.io, target)
+            })
+        } else {
+            None
+        };
+        let mut before = BTreeMap::new();
+        let touched = plan.origins.keys().cloned().chain(
+            plan.recreate
+                .iter()
+                .map(|name| (Kind::NetworkInterface, name.clone())),
+        );
+        for (kind, name) in touched {
+            let resource = inner.state.resource(kind, &name);
+            before.insert((kind, name), resource);
+        }
+        let subnets: std::collections::BTreeSet<&String> = plan
+            .next
+            .ipam
+            .keys()
+            .chain(inner.state.ipam.keys())
+            .collect();
+        let cursors = subnets
+            .into_iter()
+            .filter(|subnet| inner.state.ipam.get(*subnet) != plan.next.ipam.get(*subnet))
+            .map(|subnet| {
+                (
+                    subnet.clone(),
+                    inner.state.ipam.get(subnet).cloned(),
+                    plan.next.ipam.get(subnet).cloned(),
+                )
+            })
+            .collect();
+        let token = inner.take_off(before, uplink.is_some(), vtep.is_some());
+        if let Some(flight) = inner.in_flight.last_mut() {
+            flight.cursors = cursors;
+        }
+        inner.state = plan.next;
+        publish(&self.engine.read(), inner);
+
+        // The device work, without the lock.
+        let work = DeviceWork {
+            removals,
+            requests,
+            old_uplink,
+            uplink,
+            vtep,
+            workers,
+            ops: inner.uplink_ops,
+        };
+        let outcome = inner.unlocked(|| work.run(&origin_of));
+
+        // Landing.
+        let done = match outcome {
+            Ok(done) => done,
+            Err(undone) => return Err(self.restore(inner, token, &allocated, *undone)),
+        };
+        for (name, _, io) in &done.created {
+            if let Some(nic) = inner.state.network_interfaces.get_mut(name) {
                 nic.status.state = InterfaceState::Up;
                 nic.status.message = None;
                 nic.status.host_ifname.clone_from(&io.host_ifname);
             }
         }
-
-        // Open the Uplink (closing the old device first when it is re-opened).
-        let mut opened = None;
-        if let Some(name) = &uplink_name {
-            if inner.uplink.is_some() {
-                close_uplink(&engine, inner);
-                undo.uplink_closed = true;
-            }
-            match open_uplink(
-                inner,
-                &plan.next,
-                name,
-                workers,
-                &origin_of(Kind::Uplink, name),
-            ) {
-                Ok((io, device)) => {
-                    let mac = plan
-                        .next
-                        .uplinks
-                        .get(name)
-                        .map(|u| nat_rules::uplink_mac(&plan.next, u));
-                    if let Some(uplink) = plan.next.uplinks.get_mut(name) {
-                        tracing::info!(uplink = %name, interface = %uplink.spec.interface, mtu = device.mtu, "opened the uplink");
-                        uplink.status.state = InterfaceState::Up;
-                        uplink.status.message = None;
-                        uplink.status.mac = mac;
-                        uplink.status.mtu = Some(device.mtu);
-                    }
-                    opened = Some((name.clone(), io, device));
-                }
-                Err(err) => {
-                    self.rollback(&engine, inner, undo, created);
-                    return Err(err);
-                }
+        if let Some((target, _, device)) = &done.uplink {
+            let mac = inner
+                .state
+                .uplinks
+                .get(&target.name)
+                .map(|u| nat_rules::uplink_mac(&inner.state, u));
+            if let Some(uplink) = inner.state.uplinks.get_mut(&target.name) {
+                tracing::info!(uplink = %target.name, interface = %target.ifname, mtu = device.mtu, "opened the uplink");
+                uplink.status.state = InterfaceState::Up;
+                uplink.status.message = None;
+                uplink.status.mac = mac;
+                uplink.status.mtu = Some(device.mtu);
             }
         }
-
-        if let Err(err) = inner.store.save(&plan.next) {
-            if let Some((_, io, _)) = opened {
-                (inner.uplink_ops.close)(io);
-            }
-            self.rollback(&engine, inner, undo, created);
-            return Err(err.into());
+        if let Err(err) = inner.persist_landing(&inner.state, token) {
+            let undone = inner.unlocked(|| done.undo(err.into(), workers, &origin_of));
+            return Err(self.restore(inner, token, &allocated, undone));
         }
-
-        // Commit.
-        inner.state = plan.next;
-        let old_ids: BTreeMap<String, PortId> = undo
-            .removed
-            .into_iter()
-            .filter_map(|(name, _, id)| Some((name, id?)))
-            .collect();
-        for (name, _, io) in created {
-            let id = match old_ids.get(&name) {
-                Some(id) => Some(*id),
-                None => inner.port_ids.allocate().map(PortId),
-            };
-            // The pre-flight check reserved room for every new port.
-            let Some(id) = id else {
+        self.land(inner, token);
+        let engine = self.engine.read();
+        for (name, _, io) in done.created {
+            // Every created port has an id (the pre-flight check reserved them).
+            let Some(id) = ids.get(&name).copied() else {
                 tracing::error!(interface = %name, "no port id left; port not published");
                 continue;
             };
@@ -241,52 +266,81 @@ impl Controller {
                 },
             );
         }
-        if let Some((name, io, device)) = opened {
-            if let Err(err) = install_uplink(&engine, inner, &name, io, device) {
+        if let Some(old) = done.old_uplink {
+            release_uplink_ids(&engine, inner, &old);
+        }
+        if let Some((target, io, device)) = done.uplink {
+            if let Err(err) = install_uplink(&engine, inner, &target.name, io, device) {
                 // The pre-flight check reserved room for it.
-                tracing::error!(uplink = %name, "uplink not published: {err}");
+                tracing::error!(uplink = %target.name, "uplink not published: {err}");
                 mark_uplink(
                     &mut inner.state,
-                    &name,
+                    &target.name,
                     InterfaceState::Lost,
                     Some(err.to_string()),
                 );
-                if let Err(err) = inner.store.save(&inner.state) {
+                if let Err(err) = inner.persist(&inner.state) {
                     tracing::error!("cannot save the state: {err}");
                 }
             }
         }
-        if let Some((local, io)) = new_vtep {
-            close_vtep(&engine, inner);
-            install_vtep(&engine, inner, local, io);
-        }
+        let old_vtep = match done.vtep {
+            Some((local, io)) => {
+                let old = inner.vtep.take();
+                install_vtep(&engine, inner, local, io);
+                old
+            }
+            None => None,
+        };
         publish(&engine, inner);
+        drop(engine);
+        if let Some(old) = old_vtep {
+            self.retire_vtep(inner, old);
+        }
         Ok(())
     }
 
-    /// Undoes the device work of a failed `execute`: removes the devices it created and
-    /// re-creates the ones it removed, re-opens an Uplink it closed, then publishes the
-    /// current state. A device that cannot be restored leaves its resource `lost`, with a
-    /// message.
-    fn rollback(
+    /// Lands a change whose device work failed and was undone: its resources as they were
+    /// before, the re-created ports restored (or `Lost`), the Uplink re-opened (or `Lost`),
+    /// the ids it took released. Returns the error to answer with.
+    fn restore(
         &self,
-        engine: &Engine,
-        inner: &mut Inner,
-        undo: Undo,
-        created: Vec<(String, AttachRequest, PortIo)>,
-    ) {
-        for (name, req, io) in created.into_iter().rev() {
-            if let Err(err) = port::detach(&req, Some(io)) {
-                tracing::warn!(interface = %name, "rollback: cannot remove the device created by the failed change: {err}");
+        inner: &mut Locked<'_>,
+        token: u64,
+        allocated: &[PortId],
+        undone: Undone,
+    ) -> ApiError {
+        let engine = self.engine.read();
+        if let Some(flight) = inner.land(token) {
+            for ((kind, name), before) in flight.before {
+                match before {
+                    Some(resource) => inner.state.put(resource),
+                    None => {
+                        inner.state.remove(kind, &name);
+                    }
+                }
+            }
+            for (subnet, before, after) in flight.cursors {
+                if inner.state.ipam.get(&subnet) == after.as_ref() {
+                    match before {
+                        Some(cursor) => inner.state.ipam.insert(subnet, cursor),
+                        None => inner.state.ipam.remove(&subnet),
+                    };
+                }
             }
         }
+        let subnets: Vec<String> = inner.state.subnets.keys().cloned().collect();
+        inner
+            .state
+            .ipam
+            .retain(|subnet, _| subnets.contains(subnet));
+        for id in allocated {
+            engine.reset_port(*id);
+            inner.port_ids.release(id.0);
+        }
         let mut lost = false;
-        for (name, req, id) in undo.removed {
-            // A device that was lost before the change stays lost.
-            let Some(id) = id else {
-                continue;
-            };
-            match port::attach(&req) {
+        for (name, id, restored) in undone.restored {
+            match restored {
                 Ok(io) => {
                     engine.reset_port(id);
                     inner.ports.insert(
@@ -298,7 +352,6 @@ impl Controller {
                     );
                 }
                 Err(err) => {
-                    tracing::error!(interface = %name, "rollback: cannot restore the device: {err}; marked lost");
                     engine.reset_port(id);
                     inner.port_ids.release(id.0);
                     if let Some(nic) = inner.state.network_interfaces.get_mut(&name) {
@@ -311,73 +364,92 @@ impl Controller {
                 }
             }
         }
-        if undo.uplink_closed {
-            if let Some(name) = inner.state.uplinks.keys().next().cloned() {
-                let origin = Origin::resource(Kind::Uplink, &name);
-                let restored = open_uplink(inner, &inner.state, &name, engine.workers(), &origin)
-                    .and_then(|(io, device)| install_uplink(engine, inner, &name, io, device));
-                if let Err(err) = restored {
-                    tracing::error!(uplink = %name, "rollback: cannot re-open the uplink: {err}; marked lost");
-                    mark_uplink(
-                        &mut inner.state,
-                        &name,
-                        InterfaceState::Lost,
-                        Some(format!(
-                            "a failed change closed the device and re-opening it failed: {err}; apply the Uplink again"
-                        )),
-                    );
-                    lost = true;
-                }
+        if let Some((old, reopened)) = undone.old_uplink {
+            release_uplink_ids(&engine, inner, &old);
+            let restored = reopened
+                .and_then(|(io, device)| install_uplink(&engine, inner, &old.name, io, device));
+            if let Err(err) = restored {
+                tracing::error!(uplink = %old.name, "rollback: cannot re-open the uplink: {err}; marked lost");
+                mark_uplink(
+                    &mut inner.state,
+                    &old.name,
+                    InterfaceState::Lost,
+                    Some(format!(
+                        "a failed change closed the device and re-opening it failed: {err}; apply the Uplink again"
+                    )),
+                );
+                lost = true;
             }
         }
         if lost {
-            if let Err(err) = inner.store.save(&inner.state) {
+            if let Err(err) = inner.persist(&inner.state) {
                 tracing::error!("cannot save the state after a rollback: {err}");
             }
         }
-        publish(engine, inner);
+        publish(&engine, inner);
+        self.settled.notify_all();
+        undone.error
     }
 
-    /// Closes the Uplink's device and forgets the Uplink.
-    pub(super) fn delete_uplink(
-        &self,
-        engine: &Engine,
-        inner: &mut Inner,
-        name: &str,
-        mut next: State,
-    ) -> Result<(), ApiError> {
+    /// Closes the Uplink's device (without the lock) and forgets the Uplink.
+    pub(super) fn delete_uplink(&self, inner: &mut Locked<'_>, name: &str) -> Result<(), ApiError> {
+        let mut next = inner.state.clone();
         next.uplinks.remove(name);
-        if let Err(err) = inner.store.save(&next) {
+        if let Err(err) = inner.persist(&next) {
             return Err(Origin::resource(Kind::Uplink, name).internal(format!(
                 "cannot save the state ({err}); the uplink was left open: retry the delete"
             )));
         }
         inner.state = next;
-        if inner.uplink.is_some() {
-            close_uplink(engine, inner);
-        }
-        publish(engine, inner);
+        let Some(open) = inner.uplink.take() else {
+            publish(&self.engine.read(), inner);
+            return Ok(());
+        };
+        publish(&self.engine.read(), inner);
+        let token = inner.take_off(BTreeMap::new(), true, false);
+        let close = inner.uplink_ops.close;
+        let closed = ClosedUplink {
+            name: open.name,
+            id: open.id,
+            segment: open.segment,
+        };
+        let io = open.io;
+        inner.unlocked(move || {
+            if let Some(io) = retire(io) {
+                close(io);
+            }
+        });
+        release_uplink_ids(&self.engine.read(), inner, &closed);
+        self.land(inner, token);
+        tracing::info!(uplink = %closed.name, "closed the uplink");
         Ok(())
     }
 
+    /// Removes NetworkInterface `name`'s device (without the lock) and forgets it.
     pub(super) fn delete_interface(
         &self,
-        engine: &Engine,
-        inner: &mut Inner,
+        inner: &mut Locked<'_>,
         name: &str,
-        mut next: State,
     ) -> Result<(), ApiError> {
-        let workers = engine.workers();
+        let workers = self.engine.read().workers();
         let req = detach_request(&inner.state, name, workers);
         let port = inner.ports.remove(name);
         let id = port.as_ref().map(|p| p.id);
         if port.is_some() {
-            publish(engine, inner);
+            publish(&self.engine.read(), inner);
         }
-        let io = port.and_then(|p| retire(p.io));
-        let result = port::detach(&req, io);
+        let before = BTreeMap::from([(
+            (Kind::NetworkInterface, name.to_string()),
+            inner.state.resource(Kind::NetworkInterface, name),
+        )]);
+        let token = inner.take_off(before, false, false);
+        let result = inner.unlocked(|| {
+            let io = port.and_then(|p| retire(p.io));
+            port::detach(&req, io)
+        });
+        self.land(inner, token);
         if let Some(id) = id {
-            engine.reset_port(id);
+            self.engine.read().reset_port(id);
             inner.port_ids.release(id.0);
         }
         let origin = Origin::resource(Kind::NetworkInterface, name);
@@ -391,8 +463,9 @@ impl Controller {
                 return Err(origin.internal(message));
             }
         }
+        let mut next = inner.state.clone();
         next.network_interfaces.remove(name);
-        if let Err(err) = inner.store.save(&next) {
+        if let Err(err) = inner.persist(&next) {
             let message = format!(
                 "the device was removed but the state could not be saved ({err}); retry the delete"
             );
@@ -404,14 +477,209 @@ impl Controller {
     }
 }
 
-/// Device work to undo if a change fails: devices removed for re-creation, with the request
-/// that re-creates their old configuration and their port id (None when they were lost),
-/// and whether the Uplink was closed.
-#[derive(Debug, Default)]
-struct Undo {
-    removed: Vec<(String, AttachRequest, Option<PortId>)>,
-    /// The Uplink's device was closed to be re-opened.
-    uplink_closed: bool,
+/// A device to remove so that it can be created again, and how to put it back.
+#[derive(Debug)]
+struct Removal {
+    name: String,
+    /// Its old configuration: removes it, and re-creates it if the change fails.
+    req: AttachRequest,
+    /// Its port id and queues (none when it was lost).
+    port: Option<(PortId, Arc<PortIo>)>,
+}
+
+/// A device removed to be re-created: how to put it back, and its port id (none when it
+/// was lost).
+#[derive(Debug)]
+struct Removed {
+    name: String,
+    req: AttachRequest,
+    id: Option<PortId>,
+}
+
+/// The ids of an Uplink whose device was closed, to free once the change lands.
+#[derive(Debug)]
+struct ClosedUplink {
+    name: String,
+    id: PortId,
+    segment: SubnetId,
+}
+
+/// What opening an Uplink needs, read from the state under the lock.
+#[derive(Debug, Clone)]
+pub(super) struct UplinkTarget {
+    pub(super) name: String,
+    pub(super) ifname: String,
+    mac: MacAddr,
+    origin: Origin,
+}
+
+/// The device work of one change, done without the state lock.
+struct DeviceWork {
+    removals: Vec<Removal>,
+    requests: Vec<(String, AttachRequest)>,
+    /// The open Uplink to close first, and how to re-open it if the change fails.
+    old_uplink: Option<(ClosedUplink, Arc<PortIo>, Option<UplinkTarget>)>,
+    uplink: Option<UplinkTarget>,
+    vtep: Option<(Origin, SocketAddrV4)>,
+    workers: usize,
+    ops: UplinkOps,
+}
+
+/// The device work, done.
+struct Done {
+    created: Vec<(String, AttachRequest, PortIo)>,
+    /// The devices removed to be re-created.
+    removed: Vec<Removed>,
+    /// The closed Uplink (its ids are still held) and how to re-open it.
+    old_uplink: Option<ClosedUplink>,
+    old_uplink_target: Option<UplinkTarget>,
+    uplink: Option<(UplinkTarget, PortIo, UplinkDevice)>,
+    vtep: Option<(SocketAddrV4, port::Vtep)>,
+    ops: UplinkOps,
+}
+
+/// An Uplink's device re-opened, or why not.
+type Reopened = Result<(PortIo, UplinkDevice), ApiError>;
+
+/// The device work, failed and undone: the error, each re-created device restored with its
+/// old port id (or why it could not be), and the closed Uplink re-opened (or why not).
+struct Undone {
+    error: ApiError,
+    restored: Vec<(String, PortId, Result<PortIo, String>)>,
+    old_uplink: Option<(ClosedUplink, Reopened)>,
+}
+
+impl DeviceWork {
+    /// Opens the VTEP, removes the devices to re-create, creates the devices, closes and
+    /// opens the Uplink; on a failure, undoes what was done.
+    fn run(self, origin_of: &dyn Fn(Kind, &str) -> Origin) -> Result<Done, Box<Undone>> {
+        let mut done = Done {
+            created: Vec::new(),
+            removed: Vec::new(),
+            old_uplink: None,
+            old_uplink_target: None,
+            uplink: None,
+            vtep: None,
+            ops: self.ops,
+        };
+        if let Some((origin, local)) = &self.vtep {
+            match port::vtep::open(*local, self.workers) {
+                Ok(io) => done.vtep = Some((*local, io)),
+                Err(err) => {
+                    let error = origin.invalid(
+                        "spec.localAddress",
+                        format!("cannot open the VTEP on {local}: {err}"),
+                    );
+                    return Err(Box::new(done.undo(error, self.workers, origin_of)));
+                }
+            }
+        }
+        for Removal { name, req, port } in self.removals {
+            let (id, io) = match port {
+                Some((id, io)) => (Some(id), retire(io)),
+                None => (None, None),
+            };
+            let result = port::detach(&req, io);
+            let lost = id.is_none();
+            done.removed.push(Removed {
+                name: name.clone(),
+                req,
+                id,
+            });
+            match result {
+                Ok(()) => {}
+                // A lost device may already be gone with its namespace.
+                Err(PortError::Gone { .. } | PortError::Netns { .. }) if lost => {}
+                Err(err) => {
+                    let error = origin_of(Kind::NetworkInterface, &name)
+                        .internal(format!("cannot remove the device to re-create it: {err}"));
+                    return Err(Box::new(done.undo(error, self.workers, origin_of)));
+                }
+            }
+        }
+        for (name, req) in self.requests {
+            match port::attach(&req) {
+                Ok(io) => {
+                    tracing::info!(interface = %name, netns = %req.netns, ifname = %req.ifname, "attached port");
+                    done.created.push((name, req, io));
+                }
+                Err(err) => {
+                    let error = port_error(&origin_of(Kind::NetworkInterface, &name), err);
+                    return Err(Box::new(done.undo(error, self.workers, origin_of)));
+                }
+            }
+        }
+        if let Some((old, io, target)) = self.old_uplink {
+            if let Some(io) = retire(io) {
+                (self.ops.close)(io);
+            }
+            tracing::info!(uplink = %old.name, "closed the uplink");
+            done.old_uplink = Some(old);
+            done.old_uplink_target = target;
+        }
+        if let Some(target) = self.uplink {
+            match open_uplink_target(self.ops, &target, self.workers) {
+                Ok((io, device)) => done.uplink = Some((target, io, device)),
+                Err(error) => return Err(Box::new(done.undo(error, self.workers, origin_of))),
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Done {
+    /// Undoes the device work: removes the devices it created, re-creates the ones it
+    /// removed, closes the Uplink it opened and re-opens the one it closed, closes the new
+    /// VTEP.
+    fn undo(
+        self,
+        error: ApiError,
+        workers: usize,
+        origin_of: &dyn Fn(Kind, &str) -> Origin,
+    ) -> Undone {
+        drop(self.vtep);
+        if let Some((target, io, _)) = self.uplink {
+            tracing::debug!(uplink = %target.name, "rollback: closing the uplink the failed change opened");
+            (self.ops.close)(io);
+        }
+        for (name, req, io) in self.created.into_iter().rev() {
+            if let Err(err) = port::detach(&req, Some(io)) {
+                tracing::warn!(interface = %name, "rollback: cannot remove the device created by the failed change: {err}");
+            }
+        }
+        let mut restored = Vec::new();
+        for removed in self.removed {
+            // A device that was lost before the change stays lost.
+            let Some(id) = removed.id else {
+                continue;
+            };
+            let result = port::attach(&removed.req).map_err(|err| {
+                tracing::error!(interface = %removed.name, "rollback: cannot restore the device: {err}; marked lost");
+                err.to_string()
+            });
+            restored.push((removed.name, id, result));
+        }
+        let old_uplink = self.old_uplink.map(|old| {
+            let reopened = match &self.old_uplink_target {
+                Some(target) => open_uplink_target(self.ops, target, workers),
+                None => Err(origin_of(Kind::Uplink, &old.name)
+                    .internal("its configuration could not be read again")),
+            };
+            (old, reopened)
+        });
+        Undone {
+            error,
+            restored,
+            old_uplink,
+        }
+    }
+}
+
+/// Frees the ids of a closed Uplink.
+fn release_uplink_ids(engine: &Engine, inner: &mut Inner, closed: &ClosedUplink) {
+    engine.reset_port(closed.id);
+    inner.port_ids.release(closed.id.0);
+    inner.subnet_id_pool.release(closed.segment.0);
 }
 
 /// Sets the Uplink's state and message in `state`.
@@ -427,18 +695,22 @@ pub(super) fn mark_uplink(
     }
 }
 
-/// Checks that the Uplink's interface exists in the daemon's namespace.
-fn check_uplink_interface(
-    inner: &Inner,
+/// What opening Uplink `name` of `state` needs; checks that its interface exists in the
+/// daemon's namespace.
+///
+/// # Errors
+/// 400 when the interface does not exist.
+pub(super) fn uplink_target(
+    ops: UplinkOps,
     state: &State,
     name: &str,
     origin: &Origin,
-) -> Result<(), ApiError> {
+) -> Result<UplinkTarget, ApiError> {
     let Some(uplink) = state.uplinks.get(name) else {
         return Err(origin.internal(format!("Uplink {name:?} does not exist")));
     };
     let ifname = &uplink.spec.interface;
-    if !(inner.uplink_ops.exists)(ifname) {
+    if !(ops.exists)(ifname) {
         return Err(origin.invalid(
             "spec.interface",
             format!(
@@ -446,31 +718,29 @@ fn check_uplink_interface(
             ),
         ));
     }
-    Ok(())
+    Ok(UplinkTarget {
+        name: name.to_string(),
+        ifname: ifname.clone(),
+        mac: nat_rules::uplink_mac(state, uplink),
+        origin: origin.clone(),
+    })
 }
 
-/// Opens the device of Uplink `name` as `state` describes it, with one queue per worker.
+/// Opens an Uplink's device, with one queue per worker.
 ///
 /// # Errors
 /// 400 when the interface does not exist or its own MAC is the one the switch would use; 500
 /// when the system refuses.
-pub(super) fn open_uplink(
-    inner: &Inner,
-    state: &State,
-    name: &str,
+fn open_uplink_target(
+    ops: UplinkOps,
+    target: &UplinkTarget,
     workers: usize,
-    origin: &Origin,
 ) -> Result<(PortIo, UplinkDevice), ApiError> {
-    check_uplink_interface(inner, state, name, origin)?;
-    let Some(uplink) = state.uplinks.get(name) else {
-        return Err(origin.internal(format!("Uplink {name:?} does not exist")));
-    };
-    let ifname = &uplink.spec.interface;
-    let mac = nat_rules::uplink_mac(state, uplink);
-    let (io, device) = (inner.uplink_ops.open)(ifname, mac.0, workers)
-        .map_err(|err| uplink_error(origin, ifname, err))?;
+    let (origin, ifname, mac) = (&target.origin, &target.ifname, target.mac);
+    let (io, device) =
+        (ops.open)(ifname, mac.0, workers).map_err(|err| uplink_error(origin, ifname, err))?;
     if device.host_mac == mac.0 {
-        (inner.uplink_ops.close)(io);
+        (ops.close)(io);
         return Err(origin.invalid(
             "spec.mac",
             format!(
@@ -479,6 +749,21 @@ pub(super) fn open_uplink(
         ));
     }
     Ok((io, device))
+}
+
+/// Opens the device of Uplink `name` as `state` describes it, with one queue per worker.
+///
+/// # Errors
+/// As [`uplink_target`] and [`open_uplink_target`].
+pub(super) fn open_uplink(
+    inner: &Inner,
+    state: &State,
+    name: &str,
+    workers: usize,
+    origin: &Origin,
+) -> Result<(PortIo, UplinkDevice), ApiError> {
+    let target = uplink_target(inner.uplink_ops, state, name, origin)?;
+    open_uplink_target(inner.uplink_ops, &target, workers)
 }
 
 /// Maps an uplink device error to the API: what the user can fix (no such interface, not
@@ -533,29 +818,13 @@ pub(super) fn install_uplink(
     Ok(())
 }
 
-/// Closes the Uplink's device: publishes a snapshot without it, waits for the workers to let
-/// go of its queues, closes them, and frees its ids.
-fn close_uplink(engine: &Engine, inner: &mut Inner) {
-    let Some(open) = inner.uplink.take() else {
-        return;
-    };
-    publish(engine, inner);
-    if let Some(io) = retire(open.io) {
-        (inner.uplink_ops.close)(io);
-    }
-    engine.reset_port(open.id);
-    inner.port_ids.release(open.id.0);
-    inner.subnet_id_pool.release(open.segment.0);
-    tracing::info!(uplink = %open.name, "closed the uplink");
-}
-
 /// Marks an interface lost in memory (best effort persisted).
 fn mark_lost(inner: &mut Inner, name: &str, message: &str) {
     if let Some(nic) = inner.state.network_interfaces.get_mut(name) {
         nic.status.state = InterfaceState::Lost;
         nic.status.message = Some(message.to_string());
     }
-    if let Err(err) = inner.store.save(&inner.state) {
+    if let Err(err) = inner.persist(&inner.state) {
         tracing::error!(interface = %name, "cannot save the state: {err}");
     }
 }

@@ -641,6 +641,34 @@ impl State {
         kind.visit(Names(self))
     }
 
+    /// A copy of `kind`/`name`, if it exists.
+    pub fn resource(&self, kind: Kind, name: &str) -> Option<Resource> {
+        struct Get<'a>(&'a State, &'a str);
+        impl KindVisitor for Get<'_> {
+            type Output = Option<Resource>;
+            fn visit<K: ResourceKind>(self) -> Self::Output {
+                K::table(self.0)
+                    .get(self.1)
+                    .cloned()
+                    .map(Stored::into_resource)
+            }
+        }
+        kind.visit(Get(self, name))
+    }
+
+    /// Inserts `resource`, replacing the one of its kind and name.
+    pub fn put(&mut self, resource: Resource) {
+        struct Put<'a>(&'a mut State);
+        impl ResourceVisitor for Put<'_> {
+            type Output = ();
+            fn visit<K: ResourceKind>(self, resource: K) {
+                let name = resource.metadata().name.clone();
+                K::table_mut(self.0).insert(name, resource);
+            }
+        }
+        resource.visit(Put(self));
+    }
+
     /// Removes `kind`/`name`; true when it existed.
     pub fn remove(&mut self, kind: Kind, name: &str) -> bool {
         struct Remove<'a>(&'a mut State, &'a str);

@@ -18,6 +18,9 @@ fn fake_ops() -> UplinkOps {
         mac: [u8; 6],
         _queues: usize,
     ) -> Result<(PortIo, UplinkDevice), PortError> {
+        if ifname == "fakeslow" {
+            SLOW_OPEN.enter_and_wait();
+        }
         if ifname == "fakedown" {
             return Err(PortError::Sys {
                 what: "uplink interface is down; bring it up".into(),
@@ -53,6 +56,45 @@ fn fake_ops() -> UplinkOps {
         exists,
         open,
         close,
+    }
+}
+
+/// A gate that `fakeslow`'s open waits at: the test sees it entered, then lets it through.
+struct Gate {
+    state: Mutex<(bool, bool)>,
+    changed: parking_lot::Condvar,
+}
+
+static SLOW_OPEN: Gate = Gate {
+    state: Mutex::new((false, false)),
+    changed: parking_lot::Condvar::new(),
+};
+
+impl Gate {
+    fn enter_and_wait(&self) {
+        let mut state = self.state.lock();
+        state.0 = true;
+        self.changed.notify_all();
+        while !state.1 {
+            self.changed.wait(&mut state);
+        }
+    }
+
+    /// Waits until the open is at the gate; false after `within`.
+    fn wait_entered(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut state = self.state.lock();
+        while !state.0 {
+            if self.changed.wait_until(&mut state, deadline).timed_out() {
+                return state.0;
+            }
+        }
+        true
+    }
+
+    fn release(&self) {
+        self.state.lock().1 = true;
+        self.changed.notify_all();
     }
 }
 
@@ -865,4 +907,76 @@ fn reports_read_back_typed() {
         timeout_seconds: 27,
     });
     controller.shutdown();
+}
+
+/// Device work runs without the state lock: while the Uplink's device is being opened,
+/// reads answer (showing it Pending), an unrelated change completes and is persisted
+/// without the Uplink, and a change to the Uplink waits for the open to finish.
+#[test]
+fn device_work_runs_without_the_state_lock() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::tables::clock::FakeClock::new(0));
+    let controller = Arc::new(open_fake(dir.path(), clock));
+    controller
+        .apply("apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: blue}\n")
+        .unwrap();
+
+    let opening = {
+        let controller = Arc::clone(&controller);
+        std::thread::spawn(move || controller.apply(&uplink_doc("fakeslow")))
+    };
+    assert!(
+        SLOW_OPEN.wait_entered(Duration::from_secs(30)),
+        "the uplink's open never started"
+    );
+    let uplink = controller.get("uplink", "wan").unwrap();
+    assert_eq!(uplink["status"]["state"], "Pending", "{uplink}");
+
+    // An unrelated change completes while the open waits at the gate.
+    let (done, finished) = mpsc::channel();
+    {
+        let controller = Arc::clone(&controller);
+        std::thread::spawn(move || {
+            let result = controller
+                .apply("apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {name: red}\n");
+            let _ = done.send(result.map(|_| ()));
+        });
+    }
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("an unrelated apply waited behind the uplink's device work")
+        .unwrap();
+    let saved = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(saved.contains("\"red\""), "{saved}");
+    assert!(
+        !saved.contains("fakeslow"),
+        "a change in flight was persisted: {saved}"
+    );
+
+    // A change to the Uplink waits for the one in flight, then applies on top of it.
+    let (done, changed) = mpsc::channel();
+    {
+        let controller = Arc::clone(&controller);
+        std::thread::spawn(move || {
+            let text = uplink_doc("fakeslow").replace("198.51.100.12]", "198.51.100.13]");
+            let _ = done.send(controller.apply(&text).map(|_| ()));
+        });
+    }
+    assert!(
+        changed.recv_timeout(Duration::from_millis(200)).is_err(),
+        "a change to the Uplink did not wait for the one in flight"
+    );
+    SLOW_OPEN.release();
+    opening.join().unwrap().unwrap();
+    changed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the waiting change never ran")
+        .unwrap();
+    let uplink = controller.get("uplink", "wan").unwrap();
+    assert_eq!(uplink["status"]["state"], "Up", "{uplink}");
+    assert!(uplink.to_string().contains("198.51.100.13"), "{uplink}");
+    let saved = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(saved.contains("198.51.100.13"), "{saved}");
 }
