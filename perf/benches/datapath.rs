@@ -246,8 +246,14 @@ fn bench_gro(c: &mut Criterion) {
 
     let (pristine, views) = udp_gro_buffer(&frames);
     let mut check = pristine.clone();
-    let merged = gro::merge_in_place(&mut check, views.len(), |j| views[j].clone(), VXLAN_SAME)
-        .expect("the buffer merges");
+    let merged = gro::merge_in_place(
+        &mut check,
+        views.len(),
+        |j| views[j].clone(),
+        VXLAN_SAME,
+        false,
+    )
+    .expect("the buffer merges");
     assert_eq!(merged.segments, GRO_SEGMENTS, "merged segments");
     assert_eq!(merged.len, merged_len, "merged length");
     assert_eq!(usize::from(merged.mss), MSS, "merged MSS");
@@ -274,6 +280,7 @@ fn bench_gro(c: &mut Criterion) {
                     GRO_SEGMENTS,
                     |j| views[j].clone(),
                     VXLAN_SAME,
+                    false,
                 )
             },
             BatchSize::SmallInput,

@@ -64,6 +64,10 @@ struct RunArgs {
     /// Add Open vSwitch's userspace datapath (datapath_type=netdev) to l2, if installed.
     #[arg(long)]
     with_ovs: bool,
+    /// vxlan: give both vswitchd nodes' Overlay `remoteChecksumOffload: true` (the kernel
+    /// side keeps its defaults).
+    #[arg(long)]
+    vxlan_rco: bool,
     /// vswitchd worker counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2",
           value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -306,7 +310,11 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         &args.placements,
         ovs.is_some(),
     );
-    let context = Context { binaries, ovs };
+    let context = Context {
+        binaries,
+        ovs,
+        vxlan_rco: args.vxlan_rco,
+    };
     let info = run_info(args, &settings, &context, started_at);
     eprintln!(
         "perf: {} scenario(s) x {} variant(s), {} runs each",

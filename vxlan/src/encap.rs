@@ -140,6 +140,11 @@ pub struct EncapConfig {
     pub source_ports: SourcePortRange,
     /// Mixed into the flow hash (Linux uses a random boot-time seed). Default 0.
     pub hash_seed: u32,
+    /// Remote checksum offload (Linux `remcsumtx`): frames whose inner checksum is partial
+    /// may be sent with it left partial and the RCO option saying where it is (see
+    /// [`header`]); the receiver completes it. Only for receivers that accept it (Linux
+    /// `remcsumrx`), which every other VTEP drops. Default `false`.
+    pub remote_checksum_offload: bool,
 }
 
 impl Default for EncapConfig {
@@ -151,6 +156,7 @@ impl Default for EncapConfig {
             udp_checksum_ipv6: true,
             source_ports: SourcePortRange::DEFAULT,
             hash_seed: 0,
+            remote_checksum_offload: false,
         }
     }
 }
@@ -570,6 +576,9 @@ pub struct Decapsulated {
     pub vni: Vni,
     /// The inner Ethernet frame: `payload[inner]`, at least [`MIN_INNER_LEN`] bytes.
     pub inner: Range<usize>,
+    /// The remote checksum offload option, when accepted and present (see
+    /// [`decapsulate_with_rco`]).
+    pub remote_checksum: Option<header::RemoteChecksum>,
 }
 
 /// Validates a VXLAN packet (the outer UDP payload) without a VNI lookup. Never panics.
@@ -586,6 +595,7 @@ pub fn decapsulate(udp_payload: &[u8]) -> Result<Decapsulated, DecapError> {
     Ok(Decapsulated {
         vni: repr.vni,
         inner: VXLAN_HEADER_LEN..udp_payload.len(),
+        remote_checksum: None,
     })
 }
 
@@ -601,6 +611,21 @@ pub fn decapsulate_with<S>(
     udp_payload: &[u8],
     lookup: impl FnOnce(Vni) -> Option<S>,
 ) -> Result<(S, Decapsulated), DecapError> {
+    decapsulate_with_rco(udp_payload, false, lookup)
+}
+
+/// [`decapsulate_with`], accepting the remote checksum offload option when `accept_rco`
+/// (a VTEP configured like Linux's `remcsumrx`; see [`header`]). An option whose checksum
+/// field lies beyond the inner frame is refused as [`DecapError::InnerFrameTruncated`].
+///
+/// # Errors
+///
+/// As [`decapsulate_with`].
+pub fn decapsulate_with_rco<S>(
+    udp_payload: &[u8],
+    accept_rco: bool,
+    lookup: impl FnOnce(Vni) -> Option<S>,
+) -> Result<(S, Decapsulated), DecapError> {
     let packet = header::Packet::new_checked(udp_payload)?;
     if !packet.i_flag() {
         return Err(DecapError::BadFlags);
@@ -609,12 +634,23 @@ pub fn decapsulate_with<S>(
     if udp_payload.len() < VXLAN_HEADER_LEN + MIN_INNER_LEN {
         return Err(DecapError::InnerFrameTruncated);
     }
-    let repr = header::Repr::parse(&packet)?;
+    let (repr, remote_checksum) = if accept_rco {
+        header::Repr::parse_with_rco(&packet)?
+    } else {
+        (header::Repr::parse(&packet)?, None)
+    };
+    let inner_len = udp_payload.len() - VXLAN_HEADER_LEN;
+    if let Some(option) = remote_checksum {
+        if usize::from(option.start() + option.offset()) + 2 > inner_len {
+            return Err(DecapError::InnerFrameTruncated);
+        }
+    }
     Ok((
         segment,
         Decapsulated {
             vni: repr.vni,
             inner: VXLAN_HEADER_LEN..udp_payload.len(),
+            remote_checksum,
         },
     ))
 }

@@ -30,6 +30,24 @@
 //! checksum offload reuse those bits; we implement none of them, so for us they are all
 //! reserved). A vswitchd VTEP and a kernel VTEP therefore accept exactly the same packets.
 //!
+//! **Remote checksum offload** (RCO, draft-herbert-vxlan-rco, Linux `remcsumtx` and
+//! `remcsumrx`) is the one extension implemented, and only where the VTEP is configured for
+//! it: [`Repr::parse_with_rco`] accepts the C flag (bit 21 of the first word, Linux
+//! `VXLAN_HF_RCO`) and the option it enables in the byte after the VNI:
+//!
+//! ```text
+//! |R|R|R|R|I|R|R|R|R|R|C|              Reserved                   |
+//! |           VXLAN Network Identifier (VNI)      |O| Csum start  |
+//! ```
+//!
+//! The sender leaves the inner TCP or UDP checksum partial (the pseudo-header sum in its
+//! field) and says where it is: `Csum start` is the checksum's start, counted from the inner
+//! Ethernet header in units of 2 bytes, and O selects the field's offset from there (set:
+//! UDP's, 6; clear: TCP's, 16). The receiver completes the checksum, or hands the frame on as
+//! partial (Linux does the latter unless `remcsum_nopartial`). [`RemoteChecksum`] is the
+//! option; [`Packet::set_remote_checksum`] writes it. [`Repr::parse`] refuses it, as every
+//! VTEP without RCO does.
+//!
 //! [`Repr::parse`] applies the rules in the kernel's order: too short ([`Error::Truncated`]),
 //! I flag clear ([`Error::BadFlags`]), then any reserved bit set ([`Error::ReservedBitsSet`]).
 //! The kernel looks the VNI up between the last two checks; [`crate::encap::decapsulate_with`]
@@ -64,6 +82,77 @@ pub const HEADER_LEN: usize = field::PAYLOAD.start;
 
 /// The I flag ("VNI present"), the only flag RFC 7348 defines (Linux `VXLAN_HF_VNI`).
 pub const FLAG_I: u8 = 0x08;
+
+/// The C flag (remote checksum offload) in the 24 bits after the flags (Linux
+/// `VXLAN_HF_RCO`, bit 21 of the first word).
+pub const RCO_FLAG: u32 = 0x0020_0000;
+
+/// In the byte after the VNI with [`RCO_FLAG`]: the checksum start divided by two.
+const RCO_START_MASK: u8 = 0x7f;
+
+/// In the byte after the VNI with [`RCO_FLAG`]: the checksum is UDP's (offset 6), not TCP's.
+const RCO_UDP: u8 = 0x80;
+
+/// A remote checksum offload option: where the inner TCP or UDP checksum that the sender
+/// left partial is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemoteChecksum {
+    start: u8,
+    udp: bool,
+}
+
+impl RemoteChecksum {
+    /// Offset of the checksum field in a TCP header.
+    pub const TCP_OFFSET: u16 = 16;
+    /// Offset of the checksum field in a UDP header.
+    pub const UDP_OFFSET: u16 = 6;
+    /// The largest checksum start the option can say (254 bytes into the inner frame).
+    pub const MAX_START: u16 = (RCO_START_MASK as u16) << 1;
+
+    /// The option for a checksum that starts `start` bytes into the inner Ethernet frame with
+    /// its field `offset` bytes further, or `None` when the option cannot say it: `start` odd
+    /// or beyond [`RemoteChecksum::MAX_START`], or `offset` neither TCP's nor UDP's (Linux
+    /// sends such a frame's checksum complete instead).
+    pub fn new(start: u16, offset: u16) -> Option<RemoteChecksum> {
+        if start % 2 != 0 || start > RemoteChecksum::MAX_START {
+            return None;
+        }
+        let udp = match offset {
+            RemoteChecksum::TCP_OFFSET => false,
+            RemoteChecksum::UDP_OFFSET => true,
+            _ => return None,
+        };
+        Some(RemoteChecksum {
+            start: u8::try_from(start / 2).ok()?,
+            udp,
+        })
+    }
+
+    /// Where the checksum starts, in bytes from the inner Ethernet header.
+    pub fn start(self) -> u16 {
+        u16::from(self.start) * 2
+    }
+
+    /// Offset of the checksum field from [`RemoteChecksum::start`].
+    pub fn offset(self) -> u16 {
+        if self.udp {
+            RemoteChecksum::UDP_OFFSET
+        } else {
+            RemoteChecksum::TCP_OFFSET
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        self.start | if self.udp { RCO_UDP } else { 0 }
+    }
+
+    fn from_byte(byte: u8) -> RemoteChecksum {
+        RemoteChecksum {
+            start: byte & RCO_START_MASK,
+            udp: byte & RCO_UDP != 0,
+        }
+    }
+}
 
 /// The IANA-assigned VXLAN UDP destination port (RFC 7348, section 5).
 pub const UDP_PORT: u16 = 4789;
@@ -261,6 +350,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[field::RESERVED_AFTER_VNI] = value;
     }
 
+    /// Sets the remote checksum offload option: the C flag and the byte after the VNI.
+    #[inline]
+    pub fn set_remote_checksum(&mut self, option: RemoteChecksum) {
+        let reserved = self.reserved_after_flags() | RCO_FLAG;
+        self.set_reserved_after_flags(reserved);
+        self.set_reserved_after_vni(option.to_byte());
+    }
+
     /// The bytes after the header, writable.
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
@@ -314,6 +411,31 @@ impl Repr {
             return Err(Error::ReservedBitsSet);
         }
         Ok(Repr { vni: packet.vni() })
+    }
+
+    /// [`Repr::parse`] for a VTEP that takes remote checksum offload: the C flag and its option
+    /// in the byte after the VNI are accepted (the option is returned); every other reserved
+    /// bit is still refused. Never panics.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repr::parse`].
+    pub fn parse_with_rco<T: AsRef<[u8]>>(
+        packet: &Packet<T>,
+    ) -> Result<(Repr, Option<RemoteChecksum>), Error> {
+        packet.check_len()?;
+        if !packet.i_flag() {
+            return Err(Error::BadFlags);
+        }
+        let rco = packet.reserved_after_flags() == RCO_FLAG;
+        if packet.flags() & !FLAG_I != 0
+            || (packet.reserved_after_flags() != 0 && !rco)
+            || (packet.reserved_after_vni() != 0 && !rco)
+        {
+            return Err(Error::ReservedBitsSet);
+        }
+        let option = rco.then(|| RemoteChecksum::from_byte(packet.reserved_after_vni()));
+        Ok((Repr { vni: packet.vni() }, option))
     }
 
     /// The length of the header this emits: [`HEADER_LEN`].
@@ -582,5 +704,57 @@ mod tests {
             prop_assert_eq!(Repr::parse(&packet), Ok(repr));
             prop_assert_eq!(packet.payload(), &payload[..]);
         }
+    }
+
+    #[test]
+    fn remote_checksum_option_round_trips_as_linux_lays_it_out() {
+        let mut bytes = [0u8; HEADER_LEN];
+        let mut packet = Packet::new_unchecked(&mut bytes[..]);
+        Repr {
+            vni: Vni::new(42).unwrap(),
+        }
+        .emit(&mut packet);
+        // TCP over IPv4 without options: the checksum starts 34 bytes in, field at +16.
+        let option = RemoteChecksum::new(34, 16).unwrap();
+        packet.set_remote_checksum(option);
+        // Linux: VXLAN_HF_RCO = BIT(21) of the first word; start >> 1 in the last byte.
+        assert_eq!(bytes, [0x08, 0x20, 0x00, 0x00, 0x00, 0x00, 0x2a, 17]);
+        let packet = Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(Repr::parse(&packet), Err(Error::ReservedBitsSet));
+        let (repr, parsed) = Repr::parse_with_rco(&packet).unwrap();
+        assert_eq!(repr.vni.get(), 42);
+        assert_eq!(parsed, Some(option));
+        assert_eq!((option.start(), option.offset()), (34, 16));
+        let udp = RemoteChecksum::new(34, 6).unwrap();
+        assert_eq!((udp.start(), udp.offset()), (34, 6));
+        assert_eq!(udp.to_byte(), 0x80 | 17);
+        // What the option cannot say.
+        assert_eq!(RemoteChecksum::new(35, 16), None);
+        assert_eq!(RemoteChecksum::new(256, 16), None);
+        assert_eq!(RemoteChecksum::new(34, 10), None);
+    }
+
+    #[test]
+    fn rco_parsing_still_refuses_other_reserved_bits() {
+        let plain = [0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+        let (_, option) = Repr::parse_with_rco(&Packet::new_checked(&plain[..]).unwrap()).unwrap();
+        assert_eq!(option, None);
+        for bad in [
+            [0x08, 0x20, 0x00, 0x01, 0, 0, 0x2a, 17], // C and another reserved bit
+            [0x08, 0x00, 0x00, 0x00, 0, 0, 0x2a, 17], // an option without C
+            [0x88, 0x20, 0x00, 0x00, 0, 0, 0x2a, 17], // GBP's G flag
+        ] {
+            let packet = Packet::new_checked(&bad[..]).unwrap();
+            assert_eq!(
+                Repr::parse_with_rco(&packet),
+                Err(Error::ReservedBitsSet),
+                "{bad:02x?}"
+            );
+        }
+        let no_i = [0x00, 0x20, 0, 0, 0, 0, 0x2a, 17];
+        assert_eq!(
+            Repr::parse_with_rco(&Packet::new_checked(&no_i[..]).unwrap()),
+            Err(Error::BadFlags)
+        );
     }
 }

@@ -31,7 +31,7 @@ pub use encap::{
 pub use fdb::{Fdb as VxlanFdb, FdbEntry as VxlanFdbEntry, SharedFdb as VxlanSharedFdb, Vtep};
 pub use header::{
     Error as VxlanHeaderError, HEADER_LEN as VXLAN_HEADER_LEN, Packet as VxlanPacket,
-    Repr as VxlanRepr, UDP_PORT as VXLAN_UDP_PORT, Vni,
+    RemoteChecksum as VxlanRemoteChecksum, Repr as VxlanRepr, UDP_PORT as VXLAN_UDP_PORT, Vni,
 };
 pub use membership::{
     AddressPlan, MembershipError, OverlaySettings, RegistrationRequest, RunnerId, RunnerPlan,

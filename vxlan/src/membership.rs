@@ -735,6 +735,14 @@ pub struct OverlaySettings {
     pub port: u16,
     /// Overlay MTU. Default 1450 (1500 minus 50 bytes of VXLAN over IPv4).
     pub mtu: u16,
+    /// VXLAN remote checksum offload (see [`crate::header`]): every node must send it only
+    /// to nodes that take it. Default `false`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub remote_checksum_offload: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Default for OverlaySettings {
@@ -743,6 +751,7 @@ impl Default for OverlaySettings {
             vni_base: 100,
             port: UDP_PORT,
             mtu: 1450,
+            remote_checksum_offload: false,
         }
     }
 }
@@ -756,6 +765,8 @@ pub enum Setting {
     Port,
     /// `mtu`.
     Mtu,
+    /// `remoteChecksumOffload` (1 on, 0 off).
+    RemoteChecksumOffload,
 }
 
 impl fmt::Display for Setting {
@@ -764,6 +775,7 @@ impl fmt::Display for Setting {
             Setting::VniBase => "vniBase",
             Setting::Port => "port",
             Setting::Mtu => "mtu",
+            Setting::RemoteChecksumOffload => "remoteChecksumOffload",
         })
     }
 }
@@ -781,6 +793,15 @@ pub struct SettingMismatch {
 
 impl fmt::Display for SettingMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.setting == Setting::RemoteChecksumOffload {
+            return write!(
+                f,
+                "{} differs: hub {}, runner {}",
+                self.setting,
+                self.hub != 0,
+                self.runner != 0
+            );
+        }
         write!(
             f,
             "{} differs: hub {}, runner {}",
@@ -801,6 +822,11 @@ impl OverlaySettings {
             (Setting::VniBase, self.vni_base, runner.vni_base),
             (Setting::Port, u32::from(self.port), u32::from(runner.port)),
             (Setting::Mtu, u32::from(self.mtu), u32::from(runner.mtu)),
+            (
+                Setting::RemoteChecksumOffload,
+                u32::from(self.remote_checksum_offload),
+                u32::from(runner.remote_checksum_offload),
+            ),
         ]
         .into_iter()
         .filter(|(_, hub, runner)| hub != runner)
@@ -832,6 +858,10 @@ pub struct RegistrationRequest {
     pub port: u16,
     /// The runner's overlay MTU.
     pub mtu: u16,
+    /// Whether the runner sends and takes VXLAN remote checksum offload (left out when off,
+    /// so that hubs from before the setting admit a runner without it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote_checksum_offload: bool,
 }
 
 impl RegistrationRequest {
@@ -841,6 +871,7 @@ impl RegistrationRequest {
             vni_base: self.vni_base,
             port: self.port,
             mtu: self.mtu,
+            remote_checksum_offload: self.remote_checksum_offload,
         }
     }
 }
@@ -1361,6 +1392,7 @@ mod tests {
             vni_base: 100,
             port: 4789,
             mtu,
+            remote_checksum_offload: false,
         }
     }
 
@@ -1381,6 +1413,20 @@ mod tests {
              mtu differs: hub 1450, runner 9000"
         );
         assert!(validate_registration(&hub, &request(1450)).is_ok());
+        let rco = RegistrationRequest {
+            remote_checksum_offload: true,
+            ..request(1450)
+        };
+        let error = validate_registration(&hub, &rco).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "remoteChecksumOffload differs: hub false, runner true"
+        );
+        // On the wire only when on, so that older hubs admit runners without it.
+        let json = serde_json::to_string(&rco).expect("serialise");
+        assert!(json.contains(r#""remoteChecksumOffload":true"#), "{json}");
+        let json = serde_json::to_string(&request(1450)).expect("serialise");
+        assert!(!json.contains("remoteChecksumOffload"), "{json}");
     }
 
     #[test]

@@ -209,6 +209,8 @@ pub struct Context {
     pub binaries: Option<Binaries>,
     /// Open vSwitch, when `--with-ovs` found it.
     pub ovs: Option<OvsTools>,
+    /// vxlan: vswitchd's Overlay with remote checksum offload (`--vxlan-rco`).
+    pub vxlan_rco: bool,
 }
 
 impl Context {

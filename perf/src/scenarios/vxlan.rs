@@ -25,11 +25,11 @@ const UNDERLAY: [&str; 2] = ["10.79.0.1", "10.79.0.2"];
 
 /// The Overlay (mesh, the other node as its peer) for the node whose underlay address is
 /// `local`, and the Subnet stretched over it with the kernel side's VNI and MTU.
-fn overlay(local: &str, peer: &str) -> String {
+fn overlay(local: &str, peer: &str, rco: bool) -> String {
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: perf\nspec:\n  \
          role: mesh\n  localAddress: {local}\n  port: 4789\n  mtu: 1450\n  \
-         peers:\n  - {peer}\n---\n\
+         remoteChecksumOffload: {rco}\n  peers:\n  - {peer}\n---\n\
          apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: perf\nspec: {{}}\n---\n\
          apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: perf\nspec:\n  \
          network: perf\n  cidr: 10.80.0.0/24\n  gateway: 10.80.0.1\n  vni: 42\n"
@@ -62,7 +62,10 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 let dir = topology.scratch(&format!("vswitchd{}", index + 1))?;
                 let daemon = Daemon::start(binaries, node, settings, &dir)?;
                 daemon
-                    .apply("overlay", &overlay(UNDERLAY[index], UNDERLAY[1 - index]))
+                    .apply(
+                        "overlay",
+                        &overlay(UNDERLAY[index], UNDERLAY[1 - index], context.vxlan_rco),
+                    )
                     .map_err(refusal_is_unsupported)?;
                 daemons.push(daemon);
             }
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn overlay_document_names_both_ends() {
-        let doc = overlay("10.79.0.1", "10.79.0.2");
+        let doc = overlay("10.79.0.1", "10.79.0.2", true);
         assert!(
             doc.starts_with("apiVersion: vswitch/v1alpha1\nkind: Overlay\n"),
             "{doc}"
@@ -149,5 +152,6 @@ mod tests {
         assert!(doc.contains("  localAddress: 10.79.0.1\n"), "{doc}");
         assert!(doc.contains("  - 10.79.0.2\n"), "{doc}");
         assert!(doc.contains("  vni: 42\n"), "{doc}");
+        assert!(doc.contains("  remoteChecksumOffload: true\n"), "{doc}");
     }
 }

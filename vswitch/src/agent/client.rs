@@ -328,6 +328,7 @@ mod tests {
             vni_base: 100,
             port: 4789,
             mtu: 1400,
+            remote_checksum_offload: false,
         };
         let error = runtime()
             .block_on(client.register(&request))

@@ -366,6 +366,7 @@ mod tests {
                 vni_base: 100,
                 port: 4789,
                 mtu: 1450,
+                remote_checksum_offload: false,
             };
             let error = HubClient::new(std::net::Ipv4Addr::new(192, 168, 77, 1), 4799, TOKEN)
                 .register(&newcomer)

@@ -51,6 +51,7 @@ impl RunnerSettings {
                 vni_base: config.vni_base,
                 port: config.port,
                 mtu: config.mtu,
+                remote_checksum_offload: config.remote_checksum_offload,
             },
             client: HubClient::new(hub.address, hub.api_port, &hub.token),
             heartbeat: config.heartbeat.max(MIN_HEARTBEAT),
@@ -379,6 +380,7 @@ mod tests {
             port: 4789,
             vni_base: 100,
             mtu: 1450,
+            remote_checksum_offload: false,
             hub: Some(crate::control::resource::HubRef {
                 address: Ipv4Addr::new(192, 168, 50, 1),
                 api_port: 4799,
@@ -400,6 +402,7 @@ mod tests {
                 vni_base: 100,
                 port: 4789,
                 mtu: 1450,
+                remote_checksum_offload: false,
             }
         );
         config.hub = None;

@@ -105,6 +105,7 @@ pub fn encap_config(overlay: &Overlay) -> VxlanEncapConfig {
     VxlanEncapConfig {
         udp_checksum_ipv4: overlay.spec.udp_checksum,
         source_ports: source_ports(&overlay.spec.source_ports).unwrap_or_default(),
+        remote_checksum_offload: overlay.spec.remote_checksum_offload,
         ..VxlanEncapConfig::default()
     }
 }
@@ -115,6 +116,7 @@ pub fn settings(overlay: &Overlay) -> vxlan::OverlaySettings {
         vni_base: overlay.spec.vni_base,
         port: overlay.spec.port,
         mtu: overlay.spec.mtu,
+        remote_checksum_offload: overlay.spec.remote_checksum_offload,
     }
 }
 

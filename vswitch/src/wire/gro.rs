@@ -147,12 +147,13 @@ impl Segment {
         if vnet.gso_type() != vnet_hdr::gso::NONE || vnet.needs_csum() {
             return None;
         }
-        Segment::parse_headers(frame)
+        Segment::parse_headers(frame, true)
     }
 
     /// [`parse`](Segment::parse) without looking at the first [`ETH`] bytes: the Ethernet
-    /// frame starts at [`ETH`], whatever precedes it.
-    fn parse_headers(frame: &[u8]) -> Option<Segment> {
+    /// frame starts at [`ETH`], whatever precedes it. The TCP checksum is verified only when
+    /// `verify_tcp`.
+    fn parse_headers(frame: &[u8], verify_tcp: bool) -> Option<Segment> {
         let eth = frame.get(ETH..IP)?;
         if eth[ETHERNET_HEADER_LEN - 2..] != ETHERTYPE_IPV4 {
             return None;
@@ -179,15 +180,17 @@ impl Segment {
             flags if flags == tcp_flags::ACK | tcp_flags::PSH => true,
             _ => return None,
         };
-        let tcp_len = u16::try_from(tcp.len()).ok()?;
-        let pseudo = checksum::pseudo_header_ipv4(
-            address(ip, ip_field::SRC_ADDR),
-            address(ip, ip_field::DST_ADDR),
-            PROTOCOL_TCP,
-            tcp_len,
-        );
-        if checksum::combine(&[pseudo, checksum::sum(tcp)]) != 0xffff {
-            return None;
+        if verify_tcp {
+            let tcp_len = u16::try_from(tcp.len()).ok()?;
+            let pseudo = checksum::pseudo_header_ipv4(
+                address(ip, ip_field::SRC_ADDR),
+                address(ip, ip_field::DST_ADDR),
+                PROTOCOL_TCP,
+                tcp_len,
+            );
+            if checksum::combine(&[pseudo, checksum::sum(tcp)]) != 0xffff {
+                return None;
+            }
         }
         Some(Segment {
             end,
@@ -526,17 +529,23 @@ pub struct Merged {
 /// say, the prefix untouched) followed by every merged payload, `Merged::len` bytes from
 /// its start; frames from `Merged::segments` on are where they were, intact, except for the
 /// prefix bytes outside `same` of the first of them. Never panics.
+///
+/// With `partial_tcp` the segments' TCP checksums are not verified: for segments whose
+/// sender left them partial and whose integrity something else vouches for (VXLAN remote
+/// checksum offload under a verified outer UDP checksum). The super-frame is partial either
+/// way.
 pub fn merge_in_place(
     buf: &mut [u8],
     count: usize,
     frame: impl Fn(usize) -> core::ops::Range<usize>,
     same: core::ops::Range<usize>,
+    partial_tcp: bool,
 ) -> Option<Merged> {
     if count < 2 || same.start > same.end || same.end > ETH {
         return None;
     }
     let first = frame(0);
-    let head = Segment::parse_headers(buf.get(first.clone())?)?;
+    let head = Segment::parse_headers(buf.get(first.clone())?, !partial_tcp)?;
     let mut run = Run::start(&head);
     if run.closed {
         return None;
@@ -552,7 +561,7 @@ pub fn merge_in_place(
         }
         let view = &buf[range.clone()];
         let run_view = &buf[headers.clone()];
-        let Some(segment) = Segment::parse_headers(view) else {
+        let Some(segment) = Segment::parse_headers(view, !partial_tcp) else {
             break;
         };
         if view.get(same.clone()) != run_view.get(same.clone())
@@ -1213,7 +1222,7 @@ mod tests {
     fn check_in_place(frames: &[Vec<u8>]) -> Option<Merged> {
         let (mut buf, views) = gro_buffer(frames, |_| VXLAN_42);
         let before = buf.clone();
-        let merged = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10);
+        let merged = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10, false);
         let out = run(&mut Coalescer::new(), frames);
         let Some(merged) = merged else {
             assert_eq!(buf, before, "nothing merged, nothing changed");
@@ -1267,6 +1276,51 @@ mod tests {
         assert_eq!(check_in_place(&build_all(&specs)), None);
     }
 
+    /// Segments whose TCP checksum the sender left partial (the pseudo-header sum in the
+    /// field, as VXLAN remote checksum offload sends them) merge only when told to trust
+    /// them, into the same super-frame as complete ones.
+    #[test]
+    fn partial_segments_merge_only_when_trusted() {
+        let complete = build_all(&stream(4, 800));
+        let partial: Vec<Vec<u8>> = complete
+            .iter()
+            .map(|frame| {
+                let mut frame = frame.clone();
+                let tcp = TCP;
+                let ip = &frame[IP..TCP];
+                let tcp_len = u16::try_from(frame.len() - tcp).unwrap();
+                let pseudo = checksum::pseudo_header_ipv4(
+                    address(ip, ip_field::SRC_ADDR),
+                    address(ip, ip_field::DST_ADDR),
+                    PROTOCOL_TCP,
+                    tcp_len,
+                );
+                frame[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
+                frame
+            })
+            .collect();
+        let (mut buf, views) = gro_buffer(&partial, |_| VXLAN_42);
+        assert_eq!(
+            merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10, false),
+            None,
+            "unverifiable checksums are not merged by default"
+        );
+        let merged =
+            merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10, true).unwrap();
+        assert_eq!(merged.segments, 4);
+        let (mut reference, views) = gro_buffer(&complete, |_| VXLAN_42);
+        let expected = merge_in_place(
+            &mut reference,
+            views.len(),
+            |j| views[j].clone(),
+            2..10,
+            false,
+        )
+        .unwrap();
+        assert_eq!(merged, expected);
+        assert_eq!(buf[..merged.len], reference[..expected.len]);
+    }
+
     #[test]
     fn in_place_merge_needs_equal_encapsulation_headers() {
         let frames = build_all(&stream(5, 500));
@@ -1275,7 +1329,8 @@ mod tests {
             header[6] = if j < 3 { 42 } else { 43 };
             header
         });
-        let merged = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10).unwrap();
+        let merged =
+            merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10, false).unwrap();
         assert_eq!(merged.segments, 3, "the fourth datagram has another VNI");
         // Bad checksums are never merged.
         let mut frames = build_all(&stream(3, 500));
@@ -1283,7 +1338,7 @@ mod tests {
         frames[1][last] ^= 0xff;
         let (mut buf, views) = gro_buffer(&frames, |_| VXLAN_42);
         assert_eq!(
-            merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10),
+            merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10, false),
             None
         );
     }
@@ -1332,7 +1387,7 @@ mod tests {
             cuts.sort_unstable();
             let views: Vec<core::ops::Range<usize>> =
                 cuts.windows(2).map(|w| w[0]..w[1]).collect();
-            let _ = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10);
+            let _ = merge_in_place(&mut buf, views.len(), |j| views[j].clone(), 2..10, false);
         }
 
         #[test]

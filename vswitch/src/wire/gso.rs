@@ -271,6 +271,26 @@ impl Segmenter {
         frame: &[u8],
         mut emit: impl FnMut(&[u8]),
     ) -> Result<usize, GsoError> {
+        self.segment_with(frame, false, |segment| emit(segment))
+    }
+
+    /// [`Segmenter::segment`], with each segment's TCP or UDP checksum left partial when
+    /// `partial`: the pseudo-header sum in its field and `NEEDS_CSUM` in the segment's
+    /// `virtio_net_hdr` (`csum_start` the L4 header, `csum_offset` its checksum field), as
+    /// the kernel's own segmentation leaves them for a device that checksums. For a sender
+    /// whose receiver completes the checksums (VXLAN remote checksum offload): the pass
+    /// over every byte that completing them takes is saved. The IPv4 header checksum is
+    /// computed either way. A UDP over IPv4 super-frame without a checksum stays without.
+    /// `emit` gets the segment writable (e.g. to complete a checksum after all).
+    ///
+    /// # Errors
+    /// As [`Segmenter::segment`].
+    pub fn segment_with(
+        &mut self,
+        frame: &[u8],
+        partial: bool,
+        mut emit: impl FnMut(&mut [u8]),
+    ) -> Result<usize, GsoError> {
         let packet = vnet_hdr::Packet::new_checked(frame).map_err(|_| GsoError::Truncated)?;
         if !packet.is_gso() {
             return Err(GsoError::NotGso);
@@ -329,9 +349,10 @@ impl Segmenter {
                 ident,
                 seq,
                 keep_zero_udp_checksum,
+                partial,
             };
             let len = write_segment(&mut self.scratch, &layout, headers, &segment)?;
-            emit(&self.scratch[..len]);
+            emit(&mut self.scratch[..len]);
             ident = ident.wrapping_add(1);
             seq = TcpSeqNumber(seq.0.wrapping_add(advance));
         }
@@ -354,6 +375,8 @@ struct SegmentSpec<'a> {
     ident: u16,
     seq: TcpSeqNumber,
     keep_zero_udp_checksum: bool,
+    /// Leave the L4 checksum partial (see [`Segmenter::segment_with`]).
+    partial: bool,
 }
 
 /// How a segment's L4 checksum field, holding the pseudo-header sum, is completed.
@@ -589,6 +612,23 @@ fn write_segment(
             }
         }
     };
+    let completion = if segment.partial && completion != Completion::None {
+        let (start, offset) = (layout.l4, layout.transport.checksum_offset());
+        let repr = vnet_hdr::Repr {
+            checksum: vnet_hdr::Checksum::Partial {
+                start: u16::try_from(start).map_err(too_long)?,
+                offset: u16::try_from(offset).map_err(too_long)?,
+            },
+            ..vnet_hdr::Repr::PLAIN
+        };
+        repr.emit(&mut vnet_hdr::Packet::new_unchecked(
+            &mut scratch[..vnet_hdr::HEADER_LEN],
+        ));
+        Completion::None
+    } else {
+        completion
+    };
+    let frame = &mut scratch[vnet_hdr::HEADER_LEN..total];
     match completion {
         Completion::None => {}
         Completion::Raw => {
@@ -942,6 +982,37 @@ mod tests {
         assert_eq!(last.payload().len(), 234);
         let ip = Ipv4Packet::new_checked(&segments[3][10 + 14..]).unwrap();
         assert_eq!((ip.ident(), ip.total_len()), (0x1237, 20 + 20 + 234));
+    }
+
+    /// Left partial, each segment is the complete one but for its L4 checksum field, which
+    /// holds the pseudo-header sum, and `NEEDS_CSUM` pointing at it: completing it gives the
+    /// complete segment back, byte for byte.
+    #[test]
+    fn partial_segments_complete_to_the_complete_ones() {
+        for spec in [
+            Spec::tcp4(3 * 1000 + 234, 1000),
+            Spec::tcp6(2 * 1000 + 7, 1000),
+        ] {
+            let frame = spec.build();
+            let complete = run(&spec);
+            let mut partial = Vec::new();
+            let count = Segmenter::new()
+                .segment_with(&frame, true, |segment| partial.push(segment.to_vec()))
+                .unwrap();
+            assert_eq!(count, complete.len());
+            for (mut segment, complete) in partial.into_iter().zip(complete) {
+                let vnet = vnet_hdr::Packet::new_checked(&segment[..]).unwrap();
+                assert!(vnet.needs_csum() && !vnet.is_gso());
+                let (start, offset) = (
+                    usize::from(vnet.csum_start()),
+                    usize::from(vnet.csum_offset()),
+                );
+                assert_eq!(offset, 16);
+                assert_ne!(segment, complete, "the checksum was left partial");
+                checksum::complete_partial_checksum(&mut segment[10..], start, offset).unwrap();
+                assert_eq!(segment[10..], complete[10..]);
+            }
+        }
     }
 
     #[test]

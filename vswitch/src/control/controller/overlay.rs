@@ -39,6 +39,8 @@ pub struct OverlayAgentConfig {
     pub vni_base: u32,
     /// The overlay MTU.
     pub mtu: u16,
+    /// VXLAN remote checksum offload on (the hub and runners must agree).
+    pub remote_checksum_offload: bool,
     /// Runner: the hub (address, API port, token).
     pub hub: Option<HubRef>,
     /// Hub: the registration API's TCP port (on `local_address`).
@@ -501,6 +503,7 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
         port: spec.port,
         vni_base: spec.vni_base,
         mtu: spec.mtu,
+        remote_checksum_offload: spec.remote_checksum_offload,
         hub: spec.hub.clone(),
         api_port: spec.api_port,
         token: spec.token.clone(),

@@ -112,6 +112,12 @@ pub struct OverlaySpec {
     /// Fill in the outer UDP checksum (default off, as RFC 7348 allows over IPv4).
     #[serde(default, skip_serializing_if = "is_false")]
     pub udp_checksum: bool,
+    /// VXLAN remote checksum offload (draft-herbert-vxlan-rco, Linux `remcsumtx` and
+    /// `remcsumrx`): TCP super-frames go into the tunnel with their inner checksums left for
+    /// the receiver, and datagrams carrying the option are taken. Every node of the overlay
+    /// must agree (default off: a VTEP without it drops such datagrams).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote_checksum_offload: bool,
     /// The outer UDP source ports, hashed from the inner flow: `MIN-MAX`.
     #[serde(default = "default_source_ports")]
     pub source_ports: String,

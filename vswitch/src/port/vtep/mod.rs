@@ -392,7 +392,6 @@ pub(crate) mod testing {
     use std::time::{Duration, Instant};
 
     use ::vxlan::Vni;
-    use ::vxlan::encap::decapsulate;
     use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, TcpPacket};
 
     use super::*;
@@ -543,13 +542,20 @@ pub(crate) mod testing {
         let mut next_seq = seq;
         let mut payload = Vec::new();
         for (index, frame) in frames.iter().enumerate() {
-            let decap = decapsulate(&frame[RX_PAD..]).expect("valid VXLAN");
+            let (_, decap) =
+                ::vxlan::encap::decapsulate_with_rco(&frame[RX_PAD..], true, |_| Some(()))
+                    .expect("valid VXLAN");
             assert_eq!(decap.vni, vni);
             let mut inner = frame[RX_PAD..][decap.inner].to_vec();
             let merged = merged_mss(frame);
             if merged != 0 {
                 assert_eq!(usize::from(merged), mss, "segment {index}: the run's MSS");
                 crate::wire::checksum::complete_partial_checksum(&mut inner, 34, 16).unwrap();
+            } else if let Some(rco) = decap.remote_checksum {
+                // Left partial by the sender (remote checksum offload): completed here.
+                let (start, offset) = (usize::from(rco.start()), usize::from(rco.offset()));
+                crate::wire::checksum::complete_partial_checksum(&mut inner, start, offset)
+                    .unwrap();
             }
             let eth = EthernetFrame::new_checked(&inner[..]).unwrap();
             let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();

@@ -306,7 +306,14 @@ fn merge_buffer(batch: &mut RxBatch, index: usize, buffer: &mut Coalesced) {
         let range = datagram_range(len, segment, j);
         range.start..RX_PAD + range.end
     };
-    if let Some(merged) = gro::merge_in_place(slot, count, view, RX_PAD..VNET_HDR_LEN) {
+    // Segments sent with remote checksum offload carry partial TCP checksums, which the
+    // outer UDP checksum (verified by the kernel) vouches for: merged without verifying them.
+    // A VTEP that does not take the option drops the merged datagram as it would each one.
+    let rco = slot
+        .get(RX_PAD..VNET_HDR_LEN)
+        .and_then(|header| ::vxlan::VxlanPacket::new_checked(header).ok())
+        .is_some_and(|header| header.reserved_after_flags() & ::vxlan::header::RCO_FLAG != 0);
+    if let Some(merged) = gro::merge_in_place(slot, count, view, RX_PAD..VNET_HDR_LEN, rco) {
         buffer.merged = merged.segments;
         buffer.merged_len = merged.len - RX_PAD;
         buffer.mss = merged.mss;
