@@ -1,4 +1,4 @@
-//! The fixed hash function behind Maglev's permutations.
+//! The fixed hash functions behind Maglev's permutations and the per-packet flow hash.
 //!
 //! Two nodes (or two versions of vswitch during a rolling upgrade) must build the same
 //! Maglev table from the same backends, or a flow that moves between them changes backend.
@@ -10,11 +10,29 @@
 //!   `folded_multiply` does take another path on targets without a 64×64→128-bit multiply,
 //!   32-bit ones among them (foldhash 0.2.0, `src/lib.rs`).
 //!
-//! Instead, [`siphash24`]: SipHash-2-4 (Aumasson and Bernstein, "SipHash: a fast short-input
-//! PRF", INDOCRYPT 2012), checked against the paper's test vector and against std's
-//! (deprecated) `SipHasher`, which is SipHash-2-4. It hashes backend identities (a few dozen
-//! bytes, once per backend per table build), where speed does not matter and a well-known
-//! function does. Linux's IPVS `mh` scheduler also uses SipHash (`hsiphash`) for its keys.
+//! Instead, two small functions whose output is pinned by tests:
+//! - [`siphash24`]: SipHash-2-4 (Aumasson and Bernstein, "SipHash: a fast short-input PRF",
+//!   INDOCRYPT 2012), checked against the paper's test vector and against std's (deprecated)
+//!   `SipHasher`, which is SipHash-2-4. It hashes backend identities (a few dozen bytes, once
+//!   per backend per table build), where speed does not matter and a well-known function
+//!   does. Linux's IPVS `mh` scheduler also uses SipHash (`hsiphash`) for its keys.
+//! - [`fold`]: a 64×64→128-bit multiply whose halves are XORed, the mixing step of
+//!   wyhash/foldhash-style hashes, used by [`crate::flow`] for the per-packet hash. Pure
+//!   integer arithmetic: the same on every target.
+
+/// Multiplies `a` by `b` as 128-bit integers and XORs the two 64-bit halves of the product.
+///
+/// Every input bit can reach every output bit; a zero operand loses the other one, which is
+/// why callers XOR a constant into each operand.
+#[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the low and high halves of the 128-bit product are taken on purpose"
+)]
+pub(crate) const fn fold(a: u64, b: u64) -> u64 {
+    let product = (a as u128) * (b as u128);
+    (product as u64) ^ ((product >> 64) as u64)
+}
 
 /// One SipRound on the four state words.
 #[inline(always)]
@@ -97,6 +115,14 @@ mod tests {
         let mut hasher = std::hash::SipHasher::new_with_keys(k0, k1);
         hasher.write(data);
         hasher.finish()
+    }
+
+    #[test]
+    fn fold_is_the_xor_of_the_product_halves() {
+        assert_eq!(fold(0, u64::MAX), 0);
+        assert_eq!(fold(1, 5), 5);
+        // (2^64 - 1)^2 = 2^128 - 2^65 + 1: high half 2^64 - 2, low half 1.
+        assert_eq!(fold(u64::MAX, u64::MAX), (u64::MAX - 1) ^ 1);
     }
 
     proptest! {

@@ -45,8 +45,8 @@
 //!   `Σw / M` may end up with no slot at all.
 //! - **Slot choice** in [`MaglevTable::lookup`] is `(hash · M) >> 64` (Lemire, "Fast Random
 //!   Integer Generation in an Interval", 2019) instead of `hash mod M`: one multiply instead of a
-//!   64-bit division (tens of cycles), and as uniform for a well-mixed hash. It uses the
-//!   hash's high bits.
+//!   64-bit division (tens of cycles), and as uniform for a well-mixed hash such as
+//!   [`crate::flow_hash`]. It uses the hash's high bits.
 //! - **Entries are `u16`**: a table of M = 65537 slots is 128 KiB and stays in cache better
 //!   than a `u32` one. That caps a table at [`MAX_BACKENDS`] = 65535 backends (one value is
 //!   the empty marker while filling), Cilium's per-node backend limit too.
