@@ -5,14 +5,18 @@
 //!   weights, and its [`TableSize`].
 //! - [`flow`]: [`FlowKey`] and [`flow_hash`], the per-packet hash (IPv4 and IPv6), and
 //!   [`client_hash`] over the source address alone for ClientIP affinity.
+//! - [`health`]: [`BackendHealth`], the Unknown/Healthy/Unhealthy machine with rise/fall
+//!   thresholds, and [`HealthCheckConfig`] with its validation.
 
 #![forbid(unsafe_code)]
 
 pub mod flow;
 mod hash;
+pub mod health;
 pub mod maglev;
 
 pub use flow::{FlowKey, client_hash, flow_hash};
+pub use health::{BackendHealth, HealthCheckConfig, HealthConfigError, HealthState, Transition};
 pub use maglev::{
     DEFAULT_TABLE_SIZE, MaglevError, MaglevTable, TableDiff, TableSize, TableSizeError, is_prime,
     suggested_size,
