@@ -5,16 +5,24 @@
 //!   weights, and its [`TableSize`].
 //! - [`flow`]: [`FlowKey`] and [`flow_hash`], the per-packet hash (IPv4 and IPv6), and
 //!   [`client_hash`] over the source address alone for ClientIP affinity.
+//! - [`backend`]: [`BackendSet`], one service's backends (identity, address, port, weight,
+//!   active/draining, health), compiled by [`BackendSet::compile`] into a [`BackendTable`]
+//!   for the datapath.
 //! - [`health`]: [`BackendHealth`], the Unknown/Healthy/Unhealthy machine with rise/fall
 //!   thresholds, and [`HealthCheckConfig`] with its validation.
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod flow;
 mod hash;
 pub mod health;
 pub mod maglev;
 
+pub use backend::{
+    Backend, BackendId, BackendKey, BackendSet, BackendSetError, BackendSpec, BackendState,
+    BackendTable, Target, Tier,
+};
 pub use flow::{FlowKey, client_hash, flow_hash};
 pub use health::{BackendHealth, HealthCheckConfig, HealthConfigError, HealthState, Transition};
 pub use maglev::{
