@@ -8,17 +8,21 @@
 //! - [`backend`]: [`BackendSet`], one service's backends (identity, address, port, weight,
 //!   active/draining, health), compiled by [`BackendSet::compile`] into a [`BackendTable`]
 //!   for the datapath.
+//! - [`affinity`]: [`AffinityTable`], the sharded ClientIP session-affinity table shared by
+//!   the workers.
 //! - [`health`]: [`BackendHealth`], the Unknown/Healthy/Unhealthy machine with rise/fall
 //!   thresholds, and [`HealthCheckConfig`] with its validation.
 
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod backend;
 pub mod flow;
 mod hash;
 pub mod health;
 pub mod maglev;
 
+pub use affinity::{AffinityTable, InsertOutcome};
 pub use backend::{
     Backend, BackendId, BackendKey, BackendSet, BackendSetError, BackendSpec, BackendState,
     BackendTable, Target, Tier,
