@@ -12,11 +12,14 @@
 //! A backend is **eligible** when its weight is non-zero and its health is `Unknown` or
 //! `Healthy` (see [`crate::health`] for why `Unknown` counts). Then, in order:
 //! 1. the eligible [`Active`](BackendState::Active) backends, if there is at least one;
-//! 2. otherwise the eligible [`Draining`](BackendState::Draining) backends whose deadline
-//!    has not passed. This is Kubernetes' `ProxyTerminatingEndpoints` (on by default since
-//!    1.26) and Cilium's fallback to terminating backends (Cilium PR #39743): during a
-//!    rollout that briefly leaves only terminating backends, serving from them beats
-//!    refusing every connection;
+//! 2. otherwise, only in a set made with [`BackendSet::with_draining_fallback`], the
+//!    eligible [`Draining`](BackendState::Draining) backends whose deadline has not passed.
+//!    This is Kubernetes' `ProxyTerminatingEndpoints` (on by default since 1.26) and
+//!    Cilium's fallback to terminating backends (Cilium PR #39743): during a rollout that
+//!    briefly leaves only terminating backends, serving from them beats refusing every
+//!    connection. It is off by default, and vswitch leaves it off: its backends drain
+//!    because they left the selection on purpose (a label change), and "no new
+//!    connections" must hold for them even when nothing else is left;
 //! 3. otherwise **no backend**: the table is empty, every lookup misses, and the switch
 //!    answers the client (TCP RST or ICMP unreachable) instead of forwarding.
 //!
@@ -235,6 +238,7 @@ pub struct BackendSet {
     health: HealthCheckConfig,
     size: TableSize,
     seed: u64,
+    draining_fallback: bool,
 }
 
 impl BackendSet {
@@ -247,7 +251,15 @@ impl BackendSet {
             health,
             size,
             seed: 0,
+            draining_fallback: false,
         }
+    }
+
+    /// The same set, with draining backends serving new flows when no active backend is
+    /// eligible (see the module docs).
+    pub fn with_draining_fallback(mut self, fallback: bool) -> BackendSet {
+        self.draining_fallback = fallback;
+        self
     }
 
     /// The same set with another Maglev permutation seed (the same on every node).
@@ -404,7 +416,7 @@ impl BackendSet {
         let tiers: Vec<Option<Tier>> = self.backends.iter().map(|b| b.tier(now)).collect();
         let tier = if tiers.contains(&Some(Tier::Active)) {
             Tier::Active
-        } else if tiers.contains(&Some(Tier::Draining)) {
+        } else if self.draining_fallback && tiers.contains(&Some(Tier::Draining)) {
             Tier::Draining
         } else {
             Tier::None
@@ -641,7 +653,15 @@ mod tests {
 
     #[test]
     fn draining_backends_are_a_fallback_until_their_deadline() {
-        let mut set = set_of(3);
+        let mut without = set_of(2);
+        without.set_state("nic-0", BackendState::Draining { until: 100 });
+        without.remove("nic-1");
+        assert_eq!(
+            without.compile(10).unwrap().tier(),
+            Tier::None,
+            "no fallback unless asked for"
+        );
+        let mut set = set_of(3).with_draining_fallback(true);
         set.set_state("nic-0", BackendState::Draining { until: 100 });
         let table = set.compile(10).unwrap();
         assert_eq!(holders(&table), ["nic-1", "nic-2"]);

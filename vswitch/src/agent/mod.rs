@@ -187,6 +187,7 @@ async fn supervise(controller: Arc<Controller>, mut stop: watch::Receiver<bool>)
             () = stopped(&mut stop) => break,
             _ = ticker.tick() => {}
         }
+        controller_call(&controller, Controller::maintain).await;
         let Some(wanted) = controller_call(&controller, Controller::overlay_agent_config).await
         else {
             continue;

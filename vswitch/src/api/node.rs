@@ -21,6 +21,16 @@ pub(super) struct RoutingTableQuery {
     network: Option<String>,
 }
 
+/// `GET /v1/lb/{name}`: a LoadBalancer's backends (state, table slots, connections); 404
+/// when there is no such LoadBalancer.
+pub(super) async fn load_balancer(
+    State(controller): State<Arc<Controller>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<Value>, ErrorResponse> {
+    let view = blocking(&controller, move |c| c.load_balancer_view(&name)).await?;
+    Ok(Json(answer(&view)?))
+}
+
 /// `GET /v1/version`: the daemon's version and the resource API version.
 pub(super) async fn version() -> Json<Value> {
     Json(serde_json::json!({

@@ -93,8 +93,21 @@ pub enum Command {
     /// last seen, state); on a runner its ID, subnet, VNI, gateway, hub and state; on a mesh
     /// node its peers.
     Overlay(OutputArgs),
+    /// Show a LoadBalancer's backends: state (Healthy, Unhealthy, Draining), their share of
+    /// the Maglev table (the share of new connections each gets) and tracked connections.
+    Lb(LbArgs),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
+}
+
+/// `lb NAME [-o FORMAT]`.
+#[derive(Debug, Args)]
+pub struct LbArgs {
+    /// The LoadBalancer.
+    pub name: String,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `apply -f FILE|-`.

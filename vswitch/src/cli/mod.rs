@@ -23,11 +23,12 @@ use serde_json::Value;
 
 use crate::api::OverlayView;
 use crate::control::kinds::Kind;
+use crate::control::resource::LoadBalancerView;
 use crate::control::{ConntrackRow, NatReport, RoutingTableRow};
 use crate::runtime::{FdbRow, NeighborRow, StatsReport};
 use args::{
     ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
-    GetArgs, OutputArgs, OutputFormat, RoutesArgs,
+    GetArgs, LbArgs, OutputArgs, OutputFormat, RoutesArgs,
 };
 use client::{Body, Client, HttpResponse, encode_segment};
 use error::{ApiFailure, CliError};
@@ -83,6 +84,7 @@ pub fn run(
         Command::Conntrack(args) => conntrack(&api, args, out, err),
         Command::Nat(args) => nat(&api, args, out),
         Command::Overlay(args) => overlay(&api, args, out, err),
+        Command::Lb(args) => load_balancer(&api, args, out),
         Command::Version => version(&api, out),
     }
 }
@@ -515,6 +517,16 @@ fn nat(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError
         out,
         &output::nat_report(&report, args.output == OutputFormat::Wide),
     )
+}
+
+fn load_balancer(api: &Api, args: &LbArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = format!("/v1/lb/{}", args.name);
+    let value = api.get(&path)?;
+    if matches!(args.output.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output.output);
+    }
+    let view: LoadBalancerView = output::parse_answer(&format!("GET {path}"), value)?;
+    write(out, &output::load_balancer_view(&view))
 }
 
 /// A hint for a node without an Overlay.

@@ -286,6 +286,22 @@ pub fn leases(state: &State) -> BTreeMap<String, Leases> {
             }
         }
     }
+    // LoadBalancer addresses inside a Subnet of their Network: the spec's and the allocated.
+    for balancer in state.load_balancers.values() {
+        let owner = format!("LoadBalancer/{}", balancer.metadata.name);
+        let addresses = balancer.spec.ips.iter().chain(&balancer.status.ips);
+        for address in addresses {
+            let std::net::IpAddr::V4(address) = address else {
+                continue;
+            };
+            let subnet = state.subnets.iter().find(|(_, s)| {
+                s.spec.network == balancer.spec.network && s.spec.cidr.contains(address)
+            });
+            if let Some(leases) = subnet.and_then(|(name, _)| all.get_mut(name)) {
+                leases.insert(*address, &owner);
+            }
+        }
+    }
     all
 }
 

@@ -13,6 +13,7 @@ pub mod node;
 pub mod overlay;
 pub mod resource;
 pub mod routing;
+pub mod selector;
 pub mod store;
 #[cfg(test)]
 mod testing;

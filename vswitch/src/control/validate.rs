@@ -184,6 +184,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
         })
         .collect();
     assign_addresses(&mut next, current, &created_nics, &changed_nics, &origin_of)?;
+    crate::control::kinds::load_balancer::assign_addresses(&mut next, &origins)?;
     assign_macs(&mut next, &created_nics, &changed_nics, &origin_of)?;
 
     let mut recreate = Vec::new();

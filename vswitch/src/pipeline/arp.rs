@@ -60,6 +60,13 @@ pub fn handle(
         return None;
     };
     let for_gateway = target_ip == subnet.gateway;
+    // A LoadBalancer's address inside the subnet is the switch's too.
+    let for_balancer = !for_gateway
+        && subnet.cidr.contains(&target_ip)
+        && ctx
+            .snapshot
+            .balancer(subnet.network_id, target_ip)
+            .is_some();
     if !sender_ip.is_unspecified() {
         let confirmation =
             ctx.neighbors
@@ -75,12 +82,12 @@ pub fn handle(
             Confirmation::Refreshed | Confirmation::Ignored => {}
         }
     }
-    if for_gateway {
+    if for_gateway || for_balancer {
         if operation == ArpOperation::Request {
             let reply = ArpRepr::EthernetIpv4 {
                 operation: ArpOperation::Reply,
                 source_hardware_addr: EthernetAddress(subnet.gateway_mac),
-                source_protocol_addr: subnet.gateway,
+                source_protocol_addr: target_ip,
                 target_hardware_addr: EthernetAddress(sender_mac),
                 target_protocol_addr: sender_ip,
             };

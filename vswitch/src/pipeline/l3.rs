@@ -244,6 +244,9 @@ pub fn route(
     if !ip.verify_checksum() {
         return Verdict::drop(DropReason::BadChecksum);
     }
+    if let Some(balancer) = ctx.snapshot.balancer(subnet.network_id, dst) {
+        return super::lb::forward(ctx, ingress, subnet, parsed, frame, local, balancer);
+    }
     let route = ctx
         .snapshot
         .network(subnet.network_id)

@@ -50,6 +50,7 @@ pub mod generated;
 pub mod icmp;
 pub mod l2;
 pub mod l3;
+pub mod lb;
 pub mod nat;
 pub mod parse;
 pub mod port_security;
@@ -94,6 +95,8 @@ pub enum Stage {
     VxlanInput,
     /// [`vxlan_encap`]: frames sent into the overlay.
     VxlanEncap,
+    /// [`lb`]: connections to LoadBalancers.
+    Lb,
 }
 
 impl Stage {
@@ -110,6 +113,7 @@ impl Stage {
             Stage::Tx => "tx",
             // Both overlay stages keep the keys they had as one stage: `vxlan.*`.
             Stage::VxlanInput | Stage::VxlanEncap => "vxlan",
+            Stage::Lb => "lb",
         }
     }
 }
@@ -137,6 +141,8 @@ pub enum DropCause {
     VxlanInput(vxlan_input::DropReason),
     /// Dropped by [`vxlan_encap`].
     VxlanEncap(vxlan_encap::DropReason),
+    /// Dropped by [`lb`].
+    Lb(lb::DropReason),
 }
 
 const PARSE_BASE: usize = 0;
@@ -149,10 +155,11 @@ const CONNTRACK_BASE: usize = NAT_BASE + nat::DropReason::COUNT;
 const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
 const VXLAN_INPUT_BASE: usize = TX_BASE + tx::DropReason::COUNT;
 const VXLAN_ENCAP_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
+const LB_BASE: usize = VXLAN_ENCAP_BASE + vxlan_encap::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
-    pub const COUNT: usize = VXLAN_ENCAP_BASE + vxlan_encap::DropReason::COUNT;
+    pub const COUNT: usize = LB_BASE + lb::DropReason::COUNT;
 
     /// The stage that dropped the frame.
     pub const fn stage(self) -> Stage {
@@ -167,6 +174,7 @@ impl DropCause {
             DropCause::Tx(_) => Stage::Tx,
             DropCause::VxlanInput(_) => Stage::VxlanInput,
             DropCause::VxlanEncap(_) => Stage::VxlanEncap,
+            DropCause::Lb(_) => Stage::Lb,
         }
     }
 
@@ -183,6 +191,7 @@ impl DropCause {
             DropCause::Tx(reason) => reason.key(),
             DropCause::VxlanInput(reason) => reason.key(),
             DropCause::VxlanEncap(reason) => reason.key(),
+            DropCause::Lb(reason) => reason.key(),
         }
     }
 
@@ -199,6 +208,7 @@ impl DropCause {
             DropCause::Tx(reason) => reason.description(),
             DropCause::VxlanInput(reason) => reason.description(),
             DropCause::VxlanEncap(reason) => reason.description(),
+            DropCause::Lb(reason) => reason.description(),
         }
     }
 
@@ -215,6 +225,7 @@ impl DropCause {
             DropCause::Tx(reason) => TX_BASE + reason.index(),
             DropCause::VxlanInput(reason) => VXLAN_INPUT_BASE + reason.index(),
             DropCause::VxlanEncap(reason) => VXLAN_ENCAP_BASE + reason.index(),
+            DropCause::Lb(reason) => LB_BASE + reason.index(),
         }
     }
 
@@ -240,6 +251,7 @@ impl DropCause {
         let vxlan_encap = vxlan_encap::DropReason::ALL
             .iter()
             .map(|&r| DropCause::VxlanEncap(r));
+        let lb = lb::DropReason::ALL.iter().map(|&r| DropCause::Lb(r));
         parse
             .chain(port_security)
             .chain(l2)
@@ -250,6 +262,7 @@ impl DropCause {
             .chain(tx)
             .chain(vxlan_input)
             .chain(vxlan_encap)
+            .chain(lb)
     }
 }
 
@@ -286,6 +299,12 @@ impl From<l3::DropReason> for DropCause {
 impl From<uplink::DropReason> for DropCause {
     fn from(reason: uplink::DropReason) -> DropCause {
         DropCause::Uplink(reason)
+    }
+}
+
+impl From<lb::DropReason> for DropCause {
+    fn from(reason: lb::DropReason) -> DropCause {
+        DropCause::Lb(reason)
     }
 }
 
@@ -518,6 +537,11 @@ fn process_with(
         return Outcome::dropped(l2::DropReason::NoSubnet);
     };
     let learn = l2::learn(ctx, ingress, subnet, &parsed);
+    if ctx.snapshot.is_balanced_port(ingress.id) {
+        if let Some(verdict) = lb::reply(ctx, ingress, subnet, &parsed, frame, local) {
+            return Outcome { verdict, learn };
+        }
+    }
     let verdict = if let L3::Arp { .. } = parsed.l3 {
         arp::handle(ctx, ingress, subnet, &parsed, &mut local.out)
             .unwrap_or_else(|| l2::forward(ctx, ingress, subnet, &parsed))

@@ -141,7 +141,7 @@ pub fn zone_of(network: NetworkId) -> Zone {
 }
 
 /// The flow identity of the IPv4 packet in `frame`.
-fn packet_info(frame: &[u8]) -> Result<PacketInfo, DropCause> {
+pub(super) fn packet_info(frame: &[u8]) -> Result<PacketInfo, DropCause> {
     let Some((start, end)) = ip_bounds(frame) else {
         return Err(l3::DropReason::NotIpv4.into());
     };
@@ -156,10 +156,22 @@ fn create(
     plan: &NatPlan<'_>,
     out: &mut Output,
 ) -> Result<Tracked, Verdict> {
+    create_with(ctx, zone, info, plan, Attachments::default(), out)
+}
+
+/// [`create`] with other stages' values for the connection.
+pub(super) fn create_with(
+    ctx: &Context<'_>,
+    zone: Zone,
+    info: &PacketInfo,
+    plan: &NatPlan<'_>,
+    attachments: Attachments,
+    out: &mut Output,
+) -> Result<Tracked, Verdict> {
     match ctx
         .snapshot
         .conntrack
-        .create(zone, info, plan, Attachments::default(), ctx.now_ms)
+        .create(zone, info, plan, attachments, ctx.now_ms)
     {
         Ok(tracked) => {
             if tracked.new {
@@ -178,7 +190,7 @@ fn create(
 }
 
 /// Answers an echo request in `frame` sent to the switch's `address`.
-fn answer_echo(
+pub(super) fn answer_echo(
     frame: &[u8],
     out: &mut Output,
     to: PortId,
@@ -320,7 +332,7 @@ pub fn inbound(
 
 /// Forwards a tracked packet in its connection's egress zone, toward its translated
 /// destination (see the module doc).
-fn continue_in(
+pub(super) fn continue_in(
     ctx: &Context<'_>,
     tracked: &Tracked,
     errors: &ErrorPath,

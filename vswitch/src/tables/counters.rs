@@ -104,6 +104,8 @@ keyed_enum! {
             "a packet's addresses, ports or echo identifier were rewritten by NAT",
         NatConnectionCreated = "nat.connections_created":
             "a connection crossing NAT (masquerade, port forward, virtual IP, hairpin) was created in conntrack",
+        LbConnection = "lb.connections_created":
+            "a connection to a LoadBalancer was given its backend and created in conntrack",
     }
 }
 

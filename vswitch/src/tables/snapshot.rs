@@ -351,6 +351,59 @@ pub struct Snapshot {
     /// Connection tracking: mutable shared state, the same table in every snapshot of a run
     /// (the controller carries it over), so conntrack survives reconfiguration.
     pub conntrack: Arc<nat::Conntrack>,
+    /// LoadBalancers by Network and address.
+    balancers: std::collections::HashMap<
+        (NetworkId, Ipv4Addr),
+        Arc<Balancer>,
+        foldhash::fast::RandomState,
+    >,
+    /// Port id -> whether the port is a backend of some LoadBalancer (its frames may be
+    /// replies of balanced connections).
+    balanced_ports: Vec<bool>,
+}
+
+/// A LoadBalancer as the datapath serves it: an address of a Network, its ports, and the
+/// Maglev table of its backends.
+#[derive(Debug)]
+pub struct Balancer {
+    /// The LoadBalancer's name (counters and logs).
+    pub name: String,
+    /// Its index among the snapshot's LoadBalancers (per-balancer counters).
+    pub index: u32,
+    /// The Network it is in (its conntrack zone).
+    pub network: NetworkId,
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// The ports it serves.
+    pub ports: Vec<BalancedPort>,
+    /// Its backends' lookup table (compiled by the controller from the backend set).
+    pub table: Arc<lb::BackendTable>,
+    /// Seed of the flow hash (the same on every node: a flow maps to the same backend).
+    pub seed: u64,
+}
+
+/// A port (or range) a LoadBalancer serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalancedPort {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+    /// The backends' port for `first` (a range maps each port to itself).
+    pub target: Option<u16>,
+}
+
+impl Balancer {
+    /// The backend port for a connection to `port` over `protocol`, when the balancer
+    /// serves it.
+    pub fn target_port(&self, protocol: u8, port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && (p.first..=p.last).contains(&port))
+            .map(|p| p.target.unwrap_or(port))
+    }
 }
 
 impl Default for Snapshot {
@@ -396,6 +449,8 @@ impl Snapshot {
             uplink_egress: None,
             nat: Arc::new(nat::NatRules::new()),
             conntrack: default_conntrack(),
+            balancers: std::collections::HashMap::default(),
+            balanced_ports: Vec::new(),
         }
     }
 
@@ -412,6 +467,45 @@ impl Snapshot {
     pub fn with_vtep(mut self, vtep: Option<VtepEntry>) -> Snapshot {
         self.vtep = vtep;
         self
+    }
+
+    /// Sets the LoadBalancers and marks the ports that are backends of one.
+    pub fn with_balancers(mut self, balancers: Vec<Balancer>, backends: &[PortId]) -> Snapshot {
+        self.balancers = balancers
+            .into_iter()
+            .map(|b| ((b.network, b.address), Arc::new(b)))
+            .collect();
+        for port in backends {
+            let slot = port.0 as usize;
+            if self.balanced_ports.len() <= slot {
+                self.balanced_ports.resize(slot + 1, false);
+            }
+            self.balanced_ports[slot] = true;
+        }
+        self
+    }
+
+    /// The LoadBalancer of Network `network` at `address`, if any.
+    #[inline]
+    pub fn balancer(&self, network: NetworkId, address: Ipv4Addr) -> Option<&Arc<Balancer>> {
+        if self.balancers.is_empty() {
+            return None;
+        }
+        self.balancers.get(&(network, address))
+    }
+
+    /// Every LoadBalancer.
+    pub fn balancers(&self) -> impl Iterator<Item = &Arc<Balancer>> {
+        self.balancers.values()
+    }
+
+    /// True when `port` is a backend of some LoadBalancer.
+    #[inline]
+    pub fn is_balanced_port(&self, port: PortId) -> bool {
+        self.balanced_ports
+            .get(port.0 as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Sets the NAT rules and the connection-tracking table (carry the same table over

@@ -15,8 +15,9 @@ use serde_json::Value;
 
 pub use describe::{describe, describe_section, labels};
 pub use node::{
-    OverlayReport, conntrack_table, fdb_table, nat_report, neighbors_table, overlay_report,
-    overlay_runners_table, parse_answer, port_counters, routing_table, stats_report,
+    OverlayReport, conntrack_table, fdb_table, load_balancer_view, nat_report, neighbors_table,
+    overlay_report, overlay_runners_table, parse_answer, port_counters, routing_table,
+    stats_report,
 };
 pub use table::{Table, listing_table, resource_table, table_section};
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{NONE, Table, describe_section, format_age, key_values};
 use crate::api::{HubView, OverlayView};
 use crate::cli::error::CliError;
+use crate::control::resource::LoadBalancerView;
 use crate::control::{ConntrackKey, ConntrackRow, NatPortsInUse, NatReport, RoutingTableRow};
 use crate::runtime::{FdbRow, NeighborRow, PortStats, StatsReport};
 
@@ -185,6 +186,37 @@ fn ports_table(rows: &[NatPortsInUse]) -> Table {
         ]);
     }
     table
+}
+
+/// `vswitchctl lb NAME`: a line about the LoadBalancer, then one row per backend.
+pub fn load_balancer_view(view: &LoadBalancerView) -> String {
+    let mut text = format!(
+        "loadbalancer {} (network {}, address {}), Maglev table of {} slots\n",
+        view.name,
+        view.network,
+        optional(view.address.as_ref()),
+        view.table_size
+    );
+    if view.backends.is_empty() {
+        text.push_str(
+            "no backends: its selector picks no attached NetworkInterface of the Network\n",
+        );
+        return text;
+    }
+    let mut table = Table::new(&["INTERFACE", "IP", "STATE", "SLOTS", "SHARE", "CONNECTIONS"]);
+    for backend in &view.backends {
+        let share = f64::from(backend.slots) * 100.0 / f64::from(view.table_size.max(1));
+        table.push(vec![
+            backend.interface.clone(),
+            shown(backend.ip),
+            shown(format!("{:?}", backend.state)),
+            shown(backend.slots),
+            format!("{share:.1}%"),
+            shown(backend.connections),
+        ]);
+    }
+    text.push_str(&table.render());
+    text
 }
 
 /// The `nat` report (`GET /v1/nat`): the Uplink, its addresses and their users, masquerade

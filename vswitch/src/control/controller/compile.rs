@@ -36,6 +36,8 @@ pub(super) fn publish(engine: &Engine, inner: &mut Inner) {
         |id| id.0,
     );
     sync_tunnel_ids(engine, inner);
+    let now = inner.clock.now_ms() / 1000;
+    inner.balancers.sync(&inner.state, &inner.ports, now);
     let rules = nat_rules::compile(&inner.state, &inner.network_ids);
     // The same table in every snapshot of the run: connections survive reconfiguration.
     let conntrack = Arc::clone(&engine.current().conntrack);
@@ -209,10 +211,12 @@ fn compile(inner: &Inner) -> Snapshot {
             io: Arc::clone(&open.io),
         })
     });
+    let (balancers, backends) = inner.balancers.compile(state, network_ids);
     Snapshot::new(ports, subnets)
         .with_networks(networks)
         .with_uplink(uplink)
         .with_vtep(vtep)
+        .with_balancers(balancers, &backends)
 }
 
 /// Gives every Subnet with a VNI a tunnel port id while the VTEP is open (ids of tunnels

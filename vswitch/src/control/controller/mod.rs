@@ -39,6 +39,7 @@
 //! conntrack, NAT) and their rows, `overlay` is the glue of the overlay agent (hub and
 //! runner) and of the resources it generates, `ids` the dense id pools.
 
+use crate::control::kinds::LoadBalancerLive;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use self::balancers::Balancers;
 use self::compile::publish;
 use self::ids::IdPool;
 use self::overlay::{check_overlay_delete, initial_overlay_state, install_vtep};
@@ -65,6 +67,7 @@ use crate::runtime::Engine;
 use crate::tables::clock::{Clock, MonotonicClock};
 use crate::tables::snapshot::{NetworkId, SubnetId};
 
+mod balancers;
 mod compile;
 mod ids;
 mod overlay;
@@ -163,6 +166,8 @@ struct Published {
     state: State,
     /// NetworkInterface names by port id.
     port_names: BTreeMap<u32, String>,
+    /// LoadBalancers as the datapath serves them.
+    load_balancers: BTreeMap<String, LoadBalancerLive>,
 }
 
 /// The state lock, held: on release, publishes the state for readers if it changed.
@@ -195,10 +200,15 @@ impl Locked<'_> {
     fn publish_reads(&mut self) {
         let current = self.published.load();
         let port_names = port_names(&self.guard);
-        if current.state != self.guard.state || current.port_names != port_names {
+        let load_balancers = self.guard.balancers.live();
+        if current.state != self.guard.state
+            || current.port_names != port_names
+            || current.load_balancers != load_balancers
+        {
             self.published.store(Arc::new(Published {
                 state: self.guard.state.clone(),
                 port_names,
+                load_balancers,
             }));
         }
     }
@@ -362,6 +372,10 @@ struct Inner {
     tunnel_ids: BTreeMap<String, PortId>,
     /// Changes whose device work is under way with the lock released.
     in_flight: Vec<InFlight>,
+    /// The LoadBalancers' backend sets and tables.
+    balancers: Balancers,
+    /// The datapath's clock (draining deadlines).
+    clock: Arc<dyn Clock>,
     /// Changes that took off so far (their tokens).
     flights: u64,
 }
@@ -453,6 +467,8 @@ impl Controller {
             tunnel_ids: BTreeMap::new(),
             in_flight: Vec::new(),
             flights: 0,
+            balancers: Balancers::default(),
+            clock: Arc::clone(&clock),
         };
         let workers = engine.workers();
         let mut status_changed = false;
@@ -566,6 +582,7 @@ impl Controller {
             published: ArcSwap::from_pointee(Published {
                 state: inner.state.clone(),
                 port_names: port_names(&inner),
+                load_balancers: inner.balancers.live(),
             }),
             inner: Mutex::new(inner),
             engine: RwLock::new(engine),
@@ -759,7 +776,8 @@ impl Controller {
             | Kind::Route
             | Kind::NatGateway
             | Kind::PortForward
-            | Kind::VirtualIp => {
+            | Kind::VirtualIp
+            | Kind::LoadBalancer => {
                 next.remove(kind, name);
                 if kind == Kind::Subnet {
                     next.ipam.remove(name);

@@ -163,12 +163,17 @@ impl Controller {
     /// What the status of `kind` needs from the running datapath: masquerade port usage for
     /// NATGateways (nothing for other kinds).
     pub(super) fn live(&self, published: &Published, kind: Kind) -> Live {
-        if kind != Kind::NatGateway {
-            return Live::default();
-        }
-        Live {
-            nat_usage: self.engine.read().current().conntrack.nat_usage(),
-            port_names: published.port_names.clone(),
+        match kind {
+            Kind::NatGateway => Live {
+                nat_usage: self.engine.read().current().conntrack.nat_usage(),
+                port_names: published.port_names.clone(),
+                ..Live::default()
+            },
+            Kind::LoadBalancer => Live {
+                load_balancers: published.load_balancers.clone(),
+                ..Live::default()
+            },
+            _ => Live::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! `describe` views, `--help` and the "unknown kind" message are all generated from it, so
 //! adding a kind is a new file here plus one registry line (see `docs/adding-a-kind.md`).
 
+pub mod load_balancer;
 pub mod nat_gateway;
 pub mod network;
 pub mod network_interface;
@@ -221,6 +222,15 @@ pub struct StatusView {
     pub nat_usage: Vec<nat::InterfaceUsage>,
     /// NetworkInterface names by port id.
     pub port_names: BTreeMap<u32, String>,
+    /// LoadBalancers as the datapath serves them, by name.
+    pub load_balancers: BTreeMap<String, LoadBalancerLive>,
+}
+
+/// A LoadBalancer as the datapath serves it: its backend counts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoadBalancerLive {
+    /// Backend counts (all but `selected`, which the state gives).
+    pub counts: load_balancer::BackendCounts,
 }
 
 /// A resource kind. Implemented once per kind, in its own module; the registry
@@ -492,6 +502,7 @@ registry! {
     Route => route::Route in routes as "routes";
     NatGateway => nat_gateway::NatGateway in nat_gateways as "natGateways";
     PortForward => port_forward::PortForward in port_forwards as "portForwards";
+    LoadBalancer => load_balancer::LoadBalancer in load_balancers as "loadBalancers";
 }
 
 impl Kind {

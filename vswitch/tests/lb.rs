@@ -1,0 +1,322 @@
+//! LoadBalancer end to end: real servers in namespaces behind an internal address, clients
+//! in other namespaces, the real daemon and CLI.
+
+// Integration tests are test modules already.
+#![allow(clippy::tests_outside_test_module)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Child;
+use std::time::Duration;
+
+use common::{Daemon, Netns, require, tail, wait_until};
+
+/// A TCP server on port 8080 that answers every line with its name (one thread per
+/// connection, so connections stay open as long as their clients like).
+fn start_server(ns: &Netns, name: &str) -> Child {
+    let script = format!(
+        r#"
+import socket, threading
+def serve(c):
+    f = c.makefile("rb")
+    try:
+        for line in f:
+            c.sendall(b"{name}\n")
+    except OSError:
+        pass
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(512)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#
+    );
+    ns.spawn(&["python3", "-c", &script])
+}
+
+/// Opens `count` connections to `address:80` one after the other (from source ports
+/// `first_port`, `first_port + 1`, ... when given), asks each for its backend's name, and
+/// returns the names in order ("refused" for a connection refused with a reset, "-" for
+/// one that failed otherwise).
+fn ask(ns: &Netns, address: &str, count: usize, first_port: Option<u16>) -> Vec<String> {
+    let bind = first_port.map_or("None".to_string(), |p| p.to_string());
+    let script = format!(
+        r#"
+import socket
+first = {bind}
+for i in range({count}):
+    try:
+        c = socket.socket()
+        c.settimeout(5)
+        if first is not None:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.bind(("0.0.0.0", first + i))
+        c.connect(("{address}", 80))
+        c.sendall(b"hi\n")
+        name = c.makefile("rb").readline().decode().strip() or "-"
+        c.close()
+    except ConnectionRefusedError:
+        name = "refused"
+    except OSError:
+        name = "-"
+    print(name, flush=True)
+"#
+    );
+    ns.exec_ok(&["python3", "-c", &script])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn counts(names: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for name in names {
+        *counts.entry(name.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// A client holding `count` connections open: asks each once, writes the names to
+/// `ready`, waits for `go` to exist, asks each again and prints the second names ("-" for a
+/// connection that fails).
+fn hold_connections(ns: &Netns, address: &str, count: usize, dir: &std::path::Path) -> Child {
+    let ready = dir.join("ready");
+    let go = dir.join("go");
+    let script = format!(
+        r#"
+import os, socket, time
+conns = []
+names = []
+for i in range({count}):
+    c = socket.create_connection(("{address}", 80), timeout=5)
+    c.sendall(b"hi\n")
+    f = c.makefile("rb")
+    names.append(f.readline().decode().strip())
+    conns.append((c, f))
+with open("{ready}.tmp", "w") as out:
+    out.write("\n".join(names))
+os.rename("{ready}.tmp", "{ready}")
+while not os.path.exists("{go}"):
+    time.sleep(0.05)
+for c, f in conns:
+    try:
+        c.sendall(b"again\n")
+        name = f.readline().decode().strip() or "-"
+    except OSError:
+        name = "-"
+    print(name, flush=True)
+"#,
+        ready = ready.display(),
+        go = go.display(),
+    );
+    ns.spawn(&["python3", "-c", &script])
+}
+
+fn apply(daemon: &Daemon, yaml: &str) {
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), yaml).expect("write");
+    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
+}
+
+fn view(daemon: &Daemon) -> serde_json::Value {
+    daemon.ctl_json(&["lb", "web"])
+}
+
+/// Three backends behind one address: an even spread, hairpin, established connections
+/// that keep their backend when another leaves, no new connection to a detached backend,
+/// about 1/N of flows moving when it comes back, draining on a label change, and a closed
+/// port's answer once no backend is left.
+#[test]
+#[ignore = "needs root: starts vswitchd and creates network namespaces"]
+fn three_backends_behind_one_address() {
+    require(&["python3"]);
+    let daemon = Daemon::start(1);
+    let backends: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("lb{i}"))).collect();
+    let mut servers = Vec::new();
+    for ns in &backends {
+        daemon.attach(ns, &["--label", "app=web"]);
+        servers.push(start_server(ns, &ns.name));
+    }
+    let clients: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("lc{i}"))).collect();
+    for ns in &clients {
+        daemon.attach(ns, &[]);
+    }
+    apply(
+        &daemon,
+        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: web}}\n  ports: [{port: 80, targetPort: 8080}]\n  drainSeconds: 3\n",
+    );
+    let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
+    let address = lb["status"]["ips"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address: {lb}"))
+        .to_string();
+    assert_eq!(lb["status"]["state"], "Ready", "{lb}");
+    assert_eq!(lb["status"]["backends"]["healthy"], 3, "{lb}");
+    for (ns, server) in backends.iter().zip(servers.iter_mut()) {
+        common::wait_listening(&ns.name, "tcp", "0.0.0.0:8080", server);
+    }
+
+    // An even spread: 600 new connections from two clients (with 300, a backend's count has
+    // a standard deviation of 8 and +-20% is only 2.4 of them: one run in twenty would
+    // fail by chance; with 600 it is 3.5).
+    let mut names = ask(&clients[0], &address, 300, None);
+    names.extend(ask(&clients[1], &address, 300, None));
+    let spread = counts(&names);
+    eprintln!("600 connections: {spread:?}");
+    for ns in &backends {
+        let got = spread.get(&ns.name).copied().unwrap_or(0);
+        assert!(
+            (160..=240).contains(&got),
+            "{} got {got} of 600 connections (want 200 +- 20%): {spread:?}\ndaemon log:\n{}",
+            ns.name,
+            tail(&daemon.log_text(), 30)
+        );
+    }
+    // Each backend holds a third of the table.
+    let shown = view(&daemon);
+    let slots: Vec<u64> = shown["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["slots"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(slots.iter().sum::<u64>(), 16381, "{shown}");
+    assert!(slots.iter().all(|s| s.abs_diff(16381 / 3) <= 1), "{shown}");
+
+    // Hairpin: a backend reaches its own LoadBalancer.
+    let hairpin = ask(&backends[0], &address, 20, None);
+    assert!(
+        hairpin.iter().all(|n| n != "-"),
+        "a backend cannot reach its own LoadBalancer: {hairpin:?}"
+    );
+
+    // Established connections keep their backend when another leaves; the leaver's fail.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut holder = hold_connections(&clients[0], &address, 30, dir.path());
+    let ready = dir.path().join("ready");
+    let before: Vec<String> = wait_until("the held connections", Duration::from_secs(30), || {
+        std::fs::read_to_string(&ready).ok()
+    })
+    .lines()
+    .map(str::to_string)
+    .collect();
+    let leaver = &backends[1].name;
+    daemon.ctl_ok(&["detach", leaver]);
+    std::fs::write(dir.path().join("go"), "").expect("go");
+    let status = wait_until("the holder to finish", Duration::from_secs(60), || {
+        holder.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "the holding client failed");
+    let mut out = String::new();
+    if let Some(mut stdout) = holder.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let after: Vec<&str> = out.lines().collect();
+    assert_eq!(after.len(), before.len(), "{out}");
+    let mut kept = 0;
+    for (first, second) in before.iter().zip(&after) {
+        if first == leaver {
+            assert_eq!(
+                *second, "-",
+                "a connection of the detached backend still answered"
+            );
+        } else {
+            assert_eq!(first, second, "an established connection changed backend");
+            kept += 1;
+        }
+    }
+    eprintln!(
+        "held connections: {kept} kept their backend, {} were on {leaver}",
+        before.len() - kept
+    );
+    let names = ask(&clients[1], &address, 60, None);
+    assert!(
+        !names.contains(leaver) && !names.contains(&"-".to_string()),
+        "new connections after the detach: {:?}",
+        counts(&names)
+    );
+
+    // Re-attached, it takes about a third of new flows back, and few others move.
+    let fixed = ask(&clients[0], &address, 300, Some(20_000));
+    daemon.ctl_ok(&["conntrack", "--flush"]);
+    daemon.attach(&backends[1], &["--label", "app=web"]);
+    servers.push(start_server(&backends[1], leaver));
+    common::wait_listening(
+        &backends[1].name,
+        "tcp",
+        "0.0.0.0:8080",
+        servers.last_mut().expect("server"),
+    );
+    let again = ask(&clients[0], &address, 300, Some(20_000));
+    let moved = fixed.iter().zip(&again).filter(|(a, b)| a != b).count();
+    let to_leaver = again.iter().filter(|n| *n == leaver).count();
+    eprintln!(
+        "re-adding {leaver}: {moved} of 300 flows moved ({:.1}%), {to_leaver} to it",
+        moved as f64 / 3.0
+    );
+    assert!(!again.contains(&"-".to_string()), "{again:?}");
+    assert!(
+        moved <= 300 / 3 + 30 && moved.abs_diff(to_leaver) <= 15,
+        "{moved} flows moved, {to_leaver} to the re-added backend"
+    );
+
+    // A label change drains the backend: no new connections, then it leaves.
+    let drained = &backends[2].name;
+    apply(
+        &daemon,
+        &format!(
+            "apiVersion: vswitch/v1alpha1\nkind: NetworkInterface\nmetadata: {{name: {drained}, labels: {{app: other}}}}\nspec: {{subnet: default, netns: {drained}}}\n"
+        ),
+    );
+    let shown = view(&daemon);
+    let row = shown["backends"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["interface"] == drained.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["state"], "Draining", "{shown}");
+    let names = ask(&clients[1], &address, 30, None);
+    assert!(!names.contains(drained), "{:?}", counts(&names));
+    wait_until(
+        "the drained backend to leave",
+        Duration::from_secs(15),
+        || {
+            let shown = view(&daemon);
+            let gone = shown["backends"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().all(|r| r["interface"] != drained.as_str()));
+            gone.then_some(())
+        },
+    );
+
+    // No backend: a closed port's answer (a reset), counted.
+    apply(
+        &daemon,
+        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: nothing}}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
+    assert_eq!(lb["status"]["state"], "NoBackends", "{lb}");
+    let names = ask(&clients[0], &address, 3, None);
+    assert_eq!(
+        names,
+        ["refused", "refused", "refused"],
+        "a reset was expected"
+    );
+    let stats = daemon.stats();
+    let refused: u64 = stats["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["drops"]["lb.no_backend"].as_u64())
+        .sum();
+    assert!(refused >= 3, "lb.no_backend not counted: {stats}");
+    for mut server in servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
