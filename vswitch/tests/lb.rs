@@ -194,6 +194,26 @@ fn three_backends_behind_one_address() {
         "a backend cannot reach its own LoadBalancer: {hairpin:?}"
     );
 
+    // ClientIP affinity: each client's new connections all go to one backend; switched off
+    // again, they spread.
+    let lb_doc = |affinity: &str| {
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {{name: web}}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {{matchLabels: {{app: web}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n  drainSeconds: 3\n{affinity}"
+        )
+    };
+    apply(
+        &daemon,
+        &lb_doc("  sessionAffinity: ClientIP\n  sessionAffinityTimeoutSeconds: 60\n"),
+    );
+    for client in &clients {
+        let pinned = counts(&ask(client, &address, 30, None));
+        assert_eq!(pinned.len(), 1, "{}: {pinned:?}", client.name);
+        assert!(!pinned.contains_key("-"), "{pinned:?}");
+    }
+    apply(&daemon, &lb_doc(""));
+    let spread = counts(&ask(&clients[0], &address, 60, None));
+    assert!(spread.len() > 1, "without affinity: {spread:?}");
+
     // Established connections keep their backend when another leaves; the leaver's fail.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut holder = hold_connections(&clients[0], &address, 30, dir.path());

@@ -123,8 +123,28 @@ fn start(
         tuple.dst_port,
         protocol,
     );
-    let hash = lb::flow_hash(&key, balancer.seed);
-    let Some(target) = balancer.table.lookup(hash) else {
+    let target = match &balancer.affinity {
+        None => balancer.table.lookup(lb::flow_hash(&key, balancer.seed)),
+        Some(affinity) => {
+            // ClientIP: the client's backend while it holds slots, else the one its address
+            // hashes to (the same on every node), remembered.
+            let now = ctx.now_ms / 1000;
+            let pinned = affinity
+                .table
+                .lookup(0, tuple.src, now, affinity.timeout)
+                .and_then(|id| balancer.table.affinity_target(id));
+            pinned.or_else(|| {
+                let chosen = balancer
+                    .table
+                    .lookup(lb::client_hash(tuple.src, balancer.seed))?;
+                affinity
+                    .table
+                    .insert(0, tuple.src, chosen.id, now, affinity.timeout);
+                Some(chosen)
+            })
+        }
+    };
+    let Some(target) = target else {
         return Err(refuse(local, DropReason::NoBackend));
     };
     let IpAddr::V4(_) = target.addr else {

@@ -380,6 +380,19 @@ pub struct Balancer {
     pub table: Arc<lb::BackendTable>,
     /// Seed of the flow hash (the same on every node: a flow maps to the same backend).
     pub seed: u64,
+    /// ClientIP session affinity, when asked for.
+    pub affinity: Option<Affinity>,
+}
+
+/// A LoadBalancer's ClientIP affinity: which backend each client's new connections go to,
+/// until the client has been idle for `timeout` seconds. The table is shared state, carried
+/// from one snapshot to the next by the controller (like conntrack).
+#[derive(Debug, Clone)]
+pub struct Affinity {
+    /// Client -> backend.
+    pub table: Arc<lb::AffinityTable>,
+    /// Seconds of idleness after which a client is forgotten.
+    pub timeout: u32,
 }
 
 /// A port (or range) a LoadBalancer serves.

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use super::AttachedPort;
 use crate::control::ApiError;
 use crate::control::kinds::LoadBalancerLive;
+use crate::control::resource::SessionAffinity;
 use crate::control::resource::{
     BackendStateView, BackendView, InterfaceState, LoadBalancer, LoadBalancerType,
     LoadBalancerView, ipv4,
 };
 use crate::control::store::State;
 use crate::port::PortId;
-use crate::tables::snapshot::{BalancedPort, Balancer, NetworkId};
+use crate::tables::snapshot::{Affinity, BalancedPort, Balancer, NetworkId};
 
 /// The flow-hash seed: the same on every node, so a flow maps to the same backend wherever
 /// it is balanced.
@@ -43,7 +44,15 @@ struct Runtime {
     table: Option<Arc<lb::BackendTable>>,
     /// Backends' port ids by key (the interface's name), while attached.
     ports: BTreeMap<String, PortId>,
+    /// ClientIP affinity entries, while the LoadBalancer asks for them.
+    affinity: Option<Arc<lb::AffinityTable>>,
 }
+
+/// Clients a LoadBalancer's affinity table remembers at most (the oldest go first).
+const AFFINITY_ENTRIES: usize = 262_144;
+
+/// Expired affinity entries examined per LoadBalancer and maintenance tick.
+const AFFINITY_PURGE_BUDGET: usize = 4096;
 
 impl Balancers {
     /// Brings every LoadBalancer's backend set up to date with `state` and the attached
@@ -58,7 +67,15 @@ impl Balancers {
                     .with_seed(FLOW_SEED),
                 table: None,
                 ports: BTreeMap::new(),
+                affinity: None,
             });
+            match (balancer.spec.session_affinity, &runtime.affinity) {
+                (SessionAffinity::ClientIP, None) => {
+                    runtime.affinity = Some(Arc::new(lb::AffinityTable::new(AFFINITY_ENTRIES)));
+                }
+                (SessionAffinity::None, Some(_)) => runtime.affinity = None,
+                _ => {}
+            }
             if runtime.set.table_size() != size {
                 runtime.set.set_table_size(size);
             }
@@ -109,6 +126,15 @@ impl Balancers {
         }
     }
 
+    /// Forgets affinity entries expired at `now` (a bounded amount of work per call).
+    pub(super) fn purge_affinity(&self, now: u64) {
+        for runtime in self.by_name.values() {
+            if let Some(table) = &runtime.affinity {
+                table.purge_expired(now, AFFINITY_PURGE_BUDGET);
+            }
+        }
+    }
+
     /// The earliest draining deadline, if any backend drains (seconds).
     pub(super) fn next_deadline(&self, now: u64) -> Option<u64> {
         self.by_name
@@ -149,6 +175,10 @@ impl Balancers {
                 ports: ports(resource),
                 table: Arc::clone(table),
                 seed: FLOW_SEED,
+                affinity: runtime.affinity.as_ref().map(|table| Affinity {
+                    table: Arc::clone(table),
+                    timeout: resource.spec.affinity_timeout(),
+                }),
             });
         }
         backends.sort();
@@ -194,6 +224,7 @@ impl super::Controller {
     pub fn maintain(&self) {
         let mut inner = self.lock();
         let now = inner.clock.now_ms() / 1000;
+        inner.balancers.purge_affinity(now);
         if inner
             .balancers
             .next_deadline(0)

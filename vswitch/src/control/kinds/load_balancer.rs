@@ -475,12 +475,6 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
         }
         seen.push((port.protocol, port.port, end, index));
     }
-    if spec.session_affinity == SessionAffinity::ClientIP {
-        errors.push(origin.invalid(
-            "spec.sessionAffinity",
-            "ClientIP affinity is not supported yet: every connection is hashed on its own 5-tuple (leave sessionAffinity out)",
-        ));
-    }
     if spec.health_check.is_some() {
         errors.push(origin.invalid(
             "spec.healthCheck",
