@@ -214,6 +214,53 @@ fn three_backends_behind_one_address() {
     let spread = counts(&ask(&clients[0], &address, 60, None));
     assert!(spread.len() > 1, "without affinity: {spread:?}");
 
+    // Health checks: a killed server is marked unhealthy within its check window and gets
+    // no new connections; restarted, it is healthy again and gets them back.
+    apply(
+        &daemon,
+        &lb_doc(
+            "  healthCheck: {intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 1, unhealthyThreshold: 2}\n",
+        ),
+    );
+    let state_of = |name: &str| {
+        let shown = view(&daemon);
+        shown["backends"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["interface"] == name))
+            .map(|r| r["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let sick = backends[0].name.clone();
+    let _ = servers[0].kill();
+    let _ = servers[0].wait();
+    wait_until(
+        "the killed server to be marked unhealthy",
+        Duration::from_secs(20),
+        || (state_of(&sick) == "Unhealthy").then_some(()),
+    );
+    let names = ask(&clients[1], &address, 60, None);
+    assert!(
+        !names.contains(&sick) && !names.contains(&"-".to_string()),
+        "with {sick} unhealthy: {:?}",
+        counts(&names)
+    );
+    let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
+    assert_eq!(lb["status"]["backends"]["unhealthy"], 1, "{lb}");
+    servers[0] = start_server(&backends[0], &sick);
+    wait_until(
+        "the restarted server to be healthy",
+        Duration::from_secs(20),
+        || (state_of(&sick) == "Healthy").then_some(()),
+    );
+    let names = ask(&clients[1], &address, 60, None);
+    assert!(names.contains(&sick), "{:?}", counts(&names));
+    let stats = daemon.stats();
+    assert!(
+        stats["events"]["lb.probe_answers"].as_u64().unwrap_or(0) > 0,
+        "no probe answer counted: {}",
+        stats["events"]
+    );
+
     // Established connections keep their backend when another leaves; the leaver's fail.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut holder = hold_connections(&clients[0], &address, 30, dir.path());

@@ -257,6 +257,9 @@ pub fn route(
             route.next_hop == NextHop::Direct && egress.gateway == dst
         });
     if to_switch {
+        if let Some(verdict) = super::lb::probe_answer(ctx, ingress, subnet, parsed, frame, local) {
+            return verdict;
+        }
         return icmp::to_gateway(now, ingress, subnet, parsed, frame, &mut local.out, dst);
     }
     if is_martian(dst) {

@@ -35,7 +35,7 @@ use super::nat;
 use super::parse::{L3, Parsed};
 use super::{Context, Local, Output, Verdict};
 use crate::tables::counters::{Event, keyed_enum};
-use crate::tables::snapshot::{Balancer, PortEntry, SubnetEntry};
+use crate::tables::snapshot::{Balancer, PortEntry, ProbeBoard, SubnetEntry};
 use crate::wire::icmp_error::{DEFAULT_TTL, Kind};
 use crate::wire::ipv4::OwnHeader;
 
@@ -288,6 +288,51 @@ fn send_reset(
     }
     reset.fill_checksum(&IpAddress::Ipv4(address), &IpAddress::Ipv4(ip.src_addr()));
     true
+}
+
+/// A TCP segment to `subnet`'s gateway that answers a LoadBalancer health probe (to
+/// [`ProbeBoard::SOURCE_PORT`], expected by the board): records a SYN-ACK as up (and resets
+/// the half-open connection, as a SYN scanner does) or a reset as down. `None` for anything
+/// else, which the gateway handles as usual.
+pub fn probe_answer(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &Parsed,
+    frame: &[u8],
+    local: &mut Local,
+) -> Option<Verdict> {
+    let L3::Ipv4 { src, .. } = parsed.l3 else {
+        return None;
+    };
+    let (start, end) = l3::ip_bounds(frame)?;
+    let ip = Ipv4Packet::new_checked(&frame[start..end]).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    if tcp.dst_port() != ProbeBoard::SOURCE_PORT {
+        return None;
+    }
+    let up = tcp.syn() && tcp.ack();
+    if !(up || tcp.rst()) {
+        return None;
+    }
+    if !ctx.snapshot.probes.answer(src, tcp.src_port(), up) {
+        return None;
+    }
+    if up {
+        send_reset(
+            &mut local.out,
+            ingress,
+            parsed.src_mac,
+            subnet.gateway_mac,
+            &frame[start..end],
+            subnet.gateway,
+        );
+    }
+    local.out.events.add(Event::LbProbeAnswered);
+    Some(Verdict::Consumed)
 }
 
 /// A frame from `ingress`, a backend of some LoadBalancer (in `subnet`): when it is a reply

@@ -106,6 +106,8 @@ keyed_enum! {
             "a connection crossing NAT (masquerade, port forward, virtual IP, hairpin) was created in conntrack",
         LbConnection = "lb.connections_created":
             "a connection to a LoadBalancer was given its backend and created in conntrack",
+        LbProbeAnswered = "lb.probe_answers":
+            "a backend answered a LoadBalancer health probe (SYN-ACK: up, reset: down)",
     }
 }
 

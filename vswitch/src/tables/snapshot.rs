@@ -360,6 +360,8 @@ pub struct Snapshot {
     /// Port id -> whether the port is a backend of some LoadBalancer (its frames may be
     /// replies of balanced connections).
     balanced_ports: Vec<bool>,
+    /// Health probes in flight (shared with the controller, carried across snapshots).
+    pub probes: Arc<ProbeBoard>,
 }
 
 /// A LoadBalancer as the datapath serves it: an address of a Network, its ports, and the
@@ -382,6 +384,55 @@ pub struct Balancer {
     pub seed: u64,
     /// ClientIP session affinity, when asked for.
     pub affinity: Option<Affinity>,
+}
+
+/// The LoadBalancers' health probes in flight: the controller sends a TCP SYN from a
+/// Subnet's gateway address to a backend's target port and expects an answer here; the
+/// worker that reads the backend's SYN-ACK (listening: up) or reset (closed: down) records
+/// it. Only expected answers are kept (a table of at most one entry per backend and port), so
+/// nothing a container sends can grow it.
+#[derive(Debug, Default)]
+pub struct ProbeBoard {
+    outstanding: parking_lot::Mutex<std::collections::HashMap<(Ipv4Addr, u16), Option<bool>>>,
+}
+
+impl ProbeBoard {
+    /// The source port of every probe (the gateway address opens no other connection).
+    pub const SOURCE_PORT: u16 = 61_000;
+
+    /// Expects an answer from `backend:port` (forgetting an earlier one).
+    pub fn expect(&self, backend: Ipv4Addr, port: u16) {
+        self.outstanding.lock().insert((backend, port), None);
+    }
+
+    /// Records the answer of `backend:port` (`up`: a SYN-ACK); false when none was expected.
+    pub fn answer(&self, backend: Ipv4Addr, port: u16, up: bool) -> bool {
+        match self.outstanding.lock().get_mut(&(backend, port)) {
+            Some(slot) => {
+                *slot = Some(up);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The probe of `backend:port`: `None` when none is out, `Some(None)` while unanswered,
+    /// `Some(Some(up))` once answered (then forgotten).
+    pub fn take(&self, backend: Ipv4Addr, port: u16) -> Option<Option<bool>> {
+        let mut outstanding = self.outstanding.lock();
+        match outstanding.get(&(backend, port)).copied()? {
+            None => Some(None),
+            Some(up) => {
+                outstanding.remove(&(backend, port));
+                Some(Some(up))
+            }
+        }
+    }
+
+    /// Stops expecting an answer from `backend:port`.
+    pub fn forget(&self, backend: Ipv4Addr, port: u16) {
+        self.outstanding.lock().remove(&(backend, port));
+    }
 }
 
 /// A LoadBalancer's ClientIP affinity: which backend each client's new connections go to,
@@ -464,6 +515,7 @@ impl Snapshot {
             conntrack: default_conntrack(),
             balancers: std::collections::HashMap::default(),
             balanced_ports: Vec::new(),
+            probes: Arc::default(),
         }
     }
 
@@ -479,6 +531,12 @@ impl Snapshot {
     /// Sets the VTEP.
     pub fn with_vtep(mut self, vtep: Option<VtepEntry>) -> Snapshot {
         self.vtep = vtep;
+        self
+    }
+
+    /// Sets the LoadBalancers' health probe board.
+    pub fn with_probes(mut self, probes: Arc<ProbeBoard>) -> Snapshot {
+        self.probes = probes;
         self
     }
 

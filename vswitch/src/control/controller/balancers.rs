@@ -18,14 +18,14 @@ use std::sync::Arc;
 use super::AttachedPort;
 use crate::control::ApiError;
 use crate::control::kinds::LoadBalancerLive;
-use crate::control::resource::SessionAffinity;
 use crate::control::resource::{
     BackendStateView, BackendView, InterfaceState, LoadBalancer, LoadBalancerType,
     LoadBalancerView, ipv4,
 };
+use crate::control::resource::{LbProtocol, SessionAffinity};
 use crate::control::store::State;
 use crate::port::PortId;
-use crate::tables::snapshot::{Affinity, BalancedPort, Balancer, NetworkId};
+use crate::tables::snapshot::{Affinity, BalancedPort, Balancer, NetworkId, ProbeBoard};
 
 /// The flow-hash seed: the same on every node, so a flow maps to the same backend wherever
 /// it is balanced.
@@ -35,6 +35,19 @@ const FLOW_SEED: u64 = 0x7673_7769_7463_6801;
 #[derive(Debug, Default)]
 pub(super) struct Balancers {
     by_name: BTreeMap<String, Runtime>,
+    /// Health probes in flight, shared with the workers through the snapshot.
+    board: Arc<ProbeBoard>,
+}
+
+/// One backend's health checking.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// When the next probe is due (ms, datapath clock).
+    next_at: u64,
+    /// When the probe in flight was sent, if one is.
+    sent_at: Option<u64>,
+    /// Where it went.
+    target: (Ipv4Addr, u16),
 }
 
 #[derive(Debug)]
@@ -46,6 +59,8 @@ struct Runtime {
     ports: BTreeMap<String, PortId>,
     /// ClientIP affinity entries, while the LoadBalancer asks for them.
     affinity: Option<Arc<lb::AffinityTable>>,
+    /// Health checking by backend key, while the LoadBalancer asks for it.
+    probes: BTreeMap<String, Probe>,
 }
 
 /// Clients a LoadBalancer's affinity table remembers at most (the oldest go first).
@@ -68,7 +83,12 @@ impl Balancers {
                 table: None,
                 ports: BTreeMap::new(),
                 affinity: None,
+                probes: BTreeMap::new(),
             });
+            let health = health_config(balancer);
+            if *runtime.set.health_config() != health {
+                runtime.set.set_health_config(health);
+            }
             match (balancer.spec.session_affinity, &runtime.affinity) {
                 (SessionAffinity::ClientIP, None) => {
                     runtime.affinity = Some(Arc::new(lb::AffinityTable::new(AFFINITY_ENTRIES)));
@@ -124,6 +144,93 @@ impl Balancers {
                 }
             }
         }
+    }
+
+    /// The health probe board the snapshot carries.
+    pub(super) fn board(&self) -> Arc<ProbeBoard> {
+        Arc::clone(&self.board)
+    }
+
+    /// Runs the health checks due at `now_ms` (the datapath's clock): reads the answers of
+    /// the probes in flight (a SYN-ACK: up; a reset, or nothing within `timeoutSeconds`:
+    /// down), records them against the thresholds, and sends the probes that are due, from
+    /// the backend's Subnet gateway to its target port. Returns true when a backend started
+    /// or stopped taking new connections (the tables must be compiled again).
+    pub(super) fn check_health(
+        &mut self,
+        state: &State,
+        ports: &BTreeMap<String, AttachedPort>,
+        now_ms: u64,
+    ) -> bool {
+        let mut changed = false;
+        for (name, runtime) in &mut self.by_name {
+            let Some(balancer) = state.load_balancers.get(name) else {
+                continue;
+            };
+            let (Some(check), Some(port)) = (&balancer.spec.health_check, probe_port(balancer))
+            else {
+                for probe in std::mem::take(&mut runtime.probes).into_values() {
+                    self.board.forget(probe.target.0, probe.target.1);
+                }
+                continue;
+            };
+            let interval = u64::from(check.interval_seconds) * 1000;
+            let timeout = u64::from(check.timeout_seconds) * 1000;
+            let keys: Vec<String> = runtime
+                .set
+                .iter()
+                .map(|b| b.key().to_string())
+                .filter(|key| ports.contains_key(key))
+                .collect();
+            let board = &self.board;
+            runtime.probes.retain(|key, probe| {
+                let keep = keys.contains(key);
+                if !keep {
+                    board.forget(probe.target.0, probe.target.1);
+                }
+                keep
+            });
+            for key in keys {
+                let Some(backend) = backend_of(state, ports, &key) else {
+                    continue;
+                };
+                let target = (backend.address, port);
+                let probe = runtime.probes.entry(key.clone()).or_insert(Probe {
+                    next_at: now_ms,
+                    sent_at: None,
+                    target,
+                });
+                let mut result = None;
+                if let Some(sent_at) = probe.sent_at {
+                    match board.take(probe.target.0, probe.target.1) {
+                        Some(Some(up)) => result = Some(up),
+                        Some(None) if now_ms >= sent_at + timeout => {
+                            board.forget(probe.target.0, probe.target.1);
+                            result = Some(false);
+                        }
+                        Some(None) => {}
+                        None => probe.sent_at = None,
+                    }
+                }
+                if let Some(up) = result {
+                    probe.sent_at = None;
+                    if let Some(transition) = runtime.set.record_health(&key, up) {
+                        tracing::info!(load_balancer = %name, backend = %key, from = ?transition.from, to = ?transition.to, "backend health changed");
+                        changed |= transition.eligibility_changed();
+                    }
+                }
+                if probe.sent_at.is_none() && now_ms >= probe.next_at {
+                    probe.target = target;
+                    board.expect(target.0, target.1);
+                    if let Err(err) = backend.send_probe(port, now_ms) {
+                        tracing::debug!(load_balancer = %name, backend = %key, "cannot send a health probe: {err}");
+                    }
+                    probe.sent_at = Some(now_ms);
+                    probe.next_at = now_ms + interval;
+                }
+            }
+        }
+        changed
     }
 
     /// Forgets affinity entries expired at `now` (a bounded amount of work per call).
@@ -223,13 +330,19 @@ impl super::Controller {
     /// draining backend's deadline has passed, so that it leaves the table and the counts.
     pub fn maintain(&self) {
         let mut inner = self.lock();
-        let now = inner.clock.now_ms() / 1000;
+        let now_ms = inner.clock.now_ms();
+        let now = now_ms / 1000;
         inner.balancers.purge_affinity(now);
-        if inner
+        let inner_ref = &mut *inner;
+        let health_changed =
+            inner_ref
+                .balancers
+                .check_health(&inner_ref.state, &inner_ref.ports, now_ms);
+        let drained = inner
             .balancers
             .next_deadline(0)
-            .is_some_and(|deadline| deadline <= now)
-        {
+            .is_some_and(|deadline| deadline <= now);
+        if health_changed || drained {
             let engine = self.engine.read();
             super::compile::publish(&engine, &mut inner);
         }
@@ -327,6 +440,103 @@ fn backends(
             Some((nic.metadata.name.clone(), address, port))
         })
         .collect()
+}
+
+/// The health checks of `balancer` as the lb crate counts them (defaults when it has none:
+/// backends then stay `Unknown`, which takes connections).
+fn health_config(balancer: &LoadBalancer) -> lb::HealthCheckConfig {
+    match &balancer.spec.health_check {
+        Some(check) => lb::HealthCheckConfig {
+            interval_ms: check.interval_seconds.saturating_mul(1000),
+            timeout_ms: check.timeout_seconds.saturating_mul(1000),
+            healthy_threshold: check.healthy_threshold,
+            unhealthy_threshold: check.unhealthy_threshold,
+        },
+        None => lb::HealthCheckConfig::default(),
+    }
+}
+
+/// The backend port health probes go to: the target of the LoadBalancer's first TCP port.
+fn probe_port(balancer: &LoadBalancer) -> Option<u16> {
+    balancer
+        .spec
+        .ports
+        .iter()
+        .find(|p| p.protocol == LbProtocol::TCP)
+        .map(|p| p.target_port.unwrap_or(p.port))
+}
+
+/// What probing a backend needs: its port's queues, its MAC and address, its Subnet's
+/// gateway.
+struct ProbeTarget {
+    io: Arc<crate::port::PortIo>,
+    mac: [u8; 6],
+    address: Ipv4Addr,
+    gateway: Ipv4Addr,
+    gateway_mac: [u8; 6],
+}
+
+fn backend_of(
+    state: &State,
+    ports: &BTreeMap<String, AttachedPort>,
+    key: &str,
+) -> Option<ProbeTarget> {
+    let nic = state.network_interfaces.get(key)?;
+    let subnet = state.subnets.get(&nic.spec.subnet)?;
+    Some(ProbeTarget {
+        io: Arc::clone(&ports.get(key)?.io),
+        mac: nic.status.mac?.0,
+        address: nic.status.ips.first()?.addr(),
+        gateway: subnet.spec.gateway,
+        gateway_mac: crate::control::routing::gateway_mac(state, subnet).0,
+    })
+}
+
+impl ProbeTarget {
+    /// Writes a TCP SYN from the gateway's [`ProbeBoard::SOURCE_PORT`] to `port` into the
+    /// backend's first queue.
+    fn send_probe(&self, port: u16, now_ms: u64) -> std::io::Result<()> {
+        use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket, TcpSeqNumber};
+        const VNET: usize = crate::wire::VNET_HDR_LEN;
+        let mut frame = vec![0u8; VNET + 14 + 20 + 20];
+        frame[VNET..VNET + 6].copy_from_slice(&self.mac);
+        frame[VNET + 6..VNET + 12].copy_from_slice(&self.gateway_mac);
+        frame[VNET + 12..VNET + 14].copy_from_slice(&[0x08, 0x00]);
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut frame[VNET + 14..VNET + 34]);
+            ip.set_version(4);
+            ip.set_header_len(20);
+            ip.set_total_len(40);
+            ip.set_ident(u16::try_from(now_ms & 0xffff).unwrap_or(0));
+            ip.set_dont_frag(true);
+            ip.set_hop_limit(64);
+            ip.set_next_header(smoltcp::wire::IpProtocol::Tcp);
+            ip.set_src_addr(self.gateway);
+            ip.set_dst_addr(self.address);
+            ip.fill_checksum();
+        }
+        {
+            let mut tcp = TcpPacket::new_unchecked(&mut frame[VNET + 34..]);
+            tcp.set_src_port(ProbeBoard::SOURCE_PORT);
+            tcp.set_dst_port(port);
+            tcp.set_seq_number(TcpSeqNumber(
+                i32::try_from(now_ms & 0x3fff_ffff).unwrap_or(0),
+            ));
+            tcp.set_header_len(20);
+            tcp.set_syn(true);
+            tcp.set_window_len(1024);
+            tcp.fill_checksum(
+                &IpAddress::Ipv4(self.gateway),
+                &IpAddress::Ipv4(self.address),
+            );
+        }
+        let queue = self
+            .io
+            .queues
+            .first()
+            .ok_or_else(|| std::io::Error::other("the port has no queue"))?;
+        queue.lock().send(&frame)
+    }
 }
 
 /// The ports of a LoadBalancer as the datapath matches them.

@@ -217,6 +217,7 @@ fn compile(inner: &Inner) -> Snapshot {
         .with_uplink(uplink)
         .with_vtep(vtep)
         .with_balancers(balancers, &backends)
+        .with_probes(inner.balancers.board())
 }
 
 /// Gives every Subnet with a VNI a tunnel port id while the VTEP is open (ids of tunnels

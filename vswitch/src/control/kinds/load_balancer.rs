@@ -475,10 +475,10 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
         }
         seen.push((port.protocol, port.port, end, index));
     }
-    if spec.health_check.is_some() {
+    if spec.health_check.is_some() && !spec.ports.iter().any(|p| p.protocol == LbProtocol::TCP) {
         errors.push(origin.invalid(
             "spec.healthCheck",
-            "active health checks are not supported yet: every selected, attached backend takes connections (leave healthCheck out)",
+            "health checks probe the first TCP port's target; this LoadBalancer serves no TCP port",
         ));
     }
     if spec.session_affinity_timeout_seconds.is_some()
