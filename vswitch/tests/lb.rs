@@ -387,3 +387,104 @@ fn three_backends_behind_one_address() {
         let _ = server.wait();
     }
 }
+
+/// A veth whose far end is an "outside" namespace (203.0.113.1/24), its near end the Uplink.
+struct Outside {
+    ns: Netns,
+    host_end: String,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let ns = Netns::new("lbout");
+        let host_end = common::unique("lu");
+        let peer = common::unique("lp");
+        common::run(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
+            ],
+        );
+        common::run("ip", &["link", "set", &peer, "netns", &ns.name]);
+        common::run("ip", &["link", "set", &host_end, "up"]);
+        ns.exec_ok(&["ip", "link", "set", &peer, "name", "eth0"]);
+        ns.exec_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        Outside { ns, host_end }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
+    }
+}
+
+/// A Public LoadBalancer: an Uplink address allocated to it, reached from outside through
+/// the uplink and from inside the Network on the same address; replies leave the way the
+/// requests came.
+#[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces and a veth uplink"]
+fn public_load_balancer_through_the_uplink() {
+    require(&["python3"]);
+    let outside = Outside::new();
+    let daemon = Daemon::start(1);
+    let backends: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("lpb{i}"))).collect();
+    let mut servers = Vec::new();
+    for ns in &backends {
+        daemon.attach(ns, &["--label", "app=pub"]);
+        servers.push(start_server(ns, &ns.name));
+    }
+    for (ns, server) in backends.iter().zip(servers.iter_mut()) {
+        common::wait_listening(&ns.name, "tcp", "0.0.0.0:8080", server);
+    }
+    let inside = Netns::new("lpc");
+    daemon.attach(&inside, &[]);
+    apply(
+        &daemon,
+        &format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {{name: up}}\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24, 203.0.113.20/24]\n  gateway: 203.0.113.1\n---\n\
+             apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {{name: web}}\nspec:\n  type: Public\n  network: default\n  networkInterfaceSelector: {{matchLabels: {{app: pub}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
+            outside.host_end
+        ),
+    );
+    let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
+    assert_eq!(lb["status"]["ips"][0], "203.0.113.10", "{lb}");
+    assert_eq!(lb["status"]["state"], "Ready", "{lb}");
+    // The address is the LoadBalancer's: a PortForward cannot take it.
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        file.path(),
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: PortForward\nmetadata: {{name: pf}}\nspec: {{ip: 203.0.113.10, protocol: tcp, port: 81, target: {{interface: {}, port: 8080}}}}\n",
+            backends[0].name
+        ),
+    )
+    .expect("write");
+    let err = daemon.ctl_err(&["apply", "-f", file.path().to_str().expect("utf8")]);
+    assert!(err.contains("LoadBalancer \"web\""), "{err}");
+
+    let from_outside = counts(&ask(&outside.ns, "203.0.113.10", 60, None));
+    eprintln!("from outside: {from_outside:?}");
+    assert!(!from_outside.contains_key("-"), "{from_outside:?}");
+    for ns in &backends {
+        assert!(from_outside.contains_key(&ns.name), "{from_outside:?}");
+    }
+    let from_inside = counts(&ask(&inside, "203.0.113.10", 30, None));
+    assert!(!from_inside.contains_key("-"), "{from_inside:?}");
+    let stats = daemon.stats();
+    assert!(
+        stats["events"]["lb.connections_created"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 90,
+        "{}",
+        stats["events"]
+    );
+    for mut server in servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}

@@ -82,7 +82,7 @@ pub(crate) fn describe_addresses(uplink: &Uplink) -> String {
 }
 
 /// Who uses `addr` among the NAT resources, as `(kind, name)`: NATGateways, PortForwards,
-/// VirtualIPs (by spec or allocation), in that order.
+/// VirtualIPs (by spec or allocation), Public LoadBalancers (by allocation), in that order.
 pub fn users_of(state: &State, addr: Ipv4Addr) -> Vec<(Kind, String)> {
     let mut users = Vec::new();
     for gateway in state.nat_gateways.values() {
@@ -98,6 +98,13 @@ pub fn users_of(state: &State, addr: Ipv4Addr) -> Vec<(Kind, String)> {
     for vip in state.virtual_ips.values() {
         if virtual_ip_address(vip) == Some(addr) {
             users.push((Kind::VirtualIp, vip.metadata.name.clone()));
+        }
+    }
+    for balancer in state.load_balancers.values() {
+        if balancer.spec.lb_type == crate::control::resource::LoadBalancerType::Public
+            && balancer.status.ips.contains(&std::net::IpAddr::V4(addr))
+        {
+            users.push((Kind::LoadBalancer, balancer.metadata.name.clone()));
         }
     }
     users
@@ -153,11 +160,12 @@ pub(crate) fn owned_by_uplink<'a>(
 
 /// `NATGateway "gw"`, `VirtualIP "web" (allocated)`.
 pub(crate) fn describe_user(state: &State, kind: Kind, name: &str) -> String {
-    let allocated = kind == Kind::VirtualIp
-        && state
-            .virtual_ips
-            .get(name)
-            .is_some_and(|v| v.spec.ip.is_none());
+    let allocated = kind == Kind::LoadBalancer
+        || kind == Kind::VirtualIp
+            && state
+                .virtual_ips
+                .get(name)
+                .is_some_and(|v| v.spec.ip.is_none());
     if allocated {
         format!("{kind} {name:?} (allocated to it)")
     } else {
@@ -179,11 +187,12 @@ pub(crate) fn blocking_user(
         .into_iter()
         .filter(|(kind, name)| (*kind, name.as_str()) != me && kinds.contains(kind))
         .find(|(kind, name)| {
-            let allocated = *kind == Kind::VirtualIp
-                && next
-                    .virtual_ips
-                    .get(name)
-                    .is_some_and(|v| v.spec.ip.is_none());
+            let allocated = *kind == Kind::LoadBalancer
+                || *kind == Kind::VirtualIp
+                    && next
+                        .virtual_ips
+                        .get(name)
+                        .is_some_and(|v| v.spec.ip.is_none());
             allocated || batch.before(*kind, name, origin)
         })
         .map(|(kind, name)| describe_user(next, kind, &name))

@@ -26,7 +26,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ::nat::{Attachments, EchoKind, Endpoint, NatPlan, PacketInfo, PacketKind, Snat, Tracked};
+use ::nat::{
+    Attachments, EchoKind, Endpoint, NatPlan, PacketInfo, PacketKind, Snat, Tracked, Zone,
+};
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 
 use super::icmp::{self, ErrorPath};
@@ -34,8 +36,9 @@ use super::l3;
 use super::nat;
 use super::parse::{L3, Parsed};
 use super::{Context, Local, Output, Verdict};
+use crate::port::PortId;
 use crate::tables::counters::{Event, keyed_enum};
-use crate::tables::snapshot::{Balancer, PortEntry, ProbeBoard, SubnetEntry};
+use crate::tables::snapshot::{Balancer, PortEntry, ProbeBoard, SubnetEntry, UplinkEntry};
 use crate::wire::icmp_error::{DEFAULT_TTL, Kind};
 use crate::wire::ipv4::OwnHeader;
 
@@ -51,6 +54,47 @@ keyed_enum! {
     }
 }
 
+/// Where a packet to a LoadBalancer came from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// A port of a Subnet of the LoadBalancer's Network.
+    Subnet {
+        ingress: &'a PortEntry,
+        subnet: &'a SubnetEntry,
+    },
+    /// Outside, through the uplink (a Public LoadBalancer).
+    Uplink(&'a UplinkEntry),
+}
+
+impl Source<'_> {
+    /// Where ICMP errors about the packet go, from `address`.
+    fn errors(self, parsed: &Parsed, address: Ipv4Addr) -> ErrorPath {
+        match self {
+            Source::Subnet { ingress, subnet } => ErrorPath {
+                source: address,
+                ..ErrorPath::subnet(ingress.id, parsed.src_mac, subnet)
+            },
+            Source::Uplink(uplink) => ErrorPath::uplink(uplink, parsed.src_mac, address),
+        }
+    }
+
+    /// The port answers go back through, and the switch's MAC there.
+    fn answer_path(self) -> (PortId, [u8; 6]) {
+        match self {
+            Source::Subnet { ingress, subnet } => (ingress.id, subnet.gateway_mac),
+            Source::Uplink(uplink) => (uplink.id, uplink.mac),
+        }
+    }
+
+    /// The conntrack zone the connection starts in.
+    fn zone(self, balancer: &Balancer) -> Zone {
+        match self {
+            Source::Subnet { .. } => nat::zone_of(balancer.network),
+            Source::Uplink(_) => Zone::EXTERNAL,
+        }
+    }
+}
+
 /// A packet from `ingress` (in `subnet`) to `balancer`'s address (see the module docs).
 /// Rewrites `frame` in place.
 pub fn forward(
@@ -62,30 +106,60 @@ pub fn forward(
     local: &mut Local,
     balancer: &Balancer,
 ) -> Verdict {
+    let from = Source::Subnet { ingress, subnet };
     let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
-    let info = match nat::packet_info(frame) {
-        Ok(info) => info,
-        Err(cause) => return Verdict::Drop(cause),
-    };
-    let zone = nat::zone_of(subnet.network_id);
-    let tracked = match ctx.snapshot.conntrack.lookup(zone, &info, ctx.now_ms) {
-        Some(tracked) => tracked,
-        None => match start(ctx, ingress, subnet, parsed, frame, local, balancer, &info) {
-            Ok(tracked) => tracked,
-            Err(verdict) => return verdict,
-        },
+    let tracked = match track(ctx, from, parsed, frame, local, balancer) {
+        Ok(tracked) => tracked,
+        Err(verdict) => return verdict,
     };
     nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |ctx, out| {
         l3::confirm_sender(ctx, ingress, subnet, parsed, out);
     })
 }
 
+/// A packet from outside, received on `uplink` for Public `balancer`'s address (its header
+/// checksum verified). Rewrites `frame` in place.
+pub fn forward_external(
+    ctx: &Context<'_>,
+    uplink: &UplinkEntry,
+    parsed: &Parsed,
+    frame: &mut [u8],
+    local: &mut Local,
+    balancer: &Balancer,
+) -> Verdict {
+    let from = Source::Uplink(uplink);
+    let errors = ErrorPath::uplink(uplink, parsed.src_mac, balancer.address);
+    let tracked = match track(ctx, from, parsed, frame, local, balancer) {
+        Ok(tracked) => tracked,
+        Err(verdict) => return verdict,
+    };
+    nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |_, _| {})
+}
+
+/// The packet's connection: looked up in the zone it comes from, else started.
+fn track(
+    ctx: &Context<'_>,
+    from: Source<'_>,
+    parsed: &Parsed,
+    frame: &[u8],
+    local: &mut Local,
+    balancer: &Balancer,
+) -> Result<Tracked, Verdict> {
+    let info = nat::packet_info(frame).map_err(Verdict::Drop)?;
+    match ctx
+        .snapshot
+        .conntrack
+        .lookup(from.zone(balancer), &info, ctx.now_ms)
+    {
+        Some(tracked) => Ok(tracked),
+        None => start(ctx, from, parsed, frame, local, balancer, &info),
+    }
+}
+
 /// The first packet of a connection to `balancer`: picks its backend and creates it.
-#[allow(clippy::too_many_arguments)]
 fn start(
     ctx: &Context<'_>,
-    ingress: &PortEntry,
-    subnet: &SubnetEntry,
+    from: Source<'_>,
     parsed: &Parsed,
     frame: &[u8],
     local: &mut Local,
@@ -97,12 +171,13 @@ fn start(
             return Err(Verdict::drop(nat::DropReason::UntrackedIcmpError));
         }
         PacketKind::IcmpEcho(EchoKind::Request) => {
+            let (to, mac) = from.answer_path();
             return Err(nat::answer_echo(
                 frame,
                 &mut local.out,
-                ingress.id,
+                to,
                 parsed.src_mac,
-                subnet.gateway_mac,
+                mac,
                 balancer.address,
             ));
         }
@@ -111,7 +186,7 @@ fn start(
     let tuple = info.tuple;
     let protocol = tuple.protocol.number();
     let refuse = |local: &mut Local, reason: DropReason| {
-        refuse(ctx, ingress, subnet, parsed, frame, local, balancer, reason)
+        refuse(ctx, from, parsed, frame, local, balancer, reason)
     };
     let Some(target_port) = balancer.target_port(protocol, tuple.dst_port) else {
         return Err(refuse(local, DropReason::NoPort));
@@ -159,7 +234,7 @@ fn start(
     let plan = NatPlan {
         dnat: Some(Endpoint::new(target.addr, target_port)),
         snat,
-        reply_zone: nat::zone_of(subnet.network_id),
+        reply_zone: nat::zone_of(balancer.network),
     };
     let attachments = Attachments {
         lb_backend: Some(target.id.0),
@@ -167,7 +242,7 @@ fn start(
     };
     nat::create_with(
         ctx,
-        nat::zone_of(subnet.network_id),
+        from.zone(balancer),
         info,
         &plan,
         attachments,
@@ -183,11 +258,9 @@ fn start(
 /// Refuses a packet to `balancer` like a closed port: a TCP reset (but never to a reset)
 /// or, for UDP, an ICMP port unreachable, from the LoadBalancer's address; counted under
 /// `reason`.
-#[allow(clippy::too_many_arguments)]
 fn refuse(
     ctx: &Context<'_>,
-    ingress: &PortEntry,
-    subnet: &SubnetEntry,
+    from: Source<'_>,
     parsed: &Parsed,
     frame: &[u8],
     local: &mut Local,
@@ -198,26 +271,22 @@ fn refuse(
         return Verdict::drop(reason);
     };
     let packet = &frame[start..end];
-    let is_tcp = packet.get(9) == Some(&6);
-    if is_tcp {
+    if packet.get(9) == Some(&6) {
+        let (to, mac) = from.answer_path();
         send_reset(
             &mut local.out,
-            ingress,
+            to,
             parsed.src_mac,
-            subnet.gateway_mac,
+            mac,
             packet,
             balancer.address,
         );
     } else {
-        let errors = ErrorPath {
-            source: balancer.address,
-            ..ErrorPath::subnet(ingress.id, parsed.src_mac, subnet)
-        };
         icmp::send_error_via(
             &mut local.out,
             ctx.now_ms,
             Kind::PortUnreachable,
-            &errors,
+            &from.errors(parsed, balancer.address),
             packet,
         );
     }
@@ -229,7 +298,7 @@ fn refuse(
 /// otherwise `SEQ = 0`, `ACK = SEG.SEQ + SEG.LEN`, RST|ACK. A reset gets no answer.
 fn send_reset(
     out: &mut Output,
-    ingress: &PortEntry,
+    to: PortId,
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
     packet: &[u8],
@@ -258,11 +327,10 @@ fn send_reset(
         ttl: DEFAULT_TTL,
     };
     let len = 14 + header.buffer_len();
-    let Some(buf) = out.generated.push_ethernet(
-        len,
-        Verdict::Forward(ingress.id),
-        super::generated::Origin::Switch,
-    ) else {
+    let Some(buf) =
+        out.generated
+            .push_ethernet(len, Verdict::Forward(to), super::generated::Origin::Switch)
+    else {
         return false;
     };
     buf[..6].copy_from_slice(&dst_mac);
@@ -324,7 +392,7 @@ pub fn probe_answer(
     if up {
         send_reset(
             &mut local.out,
-            ingress,
+            ingress.id,
             parsed.src_mac,
             subnet.gateway_mac,
             &frame[start..end],

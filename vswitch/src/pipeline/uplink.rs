@@ -112,6 +112,13 @@ pub fn receive(
             if !valid {
                 return Verdict::drop(l3::DropReason::BadChecksum);
             }
+            if let L3::Ipv4 { dst, .. } = parsed.l3 {
+                if let Some(balancer) = ctx.snapshot.public_balancer(dst) {
+                    return super::lb::forward_external(
+                        ctx, uplink, &parsed, frame, local, balancer,
+                    );
+                }
+            }
             nat::inbound(ctx, uplink, &parsed, frame, local)
         }
         _ if !to_us => Verdict::drop(DropReason::NotOurs),

@@ -360,6 +360,9 @@ pub struct Snapshot {
     /// Port id -> whether the port is a backend of some LoadBalancer (its frames may be
     /// replies of balanced connections).
     balanced_ports: Vec<bool>,
+    /// Public LoadBalancers by their Uplink address.
+    public_balancers:
+        std::collections::HashMap<Ipv4Addr, Arc<Balancer>, foldhash::fast::RandomState>,
     /// Health probes in flight (shared with the controller, carried across snapshots).
     pub probes: Arc<ProbeBoard>,
 }
@@ -384,6 +387,8 @@ pub struct Balancer {
     pub seed: u64,
     /// ClientIP session affinity, when asked for.
     pub affinity: Option<Affinity>,
+    /// Public: its address is the Uplink's, reached from outside as well.
+    pub public: bool,
 }
 
 /// The LoadBalancers' health probes in flight: the controller sends a TCP SYN from a
@@ -515,6 +520,7 @@ impl Snapshot {
             conntrack: default_conntrack(),
             balancers: std::collections::HashMap::default(),
             balanced_ports: Vec::new(),
+            public_balancers: std::collections::HashMap::default(),
             probes: Arc::default(),
         }
     }
@@ -546,6 +552,12 @@ impl Snapshot {
             .into_iter()
             .map(|b| ((b.network, b.address), Arc::new(b)))
             .collect();
+        self.public_balancers = self
+            .balancers
+            .values()
+            .filter(|b| b.public)
+            .map(|b| (b.address, Arc::clone(b)))
+            .collect();
         for port in backends {
             let slot = port.0 as usize;
             if self.balanced_ports.len() <= slot {
@@ -563,6 +575,15 @@ impl Snapshot {
             return None;
         }
         self.balancers.get(&(network, address))
+    }
+
+    /// The Public LoadBalancer at Uplink address `address`, if any.
+    #[inline]
+    pub fn public_balancer(&self, address: Ipv4Addr) -> Option<&Arc<Balancer>> {
+        if self.public_balancers.is_empty() {
+            return None;
+        }
+        self.public_balancers.get(&address)
     }
 
     /// Every LoadBalancer.

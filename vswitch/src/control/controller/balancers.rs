@@ -270,9 +270,6 @@ impl Balancers {
             ) else {
                 continue;
             };
-            if resource.spec.lb_type != LoadBalancerType::Internal {
-                continue;
-            }
             backends.extend(runtime.ports.values().copied());
             balancers.push(Balancer {
                 name: name.clone(),
@@ -286,6 +283,7 @@ impl Balancers {
                     table: Arc::clone(table),
                     timeout: resource.spec.affinity_timeout(),
                 }),
+                public: resource.spec.lb_type == LoadBalancerType::Public,
             });
         }
         backends.sort();

@@ -4,9 +4,8 @@
 //! The model is family-agnostic (addresses are `IpAddr`), as seed 004 has it; the datapath
 //! is IPv4 until the dual-stack work, so an IPv6 family or address is refused with a message
 //! that says so. `type: Internal` takes its addresses from `ips`, or has one allocated from
-//! the Network's Subnets (the first, by name, with a free address); `type: Public` is the
-//! Uplink's, like a VirtualIP's, and is refused until the load balancer is reachable through
-//! the uplink.
+//! the Network's Subnets (the first, by name, with a free address); `type: Public` gets one
+//! of the Uplink's, like a VirtualIP, and is reached from outside through the uplink.
 
 use std::net::IpAddr;
 
@@ -368,10 +367,7 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
     let origin = cx.origin;
     let spec = &lb.spec;
     if spec.lb_type == LoadBalancerType::Public {
-        errors.push(origin.invalid(
-            "spec.type",
-            "type Public is not supported yet: a LoadBalancer is reachable inside its Network only (type Internal); use a PortForward or VirtualIP for outside access meanwhile",
-        ));
+        errors.check(nat_rules::owned_by_uplink(origin, cx.next, "spec.type", None).map(|_| ()));
     }
     if spec.ip_families.is_empty() {
         errors.push(origin.invalid("spec.ipFamilies", "name at least one family: [IPv4]"));
@@ -599,7 +595,8 @@ pub fn assign_addresses(
         let Some(balancer) = next.load_balancers.get(&name) else {
             continue;
         };
-        if balancer.spec.lb_type != LoadBalancerType::Internal {
+        if balancer.spec.lb_type == LoadBalancerType::Public {
+            assign_public(next, &name, origins)?;
             continue;
         }
         if !balancer.spec.ips.is_empty() {
@@ -698,6 +695,55 @@ pub enum BackendStateView {
     Unhealthy,
     /// Left the selection: no new connections, its own continue until the deadline.
     Draining,
+}
+
+/// Gives Public LoadBalancer `name` an address of the Uplink: the one it holds while it is
+/// still the Uplink's and used by nothing else, else the first free one (in the Uplink's
+/// order), as a VirtualIP gets its own.
+fn assign_public(
+    next: &mut State,
+    name: &str,
+    origins: &BTreeMap<(Kind, String), Origin>,
+) -> Result<(), ApiError> {
+    let Some(uplink) = nat_rules::uplink(next) else {
+        return Ok(());
+    };
+    let free = |addr: Ipv4Addr| {
+        nat_rules::users_of(next, addr)
+            .iter()
+            .all(|(kind, user)| *kind == Kind::LoadBalancer && user == name)
+    };
+    let held = next
+        .load_balancers
+        .get(name)
+        .and_then(ipv4)
+        .filter(|ip| uplink.spec.owns(*ip) && free(*ip));
+    let chosen = held.or_else(|| {
+        uplink
+            .spec
+            .addresses
+            .iter()
+            .map(|a| a.addr())
+            .find(|addr| free(*addr))
+    });
+    let Some(chosen) = chosen else {
+        let origin = origins
+            .get(&(Kind::LoadBalancer, name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| Origin::resource(Kind::LoadBalancer, name));
+        return Err(origin.conflict(
+            "spec.type",
+            format!(
+                "no free address left on Uplink {:?} (addresses: {}; each is used by a NATGateway, PortForward, VirtualIP or LoadBalancer); add an address to the Uplink, or free one",
+                uplink.metadata.name,
+                nat_rules::describe_addresses(uplink)
+            ),
+        ));
+    };
+    if let Some(balancer) = next.load_balancers.get_mut(name) {
+        balancer.status.ips = vec![IpAddr::V4(chosen)];
+    }
+    Ok(())
 }
 
 /// The Subnet of Network `network` whose CIDR holds `ip`, if any.

@@ -245,7 +245,7 @@ fn check_nat_gateway(
             origin,
             (Kind::NatGateway, name),
             *ip,
-            &[Kind::NatGateway, Kind::VirtualIp],
+            &[Kind::NatGateway, Kind::VirtualIp, Kind::LoadBalancer],
         ) {
             return Err(origin.conflict(
                 &field,

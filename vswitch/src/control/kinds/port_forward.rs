@@ -201,7 +201,7 @@ fn check_port_forward(
         origin,
         (Kind::PortForward, name),
         spec.ip,
-        &[Kind::VirtualIp],
+        &[Kind::VirtualIp, Kind::LoadBalancer],
     ) {
         return Err(origin.conflict(
             "spec.ip",

@@ -152,7 +152,12 @@ fn check_virtual_ip(
             origin,
             (Kind::VirtualIp, &vip.metadata.name),
             ip,
-            &[Kind::NatGateway, Kind::PortForward, Kind::VirtualIp],
+            &[
+                Kind::NatGateway,
+                Kind::PortForward,
+                Kind::VirtualIp,
+                Kind::LoadBalancer,
+            ],
         ) {
             return Err(origin.conflict(
                 "spec.ip",
