@@ -160,6 +160,24 @@ fn three_backends_behind_one_address() {
         common::wait_listening(&ns.name, "tcp", "0.0.0.0:8080", server);
     }
 
+    // Its routing, written by the switch: every backend with its uid.
+    let routing = daemon.ctl_json(&["get", "loadbalancerrouting", "web"]);
+    let destinations = routing["status"]["destinations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(destinations.len(), 3, "{routing}");
+    for destination in &destinations {
+        assert_eq!(destination["state"], "Healthy", "{routing}");
+        assert_eq!(
+            destination["uid"].as_str().map(str::len),
+            Some(36),
+            "{routing}"
+        );
+    }
+    let err = daemon.ctl_err(&["delete", "loadbalancerrouting", "web"]);
+    assert!(err.contains("LoadBalancer/web"), "{err}");
+
     // An even spread: 600 new connections from two clients (with 300, a backend's count has
     // a standard deviation of 8 and +-20% is only 2.4 of them: one run in twenty would
     // fail by chance; with 600 it is 3.5).

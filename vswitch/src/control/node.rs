@@ -7,6 +7,23 @@ use std::io::Read;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A random RFC 4122 version-4 UUID (`2020dcf9-e030-427e-b0fc-4fec2016e73a`), for the
+/// identities the switch gives resources (a NetworkInterface's `uid`).
+pub fn random_uuid() -> String {
+    let mut bytes = NodeId::generate().0;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// This node's identity: 128 random bits, generated on first boot and kept in the state file.
 /// Gateway MACs are derived from it, so they survive restarts and differ between nodes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use super::ApiError;
 pub use super::kinds::load_balancer::*;
+pub use super::kinds::load_balancer_routing::*;
 pub use super::kinds::nat_gateway::*;
 pub use super::kinds::network::*;
 pub use super::kinds::network_interface::*;

@@ -185,7 +185,15 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
         .collect();
     assign_addresses(&mut next, current, &created_nics, &changed_nics, &origin_of)?;
     crate::control::kinds::load_balancer::assign_addresses(&mut next, &origins)?;
+    crate::control::kinds::load_balancer_routing::sync(&mut next);
     assign_macs(&mut next, &created_nics, &changed_nics, &origin_of)?;
+    for name in &created_nics {
+        if let Some(nic) = next.network_interfaces.get_mut(name) {
+            nic.status
+                .uid
+                .get_or_insert_with(crate::control::node::random_uuid);
+        }
+    }
 
     let mut recreate = Vec::new();
     for name in &changed_nics {

@@ -298,11 +298,22 @@ impl Balancers {
             .map(|(name, runtime)| {
                 let mut live = LoadBalancerLive::default();
                 for backend in runtime.set.iter() {
-                    match (backend.spec().state, backend.health().state()) {
-                        (lb::BackendState::Draining { .. }, _) => live.counts.draining += 1,
-                        (_, lb::HealthState::Unhealthy) => live.counts.unhealthy += 1,
-                        _ => live.counts.healthy += 1,
-                    }
+                    let state = match (backend.spec().state, backend.health().state()) {
+                        (lb::BackendState::Draining { .. }, _) => {
+                            live.counts.draining += 1;
+                            BackendStateView::Draining
+                        }
+                        (_, lb::HealthState::Unhealthy) => {
+                            live.counts.unhealthy += 1;
+                            BackendStateView::Unhealthy
+                        }
+                        _ => {
+                            live.counts.healthy += 1;
+                            BackendStateView::Healthy
+                        }
+                    };
+                    live.backends
+                        .push((backend.key().to_string(), backend.spec().addr, state));
                 }
                 (name.clone(), live)
             })

@@ -777,8 +777,12 @@ impl Controller {
             | Kind::NatGateway
             | Kind::PortForward
             | Kind::VirtualIp
-            | Kind::LoadBalancer => {
+            | Kind::LoadBalancer
+            | Kind::LoadBalancerRouting => {
                 next.remove(kind, name);
+                if kind == Kind::LoadBalancer {
+                    next.remove(Kind::LoadBalancerRouting, name);
+                }
                 if kind == Kind::Subnet {
                     next.ipam.remove(name);
                 }

@@ -169,7 +169,7 @@ impl Controller {
                 port_names: published.port_names.clone(),
                 ..Live::default()
             },
-            Kind::LoadBalancer => Live {
+            Kind::LoadBalancer | Kind::LoadBalancerRouting => Live {
                 load_balancers: published.load_balancers.clone(),
                 ..Live::default()
             },

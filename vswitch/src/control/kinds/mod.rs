@@ -10,6 +10,7 @@
 //! adding a kind is a new file here plus one registry line (see `docs/adding-a-kind.md`).
 
 pub mod load_balancer;
+pub mod load_balancer_routing;
 pub mod nat_gateway;
 pub mod network;
 pub mod network_interface;
@@ -226,11 +227,13 @@ pub struct StatusView {
     pub load_balancers: BTreeMap<String, LoadBalancerLive>,
 }
 
-/// A LoadBalancer as the datapath serves it: its backend counts.
+/// A LoadBalancer as the datapath serves it: its backend counts and backends.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadBalancerLive {
     /// Backend counts (all but `selected`, which the state gives).
     pub counts: load_balancer::BackendCounts,
+    /// Each backend: interface, address, state.
+    pub backends: Vec<(String, std::net::IpAddr, load_balancer::BackendStateView)>,
 }
 
 /// A resource kind. Implemented once per kind, in its own module; the registry
@@ -503,6 +506,7 @@ registry! {
     NatGateway => nat_gateway::NatGateway in nat_gateways as "natGateways";
     PortForward => port_forward::PortForward in port_forwards as "portForwards";
     LoadBalancer => load_balancer::LoadBalancer in load_balancers as "loadBalancers";
+    LoadBalancerRouting => load_balancer_routing::LoadBalancerRouting in load_balancer_routings as "loadBalancerRoutings";
 }
 
 impl Kind {

@@ -107,6 +107,10 @@ pub struct NetworkInterfaceStatus {
     /// The device's name in the daemon's namespace (veth host end), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ifname: Option<String>,
+    /// A unique identity the switch gives the interface when it is created (a UUID), kept
+    /// for its life; LoadBalancerRoutings list backends by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// A port: an interface in a container's namespace.
