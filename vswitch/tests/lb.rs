@@ -326,10 +326,35 @@ fn three_backends_behind_one_address() {
         counts(&names)
     );
 
-    // Re-attached, it takes about a third of new flows back, and few others move.
+    // Re-attached, it takes about a third of new flows back, and few others move; the
+    // connections established meanwhile keep their backends.
     let fixed = ask(&clients[0], &address, 300, Some(20_000));
     daemon.ctl_ok(&["conntrack", "--flush"]);
+    let held = tempfile::tempdir().expect("tempdir");
+    let mut holder = hold_connections(&clients[1], &address, 20, held.path());
+    let before: Vec<String> = wait_until("the held connections", Duration::from_secs(30), || {
+        std::fs::read_to_string(held.path().join("ready")).ok()
+    })
+    .lines()
+    .map(str::to_string)
+    .collect();
     daemon.attach(&backends[1], &["--label", "app=web"]);
+    std::fs::write(held.path().join("go"), "").expect("go");
+    let status = wait_until("the holder to finish", Duration::from_secs(60), || {
+        holder.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "the holding client failed");
+    let mut out = String::new();
+    if let Some(mut stdout) = holder.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let after: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        before.iter().map(String::as_str).collect::<Vec<_>>(),
+        after,
+        "established connections changed backend when one was added"
+    );
     servers.push(start_server(&backends[1], leaver));
     common::wait_listening(
         &backends[1].name,
@@ -382,7 +407,7 @@ fn three_backends_behind_one_address() {
     // No backend: a closed port's answer (a reset), counted.
     apply(
         &daemon,
-        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: nothing}}\n  ports: [{port: 80, targetPort: 8080}]\n",
+        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: nothing}}\n  ports: [{port: 80, targetPort: 8080}, {protocol: UDP, port: 53}]\n",
     );
     let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
     assert_eq!(lb["status"]["state"], "NoBackends", "{lb}");
@@ -400,6 +425,35 @@ fn three_backends_behind_one_address() {
         .filter_map(|p| p["drops"]["lb.no_backend"].as_u64())
         .sum();
     assert!(refused >= 3, "lb.no_backend not counted: {stats}");
+    // UDP gets an ICMP port unreachable: with no backend (port 53) and on a port the
+    // LoadBalancer does not serve (54); a connected socket sees it as a refusal.
+    let udp = format!(
+        r#"
+import socket
+for port in (53, 54):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect(("{address}", port))
+    s.send(b"hi")
+    try:
+        s.recv(100)
+        print("answered")
+    except ConnectionRefusedError:
+        print("refused")
+    except OSError:
+        print("silence")
+"#
+    );
+    let answers = clients[0].exec_ok(&["python3", "-c", &udp]);
+    assert_eq!(answers.trim(), "refused\nrefused", "{answers}");
+    let stats = daemon.stats();
+    let no_port: u64 = stats["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["drops"]["lb.no_port"].as_u64())
+        .sum();
+    assert!(no_port >= 1, "lb.no_port not counted: {stats}");
     for mut server in servers {
         let _ = server.kill();
         let _ = server.wait();
