@@ -358,6 +358,20 @@ fn send_reset(
     true
 }
 
+/// The TCP or UDP source port of the IPv4 packet in `frame`, when it is a first (or only)
+/// fragment.
+fn l4_source_port(frame: &[u8]) -> Option<u16> {
+    let (start, end) = l3::ip_bounds(frame)?;
+    let ip = frame.get(start..end)?;
+    let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+    if fragment_offset != 0 || !matches!(ip.get(9), Some(6 | 17)) {
+        return None;
+    }
+    let l4 = ip.get(header_len..header_len + 2)?;
+    Some(u16::from_be_bytes([l4[0], l4[1]]))
+}
+
 /// A TCP segment to `subnet`'s gateway that answers a LoadBalancer health probe (to
 /// [`ProbeBoard::SOURCE_PORT`], expected by the board): records a SYN-ACK as up (and resets
 /// the half-open connection, as a SYN scanner does) or a reset as down. `None` for anything
@@ -415,9 +429,18 @@ pub fn reply(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Option<Verdict> {
-    let L3::Ipv4 { .. } = parsed.l3 else {
+    let L3::Ipv4 { protocol, .. } = parsed.l3 else {
         return None;
     };
+    // Only from a port the backends serve on: the backend's own connections (and anything
+    // else) skip the conntrack lookup.
+    let source_port = l4_source_port(frame)?;
+    if !ctx
+        .snapshot
+        .is_backend_port(u8::from(protocol), source_port)
+    {
+        return None;
+    }
     let info = nat::packet_info(frame).ok()?;
     if info.kind == PacketKind::IcmpEcho(EchoKind::Request) {
         return None;

@@ -360,6 +360,9 @@ pub struct Snapshot {
     /// Port id -> whether the port is a backend of some LoadBalancer (its frames may be
     /// replies of balanced connections).
     balanced_ports: Vec<bool>,
+    /// The (protocol, first port, last port) the backends of all LoadBalancers serve on:
+    /// only frames from those ports can be replies of balanced connections.
+    backend_ports: Vec<(u8, u16, u16)>,
     /// Public LoadBalancers by their Uplink address.
     public_balancers:
         std::collections::HashMap<Ipv4Addr, Arc<Balancer>, foldhash::fast::RandomState>,
@@ -521,6 +524,7 @@ impl Snapshot {
             balancers: std::collections::HashMap::default(),
             balanced_ports: Vec::new(),
             public_balancers: std::collections::HashMap::default(),
+            backend_ports: Vec::new(),
             probes: Arc::default(),
         }
     }
@@ -558,6 +562,18 @@ impl Snapshot {
             .filter(|b| b.public)
             .map(|b| (b.address, Arc::clone(b)))
             .collect();
+        let mut backend_ports: Vec<(u8, u16, u16)> = self
+            .balancers
+            .values()
+            .flat_map(|b| b.ports.iter())
+            .map(|p| match p.target {
+                Some(target) => (p.protocol, target, target),
+                None => (p.protocol, p.first, p.last),
+            })
+            .collect();
+        backend_ports.sort_unstable();
+        backend_ports.dedup();
+        self.backend_ports = backend_ports;
         for port in backends {
             let slot = port.0 as usize;
             if self.balanced_ports.len() <= slot {
@@ -589,6 +605,15 @@ impl Snapshot {
     /// Every LoadBalancer.
     pub fn balancers(&self) -> impl Iterator<Item = &Arc<Balancer>> {
         self.balancers.values()
+    }
+
+    /// True when a backend of some LoadBalancer serves on `protocol` `port` (a frame from
+    /// it may be a reply of a balanced connection).
+    #[inline]
+    pub fn is_backend_port(&self, protocol: u8, port: u16) -> bool {
+        self.backend_ports
+            .iter()
+            .any(|&(p, first, last)| p == protocol && (first..=last).contains(&port))
     }
 
     /// True when `port` is a backend of some LoadBalancer.
