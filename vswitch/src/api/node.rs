@@ -21,7 +21,7 @@ pub(super) struct RoutingTableQuery {
     network: Option<String>,
 }
 
-/// `GET /v1/lb/{name}`: a LoadBalancer's backends (state, table slots, connections); 404
+/// `GET /v1/loadbalancers/{name}/backends`: a LoadBalancer's backends (state, table slots, connections); 404
 /// when there is no such LoadBalancer.
 pub(super) async fn load_balancer(
     State(controller): State<Arc<Controller>>,

@@ -520,7 +520,7 @@ fn nat(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError
 }
 
 fn load_balancer(api: &Api, args: &LbArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let path = format!("/v1/lb/{}", args.name);
+    let path = format!("/v1/loadbalancers/{}/backends", args.name);
     let value = api.get(&path)?;
     if matches!(args.output.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output.output);

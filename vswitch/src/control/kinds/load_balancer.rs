@@ -653,7 +653,7 @@ pub fn assign_addresses(
     Ok(())
 }
 
-/// `vswitchctl lb NAME` (`GET /v1/lb/NAME`): a LoadBalancer's backends as the datapath
+/// `vswitchctl lb NAME` (`GET /v1/loadbalancers/NAME/backends`): a LoadBalancer's backends as the datapath
 /// serves them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
