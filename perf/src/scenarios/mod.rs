@@ -19,7 +19,7 @@ use anyhow::Result;
 use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value};
 use crate::tools::cmd::{self, Interrupted};
 use crate::tools::cpu::SwitchCpu;
-use crate::tools::endpoints::{EndpointCpus, Endpoints};
+use crate::tools::endpoints::{Backend, EndpointCpus, Endpoints};
 use crate::tools::ovs::{Ovs, OvsTools};
 use crate::tools::vswitchd::{
     Binaries, Daemon, DaemonSettings, PortKind, Refused, WorkerPlacement,
@@ -252,8 +252,11 @@ pub struct Prepared {
     pub client_ns: String,
     /// Where the sinks run.
     pub server_ns: String,
-    /// The sinks' address.
+    /// The address the sources send to: the sinks' own, or a load balancer's virtual IP.
     pub server_ip: Ipv4Addr,
+    /// Behind a load balancer: the backends, each running every sink on its own address
+    /// (then `server_ns` is not used); empty otherwise.
+    pub backends: Vec<Backend>,
     /// Where the switch's CPU time is read.
     pub cpu: SwitchCpu,
     /// If the client cannot reach the server, the vswitchd lacks the feature (a skip)
@@ -408,6 +411,7 @@ fn measure(
         server_ns: &prepared.server_ns,
         client_ns: &prepared.client_ns,
         server_ip: prepared.server_ip,
+        backends: &prepared.backends,
         cpus: settings.endpoint_cpus,
     };
     let (client, ip) = (&prepared.client_ns, prepared.server_ip);

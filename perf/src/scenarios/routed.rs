@@ -82,6 +82,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: c2,
                 server_ip,
+                backends: Vec::new(),
                 cpu,
                 unreachable_is_unsupported: true,
             })
@@ -103,6 +104,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: c2,
                 server_ip: SERVER_IP,
+                backends: Vec::new(),
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
             })
