@@ -228,7 +228,7 @@ pub fn send_main(dst: SocketAddrV4, seconds: f64, payload: usize) -> Result<()> 
 }
 
 /// Sets `stop` when stdin says `stop` or closes.
-fn watch_stdin(stop: Arc<AtomicBool>) {
+pub fn watch_stdin(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
