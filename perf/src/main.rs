@@ -244,6 +244,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         settings.tcp_seconds = seconds;
         settings.udp_seconds = f64::from(seconds);
         settings.rtt_seconds = f64::from(seconds);
+        settings.conn_seconds = f64::from(seconds);
     }
     if args.pin_endpoints {
         settings.endpoint_cpus = Some(EndpointCpus::spread()?);

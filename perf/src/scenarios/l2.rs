@@ -62,6 +62,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 server_ns: c2,
                 server_ip: SERVER_IP,
                 backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: false,
             })
@@ -84,6 +85,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 server_ns: c2,
                 server_ip: addresses[1],
                 backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: false,
             })

@@ -98,6 +98,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 server_ns: outside,
                 server_ip: SERVER_IP,
                 backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: true,
             })
@@ -120,6 +121,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 server_ns: outside,
                 server_ip: SERVER_IP,
                 backends: Vec::new(),
+                connrate_ip: None,
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
             })

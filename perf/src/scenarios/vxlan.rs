@@ -87,6 +87,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 server_ns: c2,
                 server_ip,
                 backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: true,
             })
@@ -133,6 +134,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 server_ns: c2,
                 server_ip: SERVER_IP,
                 backends: Vec::new(),
+                connrate_ip: None,
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
             })
