@@ -7,7 +7,8 @@
 //! kernel. Results go to the terminal (progress on stderr, tables on stdout), to a JSON file,
 //! and to `perf/results/<date>-<host>/` (README.SETUP, raw.csv, summary.txt, results.json).
 //!
-//! The hidden subcommands (`udp-send`, `udp-recv`, `ping`, `pong`, `sysctl`) are this same
+//! The hidden subcommands (`udp-send`, `udp-recv`, `ping`, `pong`, `conn-rate`, `conn-serve`,
+//! `sysctl`) are this same
 //! binary re-executed inside a namespace with `ip netns exec`.
 
 mod report;
@@ -55,7 +56,8 @@ struct RunArgs {
     /// Measured runs per variant, after one warmup [default: 5; with --quick: 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: Option<u32>,
-    /// Seconds of each measurement (TCP, UDP, latency) [default: 3; with --quick: 1].
+    /// Seconds of each measurement (TCP, UDP, latency, connections) [default: 3; with
+    /// --quick: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60))]
     seconds: Option<u32>,
     /// Measure the kernel only (no vswitchd needed).
@@ -152,6 +154,24 @@ enum Helper {
         #[arg(long)]
         max_seconds: f64,
     },
+    /// Short TCP connections, counted (new connections per second).
+    #[command(name = "conn-rate", hide = true)]
+    ConnRate {
+        #[arg(long)]
+        dst: SocketAddrV4,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = tools::connrate::WORKERS)]
+        workers: u32,
+    },
+    /// Accepts, writes one byte, closes; counts accepts.
+    #[command(name = "conn-serve", hide = true)]
+    ConnServe {
+        #[arg(long)]
+        bind: SocketAddrV4,
+        #[arg(long)]
+        max_seconds: f64,
+    },
     /// Write a sysctl in the current namespace.
     #[command(hide = true)]
     Sysctl { key: String, value: String },
@@ -200,6 +220,12 @@ fn run_helper(helper: Helper) -> Result<()> {
             until_reply,
         }),
         Helper::Pong { bind, max_seconds } => tools::latency::pong_main(bind, max_seconds),
+        Helper::ConnRate {
+            dst,
+            seconds,
+            workers,
+        } => tools::connrate::client_main(dst, seconds, workers),
+        Helper::ConnServe { bind, max_seconds } => tools::connrate::serve_main(bind, max_seconds),
         Helper::Sysctl { key, value } => topo::sysctl_main(&key, &value),
     }
 }
@@ -218,6 +244,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         settings.tcp_seconds = seconds;
         settings.udp_seconds = f64::from(seconds);
         settings.rtt_seconds = f64::from(seconds);
+        settings.conn_seconds = f64::from(seconds);
     }
     if args.pin_endpoints {
         settings.endpoint_cpus = Some(EndpointCpus::spread()?);
@@ -598,5 +625,18 @@ mod tests {
                 ..
             })
         ));
+        let cli = parse(&["conn-rate", "--dst", "172.30.0.81:9002", "--seconds", "1"]);
+        assert!(matches!(
+            cli.helper,
+            Some(Helper::ConnRate { workers: 4, .. })
+        ));
+        let cli = parse(&[
+            "conn-serve",
+            "--bind",
+            "172.30.0.2:9002",
+            "--max-seconds",
+            "21",
+        ]);
+        assert!(matches!(cli.helper, Some(Helper::ConnServe { .. })));
     }
 }

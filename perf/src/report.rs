@@ -30,6 +30,8 @@ pub enum Metric {
     RttP99Us,
     /// Round trip, 99.9th percentile.
     RttP999Us,
+    /// New TCP connections completed per second (scenarios with a load balancer).
+    TcpConnPerSecond,
     /// Busy CPU of the whole machine per GB moved (TCP, 1 stream).
     CpuMachineSecondsPerGb,
     /// CPU of the switch per GB moved (TCP, 1 stream).
@@ -38,7 +40,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::TcpGbps1,
         Metric::TcpGbps4,
         Metric::UdpPps,
@@ -46,6 +48,7 @@ impl Metric {
         Metric::RttP50Us,
         Metric::RttP99Us,
         Metric::RttP999Us,
+        Metric::TcpConnPerSecond,
         Metric::CpuMachineSecondsPerGb,
         Metric::CpuSwitchSecondsPerGb,
     ];
@@ -60,6 +63,7 @@ impl Metric {
             Metric::RttP50Us => "rtt_p50",
             Metric::RttP99Us => "rtt_p99",
             Metric::RttP999Us => "rtt_p99.9",
+            Metric::TcpConnPerSecond => "tcp_conn_rate",
             Metric::CpuMachineSecondsPerGb => "cpu_machine_per_gb",
             Metric::CpuSwitchSecondsPerGb => "cpu_switch_per_gb",
         }
@@ -75,6 +79,7 @@ impl Metric {
             Metric::RttP50Us => "RTT p50",
             Metric::RttP99Us => "RTT p99",
             Metric::RttP999Us => "RTT p99.9",
+            Metric::TcpConnPerSecond => "TCP conn/s",
             Metric::CpuMachineSecondsPerGb => "CPU machine/GB",
             Metric::CpuSwitchSecondsPerGb => "CPU switch/GB",
         }
@@ -87,20 +92,24 @@ impl Metric {
             Metric::UdpPps => "pkt/s",
             Metric::UdpLossPercent => "%",
             Metric::RttP50Us | Metric::RttP99Us | Metric::RttP999Us => "us",
+            Metric::TcpConnPerSecond => "conn/s",
             Metric::CpuMachineSecondsPerGb | Metric::CpuSwitchSecondsPerGb => "s/GB",
         }
     }
 
     /// Whether a larger value is better (for the reader; ratios are always variant/kernel).
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::TcpGbps1 | Metric::TcpGbps4 | Metric::UdpPps)
+        matches!(
+            self,
+            Metric::TcpGbps1 | Metric::TcpGbps4 | Metric::UdpPps | Metric::TcpConnPerSecond
+        )
     }
 }
 
 /// The equivalence check carried by every sample: what was sent and what arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// `bytes`, `packets` or `replies`.
+    /// `bytes`, `packets`, `replies` or `connections`.
     pub unit: &'static str,
     /// Sent by the source.
     pub sent: u64,
@@ -554,10 +563,11 @@ pub struct JsonReport<'a> {
 /// The method notes printed under every table and into README.SETUP.
 pub const METHOD: &[&str] = &[
     "Every variant of a scenario runs in the same invocation, one after the other, on its own fresh namespaces; ratios are variant median / kernel median of that invocation.",
-    "Per variant: a connectivity check, a warmup (TCP and UDP, not recorded), then N runs; each run measures TCP 1 stream, TCP 4 streams, UDP 64-byte rate and round-trip latency in that order. Figures are medians with min..max.",
+    "Per variant: a connectivity check, a warmup (TCP and UDP, and short connections in lb, not recorded), then N runs; each run measures TCP 1 stream, TCP 4 streams, UDP 64-byte rate and round-trip latency in that order (then TCP conn/s in lb). Figures are medians with min..max.",
     "TCP: iperf3 -J, receiver-side rate (end.sum_received). Check: bytes sent vs received.",
     "UDP 64B: our sender (sendmmsg, 64 per call, 18-byte payload = 64-byte frame with FCS) for the run's duration, our counting receiver (recvmmsg); rate = packets received / sending time; loss = 1 - received/sent. Check: packets sent vs received.",
     "RTT: our UDP ping-pong, one request in flight, 18-byte payload, HDR histogram (3 significant digits); a reply later than 500 ms counts as lost. Check: requests vs replies.",
+    "TCP conn/s (lb only, measured last in each run): 4 client workers, each opening a TCP connection to the virtual IP, reading the one byte the server writes, waiting for the server's close and closing, in a loop; figure = connections completed / client run time. Check: connections attempted vs completed (a connection counts as failed after 1 s without progress).",
     "CPU machine/GB: busy jiffies of all CPUs (/proc/stat user+nice+system+irq+softirq) during the 1-stream TCP run, per 10^9 bytes delivered; includes sender, receiver and switch, so it compares like with like.",
     "CPU switch/GB: vswitchd's (or ovs-vswitchd's) utime+stime from /proc/<pid>/stat during the same run; for the kernel, machine-wide system+softirq, which also holds both endpoints' TCP/IP stack work, so it is an upper bound of the kernel's switching cost.",
     "Containers keep default offloads (TSO/GSO, checksum offload) in every variant; MTU 1500 unless the scenario says otherwise.",

@@ -61,6 +61,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: c2,
                 server_ip: SERVER_IP,
+                backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: false,
             })
@@ -82,6 +84,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: c2,
                 server_ip: addresses[1],
+                backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: false,
             })

@@ -2,11 +2,16 @@
 //! through.
 //!
 //! A scenario's `prepare` builds one variant's namespaces and switch and says which
-//! namespace sends, which receives and at what address; [`run_variant`] then checks
-//! connectivity, warms up and measures N runs. Everything the variant built is owned by
-//! [`Prepared`] and torn down when it is dropped, whatever happened.
+//! namespace sends, which receives (or, behind a load balancer, which backends do) and at
+//! what address; [`run_variant`] then checks connectivity, warms up and measures N runs.
+//! Everything the variant built is owned by [`Prepared`] and torn down when it is dropped,
+//! whatever happened.
+//!
+//! Scenarios: `l2`, `routed`, `vxlan`, `nat` (one client, one server) and `lb` (one client,
+//! three backends behind virtual IPs; it adds the TCP conn/s row).
 
 pub mod l2;
+pub mod lb;
 pub mod nat;
 pub mod routed;
 pub mod vxlan;
@@ -19,12 +24,12 @@ use anyhow::Result;
 use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value};
 use crate::tools::cmd::{self, Interrupted};
 use crate::tools::cpu::SwitchCpu;
-use crate::tools::endpoints::{EndpointCpus, Endpoints};
+use crate::tools::endpoints::{Backend, EndpointCpus, Endpoints};
 use crate::tools::ovs::{Ovs, OvsTools};
 use crate::tools::vswitchd::{
     Binaries, Daemon, DaemonSettings, PortKind, Refused, WorkerPlacement,
 };
-use crate::tools::{iperf, latency, udp};
+use crate::tools::{connrate, iperf, latency, udp};
 use crate::topo::Topology;
 
 /// Durations and counts of one invocation.
@@ -38,6 +43,8 @@ pub struct Settings {
     pub udp_seconds: f64,
     /// Seconds of each latency measurement.
     pub rtt_seconds: f64,
+    /// Seconds of each new-connections measurement (scenarios with a load balancer).
+    pub conn_seconds: f64,
     /// Seconds of the TCP warmup (UDP warms up for half a second).
     pub warmup_seconds: u32,
     /// The CPUs the client and server tools are pinned to (`--pin-endpoints`); `None` lets
@@ -52,6 +59,7 @@ impl Settings {
         tcp_seconds: 3,
         udp_seconds: 3.0,
         rtt_seconds: 3.0,
+        conn_seconds: 3.0,
         warmup_seconds: 2,
         endpoint_cpus: None,
     };
@@ -62,6 +70,7 @@ impl Settings {
         tcp_seconds: 1,
         udp_seconds: 1.0,
         rtt_seconds: 1.0,
+        conn_seconds: 1.0,
         warmup_seconds: 1,
         endpoint_cpus: None,
     };
@@ -86,7 +95,16 @@ impl Settings {
                 self.rtt_seconds,
                 latency::PORT
             ),
-            format!("warmup: TCP {} s, UDP 0.5 s", self.warmup_seconds),
+            format!(
+                "TCP conn/s (lb): {} s per run, {} workers, port {}",
+                self.conn_seconds,
+                connrate::WORKERS,
+                connrate::PORT
+            ),
+            format!(
+                "warmup: TCP {} s, UDP 0.5 s, connections 0.5 s (lb)",
+                self.warmup_seconds
+            ),
             match self.endpoint_cpus {
                 Some(cpus) => format!(
                     "endpoints: client tools on CPU {}, server tools on CPU {} (taskset)",
@@ -146,15 +164,18 @@ pub enum Scenario {
     Vxlan,
     /// A container reaching an outside server through masquerade.
     Nat,
+    /// A client reaching three backends through a load balancer's virtual IP.
+    Lb,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
         Scenario::Nat,
+        Scenario::Lb,
     ];
 
     /// Stable key.
@@ -164,6 +185,7 @@ impl Scenario {
             Scenario::Routed => "routed",
             Scenario::Vxlan => "vxlan",
             Scenario::Nat => "nat",
+            Scenario::Lb => "lb",
         }
     }
 
@@ -185,6 +207,10 @@ impl Scenario {
             Scenario::Nat => {
                 "container to an outside server through masquerade (kernel: nftables masquerade)"
             }
+            Scenario::Lb => {
+                "client to 3 backends behind a virtual IP, ClientIP affinity; conn/s without \
+                 affinity (kernel: nftables DNAT, jhash / numgen)"
+            }
         }
     }
 
@@ -198,6 +224,7 @@ impl Scenario {
             Scenario::Routed => routed::prepare(variant, context),
             Scenario::Vxlan => vxlan::prepare(variant, context),
             Scenario::Nat => nat::prepare(variant, context),
+            Scenario::Lb => lb::prepare(variant, context),
         }
     }
 }
@@ -252,8 +279,14 @@ pub struct Prepared {
     pub client_ns: String,
     /// Where the sinks run.
     pub server_ns: String,
-    /// The sinks' address.
+    /// The address the sources send to: the sinks' own, or a load balancer's virtual IP.
     pub server_ip: Ipv4Addr,
+    /// Behind a load balancer: the backends, each running every sink on its own address
+    /// (then `server_ns` is not used); empty otherwise.
+    pub backends: Vec<Backend>,
+    /// Where new TCP connections per second are measured (a virtual IP spreading each
+    /// connection over `backends`); `None` in scenarios without a load balancer.
+    pub connrate_ip: Option<Ipv4Addr>,
     /// Where the switch's CPU time is read.
     pub cpu: SwitchCpu,
     /// If the client cannot reach the server, the vswitchd lacks the feature (a skip)
@@ -408,6 +441,7 @@ fn measure(
         server_ns: &prepared.server_ns,
         client_ns: &prepared.client_ns,
         server_ip: prepared.server_ip,
+        backends: &prepared.backends,
         cpus: settings.endpoint_cpus,
     };
     let (client, ip) = (&prepared.client_ns, prepared.server_ip);
@@ -427,6 +461,9 @@ fn measure(
     );
     iperf::run_tcp(&endpoints, 1, settings.warmup_seconds.max(1))?;
     udp::run_pps(&endpoints, 0.5, udp::PAYLOAD_64B_FRAME)?;
+    if let Some(target) = prepared.connrate_ip {
+        connrate::run(&endpoints, target, 0.5)?;
+    }
     let key = scenario.key();
     let label = variant.label();
     for run in 1..=settings.runs {
@@ -477,12 +514,39 @@ fn measure(
         samples.push(sample(Metric::RttP50Us, micros(rtt.p50_ns), replies));
         samples.push(sample(Metric::RttP99Us, micros(rtt.p99_ns), replies));
         samples.push(sample(Metric::RttP999Us, micros(rtt.p999_ns), replies));
+        let mut connections = String::new();
+        if let Some(target) = prepared.connrate_ip {
+            let rate = connrate::run(&endpoints, target, settings.conn_seconds)?;
+            let check = Check {
+                unit: "connections",
+                sent: rate.attempted,
+                delivered: rate.completed,
+            };
+            samples.push(sample(Metric::TcpConnPerSecond, rate.per_second, check));
+            connections = format!(", {} conn/s", format_value(rate.per_second));
+            if run == 1 {
+                let unspread = if rate.accepted.contains(&0) {
+                    " (NOT spread: a backend got none)"
+                } else {
+                    ""
+                };
+                progress(
+                    scenario,
+                    variant,
+                    &format!(
+                        "connections to {target}:{} per backend: {}{unspread}",
+                        connrate::PORT,
+                        rate.split(&backend_names(prepared))
+                    ),
+                );
+            }
+        }
         progress(
             scenario,
             variant,
             &format!(
                 "run {run}/{}: TCP {} / {} Gbit/s (1/4 streams, {} retransmits), UDP {} pkt/s \
-                 ({:.1}% loss, {} in socket), RTT p50 {} us p99 {} us, CPU {} s/GB",
+                 ({:.1}% loss, {} in socket), RTT p50 {} us p99 {} us, CPU {} s/GB{}",
                 settings.runs,
                 format_value(tcp1.gbits_per_second),
                 format_value(tcp4.gbits_per_second),
@@ -495,10 +559,20 @@ fn measure(
                 spent
                     .per_gb(tcp1.bytes_received)
                     .map_or_else(|| "-".to_owned(), |(machine, _)| format_value(machine)),
+                connections,
             ),
         );
     }
     Ok(())
+}
+
+/// The backends' short names (the role part of their namespace names), for progress lines.
+fn backend_names(prepared: &Prepared) -> Vec<&str> {
+    prepared
+        .backends
+        .iter()
+        .map(|backend| backend.netns.rsplit('-').next().unwrap_or(&backend.netns))
+        .collect()
 }
 
 /// A short pause so a freshly attached port finishes coming up (addresses, routes) before

@@ -97,6 +97,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: outside,
                 server_ip: SERVER_IP,
+                backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: true,
             })
@@ -118,6 +120,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: outside,
                 server_ip: SERVER_IP,
+                backends: Vec::new(),
+                connrate_ip: None,
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
             })

@@ -86,6 +86,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: c2,
                 server_ip,
+                backends: Vec::new(),
+                connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: true,
             })
@@ -131,6 +133,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 client_ns: c1,
                 server_ns: c2,
                 server_ip: SERVER_IP,
+                backends: Vec::new(),
+                connrate_ip: None,
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
             })

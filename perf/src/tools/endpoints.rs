@@ -1,5 +1,7 @@
 //! The two ends of a measurement: the namespace each runs in, the server's address, and,
-//! with `--pin-endpoints`, the CPU each is pinned to.
+//! with `--pin-endpoints`, the CPU each is pinned to. Behind a load balancer the server end
+//! is several backends, each running the server on its own address, while the client sends
+//! to the virtual IP.
 //!
 //! On a machine with few cores the figures depend on where the scheduler puts the sender,
 //! the receiver and the switch's worker, and it does not put them in the same place from one
@@ -48,28 +50,64 @@ impl EndpointCpus {
     }
 }
 
+/// One server behind a load balancer's virtual IP: its namespace and its own address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend's network namespace.
+    pub netns: String,
+    /// The address its servers listen on (what the load balancer translates the virtual IP
+    /// to).
+    pub ip: Ipv4Addr,
+}
+
+/// Where one server runs: a namespace and the address it listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server<'a> {
+    /// Its network namespace.
+    pub netns: &'a str,
+    /// The address it binds.
+    pub ip: Ipv4Addr,
+}
+
 /// Where a measurement's client and server run.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints<'a> {
-    /// The server's network namespace.
+    /// The server's network namespace (unused when `backends` is not empty).
     pub server_ns: &'a str,
     /// The client's network namespace.
     pub client_ns: &'a str,
-    /// The address the server listens on.
+    /// The address the client sends to: the server's own, or a load balancer's virtual IP.
     pub server_ip: Ipv4Addr,
+    /// Behind a load balancer: every backend runs the server, bound to its own address, and
+    /// the client sends to `server_ip`; which backend answers is the load balancer's choice.
+    /// Empty: one server, in `server_ns` at `server_ip`.
+    pub backends: &'a [Backend],
     /// The CPUs the two sides are pinned to; `None` lets the scheduler place them.
     pub cpus: Option<EndpointCpus>,
 }
 
-impl Endpoints<'_> {
-    /// `ip netns exec <server_ns> [taskset -c CPU] program args...`
-    pub fn server_command(&self, program: &str, args: &[&str]) -> Command {
-        netns_command(
-            self.server_ns,
-            self.cpus.map(|cpus| cpus.server),
-            program,
-            args,
-        )
+impl<'a> Endpoints<'a> {
+    /// Where the servers run: each backend, or the one server.
+    pub fn servers(&self) -> Vec<Server<'a>> {
+        if self.backends.is_empty() {
+            vec![Server {
+                netns: self.server_ns,
+                ip: self.server_ip,
+            }]
+        } else {
+            self.backends
+                .iter()
+                .map(|backend| Server {
+                    netns: &backend.netns,
+                    ip: backend.ip,
+                })
+                .collect()
+        }
+    }
+
+    /// `ip netns exec <netns> [taskset -c CPU] program args...` on the server side's CPU.
+    pub fn server_command_in(&self, netns: &str, program: &str, args: &[&str]) -> Command {
+        netns_command(netns, self.cpus.map(|cpus| cpus.server), program, args)
     }
 
     /// `ip netns exec <client_ns> [taskset -c CPU] program args...`
@@ -113,10 +151,11 @@ mod tests {
             server_ns: "srv",
             client_ns: "cli",
             server_ip: Ipv4Addr::new(10, 0, 0, 2),
+            backends: &[],
             cpus: None,
         };
         assert_eq!(
-            argv(&endpoints.server_command("iperf3", &["-s"])),
+            argv(&endpoints.server_command_in("srv", "iperf3", &["-s"])),
             ["ip", "netns", "exec", "srv", "iperf3", "-s"]
         );
         endpoints.cpus = Some(EndpointCpus {
@@ -124,7 +163,7 @@ mod tests {
             server: 3,
         });
         assert_eq!(
-            argv(&endpoints.server_command("iperf3", &["-s"])),
+            argv(&endpoints.server_command_in("srv", "iperf3", &["-s"])),
             [
                 "ip", "netns", "exec", "srv", "taskset", "-c", "3", "iperf3", "-s"
             ]
@@ -133,6 +172,52 @@ mod tests {
             argv(&endpoints.client_command("iperf3", &["-c", "10.0.0.2"])),
             [
                 "ip", "netns", "exec", "cli", "taskset", "-c", "0", "iperf3", "-c", "10.0.0.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_are_the_backends_behind_a_virtual_ip() {
+        let single = Endpoints {
+            server_ns: "srv",
+            client_ns: "cli",
+            server_ip: Ipv4Addr::new(10, 0, 0, 2),
+            backends: &[],
+            cpus: None,
+        };
+        assert_eq!(
+            single.servers(),
+            [Server {
+                netns: "srv",
+                ip: Ipv4Addr::new(10, 0, 0, 2)
+            }]
+        );
+        let backends = [
+            Backend {
+                netns: "b1".into(),
+                ip: Ipv4Addr::new(10, 0, 2, 2),
+            },
+            Backend {
+                netns: "b2".into(),
+                ip: Ipv4Addr::new(10, 0, 2, 3),
+            },
+        ];
+        let balanced = Endpoints {
+            server_ip: Ipv4Addr::new(10, 0, 0, 80),
+            backends: &backends,
+            cpus: Some(EndpointCpus {
+                client: 0,
+                server: 1,
+            }),
+            ..single
+        };
+        let servers = balanced.servers();
+        assert_eq!(servers.len(), 2);
+        assert_eq!((servers[1].netns, servers[1].ip), ("b2", backends[1].ip));
+        assert_eq!(
+            argv(&balanced.server_command_in(servers[1].netns, "iperf3", &["-s"])),
+            [
+                "ip", "netns", "exec", "b2", "taskset", "-c", "1", "iperf3", "-s"
             ]
         );
     }

@@ -1,5 +1,5 @@
-//! TCP throughput with iperf3: one server per measurement (`-s -1`), a client with `-J`,
-//! both inside the scenario's namespaces.
+//! TCP throughput with iperf3: one server per measurement (`-s -1`; one on each backend
+//! behind a load balancer), a client with `-J`, both inside the scenario's namespaces.
 //!
 //! The figure is the receiver's rate (`end.sum_received.bits_per_second`); the equivalence
 //! check is the bytes the client sent against the bytes the server received.
@@ -104,15 +104,28 @@ fn wait_listening(server: &mut Background, limit: Duration) -> Result<()> {
 
 /// Runs one iperf3 TCP test from the client's namespace to the server's address.
 ///
+/// Behind a load balancer, a one-shot server listens on every backend's own address and the
+/// client connects to the virtual IP; the server that took the test exits after it, and the
+/// others, which got nothing, are stopped.
+///
 /// # Errors
-/// iperf3 fails, times out, or prints no usable JSON.
+/// iperf3 fails, times out, or prints no usable JSON; or no server finished a test.
 pub fn run_tcp(endpoints: &Endpoints<'_>, streams: u32, seconds: u32) -> Result<TcpResult> {
     let ip = endpoints.server_ip.to_string();
     let client_ns = endpoints.client_ns;
     let port = PORT.to_string();
-    let server_cmd = endpoints.server_command("iperf3", &["-s", "-1", "-B", &ip, "-p", &port]);
-    let mut server = Background::spawn(server_cmd, Stdio::null())?;
-    wait_listening(&mut server, Duration::from_secs(5))?;
+    let mut servers = Vec::new();
+    for server in endpoints.servers() {
+        let bind = server.ip.to_string();
+        let server_cmd = endpoints.server_command_in(
+            server.netns,
+            "iperf3",
+            &["-s", "-1", "-B", &bind, "-p", &port],
+        );
+        let mut server = Background::spawn(server_cmd, Stdio::null())?;
+        wait_listening(&mut server, Duration::from_secs(5))?;
+        servers.push(server);
+    }
     let client = endpoints.client_command(
         "iperf3",
         &[
@@ -139,8 +152,28 @@ pub fn run_tcp(endpoints: &Endpoints<'_>, streams: u32, seconds: u32) -> Result<
                 String::from_utf8_lossy(&output.stderr).trim()
             )
         })?;
-    server.wait(Duration::from_secs(5))?;
+    if let [server] = &mut servers[..] {
+        server.wait(Duration::from_secs(5))?;
+    } else {
+        wait_any_exit(&mut servers, Duration::from_secs(5))?;
+        // Dropping the servers kills those still waiting for a test.
+    }
     Ok(result)
+}
+
+/// Waits until one of `servers` has exited (the one that took the test).
+fn wait_any_exit(servers: &mut [Background], limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        cmd::check_interrupted()?;
+        if servers.iter_mut().any(|server| !server.running()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("no iperf3 server behind the virtual IP finished a test within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]

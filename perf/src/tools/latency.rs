@@ -171,12 +171,21 @@ pub fn run_ping(endpoints: &Endpoints<'_>, seconds: f64, until_reply: bool) -> R
     let exe = exe.to_string_lossy();
     let target = SocketAddrV4::new(endpoints.server_ip, PORT).to_string();
     let max = format!("{:.1}", seconds + 20.0);
-    let pong_cmd =
-        endpoints.server_command(&exe, &["pong", "--bind", &target, "--max-seconds", &max]);
-    let mut pong = Background::spawn(pong_cmd, Stdio::inherit())?;
-    let ready = pong.next_line(Duration::from_secs(5))?;
-    if ready != "ready" {
-        bail!("pong helper said {ready:?} instead of ready");
+    // Behind a load balancer every backend echoes; the ping's one flow reaches one of them.
+    let mut pongs = Vec::new();
+    for server in endpoints.servers() {
+        let bind = SocketAddrV4::new(server.ip, PORT).to_string();
+        let pong_cmd = endpoints.server_command_in(
+            server.netns,
+            &exe,
+            &["pong", "--bind", &bind, "--max-seconds", &max],
+        );
+        let mut pong = Background::spawn(pong_cmd, Stdio::inherit())?;
+        let ready = pong.next_line(Duration::from_secs(5))?;
+        if ready != "ready" {
+            bail!("pong helper said {ready:?} instead of ready");
+        }
+        pongs.push(pong);
     }
     let seconds_arg = format!("{seconds:.3}");
     let payload = PAYLOAD_64B_FRAME.to_string();
@@ -195,8 +204,12 @@ pub fn run_ping(endpoints: &Endpoints<'_>, seconds: f64, until_reply: bool) -> R
     let ping_cmd = endpoints.client_command(&exe, &args);
     let limit = Duration::from_secs_f64(seconds + 10.0);
     let report: PingReport = last_json_line(&cmd::run(ping_cmd, limit)?)?;
-    pong.send_line("stop")?;
-    pong.wait(Duration::from_secs(5))?;
+    for pong in &mut pongs {
+        pong.send_line("stop")?;
+    }
+    for pong in &mut pongs {
+        pong.wait(Duration::from_secs(5))?;
+    }
     Ok(report)
 }
 

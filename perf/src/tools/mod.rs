@@ -2,11 +2,13 @@
 //!
 //! `cmd` runs every external command (bounded in time, logged for README.SETUP);
 //! `iperf` drives iperf3 for TCP throughput; `udp` is our own 64-byte packet-rate sender
-//! and counting receiver; `latency` our own UDP ping-pong; `cpu` reads /proc for CPU
+//! and counting receiver; `latency` our own UDP ping-pong; `connrate` our own short TCP
+//! connections for new connections per second; `cpu` reads /proc for CPU
 //! accounting; `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
 //! Open vSwitch's userspace datapath for the optional third column.
 
 pub mod cmd;
+pub mod connrate;
 pub mod cpu;
 pub mod endpoints;
 pub mod iperf;

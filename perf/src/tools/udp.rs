@@ -59,6 +59,24 @@ pub struct ReceiverReport {
     pub rcvbuf_errors: u64,
 }
 
+impl ReceiverReport {
+    /// The sum of several receivers' reports (the backends behind a load balancer).
+    pub fn total(reports: &[ReceiverReport]) -> ReceiverReport {
+        reports.iter().fold(
+            ReceiverReport {
+                received_packets: 0,
+                received_bytes: 0,
+                rcvbuf_errors: 0,
+            },
+            |sum, report| ReceiverReport {
+                received_packets: sum.received_packets + report.received_packets,
+                received_bytes: sum.received_bytes + report.received_bytes,
+                rcvbuf_errors: sum.rcvbuf_errors + report.rcvbuf_errors,
+            },
+        )
+    }
+}
+
 /// One packet-rate measurement.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UdpResult {
@@ -210,7 +228,7 @@ pub fn send_main(dst: SocketAddrV4, seconds: f64, payload: usize) -> Result<()> 
 }
 
 /// Sets `stop` when stdin says `stop` or closes.
-fn watch_stdin(stop: Arc<AtomicBool>) {
+pub fn watch_stdin(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
@@ -287,14 +305,21 @@ pub fn run_pps(endpoints: &Endpoints<'_>, seconds: f64, payload: usize) -> Resul
     let exe = exe.to_string_lossy();
     let target = SocketAddrV4::new(endpoints.server_ip, PORT).to_string();
     let max = format!("{:.1}", seconds + 20.0);
-    let receiver_cmd = endpoints.server_command(
-        &exe,
-        &["udp-recv", "--bind", &target, "--max-seconds", &max],
-    );
-    let mut receiver = Background::spawn(receiver_cmd, Stdio::inherit())?;
-    let ready = receiver.next_line(Duration::from_secs(5))?;
-    if ready != "ready" {
-        bail!("udp receiver said {ready:?} instead of ready");
+    // Behind a load balancer every backend counts; the sender's one flow reaches one of them.
+    let mut receivers = Vec::new();
+    for server in endpoints.servers() {
+        let bind = SocketAddrV4::new(server.ip, PORT).to_string();
+        let receiver_cmd = endpoints.server_command_in(
+            server.netns,
+            &exe,
+            &["udp-recv", "--bind", &bind, "--max-seconds", &max],
+        );
+        let mut receiver = Background::spawn(receiver_cmd, Stdio::inherit())?;
+        let ready = receiver.next_line(Duration::from_secs(5))?;
+        if ready != "ready" {
+            bail!("udp receiver said {ready:?} instead of ready");
+        }
+        receivers.push(receiver);
     }
     let sender_cmd = endpoints.client_command(
         &exe,
@@ -312,12 +337,21 @@ pub fn run_pps(endpoints: &Endpoints<'_>, seconds: f64, payload: usize) -> Resul
     let sender: SenderReport = last_json_line(&cmd::run(sender_cmd, limit)?)?;
     // Let the switch and the socket drain what is in flight before counting stops.
     cmd::sleep(Duration::from_millis(300))?;
-    receiver.send_line("stop")?;
-    let receiver_report: ReceiverReport =
-        serde_json::from_str(&receiver.next_line(Duration::from_secs(5))?)
-            .context("udp receiver report")?;
-    receiver.wait(Duration::from_secs(5))?;
-    Ok(UdpResult::from_reports(sender, receiver_report))
+    let mut reports = Vec::new();
+    for receiver in &mut receivers {
+        receiver.send_line("stop")?;
+    }
+    for receiver in &mut receivers {
+        let report: ReceiverReport =
+            serde_json::from_str(&receiver.next_line(Duration::from_secs(5))?)
+                .context("udp receiver report")?;
+        receiver.wait(Duration::from_secs(5))?;
+        reports.push(report);
+    }
+    Ok(UdpResult::from_reports(
+        sender,
+        ReceiverReport::total(&reports),
+    ))
 }
 
 /// Parses the last non-empty line of a helper's stdout as JSON.
@@ -366,6 +400,18 @@ mod tests {
         assert_eq!(result.packets_per_second, 450.0);
         assert!((result.loss_percent - 10.0).abs() < 1e-9);
         assert_eq!(result.rcvbuf_errors, 40);
+    }
+
+    #[test]
+    fn receivers_behind_a_load_balancer_add_up() {
+        let report = |packets, errors| ReceiverReport {
+            received_packets: packets,
+            received_bytes: packets * 18,
+            rcvbuf_errors: errors,
+        };
+        let total = ReceiverReport::total(&[report(900, 3), report(0, 0), report(5, 1)]);
+        assert_eq!(total, report(905, 4));
+        assert_eq!(ReceiverReport::total(&[]), report(0, 0));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Driving vswitchd and vswitchctl through their public CLI only, with these commands:
 //! `vswitchd --socket S --state-dir D --workers N`, `vswitchctl --socket S attach NETNS
-//! --kind K --name N`, `vswitchctl --socket S apply -f FILE`,
-//! `vswitchctl --socket S get networkinterfaces -o json`.
+//! --kind K --name N [--label KEY=VALUE]`, `vswitchctl --socket S apply -f FILE`,
+//! `vswitchctl --socket S get networkinterfaces -o json`, `vswitchctl --socket S lb NAME -o
+//! json`.
 //!
 //! The daemon runs inside the scenario's node namespace (`ip netns exec`, which execs, so the
 //! child's pid is vswitchd's: its `/proc/<pid>/stat` gives the switch's CPU time). It is
@@ -257,15 +258,36 @@ impl Daemon {
         subnet: Option<&str>,
         ip: Option<&str>,
     ) -> Result<()> {
-        let mut args = vec!["attach", netns, "--kind", kind.as_str(), "--name", name];
-        if let Some(subnet) = subnet {
-            args.extend(["--subnet", subnet]);
-        }
-        if let Some(ip) = ip {
-            args.extend(["--ip", ip]);
-        }
+        self.attach_labelled(netns, name, kind, subnet, ip, &[])
+    }
+
+    /// [`Daemon::attach`] with labels (`--label KEY=VALUE` each), which LoadBalancer
+    /// selectors pick backends by.
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`].
+    pub fn attach_labelled(
+        &self,
+        netns: &str,
+        name: &str,
+        kind: PortKind,
+        subnet: Option<&str>,
+        ip: Option<&str>,
+        labels: &[(&str, &str)],
+    ) -> Result<()> {
+        let args = attach_args(netns, name, kind, subnet, ip, labels);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ctl(&args)?;
         Ok(())
+    }
+
+    /// The backends of LoadBalancer `name` as the datapath serves them (`vswitchctl lb NAME
+    /// -o json`).
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`], or the JSON has no backend list.
+    pub fn lb_backends(&self, name: &str) -> Result<Vec<LbBackend>> {
+        parse_lb_backends(&self.ctl(&["lb", name, "-o", "json"])?)
     }
 
     /// The first IPv4 address of interface `name` (from `status.ips`).
@@ -295,6 +317,68 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The arguments of `vswitchctl attach`.
+pub fn attach_args(
+    netns: &str,
+    name: &str,
+    kind: PortKind,
+    subnet: Option<&str>,
+    ip: Option<&str>,
+    labels: &[(&str, &str)],
+) -> Vec<String> {
+    let mut args: Vec<String> = ["attach", netns, "--kind", kind.as_str(), "--name", name]
+        .map(str::to_owned)
+        .into();
+    if let Some(subnet) = subnet {
+        args.extend(["--subnet".to_owned(), subnet.to_owned()]);
+    }
+    if let Some(ip) = ip {
+        args.extend(["--ip".to_owned(), ip.to_owned()]);
+    }
+    for (key, value) in labels {
+        args.extend(["--label".to_owned(), format!("{key}={value}")]);
+    }
+    args
+}
+
+/// One backend of a LoadBalancer, from `vswitchctl lb NAME -o json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbBackend {
+    /// The NetworkInterface's name.
+    pub interface: String,
+    /// `Healthy`, `Unhealthy` or `Draining`.
+    pub state: String,
+}
+
+/// Parses `vswitchctl lb NAME -o json` (`{"backends": [{"interface": .., "state": ..}, ..],
+/// ..}`).
+///
+/// # Errors
+/// Not JSON, or no `backends` array.
+pub fn parse_lb_backends(json: &str) -> Result<Vec<LbBackend>> {
+    let value: Value = serde_json::from_str(json).context("vswitchctl lb -o json: not JSON")?;
+    let backends = value
+        .get("backends")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("vswitchctl lb -o json has no `backends` list"))?;
+    Ok(backends
+        .iter()
+        .map(|backend| {
+            let text = |field: &str| {
+                backend
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            LbBackend {
+                interface: text("interface"),
+                state: text("state"),
+            }
+        })
+        .collect())
 }
 
 /// Finds interface `name` (or, failing that, the one in `netns`) in the JSON of
@@ -383,6 +467,45 @@ mod tests {
         let no_ips = r#"[{"metadata": {"name": "c1"}, "status": {"ips": []}}]"#;
         assert!(interface_ip(no_ips, "c1", "x").is_err());
         assert!(interface_ip("garbage", "c1", "x").is_err());
+    }
+
+    #[test]
+    fn attach_arguments_carry_labels() {
+        assert_eq!(
+            attach_args("ns1", "c1", PortKind::Tap, None, None, &[]),
+            ["attach", "ns1", "--kind", "tap", "--name", "c1"]
+        );
+        assert_eq!(
+            attach_args(
+                "ns2",
+                "b1",
+                PortKind::Veth,
+                Some("perf-a"),
+                Some("10.0.0.5"),
+                &[("app", "perf"), ("tier", "x")]
+            ),
+            [
+                "attach", "ns2", "--kind", "veth", "--name", "b1", "--subnet", "perf-a", "--ip",
+                "10.0.0.5", "--label", "app=perf", "--label", "tier=x"
+            ]
+        );
+    }
+
+    #[test]
+    fn lb_backends_from_json() {
+        // As in docs/api.md, `GET /v1/lb/{name}`.
+        let json = r#"{"address":"172.30.0.5","backends":[
+            {"connections":2,"interface":"b1","ip":"172.30.0.2","slots":5461,"state":"Healthy"},
+            {"connections":1,"interface":"b2","ip":"172.30.0.3","slots":5460,"state":"Draining"}],
+            "name":"web","network":"default","tableSize":16381}"#;
+        let backends = parse_lb_backends(json).unwrap();
+        assert_eq!(backends.len(), 2);
+        assert_eq!(backends[0].interface, "b1");
+        assert_eq!(backends[0].state, "Healthy");
+        assert_eq!(backends[1].state, "Draining");
+        assert!(parse_lb_backends(r#"{"backends": []}"#).unwrap().is_empty());
+        assert!(parse_lb_backends(r#"{"name": "web"}"#).is_err());
+        assert!(parse_lb_backends("nope").is_err());
     }
 
     #[test]
