@@ -127,7 +127,6 @@ impl fmt::Display for ValidationErrors {
 /// A label key (`IsQualifiedName`): an optional DNS-subdomain prefix and `/`, then a name
 /// of 1 to 63 characters (letters, digits, `-`, `_`, `.`), starting and ending with a
 /// letter or digit.
-#[allow(dead_code)] // used by the model, next
 pub(crate) fn check_label_key(key: &str) -> Result<(), String> {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
@@ -147,7 +146,6 @@ pub(crate) fn check_label_key(key: &str) -> Result<(), String> {
 
 /// A label value (`IsValidLabelValue`): empty, or 1 to 63 characters (letters, digits, `-`,
 /// `_`, `.`), starting and ending with a letter or digit.
-#[allow(dead_code)] // used by the model, next
 pub(crate) fn check_label_value(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Ok(());
@@ -178,7 +176,6 @@ fn check_label_name(text: &str) -> Result<(), String> {
 
 /// A DNS label (RFC 1123, `IsDNS1123Label`): 1 to 63 lowercase letters, digits and `-`,
 /// starting and ending with a letter or digit. Namespaces and Networks are named so.
-#[allow(dead_code)] // used by the model, next
 pub(crate) fn check_dns_label(text: &str) -> Result<(), String> {
     if text.is_empty() {
         return Err("must not be empty".into());
@@ -206,7 +203,6 @@ pub(crate) fn check_dns_label(text: &str) -> Result<(), String> {
 
 /// A DNS subdomain (RFC 1123, `IsDNS1123Subdomain`): at most 253 characters, dot-separated
 /// DNS labels. NetworkPolicy names are DNS subdomains.
-#[allow(dead_code)] // used by the model, next
 pub(crate) fn check_dns_subdomain(text: &str) -> Result<(), String> {
     if text.is_empty() {
         return Err("must not be empty".into());
@@ -227,7 +223,6 @@ pub(crate) fn check_dns_subdomain(text: &str) -> Result<(), String> {
 /// A port name (`IsValidPortName`, an IANA service name per RFC 6335): 1 to 15 lowercase
 /// letters, digits and `-`, with at least one letter, not starting or ending with `-`, and
 /// no `--`.
-#[allow(dead_code)] // used by the model, next
 pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("port name {name:?} must be 1 to 15 characters"));
