@@ -1138,6 +1138,13 @@ mod tests {
     }
 
     #[test]
+    fn compiled_sets_can_be_shared_between_workers() {
+        // Published with arc-swap and read by every worker.
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Compiled>();
+    }
+
+    #[test]
     fn intervals_keep_the_first_rule() {
         let out = normalize_intervals(
             [iv(10, 20, 5), iv(15, 30, 2), iv(25, 40, 7), iv(50, 50, 9)].into_iter(),

@@ -54,8 +54,10 @@
 //!
 //! What the switch does around it (not this crate): only the first packet of a
 //! connection is classified (replies and later packets follow the connection's state),
-//! ARP is never filtered, and classification happens after load-balancer DNAT, so that
-//! ports are the interface's real ports.
+//! ARP is never filtered, classification happens after load-balancer DNAT, so that ports
+//! are the interface's real ports (amazon-network-policy-controller-k8s#210 enforced
+//! before DNAT and let Service ports through), and whether the node's own traffic to an
+//! interface bypasses policy (kube-router accepts it explicitly) is the switch's call.
 //!
 //! # Cost
 //! [`Compiled::check`] allocates nothing and never walks the policies: a handful of binary
