@@ -8,7 +8,7 @@
 //!
 //! # What a table is
 //! Each interface gets, per direction, either nothing (no policy of that type selects it:
-//! *not isolated*) or a [`Table`], shared by every interface selected by the same policies
+//! *not isolated*) or a table, shared by every interface selected by the same policies
 //! (and, for ingress tables that use named ports, with the same named ports). A table
 //! answers "which rule, if any, allows this remote end, protocol and destination port?"
 //! with up to three lookups, each a binary search:
