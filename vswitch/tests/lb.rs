@@ -116,6 +116,39 @@ for c, f in conns:
     ns.spawn(&["python3", "-c", &script])
 }
 
+/// Holds `count` connections from `ns` to `address:80` open across `change`: the backend
+/// names each connection got before, and after (`-` for one that failed).
+fn across(
+    ns: &Netns,
+    address: &str,
+    count: usize,
+    change: impl FnOnce(),
+) -> (Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut holder = hold_connections(ns, address, count, dir.path());
+    let ready = dir.path().join("ready");
+    let before: Vec<String> = wait_until("the held connections", Duration::from_secs(30), || {
+        std::fs::read_to_string(&ready).ok()
+    })
+    .lines()
+    .map(str::to_string)
+    .collect();
+    change();
+    std::fs::write(dir.path().join("go"), "").expect("go");
+    let status = wait_until("the holder to finish", Duration::from_secs(60), || {
+        holder.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "the holding client failed");
+    let mut out = String::new();
+    if let Some(mut stdout) = holder.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let after: Vec<String> = out.lines().map(str::to_string).collect();
+    assert_eq!(after.len(), before.len(), "{out}");
+    (before, after)
+}
+
 fn apply(daemon: &Daemon, yaml: &str) {
     let file = tempfile::NamedTempFile::new().expect("tmp");
     std::fs::write(file.path(), yaml).expect("write");
@@ -280,29 +313,10 @@ fn three_backends_behind_one_address() {
     );
 
     // Established connections keep their backend when another leaves; the leaver's fail.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut holder = hold_connections(&clients[0], &address, 30, dir.path());
-    let ready = dir.path().join("ready");
-    let before: Vec<String> = wait_until("the held connections", Duration::from_secs(30), || {
-        std::fs::read_to_string(&ready).ok()
-    })
-    .lines()
-    .map(str::to_string)
-    .collect();
     let leaver = &backends[1].name;
-    daemon.ctl_ok(&["detach", leaver]);
-    std::fs::write(dir.path().join("go"), "").expect("go");
-    let status = wait_until("the holder to finish", Duration::from_secs(60), || {
-        holder.try_wait().ok().flatten()
+    let (before, after) = across(&clients[0], &address, 30, || {
+        daemon.ctl_ok(&["detach", leaver]);
     });
-    assert!(status.success(), "the holding client failed");
-    let mut out = String::new();
-    if let Some(mut stdout) = holder.stdout.take() {
-        use std::io::Read;
-        let _ = stdout.read_to_string(&mut out);
-    }
-    let after: Vec<&str> = out.lines().collect();
-    assert_eq!(after.len(), before.len(), "{out}");
     let mut kept = 0;
     for (first, second) in before.iter().zip(&after) {
         if first == leaver {
@@ -330,29 +344,11 @@ fn three_backends_behind_one_address() {
     // connections established meanwhile keep their backends.
     let fixed = ask(&clients[0], &address, 300, Some(20_000));
     daemon.ctl_ok(&["conntrack", "--flush"]);
-    let held = tempfile::tempdir().expect("tempdir");
-    let mut holder = hold_connections(&clients[1], &address, 20, held.path());
-    let before: Vec<String> = wait_until("the held connections", Duration::from_secs(30), || {
-        std::fs::read_to_string(held.path().join("ready")).ok()
-    })
-    .lines()
-    .map(str::to_string)
-    .collect();
-    daemon.attach(&backends[1], &["--label", "app=web"]);
-    std::fs::write(held.path().join("go"), "").expect("go");
-    let status = wait_until("the holder to finish", Duration::from_secs(60), || {
-        holder.try_wait().ok().flatten()
+    let (before, after) = across(&clients[1], &address, 20, || {
+        daemon.attach(&backends[1], &["--label", "app=web"]);
     });
-    assert!(status.success(), "the holding client failed");
-    let mut out = String::new();
-    if let Some(mut stdout) = holder.stdout.take() {
-        use std::io::Read;
-        let _ = stdout.read_to_string(&mut out);
-    }
-    let after: Vec<&str> = out.lines().collect();
     assert_eq!(
-        before.iter().map(String::as_str).collect::<Vec<_>>(),
-        after,
+        before, after,
         "established connections changed backend when one was added"
     );
     servers.push(start_server(&backends[1], leaver));

@@ -76,7 +76,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         // A static segment wins over `/v1/{kind}`: the Overlay resources themselves are at
         // `/v1/overlays`.
         .route("/v1/overlay", get(overlay::view))
-        .route("/v1/loadbalancers/{name}/backends", get(node::load_balancer))
+        .route(
+            "/v1/loadbalancers/{name}/backends",
+            get(node::load_balancer),
+        )
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
             "/v1/{kind}/{name}",

@@ -227,38 +227,51 @@ pub fn assign_virtual_ips(
         let Some(uplink) = uplink(next) else {
             continue;
         };
-        let free = |addr: Ipv4Addr| {
-            users_of(next, addr)
-                .iter()
-                .all(|(kind, user)| *kind == Kind::VirtualIp && user == name)
-        };
-        let held = vip
-            .status
-            .ip
-            .filter(|ip| uplink.spec.owns(*ip) && free(*ip));
-        let chosen = held.or_else(|| {
-            uplink
-                .spec
-                .addresses
-                .iter()
-                .map(|a| a.addr())
-                .find(|addr| free(*addr))
-        });
-        let Some(chosen) = chosen else {
-            return Err(origin_of(name).conflict(
-                "spec.ip",
-                format!(
-                    "no free address left on Uplink {:?} (addresses: {}; each is used by a NATGateway, PortForward or VirtualIP); add an address to the Uplink, or free one",
-                    uplink.metadata.name,
-                    describe_addresses(uplink)
-                ),
-            ));
+        let Some(chosen) = free_uplink_address(next, (Kind::VirtualIp, name), vip.status.ip) else {
+            return Err(no_free_address(&origin_of(name), "spec.ip", uplink));
         };
         if let Some(vip) = next.virtual_ips.get_mut(name) {
             vip.status.ip = Some(chosen);
         }
     }
     Ok(())
+}
+
+/// The address `me` (a VirtualIP or a Public LoadBalancer, which take theirs by
+/// allocation) gets on the Uplink: `held` while it is still the Uplink's and used by nothing
+/// else, else the first address of the Uplink (in its order) that nothing uses.
+pub(crate) fn free_uplink_address(
+    state: &State,
+    me: (Kind, &str),
+    held: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let uplink = uplink(state)?;
+    let free = |addr: Ipv4Addr| {
+        users_of(state, addr)
+            .iter()
+            .all(|(kind, user)| *kind == me.0 && user == me.1)
+    };
+    held.filter(|ip| uplink.spec.owns(*ip) && free(*ip))
+        .or_else(|| {
+            uplink
+                .spec
+                .addresses
+                .iter()
+                .map(|a| a.addr())
+                .find(|addr| free(*addr))
+        })
+}
+
+/// The refusal when no address of `uplink` is left for an allocation, on `field`.
+pub(crate) fn no_free_address(origin: &Origin, field: &str, uplink: &Uplink) -> ApiError {
+    origin.conflict(
+        field,
+        format!(
+            "no free address left on Uplink {:?} (addresses: {}; each is used by a NATGateway, PortForward, VirtualIP or LoadBalancer); add an address to the Uplink, or free one",
+            uplink.metadata.name,
+            describe_addresses(uplink)
+        ),
+    )
 }
 
 /// The Network id (conntrack zone) and first address of a NetworkInterface.

@@ -708,37 +708,14 @@ fn assign_public(
     let Some(uplink) = nat_rules::uplink(next) else {
         return Ok(());
     };
-    let free = |addr: Ipv4Addr| {
-        nat_rules::users_of(next, addr)
-            .iter()
-            .all(|(kind, user)| *kind == Kind::LoadBalancer && user == name)
-    };
-    let held = next
-        .load_balancers
-        .get(name)
-        .and_then(ipv4)
-        .filter(|ip| uplink.spec.owns(*ip) && free(*ip));
-    let chosen = held.or_else(|| {
-        uplink
-            .spec
-            .addresses
-            .iter()
-            .map(|a| a.addr())
-            .find(|addr| free(*addr))
-    });
-    let Some(chosen) = chosen else {
+    let held = next.load_balancers.get(name).and_then(ipv4);
+    let Some(chosen) = nat_rules::free_uplink_address(next, (Kind::LoadBalancer, name), held)
+    else {
         let origin = origins
             .get(&(Kind::LoadBalancer, name.to_string()))
             .cloned()
             .unwrap_or_else(|| Origin::resource(Kind::LoadBalancer, name));
-        return Err(origin.conflict(
-            "spec.type",
-            format!(
-                "no free address left on Uplink {:?} (addresses: {}; each is used by a NATGateway, PortForward, VirtualIP or LoadBalancer); add an address to the Uplink, or free one",
-                uplink.metadata.name,
-                nat_rules::describe_addresses(uplink)
-            ),
-        ));
+        return Err(nat_rules::no_free_address(&origin, "spec.type", uplink));
     };
     if let Some(balancer) = next.load_balancers.get_mut(name) {
         balancer.status.ips = vec![IpAddr::V4(chosen)];
