@@ -420,8 +420,10 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
         ));
     }
     if let Some(selector) = &spec.network_interface_selector {
-        for (field, why) in selector.problems() {
-            errors.push(origin.invalid(&format!("spec.networkInterfaceSelector.{field}"), why));
+        let problems =
+            crate::control::selector::problems(selector, "spec.networkInterfaceSelector");
+        for (field, why) in problems {
+            errors.push(origin.invalid(&field, why));
         }
     }
     if spec.ports.is_empty() {
