@@ -236,5 +236,11 @@ spec: {type: Internal, network: blue, ports: [{port: 80}]}
         );
         assert_eq!(err.field(), Some("documents[0].kind"), "{err}");
         assert!(err.to_string().contains("written by the switch"), "{err}");
+        // Its Network cannot go while it is there.
+        let deps = state.dependants(Kind::Network, "blue");
+        assert!(
+            deps.contains(&("LoadBalancers", vec!["front".to_string()])),
+            "{deps:?}"
+        );
     }
 }

@@ -150,6 +150,15 @@ spec:
                     .map(|r| r.metadata.name.clone())
                     .collect(),
             ),
+            (
+                "LoadBalancers",
+                state
+                    .load_balancers
+                    .values()
+                    .filter(|b| b.spec.network == name)
+                    .map(|b| b.metadata.name.clone())
+                    .collect(),
+            ),
         ]
     }
 

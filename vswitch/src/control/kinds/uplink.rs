@@ -221,6 +221,15 @@ spec:
                 state.port_forwards.keys().cloned().collect(),
             ),
             ("VirtualIPs", state.virtual_ips.keys().cloned().collect()),
+            (
+                "Public LoadBalancers",
+                state
+                    .load_balancers
+                    .values()
+                    .filter(|b| b.spec.lb_type == LoadBalancerType::Public)
+                    .map(|b| b.metadata.name.clone())
+                    .collect(),
+            ),
         ]
     }
 

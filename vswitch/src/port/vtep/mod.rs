@@ -422,8 +422,18 @@ pub(crate) mod testing {
 
     pub(crate) fn loopback_vtep(queues: usize) -> TestVtep {
         let alone = LOOPBACK_VTEPS.lock();
-        let vtep = open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues)
-            .expect("VTEP on loopback (the tests must run as root)");
+        // Port 0: `open` learns a free port with a probe socket, closes it and binds the
+        // queues to it; a socket of a test running at the same time may take the port in
+        // between (seen in CI). Another free port is then as good.
+        let mut attempt = 0;
+        let vtep = loop {
+            match open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues) {
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse && attempt < 5 => {
+                    attempt += 1;
+                }
+                result => break result.expect("VTEP on loopback (the tests must run as root)"),
+            }
+        };
         TestVtep {
             vtep,
             _alone: alone,
