@@ -504,6 +504,35 @@ mod tests {
     use crate::sys::udp::Receiver;
     use crate::wire::vnet_hdr;
 
+    /// Sends [`tcp_super_frame`]`(payload_len, mss, seq)` through queue 0 with
+    /// `send_encap_gso` toward loopback, checks every segment went out, and returns the
+    /// datagrams received.
+    fn send_and_receive(
+        io: &super::super::Vtep,
+        config: &VxlanEncapConfig,
+        vni: Vni,
+        payload_len: usize,
+        mss: u16,
+        seq: u32,
+    ) -> Vec<Vec<u8>> {
+        let frame = tcp_super_frame(payload_len, mss, seq);
+        let sent = queue(io, 0)
+            .send_encap_gso(
+                &frame,
+                &mut Segmenter::new(),
+                vni,
+                Ipv4Addr::LOCALHOST,
+                config,
+            )
+            .unwrap();
+        let count = payload_len.div_ceil(usize::from(mss));
+        assert_eq!((sent.segments, sent.failed), (count, 0));
+        receive_frames(io, count)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
     #[test]
     #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn gso_send_over_loopback_with_udp_segment() {
@@ -571,22 +600,7 @@ mod tests {
         };
         let vni = Vni::new(77).unwrap();
         let (payload_len, mss) = (20_000, 1398);
-        let frame = tcp_super_frame(payload_len, mss, 5);
-        let sent = queue(&io, 0)
-            .send_encap_gso(
-                &frame,
-                &mut Segmenter::new(),
-                vni,
-                Ipv4Addr::LOCALHOST,
-                &config,
-            )
-            .unwrap();
-        let count = payload_len.div_ceil(usize::from(mss));
-        assert_eq!((sent.segments, sent.failed), (count, 0));
-        let frames: Vec<Vec<u8>> = receive_frames(&io, count)
-            .into_iter()
-            .map(|(f, _)| f)
-            .collect();
+        let frames = send_and_receive(&io, &config, vni, payload_len, mss, 5);
         for frame in &frames {
             let header = &frame[RX_PAD..RX_PAD + VXLAN_HEADER_LEN];
             assert_eq!(header[1], 0x20, "the C flag: {header:02x?}");
@@ -609,22 +623,7 @@ mod tests {
         let vni = Vni::new(9).unwrap();
         // 64 KB of payload in 1448-byte segments: 46 datagrams of 1510 bytes > 65507.
         let (payload_len, mss) = (65_000, 1448);
-        let frame = tcp_super_frame(payload_len, mss, 7);
-        let sent = queue(&io, 0)
-            .send_encap_gso(
-                &frame,
-                &mut Segmenter::new(),
-                vni,
-                Ipv4Addr::LOCALHOST,
-                &config,
-            )
-            .unwrap();
-        let count = payload_len.div_ceil(usize::from(mss));
-        assert_eq!((sent.segments, sent.failed), (count, 0));
-        let frames: Vec<Vec<u8>> = receive_frames(&io, count)
-            .into_iter()
-            .map(|(f, _)| f)
-            .collect();
+        let frames = send_and_receive(&io, &config, vni, payload_len, mss, 7);
         check_tcp_segments(&frames, vni, payload_len, usize::from(mss), 7);
         assert_eq!(queue(&io, 0).gso_sends(), 2);
         // Tiny segments: the 64-datagram limit splits the sends.
