@@ -12,7 +12,7 @@ use crate::control::resource::InterfaceState;
 use crate::control::{nat_rules, overlay, routing};
 use crate::port::PortId;
 use crate::runtime::Engine;
-use crate::tables::snapshot::UplinkEntry;
+use crate::tables::snapshot::{UplinkEntry, UplinkRouting};
 use crate::tables::snapshot::{Egress, Tunnel};
 use crate::tables::snapshot::{
     NetworkEntry, NetworkId, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId,
@@ -209,6 +209,7 @@ fn compile(inner: &Inner) -> Snapshot {
             mtu: open.mtu,
             segment: open.segment,
             io: Arc::clone(&open.io),
+            routing: UplinkRouting::default(),
         })
     });
     let (balancers, backends) = inner.balancers.compile(state, network_ids);
