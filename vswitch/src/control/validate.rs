@@ -914,6 +914,11 @@ mod tests {
                     "bad-overlay-loopback.yaml" => {
                         &["spec.localAddress", "the address the other nodes reach"]
                     }
+                    "bad-routed-overlap.yaml" => &[
+                        "spec.uplink.mode",
+                        "routed through the Uplink",
+                        "spec.inbound.allow[0].endPort: endPort 4789 is below port 4790",
+                    ],
                     _ => &[],
                 };
                 for word in want {
