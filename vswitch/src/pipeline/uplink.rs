@@ -247,35 +247,39 @@ pub fn routed_out(
         l3::confirm_sender(ctx, ingress, subnet, parsed, out);
     };
     let tracking = uplink.routing.filter.is_some();
-    if tracking || !ctx.snapshot.conntrack.is_empty() {
-        // Fragments and other protocols cannot be tracked: a router forwards them as they are.
-        if let Ok(info) = nat::packet_info(frame) {
-            let zone = nat::zone_of(subnet.network_id);
-            if let Some(tracked) = ctx.snapshot.conntrack.lookup(zone, &info, ctx.now_ms) {
+    let zone = nat::zone_of(subnet.network_id);
+    // Fragments and other protocols cannot be tracked (`None`): a router forwards them as
+    // they are. Without the filter and with an empty table there is nothing to look up.
+    let info = if tracking || !ctx.snapshot.conntrack.is_empty() {
+        nat::packet_info(frame).ok()
+    } else {
+        None
+    };
+    if let Some(info) = &info {
+        if let Some(tracked) = ctx.snapshot.conntrack.lookup(zone, info, ctx.now_ms) {
+            return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, confirm);
+        }
+    }
+    // Policy hook (egress): every routed packet that belongs to no tracked connection comes
+    // through here, from `ingress` (in `subnet`) to `dst` outside; `info`, when trackable,
+    // is the connection it starts. A stateful check tracks it below as the filter does.
+    if let Some(info) = info.filter(|info| tracking && info.kind != PacketKind::IcmpError) {
+        let plan = NatPlan::none(Zone::EXTERNAL);
+        let created = nat::create_with(
+            ctx,
+            zone,
+            &info,
+            &plan,
+            Attachments::default(),
+            &mut local.out,
+        );
+        match created {
+            Ok(tracked) => {
                 return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, confirm);
             }
-            // Policy hook (egress): `info` is a new connection from `ingress` to the outside.
-            if tracking && info.kind != PacketKind::IcmpError {
-                let plan = NatPlan::none(Zone::EXTERNAL);
-                let created = nat::create_with(
-                    ctx,
-                    zone,
-                    &info,
-                    &plan,
-                    Attachments::default(),
-                    &mut local.out,
-                );
-                match created {
-                    Ok(tracked) => {
-                        return nat::continue_in(
-                            ctx, &tracked, &errors, parsed, frame, local, confirm,
-                        );
-                    }
-                    // Cannot start a connection (a reset, an echo reply): forwarded untracked.
-                    Err(Verdict::Drop(DropCause::Conntrack(nat::ConntrackReason::NotAStart))) => {}
-                    Err(verdict) => return verdict,
-                }
-            }
+            // Cannot start a connection (a reset, an echo reply): forwarded untracked.
+            Err(Verdict::Drop(DropCause::Conntrack(nat::ConntrackReason::NotAStart))) => {}
+            Err(verdict) => return verdict,
         }
     }
     let hop = Hop {
@@ -333,27 +337,34 @@ pub fn routed_in(
     if egress.cidr.prefix_len() < 31 && dst == egress.cidr.broadcast() {
         return Verdict::drop(l3::DropReason::BadDestination);
     }
-    if let Some(filter) = filter {
-        let Ok(info) = nat::packet_info(frame) else {
-            // Not trackable (a fragment, another protocol): cannot be told from unsolicited.
-            return Verdict::drop(DropReason::InboundDenied);
-        };
+    // With the filter on, every packet is tracked or refused; fragments and other protocols
+    // cannot be told from unsolicited traffic.
+    let info = match filter.map(|_| nat::packet_info(frame)) {
+        None => None,
+        Some(Ok(info)) => Some(info),
+        Some(Err(_)) => return Verdict::drop(DropReason::InboundDenied),
+    };
+    if let Some(info) = &info {
         if let Some(tracked) = ctx
             .snapshot
             .conntrack
-            .lookup(Zone::EXTERNAL, &info, ctx.now_ms)
+            .lookup(Zone::EXTERNAL, info, ctx.now_ms)
         {
             return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |_, _| {});
         }
-        // Policy hook (ingress): `info` is a new connection from outside into `network`.
-        if !admits_new(filter, &info) {
+    }
+    // Policy hook (ingress): every routed packet from outside that belongs to no tracked
+    // connection comes through here, from `src` into `network` at `dst`; `info`, with the
+    // filter on, is the connection it starts.
+    if let (Some(filter), Some(info)) = (filter, &info) {
+        if !admits_new(filter, info) {
             return Verdict::drop(DropReason::InboundDenied);
         }
         let plan = NatPlan::none(nat::zone_of(network.id));
         let created = nat::create_with(
             ctx,
             Zone::EXTERNAL,
-            &info,
+            info,
             &plan,
             Attachments::default(),
             &mut local.out,
