@@ -18,7 +18,8 @@
 //!    inbound filter denies ICMP: `uplink.inbound_denied`), and the rest is dropped
 //!    (`nat.unsolicited`: no ICMP, as a masquerading firewall does);
 //! 6. into a routed Network, it goes to [`routed_in`]: routed untranslated into the Network
-//!    (a source outside the Network's `destinations` is refused: `uplink.routed_source`);
+//!    (a source outside the Network's `destinations`, inside a routed Subnet or martian is
+//!    refused: `uplink.routed_source`);
 //! 7. anything else (IPv6, other ethertypes) is dropped (`uplink.unsupported`).
 //!
 //! The other way, [`outbound`] takes what a Network sends to a destination its routes do not
@@ -74,7 +75,7 @@ keyed_enum! {
         InboundDenied = "uplink.inbound_denied":
             "unsolicited from outside (no connection started inside) and not listed by the Uplink's spec.inbound.allow (policy Drop); no ICMP is sent",
         RoutedSource = "uplink.routed_source":
-            "from outside into a routed Network, from a source outside its spec.uplink.destinations (its replies would not leave untranslated)",
+            "from outside into a routed Network, from a source outside its spec.uplink.destinations (its replies would not leave untranslated), inside a routed Network's Subnets (spoofed) or martian",
     }
 }
 
@@ -308,7 +309,9 @@ pub fn routed_in(
     else {
         return Verdict::drop(l3::DropReason::NotIpv4);
     };
-    if !network.covers(src) {
+    // A source inside a routed Subnet (spoofed: those addresses are behind the switch) or
+    // a martian is refused too, as strict reverse-path filtering does.
+    if !network.covers(src) || l3::is_martian(src) || uplink.routing.network_of(src).is_some() {
         return Verdict::drop(DropReason::RoutedSource);
     }
     let filter = uplink.routing.filter.as_ref();
@@ -803,6 +806,15 @@ mod tests {
                 bench.run_uplink(&broadcast, 4).0.verdict,
                 Verdict::drop(l3::DropReason::BadDestination)
             );
+            // Sources that cannot be outside: a routed Subnet's (spoofed), a martian.
+            for source in [IP_B, Ipv4Addr::new(127, 0, 0, 1)] {
+                let spoofed = from_outside_udp((source, 1), (IP_A, 2));
+                assert_eq!(
+                    bench.run_uplink(&spoofed, 4).0.verdict,
+                    dropped(DropReason::RoutedSource),
+                    "{source}"
+                );
+            }
             // Addresses neither owned nor routed are still the host's.
             let other = from_outside_udp((REMOTE, 1), (Ipv4Addr::new(192, 168, 1, 1), 2));
             assert_eq!(
