@@ -523,3 +523,60 @@ print("held")
         ns_of(to) != "x"
     });
 }
+
+/// Connects to `argv[1]:argv[2]`; prints `ok` or `failed`.
+const CONNECT: &str = "import socket,sys\ntry:\n    socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=2).close()\n    print('ok')\nexcept OSError:\n    print('failed')\n";
+
+/// Policies see LoadBalancer traffic after the backend is chosen: the backend's ingress
+/// rules and its target port apply, not the service port.
+#[test]
+#[ignore = "needs root: starts vswitchd and creates network namespaces"]
+fn policies_judge_load_balanced_connections_at_the_backend() {
+    let cluster = Cluster::new();
+    cluster.apply(
+        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web, namespace: x}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {pod: a}}\n  ports: [{port: 80, targetPort: 81}]\n",
+    );
+    let lb = cluster
+        .daemon
+        .ctl_json(&["get", "loadbalancer", "web", "-n", "x"]);
+    let vip = lb["status"]["ips"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address: {lb}"))
+        .to_string();
+    // Only x/a is selected (a LoadBalancer selects in its own namespace).
+    let routing = cluster
+        .daemon
+        .ctl_json(&["get", "loadbalancerrouting", "web", "-n", "x"]);
+    let destinations = routing["status"]["destinations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(destinations.len(), 1, "{routing}");
+    let connect = |from: &str| {
+        cluster
+            .pod(from)
+            .netns
+            .exec_ok(&["python3", "-c", CONNECT, &vip, "80"])
+            .trim()
+            .to_string()
+    };
+    common::wait_until("the LoadBalancer to serve", Duration::from_secs(10), || {
+        (connect("z/b") == "ok").then_some(())
+    });
+
+    // x/a takes port 81 from namespace y only: through the LoadBalancer's port 80.
+    cluster.apply(&policy(
+        "x",
+        "a-81-from-y",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n    ports: [{port: 81}]\n",
+    ));
+    assert_eq!(connect("y/b"), "ok");
+    assert_eq!(connect("z/b"), "failed");
+    // The service port is not the backend's: allowing 80 lets nothing through to 81.
+    cluster.apply(&policy(
+        "x",
+        "a-81-from-y",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n    ports: [{port: 80}]\n",
+    ));
+    assert_eq!(connect("y/b"), "failed");
+}

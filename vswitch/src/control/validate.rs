@@ -920,6 +920,11 @@ mod tests {
                         "spec.ingress[0].ports[0].endPort",
                         "spec.ingress[0].ports[1].protocol",
                     ],
+                    "bad-routed-overlap.yaml" => &[
+                        "spec.uplink.mode",
+                        "routed through the Uplink",
+                        "spec.inbound.allow[0].endPort: endPort 4789 is below port 4790",
+                    ],
                     _ => &[],
                 };
                 for word in want {

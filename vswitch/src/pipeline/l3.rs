@@ -10,10 +10,11 @@
 //! 3. broadcast, multicast, loopback and unspecified destinations are not routed, nor, once
 //!    the route is known, the egress subnet's broadcast address (RFC 1812 5.3.5, 5.3.7)
 //!    (`l3.bad_destination`);
-//! 4. no route: with an uplink, the packet goes to [`nat`](super::nat) (conntrack and
-//!    masquerade, then forwarding out of the uplink by the steps below, with the uplink as
-//!    the egress link and its gateway as the next hop); without one, or when NAT has no
-//!    address for the Network, ICMP net unreachable (type 3 code 0), `l3.no_route`;
+//! 4. no route: with an uplink, the packet goes to [`uplink::outbound`](super::uplink::outbound)
+//!    (untranslated for a Network routed through the uplink, else [`nat`](super::nat):
+//!    conntrack and masquerade; then forwarding out of the uplink by the steps below, with
+//!    the uplink as the egress link and its gateway as the next hop); without one, or when
+//!    NAT has no address for the Network, ICMP net unreachable (type 3 code 0), `l3.no_route`;
 //! 5. TTL <= 1: ICMP time exceeded (type 11 code 0) from the ingress gateway, so traceroute
 //!    shows it, `l3.ttl_expired`;
 //! 6. MTU of the egress subnet: a packet larger than it with DF set gets ICMP fragmentation
@@ -267,9 +268,10 @@ pub fn route(
     }
     let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
     let (Some(route), Some(egress)) = (route, egress) else {
-        // Outside every Network's routes: the uplink, through NAT, when there is one.
+        // Outside every Network's routes: the uplink (routed, or through NAT), when there
+        // is one.
         if ctx.snapshot.uplink.is_some() {
-            return super::nat::outbound(ctx, ingress, subnet, parsed, frame, local);
+            return super::uplink::outbound(ctx, ingress, subnet, parsed, frame, local);
         }
         icmp::send_error_via(
             &mut local.out,

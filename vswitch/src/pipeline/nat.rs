@@ -4,7 +4,8 @@
 //! the `nat` crate's; this stage wires them into the datapath, once per packet:
 //!
 //! - **Outbound** ([`outbound`], from [`l3::route`] when the ingress port's Network has no
-//!   route for the destination and the node has an uplink): the packet is looked up in
+//!   route for the destination and the node has an uplink, through
+//!   [`uplink::outbound`](super::uplink::outbound) unless the Network is routed there): the packet is looked up in
 //!   conntrack in the Network's zone (`Zone(network id)`). On a miss, an ICMP error is
 //!   dropped (`nat.untracked_icmp_error`); an echo request to one of the switch's uplink
 //!   addresses that forwards nothing is answered from it (other traffic to such an address:
@@ -311,6 +312,9 @@ pub fn inbound(
             if info.kind == PacketKind::IcmpEcho(EchoKind::Request)
                 && rules.destination(&key).is_none()
             {
+                if !uplink::admits_echo(uplink) {
+                    return Verdict::drop(uplink::DropReason::InboundDenied);
+                }
                 return answer_echo(
                     frame,
                     &mut local.out,

@@ -24,10 +24,11 @@
 //! judged); a TCP segment without SYN that no connection knows is picked up as an
 //! established connection (as Linux's `nf_conntrack_tcp_loose` does), so connections that
 //! were open before a policy isolated their ends continue, as they do with Calico and
-//! Cilium. SCTP and other protocols conntrack does not track are judged on every packet: a
-//! packet passes when it is allowed, or when the packet the other way would be (a reply of
-//! an allowed association). Peers behind the overlay or the uplink are outside the switch:
-//! only `ipBlock`s match them.
+//! Cilium. SCTP and other protocols conntrack does not follow are tracked here, as
+//! associations ([`Associations`](crate::tables::policy::Associations): both ends and ports,
+//! three idle minutes): the first packet is judged, the rest of the association passes
+//! either way. Peers behind the overlay or the uplink are outside the switch: only
+//! `ipBlock`s match them.
 //!
 //! Drops: `policy.egress_denied` (the source's egress policies allow no rule for it) and
 //! `policy.ingress_denied` (the destination's). Per-rule allowed and per-policy denied
@@ -42,7 +43,7 @@ use super::l3::ip_bounds;
 use super::{Context, DropCause, nat};
 use crate::port::PortId;
 use crate::tables::counters::keyed_enum;
-use crate::tables::policy::PolicySet;
+use crate::tables::policy::{AssociationKey, PolicySet};
 use crate::tables::snapshot::NetworkId;
 
 keyed_enum! {
@@ -168,74 +169,147 @@ fn admit_in(
     if header.later_fragment {
         return Ok(());
     }
+    let info = trackable(&header)
+        .then(|| ::nat::parse(packet).ok())
+        .flatten();
+    let zone = nat::zone_of(network);
+    let conntrack = &ctx.snapshot.conntrack;
+    if let Some(info) = &info {
+        if conntrack.lookup(zone, info, ctx.now_ms).is_some() {
+            return Ok(());
+        }
+    }
+    if classify_new(
+        ctx,
+        set,
+        network,
+        header,
+        src,
+        dst,
+        info.as_ref().map(|i| i.kind),
+    )? {
+        if let Some(info) = &info {
+            // A full table or a clash leaves the connection untracked: its replies are
+            // then judged as connections of their own.
+            let _ = conntrack.create(
+                zone,
+                info,
+                &NatPlan::none(zone),
+                ::nat::Attachments::default(),
+                ctx.now_ms,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// True when conntrack can follow the packet (TCP, UDP, ICMP; not a fragment).
+fn trackable(header: &Header) -> bool {
+    !header.more_fragments && !header.later_fragment && matches!(header.protocol, 1 | 6 | 17)
+}
+
+/// Judges the first packet conntrack does not know (`kind` when it can track it): `Ok(true)`
+/// when it is allowed and its connection should be tracked, `Ok(false)` when it passes
+/// untracked (judged per packet), or the cause to drop it for.
+fn classify_new(
+    ctx: &Context<'_>,
+    set: &PolicySet,
+    network: NetworkId,
+    header: Header,
+    src: Option<PortId>,
+    dst: Option<PortId>,
+    kind: Option<PacketKind>,
+) -> Result<bool, DropCause> {
     let forward = Connection {
         src: peer(src, header.src),
         dst: peer(dst, header.dst),
         protocol: header.protocol,
         dst_port: header.ports.1,
     };
-    let trackable = !header.more_fragments && matches!(header.protocol, 1 | 6 | 17);
-    if trackable {
-        if let Ok(info) = ::nat::parse(packet) {
-            let zone = nat::zone_of(network);
-            let conntrack = &ctx.snapshot.conntrack;
-            if conntrack.lookup(zone, &info, ctx.now_ms).is_some() {
-                return Ok(());
-            }
-            match info.kind {
-                PacketKind::Tcp(flags) if !flags.contains(TcpFlags::SYN) => {
-                    // Mid-stream: picked up as established (see the module doc).
-                    let _ = conntrack.create(
-                        zone,
-                        &info,
-                        &NatPlan::none(zone),
-                        ::nat::Attachments::default(),
-                        ctx.now_ms,
-                    );
-                    return Ok(());
-                }
-                PacketKind::Tcp(_) | PacketKind::Udp | PacketKind::IcmpEcho(_) => {
-                    let decision = set.compiled().check(&forward);
-                    set.count(&decision);
-                    if !decision.allowed {
-                        return Err(cause(&decision));
-                    }
-                    // A full table or a clash leaves the connection untracked: its replies
-                    // are then judged as connections of their own.
-                    let _ = conntrack.create(
-                        zone,
-                        &info,
-                        &NatPlan::none(zone),
-                        ::nat::Attachments::default(),
-                        ctx.now_ms,
-                    );
-                    return Ok(());
-                }
-                PacketKind::IcmpError => {}
+    match kind {
+        // Mid-stream: picked up as established (see the module doc).
+        Some(PacketKind::Tcp(flags)) if !flags.contains(TcpFlags::SYN) => Ok(true),
+        Some(PacketKind::Tcp(_) | PacketKind::Udp | PacketKind::IcmpEcho(_)) => {
+            let decision = set.compiled().check(&forward);
+            set.count(&decision);
+            if decision.allowed {
+                Ok(true)
+            } else {
+                Err(cause(&decision))
             }
         }
+        // An ICMP error about no tracked connection: judged as ICMP.
+        Some(PacketKind::IcmpError) => {
+            let decision = set.compiled().check(&forward);
+            if decision.allowed {
+                Ok(false)
+            } else {
+                set.count(&decision);
+                Err(cause(&decision))
+            }
+        }
+        None => associated(ctx, set, network, header, &forward).map(|()| false),
     }
-    stateless(set, &forward, header)
 }
 
-/// Judges a packet conntrack does not track: allowed itself, or as a reply of an allowed
-/// connection the other way.
-fn stateless(set: &PolicySet, forward: &Connection, header: Header) -> Result<(), DropCause> {
+/// A packet conntrack cannot follow (SCTP, other protocols, first fragments): passes when
+/// its association is known (either way), else is judged as the first packet of one and,
+/// allowed, recorded.
+fn associated(
+    ctx: &Context<'_>,
+    set: &PolicySet,
+    network: NetworkId,
+    header: Header,
+    forward: &Connection,
+) -> Result<(), DropCause> {
+    let key = AssociationKey::new(
+        network,
+        header.protocol,
+        (header.src, header.ports.0),
+        (header.dst, header.ports.1),
+    );
+    let associations = set.associations();
+    if associations.touch(&key, ctx.now_ms) {
+        return Ok(());
+    }
     let decision = set.compiled().check(forward);
-    if decision.allowed {
-        return Ok(());
-    }
-    let reverse = Connection {
-        src: forward.dst,
-        dst: forward.src,
-        protocol: forward.protocol,
-        dst_port: header.ports.0,
-    };
-    if set.compiled().check(&reverse).allowed {
-        return Ok(());
-    }
     set.count(&decision);
-    Err(cause(&decision))
+    if !decision.allowed {
+        return Err(cause(&decision));
+    }
+    associations.insert(key, ctx.now_ms);
+    Ok(())
+}
+
+/// A routed packet crossing the Uplink untranslated that no connection knows (see
+/// [`uplink::routed_out`](super::uplink::routed_out) and
+/// [`uplink::routed_in`](super::uplink::routed_in)): from port `from` (`None`: from
+/// outside) to its destination, an interface of `network` when coming in (`None`: going
+/// out). `Ok(true)` when an isolated end is involved and the connection must be tracked
+/// (so its replies pass), `Ok(false)` when it passes untracked, or the cause to drop it for.
+/// `packet` is the IPv4 packet.
+pub fn judge_routed(
+    ctx: &Context<'_>,
+    from: Option<PortId>,
+    network: NetworkId,
+    inbound: bool,
+    packet: &[u8],
+    info: Option<&::nat::PacketInfo>,
+) -> Result<bool, DropCause> {
+    let Some(set) = ctx.snapshot.policy.as_deref() else {
+        return Ok(false);
+    };
+    let Some(header) = header(packet) else {
+        return Ok(false);
+    };
+    let inside = inbound.then_some(network);
+    let Some((src, dst)) = ends(set, inside, from, None, header.dst) else {
+        return Ok(false);
+    };
+    if header.later_fragment {
+        return Ok(false);
+    }
+    classify_new(ctx, set, network, header, src, dst, info.map(|i| i.kind))
 }
 
 /// The first packet of a connection the NAT or load-balancer stages are about to create:
@@ -302,7 +376,141 @@ pub fn judge_plan(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use smoltcp::wire::IpProtocol;
+
     use super::*;
+    use crate::pipeline::Verdict;
+    use crate::pipeline::fixtures::*;
+
+    /// The fixture's ports 1 (A) and 2 (B) as endpoints `default/a` (app=a) and `default/b`
+    /// (app=b), with `policy` (YAML) compiled.
+    fn bench_with(policy_yaml: &str) -> Bench {
+        let written: policy::NetworkPolicy = serde_norway::from_str(policy_yaml).expect("policy");
+        let endpoint = |id: u32, name: &str, ip: Ipv4Addr| policy::Endpoint {
+            id: EndpointId(id),
+            name: name.into(),
+            namespace: "default".into(),
+            network: "default".into(),
+            labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
+            addresses: vec![IpAddr::V4(ip)],
+            ports: Vec::new(),
+        };
+        let world = policy::World {
+            namespaces: Vec::new(),
+            endpoints: vec![endpoint(1, "a", IP_A), endpoint(2, "b", IP_B)],
+            load_balancers: Vec::new(),
+            policies: vec![written.to_policy().expect("valid")],
+        };
+        let compiled = policy::Compiled::compile(world).expect("compiles");
+        let networks = BTreeMap::from([(1, NetworkId(0)), (2, NetworkId(0))]);
+        let set = PolicySet::new(compiled, &networks, None);
+        Bench::with(snapshot().with_policy(Some(Arc::new(set))))
+    }
+
+    /// A frame from A to B (B's MAC) carrying `protocol` with ports `src` -> `dst` (SCTP's
+    /// common header starts with the two ports, as TCP's and UDP's do).
+    fn frame(protocol: IpProtocol, src: u16, dst: u16, from_b: bool) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        l4[0..2].copy_from_slice(&src.to_be_bytes());
+        l4[2..4].copy_from_slice(&dst.to_be_bytes());
+        if protocol == IpProtocol::Tcp {
+            l4[12] = 0x50;
+            l4[13] = 0x02; // SYN
+        }
+        if protocol == IpProtocol::Udp {
+            l4[4..6].copy_from_slice(&20u16.to_be_bytes());
+        }
+        let (smac, dmac, sip, dip) = if from_b {
+            (MAC_B, MAC_A, IP_B, IP_A)
+        } else {
+            (MAC_A, MAC_B, IP_A, IP_B)
+        };
+        ipv4_frame(smac, dmac, sip, dip, 64, protocol, false, &l4)
+    }
+
+    const SCTP_ONLY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: sctp}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{protocol: SCTP, port: 5000}]\n";
+
+    /// The kernel here has no SCTP: crafted SCTP packets show that SCTP matches its own
+    /// rules (never TCP's), and that the packets of an allowed association pass both ways
+    /// without being judged again.
+    #[test]
+    fn sctp_is_matched_by_crafted_packets() {
+        let bench = bench_with(SCTP_ONLY);
+        // Learn both MACs so switched frames are unicast.
+        bench.send(1, &frame(IpProtocol::Udp, 1, 2, false), 0);
+        bench.send(2, &frame(IpProtocol::Udp, 1, 2, true), 0);
+        let sctp = IpProtocol::Unknown(132);
+        assert_eq!(
+            bench.send(1, &frame(sctp, 40000, 5000, false), 1).verdict,
+            Verdict::Forward(PortId(2))
+        );
+        assert_eq!(
+            bench.send(1, &frame(sctp, 40000, 5001, false), 1).verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::IngressDenied))
+        );
+        // TCP to 5000 is not SCTP.
+        assert_eq!(
+            bench
+                .send(1, &frame(IpProtocol::Tcp, 40000, 5000, false), 1)
+                .verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::IngressDenied))
+        );
+        // B's answer from 5000 belongs to the allowed association, and so does A's next
+        // packet: neither is judged again.
+        assert_eq!(
+            bench.send(2, &frame(sctp, 5000, 40000, true), 2).verdict,
+            Verdict::Forward(PortId(1))
+        );
+        assert_eq!(
+            bench.send(1, &frame(sctp, 40000, 5000, false), 3).verdict,
+            Verdict::Forward(PortId(2))
+        );
+        // An SCTP packet to B from a port of no association is judged: B takes only 5000.
+        assert_eq!(
+            bench.send(1, &frame(sctp, 5000, 40001, false), 3).verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::IngressDenied))
+        );
+        let set = bench.snapshot.policy.as_ref().expect("set");
+        assert_eq!(set.associations().len(), 1);
+        let counts = set.totals();
+        assert_eq!(counts["sctp"].ingress_allowed, 1, "one association");
+        assert!(counts["sctp"].ingress_denied >= 3);
+    }
+
+    /// A TCP connection allowed once is tracked: later segments and the replies pass without
+    /// being judged again, even after the policy would deny a new one.
+    #[test]
+    fn tcp_connections_are_judged_once_and_replies_pass() {
+        let bench = bench_with(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 80}]\n",
+        );
+        bench.send(1, &frame(IpProtocol::Udp, 1, 80, false), 0);
+        bench.send(2, &frame(IpProtocol::Udp, 80, 1, true), 0);
+        assert_eq!(
+            bench
+                .send(1, &frame(IpProtocol::Tcp, 40000, 80, false), 1)
+                .verdict,
+            Verdict::Forward(PortId(2))
+        );
+        let mut reply = frame(IpProtocol::Tcp, 80, 40000, true);
+        reply[crate::wire::VNET_HDR_LEN + 14 + 20 + 13] = 0x12; // SYN-ACK
+        assert_eq!(
+            bench.send(2, &reply, 2).verdict,
+            Verdict::Forward(PortId(1))
+        );
+        assert_eq!(
+            bench
+                .send(1, &frame(IpProtocol::Tcp, 40000, 81, false), 3)
+                .verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::IngressDenied))
+        );
+        let counts = bench.snapshot.policy.as_ref().expect("set").totals();
+        assert_eq!(counts["web"].ingress_allowed, 1, "the SYN (UDP is not TCP)");
+        assert_eq!(counts["web"].rules[&(policy::Direction::Ingress, 0)], 1);
+    }
 
     #[test]
     fn header_reads_ports_and_fragments() {

@@ -186,6 +186,7 @@ pub fn uplink_entry() -> UplinkEntry {
             },
             host_ifname: Some("eth9".into()),
         }),
+        routing: Default::default(),
     }
 }
 

@@ -784,6 +784,7 @@ mod tests {
                 capabilities: Capabilities::default(),
                 host_ifname: None,
             }),
+            routing: Default::default(),
         };
         let table = Neighbors::new();
         table.confirm(segment, Ipv4Addr::new(192, 0, 2, 1), MAC, 0, true);

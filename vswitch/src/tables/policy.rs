@@ -57,6 +57,8 @@ pub struct PolicySet {
     base: BTreeMap<PolicyKey, PolicyCounts>,
     /// Interfaces (their names) each policy selects.
     selected: BTreeMap<PolicyKey, Vec<String>>,
+    /// Associations of protocols conntrack does not follow (carried from set to set).
+    associations: std::sync::Arc<Associations>,
 }
 
 /// The key of a policy of the compiled set.
@@ -111,6 +113,8 @@ impl PolicySet {
         let denied = (0..compiled.stats().tables)
             .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
             .collect();
+        let associations =
+            previous.map_or_else(Default::default, |p| std::sync::Arc::clone(&p.associations));
         let mut base = previous.map(PolicySet::totals).unwrap_or_default();
         let current: std::collections::BTreeSet<PolicyKey> =
             compiled.policies().iter().map(key_of).collect();
@@ -123,7 +127,13 @@ impl PolicySet {
             denied,
             base,
             selected,
+            associations,
         }
+    }
+
+    /// Associations of protocols conntrack does not follow.
+    pub fn associations(&self) -> &Associations {
+        &self.associations
     }
 
     /// The compiled classifier.
@@ -216,5 +226,109 @@ impl PolicySet {
     /// The interfaces policy `key` selects.
     pub fn selected(&self, key: &str) -> &[String] {
         self.selected.get(key).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Associations of protocols conntrack does not follow (SCTP, and any other protocol
+/// NetworkPolicies see), for the `policy` stage: an allowed first packet records its
+/// association, so the packets of both directions that follow pass without being judged
+/// again, as replies of allowed connections must. Keyed by Network and the two ends in a
+/// canonical order; an entry lives `IDLE_MS` after its last packet. Bounded: when full, a
+/// new association is not recorded (its packets are then judged one by one).
+#[derive(Debug)]
+pub struct Associations {
+    shards:
+        Vec<parking_lot::RwLock<HashMap<AssociationKey, AtomicU64, foldhash::fast::RandomState>>>,
+    capacity_per_shard: usize,
+}
+
+/// An association: Network, protocol, and its two (address, port) ends, lower first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AssociationKey {
+    network: u32,
+    protocol: u8,
+    low: (Ipv4Addr, u16),
+    high: (Ipv4Addr, u16),
+}
+
+impl AssociationKey {
+    /// The key of a packet between `a` and `b` in `network`, whichever way it goes.
+    pub fn new(network: NetworkId, protocol: u8, a: (Ipv4Addr, u16), b: (Ipv4Addr, u16)) -> Self {
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        AssociationKey {
+            network: network.0,
+            protocol,
+            low,
+            high,
+        }
+    }
+
+    fn shard(&self, shards: usize) -> usize {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = foldhash::fast::FixedState::with_seed(0x5c7b).build_hasher();
+        self.hash(&mut hasher);
+        usize::try_from(hasher.finish()).unwrap_or(0) % shards.max(1)
+    }
+}
+
+impl Default for Associations {
+    fn default() -> Self {
+        Associations::new(Associations::CAPACITY)
+    }
+}
+
+impl Associations {
+    /// How long an association lives after its last packet (SCTP heartbeats every 30 s).
+    pub const IDLE_MS: u64 = 180_000;
+    /// Associations tracked at most.
+    pub const CAPACITY: usize = 65_536;
+    const SHARDS: usize = 16;
+
+    /// A table of at most `capacity` associations.
+    pub fn new(capacity: usize) -> Associations {
+        Associations {
+            shards: (0..Self::SHARDS)
+                .map(|_| parking_lot::RwLock::new(HashMap::default()))
+                .collect(),
+            capacity_per_shard: capacity.div_ceil(Self::SHARDS).max(1),
+        }
+    }
+
+    /// True when `key` is a live association; refreshes it.
+    pub fn touch(&self, key: &AssociationKey, now_ms: u64) -> bool {
+        let shard = self.shards[key.shard(self.shards.len())].read();
+        match shard.get(key) {
+            Some(seen) if now_ms.saturating_sub(seen.load(Ordering::Relaxed)) <= Self::IDLE_MS => {
+                seen.fetch_max(now_ms, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records `key` (expired entries of its shard make room when it is full); false when
+    /// there was no room.
+    pub fn insert(&self, key: AssociationKey, now_ms: u64) -> bool {
+        let mut shard = self.shards[key.shard(self.shards.len())].write();
+        if shard.len() >= self.capacity_per_shard && !shard.contains_key(&key) {
+            shard.retain(|_, seen| {
+                now_ms.saturating_sub(seen.load(Ordering::Relaxed)) <= Self::IDLE_MS
+            });
+            if shard.len() >= self.capacity_per_shard {
+                return false;
+            }
+        }
+        shard.insert(key, AtomicU64::new(now_ms));
+        true
+    }
+
+    /// Live associations (expired ones not yet removed included).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// True when none is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -316,6 +316,105 @@ pub struct UplinkEntry {
     pub segment: SubnetId,
     /// The opened device (AF_PACKET queues, one per worker).
     pub io: Arc<PortIo>,
+    /// Networks routed through the uplink untranslated, and the inbound filter.
+    pub routing: UplinkRouting,
+}
+
+/// A Network routed through the uplink without NAT (`Network.spec.uplink.mode: Routed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedNetwork {
+    /// The Network.
+    pub id: NetworkId,
+    /// Destinations outside it reached untranslated through the uplink, and the only sources
+    /// accepted from outside; empty means every address.
+    pub destinations: Vec<Ipv4Net>,
+}
+
+impl RoutedNetwork {
+    /// True when `address` is inside `destinations` (or they are empty: everything).
+    #[inline]
+    pub fn covers(&self, address: Ipv4Addr) -> bool {
+        self.destinations.is_empty() || self.destinations.iter().any(|d| d.contains(&address))
+    }
+}
+
+/// One entry of the inbound filter's allow list: a protocol, and for TCP and UDP a range of
+/// destination ports (`None`: every port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundRule {
+    /// The protocol (ICMP means echo requests).
+    pub protocol: nat::Protocol,
+    /// First and last destination port, inclusive.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// `Uplink.spec.inbound` with `policy: Drop`: what unsolicited traffic from the uplink may
+/// start a connection (replies of connections started inside always pass).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundFilter {
+    /// The allow list (a handful of entries: a linear scan).
+    pub allow: Vec<InboundRule>,
+}
+
+impl InboundFilter {
+    /// True when a new connection of `protocol` to destination port `port` (the echo
+    /// identifier is not a port: ICMP ignores it) is allowed.
+    pub fn allows(&self, protocol: nat::Protocol, port: u16) -> bool {
+        self.allow.iter().any(|rule| {
+            rule.protocol == protocol
+                && (protocol == nat::Protocol::Icmp
+                    || rule
+                        .ports
+                        .is_none_or(|(first, last)| (first..=last).contains(&port)))
+        })
+    }
+}
+
+/// What the uplink carries besides NAT: the Networks routed through it untranslated (with
+/// their Subnets' prefixes, where traffic from outside is routed to) and the inbound filter.
+#[derive(Debug, Clone, Default)]
+pub struct UplinkRouting {
+    networks: Vec<RoutedNetwork>,
+    prefixes: PrefixMap<Ipv4Net, NetworkId>,
+    /// The inbound filter, when `Uplink.spec.inbound.policy` is `Drop`.
+    pub filter: Option<InboundFilter>,
+}
+
+impl UplinkRouting {
+    /// The routed `networks`, each with its Subnets' prefixes (which the controller keeps
+    /// disjoint between routed Networks), and the inbound `filter`.
+    pub fn new(
+        networks: Vec<(RoutedNetwork, Vec<Ipv4Net>)>,
+        filter: Option<InboundFilter>,
+    ) -> UplinkRouting {
+        let mut prefixes = PrefixMap::new();
+        let mut routed = Vec::with_capacity(networks.len());
+        for (network, cidrs) in networks {
+            for cidr in cidrs {
+                prefixes.insert(cidr.trunc(), network.id);
+            }
+            routed.push(network);
+        }
+        UplinkRouting {
+            networks: routed,
+            prefixes,
+            filter,
+        }
+    }
+
+    /// The routed Network `id`, if it is one.
+    #[inline]
+    pub fn network(&self, id: NetworkId) -> Option<&RoutedNetwork> {
+        self.networks.iter().find(|network| network.id == id)
+    }
+
+    /// The routed Network whose Subnets hold `destination`: where a packet from outside to
+    /// it goes.
+    #[inline]
+    pub fn network_of(&self, destination: Ipv4Addr) -> Option<&RoutedNetwork> {
+        let (_, id) = self.prefixes.get_lpm(&Ipv4Net::from(destination))?;
+        self.network(*id)
+    }
 }
 
 /// Connection tracking shared by every snapshot of a daemon run (the same `Arc`), with the

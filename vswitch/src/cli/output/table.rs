@@ -207,12 +207,23 @@ b         default   10.9.0.0/24     10.9.0.1     9000
                    "status": {"subnets": ["default", "b"]}}),
             json!({"kind": "Network", "metadata": {"name": "empty", "labels": {"a": "1", "b": "2"}}}),
         ];
+        let routed = vec![
+            json!({"kind": "Network", "metadata": {"name": "edge"}, "spec": {"uplink": {"mode": "Routed"}}}),
+            json!({"kind": "Network", "metadata": {"name": "lab"},
+                   "spec": {"uplink": {"mode": "Routed", "destinations": ["10.0.0.0/8", "192.168.0.0/16"]}}}),
+        ];
+        let text = resource_table(&routed, false).render();
+        assert!(text.contains("   Routed\n"), "{text}");
+        assert!(
+            text.contains("   Routed:10.0.0.0/8,192.168.0.0/16\n"),
+            "{text}"
+        );
         assert_eq!(
             resource_table(&networks, false).render(),
             "\
-NAME      SUBNETS     PEERINGS
-default   default,b   -
-empty     -           -
+NAME      SUBNETS     PEERINGS   UPLINK
+default   default,b   -          NAT
+empty     -           -          NAT
 "
         );
         let wide = resource_table(&networks, true);
@@ -224,15 +235,15 @@ empty     -           -
         assert_eq!(
             resource_table(&[peered_network()], false).render(),
             "\
-NAME   SUBNETS   PEERINGS
-blue   web,db    red:Ready,green:Pending
+NAME   SUBNETS   PEERINGS                  UPLINK
+blue   web,db    red:Ready,green:Pending   NAT
 "
         );
         // Without a status (an older daemon), the spec's peer Networks.
         let mut bare = peered_network();
         bare.as_object_mut().unwrap().remove("status");
         let text = resource_table(&[bare], false).render();
-        assert!(text.contains("   red,green\n"), "{text}");
+        assert!(text.contains("   red,green   NAT\n"), "{text}");
     }
 
     #[test]
@@ -270,13 +281,22 @@ old    blue      10.2.0.0/24       10.1.0.9     Shadowed
         assert_eq!(
             resource_table(&uplinks, false).render(),
             "\
-NAME   INTERFACE   ADDRESSES                        GATEWAY        MAC                 STATE
-wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:00:09   Up
+NAME   INTERFACE   ADDRESSES                        GATEWAY        MAC                 INBOUND   STATE
+wan    eth1        198.51.100.10/24,198.51.100.11   198.51.100.1   02:00:00:00:00:09   Accept    Up
 "
         );
         let wide = resource_table(&uplinks, true).render();
         assert!(wide.contains("   MTU    LABELS   MESSAGE\n"), "{wide}");
         assert!(wide.contains("   Up      1500   -        -\n"), "{wide}");
+        let mut guarded = uplinks[0].clone();
+        guarded["spec"]["inbound"] = json!({"policy": "Drop",
+            "allow": [{"protocol": "TCP", "port": 22}, {"protocol": "UDP", "port": 4789, "endPort": 4790},
+                      {"protocol": "ICMP"}]});
+        let text = resource_table(&[guarded], false).render();
+        assert!(
+            text.contains("   Drop:TCP/22,UDP/4789-4790,ICMP   Up\n"),
+            "{text}"
+        );
         let gateways = vec![json!({"kind": "NATGateway", "metadata": {"name": "gw"},
             "spec": {"network": "blue", "ips": ["198.51.100.10"], "portsPerNetworkInterface": 2048},
             "status": {"ips": ["198.51.100.10"], "portsInUse": [

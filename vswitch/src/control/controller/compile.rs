@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use super::Inner;
 use super::ids::IdPool;
-use crate::control::resource::InterfaceState;
+use crate::control::resource::{InboundProtocol, InterfaceState, Uplink};
+use crate::control::store::State;
 use crate::control::{nat_rules, overlay, routing};
 use crate::port::PortId;
 use crate::runtime::Engine;
-use crate::tables::snapshot::UplinkEntry;
 use crate::tables::snapshot::{Egress, Tunnel};
+use crate::tables::snapshot::{
+    InboundFilter, InboundRule, RoutedNetwork, UplinkEntry, UplinkRouting,
+};
 use crate::tables::snapshot::{
     NetworkEntry, NetworkId, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId,
 };
@@ -215,6 +218,7 @@ fn compile(inner: &Inner) -> Snapshot {
             mtu: open.mtu,
             segment: open.segment,
             io: Arc::clone(&open.io),
+            routing: uplink_routing(state, network_ids, uplink),
         })
     });
     let (balancers, backends) = inner.balancers.compile(state, network_ids);
@@ -224,6 +228,56 @@ fn compile(inner: &Inner) -> Snapshot {
         .with_vtep(vtep)
         .with_balancers(balancers, &backends)
         .with_probes(inner.balancers.board())
+}
+
+/// The Networks routed through the Uplink (with their Subnets' prefixes and destinations)
+/// and its inbound filter, as the `uplink` stage uses them.
+fn uplink_routing(
+    state: &State,
+    network_ids: &BTreeMap<String, NetworkId>,
+    uplink: &Uplink,
+) -> UplinkRouting {
+    let networks = state
+        .networks
+        .iter()
+        .filter(|(_, network)| network.spec.is_routed())
+        .filter_map(|(name, network)| {
+            let id = *network_ids.get(name)?;
+            let destinations = network
+                .spec
+                .uplink
+                .iter()
+                .flat_map(|uplink| uplink.destinations.iter().map(|d| d.0))
+                .collect();
+            let cidrs = routing::subnets_of(state, name)
+                .into_iter()
+                .map(|subnet| subnet.spec.cidr)
+                .collect();
+            Some((RoutedNetwork { id, destinations }, cidrs))
+        })
+        .collect();
+    let filter = uplink
+        .spec
+        .inbound
+        .as_ref()
+        .filter(|inbound| inbound.filters())
+        .map(|inbound| InboundFilter {
+            allow: inbound
+                .allow
+                .iter()
+                .map(|allow| InboundRule {
+                    protocol: match allow.protocol {
+                        InboundProtocol::Tcp => nat::Protocol::Tcp,
+                        InboundProtocol::Udp => nat::Protocol::Udp,
+                        InboundProtocol::Icmp => nat::Protocol::Icmp,
+                    },
+                    ports: allow
+                        .port
+                        .map(|port| (port, allow.end_port.unwrap_or(port))),
+                })
+                .collect(),
+        });
+    UplinkRouting::new(networks, filter)
 }
 
 /// Gives every Subnet with a VNI a tunnel port id while the VTEP is open (ids of tunnels

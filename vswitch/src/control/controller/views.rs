@@ -334,7 +334,8 @@ impl Controller {
     }
 
     /// The NAT view: the Uplink, its addresses and their users, masquerade ports in use per
-    /// interface, conntrack counters, and the datapath's NAT and conntrack drops by reason.
+    /// interface, conntrack counters, and the datapath's uplink (inbound filter included),
+    /// NAT and conntrack drops by reason.
     pub fn nat(&self) -> NatReport {
         let inner = self.lock();
         let engine = self.engine.read();
@@ -384,7 +385,11 @@ impl Controller {
             .stats()
             .drops
             .into_iter()
-            .filter(|(key, _)| key.starts_with("nat.") || key.starts_with("conntrack."))
+            .filter(|(key, _)| {
+                key.starts_with("nat.")
+                    || key.starts_with("conntrack.")
+                    || key.starts_with("uplink.")
+            })
             .collect();
         NatReport {
             uplink,

@@ -104,7 +104,7 @@ status:
     }
 
     fn observe(&mut self, state: &State, view: &StatusView) {
-        let Some(live) = view.load_balancers.get(&self.metadata.name) else {
+        let Some(live) = view.load_balancers.get(&self.metadata.key()) else {
             return;
         };
         self.status.destinations = live
@@ -189,7 +189,7 @@ pub fn sync(state: &mut State) {
                     namespace: balancer.metadata.namespace.clone(),
                     labels: BTreeMap::from([(
                         OWNER_LABEL.to_string(),
-                        format!("LoadBalancer/{name}"),
+                        format!("LoadBalancer/{}", balancer.metadata.key()),
                     )]),
                 },
                 spec: LoadBalancerRoutingSpec {

@@ -162,6 +162,9 @@ spec:
         if old.is_none() {
             errors.check(check_new_neighbours(cx.origin, cx.next, self));
             errors.check(check_against_uplink(cx.origin, cx.next, self));
+            errors.check(super::network::check_routed_subnet(
+                cx.origin, cx.next, self,
+            ));
         }
         errors.check(check_vni(cx.origin, cx.next, &self.metadata.name, self));
     }

@@ -131,6 +131,109 @@ pub struct UplinkSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub mac: Option<MacAddr>,
+    /// Node protection: what unsolicited traffic from outside may start a connection; absent
+    /// (or `policy: Accept`): everything the switch serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundSpec>,
+}
+
+/// `spec.inbound.policy`: what becomes of unsolicited traffic from outside that no `allow`
+/// entry lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum InboundPolicy {
+    /// Taken (today's behaviour; `allow` is then refused as meaningless).
+    #[default]
+    Accept,
+    /// Dropped and counted (`uplink.inbound_denied`).
+    Drop,
+}
+
+/// The protocol of an `allow` entry (as Kubernetes writes it; lower case is accepted too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum InboundProtocol {
+    /// TCP: connections start with a SYN.
+    #[serde(rename = "TCP", alias = "tcp")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP", alias = "udp")]
+    Udp,
+    /// ICMP echo requests (ping); ports do not apply.
+    #[serde(rename = "ICMP", alias = "icmp")]
+    Icmp,
+}
+
+impl fmt::Display for InboundProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InboundProtocol::Tcp => "TCP",
+            InboundProtocol::Udp => "UDP",
+            InboundProtocol::Icmp => "ICMP",
+        })
+    }
+}
+
+/// One `allow` entry: a protocol and, for TCP and UDP, a destination port or range
+/// (`port`..=`endPort`, as a NetworkPolicy writes it); without `port`, every port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundAllow {
+    /// `TCP`, `UDP` or `ICMP`.
+    pub protocol: InboundProtocol,
+    /// The destination port, or the first of the range.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port: Option<u16>,
+    /// The last port of the range (inclusive; needs `port`, not below it).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub end_port: Option<u16>,
+}
+
+impl fmt::Display for InboundAllow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.port, self.end_port) {
+            (Some(port), Some(end)) if end != port => write!(f, "{}/{port}-{end}", self.protocol),
+            (Some(port), _) => write!(f, "{}/{port}", self.protocol),
+            (None, _) => write!(f, "{}", self.protocol),
+        }
+    }
+}
+
+/// `spec.inbound`: node protection, as seed 000's firewall has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundSpec {
+    /// `Accept` (the default) or `Drop`.
+    #[serde(default)]
+    pub policy: InboundPolicy,
+    /// With `Drop`: what may still start a connection from outside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<InboundAllow>,
+}
+
+impl InboundSpec {
+    /// True when unsolicited traffic is filtered (`policy: Drop`).
+    pub fn filters(&self) -> bool {
+        self.policy == InboundPolicy::Drop
+    }
+}
+
+/// An optional port, 1..=65535.
+fn de_opt_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    let Some(value) = Option::<u64>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    u16::try_from(value)
+        .ok()
+        .filter(|port| *port != 0)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("invalid port {value}: must be 1..=65535")))
 }
 
 impl UplinkSpec {
@@ -211,6 +314,9 @@ spec:
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
         errors.check(check_uplink(cx.origin, cx.next, cx.batch, self));
+        if let Some(inbound) = &self.spec.inbound {
+            check_inbound(cx.origin, inbound, errors);
+        }
     }
 
     fn dependants(state: &State, _name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -234,7 +340,15 @@ spec:
     }
 
     fn columns(wide: bool) -> Vec<&'static str> {
-        let mut columns = vec!["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "STATE"];
+        let mut columns = vec![
+            "NAME",
+            "INTERFACE",
+            "ADDRESSES",
+            "GATEWAY",
+            "MAC",
+            "INBOUND",
+            "STATE",
+        ];
         if wide {
             columns.extend(["MTU", "LABELS", "MESSAGE"]);
         }
@@ -249,6 +363,7 @@ spec:
             cells(&spec.addresses),
             spec.gateway.to_string(),
             cells(status.mac.or(spec.mac).iter()),
+            inbound_cell(spec.inbound.as_ref()),
             status.state.to_string(),
         ];
         if wide {
@@ -259,6 +374,63 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// The INBOUND cell: `Accept`, or `Drop` and what it allows (`Drop:TCP/22,ICMP`).
+fn inbound_cell(inbound: Option<&InboundSpec>) -> String {
+    match inbound {
+        Some(inbound) if inbound.filters() && !inbound.allow.is_empty() => {
+            format!("Drop:{}", cells(&inbound.allow))
+        }
+        Some(inbound) if inbound.filters() => "Drop".to_owned(),
+        _ => "Accept".to_owned(),
+    }
+}
+
+/// `spec.inbound`: `allow` only with `Drop`; TCP and UDP ranges well formed, ICMP without
+/// ports; each entry once. Every problem is recorded.
+fn check_inbound(origin: &Origin, inbound: &InboundSpec, errors: &mut Errors) {
+    if !inbound.filters() && !inbound.allow.is_empty() {
+        errors.push(origin.invalid(
+            "spec.inbound.allow",
+            "allow lists what policy Drop lets through; with policy Accept everything is taken already: set policy: Drop, or remove allow",
+        ));
+    }
+    let mut seen: BTreeMap<InboundAllow, usize> = BTreeMap::new();
+    for (index, rule) in inbound.allow.iter().enumerate() {
+        let field = format!("spec.inbound.allow[{index}]");
+        if rule.protocol == InboundProtocol::Icmp {
+            for (name, value) in [("port", rule.port), ("endPort", rule.end_port)] {
+                if value.is_some() {
+                    errors.push(origin.invalid(
+                        &format!("{field}.{name}"),
+                        "ICMP has no ports (the entry allows echo requests, ping); remove it",
+                    ));
+                }
+            }
+        }
+        match (rule.port, rule.end_port) {
+            (None, Some(end)) => errors.push(origin.invalid(
+                &format!("{field}.endPort"),
+                format!(
+                    "endPort {end} needs port, the first port of the range; write port: N, endPort: {end}"
+                ),
+            )),
+            (Some(port), Some(end)) if end < port => errors.push(origin.invalid(
+                &format!("{field}.endPort"),
+                format!(
+                    "endPort {end} is below port {port}; the range is port..=endPort: write endPort >= {port}"
+                ),
+            )),
+            _ => {}
+        }
+        if let Some(first) = seen.insert(*rule, index) {
+            errors.push(origin.invalid(
+                &field,
+                format!("{rule} is also spec.inbound.allow[{first}]; list each entry once"),
+            ));
+        }
     }
 }
 
@@ -482,6 +654,111 @@ mod tests {
             &State::default(),
             &uplink("{interface: eth9, addresses: [192.0.2.0/31], gateway: 192.0.2.1}"),
         );
+    }
+
+    #[test]
+    fn inbound_is_checked_with_field_paths() {
+        let state = nat_base();
+        let wan = |inbound: &str| {
+            doc(
+                "Uplink",
+                "wan",
+                &format!(
+                    "{{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.12], gateway: 198.51.100.1, inbound: {inbound}}}"
+                ),
+            )
+        };
+        let good = apply(
+            &state,
+            &wan(
+                "{policy: Drop, allow: [{protocol: TCP, port: 22}, {protocol: udp, port: 4789, endPort: 4790}, {protocol: ICMP}, {protocol: UDP}]}",
+            ),
+        );
+        let inbound = good.uplinks["wan"].spec.inbound.as_ref().unwrap();
+        assert!(inbound.filters());
+        assert_eq!(inbound.allow[1].protocol, InboundProtocol::Udp);
+        assert_eq!(inbound.allow[1].end_port, Some(4790));
+        assert_eq!(
+            inbound_cell(Some(inbound)),
+            "Drop:TCP/22,UDP/4789-4790,ICMP,UDP"
+        );
+        // Drop with nothing allowed is fine; so is Accept alone.
+        apply(&state, &wan("{policy: Drop}"));
+        apply(&state, &wan("{policy: Accept}"));
+        for (inbound, field, words) in [
+            (
+                "{policy: Reject}",
+                "documents[0].spec.inbound.policy",
+                &["Reject"][..],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: SCTP, port: 1}]}",
+                "documents[0].spec.inbound.allow[0].protocol",
+                &["SCTP"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: TCP, port: 70000}]}",
+                "documents[0].spec.inbound.allow[0].port",
+                &["invalid port 70000: must be 1..=65535"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: TCP, port: 0}]}",
+                "documents[0].spec.inbound.allow[0].port",
+                &["invalid port 0"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: TCP, ports: 22}]}",
+                "documents[0].spec.inbound.allow[0].ports",
+                &["unknown field `ports`"],
+            ),
+            (
+                "{policy: Accept, allow: [{protocol: TCP, port: 22}]}",
+                "documents[0].spec.inbound.allow",
+                &["with policy Accept everything is taken already"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: UDP, port: 53}, {protocol: TCP, port: 30, endPort: 20}]}",
+                "documents[0].spec.inbound.allow[1].endPort",
+                &["endPort 20 is below port 30"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: TCP, endPort: 20}]}",
+                "documents[0].spec.inbound.allow[0].endPort",
+                &["endPort 20 needs port"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: ICMP, port: 8}]}",
+                "documents[0].spec.inbound.allow[0].port",
+                &["ICMP has no ports"],
+            ),
+            (
+                "{policy: Drop, allow: [{protocol: TCP, port: 22}, {protocol: tcp, port: 22}]}",
+                "documents[0].spec.inbound.allow[1]",
+                &["TCP/22 is also spec.inbound.allow[0]"],
+            ),
+        ] {
+            refused(&state, &wan(inbound), 400, field, words);
+        }
+        // Every problem at once, and the state unchanged.
+        let err = crate::control::testing::refusal(
+            &state,
+            &wan(
+                "{policy: Accept, allow: [{protocol: ICMP, port: 1, endPort: 2}, {protocol: TCP, port: 9, endPort: 8}]}",
+            ),
+        );
+        let causes: Vec<String> = err.causes().iter().map(ToString::to_string).collect();
+        for want in [
+            "spec.inbound.allow: allow lists what policy Drop",
+            "spec.inbound.allow[0].port: ICMP has no ports",
+            "spec.inbound.allow[0].endPort: ICMP has no ports",
+            "spec.inbound.allow[1].endPort: endPort 8 is below port 9",
+        ] {
+            assert!(
+                causes.iter().any(|c| c.contains(want)),
+                "{want:?} not in {causes:?}"
+            );
+        }
+        assert_eq!(state.uplinks["wan"].spec.inbound, None);
     }
 
     #[test]

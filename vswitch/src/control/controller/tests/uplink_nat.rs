@@ -576,10 +576,14 @@ fn conntrack_views_filter_count_and_flush() {
         ]
     );
     assert!(
-        report
-            .drops
-            .keys()
-            .all(|k| k.starts_with("nat.") || k.starts_with("conntrack."))
+        report.drops.keys().all(|k| k.starts_with("nat.")
+            || k.starts_with("conntrack.")
+            || k.starts_with("uplink."))
+    );
+    assert!(
+        report.drops.contains_key("uplink.inbound_denied"),
+        "{:?}",
+        report.drops
     );
 
     // An unreplied UDP flow is gone after 30 s; the TCP one (4 min) is not.
