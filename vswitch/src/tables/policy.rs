@@ -264,10 +264,9 @@ impl AssociationKey {
     }
 
     fn shard(&self, shards: usize) -> usize {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut hasher = foldhash::fast::FixedState::with_seed(0x5c7b).build_hasher();
-        self.hash(&mut hasher);
-        usize::try_from(hasher.finish()).unwrap_or(0) % shards.max(1)
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::with_seed(0x5c7b).hash_one(self);
+        usize::try_from(hash).unwrap_or(0) % shards.max(1)
     }
 }
 
