@@ -14,6 +14,11 @@
 //! the packet to [`nat`]: conntrack, the NAT decision, translation, then forwarding in the
 //! flow's egress zone (out of the uplink, or back into a Network for hairpinning).
 //!
+//! When NetworkPolicies isolate an end of the flow, [`policy`] judges the first packet of
+//! each connection where its destination is final: after the [`l2`] decision, before
+//! [`l3`] forwards, where [`nat`] and [`lb`] create a connection (after DNAT), and on the
+//! routed uplink paths.
+//!
 //! A frame received on the uplink goes through [`process_uplink`] instead: [`parse`] ->
 //! [`uplink`] (only frames to the switch's uplink MAC or broadcast; ARP for the addresses the
 //! switch owns there; IPv4 to those addresses) -> [`nat`] -> forwarding into a Network.
