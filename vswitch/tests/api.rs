@@ -846,14 +846,14 @@ fn vswitchctl_routes_neighbors_and_tables() {
         .expect("header")
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "SUBNETS", "PEERINGS"]);
+    assert_eq!(header, ["NAME", "SUBNETS", "PEERINGS", "UPLINK"]);
     let row: Vec<&str> = out
         .lines()
         .find(|line| line.starts_with(&format!("{a} ")))
         .unwrap_or_else(|| panic!("{a} not in:\n{out}"))
         .split_whitespace()
         .collect();
-    assert_eq!(row, [a.as_str(), sa.as_str(), &format!("{b}:Ready")]);
+    assert_eq!(row, [a.as_str(), sa.as_str(), &format!("{b}:Ready"), "NAT"]);
 
     let (out, _) = server.ctl_code(&["routes", "--network", &a], 0);
     let table: Vec<Vec<&str>> = out
@@ -1281,9 +1281,9 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
     assert_eq!(report["conntrack"]["maxEntries"], 1_000_000);
     let drops = report["drops"].as_object().expect("drops");
     assert!(
-        drops
-            .keys()
-            .all(|k| k.starts_with("nat.") || k.starts_with("conntrack.")),
+        drops.keys().all(|k| k.starts_with("nat.")
+            || k.starts_with("conntrack.")
+            || k.starts_with("uplink.")),
         "{report}"
     );
 
@@ -1299,11 +1299,11 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
     let (out, _) = server.ctl_code(&["get", "uplinks"], 0);
     assert_eq!(
         header(&out),
-        ["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "STATE"]
+        ["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "INBOUND", "STATE"]
     );
     assert!(
         out.contains(&format!(
-            "wan    {}   192.0.2.10/24,192.0.2.11,192.0.2.12   192.0.2.1   {mac}   Up\n",
+            "wan    {}   192.0.2.10/24,192.0.2.11,192.0.2.12   192.0.2.1   {mac}   Accept    Up\n",
             veth.0
         )),
         "{out}"

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use policy::{Compiled, Decision, Direction, EndpointId, Verdict};
+use policy::{Compiled, Decision, Direction, Verdict};
 
 use super::snapshot::NetworkId;
 use crate::port::PortId;
@@ -22,6 +22,8 @@ use crate::port::PortId;
 const INGRESS: u8 = 1;
 /// The port is isolated for egress.
 const EGRESS: u8 = 2;
+/// The port is an endpoint of the compiled set.
+const ENDPOINT: u8 = 4;
 
 /// A policy's table key: `name` in `default`, else `namespace/name`.
 pub type PolicyKey = String;
@@ -82,6 +84,7 @@ impl PolicySet {
             if flags.len() <= slot {
                 flags.resize(slot + 1, 0);
             }
+            flags[slot] |= ENDPOINT;
             for (direction, bit) in [(Direction::Ingress, INGRESS), (Direction::Egress, EGRESS)] {
                 let policies = compiled.selecting_policies(endpoint.id, direction);
                 if !policies.is_empty() {
@@ -145,13 +148,17 @@ impl PolicySet {
     /// classified and tracked.
     #[inline]
     pub fn is_isolated(&self, port: PortId) -> bool {
-        self.flags.get(port.0 as usize).is_some_and(|f| *f != 0)
+        self.flags
+            .get(port.0 as usize)
+            .is_some_and(|f| f & (INGRESS | EGRESS) != 0)
     }
 
     /// True when `port` is one of the compiled endpoints (an attached interface).
     #[inline]
     pub fn is_endpoint(&self, port: PortId) -> bool {
-        (port.0 as usize) < self.flags.len() && self.compiled.endpoint(EndpointId(port.0)).is_some()
+        self.flags
+            .get(port.0 as usize)
+            .is_some_and(|f| f & ENDPOINT != 0)
     }
 
     /// The interface that owns `address` in `network`.
