@@ -151,6 +151,12 @@ impl Compiled {
         }
     }
 
+    /// The policies of isolation table `table` ([`Isolation::index`]), in policy order:
+    /// for counters kept per table.
+    pub fn isolating_policies_of_table(&self, table: u32) -> &[PolicyId] {
+        self.isolating_policies(Isolation { table })
+    }
+
     /// The policies behind a [`Verdict::Denied`], in policy order.
     pub fn isolating_policies(&self, isolation: Isolation) -> &[PolicyId] {
         self.tables

@@ -146,4 +146,4 @@ pub use model::{
     Rule, VSWITCH_API_VERSION,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, Labels, SelectorOperator};
-pub use validation::{FieldError, ValidationErrors};
+pub use validation::{FieldError, ValidationErrors, check_port_name};

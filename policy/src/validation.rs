@@ -223,7 +223,7 @@ pub(crate) fn check_dns_subdomain(text: &str) -> Result<(), String> {
 /// A port name (`IsValidPortName`, an IANA service name per RFC 6335): 1 to 15 lowercase
 /// letters, digits and `-`, with at least one letter, not starting or ending with `-`, and
 /// no `--`.
-pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
+pub fn check_port_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("port name {name:?} must be 1 to 15 characters"));
     }

@@ -56,8 +56,8 @@ use crate::control::Controller;
 /// The resources' `apiVersion` (defined with the resource model).
 pub use crate::control::resource::API_VERSION;
 
-/// Largest accepted request body: 4 MiB, far above any resource file a node needs.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest accepted request body: 32 MiB, room for 10,000 NetworkPolicies in one apply.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// The default control socket path.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/vswitch/vswitchd.sock";
@@ -80,6 +80,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/v1/loadbalancers/{name}/backends",
             get(node::load_balancer),
         )
+        .route("/v1/policy/explain", get(node::explain_policy))
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
             "/v1/{kind}/{name}",

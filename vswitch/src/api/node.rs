@@ -26,9 +26,38 @@ pub(super) struct RoutingTableQuery {
 pub(super) async fn load_balancer(
     State(controller): State<Arc<Controller>>,
     axum::extract::Path(name): axum::extract::Path<String>,
+    query: Result<Query<super::resources::NamespaceQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ErrorResponse> {
-    let view = blocking(&controller, move |c| c.load_balancer_view(&name)).await?;
+    let Query(query) = query?;
+    let key = query.key(&name);
+    let view = blocking(&controller, move |c| c.load_balancer_view(&key)).await?;
     Ok(Json(answer(&view)?))
+}
+
+/// The query of `GET /v1/policy/explain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExplainQuery {
+    /// The source: `NAME`, `NAMESPACE/NAME` (an attached interface) or an address.
+    from: String,
+    /// The destination, written the same way.
+    to: String,
+    /// `PORT[/PROTOCOL]` (TCP when left out) or `ICMP`.
+    port: String,
+}
+
+/// `GET /v1/policy/explain?from=..&to=..&port=80/TCP`: what the NetworkPolicies in force
+/// do with that connection, and which policy and rule decided.
+pub(super) async fn explain_policy(
+    State(controller): State<Arc<Controller>>,
+    query: Result<Query<ExplainQuery>, QueryRejection>,
+) -> Result<Json<Value>, ErrorResponse> {
+    let Query(query) = query?;
+    let explanation = blocking(&controller, move |c| {
+        c.explain_policy(&query.from, &query.to, &query.port)
+    })
+    .await?;
+    Ok(Json(answer(&explanation)?))
 }
 
 /// `GET /v1/version`: the daemon's version and the resource API version.

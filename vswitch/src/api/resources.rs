@@ -8,13 +8,15 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, StringRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::error::ErrorResponse;
+use crate::control::kinds::Kind;
+use crate::control::resource::{DEFAULT_NAMESPACE, object_key};
 use crate::control::{ApiError, AppliedResource, Controller};
 
 /// Runs a blocking controller call on tokio's blocking pool.
@@ -65,23 +67,55 @@ pub(super) async fn apply(
     Ok(Json(applied))
 }
 
-/// `GET /v1/{kind}`: all resources of a kind.
+/// `?namespace=NS`: the namespace of a namespaced kind's resources (ignored for cluster-wide
+/// kinds). Without it, a list covers every namespace and a name is looked up in `default`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+impl NamespaceQuery {
+    /// The table key of `name` in the query's namespace.
+    pub(super) fn key(&self, name: &str) -> String {
+        object_key(self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE), name)
+    }
+
+    /// The table key of `name` of `kind` (as the user wrote the kind): in the query's
+    /// namespace for a namespaced kind, the name itself for a cluster-wide one.
+    fn key_of(&self, kind: &str, name: &str) -> String {
+        match Kind::parse(kind) {
+            Ok(kind) if !kind.is_namespaced() => name.to_owned(),
+            _ => self.key(name),
+        }
+    }
+}
+
+/// `GET /v1/{kind}[?namespace=NS]`: all resources of a kind (in one namespace).
 pub(super) async fn list(
     State(controller): State<Arc<Controller>>,
     kind: Result<Path<String>, PathRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Value>>, ErrorResponse> {
     let Path(kind) = kind?;
-    let items = blocking(&controller, move |c| c.list(&kind)).await?;
+    let Query(query) = query?;
+    let items = blocking(&controller, move |c| {
+        c.list_in(&kind, query.namespace.as_deref())
+    })
+    .await?;
     Ok(Json(items))
 }
 
-/// `GET /v1/{kind}/{name}`: one resource.
+/// `GET /v1/{kind}/{name}[?namespace=NS]`: one resource.
 pub(super) async fn get(
     State(controller): State<Arc<Controller>>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ErrorResponse> {
     let Path((kind, name)) = path?;
-    let item = blocking(&controller, move |c| c.get(&kind, &name)).await?;
+    let Query(query) = query?;
+    let key = query.key_of(&kind, &name);
+    let item = blocking(&controller, move |c| c.get(&kind, &key)).await?;
     Ok(Json(item))
 }
 
@@ -106,7 +140,13 @@ pub(super) async fn create(
     let created = blocking(&controller, move |c| c.create(&kind, &text)).await?;
     let mut response = (StatusCode::CREATED, Json(&created)).into_response();
     if let Some(name) = created.pointer("/metadata/name").and_then(Value::as_str) {
-        let location = format!("/v1/{location_kind}/{name}");
+        let location = match created
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+        {
+            Some(namespace) => format!("/v1/{location_kind}/{name}?namespace={namespace}"),
+            None => format!("/v1/{location_kind}/{name}"),
+        };
         if let Ok(value) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, value);
         }
@@ -114,12 +154,15 @@ pub(super) async fn create(
     Ok(response)
 }
 
-/// `DELETE /v1/{kind}/{name}`: 204 on success.
+/// `DELETE /v1/{kind}/{name}[?namespace=NS]`: 204 on success.
 pub(super) async fn delete(
     State(controller): State<Arc<Controller>>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
 ) -> Result<StatusCode, ErrorResponse> {
     let Path((kind, name)) = path?;
-    blocking(&controller, move |c| c.delete(&kind, &name)).await?;
+    let Query(query) = query?;
+    let key = query.key_of(&kind, &name);
+    blocking(&controller, move |c| c.delete(&kind, &key)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

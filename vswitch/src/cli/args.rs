@@ -96,15 +96,111 @@ pub enum Command {
     /// Show a LoadBalancer's backends: state (Healthy, Unhealthy, Draining), their share of
     /// the Maglev table (the share of new connections each gets) and tracked connections.
     Lb(LbArgs),
+    /// Change a resource's labels in place: KEY=VALUE sets, KEY- removes. Selectors
+    /// (NetworkPolicies, LoadBalancers) follow within a second; established connections
+    /// continue.
+    #[command(after_help = Kind::help())]
+    Label(LabelArgs),
+    /// NetworkPolicies: `policy explain --from A --to B --port 80/TCP` says whether a
+    /// connection would pass and which policy and rule decide.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
 }
 
-/// `lb NAME [-o FORMAT]`.
+/// `-n NAMESPACE`: the namespace of a namespaced kind's resource (NetworkInterface,
+/// LoadBalancer, NetworkPolicy); ignored for cluster-wide kinds.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NamespaceArgs {
+    /// The namespace [default: default].
+    #[arg(short = 'n', long = "namespace", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl NamespaceArgs {
+    /// The query string selecting the namespace (`?namespace=NS`, `default` when none).
+    pub fn query(&self) -> String {
+        format!(
+            "?namespace={}",
+            crate::cli::client::encode_segment(self.namespace.as_deref().unwrap_or("default"))
+        )
+    }
+}
+
+/// `label KIND NAME [-n NS] KEY=VALUE... KEY-...`.
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Resource kind.
+    pub kind: String,
+    /// Resource name.
+    pub name: String,
+    /// Changes: KEY=VALUE sets a label, KEY- removes one.
+    #[arg(required = true, value_name = "KEY=VALUE|KEY-", value_parser = parse_label_change)]
+    pub changes: Vec<LabelChange>,
+    /// The namespace.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+}
+
+/// One change of `label`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    /// Set KEY to VALUE.
+    Set(Label),
+    /// Remove KEY.
+    Remove(String),
+}
+
+/// Parses a `label` change: `KEY=VALUE` or `KEY-`.
+///
+/// # Errors
+/// A message with an example.
+pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
+    if !text.contains('=') {
+        if let Some(key) = text.strip_suffix('-').filter(|k| !k.is_empty()) {
+            return Ok(LabelChange::Remove(key.to_owned()));
+        }
+        return Err(format!(
+            "{text:?}: expected KEY=VALUE to set a label or KEY- to remove one, e.g. app=web or app-"
+        ));
+    }
+    parse_label(text).map(LabelChange::Set)
+}
+
+/// `policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Whether a connection from --from to --to on --port would pass, and which
+    /// NetworkPolicy and rule decide (or why the default applies).
+    Explain(ExplainArgs),
+}
+
+/// `policy explain --from A --to B --port P`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The source: an attached NetworkInterface (NAME, or NAMESPACE/NAME) or an IP address.
+    #[arg(long, value_name = "NS/NAME|IP")]
+    pub from: String,
+    /// The destination, written the same way.
+    #[arg(long, value_name = "NS/NAME|IP")]
+    pub to: String,
+    /// The destination port and protocol: PORT[/TCP|UDP|SCTP] (TCP when left out), or ICMP.
+    #[arg(long, value_name = "PORT/PROTO", default_value = "80/TCP")]
+    pub port: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `lb NAME [-n NS] [-o FORMAT]`.
 #[derive(Debug, Args)]
 pub struct LbArgs {
     /// The LoadBalancer.
     pub name: String,
+    /// The namespace.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
     /// Output format.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -141,31 +237,46 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// The namespace.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    /// List the resources of every namespace (with a NAMESPACE column).
+    #[arg(short = 'A', long = "all-namespaces", conflicts_with = "namespace")]
+    pub all_namespaces: bool,
 }
 
-/// `describe KIND NAME`.
+/// `describe KIND NAME [-n NS]`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
     /// Resource kind.
     pub kind: String,
     /// Resource name.
     pub name: String,
+    /// The namespace.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
 }
 
-/// `delete KIND NAME`.
+/// `delete KIND NAME [-n NS]`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// Resource kind.
     pub kind: String,
     /// Resource name.
     pub name: String,
+    /// The namespace.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
 }
 
-/// `detach NAME`.
+/// `detach NAME [-n NS]`.
 #[derive(Debug, Args)]
 pub struct DetachArgs {
     /// NetworkInterface name (see `vswitchctl get networkinterfaces`).
     pub name: String,
+    /// The namespace.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
 }
 
 /// `fdb`, `stats`, `neighbors`, `nat` and `overlay`.
@@ -256,6 +367,44 @@ pub struct AttachArgs {
     /// A label, KEY=VALUE; repeat for several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<Label>,
+    /// A named port the container serves, NAME=PORT[/TCP|UDP|SCTP]; repeat for several
+    /// (NetworkPolicies' named ports resolve on them).
+    #[arg(long = "port", value_name = "NAME=PORT/PROTO", value_parser = parse_named_port)]
+    pub ports: Vec<NamedPortArg>,
+    /// The namespace the NetworkInterface is in (NetworkPolicies select by it).
+    #[arg(short = 'n', long = "namespace", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// `--port NAME=PORT/PROTO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPortArg {
+    /// The port's name.
+    pub name: String,
+    /// The number.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+/// Parses `--port NAME=PORT[/PROTO]`.
+///
+/// # Errors
+/// A message with an example.
+pub fn parse_named_port(text: &str) -> Result<NamedPortArg, String> {
+    let bad = || format!("{text:?}: expected NAME=PORT[/TCP|UDP|SCTP], e.g. http=80/TCP");
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (port, protocol) = rest.split_once('/').unwrap_or((rest, "TCP"));
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let protocol = protocol.to_ascii_uppercase();
+    if name.is_empty() || !["TCP", "UDP", "SCTP"].contains(&protocol.as_str()) {
+        return Err(bad());
+    }
+    Ok(NamedPortArg {
+        name: name.to_owned(),
+        port,
+        protocol,
+    })
 }
 
 /// Where `attach` puts the interface.

@@ -91,6 +91,9 @@ pub fn build_interface(args: &AttachArgs) -> Result<Value, String> {
 
     let mut metadata = Map::new();
     metadata.insert("name".into(), Value::String(name));
+    if let Some(namespace) = &args.namespace {
+        metadata.insert("namespace".into(), Value::String(namespace.clone()));
+    }
     if !labels.is_empty() {
         metadata.insert("labels".into(), json!(labels));
     }
@@ -115,6 +118,14 @@ pub fn build_interface(args: &AttachArgs) -> Result<Value, String> {
     }
     if let Some(mtu) = args.mtu {
         spec.insert("mtu".into(), json!(mtu));
+    }
+    if !args.ports.is_empty() {
+        let ports: Vec<Value> = args
+            .ports
+            .iter()
+            .map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol}))
+            .collect();
+        spec.insert("ports".into(), Value::Array(ports));
     }
 
     Ok(json!({

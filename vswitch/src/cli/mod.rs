@@ -28,7 +28,8 @@ use crate::control::{ConntrackRow, NatReport, RoutingTableRow};
 use crate::runtime::{FdbRow, NeighborRow, StatsReport};
 use args::{
     ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
-    GetArgs, LbArgs, OutputArgs, OutputFormat, RoutesArgs,
+    ExplainArgs, GetArgs, LabelArgs, LabelChange, LbArgs, OutputArgs, OutputFormat, PolicyCommand,
+    RoutesArgs,
 };
 use client::{Body, Client, HttpResponse, encode_segment};
 use error::{ApiFailure, CliError};
@@ -85,6 +86,8 @@ pub fn run(
         Command::Nat(args) => nat(&api, args, out),
         Command::Overlay(args) => overlay(&api, args, out, err),
         Command::Lb(args) => load_balancer(&api, args, out),
+        Command::Label(args) => label(&api, args, out),
+        Command::Policy(PolicyCommand::Explain(args)) => explain(&api, args, out),
         Command::Version => version(&api, out),
     }
 }
@@ -256,7 +259,11 @@ fn get(
     let kind = encode_segment(&args.kind);
     let (value, items) = match &args.name {
         Some(name) => {
-            let path = format!("/v1/{kind}/{}", encode_segment(name));
+            let path = format!(
+                "/v1/{kind}/{}{}",
+                encode_segment(name),
+                args.namespace.query()
+            );
             let value = api
                 .get(&path)
                 .map_err(|error| not_found_hint(error, &args.kind))?;
@@ -265,7 +272,12 @@ fn get(
         }
         None => {
             let kind = list_segment(&args.kind);
-            let value = api.get(&format!("/v1/{kind}"))?;
+            let query = if args.all_namespaces {
+                String::new()
+            } else {
+                args.namespace.query()
+            };
+            let value = api.get(&format!("/v1/{kind}{query}"))?;
             let Some(items) = value.as_array().cloned() else {
                 return Err(CliError::BadResponse(format!(
                     "/v1/{kind} answered {value} instead of a list"
@@ -289,15 +301,28 @@ fn get(
         .map_or_else(|| Kind::parse(&args.kind), Kind::parse)
         .map_err(|error| CliError::BadResponse(error.to_string()))?;
     let wide = args.output == OutputFormat::Wide;
-    let table = output::resource_table(kind, &items, wide).map_err(CliError::BadResponse)?;
+    let mut table = output::resource_table(kind, &items, wide).map_err(CliError::BadResponse)?;
+    if args.all_namespaces && kind.is_namespaced() {
+        let namespaces = items
+            .iter()
+            .map(|item| {
+                item.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_owned()
+            })
+            .collect();
+        table.insert_column(0, "NAMESPACE", namespaces);
+    }
     write(out, &table.render())
 }
 
 fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = format!(
-        "/v1/{}/{}",
+        "/v1/{}/{}{}",
         encode_segment(&args.kind),
-        encode_segment(&args.name)
+        encode_segment(&args.name),
+        args.namespace.query()
     );
     let resource = api
         .get(&path)
@@ -322,7 +347,11 @@ fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), C
         // The port's counters, when the daemon has them; describe works without them.
         if let Ok(stats) = api.get("/v1/stats") {
             let stats: StatsReport = output::parse_answer("GET /v1/stats", stats)?;
-            if let Some(port) = stats.ports.iter().find(|port| port.name == args.name) {
+            let key = crate::control::resource::object_key(
+                args.namespace.namespace.as_deref().unwrap_or("default"),
+                &args.name,
+            );
+            if let Some(port) = stats.ports.iter().find(|port| port.name == key) {
                 text.push_str(&output::port_counters(port));
             }
         }
@@ -332,9 +361,10 @@ fn describe(api: &Api, args: &DescribeArgs, out: &mut dyn Write) -> Result<(), C
 
 fn delete(api: &Api, args: &DeleteArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = format!(
-        "/v1/{}/{}",
+        "/v1/{}/{}{}",
         encode_segment(&args.kind),
-        encode_segment(&args.name)
+        encode_segment(&args.name),
+        args.namespace.query()
     );
     api.call(Method::DELETE, &path, None)
         .map_err(|error| not_found_hint(error, &args.kind))?;
@@ -383,7 +413,11 @@ fn attach(api: &Api, args: &AttachArgs, out: &mut dyn Write) -> Result<(), CliEr
 }
 
 fn detach(api: &Api, args: &DetachArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let path = format!("/v1/{INTERFACES}/{}", encode_segment(&args.name));
+    let path = format!(
+        "/v1/{INTERFACES}/{}{}",
+        encode_segment(&args.name),
+        args.namespace.query()
+    );
     api.call(Method::DELETE, &path, None)
         .map_err(|error| not_found_hint(error, INTERFACES))?;
     write(out, &format!("networkinterface/{} detached\n", args.name))
@@ -520,13 +554,107 @@ fn nat(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError
 }
 
 fn load_balancer(api: &Api, args: &LbArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let path = format!("/v1/loadbalancers/{}/backends", args.name);
+    let path = format!(
+        "/v1/loadbalancers/{}/backends{}",
+        encode_segment(&args.name),
+        args.namespace.query()
+    );
     let value = api.get(&path)?;
     if matches!(args.output.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output.output);
     }
     let view: LoadBalancerView = output::parse_answer(&format!("GET {path}"), value)?;
     write(out, &output::load_balancer_view(&view))
+}
+
+/// `label`: reads the resource, changes its labels, applies it back (through the same
+/// validation as any apply; a label the switch owns is refused there).
+fn label(api: &Api, args: &LabelArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = format!(
+        "/v1/{}/{}{}",
+        encode_segment(&args.kind),
+        encode_segment(&args.name),
+        args.namespace.query()
+    );
+    let mut resource = api
+        .get(&path)
+        .map_err(|error| not_found_hint(error, &args.kind))?;
+    let Some(object) = resource.as_object_mut() else {
+        return Err(CliError::BadResponse(format!(
+            "{path} did not answer a resource"
+        )));
+    };
+    object.remove("status");
+    let metadata = object
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return Err(CliError::BadResponse(format!(
+            "{path} answered no metadata"
+        )));
+    };
+    let labels = metadata
+        .entry("labels")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Some(labels) = labels.as_object_mut() else {
+        return Err(CliError::BadResponse(format!(
+            "{path} answered labels that are not a map"
+        )));
+    };
+    for change in &args.changes {
+        match change {
+            LabelChange::Set(label) => {
+                labels.insert(label.key.clone(), Value::String(label.value.clone()));
+            }
+            LabelChange::Remove(key) => {
+                labels.remove(key);
+            }
+        }
+    }
+    let body = resource.to_string();
+    let applied = api.json(
+        Method::POST,
+        "/v1/apply",
+        Some(Body {
+            content_type: "application/json",
+            bytes: body.as_bytes(),
+        }),
+    )?;
+    let action = applied
+        .pointer("/0/action")
+        .and_then(Value::as_str)
+        .unwrap_or("labeled");
+    let action = if action == "configured" {
+        "labeled"
+    } else {
+        action
+    };
+    write(
+        out,
+        &format!("{}/{} {action}\n", display_kind(&args.kind), args.name),
+    )
+}
+
+/// `policy explain`.
+fn explain(api: &Api, args: &ExplainArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = format!(
+        "/v1/policy/explain?from={}&to={}&port={}",
+        encode_segment(&args.from),
+        encode_segment(&args.to),
+        encode_segment(&args.port)
+    );
+    let value = api.get(&path)?;
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    let lines: Vec<&str> = value
+        .get("lines")
+        .and_then(Value::as_array)
+        .map(|lines| lines.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut text = lines.join("\n");
+    text.push('\n');
+    write(out, &text)
 }
 
 /// A hint for a node without an Overlay.

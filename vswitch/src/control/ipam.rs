@@ -282,13 +282,13 @@ pub fn leases(state: &State) -> BTreeMap<String, Leases> {
     for nic in state.network_interfaces.values() {
         if let Some(leases) = all.get_mut(&nic.spec.subnet) {
             for ip in &nic.status.ips {
-                leases.insert(ip.addr(), &nic.metadata.name);
+                leases.insert(ip.addr(), &nic.metadata.key());
             }
         }
     }
     // LoadBalancer addresses inside a Subnet of their Network: the spec's and the allocated.
     for balancer in state.load_balancers.values() {
-        let owner = format!("LoadBalancer/{}", balancer.metadata.name);
+        let owner = format!("LoadBalancer/{}", balancer.metadata.key());
         let addresses = balancer.spec.ips.iter().chain(&balancer.status.ips);
         for address in addresses {
             let std::net::IpAddr::V4(address) = address else {

@@ -21,7 +21,8 @@ pub mod validate;
 
 pub use controller::{
     ConntrackCounters, ConntrackKey, ConntrackRow, Controller, NatAddress, NatPortsInUse,
-    NatReport, NatUplink, OverlayAgentConfig, RoutingTableRow, UplinkDevice, UplinkOps,
+    NatReport, NatUplink, OverlayAgentConfig, PolicyExplanation, RoutingTableRow, UplinkDevice,
+    UplinkOps,
 };
 pub use error::ApiError;
 pub use validate::AppliedResource;

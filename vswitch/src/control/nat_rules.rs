@@ -104,7 +104,7 @@ pub fn users_of(state: &State, addr: Ipv4Addr) -> Vec<(Kind, String)> {
         if balancer.spec.lb_type == crate::control::resource::LoadBalancerType::Public
             && balancer.status.ips.contains(&std::net::IpAddr::V4(addr))
         {
-            users.push((Kind::LoadBalancer, balancer.metadata.name.clone()));
+            users.push((Kind::LoadBalancer, balancer.metadata.key()));
         }
     }
     users

@@ -150,6 +150,7 @@ pub(crate) fn check_reachable(
 fn metadata(name: &str, owner: &str) -> Metadata {
     Metadata {
         name: name.to_string(),
+        namespace: None,
         labels: BTreeMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
     }
 }
@@ -252,7 +253,10 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
         Resource::NetworkInterface(NetworkInterface {
             api_version: API_VERSION.into(),
             kind: "NetworkInterface".into(),
-            metadata: metadata(HOST, &owner),
+            metadata: Metadata {
+                namespace: Some(super::resource::DEFAULT_NAMESPACE.into()),
+                ..metadata(HOST, &owner)
+            },
             spec: NetworkInterfaceSpec {
                 subnet: HOST.into(),
                 netns: NetnsRef::Path(PathBuf::from("/proc/self/ns/net")),
@@ -267,6 +271,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 virtual_ip: None,
                 default_route: false,
                 routes: vec![plan.overlay],
+                ports: Vec::new(),
             },
             status: Default::default(),
         }),

@@ -10,7 +10,6 @@
 //! daemons never share one state directory. A file that does not parse is an error that names
 //! it and says what to do; it is never silently replaced.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -202,14 +201,8 @@ impl Store {
         }
         let mut state: State =
             serde_path_to_error::deserialize(value).map_err(|err| corrupt(err.to_string()))?;
-        check_keys(&state.networks, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.subnets, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.network_interfaces, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.routes, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.uplinks, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.nat_gateways, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.port_forwards, |r| &r.metadata.name).map_err(&corrupt)?;
-        check_keys(&state.virtual_ips, |r| &r.metadata.name).map_err(&corrupt)?;
+        state.normalize_namespaces();
+        state.check_keys().map_err(&corrupt)?;
         if state.uplinks.len() > 1 {
             return Err(corrupt(format!(
                 "{} Uplinks are stored; a node has at most one",
@@ -262,18 +255,6 @@ impl Store {
                 source,
             })
     }
-}
-
-fn check_keys<T>(map: &BTreeMap<String, T>, name: impl Fn(&T) -> &String) -> Result<(), String> {
-    for (key, value) in map {
-        if name(value) != key {
-            return Err(format!(
-                "resource stored under {key:?} is named {:?}",
-                name(value)
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -450,7 +431,7 @@ status: {ip: 198.51.100.10}
         fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
         let err = Store::open(dir.path()).unwrap_err().to_string();
         assert!(
-            err.contains("stored under \"red\" is named \"blue\""),
+            err.contains("Network stored under \"red\" is \"blue\""),
             "{err}"
         );
     }
@@ -472,7 +453,7 @@ status: {ip: 198.51.100.10}
         assert_eq!(loaded.subnets, sample().subnets);
         store.save(&loaded).unwrap();
         let text = fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-        assert!(text.contains("\"format\": 3"), "{text}");
+        assert!(text.contains("\"format\": 4"), "{text}");
     }
 
     #[test]

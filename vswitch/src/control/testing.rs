@@ -214,6 +214,7 @@ pub fn overlay_of(role: OverlayRole) -> Overlay {
         kind: "Overlay".into(),
         metadata: Metadata {
             name: "node-a".into(),
+            namespace: None,
             labels: BTreeMap::new(),
         },
         spec,

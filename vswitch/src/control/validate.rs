@@ -101,7 +101,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     for doc in docs {
         let origin = doc.origin;
         let kind = doc.resource.kind();
-        let name = doc.resource.name().to_string();
+        let name = doc.resource.key();
         let action = doc.resource.visit(Stage {
             current,
             next: &mut next,
@@ -342,7 +342,7 @@ impl ResourceVisitor for Stage<'_> {
     type Output = Action;
 
     fn visit<K: ResourceKind>(self, mut resource: K) -> Action {
-        let name = resource.metadata().name.clone();
+        let name = resource.metadata().key();
         let old = K::table(self.current).get(&name);
         resource.carry_status(old);
         let action = action(
@@ -549,7 +549,7 @@ fn assign_macs(
                 let mut used: BTreeSet<MacAddr> = next
                     .network_interfaces
                     .values()
-                    .filter(|n| n.spec.subnet == subnet && n.metadata.name != *name)
+                    .filter(|n| n.spec.subnet == subnet && n.metadata.key() != *name)
                     .filter_map(|n| n.spec.mac.or(n.status.mac))
                     .collect();
                 if let Some(subnet) = next.subnets.get(&subnet) {
@@ -914,6 +914,12 @@ mod tests {
                     "bad-overlay-loopback.yaml" => {
                         &["spec.localAddress", "the address the other nodes reach"]
                     }
+                    "bad-network-policy.yaml" => &[
+                        "3 problems",
+                        "spec.ingress[0].from[0].ipBlock.except[0]",
+                        "spec.ingress[0].ports[0].endPort",
+                        "spec.ingress[0].ports[1].protocol",
+                    ],
                     _ => &[],
                 };
                 for word in want {
@@ -937,6 +943,16 @@ mod tests {
                     assert_eq!(
                         rules.virtual_ip_of(nat::Zone(0), db),
                         Some(Ipv4Addr::new(198, 51, 100, 11))
+                    );
+                }
+                if file == "network-policy.yaml" {
+                    let state = &plan.next;
+                    assert_eq!(state.network_policies.len(), 3);
+                    assert!(state.network_policies.contains_key("shop/db-from-web"));
+                    assert!(state.network_policies.contains_key("seed-form"));
+                    assert_eq!(
+                        state.network_interfaces["shop/web-1"].spec.ports[0].name,
+                        "http"
                     );
                 }
                 if file == "peered-networks.yaml" {

@@ -298,6 +298,10 @@ pub fn route(
         );
         return Verdict::drop(DropReason::NoRoute);
     }
+    if let Err(cause) = super::policy::admit(ctx, subnet.network_id, Some(ingress.id), None, frame)
+    {
+        return Verdict::Drop(cause);
+    }
     let hop = Hop {
         link: Link::Subnet(egress),
         next_hop,

@@ -236,6 +236,13 @@ fn start(
         snat,
         reply_zone: nat::zone_of(balancer.network),
     };
+    let from_port = match from {
+        Source::Subnet { ingress, .. } => Some(ingress.id),
+        Source::Uplink(_) => None,
+    };
+    if let Err(cause) = super::policy::judge_plan(ctx, from_port, info, &plan) {
+        return Err(Verdict::Drop(cause));
+    }
     let attachments = Attachments {
         lb_backend: Some(target.id.0),
         policy: None,

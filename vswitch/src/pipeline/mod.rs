@@ -53,6 +53,7 @@ pub mod l3;
 pub mod lb;
 pub mod nat;
 pub mod parse;
+pub mod policy;
 pub mod port_security;
 pub mod tx;
 pub mod uplink;
@@ -97,6 +98,8 @@ pub enum Stage {
     VxlanEncap,
     /// [`lb`]: connections to LoadBalancers.
     Lb,
+    /// [`policy`]: NetworkPolicies.
+    Policy,
 }
 
 impl Stage {
@@ -114,6 +117,7 @@ impl Stage {
             // Both overlay stages keep the keys they had as one stage: `vxlan.*`.
             Stage::VxlanInput | Stage::VxlanEncap => "vxlan",
             Stage::Lb => "lb",
+            Stage::Policy => "policy",
         }
     }
 }
@@ -143,6 +147,8 @@ pub enum DropCause {
     VxlanEncap(vxlan_encap::DropReason),
     /// Dropped by [`lb`].
     Lb(lb::DropReason),
+    /// Dropped by [`policy`].
+    Policy(policy::DropReason),
 }
 
 const PARSE_BASE: usize = 0;
@@ -156,10 +162,11 @@ const TX_BASE: usize = CONNTRACK_BASE + nat::ConntrackReason::COUNT;
 const VXLAN_INPUT_BASE: usize = TX_BASE + tx::DropReason::COUNT;
 const VXLAN_ENCAP_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
 const LB_BASE: usize = VXLAN_ENCAP_BASE + vxlan_encap::DropReason::COUNT;
+const POLICY_BASE: usize = LB_BASE + lb::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
-    pub const COUNT: usize = LB_BASE + lb::DropReason::COUNT;
+    pub const COUNT: usize = POLICY_BASE + policy::DropReason::COUNT;
 
     /// The stage that dropped the frame.
     pub const fn stage(self) -> Stage {
@@ -175,6 +182,7 @@ impl DropCause {
             DropCause::VxlanInput(_) => Stage::VxlanInput,
             DropCause::VxlanEncap(_) => Stage::VxlanEncap,
             DropCause::Lb(_) => Stage::Lb,
+            DropCause::Policy(_) => Stage::Policy,
         }
     }
 
@@ -192,6 +200,7 @@ impl DropCause {
             DropCause::VxlanInput(reason) => reason.key(),
             DropCause::VxlanEncap(reason) => reason.key(),
             DropCause::Lb(reason) => reason.key(),
+            DropCause::Policy(reason) => reason.key(),
         }
     }
 
@@ -209,6 +218,7 @@ impl DropCause {
             DropCause::VxlanInput(reason) => reason.description(),
             DropCause::VxlanEncap(reason) => reason.description(),
             DropCause::Lb(reason) => reason.description(),
+            DropCause::Policy(reason) => reason.description(),
         }
     }
 
@@ -226,6 +236,7 @@ impl DropCause {
             DropCause::VxlanInput(reason) => VXLAN_INPUT_BASE + reason.index(),
             DropCause::VxlanEncap(reason) => VXLAN_ENCAP_BASE + reason.index(),
             DropCause::Lb(reason) => LB_BASE + reason.index(),
+            DropCause::Policy(reason) => POLICY_BASE + reason.index(),
         }
     }
 
@@ -252,6 +263,9 @@ impl DropCause {
             .iter()
             .map(|&r| DropCause::VxlanEncap(r));
         let lb = lb::DropReason::ALL.iter().map(|&r| DropCause::Lb(r));
+        let policy = policy::DropReason::ALL
+            .iter()
+            .map(|&r| DropCause::Policy(r));
         parse
             .chain(port_security)
             .chain(l2)
@@ -263,6 +277,7 @@ impl DropCause {
             .chain(vxlan_input)
             .chain(vxlan_encap)
             .chain(lb)
+            .chain(policy)
     }
 }
 
@@ -305,6 +320,12 @@ impl From<uplink::DropReason> for DropCause {
 impl From<lb::DropReason> for DropCause {
     fn from(reason: lb::DropReason) -> DropCause {
         DropCause::Lb(reason)
+    }
+}
+
+impl From<policy::DropReason> for DropCause {
+    fn from(reason: policy::DropReason) -> DropCause {
+        DropCause::Policy(reason)
     }
 }
 
@@ -549,9 +570,35 @@ fn process_with(
         l3::route(ctx, ingress, subnet, &parsed, frame, local)
     } else {
         let verdict = l2::forward(ctx, ingress, subnet, &parsed);
+        let verdict = admit_switched(ctx, ingress, subnet, &parsed, frame, verdict);
         fit_tunnel(ctx, ingress, subnet, &parsed, frame, local, verdict)
     };
     Outcome { verdict, learn }
+}
+
+/// NetworkPolicies on a switched IPv4 frame (see [`policy`]): toward the port the FDB gave,
+/// or, flooded, toward the owner of its destination address.
+#[inline]
+fn admit_switched(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &parse::Parsed,
+    frame: &[u8],
+    verdict: Verdict,
+) -> Verdict {
+    if ctx.snapshot.policy.is_none() || !matches!(parsed.l3, L3::Ipv4 { .. }) {
+        return verdict;
+    }
+    let to = match verdict {
+        Verdict::Forward(port) => Some(port),
+        Verdict::Flood | Verdict::FloodSubnet { .. } => None,
+        Verdict::Consumed | Verdict::Drop(_) => return verdict,
+    };
+    match policy::admit(ctx, subnet.network_id, Some(ingress.id), to, frame) {
+        Ok(()) => verdict,
+        Err(cause) => Verdict::Drop(cause),
+    }
 }
 
 /// A frame switched into a subnet's tunnel must fit the overlay MTU once encapsulated: one

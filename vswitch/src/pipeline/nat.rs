@@ -265,6 +265,9 @@ pub fn outbound(
                 }
                 Err(PlanError::Unsolicited) => return Verdict::drop(DropReason::Unsolicited),
             };
+            if let Err(cause) = super::policy::judge_plan(ctx, Some(ingress.id), &info, &plan) {
+                return Verdict::Drop(cause);
+            }
             match create(ctx, zone, &info, &plan, &mut local.out) {
                 Ok(tracked) => tracked,
                 Err(verdict) => return verdict,
@@ -321,6 +324,9 @@ pub fn inbound(
             let Ok(plan) = rules.plan(&key, interface, |_| Egress::External) else {
                 return Verdict::drop(DropReason::Unsolicited);
             };
+            if let Err(cause) = super::policy::judge_plan(ctx, None, &info, &plan) {
+                return Verdict::Drop(cause);
+            }
             match create(ctx, Zone::EXTERNAL, &info, &plan, &mut local.out) {
                 Ok(tracked) => tracked,
                 Err(verdict) => return verdict,

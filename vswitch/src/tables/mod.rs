@@ -14,5 +14,6 @@ pub mod fdb;
 pub(crate) mod fixtures;
 pub mod held;
 pub mod neigh;
+pub mod policy;
 pub mod ratelimit;
 pub mod snapshot;

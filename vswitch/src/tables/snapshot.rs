@@ -368,6 +368,9 @@ pub struct Snapshot {
         std::collections::HashMap<Ipv4Addr, Arc<Balancer>, foldhash::fast::RandomState>,
     /// Health probes in flight (shared with the controller, carried across snapshots).
     pub probes: Arc<ProbeBoard>,
+    /// NetworkPolicies, compiled; `None` when there are none (the `policy` stage then costs
+    /// one branch).
+    pub policy: Option<Arc<super::policy::PolicySet>>,
 }
 
 /// A LoadBalancer as the datapath serves it: an address of a Network, its ports, and the
@@ -526,6 +529,7 @@ impl Snapshot {
             public_balancers: std::collections::HashMap::default(),
             backend_ports: Vec::new(),
             probes: Arc::default(),
+            policy: None,
         }
     }
 
@@ -541,6 +545,12 @@ impl Snapshot {
     /// Sets the VTEP.
     pub fn with_vtep(mut self, vtep: Option<VtepEntry>) -> Snapshot {
         self.vtep = vtep;
+        self
+    }
+
+    /// Sets the NetworkPolicies.
+    pub fn with_policy(mut self, policy: Option<Arc<super::policy::PolicySet>>) -> Snapshot {
+        self.policy = policy;
         self
     }
 

@@ -66,14 +66,18 @@ pub fn describe(resource: &Value) -> Result<String, String> {
 fn describe_fields(resource: &Value) -> String {
     let mut text = String::new();
     let metadata = resource.get("metadata");
-    let mut head: Vec<(String, String)> = vec![
-        ("Name".into(), at(resource, &["/metadata/name"])),
-        ("Kind".into(), at(resource, &["/kind"])),
-        ("API version".into(), at(resource, &["/apiVersion"])),
-    ];
+    let mut head: Vec<(String, String)> = vec![("Name".into(), at(resource, &["/metadata/name"]))];
+    if resource.pointer("/metadata/namespace").is_some() {
+        head.push(("Namespace".into(), at(resource, &["/metadata/namespace"])));
+    }
+    head.push(("Kind".into(), at(resource, &["/kind"])));
+    head.push(("API version".into(), at(resource, &["/apiVersion"])));
     if let Some(Value::Object(meta)) = metadata {
         for (key, value) in meta {
-            if key != "name" && key != "labels" && !value.is_object() && !value.is_array() {
+            if !["name", "namespace", "labels"].contains(&key.as_str())
+                && !value.is_object()
+                && !value.is_array()
+            {
                 head.push((key.clone(), cell(Some(value))));
             }
         }

@@ -29,6 +29,19 @@ impl Table {
         self.rows.push(row);
     }
 
+    /// Inserts a column at `index` with one cell per row (missing cells are `-`).
+    pub fn insert_column(&mut self, index: usize, header: &str, cells: Vec<String>) {
+        let index = index.min(self.headers.len());
+        self.headers.insert(index, header.to_owned());
+        let mut cells = cells.into_iter();
+        for row in &mut self.rows {
+            row.insert(
+                index.min(row.len()),
+                cells.next().unwrap_or_else(|| "-".to_owned()),
+            );
+        }
+    }
+
     /// Removes the column with this header, if there is one.
     pub fn drop_column(&mut self, header: &str) {
         if let Some(index) = self.headers.iter().position(|h| h == header) {

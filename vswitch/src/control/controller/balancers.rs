@@ -435,7 +435,7 @@ fn backends(
     state
         .network_interfaces
         .values()
-        .filter(|nic| balancer.spec.selects(&nic.metadata.labels))
+        .filter(|nic| balancer.selects(nic))
         .filter(|nic| nic.status.state == InterfaceState::Up)
         .filter(|nic| {
             state
@@ -444,9 +444,9 @@ fn backends(
                 .is_some_and(|s| s.spec.network == balancer.spec.network)
         })
         .filter_map(|nic| {
-            let port = ports.get(&nic.metadata.name)?.id;
+            let port = ports.get(&nic.metadata.key())?.id;
             let address = nic.status.ips.first()?.addr();
-            Some((nic.metadata.name.clone(), address, port))
+            Some((nic.metadata.key(), address, port))
         })
         .collect()
 }

@@ -40,8 +40,14 @@ pub(super) fn publish(engine: &Engine, inner: &mut Inner) {
     inner.balancers.sync(&inner.state, &inner.ports, now);
     let rules = nat_rules::compile(&inner.state, &inner.network_ids);
     // The same table in every snapshot of the run: connections survive reconfiguration.
-    let conntrack = Arc::clone(&engine.current().conntrack);
-    engine.publish(compile(inner).with_nat(Arc::new(rules), conntrack));
+    let current = engine.current();
+    let conntrack = Arc::clone(&current.conntrack);
+    let policy = super::policies::compile(inner, current.policy.as_ref());
+    engine.publish(
+        compile(inner)
+            .with_nat(Arc::new(rules), conntrack)
+            .with_policy(policy),
+    );
 }
 
 /// Makes `ids` hold exactly the names in `names`: ids of names that are gone go back to

@@ -58,7 +58,7 @@ use self::views::{port_names, resource_json};
 use super::ApiError;
 use super::nat_rules;
 use super::resource::{
-    Document, InterfaceState, Kind, Origin, Resource, parse_documents, parse_one,
+    Document, InterfaceState, Kind, Origin, Resource, parse_documents, parse_one, split_key,
 };
 use super::store::{NodeId, State, Store, StoreError, SubnetIpamState};
 use super::validate::{self, AppliedResource, Mode, Plan};
@@ -71,12 +71,14 @@ mod balancers;
 mod compile;
 mod ids;
 mod overlay;
+mod policies;
 mod reconcile;
 #[cfg(test)]
 mod tests;
 mod views;
 
 pub use self::overlay::OverlayAgentConfig;
+pub use self::policies::PolicyExplanation;
 pub use self::views::{
     ConntrackCounters, ConntrackKey, ConntrackRow, NatAddress, NatPortsInUse, NatReport, NatUplink,
     RoutingTableRow,
@@ -672,7 +674,7 @@ impl Controller {
     pub fn create(&self, kind: &str, body: &str) -> Result<serde_json::Value, ApiError> {
         let kind = Kind::parse(kind)?;
         let resource = parse_one(kind, body)?;
-        let name = resource.name().to_string();
+        let name = resource.key();
         let doc = Document {
             origin: Origin::resource(kind, &name),
             resource,
@@ -692,13 +694,28 @@ impl Controller {
     /// # Errors
     /// [`ApiError::Invalid`] for an unknown kind.
     pub fn list(&self, kind: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+        self.list_in(kind, None)
+    }
+
+    /// Lists resources of `kind` in `namespace` (every namespace when `None`, and for
+    /// cluster-wide kinds).
+    ///
+    /// # Errors
+    /// [`ApiError::Invalid`] for an unknown kind.
+    pub fn list_in(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
         let kind = Kind::parse(kind)?;
+        let namespace = namespace.filter(|_| kind.is_namespaced());
         let published = self.published.load();
         let live = self.live(&published, kind);
         published
             .state
             .names(kind)
             .into_iter()
+            .filter(|key| namespace.is_none_or(|ns| split_key(key).0 == ns))
             .map(|name| resource_json(&published.state, kind, &name, &live))
             .collect()
     }
@@ -778,7 +795,9 @@ impl Controller {
             | Kind::PortForward
             | Kind::VirtualIp
             | Kind::LoadBalancer
-            | Kind::LoadBalancerRouting => {
+            | Kind::LoadBalancerRouting
+            | Kind::Namespace
+            | Kind::NetworkPolicy => {
                 next.remove(kind, name);
                 if kind == Kind::LoadBalancer {
                     next.remove(Kind::LoadBalancerRouting, name);

@@ -205,7 +205,7 @@ fn unknown_kinds_and_names() {
     assert_eq!(err.status(), 400);
     assert!(
         err.to_string()
-            .contains("valid kinds: Overlay, Network, Subnet")
+            .contains("valid kinds: Namespace, Overlay, Network, Subnet")
     );
     let err = controller.get("nic", "c1").unwrap_err();
     assert_eq!(err.status(), 404);

@@ -173,6 +173,12 @@ impl Controller {
                 load_balancers: published.load_balancers.clone(),
                 ..Live::default()
             },
+            Kind::NetworkPolicy => Live {
+                network_policies: super::policies::statuses(
+                    self.engine.read().current().policy.as_deref(),
+                ),
+                ..Live::default()
+            },
             _ => Live::default(),
         }
     }

@@ -245,9 +245,20 @@ pub struct LoadBalancer {
     pub status: LoadBalancerStatus,
 }
 
+impl LoadBalancer {
+    /// True when the LoadBalancer's selector picks `nic`: an interface of its namespace
+    /// whose labels match (as a Service selects pods of its own namespace).
+    pub fn selects(&self, nic: &super::network_interface::NetworkInterface) -> bool {
+        nic.metadata.namespace() == self.metadata.namespace()
+            && self.spec.selects(&nic.metadata.labels)
+    }
+}
+
 impl ResourceKind for LoadBalancer {
     type Spec = LoadBalancerSpec;
     type Status = LoadBalancerStatus;
+
+    const NAMESPACED: bool = true;
 
     const INFO: KindInfo = KindInfo {
         name: "LoadBalancer",
@@ -294,11 +305,11 @@ spec:
     }
 
     fn observe(&mut self, state: &State, view: &StatusView) {
-        let live = view.load_balancers.get(&self.metadata.name);
+        let live = view.load_balancers.get(&self.metadata.key());
         let selected = state
             .network_interfaces
             .values()
-            .filter(|nic| self.spec.selects(&nic.metadata.labels))
+            .filter(|nic| self.selects(nic))
             .filter(|nic| {
                 state
                     .subnets
@@ -409,7 +420,7 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
             ));
             continue;
         }
-        if let Some(why) = address_conflict(cx.next, &lb.metadata.name, &spec.network, *v4) {
+        if let Some(why) = address_conflict(cx.next, &lb.metadata.key(), &spec.network, *v4) {
             errors.push(origin.conflict(&field, why));
         }
     }
@@ -539,14 +550,14 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
 /// LoadBalancer's, a NetworkInterface's or a Subnet's gateway or broadcast address.
 fn address_conflict(state: &State, name: &str, network: &str, ip: Ipv4Addr) -> Option<String> {
     if let Some(other) = state.load_balancers.values().find(|other| {
-        other.metadata.name != name
+        other.metadata.key() != name
             && other.spec.network == network
             && (other.spec.ips.contains(&IpAddr::V4(ip))
                 || other.status.ips.contains(&IpAddr::V4(ip)))
     }) {
         return Some(format!(
             "{ip} is already LoadBalancer {:?}'s address",
-            other.metadata.name
+            other.metadata.key()
         ));
     }
     for subnet in state
@@ -571,7 +582,7 @@ fn address_conflict(state: &State, name: &str, network: &str, ip: Ipv4Addr) -> O
         }) {
             return Some(format!(
                 "{ip} is NetworkInterface {:?}'s address",
-                nic.metadata.name
+                nic.metadata.key()
             ));
         }
     }

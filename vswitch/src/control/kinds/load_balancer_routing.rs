@@ -66,6 +66,8 @@ impl ResourceKind for LoadBalancerRouting {
     type Spec = LoadBalancerRoutingSpec;
     type Status = LoadBalancerRoutingStatus;
 
+    const NAMESPACED: bool = true;
+
     const INFO: KindInfo = KindInfo {
         name: "LoadBalancerRouting",
         plural: "loadbalancerroutings",
@@ -184,6 +186,7 @@ pub fn sync(state: &mut State) {
                 kind: "LoadBalancerRouting".to_string(),
                 metadata: Metadata {
                     name: name.clone(),
+                    namespace: balancer.metadata.namespace.clone(),
                     labels: BTreeMap::from([(
                         OWNER_LABEL.to_string(),
                         format!("LoadBalancer/{name}"),
@@ -194,7 +197,7 @@ pub fn sync(state: &mut State) {
                 },
                 status: LoadBalancerRoutingStatus::default(),
             };
-            (name, routing)
+            (routing.metadata.key(), routing)
         })
         .collect();
     state.load_balancer_routings = wanted;

@@ -11,9 +11,11 @@
 
 pub mod load_balancer;
 pub mod load_balancer_routing;
+pub mod namespace;
 pub mod nat_gateway;
 pub mod network;
 pub mod network_interface;
+pub mod network_policy;
 pub mod overlay;
 pub mod port_forward;
 pub mod route;
@@ -223,8 +225,10 @@ pub struct StatusView {
     pub nat_usage: Vec<nat::InterfaceUsage>,
     /// NetworkInterface names by port id.
     pub port_names: BTreeMap<u32, String>,
-    /// LoadBalancers as the datapath serves them, by name.
+    /// LoadBalancers as the datapath serves them, by key.
     pub load_balancers: BTreeMap<String, LoadBalancerLive>,
+    /// NetworkPolicies as compiled and counted, by key.
+    pub network_policies: BTreeMap<String, network_policy::NetworkPolicyStatus>,
 }
 
 /// A LoadBalancer as the datapath serves it: its backend counts and backends.
@@ -246,6 +250,15 @@ pub trait ResourceKind: Stored {
 
     /// Name, plural, short forms, summary and example.
     const INFO: KindInfo;
+
+    /// True for kinds whose resources live in a namespace (`metadata.namespace`, default
+    /// `default`; names unique per namespace); false for cluster-wide kinds, which refuse a
+    /// namespace.
+    const NAMESPACED: bool = false;
+
+    /// The `apiVersion`s a document of this kind may say; the first is the one written when
+    /// a request leaves it out.
+    const API_VERSIONS: &'static [&'static str] = &[crate::control::resource::API_VERSION];
 
     /// The spec.
     fn spec(&self) -> &Self::Spec;
@@ -310,6 +323,8 @@ pub trait Stored:
     const KIND: Kind;
     /// Name and labels.
     fn metadata(&self) -> &Metadata;
+    /// Name and labels, to change.
+    fn metadata_mut(&mut self) -> &mut Metadata;
     /// This kind's resources by name.
     fn table(state: &State) -> &BTreeMap<String, Self>;
     /// This kind's resources by name, to change.
@@ -350,10 +365,11 @@ impl From<UnknownKind> for ApiError {
     }
 }
 
-/// Version of the state file format this code writes. Formats 1 (no node id, no Routes) and
-/// 2 (no Uplink, NATGateways, PortForwards, VirtualIPs) are still read; the next save writes
-/// them as format 3. An older vswitchd refuses format 3 as too new rather than as corrupt.
-pub const STATE_FORMAT: u32 = 3;
+/// Version of the state file format this code writes. Formats 1 (no node id, no Routes),
+/// 2 (no Uplink, NATGateways, PortForwards, VirtualIPs) and 3 (no namespaces, Namespaces or
+/// NetworkPolicies) are still read; the next save writes them as format 4. An older
+/// vswitchd refuses format 4 as too new rather than as corrupt.
+pub const STATE_FORMAT: u32 = 4;
 
 /// The oldest state file format this code reads.
 pub const OLDEST_STATE_FORMAT: u32 = 1;
@@ -437,6 +453,9 @@ macro_rules! registry {
                 fn metadata(&self) -> &Metadata {
                     &self.metadata
                 }
+                fn metadata_mut(&mut self) -> &mut Metadata {
+                    &mut self.metadata
+                }
                 fn table(state: &State) -> &BTreeMap<String, Self> {
                     &state.$field
                 }
@@ -496,6 +515,7 @@ macro_rules! registry {
 // The registry: every kind, in dependency order (a kind depends only on kinds above it).
 // Variant => module::Type in State field as "key in the state file".
 registry! {
+    Namespace => namespace::Namespace in namespaces as "namespaces";
     Overlay => overlay::Overlay in overlays as "overlays";
     Network => network::Network in networks as "networks";
     Subnet => subnet::Subnet in subnets as "subnets";
@@ -507,6 +527,7 @@ registry! {
     PortForward => port_forward::PortForward in port_forwards as "portForwards";
     LoadBalancer => load_balancer::LoadBalancer in load_balancers as "loadBalancers";
     LoadBalancerRouting => load_balancer_routing::LoadBalancerRouting in load_balancer_routings as "loadBalancerRoutings";
+    NetworkPolicy => network_policy::NetworkPolicy in network_policies as "networkPolicies";
 }
 
 impl Kind {
@@ -518,6 +539,30 @@ impl Kind {
     /// The lowercase plural used in API paths (`networkinterfaces`).
     pub fn plural(self) -> &'static str {
         self.info().plural
+    }
+
+    /// The `apiVersion`s the kind accepts ([`ResourceKind::API_VERSIONS`]).
+    pub fn api_versions(self) -> &'static [&'static str] {
+        struct Versions;
+        impl KindVisitor for Versions {
+            type Output = &'static [&'static str];
+            fn visit<K: ResourceKind>(self) -> Self::Output {
+                K::API_VERSIONS
+            }
+        }
+        self.visit(Versions)
+    }
+
+    /// True when the kind's resources live in namespaces ([`ResourceKind::NAMESPACED`]).
+    pub fn is_namespaced(self) -> bool {
+        struct Namespaced;
+        impl KindVisitor for Namespaced {
+            type Output = bool;
+            fn visit<K: ResourceKind>(self) -> bool {
+                K::NAMESPACED
+            }
+        }
+        self.visit(Namespaced)
     }
 
     /// Every kind's canonical name, in registry order.
@@ -594,6 +639,12 @@ impl Resource {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.metadata().name
+    }
+
+    /// Its key in its kind's table: the name, `namespace/name` outside `default`
+    /// ([`Metadata::key`]).
+    pub fn key(&self) -> String {
+        self.metadata().key()
     }
 
     /// The resource as JSON, as clients see it (secrets redacted).
@@ -677,8 +728,8 @@ impl State {
         impl ResourceVisitor for Put<'_> {
             type Output = ();
             fn visit<K: ResourceKind>(self, resource: K) {
-                let name = resource.metadata().name.clone();
-                K::table_mut(self.0).insert(name, resource);
+                let key = resource.metadata().key();
+                K::table_mut(self.0).insert(key, resource);
             }
         }
         resource.visit(Put(self));
@@ -708,6 +759,63 @@ impl State {
             }
         }
         kind.visit(Observe(self, name, view))
+    }
+
+    /// Gives every resource of a namespaced kind its namespace (`default` when a state file
+    /// written before namespaces has none), as parsing does for documents.
+    pub fn normalize_namespaces(&mut self) {
+        struct Normalize<'a>(&'a mut State);
+        impl KindVisitor for Normalize<'_> {
+            type Output = ();
+            fn visit<K: ResourceKind>(self) {
+                if !K::NAMESPACED {
+                    return;
+                }
+                for resource in K::table_mut(self.0).values_mut() {
+                    resource.metadata_mut().namespace.get_or_insert_with(|| {
+                        crate::control::resource::DEFAULT_NAMESPACE.to_owned()
+                    });
+                }
+            }
+        }
+        for kind in Kind::ALL {
+            kind.visit(Normalize(self));
+        }
+    }
+
+    /// Checks that every resource is stored under its key ([`Metadata::key`]) and that
+    /// only namespaced kinds have a namespace.
+    ///
+    /// # Errors
+    /// A message naming the first resource that is not.
+    pub fn check_keys(&self) -> Result<(), String> {
+        struct Keys<'a>(&'a State);
+        impl KindVisitor for Keys<'_> {
+            type Output = Result<(), String>;
+            fn visit<K: ResourceKind>(self) -> Self::Output {
+                for (key, resource) in K::table(self.0) {
+                    let metadata = resource.metadata();
+                    if metadata.key() != *key {
+                        return Err(format!(
+                            "{} stored under {key:?} is {:?}",
+                            K::KIND,
+                            metadata.key()
+                        ));
+                    }
+                    if !K::NAMESPACED && metadata.namespace.is_some() {
+                        return Err(format!(
+                            "{} {key:?} has a namespace, but the kind is cluster-wide",
+                            K::KIND
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+        for kind in Kind::ALL {
+            kind.visit(Keys(self))?;
+        }
+        Ok(())
     }
 
     /// What keeps `kind`/`name` from being deleted ([`ResourceKind::dependants`]).

@@ -51,6 +51,10 @@ pub struct NetworkInterfaceSpec {
     /// Further routes installed in the namespace via the Subnet's gateway.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Ipv4Net>,
+    /// Named ports, as a container declares them (`{name: http, port: 80, protocol: TCP}`):
+    /// a NetworkPolicy's named `port` resolves on the destination interface's list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<policy::NamedPort>,
 }
 
 fn default_true() -> bool {
@@ -141,6 +145,8 @@ impl ResourceKind for NetworkInterface {
     type Spec = NetworkInterfaceSpec;
     type Status = NetworkInterfaceStatus;
 
+    const NAMESPACED: bool = true;
+
     const INFO: KindInfo = KindInfo {
         name: "NetworkInterface",
         plural: "networkinterfaces",
@@ -175,11 +181,12 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        if let Some(old) = cx.current.network_interfaces.get(&self.metadata.name) {
+        if let Some(old) = cx.current.network_interfaces.get(&self.metadata.key()) {
             errors.check(check_immutables(cx.origin, old, self));
         }
         errors.check(check_interface(cx.origin, cx.next, self));
         errors.check(check_virtual_ip(cx.origin, cx.next, cx.batch, self));
+        check_ports(cx.origin, self, errors);
     }
 
     fn dependants(state: &State, name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -266,7 +273,7 @@ fn check_immutables(
 /// addresses have the Subnet's prefix, are listed once and are host addresses IPAM accepts.
 fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Result<(), ApiError> {
     let spec = &nic.spec;
-    let name = &nic.metadata.name;
+    let key = nic.metadata.key();
     let Some(subnet) = next.subnets.get(&spec.subnet) else {
         return Err(origin.invalid(
             "spec.subnet",
@@ -277,7 +284,7 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
         ));
     };
     for other in next.network_interfaces.values() {
-        if other.metadata.name == *name {
+        if other.metadata.key() == key {
             continue;
         }
         if other.spec.netns == spec.netns && other.spec.ifname == spec.ifname {
@@ -285,7 +292,7 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
                 "spec.ifname",
                 format!(
                     "interface {} in netns {} is already NetworkInterface {:?}; choose another ifname",
-                    spec.ifname, spec.netns, other.metadata.name
+                    spec.ifname, spec.netns, other.metadata.key()
                 ),
             ));
         }
@@ -296,7 +303,7 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
                 "spec.mac",
                 format!(
                     "MAC {mac} is already used by NetworkInterface {:?} in Subnet {:?}; choose another or leave mac empty to generate one",
-                    other.metadata.name, spec.subnet
+                    other.metadata.key(), spec.subnet
                 ),
             ));
         }
@@ -336,6 +343,27 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
     Ok(())
 }
 
+/// A NetworkInterface's named ports: valid port names (IANA service names), ports 1-65535,
+/// each name once per protocol, as Kubernetes checks a container's ports.
+fn check_ports(origin: &Origin, nic: &NetworkInterface, errors: &mut Errors) {
+    let mut seen = BTreeSet::new();
+    for (index, port) in nic.spec.ports.iter().enumerate() {
+        let field = format!("spec.ports[{index}]");
+        if let Err(why) = policy::check_port_name(&port.name) {
+            errors.push(origin.invalid(&format!("{field}.name"), why));
+        }
+        if port.port == 0 {
+            errors.push(origin.invalid(&format!("{field}.port"), "must be from 1 to 65535"));
+        }
+        if !seen.insert(port.name.clone()) {
+            errors.push(origin.invalid(
+                &format!("{field}.name"),
+                format!("{:?} is listed twice; port names are unique", port.name),
+            ));
+        }
+    }
+}
+
 /// A NetworkInterface's `virtualIP`: the VirtualIP exists and no other interface references
 /// it.
 ///
@@ -359,16 +387,16 @@ fn check_virtual_ip(
         ));
     }
     let other = next.network_interfaces.values().find(|other| {
-        other.metadata.name != nic.metadata.name
+        other.metadata.key() != nic.metadata.key()
             && other.spec.virtual_ip.as_deref() == Some(vip.as_str())
-            && batch.before(Kind::NetworkInterface, &other.metadata.name, origin)
+            && batch.before(Kind::NetworkInterface, &other.metadata.key(), origin)
     });
     if let Some(other) = other {
         return Err(origin.conflict(
             "spec.virtualIP",
             format!(
                 "VirtualIP {vip:?} is already used by NetworkInterface {:?}; a VirtualIP maps to one interface: create another VirtualIP",
-                other.metadata.name
+                other.metadata.key()
             ),
         ));
     }

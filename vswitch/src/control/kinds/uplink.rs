@@ -294,14 +294,14 @@ fn check_uplink(
     let ours = next.network_interfaces.values().find(|nic| {
         nic.status.host_ifname.as_deref() == Some(spec.interface.as_str())
             || (nic.spec.kind == PortKind::Veth
-                && crate::port::host_ifname(&nic.metadata.name) == spec.interface)
+                && crate::port::host_ifname(&nic.metadata.key()) == spec.interface)
     });
     if let Some(nic) = ours {
         return Err(origin.invalid(
             "spec.interface",
             format!(
                 "{} is the host end of NetworkInterface {:?}, a port of this switch; name a host interface that leads outside (e.g. eth1)",
-                spec.interface, nic.metadata.name
+                spec.interface, nic.metadata.key()
             ),
         ));
     }

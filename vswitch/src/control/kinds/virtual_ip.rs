@@ -101,15 +101,15 @@ spec:
                 .network_interfaces
                 .values()
                 .filter(|n| n.spec.virtual_ip.as_deref() == Some(name))
-                .map(|n| n.metadata.name.clone())
+                .map(|n| n.metadata.key())
                 .collect(),
         )]
     }
 
     fn observe(&mut self, state: &State, _view: &StatusView) {
         self.status.ip = nat_rules::virtual_ip_address(self);
-        self.status.interface = nat_rules::virtual_ip_user(state, &self.metadata.name)
-            .map(|nic| nic.metadata.name.clone());
+        self.status.interface =
+            nat_rules::virtual_ip_user(state, &self.metadata.name).map(|nic| nic.metadata.key());
     }
 
     fn columns(wide: bool) -> Vec<&'static str> {

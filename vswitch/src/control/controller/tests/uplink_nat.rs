@@ -326,7 +326,7 @@ fn virtual_ip_allocation_and_the_uplink_survive_a_restart() {
     }
     let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
     assert!(text.contains("\"virtualIPs\""), "{text}");
-    assert!(text.contains("\"format\": 3"), "{text}");
+    assert!(text.contains("\"format\": 4"), "{text}");
 
     let controller = open_fake(dir.path(), Arc::clone(&clock));
     let wan = controller.get("uplink", "wan").unwrap();

@@ -1,0 +1,220 @@
+//! The NetworkPolicies as the datapath reads them: the `policy` crate's compiled classifier,
+//! which ports are isolated, which port owns an address, and the counters of allowed and
+//! denied connections.
+//!
+//! Built by the controller whenever what policies see changes (policies, interfaces and
+//! their labels, addresses and named ports, namespaces, LoadBalancer addresses), published
+//! with the snapshot, read by the `policy` stage. Endpoint ids are port ids. Counters are
+//! atomics indexed by the compiled set's dense rule ordinals and isolation tables; when a
+//! new set replaces one, the old set's counts are folded into per-policy totals the new set
+//! starts from, so a policy's counts survive changes to other resources.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use policy::{Compiled, Decision, Direction, EndpointId, Verdict};
+
+use super::snapshot::NetworkId;
+use crate::port::PortId;
+
+/// The port is isolated for ingress.
+const INGRESS: u8 = 1;
+/// The port is isolated for egress.
+const EGRESS: u8 = 2;
+
+/// A policy's table key: `name` in `default`, else `namespace/name`.
+pub type PolicyKey = String;
+
+/// Allowed and denied connections of one policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyCounts {
+    /// Connections its ingress rules allowed.
+    pub ingress_allowed: u64,
+    /// Connections its egress rules allowed.
+    pub egress_allowed: u64,
+    /// Connections denied on ingress while it isolated the destination.
+    pub ingress_denied: u64,
+    /// Connections denied on egress while it isolated the source.
+    pub egress_denied: u64,
+    /// Per rule: (direction, index, connections allowed).
+    pub rules: BTreeMap<(Direction, u32), u64>,
+}
+
+/// The compiled policies and what the datapath needs beside them.
+#[derive(Debug)]
+pub struct PolicySet {
+    compiled: Compiled,
+    /// Per port id: `INGRESS | EGRESS` bits.
+    flags: Vec<u8>,
+    /// The port that owns an address in a Network (interfaces' addresses).
+    addresses: HashMap<(NetworkId, Ipv4Addr), PortId, foldhash::fast::RandomState>,
+    /// Per rule ordinal: connections allowed.
+    allowed: Vec<AtomicU64>,
+    /// Per isolation table: connections denied (`[ingress, egress]`).
+    denied: Vec<[AtomicU64; 2]>,
+    /// Counts of earlier sets, by policy.
+    base: BTreeMap<PolicyKey, PolicyCounts>,
+    /// Interfaces (their names) each policy selects.
+    selected: BTreeMap<PolicyKey, Vec<String>>,
+}
+
+/// The key of a policy of the compiled set.
+fn key_of(policy: &policy::Policy) -> PolicyKey {
+    crate::control::resource::object_key(&policy.namespace, &policy.name)
+}
+
+impl PolicySet {
+    /// The set for `compiled`, whose endpoints are ports (`EndpointId(port id)`) in the
+    /// Networks `networks` gives; counts start from `previous`'s.
+    pub fn new(
+        compiled: Compiled,
+        networks: &BTreeMap<u32, NetworkId>,
+        previous: Option<&PolicySet>,
+    ) -> PolicySet {
+        let mut flags = Vec::new();
+        let mut addresses = HashMap::default();
+        let mut selected: BTreeMap<PolicyKey, Vec<String>> = BTreeMap::new();
+        for endpoint in compiled.endpoints() {
+            let slot = endpoint.id.0 as usize;
+            if flags.len() <= slot {
+                flags.resize(slot + 1, 0);
+            }
+            for (direction, bit) in [(Direction::Ingress, INGRESS), (Direction::Egress, EGRESS)] {
+                let policies = compiled.selecting_policies(endpoint.id, direction);
+                if !policies.is_empty() {
+                    flags[slot] |= bit;
+                }
+                let name =
+                    crate::control::resource::object_key(&endpoint.namespace, &endpoint.name);
+                for id in policies {
+                    let names = selected.entry(key_of(compiled.policy(*id))).or_default();
+                    if !names.contains(&name) {
+                        names.push(name.clone());
+                    }
+                }
+            }
+            if let Some(network) = networks.get(&endpoint.id.0) {
+                for address in &endpoint.addresses {
+                    if let IpAddr::V4(v4) = address {
+                        addresses.insert((*network, *v4), PortId(endpoint.id.0));
+                    }
+                }
+            }
+        }
+        for names in selected.values_mut() {
+            names.sort();
+        }
+        let allowed = (0..compiled.rule_count())
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        let denied = (0..compiled.stats().tables)
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+            .collect();
+        let mut base = previous.map(PolicySet::totals).unwrap_or_default();
+        let current: std::collections::BTreeSet<PolicyKey> =
+            compiled.policies().iter().map(key_of).collect();
+        base.retain(|key, _| current.contains(key));
+        PolicySet {
+            compiled,
+            flags,
+            addresses,
+            allowed,
+            denied,
+            base,
+            selected,
+        }
+    }
+
+    /// The compiled classifier.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// True when some policy isolates `port` in either direction: its connections are
+    /// classified and tracked.
+    #[inline]
+    pub fn is_isolated(&self, port: PortId) -> bool {
+        self.flags.get(port.0 as usize).is_some_and(|f| *f != 0)
+    }
+
+    /// True when `port` is one of the compiled endpoints (an attached interface).
+    #[inline]
+    pub fn is_endpoint(&self, port: PortId) -> bool {
+        (port.0 as usize) < self.flags.len() && self.compiled.endpoint(EndpointId(port.0)).is_some()
+    }
+
+    /// The interface that owns `address` in `network`.
+    #[inline]
+    pub fn owner(&self, network: NetworkId, address: Ipv4Addr) -> Option<PortId> {
+        if self.addresses.is_empty() {
+            return None;
+        }
+        self.addresses.get(&(network, address)).copied()
+    }
+
+    /// Counts a decision: the allowing rules, or the denying side's isolation.
+    pub fn count(&self, decision: &Decision) {
+        for (verdict, side) in [(&decision.egress, 1), (&decision.ingress, 0)] {
+            match verdict {
+                Verdict::Allowed(rule) => {
+                    if let Some(counter) = self.allowed.get(rule.ordinal as usize) {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Verdict::Denied(isolation) => {
+                    if let Some(counters) = self.denied.get(isolation.index() as usize) {
+                        counters[side].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Verdict::NotIsolated => {}
+            }
+        }
+    }
+
+    /// Every policy's counts: earlier sets' and this one's.
+    pub fn totals(&self) -> BTreeMap<PolicyKey, PolicyCounts> {
+        let mut totals = self.base.clone();
+        for rule in self.compiled.rules() {
+            let count = self
+                .allowed
+                .get(rule.ordinal as usize)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            if count == 0 {
+                continue;
+            }
+            let counts = totals
+                .entry(key_of(self.compiled.policy(rule.policy)))
+                .or_default();
+            match rule.direction {
+                Direction::Ingress => counts.ingress_allowed += count,
+                Direction::Egress => counts.egress_allowed += count,
+            }
+            *counts
+                .rules
+                .entry((rule.direction, rule.index))
+                .or_default() += count;
+        }
+        for (table, counters) in self.denied.iter().enumerate() {
+            let ingress = counters[0].load(Ordering::Relaxed);
+            let egress = counters[1].load(Ordering::Relaxed);
+            if ingress == 0 && egress == 0 {
+                continue;
+            }
+            let Ok(table) = u32::try_from(table) else {
+                continue;
+            };
+            for id in self.compiled.isolating_policies_of_table(table) {
+                let counts = totals.entry(key_of(self.compiled.policy(*id))).or_default();
+                counts.ingress_denied += ingress;
+                counts.egress_denied += egress;
+            }
+        }
+        totals
+    }
+
+    /// The interfaces policy `key` selects.
+    pub fn selected(&self, key: &str) -> &[String] {
+        self.selected.get(key).map_or(&[], Vec::as_slice)
+    }
+}
