@@ -358,9 +358,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     for scenario in &scenarios {
         for case in scenario.cases(&args.policies) {
             for variant in &variants {
-                results.push(scenarios::run_variant(
-                    case, *variant, &context, &settings,
-                )?);
+                results.push(scenarios::run_variant(case, *variant, &context, &settings)?);
             }
             let done: Vec<VariantResult> = results
                 .iter()

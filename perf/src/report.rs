@@ -544,10 +544,7 @@ pub fn render_policy_overview(scenarios: &[ScenarioSummary]) -> Option<String> {
                 continue;
             }
             let name = variant.variant.as_str();
-            let mut row = vec![
-                format_count(*count),
-                name.to_owned(),
-            ];
+            let mut row = vec![format_count(*count), name.to_owned()];
             for metric in [Metric::TcpGbps1, Metric::TcpConnPerSecond] {
                 let value = median(scenario, name, metric);
                 let own = without.and_then(|zero| median(zero, name, metric));
@@ -936,11 +933,17 @@ vswitch-veth-w1: FAILED: vswitchd exited
         };
         let mut results = case(
             0,
-            &[("kernel", 20.0, 10_000.0, 0.0), ("vswitch-tap-w1", 10.0, 8_000.0, 0.0)],
+            &[
+                ("kernel", 20.0, 10_000.0, 0.0),
+                ("vswitch-tap-w1", 10.0, 8_000.0, 0.0),
+            ],
         );
         results.extend(case(
             1000,
-            &[("kernel", 18.0, 5_000.0, 1.5), ("vswitch-tap-w1", 9.6, 8_000.0, 0.25)],
+            &[
+                ("kernel", 18.0, 5_000.0, 1.5),
+                ("vswitch-tap-w1", 9.6, 8_000.0, 0.25),
+            ],
         ));
         results.push(VariantResult {
             scenario: "policy-1000".into(),
@@ -953,7 +956,10 @@ vswitch-veth-w1: FAILED: vswitchd exited
 
     #[test]
     fn policy_overview() {
-        assert_eq!(render_policy_overview(&summarize(&results(), |_| "l2".into())), None);
+        assert_eq!(
+            render_policy_overview(&summarize(&results(), |_| "l2".into())),
+            None
+        );
         let text = render_policy_overview(&policy_summaries()).expect("policy cases");
         let expected = "\
 == policy: overview (medians; vs 0 = the same variant without policies, vs kernel = the kernel with the same policies, both from this run) ==

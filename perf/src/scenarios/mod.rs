@@ -578,7 +578,12 @@ fn measure(
             sent: applied.policies as u64,
             delivered: applied.listed as u64,
         };
-        samples.push(sample(Metric::PolicyApplySeconds, 1, applied.seconds, check));
+        samples.push(sample(
+            Metric::PolicyApplySeconds,
+            1,
+            applied.seconds,
+            check,
+        ));
     }
     for run in 1..=settings.runs {
         cmd::check_interrupted()?;

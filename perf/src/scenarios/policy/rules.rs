@@ -753,8 +753,7 @@ mod tests {
     use std::net::IpAddr;
 
     use policy::{
-        Compiled, Connection, Endpoint, EndpointId, Namespace, NetworkPolicy, Peer as Remote,
-        World,
+        Compiled, Connection, Endpoint, EndpointId, Namespace, NetworkPolicy, Peer as Remote, World,
     };
 
     use super::*;
@@ -825,7 +824,9 @@ mod tests {
             documents[1]
         );
         assert!(
-            documents[2].contains(r#""to":[{"ipBlock":{"cidr":"10.77.0.0/24","except":["10.77.0.3/32"]}}]"#),
+            documents[2].contains(
+                r#""to":[{"ipBlock":{"cidr":"10.77.0.0/24","except":["10.77.0.3/32"]}}]"#
+            ),
             "{}",
             documents[2]
         );
@@ -844,13 +845,20 @@ mod tests {
         let documents: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i:04}}}")).collect();
         // One document is 10 bytes; an array of n documents is 5 + 12n - 2 bytes.
         let groups = chunks(&documents, 40);
-        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [3, 3, 3, 1]
+        );
         for group in &groups {
             assert!(json_array(group).len() <= 40, "{}", json_array(group));
         }
         assert_eq!(groups.concat(), documents);
         assert_eq!(chunks(&documents, 1 << 20).len(), 1);
-        assert_eq!(chunks(&documents, 1).len(), 10, "oversized documents go alone");
+        assert_eq!(
+            chunks(&documents, 1).len(),
+            10,
+            "oversized documents go alone"
+        );
         assert!(chunks(&[], 100).is_empty());
     }
 
@@ -906,9 +914,17 @@ mod tests {
         };
         for (protocol, port) in [(6, iperf::PORT), (6, connrate::PORT), (17, latency::PORT)] {
             assert!(check(client, server, protocol, port), "{protocol}/{port}");
-            assert!(!check(server, client, protocol, port), "reverse {protocol}/{port}");
+            assert!(
+                !check(server, client, protocol, port),
+                "reverse {protocol}/{port}"
+            );
         }
-        for (protocol, port) in [(17, iperf::PORT), (6, 5202), (6, 20_000), (17, connrate::PORT)] {
+        for (protocol, port) in [
+            (17, iperf::PORT),
+            (6, 5202),
+            (6, 20_000),
+            (17, connrate::PORT),
+        ] {
             assert!(!check(client, server, protocol, port), "{protocol}/{port}");
         }
         // Without the last policy nothing measured passes: no filler allows it.
@@ -955,7 +971,11 @@ mod tests {
             .into_iter()
             .map(interval_text)
             .collect();
-        assert_eq!(text, ["10.77.0.2/31"], "two neighbours merge into one interval");
+        assert_eq!(
+            text,
+            ["10.77.0.2/31"],
+            "two neighbours merge into one interval"
+        );
         let nobody = Peer::Selector {
             pods: None,
             namespaces: Some(labels(&[("team", "x")])),
