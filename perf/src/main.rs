@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use report::{JsonReport, Outcome, RunInfo, VariantResult};
-use scenarios::{Context, Scenario, Settings};
+use scenarios::{Case, Context, Scenario, Settings};
 use tools::cmd::{self, Interrupted};
 use tools::endpoints::EndpointCpus;
 use tools::vswitchd::{Binaries, PortKind, WorkerPlacement};
@@ -91,6 +91,10 @@ struct RunArgs {
     /// less on where the scheduler happens to put three busy threads on few cores.
     #[arg(long)]
     pin_endpoints: bool,
+    /// policy: the policy counts to measure, comma-separated (one table each).
+    #[arg(long, value_delimiter = ',', default_values_t = scenarios::policy::COUNTS,
+          value_parser = clap::value_parser!(u32).range(0..=16_384))]
+    policies: Vec<u32>,
     /// Port kinds to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tap,veth")]
     kinds: Vec<PortKind>,
@@ -352,22 +356,25 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mut results: Vec<VariantResult> = Vec::new();
     for scenario in &scenarios {
-        for variant in &variants {
-            results.push(scenarios::run_variant(
-                *scenario, *variant, &context, &settings,
-            )?);
-        }
-        let done: Vec<VariantResult> = results
-            .iter()
-            .filter(|r| r.scenario == scenario.key())
-            .cloned()
-            .collect();
-        for summary in report::summarize(&done, describe) {
-            println!("{}", report::render_scenario(&summary));
+        for case in scenario.cases(&args.policies) {
+            for variant in &variants {
+                results.push(scenarios::run_variant(case, *variant, &context, &settings)?);
+            }
+            let done: Vec<VariantResult> = results
+                .iter()
+                .filter(|r| r.scenario == case.key())
+                .cloned()
+                .collect();
+            for summary in report::summarize(&done, describe) {
+                println!("{}", report::render_scenario(&summary));
+            }
         }
     }
 
     let summaries = report::summarize(&results, describe);
+    if let Some(overview) = report::render_policy_overview(&summaries) {
+        println!("{overview}");
+    }
     let json = serde_json::to_string_pretty(&JsonReport {
         harness: format!("perf {}", env!("CARGO_PKG_VERSION")),
         run: &info,
@@ -407,7 +414,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
 }
 
 fn describe(key: &str) -> String {
-    Scenario::from_key(key).map_or_else(String::new, |s| s.description().to_owned())
+    Case::from_key(key).map_or_else(String::new, Case::description)
 }
 
 /// `perf/results` of the source tree when it exists (a cargo build), else `./perf-results`.
@@ -482,6 +489,9 @@ fn run_info(args: &RunArgs, settings: &Settings, context: &Context, started_at: 
         ));
     }
     let mut described = settings.describe();
+    if selected_scenarios(args).contains(&Scenario::Policy) {
+        described.push(format!("policy counts: {:?}", args.policies));
+    }
     described.push(format!(
         "variants: kernel{}{}",
         if args.kernel_only {
@@ -553,6 +563,7 @@ mod tests {
         assert_eq!(cli.run.busy_poll_us, [0, 200]);
         assert_eq!(cli.run.placements, [WorkerPlacement::Pinned]);
         assert_eq!(cli.run.kinds, [PortKind::Tap, PortKind::Veth]);
+        assert_eq!(cli.run.policies, [0, 100, 1_000, 10_000]);
     }
 
     #[test]
@@ -573,7 +584,10 @@ mod tests {
             "--placements",
             "floating,pinned",
             "--pin-endpoints",
+            "--policies",
+            "0,1000",
         ]);
+        assert_eq!(cli.run.policies, [0, 1000]);
         assert_eq!(selected_scenarios(&cli.run), [Scenario::L2, Scenario::Nat]);
         assert!(cli.run.pin_endpoints);
         let settings = settings(&cli.run).expect("settings (needs 2 CPUs for --pin-endpoints)");
@@ -600,6 +614,7 @@ mod tests {
         assert!(parse_err(&["--workers", "0"]));
         assert!(parse_err(&["--kinds", "macvlan"]));
         assert!(parse_err(&["--busy-poll-us", "1000000"]));
+        assert!(parse_err(&["--policies", "20000"]));
     }
 
     #[test]

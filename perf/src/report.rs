@@ -36,11 +36,13 @@ pub enum Metric {
     CpuMachineSecondsPerGb,
     /// CPU of the switch per GB moved (TCP, 1 stream).
     CpuSwitchSecondsPerGb,
+    /// Time to apply the scenario's rule set (`policy`), once per variant.
+    PolicyApplySeconds,
 }
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::TcpGbps1,
         Metric::TcpGbps4,
         Metric::UdpPps,
@@ -51,6 +53,7 @@ impl Metric {
         Metric::TcpConnPerSecond,
         Metric::CpuMachineSecondsPerGb,
         Metric::CpuSwitchSecondsPerGb,
+        Metric::PolicyApplySeconds,
     ];
 
     /// Stable key (CSV, JSON).
@@ -66,6 +69,7 @@ impl Metric {
             Metric::TcpConnPerSecond => "tcp_conn_rate",
             Metric::CpuMachineSecondsPerGb => "cpu_machine_per_gb",
             Metric::CpuSwitchSecondsPerGb => "cpu_switch_per_gb",
+            Metric::PolicyApplySeconds => "policy_apply",
         }
     }
 
@@ -82,6 +86,7 @@ impl Metric {
             Metric::TcpConnPerSecond => "TCP conn/s",
             Metric::CpuMachineSecondsPerGb => "CPU machine/GB",
             Metric::CpuSwitchSecondsPerGb => "CPU switch/GB",
+            Metric::PolicyApplySeconds => "Policy apply",
         }
     }
 
@@ -94,6 +99,7 @@ impl Metric {
             Metric::RttP50Us | Metric::RttP99Us | Metric::RttP999Us => "us",
             Metric::TcpConnPerSecond => "conn/s",
             Metric::CpuMachineSecondsPerGb | Metric::CpuSwitchSecondsPerGb => "s/GB",
+            Metric::PolicyApplySeconds => "s",
         }
     }
 
@@ -341,6 +347,11 @@ pub fn format_value(value: f64) -> String {
     }
 }
 
+/// A count with thousands grouped: `0`, `100`, `10,000`.
+pub fn format_count(count: u64) -> String {
+    group_thousands(count as f64)
+}
+
 fn group_thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.abs());
     let mut grouped = String::new();
@@ -493,6 +504,77 @@ pub fn render_scenario(scenario: &ScenarioSummary) -> String {
     out
 }
 
+/// The scenario keys of the `policy` cases (`policy-<count>`) and their counts.
+fn policy_count(key: &str) -> Option<u64> {
+    key.strip_prefix("policy-")?.parse().ok()
+}
+
+/// The `policy` overview: per policy count and variant, TCP 1 stream and TCP conn/s with
+/// their ratios to the same variant without policies (`vs 0`) and to the kernel with the
+/// same policies (`vs kernel`), and the time the rule set took to apply; `None` when no
+/// `policy` case ran.
+pub fn render_policy_overview(scenarios: &[ScenarioSummary]) -> Option<String> {
+    let cases: Vec<(u64, &ScenarioSummary)> = scenarios
+        .iter()
+        .filter_map(|scenario| Some((policy_count(&scenario.scenario)?, scenario)))
+        .collect();
+    if cases.is_empty() {
+        return None;
+    }
+    let median = |scenario: &ScenarioSummary, variant: &str, metric: Metric| {
+        scenario
+            .variants
+            .iter()
+            .find(|v| v.variant == variant)?
+            .metrics
+            .iter()
+            .find(|m| m.metric == metric.key())
+            .map(|m| m.spread.median)
+    };
+    let without = cases
+        .iter()
+        .find(|(count, _)| *count == 0)
+        .map(|(_, scenario)| *scenario);
+    let times = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+    let figure = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), format_value);
+    let mut rows = Vec::new();
+    for (count, scenario) in &cases {
+        for variant in &scenario.variants {
+            if variant.outcome != Outcome::Measured {
+                continue;
+            }
+            let name = variant.variant.as_str();
+            let mut row = vec![format_count(*count), name.to_owned()];
+            for metric in [Metric::TcpGbps1, Metric::TcpConnPerSecond] {
+                let value = median(scenario, name, metric);
+                let own = without.and_then(|zero| median(zero, name, metric));
+                let kernel = median(scenario, BASELINE, metric);
+                row.push(figure(value));
+                row.push(times(value.and_then(|v| ratio(v, own))));
+                row.push(times(value.and_then(|v| ratio(v, kernel))));
+            }
+            row.push(figure(median(scenario, name, Metric::PolicyApplySeconds)));
+            rows.push(row);
+        }
+    }
+    let header = [
+        "policies",
+        "variant",
+        "TCP Gbit/s",
+        "vs 0",
+        "vs kernel",
+        "conn/s",
+        "vs 0",
+        "vs kernel",
+        "apply s",
+    ];
+    Some(format!(
+        "== policy: overview (medians; vs 0 = the same variant without policies, vs kernel = \
+         the kernel with the same policies, both from this run) ==\n{}",
+        render_columns(&header, &rows, "rl")
+    ))
+}
+
 /// Quotes a CSV field when it needs it (RFC 4180).
 pub fn csv_field(field: &str) -> String {
     if field.contains([',', '"', '\n', '\r']) {
@@ -567,9 +649,10 @@ pub const METHOD: &[&str] = &[
     "TCP: iperf3 -J, receiver-side rate (end.sum_received). Check: bytes sent vs received.",
     "UDP 64B: our sender (sendmmsg, 64 per call, 18-byte payload = 64-byte frame with FCS) for the run's duration, our counting receiver (recvmmsg); rate = packets received / sending time; loss = 1 - received/sent. Check: packets sent vs received.",
     "RTT: our UDP ping-pong, one request in flight, 18-byte payload, HDR histogram (3 significant digits); a reply later than 500 ms counts as lost. Check: requests vs replies.",
-    "TCP conn/s (lb only, measured last in each run): 4 client workers, each opening a TCP connection to the virtual IP, reading the one byte the server writes, waiting for the server's close and closing, in a loop; figure = connections completed / client run time. Check: connections attempted vs completed (a connection counts as failed after 1 s without progress).",
+    "TCP conn/s (lb and policy, measured last in each run): 4 client workers, each opening a TCP connection to the virtual IP (policy: to the server itself), reading the one byte the server writes, waiting for the server's close and closing, in a loop; figure = connections completed / client run time. Check: connections attempted vs completed (a connection counts as failed after 1 s without progress).",
     "CPU machine/GB: busy jiffies of all CPUs (/proc/stat user+nice+system+irq+softirq) during the 1-stream TCP run, per 10^9 bytes delivered; includes sender, receiver and switch, so it compares like with like.",
     "CPU switch/GB: vswitchd's (or ovs-vswitchd's) utime+stime from /proc/<pid>/stat during the same run; for the kernel, machine-wide system+softirq, which also holds both endpoints' TCP/IP stack work, so it is an upper bound of the kernel's switching cost.",
+    "Policy apply (policy only, once per variant): the kernel, `nft -f` of the whole rule set; vswitchd, from the first `vswitchctl apply -f` until `vswitchctl get networkpolicies -A` lists every policy (it compiles them within about a second after; the harness waits 2 s). Check: policies in the rule set vs policies found (vswitchd: listed; kernel: jumps in the server's ingress chain).",
     "Containers keep default offloads (TSO/GSO, checksum offload) in every variant; MTU 1500 unless the scenario says otherwise.",
 ];
 
@@ -587,6 +670,10 @@ pub fn render_summary(info: &RunInfo, scenarios: &[ScenarioSummary]) -> String {
     out.push('\n');
     for scenario in scenarios {
         out.push_str(&render_scenario(scenario));
+        out.push('\n');
+    }
+    if let Some(overview) = render_policy_overview(scenarios) {
+        out.push_str(&overview);
         out.push('\n');
     }
     out.push_str("Method:\n");
@@ -813,6 +900,79 @@ vswitch-veth-w1: FAILED: vswitchd exited
         assert_eq!(table, expected, "got:\n{table}");
     }
 
+    fn policy_summaries() -> Vec<ScenarioSummary> {
+        let case = |count: u32, figures: &[(&str, f64, f64, f64)]| {
+            let mut samples = Vec::new();
+            let mut results = Vec::new();
+            for &(variant, tcp, conn, apply) in figures {
+                let sample = |metric, value| Sample {
+                    scenario: format!("policy-{count}"),
+                    variant: variant.into(),
+                    metric,
+                    run: 1,
+                    value,
+                    check: Check {
+                        unit: "bytes",
+                        sent: 1,
+                        delivered: 1,
+                    },
+                };
+                samples.push(sample(Metric::TcpGbps1, tcp));
+                samples.push(sample(Metric::TcpConnPerSecond, conn));
+                if apply > 0.0 {
+                    samples.push(sample(Metric::PolicyApplySeconds, apply));
+                }
+                results.push(VariantResult {
+                    scenario: format!("policy-{count}"),
+                    variant: variant.into(),
+                    outcome: Outcome::Measured,
+                    samples: std::mem::take(&mut samples),
+                });
+            }
+            results
+        };
+        let mut results = case(
+            0,
+            &[
+                ("kernel", 20.0, 10_000.0, 0.0),
+                ("vswitch-tap-w1", 10.0, 8_000.0, 0.0),
+            ],
+        );
+        results.extend(case(
+            1000,
+            &[
+                ("kernel", 18.0, 5_000.0, 1.5),
+                ("vswitch-tap-w1", 9.6, 8_000.0, 0.25),
+            ],
+        ));
+        results.push(VariantResult {
+            scenario: "policy-1000".into(),
+            variant: "vswitch-veth-w1".into(),
+            outcome: Outcome::Skipped("not supported".into()),
+            samples: vec![],
+        });
+        summarize(&results, |_| "policy".into())
+    }
+
+    #[test]
+    fn policy_overview() {
+        assert_eq!(
+            render_policy_overview(&summarize(&results(), |_| "l2".into())),
+            None
+        );
+        let text = render_policy_overview(&policy_summaries()).expect("policy cases");
+        let expected = "\
+== policy: overview (medians; vs 0 = the same variant without policies, vs kernel = the kernel with the same policies, both from this run) ==
+policies  variant         TCP Gbit/s   vs 0  vs kernel  conn/s   vs 0  vs kernel  apply s
+--------  --------------  ----------  -----  ---------  ------  -----  ---------  -------
+       0  kernel                20.0  1.00x      1.00x  10,000  1.00x      1.00x        -
+       0  vswitch-tap-w1        10.0  1.00x      0.50x   8,000  1.00x      0.80x        -
+   1,000  kernel                18.0  0.90x      1.00x   5,000  0.50x      1.00x     1.50
+   1,000  vswitch-tap-w1        9.60  0.96x      0.53x   8,000  1.00x      1.60x    0.250
+";
+        assert_eq!(text, expected, "got:\n{text}");
+    }
+
     #[test]
     fn columns_align_and_trim() {
         let text = render_columns(
@@ -833,6 +993,8 @@ vswitch-veth-w1: FAILED: vswitchd exited
         assert_eq!(format_value(38.21), "38.2");
         assert_eq!(format_value(1.234), "1.23");
         assert_eq!(format_value(0.01234), "0.012");
+        assert_eq!(format_count(0), "0");
+        assert_eq!(format_count(10_000), "10,000");
         assert_eq!(format_amount(23_100_000_000, "bytes"), "23.10 GB");
         assert_eq!(format_amount(3_100_000, "packets"), "3.10M packets");
         assert_eq!(format_amount(12, "replies"), "12 replies");

@@ -118,9 +118,23 @@ impl Topology {
     /// # Errors
     /// The program fails or runs past 30 s.
     pub fn exec(&self, netns: &str, program: &str, args: &[&str]) -> Result<String> {
+        self.exec_within(netns, program, args, Duration::from_secs(30))
+    }
+
+    /// [`Topology::exec`] with its own time limit (a large `nft -f` takes minutes).
+    ///
+    /// # Errors
+    /// The program fails or runs past `limit`.
+    pub fn exec_within(
+        &self,
+        netns: &str,
+        program: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<String> {
         let mut full = vec!["netns", "exec", netns, program];
         full.extend_from_slice(args);
-        cmd::run(cmd::command("ip", &full), Duration::from_secs(30))
+        cmd::run(cmd::command("ip", &full), limit)
     }
 
     /// A scratch directory for this topology (created on first use, removed on drop).

@@ -65,6 +65,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: false,
+                datagrams: true,
+                applied: None,
             })
         }
         Variant::Vswitch { kind, settings } => {
@@ -88,6 +90,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: false,
+                datagrams: true,
+                applied: None,
             })
         }
     }

@@ -207,6 +207,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: Some(VSWITCH_CONN_VIP),
                 cpu,
                 unreachable_is_unsupported: true,
+                datagrams: true,
+                applied: None,
             })
         }
         _ => {
@@ -244,6 +246,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: Some(KERNEL_CONN_VIP),
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
+                datagrams: true,
+                applied: None,
             })
         }
     }

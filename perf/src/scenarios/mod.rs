@@ -7,12 +7,15 @@
 //! Everything the variant built is owned by [`Prepared`] and torn down when it is dropped,
 //! whatever happened.
 //!
-//! Scenarios: `l2`, `routed`, `vxlan`, `nat` (one client, one server) and `lb` (one client,
-//! three backends behind virtual IPs; it adds the TCP conn/s row).
+//! Scenarios: `l2`, `routed`, `vxlan`, `nat` (one client, one server), `lb` (one client,
+//! three backends behind virtual IPs; it adds the TCP conn/s row) and `policy` (one client,
+//! one server, with N network policies: one [`Case`] per N, each its own table; it measures
+//! TCP and TCP conn/s, and the time the rule set took to apply).
 
 pub mod l2;
 pub mod lb;
 pub mod nat;
+pub mod policy;
 pub mod routed;
 pub mod vxlan;
 
@@ -96,13 +99,13 @@ impl Settings {
                 latency::PORT
             ),
             format!(
-                "TCP conn/s (lb): {} s per run, {} workers, port {}",
+                "TCP conn/s (lb, policy): {} s per run, {} workers, port {}",
                 self.conn_seconds,
                 connrate::WORKERS,
                 connrate::PORT
             ),
             format!(
-                "warmup: TCP {} s, UDP 0.5 s, connections 0.5 s (lb)",
+                "warmup: TCP {} s, UDP 0.5 s (not in policy), connections 0.5 s (lb, policy)",
                 self.warmup_seconds
             ),
             match self.endpoint_cpus {
@@ -166,16 +169,19 @@ pub enum Scenario {
     Nat,
     /// A client reaching three backends through a load balancer's virtual IP.
     Lb,
+    /// Two containers on one node with 0, 100, 1,000 and 10,000 network policies.
+    Policy,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
         Scenario::Nat,
         Scenario::Lb,
+        Scenario::Policy,
     ];
 
     /// Stable key.
@@ -186,6 +192,7 @@ impl Scenario {
             Scenario::Vxlan => "vxlan",
             Scenario::Nat => "nat",
             Scenario::Lb => "lb",
+            Scenario::Policy => "policy",
         }
     }
 
@@ -211,20 +218,90 @@ impl Scenario {
                 "client to 3 backends behind a virtual IP, ClientIP affinity; conn/s without \
                  affinity (kernel: nftables DNAT, jhash / numgen)"
             }
+            Scenario::Policy => {
+                "two containers on one node, c1 -> c2, with network policies selecting both \
+                 (kernel: bridge + br_netfilter, nftables with sets)"
+            }
         }
     }
 
-    /// Builds `variant` of this scenario.
+    /// The cases of this scenario: one per policy count in `policy`, else one.
+    pub fn cases(self, policy_counts: &[u32]) -> Vec<Case> {
+        match self {
+            Scenario::Policy => policy_counts
+                .iter()
+                .map(|&policies| Case {
+                    scenario: self,
+                    policies,
+                })
+                .collect(),
+            _ => vec![Case {
+                scenario: self,
+                policies: 0,
+            }],
+        }
+    }
+}
+
+/// One table of the results: a scenario, and in `policy` the number of policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Case {
+    /// The topology.
+    pub scenario: Scenario,
+    /// `policy`: how many NetworkPolicies (and their nftables translation); 0 elsewhere.
+    pub policies: u32,
+}
+
+impl Case {
+    /// Stable key: the scenario's, and `policy-<count>` in `policy`.
+    pub fn key(self) -> String {
+        match self.scenario {
+            Scenario::Policy => format!("policy-{}", self.policies),
+            scenario => scenario.key().to_owned(),
+        }
+    }
+
+    /// Looks a key up.
+    pub fn from_key(key: &str) -> Option<Case> {
+        if let Some(count) = key.strip_prefix("policy-") {
+            let policies = count.parse().ok()?;
+            return Some(Case {
+                scenario: Scenario::Policy,
+                policies,
+            });
+        }
+        Scenario::from_key(key)
+            .filter(|scenario| *scenario != Scenario::Policy)
+            .map(|scenario| Case {
+                scenario,
+                policies: 0,
+            })
+    }
+
+    /// One line on the topology and its kernel equivalent.
+    pub fn description(self) -> String {
+        match self.scenario {
+            Scenario::Policy => format!(
+                "{} policies: {}",
+                crate::report::format_count(u64::from(self.policies)),
+                self.scenario.description()
+            ),
+            scenario => scenario.description().to_owned(),
+        }
+    }
+
+    /// Builds `variant` of this case.
     ///
     /// # Errors
     /// See [`PrepareError`].
     pub fn prepare(self, variant: Variant, context: &Context) -> Result<Prepared, PrepareError> {
-        match self {
+        match self.scenario {
             Scenario::L2 => l2::prepare(variant, context),
             Scenario::Routed => routed::prepare(variant, context),
             Scenario::Vxlan => vxlan::prepare(variant, context),
             Scenario::Nat => nat::prepare(variant, context),
             Scenario::Lb => lb::prepare(variant, context),
+            Scenario::Policy => policy::prepare(variant, context, self.policies),
         }
     }
 }
@@ -292,6 +369,25 @@ pub struct Prepared {
     /// If the client cannot reach the server, the vswitchd lacks the feature (a skip)
     /// rather than being broken (a failure).
     pub unreachable_is_unsupported: bool,
+    /// Whether UDP 64B and RTT are measured (`policy` allows TCP and the connectivity
+    /// check only, and measures TCP).
+    pub datagrams: bool,
+    /// The scenario's rule set, when it has one (`policy`): how long it took to apply.
+    pub applied: Option<Applied>,
+}
+
+/// How a rule set was applied (`policy`): recorded once per variant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Applied {
+    /// Seconds from the start of the apply until the switch had all of it (the kernel:
+    /// `nft -f` returned; vswitchd: `get` lists every policy).
+    pub seconds: f64,
+    /// Policies in the rule set.
+    pub policies: usize,
+    /// Policies found after the apply (the check).
+    pub listed: usize,
+    /// Requests it took (vswitchd splits an apply its daemon refuses as too large).
+    pub requests: usize,
 }
 
 /// Why a variant could not be built.
@@ -359,8 +455,8 @@ pub fn variants(
     list
 }
 
-fn progress(scenario: Scenario, variant: &Variant, message: &str) {
-    eprintln!("perf: [{} {}] {message}", scenario.key(), variant.label());
+fn progress(case: Case, variant: &Variant, message: &str) {
+    eprintln!("perf: [{} {}] {message}", case.key(), variant.label());
 }
 
 /// Builds, measures and tears down one variant.
@@ -368,31 +464,31 @@ fn progress(scenario: Scenario, variant: &Variant, message: &str) {
 /// # Errors
 /// Only [`Interrupted`]: every other problem is recorded in the result's outcome.
 pub fn run_variant(
-    scenario: Scenario,
+    case: Case,
     variant: Variant,
     context: &Context,
     settings: &Settings,
 ) -> Result<VariantResult> {
     let mut result = VariantResult {
-        scenario: scenario.key().to_owned(),
+        scenario: case.key(),
         variant: variant.label(),
         outcome: Outcome::Measured,
         samples: Vec::new(),
     };
-    progress(scenario, &variant, "building topology");
-    let prepared = match scenario.prepare(variant, context) {
+    progress(case, &variant, "building topology");
+    let prepared = match case.prepare(variant, context) {
         Ok(prepared) => prepared,
         Err(PrepareError::Skip(reason)) => {
-            progress(scenario, &variant, &format!("skipped: {reason}"));
+            progress(case, &variant, &format!("skipped: {reason}"));
             result.outcome = Outcome::Skipped(reason);
             return Ok(result);
         }
-        Err(PrepareError::Fail(err)) => return failed(scenario, &variant, result, err),
+        Err(PrepareError::Fail(err)) => return failed(case, &variant, result, err),
     };
-    match measure(scenario, &variant, &prepared, settings, &mut result.samples) {
+    match measure(case, &variant, &prepared, settings, &mut result.samples) {
         Ok(()) => {}
         Err(PrepareError::Skip(reason)) => {
-            progress(scenario, &variant, &format!("skipped: {reason}"));
+            progress(case, &variant, &format!("skipped: {reason}"));
             result.outcome = Outcome::Skipped(reason);
         }
         Err(PrepareError::Fail(err)) => {
@@ -408,7 +504,7 @@ pub fn run_variant(
             } else {
                 anyhow::anyhow!("{err:#}\nvswitchd log ends with:\n{}", logs.join("\n--\n"))
             };
-            return failed(scenario, &variant, result, err);
+            return failed(case, &variant, result, err);
         }
     }
     drop(prepared);
@@ -416,7 +512,7 @@ pub fn run_variant(
 }
 
 fn failed(
-    scenario: Scenario,
+    case: Case,
     variant: &Variant,
     mut result: VariantResult,
     err: anyhow::Error,
@@ -425,13 +521,13 @@ fn failed(
         return Err(Interrupted.into());
     }
     let reason = format!("{err:#}");
-    progress(scenario, variant, &format!("FAILED: {reason}"));
+    progress(case, variant, &format!("FAILED: {reason}"));
     result.outcome = Outcome::Failed(reason);
     Ok(result)
 }
 
 fn measure(
-    scenario: Scenario,
+    case: Case,
     variant: &Variant,
     prepared: &Prepared,
     settings: &Settings,
@@ -455,27 +551,43 @@ fn measure(
         });
     }
     progress(
-        scenario,
+        case,
         variant,
         &format!("reachable ({} us); warming up", reach.p50_ns / 1000),
     );
     iperf::run_tcp(&endpoints, 1, settings.warmup_seconds.max(1))?;
-    udp::run_pps(&endpoints, 0.5, udp::PAYLOAD_64B_FRAME)?;
+    if prepared.datagrams {
+        udp::run_pps(&endpoints, 0.5, udp::PAYLOAD_64B_FRAME)?;
+    }
     if let Some(target) = prepared.connrate_ip {
         connrate::run(&endpoints, target, 0.5)?;
     }
-    let key = scenario.key();
+    let key = case.key();
     let label = variant.label();
+    let sample = |metric, run, value, check| Sample {
+        scenario: key.clone(),
+        variant: label.clone(),
+        metric,
+        run,
+        value,
+        check,
+    };
+    if let Some(applied) = prepared.applied {
+        let check = Check {
+            unit: "policies",
+            sent: applied.policies as u64,
+            delivered: applied.listed as u64,
+        };
+        samples.push(sample(
+            Metric::PolicyApplySeconds,
+            1,
+            applied.seconds,
+            check,
+        ));
+    }
     for run in 1..=settings.runs {
         cmd::check_interrupted()?;
-        let sample = |metric, value, check| Sample {
-            scenario: key.to_owned(),
-            variant: label.clone(),
-            metric,
-            run,
-            value,
-            check,
-        };
+        let sample = |metric, value, check| sample(metric, run, value, check);
         let mark = prepared.cpu.mark()?;
         let tcp1 = iperf::run_tcp(&endpoints, 1, settings.tcp_seconds)?;
         let spent = prepared.cpu.since(mark)?;
@@ -496,24 +608,35 @@ fn measure(
             delivered: tcp4.bytes_received,
         };
         samples.push(sample(Metric::TcpGbps4, tcp4.gbits_per_second, bytes4));
-        let pps = udp::run_pps(&endpoints, settings.udp_seconds, udp::PAYLOAD_64B_FRAME)?;
-        let packets = Check {
-            unit: "packets",
-            sent: pps.sent,
-            delivered: pps.received,
-        };
-        samples.push(sample(Metric::UdpPps, pps.packets_per_second, packets));
-        samples.push(sample(Metric::UdpLossPercent, pps.loss_percent, packets));
-        let rtt = latency::run_ping(&endpoints, settings.rtt_seconds, false)?;
-        let replies = Check {
-            unit: "replies",
-            sent: rtt.sent,
-            delivered: rtt.received,
-        };
-        let micros = |nanos: u64| nanos as f64 / 1000.0;
-        samples.push(sample(Metric::RttP50Us, micros(rtt.p50_ns), replies));
-        samples.push(sample(Metric::RttP99Us, micros(rtt.p99_ns), replies));
-        samples.push(sample(Metric::RttP999Us, micros(rtt.p999_ns), replies));
+        let mut datagrams = String::new();
+        if prepared.datagrams {
+            let pps = udp::run_pps(&endpoints, settings.udp_seconds, udp::PAYLOAD_64B_FRAME)?;
+            let packets = Check {
+                unit: "packets",
+                sent: pps.sent,
+                delivered: pps.received,
+            };
+            samples.push(sample(Metric::UdpPps, pps.packets_per_second, packets));
+            samples.push(sample(Metric::UdpLossPercent, pps.loss_percent, packets));
+            let rtt = latency::run_ping(&endpoints, settings.rtt_seconds, false)?;
+            let replies = Check {
+                unit: "replies",
+                sent: rtt.sent,
+                delivered: rtt.received,
+            };
+            let micros = |nanos: u64| nanos as f64 / 1000.0;
+            samples.push(sample(Metric::RttP50Us, micros(rtt.p50_ns), replies));
+            samples.push(sample(Metric::RttP99Us, micros(rtt.p99_ns), replies));
+            samples.push(sample(Metric::RttP999Us, micros(rtt.p999_ns), replies));
+            datagrams = format!(
+                ", UDP {} pkt/s ({:.1}% loss, {} in socket), RTT p50 {} us p99 {} us",
+                format_value(pps.packets_per_second),
+                pps.loss_percent,
+                pps.rcvbuf_errors,
+                format_value(micros(rtt.p50_ns)),
+                format_value(micros(rtt.p99_ns)),
+            );
+        }
         let mut connections = String::new();
         if let Some(target) = prepared.connrate_ip {
             let rate = connrate::run(&endpoints, target, settings.conn_seconds)?;
@@ -524,14 +647,14 @@ fn measure(
             };
             samples.push(sample(Metric::TcpConnPerSecond, rate.per_second, check));
             connections = format!(", {} conn/s", format_value(rate.per_second));
-            if run == 1 {
+            if run == 1 && !prepared.backends.is_empty() {
                 let unspread = if rate.accepted.contains(&0) {
                     " (NOT spread: a backend got none)"
                 } else {
                     ""
                 };
                 progress(
-                    scenario,
+                    case,
                     variant,
                     &format!(
                         "connections to {target}:{} per backend: {}{unspread}",
@@ -542,20 +665,15 @@ fn measure(
             }
         }
         progress(
-            scenario,
+            case,
             variant,
             &format!(
-                "run {run}/{}: TCP {} / {} Gbit/s (1/4 streams, {} retransmits), UDP {} pkt/s \
-                 ({:.1}% loss, {} in socket), RTT p50 {} us p99 {} us, CPU {} s/GB{}",
+                "run {run}/{}: TCP {} / {} Gbit/s (1/4 streams, {} retransmits){datagrams}, \
+                 CPU {} s/GB{}",
                 settings.runs,
                 format_value(tcp1.gbits_per_second),
                 format_value(tcp4.gbits_per_second),
                 tcp1.retransmits + tcp4.retransmits,
-                format_value(pps.packets_per_second),
-                pps.loss_percent,
-                pps.rcvbuf_errors,
-                format_value(micros(rtt.p50_ns)),
-                format_value(micros(rtt.p99_ns)),
                 spent
                     .per_gb(tcp1.bytes_received)
                     .map_or_else(|| "-".to_owned(), |(machine, _)| format_value(machine)),
@@ -691,6 +809,30 @@ mod tests {
             assert_eq!(Scenario::from_key(scenario.key()), Some(scenario));
         }
         assert_eq!(Scenario::from_key("bogus"), None);
+    }
+
+    #[test]
+    fn cases_and_their_keys() {
+        let counts = [0, 100, 10_000];
+        let cases = Scenario::Policy.cases(&counts);
+        let keys: Vec<String> = cases.iter().map(|case| case.key()).collect();
+        assert_eq!(keys, ["policy-0", "policy-100", "policy-10000"]);
+        for case in cases {
+            assert_eq!(Case::from_key(&case.key()), Some(case));
+        }
+        assert!(
+            Case::from_key("policy-1000")
+                .unwrap()
+                .description()
+                .starts_with("1,000 policies: two containers")
+        );
+        let l2 = Scenario::L2.cases(&counts);
+        assert_eq!(l2.len(), 1, "only policy has one case per count");
+        assert_eq!(l2[0].key(), "l2");
+        assert_eq!(Case::from_key("l2"), Some(l2[0]));
+        assert_eq!(Case::from_key("policy"), None, "policy has counts");
+        assert_eq!(Case::from_key("policy-x"), None);
+        assert_eq!(Case::from_key("bogus"), None);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: true,
+                datagrams: true,
+                applied: None,
             })
         }
         _ => {
@@ -124,6 +126,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: None,
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
+                datagrams: true,
+                applied: None,
             })
         }
     }

@@ -86,6 +86,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: None,
                 cpu,
                 unreachable_is_unsupported: true,
+                datagrams: true,
+                applied: None,
             })
         }
         _ => {
@@ -109,6 +111,8 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 connrate_ip: None,
                 cpu: SwitchCpu::Kernel,
                 unreachable_is_unsupported: false,
+                datagrams: true,
+                applied: None,
             })
         }
     }

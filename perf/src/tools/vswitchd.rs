@@ -217,9 +217,23 @@ impl Daemon {
     /// [`Refused`] with the daemon's message when vswitchctl exits non-zero; other errors when
     /// it cannot run or times out.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        self.ctl_within(args, Duration::from_secs(20))
+    }
+
+    /// [`Daemon::ctl`] allowed up to `limit` (vswitchctl's own `--timeout` included), for
+    /// requests that carry thousands of resources.
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`].
+    pub fn ctl_within(&self, args: &[&str], limit: Duration) -> Result<String> {
         let mut command = std::process::Command::new(&self.binaries.vswitchctl);
-        command.arg("--socket").arg(&self.socket).args(args);
-        let output = cmd::output_within(command, Duration::from_secs(20))?;
+        command.arg("--socket").arg(&self.socket);
+        if limit > Duration::from_secs(60) {
+            // vswitchctl gives up after 60 s unless told otherwise.
+            command.arg("--timeout").arg(limit.as_secs().to_string());
+        }
+        command.args(args);
+        let output = cmd::output_within(command, limit)?;
         if !output.status.success() {
             let mut message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
             if message.is_empty() {
@@ -240,9 +254,17 @@ impl Daemon {
     /// # Errors
     /// As [`Daemon::ctl`].
     pub fn apply(&self, name: &str, yaml: &str) -> Result<()> {
+        self.apply_within(name, yaml, Duration::from_secs(20))
+    }
+
+    /// [`Daemon::apply`] allowed up to `limit`.
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`].
+    pub fn apply_within(&self, name: &str, yaml: &str, limit: Duration) -> Result<()> {
         let path = self.dir.join(format!("{name}.yaml"));
         std::fs::write(&path, yaml)?;
-        self.ctl(&["apply", "-f", &path.to_string_lossy()])?;
+        self.ctl_within(&["apply", "-f", &path.to_string_lossy()], limit)?;
         Ok(())
     }
 
