@@ -28,6 +28,7 @@ fi
 declare -A tools=(
     [ip]=iproute2 [ping]=iputils-ping [tracepath]=iputils-tracepath [iperf3]=iperf3
     [tcpdump]=tcpdump [ethtool]=ethtool [python3]=python3 [nft]=nftables
+    [curl]=curl [promtool]=prometheus
 )
 missing=()
 for cmd in "${!tools[@]}"; do

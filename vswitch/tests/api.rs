@@ -1299,7 +1299,15 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
     let (out, _) = server.ctl_code(&["get", "uplinks"], 0);
     assert_eq!(
         header(&out),
-        ["NAME", "INTERFACE", "ADDRESSES", "GATEWAY", "MAC", "INBOUND", "STATE"]
+        [
+            "NAME",
+            "INTERFACE",
+            "ADDRESSES",
+            "GATEWAY",
+            "MAC",
+            "INBOUND",
+            "STATE"
+        ]
     );
     assert!(
         out.contains(&format!(

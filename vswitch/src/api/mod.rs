@@ -29,6 +29,7 @@
 
 mod error;
 pub mod hub;
+pub mod metrics;
 mod nat;
 mod node;
 mod overlay;
@@ -81,6 +82,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(node::load_balancer),
         )
         .route("/v1/policy/explain", get(node::explain_policy))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
             "/v1/{kind}/{name}",

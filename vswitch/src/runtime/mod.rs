@@ -403,6 +403,12 @@ impl Engine {
             .collect()
     }
 
+    /// Sizes of the shared tables: learned MACs and neighbours (expired entries not yet
+    /// swept included), for metrics.
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (self.shared.fdb.len(), self.shared.neighbors.len())
+    }
+
     /// Learned MACs that have not aged out, with subnet and port names from the current
     /// snapshot, sorted by subnet and MAC.
     pub fn fdb(&self) -> Vec<FdbRow> {

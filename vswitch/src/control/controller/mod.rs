@@ -80,8 +80,8 @@ mod views;
 pub use self::overlay::OverlayAgentConfig;
 pub use self::policies::PolicyExplanation;
 pub use self::views::{
-    ConntrackCounters, ConntrackKey, ConntrackRow, NatAddress, NatPortsInUse, NatReport, NatUplink,
-    RoutingTableRow,
+    ConntrackCounters, ConntrackKey, ConntrackRow, MetricsSnapshot, NatAddress, NatPortsInUse,
+    NatReport, NatUplink, RoutingTableRow,
 };
 
 /// What the uplink's device reported when it was opened.

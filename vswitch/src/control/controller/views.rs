@@ -458,3 +458,59 @@ pub(super) fn resource_json(
         })?
         .to_json()
 }
+
+/// What one scrape of `GET /metrics` reads, gathered at once.
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    /// Port counters, drops and events.
+    pub stats: crate::runtime::StatsReport,
+    /// Learned MACs.
+    pub fdb_entries: usize,
+    /// Neighbour entries.
+    pub neighbor_entries: usize,
+    /// Conntrack counters.
+    pub conntrack: nat::ConntrackStats,
+    /// The conntrack table's limit.
+    pub conntrack_max: usize,
+    /// LoadBalancer backends: (key, state, count).
+    pub load_balancers: Vec<(String, String, usize)>,
+    /// NetworkPolicy counts by key.
+    pub policies: BTreeMap<String, crate::tables::policy::PolicyCounts>,
+}
+
+impl Controller {
+    /// The values of one metrics scrape (see `api::metrics`).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let engine = self.engine.read();
+        let snapshot = engine.current();
+        let (fdb_entries, neighbor_entries) = engine.table_sizes();
+        let published = self.published.load();
+        let mut load_balancers = Vec::new();
+        for (key, live) in &published.load_balancers {
+            for (state, count) in [
+                ("Healthy", live.counts.healthy),
+                ("Unhealthy", live.counts.unhealthy),
+                ("Draining", live.counts.draining),
+            ] {
+                load_balancers.push((
+                    key.clone(),
+                    state.to_owned(),
+                    usize::try_from(count).unwrap_or(usize::MAX),
+                ));
+            }
+        }
+        MetricsSnapshot {
+            stats: engine.stats(),
+            fdb_entries,
+            neighbor_entries,
+            conntrack: snapshot.conntrack.stats(),
+            conntrack_max: snapshot.conntrack.config().max_entries,
+            load_balancers,
+            policies: snapshot
+                .policy
+                .as_ref()
+                .map(|set| set.totals())
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! `GET /metrics`: the switch's counters in the Prometheus text format (OpenMetrics), read
+//! at scrape time from the counters the workers keep anyway, so forwarding pays nothing for
+//! them. Encoded with the `prometheus-client` crate (the Prometheus project's).
+//!
+//! Families (counters end in `_total`):
+//! - `vswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `vswitch_port_tx_generated_*`,
+//!   `vswitch_port_rx_errors_total{port}`, `vswitch_port_drops_total{port,reason}`;
+//! - `vswitch_events_total{event}`, `vswitch_workers`;
+//! - `vswitch_fdb_entries`, `vswitch_neighbor_entries`;
+//! - `vswitch_conntrack_entries`, `vswitch_conntrack_max_entries`,
+//!   `vswitch_conntrack_{created,expired,evicted,refused_full,clashes}_total`,
+//!   `vswitch_nat_mappings`;
+//! - `vswitch_loadbalancer_backends{namespace,loadbalancer,state}`;
+//! - `vswitch_networkpolicy_connections_total{namespace,policy,direction,verdict}`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::error::ErrorResponse;
+use super::resources::blocking;
+use crate::control::{Controller, MetricsSnapshot};
+
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of Prometheus' classic text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (`Accept:
+/// application/openmetrics-text`, as Prometheus does), else the classic text format
+/// (`curl`, `promtool check metrics`).
+pub(super) async fn metrics(
+    State(controller): State<Arc<Controller>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ErrorResponse> {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let snapshot = blocking(&controller, |c| Ok(c.metrics())).await?;
+    let text = render(snapshot).map_err(|_| {
+        ErrorResponse::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded",
+        )
+    })?;
+    let (text, content_type) = if openmetrics {
+        (text, OPENMETRICS)
+    } else {
+        (classic(&text), PROMETHEUS_TEXT)
+    };
+    let mut response = text.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(response)
+}
+
+/// OpenMetrics text as Prometheus' classic text format: the two differ, for what this
+/// endpoint emits, only in that a classic counter's `# HELP` and `# TYPE` name its samples'
+/// name (with `_total`), and that there is no `# EOF`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The metrics of `snapshot` as text.
+///
+/// # Errors
+/// When encoding fails (it does not for these values).
+pub fn render(snapshot: MetricsSnapshot) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Switch(snapshot)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// The collector: one scrape's values.
+#[derive(Debug)]
+struct Switch(MetricsSnapshot);
+
+fn counter<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in values {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, value) in values {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter without labels.
+fn counter_one(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    ConstCounter::new(value).encode(family)
+}
+
+/// A gauge without labels.
+fn gauge_one(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    ConstGauge::new(value).encode(family)
+}
+
+fn signed(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for Switch {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let ports = &s.stats.ports;
+        let per_port = |field: fn(&crate::runtime::PortStats) -> u64| {
+            ports
+                .iter()
+                .map(move |p| ([("port", p.name.clone())], field(p)))
+        };
+        counter(
+            &mut encoder,
+            "vswitch_port_rx_packets",
+            "Frames received on a port.",
+            per_port(|p| p.rx_packets),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_rx_bytes",
+            "Bytes received on a port.",
+            per_port(|p| p.rx_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_tx_packets",
+            "Frames switched or routed to a port.",
+            per_port(|p| p.tx_packets),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_tx_bytes",
+            "Bytes switched or routed to a port.",
+            per_port(|p| p.tx_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_tx_generated_packets",
+            "Frames the switch itself sent to a port (ARP, ICMP).",
+            per_port(|p| p.tx_generated_packets),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_tx_generated_bytes",
+            "Bytes of the frames the switch itself sent to a port.",
+            per_port(|p| p.tx_generated_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_rx_errors",
+            "Failed reads of a port's queues.",
+            per_port(|p| p.rx_errors),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_drops",
+            "Frames dropped, by port and stable reason key.",
+            ports.iter().flat_map(|p| {
+                p.drops.iter().map(move |(reason, n)| {
+                    ([("port", p.name.clone()), ("reason", reason.clone())], *n)
+                })
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_events",
+            "Events that are not drops, by key.",
+            s.stats
+                .events
+                .iter()
+                .map(|(event, n)| ([("event", event.clone())], *n)),
+        )?;
+        gauge_one(
+            &mut encoder,
+            "vswitch_workers",
+            "Worker threads.",
+            signed(s.stats.workers),
+        )?;
+        gauge_one(
+            &mut encoder,
+            "vswitch_fdb_entries",
+            "Learned MACs (expired ones not yet swept included).",
+            signed(s.fdb_entries),
+        )?;
+        gauge_one(
+            &mut encoder,
+            "vswitch_neighbor_entries",
+            "Neighbour (ARP) entries.",
+            signed(s.neighbor_entries),
+        )?;
+        let ct = &s.conntrack;
+        gauge_one(
+            &mut encoder,
+            "vswitch_conntrack_entries",
+            "Tracked connections.",
+            signed(ct.entries),
+        )?;
+        gauge_one(
+            &mut encoder,
+            "vswitch_conntrack_max_entries",
+            "The conntrack table's limit.",
+            signed(s.conntrack_max),
+        )?;
+        counter_one(
+            &mut encoder,
+            "vswitch_conntrack_created",
+            "Connections created.",
+            ct.created,
+        )?;
+        counter_one(
+            &mut encoder,
+            "vswitch_conntrack_expired",
+            "Connections removed when they expired.",
+            ct.expired,
+        )?;
+        counter_one(
+            &mut encoder,
+            "vswitch_conntrack_evicted",
+            "Connections evicted to make room.",
+            ct.evicted,
+        )?;
+        counter_one(
+            &mut encoder,
+            "vswitch_conntrack_refused_full",
+            "New connections refused because the table was full.",
+            ct.refused_full,
+        )?;
+        counter_one(
+            &mut encoder,
+            "vswitch_conntrack_clashes",
+            "New connections refused because their reply tuple was taken.",
+            ct.clashes,
+        )?;
+        gauge_one(
+            &mut encoder,
+            "vswitch_nat_mappings",
+            "Live masquerade mappings.",
+            signed(ct.nat_mappings),
+        )?;
+        gauge(
+            &mut encoder,
+            "vswitch_loadbalancer_backends",
+            "LoadBalancer backends by state (Healthy, Unhealthy, Draining).",
+            s.load_balancers.iter().map(|(key, state, n)| {
+                let (namespace, name) = crate::control::resource::split_key(key);
+                (
+                    [
+                        ("namespace", namespace.to_owned()),
+                        ("loadbalancer", name.to_owned()),
+                        ("state", state.clone()),
+                    ],
+                    signed(*n),
+                )
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_networkpolicy_connections",
+            "Connections a NetworkPolicy's rules allowed, and packets of new connections denied while it isolated an end.",
+            s.policies.iter().flat_map(|(key, counts)| {
+                let (namespace, name) = crate::control::resource::split_key(key);
+                let labels = |direction: &str, verdict: &str| {
+                    [
+                        ("namespace", namespace.to_owned()),
+                        ("policy", name.to_owned()),
+                        ("direction", direction.to_owned()),
+                        ("verdict", verdict.to_owned()),
+                    ]
+                };
+                [
+                    (labels("ingress", "allowed"), counts.ingress_allowed),
+                    (labels("egress", "allowed"), counts.egress_allowed),
+                    (labels("ingress", "denied"), counts.ingress_denied),
+                    (labels("egress", "denied"), counts.egress_denied),
+                ]
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::runtime::{PortStats, StatsReport};
+    use crate::tables::policy::PolicyCounts;
+
+    #[test]
+    fn families_and_labels_follow_prometheus_conventions() {
+        let port = PortStats {
+            name: "shop/web-1".into(),
+            rx_packets: 7,
+            rx_bytes: 700,
+            drops: BTreeMap::from([("policy.ingress_denied".into(), 3)]),
+            ..PortStats::default()
+        };
+        let snapshot = MetricsSnapshot {
+            stats: StatsReport {
+                workers: 2,
+                ports: vec![port],
+                events: BTreeMap::from([("lb.connections_created".into(), 5)]),
+                ..StatsReport::default()
+            },
+            fdb_entries: 4,
+            neighbor_entries: 1,
+            conntrack: nat::ConntrackStats::default(),
+            conntrack_max: 1_000_000,
+            load_balancers: vec![("shop/web".into(), "Healthy".into(), 2)],
+            policies: BTreeMap::from([(
+                "shop/db".to_owned(),
+                PolicyCounts {
+                    ingress_allowed: 9,
+                    ..PolicyCounts::default()
+                },
+            )]),
+        };
+        let text = render(snapshot).expect("renders");
+        let classic_text = classic(&text);
+        assert!(classic_text.contains("# TYPE vswitch_port_rx_packets_total counter\n"));
+        assert!(classic_text.contains("# HELP vswitch_workers Worker threads.\n"));
+        assert!(!classic_text.contains("# EOF"));
+        for line in [
+            "# TYPE vswitch_port_rx_packets counter",
+            "vswitch_port_rx_packets_total{port=\"shop/web-1\"} 7",
+            "vswitch_port_drops_total{port=\"shop/web-1\",reason=\"policy.ingress_denied\"} 3",
+            "vswitch_events_total{event=\"lb.connections_created\"} 5",
+            "vswitch_workers 2",
+            "vswitch_conntrack_max_entries 1000000",
+            "vswitch_loadbalancer_backends{namespace=\"shop\",loadbalancer=\"web\",state=\"Healthy\"} 2",
+            "vswitch_networkpolicy_connections_total{namespace=\"shop\",policy=\"db\",direction=\"ingress\",verdict=\"allowed\"} 9",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+    }
+}
