@@ -95,3 +95,54 @@ fn metrics_move_with_traffic_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--metrics-address` serves `/metrics` (and only that) on TCP; `--log-format json` writes
+/// one JSON object per line, and text logs to a file carry no colour codes.
+#[test]
+#[ignore = "needs root: starts vswitchd"]
+fn metrics_on_tcp_and_json_logs() {
+    require(&["curl"]);
+    let port = 20_000 + (std::process::id() % 20_000);
+    let address = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(1, &["--metrics-address", &address, "--log-format", "json"]);
+    let get = |path: &str| {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{address}{path}"))
+            .output()
+            .expect("curl")
+    };
+    common::wait_until(
+        "the metrics listener",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = get("/metrics");
+            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+        },
+    );
+    let body = Command::new("curl")
+        .arg("-sf")
+        .arg(format!("http://{address}/metrics"))
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&body.stdout).contains("vswitch_workers 1"));
+    // The control API is not on TCP.
+    assert_eq!(String::from_utf8_lossy(&get("/v1/version").stdout), "404");
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("vswitchd running"))
+        .unwrap_or_else(|| panic!("no start line in:\n{log}"));
+    let parsed: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(parsed["level"], "INFO", "{parsed}");
+    drop(daemon);
+
+    let text = Daemon::start(1);
+    let log = text.log_text();
+    assert!(log.contains("vswitchd running"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+}

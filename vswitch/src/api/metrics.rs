@@ -93,6 +93,28 @@ pub fn classic(openmetrics: &str) -> String {
     out
 }
 
+/// The router of the metrics listener on TCP (`vswitchd --metrics-address`): `GET /metrics`
+/// only, never the control API (which stays on the 0600 Unix socket).
+pub fn router(controller: Arc<Controller>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .with_state(controller)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    controller: Arc<Controller>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(controller))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// The metrics of `snapshot` as text.
 ///
 /// # Errors

@@ -60,6 +60,23 @@ struct Args {
     /// Log level: error, warn, info, debug, trace (or a tracing filter such as `vswitch=debug`).
     #[arg(long, default_value = "info", env = "VSWITCH_LOG")]
     log_level: String,
+    /// Log format: `text` (colours only when stderr is a terminal) or `json` (one object per
+    /// line, for log shippers).
+    #[arg(long, value_enum, default_value = "text", env = "VSWITCH_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Also serve `GET /metrics` (and nothing else) on this TCP address, e.g.
+    /// 127.0.0.1:9469, for a Prometheus that cannot reach the control socket.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// [`EngineConfig::DEFAULT_BUSY_POLL`] in microseconds, for `--help`.
@@ -75,10 +92,16 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            subscriber.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -98,6 +121,14 @@ fn run(args: Args) -> Result<(), String> {
     // Claim the socket first: a second daemon on the same socket stops here, before it
     // touches ports or state.
     let listener = vswitch::api::ApiListener::bind(&args.socket).map_err(|e| e.to_string())?;
+    let metrics_listener = match args.metrics_address {
+        Some(address) => Some(
+            std::net::TcpListener::bind(address)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| format!("cannot listen for metrics on {address}: {e}"))?,
+        ),
+        None => None,
+    };
     // One clock for the datapath and the control plane, so the ages and timeouts the API
     // reports (conntrack, neighbours, learned MACs) are the ones the workers enforce.
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
@@ -136,10 +167,33 @@ fn run(args: Args) -> Result<(), String> {
         // heartbeats) starts once the controller is open and the control socket is bound, and
         // stops before the controller does.
         let agent = vswitch::agent::spawn(Arc::clone(&controller));
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = match metrics_listener.map(tokio::net::TcpListener::from_std) {
+            Some(Ok(tcp)) => {
+                info!(address = ?tcp.local_addr().ok(), "metrics listening");
+                let controller = Arc::clone(&controller);
+                Some(tokio::spawn(vswitch::api::metrics::serve(
+                    tcp,
+                    controller,
+                    async move {
+                        let _ = metrics_stopped.await;
+                    },
+                )))
+            }
+            Some(Err(e)) => {
+                error!("cannot serve metrics: {e}");
+                None
+            }
+            None => None,
+        };
         let served = listener
             .serve(Arc::clone(&controller), shutdown_signal())
             .await;
         agent.shutdown().await;
+        let _ = stop_metrics.send(());
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         served
     });
     controller.shutdown();
