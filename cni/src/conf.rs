@@ -268,12 +268,16 @@ mod tests {
         assert_eq!(plugin.namespace.as_deref(), Some("shop"));
         assert_eq!(plugin.labels["team"], "a");
         assert!(!plugin.default_route);
-        assert_eq!(plugin.routes, vec!["10.9.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            plugin.routes,
+            vec!["10.9.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
     }
 
     #[test]
     fn unknown_key_is_error_7_naming_it() {
-        let conf = netconf(r#"{"cniVersion":"1.0.0","name":"vs","type":"vswitch-cni","subent":"x"}"#);
+        let conf =
+            netconf(r#"{"cniVersion":"1.0.0","name":"vs","type":"vswitch-cni","subent":"x"}"#);
         let error = PluginConf::from_netconf(&conf).expect_err("typo");
         assert_eq!(u32::from(&error), 7);
         assert!(error.details().contains("subent"), "{error}");
@@ -281,7 +285,8 @@ mod tests {
 
     #[test]
     fn bad_kind_is_error_7() {
-        let conf = netconf(r#"{"cniVersion":"1.0.0","name":"vs","type":"vswitch-cni","kind":"macvlan"}"#);
+        let conf =
+            netconf(r#"{"cniVersion":"1.0.0","name":"vs","type":"vswitch-cni","kind":"macvlan"}"#);
         let error = PluginConf::from_netconf(&conf).expect_err("bad kind");
         assert_eq!(u32::from(&error), 7);
         assert!(error.details().contains("macvlan"), "{error}");
@@ -299,14 +304,24 @@ mod tests {
         assert_eq!(
             ports,
             vec![
-                PortPublish { protocol: "tcp", host_port: 8080, container_port: 80, host_ip: None },
+                PortPublish {
+                    protocol: "tcp",
+                    host_port: 8080,
+                    container_port: 80,
+                    host_ip: None
+                },
                 PortPublish {
                     protocol: "udp",
                     host_port: 5353,
                     container_port: 53,
                     host_ip: Some(Ipv4Addr::new(198, 51, 100, 10))
                 },
-                PortPublish { protocol: "tcp", host_port: 9000, container_port: 9000, host_ip: None },
+                PortPublish {
+                    protocol: "tcp",
+                    host_port: 9000,
+                    container_port: 9000,
+                    host_ip: None
+                },
             ]
         );
         let bad = netconf(
@@ -314,7 +329,10 @@ mod tests {
                 {"hostPort":70000,"containerPort":80}]}}"#,
         );
         let error = port_mappings(&bad).expect_err("port too big");
-        assert!(error.details().contains("portMappings[0].hostPort"), "{error}");
+        assert!(
+            error.details().contains("portMappings[0].hostPort"),
+            "{error}"
+        );
         let sctp = netconf(
             r#"{"cniVersion":"1.0.0","name":"vs","type":"vswitch-cni","runtimeConfig":{"portMappings":[
                 {"hostPort":1,"containerPort":1,"protocol":"sctp"}]}}"#,

@@ -289,7 +289,13 @@ mod tests {
     fn del_works_without_netns() {
         let pairs: Vec<_> = ADD
             .iter()
-            .map(|(k, v)| if *k == "CNI_COMMAND" { (*k, "DEL") } else { (*k, *v) })
+            .map(|(k, v)| {
+                if *k == "CNI_COMMAND" {
+                    (*k, "DEL")
+                } else {
+                    (*k, *v)
+                }
+            })
             .filter(|(k, _)| *k != "CNI_NETNS")
             .collect();
         let invocation = run(&pairs, CONF).expect("DEL without netns");
@@ -321,9 +327,18 @@ mod tests {
     fn relative_netns_is_code_8() {
         let pairs: Vec<_> = ADD
             .iter()
-            .map(|(k, v)| if *k == "CNI_NETNS" { (*k, "x") } else { (*k, *v) })
+            .map(|(k, v)| {
+                if *k == "CNI_NETNS" {
+                    (*k, "x")
+                } else {
+                    (*k, *v)
+                }
+            })
             .collect();
-        assert_eq!(u32::from(&run(&pairs, CONF).expect_err("relative").error), 8);
+        assert_eq!(
+            u32::from(&run(&pairs, CONF).expect_err("relative").error),
+            8
+        );
     }
 
     #[test]
@@ -333,7 +348,10 @@ mod tests {
         assert_eq!(value["cniVersion"], "1.0.0");
         assert_eq!(value["code"], 7);
         assert_eq!(value["msg"], "Invalid network config");
-        assert!(value["details"].as_str().unwrap().contains("subent"), "{value}");
+        assert!(
+            value["details"].as_str().unwrap().contains("subent"),
+            "{value}"
+        );
     }
 
     #[test]
@@ -350,10 +368,9 @@ mod tests {
         assert_eq!(current["cniVersion"], "1.1.0");
         assert_eq!(current["ips"][0]["address"], "10.1.0.2/24");
         assert_eq!(current["dns"]["nameservers"][0], "10.0.0.53");
-        let legacy: serde_json::Value = serde_json::from_str(
-            &Reply::Result(result).to_json(SpecVersion::new(0, 4, 0)),
-        )
-        .expect("JSON");
+        let legacy: serde_json::Value =
+            serde_json::from_str(&Reply::Result(result).to_json(SpecVersion::new(0, 4, 0)))
+                .expect("JSON");
         assert_eq!(legacy["cniVersion"], "0.4.0");
         assert_eq!(legacy["ips"][0]["version"], "4");
         assert_eq!(Reply::Nothing.to_json(CURRENT), "");

@@ -70,9 +70,7 @@ pub fn interface_name(container_id: &str, ifname: &str) -> String {
     let cleaned = dns_chars(container_id);
     let id = if is_hex {
         cleaned[..12].to_string()
-    } else if cleaned == container_id
-        && container_id.len() <= room
-        && !container_id.ends_with('-')
+    } else if cleaned == container_id && container_id.len() <= room && !container_id.ends_with('-')
     {
         cleaned
     } else {
@@ -164,7 +162,10 @@ mod tests {
         let id = "3f2a9c0d1e4b5a6978877665544332211000ffeeddccbbaa9988776655443322";
         assert_eq!(interface_name(id, "eth0"), "cni-3f2a9c0d1e4b");
         assert_eq!(interface_name(id, "net1"), "cni-3f2a9c0d1e4b-net1");
-        assert_eq!(interface_name(&id.to_uppercase(), "eth0"), "cni-3f2a9c0d1e4b");
+        assert_eq!(
+            interface_name(&id.to_uppercase(), "eth0"),
+            "cni-3f2a9c0d1e4b"
+        );
     }
 
     #[test]
@@ -183,13 +184,20 @@ mod tests {
         let name = interface_name(&long, "a-very-long-if");
         assert!(name.len() <= NAME_MAX, "{name}");
         assert!(is_dns_label(&name), "{name}");
-        assert_eq!(name, interface_name(&long, "a-very-long-if"), "deterministic");
+        assert_eq!(
+            name,
+            interface_name(&long, "a-very-long-if"),
+            "deterministic"
+        );
         // Every name, and the PortForward names on it, are DNS labels.
         for id in ["c1", "ABCDEF0123456789", &long, "a.b_c", "-x", "9"] {
             for ifname in ["eth0", "net1", "A.B", "-"] {
                 let name = interface_name(id, ifname);
                 assert!(is_dns_label(&name), "{id} {ifname}: {name}");
-                assert!(is_dns_label(&port_forward_name(&name, "tcp", 65535)), "{name}");
+                assert!(
+                    is_dns_label(&port_forward_name(&name, "tcp", 65535)),
+                    "{name}"
+                );
             }
         }
     }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, Netns, require, unique, wait_until};
+use common::{Daemon, Netns, require, run, unique, wait_until};
 use serde_json::{Value, json};
 
 /// The plugin binary under test.
@@ -55,7 +55,8 @@ fn invoke(command: &str, env: &[(&str, &str)], stdin: &Value) -> Answer {
     let json = if raw.trim().is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{command}: stdout is not JSON ({e}): {raw}"))
+        serde_json::from_str(&raw)
+            .unwrap_or_else(|e| panic!("{command}: stdout is not JSON ({e}): {raw}"))
     };
     Answer {
         ok: out.status.success(),
@@ -149,25 +150,52 @@ fn cni_direct_add_check_del_gc_status_version() {
     let add1 = invoke(
         "ADD",
         &container_env(&id1, &path1, "IgnoreUnknown=1;K8S_POD_NAME=web-1"),
-        &conf("1.1.0", json!({"namespace": "blog", "labels": {"app": "web"}})),
+        &conf(
+            "1.1.0",
+            json!({"namespace": "blog", "labels": {"app": "web"}}),
+        ),
     );
     expect_ok("ADD 1", &add1, &daemon);
     let result = &add1.json;
     assert_eq!(result["cniVersion"], "1.1.0");
     assert_eq!(result["interfaces"][0]["name"], "eth0", "{result}");
-    assert_eq!(result["interfaces"][0]["sandbox"], path1.as_str(), "{result}");
-    assert!(result["interfaces"][0]["mac"].as_str().is_some_and(|m| m.len() == 17), "{result}");
+    assert_eq!(
+        result["interfaces"][0]["sandbox"],
+        path1.as_str(),
+        "{result}"
+    );
+    assert!(
+        result["interfaces"][0]["mac"]
+            .as_str()
+            .is_some_and(|m| m.len() == 17),
+        "{result}"
+    );
     assert_eq!(result["ips"][0]["interface"], 0, "{result}");
     assert_eq!(result["ips"][0]["gateway"], "172.30.0.1", "{result}");
-    let ip1 = result["ips"][0]["address"].as_str().expect("address").to_string();
-    assert!(ip1.starts_with("172.30.") && ip1.ends_with("/16"), "{result}");
-    assert_eq!(result["routes"], json!([{"dst": "0.0.0.0/0", "gw": "172.30.0.1"}]));
+    let ip1 = result["ips"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    assert!(
+        ip1.starts_with("172.30.") && ip1.ends_with("/16"),
+        "{result}"
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "172.30.0.1"}])
+    );
     assert_eq!(result["dns"]["nameservers"], json!(["10.0.0.53"]));
     let name1 = format!("cni-{}", &id1[..12]);
     let nic = daemon.ctl_json(&["get", "nic", &name1, "-n", "blog"]);
     assert_eq!(nic["metadata"]["labels"]["app"], "web", "{nic}");
-    assert_eq!(nic["metadata"]["labels"]["vswitch.dev/pod-name"], "web-1", "{nic}");
-    assert_eq!(nic["metadata"]["labels"]["vswitch.dev/cni-network"], network.as_str());
+    assert_eq!(
+        nic["metadata"]["labels"]["vswitch.dev/pod-name"], "web-1",
+        "{nic}"
+    );
+    assert_eq!(
+        nic["metadata"]["labels"]["vswitch.dev/cni-network"],
+        network.as_str()
+    );
     assert_eq!(nic["spec"]["kind"], "tap");
     let addr = ns1.exec_ok(&["ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(addr.contains(&ip1), "{addr}");
@@ -180,7 +208,10 @@ fn cni_direct_add_check_del_gc_status_version() {
     expect_ok("ADD 2 (veth)", &add2, &daemon);
     let result2 = &add2.json;
     assert_eq!(result2["cniVersion"], "1.0.0");
-    assert!(result2["interfaces"][0]["sandbox"].is_null(), "host end first: {result2}");
+    assert!(
+        result2["interfaces"][0]["sandbox"].is_null(),
+        "host end first: {result2}"
+    );
     assert_eq!(result2["interfaces"][1]["name"], "eth0", "{result2}");
     assert_eq!(result2["ips"][0]["interface"], 1, "{result2}");
     let ip2 = result2["ips"][0]["address"].as_str().expect("address");
@@ -190,7 +221,10 @@ fn cni_direct_add_check_del_gc_status_version() {
     assert_eq!(nic2["metadata"]["namespace"], "shop", "{nic2}");
 
     // Traffic: each container reaches the gateway and the other.
-    assert!(ns1.ping_until("172.30.0.1", Duration::from_secs(10)), "c1 -> gateway");
+    assert!(
+        ns1.ping_until("172.30.0.1", Duration::from_secs(10)),
+        "c1 -> gateway"
+    );
     ns2.ping_ok("172.30.0.1", 2);
     ns1.ping_ok(&ip2, 3);
 
@@ -198,7 +232,10 @@ fn cni_direct_add_check_del_gc_status_version() {
     let again = invoke(
         "ADD",
         &container_env(&id1, &path1, "IgnoreUnknown=1;K8S_POD_NAME=web-1"),
-        &conf("1.1.0", json!({"namespace": "blog", "labels": {"app": "web"}})),
+        &conf(
+            "1.1.0",
+            json!({"namespace": "blog", "labels": {"app": "web"}}),
+        ),
     );
     expect_ok("ADD again", &again, &daemon);
     assert_eq!(again.json["ips"][0]["address"], ip1.as_str());
@@ -233,7 +270,10 @@ fn cni_direct_add_check_del_gc_status_version() {
     );
     expect_code("ADD with portMappings and no Uplink", &ports, 101);
     assert!(
-        ports.json["details"].as_str().unwrap_or("").contains("Uplink"),
+        ports.json["details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Uplink"),
         "{}",
         ports.raw
     );
@@ -259,15 +299,27 @@ fn cni_direct_add_check_del_gc_status_version() {
     expect_code("CHECK after GC", &check2, 103);
 
     // DEL, and DEL again: both succeed; the address is released.
-    let del = invoke("DEL", &container_env(&id1, &path1, ""), &conf("1.1.0", json!({})));
+    let del = invoke(
+        "DEL",
+        &container_env(&id1, &path1, ""),
+        &conf("1.1.0", json!({})),
+    );
     expect_ok("DEL", &del, &daemon);
     assert!(del.json.is_null(), "DEL prints nothing: {}", del.raw);
     assert!(!has_interface(&daemon, &name1));
-    let del = invoke("DEL", &container_env(&id1, &path1, ""), &conf("1.1.0", json!({})));
+    let del = invoke(
+        "DEL",
+        &container_env(&id1, &path1, ""),
+        &conf("1.1.0", json!({})),
+    );
     expect_ok("DEL again", &del, &daemon);
 
     // DEL after the namespace is gone (and without CNI_NETNS).
-    let add3 = invoke("ADD", &container_env(&id3, &path3, ""), &conf("1.0.0", json!({})));
+    let add3 = invoke(
+        "ADD",
+        &container_env(&id3, &path3, ""),
+        &conf("1.0.0", json!({})),
+    );
     expect_ok("ADD 3", &add3, &daemon);
     drop(ns3);
     let del = invoke(
@@ -280,10 +332,18 @@ fn cni_direct_add_check_del_gc_status_version() {
 
     // vswitchd down: STATUS says not available (50), ADD try again later (11).
     daemon.kill9();
-    expect_code("STATUS, daemon down", &invoke("STATUS", &[], &conf("1.1.0", json!({}))), 50);
+    expect_code(
+        "STATUS, daemon down",
+        &invoke("STATUS", &[], &conf("1.1.0", json!({}))),
+        50,
+    );
     expect_code(
         "ADD, daemon down",
-        &invoke("ADD", &container_env(&id1, &path1, ""), &conf("1.1.0", json!({}))),
+        &invoke(
+            "ADD",
+            &container_env(&id1, &path1, ""),
+            &conf("1.1.0", json!({})),
+        ),
         11,
     );
 }
@@ -303,9 +363,10 @@ impl Rootfs {
             .tempdir()
             .expect("tempdir");
         let root = dir.path().join("rootfs");
-        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "www"] {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
+        std::fs::write(root.join("www/index.html"), "hello from vswitch-cni\n").expect("index");
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -326,29 +387,40 @@ impl Rootfs {
     }
 }
 
-/// The plugin installed where runtimes look for it (`/usr/lib/cni` for podman, `/opt/cni/bin`
-/// for ctr), removed on drop unless it was there before.
-struct InstalledPlugin {
+/// Files this test put in the host's fixed CNI directories (`/etc/cni/net.d`,
+/// `/opt/cni/bin`, which ctr cannot be pointed elsewhere), removed on drop.
+struct HostFiles {
     paths: Vec<PathBuf>,
 }
 
-impl InstalledPlugin {
-    fn install() -> InstalledPlugin {
-        let mut paths = Vec::new();
-        for dir in ["/usr/lib/cni", "/opt/cni/bin"] {
-            std::fs::create_dir_all(dir).expect("plugin dir");
-            let path = Path::new(dir).join("vswitch-cni");
-            // Copied, not linked: the build directory may be unreadable to the runtime.
-            std::fs::copy(PLUGIN, &path).expect("install vswitch-cni");
-            paths.push(path);
+impl HostFiles {
+    /// Writes `path` (failing if it exists: it is not ours to replace).
+    fn write(&mut self, path: &Path, contents: &[u8]) {
+        assert!(
+            !path.exists(),
+            "{} exists already; remove it first",
+            path.display()
+        );
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("CNI directory");
         }
-        InstalledPlugin { paths }
+        std::fs::write(path, contents).expect("write a CNI file");
+        self.paths.push(path.to_path_buf());
+    }
+
+    /// Links `path` to `target` unless something is there already.
+    fn link_if_missing(&mut self, target: &str, path: &Path) {
+        if path.exists() {
+            return;
+        }
+        std::os::unix::fs::symlink(target, path).expect("link a CNI plugin");
+        self.paths.push(path.to_path_buf());
     }
 }
 
-impl Drop for InstalledPlugin {
+impl Drop for HostFiles {
     fn drop(&mut self) {
-        for path in &self.paths {
+        for path in self.paths.iter().rev() {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -365,6 +437,9 @@ impl Podman {
     fn new(network: &str, conflist: &Value) -> Podman {
         let fs = Rootfs::new();
         std::fs::create_dir_all(fs.path("net.d")).expect("net.d");
+        // The plugin in a directory of this test's own: podman looks there first.
+        std::fs::create_dir_all(fs.path("cni-bin")).expect("cni-bin");
+        std::fs::copy(PLUGIN, fs.path("cni-bin/vswitch-cni")).expect("install vswitch-cni");
         std::fs::write(
             fs.path("net.d").join(format!("{network}.conflist")),
             conflist.to_string(),
@@ -373,8 +448,9 @@ impl Podman {
         let conf = format!(
             "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"/usr/lib/cni\"]\n\
+             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n\
              network_config_dir = \"{}\"\n",
+            fs.path("cni-bin").display(),
             fs.path("net.d").display()
         );
         std::fs::write(fs.path("containers.conf"), conf).expect("containers.conf");
@@ -411,21 +487,15 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn run(&mut self, name: &str, network: &str) {
+    /// `podman run -d --name NAME --network NETWORK [extra...] --rootfs ROOT command...`.
+    fn run(&mut self, name: &str, network: &str, extra: &[&str], command: &[&str]) {
         let root = self.fs.root();
         self.containers.push(name.to_string());
-        self.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            network,
-            "--rootfs",
-            root.to_str().expect("utf-8 path"),
-            "/bin/sleep",
-            "600",
-        ]);
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--rootfs", root.to_str().expect("utf-8 path")]);
+        args.extend_from_slice(command);
+        self.ok(&args);
     }
 
     /// The container's IPv4 address on eth0 (without prefix).
@@ -453,7 +523,6 @@ impl Drop for Podman {
 fn cni_podman_containers_ping_and_rm_releases() {
     require(&["podman", "runc", "ping"]);
     let daemon = Daemon::start(1);
-    let _plugin = InstalledPlugin::install();
     let network = unique("pod");
     let conflist = json!({
         "cniVersion": "1.0.0",
@@ -468,8 +537,8 @@ fn cni_podman_containers_ping_and_rm_releases() {
     let mut podman = Podman::new(&network, &conflist);
     let a = unique("a");
     let b = unique("b");
-    podman.run(&a, &network);
-    podman.run(&b, &network);
+    podman.run(&a, &network, &[], &["/bin/sleep", "600"]);
+    podman.run(&b, &network, &[], &["/bin/sleep", "600"]);
     let ip_a = podman.ip(&a);
     let ip_b = podman.ip(&b);
     assert_ne!(ip_a, ip_b);
@@ -497,8 +566,390 @@ fn cni_podman_containers_ping_and_rm_releases() {
     ping(&a, &ip_b);
     ping(&b, &ip_a);
     podman.ok(&["rm", "-f", "-t", "0", &a]);
-    assert!(labelled(&a).is_none(), "podman rm released the interface of {a}");
+    assert!(
+        labelled(&a).is_none(),
+        "podman rm released the interface of {a}"
+    );
     assert!(labelled(&b).is_some());
     podman.ok(&["rm", "-f", "-t", "0", &b]);
-    assert!(labelled(&b).is_none(), "podman rm released the interface of {b}");
+    assert!(
+        labelled(&b).is_none(),
+        "podman rm released the interface of {b}"
+    );
+}
+
+/// A veth pair whose host end is the Uplink's interface and whose other end is in `ns`, the
+/// outside world (203.0.113.1/24, the Uplink's gateway). TEST-NET-3, in namespaces only.
+struct Outside {
+    ns: Netns,
+    host_end: String,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let ns = Netns::new("out");
+        let host_end = unique("u");
+        let peer = unique("p");
+        run(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
+            ],
+        );
+        run("ip", &["link", "set", &peer, "netns", &ns.name]);
+        run("ip", &["link", "set", &host_end, "up"]);
+        ns.exec_ok(&["ip", "link", "set", &peer, "name", "eth0"]);
+        ns.exec_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        Outside { ns, host_end }
+    }
+
+    /// Applies an Uplink on the host end (203.0.113.10) and a NATGateway for `default`.
+    fn apply_uplink(&self, daemon: &Daemon) {
+        let yaml = format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10]\n",
+            self.host_end
+        );
+        let file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(file.path(), yaml).expect("write");
+        daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
+    }
+
+    /// An HTTP GET of `url` from the outside; the body, or None when it fails. (Python, not
+    /// busybox wget, which segfaulted here on `ip netns exec`; not investigated.)
+    fn fetch(&self, url: &str) -> Option<String> {
+        let script = "import sys,urllib.request\nprint(urllib.request.urlopen(sys.argv[1],timeout=2).read().decode())";
+        let out = self.ns.exec(&["python3", "-c", script, url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "needs root: runs vswitchd and podman containers, a veth uplink"]
+fn cni_podman_published_port_nat_and_daemon_restart() {
+    require(&["podman", "runc", "busybox", "python3"]);
+    let outside = Outside::new();
+    let mut daemon = Daemon::start(1);
+    outside.apply_uplink(&daemon);
+    let network = unique("pub");
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [{
+            "type": "vswitch-cni",
+            "socket": daemon.socket,
+            "capabilities": {"portMappings": true},
+        }],
+    });
+    let mut podman = Podman::new(&network, &conflist);
+    let web = unique("web");
+    podman.run(
+        &web,
+        &network,
+        &["-p", "8080:80"],
+        &["/bin/httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    let forwards = daemon.ctl_json(&["get", "portforwards"]);
+    let forward = forwards
+        .as_array()
+        .and_then(|f| f.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("no PortForward for -p 8080:80: {forwards}"));
+    assert_eq!(forward["spec"]["ip"], "203.0.113.10", "{forward}");
+    assert_eq!(forward["spec"]["port"], 8080, "{forward}");
+    assert_eq!(forward["spec"]["target"]["port"], 80, "{forward}");
+    let body = wait_until(
+        "the published port to answer",
+        Duration::from_secs(15),
+        || outside.fetch("http://203.0.113.10:8080/"),
+    );
+    assert!(body.contains("hello from vswitch-cni"), "{body}");
+    // The container reaches the outside through the NATGateway.
+    let ping_out = |podman: &Podman| {
+        wait_until(
+            "the container to ping the outside",
+            Duration::from_secs(15),
+            || {
+                podman
+                    .command(&[
+                        "exec",
+                        &web,
+                        "/bin/ping",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                        "203.0.113.1",
+                    ])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    };
+    ping_out(&podman);
+
+    // kill -9 and restart vswitchd: the running container keeps its traffic.
+    daemon.kill9();
+    daemon.spawn(&[]);
+    let body = wait_until(
+        "the published port after a restart",
+        Duration::from_secs(20),
+        || outside.fetch("http://203.0.113.10:8080/"),
+    );
+    assert!(body.contains("hello from vswitch-cni"), "{body}");
+    ping_out(&podman);
+
+    // podman rm: the PortForward and the interface are gone.
+    podman.ok(&["rm", "-f", "-t", "0", &web]);
+    assert_eq!(daemon.ctl_json(&["get", "portforwards"]), json!([]));
+    assert!(interfaces(&daemon).is_empty(), "{:?}", interfaces(&daemon));
+}
+
+/// A containerd of this test's own (its root, state and socket in a temporary directory),
+/// with ctr's fixed CNI paths provided; containers are removed, then the daemon stopped, on
+/// drop.
+struct Containerd {
+    fs: Rootfs,
+    daemon: std::process::Child,
+    containers: Vec<String>,
+    _host_files: HostFiles,
+}
+
+impl Containerd {
+    fn start(conflist: &Value) -> Containerd {
+        let fs = Rootfs::new();
+        std::fs::write(fs.path("config.toml"), "").expect("config");
+        let log = std::fs::File::create(fs.path("containerd.log")).expect("log");
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(fs.path("config.toml"))
+            .arg("--root")
+            .arg(fs.path("root"))
+            .arg("--state")
+            .arg(fs.path("state"))
+            .arg("--address")
+            .arg(fs.path("ctd.sock"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start containerd");
+        let mut host_files = HostFiles { paths: Vec::new() };
+        let bin = Path::new("/opt/cni/bin");
+        std::fs::create_dir_all(bin).expect("/opt/cni/bin");
+        host_files.write(
+            &bin.join("vswitch-cni"),
+            &std::fs::read(PLUGIN).expect("read the plugin"),
+        );
+        std::fs::set_permissions(
+            bin.join("vswitch-cni"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        host_files.link_if_missing("/usr/lib/cni/loopback", &bin.join("loopback"));
+        // ctr loads the first conflist by name: 00- sorts before the packages' (87-podman...).
+        let name = conflist["name"].as_str().expect("name");
+        host_files.write(
+            &Path::new("/etc/cni/net.d").join(format!("00-{name}.conflist")),
+            conflist.to_string().as_bytes(),
+        );
+        let containerd = Containerd {
+            fs,
+            daemon,
+            containers: Vec::new(),
+            _host_files: host_files,
+        };
+        wait_until("containerd to answer", Duration::from_secs(20), || {
+            containerd.ctr(&["version"]).status.success().then_some(())
+        });
+        containerd
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.fs.path("ctd.sock"))
+            .args(args)
+            .output()
+            .expect("cannot run ctr")
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr run -d --cni --rootfs ROOT ID /bin/sleep 600`.
+    fn run_detached(&mut self, id: &str) {
+        let root = self.fs.root();
+        self.containers.push(id.to_string());
+        self.ctr_ok(&[
+            "run",
+            "-d",
+            "--cni",
+            "--rootfs",
+            root.to_str().expect("utf-8"),
+            id,
+            "/bin/sleep",
+            "600",
+        ]);
+    }
+
+    fn exec(&self, id: &str, exec_id: &str, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        let _ = wait_until_quiet(|| self.ctr(&["task", "rm", id]).status.success());
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+}
+
+/// Retries `probe` for up to 5 s; whether it succeeded.
+fn wait_until_quiet(mut probe: impl FnMut() -> bool) -> bool {
+    for _ in 0..50 {
+        if probe() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for id in &self.containers {
+            self.remove(id);
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.daemon.id()).unwrap_or(i32::MAX)),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if !wait_until_quiet(|| matches!(self.daemon.try_wait(), Ok(Some(_)))) {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- containerd log (tail) ----\n{}",
+                common::tail(
+                    &std::fs::read_to_string(self.fs.path("containerd.log")).unwrap_or_default(),
+                    30
+                )
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: runs vswitchd, containerd and ctr containers"]
+fn cni_containerd_ctr_run() {
+    require(&["containerd", "ctr", "runc", "busybox"]);
+    let daemon = Daemon::start(1);
+    let network = unique("ctd");
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [{"type": "vswitch-cni", "socket": daemon.socket}],
+    });
+    let mut ctd = Containerd::start(&conflist);
+    let (c1, c2) = (unique("c"), unique("c"));
+    ctd.run_detached(&c1);
+    ctd.run_detached(&c2);
+    let ip_of = |id: &str| {
+        let out = ctd.exec(
+            id,
+            &unique("e"),
+            &["/bin/ip", "-4", "-o", "addr", "show", "eth0"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no address on eth0 of {id}: {text}"))
+            .to_string()
+    };
+    let ip2 = ip_of(&c2);
+    for (from, to) in [(&c1, ip2.as_str()), (&c1, "172.30.0.1")] {
+        wait_until(
+            &format!("{from} to ping {to}"),
+            Duration::from_secs(15),
+            || {
+                ctd.exec(from, &unique("p"), &["/bin/ping", "-c", "1", "-W", "1", to])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+    // ctr names the attachment <namespace>-<id>; two interfaces, labelled with it.
+    let ids: Vec<String> = interfaces(&daemon)
+        .iter()
+        .filter_map(|i| {
+            i["metadata"]["labels"]["vswitch.dev/cni-container"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(ids.contains(&format!("default-{c1}")), "{ids:?}");
+    assert!(ids.contains(&format!("default-{c2}")), "{ids:?}");
+
+    // A foreground `ctr run --rm --cni` runs DEL when the task exits.
+    let root = ctd.fs.root();
+    let c3 = unique("c");
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--cni",
+        "--rootfs",
+        root.to_str().expect("utf-8"),
+        &c3,
+        "/bin/sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    ]);
+    assert!(out.contains("172.30."), "c3 had an address: {out}");
+    assert_eq!(interfaces(&daemon).len(), 2, "c3's interface is released");
+
+    // `ctr task rm` of a detached container does not run DEL (ctr 1.6): GC with the
+    // containers containerd still has removes the leftover.
+    ctd.remove(&c1);
+    ctd.containers.retain(|c| *c != c1);
+    let gc = invoke(
+        "GC",
+        &[],
+        &json!({
+            "cniVersion": "1.1.0", "name": network, "type": "vswitch-cni", "socket": daemon.socket,
+            "cni.dev/valid-attachments": [{"containerID": format!("default-{c2}"), "ifname": "eth0"}],
+        }),
+    );
+    expect_ok("GC", &gc, &daemon);
+    let left: Vec<Value> = interfaces(&daemon);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        left[0]["metadata"]["labels"]["vswitch.dev/cni-container"],
+        format!("default-{c2}").as_str()
+    );
 }

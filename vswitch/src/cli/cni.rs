@@ -28,7 +28,7 @@ use cni::error::{self as codes, custom};
 use cni::invocation::{Failure, Parsed};
 use cni::naming::{self, LABEL_CONTAINER, LABEL_IFNAME, LABEL_NETWORK, LABEL_POD_NAME};
 use cni::rscni_types::ipnet::{IpNet, Ipv4Net};
-use cni::{CNIResult, CniError, Cmd, Interface, Invocation, IpConfig, Reply, Route};
+use cni::{CNIResult, Cmd, CniError, Interface, Invocation, IpConfig, Reply, Route};
 use hyper::Method;
 use serde_json::{Value, json};
 
@@ -111,7 +111,12 @@ impl Plugin {
     // ---- requests ----
 
     /// One request; `Ok(None)` for a 404, the JSON body for a 2xx, code 100 otherwise.
-    fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Option<Value>, CniError> {
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, CniError> {
         let bytes = body.map(Value::to_string);
         let response = self
             .client
@@ -141,13 +146,15 @@ impl Plugin {
         if response.body.is_empty() {
             return Ok(Some(Value::Null));
         }
-        serde_json::from_slice(&response.body).map(Some).map_err(|e| {
-            custom(
-                codes::UNEXPECTED_ANSWER,
-                "unexpected answer from vswitchd",
-                format!("{method} {path}: {e}"),
-            )
-        })
+        serde_json::from_slice(&response.body)
+            .map(Some)
+            .map_err(|e| {
+                custom(
+                    codes::UNEXPECTED_ANSWER,
+                    "unexpected answer from vswitchd",
+                    format!("{method} {path}: {e}"),
+                )
+            })
     }
 
     fn unreachable(&self, error: &ClientError) -> CniError {
@@ -221,7 +228,12 @@ impl Plugin {
     }
 
     /// Deletes the PortForwards and the interface of (`container_id`, `ifname`).
-    fn remove_attachment(&self, container_id: &str, ifname: &str, interface: Option<&Found>) -> Result<(), CniError> {
+    fn remove_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        interface: Option<&Found>,
+    ) -> Result<(), CniError> {
         for forward in self.list("portforwards")? {
             if self.owned(&forward, container_id, ifname) {
                 self.delete_port_forward(&name_of(&forward))?;
@@ -238,7 +250,10 @@ impl Plugin {
     fn add(&self) -> Result<CNIResult, CniError> {
         let inv = &self.invocation;
         let plugin = &inv.plugin;
-        let namespace = naming::namespace(inv.args.pod_namespace.as_deref(), plugin.namespace.as_deref())?;
+        let namespace = naming::namespace(
+            inv.args.pod_namespace.as_deref(),
+            plugin.namespace.as_deref(),
+        )?;
         let name = naming::interface_name(&inv.container_id, &inv.ifname);
         let ports = conf::port_mappings(&inv.conf)?;
         let subnet = self
@@ -261,7 +276,9 @@ impl Plugin {
             encode_segment(&namespace)
         );
         let (interface, created) = match self.get(&path)? {
-            Some(existing) if self.owned(&existing, &inv.container_id, &inv.ifname) => (existing, false),
+            Some(existing) if self.owned(&existing, &inv.container_id, &inv.ifname) => {
+                (existing, false)
+            }
             Some(existing) => {
                 return Err(custom(
                     codes::NAME_TAKEN,
@@ -297,7 +314,11 @@ impl Plugin {
                 namespace: namespace.clone(),
                 resource: Value::Null,
             };
-            let _ = self.remove_attachment(&inv.container_id, &inv.ifname, created.then_some(&leftover));
+            let _ = self.remove_attachment(
+                &inv.container_id,
+                &inv.ifname,
+                created.then_some(&leftover),
+            );
             return Err(error);
         }
         self.result(&interface, &subnet)
@@ -311,7 +332,11 @@ impl Plugin {
         if let Some(pod) = &inv.args.pod_name {
             labels.insert(LABEL_POD_NAME.to_string(), naming::label_value(pod));
         }
-        labels.extend(naming::ownership_labels(&inv.container_id, &inv.conf.name, &inv.ifname));
+        labels.extend(naming::ownership_labels(
+            &inv.container_id,
+            &inv.conf.name,
+            &inv.ifname,
+        ));
         let netns = inv
             .netns
             .as_ref()
@@ -419,7 +444,9 @@ impl Plugin {
             .and_then(|g| g.parse().ok())
             .ok_or_else(|| unexpected("the Subnet's spec.gateway"))?;
         let mut result = inv.conf.prev_result.clone().unwrap_or_default();
-        if let Some(host) = interface.pointer("/status/hostIfname").and_then(Value::as_str)
+        if let Some(host) = interface
+            .pointer("/status/hostIfname")
+            .and_then(Value::as_str)
             && inv.plugin.kind == InterfaceKind::Veth
         {
             let mac = std::fs::read_to_string(format!("/sys/class/net/{host}/address"))
@@ -434,7 +461,8 @@ impl Plugin {
                 pci_id: None,
             });
         }
-        let index = u32::try_from(result.interfaces.len()).map_err(|_| unexpected("a sane interface count"))?;
+        let index = u32::try_from(result.interfaces.len())
+            .map_err(|_| unexpected("a sane interface count"))?;
         let mtu = interface
             .pointer("/spec/mtu")
             .or_else(|| subnet.pointer("/spec/mtu"))
@@ -479,7 +507,9 @@ impl Plugin {
         if inv.plugin.default_route {
             result.routes.push(route(Ipv4Net::default()));
         }
-        result.routes.extend(inv.plugin.routes.iter().copied().map(route));
+        result
+            .routes
+            .extend(inv.plugin.routes.iter().copied().map(route));
         if inv.conf.dns.is_some() {
             result.dns.clone_from(&inv.conf.dns);
         }
@@ -496,7 +526,8 @@ impl Plugin {
 
     fn check(&self) -> Result<(), CniError> {
         let inv = &self.invocation;
-        let mismatch = |details: String| custom(codes::INTERFACE_MISMATCH, "interface differs", details);
+        let mismatch =
+            |details: String| custom(codes::INTERFACE_MISMATCH, "interface differs", details);
         let Some(found) = self.find_interface()? else {
             return Err(custom(
                 codes::INTERFACE_MISSING,
@@ -515,11 +546,18 @@ impl Plugin {
                 "NetworkInterface {}/{} is {state}: {}",
                 found.namespace,
                 found.name,
-                status.get("message").and_then(Value::as_str).unwrap_or("no message")
+                status
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
             )));
         }
         if let Some(netns) = &inv.netns {
-            let spec_netns = found.resource.pointer("/spec/netns").and_then(Value::as_str).unwrap_or("");
+            let spec_netns = found
+                .resource
+                .pointer("/spec/netns")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if spec_netns != netns.display().to_string() {
                 return Err(mismatch(format!(
                     "NetworkInterface {}/{} is in netns {spec_netns}, not {}",
@@ -572,7 +610,10 @@ impl Plugin {
     fn status(&self) -> Result<(), CniError> {
         self.get("/v1/version")?;
         let subnet = &self.invocation.plugin.subnet;
-        if self.get(&format!("/v1/subnets/{}", encode_segment(subnet)))?.is_none() {
+        if self
+            .get(&format!("/v1/subnets/{}", encode_segment(subnet)))?
+            .is_none()
+        {
             return Err(CniError::PluginNotAvailable(format!(
                 "vswitchd answers, but Subnet {subnet:?} does not exist: ADD would fail"
             )));
@@ -656,7 +697,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        }
     }
 
     #[test]
@@ -664,7 +710,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("none.sock");
         let conf = json!({"cniVersion": "1.0.0", "name": "vs", "type": "vswitch-cni",
-                          "socket": socket}).to_string();
+                          "socket": socket})
+        .to_string();
         let env = env(vec![
             ("CNI_COMMAND", "ADD".into()),
             ("CNI_CONTAINERID", "c1".into()),
@@ -676,15 +723,22 @@ mod tests {
         let value: Value = serde_json::from_str(&text).expect("JSON");
         assert_eq!(value["code"], 11, "{value}");
         assert_eq!(value["cniVersion"], "1.0.0");
-        assert!(value["details"].as_str().unwrap().contains("none.sock"), "{value}");
+        assert!(
+            value["details"].as_str().unwrap().contains("none.sock"),
+            "{value}"
+        );
     }
 
     #[test]
     fn status_with_daemon_down_is_not_available() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = json!({"cniVersion": "1.1.0", "name": "vs", "type": "vswitch-cni",
-                          "socket": dir.path().join("none.sock")}).to_string();
-        let (text, ok) = run(&env(vec![("CNI_COMMAND", "STATUS".into())]), conf.as_bytes());
+                          "socket": dir.path().join("none.sock")})
+        .to_string();
+        let (text, ok) = run(
+            &env(vec![("CNI_COMMAND", "STATUS".into())]),
+            conf.as_bytes(),
+        );
         assert!(!ok);
         let value: Value = serde_json::from_str(&text).expect("JSON");
         assert_eq!(value["code"], 50, "{value}");
