@@ -355,4 +355,19 @@ mod tests {
         );
         assert_eq!(u32::from(&extra_labels(&bad).expect_err("not a list")), 7);
     }
+
+    #[test]
+    fn the_fixture_conflist_is_valid() {
+        let text = include_str!("../../fixtures/cni/10-vswitch.conflist");
+        let list: rscni_types::types::NetConfList = serde_json::from_str(text).expect("conflist");
+        assert_eq!(list.cni_version, "1.0.0");
+        for plugin in &list.plugins {
+            let mut conf = plugin.clone();
+            conf.name.clone_from(&list.name);
+            conf.cni_version.clone_from(&list.cni_version);
+            let parsed = PluginConf::from_netconf(&conf).expect("valid plugin entry");
+            assert_eq!(parsed.socket, PathBuf::from(DEFAULT_SOCKET));
+            assert_eq!(conf.dns.as_ref().map(|d| d.nameservers.len()), Some(1));
+        }
+    }
 }

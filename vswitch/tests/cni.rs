@@ -298,6 +298,25 @@ fn cni_direct_add_check_del_gc_status_version() {
     );
     expect_code("CHECK after GC", &check2, 103);
 
+    // ADD for the same container in a new namespace (a restarted sandbox) replaces the
+    // interface.
+    let ns4 = Netns::new("c4");
+    let path4 = format!("/run/netns/{}", ns4.name);
+    let moved = invoke(
+        "ADD",
+        &container_env(&id1, &path4, "IgnoreUnknown=1;K8S_POD_NAME=web-1"),
+        &conf(
+            "1.1.0",
+            json!({"namespace": "blog", "labels": {"app": "web"}}),
+        ),
+    );
+    expect_ok("ADD in a new namespace", &moved, &daemon);
+    let nic = daemon.ctl_json(&["get", "nic", &name1, "-n", "blog"]);
+    assert_eq!(nic["spec"]["netns"], path4.as_str(), "{nic}");
+    let moved_ip = moved.json["ips"][0]["address"].as_str().expect("address");
+    let addr = ns4.exec_ok(&["ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains(moved_ip), "{addr}");
+
     // DEL, and DEL again: both succeed; the address is released.
     let del = invoke(
         "DEL",

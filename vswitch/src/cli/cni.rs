@@ -6,7 +6,8 @@
 //!   container, network and ifname) in the conf's Subnet, with its address from vswitchd's
 //!   IPAM, then one PortForward per `runtimeConfig.portMappings` entry (on the Uplink;
 //!   refused with code 101 when there is none). A failure part way removes what this ADD
-//!   made. An ADD repeated for the same attachment answers the existing one.
+//!   made. An ADD repeated for the same attachment answers the existing one (or replaces it
+//!   when `CNI_NETNS` changed: a restarted sandbox).
 //! - DEL finds the attachment by its labels (in every namespace: DEL may come without
 //!   `CNI_ARGS`, and without a namespace), deletes its PortForwards, then the interface;
 //!   nothing found is success.
@@ -275,7 +276,18 @@ impl Plugin {
             encode_segment(&name),
             encode_segment(&namespace)
         );
-        let (interface, created) = match self.get(&path)? {
+        let mut existing = self.get(&path)?;
+        if let Some(old) = &existing
+            && self.owned(old, &inv.container_id, &inv.ifname)
+            && old.pointer("/spec/netns").and_then(Value::as_str) != Some(netns_text(inv).as_str())
+        {
+            // The same container ID in a new namespace (a restarted sandbox): the old
+            // interface is stale; replace it.
+            let stale = found(old.clone());
+            self.remove_attachment(&inv.container_id, &inv.ifname, Some(&stale))?;
+            existing = None;
+        }
+        let (interface, created) = match existing {
             Some(existing) if self.owned(&existing, &inv.container_id, &inv.ifname) => {
                 (existing, false)
             }
@@ -337,14 +349,9 @@ impl Plugin {
             &inv.conf.name,
             &inv.ifname,
         ));
-        let netns = inv
-            .netns
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
         let mut spec = json!({
             "subnet": plugin.subnet,
-            "netns": netns,
+            "netns": netns_text(inv),
             "ifname": inv.ifname,
             "kind": plugin.kind,
         });
@@ -665,6 +672,15 @@ impl Plugin {
             ))
         }
     }
+}
+
+/// `CNI_NETNS` as the NetworkInterface's `spec.netns` writes it.
+fn netns_text(invocation: &Invocation) -> String {
+    invocation
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 fn labels_of(item: &Value) -> BTreeMap<String, String> {
