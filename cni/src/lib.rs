@@ -17,6 +17,7 @@
 //! - [`naming`]: the NetworkInterface name and labels derived from the container, so that
 //!   DEL, CHECK and GC find what ADD made;
 //! - [`invocation`]: parsing one invocation, and rendering answers and errors;
+//! - [`result`]: the ADD result from what vswitchd attached, after `prevResult`;
 //! - [`error`]: the plugin-specific error codes (100 and up).
 //!
 //! Invariant: nothing here reads the process environment, stdin or a socket; every function
@@ -29,6 +30,7 @@ pub mod conf;
 pub mod error;
 pub mod invocation;
 pub mod naming;
+pub mod result;
 
 pub use args::CniArgs;
 pub use conf::PluginConf;

@@ -410,9 +410,22 @@ impl Rootfs {
 /// `/opt/cni/bin`, which ctr cannot be pointed elsewhere), removed on drop.
 struct HostFiles {
     paths: Vec<PathBuf>,
+    /// Directories this test created, removed (when empty) after the files.
+    dirs: Vec<PathBuf>,
 }
 
 impl HostFiles {
+    /// Creates `dir` and its missing parents, remembering which were missing.
+    fn create_dir(&mut self, dir: &Path) {
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(dir).expect("CNI directory");
+        self.dirs.extend(missing);
+    }
+
     /// Writes `path` (failing if it exists: it is not ours to replace).
     fn write(&mut self, path: &Path, contents: &[u8]) {
         assert!(
@@ -441,6 +454,11 @@ impl Drop for HostFiles {
     fn drop(&mut self) {
         for path in self.paths.iter().rev() {
             let _ = std::fs::remove_file(path);
+        }
+        // Deepest first (the order `create_dir` found them in); a directory someone else
+        // filled meanwhile stays.
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -763,9 +781,13 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("cannot start containerd");
-        let mut host_files = HostFiles { paths: Vec::new() };
+        let mut host_files = HostFiles {
+            paths: Vec::new(),
+            dirs: Vec::new(),
+        };
         let bin = Path::new("/opt/cni/bin");
-        std::fs::create_dir_all(bin).expect("/opt/cni/bin");
+        host_files.create_dir(bin);
+        host_files.create_dir(Path::new("/etc/cni/net.d"));
         host_files.write(
             &bin.join("vswitch-cni"),
             &std::fs::read(PLUGIN).expect("read the plugin"),

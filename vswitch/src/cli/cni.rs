@@ -28,8 +28,9 @@ use cni::conf::{self, InterfaceKind, PortPublish};
 use cni::error::{self as codes, custom};
 use cni::invocation::{Failure, Parsed};
 use cni::naming::{self, LABEL_CONTAINER, LABEL_IFNAME, LABEL_NETWORK, LABEL_POD_NAME};
-use cni::rscni_types::ipnet::{IpNet, Ipv4Net};
-use cni::{CNIResult, Cmd, CniError, Interface, Invocation, IpConfig, Reply, Route};
+use cni::result::{Attached, HostEnd};
+use cni::rscni_types::ipnet::Ipv4Net;
+use cni::{CNIResult, Cmd, CniError, Invocation, Reply};
 use hyper::Method;
 use serde_json::{Value, json};
 
@@ -434,8 +435,7 @@ impl Plugin {
         Ok(())
     }
 
-    /// The ADD result: vswitchd's interface (and the host end of a veth), its addresses
-    /// with the gateway, the routes it installed, the conf's DNS; after `prevResult`'s.
+    /// The ADD result from vswitchd's interface and Subnet (see `cni::result`).
     fn result(&self, interface: &Value, subnet: &Value) -> Result<CNIResult, CniError> {
         let inv = &self.invocation;
         let unexpected = |what: &str| {
@@ -450,77 +450,42 @@ impl Plugin {
             .and_then(Value::as_str)
             .and_then(|g| g.parse().ok())
             .ok_or_else(|| unexpected("the Subnet's spec.gateway"))?;
-        let mut result = inv.conf.prev_result.clone().unwrap_or_default();
-        if let Some(host) = interface
+        let host = interface
             .pointer("/status/hostIfname")
             .and_then(Value::as_str)
-            && inv.plugin.kind == InterfaceKind::Veth
-        {
-            let mac = std::fs::read_to_string(format!("/sys/class/net/{host}/address"))
-                .map(|m| m.trim().to_string())
-                .unwrap_or_default();
-            result.interfaces.push(Interface {
-                name: host.to_string(),
-                mac,
-                mtu: None,
-                sandbox: None,
-                socket_path: None,
-                pci_id: None,
+            .filter(|_| inv.plugin.kind == InterfaceKind::Veth)
+            .map(|name| HostEnd {
+                name: name.to_string(),
+                // The host end lives in vswitchd's namespace, which is the plugin's when
+                // both run on the host; the MAC is left out otherwise.
+                mac: std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
+                    .map(|m| m.trim().to_string())
+                    .unwrap_or_default(),
             });
-        }
-        let index = u32::try_from(result.interfaces.len())
-            .map_err(|_| unexpected("a sane interface count"))?;
-        let mtu = interface
-            .pointer("/spec/mtu")
-            .or_else(|| subnet.pointer("/spec/mtu"))
-            .and_then(Value::as_u64)
-            .and_then(|m| u32::try_from(m).ok());
-        result.interfaces.push(Interface {
-            name: inv.ifname.clone(),
+        let ips = interface
+            .pointer("/status/ips")
+            .and_then(Value::as_array)
+            .ok_or_else(|| unexpected("the interface's status.ips"))?
+            .iter()
+            .map(|ip| ip.as_str().and_then(|a| a.parse::<Ipv4Net>().ok()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| unexpected("an address in status.ips"))?;
+        let attached = Attached {
+            host,
             mac: interface
                 .pointer("/status/mac")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            mtu,
-            sandbox: inv.netns.as_ref().map(|p| p.display().to_string()),
-            socket_path: None,
-            pci_id: None,
-        });
-        let ips = interface
-            .pointer("/status/ips")
-            .and_then(Value::as_array)
-            .ok_or_else(|| unexpected("the interface's status.ips"))?;
-        for ip in ips {
-            let address: Ipv4Net = ip
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| unexpected("an address in status.ips"))?;
-            result.ips.push(IpConfig {
-                interface: Some(index),
-                address: IpNet::V4(address),
-                gateway: Some(gateway.into()),
-            });
-        }
-        let route = |dst: Ipv4Net| Route {
-            dst: IpNet::V4(dst),
-            gw: Some(gateway.into()),
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
+            mtu: interface
+                .pointer("/spec/mtu")
+                .or_else(|| subnet.pointer("/spec/mtu"))
+                .and_then(Value::as_u64)
+                .and_then(|m| u32::try_from(m).ok()),
+            ips,
+            gateway,
         };
-        if inv.plugin.default_route {
-            result.routes.push(route(Ipv4Net::default()));
-        }
-        result
-            .routes
-            .extend(inv.plugin.routes.iter().copied().map(route));
-        if inv.conf.dns.is_some() {
-            result.dns.clone_from(&inv.conf.dns);
-        }
-        Ok(result)
+        Ok(inv.add_result(&attached))
     }
 
     // ---- DEL, CHECK, STATUS, GC ----
