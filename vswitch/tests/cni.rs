@@ -736,6 +736,44 @@ fn cni_podman_published_port_nat_and_daemon_restart() {
     };
     ping_out(&podman);
 
+    // A second container asking for the same port: the PortForward is refused, ADD fails,
+    // and the interface it had made is removed again.
+    let clash = unique("clash");
+    podman.containers.push(clash.clone());
+    let root = podman.fs.root();
+    let out = podman.command(&[
+        "run",
+        "-d",
+        "--name",
+        &clash,
+        "--network",
+        &network,
+        "-p",
+        "8080:80",
+        "--rootfs",
+        root.to_str().expect("utf-8"),
+        "/bin/sleep",
+        "600",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second -p 8080:80 must fail");
+    assert!(
+        stderr.contains("vswitchd refused"),
+        "the plugin's error reaches podman: {stderr}"
+    );
+    assert_eq!(
+        interfaces(&daemon).len(),
+        1,
+        "no interface left by the failed ADD"
+    );
+    assert_eq!(
+        daemon
+            .ctl_json(&["get", "portforwards"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
     // kill -9 and restart vswitchd: the running container keeps its traffic.
     daemon.kill9();
     daemon.spawn(&[]);
