@@ -29,11 +29,15 @@ declare -A tools=(
     [ip]=iproute2 [ping]=iputils-ping [tracepath]=iputils-tracepath [iperf3]=iperf3
     [tcpdump]=tcpdump [ethtool]=ethtool [python3]=python3 [nft]=nftables
     [curl]=curl [promtool]=prometheus
+    # vswitch/tests/cni.rs: real container runtimes, and a static busybox for their rootfs
+    [podman]=podman [runc]=runc [containerd]=containerd [ctr]=containerd [busybox]=busybox-static
 )
 missing=()
 for cmd in "${!tools[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${tools[$cmd]}")
 done
+# The reference CNI plugins (ctr's loopback, podman's CNI backend), which are not on PATH.
+[ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing missing tools: ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

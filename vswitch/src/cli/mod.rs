@@ -2,13 +2,15 @@
 //!
 //! [`args`] holds the command table (clap derive), [`client`] the HTTP/1.1 client over the
 //! Unix socket, [`attach`] the NetworkInterface builder, [`output`] the tables and dumps, and
-//! [`error`] the messages and exit codes (0 ok, 1 refused, 2 usage, 3 unreachable). This
+//! [`error`] the messages and exit codes (0 ok, 1 refused, 2 usage, 3 unreachable); [`cni`] is
+//! the `vswitch-cni` plugin, another client of the same API. This
 //! module runs one command: it never prints except through the writers it is given, so the
 //! whole flow is testable.
 
 pub mod args;
 pub mod attach;
 pub mod client;
+pub mod cni;
 pub mod error;
 pub mod output;
 
