@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, Netns, require, run, unique, wait_until};
+use common::{Daemon, Netns, Outside, require, unique, wait_until};
 use serde_json::{Value, json};
 
 /// The plugin binary under test.
@@ -615,32 +615,15 @@ fn cni_podman_containers_ping_and_rm_releases() {
     );
 }
 
-/// A veth pair whose host end is the Uplink's interface and whose other end is in `ns`, the
-/// outside world (203.0.113.1/24, the Uplink's gateway). TEST-NET-3, in namespaces only.
-struct Outside {
-    ns: Netns,
-    host_end: String,
+/// What the podman tests need of the outside world (203.0.113.1/24, the Uplink's gateway).
+trait OutsideExt {
+    /// Applies an Uplink on the host end (203.0.113.10) and a NATGateway for `default`.
+    fn apply_uplink(&self, daemon: &Daemon);
+    /// An HTTP GET of `url` from the outside; the body, or None when it fails.
+    fn fetch(&self, url: &str) -> Option<String>;
 }
 
-impl Outside {
-    fn new() -> Outside {
-        let ns = Netns::new("out");
-        let host_end = unique("u");
-        let peer = unique("p");
-        run(
-            "ip",
-            &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
-            ],
-        );
-        run("ip", &["link", "set", &peer, "netns", &ns.name]);
-        run("ip", &["link", "set", &host_end, "up"]);
-        ns.exec_ok(&["ip", "link", "set", &peer, "name", "eth0"]);
-        ns.exec_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        Outside { ns, host_end }
-    }
-
+impl OutsideExt for Outside {
     /// Applies an Uplink on the host end (203.0.113.10) and a NATGateway for `default`.
     fn apply_uplink(&self, daemon: &Daemon) {
         let yaml = format!(
@@ -663,19 +646,11 @@ impl Outside {
     }
 }
 
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_end])
-            .output();
-    }
-}
-
 #[test]
 #[ignore = "needs root: runs vswitchd and podman containers, a veth uplink"]
 fn cni_podman_published_port_nat_and_daemon_restart() {
     require(&["podman", "runc", "busybox", "python3"]);
-    let outside = Outside::new();
+    let outside = Outside::new(&["203.0.113.1/24"]);
     let mut daemon = Daemon::start(1);
     outside.apply_uplink(&daemon);
     let network = unique("pub");

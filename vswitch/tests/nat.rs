@@ -11,15 +11,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{Daemon, Netns, iperf3_tcp, require, run, unique, wait_listening};
-
-/// A UDP server that answers each datagram with the sender's `ip:port`.
-const UDP_WHOAMI: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nwhile True:\n    d,a=s.recvfrom(2048)\n    s.sendto(('%s:%d'%a).encode(),a)\n";
-
-/// A TCP server that answers each connection with the peer's `ip:port`.
-const TCP_WHOAMI: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen(8)\nwhile True:\n    c,a=s.accept()\n    c.sendall(('%s:%d'%a).encode())\n    c.close()\n";
+use common::{Daemon, Netns, Outside, TCP_WHOAMI, UDP_WHOAMI, iperf3_tcp, require, wait_listening};
 
 /// Sends one datagram from `bind_port` to each `ip:port` and prints each answer on a line.
 const UDP_ASK: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.bind(('0.0.0.0',int(sys.argv[1])))\nfor t in sys.argv[2:]:\n    h,p=t.split(':')\n    s.sendto(b'who',(h,int(p)))\n    print(s.recvfrom(2048)[0].decode())\n";
@@ -30,73 +24,6 @@ const TCP_ASK: &str = "import socket,sys\ns=socket.create_connection((sys.argv[1
 /// Connected UDP socket to a closed port: prints `refused` when the ICMP port unreachable
 /// comes back (translated), `timeout` otherwise.
 const UDP_REFUSED: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'x')\ntry:\n    s.recv(10)\n    print('answered')\nexcept ConnectionRefusedError:\n    print('refused')\nexcept socket.timeout:\n    print('timeout')\n";
-
-struct Outside {
-    ns: Netns,
-    host_end: String,
-    servers: Vec<Child>,
-}
-
-impl Outside {
-    fn new() -> Outside {
-        let ns = Netns::new("out");
-        let host_end = unique("u");
-        let peer = unique("p");
-        run(
-            "ip",
-            &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
-            ],
-        );
-        run("ip", &["link", "set", &peer, "netns", &ns.name]);
-        run("ip", &["link", "set", &host_end, "up"]);
-        ns.exec_ok(&["ip", "link", "set", &peer, "name", "eth0"]);
-        ns.exec_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
-        ns.exec_ok(&["ip", "addr", "add", "203.0.113.2/24", "dev", "eth0"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        Outside {
-            ns,
-            host_end,
-            servers: Vec::new(),
-        }
-    }
-
-    /// Starts a UDP server `script` on `ip:port` in the outside namespace and waits until its
-    /// socket is bound.
-    fn serve_udp(&mut self, script: &str, ip: &str, port: u16) {
-        let local = format!("{ip}:{port}");
-        let port = port.to_string();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns.name,
-                "python3",
-                "-c",
-                script,
-                ip,
-                &port,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 server");
-        wait_listening(&self.ns.name, "udp", &local, &mut child);
-        self.servers.push(child);
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_end])
-            .output();
-    }
-}
 
 fn apply(daemon: &Daemon, yaml: &str) {
     let file = tempfile::NamedTempFile::new().expect("tmp");
@@ -132,9 +59,9 @@ fn python(ns: &Netns, script: &str, args: &[&str]) -> String {
 #[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
 fn masquerade_to_the_outside() {
     require(&["ping", "iperf3", "python3"]);
-    let mut outside = Outside::new();
-    outside.serve_udp(UDP_WHOAMI, "203.0.113.1", 9000);
-    outside.serve_udp(UDP_WHOAMI, "203.0.113.2", 9000);
+    let mut outside = Outside::new(&["203.0.113.1/24", "203.0.113.2/24"]);
+    outside.serve_here("udp", UDP_WHOAMI, "203.0.113.1", 9000);
+    outside.serve_here("udp", UDP_WHOAMI, "203.0.113.2", 9000);
     let daemon = Daemon::start(2);
     apply(&daemon, &uplink_and_gateway(&outside));
     let c1 = Netns::new("na");
@@ -213,7 +140,7 @@ fn masquerade_to_the_outside() {
 #[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
 fn port_forward_virtual_ip_and_hairpin() {
     require(&["ping", "python3"]);
-    let outside = Outside::new();
+    let outside = Outside::new(&["203.0.113.1/24", "203.0.113.2/24"]);
     let daemon = Daemon::start(2);
     let c1 = Netns::new("fa");
     let c2 = Netns::new("fb");
@@ -259,7 +186,7 @@ fn port_forward_virtual_ip_and_hairpin() {
     // The virtual IP reaches c2, and c2's own traffic leaves with it.
     outside.ns.ping_ok("203.0.113.20", 3);
     let mut outside = outside;
-    outside.serve_udp(UDP_WHOAMI, "203.0.113.1", 9001);
+    outside.serve_here("udp", UDP_WHOAMI, "203.0.113.1", 9001);
     let seen = python(&c2, UDP_ASK, &["41000", "203.0.113.1:9001"]);
     assert!(
         seen.starts_with("203.0.113.20:"),

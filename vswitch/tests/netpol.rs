@@ -308,6 +308,14 @@ fn kubernetes_ingress_truth_tables() {
     ]);
     assert!(explained.contains("denied"), "{explained}");
     assert!(explained.contains("x/deny-all"), "{explained}");
+    // Allow all ingress beside it: policies add up, so everything flows again.
+    cluster.apply(&policy(
+        "x",
+        "allow-all",
+        "  podSelector: {}\n  ingress:\n  - {}\n",
+    ));
+    cluster.check("allow all beside deny all", 80, "tcp", |_, _| true);
+    cluster.delete("x", "allow-all");
     cluster.delete("x", "deny-all");
     cluster.check("deny-all deleted", 80, "tcp", |_, _| true);
 

@@ -15,16 +15,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, Netns, require, run, unique, wait_listening, wait_until};
-
-/// A TCP server on `argv[1]:argv[2]` that answers each connection with the peer's `ip:port`.
-const TCP_WHOAMI: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen(8)\nwhile True:\n    c,a=s.accept()\n    c.sendall(('%s:%d'%a).encode())\n    c.close()\n";
-
-/// A UDP server that answers each datagram with the sender's `ip:port`.
-const UDP_WHOAMI: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nwhile True:\n    d,a=s.recvfrom(2048)\n    s.sendto(('%s:%d'%a).encode(),a)\n";
+use common::{Daemon, Netns, Outside, TCP_WHOAMI, UDP_WHOAMI, require, wait_until};
 
 /// Connects to `ip:port` and prints what the server says, or `failed: <error>` (within 3 s).
 const TCP_ASK: &str = "import socket,sys\ntry:\n    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\n    print(s.recv(2048).decode())\nexcept OSError as e:\n    print('failed: %s'%e)\n";
@@ -32,72 +25,20 @@ const TCP_ASK: &str = "import socket,sys\ntry:\n    s=socket.create_connection((
 /// Sends one datagram to `ip:port` and prints the answer, or `failed: <error>`.
 const UDP_ASK: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ntry:\n    s.sendto(b'who',(sys.argv[1],int(sys.argv[2])))\n    print(s.recvfrom(2048)[0].decode())\nexcept OSError as e:\n    print('failed: %s'%e)\n";
 
-/// The outside world: a namespace behind the uplink's veth, with a route to the Network.
-struct Outside {
-    ns: Netns,
-    host_end: String,
-    servers: Vec<Child>,
-}
-
-impl Outside {
-    fn new() -> Outside {
-        let ns = Netns::new("ro");
-        let host_end = unique("u");
-        let peer = unique("p");
-        run(
-            "ip",
-            &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
-            ],
-        );
-        run("ip", &["link", "set", &peer, "netns", &ns.name]);
-        run("ip", &["link", "set", &host_end, "up"]);
-        ns.exec_ok(&["ip", "link", "set", &peer, "name", "eth0"]);
-        ns.exec_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        // The outside routes the Network's CIDR to the switch's Uplink address.
-        ns.exec_ok(&[
-            "ip",
-            "route",
-            "add",
-            "172.30.0.0/16",
-            "via",
-            "203.0.113.10",
-            "dev",
-            "eth0",
-        ]);
-        Outside {
-            ns,
-            host_end,
-            servers: Vec::new(),
-        }
-    }
-
-    /// Starts `script` on `ip:port` (`proto` `tcp` or `udp`) in namespace `ns` and waits until it
-    /// listens; the server is stopped when `self` is dropped.
-    fn serve(&mut self, ns: &str, proto: &str, script: &str, ip: &str, port: u16) {
-        let port_text = port.to_string();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", script, ip, &port_text])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 server");
-        wait_listening(ns, proto, &format!("{ip}:{port}"), &mut child);
-        self.servers.push(child);
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_end])
-            .output();
-    }
+/// The outside world, routing the Network's CIDR to the switch's Uplink address.
+fn routed_outside() -> Outside {
+    let outside = Outside::new(&["203.0.113.1/24"]);
+    outside.ns.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "172.30.0.0/16",
+        "via",
+        "203.0.113.10",
+        "dev",
+        "eth0",
+    ]);
+    outside
 }
 
 fn apply(daemon: &Daemon, yaml: &str) {
@@ -143,7 +84,7 @@ fn uplink_drops(daemon: &Daemon, reason: &str) -> u64 {
 #[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP ports"]
 fn routed_network_both_ways_untranslated() {
     require(&["ping", "python3"]);
-    let mut outside = Outside::new();
+    let mut outside = routed_outside();
     let daemon = Daemon::start(2);
     apply(&daemon, &routed_config(&outside, None));
     let c1 = Netns::new("ra");
@@ -187,7 +128,7 @@ fn routed_network_both_ways_untranslated() {
 #[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP ports"]
 fn inbound_filter_guards_a_routed_network() {
     require(&["ping", "python3"]);
-    let mut outside = Outside::new();
+    let mut outside = routed_outside();
     let daemon = Daemon::start(2);
     apply(
         &daemon,
@@ -284,7 +225,7 @@ const TCP_ASK_FROM: &str = "import socket,sys\ntry:\n    s=socket.create_connect
 #[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP ports"]
 fn network_policies_match_outside_peers_by_ip_block() {
     require(&["python3"]);
-    let mut outside = Outside::new();
+    let mut outside = routed_outside();
     outside
         .ns
         .exec_ok(&["ip", "addr", "add", "203.0.113.2/24", "dev", "eth0"]);

@@ -795,6 +795,72 @@ pub(crate) mod fixtures {
         frame
     }
 
+    /// A TCP segment `src:sport -> dst:dport` with `flags` (0x02 SYN, 0x12 SYN-ACK, 0x10
+    /// ACK), sequence number 1000, window 512, 4 bytes of data ("data"), DF set, checksums
+    /// filled.
+    pub fn tcp_frame(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        (src, sport): (Ipv4Addr, u16),
+        (dst, dport): (Ipv4Addr, u16),
+        flags: u8,
+    ) -> Vec<u8> {
+        let l4 = VNET_HDR_LEN + 14 + 20;
+        let mut frame = ipv4_frame(
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            64,
+            IpProtocol::Tcp,
+            true,
+            &[0u8; 24],
+        );
+        let segment = &mut frame[l4..];
+        segment[12] = 0x50;
+        segment[13] = flags;
+        segment[20..24].copy_from_slice(b"data");
+        let mut packet = smoltcp::wire::TcpPacket::new_unchecked(segment);
+        packet.set_src_port(sport);
+        packet.set_dst_port(dport);
+        packet.set_seq_number(smoltcp::wire::TcpSeqNumber(1000));
+        packet.set_window_len(512);
+        packet.fill_checksum(&src.into(), &dst.into());
+        frame
+    }
+
+    /// A UDP datagram `src:sport -> dst:dport` carrying `data`, checksums filled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn udp_frame(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        (src, sport): (Ipv4Addr, u16),
+        (dst, dport): (Ipv4Addr, u16),
+        ttl: u8,
+        dont_frag: bool,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let l4 = VNET_HDR_LEN + 14 + 20;
+        let mut payload = vec![0u8; 8 + data.len()];
+        payload[8..].copy_from_slice(data);
+        let mut frame = ipv4_frame(
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            ttl,
+            IpProtocol::Udp,
+            dont_frag,
+            &payload,
+        );
+        let mut packet = smoltcp::wire::UdpPacket::new_unchecked(&mut frame[l4..]);
+        packet.set_src_port(sport);
+        packet.set_dst_port(dport);
+        packet.set_len(u16::try_from(8 + data.len()).expect("small"));
+        packet.fill_checksum(&src.into(), &dst.into());
+        frame
+    }
+
     /// The stages with their shared tables and one worker's state, for tests.
     pub struct Bench {
         /// The configuration.

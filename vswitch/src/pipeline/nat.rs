@@ -430,7 +430,7 @@ mod tests {
         IpAddress::Ipv4(a)
     }
 
-    /// UDP `src:sport -> dst:dport` ("hello"), checksums filled.
+    /// UDP `src:sport -> dst:dport` carrying `data`, checksums filled.
     #[allow(clippy::too_many_arguments)]
     fn udp(
         src_mac: [u8; 6],
@@ -443,56 +443,18 @@ mod tests {
         dont_frag: bool,
         data: &[u8],
     ) -> Vec<u8> {
-        let mut l4 = vec![0u8; 8 + data.len()];
-        l4[8..].copy_from_slice(data);
-        let mut frame = ipv4_frame(
+        udp_frame(
             src_mac,
             dst_mac,
-            src,
-            dst,
+            (src, sport),
+            (dst, dport),
             ttl,
-            IpProtocol::Udp,
             dont_frag,
-            &l4,
-        );
-        let mut packet = UdpPacket::new_unchecked(&mut frame[L4..]);
-        packet.set_src_port(sport);
-        packet.set_dst_port(dport);
-        packet.set_len(u16::try_from(8 + data.len()).unwrap());
-        packet.fill_checksum(&ip(src), &ip(dst));
-        frame
+            data,
+        )
     }
 
-    /// A TCP segment with `flags` (0x02 SYN, 0x12 SYN-ACK), checksums filled.
-    fn tcp(
-        src_mac: [u8; 6],
-        dst_mac: [u8; 6],
-        (src, sport): (Ipv4Addr, u16),
-        (dst, dport): (Ipv4Addr, u16),
-        flags: u8,
-    ) -> Vec<u8> {
-        let mut frame = ipv4_frame(
-            src_mac,
-            dst_mac,
-            src,
-            dst,
-            64,
-            IpProtocol::Tcp,
-            true,
-            &[0u8; 24],
-        );
-        let segment = &mut frame[L4..];
-        segment[12] = 0x50;
-        segment[13] = flags;
-        segment[20..24].copy_from_slice(b"data");
-        let mut packet = TcpPacket::new_unchecked(segment);
-        packet.set_src_port(sport);
-        packet.set_dst_port(dport);
-        packet.set_seq_number(smoltcp::wire::TcpSeqNumber(1000));
-        packet.set_window_len(512);
-        packet.fill_checksum(&ip(src), &ip(dst));
-        frame
-    }
+    use crate::pipeline::fixtures::tcp_frame as tcp;
 
     /// An ICMP echo request (or reply) with identifier `ident`, checksums filled.
     fn echo(

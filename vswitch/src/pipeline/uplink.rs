@@ -693,58 +693,17 @@ mod tests {
             bench_with(&["192.0.2.0/24"], None)
         }
 
-        #[allow(clippy::too_many_arguments)]
+        /// UDP with 4 bytes of data.
         fn udp(
             src_mac: [u8; 6],
             dst_mac: [u8; 6],
-            (src, sport): (Ipv4Addr, u16),
-            (dst, dport): (Ipv4Addr, u16),
+            src: (Ipv4Addr, u16),
+            dst: (Ipv4Addr, u16),
         ) -> Vec<u8> {
-            let mut frame = ipv4_frame(
-                src_mac,
-                dst_mac,
-                src,
-                dst,
-                64,
-                IpProtocol::Udp,
-                false,
-                &[0u8; 12],
-            );
-            let mut packet = UdpPacket::new_unchecked(&mut frame[L4..]);
-            packet.set_src_port(sport);
-            packet.set_dst_port(dport);
-            packet.set_len(12);
-            packet.fill_checksum(&ip(src), &ip(dst));
-            frame
+            udp_frame(src_mac, dst_mac, src, dst, 64, false, &[0u8; 4])
         }
 
-        /// TCP with `flags` (0x02 SYN, 0x12 SYN-ACK, 0x10 ACK).
-        fn tcp(
-            src_mac: [u8; 6],
-            dst_mac: [u8; 6],
-            (src, sport): (Ipv4Addr, u16),
-            (dst, dport): (Ipv4Addr, u16),
-            flags: u8,
-        ) -> Vec<u8> {
-            let mut frame = ipv4_frame(
-                src_mac,
-                dst_mac,
-                src,
-                dst,
-                64,
-                IpProtocol::Tcp,
-                true,
-                &[0u8; 20],
-            );
-            frame[L4 + 12] = 0x50;
-            frame[L4 + 13] = flags;
-            let mut packet = TcpPacket::new_unchecked(&mut frame[L4..]);
-            packet.set_src_port(sport);
-            packet.set_dst_port(dport);
-            packet.set_window_len(512);
-            packet.fill_checksum(&ip(src), &ip(dst));
-            frame
-        }
+        use crate::pipeline::fixtures::tcp_frame as tcp;
 
         fn echo(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
             let message = [8, 0, 0, 0, 0, 7, 0, 1, b'p', b'i', b'n', b'g'];

@@ -521,3 +521,86 @@ pub fn send_raw_frames(ns: &Netns, ifname: &str, frames_hex: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A python3 TCP server on `argv[1]:argv[2]` that answers each connection with the peer's
+/// `ip:port` (who the server saw: NAT or not).
+pub const TCP_WHOAMI: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen(8)\nwhile True:\n    c,a=s.accept()\n    c.sendall(('%s:%d'%a).encode())\n    c.close()\n";
+
+/// A python3 UDP server on `argv[1]:argv[2]` that answers each datagram with the sender's
+/// `ip:port`.
+pub const UDP_WHOAMI: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nwhile True:\n    d,a=s.recvfrom(2048)\n    s.sendto(('%s:%d'%a).encode(),a)\n";
+
+/// A node's outside world: a namespace behind a veth pair whose host end (in the test's
+/// namespace, like a node's NIC) becomes the Uplink's interface, with `eth0` there holding
+/// the given addresses (TEST-NET-3, 203.0.113.1/24 is the usual gateway). Servers started
+/// with [`serve`](Outside::serve) stop, and the pair goes, on drop.
+#[derive(Debug)]
+pub struct Outside {
+    /// The outside namespace.
+    pub ns: Netns,
+    /// The host end of the veth pair (the Uplink's `interface`).
+    pub host_end: String,
+    servers: Vec<Child>,
+}
+
+impl Outside {
+    /// The outside with `addresses` (`A.B.C.D/N`) on its `eth0`.
+    pub fn new(addresses: &[&str]) -> Outside {
+        let ns = Netns::new("out");
+        let host_end = unique("u");
+        let peer = unique("p");
+        run(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
+            ],
+        );
+        run("ip", &["link", "set", &peer, "netns", &ns.name]);
+        run("ip", &["link", "set", &host_end, "up"]);
+        ns.exec_ok(&["ip", "link", "set", &peer, "name", "eth0"]);
+        for address in addresses {
+            ns.exec_ok(&["ip", "addr", "add", address, "dev", "eth0"]);
+        }
+        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        Outside {
+            ns,
+            host_end,
+            servers: Vec::new(),
+        }
+    }
+
+    /// Starts the python3 `script` with arguments `ip port` in namespace `netns` (the
+    /// outside's, or a container's) and waits until it listens on `proto` (`tcp` or `udp`);
+    /// it is stopped when `self` is dropped.
+    pub fn serve(&mut self, netns: &str, proto: &str, script: &str, ip: &str, port: u16) {
+        let port_text = port.to_string();
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "python3", "-c", script, ip, &port_text,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 server");
+        wait_listening(netns, proto, &format!("{ip}:{port}"), &mut child);
+        self.servers.push(child);
+    }
+
+    /// [`serve`](Outside::serve) in the outside namespace itself.
+    pub fn serve_here(&mut self, proto: &str, script: &str, ip: &str, port: u16) {
+        let netns = self.ns.name.clone();
+        self.serve(&netns, proto, script, ip, port);
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
+    }
+}
