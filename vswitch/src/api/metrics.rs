@@ -10,6 +10,7 @@
 //! - `vswitch_conntrack_entries`, `vswitch_conntrack_max_entries`,
 //!   `vswitch_conntrack_{created,expired,evicted,refused_full,clashes}_total`,
 //!   `vswitch_nat_mappings`;
+//! - `vswitch_nat_ports_in_use{port,address,protocol}`, `vswitch_overlay_runners{state}`;
 //! - `vswitch_loadbalancer_backends{namespace,loadbalancer,state}`;
 //! - `vswitch_networkpolicy_connections_total{namespace,policy,direction,verdict}`.
 
@@ -342,6 +343,29 @@ impl Collector for Switch {
         )?;
         gauge(
             &mut encoder,
+            "vswitch_nat_ports_in_use",
+            "Masquerade mappings in use, by interface, NAT address and protocol.",
+            s.nat_ports.iter().map(|(port, ip, protocol, n)| {
+                (
+                    [
+                        ("port", port.clone()),
+                        ("address", ip.clone()),
+                        ("protocol", (*protocol).to_owned()),
+                    ],
+                    i64::from(*n),
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "vswitch_overlay_runners",
+            "A hub's runners by state.",
+            s.runners
+                .iter()
+                .map(|(state, n)| ([("state", state.clone())], signed(*n))),
+        )?;
+        gauge(
+            &mut encoder,
             "vswitch_loadbalancer_backends",
             "LoadBalancer backends by state (Healthy, Unhealthy, Draining).",
             s.load_balancers.iter().map(|(key, state, n)| {
@@ -411,6 +435,8 @@ mod tests {
             conntrack: nat::ConntrackStats::default(),
             conntrack_max: 1_000_000,
             load_balancers: vec![("shop/web".into(), "Healthy".into(), 2)],
+            nat_ports: vec![("c1".into(), "203.0.113.10".into(), "tcp", 3)],
+            runners: BTreeMap::from([("Online".to_owned(), 2)]),
             policies: BTreeMap::from([(
                 "shop/db".to_owned(),
                 PolicyCounts {
@@ -430,6 +456,8 @@ mod tests {
             "vswitch_port_drops_total{port=\"shop/web-1\",reason=\"policy.ingress_denied\"} 3",
             "vswitch_events_total{event=\"lb.connections_created\"} 5",
             "vswitch_workers 2",
+            "vswitch_nat_ports_in_use{port=\"c1\",address=\"203.0.113.10\",protocol=\"tcp\"} 3",
+            "vswitch_overlay_runners{state=\"Online\"} 2",
             "vswitch_conntrack_max_entries 1000000",
             "vswitch_loadbalancer_backends{namespace=\"shop\",loadbalancer=\"web\",state=\"Healthy\"} 2",
             "vswitch_networkpolicy_connections_total{namespace=\"shop\",policy=\"db\",direction=\"ingress\",verdict=\"allowed\"} 9",

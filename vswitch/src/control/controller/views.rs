@@ -476,11 +476,27 @@ pub struct MetricsSnapshot {
     pub load_balancers: Vec<(String, String, usize)>,
     /// NetworkPolicy counts by key.
     pub policies: BTreeMap<String, crate::tables::policy::PolicyCounts>,
+    /// Masquerade mappings in use: (interface, NAT address, protocol, count).
+    pub nat_ports: Vec<(String, String, &'static str, u32)>,
+    /// A hub's runners by state (`Online`, `Offline`): (state, count).
+    pub runners: BTreeMap<String, usize>,
 }
 
 impl Controller {
     /// The values of one metrics scrape (see `api::metrics`).
     pub fn metrics(&self) -> MetricsSnapshot {
+        // The overlay view takes and releases the state lock before the engine lock is taken:
+        // the two are never nested here.
+        let mut runners = BTreeMap::new();
+        if let Ok(crate::control::overlay::OverlayView::Hub(hub)) = self.overlay_view() {
+            for runner in hub.runners {
+                let state = serde_json::to_value(runner.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{:?}", runner.state));
+                *runners.entry(state).or_default() += 1;
+            }
+        }
         let engine = self.engine.read();
         let snapshot = engine.current();
         let (fdb_entries, neighbor_entries) = engine.table_sizes();
@@ -499,7 +515,20 @@ impl Controller {
                 ));
             }
         }
+        let names = published.port_names.clone();
+        let mut nat_ports = Vec::new();
+        for usage in snapshot.conntrack.nat_usage() {
+            let name = names
+                .get(&usage.interface.0)
+                .cloned()
+                .unwrap_or_else(|| format!("port-{}", usage.interface.0));
+            for (protocol, count) in ["tcp", "udp", "icmp"].into_iter().zip(usage.in_use) {
+                nat_ports.push((name.clone(), usage.ip.to_string(), protocol, count));
+            }
+        }
         MetricsSnapshot {
+            nat_ports,
+            runners,
             stats: engine.stats(),
             fdb_entries,
             neighbor_entries,
