@@ -113,10 +113,19 @@ for name in sorted(result):
 struct Cluster {
     pods: Vec<Pod>,
     daemon: Daemon,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One cluster at a time: every cluster names its interfaces `a`, `b`, `c`, and two daemons
+/// attaching interfaces of the same name at once on one host would race for the same
+/// temporary TAP name in the host's namespace.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     fn new() -> Cluster {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         require(&["python3"]);
         let daemon = Daemon::start(2);
         let namespaces: Vec<String> = NAMESPACES
@@ -168,7 +177,11 @@ impl Cluster {
                 common::wait_listening(&pod.netns.name, "udp", port, &mut pod.server);
             }
         }
-        Cluster { pods, daemon }
+        Cluster {
+            pods,
+            daemon,
+            _serial: serial,
+        }
     }
 
     fn pod(&self, id: &str) -> &Pod {

@@ -151,7 +151,15 @@ fn track(
         .conntrack
         .lookup(from.zone(balancer), &info, ctx.now_ms)
     {
-        Some(tracked) => Ok(tracked),
+        Some(tracked) => {
+            let from_port = match from {
+                Source::Subnet { ingress, .. } => Some(ingress.id),
+                Source::Uplink(_) => None,
+            };
+            super::policy::judge_reopened(ctx, from_port, &info, &tracked)
+                .map_err(Verdict::Drop)?;
+            Ok(tracked)
+        }
         None => start(ctx, from, parsed, frame, local, balancer, &info),
     }
 }

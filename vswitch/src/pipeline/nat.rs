@@ -227,7 +227,14 @@ pub fn outbound(
     };
     let zone = zone_of(subnet.network_id);
     let tracked = match ctx.snapshot.conntrack.lookup(zone, &info, ctx.now_ms) {
-        Some(tracked) => tracked,
+        Some(tracked) => {
+            if let Err(cause) =
+                super::policy::judge_reopened(ctx, Some(ingress.id), &info, &tracked)
+            {
+                return Verdict::Drop(cause);
+            }
+            tracked
+        }
         None => {
             if info.kind == PacketKind::IcmpError {
                 return Verdict::drop(DropReason::UntrackedIcmpError);
@@ -302,7 +309,12 @@ pub fn inbound(
         .conntrack
         .lookup(Zone::EXTERNAL, &info, ctx.now_ms)
     {
-        Some(tracked) => tracked,
+        Some(tracked) => {
+            if let Err(cause) = super::policy::judge_reopened(ctx, None, &info, &tracked) {
+                return Verdict::Drop(cause);
+            }
+            tracked
+        }
         None => {
             if info.kind == PacketKind::IcmpError {
                 return Verdict::drop(DropReason::UntrackedIcmpError);

@@ -176,6 +176,12 @@ fn admit_in(
     let conntrack = &ctx.snapshot.conntrack;
     if let Some(info) = &info {
         if conntrack.lookup(zone, info, ctx.now_ms).is_some() {
+            // A SYN starts a connection even when its tuple is known (a closed connection
+            // reopened, as clients reuse ports once the server closed first): judged again.
+            if !is_syn(info) {
+                return Ok(());
+            }
+            classify_new(ctx, set, network, header, src, dst, Some(info.kind))?;
             return Ok(());
         }
     }
@@ -201,6 +207,36 @@ fn admit_in(
         }
     }
     Ok(())
+}
+
+/// True for a TCP segment that opens a connection (SYN without ACK).
+fn is_syn(info: &::nat::PacketInfo) -> bool {
+    matches!(info.kind, PacketKind::Tcp(flags)
+        if flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK))
+}
+
+/// A packet of a connection the NAT or load-balancer stages already track: a SYN reopening
+/// it (a client reusing the ports of a closed connection) is judged again, against the
+/// destination the connection translates to; anything else passes.
+pub fn judge_reopened(
+    ctx: &Context<'_>,
+    from: Option<PortId>,
+    info: &::nat::PacketInfo,
+    tracked: &::nat::Tracked,
+) -> Result<(), DropCause> {
+    if ctx.snapshot.policy.is_none()
+        || !is_syn(info)
+        || tracked.direction != ::nat::Direction::Original
+    {
+        return Ok(());
+    }
+    let tuple = tracked.target.unwrap_or(info.tuple);
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.tuple.src, tuple.dst) else {
+        return Ok(());
+    };
+    let network =
+        (tracked.egress_zone != ::nat::Zone::EXTERNAL).then_some(NetworkId(tracked.egress_zone.0));
+    judge(ctx, from, src, network, dst, 6, tuple.dst_port)
 }
 
 /// True when conntrack can follow the packet (TCP, UDP, ICMP; not a fragment).
@@ -388,6 +424,11 @@ mod tests {
     /// The fixture's ports 1 (A) and 2 (B) as endpoints `default/a` (app=a) and `default/b`
     /// (app=b), with `policy` (YAML) compiled.
     fn bench_with(policy_yaml: &str) -> Bench {
+        bench_sharing(policy_yaml, None)
+    }
+
+    /// [`bench_with`], with `conntrack` (another bench's) when given.
+    fn bench_sharing(policy_yaml: &str, conntrack: Option<Arc<::nat::Conntrack>>) -> Bench {
         let written: policy::NetworkPolicy = serde_norway::from_str(policy_yaml).expect("policy");
         let endpoint = |id: u32, name: &str, ip: Ipv4Addr| policy::Endpoint {
             id: EndpointId(id),
@@ -407,7 +448,11 @@ mod tests {
         let compiled = policy::Compiled::compile(world).expect("compiles");
         let networks = BTreeMap::from([(1, NetworkId(0)), (2, NetworkId(0))]);
         let set = PolicySet::new(compiled, &networks, None);
-        Bench::with(snapshot().with_policy(Some(Arc::new(set))))
+        let mut snapshot = snapshot().with_policy(Some(Arc::new(set)));
+        if let Some(conntrack) = conntrack {
+            snapshot = snapshot.with_nat(Arc::new(::nat::NatRules::new()), conntrack);
+        }
+        Bench::with(snapshot)
     }
 
     /// A frame from A to B (B's MAC) carrying `protocol` with ports `src` -> `dst` (SCTP's
@@ -478,6 +523,29 @@ mod tests {
         let counts = set.totals();
         assert_eq!(counts["sctp"].ingress_allowed, 1, "one association");
         assert!(counts["sctp"].ingress_denied >= 3);
+    }
+
+    /// A SYN on the tuple of a tracked (closed) connection opens a new one: it is judged
+    /// against the policies in force now, not let through by the old entry.
+    #[test]
+    fn a_reopened_connection_is_judged_again() {
+        let allow = bench_with(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 80}]\n",
+        );
+        allow.send(2, &frame(IpProtocol::Udp, 80, 1, true), 0);
+        allow.send(1, &frame(IpProtocol::Udp, 1, 80, false), 0);
+        let syn = frame(IpProtocol::Tcp, 40000, 80, false);
+        assert_eq!(allow.send(1, &syn, 1).verdict, Verdict::Forward(PortId(2)));
+        // Same conntrack, a policy that now allows only 81.
+        let deny = bench_sharing(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 81}]\n",
+            Some(Arc::clone(&allow.snapshot.conntrack)),
+        );
+        deny.send(2, &frame(IpProtocol::Udp, 80, 1, true), 0);
+        assert_eq!(
+            deny.send(1, &syn, 2).verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::IngressDenied))
+        );
     }
 
     /// A TCP connection allowed once is tracked: later segments and the replies pass without

@@ -261,6 +261,10 @@ pub fn routed_out(
     };
     if let Some(info) = &info {
         if let Some(tracked) = ctx.snapshot.conntrack.lookup(zone, info, ctx.now_ms) {
+            if let Err(cause) = super::policy::judge_reopened(ctx, Some(ingress.id), info, &tracked)
+            {
+                return Verdict::Drop(cause);
+            }
             return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, confirm);
         }
     }
@@ -377,6 +381,9 @@ pub fn routed_in(
             .conntrack
             .lookup(Zone::EXTERNAL, info, ctx.now_ms)
         {
+            if let Err(cause) = super::policy::judge_reopened(ctx, None, info, &tracked) {
+                return Verdict::Drop(cause);
+            }
             return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |_, _| {});
         }
     }
