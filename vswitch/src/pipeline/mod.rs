@@ -829,6 +829,34 @@ pub(crate) mod fixtures {
         frame
     }
 
+    /// An ICMP echo request (or reply) `src -> dst` with identifier `ident`, sequence 1 and
+    /// "ping", checksums filled.
+    pub fn echo_frame(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ident: u16,
+        request: bool,
+    ) -> Vec<u8> {
+        let kind = if request { 8 } else { 0 };
+        let mut message = vec![kind, 0, 0, 0, 0, 0, 0, 1, b'p', b'i', b'n', b'g'];
+        message[4..6].copy_from_slice(&ident.to_be_bytes());
+        let mut frame = ipv4_frame(
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            64,
+            IpProtocol::Icmp,
+            false,
+            &message,
+        );
+        smoltcp::wire::Icmpv4Packet::new_unchecked(&mut frame[VNET_HDR_LEN + 14 + 20..])
+            .fill_checksum();
+        frame
+    }
+
     /// A UDP datagram `src:sport -> dst:dport` carrying `data`, checksums filled.
     #[allow(clippy::too_many_arguments)]
     pub fn udp_frame(

@@ -468,31 +468,7 @@ mod tests {
 
     use crate::pipeline::fixtures::tcp_frame as tcp;
 
-    /// An ICMP echo request (or reply) with identifier `ident`, checksums filled.
-    fn echo(
-        src_mac: [u8; 6],
-        dst_mac: [u8; 6],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        ident: u16,
-        request: bool,
-    ) -> Vec<u8> {
-        let kind = if request { 8 } else { 0 };
-        let mut message = vec![kind, 0, 0, 0, 0, 0, 0, 1, b'p', b'i', b'n', b'g'];
-        message[4..6].copy_from_slice(&ident.to_be_bytes());
-        let mut frame = ipv4_frame(
-            src_mac,
-            dst_mac,
-            src,
-            dst,
-            64,
-            IpProtocol::Icmp,
-            false,
-            &message,
-        );
-        Icmpv4Packet::new_unchecked(&mut frame[L4..]).fill_checksum();
-        frame
-    }
+    use crate::pipeline::fixtures::echo_frame as echo;
 
     fn ip_of(frame: &[u8]) -> Ipv4Packet<&[u8]> {
         Ipv4Packet::new_checked(&frame[IP..]).unwrap()

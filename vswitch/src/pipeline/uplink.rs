@@ -712,20 +712,9 @@ mod tests {
 
         use crate::pipeline::fixtures::tcp_frame as tcp;
 
+        /// An echo request with identifier 7.
         fn echo(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-            let message = [8, 0, 0, 0, 0, 7, 0, 1, b'p', b'i', b'n', b'g'];
-            let mut frame = ipv4_frame(
-                src_mac,
-                dst_mac,
-                src,
-                dst,
-                64,
-                IpProtocol::Icmp,
-                false,
-                &message,
-            );
-            smoltcp::wire::Icmpv4Packet::new_unchecked(&mut frame[L4..]).fill_checksum();
-            frame
+            echo_frame(src_mac, dst_mac, src, dst, 7, true)
         }
 
         /// From outside (the gateway's MAC to the uplink's).
