@@ -5,13 +5,13 @@
 //! container's interface (with its sandbox); each address points at the container's
 //! interface by index and names the Subnet's gateway; routes are the ones vswitchd installs
 //! in the container (a default route unless `defaultRoute: false`, then `routes`), via the
-//! gateway; `dns` is the config's when it has one, else `prevResult`'s.
+//! gateway; `dns` is the config's when it has one, else the Subnet's, else `prevResult`'s.
 
 use std::net::Ipv4Addr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::{CNIResult, Interface, Invocation, IpConfig, Route};
+use crate::{CNIResult, Dns, Interface, Invocation, IpConfig, Route};
 
 /// The host end of a veth pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct Attached {
     pub ips: Vec<Ipv4Net>,
     /// The Subnet's gateway.
     pub gateway: Ipv4Addr,
+    /// The Subnet's resolver settings, when it has some.
+    pub dns: Option<Dns>,
 }
 
 fn interface(name: &str, mac: &str, mtu: Option<u32>, sandbox: Option<String>) -> Interface {
@@ -91,6 +93,8 @@ impl Invocation {
             .extend(self.plugin.routes.iter().copied().map(route));
         if self.conf.dns.is_some() {
             result.dns.clone_from(&self.conf.dns);
+        } else if attached.dns.is_some() {
+            result.dns.clone_from(&attached.dns);
         }
         result
     }
@@ -130,6 +134,7 @@ mod tests {
             mtu: Some(1500),
             ips: vec!["172.30.0.2/16".parse().expect("net")],
             gateway: Ipv4Addr::new(172, 30, 0, 1),
+            dns: None,
         }
     }
 
@@ -151,6 +156,27 @@ mod tests {
                 "routes": [{"dst": "0.0.0.0/0", "gw": "172.30.0.1"}],
                 "dns": {"nameservers": ["10.0.0.53"]}
             })
+        );
+    }
+
+    #[test]
+    fn the_subnets_dns_unless_the_config_names_one() {
+        let mut with_dns = attached(false);
+        with_dns.dns = Some(Dns {
+            nameservers: vec!["172.30.0.53".into()],
+            domain: Some("svc.example".into()),
+            search: Some(vec!["svc.example".into()]),
+            options: Some(vec!["ndots:2".into()]),
+        });
+        let plain = invocation(json!({"cniVersion": "1.0.0", "name": "vs", "type": "vswitch-cni"}));
+        assert_eq!(plain.add_result(&with_dns).dns, with_dns.dns);
+        let configured = invocation(
+            json!({"cniVersion": "1.0.0", "name": "vs", "type": "vswitch-cni",
+            "dns": {"nameservers": ["10.0.0.53"]}}),
+        );
+        assert_eq!(
+            configured.add_result(&with_dns).dns.map(|d| d.nameservers),
+            Some(vec!["10.0.0.53".to_string()])
         );
     }
 

@@ -149,6 +149,7 @@ fn request(ns: &Netns, kind: PortKind) -> AttachRequest {
         gateway: Some(ns.gateway()),
         routes: Vec::new(),
         queues: 2,
+        resolv_conf: None,
     }
 }
 
@@ -473,6 +474,7 @@ fn missing_namespace_is_a_netns_error() {
             gateway: None,
             routes: Vec::new(),
             queues: 2,
+            resolv_conf: None,
         };
         match port::attach(&req) {
             Err(PortError::Netns { .. }) => {}

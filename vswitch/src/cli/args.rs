@@ -344,9 +344,11 @@ pub struct AttachArgs {
     /// The Subnet to attach to [default: default].
     #[arg(long, value_name = "SUBNET")]
     pub subnet: Option<String>,
-    /// The address: `auto` (allocated by IPAM), or A.B.C.D/N (A.B.C.D alone takes the
-    /// subnet's prefix length).
-    #[arg(long, value_name = "auto|A.B.C.D/N", value_parser = parse_ip, default_value = "auto")]
+    /// The address: `auto` (allocated by IPAM), A.B.C.D/N (A.B.C.D alone takes the
+    /// subnet's prefix length), or `dhcp`: allocated by IPAM and leased by the switch's
+    /// DHCP server to the container's own client (the interface is left unaddressed; the
+    /// Subnet must have dhcp enabled).
+    #[arg(long, value_name = "auto|dhcp|A.B.C.D/N", value_parser = parse_ip, default_value = "auto")]
     pub ip: IpRequest,
     /// The interface type.
     #[arg(long, value_enum, default_value_t = PortKind::Tap)]
@@ -459,6 +461,8 @@ pub fn parse_netns(text: &str) -> Result<Netns, String> {
 pub enum IpRequest {
     /// Allocate from the subnet's range.
     Auto,
+    /// Allocate from the subnet's range; the container's DHCP client takes it.
+    Dhcp,
     /// This address; the prefix length, when given, must be the subnet's.
     Static(Ipv4Addr, Option<u8>),
 }
@@ -468,6 +472,7 @@ impl fmt::Display for IpRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IpRequest::Auto => f.write_str("auto"),
+            IpRequest::Dhcp => f.write_str("dhcp"),
             IpRequest::Static(addr, None) => write!(f, "{addr}"),
             IpRequest::Static(addr, Some(len)) => write!(f, "{addr}/{len}"),
         }
@@ -482,8 +487,13 @@ pub fn parse_ip(text: &str) -> Result<IpRequest, String> {
     if text.eq_ignore_ascii_case("auto") {
         return Ok(IpRequest::Auto);
     }
+    if text.eq_ignore_ascii_case("dhcp") {
+        return Ok(IpRequest::Dhcp);
+    }
     let bad = || {
-        format!("{text:?} is not an IPv4 address; expected auto or A.B.C.D/N, e.g. 172.30.0.10/16")
+        format!(
+            "{text:?} is not an IPv4 address; expected auto, dhcp or A.B.C.D/N, e.g. 172.30.0.10/16"
+        )
     };
     let (addr, prefix_len) = match text.split_once('/') {
         Some((addr, _)) => {

@@ -113,8 +113,14 @@ pub fn build_interface(args: &AttachArgs) -> Result<Value, String> {
     if let Some(mac) = &args.mac {
         spec.insert("mac".into(), Value::String(mac.clone()));
     }
-    if let IpRequest::Static(..) = args.ip {
-        spec.insert("ips".into(), json!([args.ip.to_string()]));
+    match args.ip {
+        IpRequest::Static(..) => {
+            spec.insert("ips".into(), json!([args.ip.to_string()]));
+        }
+        IpRequest::Dhcp => {
+            spec.insert("dhcp".into(), json!(true));
+        }
+        IpRequest::Auto => {}
     }
     if let Some(mtu) = args.mtu {
         spec.insert("mtu".into(), json!(mtu));

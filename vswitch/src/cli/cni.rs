@@ -484,6 +484,7 @@ impl Plugin {
                 .and_then(|m| u32::try_from(m).ok()),
             ips,
             gateway,
+            dns: subnet_dns(subnet),
         };
         Ok(inv.add_result(&attached))
     }
@@ -640,6 +641,30 @@ impl Plugin {
 }
 
 /// `CNI_NETNS` as the NetworkInterface's `spec.netns` writes it.
+/// The Subnet's `spec.dns` as the CNI result carries it (`None` when it has none).
+fn subnet_dns(subnet: &Value) -> Option<cni::Dns> {
+    let dns = subnet.pointer("/spec/dns")?;
+    let list = |key: &str| -> Vec<String> {
+        dns.get(key)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let nonempty = |items: Vec<String>| (!items.is_empty()).then_some(items);
+    let search = list("search");
+    Some(cni::Dns {
+        nameservers: list("nameservers"),
+        domain: search.first().cloned(),
+        search: nonempty(search),
+        options: nonempty(list("options")),
+    })
+}
+
 fn netns_text(invocation: &Invocation) -> String {
     invocation
         .netns

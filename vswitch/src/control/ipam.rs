@@ -324,6 +324,8 @@ mod tests {
             gateway_mac: None,
             vni: None,
             remote_vteps: Vec::new(),
+            dns: None,
+            dhcp: None,
         }
     }
 

@@ -194,6 +194,8 @@ fn subnet(
             gateway_mac: None,
             vni,
             remote_vteps,
+            dns: None,
+            dhcp: None,
         },
         status: Default::default(),
     })
@@ -272,6 +274,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 default_route: false,
                 routes: vec![plan.overlay],
                 ports: Vec::new(),
+                dhcp: false,
             },
             status: Default::default(),
         }),

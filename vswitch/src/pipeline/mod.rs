@@ -51,6 +51,7 @@
 //! never use the runtime that drives them.
 
 pub mod arp;
+pub mod dhcp;
 pub mod generated;
 pub mod icmp;
 pub mod l2;
@@ -105,6 +106,8 @@ pub enum Stage {
     Lb,
     /// [`policy`]: NetworkPolicies.
     Policy,
+    /// [`dhcp`]: the switch's DHCPv4 server.
+    Dhcp,
 }
 
 impl Stage {
@@ -123,6 +126,7 @@ impl Stage {
             Stage::VxlanInput | Stage::VxlanEncap => "vxlan",
             Stage::Lb => "lb",
             Stage::Policy => "policy",
+            Stage::Dhcp => "dhcp",
         }
     }
 }
@@ -154,6 +158,8 @@ pub enum DropCause {
     Lb(lb::DropReason),
     /// Dropped by [`policy`].
     Policy(policy::DropReason),
+    /// Dropped by [`dhcp`].
+    Dhcp(dhcp::DropReason),
 }
 
 const PARSE_BASE: usize = 0;
@@ -168,10 +174,11 @@ const VXLAN_INPUT_BASE: usize = TX_BASE + tx::DropReason::COUNT;
 const VXLAN_ENCAP_BASE: usize = VXLAN_INPUT_BASE + vxlan_input::DropReason::COUNT;
 const LB_BASE: usize = VXLAN_ENCAP_BASE + vxlan_encap::DropReason::COUNT;
 const POLICY_BASE: usize = LB_BASE + lb::DropReason::COUNT;
+const DHCP_BASE: usize = POLICY_BASE + policy::DropReason::COUNT;
 
 impl DropCause {
     /// Number of distinct causes (the length of a per-port drop counter array).
-    pub const COUNT: usize = POLICY_BASE + policy::DropReason::COUNT;
+    pub const COUNT: usize = DHCP_BASE + dhcp::DropReason::COUNT;
 
     /// The stage that dropped the frame.
     pub const fn stage(self) -> Stage {
@@ -188,6 +195,7 @@ impl DropCause {
             DropCause::VxlanEncap(_) => Stage::VxlanEncap,
             DropCause::Lb(_) => Stage::Lb,
             DropCause::Policy(_) => Stage::Policy,
+            DropCause::Dhcp(_) => Stage::Dhcp,
         }
     }
 
@@ -206,6 +214,7 @@ impl DropCause {
             DropCause::VxlanEncap(reason) => reason.key(),
             DropCause::Lb(reason) => reason.key(),
             DropCause::Policy(reason) => reason.key(),
+            DropCause::Dhcp(reason) => reason.key(),
         }
     }
 
@@ -224,6 +233,7 @@ impl DropCause {
             DropCause::VxlanEncap(reason) => reason.description(),
             DropCause::Lb(reason) => reason.description(),
             DropCause::Policy(reason) => reason.description(),
+            DropCause::Dhcp(reason) => reason.description(),
         }
     }
 
@@ -242,6 +252,7 @@ impl DropCause {
             DropCause::VxlanEncap(reason) => VXLAN_ENCAP_BASE + reason.index(),
             DropCause::Lb(reason) => LB_BASE + reason.index(),
             DropCause::Policy(reason) => POLICY_BASE + reason.index(),
+            DropCause::Dhcp(reason) => DHCP_BASE + reason.index(),
         }
     }
 
@@ -271,6 +282,7 @@ impl DropCause {
         let policy = policy::DropReason::ALL
             .iter()
             .map(|&r| DropCause::Policy(r));
+        let dhcp = dhcp::DropReason::ALL.iter().map(|&r| DropCause::Dhcp(r));
         parse
             .chain(port_security)
             .chain(l2)
@@ -283,6 +295,7 @@ impl DropCause {
             .chain(vxlan_encap)
             .chain(lb)
             .chain(policy)
+            .chain(dhcp)
     }
 }
 
@@ -319,6 +332,12 @@ impl From<l3::DropReason> for DropCause {
 impl From<uplink::DropReason> for DropCause {
     fn from(reason: uplink::DropReason) -> DropCause {
         DropCause::Uplink(reason)
+    }
+}
+
+impl From<dhcp::DropReason> for DropCause {
+    fn from(reason: dhcp::DropReason) -> DropCause {
+        DropCause::Dhcp(reason)
     }
 }
 
@@ -563,6 +582,11 @@ fn process_with(
         return Outcome::dropped(l2::DropReason::NoSubnet);
     };
     let learn = l2::learn(ctx, ingress, subnet, &parsed);
+    if let Some(server) = &subnet.dhcp {
+        if let Some(verdict) = dhcp::intercept(server, ingress, subnet, &parsed, frame, local) {
+            return Outcome { verdict, learn };
+        }
+    }
     if ctx.snapshot.is_balanced_port(ingress.id) {
         if let Some(verdict) = lb::reply(ctx, ingress, subnet, &parsed, frame, local) {
             return Outcome { verdict, learn };

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 
 use smoltcp::wire::{
     ArpHardware, ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet,
-    UdpPacket,
+    UDP_HEADER_LEN, UdpPacket,
 };
 
 use crate::tables::counters::keyed_enum;
@@ -225,12 +225,15 @@ fn parse_ipv4(payload: &[u8]) -> Result<L3, DropReason> {
     // Everything smoltcp's check_len checks has been checked above, one reason each.
     let ip = Ipv4Packet::new_checked(payload).map_err(|_| DropReason::Ipv4BadTotalLength)?;
     let protocol = ip.next_header();
-    // Only a first fragment carries the UDP header.
+    // Only a first fragment carries the UDP header (whose length then exceeds the fragment:
+    // the ports are read without checking it, so a fragmented DHCP message is still one).
     let dhcp_client = protocol == IpProtocol::Udp
         && ip.frag_offset() == 0
-        && UdpPacket::new_checked(ip.payload()).is_ok_and(|udp| {
+        && ip.payload().len() >= UDP_HEADER_LEN
+        && {
+            let udp = UdpPacket::new_unchecked(ip.payload());
             udp.src_port() == DHCP_CLIENT_PORT && udp.dst_port() == DHCP_SERVER_PORT
-        });
+        };
     Ok(L3::Ipv4 {
         src: ip.src_addr(),
         dst: ip.dst_addr(),

@@ -76,6 +76,9 @@ pub struct AttachRequest {
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// Number of queues to open: one per worker.
     pub queues: usize,
+    /// The resolver configuration for a named namespace (`ip netns` binds
+    /// `/etc/netns/NAME/resolv.conf` over `/etc/resolv.conf`), when its Subnet has DNS.
+    pub resolv_conf: Option<String>,
 }
 
 /// Kernel features a port's queues were opened with (logged at start, shown by `describe`).
@@ -269,9 +272,80 @@ pub fn host_ifname(name: &str) -> String {
 /// # Errors
 /// [`PortError`] naming the interface and what to check; nothing is left behind on error.
 pub fn attach(req: &AttachRequest) -> Result<PortIo, PortError> {
-    match req.kind {
+    let written = write_resolv_conf(req)?;
+    let attached = match req.kind {
         PortKind::Tap => tap::attach(req),
         PortKind::Veth => veth::attach(req),
+    };
+    if attached.is_err() && written {
+        remove_resolv_conf(req);
+    }
+    attached
+}
+
+/// The first line of the resolv.conf files the switch writes; only those it removes.
+pub const RESOLV_CONF_HEADER: &str = "written by vswitchd for NetworkInterface";
+
+/// Where `ip netns exec NAME` finds the namespace's resolv.conf; `None` for a namespace
+/// given by path or pid (a container runtime writes its own from the CNI result).
+fn resolv_conf_path(req: &AttachRequest) -> Option<std::path::PathBuf> {
+    match &req.netns {
+        NetnsRef::Name(name) => Some(
+            std::path::Path::new("/etc/netns")
+                .join(name)
+                .join("resolv.conf"),
+        ),
+        _ => None,
+    }
+}
+
+/// Writes the request's resolv.conf for a named namespace; true when it did.
+fn write_resolv_conf(req: &AttachRequest) -> Result<bool, PortError> {
+    let (Some(text), Some(path)) = (&req.resolv_conf, resolv_conf_path(req)) else {
+        return Ok(false);
+    };
+    let sys = |what: &str, source: io::Error| PortError::Sys {
+        what: format!("{what} {}", path.display()),
+        name: req.name.clone(),
+        source,
+    };
+    // A file the administrator wrote is theirs: left as it is.
+    let foreign = std::fs::read_to_string(&path).is_ok_and(|text| {
+        !text
+            .lines()
+            .next()
+            .is_some_and(|line| line.contains(RESOLV_CONF_HEADER))
+    });
+    if foreign {
+        tracing::info!(interface = %req.name, path = %path.display(), "resolv.conf exists and was not written by vswitchd: left as it is");
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| sys("create the directory of", e))?;
+    }
+    // Written aside and renamed, so a reader never sees half a file.
+    let temporary = path.with_extension("vswitchd.tmp");
+    std::fs::write(&temporary, text).map_err(|e| sys("write", e))?;
+    std::fs::rename(&temporary, &path).map_err(|e| sys("rename to", e))?;
+    Ok(true)
+}
+
+/// Removes the namespace's resolv.conf if the switch wrote it (and its directory, when
+/// empty); anything else is left alone.
+fn remove_resolv_conf(req: &AttachRequest) {
+    let Some(path) = resolv_conf_path(req) else {
+        return;
+    };
+    let ours = std::fs::read_to_string(&path).is_ok_and(|text| {
+        text.lines().next().is_some_and(|line| {
+            line.contains(RESOLV_CONF_HEADER) && line.contains(&format!("{:?}", req.name))
+        })
+    });
+    if ours {
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -293,6 +367,7 @@ pub fn reopen(req: &AttachRequest) -> Result<PortIo, PortError> {
 /// # Errors
 /// [`PortError`] when the device exists but cannot be removed.
 pub fn detach(req: &AttachRequest, io: Option<PortIo>) -> Result<(), PortError> {
+    remove_resolv_conf(req);
     match req.kind {
         PortKind::Tap => tap::detach(req, io),
         PortKind::Veth => veth::detach(req, io),

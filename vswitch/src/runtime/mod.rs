@@ -782,6 +782,7 @@ mod tests {
             ports: vec![PortId(1), PortId(2)],
             mac_ageing: DEFAULT_MAC_AGEING,
             mac_limit: DEFAULT_MAC_LIMIT,
+            dhcp: None,
         };
         // Workers busy-poll and are pinned here (the routing test below has them float and
         // sleep between batches).
@@ -1009,6 +1010,7 @@ mod tests {
                 ports: vec![PortId(id)],
                 mac_ageing: DEFAULT_MAC_AGEING,
                 mac_limit: DEFAULT_MAC_LIMIT,
+                dhcp: None,
             });
             routes.push(RouteEntry {
                 prefix: cidr.parse().unwrap(),

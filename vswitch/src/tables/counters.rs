@@ -108,6 +108,16 @@ keyed_enum! {
             "a connection to a LoadBalancer was given its backend and created in conntrack",
         LbProbeAnswered = "lb.probe_answers":
             "a backend answered a LoadBalancer health probe (SYN-ACK: up, reset: down)",
+        DhcpOffered = "dhcp.offers":
+            "a DHCPDISCOVER was answered with a DHCPOFFER of the port's address",
+        DhcpAcked = "dhcp.acks":
+            "a DHCPREQUEST (or DHCPINFORM) was acknowledged: a lease granted or renewed",
+        DhcpNaked = "dhcp.naks":
+            "a DHCPREQUEST for an address that is not the port's was refused (DHCPNAK)",
+        DhcpReleased = "dhcp.releases":
+            "a client released its lease (the address stays the interface's)",
+        DhcpDeclined = "dhcp.declines":
+            "a client declined its address (it found it in use)",
     }
 }
 

@@ -72,6 +72,7 @@ pub fn snapshot_with_limit(mac_limit: usize) -> Snapshot {
         ports: ports.iter().map(|&p| PortId(p)).collect(),
         mac_ageing: DEFAULT_MAC_AGEING,
         mac_limit,
+        dhcp: None,
     };
     Snapshot::new(
         ports,

@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod counters;
+pub mod dhcp;
 pub mod fdb;
 #[cfg(test)]
 pub(crate) mod fixtures;

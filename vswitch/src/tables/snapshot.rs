@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use prefix_trie::PrefixMap;
 
 use crate::port::{PortId, PortIo, RxQueues, Vtep};
+use crate::tables::dhcp::DhcpServer;
 
 /// Identifies a Subnet (an L2 segment) inside one daemon run; learned MACs are keyed by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -215,6 +216,8 @@ pub struct SubnetEntry {
     /// At most this many learned MACs; beyond it nothing new is learned (and unknown
     /// destinations flood).
     pub mac_limit: usize,
+    /// The switch's DHCP server on this subnet, when the Subnet enables it.
+    pub dhcp: Option<Arc<DhcpServer>>,
 }
 
 /// Where a route sends a packet once it leaves through its egress subnet.

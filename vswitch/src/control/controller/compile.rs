@@ -184,6 +184,7 @@ fn compile(inner: &Inner) -> Snapshot {
                 ports: flood,
                 mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),
                 mac_limit: subnet.spec.mac_table_limit,
+                dhcp: dhcp_server(subnet),
             })
         })
         .collect();
@@ -318,4 +319,35 @@ fn sync_tunnel_ids(engine: &Engine, inner: &mut Inner) {
             None => tracing::error!(subnet = %name, "no port id left for the subnet's tunnel"),
         }
     }
+}
+
+/// The DHCP server of `subnet`, when its `dhcp` is enabled: the options every answer carries,
+/// encoded once.
+fn dhcp_server(
+    subnet: &crate::control::resource::Subnet,
+) -> Option<Arc<crate::tables::dhcp::DhcpServer>> {
+    let dhcp = subnet.spec.dhcp.as_ref().filter(|d| d.enabled)?;
+    let dns = subnet
+        .spec
+        .dns
+        .as_ref()
+        .map(|d| d.ipv4_nameservers())
+        .unwrap_or_default();
+    let search = subnet
+        .spec
+        .dns
+        .as_ref()
+        .map(|d| d.search.clone())
+        .unwrap_or_default();
+    let routes: Vec<_> = dhcp.routes.iter().map(|r| (r.destination, r.via)).collect();
+    Some(Arc::new(crate::tables::dhcp::DhcpServer::new(
+        &crate::tables::dhcp::DhcpSettings {
+            lease_seconds: dhcp.lease_seconds,
+            cidr: Some(subnet.spec.cidr),
+            gateway: Some(subnet.spec.gateway),
+            dns: &dns,
+            search: &search,
+            routes: &routes,
+        },
+    )))
 }

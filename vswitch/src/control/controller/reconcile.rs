@@ -854,8 +854,13 @@ pub(super) fn attach_request(
         kind: nic.spec.kind,
         mac: mac.0,
         mtu: overlay::interface_mtu(state, nic, subnet),
-        addresses: nic.status.ips.clone(),
-        gateway: nic.spec.default_route.then_some(subnet.spec.gateway),
+        // Over DHCP the container's own client configures the interface.
+        addresses: if nic.spec.dhcp {
+            Vec::new()
+        } else {
+            nic.status.ips.clone()
+        },
+        gateway: (nic.spec.default_route && !nic.spec.dhcp).then_some(subnet.spec.gateway),
         routes: nic
             .spec
             .routes
@@ -863,6 +868,14 @@ pub(super) fn attach_request(
             .map(|destination| (*destination, subnet.spec.gateway))
             .collect(),
         queues: workers,
+        resolv_conf: subnet.spec.dns.as_ref().map(|dns| {
+            dns.resolv_conf(&format!(
+                "{} {:?} (Subnet {:?})",
+                crate::port::RESOLV_CONF_HEADER,
+                name,
+                nic.spec.subnet
+            ))
+        }),
     })
 }
 
@@ -889,6 +902,7 @@ fn detach_request(state: &State, name: &str, workers: usize) -> AttachRequest {
         gateway: None,
         routes: Vec::new(),
         queues: workers,
+        resolv_conf: None,
     }
 }
 

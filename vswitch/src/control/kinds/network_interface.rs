@@ -55,6 +55,11 @@ pub struct NetworkInterfaceSpec {
     /// a NetworkPolicy's named `port` resolves on the destination interface's list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<policy::NamedPort>,
+    /// The container configures the interface itself over DHCP (the Subnet's `dhcp` must be
+    /// enabled): the switch leases it `status.ips` and leaves the interface unaddressed,
+    /// without routes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 fn default_true() -> bool {
@@ -265,6 +270,9 @@ fn check_immutables(
     if o.kind != n.kind {
         return refuse("kind", format!("{:?}", o.kind).to_lowercase());
     }
+    if o.dhcp != n.dhcp {
+        return refuse("dhcp", o.dhcp.to_string());
+    }
     Ok(())
 }
 
@@ -283,6 +291,23 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
             ),
         ));
     };
+    if spec.dhcp {
+        if !subnet.spec.dhcp.as_ref().is_some_and(|d| d.enabled) {
+            return Err(origin.invalid(
+                "spec.dhcp",
+                format!(
+                    "Subnet {:?} serves no DHCP; enable it there (spec.dhcp: {{enabled: true}}) or configure the interface statically (dhcp: false)",
+                    spec.subnet
+                ),
+            ));
+        }
+        if !spec.routes.is_empty() {
+            return Err(origin.invalid(
+                "spec.routes",
+                "an interface configured over DHCP gets its routes from the Subnet's dhcp.routes; remove routes here",
+            ));
+        }
+    }
     for other in next.network_interfaces.values() {
         if other.metadata.key() == key {
             continue;

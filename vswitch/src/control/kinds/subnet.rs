@@ -68,6 +68,110 @@ pub struct SubnetSpec {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub remote_vteps: Vec<Ipv4Addr>,
+    /// The resolver settings interfaces get: in the CNI result, in
+    /// `/etc/netns/NAME/resolv.conf` for an interface attached to a named namespace, and in
+    /// DHCP answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SubnetDns>,
+    /// The switch's DHCPv4 server on this Subnet (opt in): it leases each interface its
+    /// IPAM address, answered from the datapath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<SubnetDhcp>,
+}
+
+/// Most nameservers a Subnet may list: the resolver reads three (glibc's `MAXNS`).
+pub const MAX_NAMESERVERS: usize = 3;
+
+/// Most search domains a Subnet may list (glibc's historical `MAXDNSRCH`).
+pub const MAX_SEARCH_DOMAINS: usize = 6;
+
+/// Most resolver options a Subnet may list.
+pub const MAX_RESOLVER_OPTIONS: usize = 16;
+
+/// Most classless static routes a Subnet's DHCP server may hand out.
+pub const MAX_DHCP_ROUTES: usize = 16;
+
+/// Shortest DHCP lease (seconds): clients renew at half of it.
+pub const MIN_LEASE_SECONDS: u32 = 10;
+
+/// Longest finite DHCP lease (seconds): one year.
+pub const MAX_LEASE_SECONDS: u32 = 365 * 24 * 3600;
+
+/// `spec.dns` of a Subnet: resolv.conf's `nameserver`, `search` and `options` lines.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubnetDns {
+    /// Resolver addresses (IPv4 or IPv6), at most [`MAX_NAMESERVERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// Search domains, at most [`MAX_SEARCH_DOMAINS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    /// Resolver options (`ndots:5`, `edns0`, `timeout:2`...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl SubnetDns {
+    /// The IPv4 nameservers (DHCP carries only those).
+    pub fn ipv4_nameservers(&self) -> Vec<Ipv4Addr> {
+        self.nameservers
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    }
+
+    /// The text of a resolv.conf with these settings.
+    pub fn resolv_conf(&self, header: &str) -> String {
+        let mut text = format!("# {header}\n");
+        for server in &self.nameservers {
+            text.push_str(&format!("nameserver {server}\n"));
+        }
+        if !self.search.is_empty() {
+            text.push_str(&format!("search {}\n", self.search.join(" ")));
+        }
+        if !self.options.is_empty() {
+            text.push_str(&format!("options {}\n", self.options.join(" ")));
+        }
+        text
+    }
+}
+
+/// `spec.dhcp` of a Subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubnetDhcp {
+    /// Whether the switch answers DHCP on this Subnet (default true once `dhcp` is given).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Lease time in seconds ([`MIN_LEASE_SECONDS`]..=[`MAX_LEASE_SECONDS`], default 3600);
+    /// clients renew at half of it.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u32,
+    /// Classless static routes (option 121) besides the default route via the gateway,
+    /// which is always sent with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<DhcpRoute>,
+}
+
+/// One classless static route a DHCP client is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DhcpRoute {
+    /// The destination prefix (canonical).
+    #[serde(deserialize_with = "de_route_cidr")]
+    pub destination: Ipv4Net,
+    /// The router, an address of the Subnet.
+    #[serde(deserialize_with = "de_ipv4")]
+    pub via: Ipv4Addr,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_lease_seconds() -> u32 {
+    3600
 }
 
 /// Status of a Subnet (computed when read).
@@ -167,6 +271,28 @@ spec:
             ));
         }
         errors.check(check_vni(cx.origin, cx.next, &self.metadata.name, self));
+        check_dns(cx.origin, &self.spec, errors);
+        check_dhcp(cx.origin, &self.spec, errors);
+        let served = |s: &Subnet| s.spec.dhcp.as_ref().is_some_and(|d| d.enabled);
+        // Turning DHCP off under interfaces that use it (new ones are refused on their own).
+        if old.is_some_and(served) && !served(self) {
+            let clients: Vec<&str> = cx
+                .next
+                .network_interfaces
+                .values()
+                .filter(|n| n.spec.dhcp && n.spec.subnet == self.metadata.name)
+                .map(|n| n.metadata.name.as_str())
+                .collect();
+            if !clients.is_empty() {
+                errors.push(cx.origin.invalid(
+                    "spec.dhcp",
+                    format!(
+                        "NetworkInterfaces {} are configured over DHCP on this Subnet; keep dhcp enabled while they exist",
+                        clients.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 
     fn dependants(state: &State, name: &str) -> Vec<(&'static str, Vec<String>)> {
@@ -240,6 +366,149 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// `spec.dns`: nameservers are addresses, search domains DNS names, options resolver words;
+/// every wrong item is named.
+fn check_dns(origin: &Origin, spec: &SubnetSpec, errors: &mut Errors) {
+    let Some(dns) = &spec.dns else {
+        return;
+    };
+    if dns.nameservers.len() > MAX_NAMESERVERS {
+        errors.push(origin.invalid(
+            "spec.dns.nameservers",
+            format!(
+                "{} nameservers; the resolver reads at most {MAX_NAMESERVERS}",
+                dns.nameservers.len()
+            ),
+        ));
+    }
+    for (index, server) in dns.nameservers.iter().enumerate() {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            errors.push(origin.invalid(
+                &format!("spec.dns.nameservers[{index}]"),
+                format!("{server:?} is not an IP address; write e.g. 10.0.0.53 or fd00::53"),
+            ));
+        }
+    }
+    if dns.search.len() > MAX_SEARCH_DOMAINS {
+        errors.push(origin.invalid(
+            "spec.dns.search",
+            format!(
+                "{} search domains; list at most {MAX_SEARCH_DOMAINS}",
+                dns.search.len()
+            ),
+        ));
+    }
+    for (index, domain) in dns.search.iter().enumerate() {
+        if let Err(why) = check_domain(domain) {
+            errors.push(origin.invalid(
+                &format!("spec.dns.search[{index}]"),
+                format!("{domain:?} is not a domain name: {why}"),
+            ));
+        }
+    }
+    if dns.options.len() > MAX_RESOLVER_OPTIONS {
+        errors.push(origin.invalid(
+            "spec.dns.options",
+            format!(
+                "{} options; list at most {MAX_RESOLVER_OPTIONS}",
+                dns.options.len()
+            ),
+        ));
+    }
+    for (index, option) in dns.options.iter().enumerate() {
+        let (word, value) = option.split_once(':').unwrap_or((option, ""));
+        let word_ok = !word.is_empty()
+            && word.len() <= 32
+            && word
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        let value_ok = !option.contains(':')
+            || (!value.is_empty() && value.len() <= 5 && value.chars().all(|c| c.is_ascii_digit()));
+        if !word_ok || !value_ok {
+            errors.push(origin.invalid(
+                &format!("spec.dns.options[{index}]"),
+                format!(
+                    "{option:?} is not a resolver option; write a word or word:number, e.g. ndots:5, edns0, timeout:2"
+                ),
+            ));
+        }
+    }
+}
+
+/// A DNS name as a search domain: labels of 1-63 letters, digits, `-` and `_`, 253
+/// characters at most, a trailing dot allowed.
+pub fn check_domain(domain: &str) -> Result<(), &'static str> {
+    let name = domain.strip_suffix('.').unwrap_or(domain);
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 253 {
+        return Err("it is longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each label (between dots) must have 1-63 characters");
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("use letters, digits, '-' and '_' between the dots");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label must not start or end with '-'");
+        }
+    }
+    Ok(())
+}
+
+/// `spec.dhcp`: the lease time in range; routes via addresses of the Subnet, at most
+/// [`MAX_DHCP_ROUTES`], the default route not among them (it is always sent).
+fn check_dhcp(origin: &Origin, spec: &SubnetSpec, errors: &mut Errors) {
+    let Some(dhcp) = &spec.dhcp else {
+        return;
+    };
+    if !(MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS).contains(&dhcp.lease_seconds) {
+        errors.push(origin.invalid(
+            "spec.dhcp.leaseSeconds",
+            format!(
+                "invalid leaseSeconds {}: must be {MIN_LEASE_SECONDS}..={MAX_LEASE_SECONDS} (default 3600)",
+                dhcp.lease_seconds
+            ),
+        ));
+    }
+    if dhcp.routes.len() > MAX_DHCP_ROUTES {
+        errors.push(origin.invalid(
+            "spec.dhcp.routes",
+            format!(
+                "{} routes; a DHCP answer carries at most {MAX_DHCP_ROUTES}",
+                dhcp.routes.len()
+            ),
+        ));
+    }
+    for (index, route) in dhcp.routes.iter().enumerate() {
+        if route.destination.prefix_len() == 0 {
+            errors.push(origin.invalid(
+                &format!("spec.dhcp.routes[{index}].destination"),
+                format!(
+                    "the default route is always sent, via the gateway {}; list other destinations only",
+                    spec.gateway
+                ),
+            ));
+        }
+        let via = route.via;
+        if !spec.cidr.contains(&via) || via == spec.cidr.network() || via == spec.cidr.broadcast() {
+            errors.push(origin.invalid(
+                &format!("spec.dhcp.routes[{index}].via"),
+                format!(
+                    "router {via} is not a host address of {}; a client reaches only routers on its own subnet",
+                    spec.cidr
+                ),
+            ));
+        }
     }
 }
 
@@ -525,6 +794,124 @@ mod tests {
         BASE, apply, base, blue_and_red, doc, nat_base, network, nic, refusal, refused, route,
         subnet, try_plan,
     };
+
+    /// `BASE`'s Network with Subnet `web` carrying `extra` in its spec (flow style).
+    fn web_with(extra: &str) -> String {
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata: {{name: blue}}\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {{name: web}}\nspec: {{network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, {extra}}}\n"
+        )
+    }
+
+    #[test]
+    fn dns_and_dhcp_are_checked_field_by_field() {
+        let good = web_with(
+            "dns: {nameservers: [10.1.0.53, 'fd00::53'], search: [svc.example, example.], options: ['ndots:5', edns0]}, dhcp: {leaseSeconds: 600, routes: [{destination: 10.200.0.0/16, via: 10.1.0.254}]}",
+        );
+        let state = apply(&State::default(), &good);
+        let spec = &state.subnets["web"].spec;
+        assert_eq!(
+            spec.dhcp.as_ref().map(|d| (d.enabled, d.lease_seconds)),
+            Some((true, 600))
+        );
+        assert_eq!(
+            spec.dns.as_ref().map(SubnetDns::ipv4_nameservers),
+            Some(vec![Ipv4Addr::new(10, 1, 0, 53)])
+        );
+        let cases = [
+            (
+                "dns: {nameservers: [10.1.0.300]}",
+                "documents[1].spec.dns.nameservers[0]",
+                "not an IP address",
+            ),
+            (
+                "dns: {nameservers: [1.1.1.1, 1.1.1.2, 1.1.1.3, 1.1.1.4]}",
+                "documents[1].spec.dns.nameservers",
+                "at most 3",
+            ),
+            (
+                "dns: {search: [ok.example, 'bad domain']}",
+                "documents[1].spec.dns.search[1]",
+                "not a domain name",
+            ),
+            (
+                "dns: {search: ['-x.example']}",
+                "documents[1].spec.dns.search[0]",
+                "must not start or end",
+            ),
+            (
+                "dns: {options: ['ndots:x']}",
+                "documents[1].spec.dns.options[0]",
+                "not a resolver option",
+            ),
+            (
+                "dhcp: {leaseSeconds: 5}",
+                "documents[1].spec.dhcp.leaseSeconds",
+                "must be 10..=",
+            ),
+            (
+                "dhcp: {routes: [{destination: 0.0.0.0/0, via: 10.1.0.254}]}",
+                "documents[1].spec.dhcp.routes[0].destination",
+                "always sent",
+            ),
+            (
+                "dhcp: {routes: [{destination: 10.9.0.0/16, via: 10.2.0.1}]}",
+                "documents[1].spec.dhcp.routes[0].via",
+                "not a host address of 10.1.0.0/24",
+            ),
+            (
+                "dhcp: {lease: 5}",
+                "documents[1].spec.dhcp.lease",
+                "unknown field `lease`",
+            ),
+        ];
+        for (extra, field, words) in cases {
+            refused(&State::default(), &web_with(extra), 400, field, &[words]);
+        }
+        // Every wrong item is reported, not only the first.
+        let both = refusal(
+            &State::default(),
+            &web_with("dns: {nameservers: [x]}, dhcp: {leaseSeconds: 1}"),
+        )
+        .to_string();
+        assert!(
+            both.contains("nameservers[0]") && both.contains("leaseSeconds"),
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn interfaces_over_dhcp_need_the_subnets_server() {
+        let plain = web_with("mtu: 1500");
+        refused(
+            &State::default(),
+            &format!("{plain}{}", nic("c1", ", dhcp: true")),
+            400,
+            "documents[2].spec.dhcp",
+            &["serves no DHCP"],
+        );
+        let served = format!("{}{}", web_with("dhcp: {}"), nic("c1", ", dhcp: true"));
+        let state = apply(&State::default(), &served);
+        assert!(state.network_interfaces["c1"].spec.dhcp);
+        // The Subnet cannot stop serving while the interface relies on it.
+        refused(
+            &state,
+            &web_with("dhcp: {enabled: false}"),
+            400,
+            "documents[1].spec.dhcp",
+            &["c1", "configured over DHCP"],
+        );
+        refused(
+            &State::default(),
+            &format!(
+                "{}{}",
+                web_with("dhcp: {}"),
+                nic("c1", ", dhcp: true, routes: [10.9.0.0/16]")
+            ),
+            400,
+            "documents[2].spec.routes",
+            &["dhcp.routes"],
+        );
+    }
 
     #[test]
     fn subnet_may_name_a_network_later_in_the_batch() {
