@@ -29,6 +29,8 @@ declare -A tools=(
     [ip]=iproute2 [ping]=iputils-ping [tracepath]=iputils-tracepath [iperf3]=iperf3
     [tcpdump]=tcpdump [ethtool]=ethtool [python3]=python3 [nft]=nftables
     [curl]=curl [promtool]=prometheus
+    # vswitch/tests/service.rs checks the unit file as systemd reads it
+    [systemd-analyze]=systemd
     # vswitch/tests/cni.rs: real container runtimes, and a static busybox for their rootfs
     [podman]=podman [runc]=runc [containerd]=containerd [ctr]=containerd [busybox]=busybox-static
 )

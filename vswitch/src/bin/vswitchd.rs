@@ -29,9 +29,11 @@ struct Args {
     /// Where resources and allocations are persisted; a restart restores them.
     #[arg(long, default_value = "/var/lib/vswitch")]
     state_dir: PathBuf,
-    /// A resource file (YAML or JSON) applied at every boot. Without it, a first boot applies
-    /// the embedded default: Network `default`, Subnet `default` 172.30.0.0/16.
-    #[arg(long)]
+    /// Resources applied at every boot: a file (YAML or JSON), or a directory whose `*.yaml`,
+    /// `*.yml` and `*.json` files are applied in name order, all-or-nothing (a bad file stops
+    /// the start, naming the file and document). Without it, a first boot applies the
+    /// embedded default: Network `default`, Subnet `default` 172.30.0.0/16.
+    #[arg(long, env = "VSWITCH_CONFIG")]
     config: Option<PathBuf>,
     /// Worker threads; default one per core.
     #[arg(long)]
@@ -186,9 +188,16 @@ fn run(args: Args) -> Result<(), String> {
             }
             None => None,
         };
+        // The socket is bound and listening (connections wait in its backlog) and the boot
+        // config is applied: tell systemd (Type=notify) the service is ready.
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving the control socket"),
+        ]);
         let served = listener
             .serve(Arc::clone(&controller), shutdown_signal())
             .await;
+        notify(&[sd_notify::NotifyState::Stopping]);
         agent.shutdown().await;
         let _ = stop_metrics.send(());
         if let Some(metrics) = metrics {
@@ -204,25 +213,64 @@ fn run(args: Args) -> Result<(), String> {
 /// `--config` is applied at every boot (the file is the node's declared state); without it,
 /// the embedded default is applied only on a first boot, so a user may delete or change it.
 fn apply_boot_config(controller: &Controller, config: Option<&Path>) -> Result<(), String> {
-    let (text, source) = match config {
+    let applied = match config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
-            (text, path.display().to_string())
+            let files = read_config(path)?;
+            if files.is_empty() {
+                tracing::warn!(config = %path.display(), "the config directory holds no *.yaml, *.yml or *.json file: nothing applied");
+                return Ok(());
+            }
+            controller
+                .apply_files(&files)
+                .map_err(|e| format!("--config: {e}"))?
         }
-        None if controller.is_empty() => (
-            EMBEDDED_DEFAULT_CONFIG.to_string(),
-            "the embedded default config".to_string(),
-        ),
+        None if controller.is_empty() => controller
+            .apply(EMBEDDED_DEFAULT_CONFIG)
+            .map_err(|e| format!("the embedded default config: {e}"))?,
         None => return Ok(()),
     };
-    let applied = controller
-        .apply(&text)
-        .map_err(|e| format!("{source}: {e}"))?;
     for resource in applied {
         info!(kind = %resource.kind, name = %resource.name, action = %resource.action, "boot config");
     }
     Ok(())
+}
+
+/// The files of `--config` with their text: the file itself, or a directory's `*.yaml`,
+/// `*.yml` and `*.json` files in name order (other entries, and hidden files, ignored).
+fn read_config(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let read = |file: &Path| {
+        std::fs::read_to_string(file)
+            .map(|text| (file.display().to_string(), text))
+            .map_err(|e| format!("cannot read --config {}: {e}", file.display()))
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![read(path)?]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot list --config {}: {e}", path.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|file| {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+            !name.starts_with('.') && ["yaml", "yml", "json"].contains(&ext) && file.is_file()
+        })
+        .collect();
+    files.sort();
+    files.iter().map(|file| read(file)).collect()
+}
+
+/// Sends `states` to the service manager when `NOTIFY_SOCKET` names one (a no-op otherwise);
+/// a failure is logged, not fatal.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(err) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify the service manager: {err}");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

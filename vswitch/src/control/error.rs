@@ -79,6 +79,32 @@ impl ApiError {
         }
     }
 
+    /// The same error with its messages prefixed by `source` (the file an input came from).
+    #[must_use]
+    pub fn within(self, source: &str) -> ApiError {
+        let prefix = |message: String| format!("{source}: {message}");
+        match self {
+            ApiError::Invalid { message, field } => ApiError::Invalid {
+                message: prefix(message),
+                field,
+            },
+            ApiError::Conflict { message, field } => ApiError::Conflict {
+                message: prefix(message),
+                field,
+            },
+            ApiError::Internal { message } => ApiError::Internal {
+                message: prefix(message),
+            },
+            ApiError::Aggregate(errors) => {
+                ApiError::Aggregate(errors.into_iter().map(|e| e.within(source)).collect())
+            }
+            not_found @ ApiError::NotFound { .. } => ApiError::Invalid {
+                message: prefix(not_found.to_string()),
+                field: None,
+            },
+        }
+    }
+
     /// The errors this one stands for: itself, or each of an aggregate.
     pub fn causes(&self) -> &[ApiError] {
         match self {

@@ -66,6 +66,8 @@ pub const MAX_IFNAME_LEN: usize = 15;
 /// `apply`, the kind and the name when they are known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
+    /// The file the input came from (a boot config), when it came from one.
+    pub source: Option<std::sync::Arc<str>>,
     /// Index of the document in the input (0-based; messages show it 1-based).
     pub document: Option<usize>,
     /// The kind, once known.
@@ -78,6 +80,7 @@ impl Origin {
     /// The origin of an existing resource (not from an input document).
     pub fn resource(kind: Kind, name: &str) -> Origin {
         Origin {
+            source: None,
             document: None,
             kind: Some(kind),
             name: Some(name.to_string()),
@@ -92,11 +95,16 @@ impl Origin {
             (None, Some(name)) => Some(format!("{name:?}")),
             (None, None) => None,
         };
-        match (self.document, what) {
+        let described = match (self.document, what) {
             (Some(index), Some(what)) => format!("document {} ({what})", index + 1),
             (Some(index), None) => format!("document {}", index + 1),
             (None, Some(what)) => what,
             (None, None) => String::new(),
+        };
+        match &self.source {
+            Some(source) if described.is_empty() => source.to_string(),
+            Some(source) => format!("{source}: {described}"),
+            None => described,
         }
     }
 
@@ -375,6 +383,29 @@ pub struct Document {
 /// apiVersion, or has an unknown or invalid field; the message names the document (1-based),
 /// kind and name when known, and the field path.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, ApiError> {
+    parse_documents_from(None, text)
+}
+
+/// [`parse_documents`] of a text read from `source` (a file of a boot config): every
+/// message, here and in validation, starts with the file's name.
+///
+/// # Errors
+/// As [`parse_documents`].
+pub fn parse_documents_from(
+    source: Option<std::sync::Arc<str>>,
+    text: &str,
+) -> Result<Vec<Document>, ApiError> {
+    let Some(source) = source else {
+        return parse_documents_inner(text);
+    };
+    let mut documents = parse_documents_inner(text).map_err(|e| e.within(&source))?;
+    for document in &mut documents {
+        document.origin.source = Some(std::sync::Arc::clone(&source));
+    }
+    Ok(documents)
+}
+
+fn parse_documents_inner(text: &str) -> Result<Vec<Document>, ApiError> {
     let values = split_documents(text)?;
     if values.is_empty() {
         return Err(ApiError::Invalid {

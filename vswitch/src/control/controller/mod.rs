@@ -667,6 +667,37 @@ impl Controller {
         Ok(applied)
     }
 
+    /// Applies the documents of several texts (the files of a boot config, each with its
+    /// name) as one input: all are validated before any is applied, and if one is wrong
+    /// nothing changes. Messages name the file and the document.
+    ///
+    /// # Errors
+    /// [`ApiError`]: every file's parse errors, or the validation errors of the whole.
+    pub fn apply_files(
+        &self,
+        files: &[(String, String)],
+    ) -> Result<Vec<AppliedResource>, ApiError> {
+        let mut docs = Vec::new();
+        let mut errors = Vec::new();
+        for (name, text) in files {
+            match crate::control::resource::parse_documents_from(Some(name.as_str().into()), text) {
+                Ok(parsed) => docs.extend(parsed),
+                Err(error) => errors.push(error),
+            }
+        }
+        if let Some(error) = ApiError::aggregate(errors) {
+            return Err(error);
+        }
+        let mut inner = self.lock();
+        let plan = self.plan_settled(&mut inner, |state| {
+            validate::plan(state, docs.clone(), Mode::Apply)
+        })?;
+        let applied = plan.applied.clone();
+        self.execute(&mut inner, plan)?;
+        self.sync_generated_logged(&mut inner);
+        Ok(applied)
+    }
+
     /// Creates one resource of `kind` from a JSON body; refuses a name that exists (409).
     ///
     /// # Errors
