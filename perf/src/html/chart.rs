@@ -18,9 +18,10 @@ const KERNEL_COLOR: Rgb = [0x6b, 0x6b, 0x6b];
 /// Open vSwitch, the other userspace switch: a colour no vswitchd variant gets.
 const OVS_COLOR: Rgb = [0xd9, 0x5f, 0x02];
 
-/// The vswitchd variants, in the order they first appear (the Okabe-Ito and Tableau
-/// palettes, which stay apart for most colour-blind readers), then again from the start.
-const VSWITCH_COLORS: [Rgb; 10] = [
+/// The vswitchd variants, in the order they first appear (Okabe-Ito, then Tableau, hues that
+/// stay apart for most colour-blind readers), then again from the start: sixteen, more than
+/// a full run's kinds x workers x polling x placements.
+const VSWITCH_COLORS: [Rgb; 16] = [
     [0x00, 0x72, 0xb2],
     [0x00, 0x9e, 0x73],
     [0x56, 0xb4, 0xe9],
@@ -31,6 +32,12 @@ const VSWITCH_COLORS: [Rgb; 10] = [
     [0x59, 0xa1, 0x4f],
     [0xb0, 0x7a, 0xa1],
     [0x9c, 0x75, 0x5f],
+    [0x76, 0xb7, 0xb2],
+    [0xe1, 0x57, 0x59],
+    [0xed, 0xc9, 0x48],
+    [0xff, 0x9d, 0xa7],
+    [0x1f, 0x3b, 0x73],
+    [0x8c, 0x8c, 0x2b],
 ];
 
 /// The chart sections of the page, in order, with the metrics each holds.

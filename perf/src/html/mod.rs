@@ -87,9 +87,15 @@ impl Source {
         if path.is_dir() {
             let json = path.join(RESULTS_FILE);
             if !json.is_file() {
+                let inside = results_inside(path);
+                let hint = if inside.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (try: perf report {})", inside.join(" "))
+                };
                 bail!(
                     "{} holds no {RESULTS_FILE}; give a results directory written by perf, or \
-                     a JSON file written with --json",
+                     a JSON file written with --json{hint}",
                     path.display()
                 );
             }
@@ -115,6 +121,35 @@ impl Source {
             page: format!("{stem}.html"),
         })
     }
+}
+
+/// What a directory without `results.json` holds that `perf report` could draw: its JSON
+/// files, its subdirectories with a `results.json`, and the JSON files of its other
+/// subdirectories; sorted.
+fn results_inside(dir: &Path) -> Vec<String> {
+    let json_files = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found = json_files(dir);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for path in entries.filter_map(|entry| entry.ok().map(|e| e.path())) {
+            if path.join(RESULTS_FILE).is_file() {
+                found.push(path);
+            } else if path.is_dir() {
+                found.extend(json_files(&path));
+            }
+        }
+    }
+    let mut found: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+    found.sort();
+    found
 }
 
 /// Reads and parses a results document.
@@ -315,6 +350,11 @@ pub(crate) mod tests {
         assert!(format!("{missing:#}").contains("holds no results.json"));
         let json = dir.join("lb-quick.json");
         std::fs::write(&json, "{\"scenarios\": []}").expect("json");
+        let missing = Source::locate(&dir).expect_err("no results.json");
+        assert!(
+            format!("{missing:#}").ends_with(&format!("(try: perf report {})", json.display())),
+            "{missing:#}"
+        );
         let source = Source::locate(&json).expect("json file");
         assert_eq!(source.page, "lb-quick.html");
         assert_eq!(source.dir, dir);

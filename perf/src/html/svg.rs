@@ -16,8 +16,20 @@ use crate::report::format_value;
 const BAR_PIXELS: u32 = 22;
 /// Pixels between groups, and the smallest group.
 const GROUP_GAP_PIXELS: u32 = 28;
-/// The plot's height.
+/// The plot's height, unless the legend needs more.
 const HEIGHT: u32 = 400;
+/// The legend's first entry's top.
+const LEGEND_TOP: i32 = 48;
+/// A legend entry's height.
+const LEGEND_ENTRY: i32 = 22;
+/// A note's height.
+const LEGEND_NOTE: i32 = 16;
+/// The notes under the legend.
+const LEGEND_NOTES: [&str; 3] = [
+    "bar: median of the runs",
+    "whisker: min..max",
+    "label: median / kernel median",
+];
 /// Left of the plot: the y labels and the unit.
 const Y_AXIS_PIXELS: u32 = 80;
 /// Right of the plot: the legend.
@@ -46,11 +58,16 @@ pub fn size(chart: &BarChart) -> (u32, u32) {
                 .saturating_add(GROUP_GAP_PIXELS),
         )
         .max(MIN_PLOT_PIXELS);
+    let entries = i32::try_from(chart.legend.len()).unwrap_or(i32::MAX);
+    let notes = i32::try_from(LEGEND_NOTES.len()).unwrap_or(0);
+    let legend = entries
+        .saturating_mul(LEGEND_ENTRY)
+        .saturating_add(LEGEND_TOP + (notes + 1) * LEGEND_NOTE);
     (
         Y_AXIS_PIXELS
             .saturating_add(plot)
             .saturating_add(LEGEND_PIXELS),
-        HEIGHT,
+        HEIGHT.max(u32::try_from(legend).unwrap_or(HEIGHT)),
     )
 }
 
@@ -166,7 +183,7 @@ fn draw_legend(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
 ) -> Result<()> {
     let font = ("sans-serif", 13).into_font();
-    let mut y = 48;
+    let mut y = LEGEND_TOP;
     for entry in &chart.legend {
         area.draw(&Rectangle::new(
             [(8, y), (22, y + 14)],
@@ -177,17 +194,13 @@ fn draw_legend(
             (30, y + 7),
             TextStyle::from(font.clone()).pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
-        y += 22;
+        y += LEGEND_ENTRY;
     }
     let note = ("sans-serif", 11)
         .into_font()
         .color(&RGBColor(0x55, 0x55, 0x55));
-    for line in [
-        "bar: median of the runs",
-        "whisker: min..max",
-        "label: median / kernel median",
-    ] {
-        y += 16;
+    for line in LEGEND_NOTES {
+        y += LEGEND_NOTE;
         area.draw(&Text::new(line, (8, y), note.clone()))?;
     }
     Ok(())
@@ -288,5 +301,17 @@ pub(crate) mod tests {
             wide.groups.push(group);
         }
         assert!(size(&wide).0 > narrow);
+        let (_, short) = size(&chart);
+        let mut tall = chart.clone();
+        for n in 0..20 {
+            tall.legend.push(crate::html::chart::LegendEntry {
+                variant: format!("vswitch-tap-w{n}"),
+                color: [0, 0, 0],
+            });
+        }
+        assert!(
+            size(&tall).1 > short,
+            "a long legend stays inside the drawing"
+        );
     }
 }
