@@ -343,6 +343,23 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&out).expect("cleanup");
     }
 
+    /// The chart the top-level README shows is what `perf report --svg` draws from its
+    /// results today.
+    #[test]
+    fn readme_chart_is_current() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/2026-12-03-vm-issue12/after");
+        let results = load(&dir.join(RESULTS_FILE)).expect("committed results");
+        let report = render(&results, "committed").expect("report");
+        let committed =
+            std::fs::read_to_string(dir.join("report-tcp_1stream.svg")).expect("committed chart");
+        assert!(
+            report.charts[0].svg == committed,
+            "the README's chart is stale: run `perf report --svg --out-dir /tmp/r {}` and copy \
+             /tmp/r/report-tcp_1stream.svg over it",
+            dir.display()
+        );
+    }
+
     #[test]
     fn sources_are_directories_or_json_files() {
         let dir = scratch("report-source");
