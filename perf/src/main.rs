@@ -453,11 +453,8 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         )?;
         eprintln!("perf: results in {}", dir.display());
         if args.report {
-            let stored = html::stored::parse(&json).context("reading back the JSON results")?;
-            let report =
-                html::render(&stored, &dir.join(html::RESULTS_FILE).display().to_string())?;
-            html::write(&dir, html::REPORT_FILE, &report, false)?;
-            eprintln!("perf: report in {}", dir.join(html::REPORT_FILE).display());
+            let page = html::write_beside_results(&dir, &json)?;
+            eprintln!("perf: report in {}", page.display());
         }
     }
     eprintln!("perf: finished in {:.0} s", started.elapsed().as_secs_f64());

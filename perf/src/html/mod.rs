@@ -194,6 +194,21 @@ pub fn write(dir: &Path, page: &str, report: &Report, svg_files: bool) -> Result
     Ok(written)
 }
 
+/// `perf --report`: draws the page from the JSON document just written into the results
+/// directory `dir` and writes it there as `report.html`; returns its path.
+///
+/// # Errors
+/// The JSON does not read back, a chart cannot be drawn, or the page cannot be written.
+pub fn write_beside_results(dir: &Path, json: &str) -> Result<PathBuf> {
+    let results = stored::parse(json).context("reading back the JSON results")?;
+    let report = render(&results, &dir.join(RESULTS_FILE).display().to_string())?;
+    let written = write(dir, REPORT_FILE, &report, false)?;
+    Ok(written
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| dir.join(REPORT_FILE)))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -286,6 +301,88 @@ pub(crate) mod tests {
             stems,
             ["report-tcp_1stream", "report-udp64_pps", "report-rtt_p99"]
         );
+    }
+
+    /// What a run writes reads back: the JSON the harness serialises (`JsonReport`) is the
+    /// JSON the report parses, ratios, skips and all.
+    #[test]
+    fn a_run_s_own_json_reads_back_into_its_report() {
+        use crate::report::{Check, JsonReport, Metric, Outcome, RunInfo, Sample, VariantResult};
+        let sample = |variant: &str, metric, run, value| Sample {
+            scenario: "l2".into(),
+            variant: String::from(variant),
+            metric,
+            run,
+            value,
+            check: Check {
+                unit: "bytes",
+                sent: 100,
+                delivered: 100,
+            },
+        };
+        let results = vec![
+            VariantResult {
+                scenario: "l2".into(),
+                variant: "kernel".into(),
+                outcome: Outcome::Measured,
+                samples: vec![
+                    sample("kernel", Metric::TcpGbps1, 1, 16.0),
+                    sample("kernel", Metric::TcpGbps1, 2, 18.0),
+                    sample("kernel", Metric::RttP999Us, 1, 300.0),
+                ],
+            },
+            VariantResult {
+                scenario: "l2".into(),
+                variant: "vswitch-tap-w1".into(),
+                outcome: Outcome::Measured,
+                samples: vec![
+                    sample("vswitch-tap-w1", Metric::TcpGbps1, 1, 13.6),
+                    sample("vswitch-tap-w1", Metric::TcpGbps1, 2, 15.3),
+                    sample("vswitch-tap-w1", Metric::RttP999Us, 1, 450.0),
+                ],
+            },
+            VariantResult {
+                scenario: "l2".into(),
+                variant: "vswitch-veth-w1".into(),
+                outcome: Outcome::Failed("vswitchd exited".into()),
+                samples: vec![],
+            },
+        ];
+        let summaries = crate::report::summarize(&results, |_| "two containers".into());
+        let info = RunInfo {
+            started_utc: "2026-12-04T10:00:00Z".into(),
+            host: "vm".into(),
+            kernel: "Linux".into(),
+            cpu: "cpu".into(),
+            cores: 2,
+            memory: "1 kB".into(),
+            command: "perf --report".into(),
+            tools: vec![],
+            settings: vec![],
+        };
+        let json = serde_json::to_string_pretty(&JsonReport {
+            harness: "perf test".into(),
+            run: &info,
+            scenarios: &summaries,
+            method: crate::report::METHOD,
+        })
+        .expect("json");
+        let dir = scratch("report-run");
+        let page = write_beside_results(&dir, &json).expect("report");
+        assert_eq!(page, dir.join(REPORT_FILE));
+        let html = std::fs::read_to_string(&page).expect("page");
+        assert_well_formed(&html);
+        for text in [
+            "id=\"report-tcp_1stream\"",
+            "id=\"report-rtt_p99_9\"",
+            // 14.45 / 17.0: the ratio the harness computed, carried through the JSON.
+            "<td class=\"num\">14.4 (0.85x)</td>",
+            "<li class=\"failed\">vswitch-veth-w1: failed: vswitchd exited</li>",
+            "<code>perf --report</code>",
+        ] {
+            assert!(html.contains(text), "{text} missing from\n{html}");
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     fn scratch(name: &str) -> PathBuf {
