@@ -138,7 +138,7 @@ struct ReportArgs {
     out_dir: Option<PathBuf>,
 }
 
-/// `report`, and the helpers the harness runs inside namespaces (hidden).
+/// `report`, and the hidden subcommands the harness re-executes inside namespaces.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Draw report.html (SVG charts and tables) from results already written, without
