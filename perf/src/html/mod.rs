@@ -283,7 +283,8 @@ pub(crate) mod tests {
             "vswitch-veth-w1: skipped: not supported by this vswitchd yet",
             "<h2>Throughput</h2>",
             "<h2>Latency</h2>",
-            "id=\"report-tcp_1stream\"",
+            "id=\"report-tcp_1stream\">TCP 1 stream (Gbit/s, higher is better)</h3>",
+            "id=\"report-rtt_p99\">RTT p99 (us, lower is better)</h3>",
             "id=\"report-udp64_pps\"",
             "id=\"report-rtt_p99\"",
             // The chart's table: median and ratio, the kernel without one.

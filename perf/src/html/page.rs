@@ -114,10 +114,15 @@ pub fn render(
         for (chart, svg) in charts {
             let _ = writeln!(
                 out,
-                "<h3 id=\"{}\">{} ({})</h3>\n<div class=\"chart\">\n{}",
+                "<h3 id=\"{}\">{} ({}, {} is better)</h3>\n<div class=\"chart\">\n{}",
                 chart.file_stem(),
                 escape(chart.metric.label()),
                 escape(chart.metric.unit()),
+                if chart.metric.higher_is_better() {
+                    "higher"
+                } else {
+                    "lower"
+                },
                 svg.trim_end()
             );
             render_chart_table(&mut out, chart);
