@@ -5,12 +5,15 @@
 //! sleep when idle and workers that busy-poll for 200 µs after work), optionally
 //! over Open vSwitch's userspace datapath, and reports medians, spreads and ratios to the
 //! kernel. Results go to the terminal (progress on stderr, tables on stdout), to a JSON file,
-//! and to `perf/results/<date>-<host>/` (README.SETUP, raw.csv, summary.txt, results.json).
+//! and to `perf/results/<date>-<host>/` (README.SETUP, raw.csv, summary.txt, results.json, and
+//! with `--report` report.html: charts and tables, see `html`). `perf report DIR...` draws that
+//! page again from results already written, without measuring (and without root).
 //!
 //! The hidden subcommands (`udp-send`, `udp-recv`, `ping`, `pong`, `conn-rate`, `conn-serve`,
 //! `sysctl`) are this same
 //! binary re-executed inside a namespace with `ip netns exec`.
 
+mod html;
 mod report;
 mod scenarios;
 mod tools;
@@ -35,12 +38,12 @@ use tools::vswitchd::{Binaries, PortKind, WorkerPlacement};
 ///
 /// Needs root, `ip` (iproute2) and `iperf3`. Sends traffic only between the namespaces it
 /// creates. Progress goes to stderr, the tables to stdout, and the full results to
-/// perf/results/<date>-<host>/.
+/// perf/results/<date>-<host>/. `perf report DIR` draws the charts of results already there.
 #[derive(Debug, Parser)]
 #[command(name = "perf", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    helper: Option<Helper>,
+    command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -111,13 +114,36 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Do not write a results directory (the JSON goes only to --json, if given).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "report")]
     no_results_dir: bool,
+    /// Also write report.html into the results directory: SVG charts of every figure (median,
+    /// min..max, ratio to the kernel) and the tables, one page, no script.
+    #[arg(long)]
+    report: bool,
 }
 
-/// Helpers run inside namespaces by the harness itself.
+/// `perf report`: draw the HTML report of results already written.
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Results directories (holding results.json) or JSON files written with --json; each
+    /// gets its own page: DIR/report.html, or NAME.html beside NAME.json.
+    #[arg(required = true, value_name = "RESULTS")]
+    results: Vec<PathBuf>,
+    /// Also write every chart as its own SVG file beside the page (report-<metric>.svg).
+    #[arg(long)]
+    svg: bool,
+    /// Write the page (and charts) into this directory instead of beside the results; one
+    /// RESULTS at a time.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+}
+
+/// `report`, and the hidden subcommands the harness re-executes inside namespaces.
 #[derive(Debug, Subcommand)]
-enum Helper {
+enum Command {
+    /// Draw report.html (SVG charts and tables) from results already written, without
+    /// measuring: `perf report perf/results/<dir>`.
+    Report(ReportArgs),
     /// UDP packet-rate sender.
     #[command(name = "udp-send", hide = true)]
     UdpSend {
@@ -183,8 +209,8 @@ enum Helper {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match cli.helper {
-        Some(helper) => run_helper(helper).map(|()| ExitCode::SUCCESS),
+    let outcome = match cli.command {
+        Some(command) => run_command(command).map(|()| ExitCode::SUCCESS),
         None => run(&cli.run),
     };
     match outcome {
@@ -202,15 +228,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_helper(helper: Helper) -> Result<()> {
-    match helper {
-        Helper::UdpSend {
+/// `perf report`: one page per results directory or JSON file.
+fn report_from(args: &ReportArgs) -> Result<()> {
+    if args.out_dir.is_some() && args.results.len() > 1 {
+        bail!(
+            "--out-dir takes one results directory at a time ({} given); leave it out to \
+             write each report beside its results",
+            args.results.len()
+        );
+    }
+    for path in &args.results {
+        let source = html::Source::locate(path)?;
+        let results = html::load(&source.json)?;
+        let report = html::render(&results, &source.json.display().to_string())?;
+        let dir = args.out_dir.as_deref().unwrap_or(&source.dir);
+        let written = html::write(dir, &source.page, &report, args.svg)?;
+        eprintln!(
+            "perf: {} ({} chart(s) from {})",
+            written[0].display(),
+            report.charts.len(),
+            source.json.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
+        Command::Report(args) => report_from(&args),
+        Command::UdpSend {
             dst,
             seconds,
             payload,
         } => tools::udp::send_main(dst, seconds, payload),
-        Helper::UdpRecv { bind, max_seconds } => tools::udp::recv_main(bind, max_seconds),
-        Helper::Ping {
+        Command::UdpRecv { bind, max_seconds } => tools::udp::recv_main(bind, max_seconds),
+        Command::Ping {
             dst,
             seconds,
             payload,
@@ -223,14 +275,14 @@ fn run_helper(helper: Helper) -> Result<()> {
             timeout: Duration::from_millis(timeout_ms),
             until_reply,
         }),
-        Helper::Pong { bind, max_seconds } => tools::latency::pong_main(bind, max_seconds),
-        Helper::ConnRate {
+        Command::Pong { bind, max_seconds } => tools::latency::pong_main(bind, max_seconds),
+        Command::ConnRate {
             dst,
             seconds,
             workers,
         } => tools::connrate::client_main(dst, seconds, workers),
-        Helper::ConnServe { bind, max_seconds } => tools::connrate::serve_main(bind, max_seconds),
-        Helper::Sysctl { key, value } => topo::sysctl_main(&key, &value),
+        Command::ConnServe { bind, max_seconds } => tools::connrate::serve_main(bind, max_seconds),
+        Command::Sysctl { key, value } => topo::sysctl_main(&key, &value),
     }
 }
 
@@ -400,6 +452,10 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
             &json,
         )?;
         eprintln!("perf: results in {}", dir.display());
+        if args.report {
+            let page = html::write_beside_results(&dir, &json)?;
+            eprintln!("perf: report in {}", page.display());
+        }
     }
     eprintln!("perf: finished in {:.0} s", started.elapsed().as_secs_f64());
     let failed = results
@@ -547,7 +603,7 @@ mod tests {
     #[test]
     fn quick_defaults_to_l2_and_short_runs() {
         let cli = parse(&["--quick", "--kernel-only"]);
-        assert!(cli.helper.is_none());
+        assert!(cli.command.is_none());
         assert_eq!(selected_scenarios(&cli.run), [Scenario::L2]);
         assert_eq!(settings(&cli.run).expect("settings"), Settings::QUICK);
     }
@@ -618,11 +674,44 @@ mod tests {
     }
 
     #[test]
+    fn report_parses_as_a_flag_and_a_subcommand() {
+        let cli = parse(&["--quick", "--report"]);
+        assert!(cli.run.report);
+        let parse_err = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("perf").chain(args.iter().copied())).is_err()
+        };
+        // A report is written into the results directory, so it needs one.
+        assert!(parse_err(&["--report", "--no-results-dir"]));
+        // `perf report` needs results to draw from.
+        assert!(parse_err(&["report"]));
+        let cli = parse(&["report", "perf/results/a", "b/lb-quick.json", "--svg"]);
+        let Some(Command::Report(args)) = cli.command else {
+            panic!("not a report: {cli:?}");
+        };
+        assert_eq!(
+            args.results,
+            [
+                PathBuf::from("perf/results/a"),
+                PathBuf::from("b/lb-quick.json")
+            ]
+        );
+        assert!(args.svg);
+        assert_eq!(args.out_dir, None);
+        let refused = report_from(&ReportArgs {
+            results: args.results,
+            svg: false,
+            out_dir: Some(PathBuf::from("/nonexistent")),
+        })
+        .expect_err("two results, one --out-dir");
+        assert!(format!("{refused:#}").contains("one results directory at a time"));
+    }
+
+    #[test]
     fn helpers_parse() {
         let cli = parse(&["udp-send", "--dst", "10.0.0.2:9000", "--seconds", "1.5"]);
         assert!(matches!(
-            cli.helper,
-            Some(Helper::UdpSend { payload: 18, .. })
+            cli.command,
+            Some(Command::UdpSend { payload: 18, .. })
         ));
         let cli = parse(&[
             "ping",
@@ -633,8 +722,8 @@ mod tests {
             "--until-reply",
         ]);
         assert!(matches!(
-            cli.helper,
-            Some(Helper::Ping {
+            cli.command,
+            Some(Command::Ping {
                 until_reply: true,
                 timeout_ms: 500,
                 ..
@@ -642,8 +731,8 @@ mod tests {
         ));
         let cli = parse(&["conn-rate", "--dst", "172.30.0.81:9002", "--seconds", "1"]);
         assert!(matches!(
-            cli.helper,
-            Some(Helper::ConnRate { workers: 4, .. })
+            cli.command,
+            Some(Command::ConnRate { workers: 4, .. })
         ));
         let cli = parse(&[
             "conn-serve",
@@ -652,6 +741,6 @@ mod tests {
             "--max-seconds",
             "21",
         ]);
-        assert!(matches!(cli.helper, Some(Helper::ConnServe { .. })));
+        assert!(matches!(cli.command, Some(Command::ConnServe { .. })));
     }
 }
