@@ -342,6 +342,7 @@ fn bench_pipeline(c: &mut Criterion) {
         ports: vec![PortId(1), PortId(2)],
         mac_ageing: DEFAULT_MAC_AGEING,
         mac_limit: DEFAULT_MAC_LIMIT,
+        dhcp: None,
     };
     let snapshot = Snapshot::new(
         vec![port(1, MAC_A, IP_A), port(2, MAC_B, IP_B)],

@@ -345,8 +345,8 @@ mod tests {
         let mut subnets = base.subnets().to_vec();
         subnets[0].dhcp = Some(Arc::new(DhcpServer::new(&DhcpSettings {
             lease_seconds: 600,
-            cidr: Some(subnets[0].cidr),
-            gateway: Some(subnets[0].gateway),
+            cidr: subnets[0].cidr,
+            gateway: subnets[0].gateway,
             dns: &[Ipv4Addr::new(172, 30, 0, 53)],
             search: &["svc.example".into()],
             routes: &[(

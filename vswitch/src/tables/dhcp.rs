@@ -50,14 +50,14 @@ pub struct DhcpServer {
 }
 
 /// The settings a [`DhcpServer`] is built from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DhcpSettings<'a> {
     /// Lease time in seconds.
     pub lease_seconds: u32,
-    /// The Subnet's prefix and gateway.
-    pub cidr: Option<Ipv4Net>,
+    /// The Subnet's prefix.
+    pub cidr: Ipv4Net,
     /// The gateway (the default route's router).
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Ipv4Addr,
     /// IPv4 nameservers.
     pub dns: &'a [Ipv4Addr],
     /// Search domains; the first is also the domain name.
@@ -78,9 +78,7 @@ impl DhcpServer {
                 });
             }
         };
-        if let Some(cidr) = settings.cidr {
-            push(code::BROADCAST, cidr.broadcast().octets().to_vec());
-        }
+        push(code::BROADCAST, settings.cidr.broadcast().octets().to_vec());
         if let Some(first) = settings.search.first() {
             push(
                 code::DOMAIN_NAME,
@@ -88,10 +86,10 @@ impl DhcpServer {
             );
         }
         push(code::DOMAIN_SEARCH, encode_search(settings.search));
-        if let (Some(gateway), false) = (settings.gateway, settings.routes.is_empty()) {
+        if !settings.routes.is_empty() {
             push(
                 code::CLASSLESS_ROUTES,
-                encode_classless_routes(gateway, settings.routes),
+                encode_classless_routes(settings.gateway, settings.routes),
             );
         }
         let lease = settings.lease_seconds;
@@ -137,13 +135,8 @@ pub fn encode_search(domains: &[String]) -> Vec<u8> {
 /// takes this option ignores the router option.
 pub fn encode_classless_routes(gateway: Ipv4Addr, routes: &[(Ipv4Net, Ipv4Addr)]) -> Vec<u8> {
     let mut out = Vec::new();
-    let default = ("0.0.0.0/0".parse::<Ipv4Net>().ok(), gateway);
-    let all = routes
-        .iter()
-        .map(|(net, via)| (Some(*net), *via))
-        .chain(std::iter::once(default));
-    for (net, via) in all {
-        let Some(net) = net else { continue };
+    let default = (Ipv4Net::default(), gateway);
+    for (net, via) in routes.iter().chain(std::iter::once(&default)) {
         let len = net.prefix_len();
         let significant = usize::from(len.div_ceil(8));
         out.push(len);
@@ -195,8 +188,8 @@ mod tests {
     fn server_encodes_its_options_once() {
         let server = DhcpServer::new(&DhcpSettings {
             lease_seconds: 600,
-            cidr: Some("10.1.0.0/24".parse().unwrap()),
-            gateway: Some(Ipv4Addr::new(10, 1, 0, 1)),
+            cidr: "10.1.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 1, 0, 1),
             dns: &[Ipv4Addr::new(10, 0, 0, 53)],
             search: &["svc.example".into()],
             routes: &[],

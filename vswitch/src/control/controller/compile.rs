@@ -343,8 +343,8 @@ fn dhcp_server(
     Some(Arc::new(crate::tables::dhcp::DhcpServer::new(
         &crate::tables::dhcp::DhcpSettings {
             lease_seconds: dhcp.lease_seconds,
-            cidr: Some(subnet.spec.cidr),
-            gateway: Some(subnet.spec.gateway),
+            cidr: subnet.spec.cidr,
+            gateway: subnet.spec.gateway,
             dns: &dns,
             search: &search,
             routes: &routes,
