@@ -606,8 +606,10 @@ pub fn render_csv(results: &[VariantResult]) -> String {
     out
 }
 
-/// Facts about the machine and the run, for README.SETUP, summary.txt and the JSON.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Facts about the machine and the run, for README.SETUP, summary.txt and the JSON (and read
+/// back from it by `perf report`; fields an older file lacks are empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RunInfo {
     /// UTC start time, `YYYY-MM-DDTHH:MM:SSZ`.
     pub started_utc: String,

@@ -240,6 +240,32 @@ fn cni_direct_add_check_del_gc_status_version() {
     expect_ok("ADD again", &again, &daemon);
     assert_eq!(again.json["ips"][0]["address"], ip1.as_str());
 
+    // Without `dns` in the config, the result carries the Subnet's.
+    let subnet_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        subnet_file.path(),
+        "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: default}\nspec: {network: default, cidr: 172.30.0.0/16, gateway: 172.30.0.1, dns: {nameservers: [172.30.0.53], search: [pods.test]}}\n",
+    )
+    .expect("write");
+    daemon.ctl_ok(&["apply", "-f", subnet_file.path().to_str().expect("utf8")]);
+    let mut plain = conf(
+        "1.1.0",
+        json!({"namespace": "blog", "labels": {"app": "web"}}),
+    );
+    plain.as_object_mut().expect("object").remove("dns");
+    let with_subnet_dns = invoke(
+        "ADD",
+        &container_env(&id1, &path1, "IgnoreUnknown=1;K8S_POD_NAME=web-1"),
+        &plain,
+    );
+    expect_ok("ADD with the Subnet's DNS", &with_subnet_dns, &daemon);
+    assert_eq!(
+        with_subnet_dns.json["dns"],
+        json!({"nameservers": ["172.30.0.53"], "domain": "pods.test", "search": ["pods.test"]}),
+        "{}",
+        with_subnet_dns.raw
+    );
+
     // CHECK: fine with the ADD result; a wrong address is reported.
     let check = invoke(
         "CHECK",

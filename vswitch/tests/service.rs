@@ -193,14 +193,17 @@ fn unit_verifies_and_install_stages_the_layout() {
 
     // The install script, staged.
     let destdir = staged.path().join("root");
-    let out = Command::new(root.join("scripts/install.sh"))
-        .arg("--destdir")
-        .arg(&destdir)
-        .arg("--from")
-        .arg(&bin_dir)
-        .output()
-        .expect("install.sh");
-    assert!(out.status.success(), "{out:?}");
+    let install = || {
+        let out = Command::new(root.join("scripts/install.sh"))
+            .arg("--destdir")
+            .arg(&destdir)
+            .arg("--from")
+            .arg(&bin_dir)
+            .output()
+            .expect("install.sh");
+        assert!(out.status.success(), "{out:?}");
+    };
+    install();
     for path in [
         "usr/local/bin/vswitchd",
         "usr/local/bin/vswitchctl",
@@ -225,14 +228,7 @@ fn unit_verifies_and_install_stages_the_layout() {
     assert!(default.contains("cidr: 172.30.0.0/16"), "{default}");
     // A second install keeps the administrator's config.
     std::fs::write(destdir.join("etc/vswitch/00-default.yaml"), "# mine\n").expect("write");
-    let out = Command::new(root.join("scripts/install.sh"))
-        .arg("--destdir")
-        .arg(&destdir)
-        .arg("--from")
-        .arg(&bin_dir)
-        .output()
-        .expect("install.sh");
-    assert!(out.status.success(), "{out:?}");
+    install();
     assert_eq!(
         std::fs::read_to_string(destdir.join("etc/vswitch/00-default.yaml")).expect("config"),
         "# mine\n"

@@ -23,29 +23,8 @@ pub struct StoredResults {
     pub method: Vec<String>,
 }
 
-/// Machine and run facts ([`crate::report::RunInfo`]).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct StoredRun {
-    /// UTC start time.
-    pub started_utc: String,
-    /// Host name.
-    pub host: String,
-    /// `uname -srvm`.
-    pub kernel: String,
-    /// CPU model.
-    pub cpu: String,
-    /// Online CPUs.
-    pub cores: usize,
-    /// MemTotal.
-    pub memory: String,
-    /// The perf command line.
-    pub command: String,
-    /// Tool versions.
-    pub tools: Vec<String>,
-    /// The settings in effect.
-    pub settings: Vec<String>,
-}
+/// Machine and run facts, as the harness writes them.
+pub use crate::report::RunInfo as StoredRun;
 
 /// One scenario ([`crate::report::ScenarioSummary`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -656,7 +656,11 @@ impl Controller {
     /// # Errors
     /// [`ApiError`] naming the document, kind/name and field.
     pub fn apply(&self, text: &str) -> Result<Vec<AppliedResource>, ApiError> {
-        let docs = parse_documents(text)?;
+        self.apply_documents(parse_documents(text)?)
+    }
+
+    /// Validates `docs` as one input and applies them, or nothing.
+    fn apply_documents(&self, docs: Vec<Document>) -> Result<Vec<AppliedResource>, ApiError> {
         let mut inner = self.lock();
         let plan = self.plan_settled(&mut inner, |state| {
             validate::plan(state, docs.clone(), Mode::Apply)
@@ -685,17 +689,10 @@ impl Controller {
                 Err(error) => errors.push(error),
             }
         }
-        if let Some(error) = ApiError::aggregate(errors) {
-            return Err(error);
+        match ApiError::aggregate(errors) {
+            Some(error) => Err(error),
+            None => self.apply_documents(docs),
         }
-        let mut inner = self.lock();
-        let plan = self.plan_settled(&mut inner, |state| {
-            validate::plan(state, docs.clone(), Mode::Apply)
-        })?;
-        let applied = plan.applied.clone();
-        self.execute(&mut inner, plan)?;
-        self.sync_generated_logged(&mut inner);
-        Ok(applied)
     }
 
     /// Creates one resource of `kind` from a JSON body; refuses a name that exists (409).

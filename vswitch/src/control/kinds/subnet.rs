@@ -375,15 +375,22 @@ fn check_dns(origin: &Origin, spec: &SubnetSpec, errors: &mut Errors) {
     let Some(dns) = &spec.dns else {
         return;
     };
-    if dns.nameservers.len() > MAX_NAMESERVERS {
-        errors.push(origin.invalid(
-            "spec.dns.nameservers",
-            format!(
-                "{} nameservers; the resolver reads at most {MAX_NAMESERVERS}",
-                dns.nameservers.len()
-            ),
-        ));
-    }
+    let mut at_most = |field: &str, len: usize, max: usize, why: &str| {
+        if len > max {
+            errors.push(origin.invalid(
+                &format!("spec.dns.{field}"),
+                format!("{len} {field}; {why} at most {max}"),
+            ));
+        }
+    };
+    at_most(
+        "nameservers",
+        dns.nameservers.len(),
+        MAX_NAMESERVERS,
+        "the resolver reads",
+    );
+    at_most("search", dns.search.len(), MAX_SEARCH_DOMAINS, "list");
+    at_most("options", dns.options.len(), MAX_RESOLVER_OPTIONS, "list");
     for (index, server) in dns.nameservers.iter().enumerate() {
         if server.parse::<std::net::IpAddr>().is_err() {
             errors.push(origin.invalid(
@@ -392,15 +399,6 @@ fn check_dns(origin: &Origin, spec: &SubnetSpec, errors: &mut Errors) {
             ));
         }
     }
-    if dns.search.len() > MAX_SEARCH_DOMAINS {
-        errors.push(origin.invalid(
-            "spec.dns.search",
-            format!(
-                "{} search domains; list at most {MAX_SEARCH_DOMAINS}",
-                dns.search.len()
-            ),
-        ));
-    }
     for (index, domain) in dns.search.iter().enumerate() {
         if let Err(why) = check_domain(domain) {
             errors.push(origin.invalid(
@@ -408,15 +406,6 @@ fn check_dns(origin: &Origin, spec: &SubnetSpec, errors: &mut Errors) {
                 format!("{domain:?} is not a domain name: {why}"),
             ));
         }
-    }
-    if dns.options.len() > MAX_RESOLVER_OPTIONS {
-        errors.push(origin.invalid(
-            "spec.dns.options",
-            format!(
-                "{} options; list at most {MAX_RESOLVER_OPTIONS}",
-                dns.options.len()
-            ),
-        ));
     }
     for (index, option) in dns.options.iter().enumerate() {
         let (word, value) = option.split_once(':').unwrap_or((option, ""));
