@@ -37,7 +37,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ::nat::{NatPlan, PacketKind, TcpFlags};
-use policy::{Connection, Decision, EndpointId, Peer};
+use policy::{Connection, Decision, EndpointId, Peer, Verdict};
 
 use super::l3::ip_bounds;
 use super::{Context, DropCause, nat};
@@ -164,6 +164,11 @@ fn admit_in(
         return Ok(());
     };
     let Some((src, dst)) = ends(set, Some(network), from, to, header.dst) else {
+        trace_note!(
+            ctx,
+            Policy,
+            "neither end is isolated by a NetworkPolicy: allowed"
+        );
         return Ok(());
     };
     if header.later_fragment {
@@ -173,12 +178,12 @@ fn admit_in(
         .then(|| ::nat::parse(packet).ok())
         .flatten();
     let zone = nat::zone_of(network);
-    let conntrack = &ctx.snapshot.conntrack;
     if let Some(info) = &info {
-        if conntrack.lookup(zone, info, ctx.now_ms).is_some() {
+        if ctx.conntrack_lookup(zone, info).is_some() {
             // A SYN starts a connection even when its tuple is known (a closed connection
             // reopened, as clients reuse ports once the server closed first): judged again.
             if !is_syn(info) {
+                trace_note!(ctx, Policy, "tracked connection: allowed");
                 return Ok(());
             }
             classify_new(ctx, set, network, header, src, dst, Some(info.kind))?;
@@ -197,16 +202,63 @@ fn admit_in(
         if let Some(info) = &info {
             // A full table or a clash leaves the connection untracked: its replies are
             // then judged as connections of their own.
-            let _ = conntrack.create(
+            let _ = ctx.conntrack_create(
                 zone,
                 info,
                 &NatPlan::none(zone),
                 ::nat::Attachments::default(),
-                ctx.now_ms,
             );
         }
     }
     Ok(())
+}
+
+/// Counts a decision in the set (not in a dry run) and notes it in the trace.
+fn decided(ctx: &Context<'_>, set: &PolicySet, decision: &Decision) {
+    if let Some(trace) = ctx.trace {
+        let side = |verdict: &Verdict| match verdict {
+            Verdict::NotIsolated => "not isolated".to_owned(),
+            Verdict::Allowed(rule) => {
+                let policy = set.compiled().policy(rule.policy);
+                format!(
+                    "allowed by {}/{} {:?} rule {}",
+                    policy.namespace, policy.name, rule.direction, rule.index
+                )
+            }
+            Verdict::Denied(isolation) => {
+                let names: Vec<String> = set
+                    .compiled()
+                    .isolating_policies(*isolation)
+                    .iter()
+                    .map(|&id| {
+                        let policy = set.compiled().policy(id);
+                        format!("{}/{}", policy.namespace, policy.name)
+                    })
+                    .collect();
+                format!(
+                    "isolated by {}, no rule allows: denied by default",
+                    names.join(", ")
+                )
+            }
+        };
+        trace.note(
+            super::trace::Step::Policy,
+            format_args!(
+                "source egress: {}; destination ingress: {}: {}",
+                side(&decision.egress),
+                side(&decision.ingress),
+                if decision.allowed {
+                    "allowed"
+                } else {
+                    "denied"
+                }
+            ),
+        );
+        if trace.is_dry_run() {
+            return;
+        }
+    }
+    set.count(decision);
 }
 
 /// True for a TCP segment that opens a connection (SYN without ACK).
@@ -267,7 +319,7 @@ fn classify_new(
         Some(PacketKind::Tcp(flags)) if !flags.contains(TcpFlags::SYN) => Ok(true),
         Some(PacketKind::Tcp(_) | PacketKind::Udp | PacketKind::IcmpEcho(_)) => {
             let decision = set.compiled().check(&forward);
-            set.count(&decision);
+            decided(ctx, set, &decision);
             if decision.allowed {
                 Ok(true)
             } else {
@@ -280,7 +332,7 @@ fn classify_new(
             if decision.allowed {
                 Ok(false)
             } else {
-                set.count(&decision);
+                decided(ctx, set, &decision);
                 Err(cause(&decision))
             }
         }
@@ -309,11 +361,13 @@ fn associated(
         return Ok(());
     }
     let decision = set.compiled().check(forward);
-    set.count(&decision);
+    decided(ctx, set, &decision);
     if !decision.allowed {
         return Err(cause(&decision));
     }
-    associations.insert(key, ctx.now_ms);
+    if !ctx.is_dry_run() {
+        associations.insert(key, ctx.now_ms);
+    }
     Ok(())
 }
 
@@ -373,7 +427,7 @@ pub fn judge(
         protocol,
         dst_port,
     });
-    set.count(&decision);
+    decided(ctx, set, &decision);
     if decision.allowed {
         Ok(())
     } else {

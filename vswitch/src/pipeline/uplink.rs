@@ -221,8 +221,22 @@ pub fn outbound(
                 .virtual_ip_of(nat::zone_of(subnet.network_id), src)
                 .is_none()
         {
+            trace_note!(
+                ctx,
+                Uplink,
+                "Network {} is routed through Uplink {}: {dst} leaves untranslated",
+                subnet.network,
+                uplink.name
+            );
             return routed_out(ctx, uplink, ingress, subnet, parsed, frame, local);
         }
+        trace_note!(
+            ctx,
+            Nat,
+            "no route in Network {} for {dst}: out through Uplink {} with NAT",
+            subnet.network,
+            uplink.name
+        );
     }
     nat::outbound(ctx, ingress, subnet, parsed, frame, local)
 }
@@ -260,7 +274,8 @@ pub fn routed_out(
         None
     };
     if let Some(info) = &info {
-        if let Some(tracked) = ctx.snapshot.conntrack.lookup(zone, info, ctx.now_ms) {
+        if let Some(tracked) = ctx.conntrack_lookup(zone, info) {
+            nat::note_tracked(ctx, zone, info, &tracked);
             if let Err(cause) = super::policy::judge_reopened(ctx, Some(ingress.id), info, &tracked)
             {
                 return Verdict::Drop(cause);
@@ -376,11 +391,8 @@ pub fn routed_in(
         None
     };
     if let Some(info) = &info {
-        if let Some(tracked) = ctx
-            .snapshot
-            .conntrack
-            .lookup(Zone::EXTERNAL, info, ctx.now_ms)
-        {
+        if let Some(tracked) = ctx.conntrack_lookup(Zone::EXTERNAL, info) {
+            nat::note_tracked(ctx, Zone::EXTERNAL, info, &tracked);
             if let Err(cause) = super::policy::judge_reopened(ctx, None, info, &tracked) {
                 return Verdict::Drop(cause);
             }

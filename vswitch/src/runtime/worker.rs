@@ -609,6 +609,7 @@ impl Worker {
             neighbors: &shared.neighbors,
             remote_fdb: &shared.remote_fdb,
             now_ms: now,
+            trace: None,
         };
         self.verdicts.clear();
         self.local.out.generated.clear();
@@ -677,6 +678,7 @@ impl Worker {
                 neighbors: &shared.neighbors,
                 remote_fdb: &shared.remote_fdb,
                 now_ms: now,
+                trace: None,
             };
             l3::service_held(&ctx, &mut self.local, |port, cause| {
                 count_drop(counters, port, cause, 1);

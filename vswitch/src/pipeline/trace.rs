@@ -1,0 +1,311 @@
+//! The packet tracer's recorder: what each stage decided for one frame, written by the stages
+//! themselves (VPP's per-buffer trace, Open vSwitch's `ofproto/trace`).
+//!
+//! A traced frame runs with `Context::trace` set to a [`Trace`]; every stage notes its
+//! decision with `trace_note!`, which formats nothing unless the frame is traced, so the fast
+//! path pays one branch on a `None` per note.
+//!
+//! A trace is either live (a real frame: the stages do what they always do, and only record)
+//! or a dry run (a synthetic frame the switch never sends). A dry run leaves every shared
+//! table as it found it: learning only says what it would learn, neighbour resolution and
+//! conntrack lookups peek, and a new connection is created in a scratch conntrack table of
+//! the trace's own (its NAT port is therefore not reserved, and may differ from the one a
+//! real packet would get). The worker's own state (frames generated, held packets, event
+//! tallies) is a scratch [`Local`](super::Local) of the caller's.
+
+use core::cell::{OnceCell, RefCell};
+use core::fmt;
+
+use serde::Serialize;
+
+/// The steps a trace names, in about the order a frame meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// The frame as parsed: L2, L3 and L4 summary.
+    Parse,
+    /// The port's allowed source MAC and addresses.
+    PortSecurity,
+    /// Learning the source MAC, and the FDB lookup of the destination.
+    L2,
+    /// ARP answered, consumed or switched.
+    Arp,
+    /// The longest-prefix match in the Network: prefix, next hop, egress subnet.
+    Route,
+    /// TTL and MTU checks, fragmentation, ICMP errors the switch sends.
+    L3,
+    /// The next hop's MAC: a neighbour entry, or a miss (ARP).
+    Neighbor,
+    /// A LoadBalancer: VIP, Maglev slot, backend.
+    Lb,
+    /// NAT: the rule, an existing connection or a new translation.
+    Nat,
+    /// Connection tracking.
+    Conntrack,
+    /// NetworkPolicies: who is isolated, which rule allowed.
+    Policy,
+    /// A frame received on the uplink, or sent out of it.
+    Uplink,
+    /// A datagram received from the overlay.
+    VxlanInput,
+    /// Encapsulation into the overlay: VNI, remote VTEPs.
+    VxlanEncap,
+    /// The egress port and the frame as it leaves.
+    Egress,
+    /// Frames the switch sends of its own because of this one (ARP requests, ICMP).
+    Generated,
+}
+
+impl Step {
+    /// The step's name as printed: `parse`, `port_security`, ...
+    pub const fn name(self) -> &'static str {
+        match self {
+            Step::Parse => "parse",
+            Step::PortSecurity => "port_security",
+            Step::L2 => "l2",
+            Step::Arp => "arp",
+            Step::Route => "route",
+            Step::L3 => "l3",
+            Step::Neighbor => "neighbor",
+            Step::Lb => "lb",
+            Step::Nat => "nat",
+            Step::Conntrack => "conntrack",
+            Step::Policy => "policy",
+            Step::Uplink => "uplink",
+            Step::VxlanInput => "vxlan_input",
+            Step::VxlanEncap => "vxlan_encap",
+            Step::Egress => "egress",
+            Step::Generated => "generated",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One stage's note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceStep {
+    /// The stage.
+    pub stage: Step,
+    /// What it decided, with the table entries it used.
+    pub detail: String,
+}
+
+/// The recorder of one traced frame. Lives on the stack of whoever traces (the API thread for
+/// a synthetic frame, a worker for a live one); never shared between threads.
+#[derive(Debug)]
+pub struct Trace {
+    dry_run: bool,
+    steps: RefCell<Vec<TraceStep>>,
+    scratch: OnceCell<::nat::Conntrack>,
+}
+
+impl Trace {
+    /// A recorder for a real frame: the stages act as always and record.
+    pub fn live() -> Trace {
+        Trace::new(false)
+    }
+
+    /// A recorder for a synthetic frame: the stages record and change no shared table.
+    pub fn dry_run() -> Trace {
+        Trace::new(true)
+    }
+
+    fn new(dry_run: bool) -> Trace {
+        Trace {
+            dry_run,
+            steps: RefCell::new(Vec::with_capacity(16)),
+            scratch: OnceCell::new(),
+        }
+    }
+
+    /// Whether the stages must leave the shared tables alone.
+    #[inline]
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Records what `stage` decided.
+    pub fn note(&self, stage: Step, detail: fmt::Arguments<'_>) {
+        self.steps.borrow_mut().push(TraceStep {
+            stage,
+            detail: detail.to_string(),
+        });
+    }
+
+    /// The conntrack table a dry run creates its connections in: empty at first, with the
+    /// configuration of `real`.
+    pub fn scratch_conntrack(&self, real: &::nat::Conntrack) -> &::nat::Conntrack {
+        self.scratch
+            .get_or_init(|| ::nat::Conntrack::new(*real.config()))
+    }
+
+    /// The steps recorded so far.
+    pub fn steps(&self) -> Vec<TraceStep> {
+        self.steps.borrow().clone()
+    }
+
+    /// The steps recorded.
+    pub fn into_steps(self) -> Vec<TraceStep> {
+        self.steps.into_inner()
+    }
+}
+
+/// A MAC address as `aa:bb:cc:dd:ee:ff`, formatted only when printed.
+#[derive(Debug, Clone, Copy)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// One line about a frame (`virtio_net_hdr` then Ethernet), as tcpdump would put it: MACs,
+/// then ARP, or IPv4 addresses, protocol, ports or ICMP type, TCP flags, TTL and length.
+/// Never panics: what cannot be read is said so.
+pub fn describe_frame(frame: &[u8]) -> String {
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol,
+        Ipv4Packet, TcpPacket, UdpPacket,
+    };
+    use std::fmt::Write;
+
+    let Some(Ok(ethernet)) = frame
+        .get(crate::wire::VNET_HDR_LEN..)
+        .map(EthernetFrame::new_checked)
+    else {
+        return format!("{} bytes, too short for Ethernet", frame.len());
+    };
+    let mut line = format!(
+        "{} > {}",
+        Mac(ethernet.src_addr().0),
+        Mac(ethernet.dst_addr().0)
+    );
+    match ethernet.ethertype() {
+        EthernetProtocol::Arp => match ArpPacket::new_checked(ethernet.payload()) {
+            Ok(arp) if arp.operation() == ArpOperation::Request => {
+                let _ = write!(
+                    line,
+                    ", ARP who-has {} tell {}",
+                    fmt_ip(arp.target_protocol_addr()),
+                    fmt_ip(arp.source_protocol_addr())
+                );
+            }
+            Ok(arp) => {
+                let _ = write!(
+                    line,
+                    ", ARP reply {} is-at {}",
+                    fmt_ip(arp.source_protocol_addr()),
+                    fmt_mac(arp.source_hardware_addr())
+                );
+            }
+            Err(_) => line.push_str(", ARP (truncated)"),
+        },
+        EthernetProtocol::Ipv4 => match Ipv4Packet::new_checked(ethernet.payload()) {
+            Ok(ip) => {
+                let (src, dst) = (ip.src_addr(), ip.dst_addr());
+                let payload = ip.payload();
+                match ip.next_header() {
+                    IpProtocol::Tcp => match TcpPacket::new_checked(payload) {
+                        Ok(tcp) => {
+                            let flags: String = [
+                                (tcp.syn(), 'S'),
+                                (tcp.fin(), 'F'),
+                                (tcp.rst(), 'R'),
+                                (tcp.psh(), 'P'),
+                                (tcp.urg(), 'U'),
+                                (tcp.ack(), '.'),
+                            ]
+                            .iter()
+                            .filter(|(set, _)| *set)
+                            .map(|(_, flag)| *flag)
+                            .collect();
+                            let _ = write!(
+                                line,
+                                ", IPv4 {src}:{} > {dst}:{} TCP flags [{flags}]",
+                                tcp.src_port(),
+                                tcp.dst_port()
+                            );
+                        }
+                        Err(_) => {
+                            let _ = write!(line, ", IPv4 {src} > {dst} TCP (truncated)");
+                        }
+                    },
+                    IpProtocol::Udp => match UdpPacket::new_checked(payload) {
+                        Ok(udp) => {
+                            let _ = write!(
+                                line,
+                                ", IPv4 {src}:{} > {dst}:{} UDP",
+                                udp.src_port(),
+                                udp.dst_port()
+                            );
+                        }
+                        Err(_) => {
+                            let _ = write!(line, ", IPv4 {src} > {dst} UDP (truncated)");
+                        }
+                    },
+                    IpProtocol::Icmp => match Icmpv4Packet::new_checked(payload) {
+                        Ok(icmp) => {
+                            let _ = write!(
+                                line,
+                                ", IPv4 {src} > {dst} ICMP type {} code {}",
+                                u8::from(icmp.msg_type()),
+                                icmp.msg_code()
+                            );
+                        }
+                        Err(_) => {
+                            let _ = write!(line, ", IPv4 {src} > {dst} ICMP (truncated)");
+                        }
+                    },
+                    other => {
+                        let _ = write!(line, ", IPv4 {src} > {dst} protocol {other}");
+                    }
+                }
+                let _ = write!(line, ", ttl {}, length {}", ip.hop_limit(), ip.total_len());
+            }
+            Err(_) => line.push_str(", IPv4 (truncated)"),
+        },
+        EthernetProtocol::Ipv6 => line.push_str(", IPv6"),
+        other => {
+            let _ = write!(line, ", ethertype {other}");
+        }
+    }
+    line
+}
+
+fn fmt_ip(bytes: &[u8]) -> String {
+    <[u8; 4]>::try_from(bytes).map_or_else(
+        |_| "?".to_owned(),
+        |octets| std::net::Ipv4Addr::from(octets).to_string(),
+    )
+}
+
+fn fmt_mac(bytes: &[u8]) -> String {
+    <[u8; 6]>::try_from(bytes).map_or_else(|_| "?".to_owned(), |mac| Mac(mac).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_keep_their_order_and_text() {
+        let trace = Trace::live();
+        trace.note(
+            Step::Parse,
+            format_args!("{} > {}", Mac([2, 0, 0, 0, 0, 10]), 1),
+        );
+        trace.note(Step::L2, format_args!("flood"));
+        let steps = trace.into_steps();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0].stage, Step::Parse);
+        assert_eq!(steps[0].detail, "02:00:00:00:00:0a > 1");
+        assert_eq!(steps[1].stage.name(), "l2");
+    }
+}
