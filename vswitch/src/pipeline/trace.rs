@@ -292,7 +292,241 @@ fn fmt_mac(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use smoltcp::wire::IpProtocol;
+
     use super::*;
+    use crate::pipeline::fixtures::*;
+    use crate::port::PortId;
+    use crate::tables::snapshot::{Ingress, SubnetId};
+    use crate::trace::{TraceRecord, run_synthetic};
+
+    const BLUE: SubnetId = SubnetId(1);
+    const RED: SubnetId = SubnetId(2);
+
+    fn ingress(bench: &Bench, port: u32) -> Ingress<'_> {
+        let entry = bench.snapshot.port(PortId(port)).expect("fixture port");
+        Ingress::Port(entry, entry.io().expect("a port with a device"))
+    }
+
+    fn traced(bench: &Bench, port: u32, frame: &[u8]) -> TraceRecord {
+        run_synthetic(&bench.ctx(5), ingress(bench, port), frame.to_vec())
+    }
+
+    fn udp_from_a(dst_mac: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
+        udp_frame(
+            MAC_A,
+            dst_mac,
+            (IP_A, 40000),
+            (dst, 53),
+            64,
+            false,
+            b"query",
+        )
+    }
+
+    /// The detail of the first step of `stage`.
+    fn step<'a>(record: &'a TraceRecord, stage: Step) -> &'a str {
+        record
+            .steps
+            .iter()
+            .find(|step| step.stage == stage)
+            .map_or_else(
+                || panic!("no {stage} step in {record}"),
+                |step| step.detail.as_str(),
+            )
+    }
+
+    /// Table sizes a dry run must leave alone: FDB, neighbours, conntrack.
+    fn sizes(bench: &Bench) -> (usize, usize, usize) {
+        (
+            bench.fdb.len(),
+            bench.neighbors.len(),
+            bench.snapshot.conntrack.len(),
+        )
+    }
+
+    #[test]
+    fn a_routed_frame_names_each_stage_and_the_entries_it_used() {
+        let bench = Bench::with(routed_snapshot());
+        bench.neighbors.confirm(RED, IP_D, MAC_D, 0, true);
+        let red = bench.snapshot.subnet(RED).unwrap();
+        bench.fdb.learn(red, MAC_D, PortId(4), 0);
+        let record = traced(&bench, 1, &udp_from_a(GW_BLUE_MAC, IP_D));
+        let stages: Vec<Step> = record.steps.iter().map(|step| step.stage).collect();
+        assert_eq!(
+            stages,
+            [
+                Step::Parse,
+                Step::PortSecurity,
+                Step::L2,
+                Step::L2,
+                Step::Route,
+                Step::Neighbor,
+                Step::L2,
+                Step::Egress
+            ],
+            "{record}"
+        );
+        assert!(step(&record, Step::Parse).contains("172.30.0.2:40000 > 10.9.0.2:53 UDP"));
+        assert!(step(&record, Step::PortSecurity).starts_with("passes: port port1"));
+        assert!(
+            record.steps[3]
+                .detail
+                .contains("to the gateway MAC of subnet blue")
+        );
+        let route = step(&record, Step::Route);
+        assert!(route.contains("matches 10.9.0.0/24"), "{route}");
+        assert!(route.contains("egress subnet red"), "{route}");
+        assert!(
+            step(&record, Step::Neighbor).contains("10.9.0.2 on subnet red: 02:00:00:00:00:0d")
+        );
+        let egress = step(&record, Step::Egress);
+        assert!(
+            egress.starts_with("port port4: 02:00:00:00:ee:02 > 02:00:00:00:00:0d"),
+            "{egress}"
+        );
+        assert!(egress.contains("ttl 63"), "{egress}");
+        assert_eq!(record.verdict, "forward");
+        assert_eq!(record.outputs, ["port4"]);
+        assert_eq!(record.drop, None);
+        let text = record.to_string();
+        assert!(text.contains("Verdict: forward to port4"), "{text}");
+    }
+
+    #[test]
+    fn a_dropped_frame_ends_with_its_drop_key() {
+        let bench = Bench::with(routed_snapshot());
+        let spoofed = udp_frame(
+            MAC_A,
+            GW_BLUE_MAC,
+            (Ipv4Addr::new(172, 30, 0, 99), 40000),
+            (IP_D, 53),
+            64,
+            false,
+            b"query",
+        );
+        let record = traced(&bench, 1, &spoofed);
+        assert_eq!(record.verdict, "drop");
+        assert_eq!(record.drop.as_deref(), Some("port_security.ipv4_src"));
+        let last = record.steps.last().expect("steps");
+        assert_eq!(last.stage, Step::PortSecurity);
+        assert!(last.detail.starts_with("refused"), "{}", last.detail);
+        assert!(last.detail.contains("[172.30.0.2]"), "{}", last.detail);
+        assert!(
+            record
+                .to_string()
+                .contains("Verdict: drop port_security.ipv4_src")
+        );
+        let ttl = traced(
+            &bench,
+            1,
+            &ipv4_frame(
+                MAC_A,
+                GW_BLUE_MAC,
+                IP_A,
+                IP_D,
+                1,
+                IpProtocol::Udp,
+                false,
+                &[0; 8],
+            ),
+        );
+        assert_eq!(ttl.drop.as_deref(), Some("l3.ttl_expired"));
+        // The ICMP error the switch would send is named too.
+        assert!(step(&ttl, Step::Generated).starts_with("the switch would send"));
+    }
+
+    #[test]
+    fn a_dry_run_changes_no_table() {
+        let bench = Bench::with(routed_snapshot());
+        // Learning: the ARP request's sender would be learned, and is not.
+        let arp = traced(&bench, 1, &ARP_REQUEST);
+        assert!(step(&arp, Step::L2).contains("would be learned on port port1"));
+        assert_eq!(arp.verdict, "flood");
+        assert_eq!(arp.outputs, ["port2", "port3"]);
+        // Routing to an unknown neighbour: it would be solicited and the packet held.
+        let routed = traced(&bench, 1, &udp_from_a(GW_BLUE_MAC, IP_D));
+        assert!(step(&routed, Step::Neighbor).contains("unresolved: ARP request sent"));
+        assert!(step(&routed, Step::Generated).contains("ARP who-has 10.9.0.2 tell 10.9.0.1"));
+        assert_eq!(routed.verdict, "consumed");
+        assert_eq!(sizes(&bench), (0, 0, 0));
+        assert!(bench.local.borrow().held.is_empty());
+        // The same frames for real change the tables.
+        bench.send(1, &udp_from_a(GW_BLUE_MAC, IP_D), 5);
+        assert_eq!(sizes(&bench), (1, 2, 0));
+    }
+
+    #[test]
+    fn a_dry_run_through_nat_creates_no_connection() {
+        let bench = Bench::with(uplink_snapshot());
+        bench
+            .neighbors
+            .confirm(UPLINK_SEGMENT, OUTSIDE_GW, OUTSIDE_GW_MAC, 0, true);
+        let before = sizes(&bench);
+        let frame = tcp_frame(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (REMOTE, 80), 0x02);
+        let record = traced(&bench, 1, &frame);
+        let nat = record
+            .steps
+            .iter()
+            .filter(|step| step.stage == Step::Nat)
+            .map(|step| step.detail.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(nat.contains("would create new connection"), "{record}");
+        assert!(nat.contains(&format!("{NAT_IP}")), "{record}");
+        assert!(
+            step(&record, Step::Egress).starts_with("uplink "),
+            "{record}"
+        );
+        assert_eq!(record.verdict, "forward");
+        assert_eq!(sizes(&bench), before, "no connection, no MAC, no neighbour");
+        // Twice the same: a dry run keeps no NAT port either.
+        assert_eq!(traced(&bench, 1, &frame).steps, record.steps);
+    }
+
+    #[test]
+    fn a_frame_into_the_overlay_names_the_vni_and_the_remote_vtep() {
+        let bench = Bench::with(overlay_snapshot());
+        let remote_mac = [0x02, 0xbb, 0, 0, 0, 1];
+        let vni = vxlan::Vni::new(BLUE_VNI).unwrap();
+        bench
+            .remote_fdb
+            .learn(vni, remote_mac, OTHER_VTEP.into(), 5);
+        let blue = bench.snapshot.subnet(BLUE).unwrap();
+        bench.fdb.learn(blue, remote_mac, TUNNEL, 5);
+        let record = traced(&bench, 1, &bench.frame_from(1, remote_mac));
+        let encap = step(&record, Step::VxlanEncap);
+        assert!(encap.contains("VNI 42"), "{encap}");
+        assert!(encap.contains("remote VTEP 192.168.50.3"), "{encap}");
+        assert_eq!(record.outputs, ["vxlan/blue"]);
+    }
+
+    #[test]
+    fn a_live_trace_records_and_acts() {
+        let bench = Bench::new();
+        let trace = Trace::live();
+        let ctx = super::super::Context {
+            trace: Some(&trace),
+            ..bench.ctx(5)
+        };
+        let mut frame = ARP_REQUEST.to_vec();
+        let mut local = bench.local.borrow_mut();
+        let outcome = crate::pipeline::process(
+            &ctx,
+            bench.snapshot.port(PortId(1)).unwrap(),
+            &mut frame,
+            &mut local,
+        );
+        assert_eq!(outcome.verdict, crate::pipeline::Verdict::Flood);
+        assert_eq!(bench.fdb.len(), 1, "a live frame learns");
+        let steps = trace.into_steps();
+        assert!(
+            steps[2].detail.contains("learned on port port1 (new)"),
+            "{steps:?}"
+        );
+    }
 
     #[test]
     fn notes_keep_their_order_and_text() {
