@@ -16,10 +16,10 @@
 use core::cell::{OnceCell, RefCell};
 use core::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The steps a trace names, in about the order a frame meets them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// The frame as parsed: L2, L3 and L4 summary.
@@ -87,7 +87,7 @@ impl fmt::Display for Step {
 }
 
 /// One stage's note.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceStep {
     /// The stage.
     pub stage: Step,

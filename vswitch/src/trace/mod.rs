@@ -50,7 +50,7 @@ pub struct TraceRequest {
 }
 
 /// What the stages did with one frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceRecord {
     /// The port (or uplink) the frame was received on.
@@ -66,10 +66,10 @@ pub struct TraceRecord {
     /// The ports (or uplink, or tunnels) the frame leaves by.
     pub outputs: Vec<String>,
     /// The drop's stable key (`port_security.src_mac`, ...), for a dropped frame.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop: Option<String>,
     /// Why, in one sentence.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
 }
 
@@ -495,4 +495,157 @@ fn default_dst_mac(ctx: &Context<'_>, ingress: Ingress<'_>, spec: &expr::PacketS
         .iter()
         .find(|other| other.subnet == subnet.id && other.ips.contains(&dst))
         .map_or(BROADCAST, |other| other.mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::fixtures::*;
+
+    fn request(ingress: &str, packet: &str) -> TraceRequest {
+        TraceRequest {
+            ingress: ingress.into(),
+            packet: Some(packet.into()),
+            ..TraceRequest::default()
+        }
+    }
+
+    fn field(error: ApiError) -> Option<String> {
+        match error {
+            ApiError::Invalid { field, .. } => field,
+            other => panic!("not a field error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_gets_the_macs_a_host_would_use() {
+        let bench = Bench::with(routed_snapshot());
+        let ctx = bench.ctx(5);
+        // Off the subnet: to the gateway, from the port's MAC.
+        let routed = synthetic(&ctx, &request("port1", "icmp 172.30.0.2 > 10.9.0.2")).unwrap();
+        assert!(
+            routed
+                .packet
+                .starts_with("02:00:00:00:00:0a > 02:00:00:00:ee:01"),
+            "{routed}"
+        );
+        // On the subnet: to the port that has the address.
+        let switched =
+            synthetic(&ctx, &request("port1", "udp 172.30.0.2:1 > 172.30.0.3:2")).unwrap();
+        assert!(
+            switched
+                .packet
+                .starts_with("02:00:00:00:00:0a > 02:00:00:00:00:0b"),
+            "{switched}"
+        );
+        // Nobody has it: broadcast; an ARP request always is.
+        let unknown = synthetic(&ctx, &request("port1", "icmp 172.30.0.2 > 172.30.0.77")).unwrap();
+        assert!(unknown.packet.contains("> ff:ff:ff:ff:ff:ff"), "{unknown}");
+        let arp = synthetic(
+            &ctx,
+            &request("port1", "arp who-has 172.30.0.3 tell 172.30.0.2"),
+        )
+        .unwrap();
+        assert_eq!(arp.verdict, "flood");
+        // Given MACs win; hex frames keep their own.
+        let spoofed = synthetic(
+            &ctx,
+            &TraceRequest {
+                src_mac: Some("02:00:00:00:12:34".into()),
+                ..request("port1", "icmp 172.30.0.2 > 10.9.0.2")
+            },
+        )
+        .unwrap();
+        assert_eq!(spoofed.drop.as_deref(), Some("port_security.src_mac"));
+        let hex = synthetic(
+            &ctx,
+            &TraceRequest {
+                ingress: "port1".into(),
+                hex: Some("ffffffffffff 02000000000a 0806".into()),
+                ..TraceRequest::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(hex.drop.as_deref(), Some("parse.arp_truncated"), "{hex}");
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let bench = Bench::new();
+        let ctx = bench.ctx(5);
+        let error = |request: TraceRequest| field(synthetic(&ctx, &request).unwrap_err());
+        assert_eq!(
+            error(request("nope", "icmp 1.2.3.4 > 1.2.3.5")).as_deref(),
+            Some("in")
+        );
+        assert_eq!(
+            error(request("port1", "icmp 1.2.3.4")).as_deref(),
+            Some("packet")
+        );
+        assert_eq!(
+            error(
+                TraceRequest {
+                    hex: Some("zz".into()),
+                    ..TraceRequest::default()
+                }
+                .with_ingress("port1")
+            )
+            .as_deref(),
+            Some("hex")
+        );
+        assert_eq!(
+            error(TraceRequest {
+                dst_mac: Some("02:00".into()),
+                ..request("port1", "icmp 1.2.3.4 > 1.2.3.5")
+            })
+            .as_deref(),
+            Some("dstMac")
+        );
+        assert_eq!(
+            error(TraceRequest {
+                ingress: "port1".into(),
+                ..TraceRequest::default()
+            })
+            .as_deref(),
+            Some("packet")
+        );
+    }
+
+    impl TraceRequest {
+        fn with_ingress(mut self, ingress: &str) -> TraceRequest {
+            self.ingress = ingress.into();
+            self
+        }
+    }
+
+    #[test]
+    fn a_live_session_traces_what_matches_and_stops_at_its_count() {
+        let bench = Bench::new();
+        let live = live::LiveTrace::default();
+        assert!(live.session().is_none(), "nothing armed");
+        let filter = expr::Filter::parse("icmp").unwrap();
+        let session = live.start(filter.clone(), None, 2).unwrap();
+        assert!(live.start(filter, None, 1).is_err(), "one at a time");
+        let armed = live.session().expect("armed");
+        let port = bench.snapshot.port(PortId(1)).unwrap();
+        let ingress = Ingress::Port(port, port.io().unwrap());
+        let ctx = bench.ctx(5);
+        let mut local = bench.local.borrow_mut();
+        let peer = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        assert!(!armed.wants(ingress, &ARP_REQUEST), "not icmp");
+        for _ in 0..3 {
+            let mut frame = ICMP_ECHO.to_vec();
+            if armed.wants(ingress, &frame) {
+                armed.trace(&ctx, ingress, &mut frame, peer, &mut local);
+            }
+        }
+        assert!(session.is_done());
+        live.stop(&session);
+        assert!(live.session().is_none());
+        let (records, lost) = session.take();
+        assert_eq!((records.len(), lost), (2, 0));
+        assert!(!records[0].synthetic);
+        assert_eq!(records[0].verdict, "flood");
+        assert_eq!(bench.fdb.len(), 1, "live frames learn");
+    }
 }
