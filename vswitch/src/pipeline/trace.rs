@@ -327,7 +327,7 @@ mod tests {
     }
 
     /// The detail of the first step of `stage`.
-    fn step<'a>(record: &'a TraceRecord, stage: Step) -> &'a str {
+    fn step(record: &TraceRecord, stage: Step) -> &str {
         record
             .steps
             .iter()
@@ -501,6 +501,35 @@ mod tests {
         assert!(encap.contains("VNI 42"), "{encap}");
         assert!(encap.contains("remote VTEP 192.168.50.3"), "{encap}");
         assert_eq!(record.outputs, ["vxlan/blue"]);
+    }
+
+    #[test]
+    fn a_frame_from_outside_is_traced_into_a_network() {
+        let bench = Bench::with(uplink_snapshot());
+        bench.neighbors.confirm(BLUE, IP_B, MAC_B, 0, true);
+        let blue = bench.snapshot.subnet(BLUE).unwrap();
+        bench.fdb.learn(blue, MAC_B, PortId(2), 0);
+        let uplink = bench.snapshot.uplink.as_ref().expect("fixture uplink");
+        // The fixture's PortForward: 203.0.113.10:8080 -> 172.30.0.3:80.
+        let frame = tcp_frame(
+            OUTSIDE_GW_MAC,
+            UPLINK_MAC,
+            (REMOTE, 5555),
+            (NAT_IP, 8080),
+            0x02,
+        );
+        let record = run_synthetic(&bench.ctx(5), Ingress::Uplink(uplink), frame);
+        assert_eq!(record.steps[0].stage, Step::Parse, "{record}");
+        assert!(
+            step(&record, Step::Uplink).contains("to the switch's MAC"),
+            "{record}"
+        );
+        assert!(
+            step(&record, Step::Nat).contains("destination NAT to 172.30.0.3:80"),
+            "{record}"
+        );
+        assert_eq!(record.outputs, ["port2"], "{record}");
+        assert_eq!(bench.snapshot.conntrack.len(), 0, "{record}");
     }
 
     #[test]

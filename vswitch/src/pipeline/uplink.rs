@@ -131,11 +131,27 @@ pub fn receive(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Verdict {
+    trace_note!(ctx, Parse, "{}", super::trace::describe_frame(frame));
     let parsed = match parse::parse(frame) {
         Ok(parsed) => parsed,
         Err(reason) => return Verdict::drop(reason),
     };
     let to_us = parsed.dst_mac == uplink.mac;
+    trace_note!(
+        ctx,
+        Uplink,
+        "received on Uplink {} (MAC {}, addresses {:?}): {}",
+        uplink.name,
+        super::trace::Mac(uplink.mac),
+        uplink.addresses,
+        if to_us {
+            "to the switch's MAC"
+        } else if parsed.dst_mac == BROADCAST {
+            "broadcast"
+        } else {
+            "not to the switch's MAC"
+        }
+    );
     match parsed.l3 {
         L3::Arp { .. } if to_us || parsed.dst_mac == BROADCAST => {
             arp::on_uplink(ctx, uplink, &parsed, &mut local.out)
