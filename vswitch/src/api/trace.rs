@@ -77,6 +77,18 @@ fn one() -> usize {
     1
 }
 
+/// A live trace, disarmed when dropped.
+struct Armed {
+    controller: Arc<Controller>,
+    session: Arc<crate::trace::live::Session>,
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.controller.stop_live_trace(&self.session);
+    }
+}
+
 /// The answer of `POST /v1/trace/live`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -108,12 +120,18 @@ pub(super) async fn live(
         c.start_live_trace(&request.filter, request.ingress.as_deref(), count)
     })
     .await?;
+    // Disarmed however the wait ends: done, timed out, or the client went away (axum then
+    // drops this future).
+    let armed = Armed {
+        controller: Arc::clone(&controller),
+        session,
+    };
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    while !session.is_done() && Instant::now() < deadline {
+    while !armed.session.is_done() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    controller.stop_live_trace(&session);
-    let (records, lost) = session.take();
+    let (records, lost) = armed.session.take();
+    drop(armed);
     let complete = records.len() >= count;
     Ok(Json(super::node::answer(&LiveAnswer {
         records,
