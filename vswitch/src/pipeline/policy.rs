@@ -634,6 +634,57 @@ mod tests {
         assert_eq!(counts["web"].rules[&(policy::Direction::Ingress, 0)], 1);
     }
 
+    /// A traced dry run names the policy and rule that allow a connection, or the policies
+    /// that isolate its end when none allows it; it counts nothing and tracks nothing.
+    #[test]
+    fn a_dry_run_names_the_deciding_policy_and_counts_nothing() {
+        let bench = bench_with(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 80}]\n",
+        );
+        bench.send(1, &frame(IpProtocol::Udp, 1, 80, false), 0);
+        bench.send(2, &frame(IpProtocol::Udp, 80, 1, true), 0);
+        let set = bench.snapshot.policy.as_ref().expect("set");
+        let counted = |set: &PolicySet| {
+            let web = &set.totals()["web"];
+            (web.ingress_allowed, web.ingress_denied)
+        };
+        let before = (counted(set), bench.snapshot.conntrack.len());
+        let port = bench.snapshot.port(PortId(1)).expect("port 1");
+        let ingress = crate::tables::snapshot::Ingress::Port(port, port.io().expect("device"));
+        let trace = |dport| {
+            let record = crate::trace::run_synthetic(
+                &bench.ctx(1),
+                ingress,
+                frame(IpProtocol::Tcp, 40000, dport, false),
+            );
+            let policy = record
+                .steps
+                .iter()
+                .find(|step| step.stage == crate::pipeline::trace::Step::Policy)
+                .map(|step| step.detail.clone())
+                .unwrap_or_else(|| panic!("no policy step in {record}"));
+            (record, policy)
+        };
+        let (allowed, why) = trace(80);
+        assert_eq!(allowed.verdict, "forward", "{allowed}");
+        assert!(
+            why.contains("destination ingress: allowed by default/web Ingress rule 0"),
+            "{why}"
+        );
+        assert!(why.contains("source egress: not isolated"), "{why}");
+        let (denied, why) = trace(81);
+        assert_eq!(
+            denied.drop.as_deref(),
+            Some("policy.ingress_denied"),
+            "{denied}"
+        );
+        assert!(
+            why.contains("isolated by default/web, no rule allows: denied by default"),
+            "{why}"
+        );
+        assert_eq!((counted(set), bench.snapshot.conntrack.len()), before);
+    }
+
     #[test]
     fn header_reads_ports_and_fragments() {
         let mut packet = [0u8; 28];
