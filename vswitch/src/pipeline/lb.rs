@@ -228,9 +228,16 @@ fn start(
             // ClientIP: the client's backend while it holds slots, else the one its address
             // hashes to (the same on every node), remembered.
             let now = ctx.now_ms / 1000;
+            // A timeout of 0 finds the entry without pushing its expiry: a dry run changes
+            // nothing.
+            let refresh = if ctx.is_dry_run() {
+                0
+            } else {
+                affinity.timeout
+            };
             let pinned = affinity
                 .table
-                .lookup(0, tuple.src, now, affinity.timeout)
+                .lookup(0, tuple.src, now, refresh)
                 .and_then(|id| balancer.table.affinity_target(id));
             if pinned.is_some() {
                 trace_note!(ctx, Lb, "ClientIP affinity: {} is pinned", tuple.src);

@@ -357,7 +357,13 @@ fn associated(
         (header.dst, header.ports.1),
     );
     let associations = set.associations();
-    if associations.touch(&key, ctx.now_ms) {
+    let known = if ctx.is_dry_run() {
+        associations.is_live(&key, ctx.now_ms)
+    } else {
+        associations.touch(&key, ctx.now_ms)
+    };
+    if known {
+        trace_note!(ctx, Policy, "known association: allowed");
         return Ok(());
     }
     let decision = set.compiled().check(forward);
