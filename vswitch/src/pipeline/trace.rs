@@ -533,6 +533,57 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_to_a_load_balancer_names_its_slot_and_backend() {
+        use crate::tables::snapshot::{BalancedPort, Balancer, NetworkId};
+        let vip = Ipv4Addr::new(172, 30, 0, 100);
+        let mut backends = lb::BackendSet::new(
+            lb::TableSize::new(7).expect("a prime"),
+            lb::HealthCheckConfig::default(),
+        );
+        backends
+            .upsert(lb::BackendSpec::new("port2", IP_B.into(), 8080))
+            .expect("backend");
+        let balancer = Balancer {
+            name: "web".into(),
+            index: 0,
+            network: NetworkId(0),
+            address: vip,
+            ports: vec![BalancedPort {
+                protocol: 6,
+                first: 80,
+                last: 80,
+                target: Some(8080),
+            }],
+            table: std::sync::Arc::new(backends.compile(0).expect("compiles")),
+            seed: 7,
+            affinity: None,
+            public: false,
+        };
+        let bench = Bench::with(routed_snapshot().with_balancers(vec![balancer], &[PortId(2)]));
+        bench.neighbors.confirm(BLUE, IP_B, MAC_B, 0, true);
+        let blue = bench.snapshot.subnet(BLUE).unwrap();
+        bench.fdb.learn(blue, MAC_B, PortId(2), 0);
+        let syn = tcp_frame(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (vip, 80), 0x02);
+        let record = traced(&bench, 1, &syn);
+        let lb = record
+            .steps
+            .iter()
+            .filter(|step| step.stage == Step::Lb)
+            .map(|step| step.detail.as_str())
+            .collect::<Vec<_>>();
+        assert_eq!(lb.len(), 3, "{record}");
+        assert_eq!(lb[0], "LoadBalancer web VIP 172.30.0.100");
+        assert!(lb[1].contains(": Maglev slot "), "{record}");
+        assert!(lb[2].starts_with("backend 0 (172.30.0.3:8080"), "{record}");
+        assert!(
+            step(&record, Step::Nat).contains("destination NAT to 172.30.0.3:8080"),
+            "{record}"
+        );
+        assert_eq!(record.outputs, ["port2"], "{record}");
+        assert!(bench.snapshot.conntrack.is_empty(), "{record}");
+    }
+
+    #[test]
     fn a_live_trace_records_and_acts() {
         let bench = Bench::new();
         let trace = Trace::live();
