@@ -507,6 +507,11 @@ impl BackendTable {
         self.table.lookup(hash)
     }
 
+    /// The Maglev slot a flow hash falls in (for diagnostics: which slot chose the backend).
+    pub fn slot(&self, hash: u64) -> Option<usize> {
+        self.table.slot_of(hash)
+    }
+
     /// The target at `index`.
     pub fn target(&self, index: usize) -> Option<&Target> {
         self.targets.get(index)

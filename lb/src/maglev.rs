@@ -477,10 +477,17 @@ impl MaglevTable {
     /// `None` when no backend has weight. No allocation, no panic.
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<usize> {
+        self.entries
+            .get(self.slot_of(hash)?)
+            .map(|&entry| usize::from(entry))
+    }
+
+    /// The slot (`0..M`) a flow hash falls in: what [`lookup`](MaglevTable::lookup) reads.
+    #[inline]
+    pub fn slot_of(&self, hash: u64) -> Option<usize> {
         // (hash · M) >> 64 < M: a slot. An empty table has no entries and `get` misses.
         let slot = (u128::from(hash) * u128::from(self.size.get())) >> 64;
-        let slot = usize::try_from(slot).ok()?;
-        self.entries.get(slot).map(|&entry| usize::from(entry))
+        usize::try_from(slot).ok()
     }
 
     /// The table size M.

@@ -496,6 +496,27 @@ impl Conntrack {
         }
     }
 
+    /// What [`lookup`](Conntrack::lookup) would answer for a packet, changing nothing: the
+    /// state it would move the connection to, without moving it or its idle timer (a packet
+    /// tracer's dry run must leave the table as it found it).
+    pub fn peek(&self, zone: Zone, packet: &PacketInfo, now_ms: u64) -> Option<Tracked> {
+        let key = FlowKey::new(zone, packet.tuple);
+        let shard = self.shards[Self::shard_index(&key)].lock.read();
+        let conn = shard.map.get(&key)?;
+        let status = conn.status.load(Ordering::Acquire);
+        if status & DEAD != 0 || self.is_expired(conn, status, now_ms) {
+            return None;
+        }
+        let direction = conn.direction_of(&key);
+        if packet.kind == PacketKind::IcmpError {
+            let mut tracked = self.tracked(conn, direction, status, false);
+            tracked.related = true;
+            return Some(tracked);
+        }
+        let next = advance(conn.protocol(), status, direction, packet.kind);
+        Some(self.tracked(conn, direction, next, false))
+    }
+
     /// Looks a packet up in `zone` and, on a hit, advances the connection's state and idle
     /// timer (ICMP errors change neither). Returns `None` on a miss or when the entry has
     /// expired: call [`create`](Conntrack::create) next if the packet may start a flow.
@@ -1021,6 +1042,25 @@ mod tests {
             max_entries,
             ..ConntrackConfig::default()
         })
+    }
+
+    #[test]
+    fn peek_tells_the_next_state_and_changes_nothing() {
+        let ct = Conntrack::default();
+        let syn = tcp(ep(A, 40000), ep(B, 80), TcpFlags::SYN);
+        ct.create(Z, &syn, &plain(), Attachments::default(), 0)
+            .expect("creates");
+        let syn_ack = tcp(ep(B, 80), ep(A, 40000), TcpFlags::SYN_ACK);
+        let peeked = ct.peek(Z, &syn_ack, SEC).expect("hit");
+        assert_eq!(peeked.direction, Direction::Reply);
+        assert_eq!(peeked.state, ConnState::Tcp(TcpState::SynRecv));
+        // Peeking again answers the same: the connection did not move.
+        assert_eq!(ct.peek(Z, &syn_ack, SEC), Some(peeked));
+        let looked = ct.lookup(Z, &syn_ack, SEC).expect("hit");
+        assert_eq!(looked.state, ConnState::Tcp(TcpState::SynRecv));
+        // A miss is a miss for both.
+        let other = tcp(ep(A, 40001), ep(B, 80), TcpFlags::SYN);
+        assert_eq!(ct.peek(Z, &other, SEC), None);
     }
 
     #[test]

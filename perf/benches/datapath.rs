@@ -360,6 +360,7 @@ fn bench_pipeline(c: &mut Criterion) {
         neighbors: &neighbors,
         remote_fdb: &remote_fdb,
         now_ms: 0,
+        trace: None,
     };
     let mut local = Local::new(0);
     let mut frame = udp_64_byte_frame();

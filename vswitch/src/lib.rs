@@ -39,4 +39,5 @@ pub mod sys;
 pub mod tables;
 #[cfg(test)]
 mod testing;
+pub mod trace;
 pub mod wire;

@@ -14,6 +14,8 @@
 //! | DELETE | `/v1/conntrack[?network=N]` | 200 `{"flushed"}` |
 //! | GET | `/v1/nat` | 200 uplink addresses, ports in use, counters, drops |
 //! | GET | `/v1/overlay` | 200 the overlay: runners (hub), ID and plan (runner), peers (mesh) |
+//! | POST | `/v1/trace` | 200 what each stage does with a synthetic frame (dry run) |
+//! | POST | `/v1/trace/live` | 200 `{"records", "lost", "complete"}` for the next matching frames |
 //! | GET | `/v1/{kind}` | 200 array of resources |
 //! | POST | `/v1/{kind}` | 201 the created resource (body: one JSON resource) |
 //! | GET | `/v1/{kind}/{name}` | 200 the resource |
@@ -35,6 +37,7 @@ mod node;
 mod overlay;
 mod resources;
 mod socket;
+mod trace;
 
 use std::future::Future;
 use std::path::Path;
@@ -82,6 +85,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(node::load_balancer),
         )
         .route("/v1/policy/explain", get(node::explain_policy))
+        .route("/v1/trace", post(trace::synthetic))
+        .route("/v1/trace/live", post(trace::live))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/{kind}", get(resources::list).post(resources::create))
         .route(
@@ -102,6 +107,7 @@ async fn not_found(method: Method, uri: Uri) -> ErrorResponse {
         format!(
             "no endpoint {method} {}; the API serves /v1/version, /v1/apply, /v1/fdb, \
              /v1/stats, /v1/routing-table, /v1/neighbors, /v1/conntrack, /v1/nat, /v1/overlay, \
+             /v1/trace, /v1/trace/live, \
              /v1/{{kind}} and /v1/{{kind}}/{{name}}",
             uri.path()
         ),

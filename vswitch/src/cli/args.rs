@@ -105,6 +105,11 @@ pub enum Command {
     /// connection would pass and which policy and rule decide.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Trace a packet through the switch's stages, as ovs-appctl ofproto/trace: what each
+    /// stage decides (with the table entries it uses) and the verdict, or the drop reason.
+    /// A synthetic packet is never sent and changes no table; with --live, the next real
+    /// frames that match --match are traced as they are forwarded.
+    Trace(TraceArgs),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
 }
@@ -189,6 +194,47 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PORT/PROTO", default_value = "80/TCP")]
     pub port: String,
     /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `trace --in PORT PACKET`, `trace --in PORT --hex FRAME`, `trace --live --match EXPR`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The packet, in tcpdump's words: `tcp A:P > B:Q [flags S]`, `udp A:P > B:Q`,
+    /// `icmp A > B` (an echo request), `arp who-has B tell A`; TCP, UDP and ICMP take
+    /// `ttl N` at the end.
+    #[arg(value_name = "PACKET", conflicts_with_all = ["hex", "live"])]
+    pub packet: Option<String>,
+    /// The NetworkInterface (NAME or NAMESPACE/NAME) or Uplink the frame is received on
+    /// (with --live: only frames received there).
+    #[arg(long = "in", value_name = "PORT")]
+    pub ingress: Option<String>,
+    /// The Ethernet frame in hex instead of PACKET (spaces and colons allowed).
+    #[arg(long, value_name = "HEX", conflicts_with = "live")]
+    pub hex: Option<String>,
+    /// The source MAC [default: the port's].
+    #[arg(long, value_name = "MAC", conflicts_with = "live")]
+    pub src_mac: Option<String>,
+    /// The destination MAC [default: the gateway's when the destination is off the subnet,
+    /// else the destination's when known, else broadcast].
+    #[arg(long, value_name = "MAC", conflicts_with = "live")]
+    pub dst_mac: Option<String>,
+    /// Trace real frames as they are forwarded instead of a synthetic one.
+    #[arg(long, requires = "filter")]
+    pub live: bool,
+    /// With --live: which frames, e.g. `icmp`, `tcp and host 172.30.0.3`, `udp and dst port
+    /// 53` (terms: tcp udp icmp arp ip, [src|dst] host A, [src|dst] port N, joined by and).
+    #[arg(long = "match", value_name = "EXPR", requires = "live")]
+    pub filter: Option<String>,
+    /// With --live: how many frames to trace (1 to 100).
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "live")]
+    pub count: usize,
+    /// With --live: how long to wait for them, in seconds (1 to 300).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", requires = "live")]
+    pub wait: u64,
+    /// Output format: the readable trace (table, wide) or the structured record (json,
+    /// yaml).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

@@ -31,7 +31,7 @@ use crate::runtime::{FdbRow, NeighborRow, StatsReport};
 use args::{
     ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
     ExplainArgs, GetArgs, LabelArgs, LabelChange, LbArgs, OutputArgs, OutputFormat, PolicyCommand,
-    RoutesArgs,
+    RoutesArgs, TraceArgs,
 };
 use client::{Body, Client, HttpResponse, encode_segment};
 use error::{ApiFailure, CliError};
@@ -90,6 +90,7 @@ pub fn run(
         Command::Lb(args) => load_balancer(&api, args, out),
         Command::Label(args) => label(&api, args, out),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&api, args, out),
+        Command::Trace(args) => trace(&api, cli, args, out),
         Command::Version => version(&api, out),
     }
 }
@@ -655,6 +656,104 @@ fn explain(api: &Api, args: &ExplainArgs, out: &mut dyn Write) -> Result<(), Cli
         .map(|lines| lines.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let mut text = lines.join("\n");
+    text.push('\n');
+    write(out, &text)
+}
+
+/// `trace`: a synthetic frame (`POST /v1/trace`) or live frames (`POST /v1/trace/live`).
+fn trace(api: &Api, cli: &Cli, args: &TraceArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let value = if args.live {
+        let body = serde_json::json!({
+            "match": args.filter,
+            "count": args.count,
+            "in": args.ingress,
+            "timeoutSeconds": args.wait,
+        });
+        // The daemon answers after the wait: the client must wait longer.
+        let live = Api {
+            client: Client::new(
+                &cli.socket,
+                Duration::from_secs(cli.timeout.max(args.wait.saturating_add(10))),
+            )?,
+        };
+        live.json(
+            Method::POST,
+            "/v1/trace/live",
+            Some(Body {
+                content_type: "application/json",
+                bytes: body.to_string().as_bytes(),
+            }),
+        )?
+    } else {
+        let Some(ingress) = &args.ingress else {
+            return Err(CliError::Usage(
+                "trace needs --in PORT: the NetworkInterface or Uplink the frame is received on"
+                    .into(),
+            ));
+        };
+        if args.packet.is_none() && args.hex.is_none() {
+            return Err(CliError::Usage(
+                "trace needs a PACKET (e.g. 'icmp 172.30.0.2 > 172.30.0.3') or --hex FRAME".into(),
+            ));
+        }
+        let body = serde_json::json!({
+            "in": ingress,
+            "packet": args.packet,
+            "hex": args.hex,
+            "srcMac": args.src_mac,
+            "dstMac": args.dst_mac,
+        });
+        api.json(
+            Method::POST,
+            "/v1/trace",
+            Some(Body {
+                content_type: "application/json",
+                bytes: body.to_string().as_bytes(),
+            }),
+        )?
+    };
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &value, args.output);
+    }
+    let bad = |error: serde_json::Error| {
+        CliError::BadResponse(format!("the trace answer is not a trace record: {error}"))
+    };
+    let mut text = String::new();
+    if args.live {
+        let records: Vec<crate::trace::TraceRecord> = value
+            .get("records")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(bad)?
+            .unwrap_or_default();
+        for (index, record) in records.iter().enumerate() {
+            if index > 0 {
+                text.push_str("\n\n");
+            }
+            text.push_str(&record.to_string());
+        }
+        let lost = value.get("lost").and_then(Value::as_u64).unwrap_or(0);
+        if records.len() < args.count {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(&format!(
+                "{} of {} frames matched within {} s{}",
+                records.len(),
+                args.count,
+                args.wait,
+                if lost > 0 {
+                    format!(" ({lost} traced but not kept)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    } else {
+        let record: crate::trace::TraceRecord = serde_json::from_value(value).map_err(bad)?;
+        text.push_str(&record.to_string());
+    }
     text.push('\n');
     write(out, &text)
 }

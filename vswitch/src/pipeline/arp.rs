@@ -67,7 +67,7 @@ pub fn handle(
             .snapshot
             .balancer(subnet.network_id, target_ip)
             .is_some();
-    if !sender_ip.is_unspecified() {
+    if !sender_ip.is_unspecified() && !ctx.is_dry_run() {
         let confirmation =
             ctx.neighbors
                 .confirm(subnet.id, sender_ip, sender_mac, ctx.now_ms, for_gateway);
@@ -178,7 +178,7 @@ pub fn on_uplink(
     };
     let ours = uplink::owns(uplink, target_ip);
     // Nobody else may claim our addresses in our neighbour table.
-    if !sender_ip.is_unspecified() && !uplink::owns(uplink, sender_ip) {
+    if !sender_ip.is_unspecified() && !uplink::owns(uplink, sender_ip) && !ctx.is_dry_run() {
         let confirmation =
             ctx.neighbors
                 .confirm(uplink.segment, sender_ip, sender_mac, ctx.now_ms, ours);

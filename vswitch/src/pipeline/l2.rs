@@ -16,6 +16,7 @@
 //! [`Fdb`]: crate::tables::fdb::Fdb
 
 use super::parse::Parsed;
+use super::trace::{Mac, Step, Trace};
 use super::{Context, Outcome, Verdict};
 use crate::port::PortId;
 use crate::tables::counters::keyed_enum;
@@ -53,10 +54,66 @@ pub fn learn(
     subnet: &SubnetEntry,
     parsed: &Parsed,
 ) -> Option<Learn> {
+    if let Some(trace) = ctx.trace {
+        return learn_traced(ctx, trace, ingress, subnet, parsed);
+    }
     let learn = ctx
         .fdb
         .learn(subnet, parsed.src_mac, ingress.id, ctx.now_ms);
     (learn != Learn::NotUnicast).then_some(learn)
+}
+
+/// [`learn`] for a traced frame: notes what learning did, or in a dry run what it would do
+/// (the FDB is left as it is).
+#[cold]
+fn learn_traced(
+    ctx: &Context<'_>,
+    trace: &Trace,
+    ingress: &PortEntry,
+    subnet: &SubnetEntry,
+    parsed: &Parsed,
+) -> Option<Learn> {
+    let mac = parsed.src_mac;
+    let learn = if !trace.is_dry_run() {
+        ctx.fdb.learn(subnet, mac, ingress.id, ctx.now_ms)
+    } else if is_group(mac) {
+        Learn::NotUnicast
+    } else {
+        match ctx.fdb.lookup(subnet, mac, ctx.now_ms) {
+            Some(port) if port == ingress.id => Learn::Refreshed,
+            Some(from) => Learn::Moved { from },
+            None if ctx.fdb.subnet_len(subnet.id) >= subnet.mac_limit => Learn::LimitReached,
+            None => Learn::Learned,
+        }
+    };
+    let would = if trace.is_dry_run() { "would be " } else { "" };
+    let what = match learn {
+        Learn::Learned => format!("{would}learned on port {} (new)", ingress.name),
+        Learn::Refreshed => format!("known on port {} ({would}refreshed)", ingress.name),
+        Learn::Moved { from } => format!(
+            "{would}moved from port {} to port {}",
+            port_name(ctx, from),
+            ingress.name
+        ),
+        Learn::LimitReached => format!(
+            "not learned: subnet {} holds its limit of {} MACs",
+            subnet.name, subnet.mac_limit
+        ),
+        Learn::NotUnicast => "a group address: never learned".to_owned(),
+    };
+    trace.note(
+        Step::L2,
+        format_args!("source {} in subnet {}: {what}", Mac(mac), subnet.name),
+    );
+    (learn != Learn::NotUnicast).then_some(learn)
+}
+
+/// The name of port `id` for a trace (`#id` when it is gone).
+fn port_name(ctx: &Context<'_>, id: PortId) -> String {
+    ctx.snapshot.adjacency(id).map_or_else(
+        || format!("#{}", id.0),
+        |adjacency| adjacency.name.to_owned(),
+    )
 }
 
 /// Where a frame from `ingress` goes inside its own `subnet` (the ingress port's).
@@ -74,9 +131,28 @@ pub fn forward(
         }
     };
     if is_group(parsed.dst_mac) {
+        trace_note!(
+            ctx,
+            L2,
+            "destination {} is a group address: flood subnet {}",
+            Mac(parsed.dst_mac),
+            subnet.name
+        );
         return flood();
     }
-    match learned_port(ctx, subnet, parsed.dst_mac) {
+    let learned = learned_port(ctx, subnet, parsed.dst_mac);
+    trace_note!(
+        ctx,
+        L2,
+        "destination {} in subnet {}: {}",
+        Mac(parsed.dst_mac),
+        subnet.name,
+        learned.map_or_else(
+            || "not learned: flood".to_owned(),
+            |port| format!("FDB entry on port {}", port_name(ctx, port))
+        )
+    );
+    match learned {
         Some(port) if port == ingress.id => Verdict::drop(DropReason::Hairpin),
         Some(port) => Verdict::Forward(port),
         None => flood(),
@@ -105,9 +181,24 @@ pub fn destination(
 ) -> Verdict {
     if !is_group(dst_mac) {
         if let Some(port) = learned_port(ctx, subnet, dst_mac) {
+            trace_note!(
+                ctx,
+                L2,
+                "destination {} in subnet {}: FDB entry on port {}",
+                Mac(dst_mac),
+                subnet.name,
+                port_name(ctx, port)
+            );
             return Verdict::Forward(port);
         }
     }
+    trace_note!(
+        ctx,
+        L2,
+        "destination {} in subnet {}: not learned: flood",
+        Mac(dst_mac),
+        subnet.name
+    );
     if subnet.ports.iter().any(|&port| Some(port) != except) {
         Verdict::FloodSubnet {
             subnet: subnet.id,

@@ -164,6 +164,14 @@ impl Link<'_> {
         }
     }
 
+    /// For traces: `subnet NAME` or `uplink NAME`.
+    pub fn name(self) -> String {
+        match self {
+            Link::Subnet(subnet) => format!("subnet {}", subnet.name),
+            Link::Uplink(uplink) => format!("uplink {}", uplink.name),
+        }
+    }
+
     /// The link with segment id `segment` in `snapshot`: a subnet, or the uplink's segment.
     pub fn find(snapshot: &Snapshot, segment: SubnetId) -> Option<Link<'_>> {
         if let Some(subnet) = snapshot.subnet(segment) {
@@ -206,7 +214,7 @@ pub fn confirm_sender(
     let L3::Ipv4 { src, .. } = parsed.l3 else {
         return;
     };
-    if !ingress.ips.contains(&src) {
+    if !ingress.ips.contains(&src) || ctx.is_dry_run() {
         return;
     }
     let confirmation = ctx
@@ -253,6 +261,25 @@ pub fn route(
         .network(subnet.network_id)
         .and_then(|network| network.lookup(dst));
     let egress = route.and_then(|route| ctx.snapshot.subnet(route.subnet));
+    trace_note!(
+        ctx,
+        Route,
+        "Network {}: {dst} {}",
+        subnet.network,
+        match route.zip(egress) {
+            Some((route, egress)) => format!(
+                "matches {} ({:?}), next hop {}, egress subnet {}",
+                route.prefix,
+                route.origin,
+                match route.next_hop {
+                    NextHop::Direct => "direct".to_owned(),
+                    NextHop::Via(address) => format!("via {address}"),
+                },
+                egress.name
+            ),
+            None => "matches no route".to_owned(),
+        }
+    );
     let to_switch = dst == subnet.gateway
         || route.zip(egress).is_some_and(|(route, egress)| {
             route.next_hop == NextHop::Direct && egress.gateway == dst
@@ -403,7 +430,32 @@ pub fn forward(
     let mut ethernet = EthernetFrame::new_unchecked(&mut frame[VNET_HDR_LEN..]);
     ethernet.set_src_addr(EthernetAddress(link.mac()));
     let next_hop = hop.next_hop;
-    match ctx.neighbors.resolve(link.segment(), next_hop, now) {
+    let resolution = if ctx.is_dry_run() {
+        ctx.neighbors.peek(link.segment(), next_hop)
+    } else {
+        ctx.neighbors.resolve(link.segment(), next_hop, now)
+    };
+    trace_note!(
+        ctx,
+        Neighbor,
+        "next hop {next_hop} on {}: {}",
+        link.name(),
+        match resolution {
+            Resolution::Known { mac, .. } => format!(
+                "{} ({})",
+                super::trace::Mac(mac),
+                ctx.neighbors
+                    .state(link.segment(), next_hop, now)
+                    .map_or("resolved", |state| state.as_str())
+            ),
+            Resolution::Unresolved { solicit: true } =>
+                "unresolved: ARP request sent, packet held".to_owned(),
+            Resolution::Unresolved { solicit: false } =>
+                "unresolved, ARP request already out: packet held".to_owned(),
+            Resolution::TableFull => "neighbour table full".to_owned(),
+        }
+    );
+    match resolution {
         Resolution::Known { mac, probe } => {
             if probe {
                 arp::request(ctx, &mut local.out, link, next_hop, Some(mac));

@@ -146,12 +146,16 @@ fn track(
     balancer: &Balancer,
 ) -> Result<Tracked, Verdict> {
     let info = nat::packet_info(frame).map_err(Verdict::Drop)?;
-    match ctx
-        .snapshot
-        .conntrack
-        .lookup(from.zone(balancer), &info, ctx.now_ms)
-    {
+    trace_note!(
+        ctx,
+        Lb,
+        "LoadBalancer {} VIP {}",
+        balancer.name,
+        balancer.address
+    );
+    match ctx.conntrack_lookup(from.zone(balancer), &info) {
         Some(tracked) => {
+            nat::note_tracked(ctx, from.zone(balancer), &info, &tracked);
             let from_port = match from {
                 Source::Subnet { ingress, .. } => Some(ingress.id),
                 Source::Uplink(_) => None,
@@ -207,22 +211,54 @@ fn start(
         protocol,
     );
     let target = match &balancer.affinity {
-        None => balancer.table.lookup(lb::flow_hash(&key, balancer.seed)),
+        None => {
+            let hash = lb::flow_hash(&key, balancer.seed);
+            trace_note!(
+                ctx,
+                Lb,
+                "flow hash {hash:#018x}: Maglev slot {}",
+                balancer
+                    .table
+                    .slot(hash)
+                    .map_or_else(|| "none".to_owned(), |slot| slot.to_string())
+            );
+            balancer.table.lookup(hash)
+        }
         Some(affinity) => {
             // ClientIP: the client's backend while it holds slots, else the one its address
             // hashes to (the same on every node), remembered.
             let now = ctx.now_ms / 1000;
+            // A timeout of 0 finds the entry without pushing its expiry: a dry run changes
+            // nothing.
+            let refresh = if ctx.is_dry_run() {
+                0
+            } else {
+                affinity.timeout
+            };
             let pinned = affinity
                 .table
-                .lookup(0, tuple.src, now, affinity.timeout)
+                .lookup(0, tuple.src, now, refresh)
                 .and_then(|id| balancer.table.affinity_target(id));
+            if pinned.is_some() {
+                trace_note!(ctx, Lb, "ClientIP affinity: {} is pinned", tuple.src);
+            }
             pinned.or_else(|| {
-                let chosen = balancer
-                    .table
-                    .lookup(lb::client_hash(tuple.src, balancer.seed))?;
-                affinity
-                    .table
-                    .insert(0, tuple.src, chosen.id, now, affinity.timeout);
+                let hash = lb::client_hash(tuple.src, balancer.seed);
+                trace_note!(
+                    ctx,
+                    Lb,
+                    "ClientIP affinity, client hash {hash:#018x}: Maglev slot {}",
+                    balancer
+                        .table
+                        .slot(hash)
+                        .map_or_else(|| "none".to_owned(), |slot| slot.to_string())
+                );
+                let chosen = balancer.table.lookup(hash)?;
+                if !ctx.is_dry_run() {
+                    affinity
+                        .table
+                        .insert(0, tuple.src, chosen.id, now, affinity.timeout);
+                }
                 Some(chosen)
             })
         }
@@ -230,6 +266,14 @@ fn start(
     let Some(target) = target else {
         return Err(refuse(local, DropReason::NoBackend));
     };
+    trace_note!(
+        ctx,
+        Lb,
+        "backend {} ({}:{target_port}, {:?})",
+        target.id.0,
+        target.addr,
+        target.state
+    );
     let IpAddr::V4(_) = target.addr else {
         return Err(Verdict::drop(DropReason::NotIpv4Backend));
     };
@@ -415,6 +459,15 @@ pub fn probe_answer(
     if !(up || tcp.rst()) {
         return None;
     }
+    if ctx.is_dry_run() {
+        // Taking the answer changes the probe's outcome: not done for a synthetic frame.
+        trace_note!(
+            ctx,
+            Lb,
+            "an answer to a health probe of {src} is not simulated"
+        );
+        return None;
+    }
     if !ctx.snapshot.probes.answer(src, tcp.src_port(), up) {
         return None;
     }
@@ -461,11 +514,13 @@ pub fn reply(
         return None;
     }
     let zone = nat::zone_of(subnet.network_id);
-    let tracked = ctx.snapshot.conntrack.lookup(zone, &info, ctx.now_ms)?;
+    let tracked = ctx.conntrack_lookup(zone, &info)?;
     // Only connections the load balancer translated, seen in their reply direction.
     if tracked.target.is_none() || tracked.direction != ::nat::Direction::Reply {
         return None;
     }
+    trace_note!(ctx, Lb, "reply of a balanced connection");
+    nat::note_tracked(ctx, zone, &info, &tracked);
     let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
     Some(nat::continue_in(
         ctx,

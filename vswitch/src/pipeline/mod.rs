@@ -50,6 +50,16 @@
 //! The stages read and write the [`tables`](crate::tables) (and use `port` and `wire`); they
 //! never use the runtime that drives them.
 
+/// Notes what a stage decided in the frame's trace (see [`trace`]) when it is traced: the
+/// arguments are formatted only then, so an untraced frame pays one branch on a `None`.
+macro_rules! trace_note {
+    ($ctx:expr, $step:ident, $($arg:tt)+) => {
+        if let Some(trace) = $ctx.trace {
+            trace.note($crate::pipeline::trace::Step::$step, format_args!($($arg)+));
+        }
+    };
+}
+
 pub mod arp;
 pub mod dhcp;
 pub mod generated;
@@ -61,6 +71,7 @@ pub mod nat;
 pub mod parse;
 pub mod policy;
 pub mod port_security;
+pub mod trace;
 pub mod tx;
 pub mod uplink;
 pub mod vxlan_encap;
@@ -447,6 +458,60 @@ pub struct Context<'a> {
     pub remote_fdb: &'a ::vxlan::VxlanSharedFdb,
     /// The engine's clock, milliseconds (monotonic).
     pub now_ms: u64,
+    /// The recorder when this frame is traced (see [`trace`]); `None` on the fast path.
+    pub trace: Option<&'a trace::Trace>,
+}
+
+impl Context<'_> {
+    /// A dry run of the packet tracer: the stages must change no shared table.
+    #[inline]
+    pub fn is_dry_run(&self) -> bool {
+        self.trace.is_some_and(trace::Trace::is_dry_run)
+    }
+
+    /// The connection of `info` in `zone`: [`::nat::Conntrack::lookup`], which advances its
+    /// state, or in a dry run a peek (at the real table, then at the trace's scratch one).
+    #[inline]
+    pub(crate) fn conntrack_lookup(
+        &self,
+        zone: ::nat::Zone,
+        info: &::nat::PacketInfo,
+    ) -> Option<::nat::Tracked> {
+        let conntrack = &self.snapshot.conntrack;
+        match self.trace {
+            Some(trace) if trace.is_dry_run() => {
+                conntrack.peek(zone, info, self.now_ms).or_else(|| {
+                    trace
+                        .scratch_conntrack(conntrack)
+                        .peek(zone, info, self.now_ms)
+                })
+            }
+            _ => conntrack.lookup(zone, info, self.now_ms),
+        }
+    }
+
+    /// Creates the connection `info` starts ([`::nat::Conntrack::create`]); a dry run creates
+    /// it in the trace's scratch table, so no entry or NAT port is kept.
+    #[inline]
+    pub(crate) fn conntrack_create(
+        &self,
+        zone: ::nat::Zone,
+        info: &::nat::PacketInfo,
+        plan: &::nat::NatPlan<'_>,
+        attachments: ::nat::Attachments,
+    ) -> Result<::nat::Tracked, ::nat::CreateError> {
+        let conntrack = &self.snapshot.conntrack;
+        match self.trace {
+            Some(trace) if trace.is_dry_run() => trace.scratch_conntrack(conntrack).create(
+                zone,
+                info,
+                plan,
+                attachments,
+                self.now_ms,
+            ),
+            _ => conntrack.create(zone, info, plan, attachments, self.now_ms),
+        }
+    }
 }
 
 /// ICMP errors a worker may send at once (RFC 1812 4.3.2.8 asks for a limit; Linux's
@@ -569,12 +634,24 @@ fn process_with(
     local: &mut Local,
     port_security: bool,
 ) -> Outcome {
+    trace_note!(ctx, Parse, "{}", trace::describe_frame(frame));
     let parsed = match parse::parse(frame) {
         Ok(parsed) => parsed,
         Err(reason) => return Outcome::dropped(reason),
     };
     if port_security {
-        if let Err(reason) = port_security::check(ingress, &parsed) {
+        let checked = port_security::check(ingress, &parsed);
+        trace_note!(
+            ctx,
+            PortSecurity,
+            "{}: port {} may send from MAC {}, addresses {:?}, routed sources {:?}",
+            if checked.is_ok() { "passes" } else { "refused" },
+            ingress.name,
+            trace::Mac(ingress.mac),
+            ingress.ips,
+            ingress.allowed_sources
+        );
+        if let Err(reason) = checked {
             return Outcome::dropped(reason);
         }
     }
@@ -593,9 +670,21 @@ fn process_with(
         }
     }
     let verdict = if let L3::Arp { .. } = parsed.l3 {
-        arp::handle(ctx, ingress, subnet, &parsed, &mut local.out)
-            .unwrap_or_else(|| l2::forward(ctx, ingress, subnet, &parsed))
+        match arp::handle(ctx, ingress, subnet, &parsed, &mut local.out) {
+            Some(verdict) => {
+                trace_note!(ctx, Arp, "for the switch (gateway {})", subnet.gateway);
+                verdict
+            }
+            None => l2::forward(ctx, ingress, subnet, &parsed),
+        }
     } else if parsed.dst_mac == subnet.gateway_mac {
+        trace_note!(
+            ctx,
+            L2,
+            "to the gateway MAC of subnet {} ({}): routed",
+            subnet.name,
+            trace::Mac(subnet.gateway_mac)
+        );
         l3::route(ctx, ingress, subnet, &parsed, frame, local)
     } else {
         let verdict = l2::forward(ctx, ingress, subnet, &parsed);
@@ -952,6 +1041,7 @@ pub(crate) mod fixtures {
                 neighbors: &self.neighbors,
                 remote_fdb: &self.remote_fdb,
                 now_ms,
+                trace: None,
             }
         }
 

@@ -169,12 +169,36 @@ pub(super) fn create_with(
     attachments: Attachments,
     out: &mut Output,
 ) -> Result<Tracked, Verdict> {
-    match ctx
-        .snapshot
-        .conntrack
-        .create(zone, info, plan, attachments, ctx.now_ms)
-    {
+    match ctx.conntrack_create(zone, info, plan, attachments) {
         Ok(tracked) => {
+            if let Some(trace) = ctx.trace {
+                let snat = match plan.snat {
+                    ::nat::Snat::None => "no source NAT".to_owned(),
+                    ::nat::Snat::Static(address) => format!("source NAT to {address}"),
+                    ::nat::Snat::Masquerade { interface, .. } => {
+                        format!("masquerade (port block of interface {interface})")
+                    }
+                };
+                let dnat = plan
+                    .dnat
+                    .map_or_else(String::new, |to| format!(", destination NAT to {to}"));
+                trace.note(
+                    super::trace::Step::Nat,
+                    format_args!(
+                        "{} new connection {} in zone {zone}: {snat}{dnat}; translated to {}",
+                        if trace.is_dry_run() {
+                            "would create"
+                        } else {
+                            "created"
+                        },
+                        info.tuple,
+                        tracked.target.map_or_else(
+                            || "itself (no translation)".to_owned(),
+                            |t| t.to_string()
+                        ),
+                    ),
+                );
+            }
             if tracked.new {
                 out.events.add(Event::NatConnectionCreated);
             }
@@ -188,6 +212,23 @@ pub(super) fn create_with(
             Err(Verdict::Drop(create_cause(error)))
         }
     }
+}
+
+/// Notes a packet of a connection conntrack already tracks.
+pub(super) fn note_tracked(ctx: &Context<'_>, zone: Zone, info: &PacketInfo, tracked: &Tracked) {
+    trace_note!(
+        ctx,
+        Conntrack,
+        "existing connection {} in zone {zone}, {:?} direction, state {}{}; {}",
+        info.tuple,
+        tracked.direction,
+        tracked.state.name(),
+        if tracked.assured { ", assured" } else { "" },
+        tracked.target.map_or_else(
+            || "not translated".to_owned(),
+            |t| format!("translated to {t}")
+        )
+    );
 }
 
 /// Answers an echo request in `frame` sent to the switch's `address`.
@@ -226,8 +267,9 @@ pub fn outbound(
         Err(cause) => return Verdict::Drop(cause),
     };
     let zone = zone_of(subnet.network_id);
-    let tracked = match ctx.snapshot.conntrack.lookup(zone, &info, ctx.now_ms) {
+    let tracked = match ctx.conntrack_lookup(zone, &info) {
         Some(tracked) => {
+            note_tracked(ctx, zone, &info, &tracked);
             if let Err(cause) =
                 super::policy::judge_reopened(ctx, Some(ingress.id), &info, &tracked)
             {
@@ -304,12 +346,9 @@ pub fn inbound(
         Ok(info) => info,
         Err(cause) => return Verdict::Drop(cause),
     };
-    let tracked = match ctx
-        .snapshot
-        .conntrack
-        .lookup(Zone::EXTERNAL, &info, ctx.now_ms)
-    {
+    let tracked = match ctx.conntrack_lookup(Zone::EXTERNAL, &info) {
         Some(tracked) => {
+            note_tracked(ctx, Zone::EXTERNAL, &info, &tracked);
             if let Err(cause) = super::policy::judge_reopened(ctx, None, &info, &tracked) {
                 return Verdict::Drop(cause);
             }

@@ -37,7 +37,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ::nat::{NatPlan, PacketKind, TcpFlags};
-use policy::{Connection, Decision, EndpointId, Peer};
+use policy::{Connection, Decision, EndpointId, Peer, Verdict};
 
 use super::l3::ip_bounds;
 use super::{Context, DropCause, nat};
@@ -164,6 +164,11 @@ fn admit_in(
         return Ok(());
     };
     let Some((src, dst)) = ends(set, Some(network), from, to, header.dst) else {
+        trace_note!(
+            ctx,
+            Policy,
+            "neither end is isolated by a NetworkPolicy: allowed"
+        );
         return Ok(());
     };
     if header.later_fragment {
@@ -173,12 +178,12 @@ fn admit_in(
         .then(|| ::nat::parse(packet).ok())
         .flatten();
     let zone = nat::zone_of(network);
-    let conntrack = &ctx.snapshot.conntrack;
     if let Some(info) = &info {
-        if conntrack.lookup(zone, info, ctx.now_ms).is_some() {
+        if ctx.conntrack_lookup(zone, info).is_some() {
             // A SYN starts a connection even when its tuple is known (a closed connection
             // reopened, as clients reuse ports once the server closed first): judged again.
             if !is_syn(info) {
+                trace_note!(ctx, Policy, "tracked connection: allowed");
                 return Ok(());
             }
             classify_new(ctx, set, network, header, src, dst, Some(info.kind))?;
@@ -197,16 +202,63 @@ fn admit_in(
         if let Some(info) = &info {
             // A full table or a clash leaves the connection untracked: its replies are
             // then judged as connections of their own.
-            let _ = conntrack.create(
+            let _ = ctx.conntrack_create(
                 zone,
                 info,
                 &NatPlan::none(zone),
                 ::nat::Attachments::default(),
-                ctx.now_ms,
             );
         }
     }
     Ok(())
+}
+
+/// Counts a decision in the set (not in a dry run) and notes it in the trace.
+fn decided(ctx: &Context<'_>, set: &PolicySet, decision: &Decision) {
+    if let Some(trace) = ctx.trace {
+        let side = |verdict: &Verdict| match verdict {
+            Verdict::NotIsolated => "not isolated".to_owned(),
+            Verdict::Allowed(rule) => {
+                let policy = set.compiled().policy(rule.policy);
+                format!(
+                    "allowed by {}/{} {:?} rule {}",
+                    policy.namespace, policy.name, rule.direction, rule.index
+                )
+            }
+            Verdict::Denied(isolation) => {
+                let names: Vec<String> = set
+                    .compiled()
+                    .isolating_policies(*isolation)
+                    .iter()
+                    .map(|&id| {
+                        let policy = set.compiled().policy(id);
+                        format!("{}/{}", policy.namespace, policy.name)
+                    })
+                    .collect();
+                format!(
+                    "isolated by {}, no rule allows: denied by default",
+                    names.join(", ")
+                )
+            }
+        };
+        trace.note(
+            super::trace::Step::Policy,
+            format_args!(
+                "source egress: {}; destination ingress: {}: {}",
+                side(&decision.egress),
+                side(&decision.ingress),
+                if decision.allowed {
+                    "allowed"
+                } else {
+                    "denied"
+                }
+            ),
+        );
+        if trace.is_dry_run() {
+            return;
+        }
+    }
+    set.count(decision);
 }
 
 /// True for a TCP segment that opens a connection (SYN without ACK).
@@ -267,7 +319,7 @@ fn classify_new(
         Some(PacketKind::Tcp(flags)) if !flags.contains(TcpFlags::SYN) => Ok(true),
         Some(PacketKind::Tcp(_) | PacketKind::Udp | PacketKind::IcmpEcho(_)) => {
             let decision = set.compiled().check(&forward);
-            set.count(&decision);
+            decided(ctx, set, &decision);
             if decision.allowed {
                 Ok(true)
             } else {
@@ -280,7 +332,7 @@ fn classify_new(
             if decision.allowed {
                 Ok(false)
             } else {
-                set.count(&decision);
+                decided(ctx, set, &decision);
                 Err(cause(&decision))
             }
         }
@@ -305,15 +357,23 @@ fn associated(
         (header.dst, header.ports.1),
     );
     let associations = set.associations();
-    if associations.touch(&key, ctx.now_ms) {
+    let known = if ctx.is_dry_run() {
+        associations.is_live(&key, ctx.now_ms)
+    } else {
+        associations.touch(&key, ctx.now_ms)
+    };
+    if known {
+        trace_note!(ctx, Policy, "known association: allowed");
         return Ok(());
     }
     let decision = set.compiled().check(forward);
-    set.count(&decision);
+    decided(ctx, set, &decision);
     if !decision.allowed {
         return Err(cause(&decision));
     }
-    associations.insert(key, ctx.now_ms);
+    if !ctx.is_dry_run() {
+        associations.insert(key, ctx.now_ms);
+    }
     Ok(())
 }
 
@@ -373,7 +433,7 @@ pub fn judge(
         protocol,
         dst_port,
     });
-    set.count(&decision);
+    decided(ctx, set, &decision);
     if decision.allowed {
         Ok(())
     } else {
@@ -578,6 +638,57 @@ mod tests {
         let counts = bench.snapshot.policy.as_ref().expect("set").totals();
         assert_eq!(counts["web"].ingress_allowed, 1, "the SYN (UDP is not TCP)");
         assert_eq!(counts["web"].rules[&(policy::Direction::Ingress, 0)], 1);
+    }
+
+    /// A traced dry run names the policy and rule that allow a connection, or the policies
+    /// that isolate its end when none allows it; it counts nothing and tracks nothing.
+    #[test]
+    fn a_dry_run_names_the_deciding_policy_and_counts_nothing() {
+        let bench = bench_with(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 80}]\n",
+        );
+        bench.send(1, &frame(IpProtocol::Udp, 1, 80, false), 0);
+        bench.send(2, &frame(IpProtocol::Udp, 80, 1, true), 0);
+        let set = bench.snapshot.policy.as_ref().expect("set");
+        let counted = |set: &PolicySet| {
+            let web = &set.totals()["web"];
+            (web.ingress_allowed, web.ingress_denied)
+        };
+        let before = (counted(set), bench.snapshot.conntrack.len());
+        let port = bench.snapshot.port(PortId(1)).expect("port 1");
+        let ingress = crate::tables::snapshot::Ingress::Port(port, port.io().expect("device"));
+        let trace = |dport| {
+            let record = crate::trace::run_synthetic(
+                &bench.ctx(1),
+                ingress,
+                frame(IpProtocol::Tcp, 40000, dport, false),
+            );
+            let policy = record
+                .steps
+                .iter()
+                .find(|step| step.stage == crate::pipeline::trace::Step::Policy)
+                .map(|step| step.detail.clone())
+                .unwrap_or_else(|| panic!("no policy step in {record}"));
+            (record, policy)
+        };
+        let (allowed, why) = trace(80);
+        assert_eq!(allowed.verdict, "forward", "{allowed}");
+        assert!(
+            why.contains("destination ingress: allowed by default/web Ingress rule 0"),
+            "{why}"
+        );
+        assert!(why.contains("source egress: not isolated"), "{why}");
+        let (denied, why) = trace(81);
+        assert_eq!(
+            denied.drop.as_deref(),
+            Some("policy.ingress_denied"),
+            "{denied}"
+        );
+        assert!(
+            why.contains("isolated by default/web, no rule allows: denied by default"),
+            "{why}"
+        );
+        assert_eq!((counted(set), bench.snapshot.conntrack.len()), before);
     }
 
     #[test]

@@ -131,11 +131,27 @@ pub fn receive(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Verdict {
+    trace_note!(ctx, Parse, "{}", super::trace::describe_frame(frame));
     let parsed = match parse::parse(frame) {
         Ok(parsed) => parsed,
         Err(reason) => return Verdict::drop(reason),
     };
     let to_us = parsed.dst_mac == uplink.mac;
+    trace_note!(
+        ctx,
+        Uplink,
+        "received on Uplink {} (MAC {}, addresses {:?}): {}",
+        uplink.name,
+        super::trace::Mac(uplink.mac),
+        uplink.addresses,
+        if to_us {
+            "to the switch's MAC"
+        } else if parsed.dst_mac == BROADCAST {
+            "broadcast"
+        } else {
+            "not to the switch's MAC"
+        }
+    );
     match parsed.l3 {
         L3::Arp { .. } if to_us || parsed.dst_mac == BROADCAST => {
             arp::on_uplink(ctx, uplink, &parsed, &mut local.out)
@@ -221,8 +237,22 @@ pub fn outbound(
                 .virtual_ip_of(nat::zone_of(subnet.network_id), src)
                 .is_none()
         {
+            trace_note!(
+                ctx,
+                Uplink,
+                "Network {} is routed through Uplink {}: {dst} leaves untranslated",
+                subnet.network,
+                uplink.name
+            );
             return routed_out(ctx, uplink, ingress, subnet, parsed, frame, local);
         }
+        trace_note!(
+            ctx,
+            Nat,
+            "no route in Network {} for {dst}: out through Uplink {} with NAT",
+            subnet.network,
+            uplink.name
+        );
     }
     nat::outbound(ctx, ingress, subnet, parsed, frame, local)
 }
@@ -260,7 +290,8 @@ pub fn routed_out(
         None
     };
     if let Some(info) = &info {
-        if let Some(tracked) = ctx.snapshot.conntrack.lookup(zone, info, ctx.now_ms) {
+        if let Some(tracked) = ctx.conntrack_lookup(zone, info) {
+            nat::note_tracked(ctx, zone, info, &tracked);
             if let Err(cause) = super::policy::judge_reopened(ctx, Some(ingress.id), info, &tracked)
             {
                 return Verdict::Drop(cause);
@@ -376,11 +407,8 @@ pub fn routed_in(
         None
     };
     if let Some(info) = &info {
-        if let Some(tracked) = ctx
-            .snapshot
-            .conntrack
-            .lookup(Zone::EXTERNAL, info, ctx.now_ms)
-        {
+        if let Some(tracked) = ctx.conntrack_lookup(Zone::EXTERNAL, info) {
+            nat::note_tracked(ctx, Zone::EXTERNAL, info, &tracked);
             if let Err(cause) = super::policy::judge_reopened(ctx, None, info, &tracked) {
                 return Verdict::Drop(cause);
             }

@@ -138,6 +138,21 @@ pub struct Sent {
     pub refused: u64,
 }
 
+/// The remote VTEP learned for unicast `dst` in the tunnel's VNI; `None` for a group or
+/// unknown address, which goes to every remote VTEP (head-end replication).
+#[inline]
+pub fn learned_remote(tx: &TunnelTx<'_>, dst: [u8; 6]) -> Option<Ipv4Addr> {
+    if dst[0] & 1 != 0 {
+        return None;
+    }
+    tx.remote_fdb
+        .lookup(tx.tunnel.vni, dst, tx.now_ms)
+        .and_then(|vtep| match vtep.ip {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        })
+}
+
 /// Sends `frame` (`virtio_net_hdr` + Ethernet, forwarded to the tunnel of `tx`) into the
 /// overlay through `queue` (see the module docs). The frame's checksum may be completed in
 /// place. Never panics.
@@ -156,16 +171,7 @@ pub fn send(
         return sent;
     };
     let vni = tx.tunnel.vni;
-    let learned = if dst[0] & 1 == 0 {
-        tx.remote_fdb
-            .lookup(vni, dst, tx.now_ms)
-            .and_then(|vtep| match vtep.ip {
-                std::net::IpAddr::V4(ip) => Some(ip),
-                std::net::IpAddr::V6(_) => None,
-            })
-    } else {
-        None
-    };
+    let learned = learned_remote(tx, dst);
     let single;
     let targets: &[Ipv4Addr] = match learned {
         Some(ip) => {

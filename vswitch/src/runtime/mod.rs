@@ -209,6 +209,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             wakers,
             clock,
+            live_trace: crate::trace::live::LiveTrace::default(),
         });
         let engine = Engine {
             workers: config.workers,
@@ -280,6 +281,26 @@ impl Engine {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Runs `f` on the current snapshot and the shared tables at the datapath's time, as a
+    /// worker's stages see them (no frame is traced: `trace` is `None`).
+    pub fn with_tables<R>(&self, f: impl FnOnce(&crate::pipeline::Context<'_>) -> R) -> R {
+        let snapshot = self.shared.current.load_full();
+        let ctx = crate::pipeline::Context {
+            snapshot: &snapshot,
+            fdb: &self.shared.fdb,
+            neighbors: &self.shared.neighbors,
+            remote_fdb: &self.shared.remote_fdb,
+            now_ms: self.shared.clock.now_ms(),
+            trace: None,
+        };
+        f(&ctx)
+    }
+
+    /// The live packet trace the workers serve.
+    pub fn live_trace(&self) -> &crate::trace::live::LiveTrace {
+        &self.shared.live_trace
     }
 
     /// Forgets the remote MACs learned behind the VTEP at `ip` (a runner that moved or lost

@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     pub(crate) wakers: Box<[EventFd]>,
     /// The datapath's time.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The live packet trace, armed from the API.
+    pub(crate) live_trace: crate::trace::live::LiveTrace,
 }
 
 impl Shared {
@@ -609,9 +611,11 @@ impl Worker {
             neighbors: &shared.neighbors,
             remote_fdb: &shared.remote_fdb,
             now_ms: now,
+            trace: None,
         };
         self.verdicts.clear();
         self.local.out.generated.clear();
+        let live_trace = shared.live_trace.session();
         let mut rx_bytes = 0u64;
         let (mut learned, mut moved, mut limited) = (0u64, 0u64, 0u64);
         for i in 0..frames {
@@ -620,7 +624,12 @@ impl Worker {
             let peer = self.batch.peer(i);
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
-            let outcome = pipeline::input(&ctx, ingress, frame, peer, &mut self.local);
+            let outcome = match live_trace.as_deref() {
+                Some(session) if session.wants(ingress, frame) => {
+                    session.trace(&ctx, ingress, frame, peer, &mut self.local)
+                }
+                _ => pipeline::input(&ctx, ingress, frame, peer, &mut self.local),
+            };
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
                 Some(Learn::Moved { .. }) => moved += 1,
@@ -677,6 +686,7 @@ impl Worker {
                 neighbors: &shared.neighbors,
                 remote_fdb: &shared.remote_fdb,
                 now_ms: now,
+                trace: None,
             };
             l3::service_held(&ctx, &mut self.local, |port, cause| {
                 count_drop(counters, port, cause, 1);

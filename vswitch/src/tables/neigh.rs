@@ -402,6 +402,19 @@ impl Neighbors {
         Resolution::Unresolved { solicit: false }
     }
 
+    /// What [`resolve`](Neighbors::resolve) would answer, changing nothing (the packet
+    /// tracer's dry runs): the MAC when resolved; else unresolved, soliciting only when no
+    /// request is out yet.
+    pub fn peek(&self, subnet: SubnetId, ip: Ipv4Addr) -> Resolution {
+        match self.shard(subnet, ip).read().get(&(subnet, ip)) {
+            Some(entry) => match entry.mac() {
+                Some(mac) => Resolution::Known { mac, probe: false },
+                None => Resolution::Unresolved { solicit: false },
+            },
+            None => Resolution::Unresolved { solicit: true },
+        }
+    }
+
     /// For a worker holding packets for `ip` on `subnet`: the MAC once resolved, else whether
     /// to retransmit the request now. A failed (or vanished) resolution starts over.
     pub fn solicit(&self, subnet: SubnetId, ip: Ipv4Addr, now: u64) -> Solicit {

@@ -312,6 +312,15 @@ impl Associations {
         }
     }
 
+    /// Whether [`touch`](Associations::touch) would find `key` alive at `now`, without
+    /// refreshing it (the packet tracer's dry runs).
+    pub fn is_live(&self, key: &AssociationKey, now_ms: u64) -> bool {
+        let shard = self.shards[key.shard(self.shards.len())].read();
+        shard.get(key).is_some_and(|seen| {
+            now_ms.saturating_sub(seen.load(Ordering::Relaxed)) <= Self::IDLE_MS
+        })
+    }
+
     /// Records `key` (expired entries of its shard make room when it is full); false when
     /// there was no room.
     pub fn insert(&self, key: AssociationKey, now_ms: u64) -> bool {

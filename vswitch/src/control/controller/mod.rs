@@ -75,6 +75,7 @@ mod policies;
 mod reconcile;
 #[cfg(test)]
 mod tests;
+mod trace;
 mod views;
 
 pub use self::overlay::OverlayAgentConfig;
