@@ -677,6 +677,24 @@ mod tests {
     }
 
     #[test]
+    fn a_traced_discover_names_the_dhcp_server() {
+        use crate::pipeline::trace::Step;
+        let bench = bench();
+        let entry = bench.snapshot.port(crate::port::PortId(1)).unwrap();
+        let ingress = crate::tables::snapshot::Ingress::Port(entry, entry.io().expect("a device"));
+        let record = crate::trace::run_synthetic(&bench.ctx(5), ingress, discover());
+        let detail = record
+            .steps
+            .iter()
+            .find(|step| step.stage == Step::Dhcp)
+            .map(|step| step.detail.clone())
+            .unwrap_or_else(|| panic!("no dhcp step in {record}"));
+        assert!(detail.contains("lease 600 s): answered"), "{detail}");
+        // A dry run counts nothing.
+        assert_eq!(bench.local.borrow().out.events.get(Event::DhcpOffered), 0);
+    }
+
+    #[test]
     fn without_dhcp_the_subnet_switches_dhcp_like_any_udp() {
         let bench = Bench::new();
         let outcome = bench.send(1, &discover(), 0);

@@ -661,6 +661,17 @@ fn process_with(
     let learn = l2::learn(ctx, ingress, subnet, &parsed);
     if let Some(server) = &subnet.dhcp {
         if let Some(verdict) = dhcp::intercept(server, ingress, subnet, &parsed, frame, local) {
+            trace_note!(
+                ctx,
+                Dhcp,
+                "for the Subnet's DHCP server (gateway {}, lease {} s): {}",
+                subnet.gateway,
+                server.lease_seconds,
+                match verdict {
+                    Verdict::Drop(cause) => cause.key(),
+                    _ => "answered",
+                }
+            );
             return Outcome { verdict, learn };
         }
     }

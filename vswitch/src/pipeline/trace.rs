@@ -30,6 +30,8 @@ pub enum Step {
     L2,
     /// ARP answered, consumed or switched.
     Arp,
+    /// The switch's DHCP server: the message answered, or why it was dropped.
+    Dhcp,
     /// The longest-prefix match in the Network: prefix, next hop, egress subnet.
     Route,
     /// TTL and MTU checks, fragmentation, ICMP errors the switch sends.
@@ -64,6 +66,7 @@ impl Step {
             Step::PortSecurity => "port_security",
             Step::L2 => "l2",
             Step::Arp => "arp",
+            Step::Dhcp => "dhcp",
             Step::Route => "route",
             Step::L3 => "l3",
             Step::Neighbor => "neighbor",
