@@ -408,6 +408,15 @@ impl Engine {
         Ok(self.shared.captures.start(spec, id, self.workers))
     }
 
+    /// Each worker's load counters (busy and idle time, batch sizes), by worker index.
+    pub fn worker_loads(&self) -> Vec<counters::WorkerLoad> {
+        self.shared
+            .counters
+            .iter()
+            .map(WorkerCounters::load)
+            .collect()
+    }
+
     /// The running captures.
     pub fn captures(&self) -> Vec<capture::CaptureInfo> {
         self.shared.captures.infos()

@@ -396,6 +396,9 @@ impl Worker {
         let busy_poll = self.shared.busy_poll;
         // When the last wait that found work returned (None: not since the worker started).
         let mut last_work: Option<Instant> = None;
+        // Where the current stretch of work began (the end of the last wait): the load
+        // counters take two clock reads per iteration, none per packet.
+        let mut working_since = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             let polling = last_work.is_some_and(|at| at.elapsed() < busy_poll);
             let timeout = if polling {
@@ -405,7 +408,15 @@ impl Worker {
             } else {
                 HELD_POLL_MS
             };
-            let ready = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
+            let waiting_since = Instant::now();
+            let waited = self.epoll.wait(&mut events, EpollTimeout::from(timeout));
+            let woke = Instant::now();
+            self.counters().add_time(
+                woke.duration_since(waiting_since),
+                waiting_since.duration_since(working_since),
+            );
+            working_since = woke;
+            let ready = match waited {
                 Ok(ready) => ready,
                 Err(Errno::EINTR) => 0,
                 Err(errno) => {
@@ -423,7 +434,7 @@ impl Worker {
             }
             if ready > 0 {
                 if !busy_poll.is_zero() {
-                    last_work = Some(Instant::now());
+                    last_work = Some(woke);
                 }
             } else if polling {
                 // Nothing yet: poll again (maintenance waits for a wait that finds work, or
@@ -644,6 +655,7 @@ impl Worker {
             self.verdicts.push(outcome.verdict);
         }
         counters.add_rx(id, count(frames), rx_bytes);
+        counters.add_batch(frames);
         for (event, n) in [
             (Event::MacLearned, learned),
             (Event::MacMoved, moved),

@@ -503,6 +503,8 @@ pub struct MetricsSnapshot {
     pub nat_ports: Vec<(String, String, &'static str, u32)>,
     /// A hub's runners by state (`Online`, `Offline`): (state, count).
     pub runners: BTreeMap<String, usize>,
+    /// Each worker's load counters, by worker index.
+    pub worker_loads: Vec<crate::runtime::counters::WorkerLoad>,
 }
 
 impl Controller {
@@ -553,6 +555,7 @@ impl Controller {
             nat_ports,
             runners,
             stats: engine.stats(),
+            worker_loads: engine.worker_loads(),
             fdb_entries,
             neighbor_entries,
             conntrack: snapshot.conntrack.stats(),
