@@ -566,4 +566,83 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
     }
+
+    /// Every string under an `expr` key, anywhere in `value`.
+    fn exprs<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    match (key.as_str(), inner.as_str()) {
+                        ("expr", Some(expr)) => found.push(expr),
+                        _ => exprs(inner, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| exprs(item, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_series() {
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana/vswitch.json"
+        ));
+        let dashboard: serde_json::Value =
+            serde_json::from_str(text).expect("docs/grafana/vswitch.json is valid JSON");
+        // The series names a scrape has, in the classic format Prometheus stores.
+        let scrape = classic(&render(sample()).expect("renders"));
+        let exported: std::collections::BTreeSet<&str> = scrape
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let mut found = Vec::new();
+        exprs(&dashboard, &mut found);
+        assert!(found.len() >= 20, "only {} queries", found.len());
+        let mut named = std::collections::BTreeSet::new();
+        for expr in found {
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for name in words.filter(|word| word.starts_with("vswitch_")) {
+                assert!(
+                    exported.contains(name),
+                    "the dashboard queries {name}, which /metrics does not export ({expr})"
+                );
+                named.insert(name);
+            }
+        }
+        // Each family the endpoint exports has a panel.
+        for family in [
+            "vswitch_port_rx_packets_total",
+            "vswitch_port_drops_total",
+            "vswitch_worker_busy_seconds_total",
+            "vswitch_worker_batch_size_bucket",
+            "vswitch_conntrack_entries",
+            "vswitch_nat_ports_in_use",
+            "vswitch_fdb_entries",
+            "vswitch_neighbor_entries",
+            "vswitch_overlay_runners",
+            "vswitch_loadbalancer_backends",
+            "vswitch_networkpolicy_connections_total",
+        ] {
+            assert!(named.contains(family), "no panel shows {family}");
+        }
+        // A Prometheus datasource variable, used by every query.
+        let variables = dashboard["templating"]["list"]
+            .as_array()
+            .expect("variables");
+        assert!(variables.iter().any(|v| v["type"] == "datasource"
+            && v["query"] == "prometheus"
+            && v["name"] == "datasource"));
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            if panel["type"] != "row" {
+                assert_eq!(
+                    panel["datasource"]["uid"], "${datasource}",
+                    "{}",
+                    panel["title"]
+                );
+            }
+        }
+    }
 }
