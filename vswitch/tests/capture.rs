@@ -105,11 +105,44 @@ fn capture_shows_what_a_port_sends_and_receives() {
     let file = dir.path().join("all.pcap");
     let all = spawn_capture(&daemon, &[&a.name, "-w", file.to_str().expect("utf8")]);
     wait_running(&daemon, &a.name);
+    // Another capture, on the other port, at the same time.
+    let other_file = dir.path().join("other.pcap");
+    let other = spawn_capture(
+        &daemon,
+        &[
+            &b.name,
+            "-w",
+            other_file.to_str().expect("utf8"),
+            "--count",
+            "8",
+            "icmp",
+        ],
+    );
+    wait_running(&daemon, &b.name);
     a.exec_ok(&["ping", "-c", "4", "-i", "0.2", "-W", "1", &ip_b]);
     wait_until("8 frames captured", Duration::from_secs(5), || {
         let listed = captures(&daemon);
-        (listed.first()?["captured"].as_u64()? >= 8).then_some(())
+        let on_a = listed.iter().find(|c| c["port"] == a.name.as_str())?;
+        (on_a["captured"].as_u64()? >= 8).then_some(())
     });
+    let out = wait_exit(other, Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = tcpdump(&other_file);
+    assert_eq!(lines.len(), 8, "{lines:#?}");
+    assert_eq!(
+        count(&lines, &format!("IP {ip_a} > {ip_b}: ICMP echo request")),
+        4,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count(&lines, &format!("IP {ip_b} > {ip_a}: ICMP echo reply")),
+        4,
+        "{lines:#?}"
+    );
     let mut all = all;
     all.kill().expect("kill");
     let _ = all.wait();

@@ -952,7 +952,7 @@ struct TxAccount<'a> {
     tally: TxTally,
     /// By position in the destination queue, for the frames it holds (see [`Counted`]).
     ledger: &'a mut [Counted],
-    /// The captures of this port's transmitted frames (empty while none runs).
+    /// The running captures when one takes this port's transmitted frames, else empty.
     taps: &'a [Arc<Capture>],
 }
 
@@ -1050,7 +1050,8 @@ fn in_order(
     }
 }
 
-/// The captures in `captures` of what is sent to `port` (empty when none is).
+/// `captures` when one of them takes what is sent to `port`, else nothing (the caller still
+/// picks the ones that want `port`: the list holds every port's).
 fn taps_for(captures: &[Arc<Capture>], port: PortId) -> &[Arc<Capture>] {
     if captures.iter().any(|capture| capture.wants_tx(port)) {
         captures
@@ -1148,7 +1149,8 @@ struct Sender<'q, 'a> {
 fn write_frame(queue: &mut PortQueue, account: &mut TxAccount<'_>, frame: &[u8], counted: Counted) {
     if !account.taps.is_empty() {
         let ethernet = frame.get(VNET_HDR_LEN..).unwrap_or_default();
-        for tap in account.taps {
+        let port = account.port;
+        for tap in account.taps.iter().filter(|tap| tap.wants_tx(port)) {
             tap.offer(account.worker, &[], ethernet);
         }
     }

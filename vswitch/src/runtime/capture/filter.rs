@@ -165,11 +165,7 @@ impl Facts {
             return;
         }
         let protocol = packet.next_header();
-        self.ip = Some((
-            packet.src_addr(),
-            packet.dst_addr(),
-            protocol,
-        ));
+        self.ip = Some((packet.src_addr(), packet.dst_addr(), protocol));
         if packet.frag_offset() != 0 {
             return;
         }
