@@ -48,6 +48,45 @@ fn metrics_move_with_traffic_and_pass_promtool() {
     let after = value(&second, &series).expect("still there");
     assert!(after >= before + 5.0, "{series}: {before} -> {after}");
     assert_eq!(value(&second, "vswitch_workers"), Some(2.0), "{second}");
+    // The workers' load moves too: time on both sides of epoll_wait, one batch at least per
+    // frame received (each ping and reply arrives alone).
+    let per_worker = |text: &str, family: &str| -> f64 {
+        (0..2)
+            .map(|w| {
+                let series = format!("{family}{{worker=\"{w}\"}}");
+                value(text, &series).unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+            })
+            .sum()
+    };
+    for family in [
+        "vswitch_worker_busy_seconds_total",
+        "vswitch_worker_idle_seconds_total",
+    ] {
+        let (was, is) = (per_worker(&first, family), per_worker(&second, family));
+        assert!(is > was, "{family}: {was} -> {is}");
+    }
+    let batches = "vswitch_worker_batch_size_count";
+    let (was, is) = (per_worker(&first, batches), per_worker(&second, batches));
+    assert!(is >= was + 10.0, "{batches}: {was} -> {is}");
+    let single = |text: &str| -> f64 {
+        (0..2)
+            .map(|w| {
+                let series =
+                    format!("vswitch_worker_batch_size_bucket{{le=\"1.0\",worker=\"{w}\"}}");
+                value(text, &series).unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+            })
+            .sum()
+    };
+    assert!(
+        single(&second) >= single(&first) + 10.0,
+        "pings come one frame per batch"
+    );
+    let all = value(
+        &second,
+        "vswitch_worker_batch_size_bucket{le=\"+Inf\",worker=\"0\"}",
+    );
+    let count = value(&second, "vswitch_worker_batch_size_count{worker=\"0\"}");
+    assert_eq!(all, count, "the +Inf bucket holds every batch");
 
     // A policy denying b's ingress: the denial shows per port and per policy.
     let file = tempfile::NamedTempFile::new().expect("tmp");

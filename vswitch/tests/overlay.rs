@@ -1005,6 +1005,95 @@ fn kernel_vxlan_interop_mesh() {
     );
 }
 
+/// `vswitchctl capture vxlan` shows the VTEP's outer packets: IPv4/UDP to port 4789 between
+/// the nodes, the VXLAN header with the VNI, the inner ICMP; the capture ends with its client.
+#[test]
+#[ignore = "needs root: starts vswitchd in a node namespace, creates kernel vxlan devices"]
+fn vtep_capture_shows_outer_packets() {
+    require(&["ping", "tcpdump", "bridge"]);
+    let mesh = MeshWithKernelPeer::new();
+    let (ca, daemon) = (&mesh.ca, &mesh.daemon);
+    assert!(
+        ca.ping_until("10.77.0.20", Duration::from_secs(10)),
+        "the vswitchd container cannot reach 10.77.0.20"
+    );
+    let captures = || {
+        daemon.stats()["captures"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("vtep.pcap");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["capture", "vxlan", "-w"])
+        .arg(&file)
+        .args(["udp", "port", "4789"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vswitchctl capture");
+    wait_until("the capture on vxlan", Duration::from_secs(10), || {
+        captures()
+            .iter()
+            .any(|c| c["port"] == "vxlan")
+            .then_some(())
+    });
+    ca.exec_ok(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.20"]);
+    wait_until("6 outer packets captured", Duration::from_secs(5), || {
+        (captures().first()?["captured"].as_u64()? >= 6).then_some(())
+    });
+    client.kill().expect("kill");
+    let _ = client.wait();
+    wait_until("the capture to stop", Duration::from_secs(5), || {
+        captures().is_empty().then_some(())
+    });
+
+    let data = std::fs::read(&file).expect("pcap");
+    let packets: Vec<OuterPacket> = pcap_frames(&data)
+        .iter()
+        .filter_map(|frame| outer_packet(frame))
+        .collect();
+    let sent = packets
+        .iter()
+        .filter(|p| p.src == [192, 168, 51, 1])
+        .count();
+    let received = packets
+        .iter()
+        .filter(|p| p.src == [192, 168, 51, 2])
+        .count();
+    assert!(
+        sent >= 3 && received >= 3,
+        "sent {sent}, received {received}: {packets:?}"
+    );
+    for p in &packets {
+        assert_eq!(p.dst_port, 4789, "{p:?}");
+        assert_eq!(p.vxlan[0], 0x08, "{p:?}");
+        assert_eq!(
+            u32::from_be_bytes([0, p.vxlan[4], p.vxlan[5], p.vxlan[6]]),
+            77,
+            "{p:?}"
+        );
+    }
+    // tcpdump decodes them as VXLAN with the inner ICMP.
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .output()
+        .expect("tcpdump");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.matches("vni 77").count() >= 6, "{text}");
+    assert!(text.matches("ICMP echo request").count() >= 3, "{text}");
+    assert!(text.matches("ICMP echo reply").count() >= 3, "{text}");
+}
+
 /// Sends `bytes` bytes of a fixed pseudo-random stream over TCP from `client` to `server`
 /// (listening on `server_ip`:5201 first) and returns the SHA-256 both ends computed.
 fn tcp_transfer_digests(

@@ -6,6 +6,9 @@
 //! - `vswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `vswitch_port_tx_generated_*`,
 //!   `vswitch_port_rx_errors_total{port}`, `vswitch_port_drops_total{port,reason}`;
 //! - `vswitch_events_total{event}`, `vswitch_workers`;
+//! - `vswitch_worker_busy_seconds_total{worker}`, `vswitch_worker_idle_seconds_total{worker}`
+//!   (time outside and inside `epoll_wait`), `vswitch_worker_batch_size{worker}` (a histogram
+//!   of frames per received batch, buckets 1, 2, 4, ..., 64);
 //! - `vswitch_fdb_entries`, `vswitch_neighbor_entries`;
 //! - `vswitch_conntrack_entries`, `vswitch_conntrack_max_entries`,
 //!   `vswitch_conntrack_{created,expired,evicted,refused_full,clashes}_total`,
@@ -20,7 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -28,6 +31,7 @@ use prometheus_client::registry::Registry;
 use super::error::ErrorResponse;
 use super::resources::blocking;
 use crate::control::{Controller, MetricsSnapshot};
+use crate::runtime::counters::{BATCH_BUCKETS, WorkerLoad};
 
 /// The content type of the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -200,6 +204,50 @@ fn gauge_one(
     ConstGauge::new(value).encode(family)
 }
 
+/// A histogram's values at scrape time: per-bucket counts (not cumulative; the encoder sums
+/// them), their sum and count.
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl ConstHistogram {
+    /// The batch-size histogram of one worker (the `+Inf` bucket is empty: no batch holds more
+    /// than the last bound).
+    fn batches(load: &WorkerLoad) -> ConstHistogram {
+        let mut buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+            .iter()
+            .zip(load.batches.iter())
+            .map(|(&bound, &n)| (f64::from(u32::try_from(bound).unwrap_or(u32::MAX)), n))
+            .collect();
+        buckets.push((f64::MAX, 0));
+        ConstHistogram {
+            // Exact below 2^53 frames.
+            sum: load.batch_frames as f64,
+            count: load.batches.iter().sum(),
+            buckets,
+        }
+    }
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// Nanoseconds as seconds.
+fn seconds(nanos: u64) -> f64 {
+    // Exact enough: a double holds nanoseconds exactly for 104 days, microseconds for ages.
+    nanos as f64 / 1e9
+}
+
 fn signed(value: usize) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -280,6 +328,39 @@ impl Collector for Switch {
             "Worker threads.",
             signed(s.stats.workers),
         )?;
+        let worker = |index: usize| [("worker", index.to_string())];
+        for (name, help, pick) in [
+            (
+                "vswitch_worker_busy_seconds",
+                "Time a worker spent working (outside epoll_wait): receiving, the stages, transmitting, upkeep.",
+                (|load: &WorkerLoad| load.busy_ns) as fn(&WorkerLoad) -> u64,
+            ),
+            (
+                "vswitch_worker_idle_seconds",
+                "Time a worker spent waiting for work in epoll_wait (busy-poll rounds that found nothing included).",
+                |load: &WorkerLoad| load.idle_ns,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (index, load) in s.worker_loads.iter().enumerate() {
+                ConstCounter::new(seconds(pick(load)))
+                    .encode(family.encode_family(&worker(index))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "vswitch_worker_batch_size",
+            "Frames per batch a worker received from a queue.",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (index, load) in s.worker_loads.iter().enumerate() {
+            ConstHistogram::batches(load).encode(family.encode_family(&worker(index))?)?;
+        }
         gauge_one(
             &mut encoder,
             "vswitch_fdb_entries",
@@ -414,8 +495,8 @@ mod tests {
     use crate::runtime::{PortStats, StatsReport};
     use crate::tables::policy::PolicyCounts;
 
-    #[test]
-    fn families_and_labels_follow_prometheus_conventions() {
+    /// A scrape with a sample in every family.
+    fn sample() -> MetricsSnapshot {
         let port = PortStats {
             name: "shop/web-1".into(),
             rx_packets: 7,
@@ -423,7 +504,7 @@ mod tests {
             drops: BTreeMap::from([("policy.ingress_denied".into(), 3)]),
             ..PortStats::default()
         };
-        let snapshot = MetricsSnapshot {
+        MetricsSnapshot {
             stats: StatsReport {
                 workers: 2,
                 ports: vec![port],
@@ -444,7 +525,18 @@ mod tests {
                     ..PolicyCounts::default()
                 },
             )]),
-        };
+            worker_loads: vec![WorkerLoad {
+                busy_ns: 1_500_000_000,
+                idle_ns: 250_000_000,
+                batches: [3, 1, 0, 0, 0, 0, 2],
+                batch_frames: 133,
+            }],
+        }
+    }
+
+    #[test]
+    fn families_and_labels_follow_prometheus_conventions() {
+        let snapshot = sample();
         let text = render(snapshot).expect("renders");
         let classic_text = classic(&text);
         assert!(classic_text.contains("# TYPE vswitch_port_rx_packets_total counter\n"));
@@ -456,6 +548,14 @@ mod tests {
             "vswitch_port_drops_total{port=\"shop/web-1\",reason=\"policy.ingress_denied\"} 3",
             "vswitch_events_total{event=\"lb.connections_created\"} 5",
             "vswitch_workers 2",
+            "vswitch_worker_busy_seconds_total{worker=\"0\"} 1.5",
+            "vswitch_worker_idle_seconds_total{worker=\"0\"} 0.25",
+            "vswitch_worker_batch_size_bucket{le=\"1.0\",worker=\"0\"} 3",
+            "vswitch_worker_batch_size_bucket{le=\"2.0\",worker=\"0\"} 4",
+            "vswitch_worker_batch_size_bucket{le=\"64.0\",worker=\"0\"} 6",
+            "vswitch_worker_batch_size_bucket{le=\"+Inf\",worker=\"0\"} 6",
+            "vswitch_worker_batch_size_count{worker=\"0\"} 6",
+            "vswitch_worker_batch_size_sum{worker=\"0\"} 133.0",
             "vswitch_nat_ports_in_use{port=\"c1\",address=\"203.0.113.10\",protocol=\"tcp\"} 3",
             "vswitch_overlay_runners{state=\"Online\"} 2",
             "vswitch_conntrack_max_entries 1000000",
@@ -464,6 +564,85 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+    }
+
+    /// Every string under an `expr` key, anywhere in `value`.
+    fn exprs<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    match (key.as_str(), inner.as_str()) {
+                        ("expr", Some(expr)) => found.push(expr),
+                        _ => exprs(inner, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| exprs(item, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_series() {
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana/vswitch.json"
+        ));
+        let dashboard: serde_json::Value =
+            serde_json::from_str(text).expect("docs/grafana/vswitch.json is valid JSON");
+        // The series names a scrape has, in the classic format Prometheus stores.
+        let scrape = classic(&render(sample()).expect("renders"));
+        let exported: std::collections::BTreeSet<&str> = scrape
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let mut found = Vec::new();
+        exprs(&dashboard, &mut found);
+        assert!(found.len() >= 20, "only {} queries", found.len());
+        let mut named = std::collections::BTreeSet::new();
+        for expr in found {
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for name in words.filter(|word| word.starts_with("vswitch_")) {
+                assert!(
+                    exported.contains(name),
+                    "the dashboard queries {name}, which /metrics does not export ({expr})"
+                );
+                named.insert(name);
+            }
+        }
+        // Each family the endpoint exports has a panel.
+        for family in [
+            "vswitch_port_rx_packets_total",
+            "vswitch_port_drops_total",
+            "vswitch_worker_busy_seconds_total",
+            "vswitch_worker_batch_size_bucket",
+            "vswitch_conntrack_entries",
+            "vswitch_nat_ports_in_use",
+            "vswitch_fdb_entries",
+            "vswitch_neighbor_entries",
+            "vswitch_overlay_runners",
+            "vswitch_loadbalancer_backends",
+            "vswitch_networkpolicy_connections_total",
+        ] {
+            assert!(named.contains(family), "no panel shows {family}");
+        }
+        // A Prometheus datasource variable, used by every query.
+        let variables = dashboard["templating"]["list"]
+            .as_array()
+            .expect("variables");
+        assert!(variables.iter().any(|v| v["type"] == "datasource"
+            && v["query"] == "prometheus"
+            && v["name"] == "datasource"));
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            if panel["type"] != "row" {
+                assert_eq!(
+                    panel["datasource"]["uid"], "${datasource}",
+                    "{}",
+                    panel["title"]
+                );
+            }
         }
     }
 }

@@ -13,6 +13,8 @@
 //! | GET | `/v1/conntrack[?network=N][&count=true]` | 200 connections, or `{"count"}` |
 //! | DELETE | `/v1/conntrack[?network=N]` | 200 `{"flushed"}` |
 //! | GET | `/v1/nat` | 200 uplink addresses, ports in use, counters, drops |
+//! | GET | `/v1/capture?port=P[&direction=rx\|tx\|both][&count=N][&snaplen=N][&filter=F]` | 200 a pcap stream (chunked) of the port's frames |
+//! | GET | `/v1/captures` | 200 the captures running |
 //! | GET | `/v1/overlay` | 200 the overlay: runners (hub), ID and plan (runner), peers (mesh) |
 //! | POST | `/v1/trace` | 200 what each stage does with a synthetic frame (dry run) |
 //! | POST | `/v1/trace/live` | 200 `{"records", "lost", "complete"}` for the next matching frames |
@@ -29,6 +31,7 @@
 //!   `{"error": {"message": ..., "field": ...}}` ([`ErrorResponse`]).
 //! - Request bodies are limited to [`MAX_BODY_BYTES`].
 
+mod capture;
 mod error;
 pub mod hub;
 pub mod metrics;
@@ -77,6 +80,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/neighbors", get(node::neighbors))
         .route("/v1/conntrack", get(nat::list).delete(nat::flush))
         .route("/v1/nat", get(nat::summary))
+        .route("/v1/capture", get(capture::capture))
+        .route("/v1/captures", get(capture::list))
         // A static segment wins over `/v1/{kind}`: the Overlay resources themselves are at
         // `/v1/overlays`.
         .route("/v1/overlay", get(overlay::view))
@@ -106,8 +111,8 @@ async fn not_found(method: Method, uri: Uri) -> ErrorResponse {
         StatusCode::NOT_FOUND,
         format!(
             "no endpoint {method} {}; the API serves /v1/version, /v1/apply, /v1/fdb, \
-             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/conntrack, /v1/nat, /v1/overlay, \
-             /v1/trace, /v1/trace/live, \
+             /v1/stats, /v1/routing-table, /v1/neighbors, /v1/conntrack, /v1/nat, /v1/capture, \
+             /v1/captures, /v1/overlay, /v1/trace, /v1/trace/live, \
              /v1/{{kind}} and /v1/{{kind}}/{{name}}",
             uri.path()
         ),
@@ -183,6 +188,13 @@ impl ApiListener {
         let listener = tokio::net::UnixListener::from_std(listener)
             .map_err(|source| ApiServeError::Serve { source })?;
         tracing::info!(path = %guard.path().display(), "control API listening");
+        // A graceful shutdown waits for the responses in flight: capture streams, which
+        // would run on, are ended first.
+        let closer = Arc::clone(&controller);
+        let shutdown = async move {
+            shutdown.await;
+            closer.close_captures();
+        };
         let result = axum::serve(listener, router(controller))
             .with_graceful_shutdown(shutdown)
             .await;

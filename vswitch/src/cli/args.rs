@@ -110,8 +110,67 @@ pub enum Command {
     /// A synthetic packet is never sent and changes no table; with --live, the next real
     /// frames that match --match are traced as they are forwarded.
     Trace(TraceArgs),
+    /// Capture a port's frames (a NetworkInterface, the Uplink, or `vxlan`: the VTEP's outer
+    /// packets) as a pcap stream, to stdout or --write FILE, for `tcpdump -r -` or
+    /// Wireshark. Received frames are taken as they arrive, sent ones as they leave (after
+    /// routing rewrote them). Runs until --count frames or Ctrl-C.
+    #[command(after_help = CAPTURE_HELP)]
+    Capture(CaptureArgs),
     /// Show the versions of vswitchctl and of the running vswitchd.
     Version,
+}
+
+/// The filter language, shown after `capture --help`.
+pub const CAPTURE_HELP: &str = "\
+Filter (a subset of tcpdump's): ip, arp, icmp, tcp, udp, [src|dst] host IPV4, [src|dst] port N,
+combined with and (&&), or (||), not (!) and parentheses; adjacent words are joined by and.
+Examples:
+  vswitchctl capture c1 | tcpdump -n -r -
+  vswitchctl capture c1 -w c1.pcap --count 100 icmp and host 10.0.0.2
+  vswitchctl capture vxlan --direction tx udp port 4789";
+
+/// `capture PORT [-w FILE] [--direction rx|tx|both] [--count N] [--snaplen N] [FILTER...]`.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The port, as `vswitchctl stats` lists it.
+    pub port: String,
+    /// Write the pcap to FILE (created or truncated) instead of stdout.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Which frames: received (rx), sent (tx) or both.
+    #[arg(long, value_enum, default_value_t = CaptureDirection::Both)]
+    pub direction: CaptureDirection,
+    /// Stop after N frames.
+    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Keep at most this many bytes of each frame [default: 65535, whole frames].
+    #[arg(short = 's', long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub snaplen: Option<u32>,
+    /// Only the frames this expression matches (see below); words are joined with spaces.
+    #[arg(value_name = "FILTER", trailing_var_arg = true)]
+    pub filter: Vec<String>,
+}
+
+/// `capture --direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptureDirection {
+    /// Frames received on the port.
+    Rx,
+    /// Frames sent to the port.
+    Tx,
+    /// Both.
+    Both,
+}
+
+impl CaptureDirection {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureDirection::Rx => "rx",
+            CaptureDirection::Tx => "tx",
+            CaptureDirection::Both => "both",
+        }
+    }
 }
 
 /// `-n NAMESPACE`: the namespace of a namespaced kind's resource (NetworkInterface,

@@ -73,6 +73,17 @@ impl HttpResponse {
     }
 }
 
+/// How a streamed answer ended (see [`Client::stream`]).
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The server ended the body; every chunk went to the sink.
+    Finished,
+    /// vswitchd refused the request: the whole answer.
+    Refused(HttpResponse),
+    /// The sink failed (the reader of a pipe left, a full disk); the stream was abandoned.
+    Sink(io::Error),
+}
+
 /// A request body and its media type.
 #[derive(Debug, Clone, Copy)]
 pub struct Body<'a> {
@@ -151,6 +162,87 @@ impl Client {
                     seconds: self.timeout.as_secs(),
                 }),
             }
+        })
+    }
+
+    /// Sends a GET for `path` and hands each chunk of a 2xx answer's body to `sink` as it
+    /// arrives, for as long as the server sends (the timeout applies to the answer's start
+    /// only). A refusal is read whole.
+    ///
+    /// # Errors
+    /// [`ClientError`] when vswitchd cannot be reached, does not answer in time, or the
+    /// connection breaks mid-stream.
+    pub fn stream(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<StreamEnd, ClientError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, "localhost")
+            .body(Full::new(Bytes::new()))
+            .map_err(|source| ClientError::Request {
+                path: path.to_owned(),
+                source,
+            })?;
+        self.runtime.block_on(async {
+            let http_error = |source| ClientError::Http {
+                socket: self.socket.clone(),
+                source,
+            };
+            let start = async {
+                let stream = tokio::net::UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        socket: self.socket.clone(),
+                        source,
+                    })?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(http_error)?;
+                let driver = tokio::spawn(connection);
+                let response = sender.send_request(request).await.map_err(http_error)?;
+                Ok::<_, ClientError>((sender, driver, response))
+            };
+            let (sender, driver, response) = match tokio::time::timeout(self.timeout, start).await {
+                Ok(started) => started?,
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        socket: self.socket.clone(),
+                        seconds: self.timeout.as_secs(),
+                    });
+                }
+            };
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let end = if (200..300).contains(&status) {
+                loop {
+                    match body.frame().await {
+                        None => break StreamEnd::Finished,
+                        Some(frame) => {
+                            let frame = frame.map_err(http_error)?;
+                            if let Some(data) = frame.data_ref() {
+                                if let Err(error) = sink(data) {
+                                    break StreamEnd::Sink(error);
+                                }
+                            }
+                        }
+                    }
+                }
+            } else {
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(http_error)?
+                    .to_bytes()
+                    .to_vec();
+                StreamEnd::Refused(HttpResponse { status, body })
+            };
+            drop(sender);
+            driver.abort();
+            Ok(end)
         })
     }
 

@@ -29,11 +29,11 @@ use crate::control::resource::LoadBalancerView;
 use crate::control::{ConntrackRow, NatReport, RoutingTableRow};
 use crate::runtime::{FdbRow, NeighborRow, StatsReport};
 use args::{
-    ApplyArgs, AttachArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs, DetachArgs,
-    ExplainArgs, GetArgs, LabelArgs, LabelChange, LbArgs, OutputArgs, OutputFormat, PolicyCommand,
-    RoutesArgs, TraceArgs,
+    ApplyArgs, AttachArgs, CaptureArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs,
+    DetachArgs, ExplainArgs, GetArgs, LabelArgs, LabelChange, LbArgs, OutputArgs, OutputFormat,
+    PolicyCommand, RoutesArgs, TraceArgs,
 };
-use client::{Body, Client, HttpResponse, encode_segment};
+use client::{Body, Client, HttpResponse, StreamEnd, encode_segment};
 use error::{ApiFailure, CliError};
 
 /// The collection path of NetworkInterfaces.
@@ -91,6 +91,7 @@ pub fn run(
         Command::Label(args) => label(&api, args, out),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&api, args, out),
         Command::Trace(args) => trace(&api, cli, args, out),
+        Command::Capture(args) => capture(&api, args, out),
         Command::Version => version(&api, out),
     }
 }
@@ -798,6 +799,63 @@ fn stats(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliErr
         out,
         &output::stats_report(&stats, args.output == OutputFormat::Wide),
     )
+}
+
+/// The request path of a capture.
+fn capture_path(args: &CaptureArgs) -> String {
+    let mut path = format!(
+        "/v1/capture?port={}&direction={}",
+        encode_segment(&args.port),
+        args.direction.as_str()
+    );
+    if let Some(count) = args.count {
+        path.push_str(&format!("&count={count}"));
+    }
+    if let Some(snaplen) = args.snaplen {
+        path.push_str(&format!("&snaplen={snaplen}"));
+    }
+    if !args.filter.is_empty() {
+        path.push_str(&format!(
+            "&filter={}",
+            encode_segment(&args.filter.join(" "))
+        ));
+    }
+    path
+}
+
+fn capture(api: &Api, args: &CaptureArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut file = match &args.write {
+        Some(path) => Some(std::fs::File::create(path).map_err(|error| {
+            CliError::Output(io::Error::new(
+                error.kind(),
+                format!("cannot create {}: {error}", path.display()),
+            ))
+        })?),
+        None => None,
+    };
+    let sink: &mut dyn Write = match &mut file {
+        Some(file) => file,
+        None => out,
+    };
+    // Each chunk is flushed at once: a reader (`tcpdump -r -`) sees frames as they come.
+    let mut write_chunk = |chunk: &[u8]| {
+        sink.write_all(chunk)?;
+        sink.flush()
+    };
+    match api.client.stream(&capture_path(args), &mut write_chunk)? {
+        StreamEnd::Finished => Ok(()),
+        StreamEnd::Sink(error) => Err(CliError::Output(error)),
+        StreamEnd::Refused(response) => {
+            let error = CliError::Api {
+                failure: ApiFailure::from_response(response.status, &response.body),
+                hint: None,
+            };
+            Err(match error.status() {
+                Some(404) => error.with_hint("try: vswitchctl stats   (lists the ports)"),
+                _ => error,
+            })
+        }
+    }
 }
 
 fn version(api: &Api, out: &mut dyn Write) -> Result<(), CliError> {

@@ -1,5 +1,5 @@
-//! Per-worker counters: for each port id (< [`MAX_PORTS`]) rx/tx packets and bytes, frames the
-//! switch itself sent to the port (ARP, ICMP: `tx_generated_*`, kept apart from the frames it
+//! Per-worker counters: the worker's load (busy and idle time, batch sizes); for each port
+//! id (< [`MAX_PORTS`]) rx/tx packets and bytes, frames the switch itself sent to the port (ARP, ICMP: `tx_generated_*`, kept apart from the frames it
 //! switched or routed there), rx errors and drops by [`DropCause`]; plus switch-wide
 //! [`Event`]s, which the stages tally in an [`EventTally`] that the worker adds once per batch
 //! ([`WorkerCounters::add_events`]).
@@ -12,10 +12,17 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::pipeline::DropCause;
 use crate::port::{MAX_PORTS, PortId};
+use crate::sys::batch::BATCH_SIZE;
 use crate::tables::counters::{Event, EventTally};
+
+#[inline]
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// Add `n` to a counter this thread alone writes.
 #[inline]
@@ -109,10 +116,41 @@ impl PortTotals {
     }
 }
 
+/// Upper bounds of the batch-size histogram's buckets (frames per received batch); the
+/// last is [`BATCH_SIZE`], the most a batch holds.
+pub const BATCH_BUCKETS: [usize; 7] = [1, 2, 4, 8, 16, 32, BATCH_SIZE];
+
+/// How a worker spent its time and how full its batches were (counted once per loop
+/// iteration and once per batch, never per packet).
+struct Load {
+    /// Nanoseconds spent outside `epoll_wait` (receiving, the stages, transmitting, upkeep).
+    busy_ns: AtomicU64,
+    /// Nanoseconds spent in `epoll_wait` (busy-poll rounds that found nothing included).
+    idle_ns: AtomicU64,
+    /// Received batches by size, one counter per [`BATCH_BUCKETS`] bucket (not cumulative).
+    batches: [AtomicU64; BATCH_BUCKETS.len()],
+    /// Frames in those batches.
+    batch_frames: AtomicU64,
+}
+
+/// A worker's load counters' values (see [`WorkerCounters::load`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerLoad {
+    /// Nanoseconds spent working.
+    pub busy_ns: u64,
+    /// Nanoseconds spent waiting for work.
+    pub idle_ns: u64,
+    /// Received batches per [`BATCH_BUCKETS`] bucket (not cumulative).
+    pub batches: [u64; BATCH_BUCKETS.len()],
+    /// Frames in those batches.
+    pub batch_frames: u64,
+}
+
 /// The counters of one worker.
 pub struct WorkerCounters {
     ports: Box<[PortCounters]>,
     events: [AtomicU64; Event::COUNT],
+    load: Load,
 }
 
 impl fmt::Debug for WorkerCounters {
@@ -135,6 +173,43 @@ impl WorkerCounters {
         WorkerCounters {
             ports: (0..MAX_PORTS).map(|_| PortCounters::new()).collect(),
             events: std::array::from_fn(|_| AtomicU64::new(0)),
+            load: Load {
+                busy_ns: AtomicU64::new(0),
+                idle_ns: AtomicU64::new(0),
+                batches: std::array::from_fn(|_| AtomicU64::new(0)),
+                batch_frames: AtomicU64::new(0),
+            },
+        }
+    }
+
+    /// Counts one loop iteration: `idle` waiting in `epoll_wait`, then `busy` working.
+    #[inline]
+    pub fn add_time(&self, idle: Duration, busy: Duration) {
+        bump(&self.load.idle_ns, nanos(idle));
+        bump(&self.load.busy_ns, nanos(busy));
+    }
+
+    /// Counts one received batch of `frames` frames.
+    #[inline]
+    pub fn add_batch(&self, frames: usize) {
+        let bucket = BATCH_BUCKETS
+            .iter()
+            .position(|&bound| frames <= bound)
+            .unwrap_or(BATCH_BUCKETS.len() - 1);
+        bump(&self.load.batches[bucket], 1);
+        bump(
+            &self.load.batch_frames,
+            u64::try_from(frames).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// The current values of the load counters.
+    pub fn load(&self) -> WorkerLoad {
+        WorkerLoad {
+            busy_ns: self.load.busy_ns.load(Ordering::Relaxed),
+            idle_ns: self.load.idle_ns.load(Ordering::Relaxed),
+            batches: std::array::from_fn(|i| self.load.batches[i].load(Ordering::Relaxed)),
+            batch_frames: self.load.batch_frames.load(Ordering::Relaxed),
         }
     }
 
@@ -301,6 +376,21 @@ mod tests {
         sum.add(&one);
         sum.add(&one);
         assert_eq!((sum.rx_packets, sum.drops[0]), (10, 2));
+    }
+
+    #[test]
+    fn load_counts_time_and_batches_by_bucket() {
+        let counters = WorkerCounters::new();
+        counters.add_time(Duration::from_millis(3), Duration::from_micros(5));
+        counters.add_time(Duration::from_millis(1), Duration::ZERO);
+        for frames in [1, 2, 3, 64, 33, 100] {
+            counters.add_batch(frames);
+        }
+        let load = counters.load();
+        assert_eq!((load.idle_ns, load.busy_ns), (4_000_000, 5_000));
+        // 1 | 2 | 3 -> 4 | - | - | - | 33, 64 and (beyond the last bound) 100 -> 64.
+        assert_eq!(load.batches, [1, 1, 1, 0, 0, 0, 3]);
+        assert_eq!(load.batch_frames, 203);
     }
 
     #[test]

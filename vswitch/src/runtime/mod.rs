@@ -17,6 +17,7 @@
 //! `sys`; only the control plane uses it.
 
 pub mod affinity;
+pub mod capture;
 pub mod counters;
 mod worker;
 
@@ -117,6 +118,9 @@ pub struct StatsReport {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Events that are not drops (`l2.mac_limit_reached`, ...).
     pub events: std::collections::BTreeMap<String, u64>,
+    /// The packet captures running (`vswitchctl capture`).
+    #[serde(default)]
+    pub captures: Vec<capture::CaptureInfo>,
 }
 
 /// One entry of the neighbour (ARP) table.
@@ -210,6 +214,7 @@ impl Engine {
             wakers,
             clock,
             live_trace: crate::trace::live::LiveTrace::default(),
+            captures: Arc::new(capture::Captures::new()),
         });
         let engine = Engine {
             workers: config.workers,
@@ -375,7 +380,72 @@ impl Engine {
                     (event.key().to_string(), sum)
                 })
                 .collect(),
+            captures: self.shared.captures.infos(),
         }
+    }
+
+    /// Starts capturing on the port, uplink or VTEP (`vxlan`) named `spec.port`; the capture
+    /// runs until the returned stream is dropped.
+    ///
+    /// # Errors
+    /// [`CaptureError`](capture::CaptureError) when no such port can be captured on.
+    pub fn start_capture(
+        &self,
+        spec: capture::CaptureSpec,
+    ) -> Result<capture::CaptureStream, capture::CaptureError> {
+        let snapshot = self.current();
+        let port = snapshot.ports().iter().find(|port| port.name == spec.port);
+        if let Some(port) = port {
+            if port.io().is_none() {
+                return Err(capture::CaptureError::TunnelPort { port: spec.port });
+            }
+        }
+        let id = port
+            .map(|port| port.id)
+            .or_else(|| {
+                let uplink = snapshot.uplink.as_ref();
+                uplink.filter(|u| u.name == spec.port).map(|u| u.id)
+            })
+            .or_else(|| {
+                let vtep = snapshot.vtep.as_ref();
+                vtep.filter(|_| spec.port == VtepEntry::NAME).map(|v| v.id)
+            });
+        let Some(id) = id else {
+            let mut known: Vec<String> = snapshot
+                .ports()
+                .iter()
+                .filter(|port| port.io().is_some())
+                .map(|port| port.name.clone())
+                .chain(snapshot.uplink.iter().map(|uplink| uplink.name.clone()))
+                .chain(snapshot.vtep.iter().map(|_| VtepEntry::NAME.to_owned()))
+                .collect();
+            known.sort();
+            return Err(capture::CaptureError::UnknownPort {
+                port: spec.port,
+                known,
+            });
+        };
+        info!(port = %spec.port, direction = spec.direction.as_str(), "capture started");
+        Ok(self.shared.captures.start(spec, id, self.workers))
+    }
+
+    /// Each worker's load counters (busy and idle time, batch sizes), by worker index.
+    pub fn worker_loads(&self) -> Vec<counters::WorkerLoad> {
+        self.shared
+            .counters
+            .iter()
+            .map(WorkerCounters::load)
+            .collect()
+    }
+
+    /// The running captures.
+    pub fn captures(&self) -> Vec<capture::CaptureInfo> {
+        self.shared.captures.infos()
+    }
+
+    /// Ends every capture's stream (the daemon is stopping).
+    pub fn close_captures(&self) {
+        self.shared.captures.close_all();
     }
 
     /// Every drop reason and event key with its one-line description (for `vswitchctl stats`

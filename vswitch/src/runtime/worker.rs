@@ -46,6 +46,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -57,10 +58,13 @@ use nix::sys::eventfd::EventFd;
 use parking_lot::Mutex;
 use tracing::{debug, error, warn};
 
+use super::capture::{self, Capture, Captures};
 use super::counters::WorkerCounters;
 use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
+use crate::pipeline::vxlan_encap::Encapsulate;
 use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, vxlan_encap};
+use crate::port::vtep::{GsoSent, RX_PAD};
 use crate::port::{
     Capabilities, MAX_PORTS, PortId, PortQueue, RxBatch, RxHandle, RxQueues, Sent, VtepQueue,
 };
@@ -72,8 +76,9 @@ use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::LogLimiter;
 use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId};
+use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
-use crate::wire::gso::Segmenter;
+use crate::wire::gso::{GsoError, Segmenter};
 
 /// Longest `epoll_wait` (ms): bounds how late an idle worker sees the stop flag if a wake-up
 /// were lost, and how late worker 0 runs the ageing sweep.
@@ -129,6 +134,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// The live packet trace, armed from the API.
     pub(crate) live_trace: crate::trace::live::LiveTrace,
+    /// The running packet captures (checked once per batch).
+    pub(crate) captures: Arc<Captures>,
 }
 
 impl Shared {
@@ -391,6 +398,9 @@ impl Worker {
         let busy_poll = self.shared.busy_poll;
         // When the last wait that found work returned (None: not since the worker started).
         let mut last_work: Option<Instant> = None;
+        // Where the current stretch of work began (the end of the last wait): the load
+        // counters take two clock reads per iteration, none per packet.
+        let mut working_since = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             let polling = last_work.is_some_and(|at| at.elapsed() < busy_poll);
             let timeout = if polling {
@@ -400,7 +410,15 @@ impl Worker {
             } else {
                 HELD_POLL_MS
             };
-            let ready = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
+            let waiting_since = Instant::now();
+            let waited = self.epoll.wait(&mut events, EpollTimeout::from(timeout));
+            let woke = Instant::now();
+            self.counters().add_time(
+                woke.duration_since(waiting_since),
+                waiting_since.duration_since(working_since),
+            );
+            working_since = woke;
+            let ready = match waited {
                 Ok(ready) => ready,
                 Err(Errno::EINTR) => 0,
                 Err(errno) => {
@@ -418,7 +436,7 @@ impl Worker {
             }
             if ready > 0 {
                 if !busy_poll.is_zero() {
-                    last_work = Some(Instant::now());
+                    last_work = Some(woke);
                 }
             } else if polling {
                 // Nothing yet: poll again (maintenance waits for a wait that finds work, or
@@ -603,6 +621,10 @@ impl Worker {
         if frames == 0 {
             return;
         }
+        // The one check a capture costs while none runs.
+        if self.shared.captures.armed() {
+            self.capture_rx(ingress);
+        }
         let shared = &self.shared;
         let counters = &shared.counters[self.index];
         let ctx = Context {
@@ -642,6 +664,7 @@ impl Worker {
             self.verdicts.push(outcome.verdict);
         }
         counters.add_rx(id, count(frames), rx_bytes);
+        counters.add_batch(frames);
         for (event, n) in [
             (Event::MacLearned, learned),
             (Event::MacMoved, moved),
@@ -657,6 +680,31 @@ impl Worker {
         };
         self.transmit(snapshot, Some(from), now);
         self.finish_batch(now);
+    }
+
+    /// Copies the batch just received on `ingress` into the captures that want it, before
+    /// any stage rewrites a frame (a VTEP datagram behind synthesized outer headers).
+    #[cold]
+    fn capture_rx(&self, ingress: Ingress<'_>) {
+        let list = self.shared.captures.list();
+        let id = ingress.id();
+        for capture in list.iter().filter(|capture| capture.wants_rx(id)) {
+            for i in 0..self.batch.len() {
+                let frame = self.batch.frame(i);
+                match ingress {
+                    Ingress::Vtep(vtep) => {
+                        let datagram = frame.get(RX_PAD..).unwrap_or_default();
+                        let head =
+                            capture::outer_headers(self.batch.peer(i), vtep.local, datagram.len());
+                        capture.offer(self.index, &head[..capture::OUTER_LEN], datagram);
+                    }
+                    Ingress::Port(..) | Ingress::Uplink(..) => {
+                        let ethernet = frame.get(VNET_HDR_LEN..).unwrap_or_default();
+                        capture.offer(self.index, &[], ethernet);
+                    }
+                }
+            }
+        }
     }
 
     /// Outside a batch: gratuitous ARP for new ports (worker 0), and the held packets
@@ -743,6 +791,9 @@ impl Worker {
                 .chain(generated.metas().iter().map(|meta| meta.verdict)),
         );
         let counters = &shared.counters[*index];
+        // The one check a capture costs while none runs; the list only when one does.
+        let captures = shared.captures.armed().then(|| shared.captures.list());
+        let captures: &[Arc<Capture>] = captures.as_deref().map_or(&[], |list| list.as_slice());
         for destination in plan.destinations() {
             let wants = |verdict: Verdict| destination.wants(verdict, ingress);
             // The egress adjacency says where this worker writes: a device's queue, or (a
@@ -761,7 +812,7 @@ impl Worker {
                             remote_fdb: &shared.remote_fdb,
                             now_ms: now,
                         };
-                        Target::Tunnel(vtep.io.queues.get(*index)?, tx)
+                        Target::Tunnel(vtep.io.queues.get(*index)?, tx, (vtep.id, vtep.local))
                     }
                 };
                 Some((adjacency, target))
@@ -782,6 +833,7 @@ impl Worker {
                 count_drop(counters, on, tx::DropReason::NoQueue.into(), count(wanted));
                 continue;
             };
+            let taps = taps_for(captures, adjacency.id);
             let mut account = TxAccount {
                 counters,
                 port: adjacency.id,
@@ -791,6 +843,7 @@ impl Worker {
                 now,
                 tally: TxTally::default(),
                 ledger: &mut ledger[..],
+                taps,
             };
             let flushed = match target {
                 Target::Queue(queue, capabilities) => {
@@ -811,10 +864,17 @@ impl Worker {
                     // After the flush: frames the kernel refused there are taken off the tally.
                     sender.flush()
                 }
-                Target::Tunnel(queue, tunnel) => {
+                Target::Tunnel(queue, tunnel, vtep_entry) => {
                     let mut vtep = queue.lock();
+                    let mut encap = CapturingVtep {
+                        queue: &mut vtep,
+                        taps: taps_for(captures, vtep_entry.0),
+                        vtep: vtep_entry.0,
+                        local: vtep_entry.1,
+                        worker: *index,
+                    };
                     in_order(batch, verdicts, generated, wants, |frame, origin| {
-                        let sent = vxlan_encap::send(&tunnel, frame, segmenter, &mut *vtep);
+                        let sent = vxlan_encap::send(&tunnel, frame, segmenter, &mut encap);
                         account.encapsulated(origin, &sent);
                     });
                     // Packets the kernel refuses here are counted by the VTEP (`send_errors`).
@@ -902,6 +962,8 @@ struct TxAccount<'a> {
     tally: TxTally,
     /// By position in the destination queue, for the frames it holds (see [`Counted`]).
     ledger: &'a mut [Counted],
+    /// The running captures when one takes this port's transmitted frames, else empty.
+    taps: &'a [Arc<Capture>],
 }
 
 impl TxAccount<'_> {
@@ -957,8 +1019,13 @@ impl TxAccount<'_> {
 enum Target<'a> {
     /// A device's queue, and what the device takes.
     Queue(&'a Mutex<PortQueue>, Capabilities),
-    /// The VTEP's queue, for the `vxlan-encap` stage into this tunnel.
-    Tunnel(&'a Mutex<VtepQueue>, vxlan_encap::TunnelTx<'a>),
+    /// The VTEP's queue, for the `vxlan-encap` stage into this tunnel, and the VTEP's id
+    /// and address (for its captures).
+    Tunnel(
+        &'a Mutex<VtepQueue>,
+        vxlan_encap::TunnelTx<'a>,
+        (PortId, SocketAddrV4),
+    ),
 }
 
 /// Hands `send` the frames that a destination `wants` (by verdict), in order: the generated
@@ -993,6 +1060,88 @@ fn in_order(
     }
 }
 
+/// `captures` when one of them takes what is sent to `port`, else nothing (the caller still
+/// picks the ones that want `port`: the list holds every port's).
+fn taps_for(captures: &[Arc<Capture>], port: PortId) -> &[Arc<Capture>] {
+    if captures.iter().any(|capture| capture.wants_tx(port)) {
+        captures
+    } else {
+        &[]
+    }
+}
+
+/// The VTEP's queue, with its captures: each packet the queue takes is offered to them as
+/// the outer packet it becomes (synthesized outer headers, see [`capture`]).
+struct CapturingVtep<'q> {
+    queue: &'q mut VtepQueue,
+    /// Captures on some port, among them the VTEP's transmit captures (empty while none is).
+    taps: &'q [Arc<Capture>],
+    vtep: PortId,
+    local: SocketAddrV4,
+    worker: usize,
+}
+
+impl CapturingVtep<'_> {
+    #[cold]
+    fn offer(
+        &self,
+        inner: &[u8],
+        vni: ::vxlan::Vni,
+        remote: Ipv4Addr,
+        config: &::vxlan::VxlanEncapConfig,
+    ) {
+        let src = SocketAddrV4::new(*self.local.ip(), ::vxlan::encap::source_port(inner, config));
+        let dst = SocketAddrV4::new(remote, self.local.port());
+        let mut head = capture::outer_headers(src, dst, ::vxlan::header::HEADER_LEN + inner.len());
+        ::vxlan::header::Repr { vni }.emit(&mut ::vxlan::header::Packet::new_unchecked(
+            &mut head[capture::OUTER_LEN..],
+        ));
+        for tap in self.taps.iter().filter(|tap| tap.wants_tx(self.vtep)) {
+            tap.offer(self.worker, &head, inner);
+        }
+    }
+}
+
+impl Encapsulate for CapturingVtep<'_> {
+    #[inline]
+    fn encap(
+        &mut self,
+        inner: &[u8],
+        vni: ::vxlan::Vni,
+        remote: Ipv4Addr,
+        config: &::vxlan::VxlanEncapConfig,
+    ) -> io::Result<()> {
+        self.queue.encap(inner, vni, remote, config)?;
+        if !self.taps.is_empty() {
+            self.offer(inner, vni, remote, config);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn encap_gso(
+        &mut self,
+        frame: &[u8],
+        segmenter: &mut Segmenter,
+        vni: ::vxlan::Vni,
+        remote: Ipv4Addr,
+        config: &::vxlan::VxlanEncapConfig,
+    ) -> Result<GsoSent, GsoError> {
+        let sent = self
+            .queue
+            .encap_gso(frame, segmenter, vni, remote, config)?;
+        if !self.taps.is_empty() {
+            self.offer(
+                frame.get(VNET_HDR_LEN..).unwrap_or_default(),
+                vni,
+                remote,
+                config,
+            );
+        }
+        Ok(sent)
+    }
+}
+
 /// Sends frames to one device queue (locked once for the batch) and counts them.
 struct Sender<'q, 'a> {
     capabilities: Capabilities,
@@ -1008,6 +1157,13 @@ struct Sender<'q, 'a> {
 /// (and logged, rate-limited) instead. A queued frame's `counted` goes into the ledger, so
 /// that a refusal at the flush is counted the same way.
 fn write_frame(queue: &mut PortQueue, account: &mut TxAccount<'_>, frame: &[u8], counted: Counted) {
+    if !account.taps.is_empty() {
+        let ethernet = frame.get(VNET_HDR_LEN..).unwrap_or_default();
+        let port = account.port;
+        for tap in account.taps.iter().filter(|tap| tap.wants_tx(port)) {
+            tap.offer(account.worker, &[], ethernet);
+        }
+    }
     let result = queue.enqueue(frame, &mut |position, error| {
         account.refused_queued(position, error);
     });

@@ -333,6 +333,24 @@ pub fn stats_report(stats: &StatsReport, show_zero: bool) -> String {
     } else {
         text.push_str(&events.render());
     }
+    text.push_str("\ncaptures:\n");
+    if stats.captures.is_empty() {
+        text.push_str("no captures running\n");
+    } else {
+        let mut captures =
+            Table::new(&["ID", "PORT", "DIRECTION", "FILTER", "CAPTURED", "DROPPED"]);
+        for capture in &stats.captures {
+            captures.push(vec![
+                capture.id.to_string(),
+                shown(&capture.port),
+                capture.direction.as_str().to_owned(),
+                shown(&capture.filter),
+                capture.captured.to_string(),
+                capture.dropped.to_string(),
+            ]);
+        }
+        text.push_str(&captures.render());
+    }
     text
 }
 
@@ -581,6 +599,7 @@ default   02:00:ac:1e:00:03   vxlan/default   192.168.50.2   2m5s
         typed(json!({
             "workers": 2,
             "workerCpus": worker_cpus,
+            "captures": [],
             "ports": [
                 {"name": "c1", "rxPackets": 10, "rxBytes": 980, "txPackets": 8, "txBytes": 784,
                  "txGeneratedPackets": 1, "txGeneratedBytes": 42, "rxErrors": 0,
@@ -609,6 +628,9 @@ port_security.src_mac   2
 
 events:
 no events
+
+captures:
+no captures running
 "
         );
         let all = stats_report(&stats, true);
@@ -621,10 +643,21 @@ no events
         );
         let idle: StatsReport = typed(json!({
             "workers": 1, "workerCpus": null, "ports": [], "drops": {}, "events": {},
+            "captures": [],
         }));
         assert_eq!(
             stats_report(&idle, false),
-            "workers: 1, floating\n\nno ports\n\ndrops by reason:\nno drops\n\nevents:\nno events\n"
+            "workers: 1, floating\n\nno ports\n\ndrops by reason:\nno drops\n\nevents:\nno events\n\ncaptures:\nno captures running\n"
+        );
+        let capturing: StatsReport = typed(json!({
+            "workers": 1, "workerCpus": null, "ports": [], "drops": {}, "events": {},
+            "captures": [{"id": 3, "port": "c1", "direction": "rx", "filter": "icmp",
+                          "captured": 12, "dropped": 0}],
+        }));
+        let text = stats_report(&capturing, false);
+        assert!(
+            text.ends_with("captures:\nID   PORT   DIRECTION   FILTER   CAPTURED   DROPPED\n3    c1     rx          icmp     12         0\n"),
+            "{text}"
         );
     }
 

@@ -251,6 +251,29 @@ impl Controller {
         self.engine.read().stats()
     }
 
+    /// Starts a packet capture on a port, the uplink or the VTEP; it runs until the stream
+    /// is dropped.
+    ///
+    /// # Errors
+    /// [`CaptureError`](crate::runtime::capture::CaptureError) when there is no such port to
+    /// capture on.
+    pub fn start_capture(
+        &self,
+        spec: crate::runtime::capture::CaptureSpec,
+    ) -> Result<crate::runtime::capture::CaptureStream, crate::runtime::capture::CaptureError> {
+        self.engine.read().start_capture(spec)
+    }
+
+    /// The running packet captures.
+    pub fn captures(&self) -> Vec<crate::runtime::capture::CaptureInfo> {
+        self.engine.read().captures()
+    }
+
+    /// Ends every capture's stream (the daemon is stopping).
+    pub fn close_captures(&self) {
+        self.engine.read().close_captures();
+    }
+
     /// The conntrack zone of Network `network` (its id), or every zone for `None`.
     fn zone(&self, network: Option<&str>) -> Result<Option<nat::Zone>, ApiError> {
         let Some(name) = network else {
@@ -480,6 +503,8 @@ pub struct MetricsSnapshot {
     pub nat_ports: Vec<(String, String, &'static str, u32)>,
     /// A hub's runners by state (`Online`, `Offline`): (state, count).
     pub runners: BTreeMap<String, usize>,
+    /// Each worker's load counters, by worker index.
+    pub worker_loads: Vec<crate::runtime::counters::WorkerLoad>,
 }
 
 impl Controller {
@@ -530,6 +555,7 @@ impl Controller {
             nat_ports,
             runners,
             stats: engine.stats(),
+            worker_loads: engine.worker_loads(),
             fdb_entries,
             neighbor_entries,
             conntrack: snapshot.conntrack.stats(),
