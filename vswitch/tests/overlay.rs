@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Netns, iperf3_tcp, require, run, tail, unique, wait_until};
+use common::{Daemon, Netns, Underlay, iperf3_tcp, require, tail, wait_until};
 use serde_json::Value;
 
 /// The bearer token of the hubs in these tests.
@@ -31,66 +31,6 @@ const RX_REASONS: [&str; 5] = [
     "vxlan.unknown_vni",
     "vxlan.inner_truncated",
 ];
-
-/// An underlay: a bridge in its own namespace and node namespaces joined to it by veth.
-struct Underlay {
-    /// Holds the bridge `br0` and the bridge ends of the veth pairs.
-    _switch: Netns,
-    /// The nodes, in the order added; each has `eth0` on the underlay.
-    nodes: Vec<Netns>,
-}
-
-impl Underlay {
-    /// A bridge namespace and one node namespace per address (`A.B.C.D/N`).
-    fn new(addresses: &[&str]) -> Underlay {
-        let switch = Netns::new("ul");
-        switch.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-        switch.exec_ok(&["ip", "link", "set", "br0", "up"]);
-        let mut nodes = Vec::new();
-        for address in addresses {
-            let node = Netns::new("nd");
-            let bridge_end = unique("ub");
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &bridge_end,
-                    "netns",
-                    &switch.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &node.name,
-                ],
-            );
-            switch.exec_ok(&["ip", "link", "set", &bridge_end, "master", "br0", "up"]);
-            node.exec_ok(&["ip", "addr", "add", address, "dev", "eth0"]);
-            node.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            nodes.push(node);
-        }
-        // Every node reaches every other one before a test starts.
-        for node in &nodes[1..] {
-            let first = addresses[0].split('/').next().unwrap_or(addresses[0]);
-            assert!(
-                node.ping_until(first, Duration::from_secs(5)),
-                "the underlay does not work: {} cannot ping {first}",
-                node.name
-            );
-        }
-        Underlay {
-            _switch: switch,
-            nodes,
-        }
-    }
-
-    fn node(&self, index: usize) -> &Netns {
-        &self.nodes[index]
-    }
-}
 
 /// Applies `yaml` with `vswitchctl apply -f`; panics (with the daemon log) when refused.
 fn apply(daemon: &Daemon, yaml: &str) -> String {

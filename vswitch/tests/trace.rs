@@ -15,7 +15,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Netns, Outside, require, run, tail, unique};
+use common::{Daemon, Netns, Outside, Underlay, require, tail};
 use serde_json::Value;
 
 fn apply(daemon: &Daemon, yaml: &str) {
@@ -197,37 +197,8 @@ fn routed_natted_spoofed_and_live() {
 #[ignore = "needs root: starts vswitchd in a node namespace, creates kernel vxlan devices"]
 fn encapsulated_into_the_overlay() {
     require(&["ping", "bridge"]);
-    let underlay = Netns::new("ul");
-    underlay.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-    underlay.exec_ok(&["ip", "link", "set", "br0", "up"]);
-    let nodes: Vec<Netns> = ["192.168.52.1/24", "192.168.52.2/24"]
-        .iter()
-        .map(|address| {
-            let node = Netns::new("nd");
-            let bridge_end = unique("ub");
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &bridge_end,
-                    "netns",
-                    &underlay.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &node.name,
-                ],
-            );
-            underlay.exec_ok(&["ip", "link", "set", &bridge_end, "master", "br0", "up"]);
-            node.exec_ok(&["ip", "addr", "add", address, "dev", "eth0"]);
-            node.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            node
-        })
-        .collect();
+    let underlay = Underlay::new(&["192.168.52.1/24", "192.168.52.2/24"]);
+    let nodes = &underlay.nodes;
     let daemon = Daemon::start_in(&nodes[0].name, 2, &[]);
     apply(
         &daemon,
