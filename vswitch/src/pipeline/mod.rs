@@ -2,6 +2,8 @@
 //!
 //! A frame received on a port (a `virtio_net_hdr` followed by the Ethernet frame) goes through
 //! [`parse`] -> [`port_security`] -> [`l2`] (learning), then one of:
+//! - [`dhcp`]: on a Subnet whose DHCP server is enabled, DHCP client messages are answered
+//!   (or dropped) by the switch, and server messages from ports are dropped;
 //! - [`arp`]: ARP for the subnet's gateway is answered (or, a reply, consumed) by the switch;
 //!   ARP from a port refreshes the neighbour table;
 //! - [`l3`]: IPv4 addressed to the subnet's gateway MAC is routed: to the switch itself
