@@ -17,7 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Netns, Underlay, iperf3_tcp, require, tail, wait_until};
+use common::{
+    Daemon, Netns, Underlay, iperf3_tcp, kernel_vxlan_node, kernel_vxlan_node_with, require, tail,
+    wait_until,
+};
 use serde_json::Value;
 
 /// The bearer token of the hubs in these tests.
@@ -171,86 +174,6 @@ fn assert_mtu(ns: &Netns, mtu: u32) {
         "eth0 in {} must have the overlay MTU {mtu}:\n{link}",
         ns.name
     );
-}
-
-/// A node built only from Linux kernel pieces: `vx0` (a kernel VXLAN device, no learning),
-/// bridge `br0`, and a container namespace joined to the bridge by a veth pair, with `ip`
-/// on its `eth0` (MTU 1450). Unknown unicast and broadcast go to `remote`.
-fn kernel_vxlan_node(
-    node: &Netns,
-    vni: u32,
-    local: &str,
-    remote: &str,
-    container: &Netns,
-    ip: &str,
-) {
-    kernel_vxlan_node_with(node, vni, local, remote, container, ip, &[]);
-}
-
-/// [`kernel_vxlan_node`] with more options for the vxlan device (`udpcsum`, `remcsumtx`...).
-fn kernel_vxlan_node_with(
-    node: &Netns,
-    vni: u32,
-    local: &str,
-    remote: &str,
-    container: &Netns,
-    ip: &str,
-    options: &[&str],
-) {
-    let vni = vni.to_string();
-    let mut add = vec![
-        "ip",
-        "link",
-        "add",
-        "vx0",
-        "mtu",
-        "1450",
-        "type",
-        "vxlan",
-        "id",
-        &vni,
-        "dstport",
-        "4789",
-        "local",
-        local,
-        "nolearning",
-    ];
-    add.extend_from_slice(options);
-    node.exec_ok(&add);
-    node.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-    node.exec_ok(&["ip", "link", "set", "vx0", "master", "br0"]);
-    node.exec_ok(&[
-        "ip",
-        "link",
-        "add",
-        "vb0",
-        "mtu",
-        "1450",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &container.name,
-    ]);
-    node.exec_ok(&["ip", "link", "set", "vb0", "master", "br0"]);
-    for link in ["vx0", "vb0", "br0"] {
-        node.exec_ok(&["ip", "link", "set", link, "up"]);
-    }
-    node.exec_ok(&[
-        "bridge",
-        "fdb",
-        "append",
-        "00:00:00:00:00:00",
-        "dev",
-        "vx0",
-        "dst",
-        remote,
-    ]);
-    container.exec_ok(&["ip", "link", "set", "eth0", "mtu", "1450"]);
-    container.exec_ok(&["ip", "addr", "add", ip, "dev", "eth0"]);
-    container.exec_ok(&["ip", "link", "set", "eth0", "up"]);
 }
 
 /// A mesh node A (vswitchd, 192.168.51.1) with Subnet `m` (10.77.0.0/24, VNI 77) and one

@@ -15,7 +15,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Netns, Outside, Underlay, require, tail};
+use common::{Daemon, Netns, Outside, Underlay, kernel_vxlan_node, require, tail};
 use serde_json::Value;
 
 fn apply(daemon: &Daemon, yaml: &str) {
@@ -209,50 +209,14 @@ fn encapsulated_into_the_overlay() {
     // Node B: kernel VXLAN (VNI 78) bridged to a container at 10.78.0.20.
     let cb = Netns::new("cb");
     let node_b = &nodes[1];
-    for cmd in [
-        vec![
-            "ip",
-            "link",
-            "add",
-            "vx0",
-            "mtu",
-            "1450",
-            "type",
-            "vxlan",
-            "id",
-            "78",
-            "dstport",
-            "4789",
-            "local",
-            "192.168.52.2",
-            "nolearning",
-        ],
-        vec!["ip", "link", "add", "br0", "type", "bridge"],
-        vec!["ip", "link", "set", "vx0", "master", "br0"],
-        vec![
-            "ip", "link", "add", "vb0", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
-            "netns", &cb.name,
-        ],
-        vec!["ip", "link", "set", "vb0", "master", "br0"],
-        vec!["ip", "link", "set", "vx0", "up"],
-        vec!["ip", "link", "set", "vb0", "up"],
-        vec!["ip", "link", "set", "br0", "up"],
-        vec![
-            "bridge",
-            "fdb",
-            "append",
-            "00:00:00:00:00:00",
-            "dev",
-            "vx0",
-            "dst",
-            "192.168.52.1",
-        ],
-    ] {
-        node_b.exec_ok(&cmd);
-    }
-    cb.exec_ok(&["ip", "link", "set", "eth0", "mtu", "1450"]);
-    cb.exec_ok(&["ip", "addr", "add", "10.78.0.20/24", "dev", "eth0"]);
-    cb.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    kernel_vxlan_node(
+        node_b,
+        78,
+        "192.168.52.2",
+        "192.168.52.1",
+        &cb,
+        "10.78.0.20/24",
+    );
     // Learns B's container behind B's VTEP (and its MAC as a neighbour of A's container).
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ca.ping_until("10.78.0.20", Duration::from_secs(1)) {

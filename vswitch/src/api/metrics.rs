@@ -136,22 +136,39 @@ pub fn render(snapshot: MetricsSnapshot) -> Result<String, std::fmt::Error> {
 #[derive(Debug)]
 struct Switch(MetricsSnapshot);
 
+/// A family of `kind` with one sample per label set.
+fn family<L, M>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: prometheus_client::metrics::MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    M: prometheus_client::encoding::EncodeMetric,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn counter<L: prometheus_client::encoding::EncodeLabelSet>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     values: impl IntoIterator<Item = (L, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
+    let samples = values.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(
+        encoder,
         name,
         help,
-        None,
         prometheus_client::metrics::MetricType::Counter,
-    )?;
-    for (labels, value) in values {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+        samples,
+    )
 }
 
 fn gauge<L: prometheus_client::encoding::EncodeLabelSet>(
@@ -160,16 +177,14 @@ fn gauge<L: prometheus_client::encoding::EncodeLabelSet>(
     help: &str,
     values: impl IntoIterator<Item = (L, i64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
+    let samples = values.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(
+        encoder,
         name,
         help,
-        None,
         prometheus_client::metrics::MetricType::Gauge,
-    )?;
-    for (labels, value) in values {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+        samples,
+    )
 }
 
 /// A counter without labels.
@@ -341,26 +356,27 @@ impl Collector for Switch {
                 |load: &WorkerLoad| load.idle_ns,
             ),
         ] {
-            let mut family = encoder.encode_descriptor(
+            family(
+                &mut encoder,
                 name,
                 help,
-                None,
                 prometheus_client::metrics::MetricType::Counter,
+                s.worker_loads
+                    .iter()
+                    .enumerate()
+                    .map(|(index, load)| (worker(index), ConstCounter::new(seconds(pick(load))))),
             )?;
-            for (index, load) in s.worker_loads.iter().enumerate() {
-                ConstCounter::new(seconds(pick(load)))
-                    .encode(family.encode_family(&worker(index))?)?;
-            }
         }
-        let mut family = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "vswitch_worker_batch_size",
             "Frames per batch a worker received from a queue.",
-            None,
             prometheus_client::metrics::MetricType::Histogram,
+            s.worker_loads
+                .iter()
+                .enumerate()
+                .map(|(index, load)| (worker(index), ConstHistogram::batches(load))),
         )?;
-        for (index, load) in s.worker_loads.iter().enumerate() {
-            ConstHistogram::batches(load).encode(family.encode_family(&worker(index))?)?;
-        }
         gauge_one(
             &mut encoder,
             "vswitch_fdb_entries",
