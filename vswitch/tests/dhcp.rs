@@ -36,12 +36,12 @@ spec:
     routes: [{destination: 10.200.0.0/16, via: 10.77.0.254}]
 ";
 
-/// The udhcpc script: configures the interface as a distribution's default script does and
-/// appends every event with its variables to `log`.
+/// The udhcpc script: configures the interface as a distribution's default script does, then
+/// appends the event with its variables to `log` in one write (a block is built aside first),
+/// so a reader that sees an event sees it whole and the interface already configured.
 fn script(log: &str) -> String {
     format!(
         "#!/bin/sh\n\
-         {{ echo \"event=$1\"; env | grep -E '^(ip|mask|subnet|router|dns|domain|search|mtu|staticroutes|lease|serverid)=' | sort; echo end; }} >> {log}\n\
          case \"$1\" in\n\
            bound|renew)\n\
              ip addr flush dev \"$interface\"\n\
@@ -50,13 +50,16 @@ fn script(log: &str) -> String {
              for r in $router; do ip route replace default via \"$r\" dev \"$interface\"; done\n\
              ;;\n\
          esac\n\
+         {{ echo \"event=$1\"; env | grep -E '^(ip|mask|subnet|router|dns|domain|search|mtu|staticroutes|lease|serverid)=' | sort; echo end; }} > {log}.part\n\
+         cat {log}.part >> {log}\n\
          exit 0\n"
     )
 }
 
-/// The value of `key` in the last `event` block of the script's log.
+/// The value of `key` in the last complete `event` block of the script's log.
 fn last(log: &str, event: &str, key: &str) -> Option<String> {
-    let block = log
+    let complete = &log[..log.rfind("end\n").map_or(0, |at| at + 4)];
+    let block = complete
         .split("end\n")
         .filter(|b| b.contains(&format!("event={event}\n")))
         .last()?;
@@ -114,7 +117,7 @@ fn udhcpc_gets_its_lease_options_and_renews() {
     ]);
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("udhcpc bound", Duration::from_secs(15), || {
-        text().contains("event=bound").then_some(())
+        last(&text(), "bound", "ip").map(|_| ())
     });
     let events = text();
     assert_eq!(
@@ -178,7 +181,7 @@ fn udhcpc_gets_its_lease_options_and_renews() {
 
     // Renewal at T1 (5 s): acknowledged by the switch.
     wait_until("udhcpc renewed", Duration::from_secs(20), || {
-        text().contains("event=renew").then_some(())
+        last(&text(), "renew", "ip").map(|_| ())
     });
     assert_eq!(
         last(&text(), "renew", "ip").as_deref(),
