@@ -6,6 +6,11 @@
 //! replaced atomically: written to `state.json.tmp`, fsynced, renamed over `state.json`, and
 //! the directory fsynced, so a crash leaves either the old or the new file, never a mix.
 //!
+//! While interfaces are being created, `devices.json` lists them (key and resource as
+//! planned), written the same way before the first device is touched and rewritten when the
+//! change lands or is undone: a daemon killed in between finds, at the next start, which
+//! devices may be half made for an interface the state file does not hold, and removes them.
+//!
 //! A `lock` file in the directory is held with `flock` while the store is open, so two
 //! daemons never share one state directory. A file that does not parse is an error that names
 //! it and says what to do; it is never silently replaced.
@@ -15,9 +20,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use nix::fcntl::{Flock, FlockArg};
 
 use super::ApiError;
+use super::kinds::network_interface::NetworkInterface;
 
 pub use super::kinds::{OLDEST_STATE_FORMAT, STATE_FORMAT, State, SubnetIpamState};
 pub use super::node::NodeId;
@@ -27,6 +35,12 @@ pub const STATE_FILE: &str = "state.json";
 
 /// Name of the lock file inside the state directory.
 pub const LOCK_FILE: &str = "lock";
+
+/// Name of the file listing the interfaces whose devices are being created.
+pub const DEVICES_FILE: &str = "devices.json";
+
+/// The interfaces whose devices are being created, by key, as planned.
+pub type DevicesInFlight = BTreeMap<String, NetworkInterface>;
 
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -138,13 +152,14 @@ impl Store {
             _lock: lock,
         };
         // A temp file left by a crash mid-write is incomplete by definition.
-        let tmp = store.tmp_path();
-        match fs::remove_file(&tmp) {
-            Ok(()) => {
-                tracing::warn!(path = %tmp.display(), "removed an incomplete state file left by a crash")
+        for tmp in [store.tmp_path(), tmp_of(&dir.join(DEVICES_FILE))] {
+            match fs::remove_file(&tmp) {
+                Ok(()) => {
+                    tracing::warn!(path = %tmp.display(), "removed an incomplete file left by a crash")
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err("cannot remove", &tmp)(err)),
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io_err("cannot remove", &tmp)(err)),
         }
         let state = store.load()?;
         Ok((store, state))
@@ -156,7 +171,92 @@ impl Store {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.dir.join(format!("{STATE_FILE}.tmp"))
+        tmp_of(&self.path)
+    }
+
+    /// Records the interfaces whose devices are being created (see the module docs);
+    /// removes the file when there are none.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub fn save_devices(&self, devices: &DevicesInFlight) -> Result<(), StoreError> {
+        let path = self.dir.join(DEVICES_FILE);
+        if devices.is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => self.sync_dir(),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StoreError::Io {
+                    what: "cannot remove",
+                    path,
+                    source,
+                }),
+            };
+        }
+        let text = serde_json::to_vec_pretty(devices).map_err(|err| StoreError::Io {
+            what: "cannot encode",
+            path: path.clone(),
+            source: io::Error::other(err),
+        })?;
+        self.write_atomic(&path, &text)
+    }
+
+    /// The interfaces a previous run was creating devices for when it stopped (empty when
+    /// it finished its changes). A file that does not parse is reported and ignored: it
+    /// only ever names devices to clean up.
+    pub fn load_devices(&self) -> DevicesInFlight {
+        let path = self.dir.join(DEVICES_FILE);
+        match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).unwrap_or_else(|err| {
+                tracing::warn!(path = %path.display(), %err, "ignoring an unreadable list of devices in flight");
+                DevicesInFlight::new()
+            }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => DevicesInFlight::new(),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "cannot read the list of devices in flight");
+                DevicesInFlight::new()
+            }
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StoreError::Io {
+                what: "cannot sync",
+                path: self.dir.clone(),
+                source,
+            })
+    }
+
+    /// Replaces `path` with `text`: written to `PATH.tmp`, fsynced, renamed over `path`, the
+    /// directory fsynced.
+    fn write_atomic(&self, path: &Path, text: &[u8]) -> Result<(), StoreError> {
+        let tmp = tmp_of(path);
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(text)?;
+            file.sync_all()
+        };
+        if let Err(source) = write() {
+            // Best effort: the temp file is garbage now; open() removes it otherwise.
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                what: "cannot write",
+                path: tmp,
+                source,
+            });
+        }
+        fs::rename(&tmp, path).map_err(|source| StoreError::Io {
+            what: "cannot rename the new file over",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.sync_dir()
     }
 
     fn load(&self) -> Result<Option<State>, StoreError> {
@@ -220,41 +320,21 @@ impl Store {
     /// # Errors
     /// [`StoreError::Io`]; the previous file is then still in place.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let tmp = self.tmp_path();
-        let write = || -> io::Result<()> {
-            let mut text = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-            text.push(b'\n');
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&text)?;
-            file.sync_all()
-        };
-        if let Err(source) = write() {
-            // Best effort: the temp file is garbage now; open() removes it otherwise.
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::Io {
-                what: "cannot write",
-                path: tmp,
-                source,
-            });
-        }
-        fs::rename(&tmp, &self.path).map_err(|source| StoreError::Io {
-            what: "cannot rename the new state over",
+        let mut text = serde_json::to_vec_pretty(state).map_err(|err| StoreError::Io {
+            what: "cannot encode",
             path: self.path.clone(),
-            source,
+            source: io::Error::other(err),
         })?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| StoreError::Io {
-                what: "cannot sync",
-                path: self.dir.clone(),
-                source,
-            })
+        text.push(b'\n');
+        self.write_atomic(&self.path, &text)
     }
+}
+
+/// `PATH.tmp`, where `path`'s next version is written first.
+fn tmp_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -487,6 +567,31 @@ status: {ip: 198.51.100.10}
         fs::write(dir.path().join(STATE_FILE), "{\"format\": 7}").unwrap();
         let err = Store::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("has format 7, newer"), "{err}");
+    }
+
+    #[test]
+    fn devices_in_flight_round_trip_and_empty_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert!(
+            store.load_devices().is_empty(),
+            "no file, nothing in flight"
+        );
+        let state = sample();
+        let devices: DevicesInFlight = state
+            .network_interfaces
+            .iter()
+            .map(|(name, nic)| (name.clone(), nic.clone()))
+            .collect();
+        assert!(!devices.is_empty());
+        store.save_devices(&devices).unwrap();
+        assert_eq!(store.load_devices(), devices);
+        store.save_devices(&DevicesInFlight::new()).unwrap();
+        assert!(!dir.path().join(DEVICES_FILE).exists());
+        // Emptying twice is fine; a garbled file is ignored (it only names clean-ups).
+        store.save_devices(&DevicesInFlight::new()).unwrap();
+        fs::write(dir.path().join(DEVICES_FILE), "{\"x\": [").unwrap();
+        assert!(store.load_devices().is_empty());
     }
 
     #[test]

@@ -244,16 +244,25 @@ pub fn detach(req: &AttachRequest, io: Option<PortIo>) -> Result<(), PortError> 
         // The namespace is gone, and its devices with it.
         return Ok(());
     };
-    let deleted = netlink::run_in(&ns, |nl| match nl.link(&req.ifname)? {
-        Some(link) if link.kind.as_deref() == Some(netlink::tun_kind().as_str()) => {
-            nl.delete(link.index)
+    let temporary = host_ifname(&req.name);
+    let deleted = netlink::run_in(&ns, |nl| {
+        // Moved in but not yet renamed by an attach that died half-way.
+        if let Some(link) = nl.link(&temporary)?
+            && link.kind.as_deref() == Some(netlink::tun_kind().as_str())
+        {
+            nl.delete(link.index)?;
         }
-        Some(link) => {
-            tracing::warn!(port = %req.name, ifname = %req.ifname, kind = ?link.kind,
-                "not removing an interface that is not a TAP");
-            Ok(())
+        match nl.link(&req.ifname)? {
+            Some(link) if link.kind.as_deref() == Some(netlink::tun_kind().as_str()) => {
+                nl.delete(link.index)
+            }
+            Some(link) => {
+                tracing::warn!(port = %req.name, ifname = %req.ifname, kind = ?link.kind,
+                    "not removing an interface that is not a TAP");
+                Ok(())
+            }
+            None => Ok(()),
         }
-        None => Ok(()),
     });
     match deleted {
         // The namespace could not be entered: it is going away.

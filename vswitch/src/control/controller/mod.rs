@@ -52,7 +52,8 @@ use self::compile::publish;
 use self::ids::IdPool;
 use self::overlay::{check_overlay_delete, initial_overlay_state, install_vtep};
 use self::reconcile::{
-    attach_request, forget_connections, install_uplink, interface_zone, mark_uplink, open_uplink,
+    attach_request, clean_up_devices_in_flight, forget_connections, install_uplink, interface_zone,
+    mark_uplink, open_uplink, reopen_or_create,
 };
 use self::views::{port_names, resource_json};
 use super::ApiError;
@@ -60,7 +61,7 @@ use super::nat_rules;
 use super::resource::{
     Document, InterfaceState, Kind, Origin, Resource, parse_documents, parse_one, split_key,
 };
-use super::store::{NodeId, State, Store, StoreError, SubnetIpamState};
+use super::store::{DevicesInFlight, NodeId, State, Store, StoreError, SubnetIpamState};
 use super::validate::{self, AppliedResource, Mode, Plan};
 use crate::port::{self, MAX_PORTS, PortError, PortId, PortIo};
 use crate::runtime::Engine;
@@ -247,6 +248,9 @@ struct InFlight {
     uplink: bool,
     /// It opens or closes the VTEP.
     vtep: bool,
+    /// The interfaces whose devices it creates, as planned (listed in the state directory's
+    /// `devices.json` while it flies).
+    devices: DevicesInFlight,
 }
 
 impl Inner {
@@ -265,14 +269,32 @@ impl Inner {
             cursors: Vec::new(),
             uplink,
             vtep,
+            devices: DevicesInFlight::new(),
         });
         token
     }
 
-    /// Ends a change in flight (done or undone); returns it.
+    /// The interfaces whose devices the changes in flight create, with `more`.
+    fn devices_in_flight(&self, more: &DevicesInFlight) -> DevicesInFlight {
+        let mut all = more.clone();
+        for flight in &self.in_flight {
+            all.extend(flight.devices.clone());
+        }
+        all
+    }
+
+    /// Ends a change in flight (done or undone); returns it. Once its interfaces are in the
+    /// state file (or undone), they leave `devices.json`.
     fn land(&mut self, token: u64) -> Option<InFlight> {
         let at = self.in_flight.iter().position(|f| f.token == token)?;
-        Some(self.in_flight.remove(at))
+        let flight = self.in_flight.remove(at);
+        if !flight.devices.is_empty() {
+            let remaining = self.devices_in_flight(&DevicesInFlight::new());
+            if let Err(err) = self.store.save_devices(&remaining) {
+                tracing::warn!("cannot update the list of devices in flight: {err}");
+            }
+        }
+        Some(flight)
     }
 
     /// True when `kind`/`name` is part of a change in flight.
@@ -475,10 +497,11 @@ impl Controller {
         };
         let workers = engine.workers();
         let mut status_changed = false;
+        clean_up_devices_in_flight(&inner.store, &inner.state, workers);
         let names: Vec<String> = inner.state.network_interfaces.keys().cloned().collect();
         for name in names {
             let reopened = attach_request(&inner.state, &name, workers)
-                .and_then(|req| port::reopen(&req).map_err(|err| err.to_string()))
+                .and_then(|req| reopen_or_create(&req))
                 .and_then(|io| match inner.port_ids.allocate() {
                     Some(id) => Ok((PortId(id), io)),
                     None => Err(format!("more than {MAX_PORTS} ports")),

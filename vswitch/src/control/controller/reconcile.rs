@@ -21,7 +21,7 @@ use crate::control::ApiError;
 use crate::control::resource::{
     InterfaceState, Kind, MacAddr, NetworkInterface, Origin, OverlayState,
 };
-use crate::control::store::State;
+use crate::control::store::{DevicesInFlight, State, Store};
 use crate::control::validate::{Plan, UplinkWork};
 use crate::control::{nat_rules, overlay};
 use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
@@ -200,9 +200,26 @@ impl Controller {
                 )
             })
             .collect();
+        // The interfaces whose devices are about to be made, on disk first: a daemon killed
+        // before the change lands removes them at its next start.
+        let devices: DevicesInFlight = requests
+            .iter()
+            .filter_map(|(name, _)| {
+                plan.next
+                    .network_interfaces
+                    .get(name)
+                    .map(|nic| (name.clone(), nic.clone()))
+            })
+            .collect();
+        if !devices.is_empty() {
+            inner
+                .store
+                .save_devices(&inner.devices_in_flight(&devices))?;
+        }
         let token = inner.take_off(before, uplink.is_some(), vtep.is_some());
         if let Some(flight) = inner.in_flight.last_mut() {
             flight.cursors = cursors;
+            flight.devices = devices;
         }
         inner.state = plan.next;
         publish(&self.engine.read(), inner);
@@ -885,7 +902,58 @@ fn detach_request(state: &State, name: &str, workers: usize) -> AttachRequest {
     if let Ok(req) = attach_request(state, name, workers) {
         return req;
     }
-    let nic: Option<&NetworkInterface> = state.network_interfaces.get(name);
+    removal_request(name, state.network_interfaces.get(name), workers)
+}
+
+/// Re-opens a port after a restart; when its device is gone but its namespace is still
+/// there (the daemon was killed while removing or re-creating it, or someone deleted it),
+/// creates it again: the state says the interface exists.
+pub(super) fn reopen_or_create(req: &AttachRequest) -> Result<PortIo, String> {
+    match port::reopen(req) {
+        Ok(io) => Ok(io),
+        Err(PortError::Gone { .. }) if req.netns.path().exists() => {
+            tracing::warn!(interface = %req.name, netns = %req.netns,
+                "the port's device is gone; creating it again");
+            port::attach(req).map_err(|err| err.to_string())
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// At start: removes the devices a previous run was creating when it stopped, for the
+/// interfaces the state file does not hold as planned (their change never landed), then
+/// empties `devices.json`.
+pub(super) fn clean_up_devices_in_flight(store: &Store, state: &State, workers: usize) {
+    let devices = store.load_devices();
+    if devices.is_empty() {
+        return;
+    }
+    for (name, planned) in &devices {
+        let landed = state.network_interfaces.get(name).is_some_and(|nic| {
+            nic.spec.netns == planned.spec.netns
+                && nic.spec.ifname == planned.spec.ifname
+                && nic.spec.kind == planned.spec.kind
+        });
+        if landed {
+            continue;
+        }
+        let req = removal_request(name, Some(planned), workers);
+        match port::detach(&req, None) {
+            Ok(()) => tracing::warn!(interface = %name, netns = %req.netns, ifname = %req.ifname,
+                "removed the device of an attach cut short by a stop"),
+            Err(PortError::Gone { .. } | PortError::Netns { .. }) => {}
+            Err(err) => tracing::warn!(interface = %name,
+                "cannot remove the device of an attach cut short by a stop: {err}"),
+        }
+    }
+    if let Err(err) = store.save_devices(&DevicesInFlight::new()) {
+        tracing::warn!("cannot empty the list of devices in flight: {err}");
+    }
+}
+
+/// A request that removes the device of interface `name` (`nic` as it was planned or
+/// stored, if known).
+fn removal_request(name: &str, nic: Option<&NetworkInterface>, workers: usize) -> AttachRequest {
     AttachRequest {
         name: name.to_string(),
         netns: nic.map_or_else(
