@@ -6,7 +6,8 @@
 # `cargo test` runs the others; this script runs them all (--include-ignored) and therefore
 # needs root: a root test that cannot run fails, it is never skipped. It first runs the pure
 # crates' tests (vxlan, nat, lb, policy) in a debug build, with overflow checks and debug
-# assertions on. Installs the system tools the tests use when missing.
+# assertions on, and ends with every fuzz target for 10 seconds (VSWITCH_FUZZ_SECONDS).
+# Installs the system tools the tests use when missing.
 #
 # Usage: sudo ./scripts/test.sh [cargo test args] [-- test binary args]
 #   sudo ./scripts/test.sh                      # everything
@@ -81,5 +82,10 @@ if [ "$#" -eq 0 ]; then
     # debug_assert! are off in --release.
     cargo test -p vxlan -p nat -p lb -p policy
 fi
-exec cargo test ${workspace[@]+"${workspace[@]}"} --release ${cargo_args[@]+"${cargo_args[@]}"} \
+cargo test ${workspace[@]+"${workspace[@]}"} --release ${cargo_args[@]+"${cargo_args[@]}"} \
     -- --include-ignored ${test_args[@]+"${test_args[@]}"}
+if [ "$#" -eq 0 ]; then
+    # Every fuzz target for a few seconds from its checked-in seeds: a crash fails the run
+    # (scripts/fuzz.sh SECONDS runs the long version).
+    ./scripts/fuzz.sh "${VSWITCH_FUZZ_SECONDS:-10}"
+fi
