@@ -9,32 +9,20 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vswitch::pipeline::{self, Context, Local};
-use vswitch::port::{Capabilities, PortId, PortIo, PortKind};
+use vswitch::port::PortId;
 use vswitch::tables::dhcp::{DhcpServer, DhcpSettings};
 use vswitch::tables::fdb::Fdb;
 use vswitch::tables::neigh::Neighbors;
 use vswitch::tables::snapshot::{
-    DEFAULT_MAC_AGEING, Egress, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry,
-    RouteOrigin, Snapshot, SubnetEntry, SubnetId,
+    DEFAULT_MAC_AGEING, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin,
+    Snapshot, SubnetEntry, SubnetId,
 };
 
 /// Two subnets of one Network, routed to each other; `blue` has the DHCP server on.
 fn snapshot() -> Snapshot {
-    let port = |id: u32, subnet: u32, ip: Ipv4Addr| PortEntry {
-        id: PortId(id),
-        name: format!("port{id}"),
-        subnet: SubnetId(subnet),
-        mac: [0x02, 0, 0, 0, 0, u8::try_from(id).unwrap_or(0)],
-        ips: vec![ip],
-        mtu: 1500,
-        allowed_sources: Vec::new(),
-        proxy_arp: false,
-        egress: Egress::Queue(Arc::new(PortIo {
-            kind: PortKind::Tap,
-            queues: Vec::new(),
-            capabilities: Capabilities::default(),
-            host_ifname: None,
-        })),
+    let port = |id: u32, subnet: u32, ip: Ipv4Addr| {
+        let mac = [0x02, 0, 0, 0, 0, u8::try_from(id).unwrap_or(0)];
+        PortEntry::detached_tap(PortId(id), SubnetId(subnet), mac, vec![ip])
     };
     let subnet = |id: u32, name: &str, cidr: &str, gateway: Ipv4Addr, ports: Vec<PortId>| {
         let cidr = cidr.parse().expect("cidr");

@@ -12,16 +12,14 @@
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::ops::Range;
-use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vswitch::pipeline::{self, Context, Local, Verdict};
-use vswitch::port::{Capabilities, PortId, PortIo, PortKind};
+use vswitch::port::PortId;
 use vswitch::tables::fdb::Fdb;
 use vswitch::tables::neigh::Neighbors;
 use vswitch::tables::snapshot::{
-    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkId, PortEntry, Snapshot, SubnetEntry,
-    SubnetId,
+    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId,
 };
 use vswitch::wire::checksum;
 use vswitch::wire::gro::{self, Coalescer};
@@ -291,22 +289,7 @@ fn bench_gro(c: &mut Criterion) {
 
 /// A TAP port of subnet 1 with one address.
 fn port(id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortEntry {
-    PortEntry {
-        id: PortId(id),
-        name: format!("port{id}"),
-        subnet: SubnetId(1),
-        mac,
-        ips: vec![ip],
-        mtu: 1500,
-        allowed_sources: Vec::new(),
-        proxy_arp: false,
-        egress: Egress::Queue(Arc::new(PortIo {
-            kind: PortKind::Tap,
-            queues: Vec::new(),
-            capabilities: Capabilities::default(),
-            host_ifname: None,
-        })),
-    }
+    PortEntry::detached_tap(PortId(id), SubnetId(1), mac, vec![ip])
 }
 
 /// A 64-byte UDP frame (60 bytes plus the FCS the wire adds; 18 bytes of payload, as the

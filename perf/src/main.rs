@@ -13,6 +13,8 @@
 //! `sysctl`) are this same
 //! binary re-executed inside a namespace with `ip netns exec`.
 
+#![deny(unsafe_code)]
+
 mod html;
 mod report;
 mod scenarios;

@@ -10,7 +10,8 @@
 //!   `smoltcp::wire`.
 //! - [`sys`]: the kernel interfaces the ports need (TAP, AF_PACKET, the VTEP's UDP and raw
 //!   sockets, namespaces, netlink) and the receive batch they read into; the only `unsafe`
-//!   code in the crate. It uses nothing above [`wire`].
+//!   code in the crate (the crate denies `unsafe_code` and allows it on `sys` alone). It uses
+//!   nothing above [`wire`].
 //! - [`port`]: the devices the workers read and write, each with one queue per worker: a
 //!   port is an attached interface (a container's TAP or veth); beside them the uplink and
 //!   the VTEP (`port::vtep`, not a port: frames reach it only through `vxlan-encap`).
@@ -28,6 +29,8 @@
 //! - [`agent`]: the overlay agent: the hub's registration API on TCP, a runner's
 //!   registration and heartbeats.
 
+#![deny(unsafe_code)]
+
 pub mod agent;
 pub mod api;
 pub mod cli;
@@ -35,6 +38,9 @@ pub mod control;
 pub mod pipeline;
 pub mod port;
 pub mod runtime;
+// The one module that talks to the kernel through raw system calls and shared memory; every
+// `unsafe` block in it carries a SAFETY comment, and what it exports is safe.
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod tables;
 #[cfg(test)]

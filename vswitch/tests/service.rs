@@ -61,8 +61,11 @@ fn readiness_is_notified_once_the_socket_answers_and_stopping_on_sigterm() {
     );
     // SIGTERM: STOPPING=1, then a clean exit.
     let pid = i32::try_from(child.id()).expect("pid");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM to our own child");
     let stopping = next_notification(&notify);
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
     let status = child.wait().expect("wait");

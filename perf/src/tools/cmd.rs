@@ -10,15 +10,11 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-
-/// Set by the SIGINT/SIGTERM handler; polled by every wait in this module.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Every command line run so far, in order (duplicates removed when read).
 static COMMAND_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -38,34 +34,18 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-extern "C" fn on_signal(_signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Installs the SIGINT/SIGTERM handler that turns a signal into [`Interrupted`] errors.
 ///
 /// # Errors
 /// Fails if `sigaction` fails (it does not for these signals).
 pub fn install_interrupt_handler() -> Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and it
-        // does not replace a handler that Rust's runtime relies on (std installs none for
-        // SIGINT or SIGTERM).
-        unsafe { sigaction(signal, &action) }.with_context(|| format!("sigaction({signal})"))?;
-    }
-    Ok(())
+    super::sys::install_interrupt_handler()
+        .map_err(|(signal, error)| anyhow!("sigaction({signal}): {error}"))
 }
 
 /// True once SIGINT or SIGTERM has arrived.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    super::sys::interrupted()
 }
 
 /// Returns `Err(Interrupted)` once a signal has arrived.

@@ -5,7 +5,8 @@
 //! and counting receiver; `latency` our own UDP ping-pong; `connrate` our own short TCP
 //! connections for new connections per second; `cpu` reads /proc for CPU
 //! accounting; `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
-//! Open vSwitch's userspace datapath for the optional third column.
+//! Open vSwitch's userspace datapath for the optional third column; `sys` holds the only
+//! `unsafe` code of the crate (raw `sendmmsg`/`recvmmsg` and `sigaction`).
 
 pub mod cmd;
 pub mod connrate;
@@ -14,5 +15,7 @@ pub mod endpoints;
 pub mod iperf;
 pub mod latency;
 pub mod ovs;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod udp;
 pub mod vswitchd;

@@ -13,7 +13,6 @@
 
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cmd::{self, Background};
 use super::endpoints::Endpoints;
+use super::sys::MessageBatch;
 
 /// The UDP port the receiver binds inside the server namespace.
 pub const PORT: u16 = 9000;
@@ -142,50 +142,6 @@ fn rcvbuf_errors_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A batch of `mmsghdr` over caller-owned buffers. Holds raw pointers into `buffers` and
-/// `iovecs`, which it owns and never reallocates after construction.
-struct MessageBatch {
-    headers: Vec<libc::mmsghdr>,
-    // The iovecs and buffers the headers point into; boxed slices never move or grow.
-    _iovecs: Box<[libc::iovec]>,
-    _buffers: Box<[u8]>,
-}
-
-impl MessageBatch {
-    /// `count` messages of `size` bytes each, every one with its own buffer.
-    fn new(count: usize, size: usize) -> MessageBatch {
-        let mut buffers = vec![0u8; count * size].into_boxed_slice();
-        let mut iovecs: Box<[libc::iovec]> = buffers
-            .chunks_mut(size)
-            .map(|chunk| libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            })
-            .collect();
-        let headers = iovecs
-            .iter_mut()
-            .map(|iovec| {
-                // SAFETY: mmsghdr is a plain C struct of integers and pointers; all-zero is
-                // a valid value (null name and control, no iovecs) that we then fill in.
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                header.msg_hdr.msg_iov = iovec;
-                header.msg_hdr.msg_iovlen = 1;
-                header
-            })
-            .collect();
-        MessageBatch {
-            headers,
-            _iovecs: iovecs,
-            _buffers: buffers,
-        }
-    }
-
-    fn len_c(&self) -> libc::c_uint {
-        // BATCH is a small constant, far below c_uint::MAX.
-        libc::c_uint::try_from(self.headers.len()).unwrap_or(libc::c_uint::MAX)
-    }
-}
-
 /// The hidden `udp-send` subcommand: sends `payload`-byte datagrams to `dst` for `seconds`,
 /// then prints a [`SenderReport`] as JSON.
 ///
@@ -203,18 +159,12 @@ pub fn send_main(dst: SocketAddrV4, seconds: f64, payload: usize) -> Result<()> 
         &SOCKET_BUFFER,
     );
     let mut batch = MessageBatch::new(BATCH, payload.max(1));
-    let fd = socket.as_raw_fd();
     let started = Instant::now();
     let limit = Duration::from_secs_f64(seconds);
     let (mut sent, mut errors) = (0u64, 0u64);
     while started.elapsed() < limit {
-        // SAFETY: `fd` is an open UDP socket owned by `socket`, alive for the call;
-        // `batch.headers` holds `len_c()` initialised mmsghdrs whose iovecs point into
-        // buffers owned by `batch`, which outlives the call. The socket is connected, so
-        // msg_name may be null.
-        let accepted = unsafe { libc::sendmmsg(fd, batch.headers.as_mut_ptr(), batch.len_c(), 0) };
-        match u64::try_from(accepted) {
-            Ok(count) => sent += count,
+        match batch.send(&socket) {
+            Ok(count) => sent += count as u64,
             Err(_) => errors += 1,
         }
     }
@@ -260,31 +210,15 @@ pub fn recv_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
     let errors_before = rcvbuf_errors_now();
     println!("ready");
     let mut batch = MessageBatch::new(BATCH * 4, 2048);
-    let fd = socket.as_raw_fd();
     let deadline = Instant::now() + Duration::from_secs_f64(max_seconds);
     let (mut packets, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        // SAFETY: `fd` is the bound socket owned by `socket`; `batch.headers` holds
-        // `len_c()` mmsghdrs whose iovecs point into 2048-byte buffers owned by `batch`,
-        // alive for the call. A null timeout is allowed (SO_RCVTIMEO bounds the wait).
-        let count = unsafe {
-            libc::recvmmsg(
-                fd,
-                batch.headers.as_mut_ptr(),
-                batch.len_c(),
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        // A negative count is EAGAIN (the 50 ms timeout) or EINTR: poll the stop flag.
-        let Ok(count) = usize::try_from(count) else {
+        // An error is EAGAIN (the 50 ms timeout) or EINTR: poll the stop flag.
+        let Ok((count, received)) = batch.recv(&socket) else {
             continue;
         };
         packets += count as u64;
-        bytes += batch.headers[..count]
-            .iter()
-            .map(|header| u64::from(header.msg_len))
-            .sum::<u64>();
+        bytes += received;
     }
     let report = ReceiverReport {
         received_packets: packets,
@@ -441,19 +375,6 @@ mod tests {
         assert!(last_json_line::<SenderReport>("{}").is_err());
     }
 
-    #[test]
-    fn batch_points_into_its_own_buffers() {
-        let batch = MessageBatch::new(4, 18);
-        assert_eq!(batch.len_c(), 4);
-        for header in &batch.headers {
-            assert_eq!(header.msg_hdr.msg_iovlen, 1);
-            // SAFETY: the header's iovec pointer was set to an element of `_iovecs`, which
-            // `batch` keeps alive.
-            let iovec = unsafe { &*header.msg_hdr.msg_iov };
-            assert_eq!(iovec.iov_len, 18);
-        }
-    }
-
     /// Sender and receiver over loopback in this process's namespace (no root needed).
     #[test]
     fn loopback_round() {
@@ -466,16 +387,7 @@ mod tests {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         socket.connect(dst).unwrap();
         let mut batch = MessageBatch::new(8, PAYLOAD_64B_FRAME);
-        // SAFETY: as in `send_main`: a live connected socket and a batch that outlives the call.
-        let sent = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                batch.headers.as_mut_ptr(),
-                batch.len_c(),
-                0,
-            )
-        };
-        assert_eq!(sent, 8);
+        assert_eq!(batch.send(&socket).unwrap(), 8);
         let mut buffer = [0u8; 64];
         let (len, _) = receiver.recv_from(&mut buffer).unwrap();
         assert_eq!(len, PAYLOAD_64B_FRAME);

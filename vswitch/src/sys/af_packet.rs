@@ -75,7 +75,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use ring::Ring;
-pub use ring::RingLayout;
+pub use ring::{Geometry, GeometryError, RingLayout};
 
 use crate::sys::batch::{BATCH_SIZE, RxBatch, Sent};
 
@@ -325,6 +325,11 @@ impl PacketSocket {
                 source,
             }
         };
+        // The ring's geometry is checked before anything is opened: the reader indexes the
+        // mapping with it.
+        let geometry = layout.geometry(ring::page_size()).map_err(|error| {
+            fail("ring geometry")(io::Error::new(io::ErrorKind::InvalidInput, error))
+        })?;
         // Protocol 0: receive nothing until bound, so no frame of another interface slips
         // into the ring between socket() and bind().
         // SAFETY: socket() has no memory-safety preconditions.
@@ -382,10 +387,14 @@ impl PacketSocket {
                     .map_err(fail("SO_RCVBUF"))?;
             }
         }
-        let request = layout.request();
-        set_option(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &request)
-            .map_err(fail("PACKET_RX_RING"))?;
-        let ring = Ring::map(&fd, layout).map_err(fail("mmap rx ring"))?;
+        set_option(
+            &fd,
+            libc::SOL_PACKET,
+            libc::PACKET_RX_RING,
+            &geometry.request(),
+        )
+        .map_err(fail("PACKET_RX_RING"))?;
+        let ring = Ring::map(&fd, layout, geometry).map_err(fail("mmap rx ring"))?;
         // Before bind(): until then the socket (protocol 0) receives nothing, so no frame
         // reaches the ring unfiltered.
         let filtered = match options.filter {

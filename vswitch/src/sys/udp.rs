@@ -21,9 +21,11 @@
 //!   bound port). The kernel fills in the IPv4 checksum (and the identification when zero),
 //!   routes by the destination address and resolves the next hop; it does not fragment:
 //!   a packet larger than the route's MTU fails with `EMSGSIZE`.
-//! - [`Receiver`] and [`Sender`]: `recvmmsg`/`sendmmsg` with their `mmsghdr`, `iovec`,
-//!   `sockaddr_in` and control-message arrays allocated once; only the pointers are rebuilt
-//!   per call, so the hot path allocates nothing.
+//! - [`Receiver`] and [`Sender`]: `recvmmsg`/`sendmmsg` of up to [`MAX_MESSAGES`] datagrams.
+//!   The receiver's address and control-message buffers are allocated once; the `mmsghdr`
+//!   and `iovec` arrays (and the sender's addresses) are built on the stack in each call, so
+//!   no raw pointer is kept between calls (both types are `Send` without an `unsafe impl`)
+//!   and the hot path allocates nothing.
 
 use std::fmt;
 use std::io;
@@ -587,47 +589,57 @@ fn gro_segment_size(message: &libc::msghdr) -> Option<u16> {
     None
 }
 
-/// `recvmmsg` with preallocated message arrays (and room for each datagram's control
-/// messages, where `UDP_GRO` reports its segment size).
+/// The most messages one [`Receiver::recv`] or [`Sender::send`] hands the kernel: their
+/// `mmsghdr` and `iovec` arrays are built on the stack of each call (about 5 KiB), so that no
+/// pointer into a buffer outlives the call that uses it. The VTEP's bursts are this size.
+pub const MAX_MESSAGES: usize = 64;
+
+/// `recvmmsg` into the caller's slots, with room kept for each datagram's source address
+/// and control messages (where `UDP_GRO` reports its segment size). The `mmsghdr` and
+/// `iovec` arrays that point into these and into the slots are rebuilt on the stack in each
+/// call; between calls the receiver holds only plain values, which is why it is `Send`.
 pub struct Receiver {
-    headers: Box<[libc::mmsghdr]>,
-    iovecs: Box<[libc::iovec]>,
     addresses: Box<[libc::sockaddr_in]>,
     controls: Box<[ControlBuffer]>,
+    /// What the last call learnt, datagram by datagram (`received` of them).
+    datagrams: Box<[Datagram]>,
+    received: usize,
 }
-
-// SAFETY: the raw pointers inside `headers` and `iovecs` are written and read only within
-// one call of `Receiver::recv`, where they point into `iovecs`, `addresses`, `controls`
-// (owned by the same `Receiver`, which that call borrows mutably) and the slots borrowed for
-// that call. Between calls only the control pointers are followed, by `Receiver::datagram`,
-// which borrows the `Receiver` (and so `controls`); the others are stale and never
-// dereferenced, so moving the `Receiver` to another thread cannot let two threads use the
-// memory they point to.
-unsafe impl Send for Receiver {}
 
 impl fmt::Debug for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
-            .field("capacity", &self.headers.len())
+            .field("capacity", &self.capacity())
+            .field("received", &self.received)
             .finish_non_exhaustive()
     }
 }
 
+/// A `Datagram` before any is received.
+const NO_DATAGRAM: Datagram = Datagram {
+    len: 0,
+    truncated: false,
+    peer: None,
+    segment_size: None,
+};
+
 impl Receiver {
-    /// Arrays for up to `capacity` datagrams per call.
+    /// Room for up to `capacity` datagrams per call (at most [`MAX_MESSAGES`]: a larger
+    /// capacity is cut to it).
     pub fn new(capacity: usize) -> Receiver {
+        let capacity = capacity.min(MAX_MESSAGES);
         let unspecified = to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         Receiver {
-            headers: (0..capacity).map(|_| empty_header()).collect(),
-            iovecs: (0..capacity).map(|_| empty_iovec()).collect(),
             addresses: vec![unspecified; capacity].into_boxed_slice(),
             controls: vec![ControlBuffer([0; 64]); capacity].into_boxed_slice(),
+            datagrams: vec![NO_DATAGRAM; capacity].into_boxed_slice(),
+            received: 0,
         }
     }
 
     /// The most datagrams one call receives.
     pub fn capacity(&self) -> usize {
-        self.headers.len()
+        self.datagrams.len()
     }
 
     /// Receives up to [`capacity`](Receiver::capacity) waiting datagrams without blocking,
@@ -641,8 +653,10 @@ impl Receiver {
         socket: &UdpSocket,
         slots: impl Iterator<Item = &'a mut [u8]>,
     ) -> io::Result<usize> {
+        self.received = 0;
+        let mut iovecs = [empty_iovec(); MAX_MESSAGES];
         let mut count = 0;
-        for (iovec, slot) in self.iovecs.iter_mut().zip(slots) {
+        for (iovec, slot) in iovecs.iter_mut().take(self.capacity()).zip(slots) {
             *iovec = libc::iovec {
                 iov_base: slot.as_mut_ptr().cast(),
                 iov_len: slot.len(),
@@ -652,41 +666,44 @@ impl Receiver {
         if count == 0 {
             return Ok(0);
         }
-        // Base pointers taken once, after the last write through a reference to the arrays,
-        // so no later borrow invalidates them before the call.
-        let iovecs = self.iovecs.as_mut_ptr();
-        let addresses = self.addresses.as_mut_ptr();
-        let controls = self.controls.as_mut_ptr();
-        for (i, header) in self.headers.iter_mut().take(count).enumerate() {
-            header.msg_hdr.msg_name = addresses.wrapping_add(i).cast();
+        // Built here, in the call that uses them. Base pointers taken once, after the last
+        // write through a reference to each array, so no later borrow invalidates them
+        // before the call; `addresses` and `controls` are not touched again until it returns.
+        let mut headers = [empty_header(); MAX_MESSAGES];
+        let iovec_base = iovecs.as_mut_ptr();
+        let address_base = self.addresses.as_mut_ptr();
+        let control_base = self.controls.as_mut_ptr();
+        for (i, header) in headers.iter_mut().take(count).enumerate() {
+            header.msg_hdr.msg_name = address_base.wrapping_add(i).cast();
             header.msg_hdr.msg_namelen = sockaddr_len();
-            header.msg_hdr.msg_iov = iovecs.wrapping_add(i);
+            header.msg_hdr.msg_iov = iovec_base.wrapping_add(i);
             header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = controls.wrapping_add(i).cast();
+            header.msg_hdr.msg_control = control_base.wrapping_add(i).cast();
             header.msg_hdr.msg_controllen = size_of::<ControlBuffer>();
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
         }
         let vlen = libc::c_uint::try_from(count).unwrap_or(libc::c_uint::MAX);
-        loop {
-            // SAFETY: `headers[..count]` are live mmsghdrs; each points to one live iovec of
-            // `iovecs` (a slot: a live, writable buffer of `iov_len` bytes, borrowed mutably
-            // for this call through `slots`), to one live sockaddr_in of `addresses` with
-            // `msg_namelen` its size and to one live buffer of `controls` of
-            // `msg_controllen` bytes. The kernel writes at most those lengths, and the
-            // message count, lengths and flags into the headers. No timeout pointer is
-            // passed.
+        let received = loop {
+            // SAFETY: `headers[..count]` are live mmsghdrs on this stack frame, `count` at
+            // most the capacity, so at most the lengths of `addresses` and `controls`. Each
+            // points to one live iovec of `iovecs` (also on this stack frame), which points
+            // to a slot (a live, writable buffer of `iov_len` bytes, borrowed mutably for
+            // `'a` through `slots`), to one live sockaddr_in of `self.addresses` with
+            // `msg_namelen` its size and to one live buffer of `self.controls` of
+            // `msg_controllen` bytes, both borrowed mutably through `&mut self`. The kernel
+            // writes at most those lengths, and the lengths and flags into the headers;
+            // `vlen` is at most the number of headers. No timeout pointer is passed. Nothing
+            // here outlives the call.
             let rc = unsafe {
                 libc::recvmmsg(
                     socket.raw_fd(),
-                    self.headers.as_mut_ptr(),
+                    headers.as_mut_ptr(),
                     vlen,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
             };
             if let Ok(received) = usize::try_from(rc) {
-                return Ok(received.min(count));
+                break received.min(count);
             }
             let error = io::Error::last_os_error();
             match error.kind() {
@@ -694,68 +711,61 @@ impl Receiver {
                 io::ErrorKind::WouldBlock => return Ok(0),
                 _ => return Err(error),
             }
-        }
-    }
-
-    /// Datagram `i` of the last [`recv`](Receiver::recv) (`i` below what it returned); `None`
-    /// when `i` is out of range.
-    pub fn datagram(&self, i: usize) -> Option<Datagram> {
-        let header = self.headers.get(i)?;
-        let address = self.addresses.get(i)?;
-        let slot_len = self.iovecs.get(i)?.iov_len;
-        let len = usize::try_from(header.msg_len).unwrap_or(usize::MAX);
-        // A copy pointing at the same control buffer, now borrowed shared through `self`.
-        let mut message = empty_msghdr();
-        if let Some(control) = self.controls.get(i) {
+        };
+        for (i, (header, iovec)) in headers.iter().zip(&iovecs).take(received).enumerate() {
+            let (Some(datagram), Some(address), Some(control)) = (
+                self.datagrams.get_mut(i),
+                self.addresses.get(i),
+                self.controls.get(i),
+            ) else {
+                break;
+            };
+            let len = usize::try_from(header.msg_len).unwrap_or(usize::MAX);
+            // A header of our own pointing at the control buffer, now borrowed shared.
+            let mut message = empty_msghdr();
             message.msg_control = std::ptr::from_ref(control).cast_mut().cast();
             message.msg_controllen = header
                 .msg_hdr
                 .msg_controllen
                 .min(size_of::<ControlBuffer>());
+            *datagram = Datagram {
+                len: len.min(iovec.iov_len),
+                truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > iovec.iov_len,
+                peer: from_sockaddr(address, header.msg_hdr.msg_namelen),
+                segment_size: gro_segment_size(&message),
+            };
         }
-        Some(Datagram {
-            len: len.min(slot_len),
-            truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > slot_len,
-            peer: from_sockaddr(address, header.msg_hdr.msg_namelen),
-            segment_size: gro_segment_size(&message),
-        })
+        self.received = received;
+        Ok(received)
+    }
+
+    /// Datagram `i` of the last [`recv`](Receiver::recv); `None` unless `i` is below what
+    /// it returned.
+    pub fn datagram(&self, i: usize) -> Option<Datagram> {
+        self.datagrams.get(..self.received)?.get(i).copied()
     }
 }
 
-/// `sendmmsg` with preallocated message arrays, for a [`RawIpv4Socket`].
+/// `sendmmsg` of whole IPv4 packets on a [`RawIpv4Socket`]. The `mmsghdr`, `iovec` and
+/// `sockaddr_in` arrays are built on the stack of each call, so the sender holds no
+/// pointer between calls.
+#[derive(Debug)]
 pub struct Sender {
-    headers: Box<[libc::mmsghdr]>,
-    iovecs: Box<[libc::iovec]>,
-    addresses: Box<[libc::sockaddr_in]>,
-}
-
-// SAFETY: as for `Receiver`: the raw pointers are set and used only within one call of
-// `Sender::send`, pointing into the `Sender`'s own arrays and the packets borrowed for that
-// call; between calls they are never dereferenced.
-unsafe impl Send for Sender {}
-
-impl fmt::Debug for Sender {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender")
-            .field("capacity", &self.headers.len())
-            .finish_non_exhaustive()
-    }
+    capacity: usize,
 }
 
 impl Sender {
-    /// Arrays for up to `capacity` packets per call.
+    /// Up to `capacity` packets per call (at most [`MAX_MESSAGES`]: a larger capacity is
+    /// cut to it).
     pub fn new(capacity: usize) -> Sender {
-        let unspecified = to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         Sender {
-            headers: (0..capacity).map(|_| empty_header()).collect(),
-            iovecs: (0..capacity).map(|_| empty_iovec()).collect(),
-            addresses: vec![unspecified; capacity].into_boxed_slice(),
+            capacity: capacity.min(MAX_MESSAGES),
         }
     }
 
     /// The most packets one call sends.
     pub fn capacity(&self) -> usize {
-        self.headers.len()
+        self.capacity
     }
 
     /// Sends up to [`capacity`](Sender::capacity) of `packets` (each a whole IPv4 packet and
@@ -771,11 +781,14 @@ impl Sender {
         socket: &RawIpv4Socket,
         packets: impl Iterator<Item = (&'a [u8], Ipv4Addr)>,
     ) -> io::Result<usize> {
+        let unspecified = to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        let mut iovecs = [empty_iovec(); MAX_MESSAGES];
+        let mut addresses = [unspecified; MAX_MESSAGES];
         let mut count = 0;
-        for ((iovec, address), (packet, destination)) in self
-            .iovecs
+        for ((iovec, address), (packet, destination)) in iovecs
             .iter_mut()
-            .zip(self.addresses.iter_mut())
+            .zip(addresses.iter_mut())
+            .take(self.capacity)
             .zip(packets)
         {
             // sendmmsg only reads through `iov_base`; the field is `*mut` for both calls.
@@ -790,28 +803,29 @@ impl Sender {
         if count == 0 {
             return Ok(0);
         }
-        let iovecs = self.iovecs.as_mut_ptr();
-        let addresses = self.addresses.as_mut_ptr();
-        for (i, header) in self.headers.iter_mut().take(count).enumerate() {
-            header.msg_hdr.msg_name = addresses.wrapping_add(i).cast();
+        // Taken once, after the last write through a reference to either array.
+        let mut headers = [empty_header(); MAX_MESSAGES];
+        let iovec_base = iovecs.as_mut_ptr();
+        let address_base = addresses.as_mut_ptr();
+        for (i, header) in headers.iter_mut().take(count).enumerate() {
+            header.msg_hdr.msg_name = address_base.wrapping_add(i).cast();
             header.msg_hdr.msg_namelen = sockaddr_len();
-            header.msg_hdr.msg_iov = iovecs.wrapping_add(i);
+            header.msg_hdr.msg_iov = iovec_base.wrapping_add(i);
             header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
         }
         let vlen = libc::c_uint::try_from(count).unwrap_or(libc::c_uint::MAX);
         loop {
-            // SAFETY: `headers[..count]` are live mmsghdrs; each points to one live iovec of
-            // `iovecs` (a packet: a live buffer of `iov_len` bytes borrowed for this call,
-            // which the kernel only reads) and to one live sockaddr_in of `addresses` of
-            // `msg_namelen` bytes. The kernel writes only the headers' `msg_len`.
+            // SAFETY: `headers[..count]` are live mmsghdrs on this stack frame with no
+            // control buffer; each points to one live iovec of `iovecs` and one live
+            // sockaddr_in of `addresses` of `msg_namelen` bytes (both on this stack frame,
+            // `count <= MAX_MESSAGES` of each). Each iovec points to a packet: a live buffer
+            // of `iov_len` bytes borrowed for `'a`, which the kernel only reads. The kernel
+            // writes only the headers' `msg_len`, and `vlen` is at most the number of
+            // headers. Nothing here outlives the call.
             let rc = unsafe {
                 libc::sendmmsg(
                     socket.raw_fd(),
-                    self.headers.as_mut_ptr(),
+                    headers.as_mut_ptr(),
                     vlen,
                     libc::MSG_DONTWAIT,
                 )
@@ -858,6 +872,17 @@ mod tests {
             0
         );
         assert_eq!(receiver.datagram(4), None);
+    }
+
+    #[test]
+    fn batch_structures_are_send_without_unsafe_impls() {
+        fn send<T: Send>() {}
+        send::<Receiver>();
+        send::<Sender>();
+        // The stack arrays bound the capacity.
+        assert_eq!(Receiver::new(MAX_MESSAGES + 1).capacity(), MAX_MESSAGES);
+        assert_eq!(Sender::new(MAX_MESSAGES + 1).capacity(), MAX_MESSAGES);
+        assert_eq!(Receiver::new(3).capacity(), 3);
     }
 
     #[test]

@@ -32,22 +32,7 @@ pub const IP_B: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 pub const IP_D: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 
 fn port(id: u32, subnet: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> PortEntry {
-    PortEntry {
-        id: PortId(id),
-        name: format!("port{id}"),
-        subnet: SubnetId(subnet),
-        mac,
-        ips: ips.to_vec(),
-        mtu: 1500,
-        allowed_sources: Vec::new(),
-        proxy_arp: false,
-        egress: Egress::Queue(Arc::new(PortIo {
-            kind: PortKind::Tap,
-            queues: Vec::new(),
-            capabilities: Capabilities::default(),
-            host_ifname: None,
-        })),
-    }
+    PortEntry::detached_tap(PortId(id), SubnetId(subnet), mac, ips.to_vec())
 }
 
 /// Subnet 1 (`blue`: ports 1, 2, 3) and subnet 2 (`red`: ports 4, 5), with `mac_limit`

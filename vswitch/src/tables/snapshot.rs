@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use prefix_trie::PrefixMap;
 
-use crate::port::{PortId, PortIo, RxQueues, Vtep};
+use crate::port::{Capabilities, PortId, PortIo, PortKind, RxQueues, Vtep};
 use crate::tables::dhcp::DhcpServer;
 
 /// Identifies a Subnet (an L2 segment) inside one daemon run; learned MACs are keyed by it.
@@ -52,6 +52,34 @@ pub struct PortEntry {
 }
 
 impl PortEntry {
+    /// A TAP port named `port{id}` with MTU 1500, `mac`, `ips` and nothing else: no extra
+    /// sources, no proxy ARP, and a device with no queues (default capabilities), so frames
+    /// forwarded to it go nowhere. What unit tests, benchmarks and fuzz targets put in a
+    /// snapshot when they need ports but no devices.
+    pub fn detached_tap(
+        id: PortId,
+        subnet: SubnetId,
+        mac: [u8; 6],
+        ips: Vec<Ipv4Addr>,
+    ) -> PortEntry {
+        PortEntry {
+            id,
+            name: format!("port{}", id.0),
+            subnet,
+            mac,
+            ips,
+            mtu: 1500,
+            allowed_sources: Vec::new(),
+            proxy_arp: false,
+            egress: Egress::Queue(Arc::new(PortIo {
+                kind: PortKind::Tap,
+                queues: Vec::new(),
+                capabilities: Capabilities::default(),
+                host_ifname: None,
+            })),
+        }
+    }
+
     /// The opened device whose queues the port is read from and written to; `None` for a
     /// subnet's tunnel, which has no device of its own.
     #[inline]

@@ -56,6 +56,10 @@ pub const MAX_INNER_LEN: usize = 9216;
 
 /// Packets queued for one `sendmmsg`.
 pub const TX_SLOTS: usize = 64;
+const _: () = assert!(
+    TX_SLOTS <= crate::sys::udp::MAX_MESSAGES,
+    "one sendmmsg sends them all"
+);
 
 /// The most UDP payload one `UDP_SEGMENT` send carries: an IPv4 packet's 65535 bytes minus
 /// the IPv4 and UDP headers (`udp_sendmsg` refuses more with `EMSGSIZE`). A super-frame whose
@@ -71,6 +75,10 @@ pub const SOURCE_PORT_SOCKETS: usize = 64;
 
 /// Datagrams received by one `recvmmsg`.
 const RX_BURST: usize = 64;
+const _: () = assert!(
+    RX_BURST <= crate::sys::udp::MAX_MESSAGES,
+    "one recvmmsg fills a burst"
+);
 
 /// The longest datagram (or GRO buffer) a receive slot holds: the slot after [`RX_PAD`].
 const RX_DATAGRAM_MAX: usize = MAX_FRAME_LEN - RX_PAD;
