@@ -6,7 +6,8 @@ Usage: flooder.py KIND IFNAME SECONDS ARGS...   (as root, inside the container's
 Sends frames out of IFNAME through an AF_PACKET socket, with IFNAME's own MAC as source (so
 port security judges only what KIND varies), as fast as it can for SECONDS, then prints how
 many it sent. 4096 variants are built first and sent in a loop.
-  mac                       broadcast frames from random locally administered source MACs
+  mac                       broadcast frames (ethertype 0x88b5) from random locally
+                            administered source MACs
   arp MYIP GW               ARP requests for GW from IFNAME's MAC and MYIP
   nd                        IPv6 neighbour solicitations for random link-local targets,
                             to their solicited-node groups
@@ -37,7 +38,8 @@ def eth(dst, typ, payload):
 def gen_mac():
     src = bytearray(os.urandom(6))
     src[0] = (src[0] & 0xfc) | 0x02
-    return b'\xff' * 6 + bytes(src) + b'\x08\x00' + b'\0' * 46
+    # An experimental ethertype: parsing passes it, so port security judges the source.
+    return b'\xff' * 6 + bytes(src) + b'\x88\xb5' + os.urandom(46)
 def gen_arp():
     myip, gw = args
     arp = struct.pack('!HHBBH6s4s6s4s', 1, 0x0800, 6, 4, 1, mymac, socket.inet_aton(myip),

@@ -442,6 +442,9 @@ fn one_interface_exhausts_only_its_own_nat_ports() {
     let bench = Bench::new(Daemon::start(1));
     let daemon = &bench.daemon;
     apply(daemon, &uplink_and_nat(&outside, 64));
+    // The uplink's next hop resolved first, so no datagram waits for ARP (and meets the
+    // held-packet queue's limit instead of the NAT port quota).
+    bench.c[1].ping_ok("203.0.113.1", 1);
     let rss = bench.rss_kib();
 
     let spray = {
@@ -470,16 +473,17 @@ fn one_interface_exhausts_only_its_own_nat_ports() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // 500 sockets, 64 ports: the other 436 first datagrams are refused (a few may be lost
+    // elsewhere on a loaded machine).
     let exhausted = wait_until(
-        "nat.interface_ports_exhausted",
-        Duration::from_secs(5),
+        "400 nat.interface_ports_exhausted",
+        Duration::from_secs(10),
         || {
             let n = drop_total(daemon, "nat.interface_ports_exhausted");
-            (n > 0).then_some(n)
+            (n >= 400).then_some(n)
         },
     );
     eprintln!("nat.interface_ports_exhausted: {exhausted}");
-    assert!(exhausted >= 400, "500 sockets, 64 ports: {exhausted}");
     assert_eq!(drop_total(daemon, "nat.pool_exhausted"), 0);
     // Another container is translated, over UDP and TCP.
     let seen = python(&bench.c[1], UDP_ASK, &["40000", "203.0.113.1:9000"]);
