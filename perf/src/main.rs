@@ -52,7 +52,7 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Scenarios to run, comma-separated [default: all; with --quick: l2].
+    /// Scenarios to run, comma-separated [default: all but floods; with --quick: l2].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Finish in under two minutes: l2 only (unless --scenario), 3 runs of 1 s.
@@ -323,7 +323,7 @@ fn selected_scenarios(args: &RunArgs) -> Vec<Scenario> {
     } else if args.quick {
         vec![Scenario::L2]
     } else {
-        Scenario::ALL.to_vec()
+        Scenario::DEFAULT.to_vec()
     }
 }
 
@@ -613,7 +613,7 @@ mod tests {
     #[test]
     fn full_defaults_to_every_scenario() {
         let cli = parse(&[]);
-        assert_eq!(selected_scenarios(&cli.run), Scenario::ALL);
+        assert_eq!(selected_scenarios(&cli.run), Scenario::DEFAULT);
         let full = settings(&cli.run).expect("settings");
         assert_eq!(full.runs, 5);
         assert_eq!(full.endpoint_cpus, None, "endpoints float by default");

@@ -38,11 +38,16 @@ pub enum Metric {
     CpuSwitchSecondsPerGb,
     /// Time to apply the scenario's rule set (`policy`), once per variant.
     PolicyApplySeconds,
+    /// iperf3, one TCP stream, while another container floods (`floods`).
+    TcpGbps1Flood,
+    /// That stream's rate during the flood over its rate without, in the same run
+    /// (`floods`; goal >= 0.8).
+    FloodRatio,
 }
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::TcpGbps1,
         Metric::TcpGbps4,
         Metric::UdpPps,
@@ -54,6 +59,8 @@ impl Metric {
         Metric::CpuMachineSecondsPerGb,
         Metric::CpuSwitchSecondsPerGb,
         Metric::PolicyApplySeconds,
+        Metric::TcpGbps1Flood,
+        Metric::FloodRatio,
     ];
 
     /// Stable key (CSV, JSON).
@@ -70,6 +77,8 @@ impl Metric {
             Metric::CpuMachineSecondsPerGb => "cpu_machine_per_gb",
             Metric::CpuSwitchSecondsPerGb => "cpu_switch_per_gb",
             Metric::PolicyApplySeconds => "policy_apply",
+            Metric::TcpGbps1Flood => "tcp_1stream_flood",
+            Metric::FloodRatio => "flood_ratio",
         }
     }
 
@@ -87,13 +96,16 @@ impl Metric {
             Metric::CpuMachineSecondsPerGb => "CPU machine/GB",
             Metric::CpuSwitchSecondsPerGb => "CPU switch/GB",
             Metric::PolicyApplySeconds => "Policy apply",
+            Metric::TcpGbps1Flood => "TCP 1 stream, flooded",
+            Metric::FloodRatio => "flooded / quiet",
         }
     }
 
     /// Unit of the value.
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::TcpGbps1 | Metric::TcpGbps4 => "Gbit/s",
+            Metric::TcpGbps1 | Metric::TcpGbps4 | Metric::TcpGbps1Flood => "Gbit/s",
+            Metric::FloodRatio => "x",
             Metric::UdpPps => "pkt/s",
             Metric::UdpLossPercent => "%",
             Metric::RttP50Us | Metric::RttP99Us | Metric::RttP999Us => "us",
@@ -107,7 +119,12 @@ impl Metric {
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Metric::TcpGbps1 | Metric::TcpGbps4 | Metric::UdpPps | Metric::TcpConnPerSecond
+            Metric::TcpGbps1
+                | Metric::TcpGbps4
+                | Metric::UdpPps
+                | Metric::TcpConnPerSecond
+                | Metric::TcpGbps1Flood
+                | Metric::FloodRatio
         )
     }
 }

@@ -41,7 +41,7 @@ const VSWITCH_COLORS: [Rgb; 16] = [
 ];
 
 /// The chart sections of the page, in order, with the metrics each holds.
-pub const SECTIONS: [(&str, &[Metric]); 4] = [
+pub const SECTIONS: [(&str, &[Metric]); 5] = [
     (
         "Throughput",
         &[
@@ -64,6 +64,7 @@ pub const SECTIONS: [(&str, &[Metric]); 4] = [
         ],
     ),
     ("Policy", &[Metric::PolicyApplySeconds]),
+    ("Floods", &[Metric::TcpGbps1Flood, Metric::FloodRatio]),
 ];
 
 /// One variant's figure in one scenario.

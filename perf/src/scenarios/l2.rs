@@ -67,6 +67,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
         Variant::Vswitch { kind, settings } => {
@@ -92,6 +93,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
     }

@@ -209,6 +209,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: true,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
         _ => {
@@ -248,6 +249,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
     }

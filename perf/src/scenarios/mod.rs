@@ -10,8 +10,11 @@
 //! Scenarios: `l2`, `routed`, `vxlan`, `nat` (one client, one server), `lb` (one client,
 //! three backends behind virtual IPs; it adds the TCP conn/s row) and `policy` (one client,
 //! one server, with N network policies: one [`Case`] per N, each its own table; it measures
-//! TCP and TCP conn/s, and the time the rule set took to apply).
+//! TCP and TCP conn/s, and the time the rule set took to apply), and `floods` (one container
+//! floods the switch, one [`Case`] per [`floods::FloodKind`], while two others measure an
+//! unrelated TCP flow without and during the flood).
 
+pub mod floods;
 pub mod l2;
 pub mod lb;
 pub mod nat;
@@ -171,11 +174,27 @@ pub enum Scenario {
     Lb,
     /// Two containers on one node with 0, 100, 1,000 and 10,000 network policies.
     Policy,
+    /// One container floods (MACs, ARP, ND, fragments, SYNs, NAT) while two others measure
+    /// an unrelated flow.
+    Floods,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
+        Scenario::L2,
+        Scenario::Routed,
+        Scenario::Vxlan,
+        Scenario::Nat,
+        Scenario::Lb,
+        Scenario::Policy,
+        Scenario::Floods,
+    ];
+
+    /// The scenarios a run without `--scenario` measures: all but `floods`, which measures
+    /// something else (a flow's rate under a flood, not the switch's own) and takes as long
+    /// as the others together.
+    pub const DEFAULT: [Scenario; 6] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
@@ -193,6 +212,7 @@ impl Scenario {
             Scenario::Nat => "nat",
             Scenario::Lb => "lb",
             Scenario::Policy => "policy",
+            Scenario::Floods => "floods",
         }
     }
 
@@ -222,6 +242,10 @@ impl Scenario {
                 "two containers on one node, c1 -> c2, with network policies selecting both \
                  (kernel: bridge + br_netfilter, nftables with sets)"
             }
+            Scenario::Floods => {
+                "c1 floods the switch while c3 -> c4 measure TCP without and during the flood \
+                 (kernel: bridge, nftables masquerade and DNAT)"
+            }
         }
     }
 
@@ -233,11 +257,21 @@ impl Scenario {
                 .map(|&policies| Case {
                     scenario: self,
                     policies,
+                    flood: None,
+                })
+                .collect(),
+            Scenario::Floods => floods::FloodKind::ALL
+                .into_iter()
+                .map(|kind| Case {
+                    scenario: self,
+                    policies: 0,
+                    flood: Some(kind),
                 })
                 .collect(),
             _ => vec![Case {
                 scenario: self,
                 policies: 0,
+                flood: None,
             }],
         }
     }
@@ -250,14 +284,18 @@ pub struct Case {
     pub scenario: Scenario,
     /// `policy`: how many NetworkPolicies (and their nftables translation); 0 elsewhere.
     pub policies: u32,
+    /// `floods`: what the flooder sends; `None` elsewhere.
+    pub flood: Option<floods::FloodKind>,
 }
 
 impl Case {
-    /// Stable key: the scenario's, and `policy-<count>` in `policy`.
+    /// Stable key: the scenario's, `policy-<count>` in `policy`, `floods-<kind>` in
+    /// `floods`.
     pub fn key(self) -> String {
-        match self.scenario {
-            Scenario::Policy => format!("policy-{}", self.policies),
-            scenario => scenario.key().to_owned(),
+        match (self.scenario, self.flood) {
+            (Scenario::Policy, _) => format!("policy-{}", self.policies),
+            (Scenario::Floods, Some(kind)) => format!("floods-{}", kind.key()),
+            (scenario, _) => scenario.key().to_owned(),
         }
     }
 
@@ -268,13 +306,22 @@ impl Case {
             return Some(Case {
                 scenario: Scenario::Policy,
                 policies,
+                flood: None,
+            });
+        }
+        if let Some(kind) = key.strip_prefix("floods-") {
+            return Some(Case {
+                scenario: Scenario::Floods,
+                policies: 0,
+                flood: Some(floods::FloodKind::from_key(kind)?),
             });
         }
         Scenario::from_key(key)
-            .filter(|scenario| *scenario != Scenario::Policy)
+            .filter(|scenario| !matches!(scenario, Scenario::Policy | Scenario::Floods))
             .map(|scenario| Case {
                 scenario,
                 policies: 0,
+                flood: None,
             })
     }
 
@@ -284,6 +331,11 @@ impl Case {
             Scenario::Policy => format!(
                 "{} policies: {}",
                 crate::report::format_count(u64::from(self.policies)),
+                self.scenario.description()
+            ),
+            Scenario::Floods => format!(
+                "{}: {}",
+                self.flood.map_or("?", floods::FloodKind::description),
                 self.scenario.description()
             ),
             scenario => scenario.description().to_owned(),
@@ -302,6 +354,10 @@ impl Case {
             Scenario::Nat => nat::prepare(variant, context),
             Scenario::Lb => lb::prepare(variant, context),
             Scenario::Policy => policy::prepare(variant, context, self.policies),
+            Scenario::Floods => match self.flood {
+                Some(kind) => floods::prepare(variant, context, kind),
+                None => Err(PrepareError::Fail(anyhow::anyhow!("floods without a kind"))),
+            },
         }
     }
 }
@@ -374,6 +430,8 @@ pub struct Prepared {
     pub datagrams: bool,
     /// The scenario's rule set, when it has one (`policy`): how long it took to apply.
     pub applied: Option<Applied>,
+    /// `floods`: the flood run during every second measurement of the flow.
+    pub flood: Option<floods::FloodPlan>,
 }
 
 /// How a rule set was applied (`policy`): recorded once per variant.
@@ -572,6 +630,20 @@ fn measure(
         value,
         check,
     };
+    if let Some(plan) = &prepared.flood {
+        for run in 1..=settings.runs {
+            cmd::check_interrupted()?;
+            let line = floods::measure_run(plan, &endpoints, settings.tcp_seconds, |m, v, c| {
+                samples.push(sample(m, run, v, c));
+            })?;
+            progress(
+                case,
+                variant,
+                &format!("run {run}/{}: {line}", settings.runs),
+            );
+        }
+        return Ok(());
+    }
     if let Some(applied) = prepared.applied {
         let check = Check {
             unit: "policies",
@@ -833,6 +905,14 @@ mod tests {
         assert_eq!(Case::from_key("policy"), None, "policy has counts");
         assert_eq!(Case::from_key("policy-x"), None);
         assert_eq!(Case::from_key("bogus"), None);
+        let floods = Scenario::Floods.cases(&counts);
+        assert_eq!(floods.len(), floods::FloodKind::ALL.len());
+        assert_eq!(floods[1].key(), "floods-arp");
+        for case in floods {
+            assert_eq!(Case::from_key(&case.key()), Some(case));
+        }
+        assert_eq!(Case::from_key("floods"), None, "floods has kinds");
+        assert_eq!(Case::from_key("floods-bogus"), None);
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: true,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
         _ => {
@@ -128,6 +129,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
     }

@@ -88,6 +88,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: true,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
         _ => {
@@ -113,6 +114,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
     }

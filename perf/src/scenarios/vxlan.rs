@@ -92,6 +92,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: true,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
         _ => {
@@ -141,6 +142,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 unreachable_is_unsupported: false,
                 datagrams: true,
                 applied: None,
+                flood: None,
             })
         }
     }

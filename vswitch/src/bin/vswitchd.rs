@@ -59,6 +59,18 @@ struct Args {
         env = "VSWITCH_WORKER_CPUS"
     )]
     worker_cpus: WorkerCpus,
+    /// The most connections conntrack tracks at once (NAT, LoadBalancers, policy). On a full
+    /// table a new connection evicts one that never saw a reply, or is dropped and counted
+    /// (`conntrack.table_full`); established ones are kept. Each entry takes a few hundred
+    /// bytes.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = default_conntrack_max(),
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "VSWITCH_CONNTRACK_MAX"
+    )]
+    conntrack_max: u64,
     /// Log level: error, warn, info, debug, trace (or a tracing filter such as `vswitch=debug`).
     #[arg(long, default_value = "info", env = "VSWITCH_LOG")]
     log_level: String,
@@ -79,6 +91,11 @@ enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The conntrack crate's default table limit, for `--help`.
+fn default_conntrack_max() -> u64 {
+    u64::try_from(nat::ConntrackConfig::default().max_entries).unwrap_or(u64::MAX)
 }
 
 /// [`EngineConfig::DEFAULT_BUSY_POLL`] in microseconds, for `--help`.
@@ -138,6 +155,7 @@ fn run(args: Args) -> Result<(), String> {
         workers,
         busy_poll: Duration::from_micros(args.busy_poll_us),
         cpus: args.worker_cpus.clone(),
+        conntrack_max_entries: usize::try_from(args.conntrack_max).unwrap_or(usize::MAX),
     };
     let engine = Engine::start_with_clock(engine_config, Arc::clone(&clock))
         .map_err(|e| format!("cannot start the {workers} worker threads: {e}"))?;

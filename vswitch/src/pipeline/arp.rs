@@ -9,6 +9,10 @@
 //!   creates entries only from ARP that targets it); any other ARP from a port refreshes the
 //!   sender's entry if there is one. Port security has already tied the sender's MAC and
 //!   address to the port.
+//! - ARP for the switch's addresses is limited per port and worker (a token bucket,
+//!   [`ARP_BURST`](super::ARP_BURST) at once, [`ARP_PER_SECOND`](super::ARP_PER_SECOND) on
+//!   average); beyond it, it is dropped as `l3.arp_rate_limited`, neither answered nor
+//!   learned from.
 //! - ARP unicast to the gateway MAC about another address is dropped
 //!   (`l3.arp_misdirected`); other ARP is switched at L2 as before.
 //!
@@ -67,6 +71,14 @@ pub fn handle(
             .snapshot
             .balancer(subnet.network_id, target_ip)
             .is_some();
+    // A storm toward the switch's addresses costs a reply and a neighbour-table write per
+    // frame: beyond the port's rate it is dropped before either.
+    if (for_gateway || for_balancer)
+        && !ctx.is_dry_run()
+        && !out.arp_limiter.allow(ingress.id, ctx.now_ms)
+    {
+        return Some(Verdict::drop(DropReason::ArpRateLimited));
+    }
     if !sender_ip.is_unspecified() && !ctx.is_dry_run() {
         let confirmation =
             ctx.neighbors
@@ -309,6 +321,26 @@ mod tests {
         // The asker was gleaned.
         assert_eq!(bench.neighbors.lookup(SubnetId(1), IP_A), Some(MAC_A));
         assert_eq!(bench.local.borrow().out.events.get(Event::ArpReplied), 1);
+    }
+
+    #[test]
+    fn arp_storm_to_the_gateway_is_rate_limited_per_port() {
+        use crate::pipeline::{ARP_BURST, ARP_PER_SECOND};
+        let bench = Bench::new();
+        let frame = request_for_gateway();
+        let answered = (0..ARP_BURST + 50)
+            .filter(|_| bench.send(1, &frame, 1_000).verdict == Verdict::Consumed)
+            .count();
+        assert_eq!(answered, usize::try_from(ARP_BURST).expect("small"));
+        assert_eq!(
+            bench.send(1, &frame, 1_000).verdict,
+            Verdict::Drop(DropCause::L3(DropReason::ArpRateLimited))
+        );
+        assert!(bench.generated().is_empty(), "no answer over the limit");
+        let replied = bench.local.borrow().out.events.get(Event::ArpReplied);
+        assert_eq!(replied, ARP_BURST);
+        let later = 1_000 + 1_000 / ARP_PER_SECOND;
+        assert_eq!(bench.send(1, &frame, later).verdict, Verdict::Consumed);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!   address it was sent to (RFC 1122 3.2.2.6: same data, identifier and sequence), back to
 //!   the ingress port. UDP gets "port unreachable" and other protocols but TCP "protocol
 //!   unreachable", as a host without listeners answers (so traceroute to a gateway ends);
-//!   everything to a gateway but echo requests is dropped as `l3.to_gateway`.
+//!   everything to a gateway but echo requests is dropped as `l3.to_gateway`. ICMP to a
+//!   gateway is limited per port and worker (a token bucket, [`ECHO_BURST`](super::ECHO_BURST)
+//!   at once, [`ECHO_PER_SECOND`](super::ECHO_PER_SECOND) on average): beyond it, it is
+//!   dropped as `l3.echo_rate_limited`.
 //! - **Errors** ([`send_error`]): as a router sends them (see [`crate::wire::icmp_error`]):
 //!   never about ICMP errors, non-first fragments, broadcast or multicast, or sources that
 //!   are not a single host (nor the subnet's broadcast address); sourced from the gateway of
@@ -109,6 +112,9 @@ pub fn to_gateway(
         Verdict::drop(DropReason::ToGateway)
     };
     match ip.next_header() {
+        IpProtocol::Icmp if !fragment && !out.echo_limiter.allow(ingress.id, now_ms) => {
+            Verdict::drop(DropReason::EchoRateLimited)
+        }
         IpProtocol::Icmp if !fragment => echo_reply(
             out,
             ingress.id,
@@ -274,6 +280,25 @@ mod tests {
         let sum = checksum::checksum(&frame[icmp..]);
         frame[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
         frame
+    }
+
+    #[test]
+    fn echo_to_the_gateway_is_rate_limited_per_port() {
+        use crate::pipeline::{ECHO_BURST, ECHO_PER_SECOND};
+        let bench = Bench::with(routed_snapshot());
+        let frame = echo_to(GW_BLUE);
+        let answered = (0..ECHO_BURST + 50)
+            .filter(|_| bench.send(1, &frame, 1_000).verdict == Verdict::Consumed)
+            .count();
+        assert_eq!(answered, usize::try_from(ECHO_BURST).expect("small"));
+        assert_eq!(
+            bench.send(1, &frame, 1_000).verdict,
+            Verdict::Drop(DropCause::L3(DropReason::EchoRateLimited))
+        );
+        assert!(bench.generated().is_empty(), "nothing sent over the limit");
+        // One token back after 1/rate seconds.
+        let later = 1_000 + 1_000 / ECHO_PER_SECOND;
+        assert_eq!(bench.send(1, &frame, later).verdict, Verdict::Consumed);
     }
 
     #[test]

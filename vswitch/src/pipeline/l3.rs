@@ -101,6 +101,10 @@ keyed_enum! {
             "ARP sent to the gateway MAC about an address that is not the subnet's gateway",
         NoBuffer = "l3.no_buffer":
             "no room left in the worker's buffer for frames the switch generates (answers, fragments)",
+        ArpRateLimited = "l3.arp_rate_limited":
+            "ARP to a gateway (or LoadBalancer) address beyond its port's rate limit (100 a second per worker, bursts of 100): not answered, not learned",
+        EchoRateLimited = "l3.echo_rate_limited":
+            "ICMP to a gateway address beyond its port's rate limit (100 a second per worker, bursts of 100): not answered",
     }
 }
 

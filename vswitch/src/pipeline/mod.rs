@@ -87,7 +87,7 @@ use crate::tables::counters::EventTally;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::held::HeldQueue;
 use crate::tables::neigh::Neighbors;
-use crate::tables::ratelimit::TokenBucket;
+use crate::tables::ratelimit::{PortBuckets, TokenBucket};
 use crate::tables::snapshot::{Ingress, PortEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry};
 use generated::Generated;
 use parse::L3;
@@ -523,6 +523,21 @@ pub const ICMP_BURST: u64 = 50;
 /// ICMP errors a worker may send per second, on average.
 pub const ICMP_PER_SECOND: u64 = 100;
 
+/// ARP requests (and replies) to the switch's own addresses in a subnet that one port may
+/// send at once, per worker. A container asks for its gateway once per neighbour timeout,
+/// so only a storm meets the limit.
+pub const ARP_BURST: u64 = 100;
+
+/// ARP to the switch's own addresses one port may send per second, per worker, on average.
+pub const ARP_PER_SECOND: u64 = 100;
+
+/// ICMP to a gateway address (echo requests) one port may send at once, per worker.
+pub const ECHO_BURST: u64 = 100;
+
+/// ICMP to a gateway address one port may send per second, per worker, on average (`ping -i
+/// 0.01` passes; `ping -f` meets it).
+pub const ECHO_PER_SECOND: u64 = 100;
+
 /// What the stages of one worker write besides the frame they process.
 #[derive(Debug)]
 pub struct Output {
@@ -530,6 +545,12 @@ pub struct Output {
     pub generated: Generated,
     /// Limits the ICMP errors this worker sends.
     pub icmp_limiter: TokenBucket,
+    /// Limits, per port, the ARP for the switch's addresses this worker answers or learns
+    /// from (over the limit: `l3.arp_rate_limited`).
+    pub arp_limiter: PortBuckets,
+    /// Limits, per port, the ICMP to gateway addresses this worker answers (over the limit:
+    /// `l3.echo_rate_limited`).
+    pub echo_limiter: PortBuckets,
     /// Events, added to the worker's counters per batch.
     pub events: EventTally,
     /// Set when an ARP answer resolved a neighbour other workers may hold packets for.
@@ -567,6 +588,8 @@ impl Local {
             out: Output {
                 generated: Generated::new(),
                 icmp_limiter: TokenBucket::new(ICMP_BURST, ICMP_PER_SECOND),
+                arp_limiter: PortBuckets::new(ARP_BURST, ARP_PER_SECOND),
+                echo_limiter: PortBuckets::new(ECHO_BURST, ECHO_PER_SECOND),
                 events: EventTally::new(),
                 neighbor_resolved: false,
                 nat_exhausted: false,

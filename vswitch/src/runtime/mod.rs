@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Where the workers run: pinned one to a CPU, or moved by the scheduler
     /// ([`WorkerCpus`]). `vswitchd` pins them by default; [`EngineConfig::new`] does not.
     pub cpus: WorkerCpus,
+    /// The most connections conntrack holds (the one table of the run, shared by NAT,
+    /// LoadBalancers and policy); a new one on a full table evicts an unassured entry or is
+    /// dropped (`conntrack.table_full`).
+    pub conntrack_max_entries: usize,
 }
 
 impl EngineConfig {
@@ -75,6 +79,7 @@ impl EngineConfig {
             workers,
             busy_poll: EngineConfig::DEFAULT_BUSY_POLL,
             cpus: WorkerCpus::Floating,
+            conntrack_max_entries: nat::ConntrackConfig::default().max_entries,
         }
     }
 }
@@ -203,7 +208,16 @@ impl Engine {
             .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC))
             .collect::<Result<Box<[EventFd]>, _>>()?;
         let shared = Arc::new(Shared {
-            current: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
+            // The conntrack table of the whole run: every later snapshot carries it over.
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(
+                Snapshot::default().with_nat(
+                    Arc::new(nat::NatRules::new()),
+                    Arc::new(nat::Conntrack::new(nat::ConntrackConfig {
+                        max_entries: config.conntrack_max_entries.max(1),
+                        ..nat::ConntrackConfig::default()
+                    })),
+                ),
+            )),
             fdb: Fdb::new(),
             neighbors: Neighbors::new(),
             remote_fdb: vxlan::VxlanSharedFdb::new(Default::default()),
@@ -881,6 +895,7 @@ mod tests {
             workers,
             busy_poll: Duration::from_micros(200),
             cpus: WorkerCpus::Auto,
+            ..EngineConfig::new(workers)
         })
         .unwrap();
         engine.publish(Snapshot::new(ports, vec![subnet]));

@@ -1,6 +1,9 @@
 //! Rate limiting: for log lines about per-packet conditions (at most one line per interval,
-//! saying how many were suppressed since the last one), and a token bucket for ICMP errors
-//! (RFC 1812 4.3.2.8: a router SHOULD limit the rate at which it originates them).
+//! saying how many were suppressed since the last one), a token bucket for ICMP errors
+//! (RFC 1812 4.3.2.8: a router SHOULD limit the rate at which it originates them), and one
+//! bucket per port for what a port may ask of the switch itself (ARP and echo requests to a
+//! gateway), so one container's storm cannot take the worker's time or the answers of
+//! others.
 
 /// Allows one event per interval and counts the ones it suppresses.
 #[derive(Debug, Clone)]
@@ -75,6 +78,44 @@ impl TokenBucket {
     }
 }
 
+/// One [`TokenBucket`] per port, owned by one worker (so no lock and no atomic): a port's
+/// frames are limited on each worker that reads them, independently. Grown on first use up
+/// to [`MAX_PORTS`](crate::port::MAX_PORTS) buckets; a reused port id inherits the bucket,
+/// which refills within a second.
+#[derive(Debug, Clone)]
+pub struct PortBuckets {
+    burst: u64,
+    per_second: u64,
+    buckets: Vec<TokenBucket>,
+}
+
+impl PortBuckets {
+    /// Buckets of `burst` tokens refilled at `per_second`, none allocated yet.
+    pub const fn new(burst: u64, per_second: u64) -> PortBuckets {
+        PortBuckets {
+            burst,
+            per_second,
+            buckets: Vec::new(),
+        }
+    }
+
+    /// Takes a token of `port`'s bucket at `now_ms` if there is one. A port id beyond
+    /// [`MAX_PORTS`](crate::port::MAX_PORTS) (never handed out) is always refused.
+    pub fn allow(&mut self, port: crate::port::PortId, now_ms: u64) -> bool {
+        let Ok(slot) = usize::try_from(port.0) else {
+            return false;
+        };
+        if slot >= crate::port::MAX_PORTS {
+            return false;
+        }
+        if self.buckets.len() <= slot {
+            let bucket = TokenBucket::new(self.burst, self.per_second);
+            self.buckets.resize(slot + 1, bucket);
+        }
+        self.buckets[slot].allow(now_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +144,19 @@ mod tests {
         assert_eq!(refilled, 50);
         // The clock going backwards takes nothing and gives nothing.
         assert!(!bucket.allow(50_000));
+    }
+
+    #[test]
+    fn port_buckets_are_independent() {
+        use crate::port::{MAX_PORTS, PortId};
+        let mut buckets = PortBuckets::new(3, 10);
+        let first = (0..10).filter(|_| buckets.allow(PortId(7), 1_000)).count();
+        assert_eq!(first, 3, "port 7's burst");
+        assert!(buckets.allow(PortId(2), 1_000), "port 2 has its own bucket");
+        assert!(!buckets.allow(PortId(7), 1_050));
+        assert!(buckets.allow(PortId(7), 1_100), "one token per 100 ms");
+        let beyond = u32::try_from(MAX_PORTS).expect("fits");
+        assert!(!buckets.allow(PortId(beyond), 1_000));
     }
 
     #[test]

@@ -149,6 +149,7 @@ pub fn prepare(variant: Variant, context: &Context, count: u32) -> Result<Prepar
                 unreachable_is_unsupported: false,
                 datagrams: false,
                 applied,
+                flood: None,
             })
         }
         Variant::Vswitch { kind, settings } => {
@@ -186,6 +187,7 @@ pub fn prepare(variant: Variant, context: &Context, count: u32) -> Result<Prepar
                 unreachable_is_unsupported: false,
                 datagrams: false,
                 applied,
+                flood: None,
             })
         }
     }
