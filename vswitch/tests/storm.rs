@@ -291,7 +291,7 @@ fn kill9_storm_keeps_addresses_ids_devices_and_traffic() {
         "VSWITCH_STORM_SEED",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
+            .map_or(1, |d| d.as_secs() ^ (u64::from(d.subsec_nanos()) << 20)),
     );
     eprintln!("storm: {rounds} rounds, seed {seed} (VSWITCH_STORM_SEED={seed} replays it)");
     let mut rng = Rng(seed | 1);
