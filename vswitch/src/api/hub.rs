@@ -1311,7 +1311,7 @@ mod tests {
         assert_eq!(HubLimits::DEFAULT.max_runner_connections, 256);
         assert_eq!(HubLimits::DEFAULT.max_other_connections, 64);
         // Both pools full still leave most of a default RLIMIT_NOFILE of 1024 to the daemon.
-        assert!(HUB_MAX_RUNNER_CONNECTIONS + HUB_MAX_OTHER_CONNECTIONS <= 512);
+        const { assert!(HUB_MAX_RUNNER_CONNECTIONS + HUB_MAX_OTHER_CONNECTIONS <= 512) };
         assert_eq!(HubLimits::DEFAULT.max_per_address, 16);
         // A silent connection is closed by the header timeout, the tighter one.
         assert!(HUB_IDLE_TIMEOUT > HUB_HEADER_READ_TIMEOUT);
