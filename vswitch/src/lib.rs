@@ -24,6 +24,8 @@
 //!   egress adjacency; the engine publishes snapshots and sums the counters.
 //! - [`control`]: resources, validation, IPAM, persistence and the controller that turns
 //!   resources into ports and snapshots.
+//! - [`tls`]: certificates, fingerprints and the TLS configurations of the overlay hub's
+//!   registration API (used by [`control`]'s validation and by [`agent`]).
 //! - [`api`] and [`cli`]: the HTTP+JSON control socket (and the handlers of the overlay
 //!   hub's registration API) and `vswitchctl`.
 //! - [`agent`]: the overlay agent: the hub's registration API on TCP, a runner's
@@ -45,5 +47,6 @@ pub mod sys;
 pub mod tables;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod trace;
 pub mod wire;

@@ -1,17 +1,26 @@
 //! A runner's client of the hub's registration API ([`crate::api::hub`]): one HTTP/1.1
-//! connection per request (hyper's client connection over a tokio `TcpStream`), a bearer
-//! token, a deadline on the whole exchange, and a bounded answer.
+//! connection per request (hyper's client connection over a tokio `TcpStream`, in TLS unless
+//! plain HTTP was asked for), from the runner's own underlay address when it has one, a
+//! bearer token, a deadline on the whole exchange, and a bounded answer. A hub whose
+//! certificate this runner does not trust is [`HubCallError::Untrusted`], told apart from a
+//! hub that cannot be reached.
 
 use std::fmt;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
 
 use crate::api::hub::{
     HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, MAX_HUB_BODY_BYTES, REGISTER_PATH,
@@ -39,6 +48,9 @@ pub enum HubCallError {
     BadAnswer(String),
     /// The request could not be built (e.g. a token that cannot go in an HTTP header).
     Request(String),
+    /// The TLS handshake failed because the hub's certificate is not the one this runner
+    /// trusts (another fingerprint, or not signed by the CA); nothing was sent.
+    Untrusted(String),
 }
 
 impl fmt::Display for HubCallError {
@@ -48,6 +60,7 @@ impl fmt::Display for HubCallError {
             HubCallError::Status { status, message } => write!(f, "HTTP {status}: {message}"),
             HubCallError::BadAnswer(error) => write!(f, "unexpected answer: {error}"),
             HubCallError::Request(error) => write!(f, "cannot build the request: {error}"),
+            HubCallError::Untrusted(error) => f.write_str(error),
         }
     }
 }
@@ -60,6 +73,10 @@ pub struct HubClient {
     address: SocketAddrV4,
     token: String,
     timeout: Duration,
+    /// The TLS connector and the name asked of the hub; `None` for plain HTTP.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The address connections are made from (the runner's `localAddress`).
+    source: Option<Ipv4Addr>,
 }
 
 impl fmt::Debug for HubClient {
@@ -68,19 +85,46 @@ impl fmt::Debug for HubClient {
         f.debug_struct("HubClient")
             .field("address", &self.address)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
 
 impl HubClient {
-    /// A client of the hub API at `address:port`, authenticating with `token`; each
-    /// exchange must complete within [`HUB_TIMEOUT`].
+    /// A plain-HTTP client of the hub API at `address:port`, authenticating with `token`;
+    /// each exchange must complete within [`HUB_TIMEOUT`]. [`HubClient::with_tls`] makes it
+    /// speak TLS.
     pub fn new(address: Ipv4Addr, port: u16, token: &str) -> HubClient {
         HubClient {
             address: SocketAddrV4::new(address, port),
             token: token.to_owned(),
             timeout: HUB_TIMEOUT,
+            tls: None,
+            source: None,
         }
+    }
+
+    /// The same client speaking TLS with `config`, asking the hub for `server_name`.
+    pub fn with_tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> HubClient {
+        self.tls = Some((TlsConnector::from(config), server_name));
+        self
+    }
+
+    /// The same client connecting from `source` (the runner's `localAddress`: the address
+    /// the hub knows it by, and serves from the runners' pool of connections).
+    pub fn with_source(mut self, source: Ipv4Addr) -> HubClient {
+        self.source = Some(source);
+        self
+    }
+
+    /// Whether it speaks TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The same client with another deadline per exchange.
@@ -166,33 +210,86 @@ impl HubClient {
     }
 
     async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), HubCallError> {
-        let broken = |error: hyper::Error| HubCallError::Unreachable(error.to_string());
-        let stream = tokio::net::TcpStream::connect(SocketAddr::V4(self.address))
-            .await
-            .map_err(|error| HubCallError::Unreachable(error.to_string()))?;
+        let unreachable = |error: io::Error| HubCallError::Unreachable(error.to_string());
+        let stream = match self.source {
+            Some(source) => {
+                let socket = TcpSocket::new_v4().map_err(unreachable)?;
+                socket
+                    .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
+                    .map_err(|error| {
+                        HubCallError::Unreachable(format!(
+                            "cannot connect from localAddress {source}: {error}"
+                        ))
+                    })?;
+                socket.connect(SocketAddr::V4(self.address)).await
+            }
+            None => TcpStream::connect(SocketAddr::V4(self.address)).await,
+        }
+        .map_err(unreachable)?;
         // Heartbeats are small and latency matters more than batching.
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(broken)?;
-        // The connection future does the I/O; aborted once the answer is read. Its error, if
-        // any, also surfaces through `send_request` or the body.
-        let driver = tokio::spawn(connection);
-        let result = async {
-            let response = sender.send_request(request).await.map_err(broken)?;
-            let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_HUB_BODY_BYTES)
-                .collect()
-                .await
-                .map_err(|error| {
-                    HubCallError::Unreachable(format!("cannot read the answer: {error}"))
-                })?
-                .to_bytes();
-            Ok((status, body))
+        match &self.tls {
+            None => exchange_on(stream, request).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(handshake_error)?;
+                exchange_on(stream, request).await
+            }
         }
-        .await;
-        driver.abort();
-        result
+    }
+}
+
+/// Sends `request` on an established connection and reads the whole answer.
+async fn exchange_on<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), HubCallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let broken = |error: hyper::Error| HubCallError::Unreachable(error.to_string());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(broken)?;
+    // The connection future does the I/O; aborted once the answer is read. Its error, if
+    // any, also surfaces through `send_request` or the body.
+    let driver = tokio::spawn(connection);
+    let result = async {
+        let response = sender.send_request(request).await.map_err(broken)?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_HUB_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|error| HubCallError::Unreachable(format!("cannot read the answer: {error}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// A failed TLS handshake: [`HubCallError::Untrusted`] when the hub's certificate was
+/// refused, else unreachable (with a hint when the hub seems to speak plain HTTP).
+fn handshake_error(error: io::Error) -> HubCallError {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(reason)) => {
+            let text = match reason {
+                rustls::CertificateError::Other(other) => other.to_string(),
+                reason => format!("its certificate is refused: {reason:?}"),
+            };
+            HubCallError::Untrusted(text)
+        }
+        Some(rustls::Error::InvalidMessage(_)) => HubCallError::Unreachable(format!(
+            "TLS handshake failed: {error} (does the hub serve plain HTTP? see its \
+             spec.tls.mode)"
+        )),
+        _ => HubCallError::Unreachable(format!("TLS handshake failed: {error}")),
     }
 }
 

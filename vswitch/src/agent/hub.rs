@@ -1,11 +1,13 @@
-//! The hub's agent: listens for runners on `localAddress:apiPort` ([`serve_hub`]) and marks
-//! silent runners offline once a second ([`Controller::hub_sweep`]).
+//! The hub's agent: sets up the registration API's TLS (the configured certificate, or a
+//! self-signed one generated once in the state directory; its fingerprint goes in the
+//! Overlay's status), listens for runners on `localAddress:apiPort` ([`serve_hub`]) and
+//! marks silent runners offline once a second ([`Controller::hub_sweep`]).
 //!
 //! The address may not be configured yet when the Overlay is applied (the underlay comes up
 //! later): binding is retried with backoff, and the failure logged once per distinct error.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +16,8 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::{controller_call, stopped};
-use crate::api::hub::serve_hub;
-use crate::control::Controller;
+use crate::api::hub::{HubServerConfig, serve_hub};
+use crate::control::{Controller, HubTlsConfig};
 
 /// How often silent runners are looked for.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,14 +37,83 @@ pub fn bind(address: SocketAddrV4) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// What serving plain HTTP means, for the status and the log.
+pub const PLAINTEXT_WARNING: &str = "the registration API is plain HTTP (spec.tls.mode: \
+    Disabled): runners' tokens and registrations cross the underlay in clear";
+
+/// The TLS configuration the hub serves with (`None`: plain HTTP), loading or generating
+/// its certificate, and reports it in the Overlay's status: the fingerprint, or why not.
+///
+/// # Errors
+/// Why TLS cannot be set up (an unreadable file, say); also reported in the status.
+async fn tls_config(
+    controller: &Arc<Controller>,
+    address: SocketAddrV4,
+    tls: HubTlsConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    let identity = tokio::task::spawn_blocking(move || match tls {
+        HubTlsConfig::Disabled => Ok(None),
+        HubTlsConfig::Files { certificate, key } => {
+            crate::tls::hub_identity_from_files(&certificate, &key).map(Some)
+        }
+        HubTlsConfig::Generated { directory } => {
+            crate::tls::hub_identity_generated(&directory, IpAddr::V4(*address.ip())).map(Some)
+        }
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("loading the certificate failed: {error}")));
+    let (fingerprint, message, result) = match identity {
+        Ok(None) => {
+            tracing::warn!(%address, "{PLAINTEXT_WARNING}");
+            (None, Some(PLAINTEXT_WARNING.to_owned()), Ok(None))
+        }
+        Ok(Some(identity)) => {
+            tracing::info!(
+                %address,
+                fingerprint = %identity.fingerprint,
+                certificate = %identity.certificate_file.display(),
+                generated = identity.generated,
+                "the hub's registration API serves TLS"
+            );
+            (
+                Some(identity.fingerprint.to_string()),
+                None,
+                Ok(Some(identity.config)),
+            )
+        }
+        Err(error) => {
+            let message = format!("the registration API cannot serve TLS: {error}");
+            (None, Some(message.clone()), Err(message))
+        }
+    };
+    controller_call(controller, move |c| c.hub_api_status(fingerprint, message)).await;
+    result
+}
+
 /// Runs the hub agent until `stop` says so.
 pub(super) async fn run(
     controller: Arc<Controller>,
     address: SocketAddrV4,
     token: String,
+    tls: HubTlsConfig,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
+    // Without its TLS configuration the hub serves nothing (never plain HTTP instead); it
+    // tries again with backoff, in case the files appear.
+    let tls = loop {
+        match tls_config(&controller, address, tls.clone()).await {
+            Ok(tls) => break tls,
+            Err(error) => {
+                tracing::error!(%address, "{error}; retrying with backoff");
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    backoff.reset();
     let mut last_error: Option<String> = None;
     loop {
         let listener = match bind(address) {
@@ -73,7 +144,10 @@ pub(super) async fn run(
         let server = serve_hub(
             Arc::clone(&controller),
             listener,
-            token.clone(),
+            HubServerConfig {
+                token: token.clone(),
+                tls: tls.clone(),
+            },
             async move { stopped(&mut server_stop).await },
         );
         let result = tokio::select! {

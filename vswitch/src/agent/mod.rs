@@ -33,7 +33,7 @@ pub use client::{HUB_TIMEOUT, HubCallError, HubClient};
 pub use hub::{SWEEP_INTERVAL, bind as bind_hub_listener};
 pub use runner::Trouble;
 
-use crate::control::resource::OverlayRole;
+use crate::control::resource::{OverlayRole, OverlayState};
 use crate::control::{Controller, OverlayAgentConfig};
 
 /// How often the supervisor reads the agent configuration.
@@ -149,17 +149,25 @@ fn start(controller: &Arc<Controller>, config: &OverlayAgentConfig) -> Option<Ta
             let address = std::net::SocketAddrV4::new(config.local_address, config.api_port);
             tracing::info!(overlay = %config.name, %address, "starting the hub agent");
             let controller = Arc::clone(controller);
+            let tls = config.hub_tls.clone();
             Some(Task::spawn(move |stop| {
-                hub::run(controller, address, token, stop)
+                hub::run(controller, address, token, tls, stop)
             }))
         }
         OverlayRole::Runner => {
-            let Some(settings) = runner::RunnerSettings::from_config(config) else {
-                tracing::error!(
-                    overlay = %config.name,
-                    "the runner Overlay names no hub: not registering; set spec.hub"
-                );
-                return None;
+            let settings = match runner::RunnerSettings::from_config(config) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    tracing::error!(overlay = %config.name, "{error}");
+                    // Said in the status too, from the blocking pool like every call.
+                    let controller = Arc::clone(controller);
+                    return Some(Task::spawn(move |_| async move {
+                        controller_call(&controller, move |c| {
+                            c.runner_status(OverlayState::Failed, Some(error));
+                        })
+                        .await;
+                    }));
+                }
             };
             tracing::info!(
                 overlay = %config.name,
@@ -266,11 +274,11 @@ mod tests {
         )
     }
 
-    fn runner_overlay(name: &str, address: &str, mtu: u16, token: &str) -> String {
+    fn runner_overlay(name: &str, address: &str, mtu: u16, token: &str, pin: &str) -> String {
         format!(
             "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata: {{name: {name}}}\n\
              spec: {{role: runner, localAddress: {address}, mtu: {mtu}, heartbeatSeconds: 1,\n\
-             hub: {{address: 192.168.77.1, token: {token}}}}}\n"
+             hub: {{address: 192.168.77.1, token: {token}, tls: {{fingerprint: '{pin}'}}}}}}\n"
         )
     }
 
@@ -331,7 +339,6 @@ mod tests {
         ip(&["link", "set", "vsagent1", "up"]);
 
         let hub = Node::open(&hub_overlay());
-        let runner = Node::open(&runner_overlay("runner-a", "192.168.77.2", 1450, TOKEN));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -339,6 +346,24 @@ mod tests {
             .expect("runtime");
         runtime.block_on(async {
             let hub_agent = spawn(Arc::clone(&hub.controller));
+            // The hub generates its certificate; the runner pins its fingerprint.
+            let view = wait_for(&hub, "hub serves TLS", Duration::from_secs(20), |v| {
+                v["tls"]["fingerprint"].is_string()
+            })
+            .await;
+            assert_eq!(view["tls"]["enabled"], true, "{view:#}");
+            assert_eq!(view["tls"]["generated"], true, "{view:#}");
+            let pin = view["tls"]["fingerprint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let runner = Node::open(&runner_overlay(
+                "runner-a",
+                "192.168.77.2",
+                1450,
+                TOKEN,
+                &pin,
+            ));
             let runner_agent = spawn(Arc::clone(&runner.controller));
 
             let view = wait_for(&runner, "runner registered", Duration::from_secs(20), |v| {
@@ -369,7 +394,13 @@ mod tests {
                 mtu: 1450,
                 remote_checksum_offload: false,
             };
-            let error = HubClient::new(std::net::Ipv4Addr::new(192, 168, 77, 1), 4799, TOKEN)
+            let trust =
+                crate::tls::HubTrust::Pinned(crate::tls::Fingerprint::parse(&pin).expect("pin"));
+            let hub_address = std::net::Ipv4Addr::new(192, 168, 77, 1);
+            let (tls, name) =
+                crate::tls::client_config(&trust, hub_address.into()).expect("client config");
+            let error = HubClient::new(hub_address, 4799, TOKEN)
+                .with_tls(tls, name)
                 .register(&newcomer)
                 .await
                 .expect_err("runner-a is online from 192.168.77.2");
@@ -396,7 +427,13 @@ mod tests {
             );
 
             // A runner whose MTU differs is refused, and its status says why.
-            let mismatched = Node::open(&runner_overlay("runner-b", "192.168.77.3", 1400, TOKEN));
+            let mismatched = Node::open(&runner_overlay(
+                "runner-b",
+                "192.168.77.3",
+                1400,
+                TOKEN,
+                &pin,
+            ));
             let mismatched_agent = spawn(Arc::clone(&mismatched.controller));
             let view = wait_for(&mismatched, "mtu refused", Duration::from_secs(20), |v| {
                 message(v).starts_with("the hub refused registration: ")
@@ -412,7 +449,13 @@ mod tests {
             // refuses it with 401.
             runner
                 .controller
-                .apply(&runner_overlay("runner-a", "192.168.77.2", 1450, "wrong"))
+                .apply(&runner_overlay(
+                    "runner-a",
+                    "192.168.77.2",
+                    1450,
+                    "wrong",
+                    &pin,
+                ))
                 .expect("apply a new token");
             let view = wait_for(
                 &runner,
@@ -424,7 +467,13 @@ mod tests {
             assert_eq!(view["state"], "HubUnreachable", "{view:#}");
             runner
                 .controller
-                .apply(&runner_overlay("runner-a", "192.168.77.2", 1450, TOKEN))
+                .apply(&runner_overlay(
+                    "runner-a",
+                    "192.168.77.2",
+                    1450,
+                    TOKEN,
+                    &pin,
+                ))
                 .expect("apply the right token");
             let view = wait_for(&runner, "registered again", Duration::from_secs(20), |v| {
                 v["state"] == "Registered"

@@ -23,7 +23,7 @@ use std::time::Duration;
 use super::backoff::Backoff;
 use super::client::{HubCallError, HubClient};
 use super::controller_call;
-use crate::control::resource::OverlayState;
+use crate::control::resource::{HubClientTls, OverlayState, TlsMode};
 use crate::control::{ApiError, Controller, OverlayAgentConfig};
 
 /// Shortest interval between heartbeats, whatever the Overlay says.
@@ -40,11 +40,54 @@ pub(super) struct RunnerSettings {
     pub heartbeat: Duration,
 }
 
+/// What plain HTTP to the hub means, for the status and the log.
+pub const PLAINTEXT_WARNING: &str = "the hub is reached over plain HTTP (spec.hub.tls.mode: \
+    Disabled): the token and the registrations cross the underlay in clear";
+
 impl RunnerSettings {
-    /// The runner's settings from the agent configuration; `None` without a hub.
-    pub fn from_config(config: &OverlayAgentConfig) -> Option<RunnerSettings> {
-        let hub = config.hub.as_ref()?;
-        Some(RunnerSettings {
+    /// The runner's settings from the agent configuration.
+    ///
+    /// # Errors
+    /// Why the runner cannot run: no hub, or a TLS setting that cannot be used (a CA file
+    /// gone since the Overlay was applied, say).
+    pub fn from_config(config: &OverlayAgentConfig) -> Result<RunnerSettings, String> {
+        let hub = config
+            .hub
+            .as_ref()
+            .ok_or("the runner Overlay names no hub: not registering; set spec.hub")?;
+        let client =
+            HubClient::new(hub.address, hub.api_port, &hub.token).with_source(config.local_address);
+        let trust = match &hub.tls {
+            Some(tls) if tls.mode == TlsMode::Disabled => None,
+            Some(HubClientTls {
+                ca_file: Some(file),
+                server_name,
+                ..
+            }) => Some(crate::tls::HubTrust::Ca {
+                file: file.into(),
+                server_name: server_name.clone(),
+            }),
+            Some(HubClientTls {
+                fingerprint: Some(fingerprint),
+                ..
+            }) => Some(crate::tls::HubTrust::Pinned(
+                crate::tls::Fingerprint::parse(fingerprint)
+                    .map_err(|error| format!("spec.hub.tls.fingerprint: {error}"))?,
+            )),
+            // Validation refuses this; without a way to trust the hub, send nothing.
+            _ => {
+                return Err("spec.hub.tls names no fingerprint or caFile: not registering".into());
+            }
+        };
+        let client = match trust {
+            None => client,
+            Some(trust) => {
+                let (tls, name) = crate::tls::client_config(&trust, IpAddr::V4(hub.address))
+                    .map_err(|error| format!("spec.hub.tls: {error}"))?;
+                client.with_tls(tls, name)
+            }
+        };
+        Ok(RunnerSettings {
             request: vxlan::RegistrationRequest {
                 name: config.name.clone(),
                 local_address: IpAddr::V4(config.local_address),
@@ -53,7 +96,7 @@ impl RunnerSettings {
                 mtu: config.mtu,
                 remote_checksum_offload: config.remote_checksum_offload,
             },
-            client: HubClient::new(hub.address, hub.api_port, &hub.token),
+            client,
             heartbeat: config.heartbeat.max(MIN_HEARTBEAT),
         })
     }
@@ -98,6 +141,14 @@ impl Trouble {
                 format!("cannot reach the hub at {hub}: {error}")
             }
             Trouble::Call {
+                hub,
+                error: HubCallError::Untrusted(error),
+                ..
+            } => format!(
+                "the hub at {hub} is not trusted, nothing was sent: {error} (check \
+                 spec.hub.tls against the hub's certificate)"
+            ),
+            Trouble::Call {
                 call,
                 error: HubCallError::Status { status, message },
                 ..
@@ -127,6 +178,8 @@ struct Reporter {
     controller: Arc<Controller>,
     /// What was logged last, so a retry with the same outcome is not logged again.
     last_logged: Option<String>,
+    /// The status message while registered ([`PLAINTEXT_WARNING`] without TLS).
+    warning: Option<String>,
 }
 
 impl Reporter {
@@ -159,7 +212,8 @@ impl Reporter {
                 "registered with the hub"
             );
         }
-        self.status(OverlayState::Registered, None).await;
+        self.status(OverlayState::Registered, self.warning.clone())
+            .await;
     }
 
     async fn trouble(&mut self, trouble: &Trouble, retry_in: Duration) {
@@ -175,9 +229,14 @@ impl Reporter {
 /// Runs the runner agent; never returns (the supervisor aborts or drops it to stop it).
 pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
     let hub = settings.client.address();
+    let warning = (!settings.client.uses_tls()).then(|| PLAINTEXT_WARNING.to_owned());
+    if let Some(warning) = &warning {
+        tracing::warn!(%hub, "{warning}");
+    }
     let mut reporter = Reporter {
         controller: Arc::clone(&controller),
         last_logged: None,
+        warning,
     };
     let mut backoff = Backoff::new();
     reporter.registering(hub).await;
@@ -353,6 +412,25 @@ mod tests {
     }
 
     #[test]
+    fn an_untrusted_hub_says_so() {
+        let trouble = call(
+            "registration",
+            HubCallError::Untrusted(
+                "its certificate's SHA-256 fingerprint is AA:.., but spec.hub.tls.fingerprint \
+                 is BB:.."
+                    .into(),
+            ),
+        );
+        assert_eq!(trouble.state(), OverlayState::HubUnreachable);
+        assert_eq!(
+            trouble.message(Duration::from_secs(2)),
+            "the hub at 192.168.50.1:4799 is not trusted, nothing was sent: its certificate's \
+             SHA-256 fingerprint is AA:.., but spec.hub.tls.fingerprint is BB:.. (check \
+             spec.hub.tls against the hub's certificate); retrying in 2s"
+        );
+    }
+
+    #[test]
     fn plan_failure_is_failed() {
         let trouble = Trouble::Plan {
             id: vxlan::RunnerId::new(3).expect("non-zero"),
@@ -385,14 +463,20 @@ mod tests {
                 address: Ipv4Addr::new(192, 168, 50, 1),
                 api_port: 4799,
                 token: "t".into(),
+                tls: Some(HubClientTls {
+                    mode: TlsMode::Disabled,
+                    ..HubClientTls::default()
+                }),
             }),
             api_port: 4799,
             token: None,
+            hub_tls: crate::control::HubTlsConfig::Disabled,
             heartbeat: Duration::ZERO,
             runner_timeout: Duration::from_secs(20),
         };
         let settings = RunnerSettings::from_config(&config).expect("has a hub");
         assert_eq!(settings.client.address(), hub());
+        assert!(!settings.client.uses_tls());
         assert_eq!(settings.heartbeat, MIN_HEARTBEAT);
         assert_eq!(
             settings.request,
@@ -405,7 +489,29 @@ mod tests {
                 remote_checksum_offload: false,
             }
         );
+        // A pinned fingerprint: TLS.
+        let pinned = crate::tls::Fingerprint::of(b"hub certificate").to_string();
+        if let Some(hub) = &mut config.hub {
+            hub.tls = Some(HubClientTls {
+                fingerprint: Some(pinned),
+                ..HubClientTls::default()
+            });
+        }
+        let settings = RunnerSettings::from_config(&config).expect("pinned");
+        assert!(settings.client.uses_tls());
+        // A CA file that is gone: the runner says why instead of registering.
+        if let Some(hub) = &mut config.hub {
+            hub.tls = Some(HubClientTls {
+                ca_file: Some("/nonexistent/vswitch-ca.pem".into()),
+                ..HubClientTls::default()
+            });
+        }
+        let error = RunnerSettings::from_config(&config).expect_err("no CA file");
+        assert!(
+            error.contains("cannot read /nonexistent/vswitch-ca.pem"),
+            "{error}"
+        );
         config.hub = None;
-        assert!(RunnerSettings::from_config(&config).is_none());
+        assert!(RunnerSettings::from_config(&config).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! The hub's registration API: HTTP/1.1 + JSON on TCP, for runners on other nodes.
+//! The hub's registration API: HTTP/1.1 + JSON over TLS 1.3 on TCP, for runners on other
+//! nodes.
 //!
 //! | method | path | body | success |
 //! |---|---|---|---|
@@ -7,10 +8,15 @@
 //!
 //! Invariants:
 //! - Nothing else is exposed on TCP: the control API stays on the Unix socket.
+//! - TLS unless the hub's Overlay asks for plain HTTP ([`HubServerConfig::tls`] is `None`):
+//!   the bearer token never crosses the underlay in clear. A plain-HTTP request to a TLS hub
+//!   is answered one 400 in plain HTTP that says so, and closed.
 //! - Every request, including one to an unknown path, must carry
-//!   `Authorization: Bearer <token>`; the token is compared in constant time. Without it, or
-//!   with a wrong one, the answer is 401 with `WWW-Authenticate: Bearer` before anything else
-//!   (the body is not read).
+//!   `Authorization: Bearer <token>`. The token is compared in constant time: the SHA-256
+//!   digests of the given and the expected token (fixed length, so the length of either
+//!   leaks nothing) with `subtle`'s `ConstantTimeEq`. Without it, or with a wrong one, the
+//!   answer is 401 with `WWW-Authenticate: Bearer` before anything else (the body is not
+//!   read).
 //! - Errors have the control API's shape and status mapping ([`ErrorResponse`]): a refused
 //!   registration (mismatched MTU, say) is a 400 whose message names the setting and both
 //!   values; a name the hub holds online from another `localAddress` is a 409 naming both
@@ -18,17 +24,25 @@
 //!   runner must register again).
 //! - Bodies are limited to [`MAX_HUB_BODY_BYTES`]; controller calls run on the blocking pool.
 //! - The port is reachable by anyone on the underlay, so no peer may hold server resources
-//!   for long without sending a complete, authorized request: the request head must arrive
-//!   within [`HUB_HEADER_READ_TIMEOUT`] (this also bounds how long a kept-alive connection
-//!   may wait for its next request), the body within [`HUB_BODY_READ_TIMEOUT`] (else 408), a
-//!   connection on which no byte moves for [`HUB_IDLE_TIMEOUT`] outside a handler is closed,
-//!   and at most [`HUB_MAX_CONNECTIONS`] connections are served at once: further ones wait
-//!   in the kernel's accept queue, costing the daemon no file descriptor, until one ends.
-//!   One peer address gets at most [`HUB_MAX_CONNECTIONS_PER_ADDRESS`] of them; a connection
-//!   beyond that is closed as soon as it is accepted.
+//!   for long without sending a complete, authorized request: the TLS handshake must end
+//!   within [`HUB_HEADER_READ_TIMEOUT`] of the accept, then the request head must arrive
+//!   within it again (this also bounds how long a kept-alive connection may wait for its
+//!   next request), the body within [`HUB_BODY_READ_TIMEOUT`] (else 408), and a connection on
+//!   which no byte moves for [`HUB_IDLE_TIMEOUT`] outside a handler is closed.
+//! - Connections are served from two pools, chosen by the peer address when accepted:
+//!   addresses of runners the hub has given an ID (online or not, and static runners) use
+//!   [`HUB_MAX_RUNNER_CONNECTIONS`]; every other address (a runner registering for the first
+//!   time, or anyone else) shares [`HUB_MAX_OTHER_CONNECTIONS`]. In both, one address holds
+//!   at most [`HUB_MAX_CONNECTIONS_PER_ADDRESS`]. A connection that finds its pool (or its
+//!   address's share) full is closed as soon as it is accepted, so the listen queue never
+//!   fills behind the holders: however many addresses hold the other pool, a registered
+//!   runner's connection is accepted and served from its own. The runner client connects from
+//!   its `localAddress`, the address the hub knows it by.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,11 +62,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::error::ErrorResponse;
 use super::resources::blocking;
@@ -62,12 +78,14 @@ use crate::control::Controller;
 pub const MAX_HUB_BODY_BYTES: usize = 64 * 1024;
 
 /// Longest a connection may take to send a whole request head (request line and headers),
-/// counted from when the server starts waiting for it: when the connection is accepted, and
-/// again each time a response has been written on a kept-alive connection. 10 s: a runner
-/// sends its head (a few hundred bytes) in one write right after connecting, so even a lossy
-/// underlay with several retransmits delivers it in well under a second; a slowloris client
-/// must reconnect every 10 s to keep a slot, and because hyper re-arms the timer when a
-/// connection turns idle, this is also the keep-alive idle timeout between requests.
+/// counted from when the server starts waiting for it: once the TLS handshake is done, and
+/// again each time a response has been written on a kept-alive connection; also the
+/// deadline of the TLS handshake, counted from the accept. 10 s: a runner sends its
+/// handshake and then its head (a few hundred bytes each) right after connecting, so even a
+/// lossy underlay with several retransmits delivers them in well under a second; a
+/// slowloris client must reconnect every 20 s at most to keep a slot, and because hyper
+/// re-arms the timer when a connection turns idle, this is also the keep-alive idle timeout
+/// between requests.
 pub const HUB_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest the body of a request may take to arrive once its head has been read; a slower
@@ -84,18 +102,24 @@ pub const HUB_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// controller, however long that takes.
 pub const HUB_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most connections served at once. 256: one request in flight from each of the 255 runners
-/// a hub can number, plus one, while staying far below the 1024 file descriptors of a
-/// default soft `RLIMIT_NOFILE` that the daemon also needs for TAPs, sockets and state
-/// files. Connections beyond it wait in the listen queue (not accepted, so they cost the
-/// daemon no descriptor) until one ends, which the timeouts above guarantee happens soon.
-pub const HUB_MAX_CONNECTIONS: usize = 256;
+/// Most connections served at once from the addresses of runners the hub knows. 256: one
+/// request in flight from each of the 255 runners a hub can number, plus one.
+pub const HUB_MAX_RUNNER_CONNECTIONS: usize = 256;
 
-/// Most connections served at once from one peer address; a further one is closed as soon
-/// as it is accepted. 16: a runner makes one request at a time on a connection of its own,
-/// so even a few runners behind one NAT address stay far below it, while one address can no
-/// longer take every one of the [`HUB_MAX_CONNECTIONS`] slots and lock the others out.
+/// Most connections served at once from every other address: runners registering for the
+/// first time, and anyone else on the underlay. 64: first registrations are rare and take
+/// one request each, so even a fleet coming up at once waits little, while together with
+/// [`HUB_MAX_RUNNER_CONNECTIONS`] the daemon stays far below the 1024 file descriptors of a
+/// default soft `RLIMIT_NOFILE` that it also needs for TAPs, sockets and state files.
+pub const HUB_MAX_OTHER_CONNECTIONS: usize = 64;
+
+/// Most connections served at once from one peer address, in either pool. 16: a runner
+/// makes one request at a time on a connection of its own, so even a few runners behind one
+/// address stay far below it, while one address cannot take a whole pool.
 pub const HUB_MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+
+/// How often the server refreshes the addresses of the runners it knows from the controller.
+pub const HUB_KNOWN_RUNNERS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Path of the registration endpoint.
 pub const REGISTER_PATH: &str = "/v1/overlay/register";
@@ -119,14 +143,50 @@ pub struct HeartbeatResponse {
     pub id: vxlan::RunnerId,
 }
 
-/// The state of the hub router: the controller and the expected bearer token.
+/// What the hub API serves with.
+#[derive(Clone)]
+pub struct HubServerConfig {
+    /// The bearer token runners must present (non-empty).
+    pub token: String,
+    /// The TLS configuration; `None` serves plain HTTP (only when the Overlay asks for it).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for HubServerConfig {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubServerConfig")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of the hub router: the controller and the digest of the expected token.
 #[derive(Debug, Clone)]
 struct HubState {
     controller: Arc<Controller>,
-    token: Arc<str>,
+    token_digest: Arc<TokenDigest>,
 }
 
-/// The connection limits of the hub server; [`HubLimits::DEFAULT`] in production, shorter
+/// The SHA-256 of a token: what tokens are compared as.
+#[derive(Debug, Clone, Copy)]
+struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    fn of(token: &[u8]) -> TokenDigest {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        TokenDigest(bytes)
+    }
+
+    /// Whether `given` hashes to this digest, compared in constant time.
+    fn matches(&self, given: &[u8]) -> bool {
+        TokenDigest::of(given).0.ct_eq(&self.0).into()
+    }
+}
+
+/// The connection limits of the hub server; [`HubLimits::DEFAULT`] in production, smaller
 /// in tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HubLimits {
@@ -136,8 +196,10 @@ struct HubLimits {
     body_read: Duration,
     /// See [`HUB_IDLE_TIMEOUT`].
     idle: Duration,
-    /// See [`HUB_MAX_CONNECTIONS`]; at least 1.
-    max_connections: usize,
+    /// See [`HUB_MAX_RUNNER_CONNECTIONS`]; at least 1.
+    max_runner_connections: usize,
+    /// See [`HUB_MAX_OTHER_CONNECTIONS`]; at least 1.
+    max_other_connections: usize,
     /// See [`HUB_MAX_CONNECTIONS_PER_ADDRESS`]; at least 1.
     max_per_address: usize,
 }
@@ -147,46 +209,86 @@ impl HubLimits {
         header_read: HUB_HEADER_READ_TIMEOUT,
         body_read: HUB_BODY_READ_TIMEOUT,
         idle: HUB_IDLE_TIMEOUT,
-        max_connections: HUB_MAX_CONNECTIONS,
+        max_runner_connections: HUB_MAX_RUNNER_CONNECTIONS,
+        max_other_connections: HUB_MAX_OTHER_CONNECTIONS,
         max_per_address: HUB_MAX_CONNECTIONS_PER_ADDRESS,
     };
 }
 
-/// Connections being served per peer address; a [`PeerSlot`] holds one and gives it back
-/// when dropped (when its connection task ends, however it ends).
-#[derive(Debug, Default)]
-struct PeerCounts(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+/// The addresses of the runners the hub knows, as a function of the controller.
+type KnownRunners = Arc<dyn Fn(&Controller) -> HashSet<IpAddr> + Send + Sync>;
 
-/// One connection's place in [`PeerCounts`].
+/// A pool of connection slots: at most `capacity` connections, at most `per_address` from
+/// one address. A [`PoolSlot`] holds one and gives it back when dropped (when its
+/// connection task ends, however it ends).
 #[derive(Debug)]
-struct PeerSlot {
-    counts: Arc<PeerCounts>,
-    address: std::net::IpAddr,
+struct Pool {
+    /// For the log: which pool.
+    name: &'static str,
+    capacity: usize,
+    per_address: usize,
+    counts: parking_lot::Mutex<PoolCounts>,
 }
 
-impl PeerCounts {
-    /// Takes a slot for `address`, or `None` when it already has `limit` connections.
-    fn take(self: &Arc<Self>, address: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
-        let mut counts = self.0.lock();
-        let count = counts.entry(address).or_insert(0);
-        if *count >= limit {
-            return None;
+#[derive(Debug, Default)]
+struct PoolCounts {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a pool refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolFull {
+    /// Every slot of the pool is taken.
+    Pool,
+    /// The address holds its share.
+    Address,
+}
+
+/// One connection's place in a [`Pool`].
+#[derive(Debug)]
+struct PoolSlot {
+    pool: Arc<Pool>,
+    address: IpAddr,
+}
+
+impl Pool {
+    fn new(name: &'static str, capacity: usize, per_address: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            name,
+            capacity: capacity.max(1),
+            per_address: per_address.max(1),
+            counts: parking_lot::Mutex::default(),
+        })
+    }
+
+    /// Takes a slot for `address`, or says why there is none.
+    fn take(self: &Arc<Self>, address: IpAddr) -> Result<PoolSlot, PoolFull> {
+        let mut counts = self.counts.lock();
+        if counts.total >= self.capacity {
+            return Err(PoolFull::Pool);
+        }
+        let count = counts.by_address.entry(address).or_insert(0);
+        if *count >= self.per_address {
+            return Err(PoolFull::Address);
         }
         *count += 1;
-        Some(PeerSlot {
-            counts: Arc::clone(self),
+        counts.total += 1;
+        Ok(PoolSlot {
+            pool: Arc::clone(self),
             address,
         })
     }
 }
 
-impl Drop for PeerSlot {
+impl Drop for PoolSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock();
-        if let Some(count) = counts.get_mut(&self.address) {
+        let mut counts = self.pool.counts.lock();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(count) = counts.by_address.get_mut(&self.address) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                counts.remove(&self.address);
+                counts.by_address.remove(&self.address);
             }
         }
     }
@@ -216,7 +318,7 @@ fn hub_router_with(
     }
     let state = HubState {
         controller,
-        token: Arc::from(token),
+        token_digest: Arc::new(TokenDigest::of(token.as_bytes())),
     };
     Ok(Router::new()
         .route(REGISTER_PATH, post(register))
@@ -240,46 +342,88 @@ fn hub_router_with(
 /// Serves the hub API on `listener` until `shutdown` completes, then stops accepting, lets
 /// each connection finish the request it is on, and returns once all are closed (the
 /// timeouts bound how long that takes). Connections are limited as the module documentation
-/// says: [`HUB_HEADER_READ_TIMEOUT`], [`HUB_BODY_READ_TIMEOUT`], [`HUB_IDLE_TIMEOUT`],
-/// [`HUB_MAX_CONNECTIONS`]. Must run inside a tokio runtime.
+/// says: [`HUB_HEADER_READ_TIMEOUT`], [`HUB_BODY_READ_TIMEOUT`], [`HUB_IDLE_TIMEOUT`], and
+/// the pools [`HUB_MAX_RUNNER_CONNECTIONS`] (for the addresses of the runners the controller
+/// knows, refreshed every [`HUB_KNOWN_RUNNERS_REFRESH`]) and [`HUB_MAX_OTHER_CONNECTIONS`].
+/// Must run inside a tokio runtime.
 ///
 /// # Errors
-/// [`io::ErrorKind::InvalidInput`] for an empty `token`. Accept errors are not returned:
+/// [`io::ErrorKind::InvalidInput`] for an empty token. Accept errors are not returned:
 /// one that concerns a single connection is skipped, and any other (out of file
 /// descriptors, say) is logged and retried after a second, as `axum::serve` does.
 pub async fn serve_hub(
     controller: Arc<Controller>,
     listener: TcpListener,
-    token: String,
+    config: HubServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_hub_with(controller, listener, &token, HubLimits::DEFAULT, shutdown).await
+    let known: KnownRunners = Arc::new(Controller::hub_runner_addresses);
+    serve_hub_with(
+        controller,
+        listener,
+        &config,
+        HubLimits::DEFAULT,
+        known,
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve_hub`] with the given limits.
+/// [`serve_hub`] with the given limits and source of known runner addresses.
 async fn serve_hub_with(
     controller: Arc<Controller>,
     listener: TcpListener,
-    token: &str,
+    config: &HubServerConfig,
     limits: HubLimits,
+    known_runners: KnownRunners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let router = hub_router_with(controller, token, limits.body_read)?;
+    let router = hub_router_with(Arc::clone(&controller), &config.token, limits.body_read)?;
+    let acceptor = config.tls.clone().map(TlsAcceptor::from);
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "hub registration API listening");
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(%address, scheme, "hub registration API listening");
     }
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The header read timeout needs a timer: without one hyper panics when serving.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read);
-    let max_connections = limits.max_connections.max(1);
-    let max_per_address = limits.max_per_address.max(1);
-    let peers = Arc::new(PeerCounts::default());
+    let runner_pool = Pool::new(
+        "runners",
+        limits.max_runner_connections,
+        limits.max_per_address,
+    );
+    let other_pool = Pool::new(
+        "other addresses",
+        limits.max_other_connections,
+        limits.max_per_address,
+    );
+    // The known runners: read once before the first accept, then refreshed in the
+    // background (a task of its own, so a slow controller never delays an accept).
+    let known = Arc::new(parking_lot::RwLock::new(
+        read_known_runners(&controller, &known_runners).await,
+    ));
+    // Dropping this (when this function returns) stops the refresh.
+    let mut refresher = JoinSet::new();
+    {
+        let (known, controller) = (Arc::clone(&known), Arc::clone(&controller));
+        refresher.spawn(async move {
+            let mut ticker = tokio::time::interval(HUB_KNOWN_RUNNERS_REFRESH);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let fresh = read_known_runners(&controller, &known_runners).await;
+                *known.write() = fresh;
+            }
+        });
+    }
     let (closing, closing_seen) = watch::channel(false);
     // Dropping this (when the returned future is dropped) aborts every connection.
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
+    // When a full pool was last logged at warn level: at most once a minute.
+    let mut last_full_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -290,21 +434,32 @@ async fn serve_hub_with(
                     tracing::error!(%error, "a hub API connection panicked");
                 }
             }
-            // At the cap, stop accepting: further connections wait in the listen queue.
-            accepted = listener.accept(), if connections.len() < max_connections => {
+            // Always accepting: a connection with no slot is closed at once, so the listen
+            // queue never fills up behind the connections holding the slots.
+            accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, peer)) => {
-                        let Some(slot) = peers.take(peer.ip(), max_per_address) else {
-                            tracing::debug!(%peer, "hub API: too many connections from this address; closed");
-                            drop(stream);
-                            continue;
+                        let address = peer.ip().to_canonical();
+                        let pool = if known.read().contains(&address) {
+                            &runner_pool
+                        } else {
+                            &other_pool
+                        };
+                        let slot = match pool.take(address) {
+                            Ok(slot) => slot,
+                            Err(full) => {
+                                refused(pool, full, peer, &mut last_full_warning);
+                                drop(stream);
+                                continue;
+                            }
                         };
                         let served = serve_connection(
                             stream,
                             peer,
                             router.clone(),
                             builder.clone(),
-                            limits.idle,
+                            acceptor.clone(),
+                            limits,
                             closing_seen.clone(),
                         );
                         connections.spawn(async move {
@@ -333,6 +488,35 @@ async fn serve_hub_with(
     Ok(())
 }
 
+/// The known runner addresses, read on the blocking pool (empty when the call fails).
+async fn read_known_runners(
+    controller: &Arc<Controller>,
+    known_runners: &KnownRunners,
+) -> HashSet<IpAddr> {
+    let read = Arc::clone(known_runners);
+    blocking(controller, move |c| Ok(read(c)))
+        .await
+        .unwrap_or_default()
+}
+
+/// Logs a connection closed for want of a slot: at debug level each time (a peer can cause
+/// it at will), at warn level at most once a minute when a whole pool is full.
+fn refused(pool: &Pool, full: PoolFull, peer: SocketAddr, last_warning: &mut Option<Instant>) {
+    tracing::debug!(%peer, pool = pool.name, ?full, "hub API: no free slot; connection closed");
+    if full == PoolFull::Pool
+        && last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+    {
+        *last_warning = Some(Instant::now());
+        tracing::warn!(
+            pool = pool.name,
+            capacity = pool.capacity,
+            "hub API: every connection slot for {} is taken; closing new connections from \
+             them (registered runners have slots of their own)",
+            pool.name
+        );
+    }
+}
+
 /// Whether an accept error concerns only the connection being accepted (the listener is
 /// fine and the next accept may succeed at once).
 fn is_connection_error(error: &io::Error) -> bool {
@@ -344,21 +528,113 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection until it ends, its peer stays idle for `idle`, or the server shuts
-/// down (then the request in progress, if any, is finished first).
+/// The answer to a plain-HTTP request on a TLS hub, in plain HTTP.
+const PLAINTEXT_REFUSAL: &str = "{\"error\":{\"field\":null,\"message\":\"this hub serves its \
+    registration API over TLS only: use https (a runner: set spec.hub.tls with the hub's \
+    fingerprint or a caFile)\"}}";
+
+/// Serves one connection until it ends, its peer stays idle for `limits.idle`, or the
+/// server shuts down (then the request in progress, if any, is finished first). With TLS,
+/// the handshake must end within `limits.header_read`; a peer that speaks plain HTTP
+/// instead gets [`PLAINTEXT_REFUSAL`].
 async fn serve_connection(
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     router: Router,
     builder: hyper::server::conn::http1::Builder,
-    idle: Duration,
+    acceptor: Option<TlsAcceptor>,
+    limits: HubLimits,
     mut closing: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched {
-        stream,
-        activity: Arc::clone(&activity),
-    });
+    let Some(acceptor) = acceptor else {
+        let watched = Watched {
+            stream,
+            activity: Arc::clone(&activity),
+        };
+        serve_http(
+            watched,
+            peer,
+            router,
+            builder,
+            activity,
+            limits.idle,
+            closing,
+        )
+        .await;
+        return;
+    };
+    let deadline = Instant::now() + limits.header_read;
+    let handshake = async {
+        // A TLS client speaks first, with a handshake record (0x16); an HTTP client with the
+        // letters of a method.
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 0 {
+            return Ok(None);
+        }
+        let watched = Watched {
+            stream,
+            activity: Arc::clone(&activity),
+        };
+        if first[0].is_ascii_alphabetic() {
+            refuse_plaintext(watched, deadline).await;
+            return Ok(None);
+        }
+        acceptor.accept(watched).await.map(Some)
+    };
+    let tls = tokio::select! {
+        handshake = tokio::time::timeout_at(deadline, handshake) => handshake,
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    let tls = match tls {
+        Ok(Ok(Some(tls))) => tls,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            // Debug only: a peer can cause these at will.
+            tracing::debug!(%peer, %error, "hub API: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "hub API: no TLS handshake in time; closed");
+            return;
+        }
+    };
+    serve_http(tls, peer, router, builder, activity, limits.idle, closing).await;
+}
+
+/// Answers [`PLAINTEXT_REFUSAL`] and closes, reading (and discarding) what the client sent
+/// until it closes too or `deadline` passes, so that the close does not reset the connection
+/// before the client has read the answer.
+async fn refuse_plaintext(mut stream: Watched, deadline: Instant) {
+    tracing::debug!("hub API: a plain-HTTP request on the TLS port; refused");
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{PLAINTEXT_REFUSAL}",
+        PLAINTEXT_REFUSAL.len()
+    );
+    let drain = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout_at(deadline, drain).await;
+}
+
+/// Serves HTTP/1.1 on an established connection (plain or TLS): see [`serve_connection`].
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    builder: hyper::server::conn::http1::Builder,
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let router = TowerToHyperService::new(router);
     let handlers = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |request| {
@@ -574,19 +850,6 @@ fn body_too_large() -> ErrorResponse {
     )
 }
 
-/// Compares two byte strings in time that depends only on `expected`'s length, not on where
-/// they first differ (nor on `given`'s length), so a client cannot guess the token byte by
-/// byte from response times.
-pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut difference = u8::from(given.len() != expected.len());
-    for (index, expected_byte) in expected.iter().enumerate() {
-        // Past the end of `given`, compare against 0; the length check above already failed.
-        let given_byte = given.get(index).copied().unwrap_or(0);
-        difference |= given_byte ^ expected_byte;
-    }
-    std::hint::black_box(difference) == 0
-}
-
 /// The token of an `Authorization: Bearer <token>` header (RFC 6750 section 2.1; the scheme
 /// is case-insensitive), or `None` when the header is missing or has another scheme.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
@@ -598,16 +861,17 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
     Some(value[scheme.len()..].trim_ascii())
 }
 
-/// Whether `headers` carry the bearer token `expected`.
+/// Whether `headers` carry the bearer token `expected`: the SHA-256 digests of both are
+/// compared in constant time, so neither where they differ nor their lengths show in the
+/// time taken. A missing header is hashed and compared like a wrong token.
 pub fn authorized(headers: &HeaderMap, expected: &str) -> bool {
-    match bearer_token(headers) {
-        Some(given) => constant_time_eq(given, expected.as_bytes()),
-        // Still spend the comparison's time, so a missing header looks like a wrong one.
-        None => {
-            constant_time_eq(b"", expected.as_bytes());
-            false
-        }
-    }
+    authorized_digest(headers, &TokenDigest::of(expected.as_bytes()))
+}
+
+fn authorized_digest(headers: &HeaderMap, expected: &TokenDigest) -> bool {
+    let given = bearer_token(headers);
+    let matches = expected.matches(given.unwrap_or_default());
+    given.is_some() && matches
 }
 
 /// The 401 answer: the API's error shape plus `WWW-Authenticate: Bearer`.
@@ -631,7 +895,7 @@ async fn require_bearer_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if authorized(request.headers(), &state.token) {
+    if authorized_digest(request.headers(), &state.token_digest) {
         return next.run(request).await;
     }
     let had_header = request.headers().contains_key(header::AUTHORIZATION);
@@ -742,14 +1006,15 @@ mod tests {
 
     #[test]
     fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secre", b"secret"));
-        assert!(!constant_time_eq(b"secret2", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
+        let expected = TokenDigest::of(b"secret");
+        assert!(expected.matches(b"secret"));
+        assert!(!expected.matches(b"secreT"));
+        assert!(!expected.matches(b"secre"));
+        assert!(!expected.matches(b"secret2"));
+        assert!(!expected.matches(b""));
         // A prefix padded with NULs must not pass: the lengths differ.
-        assert!(!constant_time_eq(b"secret\0", b"secret"));
-        assert!(constant_time_eq(b"", b""));
+        assert!(!expected.matches(b"secret\0"));
+        assert!(TokenDigest::of(b"").matches(b""));
     }
 
     fn headers(authorization: Option<&str>) -> HeaderMap {
@@ -795,17 +1060,23 @@ mod tests {
     }
 
     impl Hub {
-        /// Serves through [`serve_hub`], with the production limits.
+        /// Serves plain HTTP through [`serve_hub`], with the production limits.
         fn start() -> Hub {
-            Hub::spawn(None)
+            Hub::spawn(None, None, HashSet::new())
         }
 
-        /// Serves through [`serve_hub_with`] with `limits`.
+        /// Serves plain HTTP through [`serve_hub_with`] with `limits`.
         fn start_with(limits: HubLimits) -> Hub {
-            Hub::spawn(Some(limits))
+            Hub::spawn(Some(limits), None, HashSet::new())
         }
 
-        fn spawn(limits: Option<HubLimits>) -> Hub {
+        /// Serves `tls` through [`serve_hub_with`] with `limits`, the runners at `known`
+        /// being known.
+        fn spawn(
+            limits: Option<HubLimits>,
+            tls: Option<Arc<rustls::ServerConfig>>,
+            known: HashSet<IpAddr>,
+        ) -> Hub {
             let dir = tempfile::Builder::new()
                 .prefix("vshub")
                 .tempdir()
@@ -828,10 +1099,15 @@ mod tests {
                     let shutdown = async {
                         let _ = stopped.await;
                     };
+                    let config = HubServerConfig {
+                        token: TOKEN.to_owned(),
+                        tls,
+                    };
                     match limits {
-                        None => serve_hub(served, listener, TOKEN.to_owned(), shutdown).await,
+                        None => serve_hub(served, listener, config, shutdown).await,
                         Some(limits) => {
-                            serve_hub_with(served, listener, TOKEN, limits, shutdown).await
+                            let known: KnownRunners = Arc::new(move |_| known.clone());
+                            serve_hub_with(served, listener, &config, limits, known, shutdown).await
                         }
                     }
                 })
@@ -1021,7 +1297,8 @@ mod tests {
             header_read,
             body_read,
             idle,
-            max_connections: HUB_MAX_CONNECTIONS,
+            max_runner_connections: HUB_MAX_RUNNER_CONNECTIONS,
+            max_other_connections: HUB_MAX_OTHER_CONNECTIONS,
             max_per_address: HUB_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
@@ -1031,7 +1308,10 @@ mod tests {
         assert_eq!(HubLimits::DEFAULT.header_read, Duration::from_secs(10));
         assert_eq!(HubLimits::DEFAULT.body_read, Duration::from_secs(10));
         assert_eq!(HubLimits::DEFAULT.idle, Duration::from_secs(30));
-        assert_eq!(HubLimits::DEFAULT.max_connections, 256);
+        assert_eq!(HubLimits::DEFAULT.max_runner_connections, 256);
+        assert_eq!(HubLimits::DEFAULT.max_other_connections, 64);
+        // Both pools full still leave most of a default RLIMIT_NOFILE of 1024 to the daemon.
+        const { assert!(HUB_MAX_RUNNER_CONNECTIONS + HUB_MAX_OTHER_CONNECTIONS <= 512) };
         assert_eq!(HubLimits::DEFAULT.max_per_address, 16);
         // A silent connection is closed by the header timeout, the tighter one.
         assert!(HUB_IDLE_TIMEOUT > HUB_HEADER_READ_TIMEOUT);
@@ -1146,38 +1426,114 @@ mod tests {
         assert_served(&hub);
     }
 
+    /// A raw connection to `hub` from `source` (an address of 127.0.0.0/8: all of it is on
+    /// loopback), its reads timing out after 100 ms.
+    fn connect_from(hub: &Hub, source: [u8; 4]) -> std::net::TcpStream {
+        let stream = connect_bound(source, hub.address);
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        stream
+    }
+
+    /// A blocking TCP connection from `source` (port 0) to `to`.
+    fn connect_bound(source: [u8; 4], to: SocketAddr) -> std::net::TcpStream {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let [a, b, c, d] = source;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(a, b, c, d, 0),
+        )
+        .expect("bind a loopback source address");
+        let SocketAddr::V4(to) = to else {
+            panic!("the hub listens on IPv4")
+        };
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).expect("connect");
+        std::net::TcpStream::from(fd)
+    }
+
     #[test]
-    fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    fn connections_beyond_a_full_pool_are_closed_at_once() {
         let hub = Hub::start_with(HubLimits {
-            max_connections: 2,
+            max_other_connections: 2,
             max_per_address: 3,
             ..limits(LONG, LONG, LONG)
         });
         let mut held = [hub.connect(), hub.connect()];
-        // A whole request on a third connection: not served while both slots are held.
+        // A third is accepted and closed at once, without an answer, even with a request.
         let mut third = hub.connect();
         let body = br#"{"name": "runner-a"}"#;
-        third
-            .write_all(heartbeat_head("connection: close\r\n", body).as_bytes())
-            .expect("write head");
-        third.write_all(body).expect("write body");
-        std::thread::sleep(Duration::from_millis(500));
-        assert!(open_and_silent(&mut third), "served beyond the cap");
+        let _ = third.write_all(heartbeat_head("connection: close\r\n", body).as_bytes());
+        let answer = read_until_closed(&mut third, BOUND);
+        assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
         for stream in &mut held {
             assert!(open_and_silent(stream), "a held connection was closed");
         }
-        // Closing one held connection frees a slot: the third is accepted and answered.
+        // Closing one held connection frees a slot: the next is served.
         let [first, mut second] = held;
         drop(first);
-        let answer = read_until_closed(&mut third, BOUND);
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_served(&hub);
         assert!(
             open_and_silent(&mut second),
             "the other held connection was closed"
         );
-        drop(second);
-        assert_served(&hub);
+    }
+
+    /// Issue 18: however many addresses hold the pool of unknown addresses, a registered
+    /// runner's address is served from its own pool.
+    #[test]
+    fn registered_runners_have_slots_of_their_own() {
+        let runner = [127, 0, 0, 200];
+        let hub = Hub::spawn(
+            Some(HubLimits {
+                max_other_connections: 8,
+                max_runner_connections: 4,
+                max_per_address: 2,
+                ..limits(LONG, LONG, LONG)
+            }),
+            None,
+            HashSet::from([IpAddr::from(runner)]),
+        );
+        // Eight addresses take two slots each: sixteen tries for eight slots.
+        let mut holders = Vec::new();
+        for host in 10..18u8 {
+            for _ in 0..2 {
+                holders.push(connect_from(&hub, [127, 0, 0, host]));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let open = holders
+            .iter_mut()
+            .filter_map(|stream| open_and_silent(stream).then_some(()))
+            .count();
+        assert_eq!(open, 8, "the other pool holds exactly its capacity");
+        // A fresh unknown address finds no slot: closed at once.
+        let mut late = connect_from(&hub, [127, 0, 0, 99]);
+        let answer = read_until_closed(&mut late, BOUND);
+        assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+        // The registered runner is served, several times.
+        for _ in 0..3 {
+            let mut stream = connect_from(&hub, runner);
+            let body = br#"{"name": "runner-a"}"#;
+            stream
+                .write_all(heartbeat_head("connection: close\r\n", body).as_bytes())
+                .expect("write head");
+            stream.write_all(body).expect("write body");
+            let answer = read_until_closed(&mut stream, BOUND);
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 409 "), "{answer}");
+        }
+        drop(holders);
     }
 
     #[test]
@@ -1200,6 +1556,105 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert_served(&hub);
         drop(second);
+    }
+
+    /// A hub serving TLS with a generated certificate, and that certificate's fingerprint.
+    fn tls_hub(limits: HubLimits) -> (Hub, crate::tls::Fingerprint, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = crate::tls::hub_identity_generated(dir.path(), IpAddr::from([127, 0, 0, 1]))
+            .expect("identity");
+        let hub = Hub::spawn(Some(limits), Some(identity.config), HashSet::new());
+        (hub, identity.fingerprint, dir)
+    }
+
+    fn client_of(hub: &Hub) -> crate::agent::HubClient {
+        crate::agent::HubClient::new(std::net::Ipv4Addr::LOCALHOST, hub.address.port(), TOKEN)
+            .with_timeout(BOUND)
+    }
+
+    fn pinned(fingerprint: crate::tls::Fingerprint) -> crate::tls::HubTrust {
+        crate::tls::HubTrust::Pinned(fingerprint)
+    }
+
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn tls_serves_a_runner_that_pins_the_certificate() {
+        let (hub, fingerprint, _dir) = tls_hub(limits(LONG, LONG, LONG));
+        let (config, name) =
+            crate::tls::client_config(&pinned(fingerprint), IpAddr::from([127, 0, 0, 1]))
+                .expect("client config");
+        let client = client_of(&hub).with_tls(config, name);
+        let expected = ErrorResponse::from(
+            hub.controller
+                .hub_heartbeat("runner-a")
+                .expect_err("a node without an Overlay is no hub"),
+        );
+        // The controller's answer, through TLS: the request got through.
+        let error = block_on(client.heartbeat("runner-a")).expect_err("no Overlay here");
+        let crate::agent::HubCallError::Status { status, .. } = error else {
+            panic!("expected the controller's answer, got {error:?}");
+        };
+        assert_eq!(status, expected.status.as_u16());
+    }
+
+    #[test]
+    fn tls_refuses_nothing_but_names_a_wrong_fingerprint() {
+        let (hub, fingerprint, _dir) = tls_hub(limits(LONG, LONG, LONG));
+        let wrong = crate::tls::Fingerprint::of(b"another certificate");
+        let (config, name) =
+            crate::tls::client_config(&pinned(wrong), IpAddr::from([127, 0, 0, 1]))
+                .expect("client config");
+        let error = block_on(client_of(&hub).with_tls(config, name).heartbeat("runner-a"))
+            .expect_err("untrusted");
+        let crate::agent::HubCallError::Untrusted(text) = &error else {
+            panic!("expected untrusted, got {error:?}");
+        };
+        assert!(text.contains(&fingerprint.to_string()), "{text}");
+        assert!(text.contains(&wrong.to_string()), "{text}");
+    }
+
+    #[test]
+    fn a_plaintext_request_to_a_tls_hub_is_told_to_use_tls() {
+        let (hub, _, _dir) = tls_hub(limits(LONG, LONG, LONG));
+        let error = block_on(client_of(&hub).heartbeat("runner-a")).expect_err("plain HTTP");
+        assert_eq!(
+            error,
+            crate::agent::HubCallError::Status {
+                status: 400,
+                message: "this hub serves its registration API over TLS only: use https (a \
+                          runner: set spec.hub.tls with the hub's fingerprint or a caFile)"
+                    .into()
+            }
+        );
+        // Raw bytes that are neither: closed without an answer.
+        let mut stream = hub.connect();
+        stream.write_all(&[0u8; 64]).expect("write");
+        let answer = read_until_closed(&mut stream, BOUND);
+        assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
+    }
+
+    #[test]
+    fn a_tls_handshake_must_end_in_time() {
+        let (hub, _, _dir) = tls_hub(limits(SHORT, LONG, LONG));
+        let started = std::time::Instant::now();
+        let mut silent = hub.connect();
+        let answer = read_until_closed(&mut silent, BOUND);
+        assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+        assert!(started.elapsed() >= SHORT, "closed before the timeout");
+        // Starts a handshake (the record header of a ClientHello) and stalls.
+        let mut stalled = hub.connect();
+        stalled
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x80])
+            .expect("write");
+        let answer = read_until_closed(&mut stalled, BOUND);
+        assert!(answer.is_empty(), "{answer:?}");
     }
 
     #[test]

@@ -783,9 +783,11 @@ fn overlay(
     let view: OverlayView = output::parse_answer("GET /v1/overlay", value)?;
     match output::overlay_report(&view) {
         output::OverlayReport::Text(text) => write(out, &text),
-        output::OverlayReport::NoRunners(note) => err
-            .write_all(format!("{note}\n").as_bytes())
-            .map_err(CliError::Output),
+        output::OverlayReport::NoRunners { text, note } => {
+            write(out, &text)?;
+            err.write_all(format!("{note}\n").as_bytes())
+                .map_err(CliError::Output)
+        }
     }
 }
 

@@ -20,9 +20,9 @@ mod testing;
 pub mod validate;
 
 pub use controller::{
-    ConntrackCounters, ConntrackKey, ConntrackRow, Controller, MetricsSnapshot, NatAddress,
-    NatPortsInUse, NatReport, NatUplink, OverlayAgentConfig, PolicyExplanation, RoutingTableRow,
-    UplinkDevice, UplinkOps,
+    ConntrackCounters, ConntrackKey, ConntrackRow, Controller, HUB_TLS_DIRECTORY, HubTlsConfig,
+    MetricsSnapshot, NatAddress, NatPortsInUse, NatReport, NatUplink, OverlayAgentConfig,
+    PolicyExplanation, RoutingTableRow, UplinkDevice, UplinkOps,
 };
 pub use error::ApiError;
 pub use validate::AppliedResource;

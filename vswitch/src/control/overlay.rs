@@ -392,8 +392,46 @@ pub struct HubView {
     pub state: OverlayState,
     /// Why, when not up.
     pub message: Option<String>,
+    /// How the registration API is served.
+    #[serde(default)]
+    pub tls: HubTlsView,
     /// The runners of the pool, by ID.
     pub runners: Vec<HubRunner>,
+}
+
+/// How a hub serves its registration API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubTlsView {
+    /// TLS on (`false`: plain HTTP, `spec.tls.mode: Disabled`).
+    pub enabled: bool,
+    /// The SHA-256 fingerprint of the certificate served, for runners to pin (`None` until
+    /// the API serves, or without TLS).
+    pub fingerprint: Option<String>,
+    /// Whether the certificate is the hub's own self-signed one (no `spec.tls.certificateFile`).
+    pub generated: bool,
+}
+
+impl Default for HubTlsView {
+    /// What a view without the field (from an older daemon) means: TLS, fingerprint unknown.
+    fn default() -> HubTlsView {
+        HubTlsView {
+            enabled: true,
+            fingerprint: None,
+            generated: true,
+        }
+    }
+}
+
+/// How a runner trusts its hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerTls {
+    /// TLS, the hub's certificate pinned by fingerprint.
+    Fingerprint,
+    /// TLS, the hub's certificate checked against a CA file.
+    CaFile,
+    /// Plain HTTP: the token crosses the underlay in clear.
+    Disabled,
 }
 
 /// A runner as the hub knows it.
@@ -434,6 +472,9 @@ pub struct RunnerView {
     pub gateway: Option<Ipv4Addr>,
     /// The hub's registration API.
     pub hub: Option<SocketAddrV4>,
+    /// How it trusts the hub's registration API.
+    #[serde(default)]
+    pub tls: Option<RunnerTls>,
     /// The Overlay's state.
     pub state: OverlayState,
     /// Why, when not registered.

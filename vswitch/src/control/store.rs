@@ -165,6 +165,11 @@ impl Store {
         Ok((store, state))
     }
 
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The state file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -205,7 +205,7 @@ pub fn overlay_of(role: OverlayRole) -> Overlay {
         OverlayRole::Mesh => "role: mesh\nlocalAddress: 192.168.50.1\npeers: [192.168.50.2]\n",
         OverlayRole::Hub => "role: hub\nlocalAddress: 192.168.50.1\ntoken: s3cret\n",
         OverlayRole::Runner => {
-            "role: runner\nlocalAddress: 192.168.50.2\nhub: {address: 192.168.50.1, token: s3cret}\n"
+            "role: runner\nlocalAddress: 192.168.50.2\nhub: {address: 192.168.50.1, token: s3cret, tls: {fingerprint: 'sha256:0000000000000000000000000000000000000000000000000000000000000000'}}\n"
         }
     };
     let spec: OverlaySpec = serde_norway::from_str(yaml).expect("spec parses");

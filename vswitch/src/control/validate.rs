@@ -911,6 +911,13 @@ mod tests {
                         "document 6 (NetworkInterface \"b\"): spec.virtualIP",
                         "already used by NetworkInterface \"a\"",
                     ],
+                    "bad-overlay-tls.yaml" => &[
+                        "problems",
+                        "spec.hub.tls.fingerprint: \"AB:CD:EF\" is not a SHA-256 fingerprint",
+                        "spec.hub.tls.fingerprint: give either caFile or fingerprint",
+                        "spec.hub.tls.serverName: applies with caFile only",
+                        "spec.hub.tls.caFile: \"ca.pem\" is not an absolute path",
+                    ],
                     "bad-overlay-loopback.yaml" => {
                         &["spec.localAddress", "the address the other nodes reach"]
                     }

@@ -370,8 +370,38 @@ pub fn port_counters(port: &PortStats) -> String {
 pub enum OverlayReport {
     /// The text for standard output.
     Text(String),
-    /// A hub without runners: a note for standard error (nothing on standard output).
-    NoRunners(String),
+    /// A hub without runners: how its API is served for standard output, and a note for
+    /// standard error.
+    NoRunners {
+        /// The hub's API lines (its TLS fingerprint); empty when unknown.
+        text: String,
+        /// The note.
+        note: String,
+    },
+}
+
+/// How a hub serves its registration API, as `key  value` lines: TLS and the certificate's
+/// fingerprint (what runners pin), or a warning for plain HTTP; empty while unknown.
+fn hub_api_lines(view: &HubView) -> String {
+    if !view.tls.enabled {
+        return key_values(&[(
+            "API",
+            "plain HTTP (spec.tls.mode: Disabled): the token crosses the underlay in clear"
+                .to_owned(),
+        )]);
+    }
+    let Some(fingerprint) = &view.tls.fingerprint else {
+        return String::new();
+    };
+    let source = if view.tls.generated {
+        "TLS, self-signed certificate"
+    } else {
+        "TLS, spec.tls.certificateFile"
+    };
+    key_values(&[
+        ("API", source.to_owned()),
+        ("FINGERPRINT", fingerprint.clone()),
+    ])
 }
 
 /// The hub's runners: ID NAME ADDRESS VNI SUBNET LAST-SEEN STATE.
@@ -406,10 +436,18 @@ pub fn overlay_report(view: &OverlayView) -> OverlayReport {
     match view {
         OverlayView::Hub(hub) => {
             let table = overlay_runners_table(hub);
+            let mut text = hub_api_lines(hub);
             if table.is_empty() {
-                OverlayReport::NoRunners("no runners have registered with this hub yet".to_owned())
+                OverlayReport::NoRunners {
+                    text,
+                    note: "no runners have registered with this hub yet".to_owned(),
+                }
             } else {
-                OverlayReport::Text(table.render())
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&table.render());
+                OverlayReport::Text(text)
             }
         }
         OverlayView::Runner(runner) => OverlayReport::Text(key_values(&[
@@ -712,6 +750,7 @@ Counters:
         let view: OverlayView = typed(json!({
             "role": "hub", "name": "hub", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
             "state": "Up", "message": null,
+            "tls": {"enabled": true, "fingerprint": null, "generated": true},
             "runners": [
                 {"id": 1, "name": "runner-a", "address": "192.168.50.2", "vni": 101,
                  "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "Online"},
@@ -735,12 +774,27 @@ ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
         );
         let empty: OverlayView = typed(json!({
             "role": "hub", "name": "hub1", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
-            "state": "Up", "message": null, "runners": [],
+            "state": "Up", "message": null,
+            "tls": {"enabled": true, "fingerprint": "AB:CD", "generated": true},
+            "runners": [],
         }));
         assert_eq!(
             overlay_report(&empty),
-            OverlayReport::NoRunners("no runners have registered with this hub yet".into())
+            OverlayReport::NoRunners {
+                text: "API           TLS, self-signed certificate\nFINGERPRINT   AB:CD\n".into(),
+                note: "no runners have registered with this hub yet".into()
+            }
         );
+        let plain: OverlayView = typed(json!({
+            "role": "hub", "name": "hub1", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
+            "state": "Up", "message": null,
+            "tls": {"enabled": false, "fingerprint": null, "generated": true},
+            "runners": [],
+        }));
+        let OverlayReport::NoRunners { text, .. } = overlay_report(&plain) else {
+            panic!("no runners");
+        };
+        assert!(text.contains("plain HTTP"), "{text}");
     }
 
     #[test]
@@ -748,7 +802,7 @@ ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
         let view: OverlayView = typed(json!({
             "role": "runner", "name": "runner-a", "localAddress": "192.168.50.2",
             "id": 3, "vni": 103, "subnet": "10.3.0.0/16", "gateway": "10.3.0.1",
-            "hub": "192.168.50.1:4799",
+            "hub": "192.168.50.1:4799", "tls": "Fingerprint",
             "state": "HubUnreachable",
             "message": "cannot reach the hub at 192.168.50.1:4799: Connection refused; retrying in 4s",
             "lastContact": 1_700_000_000,
@@ -771,7 +825,7 @@ MESSAGE   cannot reach the hub at 192.168.50.1:4799: Connection refused; retryin
         // Not registered yet: no ID, no plan.
         let fresh: OverlayView = typed(json!({
             "role": "runner", "name": "r", "localAddress": "192.168.50.2", "id": null,
-            "vni": null, "subnet": null, "gateway": null, "hub": "192.168.50.1:4799",
+            "vni": null, "subnet": null, "gateway": null, "hub": "192.168.50.1:4799", "tls": "CaFile",
             "state": "Registering", "message": null, "lastContact": null,
         }));
         let OverlayReport::Text(text) = overlay_report(&fresh) else {

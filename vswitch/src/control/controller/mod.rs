@@ -79,7 +79,7 @@ mod tests;
 mod trace;
 mod views;
 
-pub use self::overlay::OverlayAgentConfig;
+pub use self::overlay::{HUB_TLS_DIRECTORY, HubTlsConfig, OverlayAgentConfig};
 pub use self::policies::PolicyExplanation;
 pub use self::views::{
     ConntrackCounters, ConntrackKey, ConntrackRow, MetricsSnapshot, NatAddress, NatPortsInUse,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,11 @@ use super::compile::publish;
 use super::reconcile::retire;
 use super::{Controller, Inner, Locked, OpenVtep};
 use crate::control::ApiError;
-use crate::control::overlay::{self, HubRunner, HubView, MeshView, OverlayView, RunnerView};
+use crate::control::overlay::{
+    self, HubRunner, HubTlsView, HubView, MeshView, OverlayView, RunnerTls, RunnerView,
+};
 use crate::control::resource::{
-    Document, HubRef, Kind, Origin, Overlay, OverlayRole, OverlayState, Resource,
+    Document, HubRef, HubTls, Kind, Origin, Overlay, OverlayRole, OverlayState, Resource, TlsMode,
 };
 use crate::control::store::State;
 use crate::control::validate::{self, Mode};
@@ -47,11 +50,37 @@ pub struct OverlayAgentConfig {
     pub api_port: u16,
     /// Hub: the bearer token runners must present.
     pub token: Option<String>,
+    /// Hub: how the registration API is served (TLS from files, TLS with a generated
+    /// certificate, or plain HTTP).
+    pub hub_tls: HubTlsConfig,
     /// Runner: interval between heartbeats.
     pub heartbeat: Duration,
     /// Hub: silence after which a runner is marked offline.
     pub runner_timeout: Duration,
 }
+
+/// How a hub serves its registration API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubTlsConfig {
+    /// Plain HTTP (`spec.tls.mode: Disabled`).
+    Disabled,
+    /// TLS with the configured certificate chain and key (PEM files).
+    Files {
+        /// `spec.tls.certificateFile`.
+        certificate: PathBuf,
+        /// `spec.tls.keyFile`.
+        key: PathBuf,
+    },
+    /// TLS with a self-signed certificate generated once and kept in `directory` (under the
+    /// state directory).
+    Generated {
+        /// Where the certificate and key are kept.
+        directory: PathBuf,
+    },
+}
+
+/// The folder of the state directory where a hub keeps its generated certificate.
+pub const HUB_TLS_DIRECTORY: &str = "hub-tls";
 
 impl Controller {
     /// The overlay agent's configuration, or `None` without an Overlay.
@@ -102,6 +131,46 @@ impl Controller {
     pub fn runner_joined(&self, plan: &vxlan::RunnerPlan) -> Result<(), ApiError> {
         let mut inner = self.lock();
         self.runner_joined_locked(&mut inner, plan)
+    }
+
+    /// Hub: records how the registration API is served: the fingerprint of its certificate
+    /// (`None` without TLS) and, when not secure or not serving, why.
+    pub fn hub_api_status(&self, fingerprint: Option<String>, message: Option<String>) {
+        let mut inner = self.lock();
+        let Some(overlay) = inner
+            .state
+            .overlays
+            .values_mut()
+            .next()
+            .filter(|o| o.spec.role == OverlayRole::Hub)
+        else {
+            return;
+        };
+        overlay.status.tls_fingerprint = fingerprint;
+        overlay.status.message = message;
+    }
+
+    /// Hub: the underlay addresses of every runner it has given an ID (online or not) and of
+    /// its static runners: the peers whose connections the registration API serves from its
+    /// reserved pool.
+    pub fn hub_runner_addresses(&self) -> std::collections::HashSet<std::net::IpAddr> {
+        let inner = self.lock();
+        let Ok(overlay) = hub_overlay(&inner.state) else {
+            return Default::default();
+        };
+        let statics = overlay
+            .spec
+            .runners
+            .iter()
+            .map(|runner| std::net::IpAddr::V4(runner.address));
+        inner
+            .state
+            .runner_pool
+            .iter()
+            .flat_map(vxlan::RunnerPool::runners)
+            .map(|runner| runner.address.to_canonical())
+            .chain(statics)
+            .collect()
     }
 
     /// Runner: records where registration stands (`registering`, `hubUnreachable` with why
@@ -507,6 +576,20 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
         hub: spec.hub.clone(),
         api_port: spec.api_port,
         token: spec.token.clone(),
+        hub_tls: match &spec.tls {
+            Some(tls) if tls.mode == TlsMode::Disabled => HubTlsConfig::Disabled,
+            Some(HubTls {
+                certificate_file: Some(certificate),
+                key_file: Some(key),
+                ..
+            }) => HubTlsConfig::Files {
+                certificate: PathBuf::from(certificate),
+                key: PathBuf::from(key),
+            },
+            _ => HubTlsConfig::Generated {
+                directory: inner.store.dir().join(HUB_TLS_DIRECTORY),
+            },
+        },
         heartbeat: Duration::from_secs(spec.heartbeat_seconds),
         runner_timeout: Duration::from_secs(spec.runner_timeout_seconds),
     })
@@ -608,6 +691,17 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 hub_address: plan.hub_interface(),
                 state: overlay.status.state,
                 message: overlay.status.message.clone(),
+                tls: HubTlsView {
+                    enabled: spec
+                        .tls
+                        .as_ref()
+                        .is_none_or(|tls| tls.mode == TlsMode::Enabled),
+                    fingerprint: overlay.status.tls_fingerprint.clone(),
+                    generated: spec
+                        .tls
+                        .as_ref()
+                        .is_none_or(|tls| tls.certificate_file.is_none()),
+                },
                 runners,
             })
         }
@@ -624,6 +718,11 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                     .hub
                     .as_ref()
                     .map(|h| SocketAddrV4::new(h.address, h.api_port)),
+                tls: spec.hub.as_ref().map(|hub| match &hub.tls {
+                    Some(tls) if tls.mode == TlsMode::Disabled => RunnerTls::Disabled,
+                    Some(tls) if tls.ca_file.is_some() => RunnerTls::CaFile,
+                    _ => RunnerTls::Fingerprint,
+                }),
                 state: overlay.status.state,
                 message: overlay.status.message.clone(),
                 last_contact: overlay.status.last_contact,

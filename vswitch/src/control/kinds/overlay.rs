@@ -2,6 +2,8 @@
 
 #[allow(unused_imports)]
 use super::prelude::*;
+use std::path::PathBuf;
+
 use crate::control::overlay::MAX_VNI;
 
 /// What a node is in the VXLAN overlay.
@@ -64,6 +66,62 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
+/// Whether the hub's registration API runs over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TlsMode {
+    /// TLS 1.3 (the default): the token and the registrations are encrypted, and the runner
+    /// checks the hub's certificate.
+    #[default]
+    Enabled,
+    /// Plain HTTP: the token crosses the underlay in clear. Only on request, and warned
+    /// about in the status and the log.
+    Disabled,
+}
+
+impl TlsMode {
+    fn is_enabled(&self) -> bool {
+        *self == TlsMode::Enabled
+    }
+}
+
+/// Hub: the TLS of the registration API (`spec.tls`). Without a certificate the hub
+/// generates a self-signed one once, kept in its state directory; its fingerprint is in the
+/// status and `vswitchctl overlay`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubTls {
+    /// `Enabled` (default) or `Disabled` (plain HTTP).
+    #[serde(default, skip_serializing_if = "TlsMode::is_enabled")]
+    pub mode: TlsMode,
+    /// The certificate chain (PEM, the hub's own certificate first); an absolute path on
+    /// the hub's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_file: Option<String>,
+    /// The certificate's private key (PEM); an absolute path on the hub's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// Runner: how it trusts the hub (`spec.hub.tls`): a CA file, or the pinned fingerprint of
+/// the hub's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubClientTls {
+    /// `Enabled` (default) or `Disabled` (plain HTTP, for a hub with `tls.mode: Disabled`).
+    #[serde(default, skip_serializing_if = "TlsMode::is_enabled")]
+    pub mode: TlsMode,
+    /// CA certificates (PEM) the hub's certificate must chain to; an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// With `caFile`: the name the hub's certificate must carry (default: the hub address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The SHA-256 fingerprint of the hub's certificate (`AB:CD:...`, as the hub's
+    /// `vswitchctl overlay` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
 /// Where a runner finds its hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -76,6 +134,10 @@ pub struct HubRef {
     pub api_port: u16,
     /// The bearer token the hub expects.
     pub token: String,
+    /// How the runner trusts the hub (required: a `fingerprint` or a `caFile`, or
+    /// `mode: Disabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HubClientTls>,
 }
 
 /// A runner the hub serves without registration (e.g. a node built from kernel VXLAN pieces).
@@ -137,6 +199,9 @@ pub struct OverlaySpec {
     /// Hub: the bearer token runners must present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Hub: the TLS of the registration API (default: on, with a generated certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HubTls>,
     /// Hub: how runner subnets are carved (default 10.0.0.0/8 in /16s, gateway .0.1, hub
     /// .0.254, hub address 10.0.0.1).
     #[serde(default)]
@@ -206,6 +271,10 @@ pub struct OverlayStatus {
     /// Runner: when the hub last answered (seconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<u64>,
+    /// Hub: the SHA-256 fingerprint of the certificate the registration API serves (what a
+    /// runner pins in `spec.hub.tls.fingerprint`); absent while not serving, or without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
 }
 
 /// The node's VXLAN overlay (at most one per node; its name is the node's name in the
@@ -284,6 +353,7 @@ spec:
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
         errors.check(check_overlay(cx.origin, cx.next, self));
+        check_tls(cx.origin, &self.spec, errors);
     }
 
     fn shown(&self) -> Self {
@@ -404,6 +474,11 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
         "hub",
     )?;
     only(
+        "spec.tls",
+        spec.tls.is_some() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
+    only(
         "spec.runners",
         !spec.runners.is_empty() && spec.role != OverlayRole::Hub,
         "hub",
@@ -467,6 +542,167 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Checks the TLS fields of a hub (`spec.tls`) or runner (`spec.hub.tls`), pushing every
+/// problem with its field path. Files are read here, on the daemon's node, so that a path
+/// that does not work is refused when applied rather than found by the agent later.
+fn check_tls(origin: &Origin, spec: &OverlaySpec, errors: &mut Errors) {
+    match (spec.role, &spec.tls, &spec.hub) {
+        (OverlayRole::Hub, Some(tls), _) => check_hub_tls(origin, tls, errors),
+        (OverlayRole::Runner, _, Some(hub)) => match &hub.tls {
+            Some(tls) => check_runner_tls(origin, tls, errors),
+            None => errors.push(origin.invalid(
+                "spec.hub.tls",
+                "a runner must know how to trust its hub: set tls: {fingerprint: AB:CD:...} \
+                 (the hub's `vswitchctl overlay` shows it) or tls: {caFile: /path/ca.pem}, \
+                 or tls: {mode: Disabled} for plain HTTP (the token then crosses the \
+                 underlay in clear)",
+            )),
+        },
+        _ => {}
+    }
+}
+
+/// An absolute path, or an error for `field`.
+fn absolute_path(origin: &Origin, field: &str, path: &str) -> Result<PathBuf, ApiError> {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(origin.invalid(
+            field,
+            format!(
+                "{:?} is not an absolute path: vswitchd reads it, from its own working \
+                 directory",
+                path.display()
+            ),
+        ))
+    }
+}
+
+fn check_hub_tls(origin: &Origin, tls: &HubTls, errors: &mut Errors) {
+    if tls.mode == TlsMode::Disabled {
+        for (field, present) in [
+            ("spec.tls.certificateFile", tls.certificate_file.is_some()),
+            ("spec.tls.keyFile", tls.key_file.is_some()),
+        ] {
+            if present {
+                errors.push(origin.invalid(
+                    field,
+                    "applies with TLS only; remove it, or remove mode: Disabled",
+                ));
+            }
+        }
+        return;
+    }
+    let (certificate, key) = match (&tls.certificate_file, &tls.key_file) {
+        (None, None) => return,
+        (Some(certificate), Some(key)) => (certificate, key),
+        (Some(_), None) => {
+            errors.push(origin.invalid(
+                "spec.tls.keyFile",
+                "certificateFile needs its keyFile (PEM); or remove both to let the hub \
+                 generate a self-signed certificate",
+            ));
+            return;
+        }
+        (None, Some(_)) => {
+            errors.push(origin.invalid(
+                "spec.tls.certificateFile",
+                "keyFile needs its certificateFile (PEM); or remove both to let the hub \
+                 generate a self-signed certificate",
+            ));
+            return;
+        }
+    };
+    let certificate_path = absolute_path(origin, "spec.tls.certificateFile", certificate);
+    let key_path = absolute_path(origin, "spec.tls.keyFile", key);
+    let certificates = certificate_path.and_then(|path| {
+        crate::tls::read_certificates(&path)
+            .map_err(|error| origin.invalid("spec.tls.certificateFile", error))
+    });
+    let key = key_path.and_then(|path| {
+        crate::tls::read_private_key(&path)
+            .map_err(|error| origin.invalid("spec.tls.keyFile", error))
+    });
+    match (certificates, key) {
+        (Ok(certificates), Ok(key)) => {
+            if let Err(error) = crate::tls::server_config(certificates, key) {
+                errors.push(origin.invalid("spec.tls.keyFile", error));
+            }
+        }
+        (certificates, key) => {
+            errors.check(certificates.map(drop));
+            errors.check(key.map(drop));
+        }
+    }
+}
+
+fn check_runner_tls(origin: &Origin, tls: &HubClientTls, errors: &mut Errors) {
+    if tls.mode == TlsMode::Disabled {
+        for (field, present) in [
+            ("spec.hub.tls.caFile", tls.ca_file.is_some()),
+            ("spec.hub.tls.serverName", tls.server_name.is_some()),
+            ("spec.hub.tls.fingerprint", tls.fingerprint.is_some()),
+        ] {
+            if present {
+                errors.push(origin.invalid(
+                    field,
+                    "applies with TLS only; remove it, or remove mode: Disabled",
+                ));
+            }
+        }
+        return;
+    }
+    match (&tls.ca_file, &tls.fingerprint) {
+        (None, None) => errors.push(origin.invalid(
+            "spec.hub.tls",
+            "name how to trust the hub: fingerprint (the hub's `vswitchctl overlay` shows it) \
+             or caFile",
+        )),
+        (Some(_), Some(_)) => errors.push(origin.invalid(
+            "spec.hub.tls.fingerprint",
+            "give either caFile or fingerprint, not both",
+        )),
+        _ => {}
+    }
+    if let Some(fingerprint) = &tls.fingerprint {
+        errors.check(
+            crate::tls::Fingerprint::parse(fingerprint)
+                .map(drop)
+                .map_err(|error| origin.invalid("spec.hub.tls.fingerprint", error)),
+        );
+        if tls.server_name.is_some() {
+            errors.push(origin.invalid(
+                "spec.hub.tls.serverName",
+                "applies with caFile only: a pinned fingerprint names the certificate itself",
+            ));
+        }
+    }
+    if let Some(file) = &tls.ca_file {
+        let trust = absolute_path(origin, "spec.hub.tls.caFile", file).and_then(|path| {
+            let trust = crate::tls::HubTrust::Ca {
+                file: path,
+                server_name: None,
+            };
+            crate::tls::client_config(&trust, std::net::IpAddr::from([0, 0, 0, 0]))
+                .map_err(|error| origin.invalid("spec.hub.tls.caFile", error))
+        });
+        errors.check(trust.map(drop));
+    }
+    if let Some(name) = &tls.server_name {
+        errors.check(
+            rustls::pki_types::ServerName::try_from(name.as_str())
+                .map(drop)
+                .map_err(|error| {
+                    origin.invalid(
+                        "spec.hub.tls.serverName",
+                        format!("{name:?} is not a DNS name or an IP address: {error}"),
+                    )
+                }),
+        );
+    }
 }
 
 /// The names a hub or runner generates that exist without the owner label.
