@@ -307,6 +307,12 @@ fn kill9_storm_keeps_addresses_ids_devices_and_traffic() {
             "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata: {{name: hub}}\nspec:\n  role: hub\n  localAddress: 192.168.53.1\n  token: {TOKEN}\n"
         ),
     );
+    // The runners pin the certificate the hub generated (kept across its restarts).
+    let pin = wait_until("the hub to serve TLS", Duration::from_secs(20), || {
+        overlay(&hub)["tls"]["fingerprint"]
+            .as_str()
+            .map(str::to_string)
+    });
     for (daemon, name, address) in [
         (&r1, "storm-1", "192.168.53.2"),
         (&r2, "storm-2", "192.168.53.3"),
@@ -314,7 +320,7 @@ fn kill9_storm_keeps_addresses_ids_devices_and_traffic() {
         apply(
             daemon,
             &format!(
-                "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata: {{name: {name}}}\nspec:\n  role: runner\n  localAddress: {address}\n  hub:\n    address: 192.168.53.1\n    token: {TOKEN}\n  heartbeatSeconds: 1\n"
+                "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata: {{name: {name}}}\nspec:\n  role: runner\n  localAddress: {address}\n  hub:\n    address: 192.168.53.1\n    token: {TOKEN}\n    tls: {{fingerprint: '{pin}'}}\n  heartbeatSeconds: 1\n"
             ),
         );
         wait_registered(daemon);
