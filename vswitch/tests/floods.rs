@@ -170,12 +170,6 @@ fn gateway_mac(daemon: &Daemon) -> String {
         .to_string()
 }
 
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
-}
-
 /// The uplink on `outside` (the switch owns 203.0.113.10) and a NATGateway for the default
 /// Network with `ports` ports per interface.
 fn uplink_and_nat(outside: &Outside, ports: u16) -> String {
@@ -183,20 +177,6 @@ fn uplink_and_nat(outside: &Outside, ports: u16) -> String {
         "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10]\n  portsPerNetworkInterface: {ports}\n",
         outside.host_end
     )
-}
-
-fn python(ns: &Netns, script: &str, args: &[&str]) -> String {
-    let mut cmd = vec!["python3", "-c", script];
-    cmd.extend_from_slice(args);
-    let out = ns.exec(&cmd);
-    assert!(
-        out.status.success(),
-        "python in {} failed: {}{}",
-        ns.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Rows of `vswitchctl fdb` on the port `port`.
@@ -335,7 +315,7 @@ fn connections_past_the_conntrack_limit() {
         &["--conntrack-max", &max.to_string()],
     ));
     let daemon = &bench.daemon;
-    apply(daemon, &uplink_and_nat(&outside, 2048));
+    daemon.apply_yaml(&uplink_and_nat(&outside, 2048));
     bench.c[1].ping_ok("203.0.113.1", 1);
     let rss = bench.rss_kib();
 
@@ -441,7 +421,7 @@ fn one_interface_exhausts_only_its_own_nat_ports() {
     outside.serve_here("tcp", TCP_WHOAMI, "203.0.113.1", 9001);
     let bench = Bench::new(Daemon::start(1));
     let daemon = &bench.daemon;
-    apply(daemon, &uplink_and_nat(&outside, 64));
+    daemon.apply_yaml(&uplink_and_nat(&outside, 64));
     // The uplink's next hop resolved first, so no datagram waits for ARP (and meets the
     // held-packet queue's limit instead of the NAT port quota).
     bench.c[1].ping_ok("203.0.113.1", 1);
@@ -486,11 +466,9 @@ fn one_interface_exhausts_only_its_own_nat_ports() {
     eprintln!("nat.interface_ports_exhausted: {exhausted}");
     assert_eq!(drop_total(daemon, "nat.pool_exhausted"), 0);
     // Another container is translated, over UDP and TCP.
-    let seen = python(&bench.c[1], UDP_ASK, &["40000", "203.0.113.1:9000"]);
+    let seen = bench.c[1].python(UDP_ASK, &["40000", "203.0.113.1:9000"]);
     assert!(seen.starts_with("203.0.113.10:"), "{seen}");
-    let seen = python(
-        &bench.c[2],
-        "import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\nprint(s.recv(2048).decode())\n",
+    let seen = bench.c[2].python("import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\nprint(s.recv(2048).decode())\n",
         &["203.0.113.1", "9001"],
     );
     assert!(seen.starts_with("203.0.113.10:"), "{seen}");
@@ -523,9 +501,7 @@ fn syn_flood_at_a_load_balanced_address() {
     daemon.attach(&backend, &["--label", "app=web"]);
     let mut server = backend.spawn(&["python3", "-c", TCP_OK_SERVER]);
     wait_listening(&backend.name, "tcp", "0.0.0.0:8080", &mut server);
-    apply(
-        daemon,
-        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: web}}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    daemon.apply_yaml("apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: web}}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
     let lb = wait_until("the LoadBalancer is Ready", Duration::from_secs(20), || {
         let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
@@ -535,7 +511,7 @@ fn syn_flood_at_a_load_balanced_address() {
         .as_str()
         .unwrap_or_else(|| panic!("no address: {lb}"))
         .to_string();
-    assert_eq!(python(&bench.c[1], TCP_TRY, &[&vip]), "ok");
+    assert_eq!(bench.c[1].python(TCP_TRY, &[&vip]), "ok");
     let rss = bench.rss_kib();
     let created_before = event_total(daemon, "lb.connections_created");
 
@@ -548,7 +524,7 @@ fn syn_flood_at_a_load_balanced_address() {
     thread::sleep(Duration::from_millis(500));
     bench.victim_flow(3);
     assert_eq!(
-        python(&bench.c[1], TCP_TRY, &[&vip]),
+        bench.c[1].python(TCP_TRY, &[&vip]),
         "ok",
         "a real client during the flood"
     );
@@ -566,7 +542,7 @@ fn syn_flood_at_a_load_balanced_address() {
     );
     assert!(created > 0);
     assert!(count <= max, "{count} entries past --conntrack-max {max}");
-    assert_eq!(python(&bench.c[1], TCP_TRY, &[&vip]), "ok");
+    assert_eq!(bench.c[1].python(TCP_TRY, &[&vip]), "ok");
     let _ = server.kill();
     let _ = server.wait();
     bench.assert_bounded(rss);

@@ -10,12 +10,6 @@ use std::time::Duration;
 
 use common::{Daemon, Netns, iperf3_tcp, require};
 
-fn apply(daemon: &Daemon, yaml: &str) -> String {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")])
-}
-
 fn apply_err(daemon: &Daemon, yaml: &str) -> String {
     let file = tempfile::NamedTempFile::new().expect("tmp");
     std::fs::write(file.path(), yaml).expect("write");
@@ -50,10 +44,7 @@ fn network(name: &str, peers: &[(&str, &str)]) -> String {
 fn routes_between_subnets_of_one_network() {
     require(&["ping", "iperf3"]);
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500),
-    );
+    daemon.apply_yaml(&subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500));
     let c1 = Netns::new("la");
     let c2 = Netns::new("lb");
     let ip1 = daemon.attach(&c1, &[]);
@@ -99,10 +90,7 @@ fn routes_between_subnets_of_one_network() {
 fn icmp_errors_as_a_router_sends_them() {
     require(&["ping", "tracepath"]);
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500),
-    );
+    daemon.apply_yaml(&subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500));
     let c1 = Netns::new("ia");
     let c2 = Netns::new("ib");
     daemon.attach(&c1, &[]);
@@ -151,14 +139,11 @@ fn icmp_errors_as_a_router_sends_them() {
 fn mtu_fragmentation_needed_and_fragmenting() {
     require(&["ping"]);
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &format!(
-            "{}{}",
-            subnet("jumbo", "default", "10.88.0.0/24", "10.88.0.1", 9000),
-            subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500)
-        ),
-    );
+    daemon.apply_yaml(&format!(
+        "{}{}",
+        subnet("jumbo", "default", "10.88.0.0/24", "10.88.0.1", 9000),
+        subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500)
+    ));
     let c1 = Netns::new("ma");
     let c2 = Netns::new("mb");
     daemon.attach(&c1, &["--subnet", "jumbo"]);
@@ -210,18 +195,15 @@ fn mtu_fragmentation_needed_and_fragmenting() {
 fn networks_are_isolated_until_mutually_peered() {
     require(&["ping"]);
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &format!(
-            "{}{}{}{}{}{}",
-            network("red", &[]),
-            subnet("red", "red", "10.50.0.0/24", "10.50.0.1", 1500),
-            network("blue", &[]),
-            subnet("blue", "blue", "10.50.0.0/24", "10.50.0.1", 1500),
-            network("green", &[]),
-            subnet("green", "green", "10.60.0.0/24", "10.60.0.1", 1500),
-        ),
-    );
+    daemon.apply_yaml(&format!(
+        "{}{}{}{}{}{}",
+        network("red", &[]),
+        subnet("red", "red", "10.50.0.0/24", "10.50.0.1", 1500),
+        network("blue", &[]),
+        subnet("blue", "blue", "10.50.0.0/24", "10.50.0.1", 1500),
+        network("green", &[]),
+        subnet("green", "green", "10.60.0.0/24", "10.60.0.1", 1500),
+    ));
     let r1 = Netns::new("pr");
     let r2 = Netns::new("ps");
     let b1 = Netns::new("pb");
@@ -244,7 +226,7 @@ fn networks_are_isolated_until_mutually_peered() {
     );
 
     // One side only: Pending, no traffic.
-    apply(&daemon, &network("red", &[("to-green", "green")]));
+    daemon.apply_yaml(&network("red", &[("to-green", "green")]));
     let red = daemon.ctl_json(&["get", "network", "red"]);
     assert_eq!(red["status"]["peerings"][0]["state"], "Pending", "{red}");
     assert!(
@@ -254,7 +236,7 @@ fn networks_are_isolated_until_mutually_peered() {
     );
 
     // Both sides: Ready, routed.
-    apply(&daemon, &network("green", &[("to-red", "red")]));
+    daemon.apply_yaml(&network("green", &[("to-red", "red")]));
     let red = daemon.ctl_json(&["get", "network", "red"]);
     assert_eq!(red["status"]["peerings"][0]["state"], "Ready", "{red}");
     assert!(
@@ -268,7 +250,7 @@ fn networks_are_isolated_until_mutually_peered() {
     );
 
     // Peering two Networks with overlapping subnets is refused, naming both CIDRs.
-    apply(&daemon, &network("blue", &[("to-red", "red")]));
+    daemon.apply_yaml(&network("blue", &[("to-red", "red")]));
     let err = apply_err(
         &daemon,
         &network("red", &[("to-green", "green"), ("to-blue", "blue")]),
@@ -279,7 +261,7 @@ fn networks_are_isolated_until_mutually_peered() {
     );
 
     // Removing one side stops the traffic.
-    apply(&daemon, &network("green", &[]));
+    daemon.apply_yaml(&network("green", &[]));
     let red = daemon.ctl_json(&["get", "network", "red"]);
     assert_eq!(red["status"]["peerings"][0]["state"], "Pending", "{red}");
     assert!(
@@ -295,10 +277,7 @@ fn networks_are_isolated_until_mutually_peered() {
 fn static_route_through_a_router_namespace() {
     require(&["ping"]);
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500),
-    );
+    daemon.apply_yaml(&subnet("b", "default", "10.77.0.0/24", "10.77.0.1", 1500));
     let c1 = Netns::new("sa");
     let router = Netns::new("sr");
     daemon.attach(&c1, &[]);
@@ -312,9 +291,7 @@ fn static_route_through_a_router_namespace() {
             .status
             .success()
     );
-    apply(
-        &daemon,
-        "apiVersion: vswitch/v1alpha1\nkind: Route\nmetadata:\n  name: behind-router\nspec:\n  network: default\n  destination: 10.99.0.0/24\n  nextHop: 10.77.0.254\n",
+    daemon.apply_yaml("apiVersion: vswitch/v1alpha1\nkind: Route\nmetadata:\n  name: behind-router\nspec:\n  network: default\n  destination: 10.99.0.0/24\n  nextHop: 10.77.0.254\n",
     );
     assert!(
         c1.ping_until("10.99.0.1", Duration::from_secs(5)),

@@ -149,12 +149,6 @@ fn across(
     (before, after)
 }
 
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
-}
-
 fn view(daemon: &Daemon) -> serde_json::Value {
     daemon.ctl_json(&["lb", "web"])
 }
@@ -178,9 +172,7 @@ fn three_backends_behind_one_address() {
     for ns in &clients {
         daemon.attach(ns, &[]);
     }
-    apply(
-        &daemon,
-        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: web}}\n  ports: [{port: 80, targetPort: 8080}]\n  drainSeconds: 3\n",
+    daemon.apply_yaml("apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: web}}\n  ports: [{port: 80, targetPort: 8080}]\n  drainSeconds: 3\n",
     );
     let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
     let address = lb["status"]["ips"][0]
@@ -252,24 +244,21 @@ fn three_backends_behind_one_address() {
             "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {{name: web}}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {{matchLabels: {{app: web}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n  drainSeconds: 3\n{affinity}"
         )
     };
-    apply(
-        &daemon,
-        &lb_doc("  sessionAffinity: ClientIP\n  sessionAffinityTimeoutSeconds: 60\n"),
-    );
+    daemon.apply_yaml(&lb_doc(
+        "  sessionAffinity: ClientIP\n  sessionAffinityTimeoutSeconds: 60\n",
+    ));
     for client in &clients {
         let pinned = counts(&ask(client, &address, 30, None));
         assert_eq!(pinned.len(), 1, "{}: {pinned:?}", client.name);
         assert!(!pinned.contains_key("-"), "{pinned:?}");
     }
-    apply(&daemon, &lb_doc(""));
+    daemon.apply_yaml(&lb_doc(""));
     let spread = counts(&ask(&clients[0], &address, 60, None));
     assert!(spread.len() > 1, "without affinity: {spread:?}");
 
     // Health checks: a killed server is marked unhealthy within its check window and gets
     // no new connections; restarted, it is healthy again and gets them back.
-    apply(
-        &daemon,
-        &lb_doc(
+    daemon.apply_yaml(&lb_doc(
             "  healthCheck: {intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 1, unhealthyThreshold: 2}\n",
         ),
     );
@@ -373,9 +362,7 @@ fn three_backends_behind_one_address() {
 
     // A label change drains the backend: no new connections, then it leaves.
     let drained = &backends[2].name;
-    apply(
-        &daemon,
-        &format!(
+    daemon.apply_yaml(&format!(
             "apiVersion: vswitch/v1alpha1\nkind: NetworkInterface\nmetadata: {{name: {drained}, labels: {{app: other}}}}\nspec: {{subnet: default, netns: {drained}}}\n"
         ),
     );
@@ -401,9 +388,7 @@ fn three_backends_behind_one_address() {
     );
 
     // No backend: a closed port's answer (a reset), counted.
-    apply(
-        &daemon,
-        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: nothing}}\n  ports: [{port: 80, targetPort: 8080}, {protocol: UDP, port: 53}]\n",
+    daemon.apply_yaml("apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  type: Internal\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: nothing}}\n  ports: [{port: 80, targetPort: 8080}, {protocol: UDP, port: 53}]\n",
     );
     let lb = daemon.ctl_json(&["get", "loadbalancer", "web"]);
     assert_eq!(lb["status"]["state"], "NoBackends", "{lb}");
@@ -510,9 +495,7 @@ fn public_load_balancer_through_the_uplink() {
     }
     let inside = Netns::new("lpc");
     daemon.attach(&inside, &[]);
-    apply(
-        &daemon,
-        &format!(
+    daemon.apply_yaml(&format!(
             "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {{name: up}}\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24, 203.0.113.20/24]\n  gateway: 203.0.113.1\n---\n\
              apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {{name: web}}\nspec:\n  type: Public\n  network: default\n  networkInterfaceSelector: {{matchLabels: {{app: pub}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
             outside.host_end

@@ -25,31 +25,11 @@ const TCP_ASK: &str = "import socket,sys\ns=socket.create_connection((sys.argv[1
 /// comes back (translated), `timeout` otherwise.
 const UDP_REFUSED: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'x')\ntry:\n    s.recv(10)\n    print('answered')\nexcept ConnectionRefusedError:\n    print('refused')\nexcept socket.timeout:\n    print('timeout')\n";
 
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
-}
-
 fn uplink_and_gateway(outside: &Outside) -> String {
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24, 203.0.113.20/24]\n  gateway: 203.0.113.1\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10]\n",
         outside.host_end
     )
-}
-
-fn python(ns: &Netns, script: &str, args: &[&str]) -> String {
-    let mut cmd = vec!["python3", "-c", script];
-    cmd.extend_from_slice(args);
-    let out = ns.exec(&cmd);
-    assert!(
-        out.status.success(),
-        "python in {} failed: {}{}",
-        ns.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Masquerade: ping, UDP and TCP (iperf3) from two containers at once; the outside sees the NAT
@@ -63,7 +43,7 @@ fn masquerade_to_the_outside() {
     outside.serve_here("udp", UDP_WHOAMI, "203.0.113.1", 9000);
     outside.serve_here("udp", UDP_WHOAMI, "203.0.113.2", 9000);
     let daemon = Daemon::start(2);
-    apply(&daemon, &uplink_and_gateway(&outside));
+    daemon.apply_yaml(&uplink_and_gateway(&outside));
     let c1 = Netns::new("na");
     let c2 = Netns::new("nb");
     daemon.attach(&c1, &[]);
@@ -73,11 +53,7 @@ fn masquerade_to_the_outside() {
     c2.ping_ok("203.0.113.2", 3);
 
     // Endpoint-independent mapping and port preservation.
-    let seen = python(
-        &c1,
-        UDP_ASK,
-        &["40000", "203.0.113.1:9000", "203.0.113.2:9000"],
-    );
+    let seen = c1.python(UDP_ASK, &["40000", "203.0.113.1:9000", "203.0.113.2:9000"]);
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(lines.len(), 2, "{seen}");
     assert_eq!(
@@ -89,17 +65,14 @@ fn masquerade_to_the_outside() {
         "one internal socket, one mapping: {seen}"
     );
     // The second container's socket on the same port gets another external port.
-    let other = python(&c2, UDP_ASK, &["40000", "203.0.113.1:9000"]);
+    let other = c2.python(UDP_ASK, &["40000", "203.0.113.1:9000"]);
     assert!(
         other.starts_with("203.0.113.10:") && other != lines[0],
         "{other}"
     );
 
     // ICMP port unreachable from outside reaches the container, translated.
-    assert_eq!(
-        python(&c1, UDP_REFUSED, &["203.0.113.1", "9999"]),
-        "refused"
-    );
+    assert_eq!(c1.python(UDP_REFUSED, &["203.0.113.1", "9999"]), "refused");
 
     // TCP from both containers at once.
     let h1 = std::thread::spawn({
@@ -145,9 +118,7 @@ fn port_forward_virtual_ip_and_hairpin() {
     let c1 = Netns::new("fa");
     let c2 = Netns::new("fb");
     let ip1 = daemon.attach(&c1, &[]);
-    apply(
-        &daemon,
-        &format!(
+    daemon.apply_yaml(&format!(
             "{}---\napiVersion: vswitch/v1alpha1\nkind: PortForward\nmetadata:\n  name: web\nspec:\n  ip: 203.0.113.10\n  protocol: tcp\n  port: 8080\n  target:\n    interface: {}\n    port: 80\n---\napiVersion: vswitch/v1alpha1\nkind: VirtualIP\nmetadata:\n  name: c2-public\nspec:\n  type: Public\n  ip: 203.0.113.20\n",
             uplink_and_gateway(&outside),
             c1.name
@@ -168,14 +139,14 @@ fn port_forward_virtual_ip_and_hairpin() {
     // c1 serves on port 80; the outside reaches it on 203.0.113.10:8080.
     let mut server = c1.spawn(&["python3", "-c", TCP_WHOAMI, &ip1, "80"]);
     wait_listening(&c1.name, "tcp", &format!("{ip1}:80"), &mut server);
-    let seen = python(&outside.ns, TCP_ASK, &["203.0.113.10", "8080"]);
+    let seen = outside.ns.python(TCP_ASK, &["203.0.113.10", "8080"]);
     assert!(
         seen.starts_with("203.0.113.1:"),
         "the container sees the outside client: {seen}"
     );
 
     // Hairpin: c2 reaches c1 through the node's forwarded port.
-    let seen = python(&c2, TCP_ASK, &["203.0.113.10", "8080"]);
+    let seen = c2.python(TCP_ASK, &["203.0.113.10", "8080"]);
     assert!(
         seen.starts_with("203.0.113."),
         "hairpinned connection answered: {seen}"
@@ -187,7 +158,7 @@ fn port_forward_virtual_ip_and_hairpin() {
     outside.ns.ping_ok("203.0.113.20", 3);
     let mut outside = outside;
     outside.serve_here("udp", UDP_WHOAMI, "203.0.113.1", 9001);
-    let seen = python(&c2, UDP_ASK, &["41000", "203.0.113.1:9001"]);
+    let seen = c2.python(UDP_ASK, &["41000", "203.0.113.1:9001"]);
     assert!(
         seen.starts_with("203.0.113.20:"),
         "c2 leaves with its virtual IP: {seen}"

@@ -132,7 +132,7 @@ impl Cluster {
             .iter()
             .map(|ns| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"))
             .collect();
-        apply(&daemon, &namespaces.join("---\n"));
+        daemon.apply_yaml(&namespaces.join("---\n"));
         let mut pods = Vec::new();
         for ns in NAMESPACES {
             for name in PODS {
@@ -266,19 +266,13 @@ impl Cluster {
     }
 
     fn apply(&self, yaml: &str) {
-        apply(&self.daemon, yaml);
+        self.daemon.apply_yaml(yaml);
     }
 
     fn delete(&self, ns: &str, name: &str) {
         self.daemon
             .ctl_ok(&["delete", "networkpolicy", name, "-n", ns]);
     }
-}
-
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
 }
 
 /// A Kubernetes NetworkPolicy in `ns` with this spec (YAML, indented two spaces).

@@ -35,13 +35,6 @@ const RX_REASONS: [&str; 5] = [
     "vxlan.inner_truncated",
 ];
 
-/// Applies `yaml` with `vswitchctl apply -f`; panics (with the daemon log) when refused.
-fn apply(daemon: &Daemon, yaml: &str) -> String {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")])
-}
-
 /// Applies `yaml`, expects a refusal; returns the exit code and stdout+stderr.
 fn apply_refused(daemon: &Daemon, yaml: &str) -> (Option<i32>, String) {
     let file = tempfile::NamedTempFile::new().expect("tmp");
@@ -239,9 +232,7 @@ impl MeshWithKernelPeer {
         if rco {
             overlay.push_str("  remoteChecksumOffload: true\n");
         }
-        apply(
-            &daemon,
-            &format!(
+        daemon.apply_yaml(&format!(
                 "{}---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: m\nspec:\n  peerings: []\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: m\nspec:\n  network: m\n  cidr: 10.77.0.0/24\n  gateway: 10.77.0.1\n  vni: 77\n",
                 overlay
             ),
@@ -499,21 +490,27 @@ fn hub_and_two_runners() {
     let r1 = Daemon::start_in(&r1_ns.name, 2, &[]);
     let r2 = Daemon::start_in(&r2_ns.name, 2, &[]);
 
-    apply(&hub, &hub_overlay("hub", "192.168.50.1", ""));
+    hub.apply_yaml(&hub_overlay("hub", "192.168.50.1", ""));
     // TLS by default: the hub generates its certificate, the runners pin it.
     let pin = hub_fingerprint(&hub);
     // One runner after the other, so that IDs are given in a known order.
-    apply(
-        &r1,
-        &runner_overlay("runner-1", "192.168.50.2", "192.168.50.1", &pin, ""),
-    );
+    r1.apply_yaml(&runner_overlay(
+        "runner-1",
+        "192.168.50.2",
+        "192.168.50.1",
+        &pin,
+        "",
+    ));
     let v1 = wait_registered(&r1, "runner-1");
     assert_eq!(v1["tls"], "Fingerprint", "{v1}");
     assert_eq!(v1["message"], Value::Null, "{v1}");
-    apply(
-        &r2,
-        &runner_overlay("runner-2", "192.168.50.3", "192.168.50.1", &pin, ""),
-    );
+    r2.apply_yaml(&runner_overlay(
+        "runner-2",
+        "192.168.50.3",
+        "192.168.50.1",
+        &pin,
+        "",
+    ));
     let v2 = wait_registered(&r2, "runner-2");
 
     // The runners' own view of their plan.
@@ -708,18 +705,15 @@ fn mismatched_mtu_is_refused() {
     let underlay = Underlay::new(&["192.168.50.1/24", "192.168.50.4/24"]);
     let hub = Daemon::start_in(&underlay.node(0).name, 2, &[]);
     let runner = Daemon::start_in(&underlay.node(1).name, 2, &[]);
-    apply(&hub, &hub_overlay("hub", "192.168.50.1", ""));
+    hub.apply_yaml(&hub_overlay("hub", "192.168.50.1", ""));
     let pin = hub_fingerprint(&hub);
-    apply(
-        &runner,
-        &runner_overlay(
-            "runner-3",
-            "192.168.50.4",
-            "192.168.50.1",
-            &pin,
-            "  mtu: 1400\n",
-        ),
-    );
+    runner.apply_yaml(&runner_overlay(
+        "runner-3",
+        "192.168.50.4",
+        "192.168.50.1",
+        &pin,
+        "  mtu: 1400\n",
+    ));
     let view = wait_overlay(
         &runner,
         "runner-3 (mtu 1400) to be refused by the hub (mtu 1450) with state hubUnreachable",
@@ -762,22 +756,29 @@ fn a_runner_name_online_elsewhere_is_refused() {
     let first = Daemon::start_in(&underlay.node(1).name, 2, &[]);
     let second = Daemon::start_in(&underlay.node(2).name, 2, &[]);
     // A short timeout, so that the move at the end is quick.
-    apply(
-        &hub,
-        &hub_overlay("hub", "192.168.50.1", "  runnerTimeoutSeconds: 3\n"),
-    );
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "192.168.50.1",
+        "  runnerTimeoutSeconds: 3\n",
+    ));
     let pin = hub_fingerprint(&hub);
-    apply(
-        &first,
-        &runner_overlay("runner-x", "192.168.50.5", "192.168.50.1", &pin, ""),
-    );
+    first.apply_yaml(&runner_overlay(
+        "runner-x",
+        "192.168.50.5",
+        "192.168.50.1",
+        &pin,
+        "",
+    ));
     let v1 = wait_registered(&first, "runner-x");
     assert_eq!(v1["id"], 1, "{v1}");
 
-    apply(
-        &second,
-        &runner_overlay("runner-x", "192.168.50.6", "192.168.50.1", &pin, ""),
-    );
+    second.apply_yaml(&runner_overlay(
+        "runner-x",
+        "192.168.50.6",
+        "192.168.50.1",
+        &pin,
+        "",
+    ));
     let view = wait_overlay(
         &second,
         "the second runner-x to be refused while the first is online",
@@ -1163,14 +1164,11 @@ fn kernel_node_as_static_runner() {
     let underlay = Underlay::new(&["192.168.52.1/24", "192.168.52.2/24"]);
     let hub_ns = underlay.node(0);
     let hub = Daemon::start_in(&hub_ns.name, 2, &[]);
-    apply(
-        &hub,
-        &hub_overlay(
-            "hub",
-            "192.168.52.1",
-            "  runners:\n  - name: kern1\n    address: 192.168.52.2\n",
-        ),
-    );
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "192.168.52.1",
+        "  runners:\n  - name: kern1\n    address: 192.168.52.2\n",
+    ));
     let hv = wait_overlay(
         &hub,
         "the hub to be up and list kern1",
@@ -1449,18 +1447,15 @@ fn hub_tls_trust_is_checked_and_the_token_never_crosses_in_clear() {
         "{text}"
     );
 
-    apply(
-        &hub,
-        &hub_overlay(
-            "hub",
-            "192.168.53.1",
-            &format!(
-                "  tls:\n    certificateFile: {}\n    keyFile: {}\n",
-                pki.path("hub.pem"),
-                pki.path("hub-key.pem")
-            ),
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "192.168.53.1",
+        &format!(
+            "  tls:\n    certificateFile: {}\n    keyFile: {}\n",
+            pki.path("hub.pem"),
+            pki.path("hub-key.pem")
         ),
-    );
+    ));
     let pin = hub_fingerprint(&hub);
     assert_eq!(
         pin, pki.hub_fingerprint,
@@ -1471,16 +1466,13 @@ fn hub_tls_trust_is_checked_and_the_token_never_crosses_in_clear() {
 
     // Registration, captured on the hub's underlay port: TLS from the first byte.
     let capture = start_capture(hub_ns, "eth0", 100_000, "tcp port 4799");
-    apply(
-        &runner,
-        &runner_overlay_tls(
-            "runner-ca",
-            "192.168.53.2",
-            "192.168.53.1",
-            &format!("{{caFile: {}}}", pki.path("ca.pem")),
-            "",
-        ),
-    );
+    runner.apply_yaml(&runner_overlay_tls(
+        "runner-ca",
+        "192.168.53.2",
+        "192.168.53.1",
+        &format!("{{caFile: {}}}", pki.path("ca.pem")),
+        "",
+    ));
     let view = wait_registered(&runner, "runner-ca");
     assert_eq!(view["tls"], "CaFile", "{view}");
     // A few heartbeats too.
@@ -1511,10 +1503,13 @@ fn hub_tls_trust_is_checked_and_the_token_never_crosses_in_clear() {
 
     // Another fingerprint pinned: refused before anything is sent, naming both.
     let wrong = vswitch::tls::Fingerprint::of(b"not the hub").to_string();
-    apply(
-        &probe,
-        &runner_overlay("probe", "192.168.53.3", "192.168.53.1", &wrong, ""),
-    );
+    probe.apply_yaml(&runner_overlay(
+        "probe",
+        "192.168.53.3",
+        "192.168.53.1",
+        &wrong,
+        "",
+    ));
     let view = wait_overlay(
         &probe,
         "a runner pinning another fingerprint to be refused",
@@ -1526,16 +1521,13 @@ fn hub_tls_trust_is_checked_and_the_token_never_crosses_in_clear() {
         assert!(message.contains(part), "{part:?} not in {message:?}");
     }
     // Another CA: refused.
-    apply(
-        &probe,
-        &runner_overlay_tls(
-            "probe",
-            "192.168.53.3",
-            "192.168.53.1",
-            &format!("{{caFile: {}}}", pki.path("other-ca.pem")),
-            "",
-        ),
-    );
+    probe.apply_yaml(&runner_overlay_tls(
+        "probe",
+        "192.168.53.3",
+        "192.168.53.1",
+        &format!("{{caFile: {}}}", pki.path("other-ca.pem")),
+        "",
+    ));
     let view = wait_overlay(
         &probe,
         "a runner trusting another CA to be refused",
@@ -1554,16 +1546,13 @@ fn hub_tls_trust_is_checked_and_the_token_never_crosses_in_clear() {
         "{view}"
     );
     // Plain HTTP against the TLS hub: the hub answers that it takes TLS only.
-    apply(
-        &probe,
-        &runner_overlay_tls(
-            "probe",
-            "192.168.53.3",
-            "192.168.53.1",
-            "{mode: Disabled}",
-            "",
-        ),
-    );
+    probe.apply_yaml(&runner_overlay_tls(
+        "probe",
+        "192.168.53.3",
+        "192.168.53.1",
+        "{mode: Disabled}",
+        "",
+    ));
     let view = wait_overlay(
         &probe,
         "a plain-HTTP runner to be refused",
@@ -1589,10 +1578,11 @@ fn plaintext_hub_is_explicit_and_warned() {
     let hub_ns = underlay.node(0);
     let hub = Daemon::start_in(&hub_ns.name, 2, &[]);
     let runner = Daemon::start_in(&underlay.node(1).name, 2, &[]);
-    apply(
-        &hub,
-        &hub_overlay("hub", "192.168.55.1", "  tls: {mode: Disabled}\n"),
-    );
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "192.168.55.1",
+        "  tls: {mode: Disabled}\n",
+    ));
     let hv = wait_overlay(
         &hub,
         "the plain hub to be up",
@@ -1610,16 +1600,13 @@ fn plaintext_hub_is_explicit_and_warned() {
     let text = hub.ctl_ok(&["overlay"]);
     assert!(text.contains("plain HTTP"), "{text}");
     let capture = start_capture(hub_ns, "eth0", 100_000, "tcp port 4799");
-    apply(
-        &runner,
-        &runner_overlay_tls(
-            "runner-plain",
-            "192.168.55.2",
-            "192.168.55.1",
-            "{mode: Disabled}",
-            "",
-        ),
-    );
+    runner.apply_yaml(&runner_overlay_tls(
+        "runner-plain",
+        "192.168.55.2",
+        "192.168.55.1",
+        "{mode: Disabled}",
+        "",
+    ));
     let view = wait_registered(&runner, "runner-plain");
     assert_eq!(view["tls"], "Disabled", "{view}");
     let view = wait_overlay(
@@ -1696,12 +1683,15 @@ fn a_registered_runner_reaches_the_hub_while_other_addresses_hold_every_slot() {
     let hub = Daemon::start_in(&underlay.node(0).name, 2, &[]);
     let mut runner = Daemon::start_in(&underlay.node(1).name, 2, &[]);
     let attacker = underlay.node(2);
-    apply(&hub, &hub_overlay("hub", "192.168.54.1", ""));
+    hub.apply_yaml(&hub_overlay("hub", "192.168.54.1", ""));
     let pin = hub_fingerprint(&hub);
-    apply(
-        &runner,
-        &runner_overlay("runner-a", "192.168.54.2", "192.168.54.1", &pin, ""),
-    );
+    runner.apply_yaml(&runner_overlay(
+        "runner-a",
+        "192.168.54.2",
+        "192.168.54.1",
+        &pin,
+        "",
+    ));
     wait_registered(&runner, "runner-a");
 
     let addresses: Vec<String> = (100..112)

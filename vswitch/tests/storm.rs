@@ -72,12 +72,6 @@ fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
-}
-
 /// `vswitchctl overlay -o json`, once it answers.
 fn overlay(daemon: &Daemon) -> Value {
     wait_until("vswitchctl overlay", Duration::from_secs(10), || {
@@ -301,9 +295,7 @@ fn kill9_storm_keeps_addresses_ids_devices_and_traffic() {
     let mut hub = Daemon::start_in(&hub_ns.name, 1, &[]);
     let mut r1 = Daemon::start_in(&r1_ns.name, 2, &[]);
     let mut r2 = Daemon::start_in(&r2_ns.name, 1, &[]);
-    apply(
-        &hub,
-        &format!(
+    hub.apply_yaml(&format!(
             "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata: {{name: hub}}\nspec:\n  role: hub\n  localAddress: 192.168.53.1\n  token: {TOKEN}\n"
         ),
     );
@@ -317,9 +309,7 @@ fn kill9_storm_keeps_addresses_ids_devices_and_traffic() {
         (&r1, "storm-1", "192.168.53.2"),
         (&r2, "storm-2", "192.168.53.3"),
     ] {
-        apply(
-            daemon,
-            &format!(
+        daemon.apply_yaml(&format!(
                 "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata: {{name: {name}}}\nspec:\n  role: runner\n  localAddress: {address}\n  hub:\n    address: 192.168.53.1\n    token: {TOKEN}\n    tls: {{fingerprint: '{pin}'}}\n  heartbeatSeconds: 1\n"
             ),
         );

@@ -18,12 +18,6 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Netns, Outside, Underlay, kernel_vxlan_node, require, tail};
 use serde_json::Value;
 
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
-}
-
 /// The stage names of a trace record, in order.
 fn stages(record: &Value) -> Vec<String> {
     record["steps"]
@@ -56,9 +50,7 @@ fn routed_natted_spoofed_and_live() {
     require(&["ping"]);
     let outside = Outside::new(&["203.0.113.1/24"]);
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &format!(
+    daemon.apply_yaml(&format!(
             "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10]\n",
             outside.host_end
         ),
@@ -200,9 +192,7 @@ fn encapsulated_into_the_overlay() {
     let underlay = Underlay::new(&["192.168.52.1/24", "192.168.52.2/24"]);
     let nodes = &underlay.nodes;
     let daemon = Daemon::start_in(&nodes[0].name, 2, &[]);
-    apply(
-        &daemon,
-        "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: node-a\nspec:\n  role: mesh\n  localAddress: 192.168.52.1\n  peers: [192.168.52.2]\n---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: m\nspec:\n  peerings: []\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: m\nspec:\n  network: m\n  cidr: 10.78.0.0/24\n  gateway: 10.78.0.1\n  vni: 78\n",
+    daemon.apply_yaml("apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: node-a\nspec:\n  role: mesh\n  localAddress: 192.168.52.1\n  peers: [192.168.52.2]\n---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: m\nspec:\n  peerings: []\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: m\nspec:\n  network: m\n  cidr: 10.78.0.0/24\n  gateway: 10.78.0.1\n  vni: 78\n",
     );
     let ca = Netns::new("ca");
     let ca_ip = daemon.attach(&ca, &["--subnet", "m"]);

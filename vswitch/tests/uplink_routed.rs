@@ -41,12 +41,6 @@ fn routed_outside() -> Outside {
     outside
 }
 
-fn apply(daemon: &Daemon, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), yaml).expect("write");
-    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
-}
-
 /// The Uplink `up` on the outside's veth (with `inbound`, a flow-style mapping, if any) and
 /// the default Network routed through it.
 fn routed_config(outside: &Outside, inbound: Option<&str>) -> String {
@@ -57,20 +51,6 @@ fn routed_config(outside: &Outside, inbound: Option<&str>) -> String {
         "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n{inbound}---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: default\nspec:\n  uplink: {{mode: Routed}}\n",
         outside.host_end
     )
-}
-
-fn python(ns: &Netns, script: &str, args: &[&str]) -> String {
-    let mut cmd = vec!["python3", "-c", script];
-    cmd.extend_from_slice(args);
-    let out = ns.exec(&cmd);
-    assert!(
-        out.status.success(),
-        "python in {} failed: {}{}",
-        ns.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The uplink's count of `reason` drops (`/v1/stats`, port `up`).
@@ -86,7 +66,7 @@ fn routed_network_both_ways_untranslated() {
     require(&["ping", "python3"]);
     let mut outside = routed_outside();
     let daemon = Daemon::start(2);
-    apply(&daemon, &routed_config(&outside, None));
+    daemon.apply_yaml(&routed_config(&outside, None));
     let c1 = Netns::new("ra");
     let ip1 = daemon.attach(&c1, &[]);
 
@@ -97,7 +77,7 @@ fn routed_network_both_ways_untranslated() {
     );
     let out = outside.ns.name.clone();
     outside.serve(&out, "tcp", TCP_WHOAMI, "203.0.113.1", 9000);
-    let seen = python(&c1, TCP_ASK, &["203.0.113.1", "9000"]);
+    let seen = c1.python(TCP_ASK, &["203.0.113.1", "9000"]);
     assert!(
         seen.starts_with(&format!("{ip1}:")),
         "the outside server must see the container's own address {ip1}, got {seen:?}"
@@ -107,7 +87,7 @@ fn routed_network_both_ways_untranslated() {
     // the outside's own address.
     outside.ns.ping_ok(&ip1, 3);
     outside.serve(&c1.name, "tcp", TCP_WHOAMI, &ip1, 8080);
-    let seen = python(&outside.ns, TCP_ASK, &[&ip1, "8080"]);
+    let seen = outside.ns.python(TCP_ASK, &[&ip1, "8080"]);
     assert!(
         seen.starts_with("203.0.113.1:"),
         "the container must see the outside client 203.0.113.1, got {seen:?}"
@@ -130,13 +110,10 @@ fn inbound_filter_guards_a_routed_network() {
     require(&["ping", "python3"]);
     let mut outside = routed_outside();
     let daemon = Daemon::start(2);
-    apply(
-        &daemon,
-        &routed_config(
-            &outside,
-            Some("{policy: Drop, allow: [{protocol: TCP, port: 22}, {protocol: ICMP}]}"),
-        ),
-    );
+    daemon.apply_yaml(&routed_config(
+        &outside,
+        Some("{policy: Drop, allow: [{protocol: TCP, port: 22}, {protocol: ICMP}]}"),
+    ));
     let c1 = Netns::new("rb");
     let ip1 = daemon.attach(&c1, &[]);
     outside.serve(&c1.name, "tcp", TCP_WHOAMI, &ip1, 80);
@@ -151,7 +128,7 @@ fn inbound_filter_guards_a_routed_network() {
 
     // A port not listed: the connection fails, and the drop is counted.
     let before = uplink_drops(&daemon, "uplink.inbound_denied");
-    let refused = python(&outside.ns, TCP_ASK, &[&ip1, "80"]);
+    let refused = outside.ns.python(TCP_ASK, &[&ip1, "80"]);
     assert!(
         refused.starts_with("failed"),
         "an unsolicited connection to port 80 must fail, got {refused:?}"
@@ -165,7 +142,7 @@ fn inbound_filter_guards_a_routed_network() {
         },
     );
     // The listed port works, and the container sees the client's own address.
-    let seen = python(&outside.ns, TCP_ASK, &[&ip1, "22"]);
+    let seen = outside.ns.python(TCP_ASK, &[&ip1, "22"]);
     assert!(
         seen.starts_with("203.0.113.1:"),
         "a connection to the listed port 22 must work, got {seen:?}"
@@ -174,12 +151,12 @@ fn inbound_filter_guards_a_routed_network() {
     outside.ns.ping_ok(&ip1, 2);
 
     // Connections started inside: their replies come back, untranslated.
-    let seen = python(&c1, TCP_ASK, &["203.0.113.1", "9000"]);
+    let seen = c1.python(TCP_ASK, &["203.0.113.1", "9000"]);
     assert!(
         seen.starts_with(&format!("{ip1}:")),
         "a TCP connection from inside must get its replies, got {seen:?}"
     );
-    let seen = python(&c1, UDP_ASK, &["203.0.113.1", "9001"]);
+    let seen = c1.python(UDP_ASK, &["203.0.113.1", "9001"]);
     assert!(
         seen.starts_with(&format!("{ip1}:")),
         "a UDP exchange from inside must get its reply, got {seen:?}"
@@ -230,7 +207,7 @@ fn network_policies_match_outside_peers_by_ip_block() {
         .ns
         .exec_ok(&["ip", "addr", "add", "203.0.113.2/24", "dev", "eth0"]);
     let daemon = Daemon::start(2);
-    apply(&daemon, &routed_config(&outside, None));
+    daemon.apply_yaml(&routed_config(&outside, None));
     let c1 = Netns::new("rp");
     let ip1 = daemon.attach(&c1, &["--label", "app=web"]);
     let c1_name = c1.name.clone();
@@ -240,29 +217,33 @@ fn network_policies_match_outside_peers_by_ip_block() {
     outside.serve(&out, "tcp", TCP_WHOAMI, "203.0.113.1", 9001);
 
     // Everything flows before the policy.
-    let seen = python(&outside.ns, TCP_ASK_FROM, &["203.0.113.2", &ip1, "80"]);
+    let seen = outside
+        .ns
+        .python(TCP_ASK_FROM, &["203.0.113.2", &ip1, "80"]);
     assert!(seen.starts_with("203.0.113.2:"), "{seen}");
 
-    apply(
-        &daemon,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from:\n    - ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.2/32]}\n  egress:\n  - to:\n    - ipBlock: {cidr: 203.0.113.1/32}\n    ports: [{port: 9000}]\n",
+    daemon.apply_yaml("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from:\n    - ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.2/32]}\n  egress:\n  - to:\n    - ipBlock: {cidr: 203.0.113.1/32}\n    ports: [{port: 9000}]\n",
     );
     // In: 203.0.113.1 is in the block, 203.0.113.2 is cut out of it.
-    let seen = python(&outside.ns, TCP_ASK_FROM, &["203.0.113.1", &ip1, "80"]);
+    let seen = outside
+        .ns
+        .python(TCP_ASK_FROM, &["203.0.113.1", &ip1, "80"]);
     assert!(
         seen.starts_with("203.0.113.1:"),
         "allowed source refused: {seen}"
     );
-    let seen = python(&outside.ns, TCP_ASK_FROM, &["203.0.113.2", &ip1, "80"]);
+    let seen = outside
+        .ns
+        .python(TCP_ASK_FROM, &["203.0.113.2", &ip1, "80"]);
     assert!(seen.starts_with("failed"), "excepted source let in: {seen}");
     // Out: port 9000 of 203.0.113.1 only; the replies come back although the interface is
     // isolated for ingress from everything but the block.
-    let seen = python(&c1, TCP_ASK, &["203.0.113.1", "9000"]);
+    let seen = c1.python(TCP_ASK, &["203.0.113.1", "9000"]);
     assert!(
         seen.starts_with(&format!("{ip1}:")),
         "allowed egress refused: {seen}"
     );
-    let seen = python(&c1, TCP_ASK, &["203.0.113.1", "9001"]);
+    let seen = c1.python(TCP_ASK, &["203.0.113.1", "9001"]);
     assert!(
         seen.starts_with("failed"),
         "egress to another port let out: {seen}"

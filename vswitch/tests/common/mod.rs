@@ -168,6 +168,22 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot spawn {cmd:?} in {}: {e}", self.name))
     }
 
+    /// Runs `python3 -c script args...` inside the namespace; panics with its output when it
+    /// fails; returns its standard output, trimmed.
+    pub fn python(&self, script: &str, args: &[&str]) -> String {
+        let mut cmd = vec!["python3", "-c", script];
+        cmd.extend_from_slice(args);
+        let out = self.exec(&cmd);
+        assert!(
+            out.status.success(),
+            "python in {} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Pings `addr` until one reply arrives or `within` passes; returns whether it did.
     pub fn ping_until(&self, addr: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
@@ -401,6 +417,14 @@ impl Daemon {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `vswitchctl apply -f` of `yaml` (one or more documents), which must succeed; returns
+    /// what it printed.
+    pub fn apply_yaml(&self, yaml: &str) -> String {
+        let file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(file.path(), yaml).expect("write");
+        self.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")])
     }
 
     /// `vswitchctl ... -o json` parsed.
