@@ -3,7 +3,8 @@
 //! - a packet that does not parse is not translated either, and stays untouched;
 //! - a translated TCP/UDP packet parses again and carries the connection's target tuple;
 //! - a connection just created is found by its reply, in the reply direction, and the
-//!   reply's translation gives back the original tuple reversed;
+//!   reply's translation gives back the original tuple reversed (unless the flow goes to
+//!   itself: then the reply is the very same tuple);
 //! - the table never holds more than its limit.
 //!
 //! At the end, once every timeout has passed, a sweep empties the table and frees every
@@ -170,6 +171,11 @@ fn packet(
         return;
     }
     let sent = tracked.target.unwrap_or(info.tuple);
+    if sent.reversed() == info.tuple {
+        // A flow to itself (same address and port at both ends): its reply is the same
+        // tuple, which conntrack, like the kernel's, can only read as the original direction.
+        return;
+    }
     let reply = PacketInfo {
         tuple: sent.reversed(),
         kind: reply_kind,
