@@ -1396,7 +1396,7 @@ impl TestPki {
     }
 }
 
-/// Issue 18: the hub serves TLS from configured files; a runner trusting its CA registers
+/// The hub serves TLS from configured files; a runner trusting its CA registers
 /// and passes traffic, and the token is nowhere in a capture of the underlay; a runner
 /// pinning another fingerprint, one trusting another CA, and one speaking plain HTTP are
 /// each refused with a status that says why; resources naming unusable files are refused
@@ -1672,7 +1672,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Issue 18: many addresses on the underlay hold every connection slot the hub gives to
+/// Many addresses on the underlay hold every connection slot the hub gives to
 /// addresses it does not know (each of twelve addresses asking for 16, for 64 slots), yet a
 /// registered runner keeps sending heartbeats, and registers again after a restart.
 #[test]

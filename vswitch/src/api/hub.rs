@@ -1489,7 +1489,7 @@ mod tests {
         );
     }
 
-    /// Issue 18: however many addresses hold the pool of unknown addresses, a registered
+    /// However many addresses hold the pool of unknown addresses, a registered
     /// runner's address is served from its own pool.
     #[test]
     fn registered_runners_have_slots_of_their_own() {
