@@ -1,4 +1,4 @@
-//! Floods and exhaustion from one container (issue 18, "hostile input"): what the switch
+//! Floods and exhaustion from one container: what the switch
 //! bounds, drops and counts while a container floods it, and that an unrelated flow between
 //! two other containers keeps working meanwhile.
 //!
