@@ -939,6 +939,11 @@ impl Conntrack {
     }
 
     /// Counts live connections (of `zone`, when given). For the control plane.
+    ///
+    /// Shards are read one after the other, not as one snapshot: while connections are
+    /// evicted and created the result may count one that left a shard already read and its
+    /// replacement in a later one, so it can pass `max_entries` by the churn during the
+    /// walk. The limit itself is enforced on one atomic counter ([`Conntrack::len`]).
     pub fn count(&self, zone: Option<Zone>, now_ms: u64) -> usize {
         self.shards
             .iter()
