@@ -14,6 +14,8 @@ many it sent. 4096 variants are built first and sent in a loop.
   frag MYIP DST DSTMAC      UDP fragments with random identifications and overlapping
                             offsets, all with more-fragments set: never a whole datagram
   syn MYIP DST PORT DSTMAC  TCP SYNs from random source ports (valid checksums)
+  cpu                       no frames: the same loop without the send, so the container
+                            only takes a core (the control for the others); prints 0
 """
 import os, random, socket, struct, sys, time
 kind, ifname, seconds, args = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
@@ -65,6 +67,14 @@ def gen_syn():
     pseudo = socket.inet_aton(myip) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
     tcp = tcp[:16] + struct.pack('!H', csum(pseudo + tcp)) + tcp[18:]
     return eth(mac(dstmac), 0x0800, ipv4(myip, dst, 6, tcp))
+if kind == 'cpu':
+    end = time.time() + seconds
+    spins = 0
+    while time.time() < end:
+        for f in range(4096):
+            spins += 1
+    print(0)
+    sys.exit(0)
 gen = {'mac': gen_mac, 'arp': gen_arp, 'nd': gen_nd, 'frag': gen_frag, 'syn': gen_syn}[kind]
 frames = [gen() for _ in range(4096)]
 end = time.time() + seconds

@@ -46,6 +46,9 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 82, 0, 2);
 /// What c1 floods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FloodKind {
+    /// No frames: c1 only spins on a core for as long as a flood lasts. The control: what
+    /// the unrelated flow loses to a busy container alone, whatever the switch.
+    Cpu,
     /// Broadcast frames from random source MACs.
     Mac,
     /// ARP requests for the gateway.
@@ -63,7 +66,8 @@ pub enum FloodKind {
 
 impl FloodKind {
     /// Every kind, in run order.
-    pub const ALL: [FloodKind; 6] = [
+    pub const ALL: [FloodKind; 7] = [
+        FloodKind::Cpu,
         FloodKind::Mac,
         FloodKind::Arp,
         FloodKind::Nd,
@@ -75,6 +79,7 @@ impl FloodKind {
     /// Stable key (the case is `floods-<key>`).
     pub fn key(self) -> &'static str {
         match self {
+            FloodKind::Cpu => "cpu",
             FloodKind::Mac => "mac",
             FloodKind::Arp => "arp",
             FloodKind::Nd => "nd",
@@ -100,6 +105,7 @@ impl FloodKind {
     /// One line on the flood.
     pub fn description(self) -> &'static str {
         match self {
+            FloodKind::Cpu => "no frames, a busy loop (the control: CPU contention alone)",
             FloodKind::Mac => "new source MACs (broadcast)",
             FloodKind::Arp => "ARP requests for the gateway",
             FloodKind::Nd => "IPv6 neighbour solicitations (multicast)",
@@ -262,7 +268,7 @@ pub fn prepare(
         .to_owned();
     let me = addresses[0].to_string();
     let args: Vec<String> = match kind {
-        FloodKind::Mac | FloodKind::Nd => Vec::new(),
+        FloodKind::Cpu | FloodKind::Mac | FloodKind::Nd => Vec::new(),
         FloodKind::Arp => vec![me, GATEWAY.to_string()],
         FloodKind::Frag => vec![me, addresses[1].to_string(), target_mac],
         FloodKind::Syn => vec![me, VIP.to_string(), "80".into(), gateway_mac],
@@ -371,6 +377,10 @@ mod tests {
     #[test]
     fn the_flooder_knows_every_kind() {
         for kind in FloodKind::ALL {
+            if kind == FloodKind::Cpu {
+                assert!(FLOODER.contains("if kind == 'cpu':"));
+                continue;
+            }
             assert!(
                 FLOODER.contains(&format!(
                     "'{}': gen_{}",
