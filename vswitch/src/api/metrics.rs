@@ -4,7 +4,8 @@
 //!
 //! Families (counters end in `_total`):
 //! - `vswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `vswitch_port_tx_generated_*`,
-//!   `vswitch_port_rx_errors_total{port}`, `vswitch_port_drops_total{port,reason}`;
+//!   `vswitch_port_rx_errors_total{port}`, `vswitch_port_rx_backoffs_total{port}`,
+//!   `vswitch_port_drops_total{port,reason}`;
 //! - `vswitch_events_total{event}`, `vswitch_workers`;
 //! - `vswitch_worker_busy_seconds_total{worker}`, `vswitch_worker_idle_seconds_total{worker}`
 //!   (time outside and inside `epoll_wait`), `vswitch_worker_batch_size{worker}` (a histogram
@@ -317,6 +318,12 @@ impl Collector for Switch {
             "vswitch_port_rx_errors",
             "Failed reads of a port's queues.",
             per_port(|p| p.rx_errors),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_port_rx_backoffs",
+            "Times a port's queue was left unread for a while: it sent frames fast and nearly all were dropped.",
+            per_port(|p| p.rx_backoffs),
         )?;
         counter(
             &mut encoder,

@@ -71,6 +71,29 @@ struct Args {
         env = "VSWITCH_CONNTRACK_MAX"
     )]
     conntrack_max: u64,
+    /// Storm control: the broadcast and multicast frames one container may have flooded per
+    /// second (as many at once), per worker; beyond it they are dropped and counted
+    /// (`l2.storm_control`). 0 turns it off (for multicast applications between containers).
+    #[arg(
+        long,
+        value_name = "PPS",
+        default_value_t = vswitch::pipeline::STORM_CONTROL_PPS,
+        env = "VSWITCH_STORM_CONTROL_PPS"
+    )]
+    storm_control_pps: u64,
+    /// The workers' nice value, -20 (most favoured) to 19, or `keep` for the process's. The
+    /// kernel switches a frame in a softirq, ahead of any process; favoured workers come
+    /// closer to that, so a container busy on a worker's core slows the others' traffic
+    /// less. -10 is what `ovs-ctl` gives ovs-vswitchd. Needs CAP_SYS_NICE (else a warning).
+    #[arg(
+        long,
+        value_name = "NICE|keep",
+        default_value = "-10",
+        allow_hyphen_values = true,
+        value_parser = parse_nice,
+        env = "VSWITCH_WORKER_NICE"
+    )]
+    worker_nice: Nice,
     /// Log level: error, warn, info, debug, trace (or a tracing filter such as `vswitch=debug`).
     #[arg(long, default_value = "info", env = "VSWITCH_LOG")]
     log_level: String,
@@ -91,6 +114,20 @@ enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `--worker-nice`: a nice value, or none (`keep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Nice(Option<i32>);
+
+fn parse_nice(text: &str) -> Result<Nice, String> {
+    if text == "keep" {
+        return Ok(Nice(None));
+    }
+    match text.parse::<i32>() {
+        Ok(nice) if (-20..=19).contains(&nice) => Ok(Nice(Some(nice))),
+        _ => Err(format!("{text:?} is not a nice value: -20 to 19, or keep")),
+    }
 }
 
 /// The conntrack crate's default table limit, for `--help`.
@@ -156,6 +193,8 @@ fn run(args: Args) -> Result<(), String> {
         busy_poll: Duration::from_micros(args.busy_poll_us),
         cpus: args.worker_cpus.clone(),
         conntrack_max_entries: usize::try_from(args.conntrack_max).unwrap_or(usize::MAX),
+        storm_control_pps: args.storm_control_pps,
+        worker_nice: args.worker_nice.0,
     };
     let engine = Engine::start_with_clock(engine_config, Arc::clone(&clock))
         .map_err(|e| format!("cannot start the {workers} worker threads: {e}"))?;
@@ -327,5 +366,20 @@ fn check_privileges() -> Result<(), String> {
              Try: sudo vswitchd"
                 .into(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_nice_takes_a_nice_value_or_keep() {
+        assert_eq!(parse_nice("-10"), Ok(Nice(Some(-10))));
+        assert_eq!(parse_nice("19"), Ok(Nice(Some(19))));
+        assert_eq!(parse_nice("keep"), Ok(Nice(None)));
+        for bad in ["-21", "20", "x", ""] {
+            assert!(parse_nice(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -32,6 +32,8 @@ keyed_enum! {
             "the ingress port's subnet is not in the configuration",
         NoDestination = "l2.no_destination":
             "broadcast or unknown destination, but the subnet has no other port",
+        StormControl = "l2.storm_control":
+            "a broadcast or multicast frame to flood beyond its port's rate (vswitchd --storm-control-pps)",
     }
 }
 

@@ -538,6 +538,11 @@ pub const ECHO_BURST: u64 = 100;
 /// 0.01` passes; `ping -f` meets it).
 pub const ECHO_PER_SECOND: u64 = 100;
 
+/// Broadcast and multicast frames one port may have flooded per second, per worker, on
+/// average, by default (`vswitchd --storm-control-pps`); as many at once. ARP for other
+/// containers, DHCP and IPv6 neighbour discovery stay far below it; a storm meets it.
+pub const STORM_CONTROL_PPS: u64 = 1_000;
+
 /// What the stages of one worker write besides the frame they process.
 #[derive(Debug)]
 pub struct Output {
@@ -551,6 +556,9 @@ pub struct Output {
     /// Limits, per port, the ICMP to gateway addresses this worker answers (over the limit:
     /// `l3.echo_rate_limited`).
     pub echo_limiter: PortBuckets,
+    /// Limits, per port, the broadcast and multicast frames this worker floods from
+    /// containers (over the limit: `l2.storm_control`); `None`: no limit.
+    pub flood_limiter: Option<PortBuckets>,
     /// Events, added to the worker's counters per batch.
     pub events: EventTally,
     /// Set when an ARP answer resolved a neighbour other workers may hold packets for.
@@ -590,6 +598,7 @@ impl Local {
                 icmp_limiter: TokenBucket::new(ICMP_BURST, ICMP_PER_SECOND),
                 arp_limiter: PortBuckets::new(ARP_BURST, ARP_PER_SECOND),
                 echo_limiter: PortBuckets::new(ECHO_BURST, ECHO_PER_SECOND),
+                flood_limiter: Some(PortBuckets::new(STORM_CONTROL_PPS, STORM_CONTROL_PPS)),
                 events: EventTally::new(),
                 neighbor_resolved: false,
                 nat_exhausted: false,
@@ -727,7 +736,44 @@ fn process_with(
         let verdict = admit_switched(ctx, ingress, subnet, &parsed, frame, verdict);
         fit_tunnel(ctx, ingress, subnet, &parsed, frame, local, verdict)
     };
+    let verdict = if port_security {
+        storm_control(ctx, ingress, &parsed, &mut local.out, verdict)
+    } else {
+        verdict
+    };
     Outcome { verdict, learn }
+}
+
+/// Storm control: a container's broadcast and multicast frames are flooded up to its port's
+/// rate ([`Output::flood_limiter`]); beyond it they are dropped (`l2.storm_control`), before
+/// their copies cost a write to every other port of the subnet.
+#[inline]
+fn storm_control(
+    ctx: &Context<'_>,
+    ingress: &PortEntry,
+    parsed: &parse::Parsed,
+    out: &mut Output,
+    verdict: Verdict,
+) -> Verdict {
+    if !matches!(verdict, Verdict::Flood | Verdict::FloodSubnet { .. })
+        || !crate::tables::fdb::is_group(parsed.dst_mac)
+        || ctx.is_dry_run()
+    {
+        return verdict;
+    }
+    let Some(limiter) = &mut out.flood_limiter else {
+        return verdict;
+    };
+    if limiter.allow(ingress.id, ctx.now_ms) {
+        return verdict;
+    }
+    trace_note!(
+        ctx,
+        L2,
+        "storm control: port {} is over its broadcast and multicast rate",
+        ingress.name
+    );
+    Verdict::drop(l2::DropReason::StormControl)
 }
 
 /// NetworkPolicies on a switched IPv4 frame (see [`policy`]): toward the port the FDB gave,

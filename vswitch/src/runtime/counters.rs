@@ -37,6 +37,7 @@ struct PortCounters {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     rx_errors: AtomicU64,
+    rx_backoffs: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     tx_generated_packets: AtomicU64,
@@ -50,6 +51,7 @@ impl PortCounters {
             rx_packets: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
             rx_errors: AtomicU64::new(0),
+            rx_backoffs: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             tx_generated_packets: AtomicU64::new(0),
@@ -68,6 +70,9 @@ pub struct PortTotals {
     pub rx_bytes: u64,
     /// Failed reads of the port's queues.
     pub rx_errors: u64,
+    /// Times a worker left the port's queue unread because nearly every frame it sent fast
+    /// was dropped (the kernel drops what overflows meanwhile, at the sender).
+    pub rx_backoffs: u64,
     /// Frames sent (switched or routed to the port).
     pub tx_packets: u64,
     /// Bytes sent (switched or routed to the port).
@@ -86,6 +91,7 @@ impl Default for PortTotals {
             rx_packets: 0,
             rx_bytes: 0,
             rx_errors: 0,
+            rx_backoffs: 0,
             tx_packets: 0,
             tx_bytes: 0,
             tx_generated_packets: 0,
@@ -101,6 +107,7 @@ impl PortTotals {
         self.rx_packets += other.rx_packets;
         self.rx_bytes += other.rx_bytes;
         self.rx_errors += other.rx_errors;
+        self.rx_backoffs += other.rx_backoffs;
         self.tx_packets += other.tx_packets;
         self.tx_bytes += other.tx_bytes;
         self.tx_generated_packets += other.tx_generated_packets;
@@ -254,6 +261,14 @@ impl WorkerCounters {
         }
     }
 
+    /// Counts a back-off of `port`'s queue (see `runtime::share`).
+    #[inline]
+    pub fn add_rx_backoff(&self, port: PortId) {
+        if let Some(counters) = self.port(port) {
+            bump(&counters.rx_backoffs, 1);
+        }
+    }
+
     /// Counts `n` frames dropped on `port` for `cause`.
     #[inline]
     pub fn add_drop(&self, port: PortId, cause: DropCause, n: u64) {
@@ -288,6 +303,7 @@ impl WorkerCounters {
             rx_packets: counters.rx_packets.load(Ordering::Relaxed),
             rx_bytes: counters.rx_bytes.load(Ordering::Relaxed),
             rx_errors: counters.rx_errors.load(Ordering::Relaxed),
+            rx_backoffs: counters.rx_backoffs.load(Ordering::Relaxed),
             tx_packets: counters.tx_packets.load(Ordering::Relaxed),
             tx_bytes: counters.tx_bytes.load(Ordering::Relaxed),
             tx_generated_packets: counters.tx_generated_packets.load(Ordering::Relaxed),
@@ -303,6 +319,7 @@ impl WorkerCounters {
                 &counters.rx_packets,
                 &counters.rx_bytes,
                 &counters.rx_errors,
+                &counters.rx_backoffs,
                 &counters.tx_packets,
                 &counters.tx_bytes,
                 &counters.tx_generated_packets,

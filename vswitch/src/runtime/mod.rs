@@ -19,6 +19,7 @@
 pub mod affinity;
 pub mod capture;
 pub mod counters;
+mod share;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,13 @@ pub struct EngineConfig {
     /// LoadBalancers and policy); a new one on a full table evicts an unassured entry or is
     /// dropped (`conntrack.table_full`).
     pub conntrack_max_entries: usize,
+    /// Broadcast and multicast frames one container port may have flooded per second, per
+    /// worker (storm control; beyond it `l2.storm_control`); 0 turns storm control off.
+    pub storm_control_pps: u64,
+    /// The workers' nice value (`None`: the process's). The kernel switches a frame in a
+    /// softirq, ahead of any process; a worker at a favoured nice value comes close: a busy
+    /// container on the worker's core slows the traffic of the others less.
+    pub worker_nice: Option<i32>,
 }
 
 impl EngineConfig {
@@ -80,6 +88,8 @@ impl EngineConfig {
             busy_poll: EngineConfig::DEFAULT_BUSY_POLL,
             cpus: WorkerCpus::Floating,
             conntrack_max_entries: nat::ConntrackConfig::default().max_entries,
+            storm_control_pps: crate::pipeline::STORM_CONTROL_PPS,
+            worker_nice: None,
         }
     }
 }
@@ -106,6 +116,10 @@ pub struct PortStats {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Failed reads of the port's queues (the kernel's errors, not frames).
     pub rx_errors: u64,
+    /// Times the port's queue was left unread for a while because nearly every frame it
+    /// sent fast was dropped (the kernel drops what overflows meanwhile, at the sender).
+    #[serde(default)]
+    pub rx_backoffs: u64,
 }
 
 /// Counters of the whole switch.
@@ -224,6 +238,7 @@ impl Engine {
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
             busy_poll: config.busy_poll,
+            storm_control_pps: config.storm_control_pps,
             stop: AtomicBool::new(false),
             wakers,
             clock,
@@ -240,6 +255,7 @@ impl Engine {
             // On error, `engine` is dropped here, which stops the workers already started.
             let worker = Worker::new(index, Arc::clone(&shared))?;
             let cpu = cpus.as_ref().map(|cpus| cpus[index]);
+            let worker_nice = config.worker_nice;
             let handle = std::thread::Builder::new()
                 .name(format!("vswitch-w{index}"))
                 .spawn(move || {
@@ -250,6 +266,11 @@ impl Engine {
                             warn!(worker = index, cpu, error = %e, "cannot pin the worker; it floats");
                         }
                     }
+                    if let Some(nice) = worker_nice {
+                        if let Err(e) = crate::sys::sched::set_thread_nice(nice) {
+                            warn!(worker = index, nice, error = %e, "cannot set the worker's nice value (CAP_SYS_NICE?); it keeps the process's");
+                        }
+                    }
                     worker.run()
                 })?;
             engine.handles.lock().push(handle);
@@ -258,6 +279,8 @@ impl Engine {
             workers = config.workers,
             busy_poll_us = config.busy_poll.as_micros(),
             cpus = %cpus.as_deref().map_or_else(|| "floating".to_owned(), |cpus| format!("{cpus:?}")),
+            nice = %config.worker_nice.map_or_else(|| "kept".to_owned(), |nice| nice.to_string()),
+            storm_control_pps = config.storm_control_pps,
             "engine started"
         );
         Ok(engine)
@@ -377,6 +400,7 @@ impl Engine {
                     .map(|cause| (cause.key().to_string(), totals.drop_count(cause)))
                     .collect(),
                 rx_errors: totals.rx_errors,
+                rx_backoffs: totals.rx_backoffs,
             });
         }
         ports.sort_by(|a, b| a.name.cmp(&b.name));

@@ -60,6 +60,7 @@ use tracing::{debug, error, warn};
 
 use super::capture::{self, Capture, Captures};
 use super::counters::WorkerCounters;
+use super::share::{QueueShare, Share};
 use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::vxlan_encap::Encapsulate;
@@ -74,7 +75,7 @@ use crate::tables::clock::Clock;
 use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
-use crate::tables::ratelimit::LogLimiter;
+use crate::tables::ratelimit::{LogLimiter, PortBuckets};
 use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
@@ -126,6 +127,8 @@ pub(crate) struct Shared {
     /// How long a worker keeps polling without sleeping after the last wait that found work
     /// (zero: it always sleeps in `epoll_wait`).
     pub(crate) busy_poll: Duration,
+    /// Storm control's rate per container port (0: off).
+    pub(crate) storm_control_pps: u64,
     /// Set to stop the workers.
     pub(crate) stop: AtomicBool,
     /// One eventfd per worker, signalled on publish and stop.
@@ -282,6 +285,27 @@ struct Registration {
     /// its level-triggered error would wake the worker forever. A new snapshot with a new
     /// `PortIo` for the port (re-attach) replaces the registration.
     polled: bool,
+    /// True while the queue is out of the epoll set because its port backs off (see
+    /// [`share`](super::share)); [`Worker::resume`] adds it back.
+    backing_off: bool,
+    /// Its share of the worker's time.
+    share: QueueShare,
+}
+
+impl Registration {
+    /// True when the queue's fd is in the epoll set.
+    fn in_epoll(&self) -> bool {
+        self.polled && !self.backing_off
+    }
+}
+
+/// What serving one queue did, for its share.
+#[derive(Debug, Clone, Copy, Default)]
+struct Served {
+    frames: u64,
+    dropped: u64,
+    /// A container's port (only those back off).
+    port: bool,
 }
 
 /// Adds worker `index`'s queue of `rx` to `epoll`. The fd stays open while registered: the
@@ -350,6 +374,12 @@ pub(crate) struct Worker {
     /// What the tally counted for each frame the destination queue holds for its next flush
     /// (see [`Counted`]), by position.
     ledger: Box<[Counted]>,
+    /// The virtual clock of the queues' shares of this worker's time.
+    share: Share,
+    /// The queues ready in this loop.
+    ready: Vec<PortId>,
+    /// Ports backing off, with when (ms) they are read again.
+    backing_off: Vec<(PortId, u64)>,
 }
 
 impl Worker {
@@ -363,6 +393,9 @@ impl Worker {
             io::Error::new(io::ErrorKind::InvalidInput, "no waker for this worker")
         })?;
         epoll.add(waker, EpollEvent::new(EpollFlags::EPOLLIN, WAKER_TOKEN))?;
+        let mut local = Local::new(index);
+        local.out.flood_limiter = (shared.storm_control_pps > 0)
+            .then(|| PortBuckets::new(shared.storm_control_pps, shared.storm_control_pps));
         Ok(Worker {
             index,
             shared,
@@ -372,7 +405,7 @@ impl Worker {
             batch: RxBatch::new(BATCH_SIZE),
             verdicts: Vec::with_capacity(BATCH_SIZE),
             plan: TxPlan::new(),
-            local: Local::new(index),
+            local,
             garp_pending: Vec::with_capacity(MAX_PORTS),
             logs: Logs {
                 tx_error: LogLimiter::new(LOG_INTERVAL_MS),
@@ -385,6 +418,9 @@ impl Worker {
             segmenter: Segmenter::new(),
             coalescer: Coalescer::new(),
             ledger: vec![None; TX_FRAMES].into_boxed_slice(),
+            share: Share::default(),
+            ready: Vec::with_capacity(MAX_EVENTS),
+            backing_off: Vec::new(),
         })
     }
 
@@ -410,6 +446,7 @@ impl Worker {
             } else {
                 HELD_POLL_MS
             };
+            let timeout = self.resume_timeout(timeout);
             let waiting_since = Instant::now();
             let waited = self.epoll.wait(&mut events, EpollTimeout::from(timeout));
             let woke = Instant::now();
@@ -453,16 +490,21 @@ impl Worker {
                 self.resync(&snapshot);
             }
             let now = self.shared.clock.now_ms();
+            if !self.backing_off.is_empty() {
+                self.resume(now);
+            }
+            self.ready.clear();
             for event in &events[..ready] {
                 match event.data() {
                     WAKER_TOKEN => self.drain_waker(),
                     token => {
                         if let Ok(raw) = u32::try_from(token) {
-                            self.service(&snapshot, PortId(raw), now);
+                            self.ready.push(PortId(raw));
                         }
                     }
                 }
             }
+            self.serve_ready(&snapshot, now);
             if !self.local.held.is_empty() || !self.garp_pending.is_empty() {
                 self.maintain(&snapshot, now);
             }
@@ -520,7 +562,7 @@ impl Worker {
             .collect();
         for id in stale {
             if let Some(registration) = self.registered.remove(&id) {
-                if registration.polled {
+                if registration.in_epoll() {
                     if let Err(errno) =
                         epoll_delete(&self.epoll, registration.queues.queues(), self.index)
                     {
@@ -553,6 +595,8 @@ impl Worker {
                 Registration {
                     queues: rx.hold(),
                     polled: true,
+                    backing_off: false,
+                    share: QueueShare::default(),
                 },
             );
             // A port that appeared (or was re-attached) learns its gateway's MAC at once.
@@ -573,7 +617,7 @@ impl Worker {
 
     fn deregister_all(&mut self) {
         for (_, registration) in self.registered.drain() {
-            if registration.polled {
+            if registration.in_epoll() {
                 let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
             }
         }
@@ -582,23 +626,107 @@ impl Worker {
     /// Takes a failed queue out of the epoll set (see [`Registration::polled`]).
     fn park(&mut self, id: PortId) {
         if let Some(registration) = self.registered.get_mut(&id) {
-            if registration.polled {
+            if registration.in_epoll() {
                 let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
-                registration.polled = false;
+            }
+            registration.polled = false;
+        }
+    }
+
+    /// Serves the loop's ready queues, each within its share of the worker's time (see
+    /// [`share`](super::share)): a queue too far ahead of the least served one waits for
+    /// the next loop, and a port whose frames were nearly all dropped backs off.
+    fn serve_ready(&mut self, snapshot: &Snapshot, now: u64) {
+        let mut pass = self.share.start();
+        for id in &self.ready {
+            if let Some(registration) = self.registered.get_mut(id) {
+                pass.ready(&mut registration.share);
+            }
+        }
+        let floor = self.share.settle(pass);
+        for i in 0..self.ready.len() {
+            let id = self.ready[i];
+            if !self
+                .registered
+                .get(&id)
+                .is_some_and(|registration| registration.share.may_run(floor))
+            {
+                continue;
+            }
+            let started = Instant::now();
+            let served = self.service(snapshot, id, now);
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let Some(registration) = self.registered.get_mut(&id) else {
+                continue;
+            };
+            registration.share.charge(ns);
+            if !served.port || !registration.in_epoll() {
+                continue;
+            }
+            if let Some(ms) = registration
+                .share
+                .observe(now, served.frames, served.dropped)
+            {
+                let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
+                registration.backing_off = true;
+                self.backing_off.push((id, now.saturating_add(ms)));
+                let counters = &self.shared.counters[self.index];
+                counters.add_rx_backoff(id);
+                counters.add_event(Event::RxBackoff, 1);
             }
         }
     }
 
+    /// Puts the ports whose back-off is over back in the epoll set.
+    fn resume(&mut self, now: u64) {
+        let mut i = 0;
+        while i < self.backing_off.len() {
+            let (id, until) = self.backing_off[i];
+            if until > now {
+                i += 1;
+                continue;
+            }
+            self.backing_off.swap_remove(i);
+            let Some(registration) = self.registered.get_mut(&id) else {
+                continue;
+            };
+            if !registration.backing_off {
+                continue;
+            }
+            registration.backing_off = false;
+            if registration.polled {
+                if let Err(errno) = epoll_add(
+                    &self.epoll,
+                    registration.queues.queues(),
+                    self.index,
+                    u64::from(id.0),
+                ) {
+                    warn!(worker = self.index, port = id.0, error = %errno, "re-adding a backed-off queue to epoll failed");
+                    registration.polled = false;
+                }
+            }
+        }
+    }
+
+    /// The `epoll_wait` timeout (ms): `timeout`, or sooner when a back-off ends sooner.
+    fn resume_timeout(&self, timeout: u16) -> u16 {
+        let Some(until) = self.backing_off.iter().map(|(_, until)| *until).min() else {
+            return timeout;
+        };
+        let left = until.saturating_sub(self.shared.clock.now_ms());
+        u16::try_from(left).map_or(timeout, |left| timeout.min(left))
+    }
+
     /// Receives one batch from `id`'s queue (a port's, the uplink's or the VTEP's), runs the
     /// pipeline and transmits.
-    fn service(&mut self, snapshot: &Snapshot, id: PortId, now: u64) {
+    fn service(&mut self, snapshot: &Snapshot, id: PortId, now: u64) -> Served {
         let Some(ingress) = snapshot.ingress(id) else {
             // An event from a port that left before this iteration's re-sync.
-            return;
+            return Served::default();
         };
         self.batch.clear();
         let Some(received) = ingress.rx().recv_batch(self.index, &mut self.batch) else {
-            return;
+            return Served::default();
         };
         if let Err(error) = received {
             let counters = &self.shared.counters[self.index];
@@ -619,7 +747,7 @@ impl Worker {
         }
         let frames = self.batch.len();
         if frames == 0 {
-            return;
+            return Served::default();
         }
         // The one check a capture costs while none runs.
         if self.shared.captures.armed() {
@@ -639,7 +767,7 @@ impl Worker {
         self.local.out.generated.clear();
         let live_trace = shared.live_trace.session();
         let mut rx_bytes = 0u64;
-        let (mut learned, mut moved, mut limited) = (0u64, 0u64, 0u64);
+        let (mut learned, mut moved, mut limited, mut dropped) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..frames {
             // Frames generated while processing frame i leave right after it.
             self.local.out.generated.set_position(i + 1);
@@ -660,6 +788,7 @@ impl Worker {
             }
             if let Verdict::Drop(cause) = outcome.verdict {
                 count_drop(counters, id, cause, 1);
+                dropped += 1;
             }
             self.verdicts.push(outcome.verdict);
         }
@@ -680,6 +809,11 @@ impl Worker {
         };
         self.transmit(snapshot, Some(from), now);
         self.finish_batch(now);
+        Served {
+            frames: count(frames),
+            dropped,
+            port: matches!(ingress, Ingress::Port(..)),
+        }
     }
 
     /// Copies the batch just received on `ingress` into the captures that want it, before

@@ -12,5 +12,6 @@ pub mod af_packet;
 pub mod batch;
 pub mod netlink;
 pub mod netns;
+pub mod sched;
 pub mod tap;
 pub mod udp;

@@ -70,6 +70,8 @@ keyed_enum! {
             "learned MACs removed by the ageing sweep",
         RxError = "rx.error":
             "reading a port's queue failed",
+        RxBackoff = "rx.backoff":
+            "a port's queue was left unread for a while: it sent frames fast and nearly all were dropped (the kernel drops what overflows meanwhile, at the sender)",
         FlushError = "tx.flush_error":
             "pushing out a port's queued frames failed",
         ChecksumCompleted = "tx.checksum_completed":

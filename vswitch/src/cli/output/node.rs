@@ -640,7 +640,7 @@ default   02:00:ac:1e:00:03   vxlan/default   192.168.50.2   2m5s
             "captures": [],
             "ports": [
                 {"name": "c1", "rxPackets": 10, "rxBytes": 980, "txPackets": 8, "txBytes": 784,
-                 "txGeneratedPackets": 1, "txGeneratedBytes": 42, "rxErrors": 0,
+                 "txGeneratedPackets": 1, "txGeneratedBytes": 42, "rxErrors": 0, "rxBackoffs": 0,
                  "drops": {"port_security.src_mac": 2, "parse.runt": 1}},
             ],
             "drops": {"port_security.src_mac": 2, "parse.runt": 1, "tx.error": 0},
@@ -710,6 +710,7 @@ Counters:
   drops:
     parse.runt:             1
     port_security.src_mac:  2
+  rxBackoffs:          0
   rxBytes:             980
   rxErrors:            0
   rxPackets:           10
