@@ -225,10 +225,6 @@ fn source_mac_flood_learns_nothing() {
     // Frames that are all dropped, fast: the worker leaves the flooder's queue unread in
     // between, and the kernel drops what overflows at the flooder's send().
     assert!(backoffs > 0, "{}", daemon.ctl_ok(&["stats"]));
-    assert!(
-        dropped < sent,
-        "every frame was read: {dropped} of {sent} (no back-off)"
-    );
     assert_eq!(
         daemon.port_counter(bench.port(1), "rxBackoffs"),
         0,

@@ -12,15 +12,23 @@
 //!   it is ready again at the next wait), so a busy flow's port gets its batch between the
 //!   flood's. A queue that was idle comes back at most [`SLICE_NS`] behind the others, so it
 //!   cannot bank idle time. When it is the only ready queue a flooding port is still served:
-//!   the share costs nothing while nobody else wants the worker.
+//!   the share costs nothing while nobody else wants the worker. The uplink and the VTEP
+//!   carry many containers' traffic: they are charged a [`SHARED_WEIGHT`]th of their time.
+//!   The time is wall-clock time, so a worker preempted in a batch charges the wait to that
+//!   batch's queue: on a loaded host the shares are noisy, never starved.
 //! - **Back-off of a wasteful port.** A container port whose last [`WINDOW_FRAMES`] frames
 //!   came within [`WINDOW_MS`] and were nearly all dropped (port security, ARP and echo rate
 //!   limits, frames to the gateway, policy) is left unread for a while: 1 ms, doubling at each
 //!   wasteful window that follows, up to [`BACKOFF_MAX_MS`]. Its queue fills meanwhile and the
-//!   kernel drops what overflows at the sender's `send()` (its `tx_dropped`), which is where
-//!   the kernel's bridge would have charged the work. The first window that is not wasteful
-//!   ends the back-off. The uplink and the VTEP are never backed off: what arrives there is
-//!   not one container's doing.
+//!   kernel drops what overflows at the sender (a TAP's `tx_dropped` in the container, a
+//!   veth's AF_PACKET ring on the switch's side), which is where the kernel's bridge would
+//!   have charged the work. The first window that is not wasteful ends the back-off, and so
+//!   does a quiet spell (no frame for twice [`BACKOFF_MAX_MS`]). Windows are timed when the
+//!   worker reads the frames: after a back-off the queued frames are read at once, so a port
+//!   once backed off stays so while it sends ~[`WINDOW_FRAMES`] frames per back-off period
+//!   plus [`WINDOW_MS`] (~4,500 a second at the longest) that are nearly all dropped. The
+//!   uplink and the VTEP are never backed off: what arrives there is not one container's
+//!   doing.
 
 /// How far (ns of worker time) a ready queue may run ahead of the least served ready queue
 /// before it waits for it; also how much credit a queue that was idle keeps.
@@ -37,6 +45,10 @@ pub(crate) const WINDOW_MS: u64 = 25;
 /// this interval.
 pub(crate) const BACKOFF_MAX_MS: u64 = 32;
 
+/// The uplink's and the VTEP's time counts for this much less than a container port's: they
+/// carry the traffic of many.
+pub(crate) const SHARED_WEIGHT: u64 = 4;
+
 /// A window is wasteful when at least 7/8 of its frames were dropped.
 const WASTE_NUMERATOR: u64 = 7;
 const WASTE_DENOMINATOR: u64 = 8;
@@ -44,9 +56,11 @@ const WASTE_DENOMINATOR: u64 = 8;
 /// One queue's scheduling state, kept by the worker that serves it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct QueueShare {
-    /// Worker time spent on this queue's batches (ns), adjusted by [`Share::begin`].
+    /// Worker time spent on this queue's batches (ns), adjusted by [`Floor::ready`].
     vruntime: u64,
     window_start_ms: u64,
+    /// When the last frames were read (ms).
+    last_ms: u64,
     window_frames: u64,
     window_dropped: u64,
     /// Consecutive wasteful windows (0: not backing off).
@@ -54,13 +68,14 @@ pub(crate) struct QueueShare {
 }
 
 impl QueueShare {
-    /// Adds the worker time spent on one batch.
-    pub(crate) fn charge(&mut self, ns: u64) {
-        self.vruntime = self.vruntime.saturating_add(ns);
+    /// Adds the worker time spent on one batch, divided by the queue's `weight` (1 for a
+    /// container port, [`SHARED_WEIGHT`] for the uplink and the VTEP).
+    pub(crate) fn charge(&mut self, ns: u64, weight: u64) {
+        self.vruntime = self.vruntime.saturating_add(ns / weight.max(1));
     }
 
     /// True when the queue may be served in a loop whose least served ready queue is at
-    /// `floor` (see [`Share::begin`]).
+    /// `floor` (see [`Share`]).
     pub(crate) fn may_run(&self, floor: u64) -> bool {
         self.vruntime <= floor.saturating_add(SLICE_NS)
     }
@@ -72,8 +87,13 @@ impl QueueShare {
             return None;
         }
         if self.window_frames == 0 {
+            if now_ms.saturating_sub(self.last_ms) > 2 * BACKOFF_MAX_MS {
+                // A quiet spell: a new flood starts its back-off from the shortest.
+                self.level = 0;
+            }
             self.window_start_ms = now_ms;
         }
+        self.last_ms = now_ms;
         self.window_frames += frames;
         self.window_dropped += dropped.min(frames);
         if self.window_frames < WINDOW_FRAMES {
@@ -168,7 +188,7 @@ mod tests {
         let mut served = Vec::new();
         for &i in ready {
             if queues[i].may_run(floor) {
-                queues[i].charge(cost[i]);
+                queues[i].charge(cost[i], 1);
                 served.push(i);
             }
         }
@@ -220,9 +240,9 @@ mod tests {
         let mut backoffs = Vec::new();
         for t in 0..8 {
             for _ in 0..3 {
-                assert_eq!(q.observe(t * 100, 64, 64), None);
+                assert_eq!(q.observe(t * 10, 64, 64), None);
             }
-            backoffs.push(q.observe(t * 100, 64, 64).expect("wasteful"));
+            backoffs.push(q.observe(t * 10, 64, 64).expect("wasteful"));
         }
         assert_eq!(backoffs, vec![1, 2, 4, 8, 16, 32, 32, 32]);
         // A window that is not wasteful ends it.
@@ -236,6 +256,43 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![1]
         );
+        // Backing off again, then quiet for a while: the next flood starts from 1 ms.
+        assert_eq!(
+            (0..4)
+                .filter_map(|_| q.observe(1_002, 64, 64))
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(
+            (0..4)
+                .filter_map(|_| q.observe(5_000, 64, 64))
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn the_uplink_weighs_less() {
+        // Queue 0 (a container port) and queue 1 (the uplink, weight 4), equal batch costs:
+        // the uplink gets about four times the time.
+        let mut share = Share::default();
+        let mut queues = vec![QueueShare::default(); 2];
+        let mut served = [0u64; 2];
+        for _ in 0..10_000 {
+            let mut pass = share.start();
+            for q in queues.iter_mut() {
+                pass.ready(q);
+            }
+            let floor = share.settle(pass);
+            for (i, weight) in [(0, 1), (1, SHARED_WEIGHT)] {
+                if queues[i].may_run(floor) {
+                    queues[i].charge(100_000, weight);
+                    served[i] += 1;
+                }
+            }
+        }
+        let ratio = served[1] as f64 / served[0] as f64;
+        assert!((3.0..5.0).contains(&ratio), "{served:?}");
     }
 
     #[test]

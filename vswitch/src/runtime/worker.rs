@@ -16,7 +16,10 @@
 //!    before the next wait); when its generation changed, re-sync the epoll
 //!    registrations: queues that left are deregistered (and the worker's reference to them
 //!    dropped only then, so an fd is never closed while registered), new ones registered;
-//! 3. for each ready queue: receive a batch of up to [`BATCH_SIZE`] frames and run
+//! 3. for each ready queue within its share of the worker's time ([`share`](super::share):
+//!    a queue far ahead of the least served ready one waits a loop; a container port whose
+//!    frames are nearly all dropped, fast, leaves the epoll set for a while): receive a
+//!    batch of up to [`BATCH_SIZE`] frames and run
 //!    [`pipeline::input`] on each: a port's frames go through `parse` onward, the uplink's
 //!    through `uplink`, the VTEP's datagrams through `vxlan-input` (decapsulation, remote
 //!    learning) and then the tunnel's stages. A stage may rewrite a frame in place, and emit
@@ -60,7 +63,7 @@ use tracing::{debug, error, warn};
 
 use super::capture::{self, Capture, Captures};
 use super::counters::WorkerCounters;
-use super::share::{QueueShare, Share};
+use super::share::{QueueShare, SHARED_WEIGHT, Share};
 use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::vxlan_encap::Encapsulate;
@@ -286,8 +289,9 @@ struct Registration {
     /// `PortIo` for the port (re-attach) replaces the registration.
     polled: bool,
     /// True while the queue is out of the epoll set because its port backs off (see
-    /// [`share`](super::share)); [`Worker::resume`] adds it back.
+    /// [`share`](super::share)); [`Worker::resume`] adds it back at `resume_at` (ms).
     backing_off: bool,
+    resume_at: u64,
     /// Its share of the worker's time.
     share: QueueShare,
 }
@@ -596,6 +600,7 @@ impl Worker {
                     queues: rx.hold(),
                     polled: true,
                     backing_off: false,
+                    resume_at: 0,
                     share: QueueShare::default(),
                 },
             );
@@ -659,7 +664,8 @@ impl Worker {
             let Some(registration) = self.registered.get_mut(&id) else {
                 continue;
             };
-            registration.share.charge(ns);
+            let weight = if served.port { 1 } else { SHARED_WEIGHT };
+            registration.share.charge(ns, weight);
             if !served.port || !registration.in_epoll() {
                 continue;
             }
@@ -667,9 +673,15 @@ impl Worker {
                 .share
                 .observe(now, served.frames, served.dropped)
             {
-                let _ = epoll_delete(&self.epoll, registration.queues.queues(), self.index);
+                if epoll_delete(&self.epoll, registration.queues.queues(), self.index).is_err() {
+                    continue;
+                }
+                // Read the clock again: a batch may have taken this loop past `now`, and a
+                // back-off of `ms` must last at least `ms`.
+                let until = self.shared.clock.now_ms().saturating_add(ms + 1);
                 registration.backing_off = true;
-                self.backing_off.push((id, now.saturating_add(ms)));
+                registration.resume_at = until;
+                self.backing_off.push((id, until));
                 let counters = &self.shared.counters[self.index];
                 counters.add_rx_backoff(id);
                 counters.add_event(Event::RxBackoff, 1);
@@ -690,7 +702,8 @@ impl Worker {
             let Some(registration) = self.registered.get_mut(&id) else {
                 continue;
             };
-            if !registration.backing_off {
+            // A port that left and came back under the same id has its own entry.
+            if !registration.backing_off || registration.resume_at != until {
                 continue;
             }
             registration.backing_off = false;
