@@ -907,7 +907,8 @@ mod tests {
         assert_eq!(Case::from_key("bogus"), None);
         let floods = Scenario::Floods.cases(&counts);
         assert_eq!(floods.len(), floods::FloodKind::ALL.len());
-        assert_eq!(floods[1].key(), "floods-arp");
+        assert_eq!(floods[0].key(), "floods-cpu");
+        assert_eq!(floods[2].key(), "floods-arp");
         for case in floods {
             assert_eq!(Case::from_key(&case.key()), Some(case));
         }
