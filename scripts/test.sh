@@ -34,6 +34,9 @@ declare -A tools=(
     [systemd-analyze]=systemd
     # vswitch/tests/cni.rs: real container runtimes, and a static busybox for their rootfs
     [podman]=podman [runc]=runc [containerd]=containerd [ctr]=containerd [busybox]=busybox-static
+    # vswitch/tests/vlan_bond.rs: Open vSwitch's userspace datapath is the VLAN and bond peer
+    [ovs-vswitchd]=openvswitch-switch [ovsdb-server]=openvswitch-switch
+    [ovs-vsctl]=openvswitch-switch [ovs-appctl]=openvswitch-common
 )
 missing=()
 for cmd in "${!tools[@]}"; do

@@ -323,6 +323,7 @@ mod tests {
             mac_table_limit: 8192,
             gateway_mac: None,
             vni: None,
+            vlan: None,
             remote_vteps: Vec::new(),
             dns: None,
             dhcp: None,

@@ -193,6 +193,7 @@ fn subnet(
             mac_table_limit: super::resource::DEFAULT_MAC_TABLE_LIMIT,
             gateway_mac: None,
             vni,
+            vlan: None,
             remote_vteps,
             dns: None,
             dhcp: None,

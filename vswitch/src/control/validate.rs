@@ -255,6 +255,8 @@ fn uplink_work(
         None => UplinkWork::Open(name.clone()),
         Some(old) => {
             let moved = old.spec.interface != new.spec.interface
+                || old.spec.interfaces != new.spec.interfaces
+                || old.spec.bond != new.spec.bond
                 || nat_rules::uplink_mac(current, old) != nat_rules::uplink_mac(next, new);
             let retry = old.status.state != InterfaceState::Up;
             if !moved && !retry {

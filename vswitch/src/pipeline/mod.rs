@@ -610,22 +610,70 @@ impl Local {
 }
 
 /// Runs the stages for one frame that `ingress` received (from `peer`, for the VTEP's
-/// datagrams; unspecified otherwise): the first stage is ingress's own, [`process`] for a
-/// port, [`process_uplink`] for the uplink, [`vxlan_input::receive`] for the VTEP. The frame
-/// is rewritten in place as those say.
+/// datagrams; unspecified otherwise; with the VLAN `tag` the kernel took off, for the
+/// uplink's: `TPID << 16 | TCI`, 0 for none): the first stage is ingress's own, [`process`]
+/// for a port, [`process_uplink`] or [`process_uplink_vlan`] for the uplink,
+/// [`vxlan_input::receive`] for the VTEP. The frame is rewritten in place as those say.
 #[inline]
 pub fn input(
     ctx: &Context<'_>,
     ingress: Ingress<'_>,
     frame: &mut [u8],
     peer: SocketAddrV4,
+    tag: u32,
     local: &mut Local,
 ) -> Outcome {
     match ingress {
         Ingress::Port(port, _) => process(ctx, port, frame, local),
-        Ingress::Uplink(uplink) => process_uplink(ctx, uplink, frame, local),
+        Ingress::Uplink(uplink, _, member) => {
+            if let Some(bond) = &uplink.io.bond {
+                if !bond.receives(member) {
+                    return Outcome::dropped(uplink::DropReason::InactiveMember);
+                }
+            }
+            if tag == 0 {
+                process_uplink(ctx, uplink, frame, local)
+            } else {
+                process_uplink_vlan(ctx, uplink, frame, tag, local)
+            }
+        }
         Ingress::Vtep(vtep) => vxlan_input::receive(ctx, vtep, frame, peer, local),
     }
+}
+
+/// Runs the stages for one tagged frame received on the uplink (the kernel took the tag
+/// off: `tag` is `TPID << 16 | TCI`): an 802.1Q tag of a VLAN a Subnet is bound to switches
+/// the frame into that Subnet as if received on the Subnet's VLAN port ([`process_tunnel`]:
+/// no port security, never flooded back out of the uplink); a tag of VLAN 0 (priority only)
+/// is no VLAN. Anything else is dropped: another VLAN (`uplink.vlan_unknown`), an 802.1ad
+/// or stacked tag (`uplink.vlan_qinq`).
+pub fn process_uplink_vlan(
+    ctx: &Context<'_>,
+    uplink: &UplinkEntry,
+    frame: &mut [u8],
+    tag: u32,
+    local: &mut Local,
+) -> Outcome {
+    let tpid = tag >> 16;
+    let vid = u16::try_from(tag & 0x0fff).unwrap_or(0);
+    if tpid != 0x8100 {
+        return Outcome::dropped(uplink::DropReason::VlanQinq);
+    }
+    let inner = frame
+        .get(crate::wire::VNET_HDR_LEN + 12..crate::wire::VNET_HDR_LEN + 14)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    if inner.is_some_and(|ethertype| parse::VLAN_ETHERTYPES.contains(&ethertype)) {
+        return Outcome::dropped(uplink::DropReason::VlanQinq);
+    }
+    if vid == 0 {
+        return process_uplink(ctx, uplink, frame, local);
+    }
+    let Some(port) = uplink.vlans.get(&vid).and_then(|id| ctx.snapshot.port(*id)) else {
+        trace_note!(ctx, Parse, "VLAN {vid}: no Subnet is bound to it");
+        return Outcome::dropped(uplink::DropReason::VlanUnknown);
+    };
+    trace_note!(ctx, Parse, "VLAN {vid}: Subnet port {}", port.name);
+    process_tunnel(ctx, port, frame, local)
 }
 
 /// Runs the ingress stages for one frame received on `ingress`: parse, port security,

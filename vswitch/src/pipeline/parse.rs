@@ -104,7 +104,7 @@ pub struct Parsed {
 }
 
 /// 802.1Q C-tag, 802.1ad S-tag and the pre-standard QinQ tag.
-const VLAN_ETHERTYPES: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+pub const VLAN_ETHERTYPES: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 
 /// Minimum IPv4 header length (IHL 5).
 const IPV4_MIN_HEADER_LEN: usize = 20;

@@ -521,7 +521,11 @@ mod tests {
             (NAT_IP, 8080),
             0x02,
         );
-        let record = run_synthetic(&bench.ctx(5), Ingress::Uplink(uplink), frame);
+        let record = run_synthetic(
+            &bench.ctx(5),
+            Ingress::Uplink(uplink, &uplink.io.members[0], 0),
+            frame,
+        );
         assert_eq!(record.steps[0].stage, Step::Parse, "{record}");
         assert!(
             step(&record, Step::Uplink).contains("to the switch's MAC"),

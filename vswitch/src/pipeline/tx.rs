@@ -36,6 +36,43 @@ keyed_enum! {
             "frame shorter than its virtio_net_hdr at egress",
         NoQueue = "tx.no_queue":
             "the egress port has no queue for this worker or left the configuration",
+        BondDown = "tx.bond_down":
+            "frame for a bonded uplink none of whose members carries traffic (all down, or LACP has aggregated none)",
+    }
+}
+
+/// The 802.1Q Tag Protocol Identifier.
+pub const TPID_8021Q: u16 = 0x8100;
+
+/// Writes `frame` (virtio header + untagged Ethernet frame) into `out` with an 802.1Q tag of
+/// VLAN `vid` after the MAC addresses, as a trunk sends it. The virtio header's offsets, which
+/// count from the Ethernet header, move with what follows the tag: `csum_start` when a
+/// checksum is left to complete, `hdr_len` for a GSO super-frame (the kernel accepts both
+/// tagged and completes or segments them past the tag). `out` is reused; after its first
+/// use it does not allocate.
+pub fn push_vlan(frame: &[u8], vid: u16, out: &mut Vec<u8>) {
+    out.clear();
+    let split = VNET_HDR_LEN + 12;
+    let (Some(head), Some(rest)) = (frame.get(..split), frame.get(split..)) else {
+        out.extend_from_slice(frame);
+        return;
+    };
+    out.extend_from_slice(head);
+    out.extend_from_slice(&TPID_8021Q.to_be_bytes());
+    out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    out.extend_from_slice(rest);
+    let header = VnetPacket::new_unchecked(&frame[..VNET_HDR_LEN]);
+    let moved = |field: std::ops::Range<usize>, out: &mut Vec<u8>| {
+        if let Some(bytes) = out.get_mut(field) {
+            let value = u16::from_le_bytes([bytes[0], bytes[1]]).saturating_add(4);
+            bytes.copy_from_slice(&value.to_le_bytes());
+        }
+    };
+    if header.needs_csum() {
+        moved(crate::wire::vnet_hdr::field::CSUM_START, out);
+    }
+    if header.is_gso() {
+        moved(crate::wire::vnet_hdr::field::HDR_LEN, out);
     }
 }
 

@@ -76,6 +76,12 @@ keyed_enum! {
             "frame on the uplink that is neither IPv4 nor ARP (IPv6 is not served on the uplink)",
         InboundDenied = "uplink.inbound_denied":
             "unsolicited from outside (no connection started inside) and not listed by the Uplink's spec.inbound.allow (policy Drop); no ICMP is sent",
+        VlanUnknown = "uplink.vlan_unknown":
+            "tagged frame on the uplink for a VLAN no Subnet is bound to",
+        VlanQinq = "uplink.vlan_qinq":
+            "frame on the uplink with an 802.1ad (QinQ) outer tag or two stacked tags: refused",
+        InactiveMember = "uplink.inactive_member":
+            "frame received on a bond member that does not carry traffic (a backup in active-backup, a link that is down or not aggregated by LACP)",
         RoutedSource = "uplink.routed_source":
             "from outside into a routed Network, from a source outside its spec.uplink.destinations (its replies would not leave untranslated), inside a routed Network's Subnets (spoofed) or martian",
     }

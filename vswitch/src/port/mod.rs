@@ -14,6 +14,8 @@
 //! Every frame crossing a device's queue is a 10-byte `virtio_net_hdr` followed by the
 //! Ethernet frame.
 
+pub mod bond;
+pub mod lacp;
 pub mod tap;
 pub mod uplink;
 pub mod veth;

@@ -162,7 +162,7 @@ pub fn open(ifname: &str, mac: [u8; 6], queues: usize) -> Result<(PortIo, Uplink
         .map_or(1500, |mtu| u16::try_from(mtu).unwrap_or(u16::MAX));
     let index = interface.index;
 
-    let program = uplink_program(mac);
+    let program = uplink_program(mac, false);
     let options = SocketOptions {
         qdisc_bypass: false,
         send_buffer: Some(SEND_BUFFER_BYTES),
@@ -229,6 +229,35 @@ fn join(
         }
     }
     socket.add_membership(ifindex, Membership::Promiscuous)
+}
+
+/// Makes the uplink on interface `ifindex` (opened by [`open`] for `mac`) a trunk or not: a
+/// trunk's sockets keep every tagged frame (the Subnets bound to its VLANs) and the
+/// interface is promiscuous (frames for those Subnets' containers carry their MACs); a
+/// plain uplink keeps only untagged frames for the switch. Call it only when the trunk state
+/// changes (each promiscuous membership is counted by the kernel).
+///
+/// # Errors
+/// The kernel's, when a filter or membership is refused (the rest is still applied).
+pub fn set_trunk(io: &PortIo, ifindex: u32, mac: [u8; 6], trunk: bool) -> std::io::Result<()> {
+    let program = uplink_program(mac, trunk);
+    let mut first_error = None;
+    for queue in &io.queues {
+        let mut queue = queue.lock();
+        let PortQueue::Packet(socket) = &mut *queue else {
+            continue;
+        };
+        let membership = if trunk {
+            socket.add_membership(ifindex, Membership::Promiscuous)
+        } else {
+            socket.drop_membership(ifindex, Membership::Promiscuous)
+        };
+        if let Err(error) = membership.and_then(|()| socket.set_filter(&program)) {
+            first_error.get_or_insert(error);
+        }
+    }
+    tracing::info!(ifindex, trunk, "uplink VLAN trunk set");
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Closes the uplink's sockets; the kernel drops their memberships, so the interface accepts

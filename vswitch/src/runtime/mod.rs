@@ -340,6 +340,22 @@ impl Engine {
         f(&ctx)
     }
 
+    /// The datapath's clock (what the workers stamp frames with).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.shared.clock)
+    }
+
+    /// Counts events from outside the workers (a bond monitor): into worker 0's counters,
+    /// which the totals sum like any other.
+    pub fn event_sink(&self) -> crate::port::bond::EventSink {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |event, n| {
+            if let Some(counters) = shared.counters.first() {
+                counters.add_event(event, n);
+            }
+        })
+    }
+
     /// The live packet trace the workers serve.
     pub fn live_trace(&self) -> &crate::trace::live::LiveTrace {
         &self.shared.live_trace
@@ -365,6 +381,14 @@ impl Engine {
         let snapshot = self.current();
         let mut all_drops = [0u64; DropCause::COUNT];
         let mut ports = Vec::with_capacity(snapshot.ports().len() + 1);
+        // A bond's members are listed each under `uplink/interface`; the uplink's own line
+        // is then their sum (its id counts the frames sent that no member took).
+        let members: Vec<(PortId, &String)> = snapshot
+            .uplink
+            .iter()
+            .filter(|uplink| uplink.io.bond.is_some())
+            .flat_map(|uplink| uplink.io.members.iter().map(|m| (m.id, &m.name)))
+            .collect();
         let devices = snapshot
             .ports()
             .iter()
@@ -374,17 +398,37 @@ impl Engine {
                     .uplink
                     .iter()
                     .map(|uplink| (uplink.id, &uplink.name)),
-            );
+            )
+            .chain(members.iter().copied());
         // The VTEP is not a port, but its counters (datagrams received, drops of vxlan-input
         // and of what followed) are listed like a port's, under its name.
         let vtep_name = String::from(VtepEntry::NAME);
         let vtep = snapshot.vtep.iter().map(|vtep| (vtep.id, &vtep_name));
         for (id, name) in devices.chain(vtep) {
             let mut totals = PortTotals::default();
+            let bonded = snapshot
+                .uplink
+                .as_ref()
+                .filter(|uplink| uplink.id == id && uplink.io.bond.is_some());
             for counters in self.shared.counters.iter() {
                 totals.add(&counters.totals(id));
             }
-            for (sum, value) in all_drops.iter_mut().zip(totals.drops.iter()) {
+            let own_drops = totals.drops;
+            // What a bond's members received (and dropped) is the uplink's too; what they
+            // sent is already counted on the uplink.
+            for member in bonded.iter().flat_map(|uplink| uplink.io.members.iter()) {
+                for counters in self.shared.counters.iter() {
+                    let part = counters.totals(member.id);
+                    totals.rx_packets += part.rx_packets;
+                    totals.rx_bytes += part.rx_bytes;
+                    totals.rx_errors += part.rx_errors;
+                    for (sum, value) in totals.drops.iter_mut().zip(part.drops.iter()) {
+                        *sum += value;
+                    }
+                }
+            }
+            // A bonded uplink's line adds its members', which are counted on their own.
+            for (sum, value) in all_drops.iter_mut().zip(own_drops.iter()) {
                 *sum += value;
             }
             ports.push(PortStats {

@@ -79,7 +79,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::{LogLimiter, PortBuckets};
-use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId};
+use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId, UplinkIo};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::{GsoError, Segmenter};
@@ -378,6 +378,8 @@ pub(crate) struct Worker {
     /// What the tally counted for each frame the destination queue holds for its next flush
     /// (see [`Counted`]), by position.
     ledger: Box<[Counted]>,
+    /// Where a frame is copied with a VLAN tag pushed (toward a Subnet's VLAN on the uplink).
+    scratch: Vec<u8>,
     /// The virtual clock of the queues' shares of this worker's time.
     share: Share,
     /// The queues ready in this loop.
@@ -422,6 +424,7 @@ impl Worker {
             segmenter: Segmenter::new(),
             coalescer: Coalescer::new(),
             ledger: vec![None; TX_FRAMES].into_boxed_slice(),
+            scratch: Vec::with_capacity(crate::sys::batch::MAX_FRAME_LEN + 4),
             share: Share::default(),
             ready: Vec::with_capacity(MAX_EVENTS),
             backing_off: Vec::new(),
@@ -743,7 +746,14 @@ impl Worker {
         };
         if let Err(error) = received {
             let counters = &self.shared.counters[self.index];
-            if !matches!(
+            if error.raw_os_error() == Some(libc::ENETDOWN) {
+                // An AF_PACKET socket's interface went down (a bond member's link pulled):
+                // the kernel reports it once and reattaches the socket when the link comes
+                // back, so the queue stays polled.
+                counters.add_rx_error(id);
+                counters.add_event(Event::RxError, 1);
+                debug!(worker = self.index, port = %ingress.name(), "interface down; its queue stays polled for when it comes back");
+            } else if !matches!(
                 error.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
             ) {
@@ -785,13 +795,14 @@ impl Worker {
             // Frames generated while processing frame i leave right after it.
             self.local.out.generated.set_position(i + 1);
             let peer = self.batch.peer(i);
+            let tag = self.batch.tag(i);
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
             let outcome = match live_trace.as_deref() {
                 Some(session) if session.wants(ingress, frame) => {
-                    session.trace(&ctx, ingress, frame, peer, &mut self.local)
+                    session.trace(&ctx, ingress, frame, peer, tag, &mut self.local)
                 }
-                _ => pipeline::input(&ctx, ingress, frame, peer, &mut self.local),
+                _ => pipeline::input(&ctx, ingress, frame, peer, tag, &mut self.local),
             };
             match outcome.learn {
                 Some(Learn::Learned) => learned += 1,
@@ -807,6 +818,11 @@ impl Worker {
         }
         counters.add_rx(id, count(frames), rx_bytes);
         counters.add_batch(frames);
+        if let Ingress::Uplink(uplink, _, member) = ingress {
+            if let Some(bond) = &uplink.io.bond {
+                bond.note_rx(member, now);
+            }
+        }
         for (event, n) in [
             (Event::MacLearned, learned),
             (Event::MacMoved, moved),
@@ -926,6 +942,7 @@ impl Worker {
             segmenter,
             coalescer,
             ledger,
+            scratch,
             ..
         } = self;
         let generated = &mut local.out.generated;
@@ -948,9 +965,8 @@ impl Worker {
             let adjacency = snapshot.adjacency(destination.port);
             let target = adjacency.and_then(|adjacency| {
                 let target = match adjacency.egress {
-                    Egress::Queue(io) | Egress::Uplink(io) => {
-                        Target::Queue(io.queues.get(*index)?, io.capabilities)
-                    }
+                    Egress::Queue(io) => Target::Queue(io.queues.get(*index)?, io.capabilities),
+                    Egress::Uplink { io, vlan } => Target::Uplink(io, *vlan),
                     Egress::Tunnel(tunnel) => {
                         let vtep = snapshot.vtep.as_ref()?;
                         let tx = vxlan_encap::TunnelTx {
@@ -1003,6 +1019,8 @@ impl Worker {
                         queue: &mut guard,
                         account: &mut account,
                         gro,
+                        vlan: None,
+                        scratch: &mut *scratch,
                     };
                     in_order(batch, verdicts, generated, wants, |frame, origin| {
                         sender.send(frame, origin);
@@ -1011,6 +1029,21 @@ impl Worker {
                     // After the flush: frames the kernel refused there are taken off the tally.
                     sender.flush()
                 }
+                Target::Uplink(io, vlan) => send_uplink(
+                    UplinkTx {
+                        io,
+                        vlan,
+                        worker: *index,
+                        counters,
+                        coalescer: &mut *coalescer,
+                        scratch: &mut *scratch,
+                    },
+                    &mut account,
+                    batch,
+                    verdicts,
+                    generated,
+                    &wants,
+                ),
                 Target::Tunnel(queue, tunnel, vtep_entry) => {
                     let mut vtep = queue.lock();
                     let mut encap = CapturingVtep {
@@ -1166,6 +1199,9 @@ impl TxAccount<'_> {
 enum Target<'a> {
     /// A device's queue, and what the device takes.
     Queue(&'a Mutex<PortQueue>, Capabilities),
+    /// The uplink: the queue of the member the bond picks per flow, with the VLAN tag to
+    /// push.
+    Uplink(&'a Arc<UplinkIo>, Option<u16>),
     /// The VTEP's queue, for the `vxlan-encap` stage into this tunnel, and the VTEP's id
     /// and address (for its captures).
     Tunnel(
@@ -1297,6 +1333,103 @@ struct Sender<'q, 'a> {
     account: &'q mut TxAccount<'a>,
     /// Set when the destination takes TCP super-frames: routed frames go through it.
     gro: Option<&'q mut Coalescer>,
+    /// The 802.1Q VLAN frames are tagged with (a Subnet's VLAN on the uplink).
+    vlan: Option<u16>,
+    /// Where a tagged copy is built.
+    scratch: &'q mut Vec<u8>,
+}
+
+/// What sending to the uplink needs besides the account and the frames.
+struct UplinkTx<'a> {
+    io: &'a UplinkIo,
+    vlan: Option<u16>,
+    worker: usize,
+    counters: &'a WorkerCounters,
+    coalescer: &'a mut Coalescer,
+    scratch: &'a mut Vec<u8>,
+}
+
+/// Sends the frames a destination on the uplink wants: without a bond, to the one member's
+/// queue; with one, each frame to the member its flow hashes to (one pass and one lock per
+/// member that carries traffic, so a flow's frames keep their order), and what no member
+/// takes is counted (`tx.bond_down`). A bond's members count what they sent besides the
+/// destination.
+fn send_uplink(
+    tx: UplinkTx<'_>,
+    account: &mut TxAccount<'_>,
+    batch: &mut RxBatch,
+    verdicts: &[Verdict],
+    generated: &mut Generated,
+    wants: &impl Fn(Verdict) -> bool,
+) -> io::Result<()> {
+    let UplinkTx {
+        io,
+        vlan,
+        worker,
+        counters,
+        coalescer,
+        scratch,
+    } = tx;
+    let mut result = Ok(());
+    for (m, member) in io.members.iter().enumerate() {
+        let bond = io.bond.as_deref();
+        if bond.is_some_and(|bond| !bond.carries(m)) {
+            continue;
+        }
+        let Some(queue) = member.io.queues.get(worker) else {
+            continue;
+        };
+        let capabilities = member.io.capabilities;
+        // A tagged copy is written as is: the coalescer works on untagged frames.
+        let gro = (vlan.is_none() && tx::coalesces(&capabilities)).then_some(&mut *coalescer);
+        let before = account.tally;
+        let mut guard = queue.lock();
+        let mut sender = Sender {
+            capabilities,
+            queue: &mut guard,
+            account: &mut *account,
+            gro,
+            vlan,
+            scratch: &mut *scratch,
+        };
+        in_order(batch, verdicts, generated, wants, |frame, origin| {
+            if bond.is_none_or(|bond| bond.member_for(frame) == Some(m)) {
+                sender.send(frame, origin);
+            }
+        });
+        sender.finish();
+        if let Err(error) = sender.flush() {
+            result = Err(error);
+        }
+        drop(guard);
+        if bond.is_some() {
+            let after = account.tally;
+            counters.add_tx(
+                member.id,
+                (after.packets + after.generated_packets)
+                    .saturating_sub(before.packets + before.generated_packets),
+                (after.bytes + after.generated_bytes)
+                    .saturating_sub(before.bytes + before.generated_bytes),
+            );
+        }
+    }
+    if let Some(bond) = io.bond.as_deref() {
+        let mut stranded = 0u64;
+        in_order(batch, verdicts, generated, wants, |frame, _| {
+            if bond.member_for(frame).is_none_or(|m| !bond.carries(m)) {
+                stranded += 1;
+            }
+        });
+        if stranded > 0 {
+            count_drop(
+                counters,
+                account.port,
+                tx::DropReason::BondDown.into(),
+                stranded,
+            );
+        }
+    }
+    result
 }
 
 /// Writes one frame to `queue` (sent at once, or queued for the flush at the end of the
@@ -1345,8 +1478,15 @@ impl Sender<'_, '_> {
             queue,
             account,
             gro,
+            vlan,
+            scratch,
             ..
         } = self;
+        if let Some(vid) = *vlan {
+            tx::push_vlan(frame, vid, scratch);
+            write_frame(queue, account, scratch, Some((origin, bytes + 4)));
+            return;
+        }
         match (origin, gro) {
             (Origin::Routed, Some(gro)) => {
                 // Counted as sent when offered; a merged write that fails is one drop.

@@ -538,11 +538,40 @@ impl PacketSocket {
         self.filtered
     }
 
+    /// Replaces the socket's receive filter with `program` (`SO_ATTACH_FILTER` swaps it
+    /// atomically: no frame passes unfiltered in between).
+    ///
+    /// # Errors
+    /// The kernel's error; the old filter then stays.
+    pub fn set_filter(&mut self, program: &[filter::BpfInstruction]) -> io::Result<()> {
+        attach_filter(&self.fd, program)?;
+        self.filtered = true;
+        Ok(())
+    }
+
+    /// Leaves `membership` on interface `ifindex` (joined with
+    /// [`add_membership`](PacketSocket::add_membership)).
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn drop_membership(&self, ifindex: u32, membership: Membership) -> io::Result<()> {
+        self.membership(ifindex, membership, libc::PACKET_DROP_MEMBERSHIP)
+    }
+
     /// Joins `membership` on interface `ifindex` (the one the socket is bound to).
     ///
     /// # Errors
     /// The kernel's error (`EINVAL` for an interface whose addresses are not 6 bytes long).
     pub fn add_membership(&self, ifindex: u32, membership: Membership) -> io::Result<()> {
+        self.membership(ifindex, membership, libc::PACKET_ADD_MEMBERSHIP)
+    }
+
+    fn membership(
+        &self,
+        ifindex: u32,
+        membership: Membership,
+        option: libc::c_int,
+    ) -> io::Result<()> {
         let (kind, address) = match membership {
             Membership::Promiscuous => (libc::PACKET_MR_PROMISC, [0u8; 6]),
             Membership::Unicast(mac) => (libc::PACKET_MR_UNICAST, mac),
@@ -560,12 +589,7 @@ impl PacketSocket {
             },
             mr_address,
         };
-        set_option(
-            &self.fd,
-            libc::SOL_PACKET,
-            libc::PACKET_ADD_MEMBERSHIP,
-            &request,
-        )
+        set_option(&self.fd, libc::SOL_PACKET, option, &request)
     }
 
     /// The socket's fd.

@@ -42,6 +42,9 @@ pub struct RxBatch {
     /// The sender of each frame, for queues that receive datagrams (the VTEP's UDP socket):
     /// the remote VTEP. Unspecified (`0.0.0.0:0`) for frames from ports.
     peers: Vec<SocketAddrV4>,
+    /// The 802.1Q tag the kernel took off each frame (AF_PACKET reports it beside the frame,
+    /// never in it): `TPID << 16 | TCI`, 0 for an untagged frame.
+    tags: Vec<u32>,
     count: usize,
 }
 
@@ -54,6 +57,7 @@ impl RxBatch {
                 .collect(),
             lens: vec![0; capacity],
             peers: vec![SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0); capacity],
+            tags: vec![0; capacity],
             count: 0,
         }
     }
@@ -102,7 +106,27 @@ impl RxBatch {
         assert!(self.count < self.bufs.len() && len <= MAX_FRAME_LEN);
         self.lens[self.count] = len;
         self.peers[self.count] = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+        self.tags[self.count] = 0;
         self.count += 1;
+    }
+
+    /// Like [`commit`](RxBatch::commit), for a frame the kernel received with the VLAN tag
+    /// `tag` (`TPID << 16 | TCI`; 0: untagged).
+    ///
+    /// # Panics
+    /// As [`commit`](RxBatch::commit).
+    pub fn commit_tagged(&mut self, len: usize, tag: u32) {
+        self.commit(len);
+        self.tags[self.count - 1] = tag;
+    }
+
+    /// The VLAN tag of frame `i` (see [`commit_tagged`](RxBatch::commit_tagged)).
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn tag(&self, i: usize) -> u32 {
+        assert!(i < self.count);
+        self.tags[i]
     }
 
     /// Like [`commit`](RxBatch::commit), for a frame received from `peer` (a datagram).

@@ -10,6 +10,7 @@
 
 pub mod af_packet;
 pub mod batch;
+pub mod link;
 pub mod netlink;
 pub mod netns;
 pub mod sched;

@@ -70,6 +70,26 @@ keyed_enum! {
             "learned MACs removed by the ageing sweep",
         RxError = "rx.error":
             "reading a port's queue failed",
+        BondMemberUp = "bond.member_up":
+            "a bond member started carrying traffic (carrier, ARP probes answered, LACP aggregated)",
+        BondMemberDown = "bond.member_down":
+            "a bond member stopped carrying traffic",
+        BondFailover = "bond.failover":
+            "the set of bond members carrying traffic, or the active one, changed",
+        BondGratuitousArpSent = "bond.gratuitous_arp_sent":
+            "gratuitous ARPs sent on a bond's new active member for the switch's uplink addresses and VLAN gateways",
+        BondArpProbeSent = "bond.arp_probe_sent":
+            "ARP probes sent by a bond's ARP monitor",
+        LacpPduReceived = "bond.lacp_pdu_rx":
+            "LACPDUs received on bond members",
+        LacpPduSent = "bond.lacp_pdu_tx":
+            "LACPDUs sent on bond members",
+        LacpPduBad = "bond.lacp_pdu_bad":
+            "malformed Slow Protocols frames received on bond members (and markers, which are not answered)",
+        LacpExpired = "bond.lacp_expired":
+            "a LACP partner stopped sending PDUs for three periods (expired)",
+        LacpDefaulted = "bond.lacp_defaulted":
+            "a LACP partner stayed silent after expiring (defaulted: the member leaves the aggregate)",
         RxBackoff = "rx.backoff":
             "a port's queue was left unread for a while: it sent frames fast and nearly all were dropped (the kernel drops what overflows meanwhile, at the sender)",
         FlushError = "tx.flush_error":

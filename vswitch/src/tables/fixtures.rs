@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::port::{Capabilities, PortId, PortIo, PortKind};
 use crate::tables::snapshot::{
     DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkEntry, NetworkId, NextHop, PortEntry,
-    RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId, Tunnel, UplinkEntry, VtepEntry,
+    RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId, Tunnel, UplinkEntry, UplinkIo,
+    VtepEntry,
 };
 
 /// MAC of port 1 (subnet 1, 172.30.0.2).
@@ -161,18 +162,24 @@ pub fn uplink_entry() -> UplinkEntry {
         gateway: OUTSIDE_GW,
         mtu: 1500,
         segment: UPLINK_SEGMENT,
-        io: Arc::new(PortIo {
-            kind: PortKind::Veth,
-            queues: Vec::new(),
-            capabilities: Capabilities {
-                vnet_hdr: true,
-                tx_partial_csum: true,
-                tx_gso: true,
-                tun_offload_flags: 0,
+        io: Arc::new(UplinkIo::single(
+            UPLINK,
+            "up",
+            "eth9",
+            PortIo {
+                kind: PortKind::Veth,
+                queues: Vec::new(),
+                capabilities: Capabilities {
+                    vnet_hdr: true,
+                    tx_partial_csum: true,
+                    tx_gso: true,
+                    tun_offload_flags: 0,
+                },
+                host_ifname: Some("eth9".into()),
             },
-            host_ifname: Some("eth9".into()),
-        }),
+        )),
         routing: Default::default(),
+        vlans: std::collections::HashMap::new(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! the stages with each batch; the per-worker ones ([`held::HeldQueue`],
 //! [`counters::EventTally`]) live in each worker's pipeline state.
 
+pub mod bond;
 pub mod clock;
 pub mod counters;
 pub mod dhcp;

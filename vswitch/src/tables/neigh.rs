@@ -791,13 +791,19 @@ mod tests {
             gateway: Ipv4Addr::new(192, 0, 2, 1),
             mtu: 1500,
             segment,
-            io: std::sync::Arc::new(PortIo {
-                kind: PortKind::Tap,
-                queues: Vec::new(),
-                capabilities: Capabilities::default(),
-                host_ifname: None,
-            }),
+            io: std::sync::Arc::new(crate::tables::snapshot::UplinkIo::single(
+                PortId(4_000),
+                "uplink",
+                "eth0",
+                PortIo {
+                    kind: PortKind::Tap,
+                    queues: Vec::new(),
+                    capabilities: Capabilities::default(),
+                    host_ifname: None,
+                },
+            )),
             routing: Default::default(),
+            vlans: std::collections::HashMap::new(),
         };
         let table = Neighbors::new();
         table.confirm(segment, Ipv4Addr::new(192, 0, 2, 1), MAC, 0, true);

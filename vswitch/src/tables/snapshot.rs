@@ -85,8 +85,8 @@ impl PortEntry {
     #[inline]
     pub fn io(&self) -> Option<&Arc<PortIo>> {
         match &self.egress {
-            Egress::Queue(io) | Egress::Uplink(io) => Some(io),
-            Egress::Tunnel(_) => None,
+            Egress::Queue(io) => Some(io),
+            Egress::Tunnel(_) | Egress::Uplink { .. } => None,
         }
     }
 
@@ -95,7 +95,16 @@ impl PortEntry {
     pub fn tunnel(&self) -> Option<&Tunnel> {
         match &self.egress {
             Egress::Tunnel(tunnel) => Some(tunnel),
-            Egress::Queue(_) | Egress::Uplink(_) => None,
+            Egress::Queue(_) | Egress::Uplink { .. } => None,
+        }
+    }
+
+    /// The VLAN, when the port is a Subnet's VLAN on the uplink.
+    #[inline]
+    pub fn vlan(&self) -> Option<u16> {
+        match &self.egress {
+            Egress::Uplink { vlan, .. } => *vlan,
+            Egress::Queue(_) | Egress::Tunnel(_) => None,
         }
     }
 }
@@ -113,8 +122,60 @@ pub enum Egress {
     /// Encapsulated into the overlay by the `vxlan-encap` stage and sent from the VTEP's
     /// queue: to the VTEP learned for the destination MAC, else to every remote VTEP.
     Tunnel(Tunnel),
-    /// Written to the uplink's queue (AF_PACKET), as a device's.
-    Uplink(Arc<PortIo>),
+    /// Written to the uplink's queue (AF_PACKET), as a device's: of the member the bond
+    /// picks for the frame's flow, tagged with `vlan` (a Subnet bound to a VLAN of the
+    /// uplink, whose frames leave tagged) or untagged (the uplink's own traffic).
+    Uplink {
+        /// The uplink's members.
+        io: Arc<UplinkIo>,
+        /// The 802.1Q VLAN ID frames are tagged with.
+        vlan: Option<u16>,
+    },
+}
+
+/// The uplink's devices: one interface, or a bond's members and the bond's shared state.
+#[derive(Debug)]
+pub struct UplinkIo {
+    /// The members (one for an uplink that is not bonded).
+    pub members: Vec<UplinkMember>,
+    /// The bond's state, when the uplink has several members.
+    pub bond: Option<Arc<crate::tables::bond::Bond>>,
+    /// What the bond's monitor reports (for the Uplink's status).
+    pub monitor: Option<Arc<crate::port::bond::MonitorShared>>,
+}
+
+impl UplinkIo {
+    /// An uplink of one interface, `ifname`, counted under `id` and `name`: what tests and
+    /// benchmarks put in a snapshot.
+    pub fn single(id: PortId, name: &str, ifname: &str, io: PortIo) -> UplinkIo {
+        UplinkIo {
+            members: vec![UplinkMember {
+                id,
+                name: name.to_string(),
+                ifname: ifname.to_string(),
+                ifindex: 0,
+                io: Arc::new(io),
+            }],
+            bond: None,
+            monitor: None,
+        }
+    }
+}
+
+/// One interface of the uplink.
+#[derive(Debug)]
+pub struct UplinkMember {
+    /// The id its frames are counted under and its epoll token (the uplink's own id for an
+    /// uplink that is not bonded).
+    pub id: PortId,
+    /// The counter name (the Uplink's name, or `uplink/interface` for a bond's member).
+    pub name: String,
+    /// The host interface.
+    pub ifname: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// The opened device (AF_PACKET queues, one per worker).
+    pub io: Arc<PortIo>,
 }
 
 /// A subnet's tunnel: the virtual port through which a stretched subnet reaches the other
@@ -172,8 +233,8 @@ impl VtepEntry {
 pub enum Ingress<'a> {
     /// A port and its device (a subnet's tunnel has none and is not polled).
     Port(&'a PortEntry, &'a Arc<PortIo>),
-    /// The uplink.
-    Uplink(&'a UplinkEntry),
+    /// The uplink: one of its members, and that member's index.
+    Uplink(&'a UplinkEntry, &'a UplinkMember, usize),
     /// The VTEP.
     Vtep(&'a VtepEntry),
 }
@@ -183,7 +244,7 @@ impl<'a> Ingress<'a> {
     pub fn id(self) -> PortId {
         match self {
             Ingress::Port(port, _) => port.id,
-            Ingress::Uplink(uplink) => uplink.id,
+            Ingress::Uplink(_, member, _) => member.id,
             Ingress::Vtep(vtep) => vtep.id,
         }
     }
@@ -192,7 +253,7 @@ impl<'a> Ingress<'a> {
     pub fn name(self) -> &'a str {
         match self {
             Ingress::Port(port, _) => &port.name,
-            Ingress::Uplink(uplink) => &uplink.name,
+            Ingress::Uplink(_, member, _) => &member.name,
             Ingress::Vtep(_) => VtepEntry::NAME,
         }
     }
@@ -201,7 +262,7 @@ impl<'a> Ingress<'a> {
     pub fn rx(self) -> RxQueues<'a> {
         match self {
             Ingress::Port(_, io) => RxQueues::Device(io),
-            Ingress::Uplink(uplink) => RxQueues::Device(&uplink.io),
+            Ingress::Uplink(_, member, _) => RxQueues::Device(&member.io),
             Ingress::Vtep(vtep) => RxQueues::Vtep(&vtep.io),
         }
     }
@@ -212,7 +273,7 @@ impl<'a> Ingress<'a> {
     pub fn segment(self) -> SubnetId {
         match self {
             Ingress::Port(port, _) => port.subnet,
-            Ingress::Uplink(uplink) => uplink.segment,
+            Ingress::Uplink(uplink, _, _) => uplink.segment,
             Ingress::Vtep(_) => SubnetId(u32::MAX),
         }
     }
@@ -345,10 +406,13 @@ pub struct UplinkEntry {
     /// A segment id reserved for the uplink, so neighbour (ARP) state for the outside can be
     /// kept in the same tables as the subnets'. No SubnetEntry has it.
     pub segment: SubnetId,
-    /// The opened device (AF_PACKET queues, one per worker).
-    pub io: Arc<PortIo>,
+    /// The opened devices (a bond's members, AF_PACKET queues, one per worker each).
+    pub io: Arc<UplinkIo>,
     /// Networks routed through the uplink untranslated, and the inbound filter.
     pub routing: UplinkRouting,
+    /// VLAN ID -> the VLAN port of the Subnet bound to it: tagged frames arriving with that
+    /// VLAN are switched into the Subnet as if received on that port.
+    pub vlans: std::collections::HashMap<u16, PortId>,
 }
 
 /// A Network routed through the uplink without NAT (`Network.spec.uplink.mode: Routed`).
@@ -665,9 +729,10 @@ impl Snapshot {
 
     /// Sets the uplink.
     pub fn with_uplink(mut self, uplink: Option<UplinkEntry>) -> Snapshot {
-        self.uplink_egress = uplink
-            .as_ref()
-            .map(|uplink| Egress::Uplink(Arc::clone(&uplink.io)));
+        self.uplink_egress = uplink.as_ref().map(|uplink| Egress::Uplink {
+            io: Arc::clone(&uplink.io),
+            vlan: None,
+        });
         self.uplink = uplink;
         self
     }
@@ -845,10 +910,14 @@ impl Snapshot {
         if let Some(vtep) = self.vtep.as_ref().filter(|vtep| vtep.id == id) {
             return Some(Ingress::Vtep(vtep));
         }
-        self.uplink
-            .as_ref()
-            .filter(|uplink| uplink.id == id)
-            .map(Ingress::Uplink)
+        let uplink = self.uplink.as_ref()?;
+        let index = uplink
+            .io
+            .members
+            .iter()
+            .position(|member| member.id == id)?;
+        let member = uplink.io.members.get(index)?;
+        Some(Ingress::Uplink(uplink, member, index))
     }
 
     /// Everything the workers poll: the ports with a device, then the uplink and the VTEP.
@@ -858,7 +927,14 @@ impl Snapshot {
             .iter()
             .filter_map(|port| port.io().map(|io| Ingress::Port(port, io)));
         ports
-            .chain(self.uplink.iter().map(Ingress::Uplink))
+            .chain(self.uplink.iter().flat_map(|uplink| {
+                uplink
+                    .io
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, member)| Ingress::Uplink(uplink, member, index))
+            }))
             .chain(self.vtep.iter().map(Ingress::Vtep))
     }
 
@@ -920,7 +996,7 @@ mod tests {
         assert!(matches!(port.egress, Egress::Queue(_)));
         let uplink = snapshot.adjacency(UPLINK).expect("the uplink");
         assert_eq!(uplink.name, "up");
-        assert!(matches!(uplink.egress, Egress::Uplink(_)));
+        assert!(matches!(uplink.egress, Egress::Uplink { vlan: None, .. }));
         assert!(snapshot.adjacency(PortId(77)).is_none());
         // A tunnel's adjacency is the overlay: no device, no queue of its own.
         let tunnel = PortEntry {

@@ -119,6 +119,7 @@ impl Session {
         ingress: Ingress<'_>,
         frame: &mut [u8],
         peer: SocketAddrV4,
+        tag: u32,
         local: &mut Local,
     ) -> Outcome {
         let trace = Trace::live();
@@ -128,7 +129,7 @@ impl Session {
         };
         let packet = describe_frame(frame);
         let first_generated = local.out.generated.len();
-        let outcome = pipeline::input(&traced, ingress, frame, peer, local);
+        let outcome = pipeline::input(&traced, ingress, frame, peer, tag, local);
         let record = finish(
             &traced,
             ingress,

@@ -128,7 +128,7 @@ pub fn run_synthetic(ctx: &Context<'_>, ingress: Ingress<'_>, mut frame: Vec<u8>
     let mut local = Local::new(0);
     let packet = describe_frame(&frame);
     let peer = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    let outcome = pipeline::input(&traced, ingress, &mut frame, peer, &mut local);
+    let outcome = pipeline::input(&traced, ingress, &mut frame, peer, 0, &mut local);
     finish(
         &traced,
         ingress,
@@ -283,11 +283,21 @@ fn note_egress(ctx: &Context<'_>, trace: &Trace, port: PortId, frame: &[u8], des
             Step::Egress,
             format_args!("port {}: {}", adjacency.name, describe_frame(frame)),
         ),
-        Egress::Uplink(_) if describe => trace.note(
+        Egress::Uplink { vlan: None, .. } if describe => trace.note(
             Step::Egress,
             format_args!("uplink {}: {}", adjacency.name, describe_frame(frame)),
         ),
-        Egress::Queue(_) | Egress::Uplink(_) => {}
+        Egress::Uplink {
+            vlan: Some(vid), ..
+        } if describe => trace.note(
+            Step::Egress,
+            format_args!(
+                "uplink VLAN {vid} ({}): {}",
+                adjacency.name,
+                describe_frame(frame)
+            ),
+        ),
+        Egress::Queue(_) | Egress::Uplink { .. } => {}
         Egress::Tunnel(tunnel) => {
             let Some(vtep) = ctx.snapshot.vtep.as_ref() else {
                 trace.note(
@@ -388,7 +398,15 @@ pub fn synthetic(ctx: &Context<'_>, request: &TraceRequest) -> Result<TraceRecor
                 ));
             }
         },
-        (None, Some(uplink)) => Ingress::Uplink(uplink),
+        (None, Some(uplink)) => match uplink.io.members.first() {
+            Some(member) => Ingress::Uplink(uplink, member, 0),
+            None => {
+                return Err(ApiError::invalid(
+                    "in",
+                    format!("the Uplink {:?} has no interface open", uplink.name),
+                ));
+            }
+        },
         (None, None) => {
             let mut known: Vec<&str> = snapshot
                 .ports()
@@ -462,7 +480,7 @@ pub fn synthetic(ctx: &Context<'_>, request: &TraceRequest) -> Result<TraceRecor
 fn default_src_mac(ingress: Ingress<'_>) -> [u8; 6] {
     match ingress {
         Ingress::Port(port, _) => port.mac,
-        Ingress::Uplink(_) | Ingress::Vtep(_) => [0x02, 0, 0, 0, 0, 0x01],
+        Ingress::Uplink(..) | Ingress::Vtep(_) => [0x02, 0, 0, 0, 0, 0x01],
     }
 }
 
@@ -477,7 +495,7 @@ fn default_dst_mac(ctx: &Context<'_>, ingress: Ingress<'_>, spec: &expr::PacketS
     }
     let port = match ingress {
         Ingress::Port(port, _) => port,
-        Ingress::Uplink(uplink) => return uplink.mac,
+        Ingress::Uplink(uplink, ..) => return uplink.mac,
         Ingress::Vtep(_) => return BROADCAST,
     };
     let Some(subnet) = ctx.snapshot.subnet(port.subnet) else {
@@ -636,7 +654,7 @@ mod tests {
         for _ in 0..3 {
             let mut frame = ICMP_ECHO.to_vec();
             if armed.wants(ingress, &frame) {
-                armed.trace(&ctx, ingress, &mut frame, peer, &mut local);
+                armed.trace(&ctx, ingress, &mut frame, peer, 0, &mut local);
             }
         }
         assert!(session.is_done());

@@ -29,7 +29,9 @@ use core::fmt;
 /// Length of `struct virtio_net_hdr` without the `num_buffers` field.
 pub const HEADER_LEN: usize = 10;
 
-mod field {
+/// Byte offsets of the header's fields.
+#[allow(missing_docs)]
+pub mod field {
     pub type Field = core::ops::Range<usize>;
 
     pub const FLAGS: usize = 0;

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod ovs;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name that no other test (or test process) uses: `vst<pid><n><tag>`, short enough for

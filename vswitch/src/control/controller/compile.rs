@@ -39,6 +39,8 @@ pub(super) fn publish(engine: &Engine, inner: &mut Inner) {
         |id| id.0,
     );
     sync_tunnel_ids(engine, inner);
+    sync_vlan_ids(engine, inner);
+    sync_uplink_trunk(inner);
     let now = inner.clock.now_ms() / 1000;
     inner.balancers.sync(&inner.state, &inner.ports, now);
     let rules = nat_rules::compile(&inner.state, &inner.network_ids);
@@ -153,6 +155,37 @@ fn compile(inner: &Inner) -> Snapshot {
             tunnels.insert(u32::from(vni), *id);
         }
     }
+    // Each Subnet bound to a VLAN of the uplink: a port whose frames leave the uplink
+    // tagged, where the uplink's tagged frames of that VLAN come in.
+    let mut vlans = std::collections::HashMap::new();
+    if let Some(open) = &inner.uplink {
+        for (name, id) in &inner.vlan_ids {
+            let (Some(subnet), Some(subnet_id)) =
+                (state.subnets.get(name), inner.subnet_ids.get(name))
+            else {
+                continue;
+            };
+            let Some(vlan) = subnet.spec.vlan else {
+                continue;
+            };
+            ports.push(PortEntry {
+                id: *id,
+                name: format!("{}.{vlan}", open.name),
+                subnet: *subnet_id,
+                mac: [0; 6],
+                ips: Vec::new(),
+                mtu: subnet.spec.mtu.min(open.mtu),
+                allowed_sources: Vec::new(),
+                proxy_arp: false,
+                egress: Egress::Uplink {
+                    io: Arc::clone(&open.io),
+                    vlan: Some(vlan),
+                },
+            });
+            floods.entry(name.as_str()).or_default().push(*id);
+            vlans.insert(vlan, *id);
+        }
+    }
     let vtep = match (&inner.vtep, overlay) {
         (Some(vtep), Some(overlay)) => Some(crate::tables::snapshot::VtepEntry {
             id: vtep.id,
@@ -220,6 +253,7 @@ fn compile(inner: &Inner) -> Snapshot {
             segment: open.segment,
             io: Arc::clone(&open.io),
             routing: uplink_routing(state, network_ids, uplink),
+            vlans,
         })
     });
     let (balancers, backends) = inner.balancers.compile(state, network_ids);
@@ -279,6 +313,100 @@ fn uplink_routing(
                 .collect(),
         });
     UplinkRouting::new(networks, filter)
+}
+
+/// Gives every Subnet with a VLAN a port id while the Uplink is open (ids of VLANs that
+/// went are freed; new ones start with clean counters).
+fn sync_vlan_ids(engine: &Engine, inner: &mut Inner) {
+    let wanted: BTreeSet<String> = if inner.uplink.is_some() {
+        inner
+            .state
+            .subnets
+            .iter()
+            .filter(|(_, s)| s.spec.vlan.is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let Inner {
+        vlan_ids, port_ids, ..
+    } = inner;
+    vlan_ids.retain(|name, id| {
+        let keep = wanted.contains(name);
+        if !keep {
+            port_ids.release(id.0);
+        }
+        keep
+    });
+    for name in wanted {
+        if vlan_ids.contains_key(&name) {
+            continue;
+        }
+        match port_ids.allocate() {
+            Some(id) => {
+                engine.reset_port(PortId(id));
+                vlan_ids.insert(name, PortId(id));
+            }
+            None => tracing::error!(subnet = %name, "no port id left for the subnet's VLAN"),
+        }
+    }
+}
+
+/// Makes the Uplink's members VLAN trunks while a Subnet is bound to a VLAN (and plain
+/// uplinks again when none is), and keeps what a bond's failover announces current.
+fn sync_uplink_trunk(inner: &mut Inner) {
+    let trunk = inner.state.subnets.values().any(|s| s.spec.vlan.is_some());
+    let announce = inner
+        .uplink
+        .as_ref()
+        .and_then(|open| inner.state.uplinks.get(&open.name))
+        .map(|uplink| {
+            (
+                announcements(&inner.state, uplink),
+                nat_rules::uplink_mac(&inner.state, uplink).0,
+            )
+        });
+    let Some(open) = inner.uplink.as_mut() else {
+        return;
+    };
+    if let (Some(monitor), Some((announce, _))) = (&open.monitor, &announce) {
+        let mut current = monitor.shared.announce.lock();
+        if *current != *announce {
+            current.clone_from(announce);
+        }
+    }
+    if open.trunk == trunk {
+        return;
+    }
+    let Some((_, mac)) = announce else {
+        return;
+    };
+    for member in &open.io.members {
+        if let Err(error) = crate::port::uplink::set_trunk(&member.io, member.ifindex, mac, trunk) {
+            tracing::error!(uplink = %open.name, interface = %member.ifname, %error, trunk, "cannot change the uplink's VLAN trunk state");
+        }
+    }
+    open.trunk = trunk;
+}
+
+/// What a bond's new active member announces: the uplink's addresses, and each VLAN
+/// Subnet's gateway on its VLAN.
+pub(super) fn announcements(state: &State, uplink: &Uplink) -> crate::port::bond::Announcements {
+    crate::port::bond::Announcements {
+        addresses: uplink.spec.addresses.iter().map(|a| a.addr()).collect(),
+        gateways: state
+            .subnets
+            .values()
+            .filter_map(|subnet| {
+                Some((
+                    subnet.spec.vlan?,
+                    subnet.spec.gateway,
+                    routing::gateway_mac(state, subnet).0,
+                ))
+            })
+            .collect(),
+    }
 }
 
 /// Gives every Subnet with a VNI a tunnel port id while the VTEP is open (ids of tunnels

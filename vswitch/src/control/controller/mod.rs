@@ -93,6 +93,8 @@ pub struct UplinkDevice {
     pub mtu: u16,
     /// The interface's own MAC (the host's; the switch must use another).
     pub host_mac: [u8; 6],
+    /// The interface's index.
+    pub ifindex: u32,
 }
 
 /// Opens an uplink device: interface name, the switch's MAC, queues (one per worker).
@@ -141,6 +143,7 @@ fn open_uplink_device(
         UplinkDevice {
             mtu: info.mtu,
             host_mac: info.host_mac,
+            ifindex: info.ifindex,
         },
     ))
 }
@@ -395,6 +398,8 @@ struct Inner {
     vtep: Option<OpenVtep>,
     /// Tunnel port ids by Subnet name: the Subnets with a VNI, while the VTEP is open.
     tunnel_ids: BTreeMap<String, PortId>,
+    /// Subnet name -> its VLAN port's id (Subnets bound to a VLAN, while the Uplink is open).
+    vlan_ids: BTreeMap<String, PortId>,
     /// Changes whose device work is under way with the lock released.
     in_flight: Vec<InFlight>,
     /// The LoadBalancers' backend sets and tables.
@@ -426,8 +431,22 @@ struct OpenUplink {
     name: String,
     id: PortId,
     segment: SubnetId,
-    io: Arc<PortIo>,
+    io: Arc<crate::tables::snapshot::UplinkIo>,
     mtu: u16,
+    /// A bond's monitor (stopped when dropped).
+    monitor: Option<port::bond::BondMonitor>,
+    /// The members are VLAN trunks now (Subnets are bound to VLANs).
+    trunk: bool,
+}
+
+impl OpenUplink {
+    /// A bond's members' own ids (none for one interface, which uses the uplink's).
+    fn member_ids(&self) -> Vec<PortId> {
+        if self.io.bond.is_none() {
+            return Vec::new();
+        }
+        self.io.members.iter().map(|m| m.id).collect()
+    }
 }
 
 impl Controller {
@@ -490,6 +509,7 @@ impl Controller {
             uplink_ops,
             vtep: None,
             tunnel_ids: BTreeMap::new(),
+            vlan_ids: BTreeMap::new(),
             in_flight: Vec::new(),
             flights: 0,
             balancers: Balancers::default(),

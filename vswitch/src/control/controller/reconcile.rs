@@ -26,7 +26,7 @@ use crate::control::validate::{Plan, UplinkWork};
 use crate::control::{nat_rules, overlay};
 use crate::port::{self, AttachRequest, MAX_PORTS, PortError, PortId, PortIo};
 use crate::runtime::Engine;
-use crate::tables::snapshot::SubnetId;
+use crate::tables::snapshot::{SubnetId, UplinkIo, UplinkMember};
 
 /// How long a removed port's queues may stay in use by workers (finishing a batch on an
 /// older snapshot) before the controller stops waiting to close them itself.
@@ -113,7 +113,18 @@ impl Controller {
             .map(|(name, _)| name)
             .filter(|name| !inner.ports.contains_key(*name))
             .collect();
-        let needed = new_ports.len() + usize::from(uplink.is_some() && inner.uplink.is_none());
+        // A bond's members each need an id besides the uplink's.
+        let uplink_ids = uplink
+            .as_ref()
+            .map_or(0, |target| match target.ifnames.len() {
+                1 => 1,
+                members => 1 + members,
+            });
+        let held = inner
+            .uplink
+            .as_ref()
+            .map_or(0, |open| 1 + open.member_ids().len());
+        let needed = new_ports.len() + uplink_ids.saturating_sub(held);
         let needed = u64::try_from(needed).unwrap_or(u64::MAX);
         if needed > inner.port_ids.available() {
             return Err(ApiError::Conflict {
@@ -164,10 +175,13 @@ impl Controller {
                 )
                 .ok();
                 let closed = ClosedUplink {
-                    name: open.name,
+                    name: open.name.clone(),
                     id: open.id,
                     segment: open.segment,
+                    members: open.member_ids(),
                 };
+                // The monitor stops first: it writes to the members' bond state.
+                drop(open.monitor);
                 (closed, open.io, target)
             })
         } else {
@@ -255,7 +269,7 @@ impl Controller {
                 .get(&target.name)
                 .map(|u| nat_rules::uplink_mac(&inner.state, u));
             if let Some(uplink) = inner.state.uplinks.get_mut(&target.name) {
-                tracing::info!(uplink = %target.name, interface = %target.ifname, mtu = device.mtu, "opened the uplink");
+                tracing::info!(uplink = %target.name, interfaces = %target.ifnames.join("+"), mtu = device.mtu, "opened the uplink");
                 uplink.status.state = InterfaceState::Up;
                 uplink.status.message = None;
                 uplink.status.mac = mac;
@@ -426,15 +440,15 @@ impl Controller {
         let token = inner.take_off(BTreeMap::new(), true, false);
         let close = inner.uplink_ops.close;
         let closed = ClosedUplink {
-            name: open.name,
+            name: open.name.clone(),
             id: open.id,
             segment: open.segment,
+            members: open.member_ids(),
         };
-        let io = open.io;
+        let OpenUplink { io, monitor, .. } = open;
         inner.unlocked(move || {
-            if let Some(io) = retire(io) {
-                close(io);
-            }
+            drop(monitor);
+            retire_uplink(io, close);
         });
         release_uplink_ids(&self.engine.read(), inner, &closed);
         self.land(inner, token);
@@ -519,13 +533,38 @@ struct ClosedUplink {
     name: String,
     id: PortId,
     segment: SubnetId,
+    /// A bond's members' ids.
+    members: Vec<PortId>,
+}
+
+/// An uplink's opened member devices, in the Uplink's order: interface, queues, what it
+/// reported.
+pub(super) type OpenedMembers = Vec<(String, PortIo, UplinkDevice)>;
+
+/// Closes the members an uplink opened.
+fn close_members(ops: UplinkOps, members: OpenedMembers) {
+    for (_, io, _) in members {
+        (ops.close)(io);
+    }
+}
+
+/// Takes back an uplink's devices once the workers let go of them, and closes each member.
+pub(super) fn retire_uplink(io: Arc<UplinkIo>, close: fn(PortIo)) {
+    let Some(io) = retire(io) else {
+        return;
+    };
+    for member in io.members {
+        if let Some(member) = retire(member.io) {
+            close(member);
+        }
+    }
 }
 
 /// What opening an Uplink needs, read from the state under the lock.
 #[derive(Debug, Clone)]
 pub(super) struct UplinkTarget {
     pub(super) name: String,
-    pub(super) ifname: String,
+    pub(super) ifnames: Vec<String>,
     mac: MacAddr,
     origin: Origin,
 }
@@ -535,7 +574,7 @@ struct DeviceWork {
     removals: Vec<Removal>,
     requests: Vec<(String, AttachRequest)>,
     /// The open Uplink to close first, and how to re-open it if the change fails.
-    old_uplink: Option<(ClosedUplink, Arc<PortIo>, Option<UplinkTarget>)>,
+    old_uplink: Option<(ClosedUplink, Arc<UplinkIo>, Option<UplinkTarget>)>,
     uplink: Option<UplinkTarget>,
     vtep: Option<(Origin, SocketAddrV4)>,
     workers: usize,
@@ -550,13 +589,13 @@ struct Done {
     /// The closed Uplink (its ids are still held) and how to re-open it.
     old_uplink: Option<ClosedUplink>,
     old_uplink_target: Option<UplinkTarget>,
-    uplink: Option<(UplinkTarget, PortIo, UplinkDevice)>,
+    uplink: Option<(UplinkTarget, OpenedMembers, UplinkDevice)>,
     vtep: Option<(SocketAddrV4, port::Vtep)>,
     ops: UplinkOps,
 }
 
 /// An Uplink's device re-opened, or why not.
-type Reopened = Result<(PortIo, UplinkDevice), ApiError>;
+type Reopened = Result<(OpenedMembers, UplinkDevice), ApiError>;
 
 /// The device work, failed and undone: the error, each re-created device restored with its
 /// old port id (or why it could not be), and the closed Uplink re-opened (or why not).
@@ -627,9 +666,7 @@ impl DeviceWork {
             }
         }
         if let Some((old, io, target)) = self.old_uplink {
-            if let Some(io) = retire(io) {
-                (self.ops.close)(io);
-            }
+            retire_uplink(io, self.ops.close);
             tracing::info!(uplink = %old.name, "closed the uplink");
             done.old_uplink = Some(old);
             done.old_uplink_target = target;
@@ -655,9 +692,9 @@ impl Done {
         origin_of: &dyn Fn(Kind, &str) -> Origin,
     ) -> Undone {
         drop(self.vtep);
-        if let Some((target, io, _)) = self.uplink {
+        if let Some((target, members, _)) = self.uplink {
             tracing::debug!(uplink = %target.name, "rollback: closing the uplink the failed change opened");
-            (self.ops.close)(io);
+            close_members(self.ops, members);
         }
         for (name, req, io) in self.created.into_iter().rev() {
             if let Err(err) = port::detach(&req, Some(io)) {
@@ -696,6 +733,10 @@ impl Done {
 fn release_uplink_ids(engine: &Engine, inner: &mut Inner, closed: &ClosedUplink) {
     engine.reset_port(closed.id);
     inner.port_ids.release(closed.id.0);
+    for id in &closed.members {
+        engine.reset_port(*id);
+        inner.port_ids.release(id.0);
+    }
     inner.subnet_id_pool.release(closed.segment.0);
 }
 
@@ -726,18 +767,25 @@ pub(super) fn uplink_target(
     let Some(uplink) = state.uplinks.get(name) else {
         return Err(origin.internal(format!("Uplink {name:?} does not exist")));
     };
-    let ifname = &uplink.spec.interface;
-    if !(ops.exists)(ifname) {
-        return Err(origin.invalid(
-            "spec.interface",
-            format!(
-                "interface {ifname} does not exist in vswitchd's network namespace; name an existing host interface (ip link show)"
-            ),
-        ));
+    let ifnames: Vec<String> = uplink
+        .spec
+        .members()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for (i, ifname) in ifnames.iter().enumerate() {
+        if !(ops.exists)(ifname) {
+            return Err(origin.invalid(
+                &member_field(&uplink.spec, i),
+                format!(
+                    "interface {ifname} does not exist in vswitchd's network namespace; name an existing host interface (ip link show)"
+                ),
+            ));
+        }
     }
     Ok(UplinkTarget {
         name: name.to_string(),
-        ifname: ifname.clone(),
+        ifnames,
         mac: nat_rules::uplink_mac(state, uplink),
         origin: origin.clone(),
     })
@@ -752,20 +800,50 @@ fn open_uplink_target(
     ops: UplinkOps,
     target: &UplinkTarget,
     workers: usize,
-) -> Result<(PortIo, UplinkDevice), ApiError> {
-    let (origin, ifname, mac) = (&target.origin, &target.ifname, target.mac);
-    let (io, device) =
-        (ops.open)(ifname, mac.0, workers).map_err(|err| uplink_error(origin, ifname, err))?;
-    if device.host_mac == mac.0 {
-        (ops.close)(io);
-        return Err(origin.invalid(
-            "spec.mac",
-            format!(
-                "MAC {mac} is {ifname}'s own MAC; the switch needs a MAC of its own on the link or it would take the host's traffic: choose another, or leave mac out to derive one"
-            ),
-        ));
+) -> Result<(OpenedMembers, UplinkDevice), ApiError> {
+    let (origin, mac) = (&target.origin, target.mac);
+    let mut opened: OpenedMembers = Vec::new();
+    for (i, ifname) in target.ifnames.iter().enumerate() {
+        let field = if target.ifnames.len() == 1 {
+            "spec.interface".to_string()
+        } else {
+            format!("spec.interfaces[{i}]")
+        };
+        let (io, device) = match (ops.open)(ifname, mac.0, workers) {
+            Ok(pair) => pair,
+            Err(err) => {
+                close_members(ops, opened);
+                return Err(uplink_error(origin, &field, ifname, err));
+            }
+        };
+        if device.host_mac == mac.0 {
+            (ops.close)(io);
+            close_members(ops, opened);
+            return Err(origin.invalid(
+                "spec.mac",
+                format!(
+                    "MAC {mac} is {ifname}'s own MAC; the switch needs a MAC of its own on the link or it would take the host's traffic: choose another, or leave mac out to derive one"
+                ),
+            ));
+        }
+        opened.push((ifname.clone(), io, device));
     }
-    Ok((io, device))
+    // A bond carries what its smallest member does.
+    let device = UplinkDevice {
+        mtu: opened.iter().map(|(_, _, d)| d.mtu).min().unwrap_or(1500),
+        host_mac: opened.first().map_or([0; 6], |(_, _, d)| d.host_mac),
+        ifindex: opened.first().map_or(0, |(_, _, d)| d.ifindex),
+    };
+    Ok((opened, device))
+}
+
+/// The field that names member `i` of `spec`'s interfaces.
+fn member_field(spec: &crate::control::kinds::uplink::UplinkSpec, i: usize) -> String {
+    if spec.interfaces.is_empty() {
+        "spec.interface".to_string()
+    } else {
+        format!("spec.interfaces[{i}]")
+    }
 }
 
 /// Opens the device of Uplink `name` as `state` describes it, with one queue per worker.
@@ -778,7 +856,7 @@ pub(super) fn open_uplink(
     name: &str,
     workers: usize,
     origin: &Origin,
-) -> Result<(PortIo, UplinkDevice), ApiError> {
+) -> Result<(OpenedMembers, UplinkDevice), ApiError> {
     let target = uplink_target(inner.uplink_ops, state, name, origin)?;
     open_uplink_target(inner.uplink_ops, &target, workers)
 }
@@ -786,7 +864,7 @@ pub(super) fn open_uplink(
 /// Maps an uplink device error to the API: what the user can fix (no such interface, not
 /// Ethernet, down, the MAC is the interface's own) is a 400 on `spec.interface`; anything
 /// else the system's (500).
-fn uplink_error(origin: &Origin, ifname: &str, err: PortError) -> ApiError {
+fn uplink_error(origin: &Origin, field: &str, ifname: &str, err: PortError) -> ApiError {
     let user = match &err {
         PortError::Gone { .. } | PortError::IfnameTaken { .. } => true,
         PortError::Sys { source, .. } => matches!(
@@ -796,7 +874,7 @@ fn uplink_error(origin: &Origin, ifname: &str, err: PortError) -> ApiError {
         PortError::Netns { .. } => false,
     };
     if user {
-        origin.invalid("spec.interface", err)
+        origin.invalid(field, err)
     } else {
         origin.internal(format!("cannot open interface {ifname}: {err}"))
     }
@@ -811,26 +889,123 @@ pub(super) fn install_uplink(
     engine: &Engine,
     inner: &mut Inner,
     name: &str,
-    io: PortIo,
+    members: OpenedMembers,
     device: UplinkDevice,
 ) -> Result<(), ApiError> {
+    let bonded = members.len() > 1;
+    let wanted = 1 + if bonded { members.len() } else { 0 };
+    let full = || ApiError::Conflict {
+        message: format!(
+            "cannot open the uplink: this daemon serves at most {MAX_PORTS} ports (each bond member counts as one); delete unused NetworkInterfaces first"
+        ),
+        field: None,
+    };
+    if inner.port_ids.available() < u64::try_from(wanted).unwrap_or(u64::MAX) {
+        close_members(inner.uplink_ops, members);
+        return Err(full());
+    }
     let (Some(id), Some(segment)) = (inner.port_ids.allocate(), inner.subnet_id_pool.allocate())
     else {
-        (inner.uplink_ops.close)(io);
-        return Err(ApiError::Conflict {
-            message: format!(
-                "cannot open the uplink: this daemon serves at most {MAX_PORTS} ports; delete unused NetworkInterfaces first"
-            ),
-            field: None,
-        });
+        close_members(inner.uplink_ops, members);
+        return Err(full());
     };
-    engine.reset_port(PortId(id));
+    let id = PortId(id);
+    engine.reset_port(id);
+    let mut opened = Vec::with_capacity(members.len());
+    let mut ports = Vec::with_capacity(members.len());
+    for (ifname, io, member_device) in members {
+        // One interface is the uplink itself; a bond's members are counted each on its own.
+        let member_id = if bonded {
+            let Some(member_id) = inner.port_ids.allocate().map(PortId) else {
+                tracing::error!(uplink = %name, member = %ifname, "no port id left for a bond member");
+                (inner.uplink_ops.close)(io);
+                continue;
+            };
+            engine.reset_port(member_id);
+            member_id
+        } else {
+            id
+        };
+        ports.push(crate::port::bond::MemberPort {
+            ifname: ifname.clone(),
+            ifindex: member_device.ifindex,
+            mac: member_device.host_mac,
+        });
+        opened.push(UplinkMember {
+            id: member_id,
+            name: if bonded {
+                format!("{name}/{ifname}")
+            } else {
+                name.to_string()
+            },
+            ifname,
+            ifindex: member_device.ifindex,
+            io: Arc::new(io),
+        });
+    }
+    let uplink = inner.state.uplinks.get(name);
+    let bond_spec = uplink.and_then(|u| u.spec.bond.clone()).unwrap_or_default();
+    let bond = bonded.then(|| {
+        Arc::new(crate::tables::bond::Bond::new(
+            bond_spec.mode.mode(),
+            opened.len(),
+        ))
+    });
+    let monitor = match (&bond, uplink) {
+        (Some(bond), Some(uplink)) => {
+            let mac = nat_rules::uplink_mac(&inner.state, uplink).0;
+            let lacp = bond_spec.lacp.clone().unwrap_or_default();
+            let config = crate::port::bond::BondConfig {
+                uplink: name.to_string(),
+                primary: bond_spec
+                    .primary
+                    .as_ref()
+                    .and_then(|p| ports.iter().position(|m| &m.ifname == p)),
+                members: ports,
+                switch_mac: mac,
+                lacp: crate::port::bond::LacpSettings {
+                    fast: lacp.rate == crate::control::kinds::uplink::LacpRate::Fast,
+                    active: lacp.active,
+                    system_priority: lacp.system_priority,
+                },
+                arp: bond_spec
+                    .arp_monitor
+                    .as_ref()
+                    .map(|arp| crate::port::bond::ArpProbes {
+                        interval_ms: arp.interval_ms,
+                        targets: arp.targets.clone(),
+                    }),
+                peer_notifications: bond_spec.peer_notifications,
+            };
+            let announce = super::compile::announcements(&inner.state, uplink);
+            match crate::port::bond::BondMonitor::start(
+                config,
+                Arc::clone(bond),
+                engine.clock(),
+                engine.event_sink(),
+                announce,
+            ) {
+                Ok(monitor) => Some(monitor),
+                Err(error) => {
+                    tracing::error!(uplink = %name, %error, "cannot start the bond monitor: no member will carry traffic");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     inner.uplink = Some(OpenUplink {
         name: name.to_string(),
-        id: PortId(id),
+        id,
         segment: SubnetId(segment),
-        io: Arc::new(io),
+        io: Arc::new(UplinkIo {
+            members: opened,
+            bond,
+            monitor: monitor.as_ref().map(|m| Arc::clone(&m.shared)),
+        }),
         mtu: device.mtu,
+        monitor,
+        trunk: false,
     });
     Ok(())
 }

@@ -160,6 +160,42 @@ pub struct ConntrackCounters {
 }
 
 impl Controller {
+    /// The bond's members as its monitor last reported them (none without a bond).
+    fn uplink_members(&self) -> Vec<crate::control::kinds::uplink::MemberStatus> {
+        use crate::control::kinds::uplink::{LacpStatus, MemberStatus};
+        let snapshot = self.engine.read().current();
+        let Some(monitor) = snapshot
+            .uplink
+            .as_ref()
+            .and_then(|uplink| uplink.io.monitor.as_ref())
+        else {
+            return Vec::new();
+        };
+        let report = monitor.report.lock().clone();
+        report
+            .into_iter()
+            .map(|member| MemberStatus {
+                interface: member.ifname,
+                carrier: member.carrier,
+                carries_traffic: member.carries,
+                active: member.active,
+                probes_answered: member.probes_answered,
+                lacp: member.lacp.map(|lacp| LacpStatus {
+                    state: lacp.rx_state.to_string(),
+                    selected: lacp.selected,
+                    actor_state: crate::port::lacp::state_words(lacp.actor_state),
+                    partner_system: crate::runtime::format_mac(lacp.partner.system),
+                    partner_key: lacp.partner.key,
+                    partner_port: lacp.partner.port,
+                    partner_state: crate::port::lacp::state_words(lacp.partner.state),
+                    pdus_received: lacp.pdus_rx,
+                    pdus_sent: lacp.pdus_tx,
+                    bad_pdus: lacp.bad_pdus,
+                }),
+            })
+            .collect()
+    }
+
     /// What the status of `kind` needs from the running datapath: masquerade port usage for
     /// NATGateways (nothing for other kinds).
     pub(super) fn live(&self, published: &Published, kind: Kind) -> Live {
@@ -171,6 +207,10 @@ impl Controller {
             },
             Kind::LoadBalancer | Kind::LoadBalancerRouting => Live {
                 load_balancers: published.load_balancers.clone(),
+                ..Live::default()
+            },
+            Kind::Uplink => Live {
+                uplink_members: self.uplink_members(),
                 ..Live::default()
             },
             Kind::NetworkPolicy => Live {
@@ -367,7 +407,7 @@ impl Controller {
         let state = &inner.state;
         let uplink = nat_rules::uplink(state).map(|uplink| NatUplink {
             name: uplink.metadata.name.clone(),
-            interface: uplink.spec.interface.clone(),
+            interface: uplink.spec.interfaces_text(),
             mac: uplink.status.mac.map(|m| m.to_string()),
             gateway: uplink.spec.gateway,
             state: uplink.status.state.to_string(),

@@ -159,6 +159,11 @@ impl Errors {
         self.errors.is_empty()
     }
 
+    /// How many errors were recorded (a check can tell whether its own steps added any).
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
     /// `Ok` when nothing was recorded, else every error as one [`ApiError`].
     ///
     /// # Errors
@@ -229,6 +234,8 @@ pub struct StatusView {
     pub load_balancers: BTreeMap<String, LoadBalancerLive>,
     /// NetworkPolicies as compiled and counted, by key.
     pub network_policies: BTreeMap<String, network_policy::NetworkPolicyStatus>,
+    /// The Uplink's bond members as its monitor sees them.
+    pub uplink_members: Vec<uplink::MemberStatus>,
 }
 
 /// A LoadBalancer as the datapath serves it: its backend counts and backends.

@@ -60,6 +60,12 @@ pub struct SubnetSpec {
     /// Needs an Overlay on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
+    /// The 802.1Q VLAN (1..=4094) this subnet is bound to on the node's Uplink: the uplink
+    /// becomes a trunk, the subnet's frames leave it tagged with this VLAN and tagged frames
+    /// of this VLAN arriving there are switched into the subnet (hosts outside are on the
+    /// subnet's L2 segment; the gateway stays the switch's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     /// The remote VTEPs that receive this subnet's broadcast and unknown unicast (head-end
     /// replication). Default: the Overlay's `peers`. Only with `vni`.
     #[serde(
@@ -271,6 +277,7 @@ spec:
             ));
         }
         errors.check(check_vni(cx.origin, cx.next, &self.metadata.name, self));
+        errors.check(check_vlan(cx.origin, cx.next, &self.metadata.name, self));
         check_dns(cx.origin, &self.spec, errors);
         check_dhcp(cx.origin, &self.spec, errors);
         let served = |s: &Subnet| s.spec.dhcp.as_ref().is_some_and(|d| d.enabled);
@@ -338,7 +345,7 @@ spec:
     fn columns(wide: bool) -> Vec<&'static str> {
         let mut columns = vec!["NAME", "NETWORK", "CIDR", "GATEWAY", "MTU"];
         if wide {
-            columns.extend(["RANGE", "RESERVED", "GATEWAY-MAC", "LABELS"]);
+            columns.extend(["RANGE", "RESERVED", "GATEWAY-MAC", "VLAN", "LABELS"]);
         }
         columns
     }
@@ -362,6 +369,7 @@ spec:
                 range,
                 cells(&spec.reserved),
                 cells(gateway_mac.iter()),
+                cells(spec.vlan.iter()),
                 labels_cell(&self.metadata),
             ]);
         }
@@ -742,6 +750,37 @@ fn check_against_uplink(origin: &Origin, next: &State, subnet: &Subnet) -> Resul
 ///
 /// # Errors
 /// [`ApiError`] naming the field.
+/// The highest 802.1Q VLAN ID a Subnet may take (4095 is reserved, 0 means no VLAN).
+pub const MAX_VLAN: u16 = 4094;
+
+/// `spec.vlan`: in range, and no other Subnet's (one Uplink per node: a VLAN is one segment).
+fn check_vlan(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Result<(), ApiError> {
+    let Some(vlan) = subnet.spec.vlan else {
+        return Ok(());
+    };
+    if vlan == 0 || vlan > MAX_VLAN {
+        return Err(origin.invalid(
+            "spec.vlan",
+            format!(
+                "{vlan} is out of range: an 802.1Q VLAN ID is 1..={MAX_VLAN} (0 and 4095 are reserved)"
+            ),
+        ));
+    }
+    if let Some((other, _)) = next
+        .subnets
+        .iter()
+        .find(|(other, s)| other.as_str() != name && s.spec.vlan == Some(vlan))
+    {
+        return Err(origin.conflict(
+            "spec.vlan",
+            format!(
+                "VLAN {vlan} of the Uplink is already Subnet {other:?}'s; each VLAN is one segment: choose another VLAN"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_vni(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Result<(), ApiError> {
     let Some(vni) = subnet.spec.vni else {
         if !subnet.spec.remote_vteps.is_empty() {

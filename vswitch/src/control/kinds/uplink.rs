@@ -114,8 +114,19 @@ impl<'de> Deserialize<'de> for UplinkAddress {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UplinkSpec {
     /// A host interface in vswitchd's namespace (e.g. `eth1`); not one of the switch's ports.
-    #[serde(deserialize_with = "de_ifname")]
+    /// Give it, or `interfaces` for a bond.
+    #[serde(
+        default,
+        deserialize_with = "de_ifname",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub interface: String,
+    /// Host interfaces bonded into one uplink (2 to 8; with `bond`), instead of `interface`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// How `interfaces` are bonded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<BondSpec>,
     /// The addresses the switch owns on the link (NAT addresses, virtual IPs, forwarded
     /// addresses come from them). Never the host's own addresses.
     #[serde(deserialize_with = "de_uplink_addresses")]
@@ -236,7 +247,138 @@ fn de_opt_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>
         .ok_or_else(|| D::Error::custom(format!("invalid port {value}: must be 1..=65535")))
 }
 
+/// `spec.bond.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum BondModeSpec {
+    /// One member carries everything; another takes over when it fails.
+    #[default]
+    #[serde(rename = "active-backup")]
+    ActiveBackup,
+    /// Flows are spread over the members that are up by a hash of their addresses and
+    /// ports (a flow keeps its member: never reordered); no protocol with the peer.
+    #[serde(rename = "balance-xor")]
+    BalanceXor,
+    /// LACP (IEEE 802.1AX): flows are spread over the members the switch and its partner
+    /// aggregated.
+    #[serde(rename = "802.3ad")]
+    Lacp,
+}
+
+impl fmt::Display for BondModeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mode().as_str())
+    }
+}
+
+impl BondModeSpec {
+    /// The datapath's mode.
+    pub fn mode(self) -> crate::tables::bond::BondMode {
+        match self {
+            BondModeSpec::ActiveBackup => crate::tables::bond::BondMode::ActiveBackup,
+            BondModeSpec::BalanceXor => crate::tables::bond::BondMode::BalanceXor,
+            BondModeSpec::Lacp => crate::tables::bond::BondMode::Lacp,
+        }
+    }
+}
+
+/// `spec.bond.lacp.rate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LacpRate {
+    /// The partner sends a PDU every second; it is expired after 3 s of silence.
+    #[default]
+    Fast,
+    /// Every 30 s; expired after 90 s.
+    Slow,
+}
+
+/// `spec.bond.lacp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LacpSpec {
+    /// `fast` (the default) or `slow`.
+    #[serde(default)]
+    pub rate: LacpRate,
+    /// Send LACPDUs unprompted (the default) or only answer (`false`: passive).
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// The system priority (lower wins); 65535 by default.
+    #[serde(default = "lowest_priority")]
+    pub system_priority: u16,
+}
+
+impl Default for LacpSpec {
+    fn default() -> LacpSpec {
+        LacpSpec {
+            rate: LacpRate::Fast,
+            active: true,
+            system_priority: u16::MAX,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn lowest_priority() -> u16 {
+    u16::MAX
+}
+
+fn one() -> u8 {
+    1
+}
+
+/// `spec.bond.arpMonitor`: ARP probes that prove a member works beyond its carrier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArpMonitorSpec {
+    /// How often each target is asked on each member, ms (10..=60000).
+    pub interval_ms: u64,
+    /// The addresses asked (1 to 16), on the link of the uplink's addresses.
+    pub targets: Vec<Ipv4Addr>,
+}
+
+/// `spec.bond`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BondSpec {
+    /// `active-backup` (the default), `balance-xor` or `802.3ad`.
+    #[serde(default)]
+    pub mode: BondModeSpec,
+    /// active-backup: the member used whenever it is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// 802.3ad: LACP settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lacp: Option<LacpSpec>,
+    /// Optional ARP probes (active-backup, balance-xor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp_monitor: Option<ArpMonitorSpec>,
+    /// Gratuitous ARPs sent per address when the active member changes (0..=16, 1 by
+    /// default).
+    #[serde(default = "one")]
+    pub peer_notifications: u8,
+}
+
+/// The most members a bond takes.
+pub const MAX_BOND_MEMBERS: usize = crate::tables::bond::MAX_MEMBERS;
+
 impl UplinkSpec {
+    /// The host interfaces: `interfaces`, or `interface` alone.
+    pub fn members(&self) -> Vec<&str> {
+        if self.interfaces.is_empty() {
+            vec![self.interface.as_str()]
+        } else {
+            self.interfaces.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The interfaces as the table and messages show them (`a+b` for a bond).
+    pub fn interfaces_text(&self) -> String {
+        self.members().join("+")
+    }
+
     /// True when `addr` is one of the addresses the switch owns here.
     pub fn owns(&self, addr: Ipv4Addr) -> bool {
         self.addresses.iter().any(|a| a.addr() == addr)
@@ -259,6 +401,68 @@ pub struct UplinkStatus {
     /// Why the state is what it is, when not `up`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A bond's members as its monitor sees them now (not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// The Subnets bound to the uplink's VLANs (not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<VlanStatus>,
+}
+
+/// A Subnet on a VLAN of the uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VlanStatus {
+    /// The VLAN ID.
+    pub vlan: u16,
+    /// The Subnet.
+    pub subnet: String,
+}
+
+/// One bond member's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberStatus {
+    /// The host interface.
+    pub interface: String,
+    /// The link has carrier.
+    pub carrier: bool,
+    /// Frames leave on it (it is up, and in 802.3ad aggregated with the partner).
+    pub carries_traffic: bool,
+    /// The active member (active-backup).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub active: bool,
+    /// ARP probes are answered (true without an ARP monitor).
+    pub probes_answered: bool,
+    /// LACP (802.3ad).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lacp: Option<LacpStatus>,
+}
+
+/// One member's LACP state, in Open vSwitch's words.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LacpStatus {
+    /// `current`, `expired` or `defaulted`.
+    pub state: String,
+    /// Aggregated with the partner.
+    pub selected: bool,
+    /// Our state bits (`activity timeout aggregation synchronized collecting distributing`).
+    pub actor_state: String,
+    /// The partner's system id (its MAC).
+    pub partner_system: String,
+    /// The partner's key.
+    pub partner_key: u16,
+    /// The partner's port.
+    pub partner_port: u16,
+    /// The partner's state bits.
+    pub partner_state: String,
+    /// LACPDUs received.
+    pub pdus_received: u64,
+    /// LACPDUs sent.
+    pub pdus_sent: u64,
+    /// Malformed ones received.
+    pub bad_pdus: u64,
 }
 
 /// The node's uplink (at most one).
@@ -312,7 +516,28 @@ spec:
         self.status = old.map(|o| o.status.clone()).unwrap_or_default();
     }
 
+    /// The bond's members as the monitor sees them, the Subnets on the uplink's VLANs.
+    fn observe(&mut self, state: &State, view: &StatusView) {
+        self.status.members.clone_from(&view.uplink_members);
+        self.status.vlans = state
+            .subnets
+            .iter()
+            .filter_map(|(name, subnet)| {
+                subnet.spec.vlan.map(|vlan| VlanStatus {
+                    vlan,
+                    subnet: name.clone(),
+                })
+            })
+            .collect();
+        self.status.vlans.sort_by_key(|v| v.vlan);
+    }
+
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
+        let before = errors.len();
+        check_members(cx.origin, &self.spec, errors);
+        if errors.len() > before {
+            return;
+        }
         errors.check(check_uplink(cx.origin, cx.next, cx.batch, self));
         if let Some(inbound) = &self.spec.inbound {
             check_inbound(cx.origin, inbound, errors);
@@ -359,7 +584,10 @@ spec:
         let (spec, status) = (&self.spec, &self.status);
         let mut row = vec![
             self.metadata.name.clone(),
-            spec.interface.clone(),
+            match &spec.bond {
+                Some(bond) => format!("{}({})", spec.interfaces_text(), bond.mode),
+                None => spec.interfaces_text(),
+            },
             cells(&spec.addresses),
             spec.gateway.to_string(),
             cells(status.mac.or(spec.mac).iter()),
@@ -374,6 +602,115 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// `spec.interface`, `spec.interfaces` and `spec.bond`, each wrong field pushed to
+/// `errors` with its path.
+fn check_members(origin: &Origin, spec: &UplinkSpec, errors: &mut Errors) {
+    match (spec.interface.is_empty(), spec.interfaces.is_empty()) {
+        (true, true) => errors.push(origin.invalid(
+            "spec.interface",
+            "an Uplink needs a host interface: give interface: eth1, or interfaces: [eth1, eth2] with bond for a bond",
+        )),
+        (false, false) => errors.push(origin.invalid(
+            "spec.interfaces",
+            "give interface (one host interface) or interfaces (a bond), not both",
+        )),
+        _ => {}
+    }
+    if !spec.interfaces.is_empty() && !(2..=MAX_BOND_MEMBERS).contains(&spec.interfaces.len()) {
+        errors.push(origin.invalid(
+            "spec.interfaces",
+            format!(
+                "a bond has 2 to {MAX_BOND_MEMBERS} members, not {}; for one interface write interface: NAME",
+                spec.interfaces.len()
+            ),
+        ));
+    }
+    let mut seen = BTreeMap::new();
+    for (i, member) in spec.interfaces.iter().enumerate() {
+        let field = format!("spec.interfaces[{i}]");
+        if let Err(message) = crate::control::resource::check_ifname(member) {
+            errors.push(origin.invalid(&field, message));
+        }
+        if let Some(first) = seen.insert(member.as_str(), i) {
+            errors.push(origin.invalid(
+                &field,
+                format!("{member} is already spec.interfaces[{first}]: list each member once"),
+            ));
+        }
+    }
+    let Some(bond) = &spec.bond else {
+        if spec.interfaces.len() > 1 {
+            errors.push(origin.invalid(
+                "spec.bond",
+                "several interfaces need a bond: add bond: {mode: active-backup | balance-xor | 802.3ad}",
+            ));
+        }
+        return;
+    };
+    if spec.interfaces.is_empty() {
+        errors.push(origin.invalid(
+            "spec.bond",
+            "a bond bonds spec.interfaces: list the members there (interfaces: [eth1, eth2]) instead of interface",
+        ));
+    }
+    if let Some(primary) = &bond.primary {
+        if bond.mode != BondModeSpec::ActiveBackup {
+            errors.push(origin.invalid(
+                "spec.bond.primary",
+                format!("only active-backup has a primary member, not {}", bond.mode),
+            ));
+        } else if !spec.interfaces.contains(primary) {
+            errors.push(origin.invalid(
+                "spec.bond.primary",
+                format!(
+                    "{primary} is not one of spec.interfaces ({})",
+                    spec.interfaces.join(", ")
+                ),
+            ));
+        }
+    }
+    if bond.lacp.is_some() && bond.mode != BondModeSpec::Lacp {
+        errors.push(origin.invalid(
+            "spec.bond.lacp",
+            format!("LACP settings need mode: 802.3ad, not {}", bond.mode),
+        ));
+    }
+    if let Some(arp) = &bond.arp_monitor {
+        if bond.mode == BondModeSpec::Lacp {
+            errors.push(origin.invalid(
+                "spec.bond.arpMonitor",
+                "802.3ad members are proven by LACP; an ARP monitor is for active-backup and balance-xor",
+            ));
+        }
+        if !(10..=60_000).contains(&arp.interval_ms) {
+            errors.push(origin.invalid(
+                "spec.bond.arpMonitor.intervalMs",
+                format!("{} is out of range: 10..=60000 ms", arp.interval_ms),
+            ));
+        }
+        if arp.targets.is_empty() || arp.targets.len() > 16 {
+            errors.push(origin.invalid(
+                "spec.bond.arpMonitor.targets",
+                format!("give 1 to 16 addresses to probe, not {}", arp.targets.len()),
+            ));
+        }
+        for (i, target) in arp.targets.iter().enumerate() {
+            if target.is_unspecified() || target.is_broadcast() || target.is_multicast() {
+                errors.push(origin.invalid(
+                    &format!("spec.bond.arpMonitor.targets[{i}]"),
+                    format!("{target} is not a host address"),
+                ));
+            }
+        }
+    }
+    if bond.peer_notifications > 16 {
+        errors.push(origin.invalid(
+            "spec.bond.peerNotifications",
+            format!("{} is out of range: 0..=16", bond.peer_notifications),
+        ));
     }
 }
 
@@ -453,29 +790,36 @@ fn check_uplink(
             "metadata.name",
             format!(
                 "Uplink {:?} already exists (interface {}); a node has one Uplink: change that one, or delete it first",
-                other.metadata.name, other.spec.interface
+                other.metadata.name, other.spec.interfaces_text()
             ),
         ));
     }
-    if spec.interface == "lo" {
-        return Err(origin.invalid(
-            "spec.interface",
-            "lo is the loopback interface; name the host interface that leads outside (e.g. eth1)",
-        ));
-    }
-    let ours = next.network_interfaces.values().find(|nic| {
-        nic.status.host_ifname.as_deref() == Some(spec.interface.as_str())
-            || (nic.spec.kind == PortKind::Veth
-                && crate::port::host_ifname(&nic.metadata.key()) == spec.interface)
-    });
-    if let Some(nic) = ours {
-        return Err(origin.invalid(
-            "spec.interface",
-            format!(
-                "{} is the host end of NetworkInterface {:?}, a port of this switch; name a host interface that leads outside (e.g. eth1)",
-                spec.interface, nic.metadata.key()
-            ),
-        ));
+    for (i, member) in spec.members().into_iter().enumerate() {
+        let field = if spec.interfaces.is_empty() {
+            "spec.interface".to_string()
+        } else {
+            format!("spec.interfaces[{i}]")
+        };
+        if member == "lo" {
+            return Err(origin.invalid(
+                &field,
+                "lo is the loopback interface; name the host interface that leads outside (e.g. eth1)",
+            ));
+        }
+        let ours = next.network_interfaces.values().find(|nic| {
+            nic.status.host_ifname.as_deref() == Some(member)
+                || (nic.spec.kind == PortKind::Veth
+                    && crate::port::host_ifname(&nic.metadata.key()) == member)
+        });
+        if let Some(nic) = ours {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "{member} is the host end of NetworkInterface {:?}, a port of this switch; name a host interface that leads outside (e.g. eth1)",
+                    nic.metadata.key()
+                ),
+            ));
+        }
     }
     let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     for (index, address) in spec.addresses.iter().enumerate() {

@@ -109,20 +109,29 @@ const fn branch(here: usize, k: u32, yes: usize, no: usize) -> BpfInstruction {
 ///   `PACKET_FANOUT_FLAG_IGNORE_OUTGOING`, and the host's own ARP broadcasts must not look like
 ///   requests from the wire;
 /// - it carries no VLAN tag that the NIC took off (the uplink is the untagged network; tagged
-///   frames belong to the host's VLAN interfaces and would otherwise look untagged);
+///   frames belong to the host's VLAN interfaces and would otherwise look untagged), unless
+///   the uplink is a `trunk` (Subnets are bound to its VLANs): then every tagged frame is
+///   kept, whatever its destination (the switch's VLANs extend its Subnets, so frames for
+///   their containers' MACs, broadcast and multicast all concern it; it counts and drops
+///   the VLANs it does not serve);
 /// - its destination is `mac`, or it is a broadcast ARP frame (requests for the switch's
 ///   addresses; every other broadcast and all multicast are for the host).
 ///
 /// Frames for the host's own MAC, other hosts' unicast (seen in promiscuous mode) and short
 /// frames are dropped in the kernel before any copy.
-pub fn uplink_program(mac: [u8; 6]) -> [BpfInstruction; at::LEN] {
+pub fn uplink_program(mac: [u8; 6], trunk: bool) -> [BpfInstruction; at::LEN] {
     let high = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
     let low = u32::from(u16::from_be_bytes([mac[4], mac[5]]));
     [
         load(op::LD_W_ABS, AD_PKTTYPE),
         branch(at::NOT_OUTGOING, PACKET_OUTGOING, at::REJECT, at::VLAN),
         load(op::LD_W_ABS, AD_VLAN_TAG_PRESENT),
-        branch(at::UNTAGGED, 0, at::DST_HIGH, at::REJECT),
+        branch(
+            at::UNTAGGED,
+            0,
+            at::DST_HIGH,
+            if trunk { at::ACCEPT } else { at::REJECT },
+        ),
         load(op::LD_W_ABS, 0),
         branch(at::IS_OURS_HIGH, high, at::DST_LOW, at::IS_BROADCAST_HIGH),
         load(op::LD_H_ABS, 4),
@@ -226,8 +235,12 @@ mod tests {
     }
 
     fn verdict(destination: [u8; 6], ethertype: u16, meta: Meta) -> u32 {
-        interpret(&uplink_program(OURS), &frame(destination, ethertype), meta)
-            .expect("the program uses only instructions the interpreter knows")
+        interpret(
+            &uplink_program(OURS, false),
+            &frame(destination, ethertype),
+            meta,
+        )
+        .expect("the program uses only instructions the interpreter knows")
     }
 
     #[test]
@@ -297,11 +310,24 @@ mod tests {
         };
         assert_eq!(verdict(OURS, 0x0800, tagged), REJECT);
         assert_eq!(verdict([0xff; 6], 0x0806, tagged), REJECT);
+        // A trunk keeps every tagged frame (a container's MAC, multicast), and still only
+        // the untagged frames for the switch.
+        let trunk = |destination: [u8; 6], meta| {
+            interpret(
+                &uplink_program(OURS, true),
+                &frame(destination, 0x0800),
+                meta,
+            )
+        };
+        assert_eq!(trunk([0x02, 9, 9, 9, 9, 9], tagged), Some(ACCEPT));
+        assert_eq!(trunk([0x01, 0, 0x5e, 0, 0, 1], tagged), Some(ACCEPT));
+        assert_eq!(trunk([0x02, 9, 9, 9, 9, 9], RECEIVED), Some(REJECT));
+        assert_eq!(trunk(OURS, RECEIVED), Some(ACCEPT));
     }
 
     #[test]
     fn rejects_short_frames() {
-        let program = uplink_program(OURS);
+        let program = uplink_program(OURS, false);
         assert_eq!(interpret(&program, &[], RECEIVED), Some(REJECT));
         assert_eq!(interpret(&program, &OURS[..5], RECEIVED), Some(REJECT));
         // Broadcast destination but no EtherType.
@@ -310,7 +336,7 @@ mod tests {
 
     #[test]
     fn every_path_ends_in_a_return() {
-        let program = uplink_program(OURS);
+        let program = uplink_program(OURS, false);
         assert_eq!(program.last().map(|i| i.code), Some(op::RET_K));
         for (index, instruction) in program.iter().enumerate() {
             if instruction.code == op::JEQ_K {
@@ -347,7 +373,7 @@ mod tests {
         );
         assert_eq!(PACKET_OUTGOING, u32::from(libc::PACKET_OUTGOING));
         assert_eq!(size_of::<libc::sock_filter>(), 8);
-        let kernel = to_kernel(&uplink_program(OURS));
+        let kernel = to_kernel(&uplink_program(OURS, false));
         assert_eq!(kernel.len(), at::LEN);
         assert_eq!(kernel[0].code, op::LD_W_ABS);
     }

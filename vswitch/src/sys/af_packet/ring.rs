@@ -389,6 +389,20 @@ impl Geometry {
 }
 
 /// `start..start + len` when it ends at or before `limit`.
+/// The VLAN tag a `tpacket2_hdr` reports (`TPID << 16 | TCI`), 0 when the frame had none.
+/// A kernel that reports no TPID used 802.1Q's.
+fn vlan_tag(status: u32, header: &libc::tpacket2_hdr) -> u32 {
+    if status & libc::TP_STATUS_VLAN_VALID == 0 {
+        return 0;
+    }
+    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+        header.tp_vlan_tpid
+    } else {
+        0x8100
+    };
+    (u32::from(tpid) << 16) | u32::from(header.tp_vlan_tci)
+}
+
 fn span(start: usize, len: usize, limit: usize) -> Option<Range<usize>> {
     let end = start.checked_add(len)?;
     (end <= limit).then_some(start..end)
@@ -563,6 +577,9 @@ impl Ring {
             // SAFETY: the slot is ours (TP_STATUS_USER, acquired above) and starts with a
             // `tpacket2_hdr`, a struct of integers.
             let header = unsafe { self.mapping.read::<libc::tpacket2_hdr>(frame) };
+            // The kernel took the 802.1Q tag off before the taps ran; it is only here (for a
+            // copied frame too: the ring's header describes it).
+            let tag = header.as_ref().map_or(0, |header| vlan_tag(status, header));
             let length = match header {
                 _ if status & libc::TP_STATUS_COPY != 0 => {
                     // The ring holds a truncated copy; the whole frame waits on the socket.
@@ -589,7 +606,7 @@ impl Ring {
             };
             match length {
                 Some(length) => {
-                    batch.commit(length);
+                    batch.commit_tagged(length, tag);
                     received += 1;
                 }
                 None => self.truncated += 1,

@@ -44,6 +44,7 @@ fn fake_ops() -> UplinkOps {
             UplinkDevice {
                 mtu: 1400,
                 host_mac,
+                ifindex: 0,
             },
         ))
     }
