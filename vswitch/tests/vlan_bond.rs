@@ -170,7 +170,19 @@ fn subnets_on_vlans_of_a_trunk_to_open_vswitch() {
     let c10 = Netns::new("c10");
     let c20 = Netns::new("c20");
     let ip10 = topology.daemon.attach(&c10, &["--subnet", "v10"]);
-    let ip20 = topology.daemon.attach(&c20, &["--subnet", "v20"]);
+    // An access port of VLAN 20: the switch picks the Subnet bound to it.
+    let ip20 = topology.daemon.attach(&c20, &["--vlan", "20"]);
+    let nic = topology
+        .daemon
+        .ctl_json(&["get", "networkinterface", &c20.name]);
+    assert_eq!(nic["spec"]["subnet"], "v20", "{nic}");
+    let refused = topology
+        .daemon
+        .ctl_err(&["attach", &c20.name, "--name", "x", "--vlan", "99"]);
+    assert!(
+        refused.contains("spec.vlan") && refused.contains("no Subnet is bound to VLAN 99"),
+        "{refused}"
+    );
 
     // Same segment across the trunk, both ways.
     assert!(
@@ -546,4 +558,101 @@ spec: {network: default, cidr: 10.2.0.0/24, gateway: 10.2.0.1, vlan: 7}
         !listed.contains("10.1.0.0"),
         "a refused batch left state behind:\n{listed}"
     );
+}
+
+/// ARP probes catch a member whose link stays up but leads nowhere: the active member's
+/// path is cut behind a Linux bridge (its port leaves the bridge, the carrier stays), the
+/// probes go unanswered and the backup takes over.
+#[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces, veths and a bridge"]
+fn arp_monitor_fails_over_when_the_carrier_stays_up() {
+    require(&["ping", "python3"]);
+    let node = Netns::new("na");
+    let switch = Netns::new("sw");
+    let out = Netns::new("oa");
+    switch.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    switch.exec_ok(&["ip", "link", "set", "br0", "up"]);
+    for (member, port) in [("m1", "s1"), ("m2", "s2")] {
+        common::run(
+            "ip",
+            &[
+                "link",
+                "add",
+                member,
+                "netns",
+                &node.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                &switch.name,
+            ],
+        );
+        node.exec_ok(&["ip", "link", "set", member, "up"]);
+        switch.exec_ok(&["ip", "link", "set", port, "master", "br0", "up"]);
+    }
+    common::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "s0",
+            "netns",
+            &switch.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &out.name,
+        ],
+    );
+    switch.exec_ok(&["ip", "link", "set", "s0", "master", "br0", "up"]);
+    out.exec_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+    out.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    let daemon = Daemon::start_in(&node.name, 1, &[]);
+    daemon.apply_yaml(&config(
+        &["m1", "m2"],
+        Some("{mode: active-backup, primary: m1, arpMonitor: {intervalMs: 100, targets: [203.0.113.1]}}"),
+    ));
+    let member = |interface: &str, field: &str| -> serde_json::Value {
+        let uplink = daemon.ctl_json(&["get", "uplink", "up"]);
+        uplink["status"]["members"]
+            .as_array()
+            .and_then(|members| members.iter().find(|m| m["interface"] == interface))
+            .map(|m| m[field].clone())
+            .unwrap_or_default()
+    };
+    wait_until("m1 active", Duration::from_secs(10), || {
+        (member("m1", "active") == true).then_some(())
+    });
+    // Answered probes keep m1 active well past the grace of three intervals.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(member("m1", "active"), true);
+    assert_eq!(member("m1", "probesAnswered"), true);
+    // Cut m1's path; its carrier stays up.
+    let cut = Instant::now();
+    switch.exec_ok(&["ip", "link", "set", "s1", "nomaster"]);
+    wait_until(
+        "m2 active after m1's probes went unanswered",
+        Duration::from_secs(5),
+        || (member("m2", "active") == true).then_some(()),
+    );
+    eprintln!(
+        "arp monitor: m2 took over {:?} after m1's path was cut (interval 100 ms, 3 missed)",
+        cut.elapsed()
+    );
+    assert_eq!(member("m1", "carrier"), true, "the carrier never went");
+    let probes = daemon.stats()["events"]["bond.arp_probe_sent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(probes > 0);
+    // The path comes back: the primary takes over again.
+    switch.exec_ok(&["ip", "link", "set", "s1", "master", "br0"]);
+    wait_until("m1 active again", Duration::from_secs(10), || {
+        (member("m1", "active") == true).then_some(())
+    });
 }

@@ -446,9 +446,12 @@ pub struct AttachArgs {
     /// The namespace: a name under /run/netns, a path (e.g. /proc/1234/ns/net), or pid:N.
     #[arg(value_parser = parse_netns)]
     pub netns: Netns,
-    /// The Subnet to attach to [default: default].
+    /// The Subnet to attach to [default: the one bound to --vlan, else default].
     #[arg(long, value_name = "SUBNET")]
     pub subnet: Option<String>,
+    /// An access port of this VLAN (1..=4094): joins the Subnet bound to it.
+    #[arg(long, value_name = "VLAN", value_parser = clap::value_parser!(u16).range(1..=4094))]
+    pub vlan: Option<u16>,
     /// The address: `auto` (allocated by IPAM), A.B.C.D/N (A.B.C.D alone takes the
     /// subnet's prefix length), or `dhcp`: allocated by IPAM and leased by the switch's
     /// DHCP server to the container's own client (the interface is left unaddressed; the

@@ -99,14 +99,19 @@ pub fn build_interface(args: &AttachArgs) -> Result<Value, String> {
     }
 
     let mut spec = Map::new();
-    spec.insert(
-        "subnet".into(),
-        Value::String(
-            args.subnet
-                .clone()
-                .unwrap_or_else(|| DEFAULT_SUBNET.to_owned()),
-        ),
-    );
+    match (&args.subnet, args.vlan) {
+        (Some(subnet), _) => {
+            spec.insert("subnet".into(), Value::String(subnet.clone()));
+        }
+        // The switch picks the Subnet bound to the VLAN.
+        (None, Some(_)) => {}
+        (None, None) => {
+            spec.insert("subnet".into(), Value::String(DEFAULT_SUBNET.to_owned()));
+        }
+    }
+    if let Some(vlan) = args.vlan {
+        spec.insert("vlan".into(), json!(vlan));
+    }
     spec.insert("netns".into(), Value::String(args.netns.to_string()));
     spec.insert("ifname".into(), Value::String(args.ifname.clone()));
     spec.insert("kind".into(), Value::String(args.kind.as_str().to_owned()));

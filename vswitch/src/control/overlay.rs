@@ -261,6 +261,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 ..metadata(HOST, &owner)
             },
             spec: NetworkInterfaceSpec {
+                vlan: None,
                 subnet: HOST.into(),
                 netns: NetnsRef::Path(PathBuf::from("/proc/self/ns/net")),
                 ifname: HOST_IFNAME.into(),

@@ -20,7 +20,9 @@ use serde::Serialize;
 
 use super::ApiError;
 use super::ipam::{self, IpamError, Pool};
-use super::kinds::{Batch, CheckContext, Errors, KindVisitor, ResourceVisitor};
+use super::kinds::{
+    Batch, CheckContext, Completion, Errors, KindVisitor, Resource, ResourceVisitor,
+};
 use super::nat_rules;
 use super::overlay;
 use super::resource::OWNER_LABEL;
@@ -97,6 +99,24 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     let mut created_nics = Vec::new();
     let mut virtual_ips = Vec::new();
 
+    // What defaults need from the whole batch: the Subnets' VLANs.
+    let mut completion = Completion::default();
+    let mut subnets: BTreeMap<String, Option<u16>> = current
+        .subnets
+        .iter()
+        .map(|(name, subnet)| (name.clone(), subnet.spec.vlan))
+        .collect();
+    for doc in &docs {
+        if let Resource::Subnet(subnet) = &doc.resource {
+            subnets.insert(subnet.metadata.key(), subnet.spec.vlan);
+        }
+    }
+    for (name, vlan) in subnets {
+        if let Some(vlan) = vlan {
+            completion.vlan_subnets.entry(vlan).or_insert(name);
+        }
+    }
+
     // Overlay the batch on the current state; each kind keeps the status it owns.
     for doc in docs {
         let origin = doc.origin;
@@ -105,6 +125,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
         let action = doc.resource.visit(Stage {
             current,
             next: &mut next,
+            completion: &completion,
         });
         match (kind, action) {
             (Kind::NetworkInterface, Action::Created) => created_nics.push(name.clone()),
@@ -338,6 +359,7 @@ pub fn exists(state: &State, kind: Kind, name: &str) -> bool {
 struct Stage<'a> {
     current: &'a State,
     next: &'a mut State,
+    completion: &'a Completion,
 }
 
 impl ResourceVisitor for Stage<'_> {
@@ -346,6 +368,7 @@ impl ResourceVisitor for Stage<'_> {
     fn visit<K: ResourceKind>(self, mut resource: K) -> Action {
         let name = resource.metadata().key();
         let old = K::table(self.current).get(&name);
+        resource.complete(self.completion);
         resource.carry_status(old);
         let action = action(
             old.map(|o| (o.metadata(), o.spec())),

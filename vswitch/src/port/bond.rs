@@ -229,6 +229,9 @@ struct Monitor {
     carrier: Vec<bool>,
     /// When each member last came up (ARP probes are given three intervals from there).
     up_since: Vec<u64>,
+    /// When each member's ARP probes were found unanswered (`None`: they are answered).
+    arp_failed_at: Vec<Option<u64>>,
+    probe_round: u64,
     lacp: Vec<lacp::Member>,
     carrying: Vec<bool>,
     active: Option<usize>,
@@ -274,6 +277,8 @@ impl Monitor {
             shared,
             carrier: vec![false; members],
             up_since: vec![0; members],
+            arp_failed_at: vec![None; members],
+            probe_round: 0,
             lacp,
             carrying: vec![false; members],
             active: None,
@@ -359,6 +364,10 @@ impl Monitor {
             if let Some(since) = self.up_since.get_mut(index) {
                 *since = now;
             }
+            // A link that comes back starts afresh, with the grace of three intervals.
+            if let Some(failed) = self.arp_failed_at.get_mut(index) {
+                *failed = None;
+            }
         }
         let event = self
             .lacp
@@ -429,8 +438,28 @@ impl Monitor {
                     .first()
                     .copied()
                     .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                self.probe_round = self.probe_round.wrapping_add(1);
+                // Active-backup asks on the active member only (as Linux's bonding does): the
+                // peer's switch learns the switch's MAC where a probe left, so replies to
+                // probes from two members would all come back on one. Every fourth round
+                // asks on the members whose probes failed instead, so that one whose path
+                // came back can prove it (its reply, or any frame, arrives on it).
+                let failed: Vec<usize> = (0..self.arp_failed_at.len())
+                    .filter(|i| self.arp_failed_at.get(*i).is_some_and(Option::is_some))
+                    .collect();
+                let targets: Vec<usize> = match (self.bond.mode(), self.active) {
+                    (BondMode::ActiveBackup, Some(_))
+                        if !failed.is_empty() && self.probe_round % 4 == 0 =>
+                    {
+                        failed
+                    }
+                    (BondMode::ActiveBackup, Some(active)) => vec![active],
+                    _ => (0..sockets.len()).collect(),
+                };
                 for (index, socket) in sockets.iter().enumerate() {
-                    if !self.carrier.get(index).copied().unwrap_or(false) {
+                    if !self.carrier.get(index).copied().unwrap_or(false)
+                        || !targets.contains(&index)
+                    {
                         continue;
                     }
                     for target in &arp.targets {
@@ -444,21 +473,45 @@ impl Monitor {
         }
     }
 
-    /// True when member `index`'s ARP probes are answered (or there are none): it carried
-    /// traffic and received within the window, or came up less than three intervals ago; a
-    /// backup in active-backup is judged by its carrier (the partner answers on the active
-    /// member only).
-    fn probes_answered(&self, index: usize, now: u64) -> bool {
+    /// Judges member `index` by its ARP probes (true without an ARP monitor). A member
+    /// that carries traffic must have received a frame within three intervals (or have come
+    /// up less than that ago); when it has not, it failed, and stays failed until a frame
+    /// arrives on it after the failure. A backup in active-backup that has not failed is
+    /// judged by its carrier (the partner answers on the active member only).
+    fn judge_probes(&mut self, index: usize, now: u64) -> bool {
         let Some(arp) = &self.config.arp else {
             return true;
         };
+        let last_rx = self.bond.last_rx_ms(index);
+        if let Some(failed_at) = self.arp_failed_at.get(index).copied().flatten() {
+            if last_rx <= failed_at {
+                return false;
+            }
+            if let Some(slot) = self.arp_failed_at.get_mut(index) {
+                *slot = None;
+            }
+            return true;
+        }
         if self.bond.mode() == BondMode::ActiveBackup && self.active != Some(index) {
             return true;
         }
         let window = arp.interval_ms.max(10) * (ARP_MISSED_MAX + 1);
         let since = self.up_since.get(index).copied().unwrap_or(0);
-        now.saturating_sub(since) < window
-            || now.saturating_sub(self.bond.last_rx_ms(index)) < window
+        let answered = now.saturating_sub(since) < window || now.saturating_sub(last_rx) < window;
+        if !answered {
+            if let Some(slot) = self.arp_failed_at.get_mut(index) {
+                *slot = Some(now);
+            }
+            tracing::info!(uplink = %self.config.uplink,
+                member = %self.config.members.get(index).map_or("", |m| m.ifname.as_str()),
+                "bond member's ARP probes went unanswered");
+        }
+        answered
+    }
+
+    /// What [`judge_probes`](Monitor::judge_probes) last concluded, for the status.
+    fn probes_answered(&self, index: usize) -> bool {
+        self.config.arp.is_none() || self.arp_failed_at.get(index).is_some_and(Option::is_none)
     }
 
     /// Works out which members carry traffic and the active one; publishes a change.
@@ -470,7 +523,7 @@ impl Monitor {
                 match self.bond.mode() {
                     BondMode::Lacp => self.lacp.get(i).is_some_and(lacp::Member::carries_traffic),
                     BondMode::ActiveBackup | BondMode::BalanceXor => {
-                        carrier && self.probes_answered(i, now)
+                        carrier && self.judge_probes(i, now)
                     }
                 }
             })
@@ -515,6 +568,11 @@ impl Monitor {
                 (self.events)(Event::BondFailover, 1);
             }
             if active != before_active {
+                // A new active member is judged by its probes from now on, with the grace
+                // of three intervals (a backup's were not answered on it).
+                if let Some(since) = active.and_then(|a| self.up_since.get_mut(a)) {
+                    *since = now;
+                }
                 tracing::info!(uplink = %self.config.uplink,
                     active = %active.and_then(|a| self.config.members.get(a)).map_or("none", |m| m.ifname.as_str()),
                     "bond active member");
@@ -523,7 +581,7 @@ impl Monitor {
                 }
             }
         }
-        self.report(now);
+        self.report();
     }
 
     /// Gratuitous ARPs for the switch's addresses on the new active member.
@@ -545,7 +603,7 @@ impl Monitor {
         }
     }
 
-    fn report(&self, now: u64) {
+    fn report(&self) {
         let report: Vec<MemberReport> = self
             .config
             .members
@@ -554,7 +612,7 @@ impl Monitor {
             .map(|(index, member)| MemberReport {
                 ifname: member.ifname.clone(),
                 carrier: self.carrier.get(index).copied().unwrap_or(false),
-                probes_answered: self.probes_answered(index, now),
+                probes_answered: self.probes_answered(index),
                 carries: self.carrying.get(index).copied().unwrap_or(false),
                 active: self.active == Some(index),
                 lacp: self

@@ -46,8 +46,8 @@ mod prelude {
 
     pub(crate) use super::network_interface::InterfaceState;
     pub(crate) use super::{
-        Batch, CheckContext, DescribeTable, Errors, KindInfo, Listing, ResourceKind, State,
-        StatusView, cell, cells, json_text, labels_cell, recreate_hint,
+        Batch, CheckContext, Completion, DescribeTable, Errors, KindInfo, Listing, ResourceKind,
+        State, StatusView, cell, cells, json_text, labels_cell, recreate_hint,
     };
     pub(crate) use crate::control::ApiError;
     pub(crate) use crate::control::resource::*;
@@ -223,6 +223,14 @@ pub(crate) fn recreate_hint(kind: Kind) -> String {
     format!("delete the {kind} and create it again")
 }
 
+/// What [`ResourceKind::complete`] may read: the state with the batch applied, as far as a
+/// default needs it.
+#[derive(Debug, Default)]
+pub struct Completion {
+    /// VLAN -> the Subnet bound to it (the batch's Subnets over the stored ones).
+    pub vlan_subnets: BTreeMap<u16, String>,
+}
+
 /// What a kind's status, as read, may use besides the state: the running datapath's view.
 #[derive(Debug, Default)]
 pub struct StatusView {
@@ -285,6 +293,12 @@ pub trait ResourceKind: Stored {
     fn carry_status(&mut self, old: Option<&Self>) {
         let _ = old;
         *self.status_mut() = Self::Status::default();
+    }
+
+    /// Fills in what the spec leaves to the rest of the state (a NetworkInterface's Subnet
+    /// from its VLAN), before the resource is compared with the stored one and checked.
+    fn complete(&mut self, cx: &Completion) {
+        let _ = cx;
     }
 
     /// Checks the resource against the state with the batch applied; records every

@@ -7,9 +7,14 @@ use super::prelude::*;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkInterfaceSpec {
-    /// The Subnet it joins (default `default`).
-    #[serde(default = "default_subnet", deserialize_with = "de_name")]
+    /// The Subnet it joins (default: the Subnet bound to `vlan`, else `default`).
+    #[serde(default, deserialize_with = "de_name")]
     pub subnet: String,
+    /// An access port of this 802.1Q VLAN (1..=4094): the interface joins the Subnet bound
+    /// to it (frames stay untagged in the container; they leave the uplink's trunk tagged).
+    /// With `subnet` too, that Subnet must be the VLAN's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     /// The container's namespace: a name under /run/netns, a path, or `pid:N`.
     #[serde(deserialize_with = "de_netns", serialize_with = "ser_display")]
     pub netns: NetnsRef,
@@ -185,7 +190,20 @@ spec:
         self.status = old.map(|o| o.status.clone()).unwrap_or_default();
     }
 
+    /// Without `subnet`: the Subnet bound to `vlan` (an access port), else `default`.
+    fn complete(&mut self, cx: &Completion) {
+        if self.spec.subnet.is_empty() {
+            self.spec.subnet = match self.spec.vlan {
+                Some(vlan) => cx.vlan_subnets.get(&vlan).cloned().unwrap_or_default(),
+                None => default_subnet(),
+            };
+        }
+    }
+
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
+        if let Some(vlan) = self.spec.vlan {
+            errors.check(check_access_vlan(cx.origin, cx.next, &self.spec, vlan));
+        }
         if let Some(old) = cx.current.network_interfaces.get(&self.metadata.key()) {
             errors.check(check_immutables(cx.origin, old, self));
         }
@@ -240,6 +258,45 @@ spec:
             ]);
         }
         row
+    }
+}
+
+/// `spec.vlan`: an access port joins the Subnet bound to its VLAN.
+fn check_access_vlan(
+    origin: &Origin,
+    next: &State,
+    spec: &NetworkInterfaceSpec,
+    vlan: u16,
+) -> Result<(), ApiError> {
+    if vlan == 0 || vlan > super::subnet::MAX_VLAN {
+        return Err(origin.invalid(
+            "spec.vlan",
+            format!(
+                "{vlan} is out of range: an 802.1Q VLAN ID is 1..={}",
+                super::subnet::MAX_VLAN
+            ),
+        ));
+    }
+    let bound = next
+        .subnets
+        .iter()
+        .find(|(_, subnet)| subnet.spec.vlan == Some(vlan))
+        .map(|(name, _)| name);
+    match bound {
+        None => Err(origin.invalid(
+            "spec.vlan",
+            format!(
+                "no Subnet is bound to VLAN {vlan}: give a Subnet vlan: {vlan} (in this batch or before), or attach the interface to a Subnet instead"
+            ),
+        )),
+        Some(name) if *name != spec.subnet => Err(origin.invalid(
+            "spec.vlan",
+            format!(
+                "VLAN {vlan} is Subnet {name:?}'s, not spec.subnet {:?}'s: leave subnet out, or make them agree",
+                spec.subnet
+            ),
+        )),
+        Some(_) => Ok(()),
     }
 }
 
