@@ -456,6 +456,12 @@ fn lacp_bond_negotiates_with_open_vswitch() {
     );
     let lacp = topology.ovs.appctl(&["lacp/show", "bond0"]);
     assert!(lacp.contains("current attached"), "{lacp}");
+    let shown = topology.daemon.ctl_ok(&["uplink"]);
+    assert!(
+        shown.contains("802.3ad") && shown.contains("current,selected") && shown.contains("m2"),
+        "{shown}"
+    );
+    eprintln!("{shown}");
     let c10 = Netns::new("c10");
     let ip10 = topology.daemon.attach(&c10, &["--subnet", "v10"]);
     assert!(
@@ -655,4 +661,95 @@ fn arp_monitor_fails_over_when_the_carrier_stays_up() {
     wait_until("m1 active again", Duration::from_secs(10), || {
         (member("m1", "active") == true).then_some(())
     });
+}
+
+/// Sends, from `ns`'s `eth0`, an ARP request tagged with `vlan` from `mac`/`me` for
+/// `target`, and prints `reply <vlan>` (the tag the answer came with, as the kernel reports
+/// it), `reply untagged`, or `none`.
+const TAGGED_ARP: &str = r#"
+import socket, struct, sys, time
+mac = bytes.fromhex(sys.argv[1].replace(':', ''))
+me, target, vid = socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(('eth0', 0))
+s.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA
+s.settimeout(0.2)
+frame = (b'\xff' * 6 + mac + struct.pack('!HHH', 0x8100, vid, 0x0806)
+         + struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + me + b'\x00' * 6 + target)
+for attempt in range(10):
+    s.send(frame)
+    end = time.time() + 0.5
+    while time.time() < end:
+        try:
+            data, anc, flags, addr = s.recvmsg(2048, socket.CMSG_SPACE(64))
+        except socket.timeout:
+            continue
+        if addr[2] == 4 or data[12:14] != b'\x08\x06' or data[20:22] != b'\x00\x02' or data[28:32] != target:
+            continue
+        tag = 'untagged'
+        for level, kind, aux in anc:
+            if level == 263 and kind == 8:
+                status, _, _, _, _, tci, _ = struct.unpack('IIIHHHH', aux[:20])
+                if status & 0x10:
+                    tag = str(tci & 0xfff)
+        print('reply', tag)
+        sys.exit(0)
+print('none')
+"#;
+
+/// Trunk NetworkInterfaces (TAP and veth): the container's frames tagged with a VLAN of its
+/// trunk reach that VLAN's Subnet (its gateway, a host behind OVS on that VLAN), answers
+/// come back tagged, and its untagged frames stay its own Subnet's.
+#[test]
+#[ignore = "needs root: starts vswitchd and Open vSwitch, creates namespaces and veths"]
+fn trunk_interfaces_carry_tagged_frames() {
+    let topology = Topology::new(1, &[10, 20]);
+    topology
+        .ovs
+        .vsctl(&["add-port", "br0", "o1", "trunks=10,20"]);
+    topology.daemon.apply_yaml(&config(&["m1"], None));
+    for (kind, mac, me) in [
+        ("tap", "02:00:00:00:77:01", "10.20.0.77"),
+        ("veth", "02:00:00:00:77:02", "10.20.0.78"),
+    ] {
+        let ns = Netns::new("tr");
+        topology.daemon.apply_yaml(&format!(
+            "apiVersion: vswitch/v1alpha1\nkind: NetworkInterface\nmetadata: {{name: {}}}\nspec: {{subnet: v10, netns: {}, kind: {kind}, mac: '{mac}', trunk: [20]}}\n",
+            ns.name, ns.name
+        ));
+        // Untagged: its own Subnet.
+        assert!(
+            ns.ping_until("10.10.0.100", Duration::from_secs(15)),
+            "{kind}: the trunk's untagged frames do not reach VLAN 10"
+        );
+        // Tagged 20: the VLAN's gateway and the host behind OVS answer, tagged 20.
+        for target in ["10.20.0.1", "10.20.0.100"] {
+            let answer = ns.python(TAGGED_ARP, &[mac, me, target, "20"]);
+            if answer != "reply 20" {
+                let stats = topology.daemon.stats();
+                let ports: Vec<&serde_json::Value> = stats["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| {
+                        p["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with(&ns.name) || n.starts_with("up"))
+                    })
+                    .collect();
+                panic!("{kind}: ARP for {target} on VLAN 20: {answer}\n{ports:#?}");
+            }
+        }
+        // A VLAN the trunk does not carry is refused.
+        let answer = ns.python(TAGGED_ARP, &[mac, me, "10.20.0.1", "30"]);
+        assert_eq!(answer, "none", "{kind}: VLAN 30 is not on the trunk");
+        assert!(topology.daemon.port_drop(&ns.name, "parse.vlan_tagged") > 0);
+        let status = topology
+            .daemon
+            .ctl_json(&["get", "networkinterface", &ns.name]);
+        assert_eq!(status["spec"]["trunk"][0], 20, "{status}");
+        topology
+            .daemon
+            .ctl_ok(&["delete", "networkinterface", &ns.name]);
+    }
 }

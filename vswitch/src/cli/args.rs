@@ -93,6 +93,10 @@ pub enum Command {
     /// last seen, state); on a runner its ID, subnet, VNI, gateway, hub and state; on a mesh
     /// node its peers.
     Overlay(OutputArgs),
+    /// Show the Uplink: its interfaces and, for a bond, each member (carrier, whether it
+    /// carries traffic, the active one, ARP probes, LACP state and partner, frames), and the
+    /// Subnets on its VLANs.
+    Uplink(OutputArgs),
     /// Show a LoadBalancer's backends: state (Healthy, Unhealthy, Draining), their share of
     /// the Maglev table (the share of new connections each gets) and tracked connections.
     Lb(LbArgs),

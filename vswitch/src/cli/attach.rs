@@ -99,16 +99,15 @@ pub fn build_interface(args: &AttachArgs) -> Result<Value, String> {
     }
 
     let mut spec = Map::new();
-    match (&args.subnet, args.vlan) {
-        (Some(subnet), _) => {
-            spec.insert("subnet".into(), Value::String(subnet.clone()));
-        }
-        // The switch picks the Subnet bound to the VLAN.
-        (None, Some(_)) => {}
-        (None, None) => {
-            spec.insert("subnet".into(), Value::String(DEFAULT_SUBNET.to_owned()));
-        }
-    }
+    // With --vlan alone the switch picks the Subnet bound to the VLAN.
+    spec.insert(
+        "subnet".into(),
+        Value::String(
+            args.subnet
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SUBNET.to_owned()),
+        ),
+    );
     if let Some(vlan) = args.vlan {
         spec.insert("vlan".into(), json!(vlan));
     }

@@ -88,6 +88,7 @@ pub fn run(
         Command::Nat(args) => nat(&api, args, out),
         Command::Overlay(args) => overlay(&api, args, out, err),
         Command::Lb(args) => load_balancer(&api, args, out),
+        Command::Uplink(args) => uplink(&api, args, out),
         Command::Label(args) => label(&api, args, out),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&api, args, out),
         Command::Trace(args) => trace(&api, cli, args, out),
@@ -789,6 +790,21 @@ fn overlay(
                 .map_err(CliError::Output)
         }
     }
+}
+
+/// `uplink`: the Uplink, its bond's members with their counters, its VLANs.
+fn uplink(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let value = api.get("/v1/uplinks")?;
+    let Some(uplink) = value.as_array().and_then(|items| items.first()).cloned() else {
+        return Err(CliError::Usage(
+            "this node has no Uplink; try: vswitchctl apply -f FILE with kind: Uplink".into(),
+        ));
+    };
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_value(out, &uplink, args.output);
+    }
+    let stats: StatsReport = output::parse_answer("GET /v1/stats", api.get("/v1/stats")?)?;
+    write(out, &output::uplink_report(&uplink, &stats))
 }
 
 fn stats(api: &Api, args: &OutputArgs, out: &mut dyn Write) -> Result<(), CliError> {

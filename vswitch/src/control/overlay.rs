@@ -262,6 +262,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             },
             spec: NetworkInterfaceSpec {
                 vlan: None,
+                trunk: Vec::new(),
                 subnet: HOST.into(),
                 netns: NetnsRef::Path(PathBuf::from("/proc/self/ns/net")),
                 ifname: HOST_IFNAME.into(),

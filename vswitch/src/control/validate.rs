@@ -952,6 +952,16 @@ mod tests {
                         "spec.ingress[0].ports[0].endPort",
                         "spec.ingress[0].ports[1].protocol",
                     ],
+                    "bad-bond.yaml" => &[
+                        "spec.vlan: 4095 is out of range",
+                        "spec.interfaces[1]: eth1 is already spec.interfaces[0]",
+                        "spec.bond.primary: only active-backup has a primary member",
+                        "spec.bond.lacp: LACP settings need mode: 802.3ad",
+                        "spec.bond.arpMonitor.intervalMs: 5 is out of range",
+                        "spec.bond.arpMonitor.targets: give 1 to 16 addresses",
+                        "spec.bond.peerNotifications: 20 is out of range",
+                        "spec.vlan: VLAN 20 is Subnet \"v20\"'s, not spec.subnet \"v10\"'s",
+                    ],
                     "bad-routed-overlap.yaml" => &[
                         "spec.uplink.mode",
                         "routed through the Uplink",

@@ -624,6 +624,7 @@ pub fn input(
     local: &mut Local,
 ) -> Outcome {
     match ingress {
+        Ingress::Port(port, _) if port.vlan().is_some() => process_trunk(ctx, port, frame, local),
         Ingress::Port(port, _) => process(ctx, port, frame, local),
         Ingress::Uplink(uplink, _, member) => {
             if let Some(bond) = &uplink.io.bond {
@@ -687,6 +688,26 @@ pub fn process(
     local: &mut Local,
 ) -> Outcome {
     process_with(ctx, ingress, frame, local, true)
+}
+
+/// Runs the ingress stages for one frame a trunk NetworkInterface sent tagged with one of
+/// its VLANs, its tag taken off, as received on `port`: the interface's port on that VLAN's
+/// Subnet. As [`process`] (port security included), and a flood floods that Subnet (not the
+/// trunk's own, whose frames share the batch).
+pub fn process_trunk(
+    ctx: &Context<'_>,
+    port: &PortEntry,
+    frame: &mut [u8],
+    local: &mut Local,
+) -> Outcome {
+    let mut outcome = process_with(ctx, port, frame, local, true);
+    if outcome.verdict == Verdict::Flood {
+        outcome.verdict = Verdict::FloodSubnet {
+            subnet: port.subnet,
+            except: Some(port.id),
+        };
+    }
+    outcome
 }
 
 /// Runs the ingress stages for one frame decapsulated from the overlay (see [`vxlan_input`]), as

@@ -6,7 +6,8 @@
 //! - IPv4: the source must be one of the port's addresses, or inside one of its
 //!   `allowed_sources` prefixes (the port is a router for them: a Route's next hop);
 //!   0.0.0.0 is allowed only for a DHCP client (UDP 68 -> 67, RFC 2131 section 4.1).
-//!   ARP always comes from the port's own addresses, router or not.
+//!   ARP always comes from the port's own addresses, router or not (a trunk's VLAN port,
+//!   which has none, from its Subnet's prefix).
 //! - IPv6 and other ethertypes are checked at L2 only (the IPv6 source check comes with dual
 //!   stack).
 
@@ -47,7 +48,15 @@ pub fn check(port: &PortEntry, parsed: &Parsed) -> Result<(), DropReason> {
             if sender_mac != port.mac {
                 return Err(DropReason::ArpSenderMac);
             }
-            if !sender_ip.is_unspecified() && !port.ips.contains(&sender_ip) {
+            // A trunk's VLAN port has no allocated address: the container addresses itself
+            // inside the VLAN Subnet's prefix.
+            let own = port.ips.contains(&sender_ip)
+                || (port.vlan().is_some()
+                    && port
+                        .allowed_sources
+                        .iter()
+                        .any(|net| net.contains(&sender_ip)));
+            if !sender_ip.is_unspecified() && !own {
                 return Err(DropReason::ArpSenderIp);
             }
         }

@@ -9,10 +9,12 @@
 //!   Protocols EtherType (the datapath's sockets never see LACPDUs: their filter keeps only
 //!   frames for the switch's MAC), joined to the LACP group address (a NIC filters it
 //!   otherwise, as Linux's bonding `bond_open` knows);
-//! - optionally, ARP probes (`arpMonitor`): requests to the targets on every member each
-//!   interval; a member that carries traffic and has received nothing for three intervals
-//!   is down (Linux's `arp_interval` with `arp_missed_max` 2). The workers note when they
-//!   last read a frame from each member ([`Bond::note_rx`]).
+//! - optionally, ARP probes (`arpMonitor`): requests to the targets each interval, on every
+//!   member in balance-xor, on the active one in active-backup (and every fourth round on
+//!   the members whose probes failed, so one whose path came back can prove it); a member
+//!   that carries traffic and has received nothing for three intervals is down (Linux's
+//!   `arp_interval` with `arp_missed_max` 2) until a frame arrives on it again. The workers
+//!   note when they last read a frame from each member ([`Bond::note_rx`]).
 //!
 //! In active-backup the active member is the `primary` when it is up, else the current one
 //! while it stays up, else the first member up (Open vSwitch's `bond_choose_member`). When

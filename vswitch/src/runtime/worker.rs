@@ -67,7 +67,7 @@ use super::share::{QueueShare, SHARED_WEIGHT, Share};
 use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::vxlan_encap::Encapsulate;
-use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, vxlan_encap};
+use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, parse, vxlan_encap};
 use crate::port::vtep::{GsoSent, RX_PAD};
 use crate::port::{
     Capabilities, MAX_PORTS, PortId, PortQueue, RxBatch, RxHandle, RxQueues, Sent, VtepQueue,
@@ -79,7 +79,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::{LogLimiter, PortBuckets};
-use crate::tables::snapshot::{Egress, Ingress, Snapshot, SubnetId, UplinkIo};
+use crate::tables::snapshot::{Egress, Ingress, PortEntry, Snapshot, SubnetId, UplinkIo};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::{GsoError, Segmenter};
@@ -795,7 +795,24 @@ impl Worker {
             // Frames generated while processing frame i leave right after it.
             self.local.out.generated.set_position(i + 1);
             let peer = self.batch.peer(i);
-            let tag = self.batch.tag(i);
+            let mut tag = self.batch.tag(i);
+            let mut frame_ingress = ingress;
+            if let Ingress::Port(port, io) = ingress {
+                match trunk_vlan(snapshot, port.id, tag, &mut self.batch, i) {
+                    TrunkFrame::Untagged => {}
+                    TrunkFrame::Vlan(vlan_port) => frame_ingress = Ingress::Port(vlan_port, io),
+                    TrunkFrame::Refused => {
+                        count_drop(counters, id, parse::DropReason::VlanTagged.into(), 1);
+                        dropped += 1;
+                        self.verdicts
+                            .push(Verdict::drop(parse::DropReason::VlanTagged));
+                        rx_bytes += tx::wire_len(self.batch.frame(i));
+                        continue;
+                    }
+                }
+                tag = 0;
+            }
+            let ingress = frame_ingress;
             let frame = self.batch.frame_mut(i);
             rx_bytes += tx::wire_len(frame);
             let outcome = match live_trace.as_deref() {
@@ -965,7 +982,12 @@ impl Worker {
             let adjacency = snapshot.adjacency(destination.port);
             let target = adjacency.and_then(|adjacency| {
                 let target = match adjacency.egress {
-                    Egress::Queue(io) => Target::Queue(io.queues.get(*index)?, io.capabilities),
+                    Egress::Queue(io) => {
+                        Target::Queue(io.queues.get(*index)?, io.capabilities, None)
+                    }
+                    Egress::Tagged { io, vlan } => {
+                        Target::Queue(io.queues.get(*index)?, io.capabilities, Some(*vlan))
+                    }
                     Egress::Uplink { io, vlan } => Target::Uplink(io, *vlan),
                     Egress::Tunnel(tunnel) => {
                         let vtep = snapshot.vtep.as_ref()?;
@@ -1009,17 +1031,18 @@ impl Worker {
                 taps,
             };
             let flushed = match target {
-                Target::Queue(queue, capabilities) => {
+                Target::Queue(queue, capabilities, vlan) => {
                     // TCP segments (from the overlay, typically) are merged into super-frames
-                    // for a device that takes them.
-                    let gro = tx::coalesces(&capabilities).then_some(&mut *coalescer);
+                    // for a device that takes them (untagged: a tagged copy is written as is).
+                    let gro =
+                        (vlan.is_none() && tx::coalesces(&capabilities)).then_some(&mut *coalescer);
                     let mut guard = queue.lock();
                     let mut sender = Sender {
                         capabilities,
                         queue: &mut guard,
                         account: &mut account,
                         gro,
-                        vlan: None,
+                        vlan,
                         scratch: &mut *scratch,
                     };
                     in_order(batch, verdicts, generated, wants, |frame, origin| {
@@ -1197,8 +1220,8 @@ impl TxAccount<'_> {
 
 /// Where one worker writes a destination's frames, from its egress adjacency.
 enum Target<'a> {
-    /// A device's queue, and what the device takes.
-    Queue(&'a Mutex<PortQueue>, Capabilities),
+    /// A device's queue, what the device takes, and the VLAN tag to push (a trunk's).
+    Queue(&'a Mutex<PortQueue>, Capabilities, Option<u16>),
     /// The uplink: the queue of the member the bond picks per flow, with the VLAN tag to
     /// push.
     Uplink(&'a Arc<UplinkIo>, Option<u16>),
@@ -1337,6 +1360,50 @@ struct Sender<'q, 'a> {
     vlan: Option<u16>,
     /// Where a tagged copy is built.
     scratch: &'q mut Vec<u8>,
+}
+
+/// A frame from a port, as its VLAN tag makes it.
+enum TrunkFrame<'a> {
+    /// No tag: the port's own.
+    Untagged,
+    /// Tagged with a VLAN the port is a trunk of: that VLAN's port (the tag is off).
+    Vlan(&'a PortEntry),
+    /// Tagged otherwise (the kernel reported the tag beside the frame, or the port is no
+    /// trunk of that VLAN).
+    Refused,
+}
+
+/// Sorts out frame `i` of `batch`, from `port`: a tag the kernel reported (`tag`, veth
+/// ports) or an inline one (TAP ports) of a VLAN the port is a trunk of makes it that
+/// VLAN's port's, with the inline tag popped; any other reported tag refuses it (an inline
+/// one is left to `parse`, which refuses tagged frames).
+fn trunk_vlan<'a>(
+    snapshot: &'a Snapshot,
+    port: PortId,
+    tag: u32,
+    batch: &mut RxBatch,
+    i: usize,
+) -> TrunkFrame<'a> {
+    if tag != 0 {
+        let vlan = u16::try_from(tag & 0x0fff).unwrap_or(0);
+        return match snapshot.trunk_port(port, vlan) {
+            Some(vlan_port) if tag >> 16 == 0x8100 => TrunkFrame::Vlan(vlan_port),
+            _ => TrunkFrame::Refused,
+        };
+    }
+    if !snapshot.has_trunks() {
+        return TrunkFrame::Untagged;
+    }
+    let Some(tci) = batch.inline_vlan(i) else {
+        return TrunkFrame::Untagged;
+    };
+    match snapshot.trunk_port(port, tci & 0x0fff) {
+        Some(vlan_port) => {
+            batch.pop_vlan(i);
+            TrunkFrame::Vlan(vlan_port)
+        }
+        None => TrunkFrame::Untagged,
+    }
 }
 
 /// What sending to the uplink needs besides the account and the frames.

@@ -45,6 +45,8 @@ pub struct RxBatch {
     /// The 802.1Q tag the kernel took off each frame (AF_PACKET reports it beside the frame,
     /// never in it): `TPID << 16 | TCI`, 0 for an untagged frame.
     tags: Vec<u32>,
+    /// Where each frame starts in its buffer: [`HEADROOM`], or later once a tag was popped.
+    starts: Vec<usize>,
     count: usize,
 }
 
@@ -58,6 +60,7 @@ impl RxBatch {
             lens: vec![0; capacity],
             peers: vec![SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0); capacity],
             tags: vec![0; capacity],
+            starts: vec![HEADROOM; capacity],
             count: 0,
         }
     }
@@ -107,7 +110,58 @@ impl RxBatch {
         self.lens[self.count] = len;
         self.peers[self.count] = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
         self.tags[self.count] = 0;
+        self.starts[self.count] = HEADROOM;
         self.count += 1;
+    }
+
+    /// The VLAN (TCI) of frame `i`'s inline 802.1Q tag, without changing the frame.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn inline_vlan(&self, i: usize) -> Option<u16> {
+        let frame = self.frame(i);
+        let at = VNET_HDR_LEN + 12;
+        match frame.get(at..at + 4)? {
+            [0x81, 0x00, high, low] => Some(u16::from_be_bytes([*high, *low])),
+            _ => None,
+        }
+    }
+
+    /// Takes the inline 802.1Q tag off frame `i` (virtio header + tagged Ethernet frame): the
+    /// header and MAC addresses move 4 bytes on and the frame starts there; the virtio
+    /// header's offsets, which count from the Ethernet header, move back with what followed
+    /// the tag. Returns the tag's TCI, `None` (nothing changed) when the frame has no 802.1Q
+    /// tag.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    pub fn pop_vlan(&mut self, i: usize) -> Option<u16> {
+        assert!(i < self.count);
+        let (start, len) = (self.starts[i], self.lens[i]);
+        let buf = &mut self.bufs[i];
+        let frame = buf.get(start..start + len)?;
+        let header = VNET_HDR_LEN + 12;
+        if frame.len() < header + 6 || frame[header..header + 2] != [0x81, 0x00] {
+            return None;
+        }
+        let tci = u16::from_be_bytes([frame[header + 2], frame[header + 3]]);
+        buf.copy_within(start..start + header, start + 4);
+        let start = start + 4;
+        let moved = |buf: &mut [u8], at: usize| {
+            let value = u16::from_le_bytes([buf[at], buf[at + 1]]).saturating_sub(4);
+            buf[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        };
+        let flags = buf[start];
+        let gso = buf[start + 1] & 0x7f;
+        if flags & 1 != 0 {
+            moved(buf, start + 6);
+        }
+        if gso != 0 {
+            moved(buf, start + 2);
+        }
+        self.starts[i] = start;
+        self.lens[i] = len - 4;
+        Some(tci)
     }
 
     /// Like [`commit`](RxBatch::commit), for a frame the kernel received with the VLAN tag
@@ -163,7 +217,8 @@ impl RxBatch {
     /// When `i >= len()`.
     pub fn frame(&self, i: usize) -> &[u8] {
         assert!(i < self.count);
-        &self.bufs[i][HEADROOM..HEADROOM + self.lens[i]]
+        let start = self.starts[i];
+        &self.bufs[i][start..start + self.lens[i]]
     }
 
     /// Frame `i`, writable.
@@ -172,8 +227,8 @@ impl RxBatch {
     /// When `i >= len()`.
     pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
         assert!(i < self.count);
-        let len = self.lens[i];
-        &mut self.bufs[i][HEADROOM..HEADROOM + len]
+        let (start, len) = (self.starts[i], self.lens[i]);
+        &mut self.bufs[i][start..start + len]
     }
 
     /// The whole buffer of frame `i` with the frame's start offset and length, for stages
@@ -183,7 +238,7 @@ impl RxBatch {
     /// When `i >= len()`.
     pub fn buffer_mut(&mut self, i: usize) -> (&mut [u8], usize, usize) {
         assert!(i < self.count);
-        (&mut self.bufs[i], HEADROOM, self.lens[i])
+        (&mut self.bufs[i], self.starts[i], self.lens[i])
     }
 }
 
@@ -205,5 +260,23 @@ mod tests {
         assert_eq!(batch.frame(1), &[9]);
         batch.clear();
         assert_eq!(batch.len(), 0);
+    }
+
+    #[test]
+    fn pop_vlan_moves_the_header_and_the_offsets() {
+        let mut batch = RxBatch::new(1);
+        let mut frame = vec![1u8, 0, 0, 0, 0, 0, 40, 0, 16, 0]; // NEEDS_CSUM, csum_start 40
+        frame.extend_from_slice(&[0xaa; 12]);
+        frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x14, 0x08, 0x00, 0x45]);
+        let len = frame.len();
+        batch.next_slot().unwrap()[..len].copy_from_slice(&frame);
+        batch.commit(len);
+        assert_eq!(batch.pop_vlan(0), Some(20));
+        let popped = batch.frame(0);
+        assert_eq!(popped.len(), len - 4);
+        assert_eq!(&popped[6..8], &[36, 0], "csum_start moved back");
+        assert_eq!(&popped[VNET_HDR_LEN..VNET_HDR_LEN + 12], &[0xaa; 12]);
+        assert_eq!(&popped[VNET_HDR_LEN + 12..], &[0x08, 0x00, 0x45]);
+        assert_eq!(batch.pop_vlan(0), None, "no tag left");
     }
 }

@@ -86,7 +86,7 @@ impl PortEntry {
     pub fn io(&self) -> Option<&Arc<PortIo>> {
         match &self.egress {
             Egress::Queue(io) => Some(io),
-            Egress::Tunnel(_) | Egress::Uplink { .. } => None,
+            Egress::Tunnel(_) | Egress::Uplink { .. } | Egress::Tagged { .. } => None,
         }
     }
 
@@ -95,7 +95,7 @@ impl PortEntry {
     pub fn tunnel(&self) -> Option<&Tunnel> {
         match &self.egress {
             Egress::Tunnel(tunnel) => Some(tunnel),
-            Egress::Queue(_) | Egress::Uplink { .. } => None,
+            Egress::Queue(_) | Egress::Uplink { .. } | Egress::Tagged { .. } => None,
         }
     }
 
@@ -104,6 +104,7 @@ impl PortEntry {
     pub fn vlan(&self) -> Option<u16> {
         match &self.egress {
             Egress::Uplink { vlan, .. } => *vlan,
+            Egress::Tagged { vlan, .. } => Some(*vlan),
             Egress::Queue(_) | Egress::Tunnel(_) => None,
         }
     }
@@ -130,6 +131,14 @@ pub enum Egress {
         io: Arc<UplinkIo>,
         /// The 802.1Q VLAN ID frames are tagged with.
         vlan: Option<u16>,
+    },
+    /// Written to a trunk NetworkInterface's device, tagged with one of its VLANs (the
+    /// interface's port on that VLAN's Subnet).
+    Tagged {
+        /// The trunk interface's device.
+        io: Arc<PortIo>,
+        /// The VLAN.
+        vlan: u16,
     },
 }
 
@@ -565,6 +574,8 @@ pub struct Snapshot {
     /// NetworkPolicies, compiled; `None` when there are none (the `policy` stage then costs
     /// one branch).
     pub policy: Option<Arc<super::policy::PolicySet>>,
+    /// Trunk NetworkInterfaces: the port of a trunk -> (VLAN, the port on that VLAN's Subnet).
+    trunks: std::collections::HashMap<PortId, Vec<(u16, PortId)>>,
 }
 
 /// A LoadBalancer as the datapath serves it: an address of a Network, its ports, and the
@@ -724,7 +735,30 @@ impl Snapshot {
             backend_ports: Vec::new(),
             probes: Arc::default(),
             policy: None,
+            trunks: std::collections::HashMap::new(),
         }
+    }
+
+    /// Sets the trunk NetworkInterfaces' VLAN ports (see [`Snapshot::trunk_port`]).
+    pub fn with_trunks(
+        mut self,
+        trunks: std::collections::HashMap<PortId, Vec<(u16, PortId)>>,
+    ) -> Snapshot {
+        self.trunks = trunks;
+        self
+    }
+
+    /// True when some port is a trunk (its tagged frames are looked up at all).
+    #[inline]
+    pub fn has_trunks(&self) -> bool {
+        !self.trunks.is_empty()
+    }
+
+    /// The port of trunk `port` on VLAN `vlan`, if the trunk carries that VLAN.
+    #[inline]
+    pub fn trunk_port(&self, port: PortId, vlan: u16) -> Option<&PortEntry> {
+        let (_, id) = self.trunks.get(&port)?.iter().find(|(v, _)| *v == vlan)?;
+        self.port(*id)
     }
 
     /// Sets the uplink.

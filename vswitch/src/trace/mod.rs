@@ -297,7 +297,15 @@ fn note_egress(ctx: &Context<'_>, trace: &Trace, port: PortId, frame: &[u8], des
                 describe_frame(frame)
             ),
         ),
-        Egress::Queue(_) | Egress::Uplink { .. } => {}
+        Egress::Tagged { vlan, .. } if describe => trace.note(
+            Step::Egress,
+            format_args!(
+                "port {} (VLAN {vlan} of a trunk): {}",
+                adjacency.name,
+                describe_frame(frame)
+            ),
+        ),
+        Egress::Queue(_) | Egress::Uplink { .. } | Egress::Tagged { .. } => {}
         Egress::Tunnel(tunnel) => {
             let Some(vtep) = ctx.snapshot.vtep.as_ref() else {
                 trace.note(

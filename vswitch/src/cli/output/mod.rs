@@ -17,7 +17,7 @@ pub use describe::{describe, describe_section, labels};
 pub use node::{
     OverlayReport, conntrack_table, fdb_table, load_balancer_view, nat_report, neighbors_table,
     overlay_report, overlay_runners_table, parse_answer, port_counters, routing_table,
-    stats_report,
+    stats_report, uplink_report,
 };
 pub use table::{Table, listing_table, resource_table, table_section};
 

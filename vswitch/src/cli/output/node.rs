@@ -470,6 +470,128 @@ pub fn overlay_report(view: &OverlayView) -> OverlayReport {
     }
 }
 
+/// `vswitchctl uplink`: the Uplink's line, its bond's members (with their frame counters
+/// from `stats`) and the Subnets on its VLANs.
+pub fn uplink_report(uplink: &Value, stats: &StatsReport) -> String {
+    let text_of = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        Value::Null => NONE.to_string(),
+        other => other.to_string(),
+    };
+    let yes = |value: &Value| {
+        if value.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+        .to_string()
+    };
+    let spec = &uplink["spec"];
+    let status = &uplink["status"];
+    let name = text_of(&uplink["metadata"]["name"]);
+    let interfaces = match spec["interfaces"].as_array() {
+        Some(list) if !list.is_empty() => list.iter().map(text_of).collect::<Vec<_>>().join("+"),
+        _ => text_of(&spec["interface"]),
+    };
+    let mode = spec["bond"]["mode"]
+        .as_str()
+        .map_or_else(|| NONE.to_string(), str::to_string);
+    let mut head = Table::new(&["UPLINK", "INTERFACES", "BOND", "MAC", "MTU", "STATE"]);
+    head.push(vec![
+        name.clone(),
+        interfaces,
+        mode,
+        text_of(&status["mac"]),
+        text_of(&status["mtu"]),
+        text_of(&status["state"]),
+    ]);
+    let mut text = head.render();
+    if let Some(members) = status["members"].as_array().filter(|m| !m.is_empty()) {
+        let mut table = Table::new(&[
+            "MEMBER",
+            "CARRIER",
+            "CARRIES",
+            "ACTIVE",
+            "PROBES",
+            "LACP",
+            "PARTNER",
+            "PARTNER-STATE",
+            "RX-PKTS",
+            "TX-PKTS",
+        ]);
+        for member in members {
+            let interface = text_of(&member["interface"]);
+            let counters = stats
+                .ports
+                .iter()
+                .find(|port| port.name == format!("{name}/{interface}"));
+            let lacp = &member["lacp"];
+            let (state, partner, partner_state) = if lacp.is_object() {
+                (
+                    format!(
+                        "{}{}",
+                        text_of(&lacp["state"]),
+                        if lacp["selected"] == true {
+                            ",selected"
+                        } else {
+                            ""
+                        }
+                    ),
+                    format!(
+                        "{} key {} port {}",
+                        text_of(&lacp["partnerSystem"]),
+                        text_of(&lacp["partnerKey"]),
+                        text_of(&lacp["partnerPort"])
+                    ),
+                    text_of(&lacp["partnerState"]),
+                )
+            } else {
+                (NONE.into(), NONE.into(), NONE.into())
+            };
+            table.push(vec![
+                interface,
+                yes(&member["carrier"]),
+                yes(&member["carriesTraffic"]),
+                yes(&member["active"]),
+                if member["probesAnswered"] == true {
+                    "answered"
+                } else {
+                    "unanswered"
+                }
+                .into(),
+                state,
+                partner,
+                partner_state,
+                counters.map_or_else(|| NONE.into(), |c| c.rx_packets.to_string()),
+                counters.map_or_else(|| NONE.into(), |c| c.tx_packets.to_string()),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    if let Some(vlans) = status["vlans"].as_array().filter(|v| !v.is_empty()) {
+        // Frames of a VLAN are received (and counted) on the uplink's members; its port
+        // counts what was sent into it and what could not leave.
+        let mut table = Table::new(&["VLAN", "SUBNET", "TX-PKTS", "TX-DROPS"]);
+        for vlan in vlans {
+            let port = format!("{name}.{}", text_of(&vlan["vlan"]));
+            let counters = stats.ports.iter().find(|p| p.name == port);
+            table.push(vec![
+                text_of(&vlan["vlan"]),
+                text_of(&vlan["subnet"]),
+                counters.map_or_else(|| NONE.into(), |c| c.tx_packets.to_string()),
+                counters.map_or_else(
+                    || NONE.into(),
+                    |c| c.drops.values().sum::<u64>().to_string(),
+                ),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ pub(super) fn publish(engine: &Engine, inner: &mut Inner) {
     );
     sync_tunnel_ids(engine, inner);
     sync_vlan_ids(engine, inner);
+    sync_trunk_ids(engine, inner);
     sync_uplink_trunk(inner);
     let now = inner.clock.now_ms() / 1000;
     inner.balancers.sync(&inner.state, &inner.ports, now);
@@ -155,6 +156,47 @@ fn compile(inner: &Inner) -> Snapshot {
             tunnels.insert(u32::from(vni), *id);
         }
     }
+    // Each VLAN of a trunk NetworkInterface: a port on that VLAN's Subnet whose frames
+    // leave the interface's device tagged.
+    let mut trunks: std::collections::HashMap<PortId, Vec<(u16, PortId)>> =
+        std::collections::HashMap::new();
+    for ((name, vlan), id) in &inner.trunk_ids {
+        let (Some(port), Some(nic)) = (inner.ports.get(name), state.network_interfaces.get(name))
+        else {
+            continue;
+        };
+        let Some((subnet_name, subnet)) = state
+            .subnets
+            .iter()
+            .find(|(_, s)| s.spec.vlan == Some(*vlan))
+        else {
+            continue;
+        };
+        let (Some(subnet_id), Some(mac)) = (inner.subnet_ids.get(subnet_name), nic.status.mac)
+        else {
+            continue;
+        };
+        if nic.status.state != InterfaceState::Up {
+            continue;
+        }
+        ports.push(PortEntry {
+            id: *id,
+            name: format!("{name}.{vlan}"),
+            subnet: *subnet_id,
+            mac: mac.0,
+            ips: Vec::new(),
+            mtu: subnet.spec.mtu,
+            // The container addresses itself on the VLAN: any source of the Subnet's.
+            allowed_sources: vec![subnet.spec.cidr],
+            proxy_arp: false,
+            egress: Egress::Tagged {
+                io: Arc::clone(&port.io),
+                vlan: *vlan,
+            },
+        });
+        floods.entry(subnet_name.as_str()).or_default().push(*id);
+        trunks.entry(port.id).or_default().push((*vlan, *id));
+    }
     // Each Subnet bound to a VLAN of the uplink: a port whose frames leave the uplink
     // tagged, where the uplink's tagged frames of that VLAN come in.
     let mut vlans = std::collections::HashMap::new();
@@ -262,6 +304,7 @@ fn compile(inner: &Inner) -> Snapshot {
         .with_uplink(uplink)
         .with_vtep(vtep)
         .with_balancers(balancers, &backends)
+        .with_trunks(trunks)
         .with_probes(inner.balancers.board())
 }
 
@@ -349,6 +392,44 @@ fn sync_vlan_ids(engine: &Engine, inner: &mut Inner) {
                 vlan_ids.insert(name, PortId(id));
             }
             None => tracing::error!(subnet = %name, "no port id left for the subnet's VLAN"),
+        }
+    }
+}
+
+/// Gives every VLAN of every trunk NetworkInterface with a device a port id (ids of VLANs
+/// that went are freed; new ones start with clean counters).
+fn sync_trunk_ids(engine: &Engine, inner: &mut Inner) {
+    let wanted: BTreeSet<(String, u16)> = inner
+        .state
+        .network_interfaces
+        .iter()
+        .filter(|(name, _)| inner.ports.contains_key(*name))
+        .flat_map(|(name, nic)| nic.spec.trunk.iter().map(|vlan| (name.clone(), *vlan)))
+        .collect();
+    let Inner {
+        trunk_ids,
+        port_ids,
+        ..
+    } = inner;
+    trunk_ids.retain(|key, id| {
+        let keep = wanted.contains(key);
+        if !keep {
+            port_ids.release(id.0);
+        }
+        keep
+    });
+    for key in wanted {
+        if trunk_ids.contains_key(&key) {
+            continue;
+        }
+        match port_ids.allocate() {
+            Some(id) => {
+                engine.reset_port(PortId(id));
+                trunk_ids.insert(key, PortId(id));
+            }
+            None => {
+                tracing::error!(interface = %key.0, vlan = key.1, "no port id left for the trunk's VLAN")
+            }
         }
     }
 }

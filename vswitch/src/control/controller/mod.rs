@@ -400,6 +400,8 @@ struct Inner {
     tunnel_ids: BTreeMap<String, PortId>,
     /// Subnet name -> its VLAN port's id (Subnets bound to a VLAN, while the Uplink is open).
     vlan_ids: BTreeMap<String, PortId>,
+    /// (NetworkInterface, VLAN) -> the port of a trunk's VLAN.
+    trunk_ids: BTreeMap<(String, u16), PortId>,
     /// Changes whose device work is under way with the lock released.
     in_flight: Vec<InFlight>,
     /// The LoadBalancers' backend sets and tables.
@@ -510,6 +512,7 @@ impl Controller {
             vtep: None,
             tunnel_ids: BTreeMap::new(),
             vlan_ids: BTreeMap::new(),
+            trunk_ids: BTreeMap::new(),
             in_flight: Vec::new(),
             flights: 0,
             balancers: Balancers::default(),

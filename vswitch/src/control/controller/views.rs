@@ -197,7 +197,8 @@ impl Controller {
     }
 
     /// What the status of `kind` needs from the running datapath: masquerade port usage for
-    /// NATGateways (nothing for other kinds).
+    /// NATGateways, LoadBalancers' backends, NetworkPolicies' counters, the Uplink's bond
+    /// members (nothing for other kinds).
     pub(super) fn live(&self, published: &Published, kind: Kind) -> Live {
         match kind {
             Kind::NatGateway => Live {

@@ -8,13 +8,19 @@ use super::prelude::*;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkInterfaceSpec {
     /// The Subnet it joins (default: the Subnet bound to `vlan`, else `default`).
-    #[serde(default, deserialize_with = "de_name")]
+    #[serde(default = "default_subnet", deserialize_with = "de_name")]
     pub subnet: String,
     /// An access port of this 802.1Q VLAN (1..=4094): the interface joins the Subnet bound
     /// to it (frames stay untagged in the container; they leave the uplink's trunk tagged).
     /// With `subnet` too, that Subnet must be the VLAN's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
+    /// A trunk of these VLANs (each bound to a Subnet): the container sends and receives
+    /// frames tagged with them (its `eth0.20`), each switched in that VLAN's Subnet from its
+    /// MAC, with sources inside that Subnet's prefix (it configures its addresses there
+    /// itself); untagged frames stay its own Subnet's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk: Vec<u16>,
     /// The container's namespace: a name under /run/netns, a path, or `pid:N`.
     #[serde(deserialize_with = "de_netns", serialize_with = "ser_display")]
     pub netns: NetnsRef,
@@ -190,13 +196,13 @@ spec:
         self.status = old.map(|o| o.status.clone()).unwrap_or_default();
     }
 
-    /// Without `subnet`: the Subnet bound to `vlan` (an access port), else `default`.
+    /// An access port left in the default Subnet joins the Subnet bound to its VLAN.
     fn complete(&mut self, cx: &Completion) {
-        if self.spec.subnet.is_empty() {
-            self.spec.subnet = match self.spec.vlan {
-                Some(vlan) => cx.vlan_subnets.get(&vlan).cloned().unwrap_or_default(),
-                None => default_subnet(),
-            };
+        let Some(bound) = self.spec.vlan.and_then(|vlan| cx.vlan_subnets.get(&vlan)) else {
+            return;
+        };
+        if self.spec.subnet == default_subnet() {
+            self.spec.subnet.clone_from(bound);
         }
     }
 
@@ -204,6 +210,7 @@ spec:
         if let Some(vlan) = self.spec.vlan {
             errors.check(check_access_vlan(cx.origin, cx.next, &self.spec, vlan));
         }
+        check_trunk(cx.origin, cx.next, &self.spec, errors);
         if let Some(old) = cx.current.network_interfaces.get(&self.metadata.key()) {
             errors.check(check_immutables(cx.origin, old, self));
         }
@@ -297,6 +304,64 @@ fn check_access_vlan(
             ),
         )),
         Some(_) => Ok(()),
+    }
+}
+
+/// `spec.trunk`: each VLAN in range, listed once, bound to a Subnet other than the
+/// interface's own, and not on an access port.
+fn check_trunk(origin: &Origin, next: &State, spec: &NetworkInterfaceSpec, errors: &mut Errors) {
+    if spec.trunk.is_empty() {
+        return;
+    }
+    if spec.vlan.is_some() {
+        errors.push(origin.invalid(
+            "spec.trunk",
+            "an access port (spec.vlan) is not a trunk: give vlan or trunk, not both",
+        ));
+    }
+    if spec.trunk.len() > 64 {
+        errors.push(origin.invalid(
+            "spec.trunk",
+            format!("at most 64 VLANs per trunk, not {}", spec.trunk.len()),
+        ));
+    }
+    for (i, vlan) in spec.trunk.iter().enumerate() {
+        let field = format!("spec.trunk[{i}]");
+        if *vlan == 0 || *vlan > super::subnet::MAX_VLAN {
+            errors.push(origin.invalid(
+                &field,
+                format!(
+                    "{vlan} is out of range: an 802.1Q VLAN ID is 1..={}",
+                    super::subnet::MAX_VLAN
+                ),
+            ));
+            continue;
+        }
+        if let Some(first) = spec
+            .trunk
+            .iter()
+            .position(|v| v == vlan)
+            .filter(|first| *first < i)
+        {
+            errors.push(origin.invalid(
+                &field,
+                format!("VLAN {vlan} is already spec.trunk[{first}]: list each VLAN once"),
+            ));
+            continue;
+        }
+        match next.subnets.iter().find(|(_, s)| s.spec.vlan == Some(*vlan)) {
+            None => errors.push(origin.invalid(
+                &field,
+                format!("no Subnet is bound to VLAN {vlan}: give a Subnet vlan: {vlan} first"),
+            )),
+            Some((name, _)) if *name == spec.subnet => errors.push(origin.invalid(
+                &field,
+                format!(
+                    "VLAN {vlan} is the interface's own Subnet {name:?}, whose frames it sends untagged"
+                ),
+            )),
+            Some(_) => {}
+        }
     }
 }
 

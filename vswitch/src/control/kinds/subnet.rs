@@ -277,7 +277,13 @@ spec:
             ));
         }
         errors.check(check_vni(cx.origin, cx.next, &self.metadata.name, self));
-        errors.check(check_vlan(cx.origin, cx.next, &self.metadata.name, self));
+        errors.check(check_vlan(
+            cx.origin,
+            cx.current,
+            cx.next,
+            &self.metadata.name,
+            self,
+        ));
         check_dns(cx.origin, &self.spec, errors);
         check_dhcp(cx.origin, &self.spec, errors);
         let served = |s: &Subnet| s.spec.dhcp.as_ref().is_some_and(|d| d.enabled);
@@ -745,16 +751,37 @@ fn check_against_uplink(origin: &Origin, next: &State, subnet: &Subnet) -> Resul
     Ok(())
 }
 
-/// A Subnet's overlay fields: a VNI in range and no other Subnet's, remote VTEPs only
-/// with a VNI, each reachable.
-///
-/// # Errors
-/// [`ApiError`] naming the field.
 /// The highest 802.1Q VLAN ID a Subnet may take (4095 is reserved, 0 means no VLAN).
 pub const MAX_VLAN: u16 = 4094;
 
 /// `spec.vlan`: in range, and no other Subnet's (one Uplink per node: a VLAN is one segment).
-fn check_vlan(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Result<(), ApiError> {
+fn check_vlan(
+    origin: &Origin,
+    current: &State,
+    next: &State,
+    name: &str,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
+    // The Subnet keeps the VLAN its interfaces use: its access ports', trunks' of it.
+    let old = current
+        .subnets
+        .get(name)
+        .and_then(|s| s.spec.vlan)
+        .filter(|old| subnet.spec.vlan != Some(*old));
+    let user = old.and_then(|old| {
+        next.network_interfaces.values().find(|nic| {
+            (nic.spec.subnet == name && nic.spec.vlan == Some(old)) || nic.spec.trunk.contains(&old)
+        })
+    });
+    if let (Some(vlan), Some(nic)) = (old, user) {
+        return Err(origin.conflict(
+            "spec.vlan",
+            format!(
+                "NetworkInterface {:?} uses VLAN {vlan} of this Subnet (an access port or a trunk of it); change or delete it first",
+                nic.metadata.key()
+            ),
+        ));
+    }
     let Some(vlan) = subnet.spec.vlan else {
         return Ok(());
     };
@@ -781,6 +808,11 @@ fn check_vlan(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Res
     Ok(())
 }
 
+/// A Subnet's overlay fields: a VNI in range and no other Subnet's, remote VTEPs only
+/// with a VNI, each reachable.
+///
+/// # Errors
+/// [`ApiError`] naming the field.
 fn check_vni(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Result<(), ApiError> {
     let Some(vni) = subnet.spec.vni else {
         if !subnet.spec.remote_vteps.is_empty() {

@@ -333,7 +333,8 @@ fn one() -> u8 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArpMonitorSpec {
-    /// How often each target is asked on each member, ms (10..=60000).
+    /// How often the targets are asked, ms (10..=60000): on every member in balance-xor, on
+    /// the active one in active-backup.
     pub interval_ms: u64,
     /// The addresses asked (1 to 16), on the link of the uplink's addresses.
     pub targets: Vec<Ipv4Addr>,

@@ -388,7 +388,6 @@ impl Geometry {
     }
 }
 
-/// `start..start + len` when it ends at or before `limit`.
 /// The VLAN tag a `tpacket2_hdr` reports (`TPID << 16 | TCI`), 0 when the frame had none.
 /// A kernel that reports no TPID used 802.1Q's.
 fn vlan_tag(status: u32, header: &libc::tpacket2_hdr) -> u32 {
@@ -403,6 +402,7 @@ fn vlan_tag(status: u32, header: &libc::tpacket2_hdr) -> u32 {
     (u32::from(tpid) << 16) | u32::from(header.tp_vlan_tci)
 }
 
+/// `start..start + len` when it ends at or before `limit`.
 fn span(start: usize, len: usize, limit: usize) -> Option<Range<usize>> {
     let end = start.checked_add(len)?;
     (end <= limit).then_some(start..end)
