@@ -358,11 +358,49 @@ fn bench_pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+/// `vlan/push_1500` and `vlan/push_64`: a frame copied with an 802.1Q tag pushed, as a
+/// VLAN's frames leave the uplink; `bond/member_for`: the member a TCP/IPv4 frame's flow
+/// leaves a two-member bond on (hash, bucket, one relaxed load).
+fn bench_vlan_bond(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vlan");
+    for len in [64usize, 1500] {
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&pattern(len, 5));
+        frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x00]);
+        let mut out = Vec::with_capacity(frame.len() + 4);
+        vswitch::pipeline::tx::push_vlan(&frame, 10, &mut out);
+        assert_eq!(out.len(), frame.len() + 4, "the tag is pushed");
+        group.throughput(Throughput::Bytes(count(len)));
+        group.bench_function(format!("push_{len}"), |b| {
+            b.iter(|| vswitch::pipeline::tx::push_vlan(black_box(&frame), 10, &mut out));
+        });
+    }
+    group.finish();
+    let bond = vswitch::tables::bond::Bond::new(vswitch::tables::bond::BondMode::Lacp, 2);
+    bond.publish(&[true, true], None);
+    let mut frame = vec![0u8; VNET_HDR_LEN];
+    frame.extend_from_slice(&[0xff; 12]);
+    frame.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0x9c, 0x40, 0x00, 0x50]);
+    frame.resize(VNET_HDR_LEN + 54, 0);
+    assert!(
+        bond.member_for(&frame).is_some(),
+        "a member carries the flow"
+    );
+    let mut group = c.benchmark_group("bond");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("member_for", |b| {
+        b.iter(|| bond.member_for(black_box(&frame)));
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_checksum,
     bench_gso,
     bench_gro,
-    bench_pipeline
+    bench_pipeline,
+    bench_vlan_bond
 );
 criterion_main!(benches);
