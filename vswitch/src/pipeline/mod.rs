@@ -700,7 +700,13 @@ pub fn process_trunk(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Outcome {
-    let mut outcome = process_with(ctx, port, frame, local, true);
+    confine_flood(port, process_with(ctx, port, frame, local, true))
+}
+
+/// A flood of a frame received on `port` floods `port`'s subnet but `port`, whatever the
+/// batch's ingress (a subnet's tunnel or VLAN port, or a trunk's VLAN port, whose frames
+/// arrive with other ports' in one batch).
+fn confine_flood(port: &PortEntry, mut outcome: Outcome) -> Outcome {
     if outcome.verdict == Verdict::Flood {
         outcome.verdict = Verdict::FloodSubnet {
             subnet: port.subnet,
@@ -719,15 +725,8 @@ pub fn process_tunnel(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Outcome {
-    let mut outcome = process_with(ctx, tunnel, frame, local, false);
-    if outcome.verdict == Verdict::Flood {
-        // Split horizon: what came from the overlay never goes back into it.
-        outcome.verdict = Verdict::FloodSubnet {
-            subnet: tunnel.subnet,
-            except: Some(tunnel.id),
-        };
-    }
-    outcome
+    // Split horizon: what came from the overlay (or a VLAN) never goes back into it.
+    confine_flood(tunnel, process_with(ctx, tunnel, frame, local, false))
 }
 
 fn process_with(

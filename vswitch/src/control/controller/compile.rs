@@ -375,25 +375,7 @@ fn sync_vlan_ids(engine: &Engine, inner: &mut Inner) {
     let Inner {
         vlan_ids, port_ids, ..
     } = inner;
-    vlan_ids.retain(|name, id| {
-        let keep = wanted.contains(name);
-        if !keep {
-            port_ids.release(id.0);
-        }
-        keep
-    });
-    for name in wanted {
-        if vlan_ids.contains_key(&name) {
-            continue;
-        }
-        match port_ids.allocate() {
-            Some(id) => {
-                engine.reset_port(PortId(id));
-                vlan_ids.insert(name, PortId(id));
-            }
-            None => tracing::error!(subnet = %name, "no port id left for the subnet's VLAN"),
-        }
-    }
+    sync_port_ids(engine, vlan_ids, port_ids, wanted, "a Subnet's VLAN");
 }
 
 /// Gives every VLAN of every trunk NetworkInterface with a device a port id (ids of VLANs
@@ -411,27 +393,7 @@ fn sync_trunk_ids(engine: &Engine, inner: &mut Inner) {
         port_ids,
         ..
     } = inner;
-    trunk_ids.retain(|key, id| {
-        let keep = wanted.contains(key);
-        if !keep {
-            port_ids.release(id.0);
-        }
-        keep
-    });
-    for key in wanted {
-        if trunk_ids.contains_key(&key) {
-            continue;
-        }
-        match port_ids.allocate() {
-            Some(id) => {
-                engine.reset_port(PortId(id));
-                trunk_ids.insert(key, PortId(id));
-            }
-            None => {
-                tracing::error!(interface = %key.0, vlan = key.1, "no port id left for the trunk's VLAN")
-            }
-        }
-    }
+    sync_port_ids(engine, trunk_ids, port_ids, wanted, "a trunk's VLAN");
 }
 
 /// Makes the Uplink's members VLAN trunks while a Subnet is bound to a VLAN (and plain
@@ -509,23 +471,35 @@ fn sync_tunnel_ids(engine: &Engine, inner: &mut Inner) {
         port_ids,
         ..
     } = inner;
-    tunnel_ids.retain(|name, id| {
-        let keep = wanted.contains(name);
+    sync_port_ids(engine, tunnel_ids, port_ids, wanted, "a Subnet's tunnel");
+}
+
+/// Makes `ids` hold a port id for exactly the keys in `wanted`: ids of keys that went go
+/// back to `pool`; new keys get one, with clean counters.
+fn sync_port_ids<K: Ord + Clone + std::fmt::Debug>(
+    engine: &Engine,
+    ids: &mut BTreeMap<K, PortId>,
+    pool: &mut IdPool,
+    wanted: BTreeSet<K>,
+    what: &str,
+) {
+    ids.retain(|key, id| {
+        let keep = wanted.contains(key);
         if !keep {
-            port_ids.release(id.0);
+            pool.release(id.0);
         }
         keep
     });
-    for name in wanted {
-        if tunnel_ids.contains_key(&name) {
+    for key in wanted {
+        if ids.contains_key(&key) {
             continue;
         }
-        match port_ids.allocate() {
+        match pool.allocate() {
             Some(id) => {
                 engine.reset_port(PortId(id));
-                tunnel_ids.insert(name, PortId(id));
+                ids.insert(key, PortId(id));
             }
-            None => tracing::error!(subnet = %name, "no port id left for the subnet's tunnel"),
+            None => tracing::error!(?key, "no port id left for {what}"),
         }
     }
 }
