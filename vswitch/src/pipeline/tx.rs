@@ -233,4 +233,28 @@ mod tests {
         assert_eq!(wire_len(&partial_udp()), 14 + 20 + 8 + 6);
         assert_eq!(wire_len(&[0; 3]), 0);
     }
+
+    #[test]
+    fn push_vlan_inserts_the_tag_and_moves_the_offsets() {
+        // NEEDS_CSUM, GSO TCPv4: csum_start 34, hdr_len 66.
+        let mut frame = vec![1u8, 1, 66, 0, 0xa8, 5, 34, 0, 16, 0];
+        frame.extend_from_slice(&[0xcc; 12]);
+        frame.extend_from_slice(&[0x08, 0x00, 0x45, 0x00]);
+        let mut out = Vec::new();
+        push_vlan(&frame, 20, &mut out);
+        assert_eq!(out.len(), frame.len() + 4);
+        assert_eq!(&out[VNET_HDR_LEN..VNET_HDR_LEN + 12], &[0xcc; 12]);
+        assert_eq!(
+            &out[VNET_HDR_LEN + 12..VNET_HDR_LEN + 18],
+            &[0x81, 0, 0, 20, 0x08, 0]
+        );
+        assert_eq!(&out[2..4], &[70, 0], "hdr_len");
+        assert_eq!(&out[6..8], &[38, 0], "csum_start");
+        assert_eq!(&out[4..6], &[0xa8, 5], "gso_size unchanged");
+        // Only the VLAN ID's 12 bits are written; a short frame is copied as is.
+        push_vlan(&frame, 0xf014, &mut out);
+        assert_eq!(&out[VNET_HDR_LEN + 14..VNET_HDR_LEN + 16], &[0x00, 0x14]);
+        push_vlan(&[1, 2, 3], 5, &mut out);
+        assert_eq!(out, vec![1, 2, 3]);
+    }
 }

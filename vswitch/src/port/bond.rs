@@ -386,6 +386,12 @@ impl Monitor {
         let Some(member) = self.lacp.get_mut(index) else {
             return;
         };
+        // Only the Slow Protocols group address: the socket also hears unicast 0x8809 frames
+        // (a member of a trunk is promiscuous), which no partner sends.
+        if frame.get(..6) != Some(&lacp::LACP_MULTICAST[..]) {
+            (self.events)(Event::LacpPduBad, 1);
+            return;
+        }
         let before = member.counters().pdus_rx;
         match member.receive(frame, now) {
             Ok(event) => {

@@ -236,6 +236,7 @@ impl Engine {
             neighbors: Neighbors::new(),
             remote_fdb: vxlan::VxlanSharedFdb::new(Default::default()),
             counters: (0..config.workers).map(|_| WorkerCounters::new()).collect(),
+            outside_events: (0..Event::COUNT).map(|_| AtomicU64::new(0)).collect(),
             synced: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
             busy_poll: config.busy_poll,
             storm_control_pps: config.storm_control_pps,
@@ -345,13 +346,13 @@ impl Engine {
         Arc::clone(&self.shared.clock)
     }
 
-    /// Counts events from outside the workers (a bond monitor): into worker 0's counters,
-    /// which the totals sum like any other.
+    /// Counts events from outside the workers (a bond monitor) in counters of their own
+    /// (a worker's are written by that worker alone), which the totals add.
     pub fn event_sink(&self) -> crate::port::bond::EventSink {
         let shared = Arc::clone(&self.shared);
         Arc::new(move |event, n| {
-            if let Some(counters) = shared.counters.first() {
-                counters.add_event(event, n);
+            if let Some(counter) = shared.outside_events.get(event.index()) {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         })
     }
@@ -458,7 +459,18 @@ impl Engine {
             events: Event::ALL
                 .iter()
                 .map(|&event| {
-                    let sum = self.shared.counters.iter().map(|c| c.event(event)).sum();
+                    let outside = self
+                        .shared
+                        .outside_events
+                        .get(event.index())
+                        .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
+                    let sum = self
+                        .shared
+                        .counters
+                        .iter()
+                        .map(|c| c.event(event))
+                        .sum::<u64>()
+                        + outside;
                     (event.key().to_string(), sum)
                 })
                 .collect(),

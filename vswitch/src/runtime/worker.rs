@@ -125,6 +125,9 @@ pub(crate) struct Shared {
     pub(crate) remote_fdb: vxlan::VxlanSharedFdb,
     /// One set of counters per worker, written only by that worker.
     pub(crate) counters: Box<[WorkerCounters]>,
+    /// Events counted outside the workers (bond monitors), by [`Event::index`]; several
+    /// threads may add, so each add is an atomic `fetch_add`.
+    pub(crate) outside_events: Box<[AtomicU64]>,
     /// The snapshot generation each worker has re-synced to (`u64::MAX` once it stopped).
     pub(crate) synced: Box<[AtomicU64]>,
     /// How long a worker keeps polling without sleeping after the last wait that found work
@@ -1398,10 +1401,10 @@ fn trunk_vlan<'a>(
         return TrunkFrame::Untagged;
     };
     match snapshot.trunk_port(port, tci & 0x0fff) {
-        Some(vlan_port) => {
-            batch.pop_vlan(i);
-            TrunkFrame::Vlan(vlan_port)
-        }
+        Some(vlan_port) => match batch.pop_vlan(i) {
+            Some(_) => TrunkFrame::Vlan(vlan_port),
+            None => TrunkFrame::Refused,
+        },
         None => TrunkFrame::Untagged,
     }
 }
@@ -1438,8 +1441,10 @@ fn send_uplink(
         scratch,
     } = tx;
     let mut result = Ok(());
+    // One choice for the whole destination: the monitor may publish meanwhile.
+    let view = io.bond.as_deref().map(crate::tables::bond::Bond::view);
+    let bond = view.as_ref();
     for (m, member) in io.members.iter().enumerate() {
-        let bond = io.bond.as_deref();
         if bond.is_some_and(|bond| !bond.carries(m)) {
             continue;
         }
@@ -1480,10 +1485,10 @@ fn send_uplink(
             );
         }
     }
-    if let Some(bond) = io.bond.as_deref() {
+    if let Some(bond) = bond {
         let mut stranded = 0u64;
         in_order(batch, verdicts, generated, wants, |frame, _| {
-            if bond.member_for(frame).is_none_or(|m| !bond.carries(m)) {
+            if bond.member_for(frame).is_none() {
                 stranded += 1;
             }
         });

@@ -278,5 +278,21 @@ mod tests {
         assert_eq!(&popped[VNET_HDR_LEN..VNET_HDR_LEN + 12], &[0xaa; 12]);
         assert_eq!(&popped[VNET_HDR_LEN + 12..], &[0x08, 0x00, 0x45]);
         assert_eq!(batch.pop_vlan(0), None, "no tag left");
+
+        // A GSO super-frame's hdr_len moves too; a tag too short to pop is left.
+        let mut batch = RxBatch::new(2);
+        let mut gso = vec![1u8, 1, 70, 0, 0xa8, 5, 38, 0, 16, 0];
+        gso.extend_from_slice(&[0xbb; 12]);
+        gso.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00, 0x45]);
+        batch.next_slot().unwrap()[..gso.len()].copy_from_slice(&gso);
+        batch.commit(gso.len());
+        let short = [0u8; VNET_HDR_LEN + 14];
+        batch.next_slot().unwrap()[..short.len()].copy_from_slice(&short);
+        batch.commit(short.len());
+        assert_eq!(batch.pop_vlan(0), Some(10));
+        assert_eq!(&batch.frame(0)[2..4], &[66, 0], "hdr_len moved back");
+        assert_eq!(&batch.frame(0)[6..8], &[34, 0], "csum_start moved back");
+        assert_eq!(batch.pop_vlan(1), None);
+        assert_eq!(batch.frame(1).len(), short.len());
     }
 }

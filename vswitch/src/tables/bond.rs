@@ -146,6 +146,27 @@ impl Bond {
         (member != NONE).then_some(usize::from(member))
     }
 
+    /// The bond's transmit choice as of now, copied once (a destination's frames are then
+    /// sent by it, whatever the monitor publishes meanwhile: a frame is never sent on two
+    /// members, nor lost between their passes).
+    #[inline]
+    pub fn view(&self) -> BondView {
+        let mut carries = 0u8;
+        for (m, flags) in self.members.iter().enumerate() {
+            if flags.carries.load(Ordering::Relaxed) {
+                carries |= 1 << m;
+            }
+        }
+        BondView {
+            buckets: std::array::from_fn(|i| {
+                self.buckets
+                    .get(i)
+                    .map_or(NONE, |b| b.load(Ordering::Relaxed))
+            }),
+            carries,
+        }
+    }
+
     /// Publishes which members carry traffic (`carrying[i]` for member `i`) and, for
     /// active-backup, which one is active; moves only the buckets whose member changed (see
     /// the module doc). Called by the monitor only.
@@ -185,6 +206,31 @@ impl Bond {
             }
         }
         counts
+    }
+}
+
+/// A bond's transmit choice, copied at one moment ([`Bond::view`]).
+#[derive(Debug, Clone)]
+pub struct BondView {
+    buckets: [u8; BUCKETS],
+    /// Bit `m`: member `m` carries traffic.
+    carries: u8,
+}
+
+impl BondView {
+    /// True when member `member` carries traffic.
+    #[inline]
+    pub fn carries(&self, member: usize) -> bool {
+        member < MAX_MEMBERS && self.carries & (1 << member) != 0
+    }
+
+    /// The member `frame` (virtio header + untagged Ethernet frame) leaves on, `None` when
+    /// its bucket's member does not carry traffic.
+    #[inline]
+    pub fn member_for(&self, frame: &[u8]) -> Option<usize> {
+        let bucket = usize::from(flow_hash(frame.get(VNET_HDR_LEN..).unwrap_or_default()));
+        let member = usize::from(*self.buckets.get(bucket)?);
+        self.carries(member).then_some(member)
     }
 }
 
@@ -323,6 +369,24 @@ mod tests {
             bond.member_for(&udp([1, 1, 1, 1], [2, 2, 2, 2], 1, 1)),
             None
         );
+    }
+
+    #[test]
+    fn a_view_keeps_its_choice_while_the_bond_changes() {
+        let bond = Bond::new(BondMode::BalanceXor, 2);
+        bond.publish(&[true, true], None);
+        let flows: Vec<Vec<u8>> = (0..64)
+            .map(|p| udp([10, 0, 0, 1], [10, 0, 0, 2], 3000 + p, 80))
+            .collect();
+        let view = bond.view();
+        let chosen: Vec<Option<usize>> = flows.iter().map(|f| view.member_for(f)).collect();
+        bond.publish(&[false, true], None);
+        let again: Vec<Option<usize>> = flows.iter().map(|f| view.member_for(f)).collect();
+        assert_eq!(chosen, again, "the view is a copy");
+        assert!(chosen.contains(&Some(0)));
+        let now = bond.view();
+        assert!(flows.iter().all(|f| now.member_for(f) == Some(1)));
+        assert!(!now.carries(0) && now.carries(1) && !now.carries(9));
     }
 
     #[test]

@@ -201,15 +201,16 @@ fn compile(inner: &Inner) -> Snapshot {
     // tagged, where the uplink's tagged frames of that VLAN come in.
     let mut vlans = std::collections::HashMap::new();
     if let Some(open) = &inner.uplink {
-        for (name, id) in &inner.vlan_ids {
+        for ((name, vlan), id) in &inner.vlan_ids {
             let (Some(subnet), Some(subnet_id)) =
                 (state.subnets.get(name), inner.subnet_ids.get(name))
             else {
                 continue;
             };
-            let Some(vlan) = subnet.spec.vlan else {
+            let vlan = *vlan;
+            if subnet.spec.vlan != Some(vlan) {
                 continue;
-            };
+            }
             ports.push(PortEntry {
                 id: *id,
                 name: format!("{}.{vlan}", open.name),
@@ -361,13 +362,14 @@ fn uplink_routing(
 /// Gives every Subnet with a VLAN a port id while the Uplink is open (ids of VLANs that
 /// went are freed; new ones start with clean counters).
 fn sync_vlan_ids(engine: &Engine, inner: &mut Inner) {
-    let wanted: BTreeSet<String> = if inner.uplink.is_some() {
+    // Keyed by the VLAN too: a Subnet that moves to another VLAN gets a new port (its
+    // learned MACs, of the old VLAN, are forgotten with the old id).
+    let wanted: BTreeSet<(String, u16)> = if inner.uplink.is_some() {
         inner
             .state
             .subnets
             .iter()
-            .filter(|(_, s)| s.spec.vlan.is_some())
-            .map(|(name, _)| name.clone())
+            .filter_map(|(name, s)| Some((name.clone(), s.spec.vlan?)))
             .collect()
     } else {
         BTreeSet::new()
@@ -486,6 +488,8 @@ fn sync_port_ids<K: Ord + Clone + std::fmt::Debug>(
     ids.retain(|key, id| {
         let keep = wanted.contains(key);
         if !keep {
+            // Its learned MACs go with it (frames to them would find no port).
+            engine.reset_port(*id);
             pool.release(id.0);
         }
         keep

@@ -398,8 +398,9 @@ struct Inner {
     vtep: Option<OpenVtep>,
     /// Tunnel port ids by Subnet name: the Subnets with a VNI, while the VTEP is open.
     tunnel_ids: BTreeMap<String, PortId>,
-    /// Subnet name -> its VLAN port's id (Subnets bound to a VLAN, while the Uplink is open).
-    vlan_ids: BTreeMap<String, PortId>,
+    /// (Subnet, VLAN) -> its VLAN port's id (Subnets bound to a VLAN, while the Uplink is
+    /// open).
+    vlan_ids: BTreeMap<(String, u16), PortId>,
     /// (NetworkInterface, VLAN) -> the port of a trunk's VLAN.
     trunk_ids: BTreeMap<(String, u16), PortId>,
     /// Changes whose device work is under way with the lock released.

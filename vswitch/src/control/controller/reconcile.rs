@@ -904,8 +904,12 @@ pub(super) fn install_uplink(
         close_members(inner.uplink_ops, members);
         return Err(full());
     }
-    let (Some(id), Some(segment)) = (inner.port_ids.allocate(), inner.subnet_id_pool.allocate())
-    else {
+    let Some(segment) = inner.subnet_id_pool.allocate() else {
+        close_members(inner.uplink_ops, members);
+        return Err(full());
+    };
+    let Some(id) = inner.port_ids.allocate() else {
+        inner.subnet_id_pool.release(segment);
         close_members(inner.uplink_ops, members);
         return Err(full());
     };
@@ -987,8 +991,24 @@ pub(super) fn install_uplink(
             ) {
                 Ok(monitor) => Some(monitor),
                 Err(error) => {
-                    tracing::error!(uplink = %name, %error, "cannot start the bond monitor: no member will carry traffic");
-                    None
+                    // A bond without its monitor would never carry traffic: not opened.
+                    engine.reset_port(id);
+                    inner.port_ids.release(id.0);
+                    inner.subnet_id_pool.release(segment);
+                    for member in opened {
+                        if member.id != id {
+                            engine.reset_port(member.id);
+                            inner.port_ids.release(member.id.0);
+                        }
+                        if let Ok(io) = Arc::try_unwrap(member.io) {
+                            (inner.uplink_ops.close)(io);
+                        }
+                    }
+                    return Err(ApiError::Internal {
+                        message: format!(
+                            "cannot start the bond monitor of Uplink {name:?} (its LACP and link-state sockets): {error}"
+                        ),
+                    });
                 }
             }
         }

@@ -322,6 +322,16 @@ spec:
                     .map(|n| n.metadata.name.clone())
                     .collect(),
             ),
+            // Trunks of its VLAN would pick the VLAN up again with whatever Subnet takes it.
+            (
+                "trunk NetworkInterfaces of its VLAN",
+                state
+                    .network_interfaces
+                    .values()
+                    .filter(|n| subnet.spec.vlan.is_some_and(|v| n.spec.trunk.contains(&v)))
+                    .map(|n| n.metadata.name.clone())
+                    .collect(),
+            ),
             // Routes whose next hop is on this Subnet would lose their egress.
             (
                 "Routes through it",
@@ -785,6 +795,13 @@ fn check_vlan(
     let Some(vlan) = subnet.spec.vlan else {
         return Ok(());
     };
+    if subnet.spec.vni.is_some() {
+        // Two nodes on one VLAN would pass a broadcast VLAN -> overlay -> VLAN without end.
+        return Err(origin.invalid(
+            "spec.vlan",
+            "a Subnet is stretched over the overlay (vni) or onto a VLAN of the Uplink, not both: a broadcast could loop between them",
+        ));
+    }
     if vlan == 0 || vlan > MAX_VLAN {
         return Err(origin.invalid(
             "spec.vlan",
