@@ -368,11 +368,11 @@ fn bench_vlan_bond(c: &mut Criterion) {
         frame.extend_from_slice(&pattern(len, 5));
         frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x00]);
         let mut out = Vec::with_capacity(frame.len() + 4);
-        vswitch::pipeline::tx::push_vlan(&frame, 10, &mut out);
+        vswitch::pipeline::tx::push_vlan(&frame, 0x8100, 10, &mut out);
         assert_eq!(out.len(), frame.len() + 4, "the tag is pushed");
         group.throughput(Throughput::Bytes(count(len)));
         group.bench_function(format!("push_{len}"), |b| {
-            b.iter(|| vswitch::pipeline::tx::push_vlan(black_box(&frame), 10, &mut out));
+            b.iter(|| vswitch::pipeline::tx::push_vlan(black_box(&frame), 0x8100, 10, &mut out));
         });
     }
     group.finish();

@@ -273,22 +273,58 @@ fn qinq_and_unknown_vlans_are_counted_and_dropped() {
                 .then_some(())
         },
     );
-    // The same ARP on VLAN 10 is answered by the gateway, tagged.
-    let capture = wire.spawn(&[
-        "python3",
-        "-c",
-        "import socket\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(3))\ns.bind(('eth0',0))\ns.settimeout(5)\nwhile True:\n    d,a=s.recvfrom(2048)\n    if d[12:14]==b'\\x08\\x06' and d[20:22]==b'\\x00\\x02':\n        print(d.hex()); break\n",
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
-    let tagged = format!("{head}8100000a{arp}");
-    send_raw_frames(&wire, "eth0", &[&tagged]);
-    let out = capture.wait_with_output().expect("capture");
-    let reply = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        reply.contains("0a0a0001"),
-        "no ARP reply from the VLAN 10 gateway: {reply:?}"
+    // The same ARP on VLAN 10 is answered by the gateway, tagged alike.
+    let answer = |tag: &str| -> String {
+        let capture = wire.spawn(&["python3", "-c", TAG_OF_ARP_REPLY]);
+        std::thread::sleep(Duration::from_millis(300));
+        send_raw_frames(&wire, "eth0", &[&format!("{head}{tag}{arp}")]);
+        let out = capture.wait_with_output().expect("capture");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        answer("8100000a"),
+        "8100/10",
+        "the VLAN 10 gateway's answer"
+    );
+    // An 802.1ad trunk: service tags are the VLANs, 802.1Q tags are refused.
+    daemon.apply_yaml(&config(&["m1"], None).replace(
+        "  gateway: 203.0.113.1",
+        "  gateway: 203.0.113.1\n  vlanProtocol: 802.1ad",
+    ));
+    wait_until("the Uplink reopened", Duration::from_secs(10), || {
+        (daemon.ctl_json(&["get", "uplink", "up"])["status"]["state"] == "Up").then_some(())
+    });
+    assert_eq!(answer("88a8000a"), "88a8/10", "an 802.1ad gateway's answer");
+    let before = daemon.port_drop("up", "uplink.vlan_qinq");
+    send_raw_frames(&wire, "eth0", &[&format!("{head}8100000a{arp}")]);
+    wait_until(
+        "an 802.1Q tag refused on an 802.1ad trunk",
+        Duration::from_secs(5),
+        || (daemon.port_drop("up", "uplink.vlan_qinq") > before).then_some(()),
     );
 }
+
+/// Prints the tag (`tpid/vid`, as the kernel reports it beside the frame) of the first ARP
+/// reply arriving on `eth0`, or `untagged`, within 5 s.
+const TAG_OF_ARP_REPLY: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(('eth0', 0))
+s.setsockopt(263, 8, 1)  # PACKET_AUXDATA
+s.settimeout(5)
+while True:
+    d, anc, _, addr = s.recvmsg(2048, socket.CMSG_SPACE(64))
+    if addr[2] == 4 or d[12:14] != b'\x08\x06' or d[20:22] != b'\x00\x02':
+        continue
+    tag = 'untagged'
+    for level, kind, aux in anc:
+        if level == 263 and kind == 8:
+            status, _, _, _, _, tci, tpid = struct.unpack('IIIHHHH', aux[:20])
+            if status & 0x10:
+                tag = '%04x/%d' % (tpid if status & 0x40 else 0x8100, tci & 0xfff)
+    print(tag)
+    break
+"#;
 
 /// Builds the OVS bond `bond0` over `o1`, `o2` (a trunk of VLANs 10 and 20) with `options`.
 fn ovs_bond(ovs: &Ovs, options: &[&str]) {

@@ -278,6 +278,7 @@ fn uplink_work(
             let moved = old.spec.interface != new.spec.interface
                 || old.spec.interfaces != new.spec.interfaces
                 || old.spec.bond != new.spec.bond
+                || old.spec.vlan_protocol != new.spec.vlan_protocol
                 || nat_rules::uplink_mac(current, old) != nat_rules::uplink_mac(next, new);
             let retry = old.status.state != InterfaceState::Up;
             if !moved && !retry {

@@ -643,11 +643,13 @@ pub fn input(
 }
 
 /// Runs the stages for one tagged frame received on the uplink (the kernel took the tag
-/// off: `tag` is `TPID << 16 | TCI`): an 802.1Q tag of a VLAN a Subnet is bound to switches
+/// off: `tag` is `TPID << 16 | TCI`): a tag of the trunk's protocol (802.1Q, or 802.1ad
+/// when the Uplink says so) of a VLAN a Subnet is bound to switches
 /// the frame into that Subnet as if received on the Subnet's VLAN port ([`process_tunnel`]:
 /// no port security, never flooded back out of the uplink); a tag of VLAN 0 (priority only)
-/// is no VLAN. Anything else is dropped: another VLAN (`uplink.vlan_unknown`), an 802.1ad
-/// or stacked tag (`uplink.vlan_qinq`).
+/// is no VLAN. Anything else is dropped: another VLAN (`uplink.vlan_unknown`), a tag of the
+/// other protocol (802.1ad on an 802.1Q trunk, or the reverse) or stacked tags
+/// (`uplink.vlan_qinq`).
 pub fn process_uplink_vlan(
     ctx: &Context<'_>,
     uplink: &UplinkEntry,
@@ -657,7 +659,7 @@ pub fn process_uplink_vlan(
 ) -> Outcome {
     let tpid = tag >> 16;
     let vid = u16::try_from(tag & 0x0fff).unwrap_or(0);
-    if tpid != 0x8100 {
+    if tpid != u32::from(uplink.io.tpid) {
         return Outcome::dropped(uplink::DropReason::VlanQinq);
     }
     let inner = frame

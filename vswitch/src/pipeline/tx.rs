@@ -44,13 +44,17 @@ keyed_enum! {
 /// The 802.1Q Tag Protocol Identifier.
 pub const TPID_8021Q: u16 = 0x8100;
 
-/// Writes `frame` (virtio header + untagged Ethernet frame) into `out` with an 802.1Q tag of
-/// VLAN `vid` after the MAC addresses, as a trunk sends it. The virtio header's offsets, which
+/// The 802.1ad (service tag) Tag Protocol Identifier.
+pub const TPID_8021AD: u16 = 0x88a8;
+
+/// Writes `frame` (virtio header + untagged Ethernet frame) into `out` with a tag of VLAN
+/// `vid` after the MAC addresses, as a trunk sends it (`tpid` 0x8100 for 802.1Q, 0x88a8 for
+/// an 802.1ad service tag). The virtio header's offsets, which
 /// count from the Ethernet header, move with what follows the tag: `csum_start` when a
 /// checksum is left to complete, `hdr_len` for a GSO super-frame (the kernel accepts both
 /// tagged and completes or segments them past the tag). `out` is reused; after its first
 /// use it does not allocate.
-pub fn push_vlan(frame: &[u8], vid: u16, out: &mut Vec<u8>) {
+pub fn push_vlan(frame: &[u8], tpid: u16, vid: u16, out: &mut Vec<u8>) {
     out.clear();
     let split = VNET_HDR_LEN + 12;
     let (Some(head), Some(rest)) = (frame.get(..split), frame.get(split..)) else {
@@ -58,7 +62,7 @@ pub fn push_vlan(frame: &[u8], vid: u16, out: &mut Vec<u8>) {
         return;
     };
     out.extend_from_slice(head);
-    out.extend_from_slice(&TPID_8021Q.to_be_bytes());
+    out.extend_from_slice(&tpid.to_be_bytes());
     out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
     out.extend_from_slice(rest);
     let header = VnetPacket::new_unchecked(&frame[..VNET_HDR_LEN]);
@@ -241,7 +245,7 @@ mod tests {
         frame.extend_from_slice(&[0xcc; 12]);
         frame.extend_from_slice(&[0x08, 0x00, 0x45, 0x00]);
         let mut out = Vec::new();
-        push_vlan(&frame, 20, &mut out);
+        push_vlan(&frame, TPID_8021Q, 20, &mut out);
         assert_eq!(out.len(), frame.len() + 4);
         assert_eq!(&out[VNET_HDR_LEN..VNET_HDR_LEN + 12], &[0xcc; 12]);
         assert_eq!(
@@ -252,9 +256,12 @@ mod tests {
         assert_eq!(&out[6..8], &[38, 0], "csum_start");
         assert_eq!(&out[4..6], &[0xa8, 5], "gso_size unchanged");
         // Only the VLAN ID's 12 bits are written; a short frame is copied as is.
-        push_vlan(&frame, 0xf014, &mut out);
-        assert_eq!(&out[VNET_HDR_LEN + 14..VNET_HDR_LEN + 16], &[0x00, 0x14]);
-        push_vlan(&[1, 2, 3], 5, &mut out);
+        push_vlan(&frame, TPID_8021AD, 0xf014, &mut out);
+        assert_eq!(
+            &out[VNET_HDR_LEN + 12..VNET_HDR_LEN + 16],
+            &[0x88, 0xa8, 0x00, 0x14]
+        );
+        push_vlan(&[1, 2, 3], TPID_8021Q, 5, &mut out);
         assert_eq!(out, vec![1, 2, 3]);
     }
 }

@@ -96,6 +96,8 @@ pub struct BondConfig {
     pub arp: Option<ArpProbes>,
     /// Gratuitous ARPs sent for each address when the active member changes.
     pub peer_notifications: u8,
+    /// The protocol identifier of the VLAN tags (the announcements of VLAN gateways).
+    pub tpid: u16,
 }
 
 /// What a failover announces, kept current by the controller.
@@ -603,7 +605,7 @@ impl Monitor {
                 }
             }
             for (vlan, address, mac) in &announce.gateways {
-                let frame = arp_frame(*mac, *address, *address, Some(*vlan));
+                let frame = arp_frame(*mac, *address, *address, Some((self.config.tpid, *vlan)));
                 if socket.send(&frame).is_ok() {
                     (self.events)(Event::BondGratuitousArpSent, 1);
                 }
@@ -650,12 +652,17 @@ impl Monitor {
 
 /// A broadcast ARP request from `mac`: `sender` asks for `target` (a probe), or announces
 /// itself when both are the same (gratuitous), tagged with `vlan` when given.
-fn arp_frame(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr, vlan: Option<u16>) -> Vec<u8> {
+fn arp_frame(
+    mac: [u8; 6],
+    sender: Ipv4Addr,
+    target: Ipv4Addr,
+    vlan: Option<(u16, u16)>,
+) -> Vec<u8> {
     let mut frame = Vec::with_capacity(46);
     frame.extend_from_slice(&[0xff; 6]);
     frame.extend_from_slice(&mac);
-    if let Some(vid) = vlan {
-        frame.extend_from_slice(&[0x81, 0x00]);
+    if let Some((tpid, vid)) = vlan {
+        frame.extend_from_slice(&tpid.to_be_bytes());
         frame.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
     }
     frame.extend_from_slice(&[0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
@@ -681,7 +688,7 @@ mod tests {
         assert_eq!(&frame[20..22], &[0, 1], "a request");
         assert_eq!(&frame[28..32], &address.octets());
         assert_eq!(&frame[38..42], &address.octets());
-        let tagged = arp_frame(mac, address, address, Some(10));
+        let tagged = arp_frame(mac, address, address, Some((0x8100, 10)));
         assert_eq!(&tagged[12..16], &[0x81, 0x00, 0, 10]);
         assert_eq!(tagged.len(), 46);
     }

@@ -1046,6 +1046,7 @@ impl Worker {
                         account: &mut account,
                         gro,
                         vlan,
+                        tpid: tx::TPID_8021Q,
                         scratch: &mut *scratch,
                     };
                     in_order(batch, verdicts, generated, wants, |frame, origin| {
@@ -1359,8 +1360,10 @@ struct Sender<'q, 'a> {
     account: &'q mut TxAccount<'a>,
     /// Set when the destination takes TCP super-frames: routed frames go through it.
     gro: Option<&'q mut Coalescer>,
-    /// The 802.1Q VLAN frames are tagged with (a Subnet's VLAN on the uplink).
+    /// The VLAN frames are tagged with (a Subnet's VLAN on the uplink, a trunk's VLAN).
     vlan: Option<u16>,
+    /// The tag's protocol identifier (0x8100, or 0x88a8 on an 802.1ad uplink).
+    tpid: u16,
     /// Where a tagged copy is built.
     scratch: &'q mut Vec<u8>,
 }
@@ -1462,6 +1465,7 @@ fn send_uplink(
             account: &mut *account,
             gro,
             vlan,
+            tpid: io.tpid,
             scratch: &mut *scratch,
         };
         in_order(batch, verdicts, generated, wants, |frame, origin| {
@@ -1551,11 +1555,12 @@ impl Sender<'_, '_> {
             account,
             gro,
             vlan,
+            tpid,
             scratch,
             ..
         } = self;
         if let Some(vid) = *vlan {
-            tx::push_vlan(frame, vid, scratch);
+            tx::push_vlan(frame, *tpid, vid, scratch);
             write_frame(queue, account, scratch, Some((origin, bytes + 4)));
             return;
         }

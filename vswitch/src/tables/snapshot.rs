@@ -151,6 +151,9 @@ pub struct UplinkIo {
     pub bond: Option<Arc<crate::tables::bond::Bond>>,
     /// What the bond's monitor reports (for the Uplink's status).
     pub monitor: Option<Arc<crate::port::bond::MonitorShared>>,
+    /// The Tag Protocol Identifier of the trunk's VLAN tags: 0x8100 (802.1Q), or 0x88a8
+    /// (802.1ad service tags) when the Uplink says so.
+    pub tpid: u16,
 }
 
 impl UplinkIo {
@@ -167,6 +170,7 @@ impl UplinkIo {
             }],
             bond: None,
             monitor: None,
+            tpid: crate::pipeline::tx::TPID_8021Q,
         }
     }
 }

@@ -217,7 +217,15 @@ fn compile(inner: &Inner) -> Snapshot {
                 subnet: *subnet_id,
                 mac: [0; 6],
                 ips: Vec::new(),
-                mtu: subnet.spec.mtu.min(open.mtu),
+                // AF_PACKET sends 4 bytes over the MTU for an 802.1Q tag only.
+                mtu: subnet
+                    .spec
+                    .mtu
+                    .min(if open.io.tpid == crate::pipeline::tx::TPID_8021Q {
+                        open.mtu
+                    } else {
+                        open.mtu.saturating_sub(4)
+                    }),
                 allowed_sources: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Uplink {

@@ -949,6 +949,9 @@ pub(super) fn install_uplink(
     }
     let uplink = inner.state.uplinks.get(name);
     let bond_spec = uplink.and_then(|u| u.spec.bond.clone()).unwrap_or_default();
+    let tpid = uplink.map_or(crate::pipeline::tx::TPID_8021Q, |u| {
+        u.spec.vlan_protocol.tpid()
+    });
     let bond = bonded.then(|| {
         Arc::new(crate::tables::bond::Bond::new(
             bond_spec.mode.mode(),
@@ -980,6 +983,7 @@ pub(super) fn install_uplink(
                         targets: arp.targets.clone(),
                     }),
                 peer_notifications: bond_spec.peer_notifications,
+                tpid,
             };
             let announce = super::compile::announcements(&inner.state, uplink);
             match crate::port::bond::BondMonitor::start(
@@ -1022,6 +1026,7 @@ pub(super) fn install_uplink(
             members: opened,
             bond,
             monitor: monitor.as_ref().map(|m| Arc::clone(&m.shared)),
+            tpid,
         }),
         mtu: device.mtu,
         monitor,

@@ -127,6 +127,11 @@ pub struct UplinkSpec {
     /// How `interfaces` are bonded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bond: Option<BondSpec>,
+    /// The tags of the trunk's VLANs (the Subnets with a `vlan`): `802.1Q` (the default,
+    /// TPID 0x8100), or `802.1ad` (service tags, TPID 0x88a8, as a provider's QinQ network
+    /// takes them). Frames tagged with the other protocol, and stacked tags, are refused.
+    #[serde(default, skip_serializing_if = "VlanProtocol::is_default")]
+    pub vlan_protocol: VlanProtocol,
     /// The addresses the switch owns on the link (NAT addresses, virtual IPs, forwarded
     /// addresses come from them). Never the host's own addresses.
     #[serde(deserialize_with = "de_uplink_addresses")]
@@ -245,6 +250,32 @@ fn de_opt_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>
         .filter(|port| *port != 0)
         .map(Some)
         .ok_or_else(|| D::Error::custom(format!("invalid port {value}: must be 1..=65535")))
+}
+
+/// `spec.vlanProtocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum VlanProtocol {
+    /// 802.1Q customer tags (TPID 0x8100).
+    #[default]
+    #[serde(rename = "802.1Q", alias = "802.1q")]
+    Dot1q,
+    /// 802.1ad service tags (TPID 0x88a8).
+    #[serde(rename = "802.1ad")]
+    Dot1ad,
+}
+
+impl VlanProtocol {
+    /// The Tag Protocol Identifier.
+    pub fn tpid(self) -> u16 {
+        match self {
+            VlanProtocol::Dot1q => crate::pipeline::tx::TPID_8021Q,
+            VlanProtocol::Dot1ad => crate::pipeline::tx::TPID_8021AD,
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == VlanProtocol::Dot1q
+    }
 }
 
 /// `spec.bond.mode`.
