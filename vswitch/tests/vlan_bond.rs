@@ -355,6 +355,7 @@ fn fail_over(topology: &Topology, target: &str, member: &str, mode: &str) -> u32
     topology.wait_member(member, "carrier", false);
     topology.node.exec_ok(&["ip", "link", "set", member, "up"]);
     topology.wait_member(member, "carrier", true);
+    topology.wait_member(member, "carriesTraffic", true);
     host.ping_ok(target, 3);
     lost
 }
@@ -505,6 +506,27 @@ fn lacp_bond_negotiates_with_open_vswitch() {
     assert!(
         topology.host(10).ping_until(&ip10, Duration::from_secs(15)),
         "no traffic over the LACP bond"
+    );
+    // The bond's capture holds what its members receive.
+    let pcap = topology.daemon.state_dir.with_file_name("bond.pcap");
+    let mut capture = std::process::Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        .args(["--socket", topology.daemon.socket.to_str().expect("socket")])
+        .args(["capture", "up", "--direction", "rx", "--count", "3", "-w"])
+        .arg(&pcap)
+        .args(["icmp"])
+        .spawn()
+        .expect("vswitchctl capture");
+    std::thread::sleep(Duration::from_millis(500));
+    topology.host(10).ping_ok(&ip10, 3);
+    let status = wait_until("the capture of 3 frames", Duration::from_secs(10), || {
+        capture.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "capture failed");
+    let bytes = std::fs::read(&pcap).expect("pcap");
+    assert!(
+        bytes.len() >= 24 + 3 * 16 + 3 * 98,
+        "3 echo requests captured: {} bytes",
+        bytes.len()
     );
     fail_over(&topology, &ip10, "m2", "802.3ad");
     topology.wait_member("m2", "carriesTraffic", true);

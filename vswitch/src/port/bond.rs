@@ -48,6 +48,13 @@ const DUMP_MS: u64 = 5_000;
 /// Missed ARP intervals after which a member that carries traffic is down.
 const ARP_MISSED_MAX: u64 = 2;
 
+/// How long an 802.3ad member must stay aggregated before it carries traffic (Linux's
+/// `updelay`): the partner enables its end only once our LACPDU saying so arrives (Open
+/// vSwitch: `may_enable`), and a flow moved back before that loses its next frames. The other
+/// modes follow the carrier at once, as their peers do (a delay there would disagree with a
+/// peer that moves back to its primary at once). Going down is immediate.
+const UP_DELAY_MS: u64 = 300;
+
 /// One member of the bond.
 #[derive(Debug, Clone)]
 pub struct MemberPort {
@@ -233,6 +240,8 @@ struct Monitor {
     carrier: Vec<bool>,
     /// When each member last came up (ARP probes are given three intervals from there).
     up_since: Vec<u64>,
+    /// Since when each member has been fit to carry traffic (`None`: it is not).
+    fit_since: Vec<Option<u64>>,
     /// When each member's ARP probes were found unanswered (`None`: they are answered).
     arp_failed_at: Vec<Option<u64>>,
     probe_round: u64,
@@ -282,6 +291,7 @@ impl Monitor {
             carrier: vec![false; members],
             up_since: vec![0; members],
             arp_failed_at: vec![None; members],
+            fit_since: vec![None; members],
             probe_round: 0,
             lacp,
             carrying: vec![false; members],
@@ -331,6 +341,11 @@ impl Monitor {
         self.bond.mode() == BondMode::Lacp
     }
 
+    /// How long a member must stay fit before it carries traffic (see [`UP_DELAY_MS`]).
+    fn up_delay(&self) -> u64 {
+        if self.is_lacp() { UP_DELAY_MS } else { 0 }
+    }
+
     fn next_deadline(&self) -> u64 {
         let lacp = if self.is_lacp() {
             self.lacp
@@ -346,7 +361,15 @@ impl Monitor {
         } else {
             u64::MAX
         };
-        lacp.min(probe).min(self.next_dump_ms)
+        let up = self
+            .fit_since
+            .iter()
+            .zip(&self.carrying)
+            .filter(|(_, carrying)| !**carrying)
+            .filter_map(|(since, _)| since.map(|since| since + self.up_delay()))
+            .min()
+            .unwrap_or(u64::MAX);
+        lacp.min(probe).min(self.next_dump_ms).min(up)
     }
 
     fn set_carrier(&mut self, ifindex: u32, carrier: bool, now: u64) {
@@ -527,7 +550,7 @@ impl Monitor {
     /// Works out which members carry traffic and the active one; publishes a change.
     fn decide(&mut self, sockets: &[SlowSocket], now: u64) {
         let members = self.config.members.len();
-        let up: Vec<bool> = (0..members)
+        let fit: Vec<bool> = (0..members)
             .map(|i| {
                 let carrier = self.carrier.get(i).copied().unwrap_or(false);
                 match self.bond.mode() {
@@ -535,6 +558,27 @@ impl Monitor {
                     BondMode::ActiveBackup | BondMode::BalanceXor => {
                         carrier && self.judge_probes(i, now)
                     }
+                }
+            })
+            .collect();
+        // A member that carries keeps carrying while fit; one that does not starts after
+        // it has been fit for UP_DELAY_MS.
+        let up: Vec<bool> = fit
+            .iter()
+            .enumerate()
+            .map(|(i, fit)| {
+                let since = self.fit_since.get_mut(i);
+                match (fit, since) {
+                    (false, Some(since)) => {
+                        *since = None;
+                        false
+                    }
+                    (true, Some(since)) => {
+                        let start = *since.get_or_insert(now);
+                        self.carrying.get(i).copied().unwrap_or(false)
+                            || now.saturating_sub(start) >= self.up_delay()
+                    }
+                    (_, None) => false,
                 }
             })
             .collect();

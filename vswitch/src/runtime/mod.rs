@@ -490,15 +490,24 @@ impl Engine {
         let snapshot = self.current();
         let port = snapshot.ports().iter().find(|port| port.name == spec.port);
         if let Some(port) = port {
-            if port.io().is_none() {
+            if port.tunnel().is_some() {
                 return Err(capture::CaptureError::TunnelPort { port: spec.port });
             }
         }
+        let uplink = snapshot.uplink.as_ref();
+        // A bonded uplink receives on its members: its capture takes what each one reads.
+        let rx_also: Vec<PortId> = uplink
+            .filter(|u| u.name == spec.port && u.io.bond.is_some())
+            .map(|u| u.io.members.iter().map(|m| m.id).collect())
+            .unwrap_or_default();
+        let members = || uplink.into_iter().flat_map(|u| u.io.members.iter());
         let id = port
             .map(|port| port.id)
+            .or_else(|| uplink.filter(|u| u.name == spec.port).map(|u| u.id))
             .or_else(|| {
-                let uplink = snapshot.uplink.as_ref();
-                uplink.filter(|u| u.name == spec.port).map(|u| u.id)
+                members()
+                    .find(|m| m.name == spec.port && m.id != uplink.map_or(m.id, |u| u.id))
+                    .map(|m| m.id)
             })
             .or_else(|| {
                 let vtep = snapshot.vtep.as_ref();
@@ -508,9 +517,14 @@ impl Engine {
             let mut known: Vec<String> = snapshot
                 .ports()
                 .iter()
-                .filter(|port| port.io().is_some())
+                .filter(|port| port.tunnel().is_none())
                 .map(|port| port.name.clone())
-                .chain(snapshot.uplink.iter().map(|uplink| uplink.name.clone()))
+                .chain(uplink.map(|uplink| uplink.name.clone()))
+                .chain(
+                    members()
+                        .filter(|_| uplink.is_some_and(|u| u.io.bond.is_some()))
+                        .map(|m| m.name.clone()),
+                )
                 .chain(snapshot.vtep.iter().map(|_| VtepEntry::NAME.to_owned()))
                 .collect();
             known.sort();
@@ -520,7 +534,7 @@ impl Engine {
             });
         };
         info!(port = %spec.port, direction = spec.direction.as_str(), "capture started");
-        Ok(self.shared.captures.start(spec, id, self.workers))
+        Ok(self.shared.captures.start(spec, id, rx_also, self.workers))
     }
 
     /// Each worker's load counters (busy and idle time, batch sizes), by worker index.

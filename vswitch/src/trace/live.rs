@@ -102,7 +102,11 @@ impl Session {
     #[inline]
     pub fn wants(&self, ingress: Ingress<'_>, frame: &[u8]) -> bool {
         if matches!(ingress, Ingress::Vtep(_))
-            || self.port.is_some_and(|port| port != ingress.id())
+            || self.port.is_some_and(|port| {
+                // A bond's frames are received on its members: `--in` the Uplink takes them all.
+                port != ingress.id()
+                    && !matches!(ingress, Ingress::Uplink(uplink, ..) if uplink.id == port)
+            })
             || self.claimed.load(Ordering::Relaxed) >= self.wanted
             || !self.filter.matches(frame)
         {

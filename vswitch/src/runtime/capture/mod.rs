@@ -160,6 +160,8 @@ pub struct CaptureInfo {
 pub(crate) struct Capture {
     id: u64,
     port: PortId,
+    /// Further ids whose received frames it takes (a bonded uplink's members).
+    rx_also: Vec<PortId>,
     name: String,
     direction: Direction,
     snaplen: usize,
@@ -176,7 +178,7 @@ impl Capture {
     /// True when this capture takes `port`'s received frames.
     #[inline]
     pub(crate) fn wants_rx(&self, port: PortId) -> bool {
-        self.port == port && self.direction.rx()
+        (self.port == port || self.rx_also.contains(&port)) && self.direction.rx()
     }
 
     /// True when this capture takes `port`'s transmitted frames.
@@ -272,11 +274,13 @@ impl Captures {
         self: &Arc<Captures>,
         spec: CaptureSpec,
         port: PortId,
+        rx_also: Vec<PortId>,
         workers: usize,
     ) -> CaptureStream {
         let capture = Arc::new(Capture {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             port,
+            rx_also,
             name: spec.port,
             direction: spec.direction,
             snaplen: usize::try_from(spec.snaplen.clamp(1, MAX_SNAPLEN)).unwrap_or(usize::MAX),
@@ -488,12 +492,19 @@ mod tests {
     fn arming_follows_the_streams() {
         let captures = Arc::new(Captures::new());
         assert!(!captures.armed());
-        let first = captures.start(spec(Direction::Rx, ""), PortId(3), 2);
-        let second = captures.start(spec(Direction::Tx, ""), PortId(4), 2);
+        // A bonded uplink (3) receives on its members (7, 8).
+        let first = captures.start(
+            spec(Direction::Rx, ""),
+            PortId(3),
+            vec![PortId(7), PortId(8)],
+            2,
+        );
+        let second = captures.start(spec(Direction::Tx, ""), PortId(4), Vec::new(), 2);
         assert!(captures.armed());
         assert_eq!(captures.infos().len(), 2);
         let list = captures.list();
         assert!(list[0].wants_rx(PortId(3)) && !list[0].wants_tx(PortId(3)));
+        assert!(list[0].wants_rx(PortId(8)) && !list[0].wants_rx(PortId(9)));
         assert!(list[1].wants_tx(PortId(4)) && !list[1].wants_rx(PortId(4)));
         drop(list);
         drop(first);
@@ -506,7 +517,7 @@ mod tests {
     #[test]
     fn records_come_out_oldest_first_across_workers() {
         let captures = Arc::new(Captures::new());
-        let mut stream = captures.start(spec(Direction::Both, ""), PortId(1), 2);
+        let mut stream = captures.start(spec(Direction::Both, ""), PortId(1), Vec::new(), 2);
         let capture = Arc::clone(&captures.list()[0]);
         capture.offer(1, &[], &frame(60, 1));
         capture.offer(0, &[], &frame(61, 2));
@@ -538,7 +549,7 @@ mod tests {
         let captures = Arc::new(Captures::new());
         let mut short = spec(Direction::Rx, "arp");
         short.snaplen = 20;
-        let mut stream = captures.start(short, PortId(1), 1);
+        let mut stream = captures.start(short, PortId(1), Vec::new(), 1);
         let capture = Arc::clone(&captures.list()[0]);
         capture.offer(0, &[], &frame(100, 1));
         let mut arp = frame(100, 2);
@@ -556,7 +567,7 @@ mod tests {
     #[test]
     fn a_full_ring_drops_and_counts() {
         let captures = Arc::new(Captures::new());
-        let stream = captures.start(spec(Direction::Rx, ""), PortId(1), 1);
+        let stream = captures.start(spec(Direction::Rx, ""), PortId(1), Vec::new(), 1);
         let capture = Arc::clone(&captures.list()[0]);
         let big = frame(usize::try_from(MAX_SNAPLEN).unwrap(), 0);
         let fit = RING_BYTES / big.len();
