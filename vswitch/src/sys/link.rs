@@ -2,10 +2,42 @@
 //! member's raw packet socket for the Slow Protocols (LACP).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The Slow Protocols EtherType (LACP, markers).
 const ETH_P_SLOW: u16 = 0x8809;
+
+/// One `send(MSG_DONTWAIT)` of `bytes` on `fd`.
+fn send_dontwait(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: `bytes` is a live buffer of its length that send() only reads.
+    let rc = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One `recv(MSG_DONTWAIT)` into `buffer`: the length read, `None` when nothing waits (or
+/// the socket reported an error, which the caller's next read or dump makes up for).
+fn recv_dontwait(fd: &OwnedFd, buffer: &mut [u8]) -> Option<usize> {
+    // SAFETY: `buffer` is a live, writable buffer of its length.
+    let rc = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(rc).ok().filter(|len| *len > 0)
+}
 
 /// Waits until one of `fds` is readable or `timeout_ms` passed.
 ///
@@ -86,41 +118,15 @@ impl LinkWatch {
         let flags = u16::try_from(libc::NLM_F_REQUEST | libc::NLM_F_DUMP).unwrap_or(0x301);
         request[6..8].copy_from_slice(&flags.to_ne_bytes());
         request[16] = u8::try_from(libc::AF_UNSPEC).unwrap_or(0);
-        // SAFETY: `request` is a live buffer of its length that send() only reads.
-        let rc = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        send_dontwait(&self.fd, &request)?;
         Ok(())
     }
 
     /// Reads every waiting message and reports each link's carrier to `f` (index, carrier:
     /// up and `IFF_LOWER_UP`; a deleted link has none).
     pub fn drain(&self, buffer: &mut [u8], mut f: impl FnMut(u32, bool)) {
-        loop {
-            // SAFETY: `buffer` is a live, writable buffer of its length.
-            let rc = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            let Ok(len) = usize::try_from(rc) else {
-                // EAGAIN: drained; ENOBUFS: messages were lost, the next dump makes up.
-                return;
-            };
-            if len == 0 {
-                return;
-            }
+        // Until EAGAIN (drained) or ENOBUFS (messages were lost; the next dump makes up).
+        while let Some(len) = recv_dontwait(&self.fd, buffer) {
             let mut messages = buffer.get(..len).unwrap_or_default();
             while messages.len() >= 16 {
                 let field = |at: usize| {
@@ -223,16 +229,7 @@ impl SlowSocket {
 
     /// Reads one waiting frame into `buffer`; `None` when there is none.
     pub fn recv(&self, buffer: &mut [u8]) -> Option<usize> {
-        // SAFETY: `buffer` is a live, writable buffer of its length.
-        let rc = unsafe {
-            libc::recv(
-                self.fd.as_fd().as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        usize::try_from(rc).ok().filter(|len| *len > 0)
+        recv_dontwait(&self.fd, buffer)
     }
 
     /// Sends one whole Ethernet frame, never blocking.
@@ -240,19 +237,7 @@ impl SlowSocket {
     /// # Errors
     /// The kernel's.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is a live buffer of its length that send() only reads.
-        let rc = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        send_dontwait(&self.fd, frame)
     }
 }
 
