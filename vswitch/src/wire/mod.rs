@@ -10,6 +10,7 @@ pub mod gro;
 pub mod gso;
 pub mod icmp_error;
 pub mod ipv4;
+pub mod ipv6;
 pub mod pcap;
 pub mod vnet_hdr;
 
