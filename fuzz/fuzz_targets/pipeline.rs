@@ -51,6 +51,7 @@ fn snapshot() -> Snapshot {
                     )],
                 }))
             }),
+            v6: None,
         }
     };
     let blue_gw = Ipv4Addr::new(172, 30, 0, 1);

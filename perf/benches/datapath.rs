@@ -326,6 +326,7 @@ fn bench_pipeline(c: &mut Criterion) {
         mac_ageing: DEFAULT_MAC_AGEING,
         mac_limit: DEFAULT_MAC_LIMIT,
         dhcp: None,
+        v6: None,
     };
     let snapshot = Snapshot::new(
         vec![port(1, MAC_A, IP_A), port(2, MAC_B, IP_B)],

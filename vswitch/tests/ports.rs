@@ -148,6 +148,8 @@ fn request(ns: &Netns, kind: PortKind) -> AttachRequest {
         addresses: vec![Ipv4Net::new(Ipv4Addr::new(172, 30, octet, 2), 24).unwrap()],
         gateway: Some(ns.gateway()),
         routes: Vec::new(),
+        address6: None,
+        gateway6: None,
         queues: 2,
         resolv_conf: None,
     }
@@ -473,6 +475,8 @@ fn missing_namespace_is_a_netns_error() {
             addresses: vec![],
             gateway: None,
             routes: Vec::new(),
+            address6: None,
+            gateway6: None,
             queues: 2,
             resolv_conf: None,
         };

@@ -411,9 +411,13 @@ fn attach(api: &Api, args: &AttachArgs, out: &mut dyn Write) -> Result<(), CliEr
     let name = field(&["/metadata/name"]);
     let mac = field(&["/status/mac", "/spec/mac"]);
     let ips = field(&["/status/ips", "/spec/ips"]);
+    let ipv6 = match field(&["/status/ipv6"]).as_str() {
+        "-" => String::new(),
+        ipv6 => format!(", ipv6 {ipv6}"),
+    };
     write(
         out,
-        &format!("networkinterface/{name} attached: mac {mac}, ips {ips}\n"),
+        &format!("networkinterface/{name} attached: mac {mac}, ips {ips}{ipv6}\n"),
     )
 }
 

@@ -14,10 +14,11 @@
 //! (`status.ips`) and persists the cursor ([`Leases::last`]) in the store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
+use super::kinds::subnet::SubnetIpv6;
 use super::resource::SubnetSpec;
 use super::store::State;
 
@@ -268,6 +269,199 @@ impl Leases {
     }
 }
 
+/// Most addresses an IPv6 range spans by default (a /64 has 2^64; a walk for a free address
+/// never needs more than the held ones plus one, but `available` reports this bound).
+pub const DEFAULT_RANGE6: u128 = 1 << 32;
+
+/// What one Subnet's `spec.ipv6` allows: as [`Pool`], for IPv6. The Subnet-Router anycast
+/// address (the prefix itself) and the gateway are never handed out; IPv6 has no broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool6 {
+    cidr: Ipv6Net,
+    gateway: Ipv6Addr,
+    start: u128,
+    end: u128,
+    reserved: BTreeSet<Ipv6Addr>,
+}
+
+impl Pool6 {
+    /// The pool of a validated `spec.ipv6` (bounds outside the prefix are clamped).
+    pub fn new(spec: &SubnetIpv6) -> Pool6 {
+        let network = u128::from(spec.cidr.network());
+        let last = u128::from(spec.cidr.broadcast());
+        let first_host = network.saturating_add(1).min(last);
+        let clamp = |addr: Ipv6Addr| u128::from(addr).clamp(first_host, last);
+        let start = spec.range_start.map_or(first_host, clamp);
+        let end = spec
+            .range_end
+            .map_or_else(|| last.min(start.saturating_add(DEFAULT_RANGE6 - 1)), clamp);
+        Pool6 {
+            cidr: spec.cidr,
+            gateway: spec.gateway(),
+            start: start.min(end),
+            end: start.max(end),
+            reserved: spec.reserved.iter().copied().collect(),
+        }
+    }
+
+    /// The prefix.
+    pub fn cidr(&self) -> Ipv6Net {
+        self.cidr
+    }
+
+    /// Checks that `addr` may be an interface's address: inside the prefix, neither the
+    /// Subnet-Router anycast address nor the gateway.
+    ///
+    /// # Errors
+    /// A message that says why not.
+    pub fn check_host(&self, addr: Ipv6Addr) -> Result<(), String> {
+        let cidr = self.cidr;
+        if !cidr.contains(&addr) {
+            Err(format!(
+                "address {addr} is outside {cidr}; use an address inside the Subnet's ipv6 prefix"
+            ))
+        } else if addr == cidr.network() {
+            Err(format!(
+                "address {addr} is the Subnet-Router anycast address of {cidr}; use another address"
+            ))
+        } else if addr == self.gateway {
+            Err(format!(
+                "address {addr} is the IPv6 gateway of {cidr} (owned by the switch); use another address"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True when automatic allocation may hand out `addr`.
+    pub fn is_allocatable(&self, addr: Ipv6Addr) -> bool {
+        (self.start..=self.end).contains(&u128::from(addr))
+            && self.check_host(addr).is_ok()
+            && !self.reserved.contains(&addr)
+    }
+
+    /// How many addresses automatic allocation could still hand out (saturating).
+    pub fn available<'a>(&self, held: impl IntoIterator<Item = &'a Ipv6Addr>) -> u64 {
+        let size = u64::try_from(self.end - self.start + 1).unwrap_or(u64::MAX);
+        let mut excluded: BTreeSet<Ipv6Addr> = self
+            .reserved
+            .iter()
+            .copied()
+            .chain([self.gateway, self.cidr.network()])
+            .filter(|a| (self.start..=self.end).contains(&u128::from(*a)))
+            .collect();
+        excluded.extend(held.into_iter().filter(|a| self.is_allocatable(**a)));
+        size.saturating_sub(u64::try_from(excluded.len()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The IPv6 addresses held in one Subnet and the allocation cursor (as [`Leases`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leases6 {
+    owners: BTreeMap<Ipv6Addr, String>,
+    /// The last address handed out automatically.
+    pub last: Option<Ipv6Addr>,
+}
+
+impl Leases6 {
+    /// Every held address.
+    pub fn held(&self) -> impl Iterator<Item = &Ipv6Addr> {
+        self.owners.keys()
+    }
+
+    /// Records that `owner` holds `addr`.
+    pub fn insert(&mut self, addr: Ipv6Addr, owner: &str) {
+        self.owners.insert(addr, owner.to_string());
+    }
+
+    /// Releases what `owner` holds.
+    pub fn release(&mut self, owner: &str) {
+        self.owners.retain(|_, o| o != owner);
+    }
+
+    /// Gives `owner` the static address `addr`.
+    ///
+    /// # Errors
+    /// `(conflict, message)`: not a host address of the pool (false), or held by another
+    /// owner (true).
+    pub fn lease_static(
+        &mut self,
+        pool: &Pool6,
+        addr: Ipv6Addr,
+        owner: &str,
+    ) -> Result<(), (bool, String)> {
+        pool.check_host(addr).map_err(|why| (false, why))?;
+        match self.owners.get(&addr) {
+            Some(current) if current != owner => Err((
+                true,
+                format!(
+                    "address {addr} is already used by NetworkInterface {current:?}; choose a free address or leave ipv6 empty to allocate one"
+                ),
+            )),
+            _ => {
+                self.owners.insert(addr, owner.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands `owner` the next free address after the cursor, wrapping around the range.
+    /// The walk passes at most the held and reserved addresses, so it is short even in a
+    /// /64.
+    ///
+    /// # Errors
+    /// A message when no address of the range is free.
+    pub fn allocate(&mut self, pool: &Pool6, owner: &str) -> Result<Ipv6Addr, String> {
+        let size = pool.end - pool.start + 1;
+        let first = match self.last.map(u128::from) {
+            Some(last) if (pool.start..pool.end).contains(&last) => last + 1,
+            _ => pool.start,
+        };
+        let bound = u128::try_from(self.owners.len() + pool.reserved.len() + 3)
+            .unwrap_or(u128::MAX)
+            .min(size);
+        for step in 0..bound {
+            let addr = Ipv6Addr::from(pool.start + (first - pool.start + step) % size);
+            if pool.is_allocatable(addr) && !self.owners.contains_key(&addr) {
+                self.owners.insert(addr, owner.to_string());
+                self.last = Some(addr);
+                return Ok(addr);
+            }
+        }
+        Err(format!(
+            "no free IPv6 address left in {}..={} of {}; widen ipv6.rangeStart/rangeEnd or delete unused interfaces",
+            Ipv6Addr::from(pool.start),
+            Ipv6Addr::from(pool.end),
+            pool.cidr
+        ))
+    }
+}
+
+/// The IPv6 leases of every Subnet with a prefix, rebuilt from the interfaces' status.
+pub fn leases6(state: &State) -> BTreeMap<String, Leases6> {
+    let mut all: BTreeMap<String, Leases6> = state
+        .subnets
+        .iter()
+        .filter(|(_, s)| s.spec.ipv6.is_some())
+        .map(|(name, _)| {
+            let last = state.ipam.get(name).and_then(|i| i.last_allocated_v6);
+            (
+                name.clone(),
+                Leases6 {
+                    owners: BTreeMap::new(),
+                    last,
+                },
+            )
+        })
+        .collect();
+    for nic in state.network_interfaces.values() {
+        if let (Some(leases), Some(ip)) = (all.get_mut(&nic.spec.subnet), nic.status.ipv6) {
+            leases.insert(ip.addr(), &nic.metadata.key());
+        }
+    }
+    all
+}
+
 /// The leases of every Subnet, rebuilt from the interfaces' status, with the persisted
 /// cursors. Addresses of interfaces whose subnet is missing are ignored.
 pub fn leases(state: &State) -> BTreeMap<String, Leases> {
@@ -327,6 +521,7 @@ mod tests {
             remote_vteps: Vec::new(),
             dns: None,
             dhcp: None,
+            ipv6: None,
         }
     }
 

@@ -197,6 +197,7 @@ fn subnet(
             remote_vteps,
             dns: None,
             dhcp: None,
+            ipv6: None,
         },
         status: Default::default(),
     })
@@ -278,6 +279,8 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 routes: vec![plan.overlay],
                 ports: Vec::new(),
                 dhcp: false,
+                ip_families: Vec::new(),
+                ipv6: None,
             },
             status: Default::default(),
         }),

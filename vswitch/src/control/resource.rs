@@ -15,10 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -876,6 +876,88 @@ pub(crate) fn de_route_cidr<'de, D: Deserializer<'de>>(
 ) -> Result<Ipv4Net, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_route_cidr(&text).map_err(D::Error::custom)
+}
+
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpFamily {
+    /// IPv4.
+    IPv4,
+    /// IPv6.
+    IPv6,
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::IPv4 => "IPv4",
+            IpFamily::IPv6 => "IPv6",
+        })
+    }
+}
+
+/// Shortest IPv6 subnet prefix a Subnet may have.
+pub const MIN_SUBNET6_PREFIX: u8 = 16;
+
+/// Longest IPv6 subnet prefix a Subnet may have (room for the gateway and interfaces).
+pub const MAX_SUBNET6_PREFIX: u8 = 124;
+
+/// Parses a Subnet's IPv6 prefix: `X::/N`, canonical (host bits zero), /16 to /124.
+///
+/// # Errors
+/// A message naming the value, what is wrong and the valid form.
+pub fn parse_subnet_cidr6(text: &str) -> Result<Ipv6Net, String> {
+    let net: Ipv6Net = text
+        .parse()
+        .map_err(|_| format!("invalid IPv6 CIDR {text:?}: write X:X::/N, e.g. fd00:1::/64"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "invalid IPv6 CIDR {text:?}: host bits are set; write {}",
+            net.trunc()
+        ));
+    }
+    if !(MIN_SUBNET6_PREFIX..=MAX_SUBNET6_PREFIX).contains(&net.prefix_len()) {
+        return Err(format!(
+            "invalid IPv6 CIDR {text:?}: the prefix must be /{MIN_SUBNET6_PREFIX} to /{MAX_SUBNET6_PREFIX} (/64 for SLAAC)"
+        ));
+    }
+    Ok(net)
+}
+
+pub(crate) fn de_subnet_cidr6<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Ipv6Net, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_subnet_cidr6(&text).map_err(D::Error::custom)
+}
+
+/// An IPv6 address whose parse error names the value.
+struct Ipv6Text(Ipv6Addr);
+
+impl<'de> Deserialize<'de> for Ipv6Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map(Ipv6Text).map_err(|_| {
+            D::Error::custom(format!(
+                "invalid IPv6 address {text:?}: write X:X::X, e.g. fd00:1::10"
+            ))
+        })
+    }
+}
+
+pub(crate) fn de_opt_ipv6<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Ipv6Addr>, D::Error> {
+    Ok(Option::<Ipv6Text>::deserialize(deserializer)?.map(|a| a.0))
+}
+
+pub(crate) fn de_ipv6_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Ipv6Addr>, D::Error> {
+    Ok(Vec::<Ipv6Text>::deserialize(deserializer)?
+        .into_iter()
+        .map(|a| a.0)
+        .collect())
 }
 
 /// An IPv4 address whose parse error names the value.

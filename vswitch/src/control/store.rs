@@ -389,6 +389,7 @@ spec: {network: blue, destination: 192.168.50.0/24, nextHop: 10.1.0.2}
             "web".into(),
             SubnetIpamState {
                 last_allocated: Some(Ipv4Addr::new(10, 1, 0, 2)),
+                last_allocated_v6: None,
             },
         );
         state

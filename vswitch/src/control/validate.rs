@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use super::ApiError;
@@ -525,22 +525,103 @@ fn assign_addresses(
             .map_err(|err| ipam_error(&origin_of(name), "spec.ips", err))?;
         nic.status.ips = vec![with_prefix(addr, &subnet.spec.cidr)];
     }
+    let mut all6 = assign_ipv6(next, current, created, changed, origin_of)?;
     for (subnet, leases) in all {
-        match leases.last {
-            Some(last) => {
-                next.ipam.insert(
-                    subnet,
-                    SubnetIpamState {
-                        last_allocated: Some(last),
-                    },
-                );
-            }
-            None => {
-                next.ipam.remove(&subnet);
-            }
+        let last_allocated_v6 = all6.remove(&subnet).and_then(|l| l.last);
+        if leases.last.is_none() && last_allocated_v6.is_none() {
+            next.ipam.remove(&subnet);
+        } else {
+            next.ipam.insert(
+                subnet,
+                SubnetIpamState {
+                    last_allocated: leases.last,
+                    last_allocated_v6,
+                },
+            );
         }
     }
     Ok(())
+}
+
+/// Gives new and changed interfaces of dual-stack Subnets their IPv6 address (static ones
+/// first, then allocated ones), and takes it from those that no longer want one. An
+/// unchanged interface keeps its address. Returns the leases with their cursors.
+fn assign_ipv6(
+    next: &mut State,
+    current: &State,
+    created: &[String],
+    changed: &[String],
+    origin_of: &dyn Fn(&String) -> Origin,
+) -> Result<BTreeMap<String, ipam::Leases6>, ApiError> {
+    let mut all = ipam::leases6(next);
+    let mut statics = Vec::new();
+    let mut dynamic = Vec::new();
+    for name in created.iter().chain(changed) {
+        let Some(nic) = next.network_interfaces.get_mut(name) else {
+            continue;
+        };
+        let wants = next
+            .subnets
+            .get(&nic.spec.subnet)
+            .is_some_and(|s| nic.spec.wants_ipv6(&s.spec));
+        let old = current.network_interfaces.get(name);
+        let keep = wants
+            && nic.spec.ipv6.is_none()
+            && old.is_some_and(|o| o.spec.ipv6.is_none() && o.status.ipv6.is_some());
+        if keep {
+            continue;
+        }
+        if let Some(leases) = all.get_mut(&nic.spec.subnet) {
+            leases.release(name);
+        }
+        nic.status.ipv6 = None;
+        match (wants, nic.spec.ipv6) {
+            (false, _) => {}
+            (true, Some(addr)) => statics.push((name, addr)),
+            (true, None) => dynamic.push(name),
+        }
+    }
+    let subnet_of = |next: &State, name: &String| {
+        let nic = next.network_interfaces.get(name)?;
+        let v6 = next.subnets.get(&nic.spec.subnet)?.spec.ipv6.clone()?;
+        Some((nic.spec.subnet.clone(), v6))
+    };
+    for (name, addr) in statics {
+        let Some((subnet, v6)) = subnet_of(next, name) else {
+            continue;
+        };
+        let Some(leases) = all.get_mut(&subnet) else {
+            continue;
+        };
+        leases
+            .lease_static(&ipam::Pool6::new(&v6), addr, name)
+            .map_err(|(conflict, why)| {
+                let origin = origin_of(name);
+                if conflict {
+                    origin.conflict("spec.ipv6", why)
+                } else {
+                    origin.invalid("spec.ipv6", why)
+                }
+            })?;
+        if let Some(nic) = next.network_interfaces.get_mut(name) {
+            nic.status.ipv6 = Ipv6Net::new(addr, v6.cidr.prefix_len()).ok();
+        }
+    }
+    for name in dynamic {
+        let Some((subnet, v6)) = subnet_of(next, name) else {
+            continue;
+        };
+        let Some(leases) = all.get_mut(&subnet) else {
+            continue;
+        };
+        let addr = leases
+            .allocate(&ipam::Pool6::new(&v6), name)
+            .map_err(|why| origin_of(name).conflict("spec.ipv6", why))?;
+        if let Some(nic) = next.network_interfaces.get_mut(name) {
+            nic.status.ipv6 = Ipv6Net::new(addr, v6.cidr.prefix_len()).ok();
+        }
+    }
+    Ok(all)
 }
 
 fn with_prefix(addr: Ipv4Addr, cidr: &Ipv4Net) -> Ipv4Net {

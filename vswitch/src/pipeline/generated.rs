@@ -132,6 +132,26 @@ impl Generated {
         Some(ethernet)
     }
 
+    /// Appends a frame of `ethernet_len` bytes that `emit` writes (returning the bytes it
+    /// wrote, 0 when it could not); false, and nothing appended, when the arena is full or
+    /// `emit` failed.
+    pub fn push_built(
+        &mut self,
+        ethernet_len: usize,
+        verdict: Verdict,
+        origin: Origin,
+        emit: impl FnOnce(&mut [u8]) -> usize,
+    ) -> bool {
+        let Some(buf) = self.push_ethernet(ethernet_len, verdict, origin) else {
+            return false;
+        };
+        if emit(buf) == 0 {
+            self.pop();
+            return false;
+        }
+        true
+    }
+
     /// Appends a copy of `frame` (virtio header + Ethernet); false when the arena is full.
     pub fn push_copy(&mut self, frame: &[u8], verdict: Verdict, origin: Origin) -> bool {
         match self.reserve(frame.len(), verdict, origin) {

@@ -105,6 +105,18 @@ keyed_enum! {
             "ARP to a gateway (or LoadBalancer) address beyond its port's rate limit (100 a second per worker, bursts of 100): not answered, not learned",
         EchoRateLimited = "l3.echo_rate_limited":
             "ICMP to a gateway address beyond its port's rate limit (100 a second per worker, bursts of 100): not answered",
+        NdInvalid = "l3.nd_invalid":
+            "neighbour discovery message that fails RFC 4861 validation (hop limit not 255, fragmented, bad checksum, code or options)",
+        NdRateLimited = "l3.nd_rate_limited":
+            "neighbour or router solicitation for the switch beyond its port's rate limit (shared with ARP): not answered",
+        NdTimeout = "l3.nd_timeout":
+            "held while its IPv6 next hop was resolved, and the next hop never answered (ICMPv6 address unreachable sent)",
+        HopLimitExceeded = "l3.hop_limit_exceeded":
+            "IPv6 hop limit 1 or 0 on a packet to be routed (ICMPv6 time exceeded sent)",
+        PacketTooBig = "l3.packet_too_big":
+            "IPv6 packet larger than the egress subnet's MTU (ICMPv6 packet too big sent; routers do not fragment IPv6)",
+        NotRoutable6 = "l3.ipv6_not_routable":
+            "IPv6 to the gateway MAC with a link-local, multicast, unspecified or loopback destination that is not the switch's",
     }
 }
 
@@ -473,7 +485,7 @@ pub fn forward(
             }
             let held = Held {
                 subnet: link.segment(),
-                next_hop,
+                next_hop: next_hop.into(),
                 ingress: errors.to,
                 sender_mac: errors.sender_mac,
                 deadline_ms: now.saturating_add(HOLD_MS),
@@ -634,6 +646,15 @@ fn service_one(
     let Some(link) = Link::find(ctx.snapshot, packet.subnet) else {
         return Serviced::Done(Some(DropReason::NoRoute.into()));
     };
+    let next_hop = match packet.next_hop {
+        std::net::IpAddr::V4(next_hop) => next_hop,
+        std::net::IpAddr::V6(next_hop) => {
+            let Link::Subnet(egress) = link else {
+                return Serviced::Done(Some(DropReason::NoRoute.into()));
+            };
+            return service_one6(ctx, out, packet, frame, egress, next_hop, now);
+        }
+    };
     if let Some(mac) = ctx.neighbors.lookup(packet.subnet, packet.next_hop) {
         // Room for the frame itself; fragments are checked by `deliver`.
         if !out.generated.has_room(1, frame.len()) {
@@ -681,7 +702,59 @@ fn service_one(
         return Serviced::Done(Some(cause));
     }
     if ctx.neighbors.solicit(packet.subnet, packet.next_hop, now) == Solicit::Send {
-        arp::request(ctx, out, link, packet.next_hop, None);
+        arp::request(ctx, out, link, next_hop, None);
+    }
+    Serviced::Kept
+}
+
+/// [`service_one`] for a packet held for an IPv6 next hop on `egress`.
+fn service_one6(
+    ctx: &Context<'_>,
+    out: &mut Output,
+    packet: Held,
+    frame: &mut [u8],
+    egress: &SubnetEntry,
+    next_hop: std::net::Ipv6Addr,
+    now: u64,
+) -> Serviced {
+    if let Some(mac) = ctx.neighbors.lookup(packet.subnet, next_hop) {
+        if !out.generated.has_room(1, frame.len()) {
+            return Serviced::Full;
+        }
+        EthernetFrame::new_unchecked(&mut frame[VNET_HDR_LEN..]).set_dst_addr(EthernetAddress(mac));
+        return match super::route6::deliver(ctx, packet.ingress, egress, frame, out) {
+            Verdict::Drop(cause) => Serviced::Done(Some(cause)),
+            verdict => {
+                out.generated.push_copy(frame, verdict, Origin::Routed);
+                out.events.add(Event::HeldReleased);
+                Serviced::Done(None)
+            }
+        };
+    }
+    if now >= packet.deadline_ms {
+        let sender_subnet = ctx
+            .snapshot
+            .port(packet.ingress)
+            .filter(|port| port.mac == packet.sender_mac)
+            .and_then(|port| ctx.snapshot.subnet(port.subnet));
+        if let (Some(subnet), Some((start, end))) =
+            (sender_subnet, super::route6::packet_bounds(frame))
+        {
+            super::route6::send_error(
+                out,
+                now,
+                crate::wire::ipv6::ErrorKind::DestinationUnreachable { code: 3 },
+                subnet,
+                packet.ingress,
+                packet.sender_mac,
+                &frame[start..end],
+                false,
+            );
+        }
+        return Serviced::Done(Some(DropReason::NdTimeout.into()));
+    }
+    if ctx.neighbors.solicit(packet.subnet, next_hop, now) == Solicit::Send {
+        super::nd::solicit(ctx, out, egress, next_hop, None);
     }
     Serviced::Kept
 }
@@ -1224,12 +1297,9 @@ mod tests {
             );
         }
         assert!(bench.generated().is_empty());
-        // Not IPv4 to the gateway MAC.
+        // IPv6 to the gateway MAC is route6's: fd00::b is on blue, held for ND.
         let ipv6 = with_dst_mac(&IPV6_ECHO, GW_BLUE_MAC);
-        assert_eq!(
-            bench.send(1, &ipv6, 0).verdict,
-            dropped(DropReason::NotIpv4)
-        );
+        assert_eq!(bench.send(1, &ipv6, 0).verdict, Verdict::Consumed);
     }
 
     /// [`routed_snapshot`] plus a Network 1 with subnet 3 (`green`, 10.9.0.0/24 like red, and

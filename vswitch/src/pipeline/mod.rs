@@ -70,9 +70,11 @@ pub mod l2;
 pub mod l3;
 pub mod lb;
 pub mod nat;
+pub mod nd;
 pub mod parse;
 pub mod policy;
 pub mod port_security;
+pub mod route6;
 pub mod trace;
 pub mod tx;
 pub mod uplink;
@@ -744,7 +746,7 @@ fn process_with(
         Err(reason) => return Outcome::dropped(reason),
     };
     if port_security {
-        let checked = port_security::check(ingress, &parsed);
+        let checked = port_security::check(ingress, &parsed, frame);
         trace_note!(
             ctx,
             PortSecurity,
@@ -792,6 +794,9 @@ fn process_with(
             }
             None => l2::forward(ctx, ingress, subnet, &parsed),
         }
+    } else if let Some(verdict) = nd::handle(ctx, ingress, subnet, &parsed, frame, &mut local.out) {
+        trace_note!(ctx, Arp, "neighbour discovery for the switch: {verdict:?}");
+        verdict
     } else if parsed.dst_mac == subnet.gateway_mac {
         trace_note!(
             ctx,
@@ -800,7 +805,11 @@ fn process_with(
             subnet.name,
             trace::Mac(subnet.gateway_mac)
         );
-        l3::route(ctx, ingress, subnet, &parsed, frame, local)
+        if let L3::Ipv6 { .. } = parsed.l3 {
+            route6::route(ctx, ingress, subnet, &parsed, frame, local)
+        } else {
+            l3::route(ctx, ingress, subnet, &parsed, frame, local)
+        }
     } else {
         let verdict = l2::forward(ctx, ingress, subnet, &parsed);
         let verdict = admit_switched(ctx, ingress, subnet, &parsed, frame, verdict);

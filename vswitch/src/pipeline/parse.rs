@@ -10,12 +10,15 @@
 //! 3. ARP: Ethernet/IPv4 (htype 1, ptype 0x0800, hlen 6, plen 4), request or reply, 28 bytes;
 //! 4. IPv4: version 4, IHL >= 5, IHL <= total length <= the bytes present (Ethernet padding
 //!    after the total length is allowed, RFC 894);
-//! 5. IPv6: version 6 and the 40-byte fixed header present.
+//! 5. IPv6 ([`crate::wire::ipv6::parse`]): version 6, the payload length within the bytes
+//!    present, no jumbogram, an extension header chain that ends within the packet (at most
+//!    8 headers, hop-by-hop only first, one fragment header, well-formed options), a first
+//!    fragment that holds the whole chain (RFC 7112), and the upper-layer header present.
 //!
 //! Other ethertypes pass unparsed. Checksums are not verified: a switch forwards them, and the
 //! receiving stack checks them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::wire::{
     ArpHardware, ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet,
@@ -54,6 +57,24 @@ keyed_enum! {
             "IPv6 packet shorter than its 40-byte header",
         Ipv6BadVersion = "parse.ipv6_bad_version":
             "ethertype IPv6 but IP version is not 6",
+        Ipv6BadPayloadLength = "parse.ipv6_bad_payload_len":
+            "IPv6 payload length larger than the bytes received",
+        Ipv6Jumbogram = "parse.ipv6_jumbogram":
+            "IPv6 jumbogram (payload length 0 with a hop-by-hop header, or a Jumbo Payload option): not switched",
+        Ipv6ExtensionTruncated = "parse.ipv6_ext_truncated":
+            "an IPv6 extension header runs past the end of the packet",
+        Ipv6ChainTooLong = "parse.ipv6_chain_too_long":
+            "more than 8 IPv6 extension headers",
+        Ipv6HopByHopNotFirst = "parse.ipv6_hbh_not_first":
+            "IPv6 hop-by-hop options header anywhere but right after the fixed header",
+        Ipv6FragmentMisplaced = "parse.ipv6_fragment_misplaced":
+            "a second IPv6 fragment header in one packet",
+        Ipv6IncompleteChain = "parse.ipv6_incomplete_chain":
+            "an IPv6 first fragment without the whole header chain and upper-layer header (RFC 7112)",
+        Ipv6BadOption = "parse.ipv6_bad_option":
+            "an IPv6 hop-by-hop or destination option runs past its header",
+        Ipv6L4Truncated = "parse.ipv6_l4_truncated":
+            "an IPv6 packet too short for its TCP, UDP or ICMPv6 header",
     }
 }
 
@@ -82,8 +103,23 @@ pub enum L3 {
         /// UDP from port 68 to port 67 (a DHCP client, which may use 0.0.0.0 as source).
         dhcp_client: bool,
     },
-    /// An IPv6 packet (not inspected further yet).
-    Ipv6,
+    /// An IPv6 packet.
+    Ipv6 {
+        /// Source address.
+        src: Ipv6Addr,
+        /// Destination address.
+        dst: Ipv6Addr,
+        /// The upper-layer protocol after the extension headers (for a non-first fragment,
+        /// the fragment header's next header).
+        next_header: u8,
+        /// Hop limit.
+        hop_limit: u8,
+        /// The ICMPv6 type when the packet carries the ICMPv6 header (not a non-first
+        /// fragment), else 0.
+        icmp_type: u8,
+        /// The packet carries a fragment header.
+        fragment: bool,
+    },
     /// Any other ethertype.
     Other,
 }
@@ -243,6 +279,7 @@ fn parse_ipv4(payload: &[u8]) -> Result<L3, DropReason> {
 }
 
 fn parse_ipv6(payload: &[u8]) -> Result<L3, DropReason> {
+    use crate::wire::ipv6::{self, Error};
     let Some(&first) = payload.first() else {
         return Err(DropReason::Ipv6Truncated);
     };
@@ -252,8 +289,37 @@ fn parse_ipv6(payload: &[u8]) -> Result<L3, DropReason> {
     if payload.len() < IPV6_HEADER_LEN {
         return Err(DropReason::Ipv6Truncated);
     }
-    Ok(L3::Ipv6)
+    let info = ipv6::parse(payload).map_err(|error| match error {
+        Error::Truncated => DropReason::Ipv6Truncated,
+        Error::BadVersion => DropReason::Ipv6BadVersion,
+        Error::BadPayloadLength => DropReason::Ipv6BadPayloadLength,
+        Error::Jumbogram => DropReason::Ipv6Jumbogram,
+        Error::ExtensionTruncated => DropReason::Ipv6ExtensionTruncated,
+        Error::ChainTooLong => DropReason::Ipv6ChainTooLong,
+        Error::HopByHopNotFirst => DropReason::Ipv6HopByHopNotFirst,
+        Error::FragmentMisplaced => DropReason::Ipv6FragmentMisplaced,
+        Error::IncompleteChain => DropReason::Ipv6IncompleteChain,
+        Error::BadOption => DropReason::Ipv6BadOption,
+        Error::L4Truncated => DropReason::Ipv6L4Truncated,
+    })?;
+    let first_fragment = info.fragment.is_none_or(|f| f.offset == 0);
+    let icmp_type = if info.next_header == ICMPV6 && first_fragment {
+        payload.get(info.l4_offset).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(L3::Ipv6 {
+        src: info.src,
+        dst: info.dst,
+        next_header: info.next_header,
+        hop_limit: info.hop_limit,
+        icmp_type,
+        fragment: info.fragment.is_some(),
+    })
 }
+
+/// The IPv6 next header value of ICMPv6.
+pub const ICMPV6: u8 = 58;
 
 #[cfg(test)]
 mod tests {
@@ -331,7 +397,16 @@ mod tests {
 
     #[test]
     fn ipv6_and_other_ethertypes_pass() {
-        assert_eq!(parse(&IPV6_ECHO).unwrap().l3, L3::Ipv6);
+        assert!(matches!(
+            parse(&IPV6_ECHO).unwrap().l3,
+            L3::Ipv6 {
+                next_header: ICMPV6,
+                icmp_type: 128,
+                hop_limit: 64,
+                fragment: false,
+                ..
+            }
+        ));
         // LLDP (0x88cc) with a short body.
         let lldp = with_byte(&with_byte(&ARP_REQUEST, 12, 0x88), 13, 0xcc);
         let parsed = parse(&lldp).unwrap();

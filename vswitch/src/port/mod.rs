@@ -76,6 +76,10 @@ pub struct AttachRequest {
     pub gateway: Option<Ipv4Addr>,
     /// Further routes installed in the container: destination via gateway.
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// The IPv6 address to configure (without duplicate address detection), if any.
+    pub address6: Option<ipnet::Ipv6Net>,
+    /// The IPv6 default route's gateway, if any.
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// Number of queues to open: one per worker.
     pub queues: usize,
     /// The resolver configuration for a named namespace (`ip netns` binds

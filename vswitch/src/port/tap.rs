@@ -89,6 +89,8 @@ pub(super) fn configure_in_container(
         addresses: &req.addresses,
         gateway: req.gateway,
         routes: &req.routes,
+        address6: req.address6,
+        gateway6: req.gateway6,
     };
     netlink::run_in(ns, |nl| nl.configure_container_link(temporary, &config))
         .map_err(|e| netns_error(req, e))?

@@ -955,6 +955,7 @@ mod tests {
                 ips: vec![ip.parse().unwrap()],
                 mtu: 1500,
                 allowed_sources: Vec::new(),
+                ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Queue(Arc::new(PortIo {
                     kind: PortKind::Tap,
@@ -982,6 +983,7 @@ mod tests {
             mac_ageing: DEFAULT_MAC_AGEING,
             mac_limit: DEFAULT_MAC_LIMIT,
             dhcp: None,
+            v6: None,
         };
         // Workers busy-poll and are pinned here (the routing test below has them float and
         // sleep between batches).
@@ -1085,13 +1087,29 @@ mod tests {
         engine.publish(snapshot());
         let table = engine.neighbor_table();
         let blue = SubnetId(1);
-        table.confirm(blue, "172.30.0.3".parse().unwrap(), MAC_B, 1_000, true);
-        table.confirm(blue, "172.30.0.2".parse().unwrap(), MAC_A, 1_000, true);
-        table.resolve(SubnetId(2), "10.9.0.7".parse().unwrap(), 1_000);
+        table.confirm(
+            blue,
+            "172.30.0.3".parse::<std::net::Ipv4Addr>().unwrap(),
+            MAC_B,
+            1_000,
+            true,
+        );
+        table.confirm(
+            blue,
+            "172.30.0.2".parse::<std::net::Ipv4Addr>().unwrap(),
+            MAC_A,
+            1_000,
+            true,
+        );
+        table.resolve(
+            SubnetId(2),
+            "10.9.0.7".parse::<std::net::Ipv4Addr>().unwrap(),
+            1_000,
+        );
         // A subnet that is not in the snapshot is not listed.
         table.confirm(
             SubnetId(42),
-            "10.0.0.1".parse().unwrap(),
+            "10.0.0.1".parse::<std::net::Ipv4Addr>().unwrap(),
             MAC_A,
             1_000,
             true,
@@ -1184,6 +1202,7 @@ mod tests {
                 ips: vec![ip.parse().unwrap()],
                 mtu,
                 allowed_sources: Vec::new(),
+                ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Queue(Arc::new(PortIo {
                     kind: PortKind::Tap,
@@ -1211,6 +1230,7 @@ mod tests {
                 mac_ageing: DEFAULT_MAC_AGEING,
                 mac_limit: DEFAULT_MAC_LIMIT,
                 dhcp: None,
+                v6: None,
             });
             routes.push(RouteEntry {
                 prefix: cidr.parse().unwrap(),

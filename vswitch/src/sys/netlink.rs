@@ -12,11 +12,11 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
@@ -93,6 +93,10 @@ pub struct ContainerLinkConfig<'a> {
     pub gateway: Option<Ipv4Addr>,
     /// Further routes: destination via gateway.
     pub routes: &'a [(Ipv4Net, Ipv4Addr)],
+    /// The IPv6 address to add (without duplicate address detection), if any.
+    pub address6: Option<Ipv6Net>,
+    /// The IPv6 default route's gateway, if any.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// Why [`Netlink::configure_container_link`] failed.
@@ -391,6 +395,48 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("RTM_NEWADDR {address} dev {index}"), to_io(e)))
     }
 
+    /// Adds an IPv6 address to interface `index` with `IFA_F_NODAD`: the switch hands out
+    /// each address once, and a tentative address would fail `bind()` for a second.
+    ///
+    /// # Errors
+    /// The kernel's error (`EEXIST` when it is already there).
+    pub fn add_address6(&self, index: u32, address: Ipv6Net) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::address::{
+            AddressAttribute, AddressFlags, AddressHeaderFlags,
+        };
+        let mut request =
+            self.handle
+                .address()
+                .add(index, IpAddr::V6(address.addr()), address.prefix_len());
+        let message = request.message_mut();
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.runtime.block_on(request.execute()).map_err(|e| {
+            NetlinkError::new(format!("RTM_NEWADDR {address} nodad dev {index}"), to_io(e))
+        })
+    }
+
+    /// Adds the IPv6 default route via `gateway` out of interface `index`.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn add_default_route6(&self, index: u32, gateway: Ipv6Addr) -> Result<(), NetlinkError> {
+        let message = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        let request = self.handle.route().add(message);
+        self.runtime.block_on(request.execute()).map_err(|e| {
+            NetlinkError::new(
+                format!("RTM_NEWROUTE ::/0 via {gateway} dev {index}"),
+                to_io(e),
+            )
+        })
+    }
+
     /// Adds the IPv4 default route via `gateway` out of interface `index`.
     ///
     /// # Errors
@@ -486,6 +532,12 @@ impl Netlink {
         }
         for (destination, gateway) in config.routes {
             self.add_route(index, *destination, *gateway)?;
+        }
+        if let Some(address) = config.address6 {
+            self.add_address6(index, address)?;
+        }
+        if let Some(gateway) = config.gateway6 {
+            self.add_default_route6(index, gateway)?;
         }
         Ok(index)
     }

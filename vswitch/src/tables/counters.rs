@@ -110,6 +110,12 @@ keyed_enum! {
             "an ICMP echo request to a gateway address (or an uplink address) was answered",
         ArpReplied = "l3.arp_replied":
             "an ARP request for a gateway address (or an uplink address) was answered",
+        NeighborAdvertised = "l3.nd_advertised":
+            "neighbour solicitations for a gateway's IPv6 address answered",
+        RouterAdvertised = "l3.ra_sent":
+            "router advertisements sent (answers to router solicitations)",
+        NeighborSolicitationsSent = "l3.nd_solicitations_sent":
+            "neighbour solicitations sent to resolve an IPv6 next hop",
         ArpRequestsSent = "l3.arp_requests_sent":
             "an ARP request was sent to resolve (or re-confirm) a next hop",
         GratuitousArpSent = "l3.gratuitous_arp_sent":

@@ -2,14 +2,14 @@
 //! of a Network with five ports, optionally routed, optionally with an uplink and NAT rules.
 //! The frames the stage tests send are in `pipeline::fixtures`, which re-exports these.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::port::{Capabilities, PortId, PortIo, PortKind};
 use crate::tables::snapshot::{
     DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, Egress, NetworkEntry, NetworkId, NextHop, PortEntry,
-    RouteEntry, RouteOrigin, Snapshot, SubnetEntry, SubnetId, Tunnel, UplinkEntry, UplinkIo,
-    VtepEntry,
+    RouteEntry, RouteEntry6, RouteOrigin, Snapshot, Subnet6, SubnetEntry, SubnetId, Tunnel,
+    UplinkEntry, UplinkIo, VtepEntry,
 };
 
 /// MAC of port 1 (subnet 1, 172.30.0.2).
@@ -32,8 +32,24 @@ pub const IP_B: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 /// Address of port 4.
 pub const IP_D: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 
+/// IPv6 address of port 1 (subnet 1's prefix fd00::/64).
+pub const IP6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xa);
+/// IPv6 address of port 2.
+pub const IP6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xb);
+/// IPv6 address of port 4 (subnet 2's prefix fd00:9::/64).
+pub const IP6_D: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 0xd);
+/// IPv6 gateway of subnet 1.
+pub const GW6_BLUE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+/// IPv6 gateway of subnet 2.
+pub const GW6_RED: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1);
+
 fn port(id: u32, subnet: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> PortEntry {
-    PortEntry::detached_tap(PortId(id), SubnetId(subnet), mac, ips.to_vec())
+    let mut port = PortEntry::detached_tap(PortId(id), SubnetId(subnet), mac, ips.to_vec());
+    let last = u16::from(mac[5]);
+    let prefix = if subnet == 1 { 0 } else { 9 };
+    port.ips6
+        .push(Ipv6Addr::new(0xfd00, prefix, 0, 0, 0, 0, 0, last));
+    port
 }
 
 /// Subnet 1 (`blue`: ports 1, 2, 3) and subnet 2 (`red`: ports 4, 5), with `mac_limit`
@@ -59,6 +75,15 @@ pub fn snapshot_with_limit(mac_limit: usize) -> Snapshot {
         mac_ageing: DEFAULT_MAC_AGEING,
         mac_limit,
         dhcp: None,
+        v6: Some(Subnet6::new(
+            if id == 1 { "fd00::/64" } else { "fd00:9::/64" }
+                .parse()
+                .expect("cidr"),
+            if id == 1 { GW6_BLUE } else { GW6_RED },
+            [0x02, 0, 0, 0, 0xee, u8::try_from(id).expect("small id")],
+            true,
+            false,
+        )),
     };
     Snapshot::new(
         ports,
@@ -120,7 +145,18 @@ pub fn routed_snapshot_with(extra: Vec<RouteEntry>) -> Snapshot {
     let mut routes = vec![connected("172.30.0.0/16", 1), connected("10.9.0.0/24", 2)];
     routes.extend(extra);
     Snapshot::new(base.ports().to_vec(), base.subnets().to_vec()).with_networks(vec![
-        NetworkEntry::new(NetworkId(0), "default".into(), routes),
+        NetworkEntry::new(NetworkId(0), "default".into(), routes).with_routes6(vec![
+            RouteEntry6 {
+                prefix: "fd00::/64".parse().expect("prefix"),
+                subnet: SubnetId(1),
+                origin: RouteOrigin::Connected,
+            },
+            RouteEntry6 {
+                prefix: "fd00:9::/64".parse().expect("prefix"),
+                subnet: SubnetId(2),
+                origin: RouteOrigin::Connected,
+            },
+        ]),
     ])
 }
 
@@ -247,6 +283,7 @@ pub fn overlay_snapshot() -> Snapshot {
         ips: Vec::new(),
         mtu: 1450,
         allowed_sources: Vec::new(),
+        ips6: Vec::new(),
         proxy_arp: false,
         egress: Egress::Tunnel(Tunnel {
             vni,

@@ -8,6 +8,8 @@
 //! is a preallocated ring of slot indices.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 
 use super::neigh::{MAX_PROBES, RETRANSMIT_MS};
@@ -50,7 +52,7 @@ pub struct Held {
     /// The egress subnet (or the uplink's segment).
     pub subnet: SubnetId,
     /// The next hop being resolved on it.
-    pub next_hop: Ipv4Addr,
+    pub next_hop: IpAddr,
     /// The port the packet came from (drops are counted there; ICMP errors go there).
     pub ingress: PortId,
     /// The sender's MAC (the held frame's source was already rewritten to the gateway's).
@@ -222,7 +224,7 @@ mod tests {
     fn held(next_hop: u8) -> Held {
         Held {
             subnet: SubnetId(1),
-            next_hop: Ipv4Addr::new(10, 0, 0, next_hop),
+            next_hop: Ipv4Addr::new(10, 0, 0, next_hop).into(),
             ingress: PortId(1),
             sender_mac: [2, 0, 0, 0, 0, 1],
             deadline_ms: 3_000,
@@ -252,7 +254,10 @@ mod tests {
         queue.compact();
         assert_eq!(queue.order_len(), 2);
         let (meta, frame) = queue.get(queue.nth(0).unwrap()).unwrap();
-        assert_eq!((meta.next_hop.octets()[3], frame.to_vec()), (2, vec![2]));
+        assert_eq!(
+            (meta.next_hop, frame.to_vec()),
+            (std::net::IpAddr::from([10, 0, 0, 2]), vec![2])
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The neighbour (ARP) table: `(SubnetId, Ipv4Addr) -> MAC`, shared by all workers.
+//! The neighbour table (ARP for IPv4, neighbour discovery for IPv6): `(SubnetId, IpAddr) ->
+//! MAC`, shared by all workers.
 //!
 //! States, after Linux's neighbour subsystem (`net/core/neighbour.c`), simplified:
 //! - **incomplete**: an ARP request was broadcast and no answer came yet. Requests are
@@ -23,6 +24,8 @@
 //! Time is a `u64` of milliseconds from the engine's clock, passed in (tests use a fake one).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -133,7 +136,7 @@ pub struct NeighborEntry {
     /// The subnet (L2 segment).
     pub subnet: SubnetId,
     /// The neighbour's address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its MAC, when resolved.
     pub mac: Option<[u8; 6]>,
     /// Its state.
@@ -142,7 +145,7 @@ pub struct NeighborEntry {
     pub age_ms: u64,
 }
 
-type Key = (SubnetId, Ipv4Addr);
+type Key = (SubnetId, IpAddr);
 
 #[derive(Debug)]
 struct Entry {
@@ -312,8 +315,18 @@ impl Default for Neighbors {
 }
 
 #[inline]
-fn shard_index(subnet: SubnetId, ip: Ipv4Addr) -> usize {
-    let word = (u64::from(subnet.0) << 32) | u64::from(ip.to_bits());
+fn shard_index(subnet: SubnetId, ip: IpAddr) -> usize {
+    let bits = match ip {
+        IpAddr::V4(ip) => u64::from(ip.to_bits()),
+        IpAddr::V6(ip) => {
+            let bits = ip.to_bits();
+            // Folding keeps every bit of the address in the hash; the cast keeps the low half.
+            #[allow(clippy::cast_possible_truncation)]
+            let folded = (bits ^ (bits >> 64)) as u64;
+            folded
+        }
+    };
+    let word = (u64::from(subnet.0) << 32) ^ bits;
     let mixed = word.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // SHARDS is 16: the shift leaves 4 bits, which always fit a usize.
     usize::try_from(mixed >> (64 - SHARDS.trailing_zeros())).unwrap_or(0) % SHARDS
@@ -337,7 +350,7 @@ impl Neighbors {
     }
 
     #[inline]
-    fn shard(&self, subnet: SubnetId, ip: Ipv4Addr) -> &Shard {
+    fn shard(&self, subnet: SubnetId, ip: IpAddr) -> &Shard {
         &self.shards[shard_index(subnet, ip)]
     }
 
@@ -379,7 +392,8 @@ impl Neighbors {
     /// Where to send a packet whose next hop is `ip` on `subnet` (per packet, by the worker
     /// routing it). Marks a known entry used. An unknown neighbour gets an incomplete entry
     /// and the caller is told to solicit it.
-    pub fn resolve(&self, subnet: SubnetId, ip: Ipv4Addr, now: u64) -> Resolution {
+    pub fn resolve(&self, subnet: SubnetId, ip: impl Into<IpAddr>, now: u64) -> Resolution {
+        let ip = ip.into();
         let key = (subnet, ip);
         for _ in 0..2 {
             let found = {
@@ -405,7 +419,8 @@ impl Neighbors {
     /// What [`resolve`](Neighbors::resolve) would answer, changing nothing (the packet
     /// tracer's dry runs): the MAC when resolved; else unresolved, soliciting only when no
     /// request is out yet.
-    pub fn peek(&self, subnet: SubnetId, ip: Ipv4Addr) -> Resolution {
+    pub fn peek(&self, subnet: SubnetId, ip: impl Into<IpAddr>) -> Resolution {
+        let ip = ip.into();
         match self.shard(subnet, ip).read().get(&(subnet, ip)) {
             Some(entry) => match entry.mac() {
                 Some(mac) => Resolution::Known { mac, probe: false },
@@ -417,7 +432,8 @@ impl Neighbors {
 
     /// For a worker holding packets for `ip` on `subnet`: the MAC once resolved, else whether
     /// to retransmit the request now. A failed (or vanished) resolution starts over.
-    pub fn solicit(&self, subnet: SubnetId, ip: Ipv4Addr, now: u64) -> Solicit {
+    pub fn solicit(&self, subnet: SubnetId, ip: impl Into<IpAddr>, now: u64) -> Solicit {
+        let ip = ip.into();
         match self.resolve(subnet, ip, now) {
             Resolution::Known { mac, .. } => Solicit::Resolved(mac),
             Resolution::Unresolved { solicit: true } => Solicit::Send,
@@ -426,7 +442,8 @@ impl Neighbors {
     }
 
     /// The MAC of `ip` on `subnet` if resolved (any state); no side effect.
-    pub fn lookup(&self, subnet: SubnetId, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    pub fn lookup(&self, subnet: SubnetId, ip: impl Into<IpAddr>) -> Option<[u8; 6]> {
+        let ip = ip.into();
         self.shard(subnet, ip).read().get(&(subnet, ip))?.mac()
     }
 
@@ -437,11 +454,12 @@ impl Neighbors {
     pub fn confirm(
         &self,
         subnet: SubnetId,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         mac: [u8; 6],
         now: u64,
         create: bool,
     ) -> Confirmation {
+        let ip = ip.into();
         let key = (subnet, ip);
         let link = pack(mac);
         {
@@ -488,7 +506,11 @@ impl Neighbors {
         let owners: HashMap<Key, [u8; 6]> = snapshot
             .ports()
             .iter()
-            .flat_map(|port| port.ips.iter().map(|&ip| ((port.subnet, ip), port.mac)))
+            .flat_map(|port| {
+                let v4 = port.ips.iter().map(|&ip| IpAddr::V4(ip));
+                let v6 = port.ips6.iter().map(|&ip| IpAddr::V6(ip));
+                v4.chain(v6).map(|ip| ((port.subnet, ip), port.mac))
+            })
             .collect();
         // The uplink's reserved segment has no SubnetEntry but keeps its neighbours.
         let uplink = snapshot.uplink.as_ref().map(|uplink| uplink.segment);
@@ -547,7 +569,13 @@ impl Neighbors {
     }
 
     /// The state of one entry at `now` (tests and diagnostics).
-    pub fn state(&self, subnet: SubnetId, ip: Ipv4Addr, now: u64) -> Option<NeighborState> {
+    pub fn state(
+        &self,
+        subnet: SubnetId,
+        ip: impl Into<IpAddr>,
+        now: u64,
+    ) -> Option<NeighborState> {
+        let ip = ip.into();
         let table = self.shard(subnet, ip).read();
         let entry = table.get(&(subnet, ip))?;
         Some(match entry.mac() {

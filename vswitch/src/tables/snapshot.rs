@@ -1,11 +1,11 @@
 //! The configuration as the workers see it: immutable, compiled by the controller, published
 //! with one atomic pointer swap. Workers load it once per batch and never lock.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 
 use crate::port::{Capabilities, PortId, PortIo, PortKind, RxQueues, Vtep};
@@ -38,6 +38,10 @@ pub struct PortEntry {
     pub mac: [u8; 6],
     /// The only IPv4 source addresses the port may send from.
     pub ips: Vec<Ipv4Addr>,
+    /// The only IPv6 source addresses the port may send from: its address on a dual-stack
+    /// Subnet, its EUI-64 link-local address and, when the Subnet allows SLAAC, its EUI-64
+    /// address in the prefix. Empty: the port sends no IPv6 but link-local.
+    pub ips6: Vec<Ipv6Addr>,
     /// The port's MTU (L3 payload).
     pub mtu: u16,
     /// Further IPv4 sources the port may send from: the destinations of Routes whose next
@@ -70,6 +74,7 @@ impl PortEntry {
             ips,
             mtu: 1500,
             allowed_sources: Vec::new(),
+            ips6: vec![crate::wire::ipv6::link_local_from_mac(mac)],
             proxy_arp: false,
             egress: Egress::Queue(Arc::new(PortIo {
                 kind: PortKind::Tap,
@@ -320,6 +325,61 @@ pub struct SubnetEntry {
     pub mac_limit: usize,
     /// The switch's DHCP server on this subnet, when the Subnet enables it.
     pub dhcp: Option<Arc<DhcpServer>>,
+    /// The subnet's IPv6 side, on a dual-stack Subnet.
+    pub v6: Option<Subnet6>,
+}
+
+/// The IPv6 side of a dual-stack subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet6 {
+    /// The prefix.
+    pub cidr: Ipv6Net,
+    /// The gateway's global address, owned by the switch.
+    pub gateway: Ipv6Addr,
+    /// The gateway's link-local address (EUI-64 of the gateway MAC): the source of its
+    /// router advertisements and neighbour discovery, the containers' next hop.
+    pub link_local: Ipv6Addr,
+    /// The switch answers router solicitations.
+    pub router_advertisements: bool,
+    /// The advertised prefix carries the autonomous (SLAAC) flag.
+    pub slaac: bool,
+}
+
+impl Subnet6 {
+    /// The IPv6 side of a subnet with `gateway_mac`.
+    pub fn new(
+        cidr: Ipv6Net,
+        gateway: Ipv6Addr,
+        gateway_mac: [u8; 6],
+        router_advertisements: bool,
+        slaac: bool,
+    ) -> Subnet6 {
+        Subnet6 {
+            cidr,
+            gateway,
+            link_local: crate::wire::ipv6::link_local_from_mac(gateway_mac),
+            router_advertisements,
+            slaac,
+        }
+    }
+
+    /// Whether `address` is one of the gateway's (global or link-local).
+    #[inline]
+    pub fn is_gateway(&self, address: Ipv6Addr) -> bool {
+        address == self.gateway || address == self.link_local
+    }
+}
+
+/// One IPv6 route of a Network: connected (a Subnet's prefix, of the Network or of a peered
+/// one). IPv6 next hops are always on-link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry6 {
+    /// Destination prefix.
+    pub prefix: Ipv6Net,
+    /// The subnet the packet leaves through.
+    pub subnet: SubnetId,
+    /// Why the route exists.
+    pub origin: RouteOrigin,
 }
 
 /// Where a route sends a packet once it leaves through its egress subnet.
@@ -363,6 +423,7 @@ pub struct NetworkEntry {
     /// Network resource name.
     pub name: String,
     routes: PrefixMap<Ipv4Net, RouteEntry>,
+    routes6: PrefixMap<Ipv6Net, RouteEntry6>,
 }
 
 impl NetworkEntry {
@@ -380,7 +441,31 @@ impl NetworkEntry {
             id,
             name,
             routes: table,
+            routes6: PrefixMap::new(),
         }
+    }
+
+    /// Sets the Network's IPv6 routes (the first of equal prefixes wins).
+    pub fn with_routes6(mut self, routes: Vec<RouteEntry6>) -> NetworkEntry {
+        for route in routes {
+            let prefix = route.prefix.trunc();
+            if self.routes6.get(&prefix).is_none() {
+                self.routes6.insert(prefix, route);
+            }
+        }
+        self
+    }
+
+    /// Longest-prefix match for an IPv6 `destination`.
+    #[inline]
+    pub fn lookup6(&self, destination: Ipv6Addr) -> Option<&RouteEntry6> {
+        let host = Ipv6Net::from(destination);
+        self.routes6.get_lpm(&host).map(|(_, route)| route)
+    }
+
+    /// Every IPv6 route, shortest prefixes first.
+    pub fn routes6(&self) -> impl Iterator<Item = &RouteEntry6> {
+        self.routes6.iter().map(|(_, route)| route)
     }
 
     /// Longest-prefix match for `destination`.
@@ -1045,6 +1130,7 @@ mod tests {
             ips: Vec::new(),
             mtu: 1450,
             allowed_sources: Vec::new(),
+            ips6: Vec::new(),
             proxy_arp: false,
             egress: Egress::Tunnel(Tunnel {
                 vni: vxlan::Vni::new(42).expect("vni"),

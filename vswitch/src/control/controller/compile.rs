@@ -18,7 +18,8 @@ use crate::tables::snapshot::{
     InboundFilter, InboundRule, RoutedNetwork, UplinkEntry, UplinkRouting,
 };
 use crate::tables::snapshot::{
-    NetworkEntry, NetworkId, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId,
+    NetworkEntry, NetworkId, PortEntry, RouteEntry, RouteEntry6, RouteOrigin, Snapshot, Subnet6,
+    SubnetEntry, SubnetId,
 };
 
 /// Assigns ids to new Subnets and Networks and frees those of deleted ones, then compiles
@@ -82,6 +83,48 @@ fn sync_ids<'a, Id: Copy>(
     }
 }
 
+/// The IPv6 sources a port may use (see [`PortEntry::ips6`]): its address, its EUI-64
+/// link-local address, and its SLAAC address when the Subnet advertises SLAAC.
+fn port_ips6(
+    nic: &crate::control::kinds::network_interface::NetworkInterface,
+    subnet: &crate::control::resource::SubnetSpec,
+    mac: [u8; 6],
+) -> Vec<std::net::Ipv6Addr> {
+    use crate::wire::ipv6;
+    let mut ips6 = vec![ipv6::link_local_from_mac(mac)];
+    ips6.extend(nic.status.ipv6.map(|ip| ip.addr()));
+    if let Some(v6) = subnet.ipv6.as_ref().filter(|v6| v6.slaac) {
+        ips6.push(ipv6::slaac_address(v6.cidr.network(), mac));
+    }
+    ips6
+}
+
+/// A Network's IPv6 routes: its Subnets' prefixes (connected), then those of the Networks
+/// it is peered with (Ready).
+fn routes6(inner: &Inner, network: &str) -> Vec<RouteEntry6> {
+    let state = &inner.state;
+    let connected = routing::subnets_of(state, network)
+        .into_iter()
+        .map(|s| (s, RouteOrigin::Connected));
+    let peered = routing::ready_peers(state, network)
+        .into_iter()
+        .flat_map(|peer| {
+            routing::subnets_of(state, peer)
+                .into_iter()
+                .map(move |s| (s, RouteOrigin::Peering(peer.to_string())))
+        });
+    connected
+        .chain(peered)
+        .filter_map(|(subnet, origin)| {
+            Some(RouteEntry6 {
+                prefix: subnet.spec.ipv6.as_ref()?.cidr,
+                subnet: *inner.subnet_ids.get(&subnet.metadata.name)?,
+                origin,
+            })
+        })
+        .collect()
+}
+
 /// The snapshot of the current state: every Subnet, and every opened port.
 fn compile(inner: &Inner) -> Snapshot {
     let state = &inner.state;
@@ -114,6 +157,7 @@ fn compile(inner: &Inner) -> Snapshot {
             ips,
             mtu: overlay::interface_mtu(state, nic, subnet),
             allowed_sources,
+            ips6: port_ips6(nic, &subnet.spec, mac.0),
             proxy_arp: false,
             egress: Egress::Queue(Arc::clone(&port.io)),
         });
@@ -149,6 +193,7 @@ fn compile(inner: &Inner) -> Snapshot {
                 ips: Vec::new(),
                 mtu,
                 allowed_sources: Vec::new(),
+                ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Tunnel(Tunnel { vni, remotes, mtu }),
             });
@@ -188,6 +233,7 @@ fn compile(inner: &Inner) -> Snapshot {
             mtu: subnet.spec.mtu,
             // The container addresses itself on the VLAN: any source of the Subnet's.
             allowed_sources: vec![subnet.spec.cidr],
+            ips6: Vec::new(),
             proxy_arp: false,
             egress: Egress::Tagged {
                 io: Arc::clone(&port.io),
@@ -227,6 +273,7 @@ fn compile(inner: &Inner) -> Snapshot {
                         open.mtu.saturating_sub(4)
                     }),
                 allowed_sources: Vec::new(),
+                ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Uplink {
                     io: Arc::clone(&open.io),
@@ -269,6 +316,15 @@ fn compile(inner: &Inner) -> Snapshot {
                 mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),
                 mac_limit: subnet.spec.mac_table_limit,
                 dhcp: dhcp_server(subnet),
+                v6: subnet.spec.ipv6.as_ref().map(|v6| {
+                    Subnet6::new(
+                        v6.cidr,
+                        v6.gateway(),
+                        routing::gateway_mac(state, subnet).0,
+                        v6.router_advertisements,
+                        v6.slaac,
+                    )
+                }),
             })
         })
         .collect();
@@ -288,7 +344,7 @@ fn compile(inner: &Inner) -> Snapshot {
                     })
                 })
                 .collect();
-            Some(NetworkEntry::new(id, name.clone(), routes))
+            Some(NetworkEntry::new(id, name.clone(), routes).with_routes6(routes6(inner, name)))
         })
         .collect();
     let uplink = inner.uplink.as_ref().and_then(|open| {

@@ -18,6 +18,7 @@ use super::compile::publish;
 use super::overlay::{initial_overlay_state, install_vtep};
 use super::{AttachedPort, Controller, Inner, Locked, OpenUplink, UplinkDevice, UplinkOps};
 use crate::control::ApiError;
+use crate::control::kinds::subnet::SubnetIpv6;
 use crate::control::resource::{
     InterfaceState, Kind, MacAddr, NetworkInterface, Origin, OverlayState,
 };
@@ -1084,6 +1085,13 @@ pub(super) fn attach_request(
             .iter()
             .map(|destination| (*destination, subnet.spec.gateway))
             .collect(),
+        address6: nic.status.ipv6.filter(|_| !nic.spec.dhcp),
+        gateway6: subnet
+            .spec
+            .ipv6
+            .as_ref()
+            .filter(|_| nic.status.ipv6.is_some() && nic.spec.default_route && !nic.spec.dhcp)
+            .map(SubnetIpv6::gateway),
         queues: workers,
         resolv_conf: subnet.spec.dns.as_ref().map(|dns| {
             dns.resolv_conf(&format!(
@@ -1169,6 +1177,8 @@ fn removal_request(name: &str, nic: Option<&NetworkInterface>, workers: usize) -
         addresses: nic.map(|n| n.status.ips.clone()).unwrap_or_default(),
         gateway: None,
         routes: Vec::new(),
+        address6: None,
+        gateway6: None,
         queues: workers,
         resolv_conf: None,
     }

@@ -25,14 +25,7 @@ pub enum LoadBalancerType {
     Internal,
 }
 
-/// An address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum IpFamily {
-    /// IPv4.
-    IPv4,
-    /// IPv6 (refused until the switch routes IPv6).
-    IPv6,
-}
+pub use crate::control::resource::IpFamily;
 
 /// A load-balanced protocol.
 #[derive(
@@ -652,12 +645,7 @@ pub fn assign_addresses(
             ));
         };
         if let Some(last) = last {
-            next.ipam.insert(
-                subnet,
-                crate::control::store::SubnetIpamState {
-                    last_allocated: Some(last),
-                },
-            );
+            next.ipam.entry(subnet).or_default().last_allocated = Some(last);
         }
         if let Some(balancer) = next.load_balancers.get_mut(&name) {
             balancer.status.ips = vec![IpAddr::V4(address)];

@@ -37,10 +37,10 @@ use super::resource::{Metadata, Origin};
 mod prelude {
     pub(crate) use std::collections::{BTreeMap, BTreeSet};
     pub(crate) use std::fmt;
-    pub(crate) use std::net::Ipv4Addr;
+    pub(crate) use std::net::{Ipv4Addr, Ipv6Addr};
     pub(crate) use std::str::FromStr;
 
-    pub(crate) use ipnet::Ipv4Net;
+    pub(crate) use ipnet::{Ipv4Net, Ipv6Net};
     pub(crate) use serde::de::Error as _;
     pub(crate) use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -402,6 +402,9 @@ pub struct SubnetIpamState {
     /// The last address handed out automatically (host-local's `lastReservedIP`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_allocated: Option<std::net::Ipv4Addr>,
+    /// The last IPv6 address handed out automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated_v6: Option<std::net::Ipv6Addr>,
 }
 
 /// Generates, from the one list of kinds: [`Kind`], [`Resource`], [`State`] and [`Stored`].

@@ -71,6 +71,26 @@ pub struct NetworkInterfaceSpec {
     /// without routes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dhcp: bool,
+    /// The address families it gets addresses of: `[IPv4]`, or `[IPv4, IPv6]` on a Subnet
+    /// with `ipv6` (default: every family its Subnet has).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<IpFamily>,
+    /// A static IPv6 address in the Subnet's `ipv6` prefix; allocated when absent.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_ipv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl NetworkInterfaceSpec {
+    /// Whether the interface has an IPv6 address on `subnet`: the Subnet has a prefix and
+    /// the interface does not leave IPv6 out of its families.
+    pub fn wants_ipv6(&self, subnet: &SubnetSpec) -> bool {
+        subnet.ipv6.is_some()
+            && (self.ip_families.is_empty() || self.ip_families.contains(&IpFamily::IPv6))
+    }
 }
 
 fn default_true() -> bool {
@@ -115,6 +135,9 @@ pub struct NetworkInterfaceStatus {
     /// Addresses with the subnet's prefix length (static or leased from IPAM).
     #[serde(default)]
     pub ips: Vec<Ipv4Net>,
+    /// The IPv6 address with the prefix length (static or leased), on a dual-stack Subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Net>,
     /// The MAC in use (given or generated).
     #[serde(default)]
     pub mac: Option<MacAddr>,
@@ -215,6 +238,7 @@ spec:
             errors.check(check_immutables(cx.origin, old, self));
         }
         errors.check(check_interface(cx.origin, cx.next, self));
+        check_families(cx.origin, cx.next, self, errors);
         errors.check(check_virtual_ip(cx.origin, cx.next, cx.batch, self));
         check_ports(cx.origin, self, errors);
     }
@@ -242,11 +266,19 @@ spec:
     fn row(&self, wide: bool) -> Vec<String> {
         let (spec, status) = (&self.spec, &self.status);
         let mac = status.mac.or(spec.mac);
-        let ips = if status.ips.is_empty() {
-            cells(&spec.ips)
+        let ips4: Vec<String> = if status.ips.is_empty() {
+            spec.ips.iter().map(ToString::to_string).collect()
         } else {
-            cells(&status.ips)
+            status.ips.iter().map(ToString::to_string).collect()
         };
+        let ips = cells(
+            ips4.into_iter().chain(
+                status
+                    .ipv6
+                    .map(|ip| ip.to_string())
+                    .or_else(|| spec.ipv6.map(|ip| ip.to_string())),
+            ),
+        );
         let mut row = vec![
             self.metadata.name.clone(),
             spec.netns.to_string(),
@@ -488,6 +520,60 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
         }
     }
     Ok(())
+}
+
+/// `spec.ipFamilies` and `spec.ipv6`: each family once, IPv4 always (an IPv6-only
+/// interface is not supported: the Subnet's IPv4 prefix is mandatory), IPv6 only on a
+/// Subnet with an IPv6 prefix, and a static IPv6 address inside it.
+fn check_families(origin: &Origin, next: &State, nic: &NetworkInterface, errors: &mut Errors) {
+    let spec = &nic.spec;
+    let Some(subnet) = next.subnets.get(&spec.subnet) else {
+        return; // check_interface names it.
+    };
+    let mut seen = BTreeSet::new();
+    for (index, family) in spec.ip_families.iter().enumerate() {
+        if !seen.insert(*family) {
+            errors.push(origin.invalid(
+                &format!("spec.ipFamilies[{index}]"),
+                format!("{family} is listed twice"),
+            ));
+        }
+        if *family == IpFamily::IPv6 && subnet.spec.ipv6.is_none() {
+            errors.push(origin.invalid(
+                &format!("spec.ipFamilies[{index}]"),
+                format!(
+                    "Subnet {:?} has no IPv6 prefix; give it spec.ipv6.cidr or leave IPv6 out",
+                    spec.subnet
+                ),
+            ));
+        }
+    }
+    if !spec.ip_families.is_empty() && !seen.contains(&IpFamily::IPv4) {
+        errors.push(origin.invalid(
+            "spec.ipFamilies",
+            "IPv6-only interfaces are not supported: list IPv4 too ([IPv4] or [IPv4, IPv6])",
+        ));
+    }
+    if let Some(addr) = spec.ipv6 {
+        match &subnet.spec.ipv6 {
+            None => errors.push(origin.invalid(
+                "spec.ipv6",
+                format!(
+                    "Subnet {:?} has no IPv6 prefix; give it spec.ipv6.cidr or remove this address",
+                    spec.subnet
+                ),
+            )),
+            Some(_) if !spec.wants_ipv6(&subnet.spec) => errors.push(origin.invalid(
+                "spec.ipv6",
+                "ipFamilies leaves IPv6 out; add IPv6 to ipFamilies or remove this address",
+            )),
+            Some(v6) => {
+                if let Err(why) = ipam::Pool6::new(v6).check_host(addr) {
+                    errors.push(origin.invalid("spec.ipv6", why));
+                }
+            }
+        }
+    }
 }
 
 /// A NetworkInterface's named ports: valid port names (IANA service names), ports 1-65535,

@@ -83,6 +83,68 @@ pub struct SubnetSpec {
     /// IPAM address, answered from the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<SubnetDhcp>,
+    /// The Subnet's IPv6 prefix (dual stack): interfaces get an IPv6 address from it too,
+    /// the switch is its IPv6 router (neighbour discovery, router advertisements, routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<SubnetIpv6>,
+}
+
+/// `spec.ipv6` of a Subnet: its IPv6 prefix, gateway and IPAM range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubnetIpv6 {
+    /// The prefix, canonical, /16 to /124 (/64 for SLAAC).
+    #[serde(deserialize_with = "de_subnet_cidr6")]
+    pub cidr: Ipv6Net,
+    /// The switch's address in the prefix (default: the first after the Subnet-Router
+    /// anycast address, `prefix::1`). The gateway also answers on its link-local address,
+    /// derived from the gateway MAC.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_ipv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway: Option<Ipv6Addr>,
+    /// First address IPAM may hand out (default `prefix::2`... after the gateway).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_ipv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub range_start: Option<Ipv6Addr>,
+    /// Last address IPAM may hand out (default: the last of the prefix, at most
+    /// 2^32 addresses after the start).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_ipv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub range_end: Option<Ipv6Addr>,
+    /// Addresses IPAM never hands out.
+    #[serde(
+        default,
+        deserialize_with = "de_ipv6_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub reserved: Vec<Ipv6Addr>,
+    /// Router advertisements from the switch: answers to router solicitations (and one
+    /// when an interface comes up) with the prefix, the MTU and the switch as default
+    /// router (default true).
+    #[serde(default = "default_true")]
+    pub router_advertisements: bool,
+    /// The advertised prefix may be used for stateless autoconfiguration (SLAAC, the
+    /// `A` flag): interfaces may also use `prefix + EUI-64(MAC)`, which port security then
+    /// accepts. Needs a /64 (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slaac: bool,
+}
+
+impl SubnetIpv6 {
+    /// The gateway: the spec's, else `prefix::1`.
+    pub fn gateway(&self) -> Ipv6Addr {
+        self.gateway
+            .unwrap_or_else(|| Ipv6Addr::from(u128::from(self.cidr.network()) | 1))
+    }
 }
 
 /// Most nameservers a Subnet may list: the resolver reads three (glibc's `MAXNS`).
@@ -246,16 +308,23 @@ spec:
         let Some(serde_json::Value::Object(spec)) = document.get_mut("spec") else {
             return;
         };
-        if spec.contains_key("gateway") {
-            return;
-        }
         let first = spec
             .get("cidr")
             .and_then(serde_json::Value::as_str)
             .and_then(|cidr| parse_subnet_cidr(cidr).ok())
             .and_then(|cidr| cidr.hosts().next());
-        if let Some(first) = first {
+        if let (false, Some(first)) = (spec.contains_key("gateway"), first) {
             spec.insert("gateway".into(), first.to_string().into());
+        }
+        if let Some(serde_json::Value::Object(ipv6)) = spec.get_mut("ipv6") {
+            let first = ipv6
+                .get("cidr")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|cidr| parse_subnet_cidr6(cidr).ok())
+                .map(|cidr| Ipv6Addr::from(u128::from(cidr.network()) | 1));
+            if let (false, Some(first)) = (ipv6.contains_key("gateway"), first) {
+                ipv6.insert("gateway".into(), first.to_string().into());
+            }
         }
     }
 
@@ -286,6 +355,7 @@ spec:
         ));
         check_dns(cx.origin, &self.spec, errors);
         check_dhcp(cx.origin, &self.spec, errors);
+        check_ipv6(cx.origin, old, cx.next, self, errors);
         let served = |s: &Subnet| s.spec.dhcp.as_ref().is_some_and(|d| d.enabled);
         // Turning DHCP off under interfaces that use it (new ones are refused on their own).
         if old.is_some_and(served) && !served(self) {
@@ -361,7 +431,7 @@ spec:
     fn columns(wide: bool) -> Vec<&'static str> {
         let mut columns = vec!["NAME", "NETWORK", "CIDR", "GATEWAY", "MTU"];
         if wide {
-            columns.extend(["RANGE", "RESERVED", "GATEWAY-MAC", "VLAN", "LABELS"]);
+            columns.extend(["RANGE", "RESERVED", "GATEWAY-MAC", "VLAN", "IPV6", "LABELS"]);
         }
         columns
     }
@@ -386,10 +456,126 @@ spec:
                 cells(&spec.reserved),
                 cells(gateway_mac.iter()),
                 cells(spec.vlan.iter()),
+                cells(spec.ipv6.iter().map(|v6| v6.cidr)),
                 labels_cell(&self.metadata),
             ]);
         }
         row
+    }
+}
+
+/// `spec.ipv6`: the gateway, range and reserved addresses inside the prefix (never its
+/// Subnet-Router anycast address), SLAAC only on a /64, no overlap with another Subnet of
+/// the Network, and the prefix and gateway fixed once interfaces hold addresses from them.
+fn check_ipv6(
+    origin: &Origin,
+    old: Option<&Subnet>,
+    next: &State,
+    subnet: &Subnet,
+    errors: &mut Errors,
+) {
+    let name = &subnet.metadata.name;
+    let holders = || -> Vec<&str> {
+        next.network_interfaces
+            .values()
+            .filter(|n| n.spec.subnet == *name && n.status.ipv6.is_some())
+            .map(|n| n.metadata.name.as_str())
+            .collect()
+    };
+    let old_v6 = old.and_then(|o| o.spec.ipv6.as_ref());
+    let Some(v6) = &subnet.spec.ipv6 else {
+        let holders = holders();
+        if old_v6.is_some() && !holders.is_empty() {
+            errors.push(origin.invalid(
+                "spec.ipv6",
+                format!(
+                    "NetworkInterfaces {} hold IPv6 addresses of this Subnet; delete them before removing ipv6",
+                    holders.join(", ")
+                ),
+            ));
+        }
+        return;
+    };
+    let cidr = v6.cidr;
+    if let Some(old_v6) = old_v6 {
+        let holders = holders();
+        for (field, changed) in [
+            ("cidr", old_v6.cidr != v6.cidr),
+            ("gateway", old_v6.gateway() != v6.gateway()),
+        ] {
+            if changed && !holders.is_empty() {
+                errors.push(origin.invalid(
+                    &format!("spec.ipv6.{field}"),
+                    format!(
+                        "NetworkInterfaces {} hold IPv6 addresses of this Subnet; the {field} cannot change while they exist",
+                        holders.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let mut host = |field: &str, what: &str, addr: Ipv6Addr| {
+        if !cidr.contains(&addr) {
+            errors.push(origin.invalid(
+                &format!("spec.ipv6.{field}"),
+                format!("{what} {addr} is outside {cidr}; use an address inside the prefix"),
+            ));
+        } else if addr == cidr.network() {
+            errors.push(origin.invalid(
+                &format!("spec.ipv6.{field}"),
+                format!(
+                    "{what} {addr} is the Subnet-Router anycast address of {cidr}; use another address"
+                ),
+            ));
+        }
+    };
+    host("gateway", "gateway", v6.gateway());
+    if let Some(start) = v6.range_start {
+        host("rangeStart", "rangeStart", start);
+    }
+    if let Some(end) = v6.range_end {
+        host("rangeEnd", "rangeEnd", end);
+    }
+    for (index, addr) in v6.reserved.iter().enumerate() {
+        if !cidr.contains(addr) {
+            errors.push(origin.invalid(
+                &format!("spec.ipv6.reserved[{index}]"),
+                format!(
+                    "reserved address {addr} is outside {cidr}; list addresses inside the prefix"
+                ),
+            ));
+        }
+    }
+    if let (Some(start), Some(end)) = (v6.range_start, v6.range_end) {
+        if start > end {
+            errors.push(origin.invalid(
+                "spec.ipv6.rangeEnd",
+                format!("rangeEnd {end} is before rangeStart {start}; rangeStart must not be after rangeEnd"),
+            ));
+        }
+    }
+    if v6.slaac && cidr.prefix_len() != 64 {
+        errors.push(origin.invalid(
+            "spec.ipv6.slaac",
+            format!("SLAAC needs a /64 prefix (RFC 4862 with Ethernet's 64-bit interface identifiers); {cidr} is not"),
+        ));
+    }
+    for other in next.subnets.values() {
+        let Some(other_v6) = &other.spec.ipv6 else {
+            continue;
+        };
+        if other.metadata.name != *name
+            && other.spec.network == subnet.spec.network
+            && (cidr.contains(&other_v6.cidr.network()) || other_v6.cidr.contains(&cidr.network()))
+        {
+            errors.push(origin.invalid(
+                "spec.ipv6.cidr",
+                format!(
+                    "{cidr} overlaps Subnet {:?} ({}) of Network {:?}; the Subnets of one Network must not overlap",
+                    other.metadata.name, other_v6.cidr, subnet.spec.network
+                ),
+            ));
+        }
     }
 }
 

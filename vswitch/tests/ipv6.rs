@@ -1,0 +1,322 @@
+//! End-to-end IPv6: dual-stack Subnets, the switch as IPv6 router (neighbour discovery,
+//! router advertisements, SLAAC, echo, routing, ICMPv6 errors, MTU), IPv6 port security and
+//! malformed IPv6 dropped under its reasons; with the kernel's own tools in namespaces.
+
+// Integration tests are test modules already.
+#![allow(clippy::tests_outside_test_module)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Netns, iperf3_tcp, require, send_raw_frames, wait_until};
+
+fn dual_subnet(name: &str, v4: &str, v6: &str, mtu: u32, slaac: bool) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: {name}\nspec:\n  network: default\n  cidr: {v4}\n  mtu: {mtu}\n  ipv6:\n    cidr: {v6}\n    slaac: {slaac}\n---\n"
+    )
+}
+
+/// The IPv6 address (without prefix) of a NetworkInterface, from its status.
+fn interface_ipv6(daemon: &Daemon, name: &str) -> String {
+    let nic = daemon.ctl_json(&["get", "networkinterface", name]);
+    let ip = nic["status"]["ipv6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("interface {name} has no status.ipv6: {nic}"));
+    ip.split('/').next().unwrap_or(ip).to_string()
+}
+
+fn ping6(ns: &Netns, extra: &[&str], to: &str) -> String {
+    let mut args = vec!["ping", "-6", "-c", "1", "-W", "2"];
+    args.extend_from_slice(extra);
+    args.push(to);
+    let out = ns.exec(&args);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ping6_ok(ns: &Netns, to: &str, count: u32) -> String {
+    let count = count.to_string();
+    let out = ns.exec(&["ping", "-6", "-c", &count, "-i", "0.2", "-W", "2", to]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains(&format!("{count} received")),
+        "ping -6 from {} to {to} failed:\n{text}{}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn counter(daemon: &Daemon, section: &str, key: &str) -> u64 {
+    daemon.stats()[section][key].as_u64().unwrap_or(0)
+}
+
+/// Two dual-stack subnets: addresses from IPAM configured without DAD, the gateway answers
+/// ND and echo on its address, ping and TCP routed both ways with one hop, hop limit 1 gets
+/// time exceeded, no route gets unreachable, and tracepath sees the smaller MTU.
+#[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
+fn routes_ipv6_between_dual_stack_subnets() {
+    require(&["ping", "iperf3", "tracepath"]);
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(&dual_subnet(
+        "a6",
+        "10.61.0.0/24",
+        "fd00:61::/64",
+        1500,
+        false,
+    ));
+    daemon.apply_yaml(&dual_subnet(
+        "b6",
+        "10.62.0.0/24",
+        "fd00:62::/64",
+        1400,
+        false,
+    ));
+    let c1 = Netns::new("6a");
+    let c2 = Netns::new("6b");
+    daemon.attach(&c1, &["--subnet", "a6"]);
+    daemon.attach(&c2, &["--subnet", "b6", "--kind", "veth"]);
+    let ip1 = interface_ipv6(&daemon, &c1.name);
+    let ip2 = interface_ipv6(&daemon, &c2.name);
+    assert!(ip1.starts_with("fd00:61::"), "{ip1}");
+    assert!(ip2.starts_with("fd00:62::"), "{ip2}");
+    // Configured without DAD: usable at once, never tentative.
+    let addr = c1.exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+    let line = addr
+        .lines()
+        .find(|line| line.contains(&format!("{ip1}/")))
+        .unwrap_or_else(|| panic!("{ip1} is not on eth0:\n{addr}"));
+    assert!(!line.contains("tentative"), "{addr}");
+
+    ping6_ok(&c1, "fd00:61::1", 2);
+    ping6_ok(&c2, "fd00:62::1", 2);
+    // A router answers on all its addresses.
+    ping6_ok(&c1, "fd00:62::1", 1);
+    let out = ping6_ok(&c1, &ip2, 3);
+    assert!(out.contains("ttl=63"), "one routed hop expected:\n{out}");
+    ping6_ok(&c2, &ip1, 3);
+    let there = iperf3_tcp(&c2, &c1, &ip2, 2);
+    let back = iperf3_tcp(&c1, &c2, &ip1, 2);
+    eprintln!("routed IPv6 iperf3 Gbit/s: tap->veth {there:.2}, veth->tap {back:.2}");
+
+    let text = ping6(&c1, &["-t", "1"], &ip2);
+    assert!(
+        text.contains("fd00:61::1") && text.to_lowercase().contains("time exceeded"),
+        "hop limit 1 must get time exceeded from the gateway:\n{text}"
+    );
+    let text = ping6(&c1, &[], "fd00:99::1");
+    assert!(
+        text.contains("fd00:61::1") && text.to_lowercase().contains("unreachable"),
+        "no route must get destination unreachable from the gateway:\n{text}"
+    );
+    let out = c1.exec(&["tracepath", "-6", "-n", "-m", "4", &ip2]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pmtu 1400"),
+        "tracepath must learn the 1400 MTU of b6 from packet too big:\n{text}"
+    );
+    assert!(text.contains(&ip2), "tracepath must reach {ip2}:\n{text}");
+
+    let stats = daemon.stats();
+    for (section, key) in [
+        ("drops", "l3.hop_limit_exceeded"),
+        ("drops", "l3.no_route"),
+        ("drops", "l3.packet_too_big"),
+        ("events", "l3.nd_advertised"),
+        ("events", "l3.routed"),
+        ("events", "l3.echo_replied"),
+    ] {
+        assert!(
+            stats[section][key].as_u64().unwrap_or(0) >= 1,
+            "{key} must be counted: {}",
+            stats[section]
+        );
+    }
+    let neighbors = daemon.ctl_ok(&["neighbors"]);
+    assert!(
+        neighbors.contains(&ip2),
+        "the switch resolved {ip2}:\n{neighbors}"
+    );
+}
+
+/// The switch's router advertisement gives a container a SLAAC address in the prefix and a
+/// default route via the gateway's link-local address; the SLAAC address is allowed by
+/// port security and routed.
+#[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
+fn slaac_from_the_switch_router_advertisement() {
+    require(&["ping"]);
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(&dual_subnet(
+        "s6",
+        "10.63.0.0/24",
+        "fd00:63::/64",
+        1500,
+        true,
+    ));
+    daemon.apply_yaml(&dual_subnet(
+        "t6",
+        "10.64.0.0/24",
+        "fd00:64::/64",
+        1500,
+        false,
+    ));
+    let c1 = Netns::new("6s");
+    let c2 = Netns::new("6t");
+    daemon.attach(&c1, &["--subnet", "s6", "--kind", "veth"]);
+    daemon.attach(&c2, &["--subnet", "t6"]);
+    let ip2 = interface_ipv6(&daemon, &c2.name);
+    let slaac = wait_until(
+        "a SLAAC address from the RA",
+        Duration::from_secs(15),
+        || {
+            let text = c1.exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "dynamic"]);
+            text.lines()
+                .find(|l| l.contains("inet6 fd00:63::") && !l.contains("tentative"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(|a| a.split('/').next().unwrap_or(a).to_string())
+        },
+    );
+    let routes = c1.exec_ok(&["ip", "-6", "route", "show", "default"]);
+    assert!(
+        routes.contains("proto ra") && routes.contains("fe80::"),
+        "the RA must install a default route via the gateway's link-local address:\n{routes}"
+    );
+    let mtu = c1.exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1500", "the RA's MTU");
+    let out = c1.exec(&[
+        "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "-I", &slaac, &ip2,
+    ]);
+    assert!(
+        out.status.success(),
+        "ping from the SLAAC address {slaac}:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(counter(&daemon, "events", "l3.ra_sent") >= 1);
+}
+
+/// Port security for IPv6: a source that is not the container's is dropped, router
+/// advertisements from a container are dropped (RA guard), a spoofed neighbour advertisement
+/// is dropped (ND guard), ND with a hop limit below 255 is invalid, and malformed IPv6
+/// (extension headers running past the packet, a jumbogram) is counted under its reasons.
+#[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
+fn ipv6_port_security_and_malformed_packets() {
+    require(&["ping", "python3"]);
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(&dual_subnet(
+        "p6",
+        "10.65.0.0/24",
+        "fd00:65::/64",
+        1500,
+        false,
+    ));
+    let c1 = Netns::new("6p");
+    let c2 = Netns::new("6q");
+    daemon.attach(&c1, &["--subnet", "p6"]);
+    daemon.attach(&c2, &["--subnet", "p6"]);
+    let ip2 = interface_ipv6(&daemon, &c2.name);
+    ping6_ok(&c1, &ip2, 1);
+
+    // A source the port was not given.
+    c1.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:65::99/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let out = c1.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-I",
+        "fd00:65::99",
+        &ip2,
+    ]);
+    assert!(
+        !out.status.success(),
+        "a spoofed source must not get through"
+    );
+    let port = c1.name.as_str();
+    assert!(daemon.port_drop(port, "port_security.ipv6_src") >= 1);
+
+    // A router advertisement (RA guard) and a neighbour advertisement for c2's address (ND
+    // guard), from c1's link-local address (once DAD has made it usable), hop limit 255.
+    let link_local = wait_until("c1's link-local address", Duration::from_secs(10), || {
+        let text = c1.exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "scope", "link"]);
+        text.lines()
+            .find(|l| l.contains("inet6 fe80::") && !l.contains("tentative"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(|a| a.split('/').next().unwrap_or(a).to_string())
+    });
+    let script = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.bind((sys.argv[3], 0, 0, socket.if_nametoindex("eth0")))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, int(sys.argv[2]))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, int(sys.argv[2]))
+idx = socket.if_nametoindex("eth0")
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+target = socket.inet_pton(socket.AF_INET6, sys.argv[1])
+na = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + target
+ns = struct.pack("!BBHI", 135, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, "fd00:65::1")
+for msg in (ra, na):
+    s.sendto(msg, ("ff02::1", 0, 0, idx))
+s.sendto(ns, ("ff02::1:ff00:1", 0, 0, idx))
+"#;
+    // Hop limit 255: RA guard and ND guard; then 64: the solicitation is invalid ND.
+    c1.python(script, &[&ip2, "255", &link_local]);
+    c1.python(script, &[&ip2, "64", &link_local]);
+    let counted = || {
+        [
+            "port_security.ra_guard",
+            "port_security.nd_spoof",
+            "l3.nd_invalid",
+        ]
+        .map(|reason| (reason, daemon.port_drop(port, reason)))
+    };
+    let within = Instant::now() + Duration::from_secs(5);
+    while counted().iter().any(|(_, n)| *n == 0) && Instant::now() < within {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counts = counted();
+    assert!(
+        counts.iter().all(|(_, n)| *n >= 1),
+        "RA guard, ND guard and invalid ND must each be counted on {port}: {counts:?}"
+    );
+    // c2 still reaches its gateway (no poisoned neighbour, no rogue router).
+    ping6_ok(&c2, "fd00:65::1", 1);
+
+    // Malformed: a destination options header whose length runs past the packet, and a
+    // jumbogram (payload length 0 with a hop-by-hop header).
+    let mac1 = daemon.ctl_json(&["get", "networkinterface", port])["status"]["mac"]
+        .as_str()
+        .expect("mac")
+        .replace(':', "");
+    let header = |payload_len: &str, next: &str| {
+        format!(
+            "333300000001{mac1}86dd6000000000{payload_len}{next}ff\
+             fe800000000000000000000000000001ff020000000000000000000000000001"
+        )
+    };
+    let truncated = format!("{}3a05000000000000", header("08", "3c"));
+    let jumbo = format!("{}3a00c204000100000000", header("00", "00"));
+    send_raw_frames(&c1, "eth0", &[&truncated, &jumbo]);
+    wait_until("malformed IPv6 counted", Duration::from_secs(5), || {
+        (daemon.port_drop(port, "parse.ipv6_ext_truncated") >= 1
+            && daemon.port_drop(port, "parse.ipv6_jumbogram") >= 1)
+            .then_some(())
+    });
+}
