@@ -866,7 +866,7 @@ fn admit_switched(
     frame: &[u8],
     verdict: Verdict,
 ) -> Verdict {
-    if ctx.snapshot.policy.is_none() || !matches!(parsed.l3, L3::Ipv4 { .. }) {
+    if ctx.snapshot.policy.is_none() || !matches!(parsed.l3, L3::Ipv4 { .. } | L3::Ipv6 { .. }) {
         return verdict;
     }
     let to = match verdict {

@@ -30,6 +30,13 @@
 //! either way. Peers behind the overlay or the uplink are outside the switch: only
 //! `ipBlock`s match them.
 //!
+//! IPv6 is judged by the same rules (pod selectors match an interface's IPv6 addresses,
+//! `ipBlock`s may be IPv6), but conntrack follows IPv4 only: IPv6 connections are followed
+//! as associations ([`Class6`]): the first packet is judged, the rest of the association
+//! passes either way, a TCP SYN is judged again, a TCP segment without SYN is picked up as
+//! established as for IPv4, an ICMPv6 echo's reply belongs to its request (by identifier),
+//! ICMPv6 errors are judged as ICMPv6, and neighbour discovery and MLD are never filtered.
+//!
 //! Drops: `policy.egress_denied` (the source's egress policies allow no rule for it) and
 //! `policy.ingress_denied` (the destination's). Per-rule allowed and per-policy denied
 //! connection counts are kept in the set.
@@ -56,21 +63,114 @@ keyed_enum! {
     }
 }
 
-/// The IPv4 fields classification needs, read from the header.
+/// The fields classification needs, read from the IPv4 or IPv6 header.
 #[derive(Debug, Clone, Copy)]
 struct Header {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
+    /// The upper-layer protocol (after IPv6's extension headers).
     protocol: u8,
     /// Source and destination ports (TCP, UDP, SCTP), else zeros.
     ports: (u16, u16),
+    /// What tells its association's two ends apart beside the addresses: the ports, or an
+    /// ICMPv6 echo's identifier at both ends (so that the reply matches the request).
+    flow_ports: (u16, u16),
     /// Fragment offset is not zero: a later fragment.
     later_fragment: bool,
     /// More fragments follow.
     more_fragments: bool,
+    /// IPv6: how the packet is followed (conntrack follows IPv4 only).
+    v6: Option<Class6>,
+}
+
+/// How an IPv6 packet is judged: conntrack does not follow IPv6, so its connections are
+/// followed as associations (both ends, ports, idle timeout), with TCP's special cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class6 {
+    /// Judged on the first packet of its association; the rest pass either way.
+    Flow,
+    /// A TCP SYN (without ACK): opens a connection, judged even when its association is
+    /// known (a client reusing the ports of a closed connection).
+    TcpSyn,
+    /// A TCP segment without SYN: passes, and its association is picked up as established
+    /// (as for IPv4, `nf_conntrack_tcp_loose`).
+    TcpMidStream,
+    /// An ICMPv6 error: judged as ICMPv6, never recorded.
+    IcmpError,
+    /// Neighbour discovery and MLD (router and neighbour solicitations and advertisements,
+    /// redirects, listener reports): never filtered, as ARP is not.
+    Control,
+}
+
+/// The IP packet of a frame (the virtio header and the Ethernet frame), IPv4 or IPv6.
+fn packet_of(frame: &[u8]) -> Option<&[u8]> {
+    let start = crate::wire::VNET_HDR_LEN + smoltcp::wire::ETHERNET_HEADER_LEN;
+    let (start, end) = match frame.get(start)? >> 4 {
+        4 => ip_bounds(frame)?,
+        6 => super::route6::packet_bounds(frame)?,
+        _ => return None,
+    };
+    frame.get(start..end)
 }
 
 fn header(packet: &[u8]) -> Option<Header> {
+    match packet.first()? >> 4 {
+        4 => header4(packet),
+        6 => header6(packet),
+        _ => None,
+    }
+}
+
+fn header6(packet: &[u8]) -> Option<Header> {
+    let info = crate::wire::ipv6::parse(packet).ok()?;
+    let later_fragment = info.fragment.is_some_and(|f| f.offset != 0);
+    let more_fragments = info.fragment.is_some_and(|f| f.more);
+    let l4 = packet
+        .get(info.l4_offset..info.packet_len)
+        .unwrap_or_default();
+    let be16 = |at: usize| {
+        l4.get(at..at + 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let mut ports = (0, 0);
+    let mut flow_ports = (0, 0);
+    let mut class = Class6::Flow;
+    if !later_fragment {
+        match (info.next_header, l4.first()) {
+            (6 | 17 | 132, _) if l4.len() >= 4 => {
+                ports = (be16(0), be16(2));
+                flow_ports = ports;
+                if info.next_header == 6 {
+                    let flags = l4.get(13).copied().unwrap_or(0);
+                    class = match (flags & 0x02 != 0, flags & 0x10 != 0) {
+                        (true, false) => Class6::TcpSyn,
+                        (true, true) => Class6::Flow,
+                        (false, _) => Class6::TcpMidStream,
+                    };
+                }
+            }
+            (58, Some(128 | 129)) => {
+                let ident = be16(4);
+                flow_ports = (ident, ident);
+            }
+            (58, Some(kind)) if *kind < 128 => class = Class6::IcmpError,
+            (58, Some(130..=137 | 143)) => class = Class6::Control,
+            _ => {}
+        }
+    }
+    Some(Header {
+        src: IpAddr::V6(info.src),
+        dst: IpAddr::V6(info.dst),
+        protocol: info.next_header,
+        ports,
+        flow_ports,
+        later_fragment,
+        more_fragments,
+        v6: Some(class),
+    })
+}
+
+fn header4(packet: &[u8]) -> Option<Header> {
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
     if ihl < 20 || packet.len() < ihl {
         return None;
@@ -86,22 +186,28 @@ fn header(packet: &[u8]) -> Option<Header> {
         _ => (0, 0),
     };
     Some(Header {
-        src: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
-        dst: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
+        src: IpAddr::V4(Ipv4Addr::new(
+            packet[12], packet[13], packet[14], packet[15],
+        )),
+        dst: IpAddr::V4(Ipv4Addr::new(
+            packet[16], packet[17], packet[18], packet[19],
+        )),
         protocol,
         ports,
+        flow_ports: ports,
         later_fragment,
         more_fragments,
+        v6: None,
     })
 }
 
-fn peer(port: Option<PortId>, addr: Ipv4Addr) -> Peer {
+fn peer(port: Option<PortId>, addr: IpAddr) -> Peer {
     match port {
         Some(port) => Peer::Endpoint {
             id: EndpointId(port.0),
-            addr: IpAddr::V4(addr),
+            addr,
         },
-        None => Peer::External(IpAddr::V4(addr)),
+        None => Peer::External(addr),
     }
 }
 
@@ -120,7 +226,7 @@ fn ends(
     network: Option<NetworkId>,
     from: Option<PortId>,
     to: Option<PortId>,
-    dst: Ipv4Addr,
+    dst: IpAddr,
 ) -> Option<(Option<PortId>, Option<PortId>)> {
     let src = from.filter(|port| set.is_endpoint(*port));
     let dst = to
@@ -157,12 +263,16 @@ fn admit_in(
     to: Option<PortId>,
     frame: &[u8],
 ) -> Result<(), DropCause> {
-    let Some(packet) = ip_bounds(frame).and_then(|(start, end)| frame.get(start..end)) else {
+    let Some(packet) = packet_of(frame) else {
         return Ok(());
     };
     let Some(header) = header(packet) else {
         return Ok(());
     };
+    if header.v6 == Some(Class6::Control) {
+        trace_note!(ctx, Policy, "neighbour discovery: never filtered");
+        return Ok(());
+    }
     let Some((src, dst)) = ends(set, Some(network), from, to, header.dst) else {
         trace_note!(
             ctx,
@@ -173,6 +283,9 @@ fn admit_in(
     };
     if header.later_fragment {
         return Ok(());
+    }
+    if let Some(class) = header.v6 {
+        return admit6(ctx, set, network, header, class, src, dst);
     }
     let info = trackable(&header)
         .then(|| ::nat::parse(packet).ok())
@@ -211,6 +324,70 @@ fn admit_in(
         }
     }
     Ok(())
+}
+
+/// An IPv6 packet with an isolated end: followed as an association (see [`Class6`]).
+fn admit6(
+    ctx: &Context<'_>,
+    set: &PolicySet,
+    network: NetworkId,
+    header: Header,
+    class: Class6,
+    src: Option<PortId>,
+    dst: Option<PortId>,
+) -> Result<(), DropCause> {
+    let forward = Connection {
+        src: peer(src, header.src),
+        dst: peer(dst, header.dst),
+        protocol: header.protocol,
+        dst_port: header.ports.1,
+    };
+    match class {
+        Class6::Control => Ok(()),
+        Class6::Flow => associated(ctx, set, network, header, &forward),
+        Class6::TcpSyn => {
+            let decision = set.compiled().check(&forward);
+            decided(ctx, set, &decision);
+            if !decision.allowed {
+                return Err(cause(&decision));
+            }
+            if !ctx.is_dry_run() {
+                set.associations()
+                    .insert(association(network, &header), ctx.now_ms);
+            }
+            Ok(())
+        }
+        Class6::TcpMidStream => {
+            trace_note!(ctx, Policy, "TCP without SYN: picked up as established");
+            if !ctx.is_dry_run() {
+                let key = association(network, &header);
+                let associations = set.associations();
+                if !associations.touch(&key, ctx.now_ms) {
+                    associations.insert(key, ctx.now_ms);
+                }
+            }
+            Ok(())
+        }
+        Class6::IcmpError => {
+            let decision = set.compiled().check(&forward);
+            if decision.allowed {
+                Ok(())
+            } else {
+                decided(ctx, set, &decision);
+                Err(cause(&decision))
+            }
+        }
+    }
+}
+
+/// The association a packet belongs to, whichever way it goes.
+fn association(network: NetworkId, header: &Header) -> AssociationKey {
+    AssociationKey::new(
+        network,
+        header.protocol,
+        (header.src, header.flow_ports.0),
+        (header.dst, header.flow_ports.1),
+    )
 }
 
 /// Counts a decision in the set (not in a dry run) and notes it in the trace.
@@ -350,12 +527,7 @@ fn associated(
     header: Header,
     forward: &Connection,
 ) -> Result<(), DropCause> {
-    let key = AssociationKey::new(
-        network,
-        header.protocol,
-        (header.src, header.ports.0),
-        (header.dst, header.ports.1),
-    );
+    let key = association(network, &header);
     let associations = set.associations();
     let known = if ctx.is_dry_run() {
         associations.is_live(&key, ctx.now_ms)
@@ -424,12 +596,12 @@ pub fn judge(
     let Some(set) = ctx.snapshot.policy.as_deref() else {
         return Ok(());
     };
-    let Some((src_port, dst_port_id)) = ends(set, network, from, None, dst) else {
+    let Some((src_port, dst_port_id)) = ends(set, network, from, None, IpAddr::V4(dst)) else {
         return Ok(());
     };
     let decision = set.compiled().check(&Connection {
-        src: peer(src_port, src),
-        dst: peer(dst_port_id, dst),
+        src: peer(src_port, IpAddr::V4(src)),
+        dst: peer(dst_port_id, IpAddr::V4(dst)),
         protocol,
         dst_port,
     });
@@ -710,5 +882,122 @@ mod tests {
         assert!(later.later_fragment);
         assert_eq!(later.ports, (0, 0));
         assert!(header(&packet[..10]).is_none());
+    }
+
+    /// An IPv6 frame from A to B (or back) carrying `protocol` (`l4` its header and payload).
+    fn frame6(protocol: u8, l4: &[u8], from_b: bool) -> Vec<u8> {
+        let (smac, dmac, sip, dip) = if from_b {
+            (MAC_B, MAC_A, IP6_B, IP6_A)
+        } else {
+            (MAC_A, MAC_B, IP6_A, IP6_B)
+        };
+        let mut frame = vec![0u8; crate::wire::VNET_HDR_LEN];
+        frame.extend_from_slice(&dmac);
+        frame.extend_from_slice(&smac);
+        frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        frame.extend_from_slice(&u16::try_from(l4.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&[protocol, 64]);
+        frame.extend_from_slice(&sip.octets());
+        frame.extend_from_slice(&dip.octets());
+        frame.extend_from_slice(l4);
+        frame
+    }
+
+    /// A TCP segment's header from `src` to `dst` with `flags`.
+    fn tcp6(src: u16, dst: u16, flags: u8, from_b: bool) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        l4[0..2].copy_from_slice(&src.to_be_bytes());
+        l4[2..4].copy_from_slice(&dst.to_be_bytes());
+        l4[12] = 0x50;
+        l4[13] = flags;
+        frame6(6, &l4, from_b)
+    }
+
+    fn udp6(src: u16, dst: u16, from_b: bool) -> Vec<u8> {
+        let mut l4 = vec![0u8; 8];
+        l4[0..2].copy_from_slice(&src.to_be_bytes());
+        l4[2..4].copy_from_slice(&dst.to_be_bytes());
+        l4[4..6].copy_from_slice(&8u16.to_be_bytes());
+        frame6(17, &l4, from_b)
+    }
+
+    fn echo6(kind: u8, ident: u16, from_b: bool) -> Vec<u8> {
+        let mut l4 = vec![kind, 0, 0, 0, 0, 0, 0, 1];
+        l4[4..6].copy_from_slice(&ident.to_be_bytes());
+        frame6(58, &l4, from_b)
+    }
+
+    const WEB_80: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 80}]\n";
+    const DENIED: Verdict = Verdict::Drop(DropCause::Policy(DropReason::IngressDenied));
+
+    /// IPv6 is judged like IPv4 (conntrack does not follow it: its connections are followed
+    /// as associations): an allowed connection's replies and later segments pass, a port or
+    /// a protocol no rule allows is denied, and an echo's reply belongs to its request.
+    #[test]
+    fn ipv6_connections_are_judged_and_replies_pass() {
+        let bench = bench_with(WEB_80);
+        // B's first packet (to A, which no policy isolates; B's egress is open) teaches its
+        // MAC, so frames to B are unicast.
+        assert_eq!(
+            bench.send(2, &udp6(5353, 5353, true), 0).verdict,
+            Verdict::Flood
+        );
+        assert_eq!(
+            bench.send(1, &tcp6(40000, 80, 0x02, false), 1).verdict,
+            Verdict::Forward(PortId(2))
+        );
+        assert_eq!(
+            bench.send(2, &tcp6(80, 40000, 0x12, true), 2).verdict,
+            Verdict::Forward(PortId(1)),
+            "the SYN-ACK belongs to the allowed connection"
+        );
+        assert_eq!(
+            bench.send(1, &tcp6(40000, 80, 0x10, false), 3).verdict,
+            Verdict::Forward(PortId(2))
+        );
+        assert_eq!(
+            bench.send(1, &tcp6(40001, 81, 0x02, false), 4).verdict,
+            DENIED
+        );
+        // A port without a protocol is TCP's.
+        assert_eq!(bench.send(1, &udp6(40000, 80, false), 5).verdict, DENIED);
+        assert_eq!(bench.send(1, &udp6(40000, 53, false), 6).verdict, DENIED);
+        assert_eq!(bench.send(1, &echo6(128, 7, false), 7).verdict, DENIED);
+        let set = bench.snapshot.policy.as_ref().expect("set");
+        let counts = set.totals();
+        assert_eq!(
+            counts["web"].ingress_allowed, 1,
+            "the TCP/80 connection, once"
+        );
+        assert_eq!(counts["web"].ingress_denied, 4);
+    }
+
+    /// IPv6 `ipBlock`s match IPv6 peers; an ICMPv6 echo's reply passes as part of its
+    /// request's association, another identifier is a new one.
+    #[test]
+    fn ipv6_ip_blocks_and_echo() {
+        let bench = bench_with(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: block}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/120', except: ['fd00::c/127']}}]\n",
+        );
+        // B is isolated both ways and allows no egress: its first packet is denied.
+        assert_eq!(
+            bench.send(2, &udp6(5353, 5353, true), 0).verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::EgressDenied))
+        );
+        // A (fd00::a) is in the block: its echo goes (B's MAC was learned before its frame
+        // was denied) and B's reply with the same identifier passes although B's egress
+        // allows nothing.
+        assert_eq!(
+            bench.send(1, &echo6(128, 9, false), 1).verdict,
+            Verdict::Forward(PortId(2))
+        );
+        assert_eq!(
+            bench.send(2, &echo6(129, 9, true), 2).verdict,
+            Verdict::Forward(PortId(1))
+        );
+        assert_eq!(
+            bench.send(2, &echo6(128, 10, true), 3).verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::EgressDenied))
+        );
     }
 }

@@ -194,6 +194,10 @@ pub fn route(
         );
         return Verdict::drop(DropReason::PacketTooBig);
     }
+    if let Err(cause) = super::policy::admit(ctx, subnet.network_id, Some(ingress.id), None, frame)
+    {
+        return Verdict::Drop(cause);
+    }
     confirm_sender(ctx, ingress, subnet, src, parsed.src_mac, &mut local.out);
     if wire6::decrement_hop_limit(&mut frame[start..end]).is_none() {
         return Verdict::drop(DropReason::HopLimitExceeded);

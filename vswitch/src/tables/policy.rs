@@ -10,7 +10,7 @@
 //! starts from, so a policy's counts survive changes to other resources.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use policy::{Compiled, Decision, Direction, Verdict};
@@ -50,7 +50,7 @@ pub struct PolicySet {
     /// Per port id: `INGRESS | EGRESS` bits.
     flags: Vec<u8>,
     /// The port that owns an address in a Network (interfaces' addresses).
-    addresses: HashMap<(NetworkId, Ipv4Addr), PortId, foldhash::fast::RandomState>,
+    addresses: HashMap<(NetworkId, IpAddr), PortId, foldhash::fast::RandomState>,
     /// Per rule ordinal: connections allowed.
     allowed: Vec<AtomicU64>,
     /// Per isolation table: connections denied (`[ingress, egress]`).
@@ -101,9 +101,7 @@ impl PolicySet {
             }
             if let Some(network) = networks.get(&endpoint.id.0) {
                 for address in &endpoint.addresses {
-                    if let IpAddr::V4(v4) = address {
-                        addresses.insert((*network, *v4), PortId(endpoint.id.0));
-                    }
+                    addresses.insert((*network, *address), PortId(endpoint.id.0));
                 }
             }
         }
@@ -163,7 +161,7 @@ impl PolicySet {
 
     /// The interface that owns `address` in `network`.
     #[inline]
-    pub fn owner(&self, network: NetworkId, address: Ipv4Addr) -> Option<PortId> {
+    pub fn owner(&self, network: NetworkId, address: IpAddr) -> Option<PortId> {
         if self.addresses.is_empty() {
             return None;
         }
@@ -254,13 +252,13 @@ pub struct Associations {
 pub struct AssociationKey {
     network: u32,
     protocol: u8,
-    low: (Ipv4Addr, u16),
-    high: (Ipv4Addr, u16),
+    low: (IpAddr, u16),
+    high: (IpAddr, u16),
 }
 
 impl AssociationKey {
     /// The key of a packet between `a` and `b` in `network`, whichever way it goes.
-    pub fn new(network: NetworkId, protocol: u8, a: (Ipv4Addr, u16), b: (Ipv4Addr, u16)) -> Self {
+    pub fn new(network: NetworkId, protocol: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> Self {
         let (low, high) = if a <= b { (a, b) } else { (b, a) };
         AssociationKey {
             network: network.0,

@@ -20,6 +20,22 @@ use crate::control::kinds::network_policy::{NetworkPolicyStatus, PolicyCounters,
 use crate::tables::policy::PolicySet;
 use crate::tables::snapshot::NetworkId;
 
+/// An interface's global IPv6 addresses (leased or static, and its SLAAC address when the
+/// Subnet advertises SLAAC), which routed IPv6 packets are addressed to. Link-local
+/// addresses are left out: they are never routed, and a switched frame names its port.
+fn global_ipv6<'a>(
+    nic: &'a crate::control::kinds::network_interface::NetworkInterface,
+    subnet: &'a crate::control::resource::SubnetSpec,
+) -> impl Iterator<Item = std::net::Ipv6Addr> + 'a {
+    let slaac = subnet
+        .ipv6
+        .as_ref()
+        .filter(|v6| v6.slaac)
+        .zip(nic.status.mac)
+        .map(|(v6, mac)| crate::wire::ipv6::slaac_address(v6.cidr.network(), mac.0));
+    nic.status.ipv6.map(|ip| ip.addr()).into_iter().chain(slaac)
+}
+
 /// What the compiler sees of the state, in the order it sorts it (so that an unchanged
 /// state gives an equal world).
 fn world(inner: &Inner) -> (World, BTreeMap<u32, NetworkId>) {
@@ -47,6 +63,7 @@ fn world(inner: &Inner) -> (World, BTreeMap<u32, NetworkId>) {
                 .ips
                 .iter()
                 .map(|ip| IpAddr::V4(ip.addr()))
+                .chain(global_ipv6(nic, &subnet.spec).map(IpAddr::V6))
                 .collect(),
             ports: nic.spec.ports.clone(),
         });
