@@ -1,10 +1,11 @@
 //! Whole frames through the ingress stages (`pipeline::process`): parse, port security,
-//! learning, DHCP, ARP, routing between two subnets, ICMP, L2 forwarding. The first byte
-//! picks the ingress port; the rest is the frame (virtio header and Ethernet). Every frame
-//! ends in a verdict (a counted drop at worst), never a panic, and the tables stay bounded.
+//! learning, DHCP, ARP, neighbour discovery, routing between two dual-stack subnets (IPv4
+//! and IPv6), ICMP and ICMPv6, L2 forwarding. The first byte picks the ingress port; the
+//! rest is the frame (virtio header and Ethernet). Every frame ends in a verdict (a counted
+//! drop at worst), never a panic, and the tables stay bounded.
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -14,15 +15,27 @@ use vswitch::tables::dhcp::{DhcpServer, DhcpSettings};
 use vswitch::tables::fdb::Fdb;
 use vswitch::tables::neigh::Neighbors;
 use vswitch::tables::snapshot::{
-    DEFAULT_MAC_AGEING, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteOrigin,
-    Snapshot, SubnetEntry, SubnetId,
+    DEFAULT_MAC_AGEING, NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteEntry6,
+    RouteOrigin, Snapshot, Subnet6, SubnetEntry, SubnetId,
 };
 
 /// Two subnets of one Network, routed to each other; `blue` has the DHCP server on.
 fn snapshot() -> Snapshot {
     let port = |id: u32, subnet: u32, ip: Ipv4Addr| {
         let mac = [0x02, 0, 0, 0, 0, u8::try_from(id).unwrap_or(0)];
-        PortEntry::detached_tap(PortId(id), SubnetId(subnet), mac, vec![ip])
+        let mut entry = PortEntry::detached_tap(PortId(id), SubnetId(subnet), mac, vec![ip]);
+        let prefix = if subnet == 1 { 0xfd00 } else { 0xfd09 };
+        entry.ips6.push(Ipv6Addr::new(
+            prefix,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::try_from(id).unwrap_or(0) + 1,
+        ));
+        entry
     };
     let subnet = |id: u32, name: &str, cidr: &str, gateway: Ipv4Addr, ports: Vec<PortId>| {
         let cidr = cidr.parse().expect("cidr");
@@ -51,7 +64,16 @@ fn snapshot() -> Snapshot {
                     )],
                 }))
             }),
-            v6: None,
+            // Blue advertises SLAAC, red does not.
+            v6: Some(Subnet6::new(
+                if id == 1 { "fd00::/64" } else { "fd09::/64" }
+                    .parse()
+                    .expect("cidr"),
+                Ipv6Addr::new(if id == 1 { 0xfd00 } else { 0xfd09 }, 0, 0, 0, 0, 0, 0, 1),
+                [0x02, 0, 0, 0, 0xee, u8::try_from(id).unwrap_or(0)],
+                true,
+                id == 1,
+            )),
         }
     };
     let blue_gw = Ipv4Addr::new(172, 30, 0, 1);
@@ -79,11 +101,19 @@ fn snapshot() -> Snapshot {
         next_hop: NextHop::Direct,
         origin: RouteOrigin::Connected,
     };
-    snapshot.with_networks(vec![NetworkEntry::new(
-        NetworkId(0),
-        "default".to_string(),
-        vec![route("172.30.0.0/16", 1), route("10.9.0.0/24", 2)],
-    )])
+    let route6 = |prefix: &str, subnet: u32| RouteEntry6 {
+        prefix: prefix.parse().expect("prefix"),
+        subnet: SubnetId(subnet),
+        origin: RouteOrigin::Connected,
+    };
+    snapshot.with_networks(vec![
+        NetworkEntry::new(
+            NetworkId(0),
+            "default".to_string(),
+            vec![route("172.30.0.0/16", 1), route("10.9.0.0/24", 2)],
+        )
+        .with_routes6(vec![route6("fd00::/64", 1), route6("fd09::/64", 2)]),
+    ])
 }
 
 struct World {

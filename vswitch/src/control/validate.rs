@@ -1044,6 +1044,14 @@ mod tests {
                         "spec.bond.peerNotifications: 20 is out of range",
                         "spec.vlan: VLAN 20 is Subnet \"v20\"'s, not spec.subnet \"v10\"'s",
                     ],
+                    "bad-dual-stack.yaml" => &[
+                        "5 problems",
+                        "spec.ipv6.gateway: gateway fd00:31::1 is outside fd00:30:200::/56",
+                        "spec.ipv6.rangeEnd: rangeEnd fd00:30:200::100 is before rangeStart",
+                        "spec.ipv6.slaac: SLAAC needs a /64 prefix",
+                        "spec.ipFamilies: IPv6-only interfaces are not supported",
+                        "spec.ipFamilies[1]: Subnet \"v4only\" has no IPv6 prefix",
+                    ],
                     "bad-routed-overlap.yaml" => &[
                         "spec.uplink.mode",
                         "routed through the Uplink",
@@ -1073,6 +1081,13 @@ mod tests {
                         rules.virtual_ip_of(nat::Zone(0), db),
                         Some(Ipv4Addr::new(198, 51, 100, 11))
                     );
+                }
+                if file == "dual-stack.yaml" {
+                    let nics = &plan.next.network_interfaces;
+                    let v6 = |name: &str| nics[name].status.ipv6.map(|ip| ip.to_string());
+                    assert_eq!(v6("web-1").as_deref(), Some("fd00:20:1::2/64"));
+                    assert_eq!(v6("legacy-1"), None, "ipFamilies: [IPv4]");
+                    assert_eq!(v6("db-1").as_deref(), Some("fd00:20:2::150/64"));
                 }
                 if file == "network-policy.yaml" {
                     let state = &plan.next;

@@ -594,4 +594,45 @@ mod tests {
         assert_eq!(info.dst, wire6::solicited_node(IP6_D));
         assert_eq!((info.hop_limit, packet[40]), (255, 135));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Whatever a port sends to its gateway over IPv6 — mutated headers and next-header
+        /// values, extension chains, lengths, offload fields — routing and neighbour
+        /// discovery never panic, and whatever they emit is at least a whole Ethernet header.
+        #[test]
+        fn never_panics_on_mutated_ipv6_frames_to_the_gateway(
+            flips in proptest::collection::vec((0usize..96, proptest::prelude::any::<u8>()), 0..10),
+            vnet in proptest::collection::vec(proptest::prelude::any::<u8>(), VNET_HDR_LEN),
+            extra in 0usize..1600,
+            known in proptest::prelude::any::<bool>(),
+            to_gateway in proptest::prelude::any::<bool>(),
+        ) {
+            let bench = Bench::with(routed_snapshot());
+            if known {
+                bench.send(4, &echo6(MAC_D, GW_RED_MAC, IP6_D, IP6_A, 64, 8), 0);
+            }
+            let dst = if to_gateway { GW6_BLUE } else { IP6_D };
+            let mut frame = echo6(MAC_A, GW_BLUE_MAC, IP6_A, dst, 64, extra);
+            frame[..VNET_HDR_LEN].copy_from_slice(&vnet);
+            for (at, value) in flips {
+                let at = VNET_HDR_LEN + 14 + at;
+                // Keep the source (port security would stop the frame before routing).
+                if (VNET_HDR_LEN + 14 + 8..VNET_HDR_LEN + 14 + 24).contains(&at) {
+                    continue;
+                }
+                if let Some(byte) = frame.get_mut(at) {
+                    *byte = value;
+                }
+            }
+            let _ = bench.send(1, &frame, 1);
+            let mut local = bench.local.borrow_mut();
+            super::super::l3::service_held(&bench.ctx(5_000), &mut local, |_, _| {});
+            drop(local);
+            for (_, _, bytes) in bench.generated() {
+                proptest::prop_assert!(bytes.len() >= VNET_HDR_LEN + 14);
+            }
+        }
+    }
 }

@@ -127,9 +127,9 @@ pub struct SubnetIpv6 {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub reserved: Vec<Ipv6Addr>,
-    /// Router advertisements from the switch: answers to router solicitations (and one
-    /// when an interface comes up) with the prefix, the MTU and the switch as default
-    /// router (default true).
+    /// Router advertisements from the switch: answers to router solicitations (a host
+    /// sends them when its interface comes up) with the prefix, the MTU and the switch as
+    /// default router (default true). No periodic unsolicited advertisements yet.
     #[serde(default = "default_true")]
     pub router_advertisements: bool,
     /// The advertised prefix may be used for stateless autoconfiguration (SLAAC, the
