@@ -51,6 +51,12 @@ fn ping6_ok(ns: &Netns, to: &str, count: u32) -> String {
     text
 }
 
+fn route6(name: &str, destination: &str, next_hop: &str) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Route\nmetadata:\n  name: {name}\nspec:\n  network: default\n  destination: '{destination}'\n  nextHop: '{next_hop}'\n"
+    )
+}
+
 fn counter(daemon: &Daemon, section: &str, key: &str) -> u64 {
     daemon.stats()[section][key].as_u64().unwrap_or(0)
 }
@@ -427,4 +433,95 @@ fn network_policy_applies_to_ipv6() {
     );
     let _ = listener.kill();
     let _ = listener.wait();
+}
+
+/// A static IPv6 Route through a router namespace: unreachable before it, ping and TCP
+/// through the router once it exists (the router may send from the routed prefix: port
+/// security learns it from the Route), listed in the routing table, refused when its next
+/// hop is of the other family or the gateway.
+#[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
+fn static_ipv6_route_through_a_router_namespace() {
+    require(&["ping", "iperf3"]);
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(&dual_subnet(
+        "r6",
+        "10.63.0.0/24",
+        "fd00:63::/64",
+        1500,
+        false,
+    ));
+    let c1 = Netns::new("6s");
+    let router = Netns::new("6r");
+    daemon.attach(&c1, &["--subnet", "r6"]);
+    daemon.attach(&router, &["--subnet", "r6", "--kind", "veth"]);
+    let hop = interface_ipv6(&daemon, &router.name);
+    // Behind the router: fd00:99::1 on its loopback (this kernel may lack the dummy link type).
+    router.exec_ok(&["ip", "-6", "addr", "add", "fd00:99::1/128", "dev", "lo"]);
+    router.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+
+    let text = ping6(&c1, &[], "fd00:99::1");
+    assert!(
+        text.to_lowercase().contains("unreachable"),
+        "without the Route fd00:99::1 has no route:\n{text}"
+    );
+    daemon.apply_yaml(&route6("behind-router6", "fd00:99::/64", &hop));
+    wait_until(
+        "fd00:99::1 reachable through the router",
+        Duration::from_secs(5),
+        || {
+            c1.exec(&["ping", "-6", "-c", "1", "-W", "1", "fd00:99::1"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    // Requests are routed to the router; its replies come straight back on the link (the
+    // router's connected route), from fd00:99::1: port security must let them pass.
+    let routed = counter(&daemon, "events", "l3.routed");
+    ping6_ok(&c1, "fd00:99::1", 3);
+    assert!(counter(&daemon, "events", "l3.routed") >= routed + 3);
+    let gbits = iperf3_tcp(&router, &c1, "fd00:99::1", 2);
+    eprintln!("IPv6 TCP through a static Route Gbit/s: {gbits:.2}");
+    assert!(gbits > 0.0);
+
+    let routes = daemon.ctl_ok(&["routes"]);
+    let line = routes
+        .lines()
+        .find(|line| line.contains("fd00:99::/64"))
+        .unwrap_or_else(|| panic!("the IPv6 Route is not in the routing table:\n{routes}"));
+    assert!(
+        line.contains(&hop) && line.contains("static:behind-router6"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("fd00:63::/64"),
+        "connected IPv6 prefix listed:\n{routes}"
+    );
+    let route = daemon.ctl_json(&["get", "route", "behind-router6"]);
+    assert_eq!(route["status"]["state"], "Ready", "{route}");
+    assert_eq!(route["status"]["subnet"], "r6", "{route}");
+    assert_eq!(
+        counter(&daemon, "drops", "port_security.ipv6_src"),
+        0,
+        "the router's replies from fd00:99::1 pass port security"
+    );
+
+    let wrong = route6("mixed", "fd00:98::/64", "10.63.0.9");
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), &wrong).expect("write");
+    let err = daemon.ctl_err(&["apply", "-f", file.path().to_str().expect("utf8")]);
+    assert!(
+        err.contains("spec.nextHop") && err.contains("is an IPv4 address"),
+        "{err}"
+    );
+    std::fs::write(file.path(), route6("self", "fd00:98::/64", "fd00:63::1")).expect("write");
+    let err = daemon.ctl_err(&["apply", "-f", file.path().to_str().expect("utf8")]);
+    assert!(err.contains("the gateway (the switch itself)"), "{err}");
+    assert!(
+        daemon
+            .ctl_json(&["get", "routes"])
+            .to_string()
+            .contains("behind-router6")
+    );
 }

@@ -224,8 +224,8 @@ fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: Ipv4Addr) -> Vec<
             metadata: metadata(HUB_ROUTE, &owner),
             spec: RouteSpec {
                 network: NETWORK.into(),
-                destination: plan.hub_overlay_address.trunc(),
-                next_hop: plan.hub_address,
+                destination: plan.hub_overlay_address.trunc().into(),
+                next_hop: plan.hub_address.into(),
             },
             status: Default::default(),
         }),

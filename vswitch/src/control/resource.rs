@@ -15,10 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -736,6 +736,27 @@ pub fn parse_route_cidr(text: &str) -> Result<Ipv4Net, String> {
     parse_cidr(text)
 }
 
+/// Parses a Route's destination of either family: `A.B.C.D/N` (/0 to /32) or `X:X::/N`
+/// (/0 to /128), canonical (host bits zero).
+///
+/// # Errors
+/// A message naming the value, what is wrong and the valid form.
+pub fn parse_route_prefix(text: &str) -> Result<IpNet, String> {
+    if !text.contains(':') {
+        return parse_cidr(text).map(IpNet::V4);
+    }
+    let net: Ipv6Net = text.parse().map_err(|_| {
+        format!("invalid IPv6 CIDR {text:?}: write X:X::/N (N 0..=128), e.g. fd00:9::/48")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "invalid IPv6 CIDR {text:?}: host bits are set; the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(IpNet::V6(net))
+}
+
 /// `A.B.C.D/N`, N in 0..=32, host bits zero.
 fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     let bad = |why: &str| format!("invalid CIDR {text:?}: {why}");
@@ -876,6 +897,23 @@ pub(crate) fn de_route_cidr<'de, D: Deserializer<'de>>(
 ) -> Result<Ipv4Net, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_route_cidr(&text).map_err(D::Error::custom)
+}
+
+pub(crate) fn de_route_prefix<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<IpNet, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_route_prefix(&text).map_err(D::Error::custom)
+}
+
+/// An address of either family, whose parse error names the value.
+pub(crate) fn de_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        D::Error::custom(format!(
+            "invalid IP address {text:?}: write A.B.C.D or X:X::X, e.g. 10.1.0.254 or fd00:1::fe"
+        ))
+    })
 }
 
 /// An address family.
@@ -1191,7 +1229,7 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, gatewayMac: 02-00-00
             (
                 "nextHop: 10.1.0.254",
                 "nextHop: 10.1.0.254/24",
-                "spec.nextHop: invalid IPv4 address \"10.1.0.254/24\"",
+                "spec.nextHop: invalid IP address \"10.1.0.254/24\"",
             ),
             (
                 "nextHop: 10.1.0.254}",

@@ -17,9 +17,9 @@
 //! [`NetworkEntry::new`]: crate::tables::snapshot::NetworkEntry::new
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::resource::{
     MacAddr, Network, Peering, PeeringState, PeeringStatus, Route, RouteState, RouteStatus, Subnet,
@@ -27,15 +27,15 @@ use super::resource::{
 use super::store::{NodeId, State};
 use crate::tables::snapshot::{NextHop, RouteOrigin};
 
-/// One entry of a Network's table, with names rather than ids.
+/// One entry of a Network's table (either family), with names rather than ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRoute {
     /// Destination prefix.
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// The egress Subnet's name (a Subnet of a peered Network for a peering route).
     pub subnet: String,
-    /// Direct, or via a router on the egress Subnet.
-    pub next_hop: NextHop,
+    /// Direct, or via a router on the egress Subnet (of the prefix's family).
+    pub next_hop: NextHop<IpAddr>,
     /// Why the route exists.
     pub origin: RouteOrigin,
 }
@@ -65,6 +65,62 @@ pub fn describe_subnets(state: &State, network: &str) -> String {
         "none".into()
     } else {
         listed.join(", ")
+    }
+}
+
+/// `web fd00:1::/64, db fd00:2::/64`: the IPv6 prefixes of `network`'s dual-stack Subnets, or
+/// `none`.
+pub fn describe_subnets6(state: &State, network: &str) -> String {
+    let listed: Vec<String> = subnets_of(state, network)
+        .into_iter()
+        .filter_map(|s| {
+            Some(format!(
+                "{} {}",
+                s.metadata.name,
+                s.spec.ipv6.as_ref()?.cidr
+            ))
+        })
+        .collect();
+    if listed.is_empty() {
+        "none".into()
+    } else {
+        listed.join(", ")
+    }
+}
+
+/// The prefixes of `subnet`: its IPv4 CIDR, then its IPv6 prefix when it is dual stack.
+pub fn prefixes(subnet: &Subnet) -> impl Iterator<Item = IpNet> + '_ {
+    std::iter::once(IpNet::V4(subnet.spec.cidr))
+        .chain(subnet.spec.ipv6.as_ref().map(|v6| IpNet::V6(v6.cidr)))
+}
+
+/// The prefix of `subnet` of `address`'s family, if the Subnet has one.
+pub fn prefix_for(subnet: &Subnet, address: IpAddr) -> Option<IpNet> {
+    match address {
+        IpAddr::V4(_) => Some(IpNet::V4(subnet.spec.cidr)),
+        IpAddr::V6(_) => subnet.spec.ipv6.as_ref().map(|v6| IpNet::V6(v6.cidr)),
+    }
+}
+
+/// What `address` is to `subnet` when it is not an address a host may have there: the
+/// gateway, the network address (IPv6's subnet-router anycast) or the IPv4 broadcast.
+pub fn reserved_role(subnet: &Subnet, address: IpAddr) -> Option<&'static str> {
+    let prefix = prefix_for(subnet, address)?;
+    let gateway = match address {
+        IpAddr::V4(_) => IpAddr::V4(subnet.spec.gateway),
+        IpAddr::V6(_) => IpAddr::V6(subnet.spec.ipv6.as_ref()?.gateway()),
+    };
+    if address == gateway {
+        Some("the gateway (the switch itself)")
+    } else if address == prefix.network() {
+        Some(match address {
+            IpAddr::V4(_) => "the network address",
+            IpAddr::V6(_) => "the subnet-router anycast address",
+        })
+    } else if matches!(prefix, IpNet::V4(_)) && address == prefix.broadcast() {
+        Some("the broadcast address")
+    } else {
+        None
     }
 }
 
@@ -142,23 +198,19 @@ pub fn first_overlap<'a>(
     })
 }
 
-/// The Subnet of `network` whose host addresses include `next_hop` (not its network or
-/// broadcast address), if any.
-pub fn egress_subnet<'a>(
-    state: &'a State,
-    network: &str,
-    next_hop: Ipv4Addr,
-) -> Option<&'a Subnet> {
+/// The Subnet of `network` whose host addresses (of `next_hop`'s family) include
+/// `next_hop`: inside its prefix and not a [reserved](reserved_role) address.
+pub fn egress_subnet<'a>(state: &'a State, network: &str, next_hop: IpAddr) -> Option<&'a Subnet> {
     subnets_of(state, network).into_iter().find(|subnet| {
-        let cidr = subnet.spec.cidr;
-        cidr.contains(&next_hop) && next_hop != cidr.network() && next_hop != cidr.broadcast()
+        prefix_for(subnet, next_hop).is_some_and(|prefix| prefix.contains(&next_hop))
+            && reserved_role(subnet, next_hop).is_none()
     })
 }
 
-/// The routing table of `network`: connected routes (by CIDR), then the Subnets of `Ready`
-/// peers (peers in spec order, their Subnets by CIDR), then Routes (by name). A prefix
-/// appears once: the first route with it wins. Routes whose next hop is in no Subnet are
-/// left out.
+/// The routing table of `network`, both families: connected routes (by CIDR, each Subnet's
+/// IPv4 then IPv6 prefix), then the Subnets of `Ready` peers (peers in spec order, their
+/// Subnets by CIDR), then Routes (by name). A prefix appears once: the first route with it
+/// wins. Routes whose next hop is in no Subnet are left out.
 pub fn table(state: &State, network: &str) -> Vec<TableRoute> {
     let mut routes = Vec::new();
     let by_cidr = |network: &str| {
@@ -167,21 +219,25 @@ pub fn table(state: &State, network: &str) -> Vec<TableRoute> {
         subnets
     };
     for subnet in by_cidr(network) {
-        routes.push(TableRoute {
-            prefix: subnet.spec.cidr,
-            subnet: subnet.metadata.name.clone(),
-            next_hop: NextHop::Direct,
-            origin: RouteOrigin::Connected,
-        });
+        for prefix in prefixes(subnet) {
+            routes.push(TableRoute {
+                prefix,
+                subnet: subnet.metadata.name.clone(),
+                next_hop: NextHop::Direct,
+                origin: RouteOrigin::Connected,
+            });
+        }
     }
     for peer in ready_peers(state, network) {
         for subnet in by_cidr(peer) {
-            routes.push(TableRoute {
-                prefix: subnet.spec.cidr,
-                subnet: subnet.metadata.name.clone(),
-                next_hop: NextHop::Direct,
-                origin: RouteOrigin::Peering(peer.to_string()),
-            });
+            for prefix in prefixes(subnet) {
+                routes.push(TableRoute {
+                    prefix,
+                    subnet: subnet.metadata.name.clone(),
+                    next_hop: NextHop::Direct,
+                    origin: RouteOrigin::Peering(peer.to_string()),
+                });
+            }
         }
     }
     for route in state.routes.values() {
@@ -206,14 +262,16 @@ pub fn table(state: &State, network: &str) -> Vec<TableRoute> {
 pub fn route_status(state: &State, route: &Route) -> RouteStatus {
     let spec = &route.spec;
     let Some(egress) = egress_subnet(state, &spec.network, spec.next_hop) else {
+        let subnets = match spec.next_hop {
+            IpAddr::V4(_) => describe_subnets(state, &spec.network),
+            IpAddr::V6(_) => describe_subnets6(state, &spec.network),
+        };
         return RouteStatus {
             subnet: None,
             state: RouteState::Pending,
             message: Some(format!(
-                "nextHop {} is in no Subnet of Network {:?} (Subnets: {})",
-                spec.next_hop,
-                spec.network,
-                describe_subnets(state, &spec.network)
+                "nextHop {} is in no Subnet of Network {:?} (Subnets: {subnets})",
+                spec.next_hop, spec.network,
             )),
         };
     };
@@ -249,7 +307,7 @@ pub fn route_status(state: &State, route: &Route) -> RouteStatus {
 
 /// The destinations of `Ready` Routes whose next hop is `addr` on Subnet `subnet`: traffic
 /// from them may enter through the interface that owns `addr` (it routes for them).
-pub fn routed_sources(state: &State, subnet: &str, addr: Ipv4Addr) -> Vec<Ipv4Net> {
+pub fn routed_sources(state: &State, subnet: &str, addr: IpAddr) -> Vec<IpNet> {
     let Some(network) = state.subnets.get(subnet).map(|s| s.spec.network.as_str()) else {
         return Vec::new();
     };
@@ -465,11 +523,11 @@ mod tests {
         assert_eq!(status.message, None);
         assert_eq!(
             routed_sources(&state, "a1", "10.1.0.254".parse().unwrap()),
-            ["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]
+            ["0.0.0.0/0".parse::<IpNet>().unwrap()]
         );
         assert_eq!(
             routed_sources(&state, "a2", "10.1.1.254".parse().unwrap()),
-            ["192.168.50.0/24".parse::<Ipv4Net>().unwrap()]
+            ["192.168.50.0/24".parse::<IpNet>().unwrap()]
         );
         assert!(routed_sources(&state, "a2", "10.1.0.254".parse().unwrap()).is_empty());
         assert!(routed_sources(&state, "nope", "10.1.0.254".parse().unwrap()).is_empty());

@@ -1045,12 +1045,13 @@ mod tests {
                         "spec.vlan: VLAN 20 is Subnet \"v20\"'s, not spec.subnet \"v10\"'s",
                     ],
                     "bad-dual-stack.yaml" => &[
-                        "5 problems",
+                        "6 problems",
                         "spec.ipv6.gateway: gateway fd00:31::1 is outside fd00:30:200::/56",
                         "spec.ipv6.rangeEnd: rangeEnd fd00:30:200::100 is before rangeStart",
                         "spec.ipv6.slaac: SLAAC needs a /64 prefix",
                         "spec.ipFamilies: IPv6-only interfaces are not supported",
                         "spec.ipFamilies[1]: Subnet \"v4only\" has no IPv6 prefix",
+                        "spec.nextHop: nextHop 10.30.3.254 is an IPv4 address but destination fd00:99::/48 is IPv6",
                     ],
                     "bad-routed-overlap.yaml" => &[
                         "spec.uplink.mode",
@@ -1088,6 +1089,14 @@ mod tests {
                     assert_eq!(v6("web-1").as_deref(), Some("fd00:20:1::2/64"));
                     assert_eq!(v6("legacy-1"), None, "ipFamilies: [IPv4]");
                     assert_eq!(v6("db-1").as_deref(), Some("fd00:20:2::150/64"));
+                    let lab6 = &plan.next.routes["lab6"];
+                    let status = crate::control::routing::route_status(&plan.next, lab6);
+                    assert_eq!(
+                        status.state,
+                        crate::control::resource::RouteState::Ready,
+                        "{status:?}"
+                    );
+                    assert_eq!(status.subnet.as_deref(), Some("backend"));
                 }
                 if file == "network-policy.yaml" {
                     let state = &plan.next;
@@ -1103,8 +1112,12 @@ mod tests {
                     let state = plan.next;
                     assert_eq!(routing::ready_peers(&state, "blue"), ["red"]);
                     assert_eq!(
-                        routing::routed_sources(&state, "blue-edge", Ipv4Addr::new(10, 20, 9, 254)),
-                        ["192.168.50.0/24".parse::<Ipv4Net>().unwrap()]
+                        routing::routed_sources(
+                            &state,
+                            "blue-edge",
+                            "10.20.9.254".parse().unwrap()
+                        ),
+                        ["192.168.50.0/24".parse::<ipnet::IpNet>().unwrap()]
                     );
                 }
             }

@@ -9,7 +9,8 @@
 //!   ARP always comes from the port's own addresses, router or not (a trunk's VLAN port,
 //!   which has none, from its Subnet's prefix).
 //! - IPv6: the source must be one of the port's IPv6 addresses (its address on a dual-stack
-//!   Subnet, its EUI-64 link-local address, its SLAAC address when the Subnet allows it);
+//!   Subnet, its EUI-64 link-local address, its SLAAC address when the Subnet allows it)
+//!   or inside one of its `allowed_sources6` (the destinations of IPv6 Routes through it);
 //!   the unspecified address only for duplicate address detection (a neighbour
 //!   solicitation) and MLD reports. A trunk's VLAN port is not checked (its container
 //!   addresses itself). Whatever the source:
@@ -67,6 +68,7 @@ fn check_ipv6(
     }
     if port.vlan().is_none() {
         let own = port.ips6.contains(&src)
+            || port.allowed_sources6.iter().any(|net| net.contains(&src))
             || (src.is_unspecified()
                 && matches!(icmp_type, NEIGHBOR_SOLICITATION | MLD_REPORT | MLD2_REPORT));
         if !own {

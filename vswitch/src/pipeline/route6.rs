@@ -11,14 +11,15 @@
 //!    port, `l3.echo_rate_limited`), UDP gets port unreachable, anything else is dropped
 //!    (`l3.to_gateway`);
 //! 3. longest-prefix match in the ingress subnet's Network (connected and peered Subnets'
-//!    prefixes): none, or an egress subnet without IPv6, is `l3.no_route` with destination
-//!    unreachable "no route" (code 0);
+//!    prefixes, static Routes through a router on one of its Subnets): none, or an egress
+//!    subnet without IPv6, is `l3.no_route` with destination unreachable "no route" (code 0);
 //! 4. hop limit <= 1: time exceeded (code 0) from the ingress gateway, `l3.hop_limit_exceeded`;
 //! 5. larger than the egress subnet's MTU (a GSO super-frame by one segment): packet too big
 //!    with the MTU (RFC 8201; routers never fragment IPv6), `l3.packet_too_big`;
 //! 6. the hop limit is decremented (IPv6 has no header checksum) and the source MAC becomes
 //!    the egress gateway's;
-//! 7. the destination is resolved in the shared neighbour table; unknown, the packet is held
+//! 7. the next hop (the destination, or a static Route's router) is resolved in the shared
+//!    neighbour table; unknown, the packet is held
 //!    (as IPv4's, in the worker's hold queue) and a neighbour solicitation goes to its
 //!    solicited-node group; `l3.nd_timeout` with address unreachable (code 3) when nobody
 //!    answers;
@@ -41,7 +42,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::is_group;
 use crate::tables::held::{HOLD_MS, Held, HoldError};
 use crate::tables::neigh::{Confirmation, Resolution};
-use crate::tables::snapshot::{PortEntry, SubnetEntry};
+use crate::tables::snapshot::{NextHop, PortEntry, SubnetEntry};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::ipv6::{self as wire6, ErrorKind, ErrorRepr, Ethernet};
 
@@ -135,13 +136,13 @@ pub fn route(
         );
         return Verdict::drop(DropReason::NotRoutable6);
     }
-    let egress = ctx
+    let found = ctx
         .snapshot
         .network(subnet.network_id)
         .and_then(|network| network.lookup6(dst))
-        .and_then(|route| ctx.snapshot.subnet(route.subnet))
-        .filter(|egress| egress.v6.is_some());
-    let Some(egress) = egress else {
+        .and_then(|route| Some((ctx.snapshot.subnet(route.subnet)?, route.next_hop)))
+        .filter(|(egress, _)| egress.v6.is_some());
+    let Some((egress, next_hop)) = found else {
         trace_note!(
             ctx,
             Route,
@@ -156,7 +157,7 @@ pub fn route(
         );
         return Verdict::drop(DropReason::NoRoute);
     };
-    if egress.v6.as_ref().is_some_and(|e| e.is_gateway(dst)) {
+    if next_hop == NextHop::Direct && egress.v6.as_ref().is_some_and(|e| e.is_gateway(dst)) {
         return to_gateway(
             ctx,
             ingress,
@@ -168,7 +169,17 @@ pub fn route(
             local,
         );
     }
-    trace_note!(ctx, Route, "{dst} via subnet {} (connected)", egress.name);
+    let hop = next_hop.toward(dst);
+    trace_note!(
+        ctx,
+        Route,
+        "{dst} via subnet {} ({})",
+        egress.name,
+        match next_hop {
+            NextHop::Direct => "connected".to_owned(),
+            NextHop::Via(router) => format!("via {router}"),
+        }
+    );
     if hop_limit <= 1 {
         errors.send(ctx, local, frame, ErrorKind::TimeExceeded { code: 0 });
         return Verdict::drop(DropReason::HopLimitExceeded);
@@ -204,32 +215,32 @@ pub fn route(
     }
     set_macs(frame, egress.gateway_mac, None);
     let resolution = if ctx.is_dry_run() {
-        ctx.neighbors.peek(egress.id, dst)
+        ctx.neighbors.peek(egress.id, hop)
     } else {
-        ctx.neighbors.resolve(egress.id, dst, now)
+        ctx.neighbors.resolve(egress.id, hop, now)
     };
     trace_note!(
         ctx,
         Neighbor,
-        "next hop {dst} on subnet {}: {:?}",
+        "next hop {hop} on subnet {}: {:?}",
         egress.name,
         resolution
     );
     match resolution {
         Resolution::Known { mac, probe } => {
             if probe {
-                nd::solicit(ctx, &mut local.out, egress, dst, Some(mac));
+                nd::solicit(ctx, &mut local.out, egress, hop, Some(mac));
             }
             set_macs(frame, egress.gateway_mac, Some(mac));
             deliver(ctx, ingress.id, egress, frame, &mut local.out)
         }
         Resolution::Unresolved { solicit } => {
             if solicit {
-                nd::solicit(ctx, &mut local.out, egress, dst, None);
+                nd::solicit(ctx, &mut local.out, egress, hop, None);
             }
             let held = Held {
                 subnet: egress.id,
-                next_hop: dst.into(),
+                next_hop: hop.into(),
                 ingress: ingress.id,
                 sender_mac: parsed.src_mac,
                 deadline_ms: now.saturating_add(HOLD_MS),

@@ -955,6 +955,7 @@ mod tests {
                 ips: vec![ip.parse().unwrap()],
                 mtu: 1500,
                 allowed_sources: Vec::new(),
+                allowed_sources6: Vec::new(),
                 ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Queue(Arc::new(PortIo {
@@ -1202,6 +1203,7 @@ mod tests {
                 ips: vec![ip.parse().unwrap()],
                 mtu,
                 allowed_sources: Vec::new(),
+                allowed_sources6: Vec::new(),
                 ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Queue(Arc::new(PortIo {

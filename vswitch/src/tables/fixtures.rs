@@ -149,11 +149,13 @@ pub fn routed_snapshot_with(extra: Vec<RouteEntry>) -> Snapshot {
             RouteEntry6 {
                 prefix: "fd00::/64".parse().expect("prefix"),
                 subnet: SubnetId(1),
+                next_hop: NextHop::Direct,
                 origin: RouteOrigin::Connected,
             },
             RouteEntry6 {
                 prefix: "fd00:9::/64".parse().expect("prefix"),
                 subnet: SubnetId(2),
+                next_hop: NextHop::Direct,
                 origin: RouteOrigin::Connected,
             },
         ]),
@@ -283,6 +285,7 @@ pub fn overlay_snapshot() -> Snapshot {
         ips: Vec::new(),
         mtu: 1450,
         allowed_sources: Vec::new(),
+        allowed_sources6: Vec::new(),
         ips6: Vec::new(),
         proxy_arp: false,
         egress: Egress::Tunnel(Tunnel {

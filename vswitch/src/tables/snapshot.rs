@@ -47,6 +47,8 @@ pub struct PortEntry {
     /// Further IPv4 sources the port may send from: the destinations of Routes whose next
     /// hop is one of the port's addresses (the port is a router for them).
     pub allowed_sources: Vec<Ipv4Net>,
+    /// Further IPv6 sources, the same way: destinations of IPv6 Routes through the port.
+    pub allowed_sources6: Vec<Ipv6Net>,
     /// Answer ARP for any address but the port's own with the gateway's MAC (the hub's host
     /// port, whose stack treats the whole overlay as on-link).
     pub proxy_arp: bool,
@@ -74,6 +76,7 @@ impl PortEntry {
             ips,
             mtu: 1500,
             allowed_sources: Vec::new(),
+            allowed_sources6: Vec::new(),
             ips6: vec![crate::wire::ipv6::link_local_from_mac(mac)],
             proxy_arp: false,
             egress: Egress::Queue(Arc::new(PortIo {
@@ -371,24 +374,38 @@ impl Subnet6 {
 }
 
 /// One IPv6 route of a Network: connected (a Subnet's prefix, of the Network or of a peered
-/// one). IPv6 next hops are always on-link.
+/// one) or static (through a router on one of its Subnets).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteEntry6 {
     /// Destination prefix.
     pub prefix: Ipv6Net,
     /// The subnet the packet leaves through.
     pub subnet: SubnetId,
+    /// Direct, or via a router on that subnet.
+    pub next_hop: NextHop<Ipv6Addr>,
     /// Why the route exists.
     pub origin: RouteOrigin,
 }
 
-/// Where a route sends a packet once it leaves through its egress subnet.
+/// Where a route sends a packet once it leaves through its egress subnet (`A`: the address
+/// family's address type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NextHop {
+pub enum NextHop<A = Ipv4Addr> {
     /// The destination is on the egress subnet itself (a connected route).
     Direct,
     /// Through a router at this address on the egress subnet.
-    Via(Ipv4Addr),
+    Via(A),
+}
+
+impl<A: Copy> NextHop<A> {
+    /// The address to resolve for `destination`: the router's, or the destination itself.
+    #[inline]
+    pub fn toward(self, destination: A) -> A {
+        match self {
+            NextHop::Direct => destination,
+            NextHop::Via(router) => router,
+        }
+    }
 }
 
 /// Why a route exists.
@@ -1130,6 +1147,7 @@ mod tests {
             ips: Vec::new(),
             mtu: 1450,
             allowed_sources: Vec::new(),
+            allowed_sources6: Vec::new(),
             ips6: Vec::new(),
             proxy_arp: false,
             egress: Egress::Tunnel(Tunnel {

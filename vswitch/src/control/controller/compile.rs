@@ -2,9 +2,11 @@
 //! Subnet, Network routing table, opened port, the Uplink, the VTEP and the NAT rules.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use super::Inner;
 use super::ids::IdPool;
@@ -18,7 +20,7 @@ use crate::tables::snapshot::{
     InboundFilter, InboundRule, RoutedNetwork, UplinkEntry, UplinkRouting,
 };
 use crate::tables::snapshot::{
-    NetworkEntry, NetworkId, PortEntry, RouteEntry, RouteEntry6, RouteOrigin, Snapshot, Subnet6,
+    NetworkEntry, NetworkId, NextHop, PortEntry, RouteEntry, RouteEntry6, Snapshot, Subnet6,
     SubnetEntry, SubnetId,
 };
 
@@ -99,30 +101,45 @@ fn port_ips6(
     ips6
 }
 
-/// A Network's IPv6 routes: its Subnets' prefixes (connected), then those of the Networks
-/// it is peered with (Ready).
-fn routes6(inner: &Inner, network: &str) -> Vec<RouteEntry6> {
-    let state = &inner.state;
-    let connected = routing::subnets_of(state, network)
-        .into_iter()
-        .map(|s| (s, RouteOrigin::Connected));
-    let peered = routing::ready_peers(state, network)
-        .into_iter()
-        .flat_map(|peer| {
-            routing::subnets_of(state, peer)
-                .into_iter()
-                .map(move |s| (s, RouteOrigin::Peering(peer.to_string())))
-        });
-    connected
-        .chain(peered)
-        .filter_map(|(subnet, origin)| {
-            Some(RouteEntry6 {
-                prefix: subnet.spec.ipv6.as_ref()?.cidr,
-                subnet: *inner.subnet_ids.get(&subnet.metadata.name)?,
+/// A Network's routing tables as the workers use them: [`routing::table`] split by family,
+/// names turned into ids.
+fn routes(inner: &Inner, network: &str) -> (Vec<RouteEntry>, Vec<RouteEntry6>) {
+    let (mut routes, mut routes6) = (Vec::new(), Vec::new());
+    for route in routing::table(&inner.state, network) {
+        let Some(&subnet) = inner.subnet_ids.get(&route.subnet) else {
+            continue;
+        };
+        let origin = route.origin;
+        match (route.prefix, route.next_hop) {
+            (IpNet::V4(prefix), NextHop::Direct) => routes.push(RouteEntry {
+                prefix,
+                subnet,
+                next_hop: NextHop::Direct,
                 origin,
-            })
-        })
-        .collect()
+            }),
+            (IpNet::V4(prefix), NextHop::Via(IpAddr::V4(router))) => routes.push(RouteEntry {
+                prefix,
+                subnet,
+                next_hop: NextHop::Via(router),
+                origin,
+            }),
+            (IpNet::V6(prefix), NextHop::Direct) => routes6.push(RouteEntry6 {
+                prefix,
+                subnet,
+                next_hop: NextHop::Direct,
+                origin,
+            }),
+            (IpNet::V6(prefix), NextHop::Via(IpAddr::V6(router))) => routes6.push(RouteEntry6 {
+                prefix,
+                subnet,
+                next_hop: NextHop::Via(router),
+                origin,
+            }),
+            // Validation keeps a Route's next hop in its destination's family.
+            (_, NextHop::Via(_)) => {}
+        }
+    }
+    (routes, routes6)
 }
 
 /// The snapshot of the current state: every Subnet, and every opened port.
@@ -145,9 +162,24 @@ fn compile(inner: &Inner) -> Snapshot {
             continue;
         }
         let ips: Vec<Ipv4Addr> = nic.status.ips.iter().map(|ip| ip.addr()).collect();
+        let ips6 = port_ips6(nic, &subnet.spec, mac.0);
+        let routed = |ip: IpAddr| routing::routed_sources(state, &nic.spec.subnet, ip);
         let allowed_sources = ips
             .iter()
-            .flat_map(|ip| routing::routed_sources(state, &nic.spec.subnet, *ip))
+            .flat_map(|ip| routed(IpAddr::V4(*ip)))
+            .filter_map(|net| match net {
+                IpNet::V4(net) => Some(net),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let allowed_sources6 = ips6
+            .iter()
+            .filter(|ip| !crate::wire::ipv6::is_link_local(**ip))
+            .flat_map(|ip| routed(IpAddr::V6(*ip)))
+            .filter_map(|net| match net {
+                IpNet::V6(net) => Some(net),
+                IpNet::V4(_) => None,
+            })
             .collect();
         ports.push(PortEntry {
             id: port.id,
@@ -157,7 +189,8 @@ fn compile(inner: &Inner) -> Snapshot {
             ips,
             mtu: overlay::interface_mtu(state, nic, subnet),
             allowed_sources,
-            ips6: port_ips6(nic, &subnet.spec, mac.0),
+            allowed_sources6,
+            ips6,
             proxy_arp: false,
             egress: Egress::Queue(Arc::clone(&port.io)),
         });
@@ -193,6 +226,7 @@ fn compile(inner: &Inner) -> Snapshot {
                 ips: Vec::new(),
                 mtu,
                 allowed_sources: Vec::new(),
+                allowed_sources6: Vec::new(),
                 ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Tunnel(Tunnel { vni, remotes, mtu }),
@@ -233,6 +267,7 @@ fn compile(inner: &Inner) -> Snapshot {
             mtu: subnet.spec.mtu,
             // The container addresses itself on the VLAN: any source of the Subnet's.
             allowed_sources: vec![subnet.spec.cidr],
+            allowed_sources6: Vec::new(),
             ips6: Vec::new(),
             proxy_arp: false,
             egress: Egress::Tagged {
@@ -273,6 +308,7 @@ fn compile(inner: &Inner) -> Snapshot {
                         open.mtu.saturating_sub(4)
                     }),
                 allowed_sources: Vec::new(),
+                allowed_sources6: Vec::new(),
                 ips6: Vec::new(),
                 proxy_arp: false,
                 egress: Egress::Uplink {
@@ -333,18 +369,8 @@ fn compile(inner: &Inner) -> Snapshot {
         .keys()
         .filter_map(|name| {
             let id = *network_ids.get(name)?;
-            let routes = routing::table(state, name)
-                .into_iter()
-                .filter_map(|route| {
-                    Some(RouteEntry {
-                        prefix: route.prefix,
-                        subnet: *inner.subnet_ids.get(&route.subnet)?,
-                        next_hop: route.next_hop,
-                        origin: route.origin,
-                    })
-                })
-                .collect();
-            Some(NetworkEntry::new(id, name.clone(), routes).with_routes6(routes6(inner, name)))
+            let (routes, routes6) = routes(inner, name);
+            Some(NetworkEntry::new(id, name.clone(), routes).with_routes6(routes6))
         })
         .collect();
     let uplink = inner.uplink.as_ref().and_then(|open| {

@@ -3,10 +3,10 @@
 //! their rows as the API serialises them, and resources as `get` returns them.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -25,10 +25,10 @@ use crate::tables::snapshot::{NextHop, RouteOrigin};
 pub struct RoutingTableRow {
     /// The Network whose table this is.
     pub network: String,
-    /// Destination prefix.
-    pub destination: Ipv4Net,
+    /// Destination prefix (IPv4 or IPv6).
+    pub destination: IpNet,
     /// The router's address, or `null` when the destination is on the egress Subnet.
-    pub next_hop: Option<Ipv4Addr>,
+    pub next_hop: Option<IpAddr>,
     /// The egress Subnet (of a peered Network for a peering route).
     pub subnet: String,
     /// `connected`, `static:ROUTE` or `peering:NETWORK`.
@@ -244,19 +244,30 @@ impl Controller {
             if network.is_some_and(|name| name != entry.name) {
                 continue;
             }
-            for route in entry.routes() {
-                let Some(subnet) = snapshot.subnet(route.subnet) else {
+            let v4 = entry.routes().map(|route| {
+                let hop = match route.next_hop {
+                    NextHop::Direct => None,
+                    NextHop::Via(addr) => Some(IpAddr::V4(addr)),
+                };
+                (IpNet::V4(route.prefix), hop, route.subnet, &route.origin)
+            });
+            let v6 = entry.routes6().map(|route| {
+                let hop = match route.next_hop {
+                    NextHop::Direct => None,
+                    NextHop::Via(addr) => Some(IpAddr::V6(addr)),
+                };
+                (IpNet::V6(route.prefix), hop, route.subnet, &route.origin)
+            });
+            for (destination, next_hop, subnet, origin) in v4.chain(v6) {
+                let Some(subnet) = snapshot.subnet(subnet) else {
                     continue;
                 };
                 rows.push(RoutingTableRow {
                     network: entry.name.clone(),
-                    destination: route.prefix,
-                    next_hop: match route.next_hop {
-                        NextHop::Direct => None,
-                        NextHop::Via(addr) => Some(addr),
-                    },
+                    destination,
+                    next_hop,
                     subnet: subnet.name.clone(),
-                    origin: match &route.origin {
+                    origin: match origin {
                         RouteOrigin::Connected => "connected".into(),
                         RouteOrigin::Static(name) => format!("static:{name}"),
                         RouteOrigin::Peering(peer) => format!("peering:{peer}"),
@@ -264,16 +275,8 @@ impl Controller {
                 });
             }
         }
-        rows.sort_by(|a, b| {
-            let key = |r: &RoutingTableRow| {
-                (
-                    r.network.clone(),
-                    r.destination.network(),
-                    r.destination.prefix_len(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+        // IPv4 before IPv6 (IpNet orders V4 first), each by address then length.
+        rows.sort_by(|a, b| (&a.network, a.destination).cmp(&(&b.network, b.destination)));
         Ok(rows)
     }
 

@@ -37,10 +37,10 @@ use super::resource::{Metadata, Origin};
 mod prelude {
     pub(crate) use std::collections::{BTreeMap, BTreeSet};
     pub(crate) use std::fmt;
-    pub(crate) use std::net::{Ipv4Addr, Ipv6Addr};
+    pub(crate) use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     pub(crate) use std::str::FromStr;
 
-    pub(crate) use ipnet::{Ipv4Net, Ipv6Net};
+    pub(crate) use ipnet::{IpNet, Ipv4Net, Ipv6Net};
     pub(crate) use serde::de::Error as _;
     pub(crate) use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

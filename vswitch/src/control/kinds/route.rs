@@ -4,19 +4,22 @@
 use super::prelude::*;
 
 /// Spec of a Route: traffic of `network` toward `destination` goes to the router at
-/// `nextHop`, on the Subnet that contains it.
+/// `nextHop`, on the Subnet that contains it. Either family: an IPv6 destination takes an
+/// IPv6 next hop inside a dual-stack Subnet's IPv6 prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
     /// The Network whose table gets the route.
     #[serde(deserialize_with = "de_name")]
     pub network: String,
-    /// The destination prefix, canonical (host bits zero); `0.0.0.0/0` is a default route.
-    #[serde(deserialize_with = "de_route_cidr")]
-    pub destination: Ipv4Net,
-    /// The router: a host address inside one of the Network's Subnets, not its gateway.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub next_hop: Ipv4Addr,
+    /// The destination prefix, canonical (host bits zero); `0.0.0.0/0` or `::/0` is a
+    /// default route.
+    #[serde(deserialize_with = "de_route_prefix")]
+    pub destination: IpNet,
+    /// The router: a host address inside one of the Network's Subnets (of the destination's
+    /// family), not its gateway.
+    #[serde(deserialize_with = "de_ip")]
+    pub next_hop: IpAddr,
 }
 
 /// Whether a Route is in its Network's table.
@@ -137,8 +140,9 @@ spec:
     }
 }
 
-/// A Route: its Network exists, its next hop is a router's address in one of the Network's
-/// Subnets, and its destination is neither a connected prefix nor another Route's.
+/// A Route: its Network exists, its next hop is a router's address (of the destination's
+/// family) in one of the Network's Subnets, and its destination is neither a connected prefix
+/// nor another Route's.
 fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiError> {
     let spec = &route.spec;
     let network = &spec.network;
@@ -152,40 +156,65 @@ fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiEr
             ),
         ));
     }
-    let subnets = routing::describe_subnets(next, network);
-    let Some(subnet) = routing::subnets_of(next, network)
-        .into_iter()
-        .find(|s| s.spec.cidr.contains(&hop))
-    else {
+    let (family, other) = match destination {
+        IpNet::V4(_) => ("IPv4", "IPv6"),
+        IpNet::V6(_) => ("IPv6", "IPv4"),
+    };
+    if hop.is_ipv4() != matches!(destination, IpNet::V4(_)) {
         return Err(origin.invalid(
             "spec.nextHop",
             format!(
-                "nextHop {hop} is not inside any Subnet of Network {network:?} (Subnets: {subnets}); write the address of a router in one of them"
+                "nextHop {hop} is an {other} address but destination {destination} is {family}; a Route's next hop is of its destination's family"
+            ),
+        ));
+    }
+    if let IpNet::V6(prefix) = destination {
+        let scoped: [(Ipv6Net, &str); 2] = [
+            ("fe80::/10".parse().expect("literal"), "link-local"),
+            ("ff00::/8".parse().expect("literal"), "multicast"),
+        ];
+        if let Some((_, what)) = scoped.iter().find(|(scope, _)| scope.contains(&prefix)) {
+            return Err(origin.invalid(
+                "spec.destination",
+                format!(
+                    "{destination} is {what}: the switch never routes it; route a global or unique-local prefix"
+                ),
+            ));
+        }
+    }
+    let subnets = match hop {
+        IpAddr::V4(_) => routing::describe_subnets(next, network),
+        IpAddr::V6(_) => routing::describe_subnets6(next, network),
+    };
+    let Some(subnet) = routing::subnets_of(next, network)
+        .into_iter()
+        .find(|s| routing::prefix_for(s, hop).is_some_and(|prefix| prefix.contains(&hop)))
+    else {
+        let which = if hop.is_ipv6() {
+            "the IPv6 prefix of any dual-stack Subnet"
+        } else {
+            "any Subnet"
+        };
+        return Err(origin.invalid(
+            "spec.nextHop",
+            format!(
+                "nextHop {hop} is not inside {which} of Network {network:?} (Subnets: {subnets}); write the address of a router in one of them"
             ),
         ));
     };
-    let cidr = subnet.spec.cidr;
-    let reserved = if hop == subnet.spec.gateway {
-        Some("the gateway (the switch itself)")
-    } else if hop == cidr.network() {
-        Some("the network address")
-    } else if hop == cidr.broadcast() {
-        Some("the broadcast address")
-    } else {
-        None
-    };
-    if let Some(what) = reserved {
+    if let Some(what) = routing::reserved_role(subnet, hop) {
+        let prefix = routing::prefix_for(subnet, hop).expect("found by its prefix");
         return Err(origin.invalid(
             "spec.nextHop",
             format!(
-                "nextHop {hop} is {what} of Subnet {:?} ({cidr}); write the address of a router in a Subnet of Network {network:?} (Subnets: {subnets}), not a gateway, network or broadcast address",
+                "nextHop {hop} is {what} of Subnet {:?} ({prefix}); write the address of a router in a Subnet of Network {network:?} (Subnets: {subnets}), not a gateway, network or broadcast address",
                 subnet.metadata.name
             ),
         ));
     }
     if let Some(connected) = routing::subnets_of(next, network)
         .into_iter()
-        .find(|s| s.spec.cidr == destination)
+        .find(|s| routing::prefixes(s).any(|prefix| prefix == destination))
     {
         return Err(origin.invalid(
             "spec.destination",
@@ -255,7 +284,7 @@ mod tests {
             ),
             (
                 route("r", "blue", "10.9.0.0/16", "ten"),
-                "spec.nextHop: invalid IPv4 address \"ten\"",
+                "spec.nextHop: invalid IP address \"ten\"",
             ),
         ];
         for (text, want) in cases {
@@ -287,7 +316,7 @@ mod tests {
         let state = apply(&state, &route("default", "blue", "0.0.0.0/0", "10.1.1.7"));
         assert_eq!(
             state.routes["default"].spec.next_hop,
-            Ipv4Addr::new(10, 1, 1, 7)
+            IpAddr::V4(Ipv4Addr::new(10, 1, 1, 7))
         );
         // A Route may come before its Network and Subnet in one input.
         let text = format!(
@@ -297,5 +326,97 @@ mod tests {
             subnet("g", "green", "10.8.0.0/24", "10.8.0.1")
         );
         assert_eq!(apply(&State::default(), &text).routes.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_routes_are_checked() {
+        use crate::control::testing::{doc, refused};
+        let dual = doc(
+            "Subnet",
+            "v6",
+            "{network: blue, cidr: 10.1.5.0/24, ipv6: {cidr: 'fd00:5::/64'}}",
+        );
+        let current = apply(&base(), &dual);
+        let cases = [
+            (
+                route("r", "blue", "fd00:9::/48", "10.1.5.9"),
+                "spec.nextHop",
+                "nextHop 10.1.5.9 is an IPv4 address but destination fd00:9::/48 is IPv6",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "'fd00:5::9'"),
+                "spec.nextHop",
+                "nextHop fd00:5::9 is an IPv6 address but destination 10.9.0.0/16 is IPv4",
+            ),
+            (
+                route("r", "blue", "'fd00:9::/48'", "'fd00:7::9'"),
+                "spec.nextHop",
+                "nextHop fd00:7::9 is not inside the IPv6 prefix of any dual-stack Subnet of \
+                 Network \"blue\" (Subnets: v6 fd00:5::/64)",
+            ),
+            (
+                route("r", "blue", "'fd00:9::/48'", "'fd00:5::1'"),
+                "spec.nextHop",
+                "nextHop fd00:5::1 is the gateway (the switch itself) of Subnet \"v6\" (fd00:5::/64)",
+            ),
+            (
+                route("r", "blue", "'fd00:9::/48'", "'fd00:5::'"),
+                "spec.nextHop",
+                "nextHop fd00:5:: is the subnet-router anycast address of Subnet \"v6\"",
+            ),
+            (
+                route("r", "blue", "'fd00:5::/64'", "'fd00:5::9'"),
+                "spec.destination",
+                "fd00:5::/64 is the CIDR of Subnet \"v6\" of Network \"blue\"",
+            ),
+            (
+                route("r", "blue", "'fe80::/64'", "'fd00:5::9'"),
+                "spec.destination",
+                "fe80::/64 is link-local: the switch never routes it",
+            ),
+            (
+                route("r", "blue", "'fd00:9::1/48'", "'fd00:5::9'"),
+                "spec.destination",
+                "invalid IPv6 CIDR \"fd00:9::1/48\": host bits are set; the network is fd00:9::/48",
+            ),
+            (
+                route("r", "blue", "'fd00:9::/48'", "'fd00:5::zz'"),
+                "spec.nextHop",
+                "invalid IP address \"fd00:5::zz\"",
+            ),
+        ];
+        for (text, field, want) in cases {
+            refused(
+                &current,
+                &text,
+                400,
+                &format!("documents[0].{field}"),
+                &[want],
+            );
+        }
+        let text = format!(
+            "{}{}",
+            route("far", "blue", "'fd00:9::/48'", "'fd00:5::9'"),
+            route("default6", "blue", "'::/0'", "'fd00:5::9'"),
+        );
+        let state = apply(&current, &text);
+        let table = routing::table(&state, "blue");
+        let far = table
+            .iter()
+            .find(|r| r.prefix.to_string() == "fd00:9::/48")
+            .expect("the IPv6 route is in the table");
+        assert_eq!(far.subnet, "v6");
+        assert_eq!(
+            far.next_hop,
+            crate::tables::snapshot::NextHop::Via("fd00:5::9".parse().unwrap())
+        );
+        assert_eq!(
+            routing::route_status(&state, &state.routes["default6"]).state,
+            RouteState::Ready
+        );
+        // The router may send from the routed prefixes.
+        let sources = routing::routed_sources(&state, "v6", "fd00:5::9".parse().unwrap());
+        let sources: Vec<String> = sources.iter().map(ToString::to_string).collect();
+        assert_eq!(sources, ["::/0", "fd00:9::/48"]);
     }
 }

@@ -410,7 +410,7 @@ spec:
                     .values()
                     .filter(|r| {
                         r.spec.network == subnet.spec.network
-                            && subnet.spec.cidr.contains(&r.spec.next_hop)
+                            && routing::prefixes(subnet).any(|p| p.contains(&r.spec.next_hop))
                     })
                     .map(|r| r.metadata.name.clone())
                     .collect(),
@@ -576,6 +576,19 @@ fn check_ipv6(
                 ),
             ));
         }
+    }
+    let route = next
+        .routes
+        .values()
+        .find(|r| r.spec.network == subnet.spec.network && r.spec.destination == IpNet::V6(cidr));
+    if let Some(route) = route {
+        errors.push(origin.invalid(
+            "spec.ipv6.cidr",
+            format!(
+                "{cidr} is the destination of Route {:?} of Network {:?}; this Subnet's connected route would hide it: delete the Route first, or choose another prefix",
+                route.metadata.name, subnet.spec.network
+            ),
+        ));
     }
 }
 
@@ -907,7 +920,7 @@ fn check_new_neighbours(origin: &Origin, next: &State, subnet: &Subnet) -> Resul
     let route = next
         .routes
         .values()
-        .find(|r| r.spec.network == *network && r.spec.destination == cidr);
+        .find(|r| r.spec.network == *network && r.spec.destination == IpNet::V4(cidr));
     if let Some(route) = route {
         return Err(origin.invalid(
             "spec.cidr",
