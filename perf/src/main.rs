@@ -21,7 +21,7 @@ mod scenarios;
 mod tools;
 mod topo;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use report::{JsonReport, Outcome, RunInfo, VariantResult};
-use scenarios::{Case, Context, Scenario, Settings};
+use scenarios::{Case, Context, Family, Scenario, Settings};
 use tools::cmd::{self, Interrupted};
 use tools::endpoints::EndpointCpus;
 use tools::vswitchd::{Binaries, PortKind, WorkerPlacement};
@@ -100,6 +100,11 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_values_t = scenarios::policy::COUNTS,
           value_parser = clap::value_parser!(u32).range(0..=16_384))]
     policies: Vec<u32>,
+    /// Address families to measure, comma-separated: 4, 6 or both (`l2` and `routed` run
+    /// over IPv6 as cases of their own, `l2-ipv6` and `routed-ipv6`; the other scenarios are
+    /// IPv4 only).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "4")]
+    family: Vec<Family>,
     /// Port kinds to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tap,veth")]
     kinds: Vec<PortKind>,
@@ -150,7 +155,7 @@ enum Command {
     #[command(name = "udp-send", hide = true)]
     UdpSend {
         #[arg(long)]
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         #[arg(long)]
         seconds: f64,
         #[arg(long, default_value_t = tools::udp::PAYLOAD_64B_FRAME)]
@@ -160,7 +165,7 @@ enum Command {
     #[command(name = "udp-recv", hide = true)]
     UdpRecv {
         #[arg(long)]
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         #[arg(long)]
         max_seconds: f64,
     },
@@ -168,7 +173,7 @@ enum Command {
     #[command(hide = true)]
     Ping {
         #[arg(long)]
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         #[arg(long)]
         seconds: f64,
         #[arg(long, default_value_t = tools::udp::PAYLOAD_64B_FRAME)]
@@ -182,7 +187,7 @@ enum Command {
     #[command(hide = true)]
     Pong {
         #[arg(long)]
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         #[arg(long)]
         max_seconds: f64,
     },
@@ -190,7 +195,7 @@ enum Command {
     #[command(name = "conn-rate", hide = true)]
     ConnRate {
         #[arg(long)]
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         #[arg(long)]
         seconds: f64,
         #[arg(long, default_value_t = tools::connrate::WORKERS)]
@@ -200,7 +205,7 @@ enum Command {
     #[command(name = "conn-serve", hide = true)]
     ConnServe {
         #[arg(long)]
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         #[arg(long)]
         max_seconds: f64,
     },
@@ -387,6 +392,22 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let settings = settings(args)?;
     let scenarios = selected_scenarios(args);
+    let ipv4_only: Vec<&str> = scenarios
+        .iter()
+        .filter(|scenario| scenario.cases(&args.policies, &args.family).is_empty())
+        .map(|scenario| scenario.key())
+        .collect();
+    if !ipv4_only.is_empty() {
+        anyhow::bail!(
+            "--family {}: {} measure IPv4 only (IPv6 covers l2 and routed); add 4 to --family or choose --scenario l2,routed",
+            args.family
+                .iter()
+                .map(|f| if *f == Family::V4 { "4" } else { "6" })
+                .collect::<Vec<_>>()
+                .join(","),
+            ipv4_only.join(", ")
+        );
+    }
     let variants = scenarios::variants(
         args.kernel_only,
         &args.kinds,
@@ -410,7 +431,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mut results: Vec<VariantResult> = Vec::new();
     for scenario in &scenarios {
-        for case in scenario.cases(&args.policies) {
+        for case in scenario.cases(&args.policies, &args.family) {
             for variant in &variants {
                 results.push(scenarios::run_variant(case, *variant, &context, &settings)?);
             }

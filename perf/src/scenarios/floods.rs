@@ -280,7 +280,7 @@ pub fn prepare(
         ovs: None,
         client_ns: containers[2].clone(),
         server_ns: containers[3].clone(),
-        server_ip: addresses[3],
+        server_ip: addresses[3].into(),
         backends: Vec::new(),
         connrate_ip: None,
         cpu,

@@ -22,7 +22,7 @@ pub mod policy;
 pub mod routed;
 pub mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -159,6 +159,25 @@ impl Variant {
     }
 }
 
+/// The address family of a case's traffic (`--family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Family {
+    /// IPv4.
+    #[value(name = "4")]
+    V4,
+    /// IPv6: `l2` and `routed` (the switch routes IPv6 between dual-stack Subnets; its NAT,
+    /// load balancer and overlay are IPv4 only).
+    #[value(name = "6")]
+    V6,
+}
+
+impl Scenario {
+    /// Whether the scenario can run over `family`.
+    pub fn supports(self, family: Family) -> bool {
+        family == Family::V4 || matches!(self, Scenario::L2 | Scenario::Routed)
+    }
+}
+
 /// The topologies the harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Scenario {
@@ -249,30 +268,35 @@ impl Scenario {
         }
     }
 
-    /// The cases of this scenario: one per policy count in `policy`, else one.
-    pub fn cases(self, policy_counts: &[u32]) -> Vec<Case> {
+    /// The cases of this scenario: one per policy count in `policy`, one per flood kind in
+    /// `floods`, else one per family of `families` it [supports](Scenario::supports).
+    pub fn cases(self, policy_counts: &[u32], families: &[Family]) -> Vec<Case> {
+        let v4 = Case {
+            scenario: self,
+            policies: 0,
+            flood: None,
+            family: Family::V4,
+        };
+        if !families.iter().any(|family| self.supports(*family)) {
+            return Vec::new();
+        }
         match self {
             Scenario::Policy => policy_counts
                 .iter()
-                .map(|&policies| Case {
-                    scenario: self,
-                    policies,
-                    flood: None,
-                })
+                .map(|&policies| Case { policies, ..v4 })
                 .collect(),
             Scenario::Floods => floods::FloodKind::ALL
                 .into_iter()
                 .map(|kind| Case {
-                    scenario: self,
-                    policies: 0,
                     flood: Some(kind),
+                    ..v4
                 })
                 .collect(),
-            _ => vec![Case {
-                scenario: self,
-                policies: 0,
-                flood: None,
-            }],
+            _ => families
+                .iter()
+                .filter(|family| self.supports(**family))
+                .map(|&family| Case { family, ..v4 })
+                .collect(),
         }
     }
 }
@@ -286,27 +310,42 @@ pub struct Case {
     pub policies: u32,
     /// `floods`: what the flooder sends; `None` elsewhere.
     pub flood: Option<floods::FloodKind>,
+    /// The traffic's address family (IPv6 in `l2` and `routed` only).
+    pub family: Family,
 }
 
 impl Case {
     /// Stable key: the scenario's, `policy-<count>` in `policy`, `floods-<kind>` in
-    /// `floods`.
+    /// `floods`; `-ipv6` appended over IPv6 (`l2-ipv6`).
     pub fn key(self) -> String {
-        match (self.scenario, self.flood) {
+        let key = match (self.scenario, self.flood) {
             (Scenario::Policy, _) => format!("policy-{}", self.policies),
             (Scenario::Floods, Some(kind)) => format!("floods-{}", kind.key()),
             (scenario, _) => scenario.key().to_owned(),
+        };
+        match self.family {
+            Family::V4 => key,
+            Family::V6 => format!("{key}-ipv6"),
         }
     }
 
     /// Looks a key up.
     pub fn from_key(key: &str) -> Option<Case> {
+        if let Some(base) = key.strip_suffix("-ipv6") {
+            return Case::from_key(base)
+                .filter(|case| case.scenario.supports(Family::V6))
+                .map(|case| Case {
+                    family: Family::V6,
+                    ..case
+                });
+        }
         if let Some(count) = key.strip_prefix("policy-") {
             let policies = count.parse().ok()?;
             return Some(Case {
                 scenario: Scenario::Policy,
                 policies,
                 flood: None,
+                family: Family::V4,
             });
         }
         if let Some(kind) = key.strip_prefix("floods-") {
@@ -314,6 +353,7 @@ impl Case {
                 scenario: Scenario::Floods,
                 policies: 0,
                 flood: Some(floods::FloodKind::from_key(kind)?),
+                family: Family::V4,
             });
         }
         Scenario::from_key(key)
@@ -322,6 +362,7 @@ impl Case {
                 scenario,
                 policies: 0,
                 flood: None,
+                family: Family::V4,
             })
     }
 
@@ -338,6 +379,9 @@ impl Case {
                 self.flood.map_or("?", floods::FloodKind::description),
                 self.scenario.description()
             ),
+            scenario if self.family == Family::V6 => {
+                format!("over IPv6: {}", scenario.description())
+            }
             scenario => scenario.description().to_owned(),
         }
     }
@@ -348,8 +392,8 @@ impl Case {
     /// See [`PrepareError`].
     pub fn prepare(self, variant: Variant, context: &Context) -> Result<Prepared, PrepareError> {
         match self.scenario {
-            Scenario::L2 => l2::prepare(variant, context),
-            Scenario::Routed => routed::prepare(variant, context),
+            Scenario::L2 => l2::prepare(variant, context, self.family),
+            Scenario::Routed => routed::prepare(variant, context, self.family),
             Scenario::Vxlan => vxlan::prepare(variant, context),
             Scenario::Nat => nat::prepare(variant, context),
             Scenario::Lb => lb::prepare(variant, context),
@@ -413,13 +457,13 @@ pub struct Prepared {
     /// Where the sinks run.
     pub server_ns: String,
     /// The address the sources send to: the sinks' own, or a load balancer's virtual IP.
-    pub server_ip: Ipv4Addr,
+    pub server_ip: IpAddr,
     /// Behind a load balancer: the backends, each running every sink on its own address
     /// (then `server_ns` is not used); empty otherwise.
     pub backends: Vec<Backend>,
     /// Where new TCP connections per second are measured (a virtual IP spreading each
     /// connection over `backends`); `None` in scenarios without a load balancer.
-    pub connrate_ip: Option<Ipv4Addr>,
+    pub connrate_ip: Option<IpAddr>,
     /// Where the switch's CPU time is read.
     pub cpu: SwitchCpu,
     /// If the client cannot reach the server, the vswitchd lacks the feature (a skip)
@@ -886,7 +930,8 @@ mod tests {
     #[test]
     fn cases_and_their_keys() {
         let counts = [0, 100, 10_000];
-        let cases = Scenario::Policy.cases(&counts);
+        let v4 = [Family::V4];
+        let cases = Scenario::Policy.cases(&counts, &v4);
         let keys: Vec<String> = cases.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["policy-0", "policy-100", "policy-10000"]);
         for case in cases {
@@ -898,14 +943,24 @@ mod tests {
                 .description()
                 .starts_with("1,000 policies: two containers")
         );
-        let l2 = Scenario::L2.cases(&counts);
+        let l2 = Scenario::L2.cases(&counts, &v4);
         assert_eq!(l2.len(), 1, "only policy has one case per count");
         assert_eq!(l2[0].key(), "l2");
         assert_eq!(Case::from_key("l2"), Some(l2[0]));
+        let both = [Family::V4, Family::V6];
+        let routed = Scenario::Routed.cases(&counts, &both);
+        let keys: Vec<String> = routed.iter().map(|case| case.key()).collect();
+        assert_eq!(keys, ["routed", "routed-ipv6"]);
+        assert_eq!(Case::from_key("routed-ipv6"), Some(routed[1]));
+        assert!(routed[1].description().starts_with("over IPv6: "));
+        assert!(Scenario::Nat.cases(&counts, &[Family::V6]).is_empty());
+        assert_eq!(Scenario::Nat.cases(&counts, &both).len(), 1);
+        assert!(Scenario::Policy.cases(&counts, &[Family::V6]).is_empty());
+        assert_eq!(Case::from_key("nat-ipv6"), None, "nat is IPv4 only");
         assert_eq!(Case::from_key("policy"), None, "policy has counts");
         assert_eq!(Case::from_key("policy-x"), None);
         assert_eq!(Case::from_key("bogus"), None);
-        let floods = Scenario::Floods.cases(&counts);
+        let floods = Scenario::Floods.cases(&counts, &v4);
         assert_eq!(floods.len(), floods::FloodKind::ALL.len());
         assert_eq!(floods[0].key(), "floods-cpu");
         assert_eq!(floods[2].key(), "floods-arp");

@@ -10,15 +10,49 @@
 //! ```
 //! A vswitchd that refuses the Subnets or does not route between them is reported as
 //! "not supported by this vswitchd yet"; the kernel side is measured regardless.
+//!
+//! Over IPv6 (`--family 6`): the same, with fd00:78:1::/64 and fd00:78:2::/64 beside the
+//! IPv4 subnets (the kernel router forwards IPv6, the containers' addresses are `nodad`;
+//! vswitchd's Subnets are dual stack) and the traffic goes to c2's IPv6 address.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{Context, PrepareError, Prepared, Variant, refusal_is_unsupported, settle};
+use super::{Context, Family, PrepareError, Prepared, Variant, refusal_is_unsupported, settle};
 use crate::tools::cpu::SwitchCpu;
 use crate::tools::vswitchd::Daemon;
 use crate::topo::Topology;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 2, 2);
+
+/// c2's IPv6 address on the kernel side.
+const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x78, 2, 0, 0, 0, 0, 2);
+
+/// The dual-stack Subnets of the vswitch variant over IPv6.
+const SUBNETS6: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata:
+  name: perf-a
+spec:
+  network: default
+  cidr: 10.78.1.0/24
+  gateway: 10.78.1.1
+  mtu: 1500
+  ipv6:
+    cidr: fd00:78:1::/64
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata:
+  name: perf-b
+spec:
+  network: default
+  cidr: 10.78.2.0/24
+  gateway: 10.78.2.1
+  mtu: 1500
+  ipv6:
+    cidr: fd00:78:2::/64
+";
 
 /// The two Subnets of the vswitch variant.
 const SUBNETS: &str = "\
@@ -48,7 +82,11 @@ spec:
 /// # Errors
 /// A setup step fails, vswitchd refuses the configuration (skip), or OVS is asked for
 /// (skip: the OVS column covers `l2` only).
-pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareError> {
+pub fn prepare(
+    variant: Variant,
+    context: &Context,
+    family: Family,
+) -> Result<Prepared, PrepareError> {
     if variant == Variant::Ovs {
         return Err(PrepareError::Skip(
             "the Open vSwitch column covers l2 only".into(),
@@ -63,8 +101,12 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
             let binaries = context.binaries()?;
             let daemon =
                 Daemon::start(binaries, &router, settings, &topology.scratch("vswitchd")?)?;
+            let subnets = match family {
+                Family::V4 => SUBNETS,
+                Family::V6 => SUBNETS6,
+            };
             daemon
-                .apply("subnets", SUBNETS)
+                .apply("subnets", subnets)
                 .map_err(refusal_is_unsupported)?;
             daemon
                 .attach(&c1, "c1", kind, Some("perf-a"), None)
@@ -72,7 +114,10 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
             daemon
                 .attach(&c2, "c2", kind, Some("perf-b"), None)
                 .map_err(refusal_is_unsupported)?;
-            let server_ip = daemon.interface_ip("c2", &c2)?;
+            let server_ip = match family {
+                Family::V4 => IpAddr::V4(daemon.interface_ip("c2", &c2)?),
+                Family::V6 => IpAddr::V6(daemon.interface_ipv6("c2", &c2)?),
+            };
             settle()?;
             let cpu = SwitchCpu::Processes(vec![daemon.pid()]);
             Ok(Prepared {
@@ -101,13 +146,37 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
             topology.address(&c2, "eth0", "10.78.2.2/24")?;
             topology.ip(&c1, &["route", "add", "default", "via", "10.78.1.1"])?;
             topology.ip(&c2, &["route", "add", "default", "via", "10.78.2.1"])?;
+            let server_ip = match family {
+                Family::V4 => IpAddr::V4(SERVER_IP),
+                Family::V6 => {
+                    topology.sysctl(&router, "net.ipv6.conf.all.forwarding", "1")?;
+                    let v6 = [
+                        (&router, "ra0", "fd00:78:1::1/64"),
+                        (&router, "rb0", "fd00:78:2::1/64"),
+                        (&c1, "eth0", "fd00:78:1::2/64"),
+                        (&c2, "eth0", "fd00:78:2::2/64"),
+                    ];
+                    for (ns, dev, cidr) in v6 {
+                        topology.ip(ns, &["-6", "addr", "add", cidr, "dev", dev, "nodad"])?;
+                    }
+                    topology.ip(
+                        &c1,
+                        &["-6", "route", "add", "default", "via", "fd00:78:1::1"],
+                    )?;
+                    topology.ip(
+                        &c2,
+                        &["-6", "route", "add", "default", "via", "fd00:78:2::1"],
+                    )?;
+                    IpAddr::V6(SERVER_IP6)
+                }
+            };
             Ok(Prepared {
                 daemons: Vec::new(),
                 ovs: None,
                 topology,
                 client_ns: c1,
                 server_ns: c2,
-                server_ip: SERVER_IP,
+                server_ip,
                 backends: Vec::new(),
                 connrate_ip: None,
                 cpu: SwitchCpu::Kernel,

@@ -17,7 +17,7 @@
 //! prints one JSON line when its time is up.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -141,7 +141,7 @@ pub fn serve(listener: &TcpListener, stop: &AtomicBool, deadline: Instant) -> Re
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn serve_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
+pub fn serve_main(bind: SocketAddr, max_seconds: f64) -> Result<()> {
     let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_stdin(Arc::clone(&stop));
@@ -166,8 +166,7 @@ fn one_connection(dst: &SocketAddr) -> std::io::Result<()> {
 }
 
 /// Runs `workers` threads of short connections to `dst` for `duration`.
-pub fn run_clients(dst: SocketAddrV4, duration: Duration, workers: u32) -> ClientReport {
-    let dst = SocketAddr::V4(dst);
+pub fn run_clients(dst: SocketAddr, duration: Duration, workers: u32) -> ClientReport {
     let started = Instant::now();
     let deadline = started + duration;
     let handles: Vec<_> = (0..workers.max(1))
@@ -206,7 +205,7 @@ pub fn run_clients(dst: SocketAddrV4, duration: Duration, workers: u32) -> Clien
 ///
 /// # Errors
 /// The report cannot be printed.
-pub fn client_main(dst: SocketAddrV4, seconds: f64, workers: u32) -> Result<()> {
+pub fn client_main(dst: SocketAddr, seconds: f64, workers: u32) -> Result<()> {
     let report = run_clients(dst, Duration::from_secs_f64(seconds), workers);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -219,7 +218,7 @@ pub fn client_main(dst: SocketAddrV4, seconds: f64, workers: u32) -> Result<()> 
 /// A helper fails, times out, or prints no report.
 pub fn run(
     endpoints: &Endpoints<'_>,
-    target: std::net::Ipv4Addr,
+    target: std::net::IpAddr,
     seconds: f64,
 ) -> Result<ConnRateResult> {
     let exe = std::env::current_exe().context("locating the perf binary")?;
@@ -227,7 +226,7 @@ pub fn run(
     let max = format!("{:.1}", seconds + 20.0);
     let mut servers = Vec::new();
     for server in endpoints.servers() {
-        let bind = SocketAddrV4::new(server.ip, PORT).to_string();
+        let bind = SocketAddr::new(server.ip, PORT).to_string();
         let command = endpoints.server_command_in(
             server.netns,
             &exe,
@@ -240,7 +239,7 @@ pub fn run(
         }
         servers.push(background);
     }
-    let dst = SocketAddrV4::new(target, PORT).to_string();
+    let dst = SocketAddr::new(target, PORT).to_string();
     let client = endpoints.client_command(
         &exe,
         &[
@@ -326,9 +325,7 @@ mod tests {
     #[test]
     fn loopback_connections_complete() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            panic!("bound to IPv4");
-        };
+        let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let server = std::thread::spawn(move || {

@@ -9,7 +9,7 @@
 //! highest) removes that freedom from every variant alike, the kernel's included; vswitchd's
 //! first worker, pinned by `--worker-cpus auto` to the highest CPU, then shares the server's.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -66,7 +66,7 @@ pub struct Server<'a> {
     /// Its network namespace.
     pub netns: &'a str,
     /// The address it binds.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// Where a measurement's client and server run.
@@ -77,7 +77,7 @@ pub struct Endpoints<'a> {
     /// The client's network namespace.
     pub client_ns: &'a str,
     /// The address the client sends to: the server's own, or a load balancer's virtual IP.
-    pub server_ip: Ipv4Addr,
+    pub server_ip: IpAddr,
     /// Behind a load balancer: every backend runs the server, bound to its own address, and
     /// the client sends to `server_ip`; which backend answers is the load balancer's choice.
     /// Empty: one server, in `server_ns` at `server_ip`.
@@ -99,7 +99,7 @@ impl<'a> Endpoints<'a> {
                 .iter()
                 .map(|backend| Server {
                     netns: &backend.netns,
-                    ip: backend.ip,
+                    ip: backend.ip.into(),
                 })
                 .collect()
         }
@@ -150,7 +150,7 @@ mod tests {
         let mut endpoints = Endpoints {
             server_ns: "srv",
             client_ns: "cli",
-            server_ip: Ipv4Addr::new(10, 0, 0, 2),
+            server_ip: Ipv4Addr::new(10, 0, 0, 2).into(),
             backends: &[],
             cpus: None,
         };
@@ -181,7 +181,7 @@ mod tests {
         let single = Endpoints {
             server_ns: "srv",
             client_ns: "cli",
-            server_ip: Ipv4Addr::new(10, 0, 0, 2),
+            server_ip: Ipv4Addr::new(10, 0, 0, 2).into(),
             backends: &[],
             cpus: None,
         };
@@ -189,7 +189,7 @@ mod tests {
             single.servers(),
             [Server {
                 netns: "srv",
-                ip: Ipv4Addr::new(10, 0, 0, 2)
+                ip: Ipv4Addr::new(10, 0, 0, 2).into()
             }]
         );
         let backends = [
@@ -203,7 +203,7 @@ mod tests {
             },
         ];
         let balanced = Endpoints {
-            server_ip: Ipv4Addr::new(10, 0, 0, 80),
+            server_ip: Ipv4Addr::new(10, 0, 0, 80).into(),
             backends: &backends,
             cpus: Some(EndpointCpus {
                 client: 0,
@@ -213,7 +213,10 @@ mod tests {
         };
         let servers = balanced.servers();
         assert_eq!(servers.len(), 2);
-        assert_eq!((servers[1].netns, servers[1].ip), ("b2", backends[1].ip));
+        assert_eq!(
+            (servers[1].netns, servers[1].ip),
+            ("b2", backends[1].ip.into())
+        );
         assert_eq!(
             argv(&balanced.server_command_in(servers[1].netns, "iperf3", &["-s"])),
             [

@@ -7,7 +7,7 @@
 //! serves as the connectivity check before a variant is measured.
 
 use std::io::BufRead;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +74,7 @@ impl PingReport {
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn pong_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
+pub fn pong_main(bind: SocketAddr, max_seconds: f64) -> Result<()> {
     let socket = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,7 +103,7 @@ pub fn pong_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
 #[derive(Debug, Clone, Copy)]
 pub struct PingOptions {
     /// The pong helper's address.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// How long to ping.
     pub seconds: f64,
     /// Payload bytes (at least 8, for the sequence number).
@@ -119,7 +119,8 @@ pub struct PingOptions {
 /// # Errors
 /// The socket cannot be created, or the histogram cannot be built.
 pub fn ping_main(options: PingOptions) -> Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("bind ping socket")?;
+    let socket =
+        UdpSocket::bind(crate::tools::udp::unspecified(options.dst)).context("bind ping socket")?;
     socket.connect(options.dst)?;
     socket.set_read_timeout(Some(options.timeout))?;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, MAX_NS, 3)
@@ -169,12 +170,12 @@ pub fn ping_main(options: PingOptions) -> Result<()> {
 pub fn run_ping(endpoints: &Endpoints<'_>, seconds: f64, until_reply: bool) -> Result<PingReport> {
     let exe = std::env::current_exe().context("locating the perf binary")?;
     let exe = exe.to_string_lossy();
-    let target = SocketAddrV4::new(endpoints.server_ip, PORT).to_string();
+    let target = SocketAddr::new(endpoints.server_ip, PORT).to_string();
     let max = format!("{:.1}", seconds + 20.0);
     // Behind a load balancer every backend echoes; the ping's one flow reaches one of them.
     let mut pongs = Vec::new();
     for server in endpoints.servers() {
-        let bind = SocketAddrV4::new(server.ip, PORT).to_string();
+        let bind = SocketAddr::new(server.ip, PORT).to_string();
         let pong_cmd = endpoints.server_command_in(
             server.netns,
             &exe,

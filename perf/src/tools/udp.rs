@@ -12,7 +12,7 @@
 //! JSON line. The sender prints one JSON line when its time is up.
 
 use std::io::BufRead;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,13 +142,23 @@ fn rcvbuf_errors_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The unspecified address of `dst`'s family, port 0: where a client socket binds.
+pub fn unspecified(dst: SocketAddr) -> SocketAddr {
+    let any = if dst.is_ipv6() {
+        std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    SocketAddr::new(any, 0)
+}
+
 /// The hidden `udp-send` subcommand: sends `payload`-byte datagrams to `dst` for `seconds`,
 /// then prints a [`SenderReport`] as JSON.
 ///
 /// # Errors
 /// The socket cannot be created or connected.
-pub fn send_main(dst: SocketAddrV4, seconds: f64, payload: usize) -> Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("bind sender socket")?;
+pub fn send_main(dst: SocketAddr, seconds: f64, payload: usize) -> Result<()> {
+    let socket = UdpSocket::bind(unspecified(dst)).context("bind sender socket")?;
     socket
         .connect(dst)
         .with_context(|| format!("connect {dst}"))?;
@@ -197,7 +207,7 @@ pub fn watch_stdin(stop: Arc<AtomicBool>) {
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn recv_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
+pub fn recv_main(bind: SocketAddr, max_seconds: f64) -> Result<()> {
     let socket = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
     let _ = nix::sys::socket::setsockopt(
         &socket,
@@ -237,12 +247,12 @@ pub fn recv_main(bind: SocketAddrV4, max_seconds: f64) -> Result<()> {
 pub fn run_pps(endpoints: &Endpoints<'_>, seconds: f64, payload: usize) -> Result<UdpResult> {
     let exe = std::env::current_exe().context("locating the perf binary")?;
     let exe = exe.to_string_lossy();
-    let target = SocketAddrV4::new(endpoints.server_ip, PORT).to_string();
+    let target = SocketAddr::new(endpoints.server_ip, PORT).to_string();
     let max = format!("{:.1}", seconds + 20.0);
     // Behind a load balancer every backend counts; the sender's one flow reaches one of them.
     let mut receivers = Vec::new();
     for server in endpoints.servers() {
-        let bind = SocketAddrV4::new(server.ip, PORT).to_string();
+        let bind = SocketAddr::new(server.ip, PORT).to_string();
         let receiver_cmd = endpoints.server_command_in(
             server.netns,
             &exe,
@@ -383,7 +393,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         socket.connect(dst).unwrap();
         let mut batch = MessageBatch::new(8, PAYLOAD_64B_FRAME);

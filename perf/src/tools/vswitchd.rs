@@ -8,7 +8,7 @@
 //! child's pid is vswitchd's: its `/proc/<pid>/stat` gives the switch's CPU time). It is
 //! stopped with SIGTERM, then SIGKILL, when the [`Daemon`] is dropped.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -320,6 +320,15 @@ impl Daemon {
         let json = self.ctl(&["get", "networkinterfaces", "-o", "json"])?;
         interface_ip(&json, name, netns)
     }
+
+    /// The IPv6 address of interface `name` (from `status.ipv6`).
+    ///
+    /// # Errors
+    /// As [`Daemon::ctl`], or the interface or its IPv6 address is missing from the JSON.
+    pub fn interface_ipv6(&self, name: &str, netns: &str) -> Result<Ipv6Addr> {
+        let json = self.ctl(&["get", "networkinterfaces", "-o", "json"])?;
+        interface_ipv6(&json, name, netns)
+    }
 }
 
 impl Drop for Daemon {
@@ -412,6 +421,30 @@ pub fn parse_lb_backends(json: &str) -> Result<Vec<LbBackend>> {
 /// # Errors
 /// No such interface, or it has no IPv4 address in `status.ips`.
 pub fn interface_ip(json: &str, name: &str, netns: &str) -> Result<Ipv4Addr> {
+    interface_item(json, name, netns)?
+        .pointer("/status/ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|ip| ip.split('/').next().and_then(|addr| addr.parse().ok()))
+        .ok_or_else(|| anyhow!("interface {name:?} has no IPv4 address in status.ips"))
+}
+
+/// As [`interface_ip`], the interface's IPv6 address (`status.ipv6`, on a dual-stack Subnet).
+///
+/// # Errors
+/// No such interface, or it has no `status.ipv6`.
+pub fn interface_ipv6(json: &str, name: &str, netns: &str) -> Result<Ipv6Addr> {
+    interface_item(json, name, netns)?
+        .pointer("/status/ipv6")
+        .and_then(Value::as_str)
+        .and_then(|ip| ip.split('/').next()?.parse().ok())
+        .ok_or_else(|| anyhow!("interface {name:?} has no IPv6 address in status.ipv6"))
+}
+
+/// The resource of interface `name` (or, failing that, the one in `netns`).
+fn interface_item(json: &str, name: &str, netns: &str) -> Result<Value> {
     let value: Value = serde_json::from_str(json).context("vswitchctl get -o json: not JSON")?;
     let items: Vec<&Value> = match &value {
         Value::Array(items) => items.iter().collect(),
@@ -428,18 +461,12 @@ pub fn interface_ip(json: &str, name: &str, netns: &str) -> Result<Ipv4Addr> {
             .and_then(Value::as_str)
             .is_some_and(|spec| spec == netns || spec.ends_with(&format!("/{netns}")))
     };
-    let item = items
+    items
         .iter()
         .find(by_name)
         .or_else(|| items.iter().find(by_netns))
-        .ok_or_else(|| anyhow!("vswitchctl lists no interface {name:?} (netns {netns})"))?;
-    item.pointer("/status/ips")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .find_map(|ip| ip.split('/').next().and_then(|addr| addr.parse().ok()))
-        .ok_or_else(|| anyhow!("interface {name:?} has no IPv4 address in status.ips"))
+        .map(|item| (**item).clone())
+        .ok_or_else(|| anyhow!("vswitchctl lists no interface {name:?} (netns {netns})"))
 }
 
 #[cfg(test)]
@@ -450,7 +477,8 @@ mod tests {
       {"apiVersion": "vswitch/v1alpha1", "kind": "NetworkInterface",
        "metadata": {"name": "c1", "labels": {}},
        "spec": {"subnet": "default", "netns": "vsperf-1-1-c1", "kind": "tap"},
-       "status": {"ips": ["172.30.0.2/16"], "mac": "02:00:00:00:00:01", "state": "Up"}},
+       "status": {"ips": ["172.30.0.2/16"], "ipv6": "fd00:30::2/64", "mac": "02:00:00:00:00:01",
+                  "state": "Up"}},
       {"apiVersion": "vswitch/v1alpha1", "kind": "NetworkInterface",
        "metadata": {"name": "other"},
        "spec": {"netns": "/run/netns/vsperf-1-1-c2"},
@@ -489,6 +517,16 @@ mod tests {
         let no_ips = r#"[{"metadata": {"name": "c1"}, "status": {"ips": []}}]"#;
         assert!(interface_ip(no_ips, "c1", "x").is_err());
         assert!(interface_ip("garbage", "c1", "x").is_err());
+    }
+
+    #[test]
+    fn ipv6_comes_from_status_ipv6() {
+        assert_eq!(
+            interface_ipv6(LIST, "c1", "x").unwrap(),
+            "fd00:30::2".parse::<Ipv6Addr>().unwrap()
+        );
+        // c2 lists an IPv6 address among its IPv4 ones, not in status.ipv6.
+        assert!(interface_ipv6(LIST, "c2", "vsperf-1-1-c2").is_err());
     }
 
     #[test]
