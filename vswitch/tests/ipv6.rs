@@ -498,6 +498,15 @@ fn static_ipv6_route_through_a_router_namespace() {
         routes.contains("fd00:63::/64"),
         "connected IPv6 prefix listed:\n{routes}"
     );
+    // The tracer says the same, for a synthetic IPv6 segment from c1.
+    let ip1 = interface_ipv6(&daemon, &c1.name);
+    let packet = format!("tcp [{ip1}]:40000 > [fd00:99::1]:80 flags S");
+    let trace = daemon.ctl_ok(&["trace", "--in", &c1.name, &packet]);
+    assert!(
+        trace.contains(&format!("fd00:99::1 via subnet r6 (via {hop})"))
+            && trace.contains(&format!("Verdict: forward to {}", router.name)),
+        "{trace}"
+    );
     let route = daemon.ctl_json(&["get", "route", "behind-router6"]);
     assert_eq!(route["status"]["state"], "Ready", "{route}");
     assert_eq!(route["status"]["subnet"], "r6", "{route}");

@@ -266,7 +266,7 @@ pub struct ExplainArgs {
 pub struct TraceArgs {
     /// The packet, in tcpdump's words: `tcp A:P > B:Q [flags S]`, `udp A:P > B:Q`,
     /// `icmp A > B` (an echo request), `arp who-has B tell A`; TCP, UDP and ICMP take
-    /// `ttl N` at the end.
+    /// `ttl N` at the end. IPv6: `tcp [fd00::2]:1 > [fd00:9::2]:80`, `icmp6 A > B`.
     #[arg(value_name = "PACKET", conflicts_with_all = ["hex", "live"])]
     pub packet: Option<String>,
     /// The NetworkInterface (NAME or NAMESPACE/NAME) or Uplink the frame is received on
@@ -287,7 +287,8 @@ pub struct TraceArgs {
     #[arg(long, requires = "filter")]
     pub live: bool,
     /// With --live: which frames, e.g. `icmp`, `tcp and host 172.30.0.3`, `udp and dst port
-    /// 53` (terms: tcp udp icmp arp ip, [src|dst] host A, [src|dst] port N, joined by and).
+    /// 53` (terms: tcp udp icmp icmp6 arp ip ip6, [src|dst] host A, [src|dst] port N,
+    /// joined by and).
     #[arg(long = "match", value_name = "EXPR", requires = "live")]
     pub filter: Option<String>,
     /// With --live: how many frames to trace (1 to 100).

@@ -750,12 +750,20 @@ fn process_with(
         trace_note!(
             ctx,
             PortSecurity,
-            "{}: port {} may send from MAC {}, addresses {:?}, routed sources {:?}",
+            "{}: port {} may send from MAC {}, addresses {:?}, routed sources {:?}{}",
             if checked.is_ok() { "passes" } else { "refused" },
             ingress.name,
             trace::Mac(ingress.mac),
             ingress.ips,
-            ingress.allowed_sources
+            ingress.allowed_sources,
+            if matches!(parsed.l3, parse::L3::Ipv6 { .. }) {
+                format!(
+                    ", IPv6 {:?}, routed IPv6 sources {:?}",
+                    ingress.ips6, ingress.allowed_sources6
+                )
+            } else {
+                String::new()
+            }
         );
         if let Err(reason) = checked {
             return Outcome::dropped(reason);

@@ -274,12 +274,87 @@ pub fn describe_frame(frame: &[u8]) -> String {
             }
             Err(_) => line.push_str(", IPv4 (truncated)"),
         },
-        EthernetProtocol::Ipv6 => line.push_str(", IPv6"),
+        EthernetProtocol::Ipv6 => describe_ipv6(&mut line, ethernet.payload()),
         other => {
             let _ = write!(line, ", ethertype {other}");
         }
     }
     line
+}
+
+/// `, IPv6 SRC.PORT > DST.PORT TCP flags [S], hop limit 64, length 60` (tcpdump's dots
+/// between an IPv6 address and its port), ICMPv6 with its type and code.
+fn describe_ipv6(line: &mut String, packet: &[u8]) {
+    use smoltcp::wire::{TcpPacket, UdpPacket};
+    use std::fmt::Write;
+
+    let info = match crate::wire::ipv6::parse(packet) {
+        Ok(info) => info,
+        Err(err) => {
+            let _ = write!(line, ", IPv6 (malformed: {err})");
+            return;
+        }
+    };
+    let (src, dst) = (info.src, info.dst);
+    let l4 = packet
+        .get(info.l4_offset..info.packet_len)
+        .unwrap_or_default();
+    let later_fragment = info.fragment.is_some_and(|fragment| fragment.offset != 0);
+    match info.next_header {
+        6 if !later_fragment => match TcpPacket::new_checked(l4) {
+            Ok(tcp) => {
+                let flags: String = [
+                    (tcp.syn(), 'S'),
+                    (tcp.fin(), 'F'),
+                    (tcp.rst(), 'R'),
+                    (tcp.psh(), 'P'),
+                    (tcp.urg(), 'U'),
+                    (tcp.ack(), '.'),
+                ]
+                .iter()
+                .filter(|(set, _)| *set)
+                .map(|(_, flag)| *flag)
+                .collect();
+                let _ = write!(
+                    line,
+                    ", IPv6 {src}.{} > {dst}.{} TCP flags [{flags}]",
+                    tcp.src_port(),
+                    tcp.dst_port()
+                );
+            }
+            Err(_) => {
+                let _ = write!(line, ", IPv6 {src} > {dst} TCP (truncated)");
+            }
+        },
+        17 if !later_fragment => match UdpPacket::new_checked(l4) {
+            Ok(udp) => {
+                let _ = write!(
+                    line,
+                    ", IPv6 {src}.{} > {dst}.{} UDP",
+                    udp.src_port(),
+                    udp.dst_port()
+                );
+            }
+            Err(_) => {
+                let _ = write!(line, ", IPv6 {src} > {dst} UDP (truncated)");
+            }
+        },
+        58 if !later_fragment && l4.len() >= 4 => {
+            let _ = write!(
+                line,
+                ", IPv6 {src} > {dst} ICMPv6 type {} code {}",
+                l4[0], l4[1]
+            );
+        }
+        other => {
+            let _ = write!(line, ", IPv6 {src} > {dst} next header {other}");
+        }
+    }
+    let _ = write!(
+        line,
+        ", hop limit {}, length {}",
+        info.hop_limit, info.packet_len
+    );
 }
 
 fn fmt_ip(bytes: &[u8]) -> String {

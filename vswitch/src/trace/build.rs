@@ -2,11 +2,14 @@
 //! (checksums filled), or raw Ethernet bytes written in hex; both behind a plain
 //! `virtio_net_hdr`, as a port delivers them.
 
+use std::net::IpAddr;
+
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
 };
 
 use super::expr::PacketSpec;
@@ -70,20 +73,20 @@ pub fn frame(spec: &PacketSpec, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
                 timestamp: None,
                 payload: &[],
             };
-            let mut bytes = ipv4(
-                ethernet(EthernetProtocol::Ipv4),
+            let (mut bytes, l4) = ip(
+                src_mac,
+                dst_mac,
                 (src.0, dst.0),
                 IpProtocol::Tcp,
                 ttl,
                 tcp.buffer_len(),
             );
-            let l4 = VNET_HDR_LEN + 14 + 20;
             // Only the segment: the checksum covers its length, not the Ethernet padding.
             let mut packet = TcpPacket::new_unchecked(&mut bytes[l4..l4 + tcp.buffer_len()]);
             tcp.emit(
                 &mut packet,
-                &IpAddress::Ipv4(src.0),
-                &IpAddress::Ipv4(dst.0),
+                &IpAddress::from(src.0),
+                &IpAddress::from(dst.0),
                 &checksums,
             );
             // Flags smoltcp's TcpControl cannot say together (SYN-ACK is, FIN+PSH+URG are
@@ -94,7 +97,7 @@ pub fn frame(spec: &PacketSpec, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
             packet.set_psh(flags & 0x08 != 0);
             packet.set_ack(flags & 0x10 != 0);
             packet.set_urg(flags & 0x20 != 0);
-            packet.fill_checksum(&IpAddress::Ipv4(src.0), &IpAddress::Ipv4(dst.0));
+            packet.fill_checksum(&IpAddress::from(src.0), &IpAddress::from(dst.0));
             bytes
         }
         PacketSpec::Udp { src, dst, ttl } => {
@@ -102,22 +105,48 @@ pub fn frame(spec: &PacketSpec, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
                 src_port: src.1,
                 dst_port: dst.1,
             };
-            let mut bytes = ipv4(
-                ethernet(EthernetProtocol::Ipv4),
+            let (mut bytes, l4) = ip(
+                src_mac,
+                dst_mac,
                 (src.0, dst.0),
                 IpProtocol::Udp,
                 ttl,
                 udp.header_len() + PAYLOAD.len(),
             );
-            let l4 = VNET_HDR_LEN + 14 + 20;
             udp.emit(
                 &mut UdpPacket::new_unchecked(
                     &mut bytes[l4..l4 + udp.header_len() + PAYLOAD.len()],
                 ),
-                &IpAddress::Ipv4(src.0),
-                &IpAddress::Ipv4(dst.0),
+                &IpAddress::from(src.0),
+                &IpAddress::from(dst.0),
                 PAYLOAD.len(),
                 |payload| payload.copy_from_slice(PAYLOAD),
+                &checksums,
+            );
+            bytes
+        }
+        PacketSpec::Icmp {
+            src: IpAddr::V6(src),
+            dst: IpAddr::V6(dst),
+            ttl,
+        } => {
+            let icmp = Icmpv6Repr::EchoRequest {
+                ident: 0x7472,
+                seq_no: 1,
+                data: PAYLOAD,
+            };
+            let (mut bytes, l4) = ip(
+                src_mac,
+                dst_mac,
+                (src.into(), dst.into()),
+                IpProtocol::Icmpv6,
+                ttl,
+                icmp.buffer_len(),
+            );
+            icmp.emit(
+                &src,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(&mut bytes[l4..l4 + icmp.buffer_len()]),
                 &checksums,
             );
             bytes
@@ -128,14 +157,14 @@ pub fn frame(spec: &PacketSpec, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
                 seq_no: 1,
                 data: PAYLOAD,
             };
-            let mut bytes = ipv4(
-                ethernet(EthernetProtocol::Ipv4),
+            let (mut bytes, l4) = ip(
+                src_mac,
+                dst_mac,
                 (src, dst),
                 IpProtocol::Icmp,
                 ttl,
                 icmp.buffer_len(),
             );
-            let l4 = VNET_HDR_LEN + 14 + 20;
             icmp.emit(
                 &mut Icmpv4Packet::new_unchecked(&mut bytes[l4..l4 + icmp.buffer_len()]),
                 &checksums,
@@ -149,31 +178,53 @@ fn ethernet_len(payload: usize) -> usize {
     14 + payload
 }
 
-/// A frame with an Ethernet and a 20-byte IPv4 header emitted, room for `payload_len`
-/// bytes of L4 after them, padded to the Ethernet minimum.
-fn ipv4(
-    ethernet: EthernetRepr,
-    (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr),
+/// A frame with an Ethernet and an IPv4 (20-byte) or IPv6 (40-byte) header emitted, of the
+/// addresses' family (one family: the parser refuses mixes), room for `payload_len` bytes of
+/// L4 after them, padded to the Ethernet minimum; and the offset of the L4 bytes.
+fn ip(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    (src, dst): (IpAddr, IpAddr),
     protocol: IpProtocol,
-    ttl: u8,
+    hop_limit: u8,
     payload_len: usize,
-) -> Vec<u8> {
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: protocol,
-        payload_len,
-        hop_limit: ttl,
+) -> (Vec<u8>, usize) {
+    let (header_len, ethertype) = match src {
+        IpAddr::V4(_) => (20, EthernetProtocol::Ipv4),
+        IpAddr::V6(_) => (40, EthernetProtocol::Ipv6),
     };
-    let len = ethernet_len(ip.buffer_len() + payload_len).max(60);
+    let len = ethernet_len(header_len + payload_len).max(60);
     let mut bytes = vec![0u8; VNET_HDR_LEN + len];
     let mut frame = EthernetFrame::new_unchecked(&mut bytes[VNET_HDR_LEN..]);
-    ethernet.emit(&mut frame);
-    ip.emit(
-        &mut Ipv4Packet::new_unchecked(frame.payload_mut()),
-        &ChecksumCapabilities::default(),
-    );
-    bytes
+    EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype,
+    }
+    .emit(&mut frame);
+    match (src, dst) {
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => Ipv6Repr {
+            src_addr,
+            dst_addr,
+            next_header: protocol,
+            payload_len,
+            hop_limit,
+        }
+        .emit(&mut Ipv6Packet::new_unchecked(frame.payload_mut())),
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => Ipv4Repr {
+            src_addr,
+            dst_addr,
+            next_header: protocol,
+            payload_len,
+            hop_limit,
+        }
+        .emit(
+            &mut Ipv4Packet::new_unchecked(frame.payload_mut()),
+            &ChecksumCapabilities::default(),
+        ),
+        _ => {}
+    }
+    (bytes, VNET_HDR_LEN + 14 + header_len)
 }
 
 /// An Ethernet frame written in hex (`0a1b…`; spaces, colons and a `0x` prefix allowed)
@@ -226,6 +277,8 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
     const B: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+    const IA: IpAddr = IpAddr::V4(A);
+    const IB: IpAddr = IpAddr::V4(B);
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
     const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
 
@@ -234,8 +287,8 @@ mod tests {
         for (spec, said) in [
             (
                 PacketSpec::Tcp {
-                    src: (A, 40000),
-                    dst: (B, 80),
+                    src: (IA, 40000),
+                    dst: (IB, 80),
                     flags: 0x12,
                     ttl: 64,
                 },
@@ -243,16 +296,16 @@ mod tests {
             ),
             (
                 PacketSpec::Udp {
-                    src: (A, 5000),
-                    dst: (B, 53),
+                    src: (IA, 5000),
+                    dst: (IB, 53),
                     ttl: 3,
                 },
                 "IPv4 172.30.0.2:5000 > 172.30.0.3:53 UDP, ttl 3",
             ),
             (
                 PacketSpec::Icmp {
-                    src: A,
-                    dst: B,
+                    src: IA,
+                    dst: IB,
                     ttl: 64,
                 },
                 "IPv4 172.30.0.2 > 172.30.0.3 ICMP type 8 code 0",
@@ -293,6 +346,63 @@ mod tests {
                     ),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn ipv6_frames_parse_with_valid_checksums() {
+        let a: std::net::Ipv6Addr = "fd00::a".parse().unwrap();
+        let b: std::net::Ipv6Addr = "fd00:9::d".parse().unwrap();
+        for (spec, said, protocol) in [
+            (
+                PacketSpec::Tcp {
+                    src: (a.into(), 40000),
+                    dst: (b.into(), 80),
+                    flags: 0x02,
+                    ttl: 64,
+                },
+                "IPv6 fd00::a.40000 > fd00:9::d.80 TCP flags [S], hop limit 64, length 60",
+                6,
+            ),
+            (
+                PacketSpec::Udp {
+                    src: (a.into(), 5000),
+                    dst: (b.into(), 53),
+                    ttl: 2,
+                },
+                "IPv6 fd00::a.5000 > fd00:9::d.53 UDP, hop limit 2",
+                17,
+            ),
+            (
+                PacketSpec::Icmp {
+                    src: a.into(),
+                    dst: b.into(),
+                    ttl: 64,
+                },
+                "IPv6 fd00::a > fd00:9::d ICMPv6 type 128 code 0",
+                58,
+            ),
+        ] {
+            let bytes = frame(&spec, MAC_A, MAC_B);
+            let parsed = parse(&bytes).expect("a valid frame");
+            assert!(matches!(parsed.l3, L3::Ipv6 { .. }), "{:?}", parsed.l3);
+            let line = describe_frame(&bytes);
+            assert!(line.contains(said), "{line}");
+            let ip = Ipv6Packet::new_checked(&bytes[VNET_HDR_LEN + 14..]).expect("ipv6");
+            assert_eq!(u8::from(ip.next_header()), protocol);
+            let (src, dst) = (IpAddress::Ipv6(a), IpAddress::Ipv6(b));
+            let valid = match protocol {
+                6 => TcpPacket::new_checked(ip.payload())
+                    .expect("tcp")
+                    .verify_checksum(&src, &dst),
+                17 => UdpPacket::new_checked(ip.payload())
+                    .expect("udp")
+                    .verify_checksum(&src, &dst),
+                _ => Icmpv6Packet::new_checked(ip.payload())
+                    .expect("icmpv6")
+                    .verify_checksum(&a, &b),
+            };
+            assert!(valid, "{said}: checksum");
         }
     }
 

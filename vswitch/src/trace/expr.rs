@@ -2,13 +2,16 @@
 //!
 //! - a packet to synthesise: `tcp 172.30.0.2:40000 > 172.30.0.3:80 flags S`,
 //!   `udp A:p > B:q`, `icmp A > B` (an echo request), `arp who-has B tell A`; TCP, UDP and
-//!   ICMP take an optional `ttl N` at the end (64 by default);
-//! - a filter for live traces: terms joined by `and`: a protocol (`tcp`, `udp`, `icmp`, `arp`,
-//!   `ip`), `host A`, `src host A`, `dst host A`, `port N`, `src port N`, `dst port N`.
+//!   ICMP take an optional `ttl N` at the end (64 by default). Over IPv6 the addresses are
+//!   IPv6, in brackets before a port (`tcp [fd00::2]:40000 > [fd00:9::2]:80`); `icmp A > B`
+//!   (or `icmp6`) is then an ICMPv6 echo request and `ttl` the hop limit;
+//! - a filter for live traces: terms joined by `and`: a protocol (`tcp`, `udp`, `icmp`,
+//!   `icmp6`, `arp`, `ip`, `ip6`), `host A`, `src host A`, `dst host A` (either family),
+//!   `port N`, `src port N`, `dst port N`.
 //!
 //! Errors say which word was wrong and what was expected there.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::wire::{
     ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
@@ -22,30 +25,30 @@ pub enum PacketSpec {
     /// A TCP segment with these flags (`SYN` when none is given).
     Tcp {
         /// Source address and port.
-        src: (Ipv4Addr, u16),
-        /// Destination address and port.
-        dst: (Ipv4Addr, u16),
+        src: (IpAddr, u16),
+        /// Destination address and port (of the source's family).
+        dst: (IpAddr, u16),
         /// The flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20).
         flags: u8,
-        /// IPv4 TTL.
+        /// IPv4 TTL or IPv6 hop limit.
         ttl: u8,
     },
     /// A UDP datagram.
     Udp {
         /// Source address and port.
-        src: (Ipv4Addr, u16),
-        /// Destination address and port.
-        dst: (Ipv4Addr, u16),
-        /// IPv4 TTL.
+        src: (IpAddr, u16),
+        /// Destination address and port (of the source's family).
+        dst: (IpAddr, u16),
+        /// IPv4 TTL or IPv6 hop limit.
         ttl: u8,
     },
-    /// An ICMP echo request.
+    /// An echo request: ICMP, or ICMPv6 between IPv6 addresses.
     Icmp {
         /// Source address.
-        src: Ipv4Addr,
-        /// Destination address.
-        dst: Ipv4Addr,
-        /// IPv4 TTL.
+        src: IpAddr,
+        /// Destination address (of the source's family).
+        dst: IpAddr,
+        /// IPv4 TTL or IPv6 hop limit.
         ttl: u8,
     },
     /// An ARP request: who has `target`, tell `sender`.
@@ -59,20 +62,20 @@ pub enum PacketSpec {
 
 impl PacketSpec {
     /// The source address.
-    pub fn src(&self) -> Ipv4Addr {
+    pub fn src(&self) -> IpAddr {
         match *self {
             PacketSpec::Tcp { src, .. } | PacketSpec::Udp { src, .. } => src.0,
             PacketSpec::Icmp { src, .. } => src,
-            PacketSpec::Arp { sender, .. } => sender,
+            PacketSpec::Arp { sender, .. } => IpAddr::V4(sender),
         }
     }
 
     /// The destination address (the ARP target).
-    pub fn dst(&self) -> Ipv4Addr {
+    pub fn dst(&self) -> IpAddr {
         match *self {
             PacketSpec::Tcp { dst, .. } | PacketSpec::Udp { dst, .. } => dst.0,
             PacketSpec::Icmp { dst, .. } => dst,
-            PacketSpec::Arp { target, .. } => target,
+            PacketSpec::Arp { target, .. } => IpAddr::V4(target),
         }
     }
 }
@@ -89,13 +92,20 @@ fn error(message: impl Into<String>) -> ExprError {
     ExprError(message.into())
 }
 
-fn address(word: Option<&str>, what: &str) -> Result<Ipv4Addr, ExprError> {
+fn address4(word: Option<&str>, what: &str) -> Result<Ipv4Addr, ExprError> {
     let word = word.ok_or_else(|| error(format!("{what} is missing")))?;
     word.parse()
         .map_err(|_| error(format!("{what} {word:?} is not an IPv4 address")))
 }
 
-fn endpoint(word: Option<&str>, what: &str) -> Result<(Ipv4Addr, u16), ExprError> {
+fn address(word: Option<&str>, what: &str) -> Result<IpAddr, ExprError> {
+    let word = word.ok_or_else(|| error(format!("{what} is missing")))?;
+    word.parse()
+        .map_err(|_| error(format!("{what} {word:?} is not an IPv4 or IPv6 address")))
+}
+
+/// `A.B.C.D:PORT` or `[X:X::X]:PORT`.
+fn endpoint(word: Option<&str>, what: &str) -> Result<(IpAddr, u16), ExprError> {
     let word = word.ok_or_else(|| error(format!("{what} (ADDRESS:PORT) is missing")))?;
     let (addr, port) = word
         .rsplit_once(':')
@@ -105,7 +115,32 @@ fn endpoint(word: Option<&str>, what: &str) -> Result<(Ipv4Addr, u16), ExprError
             "{what} port {port:?} is not a number from 0 to 65535"
         ))
     })?;
-    Ok((address(Some(addr), what)?, port))
+    let addr = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        Some(v6) => IpAddr::V6(
+            v6.parse()
+                .map_err(|_| error(format!("{what} {word:?}: {v6:?} is not an IPv6 address")))?,
+        ),
+        None if addr.contains(':') => {
+            return Err(error(format!(
+                "{what} {word:?}: write an IPv6 address in brackets before its port, [X:X::X]:PORT"
+            )));
+        }
+        None => IpAddr::V4(address4(Some(addr), what)?),
+    };
+    Ok((addr, port))
+}
+
+/// Refuses a source and a destination of different families.
+fn same_family(src: IpAddr, dst: IpAddr) -> Result<(), ExprError> {
+    if src.is_ipv4() == dst.is_ipv4() {
+        return Ok(());
+    }
+    let family = |a: IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    Err(error(format!(
+        "the source {src} is {} but the destination {dst} is {}; use one family",
+        family(src),
+        family(dst)
+    )))
 }
 
 fn expect(word: Option<&str>, wanted: &str, after: &str) -> Result<(), ExprError> {
@@ -158,6 +193,7 @@ pub fn parse_packet(text: &str) -> Result<PacketSpec, ExprError> {
             let src = endpoint(words.next(), "the source")?;
             expect(words.next(), ">", "the source")?;
             let dst = endpoint(words.next(), "the destination")?;
+            same_family(src.0, dst.0)?;
             let mut flags = None;
             let mut ttl = DEFAULT_TTL;
             while let Some(word) = words.next() {
@@ -190,10 +226,16 @@ pub fn parse_packet(text: &str) -> Result<PacketSpec, ExprError> {
                 PacketSpec::Udp { src, dst, ttl }
             }
         }
-        "icmp" => {
+        "icmp" | "icmp6" => {
             let src = address(words.next(), "the source")?;
             expect(words.next(), ">", "the source")?;
             let dst = address(words.next(), "the destination")?;
+            same_family(src, dst)?;
+            if protocol == "icmp6" && src.is_ipv4() {
+                return Err(error(format!(
+                    "icmp6 is between IPv6 addresses; {src} is IPv4 (write icmp)"
+                )));
+            }
             let ttl = match words.next() {
                 None => DEFAULT_TTL,
                 Some("ttl") => ttl(words.next())?,
@@ -207,14 +249,14 @@ pub fn parse_packet(text: &str) -> Result<PacketSpec, ExprError> {
         }
         "arp" => {
             expect(words.next(), "who-has", "arp")?;
-            let target = address(words.next(), "the address asked for")?;
+            let target = address4(words.next(), "the address asked for")?;
             expect(words.next(), "tell", "the address asked for")?;
-            let sender = address(words.next(), "the asking address")?;
+            let sender = address4(words.next(), "the asking address")?;
             PacketSpec::Arp { target, sender }
         }
         other => {
             return Err(error(format!(
-                "unknown protocol {other:?} (tcp, udp, icmp or arp)"
+                "unknown protocol {other:?} (tcp, udp, icmp, icmp6 or arp)"
             )));
         }
     };
@@ -236,11 +278,13 @@ enum Term {
     Tcp,
     Udp,
     Icmp,
+    Icmp6,
     Arp,
     Ip,
-    Host(Ipv4Addr),
-    SrcHost(Ipv4Addr),
-    DstHost(Ipv4Addr),
+    Ip6,
+    Host(IpAddr),
+    SrcHost(IpAddr),
+    DstHost(IpAddr),
     Port(u16),
     SrcPort(u16),
     DstPort(u16),
@@ -257,9 +301,10 @@ pub struct Filter {
 struct Facts {
     arp: bool,
     ipv4: bool,
+    ipv6: bool,
     protocol: Option<IpProtocol>,
-    src: Option<Ipv4Addr>,
-    dst: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
     ports: Option<(u16, u16)>,
 }
 
@@ -284,8 +329,10 @@ impl Filter {
                 "tcp" => Term::Tcp,
                 "udp" => Term::Udp,
                 "icmp" => Term::Icmp,
+                "icmp6" => Term::Icmp6,
                 "arp" => Term::Arp,
                 "ip" => Term::Ip,
+                "ip6" => Term::Ip6,
                 "host" => Term::Host(address(words.next(), "host")?),
                 "port" => Term::Port(port(words.next(), "port")?),
                 "src" | "dst" => {
@@ -325,7 +372,7 @@ impl Filter {
                 }
                 other => {
                     return Err(error(format!(
-                        "unknown term {other:?} (tcp, udp, icmp, arp, ip, host A, src host A, dst host A, port N, src port N, dst port N, joined by and)"
+                        "unknown term {other:?} (tcp, udp, icmp, icmp6, arp, ip, ip6, host A, src host A, dst host A, port N, src port N, dst port N, joined by and)"
                     )));
                 }
             };
@@ -351,8 +398,10 @@ impl Filter {
             Term::Tcp => facts.protocol == Some(IpProtocol::Tcp),
             Term::Udp => facts.protocol == Some(IpProtocol::Udp),
             Term::Icmp => facts.protocol == Some(IpProtocol::Icmp),
+            Term::Icmp6 => facts.protocol == Some(IpProtocol::Icmpv6),
             Term::Arp => facts.arp,
             Term::Ip => facts.ipv4,
+            Term::Ip6 => facts.ipv6,
             Term::Host(addr) => facts.src == Some(addr) || facts.dst == Some(addr),
             Term::SrcHost(addr) => facts.src == Some(addr),
             Term::DstHost(addr) => facts.dst == Some(addr),
@@ -380,7 +429,11 @@ fn facts(frame: &[u8]) -> Facts {
         EthernetProtocol::Arp => {
             facts.arp = true;
             if let Ok(arp) = ArpPacket::new_checked(ethernet.payload()) {
-                let ip = |bytes: &[u8]| <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from);
+                let ip = |bytes: &[u8]| {
+                    <[u8; 4]>::try_from(bytes)
+                        .ok()
+                        .map(|octets| IpAddr::V4(Ipv4Addr::from(octets)))
+                };
                 facts.src = ip(arp.source_protocol_addr());
                 facts.dst = ip(arp.target_protocol_addr());
             }
@@ -391,14 +444,39 @@ fn facts(frame: &[u8]) -> Facts {
             };
             facts.ipv4 = true;
             facts.protocol = Some(ip.next_header());
-            facts.src = Some(ip.src_addr());
-            facts.dst = Some(ip.dst_addr());
+            facts.src = Some(ip.src_addr().into());
+            facts.dst = Some(ip.dst_addr().into());
             if ip.frag_offset() == 0 {
                 facts.ports = match ip.next_header() {
                     IpProtocol::Tcp => TcpPacket::new_checked(ip.payload())
                         .ok()
                         .map(|tcp| (tcp.src_port(), tcp.dst_port())),
                     IpProtocol::Udp => UdpPacket::new_checked(ip.payload())
+                        .ok()
+                        .map(|udp| (udp.src_port(), udp.dst_port())),
+                    _ => None,
+                };
+            }
+        }
+        EthernetProtocol::Ipv6 => {
+            let packet = ethernet.payload();
+            let Ok(info) = crate::wire::ipv6::parse(packet) else {
+                return facts;
+            };
+            facts.ipv6 = true;
+            facts.protocol = Some(IpProtocol::from(info.next_header));
+            facts.src = Some(info.src.into());
+            facts.dst = Some(info.dst.into());
+            let first = info.fragment.is_none_or(|fragment| fragment.offset == 0);
+            let l4 = packet
+                .get(info.l4_offset..info.packet_len)
+                .unwrap_or_default();
+            if first {
+                facts.ports = match info.next_header {
+                    6 => TcpPacket::new_checked(l4)
+                        .ok()
+                        .map(|tcp| (tcp.src_port(), tcp.dst_port())),
+                    17 => UdpPacket::new_checked(l4)
                         .ok()
                         .map(|udp| (udp.src_port(), udp.dst_port())),
                     _ => None,
@@ -417,14 +495,16 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
     const B: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+    const IA: IpAddr = IpAddr::V4(A);
+    const IB: IpAddr = IpAddr::V4(B);
 
     #[test]
     fn packets_in_tcpdump_words() {
         assert_eq!(
             parse_packet("tcp 172.30.0.2:40000 > 172.30.0.3:80 flags S"),
             Ok(PacketSpec::Tcp {
-                src: (A, 40000),
-                dst: (B, 80),
+                src: (IA, 40000),
+                dst: (IB, 80),
                 flags: 0x02,
                 ttl: 64
             })
@@ -432,8 +512,8 @@ mod tests {
         assert_eq!(
             parse_packet("tcp 172.30.0.2:1 > 172.30.0.3:2 flags [S.] ttl 1"),
             Ok(PacketSpec::Tcp {
-                src: (A, 1),
-                dst: (B, 2),
+                src: (IA, 1),
+                dst: (IB, 2),
                 flags: 0x12,
                 ttl: 1
             })
@@ -441,16 +521,16 @@ mod tests {
         assert_eq!(
             parse_packet("udp 172.30.0.2:5000 > 172.30.0.3:53"),
             Ok(PacketSpec::Udp {
-                src: (A, 5000),
-                dst: (B, 53),
+                src: (IA, 5000),
+                dst: (IB, 53),
                 ttl: 64
             })
         );
         assert_eq!(
             parse_packet("icmp 172.30.0.2 > 172.30.0.3"),
             Ok(PacketSpec::Icmp {
-                src: A,
-                dst: B,
+                src: IA,
+                dst: IB,
                 ttl: 64
             })
         );
@@ -480,6 +560,69 @@ mod tests {
             let message = parse_packet(text).expect_err(text).to_string();
             assert!(message.contains(said), "{text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn ipv6_packets_and_filters() {
+        let a: IpAddr = "fd00::a".parse().unwrap();
+        let b: IpAddr = "fd00:9::d".parse().unwrap();
+        assert_eq!(
+            parse_packet("tcp [fd00::a]:40000 > [fd00:9::d]:80 flags S ttl 3"),
+            Ok(PacketSpec::Tcp {
+                src: (a, 40000),
+                dst: (b, 80),
+                flags: 0x02,
+                ttl: 3
+            })
+        );
+        let echo = PacketSpec::Icmp {
+            src: a,
+            dst: b,
+            ttl: 64,
+        };
+        assert_eq!(parse_packet("icmp fd00::a > fd00:9::d"), Ok(echo.clone()));
+        assert_eq!(parse_packet("icmp6 fd00::a > fd00:9::d"), Ok(echo.clone()));
+        for (text, said) in [
+            (
+                "tcp fd00::a:1 > [fd00:9::d]:80",
+                "write an IPv6 address in brackets before its port",
+            ),
+            (
+                "udp [fd00::a]:1 > 10.9.0.2:53",
+                "the source fd00::a is IPv6 but the destination 10.9.0.2 is IPv4",
+            ),
+            (
+                "icmp6 172.30.0.2 > 172.30.0.3",
+                "icmp6 is between IPv6 addresses",
+            ),
+            (
+                "tcp [fd00::zz]:1 > [fd00::1]:2",
+                "\"fd00::zz\" is not an IPv6 address",
+            ),
+        ] {
+            let message = parse_packet(text).expect_err(text).to_string();
+            assert!(message.contains(said), "{text:?}: {message}");
+        }
+        let frame = super::super::build::frame(&echo, MAC_A, MAC_B);
+        for (filter, wanted) in [
+            ("ip6", true),
+            ("ip", false),
+            ("icmp6 and host fd00:9::d", true),
+            ("icmp", false),
+            ("src host fd00::a and dst fd00:9::d", true),
+            ("dst host fd00::a", false),
+        ] {
+            let parsed = Filter::parse(filter).expect(filter);
+            assert_eq!(parsed.matches(&frame), wanted, "{filter}");
+        }
+        let tcp = super::super::build::frame(
+            &parse_packet("tcp [fd00::a]:40000 > [fd00:9::d]:80").unwrap(),
+            MAC_A,
+            MAC_B,
+        );
+        let web = Filter::parse("tcp and ip6 and dst port 80").unwrap();
+        assert!(web.matches(&tcp));
+        assert!(!web.matches(&frame));
     }
 
     #[test]

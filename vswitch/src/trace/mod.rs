@@ -18,7 +18,7 @@ pub mod expr;
 pub mod live;
 
 use core::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -493,9 +493,9 @@ fn default_src_mac(ingress: Ingress<'_>) -> [u8; 6] {
 }
 
 /// Where a host would send the packet: an ARP request is broadcast; from the uplink, to the
-/// uplink's MAC; off the ingress subnet (or to its gateway), to the gateway's MAC; else to
-/// the destination's MAC (a neighbour entry, a port of the subnet with that address), else
-/// broadcast.
+/// uplink's MAC; off the ingress subnet (or to its gateway; for IPv6, off its prefix), to the
+/// gateway's MAC; else to the destination's MAC (a neighbour entry, a port of the subnet with
+/// that address), else broadcast.
 fn default_dst_mac(ctx: &Context<'_>, ingress: Ingress<'_>, spec: &expr::PacketSpec) -> [u8; 6] {
     const BROADCAST: [u8; 6] = [0xff; 6];
     if let expr::PacketSpec::Arp { .. } = spec {
@@ -510,7 +510,15 @@ fn default_dst_mac(ctx: &Context<'_>, ingress: Ingress<'_>, spec: &expr::PacketS
         return BROADCAST;
     };
     let dst = spec.dst();
-    if !subnet.cidr.contains(&dst) || dst == subnet.gateway {
+    let on_link = match dst {
+        IpAddr::V4(dst) => subnet.cidr.contains(&dst) && dst != subnet.gateway,
+        // A Subnet without IPv6 switches IPv6 on the link only.
+        IpAddr::V6(dst) => subnet
+            .v6
+            .as_ref()
+            .is_none_or(|v6| v6.cidr.contains(&dst) && !v6.is_gateway(dst)),
+    };
+    if !on_link {
         return subnet.gateway_mac;
     }
     if let Some(mac) = ctx.neighbors.lookup(subnet.id, dst) {
@@ -519,7 +527,13 @@ fn default_dst_mac(ctx: &Context<'_>, ingress: Ingress<'_>, spec: &expr::PacketS
     ctx.snapshot
         .ports()
         .iter()
-        .find(|other| other.subnet == subnet.id && other.ips.contains(&dst))
+        .find(|other| {
+            other.subnet == subnet.id
+                && match dst {
+                    IpAddr::V4(dst) => other.ips.contains(&dst),
+                    IpAddr::V6(dst) => other.ips6.contains(&dst),
+                }
+        })
         .map_or(BROADCAST, |other| other.mac)
 }
 
@@ -563,6 +577,31 @@ mod tests {
                 .packet
                 .starts_with("02:00:00:00:00:0a > 02:00:00:00:00:0b"),
             "{switched}"
+        );
+        // IPv6: off the prefix to the gateway, routed to the port with the address; on the
+        // prefix to the port that has it.
+        let routed6 = synthetic(
+            &ctx,
+            &request("port1", "tcp [fd00::a]:40000 > [fd00:9::d]:80 flags S"),
+        )
+        .unwrap();
+        assert!(
+            routed6
+                .packet
+                .starts_with("02:00:00:00:00:0a > 02:00:00:00:ee:01, IPv6 fd00::a.40000"),
+            "{routed6}"
+        );
+        // Its neighbour is not known yet: held while the switch solicits it.
+        assert_eq!(routed6.verdict, "consumed", "{routed6}");
+        let said = routed6.to_string();
+        assert!(said.contains("fd00:9::d via subnet red"), "{said}");
+        assert!(said.contains("ff02::1:ff00:d ICMPv6 type 135"), "{said}");
+        let switched6 = synthetic(&ctx, &request("port1", "icmp6 fd00::a > fd00::b")).unwrap();
+        assert!(
+            switched6
+                .packet
+                .starts_with("02:00:00:00:00:0a > 02:00:00:00:00:0b"),
+            "{switched6}"
         );
         // Nobody has it: broadcast; an ARP request always is.
         let unknown = synthetic(&ctx, &request("port1", "icmp 172.30.0.2 > 172.30.0.77")).unwrap();
