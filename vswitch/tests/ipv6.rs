@@ -534,3 +534,41 @@ fn static_ipv6_route_through_a_router_namespace() {
             .contains("behind-router6")
     );
 }
+
+/// A host that sends no router solicitation still learns the prefix: the switch advertises
+/// to a port as soon as it is attached (and every 200 to 600 s after).
+#[test]
+#[ignore = "needs root: starts vswitchd and attaches network namespaces through TAP and veth ports"]
+fn slaac_without_router_solicitations() {
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(&dual_subnet(
+        "q6",
+        "10.65.0.0/24",
+        "fd00:65::/64",
+        1500,
+        true,
+    ));
+    let c1 = Netns::new("6q");
+    // Interfaces that arrive in the namespace send no solicitation.
+    for key in [
+        "net.ipv6.conf.all.router_solicitations=0",
+        "net.ipv6.conf.default.router_solicitations=0",
+    ] {
+        c1.exec_ok(&["sysctl", "-qw", key]);
+    }
+    daemon.attach(&c1, &["--subnet", "q6", "--kind", "veth"]);
+    let rs = c1.exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/router_solicitations"]);
+    assert_eq!(rs.trim(), "0", "eth0 must not solicit");
+    wait_until(
+        "a SLAAC address from the unsolicited RA",
+        Duration::from_secs(15),
+        || {
+            let text = c1.exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "dynamic"]);
+            text.contains("inet6 fd00:65::").then_some(())
+        },
+    );
+    assert!(
+        counter(&daemon, "events", "l3.ra_sent") >= 1,
+        "the RA is counted"
+    );
+}

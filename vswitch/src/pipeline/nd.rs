@@ -15,6 +15,11 @@
 //!   answer to the switch's solicitation) is consumed, others are switched;
 //! - the sender's link-layer address in a solicitation updates the neighbour table too.
 //!
+//! Unsolicited router advertisements go to all nodes through each port of an advertising
+//! Subnet when the port is attached and every 200 to 600 s after (randomised; RFC 4861
+//! 6.2.4), from the first worker's sweep: hosts keep their default router (advertised for
+//! 1800 s) without soliciting again.
+//!
 //! Anything else (solicitations for containers' addresses, their advertisements) is switched
 //! like any frame: containers resolve each other. Answers count against the port's ARP rate
 //! limit (`l3.nd_rate_limited`).
@@ -26,9 +31,10 @@ use super::l3::DropReason;
 use super::parse::{L3, Parsed};
 use super::port_security::icmp_message;
 use super::{Context, Output, Verdict, l2};
+use crate::port::PortId;
 use crate::tables::counters::Event;
 use crate::tables::neigh::Confirmation;
-use crate::tables::snapshot::{PortEntry, Subnet6, SubnetEntry};
+use crate::tables::snapshot::{Egress, PortEntry, Snapshot, Subnet6, SubnetEntry};
 use crate::wire::ipv6::{
     self as wire6, ALL_NODES, Ethernet, Nd, NeighborAdvertisementRepr, NeighborSolicitationRepr,
     PrefixInfo, RouterAdvertisementRepr,
@@ -45,6 +51,56 @@ pub const PREFIX_PREFERRED_S: u32 = 604_800;
 
 /// Hop limit the switch advertises for hosts' packets.
 pub const ADVERTISED_HOP_LIMIT: u8 = 64;
+
+/// Shortest interval between unsolicited router advertisements to a port (RFC 4861 6.2.1's
+/// default MinRtrAdvInterval, 0.33 x MaxRtrAdvInterval).
+pub const MIN_RTR_ADV_INTERVAL_MS: u64 = 200_000;
+
+/// Longest interval between unsolicited router advertisements (MaxRtrAdvInterval, 600 s):
+/// three of them fit in the advertised router lifetime, so a host that learned its default
+/// router from an advertisement keeps it without soliciting again.
+pub const MAX_RTR_ADV_INTERVAL_MS: u64 = 600_000;
+
+/// The wait before the next round of unsolicited advertisements: uniform in
+/// [`MIN_RTR_ADV_INTERVAL_MS`, `MAX_RTR_ADV_INTERVAL_MS`] (RFC 4861 6.2.4: randomised, so that
+/// routers do not synchronise), drawn from `seed`.
+pub fn next_advertisement_in_ms(seed: u64) -> u64 {
+    // SplitMix64's finaliser: every bit of the seed moves the draw.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    MIN_RTR_ADV_INTERVAL_MS + z % (MAX_RTR_ADV_INTERVAL_MS - MIN_RTR_ADV_INTERVAL_MS + 1)
+}
+
+/// An unsolicited router advertisement to all nodes, through `port`, when its Subnet is dual
+/// stack and advertises: sent to a port as soon as it is attached (a host whose solicitations
+/// went out before the port was up, or that sends none, still learns the prefix) and every
+/// [`next_advertisement_in_ms`] after. True when sent or nothing was due; false when the
+/// worker's buffer is full.
+pub fn advertise_unsolicited(snapshot: &Snapshot, port: PortId, out: &mut Output) -> bool {
+    // Not over the overlay: each node's switch advertises to its own ports.
+    let Some(entry) = snapshot
+        .port(port)
+        .filter(|entry| !matches!(entry.egress, Egress::Tunnel(_)))
+    else {
+        return true;
+    };
+    let Some(subnet) = snapshot.subnet(entry.subnet) else {
+        return true;
+    };
+    let Some(v6) = subnet.v6.as_ref().filter(|v6| v6.router_advertisements) else {
+        return true;
+    };
+    advertise_router(
+        subnet,
+        v6,
+        ALL_NODES,
+        wire6::multicast_mac(ALL_NODES),
+        entry,
+        out,
+    )
+}
 
 /// Handles an ND message from `ingress` in `subnet` (see the module docs). `None`: not ND,
 /// or ND to switch like any frame.
@@ -407,5 +463,57 @@ mod tests {
         // The prefix information option carries fd00::/64.
         let prefix: [u8; 16] = "fd00::".parse::<Ipv6Addr>().unwrap().octets();
         assert!(packet.windows(16).any(|w| w == prefix));
+    }
+
+    #[test]
+    fn unsolicited_advertisements_go_to_all_nodes_of_advertising_subnets() {
+        let snapshot = routed_snapshot();
+        let mut local = crate::pipeline::Local::new(0);
+        assert!(advertise_unsolicited(&snapshot, PortId(1), &mut local.out));
+        assert_eq!(local.out.generated.len(), 1);
+        let meta = local.out.generated.meta(0).expect("one RA");
+        assert_eq!(meta.verdict, Verdict::Forward(PortId(1)));
+        let frame = local.out.generated.frame(0).expect("one RA");
+        assert_eq!(
+            frame[VNET_HDR_LEN..VNET_HDR_LEN + 6],
+            wire6::multicast_mac(ALL_NODES)
+        );
+        let packet = &frame[VNET_HDR_LEN + 14..];
+        let info = wire6::parse(packet).unwrap();
+        assert_eq!(
+            (info.dst, info.hop_limit, packet[40]),
+            (ALL_NODES, 255, 134)
+        );
+        assert!(
+            wire6::icmpv6_checksum_ok(info.src, info.dst, &packet[40..info.packet_len]),
+            "valid checksum"
+        );
+        // A port that no longer exists, or a Subnet without IPv6: nothing, and nothing owed.
+        local.out.generated.clear();
+        assert!(advertise_unsolicited(&snapshot, PortId(77), &mut local.out));
+        let mut subnets = snapshot.subnets().to_vec();
+        for subnet in &mut subnets {
+            subnet.v6 = None;
+        }
+        let v4_only = Snapshot::new(snapshot.ports().to_vec(), subnets);
+        assert!(advertise_unsolicited(&v4_only, PortId(1), &mut local.out));
+        assert!(local.out.generated.is_empty());
+    }
+
+    #[test]
+    fn advertisement_intervals_are_spread_over_the_rfc_range() {
+        let draws: Vec<u64> = (0..2000).map(next_advertisement_in_ms).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|ms| (MIN_RTR_ADV_INTERVAL_MS..=MAX_RTR_ADV_INTERVAL_MS).contains(ms))
+        );
+        let low = draws.iter().filter(|ms| **ms < 300_000).count();
+        let high = draws.iter().filter(|ms| **ms > 500_000).count();
+        // Uniform: a quarter each way, give or take.
+        assert!((350..650).contains(&low), "{low} of 2000 below 300 s");
+        assert!((350..650).contains(&high), "{high} of 2000 above 500 s");
+        // Three rounds always fit in the advertised router lifetime.
+        assert!(3 * MAX_RTR_ADV_INTERVAL_MS <= u64::from(ROUTER_LIFETIME_S) * 1000);
     }
 }

@@ -67,7 +67,7 @@ use super::share::{QueueShare, SHARED_WEIGHT, Share};
 use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::vxlan_encap::Encapsulate;
-use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, parse, vxlan_encap};
+use crate::pipeline::{self, Context, DropCause, Local, Verdict, arp, l3, nd, parse, vxlan_encap};
 use crate::port::vtep::{GsoSent, RX_PAD};
 use crate::port::{
     Capabilities, MAX_PORTS, PortId, PortQueue, RxBatch, RxHandle, RxQueues, Sent, VtepQueue,
@@ -371,6 +371,13 @@ pub(crate) struct Worker {
     local: Local,
     /// Ports that appeared and still need their gratuitous ARP (worker 0 only).
     garp_pending: Vec<PortId>,
+    /// Ports owed an unsolicited router advertisement (worker 0: new ports, and every
+    /// port at each round, see [`nd::advertise_unsolicited`]).
+    ra_pending: Vec<PortId>,
+    /// When the next round of unsolicited router advertisements is due (worker 0).
+    next_ra_ms: u64,
+    /// Rounds of unsolicited advertisements so far (seeds the next interval's draw).
+    ra_rounds: u64,
     logs: Logs,
     next_sweep_ms: u64,
     last_conntrack_sweep_ms: u64,
@@ -416,6 +423,9 @@ impl Worker {
             plan: TxPlan::new(),
             local,
             garp_pending: Vec::with_capacity(MAX_PORTS),
+            ra_pending: Vec::with_capacity(MAX_PORTS),
+            next_ra_ms: 0,
+            ra_rounds: 0,
             logs: Logs {
                 tx_error: LogLimiter::new(LOG_INTERVAL_MS),
                 flush_error: LogLimiter::new(LOG_INTERVAL_MS),
@@ -451,7 +461,10 @@ impl Worker {
             let polling = last_work.is_some_and(|at| at.elapsed() < busy_poll);
             let timeout = if polling {
                 0
-            } else if self.local.held.is_empty() && self.garp_pending.is_empty() {
+            } else if self.local.held.is_empty()
+                && self.garp_pending.is_empty()
+                && self.ra_pending.is_empty()
+            {
                 WAIT_TIMEOUT_MS
             } else {
                 HELD_POLL_MS
@@ -515,7 +528,10 @@ impl Worker {
                 }
             }
             self.serve_ready(&snapshot, now);
-            if !self.local.held.is_empty() || !self.garp_pending.is_empty() {
+            if !self.local.held.is_empty()
+                || !self.garp_pending.is_empty()
+                || !self.ra_pending.is_empty()
+            {
                 self.maintain(&snapshot, now);
             }
             // Expired connections are freed a little at a time, at most once a millisecond
@@ -541,6 +557,16 @@ impl Worker {
                     debug!(neighbors, "removed aged or failed neighbours");
                 }
                 self.next_sweep_ms = now.saturating_add(SWEEP_INTERVAL_MS);
+                if now >= self.next_ra_ms {
+                    for port in snapshot.ports() {
+                        if !self.ra_pending.contains(&port.id) {
+                            self.ra_pending.push(port.id);
+                        }
+                    }
+                    self.next_ra_ms =
+                        now.saturating_add(nd::next_advertisement_in_ms(now ^ self.ra_rounds));
+                    self.ra_rounds += 1;
+                }
             }
         }
         self.deregister_all();
@@ -612,6 +638,9 @@ impl Worker {
             );
             // A port that appeared (or was re-attached) learns its gateway's MAC at once.
             let announce = matches!(ingress, Ingress::Port(..));
+            if announce && self.index == 0 && !self.ra_pending.contains(&id) {
+                self.ra_pending.push(id);
+            }
             if announce && self.index == 0 && !self.garp_pending.contains(&id) {
                 self.garp_pending.push(id);
             }
@@ -907,6 +936,13 @@ impl Worker {
                 }
             }
             self.garp_pending.pop();
+        }
+        while let Some(&port) = self.ra_pending.last() {
+            if !nd::advertise_unsolicited(snapshot, port, &mut self.local.out) {
+                // Full: the rest go with the next round.
+                break;
+            }
+            self.ra_pending.pop();
         }
         if !self.local.held.is_empty() {
             let shared = &self.shared;
