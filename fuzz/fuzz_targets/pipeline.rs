@@ -104,6 +104,7 @@ fn snapshot() -> Snapshot {
     let route6 = |prefix: &str, subnet: u32| RouteEntry6 {
         prefix: prefix.parse().expect("prefix"),
         subnet: SubnetId(subnet),
+        next_hop: NextHop::Direct,
         origin: RouteOrigin::Connected,
     };
     snapshot.with_networks(vec![

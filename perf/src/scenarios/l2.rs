@@ -109,50 +109,40 @@ pub fn prepare(
                 flood: None,
             })
         }
-        Variant::Vswitch { kind, settings } if family == Family::V6 => {
-            let binaries = context.binaries()?;
-            let daemon = crate::tools::vswitchd::Daemon::start(
-                binaries,
-                &node,
-                settings,
-                &topology.scratch("vswitchd")?,
-            )?;
-            daemon
-                .apply("subnets", SUBNET6)
-                .map_err(refusal_is_unsupported)?;
-            for (netns, name) in [(&c1, "c1"), (&c2, "c2")] {
-                daemon
-                    .attach(netns, name, kind, Some("perf6"), None)
-                    .map_err(refusal_is_unsupported)?;
-            }
-            let server_ip = daemon.interface_ipv6("c2", &c2)?;
-            settle()?;
-            let cpu = SwitchCpu::Processes(vec![daemon.pid()]);
-            Ok(Prepared {
-                daemons: vec![daemon],
-                ovs: None,
-                topology,
-                client_ns: c1,
-                server_ns: c2,
-                server_ip: server_ip.into(),
-                backends: Vec::new(),
-                connrate_ip: None,
-                cpu,
-                unreachable_is_unsupported: true,
-                datagrams: true,
-                applied: None,
-                flood: None,
-            })
-        }
         Variant::Vswitch { kind, settings } => {
-            let (daemon, addresses) = vswitch_with_containers(
-                &topology,
-                context,
-                &node,
-                settings,
-                kind,
-                &[(&c1, "c1"), (&c2, "c2")],
-            )?;
+            let (daemon, server_ip) = match family {
+                Family::V4 => {
+                    let (daemon, addresses) = vswitch_with_containers(
+                        &topology,
+                        context,
+                        &node,
+                        settings,
+                        kind,
+                        &[(&c1, "c1"), (&c2, "c2")],
+                    )?;
+                    (daemon, IpAddr::V4(addresses[1]))
+                }
+                Family::V6 => {
+                    let binaries = context.binaries()?;
+                    let daemon = crate::tools::vswitchd::Daemon::start(
+                        binaries,
+                        &node,
+                        settings,
+                        &topology.scratch("vswitchd")?,
+                    )?;
+                    daemon
+                        .apply("subnets", SUBNET6)
+                        .map_err(refusal_is_unsupported)?;
+                    for (netns, name) in [(&c1, "c1"), (&c2, "c2")] {
+                        daemon
+                            .attach(netns, name, kind, Some("perf6"), None)
+                            .map_err(refusal_is_unsupported)?;
+                    }
+                    let server_ip = daemon.interface_ipv6("c2", &c2)?;
+                    settle()?;
+                    (daemon, IpAddr::V6(server_ip))
+                }
+            };
             let cpu = SwitchCpu::Processes(vec![daemon.pid()]);
             Ok(Prepared {
                 daemons: vec![daemon],
@@ -160,11 +150,12 @@ pub fn prepare(
                 topology,
                 client_ns: c1,
                 server_ns: c2,
-                server_ip: addresses[1].into(),
+                server_ip,
                 backends: Vec::new(),
                 connrate_ip: None,
                 cpu,
-                unreachable_is_unsupported: false,
+                // IPv4 l2 is the switch's first job; IPv6 routing needs dual-stack Subnets.
+                unreachable_is_unsupported: family == Family::V6,
                 datagrams: true,
                 applied: None,
                 flood: None,

@@ -27,55 +27,21 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 2, 2);
 /// c2's IPv6 address on the kernel side.
 const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x78, 2, 0, 0, 0, 0, 2);
 
-/// The dual-stack Subnets of the vswitch variant over IPv6.
-const SUBNETS6: &str = "\
-apiVersion: vswitch/v1alpha1
-kind: Subnet
-metadata:
-  name: perf-a
-spec:
-  network: default
-  cidr: 10.78.1.0/24
-  gateway: 10.78.1.1
-  mtu: 1500
-  ipv6:
-    cidr: fd00:78:1::/64
----
-apiVersion: vswitch/v1alpha1
-kind: Subnet
-metadata:
-  name: perf-b
-spec:
-  network: default
-  cidr: 10.78.2.0/24
-  gateway: 10.78.2.1
-  mtu: 1500
-  ipv6:
-    cidr: fd00:78:2::/64
-";
-
-/// The two Subnets of the vswitch variant.
-const SUBNETS: &str = "\
-apiVersion: vswitch/v1alpha1
-kind: Subnet
-metadata:
-  name: perf-a
-spec:
-  network: default
-  cidr: 10.78.1.0/24
-  gateway: 10.78.1.1
-  mtu: 1500
----
-apiVersion: vswitch/v1alpha1
-kind: Subnet
-metadata:
-  name: perf-b
-spec:
-  network: default
-  cidr: 10.78.2.0/24
-  gateway: 10.78.2.1
-  mtu: 1500
-";
+/// The two Subnets of the vswitch variant, perf-a 10.78.1.0/24 and perf-b 10.78.2.0/24, dual
+/// stack (fd00:78:1::/64, fd00:78:2::/64) over IPv6.
+fn subnets(family: Family) -> String {
+    let subnet = |name: &str, n: u8| {
+        let ipv6 = match family {
+            Family::V4 => String::new(),
+            Family::V6 => format!("  ipv6:\n    cidr: fd00:78:{n}::/64\n"),
+        };
+        format!(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: {name}\nspec:\n  \
+             network: default\n  cidr: 10.78.{n}.0/24\n  gateway: 10.78.{n}.1\n  mtu: 1500\n{ipv6}"
+        )
+    };
+    format!("{}---\n{}", subnet("perf-a", 1), subnet("perf-b", 2))
+}
 
 /// Builds one variant of `routed`.
 ///
@@ -101,12 +67,8 @@ pub fn prepare(
             let binaries = context.binaries()?;
             let daemon =
                 Daemon::start(binaries, &router, settings, &topology.scratch("vswitchd")?)?;
-            let subnets = match family {
-                Family::V4 => SUBNETS,
-                Family::V6 => SUBNETS6,
-            };
             daemon
-                .apply("subnets", subnets)
+                .apply("subnets", &subnets(family))
                 .map_err(refusal_is_unsupported)?;
             daemon
                 .attach(&c1, "c1", kind, Some("perf-a"), None)
@@ -186,5 +148,21 @@ pub fn prepare(
                 flood: None,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_are_dual_stack_over_ipv6_only() {
+        let v4 = subnets(Family::V4);
+        assert_eq!(v4.matches("kind: Subnet").count(), 2);
+        assert!(v4.contains("  name: perf-b\nspec:\n  network: default\n  cidr: 10.78.2.0/24\n"));
+        assert!(!v4.contains("ipv6"));
+        let v6 = subnets(Family::V6);
+        assert!(v6.contains("  mtu: 1500\n  ipv6:\n    cidr: fd00:78:1::/64\n---\n"));
+        assert!(v6.ends_with("  ipv6:\n    cidr: fd00:78:2::/64\n"));
     }
 }

@@ -79,10 +79,11 @@ pub fn next_advertisement_in_ms(seed: u64) -> u64 {
 /// [`next_advertisement_in_ms`] after. True when sent or nothing was due; false when the
 /// worker's buffer is full.
 pub fn advertise_unsolicited(snapshot: &Snapshot, port: PortId, out: &mut Output) -> bool {
-    // Not over the overlay: each node's switch advertises to its own ports.
+    // To containers only: not over the overlay (each node's switch advertises to its own
+    // ports), not onto the uplink's LAN.
     let Some(entry) = snapshot
         .port(port)
-        .filter(|entry| !matches!(entry.egress, Egress::Tunnel(_)))
+        .filter(|entry| matches!(entry.egress, Egress::Queue(_) | Egress::Tagged { .. }))
     else {
         return true;
     };

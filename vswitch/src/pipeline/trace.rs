@@ -217,18 +217,7 @@ pub fn describe_frame(frame: &[u8]) -> String {
                 match ip.next_header() {
                     IpProtocol::Tcp => match TcpPacket::new_checked(payload) {
                         Ok(tcp) => {
-                            let flags: String = [
-                                (tcp.syn(), 'S'),
-                                (tcp.fin(), 'F'),
-                                (tcp.rst(), 'R'),
-                                (tcp.psh(), 'P'),
-                                (tcp.urg(), 'U'),
-                                (tcp.ack(), '.'),
-                            ]
-                            .iter()
-                            .filter(|(set, _)| *set)
-                            .map(|(_, flag)| *flag)
-                            .collect();
+                            let flags = tcp_flags(&tcp);
                             let _ = write!(
                                 line,
                                 ", IPv4 {src}:{} > {dst}:{} TCP flags [{flags}]",
@@ -303,18 +292,7 @@ fn describe_ipv6(line: &mut String, packet: &[u8]) {
     match info.next_header {
         6 if !later_fragment => match TcpPacket::new_checked(l4) {
             Ok(tcp) => {
-                let flags: String = [
-                    (tcp.syn(), 'S'),
-                    (tcp.fin(), 'F'),
-                    (tcp.rst(), 'R'),
-                    (tcp.psh(), 'P'),
-                    (tcp.urg(), 'U'),
-                    (tcp.ack(), '.'),
-                ]
-                .iter()
-                .filter(|(set, _)| *set)
-                .map(|(_, flag)| *flag)
-                .collect();
+                let flags = tcp_flags(&tcp);
                 let _ = write!(
                     line,
                     ", IPv6 {src}.{} > {dst}.{} TCP flags [{flags}]",
@@ -355,6 +333,22 @@ fn describe_ipv6(line: &mut String, packet: &[u8]) {
         ", hop limit {}, length {}",
         info.hop_limit, info.packet_len
     );
+}
+
+/// tcpdump's flag letters: `S`, `S.`, `F.`, `R`, ...
+fn tcp_flags(tcp: &smoltcp::wire::TcpPacket<&[u8]>) -> String {
+    [
+        (tcp.syn(), 'S'),
+        (tcp.fin(), 'F'),
+        (tcp.rst(), 'R'),
+        (tcp.psh(), 'P'),
+        (tcp.urg(), 'U'),
+        (tcp.ack(), '.'),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, flag)| *flag)
+    .collect()
 }
 
 fn fmt_ip(bytes: &[u8]) -> String {

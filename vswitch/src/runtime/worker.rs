@@ -79,7 +79,7 @@ use crate::tables::counters::Event;
 use crate::tables::fdb::{Fdb, Learn};
 use crate::tables::neigh::Neighbors;
 use crate::tables::ratelimit::{LogLimiter, PortBuckets};
-use crate::tables::snapshot::{Egress, Ingress, PortEntry, Snapshot, SubnetId, UplinkIo};
+use crate::tables::snapshot::{Egress, Ingress, PortEntry, Snapshot, Subnet6, SubnetId, UplinkIo};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::gro::Coalescer;
 use crate::wire::gso::{GsoError, Segmenter};
@@ -95,6 +95,12 @@ const SWEEP_INTERVAL_MS: u64 = 1_000;
 /// ARP: retransmissions and timeouts are due on the second, and an answer another worker
 /// received wakes this one anyway.
 const HELD_POLL_MS: u16 = 10;
+
+/// How many unsolicited router advertisements a new port gets in its first seconds, and
+/// the gap before the second (the third comes twice as long after: 4 s and 12 s, within RFC
+/// 4861's 16 s).
+const INITIAL_RAS: u8 = 3;
+const INITIAL_RA_GAP_MS: u64 = 4_000;
 
 /// At most one log line per kind of per-packet problem in this interval (ms).
 pub const LOG_INTERVAL_MS: u64 = 10_000;
@@ -378,6 +384,13 @@ pub(crate) struct Worker {
     next_ra_ms: u64,
     /// Rounds of unsolicited advertisements so far (seeds the next interval's draw).
     ra_rounds: u64,
+    /// New ports' further initial advertisements (worker 0): when the next is due, and how
+    /// many remain (RFC 4861 6.2.4: the first few at most 16 s apart).
+    ra_initial: Vec<(u64, PortId, u8)>,
+    /// What each advertising Subnet advertised at the last snapshot (worker 0): a Subnet
+    /// whose prefix, gateway, SLAAC flag or MTU changes, or that starts advertising, is
+    /// advertised again at once.
+    advertised: Vec<(SubnetId, Subnet6, u16)>,
     logs: Logs,
     next_sweep_ms: u64,
     last_conntrack_sweep_ms: u64,
@@ -426,6 +439,8 @@ impl Worker {
             ra_pending: Vec::with_capacity(MAX_PORTS),
             next_ra_ms: 0,
             ra_rounds: 0,
+            ra_initial: Vec::new(),
+            advertised: Vec::new(),
             logs: Logs {
                 tx_error: LogLimiter::new(LOG_INTERVAL_MS),
                 flush_error: LogLimiter::new(LOG_INTERVAL_MS),
@@ -557,21 +572,87 @@ impl Worker {
                     debug!(neighbors, "removed aged or failed neighbours");
                 }
                 self.next_sweep_ms = now.saturating_add(SWEEP_INTERVAL_MS);
-                if now >= self.next_ra_ms {
-                    for port in snapshot.ports() {
-                        if !self.ra_pending.contains(&port.id) {
-                            self.ra_pending.push(port.id);
-                        }
-                    }
-                    self.next_ra_ms =
-                        now.saturating_add(nd::next_advertisement_in_ms(now ^ self.ra_rounds));
-                    self.ra_rounds += 1;
-                }
+                self.schedule_advertisements(&snapshot, now);
             }
         }
         self.deregister_all();
         self.shared.synced[self.index].store(u64::MAX, Ordering::Release);
         debug!(worker = self.index, "worker stopped");
+    }
+
+    /// Worker 0, from the sweep: moves the initial advertisements that are due, and at each
+    /// round (every 200 to 600 s) every port, to the ports owed an advertisement.
+    fn schedule_advertisements(&mut self, snapshot: &Snapshot, now: u64) {
+        let mut index = 0;
+        while index < self.ra_initial.len() {
+            let (due, port, left) = self.ra_initial[index];
+            if now < due {
+                index += 1;
+                continue;
+            }
+            self.ra_pending.push(port);
+            if left > 1 {
+                self.ra_initial[index] =
+                    (now.saturating_add(2 * INITIAL_RA_GAP_MS), port, left - 1);
+                index += 1;
+            } else {
+                self.ra_initial.swap_remove(index);
+            }
+        }
+        if self.next_ra_ms == 0 {
+            // Ports present at start get theirs as they are registered: the first round
+            // comes one interval later.
+            self.next_ra_ms = now.saturating_add(nd::next_advertisement_in_ms(now));
+        } else if now >= self.next_ra_ms {
+            self.ra_pending.clear();
+            let registered = &self.registered;
+            self.ra_pending.extend(
+                snapshot
+                    .ports()
+                    .iter()
+                    .map(|port| port.id)
+                    .filter(|id| registered.contains_key(id)),
+            );
+            self.next_ra_ms =
+                now.saturating_add(nd::next_advertisement_in_ms(now ^ self.ra_rounds));
+            self.ra_rounds += 1;
+        }
+        self.ra_pending.sort_unstable();
+        self.ra_pending.dedup();
+    }
+
+    /// Worker 0, at each snapshot: the ports of Subnets whose advertisement changed (or
+    /// that began advertising) are owed one now.
+    fn readvertise_changed(&mut self, snapshot: &Snapshot) {
+        let advertised: Vec<(SubnetId, Subnet6, u16)> = snapshot
+            .subnets()
+            .iter()
+            .filter_map(|subnet| {
+                let v6 = subnet.v6.clone().filter(|v6| v6.router_advertisements)?;
+                Some((subnet.id, v6, subnet.mtu))
+            })
+            .collect();
+        let changed: Vec<SubnetId> = advertised
+            .iter()
+            .filter(|entry| !self.advertised.contains(entry))
+            .map(|entry| entry.0)
+            .collect();
+        if !changed.is_empty() {
+            // Ports this worker serves (a port without a queue here has no device to
+            // advertise through).
+            let registered = &self.registered;
+            self.ra_pending.extend(
+                snapshot
+                    .ports()
+                    .iter()
+                    .filter(|port| changed.contains(&port.subnet))
+                    .map(|port| port.id)
+                    .filter(|id| registered.contains_key(id)),
+            );
+        }
+        self.ra_pending.sort_unstable();
+        self.ra_pending.dedup();
+        self.advertised = advertised;
     }
 
     fn counters(&self) -> &WorkerCounters {
@@ -636,14 +717,22 @@ impl Worker {
                     share: QueueShare::default(),
                 },
             );
-            // A port that appeared (or was re-attached) learns its gateway's MAC at once.
+            // A port that appeared (or was re-attached) learns its gateway's MAC and, on a
+            // dual-stack Subnet, its IPv6 router at once (then twice more within 16 s).
             let announce = matches!(ingress, Ingress::Port(..));
-            if announce && self.index == 0 && !self.ra_pending.contains(&id) {
+            if announce && self.index == 0 {
                 self.ra_pending.push(id);
+                let now = self.shared.clock.now_ms();
+                self.ra_initial.retain(|(_, port, _)| *port != id);
+                self.ra_initial
+                    .push((now.saturating_add(INITIAL_RA_GAP_MS), id, INITIAL_RAS - 1));
             }
             if announce && self.index == 0 && !self.garp_pending.contains(&id) {
                 self.garp_pending.push(id);
             }
+        }
+        if self.index == 0 {
+            self.readvertise_changed(snapshot);
         }
         self.generation = Some(snapshot.generation);
         self.shared.synced[self.index].store(snapshot.generation, Ordering::Release);

@@ -387,6 +387,15 @@ impl Filter {
                 }
             }
         }
+        let icmp = terms.contains(&Term::Icmp);
+        let host6 = terms.iter().any(|term| {
+            matches!(term, Term::Host(a) | Term::SrcHost(a) | Term::DstHost(a) if a.is_ipv6())
+        });
+        if icmp && host6 {
+            return Err(error(
+                "icmp matches ICMPv4 only (as tcpdump's); with an IPv6 host write icmp6",
+            ));
+        }
         Ok(Filter { terms })
     }
 
@@ -620,6 +629,8 @@ mod tests {
             MAC_A,
             MAC_B,
         );
+        let mixed = Filter::parse("icmp and host fd00:9::d").expect_err("icmp is ICMPv4");
+        assert!(mixed.to_string().contains("write icmp6"), "{mixed}");
         let web = Filter::parse("tcp and ip6 and dst port 80").unwrap();
         assert!(web.matches(&tcp));
         assert!(!web.matches(&frame));

@@ -510,9 +510,18 @@ fn default_dst_mac(ctx: &Context<'_>, ingress: Ingress<'_>, spec: &expr::PacketS
         return BROADCAST;
     };
     let dst = spec.dst();
+    if let IpAddr::V6(group) = dst {
+        // A host sends to a multicast group at its 33:33 MAC.
+        if group.is_multicast() {
+            return crate::wire::ipv6::multicast_mac(group);
+        }
+    }
     let on_link = match dst {
         IpAddr::V4(dst) => subnet.cidr.contains(&dst) && dst != subnet.gateway,
         // A Subnet without IPv6 switches IPv6 on the link only.
+        IpAddr::V6(dst) if crate::wire::ipv6::is_link_local(dst) => {
+            subnet.v6.as_ref().is_none_or(|v6| !v6.is_gateway(dst))
+        }
         IpAddr::V6(dst) => subnet
             .v6
             .as_ref()
@@ -603,6 +612,11 @@ mod tests {
                 .starts_with("02:00:00:00:00:0a > 02:00:00:00:00:0b"),
             "{switched6}"
         );
+        // Link-local on the link, multicast to its group's MAC.
+        let local = synthetic(&ctx, &request("port1", "icmp6 fd00::a > fe80::77")).unwrap();
+        assert!(local.packet.contains("> ff:ff:ff:ff:ff:ff"), "{local}");
+        let group = synthetic(&ctx, &request("port1", "icmp6 fd00::a > ff02::1")).unwrap();
+        assert!(group.packet.contains("> 33:33:00:00:00:01"), "{group}");
         // Nobody has it: broadcast; an ARP request always is.
         let unknown = synthetic(&ctx, &request("port1", "icmp 172.30.0.2 > 172.30.0.77")).unwrap();
         assert!(unknown.packet.contains("> ff:ff:ff:ff:ff:ff"), "{unknown}");

@@ -110,33 +110,34 @@ fn routes(inner: &Inner, network: &str) -> (Vec<RouteEntry>, Vec<RouteEntry6>) {
             continue;
         };
         let origin = route.origin;
+        // Validation keeps a Route's next hop in its destination's family: a mix is skipped.
         match (route.prefix, route.next_hop) {
-            (IpNet::V4(prefix), NextHop::Direct) => routes.push(RouteEntry {
-                prefix,
-                subnet,
-                next_hop: NextHop::Direct,
-                origin,
-            }),
-            (IpNet::V4(prefix), NextHop::Via(IpAddr::V4(router))) => routes.push(RouteEntry {
-                prefix,
-                subnet,
-                next_hop: NextHop::Via(router),
-                origin,
-            }),
-            (IpNet::V6(prefix), NextHop::Direct) => routes6.push(RouteEntry6 {
-                prefix,
-                subnet,
-                next_hop: NextHop::Direct,
-                origin,
-            }),
-            (IpNet::V6(prefix), NextHop::Via(IpAddr::V6(router))) => routes6.push(RouteEntry6 {
-                prefix,
-                subnet,
-                next_hop: NextHop::Via(router),
-                origin,
-            }),
-            // Validation keeps a Route's next hop in its destination's family.
-            (_, NextHop::Via(_)) => {}
+            (IpNet::V4(prefix), hop) => {
+                let next_hop = match hop {
+                    NextHop::Direct => NextHop::Direct,
+                    NextHop::Via(IpAddr::V4(router)) => NextHop::Via(router),
+                    NextHop::Via(IpAddr::V6(_)) => continue,
+                };
+                routes.push(RouteEntry {
+                    prefix,
+                    subnet,
+                    next_hop,
+                    origin,
+                });
+            }
+            (IpNet::V6(prefix), hop) => {
+                let next_hop = match hop {
+                    NextHop::Direct => NextHop::Direct,
+                    NextHop::Via(IpAddr::V6(router)) => NextHop::Via(router),
+                    NextHop::Via(IpAddr::V4(_)) => continue,
+                };
+                routes6.push(RouteEntry6 {
+                    prefix,
+                    subnet,
+                    next_hop,
+                    origin,
+                });
+            }
         }
     }
     (routes, routes6)

@@ -173,7 +173,20 @@ fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiEr
             ("fe80::/10".parse().expect("literal"), "link-local"),
             ("ff00::/8".parse().expect("literal"), "multicast"),
         ];
-        if let Some((_, what)) = scoped.iter().find(|(scope, _)| scope.contains(&prefix)) {
+        let what = scoped
+            .iter()
+            .find(|(scope, _)| scope.contains(&prefix))
+            .map(|(_, what)| *what)
+            .or_else(|| {
+                (prefix.prefix_len() == 128)
+                    .then(|| match prefix.addr() {
+                        Ipv6Addr::LOCALHOST => Some("the loopback address"),
+                        Ipv6Addr::UNSPECIFIED => Some("the unspecified address"),
+                        _ => None,
+                    })
+                    .flatten()
+            });
+        if let Some(what) = what {
             return Err(origin.invalid(
                 "spec.destination",
                 format!(
@@ -375,6 +388,11 @@ mod tests {
                 "fe80::/64 is link-local: the switch never routes it",
             ),
             (
+                route("r", "blue", "'::1/128'", "'fd00:5::9'"),
+                "spec.destination",
+                "::1/128 is the loopback address: the switch never routes it",
+            ),
+            (
                 route("r", "blue", "'fd00:9::1/48'", "'fd00:5::9'"),
                 "spec.destination",
                 "invalid IPv6 CIDR \"fd00:9::1/48\": host bits are set; the network is fd00:9::/48",
@@ -418,5 +436,31 @@ mod tests {
         let sources = routing::routed_sources(&state, "v6", "fd00:5::9".parse().unwrap());
         let sources: Vec<String> = sources.iter().map(ToString::to_string).collect();
         assert_eq!(sources, ["::/0", "fd00:9::/48"]);
+        // The Subnet cannot drop, move or re-gateway its IPv6 prefix under the Routes' router.
+        for spec in [
+            "{network: blue, cidr: 10.1.5.0/24}",
+            "{network: blue, cidr: 10.1.5.0/24, ipv6: {cidr: 'fd00:6::/64'}}",
+            "{network: blue, cidr: 10.1.5.0/24, ipv6: {cidr: 'fd00:5::/64', gateway: 'fd00:5::9'}}",
+        ] {
+            refused(
+                &state,
+                &doc("Subnet", "v6", spec),
+                400,
+                "documents[0].spec.ipv6",
+                &["Routes default6 (nextHop fd00:5::9), far (nextHop fd00:5::9)"],
+            );
+        }
+        // Moving the Routes in the same input is fine.
+        let text = format!(
+            "{}{}{}",
+            doc(
+                "Subnet",
+                "v6",
+                "{network: blue, cidr: 10.1.5.0/24, ipv6: {cidr: 'fd00:6::/64'}}"
+            ),
+            route("far", "blue", "'fd00:9::/48'", "'fd00:6::9'"),
+            route("default6", "blue", "'::/0'", "'fd00:6::9'"),
+        );
+        assert_eq!(apply(&state, &text).routes.len(), 2);
     }
 }

@@ -129,7 +129,8 @@ pub struct SubnetIpv6 {
     pub reserved: Vec<Ipv6Addr>,
     /// Router advertisements from the switch: answers to router solicitations (a host
     /// sends them when its interface comes up) with the prefix, the MTU and the switch as
-    /// default router (default true). No periodic unsolicited advertisements yet.
+    /// default router, and unsolicited ones to each interface when it is attached and every
+    /// 200 to 600 s after (default true).
     #[serde(default = "default_true")]
     pub router_advertisements: bool,
     /// The advertised prefix may be used for stateless autoconfiguration (SLAAC, the
@@ -483,6 +484,29 @@ fn check_ipv6(
             .collect()
     };
     let old_v6 = old.and_then(|o| o.spec.ipv6.as_ref());
+    // IPv6 Routes whose router this Subnet's prefix holds must keep it.
+    if let Some(old) = old.filter(|_| old_v6.is_some()) {
+        let serves = |s: &Subnet, hop: IpAddr| {
+            routing::prefix_for(s, hop).is_some_and(|prefix| prefix.contains(&hop))
+                && routing::reserved_role(s, hop).is_none()
+        };
+        let stranded: Vec<String> = next
+            .routes
+            .values()
+            .filter(|r| r.spec.network == subnet.spec.network && r.spec.next_hop.is_ipv6())
+            .filter(|r| serves(old, r.spec.next_hop) && !serves(subnet, r.spec.next_hop))
+            .map(|r| format!("{} (nextHop {})", r.metadata.name, r.spec.next_hop))
+            .collect();
+        if !stranded.is_empty() {
+            errors.push(origin.invalid(
+                "spec.ipv6",
+                format!(
+                    "Routes {} go through routers in this Subnet's IPv6 prefix; this change would leave them without one: change or delete those Routes first",
+                    stranded.join(", ")
+                ),
+            ));
+        }
+    }
     let Some(v6) = &subnet.spec.ipv6 else {
         let holders = holders();
         if old_v6.is_some() && !holders.is_empty() {
