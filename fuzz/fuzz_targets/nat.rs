@@ -10,13 +10,13 @@
 //! At the end, once every timeout has passed, a sweep empties the table and frees every
 //! masquerade port.
 //!
-//! Input: records of `[control][length][length bytes of IPv4 packet]`. Control bits: 0 the
+//! Input: records of `[control][length][length bytes of IPv4 or IPv6 packet]`. Control bits: 0 the
 //! packet comes from the outside (else from interface `bits 6-7` of Network 1), 1-3 the
 //! clock advances by that many 7-second steps first, 4 a sweep first, 5 partial (offloaded)
 //! checksums.
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
 use nat::{
@@ -26,10 +26,12 @@ use nat::{
     translate,
 };
 
-/// The inside Network: 172.30.0.0/16.
+/// The inside Network: 172.30.0.0/16 and fd00:30::/32.
 const INSIDE: Zone = Zone(1);
 /// The uplink's masquerade and port-forward address.
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The uplink's IPv6 masquerade and port-forward address.
+const PUBLIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// A VirtualIP for 172.30.0.9.
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// A small table, so that eviction and refusal are reached.
@@ -37,7 +39,7 @@ const MAX_ENTRIES: usize = 24;
 
 fn rules() -> NatRules {
     let mut rules = NatRules::new();
-    let mut gateway = Gateway::new(vec![PUBLIC]);
+    let mut gateway = Gateway::new(vec![PUBLIC.into(), PUBLIC6.into()]);
     // 8 blocks of 4 ports: both an interface's quota and the whole range run out.
     gateway.ports_per_interface = 4;
     gateway.blocks_per_interface = 2;
@@ -47,24 +49,33 @@ fn rules() -> NatRules {
         (Protocol::Tcp, 8080, 5, 80),
         (Protocol::Udp, 8053, 6, 53),
     ] {
-        rules
-            .add_port_forward(PortForward {
-                address: PUBLIC,
-                protocol,
-                port,
-                zone: INSIDE,
-                target: Endpoint {
-                    addr: IpAddr::V4(Ipv4Addr::new(172, 30, 0, host)),
-                    port: target_port,
-                },
-            })
-            .expect("forward");
+        let targets = [
+            (IpAddr::V4(PUBLIC), IpAddr::V4(Ipv4Addr::new(172, 30, 0, host))),
+            (
+                IpAddr::V6(PUBLIC6),
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, u16::from(host))),
+            ),
+        ];
+        for (address, addr) in targets {
+            rules
+                .add_port_forward(PortForward {
+                    address,
+                    protocol,
+                    port,
+                    zone: INSIDE,
+                    target: Endpoint {
+                        addr,
+                        port: target_port,
+                    },
+                })
+                .expect("forward");
+        }
     }
     rules
         .add_virtual_ip(VirtualIp {
-            public: VIP,
+            public: VIP.into(),
             zone: INSIDE,
-            private: Ipv4Addr::new(172, 30, 0, 9),
+            private: Ipv4Addr::new(172, 30, 0, 9).into(),
         })
         .expect("virtual ip");
     rules
@@ -74,6 +85,7 @@ fn rules() -> NatRules {
 fn route(key: &FlowKey) -> Egress {
     match key.tuple.dst {
         IpAddr::V4(dst) if dst.octets()[..2] == [172, 30] => Egress::Zone(INSIDE),
+        IpAddr::V6(dst) if dst.segments()[..2] == [0xfd00, 0x30] => Egress::Zone(INSIDE),
         _ => Egress::External,
     }
 }

@@ -12,7 +12,7 @@
 //! non-zero and so is every end-around-carry sum with it), so the incremental result equals a
 //! full recompute bit for bit; the property tests in `translate.rs` check exactly that.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Folds a wide one's-complement accumulator to 16 bits (end-around carry).
 #[inline]
@@ -100,6 +100,14 @@ impl Delta {
         let [e, f, g, h] = new.octets();
         self.word(u16::from_be_bytes([a, b]), u16::from_be_bytes([e, f]));
         self.word(u16::from_be_bytes([c, d]), u16::from_be_bytes([g, h]));
+    }
+
+    /// Records that an IPv6 address (eight words) changed.
+    #[inline]
+    pub fn addr6(&mut self, old: Ipv6Addr, new: Ipv6Addr) {
+        for (old, new) in old.segments().into_iter().zip(new.segments()) {
+            self.word(old, new);
+        }
     }
 
     /// Adds another delta to this one.

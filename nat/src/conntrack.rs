@@ -1033,7 +1033,7 @@ mod tests {
     fn masquerade_rules() -> NatRules {
         let mut rules = NatRules::new();
         rules
-            .add_gateway(Z, Gateway::new(vec![N]))
+            .add_gateway(Z, Gateway::new(vec![N.into()]))
             .expect("gateway");
         rules
     }
@@ -1321,7 +1321,7 @@ mod tests {
     fn port_exhaustion_is_an_error_and_leaves_no_trace() {
         let ct = Conntrack::default();
         let mut rules = NatRules::new();
-        let mut gateway = Gateway::new(vec![N]);
+        let mut gateway = Gateway::new(vec![N.into()]);
         gateway.ports_per_interface = 2;
         rules.add_gateway(Z, gateway).expect("gateway");
         for source in [1000, 1001] {
@@ -1602,6 +1602,68 @@ mod tests {
         );
     }
 
+    /// NAT66: the same masquerade over IPv6 (TCP, echo, and a packet-too-big error quoting
+    /// the translated segment), with an IPv4 and an IPv6 NAT address on one gateway.
+    #[test]
+    fn masquerade66_end_to_end_on_bytes() {
+        use std::net::Ipv6Addr;
+        let a6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5);
+        let x6 = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 9);
+        let n6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+        let ct = Conntrack::default();
+        let mut rules = NatRules::new();
+        rules
+            .add_gateway(Z, Gateway::new(vec![N.into(), n6.into()]))
+            .expect("gateway");
+        let mut syn = fixtures::tcp(a6, 40000, x6, 443, 0x02, b"");
+        let info = parse(&syn).expect("parses");
+        let plan = rules
+            .plan(&FlowKey::new(Z, info.tuple), InterfaceId(1), outside)
+            .expect("plans");
+        let t = ct
+            .create(Z, &info, &plan, Attachments::default(), 0)
+            .expect("creates");
+        translate(&mut syn, &t.target.expect("natted"), ChecksumMode::Full).expect("translates");
+        assert_eq!(syn, fixtures::tcp(n6, 40000, x6, 443, 0x02, b""));
+
+        let mut synack = fixtures::tcp(x6, 443, n6, 40000, 0x12, b"");
+        let info = parse(&synack).expect("parses");
+        let r = ct.lookup(Zone::EXTERNAL, &info, SEC).expect("hit");
+        assert_eq!(r.direction, Direction::Reply);
+        translate(&mut synack, &r.target.expect("natted"), ChecksumMode::Full).expect("translates");
+        assert_eq!(synack, fixtures::tcp(x6, 443, a6, 40000, 0x12, b""));
+
+        // A router on the way says the translated segment was too big.
+        let mut error = fixtures::icmp_error(router, n6, 2, 0, &syn, syn.len());
+        let info = parse(&error).expect("parses");
+        let e = ct.lookup(Zone::EXTERNAL, &info, SEC).expect("related hit");
+        assert!(e.related);
+        translate(&mut error, &e.target.expect("natted"), ChecksumMode::Full).expect("translates");
+        let original = fixtures::tcp(a6, 40000, x6, 443, 0x02, b"");
+        assert_eq!(
+            error,
+            fixtures::icmp_error(router, a6, 2, 0, &original, original.len())
+        );
+
+        // ping -6: the identifier is the mapping's port.
+        let mut request = fixtures::echo(a6, x6, true, 77, b"ping");
+        let info = parse(&request).expect("parses");
+        let plan = rules
+            .plan(&FlowKey::new(Z, info.tuple), InterfaceId(1), outside)
+            .expect("plans");
+        let t = ct
+            .create(Z, &info, &plan, Attachments::default(), 0)
+            .expect("creates");
+        let target = t.target.expect("natted");
+        assert_eq!(target.src, IpAddr::V6(n6));
+        translate(&mut request, &target, ChecksumMode::Full).expect("translates");
+        assert_eq!(
+            request,
+            fixtures::echo(n6, x6, true, target.src_port, b"ping")
+        );
+    }
+
     /// A connects to N:8080, forwarded to B:80 in the same Network: DNAT and SNAT both.
     #[test]
     fn hairpin_end_to_end_on_bytes() {
@@ -1609,7 +1671,7 @@ mod tests {
         let mut rules = masquerade_rules();
         rules
             .add_port_forward(PortForward {
-                address: N,
+                address: N.into(),
                 protocol: Protocol::Tcp,
                 port: 8080,
                 zone: Z,
@@ -1644,7 +1706,7 @@ mod tests {
         let mut rules = NatRules::new();
         rules
             .add_port_forward(PortForward {
-                address: N,
+                address: N.into(),
                 protocol: Protocol::Udp,
                 port: 8053,
                 zone: Z,
@@ -1762,7 +1824,7 @@ mod tests {
         fn table_invariants(ops in proptest::collection::vec(op(), 1..120), limit in 1usize..12) {
             let ct = small(limit);
             let mut rules = NatRules::new();
-            let mut gateway = Gateway::new(vec![N]);
+            let mut gateway = Gateway::new(vec![N.into()]);
             gateway.ports_per_interface = 4;
             rules.add_gateway(Z, gateway).expect("gateway");
             let mut now = 0u64;

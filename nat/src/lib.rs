@@ -1,11 +1,12 @@
 //! Connection tracking and NAT on packet bytes; no I/O.
 //!
-//! Everything here works on plain values and on IPv4 packet bytes (starting at the IP
-//! header): no sockets, no threads, no clock. Time comes in as a monotonic `u64` of
+//! Everything here works on plain values and on IPv4 or IPv6 packet bytes (starting at the
+//! IP header; NAT44 and NAT66, never between families): no sockets, no threads, no clock. Time comes in as a monotonic `u64` of
 //! milliseconds (`now_ms`), the same clock the vswitch engine uses for its FDB.
 //!
 //! # Pieces
-//! - [`parse`]: packet bytes -> [`PacketInfo`] (5-tuple, TCP flags, echo or ICMP error).
+//! - [`parse`]: packet bytes -> [`PacketInfo`] (5-tuple, TCP flags, echo or ICMP error;
+//!   IPv6 extension headers walked, ICMPv6 echo and errors).
 //! - [`Conntrack`]: the connection table, keyed by [`Zone`] (the Network) + [`Tuple`]; both
 //!   the original and the reply key find a connection. TCP state machine ([`TcpProgress`]),
 //!   UDP unreplied/replied, ICMP echo by identifier; idle timeouts from [`Timeouts`]; a table
@@ -49,8 +50,8 @@
 //! vswitch's `nat` stage (`vswitch/src/pipeline/nat.rs`) uses it for the packets that cross
 //! the uplink: outbound, when the ingress port's Network has no route for the destination
 //! and the node has an uplink; inbound, for IPv4 to an address the switch owns on the
-//! uplink. Flows inside Networks do not touch conntrack. Once per such packet, on the IPv4
-//! packet (after the Ethernet header):
+//! uplink (`nat6.rs` for IPv6). Flows inside Networks do not touch conntrack. Once per such
+//! packet, on the IP packet (after the Ethernet header):
 //! 1. `parse(ip_bytes)`; on error count `error.key()` and drop.
 //! 2. `zone` = the ingress port's Network id, or [`Zone::EXTERNAL`] for the uplink.
 //! 3. `conntrack.lookup(zone, &info, now_ms)`. On a miss (and not an ICMP error):
@@ -63,8 +64,8 @@
 //!    `Full`.
 //! 5. Each worker calls `conntrack.sweep(now_ms, 256)` at most once a millisecond.
 //!
-//! The uplink answers ARP for [`NatRules::owns`] addresses and hands their packets to the
-//! same path with zone [`Zone::EXTERNAL`]. Fragments are refused by [`parse`]: reassemble
+//! The uplink answers ARP (IPv6: neighbour solicitations) for [`NatRules::owns`] addresses
+//! and hands their packets to the same path with zone [`Zone::EXTERNAL`]. Fragments are refused by [`parse`]: reassemble
 //! first or count them.
 
 #![forbid(unsafe_code)]

@@ -7,7 +7,8 @@
 //!   block covers the same port numbers for TCP, UDP and ICMP identifiers; each protocol has
 //!   its own bitmap inside it.
 //! - A NetworkInterface ([`InterfaceId`]) owns at most [`Gateway::blocks_per_interface`]
-//!   blocks (default 1), all on one NAT address ("paired" pooling, RFC 4787 REQ-2), claimed
+//!   blocks (default 1) per address family, all on one NAT address of that family ("paired"
+//!   pooling, RFC 4787 REQ-2; an IPv6 flow is masqueraded to an IPv6 address), claimed
 //!   on demand and released when its last mapping in them goes away. One busy container thus
 //!   never takes more than its blocks, and a container that never goes out takes nothing.
 //! - A *mapping* `(zone, protocol, internal address, internal port)` -> `(NAT address, port)`
@@ -26,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use crate::tuple::{Endpoint, Protocol, Zone};
@@ -55,8 +56,9 @@ impl fmt::Display for InterfaceId {
 /// forwards on its addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gateway {
-    /// NAT addresses (from the uplink's addresses).
-    pub ips: Vec<Ipv4Addr>,
+    /// NAT addresses (from the uplink's addresses), of either family: a flow takes one of its
+    /// own family.
+    pub ips: Vec<IpAddr>,
     /// Ports per block (`portsPerNetworkInterface`), at least 1.
     pub ports_per_interface: u16,
     /// Blocks one interface may hold, at least 1.
@@ -64,12 +66,12 @@ pub struct Gateway {
     /// The ports handed out.
     pub port_range: RangeInclusive<u16>,
     /// Sorted `(address, protocol, port)` held by port forwards; kept by `NatRules`.
-    pub(crate) reserved: Vec<(Ipv4Addr, Protocol, u16)>,
+    pub(crate) reserved: Vec<(IpAddr, Protocol, u16)>,
 }
 
 impl Gateway {
     /// A gateway over `ips` with the default block size, block count and port range.
-    pub fn new(ips: Vec<Ipv4Addr>) -> Gateway {
+    pub fn new(ips: Vec<IpAddr>) -> Gateway {
         Gateway {
             ips,
             ports_per_interface: DEFAULT_PORTS_PER_INTERFACE,
@@ -79,7 +81,7 @@ impl Gateway {
         }
     }
 
-    fn is_reserved(&self, ip: Ipv4Addr, protocol: Protocol, port: u16) -> bool {
+    fn is_reserved(&self, ip: IpAddr, protocol: Protocol, port: u16) -> bool {
         self.reserved.binary_search(&(ip, protocol, port)).is_ok()
     }
 }
@@ -87,8 +89,8 @@ impl Gateway {
 /// Why no NAT mapping could be made. The datapath drops the packet and counts the reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum NatError {
-    /// The gateway lists no NAT address, or the internal address is not IPv4.
-    #[error("the NAT gateway has no usable address")]
+    /// The gateway lists no NAT address of the flow's family.
+    #[error("the NAT gateway has no address of the flow's family")]
     NoAddress,
     /// Every block of the NAT address is owned by other interfaces.
     #[error("no free port block left on the NAT address")]
@@ -243,7 +245,7 @@ impl AddressPorts {
     fn free_port(
         &self,
         gateway: &Gateway,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         block: usize,
         protocol: Protocol,
     ) -> Option<u16> {
@@ -270,7 +272,7 @@ impl AddressPorts {
 
 #[derive(Debug)]
 struct InterfacePorts {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     blocks: Vec<usize>,
 }
 
@@ -280,7 +282,7 @@ pub struct InterfaceUsage {
     /// The interface.
     pub interface: InterfaceId,
     /// Its NAT address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The port ranges of its blocks.
     pub blocks: Vec<RangeInclusive<u16>>,
     /// Mappings in use: TCP, UDP, ICMP.
@@ -290,8 +292,9 @@ pub struct InterfaceUsage {
 /// All masquerade state: NAT addresses' blocks, interfaces' blocks, mappings.
 #[derive(Debug, Default)]
 pub(crate) struct PortAllocator {
-    addresses: HashMap<Ipv4Addr, AddressPorts>,
-    interfaces: HashMap<InterfaceId, InterfacePorts>,
+    addresses: HashMap<IpAddr, AddressPorts>,
+    /// Per interface and family (IPv6: true).
+    interfaces: HashMap<(InterfaceId, bool), InterfacePorts>,
     mappings: HashMap<MappingKey, Mapping>,
 }
 
@@ -308,12 +311,11 @@ impl PortAllocator {
             mapping.refs += 1;
             return Ok(mapping.external);
         }
-        if !key.internal.addr.is_ipv4() {
-            return Err(NatError::NoAddress);
-        }
-        let ip = match self.interfaces.get(&interface) {
+        let v6 = key.internal.addr.is_ipv6();
+        let owner = (interface, v6);
+        let ip = match self.interfaces.get(&owner) {
             Some(owned) => owned.ip,
-            None => self.pick_address(gateway)?,
+            None => self.pick_address(gateway, v6)?,
         };
         let addresses = self
             .addresses
@@ -324,7 +326,7 @@ impl PortAllocator {
         }
         let owned: &[usize] = self
             .interfaces
-            .get(&interface)
+            .get(&owner)
             .map_or(&[], |i| i.blocks.as_slice());
         let may_claim = owned.len() < usize::from(gateway.blocks_per_interface.max(1));
         let protocol = key.protocol;
@@ -375,7 +377,7 @@ impl PortAllocator {
         if claim {
             addresses.claim(block, interface);
             self.interfaces
-                .entry(interface)
+                .entry(owner)
                 .or_insert_with(|| InterfacePorts {
                     ip,
                     blocks: Vec::new(),
@@ -389,7 +391,7 @@ impl PortAllocator {
         if let Some(state) = addresses.blocks[block].as_mut() {
             state.set(protocol, offset, true);
         }
-        let external = Endpoint::new(IpAddr::V4(ip), port);
+        let external = Endpoint::new(ip, port);
         self.mappings.insert(key, Mapping { external, refs: 1 });
         Ok(external)
     }
@@ -407,9 +409,7 @@ impl PortAllocator {
         let Some(mapping) = self.mappings.remove(key) else {
             return;
         };
-        let IpAddr::V4(ip) = mapping.external.addr else {
-            return;
-        };
+        let ip = mapping.external.addr;
         let Some(addresses) = self.addresses.get_mut(&ip) else {
             return;
         };
@@ -425,6 +425,7 @@ impl PortAllocator {
         };
         if let Some(owner) = emptied {
             addresses.blocks[block] = None;
+            let owner = (owner, ip.is_ipv6());
             if let Some(owned) = self.interfaces.get_mut(&owner) {
                 owned.blocks.retain(|&b| b != block);
                 if owned.blocks.is_empty() {
@@ -435,10 +436,11 @@ impl PortAllocator {
     }
 
     /// The NAT address with the most free blocks (a new interface goes there).
-    fn pick_address(&self, gateway: &Gateway) -> Result<Ipv4Addr, NatError> {
+    fn pick_address(&self, gateway: &Gateway, v6: bool) -> Result<IpAddr, NatError> {
         gateway
             .ips
             .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
             .map(|ip| {
                 let free = self.addresses.get(ip).map_or_else(
                     || AddressPorts::new(gateway).free_blocks(),
@@ -458,7 +460,7 @@ impl PortAllocator {
         let mut usage: Vec<InterfaceUsage> = self
             .interfaces
             .iter()
-            .map(|(&interface, owned)| {
+            .map(|(&(interface, _), owned)| {
                 let mut in_use = [0u32; 3];
                 let mut blocks = Vec::new();
                 if let Some(addresses) = self.addresses.get(&owned.ip) {
@@ -485,7 +487,7 @@ impl PortAllocator {
                 }
             })
             .collect();
-        usage.sort_by_key(|u| u.interface);
+        usage.sort_by_key(|u| (u.interface, u.ip.is_ipv6()));
         usage
     }
 
@@ -496,7 +498,7 @@ impl PortAllocator {
 
     /// The owner of the block containing `ip:port`, if any (for tests and status).
     #[cfg(test)]
-    fn owner(&self, ip: Ipv4Addr, port: u16) -> Option<InterfaceId> {
+    fn owner(&self, ip: IpAddr, port: u16) -> Option<InterfaceId> {
         let addresses = self.addresses.get(&ip)?;
         let (block, _) = addresses.locate(port)?;
         addresses.blocks.get(block)?.as_ref().map(|b| b.owner)
@@ -508,8 +510,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const N1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-    const N2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const N1: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+    const N2: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+    const N6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
 
     fn key(protocol: Protocol, host: u8, port: u16) -> MappingKey {
         MappingKey {
@@ -524,13 +529,47 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_flows_take_an_ipv6_address_and_blocks_of_their_own() {
+        let gateway = Gateway::new(vec![N1, N6]);
+        let mut ports = PortAllocator::default();
+        let v4 = ports
+            .acquire(&gateway, InterfaceId(1), key(Protocol::Tcp, 5, 40000))
+            .expect("maps");
+        let internal6 = MappingKey {
+            zone: Zone(1),
+            protocol: Protocol::Tcp,
+            internal: Endpoint::new(
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5)),
+                40000,
+            ),
+        };
+        let v6 = ports
+            .acquire(&gateway, InterfaceId(1), internal6)
+            .expect("maps");
+        assert_eq!(v4, Endpoint::new(N1, 40000));
+        assert_eq!(v6, Endpoint::new(N6, 40000));
+        // One block per family for the same interface, each on its own address.
+        let usage = ports.usage();
+        assert_eq!(usage.len(), 2);
+        assert_eq!((usage[0].ip, usage[1].ip), (N1, N6));
+        ports.release(&internal6);
+        assert_eq!(ports.usage().len(), 1);
+        // No IPv6 address: an IPv6 flow is refused, never given an IPv4 one.
+        let only4 = Gateway::new(vec![N1]);
+        assert_eq!(
+            ports.acquire(&only4, InterfaceId(2), internal6),
+            Err(NatError::NoAddress)
+        );
+    }
+
+    #[test]
     fn preserves_the_port_and_claims_the_block_around_it() {
         let gateway = Gateway::new(vec![N1]);
         let mut ports = PortAllocator::default();
         let external = ports
             .acquire(&gateway, InterfaceId(1), key(Protocol::Udp, 5, 40000))
             .expect("maps");
-        assert_eq!(external, Endpoint::new(IpAddr::V4(N1), 40000));
+        assert_eq!(external, Endpoint::new(N1, 40000));
         assert_eq!(ports.owner(N1, 40000), Some(InterfaceId(1)));
         let usage = ports.usage();
         // 1024 + 19 * 2048 = 39936: the block holding 40000.
@@ -739,14 +778,14 @@ mod tests {
         let b = ports
             .acquire(&gateway, InterfaceId(2), key(Protocol::Udp, 2, 1))
             .expect("maps");
-        assert_eq!(a.addr, IpAddr::V4(N1));
-        assert_eq!(b.addr, IpAddr::V4(N2));
+        assert_eq!(a.addr, N1);
+        assert_eq!(b.addr, N2);
         // Interface 1 keeps N1 (paired pooling) even for its second block.
         for source in 2..=8 {
             let e = ports
                 .acquire(&gateway, InterfaceId(1), key(Protocol::Udp, 1, source))
                 .expect("maps");
-            assert_eq!(e.addr, IpAddr::V4(N1));
+            assert_eq!(e.addr, N1);
         }
     }
 
@@ -785,8 +824,7 @@ mod tests {
                     }
                 } else if let Ok(e) = ports.acquire(&gateway, InterfaceId(interface), k) {
                     held.push(k);
-                    let IpAddr::V4(ip) = e.addr else { unreachable!("v4 only") };
-                    prop_assert_eq!(ports.owner(ip, e.port), Some(InterfaceId(interface)));
+                    prop_assert_eq!(ports.owner(e.addr, e.port), Some(InterfaceId(interface)));
                     prop_assert!(gateway.port_range.contains(&e.port));
                 }
                 let mut seen = std::collections::HashSet::new();

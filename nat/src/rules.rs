@@ -31,7 +31,7 @@
 //! (RFC 4787 "address and port-dependent filtering", what Linux masquerade does).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use crate::ports::{Gateway, InterfaceId};
 use crate::tuple::{Endpoint, FlowKey, Protocol, Zone};
@@ -40,7 +40,7 @@ use crate::tuple::{Endpoint, FlowKey, Protocol, Zone};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortForward {
     /// The uplink address.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// TCP or UDP.
     pub protocol: Protocol,
     /// The port on the uplink address.
@@ -55,11 +55,11 @@ pub struct PortForward {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VirtualIp {
     /// The public (uplink) address.
-    pub public: Ipv4Addr,
+    pub public: IpAddr,
     /// The Network of the container.
     pub zone: Zone,
     /// The container's address.
-    pub private: Ipv4Addr,
+    pub private: IpAddr,
 }
 
 /// A DNAT decision: where the packet really goes.
@@ -160,7 +160,7 @@ pub enum RulesError {
     #[error("address {address} is already used by {used_by}")]
     AddressInUse {
         /// The address.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// What uses it ("the NAT gateway of network 3", "virtual IP of 172.30.0.5").
         used_by: String,
     },
@@ -168,11 +168,19 @@ pub enum RulesError {
     #[error("{protocol} {address}:{port} is already forwarded")]
     DuplicateForward {
         /// The address.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// The protocol.
         protocol: Protocol,
         /// The port.
         port: u16,
+    },
+    /// A forward's or virtual IP's two addresses are of different families (no NAT46).
+    #[error("{public} and {private} are of different address families")]
+    AddressFamily {
+        /// The public (uplink) address.
+        public: IpAddr,
+        /// The container's address.
+        private: IpAddr,
     },
     /// Port forwards are TCP or UDP only.
     #[error("port forwards are tcp or udp, not {protocol}")]
@@ -186,9 +194,9 @@ pub enum RulesError {
         /// The zone.
         zone: Zone,
         /// The container's address.
-        private: Ipv4Addr,
+        private: IpAddr,
         /// Its virtual IP.
-        public: Ipv4Addr,
+        public: IpAddr,
     },
 }
 
@@ -196,9 +204,9 @@ pub enum RulesError {
 #[derive(Clone, Debug, Default)]
 pub struct NatRules {
     gateways: HashMap<Zone, Gateway>,
-    forwards: HashMap<(Ipv4Addr, Protocol, u16), PortForward>,
-    vips: HashMap<Ipv4Addr, VirtualIp>,
-    vips_by_private: HashMap<(Zone, Ipv4Addr), Ipv4Addr>,
+    forwards: HashMap<(IpAddr, Protocol, u16), PortForward>,
+    vips: HashMap<IpAddr, VirtualIp>,
+    vips_by_private: HashMap<(Zone, IpAddr), IpAddr>,
 }
 
 impl NatRules {
@@ -263,6 +271,12 @@ impl NatRules {
                 protocol: forward.protocol,
             });
         }
+        if forward.address.is_ipv6() != forward.target.addr.is_ipv6() {
+            return Err(RulesError::AddressFamily {
+                public: forward.address,
+                private: forward.target.addr,
+            });
+        }
         let key = (forward.address, forward.protocol, forward.port);
         if self.forwards.contains_key(&key) {
             return Err(RulesError::DuplicateForward {
@@ -295,6 +309,12 @@ impl NatRules {
     /// port-forwarded address, or the container already has a virtual IP.
     pub fn add_virtual_ip(&mut self, vip: VirtualIp) -> Result<(), RulesError> {
         let address = vip.public;
+        if address.is_ipv6() != vip.private.is_ipv6() {
+            return Err(RulesError::AddressFamily {
+                public: address,
+                private: vip.private,
+            });
+        }
         if let Some(other) = self.vips.get(&address) {
             return Err(RulesError::AddressInUse {
                 address,
@@ -332,13 +352,13 @@ impl NatRules {
     }
 
     /// The virtual IP of a container, if it has one.
-    pub fn virtual_ip_of(&self, zone: Zone, private: Ipv4Addr) -> Option<Ipv4Addr> {
+    pub fn virtual_ip_of(&self, zone: Zone, private: IpAddr) -> Option<IpAddr> {
         self.vips_by_private.get(&(zone, private)).copied()
     }
 
     /// True when `address` is one the NAT owns (a NAT address, virtual IP or forwarded
     /// address): the uplink answers ARP for these and hands their packets to conntrack.
-    pub fn owns(&self, address: Ipv4Addr) -> bool {
+    pub fn owns(&self, address: IpAddr) -> bool {
         self.vips.contains_key(&address)
             || self.gateways.values().any(|g| g.ips.contains(&address))
             || self.forwards.keys().any(|(a, _, _)| *a == address)
@@ -346,9 +366,7 @@ impl NatRules {
 
     /// The DNAT decision for a packet, from any zone (see the module doc).
     pub fn destination(&self, key: &FlowKey) -> Option<Dnat> {
-        let IpAddr::V4(dst) = key.tuple.dst else {
-            return None;
-        };
+        let dst = key.tuple.dst;
         if let Some(forward) = self
             .forwards
             .get(&(dst, key.tuple.protocol, key.tuple.dst_port))
@@ -359,7 +377,7 @@ impl NatRules {
             });
         }
         self.vips.get(&dst).map(|vip| Dnat {
-            target: Endpoint::new(IpAddr::V4(vip.private), key.tuple.dst_port),
+            target: Endpoint::new(vip.private, key.tuple.dst_port),
             zone: vip.zone,
         })
     }
@@ -403,12 +421,18 @@ impl NatRules {
         let needs_snat = egress == Egress::External || dnat.is_some();
         let snat = if !needs_snat {
             Snat::None
-        } else if let Some(vip) = match key.tuple.src {
-            IpAddr::V4(src) => self.virtual_ip_of(key.zone, src),
-            IpAddr::V6(_) => None,
-        } {
-            Snat::Static(IpAddr::V4(vip))
-        } else if let Some(gateway) = self.gateways.get(&key.zone) {
+        } else if let Some(vip) = self.virtual_ip_of(key.zone, key.tuple.src) {
+            Snat::Static(vip)
+        } else if let Some(gateway) = self
+            .gateways
+            .get(&key.zone)
+            // A gateway with no address of the flow's family does not NAT it.
+            .filter(|g| {
+                g.ips
+                    .iter()
+                    .any(|ip| ip.is_ipv6() == key.tuple.src.is_ipv6())
+            })
+        {
             Snat::Masquerade { gateway, interface }
         } else if egress == Egress::External {
             return Err(PlanError::NoExternalAddress);
@@ -428,16 +452,17 @@ impl NatRules {
 mod tests {
     use super::*;
     use crate::tuple::Tuple;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     const Z: Zone = Zone(7);
-    const A: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 5);
-    const B: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 6);
-    const X: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
-    const N: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-    const V: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 50);
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(172, 30, 0, 5));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(172, 30, 0, 6));
+    const X: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    const N: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+    const V: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 50));
 
-    fn ep(addr: Ipv4Addr, port: u16) -> Endpoint {
-        Endpoint::new(IpAddr::V4(addr), port)
+    fn ep(addr: IpAddr, port: u16) -> Endpoint {
+        Endpoint::new(addr, port)
     }
 
     fn key(zone: Zone, protocol: Protocol, src: Endpoint, dst: Endpoint) -> FlowKey {
@@ -493,7 +518,7 @@ mod tests {
         let rules = rules();
         let k = key(Z, Protocol::Udp, ep(B, 5000), ep(X, 53));
         let plan = rules.plan(&k, InterfaceId(2), outside).expect("plans");
-        assert_eq!(plan.snat, Snat::Static(IpAddr::V4(V)));
+        assert_eq!(plan.snat, Snat::Static(V));
     }
 
     #[test]
@@ -583,7 +608,7 @@ mod tests {
     fn conflicts_are_refused() {
         let mut r = rules();
         assert_eq!(
-            r.add_gateway(Z, Gateway::new(vec![Ipv4Addr::new(1, 1, 1, 1)])),
+            r.add_gateway(Z, Gateway::new(vec![IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1))])),
             Err(RulesError::DuplicateGateway { zone: Z })
         );
         assert!(matches!(
@@ -630,7 +655,7 @@ mod tests {
         ));
         assert!(matches!(
             r.add_virtual_ip(VirtualIp {
-                public: Ipv4Addr::new(198, 51, 100, 51),
+                public: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 51)),
                 zone: Z,
                 private: B,
             }),
@@ -649,5 +674,82 @@ mod tests {
             RulesError::DuplicateGateway { zone: Z }.to_string(),
             "network 7 already has a NAT gateway"
         );
+    }
+
+    #[test]
+    fn ipv6_forwards_virtual_ips_and_masquerade() {
+        let n6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x50));
+        let a6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
+        let b6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 6));
+        let x6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 9));
+        let mut r = NatRules::new();
+        r.add_gateway(Z, Gateway::new(vec![N, n6]))
+            .expect("gateway");
+        r.add_port_forward(PortForward {
+            address: n6,
+            protocol: Protocol::Tcp,
+            port: 8080,
+            zone: Z,
+            target: ep(b6, 80),
+        })
+        .expect("forward");
+        r.add_virtual_ip(VirtualIp {
+            public: v6,
+            zone: Z,
+            private: a6,
+        })
+        .expect("vip");
+        // A gateway without an address of the flow's family does not take it: an IPv6 flow
+        // of a Network whose gateway is IPv4 only has no external address.
+        let mut only4 = NatRules::new();
+        only4
+            .add_gateway(Z, Gateway::new(vec![N]))
+            .expect("gateway");
+        let out6 = key(Z, Protocol::Tcp, ep(a6, 5000), ep(x6, 443));
+        assert_eq!(
+            only4.plan(&out6, InterfaceId(1), |_| Egress::External),
+            Err(PlanError::NoExternalAddress)
+        );
+        // Mixed families are refused, naming both addresses.
+        assert_eq!(
+            r.add_port_forward(PortForward {
+                address: n6,
+                protocol: Protocol::Udp,
+                port: 53,
+                zone: Z,
+                target: ep(B, 53),
+            }),
+            Err(RulesError::AddressFamily {
+                public: n6,
+                private: B
+            })
+        );
+        assert!(matches!(
+            r.add_virtual_ip(VirtualIp {
+                public: V,
+                zone: Z,
+                private: b6
+            }),
+            Err(RulesError::AddressFamily { .. })
+        ));
+        assert!(r.owns(n6) && r.owns(v6) && !r.owns(x6));
+        // From outside to the forwarded port: DNAT to the container over IPv6.
+        let inbound = key(Zone::EXTERNAL, Protocol::Tcp, ep(x6, 4000), ep(n6, 8080));
+        let plan = r
+            .plan(&inbound, InterfaceId(0), |_| Egress::External)
+            .expect("plan");
+        assert_eq!(plan.dnat, Some(ep(b6, 80)));
+        // The virtual IP's container leaves 1:1 from it; another masquerades.
+        let out = key(Z, Protocol::Udp, ep(a6, 5000), ep(x6, 53));
+        let plan = r
+            .plan(&out, InterfaceId(1), |_| Egress::External)
+            .expect("plan");
+        assert_eq!(plan.snat, Snat::Static(v6));
+        let out = key(Z, Protocol::Udp, ep(b6, 5000), ep(x6, 53));
+        let plan = r
+            .plan(&out, InterfaceId(2), |_| Egress::External)
+            .expect("plan");
+        assert!(matches!(plan.snat, Snat::Masquerade { .. }));
     }
 }

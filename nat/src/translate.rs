@@ -1,12 +1,13 @@
 //! Rewriting a packet's addresses and ports in place, with incremental checksum updates
-//! (RFC 1624), including ICMP errors and the packet they quote (RFC 5508, RFC 5382).
+//! (RFC 1624), including ICMP errors and the packet they quote (RFC 5508, RFC 5382), for
+//! IPv4 and IPv6 (NAT44 and NAT66; never between families).
 //!
 //! [`translate`] makes a packet carry a *target* tuple: conntrack hands out, for each
 //! direction of a NATed connection, the tuple the packet must leave with
 //! ([`Tracked::target`](crate::Tracked::target)).
 //!
 //! # What is rewritten
-//! - TCP/UDP: source and destination address (IPv4 header) and port (transport header).
+//! - TCP/UDP: source and destination address (IP header) and port (transport header).
 //! - ICMP echo: addresses, and the identifier: a request takes `target.src_port`, a reply
 //!   `target.dst_port` (see the tuple convention in `tuple.rs`).
 //! - ICMP error (the packet's tuple is the *reversed* quoted tuple, as [`parse`](crate::parse) returns it):
@@ -19,33 +20,37 @@
 //! # Which checksums are adjusted, per [`ChecksumMode`]
 //! | field | `Full` | `Partial` |
 //! |---|---|---|
-//! | IPv4 header checksum | addresses | addresses |
+//! | IPv4 header checksum (IPv6 has none) | addresses | addresses |
 //! | TCP checksum | pseudo-header addresses + ports | pseudo-header addresses only |
 //! | UDP checksum | pseudo-header addresses + ports; zero stays zero | pseudo-header addresses only |
 //! | ICMP echo checksum | identifier | untouched |
+//! | ICMPv6 echo checksum | pseudo-header addresses + identifier | pseudo-header addresses only |
 //! | ICMP error checksum | every word changed in the quote | untouched |
+//! | ICMPv6 error checksum | pseudo-header addresses + every word changed in the quote | pseudo-header addresses only |
 //! | quoted IPv4 header checksum | quoted addresses | quoted addresses |
-//! | quoted TCP/UDP/ICMP checksum | quoted addresses (TCP/UDP) + ports or identifier, when the quote contains the field; a zero UDP checksum stays zero | same as `Full` |
+//! | quoted TCP/UDP/ICMPv6 checksum | quoted addresses (pseudo-header) + ports or identifier, when the quote contains the field; a zero UDP checksum stays zero | same as `Full` |
+//! | quoted ICMP checksum | identifier | same as `Full` |
 //!
 //! `Partial` is for packets whose transport checksum the sender left to offload (Linux
 //! `CHECKSUM_PARTIAL`, virtio-net `VIRTIO_NET_HDR_F_NEEDS_CSUM`): the field then holds only the
 //! folded, uncomplemented pseudo-header sum, and whoever completes it sums the transport header
 //! and payload as they are on the wire, rewritten ports included. So only the pseudo-header
-//! part (the addresses) is adjusted, exactly as Linux `inet_proto_csum_replace4` does for such
-//! packets. ICMP has no pseudo-header, so its field is left for the offload entirely. The
-//! quoted packet in an ICMP error is plain payload whose checksums were complete when it was
-//! sent, so it is updated the same way in both modes.
+//! part (the addresses) is adjusted, exactly as Linux `inet_proto_csum_replace4` (and
+//! `inet_proto_csum_replace16` for IPv6) does for such packets. ICMP over IPv4 has no
+//! pseudo-header, so its field is left for the offload entirely; ICMPv6 has one (RFC 4443
+//! section 2.3) and is treated like TCP. The quoted packet in an ICMP error is plain payload
+//! whose checksums were complete when it was sent, so it is updated the same way in both modes.
 //!
 //! Nothing is written when the packet is refused, so a failed translation never leaves a
 //! half-rewritten packet.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::ops::Range;
 
 use crate::checksum::Delta;
 use crate::packet::{self, EchoKind, PacketKind, ParseError};
 use crate::tuple::{Protocol, Tuple};
-use crate::wire::{self, icmp, ipv4, ports, tcp, udp};
+use crate::wire::{self, icmp, ipv4, ipv6, ports, tcp, udp};
 
 /// How the transport checksum of a packet arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -64,8 +69,8 @@ pub enum TranslateError {
     /// The packet is not one conntrack can follow.
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// The target tuple is not IPv4 (no NAT46 here).
-    #[error("target addresses are not IPv4")]
+    /// The target tuple is not of the packet's family (no NAT46 or NAT64 here).
+    #[error("target addresses are not of the packet's family")]
     AddressFamily,
     /// The target tuple's protocol is not the packet's.
     #[error("target protocol differs from the packet's")]
@@ -83,32 +88,56 @@ impl TranslateError {
     }
 }
 
-/// Rewrites `packet` (an IPv4 packet starting at its header) to carry `target`, updating
-/// every checksum incrementally according to `mode` (see the module doc).
+/// Where an IP header of one family keeps its addresses and checksum.
+struct IpFields {
+    src: Range<usize>,
+    dst: Range<usize>,
+    checksum: Option<Range<usize>>,
+}
+
+const fn ip_fields(v6: bool) -> IpFields {
+    if v6 {
+        IpFields {
+            src: ipv6::SRC,
+            dst: ipv6::DST,
+            checksum: None,
+        }
+    } else {
+        IpFields {
+            src: ipv4::SRC,
+            dst: ipv4::DST,
+            checksum: Some(ipv4::CHECKSUM),
+        }
+    }
+}
+
+/// Rewrites `packet` (an IPv4 or IPv6 packet starting at its header) to carry `target`,
+/// updating every checksum incrementally according to `mode` (see the module doc).
 ///
 /// # Errors
 /// [`TranslateError`] when the packet cannot be parsed (see [`packet::parse`]), when
-/// `target` is not IPv4, or when its protocol differs from the packet's flow protocol. The
-/// packet is left untouched then.
+/// `target` is not of the packet's family, or when its protocol differs from the packet's
+/// flow protocol. The packet is left untouched then.
 pub fn translate(
     packet: &mut [u8],
     target: &Tuple,
     mode: ChecksumMode,
 ) -> Result<(), TranslateError> {
-    let (IpAddr::V4(new_src), IpAddr::V4(new_dst)) = (target.src, target.dst) else {
-        return Err(TranslateError::AddressFamily);
-    };
     let info = packet::parse(packet)?;
+    // `parse` validated the layout; this cannot fail, but stays checked.
+    let layout = packet::layout(packet)?;
+    let v6 = layout.v6;
+    if target.src.is_ipv6() != v6 || target.dst.is_ipv6() != v6 {
+        return Err(TranslateError::AddressFamily);
+    }
     if info.tuple.protocol != target.protocol {
         return Err(TranslateError::ProtocolMismatch);
     }
-    // `parse` validated the layout; these cannot fail, but stay checked.
-    let layout = packet::layout(packet)?;
     let packet = packet.get_mut(..layout.end).ok_or(ParseError::Truncated)?;
     let (header, l4) = packet.split_at_mut(layout.l4_offset);
     match info.kind {
         PacketKind::Tcp(_) | PacketKind::Udp => {
-            let addresses = rewrite_ipv4(header, Some(new_src), new_dst);
+            let addresses = rewrite_ip(header, v6, Some(target.src), target.dst);
             let is_udp = layout.protocol == Protocol::Udp;
             let field = if is_udp { udp::CHECKSUM } else { tcp::CHECKSUM };
             let mut ports = Delta::ZERO;
@@ -117,18 +146,21 @@ pub fn translate(
             update_transport_checksum(l4, field, is_udp, addresses, ports, mode);
         }
         PacketKind::IcmpEcho(echo) => {
-            rewrite_ipv4(header, Some(new_src), new_dst);
+            let addresses = rewrite_ip(header, v6, Some(target.src), target.dst);
             let ident = match echo {
                 EchoKind::Request => target.src_port,
                 EchoKind::Reply => target.dst_port,
             };
             let mut delta = Delta::ZERO;
             set_u16(l4, icmp::IDENT, ident, &mut delta);
-            if mode == ChecksumMode::Full {
+            if v6 {
+                // ICMPv6's checksum covers the pseudo-header, like TCP's.
+                update_transport_checksum(l4, icmp::CHECKSUM, false, addresses, delta, mode);
+            } else if mode == ChecksumMode::Full {
                 apply_to_field(l4, icmp::CHECKSUM, delta);
             }
         }
-        PacketKind::IcmpError => translate_error(header, l4, target, new_src, new_dst, mode)?,
+        PacketKind::IcmpError => translate_error(header, l4, target, v6, mode)?,
     }
     Ok(())
 }
@@ -137,29 +169,28 @@ fn translate_error(
     header: &mut [u8],
     l4: &mut [u8],
     target: &Tuple,
-    new_src: Ipv4Addr,
-    new_dst: Ipv4Addr,
+    v6: bool,
     mode: ChecksumMode,
 ) -> Result<(), TranslateError> {
     let bad = ParseError::MalformedIcmpError;
     let (icmp_header, quote) = l4.split_at_mut(icmp::HEADER_LEN.min(l4.len()));
-    let quoted = packet::quoted(quote)?;
-    let outer_src = wire::read_addr(header, ipv4::SRC).ok_or(bad)?;
-    let from_endpoint = IpAddr::V4(outer_src) == quoted.tuple.dst;
-    rewrite_ipv4(header, from_endpoint.then_some(new_src), new_dst);
+    let quoted = packet::quoted(quote, v6)?;
+    let outer_src = read_ip(header, ip_fields(v6).src, v6).ok_or(bad)?;
+    let from_endpoint = outer_src == quoted.tuple.dst;
+    let outer = rewrite_ip(header, v6, from_endpoint.then_some(target.src), target.dst);
 
     // The quoted packet goes back to what its sender sent: the reversed target.
     let inner = target.reversed();
-    let (IpAddr::V4(inner_src), IpAddr::V4(inner_dst)) = (inner.src, inner.dst) else {
-        return Err(TranslateError::AddressFamily);
-    };
+    let fields = ip_fields(v6);
     let mut icmp_delta = Delta::ZERO;
     let (quoted_header, quoted_l4) = quote.split_at_mut(quoted.header_len.min(quote.len()));
     let mut addresses = Delta::ZERO;
-    set_addr(quoted_header, ipv4::SRC, inner_src, &mut addresses);
-    set_addr(quoted_header, ipv4::DST, inner_dst, &mut addresses);
+    set_ip(quoted_header, fields.src, inner.src, &mut addresses);
+    set_ip(quoted_header, fields.dst, inner.dst, &mut addresses);
     icmp_delta.add(addresses);
-    icmp_delta.add(apply_to_field(quoted_header, ipv4::CHECKSUM, addresses));
+    if let Some(checksum) = fields.checksum {
+        icmp_delta.add(apply_to_field(quoted_header, checksum, addresses));
+    }
 
     match (quoted.tuple.protocol, quoted.echo) {
         (Protocol::Icmp, Some(echo)) => {
@@ -170,6 +201,10 @@ fn translate_error(
             let mut delta = Delta::ZERO;
             set_u16(quoted_l4, icmp::IDENT, ident, &mut delta);
             icmp_delta.add(delta);
+            if v6 {
+                // The quoted ICMPv6 checksum covers the quoted pseudo-header too.
+                delta.add(addresses);
+            }
             icmp_delta.add(apply_to_field(quoted_l4, icmp::CHECKSUM, delta));
         }
         (Protocol::Tcp | Protocol::Udp, _) => {
@@ -191,27 +226,41 @@ fn translate_error(
         }
         (Protocol::Icmp, None) => return Err(bad.into()),
     }
-    if mode == ChecksumMode::Full {
-        apply_to_field(icmp_header, icmp::CHECKSUM, icmp_delta);
+    match (mode, v6) {
+        (ChecksumMode::Full, false) => {
+            apply_to_field(icmp_header, icmp::CHECKSUM, icmp_delta);
+        }
+        (ChecksumMode::Full, true) => {
+            icmp_delta.add(outer);
+            apply_to_field(icmp_header, icmp::CHECKSUM, icmp_delta);
+        }
+        (ChecksumMode::Partial, false) => {}
+        (ChecksumMode::Partial, true) => {
+            update_transport_checksum(icmp_header, icmp::CHECKSUM, false, outer, Delta::ZERO, mode);
+        }
     }
     Ok(())
 }
 
-/// Sets the IPv4 source (when given) and destination and updates the header checksum.
-/// Returns the address delta (the pseudo-header change for the transport checksum).
-fn rewrite_ipv4(header: &mut [u8], src: Option<Ipv4Addr>, dst: Ipv4Addr) -> Delta {
+/// Sets the source (when given) and destination addresses of an IP header and updates the
+/// IPv4 header checksum. Returns the address delta (the pseudo-header change for the
+/// transport checksum).
+fn rewrite_ip(header: &mut [u8], v6: bool, src: Option<IpAddr>, dst: IpAddr) -> Delta {
+    let fields = ip_fields(v6);
     let mut delta = Delta::ZERO;
     if let Some(src) = src {
-        set_addr(header, ipv4::SRC, src, &mut delta);
+        set_ip(header, fields.src, src, &mut delta);
     }
-    set_addr(header, ipv4::DST, dst, &mut delta);
-    apply_to_field(header, ipv4::CHECKSUM, delta);
+    set_ip(header, fields.dst, dst, &mut delta);
+    if let Some(checksum) = fields.checksum {
+        apply_to_field(header, checksum, delta);
+    }
     delta
 }
 
-/// Updates a TCP or UDP checksum field for an address (pseudo-header) and a port change.
-/// Returns the change to the field itself (for a checksum that covers this header, as an
-/// ICMP error's covers the quote).
+/// Updates a TCP, UDP or ICMPv6 checksum field for an address (pseudo-header) and a port
+/// (or identifier) change. Returns the change to the field itself (for a checksum that
+/// covers this header, as an ICMP error's covers the quote).
 fn update_transport_checksum(
     l4: &mut [u8],
     field: Range<usize>,
@@ -260,11 +309,31 @@ fn set_u16(buf: &mut [u8], field: Range<usize>, new: u16, delta: &mut Delta) {
     }
 }
 
-/// Writes an IPv4 address field and records the change.
-fn set_addr(buf: &mut [u8], field: Range<usize>, new: Ipv4Addr, delta: &mut Delta) {
-    if let Some(old) = wire::read_addr(buf, field.clone()) {
-        if old != new && wire::write_addr(buf, field, new) {
-            delta.addr(old, new);
+/// The address of `v6`'s family at `field`.
+fn read_ip(buf: &[u8], field: Range<usize>, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        wire::read_addr6(buf, field).map(IpAddr::V6)
+    } else {
+        wire::read_addr(buf, field).map(IpAddr::V4)
+    }
+}
+
+/// Writes an address field (4 or 16 bytes, by the address) and records the change.
+fn set_ip(buf: &mut [u8], field: Range<usize>, new: IpAddr, delta: &mut Delta) {
+    match new {
+        IpAddr::V4(new) => {
+            if let Some(old) = wire::read_addr(buf, field.clone()) {
+                if old != new && wire::write_addr(buf, field, new) {
+                    delta.addr(old, new);
+                }
+            }
+        }
+        IpAddr::V6(new) => {
+            if let Some(old) = wire::read_addr6(buf, field.clone()) {
+                if old != new && wire::write_addr6(buf, field, new) {
+                    delta.addr6(old, new);
+                }
+            }
         }
     }
 }
@@ -276,36 +345,36 @@ mod tests {
     use crate::packet::fixtures::*;
     use crate::packet::parse;
     use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     const A: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 5);
     const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
     const N: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
     const R: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
-    fn tuple(protocol: Protocol, src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16) -> Tuple {
+    fn tuple(
+        protocol: Protocol,
+        src: impl Into<IpAddr>,
+        sp: u16,
+        dst: impl Into<IpAddr>,
+        dp: u16,
+    ) -> Tuple {
         Tuple {
             protocol,
-            src: IpAddr::V4(src),
-            dst: IpAddr::V4(dst),
+            src: src.into(),
+            dst: dst.into(),
             src_port: sp,
             dst_port: dp,
         }
     }
 
+    /// The IPv4 header checksum is valid (IPv6 has none: always true).
     fn ip_checksum_ok(packet: &[u8]) -> bool {
+        if packet[0] >> 4 == 6 {
+            return true;
+        }
         let ihl = usize::from(packet[0] & 0x0f) * 4;
         checksum::checksum(&packet[..ihl]) == 0
-    }
-
-    fn l4_field(packet: &[u8]) -> u16 {
-        let ihl = usize::from(packet[0] & 0x0f) * 4;
-        let at = ihl
-            + match packet[9] {
-                6 => 16,
-                17 => 6,
-                _ => 2,
-            };
-        u16::from_be_bytes([packet[at], packet[at + 1]])
     }
 
     /// Expected bytes: a fresh fixture built with the translated values.
@@ -524,8 +593,19 @@ mod tests {
         assert_eq!(&p[p.len() - 10..], &[0xaa; 10]);
     }
 
-    fn addr() -> impl Strategy<Value = Ipv4Addr> {
-        any::<[u8; 4]>().prop_map(Ipv4Addr::from)
+    /// An address of the family `v6` from 16 arbitrary bytes.
+    fn ip_of(v6: bool, bytes: [u8; 16]) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        }
+    }
+
+    /// Four addresses of one family (either).
+    fn addrs() -> impl Strategy<Value = (IpAddr, IpAddr, IpAddr, IpAddr)> {
+        (any::<bool>(), any::<[[u8; 16]; 4]>())
+            .prop_map(|(v6, [a, b, c, d])| (ip_of(v6, a), ip_of(v6, b), ip_of(v6, c), ip_of(v6, d)))
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -544,9 +624,7 @@ mod tests {
     }
 
     fn build(kind: Kind, t: &Tuple, payload: &[u8]) -> Vec<u8> {
-        let (IpAddr::V4(s), IpAddr::V4(d)) = (t.src, t.dst) else {
-            unreachable!("strategies make IPv4")
-        };
+        let (s, d) = (t.src, t.dst);
         match kind {
             Kind::Tcp(flags) => tcp(s, t.src_port, d, t.dst_port, flags, payload),
             Kind::Udp(sum) => udp(s, t.src_port, d, t.dst_port, payload, sum),
@@ -555,7 +633,7 @@ mod tests {
         }
     }
 
-    fn flow(kind: Kind, s: Ipv4Addr, sp: u16, d: Ipv4Addr, dp: u16) -> Tuple {
+    fn flow(kind: Kind, s: IpAddr, sp: u16, d: IpAddr, dp: u16) -> Tuple {
         match kind {
             Kind::Tcp(_) => tuple(Protocol::Tcp, s, sp, d, dp),
             Kind::Udp(_) => tuple(Protocol::Udp, s, sp, d, dp),
@@ -568,7 +646,7 @@ mod tests {
         #[test]
         fn incremental_update_equals_full_recompute(
             kind in kind(),
-            (s, d, ns, nd) in (addr(), addr(), addr(), addr()),
+            (s, d, ns, nd) in addrs(),
             (sp, dp, nsp, ndp) in (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()),
             payload in proptest::collection::vec(any::<u8>(), 0..80),
         ) {
@@ -589,7 +667,7 @@ mod tests {
         #[test]
         fn translate_then_untranslate_is_identity(
             kind in kind(),
-            (s, d, ns, nd) in (addr(), addr(), addr(), addr()),
+            (s, d, ns, nd) in addrs(),
             (sp, dp, nsp, ndp) in (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()),
             payload in proptest::collection::vec(any::<u8>(), 0..80),
             partial in any::<bool>(),
@@ -600,7 +678,8 @@ mod tests {
             let mode = if partial { ChecksumMode::Partial } else { ChecksumMode::Full };
             // A partial field holds a folded non-zero pseudo-header sum, never 0x0000 (whose
             // one's-complement twin 0xffff is what arithmetic gives back).
-            prop_assume!(!partial || matches!(kind, Kind::Echo(_)) || l4_field(&before) != 0);
+            let echo4 = matches!(kind, Kind::Echo(_)) && s.is_ipv4();
+            prop_assume!(!partial || echo4 || l4_field(&before) != 0);
             let mut p = before.clone();
             translate(&mut p, &target, mode).expect("translates");
             translate(&mut p, &original, mode).expect("translates back");
@@ -610,22 +689,27 @@ mod tests {
         #[test]
         fn partial_checksum_completes_to_the_full_one(
             tcp_not_udp in any::<bool>(),
-            (s, d, ns, nd) in (addr(), addr(), addr(), addr()),
+            (s, d, ns, nd) in addrs(),
             (sp, dp, nsp, ndp) in (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()),
             payload in proptest::collection::vec(any::<u8>(), 0..80),
+            echo6 in any::<bool>(),
         ) {
-            let kind = if tcp_not_udp { Kind::Tcp(0x18) } else { Kind::Udp(true) };
+            // TCP, UDP, or (IPv6 only, whose ICMP has a pseudo-header) an echo request.
+            let kind = match (tcp_not_udp, echo6 && s.is_ipv6()) {
+                (_, true) => Kind::Echo(true),
+                (true, false) => Kind::Tcp(0x18),
+                (false, false) => Kind::Udp(true),
+            };
             let mut p = build(kind, &flow(kind, s, sp, d, dp), &payload);
             // Turn the complete checksum into a partial one, as a sender with offload would.
-            let protocol = p[9];
-            let length = u32::try_from(p.len() - 20).expect("fits");
-            let seed = checksum::fold(checksum::pseudo_header_v4(s, d, protocol, length));
-            let at = 20 + if tcp_not_udp { 16 } else { 6 };
+            let (start, _, protocol, pseudo) = transport(&p);
+            let seed = checksum::fold(pseudo.expect("has a pseudo-header"));
+            let at = start + checksum_field(protocol);
             p[at..at + 2].copy_from_slice(&seed.to_be_bytes());
             translate(&mut p, &flow(kind, ns, nsp, nd, ndp), ChecksumMode::Partial)
                 .expect("translates");
             prop_assert!(ip_checksum_ok(&p));
-            let completed = !checksum::fold(checksum::add_bytes(0, &p[20..]));
+            let completed = !checksum::fold(checksum::add_bytes(0, &p[start..]));
             let full = l4_checksum(&p);
             // The offload's result and a full computation agree (UDP maps 0 to 0xffff).
             prop_assert!(completed == full || (completed == 0 && full == 0xffff));
@@ -634,20 +718,25 @@ mod tests {
         #[test]
         fn icmp_errors_translate_consistently_and_round_trip(
             kind in kind(),
-            (s, d, ns, nd) in (addr(), addr(), addr(), addr()),
+            (s, d, ns, nd) in addrs(),
             (sp, dp, nsp, ndp) in (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()),
             payload in proptest::collection::vec(any::<u8>(), 0..40),
             from_endpoint in any::<bool>(),
             full_quote in any::<bool>(),
-            router in addr(),
+            router_bytes in any::<[u8; 16]>(),
         ) {
+            let v6 = s.is_ipv6();
+            let router = ip_of(v6, router_bytes);
+            let header = if v6 { 40 } else { 20 };
+            // Port unreachable: ICMP 3/3, ICMPv6 1/4.
+            let (error_type, error_code) = if v6 { (1, 4) } else { (3, 3) };
             // The offending packet went d <- s (as translated); the error comes back to s.
             let offending_flow = flow(kind, s, sp, d, dp);
             let offending = build(kind, &offending_flow, &payload);
-            let quote_len = if full_quote { offending.len() } else { 28 };
+            let quote_len = if full_quote { offending.len() } else { header + 8 };
             let error_src = if from_endpoint { d } else { router };
             prop_assume!(from_endpoint || (router != d && router != nd && router != s));
-            let before = icmp_error(error_src, s, 3, 3, &offending, quote_len);
+            let before = icmp_error(error_src, s, error_type, error_code, &offending, quote_len);
             // Same shape as the error's lookup tuple (d -> s): new addresses and ports.
             let target = flow(kind, ns, nsp, nd, ndp).reversed();
             let mut p = before.clone();
@@ -655,9 +744,9 @@ mod tests {
             prop_assert!(ip_checksum_ok(&p));
             prop_assert_eq!(l4_field(&p), l4_checksum(&p));
             // The quote is now the reversed target, with a valid header checksum.
-            let quote = &p[28..];
-            prop_assert_eq!(checksum::checksum(&quote[..20]), 0);
-            let quoted = crate::packet::quoted(quote).expect("quote parses");
+            let quote = &p[header + 8..];
+            prop_assert!(ip_checksum_ok(quote));
+            let quoted = crate::packet::quoted(quote, v6).expect("quote parses");
             prop_assert_eq!(quoted.tuple, target.reversed());
             if full_quote {
                 prop_assert_eq!(l4_field(quote), match kind {

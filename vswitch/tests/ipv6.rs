@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Netns, iperf3_tcp, require, send_raw_frames, wait_until};
+use common::{Daemon, Netns, Outside, iperf3_tcp, require, send_raw_frames, wait_until};
 
 fn dual_subnet(name: &str, v4: &str, v6: &str, mtu: u32, slaac: bool) -> String {
     format!(
@@ -571,4 +571,113 @@ fn slaac_without_router_solicitations() {
         counter(&daemon, "events", "l3.ra_sent") >= 1,
         "the RA is counted"
     );
+}
+
+/// A TCP server on `[argv[1]]:argv[2]` (IPv6) that tells each client its `[ip]:port`.
+const TCP_WHOAMI6: &str = "import socket,sys\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen(8)\nwhile True:\n    c,a=s.accept()\n    c.sendall(('[%s]:%d'%(a[0],a[1])).encode())\n    c.close()\n";
+
+/// Connects to `[argv[1]]:argv[2]` over IPv6 (from port `argv[3]` when given) and prints
+/// what the server says.
+const TCP_ASK6: &str = "import socket,sys\ns=socket.socket(socket.AF_INET6)\ns.settimeout(3)\nif len(sys.argv)>3: s.bind(('::',int(sys.argv[3])))\ns.connect((sys.argv[1],int(sys.argv[2])))\nprint(s.recv(2048).decode())\n";
+
+/// A connected UDP socket over IPv6 to a closed port: `refused` when the ICMPv6 port
+/// unreachable comes back (translated), `timeout` otherwise.
+const UDP_REFUSED6: &str = "import socket,sys\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'x')\ntry:\n    s.recv(10)\n    print('answered')\nexcept ConnectionRefusedError:\n    print('refused')\nexcept socket.timeout:\n    print('timeout')\n";
+
+/// NAT66 through the Uplink's IPv6: containers on a dual-stack Subnet reach an IPv6
+/// outside with masquerade (ping -6, TCP seen from the NAT address with the port kept,
+/// iperf3, a translated ICMPv6 port unreachable), the outside reaches a container through
+/// an IPv6 PortForward and pings the switch's IPv6 address (answered over neighbour
+/// discovery the switch does on the uplink), and IPv4 NAT keeps working beside it.
+#[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces, a veth uplink and TAP/veth ports"]
+fn nat66_masquerade_and_port_forward_through_the_uplink() {
+    require(&["ping", "iperf3", "python3"]);
+    let mut outside = Outside::new(&["203.0.113.1/24"]);
+    outside.ns.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    outside.serve_here("tcp", TCP_WHOAMI6, "2001:db8:1::1", 9000);
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(&dual_subnet(
+        "a6",
+        "10.61.0.0/24",
+        "fd00:61::/64",
+        1500,
+        false,
+    ));
+    let c1 = Netns::new("n6a");
+    let c2 = Netns::new("n6b");
+    daemon.attach(&c1, &["--subnet", "a6"]);
+    daemon.attach(&c2, &["--subnet", "a6", "--kind", "veth"]);
+    let ip2 = interface_ipv6(&daemon, &c2.name);
+    daemon.apply_yaml(&format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n  ipv6:\n    addresses: ['2001:db8:1::10/64']\n    gateway: '2001:db8:1::1'\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10, '2001:db8:1::10']\n---\napiVersion: vswitch/v1alpha1\nkind: PortForward\nmetadata:\n  name: web6\nspec:\n  ip: '2001:db8:1::10'\n  protocol: tcp\n  port: 8080\n  target:\n    interface: {}\n    port: 80\n",
+        outside.host_end, c2.name
+    ));
+
+    // Out with masquerade: the outside sees the NAT address, with the port kept.
+    ping6_ok(&c1, "2001:db8:1::1", 3);
+    let seen = c1.python(TCP_ASK6, &["2001:db8:1::1", "9000", "41000"]);
+    assert_eq!(seen, "[2001:db8:1::10]:41000", "NAT66 address, port kept");
+    let seen = c2.python(TCP_ASK6, &["2001:db8:1::1", "9000"]);
+    assert!(seen.starts_with("[2001:db8:1::10]:"), "{seen}");
+    assert_eq!(
+        c1.python(UDP_REFUSED6, &["2001:db8:1::1", "9999"]),
+        "refused"
+    );
+    let gbps = iperf3_tcp(&outside.ns, &c1, "2001:db8:1::1", 2);
+    eprintln!("NAT66 masquerade iperf3 (TAP): {gbps:.2} Gbit/s");
+    assert!(gbps > 0.0);
+    // IPv4 NAT beside it.
+    daemon.ctl_ok(&["get", "natgateway", "default"]);
+    c1.ping_ok("203.0.113.1", 2);
+
+    // In through the IPv6 port forward; the container sees the outside's own address.
+    let c2_name = c2.name.clone();
+    outside.serve(&c2_name, "tcp", TCP_WHOAMI6, &ip2, 80);
+    let seen = outside.ns.python(TCP_ASK6, &["2001:db8:1::10", "8080"]);
+    assert!(seen.starts_with("[2001:db8:1::1]:"), "{seen}");
+    let out = outside.ns.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "2001:db8:1::10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let neighbours = outside
+        .ns
+        .exec_ok(&["ip", "-6", "neigh", "show", "2001:db8:1::10"]);
+    assert!(
+        neighbours.contains("lladdr"),
+        "the switch answered ND: {neighbours}"
+    );
+    let forward = daemon.ctl_json(&["get", "portforward", "web6"]);
+    assert_eq!(forward["status"]["state"], "Ready", "{forward}");
+    assert_eq!(
+        forward["status"]["destination"],
+        format!("[{ip2}]:80"),
+        "{forward}"
+    );
+
+    let table = daemon.ctl_ok(&["conntrack"]);
+    assert!(table.contains("2001:db8:1::10"), "{table}");
+    let nat = daemon.ctl_ok(&["nat"]);
+    assert!(nat.contains("2001:db8:1::10"), "{nat}");
 }

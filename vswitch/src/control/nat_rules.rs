@@ -70,20 +70,23 @@ pub fn virtual_ip_user<'a>(state: &'a State, name: &str) -> Option<&'a NetworkIn
         .find(|nic| nic.spec.virtual_ip.as_deref() == Some(name))
 }
 
-/// `wan` addresses as a list for messages: `198.51.100.10/24, 198.51.100.11`.
+/// `wan` addresses as a list for messages: `198.51.100.10/24, 198.51.100.11`, then the
+/// IPv6 ones.
 pub(crate) fn describe_addresses(uplink: &Uplink) -> String {
+    let v6 = uplink.spec.ipv6.iter().flat_map(|v6| &v6.addresses);
     uplink
         .spec
         .addresses
         .iter()
         .map(ToString::to_string)
+        .chain(v6.map(ToString::to_string))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// Who uses `addr` among the NAT resources, as `(kind, name)`: NATGateways, PortForwards,
 /// VirtualIPs (by spec or allocation), Public LoadBalancers (by allocation), in that order.
-pub fn users_of(state: &State, addr: Ipv4Addr) -> Vec<(Kind, String)> {
+pub fn users_of(state: &State, addr: IpAddr) -> Vec<(Kind, String)> {
     let mut users = Vec::new();
     for gateway in state.nat_gateways.values() {
         if gateway.spec.ips.contains(&addr) {
@@ -96,13 +99,13 @@ pub fn users_of(state: &State, addr: Ipv4Addr) -> Vec<(Kind, String)> {
         }
     }
     for vip in state.virtual_ips.values() {
-        if virtual_ip_address(vip) == Some(addr) {
+        if virtual_ip_address(vip).map(IpAddr::V4) == Some(addr) {
             users.push((Kind::VirtualIp, vip.metadata.name.clone()));
         }
     }
     for balancer in state.load_balancers.values() {
         if balancer.spec.lb_type == crate::control::resource::LoadBalancerType::Public
-            && balancer.status.ips.contains(&std::net::IpAddr::V4(addr))
+            && balancer.status.ips.contains(&addr)
         {
             users.push((Kind::LoadBalancer, balancer.metadata.key()));
         }
@@ -112,20 +115,19 @@ pub fn users_of(state: &State, addr: Ipv4Addr) -> Vec<(Kind, String)> {
 
 /// Every address of the Uplink with the resources that use it (`NATGateway/gw`), in the
 /// Uplink's order.
-pub fn address_uses(state: &State) -> Vec<(Ipv4Addr, Vec<String>)> {
+pub fn address_uses(state: &State) -> Vec<(IpAddr, Vec<String>)> {
     let Some(uplink) = uplink(state) else {
         return Vec::new();
     };
     uplink
         .spec
-        .addresses
-        .iter()
+        .all_addresses()
         .map(|address| {
-            let users = users_of(state, address.addr())
+            let users = users_of(state, address)
                 .into_iter()
                 .map(|(kind, name)| format!("{kind}/{name}"))
                 .collect();
-            (address.addr(), users)
+            (address, users)
         })
         .collect()
 }
@@ -135,7 +137,7 @@ pub(crate) fn owned_by_uplink<'a>(
     origin: &Origin,
     next: &'a State,
     field: &str,
-    ip: Option<Ipv4Addr>,
+    ip: Option<IpAddr>,
 ) -> Result<&'a Uplink, ApiError> {
     let Some(uplink) = uplink(next) else {
         return Err(origin.invalid(
@@ -148,9 +150,10 @@ pub(crate) fn owned_by_uplink<'a>(
             return Err(origin.invalid(
                 field,
                 format!(
-                    "{ip} is not an address of Uplink {:?} (addresses: {}); use one of them, or add it to the Uplink's spec.addresses",
+                    "{ip} is not an address of Uplink {:?} (addresses: {}); use one of them, or add it to the Uplink's spec.addresses{}",
                     uplink.metadata.name,
-                    describe_addresses(uplink)
+                    describe_addresses(uplink),
+                    if ip.is_ipv6() { " (IPv6: spec.ipv6.addresses)" } else { "" }
                 ),
             ));
         }
@@ -180,7 +183,7 @@ pub(crate) fn blocking_user(
     batch: Batch<'_>,
     origin: &Origin,
     me: (Kind, &str),
-    addr: Ipv4Addr,
+    addr: IpAddr,
     kinds: &[Kind],
 ) -> Option<String> {
     users_of(next, addr)
@@ -247,11 +250,11 @@ pub(crate) fn free_uplink_address(
 ) -> Option<Ipv4Addr> {
     let uplink = uplink(state)?;
     let free = |addr: Ipv4Addr| {
-        users_of(state, addr)
+        users_of(state, IpAddr::V4(addr))
             .iter()
             .all(|(kind, user)| *kind == me.0 && user == me.1)
     };
-    held.filter(|ip| uplink.spec.owns(*ip) && free(*ip))
+    held.filter(|ip| uplink.spec.owns(IpAddr::V4(*ip)) && free(*ip))
         .or_else(|| {
             uplink
                 .spec
@@ -274,7 +277,7 @@ pub(crate) fn no_free_address(origin: &Origin, field: &str, uplink: &Uplink) -> 
     )
 }
 
-/// The Network id (conntrack zone) and first address of a NetworkInterface.
+/// The Network id (conntrack zone) and first IPv4 address of a NetworkInterface.
 fn zone_and_address(
     state: &State,
     network_ids: &BTreeMap<String, NetworkId>,
@@ -284,6 +287,15 @@ fn zone_and_address(
     let id = network_ids.get(&subnet.spec.network)?;
     let addr = nic.status.ips.first()?.addr();
     Some((nat::Zone(id.0), addr))
+}
+
+/// The address of a NetworkInterface in `family`'s family (`family` is an address of it):
+/// its first IPv4 address, or its IPv6 address.
+pub fn interface_address_like(nic: &NetworkInterface, family: IpAddr) -> Option<IpAddr> {
+    match family {
+        IpAddr::V4(_) => nic.status.ips.first().map(|ip| IpAddr::V4(ip.addr())),
+        IpAddr::V6(_) => nic.status.ipv6.map(|ip| IpAddr::V6(ip.addr())),
+    }
 }
 
 /// Ports per block when `portsPerNetworkInterface` is a multiple of it.
@@ -325,7 +337,10 @@ pub fn compile(state: &State, network_ids: &BTreeMap<String, NetworkId>) -> nat:
         let Some(nic) = state.network_interfaces.get(&forward.spec.target.interface) else {
             continue;
         };
-        let Some((zone, addr)) = zone_and_address(state, network_ids, nic) else {
+        let Some((zone, _)) = zone_and_address(state, network_ids, nic) else {
+            continue;
+        };
+        let Some(addr) = interface_address_like(nic, forward.spec.ip) else {
             continue;
         };
         let compiled = nat::PortForward {
@@ -333,7 +348,7 @@ pub fn compile(state: &State, network_ids: &BTreeMap<String, NetworkId>) -> nat:
             protocol: forward.spec.protocol.to_nat(),
             port: forward.spec.port,
             zone,
-            target: nat::Endpoint::new(IpAddr::V4(addr), forward.spec.target.port),
+            target: nat::Endpoint::new(addr, forward.spec.target.port),
         };
         if let Err(err) = rules.add_port_forward(compiled) {
             tracing::warn!(portforward = %forward.metadata.name, "port forward left out: {err}");
@@ -355,9 +370,9 @@ pub fn compile(state: &State, network_ids: &BTreeMap<String, NetworkId>) -> nat:
             continue;
         };
         let compiled = nat::VirtualIp {
-            public,
+            public: IpAddr::V4(public),
             zone,
-            private,
+            private: IpAddr::V4(private),
         };
         if let Err(err) = rules.add_virtual_ip(compiled) {
             tracing::warn!(virtualip = %vip.metadata.name, "virtual IP left out: {err}");
@@ -372,8 +387,8 @@ pub fn port_forward_status(state: &State, forward: &PortForward) -> PortForwardS
     let target = &forward.spec.target;
     let nic = state.network_interfaces.get(&target.interface);
     let destination = nic
-        .and_then(|n| n.status.ips.first())
-        .map(|ip| format!("{}:{}", ip.addr(), target.port));
+        .and_then(|n| interface_address_like(n, forward.spec.ip))
+        .map(|ip| nat::Endpoint::new(ip, target.port).to_string());
     let pending = |message: String| PortForwardStatus {
         state: ForwardState::Pending,
         destination: destination.clone(),
@@ -402,8 +417,13 @@ pub fn port_forward_status(state: &State, forward: &PortForward) -> PortForwardS
     }
     if destination.is_none() {
         return pending(format!(
-            "NetworkInterface {:?} has no address",
-            target.interface
+            "NetworkInterface {:?} has no {} address",
+            target.interface,
+            if forward.spec.ip.is_ipv6() {
+                "IPv6"
+            } else {
+                "IPv4"
+            }
         ));
     }
     PortForwardStatus {
@@ -561,13 +581,13 @@ mod tests {
         }
         assert!(!rules.owns(ip("198.51.100.1")));
         let gw = rules.gateway(blue).expect("blue's gateway");
-        assert_eq!(gw.ips, [ip("198.51.100.10")]);
+        assert_eq!(gw.ips, [ip::<IpAddr>("198.51.100.10")]);
         let budget = |g: &nat::Gateway| g.ports_per_interface * g.blocks_per_interface;
         assert_eq!(budget(gw), 2048);
         assert_eq!((gw.ports_per_interface, gw.blocks_per_interface), (256, 8));
         assert_eq!(rules.gateway(red).map(budget), Some(512));
-        let c1 = state.network_interfaces["c1"].status.ips[0].addr();
-        let c2 = state.network_interfaces["c2"].status.ips[0].addr();
+        let c1 = IpAddr::V4(state.network_interfaces["c1"].status.ips[0].addr());
+        let c2 = IpAddr::V4(state.network_interfaces["c2"].status.ips[0].addr());
         assert_eq!(rules.virtual_ip_of(blue, c2), Some(ip("198.51.100.11")));
         assert_eq!(rules.virtual_ip_of(blue, c1), None);
         let outside = nat::Endpoint::new(IpAddr::V4(ip("203.0.113.9")), 5555);
@@ -584,12 +604,12 @@ mod tests {
         let dnat = rules
             .destination(&key("198.51.100.10", 8080))
             .expect("forwarded");
-        assert_eq!(dnat.target, nat::Endpoint::new(IpAddr::V4(c1), 80));
+        assert_eq!(dnat.target, nat::Endpoint::new(c1, 80));
         assert_eq!(dnat.zone, blue);
         let dnat = rules
             .destination(&key("198.51.100.11", 22))
             .expect("virtual IP");
-        assert_eq!(dnat.target, nat::Endpoint::new(IpAddr::V4(c2), 22));
+        assert_eq!(dnat.target, nat::Endpoint::new(c2, 22));
         assert!(rules.destination(&key("198.51.100.10", 22)).is_none());
         // A Network without an id in this run (not published yet) is left out.
         let partial = compile(&state, &BTreeMap::new());

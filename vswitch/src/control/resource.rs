@@ -916,6 +916,28 @@ pub(crate) fn de_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr
     })
 }
 
+/// An address of either family whose parse error names the value.
+struct IpText(IpAddr);
+
+impl<'de> Deserialize<'de> for IpText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        de_ip(deserializer).map(IpText)
+    }
+}
+
+pub(crate) fn de_ip_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<IpAddr>, D::Error> {
+    Ok(Vec::<IpText>::deserialize(deserializer)?
+        .into_iter()
+        .map(|a| a.0)
+        .collect())
+}
+
+pub(crate) fn de_ipv6<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv6Addr, D::Error> {
+    Ok(Ipv6Text::deserialize(deserializer)?.0)
+}
+
 /// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum IpFamily {
@@ -1337,8 +1359,8 @@ spec: {netns: c1, virtualIP: v}
             uplink.spec.addresses[0].prefix(),
             "198.51.100.0/24".parse::<Ipv4Net>().unwrap()
         );
-        assert!(uplink.spec.owns(Ipv4Addr::new(198, 51, 100, 11)));
-        assert!(!uplink.spec.owns(Ipv4Addr::new(198, 51, 100, 1)));
+        assert!(uplink.spec.owns(Ipv4Addr::new(198, 51, 100, 11).into()));
+        assert!(!uplink.spec.owns(Ipv4Addr::new(198, 51, 100, 1).into()));
         assert_eq!(uplink.spec.mac, Some(MacAddr([2, 0, 0, 0, 0xaa, 1])));
         let Resource::NatGateway(gateway) = &docs[1].resource else {
             panic!("not a NAT gateway: {:?}", docs[1]);
@@ -1475,7 +1497,7 @@ spec: {netns: c1, virtualIP: v}
             (
                 "ips: [198.51.100.10]}",
                 "ips: [198.51.100.10, nat]}",
-                "spec.ips[1]: invalid IPv4 address \"nat\"",
+                "spec.ips[1]: invalid IP address \"nat\"",
             ),
             (
                 "{network: blue, ips",
@@ -1521,7 +1543,7 @@ spec: {netns: c1, virtualIP: v}
             (
                 "ip: 198.51.100.10, protocol",
                 "ip: 198.51.100.10/32, protocol",
-                "spec.ip: invalid IPv4 address \"198.51.100.10/32\"",
+                "spec.ip: invalid IP address \"198.51.100.10/32\"",
             ),
             (
                 "type: Public",

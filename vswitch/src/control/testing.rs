@@ -3,7 +3,6 @@
 //! Each kind's module tests its checks with these; `validate`'s tests use them for planning.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use super::ApiError;
 use super::resource::{
@@ -193,8 +192,11 @@ pub fn ips(state: &State, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// An address.
-pub fn ip(text: &str) -> Ipv4Addr {
+/// An address of the type the caller needs (`Ipv4Addr` or `IpAddr`).
+pub fn ip<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
     text.parse().expect("an address")
 }
 

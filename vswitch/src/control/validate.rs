@@ -1053,6 +1053,10 @@ mod tests {
                         "spec.ipFamilies[1]: Subnet \"v4only\" has no IPv6 prefix",
                         "spec.nextHop: nextHop 10.30.3.254 is an IPv4 address but destination fd00:99::/48 is IPv6",
                     ],
+                    "bad-nat66.yaml" => &[
+                        "spec.ipv6.gateway: gateway 2001:db8:7::1 is neither link-local nor inside the prefix",
+                        "spec.target.interface: spec.ip 2001:db8:1::10 is IPv6 but NetworkInterface \"old-1\"",
+                    ],
                     "bad-routed-overlap.yaml" => &[
                         "spec.uplink.mode",
                         "routed through the Uplink",
@@ -1079,8 +1083,24 @@ mod tests {
                     assert!(rules.gateway(nat::Zone(0)).is_some());
                     let db = state.network_interfaces["db-1"].status.ips[0].addr();
                     assert_eq!(
-                        rules.virtual_ip_of(nat::Zone(0), db),
-                        Some(Ipv4Addr::new(198, 51, 100, 11))
+                        rules.virtual_ip_of(nat::Zone(0), db.into()),
+                        Some(Ipv4Addr::new(198, 51, 100, 11).into())
+                    );
+                }
+                if file == "uplink-nat66.yaml" {
+                    let state = &plan.next;
+                    let ids = [("apps".to_string(), crate::tables::snapshot::NetworkId(0))]
+                        .into_iter()
+                        .collect();
+                    let rules = nat_rules::compile(state, &ids);
+                    let six: std::net::IpAddr = "2001:db8:1::10".parse().unwrap();
+                    assert!(rules.owns(six) && rules.owns("2001:db8:1::11".parse().unwrap()));
+                    let forward = &state.port_forwards["web-https6"];
+                    assert_eq!(
+                        nat_rules::port_forward_status(state, forward)
+                            .destination
+                            .as_deref(),
+                        Some("[fd00:60::2]:443")
                     );
                 }
                 if file == "dual-stack.yaml" {
@@ -1132,6 +1152,8 @@ mod tests {
             "peered-networks.yaml",
             "two-subnets.yaml",
             "uplink-nat.yaml",
+            "uplink-nat66.yaml",
+            "bad-nat66.yaml",
         ] {
             assert!(
                 seen.iter().any(|f| f == expected),

@@ -649,10 +649,7 @@ fn service_one(
     let next_hop = match packet.next_hop {
         std::net::IpAddr::V4(next_hop) => next_hop,
         std::net::IpAddr::V6(next_hop) => {
-            let Link::Subnet(egress) = link else {
-                return Serviced::Done(Some(DropReason::NoRoute.into()));
-            };
-            return service_one6(ctx, out, packet, frame, egress, next_hop, now);
+            return service_one6(ctx, out, packet, frame, link, next_hop, now);
         }
     };
     if let Some(mac) = ctx.neighbors.lookup(packet.subnet, packet.next_hop) {
@@ -713,7 +710,7 @@ fn service_one6(
     out: &mut Output,
     packet: Held,
     frame: &mut [u8],
-    egress: &SubnetEntry,
+    link: Link<'_>,
     next_hop: std::net::Ipv6Addr,
     now: u64,
 ) -> Serviced {
@@ -722,7 +719,14 @@ fn service_one6(
             return Serviced::Full;
         }
         EthernetFrame::new_unchecked(&mut frame[VNET_HDR_LEN..]).set_dst_addr(EthernetAddress(mac));
-        return match super::route6::deliver(ctx, packet.ingress, egress, frame, out) {
+        let verdict = match link {
+            Link::Subnet(egress) => super::route6::deliver(ctx, packet.ingress, egress, frame, out),
+            Link::Uplink(uplink) => {
+                out.events.add(Event::Routed);
+                Verdict::Forward(uplink.id)
+            }
+        };
+        return match verdict {
             Verdict::Drop(cause) => Serviced::Done(Some(cause)),
             verdict => {
                 out.generated.push_copy(frame, verdict, Origin::Routed);
@@ -735,7 +739,7 @@ fn service_one6(
         let sender_subnet = ctx
             .snapshot
             .port(packet.ingress)
-            .filter(|port| port.mac == packet.sender_mac)
+            .filter(|port| port.mac == packet.sender_mac && !packet.translated)
             .and_then(|port| ctx.snapshot.subnet(port.subnet));
         if let (Some(subnet), Some((start, end))) =
             (sender_subnet, super::route6::packet_bounds(frame))
@@ -754,7 +758,16 @@ fn service_one6(
         return Serviced::Done(Some(DropReason::NdTimeout.into()));
     }
     if ctx.neighbors.solicit(packet.subnet, next_hop, now) == Solicit::Send {
-        super::nd::solicit(ctx, out, egress, next_hop, None);
+        match link {
+            Link::Subnet(egress) => {
+                super::nd::solicit(ctx, out, egress, next_hop, None);
+            }
+            Link::Uplink(uplink) => {
+                if let Some(v6) = &uplink.ipv6 {
+                    super::nat6::solicit(out, uplink, v6, next_hop, None);
+                }
+            }
+        }
     }
     Serviced::Kept
 }

@@ -70,6 +70,7 @@ pub mod l2;
 pub mod l3;
 pub mod lb;
 pub mod nat;
+pub mod nat6;
 pub mod nd;
 pub mod parse;
 pub mod policy;

@@ -58,10 +58,12 @@ keyed_enum! {
     pub enum DropReason {
         Truncated = "nat.truncated":
             "packet to be NATed with a truncated or malformed IPv4 header",
-        NotIpv4 = "nat.not_ipv4":
-            "packet to be NATed that is not IPv4",
+        NotIp = "nat.not_ip":
+            "packet to be NATed that is neither IPv4 nor IPv6",
         Fragment = "nat.fragment":
-            "IPv4 fragment to be NATed: conntrack needs the ports that only a first fragment carries, and the switch does not reassemble",
+            "IP fragment to be NATed: conntrack needs the ports that only a first fragment carries, and the switch does not reassemble",
+        ExtensionHeaders = "nat.extension_headers":
+            "IPv6 packet to be NATed whose extension headers are cut short or chained more than 8 deep",
         UnsupportedProtocol = "nat.unsupported_protocol":
             "packet to be NATed that is neither TCP, UDP nor ICMP",
         TruncatedTransport = "nat.truncated_transport":
@@ -69,7 +71,7 @@ keyed_enum! {
         UnsupportedIcmp = "nat.unsupported_icmp":
             "ICMP to be NATed that is neither echo nor an unreachable, time exceeded or parameter problem error",
         MalformedIcmpError = "nat.malformed_icmp_error":
-            "ICMP error to be NATed whose quoted packet is too short, not IPv4, a later fragment or untracked",
+            "ICMP error to be NATed whose quoted packet is too short, of the other family, a later fragment or untracked",
         UntrackedIcmpError = "nat.untracked_icmp_error":
             "ICMP error through NAT about no tracked connection",
         Unsolicited = "nat.unsolicited":
@@ -81,7 +83,7 @@ keyed_enum! {
         InterfaceExhausted = "nat.interface_ports_exhausted":
             "new masqueraded connection, but its interface used every port of its port blocks",
         AddressFamily = "nat.address_family":
-            "the connection's translation is not IPv4",
+            "the connection's translation is of another address family than the packet",
         ProtocolMismatch = "nat.protocol_mismatch":
             "the connection's translation is for another protocol than the packet's",
         NoGatewayMac = "nat.no_gateway_mac":
@@ -105,8 +107,9 @@ keyed_enum! {
 pub fn parse_cause(error: ParseError) -> DropCause {
     DropCause::Nat(match error {
         ParseError::Truncated => DropReason::Truncated,
-        ParseError::NotIpv4 => DropReason::NotIpv4,
+        ParseError::NotIp => DropReason::NotIp,
         ParseError::Fragment => DropReason::Fragment,
+        ParseError::ExtensionHeaders => DropReason::ExtensionHeaders,
         ParseError::UnsupportedProtocol(_) => DropReason::UnsupportedProtocol,
         ParseError::TruncatedTransport => DropReason::TruncatedTransport,
         ParseError::UnsupportedIcmp(_) => DropReason::UnsupportedIcmp,
@@ -1086,7 +1089,8 @@ mod tests {
     fn causes_carry_the_nat_crates_keys() {
         let parse_errors = [
             ParseError::Truncated,
-            ParseError::NotIpv4,
+            ParseError::NotIp,
+            ParseError::ExtensionHeaders,
             ParseError::Fragment,
             ParseError::UnsupportedProtocol(47),
             ParseError::TruncatedTransport,

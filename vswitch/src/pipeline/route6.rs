@@ -143,6 +143,10 @@ pub fn route(
         .and_then(|route| Some((ctx.snapshot.subnet(route.subnet)?, route.next_hop)))
         .filter(|(egress, _)| egress.v6.is_some());
     let Some((egress, next_hop)) = found else {
+        // No route in the Network: out through the uplink with NAT66, when it applies.
+        if let Some(verdict) = super::nat6::outbound(ctx, ingress, subnet, parsed, frame, local) {
+            return verdict;
+        }
         trace_note!(
             ctx,
             Route,
@@ -263,7 +267,7 @@ pub fn route(
 
 /// The length of the packet as it leaves: for a GSO super-frame one segment (`gso_size` plus
 /// the IPv6 and TCP headers), else the whole packet.
-fn segment_len(parsed: &Parsed, frame: &[u8], start: usize, end: usize) -> usize {
+pub(super) fn segment_len(parsed: &Parsed, frame: &[u8], start: usize, end: usize) -> usize {
     let Some(gso) = parsed.vnet.gso else {
         return end - start;
     };
@@ -284,7 +288,7 @@ fn segment_len(parsed: &Parsed, frame: &[u8], start: usize, end: usize) -> usize
 }
 
 /// Rewrites the Ethernet source (and destination, when given) of `frame`.
-fn set_macs(frame: &mut [u8], src: [u8; 6], dst: Option<[u8; 6]>) {
+pub(super) fn set_macs(frame: &mut [u8], src: [u8; 6], dst: Option<[u8; 6]>) {
     if let Some(ethernet) = frame.get_mut(VNET_HDR_LEN..VNET_HDR_LEN + ETHERNET_HEADER_LEN) {
         ethernet[6..12].copy_from_slice(&src);
         if let Some(dst) = dst {
@@ -435,6 +439,41 @@ pub fn send_error(
     let Some(v6) = &subnet.v6 else {
         return false;
     };
+    let source_is_link_local = original
+        .get(8..24)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .is_some_and(|b| wire6::is_link_local(Ipv6Addr::from(b)));
+    let src = if source_is_link_local {
+        v6.link_local
+    } else {
+        v6.gateway
+    };
+    send_error_from(
+        out,
+        now_ms,
+        kind,
+        (subnet.gateway_mac, src),
+        to,
+        sender_mac,
+        original,
+        link_multicast,
+    )
+}
+
+/// Sends the ICMPv6 error `kind` about `original` (the IPv6 packet as received from
+/// `sender_mac` on port `to`) from `(mac, address)`, unless RFC 4443 2.4 or the rate limit
+/// forbid it. Returns whether it was sent.
+#[allow(clippy::too_many_arguments)]
+pub fn send_error_from(
+    out: &mut Output,
+    now_ms: u64,
+    kind: ErrorKind,
+    (src_mac, src): ([u8; 6], Ipv6Addr),
+    to: PortId,
+    sender_mac: [u8; 6],
+    original: &[u8],
+    link_multicast: bool,
+) -> bool {
     if !wire6::may_send_error(original, &kind, link_multicast) {
         return false;
     }
@@ -442,20 +481,12 @@ pub fn send_error(
         out.events.add(Event::IcmpRateLimited);
         return false;
     }
-    let source_is_link_local = original
-        .get(8..24)
-        .and_then(|b| <[u8; 16]>::try_from(b).ok())
-        .is_some_and(|b| wire6::is_link_local(Ipv6Addr::from(b)));
     let repr = ErrorRepr {
         eth: Ethernet {
-            src: subnet.gateway_mac,
+            src: src_mac,
             dst: sender_mac,
         },
-        src: if source_is_link_local {
-            v6.link_local
-        } else {
-            v6.gateway
-        },
+        src,
         kind,
         original,
     };

@@ -73,7 +73,7 @@ keyed_enum! {
         NotOwned = "uplink.not_owned":
             "ARP or IPv4 on the uplink about an address the switch does not own there (the host answers for its own)",
         Unsupported = "uplink.unsupported":
-            "frame on the uplink that is neither IPv4 nor ARP (IPv6 is not served on the uplink)",
+            "frame on the uplink that is neither IPv4, ARP nor IPv6 (IPv6 only when the Uplink has spec.ipv6)",
         InboundDenied = "uplink.inbound_denied":
             "unsolicited from outside (no connection started inside) and not listed by the Uplink's spec.inbound.allow (policy Drop); no ICMP is sent",
         VlanUnknown = "uplink.vlan_unknown":
@@ -189,9 +189,20 @@ pub fn receive(
             }
             nat::inbound(ctx, uplink, &parsed, frame, local)
         }
+        L3::Ipv6 { .. } if to_us || is_solicited_node(parsed.dst_mac) => match &uplink.ipv6 {
+            Some(v6) => super::nat6::on_uplink(ctx, uplink, v6, &parsed, frame, local),
+            None => Verdict::drop(DropReason::Unsupported),
+        },
         _ if !to_us => Verdict::drop(DropReason::NotOurs),
         _ => Verdict::drop(DropReason::Unsupported),
     }
+}
+
+/// True for a solicited-node multicast MAC (33:33:ff:xx:xx:xx), where neighbour
+/// solicitations for the switch's IPv6 addresses arrive.
+#[inline]
+fn is_solicited_node(mac: [u8; 6]) -> bool {
+    mac[..3] == [0x33, 0x33, 0xff]
 }
 
 /// True when the inbound filter lets an echo request to one of the switch's own addresses
@@ -240,7 +251,7 @@ pub fn outbound(
             && ctx
                 .snapshot
                 .nat
-                .virtual_ip_of(nat::zone_of(subnet.network_id), src)
+                .virtual_ip_of(nat::zone_of(subnet.network_id), src.into())
                 .is_none()
         {
             trace_note!(

@@ -11,9 +11,11 @@
 //!   when the kernel refuses that. A membership, unlike the `IFF_PROMISC` flag, is counted by
 //!   the kernel and dropped when the socket closes, so [`close`] (or a crash) leaves the
 //!   interface as it was. The host's stack sees our frames as `PACKET_OTHERHOST` and ignores
-//!   them.
+//!   them. Each socket also joins `PACKET_MR_ALLMULTI` (counted the same way), so neighbour
+//!   solicitations for the switch's IPv6 addresses reach it on a NIC that filters multicast.
 //! - Each socket carries a classic BPF filter ([`uplink_program`]) that keeps only frames for
-//!   the switch's MAC and broadcast ARP, so the host's own traffic is never copied. If the
+//!   the switch's MAC, broadcast ARP and IPv6 to solicited-node multicast MACs, so the host's
+//!   own traffic is never copied. If the
 //!   kernel refuses it, the port still works (logged; [`UplinkInfo::filtered`] is false) and
 //!   the datapath's own check does the job.
 //!
@@ -178,6 +180,14 @@ pub fn open(ifname: &str, mac: [u8; 6], queues: usize) -> Result<(PortIo, Uplink
             name: ifname.to_string(),
             source,
         })?;
+        // Neighbour solicitations for the switch's IPv6 addresses go to solicited-node
+        // multicast MACs that only the switch knows; a NIC that filters multicast would drop
+        // them. Without it IPv6 on the uplink depends on the NIC (veth does not filter).
+        if let Err(error) = socket.add_membership(index, Membership::AllMulticast) {
+            tracing::warn!(uplink = %ifname, %error,
+                "PACKET_MR_ALLMULTI refused: neighbour solicitations for the switch's IPv6 \
+                 addresses may not reach it");
+        }
     }
     let filtered = sockets.iter().all(PacketSocket::filtered);
     let info = UplinkInfo {

@@ -246,6 +246,9 @@ pub enum Membership {
     /// device's unicast address list; a device that cannot filter on several unicast
     /// addresses turns promiscuous instead, by itself).
     Unicast([u8; 6]),
+    /// `PACKET_MR_ALLMULTI`: the device receives every multicast frame (raises its allmulti
+    /// count), for neighbour solicitations to the switch's own IPv6 addresses.
+    AllMulticast,
 }
 
 /// Receive buffer for frames the V2 ring cannot hold whole (queued on the socket): room for
@@ -575,6 +578,7 @@ impl PacketSocket {
         let (kind, address) = match membership {
             Membership::Promiscuous => (libc::PACKET_MR_PROMISC, [0u8; 6]),
             Membership::Unicast(mac) => (libc::PACKET_MR_UNICAST, mac),
+            Membership::AllMulticast => (libc::PACKET_MR_ALLMULTI, [0u8; 6]),
         };
         let mut mr_address = [0u8; 8];
         mr_address[..6].copy_from_slice(&address);

@@ -218,6 +218,7 @@ pub fn uplink_entry() -> UplinkEntry {
         )),
         routing: Default::default(),
         vlans: std::collections::HashMap::new(),
+        ipv6: None,
     }
 }
 
@@ -227,11 +228,11 @@ pub fn nat_rules() -> nat::NatRules {
     let zone = nat::Zone(0);
     let mut rules = nat::NatRules::new();
     rules
-        .add_gateway(zone, nat::Gateway::new(vec![NAT_IP]))
+        .add_gateway(zone, nat::Gateway::new(vec![NAT_IP.into()]))
         .expect("gateway");
     rules
         .add_port_forward(nat::PortForward {
-            address: NAT_IP,
+            address: NAT_IP.into(),
             protocol: nat::Protocol::Tcp,
             port: 8080,
             zone,
@@ -240,9 +241,9 @@ pub fn nat_rules() -> nat::NatRules {
         .expect("forward");
     rules
         .add_virtual_ip(nat::VirtualIp {
-            public: VIP,
+            public: VIP.into(),
             zone,
-            private: IP_D,
+            private: IP_D.into(),
         })
         .expect("vip");
     rules

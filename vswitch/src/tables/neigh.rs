@@ -832,6 +832,7 @@ mod tests {
             )),
             routing: Default::default(),
             vlans: std::collections::HashMap::new(),
+            ipv6: None,
         };
         let table = Neighbors::new();
         table.confirm(segment, Ipv4Addr::new(192, 0, 2, 1), MAC, 0, true);

@@ -528,6 +528,52 @@ pub struct UplinkEntry {
     /// VLAN ID -> the VLAN port of the Subnet bound to it: tagged frames arriving with that
     /// VLAN are switched into the Subnet as if received on that port.
     pub vlans: std::collections::HashMap<u16, PortId>,
+    /// IPv6 on the uplink, when the Uplink has `spec.ipv6`.
+    pub ipv6: Option<UplinkIpv6Entry>,
+}
+
+/// The switch's IPv6 on the uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkIpv6Entry {
+    /// Addresses the switch owns (NAT66, IPv6 port forwards), with their link's prefix.
+    pub addresses: Vec<ipnet::Ipv6Net>,
+    /// The IPv6 next hop toward the outside; resolved by neighbour discovery.
+    pub gateway: Ipv6Addr,
+    /// The switch's link-local address on the uplink (EUI-64 of its uplink MAC): it answers
+    /// neighbour solicitations for it and speaks from it to a link-local gateway.
+    pub link_local: Ipv6Addr,
+}
+
+impl UplinkIpv6Entry {
+    /// True when the switch owns `address` on the uplink (its link-local one included).
+    #[inline]
+    pub fn owns(&self, address: Ipv6Addr) -> bool {
+        address == self.link_local || self.addresses.iter().any(|a| a.addr() == address)
+    }
+
+    /// The next hop toward `destination`: itself when it is on the link of one of the owned
+    /// addresses (or link-local), else the gateway.
+    #[inline]
+    pub fn next_hop(&self, destination: Ipv6Addr) -> Ipv6Addr {
+        let on_link = crate::wire::ipv6::is_link_local(destination)
+            || self.addresses.iter().any(|a| a.contains(&destination));
+        if on_link { destination } else { self.gateway }
+    }
+
+    /// The address the switch speaks from toward `neighbour` (neighbour solicitations): its
+    /// link-local address for a link-local neighbour, else the owned address on its link,
+    /// else the first owned address.
+    #[inline]
+    pub fn source_for(&self, neighbour: Ipv6Addr) -> Ipv6Addr {
+        if crate::wire::ipv6::is_link_local(neighbour) {
+            return self.link_local;
+        }
+        self.addresses
+            .iter()
+            .find(|a| a.contains(&neighbour))
+            .or_else(|| self.addresses.first())
+            .map_or(self.link_local, ipnet::Ipv6Net::addr)
+    }
 }
 
 /// A Network routed through the uplink without NAT (`Network.spec.uplink.mode: Routed`).

@@ -608,7 +608,13 @@ impl Outside {
             .stderr(Stdio::piped())
             .spawn()
             .expect("python3 server");
-        wait_listening(netns, proto, &format!("{ip}:{port}"), &mut child);
+        // ss writes IPv6 listeners bracketed.
+        let local = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
+        wait_listening(netns, proto, &local, &mut child);
         self.servers.push(child);
     }
 

@@ -388,6 +388,14 @@ fn compile(inner: &Inner) -> Snapshot {
             io: Arc::clone(&open.io),
             routing: uplink_routing(state, network_ids, uplink),
             vlans,
+            ipv6: uplink.spec.ipv6.as_ref().map(|v6| {
+                let mac = nat_rules::uplink_mac(state, uplink).0;
+                crate::tables::snapshot::UplinkIpv6Entry {
+                    addresses: v6.addresses.iter().map(|a| a.0).collect(),
+                    gateway: v6.gateway,
+                    link_local: crate::wire::ipv6::link_local_from_mac(mac),
+                }
+            }),
         })
     });
     let (balancers, backends) = inner.balancers.compile(state, network_ids);

@@ -110,7 +110,7 @@ pub struct NatUplink {
 #[serde(rename_all = "camelCase")]
 pub struct NatAddress {
     /// The address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Who uses it; empty when free.
     pub used_by: Vec<String>,
 }
@@ -126,7 +126,7 @@ pub struct NatPortsInUse {
     /// The NetworkInterface.
     pub interface: String,
     /// The NAT address its blocks are on.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its port blocks, `first-last`.
     pub blocks: Vec<String>,
     /// TCP mappings.

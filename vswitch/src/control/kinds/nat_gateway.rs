@@ -24,10 +24,11 @@ pub struct NatGatewaySpec {
     /// The Network whose traffic to the outside is masqueraded.
     #[serde(deserialize_with = "de_name")]
     pub network: String,
-    /// NAT addresses: addresses of the Uplink, not used by another NATGateway or a
-    /// VirtualIP.
-    #[serde(deserialize_with = "de_ipv4_list")]
-    pub ips: Vec<Ipv4Addr>,
+    /// NAT addresses: addresses of the Uplink (IPv4, or IPv6 from its `ipv6.addresses` for
+    /// NAT66; IPv4 flows take an IPv4 one, IPv6 flows an IPv6 one), not used by another
+    /// NATGateway or a VirtualIP.
+    #[serde(deserialize_with = "de_ip_list")]
+    pub ips: Vec<IpAddr>,
     /// Ports in each interface's block on a NAT address
     /// ([`MIN_PORTS_PER_INTERFACE`]..=[`MAX_PORTS_PER_INTERFACE`], default 2048).
     #[serde(
@@ -44,7 +45,7 @@ pub struct PortsInUse {
     /// The NetworkInterface.
     pub interface: String,
     /// Its NAT address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its port blocks, `first-last`.
     pub blocks: Vec<String>,
     /// TCP mappings.
@@ -61,7 +62,7 @@ pub struct PortsInUse {
 pub struct NatGatewayStatus {
     /// The NAT addresses in use.
     #[serde(default)]
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     /// Ports in use per NetworkInterface.
     #[serde(default)]
     pub ports_in_use: Vec<PortsInUse>,
@@ -229,7 +230,7 @@ fn check_nat_gateway(
         ));
     }
     nat_rules::owned_by_uplink(origin, next, "spec.ips", None)?;
-    let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for (index, ip) in spec.ips.iter().enumerate() {
         let field = format!("spec.ips[{index}]");
         if let Some(first) = seen.insert(*ip, index) {

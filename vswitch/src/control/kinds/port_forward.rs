@@ -49,9 +49,10 @@ pub struct PortForwardTarget {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortForwardSpec {
     /// An address of the Uplink (it may also be a NATGateway's: the port is then never used
-    /// for masquerade).
-    #[serde(deserialize_with = "de_ipv4")]
-    pub ip: Ipv4Addr,
+    /// for masquerade). An IPv6 address (from the Uplink's `ipv6.addresses`) forwards to the
+    /// target interface's IPv6 address.
+    #[serde(deserialize_with = "de_ip")]
+    pub ip: IpAddr,
     /// `tcp` or `udp`.
     pub protocol: ForwardProtocol,
     /// The port on `ip` (1..=65535).
@@ -235,6 +236,22 @@ fn check_port_forward(
                 spec.target.interface
             ),
         ));
+    }
+    if spec.ip.is_ipv6() {
+        let nic = &next.network_interfaces[&spec.target.interface];
+        let dual_stack = next
+            .subnets
+            .get(&nic.spec.subnet)
+            .is_some_and(|s| s.spec.ipv6.is_some());
+        if !dual_stack {
+            return Err(origin.invalid(
+                "spec.target.interface",
+                format!(
+                    "spec.ip {} is IPv6 but NetworkInterface {:?} is on Subnet {:?}, which has no IPv6 prefix; forward an IPv4 address of the Uplink to it, or give the Subnet spec.ipv6",
+                    spec.ip, spec.target.interface, nic.spec.subnet
+                ),
+            ));
+        }
     }
     Ok(())
 }

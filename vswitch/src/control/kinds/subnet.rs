@@ -339,9 +339,11 @@ spec:
             errors.check(check_immutables(cx.origin, old, self));
         }
         errors.check(check_subnet(cx.origin, old, cx.next, self));
+        // Always: an existing Subnet may take an IPv6 prefix (its IPv4 cidr is immutable and
+        // was checked when it was created, and the Uplink's own check keeps them apart).
+        errors.check(check_against_uplink(cx.origin, cx.next, self));
         if old.is_none() {
             errors.check(check_new_neighbours(cx.origin, cx.next, self));
-            errors.check(check_against_uplink(cx.origin, cx.next, self));
             errors.check(super::network::check_routed_subnet(
                 cx.origin, cx.next, self,
             ));
@@ -976,6 +978,24 @@ fn check_against_uplink(origin: &Origin, next: &State, subnet: &Subnet) -> Resul
             "spec.cidr",
             format!(
                 "{cidr} overlaps the link {} of address {address} of Uplink {:?}; the uplink's link and the Subnets must not overlap: choose another CIDR",
+                address.prefix(),
+                uplink.metadata.name
+            ),
+        ));
+    }
+    let (Some(subnet6), Some(uplink6)) = (&subnet.spec.ipv6, &uplink.spec.ipv6) else {
+        return Ok(());
+    };
+    let cidr6 = subnet6.cidr;
+    if let Some(address) = uplink6
+        .addresses
+        .iter()
+        .find(|a| a.prefix().contains(&cidr6.network()) || cidr6.contains(&a.prefix().network()))
+    {
+        return Err(origin.invalid(
+            "spec.ipv6.cidr",
+            format!(
+                "{cidr6} overlaps the link {} of address {address} of Uplink {:?}; the uplink's link and the Subnets must not overlap: choose another prefix",
                 address.prefix(),
                 uplink.metadata.name
             ),

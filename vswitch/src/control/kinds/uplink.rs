@@ -108,6 +108,123 @@ impl<'de> Deserialize<'de> for UplinkAddress {
     }
 }
 
+/// The shortest on-link prefix an Uplink IPv6 address may have.
+pub const MIN_UPLINK6_PREFIX: u8 = 16;
+
+/// One IPv6 address the switch owns on the Uplink: `X:X::X/N` (with its link's prefix) or
+/// `X:X::X` (`/128`). Global or unique-local unicast: the switch's link-local address on the
+/// link is derived from its MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UplinkAddress6(pub Ipv6Net);
+
+impl UplinkAddress6 {
+    /// The address the switch owns.
+    pub fn addr(self) -> Ipv6Addr {
+        self.0.addr()
+    }
+
+    /// The on-link prefix (host bits cleared).
+    pub fn prefix(self) -> Ipv6Net {
+        self.0.trunc()
+    }
+}
+
+impl fmt::Display for UplinkAddress6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == 128 {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl FromStr for UplinkAddress6 {
+    type Err = UplinkAddressError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| UplinkAddressError {
+            text: s.to_string(),
+            why: why.to_string(),
+        };
+        let form =
+            "write X:X::X/N (the address with its link's prefix, e.g. 2001:db8::10/64) or X:X::X";
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => {
+                let len = len
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|len| *len <= 128)
+                    .ok_or_else(|| err(&format!("the prefix length must be 0..=128; {form}")))?;
+                (addr, len)
+            }
+            None => (s, 128),
+        };
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| err(&format!("{addr:?} is not an IPv6 address; {form}")))?;
+        let net = Ipv6Net::new(addr, len)
+            .map_err(|_| err(&format!("the prefix length must be 0..=128; {form}")))?;
+        if addr.is_unspecified()
+            || addr.is_loopback()
+            || addr.is_multicast()
+            || addr.to_ipv4_mapped().is_some()
+        {
+            return Err(err(
+                "not a unicast address (unspecified, loopback, multicast and IPv4-mapped \
+                 addresses cannot be owned); use an address of the uplink's network",
+            ));
+        }
+        if len < MIN_UPLINK6_PREFIX {
+            return Err(err(&format!(
+                "the prefix length must be {MIN_UPLINK6_PREFIX}..=128: a shorter one would put most of the IPv6 Internet on the link; {form}"
+            )));
+        }
+        if addr.segments()[0] & 0xffc0 == 0xfe80 {
+            return Err(err(
+                "a link-local address; the switch derives its own link-local address from its \
+                 MAC: list global or unique-local addresses",
+            ));
+        }
+        if len < 127 && addr == net.network() {
+            return Err(err(&format!(
+                "{addr} is the subnet-router anycast address of {}; write a host address with \
+                 its link's prefix",
+                net.trunc()
+            )));
+        }
+        Ok(UplinkAddress6(net))
+    }
+}
+
+impl Serialize for UplinkAddress6 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UplinkAddress6 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(D::Error::custom)
+    }
+}
+
+/// `spec.ipv6` of the Uplink: the IPv6 addresses the switch owns on the link (NAT66,
+/// IPv6 port forwards) and the IPv6 next hop toward the outside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UplinkIpv6 {
+    /// The IPv6 addresses the switch owns on the link; it answers neighbour solicitations for
+    /// them (and for its link-local address) from its MAC.
+    pub addresses: Vec<UplinkAddress6>,
+    /// The IPv6 next hop: a router's link-local address (as routers advertise themselves), or
+    /// a global address inside the prefix of one of `addresses`. Resolved by neighbour
+    /// discovery.
+    #[serde(deserialize_with = "de_ipv6")]
+    pub gateway: Ipv6Addr,
+}
+
 /// Spec of the Uplink: the host interface the switch reads and writes with AF_PACKET, the
 /// addresses it owns there, and the next hop toward the outside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +268,10 @@ pub struct UplinkSpec {
     /// (or `policy: Accept`): everything the switch serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundSpec>,
+    /// IPv6 on the link: addresses the switch owns and the IPv6 next hop; absent, the
+    /// switch does not serve IPv6 on the uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<UplinkIpv6>,
 }
 
 /// `spec.inbound.policy`: what becomes of unsolicited traffic from outside that no `allow`
@@ -411,9 +532,24 @@ impl UplinkSpec {
         self.members().join("+")
     }
 
-    /// True when `addr` is one of the addresses the switch owns here.
-    pub fn owns(&self, addr: Ipv4Addr) -> bool {
-        self.addresses.iter().any(|a| a.addr() == addr)
+    /// True when `addr` is one of the addresses the switch owns here (either family).
+    pub fn owns(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(addr) => self.addresses.iter().any(|a| a.addr() == addr),
+            IpAddr::V6(addr) => self
+                .ipv6
+                .as_ref()
+                .is_some_and(|v6| v6.addresses.iter().any(|a| a.addr() == addr)),
+        }
+    }
+
+    /// Every address the switch owns here, IPv4 first, in the spec's order.
+    pub fn all_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses.iter().map(|a| IpAddr::V4(a.addr())).chain(
+            self.ipv6
+                .iter()
+                .flat_map(|v6| v6.addresses.iter().map(|a| IpAddr::V6(a.addr()))),
+        )
     }
 }
 
@@ -620,8 +756,17 @@ spec:
                 Some(bond) => format!("{}({})", spec.interfaces_text(), bond.mode),
                 None => spec.interfaces_text(),
             },
-            cells(&spec.addresses),
-            spec.gateway.to_string(),
+            cells(
+                spec.addresses.iter().map(ToString::to_string).chain(
+                    spec.ipv6
+                        .iter()
+                        .flat_map(|v6| v6.addresses.iter().map(ToString::to_string)),
+                ),
+            ),
+            match &spec.ipv6 {
+                Some(v6) => format!("{},{}", spec.gateway, v6.gateway),
+                None => spec.gateway.to_string(),
+            },
             cells(status.mac.or(spec.mac).iter()),
             inbound_cell(spec.inbound.as_ref()),
             status.state.to_string(),
@@ -881,7 +1026,7 @@ fn check_uplink(
         }
     }
     let gateway = spec.gateway;
-    if spec.owns(gateway) {
+    if spec.owns(IpAddr::V4(gateway)) {
         return Err(origin.invalid(
             "spec.gateway",
             format!(
@@ -904,9 +1049,12 @@ fn check_uplink(
             ),
         ));
     }
+    if let Some(v6) = &spec.ipv6 {
+        check_uplink6(origin, next, uplink, v6)?;
+    }
     // Addresses in use by resources outside the batch must stay (those in the batch are
     // checked against the new addresses by their own checks).
-    let outside: Vec<(Kind, String, Ipv4Addr)> = next
+    let outside: Vec<(Kind, String, IpAddr)> = next
         .nat_gateways
         .values()
         .filter(|g| !batch.contains(Kind::NatGateway, &g.metadata.name))
@@ -930,7 +1078,7 @@ fn check_uplink(
                     Some((
                         Kind::VirtualIp,
                         v.metadata.name.clone(),
-                        nat_rules::virtual_ip_address(v)?,
+                        IpAddr::V4(nat_rules::virtual_ip_address(v)?),
                     ))
                 }),
         )
@@ -947,10 +1095,207 @@ fn check_uplink(
     Ok(())
 }
 
+/// `spec.ipv6`: each address once, none overlapping a Subnet's IPv6 prefix; the gateway a
+/// unicast router address on the link that is not the switch's own.
+fn check_uplink6(
+    origin: &Origin,
+    next: &State,
+    uplink: &Uplink,
+    v6: &UplinkIpv6,
+) -> Result<(), ApiError> {
+    if v6.addresses.is_empty() {
+        return Err(origin.invalid(
+            "spec.ipv6.addresses",
+            "no address; list at least one IPv6 address the switch owns on the link (e.g. 2001:db8::10/64), or leave ipv6 out",
+        ));
+    }
+    let mut seen: BTreeMap<Ipv6Addr, usize> = BTreeMap::new();
+    for (index, address) in v6.addresses.iter().enumerate() {
+        let field = format!("spec.ipv6.addresses[{index}]");
+        if let Some(first) = seen.insert(address.addr(), index) {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "{} is also spec.ipv6.addresses[{first}]; list each address once",
+                    address.addr()
+                ),
+            ));
+        }
+        for subnet in next.subnets.values() {
+            let Some(subnet6) = &subnet.spec.ipv6 else {
+                continue;
+            };
+            let (a, b) = (address.prefix(), subnet6.cidr);
+            if a.contains(&b.network()) || b.contains(&a.network()) {
+                return Err(origin.invalid(
+                    &field,
+                    format!(
+                        "{address} (link {a}) overlaps the IPv6 prefix {b} of Subnet {:?} of Network {:?}; the uplink's link and the Subnets must not overlap: use another address or prefix",
+                        subnet.metadata.name, subnet.spec.network
+                    ),
+                ));
+            }
+        }
+    }
+    let gateway = v6.gateway;
+    if gateway.is_unspecified() || gateway.is_loopback() || gateway.is_multicast() {
+        return Err(origin.invalid(
+            "spec.ipv6.gateway",
+            format!("{gateway} is not a unicast address; write the router's address on the link (its link-local address, e.g. fe80::1, or a global one)"),
+        ));
+    }
+    let own_link_local =
+        crate::wire::ipv6::link_local_from_mac(nat_rules::uplink_mac(next, uplink).0);
+    if seen.contains_key(&gateway) || gateway == own_link_local {
+        return Err(origin.invalid(
+            "spec.ipv6.gateway",
+            format!("gateway {gateway} is one of the uplink's own addresses; write the address of the router toward the outside"),
+        ));
+    }
+    let link_local = gateway.segments()[0] & 0xffc0 == 0xfe80;
+    if !link_local && !v6.addresses.iter().any(|a| a.prefix().contains(&gateway)) {
+        let listed = v6
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(origin.invalid(
+            "spec.ipv6.gateway",
+            format!("gateway {gateway} is neither link-local nor inside the prefix of any of the uplink's IPv6 addresses ({listed}); write the router's link-local address, or give an address its link's prefix (e.g. 2001:db8::10/64)"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::testing::{apply, doc, forward, gateway, ip, nat_base, refused, vip};
+
+    /// The Uplink's IPv6, and the NAT resources that use it: each wrong field named.
+    #[test]
+    fn uplink_ipv6_checks() {
+        let state = nat_base();
+        let uplink = |v6: &str| {
+            doc(
+                "Uplink",
+                "wan",
+                &format!(
+                    "{{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.12], gateway: 198.51.100.1, ipv6: {v6}}}"
+                ),
+            )
+        };
+        let cases: [(&str, &str, &[&str]); 8] = [
+            (
+                "{addresses: ['fe80::10/64'], gateway: 'fe80::1'}",
+                "documents[0].spec.ipv6.addresses[0]",
+                &["a link-local address"],
+            ),
+            (
+                "{addresses: ['2001:db8:1::/64'], gateway: 'fe80::1'}",
+                "documents[0].spec.ipv6.addresses[0]",
+                &["subnet-router anycast"],
+            ),
+            (
+                "{addresses: ['ff02::1'], gateway: 'fe80::1'}",
+                "documents[0].spec.ipv6.addresses[0]",
+                &["not a unicast address"],
+            ),
+            (
+                "{addresses: ['2001:db8:1::10/8'], gateway: 'fe80::1'}",
+                "documents[0].spec.ipv6.addresses[0]",
+                &["the prefix length must be 16..=128"],
+            ),
+            (
+                "{addresses: [], gateway: 'fe80::1'}",
+                "documents[0].spec.ipv6.addresses",
+                &["no address"],
+            ),
+            (
+                "{addresses: ['2001:db8:1::10/64', '2001:db8:1::10'], gateway: 'fe80::1'}",
+                "documents[0].spec.ipv6.addresses[1]",
+                &["also spec.ipv6.addresses[0]"],
+            ),
+            (
+                "{addresses: ['2001:db8:1::10/64'], gateway: '2001:db8:2::1'}",
+                "documents[0].spec.ipv6.gateway",
+                &["neither link-local nor inside the prefix"],
+            ),
+            (
+                "{addresses: ['2001:db8:1::10/64'], gateway: '2001:db8:1::10'}",
+                "documents[0].spec.ipv6.gateway",
+                &["one of the uplink's own addresses"],
+            ),
+        ];
+        for (v6, field, words) in cases {
+            refused(&state, &uplink(v6), 400, field, words);
+        }
+        // A link-local or on-link gateway is fine; NAT resources may then use the address.
+        let state = apply(
+            &state,
+            &uplink("{addresses: ['2001:db8:1::10/64', '2001:db8:1::11'], gateway: 'fe80::1'}"),
+        );
+        // A Subnet may not take an IPv6 prefix on the uplink's link, new or existing.
+        refused(
+            &state,
+            &doc(
+                "Subnet",
+                "web",
+                "{network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, ipv6: {cidr: '2001:db8:1::/64'}}",
+            ),
+            400,
+            "documents[0].spec.ipv6.cidr",
+            &["2001:db8:1::/64 overlaps the link 2001:db8:1::/64 of address 2001:db8:1::10/64"],
+        );
+        // An IPv6 forward needs a target with an IPv6 address.
+        refused(
+            &state,
+            &forward("f6", "'2001:db8:1::11'", "tcp", 8080, "c1"),
+            400,
+            "documents[0].spec.target.interface",
+            &["is IPv6 but NetworkInterface \"c1\" is on Subnet \"web\", which has no IPv6 prefix"],
+        );
+        let state = apply(
+            &state,
+            &format!(
+                "{}{}{}",
+                doc(
+                    "Subnet",
+                    "web",
+                    "{network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, ipv6: {cidr: 'fd00:1::/64'}}"
+                ),
+                gateway("gw", "blue", "198.51.100.10, '2001:db8:1::10'"),
+                forward("f6", "'2001:db8:1::11'", "tcp", 8080, "c1"),
+            ),
+        );
+        assert_eq!(
+            state.nat_gateways["gw"].spec.ips,
+            [
+                ip::<IpAddr>("198.51.100.10"),
+                ip::<IpAddr>("2001:db8:1::10")
+            ]
+        );
+        // An IPv6 address the Uplink does not own is refused, pointing at spec.ipv6.
+        refused(
+            &state,
+            &gateway("gw2", "red", "'2001:db8:1::99'"),
+            400,
+            "documents[0].spec.ips[0]",
+            &[
+                "2001:db8:1::99 is not an address of Uplink",
+                "spec.ipv6.addresses",
+            ],
+        );
+        // Dropping an address a PortForward uses is refused.
+        refused(
+            &state,
+            &uplink("{addresses: ['2001:db8:1::10/64'], gateway: 'fe80::1'}"),
+            409,
+            "documents[0].spec.addresses",
+            &["2001:db8:1::11 is used by PortForward \"f6\""],
+        );
+    }
 
     #[test]
     fn uplink_checks() {
@@ -1188,6 +1533,9 @@ mod tests {
                 gateway("gw", "blue", "198.51.100.13")
             ),
         );
-        assert_eq!(moved.nat_gateways["gw"].spec.ips, [ip("198.51.100.13")]);
+        assert_eq!(
+            moved.nat_gateways["gw"].spec.ips,
+            [ip::<IpAddr>("198.51.100.13")]
+        );
     }
 }

@@ -144,14 +144,14 @@ fn check_virtual_ip(
     batch: Batch<'_>,
     vip: &VirtualIp,
 ) -> Result<(), ApiError> {
-    nat_rules::owned_by_uplink(origin, next, "spec.ip", vip.spec.ip)?;
+    nat_rules::owned_by_uplink(origin, next, "spec.ip", vip.spec.ip.map(IpAddr::V4))?;
     if let Some(ip) = vip.spec.ip {
         if let Some(user) = nat_rules::blocking_user(
             next,
             batch,
             origin,
             (Kind::VirtualIp, &vip.metadata.name),
-            ip,
+            IpAddr::V4(ip),
             &[
                 Kind::NatGateway,
                 Kind::PortForward,

@@ -29,6 +29,8 @@ mod op {
     pub const LD_W_ABS: u16 = 0x20;
     /// `BPF_LD | BPF_H | BPF_ABS`: `A = u16 at k` (big-endian).
     pub const LD_H_ABS: u16 = 0x28;
+    /// `BPF_ALU | BPF_AND | BPF_K`: `A &= k`.
+    pub const AND_K: u16 = 0x54;
     /// `BPF_JMP | BPF_JEQ | BPF_K`: `pc += (A == k) ? jt : jf`.
     pub const JEQ_K: u16 = 0x15;
     /// `BPF_RET | BPF_K`: `return k`.
@@ -48,6 +50,13 @@ const AD_PKTTYPE: u32 = SKF_AD_OFF + 4;
 const PACKET_OUTGOING: u32 = 4;
 /// The ARP EtherType.
 const ETHERTYPE_ARP: u32 = 0x0806;
+/// The IPv6 EtherType.
+const ETHERTYPE_IPV6: u32 = 0x86dd;
+/// The first three bytes of every solicited-node multicast MAC (33:33:ff:xx:xx:xx, RFC 2464
+/// section 7 applied to ff02::1:ffxx:xxxx), as the high word of a destination masked by
+/// [`SOLICITED_MASK`].
+const SOLICITED_NODE_MAC: u32 = 0x3333_ff00;
+const SOLICITED_MASK: u32 = 0xffff_ff00;
 /// Offset of the EtherType in an untagged Ethernet header.
 const ETHERTYPE_OFFSET: u32 = 12;
 /// Return value that keeps the whole frame.
@@ -70,9 +79,13 @@ mod at {
     pub const IS_BROADCAST_LOW: usize = 10;
     pub const ETHERTYPE: usize = 11;
     pub const IS_ARP: usize = 12;
-    pub const ACCEPT: usize = 13;
-    pub const REJECT: usize = 14;
-    pub const LEN: usize = 15;
+    pub const SOLICITED_MASK: usize = 13;
+    pub const IS_SOLICITED: usize = 14;
+    pub const ETHERTYPE6: usize = 15;
+    pub const IS_IPV6: usize = 16;
+    pub const ACCEPT: usize = 17;
+    pub const REJECT: usize = 18;
+    pub const LEN: usize = 19;
 }
 
 /// The jump offset from instruction `from` to instruction `to` (`to` comes after `from`;
@@ -115,7 +128,9 @@ const fn branch(here: usize, k: u32, yes: usize, no: usize) -> BpfInstruction {
 ///   their containers' MACs, broadcast and multicast all concern it; it counts and drops
 ///   the VLANs it does not serve);
 /// - its destination is `mac`, or it is a broadcast ARP frame (requests for the switch's
-///   addresses; every other broadcast and all multicast are for the host).
+///   addresses), or an IPv6 frame to a solicited-node multicast MAC (33:33:ff:..: neighbour
+///   solicitations, for the switch's IPv6 addresses among others; the datapath keeps those
+///   whose target it owns); every other broadcast and multicast is for the host.
 ///
 /// Frames for the host's own MAC, other hosts' unicast (seen in promiscuous mode) and short
 /// frames are dropped in the kernel before any copy.
@@ -140,12 +155,22 @@ pub fn uplink_program(mac: [u8; 6], trunk: bool) -> [BpfInstruction; at::LEN] {
             at::IS_BROADCAST_HIGH,
             u32::MAX,
             at::BROADCAST_LOW,
-            at::REJECT,
+            at::SOLICITED_MASK,
         ),
         load(op::LD_H_ABS, 4),
         branch(at::IS_BROADCAST_LOW, 0xffff, at::ETHERTYPE, at::REJECT),
         load(op::LD_H_ABS, ETHERTYPE_OFFSET),
         branch(at::IS_ARP, ETHERTYPE_ARP, at::ACCEPT, at::REJECT),
+        // A still holds the destination's first four bytes.
+        load(op::AND_K, SOLICITED_MASK),
+        branch(
+            at::IS_SOLICITED,
+            SOLICITED_NODE_MAC,
+            at::ETHERTYPE6,
+            at::REJECT,
+        ),
+        load(op::LD_H_ABS, ETHERTYPE_OFFSET),
+        branch(at::IS_IPV6, ETHERTYPE_IPV6, at::ACCEPT, at::REJECT),
         load(op::RET_K, ACCEPT),
         load(op::RET_K, REJECT),
     ]
@@ -207,6 +232,7 @@ mod tests {
                     };
                     a = u32::from(u16::from_be_bytes(bytes.try_into().ok()?));
                 }
+                op::AND_K => a &= instruction.k,
                 op::JEQ_K => {
                     let skip = if a == instruction.k {
                         instruction.jt
@@ -247,7 +273,7 @@ mod tests {
     fn accepts_frames_for_our_mac_whole() {
         assert_eq!(verdict(OURS, 0x0800, RECEIVED), ACCEPT);
         assert_eq!(verdict(OURS, 0x0806, RECEIVED), ACCEPT);
-        // IPv6 to our MAC is kept: the datapath counts it as unsupported, not the filter.
+        // IPv6 to our MAC is kept (the switch's IPv6 addresses on the uplink).
         assert_eq!(verdict(OURS, 0x86dd, RECEIVED), ACCEPT);
     }
 
@@ -261,6 +287,24 @@ mod tests {
         assert_eq!(verdict(broadcast, 0x0806, meta), ACCEPT);
         assert_eq!(verdict(broadcast, 0x0800, meta), REJECT);
         assert_eq!(verdict(broadcast, 0x8100, meta), REJECT);
+    }
+
+    #[test]
+    fn accepts_ipv6_to_solicited_node_macs_only() {
+        let meta = Meta {
+            pkt_type: 2, // PACKET_MULTICAST
+            ..RECEIVED
+        };
+        let solicited = [0x33, 0x33, 0xff, 0x00, 0x00, 0x0a];
+        assert_eq!(verdict(solicited, 0x86dd, meta), ACCEPT);
+        assert_eq!(verdict(solicited, 0x0800, meta), REJECT);
+        // All-nodes and all-routers multicast (RAs, RSs): the host's.
+        assert_eq!(verdict([0x33, 0x33, 0, 0, 0, 1], 0x86dd, meta), REJECT);
+        assert_eq!(verdict([0x33, 0x33, 0, 0, 0, 2], 0x86dd, meta), REJECT);
+        assert_eq!(
+            verdict([0x33, 0x33, 0xfe, 0, 0, 0x0a], 0x86dd, meta),
+            REJECT
+        );
     }
 
     #[test]
@@ -361,6 +405,7 @@ mod tests {
             code(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS)
         );
         assert_eq!(op::JEQ_K, code(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K));
+        assert_eq!(op::AND_K, code(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K));
         assert_eq!(op::RET_K, code(libc::BPF_RET | libc::BPF_K));
         let signed = |k: u32| i64::from(k) - (1i64 << 32);
         assert_eq!(

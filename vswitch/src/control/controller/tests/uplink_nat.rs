@@ -190,7 +190,11 @@ fn nat_controller(
     (controller, c1, d1)
 }
 
-fn addr(text: &str) -> Ipv4Addr {
+/// An address of the type the caller needs (`Ipv4Addr` or `IpAddr`).
+fn addr<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
     text.parse().expect("an address")
 }
 
@@ -215,7 +219,7 @@ fn uplink_and_nat_rules_are_published() {
     assert_eq!(uplink.name, "wan");
     assert_eq!(uplink.ifname, "fakepub");
     assert_eq!(uplink.mtu, 1400);
-    assert_eq!(uplink.gateway, addr("198.51.100.1"));
+    assert_eq!(uplink.gateway, addr::<Ipv4Addr>("198.51.100.1"));
     assert_eq!(
         uplink.addresses,
         [
