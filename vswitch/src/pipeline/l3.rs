@@ -59,8 +59,8 @@ use super::{Context, DropCause, Local, Output, Verdict, arp, icmp, l2, tx};
 use crate::port::PortId;
 use crate::tables::counters::Event;
 use crate::tables::counters::keyed_enum;
-use crate::tables::held::{HOLD_MS, Held, HeldQueue, HoldError};
-use crate::tables::neigh::{Confirmation, Resolution, Solicit};
+use crate::tables::held::{HOLD_MS, Held, HeldQueue};
+use crate::tables::neigh::{Resolution, Solicit};
 use crate::tables::snapshot::{
     NetworkId, NextHop, PortEntry, RouteEntry, Snapshot, SubnetEntry, SubnetId, UplinkEntry,
 };
@@ -236,13 +236,7 @@ pub fn confirm_sender(
     let confirmation = ctx
         .neighbors
         .confirm(subnet.id, src, parsed.src_mac, ctx.now_ms, true);
-    if matches!(
-        confirmation,
-        Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
-    ) {
-        out.events.add(Event::NeighborLearned);
-        out.neighbor_resolved |= confirmation == Confirmation::Resolved;
-    }
+    out.note_confirmation(confirmation);
 }
 
 /// Routes an IPv4 frame from `ingress` (in `subnet`) that was sent to the gateway MAC (see
@@ -491,16 +485,7 @@ pub fn forward(
                 deadline_ms: now.saturating_add(HOLD_MS),
                 translated: translation.is_some(),
             };
-            match local.held.hold(held, frame) {
-                Ok(()) => {
-                    local.out.events.add(Event::Held);
-                    Verdict::Consumed
-                }
-                Err(HoldError::TooBig) => Verdict::drop(DropReason::HeldTooBig),
-                Err(HoldError::NextHopFull | HoldError::Full) => {
-                    Verdict::drop(DropReason::HeldQueueFull)
-                }
-            }
+            local.hold(held, frame)
         }
         Resolution::TableFull => Verdict::drop(DropReason::NeighborTableFull),
     }

@@ -574,6 +574,19 @@ pub struct Output {
 }
 
 impl Output {
+    /// Counts what a neighbour-table confirmation changed (a new, moved or resolved
+    /// neighbour; a resolved one wakes the workers holding packets for it).
+    pub(crate) fn note_confirmation(&mut self, confirmation: crate::tables::neigh::Confirmation) {
+        use crate::tables::neigh::Confirmation;
+        if matches!(
+            confirmation,
+            Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
+        ) {
+            self.events
+                .add(crate::tables::counters::Event::NeighborLearned);
+            self.neighbor_resolved |= confirmation == Confirmation::Resolved;
+        }
+    }
     /// The identification for the next packet the switch originates.
     pub fn next_ident(&mut self) -> u16 {
         self.ident = self.ident.wrapping_add(1);
@@ -591,6 +604,22 @@ pub struct Local {
 }
 
 impl Local {
+    /// Holds `frame` while its next hop is resolved: consumed, or dropped when the packet or
+    /// the queue is too big.
+    pub(crate) fn hold(&mut self, held: crate::tables::held::Held, frame: &[u8]) -> Verdict {
+        use crate::tables::held::HoldError;
+        match self.held.hold(held, frame) {
+            Ok(()) => {
+                self.out.events.add(crate::tables::counters::Event::Held);
+                Verdict::Consumed
+            }
+            Err(HoldError::TooBig) => Verdict::drop(l3::DropReason::HeldTooBig),
+            Err(HoldError::NextHopFull | HoldError::Full) => {
+                Verdict::drop(l3::DropReason::HeldQueueFull)
+            }
+        }
+    }
+
     /// The state of worker `worker` (its index seeds the IP identifications, so workers do
     /// not start on the same numbers).
     pub fn new(worker: usize) -> Local {

@@ -59,8 +59,8 @@ use super::uplink::DropReason as UplinkReason;
 use super::{Context, Local, Output, Verdict};
 use crate::port::PortId;
 use crate::tables::counters::Event;
-use crate::tables::held::{HOLD_MS, Held, HoldError};
-use crate::tables::neigh::{Confirmation, Resolution};
+use crate::tables::held::{HOLD_MS, Held};
+use crate::tables::neigh::Resolution;
 use crate::tables::snapshot::{
     NetworkId, NextHop, PortEntry, SubnetEntry, UplinkEntry, UplinkIpv6Entry,
 };
@@ -311,13 +311,7 @@ fn learn(
     let confirmation = ctx
         .neighbors
         .confirm(uplink.segment, ip, mac, ctx.now_ms, create);
-    if matches!(
-        confirmation,
-        Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
-    ) {
-        out.events.add(Event::NeighborLearned);
-        out.neighbor_resolved |= confirmation == Confirmation::Resolved;
-    }
+    out.note_confirmation(confirmation);
 }
 
 /// Sends a neighbour solicitation for `target` out of the uplink: to its solicited-node
@@ -683,16 +677,7 @@ pub(super) fn continue_in(
                 deadline_ms: now.saturating_add(HOLD_MS),
                 translated: tracked.target.is_some(),
             };
-            match local.held.hold(held, frame) {
-                Ok(()) => {
-                    local.out.events.add(Event::Held);
-                    Verdict::Consumed
-                }
-                Err(HoldError::TooBig) => Verdict::drop(L3Reason::HeldTooBig),
-                Err(HoldError::NextHopFull | HoldError::Full) => {
-                    Verdict::drop(L3Reason::HeldQueueFull)
-                }
-            }
+            local.hold(held, frame)
         }
         Resolution::TableFull => Verdict::drop(L3Reason::NeighborTableFull),
     }

@@ -33,7 +33,6 @@ use super::port_security::icmp_message;
 use super::{Context, Output, Verdict, l2};
 use crate::port::PortId;
 use crate::tables::counters::Event;
-use crate::tables::neigh::Confirmation;
 use crate::tables::snapshot::{Egress, PortEntry, Snapshot, Subnet6, SubnetEntry};
 use crate::wire::ipv6::{
     self as wire6, ALL_NODES, Ethernet, Nd, NeighborAdvertisementRepr, NeighborSolicitationRepr,
@@ -251,13 +250,7 @@ fn glean(
     let confirmation = ctx
         .neighbors
         .confirm(subnet.id, ip, mac, ctx.now_ms, create);
-    if matches!(
-        confirmation,
-        Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
-    ) {
-        out.events.add(Event::NeighborLearned);
-        out.neighbor_resolved |= confirmation == Confirmation::Resolved;
-    }
+    out.note_confirmation(confirmation);
 }
 
 /// Sends `subnet`'s router advertisement to `dst_ip` at `dst_mac` through `port`. False when

@@ -40,8 +40,8 @@ use super::{Context, Local, Output, Verdict, l2, nd};
 use crate::port::PortId;
 use crate::tables::counters::Event;
 use crate::tables::fdb::is_group;
-use crate::tables::held::{HOLD_MS, Held, HoldError};
-use crate::tables::neigh::{Confirmation, Resolution};
+use crate::tables::held::{HOLD_MS, Held};
+use crate::tables::neigh::Resolution;
 use crate::tables::snapshot::{NextHop, PortEntry, SubnetEntry};
 use crate::wire::VNET_HDR_LEN;
 use crate::wire::ipv6::{self as wire6, ErrorKind, ErrorRepr, Ethernet};
@@ -250,16 +250,7 @@ pub fn route(
                 deadline_ms: now.saturating_add(HOLD_MS),
                 translated: false,
             };
-            match local.held.hold(held, frame) {
-                Ok(()) => {
-                    local.out.events.add(Event::Held);
-                    Verdict::Consumed
-                }
-                Err(HoldError::TooBig) => Verdict::drop(DropReason::HeldTooBig),
-                Err(HoldError::NextHopFull | HoldError::Full) => {
-                    Verdict::drop(DropReason::HeldQueueFull)
-                }
-            }
+            local.hold(held, frame)
         }
         Resolution::TableFull => Verdict::drop(DropReason::NeighborTableFull),
     }
@@ -333,13 +324,7 @@ fn confirm_sender(
         return;
     }
     let confirmation = ctx.neighbors.confirm(subnet.id, src, mac, ctx.now_ms, true);
-    if matches!(
-        confirmation,
-        Confirmation::Created | Confirmation::Changed | Confirmation::Resolved
-    ) {
-        out.events.add(Event::NeighborLearned);
-        out.neighbor_resolved |= confirmation == Confirmation::Resolved;
-    }
+    out.note_confirmation(confirmation);
 }
 
 /// A packet for one of the switch's gateway addresses: echo requests are answered in place,
