@@ -619,7 +619,7 @@ fn nat66_masquerade_and_port_forward_through_the_uplink() {
     daemon.attach(&c2, &["--subnet", "a6", "--kind", "veth"]);
     let ip2 = interface_ipv6(&daemon, &c2.name);
     daemon.apply_yaml(&format!(
-        "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n  ipv6:\n    addresses: ['2001:db8:1::10/64']\n    gateway: '2001:db8:1::1'\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10, '2001:db8:1::10']\n---\napiVersion: vswitch/v1alpha1\nkind: PortForward\nmetadata:\n  name: web6\nspec:\n  ip: '2001:db8:1::10'\n  protocol: tcp\n  port: 8080\n  target:\n    interface: {}\n    port: 80\n",
+        "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: up\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n  ipv6:\n    addresses: ['2001:db8:1::10/64', '2001:db8:1::11']\n    gateway: '2001:db8:1::1'\n---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: default\nspec:\n  network: default\n  ips: [203.0.113.10, '2001:db8:1::10']\n---\napiVersion: vswitch/v1alpha1\nkind: PortForward\nmetadata:\n  name: web6\nspec:\n  ip: '2001:db8:1::10'\n  protocol: tcp\n  port: 8080\n  target:\n    interface: {}\n    port: 80\n",
         outside.host_end, c2.name
     ));
 
@@ -680,4 +680,78 @@ fn nat66_masquerade_and_port_forward_through_the_uplink() {
     assert!(table.contains("2001:db8:1::10"), "{table}");
     let nat = daemon.ctl_ok(&["nat"]);
     assert!(nat.contains("2001:db8:1::10"), "{nat}");
+
+    // An IPv6 VirtualIP (allocated: ::10 is the gateway's and the forward's) on a third
+    // container, beside its IPv4 address: 1:1 both ways.
+    let c3 = Netns::new("n6c");
+    daemon.attach(&c3, &["--subnet", "a6", "--label", "app=vip6"]);
+    let ip3 = interface_ipv6(&daemon, &c3.name);
+    daemon.apply_yaml(
+        "apiVersion: vswitch/v1alpha1\nkind: VirtualIP\nmetadata:\n  name: pub6\nspec:\n  type: Public\n  ipFamily: IPv6\n",
+    );
+    let mut nic = daemon.ctl_json(&["get", "networkinterface", &c3.name]);
+    nic["spec"]["virtualIPs"] = serde_json::json!(["pub6"]);
+    if let Some(object) = nic.as_object_mut() {
+        object.remove("status");
+    }
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), nic.to_string()).expect("write");
+    daemon.ctl_ok(&["apply", "-f", file.path().to_str().expect("utf8")]);
+    let vip = daemon.ctl_json(&["get", "virtualip", "pub6"]);
+    assert_eq!(vip["status"]["ip"], "2001:db8:1::11", "{vip}");
+    assert_eq!(vip["status"]["interface"], c3.name.as_str(), "{vip}");
+    let seen = c3.python(TCP_ASK6, &["2001:db8:1::1", "9000", "42000"]);
+    assert_eq!(
+        seen, "[2001:db8:1::11]:42000",
+        "c3 leaves with its VirtualIP"
+    );
+    let c3_name = c3.name.clone();
+    outside.serve(&c3_name, "tcp", TCP_WHOAMI6, &ip3, 80);
+    let mut listener = c3.spawn(&["python3", "-c", SERVER6]);
+    let seen = outside.ns.python(TCP_ASK6, &["2001:db8:1::11", "80"]);
+    assert_eq!(
+        seen.rsplit_once(':').map(|(addr, _)| addr),
+        Some("[2001:db8:1::1]"),
+        "c3 sees the outside's own address: {seen}"
+    );
+    wait_until(
+        "c3's IPv6 servers reachable on its VirtualIP",
+        Duration::from_secs(10),
+        || connects(&outside.ns, "2001:db8:1::11", 8081).then_some(()),
+    );
+    ping6_ok(&outside.ns, "2001:db8:1::11", 1);
+
+    // A NetworkPolicy isolates c3 for ingress: from the outside's /64, TCP 8080 only. NAT66
+    // connections are judged against c3 and its port, before they are created.
+    daemon.apply_yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: vip6}\nspec:\n  podSelector: {matchLabels: {app: vip6}}\n  ingress:\n  - from: [{ipBlock: {cidr: '2001:db8:1::/64'}}]\n    ports: [{port: 8080}]\n",
+    );
+    assert!(
+        connects(&outside.ns, "2001:db8:1::11", 8080),
+        "8080 is allowed"
+    );
+    assert!(
+        !connects(&outside.ns, "2001:db8:1::11", 8081),
+        "8081 is not"
+    );
+    let out = outside
+        .ns
+        .exec(&["ping", "-6", "-c", "1", "-W", "1", "2001:db8:1::11"]);
+    assert!(!out.status.success(), "ICMPv6 echo to c3 is not allowed");
+    let policy = daemon.ctl_json(&["get", "networkpolicy", "vip6"]);
+    let counters = &policy["status"]["counters"];
+    assert!(
+        counters["ingressAllowed"].as_u64().unwrap_or(0) >= 1
+            && counters["ingressDenied"].as_u64().unwrap_or(0) >= 2,
+        "{}",
+        policy["status"]
+    );
+    // c3's egress is not isolated: its own connections out still leave with the VirtualIP,
+    // and their replies come back.
+    let seen = c3.python(TCP_ASK6, &["2001:db8:1::1", "9000", "42001"]);
+    assert_eq!(seen, "[2001:db8:1::11]:42001");
+    let table = daemon.ctl_ok(&["conntrack"]);
+    assert!(table.contains("2001:db8:1::11"), "{table}");
+    let _ = listener.kill();
+    let _ = listener.wait();
 }

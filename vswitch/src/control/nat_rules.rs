@@ -24,13 +24,13 @@
 //! allocation counts as taken for every claimant.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use super::ApiError;
 use super::kinds::Batch;
 use super::resource::{
-    ForwardState, InterfaceState, Kind, MacAddr, NatGateway, NetworkInterface, Origin, PortForward,
-    PortForwardStatus, PortsInUse, Uplink, VirtualIp,
+    ForwardState, InterfaceState, IpFamily, Kind, MacAddr, NatGateway, NetworkInterface, Origin,
+    PortForward, PortForwardStatus, PortsInUse, Uplink, VirtualIp,
 };
 use super::routing;
 use super::store::{NodeId, State};
@@ -57,9 +57,12 @@ pub fn uplink(state: &State) -> Option<&Uplink> {
     state.uplinks.values().next()
 }
 
-/// The address a VirtualIP uses: its spec's, else the allocated one.
-pub fn virtual_ip_address(vip: &VirtualIp) -> Option<Ipv4Addr> {
-    vip.spec.ip.or(vip.status.ip)
+/// The address a VirtualIP uses: its spec's, else the allocated one (of its family).
+pub fn virtual_ip_address(vip: &VirtualIp) -> Option<IpAddr> {
+    vip.spec.ip.or(vip
+        .status
+        .ip
+        .filter(|ip| IpFamily::of(*ip) == vip.spec.family()))
 }
 
 /// The NetworkInterface that references VirtualIP `name`, if one does.
@@ -67,7 +70,19 @@ pub fn virtual_ip_user<'a>(state: &'a State, name: &str) -> Option<&'a NetworkIn
     state
         .network_interfaces
         .values()
-        .find(|nic| nic.spec.virtual_ip.as_deref() == Some(name))
+        .find(|nic| nic.spec.virtual_ip_names().any(|v| v == name))
+}
+
+/// Whether interface `nic` has (or will have) an address of `family`: every interface has
+/// IPv4; IPv6 when its Subnet has a prefix and its families do not leave IPv6 out.
+pub fn has_family(state: &State, nic: &NetworkInterface, family: IpFamily) -> bool {
+    match family {
+        IpFamily::IPv4 => true,
+        IpFamily::IPv6 => state
+            .subnets
+            .get(&nic.spec.subnet)
+            .is_some_and(|subnet| nic.spec.wants_ipv6(&subnet.spec)),
+    }
 }
 
 /// `wan` addresses as a list for messages: `198.51.100.10/24, 198.51.100.11`, then the
@@ -99,7 +114,7 @@ pub fn users_of(state: &State, addr: IpAddr) -> Vec<(Kind, String)> {
         }
     }
     for vip in state.virtual_ips.values() {
-        if virtual_ip_address(vip).map(IpAddr::V4) == Some(addr) {
+        if virtual_ip_address(vip) == Some(addr) {
             users.push((Kind::VirtualIp, vip.metadata.name.clone()));
         }
     }
@@ -202,8 +217,8 @@ pub(crate) fn blocking_user(
 }
 
 /// Gives every VirtualIP of the batch its address: the spec's; else the one it holds, while
-/// it is still the Uplink's and taken by nothing else; else the first address of the Uplink
-/// (in its order) that nothing uses.
+/// it is still the Uplink's, of its family and taken by nothing else; else the first address
+/// of its family of the Uplink (in its order) that nothing uses.
 ///
 /// # Errors
 /// [`ApiError::Conflict`] on `spec.ip` when no address is free.
@@ -230,8 +245,11 @@ pub fn assign_virtual_ips(
         let Some(uplink) = uplink(next) else {
             continue;
         };
-        let Some(chosen) = free_uplink_address(next, (Kind::VirtualIp, name), vip.status.ip) else {
-            return Err(no_free_address(&origin_of(name), "spec.ip", uplink));
+        let family = vip.spec.family();
+        let Some(chosen) =
+            free_uplink_address(next, (Kind::VirtualIp, name), family, vip.status.ip)
+        else {
+            return Err(no_free_address(&origin_of(name), "spec.ip", uplink, family));
         };
         if let Some(vip) = next.virtual_ips.get_mut(name) {
             vip.status.ip = Some(chosen);
@@ -240,53 +258,58 @@ pub fn assign_virtual_ips(
     Ok(())
 }
 
-/// The address `me` (a VirtualIP or a Public LoadBalancer, which take theirs by
-/// allocation) gets on the Uplink: `held` while it is still the Uplink's and used by nothing
-/// else, else the first address of the Uplink (in its order) that nothing uses.
+/// The address of `family` that `me` (a VirtualIP or a Public LoadBalancer, which take
+/// theirs by allocation) gets on the Uplink: `held` while it is still the Uplink's, of
+/// `family` and used by nothing else, else the first address of `family` of the Uplink (in
+/// its order) that nothing uses.
 pub(crate) fn free_uplink_address(
     state: &State,
     me: (Kind, &str),
-    held: Option<Ipv4Addr>,
-) -> Option<Ipv4Addr> {
+    family: IpFamily,
+    held: Option<IpAddr>,
+) -> Option<IpAddr> {
     let uplink = uplink(state)?;
-    let free = |addr: Ipv4Addr| {
-        users_of(state, IpAddr::V4(addr))
-            .iter()
-            .all(|(kind, user)| *kind == me.0 && user == me.1)
-    };
-    held.filter(|ip| uplink.spec.owns(IpAddr::V4(*ip)) && free(*ip))
-        .or_else(|| {
-            uplink
-                .spec
-                .addresses
+    let free = |addr: IpAddr| {
+        IpFamily::of(addr) == family
+            && users_of(state, addr)
                 .iter()
-                .map(|a| a.addr())
-                .find(|addr| free(*addr))
-        })
+                .all(|(kind, user)| *kind == me.0 && user == me.1)
+    };
+    held.filter(|ip| uplink.spec.owns(*ip) && free(*ip))
+        .or_else(|| uplink.spec.all_addresses().find(|addr| free(*addr)))
 }
 
-/// The refusal when no address of `uplink` is left for an allocation, on `field`.
-pub(crate) fn no_free_address(origin: &Origin, field: &str, uplink: &Uplink) -> ApiError {
+/// The refusal when no address of `family` of `uplink` is left for an allocation, on
+/// `field`.
+pub(crate) fn no_free_address(
+    origin: &Origin,
+    field: &str,
+    uplink: &Uplink,
+    family: IpFamily,
+) -> ApiError {
+    let where_ = match family {
+        IpFamily::IPv4 => "spec.addresses",
+        IpFamily::IPv6 => "spec.ipv6.addresses",
+    };
     origin.conflict(
         field,
         format!(
-            "no free address left on Uplink {:?} (addresses: {}; each is used by a NATGateway, PortForward, VirtualIP or LoadBalancer); add an address to the Uplink, or free one",
+            "no free {family} address left on Uplink {:?} (addresses: {}; each is used by a NATGateway, PortForward, VirtualIP or LoadBalancer); add an address to the Uplink's {where_}, or free one",
             uplink.metadata.name,
             describe_addresses(uplink)
         ),
     )
 }
 
-/// The Network id (conntrack zone) and first IPv4 address of a NetworkInterface.
-fn zone_and_address(
+/// The Network id (conntrack zone) of a NetworkInterface.
+fn zone_of(
     state: &State,
     network_ids: &BTreeMap<String, NetworkId>,
     nic: &NetworkInterface,
-) -> Option<(nat::Zone, Ipv4Addr)> {
+) -> Option<nat::Zone> {
     let subnet = state.subnets.get(&nic.spec.subnet)?;
     let id = network_ids.get(&subnet.spec.network)?;
-    let addr = nic.status.ips.first()?.addr();
-    Some((nat::Zone(id.0), addr))
+    Some(nat::Zone(id.0))
 }
 
 /// The address of a NetworkInterface in `family`'s family (`family` is an address of it):
@@ -337,7 +360,7 @@ pub fn compile(state: &State, network_ids: &BTreeMap<String, NetworkId>) -> nat:
         let Some(nic) = state.network_interfaces.get(&forward.spec.target.interface) else {
             continue;
         };
-        let Some((zone, _)) = zone_and_address(state, network_ids, nic) else {
+        let Some(zone) = zone_of(state, network_ids, nic) else {
             continue;
         };
         let Some(addr) = interface_address_like(nic, forward.spec.ip) else {
@@ -355,27 +378,28 @@ pub fn compile(state: &State, network_ids: &BTreeMap<String, NetworkId>) -> nat:
         }
     }
     for nic in state.network_interfaces.values() {
-        let Some(vip) = nic
+        let Some(zone) = zone_of(state, network_ids, nic) else {
+            continue;
+        };
+        for vip in nic
             .spec
-            .virtual_ip
-            .as_ref()
-            .and_then(|name| state.virtual_ips.get(name))
-        else {
-            continue;
-        };
-        let (Some(public), Some((zone, private))) = (
-            virtual_ip_address(vip),
-            zone_and_address(state, network_ids, nic),
-        ) else {
-            continue;
-        };
-        let compiled = nat::VirtualIp {
-            public: IpAddr::V4(public),
-            zone,
-            private: IpAddr::V4(private),
-        };
-        if let Err(err) = rules.add_virtual_ip(compiled) {
-            tracing::warn!(virtualip = %vip.metadata.name, "virtual IP left out: {err}");
+            .virtual_ip_names()
+            .filter_map(|name| state.virtual_ips.get(name))
+        {
+            let Some(public) = virtual_ip_address(vip) else {
+                continue;
+            };
+            let Some(private) = interface_address_like(nic, public) else {
+                continue;
+            };
+            let compiled = nat::VirtualIp {
+                public,
+                zone,
+                private,
+            };
+            if let Err(err) = rules.add_virtual_ip(compiled) {
+                tracing::warn!(virtualip = %vip.metadata.name, "virtual IP left out: {err}");
+            }
         }
     }
     rules

@@ -275,6 +275,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 }],
                 mtu: None,
                 virtual_ip: None,
+                virtual_ips: Vec::new(),
                 default_route: false,
                 routes: vec![plan.overlay],
                 ports: Vec::new(),

@@ -821,6 +821,16 @@ pub(crate) fn de_opt_name<'de, D: Deserializer<'de>>(
     Ok(Some(name))
 }
 
+pub(crate) fn de_name_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(deserializer)?;
+    for name in &names {
+        check_name(name).map_err(D::Error::custom)?;
+    }
+    Ok(names)
+}
+
 pub(crate) fn default_ports_per_interface() -> u16 {
     DEFAULT_PORTS_PER_INTERFACE
 }
@@ -925,6 +935,12 @@ impl<'de> Deserialize<'de> for IpText {
     }
 }
 
+pub(crate) fn de_opt_ip<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<IpAddr>, D::Error> {
+    Ok(Option::<IpText>::deserialize(deserializer)?.map(|a| a.0))
+}
+
 pub(crate) fn de_ip_list<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<IpAddr>, D::Error> {
@@ -945,6 +961,17 @@ pub enum IpFamily {
     IPv4,
     /// IPv6.
     IPv6,
+}
+
+impl IpFamily {
+    /// The family of `addr`.
+    pub fn of(addr: IpAddr) -> IpFamily {
+        if addr.is_ipv6() {
+            IpFamily::IPv6
+        } else {
+            IpFamily::IPv4
+        }
+    }
 }
 
 impl fmt::Display for IpFamily {
@@ -1376,7 +1403,7 @@ spec: {netns: c1, virtualIP: v}
             panic!("not a virtual IP: {:?}", docs[3]);
         };
         assert_eq!(vip.kind, "VirtualIP");
-        assert_eq!(vip.spec.ip, Some(Ipv4Addr::new(198, 51, 100, 11)));
+        assert_eq!(vip.spec.ip, Some(IpAddr::from([198, 51, 100, 11])));
         let Resource::NetworkInterface(nic) = &docs[4].resource else {
             panic!("not an interface: {:?}", docs[4]);
         };
@@ -1559,7 +1586,7 @@ spec: {netns: c1, virtualIP: v}
             (
                 "ip: 198.51.100.11}",
                 "ip: eleven}",
-                "spec.ip: invalid IPv4 address \"eleven\"",
+                "spec.ip: invalid IP address \"eleven\"",
             ),
             (
                 "virtualIP: v",

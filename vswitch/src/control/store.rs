@@ -467,7 +467,7 @@ status: {ip: 198.51.100.10}
         assert_eq!(loaded, state);
         assert_eq!(
             loaded.virtual_ips["v"].status.ip,
-            Some(Ipv4Addr::new(198, 51, 100, 10))
+            Some(std::net::IpAddr::from([198, 51, 100, 10]))
         );
         drop(reopened);
         let mut value = serde_json::to_value(&state).unwrap();

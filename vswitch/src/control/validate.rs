@@ -1056,6 +1056,8 @@ mod tests {
                     "bad-nat66.yaml" => &[
                         "spec.ipv6.gateway: gateway 2001:db8:7::1 is neither link-local nor inside the prefix",
                         "spec.target.interface: spec.ip 2001:db8:1::10 is IPv6 but NetworkInterface \"old-1\"",
+                        "spec.ip: 2001:db8:1::99 is an IPv6 address but spec.ipFamily is IPv4",
+                        "spec.virtualIP: VirtualIP \"old-public6\" is IPv6 but the interface has no IPv6 address",
                     ],
                     "bad-routed-overlap.yaml" => &[
                         "spec.uplink.mode",
@@ -1073,7 +1075,7 @@ mod tests {
                     let state = &plan.next;
                     assert_eq!(
                         state.virtual_ips["db-public"].status.ip,
-                        Some(Ipv4Addr::new(198, 51, 100, 11))
+                        Some(std::net::IpAddr::from([198, 51, 100, 11]))
                     );
                     assert_eq!(plan.uplink, Some(UplinkWork::Open("wan".into())));
                     let ids = [("apps".to_string(), crate::tables::snapshot::NetworkId(0))]
@@ -1095,6 +1097,17 @@ mod tests {
                     let rules = nat_rules::compile(state, &ids);
                     let six: std::net::IpAddr = "2001:db8:1::10".parse().unwrap();
                     assert!(rules.owns(six) && rules.owns("2001:db8:1::11".parse().unwrap()));
+                    let db = &state.network_interfaces["db-1"];
+                    let db4 = std::net::IpAddr::V4(db.status.ips[0].addr());
+                    let db6 = std::net::IpAddr::V6(db.status.ipv6.expect("dual-stack").addr());
+                    assert_eq!(
+                        rules.virtual_ip_of(nat::Zone(0), db4),
+                        Some("198.51.100.11".parse().unwrap())
+                    );
+                    assert_eq!(
+                        rules.virtual_ip_of(nat::Zone(0), db6),
+                        Some("2001:db8:1::12".parse().unwrap())
+                    );
                     let forward = &state.port_forwards["web-https6"];
                     assert_eq!(
                         nat_rules::port_forward_status(state, forward)

@@ -37,12 +37,15 @@
 //!   when unknown; on the uplink from the switch's link-local or owned address) and it is
 //!   delivered.
 //!
-//! NetworkPolicies judge every NAT66 packet as [`policy::admit`] judges routed IPv6 (it
-//! follows the connection): a packet leaving for the outside as its sender sent it, in its
-//! Network; one entering a Network (from outside, or hairpinned through a port forward to a
-//! container of it) as it arrives there, after translation.
+//! NetworkPolicies judge the first packet of each NAT66 connection before it is created,
+//! as for IPv4 ([`policy::judge_plan`]): against its destination as translated, so a port
+//! forward (from outside, or hairpinned from a container) is judged against its target
+//! interface and port. A denied packet creates nothing, so a retransmission is judged
+//! again; a SYN that reopens a tracked connection is judged again
+//! ([`policy::judge_reopened`]); the rest of an allowed connection passes either way.
 //!
-//! [`policy::admit`]: super::policy::admit
+//! [`policy::judge_plan`]: super::policy::judge_plan
+//! [`policy::judge_reopened`]: super::policy::judge_reopened
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -396,6 +399,11 @@ pub fn outbound(
     let tracked = match ctx.conntrack_lookup(zone, &info) {
         Some(tracked) => {
             nat::note_tracked(ctx, zone, &info, &tracked);
+            if let Err(cause) =
+                super::policy::judge_reopened(ctx, Some(ingress.id), &info, &tracked)
+            {
+                return Some(Verdict::Drop(cause));
+            }
             tracked
         }
         None => {
@@ -417,6 +425,9 @@ pub fn outbound(
                 Err(PlanError::NoExternalAddress) => return None,
                 Err(PlanError::Unsolicited) => return Some(Verdict::drop(DropReason::Unsolicited)),
             };
+            if let Err(cause) = super::policy::judge_plan(ctx, Some(ingress.id), &info, &plan) {
+                return Some(Verdict::Drop(cause));
+            }
             match nat::create_with(
                 ctx,
                 zone,
@@ -459,6 +470,9 @@ fn inbound(
     let tracked = match ctx.conntrack_lookup(Zone::EXTERNAL, &info) {
         Some(tracked) => {
             nat::note_tracked(ctx, Zone::EXTERNAL, &info, &tracked);
+            if let Err(cause) = super::policy::judge_reopened(ctx, None, &info, &tracked) {
+                return Verdict::Drop(cause);
+            }
             tracked
         }
         None => {
@@ -484,6 +498,9 @@ fn inbound(
             let Ok(plan) = rules.plan(&key, interface, |_| Egress::External) else {
                 return Verdict::drop(DropReason::Unsolicited);
             };
+            if let Err(cause) = super::policy::judge_plan(ctx, None, &info, &plan) {
+                return Verdict::Drop(cause);
+            }
             match nat::create_with(
                 ctx,
                 Zone::EXTERNAL,
@@ -586,16 +603,6 @@ pub(super) fn continue_in(
         );
         return Verdict::drop(L3Reason::PacketTooBig);
     }
-    // NetworkPolicies, per packet as for routed IPv6 (see the module doc).
-    let from = match back {
-        Back::Subnet { port, subnet, .. } => Some((port, subnet.network_id)),
-        Back::Uplink { .. } => None,
-    };
-    if let (Exit::Uplink(..), Some((port, network))) = (&exit, from) {
-        if let Err(cause) = super::policy::admit(ctx, network, Some(port), None, frame) {
-            return Verdict::Drop(cause);
-        }
-    }
     if let Some(target) = tracked.target {
         let mode = match parsed.vnet.checksum {
             VnetChecksum::Partial { .. } => ChecksumMode::Partial,
@@ -605,14 +612,6 @@ pub(super) fn continue_in(
             return Verdict::Drop(nat::translate_cause(error));
         }
         local.out.events.add(Event::NatTranslated);
-    }
-    if let Exit::Subnet(egress, _) = exit {
-        // Entering a Network: judged as it arrives there (a denied packet is dropped, so
-        // translating first costs nothing).
-        let port = from.map(|(port, _)| port);
-        if let Err(cause) = super::policy::admit(ctx, egress.network_id, port, None, frame) {
-            return Verdict::Drop(cause);
-        }
     }
     if wire6::decrement_hop_limit(&mut frame[start..end]).is_none() {
         return Verdict::drop(L3Reason::HopLimitExceeded);

@@ -30,12 +30,12 @@
 //! either way. Peers behind the overlay or the uplink are outside the switch: only
 //! `ipBlock`s match them.
 //!
-//! IPv6 is judged by the same rules (pod selectors match an interface's IPv6 addresses,
-//! `ipBlock`s may be IPv6), but conntrack follows IPv4 only: IPv6 connections are followed
-//! as associations ([`Class6`]): the first packet is judged, the rest of the association
-//! passes either way, a TCP SYN is judged again, a TCP segment without SYN is picked up as
-//! established as for IPv4, an ICMPv6 echo's reply belongs to its request (by identifier),
-//! ICMPv6 errors are judged as ICMPv6, and neighbour discovery and MLD are never filtered.
+//! IPv6 is judged by the same rules and followed the same way (pod selectors match an
+//! interface's IPv6 addresses, `ipBlock`s may be IPv6): TCP, UDP and ICMPv6 echo in
+//! conntrack (an echo reply belongs to its request by identifier), ICMPv6 errors about a
+//! tracked connection pass with it, other protocols and packets with extension headers
+//! conntrack refuses as associations. Neighbour discovery and MLD are never filtered, as
+//! ARP is not.
 //!
 //! Drops: `policy.egress_denied` (the source's egress policies allow no rule for it) and
 //! `policy.ingress_denied` (the destination's). Per-rule allowed and per-policy denied
@@ -72,34 +72,13 @@ struct Header {
     protocol: u8,
     /// Source and destination ports (TCP, UDP, SCTP), else zeros.
     ports: (u16, u16),
-    /// What tells its association's two ends apart beside the addresses: the ports, or an
-    /// ICMPv6 echo's identifier at both ends (so that the reply matches the request).
-    flow_ports: (u16, u16),
     /// Fragment offset is not zero: a later fragment.
     later_fragment: bool,
     /// More fragments follow.
     more_fragments: bool,
-    /// IPv6: how the packet is followed (conntrack follows IPv4 only).
-    v6: Option<Class6>,
-}
-
-/// How an IPv6 packet is judged: conntrack does not follow IPv6, so its connections are
-/// followed as associations (both ends, ports, idle timeout), with TCP's special cases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class6 {
-    /// Judged on the first packet of its association; the rest pass either way.
-    Flow,
-    /// A TCP SYN (without ACK): opens a connection, judged even when its association is
-    /// known (a client reusing the ports of a closed connection).
-    TcpSyn,
-    /// A TCP segment without SYN: passes, and its association is picked up as established
-    /// (as for IPv4, `nf_conntrack_tcp_loose`).
-    TcpMidStream,
-    /// An ICMPv6 error: judged as ICMPv6, never recorded.
-    IcmpError,
-    /// Neighbour discovery and MLD (router and neighbour solicitations and advertisements,
+    /// Neighbour discovery or MLD (router and neighbour solicitations and advertisements,
     /// redirects, listener reports): never filtered, as ARP is not.
-    Control,
+    control: bool,
 }
 
 /// The IP packet of a frame (the virtio header and the Ethernet frame), IPv4 or IPv6.
@@ -133,28 +112,11 @@ fn header6(packet: &[u8]) -> Option<Header> {
             .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
     };
     let mut ports = (0, 0);
-    let mut flow_ports = (0, 0);
-    let mut class = Class6::Flow;
+    let mut control = false;
     if !later_fragment {
         match (info.next_header, l4.first()) {
-            (6 | 17 | 132, _) if l4.len() >= 4 => {
-                ports = (be16(0), be16(2));
-                flow_ports = ports;
-                if info.next_header == 6 {
-                    let flags = l4.get(13).copied().unwrap_or(0);
-                    class = match (flags & 0x02 != 0, flags & 0x10 != 0) {
-                        (true, false) => Class6::TcpSyn,
-                        (true, true) => Class6::Flow,
-                        (false, _) => Class6::TcpMidStream,
-                    };
-                }
-            }
-            (58, Some(128 | 129)) => {
-                let ident = be16(4);
-                flow_ports = (ident, ident);
-            }
-            (58, Some(kind)) if *kind < 128 => class = Class6::IcmpError,
-            (58, Some(130..=137 | 143)) => class = Class6::Control,
+            (6 | 17 | 132, _) if l4.len() >= 4 => ports = (be16(0), be16(2)),
+            (58, Some(130..=137 | 143)) => control = true,
             _ => {}
         }
     }
@@ -163,10 +125,9 @@ fn header6(packet: &[u8]) -> Option<Header> {
         dst: IpAddr::V6(info.dst),
         protocol: info.next_header,
         ports,
-        flow_ports,
         later_fragment,
         more_fragments,
-        v6: Some(class),
+        control,
     })
 }
 
@@ -194,10 +155,9 @@ fn header4(packet: &[u8]) -> Option<Header> {
         )),
         protocol,
         ports,
-        flow_ports: ports,
         later_fragment,
         more_fragments,
-        v6: None,
+        control: false,
     })
 }
 
@@ -269,7 +229,7 @@ fn admit_in(
     let Some(header) = header(packet) else {
         return Ok(());
     };
-    if header.v6 == Some(Class6::Control) {
+    if header.control {
         trace_note!(ctx, Policy, "neighbour discovery: never filtered");
         return Ok(());
     }
@@ -283,9 +243,6 @@ fn admit_in(
     };
     if header.later_fragment {
         return Ok(());
-    }
-    if let Some(class) = header.v6 {
-        return admit6(ctx, set, network, header, class, src, dst);
     }
     let info = trackable(&header)
         .then(|| ::nat::parse(packet).ok())
@@ -326,67 +283,13 @@ fn admit_in(
     Ok(())
 }
 
-/// An IPv6 packet with an isolated end: followed as an association (see [`Class6`]).
-fn admit6(
-    ctx: &Context<'_>,
-    set: &PolicySet,
-    network: NetworkId,
-    header: Header,
-    class: Class6,
-    src: Option<PortId>,
-    dst: Option<PortId>,
-) -> Result<(), DropCause> {
-    let forward = Connection {
-        src: peer(src, header.src),
-        dst: peer(dst, header.dst),
-        protocol: header.protocol,
-        dst_port: header.ports.1,
-    };
-    match class {
-        Class6::Control => Ok(()),
-        Class6::Flow => associated(ctx, set, network, header, &forward),
-        Class6::TcpSyn => {
-            let decision = set.compiled().check(&forward);
-            decided(ctx, set, &decision);
-            if !decision.allowed {
-                return Err(cause(&decision));
-            }
-            if !ctx.is_dry_run() {
-                set.associations()
-                    .insert(association(network, &header), ctx.now_ms);
-            }
-            Ok(())
-        }
-        Class6::TcpMidStream => {
-            trace_note!(ctx, Policy, "TCP without SYN: picked up as established");
-            if !ctx.is_dry_run() {
-                let key = association(network, &header);
-                let associations = set.associations();
-                if !associations.touch(&key, ctx.now_ms) {
-                    associations.insert(key, ctx.now_ms);
-                }
-            }
-            Ok(())
-        }
-        Class6::IcmpError => {
-            let decision = set.compiled().check(&forward);
-            if decision.allowed {
-                Ok(())
-            } else {
-                decided(ctx, set, &decision);
-                Err(cause(&decision))
-            }
-        }
-    }
-}
-
 /// The association a packet belongs to, whichever way it goes.
 fn association(network: NetworkId, header: &Header) -> AssociationKey {
     AssociationKey::new(
         network,
         header.protocol,
-        (header.src, header.flow_ports.0),
-        (header.dst, header.flow_ports.1),
+        (header.src, header.ports.0),
+        (header.dst, header.ports.1),
     )
 }
 
@@ -460,17 +363,22 @@ pub fn judge_reopened(
         return Ok(());
     }
     let tuple = tracked.target.unwrap_or(info.tuple);
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.tuple.src, tuple.dst) else {
-        return Ok(());
-    };
     let network =
         (tracked.egress_zone != ::nat::Zone::EXTERNAL).then_some(NetworkId(tracked.egress_zone.0));
-    judge(ctx, from, src, network, dst, 6, tuple.dst_port)
+    judge(
+        ctx,
+        from,
+        info.tuple.src,
+        network,
+        tuple.dst,
+        6,
+        tuple.dst_port,
+    )
 }
 
-/// True when conntrack can follow the packet (TCP, UDP, ICMP; not a fragment).
+/// True when conntrack can follow the packet (TCP, UDP, ICMP, ICMPv6; not a fragment).
 fn trackable(header: &Header) -> bool {
-    !header.more_fragments && !header.later_fragment && matches!(header.protocol, 1 | 6 | 17)
+    !header.more_fragments && !header.later_fragment && matches!(header.protocol, 1 | 6 | 17 | 58)
 }
 
 /// Judges the first packet conntrack does not know (`kind` when it can track it): `Ok(true)`
@@ -583,25 +491,26 @@ pub fn judge_routed(
 /// The first packet of a connection the NAT or load-balancer stages are about to create:
 /// from port `from` (`None`: from outside) at `src`, to `dst` (as translated) in `network`
 /// (`None`: outside), protocol and destination port as translated. Counts the decision.
+/// Both addresses are of one family (NAT never crosses families).
 #[inline]
 pub fn judge(
     ctx: &Context<'_>,
     from: Option<PortId>,
-    src: Ipv4Addr,
+    src: IpAddr,
     network: Option<NetworkId>,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     protocol: u8,
     dst_port: u16,
 ) -> Result<(), DropCause> {
     let Some(set) = ctx.snapshot.policy.as_deref() else {
         return Ok(());
     };
-    let Some((src_port, dst_port_id)) = ends(set, network, from, None, IpAddr::V4(dst)) else {
+    let Some((src_port, dst_port_id)) = ends(set, network, from, None, dst) else {
         return Ok(());
     };
     let decision = set.compiled().check(&Connection {
-        src: peer(src_port, IpAddr::V4(src)),
-        dst: peer(dst_port_id, IpAddr::V4(dst)),
+        src: peer(src_port, src),
+        dst: peer(dst_port_id, dst),
         protocol,
         dst_port,
     });
@@ -625,21 +534,20 @@ pub fn judge_plan(
         return Ok(());
     }
     let tuple = info.tuple;
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (tuple.src, tuple.dst) else {
-        return Ok(());
-    };
     let (network, dst, port) = match plan.dnat {
-        Some(::nat::Endpoint {
-            addr: IpAddr::V4(addr),
-            port,
-        }) => {
+        Some(::nat::Endpoint { addr, port }) => {
             let network =
                 (plan.reply_zone != ::nat::Zone::EXTERNAL).then_some(NetworkId(plan.reply_zone.0));
             (network, addr, port)
         }
-        _ => (None, dst, tuple.dst_port),
+        None => (None, tuple.dst, tuple.dst_port),
     };
-    judge(ctx, from, src, network, dst, tuple.protocol.number(), port)
+    // conntrack's ICMP is ICMPv6 (58) in an IPv6 tuple.
+    let protocol = match (tuple.protocol, tuple.src) {
+        (::nat::Protocol::Icmp, IpAddr::V6(_)) => 58,
+        (protocol, _) => protocol.number(),
+    };
+    judge(ctx, from, tuple.src, network, dst, protocol, port)
 }
 
 #[cfg(test)]
@@ -930,9 +838,10 @@ mod tests {
     const WEB_80: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports: [{port: 80}]\n";
     const DENIED: Verdict = Verdict::Drop(DropCause::Policy(DropReason::IngressDenied));
 
-    /// IPv6 is judged like IPv4 (conntrack does not follow it: its connections are followed
-    /// as associations): an allowed connection's replies and later segments pass, a port or
-    /// a protocol no rule allows is denied, and an echo's reply belongs to its request.
+    /// IPv6 is judged and followed like IPv4, in conntrack: an allowed connection's replies
+    /// and later segments pass, a port or a protocol no rule allows is denied (again when
+    /// retransmitted: a denied packet tracks nothing), and an echo's reply belongs to its
+    /// request.
     #[test]
     fn ipv6_connections_are_judged_and_replies_pass() {
         let bench = bench_with(WEB_80);
@@ -955,10 +864,18 @@ mod tests {
             bench.send(1, &tcp6(40000, 80, 0x10, false), 3).verdict,
             Verdict::Forward(PortId(2))
         );
+        let tracked = bench.snapshot.conntrack.len();
+        assert!(tracked >= 1, "the TCP connection is in conntrack");
         assert_eq!(
             bench.send(1, &tcp6(40001, 81, 0x02, false), 4).verdict,
             DENIED
         );
+        assert_eq!(
+            bench.send(1, &tcp6(40001, 81, 0x02, false), 4).verdict,
+            DENIED,
+            "a retransmitted SYN is judged again"
+        );
+        assert_eq!(bench.snapshot.conntrack.len(), tracked);
         // A port without a protocol is TCP's.
         assert_eq!(bench.send(1, &udp6(40000, 80, false), 5).verdict, DENIED);
         assert_eq!(bench.send(1, &udp6(40000, 53, false), 6).verdict, DENIED);
@@ -969,7 +886,7 @@ mod tests {
             counts["web"].ingress_allowed, 1,
             "the TCP/80 connection, once"
         );
-        assert_eq!(counts["web"].ingress_denied, 4);
+        assert_eq!(counts["web"].ingress_denied, 5);
     }
 
     /// IPv6 `ipBlock`s match IPv6 peers; an ICMPv6 echo's reply passes as part of its

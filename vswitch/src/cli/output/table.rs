@@ -336,13 +336,17 @@ web    198.51.100.10   tcp        8080   c1:80    Pending
                    "status": {"ip": "198.51.100.11", "interface": "c2"}}),
             json!({"kind": "VirtualIP", "metadata": {"name": "w"},
                    "spec": {"type": "Public", "ip": "198.51.100.12"}}),
+            json!({"kind": "VirtualIP", "metadata": {"name": "v6"},
+                   "spec": {"type": "Public", "ipFamily": "IPv6"},
+                   "status": {"ip": "2001:db8:1::11"}}),
         ];
         assert_eq!(
             resource_table(&vips, false).render(),
             "\
-NAME   TYPE     IP              INTERFACE
-v      Public   198.51.100.11   c2
-w      Public   198.51.100.12   -
+NAME   TYPE     FAMILY   IP               INTERFACE
+v      Public   IPv4     198.51.100.11    c2
+w      Public   IPv4     198.51.100.12    -
+v6     Public   IPv6     2001:db8:1::11   -
 "
         );
     }

@@ -709,17 +709,23 @@ fn assign_public(
     let Some(uplink) = nat_rules::uplink(next) else {
         return Ok(());
     };
-    let held = next.load_balancers.get(name).and_then(ipv4);
-    let Some(chosen) = nat_rules::free_uplink_address(next, (Kind::LoadBalancer, name), held)
+    let held = next.load_balancers.get(name).and_then(ipv4).map(IpAddr::V4);
+    let Some(chosen) =
+        nat_rules::free_uplink_address(next, (Kind::LoadBalancer, name), IpFamily::IPv4, held)
     else {
         let origin = origins
             .get(&(Kind::LoadBalancer, name.to_string()))
             .cloned()
             .unwrap_or_else(|| Origin::resource(Kind::LoadBalancer, name));
-        return Err(nat_rules::no_free_address(&origin, "spec.type", uplink));
+        return Err(nat_rules::no_free_address(
+            &origin,
+            "spec.type",
+            uplink,
+            IpFamily::IPv4,
+        ));
     };
     if let Some(balancer) = next.load_balancers.get_mut(name) {
-        balancer.status.ips = vec![IpAddr::V4(chosen)];
+        balancer.status.ips = vec![chosen];
     }
     Ok(())
 }

@@ -56,6 +56,15 @@ pub struct NetworkInterfaceSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub virtual_ip: Option<String>,
+    /// VirtualIPs (by name), at most one per family: a dual-stack interface's IPv4 and IPv6
+    /// VirtualIPs. Instead of `virtualIP`, not beside it.
+    #[serde(
+        rename = "virtualIPs",
+        default,
+        deserialize_with = "de_name_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub virtual_ips: Vec<String>,
     /// Install a default route via the Subnet's gateway in the namespace (default true).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub default_route: bool,
@@ -85,6 +94,11 @@ pub struct NetworkInterfaceSpec {
 }
 
 impl NetworkInterfaceSpec {
+    /// The VirtualIPs it references: `virtualIP`, then `virtualIPs`.
+    pub fn virtual_ip_names(&self) -> impl Iterator<Item = &String> {
+        self.virtual_ip.iter().chain(&self.virtual_ips)
+    }
+
     /// Whether the interface has an IPv6 address on `subnet`: the Subnet has a prefix and
     /// the interface does not leave IPv6 out of its families.
     pub fn wants_ipv6(&self, subnet: &SubnetSpec) -> bool {
@@ -597,41 +611,78 @@ fn check_ports(origin: &Origin, nic: &NetworkInterface, errors: &mut Errors) {
     }
 }
 
-/// A NetworkInterface's `virtualIP`: the VirtualIP exists and no other interface references
-/// it.
+/// A NetworkInterface's `virtualIP` or `virtualIPs`: not both; each VirtualIP exists, is of
+/// a family the interface has an address of, and no other interface references it; at
+/// most one per family.
 ///
 /// # Errors
-/// [`ApiError`] on `origin`'s `spec.virtualIP`.
+/// [`ApiError`] on `origin`'s `spec.virtualIP` or `spec.virtualIPs[i]`.
 fn check_virtual_ip(
     origin: &Origin,
     next: &State,
     batch: Batch<'_>,
     nic: &NetworkInterface,
 ) -> Result<(), ApiError> {
-    let Some(vip) = &nic.spec.virtual_ip else {
-        return Ok(());
-    };
-    if !next.virtual_ips.contains_key(vip) {
+    if nic.spec.virtual_ip.is_some() && !nic.spec.virtual_ips.is_empty() {
         return Err(origin.invalid(
-            "spec.virtualIP",
-            format!(
-                "VirtualIP {vip:?} does not exist; create it first (it may be in the same input)"
-            ),
+            "spec.virtualIPs",
+            "give virtualIP (one VirtualIP) or virtualIPs (one per family), not both",
         ));
     }
-    let other = next.network_interfaces.values().find(|other| {
-        other.metadata.key() != nic.metadata.key()
-            && other.spec.virtual_ip.as_deref() == Some(vip.as_str())
-            && batch.before(Kind::NetworkInterface, &other.metadata.key(), origin)
-    });
-    if let Some(other) = other {
-        return Err(origin.conflict(
-            "spec.virtualIP",
-            format!(
-                "VirtualIP {vip:?} is already used by NetworkInterface {:?}; a VirtualIP maps to one interface: create another VirtualIP",
-                other.metadata.key()
-            ),
-        ));
+    let fields = nic
+        .spec
+        .virtual_ip
+        .iter()
+        .map(|vip| ("spec.virtualIP".to_owned(), vip))
+        .chain(
+            nic.spec
+                .virtual_ips
+                .iter()
+                .enumerate()
+                .map(|(index, vip)| (format!("spec.virtualIPs[{index}]"), vip)),
+        );
+    let mut families: Vec<(IpFamily, &String)> = Vec::new();
+    for (field, vip) in fields {
+        let Some(resource) = next.virtual_ips.get(vip) else {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "VirtualIP {vip:?} does not exist; create it first (it may be in the same input)"
+                ),
+            ));
+        };
+        let family = resource.spec.family();
+        if let Some((_, first)) = families.iter().find(|(f, _)| *f == family) {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "VirtualIP {vip:?} is {family}, as {first:?} is; an interface has at most one VirtualIP per family"
+                ),
+            ));
+        }
+        families.push((family, vip));
+        if !nat_rules::has_family(next, nic, family) {
+            return Err(origin.invalid(
+                &field,
+                format!(
+                    "VirtualIP {vip:?} is {family} but the interface has no {family} address (its Subnet has no ipv6, or its ipFamilies leave IPv6 out); a VirtualIP maps to an address of its own family"
+                ),
+            ));
+        }
+        let other = next.network_interfaces.values().find(|other| {
+            other.metadata.key() != nic.metadata.key()
+                && other.spec.virtual_ip_names().any(|v| v == vip)
+                && batch.before(Kind::NetworkInterface, &other.metadata.key(), origin)
+        });
+        if let Some(other) = other {
+            return Err(origin.conflict(
+                &field,
+                format!(
+                    "VirtualIP {vip:?} is already used by NetworkInterface {:?}; a VirtualIP maps to one interface: create another VirtualIP",
+                    other.metadata.key()
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -1078,7 +1078,7 @@ fn check_uplink(
                     Some((
                         Kind::VirtualIp,
                         v.metadata.name.clone(),
-                        IpAddr::V4(nat_rules::virtual_ip_address(v)?),
+                        nat_rules::virtual_ip_address(v)?,
                     ))
                 }),
         )

@@ -18,14 +18,28 @@ pub struct VirtualIpSpec {
     /// `Public`.
     #[serde(rename = "type")]
     pub ip_type: VirtualIpType,
+    /// `IPv4` or `IPv6`: the family of the address. Default: `ip`'s family when given, else
+    /// IPv4. An IPv6 VirtualIP takes an address of the Uplink's `spec.ipv6.addresses` and
+    /// maps to its interface's IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<IpFamily>,
     /// The address: one of the Uplink's, not used by a NATGateway, PortForward or another
-    /// VirtualIP. When absent, one such address is allocated (and kept).
+    /// VirtualIP. When absent, one such address of the family is allocated (and kept).
     #[serde(
         default,
-        deserialize_with = "de_opt_ipv4",
+        deserialize_with = "de_opt_ip",
         skip_serializing_if = "Option::is_none"
     )]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
+}
+
+impl VirtualIpSpec {
+    /// The family: `ipFamily`, else `ip`'s, else IPv4.
+    pub fn family(&self) -> IpFamily {
+        self.ip_family
+            .or(self.ip.map(IpFamily::of))
+            .unwrap_or(IpFamily::IPv4)
+    }
 }
 
 /// Status of a VirtualIP.
@@ -34,7 +48,7 @@ pub struct VirtualIpSpec {
 pub struct VirtualIpStatus {
     /// The address (the spec's, or the allocated one; persisted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     /// The NetworkInterface that references it (computed when read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
@@ -73,6 +87,7 @@ metadata:
   name: db-public
 spec:
   type: Public
+  ipFamily: IPv4
 ",
     };
 
@@ -100,7 +115,7 @@ spec:
             state
                 .network_interfaces
                 .values()
-                .filter(|n| n.spec.virtual_ip.as_deref() == Some(name))
+                .filter(|n| n.spec.virtual_ip_names().any(|v| v == name))
                 .map(|n| n.metadata.key())
                 .collect(),
         )]
@@ -113,7 +128,7 @@ spec:
     }
 
     fn columns(wide: bool) -> Vec<&'static str> {
-        let mut columns = vec!["NAME", "TYPE", "IP", "INTERFACE"];
+        let mut columns = vec!["NAME", "TYPE", "FAMILY", "IP", "INTERFACE"];
         if wide {
             columns.push("LABELS");
         }
@@ -124,6 +139,7 @@ spec:
         let mut row = vec![
             self.metadata.name.clone(),
             json_text(&self.spec.ip_type),
+            self.spec.family().to_string(),
             cells(self.status.ip.or(self.spec.ip).iter()),
             cell(self.status.interface.as_deref().unwrap_or_default()),
         ];
@@ -134,7 +150,9 @@ spec:
     }
 }
 
-/// A VirtualIP: its address, when given, is the Uplink's and used by nothing else.
+/// A VirtualIP: its address, when given, is of its family, the Uplink's and used by nothing
+/// else; the Uplink has addresses of its family; the interface that uses it has an address
+/// of its family.
 ///
 /// # Errors
 /// [`ApiError`] on `origin`'s field.
@@ -144,14 +162,46 @@ fn check_virtual_ip(
     batch: Batch<'_>,
     vip: &VirtualIp,
 ) -> Result<(), ApiError> {
-    nat_rules::owned_by_uplink(origin, next, "spec.ip", vip.spec.ip.map(IpAddr::V4))?;
+    let family = vip.spec.family();
+    if let (Some(ip), Some(declared)) = (vip.spec.ip, vip.spec.ip_family) {
+        if IpFamily::of(ip) != declared {
+            return Err(origin.invalid(
+                "spec.ip",
+                format!(
+                    "{ip} is an {} address but spec.ipFamily is {declared}; give an {declared} address, or change ipFamily",
+                    IpFamily::of(ip)
+                ),
+            ));
+        }
+    }
+    let uplink = nat_rules::owned_by_uplink(origin, next, "spec.ip", vip.spec.ip)?;
+    if family == IpFamily::IPv6 && uplink.spec.ipv6.is_none() {
+        return Err(origin.invalid(
+            "spec.ipFamily",
+            format!(
+                "Uplink {:?} has no IPv6 addresses; add spec.ipv6.addresses to the Uplink, or use ipFamily IPv4",
+                uplink.metadata.name
+            ),
+        ));
+    }
+    if let Some(nic) = nat_rules::virtual_ip_user(next, &vip.metadata.name) {
+        if !nat_rules::has_family(next, nic, family) {
+            return Err(origin.invalid(
+                "spec.ipFamily",
+                format!(
+                    "NetworkInterface {:?} uses this VirtualIP and has no {family} address; a VirtualIP maps to an address of its own family",
+                    nic.metadata.key()
+                ),
+            ));
+        }
+    }
     if let Some(ip) = vip.spec.ip {
         if let Some(user) = nat_rules::blocking_user(
             next,
             batch,
             origin,
             (Kind::VirtualIp, &vip.metadata.name),
-            IpAddr::V4(ip),
+            ip,
             &[
                 Kind::NatGateway,
                 Kind::PortForward,
@@ -220,7 +270,7 @@ mod tests {
             &vip("w", None),
             409,
             "documents[0].spec.ip",
-            &["no free address left on Uplink \"wan\""],
+            &["no free IPv4 address left on Uplink \"wan\""],
         );
         let without_uplink = apply(
             &State::default(),
@@ -232,6 +282,179 @@ mod tests {
             400,
             "documents[0].spec.ip",
             &["no Uplink exists"],
+        );
+    }
+
+    /// IPv6 VirtualIPs: allocated from the Uplink's IPv6 addresses, mapped to the interface's
+    /// IPv6 address; the family is checked against the address, the Uplink and the interface;
+    /// a dual-stack interface takes one VirtualIP per family.
+    #[test]
+    fn ipv6_virtual_ips() {
+        use crate::control::testing::{doc, ip, nic};
+        use crate::tables::snapshot::NetworkId;
+
+        let v6 = |name: &str, extra: &str| {
+            doc(
+                "VirtualIP",
+                name,
+                &format!("{{type: Public, ipFamily: IPv6{extra}}}"),
+            )
+        };
+        // Without IPv6 on the Uplink, an IPv6 VirtualIP has nothing to take.
+        refused(
+            &nat_base(),
+            &v6("v6", ""),
+            400,
+            "documents[0].spec.ipFamily",
+            &[
+                "Uplink \"wan\" has no IPv6 addresses",
+                "spec.ipv6.addresses",
+            ],
+        );
+        let state = apply(
+            &nat_base(),
+            &format!(
+                "{}{}",
+                doc(
+                    "Uplink",
+                    "wan",
+                    "{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.12], gateway: 198.51.100.1, ipv6: {addresses: ['2001:db8:1::10/64', '2001:db8:1::11'], gateway: 'fe80::1'}}",
+                ),
+                doc(
+                    "Subnet",
+                    "web",
+                    "{network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, ipv6: {cidr: 'fd00:1::/64'}}",
+                ),
+            ),
+        );
+        refused(
+            &state,
+            &doc(
+                "VirtualIP",
+                "v",
+                "{type: Public, ipFamily: IPv4, ip: '2001:db8:1::10'}",
+            ),
+            400,
+            "documents[0].spec.ip",
+            &["2001:db8:1::10 is an IPv6 address but spec.ipFamily is IPv4"],
+        );
+        // Allocation takes the first free address of the family; the family follows `ip`.
+        let state = apply(
+            &state,
+            &format!(
+                "{}{}{}",
+                v6("a6", ""),
+                doc("VirtualIP", "b6", "{type: Public, ip: '2001:db8:1::11'}"),
+                vip("a4", None)
+            ),
+        );
+        let address = |state: &State, name: &str| state.virtual_ips[name].status.ip;
+        assert_eq!(address(&state, "a6"), Some(ip("2001:db8:1::10")));
+        assert_eq!(state.virtual_ips["b6"].spec.family(), IpFamily::IPv6);
+        assert_eq!(address(&state, "a4"), Some(ip("198.51.100.10")));
+        refused(
+            &state,
+            &v6("c6", ""),
+            409,
+            "documents[0].spec.ip",
+            &[
+                "no free IPv6 address left on Uplink \"wan\"",
+                "spec.ipv6.addresses",
+            ],
+        );
+        // An interface without an IPv6 address cannot take an IPv6 VirtualIP.
+        refused(
+            &state,
+            &doc(
+                "NetworkInterface",
+                "d1",
+                "{subnet: db, netns: d1, virtualIP: a6}",
+            ),
+            400,
+            "documents[0].spec.virtualIP",
+            &["VirtualIP \"a6\" is IPv6 but the interface has no IPv6 address"],
+        );
+        refused(
+            &state,
+            &nic("c1", ", ipFamilies: [IPv4], virtualIPs: [a4, a6]"),
+            400,
+            "documents[0].spec.virtualIPs[1]",
+            &["has no IPv6 address"],
+        );
+        refused(
+            &state,
+            &nic("c1", ", virtualIPs: [a6, b6]"),
+            400,
+            "documents[0].spec.virtualIPs[1]",
+            &[
+                "VirtualIP \"b6\" is IPv6, as \"a6\" is",
+                "one VirtualIP per family",
+            ],
+        );
+        refused(
+            &state,
+            &nic("c1", ", virtualIP: a4, virtualIPs: [a6]"),
+            400,
+            "documents[0].spec.virtualIPs",
+            &["not both"],
+        );
+        // A dual-stack interface with one VirtualIP per family: both map to it.
+        let state = apply(&state, &nic("c1", ", virtualIPs: [a4, a6]"));
+        refused(
+            &state,
+            &nic("c2", ", kind: veth, virtualIPs: [b6, a4]"),
+            409,
+            "documents[0].spec.virtualIPs[1]",
+            &["VirtualIP \"a4\" is already used by NetworkInterface \"c1\""],
+        );
+        // Changing the family of a VirtualIP in use is checked against its interface.
+        let with_d4 = apply(
+            &state,
+            &format!(
+                "{}{}",
+                vip("d4", None),
+                doc(
+                    "NetworkInterface",
+                    "d1",
+                    "{subnet: db, netns: d1, virtualIP: d4}"
+                )
+            ),
+        );
+        refused(
+            &with_d4,
+            &v6("d4", ""),
+            400,
+            "documents[0].spec.ipFamily",
+            &["NetworkInterface \"d1\" uses this VirtualIP and has no IPv6 address"],
+        );
+        let ids = [
+            ("blue".to_string(), NetworkId(4)),
+            ("red".to_string(), NetworkId(9)),
+        ]
+        .into_iter()
+        .collect();
+        let rules = nat_rules::compile(&state, &ids);
+        let c1 = &state.network_interfaces["c1"];
+        let c1_v4 = IpAddr::V4(c1.status.ips[0].addr());
+        let c1_v6 = IpAddr::V6(c1.status.ipv6.expect("dual-stack").addr());
+        let blue = ::nat::Zone(4);
+        assert_eq!(rules.virtual_ip_of(blue, c1_v4), Some(ip("198.51.100.10")));
+        assert_eq!(rules.virtual_ip_of(blue, c1_v6), Some(ip("2001:db8:1::10")));
+        let vip = &state.virtual_ips["a6"];
+        let mut observed = vip.clone();
+        observed.observe(&state, &StatusView::default());
+        assert_eq!(observed.status.interface.as_deref(), Some("c1"));
+        // Deleting the Uplink's IPv6 while a VirtualIP holds one of its addresses is refused.
+        refused(
+            &state,
+            &doc(
+                "Uplink",
+                "wan",
+                "{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.12], gateway: 198.51.100.1}",
+            ),
+            409,
+            "documents[0].spec.addresses",
+            &["2001:db8:1::10 is used by VirtualIP \"a6\""],
         );
     }
 }
