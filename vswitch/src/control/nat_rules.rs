@@ -73,15 +73,23 @@ pub fn virtual_ip_user<'a>(state: &'a State, name: &str) -> Option<&'a NetworkIn
         .find(|nic| nic.spec.virtual_ip_names().any(|v| v == name))
 }
 
-/// Whether interface `nic` has (or will have) an address of `family`: every interface has
-/// IPv4; IPv6 when its Subnet has a prefix and its families do not leave IPv6 out.
-pub fn has_family(state: &State, nic: &NetworkInterface, family: IpFamily) -> bool {
+/// Whether interface `nic` has (or, being in `batch`, will have) an address of `family`:
+/// every interface has IPv4; IPv6 when it holds an IPv6 address or, in the batch, its
+/// Subnet has a prefix and its families do not leave IPv6 out (addresses are assigned
+/// after the checks, and only to interfaces of the batch).
+pub fn has_family(
+    state: &State,
+    batch: Batch<'_>,
+    nic: &NetworkInterface,
+    family: IpFamily,
+) -> bool {
     match family {
         IpFamily::IPv4 => true,
-        IpFamily::IPv6 => state
+        IpFamily::IPv6 if batch.contains(Kind::NetworkInterface, &nic.metadata.key()) => state
             .subnets
             .get(&nic.spec.subnet)
             .is_some_and(|subnet| nic.spec.wants_ipv6(&subnet.spec)),
+        IpFamily::IPv6 => nic.status.ipv6.is_some(),
     }
 }
 

@@ -79,6 +79,10 @@ struct Header {
     /// Neighbour discovery or MLD (router and neighbour solicitations and advertisements,
     /// redirects, listener reports): never filtered, as ARP is not.
     control: bool,
+    /// An ICMP or ICMPv6 error (judged, never recorded).
+    icmp_error: bool,
+    /// TCP: the flags byte, when the (first) fragment holds it.
+    tcp_flags: Option<u8>,
 }
 
 /// The IP packet of a frame (the virtio header and the Ethernet frame), IPv4 or IPv6.
@@ -113,13 +117,18 @@ fn header6(packet: &[u8]) -> Option<Header> {
     };
     let mut ports = (0, 0);
     let mut control = false;
+    let mut icmp_error = false;
     if !later_fragment {
         match (info.next_header, l4.first()) {
             (6 | 17 | 132, _) if l4.len() >= 4 => ports = (be16(0), be16(2)),
             (58, Some(130..=137 | 143)) => control = true,
+            (58, Some(kind)) => icmp_error = *kind < 128,
             _ => {}
         }
     }
+    let tcp_flags = (info.next_header == 6 && !later_fragment)
+        .then(|| l4.get(13).copied())
+        .flatten();
     Some(Header {
         src: IpAddr::V6(info.src),
         dst: IpAddr::V6(info.dst),
@@ -128,6 +137,8 @@ fn header6(packet: &[u8]) -> Option<Header> {
         later_fragment,
         more_fragments,
         control,
+        icmp_error,
+        tcp_flags,
     })
 }
 
@@ -146,6 +157,11 @@ fn header4(packet: &[u8]) -> Option<Header> {
         ),
         _ => (0, 0),
     };
+    let icmp_error =
+        protocol == 1 && !later_fragment && matches!(packet.get(ihl), Some(3 | 4 | 5 | 11 | 12));
+    let tcp_flags = (protocol == 6 && !later_fragment)
+        .then(|| packet.get(ihl + 13).copied())
+        .flatten();
     Some(Header {
         src: IpAddr::V4(Ipv4Addr::new(
             packet[12], packet[13], packet[14], packet[15],
@@ -158,6 +174,8 @@ fn header4(packet: &[u8]) -> Option<Header> {
         later_fragment,
         more_fragments,
         control: false,
+        icmp_error,
+        tcp_flags,
     })
 }
 
@@ -244,9 +262,11 @@ fn admit_in(
     if header.later_fragment {
         return Ok(());
     }
-    let info = trackable(&header)
-        .then(|| ::nat::parse(packet).ok())
-        .flatten();
+    let info = if trackable(&header) {
+        ::nat::parse(packet).ok()
+    } else {
+        first_fragment_info(&header)
+    };
     let zone = nat::zone_of(network);
     if let Some(info) = &info {
         if ctx.conntrack_lookup(zone, info).is_some() {
@@ -381,6 +401,29 @@ fn trackable(header: &Header) -> bool {
     !header.more_fragments && !header.later_fragment && matches!(header.protocol, 1 | 6 | 17 | 58)
 }
 
+/// The conntrack view of a first fragment of TCP (whose flags it holds) or UDP, which
+/// carries the ports: so that a fragmented packet belongs to the same connection as the
+/// unfragmented ones of its flow (a large reply to a small request). `nat::parse` refuses
+/// fragments, which it could not translate; the policy stage translates nothing.
+fn first_fragment_info(header: &Header) -> Option<::nat::PacketInfo> {
+    if !header.more_fragments || header.later_fragment {
+        return None;
+    }
+    let (protocol, kind) = match (header.protocol, header.tcp_flags) {
+        (6, Some(flags)) => (::nat::Protocol::Tcp, PacketKind::Tcp(TcpFlags(flags))),
+        (17, _) => (::nat::Protocol::Udp, PacketKind::Udp),
+        _ => return None,
+    };
+    Some(::nat::PacketInfo {
+        tuple: ::nat::Tuple::new(
+            protocol,
+            ::nat::Endpoint::new(header.src, header.ports.0),
+            ::nat::Endpoint::new(header.dst, header.ports.1),
+        ),
+        kind,
+    })
+}
+
 /// Judges the first packet conntrack does not know (`kind` when it can track it): `Ok(true)`
 /// when it is allowed and its connection should be tracked, `Ok(false)` when it passes
 /// untracked (judged per packet), or the cause to drop it for.
@@ -413,6 +456,17 @@ fn classify_new(
         }
         // An ICMP error about no tracked connection: judged as ICMP.
         Some(PacketKind::IcmpError) => {
+            let decision = set.compiled().check(&forward);
+            if decision.allowed {
+                Ok(false)
+            } else {
+                decided(ctx, set, &decision);
+                Err(cause(&decision))
+            }
+        }
+        // An ICMP error conntrack could not read: judged as ICMP, never recorded (its
+        // association would let other unreadable ICMP between the two ends pass).
+        None if header.icmp_error => {
             let decision = set.compiled().check(&forward);
             if decision.allowed {
                 Ok(false)
@@ -915,6 +969,46 @@ mod tests {
         assert_eq!(
             bench.send(2, &echo6(128, 10, true), 3).verdict,
             Verdict::Drop(DropCause::Policy(DropReason::EgressDenied))
+        );
+    }
+
+    /// A first fragment belongs to the connection of its flow (conntrack, by the ports it
+    /// carries): a fragmented reply to an allowed request passes into an interface isolated
+    /// for ingress; a fragmented packet of another flow is judged as new.
+    #[test]
+    fn a_fragmented_reply_belongs_to_its_connection() {
+        let bench = bench_with(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-closed}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  policyTypes: [Ingress]\n",
+        );
+        // Learn B's MAC (flooded: the fixture's endpoints own no IPv6 address, so only a
+        // known destination port is judged).
+        assert_eq!(
+            bench.send(2, &udp6(53, 5353, true), 0).verdict,
+            Verdict::Flood
+        );
+        assert_eq!(
+            bench.send(1, &udp6(5353, 53, false), 1).verdict,
+            Verdict::Forward(PortId(2))
+        );
+        // B's answer, the first fragment of a large UDP datagram (fragment header, M set).
+        let fragment = |src: u16, dst: u16| {
+            let mut l4 = vec![17, 0, 0x00, 0x01, 0, 0, 0, 7];
+            l4.extend_from_slice(&src.to_be_bytes());
+            l4.extend_from_slice(&dst.to_be_bytes());
+            l4.extend_from_slice(&1208u16.to_be_bytes());
+            l4.extend_from_slice(&[0, 0]);
+            l4.extend_from_slice(&[0u8; 64]);
+            frame6(44, &l4, true)
+        };
+        assert_eq!(
+            bench.send(2, &fragment(53, 5353), 2).verdict,
+            Verdict::Forward(PortId(1)),
+            "the reply's first fragment passes"
+        );
+        assert_eq!(
+            bench.send(2, &fragment(53, 5354), 3).verdict,
+            Verdict::Drop(DropCause::Policy(DropReason::IngressDenied)),
+            "a fragment of another flow is new"
         );
     }
 }

@@ -10,7 +10,7 @@
 //! after a failure, the resources as they were before.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1217,12 +1217,22 @@ pub(super) fn retire<T>(io: Arc<T>) -> Option<T> {
     }
 }
 
-/// The conntrack zone (its Network's id) and the addresses of NetworkInterface `name`.
-pub(super) fn interface_zone(inner: &Inner, name: &str) -> Option<(nat::Zone, Vec<Ipv4Addr>)> {
+/// The conntrack zone (its Network's id) and the addresses (IPv4 and IPv6) of
+/// NetworkInterface `name`.
+pub(super) fn interface_zone(
+    inner: &Inner,
+    name: &str,
+) -> Option<(nat::Zone, Vec<std::net::IpAddr>)> {
     let nic = inner.state.network_interfaces.get(name)?;
     let subnet = inner.state.subnets.get(&nic.spec.subnet)?;
     let id = inner.network_ids.get(&subnet.spec.network)?;
-    let ips = nic.status.ips.iter().map(|ip| ip.addr()).collect();
+    let ips = nic
+        .status
+        .ips
+        .iter()
+        .map(|ip| std::net::IpAddr::V4(ip.addr()))
+        .chain(nic.status.ipv6.map(|ip| std::net::IpAddr::V6(ip.addr())))
+        .collect();
     Some((nat::Zone(id.0), ips))
 }
 
@@ -1231,13 +1241,10 @@ pub(super) fn interface_zone(inner: &Inner, name: &str) -> Option<(nat::Zone, Ve
 pub(super) fn forget_connections(
     conntrack: &nat::Conntrack,
     zone: nat::Zone,
-    addresses: &[Ipv4Addr],
+    addresses: &[std::net::IpAddr],
     now_ms: u64,
 ) -> usize {
-    let ours = |key: &nat::FlowKey| {
-        key.zone == zone
-            && matches!(key.tuple.src, std::net::IpAddr::V4(src) if addresses.contains(&src))
-    };
+    let ours = |key: &nat::FlowKey| key.zone == zone && addresses.contains(&key.tuple.src);
     conntrack
         .entries(Some(zone), now_ms)
         .iter()

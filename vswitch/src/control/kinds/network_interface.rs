@@ -661,7 +661,7 @@ fn check_virtual_ip(
             ));
         }
         families.push((family, vip));
-        if !nat_rules::has_family(next, nic, family) {
+        if !nat_rules::has_family(next, batch, nic, family) {
             return Err(origin.invalid(
                 &field,
                 format!(

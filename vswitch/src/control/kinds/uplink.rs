@@ -1084,8 +1084,13 @@ fn check_uplink(
         )
         .collect();
     if let Some((kind, user, ip)) = outside.into_iter().find(|(_, _, ip)| !spec.owns(*ip)) {
+        let field = if ip.is_ipv6() {
+            "spec.ipv6.addresses"
+        } else {
+            "spec.addresses"
+        };
         return Err(origin.conflict(
-            "spec.addresses",
+            field,
             format!(
                 "{ip} is used by {kind} {user:?} but is not among the new addresses ({}); keep it, or change or delete {kind} {user:?} first",
                 nat_rules::describe_addresses(uplink)
@@ -1292,7 +1297,7 @@ mod tests {
             &state,
             &uplink("{addresses: ['2001:db8:1::10/64'], gateway: 'fe80::1'}"),
             409,
-            "documents[0].spec.addresses",
+            "documents[0].spec.ipv6.addresses",
             &["2001:db8:1::11 is used by PortForward \"f6\""],
         );
     }

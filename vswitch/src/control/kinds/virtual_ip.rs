@@ -185,11 +185,29 @@ fn check_virtual_ip(
         ));
     }
     if let Some(nic) = nat_rules::virtual_ip_user(next, &vip.metadata.name) {
-        if !nat_rules::has_family(next, nic, family) {
+        if !nat_rules::has_family(next, batch, nic, family) {
             return Err(origin.invalid(
                 "spec.ipFamily",
                 format!(
                     "NetworkInterface {:?} uses this VirtualIP and has no {family} address; a VirtualIP maps to an address of its own family",
+                    nic.metadata.key()
+                ),
+            ));
+        }
+        let sibling = nic
+            .spec
+            .virtual_ip_names()
+            .filter(|name| **name != vip.metadata.name)
+            .find(|name| {
+                next.virtual_ips
+                    .get(*name)
+                    .is_some_and(|other| other.spec.family() == family)
+            });
+        if let Some(sibling) = sibling {
+            return Err(origin.invalid(
+                "spec.ipFamily",
+                format!(
+                    "NetworkInterface {:?} uses this VirtualIP and VirtualIP {sibling:?}, which is {family} too; an interface has at most one VirtualIP per family",
                     nic.metadata.key()
                 ),
             ));
@@ -402,6 +420,13 @@ mod tests {
         let state = apply(&state, &nic("c1", ", virtualIPs: [a4, a6]"));
         refused(
             &state,
+            &v6("a4", ""),
+            400,
+            "documents[0].spec.ipFamily",
+            &["uses this VirtualIP and VirtualIP \"a6\", which is IPv6 too"],
+        );
+        refused(
+            &state,
             &nic("c2", ", kind: veth, virtualIPs: [b6, a4]"),
             409,
             "documents[0].spec.virtualIPs[1]",
@@ -453,7 +478,7 @@ mod tests {
                 "{interface: eth9, addresses: [198.51.100.10/24, 198.51.100.11, 198.51.100.12], gateway: 198.51.100.1}",
             ),
             409,
-            "documents[0].spec.addresses",
+            "documents[0].spec.ipv6.addresses",
             &["2001:db8:1::10 is used by VirtualIP \"a6\""],
         );
     }
