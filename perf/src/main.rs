@@ -399,7 +399,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         .collect();
     if !ipv4_only.is_empty() {
         anyhow::bail!(
-            "--family {}: {} measure IPv4 only (IPv6 covers l2 and routed); add 4 to --family or choose --scenario l2,routed",
+            "--family {}: {} measure IPv4 only (IPv6 covers l2, routed and nat); add 4 to --family or choose --scenario l2,routed,nat",
             args.family
                 .iter()
                 .map(|f| if *f == Family::V4 { "4" } else { "6" })

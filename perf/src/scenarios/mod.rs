@@ -165,8 +165,8 @@ pub enum Family {
     /// IPv4.
     #[value(name = "4")]
     V4,
-    /// IPv6: `l2` and `routed` (the switch routes IPv6 between dual-stack Subnets; its NAT,
-    /// load balancer and overlay are IPv4 only).
+    /// IPv6: `l2`, `routed` and `nat` (the switch routes IPv6 between dual-stack Subnets and
+    /// masquerades it through the Uplink; its load balancer and overlay are IPv4 only).
     #[value(name = "6")]
     V6,
 }
@@ -174,7 +174,7 @@ pub enum Family {
 impl Scenario {
     /// Whether the scenario can run over `family`.
     pub fn supports(self, family: Family) -> bool {
-        family == Family::V4 || matches!(self, Scenario::L2 | Scenario::Routed)
+        family == Family::V4 || matches!(self, Scenario::L2 | Scenario::Routed | Scenario::Nat)
     }
 }
 
@@ -310,7 +310,7 @@ pub struct Case {
     pub policies: u32,
     /// `floods`: what the flooder sends; `None` elsewhere.
     pub flood: Option<floods::FloodKind>,
-    /// The traffic's address family (IPv6 in `l2` and `routed` only).
+    /// The traffic's address family (IPv6 in `l2`, `routed` and `nat` only).
     pub family: Family,
 }
 
@@ -395,7 +395,7 @@ impl Case {
             Scenario::L2 => l2::prepare(variant, context, self.family),
             Scenario::Routed => routed::prepare(variant, context, self.family),
             Scenario::Vxlan => vxlan::prepare(variant, context),
-            Scenario::Nat => nat::prepare(variant, context),
+            Scenario::Nat => nat::prepare(variant, context, self.family),
             Scenario::Lb => lb::prepare(variant, context),
             Scenario::Policy => policy::prepare(variant, context, self.policies),
             Scenario::Floods => match self.flood {
@@ -953,10 +953,13 @@ mod tests {
         assert_eq!(keys, ["routed", "routed-ipv6"]);
         assert_eq!(Case::from_key("routed-ipv6"), Some(routed[1]));
         assert!(routed[1].description().starts_with("over IPv6: "));
-        assert!(Scenario::Nat.cases(&counts, &[Family::V6]).is_empty());
-        assert_eq!(Scenario::Nat.cases(&counts, &both).len(), 1);
+        let nat = Scenario::Nat.cases(&counts, &both);
+        let keys: Vec<String> = nat.iter().map(|case| case.key()).collect();
+        assert_eq!(keys, ["nat", "nat-ipv6"]);
+        assert_eq!(Case::from_key("nat-ipv6"), Some(nat[1]));
+        assert!(Scenario::Lb.cases(&counts, &[Family::V6]).is_empty());
         assert!(Scenario::Policy.cases(&counts, &[Family::V6]).is_empty());
-        assert_eq!(Case::from_key("nat-ipv6"), None, "nat is IPv4 only");
+        assert_eq!(Case::from_key("lb-ipv6"), None, "lb is IPv4 only");
         assert_eq!(Case::from_key("policy"), None, "policy has counts");
         assert_eq!(Case::from_key("policy-x"), None);
         assert_eq!(Case::from_key("bogus"), None);
