@@ -361,8 +361,9 @@ fn fail_over(topology: &Topology, target: &str, member: &str, mode: &str) -> u32
 }
 
 /// Active-backup against an OVS active-backup bond: the primary carries traffic (OVS drops
-/// what arrives on its backup), pulling it fails over with gratuitous ARPs, and the primary
-/// takes over again when it comes back.
+/// what arrives on its backup), pulling it fails over with gratuitous ARPs and, for the
+/// Uplink's IPv6 address and link-local address, unsolicited neighbour advertisements, and
+/// the primary takes over again when it comes back.
 #[test]
 #[ignore = "needs root: starts vswitchd and Open vSwitch, creates namespaces and veths"]
 fn active_backup_bond_fails_over_with_open_vswitch() {
@@ -375,10 +376,12 @@ fn active_backup_bond_fails_over_with_open_vswitch() {
             "other_config:bond-primary=o1",
         ],
     );
-    topology.daemon.apply_yaml(&config(
-        &["m1", "m2"],
-        Some("{mode: active-backup, primary: m1}"),
-    ));
+    topology.daemon.apply_yaml(
+        &config(&["m1", "m2"], Some("{mode: active-backup, primary: m1}")).replace(
+            "  gateway: 203.0.113.1",
+            "  gateway: 203.0.113.1\n  ipv6: {addresses: ['2001:db8:5::10/64'], gateway: 'fe80::1'}",
+        ),
+    );
     topology.wait_member("m1", "active", true);
     let c10 = Netns::new("c10");
     let ip10 = topology.daemon.attach(&c10, &["--subnet", "v10"]);
@@ -392,7 +395,13 @@ fn active_backup_bond_fails_over_with_open_vswitch() {
             .as_u64()
             .unwrap_or(0)
     };
+    let unsolicited_nas = |d: &Daemon| -> u64 {
+        d.stats()["events"]["bond.unsolicited_na_sent"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let before = garps(&topology.daemon);
+    let nas_before = unsolicited_nas(&topology.daemon);
     let tx = |name: &str| {
         topology
             .daemon
@@ -407,6 +416,10 @@ fn active_backup_bond_fails_over_with_open_vswitch() {
     assert!(
         garps(&topology.daemon) > before,
         "no gratuitous ARP on failover"
+    );
+    assert!(
+        unsolicited_nas(&topology.daemon) >= nas_before + 2,
+        "no unsolicited neighbour advertisements (address and link-local) on failover"
     );
     // Back on the primary.
     topology.wait_member("m1", "active", true);

@@ -20,11 +20,15 @@
 //! while it stays up, else the first member up (Open vSwitch's `bond_choose_member`). When
 //! it changes, the new one announces the switch's addresses: a gratuitous ARP (an ARP
 //! request with sender and target both the address, broadcast) for each uplink address and,
-//! tagged, for each VLAN Subnet's gateway, as Linux's bonding does through
-//! `NETDEV_NOTIFY_PEERS`, so the neighbours' switches move the MACs to the new link at once.
+//! tagged, for each VLAN Subnet's gateway, and an unsolicited neighbour advertisement
+//! (RFC 4861 section 7.2.6: to all nodes, override set) for each IPv6 one (the uplink's
+//! `ipv6` addresses and its link-local address; VLAN Subnets' IPv6 gateways and their
+//! link-local addresses, as routers), as Linux's bonding does through `NETDEV_NOTIFY_PEERS`
+//! (`ndisc_send_unsol_na`), so the neighbours' switches move the MACs to the new link at
+//! once.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,7 +105,8 @@ pub struct BondConfig {
     pub lacp: LacpSettings,
     /// ARP probes, when asked for.
     pub arp: Option<ArpProbes>,
-    /// Gratuitous ARPs sent for each address when the active member changes.
+    /// Gratuitous ARPs (unsolicited NAs for IPv6) sent for each address when the active
+    /// member changes.
     pub peer_notifications: u8,
     /// The protocol identifier of the VLAN tags (the announcements of VLAN gateways).
     pub tpid: u16,
@@ -115,6 +120,11 @@ pub struct Announcements {
     pub addresses: Vec<Ipv4Addr>,
     /// VLAN Subnets' gateways: VLAN, address, the gateway's MAC.
     pub gateways: Vec<(u16, Ipv4Addr, [u8; 6])>,
+    /// The switch's uplink IPv6 addresses (untagged, from the switch's MAC), its link-local
+    /// one among them.
+    pub addresses6: Vec<Ipv6Addr>,
+    /// VLAN Subnets' IPv6 gateways (global and link-local): VLAN, address, the gateway's MAC.
+    pub gateways6: Vec<(u16, Ipv6Addr, [u8; 6])>,
 }
 
 /// One member as the status shows it.
@@ -638,10 +648,24 @@ impl Monitor {
         self.report();
     }
 
-    /// Gratuitous ARPs for the switch's addresses on the new active member.
+    /// Gratuitous ARPs and unsolicited neighbour advertisements for the switch's addresses
+    /// on the new active member.
     fn announce(&self, socket: &SlowSocket) {
         let announce = self.shared.announce.lock().clone();
         for _ in 0..self.config.peer_notifications {
+            for address in &announce.addresses6 {
+                let frame = unsolicited_na(self.config.switch_mac, *address, false, None);
+                if socket.send(&frame).is_ok() {
+                    (self.events)(Event::BondUnsolicitedNaSent, 1);
+                }
+            }
+            for (vlan, address, mac) in &announce.gateways6 {
+                let tag = Some((self.config.tpid, *vlan));
+                let frame = unsolicited_na(*mac, *address, true, tag);
+                if socket.send(&frame).is_ok() {
+                    (self.events)(Event::BondUnsolicitedNaSent, 1);
+                }
+            }
             for address in &announce.addresses {
                 let frame = arp_frame(self.config.switch_mac, *address, *address, None);
                 if socket.send(&frame).is_ok() {
@@ -694,6 +718,40 @@ impl Monitor {
     }
 }
 
+/// An unsolicited neighbour advertisement of `address` at `mac` (RFC 4861 section 7.2.6):
+/// from the address to all nodes, solicited clear, override set, the router flag for a
+/// gateway; tagged with `vlan` when given.
+fn unsolicited_na(
+    mac: [u8; 6],
+    address: Ipv6Addr,
+    router: bool,
+    vlan: Option<(u16, u16)>,
+) -> Vec<u8> {
+    use crate::wire::ipv6::{ALL_NODES, Ethernet, NeighborAdvertisementRepr, multicast_mac};
+    let repr = NeighborAdvertisementRepr {
+        eth: Ethernet {
+            src: mac,
+            dst: multicast_mac(ALL_NODES),
+        },
+        src: address,
+        dst: ALL_NODES,
+        target: address,
+        router,
+        solicited: false,
+        override_: true,
+        target_mac: mac,
+    };
+    let mut frame = vec![0; repr.len()];
+    let written = repr.emit(&mut frame);
+    frame.truncate(written);
+    if let Some((tpid, vid)) = vlan {
+        let mut tag = tpid.to_be_bytes().to_vec();
+        tag.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        frame.splice(12..12, tag);
+    }
+    frame
+}
+
 /// A broadcast ARP request from `mac`: `sender` asks for `target` (a probe), or announces
 /// itself when both are the same (gratuitous), tagged with `vlan` when given.
 fn arp_frame(
@@ -735,5 +793,40 @@ mod tests {
         let tagged = arp_frame(mac, address, address, Some((0x8100, 10)));
         assert_eq!(&tagged[12..16], &[0x81, 0x00, 0, 10]);
         assert_eq!(tagged.len(), 46);
+    }
+
+    /// The advertisement is a valid NA of the address to all nodes, with override set and
+    /// solicited clear, that the ND parser reads back; tagged after the MACs.
+    #[test]
+    fn unsolicited_na_announces_the_address_to_all_nodes() {
+        use crate::wire::ipv6 as wire6;
+        let mac = [0x02, 0, 0, 0, 0, 9];
+        let address: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+        let frame = unsolicited_na(mac, address, false, None);
+        assert_eq!(&frame[..6], &[0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(&frame[6..12], &mac);
+        assert_eq!(&frame[12..14], &[0x86, 0xdd]);
+        let packet = &frame[14..];
+        let info = wire6::parse(packet).expect("IPv6");
+        assert_eq!((info.src, info.dst), (address, wire6::ALL_NODES));
+        assert_eq!(packet[7], 255, "hop limit 255");
+        let icmp = &packet[info.l4_offset..info.packet_len];
+        assert!(wire6::icmpv6_checksum_ok(info.src, info.dst, icmp));
+        assert_eq!(icmp[0], 136);
+        assert_eq!(icmp[4], 0x20, "override, not solicited, not a router");
+        assert_eq!(
+            wire6::parse_nd(icmp, info.src),
+            Ok(Some(wire6::Nd::NeighborAdvertisement {
+                target: address,
+                target_mac: Some(mac),
+                router: false,
+                solicited: false,
+                override_: true,
+            }))
+        );
+        let tagged = unsolicited_na(mac, address, true, Some((0x8100, 20)));
+        assert_eq!(&tagged[12..18], &[0x81, 0x00, 0, 20, 0x86, 0xdd]);
+        assert_eq!(tagged.len(), frame.len() + 4);
+        assert_eq!(tagged[18 + 40 + 4], 0xa0, "router and override");
     }
 }

@@ -78,6 +78,8 @@ keyed_enum! {
             "the set of bond members carrying traffic, or the active one, changed",
         BondGratuitousArpSent = "bond.gratuitous_arp_sent":
             "gratuitous ARPs sent on a bond's new active member for the switch's uplink addresses and VLAN gateways",
+        BondUnsolicitedNaSent = "bond.unsolicited_na_sent":
+            "unsolicited neighbour advertisements sent on a bond's new active member for the switch's uplink IPv6 addresses and VLAN IPv6 gateways",
         BondArpProbeSent = "bond.arp_probe_sent":
             "ARP probes sent by a bond's ARP monitor",
         LacpPduReceived = "bond.lacp_pdu_rx":

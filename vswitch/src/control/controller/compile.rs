@@ -537,17 +537,48 @@ fn sync_uplink_trunk(inner: &mut Inner) {
 /// What a bond's new active member announces: the uplink's addresses, and each VLAN
 /// Subnet's gateway on its VLAN.
 pub(super) fn announcements(state: &State, uplink: &Uplink) -> crate::port::bond::Announcements {
-    crate::port::bond::Announcements {
-        addresses: uplink.spec.addresses.iter().map(|a| a.addr()).collect(),
-        gateways: state
+    use crate::wire::ipv6::link_local_from_mac;
+    let uplink_mac = nat_rules::uplink_mac(state, uplink).0;
+    let addresses6 = uplink
+        .spec
+        .ipv6
+        .iter()
+        .flat_map(|v6| v6.addresses.iter().map(|a| a.addr()))
+        .chain(
+            uplink
+                .spec
+                .ipv6
+                .is_some()
+                .then(|| link_local_from_mac(uplink_mac)),
+        )
+        .collect();
+    let vlan_subnets = || {
+        state
             .subnets
             .values()
-            .filter_map(|subnet| {
-                Some((
-                    subnet.spec.vlan?,
+            .filter_map(|subnet| Some((subnet.spec.vlan?, subnet)))
+    };
+    crate::port::bond::Announcements {
+        addresses: uplink.spec.addresses.iter().map(|a| a.addr()).collect(),
+        gateways: vlan_subnets()
+            .map(|(vlan, subnet)| {
+                (
+                    vlan,
                     subnet.spec.gateway,
                     routing::gateway_mac(state, subnet).0,
-                ))
+                )
+            })
+            .collect(),
+        addresses6,
+        gateways6: vlan_subnets()
+            .flat_map(|(vlan, subnet)| {
+                let mac = routing::gateway_mac(state, subnet).0;
+                subnet.spec.ipv6.iter().flat_map(move |v6| {
+                    [
+                        (vlan, v6.gateway(), mac),
+                        (vlan, link_local_from_mac(mac), mac),
+                    ]
+                })
             })
             .collect(),
     }

@@ -508,8 +508,8 @@ pub struct BondSpec {
     /// Optional ARP probes (active-backup, balance-xor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arp_monitor: Option<ArpMonitorSpec>,
-    /// Gratuitous ARPs sent per address when the active member changes (0..=16, 1 by
-    /// default).
+    /// Gratuitous ARPs (for IPv6 addresses: unsolicited neighbour advertisements) sent per
+    /// address when the active member changes (0..=16, 1 by default).
     #[serde(default = "one")]
     pub peer_notifications: u8,
 }
