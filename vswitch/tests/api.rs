@@ -1364,7 +1364,7 @@ fn uplink_nat_and_conntrack_over_http_and_vswitchctl() {
             .nth(1)
             .unwrap_or_default()
             .split_whitespace()
-            .eq(["pub", "Public", "192.0.2.11", nic.as_str()]),
+            .eq(["pub", "Public", "IPv4", "192.0.2.11", nic.as_str()]),
         "{out}"
     );
     let (out, _) = server.ctl_code(&["describe", "NATGateway", "gw"], 0);
