@@ -33,84 +33,36 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 82, 0, 2);
 /// The outside server's IPv6 address.
 const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x82, 0, 0, 0, 0, 0, 2);
 
-/// The kernel variant's NAT66 masquerade.
-const RULESET6: &str = "\
-table ip6 vsperf_nat6 {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname \"o0\" masquerade
-    }
+/// The kernel variant's masquerade for `family`, loaded with `nft -f` inside the gateway
+/// namespace: an `ip` table, or an `ip6` one for NAT66.
+fn ruleset(family: Family) -> String {
+    let table = match family {
+        Family::V4 => "ip vsperf_nat",
+        Family::V6 => "ip6 vsperf_nat6",
+    };
+    format!(
+        "table {table} {{\n    chain postrouting {{\n        type nat hook postrouting priority srcnat; policy accept;\n        oifname \"o0\" masquerade\n    }}\n}}\n"
+    )
 }
-";
-
-/// The vswitch variant's NAT66 configuration: a dual-stack Subnet for c1, the Uplink with
-/// IPv6 (fd00:82::1/64, the server as its on-link next hop), and a NATGateway masquerading
-/// both families.
-const NAT_GATEWAY6: &str = "\
-apiVersion: vswitch/v1alpha1
-kind: Subnet
-metadata:
-  name: perf-nat
-spec:
-  network: default
-  cidr: 10.81.0.0/24
-  gateway: 10.81.0.1
-  mtu: 1500
-  ipv6:
-    cidr: fd00:81::/64
----
-apiVersion: vswitch/v1alpha1
-kind: Uplink
-metadata:
-  name: perf
-spec:
-  interface: o0
-  addresses: [10.82.0.1/24]
-  gateway: 10.82.0.2
-  ipv6:
-    addresses: ['fd00:82::1/64']
-    gateway: 'fd00:82::2'
----
-apiVersion: vswitch/v1alpha1
-kind: NATGateway
-metadata:
-  name: perf
-spec:
-  network: default
-  ips: [10.82.0.1, 'fd00:82::1']
-";
-
-/// The kernel variant's masquerade, loaded with `nft -f` inside the gateway namespace.
-const RULESET: &str = "\
-table ip vsperf_nat {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname \"o0\" masquerade
-    }
-}
-";
 
 /// The vswitch variant's NAT configuration: o0 as the Uplink, where the switch owns
 /// 10.82.0.1 (the outside server is its on-link next hop), and a NATGateway masquerading the
-/// default Network behind that address.
-const NAT_GATEWAY: &str = "\
-apiVersion: vswitch/v1alpha1
-kind: Uplink
-metadata:
-  name: perf
-spec:
-  interface: o0
-  addresses: [10.82.0.1/24]
-  gateway: 10.82.0.2
----
-apiVersion: vswitch/v1alpha1
-kind: NATGateway
-metadata:
-  name: perf
-spec:
-  network: default
-  ips: [10.82.0.1]
-";
+/// default Network behind that address. For NAT66 also a dual-stack Subnet `perf-nat` for
+/// c1, the Uplink's IPv6 (fd00:82::1/64, the server as its on-link next hop) and fd00:82::1
+/// among the NATGateway's addresses.
+fn configuration(family: Family) -> String {
+    let (subnet, uplink6, ips) = match family {
+        Family::V4 => (String::new(), "", "[10.82.0.1]"),
+        Family::V6 => (
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: perf-nat\nspec:\n  network: default\n  cidr: 10.81.0.0/24\n  gateway: 10.81.0.1\n  mtu: 1500\n  ipv6:\n    cidr: fd00:81::/64\n---\n".to_owned(),
+            "  ipv6:\n    addresses: ['fd00:82::1/64']\n    gateway: 'fd00:82::2'\n",
+            "[10.82.0.1, 'fd00:82::1']",
+        ),
+    };
+    format!(
+        "{subnet}apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: perf\nspec:\n  interface: o0\n  addresses: [10.82.0.1/24]\n  gateway: 10.82.0.2\n{uplink6}---\napiVersion: vswitch/v1alpha1\nkind: NATGateway\nmetadata:\n  name: perf\nspec:\n  network: default\n  ips: {ips}\n"
+    )
+}
 
 /// Builds one variant of `nat`.
 ///
@@ -153,12 +105,9 @@ pub fn prepare(
             let binaries = context.binaries()?;
             let daemon =
                 Daemon::start(binaries, &gateway, settings, &topology.scratch("vswitchd")?)?;
-            let (config, subnet) = match family {
-                Family::V4 => (NAT_GATEWAY, None),
-                Family::V6 => (NAT_GATEWAY6, Some("perf-nat")),
-            };
+            let subnet = (family == Family::V6).then_some("perf-nat");
             daemon
-                .apply("natgateway", config)
+                .apply("natgateway", &configuration(family))
                 .map_err(refusal_is_unsupported)?;
             daemon
                 .attach(&c1, "c1", kind, subnet, None)
@@ -188,8 +137,8 @@ pub fn prepare(
             topology.sysctl(&gateway, "net.ipv4.ip_forward", "1")?;
             topology.address(&c1, "eth0", "10.81.0.2/24")?;
             topology.ip(&c1, &["route", "add", "default", "via", "10.81.0.1"])?;
-            let ruleset = match family {
-                Family::V4 => RULESET,
+            match family {
+                Family::V4 => {}
                 Family::V6 => {
                     topology.sysctl(&gateway, "net.ipv6.conf.all.forwarding", "1")?;
                     let v6 = [
@@ -201,11 +150,10 @@ pub fn prepare(
                         topology.ip(ns, &["-6", "addr", "add", cidr, "dev", dev, "nodad"])?;
                     }
                     topology.ip(&c1, &["-6", "route", "add", "default", "via", "fd00:81::1"])?;
-                    RULESET6
                 }
-            };
+            }
             let rules = topology.scratch("nft")?.join("masquerade.nft");
-            std::fs::write(&rules, ruleset).map_err(anyhow::Error::from)?;
+            std::fs::write(&rules, ruleset(family)).map_err(anyhow::Error::from)?;
             topology.exec(&gateway, "nft", &["-f", &rules.to_string_lossy()])?;
             Ok(Prepared {
                 daemons: Vec::new(),
@@ -223,5 +171,24 @@ pub fn prepare(
                 flood: None,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_and_ruleset_per_family() {
+        let v4 = configuration(Family::V4);
+        assert!(!v4.contains("ipv6") && !v4.contains("kind: Subnet"));
+        assert!(v4.ends_with("  network: default\n  ips: [10.82.0.1]\n"));
+        let v6 = configuration(Family::V6);
+        assert!(v6.starts_with("apiVersion: vswitch/v1alpha1\nkind: Subnet\n"));
+        assert!(v6.contains("  gateway: 10.82.0.2\n  ipv6:\n    addresses: ['fd00:82::1/64']\n"));
+        assert!(v6.ends_with("  ips: [10.82.0.1, 'fd00:82::1']\n"));
+        assert!(ruleset(Family::V4).starts_with("table ip vsperf_nat {\n"));
+        assert!(ruleset(Family::V6).starts_with("table ip6 vsperf_nat6 {\n"));
+        assert!(ruleset(Family::V6).contains("        oifname \"o0\" masquerade\n"));
     }
 }

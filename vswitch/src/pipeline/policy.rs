@@ -944,7 +944,7 @@ mod tests {
     }
 
     /// IPv6 `ipBlock`s match IPv6 peers; an ICMPv6 echo's reply passes as part of its
-    /// request's association, another identifier is a new one.
+    /// request's connection, another identifier is a new one.
     #[test]
     fn ipv6_ip_blocks_and_echo() {
         let bench = bench_with(
