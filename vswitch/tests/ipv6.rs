@@ -700,6 +700,12 @@ fn nat66_masquerade_and_port_forward_through_the_uplink() {
     let vip = daemon.ctl_json(&["get", "virtualip", "pub6"]);
     assert_eq!(vip["status"]["ip"], "2001:db8:1::11", "{vip}");
     assert_eq!(vip["status"]["interface"], c3.name.as_str(), "{vip}");
+    let nic = daemon.ctl_json(&["get", "networkinterface", &c3.name]);
+    assert_eq!(
+        nic["status"]["virtualIPs"],
+        serde_json::json!(["2001:db8:1::11"]),
+        "{nic}"
+    );
     let seen = c3.python(TCP_ASK6, &["2001:db8:1::1", "9000", "42000"]);
     assert_eq!(
         seen, "[2001:db8:1::11]:42000",

@@ -168,6 +168,10 @@ pub struct NetworkInterfaceStatus {
     /// for its life; LoadBalancerRoutings list backends by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// The addresses of its VirtualIPs (`virtualIP` or `virtualIPs`), once they have one
+    /// (computed when read).
+    #[serde(rename = "virtualIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<IpAddr>,
 }
 
 /// A port: an interface in a container's namespace.
@@ -231,6 +235,17 @@ spec:
     /// The device's state and the allocated addresses and MAC are the controller's.
     fn carry_status(&mut self, old: Option<&Self>) {
         self.status = old.map(|o| o.status.clone()).unwrap_or_default();
+        self.status.virtual_ips.clear();
+    }
+
+    /// The addresses of its VirtualIPs, as seed 004's `status.virtualIP` shows them.
+    fn observe(&mut self, state: &State, _view: &StatusView) {
+        self.status.virtual_ips = self
+            .spec
+            .virtual_ip_names()
+            .filter_map(|name| state.virtual_ips.get(name))
+            .filter_map(nat_rules::virtual_ip_address)
+            .collect();
     }
 
     /// An access port left in the default Subnet joins the Subnet bound to its VLAN.

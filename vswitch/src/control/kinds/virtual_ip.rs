@@ -469,6 +469,13 @@ mod tests {
         let mut observed = vip.clone();
         observed.observe(&state, &StatusView::default());
         assert_eq!(observed.status.interface.as_deref(), Some("c1"));
+        let mut shown = c1.clone();
+        shown.observe(&state, &StatusView::default());
+        assert_eq!(
+            shown.status.virtual_ips,
+            [ip::<IpAddr>("198.51.100.10"), ip("2001:db8:1::10")]
+        );
+        assert!(c1.status.virtual_ips.is_empty(), "computed, never stored");
         // Deleting the Uplink's IPv6 while a VirtualIP holds one of its addresses is refused.
         refused(
             &state,
