@@ -454,28 +454,28 @@ fn classify_new(
                 Err(cause(&decision))
             }
         }
-        // An ICMP error about no tracked connection: judged as ICMP.
-        Some(PacketKind::IcmpError) => {
-            let decision = set.compiled().check(&forward);
-            if decision.allowed {
-                Ok(false)
-            } else {
-                decided(ctx, set, &decision);
-                Err(cause(&decision))
-            }
-        }
-        // An ICMP error conntrack could not read: judged as ICMP, never recorded (its
-        // association would let other unreadable ICMP between the two ends pass).
-        None if header.icmp_error => {
-            let decision = set.compiled().check(&forward);
-            if decision.allowed {
-                Ok(false)
-            } else {
-                decided(ctx, set, &decision);
-                Err(cause(&decision))
-            }
-        }
+        // An ICMP error about no tracked connection, or one conntrack could not read:
+        // judged as ICMP, never recorded (an association would let other unreadable ICMP
+        // between the two ends pass).
+        Some(PacketKind::IcmpError) => judged_unrecorded(ctx, set, &forward),
+        None if header.icmp_error => judged_unrecorded(ctx, set, &forward),
         None => associated(ctx, set, network, header, &forward).map(|()| false),
+    }
+}
+
+/// An ICMP error no connection knows: judged as ICMP, `Ok(false)` (untracked) when allowed;
+/// a denial is counted.
+fn judged_unrecorded(
+    ctx: &Context<'_>,
+    set: &PolicySet,
+    forward: &Connection,
+) -> Result<bool, DropCause> {
+    let decision = set.compiled().check(forward);
+    if decision.allowed {
+        Ok(false)
+    } else {
+        decided(ctx, set, &decision);
+        Err(cause(&decision))
     }
 }
 
