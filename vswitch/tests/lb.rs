@@ -13,8 +13,23 @@ use std::time::Duration;
 use common::{Daemon, Netns, require, tail, wait_until};
 
 /// A TCP server on port 8080 that answers every line with its name (one thread per
-/// connection, so connections stay open as long as their clients like).
+/// connection, so connections stay open as long as their clients like), over IPv4.
 fn start_server(ns: &Netns, name: &str) -> Child {
+    start_server_on(ns, name, "s = socket.socket()", "0.0.0.0")
+}
+
+/// [`start_server`] over both families (one IPv6 socket taking IPv4 too).
+fn start_server_dual(ns: &Netns, name: &str) -> Child {
+    start_server_on(
+        ns,
+        name,
+        "s = socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)",
+        "::",
+    )
+}
+
+/// [`start_server`] with the listening socket made by `socket` and bound to `address`.
+fn start_server_on(ns: &Netns, name: &str, socket: &str, address: &str) -> Child {
     let script = format!(
         r#"
 import socket, threading
@@ -26,9 +41,9 @@ def serve(c):
     except OSError:
         pass
     c.close()
-s = socket.socket()
+{socket}
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
+s.bind(("{address}", 8080))
 s.listen(512)
 while True:
     c, _ = s.accept()
@@ -48,13 +63,14 @@ fn ask(ns: &Netns, address: &str, count: usize, first_port: Option<u16>) -> Vec<
         r#"
 import socket
 first = {bind}
+v6 = ":" in "{address}"
 for i in range({count}):
     try:
-        c = socket.socket()
+        c = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
         c.settimeout(5)
         if first is not None:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            c.bind(("0.0.0.0", first + i))
+            c.bind(("::" if v6 else "0.0.0.0", first + i))
         c.connect(("{address}", 80))
         c.sendall(b"hi\n")
         name = c.makefile("rb").readline().decode().strip() or "-"
@@ -534,6 +550,221 @@ fn public_load_balancer_through_the_uplink() {
         "{}",
         stats["events"]
     );
+    for mut server in servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
+
+/// The state `vswitchctl lb` shows for `interface`'s backend at address `ip`.
+fn backend_state(daemon: &Daemon, lb: &str, interface: &str, ip: &str) -> String {
+    let shown = daemon.ctl_json(&["lb", lb]);
+    shown["backends"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["interface"] == interface && r["ip"] == ip)
+        })
+        .map(|r| r["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// A dual-stack LoadBalancer: an address of each family, IPv6 connections spread over the
+/// backends' IPv6 addresses (hairpin too), a closed port refused, echo answered, IPv6
+/// health checks that take a dead backend out and put it back; then a Public IPv6
+/// LoadBalancer reached from outside through the Uplink's IPv6.
+#[test]
+#[ignore = "needs root: starts vswitchd, creates namespaces and a veth uplink"]
+fn dual_stack_load_balancer_over_ipv6() {
+    require(&["python3", "ping"]);
+    let outside = common::Outside::new(&["203.0.113.1/24"]);
+    outside.ns.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let daemon = Daemon::start(2);
+    daemon.apply_yaml(
+        "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: lb6}\nspec:\n  network: default\n  cidr: 10.62.0.0/24\n  ipv6: {cidr: 'fd00:62::/64'}\n",
+    );
+    let backends: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("l6b{i}"))).collect();
+    let mut servers = Vec::new();
+    for (i, ns) in backends.iter().enumerate() {
+        let kind = if i == 0 { "tap" } else { "veth" };
+        daemon.attach(
+            ns,
+            &["--subnet", "lb6", "--label", "app=web6", "--kind", kind],
+        );
+        servers.push(start_server_dual(ns, &ns.name));
+    }
+    for (ns, server) in backends.iter().zip(servers.iter_mut()) {
+        common::wait_listening(&ns.name, "tcp", ":8080", server);
+    }
+    let client = Netns::new("l6c");
+    daemon.attach(&client, &["--subnet", "lb6"]);
+    daemon.apply_yaml(
+        "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: web6}\nspec:\n  type: Internal\n  ipFamilies: [IPv4, IPv6]\n  network: default\n  networkInterfaceSelector: {matchLabels: {app: web6}}\n  ports: [{port: 80, targetPort: 8080}]\n  healthCheck: {intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 1, unhealthyThreshold: 2}\n",
+    );
+    let lb = daemon.ctl_json(&["get", "loadbalancer", "web6"]);
+    let v4 = lb["status"]["ips"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let v6 = lb["status"]["ips"][1]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // IPv4 from the Network's first Subnet by name (default), IPv6 from its only
+    // dual-stack one.
+    assert!(v4.parse::<std::net::Ipv4Addr>().is_ok(), "{lb}");
+    assert!(v6.starts_with("fd00:62::"), "{lb}");
+    // Both families of both backends pass their health checks.
+    let addresses: Vec<(String, String, String)> = backends
+        .iter()
+        .map(|ns| {
+            let nic = daemon.ctl_json(&["get", "networkinterface", &ns.name]);
+            let ip = |value: &serde_json::Value| {
+                let text = value.as_str().unwrap_or_default();
+                text.split('/').next().unwrap_or(text).to_string()
+            };
+            (
+                ns.name.clone(),
+                ip(&nic["status"]["ips"][0]),
+                ip(&nic["status"]["ipv6"]),
+            )
+        })
+        .collect();
+    for (name, ip4, ip6) in &addresses {
+        for ip in [ip4, ip6] {
+            wait_until(
+                &format!("{name} {ip} healthy"),
+                Duration::from_secs(20),
+                || (backend_state(&daemon, "web6", name, ip) == "Healthy").then_some(()),
+            );
+        }
+    }
+    let lb = daemon.ctl_json(&["get", "loadbalancer", "web6"]);
+    assert_eq!(lb["status"]["state"], "Ready", "{lb}");
+    assert_eq!(
+        lb["status"]["backends"]["healthy"], 2,
+        "a dual-stack backend counts once: {lb}"
+    );
+
+    // IPv6 connections spread over both backends; IPv4 beside them.
+    let spread = counts(&ask(&client, &v6, 60, None));
+    eprintln!("60 IPv6 connections: {spread:?}");
+    assert!(!spread.contains_key("-"), "{spread:?}");
+    for ns in &backends {
+        assert!(spread.contains_key(&ns.name), "{spread:?}");
+    }
+    let spread4 = counts(&ask(&client, &v4, 20, None));
+    assert!(!spread4.contains_key("-"), "{spread4:?}");
+    let shown = daemon.ctl_json(&["lb", "web6"]);
+    assert_eq!(
+        shown["addresses"],
+        serde_json::json!([v4.clone(), v6.clone()]),
+        "{shown}"
+    );
+    let v6_connections: u64 = shown["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter(|b| b["ip"].as_str().is_some_and(|ip| ip.contains(':')))
+        .map(|b| b["connections"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(v6_connections > 0, "IPv6 connections tracked: {shown}");
+    let text = daemon.ctl_ok(&["lb", "web6"]);
+    assert!(text.contains(&v6), "{text}");
+
+    // Hairpin over IPv6, echo, and a closed port.
+    let hairpin = ask(&backends[0], &v6, 10, None);
+    assert!(hairpin.iter().all(|n| n != "-"), "{hairpin:?}");
+    let ping = client.exec(&["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", &v6]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let closed = client.exec_ok(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket\ns=socket.socket(socket.AF_INET6)\ns.settimeout(3)\ntry:\n    s.connect(('{v6}', 81))\n    print('open')\nexcept ConnectionRefusedError:\n    print('refused')\nexcept OSError as e:\n    print(e)\n"
+        ),
+    ]);
+    assert_eq!(closed.trim(), "refused", "a port it does not serve");
+
+    // A dead backend fails its IPv6 (and IPv4) checks and gets no new connections.
+    let (sick, sick4, sick6) = addresses[0].clone();
+    let _ = servers[0].kill();
+    let _ = servers[0].wait();
+    wait_until(
+        "the killed server's IPv6 backend to be marked unhealthy",
+        Duration::from_secs(20),
+        || (backend_state(&daemon, "web6", &sick, &sick6) == "Unhealthy").then_some(()),
+    );
+    wait_until(
+        "the killed server's IPv4 backend to be marked unhealthy",
+        Duration::from_secs(20),
+        || (backend_state(&daemon, "web6", &sick, &sick4) == "Unhealthy").then_some(()),
+    );
+    let names = ask(&client, &v6, 30, None);
+    assert!(
+        !names.contains(&sick) && !names.contains(&"-".to_string()),
+        "with {sick} unhealthy: {:?}",
+        counts(&names)
+    );
+    servers[0] = start_server_dual(&backends[0], &sick);
+    wait_until(
+        "the restarted server's IPv6 backend to be healthy",
+        Duration::from_secs(20),
+        || (backend_state(&daemon, "web6", &sick, &sick6) == "Healthy").then_some(()),
+    );
+    let names = ask(&client, &v6, 40, None);
+    assert!(names.contains(&sick), "{:?}", counts(&names));
+    let stats = daemon.stats();
+    assert!(
+        stats["events"]["lb.probe_answers"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        stats["events"]
+    );
+
+    // A Public IPv6 LoadBalancer: the Uplink's IPv6 address, reached from outside.
+    daemon.apply_yaml(&format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {{name: up}}\nspec:\n  interface: {}\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n  ipv6:\n    addresses: ['2001:db8:1::10/64']\n    gateway: '2001:db8:1::1'\n---\napiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {{name: pub6}}\nspec:\n  type: Public\n  ipFamilies: [IPv6]\n  network: default\n  networkInterfaceSelector: {{matchLabels: {{app: web6}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
+        outside.host_end
+    ));
+    let public = daemon.ctl_json(&["get", "loadbalancer", "pub6"]);
+    assert_eq!(
+        public["status"]["ips"],
+        serde_json::json!(["2001:db8:1::10"]),
+        "{public}"
+    );
+    let from_outside = counts(&ask(&outside.ns, "2001:db8:1::10", 40, None));
+    eprintln!("from outside over IPv6: {from_outside:?}");
+    assert!(!from_outside.contains_key("-"), "{from_outside:?}");
+    for ns in &backends {
+        assert!(from_outside.contains_key(&ns.name), "{from_outside:?}");
+    }
+    let shown = daemon.ctl_json(&["lb", "pub6"]);
+    let outside_connections: u64 = shown["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["connections"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        outside_connections > 0,
+        "connections from outside are counted: {shown}"
+    );
+    let from_inside = counts(&ask(&client, "2001:db8:1::10", 10, None));
+    assert!(!from_inside.contains_key("-"), "{from_inside:?}");
+    drop(outside);
     for mut server in servers {
         let _ = server.kill();
         let _ = server.wait();

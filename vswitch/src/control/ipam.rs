@@ -57,9 +57,10 @@ pub enum IpamError {
         /// The subnet.
         cidr: Ipv4Net,
     },
-    /// Another interface holds the address.
+    /// Another interface (or a LoadBalancer) holds the address.
     #[error(
-        "address {addr} is already used by NetworkInterface {owner:?}; choose a free address or leave ips empty to allocate one"
+        "address {addr} is already used by {}; choose a free address or leave ips empty to allocate one",
+        holder(.owner)
     )]
     InUse {
         /// The address.
@@ -395,7 +396,8 @@ impl Leases6 {
             Some(current) if current != owner => Err((
                 true,
                 format!(
-                    "address {addr} is already used by NetworkInterface {current:?}; choose a free address or leave ipv6 empty to allocate one"
+                    "address {addr} is already used by {}; choose a free address or leave ipv6 empty to allocate one",
+                    holder(current)
                 ),
             )),
             _ => {
@@ -437,7 +439,17 @@ impl Leases6 {
     }
 }
 
-/// The IPv6 leases of every Subnet with a prefix, rebuilt from the interfaces' status.
+/// Who holds a leased address, as messages name it: `LoadBalancer "web"` for a
+/// LoadBalancer's (owner `LoadBalancer/web`), else `NetworkInterface "c1"`.
+fn holder(owner: &str) -> String {
+    match owner.strip_prefix("LoadBalancer/") {
+        Some(name) => format!("LoadBalancer {name:?}"),
+        None => format!("NetworkInterface {owner:?}"),
+    }
+}
+
+/// The IPv6 leases of every Subnet with a prefix, rebuilt from the interfaces' status and
+/// the LoadBalancers' IPv6 addresses inside a Subnet of their Network.
 pub fn leases6(state: &State) -> BTreeMap<String, Leases6> {
     let mut all: BTreeMap<String, Leases6> = state
         .subnets
@@ -457,6 +469,24 @@ pub fn leases6(state: &State) -> BTreeMap<String, Leases6> {
     for nic in state.network_interfaces.values() {
         if let (Some(leases), Some(ip)) = (all.get_mut(&nic.spec.subnet), nic.status.ipv6) {
             leases.insert(ip.addr(), &nic.metadata.key());
+        }
+    }
+    for balancer in state.load_balancers.values() {
+        let owner = format!("LoadBalancer/{}", balancer.metadata.key());
+        for address in balancer.spec.ips.iter().chain(&balancer.status.ips) {
+            let std::net::IpAddr::V6(address) = address else {
+                continue;
+            };
+            let subnet = state.subnets.iter().find(|(_, s)| {
+                s.spec.network == balancer.spec.network
+                    && s.spec
+                        .ipv6
+                        .as_ref()
+                        .is_some_and(|p| p.cidr.contains(address))
+            });
+            if let Some(leases) = subnet.and_then(|(name, _)| all.get_mut(name)) {
+                leases.insert(*address, &owner);
+            }
         }
     }
     all

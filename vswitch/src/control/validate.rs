@@ -1045,7 +1045,9 @@ mod tests {
                         "spec.vlan: VLAN 20 is Subnet \"v20\"'s, not spec.subnet \"v10\"'s",
                     ],
                     "bad-dual-stack.yaml" => &[
-                        "6 problems",
+                        "8 problems",
+                        "spec.ips[0]: fd00:30:200::80 is IPv6, a family spec.ipFamilies does not list",
+                        "Subnet-Router anycast address",
                         "spec.ipv6.gateway: gateway fd00:31::1 is outside fd00:30:200::/56",
                         "spec.ipv6.rangeEnd: rangeEnd fd00:30:200::100 is before rangeStart",
                         "spec.ipv6.slaac: SLAAC needs a /64 prefix",
@@ -1130,6 +1132,18 @@ mod tests {
                         "{status:?}"
                     );
                     assert_eq!(status.subnet.as_deref(), Some("backend"));
+                    // The dual-stack LoadBalancer: its IPv6 address given, its IPv4 one
+                    // allocated from the Network's first Subnet by name (backend).
+                    let web = &plan.next.load_balancers["web"].status.ips;
+                    assert_eq!(web.len(), 2, "{web:?}");
+                    assert_eq!(web[1], "fd00:20:1::80".parse::<std::net::IpAddr>().unwrap());
+                    let std::net::IpAddr::V4(v4) = web[0] else {
+                        panic!("{web:?}");
+                    };
+                    assert!(plan.next.subnets["backend"].spec.cidr.contains(&v4));
+                    for nic in nics.values() {
+                        assert!(nic.status.ips.iter().all(|a| a.addr() != v4), "{web:?}");
+                    }
                 }
                 if file == "network-policy.yaml" {
                     let state = &plan.next;

@@ -69,7 +69,7 @@ pub fn handle(
         && subnet.cidr.contains(&target_ip)
         && ctx
             .snapshot
-            .balancer(subnet.network_id, target_ip)
+            .balancer(subnet.network_id, target_ip.into())
             .is_some();
     // A storm toward the switch's addresses costs a reply and a neighbour-table write per
     // frame: beyond the port's rate it is dropped before either.

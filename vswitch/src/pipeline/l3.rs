@@ -263,7 +263,7 @@ pub fn route(
     if !ip.verify_checksum() {
         return Verdict::drop(DropReason::BadChecksum);
     }
-    if let Some(balancer) = ctx.snapshot.balancer(subnet.network_id, dst) {
+    if let Some(balancer) = ctx.snapshot.balancer(subnet.network_id, dst.into()) {
         return super::lb::forward(ctx, ingress, subnet, parsed, frame, local, balancer);
     }
     let route = ctx

@@ -23,6 +23,14 @@
 //! Either way the packet is then routed in the Network toward its translated destination
 //! ([`nat::continue_in`]: TTL, MTU, translation, neighbour resolution). The table only
 //! decides new connections: when the backends change, established connections keep theirs.
+//!
+//! IPv6 is the same stage: a dual-stack LoadBalancer is one [`Balancer`] per family (its
+//! IPv6 backends' table beside its IPv4 one), reached from [`route6`] (and for a Public one
+//! from the uplink's IPv6), answered by ND for an address inside a Subnet's prefix, refused
+//! with a TCP reset or an ICMPv6 port unreachable, echo answered in place, and forwarded
+//! through [`nat6::continue_in`] (hop limit, packet too big, translation, neighbour
+//! discovery). Health probes of IPv6 backends come from the Subnet's IPv6 gateway and are
+//! answered to it ([`probe_answer`] serves both families).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -34,13 +42,16 @@ use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 use super::icmp::{self, ErrorPath};
 use super::l3;
 use super::nat;
+use super::nat6::{self, Back};
 use super::parse::{L3, Parsed};
-use super::{Context, Local, Output, Verdict};
+use super::route6::{self, packet_bounds};
+use super::{Context, DropCause, Local, Output, Verdict};
 use crate::port::PortId;
 use crate::tables::counters::{Event, keyed_enum};
 use crate::tables::snapshot::{Balancer, PortEntry, ProbeBoard, SubnetEntry, UplinkEntry};
 use crate::wire::icmp_error::{DEFAULT_TTL, Kind};
 use crate::wire::ipv4::OwnHeader;
+use crate::wire::ipv6::{self as wire6, ErrorKind as ErrorKind6};
 
 keyed_enum! {
     /// Why `lb` refused a packet.
@@ -49,8 +60,8 @@ keyed_enum! {
             "new connection to a LoadBalancer with no backend taking new ones (answered with a TCP reset or an ICMP port unreachable)",
         NoPort = "lb.no_port":
             "to a LoadBalancer's address on a port or protocol it does not serve (answered like a closed port)",
-        NotIpv4Backend = "lb.backend_family":
-            "the chosen backend's address is not IPv4",
+        BackendFamily = "lb.backend_family":
+            "the chosen backend's address is not of the LoadBalancer address's family",
     }
 }
 
@@ -67,7 +78,7 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// Where ICMP errors about the packet go, from `address`.
+    /// Where ICMP errors about an IPv4 packet go, from `address`.
     fn errors(self, parsed: &Parsed, address: Ipv4Addr) -> ErrorPath {
         match self {
             Source::Subnet { ingress, subnet } => ErrorPath {
@@ -93,10 +104,18 @@ impl Source<'_> {
             Source::Uplink(_) => Zone::EXTERNAL,
         }
     }
+
+    /// The port the packet came in on, when it came from a Subnet (policy judges it).
+    fn port(self) -> Option<PortId> {
+        match self {
+            Source::Subnet { ingress, .. } => Some(ingress.id),
+            Source::Uplink(_) => None,
+        }
+    }
 }
 
-/// A packet from `ingress` (in `subnet`) to `balancer`'s address (see the module docs).
-/// Rewrites `frame` in place.
+/// A packet from `ingress` (in `subnet`) to `balancer`'s address, of either family (see
+/// the module docs). Rewrites `frame` in place.
 pub fn forward(
     ctx: &Context<'_>,
     ingress: &PortEntry,
@@ -107,18 +126,30 @@ pub fn forward(
     balancer: &Balancer,
 ) -> Verdict {
     let from = Source::Subnet { ingress, subnet };
-    let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
     let tracked = match track(ctx, from, parsed, frame, local, balancer) {
         Ok(tracked) => tracked,
         Err(verdict) => return verdict,
     };
-    nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |ctx, out| {
-        l3::confirm_sender(ctx, ingress, subnet, parsed, out);
-    })
+    match balancer.address {
+        IpAddr::V4(_) => {
+            let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
+            nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |ctx, out| {
+                l3::confirm_sender(ctx, ingress, subnet, parsed, out);
+            })
+        }
+        IpAddr::V6(_) => {
+            let back = Back::Subnet {
+                subnet,
+                port: ingress.id,
+                sender_mac: parsed.src_mac,
+            };
+            nat6::continue_in(ctx, &tracked, back, parsed, frame, local)
+        }
+    }
 }
 
-/// A packet from outside, received on `uplink` for Public `balancer`'s address (its header
-/// checksum verified). Rewrites `frame` in place.
+/// A packet from outside, received on `uplink` for Public `balancer`'s address (an IPv4
+/// one with its header checksum verified). Rewrites `frame` in place.
 pub fn forward_external(
     ctx: &Context<'_>,
     uplink: &UplinkEntry,
@@ -128,12 +159,35 @@ pub fn forward_external(
     balancer: &Balancer,
 ) -> Verdict {
     let from = Source::Uplink(uplink);
-    let errors = ErrorPath::uplink(uplink, parsed.src_mac, balancer.address);
     let tracked = match track(ctx, from, parsed, frame, local, balancer) {
         Ok(tracked) => tracked,
         Err(verdict) => return verdict,
     };
-    nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |_, _| {})
+    match balancer.address {
+        IpAddr::V4(address) => {
+            let errors = ErrorPath::uplink(uplink, parsed.src_mac, address);
+            nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |_, _| {})
+        }
+        IpAddr::V6(address) => {
+            let back = Back::Uplink {
+                uplink,
+                from: address,
+                sender_mac: parsed.src_mac,
+            };
+            nat6::continue_in(ctx, &tracked, back, parsed, frame, local)
+        }
+    }
+}
+
+/// The flow identity of the IPv4 or IPv6 packet in `frame`.
+fn packet_info(parsed: &Parsed, frame: &[u8]) -> Result<PacketInfo, DropCause> {
+    match parsed.l3 {
+        L3::Ipv6 { .. } => {
+            let (start, end) = packet_bounds(frame).ok_or(l3::DropReason::NotRoutable6)?;
+            ::nat::parse(&frame[start..end]).map_err(nat::parse_cause)
+        }
+        _ => nat::packet_info(frame),
+    }
 }
 
 /// The packet's connection: looked up in the zone it comes from, else started.
@@ -141,11 +195,11 @@ fn track(
     ctx: &Context<'_>,
     from: Source<'_>,
     parsed: &Parsed,
-    frame: &[u8],
+    frame: &mut [u8],
     local: &mut Local,
     balancer: &Balancer,
 ) -> Result<Tracked, Verdict> {
-    let info = nat::packet_info(frame).map_err(Verdict::Drop)?;
+    let info = packet_info(parsed, frame).map_err(Verdict::Drop)?;
     trace_note!(
         ctx,
         Lb,
@@ -156,11 +210,7 @@ fn track(
     match ctx.conntrack_lookup(from.zone(balancer), &info) {
         Some(tracked) => {
             nat::note_tracked(ctx, from.zone(balancer), &info, &tracked);
-            let from_port = match from {
-                Source::Subnet { ingress, .. } => Some(ingress.id),
-                Source::Uplink(_) => None,
-            };
-            super::policy::judge_reopened(ctx, from_port, &info, &tracked)
+            super::policy::judge_reopened(ctx, from.port(), &info, &tracked)
                 .map_err(Verdict::Drop)?;
             Ok(tracked)
         }
@@ -173,7 +223,7 @@ fn start(
     ctx: &Context<'_>,
     from: Source<'_>,
     parsed: &Parsed,
-    frame: &[u8],
+    frame: &mut [u8],
     local: &mut Local,
     balancer: &Balancer,
     info: &PacketInfo,
@@ -184,21 +234,19 @@ fn start(
         }
         PacketKind::IcmpEcho(EchoKind::Request) => {
             let (to, mac) = from.answer_path();
-            return Err(nat::answer_echo(
-                frame,
-                &mut local.out,
-                to,
-                parsed.src_mac,
-                mac,
-                balancer.address,
-            ));
+            return Err(match balancer.address {
+                IpAddr::V4(address) => {
+                    nat::answer_echo(frame, &mut local.out, to, parsed.src_mac, mac, address)
+                }
+                IpAddr::V6(_) => nat6::answer_echo(frame, to, mac, parsed.src_mac),
+            });
         }
         _ => {}
     }
     let tuple = info.tuple;
     let protocol = tuple.protocol.number();
     let refuse = |local: &mut Local, reason: DropReason| {
-        refuse(ctx, from, parsed, frame, local, balancer, reason)
+        refuse(ctx, from, parsed, frame, local, balancer, protocol, reason)
     };
     let Some(target_port) = balancer.target_port(protocol, tuple.dst_port) else {
         return Err(refuse(local, DropReason::NoPort));
@@ -274,12 +322,12 @@ fn start(
         target.addr,
         target.state
     );
-    let IpAddr::V4(_) = target.addr else {
-        return Err(Verdict::drop(DropReason::NotIpv4Backend));
-    };
+    if target.addr.is_ipv4() != balancer.address.is_ipv4() {
+        return Err(Verdict::drop(DropReason::BackendFamily));
+    }
     // Hairpin: the client is the chosen backend.
     let snat = if target.addr == tuple.src {
-        Snat::Static(IpAddr::V4(balancer.address))
+        Snat::Static(balancer.address)
     } else {
         Snat::None
     };
@@ -288,11 +336,7 @@ fn start(
         snat,
         reply_zone: nat::zone_of(balancer.network),
     };
-    let from_port = match from {
-        Source::Subnet { ingress, .. } => Some(ingress.id),
-        Source::Uplink(_) => None,
-    };
-    if let Err(cause) = super::policy::judge_plan(ctx, from_port, info, &plan) {
+    if let Err(cause) = super::policy::judge_plan(ctx, from.port(), info, &plan) {
         return Err(Verdict::Drop(cause));
     }
     let attachments = Attachments {
@@ -315,8 +359,9 @@ fn start(
 }
 
 /// Refuses a packet to `balancer` like a closed port: a TCP reset (but never to a reset)
-/// or, for UDP, an ICMP port unreachable, from the LoadBalancer's address; counted under
-/// `reason`.
+/// or, for UDP, an ICMP (or ICMPv6) port unreachable, from the LoadBalancer's address;
+/// counted under `reason`.
+#[allow(clippy::too_many_arguments)]
 fn refuse(
     ctx: &Context<'_>,
     from: Source<'_>,
@@ -324,14 +369,19 @@ fn refuse(
     frame: &[u8],
     local: &mut Local,
     balancer: &Balancer,
+    protocol: u8,
     reason: DropReason,
 ) -> Verdict {
-    let Some((start, end)) = l3::ip_bounds(frame) else {
+    let bounds = match balancer.address {
+        IpAddr::V4(_) => l3::ip_bounds(frame),
+        IpAddr::V6(_) => packet_bounds(frame),
+    };
+    let Some((start, end)) = bounds else {
         return Verdict::drop(reason);
     };
     let packet = &frame[start..end];
-    if packet.get(9) == Some(&6) {
-        let (to, mac) = from.answer_path();
+    let (to, mac) = from.answer_path();
+    if protocol == TCP {
         send_reset(
             &mut local.out,
             to,
@@ -340,101 +390,202 @@ fn refuse(
             packet,
             balancer.address,
         );
-    } else {
-        icmp::send_error_via(
-            &mut local.out,
-            ctx.now_ms,
-            Kind::PortUnreachable,
-            &from.errors(parsed, balancer.address),
-            packet,
-        );
+        return Verdict::drop(reason);
+    }
+    match balancer.address {
+        IpAddr::V4(address) => {
+            icmp::send_error_via(
+                &mut local.out,
+                ctx.now_ms,
+                Kind::PortUnreachable,
+                &from.errors(parsed, address),
+                packet,
+            );
+        }
+        IpAddr::V6(address) if !ctx.is_dry_run() => {
+            route6::send_error_from(
+                &mut local.out,
+                ctx.now_ms,
+                ErrorKind6::DestinationUnreachable { code: 4 },
+                (mac, address),
+                to,
+                parsed.src_mac,
+                packet,
+                false,
+            );
+        }
+        IpAddr::V6(_) => {}
     }
     Verdict::drop(reason)
 }
 
-/// Answers the TCP segment `packet` (an IPv4 packet) with a reset from `address`, as a
-/// closed port does (RFC 9293 3.10.7.1): to a segment with ACK, `SEQ = SEG.ACK`, RST;
-/// otherwise `SEQ = 0`, `ACK = SEG.SEQ + SEG.LEN`, RST|ACK. A reset gets no answer.
+/// TCP's protocol number.
+const TCP: u8 = 6;
+
+/// The source address and the TCP segment of `packet` (an IPv4 or IPv6 packet), when it
+/// carries one from its start (not a later fragment).
+fn tcp_segment(packet: &[u8]) -> Option<(IpAddr, &[u8])> {
+    match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.frag_offset() != 0 {
+                return None;
+            }
+            let segment = packet.get(usize::from(ip.header_len())..usize::from(ip.total_len()))?;
+            Some((IpAddr::V4(ip.src_addr()), segment))
+        }
+        6 => {
+            let info = wire6::parse(packet).ok()?;
+            if info.next_header != TCP || info.fragment.is_some_and(|f| f.offset != 0) {
+                return None;
+            }
+            Some((
+                IpAddr::V6(info.src),
+                packet.get(info.l4_offset..info.packet_len)?,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Answers the TCP segment in `packet` (an IPv4 or IPv6 packet, of `address`'s family)
+/// with a reset from `address`, as a closed port does (RFC 9293 3.10.7.1): to a segment
+/// with ACK, `SEQ = SEG.ACK`, RST; otherwise `SEQ = 0`, `ACK = SEG.SEQ + SEG.LEN`, RST|ACK.
+/// A reset gets no answer.
 fn send_reset(
     out: &mut Output,
     to: PortId,
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
     packet: &[u8],
-    address: Ipv4Addr,
+    address: IpAddr,
 ) -> bool {
-    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
-        return false;
-    };
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-        return false;
-    };
-    if tcp.rst() {
-        return false;
+    reset(out, to, dst_mac, src_mac, packet, address).is_some()
+}
+
+fn reset(
+    out: &mut Output,
+    to: PortId,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    packet: &[u8],
+    address: IpAddr,
+) -> Option<()> {
+    const TCP_LEN: usize = 20;
+    const IPV6_LEN: usize = wire6::HEADER_LEN;
+    let (client, segment) = tcp_segment(packet)?;
+    let tcp = TcpPacket::new_checked(segment).ok()?;
+    if tcp.rst() || client.is_ipv4() != address.is_ipv4() {
+        return None;
     }
     let segment_len = u32::try_from(tcp.payload().len()).unwrap_or(0)
         + u32::from(tcp.syn())
         + u32::from(tcp.fin());
-    const TCP_LEN: usize = 20;
-    let header = OwnHeader {
-        src: address,
-        dst: ip.src_addr(),
-        protocol: IpProtocol::Tcp,
-        payload_len: TCP_LEN,
-        ident: out.next_ident(),
-        tos: 0,
-        ttl: DEFAULT_TTL,
+    let v4 = match (address, client) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => Some(OwnHeader {
+            src,
+            dst,
+            protocol: IpProtocol::Tcp,
+            payload_len: TCP_LEN,
+            ident: out.next_ident(),
+            tos: 0,
+            ttl: DEFAULT_TTL,
+        }),
+        _ => None,
     };
-    let len = 14 + header.buffer_len();
-    let Some(buf) =
-        out.generated
-            .push_ethernet(len, Verdict::Forward(to), super::generated::Origin::Switch)
-    else {
-        return false;
-    };
+    let ip_len = v4
+        .as_ref()
+        .map_or(IPV6_LEN + TCP_LEN, OwnHeader::buffer_len);
+    let buf = out.generated.push_ethernet(
+        14 + ip_len,
+        Verdict::Forward(to),
+        super::generated::Origin::Switch,
+    )?;
     buf[..6].copy_from_slice(&dst_mac);
     buf[6..12].copy_from_slice(&src_mac);
-    buf[12..14].copy_from_slice(&[0x08, 0x00]);
-    let packet_buf = &mut buf[14..];
-    if !header.emit(packet_buf) {
-        out.generated.pop();
-        return false;
-    }
-    let segment = &mut packet_buf[OwnHeader::LEN..OwnHeader::LEN + TCP_LEN];
-    segment.fill(0);
-    let mut reset = TcpPacket::new_unchecked(segment);
-    reset.set_src_port(tcp.dst_port());
-    reset.set_dst_port(tcp.src_port());
-    reset.set_header_len(20);
-    reset.set_rst(true);
-    if tcp.ack() {
-        reset.set_seq_number(tcp.ack_number());
+    buf[12..14].copy_from_slice(if v4.is_some() {
+        &[0x08, 0x00]
     } else {
-        reset.set_ack(true);
-        reset.set_ack_number(tcp.seq_number() + usize::try_from(segment_len).unwrap_or(0));
+        &[0x86, 0xdd]
+    });
+    let packet_buf = &mut buf[14..];
+    let header_len = match (&v4, address, client) {
+        (Some(header), ..) => {
+            if !header.emit(packet_buf) {
+                out.generated.pop();
+                return None;
+            }
+            OwnHeader::LEN
+        }
+        (None, IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let ip = &mut packet_buf[..IPV6_LEN];
+            ip.fill(0);
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&u16::try_from(TCP_LEN).unwrap_or(0).to_be_bytes());
+            ip[6] = TCP;
+            ip[7] = DEFAULT_TTL;
+            ip[8..24].copy_from_slice(&src.octets());
+            ip[24..40].copy_from_slice(&dst.octets());
+            IPV6_LEN
+        }
+        _ => {
+            out.generated.pop();
+            return None;
+        }
+    };
+    let segment = &mut packet_buf[header_len..header_len + TCP_LEN];
+    segment.fill(0);
+    let mut answer = TcpPacket::new_unchecked(segment);
+    answer.set_src_port(tcp.dst_port());
+    answer.set_dst_port(tcp.src_port());
+    answer.set_header_len(20);
+    answer.set_rst(true);
+    if tcp.ack() {
+        answer.set_seq_number(tcp.ack_number());
+    } else {
+        answer.set_ack(true);
+        answer.set_ack_number(tcp.seq_number() + usize::try_from(segment_len).unwrap_or(0));
     }
-    reset.fill_checksum(&IpAddress::Ipv4(address), &IpAddress::Ipv4(ip.src_addr()));
-    true
+    answer.fill_checksum(&IpAddress::from(address), &IpAddress::from(client));
+    Some(())
 }
 
-/// The TCP or UDP source port of the IPv4 packet in `frame`, when it is a first (or only)
-/// fragment.
-fn l4_source_port(frame: &[u8]) -> Option<u16> {
-    let (start, end) = l3::ip_bounds(frame)?;
-    let ip = frame.get(start..end)?;
-    let header_len = usize::from(ip.first()? & 0x0f) * 4;
-    let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
-    if fragment_offset != 0 || !matches!(ip.get(9), Some(6 | 17)) {
+/// The protocol and TCP or UDP source port of the IPv4 or IPv6 packet in `frame`, when it
+/// is a first (or only) fragment.
+fn l4_source(parsed: &Parsed, frame: &[u8]) -> Option<(u8, u16)> {
+    let (protocol, l4) = match parsed.l3 {
+        L3::Ipv4 { .. } => {
+            let (start, end) = l3::ip_bounds(frame)?;
+            let ip = frame.get(start..end)?;
+            let header_len = usize::from(ip.first()? & 0x0f) * 4;
+            let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+            if fragment_offset != 0 {
+                return None;
+            }
+            (*ip.get(9)?, ip.get(header_len..)?)
+        }
+        L3::Ipv6 { .. } => {
+            let (start, end) = packet_bounds(frame)?;
+            let ip = frame.get(start..end)?;
+            let info = wire6::parse(ip).ok()?;
+            if info.fragment.is_some_and(|f| f.offset != 0) {
+                return None;
+            }
+            (info.next_header, ip.get(info.l4_offset..)?)
+        }
+        _ => return None,
+    };
+    if !matches!(protocol, 6 | 17) {
         return None;
     }
-    let l4 = ip.get(header_len..header_len + 2)?;
-    Some(u16::from_be_bytes([l4[0], l4[1]]))
+    let port = l4.get(..2)?;
+    Some((protocol, u16::from_be_bytes([port[0], port[1]])))
 }
 
-/// A TCP segment to `subnet`'s gateway that answers a LoadBalancer health probe (to
-/// [`ProbeBoard::SOURCE_PORT`], expected by the board): records a SYN-ACK as up (and resets
-/// the half-open connection, as a SYN scanner does) or a reset as down. `None` for anything
-/// else, which the gateway handles as usual.
+/// A TCP segment to `subnet`'s gateway (IPv4, or IPv6 global) that answers a LoadBalancer
+/// health probe (to [`ProbeBoard::SOURCE_PORT`], expected by the board): records a SYN-ACK
+/// as up (and resets the half-open connection from the gateway, as a SYN scanner does) or a
+/// reset as down. `None` for anything else, which the gateway handles as usual.
 pub fn probe_answer(
     ctx: &Context<'_>,
     ingress: &PortEntry,
@@ -443,15 +594,19 @@ pub fn probe_answer(
     frame: &[u8],
     local: &mut Local,
 ) -> Option<Verdict> {
-    let L3::Ipv4 { src, .. } = parsed.l3 else {
-        return None;
+    let (start, end, gateway) = match parsed.l3 {
+        L3::Ipv4 { dst, .. } => {
+            let (start, end) = l3::ip_bounds(frame)?;
+            (start, end, IpAddr::V4(dst))
+        }
+        L3::Ipv6 { dst, .. } => {
+            let (start, end) = packet_bounds(frame)?;
+            (start, end, IpAddr::V6(dst))
+        }
+        _ => return None,
     };
-    let (start, end) = l3::ip_bounds(frame)?;
-    let ip = Ipv4Packet::new_checked(&frame[start..end]).ok()?;
-    if ip.next_header() != IpProtocol::Tcp {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let (src, segment) = tcp_segment(&frame[start..end])?;
+    let tcp = TcpPacket::new_checked(segment).ok()?;
     if tcp.dst_port() != ProbeBoard::SOURCE_PORT {
         return None;
     }
@@ -478,7 +633,7 @@ pub fn probe_answer(
             parsed.src_mac,
             subnet.gateway_mac,
             &frame[start..end],
-            subnet.gateway,
+            gateway,
         );
     }
     local.out.events.add(Event::LbProbeAnswered);
@@ -497,19 +652,13 @@ pub fn reply(
     frame: &mut [u8],
     local: &mut Local,
 ) -> Option<Verdict> {
-    let L3::Ipv4 { protocol, .. } = parsed.l3 else {
-        return None;
-    };
     // Only from a port the backends serve on: the backend's own connections (and anything
     // else) skip the conntrack lookup.
-    let source_port = l4_source_port(frame)?;
-    if !ctx
-        .snapshot
-        .is_backend_port(u8::from(protocol), source_port)
-    {
+    let (protocol, source_port) = l4_source(parsed, frame)?;
+    if !ctx.snapshot.is_backend_port(protocol, source_port) {
         return None;
     }
-    let info = nat::packet_info(frame).ok()?;
+    let info = packet_info(parsed, frame).ok()?;
     if info.kind == PacketKind::IcmpEcho(EchoKind::Request) {
         return None;
     }
@@ -521,16 +670,321 @@ pub fn reply(
     }
     trace_note!(ctx, Lb, "reply of a balanced connection");
     nat::note_tracked(ctx, zone, &info, &tracked);
-    let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
-    Some(nat::continue_in(
-        ctx,
-        &tracked,
-        &errors,
-        parsed,
-        frame,
-        local,
-        |ctx, out| {
-            l3::confirm_sender(ctx, ingress, subnet, parsed, out);
-        },
-    ))
+    Some(match parsed.l3 {
+        L3::Ipv6 { .. } => {
+            let back = Back::Subnet {
+                subnet,
+                port: ingress.id,
+                sender_mac: parsed.src_mac,
+            };
+            nat6::continue_in(ctx, &tracked, back, parsed, frame, local)
+        }
+        _ => {
+            let errors = ErrorPath::subnet(ingress.id, parsed.src_mac, subnet);
+            nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, |ctx, out| {
+                l3::confirm_sender(ctx, ingress, subnet, parsed, out);
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+    use std::sync::Arc;
+
+    use smoltcp::wire::{IpAddress, TcpPacket};
+
+    use super::*;
+    use crate::pipeline::fixtures::*;
+    use crate::pipeline::{DropCause, Verdict};
+    use crate::tables::snapshot::{BalancedPort, Balancer, NetworkId, SubnetId};
+    use crate::wire::VNET_HDR_LEN;
+    use crate::wire::ipv6::{Nd, NeighborSolicitationRepr};
+
+    const BLUE: SubnetId = SubnetId(1);
+    /// The LoadBalancer's IPv6 address, inside blue's prefix.
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+    const IP_OFFSET: usize = VNET_HDR_LEN + 14;
+
+    /// An IPv6 LoadBalancer on blue: TCP 80 -> 8080 and UDP 53, backend port 2 (fd00::b).
+    fn bench6() -> Bench {
+        let mut backends = lb::BackendSet::new(
+            lb::TableSize::new(7).expect("a prime"),
+            lb::HealthCheckConfig::default(),
+        );
+        backends
+            .upsert(lb::BackendSpec::new("port2", IpAddr::V6(IP6_B), 0))
+            .expect("backend");
+        let balancer = Balancer {
+            name: "web".into(),
+            index: 0,
+            network: NetworkId(0),
+            address: VIP6.into(),
+            ports: vec![
+                BalancedPort {
+                    protocol: 6,
+                    first: 80,
+                    last: 80,
+                    target: Some(8080),
+                },
+                BalancedPort {
+                    protocol: 17,
+                    first: 53,
+                    last: 53,
+                    target: None,
+                },
+            ],
+            table: Arc::new(backends.compile(0).expect("compiles")),
+            seed: 7,
+            affinity: None,
+            public: false,
+        };
+        let bench = Bench::with(routed_snapshot().with_balancers(vec![balancer], &[PortId(2)]));
+        bench.neighbors.confirm(BLUE, IP6_A, MAC_A, 0, true);
+        bench.neighbors.confirm(BLUE, IP6_B, MAC_B, 0, true);
+        let blue = bench.snapshot.subnet(BLUE).expect("blue");
+        bench.fdb.learn(blue, MAC_A, PortId(1), 0);
+        bench.fdb.learn(blue, MAC_B, PortId(2), 0);
+        bench
+    }
+
+    /// An IPv6 frame carrying `protocol`'s `l4` bytes.
+    fn frame6(
+        macs: ([u8; 6], [u8; 6]),
+        (src, dst): (Ipv6Addr, Ipv6Addr),
+        protocol: u8,
+        l4: &[u8],
+    ) -> Vec<u8> {
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&macs.1);
+        frame.extend_from_slice(&macs.0);
+        frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        frame.extend_from_slice(&u16::try_from(l4.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&[protocol, 64]);
+        frame.extend_from_slice(&src.octets());
+        frame.extend_from_slice(&dst.octets());
+        frame.extend_from_slice(l4);
+        frame
+    }
+
+    /// A TCP segment (with its checksum) from `src` to `dst` with `flags` (SYN 0x02, ACK
+    /// 0x10, RST 0x04).
+    fn tcp6(
+        macs: ([u8; 6], [u8; 6]),
+        src: (Ipv6Addr, u16),
+        dst: (Ipv6Addr, u16),
+        flags: u8,
+    ) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        {
+            let mut tcp = TcpPacket::new_unchecked(&mut l4[..]);
+            tcp.set_src_port(src.1);
+            tcp.set_dst_port(dst.1);
+            tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(1000));
+            tcp.set_header_len(20);
+            tcp.set_syn(flags & 0x02 != 0);
+            tcp.set_ack(flags & 0x10 != 0);
+            tcp.set_rst(flags & 0x04 != 0);
+            if flags & 0x10 != 0 {
+                tcp.set_ack_number(smoltcp::wire::TcpSeqNumber(5000));
+            }
+            tcp.set_window_len(1024);
+            tcp.fill_checksum(&IpAddress::from(src.0), &IpAddress::from(dst.0));
+        }
+        frame6(macs, (src.0, dst.0), 6, &l4)
+    }
+
+    /// The IPv6 source, destination and TCP segment of `frame`, its checksum verified.
+    fn segment(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr, Vec<u8>) {
+        assert_eq!(&frame[VNET_HDR_LEN + 12..IP_OFFSET], &[0x86, 0xdd], "IPv6");
+        let packet = &frame[IP_OFFSET..];
+        let info = wire6::parse(packet).expect("IPv6");
+        assert_eq!(info.next_header, 6, "TCP");
+        let l4 = packet[info.l4_offset..info.packet_len].to_vec();
+        let tcp = TcpPacket::new_checked(&l4[..]).expect("TCP");
+        assert!(
+            tcp.verify_checksum(&IpAddress::from(info.src), &IpAddress::from(info.dst)),
+            "TCP checksum"
+        );
+        (info.src, info.dst, l4)
+    }
+
+    #[test]
+    fn ipv6_connections_are_balanced_and_replies_come_from_the_address() {
+        let bench = bench6();
+        let syn = tcp6((MAC_A, GW_BLUE_MAC), (IP6_A, 40000), (VIP6, 80), 0x02);
+        let (outcome, out) = bench.run(1, &syn, 0);
+        assert_eq!(outcome.verdict, Verdict::Forward(PortId(2)));
+        let (src, dst, l4) = segment(&out);
+        assert_eq!((src, dst), (IP6_A, IP6_B), "to the backend");
+        let tcp = TcpPacket::new_checked(&l4[..]).unwrap();
+        assert_eq!((tcp.src_port(), tcp.dst_port()), (40000, 8080));
+        assert_eq!(out[IP_OFFSET + 7], 63, "hop limit decremented");
+        assert_eq!(
+            &out[VNET_HDR_LEN..VNET_HDR_LEN + 12],
+            &[MAC_B, GW_BLUE_MAC].concat()[..]
+        );
+        // The backend answers the client straight (same segment): taken back through the
+        // switch, from the LoadBalancer's address and port.
+        let syn_ack = tcp6((MAC_B, MAC_A), (IP6_B, 8080), (IP6_A, 40000), 0x12);
+        let (outcome, out) = bench.run(2, &syn_ack, 0);
+        assert_eq!(outcome.verdict, Verdict::Forward(PortId(1)));
+        let (src, dst, l4) = segment(&out);
+        assert_eq!((src, dst), (VIP6, IP6_A));
+        let tcp = TcpPacket::new_checked(&l4[..]).unwrap();
+        assert_eq!((tcp.src_port(), tcp.dst_port()), (80, 40000));
+        assert_eq!(
+            &out[VNET_HDR_LEN..VNET_HDR_LEN + 12],
+            &[MAC_A, GW_BLUE_MAC].concat()[..]
+        );
+        assert_eq!(bench.snapshot.conntrack.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_refusals_echo_and_neighbour_discovery_come_from_the_address() {
+        let bench = bench6();
+        // A port it does not serve: a reset from the address.
+        let syn = tcp6((MAC_A, GW_BLUE_MAC), (IP6_A, 40001), (VIP6, 81), 0x02);
+        assert_eq!(
+            bench.send(1, &syn, 0).verdict,
+            Verdict::Drop(DropCause::Lb(DropReason::NoPort))
+        );
+        let (verdict, _, reset) = bench.generated().pop().expect("reset sent");
+        assert_eq!(verdict, Verdict::Forward(PortId(1)));
+        let (src, dst, l4) = segment(&reset);
+        assert_eq!((src, dst), (VIP6, IP6_A));
+        let tcp = TcpPacket::new_checked(&l4[..]).unwrap();
+        assert!(tcp.rst() && tcp.ack(), "RST|ACK to a SYN");
+        assert_eq!((tcp.src_port(), tcp.dst_port()), (81, 40001));
+        assert_eq!(tcp.ack_number(), smoltcp::wire::TcpSeqNumber(1001));
+        // A reset gets no answer.
+        let rst = tcp6((MAC_A, GW_BLUE_MAC), (IP6_A, 40001), (VIP6, 81), 0x04);
+        bench.send(1, &rst, 0);
+        assert!(bench.generated().is_empty());
+        // UDP to a port it does not serve: ICMPv6 port unreachable from the address.
+        let udp = frame6(
+            (MAC_A, GW_BLUE_MAC),
+            (IP6_A, VIP6),
+            17,
+            &[0x9c, 0x40, 0x00, 0x45, 0x00, 0x08, 0x00, 0x00],
+        );
+        assert_eq!(
+            bench.send(1, &udp, 0).verdict,
+            Verdict::Drop(DropCause::Lb(DropReason::NoPort))
+        );
+        let (_, _, error) = bench.generated().pop().expect("unreachable sent");
+        let packet = &error[IP_OFFSET..];
+        let info = wire6::parse(packet).unwrap();
+        assert_eq!((info.src, info.dst), (VIP6, IP6_A));
+        assert_eq!((packet[40], packet[41]), (1, 4), "port unreachable");
+        // Echo is answered in place, from the address.
+        let echo = crate::pipeline::route6::tests::echo6(MAC_A, GW_BLUE_MAC, IP6_A, VIP6, 64, 8);
+        let (outcome, reply) = bench.run(1, &echo, 0);
+        assert_eq!(outcome.verdict, Verdict::Forward(PortId(1)));
+        let info = wire6::parse(&reply[IP_OFFSET..]).unwrap();
+        assert_eq!(
+            (info.src, info.dst, reply[IP_OFFSET + 40]),
+            (VIP6, IP6_A, 129)
+        );
+        // A solicitation for the address is answered with the gateway MAC, not as a router.
+        let repr = NeighborSolicitationRepr {
+            src_mac: MAC_A,
+            src: IP6_A,
+            target: VIP6,
+            unicast: None,
+        };
+        let mut ethernet = vec![0u8; repr.len()];
+        assert!(repr.emit(&mut ethernet) > 0);
+        let mut solicitation = vec![0u8; VNET_HDR_LEN];
+        solicitation.extend_from_slice(&ethernet);
+        assert_eq!(bench.send(1, &solicitation, 0).verdict, Verdict::Consumed);
+        let (_, _, answer) = bench.generated().pop().expect("NA sent");
+        let packet = &answer[IP_OFFSET..];
+        let info = wire6::parse(packet).unwrap();
+        match wire6::parse_nd(&packet[40..], info.src) {
+            Ok(Some(Nd::NeighborAdvertisement {
+                target,
+                router: false,
+                solicited: true,
+                target_mac: Some(mac),
+                ..
+            })) => assert_eq!((target, mac), (VIP6, GW_BLUE_MAC)),
+            other => panic!("not the LoadBalancer's NA: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ipv4_closed_port_gets_an_ipv4_reset() {
+        let vip = std::net::Ipv4Addr::new(172, 30, 0, 100);
+        let mut backends = lb::BackendSet::new(
+            lb::TableSize::new(7).expect("a prime"),
+            lb::HealthCheckConfig::default(),
+        );
+        backends
+            .upsert(lb::BackendSpec::new("port2", IpAddr::V4(IP_B), 0))
+            .expect("backend");
+        let balancer = Balancer {
+            name: "web".into(),
+            index: 0,
+            network: NetworkId(0),
+            address: vip.into(),
+            ports: vec![BalancedPort {
+                protocol: 6,
+                first: 80,
+                last: 80,
+                target: None,
+            }],
+            table: Arc::new(backends.compile(0).expect("compiles")),
+            seed: 7,
+            affinity: None,
+            public: false,
+        };
+        let bench = Bench::with(routed_snapshot().with_balancers(vec![balancer], &[PortId(2)]));
+        let syn = tcp_frame(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (vip, 81), 0x02);
+        assert_eq!(
+            bench.send(1, &syn, 0).verdict,
+            Verdict::Drop(DropCause::Lb(DropReason::NoPort))
+        );
+        let (_, _, reset) = bench.generated().pop().expect("reset sent");
+        assert_eq!(&reset[VNET_HDR_LEN + 12..IP_OFFSET], &[0x08, 0x00], "IPv4");
+        let ip = Ipv4Packet::new_checked(&reset[IP_OFFSET..]).expect("IPv4");
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (vip, IP_A));
+        let tcp = TcpPacket::new_checked(ip.payload()).expect("TCP");
+        assert!(tcp.rst() && tcp.ack());
+        assert!(tcp.verify_checksum(&IpAddress::from(vip), &IpAddress::from(IP_A)));
+    }
+
+    #[test]
+    fn an_ipv6_health_probe_answer_is_taken_and_reset() {
+        let bench = bench6();
+        bench.snapshot.probes.expect(IpAddr::V6(IP6_B), 8080);
+        let syn_ack = tcp6(
+            (MAC_B, GW_BLUE_MAC),
+            (IP6_B, 8080),
+            (GW6_BLUE, ProbeBoard::SOURCE_PORT),
+            0x12,
+        );
+        assert_eq!(bench.send(2, &syn_ack, 0).verdict, Verdict::Consumed);
+        assert_eq!(
+            bench.snapshot.probes.take(IpAddr::V6(IP6_B), 8080),
+            Some(Some(true))
+        );
+        let (verdict, _, reset) = bench.generated().pop().expect("reset sent");
+        assert_eq!(verdict, Verdict::Forward(PortId(2)));
+        let (src, dst, l4) = segment(&reset);
+        assert_eq!((src, dst), (GW6_BLUE, IP6_B));
+        let tcp = TcpPacket::new_checked(&l4[..]).unwrap();
+        assert!(tcp.rst());
+        assert_eq!(tcp.seq_number(), smoltcp::wire::TcpSeqNumber(5000));
+        // Not expected: the gateway handles it as any segment to it.
+        let again = tcp6(
+            (MAC_B, GW_BLUE_MAC),
+            (IP6_B, 8080),
+            (GW6_BLUE, ProbeBoard::SOURCE_PORT),
+            0x12,
+        );
+        assert_ne!(bench.send(2, &again, 0).verdict, Verdict::Consumed);
+    }
 }

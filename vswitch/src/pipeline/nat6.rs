@@ -14,8 +14,9 @@
 //!   advertisements and solicitations teach their sender under the uplink's segment (the
 //!   gateway's answer to our solicitation resolves it); other ND (router advertisements
 //!   and solicitations, redirects) is the host's. ND must arrive with hop limit 255 and a
-//!   valid checksum (`l3.nd_invalid`). IPv6 to an owned address goes to [`inbound`]; to
-//!   anything else it is the host's (`uplink.not_owned`).
+//!   valid checksum (`l3.nd_invalid`). IPv6 to an owned address goes to a Public
+//!   LoadBalancer's [`lb`](super::lb) stage when it is that LoadBalancer's, else to
+//!   [`inbound`]; to anything else it is the host's (`uplink.not_owned`).
 //! - **Outbound** ([`outbound`], from [`route6`](super::route6) when the ingress Network has
 //!   no IPv6 route for the destination): looked up in the Network's zone; on a miss an
 //!   ICMPv6 error is dropped (`nat.untracked_icmp_error`), an echo request to an owned
@@ -191,6 +192,9 @@ pub fn on_uplink(
     {
         return Verdict::drop(UplinkReason::RoutedSource);
     }
+    if let Some(balancer) = ctx.snapshot.public_balancer(dst.into()) {
+        return super::lb::forward_external(ctx, uplink, parsed, frame, local, balancer);
+    }
     inbound(ctx, uplink, parsed, frame, local)
 }
 
@@ -347,7 +351,12 @@ pub fn solicit(
 
 /// Answers the ICMPv6 echo request in `frame` in place, from its destination (an owned
 /// address), back to `sender_mac` through `to` from `mac`.
-fn answer_echo(frame: &mut [u8], to: PortId, mac: [u8; 6], sender_mac: [u8; 6]) -> Verdict {
+pub(super) fn answer_echo(
+    frame: &mut [u8],
+    to: PortId,
+    mac: [u8; 6],
+    sender_mac: [u8; 6],
+) -> Verdict {
     let Some((start, end)) = packet_bounds(frame) else {
         return Verdict::drop(L3Reason::NotRoutable6);
     };

@@ -10,7 +10,10 @@
 //!   MTU and the switch as default router (when the Subnet's router advertisements are on);
 //! - a neighbour solicitation for a gateway address (global or link-local) is answered with
 //!   a solicited, router, override advertisement of the gateway MAC (to all nodes for a
-//!   duplicate address detection probe, which must not learn anything);
+//!   duplicate address detection probe, which must not learn anything); one for the
+//!   address of a LoadBalancer of the subnet's Network inside its prefix gets the same
+//!   answer without the router flag (the switch owns that address too, as ARP answers for
+//!   an IPv4 one);
 //! - a neighbour advertisement updates the neighbour table; one sent to the gateway (an
 //!   answer to the switch's solicitation) is consumed, others are switched;
 //! - the sender's link-layer address in a solicitation updates the neighbour table too.
@@ -162,7 +165,15 @@ pub fn handle(
             })
         }
         Nd::NeighborSolicitation { target, source_mac } => {
-            if !v6.is_gateway(target) {
+            let gateway = v6.is_gateway(target);
+            // A LoadBalancer's address inside the prefix is the switch's too.
+            let balancer = !gateway
+                && v6.cidr.contains(&target)
+                && ctx
+                    .snapshot
+                    .balancer(subnet.network_id, target.into())
+                    .is_some();
+            if !(gateway || balancer) {
                 glean(ctx, subnet, v6, src, source_mac, false, out);
                 return None;
             }
@@ -173,7 +184,8 @@ pub fn handle(
             trace_note!(
                 ctx,
                 Arp,
-                "neighbour solicitation for gateway {target}: advertised"
+                "neighbour solicitation for {} {target}: advertised",
+                if gateway { "gateway" } else { "LoadBalancer" }
             );
             // A duplicate address detection probe (from ::) is answered to all nodes,
             // unsolicited (RFC 4861 7.2.4).
@@ -191,7 +203,7 @@ pub fn handle(
                 src: target,
                 dst: dst_ip,
                 target,
-                router: true,
+                router: gateway,
                 solicited: !dad,
                 override_: true,
                 target_mac: subnet.gateway_mac,

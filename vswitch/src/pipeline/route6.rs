@@ -10,20 +10,22 @@
 //!    subnet it routes to) is the switch itself: echo requests are answered (rate-limited per
 //!    port, `l3.echo_rate_limited`), UDP gets port unreachable, anything else is dropped
 //!    (`l3.to_gateway`);
-//! 3. longest-prefix match in the ingress subnet's Network (connected and peered Subnets'
+//! 3. a LoadBalancer's address in the ingress Network is the [`lb`](super::lb) stage's (and
+//!    a health probe's answer to the gateway is taken there too);
+//! 4. longest-prefix match in the ingress subnet's Network (connected and peered Subnets'
 //!    prefixes, static Routes through a router on one of its Subnets): none, or an egress
 //!    subnet without IPv6, is `l3.no_route` with destination unreachable "no route" (code 0);
-//! 4. hop limit <= 1: time exceeded (code 0) from the ingress gateway, `l3.hop_limit_exceeded`;
-//! 5. larger than the egress subnet's MTU (a GSO super-frame by one segment): packet too big
+//! 5. hop limit <= 1: time exceeded (code 0) from the ingress gateway, `l3.hop_limit_exceeded`;
+//! 6. larger than the egress subnet's MTU (a GSO super-frame by one segment): packet too big
 //!    with the MTU (RFC 8201; routers never fragment IPv6), `l3.packet_too_big`;
-//! 6. the hop limit is decremented (IPv6 has no header checksum) and the source MAC becomes
+//! 7. the hop limit is decremented (IPv6 has no header checksum) and the source MAC becomes
 //!    the egress gateway's;
-//! 7. the next hop (the destination, or a static Route's router) is resolved in the shared
+//! 8. the next hop (the destination, or a static Route's router) is resolved in the shared
 //!    neighbour table; unknown, the packet is held
 //!    (as IPv4's, in the worker's hold queue) and a neighbour solicitation goes to its
 //!    solicited-node group; `l3.nd_timeout` with address unreachable (code 3) when nobody
 //!    answers;
-//! 8. the [`l2`] decision in the egress subnet picks the port.
+//! 9. the [`l2`] decision in the egress subnet picks the port.
 //!
 //! ICMPv6 errors follow RFC 4443 2.4: never about an error, a redirect, a packet to a
 //! multicast group (but packet too big) or from an unspecified, multicast or loopback
@@ -106,6 +108,9 @@ pub fn route(
         link_multicast: is_group(parsed.dst_mac),
     };
     if v6.is_gateway(dst) {
+        if let Some(verdict) = super::lb::probe_answer(ctx, ingress, subnet, parsed, frame, local) {
+            return verdict;
+        }
         return to_gateway(
             ctx,
             ingress,
@@ -116,6 +121,9 @@ pub fn route(
             frame,
             local,
         );
+    }
+    if let Some(balancer) = ctx.snapshot.balancer(subnet.network_id, dst.into()) {
+        return super::lb::forward(ctx, ingress, subnet, parsed, frame, local, balancer);
     }
     if dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() || wire6::is_link_local(dst)
     {
@@ -487,7 +495,7 @@ pub fn send_error_from(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pipeline::fixtures::*;
     use crate::pipeline::{DropCause, Verdict};

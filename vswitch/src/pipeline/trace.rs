@@ -623,7 +623,7 @@ mod tests {
             name: "web".into(),
             index: 0,
             network: NetworkId(0),
-            address: vip,
+            address: vip.into(),
             ports: vec![BalancedPort {
                 protocol: 6,
                 first: 80,

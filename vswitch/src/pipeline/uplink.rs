@@ -181,7 +181,7 @@ pub fn receive(
                 return routed_in(ctx, uplink, network, &parsed, frame, local);
             }
             if let L3::Ipv4 { dst, .. } = parsed.l3 {
-                if let Some(balancer) = ctx.snapshot.public_balancer(dst) {
+                if let Some(balancer) = ctx.snapshot.public_balancer(dst.into()) {
                     return super::lb::forward_external(
                         ctx, uplink, &parsed, frame, local, balancer,
                     );

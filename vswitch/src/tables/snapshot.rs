@@ -1,7 +1,7 @@
 //! The configuration as the workers see it: immutable, compiled by the controller, published
 //! with one atomic pointer swap. Workers load it once per batch and never lock.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -706,12 +706,9 @@ pub struct Snapshot {
     /// Connection tracking: mutable shared state, the same table in every snapshot of a run
     /// (the controller carries it over), so conntrack survives reconfiguration.
     pub conntrack: Arc<nat::Conntrack>,
-    /// LoadBalancers by Network and address.
-    balancers: std::collections::HashMap<
-        (NetworkId, Ipv4Addr),
-        Arc<Balancer>,
-        foldhash::fast::RandomState,
-    >,
+    /// LoadBalancers by Network and address (one entry per family of a dual-stack one).
+    balancers:
+        std::collections::HashMap<(NetworkId, IpAddr), Arc<Balancer>, foldhash::fast::RandomState>,
     /// Port id -> whether the port is a backend of some LoadBalancer (its frames may be
     /// replies of balanced connections).
     balanced_ports: Vec<bool>,
@@ -719,8 +716,7 @@ pub struct Snapshot {
     /// only frames from those ports can be replies of balanced connections.
     backend_ports: Vec<(u8, u16, u16)>,
     /// Public LoadBalancers by their Uplink address.
-    public_balancers:
-        std::collections::HashMap<Ipv4Addr, Arc<Balancer>, foldhash::fast::RandomState>,
+    public_balancers: std::collections::HashMap<IpAddr, Arc<Balancer>, foldhash::fast::RandomState>,
     /// Health probes in flight (shared with the controller, carried across snapshots).
     pub probes: Arc<ProbeBoard>,
     /// NetworkPolicies, compiled; `None` when there are none (the `policy` stage then costs
@@ -730,8 +726,9 @@ pub struct Snapshot {
     trunks: std::collections::HashMap<PortId, Vec<(u16, PortId)>>,
 }
 
-/// A LoadBalancer as the datapath serves it: an address of a Network, its ports, and the
-/// Maglev table of its backends.
+/// A LoadBalancer as the datapath serves it over one family: an address of a Network, its
+/// ports, and the Maglev table of its backends of that family (a dual-stack LoadBalancer is
+/// two of them, with the same name, ports and seed).
 #[derive(Debug)]
 pub struct Balancer {
     /// The LoadBalancer's name (counters and logs).
@@ -740,8 +737,8 @@ pub struct Balancer {
     pub index: u32,
     /// The Network it is in (its conntrack zone).
     pub network: NetworkId,
-    /// Its address.
-    pub address: Ipv4Addr,
+    /// Its address (the family of its backends).
+    pub address: IpAddr,
     /// The ports it serves.
     pub ports: Vec<BalancedPort>,
     /// Its backends' lookup table (compiled by the controller from the backend set).
@@ -755,13 +752,13 @@ pub struct Balancer {
 }
 
 /// The LoadBalancers' health probes in flight: the controller sends a TCP SYN from a
-/// Subnet's gateway address to a backend's target port and expects an answer here; the
+/// Subnet's gateway address (of the backend's family) to a backend's target port and expects an answer here; the
 /// worker that reads the backend's SYN-ACK (listening: up) or reset (closed: down) records
 /// it. Only expected answers are kept (a table of at most one entry per backend and port), so
 /// nothing a container sends can grow it.
 #[derive(Debug, Default)]
 pub struct ProbeBoard {
-    outstanding: parking_lot::Mutex<std::collections::HashMap<(Ipv4Addr, u16), Option<bool>>>,
+    outstanding: parking_lot::Mutex<std::collections::HashMap<(IpAddr, u16), Option<bool>>>,
 }
 
 impl ProbeBoard {
@@ -769,12 +766,12 @@ impl ProbeBoard {
     pub const SOURCE_PORT: u16 = 61_000;
 
     /// Expects an answer from `backend:port` (forgetting an earlier one).
-    pub fn expect(&self, backend: Ipv4Addr, port: u16) {
+    pub fn expect(&self, backend: IpAddr, port: u16) {
         self.outstanding.lock().insert((backend, port), None);
     }
 
     /// Records the answer of `backend:port` (`up`: a SYN-ACK); false when none was expected.
-    pub fn answer(&self, backend: Ipv4Addr, port: u16, up: bool) -> bool {
+    pub fn answer(&self, backend: IpAddr, port: u16, up: bool) -> bool {
         match self.outstanding.lock().get_mut(&(backend, port)) {
             Some(slot) => {
                 *slot = Some(up);
@@ -786,7 +783,7 @@ impl ProbeBoard {
 
     /// The probe of `backend:port`: `None` when none is out, `Some(None)` while unanswered,
     /// `Some(Some(up))` once answered (then forgotten).
-    pub fn take(&self, backend: Ipv4Addr, port: u16) -> Option<Option<bool>> {
+    pub fn take(&self, backend: IpAddr, port: u16) -> Option<Option<bool>> {
         let mut outstanding = self.outstanding.lock();
         match outstanding.get(&(backend, port)).copied()? {
             None => Some(None),
@@ -798,7 +795,7 @@ impl ProbeBoard {
     }
 
     /// Stops expecting an answer from `backend:port`.
-    pub fn forget(&self, backend: Ipv4Addr, port: u16) {
+    pub fn forget(&self, backend: IpAddr, port: u16) {
         self.outstanding.lock().remove(&(backend, port));
     }
 }
@@ -977,7 +974,7 @@ impl Snapshot {
 
     /// The LoadBalancer of Network `network` at `address`, if any.
     #[inline]
-    pub fn balancer(&self, network: NetworkId, address: Ipv4Addr) -> Option<&Arc<Balancer>> {
+    pub fn balancer(&self, network: NetworkId, address: IpAddr) -> Option<&Arc<Balancer>> {
         if self.balancers.is_empty() {
             return None;
         }
@@ -986,7 +983,7 @@ impl Snapshot {
 
     /// The Public LoadBalancer at Uplink address `address`, if any.
     #[inline]
-    pub fn public_balancer(&self, address: Ipv4Addr) -> Option<&Arc<Balancer>> {
+    pub fn public_balancer(&self, address: IpAddr) -> Option<&Arc<Balancer>> {
         if self.public_balancers.is_empty() {
             return None;
         }

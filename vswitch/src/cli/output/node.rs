@@ -190,12 +190,27 @@ fn ports_table(rows: &[NatPortsInUse]) -> Table {
 
 /// `vswitchctl lb NAME`: a line about the LoadBalancer, then one row per backend.
 pub fn load_balancer_view(view: &LoadBalancerView) -> String {
+    let addresses: Vec<String> = view.addresses.iter().map(ToString::to_string).collect();
     let mut text = format!(
-        "loadbalancer {} (network {}, address {}), Maglev table of {} slots\n",
+        "loadbalancer {} (network {}, {} {}), Maglev table of {} slots{}\n",
         view.name,
         view.network,
-        optional(view.address.as_ref()),
-        view.table_size
+        if addresses.len() > 1 {
+            "addresses"
+        } else {
+            "address"
+        },
+        if addresses.is_empty() {
+            "-".to_owned()
+        } else {
+            addresses.join(", ")
+        },
+        view.table_size,
+        if addresses.len() > 1 {
+            " per family"
+        } else {
+            ""
+        }
     );
     if view.backends.is_empty() {
         text.push_str(

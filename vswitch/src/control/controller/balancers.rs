@@ -1,10 +1,13 @@
-//! The LoadBalancers' runtime: per LoadBalancer, its backend set (the NetworkInterfaces its
-//! selector picks, and those that left it and are draining) and the Maglev table compiled
-//! from it, which the snapshot carries to the workers.
+//! The LoadBalancers' runtime: per LoadBalancer and address family, its backend set (the
+//! NetworkInterfaces its selector picks that have an address of the family, and those that
+//! left it and are draining) and the Maglev table compiled from it, which the snapshot
+//! carries to the workers. A dual-stack LoadBalancer has two runtimes with the same seed
+//! and keys, so its two tables pick alike while their backends' health agrees; each family's
+//! backends are health checked over that family (from the Subnet's gateway of the family).
 //!
 //! Brought up to date at every publish ([`Balancers::sync`]): a selected interface that is
-//! attached (`Up`, with an IPv4 address) is an active backend, keyed by its name (so a
-//! re-created interface keeps its slots); one that leaves the selection while attached
+//! attached (`Up`, with an address of the family) is an active backend, keyed by its name
+//! (so a re-created interface keeps its slots); one that leaves the selection while attached
 //! drains for the LoadBalancer's `drainSeconds` (no new connections while another backend
 //! takes them; its connections continue, conntrack remembers their backend); one whose
 //! device is gone leaves at once (its connections cannot continue anyway). Connections are
@@ -12,15 +15,15 @@
 //! table only decides new connections.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::AttachedPort;
 use crate::control::ApiError;
 use crate::control::kinds::LoadBalancerLive;
 use crate::control::resource::{
-    BackendStateView, BackendView, InterfaceState, LoadBalancer, LoadBalancerType,
-    LoadBalancerView, ipv4,
+    BackendStateView, BackendView, InterfaceState, IpFamily, LoadBalancer, LoadBalancerType,
+    LoadBalancerView, address_of,
 };
 use crate::control::resource::{LbProtocol, SessionAffinity};
 use crate::control::store::State;
@@ -31,10 +34,10 @@ use crate::tables::snapshot::{Affinity, BalancedPort, Balancer, NetworkId, Probe
 /// it is balanced.
 const FLOW_SEED: u64 = 0x7673_7769_7463_6801;
 
-/// Every LoadBalancer's runtime.
+/// Every LoadBalancer's runtimes, one per family it has.
 #[derive(Debug, Default)]
 pub(super) struct Balancers {
-    by_name: BTreeMap<String, Runtime>,
+    by_name: BTreeMap<(String, IpFamily), Runtime>,
     /// Health probes in flight, shared with the workers through the snapshot.
     board: Arc<ProbeBoard>,
 }
@@ -47,7 +50,7 @@ struct Probe {
     /// When the probe in flight was sent, if one is.
     sent_at: Option<u64>,
     /// Where it went.
-    target: (Ipv4Addr, u16),
+    target: (IpAddr, u16),
 }
 
 #[derive(Debug)]
@@ -73,11 +76,23 @@ impl Balancers {
     /// Brings every LoadBalancer's backend set up to date with `state` and the attached
     /// `ports`, at `now` (seconds on the datapath's clock), and compiles the tables.
     pub(super) fn sync(&mut self, state: &State, ports: &BTreeMap<String, AttachedPort>, now: u64) {
-        self.by_name
-            .retain(|name, _| state.load_balancers.contains_key(name));
-        for (name, balancer) in &state.load_balancers {
+        self.by_name.retain(|(name, family), _| {
+            state
+                .load_balancers
+                .get(name)
+                .is_some_and(|balancer| balancer.spec.ip_families.contains(family))
+        });
+        let families = state.load_balancers.iter().flat_map(|(name, balancer)| {
+            balancer
+                .spec
+                .ip_families
+                .iter()
+                .map(move |family| (name, balancer, *family))
+        });
+        for (name, balancer, family) in families {
             let size = lb::TableSize::new(balancer.spec.table_size()).unwrap_or_default();
-            let runtime = self.by_name.entry(name.clone()).or_insert_with(|| Runtime {
+            let entry = (name.clone(), family);
+            let runtime = self.by_name.entry(entry).or_insert_with(|| Runtime {
                 set: lb::BackendSet::new(size, lb::HealthCheckConfig::default())
                     .with_seed(FLOW_SEED),
                 table: None,
@@ -99,7 +114,7 @@ impl Balancers {
             if runtime.set.table_size() != size {
                 runtime.set.set_table_size(size);
             }
-            let wanted = backends(state, ports, balancer);
+            let wanted = backends(state, ports, balancer, family);
             let attached: Vec<String> = runtime.set.iter().map(|b| b.key().to_string()).collect();
             for key in attached {
                 if wanted.iter().any(|(k, _, _)| *k == key) {
@@ -115,22 +130,22 @@ impl Balancers {
                         runtime
                             .set
                             .set_state(&key, lb::BackendState::Draining { until });
-                        tracing::info!(load_balancer = %name, backend = %key, until, "backend draining");
+                        tracing::info!(load_balancer = %name, %family, backend = %key, until, "backend draining");
                     }
                 } else {
                     runtime.set.remove(&key);
                     runtime.ports.remove(&key);
-                    tracing::info!(load_balancer = %name, backend = %key, "backend removed (detached)");
+                    tracing::info!(load_balancer = %name, %family, backend = %key, "backend removed (detached)");
                 }
             }
             for (key, address, port) in wanted {
-                let spec = lb::BackendSpec::new(key.clone(), IpAddr::V4(address), 0);
+                let spec = lb::BackendSpec::new(key.clone(), address, 0);
                 match runtime.set.upsert(spec) {
                     Ok(_) => {
                         runtime.ports.insert(key, port);
                     }
                     Err(err) => {
-                        tracing::warn!(load_balancer = %name, backend = %key, "backend left out: {err}");
+                        tracing::warn!(load_balancer = %name, %family, backend = %key, "backend left out: {err}");
                     }
                 }
             }
@@ -140,7 +155,7 @@ impl Balancers {
             match runtime.set.compile(now) {
                 Ok(table) => runtime.table = Some(Arc::new(table)),
                 Err(err) => {
-                    tracing::warn!(load_balancer = %name, "cannot build its table: {err}; keeping the previous one");
+                    tracing::warn!(load_balancer = %name, %family, "cannot build its table: {err}; keeping the previous one");
                 }
             }
         }
@@ -154,7 +169,8 @@ impl Balancers {
     /// Runs the health checks due at `now_ms` (the datapath's clock): reads the answers of
     /// the probes in flight (a SYN-ACK: up; a reset, or nothing within `timeoutSeconds`:
     /// down), records them against the thresholds, and sends the probes that are due, from
-    /// the backend's Subnet gateway to its target port. Returns true when a backend started
+    /// the backend's Subnet gateway of the family to its target port. Returns true when a
+    /// backend started
     /// or stopped taking new connections (the tables must be compiled again).
     pub(super) fn check_health(
         &mut self,
@@ -163,7 +179,7 @@ impl Balancers {
         now_ms: u64,
     ) -> bool {
         let mut changed = false;
-        for (name, runtime) in &mut self.by_name {
+        for ((name, family), runtime) in &mut self.by_name {
             let Some(balancer) = state.load_balancers.get(name) else {
                 continue;
             };
@@ -191,7 +207,7 @@ impl Balancers {
                 keep
             });
             for key in keys {
-                let Some(backend) = backend_of(state, ports, &key) else {
+                let Some(backend) = backend_of(state, ports, &key, *family) else {
                     continue;
                 };
                 let target = (backend.address, port);
@@ -215,7 +231,7 @@ impl Balancers {
                 if let Some(up) = result {
                     probe.sent_at = None;
                     if let Some(transition) = runtime.set.record_health(&key, up) {
-                        tracing::info!(load_balancer = %name, backend = %key, from = ?transition.from, to = ?transition.to, "backend health changed");
+                        tracing::info!(load_balancer = %name, %family, backend = %key, from = ?transition.from, to = ?transition.to, "backend health changed");
                         changed |= transition.eligibility_changed();
                     }
                 }
@@ -223,7 +239,7 @@ impl Balancers {
                     probe.target = target;
                     board.expect(target.0, target.1);
                     if let Err(err) = backend.send_probe(port, now_ms) {
-                        tracing::debug!(load_balancer = %name, backend = %key, "cannot send a health probe: {err}");
+                        tracing::debug!(load_balancer = %name, %family, backend = %key, "cannot send a health probe: {err}");
                     }
                     probe.sent_at = Some(now_ms);
                     probe.next_at = now_ms + interval;
@@ -250,8 +266,8 @@ impl Balancers {
             .min()
     }
 
-    /// The snapshot's LoadBalancers (Internal ones with an IPv4 address, in a Network that
-    /// has an id) and the ports that are backends.
+    /// The snapshot's LoadBalancers (one per family with an address, in a Network that has
+    /// an id) and the ports that are backends.
     pub(super) fn compile(
         &self,
         state: &State,
@@ -259,13 +275,20 @@ impl Balancers {
     ) -> (Vec<Balancer>, Vec<PortId>) {
         let mut balancers = Vec::new();
         let mut backends = Vec::new();
-        for (index, (name, runtime)) in self.by_name.iter().enumerate() {
+        // Both families of a LoadBalancer share its index (its position by name).
+        let mut index = 0u32;
+        let mut previous: Option<&str> = None;
+        for ((name, family), runtime) in &self.by_name {
+            if previous.is_some_and(|p| p != name) {
+                index = index.saturating_add(1);
+            }
+            previous = Some(name);
             let Some(resource) = state.load_balancers.get(name) else {
                 continue;
             };
             let (Some(network), Some(address), Some(table)) = (
                 network_ids.get(&resource.spec.network).copied(),
-                ipv4(resource),
+                address_of(resource, *family),
                 runtime.table.as_ref(),
             ) else {
                 continue;
@@ -273,7 +296,7 @@ impl Balancers {
             backends.extend(runtime.ports.values().copied());
             balancers.push(Balancer {
                 name: name.clone(),
-                index: u32::try_from(index).unwrap_or(u32::MAX),
+                index,
                 network,
                 address,
                 ports: ports(resource),
@@ -291,46 +314,47 @@ impl Balancers {
         (balancers, backends)
     }
 
-    /// Backend counts by LoadBalancer, as reads show them.
+    /// Backends by LoadBalancer, as reads show them: each (interface, address) with its
+    /// state, and counts of interfaces. A dual-stack backend counts once, in the best state
+    /// of its two families (healthy, else draining, else unhealthy).
     pub(super) fn live(&self) -> BTreeMap<String, LoadBalancerLive> {
+        let mut all: BTreeMap<String, LoadBalancerLive> = BTreeMap::new();
+        let mut best: BTreeMap<(&str, String), BackendStateView> = BTreeMap::new();
+        for ((name, _), runtime) in &self.by_name {
+            let live = all.entry(name.clone()).or_default();
+            for backend in runtime.set.iter() {
+                let state = state_view(backend);
+                let key = backend.key().to_string();
+                live.backends
+                    .push((key.clone(), backend.spec().addr, state));
+                best.entry((name.as_str(), key))
+                    .and_modify(|kept| *kept = better(*kept, state))
+                    .or_insert(state);
+            }
+        }
+        for ((name, _), state) in best {
+            if let Some(live) = all.get_mut(name) {
+                match state {
+                    BackendStateView::Healthy => live.counts.healthy += 1,
+                    BackendStateView::Unhealthy => live.counts.unhealthy += 1,
+                    BackendStateView::Draining => live.counts.draining += 1,
+                }
+            }
+        }
+        all
+    }
+
+    /// LoadBalancer `name`'s runtimes by family: its table and its backends (draining ones
+    /// included), for the `lb` view.
+    pub(super) fn runtimes(
+        &self,
+        name: &str,
+    ) -> Vec<(IpFamily, Option<Arc<lb::BackendTable>>, Vec<lb::Backend>)> {
         self.by_name
             .iter()
-            .map(|(name, runtime)| {
-                let mut live = LoadBalancerLive::default();
-                for backend in runtime.set.iter() {
-                    let state = match (backend.spec().state, backend.health().state()) {
-                        (lb::BackendState::Draining { .. }, _) => {
-                            live.counts.draining += 1;
-                            BackendStateView::Draining
-                        }
-                        (_, lb::HealthState::Unhealthy) => {
-                            live.counts.unhealthy += 1;
-                            BackendStateView::Unhealthy
-                        }
-                        _ => {
-                            live.counts.healthy += 1;
-                            BackendStateView::Healthy
-                        }
-                    };
-                    live.backends
-                        .push((backend.key().to_string(), backend.spec().addr, state));
-                }
-                (name.clone(), live)
-            })
+            .filter(|((n, _), _)| n == name)
+            .map(|((_, family), r)| (*family, r.table.clone(), r.set.iter().cloned().collect()))
             .collect()
-    }
-
-    /// LoadBalancer `name`'s table, for the `lb` view.
-    pub(super) fn table(&self, name: &str) -> Option<Arc<lb::BackendTable>> {
-        self.by_name.get(name).and_then(|r| r.table.clone())
-    }
-
-    /// LoadBalancer `name`'s backends (draining ones included).
-    pub(super) fn backends(&self, name: &str) -> Vec<lb::Backend> {
-        self.by_name
-            .get(name)
-            .map(|r| r.set.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 
@@ -362,7 +386,7 @@ impl super::Controller {
     /// # Errors
     /// [`ApiError::NotFound`] when there is no such LoadBalancer.
     pub fn load_balancer_view(&self, name: &str) -> Result<LoadBalancerView, ApiError> {
-        let (resource, table, backends, zone) = {
+        let (resource, runtimes, zone) = {
             let inner = self.lock();
             let Some(resource) = inner.state.load_balancers.get(name).cloned() else {
                 return Err(ApiError::NotFound {
@@ -374,27 +398,33 @@ impl super::Controller {
                 .network_ids
                 .get(&resource.spec.network)
                 .map(|id| nat::Zone(id.0));
-            (
-                resource,
-                inner.balancers.table(name),
-                inner.balancers.backends(name),
-                zone,
-            )
+            (resource, inner.balancers.runtimes(name), zone)
         };
-        let address = ipv4(&resource);
-        let mut connections: BTreeMap<u32, u64> = BTreeMap::new();
-        if let (Some(zone), Some(address)) = (zone, address) {
+        let addresses = resource.status.ips.clone();
+        // Connections by (family, backend id): each family's set numbers its own backends.
+        // Public ones from outside are tracked in the external zone.
+        let mut connections: BTreeMap<(IpFamily, u32), u64> = BTreeMap::new();
+        if let Some(zone) = zone {
+            let public = resource.spec.lb_type == LoadBalancerType::Public;
             let conntrack = Arc::clone(&self.engine.read().current().conntrack);
-            for entry in conntrack.entries(Some(zone), self.clock.now_ms()) {
-                let to_us = entry.original.tuple.dst == IpAddr::V4(address);
-                if let (true, Some(id)) = (to_us, entry.attachments.lb_backend) {
-                    *connections.entry(id).or_default() += 1;
+            for entry in conntrack.entries(None, self.clock.now_ms()) {
+                let tuple = entry.original.tuple;
+                let zone_ok = entry.original.zone == zone
+                    || (public && entry.original.zone == nat::Zone::EXTERNAL);
+                if let (true, true, Some(id)) = (
+                    zone_ok,
+                    addresses.contains(&tuple.dst),
+                    entry.attachments.lb_backend,
+                ) {
+                    *connections
+                        .entry((IpFamily::of(tuple.dst), id))
+                        .or_default() += 1;
                 }
             }
         }
-        let backends = backends
-            .iter()
-            .map(|backend| {
+        let mut backends = Vec::new();
+        for (family, table, members) in runtimes {
+            for backend in members {
                 let slots = table
                     .as_ref()
                     .and_then(|t| {
@@ -402,36 +432,55 @@ impl super::Controller {
                         Some(t.share(index))
                     })
                     .unwrap_or(0);
-                let state = match (backend.spec().state, backend.health().state()) {
-                    (lb::BackendState::Draining { .. }, _) => BackendStateView::Draining,
-                    (_, lb::HealthState::Unhealthy) => BackendStateView::Unhealthy,
-                    _ => BackendStateView::Healthy,
-                };
-                BackendView {
+                backends.push(BackendView {
                     interface: backend.key().to_string(),
                     ip: backend.spec().addr,
-                    state,
+                    state: state_view(&backend),
                     slots,
-                    connections: connections.get(&backend.id().0).copied().unwrap_or(0),
-                }
-            })
-            .collect();
+                    connections: connections
+                        .get(&(family, backend.id().0))
+                        .copied()
+                        .unwrap_or(0),
+                });
+            }
+        }
         Ok(LoadBalancerView {
             name: name.to_string(),
             network: resource.spec.network.clone(),
-            address,
+            addresses,
             table_size: resource.spec.table_size(),
             backends,
         })
     }
 }
 
-/// The attached interfaces `balancer` selects: (name, address, port id).
+/// A backend's state as reads show it.
+fn state_view(backend: &lb::Backend) -> BackendStateView {
+    match (backend.spec().state, backend.health().state()) {
+        (lb::BackendState::Draining { .. }, _) => BackendStateView::Draining,
+        (_, lb::HealthState::Unhealthy) => BackendStateView::Unhealthy,
+        _ => BackendStateView::Healthy,
+    }
+}
+
+/// The better of a dual-stack backend's two states: healthy, else draining, else unhealthy.
+fn better(a: BackendStateView, b: BackendStateView) -> BackendStateView {
+    let rank = |state| match state {
+        BackendStateView::Healthy => 2,
+        BackendStateView::Draining => 1,
+        BackendStateView::Unhealthy => 0,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// The attached interfaces `balancer` selects that have an address of `family`: (name,
+/// address, port id).
 fn backends(
     state: &State,
     ports: &BTreeMap<String, AttachedPort>,
     balancer: &LoadBalancer,
-) -> Vec<(String, Ipv4Addr, PortId)> {
+    family: IpFamily,
+) -> Vec<(String, IpAddr, PortId)> {
     state
         .network_interfaces
         .values()
@@ -445,10 +494,21 @@ fn backends(
         })
         .filter_map(|nic| {
             let port = ports.get(&nic.metadata.key())?.id;
-            let address = nic.status.ips.first()?.addr();
+            let address = interface_address(nic, family)?;
             Some((nic.metadata.key(), address, port))
         })
         .collect()
+}
+
+/// `nic`'s address of `family`, once it has one.
+fn interface_address(
+    nic: &crate::control::resource::NetworkInterface,
+    family: IpFamily,
+) -> Option<IpAddr> {
+    match family {
+        IpFamily::IPv4 => nic.status.ips.first().map(|net| IpAddr::V4(net.addr())),
+        IpFamily::IPv6 => nic.status.ipv6.map(|net| IpAddr::V6(net.addr())),
+    }
 }
 
 /// The health checks of `balancer` as the lb crate counts them (defaults when it has none:
@@ -476,12 +536,12 @@ fn probe_port(balancer: &LoadBalancer) -> Option<u16> {
 }
 
 /// What probing a backend needs: its port's queues, its MAC and address, its Subnet's
-/// gateway.
+/// gateway (of the address's family).
 struct ProbeTarget {
     io: Arc<crate::port::PortIo>,
     mac: [u8; 6],
-    address: Ipv4Addr,
-    gateway: Ipv4Addr,
+    address: IpAddr,
+    gateway: IpAddr,
     gateway_mac: [u8; 6],
 }
 
@@ -489,43 +549,65 @@ fn backend_of(
     state: &State,
     ports: &BTreeMap<String, AttachedPort>,
     key: &str,
+    family: IpFamily,
 ) -> Option<ProbeTarget> {
     let nic = state.network_interfaces.get(key)?;
     let subnet = state.subnets.get(&nic.spec.subnet)?;
+    let gateway = match family {
+        IpFamily::IPv4 => IpAddr::V4(subnet.spec.gateway),
+        IpFamily::IPv6 => IpAddr::V6(subnet.spec.ipv6.as_ref()?.gateway()),
+    };
     Some(ProbeTarget {
         io: Arc::clone(&ports.get(key)?.io),
         mac: nic.status.mac?.0,
-        address: nic.status.ips.first()?.addr(),
-        gateway: subnet.spec.gateway,
+        address: interface_address(nic, family)?,
+        gateway,
         gateway_mac: crate::control::routing::gateway_mac(state, subnet).0,
     })
 }
 
 impl ProbeTarget {
     /// Writes a TCP SYN from the gateway's [`ProbeBoard::SOURCE_PORT`] to `port` into the
-    /// backend's first queue.
+    /// backend's first queue, over the address's family.
     fn send_probe(&self, port: u16, now_ms: u64) -> std::io::Result<()> {
         use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket, TcpSeqNumber};
         const VNET: usize = crate::wire::VNET_HDR_LEN;
-        let mut frame = vec![0u8; VNET + 14 + 20 + 20];
+        const TCP_LEN: usize = 20;
+        let (ethertype, ip_len) = match self.address {
+            IpAddr::V4(_) => ([0x08, 0x00], 20),
+            IpAddr::V6(_) => ([0x86, 0xdd], crate::wire::ipv6::HEADER_LEN),
+        };
+        let mut frame = vec![0u8; VNET + 14 + ip_len + TCP_LEN];
         frame[VNET..VNET + 6].copy_from_slice(&self.mac);
         frame[VNET + 6..VNET + 12].copy_from_slice(&self.gateway_mac);
-        frame[VNET + 12..VNET + 14].copy_from_slice(&[0x08, 0x00]);
-        {
-            let mut ip = Ipv4Packet::new_unchecked(&mut frame[VNET + 14..VNET + 34]);
-            ip.set_version(4);
-            ip.set_header_len(20);
-            ip.set_total_len(40);
-            ip.set_ident(u16::try_from(now_ms & 0xffff).unwrap_or(0));
-            ip.set_dont_frag(true);
-            ip.set_hop_limit(64);
-            ip.set_next_header(smoltcp::wire::IpProtocol::Tcp);
-            ip.set_src_addr(self.gateway);
-            ip.set_dst_addr(self.address);
-            ip.fill_checksum();
+        frame[VNET + 12..VNET + 14].copy_from_slice(&ethertype);
+        let ip = &mut frame[VNET + 14..VNET + 14 + ip_len];
+        match (self.gateway, self.address) {
+            (IpAddr::V4(gateway), IpAddr::V4(address)) => {
+                let mut ip = Ipv4Packet::new_unchecked(ip);
+                ip.set_version(4);
+                ip.set_header_len(20);
+                ip.set_total_len(40);
+                ip.set_ident(u16::try_from(now_ms & 0xffff).unwrap_or(0));
+                ip.set_dont_frag(true);
+                ip.set_hop_limit(64);
+                ip.set_next_header(smoltcp::wire::IpProtocol::Tcp);
+                ip.set_src_addr(gateway);
+                ip.set_dst_addr(address);
+                ip.fill_checksum();
+            }
+            (IpAddr::V6(gateway), IpAddr::V6(address)) => {
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&20u16.to_be_bytes());
+                ip[6] = 6;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&gateway.octets());
+                ip[24..40].copy_from_slice(&address.octets());
+            }
+            _ => return Err(std::io::Error::other("gateway and backend of two families")),
         }
         {
-            let mut tcp = TcpPacket::new_unchecked(&mut frame[VNET + 34..]);
+            let mut tcp = TcpPacket::new_unchecked(&mut frame[VNET + 14 + ip_len..]);
             tcp.set_src_port(ProbeBoard::SOURCE_PORT);
             tcp.set_dst_port(port);
             tcp.set_seq_number(TcpSeqNumber(
@@ -535,8 +617,8 @@ impl ProbeTarget {
             tcp.set_syn(true);
             tcp.set_window_len(1024);
             tcp.fill_checksum(
-                &IpAddress::Ipv4(self.gateway),
-                &IpAddress::Ipv4(self.address),
+                &IpAddress::from(self.gateway),
+                &IpAddress::from(self.address),
             );
         }
         let queue = self

@@ -1,11 +1,14 @@
 //! `LoadBalancer`: a virtual IP in a Network whose connections are spread over the
 //! NetworkInterfaces its selector picks, by Maglev consistent hashing (the `lb` crate).
 //!
-//! The model is family-agnostic (addresses are `IpAddr`), as seed 004 has it; the datapath
-//! is IPv4 until the dual-stack work, so an IPv6 family or address is refused with a message
-//! that says so. `type: Internal` takes its addresses from `ips`, or has one allocated from
-//! the Network's Subnets (the first, by name, with a free address); `type: Public` gets one
-//! of the Uplink's, like a VirtualIP, and is reached from outside through the uplink.
+//! `ipFamilies` (`[IPv4]` by default, `[IPv4, IPv6]` for dual stack, as a Kubernetes
+//! Service) says which families it has an address of: one per family, in that order in
+//! `status.ips`. `type: Internal` takes an address of a family from `ips`, or has one
+//! allocated from the Network's Subnets (the first, by name, with a free address of the
+//! family: an IPv6 one from a dual-stack Subnet's IPv6 range); `type: Public` gets one of
+//! the Uplink's of each family (`spec.addresses`, `spec.ipv6.addresses`), like a VirtualIP,
+//! and is reached from outside through the uplink. Each family has its own backends (the
+//! selected interfaces' addresses of that family) and its own health checks.
 
 use std::net::IpAddr;
 
@@ -122,10 +125,11 @@ pub struct LoadBalancerSpec {
     /// `Public` or `Internal`.
     #[serde(rename = "type")]
     pub lb_type: LoadBalancerType,
-    /// The families it has addresses of (default `[IPv4]`).
+    /// The families it has an address of (default `[IPv4]`; `[IPv4, IPv6]` for dual stack).
     #[serde(default = "default_families")]
     pub ip_families: Vec<IpFamily>,
-    /// Internal only: its addresses; allocated when empty.
+    /// Internal only: its addresses, at most one per family of `ipFamilies`; a family
+    /// without one has one allocated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpAddr>,
     /// The Network its addresses and backends are in.
@@ -210,7 +214,8 @@ pub struct BackendCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerStatus {
-    /// Its addresses (the spec's, or allocated; persisted).
+    /// Its addresses, one per family in `ipFamilies`' order (the spec's, or allocated;
+    /// persisted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpAddr>,
     /// `Pending`, `Ready` or `NoBackends` (computed when read).
@@ -281,11 +286,18 @@ spec:
         &mut self.status
     }
 
-    /// Allocated addresses are kept (when the spec still allows them); the rest is computed.
+    /// Allocated addresses are kept (those of a family the spec still lists and gives no
+    /// address of, in the same Network and of the same type); the rest is computed.
     fn carry_status(&mut self, old: Option<&Self>) {
+        let spec = &self.spec;
+        let allocated = |ip: &IpAddr| {
+            let family = IpFamily::of(*ip);
+            spec.ip_families.contains(&family)
+                && !spec.ips.iter().any(|given| IpFamily::of(*given) == family)
+        };
         let ips = old
-            .filter(|old| old.spec.network == self.spec.network && self.spec.ips.is_empty())
-            .map(|old| old.status.ips.clone())
+            .filter(|old| old.spec.network == spec.network && old.spec.lb_type == spec.lb_type)
+            .map(|old| old.status.ips.iter().copied().filter(allocated).collect())
             .unwrap_or_default();
         self.status = LoadBalancerStatus {
             ips,
@@ -374,14 +386,45 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
         errors.check(nat_rules::owned_by_uplink(origin, cx.next, "spec.type", None).map(|_| ()));
     }
     if spec.ip_families.is_empty() {
-        errors.push(origin.invalid("spec.ipFamilies", "name at least one family: [IPv4]"));
+        errors.push(origin.invalid(
+            "spec.ipFamilies",
+            "name at least one family: [IPv4], [IPv6] or [IPv4, IPv6]",
+        ));
     }
     for (index, family) in spec.ip_families.iter().enumerate() {
-        if *family == IpFamily::IPv6 {
-            errors.push(origin.invalid(
-                &format!("spec.ipFamilies[{index}]"),
-                "IPv6 load balancing is not supported yet (the switch routes IPv4 only); use [IPv4]",
-            ));
+        let field = format!("spec.ipFamilies[{index}]");
+        if spec.ip_families[..index].contains(family) {
+            errors.push(origin.invalid(&field, format!("{family} is listed twice")));
+            continue;
+        }
+        if *family != IpFamily::IPv6 {
+            continue;
+        }
+        match spec.lb_type {
+            LoadBalancerType::Public => {
+                if nat_rules::uplink(cx.next).is_some_and(|uplink| uplink.spec.ipv6.is_none()) {
+                    errors.push(origin.invalid(
+                        &field,
+                        "a Public IPv6 LoadBalancer takes an address of the Uplink's spec.ipv6.addresses, and the Uplink has no spec.ipv6; give it IPv6 addresses, or drop IPv6",
+                    ));
+                }
+            }
+            LoadBalancerType::Internal => {
+                let dual_stack = cx
+                    .next
+                    .subnets
+                    .values()
+                    .any(|s| s.spec.network == spec.network && s.spec.ipv6.is_some());
+                if cx.next.networks.contains_key(&spec.network) && !dual_stack {
+                    errors.push(origin.invalid(
+                        &field,
+                        format!(
+                            "Network {:?} has no dual-stack Subnet (spec.ipv6): no interface of it has an IPv6 address to serve or reach the LoadBalancer; add an IPv6 prefix to one of its Subnets, or drop IPv6",
+                            spec.network
+                        ),
+                    ));
+                }
+            }
         }
     }
     let network = cx.next.networks.get(&spec.network);
@@ -397,31 +440,47 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
             "ips can only be given for type Internal; a Public LoadBalancer's address is allocated from the Uplink",
         ));
     }
+    let mut given: Vec<IpFamily> = Vec::new();
     for (index, ip) in spec.ips.iter().enumerate() {
         let field = format!("spec.ips[{index}]");
-        let IpAddr::V4(v4) = ip else {
+        let family = IpFamily::of(*ip);
+        if !spec.ip_families.contains(&family) {
             errors.push(origin.invalid(
                 &field,
-                format!("{ip} is IPv6: IPv6 load balancing is not supported yet"),
-            ));
-            continue;
-        };
-        if v4.is_loopback() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() {
-            errors.push(origin.invalid(
-                &field,
-                format!("{ip} cannot be a load balancer's address (loopback, unspecified, multicast or broadcast)"),
+                format!("{ip} is {family}, a family spec.ipFamilies does not list; add {family} there, or drop the address"),
             ));
             continue;
         }
-        if let Some(why) = address_conflict(cx.next, &lb.metadata.key(), &spec.network, *v4) {
+        if given.contains(&family) {
+            errors.push(origin.invalid(
+                &field,
+                format!("a second {family} address: at most one address per family"),
+            ));
+            continue;
+        }
+        given.push(family);
+        let unusable = match ip {
+            IpAddr::V4(v4) => {
+                v4.is_loopback() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+            }
+            IpAddr::V6(v6) => {
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || crate::wire::ipv6::is_link_local(*v6)
+                    || v6.to_ipv4_mapped().is_some()
+            }
+        };
+        if unusable {
+            errors.push(origin.invalid(
+                &field,
+                format!("{ip} cannot be a load balancer's address (loopback, unspecified, multicast, broadcast, link-local or IPv4-mapped)"),
+            ));
+            continue;
+        }
+        if let Some(why) = address_conflict(cx.next, &lb.metadata.key(), &spec.network, *ip) {
             errors.push(origin.conflict(&field, why));
         }
-    }
-    if spec.ips.len() > 1 {
-        errors.push(origin.invalid(
-            "spec.ips",
-            "at most one address per family (one IPv4 address)",
-        ));
     }
     if let Some(selector) = &spec.network_interface_selector {
         let problems =
@@ -540,39 +599,63 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
 }
 
 /// Why `ip` cannot be LoadBalancer `name`'s address in Network `network`: another
-/// LoadBalancer's, a NetworkInterface's or a Subnet's gateway or broadcast address.
-fn address_conflict(state: &State, name: &str, network: &str, ip: Ipv4Addr) -> Option<String> {
+/// LoadBalancer's, a NetworkInterface's or a Subnet's gateway, network, broadcast or
+/// Subnet-Router anycast address.
+fn address_conflict(state: &State, name: &str, network: &str, ip: IpAddr) -> Option<String> {
     if let Some(other) = state.load_balancers.values().find(|other| {
         other.metadata.key() != name
             && other.spec.network == network
-            && (other.spec.ips.contains(&IpAddr::V4(ip))
-                || other.status.ips.contains(&IpAddr::V4(ip)))
+            && (other.spec.ips.contains(&ip) || other.status.ips.contains(&ip))
     }) {
         return Some(format!(
             "{ip} is already LoadBalancer {:?}'s address",
             other.metadata.key()
         ));
     }
-    for subnet in state
-        .subnets
-        .values()
-        .filter(|s| s.spec.network == network && s.spec.cidr.contains(&ip))
-    {
-        if subnet.spec.gateway == ip {
+    for subnet in state.subnets.values().filter(|s| s.spec.network == network) {
+        let (gateway, special, nic_has) = match ip {
+            IpAddr::V4(v4) => {
+                if !subnet.spec.cidr.contains(&v4) {
+                    continue;
+                }
+                let cidr = subnet.spec.cidr;
+                (
+                    subnet.spec.gateway == v4,
+                    v4 == cidr.network() || v4 == cidr.broadcast(),
+                    state.network_interfaces.values().find(|nic| {
+                        nic.spec.subnet == subnet.metadata.name
+                            && nic.status.ips.iter().any(|a| a.addr() == v4)
+                    }),
+                )
+            }
+            IpAddr::V6(v6) => {
+                let Some(prefix) = subnet.spec.ipv6.as_ref().filter(|p| p.cidr.contains(&v6))
+                else {
+                    continue;
+                };
+                (
+                    prefix.gateway() == v6,
+                    v6 == prefix.cidr.network(),
+                    state.network_interfaces.values().find(|nic| {
+                        nic.spec.subnet == subnet.metadata.name
+                            && nic.status.ipv6.is_some_and(|a| a.addr() == v6)
+                    }),
+                )
+            }
+        };
+        if gateway {
             return Some(format!(
                 "{ip} is Subnet {:?}'s gateway",
                 subnet.metadata.name
             ));
         }
-        if ip == subnet.spec.cidr.network() || ip == subnet.spec.cidr.broadcast() {
+        if special {
             return Some(format!(
-                "{ip} is Subnet {:?}'s network or broadcast address",
+                "{ip} is Subnet {:?}'s network, broadcast or Subnet-Router anycast address",
                 subnet.metadata.name
             ));
         }
-        if let Some(nic) = state.network_interfaces.values().find(|nic| {
-            nic.spec.subnet == subnet.metadata.name && nic.status.ips.iter().any(|a| a.addr() == ip)
-        }) {
+        if let Some(nic) = nic_has {
             return Some(format!(
                 "{ip} is NetworkInterface {:?}'s address",
                 nic.metadata.key()
@@ -582,12 +665,14 @@ fn address_conflict(state: &State, name: &str, network: &str, ip: Ipv4Addr) -> O
     None
 }
 
-/// Gives the LoadBalancers of the batch their addresses: the spec's; else the one they
-/// had, if it is still theirs; else the next free address of their Network's first Subnet
-/// (by name) that has one. Runs after the interfaces got theirs, whose leases it sees.
+/// Gives the LoadBalancers of the batch their addresses, one per family of `ipFamilies`:
+/// the spec's; else the one they had, if it is still theirs; else the next free address of
+/// the family in their Network's first Subnet (by name) that has one (Internal), or of the
+/// Uplink (Public). Runs after the interfaces got theirs, whose leases it sees.
 ///
 /// # Errors
-/// 409 on `spec.ips` when no Subnet of the Network has a free address.
+/// 409 on `spec.ips` (Internal) or `spec.type` (Public) when no address of a family is
+/// free.
 pub fn assign_addresses(
     next: &mut State,
     origins: &BTreeMap<(Kind, String), Origin>,
@@ -601,57 +686,96 @@ pub fn assign_addresses(
         let Some(balancer) = next.load_balancers.get(&name) else {
             continue;
         };
-        if balancer.spec.lb_type == LoadBalancerType::Public {
-            assign_public(next, &name, origins)?;
-            continue;
-        }
-        if !balancer.spec.ips.is_empty() {
-            let ips = balancer.spec.ips.clone();
-            if let Some(balancer) = next.load_balancers.get_mut(&name) {
-                balancer.status.ips = ips;
-            }
-            continue;
-        }
-        if !balancer.status.ips.is_empty() {
-            continue;
-        }
-        let owner = format!("LoadBalancer/{name}");
-        let network = balancer.spec.network.clone();
-        let mut leases = ipam::leases(next);
-        let mut chosen = None;
-        for (subnet_name, subnet) in next
-            .subnets
-            .iter()
-            .filter(|(_, s)| s.spec.network == network)
-        {
-            let Some(leases) = leases.get_mut(subnet_name) else {
-                continue;
-            };
-            if let Ok(address) = leases.allocate(&ipam::Pool::new(&subnet.spec), &owner) {
-                chosen = Some((subnet_name.clone(), address, leases.last));
-                break;
-            }
-        }
+        let families = balancer.spec.ip_families.clone();
         let origin = origins
             .get(&(Kind::LoadBalancer, name.clone()))
             .cloned()
             .unwrap_or_else(|| Origin::resource(Kind::LoadBalancer, &name));
-        let Some((subnet, address, last)) = chosen else {
-            return Err(origin.conflict(
-                "spec.ips",
-                format!(
-                    "no Subnet of Network {network:?} has a free address for the LoadBalancer; free one, add a Subnet, or give ips (an address outside the Subnets works too)"
-                ),
-            ));
-        };
-        if let Some(last) = last {
-            next.ipam.entry(subnet).or_default().last_allocated = Some(last);
+        let mut ips = Vec::new();
+        for family in families {
+            if let Some(address) = assign(next, &name, family, &origin)? {
+                ips.push(address);
+            }
         }
         if let Some(balancer) = next.load_balancers.get_mut(&name) {
-            balancer.status.ips = vec![IpAddr::V4(address)];
+            balancer.status.ips = ips;
         }
     }
     Ok(())
+}
+
+/// LoadBalancer `name`'s address of `family` (see [`assign_addresses`]); `None` for a
+/// Public one while there is no Uplink (refused before this runs).
+fn assign(
+    next: &mut State,
+    name: &str,
+    family: IpFamily,
+    origin: &Origin,
+) -> Result<Option<IpAddr>, ApiError> {
+    let Some(balancer) = next.load_balancers.get(name) else {
+        return Ok(None);
+    };
+    if balancer.spec.lb_type == LoadBalancerType::Public {
+        return assign_public(next, name, family, origin);
+    }
+    if let Some(given) = balancer
+        .spec
+        .ips
+        .iter()
+        .find(|ip| IpFamily::of(**ip) == family)
+    {
+        return Ok(Some(*given));
+    }
+    if let Some(held) = address_of(balancer, family) {
+        return Ok(Some(held));
+    }
+    let owner = format!("LoadBalancer/{name}");
+    let network = balancer.spec.network.clone();
+    let in_network = |s: &&Subnet| s.spec.network == network;
+    let chosen = match family {
+        IpFamily::IPv4 => {
+            let mut leases = ipam::leases(next);
+            next.subnets.values().filter(in_network).find_map(|subnet| {
+                let leases = leases.get_mut(&subnet.metadata.name)?;
+                let address = leases
+                    .allocate(&ipam::Pool::new(&subnet.spec), &owner)
+                    .ok()?;
+                Some((
+                    subnet.metadata.name.clone(),
+                    IpAddr::V4(address),
+                    leases.last.map(IpAddr::V4),
+                ))
+            })
+        }
+        IpFamily::IPv6 => {
+            let mut leases = ipam::leases6(next);
+            next.subnets.values().filter(in_network).find_map(|subnet| {
+                let prefix = subnet.spec.ipv6.as_ref()?;
+                let leases = leases.get_mut(&subnet.metadata.name)?;
+                let address = leases.allocate(&ipam::Pool6::new(prefix), &owner).ok()?;
+                Some((
+                    subnet.metadata.name.clone(),
+                    IpAddr::V6(address),
+                    leases.last.map(IpAddr::V6),
+                ))
+            })
+        }
+    };
+    let Some((subnet, address, last)) = chosen else {
+        return Err(origin.conflict(
+            "spec.ips",
+            format!(
+                "no Subnet of Network {network:?} has a free {family} address for the LoadBalancer; free one, add a Subnet, or give ips (an address outside the Subnets works too)"
+            ),
+        ));
+    };
+    let cursor = next.ipam.entry(subnet).or_default();
+    match last {
+        Some(IpAddr::V4(last)) => cursor.last_allocated = Some(last),
+        Some(IpAddr::V6(last)) => cursor.last_allocated_v6 = Some(last),
+        None => {}
+    }
+    Ok(Some(address))
 }
 
 /// `vswitchctl lb NAME` (`GET /v1/loadbalancers/NAME/backends`): a LoadBalancer's backends as the datapath
@@ -663,8 +787,9 @@ pub struct LoadBalancerView {
     pub name: String,
     /// Its Network.
     pub network: String,
-    /// Its address, once assigned.
-    pub address: Option<Ipv4Addr>,
+    /// Its addresses (one per family), once assigned.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
     /// Slots of its Maglev table.
     pub table_size: u32,
     /// Its backends, by interface name.
@@ -698,36 +823,31 @@ pub enum BackendStateView {
     Draining,
 }
 
-/// Gives Public LoadBalancer `name` an address of the Uplink: the one it holds while it is
-/// still the Uplink's and used by nothing else, else the first free one (in the Uplink's
-/// order), as a VirtualIP gets its own.
+/// Public LoadBalancer `name`'s address of `family`, one of the Uplink's: the one it holds
+/// while it is still the Uplink's and used by nothing else, else the first free one (in the
+/// Uplink's order), as a VirtualIP gets its own.
 fn assign_public(
     next: &mut State,
     name: &str,
-    origins: &BTreeMap<(Kind, String), Origin>,
-) -> Result<(), ApiError> {
+    family: IpFamily,
+    origin: &Origin,
+) -> Result<Option<IpAddr>, ApiError> {
     let Some(uplink) = nat_rules::uplink(next) else {
-        return Ok(());
+        return Ok(None);
     };
-    let held = next.load_balancers.get(name).and_then(ipv4).map(IpAddr::V4);
-    let Some(chosen) =
-        nat_rules::free_uplink_address(next, (Kind::LoadBalancer, name), IpFamily::IPv4, held)
-    else {
-        let origin = origins
-            .get(&(Kind::LoadBalancer, name.to_string()))
-            .cloned()
-            .unwrap_or_else(|| Origin::resource(Kind::LoadBalancer, name));
-        return Err(nat_rules::no_free_address(
-            &origin,
+    let held = next
+        .load_balancers
+        .get(name)
+        .and_then(|balancer| address_of(balancer, family));
+    match nat_rules::free_uplink_address(next, (Kind::LoadBalancer, name), family, held) {
+        Some(chosen) => Ok(Some(chosen)),
+        None => Err(nat_rules::no_free_address(
+            origin,
             "spec.type",
             uplink,
-            IpFamily::IPv4,
-        ));
-    };
-    if let Some(balancer) = next.load_balancers.get_mut(name) {
-        balancer.status.ips = vec![chosen];
+            family,
+        )),
     }
-    Ok(())
 }
 
 /// The Subnet of Network `network` whose CIDR holds `ip`, if any.
@@ -738,12 +858,13 @@ pub fn subnet_of<'a>(state: &'a State, network: &str, ip: Ipv4Addr) -> Option<&'
         .find(|s| s.spec.network == network && s.spec.cidr.contains(&ip))
 }
 
-/// The IPv4 address of a LoadBalancer, once assigned.
-pub fn ipv4(lb: &LoadBalancer) -> Option<Ipv4Addr> {
-    lb.status.ips.iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    })
+/// A LoadBalancer's address of `family`, once assigned.
+pub fn address_of(lb: &LoadBalancer, family: IpFamily) -> Option<IpAddr> {
+    lb.status
+        .ips
+        .iter()
+        .copied()
+        .find(|ip| IpFamily::of(*ip) == family)
 }
 
 #[cfg(test)]
@@ -809,7 +930,7 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
     #[test]
     fn every_wrong_field_is_named() {
         let state = apply(&State::default(), BASE);
-        let text = "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: bad}\nspec:\n  type: Public\n  ipFamilies: [IPv6]\n  ips: ['fd00::1', 10.1.0.1]\n  network: green\n  networkInterfaceSelector: {matchExpressions: [{key: app, operator: In}]}\n  ports: [{protocol: SCTP, port: 80}, {port: 79, endPort: 81}, {port: 90, endPort: 80, targetPort: 9}, {port: 81}]\n  sessionAffinityTimeoutSeconds: 5\n  healthCheck: {intervalSeconds: 1, timeoutSeconds: 1}\n  maglevTableSize: 16380\n";
+        let text = "apiVersion: vswitch/v1alpha1\nkind: LoadBalancer\nmetadata: {name: bad}\nspec:\n  type: Public\n  ipFamilies: [IPv6, IPv6]\n  ips: ['fd00::1', 10.1.0.1, 'fd00::2']\n  network: green\n  networkInterfaceSelector: {matchExpressions: [{key: app, operator: In}]}\n  ports: [{protocol: SCTP, port: 80}, {port: 79, endPort: 81}, {port: 90, endPort: 80, targetPort: 9}, {port: 81}]\n  sessionAffinityTimeoutSeconds: 5\n  healthCheck: {intervalSeconds: 1, timeoutSeconds: 1}\n  maglevTableSize: 16380\n";
         let err = refusal(&state, text);
         let fields: Vec<String> = err
             .causes()
@@ -818,10 +939,11 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
             .collect();
         for want in [
             "documents[0].spec.type",
-            "documents[0].spec.ipFamilies[0]",
+            "documents[0].spec.ipFamilies[1]",
             "documents[0].spec.network",
             "documents[0].spec.ips",
-            "documents[0].spec.ips[0]",
+            "documents[0].spec.ips[1]",
+            "documents[0].spec.ips[2]",
             "documents[0].spec.networkInterfaceSelector.matchExpressions[0].values",
             "documents[0].spec.ports[0].protocol",
             "documents[0].spec.ports[3].port",
@@ -836,5 +958,108 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1}
                 "{want} missing from {fields:?}"
             );
         }
+    }
+
+    const DUAL: &str = "\
+apiVersion: vswitch/v1alpha1
+kind: Network
+metadata: {name: blue}
+---
+apiVersion: vswitch/v1alpha1
+kind: Subnet
+metadata: {name: web}
+spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, ipv6: {cidr: 'fd00:1::/64'}}
+";
+
+    #[test]
+    fn a_dual_stack_load_balancer_gets_an_address_of_each_family() {
+        let base = apply(&State::default(), DUAL);
+        let state = apply(&base, &lb("  ipFamilies: [IPv4, IPv6]\n"));
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 2));
+        let v6: IpAddr = "fd00:1::2".parse().unwrap();
+        assert_eq!(state.load_balancers["front"].status.ips, [v4, v6]);
+        // Kept when applied again; an interface gets other addresses of both families.
+        let state = apply(
+            &state,
+            &format!("{}{}", lb("  ipFamilies: [IPv4, IPv6]\n"), nic("c1")),
+        );
+        assert_eq!(state.load_balancers["front"].status.ips, [v4, v6]);
+        let c1 = &state.network_interfaces["c1"].status;
+        assert_ne!(IpAddr::V4(c1.ips[0].addr()), v4);
+        assert_ne!(c1.ipv6.map(|a| IpAddr::V6(a.addr())), Some(v6));
+        // Given for one family, allocated for the other, in ipFamilies' order.
+        let state = apply(
+            &base,
+            &lb("  ipFamilies: [IPv6, IPv4]\n  ips: ['fd00:1::80']\n"),
+        );
+        assert_eq!(
+            state.load_balancers["front"].status.ips,
+            ["fd00:1::80".parse::<IpAddr>().unwrap(), v4]
+        );
+        // Dropping IPv6 drops its address; IPv4 keeps its own.
+        let state = apply(&state, &lb(""));
+        assert_eq!(state.load_balancers["front"].status.ips, [v4]);
+        // An interface cannot take a LoadBalancer's IPv6 address.
+        let state = apply(&base, &lb("  ipFamilies: [IPv4, IPv6]\n"));
+        let err = refusal(
+            &state,
+            &nic("c2").replace(
+                "netns: vsctl-test-no-such-netns",
+                "netns: vsctl-test-no-such-netns, ipv6: 'fd00:1::2'",
+            ),
+        );
+        assert!(err.to_string().contains("LoadBalancer \"front\""), "{err}");
+    }
+
+    #[test]
+    fn ipv6_refusals_name_their_field() {
+        // No dual-stack Subnet in the Network.
+        let v4_only = apply(&State::default(), BASE);
+        let err = refusal(&v4_only, &lb("  ipFamilies: [IPv4, IPv6]\n"));
+        let fields: Vec<&str> = err.causes().iter().filter_map(|c| c.field()).collect();
+        assert_eq!(fields, ["documents[0].spec.ipFamilies[1]"], "{err}");
+        assert!(err.to_string().contains("no dual-stack Subnet"), "{err}");
+        let dual = apply(&State::default(), DUAL);
+        for (ips, field, words) in [
+            ("['fd00:1::1']", "spec.ips[0]", "gateway"),
+            ("['fd00:1::']", "spec.ips[0]", "Subnet-Router anycast"),
+            ("['fe80::5']", "spec.ips[0]", "link-local"),
+            ("['::ffff:10.1.0.9']", "spec.ips[0]", "IPv4-mapped"),
+            (
+                "['fd00:1::5', 'fd00:1::6']",
+                "spec.ips[1]",
+                "at most one address per family",
+            ),
+        ] {
+            let err = refusal(&dual, &lb(&format!("  ipFamilies: [IPv6]\n  ips: {ips}\n")));
+            let fields: Vec<&str> = err.causes().iter().filter_map(|c| c.field()).collect();
+            assert_eq!(fields, [format!("documents[0].{field}")], "{ips}: {err}");
+            assert!(err.to_string().contains(words), "{ips}: {err}");
+        }
+        // An address of a family ipFamilies does not list.
+        let err = refusal(&dual, &lb("  ips: ['fd00:1::5']\n"));
+        assert!(err.to_string().contains("does not list"), "{err}");
+        // A Public IPv6 LoadBalancer needs the Uplink's IPv6.
+        let uplink = apply(
+            &dual,
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {name: up}\nspec:\n  interface: vsctl-test-none\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n",
+        );
+        let public = lb("  ipFamilies: [IPv4, IPv6]\n").replace("type: Internal", "type: Public");
+        let err = refusal(&uplink, &public);
+        let fields: Vec<&str> = err.causes().iter().filter_map(|c| c.field()).collect();
+        assert_eq!(fields, ["documents[0].spec.ipFamilies[1]"], "{err}");
+        // With it, one address of each family, the Uplink's.
+        let uplink = apply(
+            &dual,
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {name: up}\nspec:\n  interface: vsctl-test-none\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n  ipv6: {addresses: ['2001:db8::10/64'], gateway: '2001:db8::1'}\n",
+        );
+        let state = apply(&uplink, &public);
+        assert_eq!(
+            state.load_balancers["front"].status.ips,
+            [
+                "203.0.113.10".parse::<IpAddr>().unwrap(),
+                "2001:db8::10".parse().unwrap()
+            ]
+        );
     }
 }
