@@ -12,9 +12,10 @@
 //!    the GSO super-frame it is, as a TAP would have handed it over;
 //! 2. remote learning ([`learn_remote`]): the inner source MAC is learned behind the sending
 //!    VTEP in the remote FDB, which `vxlan-encap` reads to send unicast to one VTEP;
-//! 3. [`adopt_super_frame`] (a TCP burst that a Linux peer on a veth sent unsegmented becomes
-//!    a super-frame cut to the tunnel's MTU), else [`complete_inner_checksum`] (a peer's
-//!    partial checksum is completed; counted as `tx.checksum_completed`);
+//! 3. [`adopt_super_frame`] (a TCP burst, over IPv4 or IPv6, that a Linux peer on a veth
+//!    sent unsegmented becomes a super-frame cut to the tunnel's MTU), else
+//!    [`complete_inner_checksum`] (a peer's partial TCP or UDP checksum, over IPv4 or IPv6,
+//!    is completed; counted as `tx.checksum_completed`);
 //! 4. the ingress stages as if the frame came from the tunnel port
 //!    ([`super::process_tunnel`]): learning, ARP for the gateway, routing, switching, without
 //!    port security (the remote side has its own), and never flooded back into the overlay
@@ -151,13 +152,73 @@ pub fn learn_remote(
     remote_fdb.learn(vni, src, remote, now);
 }
 
-/// Completes the inner TCP or UDP checksum of a decapsulated IPv4 frame (`[virtio_net_hdr]
-/// [Ethernet]`) when the sender left it partial: a Linux peer whose VXLAN device sits on a
-/// veth (or any device with checksum offload that never computes it) puts the packet on the
-/// wire with the pseudo-header sum in the checksum field, and the receiving container would
-/// drop it. A complete checksum is recognised in O(1) (its field differs from the
-/// pseudo-header sum) and left alone; only a field that holds exactly the pseudo-header sum
-/// and does not verify is completed. Returns true when it completed one. Never panics.
+/// The transport of an unfragmented inner IPv4 or IPv6 packet, from an Ethernet frame.
+struct Transport {
+    /// Offset of the TCP or UDP header in the Ethernet frame.
+    start: usize,
+    /// Length of the TCP or UDP header and payload (padding excluded).
+    len: usize,
+    /// 6 (TCP) or 17 (UDP).
+    protocol: u8,
+    /// The pseudo-header sum of the packet's family.
+    pseudo: u16,
+    /// IPv6.
+    v6: bool,
+}
+
+/// The TCP or UDP transport of the IPv4 or IPv6 packet in `eth` (IPv6 after its extension
+/// headers), unless it is a fragment or malformed.
+fn transport(eth: &[u8]) -> Option<Transport> {
+    use crate::wire::checksum;
+    let ip = eth.get(ETHERNET_HEADER_LEN..)?;
+    let (start, len, protocol, pseudo, v6) = match eth.get(12..14)? {
+        [0x08, 0x00] => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0;
+            if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() || fragment {
+                return None;
+            }
+            let protocol = ip[9];
+            let len = total - ihl;
+            let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            let pseudo = checksum::pseudo_header_ipv4(src, dst, protocol, u16::try_from(len).ok()?);
+            (ihl, len, protocol, pseudo, false)
+        }
+        [0x86, 0xdd] => {
+            let info = crate::wire::ipv6::parse(ip).ok()?;
+            if info.fragment.is_some() {
+                return None;
+            }
+            let len = info.packet_len.checked_sub(info.l4_offset)?;
+            let pseudo = checksum::pseudo_header_ipv6(
+                info.src,
+                info.dst,
+                info.next_header,
+                u32::try_from(len).ok()?,
+            );
+            (info.l4_offset, len, info.next_header, pseudo, true)
+        }
+        _ => return None,
+    };
+    matches!(protocol, 6 | 17).then_some(Transport {
+        start: ETHERNET_HEADER_LEN + start,
+        len,
+        protocol,
+        pseudo,
+        v6,
+    })
+}
+
+/// Completes the inner TCP or UDP checksum of a decapsulated IPv4 or IPv6 frame
+/// (`[virtio_net_hdr][Ethernet]`) when the sender left it partial: a Linux peer whose VXLAN
+/// device sits on a veth (or any device with checksum offload that never computes it) puts
+/// the packet on the wire with the pseudo-header sum in the checksum field, and the
+/// receiving container would drop it. A complete checksum is recognised in O(1) (its field
+/// differs from the pseudo-header sum) and left alone; only a field that holds exactly the
+/// pseudo-header sum and does not verify is completed. Returns true when it completed one.
+/// Never panics.
 pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
     use crate::wire::VnetPacket;
     use crate::wire::checksum;
@@ -168,58 +229,38 @@ pub fn complete_inner_checksum(frame: &mut [u8]) -> bool {
     let Some(eth) = frame.get_mut(VNET_HDR_LEN..) else {
         return false;
     };
-    if eth.len() < ETHERNET_HEADER_LEN + 20 || eth[12..14] != [0x08, 0x00] {
-        return false;
-    }
-    let ip = &eth[ETHERNET_HEADER_LEN..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() || fragment {
-        return false;
-    }
-    let offset = match ip[9] {
-        6 => 16,
-        17 => 6,
-        _ => return false,
-    };
-    let l4_len = total - ihl;
-    if l4_len < offset + 2 {
-        return false;
-    }
-    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let Ok(length) = u16::try_from(l4_len) else {
+    let Some(t) = transport(eth) else {
         return false;
     };
-    let pseudo = checksum::pseudo_header_ipv4(src, dst, ip[9], length);
-    let start = ETHERNET_HEADER_LEN + ihl;
-    let field = u16::from_be_bytes([eth[start + offset], eth[start + offset + 1]]);
-    if field != pseudo || field == 0 && ip[9] == 17 {
+    let offset = if t.protocol == 6 { 16 } else { 6 };
+    if t.len < offset + 2 {
         return false;
     }
-    let l4 = &eth[start..start + l4_len];
-    if checksum::combine(&[pseudo, checksum::sum(l4)]) == 0xffff {
+    let field = u16::from_be_bytes([eth[t.start + offset], eth[t.start + offset + 1]]);
+    if field != t.pseudo || field == 0 && t.protocol == 17 {
+        return false;
+    }
+    let l4 = &eth[t.start..t.start + t.len];
+    if checksum::combine(&[t.pseudo, checksum::sum(l4)]) == 0xffff {
         // It verifies after all (1 in 65536).
         return false;
     }
     // `complete_partial_checksum` sums from `start` to the end of its slice: give it the
     // IP packet's end, not the frame's (which may carry Ethernet padding).
-    checksum::complete_partial_checksum(&mut eth[..start + l4_len], start, offset).is_ok()
+    checksum::complete_partial_checksum(&mut eth[..t.start + t.len], t.start, offset).is_ok()
 }
 
-/// Turns a decapsulated IPv4 TCP frame larger than the tunnel's `mtu` back into the GSO
-/// super-frame it is. A Linux peer whose VXLAN device sends over a veth (or any device with
-/// UDP-tunnel segmentation offload that never segments) puts whole TCP bursts on the
+/// Turns a decapsulated IPv4 or IPv6 TCP frame larger than the tunnel's `mtu` back into the
+/// GSO super-frame it is. A Linux peer whose VXLAN device sends over a veth (or any device
+/// with UDP-tunnel segmentation offload that never segments) puts whole TCP bursts on the
 /// "wire" as one datagram, and the kernel hands them to our UDP socket unsegmented. Over a
 /// real wire they would have been segments of at most `mtu`, so the switch cuts them to that
-/// size: the virtio header says TCPv4 GSO with the MSS that fits `mtu` and a partial
-/// checksum, and every later stage treats the frame as the super-frame a TAP would hand
-/// over (routing measures it by segment, the TAP takes it whole, `vxlan-encap` segments it).
-/// Returns true when it did. Never panics.
+/// size: the virtio header says TCPv4 (or TCPv6) GSO with the MSS that fits `mtu` and a
+/// partial checksum, and every later stage treats the frame as the super-frame a TAP would
+/// hand over (routing measures it by segment, the TAP takes it whole, `vxlan-encap`
+/// segments it). Returns true when it did. Never panics.
 pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     use crate::wire::VnetPacket;
-    use crate::wire::checksum;
     use crate::wire::vnet_hdr::{flags, gso};
     if VnetPacket::new_checked(&*frame).is_ok_and(|vnet| vnet.is_gso()) {
         // Already a super-frame (the VTEP merged it from segments of their own size).
@@ -228,45 +269,35 @@ pub fn adopt_super_frame(frame: &mut [u8], mtu: u16) -> bool {
     let Some(eth) = frame.get(VNET_HDR_LEN..) else {
         return false;
     };
-    if !super::vxlan_encap::exceeds_mtu(eth, mtu)
-        || eth.len() < ETHERNET_HEADER_LEN + 40
-        || eth[12..14] != [0x08, 0x00]
-    {
+    if !super::vxlan_encap::exceeds_mtu(eth, mtu) {
         return false;
     }
-    let ip = &eth[ETHERNET_HEADER_LEN..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    if ip[0] >> 4 != 4 || ip[9] != 6 || ihl < 20 || fragment || total > ip.len() {
+    let Some(t) = transport(eth).filter(|t| t.protocol == 6) else {
         return false;
-    }
-    let Some(tcp) = ip.get(ihl..total) else {
+    };
+    let Some(tcp) = eth.get(t.start..t.start + t.len) else {
         return false;
     };
     let thl = usize::from(tcp.get(12).map_or(0, |b| b >> 4)) * 4;
     if thl < 20 || tcp.len() < thl {
         return false;
     }
-    let (Ok(mss), Ok(l4_len), Ok(start), Ok(headers)) = (
-        u16::try_from(usize::from(mtu).saturating_sub(ihl + thl)),
-        u16::try_from(total - ihl),
-        u16::try_from(ETHERNET_HEADER_LEN + ihl),
-        u16::try_from(ETHERNET_HEADER_LEN + ihl + thl),
+    let l3 = t.start - ETHERNET_HEADER_LEN;
+    let (Ok(mss), Ok(start), Ok(headers)) = (
+        u16::try_from(usize::from(mtu).saturating_sub(l3 + thl)),
+        u16::try_from(t.start),
+        u16::try_from(t.start + thl),
     ) else {
         return false;
     };
     if mss == 0 {
         return false;
     }
-    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let pseudo = checksum::pseudo_header_ipv4(src, dst, 6, l4_len);
-    let field = VNET_HDR_LEN + usize::from(start) + 16;
-    frame[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+    let field = VNET_HDR_LEN + t.start + 16;
+    frame[field..field + 2].copy_from_slice(&t.pseudo.to_be_bytes());
     let mut vnet = VnetPacket::new_unchecked(&mut frame[..]);
     vnet.set_flags(flags::NEEDS_CSUM);
-    vnet.set_gso_type(gso::TCPV4);
+    vnet.set_gso_type(if t.v6 { gso::TCPV6 } else { gso::TCPV4 });
     vnet.set_hdr_len(headers);
     vnet.set_gso_size(mss);
     vnet.set_csum_start(start);
@@ -464,6 +495,74 @@ mod tests {
         // A frame that fits, or that is not TCP, is left alone.
         let mut small = udp_frame(Some(u16::MAX));
         assert!(!adopt_super_frame(&mut small, 1450));
+    }
+
+    /// `[virtio_net_hdr]` and an Ethernet frame carrying TCP over IPv6 fd00::1 -> fd00::2
+    /// (behind a destination options header when `options`): a 20-byte header with the
+    /// pseudo-header sum in its checksum field (as a Linux peer on a veth leaves it) and
+    /// `payload` bytes of 0x5a.
+    fn tcp6_partial(payload: usize, options: bool) -> Vec<u8> {
+        use crate::wire::checksum;
+        let src: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
+        let ext = if options { 8 } else { 0 };
+        let l4_len = 20 + payload;
+        frame.extend_from_slice(&[0x60, 0, 0, 0]);
+        frame.extend_from_slice(&u16::try_from(ext + l4_len).unwrap().to_be_bytes());
+        frame.extend_from_slice(&[if options { 60 } else { 6 }, 64]);
+        frame.extend_from_slice(&src.octets());
+        frame.extend_from_slice(&dst.octets());
+        if options {
+            // Destination options: next header TCP, length 0 (8 bytes), PadN.
+            frame.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        let mut tcp = vec![0u8; 20];
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        let pseudo = checksum::pseudo_header_ipv6(src, dst, 6, u32::try_from(l4_len).unwrap());
+        tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+        frame.extend_from_slice(&tcp);
+        frame.extend(std::iter::repeat_n(0x5a, payload));
+        frame
+    }
+
+    #[test]
+    fn ipv6_inner_checksums_and_bursts_from_a_linux_peer_are_made_whole() {
+        use smoltcp::wire::{IpAddress, TcpPacket};
+        let src = IpAddress::from("fd00::1".parse::<std::net::Ipv6Addr>().unwrap());
+        let dst = IpAddress::from("fd00::2".parse::<std::net::Ipv6Addr>().unwrap());
+        for options in [false, true] {
+            // A partial checksum is completed and then verifies; done twice, nothing moves.
+            let mut frame = tcp6_partial(100, options);
+            assert!(complete_inner_checksum(&mut frame), "options {options}");
+            let l4 = VNET_HDR_LEN + 14 + 40 + if options { 8 } else { 0 };
+            let tcp = TcpPacket::new_checked(&frame[l4..]).unwrap();
+            assert!(tcp.verify_checksum(&src, &dst), "options {options}");
+            let done = frame.clone();
+            assert!(!complete_inner_checksum(&mut frame));
+            assert_eq!(frame, done);
+            // An unsegmented burst becomes a TCPv6 super-frame cut to the tunnel's MTU.
+            let mut burst = tcp6_partial(4000, options);
+            assert!(adopt_super_frame(&mut burst, 1450), "options {options}");
+            let vnet = crate::wire::VnetPacket::new_checked(&burst[..]).unwrap();
+            assert!(vnet.is_gso() && vnet.needs_csum());
+            assert_eq!(vnet.gso_type(), crate::wire::vnet_hdr::gso::TCPV6);
+            let headers = 40 + if options { 8 } else { 0 } + 20;
+            assert_eq!(usize::from(vnet.gso_size()), 1450 - headers);
+            assert_eq!(usize::from(vnet.csum_start()), 14 + headers - 20);
+            let mut segments = Vec::new();
+            crate::wire::gso::Segmenter::new()
+                .segment(&burst, |segment| segments.push(segment.to_vec()))
+                .expect("segments");
+            assert_eq!(segments.len(), 4000usize.div_ceil(1450 - headers));
+            for segment in &segments {
+                assert!(segment.len() - VNET_HDR_LEN - 14 <= 1450);
+                let tcp = TcpPacket::new_checked(&segment[l4..]).unwrap();
+                assert!(tcp.verify_checksum(&src, &dst), "a segment's checksum");
+            }
+        }
     }
 
     #[test]
