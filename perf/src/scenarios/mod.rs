@@ -166,7 +166,8 @@ pub enum Family {
     #[value(name = "4")]
     V4,
     /// IPv6: `l2`, `routed` and `nat` (the switch routes IPv6 between dual-stack Subnets and
-    /// masquerades it through the Uplink; its load balancer and overlay are IPv4 only).
+    /// masquerades it through the Uplink; `lb` and `vxlan` have no IPv6 case yet, and the
+    /// overlay's underlay is IPv4 only).
     #[value(name = "6")]
     V6,
 }

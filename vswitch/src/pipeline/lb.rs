@@ -839,6 +839,12 @@ mod tests {
             &[MAC_A, GW_BLUE_MAC].concat()[..]
         );
         assert_eq!(bench.snapshot.conntrack.len(), 1);
+        // From a link-local source: not balanced (no connection whose replies could not be
+        // routed back).
+        let link_local = wire6::link_local_from_mac(MAC_A);
+        let syn = tcp6((MAC_A, GW_BLUE_MAC), (link_local, 40001), (VIP6, 80), 0x02);
+        assert_ne!(bench.send(1, &syn, 0).verdict, Verdict::Forward(PortId(2)));
+        assert_eq!(bench.snapshot.conntrack.len(), 1);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!    subnet it routes to) is the switch itself: echo requests are answered (rate-limited per
 //!    port, `l3.echo_rate_limited`), UDP gets port unreachable, anything else is dropped
 //!    (`l3.to_gateway`);
-//! 3. a LoadBalancer's address in the ingress Network is the [`lb`](super::lb) stage's (and
-//!    a health probe's answer to the gateway is taken there too);
+//! 3. a LoadBalancer's address in the ingress Network (from a routable source) is the
+//!    [`lb`](super::lb) stage's (and a health probe's answer to the gateway is taken there
+//!    too);
 //! 4. longest-prefix match in the ingress subnet's Network (connected and peered Subnets'
 //!    prefixes, static Routes through a router on one of its Subnets): none, or an egress
 //!    subnet without IPv6, is `l3.no_route` with destination unreachable "no route" (code 0);
@@ -122,9 +123,6 @@ pub fn route(
             local,
         );
     }
-    if let Some(balancer) = ctx.snapshot.balancer(subnet.network_id, dst.into()) {
-        return super::lb::forward(ctx, ingress, subnet, parsed, frame, local, balancer);
-    }
     if dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() || wire6::is_link_local(dst)
     {
         trace_note!(ctx, Route, "{dst} is not routed");
@@ -143,6 +141,9 @@ pub fn route(
             "link-local source {src} is not routed beyond its link"
         );
         return Verdict::drop(DropReason::NotRoutable6);
+    }
+    if let Some(balancer) = ctx.snapshot.balancer(subnet.network_id, dst.into()) {
+        return super::lb::forward(ctx, ingress, subnet, parsed, frame, local, balancer);
     }
     let found = ctx
         .snapshot

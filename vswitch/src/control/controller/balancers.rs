@@ -76,11 +76,19 @@ impl Balancers {
     /// Brings every LoadBalancer's backend set up to date with `state` and the attached
     /// `ports`, at `now` (seconds on the datapath's clock), and compiles the tables.
     pub(super) fn sync(&mut self, state: &State, ports: &BTreeMap<String, AttachedPort>, now: u64) {
-        self.by_name.retain(|(name, family), _| {
-            state
+        let board = &self.board;
+        self.by_name.retain(|(name, family), runtime| {
+            let keep = state
                 .load_balancers
                 .get(name)
-                .is_some_and(|balancer| balancer.spec.ip_families.contains(family))
+                .is_some_and(|balancer| balancer.spec.ip_families.contains(family));
+            if !keep {
+                // Its probes in flight are no longer expected: an answer is the gateway's.
+                for probe in runtime.probes.values() {
+                    board.forget(probe.target.0, probe.target.1);
+                }
+            }
+            keep
         });
         let families = state.load_balancers.iter().flat_map(|(name, balancer)| {
             balancer

@@ -400,31 +400,28 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
         if *family != IpFamily::IPv6 {
             continue;
         }
-        match spec.lb_type {
-            LoadBalancerType::Public => {
-                if nat_rules::uplink(cx.next).is_some_and(|uplink| uplink.spec.ipv6.is_none()) {
-                    errors.push(origin.invalid(
-                        &field,
-                        "a Public IPv6 LoadBalancer takes an address of the Uplink's spec.ipv6.addresses, and the Uplink has no spec.ipv6; give it IPv6 addresses, or drop IPv6",
-                    ));
-                }
-            }
-            LoadBalancerType::Internal => {
-                let dual_stack = cx
-                    .next
-                    .subnets
-                    .values()
-                    .any(|s| s.spec.network == spec.network && s.spec.ipv6.is_some());
-                if cx.next.networks.contains_key(&spec.network) && !dual_stack {
-                    errors.push(origin.invalid(
-                        &field,
-                        format!(
-                            "Network {:?} has no dual-stack Subnet (spec.ipv6): no interface of it has an IPv6 address to serve or reach the LoadBalancer; add an IPv6 prefix to one of its Subnets, or drop IPv6",
-                            spec.network
-                        ),
-                    ));
-                }
-            }
+        if spec.lb_type == LoadBalancerType::Public
+            && nat_rules::uplink(cx.next).is_some_and(|uplink| uplink.spec.ipv6.is_none())
+        {
+            errors.push(origin.invalid(
+                &field,
+                "a Public IPv6 LoadBalancer takes an address of the Uplink's spec.ipv6.addresses, and the Uplink has no spec.ipv6; give it IPv6 addresses, or drop IPv6",
+            ));
+            continue;
+        }
+        let dual_stack = cx
+            .next
+            .subnets
+            .values()
+            .any(|s| s.spec.network == spec.network && s.spec.ipv6.is_some());
+        if cx.next.networks.contains_key(&spec.network) && !dual_stack {
+            errors.push(origin.invalid(
+                &field,
+                format!(
+                    "Network {:?} has no dual-stack Subnet (spec.ipv6): no interface of it has an IPv6 address to serve the LoadBalancer; add an IPv6 prefix to one of its Subnets, or drop IPv6",
+                    spec.network
+                ),
+            ));
         }
     }
     let network = cx.next.networks.get(&spec.network);
@@ -461,7 +458,11 @@ fn check_load_balancer(cx: &CheckContext<'_>, lb: &LoadBalancer, errors: &mut Er
         given.push(family);
         let unusable = match ip {
             IpAddr::V4(v4) => {
-                v4.is_loopback() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+                v4.is_loopback()
+                    || v4.is_unspecified()
+                    || v4.is_multicast()
+                    || v4.is_broadcast()
+                    || v4.is_link_local()
             }
             IpAddr::V6(v6) => {
                 v6.is_loopback()
@@ -1061,5 +1062,29 @@ spec: {network: blue, cidr: 10.1.0.0/24, gateway: 10.1.0.1, ipv6: {cidr: 'fd00:1
                 "2001:db8::10".parse().unwrap()
             ]
         );
+        // The Uplink cannot drop the IPv6 address the Public LoadBalancer holds.
+        let err = refusal(
+            &state,
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {name: up}\nspec:\n  interface: vsctl-test-none\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n",
+        );
+        assert!(err.to_string().contains("LoadBalancer \"front\""), "{err}");
+        // A Public IPv6 LoadBalancer still needs a dual-stack Subnet for its backends.
+        let v4_uplink = apply(
+            &v4_only,
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {name: up}\nspec:\n  interface: vsctl-test-none\n  addresses: [203.0.113.10/24]\n  gateway: 203.0.113.1\n  ipv6: {addresses: ['2001:db8::10/64'], gateway: '2001:db8::1'}\n",
+        );
+        let err = refusal(&v4_uplink, &public);
+        assert!(err.to_string().contains("no dual-stack Subnet"), "{err}");
+        // A Subnet's IPv6 prefix cannot move from under an Internal LoadBalancer's address.
+        let held = apply(&dual, &lb("  ipFamilies: [IPv4, IPv6]\n"));
+        let err = refusal(&held, &DUAL.replace("fd00:1::/64", "fd00:2::/64"));
+        assert!(
+            err.to_string().contains("LoadBalancer \"front\"")
+                && err.to_string().contains("spec.ipv6.cidr"),
+            "{err}"
+        );
+        // IPv4 link-local is refused as IPv6's is.
+        let err = refusal(&dual, &lb("  ips: [169.254.1.5]\n"));
+        assert!(err.to_string().contains("link-local"), "{err}");
     }
 }

@@ -478,14 +478,28 @@ fn check_ipv6(
     errors: &mut Errors,
 ) {
     let name = &subnet.metadata.name;
-    let holders = || -> Vec<&str> {
-        next.network_interfaces
+    let old_v6 = old.and_then(|o| o.spec.ipv6.as_ref());
+    // Who holds IPv6 addresses of the Subnet's current prefix: its interfaces, and the
+    // LoadBalancers of its Network with an address inside it.
+    let holders = || -> Vec<String> {
+        let interfaces = next
+            .network_interfaces
             .values()
             .filter(|n| n.spec.subnet == *name && n.status.ipv6.is_some())
-            .map(|n| n.metadata.name.as_str())
-            .collect()
+            .map(|n| format!("NetworkInterface {:?}", n.metadata.name));
+        let balancers = next
+            .load_balancers
+            .values()
+            .filter(|b| b.spec.network == subnet.spec.network)
+            .filter(|b| {
+                b.spec.ips.iter().chain(&b.status.ips).any(|ip| match ip {
+                    IpAddr::V6(v6) => old_v6.is_some_and(|p| p.cidr.contains(v6)),
+                    IpAddr::V4(_) => false,
+                })
+            })
+            .map(|b| format!("LoadBalancer {:?}", b.metadata.key()));
+        interfaces.chain(balancers).collect()
     };
-    let old_v6 = old.and_then(|o| o.spec.ipv6.as_ref());
     // IPv6 Routes whose router this Subnet's prefix holds must keep it.
     if let Some(old) = old.filter(|_| old_v6.is_some()) {
         let serves = |s: &Subnet, hop: IpAddr| {
@@ -515,7 +529,7 @@ fn check_ipv6(
             errors.push(origin.invalid(
                 "spec.ipv6",
                 format!(
-                    "NetworkInterfaces {} hold IPv6 addresses of this Subnet; delete them before removing ipv6",
+                    "{} hold IPv6 addresses of this Subnet; delete them (or give the LoadBalancers other addresses) before removing ipv6",
                     holders.join(", ")
                 ),
             ));
@@ -533,7 +547,7 @@ fn check_ipv6(
                 errors.push(origin.invalid(
                     &format!("spec.ipv6.{field}"),
                     format!(
-                        "NetworkInterfaces {} hold IPv6 addresses of this Subnet; the {field} cannot change while they exist",
+                        "{} hold IPv6 addresses of this Subnet; the {field} cannot change while they exist",
                         holders.join(", ")
                     ),
                 ));

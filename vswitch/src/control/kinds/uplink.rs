@@ -1082,6 +1082,18 @@ fn check_uplink(
                     ))
                 }),
         )
+        .chain(
+            next.load_balancers
+                .values()
+                .filter(|b| b.spec.lb_type == super::load_balancer::LoadBalancerType::Public)
+                .filter(|b| !batch.contains(Kind::LoadBalancer, &b.metadata.key()))
+                .flat_map(|b| {
+                    b.status
+                        .ips
+                        .iter()
+                        .map(|ip| (Kind::LoadBalancer, b.metadata.key(), *ip))
+                }),
+        )
         .collect();
     if let Some((kind, user, ip)) = outside.into_iter().find(|(_, _, ip)| !spec.owns(*ip)) {
         let field = if ip.is_ipv6() {
