@@ -689,7 +689,7 @@ pub fn reply(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{IpAddr, Ipv6Addr};
     use std::sync::Arc;
 
@@ -707,39 +707,50 @@ mod tests {
     const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
     const IP_OFFSET: usize = VNET_HDR_LEN + 14;
 
-    /// An IPv6 LoadBalancer on blue: TCP 80 -> 8080 and UDP 53, backend port 2 (fd00::b).
-    fn bench6() -> Bench {
+    /// LoadBalancer `web` of Network 0 at `address` serving `ports`, with one backend,
+    /// `port2` at `backend` (a table of 7 slots, seed 7).
+    pub(crate) fn one_backend(
+        address: IpAddr,
+        backend: IpAddr,
+        ports: Vec<BalancedPort>,
+    ) -> Balancer {
         let mut backends = lb::BackendSet::new(
             lb::TableSize::new(7).expect("a prime"),
             lb::HealthCheckConfig::default(),
         );
         backends
-            .upsert(lb::BackendSpec::new("port2", IpAddr::V6(IP6_B), 0))
+            .upsert(lb::BackendSpec::new("port2", backend, 0))
             .expect("backend");
-        let balancer = Balancer {
+        Balancer {
             name: "web".into(),
             index: 0,
             network: NetworkId(0),
-            address: VIP6.into(),
-            ports: vec![
-                BalancedPort {
-                    protocol: 6,
-                    first: 80,
-                    last: 80,
-                    target: Some(8080),
-                },
-                BalancedPort {
-                    protocol: 17,
-                    first: 53,
-                    last: 53,
-                    target: None,
-                },
-            ],
+            address,
+            ports,
             table: Arc::new(backends.compile(0).expect("compiles")),
             seed: 7,
             affinity: None,
             public: false,
-        };
+        }
+    }
+
+    /// A port (or range) of a [`one_backend`] LoadBalancer.
+    pub(crate) fn port(protocol: u8, port: u16, target: Option<u16>) -> BalancedPort {
+        BalancedPort {
+            protocol,
+            first: port,
+            last: port,
+            target,
+        }
+    }
+
+    /// An IPv6 LoadBalancer on blue: TCP 80 -> 8080 and UDP 53, backend port 2 (fd00::b).
+    fn bench6() -> Bench {
+        let balancer = one_backend(
+            VIP6.into(),
+            IP6_B.into(),
+            vec![port(6, 80, Some(8080)), port(17, 53, None)],
+        );
         let bench = Bench::with(routed_snapshot().with_balancers(vec![balancer], &[PortId(2)]));
         bench.neighbors.confirm(BLUE, IP6_A, MAC_A, 0, true);
         bench.neighbors.confirm(BLUE, IP6_B, MAC_B, 0, true);
@@ -923,29 +934,7 @@ mod tests {
     #[test]
     fn an_ipv4_closed_port_gets_an_ipv4_reset() {
         let vip = std::net::Ipv4Addr::new(172, 30, 0, 100);
-        let mut backends = lb::BackendSet::new(
-            lb::TableSize::new(7).expect("a prime"),
-            lb::HealthCheckConfig::default(),
-        );
-        backends
-            .upsert(lb::BackendSpec::new("port2", IpAddr::V4(IP_B), 0))
-            .expect("backend");
-        let balancer = Balancer {
-            name: "web".into(),
-            index: 0,
-            network: NetworkId(0),
-            address: vip.into(),
-            ports: vec![BalancedPort {
-                protocol: 6,
-                first: 80,
-                last: 80,
-                target: None,
-            }],
-            table: Arc::new(backends.compile(0).expect("compiles")),
-            seed: 7,
-            affinity: None,
-            public: false,
-        };
+        let balancer = one_backend(vip.into(), IP_B.into(), vec![port(6, 80, None)]);
         let bench = Bench::with(routed_snapshot().with_balancers(vec![balancer], &[PortId(2)]));
         let syn = tcp_frame(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (vip, 81), 0x02);
         assert_eq!(

@@ -610,31 +610,9 @@ mod tests {
 
     #[test]
     fn a_connection_to_a_load_balancer_names_its_slot_and_backend() {
-        use crate::tables::snapshot::{BalancedPort, Balancer, NetworkId};
+        use crate::pipeline::lb::tests::{one_backend, port};
         let vip = Ipv4Addr::new(172, 30, 0, 100);
-        let mut backends = lb::BackendSet::new(
-            lb::TableSize::new(7).expect("a prime"),
-            lb::HealthCheckConfig::default(),
-        );
-        backends
-            .upsert(lb::BackendSpec::new("port2", IP_B.into(), 8080))
-            .expect("backend");
-        let balancer = Balancer {
-            name: "web".into(),
-            index: 0,
-            network: NetworkId(0),
-            address: vip.into(),
-            ports: vec![BalancedPort {
-                protocol: 6,
-                first: 80,
-                last: 80,
-                target: Some(8080),
-            }],
-            table: std::sync::Arc::new(backends.compile(0).expect("compiles")),
-            seed: 7,
-            affinity: None,
-            public: false,
-        };
+        let balancer = one_backend(vip.into(), IP_B.into(), vec![port(6, 80, Some(8080))]);
         let bench = Bench::with(routed_snapshot().with_balancers(vec![balancer], &[PortId(2)]));
         bench.neighbors.confirm(BLUE, IP_B, MAC_B, 0, true);
         let blue = bench.snapshot.subnet(BLUE).unwrap();
