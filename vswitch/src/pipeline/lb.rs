@@ -451,19 +451,8 @@ fn tcp_segment(packet: &[u8]) -> Option<(IpAddr, &[u8])> {
 /// Answers the TCP segment in `packet` (an IPv4 or IPv6 packet, of `address`'s family)
 /// with a reset from `address`, as a closed port does (RFC 9293 3.10.7.1): to a segment
 /// with ACK, `SEQ = SEG.ACK`, RST; otherwise `SEQ = 0`, `ACK = SEG.SEQ + SEG.LEN`, RST|ACK.
-/// A reset gets no answer.
+/// A reset gets no answer. `None` when nothing was sent.
 fn send_reset(
-    out: &mut Output,
-    to: PortId,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    packet: &[u8],
-    address: IpAddr,
-) -> bool {
-    reset(out, to, dst_mac, src_mac, packet, address).is_some()
-}
-
-fn reset(
     out: &mut Output,
     to: PortId,
     dst_mac: [u8; 6],
