@@ -1852,3 +1852,244 @@ fn ipv6_inside_a_mesh_overlay_with_a_kernel_peer() {
     assert!(there > 0.0 && back > 0.0 && routed > 0.0);
     print_drops(&daemon, "node-a");
 }
+
+/// The mesh overlay over an IPv6 underlay: vswitchd's VTEP on `fd00:53::1` and a node built
+/// from kernel pieces (a Linux VXLAN device with `local fd00:53::2`). Frames cross both ways
+/// (ARP and ND through the tunnel, ping and TCP of both inner families, routed by the
+/// switch's gateway), the overlay MTU defaults to 1430 (1500 minus 70 bytes of VXLAN over
+/// IPv6) and a full-size packet with DF crosses whole, the kernel accepting our outer UDP
+/// checksums.
+#[test]
+#[ignore = "needs root: starts vswitchd in a node namespace, creates kernel vxlan devices"]
+fn mesh_over_an_ipv6_underlay_with_a_kernel_peer() {
+    require(&["ping", "iperf3", "bridge"]);
+    let underlay = Underlay::new(&["fd00:53::1/64", "fd00:53::2/64"]);
+    let daemon = Daemon::start_in(&underlay.node(0).name, 2, &[]);
+    daemon.apply_yaml(&format!(
+        "{}---\napiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: m\nspec:\n  peerings: []\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: m\nspec:\n  network: m\n  cidr: 10.88.0.0/24\n  gateway: 10.88.0.1\n  vni: 88\n  ipv6: {{cidr: 'fd00:88::/64'}}\n---\napiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: n\nspec:\n  network: m\n  cidr: 10.89.0.0/24\n  ipv6: {{cidr: 'fd00:89::/64'}}\n",
+        mesh_overlay("node-a", "'fd00:53::1'", &["'fd00:53::2'"])
+    ));
+    let view = wait_overlay(
+        &daemon,
+        "the mesh VTEP to be up on the IPv6 underlay",
+        Duration::from_secs(10),
+        |v| v["state"] == "Up",
+    );
+    assert_eq!(view["localAddress"], "fd00:53::1", "{view}");
+    assert_eq!(view["peers"][0], "fd00:53::2", "{view}");
+
+    let ca = Netns::new("u6a");
+    daemon.attach(&ca, &["--subnet", "m"]);
+    let cn = Netns::new("u6n");
+    daemon.attach(&cn, &["--subnet", "n", "--kind", "veth"]);
+    let addresses = |name: &str| {
+        let nic = daemon.ctl_json(&["get", "networkinterface", name]);
+        let first = |v: &Value| {
+            v.as_str()
+                .unwrap_or_default()
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        (
+            first(&nic["status"]["ips"][0]),
+            first(&nic["status"]["ipv6"]),
+        )
+    };
+    let (ca4, ca6) = addresses(&ca.name);
+    let (cn4, cn6) = addresses(&cn.name);
+    assert!(
+        ca4.starts_with("10.88.0.") && ca6.starts_with("fd00:88::"),
+        "{ca4} {ca6}"
+    );
+    assert!(
+        cn4.starts_with("10.89.0.") && cn6.starts_with("fd00:89::"),
+        "{cn4} {cn6}"
+    );
+    let link = ca.exec_ok(&["ip", "link", "show", "eth0"]);
+    assert!(
+        link.contains("mtu 1430"),
+        "the attached interface has the overlay MTU, 1500 minus 70 bytes of VXLAN over IPv6: {link}"
+    );
+
+    let cb = Netns::new("u6b");
+    kernel_vxlan_node_with(
+        underlay.node(1),
+        88,
+        "fd00:53::2",
+        "fd00:53::1",
+        &cb,
+        "10.88.0.20/24",
+        &[],
+    );
+    for link in ["vx0", "vb0"] {
+        underlay
+            .node(1)
+            .exec_ok(&["ip", "link", "set", link, "mtu", "1430"]);
+    }
+    cb.exec_ok(&["ip", "link", "set", "eth0", "mtu", "1430"]);
+    cb.exec_ok(&["ip", "route", "add", "default", "via", "10.88.0.1"]);
+    cb.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:88::20/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    cb.exec_ok(&["ip", "-6", "route", "add", "default", "via", "fd00:88::1"]);
+
+    let ping = |from: &Netns, to: &str, extra: &[&str]| {
+        let mut args = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
+        args.extend_from_slice(extra);
+        args.push(to);
+        let out = from.exec(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains("3 received"),
+            "ping {extra:?} from {} to {to} failed:\n{text}\ndaemon log:\n{}",
+            from.name,
+            tail(&daemon.log_text(), 30)
+        );
+    };
+    assert!(
+        ca.ping_until("10.88.0.20", Duration::from_secs(10)),
+        "no IPv4 across the IPv6 underlay\ndaemon log:\n{}",
+        tail(&daemon.log_text(), 30)
+    );
+    // Both inner families, both ways, switched across the tunnel and routed by the gateway.
+    ping(&ca, "10.88.0.20", &[]);
+    ping(&cb, &ca4, &[]);
+    ping(&cb, "10.88.0.1", &[]);
+    ping(&cb, &cn4, &[]);
+    ping(&cn, "10.88.0.20", &[]);
+    assert!(
+        ca.ping_until("fd00:88::20", Duration::from_secs(10)),
+        "no IPv6 across the IPv6 underlay"
+    );
+    ping(&ca, "fd00:88::20", &[]);
+    ping(&cb, &ca6, &[]);
+    ping(&cb, "fd00:88::1", &[]);
+    ping(&cb, &cn6, &[]);
+    // Full-size frames with DF cross whole both ways: 1430 bytes inside, 1500 outside.
+    ping(&ca, "10.88.0.20", &["-M", "do", "-s", "1402"]);
+    ping(&cb, &ca4, &["-M", "do", "-s", "1402"]);
+    ping(&cn, "10.88.0.20", &["-M", "do", "-s", "1402"]);
+    // TCP both ways and routed: bursts segmented into UDP_SEGMENT sends from AF_INET6
+    // sockets one way, the kernel's datagrams merged by UDP_GRO the other.
+    let there = iperf3_tcp(&cb, &ca, "10.88.0.20", 2);
+    let back = iperf3_tcp(&ca, &cb, &ca4, 2);
+    let routed = iperf3_tcp(&cn, &cb, &cn4, 2);
+    let there6 = iperf3_tcp(&cb, &ca, "fd00:88::20", 2);
+    eprintln!(
+        "VXLAN over an IPv6 underlay, iperf3 Gbit/s: vswitchd->kernel {there:.2}, kernel->vswitchd {back:.2}, kernel->routed {routed:.2}, IPv6 inside vswitchd->kernel {there6:.2}"
+    );
+    assert!(there > 0.0 && back > 0.0 && routed > 0.0 && there6 > 0.0);
+    let stats = daemon.ctl_ok(&["stats"]);
+    let vx = underlay
+        .node(1)
+        .exec_ok(&["ip", "-s", "link", "show", "vx0"]);
+    eprintln!("kernel vx0:\n{vx}");
+    print_drops(&daemon, "node-a");
+    assert!(!stats.is_empty());
+}
+
+/// The hub-and-spoke overlay over an IPv6 underlay: the hub on `fd00:50::1`, two runners
+/// register over IPv6 (TLS, the hub's generated certificate naming its IPv6 address, pinned),
+/// get their plans, and their containers reach each other through the hub and the hub
+/// node's own stack, with the overlay MTU of an IPv6 underlay (1430).
+#[test]
+#[ignore = "needs root: starts vswitchd in node namespaces on a bridged veth underlay"]
+fn hub_and_runners_over_an_ipv6_underlay() {
+    require(&["ping", "iperf3"]);
+    let underlay = Underlay::new(&["fd00:50::1/64", "fd00:50::2/64", "fd00:50::3/64"]);
+    let (hub_ns, r1_ns, r2_ns) = (underlay.node(0), underlay.node(1), underlay.node(2));
+    let hub = Daemon::start_in(&hub_ns.name, 2, &[]);
+    let r1 = Daemon::start_in(&r1_ns.name, 2, &[]);
+    let r2 = Daemon::start_in(&r2_ns.name, 2, &[]);
+    hub.apply_yaml(&hub_overlay("hub", "'fd00:50::1'", ""));
+    let pin = hub_fingerprint(&hub);
+    r1.apply_yaml(&runner_overlay(
+        "runner-1",
+        "'fd00:50::2'",
+        "'fd00:50::1'",
+        &pin,
+        "",
+    ));
+    let v1 = wait_registered(&r1, "runner-1");
+    r2.apply_yaml(&runner_overlay(
+        "runner-2",
+        "'fd00:50::3'",
+        "'fd00:50::1'",
+        &pin,
+        "",
+    ));
+    let v2 = wait_registered(&r2, "runner-2");
+    assert_eq!(v1["tls"], "Fingerprint", "{v1}");
+    assert_eq!(v1["hub"], "[fd00:50::1]:4799", "{v1}");
+    assert_eq!(v1["localAddress"], "fd00:50::2", "{v1}");
+    assert_eq!((v1["id"].as_u64(), v2["id"].as_u64()), (Some(1), Some(2)));
+    let hv = wait_overlay(
+        &hub,
+        "the hub to list both runners online",
+        Duration::from_secs(10),
+        |v| {
+            runner_row(v, "runner-1").is_some_and(is_online)
+                && runner_row(v, "runner-2").is_some_and(is_online)
+        },
+    );
+    assert_eq!(hv["localAddress"], "fd00:50::1", "{hv}");
+    for (name, address) in [("runner-1", "fd00:50::2"), ("runner-2", "fd00:50::3")] {
+        let row = runner_row(&hv, name).expect("listed");
+        assert_eq!(row["address"], address, "{row}");
+    }
+    let subnet = r1.ctl_json(&["get", "subnet", "overlay"]);
+    assert_eq!(subnet["spec"]["remoteVteps"][0], "fd00:50::1", "{subnet}");
+    assert_eq!(subnet["spec"]["mtu"], 1430, "{subnet}");
+    let subnet = hub.ctl_json(&["get", "subnet", "overlay-r2"]);
+    assert_eq!(subnet["spec"]["remoteVteps"][0], "fd00:50::3", "{subnet}");
+
+    let c1 = Netns::new("u6r1");
+    let c2 = Netns::new("u6r2");
+    let ip1 = r1.attach(&c1, &["--subnet", "overlay"]);
+    let ip2 = r2.attach(&c2, &["--subnet", "overlay", "--kind", "veth"]);
+    assert!(
+        ip1.starts_with("10.1.") && ip2.starts_with("10.2."),
+        "{ip1} {ip2}"
+    );
+    for c in [&c1, &c2] {
+        assert_mtu(c, 1430);
+    }
+    assert!(
+        c1.ping_until("10.0.0.1", Duration::from_secs(10)),
+        "a runner-1 container cannot reach the hub node at 10.0.0.1\nrunner log:\n{}\nhub log:\n{}",
+        tail(&r1.log_text(), 30),
+        tail(&hub.log_text(), 30)
+    );
+    assert!(
+        c1.ping_until(&ip2, Duration::from_secs(10)),
+        "runner-1 container {ip1} cannot reach runner-2 container {ip2}\nhub log:\n{}",
+        tail(&hub.log_text(), 30)
+    );
+    c1.ping_ok(&ip2, 3);
+    c2.ping_ok(&ip1, 3);
+    c2.ping_ok("10.0.0.1", 3);
+    // Full-size packets with DF through two tunnels and the hub.
+    let out = c1.exec(&["ping", "-c", "2", "-M", "do", "-s", "1402", "-W", "2", &ip2]);
+    assert!(
+        out.status.success(),
+        "1430-byte packets with DF must cross: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let cross = iperf3_tcp(&c2, &c1, &ip2, 2);
+    let to_hub = iperf3_tcp(hub_ns, &c2, "10.0.0.1", 2);
+    eprintln!(
+        "hub and spoke over an IPv6 underlay, iperf3 Gbit/s: cross-runner {cross:.2}, container->hub {to_hub:.2}"
+    );
+    assert!(cross > 0.0 && to_hub > 0.0);
+    print_drops(&hub, "hub");
+    print_drops(&r1, "runner-1");
+}

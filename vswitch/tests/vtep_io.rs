@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{Netns, require, run, unique};
@@ -86,7 +86,7 @@ impl Underlay {
 
     /// The VTEP on 192.168.77.1:4789 in A.
     fn open_vtep(&self, queues: usize) -> Vtep {
-        let local = SocketAddrV4::new(ADDRESS_A, VXLAN_PORT);
+        let local = SocketAddr::new(ADDRESS_A.into(), VXLAN_PORT);
         let io = Underlay::inside(&self.a, || vtep::open(local, queues))
             .unwrap_or_else(|e| panic!("cannot open the VTEP on {local} in {}: {e}", self.a.name));
         assert_eq!(io.local, local);
@@ -105,8 +105,8 @@ fn with_queue<T>(io: &Vtep, index: usize, f: impl FnOnce(&mut VtepQueue) -> T) -
 fn receive_until(
     io: &Vtep,
     within: Duration,
-    mut done: impl FnMut(&[Vec<(Vec<u8>, SocketAddrV4)>]) -> bool,
-) -> Vec<Vec<(Vec<u8>, SocketAddrV4)>> {
+    mut done: impl FnMut(&[Vec<(Vec<u8>, SocketAddr)>]) -> bool,
+) -> Vec<Vec<(Vec<u8>, SocketAddr)>> {
     let mut seen = vec![Vec::new(); io.queues.len()];
     let mut batch = RxBatch::new(64);
     let deadline = Instant::now() + within;
@@ -141,7 +141,7 @@ fn receives_kernel_udp_datagrams_on_every_queue() {
     let io = underlay.open_vtep(2);
     for index in 0..2 {
         let local = with_queue(&io, index, |q| q.local());
-        assert_eq!(local, SocketAddrV4::new(ADDRESS_A, VXLAN_PORT));
+        assert_eq!(local, SocketAddr::new(ADDRESS_A.into(), VXLAN_PORT));
     }
 
     // One datagram from a plain kernel UDP socket in B.
@@ -163,12 +163,9 @@ fn receives_kernel_udp_datagrams_on_every_queue() {
         frame, &expected,
         "[RX_PAD zero bytes][VXLAN header][inner frame]"
     );
-    let sender_address = match sender.local_addr().expect("local address") {
-        std::net::SocketAddr::V4(v4) => v4,
-        other => panic!("IPv6 sender {other}"),
-    };
+    let sender_address = sender.local_addr().expect("local address");
     assert_eq!(*peer, sender_address, "the peer is the sending socket in B");
-    assert_eq!(*peer.ip(), ADDRESS_B);
+    assert_eq!(peer.ip(), IpAddr::V4(ADDRESS_B));
 
     // 32 flows (32 source ports): SO_REUSEPORT spreads them over both queues. All 32 on one
     // queue has a probability of 2^-31 with a fair hash.
@@ -208,7 +205,7 @@ fn receives_kernel_udp_datagrams_on_every_queue() {
 fn open_errors_name_the_address_and_the_fix() {
     let underlay = Underlay::new();
     let _io = underlay.open_vtep(1);
-    let busy = SocketAddrV4::new(ADDRESS_A, VXLAN_PORT);
+    let busy = SocketAddr::new(ADDRESS_A.into(), VXLAN_PORT);
     let error = Underlay::inside(&underlay.a, || vtep::open(busy, 1))
         .expect_err("the port is taken by the first VTEP");
     assert!(
@@ -217,7 +214,7 @@ fn open_errors_name_the_address_and_the_fix() {
         ),
         "{error}"
     );
-    let absent = SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 99), VXLAN_PORT);
+    let absent = SocketAddr::new(Ipv4Addr::new(192, 168, 77, 99).into(), VXLAN_PORT);
     let error = Underlay::inside(&underlay.a, || vtep::open(absent, 1))
         .expect_err("192.168.77.99 is nobody's address");
     assert!(
@@ -403,7 +400,7 @@ fn interop_with_the_kernel_vxlan_device() {
     while reply.is_none() && Instant::now() < deadline {
         // Resend every half second: the first one may wait for ARP on either side.
         with_queue(&io, 0, |q| {
-            q.send_encap(&request, vni, ADDRESS_B, &config)?;
+            q.send_encap(&request, vni, ADDRESS_B.into(), &config)?;
             q.flush()
         })
         .expect("send_encap + flush");
@@ -433,7 +430,11 @@ fn interop_with_the_kernel_vxlan_device() {
     });
     let decap = decapsulate(&frame[RX_PAD..]).expect("valid VXLAN");
     assert_eq!(decap.vni, vni, "the kernel answers on VNI 42");
-    assert_eq!(*peer.ip(), ADDRESS_B, "the reply comes from B's VTEP");
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V4(ADDRESS_B),
+        "the reply comes from B's VTEP"
+    );
     assert!(
         (32768..=60999).contains(&peer.port()),
         "the kernel's outer source port {} is in its default range",
@@ -474,7 +475,7 @@ fn interop_with_the_kernel_vxlan_device() {
     assert_eq!(with_queue(&io, 0, |q| q.send_errors()), 0);
 
     // B's UDP port 4789 belongs to the kernel's vx0: a VTEP there is refused, and says why.
-    let taken = SocketAddrV4::new(ADDRESS_B, VXLAN_PORT);
+    let taken = SocketAddr::new(ADDRESS_B.into(), VXLAN_PORT);
     let error = Underlay::inside(&underlay.b, || vtep::open(taken, 1))
         .expect_err("vx0 holds UDP 4789 in B");
     assert!(
@@ -612,7 +613,7 @@ fn gso_super_frame_reaches_the_kernel_vxlan_peer_as_segments() {
         && Instant::now() < deadline
     {
         let sent = with_queue(&io, 0, |q| {
-            q.send_encap_gso(&frame, &mut segmenter, vni, ADDRESS_B, &config)
+            q.send_encap_gso(&frame, &mut segmenter, vni, ADDRESS_B.into(), &config)
         })
         .expect("send_encap_gso");
         assert_eq!((sent.segments, sent.failed), (count, 0), "{sent:?}");
@@ -657,7 +658,7 @@ fn gso_super_frame_reaches_the_kernel_vxlan_peer_as_segments() {
         "off",
     ]);
     let sent = with_queue(&io, 0, |q| {
-        q.send_encap_gso(&frame, &mut segmenter, vni, ADDRESS_B, &config)
+        q.send_encap_gso(&frame, &mut segmenter, vni, ADDRESS_B.into(), &config)
     })
     .expect("send_encap_gso");
     assert_eq!((sent.segments, sent.failed), (count, 0), "{sent:?}");
@@ -743,11 +744,11 @@ fn udp_gro_splits_what_a_kernel_udp_segment_sender_sends() {
         send_buffer: None,
     };
     let sender = Underlay::inside(&underlay.b, || {
-        SendSocket::bind_sender(SocketAddrV4::new(ADDRESS_B, 0), options)
+        SendSocket::bind_sender(SocketAddr::new(ADDRESS_B.into(), 0), options)
     })
     .expect("UDP socket in B");
     let from = sender.local_addr().expect("local address");
-    let to = SocketAddrV4::new(ADDRESS_A, VXLAN_PORT);
+    let to = SocketAddr::new(ADDRESS_A.into(), VXLAN_PORT);
     // Three UDP_SEGMENT sends: 40 datagrams of 1000 bytes (the last 500), 30 of 1400, and a
     // single datagram; then a burst of 100 single datagrams from a plain socket.
     let runs = [
@@ -755,7 +756,7 @@ fn udp_gro_splits_what_a_kernel_udp_segment_sender_sends() {
         vxlan_run(30, 1400, 1400, 50),
         vxlan_run(1, 300, 300, 90),
     ];
-    let mut expected: Vec<(Vec<u8>, SocketAddrV4)> = Vec::new();
+    let mut expected: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     // The first send may wait for ARP: its datagrams are queued, not lost.
     for run in &runs {
         let payload = run.concat();
@@ -770,10 +771,7 @@ fn udp_gro_splits_what_a_kernel_udp_segment_sender_sends() {
     }
     let plain =
         Underlay::inside(&underlay.b, || UdpSocket::bind((ADDRESS_B, 0))).expect("UDP socket in B");
-    let plain_from = match plain.local_addr().expect("local address") {
-        std::net::SocketAddr::V4(v4) => v4,
-        other => panic!("IPv6 sender {other}"),
-    };
+    let plain_from = plain.local_addr().expect("local address");
     for (tag, datagram) in vxlan_run(100, 120, 120, 7).into_iter().enumerate() {
         let mut datagram = datagram;
         datagram[8] = u8::try_from(tag).expect("below 100");
@@ -784,7 +782,7 @@ fn udp_gro_splits_what_a_kernel_udp_segment_sender_sends() {
     let seen = receive_until(&io, Duration::from_secs(10), |seen| {
         seen.iter().map(Vec::len).sum::<usize>() >= expected.len()
     });
-    let got: Vec<(Vec<u8>, SocketAddrV4)> = seen
+    let got: Vec<(Vec<u8>, SocketAddr)> = seen
         .into_iter()
         .flatten()
         .map(|(frame, peer)| {

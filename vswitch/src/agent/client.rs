@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,13 +70,13 @@ impl std::error::Error for HubCallError {}
 /// Talks to one hub.
 #[derive(Clone)]
 pub struct HubClient {
-    address: SocketAddrV4,
+    address: SocketAddr,
     token: String,
     timeout: Duration,
     /// The TLS connector and the name asked of the hub; `None` for plain HTTP.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The address connections are made from (the runner's `localAddress`).
-    source: Option<Ipv4Addr>,
+    source: Option<IpAddr>,
 }
 
 impl fmt::Debug for HubClient {
@@ -95,9 +95,9 @@ impl HubClient {
     /// A plain-HTTP client of the hub API at `address:port`, authenticating with `token`;
     /// each exchange must complete within [`HUB_TIMEOUT`]. [`HubClient::with_tls`] makes it
     /// speak TLS.
-    pub fn new(address: Ipv4Addr, port: u16, token: &str) -> HubClient {
+    pub fn new(address: IpAddr, port: u16, token: &str) -> HubClient {
         HubClient {
-            address: SocketAddrV4::new(address, port),
+            address: SocketAddr::new(address, port),
             token: token.to_owned(),
             timeout: HUB_TIMEOUT,
             tls: None,
@@ -117,7 +117,7 @@ impl HubClient {
 
     /// The same client connecting from `source` (the runner's `localAddress`: the address
     /// the hub knows it by, and serves from the runners' pool of connections).
-    pub fn with_source(mut self, source: Ipv4Addr) -> HubClient {
+    pub fn with_source(mut self, source: IpAddr) -> HubClient {
         self.source = Some(source);
         self
     }
@@ -134,7 +134,7 @@ impl HubClient {
     }
 
     /// The hub API's address.
-    pub fn address(&self) -> SocketAddrV4 {
+    pub fn address(&self) -> SocketAddr {
         self.address
     }
 
@@ -213,17 +213,20 @@ impl HubClient {
         let unreachable = |error: io::Error| HubCallError::Unreachable(error.to_string());
         let stream = match self.source {
             Some(source) => {
-                let socket = TcpSocket::new_v4().map_err(unreachable)?;
-                socket
-                    .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
-                    .map_err(|error| {
-                        HubCallError::Unreachable(format!(
-                            "cannot connect from localAddress {source}: {error}"
-                        ))
-                    })?;
-                socket.connect(SocketAddr::V4(self.address)).await
+                let socket = if source.is_ipv6() {
+                    TcpSocket::new_v6()
+                } else {
+                    TcpSocket::new_v4()
+                }
+                .map_err(unreachable)?;
+                socket.bind(SocketAddr::new(source, 0)).map_err(|error| {
+                    HubCallError::Unreachable(format!(
+                        "cannot connect from localAddress {source}: {error}"
+                    ))
+                })?;
+                socket.connect(self.address).await
             }
-            None => TcpStream::connect(SocketAddr::V4(self.address)).await,
+            None => TcpStream::connect(self.address).await,
         }
         .map_err(unreachable)?;
         // Heartbeats are small and latency matters more than batching.
@@ -332,6 +335,7 @@ fn quote(text: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn error_messages_come_from_the_hub_body() {
@@ -352,7 +356,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_token() {
-        let client = HubClient::new(Ipv4Addr::new(192, 168, 50, 1), 4799, "s3cret-token");
+        let client = HubClient::new(Ipv4Addr::new(192, 168, 50, 1).into(), 4799, "s3cret-token");
         let text = format!("{client:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("192.168.50.1:4799"), "{text}");
@@ -390,7 +394,7 @@ mod tests {
     #[test]
     fn heartbeat_sends_the_token_and_reads_the_id() {
         let (port, server) = serve_once(answer("200 OK", r#"{"id":7}"#));
-        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let client = HubClient::new(Ipv4Addr::LOCALHOST.into(), port, "tok");
         let id = runtime()
             .block_on(client.heartbeat("runner-a"))
             .expect("heartbeat answered");
@@ -418,7 +422,7 @@ mod tests {
             "400 Bad Request",
             r#"{"error":{"message":"mtu differs: hub 1450, runner 1400","field":null}}"#,
         ));
-        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let client = HubClient::new(Ipv4Addr::LOCALHOST.into(), port, "tok");
         let request = vxlan::RegistrationRequest {
             name: "runner-a".into(),
             local_address: Ipv4Addr::new(192, 168, 50, 2).into(),
@@ -443,7 +447,7 @@ mod tests {
     #[test]
     fn a_body_that_is_not_the_answer_is_a_bad_answer() {
         let (port, server) = serve_once(answer("200 OK", r#"{"id":"x"}"#));
-        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let client = HubClient::new(Ipv4Addr::LOCALHOST.into(), port, "tok");
         let error = runtime()
             .block_on(client.heartbeat("a"))
             .expect_err("bad answer");
@@ -459,7 +463,7 @@ mod tests {
             .local_addr()
             .expect("local address")
             .port();
-        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok");
+        let client = HubClient::new(Ipv4Addr::LOCALHOST.into(), port, "tok");
         let error = runtime()
             .block_on(client.heartbeat("a"))
             .expect_err("nothing listens");
@@ -473,7 +477,7 @@ mod tests {
     fn a_silent_hub_times_out() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = listener.local_addr().expect("local address").port();
-        let client = HubClient::new(Ipv4Addr::LOCALHOST, port, "tok")
+        let client = HubClient::new(Ipv4Addr::LOCALHOST.into(), port, "tok")
             .with_timeout(Duration::from_millis(200));
         // The kernel completes the handshake (backlog) but nobody ever answers.
         let error = runtime()

@@ -7,7 +7,7 @@
 //! later): binding is retried with backoff, and the failure logged once per distinct error.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +30,14 @@ const LISTEN_BACKLOG: u32 = 128;
 ///
 /// # Errors
 /// The socket, bind or listen error (e.g. the address is not on this node).
-pub fn bind(address: SocketAddrV4) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
     socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::V4(address))?;
+    socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
 }
 
@@ -48,7 +52,7 @@ pub const PLAINTEXT_WARNING: &str = "the registration API is plain HTTP (spec.tl
 /// Why TLS cannot be set up (an unreadable file, say); also reported in the status.
 async fn tls_config(
     controller: &Arc<Controller>,
-    address: SocketAddrV4,
+    address: SocketAddr,
     tls: HubTlsConfig,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     let identity = tokio::task::spawn_blocking(move || match tls {
@@ -57,7 +61,7 @@ async fn tls_config(
             crate::tls::hub_identity_from_files(&certificate, &key).map(Some)
         }
         HubTlsConfig::Generated { directory } => {
-            crate::tls::hub_identity_generated(&directory, IpAddr::V4(*address.ip())).map(Some)
+            crate::tls::hub_identity_generated(&directory, address.ip()).map(Some)
         }
     })
     .await
@@ -93,7 +97,7 @@ async fn tls_config(
 /// Runs the hub agent until `stop` says so.
 pub(super) async fn run(
     controller: Arc<Controller>,
-    address: SocketAddrV4,
+    address: SocketAddr,
     token: String,
     tls: HubTlsConfig,
     mut stop: watch::Receiver<bool>,
@@ -195,11 +199,11 @@ mod tests {
             .expect("runtime");
         // TEST-NET-3 (RFC 5737): never configured on a test machine.
         let error = runtime
-            .block_on(async { bind(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 77), 0)) })
+            .block_on(async { bind(SocketAddr::new(Ipv4Addr::new(203, 0, 113, 77).into(), 0)) })
             .expect_err("address not on this node");
         assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable, "{error}");
         let listener = runtime
-            .block_on(async { bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)) })
+            .block_on(async { bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)) })
             .expect("loopback binds");
         assert!(listener.local_addr().expect("address").port() > 0);
     }

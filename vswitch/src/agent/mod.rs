@@ -146,7 +146,7 @@ fn start(controller: &Arc<Controller>, config: &OverlayAgentConfig) -> Option<Ta
                 );
                 return None;
             };
-            let address = std::net::SocketAddrV4::new(config.local_address, config.api_port);
+            let address = std::net::SocketAddr::new(config.local_address, config.api_port);
             tracing::info!(overlay = %config.name, %address, "starting the hub agent");
             let controller = Arc::clone(controller);
             let tls = config.hub_tls.clone();
@@ -399,7 +399,7 @@ mod tests {
             let hub_address = std::net::Ipv4Addr::new(192, 168, 77, 1);
             let (tls, name) =
                 crate::tls::client_config(&trust, hub_address.into()).expect("client config");
-            let error = HubClient::new(hub_address, 4799, TOKEN)
+            let error = HubClient::new(hub_address.into(), 4799, TOKEN)
                 .with_tls(tls, name)
                 .register(&newcomer)
                 .await

@@ -16,7 +16,7 @@
 //! keeps attaching containers; registering again gives the same name the same ID.
 //! Each state change is logged once, not each retry.
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ impl RunnerSettings {
         let client = match trust {
             None => client,
             Some(trust) => {
-                let (tls, name) = crate::tls::client_config(&trust, IpAddr::V4(hub.address))
+                let (tls, name) = crate::tls::client_config(&trust, hub.address)
                     .map_err(|error| format!("spec.hub.tls: {error}"))?;
                 client.with_tls(tls, name)
             }
@@ -90,7 +90,7 @@ impl RunnerSettings {
         Ok(RunnerSettings {
             request: vxlan::RegistrationRequest {
                 name: config.name.clone(),
-                local_address: IpAddr::V4(config.local_address),
+                local_address: config.local_address,
                 vni_base: config.vni_base,
                 port: config.port,
                 mtu: config.mtu,
@@ -108,7 +108,7 @@ pub enum Trouble {
     /// Registration or heartbeat got no answer, or one that could not be used.
     Call {
         /// The hub API's address.
-        hub: SocketAddrV4,
+        hub: SocketAddr,
         /// What the call did (`registration`, `heartbeat`).
         call: &'static str,
         /// Why it failed.
@@ -195,7 +195,7 @@ impl Reporter {
         true
     }
 
-    async fn registering(&mut self, hub: SocketAddrV4) {
+    async fn registering(&mut self, hub: SocketAddr) {
         if self.log_once("registering".into()) {
             tracing::info!(%hub, "registering with the hub");
         }
@@ -330,8 +330,8 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn hub() -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 1), 4799)
+    fn hub() -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::new(192, 168, 50, 1).into(), 4799)
     }
 
     fn call(call: &'static str, error: HubCallError) -> Trouble {
@@ -454,13 +454,13 @@ mod tests {
             generation: 1,
             name: "runner-a".into(),
             role: crate::control::resource::OverlayRole::Runner,
-            local_address: Ipv4Addr::new(192, 168, 50, 2),
+            local_address: Ipv4Addr::new(192, 168, 50, 2).into(),
             port: 4789,
             vni_base: 100,
             mtu: 1450,
             remote_checksum_offload: false,
             hub: Some(crate::control::resource::HubRef {
-                address: Ipv4Addr::new(192, 168, 50, 1),
+                address: Ipv4Addr::new(192, 168, 50, 1).into(),
                 api_port: 4799,
                 token: "t".into(),
                 tls: Some(HubClientTls {
@@ -482,7 +482,7 @@ mod tests {
             settings.request,
             vxlan::RegistrationRequest {
                 name: "runner-a".into(),
-                local_address: IpAddr::V4(Ipv4Addr::new(192, 168, 50, 2)),
+                local_address: Ipv4Addr::new(192, 168, 50, 2).into(),
                 vni_base: 100,
                 port: 4789,
                 mtu: 1450,

@@ -1568,8 +1568,12 @@ mod tests {
     }
 
     fn client_of(hub: &Hub) -> crate::agent::HubClient {
-        crate::agent::HubClient::new(std::net::Ipv4Addr::LOCALHOST, hub.address.port(), TOKEN)
-            .with_timeout(BOUND)
+        crate::agent::HubClient::new(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            hub.address.port(),
+            TOKEN,
+        )
+        .with_timeout(BOUND)
     }
 
     fn pinned(fingerprint: crate::tls::Fingerprint) -> crate::tls::HubTrust {

@@ -18,7 +18,7 @@
 //! - mesh: nothing; the user's Subnets with a `vni` are stretched over `peers`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -66,7 +66,7 @@ pub fn is_owned(metadata: &Metadata) -> bool {
 /// so that what is routed into it fits the underlay once encapsulated.
 pub fn subnet_mtu(state: &State, subnet: &Subnet) -> u16 {
     match (subnet.spec.vni, state.overlays.values().next()) {
-        (Some(_), Some(overlay)) => subnet.spec.mtu.min(overlay.spec.mtu),
+        (Some(_), Some(overlay)) => subnet.spec.mtu.min(overlay.spec.mtu()),
         _ => subnet.spec.mtu,
     }
 }
@@ -76,7 +76,7 @@ pub fn subnet_mtu(state: &State, subnet: &Subnet) -> u16 {
 pub fn interface_mtu(state: &State, nic: &NetworkInterface, subnet: &Subnet) -> u16 {
     let mtu = nic.effective_mtu(&subnet.spec);
     match (subnet.spec.vni, state.overlays.values().next()) {
-        (Some(_), Some(overlay)) => mtu.min(overlay.spec.mtu),
+        (Some(_), Some(overlay)) => mtu.min(overlay.spec.mtu()),
         _ => mtu,
     }
 }
@@ -115,24 +115,28 @@ pub fn settings(overlay: &Overlay) -> vxlan::OverlaySettings {
     vxlan::OverlaySettings {
         vni_base: overlay.spec.vni_base,
         port: overlay.spec.port,
-        mtu: overlay.spec.mtu,
+        mtu: overlay.spec.mtu(),
         remote_checksum_offload: overlay.spec.remote_checksum_offload,
     }
 }
 
-/// Checks an address other nodes must reach: not loopback, unspecified, multicast or
-/// broadcast.
+/// Checks an address other nodes must reach: not loopback, unspecified, multicast,
+/// broadcast, IPv6 link-local (it needs an interface beside it) or IPv4-mapped.
 pub(crate) fn check_reachable(
     origin: &Origin,
     field: &str,
-    address: Ipv4Addr,
+    address: IpAddr,
 ) -> Result<(), ApiError> {
     let why = if address.is_loopback() {
         Some("is a loopback address")
     } else if address.is_unspecified() {
         Some("is unspecified")
-    } else if address.is_multicast() || address.is_broadcast() {
+    } else if address.is_multicast() || address == IpAddr::V4(Ipv4Addr::BROADCAST) {
         Some("is not a unicast address")
+    } else if matches!(address, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+        Some("is an IPv6 link-local address (it names no interface)")
+    } else if matches!(address, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
+        Some("is an IPv4-mapped IPv6 address (write the IPv4 address)")
     } else {
         None
     };
@@ -145,6 +149,32 @@ pub(crate) fn check_reachable(
         )),
         None => Ok(()),
     }
+}
+
+/// Checks that `address` (a remote VTEP, hub or runner) is of the underlay's family: that
+/// of the Overlay's `localAddress`, `local`. The VTEP's sockets are of one family.
+pub(crate) fn check_family(
+    origin: &Origin,
+    field: &str,
+    address: IpAddr,
+    local: IpAddr,
+) -> Result<(), ApiError> {
+    if address.is_ipv6() == local.is_ipv6() {
+        return Ok(());
+    }
+    let family = |address: IpAddr| if address.is_ipv6() { "IPv6" } else { "IPv4" };
+    Err(origin.invalid(
+        field,
+        format!(
+            "{address} is an {} address, but the Overlay's localAddress {local} is {}: the \
+             underlay is of one family (give this node's {} address as localAddress, or the \
+             other node's {} address here)",
+            family(address),
+            family(local),
+            family(address),
+            family(local),
+        ),
+    ))
 }
 
 fn metadata(name: &str, owner: &str) -> Metadata {
@@ -174,7 +204,7 @@ fn subnet(
     gateway: Ipv4Addr,
     mtu: u16,
     vni: Option<u32>,
-    remote_vteps: Vec<Ipv4Addr>,
+    remote_vteps: Vec<IpAddr>,
     reserved: Vec<Ipv4Addr>,
 ) -> Resource {
     Resource::Subnet(Subnet {
@@ -204,7 +234,7 @@ fn subnet(
 }
 
 /// The Subnet, Network and Route a runner generates from the hub's `plan`.
-fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: Ipv4Addr) -> Vec<Resource> {
+fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: IpAddr) -> Vec<Resource> {
     let owner = overlay.owner_label();
     vec![
         network(&owner),
@@ -213,7 +243,7 @@ fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: Ipv4Addr) -> Vec<
             &owner,
             plan.subnet,
             plan.gateway,
-            overlay.spec.mtu,
+            overlay.spec.mtu(),
             Some(u32::from(plan.vni)),
             vec![hub],
             vec![plan.hub_address],
@@ -249,7 +279,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             &owner,
             host_cidr,
             host_gateway,
-            spec.mtu,
+            spec.mtu(),
             None,
             Vec::new(),
             Vec::new(),
@@ -287,9 +317,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
         }),
     ];
     for runner in pool.into_iter().flat_map(vxlan::RunnerPool::runners) {
-        let std::net::IpAddr::V4(address) = runner.address else {
-            continue;
-        };
+        let address = runner.address;
         let Ok(runner_plan) = plan.runner(runner.id, spec.vni_base) else {
             continue;
         };
@@ -298,7 +326,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             &owner,
             runner_plan.subnet,
             runner_plan.hub_address,
-            spec.mtu,
+            spec.mtu(),
             Some(u32::from(runner_plan.vni)),
             vec![address],
             vec![runner_plan.gateway],
@@ -376,9 +404,9 @@ pub struct MeshView {
     /// The Overlay's name.
     pub name: String,
     /// This node's VTEP address.
-    pub local_address: Ipv4Addr,
+    pub local_address: IpAddr,
     /// The other nodes' VTEP addresses.
-    pub peers: Vec<Ipv4Addr>,
+    pub peers: Vec<IpAddr>,
     /// The Overlay's state.
     pub state: OverlayState,
     /// Why, when not up.
@@ -392,7 +420,7 @@ pub struct HubView {
     /// The Overlay's name.
     pub name: String,
     /// This node's VTEP (and registration API) address.
-    pub local_address: Ipv4Addr,
+    pub local_address: IpAddr,
     /// The hub's address in the overlay, with the overlay's prefix length.
     pub hub_address: Ipv4Net,
     /// The Overlay's state.
@@ -468,7 +496,7 @@ pub struct RunnerView {
     /// The Overlay's name (the runner's name at the hub).
     pub name: String,
     /// This node's VTEP address.
-    pub local_address: Ipv4Addr,
+    pub local_address: IpAddr,
     /// The runner ID the hub gave (`None` until it registered).
     pub id: Option<u8>,
     /// Its VNI.
@@ -478,7 +506,7 @@ pub struct RunnerView {
     /// The subnet's gateway.
     pub gateway: Option<Ipv4Addr>,
     /// The hub's registration API.
-    pub hub: Option<SocketAddrV4>,
+    pub hub: Option<SocketAddr>,
     /// How it trusts the hub's registration API.
     #[serde(default)]
     pub tls: Option<RunnerTls>,

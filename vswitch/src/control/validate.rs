@@ -1028,6 +1028,10 @@ mod tests {
                     "bad-overlay-loopback.yaml" => {
                         &["spec.localAddress", "the address the other nodes reach"]
                     }
+                    "bad-overlay-family.yaml" => &[
+                        "spec.peers[1]",
+                        "192.168.51.3 is an IPv4 address, but the Overlay's localAddress fd00:51::1 is IPv6",
+                    ],
                     "bad-network-policy.yaml" => &[
                         "3 problems",
                         "spec.ingress[0].from[0].ipBlock.except[0]",

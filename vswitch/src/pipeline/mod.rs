@@ -83,7 +83,7 @@ pub mod vxlan_encap;
 pub mod vxlan_input;
 
 use core::fmt;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::port::PortId;
 use crate::tables::counters::EventTally;
@@ -651,7 +651,7 @@ pub fn input(
     ctx: &Context<'_>,
     ingress: Ingress<'_>,
     frame: &mut [u8],
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     tag: u32,
     local: &mut Local,
 ) -> Outcome {

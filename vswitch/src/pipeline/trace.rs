@@ -565,7 +565,7 @@ mod tests {
         let vni = vxlan::Vni::new(BLUE_VNI).unwrap();
         bench
             .remote_fdb
-            .learn(vni, remote_mac, OTHER_VTEP.into(), 5);
+            .learn(vni, remote_mac, OTHER_VTEP, 5);
         let blue = bench.snapshot.subnet(BLUE).unwrap();
         bench.fdb.learn(blue, remote_mac, TUNNEL, 5);
         let record = traced(&bench, 1, &bench.frame_from(1, remote_mac));

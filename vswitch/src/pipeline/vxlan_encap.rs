@@ -24,7 +24,7 @@
 //! the stage is tested without sockets). Nothing allocates per packet.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ::vxlan::{Vni, VxlanEncapConfig, VxlanSharedFdb};
 
@@ -63,7 +63,7 @@ pub trait Encapsulate {
         &mut self,
         inner: &[u8],
         vni: Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &VxlanEncapConfig,
     ) -> io::Result<()>;
 
@@ -77,7 +77,7 @@ pub trait Encapsulate {
         frame: &[u8],
         segmenter: &mut Segmenter,
         vni: Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &VxlanEncapConfig,
     ) -> Result<GsoSent, GsoError>;
 }
@@ -88,7 +88,7 @@ impl Encapsulate for VtepQueue {
         &mut self,
         inner: &[u8],
         vni: Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &VxlanEncapConfig,
     ) -> io::Result<()> {
         self.send_encap(inner, vni, remote, config)
@@ -100,7 +100,7 @@ impl Encapsulate for VtepQueue {
         frame: &[u8],
         segmenter: &mut Segmenter,
         vni: Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &VxlanEncapConfig,
     ) -> Result<GsoSent, GsoError> {
         self.send_encap_gso(frame, segmenter, vni, remote, config)
@@ -141,16 +141,13 @@ pub struct Sent {
 /// The remote VTEP learned for unicast `dst` in the tunnel's VNI; `None` for a group or
 /// unknown address, which goes to every remote VTEP (head-end replication).
 #[inline]
-pub fn learned_remote(tx: &TunnelTx<'_>, dst: [u8; 6]) -> Option<Ipv4Addr> {
+pub fn learned_remote(tx: &TunnelTx<'_>, dst: [u8; 6]) -> Option<IpAddr> {
     if dst[0] & 1 != 0 {
         return None;
     }
     tx.remote_fdb
         .lookup(tx.tunnel.vni, dst, tx.now_ms)
-        .and_then(|vtep| match vtep.ip {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            std::net::IpAddr::V6(_) => None,
-        })
+        .map(|vtep| vtep.ip)
 }
 
 /// Sends `frame` (`virtio_net_hdr` + Ethernet, forwarded to the tunnel of `tx`) into the
@@ -173,7 +170,7 @@ pub fn send(
     let vni = tx.tunnel.vni;
     let learned = learned_remote(tx, dst);
     let single;
-    let targets: &[Ipv4Addr] = match learned {
+    let targets: &[IpAddr] = match learned {
         Some(ip) => {
             single = [ip];
             &single
@@ -251,9 +248,9 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         /// Single packets: remote, VNI, inner frame.
-        packets: Vec<(Ipv4Addr, Vni, Vec<u8>)>,
+        packets: Vec<(IpAddr, Vni, Vec<u8>)>,
         /// Super-frames: remote, segments.
-        super_frames: Vec<(Ipv4Addr, usize)>,
+        super_frames: Vec<(IpAddr, usize)>,
         refuse: bool,
     }
 
@@ -262,7 +259,7 @@ mod tests {
             &mut self,
             inner: &[u8],
             vni: Vni,
-            remote: Ipv4Addr,
+            remote: IpAddr,
             _: &VxlanEncapConfig,
         ) -> io::Result<()> {
             if self.refuse {
@@ -277,7 +274,7 @@ mod tests {
             frame: &[u8],
             segmenter: &mut Segmenter,
             _: Vni,
-            remote: Ipv4Addr,
+            remote: IpAddr,
             _: &VxlanEncapConfig,
         ) -> Result<GsoSent, GsoError> {
             let mut sent = GsoSent::default();
@@ -324,7 +321,7 @@ mod tests {
             let sent = send_into(&bench, &mut frame, &mut queue);
             assert_eq!((sent.packets, sent.bytes), (2, 2 * (14 + 100)));
             assert_eq!((sent.dropped, sent.refused), (None, 0));
-            let remotes: Vec<Ipv4Addr> = queue.packets.iter().map(|p| p.0).collect();
+            let remotes: Vec<IpAddr> = queue.packets.iter().map(|p| p.0).collect();
             assert_eq!(
                 remotes,
                 vec![REMOTE_VTEP, OTHER_VTEP],
@@ -336,7 +333,7 @@ mod tests {
         // Once learned behind one VTEP, unicast goes there only; broadcast still everywhere.
         bench
             .remote_fdb
-            .learn(vni, REMOTE_MAC, OTHER_VTEP.into(), 5);
+            .learn(vni, REMOTE_MAC, OTHER_VTEP, 5);
         let mut queue = Recorder::default();
         let sent = send_into(
             &bench,

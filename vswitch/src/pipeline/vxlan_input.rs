@@ -26,7 +26,7 @@
 //! the shared tables (the remote FDB among them), the frame, its peer and the worker's
 //! [`Local`] state; it does no I/O.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use vxlan::VxlanDecapError;
 
@@ -72,7 +72,7 @@ pub fn receive(
     ctx: &Context<'_>,
     vtep: &VtepEntry,
     frame: &mut [u8],
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     local: &mut Local,
 ) -> Outcome {
     let tunnel = match decap(ctx.snapshot, vtep, frame) {
@@ -130,7 +130,7 @@ pub fn learn_remote(
     remote_fdb: &vxlan::VxlanSharedFdb,
     tunnel: &PortEntry,
     frame: &[u8],
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     now: u64,
 ) {
     let Some(vni) = tunnel.tunnel().map(|t| t.vni) else {
@@ -145,7 +145,7 @@ pub fn learn_remote(
     if !vxlan::fdb::is_valid_unicast(src) {
         return;
     }
-    let remote = std::net::IpAddr::V4(*peer.ip());
+    let remote = peer.ip();
     if remote_fdb.refresh(vni, src, remote, now) {
         return;
     }
@@ -309,7 +309,7 @@ const ETHERNET_HEADER_LEN: usize = 14;
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddrV4;
+    use std::net::SocketAddr;
 
     use super::*;
     use crate::pipeline::fixtures::{
@@ -596,7 +596,7 @@ mod tests {
     fn receive_learns_the_remote_mac_and_runs_the_tunnel_stages() {
         let bench = Bench::with(overlay_snapshot());
         let vtep = bench.snapshot.vtep.clone().expect("the VTEP");
-        let peer = SocketAddrV4::new(REMOTE_VTEP, 40_000);
+        let peer = SocketAddr::new(REMOTE_VTEP, 40_000);
         let remote_mac = [0x02, 0xaa, 0, 0, 0, 1];
         let arp = with_src_mac(&ARP_REQUEST, remote_mac);
         let mut frame = datagram_with(0x08, BLUE_VNI, 0, &arp[VNET_HDR_LEN..]);
@@ -615,7 +615,7 @@ mod tests {
         let vni = vxlan::Vni::new(BLUE_VNI).expect("vni");
         assert_eq!(
             bench.remote_fdb.lookup(vni, remote_mac, 5).map(|v| v.ip),
-            Some(std::net::IpAddr::V4(REMOTE_VTEP)),
+            Some(REMOTE_VTEP),
             "learned behind the VTEP that sent it"
         );
         let blue = bench.snapshot.subnet(SubnetId(1)).expect("blue");

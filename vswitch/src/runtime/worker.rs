@@ -49,7 +49,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -997,7 +997,7 @@ impl Worker {
                         let datagram = frame.get(RX_PAD..).unwrap_or_default();
                         let head =
                             capture::outer_headers(self.batch.peer(i), vtep.local, datagram.len());
-                        capture.offer(self.index, &head[..capture::OUTER_LEN], datagram);
+                        capture.offer(self.index, head.outer(), datagram);
                     }
                     Ingress::Port(..) | Ingress::Uplink(..) => {
                         let ethernet = frame.get(VNET_HDR_LEN..).unwrap_or_default();
@@ -1359,7 +1359,7 @@ enum Target<'a> {
     Tunnel(
         &'a Mutex<VtepQueue>,
         vxlan_encap::TunnelTx<'a>,
-        (PortId, SocketAddrV4),
+        (PortId, SocketAddr),
     ),
 }
 
@@ -1412,7 +1412,7 @@ struct CapturingVtep<'q> {
     /// Captures on some port, among them the VTEP's transmit captures (empty while none is).
     taps: &'q [Arc<Capture>],
     vtep: PortId,
-    local: SocketAddrV4,
+    local: SocketAddr,
     worker: usize,
 }
 
@@ -1422,17 +1422,15 @@ impl CapturingVtep<'_> {
         &self,
         inner: &[u8],
         vni: ::vxlan::Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &::vxlan::VxlanEncapConfig,
     ) {
-        let src = SocketAddrV4::new(*self.local.ip(), ::vxlan::encap::source_port(inner, config));
-        let dst = SocketAddrV4::new(remote, self.local.port());
+        let src = SocketAddr::new(self.local.ip(), ::vxlan::encap::source_port(inner, config));
+        let dst = SocketAddr::new(remote, self.local.port());
         let mut head = capture::outer_headers(src, dst, ::vxlan::header::HEADER_LEN + inner.len());
-        ::vxlan::header::Repr { vni }.emit(&mut ::vxlan::header::Packet::new_unchecked(
-            &mut head[capture::OUTER_LEN..],
-        ));
+        let head = head.with_vxlan(vni);
         for tap in self.taps.iter().filter(|tap| tap.wants_tx(self.vtep)) {
-            tap.offer(self.worker, &head, inner);
+            tap.offer(self.worker, head, inner);
         }
     }
 }
@@ -1443,7 +1441,7 @@ impl Encapsulate for CapturingVtep<'_> {
         &mut self,
         inner: &[u8],
         vni: ::vxlan::Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &::vxlan::VxlanEncapConfig,
     ) -> io::Result<()> {
         self.queue.encap(inner, vni, remote, config)?;
@@ -1459,7 +1457,7 @@ impl Encapsulate for CapturingVtep<'_> {
         frame: &[u8],
         segmenter: &mut Segmenter,
         vni: ::vxlan::Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &::vxlan::VxlanEncapConfig,
     ) -> Result<GsoSent, GsoError> {
         let sent = self

@@ -8,7 +8,10 @@
 //! These types live here, at the bottom with the kernel interfaces, because the TAP and
 //! AF_PACKET queues read straight into an [`RxBatch`]; `port` re-exports them.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// The peer of a frame that came from no datagram: `0.0.0.0:0`.
+const NO_PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 use crate::wire::VNET_HDR_LEN;
 
@@ -41,7 +44,7 @@ pub struct RxBatch {
     lens: Vec<usize>,
     /// The sender of each frame, for queues that receive datagrams (the VTEP's UDP socket):
     /// the remote VTEP. Unspecified (`0.0.0.0:0`) for frames from ports.
-    peers: Vec<SocketAddrV4>,
+    peers: Vec<SocketAddr>,
     /// The 802.1Q tag the kernel took off each frame (AF_PACKET reports it beside the frame,
     /// never in it): `TPID << 16 | TCI`, 0 for an untagged frame.
     tags: Vec<u32>,
@@ -58,7 +61,7 @@ impl RxBatch {
                 .map(|_| vec![0u8; HEADROOM + MAX_FRAME_LEN].into_boxed_slice())
                 .collect(),
             lens: vec![0; capacity],
-            peers: vec![SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0); capacity],
+            peers: vec![NO_PEER; capacity],
             tags: vec![0; capacity],
             starts: vec![HEADROOM; capacity],
             count: 0,
@@ -108,7 +111,7 @@ impl RxBatch {
     pub fn commit(&mut self, len: usize) {
         assert!(self.count < self.bufs.len() && len <= MAX_FRAME_LEN);
         self.lens[self.count] = len;
-        self.peers[self.count] = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+        self.peers[self.count] = NO_PEER;
         self.tags[self.count] = 0;
         self.starts[self.count] = HEADROOM;
         self.count += 1;
@@ -187,7 +190,7 @@ impl RxBatch {
     ///
     /// # Panics
     /// As [`commit`](RxBatch::commit).
-    pub fn commit_from(&mut self, len: usize, peer: SocketAddrV4) {
+    pub fn commit_from(&mut self, len: usize, peer: SocketAddr) {
         self.commit(len);
         self.peers[self.count - 1] = peer;
     }
@@ -206,7 +209,7 @@ impl RxBatch {
     ///
     /// # Panics
     /// When `i >= len()`.
-    pub fn peer(&self, i: usize) -> SocketAddrV4 {
+    pub fn peer(&self, i: usize) -> SocketAddr {
         assert!(i < self.count);
         self.peers[i]
     }

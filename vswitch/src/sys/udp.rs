@@ -1,6 +1,7 @@
 //! The VTEP's sockets: a UDP socket per worker that receives VXLAN datagrams, UDP sockets
-//! that send them with `UDP_SEGMENT`, and a raw IPv4 socket per worker that sends packets
-//! whose IP header we built ourselves.
+//! that send them with `UDP_SEGMENT`, and a raw IP socket per worker that sends packets
+//! whose IP header we built ourselves. Every socket is of the family of the address it is
+//! opened for: `AF_INET` over an IPv4 underlay, `AF_INET6` over an IPv6 one.
 //!
 //! - [`UdpSocket::bind`]: `SOCK_DGRAM`, non-blocking, close-on-exec, `SO_REUSEPORT` (every
 //!   worker binds the same address and port and the kernel hashes flows across the group)
@@ -15,12 +16,15 @@
 //!   `shutdown(SHUT_RD)`: datagrams would still queue). [`UdpSocket::send_to`] sends many
 //!   datagrams in one `sendmsg` with a `UDP_SEGMENT` control message (udp(7)): the payload
 //!   is cut into datagrams of the given size, the last may be shorter.
-//! - [`RawIpv4Socket::open`]: `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)`. For `IPPROTO_RAW` the
+//! - [`RawIpSocket::open`]: `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)`. For `IPPROTO_RAW` the
 //!   kernel implies `IP_HDRINCL` (raw(7)): we hand it the whole IPv4 packet, so the outer UDP
 //!   source port can be hashed from the inner flow (a UDP socket would always send from its
 //!   bound port). The kernel fills in the IPv4 checksum (and the identification when zero),
 //!   routes by the destination address and resolves the next hop; it does not fragment:
-//!   a packet larger than the route's MTU fails with `EMSGSIZE`.
+//!   a packet larger than the route's MTU fails with `EMSGSIZE`. Over IPv6,
+//!   `socket(AF_INET6, SOCK_RAW, IPPROTO_RAW)` is the same (`inet6_create` sets `HDRINCL`
+//!   for `IPPROTO_RAW`, `rawv6_send_hdrinc` sends the packet as given, `ip6_local_out`
+//!   fills in the payload length); the destination's port must be 0 or the protocol.
 //! - [`Receiver`] and [`Sender`]: `recvmmsg`/`sendmmsg` of up to [`MAX_MESSAGES`] datagrams.
 //!   The receiver's address and control-message buffers are allocated once; the `mmsghdr`
 //!   and `iovec` arrays (and the sender's addresses) are built on the stack in each call, so
@@ -29,7 +33,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A socket operation of the VTEP that failed: which step, and the kernel's error.
@@ -81,12 +85,12 @@ fn set_buffer(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int, bytes: u32) 
     Ok(())
 }
 
-/// Creates an `AF_INET` socket of `kind` (non-blocking, close-on-exec).
-fn socket(kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+/// Creates a socket of `family` and `kind` (non-blocking, close-on-exec).
+fn socket(family: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket() has no memory-safety preconditions.
     let raw = unsafe {
         libc::socket(
-            libc::AF_INET,
+            family,
             kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             protocol,
         )
@@ -98,37 +102,98 @@ fn socket(kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// `address` as the kernel's `sockaddr_in` (port and address in network order).
-fn to_sockaddr(address: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
-        sin_port: address.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*address.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+/// The socket family of `address`.
+fn family_of(address: IpAddr) -> libc::c_int {
+    match address {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
     }
 }
 
-/// The address in a `sockaddr_in` the kernel filled in, when it is one (`len` bytes long,
-/// family `AF_INET`).
-fn from_sockaddr(address: &libc::sockaddr_in, len: libc::socklen_t) -> Option<SocketAddrV4> {
-    let full = usize::try_from(len).ok()? >= size_of::<libc::sockaddr_in>();
-    let inet = i32::from(address.sin_family) == libc::AF_INET;
-    (full && inet).then(|| {
-        SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)),
-            u16::from_be(address.sin_port),
-        )
-    })
+/// A socket address as the kernel takes and gives it: a `sockaddr_in6`, or a `sockaddr_in`
+/// laid over its first 16 bytes. The two share their first four bytes (family, port); the
+/// `sockaddr_in`'s address (network order) lies where `sin6_flowinfo` does, and its
+/// `sin_zero` in the first half of `sin6_addr`. So one type holds either, with no union and
+/// no cast, and [`RawAddress::len`] says how many bytes the kernel reads.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawAddress(libc::sockaddr_in6);
+
+impl RawAddress {
+    /// The room the kernel may fill (`sizeof(struct sockaddr_in6)`, 28 bytes).
+    const CAPACITY: libc::socklen_t = 28;
+    const _FITS: () = assert!(size_of::<libc::sockaddr_in6>() == 28);
+
+    /// `address` in the kernel's layout (port and address in network order).
+    fn new(address: SocketAddr) -> RawAddress {
+        match address {
+            SocketAddr::V4(v4) => RawAddress(libc::sockaddr_in6 {
+                sin6_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
+                sin6_port: v4.port().to_be(),
+                // `sin_addr`, in network order, where a sockaddr_in has it.
+                sin6_flowinfo: u32::from(*v4.ip()).to_be(),
+                // `sin_zero` and 8 bytes the kernel does not read.
+                sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+                sin6_scope_id: 0,
+            }),
+            SocketAddr::V6(v6) => RawAddress(libc::sockaddr_in6 {
+                sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10),
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            }),
+        }
+    }
+
+    /// The unspecified address of `family` (`AF_INET` or `AF_INET6`), port 0.
+    fn unspecified(family: libc::c_int) -> RawAddress {
+        if family == libc::AF_INET6 {
+            RawAddress::new(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::UNSPECIFIED,
+                0,
+                0,
+                0,
+            )))
+        } else {
+            RawAddress::new(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))
+        }
+    }
+
+    /// How many bytes the kernel reads: 16 for a `sockaddr_in`, 28 for a `sockaddr_in6`.
+    fn len(&self) -> libc::socklen_t {
+        if i32::from(self.0.sin6_family) == libc::AF_INET6 {
+            RawAddress::CAPACITY
+        } else {
+            16
+        }
+    }
+
+    /// The address the kernel filled in, when it is one (`len` bytes long, of a family we
+    /// know).
+    fn get(&self, len: libc::socklen_t) -> Option<SocketAddr> {
+        let port = u16::from_be(self.0.sin6_port);
+        match i32::from(self.0.sin6_family) {
+            libc::AF_INET if len >= 16 => Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(self.0.sin6_flowinfo)),
+                port,
+            ))),
+            libc::AF_INET6 if len >= RawAddress::CAPACITY => {
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(self.0.sin6_addr.s6_addr),
+                    port,
+                    u32::from_be(self.0.sin6_flowinfo),
+                    self.0.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
 }
 
-/// `size_of::<sockaddr_in>()` as a `socklen_t` (16).
-fn sockaddr_len() -> libc::socklen_t {
-    libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).unwrap_or(16)
-}
-
-/// A non-blocking UDP socket bound to one IPv4 address and port.
+/// A non-blocking UDP socket bound to one IPv4 or IPv6 address and port.
 #[derive(Debug)]
 pub struct UdpSocket {
     fd: OwnedFd,
@@ -144,11 +209,18 @@ impl UdpSocket {
     /// [`SocketError`] naming the step; `bind` fails with `EADDRNOTAVAIL` when `local` is not
     /// an address of this namespace and `EADDRINUSE` when the port is taken.
     pub fn bind(
-        local: SocketAddrV4,
+        local: SocketAddr,
         reuse_port: bool,
         receive_buffer: Option<u32>,
     ) -> Result<UdpSocket, SocketError> {
-        let fd = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP).map_err(fail("socket"))?;
+        let fd = socket(family_of(local.ip()), libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+            .map_err(fail("socket"))?;
+        if local.is_ipv6() {
+            // Bound to one address anyway; never take IPv4-mapped traffic.
+            let one: libc::c_int = 1;
+            set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &one)
+                .map_err(fail("IPV6_V6ONLY"))?;
+        }
         if reuse_port {
             let one: libc::c_int = 1;
             set_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)
@@ -158,19 +230,7 @@ impl UdpSocket {
             set_buffer(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes)
                 .map_err(fail("SO_RCVBUF"))?;
         }
-        let address = to_sockaddr(local);
-        // SAFETY: `address` is a live `sockaddr_in` of `sockaddr_len()` bytes that bind()
-        // only reads.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::from_ref(&address).cast(),
-                sockaddr_len(),
-            )
-        };
-        if rc < 0 {
-            return Err(fail("bind")(io::Error::last_os_error()));
-        }
+        bind(&fd, local)?;
         Ok(UdpSocket { fd })
     }
 
@@ -179,11 +239,11 @@ impl UdpSocket {
     ///
     /// # Errors
     /// The kernel's error.
-    pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
-        let mut address = to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-        let mut len = sockaddr_len();
-        // SAFETY: getsockname writes at most `len` bytes into `address`, a live sockaddr_in
-        // of that size, and updates `len`, a live socklen_t.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        let mut address = RawAddress::unspecified(libc::AF_INET6);
+        let mut len = RawAddress::CAPACITY;
+        // SAFETY: getsockname writes at most `len` bytes into `address`, a live
+        // sockaddr_in6 of that size, and updates `len`, a live socklen_t.
         let rc = unsafe {
             libc::getsockname(
                 self.fd.as_raw_fd(),
@@ -194,7 +254,9 @@ impl UdpSocket {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        from_sockaddr(&address, len).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+        address
+            .get(len)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
     }
 
     /// Opens a send-only UDP socket bound to `local` (no `SO_REUSEPORT`, no `SO_REUSEADDR`:
@@ -208,11 +270,9 @@ impl UdpSocket {
     /// # Errors
     /// [`SocketError`] naming the step; `bind` fails with `EADDRINUSE` when the port is taken
     /// and `EADDRNOTAVAIL` when `local` is not an address of this namespace.
-    pub fn bind_sender(
-        local: SocketAddrV4,
-        options: SendOptions,
-    ) -> Result<UdpSocket, SocketError> {
-        let fd = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP).map_err(fail("socket"))?;
+    pub fn bind_sender(local: SocketAddr, options: SendOptions) -> Result<UdpSocket, SocketError> {
+        let fd = socket(family_of(local.ip()), libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+            .map_err(fail("socket"))?;
         attach_drop_all_filter(&fd).map_err(fail("SO_ATTACH_FILTER"))?;
         // The kernel raises a tiny value to its minimum (SOCK_MIN_RCVBUF).
         let one: libc::c_int = 1;
@@ -222,30 +282,35 @@ impl UdpSocket {
                 .map_err(fail("SO_SNDBUF"))?;
         }
         let ttl = libc::c_int::from(options.ttl);
-        set_option(&fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl).map_err(fail("IP_TTL"))?;
-        // DO: DF set, never fragment locally. DONT: DF clear, the kernel fragments a datagram
-        // larger than the route's MTU (as it does for the raw socket's packets with DF clear
-        // in transit); either way a UDP_SEGMENT datagram larger than the MTU is refused.
-        let discover = if options.dont_fragment {
-            libc::IP_PMTUDISC_DO
+        if local.is_ipv6() {
+            set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &one)
+                .map_err(fail("IPV6_V6ONLY"))?;
+            set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &ttl)
+                .map_err(fail("IPV6_UNICAST_HOPS"))?;
+            // IPv6 routers never fragment: DONT lets this host fragment a datagram larger
+            // than the route's MTU, as the raw socket's path does not (it refuses it).
+            let discover = if options.dont_fragment {
+                libc::IPV6_PMTUDISC_DO
+            } else {
+                libc::IPV6_PMTUDISC_DONT
+            };
+            set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, &discover)
+                .map_err(fail("IPV6_MTU_DISCOVER"))?;
         } else {
-            libc::IP_PMTUDISC_DONT
-        };
-        set_option(&fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &discover)
-            .map_err(fail("IP_MTU_DISCOVER"))?;
-        let address = to_sockaddr(local);
-        // SAFETY: `address` is a live `sockaddr_in` of `sockaddr_len()` bytes that bind()
-        // only reads.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::from_ref(&address).cast(),
-                sockaddr_len(),
-            )
-        };
-        if rc < 0 {
-            return Err(fail("bind")(io::Error::last_os_error()));
+            set_option(&fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl).map_err(fail("IP_TTL"))?;
+            // DO: DF set, never fragment locally. DONT: DF clear, the kernel fragments a
+            // datagram larger than the route's MTU (as it does for the raw socket's packets
+            // with DF clear in transit); either way a UDP_SEGMENT datagram larger than the
+            // MTU is refused.
+            let discover = if options.dont_fragment {
+                libc::IP_PMTUDISC_DO
+            } else {
+                libc::IP_PMTUDISC_DONT
+            };
+            set_option(&fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &discover)
+                .map_err(fail("IP_MTU_DISCOVER"))?;
         }
+        bind(&fd, local)?;
         Ok(UdpSocket { fd })
     }
 
@@ -283,10 +348,10 @@ impl UdpSocket {
     pub fn send_to(
         &self,
         payload: &[u8],
-        to: SocketAddrV4,
+        to: SocketAddr,
         segment_size: Option<u16>,
     ) -> io::Result<usize> {
-        let mut address = to_sockaddr(to);
+        let mut address = RawAddress::new(to);
         let mut iovec = libc::iovec {
             // sendmsg only reads through `iov_base`; the field is `*mut` for both calls.
             iov_base: payload.as_ptr().cast_mut().cast(),
@@ -294,8 +359,8 @@ impl UdpSocket {
         };
         let mut control = SegmentControl::new(segment_size.unwrap_or(0));
         let mut message = empty_msghdr();
+        message.msg_namelen = address.len();
         message.msg_name = std::ptr::from_mut(&mut address).cast();
-        message.msg_namelen = sockaddr_len();
         message.msg_iov = &mut iovec;
         message.msg_iovlen = 1;
         if segment_size.is_some() {
@@ -304,8 +369,8 @@ impl UdpSocket {
         }
         loop {
             // SAFETY: `message` points to one live iovec (`payload`, a live buffer of
-            // `iov_len` bytes the kernel only reads), to `address` (a live sockaddr_in of
-            // `msg_namelen` bytes) and, when set, to `control` (a live, initialised control
+            // `iov_len` bytes the kernel only reads), to `address` (a live sockaddr_in6 of
+            // at least `msg_namelen` bytes) and, when set, to `control` (a live, initialised control
             // message of `msg_controllen` bytes); all outlive the call.
             let rc = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &message, libc::MSG_DONTWAIT) };
             if let Ok(sent) = usize::try_from(rc) {
@@ -324,12 +389,31 @@ impl UdpSocket {
     }
 }
 
-/// How a send-only socket ([`UdpSocket::bind_sender`]) builds the outer IPv4 header.
+/// Binds `fd` to `local`.
+fn bind(fd: &OwnedFd, local: SocketAddr) -> Result<(), SocketError> {
+    let address = RawAddress::new(local);
+    // SAFETY: `address` is a live sockaddr_in6 of at least `address.len()` bytes that bind()
+    // only reads.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&address).cast(),
+            address.len(),
+        )
+    };
+    if rc < 0 {
+        return Err(fail("bind")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// How a send-only socket ([`UdpSocket::bind_sender`]) builds the outer IP header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendOptions {
-    /// Outer TTL (`IP_TTL`).
+    /// Outer TTL (`IP_TTL`) or hop limit (`IPV6_UNICAST_HOPS`).
     pub ttl: u8,
-    /// Set DF (`IP_PMTUDISC_DO`); clear it otherwise (`IP_PMTUDISC_DONT`).
+    /// Set DF (`IP_PMTUDISC_DO`; over IPv6, never fragment locally); clear it otherwise
+    /// (`IP_PMTUDISC_DONT`).
     pub dont_fragment: bool,
     /// `SO_SNDBUF` wanted (forced past `net.core.wmem_max` where allowed).
     pub send_buffer: Option<u32>,
@@ -484,26 +568,34 @@ impl AsFd for ReadySet {
     }
 }
 
-/// A non-blocking `IPPROTO_RAW` socket: it sends whole IPv4 packets (header included) and
-/// receives nothing.
+/// A non-blocking `IPPROTO_RAW` socket of one family: it sends whole IPv4 or IPv6 packets
+/// (header included) and receives nothing.
 #[derive(Debug)]
-pub struct RawIpv4Socket {
+pub struct RawIpSocket {
     fd: OwnedFd,
+    v6: bool,
 }
 
-impl RawIpv4Socket {
-    /// Opens the socket, with an `SO_SNDBUF` of `send_buffer` bytes when given (forced past
-    /// `net.core.wmem_max` where allowed).
+impl RawIpSocket {
+    /// Opens the socket for packets of `family` (`AF_INET` for IPv4, else IPv6), with an
+    /// `SO_SNDBUF` of `send_buffer` bytes when given (forced past `net.core.wmem_max` where
+    /// allowed).
     ///
     /// # Errors
     /// [`SocketError`]; `socket` fails with `EPERM` without CAP_NET_RAW.
-    pub fn open(send_buffer: Option<u32>) -> Result<RawIpv4Socket, SocketError> {
-        let fd = socket(libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(fail("raw socket"))?;
+    pub fn open(v6: bool, send_buffer: Option<u32>) -> Result<RawIpSocket, SocketError> {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let fd = socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(fail("raw socket"))?;
         if let Some(bytes) = send_buffer {
             set_buffer(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes)
                 .map_err(fail("SO_SNDBUF"))?;
         }
-        Ok(RawIpv4Socket { fd })
+        Ok(RawIpSocket { fd, v6 })
+    }
+
+    /// Whether it sends IPv6 packets.
+    pub fn is_ipv6(&self) -> bool {
+        self.v6
     }
 
     /// The socket's fd.
@@ -535,8 +627,8 @@ pub struct Datagram {
     pub len: usize,
     /// The datagram was longer than the slot (`MSG_TRUNC`): its tail is lost.
     pub truncated: bool,
-    /// The sender, when the kernel reported an IPv4 address.
-    pub peer: Option<SocketAddrV4>,
+    /// The sender, when the kernel reported an IPv4 or IPv6 address.
+    pub peer: Option<SocketAddr>,
     /// With `UDP_GRO` ([`UdpSocket::enable_gro`]): the size of each datagram the kernel
     /// coalesced into this buffer (all but the last, which may be shorter), from its
     /// `UDP_GRO` control message. `None` when the buffer holds one datagram as sent.
@@ -599,7 +691,7 @@ pub const MAX_MESSAGES: usize = 64;
 /// `iovec` arrays that point into these and into the slots are rebuilt on the stack in each
 /// call; between calls the receiver holds only plain values, which is why it is `Send`.
 pub struct Receiver {
-    addresses: Box<[libc::sockaddr_in]>,
+    addresses: Box<[RawAddress]>,
     controls: Box<[ControlBuffer]>,
     /// What the last call learnt, datagram by datagram (`received` of them).
     datagrams: Box<[Datagram]>,
@@ -628,7 +720,7 @@ impl Receiver {
     /// capacity is cut to it).
     pub fn new(capacity: usize) -> Receiver {
         let capacity = capacity.min(MAX_MESSAGES);
-        let unspecified = to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        let unspecified = RawAddress::unspecified(libc::AF_INET6);
         Receiver {
             addresses: vec![unspecified; capacity].into_boxed_slice(),
             controls: vec![ControlBuffer([0; 64]); capacity].into_boxed_slice(),
@@ -675,7 +767,7 @@ impl Receiver {
         let control_base = self.controls.as_mut_ptr();
         for (i, header) in headers.iter_mut().take(count).enumerate() {
             header.msg_hdr.msg_name = address_base.wrapping_add(i).cast();
-            header.msg_hdr.msg_namelen = sockaddr_len();
+            header.msg_hdr.msg_namelen = RawAddress::CAPACITY;
             header.msg_hdr.msg_iov = iovec_base.wrapping_add(i);
             header.msg_hdr.msg_iovlen = 1;
             header.msg_hdr.msg_control = control_base.wrapping_add(i).cast();
@@ -687,7 +779,7 @@ impl Receiver {
             // most the capacity, so at most the lengths of `addresses` and `controls`. Each
             // points to one live iovec of `iovecs` (also on this stack frame), which points
             // to a slot (a live, writable buffer of `iov_len` bytes, borrowed mutably for
-            // `'a` through `slots`), to one live sockaddr_in of `self.addresses` with
+            // `'a` through `slots`), to one live sockaddr_in6 of `self.addresses` with
             // `msg_namelen` its size and to one live buffer of `self.controls` of
             // `msg_controllen` bytes, both borrowed mutably through `&mut self`. The kernel
             // writes at most those lengths, and the lengths and flags into the headers;
@@ -731,7 +823,7 @@ impl Receiver {
             *datagram = Datagram {
                 len: len.min(iovec.iov_len),
                 truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > iovec.iov_len,
-                peer: from_sockaddr(address, header.msg_hdr.msg_namelen),
+                peer: address.get(header.msg_hdr.msg_namelen),
                 segment_size: gro_segment_size(&message),
             };
         }
@@ -746,9 +838,9 @@ impl Receiver {
     }
 }
 
-/// `sendmmsg` of whole IPv4 packets on a [`RawIpv4Socket`]. The `mmsghdr`, `iovec` and
-/// `sockaddr_in` arrays are built on the stack of each call, so the sender holds no
-/// pointer between calls.
+/// `sendmmsg` of whole IP packets on a [`RawIpSocket`]. The `mmsghdr`, `iovec` and
+/// address arrays are built on the stack of each call, so the sender holds no pointer
+/// between calls.
 #[derive(Debug)]
 pub struct Sender {
     capacity: usize,
@@ -768,8 +860,9 @@ impl Sender {
         self.capacity
     }
 
-    /// Sends up to [`capacity`](Sender::capacity) of `packets` (each a whole IPv4 packet and
-    /// the address to route it to) without blocking, in order; returns how many the kernel
+    /// Sends up to [`capacity`](Sender::capacity) of `packets` (each a whole IP packet of the
+    /// socket's family and the address to route it to) without blocking, in order; returns
+    /// how many the kernel
     /// took (at least one, unless `packets` is empty). The first packet not taken is the one
     /// the kernel refused: a later call starting with it reports why.
     ///
@@ -778,16 +871,18 @@ impl Sender {
     /// the socket or the device queue is full, `EMSGSIZE` beyond the route's MTU, ...).
     pub fn send<'a>(
         &mut self,
-        socket: &RawIpv4Socket,
-        packets: impl Iterator<Item = (&'a [u8], Ipv4Addr)>,
+        socket: &RawIpSocket,
+        packets: impl Iterator<Item = (&'a [u8], IpAddr)>,
     ) -> io::Result<usize> {
-        let unspecified = to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        let unspecified = RawAddress::unspecified(libc::AF_INET6);
         let mut iovecs = [empty_iovec(); MAX_MESSAGES];
         let mut addresses = [unspecified; MAX_MESSAGES];
+        let mut lengths: [libc::socklen_t; MAX_MESSAGES] = [0; MAX_MESSAGES];
         let mut count = 0;
-        for ((iovec, address), (packet, destination)) in iovecs
+        for (((iovec, address), length), (packet, destination)) in iovecs
             .iter_mut()
             .zip(addresses.iter_mut())
+            .zip(lengths.iter_mut())
             .take(self.capacity)
             .zip(packets)
         {
@@ -796,8 +891,10 @@ impl Sender {
                 iov_base: packet.as_ptr().cast_mut().cast(),
                 iov_len: packet.len(),
             };
-            // For IPPROTO_RAW the port is meaningless; the kernel routes by the address.
-            *address = to_sockaddr(SocketAddrV4::new(destination, 0));
+            // For IPPROTO_RAW the port is 0 (over IPv6 it would name the protocol); the
+            // kernel routes by the address.
+            *address = RawAddress::new(SocketAddr::new(destination, 0));
+            *length = address.len();
             count += 1;
         }
         if count == 0 {
@@ -809,7 +906,7 @@ impl Sender {
         let address_base = addresses.as_mut_ptr();
         for (i, header) in headers.iter_mut().take(count).enumerate() {
             header.msg_hdr.msg_name = address_base.wrapping_add(i).cast();
-            header.msg_hdr.msg_namelen = sockaddr_len();
+            header.msg_hdr.msg_namelen = lengths.get(i).copied().unwrap_or(0);
             header.msg_hdr.msg_iov = iovec_base.wrapping_add(i);
             header.msg_hdr.msg_iovlen = 1;
         }
@@ -817,7 +914,7 @@ impl Sender {
         loop {
             // SAFETY: `headers[..count]` are live mmsghdrs on this stack frame with no
             // control buffer; each points to one live iovec of `iovecs` and one live
-            // sockaddr_in of `addresses` of `msg_namelen` bytes (both on this stack frame,
+            // sockaddr_in6 of `addresses` of at least `msg_namelen` bytes (both on this stack frame,
             // `count <= MAX_MESSAGES` of each). Each iovec points to a packet: a live buffer
             // of `iov_len` bytes borrowed for `'a`, which the kernel only reads. The kernel
             // writes only the headers' `msg_len`, and `vlen` is at most the number of
@@ -845,22 +942,47 @@ impl Sender {
 mod tests {
     use super::*;
 
+    const LOOPBACK: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+    const LOOPBACK6: SocketAddr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0));
+
     #[test]
     fn sockaddr_round_trip() {
-        let address = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 7), 4789);
-        let raw = to_sockaddr(address);
-        assert_eq!(raw.sin_port, 4789u16.to_be());
-        assert_eq!(from_sockaddr(&raw, sockaddr_len()), Some(address));
-        assert_eq!(from_sockaddr(&raw, 4), None, "short address");
+        let v4: SocketAddr = "192.0.2.7:4789".parse().unwrap();
+        let raw = RawAddress::new(v4);
+        assert_eq!(raw.0.sin6_port, 4789u16.to_be());
+        assert_eq!(raw.len(), 16);
+        assert_eq!(raw.get(16), Some(v4));
+        assert_eq!(raw.get(4), None, "short address");
+        // The bytes a sockaddr_in has: family, port, address in network order, zeros.
+        let kernel = libc::sockaddr_in {
+            sin_family: 2,
+            sin_port: 4789u16.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::new(192, 0, 2, 7)).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: both are plain C structs; the view reads 16 initialised bytes of each.
+        let (ours, theirs) = unsafe {
+            (
+                std::slice::from_raw_parts(std::ptr::from_ref(&raw).cast::<u8>(), 16),
+                std::slice::from_raw_parts(std::ptr::from_ref(&kernel).cast::<u8>(), 16),
+            )
+        };
+        assert_eq!(ours, theirs);
+        let v6: SocketAddr = "[2001:db8::7]:4789".parse().unwrap();
+        let raw = RawAddress::new(v6);
+        assert_eq!(raw.len(), 28);
+        assert_eq!(raw.get(28), Some(v6));
+        assert_eq!(raw.get(16), None, "short address");
         let mut other = raw;
-        other.sin_family = 10; // AF_INET6
-        assert_eq!(from_sockaddr(&other, sockaddr_len()), None);
+        other.0.sin6_family = 1; // AF_UNIX
+        assert_eq!(other.get(28), None);
     }
 
     #[test]
     fn empty_receives_do_nothing() {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true, None)
-            .expect("UDP socket on loopback");
+        let socket = UdpSocket::bind(LOOPBACK, true, None).expect("UDP socket on loopback");
         let mut receiver = Receiver::new(4);
         assert_eq!(receiver.recv(&socket, std::iter::empty()).unwrap(), 0);
         let mut slot = [0u8; 64];
@@ -888,24 +1010,20 @@ mod tests {
     #[test]
     #[ignore = "needs root: opens a raw IPv4 socket (CAP_NET_RAW)"]
     fn empty_sends_do_nothing() {
-        let raw = RawIpv4Socket::open(None).expect("raw socket (the tests must run as root)");
+        let raw = RawIpSocket::open(false, None).expect("raw socket (the tests must run as root)");
         let mut sender = Sender::new(4);
         assert_eq!(sender.send(&raw, std::iter::empty()).unwrap(), 0);
     }
 
     #[test]
     fn receive_records_length_peer_and_truncation() {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true, None)
-            .expect("UDP socket on loopback");
+        let socket = UdpSocket::bind(LOOPBACK, true, None).expect("UDP socket on loopback");
         let local = socket.local_addr().unwrap();
         assert_ne!(local.port(), 0);
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.send_to(&[1, 2, 3], local).unwrap();
         client.send_to(&[7; 40], local).unwrap();
-        let peer = match client.local_addr().unwrap() {
-            std::net::SocketAddr::V4(v4) => v4,
-            std::net::SocketAddr::V6(v6) => panic!("IPv6 client {v6}"),
-        };
+        let peer = client.local_addr().unwrap();
         let mut receiver = Receiver::new(4);
         let mut slots = [[0u8; 16]; 4];
         let mut seen = Vec::new();
@@ -1005,8 +1123,16 @@ mod tests {
 
     #[test]
     fn udp_segment_and_gro_between_two_sockets() {
-        let receiver_socket =
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true, None).unwrap();
+        udp_segment_and_gro_on(LOOPBACK);
+    }
+
+    #[test]
+    fn udp_segment_and_gro_between_two_ipv6_sockets() {
+        udp_segment_and_gro_on(LOOPBACK6);
+    }
+
+    fn udp_segment_and_gro_on(loopback: SocketAddr) {
+        let receiver_socket = UdpSocket::bind(loopback, true, None).unwrap();
         receiver_socket
             .enable_gro()
             .expect("UDP_GRO on this kernel");
@@ -1016,8 +1142,7 @@ mod tests {
             dont_fragment: true,
             send_buffer: Some(1 << 20),
         };
-        let sender = UdpSocket::bind_sender(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), options)
-            .expect("send-only socket");
+        let sender = UdpSocket::bind_sender(loopback, options).expect("send-only socket");
         sender
             .set_segment_size(0)
             .expect("UDP_SEGMENT on this kernel");

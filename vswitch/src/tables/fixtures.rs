@@ -2,7 +2,7 @@
 //! of a Network with five ports, optionally routed, optionally with an uplink and NAT rules.
 //! The frames the stage tests send are in `pipeline::fixtures`, which re-exports these.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::port::{Capabilities, PortId, PortIo, PortKind};
@@ -269,9 +269,9 @@ pub const VTEP: PortId = PortId(21);
 /// Subnet 1's VNI in [`overlay_snapshot`].
 pub const BLUE_VNI: u32 = 42;
 /// The remote VTEP of subnet 1 in [`overlay_snapshot`].
-pub const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+pub const REMOTE_VTEP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 50, 2));
 /// A second remote VTEP of subnet 1 in [`overlay_snapshot`].
-pub const OTHER_VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 3);
+pub const OTHER_VTEP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 50, 3));
 
 /// [`snapshot`] with subnet 1 (`blue`) stretched over the overlay: its tunnel port
 /// [`TUNNEL`] (VNI [`BLUE_VNI`], overlay MTU 1450, remote VTEPs [`REMOTE_VTEP`] and

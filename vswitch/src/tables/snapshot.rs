@@ -207,7 +207,7 @@ pub struct Tunnel {
     /// The subnet's VNI.
     pub vni: vxlan::Vni,
     /// The remote VTEPs that get broadcast and unknown unicast (head-end replication).
-    pub remotes: Vec<Ipv4Addr>,
+    pub remotes: Vec<IpAddr>,
     /// The overlay MTU (L3): an inner frame must fit it (GSO frames are cut to it).
     pub mtu: u16,
 }
@@ -233,7 +233,7 @@ pub struct VtepEntry {
     /// that it shares their counter arrays, but no port has it and nothing forwards to it.
     pub id: PortId,
     /// The local address and UDP port.
-    pub local: std::net::SocketAddrV4,
+    pub local: std::net::SocketAddr,
     /// How outer headers are built.
     pub encap: vxlan::VxlanEncapConfig,
     /// The opened sockets (one queue per worker).
@@ -1195,7 +1195,7 @@ mod tests {
             proxy_arp: false,
             egress: Egress::Tunnel(Tunnel {
                 vni: vxlan::Vni::new(42).expect("vni"),
-                remotes: vec![Ipv4Addr::new(192, 0, 2, 2)],
+                remotes: vec![Ipv4Addr::new(192, 0, 2, 2).into()],
                 mtu: 1450,
             }),
         };

@@ -6,7 +6,7 @@
 //! go into the session's bounded list without ever blocking a worker: when the list is
 //! locked by someone else or full, the record is dropped and counted (`lost`).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -122,7 +122,7 @@ impl Session {
         ctx: &Context<'_>,
         ingress: Ingress<'_>,
         frame: &mut [u8],
-        peer: SocketAddrV4,
+        peer: SocketAddr,
         tag: u32,
         local: &mut Local,
     ) -> Outcome {

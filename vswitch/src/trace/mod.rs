@@ -18,7 +18,7 @@ pub mod expr;
 pub mod live;
 
 use core::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +127,7 @@ pub fn run_synthetic(ctx: &Context<'_>, ingress: Ingress<'_>, mut frame: Vec<u8>
     };
     let mut local = Local::new(0);
     let packet = describe_frame(&frame);
-    let peer = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let peer = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
     let outcome = pipeline::input(&traced, ingress, &mut frame, peer, 0, &mut local);
     finish(
         &traced,
@@ -710,7 +710,7 @@ mod tests {
         let ingress = Ingress::Port(port, port.io().unwrap());
         let ctx = bench.ctx(5);
         let mut local = bench.local.borrow_mut();
-        let peer = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let peer = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
         assert!(!armed.wants(ingress, &ARP_REQUEST), "not icmp");
         for _ in 0..3 {
             let mut frame = ICMP_ECHO.to_vec();

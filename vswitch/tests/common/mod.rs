@@ -673,7 +673,12 @@ impl Underlay {
                 ],
             );
             switch.exec_ok(&["ip", "link", "set", &bridge_end, "master", "br0", "up"]);
-            node.exec_ok(&["ip", "addr", "add", address, "dev", "eth0"]);
+            let mut add = vec!["ip", "addr", "add", address, "dev", "eth0"];
+            if address.contains(':') {
+                // An IPv6 underlay: usable at once, not tentative (a VTEP cannot bind it).
+                add.push("nodad");
+            }
+            node.exec_ok(&add);
             node.exec_ok(&["ip", "link", "set", "eth0", "up"]);
             nodes.push(node);
         }

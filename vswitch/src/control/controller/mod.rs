@@ -416,7 +416,7 @@ struct Inner {
 /// The VTEP's opened sockets and the port id they hold.
 #[derive(Debug)]
 struct OpenVtep {
-    local: std::net::SocketAddrV4,
+    local: std::net::SocketAddr,
     id: PortId,
     io: Arc<port::Vtep>,
 }
@@ -601,7 +601,7 @@ impl Controller {
             status_changed |= inner.state.uplinks.get(&name).map(|u| u.status.clone()) != before;
         }
         if let Some(overlay) = inner.state.overlays.values().next().cloned() {
-            let local = std::net::SocketAddrV4::new(overlay.spec.local_address, overlay.spec.port);
+            let local = std::net::SocketAddr::new(overlay.spec.local_address, overlay.spec.port);
             let name = overlay.metadata.name.clone();
             let opened = port::vtep::open(local, workers);
             let status = match opened {

@@ -3,7 +3,7 @@
 //! generates (see [`crate::control::overlay`]) in step with it.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub struct OverlayAgentConfig {
     /// Mesh, hub or runner.
     pub role: OverlayRole,
     /// The node's reachable underlay address.
-    pub local_address: Ipv4Addr,
+    pub local_address: IpAddr,
     /// The VXLAN UDP port.
     pub port: u16,
     /// The VNI base.
@@ -158,11 +158,7 @@ impl Controller {
         let Ok(overlay) = hub_overlay(&inner.state) else {
             return Default::default();
         };
-        let statics = overlay
-            .spec
-            .runners
-            .iter()
-            .map(|runner| std::net::IpAddr::V4(runner.address));
+        let statics = overlay.spec.runners.iter().map(|runner| runner.address);
         inner
             .state
             .runner_pool
@@ -283,7 +279,7 @@ impl Controller {
         // A static runner's name is the hub's configuration: it never moves by registration
         // (whether or not the hub has marked it online yet).
         if let Some(fixed) = overlay.spec.runners.iter().find(|r| r.name == request.name)
-            && request.local_address.to_canonical() != std::net::IpAddr::V4(fixed.address)
+            && request.local_address.to_canonical() != fixed.address.to_canonical()
         {
             return Err(ApiError::Conflict {
                 message: format!(
@@ -422,7 +418,7 @@ pub(super) fn initial_overlay_state(overlay: &Overlay) -> OverlayState {
 pub(super) fn install_vtep(
     engine: &Engine,
     inner: &mut Inner,
-    local: std::net::SocketAddrV4,
+    local: std::net::SocketAddr,
     io: port::Vtep,
 ) {
     let Some(id) = inner.port_ids.allocate().map(PortId) else {
@@ -512,7 +508,7 @@ fn register_static_runners(inner: &mut Inner) -> Result<(), ApiError> {
     let mut changed = false;
     let now = wall_ms();
     for runner in &runners {
-        let address = std::net::IpAddr::V4(runner.address);
+        let address = runner.address;
         if pool.get(&runner.name).map(|r| r.address) != Some(address) {
             pool.register(&runner.name, address, now)
                 .map_err(|err| ApiError::invalid("spec.runners", err.to_string()))?;
@@ -571,7 +567,7 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
         local_address: spec.local_address,
         port: spec.port,
         vni_base: spec.vni_base,
-        mtu: spec.mtu,
+        mtu: spec.mtu(),
         remote_checksum_offload: spec.remote_checksum_offload,
         hub: spec.hub.clone(),
         api_port: spec.api_port,
@@ -717,7 +713,7 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 hub: spec
                     .hub
                     .as_ref()
-                    .map(|h| SocketAddrV4::new(h.address, h.api_port)),
+                    .map(|h| SocketAddr::new(h.address, h.api_port)),
                 tls: spec.hub.as_ref().map(|hub| match &hub.tls {
                     Some(tls) if tls.mode == TlsMode::Disabled => RunnerTls::Disabled,
                     Some(tls) if tls.ca_file.is_some() => RunnerTls::CaFile,

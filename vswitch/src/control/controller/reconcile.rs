@@ -10,7 +10,7 @@
 //! after a failure, the resources as they were before.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,7 @@ impl Controller {
             .map(|o| {
                 (
                     origin_of(Kind::Overlay, &o.metadata.name),
-                    SocketAddrV4::new(o.spec.local_address, o.spec.port),
+                    SocketAddr::new(o.spec.local_address, o.spec.port),
                 )
             })
             .filter(|(_, local)| inner.vtep.as_ref().map(|v| v.local) != Some(*local));
@@ -577,7 +577,7 @@ struct DeviceWork {
     /// The open Uplink to close first, and how to re-open it if the change fails.
     old_uplink: Option<(ClosedUplink, Arc<UplinkIo>, Option<UplinkTarget>)>,
     uplink: Option<UplinkTarget>,
-    vtep: Option<(Origin, SocketAddrV4)>,
+    vtep: Option<(Origin, SocketAddr)>,
     workers: usize,
     ops: UplinkOps,
 }
@@ -591,7 +591,7 @@ struct Done {
     old_uplink: Option<ClosedUplink>,
     old_uplink_target: Option<UplinkTarget>,
     uplink: Option<(UplinkTarget, OpenedMembers, UplinkDevice)>,
-    vtep: Option<(SocketAddrV4, port::Vtep)>,
+    vtep: Option<(SocketAddr, port::Vtep)>,
     ops: UplinkOps,
 }
 

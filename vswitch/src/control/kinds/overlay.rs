@@ -34,6 +34,9 @@ pub const DEFAULT_OVERLAY_PORT: u16 = 4789;
 pub const DEFAULT_VNI_BASE: u32 = 100;
 /// Default overlay MTU: a 1500-byte underlay minus the 50 bytes of VXLAN over IPv4.
 pub const DEFAULT_OVERLAY_MTU: u16 = 1450;
+/// Default overlay MTU over an IPv6 underlay: a 1500-byte underlay minus the 70 bytes of
+/// VXLAN over IPv6 (as Linux gives a VXLAN device over IPv6).
+pub const DEFAULT_OVERLAY_MTU_IPV6: u16 = 1430;
 /// Default TCP port of the hub's registration API.
 pub const DEFAULT_HUB_API_PORT: u16 = 4799;
 /// Default interval between a runner's heartbeats.
@@ -46,9 +49,6 @@ fn default_overlay_port() -> u16 {
 }
 fn default_vni_base() -> u32 {
     DEFAULT_VNI_BASE
-}
-fn default_overlay_mtu() -> u16 {
-    DEFAULT_OVERLAY_MTU
 }
 fn default_hub_api_port() -> u16 {
     DEFAULT_HUB_API_PORT
@@ -126,9 +126,9 @@ pub struct HubClientTls {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HubRef {
-    /// The hub's reachable underlay address (its `localAddress`).
-    #[serde(deserialize_with = "de_ipv4")]
-    pub address: Ipv4Addr,
+    /// The hub's reachable underlay address (its `localAddress`), IPv4 or IPv6.
+    #[serde(deserialize_with = "de_ip")]
+    pub address: IpAddr,
     /// The hub's registration API port (TCP).
     #[serde(default = "default_hub_api_port")]
     pub api_port: u16,
@@ -146,9 +146,9 @@ pub struct HubRef {
 pub struct StaticRunner {
     /// Its name in the runner pool.
     pub name: String,
-    /// Its VTEP address.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub address: Ipv4Addr,
+    /// Its VTEP address (of the hub's `localAddress`'s family).
+    #[serde(deserialize_with = "de_ip")]
+    pub address: IpAddr,
 }
 
 /// Spec of the Overlay: this node's VTEP and its place in the overlay.
@@ -158,9 +158,10 @@ pub struct OverlaySpec {
     /// `mesh`, `hub` or `runner`.
     pub role: OverlayRole,
     /// The address the other nodes reach this one at (the VTEP's, and the hub API's); an
-    /// address of an interface in vswitchd's namespace, never loopback or 0.0.0.0.
-    #[serde(deserialize_with = "de_ipv4")]
-    pub local_address: Ipv4Addr,
+    /// address of an interface in vswitchd's namespace, never loopback or 0.0.0.0. IPv4 or
+    /// IPv6: the underlay's family, which every peer, runner and hub address shares.
+    #[serde(deserialize_with = "de_ip")]
+    pub local_address: IpAddr,
     /// The VXLAN UDP port (must match on every node).
     #[serde(default = "default_overlay_port")]
     pub port: u16,
@@ -168,9 +169,10 @@ pub struct OverlaySpec {
     #[serde(default = "default_vni_base")]
     pub vni_base: u32,
     /// The MTU of interfaces on overlay subnets (must match on every node): the underlay's
-    /// MTU minus 50.
-    #[serde(default = "default_overlay_mtu")]
-    pub mtu: u16,
+    /// MTU minus 50 over IPv4, minus 70 over IPv6. Default 1450 over IPv4, 1430 over IPv6
+    /// (a 1500-byte underlay); read it with [`OverlaySpec::mtu`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Fill in the outer UDP checksum (default off, as RFC 7348 allows over IPv4).
     #[serde(default, skip_serializing_if = "is_false")]
     pub udp_checksum: bool,
@@ -183,13 +185,13 @@ pub struct OverlaySpec {
     /// The outer UDP source ports, hashed from the inner flow: `MIN-MAX`.
     #[serde(default = "default_source_ports")]
     pub source_ports: String,
-    /// Mesh: the other nodes' VTEP addresses.
+    /// Mesh: the other nodes' VTEP addresses (of `localAddress`'s family).
     #[serde(
         default,
-        deserialize_with = "de_ipv4_list",
+        deserialize_with = "de_ip_list",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub peers: Vec<Ipv4Addr>,
+    pub peers: Vec<IpAddr>,
     /// Runner: the hub to register with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubRef>,
@@ -298,6 +300,18 @@ pub struct Overlay {
 /// What tokens are shown as when a resource is read back.
 pub const REDACTED: &str = "<redacted>";
 
+impl OverlaySpec {
+    /// The overlay MTU: `mtu` when given, else the default of the underlay's family
+    /// ([`DEFAULT_OVERLAY_MTU`] over IPv4, [`DEFAULT_OVERLAY_MTU_IPV6`] over IPv6).
+    pub fn mtu(&self) -> u16 {
+        self.mtu.unwrap_or(if self.local_address.is_ipv6() {
+            DEFAULT_OVERLAY_MTU_IPV6
+        } else {
+            DEFAULT_OVERLAY_MTU
+        })
+    }
+}
+
 impl Overlay {
     /// A copy with the tokens replaced by [`REDACTED`], for output.
     pub fn redacted(&self) -> Overlay {
@@ -382,10 +396,10 @@ spec:
             let hub = spec
                 .hub
                 .as_ref()
-                .map(|hub| format!("{}:{}", hub.address, hub.api_port));
+                .map(|hub| std::net::SocketAddr::new(hub.address, hub.api_port));
             let subnet = status.plan.as_ref().map(|plan| plan.subnet);
             row.extend([
-                spec.mtu.to_string(),
+                spec.mtu().to_string(),
                 cells(hub.iter()),
                 cells(subnet.iter()),
                 labels_cell(&self.metadata),
@@ -426,12 +440,12 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
             ),
         ));
     }
-    if !(576..=9000).contains(&spec.mtu) {
+    if !(576..=9000).contains(&spec.mtu()) {
         return Err(origin.invalid(
             "spec.mtu",
             format!(
-                "{} is out of range: use 576..=9000 (the underlay MTU minus 50: 1450 for a 1500-byte underlay, 8950 for jumbo frames)",
-                spec.mtu
+                "{} is out of range: use 576..=9000 (the underlay MTU minus 50 over IPv4, minus 70 over IPv6: 1450 or 1430 for a 1500-byte underlay, 8950 or 8930 for jumbo frames)",
+                spec.mtu()
             ),
         ));
     }
@@ -488,6 +502,7 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
             for (i, peer) in spec.peers.iter().enumerate() {
                 let field = format!("spec.peers[{i}]");
                 overlay::check_reachable(origin, &field, *peer)?;
+                overlay::check_family(origin, &field, *peer, spec.local_address)?;
                 if *peer == spec.local_address {
                     return Err(origin.invalid(&field, "is this node's own localAddress"));
                 }
@@ -501,6 +516,7 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
                 ));
             };
             overlay::check_reachable(origin, "spec.hub.address", *address)?;
+            overlay::check_family(origin, "spec.hub.address", *address, spec.local_address)?;
             if token.is_empty() {
                 return Err(origin.invalid("spec.hub.token", "must not be empty"));
             }
@@ -521,6 +537,12 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
                 vxlan::membership::validate_runner_name(&runner.name)
                     .map_err(|err| origin.invalid(&format!("{field}.name"), err))?;
                 overlay::check_reachable(origin, &format!("{field}.address"), runner.address)?;
+                overlay::check_family(
+                    origin,
+                    &format!("{field}.address"),
+                    runner.address,
+                    spec.local_address,
+                )?;
                 if !names.insert(runner.name.as_str()) {
                     return Err(origin.invalid(
                         &format!("{field}.name"),
@@ -774,7 +796,7 @@ mod tests {
     fn defaults_follow_the_issue() {
         let o = overlay_of(OverlayRole::Hub);
         assert_eq!(
-            (o.spec.port, o.spec.vni_base, o.spec.mtu),
+            (o.spec.port, o.spec.vni_base, o.spec.mtu()),
             (4789, 100, 1450)
         );
         assert_eq!(
@@ -823,10 +845,64 @@ mod tests {
                 .contains("role hub only")
         );
         let mut mtu = overlay_of(OverlayRole::Mesh);
-        mtu.spec.mtu = 100;
+        mtu.spec.mtu = Some(100);
         assert!(check(&mtu).unwrap_err().to_string().contains("8950"));
         let mut ports = overlay_of(OverlayRole::Mesh);
         ports.spec.source_ports = "9-3".into();
         assert!(check(&ports).is_err());
+    }
+
+    /// An IPv6 underlay: every address of the other family is refused with its path, the
+    /// MTU defaults to 1430, unusable IPv6 addresses are refused with the reason.
+    #[test]
+    fn an_ipv6_underlay_is_one_family() {
+        let ipv6 = |o: &mut Overlay| o.spec.local_address = "fd00:50::1".parse().unwrap();
+        let mut mesh = overlay_of(OverlayRole::Mesh);
+        ipv6(&mut mesh);
+        let err = check(&mesh).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.peers[0]") && err.contains("192.168.50.2 is an IPv4 address"),
+            "{err}"
+        );
+        mesh.spec.peers = vec!["fd00:50::2".parse().unwrap()];
+        check(&mesh).expect("an IPv6 mesh");
+        assert_eq!(mesh.spec.mtu(), 1430, "1500 minus 70 over IPv6");
+        mesh.spec.mtu = Some(8930);
+        assert_eq!(mesh.spec.mtu(), 8930, "given, kept");
+
+        let mut runner = overlay_of(OverlayRole::Runner);
+        ipv6(&mut runner);
+        let err = check(&runner).unwrap_err().to_string();
+        assert!(err.contains("spec.hub.address"), "{err}");
+        if let Some(hub) = &mut runner.spec.hub {
+            hub.address = "fd00:50::9".parse().unwrap();
+        }
+        check(&runner).expect("an IPv6 runner");
+
+        let mut hub = overlay_of(OverlayRole::Hub);
+        ipv6(&mut hub);
+        hub.spec.runners = vec![StaticRunner {
+            name: "kernel".into(),
+            address: "192.168.50.9".parse().unwrap(),
+        }];
+        let err = check(&hub).unwrap_err().to_string();
+        assert!(err.contains("spec.runners[0].address"), "{err}");
+        hub.spec.runners[0].address = "fd00:50::9".parse().unwrap();
+        check(&hub).expect("an IPv6 hub");
+
+        for (bad, why) in [
+            ("fe80::1", "link-local"),
+            ("::ffff:192.168.50.1", "IPv4-mapped"),
+            ("ff02::1", "not a unicast address"),
+            ("::1", "loopback"),
+        ] {
+            let mut o = overlay_of(OverlayRole::Hub);
+            o.spec.local_address = bad.parse().unwrap();
+            let err = check(&o).expect_err(bad).to_string();
+            assert!(
+                err.contains("spec.localAddress") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
     }
 }

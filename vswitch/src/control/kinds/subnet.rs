@@ -70,10 +70,10 @@ pub struct SubnetSpec {
     /// replication). Default: the Overlay's `peers`. Only with `vni`.
     #[serde(
         default,
-        deserialize_with = "de_ipv4_list",
+        deserialize_with = "de_ip_list",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub remote_vteps: Vec<Ipv4Addr>,
+    pub remote_vteps: Vec<IpAddr>,
     /// The resolver settings interfaces get: in the CNI result, in
     /// `/etc/netns/NAME/resolv.conf` for an interface attached to a named namespace, and in
     /// DHCP answers.
@@ -1115,8 +1115,13 @@ fn check_vni(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Resu
             ),
         ));
     }
+    let local = next.overlays.values().next().map(|o| o.spec.local_address);
     for (i, vtep) in subnet.spec.remote_vteps.iter().enumerate() {
-        overlay::check_reachable(origin, &format!("spec.remoteVteps[{i}]"), *vtep)?;
+        let field = format!("spec.remoteVteps[{i}]");
+        overlay::check_reachable(origin, &field, *vtep)?;
+        if let Some(local) = local {
+            overlay::check_family(origin, &field, *vtep, local)?;
+        }
     }
     Ok(())
 }
@@ -1442,9 +1447,27 @@ mod tests {
         let mut zero = doc.clone();
         zero.spec.vni = Some(0);
         assert!(check_vni(&origin, &state, "a", &zero).is_err());
-        let mut orphan = doc;
+        let mut orphan = doc.clone();
         orphan.spec.vni = None;
-        orphan.spec.remote_vteps = vec![Ipv4Addr::new(192, 168, 1, 1)];
+        orphan.spec.remote_vteps = vec![Ipv4Addr::new(192, 168, 1, 1).into()];
         assert!(check_vni(&origin, &state, "a", &orphan).is_err());
+        // Remote VTEPs are of the underlay's family (the Overlay's localAddress).
+        let mut overlay = crate::control::testing::overlay_of(OverlayRole::Mesh);
+        overlay.spec.local_address = "fd00:50::1".parse().unwrap();
+        state.overlays.insert("node-a".into(), overlay);
+        let mut stretched = doc;
+        stretched.spec.remote_vteps = vec![
+            "fd00:50::2".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 1, 1).into(),
+        ];
+        let err = check_vni(&origin, &state, "a", &stretched)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.remoteVteps[1]") && err.contains("fd00:50::1 is IPv6"),
+            "{err}"
+        );
+        stretched.spec.remote_vteps.pop();
+        check_vni(&origin, &state, "a", &stretched).expect("an IPv6 remote VTEP");
     }
 }

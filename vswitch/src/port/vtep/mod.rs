@@ -2,9 +2,10 @@
 //!
 //! [`open`] returns a [`Vtep`] with one [`VtepQueue`] per worker. The VTEP is not a port:
 //! nothing attaches it, and frames reach it only through the `vxlan-encap` stage (a stretched
-//! subnet's tunnel port has it as its egress) and leave it through `vxlan-input`. Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the local address and
+//! subnet's tunnel port has it as its egress) and leave it through `vxlan-input`.
+//! Receive: one UDP socket per worker, `SO_REUSEPORT`, bound to the local address and
 //! port, read with `recvmmsg`, with `UDP_GRO` where the kernel has it.
-//! Transmit: single frames get outer IPv4/UDP/VXLAN headers built by the `vxlan` crate and
+//! Transmit: single frames get outer IP/UDP/VXLAN headers built by the `vxlan` crate and
 //! go out with `sendmmsg` on a raw `IPPROTO_RAW` socket, so the UDP source port can be hashed
 //! from the inner flow (a UDP socket would always send from 4789); GSO super-frames are
 //! segmented and sent with `UDP_SEGMENT` from a UDP socket bound to that hashed port.
@@ -14,7 +15,10 @@
 //! `gso.rs` (super-frames segmented and sent with `UDP_SEGMENT` from per-source-port
 //! sockets).
 //!
-//! Only an IPv4 underlay is supported: the local address is an IPv4 address.
+//! The underlay is the local address's family: every socket of the VTEP is `AF_INET` or
+//! `AF_INET6`, and its peers are of that family. Over IPv6 the outer UDP checksum is always
+//! computed (RFC 6935 allows a zero one only where the receiver opted in, and Linux drops
+//! them unless `udp6zerocsumrx` is set).
 
 mod gso;
 mod rx;
@@ -23,10 +27,10 @@ mod tx;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
-use smoltcp::wire::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
+use smoltcp::wire::{IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN};
 
 pub use self::gso::GsoSent;
 use self::gso::{PortSockets, open_current_namespace};
@@ -34,7 +38,7 @@ use self::rx::{Coalesced, RxStash};
 use parking_lot::Mutex;
 
 use crate::sys::batch::MAX_FRAME_LEN;
-use crate::sys::udp::{RawIpv4Socket, ReadySet, Receiver, Sender, SocketError, UdpSocket};
+use crate::sys::udp::{RawIpSocket, ReadySet, Receiver, Sender, SocketError, UdpSocket};
 
 /// Bytes in front of the VXLAN header in a received frame: the frame handed to the pipeline
 /// is `[PAD][VXLAN header][inner Ethernet]`, so that once the 8-byte VXLAN header is
@@ -47,8 +51,19 @@ use crate::sys::udp::{RawIpv4Socket, ReadySet, Receiver, Sender, SocketError, Ud
 /// header. The pad is outside the datagram: no peer can set it.
 pub const RX_PAD: usize = crate::wire::VNET_HDR_LEN - ::vxlan::VXLAN_HEADER_LEN;
 
-/// Outer headers the VTEP writes in front of an inner frame: IPv4 + UDP + VXLAN = 36 bytes.
-pub const OUTER_LEN: usize = IPV4_HEADER_LEN + UDP_HEADER_LEN + ::vxlan::VXLAN_HEADER_LEN;
+/// Room for the outer headers the VTEP writes in front of an inner frame: IPv6 + UDP +
+/// VXLAN = 56 bytes (over IPv4 they take 36, the first 20 bytes are left unused).
+pub const OUTER_LEN: usize = IPV6_HEADER_LEN + UDP_HEADER_LEN + ::vxlan::VXLAN_HEADER_LEN;
+
+/// The outer headers' length over the underlay of `local`: 36 bytes over IPv4, 56 over IPv6.
+pub fn outer_len(local: IpAddr) -> usize {
+    let ip = if local.is_ipv6() {
+        IPV6_HEADER_LEN
+    } else {
+        IPV4_HEADER_LEN
+    };
+    ip + UDP_HEADER_LEN + ::vxlan::VXLAN_HEADER_LEN
+}
 
 /// The longest inner Ethernet frame [`VtepQueue::send_encap`] takes: a 9216-byte jumbo
 /// frame (more than a 9000-byte underlay can carry anyway).
@@ -62,8 +77,9 @@ const _: () = assert!(
 );
 
 /// The most UDP payload one `UDP_SEGMENT` send carries: an IPv4 packet's 65535 bytes minus
-/// the IPv4 and UDP headers (`udp_sendmsg` refuses more with `EMSGSIZE`). A super-frame whose
-/// segments need more goes out in several sends.
+/// the IPv4 and UDP headers (`udp_sendmsg` refuses more with `EMSGSIZE`; over IPv6 the
+/// limit is the payload length's 65535 minus the UDP header, which this respects too). A
+/// super-frame whose segments need more goes out in several sends.
 pub const MAX_GSO_PAYLOAD: usize = 65_535 - IPV4_HEADER_LEN - UDP_HEADER_LEN;
 
 /// The most datagrams one `UDP_SEGMENT` send carries: the kernel's `UDP_MAX_SEGMENTS` (64 on
@@ -113,11 +129,11 @@ impl fmt::Debug for GroState {
 
 /// One worker's queue of the VTEP.
 pub struct VtepQueue {
-    local: SocketAddrV4,
+    local: SocketAddr,
     socket: UdpSocket,
     /// What the worker polls: the socket, or the doorbell while the stash holds datagrams.
     ready: ReadySet,
-    raw: RawIpv4Socket,
+    raw: RawIpSocket,
     receiver: Receiver,
     sender: Sender,
     /// `TX_SLOTS` slots of `TX_SLOT_LEN` bytes.
@@ -125,7 +141,7 @@ pub struct VtepQueue {
     /// Where the finished packet lies in each queued slot (slot-relative).
     tx_frames: Box<[(usize, usize)]>,
     /// The remote VTEP of each queued packet.
-    tx_remotes: Box<[Ipv4Addr]>,
+    tx_remotes: Box<[IpAddr]>,
     tx_queued: usize,
     ipv4_ident: u16,
     truncated: u64,
@@ -186,12 +202,12 @@ impl AsFd for VtepQueue {
 impl VtepQueue {
     /// Opens one queue: a UDP socket bound to `local` (which must be free for this
     /// process's `SO_REUSEPORT` group) and a raw send socket. `ident_start` is the first
-    /// outer IPv4 identification.
-    fn open(local: SocketAddrV4, ident_start: u16) -> io::Result<VtepQueue> {
+    /// outer IPv4 identification (unused over IPv6).
+    fn open(local: SocketAddr, ident_start: u16) -> io::Result<VtepQueue> {
         let socket = UdpSocket::bind(local, true, Some(RCVBUF_BYTES))
             .map_err(|error| describe(local, error))?;
-        let raw =
-            RawIpv4Socket::open(Some(SNDBUF_BYTES)).map_err(|error| describe(local, error))?;
+        let raw = RawIpSocket::open(local.is_ipv6(), Some(SNDBUF_BYTES))
+            .map_err(|error| describe(local, error))?;
         let ready = ReadySet::new(&socket).map_err(|error| describe(local, error))?;
         // Optional offloads: without them the queue works packet by packet.
         let udp_gro = match socket.enable_gro() {
@@ -217,7 +233,7 @@ impl VtepQueue {
             sender: Sender::new(TX_SLOTS),
             tx_buffer: vec![0u8; TX_SLOTS * TX_SLOT_LEN].into_boxed_slice(),
             tx_frames: vec![(0, 0); TX_SLOTS].into_boxed_slice(),
-            tx_remotes: vec![Ipv4Addr::UNSPECIFIED; TX_SLOTS].into_boxed_slice(),
+            tx_remotes: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED); TX_SLOTS].into_boxed_slice(),
             tx_queued: 0,
             ipv4_ident: ident_start,
             truncated: 0,
@@ -240,7 +256,7 @@ impl VtepQueue {
     }
 
     /// The address and UDP port the queue receives on (every queue of a VTEP has the same).
-    pub fn local(&self) -> SocketAddrV4 {
+    pub fn local(&self) -> SocketAddr {
         self.local
     }
 
@@ -303,7 +319,7 @@ impl VtepQueue {
 }
 
 /// An error of opening the VTEP on `local`, saying what to check.
-fn describe(local: SocketAddrV4, error: SocketError) -> io::Error {
+fn describe(local: SocketAddr, error: SocketError) -> io::Error {
     let address = local.ip();
     let port = local.port();
     let message = match error.source.raw_os_error() {
@@ -330,7 +346,7 @@ fn describe(local: SocketAddrV4, error: SocketError) -> io::Error {
 #[derive(Debug)]
 pub struct Vtep {
     /// The address and UDP port every queue is bound to.
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
     /// One queue per worker, index = worker index.
     pub queues: Vec<Mutex<VtepQueue>>,
 }
@@ -343,14 +359,19 @@ pub struct Vtep {
 /// # Errors
 /// An error that names the address and says what to check (address not configured on any
 /// interface of the daemon's namespace, port in use, no permission).
-pub fn open(local: SocketAddrV4, queues: usize) -> io::Result<Vtep> {
-    let address = *local.ip();
-    if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
+pub fn open(local: SocketAddr, queues: usize) -> io::Result<Vtep> {
+    let address = local.ip();
+    let unusable = match address {
+        IpAddr::V4(v4) => v4.is_broadcast(),
+        // Link-local needs a scope (an interface) on every packet; a mapped address is IPv4.
+        IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some(),
+    };
+    if address.is_unspecified() || address.is_multicast() || unusable {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "cannot open the VTEP on {local}: the local address must be a unicast address \
-                 of this node (the one other nodes reach)"
+                 of this node (the one other nodes reach; not link-local)"
             ),
         ));
     }
@@ -429,13 +450,22 @@ pub(crate) mod testing {
     }
 
     pub(crate) fn loopback_vtep(queues: usize) -> TestVtep {
+        loopback_vtep_on(IpAddr::V4(Ipv4Addr::LOCALHOST), queues)
+    }
+
+    /// A VTEP on ::1 (an IPv6 underlay), held alone for the test's duration.
+    pub(crate) fn loopback_vtep6(queues: usize) -> TestVtep {
+        loopback_vtep_on(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), queues)
+    }
+
+    fn loopback_vtep_on(address: IpAddr, queues: usize) -> TestVtep {
         let alone = LOOPBACK_VTEPS.lock();
         // Port 0: `open` learns a free port with a probe socket, closes it and binds the
         // queues to it; a socket of a test running at the same time may take the port in
         // between (seen in CI). Another free port is then as good.
         let mut attempt = 0;
         let vtep = loop {
-            match open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), queues) {
+            match open(SocketAddr::new(address, 0), queues) {
                 Err(error) if error.kind() == io::ErrorKind::AddrInUse && attempt < 5 => {
                     attempt += 1;
                 }
@@ -484,7 +514,7 @@ pub(crate) mod testing {
             dont_fragment: false,
             send_buffer: None,
         };
-        UdpSocket::bind_sender(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), options)
+        UdpSocket::bind_sender(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0), options)
             .expect("send-only socket on loopback")
     }
 
@@ -603,7 +633,7 @@ pub(crate) mod testing {
 
     /// Receives on queue 0 of `io` until frames standing for `want` wire segments arrived
     /// or 5 s passed.
-    pub(crate) fn receive_frames(io: &Vtep, want: usize) -> Vec<(Vec<u8>, SocketAddrV4)> {
+    pub(crate) fn receive_frames(io: &Vtep, want: usize) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut frames = Vec::new();
         let mut segments = 0;
         let mut batch = RxBatch::new(64);
@@ -652,7 +682,7 @@ mod tests {
     #[test]
     #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn refuses_bad_addresses_and_busy_ports() {
-        let error = open(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 123), 0), 1).unwrap_err();
+        let error = open("192.0.2.123:0".parse().unwrap(), 1).unwrap_err();
         assert!(
             error
                 .to_string()
@@ -670,8 +700,22 @@ mod tests {
             )),
             "{error}"
         );
-        let error = open(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4789), 1).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
-        assert!(open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 0).is_err());
+        for unusable in [
+            "0.0.0.0:4789",
+            "[::]:4789",
+            "[fe80::1]:4789",
+            "[::ffff:10.0.0.1]:4789",
+        ] {
+            let error = open(unusable.parse().unwrap(), 1).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{unusable}");
+        }
+        assert!(open("127.0.0.1:0".parse().unwrap(), 0).is_err());
+        let error = open("[2001:db8::123]:0".parse().unwrap(), 1).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("address 2001:db8::123 is not configured on any interface"),
+            "{error}"
+        );
     }
 }

@@ -27,7 +27,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 
 use super::{RX_BURST, RX_DATAGRAM_MAX, RX_PAD, VtepQueue};
@@ -45,7 +45,7 @@ pub(super) struct Coalesced {
     start: usize,
     len: usize,
     segment: usize,
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     merged: usize,
     merged_len: usize,
     mss: u16,
@@ -56,14 +56,14 @@ impl Coalesced {
         start: 0,
         len: 0,
         segment: 0,
-        peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        peer: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
         merged: 0,
         merged_len: 0,
         mss: 0,
     };
 
     /// A buffer as received: nothing merged.
-    fn received(len: usize, segment: usize, peer: SocketAddrV4) -> Coalesced {
+    fn received(len: usize, segment: usize, peer: SocketAddr) -> Coalesced {
         Coalesced {
             len,
             segment,
@@ -394,9 +394,7 @@ impl VtepQueue {
             let mut buffer = Coalesced::received(
                 datagram.len,
                 datagram.segment_size.map_or(0, usize::from),
-                datagram
-                    .peer
-                    .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                datagram.peer.unwrap_or(Coalesced::EMPTY.peer),
             );
             if buffer.count() > 1 {
                 self.gro.coalesced += 1;
@@ -522,10 +520,7 @@ mod tests {
         assert_eq!(frame.len(), RX_PAD + payload.len());
         assert_eq!(&frame[..RX_PAD], &[0; RX_PAD]);
         assert_eq!(&frame[RX_PAD..], &payload[..]);
-        assert_eq!(
-            std::net::SocketAddr::V4(batch.peer(0)),
-            client.local_addr().unwrap()
-        );
+        assert_eq!(batch.peer(0), client.local_addr().unwrap());
     }
 
     #[test]
@@ -550,7 +545,7 @@ mod tests {
 
     /// Sends `datagrams` (all of `size` bytes but the last) from `socket` to `to` in one
     /// `UDP_SEGMENT` send; datagram `i` is filled with `tag + i`.
-    fn send_coalesced(socket: &UdpSocket, to: SocketAddrV4, sizes: &[usize], tag: u8) {
+    fn send_coalesced(socket: &UdpSocket, to: SocketAddr, sizes: &[usize], tag: u8) {
         let mut payload = Vec::new();
         for (index, &size) in sizes.iter().enumerate() {
             payload.extend(std::iter::repeat_n(
@@ -567,7 +562,7 @@ mod tests {
     }
 
     /// Checks that frame `index` of `batch` is `[RX_PAD zeros][len bytes of fill]`.
-    fn check_frame(batch: &RxBatch, index: usize, len: usize, fill: u8, peer: SocketAddrV4) {
+    fn check_frame(batch: &RxBatch, index: usize, len: usize, fill: u8, peer: SocketAddr) {
         let frame = batch.frame(index);
         assert_eq!(frame.len(), RX_PAD + len, "frame {index}");
         assert_eq!(&frame[..RX_PAD], &[0; RX_PAD], "frame {index}");

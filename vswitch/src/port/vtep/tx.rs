@@ -2,15 +2,16 @@
 //! `sendmmsg` that hands the ring to the kernel.
 //!
 //! [`VtepQueue::send_encap`] copies the inner frame into the next slot of a ring of
-//! [`TX_SLOTS`] preallocated slots, behind room for the outer IPv4, UDP and VXLAN headers
+//! [`TX_SLOTS`] preallocated slots, behind room for the outer IP, UDP and VXLAN headers
 //! ([`OUTER_LEN`] bytes), and writes those headers with [`::vxlan::encap::encapsulate`]
 //! (no outer Ethernet header: the kernel routes the packet and resolves the next hop).
 //! [`VtepQueue::flush`] hands the ring to the kernel in one `sendmmsg`. Each queue numbers
 //! its outer IPv4 identifications from its own starting point, so that fragments of packets
-//! from different queues (DF is clear by default) are unlikely to share an ID.
+//! from different queues (DF is clear by default) are unlikely to share an ID. Over IPv6
+//! the outer UDP checksum is computed here, over the whole datagram (see the module docs).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ::vxlan::encap::{EncapParams, Underlay, encapsulate};
 use ::vxlan::{Vni, VxlanEncapConfig};
@@ -23,15 +24,22 @@ impl VtepQueue {
     /// for the next [`flush`](VtepQueue::flush); a full queue is flushed first.
     ///
     /// # Errors
-    /// `InvalidInput` when the frame cannot be encapsulated (too short or too long); the
-    /// kernel's error when a flush forced by a full queue fails.
+    /// `InvalidInput` when the frame cannot be encapsulated (too short or too long) or
+    /// `remote` is not of the underlay's family; the kernel's error when a flush forced by a
+    /// full queue fails.
     pub fn send_encap(
         &mut self,
         inner: &[u8],
         vni: Vni,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         config: &VxlanEncapConfig,
     ) -> io::Result<()> {
+        let Some(underlay) = Underlay::new(self.local.ip(), remote) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "remote VTEP of the other address family than the underlay",
+            ));
+        };
         if inner.len() > MAX_INNER_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -53,10 +61,7 @@ impl VtepQueue {
         slot[inner_range.clone()].copy_from_slice(inner);
         let params = EncapParams {
             vni,
-            underlay: Underlay::Ipv4 {
-                local: *self.local.ip(),
-                remote,
-            },
+            underlay,
             dst_port: self.local.port(),
             ethernet: None,
             ipv4_ident: self.ipv4_ident,
@@ -96,7 +101,7 @@ impl VtepQueue {
                     self.tx_remotes
                         .get(i)
                         .copied()
-                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
                 )
             });
             match self.sender.send(&self.raw, packets) {
@@ -136,26 +141,39 @@ impl VtepQueue {
 #[cfg(test)]
 mod tests {
     use ::vxlan::encap::decapsulate;
-    use smoltcp::wire::{Ipv4Packet, UdpPacket};
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket};
 
     use super::super::RX_PAD;
     use super::super::testing::*;
     use super::*;
     use crate::port::RxBatch;
 
+    const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     #[ignore = "needs root: opens a VTEP (raw IPv4 socket, CAP_NET_RAW)"]
     fn encap_round_trip_over_loopback() {
-        let io = loopback_vtep(1);
-        let local = queue(&io, 0).local();
+        encap_round_trip(&loopback_vtep(1));
+    }
+
+    #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv6 socket, CAP_NET_RAW)"]
+    fn encap_round_trip_over_ipv6_loopback() {
+        encap_round_trip(&loopback_vtep6(1));
+    }
+
+    /// Three frames out of queue 0 of `io` to itself, received whole, from the hashed port,
+    /// with a valid outer UDP checksum over IPv6 (the kernel drops them otherwise).
+    fn encap_round_trip(io: &super::super::Vtep) {
+        let local = queue(io, 0).local();
+        let remote = local.ip();
         let config = VxlanEncapConfig::default();
         let vni = Vni::new(4242).unwrap();
         let frames: Vec<Vec<u8>> = (0..3).map(|i| inner_frame(1000 + i)).collect();
         {
-            let mut q = queue(&io, 0);
+            let mut q = queue(io, 0);
             for frame in &frames {
-                q.send_encap(frame, vni, Ipv4Addr::LOCALHOST, &config)
-                    .unwrap();
+                q.send_encap(frame, vni, remote, &config).unwrap();
             }
             q.flush().unwrap();
             assert_eq!(q.send_errors(), 0);
@@ -163,7 +181,7 @@ mod tests {
             q.flush().unwrap();
         }
         let mut batch = RxBatch::new(8);
-        receive(&io, &mut batch, 3);
+        receive(io, &mut batch, 3);
         for (index, frame) in frames.iter().enumerate() {
             let received = batch.frame(index);
             assert_eq!(&received[..RX_PAD], &[0; RX_PAD]);
@@ -171,7 +189,7 @@ mod tests {
             assert_eq!(decap.vni, vni);
             assert_eq!(&received[RX_PAD..][decap.inner], &frame[..]);
             let peer = batch.peer(index);
-            assert_eq!(*peer.ip(), Ipv4Addr::LOCALHOST);
+            assert_eq!(peer.ip(), remote);
             assert_eq!(
                 peer.port(),
                 ::vxlan::encap::source_port(frame, &config),
@@ -179,7 +197,17 @@ mod tests {
             );
             assert!((32768..=60999).contains(&peer.port()));
         }
-        assert_eq!(queue(&io, 0).local(), local);
+        assert_eq!(queue(io, 0).local(), local);
+        // A remote of the other family is refused, not sent.
+        let other = if remote.is_ipv6() {
+            LOCALHOST
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        };
+        let error = queue(io, 0)
+            .send_encap(&frames[0], vni, other, &config)
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
@@ -193,8 +221,7 @@ mod tests {
         {
             let mut q = queue(&io, 0);
             for _ in 0..total {
-                q.send_encap(&frame, vni, Ipv4Addr::LOCALHOST, &config)
-                    .unwrap();
+                q.send_encap(&frame, vni, LOCALHOST, &config).unwrap();
             }
             q.flush().unwrap();
         }
@@ -214,10 +241,10 @@ mod tests {
         let config = VxlanEncapConfig::default();
         let vni = Vni::new(7).unwrap();
         let mut q = queue(&io, 0);
-        let short = q.send_encap(&[0; 10], vni, Ipv4Addr::LOCALHOST, &config);
+        let short = q.send_encap(&[0; 10], vni, LOCALHOST, &config);
         assert_eq!(short.unwrap_err().kind(), io::ErrorKind::InvalidInput);
         let long = vec![0u8; MAX_INNER_LEN + 1];
-        let long = q.send_encap(&long, vni, Ipv4Addr::LOCALHOST, &config);
+        let long = q.send_encap(&long, vni, LOCALHOST, &config);
         assert_eq!(long.unwrap_err().kind(), io::ErrorKind::InvalidInput);
         assert_eq!(q.tx_queued, 0);
     }
@@ -231,14 +258,18 @@ mod tests {
         let frame = inner_frame(4000);
         let mut q = queue(&io, 0);
         let first_ident = q.ipv4_ident;
-        q.send_encap(&frame, vni, Ipv4Addr::new(192, 0, 2, 9), &config)
-            .unwrap();
-        q.send_encap(&frame, vni, Ipv4Addr::new(192, 0, 2, 9), &config)
-            .unwrap();
+        let remote = std::net::Ipv4Addr::new(192, 0, 2, 9);
+        q.send_encap(&frame, vni, remote.into(), &config).unwrap();
+        q.send_encap(&frame, vni, remote.into(), &config).unwrap();
         let (start, end) = q.tx_frames[0];
+        assert_eq!(
+            start,
+            OUTER_LEN - 36,
+            "the outer headers right before the frame"
+        );
         let ip = Ipv4Packet::new_checked(&q.tx_buffer[start..end]).expect("IPv4");
-        assert_eq!(ip.src_addr(), Ipv4Addr::LOCALHOST);
-        assert_eq!(ip.dst_addr(), Ipv4Addr::new(192, 0, 2, 9));
+        assert_eq!(ip.src_addr(), std::net::Ipv4Addr::LOCALHOST);
+        assert_eq!(ip.dst_addr(), remote);
         assert_eq!(ip.ident(), first_ident);
         assert!(ip.verify_checksum());
         let udp = UdpPacket::new_checked(ip.payload()).expect("UDP");
@@ -253,6 +284,33 @@ mod tests {
         let ip = Ipv4Packet::new_checked(second).expect("IPv4");
         assert_eq!(ip.ident(), first_ident.wrapping_add(1));
         // Not flushed: nothing leaves toward the documentation address.
+        q.tx_queued = 0;
+    }
+
+    #[test]
+    #[ignore = "needs root: opens a VTEP (raw IPv6 socket, CAP_NET_RAW)"]
+    fn outer_headers_are_ipv6_udp_vxlan_with_a_checksum() {
+        let io = loopback_vtep6(1);
+        let config = VxlanEncapConfig::default();
+        let vni = Vni::new(99).unwrap();
+        let frame = inner_frame(4000);
+        let mut q = queue(&io, 0);
+        let remote: std::net::Ipv6Addr = "2001:db8::9".parse().unwrap();
+        q.send_encap(&frame, vni, remote.into(), &config).unwrap();
+        let (start, end) = q.tx_frames[0];
+        assert_eq!(start, 0, "56 bytes of outer headers");
+        let ip = Ipv6Packet::new_checked(&q.tx_buffer[start..end]).expect("IPv6");
+        assert_eq!(ip.src_addr(), std::net::Ipv6Addr::LOCALHOST);
+        assert_eq!(ip.dst_addr(), remote);
+        assert_eq!(ip.next_header(), IpProtocol::Udp);
+        assert_eq!(usize::from(ip.payload_len()), 8 + 8 + frame.len());
+        let udp = UdpPacket::new_checked(ip.payload()).expect("UDP");
+        assert_eq!(udp.dst_port(), q.local().port());
+        assert!(
+            udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()),
+            "the outer UDP checksum is mandatory over IPv6"
+        );
+        assert_ne!(udp.checksum(), 0);
         q.tx_queued = 0;
     }
 }

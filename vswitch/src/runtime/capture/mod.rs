@@ -14,7 +14,7 @@
 //!   `virtio_net_hdr` is not part of the capture. A TSO super-frame is one record (as
 //!   tcpdump on a Linux interface with GSO shows it).
 //! - On the VTEP (`vxlan`), records are the outer packets: the VTEP's sockets see UDP
-//!   payloads, so the outer Ethernet, IPv4 and UDP headers are synthesized from the socket
+//!   payloads, so the outer Ethernet, IP and UDP headers are synthesized from the socket
 //!   addresses (Ethernet addresses zero, UDP checksum zero), and on transmit the VXLAN
 //!   header as well. A `UDP_GRO` buffer merged on receive, and a super-frame sent with
 //!   `UDP_SEGMENT`, are one record each.
@@ -25,7 +25,7 @@
 pub mod filter;
 mod ring;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
-    IpProtocol, Ipv4Packet, Ipv4Repr, UDP_HEADER_LEN, UdpPacket,
+    IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UDP_HEADER_LEN,
+    UdpPacket,
 };
 
 use crate::port::PortId;
@@ -54,11 +55,10 @@ pub const RING_RECORDS: usize = 16 * 1024;
 /// The largest snap length: a whole TSO super-frame.
 pub const MAX_SNAPLEN: u32 = 65_535;
 
-/// The outer headers synthesized for a VTEP datagram: Ethernet, IPv4, UDP.
-pub const OUTER_LEN: usize = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
-
-/// The outer headers synthesized for a packet the VTEP sends: [`OUTER_LEN`] and VXLAN.
-pub const OUTER_VXLAN_LEN: usize = OUTER_LEN + ::vxlan::header::HEADER_LEN;
+/// The longest outer headers synthesized for a VTEP datagram: Ethernet, IPv6, UDP, and
+/// VXLAN for a packet the VTEP sends.
+const OUTER_MAX: usize =
+    ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + UDP_HEADER_LEN + ::vxlan::header::HEADER_LEN;
 
 /// Which frames of a port a capture takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,40 +429,89 @@ impl Drop for CaptureStream {
     }
 }
 
-/// The outer Ethernet, IPv4 and UDP headers of a datagram of `payload_len` bytes from `src`
-/// to `dst`, as a VTEP capture shows them: Ethernet addresses zero (the kernel routes the
-/// VTEP's packets and picks the next hop), TTL 64, UDP checksum zero (allowed over IPv4,
-/// RFC 768); lengths saturate at 65,535.
-pub(crate) fn outer_headers(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload_len: usize,
-) -> [u8; OUTER_VXLAN_LEN] {
-    let mut buffer = [0u8; OUTER_VXLAN_LEN];
-    let max_payload = usize::from(u16::MAX) - IPV4_HEADER_LEN - UDP_HEADER_LEN;
+/// The outer headers synthesized for a VTEP datagram (see [`outer_headers`]).
+pub(crate) struct OuterHeaders {
+    buffer: [u8; OUTER_MAX],
+    /// Ethernet, IP and UDP: 42 bytes over IPv4, 62 over IPv6.
+    len: usize,
+}
+
+impl OuterHeaders {
+    /// Ethernet, IP and UDP.
+    pub(crate) fn outer(&self) -> &[u8] {
+        self.buffer.get(..self.len).unwrap_or_default()
+    }
+
+    /// Ethernet, IP, UDP and the VXLAN header of `vni` (for a packet the VTEP sends).
+    pub(crate) fn with_vxlan(&mut self, vni: ::vxlan::Vni) -> &[u8] {
+        let end = self.len + ::vxlan::header::HEADER_LEN;
+        if let Some(header) = self.buffer.get_mut(self.len..end) {
+            ::vxlan::header::Repr { vni }.emit(&mut ::vxlan::header::Packet::new_unchecked(header));
+        }
+        self.buffer.get(..end).unwrap_or_default()
+    }
+}
+
+/// The outer Ethernet, IP and UDP headers of a datagram of `payload_len` bytes from `src`
+/// to `dst` (both of one family), as a VTEP capture shows them: Ethernet addresses zero (the
+/// kernel routes the VTEP's packets and picks the next hop), TTL or hop limit 64, UDP
+/// checksum zero (allowed over IPv4, RFC 768; over IPv6 the real one is not computed for a
+/// capture either); lengths saturate at 65,535.
+pub(crate) fn outer_headers(src: SocketAddr, dst: SocketAddr, payload_len: usize) -> OuterHeaders {
+    let mut buffer = [0u8; OUTER_MAX];
+    let ip_len = if src.is_ipv6() {
+        IPV6_HEADER_LEN
+    } else {
+        IPV4_HEADER_LEN
+    };
+    let max_payload = usize::from(u16::MAX) - ip_len - UDP_HEADER_LEN;
     let payload_len = payload_len.min(max_payload);
     let udp_len = u16::try_from(UDP_HEADER_LEN + payload_len).unwrap_or(u16::MAX);
     let mut ethernet = EthernetFrame::new_unchecked(&mut buffer[..]);
     ethernet.set_src_addr(EthernetAddress([0; 6]));
     ethernet.set_dst_addr(EthernetAddress([0; 6]));
-    ethernet.set_ethertype(EthernetProtocol::Ipv4);
-    let ip = Ipv4Repr {
-        src_addr: *src.ip(),
-        dst_addr: *dst.ip(),
-        next_header: IpProtocol::Udp,
-        payload_len: UDP_HEADER_LEN + payload_len,
-        hop_limit: 64,
+    let ip_buffer = &mut buffer[ETHERNET_HEADER_LEN..];
+    let ethertype = match (src.ip(), dst.ip()) {
+        (std::net::IpAddr::V4(src_addr), std::net::IpAddr::V4(dst_addr)) => {
+            Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header: IpProtocol::Udp,
+                payload_len: UDP_HEADER_LEN + payload_len,
+                hop_limit: 64,
+            }
+            .emit(
+                &mut Ipv4Packet::new_unchecked(ip_buffer),
+                &ChecksumCapabilities::default(),
+            );
+            EthernetProtocol::Ipv4
+        }
+        (src_addr, dst_addr) => {
+            let v6 = |address: std::net::IpAddr| match address {
+                std::net::IpAddr::V6(v6) => v6,
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            };
+            Ipv6Repr {
+                src_addr: v6(src_addr),
+                dst_addr: v6(dst_addr),
+                next_header: IpProtocol::Udp,
+                payload_len: UDP_HEADER_LEN + payload_len,
+                hop_limit: 64,
+            }
+            .emit(&mut Ipv6Packet::new_unchecked(ip_buffer));
+            EthernetProtocol::Ipv6
+        }
     };
-    ip.emit(
-        &mut Ipv4Packet::new_unchecked(&mut buffer[ETHERNET_HEADER_LEN..]),
-        &ChecksumCapabilities::default(),
-    );
-    let mut udp = UdpPacket::new_unchecked(&mut buffer[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
+    EthernetFrame::new_unchecked(&mut buffer[..]).set_ethertype(ethertype);
+    let mut udp = UdpPacket::new_unchecked(&mut buffer[ETHERNET_HEADER_LEN + ip_len..]);
     udp.set_src_port(src.port());
     udp.set_dst_port(dst.port());
     udp.set_len(udp_len);
     udp.set_checksum(0);
-    buffer
+    OuterHeaders {
+        buffer,
+        len: ETHERNET_HEADER_LEN + ip_len + UDP_HEADER_LEN,
+    }
 }
 
 #[cfg(test)]
@@ -581,10 +630,11 @@ mod tests {
 
     #[test]
     fn outer_headers_filter_as_udp_4789() {
-        let src = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000);
-        let dst = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 4789);
-        let head = outer_headers(src, dst, 100);
-        let outer = &head[..OUTER_LEN];
+        let src = SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), 40000);
+        let dst = SocketAddr::new(Ipv4Addr::new(192, 0, 2, 2).into(), 4789);
+        let mut head = outer_headers(src, dst, 100);
+        let outer = head.outer();
+        assert_eq!(outer.len(), 42);
         for (filter, expected) in [
             ("udp and dst port 4789", true),
             ("src host 192.0.2.1 and dst host 192.0.2.2", true),
@@ -593,13 +643,39 @@ mod tests {
             let filter = Filter::parse(filter).unwrap().unwrap();
             assert_eq!(filter.matches(outer), expected, "{filter}");
         }
-        let ip = Ipv4Packet::new_checked(&head[ETHERNET_HEADER_LEN..OUTER_LEN]);
+        let ip = Ipv4Packet::new_checked(&outer[ETHERNET_HEADER_LEN..]);
         assert!(
             ip.is_err(),
             "the payload is not in the buffer, only its length"
         );
-        let ip = Ipv4Packet::new_unchecked(&head[ETHERNET_HEADER_LEN..]);
+        let ip = Ipv4Packet::new_unchecked(&outer[ETHERNET_HEADER_LEN..]);
         assert_eq!(ip.total_len(), 20 + 8 + 100);
         assert!(ip.verify_checksum());
+        let vni = ::vxlan::Vni::new(42).unwrap();
+        let sent = head.with_vxlan(vni);
+        assert_eq!(sent.len(), 50);
+        assert_eq!(&sent[42..50], &[0x08, 0, 0, 0, 0, 0, 42, 0]);
+    }
+
+    #[test]
+    fn outer_headers_over_ipv6() {
+        let src: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+        let dst: SocketAddr = "[2001:db8::2]:4789".parse().unwrap();
+        let head = outer_headers(src, dst, 100);
+        let outer = head.outer();
+        assert_eq!(outer.len(), 14 + 40 + 8);
+        assert_eq!(&outer[12..14], &[0x86, 0xdd]);
+        let ip = Ipv6Packet::new_unchecked(&outer[ETHERNET_HEADER_LEN..]);
+        assert_eq!(ip.payload_len(), 8 + 100);
+        assert_eq!(ip.next_header(), IpProtocol::Udp);
+        assert_eq!(
+            ip.src_addr(),
+            "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        let udp = UdpPacket::new_unchecked(&outer[54..]);
+        assert_eq!(
+            (udp.src_port(), udp.dst_port(), udp.len()),
+            (40000, 4789, 108)
+        );
     }
 }
