@@ -456,6 +456,7 @@ fn print_drops(daemon: &Daemon, label: &str) {
             .collect()
     };
     eprintln!("{label}: drops {:?}", nonzero(&stats["drops"]));
+    eprintln!("{label}: events {:?}", nonzero(&stats["events"]));
     for port in stats["ports"].as_array().into_iter().flatten() {
         eprintln!(
             "{label}:   port {} rx {} tx {} drops {:?}",
@@ -1978,6 +1979,8 @@ fn mesh_over_an_ipv6_underlay_with_a_kernel_peer() {
     ping(&ca, "10.88.0.20", &["-M", "do", "-s", "1402"]);
     ping(&cb, &ca4, &["-M", "do", "-s", "1402"]);
     ping(&cn, "10.88.0.20", &["-M", "do", "-s", "1402"]);
+    ping(&ca, "fd00:88::20", &["-M", "do", "-s", "1382"]);
+    ping(&cb, &cn6, &["-M", "do", "-s", "1382"]);
     // TCP both ways and routed: bursts segmented into UDP_SEGMENT sends from AF_INET6
     // sockets one way, the kernel's datagrams merged by UDP_GRO the other.
     let there = iperf3_tcp(&cb, &ca, "10.88.0.20", 2);
@@ -1988,19 +1991,28 @@ fn mesh_over_an_ipv6_underlay_with_a_kernel_peer() {
         "VXLAN over an IPv6 underlay, iperf3 Gbit/s: vswitchd->kernel {there:.2}, kernel->vswitchd {back:.2}, kernel->routed {routed:.2}, IPv6 inside vswitchd->kernel {there6:.2}"
     );
     assert!(there > 0.0 && back > 0.0 && routed > 0.0 && there6 > 0.0);
-    let stats = daemon.ctl_ok(&["stats"]);
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("refuses UDP_SEGMENT"),
+        "super-frames must leave with UDP_SEGMENT over IPv6:\n{}",
+        tail(&log, 30)
+    );
+    // The kernel took every datagram we sent (outer UDP checksums over IPv6 included).
     let vx = underlay
         .node(1)
-        .exec_ok(&["ip", "-s", "link", "show", "vx0"]);
-    eprintln!("kernel vx0:\n{vx}");
+        .exec_ok(&["ip", "-j", "-s", "link", "show", "vx0"]);
+    let vx: Value = serde_json::from_str(&vx).expect("ip -j");
+    let rx = &vx[0]["stats64"]["rx"];
+    assert!(rx["packets"].as_u64().unwrap_or(0) > 1000, "{vx}");
+    assert_eq!(rx["errors"], 0, "kernel vx0 receive errors: {vx}");
     print_drops(&daemon, "node-a");
-    assert!(!stats.is_empty());
 }
 
-/// The hub-and-spoke overlay over an IPv6 underlay: the hub on `fd00:50::1`, two runners
-/// register over IPv6 (TLS, the hub's generated certificate naming its IPv6 address, pinned),
-/// get their plans, and their containers reach each other through the hub and the hub
-/// node's own stack, with the overlay MTU of an IPv6 underlay (1430).
+/// The hub-and-spoke overlay over an IPv6 underlay, with IPv6 inside too: the hub on
+/// `fd00:50::1`, two runners register over IPv6 (TLS, the hub's generated certificate naming
+/// its IPv6 address, pinned) and get their plans (10.N.0.0/16 and fd00:10:0:N::/64), and
+/// their containers reach each other through the hub and the hub node's own stack over both
+/// families, with the overlay MTU of an IPv6 underlay (1430).
 #[test]
 #[ignore = "needs root: starts vswitchd in node namespaces on a bridged veth underlay"]
 fn hub_and_runners_over_an_ipv6_underlay() {
@@ -2010,7 +2022,11 @@ fn hub_and_runners_over_an_ipv6_underlay() {
     let hub = Daemon::start_in(&hub_ns.name, 2, &[]);
     let r1 = Daemon::start_in(&r1_ns.name, 2, &[]);
     let r2 = Daemon::start_in(&r2_ns.name, 2, &[]);
-    hub.apply_yaml(&hub_overlay("hub", "'fd00:50::1'", ""));
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "'fd00:50::1'",
+        "  addressPlan:\n    ipv6: {overlay: 'fd00:10::/48'}\n",
+    ));
     let pin = hub_fingerprint(&hub);
     r1.apply_yaml(&runner_overlay(
         "runner-1",
@@ -2049,8 +2065,31 @@ fn hub_and_runners_over_an_ipv6_underlay() {
     let subnet = r1.ctl_json(&["get", "subnet", "overlay"]);
     assert_eq!(subnet["spec"]["remoteVteps"][0], "fd00:50::1", "{subnet}");
     assert_eq!(subnet["spec"]["mtu"], 1430, "{subnet}");
+    assert_eq!(
+        subnet["spec"]["ipv6"]["cidr"], "fd00:10:0:1::/64",
+        "{subnet}"
+    );
+    assert_eq!(
+        subnet["spec"]["ipv6"]["gateway"], "fd00:10:0:1::1",
+        "{subnet}"
+    );
+    let route6 = r1.ctl_json(&["get", "route", "overlay-hub6"]);
+    assert_owned(&route6, "runner-1");
+    assert_eq!(route6["spec"]["destination"], "fd00:10::/48", "{route6}");
+    assert_eq!(route6["spec"]["nextHop"], "fd00:10:0:1::fe", "{route6}");
     let subnet = hub.ctl_json(&["get", "subnet", "overlay-r2"]);
     assert_eq!(subnet["spec"]["remoteVteps"][0], "fd00:50::3", "{subnet}");
+    assert_eq!(
+        subnet["spec"]["ipv6"]["gateway"], "fd00:10:0:2::fe",
+        "{subnet}"
+    );
+    let tap = hub_ns.exec_ok(&["ip", "-6", "addr", "show", "dev", "vsoverlay0"]);
+    assert!(tap.contains("fd00:10::1/64"), "the hub's host TAP: {tap}");
+    let routes = hub_ns.exec_ok(&["ip", "-6", "route", "show", "fd00:10::/48"]);
+    assert!(
+        routes.contains("via fd00:10::fe"),
+        "the hub node's route: {routes}"
+    );
 
     let c1 = Netns::new("u6r1");
     let c2 = Netns::new("u6r2");
@@ -2084,6 +2123,38 @@ fn hub_and_runners_over_an_ipv6_underlay() {
         "1430-byte packets with DF must cross: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // IPv6 inside, routed by the runners' switches and the hub like IPv4.
+    let ipv6_of = |daemon: &Daemon, ns: &Netns| {
+        let nic = daemon.ctl_json(&["get", "networkinterface", &ns.name]);
+        nic["status"]["ipv6"]
+            .as_str()
+            .unwrap_or_default()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (six1, six2) = (ipv6_of(&r1, &c1), ipv6_of(&r2, &c2));
+    assert!(six1.starts_with("fd00:10:0:1::"), "{six1}");
+    assert!(six2.starts_with("fd00:10:0:2::"), "{six2}");
+    c1.ping_ok("fd00:10:0:1::1", 3);
+    assert!(
+        c1.ping_until(&six2, Duration::from_secs(10)),
+        "runner-1 container {six1} cannot reach runner-2 container {six2} over IPv6\nrunner-1 log:\n{}\nhub log:\n{}",
+        tail(&r1.log_text(), 30),
+        tail(&hub.log_text(), 30)
+    );
+    c1.ping_ok(&six2, 3);
+    c2.ping_ok(&six1, 3);
+    assert!(
+        c2.ping_until("fd00:10::1", Duration::from_secs(10)),
+        "a runner-2 container cannot reach the hub node at fd00:10::1"
+    );
+    c1.ping_ok("fd00:10::1", 3);
+    let cross6 = iperf3_tcp(&c2, &c1, &six2, 2);
+    eprintln!("IPv6 inside, cross-runner iperf3: {cross6:.2} Gbit/s");
+    assert!(cross6 > 0.0);
+    print_drops(&r2, "runner-2");
     let cross = iperf3_tcp(&c2, &c1, &ip2, 2);
     let to_hub = iperf3_tcp(hub_ns, &c2, "10.0.0.1", 2);
     eprintln!(

@@ -40,10 +40,10 @@
 
 use core::fmt;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU8;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::header::{UDP_PORT, Vni};
@@ -906,6 +906,81 @@ pub struct AddressPlan {
     pub hub_host: u32,
     /// The hub's overlay-wide address (with the overlay's prefix). Default 10.0.0.1.
     pub hub_address: Ipv4Addr,
+    /// IPv6 inside the overlay too (default none): runner N's subnet gets the N-th /64 of
+    /// this range beside its IPv4 one, with the same host numbers (gateway `::1`, hub
+    /// `::fe` by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<AddressPlan6>,
+}
+
+/// The IPv6 half of an [`AddressPlan`]: runner N gets the N-th /64 of `overlay`
+/// (`fd00:10:0:N::/64` from `fd00:10::/48`); the first /64, which no runner gets, holds the
+/// hub's overlay-wide address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddressPlan6 {
+    /// The overlay's whole IPv6 range, at most a /63 (room for one runner): e.g.
+    /// `fd00:10::/48`.
+    pub overlay: Ipv6Net,
+    /// The hub's overlay-wide IPv6 address, in the first /64 (default: its `::1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_address: Option<Ipv6Addr>,
+}
+
+/// The prefix length of a runner's IPv6 subnet.
+pub const RUNNER_PREFIX_LEN6: u8 = 64;
+
+impl AddressPlan6 {
+    /// The hub's overlay-wide address.
+    pub fn hub_address(&self) -> Ipv6Addr {
+        self.hub_address
+            .unwrap_or_else(|| Ipv6Addr::from_bits(self.overlay.network().to_bits() + 1))
+    }
+
+    /// The hub's overlay-wide interface address (with the overlay's prefix).
+    pub fn hub_interface(&self) -> Ipv6Net {
+        // An Ipv6Net's prefix is at most 128: new_assert cannot fire.
+        Ipv6Net::new_assert(self.hub_address(), self.overlay.prefix_len())
+    }
+
+    /// The `index`-th /64 of the overlay (0: the hub's).
+    pub fn subnet(&self, index: u8) -> Ipv6Net {
+        let network = self.overlay.network().to_bits() + (u128::from(index) << 64);
+        Ipv6Net::new_assert(Ipv6Addr::from_bits(network), RUNNER_PREFIX_LEN6)
+    }
+
+    /// How many runner /64s the range holds (at most 255), after checking it.
+    fn max_runners(&self) -> Result<u8, MembershipError> {
+        let overlay = self.overlay;
+        if overlay.addr() != overlay.network() {
+            return Err(AddressPlan::invalid(
+                "ipv6.overlay",
+                overlay,
+                format!("host bits are set; did you mean {}?", overlay.trunc()),
+            ));
+        }
+        if overlay.prefix_len() >= RUNNER_PREFIX_LEN6 {
+            return Err(AddressPlan::invalid(
+                "ipv6.overlay",
+                overlay,
+                "must be shorter than /64: runners get a /64 each (e.g. a /48 or a /56)".into(),
+            ));
+        }
+        let bits = u32::from(RUNNER_PREFIX_LEN6 - overlay.prefix_len()).min(8);
+        let max = u8::try_from((1u32 << bits) - 1).unwrap_or(u8::MAX);
+        let hub = self.hub_address();
+        if !self.subnet(0).contains(&hub) || hub == self.subnet(0).network() {
+            return Err(AddressPlan::invalid(
+                "ipv6.hubAddress",
+                hub,
+                format!(
+                    "must be a host address in {}, the overlay's first /64, which no runner gets",
+                    self.subnet(0)
+                ),
+            ));
+        }
+        Ok(max)
+    }
 }
 
 impl Default for AddressPlan {
@@ -917,6 +992,7 @@ impl Default for AddressPlan {
             gateway_host: 1,
             hub_host: 254,
             hub_address: Ipv4Addr::new(10, 0, 0, 1),
+            ipv6: None,
         }
     }
 }
@@ -943,6 +1019,23 @@ pub struct RunnerPlan {
     pub range_end: Ipv4Addr,
     /// Addresses inside the range that IPAM must not hand out: the gateway and the hub.
     pub reserved: Vec<Ipv4Addr>,
+    /// Its IPv6 half, when the hub's plan has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<RunnerPlan6>,
+}
+
+/// The IPv6 half of a [`RunnerPlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunnerPlan6 {
+    /// Its /64: the N-th of the plan's IPv6 range.
+    pub subnet: Ipv6Net,
+    /// Its gateway, owned by the runner's switch (`::1` by default).
+    pub gateway: Ipv6Addr,
+    /// The hub's address inside the runner's /64 (`::fe` by default).
+    pub hub_address: Ipv6Addr,
+    /// The hub's overlay-wide IPv6 address, with the range's prefix.
+    pub hub_overlay_address: Ipv6Net,
 }
 
 impl AddressPlan {
@@ -989,6 +1082,11 @@ impl AddressPlan {
         let max = NonZeroU8::new(max).ok_or_else(|| {
             AddressPlan::invalid("runnerPrefixLen", prefix, "leaves no runner subnet".into())
         })?;
+        // With IPv6 inside, as many runners as both halves hold.
+        let max = match &self.ipv6 {
+            Some(ipv6) => NonZeroU8::new(ipv6.max_runners()?.min(max.get())).unwrap_or(max),
+            None => max,
+        };
 
         let host_count = 1u64 << (32 - u32::from(prefix));
         for (field, host) in [
@@ -1101,6 +1199,16 @@ impl AddressPlan {
             range_start: Ipv4Addr::from_bits(network + 1),
             range_end: Ipv4Addr::from_bits(subnet.broadcast().to_bits() - 1),
             reserved: vec![gateway, hub_address],
+            ipv6: self.ipv6.map(|ipv6| {
+                let subnet = ipv6.subnet(id.get());
+                let network = subnet.network().to_bits();
+                RunnerPlan6 {
+                    subnet,
+                    gateway: Ipv6Addr::from_bits(network + u128::from(self.gateway_host)),
+                    hub_address: Ipv6Addr::from_bits(network + u128::from(self.hub_host)),
+                    hub_overlay_address: ipv6.hub_interface(),
+                }
+            }),
         })
     }
 }
@@ -1653,6 +1761,7 @@ mod tests {
                 range_start: Ipv4Addr::new(10, 7, 0, 1),
                 range_end: Ipv4Addr::new(10, 7, 255, 254),
                 reserved: vec![Ipv4Addr::new(10, 7, 0, 1), Ipv4Addr::new(10, 7, 0, 254)],
+                ipv6: None,
             }
         );
         let last = plan.runner(id(255), 100).expect("in plan");
@@ -1664,6 +1773,60 @@ mod tests {
         assert_eq!(json["runnerId"], 7);
     }
 
+    /// IPv6 inside: runner N gets the N-th /64 beside its IPv4 subnet, gateway ::1 and the
+    /// hub ::fe in it; the range bounds the runner count; bad ranges are named.
+    #[test]
+    fn ipv6_plan() {
+        let ipv6 = |overlay: &str| AddressPlan {
+            ipv6: Some(AddressPlan6 {
+                overlay: overlay.parse().expect("net"),
+                hub_address: None,
+            }),
+            ..AddressPlan::default()
+        };
+        let plan = ipv6("fd00:10::/48");
+        assert_eq!(plan.max_runners(100), Ok(capacity(255)));
+        let runner = plan.runner(id(7), 100).expect("in plan");
+        let six = runner.ipv6.expect("an IPv6 half");
+        assert_eq!(six.subnet.to_string(), "fd00:10:0:7::/64");
+        assert_eq!(six.gateway.to_string(), "fd00:10:0:7::1");
+        assert_eq!(six.hub_address.to_string(), "fd00:10:0:7::fe");
+        assert_eq!(six.hub_overlay_address.to_string(), "fd00:10::1/48");
+        assert_eq!(
+            runner.subnet.to_string(),
+            "10.7.0.0/16",
+            "the IPv4 half unchanged"
+        );
+        let json = serde_json::to_value(&runner).expect("serialise");
+        assert_eq!(json["ipv6"]["subnet"], "fd00:10:0:7::/64");
+        let back: RunnerPlan = serde_json::from_value(json).expect("parse back");
+        assert_eq!(back, runner);
+        // A plan without IPv6 says nothing of it (older runners read it).
+        let json = serde_json::to_value(AddressPlan::default().runner(id(1), 100).unwrap());
+        assert!(json.expect("serialise").get("ipv6").is_none());
+        // A /60 holds 15 runner /64s after the hub's.
+        assert_eq!(ipv6("fd00:10::/60").max_runners(100), Ok(capacity(15)));
+        for (bad, why) in [
+            ("fd00:10::/64", "must be shorter than /64"),
+            ("fd00:10::1/48", "host bits are set"),
+        ] {
+            let err = ipv6(bad).validate(100).expect_err(bad).to_string();
+            assert!(
+                err.contains("ipv6.overlay") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        let mut hub_elsewhere = ipv6("fd00:10::/48");
+        if let Some(six) = &mut hub_elsewhere.ipv6 {
+            six.hub_address = Some("fd00:10:0:3::1".parse().expect("address"));
+        }
+        let err = hub_elsewhere
+            .validate(100)
+            .expect_err("in runner 3's /64")
+            .to_string();
+        assert!(err.contains("ipv6.hubAddress"), "{err}");
+    }
+
     #[test]
     fn custom_plan() {
         // 172.16.0.0/12 with a /20 per runner: 255 runners (of 255 possible subnets).
@@ -1673,6 +1836,7 @@ mod tests {
             gateway_host: 1,
             hub_host: 4094,
             hub_address: Ipv4Addr::new(172, 16, 0, 1),
+            ipv6: None,
         };
         assert_eq!(plan.max_runners(5000), Ok(capacity(255)));
         let runner = plan.runner(id(3), 5000).expect("in plan");

@@ -18,17 +18,17 @@
 //! - mesh: nothing; the user's Subnets with a `vni` are stretched over `peers`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use vxlan::encap::SourcePortRange;
 use vxlan::{RunnerPlan, VxlanEncapConfig};
 
 use super::ApiError;
 use super::resource::{
     IpRequest, Metadata, Network, NetworkInterface, NetworkInterfaceSpec, NetworkSpec, OWNER_LABEL,
-    Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetSpec,
+    Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetIpv6, SubnetSpec,
 };
 use serde::{Deserialize, Serialize};
 use vxlan::membership::RunnerState;
@@ -45,6 +45,8 @@ pub const NETWORK: &str = "overlay";
 pub const RUNNER_SUBNET: &str = "overlay";
 /// A runner's generated Route to the hub's overlay-wide prefix.
 pub const HUB_ROUTE: &str = "overlay-hub";
+/// A runner's generated Route to the hub's overlay-wide IPv6 prefix (with an IPv6 plan).
+pub const HUB_ROUTE6: &str = "overlay-hub6";
 /// The hub's generated Subnet and NetworkInterface for its own stack.
 pub const HOST: &str = "overlay-host";
 /// The name of the hub's host TAP in vswitchd's namespace.
@@ -151,6 +153,15 @@ pub(crate) fn check_reachable(
     }
 }
 
+/// Why a runner registering from `address` cannot be served by a hub on `local`: not a
+/// unicast address others reach, IPv6 link-local or IPv4-mapped, or of the other family.
+pub(crate) fn registration_problem(address: IpAddr, local: IpAddr) -> Option<String> {
+    let origin = Origin::default();
+    let problem = check_reachable(&origin, "localAddress", address)
+        .and_then(|()| check_family(&origin, "localAddress", address, local));
+    problem.err().map(|error| error.to_string())
+}
+
 /// Checks that `address` (a remote VTEP, hub or runner) is of the underlay's family: that
 /// of the Overlay's `localAddress`, `local`. The VTEP's sockets are of one family.
 pub(crate) fn check_family(
@@ -206,6 +217,7 @@ fn subnet(
     vni: Option<u32>,
     remote_vteps: Vec<IpAddr>,
     reserved: Vec<Ipv4Addr>,
+    ipv6: Option<SubnetIpv6>,
 ) -> Resource {
     Resource::Subnet(Subnet {
         api_version: API_VERSION.into(),
@@ -227,7 +239,41 @@ fn subnet(
             remote_vteps,
             dns: None,
             dhcp: None,
-            ipv6: None,
+            ipv6,
+        },
+        status: Default::default(),
+    })
+}
+
+/// A generated Subnet's IPv6 half: `cidr` with the switch's `gateway`, `reserved` kept from
+/// IPAM, router advertisements only from the runner's own switch (`advertise`): on a
+/// stretched segment the hub's copy must not advertise itself as a second router.
+fn subnet6(
+    cidr: Ipv6Net,
+    gateway: Ipv6Addr,
+    reserved: Vec<Ipv6Addr>,
+    advertise: bool,
+) -> SubnetIpv6 {
+    SubnetIpv6 {
+        cidr,
+        gateway: Some(gateway),
+        range_start: None,
+        range_end: None,
+        reserved,
+        router_advertisements: advertise,
+        slaac: false,
+    }
+}
+
+fn route(name: &str, owner: &str, destination: IpNet, next_hop: IpAddr) -> Resource {
+    Resource::Route(Route {
+        api_version: API_VERSION.into(),
+        kind: "Route".into(),
+        metadata: metadata(name, owner),
+        spec: RouteSpec {
+            network: NETWORK.into(),
+            destination,
+            next_hop,
         },
         status: Default::default(),
     })
@@ -236,7 +282,10 @@ fn subnet(
 /// The Subnet, Network and Route a runner generates from the hub's `plan`.
 fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: IpAddr) -> Vec<Resource> {
     let owner = overlay.owner_label();
-    vec![
+    let ipv6 = plan
+        .ipv6
+        .map(|six| subnet6(six.subnet, six.gateway, vec![six.hub_address], true));
+    let mut resources = vec![
         network(&owner),
         subnet(
             RUNNER_SUBNET,
@@ -247,19 +296,24 @@ fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: IpAddr) -> Vec<Re
             Some(u32::from(plan.vni)),
             vec![hub],
             vec![plan.hub_address],
+            ipv6,
         ),
-        Resource::Route(Route {
-            api_version: API_VERSION.into(),
-            kind: "Route".into(),
-            metadata: metadata(HUB_ROUTE, &owner),
-            spec: RouteSpec {
-                network: NETWORK.into(),
-                destination: plan.hub_overlay_address.trunc().into(),
-                next_hop: plan.hub_address.into(),
-            },
-            status: Default::default(),
-        }),
-    ]
+        route(
+            HUB_ROUTE,
+            &owner,
+            plan.hub_overlay_address.trunc().into(),
+            plan.hub_address.into(),
+        ),
+    ];
+    if let Some(six) = plan.ipv6 {
+        resources.push(route(
+            HUB_ROUTE6,
+            &owner,
+            six.hub_overlay_address.trunc().into(),
+            six.hub_address.into(),
+        ));
+    }
+    resources
 }
 
 /// The hub's Network, host Subnet and host NetworkInterface, and a Subnet per runner in
@@ -272,6 +326,14 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
         .unwrap_or(plan.overlay)
         .trunc();
     let host_gateway = nth_host(host_cidr, plan.hub_host).unwrap_or(plan.hub_address);
+    // With IPv6 inside: the first /64 is the host's, its gateway at the hub host number.
+    let host6 = plan.ipv6.map(|six| {
+        let cidr = six.subnet(0);
+        let gateway = Ipv6Addr::from_bits(cidr.network().to_bits() + u128::from(plan.hub_host));
+        (six, subnet6(cidr, gateway, Vec::new(), true))
+    });
+    let mut routes = vec![IpNet::V4(plan.overlay)];
+    routes.extend(host6.as_ref().map(|(six, _)| IpNet::V6(six.overlay)));
     let mut resources = vec![
         network(&owner),
         subnet(
@@ -283,6 +345,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             None,
             Vec::new(),
             Vec::new(),
+            host6.as_ref().map(|(_, subnet)| subnet.clone()),
         ),
         Resource::NetworkInterface(NetworkInterface {
             api_version: API_VERSION.into(),
@@ -307,17 +370,22 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 virtual_ip: None,
                 virtual_ips: Vec::new(),
                 default_route: false,
-                routes: vec![plan.overlay],
+                routes,
                 ports: Vec::new(),
                 dhcp: false,
                 ip_families: Vec::new(),
-                ipv6: None,
+                ipv6: host6.map(|(six, _)| six.hub_address()),
             },
             status: Default::default(),
         }),
     ];
     for runner in pool.into_iter().flat_map(vxlan::RunnerPool::runners) {
         let address = runner.address;
+        if address.is_ipv6() != spec.local_address.is_ipv6() {
+            // Registered before the hub's underlay changed family: unreachable now (it
+            // registers again from an address of the new family).
+            continue;
+        }
         let Ok(runner_plan) = plan.runner(runner.id, spec.vni_base) else {
             continue;
         };
@@ -330,6 +398,9 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             Some(u32::from(runner_plan.vni)),
             vec![address],
             vec![runner_plan.gateway],
+            runner_plan
+                .ipv6
+                .map(|six| subnet6(six.subnet, six.hub_address, vec![six.gateway], false)),
         ));
     }
     resources
@@ -483,6 +554,9 @@ pub struct HubRunner {
     pub vni: Option<u32>,
     /// Its subnet (`None` like `vni`).
     pub subnet: Option<Ipv4Net>,
+    /// Its IPv6 /64, when the plan has IPv6 inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
     /// Seconds since it registered or sent a heartbeat.
     pub last_seen_seconds_ago: u64,
     /// Online or offline.
@@ -505,6 +579,9 @@ pub struct RunnerView {
     pub subnet: Option<Ipv4Net>,
     /// The subnet's gateway.
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 /64, when the hub's plan has IPv6 inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
     /// The hub's registration API.
     pub hub: Option<SocketAddr>,
     /// How it trusts the hub's registration API.
@@ -582,5 +659,102 @@ mod tests {
         };
         assert_eq!(r1.spec.gateway.to_string(), "10.1.0.254");
         assert_eq!(r1.spec.vni, Some(101));
+    }
+
+    #[test]
+    fn registrations_from_unusable_addresses_are_named() {
+        let v4: IpAddr = "192.168.50.1".parse().unwrap();
+        let v6: IpAddr = "fd00:50::1".parse().unwrap();
+        assert_eq!(
+            registration_problem("192.168.50.2".parse().unwrap(), v4),
+            None
+        );
+        assert_eq!(
+            registration_problem("fd00:50::2".parse().unwrap(), v6),
+            None
+        );
+        for (address, local, why) in [
+            ("fd00:50::2", v4, "IPv4"),
+            ("192.168.50.2", v6, "IPv6"),
+            ("fe80::2", v6, "link-local"),
+            ("::ffff:192.168.50.2", v6, "IPv4-mapped"),
+        ] {
+            let problem = registration_problem(address.parse().unwrap(), local)
+                .unwrap_or_else(|| panic!("{address} accepted"));
+            assert!(
+                problem.contains(address) && problem.contains(why),
+                "{problem}"
+            );
+        }
+    }
+
+    /// With IPv6 inside (`addressPlan.ipv6`): the runner's Subnet gets its /64 (gateway ::1,
+    /// the hub's ::fe reserved) and a Route to the whole range via the hub; the hub's copies
+    /// own ::fe and stay silent (no router advertisements: the runner's switch is the
+    /// segment's router), and its host interface gets the hub's overlay-wide IPv6 address
+    /// with a route to the range.
+    #[test]
+    fn an_ipv6_plan_makes_the_generated_subnets_dual_stack() {
+        let plan6 = vxlan::AddressPlan {
+            ipv6: Some(vxlan::AddressPlan6 {
+                overlay: "fd00:10::/48".parse().unwrap(),
+                hub_address: None,
+            }),
+            ..vxlan::AddressPlan::default()
+        };
+        let mut runner = overlay_of(OverlayRole::Runner);
+        runner.status.plan = Some(
+            plan6
+                .runner(vxlan::RunnerId::try_from(3).unwrap(), 100)
+                .unwrap(),
+        );
+        let resources = owned_resources(&state_with(runner));
+        let Resource::Subnet(subnet) = &resources[1] else {
+            panic!("{resources:?}")
+        };
+        let six = subnet.spec.ipv6.as_ref().expect("dual stack");
+        assert_eq!(six.cidr.to_string(), "fd00:10:0:3::/64");
+        assert_eq!(six.gateway().to_string(), "fd00:10:0:3::1");
+        assert_eq!(
+            six.reserved,
+            vec!["fd00:10:0:3::fe".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert!(six.router_advertisements);
+        let Resource::Route(route) = &resources[3] else {
+            panic!("{resources:?}")
+        };
+        assert_eq!(route.metadata.name, HUB_ROUTE6);
+        assert_eq!(route.spec.destination.to_string(), "fd00:10::/48");
+        assert_eq!(route.spec.next_hop.to_string(), "fd00:10:0:3::fe");
+
+        let mut hub = overlay_of(OverlayRole::Hub);
+        hub.spec.address_plan = plan6;
+        let mut state = state_with(hub);
+        let mut pool = vxlan::RunnerPool::default();
+        pool.register("r1", "192.168.50.2".parse().unwrap(), 1)
+            .unwrap();
+        state.runner_pool = Some(pool);
+        let resources = owned_resources(&state);
+        let Resource::Subnet(host) = &resources[1] else {
+            panic!()
+        };
+        let host6 = host.spec.ipv6.as_ref().expect("the host /64");
+        assert_eq!(host6.cidr.to_string(), "fd00:10::/64");
+        assert_eq!(host6.gateway().to_string(), "fd00:10::fe");
+        let Resource::NetworkInterface(nic) = &resources[2] else {
+            panic!()
+        };
+        assert_eq!(nic.spec.ipv6, Some("fd00:10::1".parse().unwrap()));
+        assert_eq!(nic.spec.routes[1].to_string(), "fd00:10::/48");
+        let Resource::Subnet(r1) = &resources[3] else {
+            panic!()
+        };
+        let r16 = r1.spec.ipv6.as_ref().expect("dual stack");
+        assert_eq!(r16.gateway().to_string(), "fd00:10:0:1::fe");
+        assert_eq!(
+            r16.reserved,
+            vec!["fd00:10:0:1::1".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert!(!r16.router_advertisements, "the hub's copy stays silent");
     }
 }

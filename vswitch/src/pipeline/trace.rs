@@ -563,9 +563,7 @@ mod tests {
         let bench = Bench::with(overlay_snapshot());
         let remote_mac = [0x02, 0xbb, 0, 0, 0, 1];
         let vni = vxlan::Vni::new(BLUE_VNI).unwrap();
-        bench
-            .remote_fdb
-            .learn(vni, remote_mac, OTHER_VTEP, 5);
+        bench.remote_fdb.learn(vni, remote_mac, OTHER_VTEP, 5);
         let blue = bench.snapshot.subnet(BLUE).unwrap();
         bench.fdb.learn(blue, remote_mac, TUNNEL, 5);
         let record = traced(&bench, 1, &bench.frame_from(1, remote_mac));

@@ -139,15 +139,19 @@ pub struct Sent {
 }
 
 /// The remote VTEP learned for unicast `dst` in the tunnel's VNI; `None` for a group or
-/// unknown address, which goes to every remote VTEP (head-end replication).
+/// unknown address, which goes to every remote VTEP (head-end replication). A VTEP learned
+/// of the other family than the tunnel's remotes (before the underlay changed family) is
+/// stale: the frame is flooded instead of refused.
 #[inline]
 pub fn learned_remote(tx: &TunnelTx<'_>, dst: [u8; 6]) -> Option<IpAddr> {
     if dst[0] & 1 != 0 {
         return None;
     }
-    tx.remote_fdb
-        .lookup(tx.tunnel.vni, dst, tx.now_ms)
-        .map(|vtep| vtep.ip)
+    let ip = tx.remote_fdb.lookup(tx.tunnel.vni, dst, tx.now_ms)?.ip;
+    match tx.tunnel.remotes.first() {
+        Some(remote) if remote.is_ipv6() != ip.is_ipv6() => None,
+        _ => Some(ip),
+    }
 }
 
 /// Sends `frame` (`virtio_net_hdr` + Ethernet, forwarded to the tunnel of `tx`) into the
@@ -331,9 +335,7 @@ mod tests {
             assert!(queue.packets.iter().all(|p| p.2 == frame[VNET_HDR_LEN..]));
         }
         // Once learned behind one VTEP, unicast goes there only; broadcast still everywhere.
-        bench
-            .remote_fdb
-            .learn(vni, REMOTE_MAC, OTHER_VTEP, 5);
+        bench.remote_fdb.learn(vni, REMOTE_MAC, OTHER_VTEP, 5);
         let mut queue = Recorder::default();
         let sent = send_into(
             &bench,

@@ -146,6 +146,10 @@ pub fn learn_remote(
         return;
     }
     let remote = peer.ip();
+    // A link-local sender names no interface once learned: every send to it would fail.
+    if matches!(remote, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+        return;
+    }
     if remote_fdb.refresh(vni, src, remote, now) {
         return;
     }

@@ -76,6 +76,8 @@ pub struct AttachRequest {
     pub gateway: Option<Ipv4Addr>,
     /// Further routes installed in the container: destination via gateway.
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// Further IPv6 routes: destination via the Subnet's IPv6 gateway.
+    pub routes6: Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)>,
     /// The IPv6 address to configure (without duplicate address detection), if any.
     pub address6: Option<ipnet::Ipv6Net>,
     /// The IPv6 default route's gateway, if any.

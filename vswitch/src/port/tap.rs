@@ -89,6 +89,7 @@ pub(super) fn configure_in_container(
         addresses: &req.addresses,
         gateway: req.gateway,
         routes: &req.routes,
+        routes6: &req.routes6,
         address6: req.address6,
         gateway6: req.gateway6,
     };

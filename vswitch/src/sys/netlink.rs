@@ -97,6 +97,8 @@ pub struct ContainerLinkConfig<'a> {
     pub address6: Option<Ipv6Net>,
     /// The IPv6 default route's gateway, if any.
     pub gateway6: Option<Ipv6Addr>,
+    /// Further IPv6 routes: destination via gateway.
+    pub routes6: &'a [(Ipv6Net, Ipv6Addr)],
 }
 
 /// Why [`Netlink::configure_container_link`] failed.
@@ -423,15 +425,28 @@ impl Netlink {
     /// # Errors
     /// The kernel's error.
     pub fn add_default_route6(&self, index: u32, gateway: Ipv6Addr) -> Result<(), NetlinkError> {
+        self.add_route6(index, Ipv6Net::default(), gateway)
+    }
+
+    /// Adds the IPv6 route to `destination` via `gateway` out of interface `index`.
+    ///
+    /// # Errors
+    /// The kernel's error (`EEXIST` when the route exists).
+    pub fn add_route6(
+        &self,
+        index: u32,
+        destination: Ipv6Net,
+        gateway: Ipv6Addr,
+    ) -> Result<(), NetlinkError> {
         let message = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .destination_prefix(destination.network(), destination.prefix_len())
             .gateway(gateway)
             .output_interface(index)
             .build();
         let request = self.handle.route().add(message);
         self.runtime.block_on(request.execute()).map_err(|e| {
             NetlinkError::new(
-                format!("RTM_NEWROUTE ::/0 via {gateway} dev {index}"),
+                format!("RTM_NEWROUTE {destination} via {gateway} dev {index}"),
                 to_io(e),
             )
         })
@@ -538,6 +553,9 @@ impl Netlink {
         }
         if let Some(gateway) = config.gateway6 {
             self.add_default_route6(index, gateway)?;
+        }
+        for (destination, gateway) in config.routes6 {
+            self.add_route6(index, *destination, *gateway)?;
         }
         Ok(index)
     }

@@ -23,8 +23,10 @@
 //!   routes by the destination address and resolves the next hop; it does not fragment:
 //!   a packet larger than the route's MTU fails with `EMSGSIZE`. Over IPv6,
 //!   `socket(AF_INET6, SOCK_RAW, IPPROTO_RAW)` is the same (`inet6_create` sets `HDRINCL`
-//!   for `IPPROTO_RAW`, `rawv6_send_hdrinc` sends the packet as given, `ip6_local_out`
-//!   fills in the payload length); the destination's port must be 0 or the protocol.
+//!   for `IPPROTO_RAW`), except that `rawv6_send_hdrinc` hands the packet to `dst_output`
+//!   as given: the payload length is ours to write (the `vxlan` crate does), and a packet
+//!   above the path MTU but within the device's is dropped by `ip6_fragment` (with a packet
+//!   too big to ourselves), not refused; the destination's port must be 0 or the protocol.
 //! - [`Receiver`] and [`Sender`]: `recvmmsg`/`sendmmsg` of up to [`MAX_MESSAGES`] datagrams.
 //!   The receiver's address and control-message buffers are allocated once; the `mmsghdr`
 //!   and `iovec` arrays (and the sender's addresses) are built on the stack in each call, so
@@ -120,9 +122,9 @@ fn family_of(address: IpAddr) -> libc::c_int {
 struct RawAddress(libc::sockaddr_in6);
 
 impl RawAddress {
-    /// The room the kernel may fill (`sizeof(struct sockaddr_in6)`, 28 bytes).
+    /// The room the kernel may fill (`sizeof(struct sockaddr_in6)`, 28 bytes; checked at
+    /// compile time below).
     const CAPACITY: libc::socklen_t = 28;
-    const _FITS: () = assert!(size_of::<libc::sockaddr_in6>() == 28);
 
     /// `address` in the kernel's layout (port and address in network order).
     fn new(address: SocketAddr) -> RawAddress {
@@ -139,7 +141,7 @@ impl RawAddress {
             SocketAddr::V6(v6) => RawAddress(libc::sockaddr_in6 {
                 sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10),
                 sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo().to_be(),
+                sin6_flowinfo: v6.flowinfo(), // as std keeps it: the kernel's order
                 sin6_addr: libc::in6_addr {
                     s6_addr: v6.ip().octets(),
                 },
@@ -184,7 +186,7 @@ impl RawAddress {
                 Some(SocketAddr::V6(SocketAddrV6::new(
                     Ipv6Addr::from(self.0.sin6_addr.s6_addr),
                     port,
-                    u32::from_be(self.0.sin6_flowinfo),
+                    self.0.sin6_flowinfo,
                     self.0.sin6_scope_id,
                 )))
             }
@@ -192,6 +194,9 @@ impl RawAddress {
         }
     }
 }
+
+// The kernel writes at most `RawAddress::CAPACITY` bytes into a `RawAddress`.
+const _: () = assert!(size_of::<RawAddress>() == RawAddress::CAPACITY as usize);
 
 /// A non-blocking UDP socket bound to one IPv4 or IPv6 address and port.
 #[derive(Debug)]
@@ -287,13 +292,11 @@ impl UdpSocket {
                 .map_err(fail("IPV6_V6ONLY"))?;
             set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &ttl)
                 .map_err(fail("IPV6_UNICAST_HOPS"))?;
-            // IPv6 routers never fragment: DONT lets this host fragment a datagram larger
-            // than the route's MTU, as the raw socket's path does not (it refuses it).
-            let discover = if options.dont_fragment {
-                libc::IPV6_PMTUDISC_DO
-            } else {
-                libc::IPV6_PMTUDISC_DONT
-            };
+            // IPv6 has no DF bit and routers never fragment. DO: this host does not fragment
+            // either, and a datagram above the path MTU is refused (EMSGSIZE, counted), as
+            // the raw path's packets cannot be fragmented (they are dropped there). Whatever
+            // `dont_fragment` says: both paths of one flow behave alike.
+            let discover = libc::IPV6_PMTUDISC_DO;
             set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, &discover)
                 .map_err(fail("IPV6_MTU_DISCOVER"))?;
         } else {

@@ -436,7 +436,10 @@ pub fn overlay_runners_table(view: &HubView) -> Table {
             shown(&runner.name),
             shown(runner.address),
             optional(runner.vni.as_ref()),
-            optional(runner.subnet.as_ref()),
+            match (&runner.subnet, &runner.subnet6) {
+                (Some(subnet), Some(subnet6)) => format!("{subnet}, {subnet6}"),
+                _ => optional(runner.subnet.as_ref()),
+            },
             format!("{} ago", format_age(runner.last_seen_seconds_ago)),
             shown(runner.state),
         ]);
@@ -465,15 +468,23 @@ pub fn overlay_report(view: &OverlayView) -> OverlayReport {
                 OverlayReport::Text(text)
             }
         }
-        OverlayView::Runner(runner) => OverlayReport::Text(key_values(&[
-            ("ID", optional(runner.id.as_ref())),
-            ("SUBNET", optional(runner.subnet.as_ref())),
-            ("VNI", optional(runner.vni.as_ref())),
-            ("GATEWAY", optional(runner.gateway.as_ref())),
-            ("HUB", optional(runner.hub.as_ref())),
-            ("STATE", shown(runner.state)),
-            ("MESSAGE", optional(runner.message.as_ref())),
-        ])),
+        OverlayView::Runner(runner) => {
+            let mut rows = vec![
+                ("ID", optional(runner.id.as_ref())),
+                ("SUBNET", optional(runner.subnet.as_ref())),
+            ];
+            if let Some(subnet6) = &runner.subnet6 {
+                rows.push(("IPV6-SUBNET", subnet6.to_string()));
+            }
+            rows.extend([
+                ("VNI", optional(runner.vni.as_ref())),
+                ("GATEWAY", optional(runner.gateway.as_ref())),
+                ("HUB", optional(runner.hub.as_ref())),
+                ("STATE", shown(runner.state)),
+                ("MESSAGE", optional(runner.message.as_ref())),
+            ]);
+            OverlayReport::Text(key_values(&rows))
+        }
         OverlayView::Mesh(mesh) => OverlayReport::Text(key_values(&[
             ("ROLE", "mesh".to_owned()),
             ("NAME", shown(&mesh.name)),

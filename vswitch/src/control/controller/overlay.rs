@@ -276,6 +276,17 @@ impl Controller {
         request: &vxlan::RegistrationRequest,
     ) -> Result<vxlan::RunnerPlan, ApiError> {
         let overlay = hub_overlay(&inner.state)?.clone();
+        if let Some(problem) =
+            overlay::registration_problem(request.local_address, overlay.spec.local_address)
+        {
+            return Err(ApiError::Invalid {
+                message: format!(
+                    "registration of runner {:?} refused: {problem}",
+                    request.name
+                ),
+                field: None,
+            });
+        }
         // A static runner's name is the hub's configuration: it never moves by registration
         // (whether or not the hub has marked it online yet).
         if let Some(fixed) = overlay.spec.runners.iter().find(|r| r.name == request.name)
@@ -676,6 +687,9 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                         address: runner.address,
                         vni: runner_plan.as_ref().map(|p| u32::from(p.vni)),
                         subnet: runner_plan.as_ref().map(|p| p.subnet),
+                        subnet6: runner_plan
+                            .as_ref()
+                            .and_then(|p| p.ipv6.map(|six| six.subnet)),
                         last_seen_seconds_ago: now_ms.saturating_sub(runner.last_seen_ms) / 1000,
                         state: runner.state,
                     }
@@ -710,6 +724,7 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 vni: plan.map(|p| u32::from(p.vni)),
                 subnet: plan.map(|p| p.subnet),
                 gateway: plan.map(|p| p.gateway),
+                subnet6: plan.and_then(|p| p.ipv6.map(|six| six.subnet)),
                 hub: spec
                     .hub
                     .as_ref()

@@ -1083,8 +1083,23 @@ pub(super) fn attach_request(
             .spec
             .routes
             .iter()
-            .map(|destination| (*destination, subnet.spec.gateway))
+            .filter_map(|destination| match destination {
+                ipnet::IpNet::V4(v4) => Some((*v4, subnet.spec.gateway)),
+                ipnet::IpNet::V6(_) => None,
+            })
             .collect(),
+        routes6: match (&subnet.spec.ipv6, nic.status.ipv6) {
+            (Some(ipv6), Some(_)) if !nic.spec.dhcp => nic
+                .spec
+                .routes
+                .iter()
+                .filter_map(|destination| match destination {
+                    ipnet::IpNet::V6(v6) => Some((*v6, ipv6.gateway())),
+                    ipnet::IpNet::V4(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
         address6: nic.status.ipv6.filter(|_| !nic.spec.dhcp),
         gateway6: subnet
             .spec
@@ -1177,6 +1192,7 @@ fn removal_request(name: &str, nic: Option<&NetworkInterface>, workers: usize) -
         addresses: nic.map(|n| n.status.ips.clone()).unwrap_or_default(),
         gateway: None,
         routes: Vec::new(),
+        routes6: Vec::new(),
         address6: None,
         gateway6: None,
         queues: workers,

@@ -68,9 +68,10 @@ pub struct NetworkInterfaceSpec {
     /// Install a default route via the Subnet's gateway in the namespace (default true).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub default_route: bool,
-    /// Further routes installed in the namespace via the Subnet's gateway.
+    /// Further routes installed in the namespace via the Subnet's gateway of the route's
+    /// family (an IPv6 one via the Subnet's IPv6 gateway: the interface needs IPv6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Ipv4Net>,
+    pub routes: Vec<IpNet>,
     /// Named ports, as a container declares them (`{name: http, port: 80, protocol: TCP}`):
     /// a NetworkPolicy's named `port` resolves on the destination interface's list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -490,6 +491,20 @@ fn check_interface(origin: &Origin, next: &State, nic: &NetworkInterface) -> Res
                 "an interface configured over DHCP gets its routes from the Subnet's dhcp.routes; remove routes here",
             ));
         }
+    }
+    if let Some(index) = spec
+        .routes
+        .iter()
+        .position(|route| matches!(route, IpNet::V6(_)))
+        && !spec.wants_ipv6(&subnet.spec)
+    {
+        return Err(origin.invalid(
+            &format!("spec.routes[{index}]"),
+            format!(
+                "{} is an IPv6 route, but the interface has no IPv6 address on Subnet {:?} (give the Subnet spec.ipv6, or leave IPv6 in ipFamilies)",
+                spec.routes[index], spec.subnet
+            ),
+        ));
     }
     for other in next.network_interfaces.values() {
         if other.metadata.key() == key {

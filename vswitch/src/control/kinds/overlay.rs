@@ -552,6 +552,26 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
             }
         }
     }
+    // Subnets stretched over given remote VTEPs keep working only over their family.
+    for (name, subnet) in &next.subnets {
+        if let Some((i, vtep)) = subnet
+            .spec
+            .remote_vteps
+            .iter()
+            .enumerate()
+            .find(|(_, vtep)| vtep.is_ipv6() != spec.local_address.is_ipv6())
+        {
+            return Err(origin.invalid(
+                "spec.localAddress",
+                format!(
+                    "{} is of the other family than Subnet {name:?}'s spec.remoteVteps[{i}] \
+                     {vtep}: the underlay is of one family (change that Subnet's remoteVteps \
+                     first, or keep localAddress's family)",
+                    spec.local_address
+                ),
+            ));
+        }
+    }
     // The names the switch generates must be free for it.
     for (kind, name, taken) in generated_names(next) {
         if taken {
@@ -890,6 +910,21 @@ mod tests {
         hub.spec.runners[0].address = "fd00:50::9".parse().unwrap();
         check(&hub).expect("an IPv6 hub");
 
+        // A Subnet stretched over IPv4 remote VTEPs keeps the underlay IPv4.
+        let subnet: Subnet = serde_norway::from_str(
+            "apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata: {name: s}\nspec: {network: n, cidr: 10.9.0.0/24, gateway: 10.9.0.1, vni: 9, remoteVteps: [192.168.50.7]}\n",
+        )
+        .unwrap();
+        let mut state = state_with(mesh.clone());
+        state.subnets.insert("s".into(), subnet);
+        let origin = Origin::resource(Kind::Overlay, "node-a");
+        let err = check_overlay(&origin, &state, &mesh)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.localAddress") && err.contains("spec.remoteVteps[0] 192.168.50.7"),
+            "{err}"
+        );
         for (bad, why) in [
             ("fe80::1", "link-local"),
             ("::ffff:192.168.50.1", "IPv4-mapped"),

@@ -318,11 +318,40 @@ impl VtepQueue {
     }
 }
 
+/// How long an IPv6 local address may stay tentative (duplicate address detection: one
+/// neighbour solicitation and a second by default) before opening the VTEP gives up.
+const TENTATIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds the probe socket of [`open`]. An IPv6 address added moments ago (vswitchd started
+/// at boot with the network) is tentative until duplicate address detection ends, and
+/// binding it fails with `EADDRNOTAVAIL` meanwhile: that is retried for up to
+/// [`TENTATIVE_WAIT`].
+fn bind_probe(local: SocketAddr) -> io::Result<UdpSocket> {
+    let deadline = std::time::Instant::now() + TENTATIVE_WAIT;
+    loop {
+        match UdpSocket::bind(local, false, None) {
+            Err(error)
+                if local.is_ipv6()
+                    && error.source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result.map_err(|error| describe(local, error)),
+        }
+    }
+}
+
 /// An error of opening the VTEP on `local`, saying what to check.
 fn describe(local: SocketAddr, error: SocketError) -> io::Error {
     let address = local.ip();
     let port = local.port();
     let message = match error.source.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) if local.is_ipv6() => format!(
+            "cannot open the VTEP on {local}: address {address} is not configured on any \
+             interface in vswitchd's network namespace, or is still tentative (duplicate \
+             address detection) or failed it; set localAddress to an address of this node"
+        ),
         Some(libc::EADDRNOTAVAIL) => format!(
             "cannot open the VTEP on {local}: address {address} is not configured on any \
              interface in vswitchd's network namespace; set localAddress to an address of \
@@ -385,7 +414,7 @@ pub fn open(local: SocketAddr, queues: usize) -> io::Result<Vtep> {
     // including another process's SO_REUSEPORT group (the same user's other vswitchd, whose
     // group ours would silently join). It also learns the port when 0 was given. UDP keeps
     // no state after close, so the queues can bind the port right after.
-    let probe = UdpSocket::bind(local, false, None).map_err(|error| describe(local, error))?;
+    let probe = bind_probe(local)?;
     let local = probe.local_addr().map_err(|source| {
         describe(
             local,

@@ -459,10 +459,11 @@ impl OuterHeaders {
 /// capture either); lengths saturate at 65,535.
 pub(crate) fn outer_headers(src: SocketAddr, dst: SocketAddr, payload_len: usize) -> OuterHeaders {
     let mut buffer = [0u8; OUTER_MAX];
-    let ip_len = if src.is_ipv6() {
-        IPV6_HEADER_LEN
-    } else {
+    // IPv4 only when both are (the header written below is decided the same way).
+    let ip_len = if src.is_ipv4() && dst.is_ipv4() {
         IPV4_HEADER_LEN
+    } else {
+        IPV6_HEADER_LEN
     };
     let max_payload = usize::from(u16::MAX) - ip_len - UDP_HEADER_LEN;
     let payload_len = payload_len.min(max_payload);
