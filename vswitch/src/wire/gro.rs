@@ -1,17 +1,20 @@
-//! Software receive coalescing of TCP over IPv4 segments (the kernel's GRO, `tcp_gro_receive`)
-//! for a port that accepts GSO super-frames (a TAP with `TUN_F_TSO4`).
+//! Software receive coalescing of TCP segments over IPv4 and IPv6 (the kernel's GRO,
+//! `tcp_gro_receive`) for a port that accepts GSO super-frames (a TAP with `TUN_F_TSO4` and
+//! `TUN_F_TSO6`).
 //!
 //! Frames arriving from the VXLAN overlay are individual wire-sized TCP segments; handing each
 //! to a container's TAP with its own `write()` makes the container's TCP stack run once per
 //! segment. [`Coalescer`] merges a run of consecutive segments of one flow into one super-frame:
-//! a `virtio_net_hdr` with `NEEDS_CSUM` and `gso_type` TCPV4 (see [`super::vnet_hdr`]), then the
-//! first segment's headers and the concatenated payloads.
+//! a `virtio_net_hdr` with `NEEDS_CSUM` and `gso_type` TCPV4 or TCPV6 (see
+//! [`super::vnet_hdr`]), then the first segment's headers and the concatenated payloads.
 //!
 //! A frame is coalescable, as conservatively as the kernel's `inet_gro_receive` and
 //! `tcp_gro_receive` decide it, when it is:
 //! - a complete frame: `gso_type` NONE (no ECN bit either) and no `NEEDS_CSUM`;
 //! - untagged Ethernet II carrying IPv4 with IHL 5 (no options), not a fragment (MF clear,
-//!   offset 0, reserved bit clear), protocol TCP, with a correct header checksum;
+//!   offset 0, reserved bit clear), protocol TCP, with a correct header checksum; or IPv6
+//!   whose next header is TCP (no extension header) and whose payload length is not 0 (no
+//!   jumbogram), the whole packet at most 65535 bytes;
 //! - TCP with flags exactly ACK or ACK|PSH (no SYN, FIN, RST, URG, ECE, CWR, and the reserved
 //!   bits and AE/NS clear), a non-empty payload, and a correct TCP checksum.
 //!
@@ -21,23 +24,27 @@
 //! drops it as it would have anyway).
 //!
 //! A coalescable frame continues the pending run when its Ethernet header is identical to the
-//! run's, its IP header differs only in total length, identification and checksum, its TCP
+//! run's, its IP header differs only in total length, identification and checksum (IPv6: only
+//! in payload length; traffic class, flow label and hop limit equal), its TCP
 //! header differs only in sequence number, checksum and PSH (ports, acknowledgment number,
 //! data offset, window, urgent pointer and options, timestamps included, byte-identical), its
 //! sequence number follows the run's last byte, and:
-//! - identification: without DF it is the previous one plus 1 (wrapping); with DF the run is
-//!   either incrementing or fixed, decided by its second segment (the kernel's `flush_id`);
+//! - identification (IPv4): without DF it is the previous one plus 1 (wrapping); with DF the
+//!   run is either incrementing or fixed, decided by its second segment (the kernel's
+//!   `flush_id`);
 //! - its payload is at most the first segment's (the run's MSS); a shorter one ends the run;
 //! - a PSH segment ends the run (PSH is allowed only on a run's last segment);
 //! - the merged IP packet stays within 65535 bytes.
 //!
 //! The super-frame keeps the first segment's headers (its IP identification and Ethernet
-//! addresses) with the IP total length and header checksum updated, PSH set if the last
-//! segment had it, and in the TCP checksum field the pseudo-header sum over the super-frame's
-//! TCP length, folded and not complemented, as the kernel leaves a CHECKSUM_PARTIAL frame (see
+//! addresses) with the IP total length and header checksum updated (IPv6: the payload
+//! length), PSH set if the last segment had it, and in the TCP checksum field the
+//! pseudo-header sum over the super-frame's TCP length, folded and not complemented, as the
+//! kernel leaves a CHECKSUM_PARTIAL frame (see
 //! [`super::checksum::complete_partial_checksum`]). Its `virtio_net_hdr`: `NEEDS_CSUM`,
-//! `gso_type` TCPV4, `gso_size` the MSS, `hdr_len` 54 plus the TCP options, `csum_start` 34,
-//! `csum_offset` 16. Ethernet padding after a segment's IP packet is dropped when it is merged.
+//! `gso_type` TCPV4 (TCPV6), `gso_size` the MSS, `hdr_len` 54 (74) plus the TCP options,
+//! `csum_start` 34 (54), `csum_offset` 16. Ethernet padding after a segment's IP packet is
+//! dropped when it is merged.
 //!
 //! A run of one segment leaves as the original frame, byte for byte; a frame that cannot start
 //! a run (not coalescable, or a PSH segment, which no segment may follow) leaves at once,
@@ -47,9 +54,9 @@
 //! largest IP packet there is: coalescing allocates nothing.
 
 use core::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use smoltcp::wire::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
+use smoltcp::wire::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN};
 
 use super::checksum;
 use super::vnet_hdr::{self, HEADER_LEN as VNET_HEADER_LEN};
@@ -62,6 +69,8 @@ const ETH: usize = VNET_HEADER_LEN;
 const IP: usize = ETH + ETHERNET_HEADER_LEN;
 /// Offset of the TCP header in a frame (IHL 5 only).
 const TCP: usize = IP + IPV4_HEADER_LEN;
+/// Offset of the TCP header in an IPv6 frame (no extension header).
+const TCP6: usize = IP + IPV6_HEADER_LEN;
 /// The scratch buffer: a `virtio_net_hdr`, an Ethernet header and the largest IP packet.
 const SCRATCH_LEN: usize = IP + MAX_IP_LEN as usize;
 
@@ -69,6 +78,8 @@ const SCRATCH_LEN: usize = IP + MAX_IP_LEN as usize;
 const PROTOCOL_TCP: u8 = 6;
 /// EtherType of IPv4.
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+/// EtherType of IPv6.
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 /// Version 4, IHL 5.
 const VERSION_IHL_NO_OPTIONS: u8 = 0x45;
 /// The DF bit of the IPv4 flags/fragment-offset field.
@@ -91,6 +102,20 @@ mod ip_field {
     pub const DST_ADDR: Field = 16..20;
     /// Source and destination addresses.
     pub const ADDRESSES: Field = 12..20;
+}
+
+/// Byte ranges of the IPv6 header (RFC 8200), from its start.
+mod ip6_field {
+    pub type Field = core::ops::Range<usize>;
+
+    /// Version, traffic class and flow label: must match within a run.
+    pub const VERSION_CLASS_FLOW: Field = 0..4;
+    pub const PAYLOAD_LENGTH: Field = 4..6;
+    pub const NEXT_HEADER: usize = 6;
+    /// Next header, hop limit and the addresses: must match within a run.
+    pub const NEXT_HEADER_TO_END: Field = 6..40;
+    pub const SRC_ADDR: Field = 8..24;
+    pub const DST_ADDR: Field = 24..40;
 }
 
 /// Byte ranges of the TCP header (RFC 9293), from its start.
@@ -125,14 +150,18 @@ struct Segment {
     end: usize,
     /// Start of the TCP payload in the frame.
     payload: usize,
-    /// IP total length.
+    /// IP total length (IPv6: the header and its payload length).
     ip_len: u16,
     /// TCP sequence number.
     seq: u32,
-    /// IP identification.
+    /// IP identification (0 over IPv6).
     ident: u16,
     /// PSH is set.
     psh: bool,
+    /// Start of the TCP header in the frame: [`TCP`] or [`TCP6`].
+    tcp: usize,
+    /// IPv6.
+    v6: bool,
 }
 
 impl Segment {
@@ -155,20 +184,37 @@ impl Segment {
     /// `verify_tcp`.
     fn parse_headers(frame: &[u8], verify_tcp: bool) -> Option<Segment> {
         let eth = frame.get(ETH..IP)?;
-        if eth[ETHERNET_HEADER_LEN - 2..] != ETHERTYPE_IPV4 {
-            return None;
-        }
-        let ip = frame.get(IP..TCP)?;
-        if ip[ip_field::VER_IHL] != VERSION_IHL_NO_OPTIONS
-            || ip[ip_field::PROTOCOL] != PROTOCOL_TCP
-            || read_u16(ip, ip_field::FLG_OFF) & !IP_DONT_FRAGMENT != 0
-            || checksum::sum(ip) != 0xffff
-        {
-            return None;
-        }
-        let ip_len = read_u16(ip, ip_field::LENGTH);
+        let v6 = match eth[ETHERNET_HEADER_LEN - 2..] {
+            [0x08, 0x00] => false,
+            [0x86, 0xdd] => true,
+            _ => return None,
+        };
+        let (tcp_start, ip_len, ident) = if v6 {
+            let ip = frame.get(IP..TCP6)?;
+            let payload_len = read_u16(ip, ip6_field::PAYLOAD_LENGTH);
+            if ip[0] >> 4 != 6 || ip[ip6_field::NEXT_HEADER] != PROTOCOL_TCP || payload_len == 0 {
+                return None;
+            }
+            let total = u16::try_from(IPV6_HEADER_LEN + usize::from(payload_len)).ok()?;
+            (TCP6, total, 0)
+        } else {
+            let ip = frame.get(IP..TCP)?;
+            if ip[ip_field::VER_IHL] != VERSION_IHL_NO_OPTIONS
+                || ip[ip_field::PROTOCOL] != PROTOCOL_TCP
+                || read_u16(ip, ip_field::FLG_OFF) & !IP_DONT_FRAGMENT != 0
+                || checksum::sum(ip) != 0xffff
+            {
+                return None;
+            }
+            (
+                TCP,
+                read_u16(ip, ip_field::LENGTH),
+                read_u16(ip, ip_field::IDENT),
+            )
+        };
+        let ip = frame.get(IP..tcp_start)?;
         let end = IP + usize::from(ip_len);
-        let tcp = frame.get(TCP..end)?;
+        let tcp = frame.get(tcp_start..end)?;
         let data_off = *tcp.get(tcp_field::DATA_OFF)?;
         // Reserved bits and AE (formerly NS) clear; the header fits and leaves a payload.
         let header_len = usize::from(data_off >> 4) * 4;
@@ -182,23 +228,20 @@ impl Segment {
         };
         if verify_tcp {
             let tcp_len = u16::try_from(tcp.len()).ok()?;
-            let pseudo = checksum::pseudo_header_ipv4(
-                address(ip, ip_field::SRC_ADDR),
-                address(ip, ip_field::DST_ADDR),
-                PROTOCOL_TCP,
-                tcp_len,
-            );
+            let pseudo = pseudo_header(ip, v6, tcp_len);
             if checksum::combine(&[pseudo, checksum::sum(tcp)]) != 0xffff {
                 return None;
             }
         }
         Some(Segment {
             end,
-            payload: TCP + header_len,
+            payload: tcp_start + header_len,
             ip_len,
             seq: read_u32(tcp, tcp_field::SEQ_NUM),
-            ident: read_u16(ip, ip_field::IDENT),
+            ident,
             psh,
+            tcp: tcp_start,
+            v6,
         })
     }
 }
@@ -221,6 +264,35 @@ fn read_u32(header: &[u8], range: core::ops::Range<usize>) -> u32 {
 /// An IPv4 address field of a header whose length was checked.
 fn address(header: &[u8], range: core::ops::Range<usize>) -> Ipv4Addr {
     Ipv4Addr::from(read_u32(header, range))
+}
+
+/// An IPv6 address field of a header whose length was checked.
+fn address6(header: &[u8], range: core::ops::Range<usize>) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    if let Some(field) = header.get(range) {
+        octets.copy_from_slice(field);
+    }
+    Ipv6Addr::from(octets)
+}
+
+/// The TCP pseudo-header sum of the IP header `ip` (IPv4 without options, or IPv6 without
+/// extension headers) for `tcp_len` bytes of TCP.
+fn pseudo_header(ip: &[u8], v6: bool, tcp_len: u16) -> u16 {
+    if v6 {
+        checksum::pseudo_header_ipv6(
+            address6(ip, ip6_field::SRC_ADDR),
+            address6(ip, ip6_field::DST_ADDR),
+            PROTOCOL_TCP,
+            u32::from(tcp_len),
+        )
+    } else {
+        checksum::pseudo_header_ipv4(
+            address(ip, ip_field::SRC_ADDR),
+            address(ip, ip_field::DST_ADDR),
+            PROTOCOL_TCP,
+            tcp_len,
+        )
+    }
 }
 
 /// How the IP identification moves within a run with DF set.
@@ -271,6 +343,10 @@ struct Run {
     psh: bool,
     /// No segment may join any more (PSH, or a segment shorter than the MSS).
     closed: bool,
+    /// Start of the TCP header in the run's first frame.
+    tcp: usize,
+    /// IPv6.
+    v6: bool,
 }
 
 impl fmt::Debug for Coalescer {
@@ -303,6 +379,8 @@ impl Coalescer {
                 seq: 0,
                 ident: 0,
                 psh: false,
+                tcp: TCP,
+                v6: false,
             }),
         }
     }
@@ -380,42 +458,54 @@ impl Run {
             segments: 1,
             ip_len: segment.ip_len,
             mss: segment.payload_len(),
-            header_len: segment.payload - TCP,
+            header_len: segment.payload - segment.tcp,
             next_seq: segment.seq.wrapping_add(payload_len_u32(segment)),
             last_ident: segment.ident,
             ident_mode: IdentMode::Unknown,
             psh: segment.psh,
             closed: segment.psh,
+            tcp: segment.tcp,
+            v6: segment.v6,
         }
     }
 
     /// True when the coalescable `segment` (parsed from `frame`) may join the run, whose
     /// first frame's headers (as received) are at the start of `run`.
     fn continues(&self, run: &[u8], frame: &[u8], segment: &Segment) -> bool {
-        if self.closed {
+        if self.closed || segment.v6 != self.v6 || segment.tcp != self.tcp {
             return false;
         }
-        let header_len = segment.payload - TCP;
-        if header_len != self.header_len || run.len() < TCP + header_len {
+        let tcp_start = self.tcp;
+        let header_len = segment.payload - tcp_start;
+        if header_len != self.header_len || run.len() < tcp_start + header_len {
             // Also keeps the run's TCP header as long as this one's for the comparisons.
             return false;
         }
         let payload_len = segment.payload_len();
-        let (ip, run_ip) = (&frame[IP..TCP], &run[IP..TCP]);
-        let (tcp, run_tcp) = (&frame[TCP..segment.payload], &run[TCP..TCP + header_len]);
+        let (ip, run_ip) = (&frame[IP..tcp_start], &run[IP..tcp_start]);
+        let (tcp, run_tcp) = (
+            &frame[tcp_start..segment.payload],
+            &run[tcp_start..tcp_start + header_len],
+        );
         let same =
             |a: &[u8], b: &[u8], range: core::ops::Range<usize>| a[range.clone()] == b[range];
+        let same_ip = if self.v6 {
+            same(ip, run_ip, ip6_field::VERSION_CLASS_FLOW)
+                && same(ip, run_ip, ip6_field::NEXT_HEADER_TO_END)
+        } else {
+            ip[ip_field::TOS] == run_ip[ip_field::TOS]
+                && same(ip, run_ip, ip_field::FLG_OFF_TTL_PROTOCOL)
+                && same(ip, run_ip, ip_field::ADDRESSES)
+                && self.ident_follows(segment.ident, ip)
+        };
         frame[ETH..IP] == run[ETH..IP]
-            && ip[ip_field::TOS] == run_ip[ip_field::TOS]
-            && same(ip, run_ip, ip_field::FLG_OFF_TTL_PROTOCOL)
-            && same(ip, run_ip, ip_field::ADDRESSES)
+            && same_ip
             && same(tcp, run_tcp, tcp_field::PORTS)
             && same(tcp, run_tcp, tcp_field::ACK_NUM_DATA_OFF)
             && same(tcp, run_tcp, tcp_field::WINDOW)
             && same(tcp, run_tcp, tcp_field::URGENT..header_len)
             && segment.seq == self.next_seq
             && payload_len <= self.mss
-            && self.ident_follows(segment.ident, ip)
             && self
                 .ip_len
                 .checked_add(u16::try_from(payload_len).unwrap_or(u16::MAX))
@@ -462,18 +552,20 @@ impl Run {
     /// it, and the pseudo-header sum in the TCP checksum field. The `virtio_net_hdr` is
     /// [`write_vnet_header`](Run::write_vnet_header)'s.
     fn finish_headers(&self, frame: &mut [u8]) {
-        let ip = &mut frame[IP..TCP];
-        ip[ip_field::LENGTH].copy_from_slice(&self.ip_len.to_be_bytes());
-        ip[ip_field::CHECKSUM].copy_from_slice(&[0, 0]);
-        let ip_checksum = checksum::checksum(ip);
-        ip[ip_field::CHECKSUM].copy_from_slice(&ip_checksum.to_be_bytes());
-        let pseudo = checksum::pseudo_header_ipv4(
-            address(ip, ip_field::SRC_ADDR),
-            address(ip, ip_field::DST_ADDR),
-            PROTOCOL_TCP,
-            self.ip_len - u16::try_from(IPV4_HEADER_LEN).unwrap_or(0),
-        );
-        let tcp = &mut frame[TCP..];
+        let ip = &mut frame[IP..self.tcp];
+        // The IP header's length, at most 40: the subtraction cannot underflow (ip_len holds it).
+        let header = u16::try_from(ip.len()).unwrap_or(0);
+        let tcp_len = self.ip_len.saturating_sub(header);
+        if self.v6 {
+            ip[ip6_field::PAYLOAD_LENGTH].copy_from_slice(&tcp_len.to_be_bytes());
+        } else {
+            ip[ip_field::LENGTH].copy_from_slice(&self.ip_len.to_be_bytes());
+            ip[ip_field::CHECKSUM].copy_from_slice(&[0, 0]);
+            let ip_checksum = checksum::checksum(ip);
+            ip[ip_field::CHECKSUM].copy_from_slice(&ip_checksum.to_be_bytes());
+        }
+        let pseudo = pseudo_header(ip, self.v6, tcp_len);
+        let tcp = &mut frame[self.tcp..];
         if self.psh {
             tcp[tcp_field::FLAGS] |= tcp_flags::PSH;
         }
@@ -482,22 +574,28 @@ impl Run {
 
     /// Writes the super-frame's `virtio_net_hdr` at the start of `frame`.
     fn write_vnet_header(&self, frame: &mut [u8]) {
-        write_super_frame_header(frame, self.header_len, self.mss);
+        write_super_frame_header(frame, self.tcp, self.header_len, self.mss);
     }
 }
 
-/// Writes, at the start of `frame`, the `virtio_net_hdr` of a TCP over IPv4 super-frame (IHL
-/// 5) with `tcp_header_len` bytes of TCP header and segments of `mss` bytes: `NEEDS_CSUM`,
-/// TCPV4, `hdr_len`, `gso_size`, `csum_start` and `csum_offset` (see the module docs).
-fn write_super_frame_header(frame: &mut [u8], tcp_header_len: usize, mss: usize) {
-    // Header lengths are at most 14 + 20 + 60 and the MSS below 65535: no saturation fires.
+/// Writes, at the start of `frame`, the `virtio_net_hdr` of a TCP super-frame whose TCP
+/// header starts at `tcp` ([`TCP`]: IPv4 with IHL 5; [`TCP6`]: IPv6 without extension
+/// headers) with `tcp_header_len` bytes of TCP header and segments of `mss` bytes:
+/// `NEEDS_CSUM`, TCPV4 or TCPV6, `hdr_len`, `gso_size`, `csum_start` and `csum_offset` (see
+/// the module docs).
+fn write_super_frame_header(frame: &mut [u8], tcp: usize, tcp_header_len: usize, mss: usize) {
+    // Header lengths are at most 14 + 40 + 60 and the MSS below 65535: no saturation fires.
     let to_u16 = |value: usize| u16::try_from(value).unwrap_or(u16::MAX);
     let mut vnet = vnet_hdr::Packet::new_unchecked(&mut frame[..VNET_HEADER_LEN]);
     vnet.set_flags(vnet_hdr::flags::NEEDS_CSUM);
-    vnet.set_gso_type(vnet_hdr::gso::TCPV4);
-    vnet.set_hdr_len(to_u16(TCP - ETH + tcp_header_len));
+    vnet.set_gso_type(if tcp == TCP6 {
+        vnet_hdr::gso::TCPV6
+    } else {
+        vnet_hdr::gso::TCPV4
+    });
+    vnet.set_hdr_len(to_u16(tcp - ETH + tcp_header_len));
     vnet.set_gso_size(to_u16(mss));
-    vnet.set_csum_start(to_u16(TCP - ETH));
+    vnet.set_csum_start(to_u16(tcp - ETH));
     vnet.set_csum_offset(TCP_CHECKSUM_OFFSET);
 }
 
@@ -590,16 +688,22 @@ pub fn merge_in_place(
 
 /// Writes, at the start of `frame` (a `virtio_net_hdr`, then an Ethernet frame), the
 /// `virtio_net_hdr` of the super-frame [`merge_in_place`] made there, segments of `mss`
-/// bytes. False, and nothing written, when the frame does not hold a TCP over IPv4 header.
+/// bytes. False, and nothing written, when the frame does not hold a TCP over IPv4 or IPv6
+/// header.
 pub fn write_super_frame_vnet_header(frame: &mut [u8], mss: u16) -> bool {
-    let Some(&data_off) = frame.get(TCP + tcp_field::DATA_OFF) else {
+    let tcp = match frame.get(IP - 2..IP) {
+        Some(ethertype) if ethertype == ETHERTYPE_IPV4 => TCP,
+        Some(ethertype) if ethertype == ETHERTYPE_IPV6 => TCP6,
+        _ => return false,
+    };
+    let Some(&data_off) = frame.get(tcp + tcp_field::DATA_OFF) else {
         return false;
     };
     let header_len = usize::from(data_off >> 4) * 4;
-    if header_len < TCP_HEADER_LEN || frame.len() < TCP + header_len {
+    if header_len < TCP_HEADER_LEN || frame.len() < tcp + header_len {
         return false;
     }
-    write_super_frame_header(frame, header_len, usize::from(mss));
+    write_super_frame_header(frame, tcp, header_len, usize::from(mss));
     true
 }
 
@@ -862,6 +966,120 @@ mod tests {
             }
         }
         assert_eq!(next, frames.len());
+    }
+
+    /// A TCP over IPv6 super-frame as a TAP hands it over: `payload_len` bytes in segments
+    /// of `mss`, timestamps in the TCP options, the checksum field holding the
+    /// pseudo-header sum.
+    fn tcp6_super_frame(payload_len: usize, mss: u16, seq: u32) -> Vec<u8> {
+        let options = [1u8, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+        let tcp_len = 20 + options.len() + payload_len;
+        let mut frame = vec![0u8; VNET_HEADER_LEN];
+        frame[0] = vnet_hdr::flags::NEEDS_CSUM;
+        frame[1] = vnet_hdr::gso::TCPV6;
+        frame[2..4].copy_from_slice(&u16::try_from(TCP6 - ETH + 32).unwrap().to_le_bytes());
+        frame[4..6].copy_from_slice(&mss.to_le_bytes());
+        frame[6..8].copy_from_slice(&u16::try_from(TCP6 - ETH).unwrap().to_le_bytes());
+        frame[8..10].copy_from_slice(&16u16.to_le_bytes());
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
+        let src: Ipv6Addr = "fd00:10:0:1::5".parse().unwrap();
+        let dst: Ipv6Addr = "fd00:10:0:2::7".parse().unwrap();
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&u16::try_from(tcp_len).unwrap().to_be_bytes());
+        ip[6] = PROTOCOL_TCP;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&src.octets());
+        ip[24..40].copy_from_slice(&dst.octets());
+        frame.extend_from_slice(&ip);
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&7u32.to_be_bytes());
+        tcp[12] = 0x80; // 32 bytes of header
+        tcp[13] = ACK | PSH;
+        tcp[14..16].copy_from_slice(&512u16.to_be_bytes());
+        let pseudo =
+            checksum::pseudo_header_ipv6(src, dst, PROTOCOL_TCP, u32::try_from(tcp_len).unwrap());
+        tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+        tcp.extend_from_slice(&options);
+        frame.extend_from_slice(&tcp);
+        frame.extend((0..payload_len).map(|i| u8::try_from(i % 251).unwrap()));
+        frame
+    }
+
+    /// TCP over IPv6: the segments of a super-frame merge back into one TCPV6 super-frame
+    /// (payload length, the pseudo-header sum, csum_start 54), by the coalescer and in place,
+    /// and segmenting that again gives the same segments.
+    #[test]
+    fn ipv6_segments_merge_into_a_tcpv6_super_frame() {
+        let (payload_len, mss) = (10_000, 1368);
+        let original = tcp6_super_frame(payload_len, mss, 1000);
+        let mut parts = Vec::new();
+        Segmenter::new()
+            .segment(&original, |s| parts.push(s.to_vec()))
+            .unwrap();
+        assert_eq!(parts.len(), payload_len.div_ceil(usize::from(mss)));
+        let out = run(&mut Coalescer::new(), &parts);
+        assert_eq!(out.len(), 1, "one super-frame");
+        let frame = &out[0];
+        let vnet = vnet_hdr::Packet::new_checked(&frame[..]).unwrap();
+        assert_eq!(vnet.gso_type(), vnet_hdr::gso::TCPV6);
+        assert!(vnet.needs_csum());
+        assert_eq!(vnet.gso_size(), mss);
+        assert_eq!(usize::from(vnet.csum_start()), TCP6 - ETH);
+        assert_eq!(usize::from(vnet.hdr_len()), TCP6 - ETH + 32);
+        assert_eq!(frame.len(), TCP6 + 32 + payload_len);
+        assert_eq!(
+            usize::from(read_u16(&frame[IP..], ip6_field::PAYLOAD_LENGTH)),
+            32 + payload_len
+        );
+        assert_eq!(frame[TCP6 + 13], ACK | PSH, "the last segment's PSH");
+        // Completing the partial checksum gives a valid TCP checksum.
+        let mut completed = frame[ETH..].to_vec();
+        complete_partial_checksum(&mut completed, TCP6 - ETH, 16).unwrap();
+        let ip = smoltcp::wire::Ipv6Packet::new_checked(&completed[14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(
+            &IpAddress::Ipv6(ip.src_addr()),
+            &IpAddress::Ipv6(ip.dst_addr())
+        ));
+        // Segmenting it again gives the same segments.
+        let mut again = Vec::new();
+        Segmenter::new()
+            .segment(frame, |s| again.push(s.to_vec()))
+            .unwrap();
+        assert_eq!(again, parts);
+
+        // In place, as the VTEP merges a UDP_GRO buffer: the same super-frame.
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        for part in &parts {
+            ranges.push(buf.len()..buf.len() + part.len());
+            buf.extend_from_slice(part);
+        }
+        let merged = merge_in_place(&mut buf, parts.len(), |j| ranges[j].clone(), 0..0, false)
+            .expect("merged");
+        assert_eq!(merged.segments, parts.len());
+        let mut in_place = buf[..merged.len].to_vec();
+        assert!(write_super_frame_vnet_header(&mut in_place, merged.mss));
+        assert_eq!(in_place, *frame);
+        // A corrupted segment is not merged in (its checksum is verified): it leaves as it
+        // came, between the run before it and the run after it.
+        let mut corrupt = parts.clone();
+        let last = corrupt[1].len() - 1;
+        corrupt[1][last] ^= 0xff;
+        let out = run(&mut Coalescer::new(), &corrupt);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0], corrupt[0]);
+        assert_eq!(out[1], corrupt[1]);
+        assert_eq!(
+            vnet_hdr::Packet::new_checked(&out[2][..])
+                .unwrap()
+                .gso_type(),
+            vnet_hdr::gso::TCPV6
+        );
     }
 
     #[test]
