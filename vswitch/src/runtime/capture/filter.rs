@@ -9,22 +9,25 @@
 //! and     := not ("and" not)*          adjacent primaries are joined by "and", as tcpdump does
 //! not     := "not" not | primary
 //! primary := "(" expr ")"
-//!          | "ip" | "arp" | "icmp" | "tcp" | "udp"
-//!          | ["src" | "dst"] "host" IPV4
+//!          | "ip" | "ip6" | "arp" | "icmp" | "icmp6" | "tcp" | "udp"
+//!          | ["src" | "dst"] "host" IPV4-OR-IPV6
 //!          | ["src" | "dst"] "port" N
 //! ```
 //!
-//! `host` matches an IPv4 packet's source or destination address and an ARP packet's sender
-//! or target protocol address; `port` matches a TCP or UDP source or destination port (never
-//! in a fragment after the first). One 802.1Q tag is skipped. The frame is read leniently:
-//! a header that does not fit the bytes given simply does not match, and nothing panics.
+//! As in tcpdump, `ip` is IPv4 and `ip6` IPv6, `icmp` ICMP over IPv4 and `icmp6` ICMPv6,
+//! while `tcp`, `udp` and `port` match either family. `host` matches an IP packet's source
+//! or destination address and an ARP packet's sender or target protocol address; `port`
+//! matches a TCP or UDP source or destination port (never in a fragment after the first).
+//! IPv6 extension headers (hop-by-hop, routing, fragment, destination options) are skipped
+//! to find the transport. One 802.1Q tag is skipped. The frame is read leniently: a header
+//! that does not fit the bytes given simply does not match, and nothing panics.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use smoltcp::wire::{
-    ArpPacket, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, TcpPacket,
-    UdpPacket,
+    ArpPacket, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol,
+    Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 /// Longest filter accepted, in bytes: a filter is typed by a person.
@@ -68,13 +71,17 @@ impl Side {
 pub enum Protocol {
     /// IPv4.
     Ip,
+    /// IPv6.
+    Ip6,
     /// ARP.
     Arp,
     /// ICMP over IPv4.
     Icmp,
-    /// TCP over IPv4.
+    /// ICMPv6.
+    Icmp6,
+    /// TCP over IPv4 or IPv6.
     Tcp,
-    /// UDP over IPv4.
+    /// UDP over IPv4 or IPv6.
     Udp,
 }
 
@@ -84,7 +91,7 @@ pub enum Filter {
     /// Frames of a protocol.
     Protocol(Protocol),
     /// Packets from or to an address.
-    Host(Side, Ipv4Addr),
+    Host(Side, IpAddr),
     /// TCP or UDP segments from or to a port.
     Port(Side, u16),
     /// The expression does not match.
@@ -98,7 +105,7 @@ pub enum Filter {
 /// Why a filter expression was refused: what was wrong, where, and what is valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{message} (at word {position} of the filter; valid: ip, arp, icmp, tcp, udp, [src|dst] host ADDRESS, [src|dst] port N, combined with and, or, not and parentheses)"
+    "{message} (at word {position} of the filter; valid: ip, ip6, arp, icmp, icmp6, tcp, udp, [src|dst] host ADDRESS, [src|dst] port N, combined with and, or, not and parentheses)"
 )]
 pub struct FilterError {
     /// What is wrong.
@@ -110,10 +117,19 @@ pub struct FilterError {
 /// What a frame carries, as far as the filter needs it.
 #[derive(Debug, Default, Clone, Copy)]
 struct Facts {
-    arp: Option<(Ipv4Addr, Ipv4Addr)>,
-    ip: Option<(Ipv4Addr, Ipv4Addr, IpProtocol)>,
+    arp: Option<(IpAddr, IpAddr)>,
+    /// Source, destination and transport (after IPv6's extension headers).
+    ip: Option<(IpAddr, IpAddr, IpProtocol)>,
     ports: Option<(u16, u16)>,
 }
+
+/// IPv6 extension headers the filter skips to find the transport (RFC 8200).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DESTINATION: u8 = 60;
+/// Most extension headers walked before giving up on the transport.
+const MAX_EXTENSION_HEADERS: usize = 8;
 
 impl Facts {
     /// Reads `frame` (an Ethernet frame, perhaps cut short).
@@ -137,8 +153,11 @@ impl Facts {
         match ethertype {
             EthernetProtocol::Arp => {
                 if let Ok(arp) = ArpPacket::new_checked(payload) {
-                    let address =
-                        |bytes: &[u8]| <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from);
+                    let address = |bytes: &[u8]| {
+                        <[u8; 4]>::try_from(bytes)
+                            .ok()
+                            .map(|octets| IpAddr::V4(Ipv4Addr::from(octets)))
+                    };
                     if let (Some(sender), Some(target)) = (
                         address(arp.source_protocol_addr()),
                         address(arp.target_protocol_addr()),
@@ -148,9 +167,59 @@ impl Facts {
                 }
             }
             EthernetProtocol::Ipv4 => facts.read_ipv4(payload),
+            EthernetProtocol::Ipv6 => facts.read_ipv6(payload),
             _ => {}
         }
         facts
+    }
+
+    /// Reads an IPv6 header and the extension headers after it, as far as the bytes go
+    /// (the payload length is not required to fit: a snapped or GSO frame).
+    fn read_ipv6(&mut self, bytes: &[u8]) {
+        let Some(header) = bytes.get(..IPV6_HEADER_LEN) else {
+            return;
+        };
+        if header[0] >> 4 != 6 {
+            return;
+        }
+        let address = |range: std::ops::Range<usize>| {
+            <[u8; 16]>::try_from(&header[range])
+                .ok()
+                .map(|octets| IpAddr::V6(Ipv6Addr::from(octets)))
+        };
+        let (Some(src), Some(dst)) = (address(8..24), address(24..40)) else {
+            return;
+        };
+        let mut next = header[6];
+        let mut offset = IPV6_HEADER_LEN;
+        let mut later_fragment = false;
+        for _ in 0..MAX_EXTENSION_HEADERS {
+            match next {
+                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION => {
+                    let (Some(&following), Some(&len)) = (bytes.get(offset), bytes.get(offset + 1))
+                    else {
+                        return;
+                    };
+                    next = following;
+                    offset += (usize::from(len) + 1) * 8;
+                }
+                IPV6_FRAGMENT => {
+                    let Some(fragment) = bytes.get(offset..offset + 8) else {
+                        return;
+                    };
+                    next = fragment[0];
+                    later_fragment = u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0;
+                    offset += 8;
+                }
+                _ => break,
+            }
+        }
+        let protocol = IpProtocol::from(next);
+        self.ip = Some((src, dst, protocol));
+        if later_fragment {
+            return;
+        }
+        self.ports = read_ports(protocol, bytes.get(offset..).unwrap_or_default());
     }
 
     /// Reads an IPv4 header without requiring the whole packet (a snapped or a GSO frame's
@@ -165,22 +234,30 @@ impl Facts {
             return;
         }
         let protocol = packet.next_header();
-        self.ip = Some((packet.src_addr(), packet.dst_addr(), protocol));
+        self.ip = Some((
+            IpAddr::V4(packet.src_addr()),
+            IpAddr::V4(packet.dst_addr()),
+            protocol,
+        ));
         if packet.frag_offset() != 0 {
             return;
         }
-        let l4 = &bytes[header_len..];
-        self.ports = match protocol {
-            IpProtocol::Tcp if l4.len() >= PORTS_LEN => {
-                let tcp = TcpPacket::new_unchecked(l4);
-                Some((tcp.src_port(), tcp.dst_port()))
-            }
-            IpProtocol::Udp if l4.len() >= PORTS_LEN => {
-                let udp = UdpPacket::new_unchecked(l4);
-                Some((udp.src_port(), udp.dst_port()))
-            }
-            _ => None,
-        };
+        self.ports = read_ports(protocol, &bytes[header_len..]);
+    }
+}
+
+/// The ports of a TCP or UDP header at the start of `l4`, when they fit.
+fn read_ports(protocol: IpProtocol, l4: &[u8]) -> Option<(u16, u16)> {
+    match protocol {
+        IpProtocol::Tcp if l4.len() >= PORTS_LEN => {
+            let tcp = TcpPacket::new_unchecked(l4);
+            Some((tcp.src_port(), tcp.dst_port()))
+        }
+        IpProtocol::Udp if l4.len() >= PORTS_LEN => {
+            let udp = UdpPacket::new_unchecked(l4);
+            Some((udp.src_port(), udp.dst_port()))
+        }
+        _ => None,
     }
 }
 
@@ -221,8 +298,14 @@ impl Filter {
         match self {
             Filter::Protocol(protocol) => match protocol {
                 Protocol::Arp => facts.arp.is_some(),
-                Protocol::Ip => facts.ip.is_some(),
-                Protocol::Icmp => facts.ip.is_some_and(|ip| ip.2 == IpProtocol::Icmp),
+                Protocol::Ip => facts.ip.is_some_and(|ip| ip.0.is_ipv4()),
+                Protocol::Ip6 => facts.ip.is_some_and(|ip| ip.0.is_ipv6()),
+                Protocol::Icmp => facts
+                    .ip
+                    .is_some_and(|ip| ip.0.is_ipv4() && ip.2 == IpProtocol::Icmp),
+                Protocol::Icmp6 => facts
+                    .ip
+                    .is_some_and(|ip| ip.0.is_ipv6() && ip.2 == IpProtocol::Icmpv6),
                 Protocol::Tcp => facts.ip.is_some_and(|ip| ip.2 == IpProtocol::Tcp),
                 Protocol::Udp => facts.ip.is_some_and(|ip| ip.2 == IpProtocol::Udp),
             },
@@ -249,8 +332,10 @@ impl fmt::Display for Filter {
             Filter::Protocol(protocol) => {
                 let name = match protocol {
                     Protocol::Ip => "ip",
+                    Protocol::Ip6 => "ip6",
                     Protocol::Arp => "arp",
                     Protocol::Icmp => "icmp",
+                    Protocol::Icmp6 => "icmp6",
                     Protocol::Tcp => "tcp",
                     Protocol::Udp => "udp",
                 };
@@ -367,8 +452,10 @@ impl Parser<'_> {
         };
         let protocol = match word.as_str() {
             "ip" => Some(Protocol::Ip),
+            "ip6" => Some(Protocol::Ip6),
             "arp" => Some(Protocol::Arp),
             "icmp" => Some(Protocol::Icmp),
+            "icmp6" => Some(Protocol::Icmp6),
             "tcp" => Some(Protocol::Tcp),
             "udp" => Some(Protocol::Udp),
             _ => None,
@@ -412,10 +499,10 @@ impl Parser<'_> {
         };
         match keyword {
             "host" => {
-                let value = value.ok_or_else(|| fail("host needs an IPv4 address".to_owned()))?;
-                let address = value.parse::<Ipv4Addr>().map_err(|_| {
+                let value = value.ok_or_else(|| fail("host needs an IP address".to_owned()))?;
+                let address = value.parse::<IpAddr>().map_err(|_| {
                     fail(format!(
-                        "host {value:?}: expected an IPv4 address, e.g. 10.0.0.1"
+                        "host {value:?}: expected an IPv4 or IPv6 address, e.g. 10.0.0.1 or fd00::1"
                     ))
                 })?;
                 Ok(Filter::Host(side, address))
@@ -457,6 +544,45 @@ mod tests {
         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x08, 0x06, // Ethernet
         0, 1, 8, 0, 6, 4, 0, 1, 0x02, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2,
     ];
+
+    /// An Ethernet + IPv6 + hop-by-hop options + TCP SYN, [fd00::1]:40000 -> [fd00::2]:443.
+    fn tcp6() -> Vec<u8> {
+        let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&28u16.to_be_bytes());
+        ip[6] = 0; // hop-by-hop options first
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        ip[24..40].copy_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]); // -> TCP, 8 bytes of padding
+        frame.extend_from_slice(&40000u16.to_be_bytes());
+        frame.extend_from_slice(&443u16.to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 1, 0, 0, 0, 0, 0]);
+        frame
+    }
+
+    #[test]
+    fn ipv6_is_ip6_and_tcp_and_udp_are_both_families() {
+        let frame = tcp6();
+        assert!(matches("ip6", &frame) && !matches("ip", &frame));
+        assert!(matches("tcp", &frame) && matches("ip6 and tcp port 443", &frame));
+        assert!(matches("src host fd00::1", &frame) && !matches("dst host fd00::1", &frame));
+        assert!(matches("dst port 443 and src port 40000", &frame));
+        assert!(!matches("icmp6", &frame) && !matches("host 10.0.0.1", &frame));
+        assert!(!matches("ip6", &ICMP) && matches("ip", &ICMP));
+        // A later fragment has no ports.
+        let mut fragment = frame.clone();
+        fragment[14 + 6] = 44;
+        fragment[54..62].copy_from_slice(&[6, 0, 0x05, 0x00, 0, 0, 0, 1]); // offset 160
+        assert!(matches("tcp", &fragment) && !matches("port 443", &fragment));
+        for len in 0..frame.len() {
+            let _ = matches("ip6 or port 443 or host fd00::2", &frame[..len]);
+        }
+        let filter = Filter::parse("icmp6 or host fd00::2").unwrap().unwrap();
+        assert_eq!(Filter::parse(&filter.to_string()).unwrap().unwrap(), filter);
+    }
 
     fn matches(filter: &str, frame: &[u8]) -> bool {
         Filter::parse(filter)

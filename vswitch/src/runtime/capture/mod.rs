@@ -678,5 +678,13 @@ mod tests {
             (udp.src_port(), udp.dst_port(), udp.len()),
             (40000, 4789, 108)
         );
+        for (filter, expected) in [
+            ("ip6 and udp and dst port 4789", true),
+            ("src host 2001:db8::1", true),
+            ("ip", false),
+        ] {
+            let filter = Filter::parse(filter).unwrap().unwrap();
+            assert_eq!(filter.matches(outer), expected, "{filter}");
+        }
     }
 }
