@@ -2022,11 +2022,8 @@ fn hub_and_runners_over_an_ipv6_underlay() {
     let hub = Daemon::start_in(&hub_ns.name, 2, &[]);
     let r1 = Daemon::start_in(&r1_ns.name, 2, &[]);
     let r2 = Daemon::start_in(&r2_ns.name, 2, &[]);
-    hub.apply_yaml(&hub_overlay(
-        "hub",
-        "'fd00:50::1'",
-        "  addressPlan:\n    ipv6: {overlay: 'fd00:10::/48'}\n",
-    ));
+    // First without IPv6 inside: it is added below, to runners already registered.
+    hub.apply_yaml(&hub_overlay("hub", "'fd00:50::1'", ""));
     let pin = hub_fingerprint(&hub);
     r1.apply_yaml(&runner_overlay(
         "runner-1",
@@ -2058,6 +2055,26 @@ fn hub_and_runners_over_an_ipv6_underlay() {
         },
     );
     assert_eq!(hv["localAddress"], "fd00:50::1", "{hv}");
+    // IPv6 inside, added to the running hub: the runners' next heartbeats are refused (they
+    // registered under the old plan), they register again and get their /64.
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "'fd00:50::1'",
+        "  addressPlan:\n    ipv6: {overlay: 'fd00:10::/48'}\n",
+    ));
+    for (runner, cidr) in [(&r1, "fd00:10:0:1::/64"), (&r2, "fd00:10:0:2::/64")] {
+        wait_until(
+            &format!("a runner's Subnet to get {cidr} from the changed plan"),
+            Duration::from_secs(20),
+            || {
+                let subnet = runner.ctl_json(&["get", "subnet", "overlay"]);
+                (subnet["spec"]["ipv6"]["cidr"] == cidr).then_some(())
+            },
+        );
+    }
+    let v1 = wait_registered(&r1, "runner-1");
+    assert_eq!(v1["id"], 1, "the same ID after registering again: {v1}");
+    assert_eq!(v1["subnet6"], "fd00:10:0:1::/64", "{v1}");
     for (name, address) in [("runner-1", "fd00:50::2"), ("runner-2", "fd00:50::3")] {
         let row = runner_row(&hv, name).expect("listed");
         assert_eq!(row["address"], address, "{row}");

@@ -428,6 +428,12 @@ struct Effective {
     mac: Option<MacAddr>,
     ips: Vec<Ipv4Net>,
     mtu: u16,
+    /// The IPv6 address configured in the container (an interface whose Subnet gained
+    /// `ipv6`, or whose static `ipv6` changed, is configured anew).
+    ipv6: Option<ipnet::Ipv6Net>,
+    /// The routes installed in the container, and whether it has default routes.
+    routes: Vec<ipnet::IpNet>,
+    default_route: bool,
 }
 
 fn effective(state: &State, nic: &NetworkInterface) -> Option<Effective> {
@@ -436,6 +442,9 @@ fn effective(state: &State, nic: &NetworkInterface) -> Option<Effective> {
         mac: nic.status.mac,
         ips: nic.status.ips.clone(),
         mtu: overlay::interface_mtu(state, nic, subnet),
+        ipv6: nic.status.ipv6,
+        routes: nic.spec.routes.clone(),
+        default_route: nic.spec.default_route,
     })
 }
 
@@ -847,11 +856,13 @@ mod tests {
             plan.next.network_interfaces["a"].status.state,
             InterfaceState::Up
         );
-        // New addresses, MAC or MTU: re-create.
+        // New addresses, MAC, MTU or routes: re-create (the routes are the container's).
         for extra in [
             ", ips: [10.1.0.50]",
             ", mac: '02:00:00:00:00:99'",
             ", mtu: 9000",
+            ", routes: [10.9.0.0/16]",
+            ", defaultRoute: false",
         ] {
             let plan = try_plan(&current, &nic("a", extra)).unwrap();
             assert_eq!(plan.recreate, ["a"], "{extra}");

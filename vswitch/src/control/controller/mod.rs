@@ -411,6 +411,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Changes that took off so far (their tokens).
     flights: u64,
+    /// Hub: the runners that registered with this process under its current address plan.
+    served: overlay::Served,
 }
 
 /// The VTEP's opened sockets and the port id they hold.
@@ -516,6 +518,7 @@ impl Controller {
             trunk_ids: BTreeMap::new(),
             in_flight: Vec::new(),
             flights: 0,
+            served: overlay::Served::default(),
             balancers: Balancers::default(),
             clock: Arc::clone(&clock),
         };

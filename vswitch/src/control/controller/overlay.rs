@@ -361,6 +361,10 @@ impl Controller {
             address = %request.local_address,
             "runner registered"
         );
+        inner
+            .served
+            .under(overlay.spec.address_plan)
+            .insert(request.name.clone());
         let mut next = inner.state.clone();
         next.runner_pool = Some(pool);
         if changed {
@@ -602,13 +606,40 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
     })
 }
 
+/// Hub: the runners that registered with this process under the address plan it serves now.
+/// A runner's plan comes only with its registration, and a heartbeat answers only its ID: a
+/// heartbeat from a runner outside this set is answered 404, which makes the runner register
+/// again (keeping its ID) and so learn a changed plan (IPv6 added, say). After a hub restart
+/// every runner registers once more.
+#[derive(Debug, Default)]
+pub(super) struct Served {
+    plan: Option<vxlan::AddressPlan>,
+    runners: std::collections::BTreeSet<String>,
+}
+
+impl Served {
+    /// The runners served under `plan` (forgotten when the plan changed).
+    fn under(&mut self, plan: vxlan::AddressPlan) -> &mut std::collections::BTreeSet<String> {
+        if self.plan != Some(plan) {
+            self.plan = Some(plan);
+            self.runners.clear();
+        }
+        &mut self.runners
+    }
+}
+
 fn hub_heartbeat(inner: &mut Inner, name: &str, now_ms: u64) -> Result<vxlan::RunnerId, ApiError> {
-    hub_overlay(&inner.state)?;
-    let pool = inner.state.runner_pool.get_or_insert_with(Default::default);
-    pool.touch(name, now_ms).map_err(|_| ApiError::NotFound {
+    let plan = hub_overlay(&inner.state)?.spec.address_plan;
+    let not_found = || ApiError::NotFound {
         kind: "Runner".into(),
         name: name.into(),
-    })
+    };
+    if !inner.served.under(plan).contains(name) {
+        tracing::info!(runner = %name, "heartbeat from a runner not registered under the current address plan: asking it to register again");
+        return Err(not_found());
+    }
+    let pool = inner.state.runner_pool.get_or_insert_with(Default::default);
+    pool.touch(name, now_ms).map_err(|_| not_found())
 }
 
 fn hub_sweep(inner: &mut Inner, now_ms: u64) {
