@@ -166,6 +166,17 @@ impl CreateError {
     }
 }
 
+/// True when an echo packet of `kind` meets its connection in the wrong direction: a reply
+/// the request's way, or a request the reply's (possible with identifier 0, where both have
+/// ports 0 and 0).
+fn echo_against(kind: PacketKind, direction: Direction) -> bool {
+    matches!(
+        (kind, direction),
+        (PacketKind::IcmpEcho(EchoKind::Reply), Direction::Original)
+            | (PacketKind::IcmpEcho(EchoKind::Request), Direction::Reply)
+    )
+}
+
 /// One connection as listed by [`Conntrack::entries`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -508,6 +519,13 @@ impl Conntrack {
             return None;
         }
         let direction = conn.direction_of(&key);
+        // An echo request goes the original way and its reply the other. With identifier 0
+        // a reply's tuple (ports 0 and 0) equals its request's: a reply sent the request's
+        // way (or a request the reply's) is not this connection's, as the kernel's ICMP
+        // tuples, which keep the type, tell them apart.
+        if echo_against(packet.kind, direction) {
+            return None;
+        }
         if packet.kind == PacketKind::IcmpError {
             let mut tracked = self.tracked(conn, direction, status, false);
             tracked.related = true;
@@ -531,6 +549,13 @@ impl Conntrack {
             return None;
         }
         let direction = conn.direction_of(&key);
+        // An echo request goes the original way and its reply the other. With identifier 0
+        // a reply's tuple (ports 0 and 0) equals its request's: a reply sent the request's
+        // way (or a request the reply's) is not this connection's, as the kernel's ICMP
+        // tuples, which keep the type, tell them apart.
+        if echo_against(packet.kind, direction) {
+            return None;
+        }
         if packet.kind == PacketKind::IcmpError {
             let mut tracked = self.tracked(conn, direction, status, false);
             tracked.related = true;
@@ -1287,6 +1312,40 @@ mod tests {
         assert_eq!(r.target.map(|t| t.dst_port), Some(0x77));
         assert_eq!(ct.count(None, SEC + 59 * SEC), 1);
         assert_eq!(ct.count(None, SEC + 60 * SEC), 0);
+    }
+
+    /// With identifier 0 an echo reply has its request's tuple (ports 0 and 0): sent the
+    /// request's way it is no packet of the request's connection (found by the fuzzer: it
+    /// was translated with the request's mapping, and left with identifier 0).
+    #[test]
+    fn an_echo_reply_the_requests_way_is_not_its_connection() {
+        let ct = Conntrack::default();
+        let rules = masquerade_rules();
+        let echo = |kind| PacketInfo {
+            tuple: Tuple {
+                protocol: Protocol::Icmp,
+                src: IpAddr::V4(A),
+                dst: IpAddr::V4(X),
+                src_port: 0,
+                dst_port: 0,
+            },
+            kind: PacketKind::IcmpEcho(kind),
+        };
+        let ping = echo(EchoKind::Request);
+        let plan = rules
+            .plan(&FlowKey::new(Z, ping.tuple), InterfaceId(1), outside)
+            .expect("plans");
+        ct.create(Z, &ping, &plan, Attachments::default(), 0)
+            .expect("creates");
+        assert!(ct.lookup(Z, &ping, SEC).is_some(), "the request's own way");
+        let wrong_way = echo(EchoKind::Reply);
+        assert_eq!(ct.lookup(Z, &wrong_way, SEC), None);
+        assert_eq!(ct.peek(Z, &wrong_way, SEC), None);
+        assert_eq!(
+            ct.create(Z, &wrong_way, &plan, Attachments::default(), SEC)
+                .unwrap_err(),
+            CreateError::NotAStart
+        );
     }
 
     #[test]
