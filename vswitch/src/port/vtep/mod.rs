@@ -55,16 +55,6 @@ pub const RX_PAD: usize = crate::wire::VNET_HDR_LEN - ::vxlan::VXLAN_HEADER_LEN;
 /// VXLAN = 56 bytes (over IPv4 they take 36, the first 20 bytes are left unused).
 pub const OUTER_LEN: usize = IPV6_HEADER_LEN + UDP_HEADER_LEN + ::vxlan::VXLAN_HEADER_LEN;
 
-/// The outer headers' length over the underlay of `local`: 36 bytes over IPv4, 56 over IPv6.
-pub fn outer_len(local: IpAddr) -> usize {
-    let ip = if local.is_ipv6() {
-        IPV6_HEADER_LEN
-    } else {
-        IPV4_HEADER_LEN
-    };
-    ip + UDP_HEADER_LEN + ::vxlan::VXLAN_HEADER_LEN
-}
-
 /// The longest inner Ethernet frame [`VtepQueue::send_encap`] takes: a 9216-byte jumbo
 /// frame (more than a 9000-byte underlay can carry anyway).
 pub const MAX_INNER_LEN: usize = 9216;
