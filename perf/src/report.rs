@@ -43,11 +43,24 @@ pub enum Metric {
     /// That stream's rate during the flood over its rate without, in the same run
     /// (`floods`; goal >= 0.8).
     FloodRatio,
+    /// Context switches of the whole machine per GB moved (TCP, 1 stream; `ctxt` of
+    /// `/proc/stat`).
+    CtxSwitchesMachinePerGb,
+    /// vswitchd's workers: times they slept and were woken, per GB moved (TCP, 1 stream).
+    WakeupsPerGb,
+    /// vswitchd's workers: system calls per GB moved (TCP, 1 stream).
+    SyscallsPerGb,
+    /// vswitchd's workers: frames per received batch (TCP, 1 stream).
+    FramesPerBatch,
+    /// vswitchd's workers: bytes summed by the software checksum per byte moved.
+    SoftwareChecksumRatio,
+    /// vswitchd's workers: bytes written by software segmentation per byte moved.
+    SoftwareSegmentationRatio,
 }
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 19] = [
         Metric::TcpGbps1,
         Metric::TcpGbps4,
         Metric::UdpPps,
@@ -61,6 +74,12 @@ impl Metric {
         Metric::PolicyApplySeconds,
         Metric::TcpGbps1Flood,
         Metric::FloodRatio,
+        Metric::CtxSwitchesMachinePerGb,
+        Metric::WakeupsPerGb,
+        Metric::SyscallsPerGb,
+        Metric::FramesPerBatch,
+        Metric::SoftwareChecksumRatio,
+        Metric::SoftwareSegmentationRatio,
     ];
 
     /// Stable key (CSV, JSON).
@@ -79,6 +98,12 @@ impl Metric {
             Metric::PolicyApplySeconds => "policy_apply",
             Metric::TcpGbps1Flood => "tcp_1stream_flood",
             Metric::FloodRatio => "flood_ratio",
+            Metric::CtxSwitchesMachinePerGb => "ctxt_machine_per_gb",
+            Metric::WakeupsPerGb => "switch_wakeups_per_gb",
+            Metric::SyscallsPerGb => "switch_syscalls_per_gb",
+            Metric::FramesPerBatch => "switch_frames_per_batch",
+            Metric::SoftwareChecksumRatio => "switch_sw_checksum",
+            Metric::SoftwareSegmentationRatio => "switch_sw_segmentation",
         }
     }
 
@@ -98,6 +123,12 @@ impl Metric {
             Metric::PolicyApplySeconds => "Policy apply",
             Metric::TcpGbps1Flood => "TCP 1 stream, flooded",
             Metric::FloodRatio => "flooded / quiet",
+            Metric::CtxSwitchesMachinePerGb => "Ctx switches machine/GB",
+            Metric::WakeupsPerGb => "Worker wake-ups/GB",
+            Metric::SyscallsPerGb => "Worker syscalls/GB",
+            Metric::FramesPerBatch => "Frames per batch",
+            Metric::SoftwareChecksumRatio => "SW checksum bytes/byte",
+            Metric::SoftwareSegmentationRatio => "SW segmentation bytes/byte",
         }
     }
 
@@ -105,7 +136,11 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::TcpGbps1 | Metric::TcpGbps4 | Metric::TcpGbps1Flood => "Gbit/s",
-            Metric::FloodRatio => "x",
+            Metric::FloodRatio
+            | Metric::SoftwareChecksumRatio
+            | Metric::SoftwareSegmentationRatio => "x",
+            Metric::CtxSwitchesMachinePerGb | Metric::WakeupsPerGb | Metric::SyscallsPerGb => "/GB",
+            Metric::FramesPerBatch => "frames",
             Metric::UdpPps => "pkt/s",
             Metric::UdpLossPercent => "%",
             Metric::RttP50Us | Metric::RttP99Us | Metric::RttP999Us => "us",
@@ -125,6 +160,7 @@ impl Metric {
                 | Metric::TcpConnPerSecond
                 | Metric::TcpGbps1Flood
                 | Metric::FloodRatio
+                | Metric::FramesPerBatch
         )
     }
 }

@@ -4,6 +4,8 @@
 //! crates it builds on have none). Layering, from the bottom up: each layer uses only the
 //! layers below it (`docs/architecture.md` has the map, and the dependencies that still go
 //! against it):
+//! - [`cost`]: per-thread tallies of what the datapath spends (system calls by kind,
+//!   software checksum and segmentation bytes), counted where it is spent; it uses nothing.
 //! - [`wire`]: typed zero-copy views over the packet formats we own (`virtio_net_hdr`),
 //!   checksums, the IPv4 work of a router (TTL, fragmentation, ICMP errors), and GSO
 //!   segmentation and GRO coalescing in software; standard protocols come from
@@ -37,6 +39,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod control;
+pub mod cost;
 pub mod pipeline;
 pub mod port;
 pub mod runtime;

@@ -87,6 +87,42 @@ fn metrics_move_with_traffic_and_pass_promtool() {
     );
     let count = value(&second, "vswitch_worker_batch_size_count{worker=\"0\"}");
     assert_eq!(all, count, "the +Inf bucket holds every batch");
+    // What the workers spent: the pings were read and written one system call each (TAP
+    // queues), and the workers slept in epoll_wait between them and were woken (not for
+    // every frame: a reply is often ready before its request's worker waits again).
+    let labelled = |text: &str, family: &str, label: &str| -> f64 {
+        (0..2)
+            .map(|w| {
+                let series = format!("{family}{{worker=\"{w}\",{label}}}");
+                value(text, &series).unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+            })
+            .sum()
+    };
+    for (family, label) in [
+        ("vswitch_worker_syscalls_total", "call=\"read\""),
+        ("vswitch_worker_syscalls_total", "call=\"write\""),
+        ("vswitch_worker_syscalls_total", "call=\"epoll_wait\""),
+    ] {
+        let (was, is) = (
+            labelled(&first, family, label),
+            labelled(&second, family, label),
+        );
+        assert!(is >= was + 10.0, "{family}{{{label}}}: {was} -> {is}");
+    }
+    let voluntary = "vswitch_worker_context_switches_total";
+    let (was, is) = (
+        labelled(&first, voluntary, "kind=\"voluntary\""),
+        labelled(&second, voluntary, "kind=\"voluntary\""),
+    );
+    assert!(is > was, "the workers were woken: {was} -> {is}");
+    let (was, is) = (
+        per_worker(&first, "vswitch_worker_empty_reads_total"),
+        per_worker(&second, "vswitch_worker_empty_reads_total"),
+    );
+    assert!(
+        is >= was + 10.0,
+        "each batch ends with a read that finds nothing: {was} -> {is}"
+    );
 
     // A policy denying b's ingress: the denial shows per port and per policy.
     let file = tempfile::NamedTempFile::new().expect("tmp");

@@ -41,7 +41,7 @@ const VSWITCH_COLORS: [Rgb; 16] = [
 ];
 
 /// The chart sections of the page, in order, with the metrics each holds.
-pub const SECTIONS: [(&str, &[Metric]); 5] = [
+pub const SECTIONS: [(&str, &[Metric]); 6] = [
     (
         "Throughput",
         &[
@@ -61,6 +61,17 @@ pub const SECTIONS: [(&str, &[Metric]); 5] = [
         &[
             Metric::CpuMachineSecondsPerGb,
             Metric::CpuSwitchSecondsPerGb,
+        ],
+    ),
+    (
+        "Where the cycles go",
+        &[
+            Metric::CtxSwitchesMachinePerGb,
+            Metric::WakeupsPerGb,
+            Metric::SyscallsPerGb,
+            Metric::FramesPerBatch,
+            Metric::SoftwareChecksumRatio,
+            Metric::SoftwareSegmentationRatio,
         ],
     ),
     ("Policy", &[Metric::PolicyApplySeconds]),

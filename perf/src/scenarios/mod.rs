@@ -30,6 +30,7 @@ use anyhow::Result;
 use crate::report::{Check, Metric, Outcome, Sample, VariantResult, format_value};
 use crate::tools::cmd::{self, Interrupted};
 use crate::tools::cpu::SwitchCpu;
+use crate::tools::datapath::Datapath;
 use crate::tools::endpoints::{Backend, EndpointCpus, Endpoints};
 use crate::tools::ovs::{Ovs, OvsTools};
 use crate::tools::vswitchd::{
@@ -705,9 +706,16 @@ fn measure(
     for run in 1..=settings.runs {
         cmd::check_interrupted()?;
         let sample = |metric, value, check| sample(metric, run, value, check);
+        // The daemons' own accounting is read outside the CPU marks (vswitchctl's work is
+        // not the run's).
+        let accounting = Datapath::read(&prepared.daemons)?;
         let mark = prepared.cpu.mark()?;
         let tcp1 = iperf::run_tcp(&endpoints, 1, settings.tcp_seconds)?;
         let spent = prepared.cpu.since(mark)?;
+        let accounted = match accounting {
+            Some(before) => Datapath::read(&prepared.daemons)?.map(|after| after.since(&before)),
+            None => None,
+        };
         let bytes = Check {
             unit: "bytes",
             sent: tcp1.bytes_sent,
@@ -717,6 +725,29 @@ fn measure(
         if let Some((machine, switch)) = spent.per_gb(tcp1.bytes_received) {
             samples.push(sample(Metric::CpuMachineSecondsPerGb, machine, bytes));
             samples.push(sample(Metric::CpuSwitchSecondsPerGb, switch, bytes));
+            let gb = tcp1.bytes_received as f64 / 1e9;
+            samples.push(sample(
+                Metric::CtxSwitchesMachinePerGb,
+                spent.machine_switches as f64 / gb,
+                bytes,
+            ));
+            if let Some(used) = &accounted {
+                for (metric, value) in accounting_samples(used, tcp1.bytes_received) {
+                    samples.push(sample(metric, value, bytes));
+                }
+                if run == 1 {
+                    progress(
+                        case,
+                        variant,
+                        &format!(
+                            "run 1, TCP 1 stream, per GB: {} wake-ups, {} preemptions; system calls {}",
+                            format_value(used.wakeups as f64 / gb),
+                            format_value(used.preemptions as f64 / gb),
+                            used.calls_per_gb(tcp1.bytes_received),
+                        ),
+                    );
+                }
+            }
         }
         let tcp4 = iperf::run_tcp(&endpoints, 4, settings.tcp_seconds)?;
         let bytes4 = Check {
@@ -799,6 +830,28 @@ fn measure(
         );
     }
     Ok(())
+}
+
+/// The per-GB figures of vswitchd's accounting over a run that delivered `bytes`.
+fn accounting_samples(used: &Datapath, bytes: u64) -> Vec<(Metric, f64)> {
+    let moved = bytes as f64;
+    let gb = moved / 1e9;
+    let mut figures = vec![
+        (Metric::WakeupsPerGb, used.wakeups as f64 / gb),
+        (Metric::SyscallsPerGb, used.total_syscalls() as f64 / gb),
+        (
+            Metric::SoftwareChecksumRatio,
+            used.checksum_bytes as f64 / moved,
+        ),
+        (
+            Metric::SoftwareSegmentationRatio,
+            used.segmented_bytes as f64 / moved,
+        ),
+    ];
+    if let Some(frames) = used.frames_per_batch() {
+        figures.push((Metric::FramesPerBatch, frames));
+    }
+    figures
 }
 
 /// The backends' short names (the role part of their namespace names), for progress lines.

@@ -21,6 +21,8 @@ pub struct MachineTicks {
     pub busy: u64,
     /// system + softirq: the kernel's share.
     pub kernel: u64,
+    /// Context switches since boot (the `ctxt` line; 0 when absent).
+    pub switches: u64,
 }
 
 /// Parses the aggregate `cpu` line of `/proc/stat`.
@@ -44,9 +46,15 @@ pub fn parse_proc_stat(text: &str) -> Result<MachineTicks> {
             fields.len()
         );
     };
+    let switches = text
+        .lines()
+        .find_map(|line| line.strip_prefix("ctxt "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
     Ok(MachineTicks {
         busy: user + nice + system + irq + softirq,
         kernel: system + softirq,
+        switches,
     })
 }
 
@@ -121,6 +129,8 @@ pub struct CpuSpent {
     pub machine_seconds: f64,
     /// The switch's seconds (see the module doc for the kernel's definition).
     pub switch_seconds: f64,
+    /// Context switches of the whole machine.
+    pub machine_switches: u64,
 }
 
 impl CpuSpent {
@@ -160,6 +170,7 @@ impl SwitchCpu {
         Ok(CpuSpent {
             machine_seconds: end.machine.busy.saturating_sub(mark.machine.busy) as f64 * tick,
             switch_seconds: end.switch.saturating_sub(mark.switch) as f64 * tick,
+            machine_switches: end.machine.switches.saturating_sub(mark.machine.switches),
         })
     }
 }
@@ -170,10 +181,12 @@ mod tests {
 
     #[test]
     fn proc_stat_busy_and_kernel() {
-        let text = "cpu  100 5 40 9000 7 3 11 2 0 0\ncpu0 50 2 20 4500 3 1 5 1 0 0\nintr 1\n";
+        let text = "cpu  100 5 40 9000 7 3 11 2 0 0\ncpu0 50 2 20 4500 3 1 5 1 0 0\nintr 1\n\
+                    ctxt 123456\n";
         let ticks = parse_proc_stat(text).unwrap();
         assert_eq!(ticks.busy, 100 + 5 + 40 + 3 + 11);
         assert_eq!(ticks.kernel, 40 + 11);
+        assert_eq!(ticks.switches, 123_456);
     }
 
     #[test]
@@ -197,6 +210,7 @@ mod tests {
         let spent = CpuSpent {
             machine_seconds: 3.0,
             switch_seconds: 1.5,
+            machine_switches: 10,
         };
         assert_eq!(spent.per_gb(2_000_000_000), Some((1.5, 0.75)));
         assert_eq!(spent.per_gb(0), None);

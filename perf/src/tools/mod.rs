@@ -4,13 +4,15 @@
 //! `iperf` drives iperf3 for TCP throughput; `udp` is our own 64-byte packet-rate sender
 //! and counting receiver; `latency` our own UDP ping-pong; `connrate` our own short TCP
 //! connections for new connections per second; `cpu` reads /proc for CPU
-//! accounting; `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
+//! accounting; `datapath` reads vswitchd's own accounting (system calls, wake-ups, software
+//! checksums and segmentation); `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
 //! Open vSwitch's userspace datapath for the optional third column; `sys` holds the only
 //! `unsafe` code of the crate (raw `sendmmsg`/`recvmmsg` and `sigaction`).
 
 pub mod cmd;
 pub mod connrate;
 pub mod cpu;
+pub mod datapath;
 pub mod endpoints;
 pub mod iperf;
 pub mod latency;

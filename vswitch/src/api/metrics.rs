@@ -10,6 +10,13 @@
 //! - `vswitch_worker_busy_seconds_total{worker}`, `vswitch_worker_idle_seconds_total{worker}`
 //!   (time outside and inside `epoll_wait`), `vswitch_worker_batch_size{worker}` (a histogram
 //!   of frames per received batch, buckets 1, 2, 4, ..., 64);
+//! - what each worker spent: `vswitch_worker_syscalls_total{worker,call}`,
+//!   `vswitch_worker_context_switches_total{worker,kind}` (`voluntary`: it slept and was
+//!   woken; `involuntary`: preempted), `vswitch_worker_empty_reads_total{worker}`,
+//!   `vswitch_worker_checksum_bytes_total{worker}`,
+//!   `vswitch_worker_segmented_bytes_total{worker}`, `vswitch_worker_segments_total{worker}`,
+//!   `vswitch_worker_coalesced_segments_total{worker}`,
+//!   `vswitch_worker_udp_gso_sends_total{worker}`;
 //! - `vswitch_fdb_entries`, `vswitch_neighbor_entries`;
 //! - `vswitch_conntrack_entries`, `vswitch_conntrack_max_entries`,
 //!   `vswitch_conntrack_{created,expired,evicted,refused_full,clashes}_total`,
@@ -384,6 +391,83 @@ impl Collector for Switch {
                 .enumerate()
                 .map(|(index, load)| (worker(index), ConstHistogram::batches(load))),
         )?;
+        counter(
+            &mut encoder,
+            "vswitch_worker_syscalls",
+            "System calls a worker made, by call (read/write of TAP queues, recv/send/sendmmsg of packet sockets, recvmmsg/sendmmsg/sendmsg of the VTEP, epoll_wait, eventfd).",
+            s.worker_costs.iter().enumerate().flat_map(|(index, w)| {
+                crate::cost::Syscall::ALL.iter().map(move |kind| {
+                    (
+                        [
+                            ("worker", index.to_string()),
+                            ("call", kind.key().to_owned()),
+                        ],
+                        w.costs.syscalls[kind.index()],
+                    )
+                })
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "vswitch_worker_context_switches",
+            "A worker thread's context switches: voluntary (it slept and was woken), involuntary (preempted).",
+            s.worker_costs.iter().enumerate().flat_map(|(index, w)| {
+                w.switches.into_iter().flat_map(move |switches| {
+                    [
+                        ("voluntary", switches.voluntary),
+                        ("involuntary", switches.involuntary),
+                    ]
+                    .map(|(kind, n)| {
+                        (
+                            [("worker", index.to_string()), ("kind", kind.to_owned())],
+                            n,
+                        )
+                    })
+                })
+            }),
+        )?;
+        for (name, help, pick) in [
+            (
+                "vswitch_worker_empty_reads",
+                "Reads of a queue that found nothing.",
+                (|c: &crate::cost::Costs| c.empty_reads) as fn(&crate::cost::Costs) -> u64,
+            ),
+            (
+                "vswitch_worker_checksum_bytes",
+                "Bytes a worker summed with the software Internet checksum.",
+                |c| c.checksum_bytes,
+            ),
+            (
+                "vswitch_worker_segmented_bytes",
+                "Bytes a worker wrote segmenting super-frames in software.",
+                |c| c.segmented_bytes,
+            ),
+            (
+                "vswitch_worker_segments",
+                "Segments a worker made from super-frames in software.",
+                |c| c.segments,
+            ),
+            (
+                "vswitch_worker_coalesced_segments",
+                "Segments a worker merged into another in software (GRO).",
+                |c| c.coalesced_segments,
+            ),
+            (
+                "vswitch_worker_udp_gso_sends",
+                "VTEP sends carrying a UDP_SEGMENT super-datagram.",
+                |c| c.udp_gso_sends,
+            ),
+        ] {
+            counter(
+                &mut encoder,
+                name,
+                help,
+                s.worker_costs
+                    .iter()
+                    .enumerate()
+                    .map(|(index, w)| (worker(index), pick(&w.costs))),
+            )?;
+        }
         gauge_one(
             &mut encoder,
             "vswitch_fdb_entries",
@@ -554,6 +638,17 @@ mod tests {
                 batches: [3, 1, 0, 0, 0, 0, 2],
                 batch_frames: 133,
             }],
+            worker_costs: vec![crate::runtime::WorkerCosts {
+                costs: crate::cost::Costs {
+                    syscalls: std::array::from_fn(|i| if i == 1 { 40 } else { 0 }),
+                    checksum_bytes: 9000,
+                    ..crate::cost::Costs::default()
+                },
+                switches: Some(crate::sys::sched::Switches {
+                    voluntary: 12,
+                    involuntary: 2,
+                }),
+            }],
         }
     }
 
@@ -579,6 +674,10 @@ mod tests {
             "vswitch_worker_batch_size_bucket{le=\"+Inf\",worker=\"0\"} 6",
             "vswitch_worker_batch_size_count{worker=\"0\"} 6",
             "vswitch_worker_batch_size_sum{worker=\"0\"} 133.0",
+            "vswitch_worker_syscalls_total{worker=\"0\",call=\"write\"} 40",
+            "vswitch_worker_syscalls_total{worker=\"0\",call=\"read\"} 0",
+            "vswitch_worker_context_switches_total{worker=\"0\",kind=\"voluntary\"} 12",
+            "vswitch_worker_checksum_bytes_total{worker=\"0\"} 9000",
             "vswitch_nat_ports_in_use{port=\"c1\",address=\"203.0.113.10\",protocol=\"tcp\"} 3",
             "vswitch_overlay_runners{state=\"Online\"} 2",
             "vswitch_conntrack_max_entries 1000000",

@@ -1,4 +1,7 @@
-//! Per-worker counters: the worker's load (busy and idle time, batch sizes); for each port
+//! Per-worker counters: the worker's load (busy and idle time, batch sizes) and what it
+//! spent (system calls by kind, software checksum and segmentation: [`Costs`], moved from
+//! its thread's tally once per loop iteration), and its thread id (for its context switches,
+//! which the kernel counts); for each port
 //! id (< [`MAX_PORTS`]) rx/tx packets and bytes, frames the switch itself sent to the port (ARP, ICMP: `tx_generated_*`, kept apart from the frames it
 //! switched or routed there), rx errors and drops by [`DropCause`]; plus switch-wide
 //! [`Event`]s, which the stages tally in an [`EventTally`] that the worker adds once per batch
@@ -11,9 +14,10 @@
 //! serving that port any more.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cost::{Costs, Syscall};
 use crate::pipeline::DropCause;
 use crate::port::{MAX_PORTS, PortId};
 use crate::sys::batch::BATCH_SIZE;
@@ -153,11 +157,51 @@ pub struct WorkerLoad {
     pub batch_frames: u64,
 }
 
+/// A worker's [`Costs`], in atomics (one writer: the worker).
+struct CostCounters {
+    syscalls: [AtomicU64; Syscall::COUNT],
+    empty_reads: AtomicU64,
+    checksum_bytes: AtomicU64,
+    segmented_bytes: AtomicU64,
+    segments: AtomicU64,
+    coalesced_segments: AtomicU64,
+    udp_gso_sends: AtomicU64,
+}
+
+impl CostCounters {
+    fn new() -> CostCounters {
+        CostCounters {
+            syscalls: std::array::from_fn(|_| AtomicU64::new(0)),
+            empty_reads: AtomicU64::new(0),
+            checksum_bytes: AtomicU64::new(0),
+            segmented_bytes: AtomicU64::new(0),
+            segments: AtomicU64::new(0),
+            coalesced_segments: AtomicU64::new(0),
+            udp_gso_sends: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters beside the values of `costs` they count.
+    fn pairs<'a>(&'a self, costs: &'a Costs) -> impl Iterator<Item = (&'a AtomicU64, u64)> {
+        self.syscalls.iter().zip(costs.syscalls).chain([
+            (&self.empty_reads, costs.empty_reads),
+            (&self.checksum_bytes, costs.checksum_bytes),
+            (&self.segmented_bytes, costs.segmented_bytes),
+            (&self.segments, costs.segments),
+            (&self.coalesced_segments, costs.coalesced_segments),
+            (&self.udp_gso_sends, costs.udp_gso_sends),
+        ])
+    }
+}
+
 /// The counters of one worker.
 pub struct WorkerCounters {
     ports: Box<[PortCounters]>,
     events: [AtomicU64; Event::COUNT],
     load: Load,
+    costs: CostCounters,
+    /// The worker thread's id (0 until it starts).
+    tid: AtomicI32,
 }
 
 impl fmt::Debug for WorkerCounters {
@@ -186,7 +230,45 @@ impl WorkerCounters {
                 batches: std::array::from_fn(|_| AtomicU64::new(0)),
                 batch_frames: AtomicU64::new(0),
             },
+            costs: CostCounters::new(),
+            tid: AtomicI32::new(0),
         }
+    }
+
+    /// Adds what the worker's thread tallied (see [`crate::cost::take`]).
+    #[inline]
+    pub fn add_costs(&self, costs: &Costs) {
+        if costs.is_zero() {
+            return;
+        }
+        for (counter, value) in self.costs.pairs(costs) {
+            bump(counter, value);
+        }
+    }
+
+    /// What the worker spent so far.
+    pub fn costs(&self) -> Costs {
+        let c = &self.costs;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Costs {
+            syscalls: std::array::from_fn(|i| get(&c.syscalls[i])),
+            empty_reads: get(&c.empty_reads),
+            checksum_bytes: get(&c.checksum_bytes),
+            segmented_bytes: get(&c.segmented_bytes),
+            segments: get(&c.segments),
+            coalesced_segments: get(&c.coalesced_segments),
+            udp_gso_sends: get(&c.udp_gso_sends),
+        }
+    }
+
+    /// Records the worker thread's id (by the worker, as it starts).
+    pub fn set_tid(&self, tid: i32) {
+        self.tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// The worker thread's id, once it started.
+    pub fn tid(&self) -> Option<i32> {
+        Some(self.tid.load(Ordering::Relaxed)).filter(|&tid| tid > 0)
     }
 
     /// Counts one loop iteration: `idle` waiting in `epoll_wait`, then `busy` working.
@@ -408,6 +490,26 @@ mod tests {
         // 1 | 2 | 3 -> 4 | - | - | - | 33, 64 and (beyond the last bound) 100 -> 64.
         assert_eq!(load.batches, [1, 1, 1, 0, 0, 0, 3]);
         assert_eq!(load.batch_frames, 203);
+    }
+
+    #[test]
+    fn costs_add_up_and_the_tid_is_kept() {
+        let counters = WorkerCounters::new();
+        assert_eq!(counters.costs(), Costs::default());
+        assert_eq!(counters.tid(), None);
+        let mut costs = Costs::default();
+        costs.syscalls[Syscall::Write.index()] = 3;
+        costs.checksum_bytes = 1500;
+        costs.udp_gso_sends = 1;
+        counters.add_costs(&costs);
+        counters.add_costs(&costs);
+        counters.add_costs(&Costs::default());
+        let total = counters.costs();
+        assert_eq!(total.syscalls[Syscall::Write.index()], 6);
+        assert_eq!(total.total_syscalls(), 6);
+        assert_eq!((total.checksum_bytes, total.udp_gso_sends), (3000, 2));
+        counters.set_tid(4242);
+        assert_eq!(counters.tid(), Some(4242));
     }
 
     #[test]

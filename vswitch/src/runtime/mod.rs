@@ -122,6 +122,57 @@ pub struct PortStats {
     pub rx_backoffs: u64,
 }
 
+/// What the workers spent since the engine started, summed over them: with the bytes moved,
+/// where their cycles go (`perf` reports each per GB).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatapathStats {
+    /// Nanoseconds spent working (outside `epoll_wait`).
+    pub busy_ns: u64,
+    /// Nanoseconds spent in `epoll_wait`.
+    pub idle_ns: u64,
+    /// Batches received from queues.
+    pub batches: u64,
+    /// Frames in those batches.
+    pub batch_frames: u64,
+    /// System calls by kind (`read`, `write`, `recv`, `send`, `recvmmsg`, `sendmmsg`,
+    /// `sendmsg`, `getsockopt`, `epoll_wait`, `eventfd`), every kind listed.
+    pub syscalls: BTreeMap<String, u64>,
+    /// Reads that found nothing (the call that ends each TAP batch, mostly).
+    pub empty_reads: u64,
+    /// Bytes summed by the software checksum.
+    pub checksum_bytes: u64,
+    /// Bytes written by software segmentation (the segments' total length).
+    pub segmented_bytes: u64,
+    /// Segments it produced.
+    pub segments: u64,
+    /// Segments merged in software into another (GRO).
+    pub coalesced_segments: u64,
+    /// `sendmsg` calls carrying a `UDP_SEGMENT` super-datagram.
+    pub udp_gso_sends: u64,
+    /// Times a worker slept and was woken (the kernel's voluntary context switches of the
+    /// worker threads).
+    pub wakeups: u64,
+    /// Times a worker was preempted (their nonvoluntary context switches).
+    pub preemptions: u64,
+}
+
+impl DatapathStats {
+    /// Every system call counted.
+    pub fn total_syscalls(&self) -> u64 {
+        self.syscalls.values().sum()
+    }
+}
+
+/// One worker's costs (see [`Engine::worker_costs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerCosts {
+    /// What it tallied.
+    pub costs: crate::cost::Costs,
+    /// Its thread's context switches (`None` before it started, or when unreadable).
+    pub switches: Option<crate::sys::sched::Switches>,
+}
+
 /// Counters of the whole switch.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -140,6 +191,9 @@ pub struct StatsReport {
     /// The packet captures running (`vswitchctl capture`).
     #[serde(default)]
     pub captures: Vec<capture::CaptureInfo>,
+    /// What the workers spent (system calls, software checksums and segmentation, wake-ups).
+    #[serde(default)]
+    pub datapath: DatapathStats,
 }
 
 /// One entry of the neighbour (ARP) table.
@@ -475,7 +529,50 @@ impl Engine {
                 })
                 .collect(),
             captures: self.shared.captures.infos(),
+            datapath: self.datapath_stats(),
         }
+    }
+
+    /// Each worker's costs and context switches, by worker index.
+    pub fn worker_costs(&self) -> Vec<WorkerCosts> {
+        self.shared
+            .counters
+            .iter()
+            .map(|counters| WorkerCosts {
+                costs: counters.costs(),
+                switches: counters.tid().and_then(crate::sys::sched::thread_switches),
+            })
+            .collect()
+    }
+
+    /// The workers' load and costs, summed.
+    pub fn datapath_stats(&self) -> DatapathStats {
+        let mut costs = crate::cost::Costs::default();
+        let mut stats = DatapathStats::default();
+        for worker in self.worker_costs() {
+            costs.add(&worker.costs);
+            if let Some(switches) = worker.switches {
+                stats.wakeups += switches.voluntary;
+                stats.preemptions += switches.involuntary;
+            }
+        }
+        for load in self.worker_loads() {
+            stats.busy_ns += load.busy_ns;
+            stats.idle_ns += load.idle_ns;
+            stats.batches += load.batches.iter().sum::<u64>();
+            stats.batch_frames += load.batch_frames;
+        }
+        stats.syscalls = crate::cost::Syscall::ALL
+            .iter()
+            .map(|kind| (kind.key().to_owned(), costs.syscalls[kind.index()]))
+            .collect();
+        stats.empty_reads = costs.empty_reads;
+        stats.checksum_bytes = costs.checksum_bytes;
+        stats.segmented_bytes = costs.segmented_bytes;
+        stats.segments = costs.segments;
+        stats.coalesced_segments = costs.coalesced_segments;
+        stats.udp_gso_sends = costs.udp_gso_sends;
+        stats
     }
 
     /// Starts capturing on the port, uplink or VTEP (`vxlan`) named `spec.port`; the capture

@@ -64,6 +64,7 @@ use tracing::{debug, error, warn};
 use super::capture::{self, Capture, Captures};
 use super::counters::WorkerCounters;
 use super::share::{QueueShare, SHARED_WEIGHT, Share};
+use crate::cost::{self, Syscall};
 use crate::pipeline::generated::{Generated, Origin};
 use crate::pipeline::tx::{self, Prepared};
 use crate::pipeline::vxlan_encap::Encapsulate;
@@ -166,6 +167,7 @@ impl Shared {
     fn wake_others(&self, index: usize) {
         for (other, waker) in self.wakers.iter().enumerate() {
             if other != index {
+                cost::syscall(Syscall::Eventfd);
                 let _ = waker.write(1);
             }
         }
@@ -462,6 +464,9 @@ impl Worker {
     /// The worker loop; returns when the engine's stop flag is set.
     pub(crate) fn run(mut self) {
         debug!(worker = self.index, "worker started");
+        self.counters().set_tid(nix::unistd::gettid().as_raw());
+        // Whatever the thread tallied before the loop is not the worker's.
+        let _ = cost::take();
         let mut events = vec![EpollEvent::empty(); MAX_EVENTS];
         let snapshot = self.shared.current.load_full();
         self.resync(&snapshot);
@@ -487,6 +492,7 @@ impl Worker {
             let timeout = self.resume_timeout(timeout);
             let waiting_since = Instant::now();
             let waited = self.epoll.wait(&mut events, EpollTimeout::from(timeout));
+            cost::syscall(Syscall::EpollWait);
             let woke = Instant::now();
             self.counters().add_time(
                 woke.duration_since(waiting_since),
@@ -574,6 +580,9 @@ impl Worker {
                 self.next_sweep_ms = now.saturating_add(SWEEP_INTERVAL_MS);
                 self.schedule_advertisements(&snapshot, now);
             }
+            // What this iteration spent (system calls, software checksums, ...), moved from
+            // the thread's tally into counters the API can read.
+            self.counters().add_costs(&cost::take());
         }
         self.deregister_all();
         self.shared.synced[self.index].store(u64::MAX, Ordering::Release);
@@ -661,6 +670,7 @@ impl Worker {
 
     fn drain_waker(&self) {
         // Non-blocking: EAGAIN when another wake-up already drained it.
+        cost::syscall(Syscall::Eventfd);
         let _ = self.shared.wakers[self.index].read();
     }
 

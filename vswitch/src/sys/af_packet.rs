@@ -77,6 +77,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use ring::Ring;
 pub use ring::{Geometry, GeometryError, RingLayout};
 
+use crate::cost::{self, Syscall};
 use crate::sys::batch::{BATCH_SIZE, RxBatch, Sent};
 
 /// The most frames a socket queues for one flush: the worker's batch size.
@@ -629,6 +630,7 @@ impl PacketSocket {
                         libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                     )
                 };
+                cost::syscall(Syscall::Recv);
                 match usize::try_from(rc) {
                     // Larger than a slot (BIG TCP super-frames beyond 64 KiB): cut, so drop.
                     Ok(len) if len > slot.len() => {
@@ -668,6 +670,7 @@ impl PacketSocket {
                 &mut len,
             )
         };
+        cost::syscall(Syscall::Getsockopt);
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -704,6 +707,7 @@ impl PacketSocket {
                     libc::MSG_DONTWAIT,
                 )
             };
+            cost::syscall(Syscall::Send);
             if rc >= 0 {
                 return Ok(());
             }
@@ -851,6 +855,7 @@ impl PacketSocket {
                     libc::MSG_DONTWAIT,
                 )
             };
+            cost::syscall(Syscall::Sendmmsg);
             if let Ok(sent) = usize::try_from(rc) {
                 return Ok(sent.min(count));
             }

@@ -1,4 +1,4 @@
-//! The calling thread's scheduling priority.
+//! The calling thread's scheduling priority, and a thread's context switches.
 
 use std::io;
 
@@ -37,6 +37,37 @@ pub fn thread_nice() -> io::Result<i32> {
     Ok(nice)
 }
 
+/// How often a thread gave up its CPU: `voluntary` (it slept: waited for I/O or an event,
+/// and each such sleep ended with a wake-up) and `involuntary` (it was preempted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// Voluntary context switches.
+    pub voluntary: u64,
+    /// Nonvoluntary context switches.
+    pub involuntary: u64,
+}
+
+/// The kernel's context switch counts of thread `tid` of this process
+/// (`/proc/self/task/<tid>/status`); `None` when the thread is gone or the file unreadable.
+pub fn thread_switches(tid: i32) -> Option<Switches> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    parse_switches(&status)
+}
+
+/// The `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` lines of a status file.
+fn parse_switches(status: &str) -> Option<Switches> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    Some(Switches {
+        voluntary: field("voluntary_ctxt_switches")?,
+        involuntary: field("nonvoluntary_ctxt_switches")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +83,28 @@ mod tests {
         .join()
         .expect("the thread");
         assert_eq!(thread_nice().expect("getpriority"), before);
+    }
+
+    #[test]
+    fn switches_from_a_status_file_and_from_a_live_thread() {
+        let status = "Name:\tvswitch-w0\nvoluntary_ctxt_switches:\t12\n\
+                      nonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(
+            parse_switches(status),
+            Some(Switches {
+                voluntary: 12,
+                involuntary: 3
+            })
+        );
+        assert_eq!(parse_switches("voluntary_ctxt_switches:\t1\n"), None);
+        let tid = nix::unistd::gettid().as_raw();
+        let before = thread_switches(tid).expect("this thread's status");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let after = thread_switches(tid).expect("this thread's status");
+        assert!(
+            after.voluntary > before.voluntary,
+            "a sleep is a voluntary switch"
+        );
+        assert_eq!(thread_switches(-1), None);
     }
 }

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use crate::cost::{self, Syscall};
 use crate::sys::batch::RxBatch;
 use crate::wire::VNET_HDR_LEN;
 
@@ -258,10 +259,14 @@ impl TapQueue {
             // SAFETY: `slot` is a live, writable buffer of `slot.len()` bytes; read() writes
             // at most that many bytes into it.
             let rc = unsafe { libc::read(self.raw_fd(), slot.as_mut_ptr().cast(), slot.len()) };
+            cost::syscall(Syscall::Read);
             let Ok(len) = usize::try_from(rc) else {
                 let error = io::Error::last_os_error();
                 match error.kind() {
-                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::WouldBlock => {
+                        cost::empty_read();
+                        break;
+                    }
                     io::ErrorKind::Interrupted => continue,
                     _ if received > 0 => break,
                     _ => return Err(error),
@@ -281,6 +286,7 @@ impl TapQueue {
         loop {
             // SAFETY: `frame` is a live buffer of `frame.len()` bytes; write() only reads it.
             let rc = unsafe { libc::write(self.raw_fd(), frame.as_ptr().cast(), frame.len()) };
+            cost::syscall(Syscall::Write);
             if rc >= 0 {
                 // The tun driver takes a frame whole or not at all.
                 return Ok(());

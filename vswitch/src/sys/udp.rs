@@ -38,6 +38,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::cost::{self, Syscall};
+
 /// A socket operation of the VTEP that failed: which step, and the kernel's error.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
@@ -376,6 +378,7 @@ impl UdpSocket {
             // at least `msg_namelen` bytes) and, when set, to `control` (a live, initialised control
             // message of `msg_controllen` bytes); all outlive the call.
             let rc = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &message, libc::MSG_DONTWAIT) };
+            cost::syscall(Syscall::Sendmsg);
             if let Ok(sent) = usize::try_from(rc) {
                 return Ok(sent);
             }
@@ -533,6 +536,7 @@ impl ReadySet {
     /// The kernel's error writing the eventfd.
     pub fn ring(&mut self) -> io::Result<()> {
         if !self.ringing {
+            cost::syscall(Syscall::Eventfd);
             self.doorbell.write(1)?;
             self.ringing = true;
         }
@@ -545,6 +549,7 @@ impl ReadySet {
     /// The kernel's error reading the eventfd.
     pub fn silence(&mut self) -> io::Result<()> {
         if self.ringing {
+            cost::syscall(Syscall::Eventfd);
             match self.doorbell.read() {
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
                 Err(errno) => return Err(errno.into()),
@@ -797,13 +802,17 @@ impl Receiver {
                     std::ptr::null_mut(),
                 )
             };
+            cost::syscall(Syscall::Recvmmsg);
             if let Ok(received) = usize::try_from(rc) {
                 break received.min(count);
             }
             let error = io::Error::last_os_error();
             match error.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => return Ok(0),
+                io::ErrorKind::WouldBlock => {
+                    cost::empty_read();
+                    return Ok(0);
+                }
                 _ => return Err(error),
             }
         };
@@ -930,6 +939,7 @@ impl Sender {
                     libc::MSG_DONTWAIT,
                 )
             };
+            cost::syscall(Syscall::Sendmmsg);
             if let Ok(sent) = usize::try_from(rc) {
                 return Ok(sent.min(count));
             }

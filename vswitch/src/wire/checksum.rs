@@ -19,8 +19,11 @@ use nat::checksum::fold;
 /// The ones' complement sum of `data` read as big-endian 16-bit words (an odd last byte is
 /// padded with a zero), folded to 16 bits but not complemented. The loop itself is
 /// [`nat::checksum::sum`]: one implementation for the NAT rewrites and the datapath.
+///
+/// Every call counts its bytes in the thread's [`cost`](crate::cost) tally.
 #[inline]
 pub fn sum(data: &[u8]) -> u16 {
+    crate::cost::checksummed(data.len());
     nat::checksum::sum(data)
 }
 

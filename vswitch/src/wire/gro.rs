@@ -426,6 +426,7 @@ impl Coalescer {
         if self.run.segments >= 2 {
             self.run.finish_headers(&mut self.scratch[..]);
             self.run.write_vnet_header(&mut self.scratch[..]);
+            crate::cost::coalesced(self.run.segments - 1);
         }
         emit(&self.scratch[..self.len]);
         self.len = 0;
@@ -679,6 +680,7 @@ pub fn merge_in_place(
         return None;
     }
     run.finish_headers(&mut buf[first.start..]);
+    crate::cost::coalesced(run.segments - 1);
     Some(Merged {
         segments: run.segments,
         len: write - first.start,

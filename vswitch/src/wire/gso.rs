@@ -356,6 +356,7 @@ impl Segmenter {
             ident = ident.wrapping_add(1);
             seq = TcpSeqNumber(seq.0.wrapping_add(advance));
         }
+        crate::cost::segmented(payload.len() + count * headers.len(), count);
         Ok(count)
     }
 }

@@ -549,6 +549,8 @@ pub struct MetricsSnapshot {
     pub runners: BTreeMap<String, usize>,
     /// Each worker's load counters, by worker index.
     pub worker_loads: Vec<crate::runtime::counters::WorkerLoad>,
+    /// Each worker's costs (system calls, software work, context switches), by index.
+    pub worker_costs: Vec<crate::runtime::WorkerCosts>,
 }
 
 impl Controller {
@@ -600,6 +602,7 @@ impl Controller {
             runners,
             stats: engine.stats(),
             worker_loads: engine.worker_loads(),
+            worker_costs: engine.worker_costs(),
             fdb_entries,
             neighbor_entries,
             conntrack: snapshot.conntrack.stats(),

@@ -421,6 +421,7 @@ impl VtepQueue {
                 sent.bytes += u64::try_from(inner_bytes).unwrap_or(u64::MAX);
                 if segment_size.is_some() {
                     self.gso.sends += 1;
+                    crate::cost::udp_gso_send();
                 }
                 return;
             }
