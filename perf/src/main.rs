@@ -127,6 +127,11 @@ struct RunArgs {
     /// min..max, ratio to the kernel) and the tables, one page, no script.
     #[arg(long)]
     report: bool,
+    /// After each variant's measured runs, record one more 1-stream TCP run with Linux
+    /// `perf record -e cpu-clock -a` and write where the machine's time went to
+    /// DIR/<case>-<variant>.txt (by command, then by command, object and symbol).
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
 }
 
 /// `perf report`: draw the HTML report of results already written.
@@ -416,10 +421,18 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         &args.placements,
         ovs.is_some(),
     );
+    let profile = match &args.profile {
+        Some(dir) => Some(scenarios::Profiler {
+            perf: tools::profile::linux_perf()?,
+            dir: dir.clone(),
+        }),
+        None => None,
+    };
     let context = Context {
         binaries,
         ovs,
         vxlan_rco: args.vxlan_rco,
+        profile,
     };
     let info = run_info(args, &settings, &context, started_at);
     eprintln!(

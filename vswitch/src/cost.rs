@@ -1,6 +1,7 @@
 //! What the datapath spends, tallied where it is spent: system calls by kind, reads that
 //! found nothing, bytes checksummed in software, super-frames segmented in software, segments
-//! merged in software, and `UDP_SEGMENT` sends. With the workers' load counters (busy and idle
+//! merged in software, and `UDP_SEGMENT` sends. Not counted: the futex calls of a contended
+//! lock, log writes, and the sleep after a failed `epoll_wait` (rare by design). With the workers' load counters (busy and idle
 //! time, batch sizes) and their context switches, these account for where a worker's cycles
 //! go per GB moved (`perf` divides them by the bytes delivered).
 //!
@@ -22,7 +23,7 @@ pub enum Syscall {
     Write,
     /// `recv` of a whole frame from an AF_PACKET socket (frames the ring could not hold).
     Recv,
-    /// `send` on an AF_PACKET socket (one frame, or the kick of its transmit ring).
+    /// `send` on an AF_PACKET socket (one frame sent at once).
     Send,
     /// `recvmmsg` on the VTEP's UDP socket.
     Recvmmsg,
@@ -30,9 +31,11 @@ pub enum Syscall {
     Sendmmsg,
     /// `sendmsg` on the VTEP's sockets (one datagram, or a `UDP_SEGMENT` super-datagram).
     Sendmsg,
-    /// `getsockopt(SO_ERROR)` of an AF_PACKET socket found readable with nothing in its
-    /// ring (the interface may be gone).
+    /// `getsockopt(SO_ERROR)` of an AF_PACKET socket read with nothing taken from its ring
+    /// (empty, or every frame in it dropped: the interface may be gone).
     Getsockopt,
+    /// `epoll_ctl` of a worker (a queue added or removed: a new snapshot, a back-off).
+    EpollCtl,
     /// `epoll_wait` of a worker (whether it slept or not).
     EpollWait,
     /// `read` or `write` of an eventfd (a worker's waker, a queue's doorbell).
@@ -41,7 +44,7 @@ pub enum Syscall {
 
 impl Syscall {
     /// How many kinds there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every kind, in [`Syscall::index`] order.
     pub const ALL: [Syscall; Syscall::COUNT] = [
@@ -53,6 +56,7 @@ impl Syscall {
         Syscall::Sendmmsg,
         Syscall::Sendmsg,
         Syscall::Getsockopt,
+        Syscall::EpollCtl,
         Syscall::EpollWait,
         Syscall::Eventfd,
     ];
@@ -68,6 +72,7 @@ impl Syscall {
             Syscall::Sendmmsg => "sendmmsg",
             Syscall::Sendmsg => "sendmsg",
             Syscall::Getsockopt => "getsockopt",
+            Syscall::EpollCtl => "epoll_ctl",
             Syscall::EpollWait => "epoll_wait",
             Syscall::Eventfd => "eventfd",
         }
@@ -85,7 +90,9 @@ impl Syscall {
 pub struct Costs {
     /// System calls, by [`Syscall::index`].
     pub syscalls: [u64; Syscall::COUNT],
-    /// Reads (of any kind) that found nothing: the call that ends each TAP batch, mostly.
+    /// Reads of a queue that took nothing: a TAP `read` or the VTEP's `recvmmsg` that
+    /// found nothing (the call that ends each TAP batch, mostly), an AF_PACKET ring read
+    /// that took no frame.
     pub empty_reads: u64,
     /// Bytes summed by the software Internet checksum (headers and payloads).
     pub checksum_bytes: u64,

@@ -33,6 +33,7 @@ use crate::tools::cpu::SwitchCpu;
 use crate::tools::datapath::Datapath;
 use crate::tools::endpoints::{Backend, EndpointCpus, Endpoints};
 use crate::tools::ovs::{Ovs, OvsTools};
+use crate::tools::profile::{self, Recording};
 use crate::tools::vswitchd::{
     Binaries, Daemon, DaemonSettings, PortKind, Refused, WorkerPlacement,
 };
@@ -417,6 +418,17 @@ pub struct Context {
     pub ovs: Option<OvsTools>,
     /// vxlan: vswitchd's Overlay with remote checksum offload (`--vxlan-rco`).
     pub vxlan_rco: bool,
+    /// `--profile`: Linux perf, and where the profiles go.
+    pub profile: Option<Profiler>,
+}
+
+/// Where `--profile` writes, and with which `perf`.
+#[derive(Debug, Clone)]
+pub struct Profiler {
+    /// Linux perf.
+    pub perf: std::path::PathBuf,
+    /// The directory of the profiles.
+    pub dir: std::path::PathBuf,
 }
 
 impl Context {
@@ -589,7 +601,15 @@ pub fn run_variant(
         }
         Err(PrepareError::Fail(err)) => return failed(case, &variant, result, err),
     };
-    match measure(case, &variant, &prepared, settings, &mut result.samples) {
+    let profiler = context.profile.as_ref();
+    match measure(
+        case,
+        &variant,
+        &prepared,
+        settings,
+        profiler,
+        &mut result.samples,
+    ) {
         Ok(()) => {}
         Err(PrepareError::Skip(reason)) => {
             progress(case, &variant, &format!("skipped: {reason}"));
@@ -635,6 +655,7 @@ fn measure(
     variant: &Variant,
     prepared: &Prepared,
     settings: &Settings,
+    profiler: Option<&Profiler>,
     samples: &mut Vec<Sample>,
 ) -> Result<(), PrepareError> {
     let endpoints = Endpoints {
@@ -708,14 +729,12 @@ fn measure(
         let sample = |metric, value, check| sample(metric, run, value, check);
         // The daemons' own accounting is read outside the CPU marks (vswitchctl's work is
         // not the run's).
-        let accounting = Datapath::read(&prepared.daemons)?;
+        let accounting = Datapath::read(&prepared.daemons);
         let mark = prepared.cpu.mark()?;
         let tcp1 = iperf::run_tcp(&endpoints, 1, settings.tcp_seconds)?;
         let spent = prepared.cpu.since(mark)?;
-        let accounted = match accounting {
-            Some(before) => Datapath::read(&prepared.daemons)?.map(|after| after.since(&before)),
-            None => None,
-        };
+        let accounted = accounting
+            .and_then(|before| Datapath::used(&before, &Datapath::read(&prepared.daemons)?));
         let bytes = Check {
             unit: "bytes",
             sent: tcp1.bytes_sent,
@@ -826,6 +845,29 @@ fn measure(
                     .per_gb(tcp1.bytes_received)
                     .map_or_else(|| "-".to_owned(), |(machine, _)| format_value(machine)),
                 connections,
+            ),
+        );
+    }
+    if let Some(profiler) = profiler {
+        // One more 1-stream TCP run, recorded, after the measured ones: the recording
+        // perturbs no figure.
+        let stem = profile::file_stem(&case.key(), &variant.label());
+        let recording = Recording::start(
+            &profiler.perf,
+            &profiler.dir,
+            &stem,
+            settings.tcp_seconds + 1,
+        )?;
+        iperf::run_tcp(&endpoints, 1, settings.tcp_seconds)?;
+        let path = recording.finish(Duration::from_secs(u64::from(settings.tcp_seconds) + 30))?;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        progress(
+            case,
+            variant,
+            &format!(
+                "profile of a TCP 1-stream run in {}: {}",
+                path.display(),
+                profile::top_lines(&text, 5).join("; ")
             ),
         );
     }

@@ -56,23 +56,52 @@ impl Datapath {
         Ok(stats.datapath)
     }
 
-    /// The counters of `daemons`, summed; `None` when there are none (the kernel's
-    /// variant, Open vSwitch's) or one of them has none.
-    ///
-    /// # Errors
-    /// A daemon does not answer.
-    pub fn read(daemons: &[Daemon]) -> Result<Option<Datapath>> {
+    /// The counters of each of `daemons`; `None` when there are none (the kernel's
+    /// variant, Open vSwitch's), or one of them has none or does not answer (the run then
+    /// goes without these figures; a daemon that is really gone fails the variant
+    /// elsewhere).
+    pub fn read(daemons: &[Daemon]) -> Option<Vec<Datapath>> {
         if daemons.is_empty() {
-            return Ok(None);
+            return None;
+        }
+        daemons
+            .iter()
+            .map(|daemon| {
+                let json = daemon.ctl(&["stats", "-o", "json"]).ok()?;
+                Datapath::parse(&json).ok().flatten()
+            })
+            .collect()
+    }
+
+    /// What the daemons spent between two [`read`](Datapath::read)s, summed over them;
+    /// `None` when a daemon's counters went back (it restarted in between) or the readings
+    /// do not pair up.
+    pub fn used(before: &[Datapath], after: &[Datapath]) -> Option<Datapath> {
+        if before.len() != after.len() {
+            return None;
         }
         let mut sum = Datapath::default();
-        for daemon in daemons {
-            let Some(one) = Datapath::parse(&daemon.ctl(&["stats", "-o", "json"])?)? else {
-                return Ok(None);
-            };
-            sum.add(&one);
+        for (was, is) in before.iter().zip(after) {
+            if is.went_back_from(was) {
+                return None;
+            }
+            sum.add(&is.since(was));
         }
-        Ok(Some(sum))
+        Some(sum)
+    }
+
+    /// True when a counter is below `before`'s: the daemon started again.
+    fn went_back_from(&self, before: &Datapath) -> bool {
+        let calls_back = before
+            .syscalls
+            .iter()
+            .any(|(call, n)| self.syscalls.get(call).copied().unwrap_or(0) < *n);
+        calls_back
+            || self.busy_ns < before.busy_ns
+            || self.batches < before.batches
+            || self.wakeups < before.wakeups
+            || self.checksum_bytes < before.checksum_bytes
+            || self.segmented_bytes < before.segmented_bytes
     }
 
     fn add(&mut self, other: &Datapath) {
@@ -91,9 +120,10 @@ impl Datapath {
         self.preemptions += other.preemptions;
     }
 
-    /// What happened between `before` and `self` (counters only grow; a restart in
-    /// between reads as zero).
-    pub fn since(&self, before: &Datapath) -> Datapath {
+    /// What happened between `before` and `self` (check [`went_back_from`] first).
+    ///
+    /// [`went_back_from`]: Datapath::went_back_from
+    fn since(&self, before: &Datapath) -> Datapath {
         Datapath {
             busy_ns: self.busy_ns.saturating_sub(before.busy_ns),
             batches: self.batches.saturating_sub(before.batches),
@@ -176,6 +206,19 @@ mod tests {
         let mut twice = delta.clone();
         twice.add(&delta);
         assert_eq!(twice.total_syscalls(), 2 * delta.total_syscalls());
+        // Two daemons: their differences add up; one that restarted spoils the run.
+        let used = Datapath::used(
+            &[before.clone(), before.clone()],
+            &[after.clone(), after.clone()],
+        )
+        .expect("both grew");
+        assert_eq!(used, twice);
+        assert_eq!(
+            Datapath::used(std::slice::from_ref(&after), std::slice::from_ref(&before)),
+            None,
+            "a restart"
+        );
+        assert_eq!(Datapath::used(std::slice::from_ref(&before), &[]), None);
         assert_eq!(
             Datapath::parse(r#"{"workers":1}"#).unwrap(),
             None,

@@ -6,7 +6,8 @@
 //! connections for new connections per second; `cpu` reads /proc for CPU
 //! accounting; `datapath` reads vswitchd's own accounting (system calls, wake-ups, software
 //! checksums and segmentation); `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
-//! Open vSwitch's userspace datapath for the optional third column; `sys` holds the only
+//! Open vSwitch's userspace datapath for the optional third column; `profile` records where
+//! the machine's time goes (`--profile`); `sys` holds the only
 //! `unsafe` code of the crate (raw `sendmmsg`/`recvmmsg` and `sigaction`).
 
 pub mod cmd;
@@ -17,6 +18,7 @@ pub mod endpoints;
 pub mod iperf;
 pub mod latency;
 pub mod ovs;
+pub mod profile;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod udp;

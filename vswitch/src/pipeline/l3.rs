@@ -260,6 +260,7 @@ pub fn route(
     let Ok(ip) = Ipv4Packet::new_checked(&frame[start..end]) else {
         return Verdict::drop(DropReason::NotIpv4);
     };
+    crate::cost::checksummed(usize::from(ip.header_len()));
     if !ip.verify_checksum() {
         return Verdict::drop(DropReason::BadChecksum);
     }

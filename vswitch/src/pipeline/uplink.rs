@@ -173,7 +173,10 @@ pub fn receive(
             };
             let valid = ip_bounds(frame)
                 .and_then(|(start, end)| Ipv4Packet::new_checked(&frame[start..end]).ok())
-                .is_some_and(|ip| ip.verify_checksum());
+                .is_some_and(|ip| {
+                    crate::cost::checksummed(usize::from(ip.header_len()));
+                    ip.verify_checksum()
+                });
             if !valid {
                 return Verdict::drop(l3::DropReason::BadChecksum);
             }

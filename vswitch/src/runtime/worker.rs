@@ -326,6 +326,7 @@ struct Served {
 /// Adds worker `index`'s queue of `rx` to `epoll`. The fd stays open while registered: the
 /// `Registration` holds the queues.
 fn epoll_add(epoll: &Epoll, rx: RxQueues<'_>, index: usize, token: u64) -> nix::Result<()> {
+    cost::syscall(Syscall::EpollCtl);
     rx.with_fd(index, |fd| {
         epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
     })
@@ -334,6 +335,7 @@ fn epoll_add(epoll: &Epoll, rx: RxQueues<'_>, index: usize, token: u64) -> nix::
 
 /// Removes worker `index`'s queue of `rx` from `epoll`.
 fn epoll_delete(epoll: &Epoll, rx: RxQueues<'_>, index: usize) -> nix::Result<()> {
+    cost::syscall(Syscall::EpollCtl);
     rx.with_fd(index, |fd| epoll.delete(fd))
         .unwrap_or(Err(Errno::ENOENT))
 }
@@ -585,6 +587,9 @@ impl Worker {
             self.counters().add_costs(&cost::take());
         }
         self.deregister_all();
+        self.counters().add_costs(&cost::take());
+        // The id may go to another thread now.
+        self.counters().set_tid(0);
         self.shared.synced[self.index].store(u64::MAX, Ordering::Release);
         debug!(worker = self.index, "worker stopped");
     }

@@ -648,6 +648,7 @@ impl PacketSocket {
         };
         let received = self.ring.receive(batch, &mut copy);
         if received == 0 {
+            cost::empty_read();
             // Woken with nothing to read: the interface may be gone (the kernel then sets
             // ENETDOWN on the socket and reports POLLERR until the error is read).
             self.take_error()?;

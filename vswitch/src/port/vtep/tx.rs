@@ -68,6 +68,14 @@ impl VtepQueue {
         };
         let frame = encapsulate(slot, inner_range, &params, config)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let summed = match underlay {
+            Underlay::Ipv4 { .. } => config.udp_checksum_ipv4,
+            Underlay::Ipv6 { .. } => config.udp_checksum_ipv6,
+        };
+        if summed {
+            // `encapsulate` summed the whole outer datagram (the vxlan crate counts nothing).
+            crate::cost::checksummed(frame.len().saturating_sub(underlay.ip_header_len()));
+        }
         self.ipv4_ident = self.ipv4_ident.wrapping_add(1);
         if let (Some(frame_slot), Some(remote_slot)) = (
             self.tx_frames.get_mut(index),
