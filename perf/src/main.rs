@@ -52,7 +52,7 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Scenarios to run, comma-separated [default: all but floods; with --quick: l2].
+    /// Scenarios to run, comma-separated [default: all but floods and conntrack; with --quick: l2].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Finish in under two minutes: l2 only (unless --scenario), 3 runs of 1 s.
@@ -100,6 +100,11 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_values_t = scenarios::policy::COUNTS,
           value_parser = clap::value_parser!(u32).range(0..=16_384))]
     policies: Vec<u32>,
+    /// conntrack: the connection counts to measure with, comma-separated (one table each;
+    /// each count's connections are made by UDP datagrams from the client before its runs).
+    #[arg(long, value_delimiter = ',', default_values_t = scenarios::conntrack::COUNTS,
+          value_parser = clap::value_parser!(u32).range(0..=4_000_000))]
+    connections: Vec<u32>,
     /// Address families to measure, comma-separated: 4, 6 or both (`l2` and `routed` run
     /// over IPv6 as cases of their own, `l2-ipv6` and `routed-ipv6`; the other scenarios are
     /// IPv4 only).
@@ -217,6 +222,14 @@ enum Command {
     /// Write a sysctl in the current namespace.
     #[command(hide = true)]
     Sysctl { key: String, value: String },
+    /// One UDP datagram on each of COUNT flows to DST (conntrack entries).
+    #[command(hide = true)]
+    Flows {
+        #[arg(long)]
+        dst: std::net::IpAddr,
+        #[arg(long)]
+        count: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -295,6 +308,11 @@ fn run_command(command: Command) -> Result<()> {
         } => tools::connrate::client_main(dst, seconds, workers),
         Command::ConnServe { bind, max_seconds } => tools::connrate::serve_main(bind, max_seconds),
         Command::Sysctl { key, value } => topo::sysctl_main(&key, &value),
+        Command::Flows { dst, count } => {
+            let report = tools::flows::send(dst, count)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
     }
 }
 
@@ -399,7 +417,11 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     let scenarios = selected_scenarios(args);
     let ipv4_only: Vec<&str> = scenarios
         .iter()
-        .filter(|scenario| scenario.cases(&args.policies, &args.family).is_empty())
+        .filter(|scenario| {
+            scenario
+                .cases(&args.policies, &args.connections, &args.family)
+                .is_empty()
+        })
         .map(|scenario| scenario.key())
         .collect();
     if !ipv4_only.is_empty() {
@@ -444,7 +466,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mut results: Vec<VariantResult> = Vec::new();
     for scenario in &scenarios {
-        for case in scenario.cases(&args.policies, &args.family) {
+        for case in scenario.cases(&args.policies, &args.connections, &args.family) {
             for variant in &variants {
                 results.push(scenarios::run_variant(case, *variant, &context, &settings)?);
             }
@@ -583,6 +605,9 @@ fn run_info(args: &RunArgs, settings: &Settings, context: &Context, started_at: 
     let mut described = settings.describe();
     if selected_scenarios(args).contains(&Scenario::Policy) {
         described.push(format!("policy counts: {:?}", args.policies));
+    }
+    if selected_scenarios(args).contains(&Scenario::Conntrack) {
+        described.push(format!("connection counts: {:?}", args.connections));
     }
     described.push(format!(
         "variants: kernel{}{}",

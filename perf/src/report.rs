@@ -56,11 +56,13 @@ pub enum Metric {
     SoftwareChecksumRatio,
     /// vswitchd's workers: bytes written by software segmentation per byte moved.
     SoftwareSegmentationRatio,
+    /// `conntrack`: the connections in the table right after the 1-stream TCP run.
+    TableEntries,
 }
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 19] = [
+    pub const ALL: [Metric; 20] = [
         Metric::TcpGbps1,
         Metric::TcpGbps4,
         Metric::UdpPps,
@@ -80,6 +82,7 @@ impl Metric {
         Metric::FramesPerBatch,
         Metric::SoftwareChecksumRatio,
         Metric::SoftwareSegmentationRatio,
+        Metric::TableEntries,
     ];
 
     /// Stable key (CSV, JSON).
@@ -104,6 +107,7 @@ impl Metric {
             Metric::FramesPerBatch => "switch_frames_per_batch",
             Metric::SoftwareChecksumRatio => "switch_sw_checksum",
             Metric::SoftwareSegmentationRatio => "switch_sw_segmentation",
+            Metric::TableEntries => "table_entries",
         }
     }
 
@@ -129,6 +133,7 @@ impl Metric {
             Metric::FramesPerBatch => "Frames per batch",
             Metric::SoftwareChecksumRatio => "SW checksum bytes/byte",
             Metric::SoftwareSegmentationRatio => "SW segmentation bytes/byte",
+            Metric::TableEntries => "Conntrack entries",
         }
     }
 
@@ -141,6 +146,7 @@ impl Metric {
             | Metric::SoftwareSegmentationRatio => "x",
             Metric::CtxSwitchesMachinePerGb | Metric::WakeupsPerGb | Metric::SyscallsPerGb => "/GB",
             Metric::FramesPerBatch => "frames",
+            Metric::TableEntries => "entries",
             Metric::UdpPps => "pkt/s",
             Metric::UdpLossPercent => "%",
             Metric::RttP50Us | Metric::RttP99Us | Metric::RttP999Us => "us",

@@ -11,7 +11,7 @@
 //! Ctrl-C and SIGTERM are turned into errors by [`crate::tools::cmd`], so they unwind the
 //! same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub struct Topology {
     prefix: String,
     namespaces: Vec<String>,
     scratch: PathBuf,
+    /// Host-wide sysctls raised for this topology (`/proc/sys` path, value before), put back
+    /// on drop.
+    raised: Vec<(PathBuf, String)>,
 }
 
 impl Topology {
@@ -49,7 +52,35 @@ impl Topology {
             prefix,
             namespaces: Vec::new(),
             scratch,
+            raised: Vec::new(),
         }
+    }
+
+    /// Raises the host-wide sysctl `key` (a `/proc/sys` path under it, `net/netfilter/...`)
+    /// to at least `min` until the topology is dropped, when its value is put back.
+    ///
+    /// # Errors
+    /// The file cannot be read or written.
+    pub fn raise_host_sysctl(&mut self, key: &str, min: u64) -> Result<()> {
+        let path = Path::new("/proc/sys").join(key);
+        let before = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let current: u64 = before
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is not a number", path.display()))?;
+        if current < min {
+            std::fs::write(&path, min.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
+            self.raised.push((path, before));
+        }
+        Ok(())
+    }
+
+    /// The full name of the namespace made for `role`, if any.
+    pub fn find(&self, role: &str) -> Option<String> {
+        let name = format!("{}-{role}", self.prefix);
+        self.namespaces.iter().find(|n| **n == name).cloned()
     }
 
     /// Creates namespace `<prefix>-<role>` with its loopback up and returns its full name.
@@ -156,6 +187,15 @@ impl Default for Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        for (path, value) in self.raised.drain(..).rev() {
+            if let Err(err) = std::fs::write(&path, &value) {
+                eprintln!(
+                    "perf: warning: putting {} back to {}: {err}",
+                    path.display(),
+                    value.trim()
+                );
+            }
+        }
         for name in self.namespaces.iter().rev() {
             if let Err(err) = delete_namespace(name) {
                 eprintln!("perf: warning: cleaning up namespace {name}: {err:#}");

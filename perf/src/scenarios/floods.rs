@@ -292,6 +292,7 @@ pub fn prepare(
             netns: containers[0].clone(),
             args,
         }),
+        table: None,
         topology,
     })
 }

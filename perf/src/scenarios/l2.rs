@@ -107,6 +107,7 @@ pub fn prepare(
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
         Variant::Vswitch { kind, settings } => {
@@ -159,6 +160,7 @@ pub fn prepare(
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
     }

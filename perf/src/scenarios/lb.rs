@@ -210,6 +210,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
         _ => {
@@ -250,6 +251,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
     }

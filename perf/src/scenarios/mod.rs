@@ -12,8 +12,10 @@
 //! one server, with N network policies: one [`Case`] per N, each its own table; it measures
 //! TCP and TCP conn/s, and the time the rule set took to apply), and `floods` (one container
 //! floods the switch, one [`Case`] per [`floods::FloodKind`], while two others measure an
-//! unrelated TCP flow without and during the flood).
+//! unrelated TCP flow without and during the flood), and `conntrack` (`nat` with N other
+//! connections in the table, one [`Case`] per N).
 
+pub mod conntrack;
 pub mod floods;
 pub mod l2;
 pub mod lb;
@@ -199,11 +201,13 @@ pub enum Scenario {
     /// One container floods (MACs, ARP, ND, fragments, SYNs, NAT) while two others measure
     /// an unrelated flow.
     Floods,
+    /// `nat` with 0 to 1,000,000 other connections in the connection-tracking table.
+    Conntrack,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
@@ -211,6 +215,7 @@ impl Scenario {
         Scenario::Lb,
         Scenario::Policy,
         Scenario::Floods,
+        Scenario::Conntrack,
     ];
 
     /// The scenarios a run without `--scenario` measures: all but `floods`, which measures
@@ -235,6 +240,7 @@ impl Scenario {
             Scenario::Lb => "lb",
             Scenario::Policy => "policy",
             Scenario::Floods => "floods",
+            Scenario::Conntrack => "conntrack",
         }
     }
 
@@ -268,15 +274,24 @@ impl Scenario {
                 "c1 floods the switch while c3 -> c4 measure TCP without and during the flood \
                  (kernel: bridge, nftables masquerade and DNAT)"
             }
+            Scenario::Conntrack => {
+                "nat with other connections in the table, c1 -> outside (kernel: nftables \
+                 masquerade, nf_conntrack_max raised to fit)"
+            }
         }
     }
 
     /// The cases of this scenario: one per policy count in `policy`, one per flood kind in
     /// `floods`, else one per family of `families` it [supports](Scenario::supports).
-    pub fn cases(self, policy_counts: &[u32], families: &[Family]) -> Vec<Case> {
+    pub fn cases(
+        self,
+        policy_counts: &[u32],
+        connection_counts: &[u32],
+        families: &[Family],
+    ) -> Vec<Case> {
         let v4 = Case {
             scenario: self,
-            policies: 0,
+            count: 0,
             flood: None,
             family: Family::V4,
         };
@@ -286,7 +301,11 @@ impl Scenario {
         match self {
             Scenario::Policy => policy_counts
                 .iter()
-                .map(|&policies| Case { policies, ..v4 })
+                .map(|&count| Case { count, ..v4 })
+                .collect(),
+            Scenario::Conntrack => connection_counts
+                .iter()
+                .map(|&count| Case { count, ..v4 })
                 .collect(),
             Scenario::Floods => floods::FloodKind::ALL
                 .into_iter()
@@ -309,8 +328,9 @@ impl Scenario {
 pub struct Case {
     /// The topology.
     pub scenario: Scenario,
-    /// `policy`: how many NetworkPolicies (and their nftables translation); 0 elsewhere.
-    pub policies: u32,
+    /// `policy`: how many NetworkPolicies (and their nftables translation); `conntrack`: how
+    /// many connections the table holds while the flow is measured; 0 elsewhere.
+    pub count: u32,
     /// `floods`: what the flooder sends; `None` elsewhere.
     pub flood: Option<floods::FloodKind>,
     /// The traffic's address family (IPv6 in `l2`, `routed` and `nat` only).
@@ -322,7 +342,8 @@ impl Case {
     /// `floods`; `-ipv6` appended over IPv6 (`l2-ipv6`).
     pub fn key(self) -> String {
         let key = match (self.scenario, self.flood) {
-            (Scenario::Policy, _) => format!("policy-{}", self.policies),
+            (Scenario::Policy, _) => format!("policy-{}", self.count),
+            (Scenario::Conntrack, _) => format!("conntrack-{}", self.count),
             (Scenario::Floods, Some(kind)) => format!("floods-{}", kind.key()),
             (scenario, _) => scenario.key().to_owned(),
         };
@@ -342,28 +363,37 @@ impl Case {
                     ..case
                 });
         }
-        if let Some(count) = key.strip_prefix("policy-") {
-            let policies = count.parse().ok()?;
-            return Some(Case {
-                scenario: Scenario::Policy,
-                policies,
-                flood: None,
-                family: Family::V4,
-            });
+        for (prefix, scenario) in [
+            ("policy-", Scenario::Policy),
+            ("conntrack-", Scenario::Conntrack),
+        ] {
+            if let Some(count) = key.strip_prefix(prefix) {
+                return Some(Case {
+                    scenario,
+                    count: count.parse().ok()?,
+                    flood: None,
+                    family: Family::V4,
+                });
+            }
         }
         if let Some(kind) = key.strip_prefix("floods-") {
             return Some(Case {
                 scenario: Scenario::Floods,
-                policies: 0,
+                count: 0,
                 flood: Some(floods::FloodKind::from_key(kind)?),
                 family: Family::V4,
             });
         }
         Scenario::from_key(key)
-            .filter(|scenario| !matches!(scenario, Scenario::Policy | Scenario::Floods))
+            .filter(|scenario| {
+                !matches!(
+                    scenario,
+                    Scenario::Policy | Scenario::Floods | Scenario::Conntrack
+                )
+            })
             .map(|scenario| Case {
                 scenario,
-                policies: 0,
+                count: 0,
                 flood: None,
                 family: Family::V4,
             })
@@ -374,7 +404,12 @@ impl Case {
         match self.scenario {
             Scenario::Policy => format!(
                 "{} policies: {}",
-                crate::report::format_count(u64::from(self.policies)),
+                crate::report::format_count(u64::from(self.count)),
+                self.scenario.description()
+            ),
+            Scenario::Conntrack => format!(
+                "{} connections: {}",
+                crate::report::format_count(u64::from(self.count)),
                 self.scenario.description()
             ),
             Scenario::Floods => format!(
@@ -400,7 +435,8 @@ impl Case {
             Scenario::Vxlan => vxlan::prepare(variant, context),
             Scenario::Nat => nat::prepare(variant, context, self.family),
             Scenario::Lb => lb::prepare(variant, context),
-            Scenario::Policy => policy::prepare(variant, context, self.policies),
+            Scenario::Policy => policy::prepare(variant, context, self.count),
+            Scenario::Conntrack => conntrack::prepare(variant, context, self.count),
             Scenario::Floods => match self.flood {
                 Some(kind) => floods::prepare(variant, context, kind),
                 None => Err(PrepareError::Fail(anyhow::anyhow!("floods without a kind"))),
@@ -463,8 +499,7 @@ pub struct Prepared {
     /// Open vSwitch, for its variant.
     #[expect(dead_code, reason = "held only to be stopped on drop")]
     pub ovs: Option<Ovs>,
-    /// The namespaces.
-    #[expect(dead_code, reason = "held only to be torn down on drop")]
+    /// The namespaces (torn down on drop).
     pub topology: Topology,
     /// Where the traffic sources run.
     pub client_ns: String,
@@ -490,6 +525,56 @@ pub struct Prepared {
     pub applied: Option<Applied>,
     /// `floods`: the flood run during every second measurement of the flow.
     pub flood: Option<floods::FloodPlan>,
+    /// `conntrack`: where the table's size is read after each run.
+    pub table: Option<TableProbe>,
+}
+
+/// Where a scenario's table size is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableProbe {
+    /// vswitchd's connection count (`vswitchctl conntrack --count`, the first daemon).
+    VswitchdConntrack,
+    /// The kernel's, in `netns` (`nf_conntrack_count`).
+    KernelConntrack {
+        /// The namespace that tracks.
+        netns: String,
+    },
+}
+
+impl Prepared {
+    /// The table's size now (`None` without a probe).
+    ///
+    /// # Errors
+    /// The count cannot be read.
+    pub fn table_entries(&self) -> Result<Option<u64>> {
+        let text = match (&self.table, self.daemons.first()) {
+            (None, _) => return Ok(None),
+            (Some(TableProbe::VswitchdConntrack), Some(daemon)) => {
+                daemon.ctl(&["conntrack", "--count"])?
+            }
+            (Some(TableProbe::VswitchdConntrack), None) => {
+                anyhow::bail!("no vswitchd to count connections in")
+            }
+            (Some(TableProbe::KernelConntrack { netns }), _) => cmd::run(
+                cmd::command(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        netns,
+                        "cat",
+                        "/proc/sys/net/netfilter/nf_conntrack_count",
+                    ],
+                ),
+                Duration::from_secs(10),
+            )?,
+        };
+        let count = text
+            .split_whitespace()
+            .find_map(|word| word.replace(',', "").parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no count in {text:?}"))?;
+        Ok(Some(count))
+    }
 }
 
 /// How a rule set was applied (`policy`): recorded once per variant.
@@ -558,6 +643,7 @@ pub fn variants(
                             workers,
                             busy_poll_us,
                             pinned: placement == WorkerPlacement::Pinned,
+                            conntrack_max: None,
                         };
                         list.push(Variant::Vswitch { kind, settings });
                     }
@@ -573,6 +659,11 @@ pub fn variants(
 
 fn progress(case: Case, variant: &Variant, message: &str) {
     eprintln!("perf: [{} {}] {message}", case.key(), variant.label());
+}
+
+/// A progress line from a scenario's `prepare` (which knows its case, not its variant).
+pub fn progress_line(message: &str) {
+    eprintln!("perf: {message}");
 }
 
 /// Builds, measures and tears down one variant.
@@ -768,6 +859,17 @@ fn measure(
                 }
             }
         }
+        if let Some(entries) = prepared.table_entries()? {
+            samples.push(sample(
+                Metric::TableEntries,
+                entries as f64,
+                Check {
+                    unit: "entries",
+                    sent: u64::from(case.count),
+                    delivered: entries,
+                },
+            ));
+        }
         let tcp4 = iperf::run_tcp(&endpoints, 4, settings.tcp_seconds)?;
         let bytes4 = Check {
             unit: "bytes",
@@ -951,6 +1053,7 @@ mod tests {
             workers: 2,
             busy_poll_us: 0,
             pinned: true,
+            conntrack_max: None,
         };
         let tap = Variant::Vswitch {
             kind: PortKind::Tap,
@@ -1027,7 +1130,7 @@ mod tests {
     fn cases_and_their_keys() {
         let counts = [0, 100, 10_000];
         let v4 = [Family::V4];
-        let cases = Scenario::Policy.cases(&counts, &v4);
+        let cases = Scenario::Policy.cases(&counts, &[0, 1000], &v4);
         let keys: Vec<String> = cases.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["policy-0", "policy-100", "policy-10000"]);
         for case in cases {
@@ -1039,27 +1142,57 @@ mod tests {
                 .description()
                 .starts_with("1,000 policies: two containers")
         );
-        let l2 = Scenario::L2.cases(&counts, &v4);
-        assert_eq!(l2.len(), 1, "only policy has one case per count");
+        let conntrack = Scenario::Conntrack.cases(&counts, &[0, 1000], &v4);
+        let keys: Vec<String> = conntrack.iter().map(|case| case.key()).collect();
+        assert_eq!(keys, ["conntrack-0", "conntrack-1000"]);
+        for case in conntrack {
+            assert_eq!(Case::from_key(&case.key()), Some(case));
+        }
+        assert!(
+            Case::from_key("conntrack-1000000")
+                .unwrap()
+                .description()
+                .starts_with("1,000,000 connections: nat with")
+        );
+        assert_eq!(Case::from_key("conntrack"), None);
+        assert!(
+            Scenario::Conntrack
+                .cases(&counts, &[0], &[Family::V6])
+                .is_empty()
+        );
+        let l2 = Scenario::L2.cases(&counts, &[0, 1000], &v4);
+        assert_eq!(
+            l2.len(),
+            1,
+            "only policy and conntrack have one case per count"
+        );
         assert_eq!(l2[0].key(), "l2");
         assert_eq!(Case::from_key("l2"), Some(l2[0]));
         let both = [Family::V4, Family::V6];
-        let routed = Scenario::Routed.cases(&counts, &both);
+        let routed = Scenario::Routed.cases(&counts, &[0, 1000], &both);
         let keys: Vec<String> = routed.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["routed", "routed-ipv6"]);
         assert_eq!(Case::from_key("routed-ipv6"), Some(routed[1]));
         assert!(routed[1].description().starts_with("over IPv6: "));
-        let nat = Scenario::Nat.cases(&counts, &both);
+        let nat = Scenario::Nat.cases(&counts, &[0, 1000], &both);
         let keys: Vec<String> = nat.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["nat", "nat-ipv6"]);
         assert_eq!(Case::from_key("nat-ipv6"), Some(nat[1]));
-        assert!(Scenario::Lb.cases(&counts, &[Family::V6]).is_empty());
-        assert!(Scenario::Policy.cases(&counts, &[Family::V6]).is_empty());
+        assert!(
+            Scenario::Lb
+                .cases(&counts, &[0, 1000], &[Family::V6])
+                .is_empty()
+        );
+        assert!(
+            Scenario::Policy
+                .cases(&counts, &[0, 1000], &[Family::V6])
+                .is_empty()
+        );
         assert_eq!(Case::from_key("lb-ipv6"), None, "lb is IPv4 only");
         assert_eq!(Case::from_key("policy"), None, "policy has counts");
         assert_eq!(Case::from_key("policy-x"), None);
         assert_eq!(Case::from_key("bogus"), None);
-        let floods = Scenario::Floods.cases(&counts, &v4);
+        let floods = Scenario::Floods.cases(&counts, &[0, 1000], &v4);
         assert_eq!(floods.len(), floods::FloodKind::ALL.len());
         assert_eq!(floods[0].key(), "floods-cpu");
         assert_eq!(floods[2].key(), "floods-arp");

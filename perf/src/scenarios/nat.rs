@@ -128,6 +128,7 @@ pub fn prepare(
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
         _ => {
@@ -169,6 +170,7 @@ pub fn prepare(
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
     }

@@ -96,6 +96,7 @@ pub fn prepare(
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
         _ => {
@@ -146,6 +147,7 @@ pub fn prepare(
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
     }

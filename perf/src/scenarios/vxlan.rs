@@ -93,6 +93,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
         _ => {
@@ -143,6 +144,7 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 datagrams: true,
                 applied: None,
                 flood: None,
+                table: None,
             })
         }
     }

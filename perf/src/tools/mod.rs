@@ -15,6 +15,7 @@ pub mod connrate;
 pub mod cpu;
 pub mod datapath;
 pub mod endpoints;
+pub mod flows;
 pub mod iperf;
 pub mod latency;
 pub mod ovs;

@@ -102,6 +102,8 @@ pub struct DaemonSettings {
     pub busy_poll_us: u32,
     /// `--worker-cpus auto` (vswitchd's default) when true, `--worker-cpus none` when false.
     pub pinned: bool,
+    /// `--conntrack-max`, when a scenario needs more than the default.
+    pub conntrack_max: Option<u32>,
 }
 
 /// Whether vswitchd's workers are pinned to CPUs (`--worker-cpus auto`, the daemon's default)
@@ -146,6 +148,9 @@ impl Daemon {
             .arg(settings.busy_poll_us.to_string())
             .arg("--worker-cpus")
             .arg(if settings.pinned { "auto" } else { "none" });
+        if let Some(max) = settings.conntrack_max {
+            command.arg("--conntrack-max").arg(max.to_string());
+        }
         cmd::log_command(&command);
         command
             .stdin(Stdio::null())

@@ -150,6 +150,7 @@ pub fn prepare(variant: Variant, context: &Context, count: u32) -> Result<Prepar
                 datagrams: false,
                 applied,
                 flood: None,
+                table: None,
             })
         }
         Variant::Vswitch { kind, settings } => {
@@ -188,6 +189,7 @@ pub fn prepare(variant: Variant, context: &Context, count: u32) -> Result<Prepar
                 datagrams: false,
                 applied,
                 flood: None,
+                table: None,
             })
         }
     }

@@ -1,0 +1,113 @@
+//! Many connections at once: one UDP datagram per flow from the client namespace to the
+//! server's address, each flow its own (source port, destination port) pair, so a switch
+//! that tracks connections holds one entry per flow. Run as the hidden `flows` subcommand
+//! inside the client's namespace; it prints one JSON line.
+//!
+//! Flows are laid out [`PORTS_PER_SOCKET`] to a socket (destination ports from
+//! [`FIRST_PORT`]), one socket (one source port) per such group, so every run with the same
+//! count makes the same flows: a second run refreshes the entries of the first and creates
+//! those a full queue lost.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+
+use super::cmd;
+
+/// Destination ports one source socket sends to.
+pub const PORTS_PER_SOCKET: u32 = 60_000;
+
+/// The first destination port.
+pub const FIRST_PORT: u16 = 2_000;
+
+/// Datagrams sent between two short pauses (a queue of the switch's port holds about 1,000
+/// frames; the pause lets a worker drain it).
+const BURST: u32 = 256;
+
+/// What the sender prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowsReport {
+    /// Datagrams the kernel accepted.
+    pub sent: u64,
+    /// Sends that failed (counted, not retried).
+    pub errors: u64,
+}
+
+/// Sends one datagram on each of `count` flows to `dst` (the `flows` subcommand).
+///
+/// # Errors
+/// A socket cannot be opened.
+pub fn send(dst: IpAddr, count: u32) -> Result<FlowsReport> {
+    let any = match dst {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let mut report = FlowsReport { sent: 0, errors: 0 };
+    let mut left = count;
+    let mut in_burst = 0;
+    while left > 0 {
+        let socket = UdpSocket::bind(SocketAddr::new(any, 0)).context("binding a UDP socket")?;
+        let here = left.min(PORTS_PER_SOCKET);
+        for offset in 0..here {
+            let port = u16::try_from(u32::from(FIRST_PORT) + offset)
+                .map_err(|_| anyhow!("port out of range"))?;
+            match socket.send_to(&[0], SocketAddr::new(dst, port)) {
+                Ok(_) => report.sent += 1,
+                Err(_) => report.errors += 1,
+            }
+            in_burst += 1;
+            if in_burst == BURST {
+                in_burst = 0;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        left -= here;
+    }
+    Ok(report)
+}
+
+/// Runs the `flows` subcommand in `netns` toward `dst` and returns its report.
+///
+/// # Errors
+/// The helper fails or runs too long.
+pub fn run(netns: &str, dst: IpAddr, count: u32) -> Result<(FlowsReport, Duration)> {
+    let exe = std::env::current_exe().context("locating the perf binary")?;
+    let exe = exe.to_string_lossy();
+    let started = Instant::now();
+    let limit = Duration::from_secs(30 + u64::from(count) / 20_000);
+    let out = cmd::run(
+        cmd::command(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                netns,
+                &exe,
+                "flows",
+                "--dst",
+                &dst.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+        ),
+        limit,
+    )?;
+    let report = serde_json::from_str(out.trim())
+        .with_context(|| format!("reading the flows helper's report: {out}"))?;
+    Ok((report, started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_each_flow_once_over_loopback() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let report = send(IpAddr::V4(Ipv4Addr::LOCALHOST), 10).unwrap();
+        assert_eq!(report.sent + report.errors, 10);
+        drop(sink);
+    }
+}
