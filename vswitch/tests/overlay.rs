@@ -348,9 +348,20 @@ struct Capture {
 /// once tcpdump says "listening on": from then on the capture runs.
 fn start_capture(ns: &Netns, ifname: &str, count: u32, filter: &str) -> Capture {
     let count = count.to_string();
+    // `--immediate-mode`: without it tcpdump takes packets from the kernel a ring block at a
+    // time (when a block fills or its 1 s timeout ends), and a capture stopped sooner loses
+    // the packets of the block still open.
     let mut child = Command::new("ip")
         .args([
-            "netns", "exec", &ns.name, "tcpdump", "-i", ifname, "-nn", "-U",
+            "netns",
+            "exec",
+            &ns.name,
+            "tcpdump",
+            "-i",
+            ifname,
+            "-nn",
+            "-U",
+            "--immediate-mode",
         ])
         .args(["-c", &count, "-w", "-", filter])
         .stdout(Stdio::piped())
