@@ -21,7 +21,7 @@ use crate::tools::vswitchd::DaemonSettings;
 pub const COUNTS: [u32; 4] = [0, 1_000, 100_000, 1_000_000];
 
 /// Rounds of flows at most.
-const ROUNDS: u32 = 4;
+const ROUNDS: u32 = 6;
 
 /// Room above the count in each table's limit (the measured flows, the checks).
 const HEADROOM: u32 = 50_000;

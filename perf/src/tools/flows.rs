@@ -4,9 +4,9 @@
 //! inside the client's namespace; it prints one JSON line.
 //!
 //! Flows are laid out [`PORTS_PER_SOCKET`] to a socket (destination ports from
-//! [`FIRST_PORT`]), one socket (one source port) per such group, so every run with the same
-//! count makes the same flows: a second run refreshes the entries of the first and creates
-//! those a full queue lost.
+//! [`FIRST_PORT`]), one socket per such group, bound to a fixed source port (from
+//! [`FIRST_SOURCE_PORT`]), so every run with the same count makes the same flows: a second
+//! run refreshes the entries of the first and creates those a full queue lost.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -21,6 +21,9 @@ pub const PORTS_PER_SOCKET: u32 = 60_000;
 
 /// The first destination port.
 pub const FIRST_PORT: u16 = 2_000;
+
+/// The source port of the first socket (the next ones follow it).
+pub const FIRST_SOURCE_PORT: u16 = 62_100;
 
 /// Datagrams sent between two short pauses (a queue of the switch's port holds about 1,000
 /// frames; the pause lets a worker drain it).
@@ -47,8 +50,13 @@ pub fn send(dst: IpAddr, count: u32) -> Result<FlowsReport> {
     let mut report = FlowsReport { sent: 0, errors: 0 };
     let mut left = count;
     let mut in_burst = 0;
+    let mut source = FIRST_SOURCE_PORT;
     while left > 0 {
-        let socket = UdpSocket::bind(SocketAddr::new(any, 0)).context("binding a UDP socket")?;
+        let socket = UdpSocket::bind(SocketAddr::new(any, source))
+            .with_context(|| format!("binding a UDP socket to port {source}"))?;
+        source = source
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("too many flows for the source ports"))?;
         let here = left.min(PORTS_PER_SOCKET);
         for offset in 0..here {
             let port = u16::try_from(u32::from(FIRST_PORT) + offset)
@@ -60,7 +68,7 @@ pub fn send(dst: IpAddr, count: u32) -> Result<FlowsReport> {
             in_burst += 1;
             if in_burst == BURST {
                 in_burst = 0;
-                std::thread::sleep(Duration::from_micros(200));
+                std::thread::sleep(Duration::from_micros(2_000));
             }
         }
         left -= here;
@@ -104,10 +112,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sends_each_flow_once_over_loopback() {
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let report = send(IpAddr::V4(Ipv4Addr::LOCALHOST), 10).unwrap();
-        assert_eq!(report.sent + report.errors, 10);
-        drop(sink);
+    fn sends_each_flow_once_and_the_same_flows_again() {
+        // Twice: the second run binds the same source port (the first closed its socket).
+        for _ in 0..2 {
+            let report = send(IpAddr::V4(Ipv4Addr::LOCALHOST), 10).unwrap();
+            assert_eq!(report.sent + report.errors, 10);
+        }
     }
 }

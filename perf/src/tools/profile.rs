@@ -2,7 +2,9 @@
 //! variant (after the measured runs, so it perturbs no figure), recorded with Linux `perf
 //! record -e cpu-clock -a` (a software clock: this VM has no PMU) and written as text,
 //! `DIR/<case>-<variant>.txt`: the share of samples per command, then per command, object
-//! and symbol (at least 0.5%).
+//! and symbol (at least 0.5%), then, for the switch's own threads (`vswitch-w*`, when the
+//! variant has them), per object and symbol as a share of those threads' samples (at least
+//! 0.3%).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -104,33 +106,42 @@ impl Recording {
         if !status.success() {
             bail!("perf record exited with {status}");
         }
-        let report = |sort: &str, limit: &str| -> Result<String> {
+        let report = |sort: &str, limit: &str, extra: &[&str]| -> Result<String> {
             let data = self.data.to_string_lossy();
-            cmd::run(
-                cmd::command(
-                    &self.perf,
-                    &[
-                        "report",
-                        "-i",
-                        &data,
-                        "--stdio",
-                        "--no-children",
-                        "--sort",
-                        sort,
-                        "--percent-limit",
-                        limit,
-                    ],
-                ),
-                Duration::from_secs(120),
-            )
+            let mut args = vec![
+                "report",
+                "-i",
+                &data,
+                "--stdio",
+                "--no-children",
+                "--sort",
+                sort,
+                "--percent-limit",
+                limit,
+            ];
+            args.extend_from_slice(extra);
+            cmd::run(cmd::command(&self.perf, &args), Duration::from_secs(120))
         };
-        let by_command = report("comm", "0.5")?;
-        let by_symbol = report("comm,dso,sym", "0.5")?;
-        std::fs::write(
-            &self.text,
-            format!("# by command\n{by_command}\n# by command, object and symbol\n{by_symbol}"),
-        )
-        .with_context(|| format!("writing {}", self.text.display()))?;
+        let by_command = report("comm", "0.5", &[])?;
+        let by_symbol = report("comm,dso,sym", "0.5", &[])?;
+        let mut text =
+            format!("# by command\n{by_command}\n# by command, object and symbol\n{by_symbol}");
+        let workers: Vec<String> = top_lines(&by_command, 64)
+            .iter()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|comm| comm.starts_with("vswitch-w"))
+            .map(str::to_owned)
+            .collect();
+        if !workers.is_empty() {
+            let comms = format!("--comms={}", workers.join(","));
+            let switch = report("dso,sym", "0.3", &[&comms, "--percentage", "relative"])?;
+            text.push_str(&format!(
+                "\n# the switch's threads ({}) alone, by object and symbol\n{switch}",
+                workers.join(", ")
+            ));
+        }
+        std::fs::write(&self.text, text)
+            .with_context(|| format!("writing {}", self.text.display()))?;
         let _ = std::fs::remove_file(&self.data);
         Ok(self.text)
     }
