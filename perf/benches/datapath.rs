@@ -18,9 +18,9 @@ use vswitch::pipeline::{self, Context, Local, Verdict};
 use vswitch::port::PortId;
 use vswitch::tables::fdb::Fdb;
 use vswitch::tables::neigh::Neighbors;
-use vswitch::tables::snapshot::{
-    DEFAULT_MAC_AGEING, DEFAULT_MAC_LIMIT, NetworkId, PortEntry, Snapshot, SubnetEntry, SubnetId,
-};
+use vswitch::tables::snapshot::{DEFAULT_MAC_LIMIT, PortEntry, Snapshot, SubnetId};
+
+mod common;
 use vswitch::wire::checksum;
 use vswitch::wire::gro::{self, Coalescer};
 use vswitch::wire::gso::Segmenter;
@@ -313,21 +313,7 @@ fn udp_64_byte_frame() -> Vec<u8> {
 /// `pipeline/l2_forward_64b`: one 64-byte frame through `pipeline::process` (parse, port
 /// security, learning of a known source, FDB lookup) to a `Forward` verdict.
 fn bench_pipeline(c: &mut Criterion) {
-    let subnet = SubnetEntry {
-        id: SubnetId(1),
-        name: "blue".to_string(),
-        network: "default".to_string(),
-        network_id: NetworkId(0),
-        cidr: "172.30.0.0/16".parse().expect("cidr"),
-        gateway: Ipv4Addr::new(172, 30, 0, 1),
-        gateway_mac: [0x02, 0, 0, 0, 0xee, 1],
-        mtu: 1500,
-        ports: vec![PortId(1), PortId(2)],
-        mac_ageing: DEFAULT_MAC_AGEING,
-        mac_limit: DEFAULT_MAC_LIMIT,
-        dhcp: None,
-        v6: None,
-    };
+    let subnet = common::subnet(DEFAULT_MAC_LIMIT);
     let snapshot = Snapshot::new(
         vec![port(1, MAC_A, IP_A), port(2, MAC_B, IP_B)],
         vec![subnet.clone()],

@@ -28,9 +28,10 @@ use nat::{
 use vswitch::port::PortId;
 use vswitch::tables::fdb::Fdb;
 use vswitch::tables::snapshot::{
-    DEFAULT_MAC_AGEING, NetworkEntry, NetworkId, NextHop, RouteEntry, RouteEntry6, RouteOrigin,
-    SubnetEntry, SubnetId,
+    NetworkEntry, NetworkId, NextHop, RouteEntry, RouteEntry6, RouteOrigin, SubnetId,
 };
+
+mod common;
 
 /// Keys each benchmark cycles through.
 const PROBES: usize = 4096;
@@ -162,25 +163,6 @@ fn conntrack_lookup(c: &mut Criterion) {
     group.finish();
 }
 
-/// A Subnet that can hold `limit` MACs.
-fn subnet(limit: usize) -> SubnetEntry {
-    SubnetEntry {
-        id: SubnetId(1),
-        name: "blue".to_string(),
-        network: "default".to_string(),
-        network_id: NetworkId(0),
-        cidr: "172.30.0.0/16".parse().expect("cidr"),
-        gateway: Ipv4Addr::new(172, 30, 0, 1),
-        gateway_mac: [0x02, 0, 0, 0, 0xee, 1],
-        mtu: 1500,
-        ports: vec![PortId(1), PortId(2)],
-        mac_ageing: DEFAULT_MAC_AGEING,
-        mac_limit: limit,
-        dhcp: None,
-        v6: None,
-    }
-}
-
 /// The `i`-th locally administered unicast MAC.
 fn mac(i: usize) -> [u8; 6] {
     let [_, _, _, _, a, b, c, d] = u64::try_from(i).expect("fits").to_be_bytes();
@@ -191,7 +173,7 @@ fn fdb_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("scale/fdb_lookup");
     group.throughput(Throughput::Elements(1));
     for n in [1, 1_000, 10_000, 100_000] {
-        let subnet = subnet(n);
+        let subnet = common::subnet(n);
         let before = LIVE.load(Ordering::Relaxed);
         let fdb = Fdb::new();
         for i in 0..n {
