@@ -433,6 +433,13 @@ impl Engine {
     /// Counters, summed over workers, for the ports of the current snapshot (by name), its
     /// uplink (under the Uplink's name) and its VTEP (under `vxlan`).
     pub fn stats(&self) -> StatsReport {
+        self.stats_with_costs(&self.worker_costs())
+    }
+
+    /// [`Engine::stats`], its `datapath` summed from `costs` (what
+    /// [`Engine::worker_costs`] returned), for a caller that needs both: the threads'
+    /// status files are read once.
+    pub fn stats_with_costs(&self, costs: &[WorkerCosts]) -> StatsReport {
         let snapshot = self.current();
         let mut all_drops = [0u64; DropCause::COUNT];
         let mut ports = Vec::with_capacity(snapshot.ports().len() + 1);
@@ -529,7 +536,7 @@ impl Engine {
                 })
                 .collect(),
             captures: self.shared.captures.infos(),
-            datapath: self.datapath_stats(),
+            datapath: self.datapath_stats(costs),
         }
     }
 
@@ -545,11 +552,11 @@ impl Engine {
             .collect()
     }
 
-    /// The workers' load and costs, summed.
-    pub fn datapath_stats(&self) -> DatapathStats {
+    /// The workers' load and costs (`workers`, from [`Engine::worker_costs`]), summed.
+    pub fn datapath_stats(&self, workers: &[WorkerCosts]) -> DatapathStats {
         let mut costs = crate::cost::Costs::default();
         let mut stats = DatapathStats::default();
-        for worker in self.worker_costs() {
+        for worker in workers {
             costs.add(&worker.costs);
             if let Some(switches) = worker.switches {
                 stats.wakeups += switches.voluntary;

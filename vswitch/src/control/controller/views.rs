@@ -597,12 +597,13 @@ impl Controller {
                 nat_ports.push((name.clone(), usage.ip.to_string(), protocol, count));
             }
         }
+        let worker_costs = engine.worker_costs();
         MetricsSnapshot {
             nat_ports,
             runners,
-            stats: engine.stats(),
+            stats: engine.stats_with_costs(&worker_costs),
             worker_loads: engine.worker_loads(),
-            worker_costs: engine.worker_costs(),
+            worker_costs,
             fdb_entries,
             neighbor_entries,
             conntrack: snapshot.conntrack.stats(),
