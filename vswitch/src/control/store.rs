@@ -286,10 +286,19 @@ impl Store {
             path: self.path.clone(),
             detail,
         };
-        // Check the format first, so a newer file is reported as such, not as corrupt.
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|err| corrupt(err.to_string()))?;
-        let format = value.get("format").and_then(serde_json::Value::as_u64);
+        // Check the format first, so a newer file is reported as such, not as corrupt. Both
+        // passes read the text itself: a `serde_json::Value` of the whole file first would
+        // take several times the state's size in small allocations, freed but interleaved
+        // with the state's and kept by the allocator (1,000,000 Routes: 5.3 GB resident
+        // instead of 1.3 GB).
+        #[derive(serde::Deserialize)]
+        struct Format {
+            format: Option<serde_json::Value>,
+        }
+        let format = serde_json::from_str::<Format>(&text)
+            .map_err(|err| corrupt(err.to_string()))?
+            .format
+            .and_then(|format| format.as_u64());
         match format.map(u32::try_from) {
             Some(Ok(OLDEST_STATE_FORMAT..=STATE_FORMAT)) => {}
             Some(Ok(found)) if found > STATE_FORMAT => {
@@ -304,8 +313,10 @@ impl Store {
                 )));
             }
         }
-        let mut state: State =
-            serde_path_to_error::deserialize(value).map_err(|err| corrupt(err.to_string()))?;
+        let mut reader = serde_json::Deserializer::from_str(&text);
+        let mut state: State = serde_path_to_error::deserialize(&mut reader)
+            .map_err(|err| corrupt(err.to_string()))?;
+        reader.end().map_err(|err| corrupt(err.to_string()))?;
         state.normalize_namespaces();
         state.check_keys().map_err(&corrupt)?;
         if state.uplinks.len() > 1 {
