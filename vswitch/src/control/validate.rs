@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::ApiError;
 use super::ipam::{self, IpamError, Pool};
 use super::kinds::{
-    Batch, CheckContext, Completion, Errors, KindVisitor, Resource, ResourceVisitor,
+    Batch, CheckContext, CheckMemo, Completion, Errors, KindVisitor, Resource, ResourceVisitor,
 };
 use super::nat_rules;
 use super::overlay;
@@ -148,6 +148,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
     let mut ordered: Vec<(&(Kind, String), &Origin)> = origins.iter().collect();
     ordered.sort_by_key(|(_, origin)| origin.document);
     let mut errors = Errors::new();
+    let memo = CheckMemo::default();
     for ((kind, name), origin) in &ordered {
         if mode != Mode::Generated {
             errors.check(check_not_generated(origin, current, &next, *kind, name));
@@ -165,6 +166,7 @@ pub fn plan(current: &State, docs: Vec<Document>, mode: Mode) -> Result<Plan, Ap
             next: &next,
             batch,
             origin,
+            memo: &memo,
         };
         kind.visit(Check {
             cx: &cx,

@@ -146,6 +146,7 @@ fn routes(inner: &Inner, network: &str) -> (Vec<RouteEntry>, Vec<RouteEntry6>) {
 /// The snapshot of the current state: every Subnet, and every opened port.
 fn compile(inner: &Inner) -> Snapshot {
     let state = &inner.state;
+    let tables = routing::Tables::of(state);
     let mut ports = Vec::with_capacity(inner.ports.len());
     let mut floods: BTreeMap<&str, Vec<PortId>> = BTreeMap::new();
     for (name, port) in &inner.ports {
@@ -164,7 +165,7 @@ fn compile(inner: &Inner) -> Snapshot {
         }
         let ips: Vec<Ipv4Addr> = nic.status.ips.iter().map(|ip| ip.addr()).collect();
         let ips6 = port_ips6(nic, &subnet.spec, mac.0);
-        let routed = |ip: IpAddr| routing::routed_sources(state, &nic.spec.subnet, ip);
+        let routed = |ip: IpAddr| tables.routed_sources(&nic.spec.subnet, ip).iter().copied();
         let allowed_sources = ips
             .iter()
             .flat_map(|ip| routed(IpAddr::V4(*ip)))

@@ -47,7 +47,7 @@ mod prelude {
     pub(crate) use super::network_interface::InterfaceState;
     pub(crate) use super::{
         Batch, CheckContext, Completion, DescribeTable, Errors, KindInfo, Listing, ResourceKind,
-        State, StatusView, cell, cells, json_text, labels_cell, recreate_hint,
+        RouteDestinations, State, StatusView, cell, cells, json_text, labels_cell, recreate_hint,
     };
     pub(crate) use crate::control::ApiError;
     pub(crate) use crate::control::resource::*;
@@ -188,7 +188,21 @@ pub struct CheckContext<'a> {
     pub batch: Batch<'a>,
     /// Where the checked resource came from (document, kind, name), for messages.
     pub origin: &'a Origin,
+    /// Indexes of `next` shared by the checks of the batch.
+    pub memo: &'a CheckMemo<'a>,
 }
+
+/// Indexes of the batch's next state that the checks of many resources share, each built at
+/// its first use: a check of each resource that scanned all the others would be quadratic
+/// (10^5 Routes in one input, 10^10 comparisons).
+#[derive(Debug, Default)]
+pub struct CheckMemo<'a> {
+    /// The names of the Routes of each (Network, destination), in name order.
+    pub route_destinations: std::cell::OnceCell<RouteDestinations<'a>>,
+}
+
+/// Route names by (Network, destination).
+pub type RouteDestinations<'a> = std::collections::HashMap<(&'a str, ipnet::IpNet), Vec<&'a str>>;
 
 /// Where the documents of the batch being planned came from: which resources are in it, and
 /// in which order.
@@ -244,6 +258,9 @@ pub struct StatusView {
     pub network_policies: BTreeMap<String, network_policy::NetworkPolicyStatus>,
     /// The Uplink's bond members as its monitor sees them.
     pub uplink_members: Vec<uplink::MemberStatus>,
+    /// The routing tables, computed at the first Route's status and kept for the others
+    /// (a view serves one read of one state).
+    pub routing: std::sync::OnceLock<crate::control::routing::Tables>,
 }
 
 /// A LoadBalancer as the datapath serves it: its backend counts and backends.

@@ -106,11 +106,13 @@ spec:
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
-        errors.check(check_route(cx.origin, cx.next, self));
+        errors.check(check_route(cx, self));
     }
 
-    fn observe(&mut self, state: &State, _view: &StatusView) {
-        self.status = routing::route_status(state, self);
+    fn observe(&mut self, state: &State, view: &StatusView) {
+        let tables = view.routing.get_or_init(|| routing::Tables::of(state));
+        let winner = tables.winner(&self.spec.network, self.spec.destination);
+        self.status = routing::route_status_with(state, self, winner);
     }
 
     fn columns(wide: bool) -> Vec<&'static str> {
@@ -143,7 +145,8 @@ spec:
 /// A Route: its Network exists, its next hop is a router's address (of the destination's
 /// family) in one of the Network's Subnets, and its destination is neither a connected prefix
 /// nor another Route's.
-fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiError> {
+fn check_route(cx: &CheckContext<'_>, route: &Route) -> Result<(), ApiError> {
+    let (origin, next) = (cx.origin, cx.next);
     let spec = &route.spec;
     let network = &spec.network;
     let destination = spec.destination;
@@ -237,17 +240,24 @@ fn check_route(origin: &Origin, next: &State, route: &Route) -> Result<(), ApiEr
             ),
         ));
     }
-    let twin = next.routes.values().find(|other| {
-        other.metadata.name != route.metadata.name
-            && other.spec.network == *network
-            && other.spec.destination == destination
+    let by_destination = cx.memo.route_destinations.get_or_init(|| {
+        let mut index = RouteDestinations::new();
+        for other in next.routes.values() {
+            index
+                .entry((other.spec.network.as_str(), other.spec.destination))
+                .or_default()
+                .push(other.metadata.name.as_str());
+        }
+        index
     });
+    let twin = by_destination
+        .get(&(network.as_str(), destination))
+        .and_then(|names| names.iter().find(|name| **name != route.metadata.name));
     if let Some(twin) = twin {
         return Err(origin.conflict(
             "spec.destination",
             format!(
-                "Route {:?} of Network {network:?} already has destination {destination}; a Network has one route per destination: change that Route instead",
-                twin.metadata.name
+                "Route {twin:?} of Network {network:?} already has destination {destination}; a Network has one route per destination: change that Route instead"
             ),
         ));
     }
