@@ -699,6 +699,21 @@ impl SharedFdb {
 
     /// As [`Fdb::learn`], under one shard's write lock.
     pub fn learn(&self, vni: Vni, mac: Mac, remote: IpAddr, now_ms: u64) -> Learn {
+        self.learn_within(vni, mac, remote, now_ms, self.config.max_learned_per_vni)
+    }
+
+    /// As [`SharedFdb::learn`], with `vni`'s limit of learned entries given by the caller
+    /// (a switch whose segments each have their own limit) instead of
+    /// [`FdbConfig::max_learned_per_vni`]. A limit below the entries already learned learns
+    /// nothing new and forgets nothing.
+    pub fn learn_within(
+        &self,
+        vni: Vni,
+        mac: Mac,
+        remote: IpAddr,
+        now_ms: u64,
+        limit: usize,
+    ) -> Learn {
         let Some(vtep) = learnable(&self.config, mac, remote) else {
             return Learn::InvalidSource;
         };
@@ -712,7 +727,7 @@ impl SharedFdb {
             return outcome;
         }
         let counter = self.counter(vni);
-        if counter.fetch_add(1, Ordering::AcqRel) >= self.config.max_learned_per_vni {
+        if counter.fetch_add(1, Ordering::AcqRel) >= limit {
             counter.fetch_sub(1, Ordering::AcqRel);
             return Learn::LimitReached;
         }
@@ -1486,6 +1501,47 @@ mod tests {
         });
         assert_eq!(fdb.len(), 500);
         assert_eq!(fdb.learned_count(VNI_A), 500);
+    }
+
+    #[test]
+    fn shared_limit_given_per_call_overrides_the_config() {
+        let fdb = SharedFdb::new(FdbConfig {
+            max_learned_per_vni: 2,
+            ..FdbConfig::default()
+        });
+        for n in 0..10u8 {
+            assert_eq!(
+                fdb.learn_within(VNI_A, [0x02, 0, 0, 0, 0, n], ip(2), 0, 10),
+                Learn::Learned
+            );
+        }
+        assert_eq!(
+            fdb.learn_within(VNI_A, [0x02, 0, 0, 0, 1, 0], ip(2), 0, 10),
+            Learn::LimitReached
+        );
+        // A smaller limit learns nothing new and forgets nothing; the config's applies to
+        // `learn`.
+        assert_eq!(
+            fdb.learn_within(VNI_A, [0x02, 0, 0, 0, 1, 1], ip(2), 0, 5),
+            Learn::LimitReached
+        );
+        assert_eq!(
+            fdb.learn(VNI_B, [0x02, 0, 0, 0, 2, 0], ip(2), 0),
+            Learn::Learned
+        );
+        assert_eq!(
+            fdb.learn(VNI_B, [0x02, 0, 0, 0, 2, 1], ip(2), 0),
+            Learn::Learned
+        );
+        assert_eq!(
+            fdb.learn(VNI_B, [0x02, 0, 0, 0, 2, 2], ip(2), 0),
+            Learn::LimitReached
+        );
+        assert_eq!(fdb.learned_count(VNI_A), 10);
+        assert_eq!(
+            fdb.lookup(VNI_A, [0x02, 0, 0, 0, 0, 9], 1).map(|v| v.ip),
+            Some(ip(2))
+        );
     }
 
     #[test]

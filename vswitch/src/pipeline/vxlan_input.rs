@@ -79,7 +79,15 @@ pub fn receive(
         Ok(tunnel) => tunnel,
         Err(reason) => return Outcome::dropped(reason),
     };
-    learn_remote(ctx.remote_fdb, tunnel, frame, peer, ctx.now_ms);
+    let limit = ctx
+        .snapshot
+        .subnet(tunnel.subnet)
+        .map_or(crate::tables::snapshot::DEFAULT_MAC_LIMIT, |s| s.mac_limit);
+    if learn_remote(ctx.remote_fdb, tunnel, frame, peer, ctx.now_ms, limit)
+        == Some(vxlan::fdb::Learn::LimitReached)
+    {
+        local.out.events.add(Event::MacLimitReached);
+    }
     if !adopt_super_frame(frame, tunnel.mtu) && complete_inner_checksum(frame) {
         local.out.events.add(Event::ChecksumCompleted);
     }
@@ -125,35 +133,34 @@ pub fn decap<'a>(
 /// Learns the inner source MAC of `frame` (`[virtio_net_hdr][inner Ethernet]`, decapsulated
 /// on `tunnel`) behind `peer`, the VTEP that sent it: a shard's read lock and an in-place
 /// refresh when known, the shard's write lock only when new or moved. Multicast, broadcast
-/// and all-zero sources are not learned.
+/// and all-zero sources are not learned. At most `limit` MACs are learned behind the
+/// tunnel's VNI: the stretched Subnet's `macTableLimit`, which bounds its remote MACs as it
+/// bounds its local ones (`l2.mac_limit_reached` counts the MACs it leaves out). Returns
+/// what learning did, `None` when the MAC was known or not to be learned.
 pub fn learn_remote(
     remote_fdb: &vxlan::VxlanSharedFdb,
     tunnel: &PortEntry,
     frame: &[u8],
     peer: SocketAddr,
     now: u64,
-) {
-    let Some(vni) = tunnel.tunnel().map(|t| t.vni) else {
-        return;
-    };
-    let Some(src) = frame
+    limit: usize,
+) -> Option<vxlan::fdb::Learn> {
+    let vni = tunnel.tunnel().map(|t| t.vni)?;
+    let src = frame
         .get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12)
-        .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
-    else {
-        return;
-    };
+        .and_then(|mac| <[u8; 6]>::try_from(mac).ok())?;
     if !vxlan::fdb::is_valid_unicast(src) {
-        return;
+        return None;
     }
     let remote = peer.ip();
     // A link-local sender names no interface once learned: every send to it would fail.
     if matches!(remote, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()) {
-        return;
+        return None;
     }
     if remote_fdb.refresh(vni, src, remote, now) {
-        return;
+        return None;
     }
-    remote_fdb.learn(vni, src, remote, now);
+    Some(remote_fdb.learn_within(vni, src, remote, now, limit))
 }
 
 /// The transport of an unfragmented inner IPv4 or IPv6 packet, from an Ethernet frame.
@@ -639,6 +646,40 @@ mod tests {
         let _ = receive(&bench.ctx(7), &vtep, &mut partial, peer, &mut local);
         assert_eq!(&partial[..], &udp_frame(Some(u16::MAX))[..]);
         assert_eq!(local.out.events.get(Event::ChecksumCompleted), 1);
+    }
+
+    #[test]
+    fn remote_macs_are_bounded_by_the_subnet_s_limit() {
+        let base = overlay_snapshot();
+        let mut subnets = base.subnets().to_vec();
+        for subnet in &mut subnets {
+            subnet.mac_limit = 1;
+        }
+        let snapshot = Snapshot::new(base.ports().to_vec(), subnets).with_vtep(base.vtep.clone());
+        let bench = Bench::with(snapshot);
+        let vtep = bench.snapshot.vtep.clone().expect("the VTEP");
+        let peer = SocketAddr::new(REMOTE_VTEP, 40_000);
+        let vni = vxlan::Vni::new(BLUE_VNI).expect("vni");
+        let mut local = bench.local.borrow_mut();
+        for (n, now) in [(1u8, 5u64), (2, 6)] {
+            let arp = with_src_mac(&ARP_REQUEST, [0x02, 0xaa, 0, 0, 0, n]);
+            let mut frame = datagram_with(0x08, BLUE_VNI, 0, &arp[VNET_HDR_LEN..]);
+            let _ = receive(&bench.ctx(now), &vtep, &mut frame, peer, &mut local);
+        }
+        assert!(
+            bench
+                .remote_fdb
+                .lookup(vni, [0x02, 0xaa, 0, 0, 0, 1], 7)
+                .is_some()
+        );
+        assert!(
+            bench
+                .remote_fdb
+                .lookup(vni, [0x02, 0xaa, 0, 0, 0, 2], 7)
+                .is_none(),
+            "the Subnet's macTableLimit (1) bounds the MACs behind its VNI"
+        );
+        assert_eq!(local.out.events.get(Event::MacLimitReached), 1);
     }
 
     proptest::proptest! {
