@@ -369,11 +369,11 @@ impl Controller {
         next.runner_pool = Some(pool);
         if changed {
             inner.persist(&next)?;
-            inner.state = next;
+            *inner.state = next;
             self.sync_generated(inner)?;
         } else {
             // A reconnect: only last-seen changed, which is not worth a disk write.
-            inner.state = next;
+            *inner.state = next;
         }
         Ok(admission.plan)
     }
@@ -413,7 +413,7 @@ impl Controller {
             );
         }
         inner.persist(&next)?;
-        inner.state = next;
+        *inner.state = next;
         if !same {
             self.sync_generated(inner)?;
         }
@@ -534,7 +534,7 @@ fn register_static_runners(inner: &mut Inner) -> Result<(), ApiError> {
         let mut next = inner.state.clone();
         next.runner_pool = Some(pool);
         inner.persist(&next)?;
-        inner.state = next;
+        *inner.state = next;
     }
     Ok(())
 }

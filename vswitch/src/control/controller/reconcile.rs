@@ -138,7 +138,7 @@ impl Controller {
 
         if requests.is_empty() && uplink.is_none() && vtep.is_none() {
             inner.persist(&plan.next)?;
-            inner.state = plan.next;
+            *inner.state = plan.next;
             publish(&self.engine.read(), inner);
             return Ok(());
         }
@@ -236,7 +236,7 @@ impl Controller {
             flight.cursors = cursors;
             flight.devices = devices;
         }
-        inner.state = plan.next;
+        *inner.state = plan.next;
         publish(&self.engine.read(), inner);
 
         // The device work, without the lock.
@@ -432,7 +432,7 @@ impl Controller {
                 "cannot save the state ({err}); the uplink was left open: retry the delete"
             )));
         }
-        inner.state = next;
+        *inner.state = next;
         let Some(open) = inner.uplink.take() else {
             publish(&self.engine.read(), inner);
             return Ok(());
@@ -504,7 +504,7 @@ impl Controller {
             mark_lost(inner, name, &message);
             return Err(origin.internal(message));
         }
-        inner.state = next;
+        *inner.state = next;
         Ok(())
     }
 }
