@@ -52,7 +52,8 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Scenarios to run, comma-separated [default: all but floods and conntrack; with --quick: l2].
+    /// Scenarios to run, comma-separated [default: all but floods, conntrack, routes and macs;
+    /// with --quick: l2].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Finish in under two minutes: l2 only (unless --scenario), 3 runs of 1 s.
@@ -105,6 +106,15 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_values_t = scenarios::conntrack::COUNTS,
           value_parser = clap::value_parser!(u32).range(0..=4_000_000))]
     connections: Vec<u32>,
+    /// routes: the static route counts to measure with, comma-separated (one table each).
+    #[arg(long, value_delimiter = ',', default_values_t = scenarios::routes::COUNTS,
+          value_parser = clap::value_parser!(u32).range(0..=scenarios::routes::MAX))]
+    routes: Vec<u32>,
+    /// macs: the learned MAC counts to measure with, comma-separated (one table each; the
+    /// MACs are learned from VXLAN frames the remote node's namespace sends before the runs).
+    #[arg(long, value_delimiter = ',', default_values_t = scenarios::macs::COUNTS,
+          value_parser = clap::value_parser!(u32).range(0..=scenarios::macs::MAX))]
+    macs: Vec<u32>,
     /// Address families to measure, comma-separated: 4, 6 or both (`l2` and `routed` run
     /// over IPv6 as cases of their own, `l2-ipv6` and `routed-ipv6`; the other scenarios are
     /// IPv4 only).
@@ -230,6 +240,20 @@ enum Command {
         #[arg(long)]
         count: u32,
     },
+    /// COUNT VXLAN frames, each from its own source MAC, from SRC to the VTEP at VTEP.
+    #[command(name = "vxlan-macs", hide = true)]
+    VxlanMacs {
+        #[arg(long)]
+        src: std::net::Ipv4Addr,
+        #[arg(long)]
+        vtep: std::net::Ipv4Addr,
+        #[arg(long)]
+        vni: u32,
+        #[arg(long)]
+        inner_dst: String,
+        #[arg(long)]
+        count: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -313,6 +337,28 @@ fn run_command(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::VxlanMacs {
+            src,
+            vtep,
+            vni,
+            inner_dst,
+            count,
+        } => {
+            let inner_dst = tools::macs::parse_mac(&inner_dst)?;
+            let report = tools::macs::send(src, vtep, vni, inner_dst, count)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
+}
+
+/// The table sizes of the scenarios with one case per size.
+fn counts(args: &RunArgs) -> scenarios::Counts {
+    scenarios::Counts {
+        policies: args.policies.clone(),
+        connections: args.connections.clone(),
+        routes: args.routes.clone(),
+        macs: args.macs.clone(),
     }
 }
 
@@ -417,11 +463,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     let scenarios = selected_scenarios(args);
     let ipv4_only: Vec<&str> = scenarios
         .iter()
-        .filter(|scenario| {
-            scenario
-                .cases(&args.policies, &args.connections, &args.family)
-                .is_empty()
-        })
+        .filter(|scenario| scenario.cases(&counts(args), &args.family).is_empty())
         .map(|scenario| scenario.key())
         .collect();
     if !ipv4_only.is_empty() {
@@ -466,7 +508,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mut results: Vec<VariantResult> = Vec::new();
     for scenario in &scenarios {
-        for case in scenario.cases(&args.policies, &args.connections, &args.family) {
+        for case in scenario.cases(&counts(args), &args.family) {
             for variant in &variants {
                 results.push(scenarios::run_variant(case, *variant, &context, &settings)?);
             }
@@ -608,6 +650,12 @@ fn run_info(args: &RunArgs, settings: &Settings, context: &Context, started_at: 
     }
     if selected_scenarios(args).contains(&Scenario::Conntrack) {
         described.push(format!("connection counts: {:?}", args.connections));
+    }
+    if selected_scenarios(args).contains(&Scenario::Routes) {
+        described.push(format!("route counts: {:?}", args.routes));
+    }
+    if selected_scenarios(args).contains(&Scenario::Macs) {
+        described.push(format!("MAC counts: {:?}", args.macs));
     }
     described.push(format!(
         "variants: kernel{}{}",

@@ -56,13 +56,16 @@ pub enum Metric {
     SoftwareChecksumRatio,
     /// vswitchd's workers: bytes written by software segmentation per byte moved.
     SoftwareSegmentationRatio,
-    /// `conntrack`: the connections in the table right after the 1-stream TCP run.
+    /// `conntrack`, `routes`, `macs`: the table's entries right after the 1-stream TCP run.
     TableEntries,
+    /// vswitchd's resident memory (`VmRSS`, every daemon of the variant) right after the
+    /// 1-stream TCP run.
+    SwitchResidentMib,
 }
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 21] = [
         Metric::TcpGbps1,
         Metric::TcpGbps4,
         Metric::UdpPps,
@@ -83,6 +86,7 @@ impl Metric {
         Metric::SoftwareChecksumRatio,
         Metric::SoftwareSegmentationRatio,
         Metric::TableEntries,
+        Metric::SwitchResidentMib,
     ];
 
     /// Stable key (CSV, JSON).
@@ -108,6 +112,7 @@ impl Metric {
             Metric::SoftwareChecksumRatio => "switch_sw_checksum",
             Metric::SoftwareSegmentationRatio => "switch_sw_segmentation",
             Metric::TableEntries => "table_entries",
+            Metric::SwitchResidentMib => "switch_resident_mib",
         }
     }
 
@@ -124,7 +129,7 @@ impl Metric {
             Metric::TcpConnPerSecond => "TCP conn/s",
             Metric::CpuMachineSecondsPerGb => "CPU machine/GB",
             Metric::CpuSwitchSecondsPerGb => "CPU switch/GB",
-            Metric::PolicyApplySeconds => "Policy apply",
+            Metric::PolicyApplySeconds => "Apply",
             Metric::TcpGbps1Flood => "TCP 1 stream, flooded",
             Metric::FloodRatio => "flooded / quiet",
             Metric::CtxSwitchesMachinePerGb => "Ctx switches machine/GB",
@@ -133,7 +138,8 @@ impl Metric {
             Metric::FramesPerBatch => "Frames per batch",
             Metric::SoftwareChecksumRatio => "SW checksum bytes/byte",
             Metric::SoftwareSegmentationRatio => "SW segmentation bytes/byte",
-            Metric::TableEntries => "Conntrack entries",
+            Metric::TableEntries => "Table entries",
+            Metric::SwitchResidentMib => "vswitchd resident",
         }
     }
 
@@ -147,6 +153,7 @@ impl Metric {
             Metric::CtxSwitchesMachinePerGb | Metric::WakeupsPerGb | Metric::SyscallsPerGb => "/GB",
             Metric::FramesPerBatch => "frames",
             Metric::TableEntries => "entries",
+            Metric::SwitchResidentMib => "MiB",
             Metric::UdpPps => "pkt/s",
             Metric::UdpLossPercent => "%",
             Metric::RttP50Us | Metric::RttP99Us | Metric::RttP999Us => "us",
@@ -713,7 +720,8 @@ pub const METHOD: &[&str] = &[
     "TCP conn/s (lb and policy, measured last in each run): 4 client workers, each opening a TCP connection to the virtual IP (policy: to the server itself), reading the one byte the server writes, waiting for the server's close and closing, in a loop; figure = connections completed / client run time. Check: connections attempted vs completed (a connection counts as failed after 1 s without progress).",
     "CPU machine/GB: busy jiffies of all CPUs (/proc/stat user+nice+system+irq+softirq) during the 1-stream TCP run, per 10^9 bytes delivered; includes sender, receiver and switch, so it compares like with like.",
     "CPU switch/GB: vswitchd's (or ovs-vswitchd's) utime+stime from /proc/<pid>/stat during the same run; for the kernel, machine-wide system+softirq, which also holds both endpoints' TCP/IP stack work, so it is an upper bound of the kernel's switching cost.",
-    "Policy apply (policy only, once per variant): the kernel, `nft -f` of the whole rule set; vswitchd, from the first `vswitchctl apply -f` until `vswitchctl get networkpolicies -A` lists every policy (it compiles them within about a second after; the harness waits 2 s). Check: policies in the rule set vs policies found (vswitchd: listed; kernel: jumps in the server's ingress chain).",
+    "Apply (policy and routes, once per variant): in policy, the kernel's `nft -f` of the whole rule set; vswitchd, from the first `vswitchctl apply -f` until `vswitchctl get networkpolicies -A` lists every policy (it compiles them within about a second after; the harness waits 2 s). Check: policies in the rule set vs policies found (vswitchd: listed; kernel: jumps in the server's ingress chain). In routes, the kernel's `ip -batch` of every route; vswitchd's `vswitchctl apply -f` of every Route, 100,000 per request. Check: routes asked vs static routes in the table.",
+    "Table entries (conntrack, routes, macs; after each run): the table's size: tracked connections (vswitchctl conntrack --count; nf_conntrack_count), static routes (vswitchctl routes; ip route), MACs learned behind the remote node (vswitchctl fdb, entries with a VTEP; bridge fdb entries of br0 on vxlan0).",
     "Containers keep default offloads (TSO/GSO, checksum offload) in every variant; MTU 1500 unless the scenario says otherwise.",
 ];
 

@@ -41,7 +41,7 @@ const VSWITCH_COLORS: [Rgb; 16] = [
 ];
 
 /// The chart sections of the page, in order, with the metrics each holds.
-pub const SECTIONS: [(&str, &[Metric]); 6] = [
+pub const SECTIONS: [(&str, &[Metric]); 7] = [
     (
         "Throughput",
         &[
@@ -74,6 +74,7 @@ pub const SECTIONS: [(&str, &[Metric]); 6] = [
             Metric::SoftwareSegmentationRatio,
         ],
     ),
+    ("Memory", &[Metric::SwitchResidentMib]),
     ("Policy", &[Metric::PolicyApplySeconds]),
     ("Floods", &[Metric::TcpGbps1Flood, Metric::FloodRatio]),
 ];
@@ -266,8 +267,145 @@ pub fn bar_charts(results: &StoredResults) -> Vec<(&'static str, Vec<BarChart>)>
         .collect()
 }
 
+/// The scenarios measured once per table size (`policy-N`, `conntrack-N`, `routes-N`,
+/// `macs-N`), what their count counts, and the metrics their curves show.
+pub const GROWING: [(&str, &str); 4] = [
+    ("policy", "policies"),
+    ("conntrack", "connections"),
+    ("routes", "routes"),
+    ("macs", "MACs"),
+];
+
+/// The metrics a curve is drawn of.
+pub const CURVE_METRICS: [Metric; 3] = [
+    Metric::TcpGbps1,
+    Metric::CpuMachineSecondsPerGb,
+    Metric::SwitchResidentMib,
+];
+
+/// One variant's figure at one table size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// The table size.
+    pub count: u64,
+    /// Median of the runs.
+    pub median: f64,
+    /// Smallest run.
+    pub min: f64,
+    /// Largest run.
+    pub max: f64,
+}
+
+/// One variant over the table sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curve {
+    /// Variant label.
+    pub variant: String,
+    /// Its colour.
+    pub color: Rgb,
+    /// Its figures, by size.
+    pub points: Vec<Point>,
+}
+
+/// One metric of one growing scenario as its table grows: a curve per variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveChart {
+    /// The scenario (`routes`).
+    pub scenario: &'static str,
+    /// What its count counts (`routes`).
+    pub counted: &'static str,
+    /// The metric.
+    pub metric: Metric,
+    /// The sizes measured, ascending (the x axis, one step each).
+    pub counts: Vec<u64>,
+    /// A curve per variant, in the report's order.
+    pub curves: Vec<Curve>,
+}
+
+impl CurveChart {
+    /// File-name stem: `curve-routes-tcp_1stream`.
+    pub fn file_stem(&self) -> String {
+        let key: String = self
+            .metric
+            .key()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("curve-{}-{key}", self.scenario)
+    }
+
+    /// The largest value drawn (a whisker's top), at least 0.
+    pub fn top(&self) -> f64 {
+        self.curves
+            .iter()
+            .flat_map(|c| &c.points)
+            .map(|p| p.max.max(p.median))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+    }
+}
+
+/// The curves the results hold: for each growing scenario measured at two sizes or more, one
+/// chart per [`CURVE_METRICS`] metric.
+pub fn curve_charts(results: &StoredResults) -> Vec<CurveChart> {
+    let colors = variant_colors(results);
+    let mut charts = Vec::new();
+    for (scenario, counted) in GROWING {
+        let prefix = format!("{scenario}-");
+        let mut sized: Vec<(u64, &super::stored::StoredScenario)> = results
+            .scenarios
+            .iter()
+            .filter_map(|s| Some((s.scenario.strip_prefix(&prefix)?.parse().ok()?, s)))
+            .collect();
+        sized.sort_by_key(|(count, _)| *count);
+        sized.dedup_by_key(|(count, _)| *count);
+        if sized.len() < 2 {
+            continue;
+        }
+        for metric in CURVE_METRICS {
+            let curves: Vec<Curve> = colors
+                .iter()
+                .filter_map(|entry| {
+                    let points: Vec<Point> = sized
+                        .iter()
+                        .filter_map(|(count, s)| {
+                            let variant = s
+                                .variants
+                                .iter()
+                                .find(|v| v.variant == entry.variant && v.is_measured())?;
+                            let figures = variant.metric(metric.key())?;
+                            Some(Point {
+                                count: *count,
+                                median: figures.median,
+                                min: figures.min,
+                                max: figures.max,
+                            })
+                        })
+                        .collect();
+                    (!points.is_empty()).then(|| Curve {
+                        variant: entry.variant.clone(),
+                        color: entry.color,
+                        points,
+                    })
+                })
+                .collect();
+            if curves.is_empty() {
+                continue;
+            }
+            charts.push(CurveChart {
+                scenario,
+                counted,
+                metric,
+                counts: sized.iter().map(|(count, _)| *count).collect(),
+                curves,
+            });
+        }
+    }
+    charts
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::html::tests::fixture;
 
@@ -350,5 +488,66 @@ mod tests {
         let mut renamed = chart;
         renamed.metric = Metric::RttP999Us;
         assert_eq!(renamed.file_stem(), "report-rtt_p99_9");
+    }
+
+    /// `routes` at three sizes (given out of order, the largest without vswitchd) and
+    /// `conntrack` at one: TCP and machine CPU per GB in each.
+    pub(crate) fn growing() -> StoredResults {
+        let metric = |key: &str, median: f64| {
+            serde_json::json!({
+                "metric": key, "label": key, "unit": "u", "higher_is_better": true,
+                "median": median, "min": median - 1.0, "max": median + 1.0, "count": 3,
+                "runs": [median - 1.0, median, median + 1.0], "ratio_to_kernel": null,
+                "check": {"unit": "bytes", "sent": 1000, "delivered": 1000}
+            })
+        };
+        let variant = |name: &str, tcp: f64| {
+            serde_json::json!({
+                "variant": name, "status": "measured",
+                "metrics": [metric("tcp_1stream", tcp), metric("cpu_machine_per_gb", 1.0)]
+            })
+        };
+        let scenario = |key: &str, variants: Vec<serde_json::Value>| serde_json::json!({"scenario": key, "variants": variants});
+        let skipped = serde_json::json!({"variant": "vswitch-tap-w1", "status": "failed",
+                                          "reason": "apply refused", "metrics": []});
+        serde_json::from_value(serde_json::json!({
+            "scenarios": [
+                scenario("routes-1000", vec![variant("kernel", 19.0), variant("vswitch-tap-w1", 16.0)]),
+                scenario("routes-0", vec![variant("kernel", 20.0), variant("vswitch-tap-w1", 17.0)]),
+                scenario("routes-1000000", vec![variant("kernel", 18.0), skipped]),
+                scenario("conntrack-0", vec![variant("kernel", 18.0)]),
+                scenario("l2", vec![variant("kernel", 17.0)]),
+            ]
+        }))
+        .expect("growing fixture")
+    }
+
+    #[test]
+    fn curves_follow_each_growing_scenario_by_size() {
+        let charts = curve_charts(&growing());
+        let keys: Vec<(&str, Metric)> = charts.iter().map(|c| (c.scenario, c.metric)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("routes", Metric::TcpGbps1),
+                ("routes", Metric::CpuMachineSecondsPerGb)
+            ],
+            "conntrack has one size, l2 none: no curve"
+        );
+        let tcp = &charts[0];
+        assert_eq!(tcp.counts, [0, 1000, 1_000_000]);
+        assert_eq!(tcp.file_stem(), "curve-routes-tcp_1stream");
+        assert_eq!(tcp.counted, "routes");
+        let kernel: Vec<(u64, f64)> = tcp.curves[0]
+            .points
+            .iter()
+            .map(|p| (p.count, p.median))
+            .collect();
+        assert_eq!(tcp.curves[0].variant, "kernel");
+        assert_eq!(kernel, [(0, 20.0), (1000, 19.0), (1_000_000, 18.0)]);
+        let vswitch: Vec<u64> = tcp.curves[1].points.iter().map(|p| p.count).collect();
+        assert_eq!(vswitch, [0, 1000], "a failed variant has no point");
+        assert!((tcp.top() - 21.0).abs() < 1e-9);
+        assert!(curve_charts(&fixture()).is_empty());
     }
 }

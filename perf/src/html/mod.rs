@@ -61,8 +61,17 @@ pub fn render(results: &StoredResults, source: &str) -> Result<Report> {
         }
         sections.push((section, drawn));
     }
+    let mut curves = Vec::new();
+    for curve_chart in chart::curve_charts(results) {
+        let svg = svg::render_curve(&curve_chart)?;
+        charts.push(RenderedChart {
+            stem: curve_chart.file_stem(),
+            svg: svg.clone(),
+        });
+        curves.push((curve_chart, svg));
+    }
     Ok(Report {
-        html: page::render(results, &sections, source),
+        html: page::render(results, &sections, &curves, source),
         charts,
     })
 }
@@ -301,6 +310,27 @@ pub(crate) mod tests {
         assert_eq!(
             stems,
             ["report-tcp_1stream", "report-udp64_pps", "report-rtt_p99"]
+        );
+    }
+
+    #[test]
+    fn page_draws_the_curves_of_growing_tables() {
+        let report = render(&crate::html::chart::tests::growing(), "growing").expect("report");
+        let html = &report.html;
+        assert_well_formed(html);
+        for text in [
+            "<h2>As the tables grow</h2>",
+            "<a href=\"#curve-routes-tcp_1stream\">routes TCP 1 stream</a>",
+            "id=\"curve-routes-tcp_1stream\">routes: TCP 1 stream as routes grow (Gbit/s, higher is better)</h3>",
+            "<th>variant \\ routes</th><th>0</th><th>1,000</th><th>1,000,000</th>",
+            "<td class=\"num\">16.0</td><td class=\"num\">-</td>",
+        ] {
+            assert!(html.contains(text), "{text} missing from\n{html}");
+        }
+        let stems: Vec<&str> = report.charts.iter().map(|c| c.stem.as_str()).collect();
+        assert!(
+            stems.contains(&"curve-routes-cpu_machine_per_gb"),
+            "{stems:?}"
         );
     }
 

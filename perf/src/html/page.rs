@@ -5,9 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::chart::{BarChart, Rgb};
+use super::chart::{BarChart, CurveChart, Rgb};
 use super::stored::{StoredResults, StoredScenario};
-use crate::report::{BASELINE, Metric, format_amount, format_value};
+use crate::report::{BASELINE, Metric, format_amount, format_count, format_value};
 
 /// The page's style: readable tables, charts that shrink to the window.
 const STYLE: &str = "\
@@ -61,6 +61,7 @@ fn times(ratio: Option<f64>) -> String {
 pub fn render(
     results: &StoredResults,
     sections: &[(&str, Vec<(BarChart, String)>)],
+    curves: &[(CurveChart, String)],
     source: &str,
 ) -> String {
     let run = &results.run;
@@ -99,6 +100,19 @@ pub fn render(
         }
         out.push_str("</li>\n");
     }
+    if !curves.is_empty() {
+        out.push_str("<li>As the tables grow:");
+        for (chart, _) in curves {
+            let _ = write!(
+                out,
+                " <a href=\"#{}\">{} {}</a>",
+                chart.file_stem(),
+                escape(chart.scenario),
+                escape(chart.metric.label())
+            );
+        }
+        out.push_str("</li>\n");
+    }
     out.push_str("<li>Tables:");
     for scenario in &results.scenarios {
         let _ = write!(
@@ -128,6 +142,28 @@ pub fn render(
             render_chart_table(&mut out, chart);
             out.push_str("</div>\n");
         }
+    }
+    if !curves.is_empty() {
+        out.push_str("<h2>As the tables grow</h2>\n");
+    }
+    for (chart, svg) in curves {
+        let _ = writeln!(
+            out,
+            "<h3 id=\"{}\">{}: {} as {} grow ({}, {} is better)</h3>\n<div class=\"chart\">\n{}",
+            chart.file_stem(),
+            escape(chart.scenario),
+            escape(chart.metric.label()),
+            escape(chart.counted),
+            escape(chart.metric.unit()),
+            if chart.metric.higher_is_better() {
+                "higher"
+            } else {
+                "lower"
+            },
+            svg.trim_end()
+        );
+        render_curve_table(&mut out, chart);
+        out.push_str("</div>\n");
     }
     out.push_str("<h2 id=\"tables\">Tables</h2>\n");
     for scenario in &results.scenarios {
@@ -210,6 +246,38 @@ fn render_chart_table(out: &mut String, chart: &BarChart) {
                         format_value(bar.median),
                         times(bar.ratio_to_kernel)
                     );
+                }
+                None => out.push_str("<td class=\"num\">-</td>"),
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+/// A curve chart's figures: a row per variant, a column per table size, each cell the
+/// median.
+fn render_curve_table(out: &mut String, chart: &CurveChart) {
+    let _ = write!(
+        out,
+        "<table>\n<tr><th>variant \\ {}</th>",
+        escape(chart.counted)
+    );
+    for count in &chart.counts {
+        let _ = write!(out, "<th>{}</th>", format_count(*count));
+    }
+    out.push_str("</tr>\n");
+    for curve in &chart.curves {
+        let _ = write!(
+            out,
+            "<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td>",
+            hex(curve.color),
+            escape(&curve.variant)
+        );
+        for count in &chart.counts {
+            match curve.points.iter().find(|p| p.count == *count) {
+                Some(point) => {
+                    let _ = write!(out, "<td class=\"num\">{}</td>", format_value(point.median));
                 }
                 None => out.push_str("<td class=\"num\">-</td>"),
             }

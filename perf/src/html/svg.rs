@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::chart::{BarChart, Rgb};
+use super::chart::{BarChart, CurveChart, Rgb};
 use crate::report::format_value;
 
 /// Pixels per bar (the group's share of the width is this times its widest group).
@@ -206,6 +206,121 @@ fn draw_legend(
     Ok(())
 }
 
+/// The width of a curve chart's plot: a step per table size.
+const CURVE_PLOT_PIXELS: u32 = 520;
+
+/// A curve chart ([`CurveChart`]) as an SVG document: the table sizes evenly spaced on the x
+/// axis (they grow by orders of magnitude, so the spacing is close to logarithmic), a line
+/// per variant through its medians, the runs' min..max as whiskers, the legend on the right.
+///
+/// # Errors
+/// plotters refuses to draw.
+pub fn render_curve(chart: &CurveChart) -> Result<String> {
+    let width = Y_AXIS_PIXELS + CURVE_PLOT_PIXELS + LEGEND_PIXELS;
+    let entries = i32::try_from(chart.curves.len()).unwrap_or(i32::MAX);
+    let legend = entries
+        .saturating_mul(LEGEND_ENTRY)
+        .saturating_add(LEGEND_TOP + 3 * LEGEND_NOTE);
+    let height = HEIGHT.max(u32::try_from(legend).unwrap_or(HEIGHT));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot_area, legend_area) = root.split_horizontally(width - LEGEND_PIXELS);
+        let steps = i32::try_from(chart.counts.len()).unwrap_or(1).max(1);
+        let top = match chart.top() {
+            top if top > 0.0 => top * 1.1,
+            _ => 1.0,
+        };
+        let mut plot = ChartBuilder::on(&plot_area)
+            .caption(
+                format!(
+                    "{}: {} ({}) as {} grow",
+                    chart.scenario,
+                    chart.metric.label(),
+                    chart.metric.unit(),
+                    chart.counted
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(Y_AXIS_PIXELS - 10)
+            .build_cartesian_2d(
+                (0..(steps - 1) * GROUP).with_key_points((0..steps).map(|i| i * GROUP).collect()),
+                0.0..top,
+            )?;
+        let count_of = |x: &i32| {
+            usize::try_from(x / GROUP)
+                .ok()
+                .and_then(|i| chart.counts.get(i))
+                .map(|count| axis_value(*count as f64))
+                .unwrap_or_default()
+        };
+        let value_label = |y: &f64| axis_value(*y);
+        plot.configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+            .x_label_formatter(&count_of)
+            .y_label_formatter(&value_label)
+            .x_desc(chart.counted)
+            .y_desc(chart.metric.unit())
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 13))
+            .draw()?;
+        let x_of = |count: u64| {
+            let step = chart.counts.iter().position(|c| *c == count).unwrap_or(0);
+            i32::try_from(step).unwrap_or(0) * GROUP
+        };
+        for curve in &chart.curves {
+            let ink = color(curve.color);
+            let line: Vec<(i32, f64)> = curve
+                .points
+                .iter()
+                .map(|p| (x_of(p.count), p.median))
+                .collect();
+            plot.draw_series(std::iter::once(PathElement::new(line, ink.stroke_width(2))))?;
+            plot.draw_series(
+                curve
+                    .points
+                    .iter()
+                    .map(|p| Circle::new((x_of(p.count), p.median), 4, ink.filled())),
+            )?;
+            for p in curve.points.iter().filter(|p| p.max > p.min) {
+                let x = x_of(p.count);
+                plot.draw_series(std::iter::once(PathElement::new(
+                    [(x, p.min), (x, p.max)],
+                    ink.stroke_width(1),
+                )))?;
+            }
+        }
+        let font = ("sans-serif", 13).into_font();
+        let mut y = LEGEND_TOP;
+        for curve in &chart.curves {
+            legend_area.draw(&Rectangle::new(
+                [(8, y + 5), (22, y + 9)],
+                color(curve.color).filled(),
+            ))?;
+            legend_area.draw(&Text::new(
+                curve.variant.clone(),
+                (30, y + 7),
+                TextStyle::from(font.clone()).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+            y += LEGEND_ENTRY;
+        }
+        let note = ("sans-serif", 11)
+            .into_font()
+            .color(&RGBColor(0x55, 0x55, 0x55));
+        for line in ["point: median of the runs", "whisker: min..max"] {
+            y += LEGEND_NOTE;
+            legend_area.draw(&Text::new(line, (8, y), note.clone()))?;
+        }
+        root.present()
+            .with_context(|| format!("drawing the {} chart", chart.file_stem()))?;
+    }
+    Ok(svg)
+}
+
 /// An axis figure: [`format_value`] without trailing zeros (`0`, `2`, `12.5`, `1,000`).
 pub fn axis_value(value: f64) -> String {
     let text = format_value(value);
@@ -277,6 +392,30 @@ pub(crate) mod tests {
         // kernel grey and the first vswitchd blue, as fills.
         assert!(svg.contains("fill=\"#6B6B6B\""), "{svg}");
         assert!(svg.contains("fill=\"#0072B2\""), "{svg}");
+    }
+
+    #[test]
+    fn curve_svg_names_sizes_variants_and_axes() {
+        let charts = crate::html::chart::curve_charts(&crate::html::chart::tests::growing());
+        let svg = render_curve(&charts[0]).expect("svg");
+        assert!(svg.starts_with("<svg "), "{}", &svg[..80]);
+        let texts = texts(&svg);
+        for text in [
+            "routes: TCP 1 stream (Gbit/s) as routes grow",
+            "0",
+            "1,000",
+            "1,000,000",
+            "kernel",
+            "vswitch-tap-w1",
+            "routes",
+        ] {
+            assert!(
+                texts.iter().any(|t| t == text),
+                "{text} missing from {texts:?}"
+            );
+        }
+        assert!(svg.contains("#6B6B6B"), "the kernel's grey");
+        assert!(svg.contains("#0072B2"), "the first vswitchd's blue");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! them (a round refreshes what the last made and adds what a full queue lost; at most
 //! [`ROUNDS`]). Each flow is a masqueraded UDP connection, unreplied: it lives 30 s in both
 //! switches (Linux's `nf_conntrack_udp_timeout`, vswitchd's default), longer than the runs
-//! that follow, and the `Conntrack entries` row (the table's count after each run) shows
+//! that follow, and the `Table entries` row (the table's count after each run) shows
 //! it held. The kernel's table limit is host-wide: `nf_conntrack_max` is raised to fit for
 //! the run and put back after; vswitchd gets `--conntrack-max` to fit (its default is
 //! 1,000,000). Only TCP is measured (no UDP or RTT rows: their datagrams would be flows too).

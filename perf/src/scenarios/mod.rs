@@ -12,16 +12,20 @@
 //! one server, with N network policies: one [`Case`] per N, each its own table; it measures
 //! TCP and TCP conn/s, and the time the rule set took to apply), and `floods` (one container
 //! floods the switch, one [`Case`] per [`floods::FloodKind`], while two others measure an
-//! unrelated TCP flow without and during the flood), and `conntrack` (`nat` with N other
-//! connections in the table, one [`Case`] per N).
+//! unrelated TCP flow without and during the flood), `conntrack` (`nat` with N other
+//! connections in the table), `routes` (`routed` with N other routes in the router's table)
+//! and `macs` (`vxlan` with N other MACs learned behind the remote node), one [`Case`] per
+//! N in the last three.
 
 pub mod conntrack;
 pub mod floods;
 pub mod l2;
 pub mod lb;
+pub mod macs;
 pub mod nat;
 pub mod policy;
 pub mod routed;
+pub mod routes;
 pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -203,11 +207,42 @@ pub enum Scenario {
     Floods,
     /// `nat` with 0 to 1,000,000 other connections in the connection-tracking table.
     Conntrack,
+    /// `routed` with 0 to 1,000,000 other routes in the router's table.
+    Routes,
+    /// `vxlan` with 0 to 100,000 other MACs learned behind the remote node.
+    Macs,
+}
+
+/// The table sizes of the scenarios that measure one per size (`--policies`,
+/// `--connections`, `--routes`, `--macs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `policy`: NetworkPolicies.
+    pub policies: Vec<u32>,
+    /// `conntrack`: tracked connections.
+    pub connections: Vec<u32>,
+    /// `routes`: static routes.
+    pub routes: Vec<u32>,
+    /// `macs`: learned MACs.
+    pub macs: Vec<u32>,
+}
+
+impl Counts {
+    /// The sizes `scenario` measures, or `None` if it has one case per family instead.
+    fn of(&self, scenario: Scenario) -> Option<&[u32]> {
+        match scenario {
+            Scenario::Policy => Some(&self.policies),
+            Scenario::Conntrack => Some(&self.connections),
+            Scenario::Routes => Some(&self.routes),
+            Scenario::Macs => Some(&self.macs),
+            _ => None,
+        }
+    }
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
@@ -216,6 +251,8 @@ impl Scenario {
         Scenario::Policy,
         Scenario::Floods,
         Scenario::Conntrack,
+        Scenario::Routes,
+        Scenario::Macs,
     ];
 
     /// The scenarios a run without `--scenario` measures: all but `floods`, which measures
@@ -241,6 +278,8 @@ impl Scenario {
             Scenario::Policy => "policy",
             Scenario::Floods => "floods",
             Scenario::Conntrack => "conntrack",
+            Scenario::Routes => "routes",
+            Scenario::Macs => "macs",
         }
     }
 
@@ -278,17 +317,21 @@ impl Scenario {
                 "nat with other connections in the table, c1 -> outside (kernel: nftables \
                  masquerade, nf_conntrack_max raised to fit)"
             }
+            Scenario::Routes => {
+                "routed with other static routes (/24 to /28) in the table, c1 -> c2 (kernel: \
+                 router namespace, ip route)"
+            }
+            Scenario::Macs => {
+                "vxlan with other MACs learned behind the remote node, c1 -> c2 (kernel: bridge \
+                 + vxlan, both learning)"
+            }
         }
     }
 
-    /// The cases of this scenario: one per policy count in `policy`, one per flood kind in
-    /// `floods`, else one per family of `families` it [supports](Scenario::supports).
-    pub fn cases(
-        self,
-        policy_counts: &[u32],
-        connection_counts: &[u32],
-        families: &[Family],
-    ) -> Vec<Case> {
+    /// The cases of this scenario: one per count of `counts` in `policy`, `conntrack`,
+    /// `routes` and `macs`, one per flood kind in `floods`, else one per family of `families`
+    /// it [supports](Scenario::supports).
+    pub fn cases(self, counts: &Counts, families: &[Family]) -> Vec<Case> {
         let v4 = Case {
             scenario: self,
             count: 0,
@@ -298,15 +341,10 @@ impl Scenario {
         if !families.iter().any(|family| self.supports(*family)) {
             return Vec::new();
         }
+        if let Some(sizes) = counts.of(self) {
+            return sizes.iter().map(|&count| Case { count, ..v4 }).collect();
+        }
         match self {
-            Scenario::Policy => policy_counts
-                .iter()
-                .map(|&count| Case { count, ..v4 })
-                .collect(),
-            Scenario::Conntrack => connection_counts
-                .iter()
-                .map(|&count| Case { count, ..v4 })
-                .collect(),
             Scenario::Floods => floods::FloodKind::ALL
                 .into_iter()
                 .map(|kind| Case {
@@ -328,8 +366,9 @@ impl Scenario {
 pub struct Case {
     /// The topology.
     pub scenario: Scenario,
-    /// `policy`: how many NetworkPolicies (and their nftables translation); `conntrack`: how
-    /// many connections the table holds while the flow is measured; 0 elsewhere.
+    /// `policy`: how many NetworkPolicies (and their nftables translation); `conntrack`,
+    /// `routes`, `macs`: how many connections, routes or MACs the table holds while the flow
+    /// is measured; 0 elsewhere.
     pub count: u32,
     /// `floods`: what the flooder sends; `None` elsewhere.
     pub flood: Option<floods::FloodKind>,
@@ -344,6 +383,8 @@ impl Case {
         let key = match (self.scenario, self.flood) {
             (Scenario::Policy, _) => format!("policy-{}", self.count),
             (Scenario::Conntrack, _) => format!("conntrack-{}", self.count),
+            (Scenario::Routes, _) => format!("routes-{}", self.count),
+            (Scenario::Macs, _) => format!("macs-{}", self.count),
             (Scenario::Floods, Some(kind)) => format!("floods-{}", kind.key()),
             (scenario, _) => scenario.key().to_owned(),
         };
@@ -366,6 +407,8 @@ impl Case {
         for (prefix, scenario) in [
             ("policy-", Scenario::Policy),
             ("conntrack-", Scenario::Conntrack),
+            ("routes-", Scenario::Routes),
+            ("macs-", Scenario::Macs),
         ] {
             if let Some(count) = key.strip_prefix(prefix) {
                 return Some(Case {
@@ -388,7 +431,11 @@ impl Case {
             .filter(|scenario| {
                 !matches!(
                     scenario,
-                    Scenario::Policy | Scenario::Floods | Scenario::Conntrack
+                    Scenario::Policy
+                        | Scenario::Floods
+                        | Scenario::Conntrack
+                        | Scenario::Routes
+                        | Scenario::Macs
                 )
             })
             .map(|scenario| Case {
@@ -409,6 +456,16 @@ impl Case {
             ),
             Scenario::Conntrack => format!(
                 "{} connections: {}",
+                crate::report::format_count(u64::from(self.count)),
+                self.scenario.description()
+            ),
+            Scenario::Routes => format!(
+                "{} routes: {}",
+                crate::report::format_count(u64::from(self.count)),
+                self.scenario.description()
+            ),
+            Scenario::Macs => format!(
+                "{} MACs: {}",
                 crate::report::format_count(u64::from(self.count)),
                 self.scenario.description()
             ),
@@ -437,6 +494,8 @@ impl Case {
             Scenario::Lb => lb::prepare(variant, context),
             Scenario::Policy => policy::prepare(variant, context, self.count),
             Scenario::Conntrack => conntrack::prepare(variant, context, self.count),
+            Scenario::Routes => routes::prepare(variant, context, self.count),
+            Scenario::Macs => macs::prepare(variant, context, self.count),
             Scenario::Floods => match self.flood {
                 Some(kind) => floods::prepare(variant, context, kind),
                 None => Err(PrepareError::Fail(anyhow::anyhow!("floods without a kind"))),
@@ -525,7 +584,7 @@ pub struct Prepared {
     pub applied: Option<Applied>,
     /// `floods`: the flood run during every second measurement of the flow.
     pub flood: Option<floods::FloodPlan>,
-    /// `conntrack`: where the table's size is read after each run.
+    /// `conntrack`, `routes`, `macs`: where the table's size is read after each run.
     pub table: Option<TableProbe>,
 }
 
@@ -537,6 +596,20 @@ pub enum TableProbe {
     /// The kernel's, in `netns` (`nf_conntrack_count`).
     KernelConntrack {
         /// The namespace that tracks.
+        netns: String,
+    },
+    /// vswitchd's static routes (`vswitchctl routes`, the first daemon).
+    VswitchdRoutes,
+    /// The kernel's routes through a router, in `netns` (`ip -4 route`).
+    KernelRoutes {
+        /// The router's namespace.
+        netns: String,
+    },
+    /// MACs vswitchd learned behind remote VTEPs (`vswitchctl fdb`, the first daemon).
+    VswitchdRemoteMacs,
+    /// MACs the bridge `br0` in `netns` learned on its port `vxlan0`.
+    KernelRemoteMacs {
+        /// The node's namespace.
         netns: String,
     },
 }
@@ -552,8 +625,48 @@ impl Prepared {
             (Some(TableProbe::VswitchdConntrack), Some(daemon)) => {
                 daemon.ctl(&["conntrack", "--count"])?
             }
-            (Some(TableProbe::VswitchdConntrack), None) => {
-                anyhow::bail!("no vswitchd to count connections in")
+            (Some(TableProbe::VswitchdRoutes), Some(daemon)) => {
+                let rows =
+                    daemon.ctl_within(&["routes", "-o", "json"], Duration::from_secs(120))?;
+                return Ok(Some(rows.matches("\"origin\": \"static:").count() as u64));
+            }
+            (Some(TableProbe::VswitchdRemoteMacs), Some(daemon)) => {
+                let rows = daemon.ctl_within(&["fdb", "-o", "json"], Duration::from_secs(60))?;
+                return Ok(Some(rows.matches("\"vtep\":").count() as u64));
+            }
+            (
+                Some(
+                    TableProbe::VswitchdConntrack
+                    | TableProbe::VswitchdRoutes
+                    | TableProbe::VswitchdRemoteMacs,
+                ),
+                None,
+            ) => {
+                anyhow::bail!("no vswitchd to count the table of")
+            }
+            (Some(TableProbe::KernelRoutes { netns }), _) => {
+                let rows = cmd::run(
+                    cmd::command("ip", &["-n", netns, "-4", "route", "show"]),
+                    Duration::from_secs(60),
+                )?;
+                return Ok(Some(
+                    rows.lines().filter(|l| l.contains(" via ")).count() as u64
+                ));
+            }
+            (Some(TableProbe::KernelRemoteMacs { netns }), _) => {
+                let rows = cmd::run(
+                    cmd::command("bridge", &["-n", netns, "fdb", "show", "br", "br0"]),
+                    Duration::from_secs(60),
+                )?;
+                let learned = rows
+                    .lines()
+                    .filter(|l| {
+                        l.contains(" dev vxlan0 ")
+                            && l.contains(" master br0")
+                            && !l.contains("permanent")
+                    })
+                    .count();
+                return Ok(Some(learned as u64));
             }
             (Some(TableProbe::KernelConntrack { netns }), _) => cmd::run(
                 cmd::command(
@@ -577,15 +690,17 @@ impl Prepared {
     }
 }
 
-/// How a rule set was applied (`policy`): recorded once per variant.
+/// How a rule set or table was applied (`policy`, `routes`): recorded once per variant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Applied {
     /// Seconds from the start of the apply until the switch had all of it (the kernel:
     /// `nft -f` returned; vswitchd: `get` lists every policy).
     pub seconds: f64,
-    /// Policies in the rule set.
-    pub policies: usize,
-    /// Policies found after the apply (the check).
+    /// What was applied: `policies`, `routes`.
+    pub unit: &'static str,
+    /// How many were applied.
+    pub resources: usize,
+    /// How many were found after the apply (the check).
     pub listed: usize,
     /// Requests it took (vswitchd splits an apply its daemon refuses as too large).
     pub requests: usize,
@@ -804,8 +919,8 @@ fn measure(
     }
     if let Some(applied) = prepared.applied {
         let check = Check {
-            unit: "policies",
-            sent: applied.policies as u64,
+            unit: applied.unit,
+            sent: applied.resources as u64,
             delivered: applied.listed as u64,
         };
         samples.push(sample(
@@ -867,6 +982,21 @@ fn measure(
                     unit: "entries",
                     sent: u64::from(case.count),
                     delivered: entries,
+                },
+            ));
+        }
+        if !prepared.daemons.is_empty() {
+            let mut resident = 0;
+            for daemon in &prepared.daemons {
+                resident += daemon.resident_bytes()?;
+            }
+            samples.push(sample(
+                Metric::SwitchResidentMib,
+                resident as f64 / f64::from(1u32 << 20),
+                Check {
+                    unit: "daemons",
+                    sent: prepared.daemons.len() as u64,
+                    delivered: prepared.daemons.len() as u64,
                 },
             ));
         }
@@ -1128,9 +1258,14 @@ mod tests {
 
     #[test]
     fn cases_and_their_keys() {
-        let counts = [0, 100, 10_000];
+        let counts = Counts {
+            policies: vec![0, 100, 10_000],
+            connections: vec![0, 1000],
+            routes: vec![1000],
+            macs: vec![0, 100_000],
+        };
         let v4 = [Family::V4];
-        let cases = Scenario::Policy.cases(&counts, &[0, 1000], &v4);
+        let cases = Scenario::Policy.cases(&counts, &v4);
         let keys: Vec<String> = cases.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["policy-0", "policy-100", "policy-10000"]);
         for case in cases {
@@ -1142,7 +1277,7 @@ mod tests {
                 .description()
                 .starts_with("1,000 policies: two containers")
         );
-        let conntrack = Scenario::Conntrack.cases(&counts, &[0, 1000], &v4);
+        let conntrack = Scenario::Conntrack.cases(&counts, &v4);
         let keys: Vec<String> = conntrack.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["conntrack-0", "conntrack-1000"]);
         for case in conntrack {
@@ -1155,12 +1290,30 @@ mod tests {
                 .starts_with("1,000,000 connections: nat with")
         );
         assert_eq!(Case::from_key("conntrack"), None);
+        let grown: Vec<String> = [Scenario::Routes, Scenario::Macs]
+            .iter()
+            .flat_map(|scenario| scenario.cases(&counts, &v4))
+            .map(|case| {
+                assert_eq!(Case::from_key(&case.key()), Some(case));
+                case.key()
+            })
+            .collect();
+        assert_eq!(grown, ["routes-1000", "macs-0", "macs-100000"]);
         assert!(
-            Scenario::Conntrack
-                .cases(&counts, &[0], &[Family::V6])
-                .is_empty()
+            Case::from_key("routes-1000000")
+                .unwrap()
+                .description()
+                .starts_with("1,000,000 routes: routed with")
         );
-        let l2 = Scenario::L2.cases(&counts, &[0, 1000], &v4);
+        assert!(
+            Case::from_key("macs-100000")
+                .unwrap()
+                .description()
+                .starts_with("100,000 MACs: vxlan with")
+        );
+        assert_eq!(Case::from_key("macs"), None);
+        assert!(Scenario::Conntrack.cases(&counts, &[Family::V6]).is_empty());
+        let l2 = Scenario::L2.cases(&counts, &v4);
         assert_eq!(
             l2.len(),
             1,
@@ -1169,30 +1322,22 @@ mod tests {
         assert_eq!(l2[0].key(), "l2");
         assert_eq!(Case::from_key("l2"), Some(l2[0]));
         let both = [Family::V4, Family::V6];
-        let routed = Scenario::Routed.cases(&counts, &[0, 1000], &both);
+        let routed = Scenario::Routed.cases(&counts, &both);
         let keys: Vec<String> = routed.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["routed", "routed-ipv6"]);
         assert_eq!(Case::from_key("routed-ipv6"), Some(routed[1]));
         assert!(routed[1].description().starts_with("over IPv6: "));
-        let nat = Scenario::Nat.cases(&counts, &[0, 1000], &both);
+        let nat = Scenario::Nat.cases(&counts, &both);
         let keys: Vec<String> = nat.iter().map(|case| case.key()).collect();
         assert_eq!(keys, ["nat", "nat-ipv6"]);
         assert_eq!(Case::from_key("nat-ipv6"), Some(nat[1]));
-        assert!(
-            Scenario::Lb
-                .cases(&counts, &[0, 1000], &[Family::V6])
-                .is_empty()
-        );
-        assert!(
-            Scenario::Policy
-                .cases(&counts, &[0, 1000], &[Family::V6])
-                .is_empty()
-        );
+        assert!(Scenario::Lb.cases(&counts, &[Family::V6]).is_empty());
+        assert!(Scenario::Policy.cases(&counts, &[Family::V6]).is_empty());
         assert_eq!(Case::from_key("lb-ipv6"), None, "lb is IPv4 only");
         assert_eq!(Case::from_key("policy"), None, "policy has counts");
         assert_eq!(Case::from_key("policy-x"), None);
         assert_eq!(Case::from_key("bogus"), None);
-        let floods = Scenario::Floods.cases(&counts, &[0, 1000], &v4);
+        let floods = Scenario::Floods.cases(&counts, &v4);
         assert_eq!(floods.len(), floods::FloodKind::ALL.len());
         assert_eq!(floods[0].key(), "floods-cpu");
         assert_eq!(floods[2].key(), "floods-arp");

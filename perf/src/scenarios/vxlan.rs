@@ -21,18 +21,25 @@ use crate::tools::vswitchd::Daemon;
 use crate::topo::Topology;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 3);
-const UNDERLAY: [&str; 2] = ["10.79.0.1", "10.79.0.2"];
+
+/// The nodes' underlay addresses.
+pub const UNDERLAY: [&str; 2] = ["10.79.0.1", "10.79.0.2"];
+
+/// The VNI of the stretched subnet.
+pub const VNI: u32 = 42;
 
 /// The Overlay (mesh, the other node as its peer) for the node whose underlay address is
-/// `local`, and the Subnet stretched over it with the kernel side's VNI and MTU.
-fn overlay(local: &str, peer: &str, rco: bool) -> String {
+/// `local`, and the Subnet stretched over it with the kernel side's VNI and MTU (and a MAC
+/// table of `mac_limit` entries when given).
+fn overlay(local: &str, peer: &str, rco: bool, mac_limit: Option<u32>) -> String {
+    let limit = mac_limit.map_or_else(String::new, |limit| format!("  macTableLimit: {limit}\n"));
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: perf\nspec:\n  \
          role: mesh\n  localAddress: {local}\n  port: 4789\n  mtu: 1450\n  \
          remoteChecksumOffload: {rco}\n  peers:\n  - {peer}\n---\n\
          apiVersion: vswitch/v1alpha1\nkind: Network\nmetadata:\n  name: perf\nspec: {{}}\n---\n\
          apiVersion: vswitch/v1alpha1\nkind: Subnet\nmetadata:\n  name: perf\nspec:\n  \
-         network: perf\n  cidr: 10.80.0.0/24\n  gateway: 10.80.0.1\n  vni: 42\n"
+         network: perf\n  cidr: 10.80.0.0/24\n  gateway: 10.80.0.1\n  vni: 42\n{limit}"
     )
 }
 
@@ -42,6 +49,18 @@ fn overlay(local: &str, peer: &str, rco: bool) -> String {
 /// A setup step fails, vswitchd refuses the configuration (skip), or OVS is asked for
 /// (skip: the OVS column covers `l2` only).
 pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareError> {
+    prepare_with(variant, context, None)
+}
+
+/// [`prepare`], with room for `mac_limit` MACs in vswitchd's stretched Subnet (`macs`).
+///
+/// # Errors
+/// As [`prepare`].
+pub fn prepare_with(
+    variant: Variant,
+    context: &Context,
+    mac_limit: Option<u32>,
+) -> Result<Prepared, PrepareError> {
     if variant == Variant::Ovs {
         return Err(PrepareError::Skip(
             "the Open vSwitch column covers l2 only".into(),
@@ -64,7 +83,12 @@ pub fn prepare(variant: Variant, context: &Context) -> Result<Prepared, PrepareE
                 daemon
                     .apply(
                         "overlay",
-                        &overlay(UNDERLAY[index], UNDERLAY[1 - index], context.vxlan_rco),
+                        &overlay(
+                            UNDERLAY[index],
+                            UNDERLAY[1 - index],
+                            context.vxlan_rco,
+                            mac_limit,
+                        ),
                     )
                     .map_err(refusal_is_unsupported)?;
                 daemons.push(daemon);
@@ -156,7 +180,7 @@ mod tests {
 
     #[test]
     fn overlay_document_names_both_ends() {
-        let doc = overlay("10.79.0.1", "10.79.0.2", true);
+        let doc = overlay("10.79.0.1", "10.79.0.2", true, None);
         assert!(
             doc.starts_with("apiVersion: vswitch/v1alpha1\nkind: Overlay\n"),
             "{doc}"
@@ -165,5 +189,11 @@ mod tests {
         assert!(doc.contains("  - 10.79.0.2\n"), "{doc}");
         assert!(doc.contains("  vni: 42\n"), "{doc}");
         assert!(doc.contains("  remoteChecksumOffload: true\n"), "{doc}");
+        assert!(!doc.contains("macTableLimit"), "{doc}");
+        let roomy = overlay("10.79.0.1", "10.79.0.2", false, Some(150_000));
+        assert!(
+            roomy.ends_with("  vni: 42\n  macTableLimit: 150000\n"),
+            "{roomy}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! `iperf` drives iperf3 for TCP throughput; `udp` is our own 64-byte packet-rate sender
 //! and counting receiver; `latency` our own UDP ping-pong; `connrate` our own short TCP
 //! connections for new connections per second; `cpu` reads /proc for CPU
-//! accounting; `datapath` reads vswitchd's own accounting (system calls, wake-ups, software
+//! accounting; `flows` and `macs` fill conntrack and MAC tables; `datapath` reads vswitchd's own accounting (system calls, wake-ups, software
 //! checksums and segmentation); `vswitchd` starts the daemon and talks to it through vswitchctl; `ovs` starts
 //! Open vSwitch's userspace datapath for the optional third column; `profile` records where
 //! the machine's time goes (`--profile`); `sys` holds the only
@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod flows;
 pub mod iperf;
 pub mod latency;
+pub mod macs;
 pub mod ovs;
 pub mod profile;
 #[allow(unsafe_code)]

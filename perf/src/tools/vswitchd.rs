@@ -216,6 +216,16 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The daemon's resident memory now (`VmRSS` of `/proc/PID/status`), in bytes.
+    ///
+    /// # Errors
+    /// The status file cannot be read or has no `VmRSS` line (the daemon is gone).
+    pub fn resident_bytes(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        resident_in(&status).ok_or_else(|| anyhow::anyhow!("no VmRSS in {path}"))
+    }
+
     /// Runs `vswitchctl --socket S ARGS...`, returning stdout.
     ///
     /// # Errors
@@ -474,9 +484,23 @@ fn interface_item(json: &str, name: &str, netns: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("vswitchctl lists no interface {name:?} (netns {netns})"))
 }
 
+/// `VmRSS` of a `/proc/PID/status` text, in bytes.
+fn resident_in(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_is_read_in_bytes() {
+        let status = "Name:\tvswitchd\nVmHWM:\t  20000 kB\nVmRSS:\t   16716 kB\nThreads:\t4\n";
+        assert_eq!(resident_in(status), Some(16_716 * 1024));
+        assert_eq!(resident_in("Name:\tzombie\n"), None);
+    }
 
     static LIST: &str = r#"[
       {"apiVersion": "vswitch/v1alpha1", "kind": "NetworkInterface",

@@ -200,7 +200,7 @@ fn announce(count: usize, variant: &Variant, applied: &Applied, how: &str) {
         "perf: [policy-{count} {}] {} policies applied in {:.2} s ({how}, {} request(s)); \
          {} found after",
         variant.label(),
-        applied.policies,
+        applied.resources,
         applied.seconds,
         applied.requests,
         applied.listed
@@ -249,7 +249,8 @@ fn load_nftables(topology: &Topology, node: &str, count: usize) -> Result<Applie
         .count();
     Ok(Applied {
         seconds,
-        policies: count,
+        unit: "policies",
+        resources: count,
         listed,
         requests: 1,
     })
@@ -307,7 +308,8 @@ fn apply_policies(daemon: &Daemon, count: usize, pair: &Pair) -> Result<Applied,
     check_decisions(daemon)?;
     Ok(Applied {
         seconds,
-        policies: count,
+        unit: "policies",
+        resources: count,
         listed,
         requests,
     })
