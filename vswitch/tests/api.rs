@@ -624,6 +624,13 @@ fn vswitchctl_fdb_and_stats() {
         out.starts_with("SUBNET") || err.contains("no learned MAC addresses"),
         "stdout:\n{out}\nstderr:\n{err}"
     );
+    let listed = out.lines().skip(1).count();
+    let (out, _) = server.ctl_code(&["fdb", "--count", "-o", "json"], 0);
+    let counts: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(counts["count"].as_u64(), Some(listed as u64), "{counts}");
+    assert_eq!(counts["remote"], 0, "{counts}");
+    let (out, _) = server.ctl_code(&["fdb", "--count"], 0);
+    assert_eq!(out.trim(), listed.to_string());
     let (out, _) = server.ctl_code(&["stats"], 0);
     assert!(out.contains("drops by reason:"), "{out}");
     let (out, _) = server.ctl_code(&["stats", "-o", "json"], 0);
@@ -897,6 +904,20 @@ fn vswitchctl_routes_neighbors_and_tables() {
     assert_eq!(value.as_array().map(Vec::len), Some(2), "{value}");
     let (out, _) = server.ctl_code(&["routes", "-n", &b, "-o", "yaml"], 0);
     assert!(out.contains(&format!("origin: peering:{a}")), "{out}");
+    // Counted, not listed: by origin in JSON, the total alone in a table.
+    let (out, _) = server.ctl_code(&["routes", "-n", &a, "--count", "-o", "json"], 0);
+    let counts: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(counts["static"], 1, "{counts}");
+    assert_eq!(counts["peering"], 1, "{counts}");
+    assert_eq!(
+        counts["count"].as_u64(),
+        Some(counts["connected"].as_u64().unwrap_or(0) + 2),
+        "{counts}"
+    );
+    let (out, _) = server.ctl_code(&["routes", "-n", &b, "--count"], 0);
+    assert_eq!(out.trim(), "2");
+    let (_, err) = server.ctl_code(&["routes", "--network", "nope", "--count"], 1);
+    assert!(err.contains("Network \"nope\" not found"), "{err}");
     let (_, err) = server.ctl_code(&["routes", "--network", "nope"], 1);
     assert!(
         err.starts_with("vswitchctl: Network \"nope\" not found"),

@@ -598,14 +598,15 @@ pub enum TableProbe {
         /// The namespace that tracks.
         netns: String,
     },
-    /// vswitchd's static routes (`vswitchctl routes`, the first daemon).
+    /// vswitchd's static routes (`vswitchctl routes --count`, the first daemon).
     VswitchdRoutes,
     /// The kernel's routes through a router, in `netns` (`ip -4 route`).
     KernelRoutes {
         /// The router's namespace.
         netns: String,
     },
-    /// MACs vswitchd learned behind remote VTEPs (`vswitchctl fdb`, the first daemon).
+    /// MACs vswitchd learned behind remote VTEPs (`vswitchctl fdb --count`, the first
+    /// daemon).
     VswitchdRemoteMacs,
     /// MACs the bridge `br0` in `netns` learned on its port `vxlan0`.
     KernelRemoteMacs {
@@ -626,13 +627,12 @@ impl Prepared {
                 daemon.ctl(&["conntrack", "--count"])?
             }
             (Some(TableProbe::VswitchdRoutes), Some(daemon)) => {
-                let rows =
-                    daemon.ctl_within(&["routes", "-o", "json"], Duration::from_secs(120))?;
-                return Ok(Some(rows.matches("\"origin\": \"static:").count() as u64));
+                let counts = daemon.ctl(&["routes", "--count", "-o", "json"])?;
+                return count_field(&counts, "static").map(Some);
             }
             (Some(TableProbe::VswitchdRemoteMacs), Some(daemon)) => {
-                let rows = daemon.ctl_within(&["fdb", "-o", "json"], Duration::from_secs(60))?;
-                return Ok(Some(rows.matches("\"vtep\":").count() as u64));
+                let counts = daemon.ctl(&["fdb", "--count", "-o", "json"])?;
+                return count_field(&counts, "remote").map(Some);
             }
             (
                 Some(
@@ -688,6 +688,14 @@ impl Prepared {
             .ok_or_else(|| anyhow::anyhow!("no count in {text:?}"))?;
         Ok(Some(count))
     }
+}
+
+/// The number `field` of a vswitchctl `--count -o json` answer.
+fn count_field(json: &str, field: &str) -> Result<u64> {
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    value[field]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no {field:?} count in {json}"))
 }
 
 /// How a rule set or table was applied (`policy`, `routes`): recorded once per variant.

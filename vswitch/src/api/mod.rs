@@ -6,9 +6,9 @@
 //! |---|---|---|
 //! | GET | `/v1/version` | 200 `{"version", "apiVersion"}` |
 //! | POST | `/v1/apply` | 200 `[{"kind", "name", "action"}]` (body: YAML or JSON documents) |
-//! | GET | `/v1/fdb` | 200 learned MACs |
+//! | GET | `/v1/fdb[?count=true]` | 200 learned MACs, or how many |
 //! | GET | `/v1/stats` | 200 counters |
-//! | GET | `/v1/routing-table[?network=N]` | 200 the computed routing tables |
+//! | GET | `/v1/routing-table[?network=N][&count=true]` | 200 the computed routing tables, or how many routes by origin |
 //! | GET | `/v1/neighbors` | 200 the neighbour (ARP) table |
 //! | GET | `/v1/conntrack[?network=N][&count=true]` | 200 connections, or `{"count"}` |
 //! | DELETE | `/v1/conntrack[?network=N]` | 200 `{"flushed"}` |

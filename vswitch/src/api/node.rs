@@ -19,6 +19,18 @@ use crate::control::{Controller, RoutingTableRow};
 pub(super) struct RoutingTableQuery {
     /// Only this Network's table.
     network: Option<String>,
+    /// Answer the counts by origin instead of the routes.
+    #[serde(default)]
+    count: bool,
+}
+
+/// The query of `GET /v1/fdb`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FdbQuery {
+    /// Answer `{"count", "remote"}` instead of the MACs.
+    #[serde(default)]
+    count: bool,
 }
 
 /// `GET /v1/loadbalancers/{name}/backends`: a LoadBalancer's backends (state, table slots, connections); 404
@@ -78,10 +90,16 @@ pub(super) fn answer<T: serde::Serialize>(value: &T) -> Result<Value, ErrorRespo
     })
 }
 
-/// `GET /v1/fdb`: learned MACs, per subnet.
+/// `GET /v1/fdb[?count=true]`: learned MACs, per subnet, or how many there are.
 pub(super) async fn fdb(
     State(controller): State<Arc<Controller>>,
+    query: Result<Query<FdbQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ErrorResponse> {
+    let Query(query) = query?;
+    if query.count {
+        let count = blocking(&controller, |c| Ok(c.fdb_count())).await?;
+        return Ok(Json(answer(&count)?));
+    }
     let rows = blocking(&controller, |c| Ok(c.fdb())).await?;
     Ok(Json(answer(&rows)?))
 }
@@ -94,14 +112,21 @@ pub(super) async fn stats(
     Ok(Json(answer(&stats)?))
 }
 
-/// `GET /v1/routing-table[?network=N]`: the routing tables the workers use (connected,
-/// peering and static routes), of one Network or all. Not `/v1/routes`: that lists the
-/// Route resources.
+/// `GET /v1/routing-table[?network=N][&count=true]`: the routing tables the workers use
+/// (connected, peering and static routes), of one Network or all, or how many routes they
+/// hold by origin. Not `/v1/routes`: that lists the Route resources.
 pub(super) async fn routing_table(
     State(controller): State<Arc<Controller>>,
     query: Result<Query<RoutingTableQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ErrorResponse> {
     let Query(query) = query?;
+    if query.count {
+        let count = blocking(&controller, move |c| {
+            c.routing_table_count(query.network.as_deref())
+        })
+        .await?;
+        return Ok(Json(answer(&count)?));
+    }
     let rows: Vec<RoutingTableRow> = blocking(&controller, move |c| {
         c.routing_table(query.network.as_deref())
     })

@@ -73,8 +73,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// Detach an interface: delete the NetworkInterface NAME, its device and its addresses.
     Detach(DetachArgs),
-    /// Show the learned MAC addresses: subnet, MAC, port, remote VTEP (overlay), age.
-    Fdb(OutputArgs),
+    /// Show the learned MAC addresses: subnet, MAC, port, remote VTEP (overlay), age; or
+    /// count them.
+    Fdb(FdbArgs),
     /// Show counters: per-port packets and bytes, drops by reason, events (non-zero ones;
     /// -o wide shows all).
     Stats(OutputArgs),
@@ -397,12 +398,28 @@ pub struct OutputArgs {
     pub output: OutputFormat,
 }
 
-/// `routes [--network N] [-o FORMAT]`.
+/// `fdb [--count] [-o FORMAT]`.
+#[derive(Debug, Args)]
+pub struct FdbArgs {
+    /// Print how many MACs are learned instead of listing them (`-o json` adds how many are
+    /// behind remote VTEPs).
+    #[arg(long)]
+    pub count: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `routes [--network N] [--count] [-o FORMAT]`.
 #[derive(Debug, Args)]
 pub struct RoutesArgs {
     /// Only this Network's table.
     #[arg(long, short = 'n', value_name = "NETWORK")]
     pub network: Option<String>,
+    /// Print how many routes the tables hold instead of listing them (`-o json` splits them
+    /// by origin: connected, peering, static).
+    #[arg(long)]
+    pub count: bool,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

@@ -30,8 +30,8 @@ use crate::control::{ConntrackRow, NatReport, RoutingTableRow};
 use crate::runtime::{FdbRow, NeighborRow, StatsReport};
 use args::{
     ApplyArgs, AttachArgs, CaptureArgs, Cli, Command, ConntrackArgs, DeleteArgs, DescribeArgs,
-    DetachArgs, ExplainArgs, GetArgs, LabelArgs, LabelChange, LbArgs, OutputArgs, OutputFormat,
-    PolicyCommand, RoutesArgs, TraceArgs,
+    DetachArgs, ExplainArgs, FdbArgs, GetArgs, LabelArgs, LabelChange, LbArgs, OutputArgs,
+    OutputFormat, PolicyCommand, RoutesArgs, TraceArgs,
 };
 use client::{Body, Client, HttpResponse, StreamEnd, encode_segment};
 use error::{ApiFailure, CliError};
@@ -434,13 +434,21 @@ fn detach(api: &Api, args: &DetachArgs, out: &mut dyn Write) -> Result<(), CliEr
 
 fn fdb(
     api: &Api,
-    args: &OutputArgs,
+    args: &FdbArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let value = api.get("/v1/fdb")?;
+    let path = if args.count {
+        "/v1/fdb?count=true"
+    } else {
+        "/v1/fdb"
+    };
+    let value = api.get(path)?;
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
+    }
+    if args.count {
+        return write(out, &format!("{}\n", output::cell(value.get("count"))));
     }
     let rows: Vec<FdbRow> = output::parse_answer("GET /v1/fdb", value)?;
     let table = output::fdb_table(&rows);
@@ -458,13 +466,23 @@ fn routes(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let path = match &args.network {
+    let mut path = match &args.network {
         Some(network) => format!("/v1/routing-table?network={}", encode_segment(network)),
         None => "/v1/routing-table".to_owned(),
     };
+    if args.count {
+        path.push_str(if args.network.is_some() {
+            "&count=true"
+        } else {
+            "?count=true"
+        });
+    }
     let value = api.get(&path).map_err(network_hint)?;
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         return print_value(out, &value, args.output);
+    }
+    if args.count {
+        return write(out, &format!("{}\n", output::cell(value.get("count"))));
     }
     let rows: Vec<RoutingTableRow> = output::parse_answer(&format!("GET {path}"), value)?;
     let table = output::routing_table(&rows);

@@ -22,7 +22,7 @@ pub mod validate;
 pub use controller::{
     ConntrackCounters, ConntrackKey, ConntrackRow, Controller, HUB_TLS_DIRECTORY, HubTlsConfig,
     MetricsSnapshot, NatAddress, NatPortsInUse, NatReport, NatUplink, OverlayAgentConfig,
-    PolicyExplanation, RoutingTableRow, UplinkDevice, UplinkOps,
+    PolicyExplanation, RoutingTableCount, RoutingTableRow, UplinkDevice, UplinkOps,
 };
 pub use error::ApiError;
 pub use validate::AppliedResource;

@@ -229,6 +229,16 @@ pub struct FdbRow {
     pub vtep: Option<String>,
 }
 
+/// How many MACs are learned (`GET /v1/fdb?count=true`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FdbCount {
+    /// Every learned MAC.
+    pub count: usize,
+    /// Those learned on a stretched Subnet's tunnel (behind a remote VTEP).
+    pub remote: usize,
+}
+
 /// The running datapath.
 #[derive(Debug)]
 pub struct Engine {
@@ -742,6 +752,26 @@ impl Engine {
         rows
     }
 
+    /// How many MACs [`Engine::fdb`] would list, without listing them.
+    pub fn fdb_count(&self) -> FdbCount {
+        let snapshot = self.current();
+        let now = self.shared.clock.now_ms();
+        let mut count = FdbCount::default();
+        for entry in self.shared.fdb.entries(&snapshot, now) {
+            if snapshot.subnet(entry.subnet).is_none() {
+                continue;
+            }
+            let Some(port) = snapshot.port(entry.port) else {
+                continue;
+            };
+            count.count += 1;
+            if port.tunnel().is_some() {
+                count.remote += 1;
+            }
+        }
+        count
+    }
+
     /// Stops the workers and waits for them (also done on drop). Idempotent.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
@@ -949,8 +979,16 @@ mod tests {
                 ("blue", "02:00:00:00:00:0b", "port2", 0),
             ]
         );
+        assert_eq!(
+            engine.fdb_count(),
+            FdbCount {
+                count: 2,
+                remote: 0
+            }
+        );
         engine.reset_port(PortId(1));
         assert_eq!(engine.fdb().len(), 1);
+        assert_eq!(engine.fdb_count().count, 1);
         clock.advance(Duration::from_secs(300));
         assert!(engine.fdb().is_empty(), "aged out");
     }

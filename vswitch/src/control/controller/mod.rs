@@ -83,7 +83,7 @@ pub use self::overlay::{HUB_TLS_DIRECTORY, HubTlsConfig, OverlayAgentConfig};
 pub use self::policies::PolicyExplanation;
 pub use self::views::{
     ConntrackCounters, ConntrackKey, ConntrackRow, MetricsSnapshot, NatAddress, NatPortsInUse,
-    NatReport, NatUplink, RoutingTableRow,
+    NatReport, NatUplink, RoutingTableCount, RoutingTableRow,
 };
 
 /// What the uplink's device reported when it was opened.

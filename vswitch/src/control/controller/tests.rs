@@ -591,6 +591,30 @@ fn compile_builds_connected_peering_and_static_tables() {
         ]
     );
     assert_eq!(table_rows(&controller, Some("red")).len(), 3);
+    // The counts agree with the rows, by origin.
+    assert_eq!(
+        controller.routing_table_count(None).unwrap(),
+        crate::control::RoutingTableCount {
+            count: 7,
+            connected: 3,
+            peering: 3,
+            static_routes: 1
+        }
+    );
+    assert_eq!(
+        controller
+            .routing_table_count(Some("blue"))
+            .unwrap()
+            .static_routes,
+        1
+    );
+    assert_eq!(
+        controller
+            .routing_table_count(Some("green"))
+            .unwrap_err()
+            .status(),
+        404
+    );
     let err = controller.routing_table(Some("green")).unwrap_err();
     assert_eq!(err.status(), 404);
     assert_eq!(err.to_string(), "Network \"green\" not found");

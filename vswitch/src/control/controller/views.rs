@@ -35,6 +35,22 @@ pub struct RoutingTableRow {
     pub origin: String,
 }
 
+/// How many routes the tables the workers use hold (`GET /v1/routing-table?count=true`), by
+/// origin.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingTableCount {
+    /// Every route.
+    pub count: usize,
+    /// Connected routes (the Subnets' prefixes).
+    pub connected: usize,
+    /// Routes to the Subnets of peered Networks.
+    pub peering: usize,
+    /// Routes from Route resources.
+    #[serde(rename = "static")]
+    pub static_routes: usize,
+}
+
 /// One connection of the conntrack table, as `GET /v1/conntrack` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -280,6 +296,46 @@ impl Controller {
         Ok(rows)
     }
 
+    /// How many rows [`Controller::routing_table`] would list, by origin, without listing
+    /// them (a table of 1,000,000 routes lists as 160 MB of JSON).
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when `network` names no Network.
+    pub fn routing_table_count(
+        &self,
+        network: Option<&str>,
+    ) -> Result<RoutingTableCount, ApiError> {
+        if let Some(name) = network {
+            if !self.lock().state.networks.contains_key(name) {
+                return Err(ApiError::NotFound {
+                    kind: Kind::Network.as_str().into(),
+                    name: name.into(),
+                });
+            }
+        }
+        let snapshot = self.engine.read().current();
+        let mut count = RoutingTableCount::default();
+        for entry in snapshot.networks() {
+            if network.is_some_and(|name| name != entry.name) {
+                continue;
+            }
+            let v4 = entry.routes().map(|route| (route.subnet, &route.origin));
+            let v6 = entry.routes6().map(|route| (route.subnet, &route.origin));
+            for (subnet, origin) in v4.chain(v6) {
+                if snapshot.subnet(subnet).is_none() {
+                    continue;
+                }
+                count.count += 1;
+                match origin {
+                    RouteOrigin::Connected => count.connected += 1,
+                    RouteOrigin::Peering(_) => count.peering += 1,
+                    RouteOrigin::Static(_) => count.static_routes += 1,
+                }
+            }
+        }
+        Ok(count)
+    }
+
     /// The neighbour (ARP) table.
     pub fn neighbors(&self) -> Vec<crate::runtime::NeighborRow> {
         self.engine.read().neighbors()
@@ -288,6 +344,11 @@ impl Controller {
     /// Learned MACs.
     pub fn fdb(&self) -> Vec<crate::runtime::FdbRow> {
         self.engine.read().fdb()
+    }
+
+    /// How many MACs are learned, without listing them.
+    pub fn fdb_count(&self) -> crate::runtime::FdbCount {
+        self.engine.read().fdb_count()
     }
 
     /// Counters.
