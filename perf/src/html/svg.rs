@@ -247,7 +247,10 @@ pub fn render_curve(chart: &CurveChart) -> Result<String> {
             .x_label_area_size(40)
             .y_label_area_size(Y_AXIS_PIXELS - 10)
             .build_cartesian_2d(
-                (0..(steps - 1) * GROUP).with_key_points((0..steps).map(|i| i * GROUP).collect()),
+                // A quarter step of room on either side, so the end points are not on the
+                // axes.
+                (-GROUP / 4..(steps - 1) * GROUP + GROUP / 4)
+                    .with_key_points((0..steps).map(|i| i * GROUP).collect()),
                 0.0..top,
             )?;
         let count_of = |x: &i32| {
