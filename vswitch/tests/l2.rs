@@ -78,6 +78,12 @@ fn tap_and_veth_ping_and_iperf3() {
         "fdb should list c1's MAC {mac1}:\n{fdb}"
     );
     assert!(fdb.contains("default"), "fdb rows name the subnet:\n{fdb}");
+    // Counted without listing: as many as listed, none behind a remote VTEP.
+    let listed = daemon.ctl_json(&["fdb"]).as_array().map_or(0, Vec::len);
+    assert!(listed >= 2, "{fdb}");
+    let counts = daemon.ctl_json(&["fdb", "--count"]);
+    assert_eq!(counts["count"].as_u64(), Some(listed as u64), "{counts}");
+    assert_eq!(counts["remote"], 0, "{counts}");
 
     let stats = daemon.ctl_ok(&["stats"]);
     assert!(

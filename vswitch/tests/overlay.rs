@@ -870,6 +870,27 @@ fn kernel_vxlan_interop_mesh() {
     cb.ping_ok(&mesh.ca_ip, 3);
     // The switch's gateway is on the stretched segment too.
     cb.ping_ok("10.77.0.1", 2);
+    // The kernel node's container is learned behind its VTEP, and counted as such.
+    let listed = daemon.ctl_json(&["fdb"]);
+    let behind: Vec<&Value> = listed
+        .as_array()
+        .map(|rows| rows.iter().filter(|r| r.get("vtep").is_some()).collect())
+        .unwrap_or_default();
+    assert!(
+        !behind.is_empty(),
+        "no MAC behind the kernel VTEP: {listed}"
+    );
+    let counts = daemon.ctl_json(&["fdb", "--count"]);
+    assert_eq!(
+        counts["remote"].as_u64(),
+        Some(behind.len() as u64),
+        "{counts}\n{listed}"
+    );
+    assert_eq!(
+        counts["count"].as_u64(),
+        listed.as_array().map(|rows| rows.len() as u64),
+        "{counts}"
+    );
 
     let there = iperf3_tcp(cb, ca, "10.77.0.20", 2);
     let back = iperf3_tcp(ca, cb, &mesh.ca_ip, 2);

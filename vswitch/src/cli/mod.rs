@@ -448,7 +448,10 @@ fn fdb(
         return print_value(out, &value, args.output);
     }
     if args.count {
-        return write(out, &format!("{}\n", output::cell(value.get("count"))));
+        // Typed, so that an answer of another shape (a vswitchd without counts lists the
+        // MACs) is an error, not a `-`.
+        let count: crate::runtime::FdbCount = output::parse_answer(&format!("GET {path}"), value)?;
+        return write(out, &format!("{}\n", count.count));
     }
     let rows: Vec<FdbRow> = output::parse_answer("GET /v1/fdb", value)?;
     let table = output::fdb_table(&rows);
@@ -482,7 +485,9 @@ fn routes(
         return print_value(out, &value, args.output);
     }
     if args.count {
-        return write(out, &format!("{}\n", output::cell(value.get("count"))));
+        let count: crate::control::RoutingTableCount =
+            output::parse_answer(&format!("GET {path}"), value)?;
+        return write(out, &format!("{}\n", count.count));
     }
     let rows: Vec<RoutingTableRow> = output::parse_answer(&format!("GET {path}"), value)?;
     let table = output::routing_table(&rows);

@@ -212,6 +212,20 @@ pub fn egress_subnet<'a>(state: &'a State, network: &str, next_hop: IpAddr) -> O
 /// Subnets by CIDR), then Routes (by name). A prefix appears once: the first route with it
 /// wins. Routes whose next hop is in no Subnet are left out.
 pub fn table(state: &State, network: &str) -> Vec<TableRoute> {
+    let own = state
+        .routes
+        .values()
+        .filter(|route| route.spec.network == network);
+    table_with(state, network, own)
+}
+
+/// [`table`], given the Routes of `network` in name order (so that a caller building every
+/// Network's table walks the Routes once, not once per Network).
+fn table_with<'a>(
+    state: &State,
+    network: &str,
+    own_routes: impl Iterator<Item = &'a Route>,
+) -> Vec<TableRoute> {
     let mut routes = Vec::new();
     let by_cidr = |network: &str| {
         let mut subnets = subnets_of(state, network);
@@ -247,10 +261,7 @@ pub fn table(state: &State, network: &str) -> Vec<TableRoute> {
                 && reserved_role(subnet, hop).is_none()
         })
     };
-    for route in state.routes.values() {
-        if route.spec.network != network {
-            continue;
-        }
+    for route in own_routes {
         if let Some(egress) = egress_of(route.spec.next_hop) {
             routes.push(TableRoute {
                 prefix: route.spec.destination,
@@ -337,11 +348,13 @@ pub fn routed_sources(state: &State, subnet: &str, addr: IpAddr) -> Vec<IpNet> {
 
 /// Every Network's table, computed once and indexed: what the statuses of many Routes and
 /// the compile of many ports ask, answered without computing a table per Route or port
-/// (with 10^5 Routes, once per Route is 10^10 steps).
+/// (with 10^5 Routes, once per Route is 10^10 steps). Building it walks the Routes once.
 #[derive(Debug, Default)]
 pub struct Tables {
-    /// The entry that holds each (Network, truncated prefix).
-    winners: HashMap<(String, IpNet), TableRoute>,
+    /// Each Network's table ([`table`]).
+    tables: HashMap<String, Vec<TableRoute>>,
+    /// Where the entry that holds each (Network, truncated prefix) is in its table.
+    winners: HashMap<(String, IpNet), usize>,
     /// [`routed_sources`] of each (Subnet, router address), in table order.
     routed: HashMap<(String, IpAddr), Vec<IpNet>>,
 }
@@ -349,9 +362,20 @@ pub struct Tables {
 impl Tables {
     /// The tables of every Network of `state`.
     pub fn of(state: &State) -> Tables {
+        let mut by_network: HashMap<&str, Vec<&Route>> = HashMap::new();
+        for route in state.routes.values() {
+            by_network
+                .entry(route.spec.network.as_str())
+                .or_default()
+                .push(route);
+        }
         let mut tables = Tables::default();
         for network in state.networks.keys() {
-            for entry in table(state, network) {
+            let own = by_network
+                .get(network.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let table = table_with(state, network, own.iter().copied());
+            for (index, entry) in table.iter().enumerate() {
                 if let (NextHop::Via(hop), RouteOrigin::Static(_)) = (entry.next_hop, &entry.origin)
                 {
                     tables
@@ -362,15 +386,22 @@ impl Tables {
                 }
                 tables
                     .winners
-                    .insert((network.clone(), entry.prefix.trunc()), entry);
+                    .insert((network.clone(), entry.prefix.trunc()), index);
             }
+            tables.tables.insert(network.clone(), table);
         }
         tables
     }
 
+    /// `network`'s table, as [`table`] computes it (empty for an unknown Network).
+    pub fn table(&self, network: &str) -> &[TableRoute] {
+        self.tables.get(network).map_or(&[], Vec::as_slice)
+    }
+
     /// The entry of `network`'s table with `prefix` (the route that won it).
     pub fn winner(&self, network: &str, prefix: IpNet) -> Option<&TableRoute> {
-        self.winners.get(&(network.to_string(), prefix.trunc()))
+        let index = *self.winners.get(&(network.to_string(), prefix.trunc()))?;
+        self.tables.get(network)?.get(index)
     }
 
     /// As [`routed_sources`].
@@ -413,7 +444,7 @@ pub fn gateway_mac(state: &State, subnet: &Subnet) -> MacAddr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::control::resource::parse_documents;
     use crate::control::validate::{Mode, plan};
@@ -618,7 +649,7 @@ mod tests {
 
     /// [`Tables`] answers as [`route_status`] and [`routed_sources`] do, for every Route and
     /// every (Subnet, next hop) of `state`.
-    fn assert_tables_agree(state: &State) {
+    pub(crate) fn assert_tables_agree(state: &State) {
         let tables = Tables::of(state);
         for route in state.routes.values() {
             let winner = tables.winner(&route.spec.network, route.spec.destination);

@@ -295,6 +295,10 @@ impl Store {
         struct Format {
             format: Option<serde_json::Value>,
         }
+        // A derived struct also reads a JSON array; the state is an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(corrupt("not a JSON object".to_string()));
+        }
         let format = serde_json::from_str::<Format>(&text)
             .map_err(|err| corrupt(err.to_string()))?
             .format
@@ -576,6 +580,36 @@ status: {ip: 198.51.100.10}
         fs::write(dir.path().join(STATE_FILE), value.to_string()).unwrap();
         let err = Store::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("nodeId: invalid node id \"xyz\""), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_one_object_with_a_format_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let sample = serde_json::to_string(&sample()).unwrap();
+        for (text, says) in [
+            (format!("{sample} {{}}"), "trailing characters"),
+            (format!("{sample}x"), "trailing characters"),
+            ("[4]".to_string(), "not a JSON object"),
+            ("4".to_string(), "not a JSON object"),
+            ("{}".to_string(), "missing or unknown \"format\""),
+            (
+                "{\"format\": \"4\"}".to_string(),
+                "missing or unknown \"format\"",
+            ),
+            (
+                "{\"format\": 0}".to_string(),
+                "missing or unknown \"format\"",
+            ),
+        ] {
+            fs::write(&path, &text).unwrap();
+            let err = Store::open(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(" is corrupt: "), "{text}: {err}");
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        // The sample itself loads.
+        fs::write(&path, &sample).unwrap();
+        assert!(Store::open(dir.path()).unwrap().1.is_some());
     }
 
     #[test]

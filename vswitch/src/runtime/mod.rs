@@ -235,7 +235,7 @@ pub struct FdbRow {
 pub struct FdbCount {
     /// Every learned MAC.
     pub count: usize,
-    /// Those learned on a stretched Subnet's tunnel (behind a remote VTEP).
+    /// Those learned on a stretched Subnet's tunnel port (behind a remote VTEP).
     pub remote: usize,
 }
 

@@ -101,11 +101,15 @@ fn port_ips6(
     ips6
 }
 
-/// A Network's routing tables as the workers use them: [`routing::table`] split by family,
+/// A Network's routing tables as the workers use them: its table of `tables` split by family,
 /// names turned into ids.
-fn routes(inner: &Inner, network: &str) -> (Vec<RouteEntry>, Vec<RouteEntry6>) {
+fn routes(
+    inner: &Inner,
+    tables: &routing::Tables,
+    network: &str,
+) -> (Vec<RouteEntry>, Vec<RouteEntry6>) {
     let (mut routes, mut routes6) = (Vec::new(), Vec::new());
-    for route in routing::table(&inner.state, network) {
+    for route in tables.table(network).iter().cloned() {
         let Some(&subnet) = inner.subnet_ids.get(&route.subnet) else {
             continue;
         };
@@ -371,7 +375,7 @@ fn compile(inner: &Inner) -> Snapshot {
         .keys()
         .filter_map(|name| {
             let id = *network_ids.get(name)?;
-            let (routes, routes6) = routes(inner, name);
+            let (routes, routes6) = routes(inner, &tables, name);
             Some(NetworkEntry::new(id, name.clone(), routes).with_routes6(routes6))
         })
         .collect();

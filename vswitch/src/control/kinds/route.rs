@@ -428,6 +428,7 @@ mod tests {
             route("default6", "blue", "'::/0'", "'fd00:5::9'"),
         );
         let state = apply(&current, &text);
+        crate::control::routing::tests::assert_tables_agree(&state);
         let table = routing::table(&state, "blue");
         let far = table
             .iter()
