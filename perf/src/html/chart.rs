@@ -75,7 +75,7 @@ pub const SECTIONS: [(&str, &[Metric]); 7] = [
         ],
     ),
     ("Memory", &[Metric::SwitchResidentMib]),
-    ("Policy", &[Metric::PolicyApplySeconds]),
+    ("Apply (policy, routes)", &[Metric::PolicyApplySeconds]),
     ("Floods", &[Metric::TcpGbps1Flood, Metric::FloodRatio]),
 ];
 
@@ -277,9 +277,10 @@ pub const GROWING: [(&str, &str); 4] = [
 ];
 
 /// The metrics a curve is drawn of.
-pub const CURVE_METRICS: [Metric; 3] = [
+pub const CURVE_METRICS: [Metric; 4] = [
     Metric::TcpGbps1,
     Metric::CpuMachineSecondsPerGb,
+    Metric::CpuSwitchSecondsPerGb,
     Metric::SwitchResidentMib,
 ];
 

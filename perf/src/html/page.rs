@@ -132,11 +132,7 @@ pub fn render(
                 chart.file_stem(),
                 escape(chart.metric.label()),
                 escape(chart.metric.unit()),
-                if chart.metric.higher_is_better() {
-                    "higher"
-                } else {
-                    "lower"
-                },
+                better(chart.metric),
                 svg.trim_end()
             );
             render_chart_table(&mut out, chart);
@@ -155,11 +151,7 @@ pub fn render(
             escape(chart.metric.label()),
             escape(chart.counted),
             escape(chart.metric.unit()),
-            if chart.metric.higher_is_better() {
-                "higher"
-            } else {
-                "lower"
-            },
+            better(chart.metric),
             svg.trim_end()
         );
         render_curve_table(&mut out, chart);
@@ -253,6 +245,15 @@ fn render_chart_table(out: &mut String, chart: &BarChart) {
         out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
+}
+
+/// Which way `metric` is better, for a heading.
+fn better(metric: Metric) -> &'static str {
+    if metric.higher_is_better() {
+        "higher"
+    } else {
+        "lower"
+    }
 }
 
 /// A curve chart's figures: a row per variant, a column per table size, each cell the

@@ -90,6 +90,9 @@ pub fn prepare(variant: Variant, context: &Context, count: u32) -> Result<Prepar
             requests = 1;
         }
     }
+    if count == 0 {
+        return Ok(prepared);
+    }
     let seconds = started.elapsed().as_secs_f64();
     let listed = prepared.table_entries()?.unwrap_or(0);
     prepared.applied = Some(Applied {

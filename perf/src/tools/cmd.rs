@@ -139,6 +139,31 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Result<Output> {
     })
 }
 
+/// Runs this binary's hidden subcommand `args` (the subcommand first) inside `netns`, allowed
+/// up to `limit`, and reads the one JSON line it prints; returns it and how long it took.
+///
+/// # Errors
+/// The helper fails, runs too long or prints something else.
+pub fn run_helper<T: serde::de::DeserializeOwned>(
+    netns: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Result<(T, Duration)> {
+    let exe = std::env::current_exe().context("locating the perf binary")?;
+    let exe = exe.to_string_lossy();
+    let mut full = vec!["netns", "exec", netns, exe.as_ref()];
+    full.extend_from_slice(args);
+    let started = Instant::now();
+    let out = run(command("ip", &full), limit)?;
+    let report = serde_json::from_str(out.trim()).with_context(|| {
+        format!(
+            "reading the {} helper's report: {out}",
+            args.first().copied().unwrap_or("?")
+        )
+    })?;
+    Ok((report, started.elapsed()))
+}
+
 /// Runs `cmd` within `limit` and returns its stdout; a non-zero exit is an error that
 /// quotes the command and its stderr.
 ///

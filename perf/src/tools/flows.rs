@@ -9,7 +9,7 @@
 //! run refreshes the entries of the first and creates those a full queue lost.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
@@ -81,30 +81,9 @@ pub fn send(dst: IpAddr, count: u32) -> Result<FlowsReport> {
 /// # Errors
 /// The helper fails or runs too long.
 pub fn run(netns: &str, dst: IpAddr, count: u32) -> Result<(FlowsReport, Duration)> {
-    let exe = std::env::current_exe().context("locating the perf binary")?;
-    let exe = exe.to_string_lossy();
-    let started = Instant::now();
     let limit = Duration::from_secs(30 + u64::from(count) / 20_000);
-    let out = cmd::run(
-        cmd::command(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                netns,
-                &exe,
-                "flows",
-                "--dst",
-                &dst.to_string(),
-                "--count",
-                &count.to_string(),
-            ],
-        ),
-        limit,
-    )?;
-    let report = serde_json::from_str(out.trim())
-        .with_context(|| format!("reading the flows helper's report: {out}"))?;
-    Ok((report, started.elapsed()))
+    let (dst, count) = (dst.to_string(), count.to_string());
+    cmd::run_helper(netns, &["flows", "--dst", &dst, "--count", &count], limit)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! experimental EtherType 0x88b5, which that container drops.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
@@ -97,9 +97,6 @@ pub fn run(
     inner_dst: &str,
     count: u32,
 ) -> Result<(FlowsReport, Duration)> {
-    let exe = std::env::current_exe().context("locating the perf binary")?;
-    let exe = exe.to_string_lossy();
-    let started = Instant::now();
     let limit = Duration::from_secs(30 + u64::from(count) / 20_000);
     let (src, vtep, vni, count) = (
         src.to_string(),
@@ -107,32 +104,20 @@ pub fn run(
         vni.to_string(),
         count.to_string(),
     );
-    let out = cmd::run(
-        cmd::command(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                netns,
-                &exe,
-                "vxlan-macs",
-                "--src",
-                &src,
-                "--vtep",
-                &vtep,
-                "--vni",
-                &vni,
-                "--inner-dst",
-                inner_dst,
-                "--count",
-                &count,
-            ],
-        ),
-        limit,
-    )?;
-    let report = serde_json::from_str(out.trim())
-        .with_context(|| format!("reading the vxlan-macs helper's report: {out}"))?;
-    Ok((report, started.elapsed()))
+    let args = [
+        "vxlan-macs",
+        "--src",
+        &src,
+        "--vtep",
+        &vtep,
+        "--vni",
+        &vni,
+        "--inner-dst",
+        inner_dst,
+        "--count",
+        &count,
+    ];
+    cmd::run_helper(netns, &args, limit)
 }
 
 #[cfg(test)]
