@@ -246,14 +246,7 @@ impl Controller {
     /// # Errors
     /// [`ApiError::NotFound`] when `network` names no Network.
     pub fn routing_table(&self, network: Option<&str>) -> Result<Vec<RoutingTableRow>, ApiError> {
-        if let Some(name) = network {
-            if !self.lock().state.networks.contains_key(name) {
-                return Err(ApiError::NotFound {
-                    kind: Kind::Network.as_str().into(),
-                    name: name.into(),
-                });
-            }
-        }
+        self.network_exists(network)?;
         let snapshot = self.engine.read().current();
         let mut rows = Vec::new();
         for entry in snapshot.networks() {
@@ -305,14 +298,7 @@ impl Controller {
         &self,
         network: Option<&str>,
     ) -> Result<RoutingTableCount, ApiError> {
-        if let Some(name) = network {
-            if !self.lock().state.networks.contains_key(name) {
-                return Err(ApiError::NotFound {
-                    kind: Kind::Network.as_str().into(),
-                    name: name.into(),
-                });
-            }
-        }
+        self.network_exists(network)?;
         let snapshot = self.engine.read().current();
         let mut count = RoutingTableCount::default();
         for entry in snapshot.networks() {
@@ -334,6 +320,19 @@ impl Controller {
             }
         }
         Ok(count)
+    }
+
+    /// `Ok` when `network` is `None` or names a Network.
+    fn network_exists(&self, network: Option<&str>) -> Result<(), ApiError> {
+        match network {
+            Some(name) if !self.lock().state.networks.contains_key(name) => {
+                Err(ApiError::NotFound {
+                    kind: Kind::Network.as_str().into(),
+                    name: name.into(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The neighbour (ARP) table.
