@@ -14,23 +14,23 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU8;
+use std::num::NonZeroU32;
 
 use libfuzzer_sys::fuzz_target;
 use vswitch::api::hub::HeartbeatRequest;
-use vxlan::membership::{RegistrationOutcome, RunnerState};
+use vxlan::membership::{IdWidth, RegistrationOutcome, RunnerState};
 use vxlan::{AddressPlan, MembershipError, OverlaySettings, RegistrationRequest, RunnerPool};
 
 /// A small pool, so that reclaiming is reached.
-const CAPACITY: u8 = 4;
+const CAPACITY: u32 = 4;
 /// The hub's runner timeout.
 const TIMEOUT_MS: u64 = 30_000;
 
 fuzz_target!(|data: &[u8]| {
     let settings = OverlaySettings::default();
     let plan = AddressPlan::default();
-    let mut pool = RunnerPool::new(NonZeroU8::new(CAPACITY).expect("non-zero"));
-    let mut model: BTreeMap<String, u8> = BTreeMap::new();
+    let mut pool = RunnerPool::new(NonZeroU32::new(CAPACITY).expect("non-zero"));
+    let mut model: BTreeMap<String, u32> = BTreeMap::new();
     let mut now = 0u64;
     for line in data.split(|&b| b == b'\n') {
         let Some((&op, body)) = line.split_first() else {
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let before = pool.clone();
-                match pool.admit(&settings, &plan, &request, now, TIMEOUT_MS) {
+                match pool.admit(&settings, &plan, &request, now, TIMEOUT_MS, IdWidth::Wide) {
                     Ok(admission) => {
                         let id = admission.registration.id.get();
                         match admission.registration.outcome {
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
                             }
                             RegistrationOutcome::Reclaimed { evicted } => {
                                 assert!(!model.contains_key(&request.name));
-                                assert_eq!(model.len(), usize::from(CAPACITY), "only when full");
+                                assert_eq!(model.len(), CAPACITY as usize, "only when full");
                                 assert_eq!(model.remove(&evicted.name), Some(id));
                             }
                         }
@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => continue,
         }
-        assert!(pool.len() <= usize::from(CAPACITY));
+        assert!(pool.len() <= CAPACITY as usize);
         assert_eq!(pool.len(), model.len());
         for runner in pool.runners() {
             assert_eq!(model.get(&runner.name), Some(&runner.id.get()));

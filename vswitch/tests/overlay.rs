@@ -708,6 +708,150 @@ fn hub_and_two_runners() {
     c12.ping_ok("10.0.0.1", 3);
 }
 
+/// Registers `count` simulated runners `sim-1`.. with the hub at `hub` (plain HTTP), each
+/// from an address of 198.18.0.0/15, then one runner that sends no features header; prints
+/// `ID` per line, then `narrow STATUS MESSAGE`.
+const SIMULATED_RUNNERS: &str = r#"
+import json, sys, time, urllib.request, urllib.error
+hub, token, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def register(name, address, features):
+    body = {"name": name, "localAddress": address, "vniBase": 100, "port": 4789, "mtu": 1450}
+    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+    if features:
+        headers["Vswitch-Overlay-Features"] = "runner-id-u32"
+    request = urllib.request.Request("http://%s:4799/v1/overlay/register" % hub,
+                                     data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+# The hub API opens a moment after the Overlay is up.
+deadline = time.time() + 20
+while True:
+    try:
+        urllib.request.urlopen("http://%s:4799/" % hub, timeout=5)
+    except urllib.error.HTTPError:
+        break
+    except urllib.error.URLError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+for n in range(1, count + 1):
+    status, plan = register("sim-%d" % n, "198.18.%d.%d" % (n // 250, n % 250 + 1), True)
+    if status != 200:
+        sys.exit("sim-%d: %d %s" % (n, status, plan))
+    print(plan["runnerId"])
+status, answer = register("old-runner", "198.19.0.1", False)
+print("narrow", status, answer["error"]["message"])
+"#;
+
+/// A plan wider than 255 runners (a /20 per runner out of 10.0.0.0/8: 4,095): 300 simulated
+/// runners take IDs 1 to 300, a runner that reads IDs as a byte is refused naming the
+/// upgrade, and a real runner gets ID 301 (10.18.208.0/20, VNI 401), reaches the hub's
+/// 10.0.0.1 through the tunnel, and keeps its ID when the hub is killed and restarted.
+#[test]
+#[ignore = "needs root: starts vswitchd in node namespaces on a bridged veth underlay"]
+fn a_wide_plan_numbers_runners_past_255() {
+    require(&["ping", "python3"]);
+    let underlay = Underlay::new(&["192.168.57.1/24", "192.168.57.2/24"]);
+    let (hub_ns, runner_ns) = (underlay.node(0), underlay.node(1));
+    let mut hub = Daemon::start_in(&hub_ns.name, 2, &[]);
+    let runner = Daemon::start_in(&runner_ns.name, 2, &[]);
+    hub.apply_yaml(&hub_overlay(
+        "hub",
+        "192.168.57.1",
+        "  tls: {mode: Disabled}\n  addressPlan: {runnerPrefixLen: 20, hubHost: 4094}\n",
+    ));
+    wait_overlay(&hub, "the hub to be up", Duration::from_secs(20), |v| {
+        v["state"] == "Up"
+    });
+    let started = Instant::now();
+    let out = runner_ns.exec_ok(&[
+        "python3",
+        "-c",
+        SIMULATED_RUNNERS,
+        "192.168.57.1",
+        TOKEN,
+        "300",
+    ]);
+    let elapsed = started.elapsed();
+    let lines: Vec<&str> = out.lines().collect();
+    let ids: Vec<u32> = lines[..300]
+        .iter()
+        .map(|line| line.parse().expect("an ID"))
+        .collect();
+    assert_eq!(ids, (1..=300).collect::<Vec<u32>>(), "IDs in order");
+    eprintln!(
+        "300 registrations in {:.2} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        300.0 / elapsed.as_secs_f64()
+    );
+    let narrow = lines.get(300).copied().unwrap_or_default();
+    assert!(
+        narrow.starts_with("narrow 400") && narrow.contains("upgrade vswitchd"),
+        "a runner without the features header gets no ID above 255: {narrow}"
+    );
+
+    runner.apply_yaml(&runner_overlay_tls(
+        "runner-real",
+        "192.168.57.2",
+        "192.168.57.1",
+        "{mode: Disabled}",
+        "",
+    ));
+    let view = wait_registered(&runner, "runner-real");
+    assert_eq!(view["id"], 301, "{view}");
+    assert_eq!(view["vni"], 401, "{view}");
+    assert_eq!(view["subnet"], "10.18.208.0/20", "{view}");
+    assert_eq!(view["gateway"], "10.18.208.1", "{view}");
+    let hv = wait_overlay(
+        &hub,
+        "the hub to list 301 runners",
+        Duration::from_secs(10),
+        |v| v["runners"].as_array().is_some_and(|r| r.len() == 301),
+    );
+    let row = runner_row(&hv, "runner-real").expect("listed");
+    assert_eq!(row["subnet"], "10.18.208.0/20", "{row}");
+    let subnet = hub.ctl_json(&["get", "subnet", "overlay-r301"]);
+    assert_eq!(subnet["spec"]["cidr"], "10.18.208.0/20", "{subnet}");
+    assert_eq!(subnet["spec"]["vni"], 401, "{subnet}");
+
+    let c = Netns::new("cwide");
+    let ip = runner.attach(&c, &["--subnet", "overlay"]);
+    assert!(ip.starts_with("10.18.20"), "in 10.18.208.0/20: {ip}");
+    assert!(
+        c.ping_until("10.0.0.1", Duration::from_secs(10)),
+        "runner 301's container cannot reach the hub at 10.0.0.1\nrunner log:\n{}\nhub log:\n{}",
+        tail(&runner.log_text(), 30),
+        tail(&hub.log_text(), 30)
+    );
+
+    // The persisted pool keeps IDs above 255 across a kill -9.
+    hub.kill9();
+    hub.spawn(&[]);
+    let hv = wait_overlay(
+        &hub,
+        "the restarted hub to list runner-real online again",
+        Duration::from_secs(30),
+        |v| runner_row(v, "runner-real").is_some_and(is_online),
+    );
+    assert_eq!(
+        runner_row(&hv, "runner-real").expect("listed")["id"],
+        301,
+        "{hv}"
+    );
+    assert_eq!(
+        runner_row(&hv, "sim-300").expect("listed")["id"],
+        300,
+        "{hv}"
+    );
+    assert!(
+        c.ping_until("10.0.0.1", Duration::from_secs(20)),
+        "no path to the hub after its restart"
+    );
+}
+
 /// A runner whose MTU differs from the hub's is refused; its status names the setting and
 /// both values, and it keeps attaching containers to its local default Subnet.
 #[test]

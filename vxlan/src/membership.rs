@@ -1,8 +1,9 @@
 //! Hub-and-spoke overlay membership (the KohakuRiver model): the hub's runner-ID pool, the
 //! address plan derived from an ID, and the checks a registration must pass.
 //!
-//! **Runner IDs** are 1..=255 ([`RunnerId`]), at most the pool's capacity (255 by default,
-//! fewer if the address plan has fewer runner subnets). [`RunnerPool::register`]:
+//! **Runner IDs** are 1 and up ([`RunnerId`], a `u32`), at most the pool's capacity: as many
+//! runner subnets as the address plan has (255 for the default /16 per runner out of a /8,
+//! 4,095 for a /20 per runner, [`AddressPlan::max_runners`]). [`RunnerPool::register`]:
 //! - gives a name it already knows the same ID again (a reconnect; after a hub restart too,
 //!   once the pool is restored from its serialised form);
 //! - gives a new name the lowest free ID;
@@ -13,6 +14,12 @@
 //! Heartbeats call [`RunnerPool::touch`]; [`RunnerPool::mark_offline`] marks runners unseen for
 //! a timeout offline. Online/offline is not persisted: a restored pool starts with every runner
 //! offline until it registers or sends a heartbeat.
+//!
+//! **Runners that read their ID as a byte.** Before IDs were widened, a runner parsed the ID
+//! the hub answered as a `u8`. A runner that reads wider IDs says so with the
+//! [`FEATURES_HEADER`] request header ([`FEATURE_WIDE_IDS`]); the hub gives the others only
+//! IDs up to [`RunnerId::NARROW_MAX`] ([`IdWidth`]), and refuses them, naming the upgrade, when
+//! none of those is free and the pool is not full (a full pool reclaims among them).
 //!
 //! **Time** is a `u64` of milliseconds passed in. The pool is persisted and restored across
 //! restarts, so its times must come from a clock that survives them: wall-clock milliseconds
@@ -41,7 +48,7 @@
 use core::fmt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::num::NonZeroU8;
+use std::num::NonZeroU32;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -98,11 +105,24 @@ pub enum MembershipError {
         /// The name given.
         name: String,
     },
-    /// A runner ID outside 1..=255.
-    #[error("runner ID {id} is out of range: runner IDs are 1 to 255")]
+    /// Runner ID 0.
+    #[error("runner ID {id} is out of range: runner IDs start at 1")]
     InvalidRunnerId {
         /// The ID given.
-        id: u8,
+        id: u32,
+    },
+    /// A runner that reads its ID as a byte would get an ID above 255.
+    #[error(
+        "runner {name:?} would get ID {id}, but its vswitchd reads runner IDs only up to {}: \
+         upgrade vswitchd on that runner (IDs 1 to {} are held by runners seen more recently)",
+        RunnerId::NARROW_MAX,
+        RunnerId::NARROW_MAX
+    )]
+    NarrowIdUnavailable {
+        /// The runner's name.
+        name: String,
+        /// The ID it holds or would get.
+        id: RunnerId,
     },
     /// An address plan field is invalid.
     #[error("address plan: {field} {value}: {reason}")]
@@ -120,7 +140,7 @@ pub enum MembershipError {
         /// The ID.
         id: RunnerId,
         /// The highest ID the plan serves.
-        max: u8,
+        max: u32,
     },
     /// Shrinking the pool below an ID that is in use.
     #[error(
@@ -129,7 +149,7 @@ pub enum MembershipError {
     )]
     CapacityBelowAssigned {
         /// The capacity asked for.
-        capacity: u8,
+        capacity: u32,
         /// The ID in use beyond it.
         id: RunnerId,
         /// The runner holding it.
@@ -156,42 +176,83 @@ fn seconds(ms: &u64) -> String {
     }
 }
 
-/// A runner ID: 1..=255. Runner N gets VNI `vniBase + N` and the N-th subnet of the plan.
+/// A runner ID, 1 and up. Runner N gets VNI `vniBase + N` and the N-th subnet of the plan,
+/// so the plan bounds it ([`AddressPlan::max_runners`]): VNIs are 24 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u8", into = "u8")]
-pub struct RunnerId(NonZeroU8);
+#[serde(try_from = "u32", into = "u32")]
+pub struct RunnerId(NonZeroU32);
 
 impl RunnerId {
     /// The lowest ID, 1.
-    pub const MIN: RunnerId = RunnerId(NonZeroU8::MIN);
-    /// The highest ID, 255.
-    pub const MAX: RunnerId = RunnerId(NonZeroU8::MAX);
+    pub const MIN: RunnerId = RunnerId(NonZeroU32::MIN);
+    /// The highest ID a runner from before wider IDs reads (it parsed the ID as a `u8`).
+    pub const NARROW_MAX: RunnerId = match NonZeroU32::new(255) {
+        Some(id) => RunnerId(id),
+        None => RunnerId(NonZeroU32::MIN),
+    };
 
     /// The ID `value`, or `None` for 0.
-    pub const fn new(value: u8) -> Option<RunnerId> {
-        match NonZeroU8::new(value) {
+    pub const fn new(value: u32) -> Option<RunnerId> {
+        match NonZeroU32::new(value) {
             Some(value) => Some(RunnerId(value)),
             None => None,
         }
     }
 
     /// The ID as a number.
-    pub const fn get(self) -> u8 {
+    pub const fn get(self) -> u32 {
         self.0.get()
     }
 }
 
-impl TryFrom<u8> for RunnerId {
+impl TryFrom<u32> for RunnerId {
     type Error = MembershipError;
 
-    fn try_from(value: u8) -> Result<RunnerId, MembershipError> {
+    fn try_from(value: u32) -> Result<RunnerId, MembershipError> {
         RunnerId::new(value).ok_or(MembershipError::InvalidRunnerId { id: value })
     }
 }
 
-impl From<RunnerId> for u8 {
-    fn from(id: RunnerId) -> u8 {
+impl From<RunnerId> for u32 {
+    fn from(id: RunnerId) -> u32 {
         id.get()
+    }
+}
+
+/// The request header in which a runner lists the overlay features it has, comma-separated.
+/// A header, not a field of the registration: hubs from before it refuse unknown fields.
+pub const FEATURES_HEADER: &str = "vswitch-overlay-features";
+/// The feature of a runner that reads runner IDs above 255.
+pub const FEATURE_WIDE_IDS: &str = "runner-id-u32";
+
+/// Which runner IDs a registering runner can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IdWidth {
+    /// Only up to [`RunnerId::NARROW_MAX`]: a runner from before wider IDs.
+    Narrow,
+    /// Any ID.
+    #[default]
+    Wide,
+}
+
+impl IdWidth {
+    /// The width a runner's [`FEATURES_HEADER`] value says (`None`: no header, a runner from
+    /// before it).
+    pub fn from_features(header: Option<&str>) -> IdWidth {
+        let wide = header.is_some_and(|value| {
+            value
+                .split(',')
+                .any(|feature| feature.trim().eq_ignore_ascii_case(FEATURE_WIDE_IDS))
+        });
+        if wide { IdWidth::Wide } else { IdWidth::Narrow }
+    }
+
+    /// The highest ID such a runner reads.
+    pub fn max(self) -> Option<RunnerId> {
+        match self {
+            IdWidth::Narrow => Some(RunnerId::NARROW_MAX),
+            IdWidth::Wide => None,
+        }
     }
 }
 
@@ -305,20 +366,21 @@ pub struct Admission {
 /// for the state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerPool {
-    capacity: NonZeroU8,
+    capacity: NonZeroU32,
     runners: BTreeMap<RunnerId, Runner>,
     by_name: HashMap<String, RunnerId>,
 }
 
 impl Default for RunnerPool {
     fn default() -> RunnerPool {
-        RunnerPool::new(NonZeroU8::MAX)
+        // The default plan's 255 runners.
+        RunnerPool::new(RunnerId::NARROW_MAX.0)
     }
 }
 
 impl RunnerPool {
     /// An empty pool handing out IDs 1..=`capacity` (use [`AddressPlan::max_runners`]).
-    pub fn new(capacity: NonZeroU8) -> RunnerPool {
+    pub fn new(capacity: NonZeroU32) -> RunnerPool {
         RunnerPool {
             capacity,
             runners: BTreeMap::new(),
@@ -327,7 +389,7 @@ impl RunnerPool {
     }
 
     /// The highest ID the pool hands out.
-    pub fn capacity(&self) -> NonZeroU8 {
+    pub fn capacity(&self) -> NonZeroU32 {
         self.capacity
     }
 
@@ -337,11 +399,9 @@ impl RunnerPool {
     ///
     /// [`MembershipError::CapacityBelowAssigned`] if a runner holds an ID above `capacity`;
     /// the pool is unchanged then.
-    pub fn set_capacity(&mut self, capacity: NonZeroU8) -> Result<(), MembershipError> {
-        if let Some((&id, runner)) = self
-            .runners
-            .iter()
-            .find(|(id, _)| id.get() > capacity.get())
+    pub fn set_capacity(&mut self, capacity: NonZeroU32) -> Result<(), MembershipError> {
+        if let Some((&id, runner)) = self.runners.last_key_value()
+            && id.get() > capacity.get()
         {
             return Err(MembershipError::CapacityBelowAssigned {
                 capacity: capacity.get(),
@@ -365,7 +425,7 @@ impl RunnerPool {
 
     /// True when every ID is taken: the next new name reclaims one.
     pub fn is_full(&self) -> bool {
-        self.runners.len() >= usize::from(self.capacity.get())
+        self.runners.len() >= usize::try_from(self.capacity.get()).unwrap_or(usize::MAX)
     }
 
     /// The runner called `name`.
@@ -383,10 +443,20 @@ impl RunnerPool {
         self.runners.values()
     }
 
-    fn lowest_free_id(&self) -> Option<RunnerId> {
-        (1..=self.capacity.get())
-            .filter_map(RunnerId::new)
-            .find(|id| !self.runners.contains_key(id))
+    /// The lowest ID not held, up to the capacity and to `max`: the first gap in the held
+    /// IDs, found in one ordered walk.
+    fn lowest_free_id(&self, max: Option<RunnerId>) -> Option<RunnerId> {
+        let limit = max.map_or(self.capacity.get(), |max| {
+            max.get().min(self.capacity.get())
+        });
+        let mut next = 1u32;
+        for id in self.runners.keys() {
+            if id.get() != next {
+                break;
+            }
+            next += 1;
+        }
+        RunnerId::new(next).filter(|id| id.get() <= limit)
     }
 
     /// Registers `name` at `address` (see the module docs for which ID it gets) and marks it
@@ -405,11 +475,36 @@ impl RunnerPool {
         address: IpAddr,
         now_ms: u64,
     ) -> Result<Registration, MembershipError> {
+        self.register_as(name, address, now_ms, IdWidth::Wide)
+    }
+
+    /// [`RunnerPool::register`] for a runner that reads IDs of `width`: a narrow one gets the
+    /// lowest free ID up to [`RunnerId::NARROW_MAX`], or when the pool is full the ID of the
+    /// least recently seen runner among those.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`RunnerPool::register`], and [`MembershipError::NarrowIdUnavailable`] if a
+    /// narrow runner holds or would get an ID above [`RunnerId::NARROW_MAX`]; the pool is
+    /// unchanged then.
+    pub fn register_as(
+        &mut self,
+        name: &str,
+        address: IpAddr,
+        now_ms: u64,
+        width: IdWidth,
+    ) -> Result<Registration, MembershipError> {
         validate_runner_name(name)?;
         validate_local_address(address)?;
         let address = address.to_canonical();
 
         if let Some(&id) = self.by_name.get(name) {
+            if width.max().is_some_and(|max| id > max) {
+                return Err(MembershipError::NarrowIdUnavailable {
+                    name: name.to_owned(),
+                    id,
+                });
+            }
             if let Some(runner) = self.runners.get_mut(&id) {
                 let previous_address = (runner.address != address).then_some(runner.address);
                 runner.address = address;
@@ -422,10 +517,20 @@ impl RunnerPool {
             }
         }
 
-        let (id, outcome) = match self.lowest_free_id() {
+        let (id, outcome) = match self.lowest_free_id(width.max()) {
             Some(id) => (id, RegistrationOutcome::Assigned),
+            None if !self.is_full() => {
+                // Only a narrow runner finds no free ID in a pool that is not full.
+                let id = self.lowest_free_id(None).ok_or_else(|| {
+                    MembershipError::CorruptState("a pool that is not full has no free ID".into())
+                })?;
+                return Err(MembershipError::NarrowIdUnavailable {
+                    name: name.to_owned(),
+                    id,
+                });
+            }
             None => {
-                let evicted = self.evict_least_recently_seen().ok_or_else(|| {
+                let evicted = self.evict_least_recently_seen(width.max()).ok_or_else(|| {
                     MembershipError::CorruptState("a full pool has no runner to evict".into())
                 })?;
                 (evicted.id, RegistrationOutcome::Reclaimed { evicted })
@@ -446,10 +551,11 @@ impl RunnerPool {
         Ok(Registration { id, outcome })
     }
 
-    fn evict_least_recently_seen(&mut self) -> Option<EvictedRunner> {
+    fn evict_least_recently_seen(&mut self, max: Option<RunnerId>) -> Option<EvictedRunner> {
         let id = self
             .runners
             .values()
+            .filter(|runner| max.is_none_or(|max| runner.id <= max))
             .min_by_key(|runner| (runner.last_seen_ms, runner.id))
             .map(|runner| runner.id)?;
         let runner = self.runners.remove(&id)?;
@@ -504,8 +610,9 @@ impl RunnerPool {
     ///
     /// Those of [`validate_registration`] and [`AddressPlan::max_runners`],
     /// [`MembershipError::InvalidPlan`] if the pool hands out IDs the plan has no subnet for,
-    /// and [`MembershipError::NameOnlineElsewhere`] if the name is online from another
-    /// address.
+    /// [`MembershipError::NameOnlineElsewhere`] if the name is online from another
+    /// address, and [`MembershipError::NarrowIdUnavailable`] (see
+    /// [`RunnerPool::register_as`]) for a runner reading IDs of `width`.
     pub fn admit(
         &mut self,
         hub: &OverlaySettings,
@@ -513,6 +620,7 @@ impl RunnerPool {
         request: &RegistrationRequest,
         now_ms: u64,
         timeout_ms: u64,
+        width: IdWidth,
     ) -> Result<Admission, MembershipError> {
         validate_registration(hub, request)?;
         let max = plan.max_runners(hub.vni_base)?;
@@ -528,7 +636,7 @@ impl RunnerPool {
             });
         }
         self.check_takeover(&request.name, request.local_address, now_ms, timeout_ms)?;
-        let registration = self.register(&request.name, request.local_address, now_ms)?;
+        let registration = self.register_as(&request.name, request.local_address, now_ms, width)?;
         let plan = plan.runner(registration.id, hub.vni_base)?;
         Ok(Admission { registration, plan })
     }
@@ -573,21 +681,23 @@ impl RunnerPool {
     }
 }
 
-/// Version of the persisted pool format.
+/// Version of the persisted pool format. IDs and the capacity were bytes in the first
+/// builds and are `u32` now, in the same format: a pool of at most 255 runners reads in
+/// either, and an older build refuses a wider one as corrupt rather than misreading it.
 const PERSISTED_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PersistedPool {
     version: u32,
-    capacity: u8,
+    capacity: u32,
     runners: Vec<PersistedRunner>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PersistedRunner {
-    id: u8,
+    id: u32,
     name: String,
     address: IpAddr,
     registered_ms: u64,
@@ -604,7 +714,7 @@ impl TryFrom<PersistedPool> for RunnerPool {
                 persisted.version
             )));
         }
-        let capacity = NonZeroU8::new(persisted.capacity)
+        let capacity = NonZeroU32::new(persisted.capacity)
             .ok_or_else(|| MembershipError::CorruptState("capacity is 0".into()))?;
         let mut pool = RunnerPool::new(capacity);
         for runner in persisted.runners {
@@ -944,13 +1054,13 @@ impl AddressPlan6 {
     }
 
     /// The `index`-th /64 of the overlay (0: the hub's).
-    pub fn subnet(&self, index: u8) -> Ipv6Net {
+    pub fn subnet(&self, index: u32) -> Ipv6Net {
         let network = self.overlay.network().to_bits() + (u128::from(index) << 64);
         Ipv6Net::new_assert(Ipv6Addr::from_bits(network), RUNNER_PREFIX_LEN6)
     }
 
-    /// How many runner /64s the range holds (at most 255), after checking it.
-    fn max_runners(&self) -> Result<u8, MembershipError> {
+    /// How many runner /64s the range holds (at most `u32::MAX`), after checking it.
+    fn max_runners(&self) -> Result<u32, MembershipError> {
         let overlay = self.overlay;
         if overlay.addr() != overlay.network() {
             return Err(AddressPlan::invalid(
@@ -966,8 +1076,8 @@ impl AddressPlan6 {
                 "must be shorter than /64: runners get a /64 each (e.g. a /48 or a /56)".into(),
             ));
         }
-        let bits = u32::from(RUNNER_PREFIX_LEN6 - overlay.prefix_len()).min(8);
-        let max = u8::try_from((1u32 << bits) - 1).unwrap_or(u8::MAX);
+        let bits = u32::from(RUNNER_PREFIX_LEN6 - overlay.prefix_len()).min(32);
+        let max = u32::try_from((1u64 << bits) - 1).unwrap_or(u32::MAX);
         let hub = self.hub_address();
         if !self.subnet(0).contains(&hub) || hub == self.subnet(0).network() {
             return Err(AddressPlan::invalid(
@@ -1049,13 +1159,14 @@ impl AddressPlan {
 
     /// Validates the plan for an overlay whose VNI base is `vni_base` and returns how many
     /// runners it serves: one per runner subnet, leaving out the first (it holds the hub's
-    /// overlay address), and at most 255. A /16 per runner from a /8 gives 255; from a /12,
-    /// 15.
+    /// overlay address). A /16 per runner from a /8 gives 255; from a /12, 15; a /20 from a
+    /// /8, 4,095; a /24 from a /8, 65,535. Runner N's VNI is `vniBase + N`, so the plan must
+    /// leave that within 24 bits.
     ///
     /// # Errors
     ///
     /// [`MembershipError::InvalidPlan`] naming the field, its value and what is valid.
-    pub fn max_runners(&self, vni_base: u32) -> Result<NonZeroU8, MembershipError> {
+    pub fn max_runners(&self, vni_base: u32) -> Result<NonZeroU32, MembershipError> {
         let overlay = self.overlay;
         if overlay.addr() != overlay.network() {
             return Err(AddressPlan::invalid(
@@ -1078,13 +1189,13 @@ impl AddressPlan {
         let subnet_bits = u32::from(prefix - overlay.prefix_len());
         // subnet_bits is 1..=30, so this neither overflows nor is below 1.
         let subnets = 1u64 << subnet_bits;
-        let max = u8::try_from((subnets - 1).min(255)).unwrap_or(u8::MAX);
-        let max = NonZeroU8::new(max).ok_or_else(|| {
+        let max = u32::try_from(subnets - 1).unwrap_or(u32::MAX);
+        let max = NonZeroU32::new(max).ok_or_else(|| {
             AddressPlan::invalid("runnerPrefixLen", prefix, "leaves no runner subnet".into())
         })?;
         // With IPv6 inside, as many runners as both halves hold.
         let max = match &self.ipv6 {
-            Some(ipv6) => NonZeroU8::new(ipv6.max_runners()?.min(max.get())).unwrap_or(max),
+            Some(ipv6) => NonZeroU32::new(ipv6.max_runners()?.min(max.get())).unwrap_or(max),
             None => max,
         };
 
@@ -1121,7 +1232,7 @@ impl AddressPlan {
             ));
         }
         let hub_index = (hub.to_bits() - overlay.network().to_bits()) >> (32 - u32::from(prefix));
-        if (1..=u32::from(max.get())).contains(&hub_index) {
+        if (1..=max.get()).contains(&hub_index) {
             return Err(AddressPlan::invalid(
                 "hubAddress",
                 hub,
@@ -1135,14 +1246,17 @@ impl AddressPlan {
         }
 
         if u64::from(vni_base) + u64::from(max.get()) > u64::from(Vni::MAX.get()) {
-            return Err(AddressPlan::invalid(
-                "vniBase",
-                vni_base,
-                format!(
-                    "vniBase + {max} must fit in 24 bits: at most {}",
-                    Vni::MAX.get() - u32::from(max.get())
+            let reason = match Vni::MAX.get().checked_sub(max.get()) {
+                Some(room) => format!(
+                    "vniBase + {max} (the plan's last runner) must fit in 24 bits: at most {room}"
                 ),
-            ));
+                None => format!(
+                    "the plan has {max} runner subnets, more than the {} VNIs: use a shorter \
+                     runnerPrefixLen or a smaller overlay",
+                    Vni::MAX.get()
+                ),
+            };
+            return Err(AddressPlan::invalid("vniBase", vni_base, reason));
         }
         Ok(max)
     }
@@ -1166,7 +1280,7 @@ impl AddressPlan {
     /// The subnet of runner `id`, the `id`-th `/runnerPrefixLen` of the overlay.
     fn subnet(&self, id: RunnerId) -> Ipv4Net {
         let shift = 32 - u32::from(self.runner_prefix_len);
-        let network = self.overlay.network().to_bits() + (u32::from(id.get()) << shift);
+        let network = self.overlay.network().to_bits() + (id.get() << shift);
         // Called only after max_runners checked runner_prefix_len <= 30: cannot fire.
         Ipv4Net::new_assert(Ipv4Addr::from_bits(network), self.runner_prefix_len)
     }
@@ -1187,7 +1301,7 @@ impl AddressPlan {
         let gateway = Ipv4Addr::from_bits(network + self.gateway_host);
         let hub_address = Ipv4Addr::from_bits(network + self.hub_host);
         // max_runners bounded vni_base + max to 24 bits.
-        let vni = Vni::try_from(vni_base + u32::from(id.get()))
+        let vni = Vni::try_from(vni_base + id.get())
             .map_err(|error| AddressPlan::invalid("vniBase", vni_base, error.to_string()))?;
         Ok(RunnerPlan {
             runner_id: id,
@@ -1218,7 +1332,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn id(value: u8) -> RunnerId {
+    fn id(value: u32) -> RunnerId {
         RunnerId::new(value).expect("non-zero")
     }
 
@@ -1226,8 +1340,8 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(192, 168, 50, last))
     }
 
-    fn capacity(value: u8) -> NonZeroU8 {
-        NonZeroU8::new(value).expect("non-zero")
+    fn capacity(value: u32) -> NonZeroU32 {
+        NonZeroU32::new(value).expect("non-zero")
     }
 
     /// The runner timeout of the takeover tests: the default 20 s.
@@ -1297,7 +1411,7 @@ mod tests {
         for n in 1..=255u8 {
             let name = format!("runner-{n}");
             let registration = pool.register(&name, addr(n), u64::from(n)).expect("valid");
-            assert_eq!(registration.id, id(n));
+            assert_eq!(registration.id, id(u32::from(n)));
         }
         assert!(pool.is_full());
         // runner-1 was seen last at 1 ms, but a heartbeat makes runner-2 the oldest.
@@ -1557,12 +1671,12 @@ mod tests {
         let plan = AddressPlan::default();
         let mut pool = RunnerPool::default();
         let error = pool
-            .admit(&hub, &plan, &request(1400), 0, TIMEOUT)
+            .admit(&hub, &plan, &request(1400), 0, TIMEOUT, IdWidth::Wide)
             .expect_err("mtu differs");
         assert_eq!(error.to_string(), "mtu differs: hub 1450, runner 1400");
         assert!(pool.is_empty(), "nothing registered on error");
         let admission = pool
-            .admit(&hub, &plan, &request(1450), 0, TIMEOUT)
+            .admit(&hub, &plan, &request(1450), 0, TIMEOUT, IdWidth::Wide)
             .expect("valid");
         assert_eq!(admission.registration.id, id(1));
         assert_eq!(admission.plan.vni.get(), 101);
@@ -1578,7 +1692,7 @@ mod tests {
             ..request(1450)
         };
         let error = pool
-            .admit(&hub, &small_plan, &other, 0, TIMEOUT)
+            .admit(&hub, &small_plan, &other, 0, TIMEOUT, IdWidth::Wide)
             .expect_err("pool too big");
         assert!(
             error.to_string().contains("subnets for 15 runners"),
@@ -1606,6 +1720,7 @@ mod tests {
             &request,
             now,
             TIMEOUT,
+            IdWidth::Narrow,
         )
     }
 
@@ -1827,6 +1942,182 @@ mod tests {
         assert!(err.contains("ipv6.hubAddress"), "{err}");
     }
 
+    /// Plans wider than 255 runners: a /20 per runner out of a /8 serves 4,095, a /24 65,535;
+    /// the VNIs must fit; IPv6 inside bounds the count by its /64s.
+    #[test]
+    fn wide_plans() {
+        let plan = AddressPlan {
+            runner_prefix_len: 20,
+            hub_host: 4094,
+            ..AddressPlan::default()
+        };
+        assert_eq!(plan.max_runners(100), Ok(capacity(4095)));
+        let last = plan.runner(id(4095), 100).expect("in plan");
+        assert_eq!(last.subnet.to_string(), "10.255.240.0/20");
+        assert_eq!(last.gateway, Ipv4Addr::new(10, 255, 240, 1));
+        assert_eq!(last.hub_address, Ipv4Addr::new(10, 255, 255, 254));
+        assert_eq!(last.vni.get(), 4195);
+        let r300 = plan.runner(id(300), 100).expect("in plan");
+        assert_eq!(r300.subnet.to_string(), "10.18.192.0/20");
+        assert_eq!(
+            plan.runner(id(4096), 100),
+            Err(MembershipError::RunnerOutsidePlan {
+                id: id(4096),
+                max: 4095
+            })
+        );
+        let per_24 = AddressPlan {
+            runner_prefix_len: 24,
+            ..AddressPlan::default()
+        };
+        assert_eq!(per_24.max_runners(100), Ok(capacity(65_535)));
+        // VNIs are 24 bits: a plan of 4M /30s from a /8 fits only below vniBase 12,582,913.
+        let per_30 = AddressPlan {
+            runner_prefix_len: 30,
+            gateway_host: 1,
+            hub_host: 2,
+            ..AddressPlan::default()
+        };
+        assert_eq!(per_30.max_runners(100), Ok(capacity(4_194_303)));
+        assert_eq!(
+            per_30.validate(12_582_913).map_err(|e| e.to_string()),
+            Err(
+                "address plan: vniBase 12582913: vniBase + 4194303 (the plan's last runner) \
+                 must fit in 24 bits: at most 12582912"
+                    .into()
+            )
+        );
+        let huge = AddressPlan {
+            overlay: "0.0.0.0/1".parse().expect("net"),
+            runner_prefix_len: 30,
+            gateway_host: 1,
+            hub_host: 2,
+            hub_address: Ipv4Addr::new(0, 0, 0, 1),
+            ipv6: None,
+        };
+        let error = huge
+            .validate(1)
+            .expect_err("more runners than VNIs")
+            .to_string();
+        assert!(error.contains("more than the 16777215 VNIs"), "{error}");
+        // IPv6 inside: a /48 has 65,535 runner /64s, a /52 4,095.
+        let six = |overlay: &str| AddressPlan {
+            ipv6: Some(AddressPlan6 {
+                overlay: overlay.parse().expect("net"),
+                hub_address: None,
+            }),
+            ..per_24
+        };
+        assert_eq!(six("fd00:10::/48").max_runners(100), Ok(capacity(65_535)));
+        assert_eq!(six("fd00:10::/52").max_runners(100), Ok(capacity(4095)));
+        let r4000 = six("fd00:10::/48").runner(id(4000), 100).expect("in plan");
+        assert_eq!(
+            r4000.ipv6.expect("IPv6 half").subnet.to_string(),
+            "fd00:10:0:fa0::/64"
+        );
+    }
+
+    /// Runners that read their ID as a byte (no features header) get IDs up to 255 only,
+    /// whatever the pool's capacity; wider runners get the rest.
+    #[test]
+    fn narrow_runners_get_ids_up_to_255() {
+        assert_eq!(IdWidth::from_features(None), IdWidth::Narrow);
+        assert_eq!(IdWidth::from_features(Some("other")), IdWidth::Narrow);
+        assert_eq!(
+            IdWidth::from_features(Some("other, Runner-ID-u32")),
+            IdWidth::Wide
+        );
+        let mut pool = RunnerPool::new(capacity(300));
+        for n in 1..=254u32 {
+            let registration = pool
+                .register_as(&format!("r{n}"), addr(1), u64::from(n), IdWidth::Wide)
+                .expect("free");
+            assert_eq!(registration.id, id(n));
+        }
+        let narrow = pool
+            .register_as("old-1", addr(2), 1_000, IdWidth::Narrow)
+            .expect("255 is free");
+        assert_eq!(narrow.id, id(255));
+        // 1..=255 held and the pool not full: a narrow runner is refused, the pool unchanged.
+        let before = pool.clone();
+        let error = pool
+            .register_as("old-2", addr(3), 1_001, IdWidth::Narrow)
+            .expect_err("no narrow ID");
+        assert_eq!(
+            error,
+            MembershipError::NarrowIdUnavailable {
+                name: "old-2".into(),
+                id: id(256)
+            }
+        );
+        assert!(error.to_string().contains("upgrade vswitchd"), "{error}");
+        assert_eq!(pool, before);
+        // A wide one gets 256.
+        let wide = pool
+            .register_as("new-1", addr(4), 1_002, IdWidth::Wide)
+            .expect("free");
+        assert_eq!(wide.id, id(256));
+        // A name holding an ID above 255 cannot come back narrow (a downgraded runner).
+        let error = pool
+            .register_as("new-1", addr(4), 1_003, IdWidth::Narrow)
+            .expect_err("holds 256");
+        assert_eq!(
+            error,
+            MembershipError::NarrowIdUnavailable {
+                name: "new-1".into(),
+                id: id(256)
+            }
+        );
+        // A full pool reclaims, for a narrow runner, the least recently seen of IDs 1..=255.
+        for n in 257..=300u32 {
+            pool.register_as(&format!("w{n}"), addr(5), 10, IdWidth::Wide)
+                .expect("free");
+        }
+        assert!(pool.is_full());
+        let reclaimed = pool
+            .register_as("old-3", addr(6), 2_000, IdWidth::Narrow)
+            .expect("reclaims");
+        assert_eq!(reclaimed.id, id(1), "r1 was seen at 1 ms; w257.. at 10 ms");
+        assert!(pool.get("r1").is_none());
+        let wide_reclaim = pool
+            .register_as("new-2", addr(7), 2_001, IdWidth::Wide)
+            .expect("reclaims");
+        assert_eq!(
+            wide_reclaim.id,
+            id(2),
+            "r2, seen at 2 ms, is the oldest of all"
+        );
+    }
+
+    /// A pool of 4,095 runners: IDs in order, a freed one is given again, and it persists.
+    #[test]
+    fn a_pool_of_4095() {
+        let mut pool = RunnerPool::new(capacity(4095));
+        for n in 1..=4095u32 {
+            let registration = pool
+                .register(&format!("runner-{n}"), addr(9), u64::from(n))
+                .expect("free");
+            assert_eq!(registration.id, id(n));
+        }
+        assert!(pool.is_full());
+        assert!(pool.remove("runner-3000").is_some());
+        let again = pool.register("late", addr(9), 5_000).expect("free");
+        assert_eq!(again.id, id(3000));
+        let text = serde_json::to_string(&pool).expect("serialise");
+        let restored: RunnerPool = serde_json::from_str(&text).expect("restore");
+        assert_eq!(restored.capacity(), capacity(4095));
+        assert_eq!(restored.get("late").map(|r| r.id), Some(id(3000)));
+        assert_eq!(restored.len(), 4095);
+        assert_eq!(
+            pool.set_capacity(capacity(255)),
+            Err(MembershipError::CapacityBelowAssigned {
+                capacity: 255,
+                id: id(4095),
+                name: "runner-4095".into()
+            })
+        );
+    }
+
     #[test]
     fn custom_plan() {
         // 172.16.0.0/12 with a /20 per runner: 255 runners (of 255 possible subnets).
@@ -1941,7 +2232,7 @@ mod tests {
             (
                 base,
                 16_777_000,
-                "address plan: vniBase 16777000: vniBase + 255 must fit in 24 bits: at most 16776960",
+                "address plan: vniBase 16777000: vniBase + 255 (the plan's last runner) must fit in 24 bits: at most 16776960",
             ),
         ];
         for (plan, vni_base, expected) in cases {
@@ -1959,7 +2250,13 @@ mod tests {
     fn runner_id_bounds() {
         assert_eq!(RunnerId::new(0), None);
         assert_eq!(RunnerId::MIN.get(), 1);
-        assert_eq!(RunnerId::MAX.get(), 255);
+        assert_eq!(RunnerId::NARROW_MAX.get(), 255);
+        assert_eq!(RunnerId::new(70_000).map(RunnerId::get), Some(70_000));
+        assert_eq!(serde_json::to_string(&id(4095)).unwrap(), "4095");
+        assert_eq!(
+            serde_json::from_str::<RunnerId>("4095").ok(),
+            Some(id(4095))
+        );
         assert_eq!(
             RunnerId::try_from(0),
             Err(MembershipError::InvalidRunnerId { id: 0 })
@@ -1991,13 +2288,13 @@ mod tests {
 
     /// Runs `ops` against a pool and a simple model of it: name -> (ID, last seen). With
     /// `prefill`, names 0..cap first register one millisecond apart, so the pool starts full.
-    fn check_against_model(cap: u8, prefill: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    fn check_against_model(cap: u32, prefill: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         let mut pool = RunnerPool::new(capacity(cap));
         let mut model: HashMap<String, (RunnerId, u64)> = HashMap::new();
         let mut now = 1_000u64;
         let name = |index: usize| format!("runner-{index}");
         let prefill_ops: Vec<Op> = if prefill {
-            (0..usize::from(cap))
+            (0..cap as usize)
                 .flat_map(|index| [Op::Register(index), Op::Advance(1)])
                 .collect()
         } else {
@@ -2015,7 +2312,7 @@ mod tests {
                             RegistrationOutcome::Reconnected { .. }
                         );
                         prop_assert!(reconnected);
-                    } else if model.len() < usize::from(cap) {
+                    } else if model.len() < cap as usize {
                         let lowest = (1..=cap)
                             .filter_map(RunnerId::new)
                             .find(|id| model.values().all(|(held, _)| held != id))
@@ -2073,7 +2370,7 @@ mod tests {
             }
             // Invariants: the pool and the model agree; IDs are unique and in range.
             prop_assert_eq!(pool.len(), model.len());
-            prop_assert!(pool.len() <= usize::from(cap));
+            prop_assert!(pool.len() <= cap as usize);
             let mut seen_ids = std::collections::HashSet::new();
             for runner in pool.runners() {
                 prop_assert!(runner.id.get() <= cap);
@@ -2088,7 +2385,7 @@ mod tests {
     proptest! {
         #[test]
         fn ids_stay_unique_and_stable(
-            cap in 1u8..=6,
+            cap in 1u32..=6,
             prefill in any::<bool>(),
             ops in proptest::collection::vec(op(10), 1..120),
         ) {

@@ -178,6 +178,10 @@ impl HubClient {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
+            .header(
+                vxlan::membership::FEATURES_HEADER,
+                vxlan::membership::FEATURE_WIDE_IDS,
+            )
             .body(Full::new(Bytes::from(body)))
             .map_err(|error| {
                 // Never quote the header values: one of them is the token.

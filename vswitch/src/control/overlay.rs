@@ -55,7 +55,7 @@ pub const HOST_IFNAME: &str = "vsoverlay0";
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 
 /// The hub's generated Subnet for runner `id`.
-pub fn runner_subnet_name(id: u8) -> String {
+pub fn runner_subnet_name(id: u32) -> String {
     format!("overlay-r{id}")
 }
 
@@ -390,7 +390,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             continue;
         };
         resources.push(subnet(
-            &runner_subnet_name(u8::from(runner.id)),
+            &runner_subnet_name(runner.id.get()),
             &owner,
             runner_plan.subnet,
             runner_plan.hub_address,
@@ -545,7 +545,7 @@ pub enum RunnerTls {
 #[serde(rename_all = "camelCase")]
 pub struct HubRunner {
     /// Its runner ID.
-    pub id: u8,
+    pub id: u32,
     /// Its name.
     pub name: String,
     /// Its VTEP address.
@@ -572,7 +572,7 @@ pub struct RunnerView {
     /// This node's VTEP address.
     pub local_address: IpAddr,
     /// The runner ID the hub gave (`None` until it registered).
-    pub id: Option<u8>,
+    pub id: Option<u32>,
     /// Its VNI.
     pub vni: Option<u32>,
     /// Its subnet.
