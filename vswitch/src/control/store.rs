@@ -236,15 +236,29 @@ impl Store {
     /// Replaces `path` with `text`: written to `PATH.tmp`, fsynced, renamed over `path`, the
     /// directory fsynced.
     fn write_atomic(&self, path: &Path, text: &[u8]) -> Result<(), StoreError> {
+        self.write_atomic_with(path, |file| file.write_all(text))
+    }
+
+    /// Writes `path`'s next version with `write` into `PATH.tmp` (buffered), syncs it and
+    /// renames it over `path`.
+    fn write_atomic_with(
+        &self,
+        path: &Path,
+        write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
+    ) -> Result<(), StoreError> {
         let tmp = tmp_of(path);
         let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .write(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            file.write_all(text)?;
+            let mut buffered = io::BufWriter::with_capacity(1 << 16, file);
+            write(&mut buffered)?;
+            let file = buffered
+                .into_inner()
+                .map_err(io::IntoInnerError::into_error)?;
             file.sync_all()
         };
         if let Err(source) = write() {
@@ -340,13 +354,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Io`]; the previous file is then still in place.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let mut text = serde_json::to_vec_pretty(state).map_err(|err| StoreError::Io {
-            what: "cannot encode",
-            path: self.path.clone(),
-            source: io::Error::other(err),
-        })?;
-        text.push(b'\n');
-        self.write_atomic(&self.path, &text)
+        // Streamed into the file: a whole-state buffer (megabytes with thousands of
+        // resources) is what the allocator then keeps.
+        self.write_atomic_with(&self.path, |file| {
+            serde_json::to_writer_pretty(&mut *file, state).map_err(io::Error::other)?;
+            file.write_all(b"\n")
+        })
     }
 }
 

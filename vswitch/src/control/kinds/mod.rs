@@ -46,8 +46,8 @@ mod prelude {
 
     pub(crate) use super::network_interface::InterfaceState;
     pub(crate) use super::{
-        Batch, CheckContext, Completion, DescribeTable, Errors, KindInfo, Listing, ResourceKind,
-        RouteDestinations, State, StatusView, cell, cells, json_text, labels_cell, recreate_hint,
+        Batch, CheckContext, CheckMemo, Completion, DescribeTable, Errors, KindInfo, Listing,
+        ResourceKind, State, StatusView, cell, cells, json_text, labels_cell, recreate_hint,
     };
     pub(crate) use crate::control::ApiError;
     pub(crate) use crate::control::resource::*;
@@ -199,6 +199,29 @@ pub struct CheckContext<'a> {
 pub struct CheckMemo<'a> {
     /// The names of the Routes of each (Network, destination), in name order.
     pub route_destinations: std::cell::OnceCell<RouteDestinations<'a>>,
+    /// The Subnets by prefix, VNI and VLAN.
+    pub subnets: std::cell::OnceCell<subnet::SubnetIndex<'a>>,
+}
+
+impl<'a> CheckMemo<'a> {
+    /// The Subnets of `next` by prefix, VNI and VLAN (built at the first call).
+    pub fn subnets(&self, next: &'a State) -> &subnet::SubnetIndex<'a> {
+        self.subnets.get_or_init(|| subnet::SubnetIndex::of(next))
+    }
+
+    /// The Routes of `next` by (Network, destination) (built at the first call).
+    pub fn route_destinations(&self, next: &'a State) -> &RouteDestinations<'a> {
+        self.route_destinations.get_or_init(|| {
+            let mut index = RouteDestinations::new();
+            for route in next.routes.values() {
+                index
+                    .entry((route.spec.network.as_str(), route.spec.destination))
+                    .or_default()
+                    .push(route.metadata.name.as_str());
+            }
+            index
+        })
+    }
 }
 
 /// Route names by (Network, destination).

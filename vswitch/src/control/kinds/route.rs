@@ -240,16 +240,7 @@ fn check_route(cx: &CheckContext<'_>, route: &Route) -> Result<(), ApiError> {
             ),
         ));
     }
-    let by_destination = cx.memo.route_destinations.get_or_init(|| {
-        let mut index = RouteDestinations::new();
-        for other in next.routes.values() {
-            index
-                .entry((other.spec.network.as_str(), other.spec.destination))
-                .or_default()
-                .push(other.metadata.name.as_str());
-        }
-        index
-    });
+    let by_destination = cx.memo.route_destinations(next);
     let twin = by_destination
         .get(&(network.as_str(), destination))
         .and_then(|names| names.iter().find(|name| **name != route.metadata.name));

@@ -4,6 +4,107 @@
 use super::prelude::*;
 use crate::control::overlay::MAX_VNI;
 
+/// The Subnets of a state by prefix (per Network and family), VNI and VLAN: what the checks
+/// that look for another Subnet holding the same thing ask, answered without scanning every
+/// Subnet for each (a hub with thousands of runners plans thousands of Subnets at once).
+#[derive(Debug, Default)]
+pub struct SubnetIndex<'a> {
+    /// (Network, IPv6?) -> (network address, prefix length) -> Subnet names, in name order.
+    prefixes: std::collections::HashMap<(&'a str, bool), Prefixes<'a>>,
+    vnis: std::collections::HashMap<u32, Vec<&'a str>>,
+    vlans: std::collections::HashMap<u16, Vec<&'a str>>,
+}
+
+/// Subnet names by (network address as a number, prefix length).
+type Prefixes<'a> = BTreeMap<(u128, u8), Vec<&'a str>>;
+
+impl<'a> SubnetIndex<'a> {
+    /// The index of `state`'s Subnets.
+    pub fn of(state: &'a State) -> SubnetIndex<'a> {
+        let mut index = SubnetIndex::default();
+        for (name, subnet) in &state.subnets {
+            let network = subnet.spec.network.as_str();
+            let cidrs = std::iter::once(IpNet::V4(subnet.spec.cidr))
+                .chain(subnet.spec.ipv6.as_ref().map(|v6| IpNet::V6(v6.cidr)));
+            for cidr in cidrs {
+                index
+                    .prefixes
+                    .entry((network, cidr.addr().is_ipv6()))
+                    .or_default()
+                    .entry(prefix_key(cidr))
+                    .or_default()
+                    .push(name.as_str());
+            }
+            if let Some(vni) = subnet.spec.vni {
+                index.vnis.entry(vni).or_default().push(name.as_str());
+            }
+            if let Some(vlan) = subnet.spec.vlan {
+                index.vlans.entry(vlan).or_default().push(name.as_str());
+            }
+        }
+        index
+    }
+
+    /// The Subnets of `network` other than `except` whose prefix of `cidr`'s family overlaps
+    /// `cidr`, in name order.
+    pub fn overlapping(&self, network: &str, cidr: IpNet, except: &str) -> Vec<&'a str> {
+        let Some(prefixes) = self.prefixes.get(&(network, cidr.addr().is_ipv6())) else {
+            return Vec::new();
+        };
+        let (start, len) = prefix_key(cidr);
+        let width: u8 = if cidr.addr().is_ipv6() { 128 } else { 32 };
+        let host_bits = u32::from(width - cidr.prefix_len());
+        let end = start | low_bits(host_bits);
+        let mut names: Vec<&'a str> = Vec::new();
+        // The prefixes that hold `cidr` (its own length included) ...
+        for shorter in 0..=cidr.prefix_len() {
+            let mask = !low_bits(u32::from(width - shorter));
+            if let Some(held) = prefixes.get(&(start & mask, shorter)) {
+                names.extend(held);
+            }
+        }
+        // ... and those inside it (a network address inside `cidr`).
+        for ((_, other_len), held) in prefixes.range((start, 0)..=(end, width)) {
+            if *other_len > len {
+                names.extend(held);
+            }
+        }
+        names.retain(|name| *name != except);
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The first Subnet by name other than `except` with VNI `vni`.
+    pub fn with_vni(&self, vni: u32, except: &str) -> Option<&'a str> {
+        first_other(self.vnis.get(&vni), except)
+    }
+
+    /// The first Subnet by name other than `except` on VLAN `vlan`.
+    pub fn with_vlan(&self, vlan: u16, except: &str) -> Option<&'a str> {
+        first_other(self.vlans.get(&vlan), except)
+    }
+}
+
+fn first_other<'a>(names: Option<&Vec<&'a str>>, except: &str) -> Option<&'a str> {
+    names?.iter().copied().find(|name| *name != except)
+}
+
+/// The `bits` low bits set (`bits` up to 128).
+fn low_bits(bits: u32) -> u128 {
+    u128::MAX.checked_shr(128 - bits).unwrap_or(0)
+}
+
+/// A prefix as the index keys it: its network address as a number (IPv4 in the low 32
+/// bits) and its length.
+fn prefix_key(cidr: IpNet) -> (u128, u8) {
+    let network = match cidr.network() {
+        IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
+    };
+    (network, cidr.prefix_len())
+}
+
 /// Spec of a Subnet: an L2 segment with its addressing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -338,27 +439,22 @@ spec:
         if let Some(old) = old {
             errors.check(check_immutables(cx.origin, old, self));
         }
-        errors.check(check_subnet(cx.origin, old, cx.next, self));
+        let index = cx.memo.subnets(cx.next);
+        errors.check(check_subnet(cx.origin, old, cx.next, index, self));
         // Always: an existing Subnet may take an IPv6 prefix (its IPv4 cidr is immutable and
         // was checked when it was created, and the Uplink's own check keeps them apart).
         errors.check(check_against_uplink(cx.origin, cx.next, self));
         if old.is_none() {
-            errors.check(check_new_neighbours(cx.origin, cx.next, self));
+            errors.check(check_new_neighbours(cx.origin, cx.next, cx.memo, self));
             errors.check(super::network::check_routed_subnet(
                 cx.origin, cx.next, self,
             ));
         }
-        errors.check(check_vni(cx.origin, cx.next, &self.metadata.name, self));
-        errors.check(check_vlan(
-            cx.origin,
-            cx.current,
-            cx.next,
-            &self.metadata.name,
-            self,
-        ));
+        errors.check(check_vni(cx.origin, cx.next, index, self));
+        errors.check(check_vlan(cx.origin, cx.current, cx.next, index, self));
         check_dns(cx.origin, &self.spec, errors);
         check_dhcp(cx.origin, &self.spec, errors);
-        check_ipv6(cx.origin, old, cx.next, self, errors);
+        check_ipv6(cx.origin, old, cx.next, cx.memo, self, errors);
         let served = |s: &Subnet| s.spec.dhcp.as_ref().is_some_and(|d| d.enabled);
         // Turning DHCP off under interfaces that use it (new ones are refused on their own).
         if old.is_some_and(served) && !served(self) {
@@ -470,10 +566,11 @@ spec:
 /// `spec.ipv6`: the gateway, range and reserved addresses inside the prefix (never its
 /// Subnet-Router anycast address), SLAAC only on a /64, no overlap with another Subnet of
 /// the Network, and the prefix and gateway fixed once interfaces hold addresses from them.
-fn check_ipv6(
+fn check_ipv6<'a>(
     origin: &Origin,
     old: Option<&Subnet>,
-    next: &State,
+    next: &'a State,
+    memo: &CheckMemo<'a>,
     subnet: &Subnet,
     errors: &mut Errors,
 ) {
@@ -600,27 +697,26 @@ fn check_ipv6(
             format!("SLAAC needs a /64 prefix (RFC 4862 with Ethernet's 64-bit interface identifiers); {cidr} is not"),
         ));
     }
-    for other in next.subnets.values() {
+    let overlapping = memo
+        .subnets(next)
+        .overlapping(&subnet.spec.network, IpNet::V6(cidr), name);
+    for other in overlapping.iter().filter_map(|o| next.subnets.get(*o)) {
         let Some(other_v6) = &other.spec.ipv6 else {
             continue;
         };
-        if other.metadata.name != *name
-            && other.spec.network == subnet.spec.network
-            && (cidr.contains(&other_v6.cidr.network()) || other_v6.cidr.contains(&cidr.network()))
-        {
-            errors.push(origin.invalid(
-                "spec.ipv6.cidr",
-                format!(
-                    "{cidr} overlaps Subnet {:?} ({}) of Network {:?}; the Subnets of one Network must not overlap",
-                    other.metadata.name, other_v6.cidr, subnet.spec.network
-                ),
-            ));
-        }
+        errors.push(origin.invalid(
+            "spec.ipv6.cidr",
+            format!(
+                "{cidr} overlaps Subnet {:?} ({}) of Network {:?}; the Subnets of one Network must not overlap",
+                other.metadata.name, other_v6.cidr, subnet.spec.network
+            ),
+        ));
     }
-    let route = next
-        .routes
-        .values()
-        .find(|r| r.spec.network == subnet.spec.network && r.spec.destination == IpNet::V6(cidr));
+    let route = memo
+        .route_destinations(next)
+        .get(&(subnet.spec.network.as_str(), IpNet::V6(cidr)))
+        .and_then(|names| names.first())
+        .and_then(|name| next.routes.get(*name));
     if let Some(route) = route {
         errors.push(origin.invalid(
             "spec.ipv6.cidr",
@@ -805,6 +901,7 @@ fn check_subnet(
     origin: &Origin,
     old: Option<&Subnet>,
     next: &State,
+    index: &SubnetIndex<'_>,
     subnet: &Subnet,
 ) -> Result<(), ApiError> {
     let spec = &subnet.spec;
@@ -901,20 +998,15 @@ fn check_subnet(
             ));
         }
     }
-    for other in next.subnets.values() {
-        let other_cidr = other.spec.cidr;
-        if other.metadata.name != *name
-            && other.spec.network == spec.network
-            && (cidr.contains(&other_cidr.network()) || other_cidr.contains(&cidr.network()))
-        {
-            return Err(origin.invalid(
-                "spec.cidr",
-                format!(
-                    "{cidr} overlaps Subnet {:?} ({other_cidr}) of Network {:?}; the Subnets of one Network must not overlap",
-                    other.metadata.name, spec.network
-                ),
-            ));
-        }
+    let overlapping = index.overlapping(&spec.network, IpNet::V4(cidr), name);
+    if let Some(other) = overlapping.first().and_then(|o| next.subnets.get(*o)) {
+        return Err(origin.invalid(
+            "spec.cidr",
+            format!(
+                "{cidr} overlaps Subnet {:?} ({}) of Network {:?}; the Subnets of one Network must not overlap",
+                other.metadata.name, other.spec.cidr, spec.network
+            ),
+        ));
     }
     // The MTU of interfaces that inherit it is fixed while they exist.
     if let Some(old) = old.map(|o| o.spec.mtu) {
@@ -940,7 +1032,12 @@ fn check_subnet(
 /// A new Subnet must not overlap a Subnet of a Network its own is `Ready`-peered with, and
 /// must not take the destination of a Route of its Network (its connected route would hide
 /// the Route).
-fn check_new_neighbours(origin: &Origin, next: &State, subnet: &Subnet) -> Result<(), ApiError> {
+fn check_new_neighbours<'a>(
+    origin: &Origin,
+    next: &'a State,
+    memo: &CheckMemo<'a>,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
     let network = &subnet.spec.network;
     let cidr = subnet.spec.cidr;
     for peer in routing::ready_peers(next, network) {
@@ -957,10 +1054,11 @@ fn check_new_neighbours(origin: &Origin, next: &State, subnet: &Subnet) -> Resul
             ));
         }
     }
-    let route = next
-        .routes
-        .values()
-        .find(|r| r.spec.network == *network && r.spec.destination == IpNet::V4(cidr));
+    let route = memo
+        .route_destinations(next)
+        .get(&(network.as_str(), IpNet::V4(cidr)))
+        .and_then(|names| names.first())
+        .and_then(|name| next.routes.get(*name));
     if let Some(route) = route {
         return Err(origin.invalid(
             "spec.cidr",
@@ -1026,9 +1124,10 @@ fn check_vlan(
     origin: &Origin,
     current: &State,
     next: &State,
-    name: &str,
+    index: &SubnetIndex<'_>,
     subnet: &Subnet,
 ) -> Result<(), ApiError> {
+    let name = subnet.metadata.name.as_str();
     // The Subnet keeps the VLAN its interfaces use: its access ports', trunks' of it.
     let old = current
         .subnets
@@ -1067,11 +1166,7 @@ fn check_vlan(
             ),
         ));
     }
-    if let Some((other, _)) = next
-        .subnets
-        .iter()
-        .find(|(other, s)| other.as_str() != name && s.spec.vlan == Some(vlan))
-    {
+    if let Some(other) = index.with_vlan(vlan, name) {
         return Err(origin.conflict(
             "spec.vlan",
             format!(
@@ -1087,7 +1182,13 @@ fn check_vlan(
 ///
 /// # Errors
 /// [`ApiError`] naming the field.
-fn check_vni(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Result<(), ApiError> {
+fn check_vni(
+    origin: &Origin,
+    next: &State,
+    index: &SubnetIndex<'_>,
+    subnet: &Subnet,
+) -> Result<(), ApiError> {
+    let name = subnet.metadata.name.as_str();
     let Some(vni) = subnet.spec.vni else {
         if !subnet.spec.remote_vteps.is_empty() {
             return Err(origin.invalid(
@@ -1103,11 +1204,7 @@ fn check_vni(origin: &Origin, next: &State, name: &str, subnet: &Subnet) -> Resu
             format!("{vni} is out of range: a VNI is 1..={MAX_VNI}"),
         ));
     }
-    if let Some((other, _)) = next
-        .subnets
-        .iter()
-        .find(|(other, s)| other.as_str() != name && s.spec.vni == Some(vni))
-    {
+    if let Some(other) = index.with_vni(vni, name) {
         return Err(origin.conflict(
             "spec.vni",
             format!(
@@ -1133,6 +1230,87 @@ mod tests {
         BASE, apply, base, blue_and_red, doc, nat_base, network, nic, refusal, refused, route,
         subnet, try_plan,
     };
+
+    /// The index answers what a scan of every Subnet answers: overlaps both ways (holding,
+    /// held, equal), per Network and family, never the Subnet itself; VNIs and VLANs.
+    #[test]
+    fn the_subnet_index_agrees_with_a_scan() {
+        let mut state = State::default();
+        let cidrs = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.0/24",
+            "10.2.0.0/16",
+            "10.255.255.252/30",
+            "192.168.0.0/24",
+            "0.0.0.0/1",
+            "172.16.0.0/12",
+        ];
+        for (i, cidr) in cidrs.iter().enumerate() {
+            let network = if i % 4 == 3 { "red" } else { "blue" };
+            let cidr: Ipv4Net = cidr.parse().unwrap();
+            let gateway = Ipv4Addr::from_bits(cidr.network().to_bits() + 1);
+            let six = if i % 2 == 0 {
+                format!(r#","ipv6":{{"cidr":"fd00:{i}::/{}"}}"#, 32 + i * 4)
+            } else {
+                String::new()
+            };
+            let subnet: Subnet = serde_json::from_str(&format!(
+                r#"{{"apiVersion":"vswitch/v1alpha1","kind":"Subnet","metadata":{{"name":"s{i}"}},"spec":{{"network":"{network}","cidr":"{cidr}","gateway":"{gateway}","vni":{},"vlan":{}{six}}}}}"#,
+                100 + i % 3,
+                10 + i % 2
+            ))
+            .unwrap();
+            state.subnets.insert(format!("s{i}"), subnet);
+        }
+        let index = SubnetIndex::of(&state);
+        let probes: Vec<IpNet> = [
+            "10.0.0.0/8",
+            "10.1.2.128/25",
+            "10.3.0.0/16",
+            "0.0.0.0/0",
+            "11.0.0.0/8",
+            "10.255.255.254/32",
+            "fd00::/16",
+            "fd00:2::/48",
+            "fd00:7::/64",
+        ]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+        let overlaps = |a: IpNet, b: IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        for network in ["blue", "red", "green"] {
+            for probe in &probes {
+                for except in ["s0", "s2", "none"] {
+                    let scanned: Vec<&str> = state
+                        .subnets
+                        .values()
+                        .filter(|s| s.spec.network == network && s.metadata.name != except)
+                        .filter(|s| match probe {
+                            IpNet::V4(_) => overlaps(IpNet::V4(s.spec.cidr), *probe),
+                            IpNet::V6(_) => s
+                                .spec
+                                .ipv6
+                                .as_ref()
+                                .is_some_and(|v6| overlaps(IpNet::V6(v6.cidr), *probe)),
+                        })
+                        .map(|s| s.metadata.name.as_str())
+                        .collect();
+                    assert_eq!(
+                        index.overlapping(network, *probe, except),
+                        scanned,
+                        "{network} {probe} except {except}"
+                    );
+                }
+            }
+        }
+        assert_eq!(index.with_vni(100, "s0"), Some("s3"));
+        assert_eq!(index.with_vni(101, "none"), Some("s1"));
+        assert_eq!(index.with_vni(105, "none"), None);
+        assert_eq!(index.with_vlan(11, "s1"), Some("s3"));
+        assert_eq!(index.with_vlan(12, "s1"), None);
+    }
 
     /// `BASE`'s Network with Subnet `web` carrying `extra` in its spec (flow style).
     fn web_with(extra: &str) -> String {
@@ -1438,19 +1616,21 @@ mod tests {
         )
         .unwrap();
         let origin = Origin::resource(Kind::Subnet, "b");
-        check_vni(&origin, &state, "a", &doc).expect("valid");
+        check_vni(&origin, &state, &SubnetIndex::of(&state), &doc).expect("valid");
         state.subnets.insert("a".into(), doc.clone());
-        let err = check_vni(&origin, &state, "b", &doc)
+        let mut b = doc.clone();
+        b.metadata.name = "b".into();
+        let err = check_vni(&origin, &state, &SubnetIndex::of(&state), &b)
             .unwrap_err()
             .to_string();
         assert!(err.contains("VNI 42 is already Subnet \"a\""), "{err}");
         let mut zero = doc.clone();
         zero.spec.vni = Some(0);
-        assert!(check_vni(&origin, &state, "a", &zero).is_err());
+        assert!(check_vni(&origin, &state, &SubnetIndex::of(&state), &zero).is_err());
         let mut orphan = doc.clone();
         orphan.spec.vni = None;
         orphan.spec.remote_vteps = vec![Ipv4Addr::new(192, 168, 1, 1).into()];
-        assert!(check_vni(&origin, &state, "a", &orphan).is_err());
+        assert!(check_vni(&origin, &state, &SubnetIndex::of(&state), &orphan).is_err());
         // Remote VTEPs are of the underlay's family (the Overlay's localAddress).
         let mut overlay = crate::control::testing::overlay_of(OverlayRole::Mesh);
         overlay.spec.local_address = "fd00:50::1".parse().unwrap();
@@ -1460,7 +1640,7 @@ mod tests {
             "fd00:50::2".parse().unwrap(),
             Ipv4Addr::new(192, 168, 1, 1).into(),
         ];
-        let err = check_vni(&origin, &state, "a", &stretched)
+        let err = check_vni(&origin, &state, &SubnetIndex::of(&state), &stretched)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1468,6 +1648,7 @@ mod tests {
             "{err}"
         );
         stretched.spec.remote_vteps.pop();
-        check_vni(&origin, &state, "a", &stretched).expect("an IPv6 remote VTEP");
+        check_vni(&origin, &state, &SubnetIndex::of(&state), &stretched)
+            .expect("an IPv6 remote VTEP");
     }
 }
