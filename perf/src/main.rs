@@ -9,13 +9,17 @@
 //! with `--report` report.html: charts and tables, see `html`). `perf report DIR...` draws that
 //! page again from results already written, without measuring (and without root).
 //!
+//! `perf overlay-scale` measures one overlay hub with N simulated runners (see
+//! `overlay_scale`); it has no kernel counterpart.
+//!
 //! The hidden subcommands (`udp-send`, `udp-recv`, `ping`, `pong`, `conn-rate`, `conn-serve`,
-//! `sysctl`) are this same
+//! `sysctl`, `overlay-sim`) are this same
 //! binary re-executed inside a namespace with `ip netns exec`.
 
 #![deny(unsafe_code)]
 
 mod html;
+mod overlay_scale;
 mod report;
 mod scenarios;
 mod tools;
@@ -171,6 +175,33 @@ enum Command {
     /// Draw report.html (SVG charts and tables) from results already written, without
     /// measuring: `perf report perf/results/<dir>`.
     Report(ReportArgs),
+    /// One overlay hub with N simulated runners (no containers): registrations per second,
+    /// the hub's CPU and memory per runner, heartbeats in steady state, and the time until
+    /// every runner is served again after `kill -9` of the hub. Needs root and `ip`.
+    #[command(name = "overlay-scale")]
+    OverlayScale(OverlayScaleArgs),
+    /// Simulated runners against a hub (run by overlay-scale in its namespace).
+    #[command(name = "overlay-sim", hide = true)]
+    OverlaySim {
+        #[arg(long)]
+        hub: std::net::IpAddr,
+        #[arg(long, default_value_t = 4799)]
+        port: u16,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        fingerprint: Option<String>,
+        #[arg(long)]
+        first: std::net::Ipv4Addr,
+        #[arg(long)]
+        runners: u32,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long)]
+        heartbeat_seconds: u64,
+        #[arg(long)]
+        steady_seconds: u64,
+    },
     /// UDP packet-rate sender.
     #[command(name = "udp-send", hide = true)]
     UdpSend {
@@ -277,6 +308,63 @@ fn main() -> ExitCode {
     }
 }
 
+/// `perf overlay-scale`.
+#[derive(Debug, Args)]
+struct OverlayScaleArgs {
+    /// Fleet sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,4000")]
+    runners: Vec<u32>,
+    /// First registrations in flight at once (a fleet coming up together).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The runners' heartbeat interval (the Overlay's default is 5 s).
+    #[arg(long, default_value_t = 5)]
+    heartbeat_seconds: u64,
+    /// How long to measure the steady state.
+    #[arg(long, default_value_t = 20)]
+    steady_seconds: u64,
+    /// Plain HTTP instead of TLS (TLS, with the hub's generated certificate pinned, is what
+    /// runners use by default).
+    #[arg(long)]
+    plain: bool,
+    /// The hub's `--workers`.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Write overlay-scale.json, overlay-scale.md and README.SETUP here.
+    #[arg(long, value_name = "DIR")]
+    results_dir: Option<PathBuf>,
+    /// vswitchd to run [default: next to perf, else in PATH].
+    #[arg(long, value_name = "PATH")]
+    vswitchd: Option<PathBuf>,
+    /// vswitchctl to use [default: next to perf, else in PATH].
+    #[arg(long, value_name = "PATH")]
+    vswitchctl: Option<PathBuf>,
+}
+
+/// `perf overlay-scale`.
+fn overlay_scale(args: &OverlayScaleArgs) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("perf overlay-scale needs root: it creates network namespaces");
+    }
+    cmd::install_interrupt_handler()?;
+    let binaries = Binaries {
+        vswitchd: tools::vswitchd::locate("vswitchd", args.vswitchd.as_deref())?,
+        vswitchctl: tools::vswitchd::locate("vswitchctl", args.vswitchctl.as_deref())?,
+    };
+    overlay_scale::run(
+        &binaries,
+        &overlay_scale::ScaleOptions {
+            runners: args.runners.clone(),
+            concurrency: args.concurrency,
+            heartbeat_seconds: args.heartbeat_seconds,
+            steady_seconds: args.steady_seconds,
+            plain: args.plain,
+            workers: args.workers,
+            results_dir: args.results_dir.clone(),
+        },
+    )
+}
+
 /// `perf report`: one page per results directory or JSON file.
 fn report_from(args: &ReportArgs) -> Result<()> {
     if args.out_dir.is_some() && args.results.len() > 1 {
@@ -305,6 +393,29 @@ fn report_from(args: &ReportArgs) -> Result<()> {
 fn run_command(command: Command) -> Result<()> {
     match command {
         Command::Report(args) => report_from(&args),
+        Command::OverlayScale(args) => overlay_scale(&args),
+        Command::OverlaySim {
+            hub,
+            port,
+            token,
+            fingerprint,
+            first,
+            runners,
+            concurrency,
+            heartbeat_seconds,
+            steady_seconds,
+        } => tools::overlay_sim::main(tools::overlay_sim::SimOptions {
+            hub,
+            port,
+            token,
+            fingerprint,
+            first,
+            runners,
+            concurrency,
+            heartbeat: Duration::from_secs(heartbeat_seconds),
+            steady: Duration::from_secs(steady_seconds),
+            recover_limit: Duration::from_secs(300),
+        }),
         Command::UdpSend {
             dst,
             seconds,

@@ -19,6 +19,7 @@ pub mod flows;
 pub mod iperf;
 pub mod latency;
 pub mod macs;
+pub mod overlay_sim;
 pub mod ovs;
 pub mod profile;
 #[allow(unsafe_code)]

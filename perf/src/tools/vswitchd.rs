@@ -91,6 +91,8 @@ pub struct Daemon {
     binaries: Binaries,
     dir: PathBuf,
     socket: PathBuf,
+    netns: String,
+    settings: DaemonSettings,
 }
 
 /// The vswitchd options a variant sets.
@@ -132,41 +134,36 @@ impl Daemon {
         std::fs::create_dir_all(dir.join("state"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let socket = dir.join("vs.sock");
-        let log_path = dir.join("vswitchd.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut command = std::process::Command::new("ip");
-        command
-            .args(["netns", "exec", netns])
-            .arg(&binaries.vswitchd)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--workers")
-            .arg(settings.workers.to_string())
-            .arg("--busy-poll-us")
-            .arg(settings.busy_poll_us.to_string())
-            .arg("--worker-cpus")
-            .arg(if settings.pinned { "auto" } else { "none" });
-        if let Some(max) = settings.conntrack_max {
-            command.arg("--conntrack-max").arg(max.to_string());
-        }
-        cmd::log_command(&command);
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", binaries.vswitchd.display()))?;
+        let child = spawn(binaries, netns, settings, dir, &socket, false)?;
         let mut daemon = Daemon {
             child,
             binaries: binaries.clone(),
             dir: dir.to_path_buf(),
             socket,
+            netns: netns.to_owned(),
+            settings,
         };
         daemon.wait_for_socket(Duration::from_secs(15))?;
         Ok(daemon)
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown: a crash, or a node lost) and starts it
+    /// again on the same state directory at once; returns when the new one's socket is open.
+    ///
+    /// # Errors
+    /// As [`Daemon::start`].
+    pub fn kill9_and_restart(&mut self) -> Result<()> {
+        cmd::kill_and_reap(&mut self.child);
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn(
+            &self.binaries,
+            &self.netns,
+            self.settings,
+            &self.dir,
+            &self.socket,
+            true,
+        )?;
+        self.wait_for_socket(Duration::from_secs(60))
     }
 
     fn wait_for_socket(&mut self, limit: Duration) -> Result<()> {
@@ -363,6 +360,49 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts vswitchd in `netns` with its socket at `socket` and state and log under `dir`
+/// (the log appended to when `append`).
+fn spawn(
+    binaries: &Binaries,
+    netns: &str,
+    settings: DaemonSettings,
+    dir: &Path,
+    socket: &Path,
+    append: bool,
+) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(dir.join("vswitchd.log"))?;
+    let mut command = std::process::Command::new("ip");
+    command
+        .args(["netns", "exec", netns])
+        .arg(&binaries.vswitchd)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--workers")
+        .arg(settings.workers.to_string())
+        .arg("--busy-poll-us")
+        .arg(settings.busy_poll_us.to_string())
+        .arg("--worker-cpus")
+        .arg(if settings.pinned { "auto" } else { "none" });
+    if let Some(max) = settings.conntrack_max {
+        command.arg("--conntrack-max").arg(max.to_string());
+    }
+    cmd::log_command(&command);
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    command
+        .spawn()
+        .with_context(|| format!("starting {}", binaries.vswitchd.display()))
 }
 
 /// The arguments of `vswitchctl attach`.
