@@ -708,11 +708,12 @@ fn hub_and_two_runners() {
     c12.ping_ok("10.0.0.1", 3);
 }
 
-/// Registers `count` simulated runners `sim-1`.. with the hub at `hub` (plain HTTP), each
-/// from an address of 198.18.0.0/15, then one runner that sends no features header; prints
-/// `ID` per line, then `narrow STATUS MESSAGE`.
+/// Registers `count` simulated runners `sim-1`.. with the hub at `hub` (plain HTTP), 8 at
+/// a time, each from an address of 198.18.0.0/15, then one runner that sends no features
+/// header; prints `NAME ID` per line, then `narrow STATUS MESSAGE`.
 const SIMULATED_RUNNERS: &str = r#"
 import json, sys, time, urllib.request, urllib.error
+from concurrent.futures import ThreadPoolExecutor
 hub, token, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def register(name, address, features):
     body = {"name": name, "localAddress": address, "vniBase": 100, "port": 4789, "mtu": 1450}
@@ -737,18 +738,22 @@ while True:
         if time.time() > deadline:
             raise
         time.sleep(0.2)
-for n in range(1, count + 1):
+def one(n):
     status, plan = register("sim-%d" % n, "198.18.%d.%d" % (n // 250, n % 250 + 1), True)
     if status != 200:
-        sys.exit("sim-%d: %d %s" % (n, status, plan))
-    print(plan["runnerId"])
+        raise SystemExit("sim-%d: %d %s" % (n, status, plan))
+    return "sim-%d %d" % (n, plan["runnerId"])
+with ThreadPoolExecutor(8) as pool:
+    for line in pool.map(one, range(1, count + 1)):
+        print(line)
 status, answer = register("old-runner", "198.19.0.1", False)
 print("narrow", status, answer["error"]["message"])
 "#;
 
 /// A plan wider than 255 runners (a /20 per runner out of 10.0.0.0/8: 4,095): 300 simulated
-/// runners take IDs 1 to 300, a runner that reads IDs as a byte is refused naming the
-/// upgrade, and a real runner gets ID 301 (10.18.208.0/20, VNI 401), reaches the hub's
+/// runners registering 8 at a time take IDs 1 to 300, each once, each with its Subnet on
+/// the hub (registrations that arrive together share the hub's work), a runner that reads
+/// IDs as a byte is refused naming the upgrade, and a real runner gets ID 301 (10.18.208.0/20, VNI 401), reaches the hub's
 /// 10.0.0.1 through the tunnel, and keeps its ID when the hub is killed and restarted.
 #[test]
 #[ignore = "needs root: starts vswitchd in node namespaces on a bridged veth underlay"]
@@ -777,11 +782,36 @@ fn a_wide_plan_numbers_runners_past_255() {
     ]);
     let elapsed = started.elapsed();
     let lines: Vec<&str> = out.lines().collect();
-    let ids: Vec<u32> = lines[..300]
+    let given: Vec<(String, u32)> = lines[..300]
         .iter()
-        .map(|line| line.parse().expect("an ID"))
+        .map(|line| {
+            let (name, id) = line.split_once(' ').expect("NAME ID");
+            (name.to_owned(), id.parse().expect("an ID"))
+        })
         .collect();
-    assert_eq!(ids, (1..=300).collect::<Vec<u32>>(), "IDs in order");
+    let mut ids: Vec<u32> = given.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=300).collect::<Vec<u32>>(), "IDs 1 to 300, each once");
+    let hv = overlay_view(&hub).expect("hub view");
+    for (name, id) in &given {
+        let row = runner_row(&hv, name).expect("listed");
+        assert_eq!(row["id"], *id, "the hub holds what it answered: {row}");
+    }
+    let subnets = hub.ctl_json(&["get", "subnets"]);
+    let generated = subnets["items"]
+        .as_array()
+        .or(subnets.as_array())
+        .map_or(0, |items| {
+            items
+                .iter()
+                .filter(|s| {
+                    s["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("overlay-r"))
+                })
+                .count()
+        });
+    assert_eq!(generated, 300, "a Subnet per runner on the hub");
     eprintln!(
         "300 registrations in {:.2} s ({:.0}/s)",
         elapsed.as_secs_f64(),

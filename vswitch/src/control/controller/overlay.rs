@@ -101,13 +101,37 @@ impl Controller {
     /// this node is not a hub or the name belongs to another runner (online from another
     /// address, or in `spec.runners` with another address), [`ApiError::Internal`] when the
     /// state cannot be saved.
+    ///
+    /// Registrations that arrive together share the work: each is admitted (an ID, the pool
+    /// in memory) under the lock, which is then released; the first to take it again
+    /// generates the resources of every runner admitted so far and saves the state, and
+    /// the others, finding their admission covered, answer at once. Each answer is sent
+    /// only once its runner's Subnet is set up and saved. (Generating and saving cost in
+    /// proportion to the runners already there: one after the other, a fleet coming up
+    /// took time in the square of its size.)
     pub fn hub_register(
         &self,
         request: &vxlan::RegistrationRequest,
         width: vxlan::membership::IdWidth,
     ) -> Result<vxlan::RunnerPlan, ApiError> {
+        let (plan, ticket) = {
+            let mut inner = self.lock();
+            self.hub_admit_locked(&mut inner, request, width)?
+        };
+        let Some(ticket) = ticket else {
+            return Ok(plan);
+        };
         let mut inner = self.lock();
-        self.hub_register_locked(&mut inner, request, width)
+        if inner.served.synced >= ticket {
+            return Ok(plan);
+        }
+        let upto = inner.served.admitted;
+        let covered_new = inner.served.pending_new;
+        self.sync_generated(&mut inner)?;
+        inner.persist(&inner.state)?;
+        inner.served.synced = inner.served.synced.max(upto);
+        inner.served.pending_new = inner.served.pending_new.saturating_sub(covered_new);
+        Ok(plan)
     }
 
     /// Hub: records a heartbeat from runner `name`.
@@ -273,12 +297,14 @@ impl Controller {
         self.execute(inner, plan)
     }
 
-    fn hub_register_locked(
+    /// Admits a registration: the plan to answer, and when the generated resources must
+    /// change for it, its ticket (see [`Controller::hub_register`]).
+    fn hub_admit_locked(
         &self,
         inner: &mut Locked<'_>,
         request: &vxlan::RegistrationRequest,
         width: vxlan::membership::IdWidth,
-    ) -> Result<vxlan::RunnerPlan, ApiError> {
+    ) -> Result<(vxlan::RunnerPlan, Option<u64>), ApiError> {
         let overlay = hub_overlay(&inner.state)?.clone();
         if let Some(problem) =
             overlay::registration_problem(request.local_address, overlay.spec.local_address)
@@ -306,6 +332,20 @@ impl Controller {
                 field: None,
             });
         }
+        let refused = |err: vxlan::MembershipError| match err {
+            // Two nodes with one name: a conflict with the runner holding it.
+            vxlan::MembershipError::NameOnlineElsewhere { .. } => ApiError::Conflict {
+                message: err.to_string(),
+                field: None,
+            },
+            err => ApiError::Invalid {
+                message: format!("registration of runner {:?} refused: {err}", request.name),
+                field: None,
+            },
+        };
+        if let Some(plan) = reconnect(inner, &overlay, request, width).map_err(refused)? {
+            return Ok((plan, None));
+        }
         fold_heartbeats(inner);
         let mut pool = sized_pool(&inner.state, &overlay)?;
         let timeout_ms = overlay.spec.runner_timeout_seconds.saturating_mul(1000);
@@ -318,24 +358,14 @@ impl Controller {
                 timeout_ms,
                 width,
             )
-            .map_err(|err| match err {
-                // Two nodes with one name: a conflict with the runner holding it.
-                vxlan::MembershipError::NameOnlineElsewhere { .. } => ApiError::Conflict {
-                    message: err.to_string(),
-                    field: None,
-                },
-                err => ApiError::Invalid {
-                    message: format!("registration of runner {:?} refused: {err}", request.name),
-                    field: None,
-                },
-            })?;
+            .map_err(refused)?;
         // A new runner is a new Subnet, and its tunnel a port: refuse it rather than admit a
         // runner whose Subnet would get no tunnel (a reclaimed ID reuses its runner's port).
         if matches!(
             admission.registration.outcome,
             vxlan::membership::RegistrationOutcome::Assigned
         ) && inner.vtep.is_some()
-            && inner.port_ids.available() == 0
+            && inner.port_ids.available() <= inner.served.pending_new
         {
             return Err(ApiError::Conflict {
                 message: format!(
@@ -393,17 +423,20 @@ impl Controller {
             .under(overlay.spec.address_plan)
             .insert(request.name.clone());
         // In place: a copy of the whole state per registration was a tenth of its cost with
-        // a thousand runners.
-        let before = inner.state.runner_pool.replace(pool);
-        if changed {
-            if let Err(err) = inner.persist(&inner.state) {
-                inner.state.runner_pool = before;
-                return Err(err.into());
-            }
-            self.sync_generated(inner)?;
+        // a thousand runners. Saved with the generated resources, before the answer.
+        inner.state.runner_pool = Some(pool);
+        if !changed {
+            // A reconnect: only last-seen changed, which is not worth a disk write.
+            return Ok((admission.plan, None));
         }
-        // Else a reconnect: only last-seen changed, which is not worth a disk write.
-        Ok(admission.plan)
+        if matches!(
+            admission.registration.outcome,
+            vxlan::membership::RegistrationOutcome::Assigned
+        ) {
+            inner.served.pending_new += 1;
+        }
+        inner.served.admitted += 1;
+        Ok((admission.plan, Some(inner.served.admitted)))
     }
 
     fn runner_joined_locked(
@@ -673,6 +706,12 @@ pub(super) struct Served {
     /// made every heartbeat compare and copy the whole state for readers: 2 ms each with
     /// 1,000 runners, 21% of a core for their 100 heartbeats per second.
     seen: std::collections::HashMap<String, u64>,
+    /// Registrations admitted that changed the generated resources, counted.
+    admitted: u64,
+    /// How many of those the generated resources and the saved state include.
+    synced: u64,
+    /// New runners admitted whose tunnel port is not allocated yet.
+    pending_new: u64,
 }
 
 impl Served {
@@ -706,6 +745,45 @@ fn hub_heartbeat(inner: &mut Inner, name: &str, now_ms: u64) -> Result<vxlan::Ru
         .ok_or_else(not_found)?;
     inner.served.seen.insert(name.to_owned(), now_ms);
     Ok(id)
+}
+
+/// A registration from the address that already holds its name's ID, under a pool sized
+/// to the plan (every runner after a hub restart): the answer is its plan, and nothing
+/// changes but when it was seen, noted like a heartbeat. `None` for any other registration
+/// (a new name, another address, a pool to resize), which goes through
+/// [`vxlan::RunnerPool::admit`]. Without this, the thousands of runners registering again
+/// after a restart each copied the pool and wrote the state, one after the other.
+///
+/// # Errors
+/// Those of [`vxlan::membership::validate_registration`] and of the plan.
+fn reconnect(
+    inner: &mut Inner,
+    overlay: &Overlay,
+    request: &vxlan::RegistrationRequest,
+    width: vxlan::membership::IdWidth,
+) -> Result<Option<vxlan::RunnerPlan>, vxlan::MembershipError> {
+    let spec = &overlay.spec;
+    let Some(pool) = inner.state.runner_pool.as_ref() else {
+        return Ok(None);
+    };
+    let Some(runner) = pool.get(&request.name) else {
+        return Ok(None);
+    };
+    let fits = width.max().is_none_or(|max| runner.id <= max);
+    let same_address = runner.address.to_canonical() == request.local_address.to_canonical();
+    if !fits || !same_address || spec.address_plan.max_runners(spec.vni_base)? != pool.capacity()
+    {
+        return Ok(None);
+    }
+    vxlan::membership::validate_registration(&overlay::settings(overlay), request)?;
+    let plan = spec.address_plan.runner(runner.id, spec.vni_base)?;
+    inner
+        .served
+        .under(spec.address_plan)
+        .insert(request.name.clone());
+    inner.served.seen.insert(request.name.clone(), wall_ms());
+    tracing::debug!(runner = %request.name, id = %plan.runner_id, "runner registered again");
+    Ok(Some(plan))
 }
 
 /// Records the heartbeats noted since the last call in the runner pool (marking those
