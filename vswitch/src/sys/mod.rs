@@ -11,6 +11,7 @@
 pub mod af_packet;
 pub mod batch;
 pub mod link;
+pub mod memory;
 pub mod netlink;
 pub mod netns;
 pub mod sched;
