@@ -182,26 +182,7 @@ enum Command {
     OverlayScale(OverlayScaleArgs),
     /// Simulated runners against a hub (run by overlay-scale in its namespace).
     #[command(name = "overlay-sim", hide = true)]
-    OverlaySim {
-        #[arg(long)]
-        hub: std::net::IpAddr,
-        #[arg(long, default_value_t = 4799)]
-        port: u16,
-        #[arg(long)]
-        token: String,
-        #[arg(long)]
-        fingerprint: Option<String>,
-        #[arg(long)]
-        first: std::net::Ipv4Addr,
-        #[arg(long)]
-        runners: u32,
-        #[arg(long)]
-        concurrency: usize,
-        #[arg(long)]
-        heartbeat_seconds: u64,
-        #[arg(long)]
-        steady_seconds: u64,
-    },
+    OverlaySim(OverlaySimArgs),
     /// UDP packet-rate sender.
     #[command(name = "udp-send", hide = true)]
     UdpSend {
@@ -308,6 +289,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// `perf overlay-sim` (hidden): see `tools::overlay_sim`.
+#[derive(Debug, Args)]
+struct OverlaySimArgs {
+    #[arg(long)]
+    hub: std::net::IpAddr,
+    #[arg(long, default_value_t = 4799)]
+    port: u16,
+    #[arg(long)]
+    token: String,
+    #[arg(long)]
+    fingerprint: Option<String>,
+    #[arg(long)]
+    first: std::net::Ipv4Addr,
+    #[arg(long)]
+    runners: u32,
+    #[arg(long)]
+    concurrency: usize,
+    #[arg(long)]
+    heartbeat_seconds: u64,
+    #[arg(long)]
+    steady_seconds: u64,
+}
+
+impl From<OverlaySimArgs> for tools::overlay_sim::SimOptions {
+    fn from(args: OverlaySimArgs) -> tools::overlay_sim::SimOptions {
+        tools::overlay_sim::SimOptions {
+            hub: args.hub,
+            port: args.port,
+            token: args.token,
+            fingerprint: args.fingerprint,
+            first: args.first,
+            runners: args.runners,
+            concurrency: args.concurrency,
+            heartbeat: Duration::from_secs(args.heartbeat_seconds),
+            steady: Duration::from_secs(args.steady_seconds),
+            recover_limit: Duration::from_secs(300),
+        }
+    }
+}
+
 /// `perf overlay-scale`.
 #[derive(Debug, Args)]
 struct OverlayScaleArgs {
@@ -394,28 +415,7 @@ fn run_command(command: Command) -> Result<()> {
     match command {
         Command::Report(args) => report_from(&args),
         Command::OverlayScale(args) => overlay_scale(&args),
-        Command::OverlaySim {
-            hub,
-            port,
-            token,
-            fingerprint,
-            first,
-            runners,
-            concurrency,
-            heartbeat_seconds,
-            steady_seconds,
-        } => tools::overlay_sim::main(tools::overlay_sim::SimOptions {
-            hub,
-            port,
-            token,
-            fingerprint,
-            first,
-            runners,
-            concurrency,
-            heartbeat: Duration::from_secs(heartbeat_seconds),
-            steady: Duration::from_secs(steady_seconds),
-            recover_limit: Duration::from_secs(300),
-        }),
+        Command::OverlaySim(args) => tools::overlay_sim::main(args.into()),
         Command::UdpSend {
             dst,
             seconds,
@@ -878,6 +878,44 @@ mod tests {
             cli.run.placements,
             [WorkerPlacement::Floating, WorkerPlacement::Pinned]
         );
+    }
+
+    #[test]
+    fn overlay_scale_and_its_simulator_parse() {
+        let Some(Command::OverlayScale(args)) = parse(&["overlay-scale", "--plain"]).command else {
+            panic!("overlay-scale");
+        };
+        assert_eq!(args.runners, [100, 1000, 4000]);
+        assert_eq!((args.concurrency, args.heartbeat_seconds), (32, 5));
+        assert!(args.plain);
+        let Some(Command::OverlaySim(args)) = parse(&[
+            "overlay-sim",
+            "--hub",
+            "172.20.0.1",
+            "--token",
+            "t",
+            "--first",
+            "198.18.0.1",
+            "--runners",
+            "10",
+            "--concurrency",
+            "4",
+            "--heartbeat-seconds",
+            "5",
+            "--steady-seconds",
+            "3",
+        ])
+        .command
+        else {
+            panic!("overlay-sim");
+        };
+        let options = tools::overlay_sim::SimOptions::from(args);
+        assert_eq!(options.port, 4799);
+        assert_eq!(
+            options.fingerprint, None,
+            "plain HTTP without a fingerprint"
+        );
+        assert_eq!(options.steady, Duration::from_secs(3));
     }
 
     #[test]
