@@ -791,7 +791,11 @@ fn a_wide_plan_numbers_runners_past_255() {
         .collect();
     let mut ids: Vec<u32> = given.iter().map(|(_, id)| *id).collect();
     ids.sort_unstable();
-    assert_eq!(ids, (1..=300).collect::<Vec<u32>>(), "IDs 1 to 300, each once");
+    assert_eq!(
+        ids,
+        (1..=300).collect::<Vec<u32>>(),
+        "IDs 1 to 300, each once"
+    );
     let hv = overlay_view(&hub).expect("hub view");
     for (name, id) in &given {
         let row = runner_row(&hv, name).expect("listed");
