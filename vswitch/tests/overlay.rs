@@ -875,11 +875,10 @@ fn a_wide_plan_numbers_runners_past_255() {
         301,
         "{hv}"
     );
-    assert_eq!(
-        runner_row(&hv, "sim-300").expect("listed")["id"],
-        300,
-        "{hv}"
-    );
+    for (name, id) in &given {
+        let row = runner_row(&hv, name).expect("listed after the restart");
+        assert_eq!(row["id"], *id, "{name} keeps its ID across kill -9: {row}");
+    }
     assert!(
         c.ping_until("10.0.0.1", Duration::from_secs(20)),
         "no path to the hub after its restart"

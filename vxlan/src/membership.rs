@@ -113,9 +113,9 @@ pub enum MembershipError {
     },
     /// A runner that reads its ID as a byte would get an ID above 255.
     #[error(
-        "runner {name:?} would get ID {id}, but its vswitchd reads runner IDs only up to {}: \
-         upgrade vswitchd on that runner (IDs 1 to {} are held by runners seen more recently)",
-        RunnerId::NARROW_MAX,
+        "runner {name:?} holds or would get ID {id}, but its vswitchd reads runner IDs only \
+         up to {} (it does not send 'Vswitch-Overlay-Features: runner-id-u32'): upgrade \
+         vswitchd on that runner",
         RunnerId::NARROW_MAX
     )]
     NarrowIdUnavailable {

@@ -116,7 +116,11 @@ impl Controller {
     ) -> Result<vxlan::RunnerPlan, ApiError> {
         let (plan, ticket) = {
             let mut inner = self.lock();
-            self.hub_admit_locked(&mut inner, request, width)?
+            let (plan, ticket) = self.hub_admit_locked(&mut inner, request, width)?;
+            // A runner asking again while its first admission is not generated yet (its
+            // client gave up waiting, or the sync failed) waits for that one too.
+            let unsynced = inner.served.pending.get(&request.name).copied();
+            (plan, ticket.or(unsynced))
         };
         let Some(ticket) = ticket else {
             return Ok(plan);
@@ -126,11 +130,11 @@ impl Controller {
             return Ok(plan);
         }
         let upto = inner.served.admitted;
-        let covered_new = inner.served.pending_new;
         self.sync_generated(&mut inner)?;
         inner.persist(&inner.state)?;
         inner.served.synced = inner.served.synced.max(upto);
-        inner.served.pending_new = inner.served.pending_new.saturating_sub(covered_new);
+        let synced = inner.served.synced;
+        inner.served.pending.retain(|_, ticket| *ticket > synced);
         inner.served.trim_due = true;
         Ok(plan)
     }
@@ -366,14 +370,14 @@ impl Controller {
             admission.registration.outcome,
             vxlan::membership::RegistrationOutcome::Assigned
         ) && inner.vtep.is_some()
-            && inner.port_ids.available() <= inner.served.pending_new
+            && inner.port_ids.available() <= runners_without_tunnel(inner)
         {
             return Err(ApiError::Conflict {
                 message: format!(
                     "registration of runner {:?} refused: this hub has no port left for its \
                      tunnel (a vswitchd serves at most {} ports, one per runner, interface \
-                     and uplink, and {} runners hold them); serve more runners from another \
-                     hub, or remove runners that are gone",
+                     and uplink, and {} runners are registered); serve more runners from \
+                     another hub, or remove runners that are gone",
                     request.name,
                     crate::port::MAX_PORTS,
                     pool.len() - 1
@@ -430,14 +434,10 @@ impl Controller {
             // A reconnect: only last-seen changed, which is not worth a disk write.
             return Ok((admission.plan, None));
         }
-        if matches!(
-            admission.registration.outcome,
-            vxlan::membership::RegistrationOutcome::Assigned
-        ) {
-            inner.served.pending_new += 1;
-        }
         inner.served.admitted += 1;
-        Ok((admission.plan, Some(inner.served.admitted)))
+        let ticket = inner.served.admitted;
+        inner.served.pending.insert(request.name.clone(), ticket);
+        Ok((admission.plan, Some(ticket)))
     }
 
     fn runner_joined_locked(
@@ -711,8 +711,9 @@ pub(super) struct Served {
     admitted: u64,
     /// How many of those the generated resources and the saved state include.
     synced: u64,
-    /// New runners admitted whose tunnel port is not allocated yet.
-    pending_new: u64,
+    /// Runners admitted whose generated resources are not set up and saved yet, with the
+    /// ticket of their admission.
+    pending: std::collections::HashMap<String, u64>,
     /// Registrations generated resources since the last sweep: the sweep gives the memory
     /// their copies took back to the kernel.
     trim_due: bool,
@@ -749,6 +750,23 @@ fn hub_heartbeat(inner: &mut Inner, name: &str, now_ms: u64) -> Result<vxlan::Ru
         .ok_or_else(not_found)?;
     inner.served.seen.insert(name.to_owned(), now_ms);
     Ok(id)
+}
+
+/// How many runners of the pool have no tunnel port yet (admitted, not yet generated): the
+/// ports a new runner must leave them.
+fn runners_without_tunnel(inner: &Inner) -> u64 {
+    let Some(pool) = inner.state.runner_pool.as_ref() else {
+        return 0;
+    };
+    let without = pool
+        .runners()
+        .filter(|runner| {
+            !inner
+                .tunnel_ids
+                .contains_key(&overlay::runner_subnet_name(runner.id.get()))
+        })
+        .count();
+    u64::try_from(without).unwrap_or(u64::MAX)
 }
 
 /// A registration from the address that already holds its name's ID, under a pool sized

@@ -528,9 +528,27 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
                     "role hub needs a token that runners must present (token: SOME-SECRET)",
                 ));
             }
-            spec.address_plan
-                .validate(spec.vni_base)
+            let max = spec
+                .address_plan
+                .max_runners(spec.vni_base)
                 .map_err(|err| origin.invalid("spec.addressPlan", err))?;
+            // A plan that drops a registered runner's subnet would stop the hub serving
+            // anyone (its pool cannot shrink below an ID in use).
+            let beyond = next
+                .runner_pool
+                .iter()
+                .flat_map(vxlan::RunnerPool::runners)
+                .filter(|runner| runner.id.get() > max.get())
+                .last();
+            if let Some(runner) = beyond {
+                return Err(origin.invalid(
+                    "spec.addressPlan",
+                    format!(
+                        "runner {:?} holds ID {}, and this plan has subnets for runners 1 to {max} only; keep a plan with room for every registered runner",
+                        runner.name, runner.id
+                    ),
+                ));
+            }
             let mut names = std::collections::BTreeSet::new();
             for (i, runner) in spec.runners.iter().enumerate() {
                 let field = format!("spec.runners[{i}]");
@@ -810,6 +828,33 @@ mod tests {
     fn check(overlay: &Overlay) -> Result<(), ApiError> {
         let state = state_with(overlay.clone());
         check_overlay(&Origin::resource(Kind::Overlay, "node-a"), &state, overlay)
+    }
+
+    /// A hub's plan must keep a subnet for every registered runner.
+    #[test]
+    fn a_plan_cannot_drop_a_registered_runner() {
+        let mut hub = overlay_of(OverlayRole::Hub);
+        let mut state = state_with(hub.clone());
+        let mut pool = vxlan::RunnerPool::default();
+        for n in 1..=20 {
+            pool.register(&format!("r{n}"), "192.168.50.2".parse().unwrap(), 1)
+                .unwrap();
+        }
+        state.runner_pool = Some(pool);
+        let origin = Origin::resource(Kind::Overlay, "node-a");
+        check_overlay(&origin, &state, &hub).expect("the default plan has room for 255");
+        hub.spec.address_plan = vxlan::AddressPlan {
+            overlay: "10.16.0.0/12".parse().unwrap(),
+            hub_address: "10.16.0.1".parse().unwrap(),
+            ..vxlan::AddressPlan::default()
+        };
+        let err = check_overlay(&origin, &state, &hub)
+            .expect_err("15 runners only")
+            .to_string();
+        assert!(
+            err.contains("spec.addressPlan") && err.contains("runner \"r20\" holds ID 20"),
+            "{err}"
+        );
     }
 
     #[test]
