@@ -30,6 +30,8 @@ declare -A tools=(
     [ip]=iproute2 [ping]=iputils-ping [tracepath]=iputils-tracepath [iperf3]=iperf3
     [tcpdump]=tcpdump [ethtool]=ethtool [python3]=python3 [nft]=nftables
     [curl]=curl [promtool]=prometheus
+    # vswitch/tests/overlay.rs: the overlay's shared store (etcd 3.4 and its CLI)
+    [etcd]=etcd-server [etcdctl]=etcd-client
     # vswitch/tests/service.rs checks the unit file as systemd reads it
     [systemd-analyze]=systemd
     # vswitch/tests/cni.rs: real container runtimes, and a static busybox for their rootfs

@@ -26,6 +26,8 @@
 //!   egress adjacency; the engine publishes snapshots and sums the counters.
 //! - [`control`]: resources, validation, IPAM, persistence and the controller that turns
 //!   resources into ports and snapshots.
+//! - [`etcd`]: a client of etcd's JSON gateway (ranges, transactions, leases, watches),
+//!   for the overlay's shared store; it uses nothing of the crate.
 //! - [`tls`]: certificates, fingerprints and the TLS configurations of the overlay hub's
 //!   registration API (used by [`control`]'s validation and by [`agent`]).
 //! - [`api`] and [`cli`]: the HTTP+JSON control socket (and the handlers of the overlay
@@ -40,6 +42,7 @@ pub mod api;
 pub mod cli;
 pub mod control;
 pub mod cost;
+pub mod etcd;
 pub mod pipeline;
 pub mod port;
 pub mod runtime;

@@ -141,6 +141,43 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
+/// The TLS client configuration of a hub towards etcd: etcd's certificate must chain to
+/// the CAs of `ca` (and carry the endpoint's host name or address), and with `identity`
+/// (certificate chain, key) the hub presents a client certificate.
+///
+/// # Errors
+/// The field (`caFile`, `certificateFile`, `keyFile`) whose file cannot be used, and why.
+pub fn etcd_client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, (&'static str, String)> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(ca).map_err(|error| ("caFile", error))? {
+        roots.add(certificate).map_err(|error| {
+            (
+                "caFile",
+                format!("{} holds an unusable certificate: {error}", ca.display()),
+            )
+        })?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ("caFile", error.to_string()))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((certificate, key)) => {
+            let chain =
+                read_certificates(certificate).map_err(|error| ("certificateFile", error))?;
+            let key = read_private_key(key).map_err(|error| ("keyFile", error))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| ("keyFile", format!("does not fit the certificate: {error}")))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// A hub's TLS server configuration from a certificate chain and its key.
 ///
 /// # Errors

@@ -18,8 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, Netns, Underlay, iperf3_tcp, kernel_vxlan_node, kernel_vxlan_node_with, require, tail,
-    wait_until,
+    Daemon, Etcd, Netns, Underlay, iperf3_tcp, kernel_vxlan_node, kernel_vxlan_node_with, require,
+    tail, wait_until,
 };
 use serde_json::Value;
 
@@ -883,6 +883,259 @@ fn a_wide_plan_numbers_runners_past_255() {
         c.ping_until("10.0.0.1", Duration::from_secs(20)),
         "no path to the hub after its restart"
     );
+}
+
+/// Simulated runners registering with one hub over plain HTTP, 8 at a time: `python3 -c
+/// SCRIPT HUB TOKEN PREFIX FIRST COUNT [SHIFT]` registers PREFIX-FIRST .. from 198.18.X.Y
+/// (one address per number, plus SHIFT); prints `NAME ID` per runner, or `NAME refused
+/// STATUS MESSAGE`.
+const SIMULATED_RUNNERS_AT: &str = r#"
+import json, sys, time, urllib.request, urllib.error
+from concurrent.futures import ThreadPoolExecutor
+hub, token, prefix, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+shift = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+def register(name, address):
+    body = {"name": name, "localAddress": address, "vniBase": 100, "port": 4789, "mtu": 1450}
+    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
+               "Vswitch-Overlay-Features": "runner-id-u32"}
+    request = urllib.request.Request("http://%s:4799/v1/overlay/register" % hub,
+                                     data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+deadline = time.time() + 30
+while True:
+    try:
+        urllib.request.urlopen("http://%s:4799/" % hub, timeout=5)
+    except urllib.error.HTTPError:
+        break
+    except urllib.error.URLError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+def one(n):
+    name = "%s-%d" % (prefix, n)
+    status, plan = register(name, "198.18.%d.%d" % ((n + shift) // 250, (n + shift) % 250 + 1))
+    if status != 200:
+        return "%s refused %d %s" % (name, status, plan["error"]["message"])
+    return "%s %d" % (name, plan["runnerId"])
+with ThreadPoolExecutor(8) as pool:
+    for line in pool.map(one, range(first, first + count)):
+        print(line, flush=True)
+"#;
+
+/// `NAME ID` lines of [`SIMULATED_RUNNERS_AT`], every one admitted.
+fn simulated_ids(out: &str) -> Vec<(String, u32)> {
+    out.lines()
+        .map(|line| {
+            let (name, id) = line.split_once(' ').expect("NAME ID");
+            let id = id
+                .parse()
+                .unwrap_or_else(|_| panic!("a simulated runner was refused: {line}"));
+            (name.to_owned(), id)
+        })
+        .collect()
+}
+
+/// An overlay store in etcd shared by two hubs (Debian's etcd 3.4 in its own node):
+/// - 120 simulated runners registering with both hubs at once get IDs 1 to 120, each once
+///   (the store's compare-and-swap), and both hubs list all 120 with their IDs and the hub
+///   serving each (the watch);
+/// - a name online through one hub is refused at the other from another address;
+/// - a real runner registers with hub A and its container reaches 10.0.0.1 through it;
+/// - after `kill -9` of hub A its runners are served by no hub once its lease expires
+///   (hub B shows it), and hub A started again on an empty disk reads every runner back
+///   from the store with its ID; the real runner keeps its ID and its path.
+#[test]
+#[ignore = "needs root and etcd: starts etcd and vswitchd in node namespaces on a bridged veth underlay"]
+fn hubs_sharing_an_etcd_store_never_give_one_id_twice() {
+    require(&["ping", "python3", "etcd", "etcdctl"]);
+    let underlay = Underlay::new(&[
+        "192.168.58.10/24",
+        "192.168.58.1/24",
+        "192.168.58.2/24",
+        "192.168.58.3/24",
+        "192.168.58.4/24",
+    ]);
+    let etcd = Etcd::start_in(underlay.node(0), "192.168.58.10");
+    let mut hub_a = Daemon::start_in(&underlay.node(1).name, 2, &[]);
+    let hub_b = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    let sims = underlay.node(3);
+    let runner = Daemon::start_in(&underlay.node(4).name, 2, &[]);
+    let store = format!(
+        "  tls: {{mode: Disabled}}\n  runnerTimeoutSeconds: 5\n  store: {{etcd: {{endpoints: ['{}'], leaseSeconds: 3}}}}\n",
+        etcd.endpoint
+    );
+    hub_a.apply_yaml(&hub_overlay("hub-a", "192.168.58.1", &store));
+    hub_b.apply_yaml(&hub_overlay("hub-b", "192.168.58.2", &store));
+    for hub in [&hub_a, &hub_b] {
+        wait_overlay(
+            hub,
+            "the hub to have read the store",
+            Duration::from_secs(30),
+            |v| v["state"] == "Up" && v["store"]["ready"] == true,
+        );
+    }
+
+    // Both hubs at once, 60 runners each, 8 in flight at each.
+    let at_a = sims.spawn(&[
+        "python3",
+        "-c",
+        SIMULATED_RUNNERS_AT,
+        "192.168.58.1",
+        TOKEN,
+        "a",
+        "1",
+        "60",
+    ]);
+    let at_b = sims.spawn(&[
+        "python3",
+        "-c",
+        SIMULATED_RUNNERS_AT,
+        "192.168.58.2",
+        TOKEN,
+        "b",
+        "501",
+        "60",
+    ]);
+    let mut given = Vec::new();
+    for child in [at_a, at_b] {
+        let out = child.wait_with_output().expect("simulated runners");
+        assert!(
+            out.status.success(),
+            "simulated runners failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        given.extend(simulated_ids(&String::from_utf8_lossy(&out.stdout)));
+    }
+    let mut ids: Vec<u32> = given.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=120).collect::<Vec<u32>>(),
+        "two hubs gave IDs 1 to 120, each once"
+    );
+    assert_eq!(etcd.keys("/vswitch/overlay/runners/").len(), 120);
+    assert_eq!(etcd.keys("/vswitch/overlay/names/").len(), 120);
+    for (hub, me) in [(&hub_a, "192.168.58.1"), (&hub_b, "192.168.58.2")] {
+        let view = wait_overlay(
+            hub,
+            "the hub to list all 120 runners",
+            Duration::from_secs(20),
+            |v| v["runners"].as_array().is_some_and(|r| r.len() == 120),
+        );
+        for (name, id) in &given {
+            let row = runner_row(&view, name).expect("listed");
+            assert_eq!(row["id"], *id, "{me} lists {name} with its ID: {row}");
+            let serving = if name.starts_with("a-") {
+                "192.168.58.1"
+            } else {
+                "192.168.58.2"
+            };
+            assert_eq!(row["hub"], serving, "{me} says who serves {name}: {row}");
+        }
+    }
+    let online_a = etcd.ctl(&["get", "/vswitch/overlay/online/a-1", "--print-value-only"]);
+    assert_eq!(online_a.trim(), "192.168.58.1");
+
+    // A name online through hub A, from another address at hub B: refused.
+    let out = sims.exec(&[
+        "python3",
+        "-c",
+        SIMULATED_RUNNERS_AT,
+        "192.168.58.2",
+        TOKEN,
+        "a",
+        "2",
+        "1",
+        "1000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("a-2 refused 409")
+            && text.contains("198.18.0.3")
+            && text.contains("served by hub 192.168.58.1"),
+        "a name online elsewhere is refused: {text}"
+    );
+
+    // A real runner through hub A.
+    runner.apply_yaml(&runner_overlay_tls(
+        "runner-real",
+        "192.168.58.4",
+        "192.168.58.1",
+        "{mode: Disabled}",
+        "",
+    ));
+    let view = wait_registered(&runner, "runner-real");
+    assert_eq!(view["id"], 121, "{view}");
+    let c = Netns::new("cetcd");
+    runner.attach(&c, &["--subnet", "overlay"]);
+    assert!(
+        c.ping_until("10.0.0.1", Duration::from_secs(10)),
+        "runner 121's container cannot reach hub A at 10.0.0.1\nrunner log:\n{}\nhub log:\n{}",
+        tail(&runner.log_text(), 30),
+        tail(&hub_a.log_text(), 30)
+    );
+    wait_overlay(
+        &hub_b,
+        "hub B to list runner-real",
+        Duration::from_secs(10),
+        |v| runner_row(v, "runner-real").is_some_and(|row| row["id"] == 121),
+    );
+
+    // Hub A dies: its lease expires (3 s) and its runners are served by no hub.
+    hub_a.kill9();
+    wait_until(
+        "hub A's online keys to expire with its lease",
+        Duration::from_secs(20),
+        || {
+            let left = etcd.keys("/vswitch/overlay/online/a-");
+            left.is_empty().then_some(())
+        },
+    );
+    let view = wait_overlay(
+        &hub_b,
+        "hub B to show hub A's runners served by no hub",
+        Duration::from_secs(10),
+        |v| runner_row(v, "a-1").is_some_and(|row| row["hub"].is_null()),
+    );
+    assert_eq!(
+        runner_row(&view, "b-501").expect("listed")["hub"],
+        "192.168.58.2"
+    );
+    assert!(
+        etcd.keys("/vswitch/overlay/hubs/")
+            .iter()
+            .all(|k| !k.ends_with("192.168.58.1"))
+    );
+
+    // Hub A again, on an empty disk: every runner comes back from the store with its ID.
+    std::fs::remove_dir_all(&hub_a.state_dir).expect("wipe hub A's state");
+    hub_a.spawn(&[]);
+    hub_a.apply_yaml(&hub_overlay("hub-a", "192.168.58.1", &store));
+    let view = wait_overlay(
+        &hub_a,
+        "hub A, restarted on an empty disk, to list all 121 runners",
+        Duration::from_secs(30),
+        |v| v["runners"].as_array().is_some_and(|r| r.len() == 121),
+    );
+    for (name, id) in &given {
+        let row = runner_row(&view, name).expect("listed");
+        assert_eq!(row["id"], *id, "{name} keeps its ID: {row}");
+    }
+    wait_overlay(
+        &hub_a,
+        "runner-real to register again with hub A",
+        Duration::from_secs(30),
+        |v| runner_row(v, "runner-real").is_some_and(|row| row["id"] == 121 && is_online(row)),
+    );
+    assert!(
+        c.ping_until("10.0.0.1", Duration::from_secs(20)),
+        "no path to hub A after its restart"
+    );
+    assert_eq!(runner.ctl_json(&["overlay"])["id"], 121);
 }
 
 /// A runner whose MTU differs from the hub's is refused; its status names the setting and

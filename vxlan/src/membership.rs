@@ -344,6 +344,17 @@ pub enum RegistrationOutcome {
     },
 }
 
+/// The IDs one of several hubs that share a pool prefers to give: those `i` with
+/// `(i - 1) % count == index`. Hubs committing new runners to one store at the same time
+/// then seldom race for the same ID (each would otherwise take the lowest free one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdShare {
+    /// This hub's place among the hubs, from 0.
+    pub index: u32,
+    /// How many hubs there are.
+    pub count: u32,
+}
+
 /// The result of [`RunnerPool::register`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -443,6 +454,25 @@ impl RunnerPool {
         self.runners.values()
     }
 
+    /// The lowest free ID of `share` up to the capacity and `max`, else the lowest free ID.
+    fn free_id(&self, max: Option<RunnerId>, share: Option<IdShare>) -> Option<RunnerId> {
+        let Some(share) = share.filter(|share| share.count > 1 && share.index < share.count) else {
+            return self.lowest_free_id(max);
+        };
+        let limit = max.map_or(self.capacity.get(), |max| {
+            max.get().min(self.capacity.get())
+        });
+        let mut next = share.index + 1;
+        while next <= limit {
+            let id = RunnerId::new(next)?;
+            if !self.runners.contains_key(&id) {
+                return Some(id);
+            }
+            next = next.checked_add(share.count)?;
+        }
+        self.lowest_free_id(max)
+    }
+
     /// The lowest ID not held, up to the capacity and to `max`: the first gap in the held
     /// IDs, found in one ordered walk.
     fn lowest_free_id(&self, max: Option<RunnerId>) -> Option<RunnerId> {
@@ -494,6 +524,23 @@ impl RunnerPool {
         now_ms: u64,
         width: IdWidth,
     ) -> Result<Registration, MembershipError> {
+        self.register_with(name, address, now_ms, width, None)
+    }
+
+    /// [`RunnerPool::register_as`] where a new name takes the lowest free ID of `share`
+    /// when there is one (else the lowest free ID).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`RunnerPool::register_as`].
+    pub fn register_with(
+        &mut self,
+        name: &str,
+        address: IpAddr,
+        now_ms: u64,
+        width: IdWidth,
+        share: Option<IdShare>,
+    ) -> Result<Registration, MembershipError> {
         validate_runner_name(name)?;
         validate_local_address(address)?;
         let address = address.to_canonical();
@@ -517,7 +564,7 @@ impl RunnerPool {
             }
         }
 
-        let (id, outcome) = match self.lowest_free_id(width.max()) {
+        let (id, outcome) = match self.free_id(width.max(), share) {
             Some(id) => (id, RegistrationOutcome::Assigned),
             None if !self.is_full() => {
                 // Only a narrow runner finds no free ID in a pool that is not full.
@@ -622,6 +669,26 @@ impl RunnerPool {
         timeout_ms: u64,
         width: IdWidth,
     ) -> Result<Admission, MembershipError> {
+        self.admit_with(hub, plan, request, now_ms, timeout_ms, width, None)
+    }
+
+    /// [`RunnerPool::admit`] where a new runner takes an ID of `share` when one is free
+    /// ([`RunnerPool::register_with`]).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`RunnerPool::admit`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit_with(
+        &mut self,
+        hub: &OverlaySettings,
+        plan: &AddressPlan,
+        request: &RegistrationRequest,
+        now_ms: u64,
+        timeout_ms: u64,
+        width: IdWidth,
+        share: Option<IdShare>,
+    ) -> Result<Admission, MembershipError> {
         validate_registration(hub, request)?;
         let max = plan.max_runners(hub.vni_base)?;
         if self.capacity > max {
@@ -636,7 +703,8 @@ impl RunnerPool {
             });
         }
         self.check_takeover(&request.name, request.local_address, now_ms, timeout_ms)?;
-        let registration = self.register_as(&request.name, request.local_address, now_ms, width)?;
+        let registration =
+            self.register_with(&request.name, request.local_address, now_ms, width, share)?;
         let plan = plan.runner(registration.id, hub.vni_base)?;
         Ok(Admission { registration, plan })
     }
@@ -672,6 +740,42 @@ impl RunnerPool {
             }
         }
         marked
+    }
+
+    /// Puts `runner` in the pool with its own ID, as another holder of the truth (the
+    /// overlay's shared store) gives it: whoever held that ID or that name is displaced,
+    /// and returned.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::InvalidName`] or [`MembershipError::UnusableAddress`], and
+    /// [`MembershipError::CapacityBelowAssigned`] when the ID is above the capacity; the
+    /// pool is unchanged then.
+    pub fn restore(&mut self, runner: Runner) -> Result<Vec<Runner>, MembershipError> {
+        validate_runner_name(&runner.name)?;
+        validate_local_address(runner.address)?;
+        if runner.id.get() > self.capacity.get() {
+            return Err(MembershipError::CapacityBelowAssigned {
+                capacity: self.capacity.get(),
+                id: runner.id,
+                name: runner.name,
+            });
+        }
+        let mut displaced = Vec::new();
+        if let Some(old) = self.remove(&runner.name) {
+            displaced.push(old);
+        }
+        if let Some(old) = self.runners.remove(&runner.id) {
+            self.by_name.remove(&old.name);
+            displaced.push(old);
+        }
+        let runner = Runner {
+            address: runner.address.to_canonical(),
+            ..runner
+        };
+        self.by_name.insert(runner.name.clone(), runner.id);
+        self.runners.insert(runner.id, runner);
+        Ok(displaced)
     }
 
     /// Removes `name` from the pool (an administrator deregistering it), freeing its ID.
@@ -2019,6 +2123,64 @@ mod tests {
 
     /// Runners that read their ID as a byte (no features header) get IDs up to 255 only,
     /// whatever the pool's capacity; wider runners get the rest.
+    #[test]
+    fn hubs_sharing_a_pool_prefer_their_own_ids() {
+        let cap = |n| NonZeroU32::new(n).unwrap();
+        let share = |index| Some(IdShare { index, count: 2 });
+        let mut pool = RunnerPool::new(cap(6));
+        let id = |r: Registration| r.id.get();
+        let first = pool.register_with("a", addr(1), 0, IdWidth::Wide, share(1));
+        assert_eq!(first.map(id), Ok(2), "the second hub starts at 2");
+        let next = pool.register_with("b", addr(2), 0, IdWidth::Wide, share(1));
+        assert_eq!(next.map(id), Ok(4));
+        let other = pool.register_with("c", addr(3), 0, IdWidth::Wide, share(0));
+        assert_eq!(other.map(id), Ok(1), "the first hub starts at 1");
+        pool.register_with("d", addr(4), 0, IdWidth::Wide, share(1))
+            .unwrap();
+        // The second hub's share (2, 4, 6) is full: it takes the lowest free ID.
+        let spill = pool.register_with("e", addr(5), 0, IdWidth::Wide, share(1));
+        assert_eq!(spill.map(id), Ok(3));
+        // A share out of range is no share.
+        let mut pool = RunnerPool::new(cap(6));
+        let odd = pool.register_with(
+            "a",
+            addr(1),
+            0,
+            IdWidth::Wide,
+            Some(IdShare { index: 5, count: 2 }),
+        );
+        assert_eq!(odd.map(id), Ok(1));
+    }
+
+    #[test]
+    fn a_restored_runner_displaces_its_id_and_its_name() {
+        let mut pool = RunnerPool::new(NonZeroU32::new(4).unwrap());
+        pool.register("a", addr(1), 0).unwrap();
+        pool.register("b", addr(2), 0).unwrap();
+        let runner = |id, name: &str| Runner {
+            id: RunnerId::new(id).unwrap(),
+            name: name.into(),
+            address: addr(9),
+            registered_ms: 5,
+            last_seen_ms: 5,
+            state: RunnerState::Offline,
+        };
+        // "b" (ID 2) is given ID 1 elsewhere: "a" loses 1, "b" leaves 2.
+        let displaced = pool.restore(runner(1, "b")).unwrap();
+        let mut names: Vec<String> = displaced.into_iter().map(|r| r.name).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool.get("b").map(|r| r.id.get()), Some(1));
+        assert!(pool.get_by_id(RunnerId::new(2).unwrap()).is_none());
+        assert!(matches!(
+            pool.restore(runner(5, "c")),
+            Err(MembershipError::CapacityBelowAssigned { .. })
+        ));
+        assert!(pool.restore(runner(3, "not a name!")).is_err());
+        assert_eq!(pool.len(), 1, "a refused runner changes nothing");
+    }
+
     #[test]
     fn narrow_runners_get_ids_up_to_255() {
         assert_eq!(IdWidth::from_features(None), IdWidth::Narrow);

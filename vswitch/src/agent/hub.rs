@@ -15,8 +15,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
+use super::store::EtcdStore;
 use super::{controller_call, stopped};
 use crate::api::hub::{HubServerConfig, serve_hub};
+use crate::control::kinds::overlay::EtcdStoreSpec;
+use crate::control::overlay_store::SharedStore;
 use crate::control::{Controller, HubTlsConfig};
 
 /// How often silent runners are looked for.
@@ -100,8 +103,24 @@ pub(super) async fn run(
     address: SocketAddr,
     token: String,
     tls: HubTlsConfig,
+    store: Option<EtcdStoreSpec>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // With a shared store, nothing is served until it is read: a registration answered
+    // from a copy that is not the store's could give an ID another hub holds.
+    let store = match &store {
+        None => None,
+        Some(spec) => {
+            let me = address.ip().to_string();
+            match super::store::open_until_ready(&controller, spec, me, address, &mut stop).await {
+                Some(opened) => Some(opened),
+                None => return,
+            }
+        }
+    };
+    let shared = store.as_ref().map(|(store, _)| Arc::clone(store));
+    let follower = store.map(|(store, revision)| tokio::spawn(Arc::clone(&store).run(revision)));
+    let _follower = AbortOnDrop(follower);
     let mut backoff = Backoff::new();
     // Without its TLS configuration the hub serves nothing (never plain HTTP instead); it
     // tries again with backoff, in case the files appear.
@@ -151,14 +170,18 @@ pub(super) async fn run(
             HubServerConfig {
                 token: token.clone(),
                 tls: tls.clone(),
+                store: shared.clone().map(|store| store as Arc<dyn SharedStore>),
             },
             async move { stopped(&mut server_stop).await },
         );
         let result = tokio::select! {
             result = server => result,
-            never = sweep(&controller) => match never {},
+            never = sweep(&controller, shared.as_ref()) => match never {},
         };
         if *stop.borrow() {
+            if let Some(store) = &shared {
+                store.close().await;
+            }
             return;
         }
         // The server ended without being asked to: log, wait, and listen again.
@@ -176,13 +199,38 @@ pub(super) async fn run(
     }
 }
 
-/// Calls [`Controller::hub_sweep`] every [`SWEEP_INTERVAL`], forever.
-async fn sweep(controller: &Arc<Controller>) -> std::convert::Infallible {
+/// Calls [`Controller::hub_sweep`] every [`SWEEP_INTERVAL`], forever; with a shared store,
+/// the runners gone silent here are said to be served by no hub.
+async fn sweep(
+    controller: &Arc<Controller>,
+    store: Option<&Arc<EtcdStore>>,
+) -> std::convert::Infallible {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        controller_call(controller, Controller::hub_sweep).await;
+        let silent = controller_call(controller, Controller::hub_sweep)
+            .await
+            .unwrap_or_default();
+        if let Some(store) = store
+            && !silent.is_empty()
+        {
+            let here = controller_call(controller, move |c| c.hub_served_here(&silent))
+                .await
+                .unwrap_or_default();
+            store.offline(&here).await;
+        }
+    }
+}
+
+/// Aborts the task when dropped (the store's follower, when the agent stops).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<std::convert::Infallible>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod backoff;
 mod client;
 mod hub;
 mod runner;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,8 +151,9 @@ fn start(controller: &Arc<Controller>, config: &OverlayAgentConfig) -> Option<Ta
             tracing::info!(overlay = %config.name, %address, "starting the hub agent");
             let controller = Arc::clone(controller);
             let tls = config.hub_tls.clone();
+            let store = config.store.clone();
             Some(Task::spawn(move |stop| {
-                hub::run(controller, address, token, tls, stop)
+                hub::run(controller, address, token, tls, store, stop)
             }))
         }
         OverlayRole::Runner => {

@@ -473,6 +473,7 @@ mod tests {
             hub_tls: crate::control::HubTlsConfig::Disabled,
             heartbeat: Duration::ZERO,
             runner_timeout: Duration::from_secs(20),
+            store: None,
         };
         let settings = RunnerSettings::from_config(&config).expect("has a hub");
         assert_eq!(settings.client.address(), hub());

@@ -73,6 +73,7 @@ use tokio_rustls::TlsAcceptor;
 use super::error::ErrorResponse;
 use super::resources::blocking;
 use crate::control::Controller;
+use crate::control::overlay_store::{SharedStore, StoreFailure};
 
 /// Largest accepted request body on the hub API: 64 KiB, far above a registration.
 pub const MAX_HUB_BODY_BYTES: usize = 64 * 1024;
@@ -153,6 +154,9 @@ pub struct HubServerConfig {
     pub token: String,
     /// The TLS configuration; `None` serves plain HTTP (only when the Overlay asks for it).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The overlay's shared store, where registrations are committed before they are
+    /// answered (`None`: the hub's state directory alone).
+    pub store: Option<Arc<dyn SharedStore>>,
 }
 
 impl std::fmt::Debug for HubServerConfig {
@@ -169,6 +173,7 @@ impl std::fmt::Debug for HubServerConfig {
 struct HubState {
     controller: Arc<Controller>,
     token_digest: Arc<TokenDigest>,
+    store: Option<Arc<dyn SharedStore>>,
 }
 
 /// The SHA-256 of a token: what tokens are compared as.
@@ -304,13 +309,14 @@ impl Drop for PoolSlot {
 /// An [`io::ErrorKind::InvalidInput`] error when `token` is empty: a hub that accepted an
 /// empty token would accept anyone.
 pub fn hub_router(controller: Arc<Controller>, token: &str) -> io::Result<Router> {
-    hub_router_with(controller, token, HubLimits::DEFAULT.body_read)
+    hub_router_with(controller, token, None, HubLimits::DEFAULT.body_read)
 }
 
 /// [`hub_router`] with the given body read timeout.
 fn hub_router_with(
     controller: Arc<Controller>,
     token: &str,
+    store: Option<Arc<dyn SharedStore>>,
     body_read_timeout: Duration,
 ) -> io::Result<Router> {
     if token.is_empty() {
@@ -322,6 +328,7 @@ fn hub_router_with(
     let state = HubState {
         controller,
         token_digest: Arc::new(TokenDigest::of(token.as_bytes())),
+        store,
     };
     Ok(Router::new()
         .route(REGISTER_PATH, post(register))
@@ -381,7 +388,12 @@ async fn serve_hub_with(
     known_runners: KnownRunners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let router = hub_router_with(Arc::clone(&controller), &config.token, limits.body_read)?;
+    let router = hub_router_with(
+        Arc::clone(&controller),
+        &config.token,
+        config.store.clone(),
+        limits.body_read,
+    )?;
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     if let Ok(address) = listener.local_addr() {
         let scheme = if acceptor.is_some() { "https" } else { "http" };
@@ -959,11 +971,9 @@ async fn register(
         .get(vxlan::membership::FEATURES_HEADER)
         .and_then(|value| value.to_str().ok());
     let width = vxlan::membership::IdWidth::from_features(features);
-    let plan = blocking(&state.controller, move |c| c.hub_register(&request, width))
-        .await
-        .inspect_err(|error| {
-            tracing::info!(runner = %name, message = %error.message, "registration refused");
-        })?;
+    let plan = admit(&state, request, width).await.inspect_err(|error| {
+        tracing::info!(runner = %name, message = %error.message, "registration refused");
+    })?;
     // Through `Value`, so keys come out sorted like every other answer of the API.
     let plan = serde_json::to_value(plan).map_err(|error| {
         ErrorResponse::new(
@@ -972,6 +982,63 @@ async fn register(
         )
     })?;
     Ok(axum::Json(plan).into_response())
+}
+
+/// How many times a registration is admitted again after the shared store found the hub's
+/// copy behind (another hub gave the same ID at the same time).
+const STORE_ATTEMPTS: usize = 4;
+
+/// Admits a registration, commits it to the shared store when there is one, and sets up
+/// its Subnet; answers its plan.
+async fn admit(
+    state: &HubState,
+    request: vxlan::RegistrationRequest,
+    width: vxlan::membership::IdWidth,
+) -> Result<vxlan::RunnerPlan, ErrorResponse> {
+    let request = Arc::new(request);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let asked = Arc::clone(&request);
+        let admitted = blocking(&state.controller, move |c| c.hub_admit(&asked, width)).await?;
+        if let (Some(store), Some(commit)) = (&state.store, &admitted.commit) {
+            match store.commit(commit).await {
+                Ok(()) => {}
+                Err(StoreFailure::Conflict(why)) if attempt < STORE_ATTEMPTS => {
+                    tracing::info!(runner = %request.name, "{why}; admitting again");
+                    continue;
+                }
+                Err(StoreFailure::Conflict(why)) => {
+                    return Err(ErrorResponse::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "registration of runner {:?} refused: the overlay store changed \
+                             under {STORE_ATTEMPTS} attempts ({why}); try again",
+                            request.name
+                        ),
+                    ));
+                }
+                Err(StoreFailure::Unavailable(why)) => {
+                    let commit = commit.clone();
+                    let controller = Arc::clone(&state.controller);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        controller.hub_store_abort(&commit);
+                    })
+                    .await;
+                    return Err(ErrorResponse::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "registration of runner {:?} not recorded: {why}",
+                            request.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let ticket = admitted.ticket;
+        blocking(&state.controller, move |c| c.hub_settle(ticket)).await?;
+        return Ok(admitted.plan);
+    }
 }
 
 /// `POST /v1/overlay/heartbeat`: records that a runner is alive; answers its ID, or 404 when
@@ -1115,6 +1182,7 @@ mod tests {
                     let config = HubServerConfig {
                         token: TOKEN.to_owned(),
                         tls,
+                        store: None,
                     };
                     match limits {
                         None => serve_hub(served, listener, config, shutdown).await,

@@ -11,6 +11,7 @@ pub mod kinds;
 pub mod nat_rules;
 pub mod node;
 pub mod overlay;
+pub mod overlay_store;
 pub mod resource;
 pub mod routing;
 pub mod selector;

@@ -389,7 +389,7 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
         let Ok(runner_plan) = plan.runner(runner.id, spec.vni_base) else {
             continue;
         };
-        resources.push(subnet(
+        let mut generated = subnet(
             &runner_subnet_name(runner.id.get()),
             &owner,
             runner_plan.subnet,
@@ -401,9 +401,21 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
             runner_plan
                 .ipv6
                 .map(|six| subnet6(six.subnet, six.hub_address, vec![six.gateway], false)),
-        ));
+        );
+        if let Resource::Subnet(subnet) = &mut generated {
+            subnet.spec.gateway_mac = Some(hub_gateway_mac(u32::from(runner_plan.vni)));
+        }
+        resources.push(generated);
     }
     resources
+}
+
+/// The MAC of the hub's address in a runner's subnet (10.N.0.254): derived from the
+/// runner's VNI alone, not from the hub node's id, so that every hub of the overlay
+/// answers with the same one and a runner's neighbour entry for it stays right when
+/// another hub, or a hub rebuilt on a new disk, takes over.
+pub fn hub_gateway_mac(vni: u32) -> super::resource::MacAddr {
+    super::routing::derived_gateway_mac(None, &format!("overlay-hub:{vni}"))
 }
 
 /// Host number `n` of `cidr` (0 is the network address).
@@ -501,8 +513,26 @@ pub struct HubView {
     /// How the registration API is served.
     #[serde(default)]
     pub tls: HubTlsView,
+    /// The shared store of the runners (`None`: the hub's state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreView>,
     /// The runners of the pool, by ID.
     pub runners: Vec<HubRunner>,
+}
+
+/// A hub's shared store (`spec.store.etcd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreView {
+    /// The etcd endpoints.
+    pub etcd: Vec<String>,
+    /// The overlay's key prefix.
+    pub prefix: String,
+    /// Whether the store has been read and registrations are committed to it.
+    pub ready: bool,
+    /// Why it cannot be used, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// How a hub serves its registration API.
@@ -561,6 +591,9 @@ pub struct HubRunner {
     pub last_seen_seconds_ago: u64,
     /// Online or offline.
     pub state: RunnerState,
+    /// With a shared store: the hub serving it now (its `localAddress`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
 }
 
 /// A runner's overlay.

@@ -782,3 +782,96 @@ pub fn kernel_vxlan_node_with(
     container.exec_ok(&["ip", "addr", "add", ip, "dev", "eth0"]);
     container.exec_ok(&["ip", "link", "set", "eth0", "up"]);
 }
+
+/// An etcd server (Debian's `etcd-server`, 3.4) of one member, on `ADDRESS:2379` inside a
+/// node namespace, with a temporary data directory; killed and removed when dropped.
+pub struct Etcd {
+    child: Child,
+    netns: String,
+    /// Its client URL (`http://ADDRESS:2379`).
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd in `netns` on `address` and waits until it answers.
+    pub fn start_in(netns: &Netns, address: &str) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("vstest-etcd")
+            .tempdir()
+            .expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let client = format!("http://{address}:2379");
+        let peer = format!("http://{address}:2380");
+        let data = dir.path().join("data");
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns.name.as_str(), "etcd"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--name", "default"])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
+        let etcd = Etcd {
+            child,
+            netns: netns.name.clone(),
+            endpoint: client,
+            dir,
+        };
+        wait_until("etcd to answer", Duration::from_secs(30), || {
+            let out = etcd.ctl_output(&["endpoint", "health"]);
+            out.status.success().then_some(())
+        });
+        etcd
+    }
+
+    fn ctl_output(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.netns.as_str(), "etcdctl"])
+            .args(["--endpoints", self.endpoint.as_str()])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run etcdctl (apt-get install etcd-client): {e}"))
+    }
+
+    /// Runs `etcdctl ARGS` against it; panics with its output when it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_output(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The keys under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.ctl(&["get", "--prefix", "--keys-only", prefix])
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Its log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -74,6 +74,7 @@ mod ids;
 mod overlay;
 mod policies;
 mod reconcile;
+mod shared_store;
 #[cfg(test)]
 mod tests;
 mod trace;
@@ -81,6 +82,7 @@ mod views;
 
 pub use self::overlay::{HUB_TLS_DIRECTORY, HubTlsConfig, OverlayAgentConfig};
 pub use self::policies::PolicyExplanation;
+pub use self::shared_store::HubAdmitted;
 pub use self::views::{
     ConntrackCounters, ConntrackKey, ConntrackRow, MetricsSnapshot, NatAddress, NatPortsInUse,
     NatReport, NatUplink, RoutingTableCount, RoutingTableRow,

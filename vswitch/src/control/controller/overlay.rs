@@ -10,11 +10,15 @@ use std::time::Duration;
 
 use super::compile::publish;
 use super::reconcile::retire;
+use super::shared_store::{
+    HubAdmitted, id_share, store_online_commit, stored_runner, touch_served_elsewhere,
+};
 use super::{Controller, Inner, Locked, OpenVtep};
 use crate::control::ApiError;
 use crate::control::overlay::{
-    self, HubRunner, HubTlsView, HubView, MeshView, OverlayView, RunnerTls, RunnerView,
+    self, HubRunner, HubTlsView, HubView, MeshView, OverlayView, RunnerTls, RunnerView, StoreView,
 };
+use crate::control::overlay_store::StoreCommit;
 use crate::control::resource::{
     Document, HubRef, HubTls, Kind, Origin, Overlay, OverlayRole, OverlayState, Resource, TlsMode,
 };
@@ -57,6 +61,8 @@ pub struct OverlayAgentConfig {
     pub heartbeat: Duration,
     /// Hub: silence after which a runner is marked offline.
     pub runner_timeout: Duration,
+    /// Hub: the etcd cluster holding the runner registry (`None`: the state directory).
+    pub store: Option<crate::control::kinds::overlay::EtcdStoreSpec>,
 }
 
 /// How a hub serves its registration API.
@@ -114,29 +120,49 @@ impl Controller {
         request: &vxlan::RegistrationRequest,
         width: vxlan::membership::IdWidth,
     ) -> Result<vxlan::RunnerPlan, ApiError> {
-        let (plan, ticket) = {
-            let mut inner = self.lock();
-            let (plan, ticket) = self.hub_admit_locked(&mut inner, request, width)?;
-            // A runner asking again while its first admission is not generated yet (its
-            // client gave up waiting, or the sync failed) waits for that one too.
-            let unsynced = inner.served.pending.get(&request.name).copied();
-            (plan, ticket.or(unsynced))
-        };
+        let admitted = self.hub_admit(request, width)?;
+        self.hub_settle(admitted.ticket)?;
+        Ok(admitted.plan)
+    }
+
+    /// The first half of [`Self::hub_register`]: admits the registration in this hub's
+    /// runner pool. With a shared store, the admission is answered only once its
+    /// [`HubAdmitted::commit`] is recorded there; then (or at once without one)
+    /// [`Self::hub_settle`] sets up the runner's Subnet.
+    ///
+    /// # Errors
+    /// Those of [`Self::hub_register`].
+    pub fn hub_admit(
+        &self,
+        request: &vxlan::RegistrationRequest,
+        width: vxlan::membership::IdWidth,
+    ) -> Result<HubAdmitted, ApiError> {
+        let mut inner = self.lock();
+        let (plan, ticket, commit) = self.hub_admit_locked(&mut inner, request, width)?;
+        // A runner asking again while its first admission is not generated yet (its
+        // client gave up waiting, or the sync failed) waits for that one too.
+        let unsynced = inner.served.pending.get(&request.name).copied();
+        Ok(HubAdmitted {
+            plan,
+            ticket: ticket.or(unsynced),
+            commit,
+        })
+    }
+
+    /// The second half of [`Self::hub_register`]: sets up and saves the generated
+    /// resources of every admission up to `ticket` (at once when they are already).
+    ///
+    /// # Errors
+    /// [`ApiError`] when the resources cannot be set up or saved.
+    pub fn hub_settle(&self, ticket: Option<u64>) -> Result<(), ApiError> {
         let Some(ticket) = ticket else {
-            return Ok(plan);
+            return Ok(());
         };
         let mut inner = self.lock();
         if inner.served.synced >= ticket {
-            return Ok(plan);
+            return Ok(());
         }
-        let upto = inner.served.admitted;
-        self.sync_generated(&mut inner)?;
-        inner.persist(&inner.state)?;
-        inner.served.synced = inner.served.synced.max(upto);
-        let synced = inner.served.synced;
-        inner.served.pending.retain(|_, ticket| *ticket > synced);
-        inner.served.trim_due = true;
-        Ok(plan)
+        self.resync_generated(&mut inner)
     }
 
     /// Hub: records a heartbeat from runner `name`.
@@ -149,10 +175,11 @@ impl Controller {
         hub_heartbeat(&mut inner, name, wall_ms())
     }
 
-    /// Hub: marks offline the runners silent for longer than the Overlay's timeout.
-    pub fn hub_sweep(&self) {
+    /// Hub: marks offline the runners silent for longer than the Overlay's timeout; answers
+    /// their names.
+    pub fn hub_sweep(&self) -> Vec<String> {
         let mut inner = self.lock();
-        hub_sweep(&mut inner, wall_ms());
+        hub_sweep(&mut inner, wall_ms())
     }
 
     /// Runner: the hub admitted us with `plan`; sets up (or keeps) the overlay subnet,
@@ -234,7 +261,7 @@ impl Controller {
 
     /// Makes the generated resources (see [`overlay`]) match the Overlay: creates or updates
     /// the wanted ones, deletes the stale ones. A hub first registers its static runners.
-    fn sync_generated(&self, inner: &mut Locked<'_>) -> Result<(), ApiError> {
+    pub(super) fn sync_generated(&self, inner: &mut Locked<'_>) -> Result<(), ApiError> {
         register_static_runners(inner)?;
         let wanted = overlay::owned_resources(&inner.state);
         // A generated Subnet whose CIDR changes (a runner given another ID) cannot be changed
@@ -309,7 +336,7 @@ impl Controller {
         inner: &mut Locked<'_>,
         request: &vxlan::RegistrationRequest,
         width: vxlan::membership::IdWidth,
-    ) -> Result<(vxlan::RunnerPlan, Option<u64>), ApiError> {
+    ) -> Result<(vxlan::RunnerPlan, Option<u64>, Option<StoreCommit>), ApiError> {
         let overlay = hub_overlay(&inner.state)?.clone();
         if let Some(problem) =
             overlay::registration_problem(request.local_address, overlay.spec.local_address)
@@ -337,10 +364,18 @@ impl Controller {
                 field: None,
             });
         }
+        // With a shared store, the hub serving the runner that holds the name.
+        let serving = inner
+            .served
+            .online
+            .get(&request.name)
+            .filter(|hub| Some(*hub) != inner.served.store_me.as_ref())
+            .map(|hub| format!(" (it is served by hub {hub})"))
+            .unwrap_or_default();
         let refused = |err: vxlan::MembershipError| match err {
             // Two nodes with one name: a conflict with the runner holding it.
             vxlan::MembershipError::NameOnlineElsewhere { .. } => ApiError::Conflict {
-                message: err.to_string(),
+                message: format!("{err}{serving}"),
                 field: None,
             },
             err => ApiError::Invalid {
@@ -349,19 +384,22 @@ impl Controller {
             },
         };
         if let Some(plan) = reconnect(inner, &overlay, request, width).map_err(refused)? {
-            return Ok((plan, None));
+            // Served here now: the store says so unless it already does.
+            let commit = store_online_commit(inner, &request.name);
+            return Ok((plan, None, commit));
         }
         fold_heartbeats(inner);
         let mut pool = sized_pool(&inner.state, &overlay)?;
         let timeout_ms = overlay.spec.runner_timeout_seconds.saturating_mul(1000);
         let admission = pool
-            .admit(
+            .admit_with(
                 &overlay::settings(&overlay),
                 &overlay.spec.address_plan,
                 request,
                 wall_ms(),
                 timeout_ms,
                 width,
+                id_share(inner),
             )
             .map_err(refused)?;
         // A new runner is a new Subnet, and its tunnel a port: refuse it rather than admit a
@@ -429,15 +467,39 @@ impl Controller {
             .insert(request.name.clone());
         // In place: a copy of the whole state per registration was a tenth of its cost with
         // a thousand runners. Saved with the generated resources, before the answer.
+        let commit = inner.served.store_me.as_ref().and_then(|_| {
+            let runner = stored_runner(pool.get(&request.name)?);
+            Some(match &admission.registration.outcome {
+                vxlan::membership::RegistrationOutcome::Assigned => StoreCommit::Assign(runner),
+                vxlan::membership::RegistrationOutcome::Reconnected {
+                    previous_address: Some(_),
+                } => StoreCommit::Move(runner),
+                vxlan::membership::RegistrationOutcome::Reconnected {
+                    previous_address: None,
+                } => StoreCommit::Online(runner),
+                vxlan::membership::RegistrationOutcome::Reclaimed { evicted } => {
+                    StoreCommit::Reclaim {
+                        runner,
+                        evicted: evicted.name.clone(),
+                    }
+                }
+            })
+        });
         inner.state.runner_pool = Some(pool);
+        if let Some(StoreCommit::Assign(runner) | StoreCommit::Reclaim { runner, .. }) = &commit {
+            inner
+                .served
+                .uncommitted
+                .insert(runner.name.clone(), runner.id);
+        }
         if !changed {
             // A reconnect: only last-seen changed, which is not worth a disk write.
-            return Ok((admission.plan, None));
+            return Ok((admission.plan, None, commit));
         }
         inner.served.admitted += 1;
         let ticket = inner.served.admitted;
         inner.served.pending.insert(request.name.clone(), ticket);
-        Ok((admission.plan, Some(ticket)))
+        Ok((admission.plan, Some(ticket), commit))
     }
 
     fn runner_joined_locked(
@@ -560,7 +622,7 @@ fn remove_stale_host_tap(state: &State, wanted: &[Resource]) {
 }
 
 /// The hub's Overlay, or a conflict.
-fn hub_overlay(state: &State) -> Result<&Overlay, ApiError> {
+pub(super) fn hub_overlay(state: &State) -> Result<&Overlay, ApiError> {
     state
         .overlays
         .values()
@@ -579,7 +641,7 @@ fn hub_overlay(state: &State) -> Result<&Overlay, ApiError> {
 /// # Errors
 /// [`ApiError::Invalid`] (`spec.addressPlan`) when the plan is invalid or no longer has a
 /// subnet for an ID a runner holds (remove that runner first).
-fn sized_pool(state: &State, overlay: &Overlay) -> Result<vxlan::RunnerPool, ApiError> {
+pub(super) fn sized_pool(state: &State, overlay: &Overlay) -> Result<vxlan::RunnerPool, ApiError> {
     let max = overlay
         .spec
         .address_plan
@@ -689,6 +751,7 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
         },
         heartbeat: Duration::from_secs(spec.heartbeat_seconds),
         runner_timeout: Duration::from_secs(spec.runner_timeout_seconds),
+        store: spec.store.as_ref().and_then(|store| store.etcd.clone()),
     })
 }
 
@@ -699,24 +762,36 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
 /// every runner registers once more.
 #[derive(Debug, Default)]
 pub(super) struct Served {
-    plan: Option<vxlan::AddressPlan>,
-    runners: std::collections::BTreeSet<String>,
+    pub(super) plan: Option<vxlan::AddressPlan>,
+    pub(super) runners: std::collections::BTreeSet<String>,
     /// Heartbeats not yet recorded in the runner pool: runner -> when (wall ms). A heartbeat
     /// only notes the time here; [`fold_heartbeats`] writes them into the pool (part of the
     /// state) once per sweep and before a registration. Writing the pool at each heartbeat
     /// made every heartbeat compare and copy the whole state for readers: 2 ms each with
     /// 1,000 runners, 21% of a core for their 100 heartbeats per second.
-    seen: std::collections::HashMap<String, u64>,
+    pub(super) seen: std::collections::HashMap<String, u64>,
     /// Registrations admitted that changed the generated resources, counted.
-    admitted: u64,
+    pub(super) admitted: u64,
     /// How many of those the generated resources and the saved state include.
-    synced: u64,
+    pub(super) synced: u64,
     /// Runners admitted whose generated resources are not set up and saved yet, with the
     /// ticket of their admission.
-    pending: std::collections::HashMap<String, u64>,
+    pub(super) pending: std::collections::HashMap<String, u64>,
     /// Registrations generated resources since the last sweep: the sweep gives the memory
     /// their copies took back to the kernel.
-    trim_due: bool,
+    pub(super) trim_due: bool,
+    /// With a shared store ([`crate::control::overlay_store`]): this hub's name there (its
+    /// `localAddress`); `None` with the local store.
+    pub(super) store_me: Option<String>,
+    /// With a shared store: which hub serves each online runner, as the store says.
+    pub(super) online: std::collections::HashMap<String, String>,
+    /// With a shared store: the hubs holding a lease there (this one's place among them
+    /// gives its share of new IDs, [`vxlan::membership::IdShare`]).
+    pub(super) hubs: std::collections::BTreeSet<String>,
+    /// With a shared store: runners admitted here whose commit the store has not confirmed
+    /// yet (name -> ID). Reading the store again keeps them while their ID and name are
+    /// free there, so that one failed commit does not undo the others in flight.
+    pub(super) uncommitted: std::collections::HashMap<String, u32>,
 }
 
 impl Served {
@@ -809,7 +884,7 @@ fn reconnect(
 
 /// Records the heartbeats noted since the last call in the runner pool (marking those
 /// runners online, seen then).
-fn fold_heartbeats(inner: &mut Inner) {
+pub(super) fn fold_heartbeats(inner: &mut Inner) {
     if inner.served.seen.is_empty() {
         return;
     }
@@ -823,9 +898,9 @@ fn fold_heartbeats(inner: &mut Inner) {
     }
 }
 
-fn hub_sweep(inner: &mut Inner, now_ms: u64) {
+fn hub_sweep(inner: &mut Inner, now_ms: u64) -> Vec<String> {
     let Ok(overlay) = hub_overlay(&inner.state) else {
-        return;
+        return Vec::new();
     };
     if std::mem::take(&mut inner.served.trim_due) {
         // At most once a second, after registrations: 4,000 runners brought up left 510 MiB
@@ -840,15 +915,22 @@ fn hub_sweep(inner: &mut Inner, now_ms: u64) {
         .map(|r| r.name.clone())
         .collect();
     fold_heartbeats(inner);
+    touch_served_elsewhere(inner, now_ms);
     let Some(pool) = inner.state.runner_pool.as_mut() else {
-        return;
+        return Vec::new();
     };
     for name in &statics {
         let _ = pool.touch(name, now_ms);
     }
-    for id in pool.mark_offline(now_ms, timeout) {
-        tracing::warn!(runner = %id, "runner marked offline: no heartbeat within the timeout");
-    }
+    let offline = pool.mark_offline(now_ms, timeout);
+    offline
+        .into_iter()
+        .filter_map(|id| {
+            let name = pool.get_by_id(id)?.name.clone();
+            tracing::warn!(runner = %name, %id, "runner marked offline: no heartbeat within the timeout");
+            Some(name)
+        })
+        .collect()
 }
 
 fn runner_status(inner: &mut Inner, state: OverlayState, message: Option<String>) {
@@ -919,6 +1001,7 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                             .and_then(|p| p.ipv6.map(|six| six.subnet)),
                         last_seen_seconds_ago: now_ms.saturating_sub(last_seen) / 1000,
                         state,
+                        hub: inner.served.online.get(&runner.name).cloned(),
                     }
                 })
                 .collect();
@@ -939,6 +1022,17 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                         .as_ref()
                         .is_none_or(|tls| tls.certificate_file.is_none()),
                 },
+                store: spec
+                    .store
+                    .as_ref()
+                    .and_then(|store| store.etcd.as_ref())
+                    .map(|etcd| StoreView {
+                        etcd: etcd.endpoints.clone(),
+                        prefix: etcd.prefix.clone(),
+                        ready: inner.served.store_me.is_some()
+                            && overlay.status.store_message.is_none(),
+                        message: overlay.status.store_message.clone(),
+                    }),
                 runners,
             })
         }
@@ -972,7 +1066,7 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
 
 /// Milliseconds since the Unix epoch: the runner pool's clock (it must survive restarts,
 /// unlike the datapath's monotonic clock).
-fn wall_ms() -> u64 {
+pub(super) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -122,6 +122,63 @@ pub struct HubClientTls {
     pub fingerprint: Option<String>,
 }
 
+/// The key prefix of the overlay in etcd when `spec.store.etcd.prefix` is not given.
+pub const DEFAULT_ETCD_PREFIX: &str = "/vswitch/overlay/";
+/// Default TTL of a hub's etcd lease: how long after a hub dies its runners stop being
+/// shown as served by it.
+pub const DEFAULT_ETCD_LEASE_SECONDS: u64 = 10;
+
+fn default_etcd_prefix() -> String {
+    DEFAULT_ETCD_PREFIX.into()
+}
+fn default_etcd_lease_seconds() -> u64 {
+    DEFAULT_ETCD_LEASE_SECONDS
+}
+
+/// Hub: where the runner registry is kept (`spec.store`). Without it, on the hub's own
+/// disk (its state directory); with `etcd`, in an etcd cluster that several hubs of one
+/// overlay share.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverlayStoreSpec {
+    /// The etcd cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdStoreSpec>,
+}
+
+/// The etcd cluster holding the overlay's runners (`spec.store.etcd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdStoreSpec {
+    /// Client URLs of the cluster's members (`http://HOST:2379`, or `https://` with
+    /// `tls`); each call tries them in turn.
+    pub endpoints: Vec<String>,
+    /// The key prefix of this overlay (every hub of the overlay uses the same).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// TTL of this hub's lease, in seconds: the runners it serves are shown served by no
+    /// hub this long after it dies.
+    #[serde(default = "default_etcd_lease_seconds")]
+    pub lease_seconds: u64,
+    /// TLS to the cluster (for `https://` endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd (`spec.store.etcd.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA certificates (PEM) etcd's certificate must chain to; an absolute path.
+    pub ca_file: String,
+    /// The hub's client certificate (PEM), for an etcd with `--client-cert-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_file: Option<String>,
+    /// Its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
 /// Where a runner finds its hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -211,6 +268,9 @@ pub struct OverlaySpec {
     /// Hub: runners served without registration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runners: Vec<StaticRunner>,
+    /// Hub: where the runner registry is kept (default: the hub's state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<Box<OverlayStoreSpec>>,
     /// Runner: seconds between heartbeats.
     #[serde(default = "default_heartbeat_seconds")]
     pub heartbeat_seconds: u64,
@@ -277,6 +337,9 @@ pub struct OverlayStatus {
     /// runner pins in `spec.hub.tls.fingerprint`); absent while not serving, or without TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
+    /// Hub: why its shared store (`spec.store`) cannot be used; absent when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_message: Option<String>,
 }
 
 /// The node's VXLAN overlay (at most one per node; its name is the node's name in the
@@ -368,6 +431,7 @@ spec:
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
         errors.check(check_overlay(cx.origin, cx.next, self));
         check_tls(cx.origin, &self.spec, errors);
+        check_store(cx.origin, &self.spec, errors);
     }
 
     fn shown(&self) -> Self {
@@ -497,6 +561,11 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
         !spec.runners.is_empty() && spec.role != OverlayRole::Hub,
         "hub",
     )?;
+    only(
+        "spec.store",
+        spec.store.is_some() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
     match spec.role {
         OverlayRole::Mesh => {
             for (i, peer) in spec.peers.iter().enumerate() {
@@ -622,6 +691,115 @@ fn check_tls(origin: &Origin, spec: &OverlaySpec, errors: &mut Errors) {
         },
         _ => {}
     }
+}
+
+/// Checks `spec.store`, pushing every problem with its field path. TLS files are read here
+/// (see [`check_tls`]).
+fn check_store(origin: &Origin, spec: &OverlaySpec, errors: &mut Errors) {
+    let Some(store) = &spec.store else {
+        return;
+    };
+    let Some(etcd) = &store.etcd else {
+        errors.push(origin.invalid(
+            "spec.store",
+            "names no store: write store: {etcd: {endpoints: [http://HOST:2379]}}, or remove \
+             it to keep the runners in the hub's state directory",
+        ));
+        return;
+    };
+    if etcd.endpoints.is_empty() {
+        errors.push(origin.invalid(
+            "spec.store.etcd.endpoints",
+            "needs at least one client URL of the etcd cluster, e.g. [http://10.0.0.5:2379]",
+        ));
+    }
+    let mut https = false;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, url) in etcd.endpoints.iter().enumerate() {
+        let field = format!("spec.store.etcd.endpoints[{i}]");
+        match crate::etcd::Endpoint::parse(url) {
+            Ok(endpoint) => https |= endpoint.tls,
+            Err(why) => errors.push(origin.invalid(&field, why)),
+        }
+        if !seen.insert(url.as_str()) {
+            errors.push(origin.invalid(&field, format!("{url:?} is listed twice")));
+        }
+    }
+    let prefix = &etcd.prefix;
+    if !prefix.starts_with('/')
+        || !prefix.ends_with('/')
+        || prefix.len() > 200
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        errors.push(origin.invalid(
+            "spec.store.etcd.prefix",
+            format!(
+                "{prefix:?} is not a key prefix: it must start and end with / (e.g. \
+                 {DEFAULT_ETCD_PREFIX}), without spaces, at most 200 bytes"
+            ),
+        ));
+    }
+    if !(2..=300).contains(&etcd.lease_seconds) {
+        errors.push(origin.invalid(
+            "spec.store.etcd.leaseSeconds",
+            format!(
+                "{} is out of range: use 2..=300 (the hub renews its lease every third of it)",
+                etcd.lease_seconds
+            ),
+        ));
+    }
+    match (&etcd.tls, https) {
+        (None, true) => errors.push(origin.invalid(
+            "spec.store.etcd.tls",
+            "https endpoints need tls: {caFile: /path/etcd-ca.pem} (the CA etcd's \
+             certificate chains to)",
+        )),
+        (Some(_), false) if !etcd.endpoints.is_empty() => errors.push(origin.invalid(
+            "spec.store.etcd.tls",
+            "applies to https:// endpoints only; the endpoints are http://",
+        )),
+        (Some(tls), _) => {
+            if let Err(error) = etcd_tls_config(origin, tls) {
+                errors.push(error);
+            }
+        }
+        (None, false) => {}
+    }
+}
+
+/// The TLS client configuration of `spec.store.etcd.tls`, its files read.
+///
+/// # Errors
+/// [`ApiError`] naming the field whose file cannot be used.
+pub fn etcd_tls_config(
+    origin: &Origin,
+    tls: &EtcdTls,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, ApiError> {
+    let ca = absolute_path(origin, "spec.store.etcd.tls.caFile", &tls.ca_file)?;
+    let identity = match (&tls.certificate_file, &tls.key_file) {
+        (None, None) => None,
+        (Some(certificate), Some(key)) => Some((
+            absolute_path(origin, "spec.store.etcd.tls.certificateFile", certificate)?,
+            absolute_path(origin, "spec.store.etcd.tls.keyFile", key)?,
+        )),
+        (Some(_), None) => {
+            return Err(origin.invalid(
+                "spec.store.etcd.tls.keyFile",
+                "certificateFile needs its keyFile (PEM)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(origin.invalid(
+                "spec.store.etcd.tls.certificateFile",
+                "keyFile needs its certificateFile (PEM)",
+            ));
+        }
+    };
+    crate::tls::etcd_client_config(
+        &ca,
+        identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .map_err(|(field, error)| origin.invalid(&format!("spec.store.etcd.tls.{field}"), error))
 }
 
 /// An absolute path, or an error for `field`.
