@@ -786,8 +786,9 @@ pub fn kernel_vxlan_node_with(
 /// An etcd server (Debian's `etcd-server`, 3.4) of one member, on `ADDRESS:2379` inside a
 /// node namespace, with a temporary data directory; killed and removed when dropped.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
     netns: String,
+    address: String,
     /// Its client URL (`http://ADDRESS:2379`).
     pub endpoint: String,
     dir: tempfile::TempDir,
@@ -796,16 +797,47 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd in `netns` on `address` and waits until it answers.
     pub fn start_in(netns: &Netns, address: &str) -> Etcd {
+        let mut etcd = Etcd::stopped_in(netns, address);
+        etcd.start();
+        etcd
+    }
+
+    /// An etcd of `netns` on `address`, not started yet ([`Etcd::start`]).
+    pub fn stopped_in(netns: &Netns, address: &str) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("vstest-etcd")
             .tempdir()
             .expect("tempdir");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        Etcd {
+            child: None,
+            netns: netns.name.clone(),
+            address: address.to_owned(),
+            endpoint: format!("http://{address}:2379"),
+            dir,
+        }
+    }
+
+    /// Kills it (`kill -9`); its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again, on the same data) and waits until it answers.
+    pub fn start(&mut self) {
+        let address = &self.address;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
         let client = format!("http://{address}:2379");
         let peer = format!("http://{address}:2380");
-        let data = dir.path().join("data");
+        let data = self.dir.path().join("data");
         let child = Command::new("ip")
-            .args(["netns", "exec", netns.name.as_str(), "etcd"])
+            .args(["netns", "exec", self.netns.as_str(), "etcd"])
             .arg("--data-dir")
             .arg(&data)
             .args(["--name", "default"])
@@ -819,17 +851,11 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
-        let etcd = Etcd {
-            child,
-            netns: netns.name.clone(),
-            endpoint: client,
-            dir,
-        };
+        self.child = Some(child);
         wait_until("etcd to answer", Duration::from_secs(30), || {
-            let out = etcd.ctl_output(&["endpoint", "health"]);
+            let out = self.ctl_output(&["endpoint", "health"]);
             out.status.success().then_some(())
         });
-        etcd
     }
 
     fn ctl_output(&self, args: &[&str]) -> Output {
@@ -871,7 +897,6 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

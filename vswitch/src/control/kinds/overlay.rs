@@ -1008,6 +1008,93 @@ mod tests {
         check_overlay(&Origin::resource(Kind::Overlay, "node-a"), &state, overlay)
     }
 
+    fn store_errors(store: &str) -> Vec<String> {
+        let mut hub = overlay_of(OverlayRole::Hub);
+        hub.spec.store = Some(serde_norway::from_str(store).expect("store YAML"));
+        let mut errors = Errors::new();
+        check_store(
+            &Origin::resource(Kind::Overlay, "node-a"),
+            &hub.spec,
+            &mut errors,
+        );
+        match errors.into_result() {
+            Ok(()) => Vec::new(),
+            Err(ApiError::Aggregate(all)) => all.iter().map(ToString::to_string).collect(),
+            Err(one) => vec![one.to_string()],
+        }
+    }
+
+    /// `spec.store.etcd` is checked whole: every wrong field named with its path.
+    #[test]
+    fn the_etcd_store_is_checked_field_by_field() {
+        assert!(store_errors("etcd: {endpoints: ['http://10.0.0.5:2379']}").is_empty());
+        assert!(
+            store_errors(
+                "etcd: {endpoints: ['http://10.0.0.5:2379', 'http://10.0.0.6:2379'], prefix: /ci/overlay/, leaseSeconds: 30}"
+            )
+            .is_empty()
+        );
+        let errors = store_errors(
+            "etcd: {endpoints: ['10.0.0.5:2379', 'http://a:1', 'http://a:1', 'https://b:2379/'], prefix: nope, leaseSeconds: 1}",
+        );
+        let joined = errors.join("\n");
+        for field in [
+            "spec.store.etcd.endpoints[0]",
+            "spec.store.etcd.endpoints[2]",
+            "spec.store.etcd.prefix",
+            "spec.store.etcd.leaseSeconds",
+            "spec.store.etcd.tls",
+        ] {
+            assert!(joined.contains(field), "{field} is named:\n{joined}");
+        }
+        assert!(joined.contains("listed twice"), "{joined}");
+        assert!(joined.contains("https endpoints need tls"), "{joined}");
+        let joined = store_errors("{}").join("\n");
+        assert!(
+            joined.contains("spec.store") && joined.contains("names no store"),
+            "{joined}"
+        );
+        let joined = store_errors("etcd: {endpoints: []}").join("\n");
+        assert!(joined.contains("spec.store.etcd.endpoints"), "{joined}");
+        let joined =
+            store_errors("etcd: {endpoints: ['http://a:2379'], tls: {caFile: /etc/ca.pem}}")
+                .join("\n");
+        assert!(
+            joined.contains("applies to https:// endpoints only"),
+            "{joined}"
+        );
+        let joined = store_errors(
+            "etcd: {endpoints: ['https://a:2379'], tls: {caFile: relative.pem, certificateFile: /c.pem}}",
+        )
+        .join("\n");
+        assert!(
+            joined.contains("spec.store.etcd.tls.caFile") && joined.contains("absolute"),
+            "{joined}"
+        );
+        let joined = store_errors(
+            "etcd: {endpoints: ['https://a:2379'], tls: {caFile: /nonexistent/ca.pem}}",
+        )
+        .join("\n");
+        assert!(
+            joined.contains("spec.store.etcd.tls.caFile") && joined.contains("/nonexistent/ca.pem"),
+            "{joined}"
+        );
+        // Unknown fields are refused by the parser, with their path.
+        let parsed: Result<OverlayStoreSpec, _> =
+            serde_norway::from_str("etcd: {endpoints: ['http://a:1'], leases: 3}");
+        assert!(parsed.is_err());
+        // Only a hub has a store.
+        let mut runner = overlay_of(OverlayRole::Runner);
+        runner.spec.store = Some(Box::default());
+        let err = check(&runner)
+            .expect_err("a runner has no store")
+            .to_string();
+        assert!(
+            err.contains("spec.store") && err.contains("role hub"),
+            "{err}"
+        );
+    }
+
     /// A hub's plan must keep a subnet for every registered runner.
     #[test]
     fn a_plan_cannot_drop_a_registered_runner() {
