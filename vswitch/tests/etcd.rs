@@ -5,6 +5,7 @@
 //! Run by `scripts/test.sh` (which installs etcd); they fail, saying so, without it.
 
 #![allow(missing_docs)]
+#![allow(clippy::tests_outside_test_module)]
 
 use std::net::TcpListener;
 use std::path::Path;
