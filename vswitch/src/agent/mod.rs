@@ -173,7 +173,7 @@ fn start(controller: &Arc<Controller>, config: &OverlayAgentConfig) -> Option<Ta
             };
             tracing::info!(
                 overlay = %config.name,
-                hub = %settings.client.address(),
+                hub = %settings.clients[0].address(),
                 "starting the runner agent"
             );
             let controller = Arc::clone(controller);

@@ -34,8 +34,8 @@ const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 pub(super) struct RunnerSettings {
     /// The registration it sends.
     pub request: vxlan::RegistrationRequest,
-    /// The hub's API.
-    pub client: HubClient,
+    /// The hubs' APIs, in order of preference (`spec.hub`, then its alternates).
+    pub clients: Vec<HubClient>,
     /// Interval between heartbeats.
     pub heartbeat: Duration,
 }
@@ -55,9 +55,45 @@ impl RunnerSettings {
             .hub
             .as_ref()
             .ok_or("the runner Overlay names no hub: not registering; set spec.hub")?;
-        let client =
-            HubClient::new(hub.address, hub.api_port, &hub.token).with_source(config.local_address);
-        let trust = match &hub.tls {
+        let mut clients = Vec::new();
+        for (i, (address, port, tls)) in hub.all().into_iter().enumerate() {
+            let field = if i == 0 {
+                "spec.hub.tls".to_owned()
+            } else {
+                format!("spec.hub.alternates[{}].tls", i - 1)
+            };
+            clients.push(
+                hub_client(address, port, &hub.token, tls, config.local_address)
+                    .map_err(|error| format!("{field}{error}"))?,
+            );
+        }
+        Ok(RunnerSettings {
+            request: vxlan::RegistrationRequest {
+                name: config.name.clone(),
+                local_address: config.local_address,
+                vni_base: config.vni_base,
+                port: config.port,
+                mtu: config.mtu,
+                remote_checksum_offload: config.remote_checksum_offload,
+            },
+            clients,
+            heartbeat: config.heartbeat.max(MIN_HEARTBEAT),
+        })
+    }
+}
+
+/// A client of the hub at `address:port`; errors start with the rest of the field path
+/// (`.fingerprint: ...`).
+fn hub_client(
+    address: std::net::IpAddr,
+    port: u16,
+    token: &str,
+    tls: Option<&HubClientTls>,
+    local: std::net::IpAddr,
+) -> Result<HubClient, String> {
+    {
+        let client = HubClient::new(address, port, token).with_source(local);
+        let trust = match tls {
             Some(tls) if tls.mode == TlsMode::Disabled => None,
             Some(HubClientTls {
                 ca_file: Some(file),
@@ -72,33 +108,21 @@ impl RunnerSettings {
                 ..
             }) => Some(crate::tls::HubTrust::Pinned(
                 crate::tls::Fingerprint::parse(fingerprint)
-                    .map_err(|error| format!("spec.hub.tls.fingerprint: {error}"))?,
+                    .map_err(|error| format!(".fingerprint: {error}"))?,
             )),
             // Validation refuses this; without a way to trust the hub, send nothing.
             _ => {
-                return Err("spec.hub.tls names no fingerprint or caFile: not registering".into());
+                return Err(" names no fingerprint or caFile: not registering".into());
             }
         };
-        let client = match trust {
-            None => client,
+        match trust {
+            None => Ok(client),
             Some(trust) => {
-                let (tls, name) = crate::tls::client_config(&trust, hub.address)
-                    .map_err(|error| format!("spec.hub.tls: {error}"))?;
-                client.with_tls(tls, name)
+                let (tls, name) = crate::tls::client_config(&trust, address)
+                    .map_err(|error| format!(": {error}"))?;
+                Ok(client.with_tls(tls, name))
             }
-        };
-        Ok(RunnerSettings {
-            request: vxlan::RegistrationRequest {
-                name: config.name.clone(),
-                local_address: config.local_address,
-                vni_base: config.vni_base,
-                port: config.port,
-                mtu: config.mtu,
-                remote_checksum_offload: config.remote_checksum_offload,
-            },
-            client,
-            heartbeat: config.heartbeat.max(MIN_HEARTBEAT),
-        })
+        }
     }
 }
 
@@ -226,12 +250,31 @@ impl Reporter {
     }
 }
 
+/// Whether a failed call is worth trying at another hub: no answer, or a failure of that
+/// hub (a refusal of the registration itself would be the same at every hub).
+fn try_another_hub(error: &HubCallError) -> bool {
+    match error {
+        HubCallError::Unreachable(_) | HubCallError::Untrusted(_) | HubCallError::BadAnswer(_) => {
+            true
+        }
+        HubCallError::Status { status, .. } => *status >= 500,
+        HubCallError::Request(_) => false,
+    }
+}
+
 /// Runs the runner agent; never returns (the supervisor aborts or drops it to stop it).
+///
+/// With several hubs it registers with the first that answers and stays with it; when that
+/// one stops answering it goes on to the next at once (the hubs share the store, so the
+/// runner keeps its ID), and waits with backoff only after every hub failed in a row.
 pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
-    let hub = settings.client.address();
-    let warning = (!settings.client.uses_tls()).then(|| PLAINTEXT_WARNING.to_owned());
+    let count = settings.clients.len();
+    let Some(first) = settings.clients.first() else {
+        return;
+    };
+    let warning = (!first.uses_tls()).then(|| PLAINTEXT_WARNING.to_owned());
     if let Some(warning) = &warning {
-        tracing::warn!(%hub, "{warning}");
+        tracing::warn!(hub = %first.address(), "{warning}");
     }
     let mut reporter = Reporter {
         controller: Arc::clone(&controller),
@@ -239,23 +282,41 @@ pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
         warning,
     };
     let mut backoff = Backoff::new();
-    reporter.registering(hub).await;
+    let mut current = 0;
+    // Hubs that failed one after the other since the last success.
+    let mut failed = 0;
+    reporter.registering(first.address()).await;
     loop {
-        let plan = match settings.client.register(&settings.request).await {
+        let client = &settings.clients[current];
+        let hub = client.address();
+        let plan = match client.register(&settings.request).await {
             Ok(plan) => plan,
             Err(error) => {
+                let another = try_another_hub(&error);
                 let trouble = Trouble::Call {
                     hub,
                     call: "registration",
                     error,
                 };
+                if another && count > 1 {
+                    current = (current + 1) % count;
+                    failed += 1;
+                    if failed < count {
+                        let next = settings.clients[current].address();
+                        tracing::warn!(%hub, %next, "{}; trying the next hub", trouble.reason());
+                        continue;
+                    }
+                }
+                failed = 0;
                 wait_after(&mut reporter, &mut backoff, &trouble).await;
                 continue;
             }
         };
+        failed = 0;
         let joined = {
             let plan = plan.clone();
-            controller_call(&controller, move |c| c.runner_joined(&plan)).await
+            let hub = hub.ip();
+            controller_call(&controller, move |c| c.runner_joined(&plan, hub)).await
         };
         match joined {
             Some(Ok(())) => {}
@@ -276,22 +337,41 @@ pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
         }
         backoff.reset();
         reporter.registered(&plan).await;
-        heartbeats(&settings, &plan, &mut reporter, &mut backoff).await;
+        match heartbeats(client, &settings, &plan, &mut reporter).await {
+            HeartbeatsEnd::RegisterAgain => {}
+            HeartbeatsEnd::Failed(trouble, another) => {
+                if another && count > 1 {
+                    current = (current + 1) % count;
+                    failed = 1;
+                    let next = settings.clients[current].address();
+                    tracing::warn!(%hub, %next, "{}; failing over to the next hub", trouble.reason());
+                } else {
+                    wait_after(&mut reporter, &mut backoff, &trouble).await;
+                }
+            }
+        }
     }
 }
 
-/// Sends heartbeats until the runner must register again (the hub forgot it, gave its name
-/// another ID, or could not be reached: after the backoff wait).
+/// Why [`heartbeats`] stopped.
+enum HeartbeatsEnd {
+    /// The hub asks the runner to register again (it forgot it, or holds another ID).
+    RegisterAgain,
+    /// A heartbeat failed; `true` when another hub may do better.
+    Failed(Trouble, bool),
+}
+
+/// Sends heartbeats to `client` until the runner must register again.
 async fn heartbeats(
+    client: &HubClient,
     settings: &RunnerSettings,
     plan: &vxlan::RunnerPlan,
     reporter: &mut Reporter,
-    backoff: &mut Backoff,
-) {
-    let hub = settings.client.address();
+) -> HeartbeatsEnd {
+    let hub = client.address();
     loop {
         tokio::time::sleep(settings.heartbeat).await;
-        match settings.client.heartbeat(&settings.request.name).await {
+        match client.heartbeat(&settings.request.name).await {
             Ok(id) if id == plan.runner_id => reporter.registered(plan).await,
             Ok(id) => {
                 tracing::info!(
@@ -299,20 +379,20 @@ async fn heartbeats(
                     registered_as = %plan.runner_id,
                     "the hub holds another ID for this runner; registering again"
                 );
-                return;
+                return HeartbeatsEnd::RegisterAgain;
             }
             Err(HubCallError::Status { status: 404, .. }) => {
                 tracing::info!(%hub, "the hub no longer knows this runner; registering again");
-                return;
+                return HeartbeatsEnd::RegisterAgain;
             }
             Err(error) => {
+                let another = try_another_hub(&error);
                 let trouble = Trouble::Call {
                     hub,
                     call: "heartbeat",
                     error,
                 };
-                wait_after(reporter, backoff, &trouble).await;
-                return;
+                return HeartbeatsEnd::Failed(trouble, another);
             }
         }
     }
@@ -339,6 +419,27 @@ mod tests {
             hub: hub(),
             call,
             error,
+        }
+    }
+
+    #[test]
+    fn only_a_failing_hub_sends_the_runner_to_the_next() {
+        assert!(try_another_hub(&HubCallError::Unreachable(
+            "refused".into()
+        )));
+        assert!(try_another_hub(&HubCallError::Untrusted(
+            "other cert".into()
+        )));
+        assert!(try_another_hub(&HubCallError::Status {
+            status: 503,
+            message: "not recorded".into(),
+        }));
+        // A refusal of the registration itself would be the same at every hub.
+        for status in [400, 401, 409] {
+            assert!(!try_another_hub(&HubCallError::Status {
+                status,
+                message: String::new(),
+            }));
         }
     }
 
@@ -467,6 +568,7 @@ mod tests {
                     mode: TlsMode::Disabled,
                     ..HubClientTls::default()
                 }),
+                alternates: Vec::new(),
             }),
             api_port: 4799,
             token: None,
@@ -476,8 +578,8 @@ mod tests {
             store: None,
         };
         let settings = RunnerSettings::from_config(&config).expect("has a hub");
-        assert_eq!(settings.client.address(), hub());
-        assert!(!settings.client.uses_tls());
+        assert_eq!(settings.clients[0].address(), hub());
+        assert!(!settings.clients[0].uses_tls());
         assert_eq!(settings.heartbeat, MIN_HEARTBEAT);
         assert_eq!(
             settings.request,
@@ -499,7 +601,46 @@ mod tests {
             });
         }
         let settings = RunnerSettings::from_config(&config).expect("pinned");
-        assert!(settings.client.uses_tls());
+        assert!(settings.clients[0].uses_tls());
+        // Alternates: one client per hub, in order, their port and TLS the hub's unless
+        // given; a bad alternate's TLS is named with its path.
+        let other = |last: u8| crate::control::kinds::overlay::AlternateHub {
+            address: Ipv4Addr::new(192, 168, 50, last).into(),
+            api_port: (last == 4).then_some(5000),
+            tls: None,
+        };
+        if let Some(hub) = &mut config.hub {
+            hub.alternates = vec![other(3), other(4)];
+        }
+        let settings = RunnerSettings::from_config(&config).expect("alternates");
+        let addresses: Vec<String> = settings
+            .clients
+            .iter()
+            .map(|client| client.address().to_string())
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                "192.168.50.1:4799",
+                "192.168.50.3:4799",
+                "192.168.50.4:5000"
+            ]
+        );
+        assert!(settings.clients.iter().all(HubClient::uses_tls));
+        if let Some(hub) = &mut config.hub {
+            hub.alternates[1].tls = Some(HubClientTls {
+                fingerprint: Some("not a fingerprint".into()),
+                ..HubClientTls::default()
+            });
+        }
+        let error = RunnerSettings::from_config(&config).expect_err("bad alternate");
+        assert!(
+            error.starts_with("spec.hub.alternates[1].tls.fingerprint: "),
+            "{error}"
+        );
+        if let Some(hub) = &mut config.hub {
+            hub.alternates.clear();
+        }
         // A CA file that is gone: the runner says why instead of registering.
         if let Some(hub) = &mut config.hub {
             hub.tls = Some(HubClientTls {

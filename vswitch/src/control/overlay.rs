@@ -425,6 +425,22 @@ fn nth_host(cidr: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
     cidr.contains(&address).then_some(address)
 }
 
+/// A runner's hub: the one that admitted it last (`status.hubAddress`) while it is still
+/// among the configured ones, else `spec.hub.address`.
+pub fn runner_hub(overlay: &Overlay) -> Option<IpAddr> {
+    let hub = overlay.spec.hub.as_ref()?;
+    let configured = |address: IpAddr| {
+        address == hub.address || hub.alternates.iter().any(|other| other.address == address)
+    };
+    Some(
+        overlay
+            .status
+            .hub_address
+            .filter(|address| configured(*address))
+            .unwrap_or(hub.address),
+    )
+}
+
 /// The resources the Overlay in `state` wants generated (empty without one, for a mesh,
 /// and for a runner the hub has not answered yet).
 pub fn owned_resources(state: &State) -> Vec<Resource> {
@@ -433,8 +449,8 @@ pub fn owned_resources(state: &State) -> Vec<Resource> {
     };
     match overlay.spec.role {
         OverlayRole::Mesh => Vec::new(),
-        OverlayRole::Runner => match (&overlay.status.plan, &overlay.spec.hub) {
-            (Some(plan), Some(hub)) => runner_resources(overlay, plan, hub.address),
+        OverlayRole::Runner => match (&overlay.status.plan, runner_hub(overlay)) {
+            (Some(plan), Some(hub)) => runner_resources(overlay, plan, hub),
             _ => Vec::new(),
         },
         OverlayRole::Hub => hub_resources(overlay, state.runner_pool.as_ref()),
@@ -643,7 +659,7 @@ mod tests {
         let plan = vxlan::AddressPlan::default()
             .runner(vxlan::RunnerId::try_from(3).unwrap(), 100)
             .unwrap();
-        o.status.plan = Some(plan);
+        o.status.plan = Some(Box::new(plan));
         let resources = owned_resources(&state_with(o));
         let Resource::Subnet(subnet) = &resources[1] else {
             panic!("{resources:?}")
@@ -736,11 +752,11 @@ mod tests {
             ..vxlan::AddressPlan::default()
         };
         let mut runner = overlay_of(OverlayRole::Runner);
-        runner.status.plan = Some(
+        runner.status.plan = Some(Box::new(
             plan6
                 .runner(vxlan::RunnerId::try_from(3).unwrap(), 100)
                 .unwrap(),
-        );
+        ));
         let resources = owned_resources(&state_with(runner));
         let Resource::Subnet(subnet) = &resources[1] else {
             panic!("{resources:?}")

@@ -1038,6 +1038,14 @@ mod tests {
                         "spec.hub.tls.serverName: applies with caFile only",
                         "spec.hub.tls.caFile: \"ca.pem\" is not an absolute path",
                     ],
+                    "bad-overlay-store.yaml" => &[
+                        "problems",
+                        "spec.store.etcd.endpoints[0]: \"192.168.50.20:2379\" is not an etcd endpoint",
+                        "spec.store.etcd.endpoints[2]: \"http://192.168.50.21:2379\" is listed twice",
+                        "spec.store.etcd.prefix",
+                        "spec.store.etcd.leaseSeconds: 1 is out of range",
+                        "spec.store.etcd.tls: https endpoints need tls",
+                    ],
                     "bad-overlay-loopback.yaml" => {
                         &["spec.localAddress", "the address the other nodes reach"]
                     }

@@ -441,30 +441,43 @@ pub enum OverlayReport {
 /// How a hub serves its registration API, as `key  value` lines: TLS and the certificate's
 /// fingerprint (what runners pin), or a warning for plain HTTP; empty while unknown.
 fn hub_api_lines(view: &HubView) -> String {
+    let mut lines = Vec::new();
     if !view.tls.enabled {
-        return key_values(&[(
+        lines.push((
             "API",
             "plain HTTP (spec.tls.mode: Disabled): the token crosses the underlay in clear"
                 .to_owned(),
-        )]);
+        ));
+    } else if let Some(fingerprint) = &view.tls.fingerprint {
+        let source = if view.tls.generated {
+            "TLS, self-signed certificate"
+        } else {
+            "TLS, spec.tls.certificateFile"
+        };
+        lines.push(("API", source.to_owned()));
+        lines.push(("FINGERPRINT", fingerprint.clone()));
     }
-    let Some(fingerprint) = &view.tls.fingerprint else {
+    if let Some(store) = &view.store {
+        let state = match (&store.message, store.ready) {
+            (Some(message), _) => format!(" ({message})"),
+            (None, true) => String::new(),
+            (None, false) => " (not read yet)".to_owned(),
+        };
+        lines.push((
+            "STORE",
+            format!("etcd {} {}{state}", store.etcd.join(","), store.prefix),
+        ));
+    }
+    if lines.is_empty() {
         return String::new();
-    };
-    let source = if view.tls.generated {
-        "TLS, self-signed certificate"
-    } else {
-        "TLS, spec.tls.certificateFile"
-    };
-    key_values(&[
-        ("API", source.to_owned()),
-        ("FINGERPRINT", fingerprint.clone()),
-    ])
+    }
+    key_values(&lines)
 }
 
 /// The hub's runners: ID NAME ADDRESS VNI SUBNET LAST-SEEN STATE.
 pub fn overlay_runners_table(view: &HubView) -> Table {
-    let mut table = Table::new(&[
+    let shared = view.store.is_some();
+    let mut columns = vec![
         "ID",
         "NAME",
         "ADDRESS",
@@ -472,9 +485,14 @@ pub fn overlay_runners_table(view: &HubView) -> Table {
         "SUBNET",
         "LAST-SEEN",
         "STATE",
-    ]);
+    ];
+    if shared {
+        // Which hub of the overlay serves the runner now.
+        columns.push("HUB");
+    }
+    let mut table = Table::new(&columns);
     for runner in &view.runners {
-        table.push(vec![
+        let mut row = vec![
             runner.id.to_string(),
             shown(&runner.name),
             shown(runner.address),
@@ -485,7 +503,11 @@ pub fn overlay_runners_table(view: &HubView) -> Table {
             },
             format!("{} ago", format_age(runner.last_seen_seconds_ago)),
             shown(runner.state),
-        ]);
+        ];
+        if shared {
+            row.push(optional(runner.hub.as_ref()));
+        }
+        table.push(row);
     }
     table
 }
@@ -956,6 +978,36 @@ Counters:
             "{}",
             err.render()
         );
+    }
+
+    #[test]
+    fn a_hub_with_a_shared_store_says_which_hub_serves_each_runner() {
+        let view: OverlayView = typed(json!({
+            "role": "hub", "name": "hub-b", "localAddress": "192.168.50.5", "hubAddress": "10.0.0.1/8",
+            "state": "Up", "message": null,
+            "tls": {"enabled": false, "fingerprint": null, "generated": true},
+            "store": {"etcd": ["http://192.168.50.20:2379"], "prefix": "/vswitch/overlay/", "ready": true},
+            "runners": [
+                {"id": 1, "name": "runner-a", "address": "192.168.50.2", "vni": 101,
+                 "subnet": "10.1.0.0/16", "lastSeenSecondsAgo": 3, "state": "Online",
+                 "hub": "192.168.50.1"},
+                {"id": 2, "name": "runner-b", "address": "192.168.50.3", "vni": 102,
+                 "subnet": "10.2.0.0/16", "lastSeenSecondsAgo": 30, "state": "Offline"},
+            ],
+        }));
+        let OverlayReport::Text(text) = overlay_report(&view) else {
+            panic!("runners are listed");
+        };
+        assert!(
+            text.contains("STORE   etcd http://192.168.50.20:2379 /vswitch/overlay/\n"),
+            "{text}"
+        );
+        assert!(text.contains("plain HTTP"), "{text}");
+        assert!(
+            text.contains("STATE     HUB\n") && text.contains("Online    192.168.50.1\n"),
+            "{text}"
+        );
+        assert!(text.contains("Offline   -\n"), "{text}");
     }
 
     #[test]

@@ -187,9 +187,9 @@ impl Controller {
     ///
     /// # Errors
     /// [`ApiError`] when the plan cannot be applied (e.g. a name it needs is taken).
-    pub fn runner_joined(&self, plan: &vxlan::RunnerPlan) -> Result<(), ApiError> {
+    pub fn runner_joined(&self, plan: &vxlan::RunnerPlan, hub: IpAddr) -> Result<(), ApiError> {
         let mut inner = self.lock();
-        self.runner_joined_locked(&mut inner, plan)
+        self.runner_joined_locked(&mut inner, plan, hub)
     }
 
     /// Hub: records how the registration API is served: the fingerprint of its certificate
@@ -506,6 +506,7 @@ impl Controller {
         &self,
         inner: &mut Locked<'_>,
         plan: &vxlan::RunnerPlan,
+        hub: IpAddr,
     ) -> Result<(), ApiError> {
         let Some(overlay) = inner
             .state
@@ -520,10 +521,13 @@ impl Controller {
             });
         };
         let name = overlay.metadata.name.clone();
-        let same = overlay.status.plan.as_ref() == Some(plan);
+        let previous_hub = overlay::runner_hub(overlay);
+        let moved = previous_hub.is_some_and(|previous| previous != hub);
+        let same = overlay.status.plan.as_deref() == Some(plan) && !moved;
         let mut next = inner.state.clone();
         if let Some(overlay) = next.overlays.get_mut(&name) {
-            overlay.status.plan = Some(plan.clone());
+            overlay.status.hub_address = Some(hub);
+            overlay.status.plan = Some(Box::new(plan.clone()));
             overlay.status.state = OverlayState::Registered;
             overlay.status.message = None;
             overlay.status.last_contact = Some(wall_ms() / 1000);
@@ -538,6 +542,11 @@ impl Controller {
         }
         inner.persist(&next)?;
         *inner.state = next;
+        if let (true, Some(previous)) = (moved, previous_hub) {
+            tracing::info!(from = %previous, to = %hub, "this runner is served by another hub now");
+            let forgotten = self.engine.read().forget_remote_vtep(previous);
+            tracing::debug!(%previous, forgotten, "forgot remote MACs behind the previous hub");
+        }
         if !same {
             self.sync_generated(inner)?;
         }
@@ -1037,7 +1046,7 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
             })
         }
         OverlayRole::Runner => {
-            let plan = overlay.status.plan.as_ref();
+            let plan = overlay.status.plan.as_deref();
             OverlayView::Runner(RunnerView {
                 name: overlay.metadata.name.clone(),
                 local_address: spec.local_address,
@@ -1046,10 +1055,13 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 subnet: plan.map(|p| p.subnet),
                 gateway: plan.map(|p| p.gateway),
                 subnet6: plan.and_then(|p| p.ipv6.map(|six| six.subnet)),
-                hub: spec
-                    .hub
-                    .as_ref()
-                    .map(|h| SocketAddr::new(h.address, h.api_port)),
+                hub: spec.hub.as_ref().and_then(|h| {
+                    let serving = overlay::runner_hub(overlay)?;
+                    h.all()
+                        .into_iter()
+                        .find(|(address, _, _)| *address == serving)
+                        .map(|(address, port, _)| SocketAddr::new(address, port))
+                }),
                 tls: spec.hub.as_ref().map(|hub| match &hub.tls {
                     Some(tls) if tls.mode == TlsMode::Disabled => RunnerTls::Disabled,
                     Some(tls) if tls.ca_file.is_some() => RunnerTls::CaFile,

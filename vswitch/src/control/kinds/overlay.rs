@@ -195,6 +195,43 @@ pub struct HubRef {
     /// `mode: Disabled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<HubClientTls>,
+    /// More hubs of the same overlay (sharing its store, `spec.store.etcd` on the hubs),
+    /// in the order the runner fails over to them when the one it uses cannot be
+    /// reached; each takes the same token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<AlternateHub>,
+}
+
+/// Another hub a runner may register with (`spec.hub.alternates[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlternateHub {
+    /// Its reachable underlay address.
+    #[serde(deserialize_with = "de_ip")]
+    pub address: IpAddr,
+    /// Its registration API port (default: `spec.hub.apiPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_port: Option<u16>,
+    /// How to trust it (default: `spec.hub.tls`, right with a `caFile` or `mode:
+    /// Disabled`; a pinned fingerprint is one hub's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HubClientTls>,
+}
+
+impl HubRef {
+    /// Every hub the runner may register with, in order: this one, then the alternates
+    /// (address, API port, TLS).
+    pub fn all(&self) -> Vec<(IpAddr, u16, Option<&HubClientTls>)> {
+        std::iter::once((self.address, self.api_port, self.tls.as_ref()))
+            .chain(self.alternates.iter().map(|other| {
+                (
+                    other.address,
+                    other.api_port.unwrap_or(self.api_port),
+                    other.tls.as_ref().or(self.tls.as_ref()),
+                )
+            }))
+            .collect()
+    }
 }
 
 /// A runner the hub serves without registration (e.g. a node built from kernel VXLAN pieces).
@@ -329,7 +366,7 @@ pub struct OverlayStatus {
     /// Runner: the plan the hub gave (persisted: the runner keeps its subnet across restarts
     /// while the hub is away).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<vxlan::RunnerPlan>,
+    pub plan: Option<Box<vxlan::RunnerPlan>>,
     /// Runner: when the hub last answered (seconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<u64>,
@@ -337,6 +374,10 @@ pub struct OverlayStatus {
     /// runner pins in `spec.hub.tls.fingerprint`); absent while not serving, or without TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
+    /// Runner: the hub that admitted it last (one of `spec.hub` and its alternates): its
+    /// tunnel goes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_address: Option<IpAddr>,
     /// Hub: why its shared store (`spec.store`) cannot be used; absent when it can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_message: Option<String>,
@@ -586,6 +627,25 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
             };
             overlay::check_reachable(origin, "spec.hub.address", *address)?;
             overlay::check_family(origin, "spec.hub.address", *address, spec.local_address)?;
+            let mut seen = vec![*address];
+            for (i, other) in spec.hub.iter().flat_map(|hub| &hub.alternates).enumerate() {
+                let field = format!("spec.hub.alternates[{i}].address");
+                overlay::check_reachable(origin, &field, other.address)?;
+                overlay::check_family(origin, &field, other.address, spec.local_address)?;
+                if seen.contains(&other.address) {
+                    return Err(origin.invalid(
+                        &field,
+                        format!("{} is listed twice among the hubs", other.address),
+                    ));
+                }
+                seen.push(other.address);
+                if other.api_port == Some(0) {
+                    return Err(origin.invalid(
+                        &format!("spec.hub.alternates[{i}].apiPort"),
+                        "must be 1..=65535",
+                    ));
+                }
+            }
             if token.is_empty() {
                 return Err(origin.invalid("spec.hub.token", "must not be empty"));
             }
@@ -679,16 +739,28 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
 fn check_tls(origin: &Origin, spec: &OverlaySpec, errors: &mut Errors) {
     match (spec.role, &spec.tls, &spec.hub) {
         (OverlayRole::Hub, Some(tls), _) => check_hub_tls(origin, tls, errors),
-        (OverlayRole::Runner, _, Some(hub)) => match &hub.tls {
-            Some(tls) => check_runner_tls(origin, tls, errors),
-            None => errors.push(origin.invalid(
-                "spec.hub.tls",
-                "a runner must know how to trust its hub: set tls: {fingerprint: AB:CD:...} \
-                 (the hub's `vswitchctl overlay` shows it) or tls: {caFile: /path/ca.pem}, \
-                 or tls: {mode: Disabled} for plain HTTP (the token then crosses the \
-                 underlay in clear)",
-            )),
-        },
+        (OverlayRole::Runner, _, Some(hub)) => {
+            match &hub.tls {
+                Some(tls) => check_runner_tls(origin, "spec.hub.tls", tls, errors),
+                None => errors.push(origin.invalid(
+                    "spec.hub.tls",
+                    "a runner must know how to trust its hub: set tls: {fingerprint: \
+                     AB:CD:...} (the hub's `vswitchctl overlay` shows it) or tls: {caFile: \
+                     /path/ca.pem}, or tls: {mode: Disabled} for plain HTTP (the token then \
+                     crosses the underlay in clear)",
+                )),
+            }
+            for (i, other) in hub.alternates.iter().enumerate() {
+                if let Some(tls) = &other.tls {
+                    check_runner_tls(
+                        origin,
+                        &format!("spec.hub.alternates[{i}].tls"),
+                        tls,
+                        errors,
+                    );
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -877,16 +949,17 @@ fn check_hub_tls(origin: &Origin, tls: &HubTls, errors: &mut Errors) {
     }
 }
 
-fn check_runner_tls(origin: &Origin, tls: &HubClientTls, errors: &mut Errors) {
+fn check_runner_tls(origin: &Origin, path: &str, tls: &HubClientTls, errors: &mut Errors) {
+    let field = |name: &str| format!("{path}.{name}");
     if tls.mode == TlsMode::Disabled {
         for (field, present) in [
-            ("spec.hub.tls.caFile", tls.ca_file.is_some()),
-            ("spec.hub.tls.serverName", tls.server_name.is_some()),
-            ("spec.hub.tls.fingerprint", tls.fingerprint.is_some()),
+            ("caFile", tls.ca_file.is_some()),
+            ("serverName", tls.server_name.is_some()),
+            ("fingerprint", tls.fingerprint.is_some()),
         ] {
             if present {
                 errors.push(origin.invalid(
-                    field,
+                    &format!("{path}.{field}"),
                     "applies with TLS only; remove it, or remove mode: Disabled",
                 ));
             }
@@ -895,12 +968,12 @@ fn check_runner_tls(origin: &Origin, tls: &HubClientTls, errors: &mut Errors) {
     }
     match (&tls.ca_file, &tls.fingerprint) {
         (None, None) => errors.push(origin.invalid(
-            "spec.hub.tls",
+            path,
             "name how to trust the hub: fingerprint (the hub's `vswitchctl overlay` shows it) \
              or caFile",
         )),
         (Some(_), Some(_)) => errors.push(origin.invalid(
-            "spec.hub.tls.fingerprint",
+            &field("fingerprint"),
             "give either caFile or fingerprint, not both",
         )),
         _ => {}
@@ -909,23 +982,23 @@ fn check_runner_tls(origin: &Origin, tls: &HubClientTls, errors: &mut Errors) {
         errors.check(
             crate::tls::Fingerprint::parse(fingerprint)
                 .map(drop)
-                .map_err(|error| origin.invalid("spec.hub.tls.fingerprint", error)),
+                .map_err(|error| origin.invalid(&field("fingerprint"), error)),
         );
         if tls.server_name.is_some() {
             errors.push(origin.invalid(
-                "spec.hub.tls.serverName",
+                &field("serverName"),
                 "applies with caFile only: a pinned fingerprint names the certificate itself",
             ));
         }
     }
     if let Some(file) = &tls.ca_file {
-        let trust = absolute_path(origin, "spec.hub.tls.caFile", file).and_then(|path| {
+        let trust = absolute_path(origin, &field("caFile"), file).and_then(|path| {
             let trust = crate::tls::HubTrust::Ca {
                 file: path,
                 server_name: None,
             };
             crate::tls::client_config(&trust, std::net::IpAddr::from([0, 0, 0, 0]))
-                .map_err(|error| origin.invalid("spec.hub.tls.caFile", error))
+                .map_err(|error| origin.invalid(&field("caFile"), error))
         });
         errors.check(trust.map(drop));
     }
@@ -935,7 +1008,7 @@ fn check_runner_tls(origin: &Origin, tls: &HubClientTls, errors: &mut Errors) {
                 .map(drop)
                 .map_err(|error| {
                     origin.invalid(
-                        "spec.hub.tls.serverName",
+                        &field("serverName"),
                         format!("{name:?} is not a DNS name or an IP address: {error}"),
                     )
                 }),
