@@ -348,6 +348,10 @@ struct OverlayScaleArgs {
     /// runners use by default).
     #[arg(long)]
     plain: bool,
+    /// Keep the runners in etcd (`spec.store.etcd`; etcd runs in the hub's namespace)
+    /// rather than in the hub's state directory.
+    #[arg(long)]
+    etcd: bool,
     /// The hub's `--workers`.
     #[arg(long, default_value_t = 1)]
     workers: u32,
@@ -380,6 +384,7 @@ fn overlay_scale(args: &OverlayScaleArgs) -> Result<()> {
             heartbeat_seconds: args.heartbeat_seconds,
             steady_seconds: args.steady_seconds,
             plain: args.plain,
+            etcd: args.etcd,
             workers: args.workers,
             results_dir: args.results_dir.clone(),
         },

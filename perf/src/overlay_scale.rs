@@ -16,6 +16,12 @@
 //!   half and all of the runners are served again (a heartbeat or registration sent after
 //!   the kill answered), and how many came back with another ID.
 //!
+//! With `--etcd` the hub keeps its runners in etcd (`spec.store.etcd`): an etcd of one
+//! member runs in the hub's namespace (Debian's `etcd-server`), every registration is
+//! committed there before it is answered, and etcd's CPU per registration and in the
+//! steady state is reported beside the hub's; the restarted hub reads the runners back
+//! from etcd.
+//!
 //! There is no kernel counterpart: a registry of runners is not something Linux does.
 
 use std::io::Write as _;
@@ -54,6 +60,8 @@ pub struct ScaleOptions {
     pub steady_seconds: u64,
     /// Plain HTTP instead of TLS.
     pub plain: bool,
+    /// Keep the runners in etcd (`spec.store.etcd`) rather than the hub's state directory.
+    pub etcd: bool,
     /// The hub's `--workers`.
     pub workers: u32,
     /// Where to write `overlay-scale.json` (none: stdout only).
@@ -69,6 +77,12 @@ pub struct ScaleResult {
     pub runner_prefix_len: u8,
     /// TLS or plain HTTP.
     pub tls: bool,
+    /// Where the hub keeps its runners: `local` or `etcd`.
+    pub store: String,
+    /// With etcd: its CPU per registration (ms).
+    pub etcd_cpu_ms_per_registration: Option<f64>,
+    /// With etcd: its CPU during the steady phase, as a share of one core (%).
+    pub etcd_steady_cpu_percent: Option<f64>,
     /// The registration phase.
     pub registered: Registered,
     /// Registrations per second.
@@ -116,13 +130,19 @@ fn prefix_for(runners: u32) -> Result<u8> {
     }
 }
 
-fn hub_overlay(prefix: u8, plain: bool, heartbeat: u64) -> String {
+/// etcd's client URL, inside the hub's namespace.
+const ETCD: &str = "http://127.0.0.1:2379";
+
+fn hub_overlay(prefix: u8, plain: bool, heartbeat: u64, etcd: bool) -> String {
     let hub_host = (1u32 << (32 - u32::from(prefix))) - 2;
-    let tls = if plain {
-        "  tls: {mode: Disabled}\n"
+    let mut tls = if plain {
+        "  tls: {mode: Disabled}\n".to_owned()
     } else {
-        ""
+        String::new()
     };
+    if etcd {
+        tls.push_str(&format!("  store: {{etcd: {{endpoints: ['{ETCD}']}}}}\n"));
+    }
     // Runners time out after four missed heartbeats, as with the defaults (5 s, 20 s).
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: hub\nspec:\n  role: hub\n  \
@@ -202,11 +222,12 @@ pub fn render(results: &[ScaleResult]) -> String {
             r.runners.to_string()
         };
         text.push_str(&format!(
-            "| {} | /{} {} | {:.0} | {:.1} / {:.1} | {:.2} | {:.1} → {:.1} | {:.1} | {:.0} | \
+            "| {} | /{} {} {} | {:.0} | {:.1} / {:.1} | {:.2} | {:.1} → {:.1} | {:.1} | {:.0} | \
              {:.1} | {:.1} / {:.1} | {:.2} | {:.1} / {:.1}{} | {} |\n",
             runners,
             r.runner_prefix_len,
             if r.tls { "TLS" } else { "plain" },
+            r.store,
             r.registrations_per_second,
             r.registered.p50_ms,
             r.registered.p99_ms,
@@ -228,6 +249,17 @@ pub fn render(results: &[ScaleResult]) -> String {
             },
             r.recovered.changed_ids,
         ));
+    }
+    for r in results {
+        if let (Some(registration), Some(steady)) =
+            (r.etcd_cpu_ms_per_registration, r.etcd_steady_cpu_percent)
+        {
+            text.push_str(&format!(
+                "\netcd with {} runners: {registration:.2} ms of CPU per registration, \
+                 {steady:.1}% of a core in the steady state.\n",
+                r.runners
+            ));
+        }
     }
     text
 }
@@ -263,6 +295,13 @@ fn measure(binaries: &Binaries, options: &ScaleOptions, runners: u32) -> Result<
         Duration::from_secs(300),
     )?;
 
+    let etcd = if options.etcd {
+        Some(start_etcd(&topo, &hub_ns)?)
+    } else {
+        None
+    };
+    let etcd_cpu = || -> Result<u64> { etcd.as_ref().map_or(Ok(0), |e| cpu::pid_now(e.pid())) };
+
     let settings = DaemonSettings {
         workers: options.workers,
         busy_poll_us: 0,
@@ -272,7 +311,12 @@ fn measure(binaries: &Binaries, options: &ScaleOptions, runners: u32) -> Result<
     let mut hub = Daemon::start(binaries, &hub_ns, settings, &topo.scratch("hub")?)?;
     hub.apply(
         "overlay",
-        &hub_overlay(prefix, options.plain, options.heartbeat_seconds),
+        &hub_overlay(
+            prefix,
+            options.plain,
+            options.heartbeat_seconds,
+            options.etcd,
+        ),
     )?;
     let fingerprint = wait_hub(&hub)?;
     let resident_before = hub.resident_bytes()?;
@@ -306,8 +350,10 @@ fn measure(binaries: &Binaries, options: &ScaleOptions, runners: u32) -> Result<
     let mut sim = Background::spawn(cmd::command("ip", &args), std::process::Stdio::inherit())?;
 
     let cpu_before = cpu::pid_now(hub.pid())?;
+    let etcd_before = etcd_cpu()?;
     let line = sim.next_line(Duration::from_secs(600))?;
     let cpu_after = cpu::pid_now(hub.pid())?;
+    let etcd_registration = etcd_cpu()? - etcd_before;
     let Event::Registered(registered) = parse_event(&line)? else {
         bail!("expected the `registered` line, got {line}");
     };
@@ -318,9 +364,11 @@ fn measure(binaries: &Binaries, options: &ScaleOptions, runners: u32) -> Result<
     let held = registered.runners.max(1) as f64;
 
     let steady_cpu_before = cpu::pid_now(hub.pid())?;
+    let steady_etcd_before = etcd_cpu()?;
     let steady_started = Instant::now();
     let line = sim.next_line(Duration::from_secs(options.steady_seconds + 120))?;
     let steady_cpu = (cpu::pid_now(hub.pid())? - steady_cpu_before) as f64 * tick;
+    let steady_etcd = (etcd_cpu()? - steady_etcd_before) as f64 * tick;
     let steady_elapsed = steady_started.elapsed().as_secs_f64();
     let Event::Steady(steady) = parse_event(&line)? else {
         bail!("expected the `steady` line, got {line}");
@@ -342,6 +390,11 @@ fn measure(binaries: &Binaries, options: &ScaleOptions, runners: u32) -> Result<
         runners,
         runner_prefix_len: prefix,
         tls: fingerprint.is_some(),
+        store: if options.etcd { "etcd" } else { "local" }.to_owned(),
+        etcd_cpu_ms_per_registration: options
+            .etcd
+            .then(|| etcd_registration as f64 * tick * 1000.0 / held),
+        etcd_steady_cpu_percent: options.etcd.then(|| 100.0 * steady_etcd / steady_elapsed),
         registrations_per_second: held / registered.seconds,
         hub_cpu_ms_per_registration: registration_cpu_ms / held,
         hub_resident_before_mib: mib(resident_before),
@@ -357,6 +410,59 @@ fn measure(binaries: &Binaries, options: &ScaleOptions, runners: u32) -> Result<
         recovered,
         hub_resident_restarted_mib: mib(resident_restarted),
     })
+}
+
+/// Starts etcd (one member, a data directory in the scratch space) in `netns` on
+/// [`ETCD`] and waits until it answers.
+fn start_etcd(topo: &Topology, netns: &str) -> Result<Background> {
+    let data = topo.scratch("etcd")?.join("data");
+    let args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        netns.into(),
+        "etcd".into(),
+        "--data-dir".into(),
+        data.to_string_lossy().into_owned(),
+        "--listen-client-urls".into(),
+        ETCD.into(),
+        "--advertise-client-urls".into(),
+        ETCD.into(),
+        "--listen-peer-urls".into(),
+        "http://127.0.0.1:2380".into(),
+        "--initial-advertise-peer-urls".into(),
+        "http://127.0.0.1:2380".into(),
+        "--initial-cluster".into(),
+        "default=http://127.0.0.1:2380".into(),
+        "--log-level".into(),
+        "error".into(),
+        "--logger".into(),
+        "zap".into(),
+    ];
+    let etcd = Background::spawn(cmd::command("ip", &args), std::process::Stdio::null())
+        .context("starting etcd (apt-get install etcd-server)")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = cmd::command(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                netns,
+                "etcdctl",
+                "--endpoints",
+                ETCD,
+                "endpoint",
+                "health",
+            ],
+        );
+        if cmd::run(health, Duration::from_secs(10)).is_ok() {
+            return Ok(etcd);
+        }
+        if Instant::now() > deadline {
+            bail!("etcd did not answer within 30 s");
+        }
+        cmd::sleep(Duration::from_millis(200))?;
+    }
 }
 
 /// Waits for the hub's Overlay to be up and its API to listen; returns its certificate's
@@ -394,13 +500,17 @@ mod tests {
         assert_eq!(prefix_for(4096).unwrap(), 24);
         assert!(prefix_for(0).is_err());
         assert!(prefix_for(70_000).is_err());
-        let yaml = hub_overlay(20, false, 5);
+        let yaml = hub_overlay(20, false, 5, false);
         assert!(
             yaml.contains("runnerPrefixLen: 20, hubHost: 4094"),
             "{yaml}"
         );
         assert!(yaml.contains("runnerTimeoutSeconds: 20"), "{yaml}");
         assert!(!yaml.contains("Disabled"), "{yaml}");
-        assert!(hub_overlay(24, true, 5).contains("hubHost: 254"));
+        assert!(hub_overlay(24, true, 5, false).contains("hubHost: 254"));
+        assert!(
+            hub_overlay(20, true, 5, true)
+                .contains("store: {etcd: {endpoints: ['http://127.0.0.1:2379']}}")
+        );
     }
 }

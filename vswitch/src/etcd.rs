@@ -34,6 +34,10 @@ use tokio_rustls::TlsConnector;
 /// How long one call (connect, request, whole answer) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long connecting to one endpoint (TCP and TLS) may take before the next is tried: a
+/// member that drops packets must not use up the whole call.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Largest answer read from etcd (a range of the whole overlay prefix included: about
 /// 200 bytes per runner).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -466,6 +470,16 @@ impl EtcdClient {
         });
         let body = serde_json::to_vec(&body)
             .map_err(|error| EtcdError::BadAnswer(format!("cannot encode: {error}")))?;
+        match tokio::time::timeout(self.timeout, self.open_watch(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(EtcdError::Unreachable(format!(
+                "no watch opened within {} s",
+                self.timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    async fn open_watch(&self, body: Vec<u8>) -> Result<Watch, EtcdError> {
         let (response, driver) = self.open("/v3/watch", Bytes::from(body)).await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
@@ -517,8 +531,13 @@ impl EtcdClient {
             Ok(result) => result?,
             Err(_) => {
                 return Err(EtcdError::Unreachable(format!(
-                    "no answer to {path} within {} s",
-                    self.timeout.as_secs_f64()
+                    "no answer to {path} within {} s from {}",
+                    self.timeout.as_secs_f64(),
+                    self.endpoints
+                        .iter()
+                        .map(|endpoint| endpoint.authority.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         };
@@ -570,8 +589,9 @@ impl EtcdClient {
         body: Bytes,
     ) -> Result<(Response<Incoming>, tokio::task::JoinHandle<()>), String> {
         let address = resolve(&endpoint.authority).await?;
-        let stream = TcpStream::connect(address)
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
             .await
+            .map_err(|_| format!("no connection within {} s", CONNECT_TIMEOUT.as_secs_f64()))?
             .map_err(|error| error.to_string())?;
         let _ = stream.set_nodelay(true);
         let request = Request::builder()
@@ -589,9 +609,9 @@ impl EtcdClient {
         };
         let name = ServerName::try_from(endpoint.host.trim_matches(['[', ']']).to_owned())
             .map_err(|error| format!("{:?} is not a server name: {error}", endpoint.host))?;
-        let stream = connector
-            .connect(name, stream)
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
             .await
+            .map_err(|_| "no TLS handshake within the connect timeout".to_owned())?
             .map_err(|error| format!("TLS handshake failed: {error}"))?;
         send_on(stream, request).await
     }
@@ -643,8 +663,8 @@ impl Watch {
     /// watch anew).
     ///
     /// # Errors
-    /// [`EtcdError`] when the connection ends or breaks (watch anew from the last revision
-    /// seen, plus one).
+    /// [`EtcdError`] when the connection ends or breaks (the watcher may watch anew from the
+    /// last revision it saw, plus one, or read everything again).
     pub async fn next(&mut self) -> Result<WatchMessage, EtcdError> {
         if let Some(message) = self.pending.take() {
             return Ok(message);

@@ -106,6 +106,8 @@ pub(super) async fn run(
     store: Option<EtcdStoreSpec>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // What an earlier agent knew of a store (another one, or none now) is forgotten.
+    controller_call(&controller, Controller::hub_store_reset).await;
     // With a shared store, nothing is served until it is read: a registration answered
     // from a copy that is not the store's could give an ID another hub holds.
     let store = match &store {
@@ -207,18 +209,25 @@ async fn sweep(
 ) -> std::convert::Infallible {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One cleanup of the store at a time, off the sweep (etcd may be slow or away).
+    let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         ticker.tick().await;
-        let silent = controller_call(controller, Controller::hub_sweep)
+        controller_call(controller, Controller::hub_sweep).await;
+        let Some(store) = store else {
+            continue;
+        };
+        if cleanup.as_ref().is_some_and(|task| !task.is_finished()) {
+            continue;
+        }
+        // Runners silent here that the store still says this hub serves (just marked
+        // offline, or an earlier delete failed): their `online` keys go.
+        let stale = controller_call(controller, Controller::hub_offline_served_here)
             .await
             .unwrap_or_default();
-        if let Some(store) = store
-            && !silent.is_empty()
-        {
-            let here = controller_call(controller, move |c| c.hub_served_here(&silent))
-                .await
-                .unwrap_or_default();
-            store.offline(&here).await;
+        if !stale.is_empty() {
+            let store = Arc::clone(store);
+            cleanup = Some(tokio::spawn(async move { store.offline(&stale).await }));
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct EtcdStore {
     lease_seconds: u64,
     /// This hub's lease.
     lease: AtomicI64,
+    /// Held while a new lease is taken: calls that found the lease gone at the same time
+    /// take one new lease between them.
+    granting: tokio::sync::Mutex<()>,
     controller: Arc<Controller>,
     endpoints: String,
 }
@@ -94,11 +97,18 @@ impl EtcdStore {
             api,
             lease_seconds: spec.lease_seconds,
             lease: AtomicI64::new(0),
+            granting: tokio::sync::Mutex::new(()),
             controller,
             endpoints: spec.endpoints.join(","),
         });
         store.grant().await.map_err(|error| error.to_string())?;
         let revision = store.reload().await?;
+        // Runners this process serves already (the agent restarted, or the store was just
+        // seeded) are said to be served here under the new lease.
+        store
+            .assert_online()
+            .await
+            .map_err(|error| error.to_string())?;
         Ok((store, revision))
     }
 
@@ -165,7 +175,8 @@ impl EtcdStore {
                 .range_prefix(self.prefix.as_bytes())
                 .await
                 .map_err(|error| error.to_string())?;
-            let snapshot = self.snapshot(&kvs);
+            let mut snapshot = self.snapshot(&kvs);
+            snapshot.revision = revision;
             let me = self.me.clone();
             let count = snapshot.runners.len();
             let seeds =
@@ -209,10 +220,14 @@ impl EtcdStore {
                     }
                 }
                 Key::Online(name) => {
-                    snapshot.online.insert(
-                        name.to_owned(),
-                        String::from_utf8_lossy(&kv.value).into_owned(),
-                    );
+                    let hub = String::from_utf8_lossy(&kv.value).into_owned();
+                    // This hub's name under another lease: written before it restarted, and
+                    // gone when that lease expires. Not counted as served here, so the
+                    // runner's next registration says so again under the current lease.
+                    if hub == self.me && kv.lease != self.lease.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    snapshot.online.insert(name.to_owned(), hub);
                 }
                 Key::Hub(hub) => snapshot.hubs.push(hub.to_owned()),
                 Key::Name | Key::Other => {}
@@ -235,25 +250,27 @@ impl EtcdStore {
         }
     }
 
-    fn changes(&self, events: Vec<Event>) -> Vec<StoreChange> {
+    /// The changes `events` bring, each with its revision.
+    fn changes(&self, events: Vec<Event>) -> Vec<(i64, StoreChange)> {
         let mut changes = Vec::new();
         for event in events {
             let (kv, put) = match &event {
                 Event::Put(kv) => (kv, true),
                 Event::Delete(kv) => (kv, false),
             };
+            let mut push = |change| changes.push((kv.mod_revision, change));
             match (self.parse_key(&kv.key), put) {
                 (Key::Runner(id), true) => {
                     if let Some(runner) = self.decode_runner(id, &kv.value) {
-                        changes.push(StoreChange::Runner(runner));
+                        push(StoreChange::Runner(runner));
                     }
                 }
-                (Key::Runner(id), false) => changes.push(StoreChange::RunnerGone { id }),
-                (Key::Online(name), true) => changes.push(StoreChange::Online {
+                (Key::Runner(id), false) => push(StoreChange::RunnerGone { id }),
+                (Key::Online(name), true) => push(StoreChange::Online {
                     name: name.to_owned(),
                     hub: String::from_utf8_lossy(&kv.value).into_owned(),
                 }),
-                (Key::Online(name), false) => changes.push(StoreChange::Offline {
+                (Key::Online(name), false) => push(StoreChange::Offline {
                     name: name.to_owned(),
                 }),
                 (Key::Hub(hub), up) => {
@@ -262,7 +279,7 @@ impl EtcdStore {
                         "a hub {} the overlay store",
                         if up { "joined" } else { "left" }
                     );
-                    changes.push(StoreChange::Hub {
+                    push(StoreChange::Hub {
                         hub: hub.to_owned(),
                         up,
                     });
@@ -325,15 +342,14 @@ impl EtcdStore {
                 vec![self.online_op(&runner.name)],
             ),
             StoreCommit::Reclaim { runner, evicted } => {
-                let mut ops = vec![
-                    Op::Delete(self.name_key(evicted)),
-                    Op::Delete(self.online_key(evicted)),
-                ];
+                let mut ops = vec![Op::Delete(self.name_key(evicted))];
                 ops.extend(self.record_ops(runner));
                 ops.push(self.online_op(&runner.name));
                 (
                     vec![
                         holds_id(evicted),
+                        // Not while any hub serves the runner losing the ID.
+                        Compare::Absent(self.online_key(evicted)),
                         Compare::Absent(self.name_key(&runner.name)),
                     ],
                     ops,
@@ -343,11 +359,12 @@ impl EtcdStore {
     }
 
     async fn commit_once(&self, commit: &StoreCommit) -> Result<(), StoreFailure> {
+        let lease = self.lease.load(Ordering::Relaxed);
         let (compares, ops) = self.transaction(commit);
         let result = match self.client.txn(&compares, &ops, &[]).await {
             Err(EtcdError::Refused { code, .. }) if code == crate::etcd::CODE_NOT_FOUND => {
                 // The lease expired (etcd was away longer than its TTL): take another.
-                self.regrant().await.map_err(|error| {
+                self.regrant(lease).await.map_err(|error| {
                     StoreFailure::Unavailable(format!("the overlay store: {error}"))
                 })?;
                 let (compares, ops) = self.transaction(commit);
@@ -374,17 +391,26 @@ impl EtcdStore {
         }
     }
 
-    /// A new lease after the old one expired; the runners served here are said so again.
-    async fn regrant(&self) -> Result<(), EtcdError> {
+    /// A new lease after `expired` was found gone (unless another call took one since);
+    /// the runners served here are said so again.
+    async fn regrant(&self, expired: i64) -> Result<(), EtcdError> {
+        let _one = self.granting.lock().await;
+        if self.lease.load(Ordering::Relaxed) != expired {
+            return Ok(());
+        }
         self.grant().await?;
+        self.assert_online().await
+    }
+
+    /// Puts the `online` keys of the runners online here that no other hub serves, under
+    /// this hub's lease, in transactions of up to 64 puts.
+    async fn assert_online(&self) -> Result<(), EtcdError> {
         let served = controller_call(&self.controller, Controller::hub_online_here)
             .await
             .unwrap_or_default();
-        for name in served {
-            let Op::Put { key, value, lease } = self.online_op(&name) else {
-                continue;
-            };
-            self.client.put(&key, &value, lease).await?;
+        for names in served.chunks(64) {
+            let ops: Vec<Op> = names.iter().map(|name| self.online_op(name)).collect();
+            self.client.txn(&[], &ops, &[]).await?;
         }
         Ok(())
     }
@@ -409,69 +435,73 @@ impl EtcdStore {
         }
     }
 
-    /// Renews the lease and follows the store from `revision` on, forever: changes go to
+    /// Follows the store from `revision` on, forever, while a task of its own renews the
+    /// lease (a slow watch or controller call must not let the lease lapse): changes go to
     /// the controller; a watch that breaks or falls behind a compaction reads the store
     /// again and watches from there.
     pub async fn run(self: Arc<Self>, mut revision: i64) -> std::convert::Infallible {
-        let mut backoff = Backoff::new();
-        let renew = Duration::from_secs(self.lease_seconds).div_f64(3.0);
-        let mut renewals = tokio::time::interval(renew);
-        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut watch: Option<crate::etcd::Watch> = None;
-        loop {
-            if watch.is_none() {
-                match self
-                    .client
-                    .watch_prefix(self.prefix.as_bytes(), revision + 1)
-                    .await
-                {
-                    Ok(opened) => {
-                        watch = Some(opened);
-                        backoff.reset();
-                    }
-                    Err(error) => {
-                        tracing::warn!("cannot watch the overlay store: {error}; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff.next_delay()) => {}
-                            _ = renewals.tick() => self.renew().await,
-                        }
-                        continue;
-                    }
-                }
+        let renewer = Arc::clone(&self);
+        let _renewals = AbortOnDrop(tokio::spawn(async move {
+            let period = Duration::from_secs(renewer.lease_seconds).div_f64(3.0);
+            let mut renewals = tokio::time::interval(period);
+            renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                renewals.tick().await;
+                renewer.renew().await;
             }
-            let Some(open) = watch.as_mut() else {
-                continue;
+        }));
+        let mut backoff = Backoff::new();
+        loop {
+            let mut watch = match self
+                .client
+                .watch_prefix(self.prefix.as_bytes(), revision + 1)
+                .await
+            {
+                Ok(opened) => {
+                    backoff.reset();
+                    opened
+                }
+                Err(error) => {
+                    tracing::warn!("cannot watch the overlay store: {error}; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
             };
-            tokio::select! {
-                _ = renewals.tick() => self.renew().await,
-                message = open.next() => match message {
-                    Ok(WatchMessage::Events { revision: at, events }) => {
+            loop {
+                match watch.next().await {
+                    Ok(WatchMessage::Events { events, .. }) => {
                         for event in &events {
-                            let kv = match event {
-                                Event::Put(kv) | Event::Delete(kv) => kv,
-                            };
+                            let (Event::Put(kv) | Event::Delete(kv)) = event;
                             revision = revision.max(kv.mod_revision);
                         }
-                        tracing::trace!(at, revision, "overlay store changes");
                         let changes = self.changes(events);
                         if !changes.is_empty() {
-                            let applied = controller_call(&self.controller, move |c| c.hub_store_changes(changes)).await;
+                            let applied = controller_call(&self.controller, move |c| {
+                                c.hub_store_changes(changes)
+                            })
+                            .await;
                             if let Some(Err(error)) = applied {
                                 tracing::warn!("cannot apply the overlay store's changes: {error}");
                             }
                         }
                     }
                     Ok(WatchMessage::Compacted { compact_revision }) => {
-                        tracing::info!(compact_revision, "the overlay store compacted what this hub had not seen: reading it again");
-                        watch = None;
+                        tracing::info!(
+                            compact_revision,
+                            "the overlay store compacted what this hub had not seen: reading \
+                             it again"
+                        );
                         revision = self.reload_until_read(&mut backoff).await;
+                        break;
                     }
                     Err(error) => {
-                        tracing::warn!("the watch of the overlay store broke: {error}; reading it again");
-                        watch = None;
+                        tracing::warn!(
+                            "the watch of the overlay store broke: {error}; reading it again"
+                        );
                         revision = self.reload_until_read(&mut backoff).await;
+                        break;
                     }
-                },
+                }
             }
         }
     }
@@ -483,7 +513,6 @@ impl EtcdStore {
                 Err(error) => {
                     tracing::warn!("cannot read the overlay store: {error}; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
-                    self.renew().await;
                 }
             }
         }
@@ -498,7 +527,7 @@ impl EtcdStore {
                     lease,
                     "this hub's lease in the overlay store expired: taking another"
                 );
-                if let Err(error) = self.regrant().await {
+                if let Err(error) = self.regrant(lease).await {
                     tracing::warn!("cannot take a new lease: {error}");
                 }
             }
@@ -525,6 +554,15 @@ impl SharedStore for EtcdStore {
 
     fn describe(&self) -> String {
         format!("etcd {} {}", self.endpoints, self.prefix)
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1002,7 +1002,30 @@ async fn admit(
         let asked = Arc::clone(&request);
         let admitted = blocking(&state.controller, move |c| c.hub_admit(&asked, width)).await?;
         if let (Some(store), Some(commit)) = (&state.store, &admitted.commit) {
-            match store.commit(commit).await {
+            // In a task of its own: a runner that hangs up must not leave its admission
+            // neither committed nor undone.
+            let outcome = {
+                let store = Arc::clone(store);
+                let commit = commit.clone();
+                let controller = Arc::clone(&state.controller);
+                tokio::spawn(async move {
+                    let result = store.commit(&commit).await;
+                    if let Err(StoreFailure::Unavailable(_)) = &result {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            controller.hub_store_abort(&commit);
+                        })
+                        .await;
+                    }
+                    result
+                })
+                .await
+                .unwrap_or_else(|error| {
+                    Err(StoreFailure::Unavailable(format!(
+                        "the commit failed: {error}"
+                    )))
+                })
+            };
+            match outcome {
                 Ok(()) => {}
                 Err(StoreFailure::Conflict(why)) if attempt < STORE_ATTEMPTS => {
                     tracing::info!(runner = %request.name, "{why}; admitting again");
@@ -1019,12 +1042,6 @@ async fn admit(
                     ));
                 }
                 Err(StoreFailure::Unavailable(why)) => {
-                    let commit = commit.clone();
-                    let controller = Arc::clone(&state.controller);
-                    let _ = tokio::task::spawn_blocking(move || {
-                        controller.hub_store_abort(&commit);
-                    })
-                    .await;
                     return Err(ErrorResponse::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!(

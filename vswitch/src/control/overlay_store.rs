@@ -107,6 +107,8 @@ pub struct StoreSnapshot {
     pub online: BTreeMap<String, String>,
     /// The hubs holding a lease (their `localAddress`).
     pub hubs: Vec<String>,
+    /// The store's revision it was read at: changes up to it are in it.
+    pub revision: i64,
 }
 
 /// Why a commit did not happen.

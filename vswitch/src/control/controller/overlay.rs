@@ -792,6 +792,8 @@ pub(super) struct Served {
     /// With a shared store ([`crate::control::overlay_store`]): this hub's name there (its
     /// `localAddress`); `None` with the local store.
     pub(super) store_me: Option<String>,
+    /// With a shared store: the revision of its last whole read.
+    pub(super) store_revision: i64,
     /// With a shared store: which hub serves each online runner, as the store says.
     pub(super) online: std::collections::HashMap<String, String>,
     /// With a shared store: the hubs holding a lease there (this one's place among them

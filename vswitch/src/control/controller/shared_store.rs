@@ -42,13 +42,17 @@ pub(super) fn id_share(inner: &Inner) -> Option<vxlan::membership::IdShare> {
 }
 
 /// With a shared store, the commit that says this hub serves `name` now, unless the store
-/// says so already.
+/// says so already; for a runner whose first commit never completed (its handler was
+/// dropped, say), that commit again.
 pub(super) fn store_online_commit(inner: &Inner, name: &str) -> Option<StoreCommit> {
     let me = inner.served.store_me.as_ref()?;
+    let runner = inner.state.runner_pool.as_ref()?.get(name)?;
+    if inner.served.uncommitted.get(name) == Some(&runner.id.get()) {
+        return Some(StoreCommit::Assign(stored_runner(runner)));
+    }
     if inner.served.online.get(name) == Some(me) {
         return None;
     }
-    let runner = inner.state.runner_pool.as_ref()?.get(name)?;
     Some(StoreCommit::Online(stored_runner(runner)))
 }
 
@@ -70,6 +74,7 @@ impl Controller {
         let mut inner = self.lock();
         let overlay = hub_overlay(&inner.state)?.clone();
         inner.served.store_me = Some(me);
+        inner.served.store_revision = inner.served.store_revision.max(snapshot.revision);
         inner.served.online = snapshot.online.clone().into_iter().collect();
         inner.served.hubs = snapshot.hubs.iter().cloned().collect();
         fold_heartbeats(&mut inner);
@@ -81,12 +86,15 @@ impl Controller {
         let mut pool = vxlan::RunnerPool::new(local.capacity());
         for stored in snapshot.runners.values() {
             let runner = self.pool_runner(&inner, &local, stored, now)?;
-            pool.restore(runner).map_err(|err| {
-                ApiError::invalid(
-                    "spec.addressPlan",
-                    format!("the overlay store holds a runner this hub's plan cannot serve: {err}"),
-                )
-            })?;
+            // One record this hub cannot serve (an ID beyond its plan, from a hub with a
+            // wider one) must not stop it serving the others.
+            if let Err(err) = pool.restore(runner) {
+                tracing::warn!(
+                    runner = %stored.name,
+                    id = stored.id,
+                    "the overlay store holds a runner this hub cannot serve: {err}"
+                );
+            }
         }
         // Admissions still in flight keep their ID while the store leaves it free.
         let uncommitted = std::mem::take(&mut inner.served.uncommitted);
@@ -115,16 +123,23 @@ impl Controller {
     ///
     /// # Errors
     /// [`ApiError`] when the generated resources cannot be set up or saved.
-    pub fn hub_store_changes(&self, changes: Vec<StoreChange>) -> Result<(), ApiError> {
+    pub fn hub_store_changes(&self, changes: Vec<(i64, StoreChange)>) -> Result<(), ApiError> {
         let mut inner = self.lock();
         let overlay = hub_overlay(&inner.state)?.clone();
+        // A read of the whole store (after a commit found this copy behind) may be newer
+        // than the watch: what it holds already is not applied again.
+        let read_at = inner.served.store_revision;
+        let changes = changes
+            .into_iter()
+            .filter(|(revision, _)| *revision > read_at)
+            .map(|(_, change)| change);
         fold_heartbeats(&mut inner);
         let before = sized_pool(&inner.state, &overlay)?;
         let mut pool = before.clone();
         let now = wall_ms();
         // Who serves whom first: a runner new here is online if a hub serves it, and the
         // change saying so comes after its record in the same transaction.
-        let (served, records): (Vec<_>, Vec<_>) = changes.into_iter().partition(|change| {
+        let (served, records): (Vec<_>, Vec<_>) = changes.partition(|change| {
             matches!(
                 change,
                 StoreChange::Online { .. } | StoreChange::Offline { .. } | StoreChange::Hub { .. }
@@ -197,17 +212,28 @@ impl Controller {
         inner.served.uncommitted.remove(&runner.name);
     }
 
-    /// Hub with a shared store: which of `names` (just marked offline here) this hub still
-    /// serves in the store's eyes; their `online` keys are to be deleted.
-    pub fn hub_served_here(&self, names: &[String]) -> Vec<String> {
+    /// Hub: forgets what it knew of a shared store (the hub agent starts: with another
+    /// store, or none).
+    pub fn hub_store_reset(&self) {
+        let mut inner = self.lock();
+        inner.served.store_me = None;
+        inner.served.store_revision = 0;
+        inner.served.online.clear();
+        inner.served.hubs.clear();
+        inner.served.uncommitted.clear();
+    }
+
+    /// Hub with a shared store: the runners offline here that the store still says this
+    /// hub serves (an earlier delete of their `online` key failed).
+    pub fn hub_offline_served_here(&self) -> Vec<String> {
         let inner = self.lock();
-        let Some(me) = inner.served.store_me.as_ref() else {
+        let (Some(me), Some(pool)) = (&inner.served.store_me, &inner.state.runner_pool) else {
             return Vec::new();
         };
-        names
-            .iter()
-            .filter(|name| inner.served.online.get(*name) == Some(me))
-            .cloned()
+        pool.runners()
+            .filter(|runner| runner.state == vxlan::membership::RunnerState::Offline)
+            .filter(|runner| inner.served.online.get(&runner.name) == Some(me))
+            .map(|runner| runner.name.clone())
             .collect()
     }
 

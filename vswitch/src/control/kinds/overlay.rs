@@ -771,6 +771,13 @@ fn check_store(origin: &Origin, spec: &OverlaySpec, errors: &mut Errors) {
     let Some(store) = &spec.store else {
         return;
     };
+    if !spec.runners.is_empty() {
+        errors.push(origin.invalid(
+            "spec.runners",
+            "static runners are kept in the hub's state directory, not in the shared store: \
+             with spec.store, let those nodes register (role: runner), or remove spec.store",
+        ));
+    }
     let Some(etcd) = &store.etcd else {
         errors.push(origin.invalid(
             "spec.store",
@@ -1156,6 +1163,28 @@ mod tests {
         let parsed: Result<OverlayStoreSpec, _> =
             serde_norway::from_str("etcd: {endpoints: ['http://a:1'], leases: 3}");
         assert!(parsed.is_err());
+        // Static runners live in the state directory only.
+        let mut hub = overlay_of(OverlayRole::Hub);
+        hub.spec.store =
+            Some(serde_norway::from_str("etcd: {endpoints: ['http://a:2379']}").expect("store"));
+        hub.spec.runners = vec![StaticRunner {
+            name: "kernel-node".into(),
+            address: "192.168.50.9".parse().unwrap(),
+        }];
+        let mut errors = Errors::new();
+        check_store(
+            &Origin::resource(Kind::Overlay, "node-a"),
+            &hub.spec,
+            &mut errors,
+        );
+        let joined = errors
+            .into_result()
+            .expect_err("static runners")
+            .to_string();
+        assert!(
+            joined.contains("spec.runners") && joined.contains("static runners"),
+            "{joined}"
+        );
         // Only a hub has a store.
         let mut runner = overlay_of(OverlayRole::Runner);
         runner.spec.store = Some(Box::default());
