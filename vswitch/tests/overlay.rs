@@ -926,6 +926,40 @@ with ThreadPoolExecutor(8) as pool:
         print(line, flush=True)
 "#;
 
+/// etcd on node 0 of `underlay` and two hubs on nodes 1 and 2 keeping their runners in it
+/// (plain HTTP, leases of 3 s, `extra` YAML in their spec), once both have read the store;
+/// answers etcd, hub A, hub B and the hubs' extra spec (to apply again).
+fn two_hubs_on_etcd(underlay: &Underlay, extra: &str) -> (Etcd, Daemon, Daemon, String) {
+    let address = |node: usize| {
+        underlay
+            .node(node)
+            .exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+            .split_whitespace()
+            .nth(3)
+            .and_then(|cidr| cidr.split('/').next())
+            .expect("the node's address")
+            .to_owned()
+    };
+    let etcd = Etcd::start_in(underlay.node(0), &address(0));
+    let hub_a = Daemon::start_in(&underlay.node(1).name, 2, &[]);
+    let hub_b = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    let store = format!(
+        "  tls: {{mode: Disabled}}\n{extra}  store: {{etcd: {{endpoints: ['{}'], leaseSeconds: 3}}}}\n",
+        etcd.endpoint
+    );
+    hub_a.apply_yaml(&hub_overlay("hub-a", &address(1), &store));
+    hub_b.apply_yaml(&hub_overlay("hub-b", &address(2), &store));
+    for hub in [&hub_a, &hub_b] {
+        wait_overlay(
+            hub,
+            "the hub to have read the store",
+            Duration::from_secs(30),
+            |v| v["state"] == "Up" && v["store"]["ready"] == true,
+        );
+    }
+    (etcd, hub_a, hub_b, store)
+}
+
 /// `NAME ID` lines of [`SIMULATED_RUNNERS_AT`], every one admitted.
 fn simulated_ids(out: &str) -> Vec<(String, u32)> {
     out.lines()
@@ -959,25 +993,10 @@ fn hubs_sharing_an_etcd_store_never_give_one_id_twice() {
         "192.168.58.3/24",
         "192.168.58.4/24",
     ]);
-    let etcd = Etcd::start_in(underlay.node(0), "192.168.58.10");
-    let mut hub_a = Daemon::start_in(&underlay.node(1).name, 2, &[]);
-    let hub_b = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    let (etcd, mut hub_a, hub_b, store) =
+        two_hubs_on_etcd(&underlay, "  runnerTimeoutSeconds: 5\n");
     let sims = underlay.node(3);
     let runner = Daemon::start_in(&underlay.node(4).name, 2, &[]);
-    let store = format!(
-        "  tls: {{mode: Disabled}}\n  runnerTimeoutSeconds: 5\n  store: {{etcd: {{endpoints: ['{}'], leaseSeconds: 3}}}}\n",
-        etcd.endpoint
-    );
-    hub_a.apply_yaml(&hub_overlay("hub-a", "192.168.58.1", &store));
-    hub_b.apply_yaml(&hub_overlay("hub-b", "192.168.58.2", &store));
-    for hub in [&hub_a, &hub_b] {
-        wait_overlay(
-            hub,
-            "the hub to have read the store",
-            Duration::from_secs(30),
-            |v| v["state"] == "Up" && v["store"]["ready"] == true,
-        );
-    }
 
     // Both hubs at once, 60 runners each, 8 in flight at each.
     let started = Instant::now();
@@ -1161,25 +1180,9 @@ fn runners_fail_over_between_hubs_sharing_an_etcd_store() {
         "192.168.60.3/24",
         "192.168.60.4/24",
     ]);
-    let etcd = Etcd::start_in(underlay.node(0), "192.168.60.10");
-    let mut hub_a = Daemon::start_in(&underlay.node(1).name, 2, &[]);
-    let hub_b = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    let (_etcd, mut hub_a, hub_b, _) = two_hubs_on_etcd(&underlay, "");
     let r1 = Daemon::start_in(&underlay.node(3).name, 2, &[]);
     let r2 = Daemon::start_in(&underlay.node(4).name, 2, &[]);
-    let store = format!(
-        "  tls: {{mode: Disabled}}\n  store: {{etcd: {{endpoints: ['{}'], leaseSeconds: 3}}}}\n",
-        etcd.endpoint
-    );
-    hub_a.apply_yaml(&hub_overlay("hub-a", "192.168.60.1", &store));
-    hub_b.apply_yaml(&hub_overlay("hub-b", "192.168.60.2", &store));
-    for hub in [&hub_a, &hub_b] {
-        wait_overlay(
-            hub,
-            "the hub to have read the store",
-            Duration::from_secs(30),
-            |v| v["store"]["ready"] == true,
-        );
-    }
     let runner = |name: &str, address: &str, first: &str, second: &str| {
         format!(
             "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: {name}\nspec:\n  role: runner\n  localAddress: {address}\n  hub:\n    address: {first}\n    token: {TOKEN}\n    tls: {{mode: Disabled}}\n    alternates: [{{address: {second}}}]\n  heartbeatSeconds: 1\n"

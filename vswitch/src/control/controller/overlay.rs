@@ -196,13 +196,7 @@ impl Controller {
     /// (`None` without TLS) and, when not secure or not serving, why.
     pub fn hub_api_status(&self, fingerprint: Option<String>, message: Option<String>) {
         let mut inner = self.lock();
-        let Some(overlay) = inner
-            .state
-            .overlays
-            .values_mut()
-            .next()
-            .filter(|o| o.spec.role == OverlayRole::Hub)
-        else {
+        let Some(overlay) = hub_overlay_mut(&mut inner.state) else {
             return;
         };
         overlay.status.tls_fingerprint = fingerprint;
@@ -628,6 +622,15 @@ fn remove_stale_host_tap(state: &State, wanted: &[Resource]) {
             "cannot remove a stale host TAP: {err}"
         ),
     }
+}
+
+/// The hub's Overlay, to change its status; `None` when this node is not a hub.
+pub(super) fn hub_overlay_mut(state: &mut State) -> Option<&mut Overlay> {
+    state
+        .overlays
+        .values_mut()
+        .next()
+        .filter(|o| o.spec.role == OverlayRole::Hub)
 }
 
 /// The hub's Overlay, or a conflict.

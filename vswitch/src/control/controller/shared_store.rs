@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::overlay::{fold_heartbeats, hub_overlay, sized_pool, wall_ms};
+use super::overlay::{fold_heartbeats, hub_overlay, hub_overlay_mut, sized_pool, wall_ms};
 use super::{Controller, Inner, Locked};
 use crate::control::ApiError;
 use crate::control::overlay_store::{StoreChange, StoreCommit, StoreSnapshot, StoredRunner};
@@ -261,13 +261,7 @@ impl Controller {
     /// can again).
     pub fn hub_store_status(&self, message: Option<String>) {
         let mut inner = self.lock();
-        let Some(overlay) = inner
-            .state
-            .overlays
-            .values_mut()
-            .next()
-            .filter(|o| o.spec.role == crate::control::resource::OverlayRole::Hub)
-        else {
+        let Some(overlay) = hub_overlay_mut(&mut inner.state) else {
             return;
         };
         overlay.status.store_message = message;
