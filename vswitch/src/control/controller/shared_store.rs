@@ -226,33 +226,33 @@ impl Controller {
     /// Hub with a shared store: the runners offline here that the store still says this
     /// hub serves (an earlier delete of their `online` key failed).
     pub fn hub_offline_served_here(&self) -> Vec<String> {
-        let inner = self.lock();
-        let (Some(me), Some(pool)) = (&inner.served.store_me, &inner.state.runner_pool) else {
-            return Vec::new();
-        };
-        pool.runners()
-            .filter(|runner| runner.state == vxlan::membership::RunnerState::Offline)
-            .filter(|runner| inner.served.online.get(&runner.name) == Some(me))
-            .map(|runner| runner.name.clone())
-            .collect()
+        self.runners_in_state(vxlan::membership::RunnerState::Offline, |holder, me| {
+            holder == Some(me)
+        })
     }
 
     /// Hub with a shared store: the online runners not served by another hub (to say
     /// again that this hub serves them, under a new lease).
     pub fn hub_online_here(&self) -> Vec<String> {
+        self.runners_in_state(vxlan::membership::RunnerState::Online, |holder, me| {
+            holder.is_none_or(|hub| hub == me)
+        })
+    }
+
+    /// With a shared store, the names of the pool's runners in `state` whose serving hub
+    /// in the store (`None`: none) passes `holder` (given this hub's name).
+    fn runners_in_state(
+        &self,
+        state: vxlan::membership::RunnerState,
+        holder: impl Fn(Option<&String>, &String) -> bool,
+    ) -> Vec<String> {
         let inner = self.lock();
         let (Some(me), Some(pool)) = (&inner.served.store_me, &inner.state.runner_pool) else {
             return Vec::new();
         };
         pool.runners()
-            .filter(|runner| runner.state == vxlan::membership::RunnerState::Online)
-            .filter(|runner| {
-                inner
-                    .served
-                    .online
-                    .get(&runner.name)
-                    .is_none_or(|hub| hub == me)
-            })
+            .filter(|runner| runner.state == state)
+            .filter(|runner| holder(inner.served.online.get(&runner.name), me))
             .map(|runner| runner.name.clone())
             .collect()
     }
