@@ -47,6 +47,8 @@ fn snapshot() -> Snapshot {
             cidr,
             gateway,
             gateway_mac: [0x02, 0, 0, 0, 0xee, u8::try_from(id).unwrap_or(0)],
+            // One segment resolves its neighbours with probes (an anycast gateway).
+            shared_gateway: id == 2,
             mtu: 1500,
             ports,
             mac_ageing: DEFAULT_MAC_AGEING,

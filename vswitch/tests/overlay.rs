@@ -708,6 +708,148 @@ fn hub_and_two_runners() {
     c12.ping_ok("10.0.0.1", 3);
 }
 
+/// The TTL of the answer to one ping from `ns` to `address`: 63 after one routed hop.
+fn echo_ttl(ns: &Netns, address: &str) -> u32 {
+    let out = ns.exec_ok(&["ping", "-c", "1", "-W", "2", address]);
+    out.split("ttl=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ttl| ttl.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in the ping output:\n{out}"))
+}
+
+/// Packets the VTEP of `daemon` received.
+fn vtep_rx(daemon: &Daemon) -> u64 {
+    let stats = daemon.stats();
+    stats["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "vxlan")
+        .and_then(|p| p["rxPackets"].as_u64())
+        .unwrap_or(0)
+}
+
+/// `spec.runnerToRunner: Direct`: each runner learns the other from the hub (the one that
+/// registered later too) and holds a copy of its subnet, so a frame between their
+/// containers goes straight between the runners' VTEPs: one routed hop (TTL 63), the hub's
+/// VTEP sees none of it, and it carries on after `kill -9` of the hub. The hub stays the
+/// gateway to 10.0.0.1 for both runners (the copies' shared gateway never takes the hub's
+/// address from them). Switched back to `ViaHub`, the runners drop their copies and
+/// traffic goes through the hub again (two routed hops). Prints TCP throughput both ways,
+/// direct and through the hub, in the same run.
+#[test]
+#[ignore = "needs root: starts vswitchd in node namespaces on a bridged veth underlay"]
+fn runners_reach_each_other_directly() {
+    require(&["ping", "iperf3"]);
+    let underlay = Underlay::new(&["192.168.70.1/24", "192.168.70.2/24", "192.168.70.3/24"]);
+    let mut hub = Daemon::start_in(&underlay.node(0).name, 2, &[]);
+    let r1 = Daemon::start_in(&underlay.node(1).name, 2, &[]);
+    let r2 = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    let plain = "  tls: {mode: Disabled}\n";
+    let direct = format!("{plain}  runnerToRunner: Direct\n");
+    hub.apply_yaml(&hub_overlay("hub", "192.168.70.1", &direct));
+    let runner = |name: &str, address: &str| {
+        runner_overlay_tls(name, address, "192.168.70.1", "{mode: Disabled}", "")
+    };
+    r1.apply_yaml(&runner("runner-1", "192.168.70.2"));
+    wait_registered(&r1, "runner-1");
+    r2.apply_yaml(&runner("runner-2", "192.168.70.3"));
+    wait_registered(&r2, "runner-2");
+    for (daemon, name) in [(&r1, "runner-1"), (&r2, "runner-2")] {
+        wait_overlay(
+            daemon,
+            &format!("{name} to reach the other runner directly"),
+            Duration::from_secs(15),
+            |v| v["directPeers"] == 1,
+        );
+    }
+    assert_eq!(
+        overlay_view(&hub).expect("hub view")["runnerToRunner"],
+        "Direct"
+    );
+    let copy = r1.ctl_json(&["get", "subnet", "overlay-r2"]);
+    assert_owned(&copy, "runner-1");
+    assert_eq!(copy["spec"]["cidr"], "10.2.0.0/16", "{copy}");
+    assert_eq!(copy["spec"]["vni"], 102, "{copy}");
+    assert_eq!(copy["spec"]["gateway"], "10.2.0.254", "{copy}");
+    assert_eq!(copy["spec"]["sharedGateway"], true, "{copy}");
+    assert_eq!(copy["spec"]["remoteVteps"][0], "192.168.70.3", "{copy}");
+
+    let c1 = Netns::new("cdr1");
+    let c2 = Netns::new("cdr2");
+    let ip1 = r1.attach(&c1, &["--subnet", "overlay"]);
+    let ip2 = r2.attach(&c2, &["--subnet", "overlay"]);
+    assert!(
+        c1.ping_until(&ip2, Duration::from_secs(10)),
+        "runner-1's container cannot reach runner-2's directly\nrunner-1 log:\n{}\nrunner-2 log:\n{}",
+        tail(&r1.log_text(), 30),
+        tail(&r2.log_text(), 30)
+    );
+    assert_eq!(echo_ttl(&c1, &ip2), 63, "one routed hop, runner-1's");
+    assert_eq!(echo_ttl(&c2, &ip1), 63, "one routed hop, runner-2's");
+    for c in [&c1, &c2] {
+        assert!(
+            c.ping_until("10.0.0.1", Duration::from_secs(10)),
+            "a container cannot reach the hub at 10.0.0.1 beside the direct paths"
+        );
+    }
+    let before = vtep_rx(&hub);
+    let direct_12 = iperf3_tcp(&c2, &c1, &ip2, 3);
+    let direct_21 = iperf3_tcp(&c1, &c2, &ip1, 3);
+    let through_hub = vtep_rx(&hub) - before;
+    assert!(
+        through_hub < 100,
+        "the hub's VTEP received {through_hub} packets during transfers between the runners"
+    );
+    // The runners' containers still reach the hub, after the transfers too.
+    c2.ping_ok("10.0.0.1", 2);
+
+    // Without the hub: the runners keep their paths to each other.
+    hub.kill9();
+    c1.ping_ok(&ip2, 3);
+    c2.ping_ok(&ip1, 3);
+    hub.spawn(&[]);
+    for (daemon, name) in [(&r1, "runner-1"), (&r2, "runner-2")] {
+        wait_registered(daemon, name);
+    }
+
+    // Back through the hub.
+    hub.apply_yaml(&hub_overlay("hub", "192.168.70.1", plain));
+    for (daemon, name) in [(&r1, "runner-1"), (&r2, "runner-2")] {
+        wait_overlay(
+            daemon,
+            &format!("{name} to reach the other runner through the hub"),
+            Duration::from_secs(15),
+            |v| v["directPeers"].is_null(),
+        );
+    }
+    assert!(
+        r1.ctl(&["get", "subnet", "overlay-r2"]).status.code() != Some(0),
+        "runner-1's copy of runner-2's subnet is gone"
+    );
+    assert!(
+        c1.ping_until(&ip2, Duration::from_secs(10)),
+        "runner-1's container cannot reach runner-2's through the hub"
+    );
+    assert_eq!(
+        echo_ttl(&c1, &ip2),
+        62,
+        "two routed hops: runner-1's and the hub's"
+    );
+    let before = vtep_rx(&hub);
+    let hub_12 = iperf3_tcp(&c2, &c1, &ip2, 3);
+    let hub_21 = iperf3_tcp(&c1, &c2, &ip1, 3);
+    assert!(
+        vtep_rx(&hub) - before > 1000,
+        "through the hub, its VTEP carries the transfers"
+    );
+    eprintln!(
+        "runner to runner, iperf3 TCP Gbit/s (1->2 / 2->1): direct {direct_12:.2} / \
+         {direct_21:.2}, through the hub {hub_12:.2} / {hub_21:.2}"
+    );
+}
+
 /// Registers `count` simulated runners `sim-1`.. with the hub at `hub` (plain HTTP), 8 at
 /// a time, each from an address of 198.18.0.0/15, then one runner that sends no features
 /// header; prints `NAME ID` per line, then `narrow STATUS MESSAGE`.
@@ -1208,7 +1350,7 @@ fn runners_fail_over_between_hubs_sharing_an_etcd_store() {
     assert_ne!(id1, id2);
     let c1 = Netns::new("cfo1");
     let c2 = Netns::new("cfo2");
-    r1.attach(&c1, &["--subnet", "overlay"]);
+    let c1_ip = r1.attach(&c1, &["--subnet", "overlay"]);
     let ip2 = r2.attach(&c2, &["--subnet", "overlay"]);
     for (c, what) in [(&c1, "runner 1"), (&c2, "runner 2")] {
         assert!(
@@ -1221,6 +1363,33 @@ fn runners_fail_over_between_hubs_sharing_an_etcd_store() {
         "runner 1's container cannot reach runner 2's across the hubs\nhub A:\n{}\nhub B:\n{}",
         tail(&hub_a.log_text(), 20),
         tail(&hub_b.log_text(), 20)
+    );
+    // Hub B holds runner 1's subnet with its own gateway MAC, shared (runner 1 is hub A's),
+    // and hub A runner 2's: what a hub routes into a runner's subnet it does not serve (here
+    // A, runner 1's pings to runner 2) must not teach that runner that the hub address's MAC
+    // is behind that hub, or the runner's traffic for 10.0.0.1 would reach the other hub's
+    // node instead of its own hub's.
+    let copy = format!("overlay-r{id1}");
+    let shared =
+        |hub: &Daemon| hub.ctl_json(&["get", "subnet", &copy])["spec"]["sharedGateway"] == true;
+    let wait_shared = |hub: &Daemon, want: bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared(hub) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: sharedGateway is not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_shared(&hub_b, true, "hub B's copy of runner 1's subnet");
+    assert!(!shared(&hub_a), "hub A's own runner");
+    c2.ping_ok(&c1_ip, 3);
+    let to_hub_a = iperf3_tcp(underlay.node(1), &c1, "10.0.0.1", 1);
+    let to_hub_b = iperf3_tcp(underlay.node(2), &c2, "10.0.0.1", 1);
+    eprintln!(
+        "10.0.0.1 from each runner's container on its own hub's node: runner 1 on A \
+         {to_hub_a:.2} Gbit/s, runner 2 on B {to_hub_b:.2} Gbit/s"
     );
 
     let killed = Instant::now();
@@ -1249,6 +1418,11 @@ fn runners_fail_over_between_hubs_sharing_an_etcd_store() {
         |v| runner_row(v, "runner-1").is_some_and(|row| row["hub"] == "192.168.60.2"),
     );
     assert_eq!(runner_row(&hv, "runner-1").expect("listed")["id"], id1);
+    wait_shared(
+        &hub_b,
+        false,
+        "hub B serves runner 1 now: its copy is the hub's own",
+    );
     eprintln!(
         "failover: runner 1's container reached runner 2's {:.1} s after hub A was killed (heartbeats every 1 s)",
         across.as_secs_f64()

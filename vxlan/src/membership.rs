@@ -224,6 +224,48 @@ impl From<RunnerId> for u32 {
 pub const FEATURES_HEADER: &str = "vswitch-overlay-features";
 /// The feature of a runner that reads runner IDs above 255.
 pub const FEATURE_WIDE_IDS: &str = "runner-id-u32";
+/// The feature of a runner that reaches the other runners directly when the hub says so: its
+/// heartbeats are then answered with the version of the hub's runner list (`peers`), which it
+/// reads when the version changes.
+pub const FEATURE_PEERS: &str = "peers";
+
+/// Whether a [`FEATURES_HEADER`] value (`None`: no header) lists `feature`.
+pub fn has_feature(header: Option<&str>, feature: &str) -> bool {
+    header.is_some_and(|value| {
+        value
+            .split(',')
+            .any(|listed| listed.trim().eq_ignore_ascii_case(feature))
+    })
+}
+
+/// The runners of an overlay whose runners reach each other directly, as a hub answers them:
+/// each runner builds, from every other one's ID and address and the hub's plan, a path
+/// straight to that runner's subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayPeers {
+    /// Changes whenever the runners (IDs, names, addresses) or the plan do; hubs sharing a
+    /// store answer the same version for the same runners ([`RunnerPool::peers_version`]).
+    pub version: String,
+    /// The overlay's VNI base: runner N's VNI is `vniBase + N`.
+    pub vni_base: u32,
+    /// The hub's address plan: where runner N's subnet is.
+    pub address_plan: AddressPlan,
+    /// Every runner holding an ID, by ID (the asking runner among them).
+    pub runners: Vec<Peer>,
+}
+
+/// One runner of [`OverlayPeers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// Its ID.
+    pub id: RunnerId,
+    /// Its name.
+    pub name: String,
+    /// Its VTEP address.
+    pub address: IpAddr,
+}
 
 /// Which runner IDs a registering runner can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -239,12 +281,11 @@ impl IdWidth {
     /// The width a runner's [`FEATURES_HEADER`] value says (`None`: no header, a runner from
     /// before it).
     pub fn from_features(header: Option<&str>) -> IdWidth {
-        let wide = header.is_some_and(|value| {
-            value
-                .split(',')
-                .any(|feature| feature.trim().eq_ignore_ascii_case(FEATURE_WIDE_IDS))
-        });
-        if wide { IdWidth::Wide } else { IdWidth::Narrow }
+        if has_feature(header, FEATURE_WIDE_IDS) {
+            IdWidth::Wide
+        } else {
+            IdWidth::Narrow
+        }
     }
 
     /// The highest ID such a runner reads.
@@ -380,6 +421,19 @@ pub struct RunnerPool {
     capacity: NonZeroU32,
     runners: BTreeMap<RunnerId, Runner>,
     by_name: HashMap<String, RunnerId>,
+    /// The wrapping sum of [`member_hash`] over the runners: kept as they come and go, so
+    /// that [`RunnerPool::peers_version`] costs nothing per heartbeat.
+    digest: u64,
+}
+
+/// Seed of the hashes behind [`RunnerPool::peers_version`]: fixed, so that every hub (and
+/// every restart) computes the same version for the same runners.
+const PEERS_SEED: u64 = 0x7673_7769_7463_6821;
+
+/// A runner's part of the pool's digest: its ID, name and address.
+fn member_hash(id: RunnerId, name: &str, address: IpAddr) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(PEERS_SEED).hash_one((id.get(), name, address))
 }
 
 impl Default for RunnerPool {
@@ -396,6 +450,53 @@ impl RunnerPool {
             capacity,
             runners: BTreeMap::new(),
             by_name: HashMap::new(),
+            digest: 0,
+        }
+    }
+
+    /// Puts `runner` in (its ID and name free), keeping the digest.
+    fn insert_member(&mut self, runner: Runner) {
+        self.digest =
+            self.digest
+                .wrapping_add(member_hash(runner.id, &runner.name, runner.address));
+        self.by_name.insert(runner.name.clone(), runner.id);
+        self.runners.insert(runner.id, runner);
+    }
+
+    /// Takes the runner holding `id` out, keeping the digest.
+    fn remove_member(&mut self, id: RunnerId) -> Option<Runner> {
+        let runner = self.runners.remove(&id)?;
+        self.by_name.remove(&runner.name);
+        self.digest =
+            self.digest
+                .wrapping_sub(member_hash(runner.id, &runner.name, runner.address));
+        Some(runner)
+    }
+
+    /// The version of the runner list and plan that [`OverlayPeers`] carries: it changes
+    /// when a runner comes, goes or moves, or when the plan or VNI base changes, and is the
+    /// same on every hub holding the same runners.
+    pub fn peers_version(&self, plan: &AddressPlan, vni_base: u32) -> String {
+        use std::hash::BuildHasher;
+        let plan = foldhash::fast::FixedState::with_seed(PEERS_SEED).hash_one((plan, vni_base));
+        format!("{:016x}", self.digest ^ plan)
+    }
+
+    /// The runners as [`OverlayPeers`] lists them, with their version.
+    pub fn peers(&self, plan: &AddressPlan, vni_base: u32) -> OverlayPeers {
+        OverlayPeers {
+            version: self.peers_version(plan, vni_base),
+            vni_base,
+            address_plan: *plan,
+            runners: self
+                .runners
+                .values()
+                .map(|runner| Peer {
+                    id: runner.id,
+                    name: runner.name.clone(),
+                    address: runner.address,
+                })
+                .collect(),
         }
     }
 
@@ -554,6 +655,12 @@ impl RunnerPool {
             }
             if let Some(runner) = self.runners.get_mut(&id) {
                 let previous_address = (runner.address != address).then_some(runner.address);
+                if let Some(previous) = previous_address {
+                    self.digest = self
+                        .digest
+                        .wrapping_sub(member_hash(id, name, previous))
+                        .wrapping_add(member_hash(id, name, address));
+                }
                 runner.address = address;
                 runner.last_seen_ms = now_ms;
                 runner.state = RunnerState::Online;
@@ -583,18 +690,14 @@ impl RunnerPool {
                 (evicted.id, RegistrationOutcome::Reclaimed { evicted })
             }
         };
-        self.runners.insert(
+        self.insert_member(Runner {
             id,
-            Runner {
-                id,
-                name: name.to_owned(),
-                address,
-                registered_ms: now_ms,
-                last_seen_ms: now_ms,
-                state: RunnerState::Online,
-            },
-        );
-        self.by_name.insert(name.to_owned(), id);
+            name: name.to_owned(),
+            address,
+            registered_ms: now_ms,
+            last_seen_ms: now_ms,
+            state: RunnerState::Online,
+        });
         Ok(Registration { id, outcome })
     }
 
@@ -605,8 +708,7 @@ impl RunnerPool {
             .filter(|runner| max.is_none_or(|max| runner.id <= max))
             .min_by_key(|runner| (runner.last_seen_ms, runner.id))
             .map(|runner| runner.id)?;
-        let runner = self.runners.remove(&id)?;
-        self.by_name.remove(&runner.name);
+        let runner = self.remove_member(id)?;
         Some(EvictedRunner {
             id,
             name: runner.name,
@@ -765,23 +867,20 @@ impl RunnerPool {
         if let Some(old) = self.remove(&runner.name) {
             displaced.push(old);
         }
-        if let Some(old) = self.runners.remove(&runner.id) {
-            self.by_name.remove(&old.name);
+        if let Some(old) = self.remove_member(runner.id) {
             displaced.push(old);
         }
-        let runner = Runner {
+        self.insert_member(Runner {
             address: runner.address.to_canonical(),
             ..runner
-        };
-        self.by_name.insert(runner.name.clone(), runner.id);
-        self.runners.insert(runner.id, runner);
+        });
         Ok(displaced)
     }
 
     /// Removes `name` from the pool (an administrator deregistering it), freeing its ID.
     pub fn remove(&mut self, name: &str) -> Option<Runner> {
-        let id = self.by_name.remove(name)?;
-        self.runners.remove(&id)
+        let id = *self.by_name.get(name)?;
+        self.remove_member(id)
     }
 }
 
@@ -844,19 +943,15 @@ impl TryFrom<PersistedPool> for RunnerPool {
                     runner.name
                 )));
             }
-            pool.by_name.insert(runner.name.clone(), id);
-            pool.runners.insert(
+            pool.insert_member(Runner {
                 id,
-                Runner {
-                    id,
-                    name: runner.name,
-                    address: runner.address,
-                    registered_ms: runner.registered_ms,
-                    last_seen_ms: runner.last_seen_ms,
-                    // Nobody is known to be online after a restart.
-                    state: RunnerState::Offline,
-                },
-            );
+                name: runner.name,
+                address: runner.address,
+                registered_ms: runner.registered_ms,
+                last_seen_ms: runner.last_seen_ms,
+                // Nobody is known to be online after a restart.
+                state: RunnerState::Offline,
+            });
         }
         Ok(pool)
     }
@@ -1454,6 +1549,52 @@ mod tests {
     /// An address of TEST-NET-1 (RFC 5737), as in the example.
     fn test_net(last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    /// The peers version depends on the runners (ID, name, address) and the plan, not on
+    /// the order they came in, heartbeats or online state, and survives persistence: two
+    /// hubs holding the same runners answer the same version.
+    #[test]
+    fn the_peers_version_follows_the_runners_and_the_plan() {
+        let plan = AddressPlan::default();
+        let mut a = RunnerPool::default();
+        let mut b = RunnerPool::default();
+        let empty = a.peers_version(&plan, 100);
+        a.register("r1", addr(1), 0).unwrap();
+        a.register("r2", addr(2), 0).unwrap();
+        b.restore(Runner {
+            id: id(2),
+            name: "r2".into(),
+            address: addr(2),
+            registered_ms: 7,
+            last_seen_ms: 7,
+            state: RunnerState::Offline,
+        })
+        .unwrap();
+        b.register("r1", addr(1), 5).unwrap();
+        let version = a.peers_version(&plan, 100);
+        assert_ne!(version, empty);
+        assert_eq!(b.peers_version(&plan, 100), version, "order and times");
+        a.touch("r1", 99).unwrap();
+        a.mark_offline(1_000_000, 10);
+        assert_eq!(a.peers_version(&plan, 100), version, "liveness");
+        let restored: RunnerPool =
+            serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(restored.peers_version(&plan, 100), version, "persisted");
+        assert_ne!(a.peers_version(&plan, 200), version, "the VNI base");
+        a.register("r2", addr(9), 0).unwrap();
+        let moved = a.peers_version(&plan, 100);
+        assert_ne!(moved, version, "an address");
+        a.register("r2", addr(2), 0).unwrap();
+        assert_eq!(a.peers_version(&plan, 100), version, "moved back");
+        a.remove("r2");
+        a.remove("r1");
+        assert_eq!(a.peers_version(&plan, 100), empty);
+        let peers = b.peers(&plan, 100);
+        assert_eq!(peers.version, version);
+        let ids: Vec<u32> = peers.runners.iter().map(|p| p.id.get()).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(peers.runners[1].address, addr(2));
     }
 
     #[test]

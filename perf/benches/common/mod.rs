@@ -16,6 +16,7 @@ pub fn subnet(mac_limit: usize) -> SubnetEntry {
         cidr: "172.30.0.0/16".parse().expect("cidr"),
         gateway: Ipv4Addr::new(172, 30, 0, 1),
         gateway_mac: [0x02, 0, 0, 0, 0xee, 1],
+        shared_gateway: false,
         mtu: 1500,
         ports: vec![PortId(1), PortId(2)],
         mac_ageing: DEFAULT_MAC_AGEING,

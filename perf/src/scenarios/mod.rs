@@ -15,7 +15,8 @@
 //! unrelated TCP flow without and during the flood), `conntrack` (`nat` with N other
 //! connections in the table), `routes` (`routed` with N other routes in the router's table)
 //! and `macs` (`vxlan` with N other MACs learned behind the remote node), one [`Case`] per
-//! N in the last three.
+//! N in the last three; `runners` and `runners-via-hub` (containers on two runners of a
+//! hub-and-spoke overlay, reaching each other directly or through the hub).
 
 pub mod conntrack;
 pub mod floods;
@@ -26,6 +27,7 @@ pub mod nat;
 pub mod policy;
 pub mod routed;
 pub mod routes;
+pub mod runners;
 pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -211,6 +213,11 @@ pub enum Scenario {
     Routes,
     /// `vxlan` with 0 to 100,000 other MACs learned behind the remote node.
     Macs,
+    /// Containers on two runners of a hub-and-spoke overlay whose runners reach each other
+    /// directly (`spec.runnerToRunner: Direct`).
+    Runners,
+    /// `runners` with the traffic routed through the hub (`ViaHub`, the default).
+    RunnersViaHub,
 }
 
 /// The table sizes of the scenarios that measure one per size (`--policies`,
@@ -242,7 +249,7 @@ impl Counts {
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
@@ -253,6 +260,8 @@ impl Scenario {
         Scenario::Conntrack,
         Scenario::Routes,
         Scenario::Macs,
+        Scenario::Runners,
+        Scenario::RunnersViaHub,
     ];
 
     /// The scenarios a run without `--scenario` measures: all but `floods`, which measures
@@ -280,6 +289,8 @@ impl Scenario {
             Scenario::Conntrack => "conntrack",
             Scenario::Routes => "routes",
             Scenario::Macs => "macs",
+            Scenario::Runners => "runners",
+            Scenario::RunnersViaHub => "runners-via-hub",
         }
     }
 
@@ -324,6 +335,16 @@ impl Scenario {
             Scenario::Macs => {
                 "vxlan with other MACs learned behind the remote node, c1 -> c2 (kernel: bridge \
                  + vxlan, both learning)"
+            }
+            Scenario::Runners => {
+                "containers on two runners of a hub's overlay, straight between the runners \
+                 (runnerToRunner: Direct), CPU of the three daemons (kernel: bridge + vxlan, \
+                 each runner routing into the other's segment)"
+            }
+            Scenario::RunnersViaHub => {
+                "containers on two runners of a hub's overlay, routed through the hub, CPU \
+                 of the three daemons (kernel: bridge + vxlan to a hub namespace that \
+                 forwards)"
             }
         }
     }
@@ -496,6 +517,8 @@ impl Case {
             Scenario::Conntrack => conntrack::prepare(variant, context, self.count),
             Scenario::Routes => routes::prepare(variant, context, self.count),
             Scenario::Macs => macs::prepare(variant, context, self.count),
+            Scenario::Runners => runners::prepare(variant, context, true),
+            Scenario::RunnersViaHub => runners::prepare(variant, context, false),
             Scenario::Floods => match self.flood {
                 Some(kind) => floods::prepare(variant, context, kind),
                 None => Err(PrepareError::Fail(anyhow::anyhow!("floods without a kind"))),

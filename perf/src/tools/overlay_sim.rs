@@ -417,11 +417,11 @@ async fn agent(
             let sent_ms = wall_ms();
             let sent = Instant::now();
             match client.heartbeat(name).await {
-                Ok(id) => {
+                Ok(answer) => {
                     let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                     let _ = shared.heartbeat_latency.lock().await.record(micros.max(1));
                     shared.heartbeats.fetch_add(1, Ordering::Relaxed);
-                    shared.served(i, sent_ms, id.get());
+                    shared.served(i, sent_ms, answer.id.get());
                     backoff.reset();
                 }
                 Err(HubCallError::Status { status: 404, .. }) => {

@@ -23,8 +23,16 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::api::hub::{
-    HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, MAX_HUB_BODY_BYTES, REGISTER_PATH,
+    HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, MAX_HUB_BODY_BYTES, PEERS_PATH,
+    REGISTER_PATH,
 };
+
+/// Largest answer read from the hub's runner list: 8 MiB, room for 65,535 runners (a /24
+/// per runner out of a /8) at about 100 bytes each.
+pub const MAX_PEERS_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// What this runner tells the hub it supports ([`vxlan::membership::FEATURES_HEADER`]).
+const FEATURES: &str = "runner-id-u32, peers";
 
 /// How long one exchange with the hub (connect, request, whole answer) may take.
 pub const HUB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,7 +155,13 @@ impl HubClient {
         &self,
         request: &vxlan::RegistrationRequest,
     ) -> Result<vxlan::RunnerPlan, HubCallError> {
-        self.post(REGISTER_PATH, request).await
+        self.call(
+            Method::POST,
+            REGISTER_PATH,
+            Some(request),
+            MAX_HUB_BODY_BYTES,
+        )
+        .await
     }
 
     /// Sends a heartbeat: `POST /v1/overlay/heartbeat`; answers the ID the hub holds for
@@ -156,32 +170,53 @@ impl HubClient {
     /// # Errors
     /// [`HubCallError`]; a [`HubCallError::Status`] 404 means the hub does not know `name`
     /// (register again).
-    pub async fn heartbeat(&self, name: &str) -> Result<vxlan::RunnerId, HubCallError> {
+    pub async fn heartbeat(&self, name: &str) -> Result<HeartbeatResponse, HubCallError> {
         let request = HeartbeatRequest {
             name: name.to_owned(),
         };
-        let answer: HeartbeatResponse = self.post(HEARTBEAT_PATH, &request).await?;
-        Ok(answer.id)
+        self.call(
+            Method::POST,
+            HEARTBEAT_PATH,
+            Some(&request),
+            MAX_HUB_BODY_BYTES,
+        )
+        .await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
+    /// Reads the hub's runner list: `GET /v1/overlay/peers`.
+    ///
+    /// # Errors
+    /// [`HubCallError`]; a [`HubCallError::Status`] 409 means the hub's runners reach each
+    /// other through it.
+    pub async fn peers(&self) -> Result<vxlan::OverlayPeers, HubCallError> {
+        self.call::<(), _>(Method::GET, PEERS_PATH, None, MAX_PEERS_ANSWER_BYTES)
+            .await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
+        method: Method,
         path: &str,
-        body: &B,
+        body: Option<&B>,
+        answer_limit: usize,
     ) -> Result<T, HubCallError> {
-        let body = serde_json::to_vec(body)
-            .map_err(|error| HubCallError::Request(format!("cannot encode the body: {error}")))?;
-        let request = Request::builder()
-            .method(Method::POST)
+        let body = match body {
+            Some(body) => serde_json::to_vec(body).map_err(|error| {
+                HubCallError::Request(format!("cannot encode the body: {error}"))
+            })?,
+            None => Vec::new(),
+        };
+        let mut request = Request::builder()
+            .method(method)
             .uri(path)
             .header(header::HOST, self.address.to_string())
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
-            .header(
-                vxlan::membership::FEATURES_HEADER,
-                vxlan::membership::FEATURE_WIDE_IDS,
-            )
+            .header(vxlan::membership::FEATURES_HEADER, FEATURES);
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|error| {
                 // Never quote the header values: one of them is the token.
@@ -189,8 +224,8 @@ impl HubClient {
                     "{error} (is the token printable ASCII without line breaks?)"
                 ))
             })?;
-        let (status, bytes) = match tokio::time::timeout(self.timeout, self.exchange(request)).await
-        {
+        let exchange = self.exchange(request, answer_limit);
+        let (status, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(HubCallError::Unreachable(format!(
@@ -213,7 +248,11 @@ impl HubClient {
         })
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), HubCallError> {
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<(u16, Bytes), HubCallError> {
         let unreachable = |error: io::Error| HubCallError::Unreachable(error.to_string());
         let stream = match self.source {
             Some(source) => {
@@ -236,13 +275,13 @@ impl HubClient {
         // Heartbeats are small and latency matters more than batching.
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => exchange_on(stream, request).await,
+            None => exchange_on(stream, request, limit).await,
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), stream)
                     .await
                     .map_err(handshake_error)?;
-                exchange_on(stream, request).await
+                exchange_on(stream, request, limit).await
             }
         }
     }
@@ -252,6 +291,7 @@ impl HubClient {
 async fn exchange_on<S>(
     stream: S,
     request: Request<Full<Bytes>>,
+    limit: usize,
 ) -> Result<(u16, Bytes), HubCallError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -266,7 +306,7 @@ where
     let result = async {
         let response = sender.send_request(request).await.map_err(broken)?;
         let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_HUB_BODY_BYTES)
+        let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map_err(|error| HubCallError::Unreachable(format!("cannot read the answer: {error}")))?
@@ -402,7 +442,8 @@ mod tests {
         let id = runtime()
             .block_on(client.heartbeat("runner-a"))
             .expect("heartbeat answered");
-        assert_eq!(id.get(), 7);
+        assert_eq!(id.id.get(), 7);
+        assert_eq!(id.peers, None);
         let request = String::from_utf8(server.join().expect("server")).expect("utf-8");
         assert!(
             request.starts_with("POST /v1/overlay/heartbeat HTTP/1.1\r\n"),

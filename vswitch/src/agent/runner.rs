@@ -282,6 +282,10 @@ pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
         warning,
     };
     let mut backoff = Backoff::new();
+    // The version of the runner list this runner follows (reaching the others directly).
+    let mut followed = controller_call(&controller, Controller::runner_peers_version)
+        .await
+        .flatten();
     let mut current = 0;
     // Hubs that failed one after the other since the last success.
     let mut failed = 0;
@@ -337,7 +341,7 @@ pub(super) async fn run(controller: Arc<Controller>, settings: RunnerSettings) {
         }
         backoff.reset();
         reporter.registered(&plan).await;
-        match heartbeats(client, &settings, &plan, &mut reporter).await {
+        match heartbeats(client, &settings, &plan, &mut reporter, &mut followed).await {
             HeartbeatsEnd::RegisterAgain => {}
             HeartbeatsEnd::Failed(trouble, another) => {
                 if another && count > 1 {
@@ -367,13 +371,18 @@ async fn heartbeats(
     settings: &RunnerSettings,
     plan: &vxlan::RunnerPlan,
     reporter: &mut Reporter,
+    followed: &mut Option<String>,
 ) -> HeartbeatsEnd {
     let hub = client.address();
     loop {
         tokio::time::sleep(settings.heartbeat).await;
         match client.heartbeat(&settings.request.name).await {
-            Ok(id) if id == plan.runner_id => reporter.registered(plan).await,
-            Ok(id) => {
+            Ok(answer) if answer.id == plan.runner_id => {
+                reporter.registered(plan).await;
+                follow_peers(client, &reporter.controller, answer.peers, followed).await;
+            }
+            Ok(answer) => {
+                let id = answer.id;
                 tracing::info!(
                     %id,
                     registered_as = %plan.runner_id,
@@ -395,6 +404,41 @@ async fn heartbeats(
                 return HeartbeatsEnd::Failed(trouble, another);
             }
         }
+    }
+}
+
+/// Follows the hub's runner list: reads it when the heartbeat answered a `version` other
+/// than the one followed, and drops it when the hub answered none (its runners reach each
+/// other through it). A list that cannot be read is tried again at the next heartbeat;
+/// meanwhile the runner keeps the paths it has.
+async fn follow_peers(
+    client: &HubClient,
+    controller: &Arc<Controller>,
+    version: Option<String>,
+    followed: &mut Option<String>,
+) {
+    if version == *followed {
+        return;
+    }
+    let peers = match version {
+        None => None,
+        Some(_) => match client.peers().await {
+            Ok(peers) => Some(peers),
+            Err(error) => {
+                tracing::warn!(hub = %client.address(), "cannot read the hub's runner list: {error}; trying again at the next heartbeat");
+                return;
+            }
+        },
+    };
+    let version = peers.as_ref().map(|peers| peers.version.clone());
+    match controller_call(controller, move |c| c.runner_peers(peers)).await {
+        Some(Ok(())) => *followed = version,
+        Some(Err(error)) => {
+            tracing::warn!(
+                "cannot set up the paths to the other runners: {error}; trying again at the next heartbeat"
+            );
+        }
+        None => {}
     }
 }
 

@@ -56,7 +56,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -139,12 +139,19 @@ pub struct HeartbeatRequest {
     pub name: String,
 }
 
+/// Path of the runner list, for runners that reach each other directly.
+pub const PEERS_PATH: &str = "/v1/overlay/peers";
+
 /// The answer to a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     /// The runner's ID.
     pub id: vxlan::RunnerId,
+    /// When runners reach each other directly (`spec.runnerToRunner: Direct`), the version
+    /// of the runner list at [`PEERS_PATH`]; only to runners that list
+    /// [`vxlan::membership::FEATURE_PEERS`] (older ones refuse unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<String>,
 }
 
 /// What the hub API serves with.
@@ -333,6 +340,7 @@ fn hub_router_with(
     Ok(Router::new()
         .route(REGISTER_PATH, post(register))
         .route(HEARTBEAT_PATH, post(heartbeat))
+        .route(PEERS_PATH, get(peers))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_HUB_BODY_BYTES))
@@ -1062,19 +1070,39 @@ async fn admit(
 /// the hub does not know it (it must register again).
 async fn heartbeat(
     State(state): State<HubState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ErrorResponse> {
     let request: HeartbeatRequest = json_body(body, "heartbeat")?;
-    let id = blocking(&state.controller, move |c| c.hub_heartbeat(&request.name)).await?;
-    Ok(axum::Json(HeartbeatResponse { id }).into_response())
+    let features = headers
+        .get(vxlan::membership::FEATURES_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let answer = if vxlan::membership::has_feature(features, vxlan::membership::FEATURE_PEERS) {
+        let (id, peers) = blocking(&state.controller, move |c| {
+            c.hub_heartbeat_peers(&request.name)
+        })
+        .await?;
+        HeartbeatResponse { id, peers }
+    } else {
+        let id = blocking(&state.controller, move |c| c.hub_heartbeat(&request.name)).await?;
+        HeartbeatResponse { id, peers: None }
+    };
+    Ok(axum::Json(answer).into_response())
+}
+
+/// `GET /v1/overlay/peers`: every runner with the hub's plan, for runners that reach each
+/// other directly; a 409 when they reach each other through the hub.
+async fn peers(State(state): State<HubState>) -> Result<Response, ErrorResponse> {
+    let peers = blocking(&state.controller, Controller::hub_peers).await?;
+    Ok(axum::Json(peers).into_response())
 }
 
 async fn not_found(method: Method, uri: Uri) -> ErrorResponse {
     ErrorResponse::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no endpoint {method} {}; the hub API serves POST {REGISTER_PATH} and POST \
-             {HEARTBEAT_PATH}",
+            "no endpoint {method} {}; the hub API serves POST {REGISTER_PATH}, POST \
+             {HEARTBEAT_PATH} and GET {PEERS_PATH}",
             uri.path()
         ),
     )
@@ -1084,7 +1112,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ErrorResponse {
     ErrorResponse::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "method {method} is not allowed on {}; the hub API takes POST only",
+            "method {method} is not allowed on {}; the hub API takes POST on {REGISTER_PATH} \
+             and {HEARTBEAT_PATH}, GET on {PEERS_PATH}",
             uri.path()
         ),
     )

@@ -549,6 +549,7 @@ mod tests {
             vni: None,
             vlan: None,
             remote_vteps: Vec::new(),
+            shared_gateway: false,
             dns: None,
             dhcp: None,
             ipv6: None,

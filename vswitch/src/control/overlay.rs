@@ -28,7 +28,8 @@ use vxlan::{RunnerPlan, VxlanEncapConfig};
 use super::ApiError;
 use super::resource::{
     IpRequest, Metadata, Network, NetworkInterface, NetworkInterfaceSpec, NetworkSpec, OWNER_LABEL,
-    Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, Subnet, SubnetIpv6, SubnetSpec,
+    Origin, Overlay, OverlayRole, Resource, Route, RouteSpec, RunnerToRunner, Subnet, SubnetIpv6,
+    SubnetSpec,
 };
 use serde::{Deserialize, Serialize};
 use vxlan::membership::RunnerState;
@@ -237,6 +238,7 @@ fn subnet(
             vni,
             vlan: None,
             remote_vteps,
+            shared_gateway: false,
             dns: None,
             dhcp: None,
             ipv6,
@@ -313,12 +315,76 @@ fn runner_resources(overlay: &Overlay, plan: &RunnerPlan, hub: IpAddr) -> Vec<Re
             six.hub_address.into(),
         ));
     }
+    if let Some(peers) = &overlay.status.peers {
+        resources.extend(peer_subnets(overlay, plan, peers));
+    }
     resources
 }
 
+/// Most other runners one runner reaches directly: each copy of a runner's subnet takes one
+/// of the switch's 4,096 port ids for its tunnel. Runners beyond it (the highest IDs) are
+/// still reached, through the hub, by the runner's route to the whole overlay.
+pub const MAX_DIRECT_PEERS: usize = 2048;
+
+/// A runner's copies of the other runners' subnets (`spec.runnerToRunner: Direct` at the
+/// hub): the same shape as the hub's (`overlay-rM`, VNI base+M, the runner M as the only
+/// remote VTEP), so the runner routes into runner M's subnet itself and its frames go
+/// straight to runner M. The copy's gateway is the hub's address in that subnet (10.M.0.254,
+/// which runner M's IPAM never hands out), held by every runner reaching M directly and by
+/// the hub: `sharedGateway`, so none of them claims it on the segment and runner M keeps
+/// sending its own traffic for the hub to the hub. More specific than the route to the
+/// whole overlay through the hub, which still carries the hub address and anything
+/// without a copy.
+fn peer_subnets(overlay: &Overlay, own: &RunnerPlan, peers: &vxlan::OverlayPeers) -> Vec<Resource> {
+    let owner = overlay.owner_label();
+    let local = overlay.spec.local_address;
+    peers
+        .runners
+        .iter()
+        .filter(|peer| {
+            peer.id != own.runner_id
+                && peer.address != local
+                && peer.address.is_ipv6() == local.is_ipv6()
+        })
+        .filter_map(|peer| {
+            let plan = peers.address_plan.runner(peer.id, peers.vni_base).ok()?;
+            if plan.subnet.contains(&own.subnet.network())
+                || own.subnet.contains(&plan.subnet.network())
+            {
+                return None;
+            }
+            let mut generated = subnet(
+                &runner_subnet_name(peer.id.get()),
+                &owner,
+                plan.subnet,
+                plan.hub_address,
+                overlay.spec.mtu(),
+                Some(u32::from(plan.vni)),
+                vec![peer.address],
+                vec![plan.gateway],
+                plan.ipv6
+                    .map(|six| subnet6(six.subnet, six.hub_address, vec![six.gateway], false)),
+            );
+            if let Resource::Subnet(subnet) = &mut generated {
+                subnet.spec.shared_gateway = true;
+            }
+            Some(generated)
+        })
+        .take(MAX_DIRECT_PEERS)
+        .collect()
+}
+
 /// The hub's Network, host Subnet and host NetworkInterface, and a Subnet per runner in
-/// `pool`.
-fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Resource> {
+/// `pool`. A runner another hub serves (`elsewhere`, from the shared store) gets a copy
+/// whose gateway is this node's own MAC and `sharedGateway`: the frames this hub routes
+/// into its subnet then never teach the runner that the hub address's MAC (the VNI's, the
+/// same on every hub) is behind this hub, so the runner keeps sending its traffic for the
+/// hub, 10.0.0.1's included, to the hub that serves it.
+fn hub_resources(
+    overlay: &Overlay,
+    pool: Option<&vxlan::RunnerPool>,
+    elsewhere: &dyn Fn(&str) -> bool,
+) -> Vec<Resource> {
     let owner = overlay.owner_label();
     let spec = &overlay.spec;
     let plan = &spec.address_plan;
@@ -403,7 +469,11 @@ fn hub_resources(overlay: &Overlay, pool: Option<&vxlan::RunnerPool>) -> Vec<Res
                 .map(|six| subnet6(six.subnet, six.hub_address, vec![six.gateway], false)),
         );
         if let Resource::Subnet(subnet) = &mut generated {
-            subnet.spec.gateway_mac = Some(hub_gateway_mac(u32::from(runner_plan.vni)));
+            if elsewhere(&runner.name) {
+                subnet.spec.shared_gateway = true;
+            } else {
+                subnet.spec.gateway_mac = Some(hub_gateway_mac(u32::from(runner_plan.vni)));
+            }
         }
         resources.push(generated);
     }
@@ -444,6 +514,12 @@ pub fn runner_hub(overlay: &Overlay) -> Option<IpAddr> {
 /// The resources the Overlay in `state` wants generated (empty without one, for a mesh,
 /// and for a runner the hub has not answered yet).
 pub fn owned_resources(state: &State) -> Vec<Resource> {
+    owned_resources_serving(state, &|_| false)
+}
+
+/// [`owned_resources`] on a hub that knows which runners another hub serves
+/// (`elsewhere`, by name).
+pub fn owned_resources_serving(state: &State, elsewhere: &dyn Fn(&str) -> bool) -> Vec<Resource> {
     let Some(overlay) = state.overlays.values().next() else {
         return Vec::new();
     };
@@ -453,7 +529,7 @@ pub fn owned_resources(state: &State) -> Vec<Resource> {
             (Some(plan), Some(hub)) => runner_resources(overlay, plan, hub),
             _ => Vec::new(),
         },
-        OverlayRole::Hub => hub_resources(overlay, state.runner_pool.as_ref()),
+        OverlayRole::Hub => hub_resources(overlay, state.runner_pool.as_ref(), elsewhere),
     }
 }
 
@@ -526,6 +602,9 @@ pub struct HubView {
     pub state: OverlayState,
     /// Why, when not up.
     pub message: Option<String>,
+    /// How runners reach each other.
+    #[serde(default)]
+    pub runner_to_runner: RunnerToRunner,
     /// How the registration API is served.
     #[serde(default)]
     pub tls: HubTlsView,
@@ -642,6 +721,9 @@ pub struct RunnerView {
     pub message: Option<String>,
     /// When the hub last answered (seconds since the Unix epoch).
     pub last_contact: Option<u64>,
+    /// How many other runners it reaches directly (`None`: all through the hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_peers: Option<usize>,
 }
 
 #[cfg(test)]
@@ -679,6 +761,51 @@ mod tests {
         assert_eq!(route.spec.next_hop.to_string(), "10.3.0.254");
     }
 
+    /// With the hub's runner list (`spec.runnerToRunner: Direct`), a runner holds a copy of
+    /// every other runner's subnet: its own ID, its own address and the other family are
+    /// left out; the copy tunnels to that runner alone and shares the hub's gateway address.
+    #[test]
+    fn a_runner_following_the_hubs_list_copies_the_other_runners_subnets() {
+        let mut o = overlay_of(OverlayRole::Runner);
+        let own = vxlan::AddressPlan::default()
+            .runner(vxlan::RunnerId::try_from(3).unwrap(), 100)
+            .unwrap();
+        o.status.plan = Some(Box::new(own));
+        let mut pool = vxlan::RunnerPool::default();
+        for (name, address) in [
+            ("a", "192.168.50.7"),
+            ("b", "fd00::7"),
+            ("me", "192.168.50.2"),
+            ("c", "192.168.50.9"),
+        ] {
+            pool.register(name, address.parse().unwrap(), 1).unwrap();
+        }
+        let peers = pool.peers(&vxlan::AddressPlan::default(), 100);
+        o.status.peers = Some(Box::new(peers));
+        let resources = owned_resources(&state_with(o));
+        let copies: Vec<&Subnet> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Subnet(s) if s.metadata.name != RUNNER_SUBNET => Some(s),
+                _ => None,
+            })
+            .collect();
+        let names: Vec<&str> = copies.iter().map(|s| s.metadata.name.as_str()).collect();
+        // IDs 1 (a), 2 (b, IPv6), 3 (me, this runner's ID), 4 (c).
+        assert_eq!(names, ["overlay-r1", "overlay-r4"]);
+        let r4 = copies[1];
+        assert_eq!(r4.spec.cidr.to_string(), "10.4.0.0/16");
+        assert_eq!(r4.spec.gateway.to_string(), "10.4.0.254");
+        assert_eq!(r4.spec.vni, Some(104));
+        assert_eq!(
+            r4.spec.remote_vteps,
+            vec!["192.168.50.9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(r4.spec.reserved, vec![Ipv4Addr::new(10, 4, 0, 1)]);
+        assert!(r4.spec.shared_gateway);
+        assert!(is_owned(&r4.metadata));
+    }
+
     #[test]
     fn a_hub_generates_its_host_port_and_a_subnet_per_runner() {
         let o = overlay_of(OverlayRole::Hub);
@@ -708,6 +835,15 @@ mod tests {
         };
         assert_eq!(r1.spec.gateway.to_string(), "10.1.0.254");
         assert_eq!(r1.spec.vni, Some(101));
+        assert_eq!(r1.spec.gateway_mac, Some(hub_gateway_mac(101)));
+        assert!(!r1.spec.shared_gateway);
+        // Served by another hub of the store: this hub's own MAC, the address shared.
+        let resources = owned_resources_serving(&state, &|name| name == "r1");
+        let Resource::Subnet(r1) = &resources[3] else {
+            panic!()
+        };
+        assert_eq!(r1.spec.gateway_mac, None);
+        assert!(r1.spec.shared_gateway);
     }
 
     #[test]

@@ -112,6 +112,11 @@ pub fn handle(
         return Some(Verdict::Consumed);
     }
     if parsed.dst_mac == subnet.gateway_mac {
+        // The answer to one of the switch's probes (a shared gateway resolves its neighbours
+        // with them): learned above, consumed here.
+        if operation == ArpOperation::Reply && target_ip.is_unspecified() {
+            return Some(Verdict::Consumed);
+        }
         return Some(Verdict::drop(DropReason::ArpMisdirected));
     }
     None
@@ -141,7 +146,15 @@ pub fn request(
                     },
                 ),
             };
-            (dst_mac, verdict, subnet.gateway_mac, subnet.gateway)
+            // A gateway address other nodes hold too is never claimed on the segment: ask
+            // with an ARP probe (RFC 5227: sender 0.0.0.0), which Linux answers to our MAC
+            // without learning anything.
+            let source_ip = if subnet.shared_gateway {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                subnet.gateway
+            };
+            (dst_mac, verdict, subnet.gateway_mac, source_ip)
         }
         Link::Uplink(uplink) => (
             unicast.unwrap_or(BROADCAST),
@@ -389,6 +402,52 @@ mod tests {
             bench.send(2, &odd, 10).verdict,
             Verdict::Drop(DropCause::L3(DropReason::ArpMisdirected))
         );
+    }
+
+    /// A shared gateway (`spec.sharedGateway`) asks with an ARP probe, from 0.0.0.0, so
+    /// the segment's own router keeps its entry for the gateway address; the answer (to the
+    /// gateway MAC, about 0.0.0.0) resolves the neighbour and is consumed.
+    #[test]
+    fn a_shared_gateway_resolves_with_probes() {
+        let bench = Bench::new();
+        let mut shared = bench.snapshot.subnet(SubnetId(1)).expect("blue").clone();
+        for (flag, sender) in [(false, GW_BLUE), (true, Ipv4Addr::UNSPECIFIED)] {
+            shared.shared_gateway = flag;
+            let mut local = bench.local.borrow_mut();
+            local.out.generated.clear();
+            let ctx = bench.ctx(0);
+            assert!(request(
+                &ctx,
+                &mut local.out,
+                Link::Subnet(&shared),
+                IP_B,
+                None
+            ));
+            let generated = local.out.generated.frame(0).expect("a request").to_vec();
+            let arp = VNET_HDR_LEN + 14;
+            assert_eq!(generated[arp + 7], 1, "a request");
+            assert_eq!(
+                &generated[arp + 8..arp + 14],
+                &GW_BLUE_MAC,
+                "from the gateway MAC"
+            );
+            assert_eq!(
+                &generated[arp + 14..arp + 18],
+                &sender.octets(),
+                "shared: {flag}"
+            );
+        }
+        bench.neighbors.resolve(SubnetId(1), IP_B, 0);
+        let mut reply = with_dst_mac(&with_src_mac(&ARP_REQUEST, MAC_B), GW_BLUE_MAC);
+        let arp = VNET_HDR_LEN + 14;
+        reply[arp + 7] = 2;
+        reply[arp + 8..arp + 14].copy_from_slice(&MAC_B);
+        reply[arp + 14..arp + 18].copy_from_slice(&IP_B.octets());
+        reply[arp + 18..arp + 24].copy_from_slice(&GW_BLUE_MAC);
+        reply[arp + 24..arp + 28].copy_from_slice(&[0; 4]);
+        assert_eq!(bench.send(2, &reply, 10).verdict, Verdict::Consumed);
+        assert_eq!(bench.neighbors.lookup(SubnetId(1), IP_B), Some(MAC_B));
+        assert!(bench.local.borrow().out.neighbor_resolved);
     }
 
     #[test]

@@ -327,7 +327,9 @@ pub fn solicit(
     let Some(v6) = &subnet.v6 else {
         return false;
     };
-    let src = if wire6::is_link_local(target) {
+    // A shared gateway (`spec.sharedGateway`) asks from its link-local address (derived from
+    // this node's gateway MAC, so no other node's), never claiming the shared global one.
+    let src = if wire6::is_link_local(target) || subnet.shared_gateway {
         v6.link_local
     } else {
         v6.gateway

@@ -70,6 +70,7 @@ pub fn snapshot_with_limit(mac_limit: usize) -> Snapshot {
         cidr: cidr.parse().expect("cidr"),
         gateway,
         gateway_mac: [0x02, 0, 0, 0, 0xee, u8::try_from(id).expect("small id")],
+        shared_gateway: false,
         mtu: 1500,
         ports: ports.iter().map(|&p| PortId(p)).collect(),
         mac_ageing: DEFAULT_MAC_AGEING,

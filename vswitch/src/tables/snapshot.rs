@@ -317,6 +317,10 @@ pub struct SubnetEntry {
     pub gateway: Ipv4Addr,
     /// The gateway's MAC: stable across restarts (derived from the node and the subnet).
     pub gateway_mac: [u8; 6],
+    /// The gateway address is other nodes' too (`spec.sharedGateway`): neighbours are
+    /// resolved with ARP probes from 0.0.0.0 and IPv6 solicitations from the link-local
+    /// address, never claiming the gateway address on the segment.
+    pub shared_gateway: bool,
     /// The segment's MTU (L3 payload): packets routed into it must fit.
     pub mtu: u16,
     /// Ports in the segment: the flood list for broadcast and unknown unicast.

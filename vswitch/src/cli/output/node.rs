@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{NONE, Table, describe_section, format_age, key_values};
 use crate::api::{HubView, OverlayView};
 use crate::cli::error::CliError;
-use crate::control::resource::LoadBalancerView;
+use crate::control::resource::{LoadBalancerView, RunnerToRunner};
 use crate::control::{ConntrackKey, ConntrackRow, NatPortsInUse, NatReport, RoutingTableRow};
 use crate::runtime::{FdbRow, NeighborRow, PortStats, StatsReport};
 
@@ -468,6 +468,12 @@ fn hub_api_lines(view: &HubView) -> String {
             format!("etcd {} {}{state}", store.etcd.join(","), store.prefix),
         ));
     }
+    if view.runner_to_runner == RunnerToRunner::Direct {
+        lines.push((
+            "RUNNERS",
+            "reach each other directly (spec.runnerToRunner: Direct)".to_owned(),
+        ));
+    }
     if lines.is_empty() {
         return String::new();
     }
@@ -545,6 +551,14 @@ pub fn overlay_report(view: &OverlayView) -> OverlayReport {
                 ("VNI", optional(runner.vni.as_ref())),
                 ("GATEWAY", optional(runner.gateway.as_ref())),
                 ("HUB", optional(runner.hub.as_ref())),
+            ]);
+            if let Some(direct) = runner.direct_peers {
+                rows.push((
+                    "DIRECT",
+                    format!("{direct} other runners, straight to their VTEPs"),
+                ));
+            }
+            rows.extend([
                 ("STATE", shown(runner.state)),
                 ("MESSAGE", optional(runner.message.as_ref())),
             ]);
@@ -984,7 +998,7 @@ Counters:
     fn a_hub_with_a_shared_store_says_which_hub_serves_each_runner() {
         let view: OverlayView = typed(json!({
             "role": "hub", "name": "hub-b", "localAddress": "192.168.50.5", "hubAddress": "10.0.0.1/8",
-            "state": "Up", "message": null,
+            "state": "Up", "message": null, "runnerToRunner": "ViaHub",
             "tls": {"enabled": false, "fingerprint": null, "generated": true},
             "store": {"etcd": ["http://192.168.50.20:2379"], "prefix": "/vswitch/overlay/", "ready": true},
             "runners": [
@@ -1014,7 +1028,7 @@ Counters:
     fn overlay_hub_table() {
         let view: OverlayView = typed(json!({
             "role": "hub", "name": "hub", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
-            "state": "Up", "message": null,
+            "state": "Up", "message": null, "runnerToRunner": "ViaHub",
             "tls": {"enabled": true, "fingerprint": null, "generated": true},
             "runners": [
                 {"id": 1, "name": "runner-a", "address": "192.168.50.2", "vni": 101,
@@ -1039,7 +1053,7 @@ ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
         );
         let empty: OverlayView = typed(json!({
             "role": "hub", "name": "hub1", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
-            "state": "Up", "message": null,
+            "state": "Up", "message": null, "runnerToRunner": "ViaHub",
             "tls": {"enabled": true, "fingerprint": "AB:CD", "generated": true},
             "runners": [],
         }));
@@ -1052,7 +1066,7 @@ ID   NAME       ADDRESS        VNI   SUBNET         LAST-SEEN   STATE
         );
         let plain: OverlayView = typed(json!({
             "role": "hub", "name": "hub1", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
-            "state": "Up", "message": null,
+            "state": "Up", "message": null, "runnerToRunner": "ViaHub",
             "tls": {"enabled": false, "fingerprint": null, "generated": true},
             "runners": [],
         }));
@@ -1099,6 +1113,32 @@ MESSAGE   cannot reach the hub at 192.168.50.1:4799: Connection refused; retryin
         assert!(text.starts_with("ID        -\n"), "{text}");
         assert!(text.contains("\nHUB       192.168.50.1:4799\n"), "{text}");
         assert!(text.ends_with("\nMESSAGE   -\n"), "{text}");
+        // Reaching the other runners directly.
+        let direct: OverlayView = typed(json!({
+            "role": "runner", "name": "r", "localAddress": "192.168.50.2", "id": 1,
+            "vni": 101, "subnet": "10.1.0.0/16", "gateway": "10.1.0.1", "hub": "192.168.50.1:4799",
+            "tls": "Disabled", "state": "Registered", "message": null, "lastContact": null,
+            "directPeers": 4,
+        }));
+        let OverlayReport::Text(text) = overlay_report(&direct) else {
+            panic!("a runner prints lines");
+        };
+        assert!(
+            text.contains("\nDIRECT    4 other runners, straight to their VTEPs\n"),
+            "{text}"
+        );
+        let hub: OverlayView = typed(json!({
+            "role": "hub", "name": "hub", "localAddress": "192.168.50.1", "hubAddress": "10.0.0.1/8",
+            "state": "Up", "message": null, "runnerToRunner": "Direct",
+            "tls": {"enabled": true, "fingerprint": null, "generated": true}, "runners": [],
+        }));
+        let OverlayReport::NoRunners { text, .. } = overlay_report(&hub) else {
+            panic!("no runners");
+        };
+        assert!(
+            text.contains("RUNNERS   reach each other directly"),
+            "{text}"
+        );
     }
 
     #[test]

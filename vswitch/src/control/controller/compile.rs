@@ -353,6 +353,7 @@ fn compile(inner: &Inner) -> Snapshot {
                 cidr: subnet.spec.cidr,
                 gateway: subnet.spec.gateway,
                 gateway_mac: routing::gateway_mac(state, subnet).0,
+                shared_gateway: subnet.spec.shared_gateway,
                 mtu: overlay::subnet_mtu(state, subnet),
                 ports: flood,
                 mac_ageing: Duration::from_secs(subnet.spec.mac_ageing_seconds),

@@ -20,7 +20,8 @@ use crate::control::overlay::{
 };
 use crate::control::overlay_store::StoreCommit;
 use crate::control::resource::{
-    Document, HubRef, HubTls, Kind, Origin, Overlay, OverlayRole, OverlayState, Resource, TlsMode,
+    Document, HubRef, HubTls, Kind, Origin, Overlay, OverlayRole, OverlayState, Resource,
+    RunnerToRunner, TlsMode,
 };
 use crate::control::store::State;
 use crate::control::validate::{self, Mode};
@@ -175,6 +176,105 @@ impl Controller {
         hub_heartbeat(&mut inner, name, wall_ms())
     }
 
+    /// Hub: [`Self::hub_heartbeat`], and the version of the runner list when runners reach
+    /// each other directly (`spec.runnerToRunner: Direct`; `None` otherwise).
+    ///
+    /// # Errors
+    /// Those of [`Self::hub_heartbeat`].
+    pub fn hub_heartbeat_peers(
+        &self,
+        name: &str,
+    ) -> Result<(vxlan::RunnerId, Option<String>), ApiError> {
+        let mut inner = self.lock();
+        let id = hub_heartbeat(&mut inner, name, wall_ms())?;
+        let overlay = hub_overlay(&inner.state)?;
+        let version = (overlay.spec.runner_to_runner == RunnerToRunner::Direct).then(|| {
+            let spec = &overlay.spec;
+            match &inner.state.runner_pool {
+                Some(pool) => pool.peers_version(&spec.address_plan, spec.vni_base),
+                None => {
+                    vxlan::RunnerPool::default().peers_version(&spec.address_plan, spec.vni_base)
+                }
+            }
+        });
+        Ok((id, version))
+    }
+
+    /// Hub: every runner of the pool with the plan, for runners that reach each other
+    /// directly.
+    ///
+    /// # Errors
+    /// [`ApiError::Conflict`] when this node is not a hub, or its runners reach each other
+    /// through it (`spec.runnerToRunner: ViaHub`).
+    pub fn hub_peers(&self) -> Result<vxlan::OverlayPeers, ApiError> {
+        let inner = self.lock();
+        let overlay = hub_overlay(&inner.state)?;
+        let spec = &overlay.spec;
+        if spec.runner_to_runner != RunnerToRunner::Direct {
+            return Err(ApiError::Conflict {
+                message: "this hub's runners reach each other through it \
+                          (spec.runnerToRunner: ViaHub): there is no runner list to follow"
+                    .into(),
+                field: Some("spec.runnerToRunner".into()),
+            });
+        }
+        Ok(match &inner.state.runner_pool {
+            Some(pool) => pool.peers(&spec.address_plan, spec.vni_base),
+            None => vxlan::RunnerPool::default().peers(&spec.address_plan, spec.vni_base),
+        })
+    }
+
+    /// Runner: the hub's runner list to reach directly (`None`: through the hub); sets up a
+    /// copy of each other runner's subnet (or removes them) and persists the list.
+    ///
+    /// # Errors
+    /// [`ApiError`] when this node is not a runner or the copies cannot be set up.
+    pub fn runner_peers(&self, peers: Option<vxlan::OverlayPeers>) -> Result<(), ApiError> {
+        let mut inner = self.lock();
+        let Some(overlay) = inner
+            .state
+            .overlays
+            .values()
+            .next()
+            .filter(|o| o.spec.role == OverlayRole::Runner)
+        else {
+            return Err(ApiError::Conflict {
+                message: "this node is not an overlay runner".into(),
+                field: None,
+            });
+        };
+        if overlay.status.peers.as_deref() == peers.as_ref() {
+            return Ok(());
+        }
+        let name = overlay.metadata.name.clone();
+        let mut next = inner.state.clone();
+        if let Some(overlay) = next.overlays.get_mut(&name) {
+            match &peers {
+                Some(peers) => tracing::info!(
+                    runners = peers.runners.len(),
+                    version = %peers.version,
+                    "reaching the other runners directly"
+                ),
+                None => tracing::info!("reaching the other runners through the hub"),
+            }
+            overlay.status.peers = peers.map(Box::new);
+        }
+        inner.persist(&next)?;
+        *inner.state = next;
+        self.sync_generated(&mut inner)
+    }
+
+    /// Runner: the version of the runner list it follows (`None`: through the hub).
+    pub fn runner_peers_version(&self) -> Option<String> {
+        let inner = self.lock();
+        let overlay = inner.state.overlays.values().next()?;
+        overlay
+            .status
+            .peers
+            .as_ref()
+            .map(|peers| peers.version.clone())
+    }
+
     /// Hub: marks offline the runners silent for longer than the Overlay's timeout; answers
     /// their names.
     pub fn hub_sweep(&self) -> Vec<String> {
@@ -257,7 +357,16 @@ impl Controller {
     /// the wanted ones, deletes the stale ones. A hub first registers its static runners.
     pub(super) fn sync_generated(&self, inner: &mut Locked<'_>) -> Result<(), ApiError> {
         register_static_runners(inner)?;
-        let wanted = overlay::owned_resources(&inner.state);
+        let wanted = {
+            let served = &inner.served;
+            let elsewhere = |name: &str| {
+                served
+                    .store_me
+                    .as_ref()
+                    .is_some_and(|me| served.online.get(name).is_some_and(|hub| hub != me))
+            };
+            overlay::owned_resources_serving(&inner.state, &elsewhere)
+        };
         // A generated Subnet whose CIDR changes (a runner given another ID) cannot be changed
         // in place: it is removed, with the generated Routes through it, and created again.
         let renumbered: Vec<String> = wanted
@@ -1022,6 +1131,7 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
             OverlayView::Hub(HubView {
                 name: overlay.metadata.name.clone(),
                 local_address: spec.local_address,
+                runner_to_runner: spec.runner_to_runner,
                 hub_address: plan.hub_interface(),
                 state: overlay.status.state,
                 message: overlay.status.message.clone(),
@@ -1075,6 +1185,16 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 state: overlay.status.state,
                 message: overlay.status.message.clone(),
                 last_contact: overlay.status.last_contact,
+                direct_peers: overlay.status.peers.as_ref().map(|_| {
+                    inner
+                        .state
+                        .subnets
+                        .iter()
+                        .filter(|(name, subnet)| {
+                            name.starts_with("overlay-r") && overlay::is_owned(&subnet.metadata)
+                        })
+                        .count()
+                }),
             })
         }
     };

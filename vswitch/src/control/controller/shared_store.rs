@@ -73,13 +73,19 @@ impl Controller {
     ) -> Result<Vec<StoredRunner>, ApiError> {
         let mut inner = self.lock();
         let overlay = hub_overlay(&inner.state)?.clone();
+        let online_before = std::mem::take(&mut inner.served.online);
         inner.served.store_me = Some(me);
         inner.served.store_revision = inner.served.store_revision.max(snapshot.revision);
         inner.served.online = snapshot.online.clone().into_iter().collect();
+        // Who serves whom shapes the generated Subnets (see `overlay::hub_resources`).
+        let serving_changed = inner.served.online != online_before;
         inner.served.hubs = snapshot.hubs.iter().cloned().collect();
         fold_heartbeats(&mut inner);
         let local = sized_pool(&inner.state, &overlay)?;
         if snapshot.runners.is_empty() && inner.served.uncommitted.is_empty() {
+            if serving_changed {
+                self.resync_generated(&mut inner)?;
+            }
             return Ok(local.runners().map(stored_runner).collect());
         }
         let now = wall_ms();
@@ -109,7 +115,7 @@ impl Controller {
                 inner.served.uncommitted.insert(name, id);
             }
         }
-        let changed = inner.state.runner_pool.as_ref() != Some(&pool);
+        let changed = serving_changed || inner.state.runner_pool.as_ref() != Some(&pool);
         self.forget_moved(&local, &pool);
         inner.state.runner_pool = Some(pool);
         if changed {
@@ -137,6 +143,7 @@ impl Controller {
         let before = sized_pool(&inner.state, &overlay)?;
         let mut pool = before.clone();
         let now = wall_ms();
+        let mut serving_changed = false;
         // Who serves whom first: a runner new here is online if a hub serves it, and the
         // change saying so comes after its record in the same transaction.
         let (served, records): (Vec<_>, Vec<_>) = changes.partition(|change| {
@@ -170,10 +177,11 @@ impl Controller {
                     }
                 }
                 StoreChange::Online { name, hub } => {
-                    inner.served.online.insert(name, hub);
+                    let previous = inner.served.online.insert(name, hub.clone());
+                    serving_changed |= previous.as_ref() != Some(&hub);
                 }
                 StoreChange::Offline { name } => {
-                    inner.served.online.remove(&name);
+                    serving_changed |= inner.served.online.remove(&name).is_some();
                 }
                 StoreChange::Hub { hub, up: true } => {
                     inner.served.hubs.insert(hub);
@@ -184,7 +192,12 @@ impl Controller {
             }
         }
         if pool == before {
-            return Ok(());
+            // Who serves whom shapes the generated Subnets (see `overlay::hub_resources`).
+            return if serving_changed {
+                self.resync_generated(&mut inner)
+            } else {
+                Ok(())
+            };
         }
         self.forget_moved(&before, &pool);
         inner.state.runner_pool = Some(pool);

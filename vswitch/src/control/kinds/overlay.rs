@@ -28,6 +28,35 @@ impl fmt::Display for OverlayRole {
     }
 }
 
+/// How a hub's runners reach each other (`spec.runnerToRunner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum RunnerToRunner {
+    /// Through the hub: a runner routes the whole overlay range to the hub, which routes
+    /// into the other runner's subnet (two routed hops, the hub's capacity shared by all).
+    #[default]
+    ViaHub,
+    /// Straight between the runners' VTEPs: each runner learns the others from the hub
+    /// (`GET /v1/overlay/peers`) and holds a copy of each other runner's subnet, so it routes
+    /// into it itself (one routed hop) and tunnels to that runner. The hub stays the control
+    /// point and the hub address's gateway; while it is away, runners keep the last list.
+    Direct,
+}
+
+impl RunnerToRunner {
+    fn is_via_hub(&self) -> bool {
+        *self == RunnerToRunner::ViaHub
+    }
+}
+
+impl fmt::Display for RunnerToRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunnerToRunner::ViaHub => "ViaHub",
+            RunnerToRunner::Direct => "Direct",
+        })
+    }
+}
+
 /// Default VXLAN UDP port (IANA).
 pub const DEFAULT_OVERLAY_PORT: u16 = 4789;
 /// Default VNI base: runner N gets VNI base + N.
@@ -308,6 +337,11 @@ pub struct OverlaySpec {
     /// Hub: where the runner registry is kept (default: the hub's state directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<Box<OverlayStoreSpec>>,
+    /// Hub: how runners reach each other: `ViaHub` (default) or `Direct` (runners that
+    /// support it learn the others and tunnel to them straight; the runners must reach each
+    /// other's `localAddress` on the underlay).
+    #[serde(default, skip_serializing_if = "RunnerToRunner::is_via_hub")]
+    pub runner_to_runner: RunnerToRunner,
     /// Runner: seconds between heartbeats.
     #[serde(default = "default_heartbeat_seconds")]
     pub heartbeat_seconds: u64,
@@ -381,6 +415,11 @@ pub struct OverlayStatus {
     /// Hub: why its shared store (`spec.store`) cannot be used; absent when it can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_message: Option<String>,
+    /// Runner: the other runners, as the hub answered them when it asks runners to reach
+    /// each other directly (`spec.runnerToRunner: Direct` on the hub); persisted, so direct
+    /// paths survive a restart while the hub is away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Box<vxlan::OverlayPeers>>,
 }
 
 /// The node's VXLAN overlay (at most one per node; its name is the node's name in the
@@ -605,6 +644,11 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
     only(
         "spec.store",
         spec.store.is_some() && spec.role != OverlayRole::Hub,
+        "hub",
+    )?;
+    only(
+        "spec.runnerToRunner",
+        spec.runner_to_runner != RunnerToRunner::ViaHub && spec.role != OverlayRole::Hub,
         "hub",
     )?;
     match spec.role {
@@ -1275,6 +1319,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("role hub only")
+        );
+        let mut direct = overlay_of(OverlayRole::Runner);
+        direct.spec.runner_to_runner = RunnerToRunner::Direct;
+        let error = check(&direct).unwrap_err().to_string();
+        assert!(
+            error.contains("spec.runnerToRunner") && error.contains("role hub only"),
+            "{error}"
         );
         let mut mtu = overlay_of(OverlayRole::Mesh);
         mtu.spec.mtu = Some(100);

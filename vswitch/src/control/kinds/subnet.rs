@@ -175,6 +175,14 @@ pub struct SubnetSpec {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub remote_vteps: Vec<IpAddr>,
+    /// The gateway address is also held by other nodes stretched over this VNI (an anycast
+    /// gateway: the hub's address in a runner's subnet, held by each runner that reaches that
+    /// runner directly). The switch then never claims it on the segment: it resolves
+    /// neighbours with ARP probes (sender 0.0.0.0, RFC 5227) and IPv6 solicitations from its
+    /// link-local address, so the segment's own router keeps its neighbour entry for the
+    /// address. Only with `vni`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_gateway: bool,
     /// The resolver settings interfaces get: in the CNI result, in
     /// `/etc/netns/NAME/resolv.conf` for an interface attached to a named namespace, and in
     /// DHCP answers.
@@ -1194,6 +1202,13 @@ fn check_vni(
             return Err(origin.invalid(
                 "spec.remoteVteps",
                 "only a Subnet with a vni has remote VTEPs; add vni: N or remove remoteVteps",
+            ));
+        }
+        if subnet.spec.shared_gateway {
+            return Err(origin.invalid(
+                "spec.sharedGateway",
+                "only a Subnet with a vni shares its gateway with other nodes; add vni: N or \
+                 remove sharedGateway",
             ));
         }
         return Ok(());
