@@ -27,9 +27,9 @@ use crate::api::hub::{
     REGISTER_PATH,
 };
 
-/// Largest answer read from the hub's runner list: 8 MiB, room for 65,535 runners (a /24
-/// per runner out of a /8) at about 100 bytes each.
-pub const MAX_PEERS_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// Largest answer read from the hub's runner list: 32 MiB, room for 65,535 runners (a /24
+/// per runner out of a /8) with names of the longest, 253 bytes (about 320 bytes each).
+pub const MAX_PEERS_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
 /// What this runner tells the hub it supports ([`vxlan::membership::FEATURES_HEADER`]).
 const FEATURES: &str = "runner-id-u32, peers";

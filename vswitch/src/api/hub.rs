@@ -4,7 +4,8 @@
 //! | method | path | body | success |
 //! |---|---|---|---|
 //! | POST | `/v1/overlay/register` | `RegistrationRequest` (`name`, `localAddress`, `vniBase`, `port`, `mtu`) | 200 `RunnerPlan` |
-//! | POST | `/v1/overlay/heartbeat` | `{"name"}` | 200 `{"id"}` |
+//! | POST | `/v1/overlay/heartbeat` | `{"name"}` | 200 `{"id"}`, with `runnerToRunner: Direct` and the `peers` feature also `"peers": VERSION` |
+//! | GET | `/v1/overlay/peers` | | 200 `OverlayPeers` (every runner, the plan), 409 unless `runnerToRunner: Direct` |
 //!
 //! Invariants:
 //! - Nothing else is exposed on TCP: the control API stays on the Unix socket.

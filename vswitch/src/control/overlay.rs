@@ -338,6 +338,18 @@ pub const MAX_DIRECT_PEERS: usize = 2048;
 fn peer_subnets(overlay: &Overlay, own: &RunnerPlan, peers: &vxlan::OverlayPeers) -> Vec<Resource> {
     let owner = overlay.owner_label();
     let local = overlay.spec.local_address;
+    // A list whose plan is not valid gives no copies (the runner keeps its route via the
+    // hub), rather than failing the runner's own Subnet with them.
+    if peers.address_plan.max_runners(peers.vni_base).is_err() {
+        return Vec::new();
+    }
+    let overlaps6 = |plan: &RunnerPlan| match (plan.ipv6, own.ipv6) {
+        (Some(theirs), Some(ours)) => {
+            theirs.subnet.contains(&ours.subnet.network())
+                || ours.subnet.contains(&theirs.subnet.network())
+        }
+        _ => false,
+    };
     peers
         .runners
         .iter()
@@ -350,6 +362,8 @@ fn peer_subnets(overlay: &Overlay, own: &RunnerPlan, peers: &vxlan::OverlayPeers
             let plan = peers.address_plan.runner(peer.id, peers.vni_base).ok()?;
             if plan.subnet.contains(&own.subnet.network())
                 || own.subnet.contains(&plan.subnet.network())
+                || overlaps6(&plan)
+                || check_reachable(&Origin::default(), "address", peer.address).is_err()
             {
                 return None;
             }

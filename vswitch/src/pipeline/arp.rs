@@ -378,26 +378,31 @@ mod tests {
         assert!(bench.neighbors.is_empty(), "not for us: nothing created");
     }
 
-    #[test]
-    fn replies_to_the_gateway_are_consumed_and_resolve() {
-        let bench = Bench::new();
-        // The switch asked for port 2's address (an incomplete entry)...
-        bench.neighbors.resolve(SubnetId(1), IP_B, 0);
-        // ... and port 2 answers to the gateway MAC.
+    /// Port 2's ARP reply to the blue gateway's MAC, its target address `target`.
+    fn reply_from_b(target: Ipv4Addr) -> Vec<u8> {
         let mut reply = with_dst_mac(&with_src_mac(&ARP_REQUEST, MAC_B), GW_BLUE_MAC);
         let arp = VNET_HDR_LEN + 14;
         reply[arp + 7] = 2;
         reply[arp + 8..arp + 14].copy_from_slice(&MAC_B);
         reply[arp + 14..arp + 18].copy_from_slice(&IP_B.octets());
         reply[arp + 18..arp + 24].copy_from_slice(&GW_BLUE_MAC);
-        reply[arp + 24..arp + 28].copy_from_slice(&GW_BLUE.octets());
+        reply[arp + 24..arp + 28].copy_from_slice(&target.octets());
+        reply
+    }
+
+    #[test]
+    fn replies_to_the_gateway_are_consumed_and_resolve() {
+        let bench = Bench::new();
+        // The switch asked for port 2's address (an incomplete entry)...
+        bench.neighbors.resolve(SubnetId(1), IP_B, 0);
+        // ... and port 2 answers to the gateway MAC.
+        let reply = reply_from_b(GW_BLUE);
         assert_eq!(bench.send(2, &reply, 10).verdict, Verdict::Consumed);
         assert!(bench.generated().is_empty(), "a reply is not answered");
         assert_eq!(bench.neighbors.lookup(SubnetId(1), IP_B), Some(MAC_B));
         assert!(bench.local.borrow().out.neighbor_resolved);
         // Unicast ARP to the gateway MAC about someone else is dropped, not flooded.
-        let mut odd = reply.clone();
-        odd[arp + 24..arp + 28].copy_from_slice(&IP_A.octets());
+        let odd = reply_from_b(IP_A);
         assert_eq!(
             bench.send(2, &odd, 10).verdict,
             Verdict::Drop(DropCause::L3(DropReason::ArpMisdirected))
@@ -438,13 +443,7 @@ mod tests {
             );
         }
         bench.neighbors.resolve(SubnetId(1), IP_B, 0);
-        let mut reply = with_dst_mac(&with_src_mac(&ARP_REQUEST, MAC_B), GW_BLUE_MAC);
-        let arp = VNET_HDR_LEN + 14;
-        reply[arp + 7] = 2;
-        reply[arp + 8..arp + 14].copy_from_slice(&MAC_B);
-        reply[arp + 14..arp + 18].copy_from_slice(&IP_B.octets());
-        reply[arp + 18..arp + 24].copy_from_slice(&GW_BLUE_MAC);
-        reply[arp + 24..arp + 28].copy_from_slice(&[0; 4]);
+        let reply = reply_from_b(Ipv4Addr::UNSPECIFIED);
         assert_eq!(bench.send(2, &reply, 10).verdict, Verdict::Consumed);
         assert_eq!(bench.neighbors.lookup(SubnetId(1), IP_B), Some(MAC_B));
         assert!(bench.local.borrow().out.neighbor_resolved);

@@ -231,37 +231,60 @@ impl Controller {
     /// [`ApiError`] when this node is not a runner or the copies cannot be set up.
     pub fn runner_peers(&self, peers: Option<vxlan::OverlayPeers>) -> Result<(), ApiError> {
         let mut inner = self.lock();
-        let Some(overlay) = inner
-            .state
-            .overlays
-            .values()
-            .next()
-            .filter(|o| o.spec.role == OverlayRole::Runner)
-        else {
-            return Err(ApiError::Conflict {
-                message: "this node is not an overlay runner".into(),
-                field: None,
-            });
-        };
+        let overlay = runner_overlay(&inner.state)?;
         if overlay.status.peers.as_deref() == peers.as_ref() {
             return Ok(());
         }
         let name = overlay.metadata.name.clone();
+        let previous = overlay.status.peers.clone();
+        // VTEPs of the list that the new one no longer has (a runner gone, or moved): the
+        // MACs learned behind them go, or frames would follow them there until they age out.
+        let addresses =
+            |peers: Option<&vxlan::OverlayPeers>| -> std::collections::BTreeSet<IpAddr> {
+                peers
+                    .into_iter()
+                    .flat_map(|peers| peers.runners.iter().map(|peer| peer.address))
+                    .collect()
+            };
+        let kept = addresses(peers.as_ref());
+        let gone: Vec<IpAddr> = addresses(previous.as_deref())
+            .difference(&kept)
+            .copied()
+            .collect();
         let mut next = inner.state.clone();
         if let Some(overlay) = next.overlays.get_mut(&name) {
-            match &peers {
-                Some(peers) => tracing::info!(
-                    runners = peers.runners.len(),
-                    version = %peers.version,
-                    "reaching the other runners directly"
-                ),
-                None => tracing::info!("reaching the other runners through the hub"),
-            }
-            overlay.status.peers = peers.map(Box::new);
+            overlay.status.peers = peers.clone().map(Box::new);
         }
         inner.persist(&next)?;
         *inner.state = next;
-        self.sync_generated(&mut inner)
+        if let Err(error) = self.sync_generated(&mut inner) {
+            // Keep the list that was set up, so that the next heartbeat tries this one again
+            // (the agent follows a version only once its copies are set up).
+            let mut back = inner.state.clone();
+            if let Some(overlay) = back.overlays.get_mut(&name) {
+                overlay.status.peers = previous;
+            }
+            if inner.persist(&back).is_ok() {
+                *inner.state = back;
+            }
+            return Err(error);
+        }
+        match &peers {
+            Some(peers) => tracing::info!(
+                runners = peers.runners.len(),
+                version = %peers.version,
+                "reaching the other runners directly"
+            ),
+            None => tracing::info!("reaching the other runners through the hub"),
+        }
+        if !gone.is_empty() {
+            let engine = self.engine.read();
+            for address in gone {
+                let forgotten = engine.forget_remote_vtep(address);
+                tracing::debug!(%address, forgotten, "forgot remote MACs behind a runner no longer listed");
+            }
+        }
+        Ok(())
     }
 
     /// Runner: the version of the runner list it follows (`None`: through the hub).
@@ -359,13 +382,7 @@ impl Controller {
         register_static_runners(inner)?;
         let wanted = {
             let served = &inner.served;
-            let elsewhere = |name: &str| {
-                served
-                    .store_me
-                    .as_ref()
-                    .is_some_and(|me| served.online.get(name).is_some_and(|hub| hub != me))
-            };
-            overlay::owned_resources_serving(&inner.state, &elsewhere)
+            overlay::owned_resources_serving(&inner.state, &|name| served.serves_elsewhere(name))
         };
         // A generated Subnet whose CIDR changes (a runner given another ID) cannot be changed
         // in place: it is removed, with the generated Routes through it, and created again.
@@ -611,18 +628,7 @@ impl Controller {
         plan: &vxlan::RunnerPlan,
         hub: IpAddr,
     ) -> Result<(), ApiError> {
-        let Some(overlay) = inner
-            .state
-            .overlays
-            .values()
-            .next()
-            .filter(|o| o.spec.role == OverlayRole::Runner)
-        else {
-            return Err(ApiError::Conflict {
-                message: "this node is not an overlay runner".into(),
-                field: None,
-            });
-        };
+        let overlay = runner_overlay(&inner.state)?;
         let name = overlay.metadata.name.clone();
         let previous_hub = overlay::runner_hub(overlay);
         let moved = previous_hub.is_some_and(|previous| previous != hub);
@@ -743,6 +749,19 @@ pub(super) fn hub_overlay_mut(state: &mut State) -> Option<&mut Overlay> {
 }
 
 /// The hub's Overlay, or a conflict.
+/// The node's Overlay when it is a runner.
+fn runner_overlay(state: &State) -> Result<&Overlay, ApiError> {
+    state
+        .overlays
+        .values()
+        .next()
+        .filter(|o| o.spec.role == OverlayRole::Runner)
+        .ok_or_else(|| ApiError::Conflict {
+            message: "this node is not an overlay runner".into(),
+            field: None,
+        })
+}
+
 pub(super) fn hub_overlay(state: &State) -> Result<&Overlay, ApiError> {
     state
         .overlays
@@ -918,6 +937,22 @@ pub(super) struct Served {
 }
 
 impl Served {
+    /// Whether the shared store says another hub serves runner `name`.
+    pub(super) fn serves_elsewhere(&self, name: &str) -> bool {
+        self.store_me
+            .as_ref()
+            .is_some_and(|me| self.online.get(name).is_some_and(|hub| hub != me))
+    }
+
+    /// The runners another hub serves (the generated Subnets depend on them).
+    pub(super) fn elsewhere(&self) -> std::collections::BTreeSet<String> {
+        self.online
+            .keys()
+            .filter(|name| self.serves_elsewhere(name))
+            .cloned()
+            .collect()
+    }
+
     /// The runners served under `plan` (forgotten when the plan changed).
     fn under(&mut self, plan: vxlan::AddressPlan) -> &mut std::collections::BTreeSet<String> {
         if self.plan != Some(plan) {

@@ -73,12 +73,12 @@ impl Controller {
     ) -> Result<Vec<StoredRunner>, ApiError> {
         let mut inner = self.lock();
         let overlay = hub_overlay(&inner.state)?.clone();
-        let online_before = std::mem::take(&mut inner.served.online);
+        let elsewhere_before = inner.served.elsewhere();
         inner.served.store_me = Some(me);
         inner.served.store_revision = inner.served.store_revision.max(snapshot.revision);
         inner.served.online = snapshot.online.clone().into_iter().collect();
         // Who serves whom shapes the generated Subnets (see `overlay::hub_resources`).
-        let serving_changed = inner.served.online != online_before;
+        let serving_changed = inner.served.elsewhere() != elsewhere_before;
         inner.served.hubs = snapshot.hubs.iter().cloned().collect();
         fold_heartbeats(&mut inner);
         let local = sized_pool(&inner.state, &overlay)?;
@@ -143,7 +143,7 @@ impl Controller {
         let before = sized_pool(&inner.state, &overlay)?;
         let mut pool = before.clone();
         let now = wall_ms();
-        let mut serving_changed = false;
+        let elsewhere_before = inner.served.elsewhere();
         // Who serves whom first: a runner new here is online if a hub serves it, and the
         // change saying so comes after its record in the same transaction.
         let (served, records): (Vec<_>, Vec<_>) = changes.partition(|change| {
@@ -177,11 +177,10 @@ impl Controller {
                     }
                 }
                 StoreChange::Online { name, hub } => {
-                    let previous = inner.served.online.insert(name, hub.clone());
-                    serving_changed |= previous.as_ref() != Some(&hub);
+                    inner.served.online.insert(name, hub);
                 }
                 StoreChange::Offline { name } => {
-                    serving_changed |= inner.served.online.remove(&name).is_some();
+                    inner.served.online.remove(&name);
                 }
                 StoreChange::Hub { hub, up: true } => {
                     inner.served.hubs.insert(hub);
@@ -193,7 +192,7 @@ impl Controller {
         }
         if pool == before {
             // Who serves whom shapes the generated Subnets (see `overlay::hub_resources`).
-            return if serving_changed {
+            return if inner.served.elsewhere() != elsewhere_before {
                 self.resync_generated(&mut inner)
             } else {
                 Ok(())

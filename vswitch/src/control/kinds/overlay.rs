@@ -506,6 +506,17 @@ spec:
     /// The status (a runner's plan, its registration state) is the controller's.
     fn carry_status(&mut self, old: Option<&Self>) {
         self.status = old.map(|o| o.status.clone()).unwrap_or_default();
+        // The runner list belongs to the overlay it came from: another role, VNI base or hub
+        // starts without it (the new hub's heartbeats bring its own).
+        if let Some(old) = old {
+            let hub = |spec: &OverlaySpec| spec.hub.as_ref().map(|hub| hub.address);
+            if old.spec.role != self.spec.role
+                || old.spec.vni_base != self.spec.vni_base
+                || hub(&old.spec) != hub(&self.spec)
+            {
+                self.status.peers = None;
+            }
+        }
     }
 
     fn check(&self, cx: &CheckContext<'_>, errors: &mut Errors) {
@@ -1297,6 +1308,28 @@ mod tests {
             );
             assert!(err.contains("address the other nodes reach"), "{err}");
         }
+    }
+
+    /// The runner list a runner follows belongs to its overlay: pointed at another hub (or
+    /// another VNI base), the runner starts without it; other changes keep it.
+    #[test]
+    fn a_runner_pointed_at_another_hub_forgets_the_runner_list() {
+        let mut old = overlay_of(OverlayRole::Runner);
+        old.status.peers = Some(Box::new(
+            vxlan::RunnerPool::default().peers(&vxlan::AddressPlan::default(), 100),
+        ));
+        let mut same = old.clone();
+        same.status = OverlayStatus::default();
+        same.spec.heartbeat_seconds = 2;
+        same.carry_status(Some(&old));
+        assert!(same.status.peers.is_some(), "same hub");
+        let mut moved = old.clone();
+        moved.status = OverlayStatus::default();
+        if let Some(hub) = moved.spec.hub.as_mut() {
+            hub.address = "192.168.50.9".parse().expect("address");
+        }
+        moved.carry_status(Some(&old));
+        assert!(moved.status.peers.is_none(), "another hub");
     }
 
     #[test]
