@@ -850,6 +850,183 @@ fn runners_reach_each_other_directly() {
     );
 }
 
+/// Packets the port `name` of `daemon` received (`None`: no such port).
+fn port_rx(daemon: &Daemon, name: &str) -> Option<u64> {
+    let stats = daemon.stats();
+    stats["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["rxPackets"].as_u64())
+}
+
+/// An Uplink `wan` on the node's `eth0` owning `address` (on the underlay's /24).
+fn underlay_uplink(address: &str) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: wan\nspec:\n  interface: eth0\n  addresses: [{address}/24]\n  gateway: 192.168.71.254\n---\n"
+    )
+}
+
+/// `encapsulation: None`: hub and runners route the runners' subnets to each other's
+/// routed addresses (each switch's Uplink address on the underlay link) with no tunnel
+/// header. The runners route to each other straight (two routed hops: TTL 62, neither the
+/// hub's uplink nor any VTEP carries the transfers), reach the hub's 10.0.0.1 through its
+/// routed address, keep their paths when the hub is killed, and a runner still on VXLAN is
+/// refused naming both settings. Prints TCP throughput both ways.
+#[test]
+#[ignore = "needs root: starts vswitchd in node namespaces on a bridged veth underlay"]
+fn runners_route_without_encapsulation() {
+    require(&["ping", "iperf3"]);
+    let underlay = Underlay::new(&["192.168.71.1/24", "192.168.71.2/24", "192.168.71.3/24"]);
+    let mut hub = Daemon::start_in(&underlay.node(0).name, 2, &[]);
+    let r1 = Daemon::start_in(&underlay.node(1).name, 2, &[]);
+    let r2 = Daemon::start_in(&underlay.node(2).name, 2, &[]);
+    let routed = "  tls: {mode: Disabled}\n  runnerToRunner: Direct\n  encapsulation: None\n";
+    hub.apply_yaml(&format!(
+        "{}{}",
+        underlay_uplink("192.168.71.11"),
+        hub_overlay("hub", "192.168.71.1", routed)
+    ));
+    let runner = |name: &str, address: &str, routed: &str| {
+        format!(
+            "{}{}",
+            underlay_uplink(routed),
+            runner_overlay_tls(
+                name,
+                address,
+                "192.168.71.1",
+                "{mode: Disabled}",
+                "  encapsulation: None\n"
+            )
+        )
+    };
+    r1.apply_yaml(&runner("runner-1", "192.168.71.2", "192.168.71.12"));
+    wait_registered(&r1, "runner-1");
+    r2.apply_yaml(&runner("runner-2", "192.168.71.3", "192.168.71.13"));
+    wait_registered(&r2, "runner-2");
+    for (daemon, name) in [(&r1, "runner-1"), (&r2, "runner-2")] {
+        let view = wait_overlay(
+            daemon,
+            &format!("{name} to route to the other runner"),
+            Duration::from_secs(15),
+            |v| v["directPeers"] == 1,
+        );
+        assert_eq!(view["encapsulation"], "None", "{view}");
+    }
+    let hub_view = overlay_view(&hub).expect("hub view");
+    assert_eq!(hub_view["routedAddress"], "192.168.71.11", "{hub_view}");
+    let row = runner_row(&hub_view, "runner-1").expect("runner-1 at the hub");
+    assert_eq!(
+        row["address"], "192.168.71.12",
+        "registered at its routed address"
+    );
+    let to_r1 = hub.ctl_json(&["get", "route", "overlay-r1"]);
+    assert_owned(&to_r1, "hub");
+    assert_eq!(to_r1["spec"]["destination"], "10.1.0.0/16", "{to_r1}");
+    assert_eq!(to_r1["spec"]["nextHop"], "192.168.71.12", "{to_r1}");
+    assert_eq!(to_r1["status"]["uplink"], "wan", "{to_r1}");
+    assert_eq!(to_r1["status"]["state"], "Ready", "{to_r1}");
+    let to_hub = r1.ctl_json(&["get", "route", "overlay-hub"]);
+    assert_eq!(to_hub["spec"]["destination"], "10.0.0.0/8", "{to_hub}");
+    assert_eq!(to_hub["spec"]["nextHop"], "192.168.71.11", "{to_hub}");
+    let to_r2 = r1.ctl_json(&["get", "route", "overlay-r2"]);
+    assert_eq!(to_r2["spec"]["nextHop"], "192.168.71.13", "{to_r2}");
+    let subnet = r1.ctl_json(&["get", "subnet", "overlay"]);
+    assert!(subnet["spec"]["vni"].is_null(), "no VNI: {subnet}");
+    assert_eq!(
+        subnet["spec"]["mtu"], 1500,
+        "nothing added to frames: {subnet}"
+    );
+
+    let c1 = Netns::new("cnr1");
+    let c2 = Netns::new("cnr2");
+    let ip1 = r1.attach(&c1, &["--subnet", "overlay"]);
+    let ip2 = r2.attach(&c2, &["--subnet", "overlay"]);
+    assert!(
+        c1.ping_until(&ip2, Duration::from_secs(10)),
+        "runner-1's container cannot reach runner-2's\nrunner-1 log:\n{}\nrunner-2 log:\n{}",
+        tail(&r1.log_text(), 30),
+        tail(&r2.log_text(), 30)
+    );
+    assert_eq!(
+        echo_ttl(&c1, &ip2),
+        62,
+        "two routed hops: the runners' switches"
+    );
+    assert_eq!(
+        echo_ttl(&c2, &ip1),
+        62,
+        "two routed hops: the runners' switches"
+    );
+    for c in [&c1, &c2] {
+        assert!(
+            c.ping_until("10.0.0.1", Duration::from_secs(10)),
+            "a container cannot reach the hub at 10.0.0.1\nhub log:\n{}",
+            tail(&hub.log_text(), 30)
+        );
+        assert_eq!(
+            echo_ttl(c, "10.0.0.1"),
+            62,
+            "the hub's switch and the runner's"
+        );
+    }
+    let hub_before = port_rx(&hub, "wan").expect("the hub's uplink port");
+    let vteps_before = vtep_rx(&r1) + vtep_rx(&r2);
+    let routed_12 = iperf3_tcp(&c2, &c1, &ip2, 3);
+    let routed_21 = iperf3_tcp(&c1, &c2, &ip1, 3);
+    let at_hub = port_rx(&hub, "wan").expect("uplink") - hub_before;
+    assert!(
+        at_hub < 100,
+        "the hub's uplink received {at_hub} packets during transfers between the runners"
+    );
+    assert_eq!(
+        vtep_rx(&r1) + vtep_rx(&r2) - vteps_before,
+        0,
+        "no VXLAN between the runners"
+    );
+    let r2_uplink = port_rx(&r2, "wan").expect("runner-2's uplink");
+    assert!(
+        r2_uplink > 1000,
+        "runner-2's uplink carried the transfers: {r2_uplink}"
+    );
+
+    // A runner on VXLAN is refused by the unencapsulated hub, naming both settings.
+    let script = r#"
+import json, sys, urllib.request, urllib.error
+body = {"name": "vxlan-runner", "localAddress": "192.168.71.3", "vniBase": 100, "port": 4789,
+        "mtu": 1500}
+request = urllib.request.Request("http://192.168.71.1:4799/v1/overlay/register",
+    data=json.dumps(body).encode(), headers={"Authorization": "Bearer " + sys.argv[1],
+    "Content-Type": "application/json", "Vswitch-Overlay-Features": "runner-id-u32, peers"})
+try:
+    urllib.request.urlopen(request, timeout=10)
+    print("admitted")
+except urllib.error.HTTPError as error:
+    print(error.code, json.load(error)["error"]["message"])
+"#;
+    let answer = underlay.node(2).exec_ok(&["python3", "-c", script, TOKEN]);
+    assert!(
+        answer.starts_with("400")
+            && answer.contains("encapsulation differs: hub None, runner VXLAN"),
+        "a VXLAN runner must be refused by an unencapsulated hub: {answer}"
+    );
+
+    // Without the hub: the runners keep their routes to each other.
+    hub.kill9();
+    c1.ping_ok(&ip2, 3);
+    c2.ping_ok(&ip1, 3);
+    hub.spawn(&[]);
+    for (daemon, name) in [(&r1, "runner-1"), (&r2, "runner-2")] {
+        wait_registered(daemon, name);
+    }
+    c1.ping_ok("10.0.0.1", 2);
+    eprintln!(
+        "runner to runner without encapsulation, iperf3 TCP Gbit/s (1->2 / 2->1): \
+         {routed_12:.2} / {routed_21:.2}"
+    );
+}
+
 /// Registers `count` simulated runners `sim-1`.. with the hub at `hub` (plain HTTP), 8 at
 /// a time, each from an address of 198.18.0.0/15, then one runner that sends no features
 /// header; prints `NAME ID` per line, then `narrow STATUS MESSAGE`.

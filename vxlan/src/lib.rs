@@ -34,6 +34,6 @@ pub use header::{
     RemoteChecksum as VxlanRemoteChecksum, Repr as VxlanRepr, UDP_PORT as VXLAN_UDP_PORT, Vni,
 };
 pub use membership::{
-    AddressPlan, AddressPlan6, MembershipError, OverlayPeers, OverlaySettings, Peer,
+    AddressPlan, AddressPlan6, Encapsulation, MembershipError, OverlayPeers, OverlaySettings, Peer,
     RegistrationRequest, RunnerId, RunnerPlan, RunnerPlan6, RunnerPool,
 };

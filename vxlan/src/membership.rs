@@ -1048,6 +1048,38 @@ pub struct OverlaySettings {
     /// to nodes that take it. Default `false`.
     #[serde(skip_serializing_if = "is_false")]
     pub remote_checksum_offload: bool,
+    /// How frames cross the underlay between nodes. Default [`Encapsulation::Vxlan`].
+    #[serde(skip_serializing_if = "Encapsulation::is_vxlan")]
+    pub encapsulation: Encapsulation,
+}
+
+/// How the overlay's frames cross the underlay between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Encapsulation {
+    /// In VXLAN tunnels between the nodes' VTEPs (the default).
+    #[default]
+    #[serde(rename = "VXLAN", alias = "Vxlan", alias = "vxlan")]
+    Vxlan,
+    /// Not at all: each runner's subnet is routed to its node's address on one underlay
+    /// link, as Calico's BGP mode does between nodes of one L2 network.
+    #[serde(alias = "none")]
+    None,
+}
+
+impl Encapsulation {
+    /// True for the default, [`Encapsulation::Vxlan`] (left out when serialised).
+    pub fn is_vxlan(&self) -> bool {
+        *self == Encapsulation::Vxlan
+    }
+}
+
+impl fmt::Display for Encapsulation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encapsulation::Vxlan => "VXLAN",
+            Encapsulation::None => "None",
+        })
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -1061,6 +1093,7 @@ impl Default for OverlaySettings {
             port: UDP_PORT,
             mtu: 1450,
             remote_checksum_offload: false,
+            encapsulation: Encapsulation::Vxlan,
         }
     }
 }
@@ -1076,6 +1109,8 @@ pub enum Setting {
     Mtu,
     /// `remoteChecksumOffload` (1 on, 0 off).
     RemoteChecksumOffload,
+    /// `encapsulation` (0 VXLAN, 1 None).
+    Encapsulation,
 }
 
 impl fmt::Display for Setting {
@@ -1085,6 +1120,7 @@ impl fmt::Display for Setting {
             Setting::Port => "port",
             Setting::Mtu => "mtu",
             Setting::RemoteChecksumOffload => "remoteChecksumOffload",
+            Setting::Encapsulation => "encapsulation",
         })
     }
 }
@@ -1111,6 +1147,22 @@ impl fmt::Display for SettingMismatch {
                 self.runner != 0
             );
         }
+        if self.setting == Setting::Encapsulation {
+            let name = |value: u32| {
+                if value == 0 {
+                    Encapsulation::Vxlan
+                } else {
+                    Encapsulation::None
+                }
+            };
+            return write!(
+                f,
+                "{} differs: hub {}, runner {}",
+                self.setting,
+                name(self.hub),
+                name(self.runner)
+            );
+        }
         write!(
             f,
             "{} differs: hub {}, runner {}",
@@ -1135,6 +1187,11 @@ impl OverlaySettings {
                 Setting::RemoteChecksumOffload,
                 u32::from(self.remote_checksum_offload),
                 u32::from(runner.remote_checksum_offload),
+            ),
+            (
+                Setting::Encapsulation,
+                u32::from(!self.encapsulation.is_vxlan()),
+                u32::from(!runner.encapsulation.is_vxlan()),
             ),
         ]
         .into_iter()
@@ -1171,6 +1228,12 @@ pub struct RegistrationRequest {
     /// so that hubs from before the setting admit a runner without it).
     #[serde(default, skip_serializing_if = "is_false")]
     pub remote_checksum_offload: bool,
+    /// How the runner's frames cross the underlay (left out for VXLAN, so that hubs from
+    /// before the setting admit a VXLAN runner, and refuse an unencapsulated one). Without
+    /// encapsulation `localAddress` is the runner's routed address: the switch's own on the
+    /// underlay link, where the others route its subnet.
+    #[serde(default, skip_serializing_if = "Encapsulation::is_vxlan")]
+    pub encapsulation: Encapsulation,
 }
 
 impl RegistrationRequest {
@@ -1181,6 +1244,7 @@ impl RegistrationRequest {
             port: self.port,
             mtu: self.mtu,
             remote_checksum_offload: self.remote_checksum_offload,
+            encapsulation: self.encapsulation,
         }
     }
 }
@@ -1331,6 +1395,12 @@ pub struct RunnerPlan {
     /// Its IPv6 half, when the hub's plan has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<RunnerPlan6>,
+    /// Without encapsulation: the hub's routed address on the underlay link, the next hop
+    /// of the runner's route to the whole overlay (set by the hub when it answers; a
+    /// runner from before the setting never registers without encapsulation, so never
+    /// reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_router: Option<IpAddr>,
 }
 
 /// The IPv6 half of a [`RunnerPlan`].
@@ -1522,6 +1592,7 @@ impl AddressPlan {
                     hub_overlay_address: ipv6.hub_interface(),
                 }
             }),
+            hub_router: None,
         })
     }
 }
@@ -1854,6 +1925,7 @@ mod tests {
 
     fn request(mtu: u16) -> RegistrationRequest {
         RegistrationRequest {
+            encapsulation: Encapsulation::Vxlan,
             name: "runner-a".into(),
             local_address: addr(11),
             vni_base: 100,
@@ -1869,6 +1941,7 @@ mod tests {
         let error = validate_registration(&hub, &request(1400)).expect_err("refused");
         assert_eq!(error.to_string(), "mtu differs: hub 1450, runner 1400");
         let all_wrong = RegistrationRequest {
+            encapsulation: Encapsulation::Vxlan,
             vni_base: 200,
             port: 8472,
             ..request(9000)
@@ -1881,6 +1954,7 @@ mod tests {
         );
         assert!(validate_registration(&hub, &request(1450)).is_ok());
         let rco = RegistrationRequest {
+            encapsulation: Encapsulation::Vxlan,
             remote_checksum_offload: true,
             ..request(1450)
         };
@@ -1894,6 +1968,26 @@ mod tests {
         assert!(json.contains(r#""remoteChecksumOffload":true"#), "{json}");
         let json = serde_json::to_string(&request(1450)).expect("serialise");
         assert!(!json.contains("remoteChecksumOffload"), "{json}");
+        assert!(!json.contains("encapsulation"), "{json}");
+        // Without encapsulation on one side only.
+        let routed = RegistrationRequest {
+            encapsulation: Encapsulation::None,
+            ..request(1450)
+        };
+        let error = validate_registration(&hub, &routed).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "encapsulation differs: hub VXLAN, runner None"
+        );
+        let json = serde_json::to_string(&routed).expect("serialise");
+        assert!(json.contains(r#""encapsulation":"None""#), "{json}");
+        let back: RegistrationRequest = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, routed);
+        let hub = OverlaySettings {
+            encapsulation: Encapsulation::None,
+            ..OverlaySettings::default()
+        };
+        assert!(validate_registration(&hub, &routed).is_ok());
     }
 
     #[test]
@@ -1933,6 +2027,7 @@ mod tests {
             ..AddressPlan::default()
         };
         let other = RegistrationRequest {
+            encapsulation: Encapsulation::Vxlan,
             name: "runner-b".into(),
             ..request(1450)
         };
@@ -1955,6 +2050,7 @@ mod tests {
         now: u64,
     ) -> Result<Admission, MembershipError> {
         let request = RegistrationRequest {
+            encapsulation: Encapsulation::Vxlan,
             name: name.into(),
             local_address: address,
             ..request(1450)
@@ -2122,6 +2218,7 @@ mod tests {
                 range_end: Ipv4Addr::new(10, 7, 255, 254),
                 reserved: vec![Ipv4Addr::new(10, 7, 0, 1), Ipv4Addr::new(10, 7, 0, 254)],
                 ipv6: None,
+                hub_router: None,
             }
         );
         let last = plan.runner(id(255), 100).expect("in plan");

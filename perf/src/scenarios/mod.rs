@@ -218,6 +218,9 @@ pub enum Scenario {
     Runners,
     /// `runners` with the traffic routed through the hub (`ViaHub`, the default).
     RunnersViaHub,
+    /// `runners` without encapsulation (`encapsulation: None`): each runner's subnet routed
+    /// to its node's address on the underlay.
+    RunnersRouted,
 }
 
 /// The table sizes of the scenarios that measure one per size (`--policies`,
@@ -249,7 +252,7 @@ impl Counts {
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::L2,
         Scenario::Routed,
         Scenario::Vxlan,
@@ -262,6 +265,7 @@ impl Scenario {
         Scenario::Macs,
         Scenario::Runners,
         Scenario::RunnersViaHub,
+        Scenario::RunnersRouted,
     ];
 
     /// The scenarios a run without `--scenario` measures: all but `floods`, which measures
@@ -291,6 +295,7 @@ impl Scenario {
             Scenario::Macs => "macs",
             Scenario::Runners => "runners",
             Scenario::RunnersViaHub => "runners-via-hub",
+            Scenario::RunnersRouted => "runners-routed",
         }
     }
 
@@ -345,6 +350,11 @@ impl Scenario {
                 "containers on two runners of a hub's overlay, routed through the hub, CPU \
                  of the three daemons (kernel: bridge + vxlan to a hub namespace that \
                  forwards)"
+            }
+            Scenario::RunnersRouted => {
+                "containers on two runners of a hub's overlay without encapsulation, each \
+                 runner's subnet routed to its node on the underlay, CPU of the three daemons \
+                 (kernel: plain routes between the runner namespaces)"
             }
         }
     }
@@ -517,8 +527,9 @@ impl Case {
             Scenario::Conntrack => conntrack::prepare(variant, context, self.count),
             Scenario::Routes => routes::prepare(variant, context, self.count),
             Scenario::Macs => macs::prepare(variant, context, self.count),
-            Scenario::Runners => runners::prepare(variant, context, true),
-            Scenario::RunnersViaHub => runners::prepare(variant, context, false),
+            Scenario::Runners => runners::prepare(variant, context, runners::Mode::Direct),
+            Scenario::RunnersViaHub => runners::prepare(variant, context, runners::Mode::ViaHub),
+            Scenario::RunnersRouted => runners::prepare(variant, context, runners::Mode::Routed),
             Scenario::Floods => match self.flood {
                 Some(kind) => floods::prepare(variant, context, kind),
                 None => Err(PrepareError::Fail(anyhow::anyhow!("floods without a kind"))),

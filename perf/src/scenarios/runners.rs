@@ -1,4 +1,5 @@
-//! `runners` and `runners-via-hub`: containers on two runners of a hub-and-spoke overlay.
+//! `runners`, `runners-via-hub` and `runners-routed`: containers on two runners of a
+//! hub-and-spoke overlay.
 //!
 //! ```text
 //!                  hub 10.78.0.1
@@ -22,6 +23,11 @@
 //!            `runners-via-hub`: vxN goes to the hub, runner N routes 10.0.0.0/8 via
 //!            10.N.0.254; the hub holds vx1 (10.1.0.254/16) and vx2 (10.2.0.254/16) and
 //!            forwards between them.
+//!            `runners-routed`: no VXLAN; runner N routes 10.M.0.0/16 via runner M's
+//!            underlay address (plain routes between the nodes, as Calico's BGP mode).
+//!   runners-routed (vswitch): `encapsulation: None`; each node's switch also has an Uplink
+//!            on u0 owning 10.78.0.1N, its routed address: the runners route to each other's
+//!            (two routed hops, MTU 1500 inside).
 //! ```
 //! A vswitchd that refuses the configuration, or whose runners do not register (or, in
 //! `runners`, do not learn each other) within 20 s, is reported as not supported.
@@ -39,12 +45,37 @@ pub const UNDERLAY: [&str; 3] = ["10.78.0.1", "10.78.0.2", "10.78.0.3"];
 /// The hub's token.
 const TOKEN: &str = "perf-runners";
 
-/// The hub's Overlay: plain HTTP, runners reaching each other `direct`ly or through it.
-fn hub_overlay(direct: bool) -> String {
-    let mode = if direct {
-        "  runnerToRunner: Direct\n"
-    } else {
-        ""
+/// How the runners reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// VXLAN straight between the runners (`runnerToRunner: Direct`).
+    Direct,
+    /// VXLAN through the hub (the default).
+    ViaHub,
+    /// No encapsulation: routed on the underlay (`encapsulation: None`).
+    Routed,
+}
+
+/// Node `n`'s routed address (its switch's Uplink address) without encapsulation.
+fn routed_address(n: usize) -> String {
+    format!("10.78.0.1{}", n + 1)
+}
+
+/// The Uplink of node `n` on its underlay interface, without encapsulation.
+fn uplink(n: usize) -> String {
+    format!(
+        "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata:\n  name: underlay\nspec:\n  \
+         interface: u0\n  addresses: [{}/24]\n  gateway: 10.78.0.254\n",
+        routed_address(n)
+    )
+}
+
+/// The hub's Overlay: plain HTTP, runners reaching each other as `mode` says.
+fn hub_overlay(mode: Mode) -> String {
+    let mode = match mode {
+        Mode::Direct => "  runnerToRunner: Direct\n",
+        Mode::ViaHub => "",
+        Mode::Routed => "  runnerToRunner: Direct\n  encapsulation: None\n",
     };
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: hub\nspec:\n  \
@@ -54,22 +85,32 @@ fn hub_overlay(direct: bool) -> String {
 }
 
 /// Runner `n`'s Overlay (1 or 2).
-fn runner_overlay(n: usize) -> String {
+fn runner_overlay(n: usize, mode: Mode) -> String {
+    let encapsulation = if mode == Mode::Routed {
+        "  encapsulation: None\n"
+    } else {
+        ""
+    };
     format!(
         "apiVersion: vswitch/v1alpha1\nkind: Overlay\nmetadata:\n  name: runner-{n}\nspec:\n  \
          role: runner\n  localAddress: {}\n  heartbeatSeconds: 1\n  hub:\n    address: {}\n    \
-         token: {TOKEN}\n    tls: {{mode: Disabled}}\n",
+         token: {TOKEN}\n    tls: {{mode: Disabled}}\n{encapsulation}",
         UNDERLAY[n], UNDERLAY[0]
     )
 }
 
-/// Waits until `vswitchctl overlay` on `daemon` shows every line of `wanted`.
+/// Waits until `vswitchctl overlay` on `daemon` shows every line of `wanted` (compared with
+/// runs of spaces as one: the key column is as wide as the longest key shown).
 fn wait_overlay(daemon: &Daemon, wanted: &[&str], what: &str) -> Result<(), PrepareError> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = String::new();
     while Instant::now() < deadline {
         if let Ok(text) = daemon.ctl(&["overlay"]) {
-            let has = |line: &&str| text.lines().any(|l| l.trim_end().starts_with(*line));
+            let squeeze = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+            let has = |line: &&str| {
+                let wanted = squeeze(line);
+                text.lines().any(|l| squeeze(l).starts_with(&wanted))
+            };
             if wanted.iter().all(has) {
                 return Ok(());
             }
@@ -83,16 +124,12 @@ fn wait_overlay(daemon: &Daemon, wanted: &[&str], what: &str) -> Result<(), Prep
     )))
 }
 
-/// Builds one variant of `runners` (`direct`) or `runners-via-hub`.
+/// Builds one variant of `runners`, `runners-via-hub` or `runners-routed` (`mode`).
 ///
 /// # Errors
 /// A setup step fails, vswitchd refuses the configuration or its runners do not get there
 /// (skip), or OVS is asked for (skip).
-pub fn prepare(
-    variant: Variant,
-    context: &Context,
-    direct: bool,
-) -> Result<Prepared, PrepareError> {
+pub fn prepare(variant: Variant, context: &Context, mode: Mode) -> Result<Prepared, PrepareError> {
     if variant == Variant::Ovs {
         return Err(PrepareError::Skip(
             "the Open vSwitch column covers l2 only".into(),
@@ -123,13 +160,20 @@ pub fn prepare(
                 let dir = topology.scratch(&format!("vswitchd{index}"))?;
                 daemons.push(Daemon::start(binaries, node, settings, &dir)?);
             }
+            if mode == Mode::Routed {
+                for (n, daemon) in daemons.iter().enumerate() {
+                    daemon
+                        .apply("uplink", &uplink(n))
+                        .map_err(refusal_is_unsupported)?;
+                }
+            }
             daemons[0]
-                .apply("overlay", &hub_overlay(direct))
+                .apply("overlay", &hub_overlay(mode))
                 .map_err(refusal_is_unsupported)?;
             // One after the other: runner-1 gets ID 1 (10.1.0.0/16), runner-2 ID 2.
             for (n, runner) in daemons.iter().enumerate().skip(1) {
                 runner
-                    .apply("overlay", &runner_overlay(n))
+                    .apply("overlay", &runner_overlay(n, mode))
                     .map_err(refusal_is_unsupported)?;
                 wait_overlay(
                     runner,
@@ -138,7 +182,7 @@ pub fn prepare(
                 )?;
             }
             for (n, runner) in daemons.iter().enumerate().skip(1) {
-                if direct {
+                if mode != Mode::ViaHub {
                     wait_overlay(
                         runner,
                         &["DIRECT    1 other runners"],
@@ -160,7 +204,7 @@ pub fn prepare(
             (cpu, daemons, std::net::IpAddr::from(server_ip))
         }
         _ => {
-            kernel(&topology, &nodes, &containers, direct)?;
+            kernel(&topology, &nodes, &containers, mode)?;
             (
                 SwitchCpu::Kernel,
                 Vec::new(),
@@ -213,8 +257,12 @@ fn kernel(
     topology: &Topology,
     nodes: &[String; 3],
     containers: &[String; 2],
-    direct: bool,
+    mode: Mode,
 ) -> anyhow::Result<()> {
+    let direct = mode == Mode::Direct;
+    if mode == Mode::Routed {
+        return kernel_routed(topology, nodes, containers);
+    }
     for n in 1..=2usize {
         let node = &nodes[n];
         let other = 3 - n;
@@ -272,16 +320,61 @@ fn kernel(
     Ok(())
 }
 
+/// The kernel without encapsulation: each runner namespace routes its container's /16 and
+/// the other runner's /16 via that runner's underlay address.
+fn kernel_routed(
+    topology: &Topology,
+    nodes: &[String; 3],
+    containers: &[String; 2],
+) -> anyhow::Result<()> {
+    for n in 1..=2usize {
+        let node = &nodes[n];
+        let other = 3 - n;
+        let container = &containers[n - 1];
+        topology.sysctl(node, "net.ipv4.ip_forward", "1")?;
+        topology.veth(node, "v0", container, "eth0")?;
+        topology.address(node, "v0", &format!("10.{n}.0.1/16"))?;
+        topology.address(container, "eth0", &format!("10.{n}.0.2/16"))?;
+        topology.ip(
+            container,
+            &["route", "add", "default", "via", &format!("10.{n}.0.1")],
+        )?;
+        topology.ip(
+            node,
+            &[
+                "route",
+                "add",
+                &format!("10.{other}.0.0/16"),
+                "via",
+                UNDERLAY[other],
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_hub_says_how_runners_reach_each_other() {
-        assert!(hub_overlay(true).ends_with("  runnerToRunner: Direct\n"));
-        assert!(!hub_overlay(false).contains("runnerToRunner"));
-        let runner = runner_overlay(2);
+        assert!(hub_overlay(Mode::Direct).ends_with("  runnerToRunner: Direct\n"));
+        assert!(!hub_overlay(Mode::ViaHub).contains("runnerToRunner"));
+        assert!(
+            hub_overlay(Mode::Routed)
+                .ends_with("  runnerToRunner: Direct\n  encapsulation: None\n")
+        );
+        let runner = runner_overlay(2, Mode::Direct);
         assert!(runner.contains("  localAddress: 10.78.0.3\n"), "{runner}");
         assert!(runner.contains("    address: 10.78.0.1\n"), "{runner}");
+        assert!(!runner.contains("encapsulation"), "{runner}");
+        assert!(runner_overlay(2, Mode::Routed).ends_with("  encapsulation: None\n"));
+        let uplink = uplink(2);
+        assert!(
+            uplink.contains("  addresses: [10.78.0.13/24]\n"),
+            "{uplink}"
+        );
+        assert!(uplink.contains("  interface: u0\n"), "{uplink}");
     }
 }

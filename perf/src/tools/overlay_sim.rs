@@ -170,6 +170,7 @@ fn emit(event: &Event) -> Result<()> {
 fn request(name: &str, address: IpAddr) -> vxlan::RegistrationRequest {
     let settings = vxlan::OverlaySettings::default();
     vxlan::RegistrationRequest {
+        encapsulation: vxlan::Encapsulation::Vxlan,
         name: name.to_owned(),
         local_address: address,
         vni_base: settings.vni_base,

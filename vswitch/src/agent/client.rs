@@ -469,6 +469,7 @@ mod tests {
         ));
         let client = HubClient::new(Ipv4Addr::LOCALHOST.into(), port, "tok");
         let request = vxlan::RegistrationRequest {
+            encapsulation: vxlan::Encapsulation::Vxlan,
             name: "runner-a".into(),
             local_address: Ipv4Addr::new(192, 168, 50, 2).into(),
             vni_base: 100,

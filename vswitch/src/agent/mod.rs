@@ -389,6 +389,7 @@ mod tests {
             // Another node registering as runner-a while runner-a is online is refused with
             // 409, naming both addresses; the hub keeps runner-a as it was.
             let newcomer = vxlan::RegistrationRequest {
+                encapsulation: vxlan::Encapsulation::Vxlan,
                 name: "runner-a".into(),
                 local_address: std::net::Ipv4Addr::new(192, 168, 77, 3).into(),
                 vni_base: 100,

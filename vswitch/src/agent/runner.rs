@@ -70,11 +70,14 @@ impl RunnerSettings {
         Ok(RunnerSettings {
             request: vxlan::RegistrationRequest {
                 name: config.name.clone(),
-                local_address: config.local_address,
+                // Without encapsulation the hub routes this runner's subnet to its routed
+                // address; the registration itself still comes from `local_address`.
+                local_address: config.routed_address.unwrap_or(config.local_address),
                 vni_base: config.vni_base,
                 port: config.port,
                 mtu: config.mtu,
                 remote_checksum_offload: config.remote_checksum_offload,
+                encapsulation: config.encapsulation,
             },
             clients,
             heartbeat: config.heartbeat.max(MIN_HEARTBEAT),
@@ -620,6 +623,8 @@ mod tests {
             heartbeat: Duration::ZERO,
             runner_timeout: Duration::from_secs(20),
             store: None,
+            encapsulation: vxlan::Encapsulation::Vxlan,
+            routed_address: None,
         };
         let settings = RunnerSettings::from_config(&config).expect("has a hub");
         assert_eq!(settings.clients[0].address(), hub());
@@ -628,6 +633,7 @@ mod tests {
         assert_eq!(
             settings.request,
             vxlan::RegistrationRequest {
+                encapsulation: vxlan::Encapsulation::Vxlan,
                 name: "runner-a".into(),
                 local_address: Ipv4Addr::new(192, 168, 50, 2).into(),
                 vni_base: 100,

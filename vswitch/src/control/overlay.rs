@@ -120,7 +120,27 @@ pub fn settings(overlay: &Overlay) -> vxlan::OverlaySettings {
         port: overlay.spec.port,
         mtu: overlay.spec.mtu(),
         remote_checksum_offload: overlay.spec.remote_checksum_offload,
+        encapsulation: overlay.spec.encapsulation,
     }
+}
+
+/// Without encapsulation: this node's routed address, where the other nodes route its
+/// subnets: the first Uplink address whose link holds `local` (the node's own address on
+/// the underlay). `None` without such an address.
+pub fn routed_address(state: &State, local: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V4(local) = local else {
+        return None;
+    };
+    let uplink = state.uplinks.values().next()?;
+    uplink
+        .spec
+        .addresses
+        .iter()
+        .find(|address| {
+            let prefix = address.0.trunc();
+            prefix.prefix_len() < 32 && prefix.contains(&local) && address.addr() != local
+        })
+        .map(|address| address.addr())
 }
 
 /// Checks an address other nodes must reach: not loopback, unspecified, multicast,
@@ -494,6 +514,118 @@ fn hub_resources(
     resources
 }
 
+/// Without encapsulation: the generated Network, routed through the Uplink toward the whole
+/// overlay `range` (and accepting only sources from it).
+fn routed_network(owner: &str, range: Ipv4Net) -> Resource {
+    let mut generated = network(owner);
+    if let Resource::Network(network) = &mut generated {
+        network.spec.uplink = Some(super::resource::NetworkUplink {
+            mode: super::resource::UplinkMode::Routed,
+            destinations: vec![super::resource::RoutedDestination(range.trunc())],
+        });
+    }
+    generated
+}
+
+/// Without encapsulation: the routers on the Uplink's link, as a test of an address.
+fn on_link(state: &State) -> impl Fn(IpAddr) -> bool + '_ {
+    let uplink = state.uplinks.values().next();
+    move |address| match (address, uplink) {
+        (IpAddr::V4(address), Some(uplink)) => super::routing::on_uplink_link(uplink, address),
+        _ => false,
+    }
+}
+
+/// A runner's resources without encapsulation: the Network routed through the Uplink toward
+/// the overlay, its Subnet (no VNI: nothing stretches it), a Route to the whole overlay via
+/// the hub's routed address (the plan's `hubRouter`), and a Route to each other runner's
+/// subnet via that runner's routed address (from the hub's list): the runner routes
+/// straight to the node that holds a subnet, as Calico's BGP mode does. Routers off the
+/// Uplink's link are left out (the runner cannot reach them in one hop).
+fn routed_runner_resources(state: &State, overlay: &Overlay, plan: &RunnerPlan) -> Vec<Resource> {
+    let owner = overlay.owner_label();
+    let range = plan.hub_overlay_address.trunc();
+    let on_link = on_link(state);
+    let mut resources = vec![
+        routed_network(&owner, range),
+        subnet(
+            RUNNER_SUBNET,
+            &owner,
+            plan.subnet,
+            plan.gateway,
+            overlay.spec.mtu(),
+            None,
+            Vec::new(),
+            vec![plan.hub_address],
+            None,
+        ),
+    ];
+    if let Some(router) = plan.hub_router.filter(|router| on_link(*router)) {
+        resources.push(route(HUB_ROUTE, &owner, range.into(), router));
+    }
+    let Some(peers) = &overlay.status.peers else {
+        return resources;
+    };
+    if peers.address_plan.max_runners(peers.vni_base).is_err() {
+        return resources;
+    }
+    let own = routed_address(state, overlay.spec.local_address).map(IpAddr::V4);
+    for peer in &peers.runners {
+        if peer.id == plan.runner_id || Some(peer.address) == own || !on_link(peer.address) {
+            continue;
+        }
+        let Ok(theirs) = peers.address_plan.runner(peer.id, peers.vni_base) else {
+            continue;
+        };
+        if theirs.subnet.contains(&plan.subnet.network())
+            || plan.subnet.contains(&theirs.subnet.network())
+            || !range.contains(&theirs.subnet.network())
+        {
+            continue;
+        }
+        resources.push(route(
+            &runner_subnet_name(peer.id.get()),
+            &owner,
+            theirs.subnet.into(),
+            peer.address,
+        ));
+    }
+    resources
+}
+
+/// The hub's resources without encapsulation: the Network routed through the Uplink toward
+/// the overlay, the host Subnet and interface as with VXLAN, and a Route to each runner's
+/// subnet via its routed address (the address it registered with) when that is on the
+/// Uplink's link.
+fn routed_hub_resources(state: &State, overlay: &Overlay) -> Vec<Resource> {
+    let owner = overlay.owner_label();
+    let spec = &overlay.spec;
+    let mut resources = hub_resources(overlay, None, &|_| false);
+    if let Some(first) = resources.first_mut() {
+        *first = routed_network(&owner, spec.address_plan.overlay);
+    }
+    let on_link = on_link(state);
+    for runner in state
+        .runner_pool
+        .iter()
+        .flat_map(vxlan::RunnerPool::runners)
+    {
+        if !on_link(runner.address) {
+            continue;
+        }
+        let Ok(plan) = spec.address_plan.runner(runner.id, spec.vni_base) else {
+            continue;
+        };
+        resources.push(route(
+            &runner_subnet_name(runner.id.get()),
+            &owner,
+            plan.subnet.into(),
+            runner.address,
+        ));
+    }
+    resources
+}
+
 /// The MAC of the hub's address in a runner's subnet (10.N.0.254): derived from the
 /// runner's VNI alone, not from the hub node's id, so that every hub of the overlay
 /// answers with the same one and a runner's neighbour entry for it stays right when
@@ -537,6 +669,16 @@ pub fn owned_resources_serving(state: &State, elsewhere: &dyn Fn(&str) -> bool) 
     let Some(overlay) = state.overlays.values().next() else {
         return Vec::new();
     };
+    if overlay.spec.encapsulation == vxlan::Encapsulation::None {
+        return match overlay.spec.role {
+            OverlayRole::Mesh => Vec::new(),
+            OverlayRole::Runner => match &overlay.status.plan {
+                Some(plan) => routed_runner_resources(state, overlay, plan),
+                None => Vec::new(),
+            },
+            OverlayRole::Hub => routed_hub_resources(state, overlay),
+        };
+    }
     match overlay.spec.role {
         OverlayRole::Mesh => Vec::new(),
         OverlayRole::Runner => match (&overlay.status.plan, runner_hub(overlay)) {
@@ -619,6 +761,13 @@ pub struct HubView {
     /// How runners reach each other.
     #[serde(default)]
     pub runner_to_runner: RunnerToRunner,
+    /// How frames cross the underlay (`VXLAN` when absent).
+    #[serde(default, skip_serializing_if = "vxlan::Encapsulation::is_vxlan")]
+    pub encapsulation: vxlan::Encapsulation,
+    /// Without encapsulation: the switch's routed address on the underlay link (where the
+    /// runners route the hub's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_address: Option<Ipv4Addr>,
     /// How the registration API is served.
     #[serde(default)]
     pub tls: HubTlsView,
@@ -738,6 +887,13 @@ pub struct RunnerView {
     /// How many other runners it reaches directly (`None`: all through the hub).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_peers: Option<usize>,
+    /// How frames cross the underlay (`VXLAN` when absent).
+    #[serde(default, skip_serializing_if = "vxlan::Encapsulation::is_vxlan")]
+    pub encapsulation: vxlan::Encapsulation,
+    /// Without encapsulation: the switch's routed address on the underlay link (where the
+    /// hub and the other runners route this runner's subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_address: Option<Ipv4Addr>,
 }
 
 #[cfg(test)]
@@ -818,6 +974,119 @@ mod tests {
         assert_eq!(r4.spec.reserved, vec![Ipv4Addr::new(10, 4, 0, 1)]);
         assert!(r4.spec.shared_gateway);
         assert!(is_owned(&r4.metadata));
+    }
+
+    /// An Uplink `wan` on 192.168.50.0/24 owning .11, beside `overlay` (without
+    /// encapsulation, runner-to-runner Direct).
+    fn routed_state(mut overlay: Overlay) -> State {
+        overlay.spec.encapsulation = vxlan::Encapsulation::None;
+        let mut state = crate::control::testing::apply(
+            &State::default(),
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {name: wan}\nspec: \
+             {interface: eth9, addresses: [192.168.50.11/24], gateway: 192.168.50.254}\n",
+        );
+        state
+            .overlays
+            .insert(overlay.metadata.name.clone(), overlay);
+        state
+    }
+
+    /// Without encapsulation a runner's Subnet has no VNI, its Network is routed through
+    /// the Uplink toward the overlay, and Routes lead to the hub's routed address and to
+    /// each other runner's (those on the Uplink's link; itself and the rest left out).
+    #[test]
+    fn without_encapsulation_a_runner_routes_to_the_hub_and_the_other_runners() {
+        let mut o = overlay_of(OverlayRole::Runner);
+        let mut own = vxlan::AddressPlan::default()
+            .runner(vxlan::RunnerId::try_from(3).unwrap(), 100)
+            .unwrap();
+        own.hub_router = Some("192.168.50.10".parse().unwrap());
+        o.status.plan = Some(Box::new(own));
+        let mut pool = vxlan::RunnerPool::default();
+        for (name, address) in [
+            ("a", "192.168.50.17"),
+            ("off-link", "192.168.60.7"),
+            ("me", "192.168.50.11"),
+            ("c", "192.168.50.19"),
+        ] {
+            pool.register(name, address.parse().unwrap(), 1).unwrap();
+        }
+        o.status.peers = Some(Box::new(pool.peers(&vxlan::AddressPlan::default(), 100)));
+        let resources = owned_resources(&routed_state(o));
+        let Resource::Network(network) = &resources[0] else {
+            panic!("{resources:?}")
+        };
+        assert!(network.spec.is_routed());
+        let Resource::Subnet(subnet) = &resources[1] else {
+            panic!("{resources:?}")
+        };
+        assert_eq!(subnet.spec.cidr.to_string(), "10.3.0.0/16");
+        assert_eq!((subnet.spec.vni, subnet.spec.mtu), (None, 1500));
+        assert!(subnet.spec.remote_vteps.is_empty());
+        let routes: Vec<(String, String, String)> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Route(route) => Some((
+                    route.metadata.name.clone(),
+                    route.spec.destination.to_string(),
+                    route.spec.next_hop.to_string(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let want = [
+            ("overlay-hub", "10.0.0.0/8", "192.168.50.10"),
+            ("overlay-r1", "10.1.0.0/16", "192.168.50.17"),
+            ("overlay-r4", "10.4.0.0/16", "192.168.50.19"),
+        ];
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+            .collect();
+        assert_eq!(routes, want);
+        assert_eq!(resources.len(), 5, "no Subnet copies: {resources:?}");
+    }
+
+    /// Without encapsulation the hub routes each runner's subnet to the runner's routed
+    /// address, keeping its host Subnet and interface.
+    #[test]
+    fn without_encapsulation_a_hub_routes_each_runners_subnet() {
+        let mut hub = overlay_of(OverlayRole::Hub);
+        hub.spec.runner_to_runner = RunnerToRunner::Direct;
+        let mut state = routed_state(hub);
+        let mut pool = vxlan::RunnerPool::default();
+        pool.register("r1", "192.168.50.12".parse().unwrap(), 1)
+            .unwrap();
+        pool.register("far", "10.200.0.1".parse().unwrap(), 1)
+            .unwrap();
+        state.runner_pool = Some(pool);
+        let resources = owned_resources(&state);
+        let names: Vec<(crate::control::resource::Kind, &str)> =
+            resources.iter().map(|r| (r.kind(), r.name())).collect();
+        use crate::control::resource::Kind;
+        assert_eq!(
+            names,
+            [
+                (Kind::Network, "overlay"),
+                (Kind::Subnet, "overlay-host"),
+                (Kind::NetworkInterface, "overlay-host"),
+                (Kind::Route, "overlay-r1"),
+            ],
+            "runner far is off the Uplink's link"
+        );
+        let Resource::Route(route) = &resources[3] else {
+            panic!()
+        };
+        assert_eq!(route.spec.destination.to_string(), "10.1.0.0/16");
+        assert_eq!(route.spec.next_hop.to_string(), "192.168.50.12");
+        assert_eq!(
+            routed_address(&state, "192.168.50.1".parse().unwrap()),
+            Some(Ipv4Addr::new(192, 168, 50, 11))
+        );
+        assert_eq!(
+            routed_address(&state, "192.168.60.1".parse().unwrap()),
+            None
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - The Subnets of two Networks with a `Ready` peering do not overlap, so a peering route
 //!   never hides a connected one.
 //! - A Route's next hop is a host address, other than the gateway, of a Subnet of its
-//!   Network; no Route has the prefix of a connected route of its Network, and no two Routes
+//!   Network, or (a Network routed through the Uplink) a host on the Uplink's link, other
+//!   than its own addresses ([`uplink_egress`]; such Routes are not in the table); no Route has the prefix of a connected route of its Network, and no two Routes
 //!   of a Network share a destination.
 //!
 //! A Network's table lists connected routes first, then peering routes, then static routes;
@@ -23,6 +24,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::resource::{
     MacAddr, Network, Peering, PeeringState, PeeringStatus, Route, RouteState, RouteStatus, Subnet,
+    Uplink,
 };
 use super::store::{NodeId, State};
 use crate::tables::snapshot::{NextHop, RouteOrigin};
@@ -207,6 +209,71 @@ pub fn egress_subnet<'a>(state: &'a State, network: &str, next_hop: IpAddr) -> O
     })
 }
 
+/// The Uplink a Route of `network` through `next_hop` leaves by, when the Network is routed
+/// through it (`spec.uplink.mode: Routed`) and `next_hop` is a host on the link of one of
+/// its addresses, other than the switch's own: such a Route carries what the Network's table
+/// does not cover to that router rather than to the Uplink's gateway.
+///
+/// # Errors
+/// Why the next hop cannot be on the Uplink, for messages.
+pub fn uplink_egress<'a>(
+    state: &'a State,
+    network: &str,
+    next_hop: IpAddr,
+) -> Result<&'a Uplink, String> {
+    let routed = state
+        .networks
+        .get(network)
+        .is_some_and(|network| network.spec.is_routed());
+    if !routed {
+        return Err(format!(
+            "Network {network:?} is not routed through the Uplink (spec.uplink.mode: Routed)"
+        ));
+    }
+    let IpAddr::V4(hop) = next_hop else {
+        return Err("a routed Network reaches the Uplink's link over IPv4 only".into());
+    };
+    let Some(uplink) = state.uplinks.values().next() else {
+        return Err("there is no Uplink".into());
+    };
+    let links: Vec<String> = uplink
+        .spec
+        .addresses
+        .iter()
+        .map(|address| address.0.to_string())
+        .collect();
+    if uplink
+        .spec
+        .addresses
+        .iter()
+        .any(|address| address.addr() == hop)
+    {
+        return Err(format!(
+            "{hop} is an address of Uplink {:?} itself",
+            uplink.metadata.name
+        ));
+    }
+    if !on_uplink_link(uplink, hop) {
+        return Err(format!(
+            "{hop} is not a host on the link of Uplink {:?} ({})",
+            uplink.metadata.name,
+            links.join(", ")
+        ));
+    }
+    Ok(uplink)
+}
+
+/// True when `hop` is a host on the link of one of `uplink`'s addresses (inside its prefix,
+/// neither its network nor its broadcast address), as the datapath's on-link test says.
+pub fn on_uplink_link(uplink: &Uplink, hop: std::net::Ipv4Addr) -> bool {
+    uplink.spec.addresses.iter().any(|address| {
+        let prefix = address.0.trunc();
+        prefix.prefix_len() < 32
+            && prefix.contains(&hop)
+            && (prefix.prefix_len() >= 31 || (hop != prefix.network() && hop != prefix.broadcast()))
+    })
+}
+
 /// The routing table of `network`, both families: connected routes (by CIDR, each Subnet's
 /// IPv4 then IPv6 prefix), then the Subnets of `Ready` peers (peers in spec order, their
 /// Subnets by CIDR), then Routes (by name). A prefix appears once: the first route with it
@@ -289,12 +356,36 @@ pub fn route_status(state: &State, route: &Route) -> RouteStatus {
 pub fn route_status_with(state: &State, route: &Route, winner: Option<&TableRoute>) -> RouteStatus {
     let spec = &route.spec;
     let Some(egress) = egress_subnet(state, &spec.network, spec.next_hop) else {
+        if let Ok(uplink) = uplink_egress(state, &spec.network, spec.next_hop) {
+            // Used for what the Network's table does not cover: a table route with the same
+            // prefix takes precedence.
+            let uplink = Some(uplink.metadata.name.clone());
+            return match winner {
+                None => RouteStatus {
+                    subnet: None,
+                    uplink,
+                    state: RouteState::Ready,
+                    message: None,
+                },
+                Some(entry) => RouteStatus {
+                    subnet: None,
+                    uplink,
+                    state: RouteState::Shadowed,
+                    message: Some(format!(
+                        "the route to {} through Subnet {:?} is in the Network's table, which \
+                         takes precedence over the Uplink's routes",
+                        entry.prefix, entry.subnet
+                    )),
+                },
+            };
+        }
         let subnets = match spec.next_hop {
             IpAddr::V4(_) => describe_subnets(state, &spec.network),
             IpAddr::V6(_) => describe_subnets6(state, &spec.network),
         };
         return RouteStatus {
             subnet: None,
+            uplink: None,
             state: RouteState::Pending,
             message: Some(format!(
                 "nextHop {} is in no Subnet of Network {:?} (Subnets: {subnets})",
@@ -307,6 +398,7 @@ pub fn route_status_with(state: &State, route: &Route, winner: Option<&TableRout
         Some((RouteOrigin::Static(name), _)) if *name == route.metadata.name => {
             return RouteStatus {
                 subnet,
+                uplink: None,
                 state: RouteState::Ready,
                 message: None,
             };
@@ -324,6 +416,7 @@ pub fn route_status_with(state: &State, route: &Route, winner: Option<&TableRout
     };
     RouteStatus {
         subnet,
+        uplink: None,
         state: RouteState::Shadowed,
         message: Some(message),
     }

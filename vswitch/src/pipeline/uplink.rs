@@ -358,9 +358,17 @@ pub fn routed_out(
             Err(verdict) => return verdict,
         }
     }
+    let router = uplink.routing.router(subnet.network_id, dst);
+    if let Some(router) = router {
+        trace_note!(
+            ctx,
+            Uplink,
+            "a Route sends {dst} to the router {router} on the uplink's link"
+        );
+    }
     let hop = Hop {
         link: Link::Uplink(uplink),
-        next_hop: next_hop(uplink, dst),
+        next_hop: router.unwrap_or_else(|| next_hop(uplink, dst)),
     };
     l3::forward(ctx, &errors, hop, parsed, frame, local, None, confirm)
 }
@@ -860,6 +868,43 @@ mod tests {
             assert_eq!(
                 bench.run_uplink(&other, 5).0.verdict,
                 dropped(DropReason::NotOwned)
+            );
+        }
+
+        #[test]
+        fn a_route_through_a_router_on_the_link_beats_the_gateway() {
+            // Network 0 routes 10.77.0.0/16 to a router on the uplink's link, 203.0.113.50.
+            const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
+            const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x55, 0x01];
+            let mut bench = open();
+            if let Some(uplink) = bench.snapshot.uplink.as_mut() {
+                let routing = std::mem::take(&mut uplink.routing);
+                uplink.routing = routing.with_routes(
+                    NetworkId(0),
+                    vec![("10.77.0.0/16".parse().unwrap(), ROUTER, "far".into())],
+                );
+            }
+            bench
+                .neighbors
+                .confirm(UPLINK_SEGMENT, ROUTER, ROUTER_MAC, 0, true);
+            let far = Ipv4Addr::new(10, 77, 3, 4);
+            let query = udp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (far, 53));
+            let (outcome, out) = bench.run(1, &query, 0);
+            assert_eq!(outcome.verdict, Verdict::Forward(UPLINK));
+            assert_eq!(addresses(&out), (IP_A, far, 63), "untranslated, one hop");
+            assert_eq!(macs(&out), (ROUTER_MAC, UPLINK_MAC), "to the router's MAC");
+            // Outside the route: the gateway, as before.
+            let query = udp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (REMOTE, 53));
+            let (_, out) = bench.run(1, &query, 1);
+            assert_eq!(macs(&out), (OUTSIDE_GW_MAC, UPLINK_MAC));
+            // Another Network's routes are its own.
+            assert_eq!(
+                bench
+                    .snapshot
+                    .uplink
+                    .as_ref()
+                    .and_then(|uplink| uplink.routing.router(NetworkId(1), far)),
+                None
             );
         }
 

@@ -630,12 +630,20 @@ impl InboundFilter {
     }
 }
 
+/// A routed Network's Routes through routers on the uplink's link: destination -> (router,
+/// the Route's name).
+type UplinkRoutes = PrefixMap<Ipv4Net, (Ipv4Addr, String)>;
+
 /// What the uplink carries besides NAT: the Networks routed through it untranslated (with
 /// their Subnets' prefixes, where traffic from outside is routed to) and the inbound filter.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkRouting {
     networks: Vec<RoutedNetwork>,
     prefixes: PrefixMap<Ipv4Net, NetworkId>,
+    /// Routes through routers on the uplink's link, per routed Network (`Route`s whose next
+    /// hop is there): consulted, by longest prefix, for what the Network's table does not
+    /// cover, before the uplink's gateway.
+    routes: Vec<(NetworkId, UplinkRoutes)>,
     /// The inbound filter, when `Uplink.spec.inbound.policy` is `Drop`.
     pub filter: Option<InboundFilter>,
 }
@@ -658,8 +666,46 @@ impl UplinkRouting {
         UplinkRouting {
             networks: routed,
             prefixes,
+            routes: Vec::new(),
             filter,
         }
+    }
+
+    /// Adds the routes of routed Network `id` through routers on the uplink's link
+    /// (destination, router, the Route's name).
+    pub fn with_routes(
+        mut self,
+        id: NetworkId,
+        routes: Vec<(Ipv4Net, Ipv4Addr, String)>,
+    ) -> UplinkRouting {
+        let mut table = PrefixMap::new();
+        for (prefix, router, name) in routes {
+            table.insert(prefix.trunc(), (router, name));
+        }
+        self.routes.retain(|(other, _)| *other != id);
+        self.routes.push((id, table));
+        self
+    }
+
+    /// The router on the uplink's link that Network `id` routes `destination` to, by its
+    /// longest-prefix Route through the uplink; `None`: the uplink's own choice (the
+    /// destination on the link, else the gateway).
+    #[inline]
+    pub fn router(&self, id: NetworkId, destination: Ipv4Addr) -> Option<Ipv4Addr> {
+        let (_, table) = self.routes.iter().find(|(network, _)| *network == id)?;
+        table
+            .get_lpm(&Ipv4Net::from(destination))
+            .map(|(_, (router, _))| *router)
+    }
+
+    /// Every route through a router on the uplink's link: (Network, destination, router,
+    /// the Route's name).
+    pub fn routes(&self) -> impl Iterator<Item = (NetworkId, Ipv4Net, Ipv4Addr, &str)> {
+        self.routes.iter().flat_map(|(id, table)| {
+            table
+                .iter()
+                .map(move |(prefix, (router, name))| (*id, prefix, *router, name.as_str()))
+        })
     }
 
     /// The routed Network `id`, if it is one.

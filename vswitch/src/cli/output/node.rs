@@ -474,10 +474,21 @@ fn hub_api_lines(view: &HubView) -> String {
             "reach each other directly (spec.runnerToRunner: Direct)".to_owned(),
         ));
     }
+    if !view.encapsulation.is_vxlan() {
+        lines.push(("ENCAPSULATION", unencapsulated(view.routed_address)));
+    }
     if lines.is_empty() {
         return String::new();
     }
     key_values(&lines)
+}
+
+/// The ENCAPSULATION line of a node routing without it: where it is routed.
+fn unencapsulated(routed: Option<std::net::Ipv4Addr>) -> String {
+    match routed {
+        Some(address) => format!("None: routed at {address} on the Uplink's link"),
+        None => "None: no Uplink address on localAddress's link".to_owned(),
+    }
 }
 
 /// The hub's runners: ID NAME ADDRESS VNI SUBNET LAST-SEEN STATE.
@@ -553,10 +564,15 @@ pub fn overlay_report(view: &OverlayView) -> OverlayReport {
                 ("HUB", optional(runner.hub.as_ref())),
             ]);
             if let Some(direct) = runner.direct_peers {
-                rows.push((
-                    "DIRECT",
-                    format!("{direct} other runners, straight to their VTEPs"),
-                ));
+                let how = if runner.encapsulation.is_vxlan() {
+                    "straight to their VTEPs"
+                } else {
+                    "routed to their nodes"
+                };
+                rows.push(("DIRECT", format!("{direct} other runners, {how}")));
+            }
+            if !runner.encapsulation.is_vxlan() {
+                rows.push(("ENCAPSULATION", unencapsulated(runner.routed_address)));
             }
             rows.extend([
                 ("STATE", shown(runner.state)),

@@ -440,6 +440,28 @@ fn uplink_routing(
             Some((RoutedNetwork { id, destinations }, cidrs))
         })
         .collect();
+    // Routes of routed Networks through routers on the Uplink's link.
+    let mut through: BTreeMap<NetworkId, Vec<(ipnet::Ipv4Net, std::net::Ipv4Addr, String)>> =
+        BTreeMap::new();
+    for route in state.routes.values() {
+        let spec = &route.spec;
+        let (ipnet::IpNet::V4(prefix), std::net::IpAddr::V4(hop)) =
+            (spec.destination, spec.next_hop)
+        else {
+            continue;
+        };
+        let Some(id) = network_ids.get(&spec.network) else {
+            continue;
+        };
+        if routing::egress_subnet(state, &spec.network, spec.next_hop).is_none()
+            && routing::uplink_egress(state, &spec.network, spec.next_hop).is_ok()
+        {
+            through
+                .entry(*id)
+                .or_default()
+                .push((prefix, hop, route.metadata.name.clone()));
+        }
+    }
     let filter = uplink
         .spec
         .inbound
@@ -461,7 +483,10 @@ fn uplink_routing(
                 })
                 .collect(),
         });
-    UplinkRouting::new(networks, filter)
+    through.into_iter().fold(
+        UplinkRouting::new(networks, filter),
+        |routing, (id, routes)| routing.with_routes(id, routes),
+    )
 }
 
 /// Gives every Subnet with a VLAN a port id while the Uplink is open (ids of VLANs that

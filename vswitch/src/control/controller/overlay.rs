@@ -64,6 +64,11 @@ pub struct OverlayAgentConfig {
     pub runner_timeout: Duration,
     /// Hub: the etcd cluster holding the runner registry (`None`: the state directory).
     pub store: Option<crate::control::kinds::overlay::EtcdStoreSpec>,
+    /// How frames cross the underlay (the hub and runners must agree).
+    pub encapsulation: vxlan::Encapsulation,
+    /// Without encapsulation: the switch's routed address on the underlay link (an Uplink
+    /// address), which a runner registers with instead of `local_address`.
+    pub routed_address: Option<IpAddr>,
 }
 
 /// How a hub serves its registration API.
@@ -139,7 +144,13 @@ impl Controller {
         width: vxlan::membership::IdWidth,
     ) -> Result<HubAdmitted, ApiError> {
         let mut inner = self.lock();
-        let (plan, ticket, commit) = self.hub_admit_locked(&mut inner, request, width)?;
+        let (mut plan, ticket, commit) = self.hub_admit_locked(&mut inner, request, width)?;
+        // Without encapsulation the runner routes the overlay to this hub's routed address.
+        let overlay = hub_overlay(&inner.state)?;
+        if overlay.spec.encapsulation == vxlan::Encapsulation::None {
+            plan.hub_router =
+                overlay::routed_address(&inner.state, overlay.spec.local_address).map(IpAddr::V4);
+        }
         // A runner asking again while its first admission is not generated yet (its
         // client gave up waiting, or the sync failed) waits for that one too.
         let unsynced = inner.served.pending.get(&request.name).copied();
@@ -528,6 +539,7 @@ impl Controller {
             admission.registration.outcome,
             vxlan::membership::RegistrationOutcome::Assigned
         ) && inner.vtep.is_some()
+            && overlay.spec.encapsulation.is_vxlan()
             && inner.port_ids.available() <= runners_without_tunnel(inner)
         {
             return Err(ApiError::Conflict {
@@ -857,7 +869,16 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
     let overlay = inner.state.overlays.values().next()?;
     let spec = &overlay.spec;
     // The generation is a hash of the spec: any change restarts the agent.
-    let text = serde_json::to_string(spec).unwrap_or_default();
+    let routed_address = (spec.encapsulation == vxlan::Encapsulation::None)
+        .then(|| overlay::routed_address(&inner.state, spec.local_address))
+        .flatten()
+        .map(IpAddr::V4);
+    // The routed address too: a runner registers with it, so a change (the Uplink's
+    // addresses) registers it again.
+    let text = format!(
+        "{}{routed_address:?}",
+        serde_json::to_string(spec).unwrap_or_default()
+    );
     let mut generation: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in overlay.metadata.name.bytes().chain(text.bytes()) {
         generation ^= u64::from(byte);
@@ -892,6 +913,8 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
         heartbeat: Duration::from_secs(spec.heartbeat_seconds),
         runner_timeout: Duration::from_secs(spec.runner_timeout_seconds),
         store: spec.store.as_ref().and_then(|store| store.etcd.clone()),
+        encapsulation: spec.encapsulation,
+        routed_address,
     })
 }
 
@@ -1122,6 +1145,9 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
         });
     };
     let spec = &overlay.spec;
+    let routed = (spec.encapsulation == vxlan::Encapsulation::None)
+        .then(|| overlay::routed_address(&inner.state, spec.local_address))
+        .flatten();
     let view = match spec.role {
         OverlayRole::Mesh => OverlayView::Mesh(MeshView {
             name: overlay.metadata.name.clone(),
@@ -1167,6 +1193,8 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 name: overlay.metadata.name.clone(),
                 local_address: spec.local_address,
                 runner_to_runner: spec.runner_to_runner,
+                encapsulation: spec.encapsulation,
+                routed_address: routed,
                 hub_address: plan.hub_interface(),
                 state: overlay.status.state,
                 message: overlay.status.message.clone(),
@@ -1221,15 +1249,17 @@ fn overlay_view(inner: &Inner, now_ms: u64) -> Result<OverlayView, ApiError> {
                 message: overlay.status.message.clone(),
                 last_contact: overlay.status.last_contact,
                 direct_peers: overlay.status.peers.as_ref().map(|_| {
-                    inner
-                        .state
-                        .subnets
-                        .iter()
-                        .filter(|(name, subnet)| {
-                            name.starts_with("overlay-r") && overlay::is_owned(&subnet.metadata)
-                        })
-                        .count()
+                    let copies = inner.state.subnets.iter().filter(|(name, subnet)| {
+                        name.starts_with("overlay-r") && overlay::is_owned(&subnet.metadata)
+                    });
+                    // Without encapsulation: a Route to each.
+                    let routes = inner.state.routes.iter().filter(|(name, route)| {
+                        name.starts_with("overlay-r") && overlay::is_owned(&route.metadata)
+                    });
+                    copies.count() + routes.count()
                 }),
+                encapsulation: spec.encapsulation,
+                routed_address: routed,
             })
         }
     };
@@ -1270,6 +1300,7 @@ mod tests {
         let mut pool = sized_pool(&state, &hub).unwrap();
         assert_eq!(pool.capacity().get(), 15);
         let request = vxlan::RegistrationRequest {
+            encapsulation: vxlan::Encapsulation::Vxlan,
             name: "r1".into(),
             local_address: "192.168.50.2".parse().unwrap(),
             vni_base: hub.spec.vni_base,

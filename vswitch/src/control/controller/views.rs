@@ -29,7 +29,8 @@ pub struct RoutingTableRow {
     pub destination: IpNet,
     /// The router's address, or `null` when the destination is on the egress Subnet.
     pub next_hop: Option<IpAddr>,
-    /// The egress Subnet (of a peered Network for a peering route).
+    /// The egress Subnet (of a peered Network for a peering route), or `uplink:NAME` for a
+    /// Route through a router on the Uplink's link.
     pub subnet: String,
     /// `connected`, `static:ROUTE` or `peering:NETWORK`.
     pub origin: String,
@@ -284,6 +285,24 @@ impl Controller {
                 });
             }
         }
+        // Routes through routers on the Uplink's link, looked up after the Network's table.
+        if let Some(uplink) = snapshot.uplink.as_ref() {
+            for (id, destination, router, name) in uplink.routing.routes() {
+                let Some(entry) = snapshot.network(id) else {
+                    continue;
+                };
+                if network.is_some_and(|wanted| wanted != entry.name) {
+                    continue;
+                }
+                rows.push(RoutingTableRow {
+                    network: entry.name.clone(),
+                    destination: IpNet::V4(destination),
+                    next_hop: Some(IpAddr::V4(router)),
+                    subnet: format!("uplink:{}", uplink.name),
+                    origin: format!("static:{name}"),
+                });
+            }
+        }
         // IPv4 before IPv6 (IpNet orders V4 first), each by address then length.
         rows.sort_by(|a, b| (&a.network, a.destination).cmp(&(&b.network, b.destination)));
         Ok(rows)
@@ -316,6 +335,15 @@ impl Controller {
                     RouteOrigin::Connected => count.connected += 1,
                     RouteOrigin::Peering(_) => count.peering += 1,
                     RouteOrigin::Static(_) => count.static_routes += 1,
+                }
+            }
+        }
+        if let Some(uplink) = snapshot.uplink.as_ref() {
+            for (id, ..) in uplink.routing.routes() {
+                let named = snapshot.network(id).map(|entry| entry.name.as_str());
+                if named.is_some() && network.is_none_or(|wanted| Some(wanted) == named) {
+                    count.count += 1;
+                    count.static_routes += 1;
                 }
             }
         }

@@ -342,6 +342,11 @@ pub struct OverlaySpec {
     /// other's `localAddress` on the underlay).
     #[serde(default, skip_serializing_if = "RunnerToRunner::is_via_hub")]
     pub runner_to_runner: RunnerToRunner,
+    /// Hub and runner: `VXLAN` (default) or `None`: each runner's subnet is routed to its
+    /// node's address on the underlay link (the switch's own, an Uplink address on
+    /// `localAddress`'s link), without a tunnel header. Every node must agree.
+    #[serde(default, skip_serializing_if = "vxlan::Encapsulation::is_vxlan")]
+    pub encapsulation: vxlan::Encapsulation,
     /// Runner: seconds between heartbeats.
     #[serde(default = "default_heartbeat_seconds")]
     pub heartbeat_seconds: u64,
@@ -447,6 +452,10 @@ impl OverlaySpec {
     /// The overlay MTU: `mtu` when given, else the default of the underlay's family
     /// ([`DEFAULT_OVERLAY_MTU`] over IPv4, [`DEFAULT_OVERLAY_MTU_IPV6`] over IPv6).
     pub fn mtu(&self) -> u16 {
+        if self.encapsulation == vxlan::Encapsulation::None {
+            // Nothing is added to the frames: the underlay's own MTU.
+            return self.mtu.unwrap_or(DEFAULT_UNENCAPSULATED_MTU);
+        }
         self.mtu.unwrap_or(if self.local_address.is_ipv6() {
             DEFAULT_OVERLAY_MTU_IPV6
         } else {
@@ -563,6 +572,78 @@ spec:
         }
         row
     }
+}
+
+/// The default MTU without encapsulation: that of a 1500-byte underlay, nothing added.
+pub const DEFAULT_UNENCAPSULATED_MTU: u16 = 1500;
+
+/// `encapsulation: None`: a hub or runner over IPv4, routing on the underlay link through
+/// the Uplink (which must have an address on `localAddress`'s link); a hub has no IPv6 plan
+/// (routed Networks are IPv4) and lets its runners route to each other (it cannot carry
+/// their traffic: it would route it back out of the link it came in by).
+fn check_unencapsulated(origin: &Origin, next: &State, spec: &OverlaySpec) -> Result<(), ApiError> {
+    const FIELD: &str = "spec.encapsulation";
+    if spec.role == OverlayRole::Mesh {
+        return Err(origin.invalid(
+            FIELD,
+            "a mesh stretches Subnets between nodes, which needs VXLAN; routing without encapsulation is for a hub and its runners (role hub or runner)",
+        ));
+    }
+    if spec.local_address.is_ipv6() {
+        return Err(origin.invalid(
+            FIELD,
+            format!(
+                "without encapsulation the overlay is routed over the Uplink's IPv4 link, and localAddress {} is IPv6; give this node's IPv4 address on the underlay",
+                spec.local_address
+            ),
+        ));
+    }
+    if spec.role == OverlayRole::Hub {
+        if spec.address_plan.ipv6.is_some() {
+            return Err(origin.invalid(
+                "spec.addressPlan.ipv6",
+                "without encapsulation the overlay is routed through the Uplink, which routes IPv4 only; remove addressPlan.ipv6, or keep encapsulation: VXLAN",
+            ));
+        }
+        if spec.runner_to_runner != RunnerToRunner::Direct {
+            return Err(origin.invalid(
+                "spec.runnerToRunner",
+                "without encapsulation runners route to each other on the underlay link (the hub would have to route their traffic back out of the link it came in by): write runnerToRunner: Direct",
+            ));
+        }
+    }
+    if overlay::routed_address(next, spec.local_address).is_none() {
+        let uplinks: Vec<String> = next
+            .uplinks
+            .values()
+            .map(|uplink| {
+                let addresses: Vec<String> = uplink
+                    .spec
+                    .addresses
+                    .iter()
+                    .map(|a| a.0.to_string())
+                    .collect();
+                format!(
+                    "Uplink {:?} has {}",
+                    uplink.metadata.name,
+                    addresses.join(", ")
+                )
+            })
+            .collect();
+        return Err(origin.invalid(
+            FIELD,
+            format!(
+                "without encapsulation this node routes the overlay on its underlay link through the Uplink, and no Uplink address is on the link of localAddress {} ({}); add an address on that link to the Uplink (e.g. its interface's prefix), in the same input or first",
+                spec.local_address,
+                if uplinks.is_empty() {
+                    "there is no Uplink".to_owned()
+                } else {
+                    uplinks.join("; ")
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the Overlay `overlay` against the state it would be part of.
@@ -753,6 +834,9 @@ fn check_overlay(origin: &Origin, next: &State, overlay: &Overlay) -> Result<(),
                 }
             }
         }
+    }
+    if spec.encapsulation == vxlan::Encapsulation::None {
+        check_unencapsulated(origin, next, spec)?;
     }
     // Subnets stretched over given remote VTEPs keep working only over their family.
     for (name, subnet) in &next.subnets {
@@ -1330,6 +1414,109 @@ mod tests {
         }
         moved.carry_status(Some(&old));
         assert!(moved.status.peers.is_none(), "another hub");
+    }
+
+    /// `encapsulation: None`: hub and runners over IPv4 with an Uplink address on
+    /// localAddress's link; the hub without an IPv6 plan and with Direct runners; never a
+    /// mesh. Every refusal names its field.
+    #[test]
+    fn without_encapsulation_a_node_needs_an_uplink_on_its_link() {
+        use crate::control::testing::apply;
+        let uplink = |addresses: &str, gateway: &str| {
+            apply(
+                &State::default(),
+                &format!(
+                    "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {{name: wan}}\nspec: \
+                     {{interface: eth9, addresses: [{addresses}], gateway: {gateway}}}\n"
+                ),
+            )
+        };
+        let on_link = uplink("192.168.50.11/24", "192.168.50.254");
+        let check_in = |state: &State, overlay: &Overlay| {
+            let mut state = state.clone();
+            state
+                .overlays
+                .insert(overlay.metadata.name.clone(), overlay.clone());
+            check_overlay(&Origin::resource(Kind::Overlay, "node-a"), &state, overlay)
+                .map_err(|error| error.to_string())
+        };
+        let mut hub = overlay_of(OverlayRole::Hub);
+        hub.spec.encapsulation = vxlan::Encapsulation::None;
+        hub.spec.runner_to_runner = RunnerToRunner::Direct;
+        assert_eq!(check_in(&on_link, &hub), Ok(()));
+        assert_eq!(hub.spec.mtu(), 1500, "nothing is added to the frames");
+        let mut runner = overlay_of(OverlayRole::Runner);
+        runner.spec.encapsulation = vxlan::Encapsulation::None;
+        assert_eq!(check_in(&on_link, &runner), Ok(()));
+        let refused = |state: &State, overlay: &Overlay, field: &str, words: &str| {
+            let error = check_in(state, overlay).expect_err(words);
+            assert!(
+                error.contains(&format!("{field}: ")) && error.contains(words),
+                "want {field} and {words:?} in {error}"
+            );
+        };
+        refused(
+            &State::default(),
+            &hub,
+            "spec.encapsulation",
+            "no Uplink address is on the link of localAddress 192.168.50.1 (there is no Uplink)",
+        );
+        refused(
+            &uplink("192.168.60.11/24", "192.168.60.254"),
+            &runner,
+            "spec.encapsulation",
+            "Uplink \"wan\" has 192.168.60.11/24",
+        );
+        refused(
+            &uplink("192.168.60.11/24, 192.168.50.11", "192.168.60.254"),
+            &hub,
+            "spec.encapsulation",
+            "no Uplink address is on the link",
+        );
+        let mut via_hub = hub.clone();
+        via_hub.spec.runner_to_runner = RunnerToRunner::ViaHub;
+        refused(
+            &on_link,
+            &via_hub,
+            "spec.runnerToRunner",
+            "write runnerToRunner: Direct",
+        );
+        let mut six = hub.clone();
+        six.spec.address_plan.ipv6 = Some(vxlan::AddressPlan6 {
+            overlay: "fd00:10::/48".parse().unwrap(),
+            hub_address: None,
+        });
+        refused(&on_link, &six, "spec.addressPlan.ipv6", "routes IPv4 only");
+        let mut mesh = overlay_of(OverlayRole::Mesh);
+        mesh.spec.encapsulation = vxlan::Encapsulation::None;
+        refused(&on_link, &mesh, "spec.encapsulation", "needs VXLAN");
+        let mut v6 = runner.clone();
+        v6.spec.local_address = "fd00::2".parse().unwrap();
+        if let Some(hub) = &mut v6.spec.hub {
+            hub.address = "fd00::1".parse().unwrap();
+        }
+        refused(&on_link, &v6, "spec.encapsulation", "is IPv6");
+        // The Uplink cannot leave the link, nor go, while the Overlay routes there.
+        let mut state = on_link.clone();
+        state.overlays.insert(runner.metadata.name.clone(), runner);
+        let moved = crate::control::testing::refusal(
+            &state,
+            "apiVersion: vswitch/v1alpha1\nkind: Uplink\nmetadata: {name: wan}\nspec: \
+             {interface: eth9, addresses: [192.168.60.11/24], gateway: 192.168.60.254}\n",
+        );
+        assert_eq!(moved.status(), 409, "{moved}");
+        assert!(
+            moved.to_string().contains("routes without encapsulation"),
+            "{moved}"
+        );
+        let deleted = crate::control::validate::check_delete(&state, Kind::Uplink, "wan")
+            .expect_err("the Overlay routes through it");
+        assert!(
+            deleted
+                .to_string()
+                .contains("an Overlay without encapsulation: node-a"),
+            "{deleted}"
+        );
     }
 
     #[test]

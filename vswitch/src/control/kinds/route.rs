@@ -51,6 +51,10 @@ pub struct RouteStatus {
     /// The egress Subnet: the one that contains the next hop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// The egress Uplink, for a route of a routed Network through a router on the Uplink's
+    /// link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
     /// `Ready`, `Shadowed` or `Pending`.
     #[serde(default)]
     pub state: RouteState,
@@ -132,8 +136,13 @@ spec:
             self.status.state.to_string(),
         ];
         if wide {
+            let egress = match (&self.status.subnet, &self.status.uplink) {
+                (Some(subnet), _) => subnet.clone(),
+                (None, Some(uplink)) => format!("uplink:{uplink}"),
+                (None, None) => String::new(),
+            };
             row.extend([
-                cell(self.status.subnet.as_deref().unwrap_or_default()),
+                cell(&egress),
                 labels_cell(&self.metadata),
                 cell(self.status.message.as_deref().unwrap_or_default()),
             ]);
@@ -202,10 +211,47 @@ fn check_route(cx: &CheckContext<'_>, route: &Route) -> Result<(), ApiError> {
         IpAddr::V4(_) => routing::describe_subnets(next, network),
         IpAddr::V6(_) => routing::describe_subnets6(next, network),
     };
-    let Some(subnet) = routing::subnets_of(next, network)
+    let subnet = routing::subnets_of(next, network)
         .into_iter()
-        .find(|s| routing::prefix_for(s, hop).is_some_and(|prefix| prefix.contains(&hop)))
-    else {
+        .find(|s| routing::prefix_for(s, hop).is_some_and(|prefix| prefix.contains(&hop)));
+    let routed = next
+        .networks
+        .get(network)
+        .is_some_and(|network| network.spec.is_routed());
+    if subnet.is_none() && routed && hop.is_ipv4() {
+        // A router on the Uplink's link, for a Network routed through it.
+        if let Err(why) = routing::uplink_egress(next, network, hop) {
+            return Err(origin.invalid(
+                "spec.nextHop",
+                format!(
+                    "nextHop {hop} is not inside any Subnet of Network {network:?} (Subnets: {subnets}), nor a router on the Uplink's link: {why}; write the address of a router in one of them"
+                ),
+            ));
+        }
+        let destinations = next.networks[network]
+            .spec
+            .uplink
+            .iter()
+            .flat_map(|uplink| uplink.destinations.iter().map(|d| d.0))
+            .collect::<Vec<_>>();
+        let IpNet::V4(prefix) = destination else {
+            unreachable!("the next hop is of the destination's family");
+        };
+        if !destinations.is_empty() && !destinations.iter().any(|d| d.contains(&prefix)) {
+            let listed: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+            return Err(origin.invalid(
+                "spec.destination",
+                format!(
+                    "{destination} is outside the destinations Network {network:?} is routed to through the Uplink ({}): traffic toward it never leaves untranslated; add it to the Network's spec.uplink.destinations, or route a prefix inside them",
+                    listed.join(", ")
+                ),
+            ));
+        }
+    }
+    let Some(subnet) = subnet else {
+        if routed && hop.is_ipv4() {
+            return check_destination(cx, route);
+        }
         let which = if hop.is_ipv6() {
             "the IPv6 prefix of any dual-stack Subnet"
         } else {
@@ -228,6 +274,15 @@ fn check_route(cx: &CheckContext<'_>, route: &Route) -> Result<(), ApiError> {
             ),
         ));
     }
+    check_destination(cx, route)
+}
+
+/// The destination of a Route whose next hop was checked: not a connected prefix of its
+/// Network, nor another Route's.
+fn check_destination(cx: &CheckContext<'_>, route: &Route) -> Result<(), ApiError> {
+    let (origin, next) = (cx.origin, cx.next);
+    let network = &route.spec.network;
+    let destination = route.spec.destination;
     if let Some(connected) = routing::subnets_of(next, network)
         .into_iter()
         .find(|s| routing::prefixes(s).any(|prefix| prefix == destination))
@@ -340,6 +395,78 @@ mod tests {
             subnet("g", "green", "10.8.0.0/24", "10.8.0.1")
         );
         assert_eq!(apply(&State::default(), &text).routes.len(), 1);
+    }
+
+    #[test]
+    fn routes_through_a_router_on_the_uplinks_link() {
+        use crate::control::testing::{doc, nat_base, refused};
+        let routed = doc(
+            "Network",
+            "blue",
+            "{uplink: {mode: Routed, destinations: [10.0.0.0/8, 192.0.2.0/24]}}",
+        );
+        let state = apply(&nat_base(), &routed);
+        let state = apply(&state, &route("far", "blue", "10.9.0.0/16", "198.51.100.7"));
+        let status = routing::route_status(&state, &state.routes["far"]);
+        assert_eq!(status.uplink.as_deref(), Some("wan"), "{status:?}");
+        assert_eq!(status.subnet, None);
+        assert_eq!(status.state, RouteState::Ready);
+        let cases = [
+            (
+                route("r", "blue", "10.8.0.0/16", "198.51.100.10"),
+                "documents[0].spec.nextHop",
+                "nor a router on the Uplink's link: 198.51.100.10 is an address of Uplink \"wan\" itself",
+            ),
+            (
+                route("r", "blue", "10.8.0.0/16", "198.51.101.7"),
+                "documents[0].spec.nextHop",
+                "198.51.101.7 is not a host on the link of Uplink \"wan\" (198.51.100.10/24",
+            ),
+            (
+                route("r", "blue", "10.8.0.0/16", "198.51.100.255"),
+                "documents[0].spec.nextHop",
+                "198.51.100.255 is not a host on the link of Uplink \"wan\"",
+            ),
+            (
+                route("r", "blue", "172.16.0.0/16", "198.51.100.7"),
+                "documents[0].spec.destination",
+                "172.16.0.0/16 is outside the destinations Network \"blue\" is routed to through \
+                 the Uplink (10.0.0.0/8, 192.0.2.0/24)",
+            ),
+            (
+                route("r", "blue", "10.9.0.0/16", "198.51.100.8"),
+                "documents[0].spec.destination",
+                "Route \"far\" of Network \"blue\" already has destination 10.9.0.0/16",
+            ),
+            // red is not routed through the Uplink: a router must be in one of its Subnets.
+            (
+                route("r", "red", "10.8.0.0/16", "198.51.100.7"),
+                "documents[0].spec.nextHop",
+                "nextHop 198.51.100.7 is not inside any Subnet of Network \"red\" (Subnets: db \
+                 10.2.0.0/24); write the address of a router in one of them",
+            ),
+        ];
+        for (text, field, want) in cases {
+            let status = if want.contains("already has") {
+                409
+            } else {
+                400
+            };
+            refused(&state, &text, status, field, &[want]);
+        }
+        // Without an Uplink the route waits (Pending), and the datapath leaves it out.
+        let mut gone = state.clone();
+        gone.uplinks.clear();
+        let status = routing::route_status(&gone, &gone.routes["far"]);
+        assert_eq!(status.state, RouteState::Pending, "{status:?}");
+        // The table view names the Uplink.
+        let row = state.routes["far"].row(true);
+        let mut with_status = state.routes["far"].clone();
+        with_status.status = routing::route_status(&state, &with_status);
+        assert!(
+            with_status.row(true).contains(&"uplink:wan".to_owned()),
+            "{row:?}"
+        );
     }
 
     #[test]

@@ -721,6 +721,15 @@ spec:
             ),
             ("VirtualIPs", state.virtual_ips.keys().cloned().collect()),
             (
+                "an Overlay without encapsulation",
+                state
+                    .overlays
+                    .values()
+                    .filter(|overlay| overlay.spec.encapsulation == vxlan::Encapsulation::None)
+                    .map(|overlay| overlay.metadata.name.clone())
+                    .collect(),
+            ),
+            (
                 "Public LoadBalancers",
                 state
                     .load_balancers
@@ -1095,6 +1104,25 @@ fn check_uplink(
                 }),
         )
         .collect();
+    // An Overlay without encapsulation (outside the batch) routes at the address on its
+    // localAddress's link.
+    let unencapsulated = next.overlays.values().find(|overlay| {
+        overlay.spec.encapsulation == vxlan::Encapsulation::None
+            && !batch.contains(Kind::Overlay, &overlay.metadata.name)
+    });
+    if let Some(overlay) = unencapsulated
+        && crate::control::overlay::routed_address(next, overlay.spec.local_address).is_none()
+    {
+        return Err(origin.conflict(
+            "spec.addresses",
+            format!(
+                "Overlay {:?} routes without encapsulation at an Uplink address on the link of its localAddress {}, and none of the new addresses ({}) is on it; keep one, or change the Overlay first",
+                overlay.metadata.name,
+                overlay.spec.local_address,
+                nat_rules::describe_addresses(uplink)
+            ),
+        ));
+    }
     if let Some((kind, user, ip)) = outside.into_iter().find(|(_, _, ip)| !spec.owns(*ip)) {
         let field = if ip.is_ipv6() {
             "spec.ipv6.addresses"
