@@ -763,7 +763,12 @@ fn dual_stack_load_balancer_over_ipv6() {
         "connections from outside are counted: {shown}"
     );
     let from_inside = counts(&ask(&client, "2001:db8:1::10", 10, None));
-    assert!(!from_inside.contains_key("-"), "{from_inside:?}");
+    assert!(
+        !from_inside.contains_key("-"),
+        "{from_inside:?}\ndrops: {}\nevents: {}",
+        daemon.stats()["drops"],
+        daemon.stats()["events"]
+    );
     drop(outside);
     for mut server in servers {
         let _ = server.kill();

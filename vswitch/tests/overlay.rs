@@ -720,14 +720,7 @@ fn echo_ttl(ns: &Netns, address: &str) -> u32 {
 
 /// Packets the VTEP of `daemon` received.
 fn vtep_rx(daemon: &Daemon) -> u64 {
-    let stats = daemon.stats();
-    stats["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "vxlan")
-        .and_then(|p| p["rxPackets"].as_u64())
-        .unwrap_or(0)
+    port_rx(daemon, "vxlan").unwrap_or(0)
 }
 
 /// `spec.runnerToRunner: Direct`: each runner learns the other from the hub (the one that

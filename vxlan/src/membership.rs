@@ -1177,7 +1177,7 @@ impl OverlaySettings {
     /// # Errors
     ///
     /// [`MembershipError::SettingsDiffer`] listing every mismatch, in the order vniBase, port,
-    /// mtu.
+    /// mtu, remoteChecksumOffload, encapsulation.
     pub fn compare(&self, runner: &OverlaySettings) -> Result<(), MembershipError> {
         let mismatches: Vec<SettingMismatch> = [
             (Setting::VniBase, self.vni_base, runner.vni_base),

@@ -527,11 +527,26 @@ fn routed_network(owner: &str, range: Ipv4Net) -> Resource {
     generated
 }
 
-/// Without encapsulation: the routers on the Uplink's link, as a test of an address.
+/// Without encapsulation: Route `overlay-rN` to runner `id`'s `subnet` via its routed
+/// address.
+fn runner_route(owner: &str, id: vxlan::RunnerId, subnet: Ipv4Net, via: IpAddr) -> Resource {
+    route(&runner_subnet_name(id.get()), owner, subnet.into(), via)
+}
+
+/// Without encapsulation: the routers on the Uplink's link, other than its own addresses,
+/// as a test of an address (what a Route through the Uplink accepts: one bad address, a
+/// runner registered at one of this switch's own, must not fail the whole generation).
 fn on_link(state: &State) -> impl Fn(IpAddr) -> bool + '_ {
     let uplink = state.uplinks.values().next();
     move |address| match (address, uplink) {
-        (IpAddr::V4(address), Some(uplink)) => super::routing::on_uplink_link(uplink, address),
+        (IpAddr::V4(address), Some(uplink)) => {
+            super::routing::on_uplink_link(uplink, address)
+                && !uplink
+                    .spec
+                    .addresses
+                    .iter()
+                    .any(|own| own.addr() == address)
+        }
         _ => false,
     }
 }
@@ -569,9 +584,8 @@ fn routed_runner_resources(state: &State, overlay: &Overlay, plan: &RunnerPlan) 
     if peers.address_plan.max_runners(peers.vni_base).is_err() {
         return resources;
     }
-    let own = routed_address(state, overlay.spec.local_address).map(IpAddr::V4);
     for peer in &peers.runners {
-        if peer.id == plan.runner_id || Some(peer.address) == own || !on_link(peer.address) {
+        if peer.id == plan.runner_id || !on_link(peer.address) {
             continue;
         }
         let Ok(theirs) = peers.address_plan.runner(peer.id, peers.vni_base) else {
@@ -583,12 +597,7 @@ fn routed_runner_resources(state: &State, overlay: &Overlay, plan: &RunnerPlan) 
         {
             continue;
         }
-        resources.push(route(
-            &runner_subnet_name(peer.id.get()),
-            &owner,
-            theirs.subnet.into(),
-            peer.address,
-        ));
+        resources.push(runner_route(&owner, peer.id, theirs.subnet, peer.address));
     }
     resources
 }
@@ -616,12 +625,7 @@ fn routed_hub_resources(state: &State, overlay: &Overlay) -> Vec<Resource> {
         let Ok(plan) = spec.address_plan.runner(runner.id, spec.vni_base) else {
             continue;
         };
-        resources.push(route(
-            &runner_subnet_name(runner.id.get()),
-            &owner,
-            plan.subnet.into(),
-            runner.address,
-        ));
+        resources.push(runner_route(&owner, runner.id, plan.subnet, runner.address));
     }
     resources
 }
@@ -1059,6 +1063,9 @@ mod tests {
             .unwrap();
         pool.register("far", "10.200.0.1".parse().unwrap(), 1)
             .unwrap();
+        // At the hub's own routed address: no Route (it would fail the whole generation).
+        pool.register("squatter", "192.168.50.11".parse().unwrap(), 1)
+            .unwrap();
         state.runner_pool = Some(pool);
         let resources = owned_resources(&state);
         let names: Vec<(crate::control::resource::Kind, &str)> =
@@ -1072,7 +1079,7 @@ mod tests {
                 (Kind::NetworkInterface, "overlay-host"),
                 (Kind::Route, "overlay-r1"),
             ],
-            "runner far is off the Uplink's link"
+            "runner far is off the Uplink's link, squatter at the hub's own address"
         );
         let Resource::Route(route) = &resources[3] else {
             panic!()

@@ -236,12 +236,6 @@ pub fn uplink_egress<'a>(
     let Some(uplink) = state.uplinks.values().next() else {
         return Err("there is no Uplink".into());
     };
-    let links: Vec<String> = uplink
-        .spec
-        .addresses
-        .iter()
-        .map(|address| address.0.to_string())
-        .collect();
     if uplink
         .spec
         .addresses
@@ -254,6 +248,12 @@ pub fn uplink_egress<'a>(
         ));
     }
     if !on_uplink_link(uplink, hop) {
+        let links: Vec<String> = uplink
+            .spec
+            .addresses
+            .iter()
+            .map(|address| address.0.to_string())
+            .collect();
         return Err(format!(
             "{hop} is not a host on the link of Uplink {:?} ({})",
             uplink.metadata.name,
@@ -357,27 +357,7 @@ pub fn route_status_with(state: &State, route: &Route, winner: Option<&TableRout
     let spec = &route.spec;
     let Some(egress) = egress_subnet(state, &spec.network, spec.next_hop) else {
         if let Ok(uplink) = uplink_egress(state, &spec.network, spec.next_hop) {
-            // Used for what the Network's table does not cover: a table route with the same
-            // prefix takes precedence.
-            let uplink = Some(uplink.metadata.name.clone());
-            return match winner {
-                None => RouteStatus {
-                    subnet: None,
-                    uplink,
-                    state: RouteState::Ready,
-                    message: None,
-                },
-                Some(entry) => RouteStatus {
-                    subnet: None,
-                    uplink,
-                    state: RouteState::Shadowed,
-                    message: Some(format!(
-                        "the route to {} through Subnet {:?} is in the Network's table, which \
-                         takes precedence over the Uplink's routes",
-                        entry.prefix, entry.subnet
-                    )),
-                },
-            };
+            return uplink_route_status(state, route, uplink, winner);
         }
         let subnets = match spec.next_hop {
             IpAddr::V4(_) => describe_subnets(state, &spec.network),
@@ -419,6 +399,63 @@ pub fn route_status_with(state: &State, route: &Route, winner: Option<&TableRout
         uplink: None,
         state: RouteState::Shadowed,
         message: Some(message),
+    }
+}
+
+/// The status of a Route through a router on the Uplink's link: `Ready` unless the datapath
+/// would never use it: the Network's table holds a route that covers its destination
+/// (looked up first: `Shadowed`), or the destination is outside the Network's
+/// `spec.uplink.destinations` (narrowed since: `Pending`).
+fn uplink_route_status(
+    state: &State,
+    route: &Route,
+    uplink: &Uplink,
+    winner: Option<&TableRoute>,
+) -> RouteStatus {
+    let spec = &route.spec;
+    let status = |state: RouteState, message: Option<String>| RouteStatus {
+        subnet: None,
+        uplink: Some(uplink.metadata.name.clone()),
+        state,
+        message,
+    };
+    let IpNet::V4(destination) = spec.destination else {
+        return status(RouteState::Pending, Some("IPv4 only".into()));
+    };
+    let destinations: Vec<Ipv4Net> = state
+        .networks
+        .get(&spec.network)
+        .and_then(|network| network.spec.uplink.as_ref())
+        .map(|uplink| uplink.destinations.iter().map(|d| d.0).collect())
+        .unwrap_or_default();
+    if !destinations.is_empty() && !destinations.iter().any(|d| d.contains(&destination)) {
+        return status(
+            RouteState::Pending,
+            Some(format!(
+                "{destination} is outside the destinations Network {:?} is routed to through the Uplink",
+                spec.network
+            )),
+        );
+    }
+    let covering = winner.cloned().or_else(|| {
+        table(state, &spec.network)
+            .into_iter()
+            .filter(|entry| match entry.prefix {
+                IpNet::V4(prefix) => prefix.contains(&destination),
+                IpNet::V6(_) => false,
+            })
+            .max_by_key(|entry| entry.prefix.prefix_len())
+    });
+    match covering {
+        None => status(RouteState::Ready, None),
+        Some(entry) => status(
+            RouteState::Shadowed,
+            Some(format!(
+                "the route to {} through Subnet {:?} covers it in the Network's table, which is \
+                 looked up before the Uplink's routes",
+                entry.prefix, entry.subnet
+            )),
+        ),
     }
 }
 

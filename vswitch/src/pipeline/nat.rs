@@ -405,6 +405,23 @@ pub(super) fn continue_in(
     local: &mut Local,
     accepted: impl FnOnce(&Context<'_>, &mut Output),
 ) -> Verdict {
+    continue_from(ctx, None, tracked, errors, parsed, frame, local, accepted)
+}
+
+/// [`continue_in`] for a packet of Network `network` (routed through the uplink): out of the
+/// uplink, it goes to the router of the Network's Route through the uplink that covers its
+/// destination, if any.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn continue_from(
+    ctx: &Context<'_>,
+    network: Option<NetworkId>,
+    tracked: &Tracked,
+    errors: &ErrorPath,
+    parsed: &Parsed,
+    frame: &mut [u8],
+    local: &mut Local,
+    accepted: impl FnOnce(&Context<'_>, &mut Output),
+) -> Verdict {
     let L3::Ipv4 { dst, .. } = parsed.l3 else {
         return Verdict::drop(l3::DropReason::NotIpv4);
     };
@@ -418,7 +435,7 @@ pub(super) fn continue_in(
         match ctx.snapshot.uplink.as_ref() {
             Some(uplink) if !l3::is_martian(destination) => Some(Hop {
                 link: Link::Uplink(uplink),
-                next_hop: uplink::next_hop(uplink, destination),
+                next_hop: uplink::next_hop_for(uplink, network, destination),
             }),
             Some(_) => return Verdict::drop(l3::DropReason::BadDestination),
             None => None,

@@ -62,7 +62,9 @@ use super::l3::{self, Hop, Link, ip_bounds};
 use super::parse::{self, L3, Parsed};
 use super::{Context, DropCause, Local, Output, Verdict, arp, nat};
 use crate::tables::counters::keyed_enum;
-use crate::tables::snapshot::{InboundFilter, PortEntry, RoutedNetwork, SubnetEntry, UplinkEntry};
+use crate::tables::snapshot::{
+    InboundFilter, NetworkId, PortEntry, RoutedNetwork, SubnetEntry, UplinkEntry,
+};
 use crate::wire::icmp_error::Kind;
 
 keyed_enum! {
@@ -116,6 +118,23 @@ pub fn next_hop(uplink: &UplinkEntry, destination: Ipv4Addr) -> Ipv4Addr {
     } else {
         uplink.gateway
     }
+}
+
+/// The neighbour a packet of Network `network` (when it is one, routed through the uplink)
+/// to `destination` is sent to: the destination when it is on the link, else the router of
+/// the Network's longest-prefix Route through the uplink, else the uplink's gateway.
+#[inline]
+pub fn next_hop_for(
+    uplink: &UplinkEntry,
+    network: Option<NetworkId>,
+    destination: Ipv4Addr,
+) -> Ipv4Addr {
+    if on_link(uplink, destination) {
+        return destination;
+    }
+    network
+        .and_then(|network| uplink.routing.router(network, destination))
+        .unwrap_or(uplink.gateway)
 }
 
 /// The switch's address toward `target` on the uplink (the source of its ARP requests): the
@@ -316,7 +335,16 @@ pub fn routed_out(
             {
                 return Verdict::Drop(cause);
             }
-            return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, confirm);
+            return nat::continue_from(
+                ctx,
+                Some(subnet.network_id),
+                &tracked,
+                &errors,
+                parsed,
+                frame,
+                local,
+                confirm,
+            );
         }
     }
     // NetworkPolicies: the source's egress (the destination is outside: ipBlocks only); a
@@ -351,25 +379,32 @@ pub fn routed_out(
         );
         match created {
             Ok(tracked) => {
-                return nat::continue_in(ctx, &tracked, &errors, parsed, frame, local, confirm);
+                return nat::continue_from(
+                    ctx,
+                    Some(subnet.network_id),
+                    &tracked,
+                    &errors,
+                    parsed,
+                    frame,
+                    local,
+                    confirm,
+                );
             }
             // Cannot start a connection (a reset, an echo reply): forwarded untracked.
             Err(Verdict::Drop(DropCause::Conntrack(nat::ConntrackReason::NotAStart))) => {}
             Err(verdict) => return verdict,
         }
     }
-    let router = uplink.routing.router(subnet.network_id, dst);
-    if let Some(router) = router {
-        trace_note!(
-            ctx,
-            Uplink,
-            "a Route sends {dst} to the router {router} on the uplink's link"
-        );
-    }
     let hop = Hop {
         link: Link::Uplink(uplink),
-        next_hop: router.unwrap_or_else(|| next_hop(uplink, dst)),
+        next_hop: next_hop_for(uplink, Some(subnet.network_id), dst),
     };
+    trace_note!(
+        ctx,
+        Uplink,
+        "next hop of {dst} on the uplink: {}",
+        hop.next_hop
+    );
     l3::forward(ctx, &errors, hop, parsed, frame, local, None, confirm)
 }
 
@@ -897,6 +932,30 @@ mod tests {
             let query = udp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (REMOTE, 53));
             let (_, out) = bench.run(1, &query, 1);
             assert_eq!(macs(&out), (OUTSIDE_GW_MAC, UPLINK_MAC));
+            // With the inbound filter on, routed connections are tracked: their packets take
+            // the Route's router too.
+            let mut tracked = guarded(true);
+            if let Some(uplink) = tracked.snapshot.uplink.as_mut() {
+                let routing = std::mem::take(&mut uplink.routing);
+                uplink.routing = routing.with_routes(
+                    NetworkId(0),
+                    vec![("10.77.0.0/16".parse().unwrap(), ROUTER, "far".into())],
+                );
+            }
+            tracked
+                .neighbors
+                .confirm(UPLINK_SEGMENT, ROUTER, ROUTER_MAC, 0, true);
+            let syn = tcp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (far, 80), 0x02);
+            let (outcome, out) = tracked.run(1, &syn, 0);
+            assert_eq!(outcome.verdict, Verdict::Forward(UPLINK));
+            assert!(
+                !tracked.snapshot.conntrack.is_empty(),
+                "tracked by the filter"
+            );
+            assert_eq!(macs(&out), (ROUTER_MAC, UPLINK_MAC), "a tracked packet too");
+            let next = tcp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (far, 80), 0x10);
+            let (_, out) = tracked.run(1, &next, 1);
+            assert_eq!(macs(&out), (ROUTER_MAC, UPLINK_MAC), "and the next one");
             // Another Network's routes are its own.
             assert_eq!(
                 bench

@@ -453,7 +453,12 @@ fn uplink_routing(
         let Some(id) = network_ids.get(&spec.network) else {
             continue;
         };
-        if routing::egress_subnet(state, &spec.network, spec.next_hop).is_none()
+        let routed = state
+            .networks
+            .get(&spec.network)
+            .is_some_and(|network| network.spec.is_routed());
+        if routed
+            && routing::egress_subnet(state, &spec.network, spec.next_hop).is_none()
             && routing::uplink_egress(state, &spec.network, spec.next_hop).is_ok()
         {
             through

@@ -593,9 +593,10 @@ impl Controller {
             address = %request.local_address,
             "runner registered"
         );
+        let router = hub_router(&inner.state);
         inner
             .served
-            .under(overlay.spec.address_plan)
+            .under(overlay.spec.address_plan, router)
             .insert(request.name.clone());
         // In place: a copy of the whole state per registration was a tenth of its cost with
         // a thousand runners. Saved with the generated resources, before the answer.
@@ -926,6 +927,8 @@ fn overlay_agent_config(inner: &Inner) -> Option<OverlayAgentConfig> {
 #[derive(Debug, Default)]
 pub(super) struct Served {
     pub(super) plan: Option<vxlan::AddressPlan>,
+    /// Without encapsulation: the hub's routed address the runners in `runners` were given.
+    pub(super) router: Option<IpAddr>,
     pub(super) runners: std::collections::BTreeSet<String>,
     /// Heartbeats not yet recorded in the runner pool: runner -> when (wall ms). A heartbeat
     /// only notes the time here; [`fold_heartbeats`] writes them into the pool (part of the
@@ -977,9 +980,17 @@ impl Served {
     }
 
     /// The runners served under `plan` (forgotten when the plan changed).
-    fn under(&mut self, plan: vxlan::AddressPlan) -> &mut std::collections::BTreeSet<String> {
-        if self.plan != Some(plan) {
+    /// The runners registered under `plan` and, without encapsulation, the hub's routed
+    /// address `router` (which a runner learns only with its plan): a change of either
+    /// makes every runner register again.
+    fn under(
+        &mut self,
+        plan: vxlan::AddressPlan,
+        router: Option<IpAddr>,
+    ) -> &mut std::collections::BTreeSet<String> {
+        if self.plan != Some(plan) || self.router != router {
             self.plan = Some(plan);
+            self.router = router;
             self.runners.clear();
         }
         &mut self.runners
@@ -988,11 +999,12 @@ impl Served {
 
 fn hub_heartbeat(inner: &mut Inner, name: &str, now_ms: u64) -> Result<vxlan::RunnerId, ApiError> {
     let plan = hub_overlay(&inner.state)?.spec.address_plan;
+    let router = hub_router(&inner.state);
     let not_found = || ApiError::NotFound {
         kind: "Runner".into(),
         name: name.into(),
     };
-    if !inner.served.under(plan).contains(name) {
+    if !inner.served.under(plan, router).contains(name) {
         tracing::info!(runner = %name, "heartbeat from a runner not registered under the current address plan: asking it to register again");
         return Err(not_found());
     }
@@ -1006,6 +1018,15 @@ fn hub_heartbeat(inner: &mut Inner, name: &str, now_ms: u64) -> Result<vxlan::Ru
         .ok_or_else(not_found)?;
     inner.served.seen.insert(name.to_owned(), now_ms);
     Ok(id)
+}
+
+/// A hub without encapsulation: its routed address, the runners' next hop to the overlay.
+fn hub_router(state: &State) -> Option<IpAddr> {
+    let overlay = hub_overlay(state).ok()?;
+    if overlay.spec.encapsulation != vxlan::Encapsulation::None {
+        return None;
+    }
+    overlay::routed_address(state, overlay.spec.local_address).map(IpAddr::V4)
 }
 
 /// How many runners of the pool have no tunnel port yet (admitted, not yet generated): the
@@ -1054,9 +1075,10 @@ fn reconnect(
     }
     vxlan::membership::validate_registration(&overlay::settings(overlay), request)?;
     let plan = spec.address_plan.runner(runner.id, spec.vni_base)?;
+    let router = hub_router(&inner.state);
     inner
         .served
-        .under(spec.address_plan)
+        .under(spec.address_plan, router)
         .insert(request.name.clone());
     inner.served.seen.insert(request.name.clone(), wall_ms());
     tracing::debug!(runner = %request.name, id = %plan.runner_id, "runner registered again");

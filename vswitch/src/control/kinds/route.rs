@@ -454,7 +454,32 @@ mod tests {
             };
             refused(&state, &text, status, field, &[want]);
         }
-        // Without an Uplink the route waits (Pending), and the datapath leaves it out.
+        // Covered by a route of the Network's table (looked up first): Shadowed, not Ready.
+        let state = apply(
+            &state,
+            &route("inner", "blue", "10.1.0.128/25", "198.51.100.7"),
+        );
+        let status = routing::route_status(&state, &state.routes["inner"]);
+        assert_eq!(status.state, RouteState::Shadowed, "{status:?}");
+        assert!(
+            status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("10.1.0.0/24 through Subnet \"web\" covers it")),
+            "{status:?}"
+        );
+        // Destinations narrowed since: Pending (the datapath only routes toward them).
+        let narrowed = apply(
+            &state,
+            &doc(
+                "Network",
+                "blue",
+                "{uplink: {mode: Routed, destinations: [192.0.2.0/24]}}",
+            ),
+        );
+        let status = routing::route_status(&narrowed, &narrowed.routes["far"]);
+        assert_eq!(status.state, RouteState::Pending, "{status:?}");
+        // Without an Uplink the route waits (Pending).
         let mut gone = state.clone();
         gone.uplinks.clear();
         let status = routing::route_status(&gone, &gone.routes["far"]);
