@@ -911,17 +911,21 @@ mod tests {
             // Network 0 routes 10.77.0.0/16 to a router on the uplink's link, 203.0.113.50.
             const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
             const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x55, 0x01];
-            let mut bench = open();
-            if let Some(uplink) = bench.snapshot.uplink.as_mut() {
-                let routing = std::mem::take(&mut uplink.routing);
-                uplink.routing = routing.with_routes(
-                    NetworkId(0),
-                    vec![("10.77.0.0/16".parse().unwrap(), ROUTER, "far".into())],
-                );
-            }
-            bench
-                .neighbors
-                .confirm(UPLINK_SEGMENT, ROUTER, ROUTER_MAC, 0, true);
+            // `bench` with that Route, the router's MAC known.
+            let routed = |mut bench: Bench| {
+                if let Some(uplink) = bench.snapshot.uplink.as_mut() {
+                    let routing = std::mem::take(&mut uplink.routing);
+                    uplink.routing = routing.with_routes(
+                        NetworkId(0),
+                        vec![("10.77.0.0/16".parse().unwrap(), ROUTER, "far".into())],
+                    );
+                }
+                bench
+                    .neighbors
+                    .confirm(UPLINK_SEGMENT, ROUTER, ROUTER_MAC, 0, true);
+                bench
+            };
+            let bench = routed(open());
             let far = Ipv4Addr::new(10, 77, 3, 4);
             let query = udp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (far, 53));
             let (outcome, out) = bench.run(1, &query, 0);
@@ -934,17 +938,7 @@ mod tests {
             assert_eq!(macs(&out), (OUTSIDE_GW_MAC, UPLINK_MAC));
             // With the inbound filter on, routed connections are tracked: their packets take
             // the Route's router too.
-            let mut tracked = guarded(true);
-            if let Some(uplink) = tracked.snapshot.uplink.as_mut() {
-                let routing = std::mem::take(&mut uplink.routing);
-                uplink.routing = routing.with_routes(
-                    NetworkId(0),
-                    vec![("10.77.0.0/16".parse().unwrap(), ROUTER, "far".into())],
-                );
-            }
-            tracked
-                .neighbors
-                .confirm(UPLINK_SEGMENT, ROUTER, ROUTER_MAC, 0, true);
+            let tracked = routed(guarded(true));
             let syn = tcp(MAC_A, GW_BLUE_MAC, (IP_A, 40000), (far, 80), 0x02);
             let (outcome, out) = tracked.run(1, &syn, 0);
             assert_eq!(outcome.verdict, Verdict::Forward(UPLINK));
